@@ -1,0 +1,132 @@
+//! The test guest on vmm-core: it boots with the configured vCPUs and memory, powers
+//! off, reboots, idles until told to stop, and runs ring-3 code.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_tests::{bin, test_guest, Vm};
+use nix::sys::signal::Signal;
+
+const BOOT: Duration = Duration::from_secs(30);
+
+fn vmm(cpus: usize, memory_mib: u64, cmdline: &str) -> Vm {
+    let mut cmd = Command::new(bin("vmm-core"));
+    cmd.arg("--kernel")
+        .arg(test_guest())
+        .args(["--cpus", &cpus.to_string()])
+        .args(["--memory", &memory_mib.to_string()])
+        .args(["--cmdline", cmdline]);
+    Vm::spawn(cmd)
+}
+
+fn boots_and_powers_off(cpus: usize, memory_mib: u64) {
+    let mut vm = vmm(cpus, memory_mib, "scenario=poweroff");
+    let ready = vm.expect_prefix("GUEST READY", BOOT);
+    assert_eq!(
+        ready,
+        format!("GUEST READY cpus={cpus} mem_mib={memory_mib}")
+    );
+    vm.expect_prefix("GUEST POWEROFF", BOOT);
+    let status = vm.wait(BOOT);
+    assert!(
+        status.success(),
+        "vmm-core exited with {status}:\n{}",
+        vm.transcript()
+    );
+}
+
+#[test]
+fn one_cpu_128_mib() {
+    boots_and_powers_off(1, 128);
+}
+
+#[test]
+fn two_cpus_128_mib() {
+    boots_and_powers_off(2, 128);
+}
+
+#[test]
+fn one_cpu_512_mib() {
+    boots_and_powers_off(1, 512);
+}
+
+#[test]
+fn two_cpus_512_mib() {
+    boots_and_powers_off(2, 512);
+}
+
+#[test]
+fn memory_above_the_mmio_gap_is_reported() {
+    // 3.5 GiB: 3 GiB below the gap, 512 MiB above 4 GiB. Pages are only touched when the
+    // guest writes them, so this costs little host memory.
+    boots_and_powers_off(1, 3584);
+}
+
+#[test]
+fn reboot_resets_and_boots_again() {
+    let mut vm = vmm(2, 128, "scenario=reboot");
+    assert_eq!(
+        vm.expect_prefix("GUEST READY", BOOT),
+        "GUEST READY cpus=2 mem_mib=128"
+    );
+    vm.expect_prefix("GUEST REBOOT", BOOT);
+    vm.expect_line("the reset log line", BOOT, |l| l.contains("guest reset"));
+    // A full reset: both vCPUs come back, the second boot sees the same machine.
+    assert_eq!(
+        vm.expect_prefix("GUEST READY", BOOT),
+        "GUEST READY cpus=2 mem_mib=128"
+    );
+    vm.expect_prefix("GUEST REBOOT", BOOT);
+    vm.signal(Signal::SIGTERM);
+    let status = vm.wait(BOOT);
+    assert!(status.success(), "{status}:\n{}", vm.transcript());
+}
+
+#[test]
+fn default_scenario_idles_until_stopped() {
+    let mut vm = vmm(2, 128, "");
+    vm.expect_prefix("GUEST READY", BOOT);
+    vm.expect_prefix("GUEST IDLE", BOOT);
+    // Idle means halted vCPUs: the VM must still be there a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    vm.signal(Signal::SIGTERM);
+    let status = vm.wait(BOOT);
+    assert!(status.success(), "{status}:\n{}", vm.transcript());
+    assert!(
+        vm.transcript().contains("terminating on signal 15"),
+        "{}",
+        vm.transcript()
+    );
+    assert!(!vm.transcript().contains("GUEST POWEROFF"));
+}
+
+#[test]
+fn ring3_code_runs_and_returns() {
+    let mut vm = vmm(1, 128, "scenario=ring3");
+    let line = vm.expect_prefix("GUEST RING3", BOOT);
+    assert!(
+        line.starts_with("GUEST RING3 OK iterations=100000000 "),
+        "{line}"
+    );
+    let status = vm.wait(BOOT);
+    assert!(status.success(), "{status}:\n{}", vm.transcript());
+}
+
+#[test]
+fn triple_fault_is_a_clear_error() {
+    let mut vm = vmm(1, 128, "scenario=triple-fault");
+    vm.expect_prefix("GUEST READY", BOOT);
+    let status = vm.wait(BOOT);
+    assert!(
+        !status.success(),
+        "a triple fault must fail the VM:\n{}",
+        vm.transcript()
+    );
+    let transcript = vm.transcript();
+    let errors: Vec<&str> = transcript.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{transcript}");
+    assert!(
+        errors[0].contains("vCPU 0") && errors[0].contains("triple fault"),
+        "{transcript}"
+    );
+}

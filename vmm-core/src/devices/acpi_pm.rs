@@ -1,0 +1,207 @@
+//! The ACPI fixed-hardware PM block: PM1a status/enable (power button), PM1a control
+//! (sleep states: S5 is power-off) and the PM timer, on I/O ports as on ICH9.
+
+use std::time::Instant;
+
+use super::bus::BusDevice;
+use super::IrqLine;
+use crate::boot::acpi::SLP_TYP_S5;
+use crate::events::{EventSender, VmEvent};
+
+// Register offsets inside the block.
+const STS: u64 = 0;
+const EN: u64 = 2;
+const CNT: u64 = 4;
+const TMR: u64 = 8;
+
+pub const PWRBTN: u16 = 1 << 8;
+const TMR_STS: u16 = 1 << 0;
+const GBL_STS: u16 = 1 << 5;
+const SLPBTN: u16 = 1 << 9;
+const RTC_STS: u16 = 1 << 10;
+const WAK_STS: u16 = 1 << 15;
+/// Status bits that raise the SCI when their enable bit is set.
+const SCI_EVENTS: u16 = TMR_STS | GBL_STS | PWRBTN | SLPBTN | RTC_STS;
+const SCI_EN: u16 = 1 << 0;
+const SLP_EN: u16 = 1 << 13;
+const SLP_TYP_SHIFT: u16 = 10;
+const SLP_TYP_MASK: u16 = 0x7;
+/// Bits of PM1_CNT that hold state (SLP_EN is write-only, SCI_EN fixed at 1).
+const CNT_STORED: u16 = 0x1c06;
+
+const PM_TIMER_HZ: u128 = 3_579_545;
+
+pub struct AcpiPm {
+    sts: u16,
+    en: u16,
+    cnt: u16,
+    sci: Box<dyn IrqLine>,
+    sci_level: bool,
+    events: EventSender,
+    timer_start: Instant,
+}
+
+impl AcpiPm {
+    pub fn new(sci: Box<dyn IrqLine>, events: EventSender) -> Self {
+        AcpiPm {
+            sts: 0,
+            en: 0,
+            cnt: SCI_EN,
+            sci,
+            sci_level: false,
+            events,
+            timer_start: Instant::now(),
+        }
+    }
+
+    /// A press of the fixed-feature power button (what QMP system_powerdown does).
+    pub fn press_power_button(&mut self) {
+        self.sts |= PWRBTN;
+        self.update_sci();
+    }
+
+    fn update_sci(&mut self) {
+        let level = self.cnt & SCI_EN != 0 && self.sts & self.en & SCI_EVENTS != 0;
+        if level != self.sci_level {
+            self.sci_level = level;
+            self.sci.set_level(level);
+        }
+    }
+
+    fn timer(&self) -> u32 {
+        let ns = self.timer_start.elapsed().as_nanos();
+        (ns * PM_TIMER_HZ / 1_000_000_000) as u32
+    }
+
+    fn read_byte(&self, offset: u64) -> u8 {
+        let reg = |v: u16, lo: u64| (v >> ((offset - lo) * 8)) as u8;
+        match offset {
+            0..=1 => reg(self.sts, STS),
+            2..=3 => reg(self.en, EN),
+            4..=5 => reg(self.cnt, CNT),
+            8..=11 => (self.timer() >> ((offset - TMR) * 8)) as u8,
+            _ => 0,
+        }
+    }
+
+    fn write_byte(&mut self, offset: u64, value: u8) {
+        let shift = (offset & 1) * 8;
+        let bits = u16::from(value) << shift;
+        let byte_mask = 0xffu16 << shift;
+        match offset {
+            0..=1 => self.sts &= !bits,
+            2..=3 => self.en = (self.en & !byte_mask) | bits,
+            4..=5 => {
+                self.cnt = (self.cnt & !byte_mask) | (bits & CNT_STORED) | SCI_EN;
+                if bits & SLP_EN != 0 {
+                    self.sleep((self.cnt >> SLP_TYP_SHIFT) & SLP_TYP_MASK);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sleep(&mut self, slp_typ: u16) {
+        if slp_typ == u16::from(SLP_TYP_S5) {
+            self.events.send(VmEvent::PowerOff);
+        } else {
+            // Only \_S5 is in the DSDT; an OS has no business asking for another state.
+            log::warn!("guest requested unsupported sleep type {slp_typ}; ignored");
+            self.sts |= WAK_STS;
+        }
+    }
+}
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.read_byte(offset + i as u64);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            self.write_byte(offset + i as u64, *b);
+        }
+        self.update_sci();
+    }
+
+    fn reset(&mut self) {
+        self.sts = 0;
+        self.en = 0;
+        self.cnt = SCI_EN;
+        self.update_sci();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Line(Arc<Mutex<Vec<bool>>>);
+    impl IrqLine for Line {
+        fn set_level(&self, high: bool) {
+            self.0.lock().unwrap().push(high);
+        }
+    }
+
+    fn pm() -> (AcpiPm, Line, std::sync::mpsc::Receiver<VmEvent>) {
+        let line = Line::default();
+        let (tx, rx) = EventSender::channel();
+        (AcpiPm::new(Box::new(line.clone()), tx), line, rx)
+    }
+
+    #[test]
+    fn power_button_raises_sci_only_when_enabled_and_clears_on_write_one() {
+        let (mut pm, line, _rx) = pm();
+        pm.press_power_button();
+        assert!(line.0.lock().unwrap().is_empty());
+        pm.write(EN, &PWRBTN.to_le_bytes());
+        assert_eq!(*line.0.lock().unwrap(), vec![true]);
+        let mut sts = [0u8; 2];
+        pm.read(STS, &mut sts);
+        assert_eq!(u16::from_le_bytes(sts) & PWRBTN, PWRBTN);
+        pm.write(STS, &PWRBTN.to_le_bytes());
+        assert_eq!(*line.0.lock().unwrap(), vec![true, false]);
+        pm.read(STS, &mut sts);
+        assert_eq!(u16::from_le_bytes(sts), 0);
+    }
+
+    #[test]
+    fn s5_powers_off_and_other_states_do_not() {
+        let (mut pm, _line, rx) = pm();
+        let s3 = (3u16 << SLP_TYP_SHIFT) | SLP_EN;
+        pm.write(CNT, &s3.to_le_bytes());
+        assert!(rx.try_recv().is_err());
+        let s5 = (u16::from(SLP_TYP_S5) << SLP_TYP_SHIFT) | SLP_EN;
+        pm.write(CNT, &s5.to_le_bytes());
+        assert_eq!(rx.try_recv(), Ok(VmEvent::PowerOff));
+        let mut cnt = [0u8; 2];
+        pm.read(CNT, &mut cnt);
+        let cnt = u16::from_le_bytes(cnt);
+        assert_eq!(cnt & SLP_EN, 0, "SLP_EN is write-only");
+        assert_eq!(cnt & SCI_EN, SCI_EN, "ACPI mode is always on");
+    }
+
+    #[test]
+    fn byte_wide_s5_write_works() {
+        let (mut pm, _line, rx) = pm();
+        let s5 = (u16::from(SLP_TYP_S5) << SLP_TYP_SHIFT) | SLP_EN;
+        pm.write(CNT + 1, &[(s5 >> 8) as u8]);
+        assert_eq!(rx.try_recv(), Ok(VmEvent::PowerOff));
+    }
+
+    #[test]
+    fn timer_advances() {
+        let (mut pm, _line, _rx) = pm();
+        let mut a = [0u8; 4];
+        let mut b = [0u8; 4];
+        pm.read(TMR, &mut a);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        pm.read(TMR, &mut b);
+        let d = u32::from_le_bytes(b).wrapping_sub(u32::from_le_bytes(a));
+        assert!(d >= 7000, "2 ms is about 7159 ticks, got {d}");
+    }
+}

@@ -1,0 +1,304 @@
+//! COM1: a 16550A UART (vm-superio) at 0x3f8 / IRQ 4, whose console is stdout (input
+//! from stdin), a file, a Unix socket that vmm-core listens on (one client at a time;
+//! output is dropped while nobody is connected), or nothing.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vm_superio::serial::{Error as UartError, NoEvents};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::bus::{lock, BusDevice};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    Stdout,
+    File(PathBuf),
+    Unix(PathBuf),
+    None,
+}
+
+impl FromStr for SerialConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let path = |p: &str| {
+            if p.is_empty() {
+                Err(format!("--serial {s}: empty path"))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        match s {
+            "stdout" | "stdio" => Ok(SerialConfig::Stdout),
+            "none" => Ok(SerialConfig::None),
+            _ => match s.split_once(':') {
+                Some(("file", p)) => Ok(SerialConfig::File(path(p)?)),
+                Some(("unix", p)) => Ok(SerialConfig::Unix(path(p)?)),
+                _ => Err(format!(
+                    "--serial {s}: expected stdout, none, file:PATH or unix:PATH"
+                )),
+            },
+        }
+    }
+}
+
+/// Where the guest's serial output goes. Cloneable so a reset can rebuild the UART
+/// around the same console.
+#[derive(Clone)]
+pub enum SerialOut {
+    Stdout,
+    File(Arc<Mutex<File>>),
+    Unix(Arc<Mutex<Option<UnixStream>>>),
+    Discard,
+}
+
+impl Write for SerialOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SerialOut::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(buf)?;
+                out.flush()?;
+            }
+            SerialOut::File(f) => lock(f).write_all(buf)?,
+            SerialOut::Unix(client) => {
+                let mut client = lock(client);
+                // A client that went away is forgotten; output is dropped until the next.
+                if let Some(c) = client.as_mut() {
+                    if c.write_all(buf).is_err() {
+                        *client = None;
+                    }
+                }
+            }
+            SerialOut::Discard => {}
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Raises the UART's interrupt through an eventfd registered as a KVM irqfd.
+pub struct IrqEvent(pub EventFd);
+
+impl Trigger for IrqEvent {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+pub struct SerialDevice {
+    uart: Serial<IrqEvent, NoEvents, SerialOut>,
+    irq: EventFd,
+    out: SerialOut,
+}
+
+impl SerialDevice {
+    pub fn new(irq: EventFd, out: SerialOut) -> io::Result<Self> {
+        let uart = Serial::new(IrqEvent(irq.try_clone()?), out.clone());
+        Ok(SerialDevice { uart, irq, out })
+    }
+
+    /// Queues console input for the guest; returns how many bytes fit in the FIFO.
+    fn enqueue(&mut self, input: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(input) {
+            Ok(n) => n,
+            Err(UartError::FullFifo) => 0,
+            Err(e) => {
+                log::warn!("serial input: {e}");
+                input.len()
+            }
+        }
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        data[0] = self.uart.read(offset as u8);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Err(e) = self.uart.write(offset as u8, data[0]) {
+            log::warn!("serial output: {e}");
+        }
+    }
+
+    fn reset(&mut self) {
+        match self.irq.try_clone() {
+            Ok(irq) => self.uart = Serial::new(IrqEvent(irq), self.out.clone()),
+            Err(e) => log::error!("serial reset: cloning the interrupt eventfd: {e}"),
+        }
+    }
+}
+
+/// The console behind the UART: its output side, and what feeds its input.
+pub struct Console {
+    pub out: SerialOut,
+    input: ConsoleInput,
+}
+
+enum ConsoleInput {
+    Stdin,
+    Unix(UnixListener, Arc<Mutex<Option<UnixStream>>>),
+    None,
+}
+
+/// Removes a listening socket's path when the VM ends.
+pub struct SocketPath(PathBuf);
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Console {
+    pub fn open(config: &SerialConfig) -> io::Result<(Console, Option<SocketPath>)> {
+        Ok(match config {
+            SerialConfig::Stdout => (
+                Console {
+                    out: SerialOut::Stdout,
+                    input: ConsoleInput::Stdin,
+                },
+                None,
+            ),
+            SerialConfig::None => (
+                Console {
+                    out: SerialOut::Discard,
+                    input: ConsoleInput::None,
+                },
+                None,
+            ),
+            SerialConfig::File(p) => {
+                let f = File::create(p).map_err(|e| with_path(e, p))?;
+                (
+                    Console {
+                        out: SerialOut::File(Arc::new(Mutex::new(f))),
+                        input: ConsoleInput::None,
+                    },
+                    None,
+                )
+            }
+            SerialConfig::Unix(p) => {
+                let listener = UnixListener::bind(p).map_err(|e| with_path(e, p))?;
+                let client = Arc::new(Mutex::new(None));
+                (
+                    Console {
+                        out: SerialOut::Unix(client.clone()),
+                        input: ConsoleInput::Unix(listener, client),
+                    },
+                    Some(SocketPath(p.clone())),
+                )
+            }
+        })
+    }
+
+    /// Starts the threads that feed console input into `uart`.
+    pub fn start_input(self, uart: Arc<Mutex<SerialDevice>>) -> io::Result<()> {
+        match self.input {
+            ConsoleInput::None => {}
+            ConsoleInput::Stdin => spawn_reader("serial-stdin", io::stdin(), uart)?,
+            ConsoleInput::Unix(listener, slot) => {
+                std::thread::Builder::new()
+                    .name("serial-accept".into())
+                    .spawn(move || {
+                        for conn in listener.incoming() {
+                            let Ok(conn) = conn else { continue };
+                            let Ok(writer) = conn.try_clone() else {
+                                continue;
+                            };
+                            *lock(&slot) = Some(writer);
+                            if let Err(e) = spawn_reader("serial-unix", conn, uart.clone()) {
+                                log::warn!("serial socket reader: {e}");
+                            }
+                        }
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn with_path(e: io::Error, p: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+}
+
+fn spawn_reader(
+    name: &str,
+    mut source: impl Read + Send + 'static,
+    uart: Arc<Mutex<SerialDevice>>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = source.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = lock(&uart).enqueue(rest);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        // The guest has not drained the 64-byte FIFO yet.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_serial_specs() {
+        assert_eq!("stdout".parse(), Ok(SerialConfig::Stdout));
+        assert_eq!("none".parse(), Ok(SerialConfig::None));
+        assert_eq!(
+            "file:/tmp/x".parse(),
+            Ok(SerialConfig::File("/tmp/x".into()))
+        );
+        assert_eq!(
+            "unix:/tmp/s".parse(),
+            Ok(SerialConfig::Unix("/tmp/s".into()))
+        );
+        assert!("file:".parse::<SerialConfig>().is_err());
+        assert!("tcp:1".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn transmit_reaches_the_console_and_input_reaches_the_guest() {
+        let path = std::env::temp_dir().join(format!("flotilla-serial-{}", std::process::id()));
+        let (console, _guard) = Console::open(&SerialConfig::File(path.clone())).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), console.out.clone()).unwrap();
+        for b in b"hi\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"hi\n");
+        // Enable the received-data interrupt, queue a byte, read it from RBR.
+        dev.write(1, &[1]);
+        assert_eq!(dev.enqueue(b"x"), 1);
+        assert!(irq.read().unwrap() >= 1);
+        let mut b = [0u8];
+        dev.read(0, &mut b);
+        assert_eq!(b[0], b'x');
+        std::fs::remove_file(&path).unwrap();
+    }
+}

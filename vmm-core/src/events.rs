@@ -1,0 +1,47 @@
+//! Events that end or restart the VM's run: raised by devices, vCPUs and signals, and
+//! handled by the VM's control loop in one place.
+
+use std::sync::mpsc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest entered ACPI S5.
+    PowerOff,
+    /// The guest asked for a reset; the string names the mechanism.
+    Reset(&'static str),
+    /// A vCPU stopped in a way the VM cannot continue from.
+    VcpuFailed { vcpu: usize, reason: String },
+    /// vmm-core received a terminating signal.
+    Signal(i32),
+}
+
+/// A cloneable handle that devices and vCPU threads use to post events.
+#[derive(Clone, Debug)]
+pub struct EventSender(mpsc::Sender<VmEvent>);
+
+impl EventSender {
+    pub fn channel() -> (EventSender, mpsc::Receiver<VmEvent>) {
+        let (tx, rx) = mpsc::channel();
+        (EventSender(tx), rx)
+    }
+
+    /// Posting after the control loop has gone is harmless: the VM is ending anyway.
+    pub fn send(&self, event: VmEvent) {
+        let _ = self.0.send(event);
+    }
+}
+
+/// Lets vm-superio devices (i8042) request a reset through the event channel.
+pub struct ResetTrigger {
+    pub events: EventSender,
+    pub source: &'static str,
+}
+
+impl vm_superio::Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.events.send(VmEvent::Reset(self.source));
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! vmm-core: the process that owns the KVM VM. It holds guest RAM (a memfd, later shared
+//! with the device daemons by fd), runs one thread per vCPU, emulates the platform
+//! devices (UART, ACPI PM, reset), builds the ACPI tables and loads the kernel (Linux
+//! bzImage or PVH ELF). Block and network data never pass through it.
+
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+pub mod events;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use vm::{Vm, VmConfig, VmError, VmExit};

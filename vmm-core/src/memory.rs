@@ -1,0 +1,223 @@
+//! Guest RAM: one memfd, mapped MAP_SHARED, split around the 32-bit MMIO gap.
+//!
+//! The memfd is what later gets handed to device daemons (vhost-user SET_MEM_TABLE) and
+//! to the migration agent, so every region is a window into that one file.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
+
+pub const MIB: u64 = 1 << 20;
+/// Below this a kernel, its boot structures and the ACPI tables cannot all fit.
+pub const MIN_MEMORY_MIB: u64 = 2;
+/// A generous ceiling well inside the guest physical address width KVM offers.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("--memory {0}: must be at least {MIN_MEMORY_MIB} MiB")]
+    TooSmall(u64),
+    #[error("--memory {0}: more than the supported {MAX_MEMORY_MIB} MiB")]
+    TooLarge(u64),
+    #[error("creating the guest RAM memfd: {0}")]
+    Memfd(std::io::Error),
+    #[error("sizing the guest RAM memfd to {size} bytes: {error}")]
+    Resize { size: u64, error: std::io::Error },
+    #[error("mapping guest RAM: {0}")]
+    Mmap(String),
+    #[error("clearing guest RAM: {0}")]
+    Clear(std::io::Error),
+}
+
+/// One contiguous window of guest RAM: guest address, length, offset in the memfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRegion {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub file_offset: u64,
+}
+
+impl RamRegion {
+    pub fn end(&self) -> u64 {
+        self.guest_addr + self.size
+    }
+}
+
+/// Splits `size` bytes of RAM around the MMIO gap: up to 3 GiB at 0, the rest at 4 GiB.
+pub fn ram_regions(size: u64) -> Vec<RamRegion> {
+    let low = size.min(MMIO_GAP_START);
+    let mut regions = vec![RamRegion {
+        guest_addr: 0,
+        size: low,
+        file_offset: 0,
+    }];
+    if size > low {
+        regions.push(RamRegion {
+            guest_addr: MMIO_GAP_END,
+            size: size - low,
+            file_offset: low,
+        });
+    }
+    regions
+}
+
+pub struct GuestRam {
+    memfd: File,
+    size: u64,
+    regions: Vec<RamRegion>,
+    memory: GuestMemoryMmap,
+}
+
+impl GuestRam {
+    pub fn new(memory_mib: u64) -> Result<Self, MemoryError> {
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(MemoryError::TooSmall(memory_mib));
+        }
+        if memory_mib > MAX_MEMORY_MIB {
+            return Err(MemoryError::TooLarge(memory_mib));
+        }
+        let size = memory_mib * MIB;
+        let memfd = create_memfd(size)?;
+        let regions = ram_regions(size);
+        let mut mapped = Vec::with_capacity(regions.len());
+        for r in &regions {
+            let file = memfd.try_clone().map_err(MemoryError::Memfd)?;
+            let mmap = MmapRegion::from_file(FileOffset::new(file, r.file_offset), r.size as usize)
+                .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+            let region = GuestRegionMmap::new(mmap, GuestAddress(r.guest_addr))
+                .ok_or_else(|| MemoryError::Mmap("region overflows the address space".into()))?;
+            mapped.push(region);
+        }
+        let memory =
+            GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Mmap(e.to_string()))?;
+        Ok(GuestRam {
+            memfd,
+            size,
+            regions,
+            memory,
+        })
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    pub fn regions(&self) -> &[RamRegion] {
+        &self.regions
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+
+    /// Host address of the start of a region, for KVM_SET_USER_MEMORY_REGION.
+    pub fn host_addr(&self, region: &RamRegion) -> Option<u64> {
+        use vm_memory::GuestMemoryBackend;
+        self.memory
+            .get_host_address(GuestAddress(region.guest_addr))
+            .ok()
+            .map(|p| p as u64)
+    }
+
+    /// Zeroes all of guest RAM by punching the whole memfd, which also hands the pages
+    /// back to the host: a reset starts from the same clean memory as a cold boot.
+    pub fn clear(&self) -> Result<(), MemoryError> {
+        // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.memfd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                self.size as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Clear(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+fn create_memfd(size: u64) -> Result<File, MemoryError> {
+    let name = c"flotilla-guest-ram";
+    // SAFETY: name is a valid NUL-terminated string; the returned fd is checked.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)
+        .map_err(|error| MemoryError::Resize { size, error })?;
+    // Peers that receive this fd must not be able to shrink it under our mappings
+    // (a shrink would turn guest RAM accesses into SIGBUS in every process).
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own fd with an integer argument.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn small_memory_is_one_region() {
+        assert_eq!(
+            ram_regions(256 * MIB),
+            vec![RamRegion {
+                guest_addr: 0,
+                size: 256 * MIB,
+                file_offset: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn large_memory_skips_the_mmio_gap() {
+        let r = ram_regions(4096 * MIB);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].end(), MMIO_GAP_START);
+        assert_eq!(r[1].guest_addr, MMIO_GAP_END);
+        assert_eq!(r[1].size, 1024 * MIB);
+        assert_eq!(r[1].file_offset, MMIO_GAP_START);
+    }
+
+    #[test]
+    fn rejects_zero_and_huge() {
+        assert!(matches!(GuestRam::new(0), Err(MemoryError::TooSmall(0))));
+        assert!(matches!(
+            GuestRam::new(MAX_MEMORY_MIB + 1),
+            Err(MemoryError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn clear_zeroes_memory_and_keeps_size() {
+        let ram = GuestRam::new(4).unwrap();
+        ram.memory()
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        ram.clear().unwrap();
+        let v: u32 = ram.memory().read_obj(GuestAddress(0x1000)).unwrap();
+        assert_eq!(v, 0);
+        assert_eq!(ram.memfd().metadata().unwrap().len(), 4 * MIB);
+    }
+
+    #[test]
+    fn memfd_cannot_shrink() {
+        let ram = GuestRam::new(4).unwrap();
+        assert!(ram.memfd().set_len(MIB).is_err());
+    }
+}

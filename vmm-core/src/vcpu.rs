@@ -1,0 +1,379 @@
+//! vCPUs: creation with their CPUID, power-on/reset state, the per-vCPU thread's run
+//! loop (exits to the port and MMIO buses), and the control that parks, resumes and
+//! stops those threads (kicked out of KVM_RUN with a signal).
+
+use std::cell::Cell;
+use std::sync::{Arc, Condvar, Mutex};
+
+use kvm_bindings::{
+    kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, CpuId, Msrs,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::boot::BootEntry;
+use crate::cpu::boot_regs;
+use crate::devices::bus::{lock, Bus};
+use crate::events::{EventSender, VmEvent};
+
+#[derive(Debug, thiserror::Error)]
+#[error("vCPU {vcpu}: {what}: {error}")]
+pub struct VcpuError {
+    pub vcpu: usize,
+    pub what: &'static str,
+    pub error: kvm_ioctls::Error,
+}
+
+/// State captured right after creation, restored on every reset.
+struct PowerOnState {
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    lapic: kvm_lapic_state,
+}
+
+pub struct Vcpu {
+    pub id: usize,
+    fd: VcpuFd,
+    power_on: PowerOnState,
+    boot_msrs: Msrs,
+}
+
+// Local APIC register offsets and LVT delivery modes.
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0b100 << 8;
+const APIC_MODE_EXTINT: u32 = 0b111 << 8;
+const APIC_LVT_MASKED: u32 = 1 << 16;
+
+fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[offset + i] = *b as _;
+    }
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, id: usize, cpuid: &CpuId, boot_msrs: Msrs) -> Result<Self, VcpuError> {
+        let err = |what| {
+            move |error| VcpuError {
+                vcpu: id,
+                what,
+                error,
+            }
+        };
+        let fd = vm.create_vcpu(id as u64).map_err(err("creating"))?;
+        fd.set_cpuid2(cpuid).map_err(err("setting CPUID"))?;
+        let power_on = PowerOnState {
+            regs: fd.get_regs().map_err(err("reading registers"))?,
+            sregs: fd.get_sregs().map_err(err("reading segment registers"))?,
+            lapic: fd.get_lapic().map_err(err("reading the local APIC"))?,
+        };
+        Ok(Vcpu {
+            id,
+            fd,
+            power_on,
+            boot_msrs,
+        })
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+        let vcpu = self.id;
+        move |error| VcpuError { vcpu, what, error }
+    }
+
+    /// Puts the vCPU in its power-on state. The boot vCPU (`entry` given) is then set up
+    /// to enter the kernel; the others wait for INIT/SIPI from the guest.
+    pub fn reset(&mut self, entry: Option<&BootEntry>) -> Result<(), VcpuError> {
+        let fd = &self.fd;
+        fd.set_vcpu_events(&kvm_vcpu_events::default())
+            .map_err(self.err("clearing pending events"))?;
+        let mut lapic = self.power_on.lapic;
+        // Virtual wire mode: the boot CPU takes PIC interrupts on LINT0; every CPU has
+        // NMI on LINT1 (as the MADT says).
+        let lint0 = if entry.is_some() {
+            APIC_MODE_EXTINT
+        } else {
+            APIC_MODE_EXTINT | APIC_LVT_MASKED
+        };
+        set_lapic_reg(&mut lapic, APIC_LVT_LINT0, lint0);
+        set_lapic_reg(&mut lapic, APIC_LVT_LINT1, APIC_MODE_NMI);
+        fd.set_lapic(&lapic)
+            .map_err(self.err("setting the local APIC"))?;
+        fd.set_fpu(&boot_regs::boot_fpu())
+            .map_err(self.err("setting the FPU"))?;
+        let set = fd
+            .set_msrs(&self.boot_msrs)
+            .map_err(self.err("setting MSRs"))?;
+        if set != self.boot_msrs.as_slice().len() {
+            let index = self.boot_msrs.as_slice()[set].index;
+            log::warn!("vCPU {}: KVM refused boot MSR {index:#x}", self.id);
+        }
+        match entry {
+            Some(entry) => {
+                fd.set_sregs(&boot_regs::boot_sregs(entry, self.power_on.sregs))
+                    .map_err(self.err("setting segment registers"))?;
+                fd.set_regs(&boot_regs::boot_regs(entry))
+                    .map_err(self.err("setting registers"))?;
+                fd.set_mp_state(kvm_mp_state {
+                    mp_state: KVM_MP_STATE_RUNNABLE,
+                })
+                .map_err(self.err("setting the MP state"))?;
+            }
+            None => {
+                fd.set_sregs(&self.power_on.sregs)
+                    .map_err(self.err("setting segment registers"))?;
+                fd.set_regs(&self.power_on.regs)
+                    .map_err(self.err("setting registers"))?;
+                fd.set_mp_state(kvm_mp_state {
+                    mp_state: KVM_MP_STATE_UNINITIALIZED,
+                })
+                .map_err(self.err("setting the MP state"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the control loop asks of the vCPU threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Run,
+    Pause,
+    Exit,
+}
+
+struct ControlState {
+    request: Request,
+    generation: u64,
+    /// The generation at which each vCPU last parked (or exited).
+    parked: Vec<u64>,
+}
+
+/// Shared between the control loop and the vCPU threads.
+pub struct VcpuControl {
+    state: Mutex<ControlState>,
+    cv: Condvar,
+    threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+impl VcpuControl {
+    pub fn new(vcpus: usize) -> Self {
+        VcpuControl {
+            state: Mutex::new(ControlState {
+                request: Request::Pause,
+                generation: 0,
+                parked: vec![0; vcpus],
+            }),
+            cv: Condvar::new(),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn register_thread(&self, thread: libc::pthread_t) {
+        lock(&self.threads).push(thread);
+    }
+
+    /// Posts a request and kicks every vCPU out of KVM_RUN; returns its generation.
+    pub fn request(&self, request: Request) -> u64 {
+        let generation = {
+            let mut st = lock(&self.state);
+            st.request = request;
+            st.generation += 1;
+            st.generation
+        };
+        self.cv.notify_all();
+        for t in lock(&self.threads).iter() {
+            // SAFETY: the thread ids belong to vCPU threads we spawned and have not
+            // joined; the kick signal's handler is installed before they start.
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
+        }
+        generation
+    }
+
+    /// Waits until every vCPU parked (or exited) after request `generation`.
+    pub fn wait_parked(&self, generation: u64) {
+        let mut st = lock(&self.state);
+        while st.parked.iter().any(|g| *g < generation) {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks while paused. Returns false when the thread must exit. A vCPU that
+    /// stopped on its own (`stopped_at` = the generation it stopped in) waits for a
+    /// newer request before running again.
+    fn wait_runnable(&self, id: usize, stopped_at: Option<u64>) -> (bool, u64) {
+        let mut st = lock(&self.state);
+        loop {
+            match st.request {
+                Request::Exit => {
+                    st.parked[id] = st.generation;
+                    self.cv.notify_all();
+                    return (false, st.generation);
+                }
+                Request::Run if stopped_at != Some(st.generation) => return (true, st.generation),
+                _ => {
+                    st.parked[id] = st.generation;
+                    self.cv.notify_all();
+                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int) {
+    // Setting immediate_exit makes a KVM_RUN that is about to start return at once, so a
+    // kick that lands between our check of the request and the ioctl is not lost.
+    let run = KVM_RUN.with(|r| r.get());
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's own kvm_run mapping, valid while the
+        // thread runs (set at thread start, cleared before the Vcpu can be dropped).
+        unsafe { (*run).immediate_exit = 1 };
+    }
+}
+
+/// Installs the kick handler (without SA_RESTART, so KVM_RUN returns EINTR).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction with a plain handler and empty mask is valid.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(kick_signal(), &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Everything a vCPU thread needs.
+pub struct VcpuThread {
+    pub vcpu: Arc<Mutex<Vcpu>>,
+    pub control: Arc<VcpuControl>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub events: EventSender,
+}
+
+enum Outcome {
+    /// Kicked out of KVM_RUN: look at the control request.
+    Kicked,
+    /// Stopped by a guest event (power-off, reset request) or a failure.
+    Stopped,
+}
+
+impl VcpuThread {
+    pub fn run(self) {
+        let id = lock(&self.vcpu).id;
+        KVM_RUN.with(|r| r.set(lock(&self.vcpu).fd.get_kvm_run()));
+        let mut stopped_at = None;
+        loop {
+            let (run, generation) = self.control.wait_runnable(id, stopped_at);
+            if !run {
+                break;
+            }
+            stopped_at = None;
+            let mut vcpu = lock(&self.vcpu);
+            match self.run_until_stop(&mut vcpu) {
+                Outcome::Kicked => {}
+                Outcome::Stopped => stopped_at = Some(generation),
+            }
+        }
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+
+    fn fail(&self, vcpu: &mut Vcpu, reason: String) -> Outcome {
+        let rip = vcpu
+            .fd
+            .get_regs()
+            .map(|r| format!(" at rip={:#x}", r.rip))
+            .unwrap_or_default();
+        self.events.send(VmEvent::VcpuFailed {
+            vcpu: vcpu.id,
+            reason: format!("{reason}{rip}"),
+        });
+        Outcome::Stopped
+    }
+
+    fn run_until_stop(&self, vcpu: &mut Vcpu) -> Outcome {
+        loop {
+            let failure = match vcpu.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                    continue;
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                    continue;
+                }
+                // With the in-kernel LAPIC, HLT waits in KVM; an exit is spurious.
+                Ok(VcpuExit::Hlt) | Ok(VcpuExit::IoapicEoi(_)) => continue,
+                Ok(VcpuExit::Intr) => return Outcome::Kicked,
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => {
+                        self.events.send(VmEvent::PowerOff);
+                        return Outcome::Stopped;
+                    }
+                    KVM_SYSTEM_EVENT_RESET => {
+                        self.events.send(VmEvent::Reset("KVM system event"));
+                        return Outcome::Stopped;
+                    }
+                    KVM_SYSTEM_EVENT_CRASH => "guest crash (KVM_SYSTEM_EVENT_CRASH)".to_string(),
+                    other => format!("unknown system event {other}"),
+                },
+                Ok(VcpuExit::Shutdown) => "triple fault (KVM_EXIT_SHUTDOWN)".to_string(),
+                Ok(VcpuExit::InternalError) => internal_error(vcpu.fd.get_kvm_run()),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => format!(
+                    "VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on host cpu {cpu})"
+                ),
+                Ok(other) => format!("unexpected exit {other:?}"),
+                Err(e) if e.errno() == libc::EINTR => {
+                    vcpu.fd.set_kvm_immediate_exit(0);
+                    return Outcome::Kicked;
+                }
+                // An AP's first KVM_RUN after INIT can return EAGAIN: try again.
+                Err(e) if e.errno() == libc::EAGAIN => continue,
+                Err(e) => format!("KVM_RUN failed: {e}"),
+            };
+            return self.fail(vcpu, failure);
+        }
+    }
+}
+
+fn internal_error(run: &mut kvm_bindings::kvm_run) -> String {
+    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the live member.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let what = match internal.suberror {
+        1 => "instruction emulation failed",
+        2 => "exception while delivering an exception",
+        3 => "failed to deliver an event",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    let data: Vec<String> = internal.data[..n]
+        .iter()
+        .map(|d| format!("{d:#x}"))
+        .collect();
+    format!(
+        "KVM_EXIT_INTERNAL_ERROR suberror {} ({what}), data [{}]",
+        internal.suberror,
+        data.join(" ")
+    )
+}

@@ -1,0 +1,382 @@
+//! Assembles a VM from its parts (KVM VM, guest RAM, interrupt controllers, platform
+//! devices, vCPUs, boot image) and runs its control loop: power-off, reset and failures
+//! all arrive as `VmEvent`s and are handled here.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{BootError, BootImage, LoadedKernel};
+use crate::cpu::{cpuid, msrs};
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::bus::{lock, Bus, OverlapError};
+use crate::devices::i8042::I8042;
+use crate::devices::reset_control::ResetControl;
+use crate::devices::serial::{Console, SerialConfig, SerialDevice, SocketPath};
+use crate::devices::IrqLine;
+use crate::events::{EventSender, VmEvent};
+use crate::layout::{ports, KVM_IDENTITY_MAP, KVM_TSS};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
+
+/// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
+pub const MAX_XAPIC_CPUS: usize = 255;
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub memory_mib: u64,
+    pub cpus: usize,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub serial: SerialConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("--cpus 0: a VM needs at least one vCPU")]
+    NoVcpus,
+    #[error("--cpus {requested}: KVM on this host allows at most {max} vCPUs per VM")]
+    TooManyVcpus { requested: usize, max: usize },
+    #[error("--cpus {0}: at most {MAX_XAPIC_CPUS} vCPUs can have xAPIC ids")]
+    TooManyXapicIds(usize),
+    #[error("{what}: {error}")]
+    Kvm {
+        what: &'static str,
+        error: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("serial console: {0}")]
+    Serial(std::io::Error),
+    #[error(transparent)]
+    Bus(#[from] OverlapError),
+    #[error("starting a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("building the boot MSR list: {0}")]
+    Msrs(String),
+    #[error("vCPU {vcpu}: {reason}")]
+    VcpuFailed { vcpu: usize, reason: String },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |error| VmError::Kvm { what, error }
+}
+
+/// How a VM run ended, when it ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    PowerOff,
+    Signal(i32),
+}
+
+/// A level-triggered ISA/GSI line driven through KVM_IRQ_LINE.
+struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+            log::error!("setting GSI {} to {high}: {e}", self.gsi);
+        }
+    }
+}
+
+/// The in-kernel interrupt controllers and PIT as created, restored on reset.
+struct PowerOnChips {
+    irqchips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+}
+
+pub struct Vm {
+    vm: Arc<VmFd>,
+    ram: GuestRam,
+    boot: BootImage,
+    loaded: LoadedKernel,
+    vcpus: Vec<Arc<Mutex<Vcpu>>>,
+    chips: PowerOnChips,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    pm: Arc<Mutex<AcpiPm>>,
+    events: EventSender,
+    events_rx: Receiver<VmEvent>,
+    console: Option<(Console, Arc<Mutex<SerialDevice>>)>,
+    _console_socket: Option<SocketPath>,
+}
+
+impl Vm {
+    pub fn new(config: &VmConfig) -> Result<Vm, VmError> {
+        if config.cpus == 0 {
+            return Err(VmError::NoVcpus);
+        }
+        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+        let max = kvm.get_max_vcpus();
+        if config.cpus > max {
+            return Err(VmError::TooManyVcpus {
+                requested: config.cpus,
+                max,
+            });
+        }
+        if config.cpus > MAX_XAPIC_CPUS {
+            return Err(VmError::TooManyXapicIds(config.cpus));
+        }
+        if config.cpus > kvm.get_nr_vcpus() {
+            log::warn!(
+                "{} vCPUs is more than the {} KVM recommends on this host; they will share host CPUs",
+                config.cpus,
+                kvm.get_nr_vcpus()
+            );
+        }
+        let ram = GuestRam::new(config.memory_mib)?;
+        // Read the kernel before building anything else: bad input fails fast.
+        let boot = BootImage::open(&config.kernel, config.initrd.as_deref(), &config.cmdline)?;
+
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
+        vm.set_tss_address(KVM_TSS as usize)
+            .map_err(kvm_err("setting the TSS address"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP)
+            .map_err(kvm_err("setting the identity map address"))?;
+        register_ram(&vm, &ram)?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("creating the in-kernel irqchip"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("creating the in-kernel PIT"))?;
+        let chips = capture_chips(&vm)?;
+
+        let (events, events_rx) = EventSender::channel();
+        let (console, console_socket) = Console::open(&config.serial).map_err(VmError::Serial)?;
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Serial)?;
+        vm.register_irqfd(&serial_irq, ports::COM1_IRQ)
+            .map_err(kvm_err("registering the serial irqfd"))?;
+        let serial = Arc::new(Mutex::new(
+            SerialDevice::new(serial_irq, console.out.clone()).map_err(VmError::Serial)?,
+        ));
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            Box::new(KvmIrqLine {
+                vm: vm.clone(),
+                gsi: ports::SCI_IRQ,
+            }),
+            events.clone(),
+        )));
+        let mut pio = Bus::default();
+        pio.insert(u64::from(ports::COM1), 8, serial.clone())?;
+        pio.insert(
+            u64::from(ports::PM_BASE),
+            u64::from(ports::PM_BLOCK_LEN),
+            pm.clone(),
+        )?;
+        pio.insert(
+            u64::from(ports::RESET_CONTROL),
+            1,
+            Arc::new(Mutex::new(ResetControl::new(events.clone()))),
+        )?;
+        pio.insert(
+            u64::from(ports::I8042_DATA),
+            1,
+            Arc::new(Mutex::new(I8042::new(events.clone(), false))),
+        )?;
+        pio.insert(
+            u64::from(ports::I8042_COMMAND),
+            1,
+            Arc::new(Mutex::new(I8042::new(events.clone(), true))),
+        )?;
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("reading supported CPUID"))?;
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("reading the MSR index list"))?;
+        let mut vcpus = Vec::with_capacity(config.cpus);
+        for id in 0..config.cpus {
+            let cpuid = cpuid::for_vcpu(&supported_cpuid, id as u32, config.cpus as u32);
+            let boot_msrs =
+                msrs::boot_msrs(msr_list.as_slice()).map_err(|e| VmError::Msrs(e.to_string()))?;
+            vcpus.push(Arc::new(Mutex::new(Vcpu::new(&vm, id, &cpuid, boot_msrs)?)));
+        }
+
+        let loaded = boot.load(&ram, config.cpus)?;
+        let vm = Vm {
+            vm,
+            ram,
+            boot,
+            loaded,
+            vcpus,
+            chips,
+            pio: Arc::new(pio),
+            mmio: Arc::new(Bus::default()),
+            pm,
+            events,
+            events_rx,
+            console: Some((console, serial)),
+            _console_socket: console_socket,
+        };
+        vm.reset_vcpus()?;
+        Ok(vm)
+    }
+
+    /// For callers that feed events from outside (signals, later the control channel).
+    pub fn event_sender(&self) -> EventSender {
+        self.events.clone()
+    }
+
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    pub fn loaded_kernel(&self) -> &LoadedKernel {
+        &self.loaded
+    }
+
+    /// Presses the ACPI power button.
+    pub fn power_button(&self) {
+        lock(&self.pm).press_power_button();
+    }
+
+    fn reset_vcpus(&self) -> Result<(), VmError> {
+        for (i, vcpu) in self.vcpus.iter().enumerate() {
+            let entry = (i == 0).then_some(&self.loaded.entry);
+            lock(vcpu).reset(entry)?;
+        }
+        Ok(())
+    }
+
+    /// Platform reset with every vCPU parked: memory back to what the loader wrote,
+    /// interrupt controllers, PIT and devices to power-on state, vCPUs to boot state.
+    fn reset(&mut self) -> Result<(), VmError> {
+        self.ram.clear()?;
+        self.loaded = self.boot.load(&self.ram, self.vcpus.len())?;
+        for chip in &self.chips.irqchips {
+            self.vm
+                .set_irqchip(chip)
+                .map_err(kvm_err("restoring the irqchip"))?;
+        }
+        self.vm
+            .set_pit2(&self.chips.pit)
+            .map_err(kvm_err("restoring the PIT"))?;
+        self.pio.reset();
+        self.mmio.reset();
+        self.reset_vcpus()
+    }
+
+    /// Runs the guest until it powers off, a signal arrives, or something fails.
+    pub fn run(mut self) -> Result<VmExit, VmError> {
+        vcpu::install_kick_handler().map_err(VmError::Thread)?;
+        if let Some((console, serial)) = self.console.take() {
+            console.start_input(serial).map_err(VmError::Serial)?;
+        }
+        let control = Arc::new(VcpuControl::new(self.vcpus.len()));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for vcpu in &self.vcpus {
+            let id = lock(vcpu).id;
+            let thread = VcpuThread {
+                vcpu: vcpu.clone(),
+                control: control.clone(),
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                events: self.events.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || thread.run())
+                .map_err(VmError::Thread)?;
+            control.register_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
+            threads.push(handle);
+        }
+        control.request(Request::Run);
+
+        let result = loop {
+            // The sender half lives in `self`, so recv only fails if that is gone.
+            let Ok(event) = self.events_rx.recv() else {
+                break Ok(VmExit::PowerOff);
+            };
+            match event {
+                VmEvent::PowerOff => break Ok(VmExit::PowerOff),
+                VmEvent::Signal(sig) => break Ok(VmExit::Signal(sig)),
+                VmEvent::VcpuFailed { vcpu, reason } => {
+                    break Err(VmError::VcpuFailed { vcpu, reason })
+                }
+                VmEvent::Reset(source) => {
+                    log::info!("guest reset ({source})");
+                    let generation = control.request(Request::Pause);
+                    control.wait_parked(generation);
+                    if let Err(e) = self.reset() {
+                        break Err(e);
+                    }
+                    // Requests raised by the old boot (a second reset write, say) are stale.
+                    while let Ok(stale) = self.events_rx.try_recv() {
+                        if !matches!(stale, VmEvent::Reset(_)) {
+                            self.events.send(stale);
+                            break;
+                        }
+                    }
+                    control.request(Request::Run);
+                }
+            }
+        };
+        let generation = control.request(Request::Exit);
+        control.wait_parked(generation);
+        for t in threads {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
+    for (slot, region) in ram.regions().iter().enumerate() {
+        let host = ram.host_addr(region).ok_or_else(|| {
+            VmError::Memory(MemoryError::Mmap(format!(
+                "no host mapping for {:#x}",
+                region.guest_addr
+            )))
+        })?;
+        let mr = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.guest_addr,
+            memory_size: region.size,
+            userspace_addr: host,
+        };
+        // SAFETY: the mapping behind `host` lives as long as `ram`, which the Vm owns
+        // for as long as the KVM VM exists.
+        unsafe { vm.set_user_memory_region(mr) }.map_err(kvm_err("registering guest RAM"))?;
+    }
+    Ok(())
+}
+
+fn capture_chips(vm: &VmFd) -> Result<PowerOnChips, VmError> {
+    let mut irqchips = Vec::new();
+    for chip_id in [
+        KVM_IRQCHIP_PIC_MASTER,
+        KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQCHIP_IOAPIC,
+    ] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip)
+            .map_err(kvm_err("reading the irqchip"))?;
+        irqchips.push(chip);
+    }
+    let pit = vm.get_pit2().map_err(kvm_err("reading the PIT"))?;
+    Ok(PowerOnChips { irqchips, pit })
+}

@@ -12,4 +12,4 @@ pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
-pub use vm::{Vm, VmConfig, VmError, VmExit};
+pub use vm::{PowerButton, Vm, VmConfig, VmError, VmExit};

@@ -75,6 +75,16 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |error| VmError::Kvm { what, error }
 }
 
+/// Presses the fixed-feature ACPI power button (what QMP system_powerdown does).
+#[derive(Clone)]
+pub struct PowerButton(Arc<Mutex<AcpiPm>>);
+
+impl PowerButton {
+    pub fn press(&self) {
+        lock(&self.0).press_power_button();
+    }
+}
+
 /// How a VM run ended, when it ended well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmExit {
@@ -245,9 +255,9 @@ impl Vm {
         &self.loaded
     }
 
-    /// Presses the ACPI power button.
-    pub fn power_button(&self) {
-        lock(&self.pm).press_power_button();
+    /// A handle that presses the ACPI power button while the VM runs.
+    pub fn power_button(&self) -> PowerButton {
+        PowerButton(self.pm.clone())
     }
 
     fn reset_vcpus(&self) -> Result<(), VmError> {

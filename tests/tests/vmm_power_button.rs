@@ -1,0 +1,57 @@
+//! The ACPI power button on vmm-core: the idle test guest enables the fixed power-button
+//! event, and a press (what QMP system_powerdown will do) makes it power off through S5.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use vmm_core::devices::serial::SerialConfig;
+use vmm_core::{Vm, VmConfig, VmExit};
+
+use flotilla_tests::{test_guest, TempDir};
+
+fn wait_for(path: &std::path::Path, text: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let console = std::fs::read_to_string(path).unwrap_or_default();
+        if console.contains(text) {
+            return console;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} on the console within {timeout:?}:\n{console}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn power_button_powers_off_the_idle_guest() {
+    let dir = TempDir::new("power-button");
+    let console = dir.path().join("console.log");
+    let vm = Vm::new(&VmConfig {
+        memory_mib: 128,
+        cpus: 2,
+        kernel: test_guest(),
+        initrd: None,
+        cmdline: String::new(),
+        serial: SerialConfig::File(console.clone()),
+    })
+    .expect("VM");
+    let button = vm.power_button();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vm.run());
+    });
+    wait_for(&console, "GUEST IDLE", Duration::from_secs(30));
+    assert!(
+        rx.try_recv().is_err(),
+        "VM ended before the button was pressed"
+    );
+    button.press();
+    let exit = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("VM still running 30 s after the power button");
+    assert_eq!(exit.expect("VM run"), VmExit::PowerOff);
+    let text = wait_for(&console, "GUEST POWEROFF", Duration::from_secs(1));
+    assert!(text.contains("GUEST POWER BUTTON"), "{text}");
+}

@@ -1,0 +1,190 @@
+//! The IDT, one entry stub per vector, and the common dispatcher: CPU exceptions (ring 0 ->
+//! `GUEST PANIC` and halt; ring 3 -> handed to user.rs), the ACPI SCI, the APIC's spurious
+//! vector, and anything unexpected (error line, EOI, carry on).
+
+use crate::gdt::KERNEL_CS;
+use crate::sync::Global;
+use crate::{apic, console, cpu, power, user};
+use core::arch::{asm, global_asm};
+
+/// Vector the ACPI SCI is routed to (power.rs).
+pub const SCI_VECTOR: u8 = 0x30;
+/// Distance between the per-vector entry stubs generated below.
+const STUB_SIZE: u64 = 16;
+/// Gates filled at boot: exceptions, the remapped PIC range, the SCI and a few spare vectors,
+/// plus the APIC spurious vector. Filling all 256 costs milliseconds in emulated ring 0; an
+/// interrupt on a vector left out arrives as #NP (exception 11), which is still reported.
+const FILLED_VECTORS: usize = 0x40;
+const _: () = assert!((SCI_VECTOR as usize) < FILLED_VECTORS);
+
+/// Register state saved by the entry stubs, lowest address first. Handlers may change it: the
+/// common stub restores it and IRETQs to whatever `rip`/`cs`/`rsp`/`ss` say.
+#[repr(C)]
+pub struct Frame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    /// The CPU's error code, or 0 for vectors without one.
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl Frame {
+    pub fn in_user_mode(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+// 256 stubs, 16 bytes apart: push a zero error code where the CPU pushes none, push the vector,
+// jump to the common path. Error-code vectors: 8, 10-14, 17, 21, 29, 30.
+global_asm!(
+    ".pushsection .text.interrupts, \"ax\"",
+    ".balign 16",
+    ".global flotilla_interrupt_stubs",
+    "flotilla_interrupt_stubs:",
+    ".set flotilla_vec, 0",
+    ".rept 256",
+    ".balign 16",
+    ".if (flotilla_vec == 8) || ((flotilla_vec >= 10) && (flotilla_vec <= 14)) || (flotilla_vec == 17) || (flotilla_vec == 21) || (flotilla_vec == 29) || (flotilla_vec == 30)",
+    ".else",
+    "pushq $0",
+    ".endif",
+    "pushq $flotilla_vec",
+    "jmp flotilla_interrupt_common",
+    ".set flotilla_vec, flotilla_vec + 1",
+    ".endr",
+    "flotilla_interrupt_common:",
+    "push %rax",
+    "push %rbx",
+    "push %rcx",
+    "push %rdx",
+    "push %rsi",
+    "push %rdi",
+    "push %rbp",
+    "push %r8",
+    "push %r9",
+    "push %r10",
+    "push %r11",
+    "push %r12",
+    "push %r13",
+    "push %r14",
+    "push %r15",
+    "mov %rsp, %rdi", // &mut Frame; 16-byte aligned (22 quadwords pushed onto an aligned stack)
+    "cld",
+    "call {dispatch}",
+    "pop %r15",
+    "pop %r14",
+    "pop %r13",
+    "pop %r12",
+    "pop %r11",
+    "pop %r10",
+    "pop %r9",
+    "pop %r8",
+    "pop %rbp",
+    "pop %rdi",
+    "pop %rsi",
+    "pop %rdx",
+    "pop %rcx",
+    "pop %rbx",
+    "pop %rax",
+    "add $16, %rsp", // vector and error code
+    "iretq",
+    ".popsection",
+    dispatch = sym dispatch,
+    options(att_syntax),
+);
+
+extern "C" {
+    static flotilla_interrupt_stubs: u8;
+}
+
+/// 256 16-byte gates, as pairs of quadwords (built with plain shifts: cheap when emulated).
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 256]);
+
+static IDT: Global<Idt> = Global::new(Idt([[0; 2]; 256]));
+
+/// Present, DPL 0, 64-bit interrupt gate (IF cleared on entry).
+const GATE_ATTRIBUTES: u64 = 0x8e;
+
+/// Fills the IDT (BSP, once) and loads it.
+pub fn init() {
+    let stubs = &raw const flotilla_interrupt_stubs as u64;
+    // SAFETY: single-threaded boot, before any CPU loaded the IDT.
+    let idt = unsafe { IDT.get_mut() };
+    let vectors = (0..FILLED_VECTORS).chain(core::iter::once(usize::from(apic::SPURIOUS_VECTOR)));
+    for vector in vectors {
+        let handler = stubs + vector as u64 * STUB_SIZE;
+        idt.0[vector] = [
+            (handler & 0xffff)
+                | (u64::from(KERNEL_CS) << 16)
+                | (GATE_ATTRIBUTES << 40)
+                | (((handler >> 16) & 0xffff) << 48),
+            handler >> 32,
+        ];
+    }
+    load();
+}
+
+/// Loads the (already filled) IDT on this CPU.
+pub fn load() {
+    #[repr(C, packed)]
+    struct Pointer {
+        limit: u16,
+        base: u64,
+    }
+    let pointer = Pointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: IDT.as_ptr() as u64,
+    };
+    // SAFETY: the IDT is static and its gates point at the stubs above.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) }
+}
+
+extern "C" fn dispatch(frame: &mut Frame) {
+    match frame.vector {
+        0..=31 => {
+            if frame.in_user_mode() && user::handle_exception(frame) {
+                return;
+            }
+            exception_panic(frame);
+        }
+        v if v == u64::from(SCI_VECTOR) => power::sci_interrupt(),
+        v if v == u64::from(apic::SPURIOUS_VECTOR) => {}
+        v => {
+            console::error("unexpected interrupt vector=").dec(v).end();
+            apic::eoi();
+        }
+    }
+}
+
+/// `GUEST PANIC exception=<vector> error=<hex> rip=<hex> cr2=<hex>`, then this CPU halts.
+fn exception_panic(frame: &Frame) -> ! {
+    console::line_forced("GUEST PANIC exception=")
+        .dec(frame.vector)
+        .s(" error=")
+        .hex(frame.error)
+        .s(" rip=")
+        .hex(frame.rip)
+        .s(" cr2=")
+        .hex(cpu::read_cr2())
+        .end();
+    cpu::halt_forever()
+}

@@ -1,0 +1,262 @@
+//! Application processor start-up: INIT / SIPI / SIPI through the xAPIC for every enabled
+//! processor in the MADT, a real-mode trampoline in a free page below 1 MiB, and the APs' Rust
+//! entry. Also the CPU index <-> APIC ID table (index 0 is the BSP).
+//!
+//! Path of an AP: trampoline (16-bit, copied low) -> `flotilla_ap_entry32` (32-bit, in the
+//! image) -> long mode on the BSP's page tables -> claims its stack from `AP_BOOT_SLOT` ->
+//! `ap_main`. The slot is claimed with an atomic exchange, so an AP that starts after the BSP
+//! gave up on it finds the slot empty and parks instead of sharing another AP's stack.
+
+use crate::acpi::Acpi;
+use crate::boot::{CR0_CLEAR, CR0_SET, CR4_PAE, EFER_LME, EFER_MSR};
+use crate::gdt::{GDT, GDT_LIMIT, KERNEL_CS, KERNEL_CS32, KERNEL_DS};
+use crate::start_info::BootInfo;
+use crate::{apic, console, cpu, gdt, interrupts, pit};
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// CPUs this kernel can run (index 0 = BSP). Sizes the per-CPU stacks and TSSs.
+pub const MAX_CPUS: usize = 32;
+pub const AP_STACK_SIZE: usize = 16 * 1024;
+const NO_APIC_ID: u32 = u32::MAX;
+/// Preferred trampoline page (any free RAM page below 1 MiB will do).
+const PREFERRED_TRAMPOLINE: u64 = 0x8000;
+const INIT_DELAY_US: u64 = 10_000;
+const SIPI_DELAY_US: u64 = 200;
+const AP_ONLINE_TIMEOUT_US: u64 = 1_000_000;
+
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_APIC_ID) }; MAX_CPUS];
+static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+static ONLINE_COUNT: AtomicU32 = AtomicU32::new(0);
+/// Index of the AP allowed to start next (0 = none): taken by the AP with `xchg`.
+static AP_BOOT_SLOT: AtomicU64 = AtomicU64::new(0);
+
+global_asm!(
+    // --- Real-mode trampoline: copied to a page below 1 MiB; CS = page, IP = 0.
+    ".pushsection .rodata.ap_trampoline, \"a\"",
+    ".code16",
+    ".global flotilla_ap_trampoline",
+    "flotilla_ap_trampoline:",
+    "cli",
+    "cld",
+    "mov %cs, %ax",
+    "mov %ax, %ds",
+    "lgdtl flotilla_ap_gdt_ptr - flotilla_ap_trampoline",
+    "mov %cr0, %eax",
+    "or $1, %eax",
+    "mov %eax, %cr0",
+    "ljmpl ${kcs32}, $flotilla_ap_entry32",
+    ".balign 8",
+    "flotilla_ap_gdt_ptr:",
+    ".short {gdt_limit}",
+    ".long {gdt}",
+    ".global flotilla_ap_trampoline_end",
+    "flotilla_ap_trampoline_end:",
+    ".code64",
+    ".popsection",
+    // --- 32-bit part, in the image: same steps as the BSP's PVH entry.
+    ".pushsection .text.boot, \"ax\"",
+    ".code32",
+    "flotilla_ap_entry32:",
+    "mov ${kds}, %eax",
+    "mov %eax, %ds",
+    "mov %eax, %es",
+    "mov %eax, %ss",
+    "mov %cr4, %eax",
+    "or ${cr4_pae}, %eax",
+    "mov %eax, %cr4",
+    "mov $flotilla_pml4, %eax",
+    "mov %eax, %cr3",
+    "mov ${efer}, %ecx",
+    "rdmsr",
+    "or ${efer_lme}, %eax",
+    "wrmsr",
+    "mov %cr0, %eax",
+    "and $~{cr0_clear}, %eax",
+    "or ${cr0_set}, %eax",
+    "mov %eax, %cr0",
+    "ljmp ${kcs}, $flotilla_ap_entry64",
+    ".code64",
+    "flotilla_ap_entry64:",
+    "mov ${kds}, %eax",
+    "mov %eax, %ds",
+    "mov %eax, %es",
+    "mov %eax, %ss",
+    "xor %eax, %eax",
+    "mov %eax, %fs",
+    "mov %eax, %gs",
+    "xchg %rax, {slot}(%rip)",
+    "test %rax, %rax",
+    "jz 2f",
+    "mov %rax, %rdi", // ap_main(index)
+    "imul ${ap_stack_size}, %rax, %rax",
+    "mov $flotilla_ap_stacks, %esp",
+    "add %rax, %rsp", // top of stack `index` (index >= 1: stacks[index - 1])
+    "call {ap_main}",
+    "2:",
+    "cli",
+    "hlt",
+    "jmp 2b",
+    ".popsection",
+    ".pushsection .stacks, \"aw\", @nobits",
+    ".balign 4096",
+    "flotilla_ap_stacks:",
+    ".space {ap_stacks_size}",
+    ".popsection",
+    kcs32 = const KERNEL_CS32,
+    kcs = const KERNEL_CS,
+    kds = const KERNEL_DS,
+    gdt_limit = const GDT_LIMIT,
+    gdt = sym GDT,
+    cr4_pae = const CR4_PAE,
+    efer = const EFER_MSR,
+    efer_lme = const EFER_LME,
+    cr0_clear = const CR0_CLEAR,
+    cr0_set = const CR0_SET,
+    slot = sym AP_BOOT_SLOT,
+    ap_stack_size = const AP_STACK_SIZE,
+    ap_stacks_size = const AP_STACK_SIZE * (MAX_CPUS - 1),
+    ap_main = sym ap_main,
+    options(att_syntax),
+);
+
+extern "C" {
+    static flotilla_ap_trampoline: u8;
+    static flotilla_ap_trampoline_end: u8;
+}
+
+/// Index of the CPU running this (0 if its APIC ID is unknown, which only the BSP can be
+/// before `register_bsp`).
+pub fn current_cpu() -> usize {
+    let id = apic::id();
+    APIC_IDS
+        .iter()
+        .position(|slot| slot.load(Ordering::Relaxed) == id)
+        .unwrap_or(0)
+}
+
+pub fn online_count() -> u32 {
+    ONLINE_COUNT.load(Ordering::Acquire)
+}
+
+/// Records the BSP as CPU 0 (call once its APIC is enabled).
+pub fn register_bsp() {
+    APIC_IDS[0].store(apic::id(), Ordering::Relaxed);
+    ONLINE[0].store(true, Ordering::Relaxed);
+    ONLINE_COUNT.store(1, Ordering::Release);
+}
+
+extern "C" fn ap_main(index: u64) -> ! {
+    let index = index as usize;
+    gdt::init_cpu(index);
+    interrupts::load();
+    apic::enable();
+    ONLINE[index].store(true, Ordering::Release);
+    ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
+    loop {
+        cpu::enable_interrupts_and_halt();
+    }
+}
+
+/// Picks the trampoline page: free RAM below 1 MiB, 0x8000 if possible, never page 0.
+fn trampoline_page(boot: &BootInfo, len: u64) -> Option<u64> {
+    let fits = |page: u64| boot.is_free_ram(page, page + len.max(4096));
+    if fits(PREFERRED_TRAMPOLINE) {
+        return Some(PREFERRED_TRAMPOLINE);
+    }
+    (0x1000..0x9_f000).step_by(4096).find(|&page| fits(page))
+}
+
+/// Starts every enabled AP in the MADT; returns the number of CPUs online (BSP included).
+pub fn start_aps(acpi: &Acpi, boot: &BootInfo) -> u32 {
+    let bsp_id = apic::id();
+    // APIC IDs by CPU index; index 0 (the BSP) is unused here.
+    let mut apic_ids = [0u32; MAX_CPUS];
+    let mut count = 0;
+    for entry in acpi.madt.cpus() {
+        if !entry.enabled || entry.apic_id == bsp_id {
+            continue;
+        }
+        if entry.apic_id > 0xfe {
+            console::error("cpu apic_id=")
+                .dec(u64::from(entry.apic_id))
+                .s(" cannot be started in xAPIC mode")
+                .end();
+            continue;
+        }
+        if count + 1 >= MAX_CPUS {
+            console::error("cpu apic_id=")
+                .dec(u64::from(entry.apic_id))
+                .s(" exceeds MAX_CPUS=")
+                .dec(MAX_CPUS as u64)
+                .end();
+            continue;
+        }
+        count += 1;
+        apic_ids[count] = entry.apic_id;
+        APIC_IDS[count].store(entry.apic_id, Ordering::Relaxed);
+    }
+    if count == 0 {
+        return online_count();
+    }
+
+    let (start, end) = (
+        &raw const flotilla_ap_trampoline as u64,
+        &raw const flotilla_ap_trampoline_end as u64,
+    );
+    let len = end - start;
+    let Some(page) = trampoline_page(boot, len) else {
+        console::error("no free RAM page below 1 MiB for the AP trampoline").end();
+        return online_count();
+    };
+    // SAFETY: `page` is free RAM (memory map) below 1 MiB, identity mapped; the source is the
+    // trampoline in .rodata.
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, page as usize as *mut u8, len as usize);
+    }
+
+    // INIT every AP, one wait, then SIPI them one at a time.
+    for &apic_id in &apic_ids[1..=count] {
+        if !apic::send_init(apic_id) {
+            console::error("INIT to apic_id=")
+                .dec(u64::from(apic_id))
+                .s(" not delivered")
+                .end();
+        }
+    }
+    pit::delay_us(INIT_DELAY_US);
+    let vector = (page >> 12) as u8;
+    for (index, &apic_id) in apic_ids.iter().enumerate().take(count + 1).skip(1) {
+        start_one(index, apic_id, vector);
+    }
+    online_count()
+}
+
+fn start_one(index: usize, apic_id: u32, vector: u8) {
+    AP_BOOT_SLOT.store(index as u64, Ordering::Release);
+    let claimed = || AP_BOOT_SLOT.load(Ordering::Acquire) != index as u64;
+    apic::send_startup(apic_id, vector);
+    // The second SIPI only if the first did not take (it is ignored by a running CPU anyway).
+    if !pit::wait_until(SIPI_DELAY_US, claimed) {
+        apic::send_startup(apic_id, vector);
+    }
+    if pit::wait_until(AP_ONLINE_TIMEOUT_US, || {
+        ONLINE[index].load(Ordering::Acquire)
+    }) {
+        return;
+    }
+    // Revoke the slot; if the AP had taken it, it is running but slow (and may still come
+    // online later, under its index).
+    if AP_BOOT_SLOT.swap(0, Ordering::AcqRel) == index as u64 {
+        console::error("cpu apic_id=")
+            .dec(u64::from(apic_id))
+            .s(" did not start")
+            .end();
+        APIC_IDS[index].store(NO_APIC_ID, Ordering::Relaxed);
+    } else {
+        console::error("cpu apic_id=")
+            .dec(u64::from(apic_id))
+            .s(" started but did not come online in time")
+            .end();
+    }
+}

@@ -16,20 +16,27 @@ fn qemu(machine: &str, cpus: usize, memory_mib: u64, cmdline: &str, extra: &[&st
     let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
     // QEMU 7.2 aborts on this host with plain `-cpu host` ("failed to set MSR 0x10a"):
     // kvm-pvm refuses IA32_ARCH_CAPABILITIES.
-    cmd.args(["-M", machine, "-accel", "kvm", "-cpu", "host,-arch-capabilities"])
-        .args(["-smp", &cpus.to_string(), "-m", &memory_mib.to_string()])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(test_guest())
-        .args(["-append", cmdline])
-        .args(extra);
+    cmd.args([
+        "-M",
+        machine,
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+    ])
+    .args(["-smp", &cpus.to_string(), "-m", &memory_mib.to_string()])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(test_guest())
+    .args(["-append", cmdline])
+    .args(extra);
     Vm::spawn(cmd)
 }
 

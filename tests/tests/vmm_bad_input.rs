@@ -46,7 +46,9 @@ fn missing_kernel_file() {
 fn truncated_elf() {
     let dir = TempDir::new("trunc-elf");
     let guest = std::fs::read(test_guest()).unwrap();
-    for len in [16, 100, guest.len() / 2] {
+    // Inside the ELF header, the program headers, the loaded segments, and the last byte
+    // of the section header table.
+    for len in [16, 100, 5000, guest.len() / 2, guest.len() - 1] {
         let path = dir.path().join(format!("guest-{len}"));
         std::fs::write(&path, &guest[..len]).unwrap();
         rejects(&kernel_args(&path, &[]), "invalid or truncated ELF");

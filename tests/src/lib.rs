@@ -91,6 +91,11 @@ pub fn linux_bzimage() -> PathBuf {
         .unwrap_or_else(|| panic!("no vmlinuz-* in {}", boot.display()))
 }
 
+/// True on hosts whose KVM is kvm-pvm (no VMX/SVM; guest ring 0 is emulated).
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// A program from the host, or a failure saying which package provides it.
 pub fn require_tool(name: &str, package: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -194,7 +199,7 @@ impl Vm {
     }
 
     /// Waits for a line for which `matches` holds; panics with the transcript on
-    /// timeout, on a guest panic line, or when the process ends first.
+    /// timeout, on a guest panic or error line, or when the process ends first.
     pub fn expect_line(
         &mut self,
         what: &str,

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::{bin, test_guest, Vm};
+use flotilla_tests::{bin, kvm_is_pvm, test_guest, TempDir, Vm};
 use nix::sys::signal::Signal;
 
 const BOOT: Duration = Duration::from_secs(30);
@@ -129,4 +129,63 @@ fn triple_fault_is_a_clear_error() {
         errors[0].contains("vCPU 0") && errors[0].contains("triple fault"),
         "{transcript}"
     );
+}
+
+#[test]
+fn internal_error_is_a_clear_error() {
+    // kvm-pvm emulates guest ring 0 and its emulator lacks cmpxchg16b: KVM stops the vCPU
+    // with KVM_EXIT_INTERNAL_ERROR. Under VMX/SVM the instruction simply runs.
+    let mut vm = vmm(1, 128, "scenario=cmpxchg16b");
+    vm.expect_prefix("GUEST READY", BOOT);
+    let status = vm.wait(BOOT);
+    let transcript = vm.transcript();
+    if kvm_is_pvm() {
+        assert!(!status.success(), "{transcript}");
+        let errors: Vec<&str> = transcript.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{transcript}");
+        assert!(
+            errors[0].contains("vCPU 0: KVM_EXIT_INTERNAL_ERROR"),
+            "{transcript}"
+        );
+    } else {
+        assert!(status.success(), "{transcript}");
+        assert!(transcript.contains("GUEST CMPXCHG16B OK"), "{transcript}");
+    }
+}
+
+#[test]
+fn serial_on_a_unix_socket() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("serial-unix");
+    let sock = dir.path().join("console.sock");
+    let mut cmd = Command::new(bin("vmm-core"));
+    cmd.arg("--kernel")
+        .arg(test_guest())
+        .args(["--memory", "128", "--cmdline", "scenario=reboot"])
+        .arg("--serial")
+        .arg(format!("unix:{}", sock.display()));
+    let mut vm = Vm::spawn(cmd);
+    let deadline = std::time::Instant::now() + BOOT;
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{}: {e}\n{}", sock.display(), vm.transcript()),
+        }
+    };
+    stream.set_read_timeout(Some(BOOT)).unwrap();
+    // Output is dropped while no client is connected; the guest reboots over and over, so
+    // a whole boot reaches us after we connect.
+    let ready = BufReader::new(stream)
+        .lines()
+        .map(|l| l.expect("console socket read"))
+        .find(|l| l.starts_with("GUEST READY"))
+        .expect("console socket closed before a READY line");
+    assert_eq!(ready.trim_end(), "GUEST READY cpus=1 mem_mib=128");
+    vm.signal(Signal::SIGTERM);
+    let status = vm.wait(BOOT);
+    assert!(status.success(), "{}", vm.transcript());
+    assert!(!sock.exists(), "vmm-core left its console socket behind");
 }

@@ -31,6 +31,7 @@ mod scenarios;
 mod smp;
 mod start_info;
 mod sync;
+mod topology;
 mod user;
 
 use acpi::gas::{Gas, Space};
@@ -70,6 +71,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         console::error("firmware left the local APIC in x2APIC mode: no APs").end();
     }
     smp::register_bsp();
+    topology::check_this_cpu(0);
     print_info(acpi, mode);
 
     let cpus = if xapic {
@@ -77,6 +79,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     } else {
         smp::online_count()
     };
+    topology::report();
     console::line("GUEST READY cpus=")
         .dec(u64::from(cpus))
         .s(" mem_mib=")

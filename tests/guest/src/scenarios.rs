@@ -3,7 +3,7 @@
 //!
 //! `idle` (default), `poweroff`, `reboot` and `ring3` are the ones the host tests rely on;
 //! `ring3-checks`, `fault` and `panic` exercise the guest's own failure reporting;
-//! `triple-fault` exercises the VMM's.
+//! `triple-fault` and `cmpxchg16b` exercise the VMM's.
 
 use crate::acpi::Acpi;
 use crate::user::{self, UserFault};
@@ -21,6 +21,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi) -> ! {
         Some(b"ring3-checks") => ring3_checks(acpi),
         Some(b"fault") => ring0_fault(),
         Some(b"triple-fault") => triple_fault(),
+        Some(b"cmpxchg16b") => ring0_cmpxchg16b(acpi),
         Some(b"panic") => panic!("requested by scenario=panic"),
         Some(other) => {
             console::error("unknown scenario=").ascii(other).end();
@@ -142,4 +143,34 @@ fn triple_fault() -> ! {
     let empty_idt = [0u16; 5];
     // SAFETY: deliberately ends this CPU's (and the VM's) execution.
     unsafe { core::arch::asm!("lidt [{}]", "ud2", in(reg) &empty_idt, options(noreturn)) }
+}
+
+/// `lock cmpxchg16b` in ring 0. With hardware virtualization it just runs; on kvm-pvm ring 0
+/// is emulated and the emulator lacks it, so KVM stops the VM with KVM_EXIT_INTERNAL_ERROR,
+/// which the VMM must report.
+fn ring0_cmpxchg16b(acpi: &Acpi) -> ! {
+    #[repr(C, align(16))]
+    struct Pair([u64; 2]);
+    let mut pair = Pair([1, 2]);
+    let (low, high): (u64, u64);
+    // SAFETY: `pair` is 16-byte aligned and live; rbx (reserved by LLVM) is swapped in and
+    // restored around the instruction.
+    unsafe {
+        core::arch::asm!(
+            "xchg {new_low}, rbx",
+            "lock cmpxchg16b [{pair}]",
+            "xchg {new_low}, rbx",
+            pair = in(reg) &mut pair,
+            new_low = inout(reg) 3u64 => _,
+            inout("rax") 1u64 => low,
+            inout("rdx") 2u64 => high,
+            in("rcx") 4u64,
+        );
+    }
+    if (low, high, pair.0) == (1, 2, [3, 4]) {
+        console::line("GUEST CMPXCHG16B OK").end();
+    } else {
+        console::error("cmpxchg16b gave ").dec(pair.0[0]).s(",").dec(pair.0[1]).end();
+    }
+    power::poweroff(acpi)
 }

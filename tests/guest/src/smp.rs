@@ -151,6 +151,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     gdt::init_cpu(index);
     interrupts::load();
     apic::enable();
+    crate::topology::check_this_cpu(index);
     ONLINE[index].store(true, Ordering::Release);
     ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
     loop {

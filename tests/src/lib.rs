@@ -273,6 +273,23 @@ impl Vm {
     }
 }
 
+/// A whole run of the test guest with `scenario=poweroff`: the READY line for exactly
+/// this configuration, the power-off, and a successful exit.
+pub fn expect_ready_then_poweroff(vm: &mut Vm, cpus: usize, memory_mib: u64, timeout: Duration) {
+    let ready = vm.expect_prefix("GUEST READY", timeout);
+    assert_eq!(
+        ready,
+        format!("GUEST READY cpus={cpus} mem_mib={memory_mib}")
+    );
+    vm.expect_prefix("GUEST POWEROFF", timeout);
+    let status = vm.wait(timeout);
+    assert!(
+        status.success(),
+        "exited with {status}:\n{}",
+        vm.transcript()
+    );
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{require_tool, test_guest, TempDir, Vm};
+use flotilla_tests::{expect_ready_then_poweroff, require_tool, test_guest, TempDir, Vm};
 
 // q35's firmware runs emulated here (HOST.md: about 3 s to the first guest byte).
 const BOOT: Duration = Duration::from_secs(60);
@@ -42,18 +42,7 @@ fn qemu(machine: &str, cpus: usize, memory_mib: u64, cmdline: &str, extra: &[&st
 
 fn boots_and_powers_off(machine: &str, cpus: usize, memory_mib: u64) {
     let mut vm = qemu(machine, cpus, memory_mib, "scenario=poweroff", &[]);
-    let ready = vm.expect_prefix("GUEST READY", BOOT);
-    assert_eq!(
-        ready,
-        format!("GUEST READY cpus={cpus} mem_mib={memory_mib}")
-    );
-    vm.expect_prefix("GUEST POWEROFF", BOOT);
-    let status = vm.wait(BOOT);
-    assert!(
-        status.success(),
-        "QEMU exited with {status}:\n{}",
-        vm.transcript()
-    );
+    expect_ready_then_poweroff(&mut vm, cpus, memory_mib, BOOT);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::{bin, kvm_is_pvm, test_guest, TempDir, Vm};
+use flotilla_tests::{bin, expect_ready_then_poweroff, kvm_is_pvm, test_guest, TempDir, Vm};
 use nix::sys::signal::Signal;
 
 const BOOT: Duration = Duration::from_secs(30);
@@ -21,18 +21,7 @@ fn vmm(cpus: usize, memory_mib: u64, cmdline: &str) -> Vm {
 
 fn boots_and_powers_off(cpus: usize, memory_mib: u64) {
     let mut vm = vmm(cpus, memory_mib, "scenario=poweroff");
-    let ready = vm.expect_prefix("GUEST READY", BOOT);
-    assert_eq!(
-        ready,
-        format!("GUEST READY cpus={cpus} mem_mib={memory_mib}")
-    );
-    vm.expect_prefix("GUEST POWEROFF", BOOT);
-    let status = vm.wait(BOOT);
-    assert!(
-        status.success(),
-        "vmm-core exited with {status}:\n{}",
-        vm.transcript()
-    );
+    expect_ready_then_poweroff(&mut vm, cpus, memory_mib, BOOT);
 }
 
 #[test]

@@ -330,13 +330,13 @@ impl Vm {
                     if let Err(e) = self.reset() {
                         break Err(e);
                     }
-                    // Requests raised by the old boot (a second reset write, say) are stale.
-                    while let Ok(stale) = self.events_rx.try_recv() {
-                        if !matches!(stale, VmEvent::Reset(_)) {
-                            self.events.send(stale);
-                            break;
-                        }
-                    }
+                    // Reset requests raised by the old boot (a second write to the reset
+                    // register, say) are stale; anything else still matters.
+                    let pending: Vec<VmEvent> = self.events_rx.try_iter().collect();
+                    pending
+                        .into_iter()
+                        .filter(|e| !matches!(e, VmEvent::Reset(_)))
+                        .for_each(|e| self.events.send(e));
                     control.request(Request::Run);
                 }
             }

@@ -79,6 +79,15 @@ global_asm!(
     "cli",
     "cld",
     "mov %ebx, %esi", // start_info, kept in ESI until main
+    // PVH leaves GDTR undefined: our GDT first, then selectors from it.
+    "lgdt flotilla_gdt_ptr32",
+    // Shared with the APs (smp.rs), which arrive here with our GDT loaded and ESI = 0.
+    ".global flotilla_enter_long_mode32",
+    "flotilla_enter_long_mode32:",
+    "mov ${kds}, %eax",
+    "mov %eax, %ds",
+    "mov %eax, %es",
+    "mov %eax, %ss",
     "mov %cr4, %eax",
     "or ${cr4_pae}, %eax",
     "mov %eax, %cr4",
@@ -92,7 +101,6 @@ global_asm!(
     "and $~{cr0_clear}, %eax",
     "or ${cr0_set}, %eax",
     "mov %eax, %cr0",
-    "lgdt flotilla_gdt_ptr32",
     "ljmp ${kcs}, $flotilla_boot64",
     ".code64",
     "flotilla_boot64:",
@@ -104,6 +112,8 @@ global_asm!(
     "xor %eax, %eax",
     "mov %eax, %fs",
     "mov %eax, %gs",
+    "test %esi, %esi",
+    "jz flotilla_ap_entry64",
     // Zero .bss (kept small: a few KiB; the linker script aligns both ends to 16).
     "mov $__bss_start, %edi",
     "mov $__bss_end, %ecx",

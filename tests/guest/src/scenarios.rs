@@ -170,7 +170,11 @@ fn ring0_cmpxchg16b(acpi: &Acpi) -> ! {
     if (low, high, pair.0) == (1, 2, [3, 4]) {
         console::line("GUEST CMPXCHG16B OK").end();
     } else {
-        console::error("cmpxchg16b gave ").dec(pair.0[0]).s(",").dec(pair.0[1]).end();
+        console::error("cmpxchg16b gave ")
+            .dec(pair.0[0])
+            .s(",")
+            .dec(pair.0[1])
+            .end();
     }
     power::poweroff(acpi)
 }

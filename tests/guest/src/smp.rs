@@ -8,8 +8,7 @@
 //! gave up on it finds the slot empty and parks instead of sharing another AP's stack.
 
 use crate::acpi::Acpi;
-use crate::boot::{CR0_CLEAR, CR0_SET, CR4_PAE, EFER_LME, EFER_MSR};
-use crate::gdt::{GDT, GDT_LIMIT, KERNEL_CS, KERNEL_CS32, KERNEL_DS};
+use crate::gdt::{GDT, GDT_LIMIT, KERNEL_CS32};
 use crate::start_info::BootInfo;
 use crate::{apic, console, cpu, gdt, interrupts, pit};
 use core::arch::global_asm;
@@ -54,37 +53,16 @@ global_asm!(
     "flotilla_ap_trampoline_end:",
     ".code64",
     ".popsection",
-    // --- 32-bit part, in the image: same steps as the BSP's PVH entry.
+    // --- 32-bit part, in the image: joins the BSP's way into long mode (boot.rs).
     ".pushsection .text.boot, \"ax\"",
     ".code32",
     "flotilla_ap_entry32:",
-    "mov ${kds}, %eax",
-    "mov %eax, %ds",
-    "mov %eax, %es",
-    "mov %eax, %ss",
-    "mov %cr4, %eax",
-    "or ${cr4_pae}, %eax",
-    "mov %eax, %cr4",
-    "mov $flotilla_pml4, %eax",
-    "mov %eax, %cr3",
-    "mov ${efer}, %ecx",
-    "rdmsr",
-    "or ${efer_lme}, %eax",
-    "wrmsr",
-    "mov %cr0, %eax",
-    "and $~{cr0_clear}, %eax",
-    "or ${cr0_set}, %eax",
-    "mov %eax, %cr0",
-    "ljmp ${kcs}, $flotilla_ap_entry64",
+    "xor %esi, %esi", // no start_info: the shared path branches to flotilla_ap_entry64
+    "jmp flotilla_enter_long_mode32",
     ".code64",
+    ".global flotilla_ap_entry64",
     "flotilla_ap_entry64:",
-    "mov ${kds}, %eax",
-    "mov %eax, %ds",
-    "mov %eax, %es",
-    "mov %eax, %ss",
     "xor %eax, %eax",
-    "mov %eax, %fs",
-    "mov %eax, %gs",
     "xchg %rax, {slot}(%rip)",
     "test %rax, %rax",
     "jz 2f",
@@ -104,15 +82,8 @@ global_asm!(
     ".space {ap_stacks_size}",
     ".popsection",
     kcs32 = const KERNEL_CS32,
-    kcs = const KERNEL_CS,
-    kds = const KERNEL_DS,
     gdt_limit = const GDT_LIMIT,
     gdt = sym GDT,
-    cr4_pae = const CR4_PAE,
-    efer = const EFER_MSR,
-    efer_lme = const EFER_LME,
-    cr0_clear = const CR0_CLEAR,
-    cr0_set = const CR0_SET,
     slot = sym AP_BOOT_SLOT,
     ap_stack_size = const AP_STACK_SIZE,
     ap_stacks_size = const AP_STACK_SIZE * (MAX_CPUS - 1),

@@ -116,14 +116,7 @@ impl Gas {
             Space::Io => {
                 let port = u16::try_from(self.address).map_err(|_| AccessError::Unmapped)?;
                 // SAFETY: the firmware tables name this port as an ACPI register.
-                unsafe {
-                    match width {
-                        8 => Ok(u64::from(inb(port))),
-                        16 => Ok(u64::from(inw(port))),
-                        32 => Ok(u64::from(inl(port))),
-                        _ => Err(AccessError::BadWidth),
-                    }
-                }
+                unsafe { port_read(port, width) }
             }
             Space::Memory => {
                 if !range_ok(self.address, u64::from(width / 8)) {
@@ -142,14 +135,7 @@ impl Gas {
             Space::PciConfig => {
                 let port = pci_config_select(self.address)?;
                 // SAFETY: 0xcf8/0xcfc is the PCI configuration mechanism #1 the table names.
-                unsafe {
-                    match width {
-                        8 => Ok(u64::from(inb(port))),
-                        16 => Ok(u64::from(inw(port))),
-                        32 => Ok(u64::from(inl(port))),
-                        _ => Err(AccessError::BadWidth),
-                    }
-                }
+                unsafe { port_read(port, width) }
             }
             Space::Other(_) => Err(AccessError::UnsupportedSpace),
         }
@@ -161,15 +147,7 @@ impl Gas {
             Space::Io => {
                 let port = u16::try_from(self.address).map_err(|_| AccessError::Unmapped)?;
                 // SAFETY: the firmware tables name this port as an ACPI register.
-                unsafe {
-                    match width {
-                        8 => outb(port, value as u8),
-                        16 => outw(port, value as u16),
-                        32 => outl(port, value as u32),
-                        _ => return Err(AccessError::BadWidth),
-                    }
-                }
-                Ok(())
+                unsafe { port_write(port, width, value) }
             }
             Space::Memory => {
                 if !range_ok(self.address, u64::from(width / 8)) {
@@ -189,15 +167,7 @@ impl Gas {
             Space::PciConfig => {
                 let port = pci_config_select(self.address)?;
                 // SAFETY: as in `read`.
-                unsafe {
-                    match width {
-                        8 => outb(port, value as u8),
-                        16 => outw(port, value as u16),
-                        32 => outl(port, value as u32),
-                        _ => return Err(AccessError::BadWidth),
-                    }
-                }
-                Ok(())
+                unsafe { port_write(port, width, value) }
             }
             Space::Other(_) => Err(AccessError::UnsupportedSpace),
         }
@@ -217,4 +187,31 @@ fn pci_config_select(address: u64) -> Result<u16, AccessError> {
     // SAFETY: writing the configuration address register has no other effect.
     unsafe { outl(0xcf8, select as u32) };
     Ok(0xcfc + (offset & 3) as u16)
+}
+
+/// A port read at the register's width (8, 16 or 32 bits).
+///
+/// # Safety
+/// The port must be a register whose read has no effect the caller did not intend.
+unsafe fn port_read(port: u16, width: u8) -> Result<u64, AccessError> {
+    match width {
+        8 => Ok(u64::from(inb(port))),
+        16 => Ok(u64::from(inw(port))),
+        32 => Ok(u64::from(inl(port))),
+        _ => Err(AccessError::BadWidth),
+    }
+}
+
+/// A port write at the register's width (8, 16 or 32 bits).
+///
+/// # Safety
+/// As for `port_read`.
+unsafe fn port_write(port: u16, width: u8, value: u64) -> Result<(), AccessError> {
+    match width {
+        8 => outb(port, value as u8),
+        16 => outw(port, value as u16),
+        32 => outl(port, value as u32),
+        _ => return Err(AccessError::BadWidth),
+    }
+    Ok(())
 }

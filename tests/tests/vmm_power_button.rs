@@ -4,7 +4,8 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vmm_core::devices::serial::SerialConfig;
+use vmm_core::boot::BootImage;
+use vmm_core::devices::serial::Console;
 use vmm_core::{Vm, VmConfig, VmExit};
 
 use flotilla_tests::{test_guest, TempDir};
@@ -28,19 +29,18 @@ fn wait_for(path: &std::path::Path, text: &str, timeout: Duration) -> String {
 fn power_button_powers_off_the_idle_guest() {
     let dir = TempDir::new("power-button");
     let console = dir.path().join("console.log");
-    let vm = Vm::new(&VmConfig {
+    let boot = BootImage::open(&test_guest(), None, "").expect("boot image");
+    let output = Console::file(std::fs::File::create(&console).unwrap());
+    let config = VmConfig {
         memory_mib: 128,
         cpus: 2,
-        kernel: test_guest(),
-        initrd: None,
-        cmdline: String::new(),
-        serial: SerialConfig::File(console.clone()),
-    })
-    .expect("VM");
+        start_paused: false,
+    };
+    let vm = Vm::new(&config, boot, output).expect("VM");
     let button = vm.power_button();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(vm.run());
+        let _ = tx.send(vm.run(None));
     });
     wait_for(&console, "GUEST IDLE", Duration::from_secs(30));
     assert!(

@@ -13,6 +13,10 @@ pub enum VmEvent {
     VcpuFailed { vcpu: usize, reason: String },
     /// vmm-core received a terminating signal.
     Signal(i32),
+    /// A request from the gateway.
+    Control { id: u64, request: ipc::VmmRequest },
+    /// The gateway hung up.
+    ControlClosed,
 }
 
 /// A cloneable handle that devices and vCPU threads use to post events.

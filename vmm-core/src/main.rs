@@ -1,11 +1,20 @@
-//! vmm-core's command line: build a VM from the options, run it, report how it ended.
+//! vmm-core's command line. On its own it builds a VM from paths and runs it; launched by
+//! the gateway (`--control-fd`), it takes the VM's configuration and the files the
+//! gateway opened from the control channel, and answers the gateway's requests.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{bail, Context};
 use clap::Parser;
+use ipc::{RemoteError, SerialSink};
 use nix::sys::signal::{SigSet, Signal};
-use vmm_core::devices::serial::SerialConfig;
+use vmm_core::boot::BootImage;
+use vmm_core::control::{Control, Launch};
+use vmm_core::devices::serial::{Console, SerialConfig};
 use vmm_core::events::{EventSender, VmEvent};
 use vmm_core::{Vm, VmConfig, VmExit};
 
@@ -16,8 +25,8 @@ use vmm_core::{Vm, VmConfig, VmExit};
 )]
 struct Args {
     /// Kernel to boot: a Linux bzImage or an ELF with a PVH entry note.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "control_fd")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -33,10 +42,27 @@ struct Args {
     /// Serial console (COM1): stdout, none, file:PATH or unix:PATH (vmm-core listens).
     #[arg(long, default_value = "stdout", value_parser = |s: &str| s.parse::<SerialConfig>())]
     serial: SerialConfig,
+    /// Start with the vCPUs stopped.
+    #[arg(short = 'S')]
+    start_paused: bool,
+    /// Run under the gateway: the control channel is this inherited socket, and the VM's
+    /// configuration arrives on it (the other options are ignored).
+    #[arg(long, conflicts_with = "kernel")]
+    control_fd: Option<RawFd>,
 }
 
 /// Signals that end the VM; blocked in every thread and taken by one waiter thread.
 const TERMINATING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+fn block_terminating_signals() -> anyhow::Result<SigSet> {
+    let mut set = SigSet::empty();
+    for s in TERMINATING {
+        set.add(s);
+    }
+    // Block before any thread exists so every thread inherits the mask.
+    set.thread_block()?;
+    Ok(set)
+}
 
 fn forward_signals(events: EventSender, set: SigSet) {
     let spawned = std::thread::Builder::new()
@@ -51,23 +77,74 @@ fn forward_signals(events: EventSender, set: SigSet) {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<VmExit> {
-    let mut set = SigSet::empty();
-    for s in TERMINATING {
-        set.add(s);
-    }
-    // Block before any thread exists so every thread inherits the mask.
-    set.thread_block()?;
-    let vm = Vm::new(&VmConfig {
+fn run_standalone(args: Args) -> anyhow::Result<VmExit> {
+    let signals = block_terminating_signals()?;
+    let kernel = args.kernel.as_deref().context("--kernel is required")?;
+    let boot = BootImage::open(kernel, args.initrd.as_deref(), &args.cmdline)?;
+    let (console, _socket) = Console::open(&args.serial).context("serial console")?;
+    let config = VmConfig {
         memory_mib: args.memory,
         cpus: args.cpus,
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        serial: args.serial,
-    })?;
-    forward_signals(vm.event_sender(), set);
-    Ok(vm.run()?)
+        start_paused: args.start_paused,
+    };
+    let vm = Vm::new(&config, boot, console)?;
+    forward_signals(vm.event_sender(), signals);
+    Ok(vm.run(None)?)
+}
+
+/// Builds the VM the gateway asked for from the fds it sent.
+fn launch(launch: Launch) -> anyhow::Result<Vm> {
+    let config = &launch.config;
+    let mut fds = launch.fds.into_iter();
+    let mut next = |what: &str| {
+        fds.next()
+            .with_context(|| format!("launch request lacks the {what} fd"))
+    };
+    let kernel = File::from(next("kernel")?);
+    let initrd = match &config.initrd_path {
+        Some(p) => Some((Path::new(p), File::from(next("initrd")?))),
+        None => None,
+    };
+    let boot = BootImage::from_files(
+        (Path::new(&config.kernel_path), kernel),
+        initrd,
+        &config.cmdline,
+    )?;
+    let console = match config.serial {
+        SerialSink::Stdout => Console::stdout(),
+        SerialSink::None => Console::none(),
+        SerialSink::File => Console::file(File::from(next("console")?)),
+        SerialSink::UnixListener => Console::listener(UnixListener::from(next("console")?)),
+    };
+    let vm_config = VmConfig {
+        memory_mib: config.memory_mib,
+        cpus: config.cpus as usize,
+        start_paused: config.start_paused,
+    };
+    Ok(Vm::new(&vm_config, boot, console)?)
+}
+
+fn run_controlled(fd: RawFd) -> anyhow::Result<VmExit> {
+    let signals = block_terminating_signals()?;
+    // SAFETY: fcntl on an arbitrary number only queries it.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--control-fd {fd}: not an open file descriptor");
+    }
+    // SAFETY: the gateway handed us this descriptor to own; checked open above, and a
+    // non-socket fails at the first receive.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let control = Control::new(stream);
+    let request = control.receive_launch()?;
+    let id = request.id;
+    let vm = match launch(request) {
+        Ok(vm) => vm,
+        Err(e) => {
+            control.reply(id, Err(RemoteError::generic(format!("{e:#}"))));
+            return Err(e);
+        }
+    };
+    forward_signals(vm.event_sender(), signals);
+    Ok(vm.run(Some((&control, id)))?)
 }
 
 fn main() -> ExitCode {
@@ -76,8 +153,12 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let args = Args::parse();
-    match run(args) {
-        Ok(VmExit::PowerOff) => ExitCode::SUCCESS,
+    let result = match args.control_fd {
+        Some(fd) => run_controlled(fd),
+        None => run_standalone(args),
+    };
+    match result {
+        Ok(VmExit::PowerOff | VmExit::Quit | VmExit::ControlClosed) => ExitCode::SUCCESS,
         Ok(VmExit::Signal(sig)) => {
             eprintln!("vmm-core: terminating on signal {sig}");
             ExitCode::SUCCESS

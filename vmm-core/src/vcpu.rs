@@ -3,11 +3,12 @@
 //! stops those threads (kicked out of KVM_RUN with a signal).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, CpuId, Msrs,
-    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH,
+    KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -134,6 +135,22 @@ impl Vcpu {
     }
 }
 
+impl Vcpu {
+    /// Where the vCPU is and whether it sits in HLT; only while its thread is parked.
+    pub fn sample(&self) -> Result<(u64, bool), VcpuError> {
+        let rip = self
+            .fd
+            .get_regs()
+            .map_err(self.err("reading registers"))?
+            .rip;
+        let mp = self
+            .fd
+            .get_mp_state()
+            .map_err(self.err("reading the MP state"))?;
+        Ok((rip, mp.mp_state == KVM_MP_STATE_HALTED))
+    }
+}
+
 /// What the control loop asks of the vCPU threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -257,6 +274,8 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// Everything a vCPU thread needs.
 pub struct VcpuThread {
     pub vcpu: Arc<Mutex<Vcpu>>,
+    /// Where the thread publishes its host thread id.
+    pub thread_id: Arc<AtomicI32>,
     pub control: Arc<VcpuControl>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
@@ -272,6 +291,9 @@ enum Outcome {
 
 impl VcpuThread {
     pub fn run(self) {
+        // SAFETY: gettid has no preconditions.
+        self.thread_id
+            .store(unsafe { libc::gettid() }, Ordering::Release);
         let id = lock(&self.vcpu).id;
         KVM_RUN.with(|r| r.set(lock(&self.vcpu).fd.get_kvm_run()));
         let mut stopped_at = None;

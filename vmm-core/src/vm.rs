@@ -2,7 +2,7 @@
 //! devices, vCPUs, boot image) and runs its control loop: power-off, reset and failures
 //! all arrive as `VmEvent`s and are handled here.
 
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,13 +14,18 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use ipc::{
+    CpuState, RemoteError, RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmReply, VmmRequest,
+};
+
 use crate::boot::{BootError, BootImage, LoadedKernel};
+use crate::control::Control;
 use crate::cpu::{cpuid, msrs};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{lock, Bus, OverlapError};
 use crate::devices::i8042::I8042;
 use crate::devices::reset_control::ResetControl;
-use crate::devices::serial::{Console, SerialConfig, SerialDevice, SocketPath};
+use crate::devices::serial::{Console, SerialDevice};
 use crate::devices::IrqLine;
 use crate::events::{EventSender, VmEvent};
 use crate::layout::{ports, KVM_IDENTITY_MAP, KVM_TSS};
@@ -34,10 +39,8 @@ pub const MAX_XAPIC_CPUS: usize = 255;
 pub struct VmConfig {
     pub memory_mib: u64,
     pub cpus: usize,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub serial: SerialConfig,
+    /// Keep the vCPUs stopped until a `Cont` request (run state "prelaunch").
+    pub start_paused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,10 @@ impl PowerButton {
 pub enum VmExit {
     PowerOff,
     Signal(i32),
+    /// The gateway asked vmm-core to quit.
+    Quit,
+    /// The gateway hung up.
+    ControlClosed,
 }
 
 /// A level-triggered ISA/GSI line driven through KVM_IRQ_LINE.
@@ -125,11 +132,13 @@ pub struct Vm {
     events: EventSender,
     events_rx: Receiver<VmEvent>,
     console: Option<(Console, Arc<Mutex<SerialDevice>>)>,
-    _console_socket: Option<SocketPath>,
+    start_paused: bool,
 }
 
 impl Vm {
-    pub fn new(config: &VmConfig) -> Result<Vm, VmError> {
+    /// Builds the VM around an already read boot image and an opened console (the
+    /// caller, the command line or the gateway, opened whatever paths they name).
+    pub fn new(config: &VmConfig, boot: BootImage, console: Console) -> Result<Vm, VmError> {
         if config.cpus == 0 {
             return Err(VmError::NoVcpus);
         }
@@ -152,8 +161,6 @@ impl Vm {
             );
         }
         let ram = GuestRam::new(config.memory_mib)?;
-        // Read the kernel before building anything else: bad input fails fast.
-        let boot = BootImage::open(&config.kernel, config.initrd.as_deref(), &config.cmdline)?;
 
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
         vm.set_tss_address(KVM_TSS as usize)
@@ -171,7 +178,6 @@ impl Vm {
         let chips = capture_chips(&vm)?;
 
         let (events, events_rx) = EventSender::channel();
-        let (console, console_socket) = Console::open(&config.serial).map_err(VmError::Serial)?;
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Serial)?;
         vm.register_irqfd(&serial_irq, ports::COM1_IRQ)
             .map_err(kvm_err("registering the serial irqfd"))?;
@@ -236,7 +242,7 @@ impl Vm {
             events,
             events_rx,
             console: Some((console, serial)),
-            _console_socket: console_socket,
+            start_paused: config.start_paused,
         };
         vm.reset_vcpus()?;
         Ok(vm)
@@ -286,19 +292,26 @@ impl Vm {
         self.reset_vcpus()
     }
 
-    /// Runs the guest until it powers off, a signal arrives, or something fails.
-    pub fn run(mut self) -> Result<VmExit, VmError> {
+    /// Runs the guest until it powers off, a signal arrives, the gateway says quit or
+    /// hangs up, or (without a gateway) something fails. With a gateway (`control`), the
+    /// launch request `launch_id` is answered once the vCPU threads exist, and a failed
+    /// vCPU leaves the VM stopped in "internal-error" for the gateway to reset or quit.
+    pub fn run(mut self, control: Option<(&Control, u64)>) -> Result<VmExit, VmError> {
         vcpu::install_kick_handler().map_err(VmError::Thread)?;
         if let Some((console, serial)) = self.console.take() {
             console.start_input(serial).map_err(VmError::Serial)?;
         }
-        let control = Arc::new(VcpuControl::new(self.vcpus.len()));
+        let vcpus = Arc::new(VcpuControl::new(self.vcpus.len()));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut thread_ids = Vec::new();
         for vcpu in &self.vcpus {
             let id = lock(vcpu).id;
+            let thread_id = Arc::new(AtomicI32::new(0));
+            thread_ids.push(thread_id.clone());
             let thread = VcpuThread {
                 vcpu: vcpu.clone(),
-                control: control.clone(),
+                thread_id,
+                control: vcpus.clone(),
                 pio: self.pio.clone(),
                 mmio: self.mmio.clone(),
                 events: self.events.clone(),
@@ -307,46 +320,226 @@ impl Vm {
                 .name(format!("vcpu{id}"))
                 .spawn(move || thread.run())
                 .map_err(VmError::Thread)?;
-            control.register_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
+            vcpus.register_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
             threads.push(handle);
         }
-        control.request(Request::Run);
-
-        let result = loop {
-            // The sender half lives in `self`, so recv only fails if that is gone.
-            let Ok(event) = self.events_rx.recv() else {
-                break Ok(VmExit::PowerOff);
-            };
-            match event {
-                VmEvent::PowerOff => break Ok(VmExit::PowerOff),
-                VmEvent::Signal(sig) => break Ok(VmExit::Signal(sig)),
-                VmEvent::VcpuFailed { vcpu, reason } => {
-                    break Err(VmError::VcpuFailed { vcpu, reason })
-                }
-                VmEvent::Reset(source) => {
-                    log::info!("guest reset ({source})");
-                    let generation = control.request(Request::Pause);
-                    control.wait_parked(generation);
-                    if let Err(e) = self.reset() {
-                        break Err(e);
-                    }
-                    // Reset requests raised by the old boot (a second write to the reset
-                    // register, say) are stale; anything else still matters.
-                    let pending: Vec<VmEvent> = self.events_rx.try_iter().collect();
-                    pending
-                        .into_iter()
-                        .filter(|e| !matches!(e, VmEvent::Reset(_)))
-                        .for_each(|e| self.events.send(e));
-                    control.request(Request::Run);
-                }
-            }
+        // Every thread has published its id once it parked for this request.
+        let generation = vcpus.request(Request::Pause);
+        vcpus.wait_parked(generation);
+        let mut runner = Runner {
+            vm: self,
+            control: control.map(|(c, _)| c),
+            vcpus: vcpus.clone(),
+            thread_ids: thread_ids
+                .iter()
+                .map(|t| t.load(Ordering::Acquire))
+                .collect(),
+            state: RunState::Prelaunch,
         };
-        let generation = control.request(Request::Exit);
-        control.wait_parked(generation);
+        if let Some((control, launch_id)) = control {
+            control
+                .start_reader(runner.vm.events.clone())
+                .map_err(VmError::Thread)?;
+            let vcpus = runner
+                .thread_ids
+                .iter()
+                .enumerate()
+                .map(|(index, &thread_id)| VcpuInfo {
+                    index: index as u32,
+                    thread_id,
+                })
+                .collect();
+            control.reply(launch_id, Ok(VmmReply::Launched { vcpus }));
+        }
+        if !runner.vm.start_paused {
+            runner.cont_vcpus();
+        }
+        let result = runner.event_loop();
+        let generation = vcpus.request(Request::Exit);
+        vcpus.wait_parked(generation);
         for t in threads {
             let _ = t.join();
         }
         result
+    }
+}
+
+/// The control loop's state while the VM runs.
+struct Runner<'a> {
+    vm: Vm,
+    control: Option<&'a Control>,
+    vcpus: Arc<VcpuControl>,
+    thread_ids: Vec<i32>,
+    state: RunState,
+}
+
+impl Runner<'_> {
+    fn notify(&self, event: VmmEvent) {
+        match self.control {
+            Some(c) => c.event(event),
+            None => log::debug!("{event:?}"),
+        }
+    }
+
+    fn set_state(&mut self, state: RunState) {
+        if self.state != state {
+            self.state = state;
+            self.notify(VmmEvent::RunState(state));
+        }
+    }
+
+    fn pause_vcpus(&self) {
+        let generation = self.vcpus.request(Request::Pause);
+        self.vcpus.wait_parked(generation);
+    }
+
+    fn cont_vcpus(&mut self) {
+        self.vcpus.request(Request::Run);
+        self.set_state(RunState::Running);
+    }
+
+    fn stop(&mut self) {
+        if self.state == RunState::Running {
+            self.pause_vcpus();
+            self.set_state(RunState::Paused);
+        }
+    }
+
+    fn cont(&mut self) -> Result<(), RemoteError> {
+        match self.state {
+            RunState::Running => Ok(()),
+            RunState::Paused | RunState::Prelaunch => {
+                self.cont_vcpus();
+                Ok(())
+            }
+            RunState::InternalError | RunState::Shutdown => Err(RemoteError::generic(
+                "Resetting the Virtual Machine is required",
+            )),
+        }
+    }
+
+    /// A platform reset; the VM keeps its run state, except that a VM that cannot run
+    /// (failed, shut down) comes back ready to start, as QEMU's does.
+    fn reset(&mut self, cause: ShutdownCause) -> Result<(), VmError> {
+        self.pause_vcpus();
+        self.vm.reset()?;
+        // Reset requests raised by the old boot (a second write to the reset register,
+        // say) are stale; anything else still matters.
+        let pending: Vec<VmEvent> = self.vm.events_rx.try_iter().collect();
+        pending
+            .into_iter()
+            .filter(|e| !matches!(e, VmEvent::Reset(_)))
+            .for_each(|e| self.vm.events.send(e));
+        self.notify(VmmEvent::Reset(cause));
+        match self.state {
+            RunState::Running => {
+                self.vcpus.request(Request::Run);
+            }
+            RunState::InternalError | RunState::Shutdown => self.set_state(RunState::Prelaunch),
+            RunState::Paused | RunState::Prelaunch => {}
+        }
+        Ok(())
+    }
+
+    fn query_cpus(&self) -> Result<Vec<CpuState>, RemoteError> {
+        let running = self.state == RunState::Running;
+        if running {
+            self.pause_vcpus();
+        }
+        let sampled: Result<Vec<CpuState>, VcpuError> = self
+            .vm
+            .vcpus
+            .iter()
+            .zip(&self.thread_ids)
+            .map(|(vcpu, &thread_id)| {
+                let vcpu = lock(vcpu);
+                vcpu.sample().map(|(pc, halted)| CpuState {
+                    index: vcpu.id as u32,
+                    thread_id,
+                    pc,
+                    halted,
+                })
+            })
+            .collect();
+        if running {
+            self.vcpus.request(Request::Run);
+        }
+        sampled.map_err(|e| RemoteError::generic(e.to_string()))
+    }
+
+    fn handle_request(
+        &mut self,
+        request: VmmRequest,
+    ) -> Result<Result<VmmReply, RemoteError>, VmError> {
+        Ok(match request {
+            VmmRequest::Launch(_) => Err(RemoteError::generic("the VM is already launched")),
+            VmmRequest::Stop => {
+                self.stop();
+                Ok(VmmReply::Done)
+            }
+            VmmRequest::Cont => self.cont().map(|()| VmmReply::Done),
+            VmmRequest::SystemReset => {
+                self.reset(ShutdownCause::HostQmpSystemReset)?;
+                Ok(VmmReply::Done)
+            }
+            VmmRequest::SystemPowerdown => {
+                lock(&self.vm.pm).press_power_button();
+                self.notify(VmmEvent::Powerdown);
+                Ok(VmmReply::Done)
+            }
+            VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
+            // Quit is answered by the event loop, which then ends.
+            VmmRequest::Quit => Ok(VmmReply::Done),
+        })
+    }
+
+    fn event_loop(&mut self) -> Result<VmExit, VmError> {
+        loop {
+            // The sender half lives in `self.vm`, so recv only fails if that is gone.
+            let Ok(event) = self.vm.events_rx.recv() else {
+                return Ok(VmExit::PowerOff);
+            };
+            match event {
+                VmEvent::PowerOff => {
+                    self.notify(VmmEvent::Shutdown(ShutdownCause::GuestShutdown));
+                    return Ok(VmExit::PowerOff);
+                }
+                VmEvent::Signal(sig) => {
+                    self.notify(VmmEvent::Shutdown(ShutdownCause::HostSignal));
+                    return Ok(VmExit::Signal(sig));
+                }
+                VmEvent::VcpuFailed { vcpu, reason } => {
+                    if self.control.is_none() {
+                        return Err(VmError::VcpuFailed { vcpu, reason });
+                    }
+                    log::error!("vCPU {vcpu}: {reason}");
+                    self.pause_vcpus();
+                    self.set_state(RunState::InternalError);
+                    self.notify(VmmEvent::VcpuFailed {
+                        vcpu: vcpu as u32,
+                        reason,
+                    });
+                }
+                VmEvent::Reset(source) => {
+                    log::info!("guest reset ({source})");
+                    self.reset(ShutdownCause::GuestReset)?;
+                }
+                VmEvent::Control { id, request } => {
+                    let quit = request == VmmRequest::Quit;
+                    if quit {
+                        self.notify(VmmEvent::Shutdown(ShutdownCause::HostQmpQuit));
+                    }
+                    let result = self.handle_request(request)?;
+                    if let Some(c) = self.control {
+                        c.reply(id, result);
+                    }
+                    if quit {
+                        return Ok(VmExit::Quit);
+                    }
+                }
+                VmEvent::ControlClosed => return Ok(VmExit::ControlClosed),
+            }
+        }
     }
 }
 

@@ -9,7 +9,8 @@ pub mod paging;
 pub mod pvh;
 
 use std::ffi::CString;
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::{elf::Elf, KernelLoader, PvhBootCapability};
@@ -106,20 +107,49 @@ pub struct LoadedKernel {
 
 impl BootImage {
     pub fn open(kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Result<Self, BootError> {
-        let kernel_bytes = std::fs::read(kernel).map_err(|error| BootError::ReadKernel {
+        let kernel_file = File::open(kernel).map_err(|error| BootError::ReadKernel {
             path: kernel.to_owned(),
             error,
         })?;
-        let format = detect_format(&kernel_bytes)
-            .ok_or_else(|| BootError::UnknownFormat(kernel.to_owned()))?;
-        let initrd = match initrd {
+        let initrd_file = match initrd {
             Some(p) => Some((
-                p.to_owned(),
-                std::fs::read(p).map_err(|error| BootError::ReadInitrd {
+                p,
+                File::open(p).map_err(|error| BootError::ReadInitrd {
                     path: p.to_owned(),
                     error,
                 })?,
             )),
+            None => None,
+        };
+        Self::from_files((kernel, kernel_file), initrd_file, cmdline)
+    }
+
+    /// Reads kernel and initrd from files opened elsewhere (by the gateway, which opens
+    /// every path); the paths only name them in errors.
+    pub fn from_files(
+        (kernel_path, mut kernel): (&Path, File),
+        initrd: Option<(&Path, File)>,
+        cmdline: &str,
+    ) -> Result<Self, BootError> {
+        let mut kernel_bytes = Vec::new();
+        kernel
+            .read_to_end(&mut kernel_bytes)
+            .map_err(|error| BootError::ReadKernel {
+                path: kernel_path.to_owned(),
+                error,
+            })?;
+        let format = detect_format(&kernel_bytes)
+            .ok_or_else(|| BootError::UnknownFormat(kernel_path.to_owned()))?;
+        let initrd = match initrd {
+            Some((path, mut file)) => {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)
+                    .map_err(|error| BootError::ReadInitrd {
+                        path: path.to_owned(),
+                        error,
+                    })?;
+                Some((path.to_owned(), bytes))
+            }
             None => None,
         };
         let cmdline =
@@ -132,7 +162,7 @@ impl BootImage {
             )));
         }
         Ok(BootImage {
-            kernel_path: kernel.to_owned(),
+            kernel_path: kernel_path.to_owned(),
             kernel: kernel_bytes,
             format,
             initrd,

@@ -165,44 +165,52 @@ impl Drop for SocketPath {
 }
 
 impl Console {
+    /// Opens the console a command line names (vmm-core run on its own).
     pub fn open(config: &SerialConfig) -> io::Result<(Console, Option<SocketPath>)> {
         Ok(match config {
-            SerialConfig::Stdout => (
-                Console {
-                    out: SerialOut::Stdout,
-                    input: ConsoleInput::Stdin,
-                },
+            SerialConfig::Stdout => (Console::stdout(), None),
+            SerialConfig::None => (Console::none(), None),
+            SerialConfig::File(p) => (
+                Console::file(File::create(p).map_err(|e| with_path(e, p))?),
                 None,
             ),
-            SerialConfig::None => (
-                Console {
-                    out: SerialOut::Discard,
-                    input: ConsoleInput::None,
-                },
-                None,
-            ),
-            SerialConfig::File(p) => {
-                let f = File::create(p).map_err(|e| with_path(e, p))?;
-                (
-                    Console {
-                        out: SerialOut::File(Arc::new(Mutex::new(f))),
-                        input: ConsoleInput::None,
-                    },
-                    None,
-                )
-            }
             SerialConfig::Unix(p) => {
                 let listener = UnixListener::bind(p).map_err(|e| with_path(e, p))?;
-                let client = Arc::new(Mutex::new(None));
-                (
-                    Console {
-                        out: SerialOut::Unix(client.clone()),
-                        input: ConsoleInput::Unix(listener, client),
-                    },
-                    Some(SocketPath(p.clone())),
-                )
+                (Console::listener(listener), Some(SocketPath(p.clone())))
             }
         })
+    }
+
+    /// Output to stdout, input from stdin.
+    pub fn stdout() -> Console {
+        Console {
+            out: SerialOut::Stdout,
+            input: ConsoleInput::Stdin,
+        }
+    }
+
+    pub fn none() -> Console {
+        Console {
+            out: SerialOut::Discard,
+            input: ConsoleInput::None,
+        }
+    }
+
+    /// Output appended to an open file; no input.
+    pub fn file(file: File) -> Console {
+        Console {
+            out: SerialOut::File(Arc::new(Mutex::new(file))),
+            input: ConsoleInput::None,
+        }
+    }
+
+    /// Clients of a listening socket, one at a time, both ways.
+    pub fn listener(listener: UnixListener) -> Console {
+        let client = Arc::new(Mutex::new(None));
+        Console {
+            out: SerialOut::Unix(client.clone()),
+            input: ConsoleInput::Unix(listener, client),
+        }
     }
 
     /// Starts the threads that feed console input into `uart`.

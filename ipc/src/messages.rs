@@ -1,0 +1,249 @@
+//! Every message Flotilla's processes exchange. Plain structs and enums only: bincode
+//! cannot decode serde's untagged or flattened forms.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// A message type, and how many file descriptors a frame carrying it must hold.
+pub trait Message: Serialize + DeserializeOwned {
+    fn fd_count(&self) -> usize {
+        0
+    }
+}
+
+/// QMP error classes, for errors that travel back to a QMP client.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    GenericError,
+    CommandNotFound,
+    DeviceNotActive,
+    DeviceNotFound,
+    KVMMissingCap,
+}
+
+impl ErrorClass {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorClass::GenericError => "GenericError",
+            ErrorClass::CommandNotFound => "CommandNotFound",
+            ErrorClass::DeviceNotActive => "DeviceNotActive",
+            ErrorClass::DeviceNotFound => "DeviceNotFound",
+            ErrorClass::KVMMissingCap => "KVMMissingCap",
+        }
+    }
+}
+
+/// An error a process reports for a request, in QMP terms.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemoteError {
+    pub class: ErrorClass,
+    pub desc: String,
+}
+
+impl RemoteError {
+    pub fn generic(desc: impl Into<String>) -> Self {
+        RemoteError {
+            class: ErrorClass::GenericError,
+            desc: desc.into(),
+        }
+    }
+}
+
+// ---- gateway <-> vmm-core -------------------------------------------------------------
+
+/// Where the guest's serial console goes. `File` and `UnixListener` come with one fd (an
+/// open file, a listening socket) that the gateway opened.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SerialSink {
+    Stdout,
+    None,
+    File,
+    UnixListener,
+}
+
+/// Everything vmm-core needs to build the VM. The frame carries the kernel's fd, then
+/// the initrd's if there is one, then the serial console's if its sink has one. The paths
+/// only name the files in error messages: the gateway opened them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub cmdline: String,
+    pub kernel_path: String,
+    pub initrd_path: Option<String>,
+    pub serial: SerialSink,
+    /// Leave the vCPUs stopped until `Cont` (QMP's -S, run state "prelaunch").
+    pub start_paused: bool,
+}
+
+impl LaunchConfig {
+    pub fn fd_count(&self) -> usize {
+        1 + usize::from(self.initrd_path.is_some())
+            + usize::from(matches!(
+                self.serial,
+                SerialSink::File | SerialSink::UnixListener
+            ))
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum VmmRequest {
+    Launch(LaunchConfig),
+    Stop,
+    Cont,
+    SystemReset,
+    SystemPowerdown,
+    QueryCpus,
+    /// Stop the VM and exit.
+    Quit,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ToVmm {
+    pub id: u64,
+    pub request: VmmRequest,
+}
+
+impl Message for ToVmm {
+    fn fd_count(&self) -> usize {
+        match &self.request {
+            VmmRequest::Launch(config) => config.fd_count(),
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuInfo {
+    pub index: u32,
+    /// The host thread id of the vCPU thread.
+    pub thread_id: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuState {
+    pub index: u32,
+    pub thread_id: i32,
+    pub pc: u64,
+    pub halted: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum VmmReply {
+    Done,
+    Launched { vcpus: Vec<VcpuInfo> },
+    Cpus(Vec<CpuState>),
+}
+
+/// The VM's run states (QMP's RunState, the subset that applies).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Prelaunch,
+    Running,
+    Paused,
+    InternalError,
+    Shutdown,
+}
+
+impl RunState {
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::InternalError => "internal-error",
+            RunState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why the VM shut down or reset (QMP's ShutdownCause, the subset that applies).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownCause {
+    HostError,
+    HostQmpQuit,
+    HostQmpSystemReset,
+    HostSignal,
+    GuestShutdown,
+    GuestReset,
+}
+
+impl ShutdownCause {
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            ShutdownCause::HostError => "host-error",
+            ShutdownCause::HostQmpQuit => "host-qmp-quit",
+            ShutdownCause::HostQmpSystemReset => "host-qmp-system-reset",
+            ShutdownCause::HostSignal => "host-signal",
+            ShutdownCause::GuestShutdown => "guest-shutdown",
+            ShutdownCause::GuestReset => "guest-reset",
+        }
+    }
+
+    pub fn is_guest(&self) -> bool {
+        matches!(
+            self,
+            ShutdownCause::GuestShutdown | ShutdownCause::GuestReset
+        )
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum VmmEvent {
+    /// The run state changed.
+    RunState(RunState),
+    Reset(ShutdownCause),
+    Shutdown(ShutdownCause),
+    /// The ACPI power button was pressed.
+    Powerdown,
+    /// A vCPU stopped in a way the guest cannot continue from.
+    VcpuFailed {
+        vcpu: u32,
+        reason: String,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum FromVmm {
+    Response {
+        id: u64,
+        result: Result<VmmReply, RemoteError>,
+    },
+    Event(VmmEvent),
+}
+
+impl Message for FromVmm {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_declares_its_fds() {
+        let mut c = LaunchConfig {
+            memory_mib: 128,
+            cpus: 1,
+            cmdline: String::new(),
+            kernel_path: "k".into(),
+            initrd_path: None,
+            serial: SerialSink::Stdout,
+            start_paused: false,
+        };
+        assert_eq!(c.fd_count(), 1);
+        c.initrd_path = Some("i".into());
+        c.serial = SerialSink::UnixListener;
+        assert_eq!(c.fd_count(), 3);
+        let m = ToVmm {
+            id: 1,
+            request: VmmRequest::Launch(c),
+        };
+        assert_eq!(m.fd_count(), 3);
+        assert_eq!(
+            ToVmm {
+                id: 2,
+                request: VmmRequest::Stop
+            }
+            .fd_count(),
+            0
+        );
+    }
+}

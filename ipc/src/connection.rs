@@ -5,7 +5,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
-use crate::frame::{read_frame, write_frame, MAX_FRAME};
+use crate::frame::{read_frame, write_frame, Frame, MAX_FRAME};
 use crate::messages::Message;
 use crate::IpcError;
 
@@ -59,7 +59,7 @@ impl Connection {
 
     /// Receives the next message; `Ok(None)` once the peer closed cleanly.
     pub fn recv<M: Message>(&self) -> Result<Option<Received<M>>, IpcError> {
-        let Some((payload, fds)) = read_frame(&self.stream)? else {
+        let Some(Frame { payload, fds }) = read_frame(&self.stream)? else {
             return Ok(None);
         };
         let (msg, used): (M, usize) = bincode::serde::decode_from_slice(&payload, config())

@@ -41,8 +41,14 @@ pub fn write_frame(
     Ok(())
 }
 
+/// A received frame: its payload and the fds that came with it.
+pub struct Frame {
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
 /// Reads one frame; `Ok(None)` when the peer closed cleanly between frames.
-pub fn read_frame(stream: &UnixStream) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, IpcError> {
+pub fn read_frame(stream: &UnixStream) -> Result<Option<Frame>, IpcError> {
     let mut header = [0u8; HEADER];
     let mut got = 0;
     let mut fds = Vec::new();
@@ -80,7 +86,7 @@ pub fn read_frame(stream: &UnixStream) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>
             std::io::ErrorKind::UnexpectedEof => IpcError::Truncated,
             _ => IpcError::Io(e),
         })?;
-    Ok(Some((payload, fds)))
+    Ok(Some(Frame { payload, fds }))
 }
 
 #[cfg(test)]
@@ -95,10 +101,10 @@ mod tests {
         let file = std::fs::File::open("/dev/null").unwrap();
         write_frame(&a, b"hello", &[file.as_fd(), file.as_fd()]).unwrap();
         write_frame(&a, b"", &[]).unwrap();
-        let (p, fds) = read_frame(&b).unwrap().unwrap();
-        assert_eq!((p.as_slice(), fds.len()), (&b"hello"[..], 2));
-        let (p, fds) = read_frame(&b).unwrap().unwrap();
-        assert_eq!((p.len(), fds.len()), (0, 0));
+        let f = read_frame(&b).unwrap().unwrap();
+        assert_eq!((f.payload.as_slice(), f.fds.len()), (&b"hello"[..], 2));
+        let f = read_frame(&b).unwrap().unwrap();
+        assert_eq!((f.payload.len(), f.fds.len()), (0, 0));
         drop(a);
         assert!(read_frame(&b).unwrap().is_none());
     }

@@ -93,8 +93,8 @@ pub enum VmmRequest {
     SystemReset,
     SystemPowerdown,
     QueryCpus,
-    /// Stop the VM and exit.
-    Quit,
+    /// Stop the VM and exit; the cause goes into the SHUTDOWN event.
+    Quit(ShutdownCause),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

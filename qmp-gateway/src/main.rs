@@ -1,9 +1,256 @@
-//! qmp-gateway: the QMP front door and supervisor of the other processes (issue 3).
-//! Not built yet: the binary says so and fails rather than pretend to run.
+//! qmp-gateway's command line: one command starts the whole VM, serves QMP, and on
+//! quit, a signal, guest power-off or a vmm-core failure stops everything in order.
 
-use std::process::ExitCode;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, ExitCode};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ipc::{ShutdownCause, VmmRequest};
+use nix::sys::signal::{SigSet, Signal};
+use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
+use qmp_gateway::launch::{bind_private, OpenedVm, Serial, VmOptions};
+use qmp_gateway::qmp::server::Server;
+use qmp_gateway::supervisor::{spawn_vmm_core, VmmLink};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qmp-gateway",
+    about = "Flotilla: start a VM and manage it over QMP"
+)]
+struct Args {
+    /// Kernel to boot: a Linux bzImage or an ELF with a PVH entry note.
+    #[arg(long)]
+    kernel: PathBuf,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Serial console: stdout, none, file:PATH or unix:PATH.
+    #[arg(long, default_value = "stdout")]
+    serial: Serial,
+    /// Start with the vCPUs stopped (run state "prelaunch") until `cont`.
+    #[arg(short = 'S')]
+    start_paused: bool,
+    /// A QMP Unix socket (mode 0600); may be given several times.
+    #[arg(long)]
+    qmp: Vec<PathBuf>,
+    /// A QMP TCP listener, PORT or HOST:PORT (loopback when no host is given).
+    #[arg(long)]
+    qmp_tcp: Vec<String>,
+    /// The VM's name (query-name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The VM's UUID (query-uuid).
+    #[arg(long)]
+    uuid: Option<String>,
+    /// The vmm-core binary (default: next to this one).
+    #[arg(long)]
+    vmm_core: Option<PathBuf>,
+}
+
+fn valid_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    spec.parse()
+        .with_context(|| format!("--qmp-tcp {spec}: expected PORT or HOST:PORT"))
+}
+
+/// What must be undone when the gateway ends, whatever the reason.
+struct Cleanup {
+    sockets: Vec<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Cleanup {
+    /// Waits for vmm-core to exit, killing it (by pid: our child) after `grace`.
+    fn reap(&mut self, grace: Duration) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        log::warn!("vmm-core exited with {status}");
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    log::warn!("vmm-core did not exit; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.reap(Duration::from_secs(5));
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitReason> {
+    if let Some(u) = &args.uuid {
+        if !valid_uuid(u) {
+            bail!("--uuid {u}: not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+        }
+    }
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+
+    let mut cleanup = Cleanup {
+        sockets: Vec::new(),
+        child: None,
+    };
+    let mut unix_listeners = Vec::new();
+    for path in &args.qmp {
+        unix_listeners.push(bind_private(path).context("--qmp")?);
+        cleanup.sockets.push(path.clone());
+    }
+    let mut tcp_listeners = Vec::new();
+    for spec in &args.qmp_tcp {
+        let addr = tcp_addr(spec)?;
+        tcp_listeners.push(TcpListener::bind(addr).with_context(|| format!("--qmp-tcp {spec}"))?);
+    }
+    let vm = OpenedVm::open(&VmOptions {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        serial: args.serial.clone(),
+        start_paused: args.start_paused,
+    })?;
+    cleanup.sockets.extend(vm.console_socket.clone());
+
+    let binary = match &args.vmm_core {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("locating vmm-core next to qmp-gateway")?
+            .join("vmm-core"),
+    };
+    let (child, conn) =
+        spawn_vmm_core(&binary).with_context(|| format!("starting {}", binary.display()))?;
+    cleanup.child = Some(child);
+    let link = VmmLink::new(conn);
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let gw = Arc::new(Gateway::new(
+        VmIdentity {
+            name: args.name.clone(),
+            uuid: args
+                .uuid
+                .clone()
+                .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
+        },
+        link.clone(),
+        exit_tx,
+    ));
+    {
+        let (on_event, on_closed) = (gw.clone(), gw.clone());
+        link.start_reader(
+            move |e| on_event.on_vmm_event(e),
+            move |why| on_closed.request_exit(ExitReason::VmmExited(why)),
+        )?;
+    }
+    let vcpus = vm.launch(&link).context("vmm-core")?;
+    gw.set_vcpus(vcpus);
+
+    let signal_gw = gw.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                signal_gw.request_exit(ExitReason::Signal(sig as i32));
+            }
+        })?;
+    let server = Server::new(gw.clone());
+    for l in unix_listeners {
+        server.serve_unix(l)?;
+    }
+    for l in tcp_listeners {
+        server.serve_tcp(l)?;
+    }
+
+    let reason = exit_rx
+        .recv()
+        .unwrap_or(ExitReason::VmmExited("event channel closed".into()));
+    match &reason {
+        ExitReason::Quit => {
+            let _ = link.request(VmmRequest::Quit(ShutdownCause::HostQmpQuit), &[]);
+        }
+        ExitReason::Signal(sig) => {
+            eprintln!("qmp-gateway: terminating on signal {sig}");
+            let _ = link.request(VmmRequest::Quit(ShutdownCause::HostSignal), &[]);
+        }
+        ExitReason::GuestPoweroff => {}
+        ExitReason::VmmExited(_) => {
+            // vmm-core cannot report its own end: the gateway does.
+            gw.events.emit(
+                "SHUTDOWN",
+                Some(json!({"guest": false, "reason": ShutdownCause::HostError.qmp_name()})),
+            );
+        }
+    }
+    cleanup.reap(Duration::from_secs(5));
+    link.shutdown();
+    // Give every client's writer a moment to deliver the last replies and events.
+    let outboxes = gw.events.close_all();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while outboxes.iter().any(|o| o.queued_bytes() > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(cleanup);
+    Ok(reason)
+}
 
 fn main() -> ExitCode {
-    eprintln!("qmp-gateway: not implemented yet: the QMP front door and supervisor of the other processes (issue 3)");
-    ExitCode::from(2)
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    match run(Args::parse()) {
+        Ok(ExitReason::VmmExited(why)) => {
+            eprintln!("qmp-gateway: error: vmm-core exited unexpectedly: {why}");
+            ExitCode::FAILURE
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qmp-gateway: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,6 +5,8 @@
 //! Anything a test needs that the machine lacks is a test failure naming what is
 //! missing, never a skip.
 
+pub mod qmp;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

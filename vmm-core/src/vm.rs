@@ -489,7 +489,7 @@ impl Runner<'_> {
             }
             VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
             // Quit is answered by the event loop, which then ends.
-            VmmRequest::Quit => Ok(VmmReply::Done),
+            VmmRequest::Quit(_) => Ok(VmmReply::Done),
         })
     }
 
@@ -525,9 +525,9 @@ impl Runner<'_> {
                     self.reset(ShutdownCause::GuestReset)?;
                 }
                 VmEvent::Control { id, request } => {
-                    let quit = request == VmmRequest::Quit;
-                    if quit {
-                        self.notify(VmmEvent::Shutdown(ShutdownCause::HostQmpQuit));
+                    let quit = matches!(request, VmmRequest::Quit(_));
+                    if let VmmRequest::Quit(cause) = request {
+                        self.notify(VmmEvent::Shutdown(cause));
                     }
                     let result = self.handle_request(request)?;
                     if let Some(c) = self.control {

@@ -1,0 +1,45 @@
+//! Event fan-out: every client that completed capabilities negotiation gets every event,
+//! through its own bounded outbox, so a stuck client only loses itself.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use serde_json::Value;
+
+use crate::outbox::Outbox;
+use crate::qmp::protocol;
+
+/// The events this gateway emits (query-events lists them).
+pub const EVENTS: &[&str] = &["STOP", "RESUME", "RESET", "SHUTDOWN", "POWERDOWN"];
+
+#[derive(Default)]
+pub struct EventBus {
+    clients: Mutex<Vec<Weak<Outbox>>>,
+}
+
+impl EventBus {
+    pub fn subscribe(&self, outbox: &Arc<Outbox>) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|c| c.strong_count() > 0);
+        clients.push(Arc::downgrade(outbox));
+    }
+
+    pub fn emit(&self, name: &str, data: Option<Value>) {
+        debug_assert!(EVENTS.contains(&name), "unlisted event {name}");
+        let line = protocol::event(name, data);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|c| match c.upgrade() {
+            Some(outbox) => outbox.push(line.clone()),
+            None => false,
+        });
+    }
+
+    /// Lets every subscriber's writer flush what it has, then close.
+    pub fn close_all(&self) -> Vec<Arc<Outbox>> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .iter()
+            .filter_map(Weak::upgrade)
+            .inspect(|o| o.close())
+            .collect()
+    }
+}

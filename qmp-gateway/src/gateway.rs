@@ -1,0 +1,111 @@
+//! The gateway's shared state: what it knows about the VM (identity, run state, vCPU
+//! threads), the link to vmm-core, the fd sets, the event bus, and how the gateway is
+//! asked to end. vmm-core's events become QMP events here.
+
+use std::sync::{mpsc, Mutex};
+
+use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent};
+use serde_json::json;
+use std::sync::Arc;
+
+use crate::events::EventBus;
+use crate::fdstore::FdSets;
+use crate::supervisor::VmmLink;
+
+/// Why the gateway is ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// QMP quit (or HMP quit).
+    Quit,
+    Signal(i32),
+    /// The guest powered off.
+    GuestPoweroff,
+    /// vmm-core went away on its own.
+    VmmExited(String),
+}
+
+pub struct VmIdentity {
+    pub name: Option<String>,
+    pub uuid: String,
+}
+
+struct Status {
+    run_state: RunState,
+    vcpus: Vec<VcpuInfo>,
+}
+
+pub struct Gateway {
+    pub identity: VmIdentity,
+    status: Mutex<Status>,
+    pub vmm: Arc<VmmLink>,
+    pub fdsets: FdSets,
+    pub events: EventBus,
+    exit: Mutex<mpsc::Sender<ExitReason>>,
+}
+
+impl Gateway {
+    pub fn new(identity: VmIdentity, vmm: Arc<VmmLink>, exit: mpsc::Sender<ExitReason>) -> Gateway {
+        Gateway {
+            identity,
+            status: Mutex::new(Status {
+                run_state: RunState::Prelaunch,
+                vcpus: Vec::new(),
+            }),
+            vmm,
+            fdsets: FdSets::default(),
+            events: EventBus::default(),
+            exit: Mutex::new(exit),
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn run_state(&self) -> RunState {
+        self.status().run_state
+    }
+
+    pub fn vcpus(&self) -> Vec<VcpuInfo> {
+        self.status().vcpus.clone()
+    }
+
+    pub fn set_vcpus(&self, vcpus: Vec<VcpuInfo>) {
+        self.status().vcpus = vcpus;
+    }
+
+    pub fn request_exit(&self, reason: ExitReason) {
+        let _ = self
+            .exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(reason);
+    }
+
+    /// Turns an event from vmm-core into QMP events (and, for a guest power-off, the
+    /// gateway's end).
+    pub fn on_vmm_event(&self, event: VmmEvent) {
+        let cause = |c: ShutdownCause| Some(json!({"guest": c.is_guest(), "reason": c.qmp_name()}));
+        match event {
+            VmmEvent::RunState(new) => {
+                let old = std::mem::replace(&mut self.status().run_state, new);
+                if old == RunState::Running && new != RunState::Running {
+                    self.events.emit("STOP", None);
+                } else if new == RunState::Running && old != RunState::Running {
+                    self.events.emit("RESUME", None);
+                }
+            }
+            VmmEvent::Reset(c) => self.events.emit("RESET", cause(c)),
+            VmmEvent::Shutdown(c) => {
+                self.events.emit("SHUTDOWN", cause(c));
+                if c == ShutdownCause::GuestShutdown {
+                    self.request_exit(ExitReason::GuestPoweroff);
+                }
+            }
+            VmmEvent::Powerdown => self.events.emit("POWERDOWN", None),
+            VmmEvent::VcpuFailed { vcpu, reason } => {
+                log::error!("vCPU {vcpu} failed: {reason}; the VM is stopped (internal-error)");
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Starting the VM: the gateway opens the kernel, initrd and console (it is the only
+//! process that opens paths), and hands the fds to vmm-core in the launch request.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
+
+use crate::supervisor::VmmLink;
+
+/// The console, as named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Serial {
+    Stdout,
+    None,
+    File(PathBuf),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Serial {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" | "stdio" => Ok(Serial::Stdout),
+            "none" => Ok(Serial::None),
+            _ => match s.split_once(':') {
+                Some(("file", p)) if !p.is_empty() => Ok(Serial::File(p.into())),
+                Some(("unix", p)) if !p.is_empty() => Ok(Serial::Unix(p.into())),
+                _ => Err(format!(
+                    "--serial {s}: expected stdout, none, file:PATH or unix:PATH"
+                )),
+            },
+        }
+    }
+}
+
+pub struct VmOptions {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub serial: Serial,
+    pub start_paused: bool,
+}
+
+/// Binds a Unix socket at `path` readable and writable by its owner only, replacing a
+/// stale socket left there (but nothing else).
+pub fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{}: exists and is not a socket", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // SAFETY: umask only changes this process's creation mask; we restore it at once.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("{}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(listener)
+}
+
+/// The files of a launch, opened; `socket` is the console socket's path, to remove later.
+pub struct OpenedVm {
+    pub config: LaunchConfig,
+    fds: Vec<OwnedFd>,
+    pub console_socket: Option<PathBuf>,
+}
+
+impl OpenedVm {
+    pub fn open(o: &VmOptions) -> anyhow::Result<OpenedVm> {
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let kernel =
+            File::open(&o.kernel).with_context(|| format!("kernel {}", o.kernel.display()))?;
+        fds.push(kernel.into());
+        if let Some(p) = &o.initrd {
+            fds.push(
+                File::open(p)
+                    .with_context(|| format!("initrd {}", p.display()))?
+                    .into(),
+            );
+        }
+        let mut console_socket = None;
+        let serial = match &o.serial {
+            Serial::Stdout => SerialSink::Stdout,
+            Serial::None => SerialSink::None,
+            Serial::File(p) => {
+                fds.push(
+                    File::create(p)
+                        .with_context(|| format!("serial {}", p.display()))?
+                        .into(),
+                );
+                SerialSink::File
+            }
+            Serial::Unix(p) => {
+                fds.push(bind_private(p).context("serial socket")?.into());
+                console_socket = Some(p.clone());
+                SerialSink::UnixListener
+            }
+        };
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        Ok(OpenedVm {
+            config: LaunchConfig {
+                memory_mib: o.memory_mib,
+                cpus: o.cpus,
+                cmdline: o.cmdline.clone(),
+                kernel_path: path(&o.kernel),
+                initrd_path: o.initrd.as_deref().map(path),
+                serial,
+                start_paused: o.start_paused,
+            },
+            fds,
+            console_socket,
+        })
+    }
+
+    /// Asks vmm-core to build and start the VM; returns its vCPU threads.
+    pub fn launch(&self, vmm: &VmmLink) -> anyhow::Result<Vec<VcpuInfo>> {
+        let fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();
+        match vmm.request(VmmRequest::Launch(self.config.clone()), &fds) {
+            Ok(VmmReply::Launched { vcpus }) => Ok(vcpus),
+            Ok(other) => bail!("vmm-core answered the launch with {other:?}"),
+            Err(e) => bail!("{}", e.desc),
+        }
+    }
+}

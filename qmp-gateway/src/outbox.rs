@@ -1,0 +1,109 @@
+//! A client's outgoing messages: a byte-bounded queue drained by the client's writer
+//! thread. A client that stops reading fills its outbox and is disconnected, instead of
+//! stalling the gateway or growing its memory.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Condvar, Mutex};
+
+use crate::conn::Conn;
+
+/// Most bytes queued for one client.
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Vec<u8>>,
+    bytes: usize,
+    closed: bool,
+    /// Closed because it overflowed (a slow or stuck client).
+    overflowed: bool,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    cv: Condvar,
+    conn: Conn,
+}
+
+impl Outbox {
+    pub fn new(conn: Conn) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+            conn,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one message; false if the client is gone (or has just been dropped for
+    /// not reading).
+    pub fn push(&self, msg: Vec<u8>) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        if st.bytes + msg.len() > MAX_QUEUED_BYTES {
+            log::warn!("QMP client is not reading its replies and events; disconnecting it");
+            st.closed = true;
+            st.overflowed = true;
+            st.queue.clear();
+            drop(st);
+            self.conn.shutdown();
+            self.cv.notify_all();
+            return false;
+        }
+        st.bytes += msg.len();
+        st.queue.push_back(msg);
+        drop(st);
+        self.cv.notify_all();
+        true
+    }
+
+    /// No more messages: the writer sends what is queued, then ends.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The writer thread's loop; returns when closed and drained, or on a write error.
+    pub fn run_writer(&self) {
+        let mut writer = self.conn.clone_for_writing();
+        loop {
+            let msg = {
+                let mut st = self.lock();
+                loop {
+                    if let Some(m) = st.queue.pop_front() {
+                        st.bytes -= m.len();
+                        break Some(m);
+                    }
+                    if st.closed {
+                        break None;
+                    }
+                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let Some(msg) = msg else { break };
+            if writer
+                .as_mut()
+                .map(|w| w.write_all(&msg))
+                .is_none_or(|r| r.is_err())
+            {
+                self.lock().closed = true;
+                break;
+            }
+        }
+        self.conn.shutdown();
+    }
+}

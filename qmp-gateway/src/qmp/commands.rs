@@ -1,0 +1,564 @@
+//! The one command table: name, arguments, return type, OOB permission, which process
+//! serves it, and its handler. Dispatch, argument checking, query-commands,
+//! query-qmp-schema and docs/qmp-coverage.md all derive from it.
+
+use std::os::fd::OwnedFd;
+
+use ipc::{VmmReply, VmmRequest};
+use serde_json::{json, Map, Value};
+
+use super::hmp;
+use super::protocol::{self, QmpError, QmpResult};
+use super::schema::{opt, req, Member, Ty, TypeDef, TypeKind, Types};
+use crate::events::EVENTS;
+use crate::fdstore::NamedFds;
+use crate::gateway::{ExitReason, Gateway};
+
+/// Which process serves a command (the gateway answers the rest itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Gateway,
+    VmmCore,
+}
+
+/// How far a command is implemented (docs/qmp-coverage.md is checked against this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    Done,
+    /// Answered as QEMU answers it when the device does not exist.
+    NoDevice,
+}
+
+/// Everything a handler may touch.
+pub struct Ctx<'a> {
+    pub gw: &'a Gateway,
+    /// The calling client's named fds.
+    pub named_fds: &'a NamedFds,
+    /// The fds that arrived with this command (SCM_RIGHTS).
+    pub fds: Vec<OwnedFd>,
+    /// Set by quit: the gateway ends once the reply is on its way.
+    pub exit_after_reply: Option<ExitReason>,
+}
+
+impl Ctx<'_> {
+    /// The fd sent with the command, as QEMU's getfd/add-fd take it (the first; any
+    /// others are closed when the command ends).
+    fn take_fd(&mut self) -> Result<OwnedFd, QmpError> {
+        if self.fds.is_empty() {
+            return Err(QmpError::generic(
+                "No file descriptor supplied via SCM_RIGHTS",
+            ));
+        }
+        Ok(self.fds.remove(0))
+    }
+
+    pub fn vmm(&self, request: VmmRequest) -> Result<VmmReply, QmpError> {
+        self.gw.vmm.request(request, &[])
+    }
+}
+
+pub type Handler = fn(&mut Ctx, &Map<String, Value>) -> QmpResult;
+
+pub struct Command {
+    pub name: &'static str,
+    pub args: &'static [Member],
+    pub ret: Ty,
+    pub allow_oob: bool,
+    pub owner: Owner,
+    pub coverage: Coverage,
+    pub handler: Handler,
+}
+
+const fn cmd(
+    name: &'static str,
+    args: &'static [Member],
+    ret: Ty,
+    owner: Owner,
+    handler: Handler,
+) -> Command {
+    Command {
+        name,
+        args,
+        ret,
+        allow_oob: false,
+        owner,
+        coverage: Coverage::Done,
+        handler,
+    }
+}
+
+/// The same, allowed out of band (answered from gateway state, never waits).
+const fn oob(name: &'static str, args: &'static [Member], ret: Ty, handler: Handler) -> Command {
+    Command {
+        allow_oob: true,
+        ..cmd(name, args, ret, Owner::Gateway, handler)
+    }
+}
+
+const EMPTY: Ty = Ty::Named("q_empty");
+use Owner::{Gateway as G, VmmCore as V};
+
+pub const COMMANDS: &[Command] = &[
+    cmd(
+        "qmp_capabilities",
+        &[opt("enable", Ty::Array(&Ty::Named("QMPCapability")))],
+        EMPTY,
+        G,
+        qmp_capabilities,
+    ),
+    oob("query-version", &[], Ty::Named("VersionInfo"), |_, _| {
+        Ok(protocol::version())
+    }),
+    cmd(
+        "query-commands",
+        &[],
+        Ty::Array(&Ty::Named("CommandInfo")),
+        G,
+        query_commands,
+    ),
+    cmd(
+        "query-events",
+        &[],
+        Ty::Array(&Ty::Named("EventInfo")),
+        G,
+        query_events,
+    ),
+    cmd("query-qmp-schema", &[], Ty::Array(&Ty::Any), G, |_, _| {
+        Ok(schema())
+    }),
+    oob("query-status", &[], Ty::Named("StatusInfo"), query_status),
+    cmd("stop", &[], EMPTY, V, |c, _| done(c.vmm(VmmRequest::Stop))),
+    cmd("cont", &[], EMPTY, V, |c, _| done(c.vmm(VmmRequest::Cont))),
+    cmd("system_reset", &[], EMPTY, V, |c, _| {
+        done(c.vmm(VmmRequest::SystemReset))
+    }),
+    cmd("system_powerdown", &[], EMPTY, V, |c, _| {
+        done(c.vmm(VmmRequest::SystemPowerdown))
+    }),
+    // The platform has no S3 (no \_S3 in the DSDT): there is never a suspended guest.
+    cmd("system_wakeup", &[], EMPTY, G, |_, _| {
+        Err(QmpError::generic(
+            "wake-up from suspend is not supported by this guest",
+        ))
+    }),
+    cmd("quit", &[], EMPTY, G, quit),
+    oob("query-kvm", &[], Ty::Named("KvmInfo"), |_, _| {
+        Ok(json!({"enabled": true, "present": true}))
+    }),
+    cmd(
+        "query-cpus",
+        &[],
+        Ty::Array(&Ty::Named("CpuInfo")),
+        V,
+        query_cpus,
+    ),
+    cmd(
+        "query-cpus-fast",
+        &[],
+        Ty::Array(&Ty::Named("CpuInfoFast")),
+        G,
+        query_cpus_fast,
+    ),
+    oob("query-name", &[], Ty::Named("NameInfo"), query_name),
+    oob("query-uuid", &[], Ty::Named("UuidInfo"), |c, _| {
+        Ok(json!({"UUID": c.gw.identity.uuid}))
+    }),
+    cmd("getfd", &[req("fdname", Ty::Str)], EMPTY, G, getfd),
+    cmd("closefd", &[req("fdname", Ty::Str)], EMPTY, G, closefd),
+    cmd(
+        "add-fd",
+        &[opt("fdset-id", Ty::Int), opt("opaque", Ty::Str)],
+        Ty::Named("AddfdInfo"),
+        G,
+        add_fd,
+    ),
+    cmd(
+        "remove-fd",
+        &[req("fdset-id", Ty::Int), opt("fd", Ty::Int)],
+        EMPTY,
+        G,
+        remove_fd,
+    ),
+    cmd(
+        "query-fdsets",
+        &[],
+        Ty::Array(&Ty::Named("FdsetInfo")),
+        G,
+        |c, _| Ok(c.gw.fdsets.query()),
+    ),
+    cmd(
+        "human-monitor-command",
+        &[req("command-line", Ty::Str), opt("cpu-index", Ty::Int)],
+        Ty::Str,
+        G,
+        hmp::human_monitor_command,
+    ),
+];
+
+/// Named types the commands and events use.
+pub const TYPES: Types = Types(&[
+    TypeDef {
+        name: "q_empty",
+        kind: TypeKind::Object(&[]),
+    },
+    TypeDef {
+        name: "QMPCapability",
+        kind: TypeKind::Enum(&["oob"]),
+    },
+    TypeDef {
+        name: "VersionTriple",
+        kind: TypeKind::Object(&[
+            req("major", Ty::Int),
+            req("minor", Ty::Int),
+            req("micro", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "VersionInfo",
+        kind: TypeKind::Object(&[
+            req("qemu", Ty::Named("VersionTriple")),
+            req("package", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "CommandInfo",
+        kind: TypeKind::Object(&[req("name", Ty::Str)]),
+    },
+    TypeDef {
+        name: "EventInfo",
+        kind: TypeKind::Object(&[req("name", Ty::Str)]),
+    },
+    TypeDef {
+        name: "RunState",
+        kind: TypeKind::Enum(&[
+            "prelaunch",
+            "running",
+            "paused",
+            "internal-error",
+            "shutdown",
+        ]),
+    },
+    TypeDef {
+        name: "StatusInfo",
+        kind: TypeKind::Object(&[
+            req("running", Ty::Bool),
+            req("singlestep", Ty::Bool),
+            req("status", Ty::Named("RunState")),
+        ]),
+    },
+    TypeDef {
+        name: "KvmInfo",
+        kind: TypeKind::Object(&[req("enabled", Ty::Bool), req("present", Ty::Bool)]),
+    },
+    TypeDef {
+        name: "CpuInfo",
+        kind: TypeKind::Object(&[
+            req("CPU", Ty::Int),
+            req("current", Ty::Bool),
+            req("halted", Ty::Bool),
+            req("qom_path", Ty::Str),
+            req("thread_id", Ty::Int),
+            req("arch", Ty::Str),
+            req("pc", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "CpuInstanceProperties",
+        kind: TypeKind::Object(&[
+            opt("socket-id", Ty::Int),
+            opt("core-id", Ty::Int),
+            opt("thread-id", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "CpuInfoFast",
+        kind: TypeKind::Object(&[
+            req("cpu-index", Ty::Int),
+            req("qom-path", Ty::Str),
+            req("thread-id", Ty::Int),
+            opt("props", Ty::Named("CpuInstanceProperties")),
+            req("target", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "NameInfo",
+        kind: TypeKind::Object(&[opt("name", Ty::Str)]),
+    },
+    TypeDef {
+        name: "UuidInfo",
+        kind: TypeKind::Object(&[req("UUID", Ty::Str)]),
+    },
+    TypeDef {
+        name: "AddfdInfo",
+        kind: TypeKind::Object(&[req("fdset-id", Ty::Int), req("fd", Ty::Int)]),
+    },
+    TypeDef {
+        name: "FdsetFdInfo",
+        kind: TypeKind::Object(&[req("fd", Ty::Int), opt("opaque", Ty::Str)]),
+    },
+    TypeDef {
+        name: "FdsetInfo",
+        kind: TypeKind::Object(&[
+            req("fdset-id", Ty::Int),
+            req("fds", Ty::Array(&Ty::Named("FdsetFdInfo"))),
+        ]),
+    },
+    TypeDef {
+        name: "ShutdownCause",
+        kind: TypeKind::Enum(&[
+            "host-error",
+            "host-qmp-quit",
+            "host-qmp-system-reset",
+            "host-signal",
+            "guest-shutdown",
+            "guest-reset",
+        ]),
+    },
+    TypeDef {
+        name: "q_obj_SHUTDOWN-arg",
+        kind: TypeKind::Object(&[
+            req("guest", Ty::Bool),
+            req("reason", Ty::Named("ShutdownCause")),
+        ]),
+    },
+]);
+
+/// Argument type of each event, for the schema.
+fn event_arg_type(event: &str) -> &'static str {
+    match event {
+        "SHUTDOWN" | "RESET" => "q_obj_SHUTDOWN-arg",
+        _ => "q_empty",
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+fn done(reply: Result<VmmReply, QmpError>) -> QmpResult {
+    reply.map(|_| json!({}))
+}
+
+fn str_arg<'a>(args: &'a Map<String, Value>, name: &str) -> &'a str {
+    // Arguments were checked against the table before the handler runs.
+    args.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn int_arg(args: &Map<String, Value>, name: &str) -> Option<i64> {
+    args.get(name).and_then(Value::as_i64)
+}
+
+fn qmp_capabilities(_: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    // Before negotiation the session handles this command itself.
+    Err(QmpError::not_found(
+        "Capabilities negotiation is already complete, command ignored",
+    ))
+}
+
+fn query_commands(_: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    Ok(COMMANDS.iter().map(|c| json!({"name": c.name})).collect())
+}
+
+fn query_events(_: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    Ok(EVENTS.iter().map(|e| json!({"name": e})).collect())
+}
+
+pub fn status_info(gw: &Gateway) -> Value {
+    let state = gw.run_state();
+    json!({
+        "running": state == ipc::RunState::Running,
+        "singlestep": false,
+        "status": state.qmp_name(),
+    })
+}
+
+fn query_status(c: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    Ok(status_info(c.gw))
+}
+
+fn quit(c: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    c.exit_after_reply = Some(ExitReason::Quit);
+    Ok(json!({}))
+}
+
+pub fn qom_path(index: u32) -> String {
+    format!("/machine/unattached/device[{index}]")
+}
+
+fn query_cpus(c: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    let VmmReply::Cpus(cpus) = c.vmm(VmmRequest::QueryCpus)? else {
+        return Err(QmpError::generic(
+            "vmm-core answered query-cpus with something else",
+        ));
+    };
+    Ok(cpus
+        .iter()
+        .map(|cpu| {
+            json!({
+                "CPU": cpu.index,
+                "current": cpu.index == 0,
+                "halted": cpu.halted,
+                "qom_path": qom_path(cpu.index),
+                "thread_id": cpu.thread_id,
+                "arch": "x86",
+                "pc": cpu.pc,
+            })
+        })
+        .collect())
+}
+
+fn query_cpus_fast(c: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    // One package of N cores with one thread each, as vmm-core's CPUID describes it.
+    Ok(c.gw
+        .vcpus()
+        .iter()
+        .map(|v| {
+            json!({
+                "cpu-index": v.index,
+                "qom-path": qom_path(v.index),
+                "thread-id": v.thread_id,
+                "props": {"socket-id": 0, "core-id": v.index, "thread-id": 0},
+                "target": "x86_64",
+            })
+        })
+        .collect())
+}
+
+fn query_name(c: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
+    Ok(match &c.gw.identity.name {
+        Some(n) => json!({"name": n}),
+        None => json!({}),
+    })
+}
+
+fn getfd(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
+    let fd = c.take_fd()?;
+    c.named_fds.insert(str_arg(args, "fdname"), fd)?;
+    Ok(json!({}))
+}
+
+fn closefd(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
+    c.named_fds.close(str_arg(args, "fdname"))?;
+    Ok(json!({}))
+}
+
+fn add_fd(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
+    let fd = c.take_fd()?;
+    let opaque = args
+        .get("opaque")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let (id, number) = c.gw.fdsets.add(int_arg(args, "fdset-id"), fd, opaque)?;
+    Ok(json!({"fdset-id": id, "fd": number}))
+}
+
+fn remove_fd(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
+    let id = int_arg(args, "fdset-id").unwrap_or_default();
+    c.gw.fdsets.remove(id, int_arg(args, "fd"))?;
+    Ok(json!({}))
+}
+
+/// query-qmp-schema: every command, event and type, in QEMU's SchemaInfo form.
+pub fn schema() -> Value {
+    use super::schema::{builtin_json_type, members_schema, schema_name};
+    let mut out: Vec<Value> = Vec::new();
+    let mut arrays: Vec<Ty> = Vec::new();
+    let note = |ty: Ty, arrays: &mut Vec<Ty>| {
+        if let Ty::Array(_) = ty {
+            if !arrays.contains(&ty) {
+                arrays.push(ty);
+            }
+        }
+    };
+    for c in COMMANDS {
+        let arg_type = format!("q_obj_{}-arg", c.name);
+        let mut info = json!({
+            "name": c.name,
+            "meta-type": "command",
+            "arg-type": arg_type,
+            "ret-type": schema_name(c.ret),
+        });
+        if c.allow_oob {
+            info["allow-oob"] = json!(true);
+        }
+        out.push(info);
+        out.push(
+            json!({"name": arg_type, "meta-type": "object", "members": members_schema(c.args)}),
+        );
+        note(c.ret, &mut arrays);
+        c.args.iter().for_each(|m| note(m.ty, &mut arrays));
+    }
+    for e in EVENTS {
+        out.push(json!({"name": e, "meta-type": "event", "arg-type": event_arg_type(e)}));
+    }
+    for t in TYPES.0 {
+        match t.kind {
+            TypeKind::Object(members) => {
+                members.iter().for_each(|m| note(m.ty, &mut arrays));
+                out.push(json!({"name": t.name, "meta-type": "object", "members": members_schema(members)}));
+            }
+            TypeKind::Enum(values) => out.push(json!({
+                "name": t.name,
+                "meta-type": "enum",
+                "values": values,
+                "members": values.iter().map(|v| json!({"name": v})).collect::<Vec<_>>(),
+            })),
+        }
+    }
+    for a in arrays {
+        if let Ty::Array(elem) = a {
+            out.push(json!({"name": schema_name(a), "meta-type": "array", "element-type": schema_name(*elem)}));
+        }
+    }
+    for b in [Ty::Str, Ty::Int, Ty::Bool, Ty::Number, Ty::Any, Ty::Null] {
+        out.push(json!({
+            "name": schema_name(b),
+            "meta-type": "builtin",
+            "json-type": builtin_json_type(b),
+        }));
+    }
+    Value::Array(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique() {
+        let mut seen = HashSet::new();
+        assert!(COMMANDS.iter().all(|c| seen.insert(c.name)));
+    }
+
+    #[test]
+    fn schema_is_closed() {
+        // Every type a command, event or member names is defined in the schema.
+        let schema = schema();
+        let entries = schema.as_array().unwrap();
+        let defined: HashSet<&str> = entries
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        for e in entries {
+            for key in ["arg-type", "ret-type", "element-type"] {
+                if let Some(t) = e.get(key) {
+                    assert!(
+                        defined.contains(t.as_str().unwrap()),
+                        "{key} {t} of {}",
+                        e["name"]
+                    );
+                }
+            }
+            if let Some(members) = e.get("members").and_then(|m| m.as_array()) {
+                for m in members.iter().filter_map(|m| m.get("type")) {
+                    assert!(
+                        defined.contains(m.as_str().unwrap()),
+                        "member type {m} of {}",
+                        e["name"]
+                    );
+                }
+            }
+        }
+    }
+}

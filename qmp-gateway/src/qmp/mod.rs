@@ -1,0 +1,9 @@
+//! QMP: the wire protocol, the command table and its handlers, sessions and listeners.
+
+pub mod commands;
+pub mod hmp;
+pub mod json_stream;
+pub mod protocol;
+pub mod schema;
+pub mod server;
+pub mod session;

@@ -1,0 +1,184 @@
+//! One client's QMP session: capabilities negotiation, then commands. Without OOB every
+//! command runs in order on the reader thread. With OOB negotiated, in-band commands go
+//! to a worker through a short queue (a client that floods it stops being read) while
+//! exec-oob commands run at once.
+
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::commands::{self, Ctx, TYPES};
+use super::json_stream::Item;
+use super::protocol::{self, parse_request, QmpError, Request};
+use crate::fdstore::NamedFds;
+use crate::gateway::Gateway;
+use crate::outbox::Outbox;
+
+/// In-band requests queued per client (QEMU's limit too).
+pub const INBAND_QUEUE: usize = 8;
+
+enum Job {
+    Execute(Request, Vec<OwnedFd>),
+    Reply(Vec<u8>),
+}
+
+pub struct Session {
+    gw: Arc<Gateway>,
+    outbox: Arc<Outbox>,
+    named_fds: Arc<NamedFds>,
+    negotiated: bool,
+    oob: bool,
+    inband: Option<SyncSender<Job>>,
+}
+
+impl Session {
+    pub fn new(gw: Arc<Gateway>, outbox: Arc<Outbox>) -> Session {
+        Session {
+            gw,
+            outbox,
+            named_fds: Arc::new(NamedFds::default()),
+            negotiated: false,
+            oob: false,
+            inband: None,
+        }
+    }
+
+    /// Handles one value (or limit error) from the input stream; `fds` are the fds
+    /// received so far, which a command takes.
+    pub fn handle(&mut self, item: Item, fds: &mut Vec<OwnedFd>) {
+        let text = match item {
+            Item::Value(text) => text,
+            Item::TooLarge => {
+                return self.reply_in_order(error_line("JSON token size limit exceeded"))
+            }
+            Item::TooDeep => {
+                return self.reply_in_order(error_line("JSON nesting depth limit exceeded"))
+            }
+        };
+        let request = match parse_request(&text, self.oob) {
+            Ok(r) => r,
+            Err(rejected) => {
+                return self.reply_in_order(protocol::response(Err(rejected.error), rejected.id))
+            }
+        };
+        let fds = std::mem::take(fds);
+        if !self.negotiated {
+            return self.negotiate(request);
+        }
+        match &self.inband {
+            Some(queue) if !request.oob => {
+                // Blocks when the queue is full: the reader stops reading this client.
+                let _ = queue.send(Job::Execute(request, fds));
+            }
+            _ => execute(&self.gw, &self.named_fds, &self.outbox, request, fds),
+        }
+    }
+
+    fn reply_in_order(&mut self, line: Vec<u8>) {
+        match &self.inband {
+            Some(queue) => {
+                let _ = queue.send(Job::Reply(line));
+            }
+            None => {
+                self.outbox.push(line);
+            }
+        }
+    }
+
+    fn negotiate(&mut self, request: Request) {
+        if request.command != "qmp_capabilities" {
+            let e =
+                QmpError::not_found("Expecting capabilities negotiation with 'qmp_capabilities'");
+            self.outbox.push(protocol::response(Err(e), request.id));
+            return;
+        }
+        let members = commands::find("qmp_capabilities")
+            .map(|c| c.args)
+            .unwrap_or_default();
+        if let Err(e) = TYPES.check_members(members, &request.arguments, "") {
+            self.outbox.push(protocol::response(Err(e), request.id));
+            return;
+        }
+        self.oob = request
+            .arguments
+            .get("enable")
+            .and_then(Value::as_array)
+            .is_some_and(|caps| caps.iter().any(|c| c == "oob"));
+        self.negotiated = true;
+        if self.oob {
+            self.start_inband_worker();
+        }
+        self.outbox
+            .push(protocol::response(Ok(serde_json::json!({})), request.id));
+        self.gw.events.subscribe(&self.outbox);
+    }
+
+    fn start_inband_worker(&mut self) {
+        let (tx, rx) = mpsc::sync_channel::<Job>(INBAND_QUEUE);
+        let (gw, outbox, named) = (self.gw.clone(), self.outbox.clone(), self.named_fds.clone());
+        let spawned = std::thread::Builder::new()
+            .name("qmp-inband".into())
+            .spawn(move || {
+                for job in rx {
+                    // A client that left does not get the commands it queued run.
+                    if outbox.is_closed() {
+                        continue;
+                    }
+                    match job {
+                        Job::Execute(request, fds) => execute(&gw, &named, &outbox, request, fds),
+                        Job::Reply(line) => {
+                            outbox.push(line);
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => self.inband = Some(tx),
+            Err(e) => log::error!("QMP in-band worker: {e}; running commands in order instead"),
+        }
+    }
+}
+
+fn error_line(desc: &str) -> Vec<u8> {
+    protocol::response(Err(QmpError::generic(desc)), None)
+}
+
+/// Runs one negotiated command and queues its reply.
+fn execute(
+    gw: &Gateway,
+    named_fds: &NamedFds,
+    outbox: &Outbox,
+    request: Request,
+    fds: Vec<OwnedFd>,
+) {
+    let Some(command) = commands::find(&request.command) else {
+        let e = QmpError::not_found(format!(
+            "The command {} has not been found",
+            request.command
+        ));
+        outbox.push(protocol::response(Err(e), request.id));
+        return;
+    };
+    if request.oob && !command.allow_oob {
+        let e = QmpError::generic(format!("The command {} does not support OOB", command.name));
+        outbox.push(protocol::response(Err(e), request.id));
+        return;
+    }
+    if let Err(e) = TYPES.check_members(command.args, &request.arguments, "") {
+        outbox.push(protocol::response(Err(e), request.id));
+        return;
+    }
+    let mut ctx = Ctx {
+        gw,
+        named_fds,
+        fds,
+        exit_after_reply: None,
+    };
+    let result = (command.handler)(&mut ctx, &request.arguments);
+    outbox.push(protocol::response(result, request.id));
+    if let Some(reason) = ctx.exit_after_reply.take() {
+        gw.request_exit(reason);
+    }
+}

@@ -208,6 +208,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let reason = exit_rx
         .recv()
         .unwrap_or(ExitReason::VmmExited("event channel closed".into()));
+    log::debug!("ending: {reason:?}");
     match &reason {
         ExitReason::Quit => {
             let _ = link.request(VmmRequest::Quit(ShutdownCause::HostQmpQuit), &[]);
@@ -230,7 +231,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     // Give every client's writer a moment to deliver the last replies and events.
     let outboxes = gw.events.close_all();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while outboxes.iter().any(|o| o.queued_bytes() > 0) && Instant::now() < deadline {
+    while outboxes.iter().any(|o| !o.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(cleanup);

@@ -18,6 +18,8 @@ struct State {
     closed: bool,
     /// Closed because it overflowed (a slow or stuck client).
     overflowed: bool,
+    /// The writer has sent everything it will send and ended.
+    finished: bool,
 }
 
 pub struct Outbox {
@@ -75,6 +77,11 @@ impl Outbox {
 
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// True once the writer thread has ended (all it could send is sent).
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished
     }
 
     /// The writer thread's loop; returns when closed and drained, or on a write error.

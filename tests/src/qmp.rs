@@ -24,8 +24,20 @@ pub struct QmpClient {
 
 impl QmpClient {
     pub fn connect(path: &Path) -> QmpClient {
-        let stream =
-            UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Between bind() and listen() a socket's path exists but refuses connections.
+        let deadline = Instant::now() + TIMEOUT;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        };
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut c = QmpClient {
@@ -214,5 +226,14 @@ impl Gateway {
             !Path::new(&format!("/proc/{vmm_pid}")).exists(),
             "vmm-core (pid {vmm_pid}) outlived the gateway"
         );
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // A failing test shows what the gateway and the guest said.
+        if std::thread::panicking() {
+            eprintln!("--- gateway output ---\n{}", self.vm.transcript());
+        }
     }
 }

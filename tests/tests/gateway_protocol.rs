@@ -368,7 +368,17 @@ fn tcp_listener_speaks_the_same_protocol() {
         .unwrap()
         .port();
     let gw = Gateway::start(&["--qmp-tcp", &port.to_string()]);
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The Unix socket exists before the TCP listener is bound: retry briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("QMP over TCP: {e}"),
+        }
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -336,6 +336,11 @@ impl Vm {
                 .collect(),
             state: RunState::Prelaunch,
         };
+        // Started before the launch reply, so the gateway knows the run state by the time
+        // it has that reply (the RunState event travels first on the same channel).
+        if !runner.vm.start_paused {
+            runner.cont_vcpus();
+        }
         if let Some((control, launch_id)) = control {
             control
                 .start_reader(runner.vm.events.clone())
@@ -350,9 +355,6 @@ impl Vm {
                 })
                 .collect();
             control.reply(launch_id, Ok(VmmReply::Launched { vcpus }));
-        }
-        if !runner.vm.start_paused {
-            runner.cont_vcpus();
         }
         let result = runner.event_loop();
         let generation = vcpus.request(Request::Exit);

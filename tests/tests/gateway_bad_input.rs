@@ -142,7 +142,7 @@ fn a_client_that_leaves_mid_command() {
 fn a_client_that_never_reads_is_dropped_not_waited_for() {
     let gw = Gateway::start(&[]);
     let pid = gw.vm.pid();
-    let mut stuck = QmpClient::negotiated(&gw.qmp);
+    let stuck = QmpClient::negotiated(&gw.qmp);
     // Each schema reply is several KiB. A client that asks for them and never reads fills
     // its bounded outbox, and the gateway hangs up on it: its writes then fail.
     let request = br#"{"execute":"query-qmp-schema"}"#.repeat(100);

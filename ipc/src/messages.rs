@@ -93,6 +93,8 @@ pub enum VmmRequest {
     SystemReset,
     SystemPowerdown,
     QueryCpus,
+    /// An NMI to every vCPU.
+    InjectNmi,
     /// Stop the VM and exit; the cause goes into the SHUTDOWN event.
     Quit(ShutdownCause),
 }

@@ -149,6 +149,11 @@ impl Vcpu {
             .map_err(self.err("reading the MP state"))?;
         Ok((rip, mp.mp_state == KVM_MP_STATE_HALTED))
     }
+
+    /// Queues an NMI (delivered when the vCPU next runs).
+    pub fn nmi(&self) -> Result<(), VcpuError> {
+        self.fd.nmi().map_err(self.err("injecting an NMI"))
+    }
 }
 
 /// What the control loop asks of the vCPU threads.

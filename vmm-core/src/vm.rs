@@ -469,6 +469,24 @@ impl Runner<'_> {
         sampled.map_err(|e| RemoteError::generic(e.to_string()))
     }
 
+    /// An NMI to every vCPU (KVM_NMI needs each vCPU out of KVM_RUN for a moment).
+    fn inject_nmi(&self) -> Result<(), RemoteError> {
+        let running = self.state == RunState::Running;
+        if running {
+            self.pause_vcpus();
+        }
+        let result = self
+            .vm
+            .vcpus
+            .iter()
+            .try_for_each(|v| lock(v).nmi())
+            .map_err(|e| RemoteError::generic(e.to_string()));
+        if running {
+            self.vcpus.request(Request::Run);
+        }
+        result
+    }
+
     fn handle_request(
         &mut self,
         request: VmmRequest,
@@ -490,6 +508,7 @@ impl Runner<'_> {
                 Ok(VmmReply::Done)
             }
             VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
+            VmmRequest::InjectNmi => self.inject_nmi().map(|()| VmmReply::Done),
             // Quit is answered by the event loop, which then ends.
             VmmRequest::Quit(_) => Ok(VmmReply::Done),
         })

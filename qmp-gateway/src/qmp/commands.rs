@@ -7,9 +7,9 @@ use std::os::fd::OwnedFd;
 use ipc::{VmmReply, VmmRequest};
 use serde_json::{json, Map, Value};
 
-use super::hmp;
 use super::protocol::{self, QmpError, QmpResult};
 use super::schema::{opt, req, Member, Ty, TypeDef, TypeKind, Types};
+use super::{absent, hmp};
 use crate::events::EVENTS;
 use crate::fdstore::NamedFds;
 use crate::gateway::{ExitReason, Gateway};
@@ -91,6 +91,14 @@ const fn cmd(
 const fn oob(name: &'static str, args: &'static [Member], ret: Ty, handler: Handler) -> Command {
     Command {
         allow_oob: true,
+        ..cmd(name, args, ret, Owner::Gateway, handler)
+    }
+}
+
+/// A command for a device this VM does not have (see absent.rs).
+const fn absent(name: &'static str, args: &'static [Member], ret: Ty, handler: Handler) -> Command {
+    Command {
+        coverage: Coverage::NoDevice,
         ..cmd(name, args, ret, Owner::Gateway, handler)
     }
 }
@@ -185,6 +193,143 @@ pub const COMMANDS: &[Command] = &[
         Ty::Array(&Ty::Named("FdsetInfo")),
         G,
         |c, _| Ok(c.gw.fdsets.query()),
+    ),
+    cmd("inject-nmi", &[], EMPTY, V, |c, _| {
+        done(c.vmm(VmmRequest::InjectNmi))
+    }),
+    absent(
+        "screendump",
+        &[
+            req("filename", Ty::Str),
+            opt("device", Ty::Str),
+            opt("head", Ty::Int),
+        ],
+        EMPTY,
+        absent::screendump,
+    ),
+    absent("query-vnc", &[], Ty::Named("VncInfo"), absent::query_vnc),
+    absent(
+        "query-spice",
+        &[],
+        Ty::Named("SpiceInfo"),
+        absent::query_spice,
+    ),
+    absent(
+        "set_password",
+        &[
+            req("protocol", Ty::Named("DisplayProtocol")),
+            req("password", Ty::Str),
+            opt("connected", Ty::Str),
+        ],
+        EMPTY,
+        absent::set_password,
+    ),
+    absent(
+        "expire_password",
+        &[
+            req("protocol", Ty::Named("DisplayProtocol")),
+            req("time", Ty::Str),
+        ],
+        EMPTY,
+        absent::expire_password,
+    ),
+    absent(
+        "client_migrate_info",
+        &[
+            req("protocol", Ty::Str),
+            req("hostname", Ty::Str),
+            opt("port", Ty::Int),
+            opt("tls-port", Ty::Int),
+            opt("cert-subject", Ty::Str),
+        ],
+        EMPTY,
+        absent::client_migrate_info,
+    ),
+    absent("balloon", &[req("value", Ty::Int)], EMPTY, absent::balloon),
+    absent(
+        "query-balloon",
+        &[],
+        Ty::Named("BalloonInfo"),
+        absent::balloon,
+    ),
+    absent("query-tpm", &[], Ty::Array(&Ty::Any), absent::empty_list),
+    absent(
+        "query-tpm-models",
+        &[],
+        Ty::Array(&Ty::Str),
+        absent::empty_list,
+    ),
+    absent(
+        "query-tpm-types",
+        &[],
+        Ty::Array(&Ty::Str),
+        absent::empty_list,
+    ),
+    absent("query-mice", &[], Ty::Array(&Ty::Any), absent::empty_list),
+    absent(
+        "query-memory-devices",
+        &[],
+        Ty::Array(&Ty::Any),
+        absent::empty_list,
+    ),
+    absent(
+        "query-iothreads",
+        &[],
+        Ty::Array(&Ty::Any),
+        absent::empty_list,
+    ),
+    absent(
+        "query-rocker",
+        &[req("name", Ty::Str)],
+        Ty::Any,
+        absent::rocker,
+    ),
+    absent(
+        "query-rocker-ports",
+        &[req("name", Ty::Str)],
+        Ty::Array(&Ty::Any),
+        absent::rocker,
+    ),
+    absent(
+        "query-rocker-of-dpa-flows",
+        &[req("name", Ty::Str), opt("tbl-id", Ty::Int)],
+        Ty::Array(&Ty::Any),
+        absent::rocker,
+    ),
+    absent(
+        "query-rocker-of-dpa-groups",
+        &[req("name", Ty::Str), opt("type", Ty::Int)],
+        Ty::Array(&Ty::Any),
+        absent::rocker,
+    ),
+    absent(
+        "input-send-event",
+        &[
+            opt("device", Ty::Str),
+            opt("head", Ty::Int),
+            req("events", Ty::Array(&Ty::Named("InputEvent"))),
+        ],
+        EMPTY,
+        absent::input_send_event,
+    ),
+    absent("rtc-reset-reinjection", &[], EMPTY, absent::nothing_to_do),
+    absent(
+        "xen-set-global-dirty-log",
+        &[req("enable", Ty::Bool)],
+        EMPTY,
+        absent::nothing_to_do,
+    ),
+    absent(
+        "query-acpi-ospm-status",
+        &[],
+        Ty::Array(&Ty::Any),
+        absent::acpi_ospm_status,
+    ),
+    absent(
+        "query-hotpluggable-cpus",
+        &[],
+        Ty::Array(&Ty::Any),
+        absent::hotpluggable_cpus,
     ),
     cmd(
         "human-monitor-command",
@@ -302,6 +447,30 @@ pub const TYPES: Types = Types(&[
             req("fdset-id", Ty::Int),
             req("fds", Ty::Array(&Ty::Named("FdsetFdInfo"))),
         ]),
+    },
+    TypeDef {
+        name: "DisplayProtocol",
+        kind: TypeKind::Enum(&["vnc", "spice"]),
+    },
+    TypeDef {
+        name: "VncInfo",
+        kind: TypeKind::Object(&[req("enabled", Ty::Bool)]),
+    },
+    TypeDef {
+        name: "SpiceInfo",
+        kind: TypeKind::Object(&[
+            req("enabled", Ty::Bool),
+            req("migrated", Ty::Bool),
+            req("mouse-mode", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "BalloonInfo",
+        kind: TypeKind::Object(&[req("actual", Ty::Int)]),
+    },
+    TypeDef {
+        name: "InputEvent",
+        kind: TypeKind::Object(&[req("type", Ty::Str), req("data", Ty::Any)]),
     },
     TypeDef {
         name: "ShutdownCause",

@@ -1,5 +1,6 @@
 //! QMP: the wire protocol, the command table and its handlers, sessions and listeners.
 
+pub mod absent;
 pub mod commands;
 pub mod hmp;
 pub mod json_stream;

@@ -1,0 +1,130 @@
+//! docs/qmp-coverage.md against the spec and the gateway's command table: every spec
+//! command has exactly one row, and each row's status and owner are what the table says.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use flotilla_tests::repo_root;
+use qmp_gateway::qmp::commands::{Coverage, Owner, COMMANDS};
+
+/// Command names in the spec: underlined headings and `"execute"` examples.
+fn spec_commands() -> BTreeSet<String> {
+    let path = repo_root().join("../shared/spec/qmp-commands.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the QMP spec {} is missing: {e}", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    let is_name = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    let mut names: BTreeSet<String> = lines
+        .windows(2)
+        .filter(|w| is_name(w[0]) && w[1].len() >= 3 && w[1].chars().all(|c| c == '-'))
+        .map(|w| w[0].to_string())
+        .collect();
+    for part in text.split("\"execute\"").skip(1) {
+        let name: String = part
+            .trim_start_matches([' ', ':'])
+            .trim_start_matches('"')
+            .chars()
+            .take_while(|c| *c != '"')
+            .collect();
+        if is_name(&name) {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+struct Row {
+    status: String,
+    served_by: String,
+    notes: String,
+}
+
+fn doc_rows() -> BTreeMap<String, Row> {
+    let text = std::fs::read_to_string(repo_root().join("docs/qmp-coverage.md")).unwrap();
+    let mut rows = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| command"))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 4, "malformed row: {line}");
+        let previous = rows.insert(
+            cells[0].to_string(),
+            Row {
+                status: cells[1].to_string(),
+                served_by: cells[2].to_string(),
+                notes: cells[3].to_string(),
+            },
+        );
+        assert!(previous.is_none(), "{} listed twice", cells[0]);
+    }
+    rows
+}
+
+#[test]
+fn coverage_doc_matches_the_command_table() {
+    let spec = spec_commands();
+    assert!(
+        spec.len() > 100,
+        "spec parsing found only {} commands",
+        spec.len()
+    );
+    let rows = doc_rows();
+    let table: BTreeMap<&str, _> = COMMANDS.iter().map(|c| (c.name, c)).collect();
+    for name in &spec {
+        assert!(
+            rows.contains_key(name),
+            "spec command {name} missing from docs/qmp-coverage.md"
+        );
+    }
+    for (name, row) in &rows {
+        match table.get(name.as_str()) {
+            Some(c) => {
+                let status = match c.coverage {
+                    Coverage::Done => "done",
+                    Coverage::NoDevice => "no device",
+                };
+                assert_eq!(row.status, status, "status of {name}");
+                let owner = match c.owner {
+                    Owner::Gateway => "gateway",
+                    Owner::VmmCore => "vmm-core",
+                };
+                assert_eq!(row.served_by, owner, "owner of {name}");
+            }
+            None => {
+                assert_eq!(row.status, "not yet", "{name} is not in the command table");
+                assert!(row.served_by.is_empty(), "{name} has no owner yet");
+            }
+        }
+        if !spec.contains(name) {
+            assert!(
+                table.contains_key(name.as_str()),
+                "{name} is neither in the spec nor served"
+            );
+            assert!(
+                row.notes.contains("not in the spec"),
+                "{name}: say it is not in the spec"
+            );
+        }
+    }
+    for name in table.keys() {
+        assert!(
+            rows.contains_key(*name),
+            "served command {name} missing from the doc"
+        );
+    }
+}
+
+#[test]
+fn renamed_commands_are_accepted_under_both_names() {
+    let served: BTreeSet<&str> = COMMANDS.iter().map(|c| c.name).collect();
+    for (old, new) in [("query-cpus", "query-cpus-fast")] {
+        assert!(
+            served.contains(old) && served.contains(new),
+            "{old} / {new}"
+        );
+    }
+}

@@ -121,10 +121,7 @@ fn coverage_doc_matches_the_command_table() {
 #[test]
 fn renamed_commands_are_accepted_under_both_names() {
     let served: BTreeSet<&str> = COMMANDS.iter().map(|c| c.name).collect();
-    for (old, new) in [("query-cpus", "query-cpus-fast")] {
-        assert!(
-            served.contains(old) && served.contains(new),
-            "{old} / {new}"
-        );
-    }
+    // Today's QEMU renamed query-cpus to query-cpus-fast; x-blockdev-del/blockdev-del
+    // joins this list with the block commands.
+    assert!(served.contains("query-cpus") && served.contains("query-cpus-fast"));
 }

@@ -50,11 +50,15 @@ pub struct VmOptions {
 }
 
 /// Binds a Unix socket at `path` readable and writable by its owner only, replacing a
-/// stale socket left there (but nothing else).
+/// stale socket left there (but not a live one, and nothing that is not a socket).
 pub fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             bail!("{}: exists and is not a socket", path.display());
+        }
+        // A socket someone still listens on belongs to a running VM: never steal it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{}: in use by another process", path.display());
         }
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;

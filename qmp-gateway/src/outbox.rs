@@ -112,5 +112,6 @@ impl Outbox {
             }
         }
         self.conn.shutdown();
+        self.lock().finished = true;
     }
 }

@@ -309,3 +309,22 @@ fn startup_errors_are_one_line_and_leave_nothing() {
     let (status, _, err) = run_to_end(cmd, BOOT);
     assert!(!status.success() && err.contains("--uuid nope"), "{err}");
 }
+
+#[test]
+fn a_live_qmp_socket_is_never_taken_over() {
+    use flotilla_tests::{bin, run_to_end};
+    let gw = Gateway::start(&[]);
+    let mut cmd = std::process::Command::new(bin("qmp-gateway"));
+    cmd.arg("--kernel")
+        .arg(flotilla_tests::test_guest())
+        .arg("--qmp")
+        .arg(&gw.qmp);
+    let (status, _, err) = run_to_end(cmd, BOOT);
+    assert!(!status.success());
+    assert!(err.contains("in use by another process"), "{err}");
+    // The first gateway is untouched.
+    assert_eq!(
+        gw.client().ok("query-status", json!({}))["status"],
+        "running"
+    );
+}

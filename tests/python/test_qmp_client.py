@@ -1,0 +1,188 @@
+"""The gateway through QEMU's own Python QMP library (qemu.qmp, from PyPI).
+
+Run by scripts/test with the venv it creates. Needs the built workspace (qmp-gateway and
+vmm-core in target/debug) and the test guest (FLOTILLA_TEST_GUEST, or scripts/build-guest).
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("FLOTILLA_BIN_DIR", os.path.join(ROOT, "target", "debug"))
+TIMEOUT = 20
+
+
+def test_guest():
+    path = os.environ.get("FLOTILLA_TEST_GUEST")
+    if not path:
+        out = subprocess.run([os.path.join(ROOT, "scripts", "build-guest")], check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        path = out.strip().splitlines()[-1]
+    if not os.path.isfile(path):
+        raise AssertionError(f"test guest {path} missing: run scripts/build-guest")
+    return path
+
+
+class Gateway:
+    """qmp-gateway with the idle test guest and a QMP socket in a scratch directory."""
+
+    def __init__(self, *extra):
+        gateway = os.path.join(BIN, "qmp-gateway")
+        if not os.path.isfile(gateway):
+            raise AssertionError(f"{gateway} missing: run cargo build --workspace --bins")
+        self.dir = tempfile.mkdtemp(prefix="flotilla-py-")
+        self.sock = os.path.join(self.dir, "qmp.sock")
+        self.console = os.path.join(self.dir, "console.log")
+        self.proc = subprocess.Popen(
+            [gateway, "--kernel", test_guest(), "--memory", "128", "--cpus", "2",
+             "--serial", f"file:{self.console}", "--qmp", self.sock, *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not start: {self.proc.stderr.read()}")
+            time.sleep(0.01)
+
+    def wait_console(self, text):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            with open(self.console, encoding="utf-8", errors="replace") as f:
+                if text in f.read():
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"no {text!r} on the console")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SyncClientTest(unittest.TestCase):
+    """The legacy synchronous client (QEMUMonitorProtocol), as scripts and iotests use it."""
+
+    def setUp(self):
+        self.gw = Gateway("--name", "py-vm")
+        self.qmp = QEMUMonitorProtocol(self.gw.sock)
+        self.greeting = self.qmp.connect(negotiate=True)
+
+    def tearDown(self):
+        self.qmp.close()
+        self.gw.close()
+
+    def test_greeting_and_queries(self):
+        self.assertEqual(self.greeting["QMP"]["capabilities"], ["oob"])
+        self.assertEqual(self.qmp.cmd("query-status"),
+                         {"running": True, "singlestep": False, "status": "running"})
+        self.assertEqual(self.qmp.cmd("query-name"), {"name": "py-vm"})
+        self.assertEqual(self.qmp.cmd("query-kvm"), {"enabled": True, "present": True})
+        self.assertEqual(len(self.qmp.cmd("query-cpus-fast")), 2)
+        self.assertIn({"name": "human-monitor-command"}, self.qmp.cmd("query-commands"))
+        self.assertEqual(self.qmp.cmd("human-monitor-command", **{"command-line": "info status"}),
+                         "VM status: running\r\n")
+
+    def test_errors_raise_with_qemus_classes(self):
+        with self.assertRaises(ExecuteError) as ctx:
+            self.qmp.cmd("no-such-command")
+        self.assertEqual(ctx.exception.error_class, "CommandNotFound")
+        with self.assertRaises(ExecuteError) as ctx:
+            self.qmp.cmd("getfd", fdname=1)
+        self.assertEqual(ctx.exception.error_class, "GenericError")
+        self.assertEqual(str(ctx.exception), "Invalid parameter type for 'fdname', expected: string")
+
+    def test_getfd_add_fd_with_send_fd_scm(self):
+        r, w = os.pipe()
+        try:
+            self.qmp.send_fd_scm(r)
+            self.assertEqual(self.qmp.cmd("getfd", fdname="pipe"), {})
+            self.assertEqual(self.qmp.cmd("closefd", fdname="pipe"), {})
+            self.qmp.send_fd_scm(w)
+            added = self.qmp.cmd("add-fd", **{"fdset-id": 2, "opaque": "w"})
+            self.assertEqual(added["fdset-id"], 2)
+            self.assertEqual(self.qmp.cmd("query-fdsets"),
+                             [{"fdset-id": 2, "fds": [{"fd": added["fd"], "opaque": "w"}]}])
+            self.assertEqual(self.qmp.cmd("remove-fd", **{"fdset-id": 2}), {})
+            self.assertEqual(self.qmp.cmd("query-fdsets"), [])
+        finally:
+            os.close(r)
+            os.close(w)
+
+    def test_events_around_stop_cont_reset(self):
+        self.qmp.cmd("stop")
+        self.assertEqual(self.qmp.pull_event(wait=TIMEOUT)["event"], "STOP")
+        self.assertEqual(self.qmp.cmd("query-status")["status"], "paused")
+        self.qmp.cmd("cont")
+        self.assertEqual(self.qmp.pull_event(wait=TIMEOUT)["event"], "RESUME")
+        self.qmp.cmd("system_reset")
+        event = self.qmp.pull_event(wait=TIMEOUT)
+        self.assertEqual(event["event"], "RESET")
+        self.assertEqual(event["data"], {"guest": False, "reason": "host-qmp-system-reset"})
+
+
+class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
+    """The asynchronous client (QMPClient), with events and several clients at once."""
+
+    async def asyncSetUp(self):
+        self.gw = Gateway()
+
+    async def asyncTearDown(self):
+        self.gw.close()
+
+    async def client(self, name="py"):
+        c = QMPClient(name)
+        await asyncio.wait_for(c.connect(self.gw.sock), TIMEOUT)
+        return c
+
+    async def test_powerdown_then_shutdown_events(self):
+        self.gw.wait_console("GUEST IDLE")
+        c = await self.client()
+        with c.listener() as events:
+            await c.execute("system_powerdown")
+            seen = []
+            while "SHUTDOWN" not in seen:
+                seen.append((await asyncio.wait_for(events.get(), TIMEOUT))["event"])
+        self.assertEqual(seen, ["POWERDOWN", "SHUTDOWN"])
+        await c.disconnect()
+        self.assertEqual(self.gw.proc.wait(timeout=TIMEOUT), 0)
+        self.assertFalse(os.path.exists(self.gw.sock))
+
+    async def test_eight_clients_at_once(self):
+        clients = [await self.client(f"c{i}") for i in range(8)]
+        results = await asyncio.gather(*(c.execute("query-status") for c in clients))
+        self.assertTrue(all(r["status"] == "running" for r in results))
+        contexts = [c.listener() for c in clients]
+        listeners = [ctx.__enter__() for ctx in contexts]
+        try:
+            await clients[3].execute("stop")
+            await clients[5].execute("cont")
+            for listener in listeners:
+                names = [(await asyncio.wait_for(listener.get(), TIMEOUT))["event"] for _ in range(2)]
+                self.assertEqual(names, ["STOP", "RESUME"])
+        finally:
+            for ctx in contexts:
+                ctx.__exit__(None, None, None)
+        for c in clients:
+            await c.disconnect()
+
+    async def test_quit(self):
+        c = await self.client()
+        with c.listener() as events:
+            await c.execute("quit")
+            event = await asyncio.wait_for(events.get(), TIMEOUT)
+        self.assertEqual(event["data"], {"guest": False, "reason": "host-qmp-quit"})
+        await c.disconnect()
+        self.assertEqual(self.gw.proc.wait(timeout=TIMEOUT), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

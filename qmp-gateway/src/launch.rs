@@ -7,47 +7,13 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
+use vmm_core::cli::VmArgs;
+use vmm_core::devices::serial::SerialConfig;
+
 use anyhow::{bail, Context};
 use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
 
 use crate::supervisor::VmmLink;
-
-/// The console, as named on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Serial {
-    Stdout,
-    None,
-    File(PathBuf),
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for Serial {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "stdout" | "stdio" => Ok(Serial::Stdout),
-            "none" => Ok(Serial::None),
-            _ => match s.split_once(':') {
-                Some(("file", p)) if !p.is_empty() => Ok(Serial::File(p.into())),
-                Some(("unix", p)) if !p.is_empty() => Ok(Serial::Unix(p.into())),
-                _ => Err(format!(
-                    "--serial {s}: expected stdout, none, file:PATH or unix:PATH"
-                )),
-            },
-        }
-    }
-}
-
-pub struct VmOptions {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub memory_mib: u64,
-    pub cpus: u32,
-    pub serial: Serial,
-    pub start_paused: bool,
-}
 
 /// Binds a Unix socket at `path` readable and writable by its owner only, replacing a
 /// stale socket left there (but not a live one, and nothing that is not a socket).
@@ -82,10 +48,12 @@ pub struct OpenedVm {
 }
 
 impl OpenedVm {
-    pub fn open(o: &VmOptions) -> anyhow::Result<OpenedVm> {
+    pub fn open(o: &VmArgs) -> anyhow::Result<OpenedVm> {
+        let kernel_path = o.kernel.as_deref().context("--kernel is required")?;
+        let cpus = u32::try_from(o.cpus).context("--cpus")?;
         let mut fds: Vec<OwnedFd> = Vec::new();
         let kernel =
-            File::open(&o.kernel).with_context(|| format!("kernel {}", o.kernel.display()))?;
+            File::open(kernel_path).with_context(|| format!("kernel {}", kernel_path.display()))?;
         fds.push(kernel.into());
         if let Some(p) = &o.initrd {
             fds.push(
@@ -96,9 +64,9 @@ impl OpenedVm {
         }
         let mut console_socket = None;
         let serial = match &o.serial {
-            Serial::Stdout => SerialSink::Stdout,
-            Serial::None => SerialSink::None,
-            Serial::File(p) => {
+            SerialConfig::Stdout => SerialSink::Stdout,
+            SerialConfig::None => SerialSink::None,
+            SerialConfig::File(p) => {
                 fds.push(
                     File::create(p)
                         .with_context(|| format!("serial {}", p.display()))?
@@ -106,7 +74,7 @@ impl OpenedVm {
                 );
                 SerialSink::File
             }
-            Serial::Unix(p) => {
+            SerialConfig::Unix(p) => {
                 fds.push(bind_private(p).context("serial socket")?.into());
                 console_socket = Some(p.clone());
                 SerialSink::UnixListener
@@ -115,10 +83,10 @@ impl OpenedVm {
         let path = |p: &Path| p.to_string_lossy().into_owned();
         Ok(OpenedVm {
             config: LaunchConfig {
-                memory_mib: o.memory_mib,
-                cpus: o.cpus,
+                memory_mib: o.memory,
+                cpus,
                 cmdline: o.cmdline.clone(),
-                kernel_path: path(&o.kernel),
+                kernel_path: path(kernel_path),
                 initrd_path: o.initrd.as_deref().map(path),
                 serial,
                 start_paused: o.start_paused,

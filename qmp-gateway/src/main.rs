@@ -12,10 +12,11 @@ use clap::Parser;
 use ipc::{ShutdownCause, VmmRequest};
 use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
-use qmp_gateway::launch::{bind_private, OpenedVm, Serial, VmOptions};
+use qmp_gateway::launch::{bind_private, OpenedVm};
 use qmp_gateway::qmp::server::Server;
 use qmp_gateway::supervisor::{spawn_vmm_core, VmmLink};
 use serde_json::json;
+use vmm_core::cli::VmArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,24 +24,8 @@ use serde_json::json;
     about = "Flotilla: start a VM and manage it over QMP"
 )]
 struct Args {
-    /// Kernel to boot: a Linux bzImage or an ELF with a PVH entry note.
-    #[arg(long)]
-    kernel: PathBuf,
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    #[arg(long, default_value = "")]
-    cmdline: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u64,
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
-    /// Serial console: stdout, none, file:PATH or unix:PATH.
-    #[arg(long, default_value = "stdout")]
-    serial: Serial,
-    /// Start with the vCPUs stopped (run state "prelaunch") until `cont`.
-    #[arg(short = 'S')]
-    start_paused: bool,
+    #[command(flatten)]
+    vm: VmArgs,
     /// A QMP Unix socket (mode 0600); may be given several times.
     #[arg(long)]
     qmp: Vec<PathBuf>,
@@ -145,15 +130,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         let addr = tcp_addr(spec)?;
         tcp_listeners.push(TcpListener::bind(addr).with_context(|| format!("--qmp-tcp {spec}"))?);
     }
-    let vm = OpenedVm::open(&VmOptions {
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        cmdline: args.cmdline.clone(),
-        memory_mib: args.memory,
-        cpus: args.cpus,
-        serial: args.serial.clone(),
-        start_paused: args.start_paused,
-    })?;
+    let vm = OpenedVm::open(&args.vm)?;
     cleanup.sockets.extend(vm.console_socket.clone());
 
     let binary = match &args.vmm_core {

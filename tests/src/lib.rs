@@ -98,6 +98,18 @@ pub fn kvm_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// Resident memory of a process, in KiB (VmRSS).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// A program from the host, or a failure saying which package provides it.
 pub fn require_tool(name: &str, package: &str) -> PathBuf {
     std::env::var_os("PATH")

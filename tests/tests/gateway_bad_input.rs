@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use flotilla_tests::qmp::{error_of, Gateway, QmpClient};
+use flotilla_tests::rss_kib;
 use serde_json::json;
 
 fn still_serving(gw: &Gateway) {
@@ -56,13 +57,7 @@ fn ten_mib_string() {
     assert_eq!(c.ok("query-kvm", json!({}))["enabled"], true);
     still_serving(&gw);
     // Memory stayed bounded (far below the 10 MiB that were sent).
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let rss_kib = rss_kib(pid);
     assert!(
         rss_kib < 8 * 1024,
         "gateway RSS {rss_kib} KiB after a 10 MiB string"
@@ -160,13 +155,7 @@ fn a_client_that_never_reads_is_dropped_not_waited_for() {
         assert_eq!(other.ok("query-status", json!({}))["status"], "running");
     }
     still_serving(&gw);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let rss_kib = rss_kib(pid);
     assert!(
         rss_kib < 32 * 1024,
         "gateway RSS {rss_kib} KiB with a stuck client"

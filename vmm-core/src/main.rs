@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -13,8 +13,9 @@ use clap::Parser;
 use ipc::{RemoteError, SerialSink};
 use nix::sys::signal::{SigSet, Signal};
 use vmm_core::boot::BootImage;
+use vmm_core::cli::VmArgs;
 use vmm_core::control::{Control, Launch};
-use vmm_core::devices::serial::{Console, SerialConfig};
+use vmm_core::devices::serial::Console;
 use vmm_core::events::{EventSender, VmEvent};
 use vmm_core::{Vm, VmConfig, VmExit};
 
@@ -24,29 +25,10 @@ use vmm_core::{Vm, VmConfig, VmExit};
     about = "Flotilla's VM process: KVM vCPUs, guest memory, platform devices"
 )]
 struct Args {
-    /// Kernel to boot: a Linux bzImage or an ELF with a PVH entry note.
-    #[arg(long, required_unless_present = "control_fd")]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk.
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "")]
-    cmdline: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: usize,
-    /// Serial console (COM1): stdout, none, file:PATH or unix:PATH (vmm-core listens).
-    #[arg(long, default_value = "stdout", value_parser = |s: &str| s.parse::<SerialConfig>())]
-    serial: SerialConfig,
-    /// Start with the vCPUs stopped.
-    #[arg(short = 'S')]
-    start_paused: bool,
+    #[command(flatten)]
+    vm: VmArgs,
     /// Run under the gateway: the control channel is this inherited socket, and the VM's
-    /// configuration arrives on it (the other options are ignored).
+    /// configuration arrives on it (the VM options are then not allowed).
     #[arg(long, conflicts_with = "kernel")]
     control_fd: Option<RawFd>,
 }
@@ -77,7 +59,7 @@ fn forward_signals(events: EventSender, set: SigSet) {
     }
 }
 
-fn run_standalone(args: Args) -> anyhow::Result<VmExit> {
+fn run_standalone(args: VmArgs) -> anyhow::Result<VmExit> {
     let signals = block_terminating_signals()?;
     let kernel = args.kernel.as_deref().context("--kernel is required")?;
     let boot = BootImage::open(kernel, args.initrd.as_deref(), &args.cmdline)?;
@@ -155,7 +137,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd),
-        None => run_standalone(args),
+        None => run_standalone(args.vm),
     };
     match result {
         Ok(VmExit::PowerOff | VmExit::Quit | VmExit::ControlClosed) => ExitCode::SUCCESS,

@@ -147,6 +147,24 @@ impl Line {
         self
     }
 
+    /// Exactly `width` lowercase hex digits (no prefix; higher digits are dropped), as in
+    /// PCI addresses `bb:dd.f`.
+    pub fn hex_digits(self, value: u64, width: usize) -> Self {
+        let mut digits = [0u8; 16];
+        let width = width.min(digits.len());
+        for (i, digit) in digits[..width].iter_mut().enumerate() {
+            let shift = 4 * (width - 1 - i);
+            *digit = b"0123456789abcdef"[((value >> shift) & 0xf) as usize];
+        }
+        put_str(&digits[..width]);
+        self
+    }
+
+    /// A value given in tenths, printed with one decimal: 1234 -> `123.4`.
+    pub fn tenths(self, value: u64) -> Self {
+        self.dec(value / 10).s(".").dec(value % 10)
+    }
+
     pub fn flag(self, name: &str, value: bool) -> Self {
         self.s(name).s(if value { "1" } else { "0" })
     }

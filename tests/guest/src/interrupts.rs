@@ -1,14 +1,23 @@
 //! The IDT, one entry stub per vector, and the common dispatcher: CPU exceptions (ring 0 ->
-//! `GUEST PANIC` and halt; ring 3 -> handed to user.rs), the ACPI SCI, the APIC's spurious
-//! vector, and anything unexpected (error line, EOI, carry on).
+//! `GUEST PANIC` and halt; ring 3 -> handed to user.rs), the ACPI SCI, the local APIC timer
+//! (a wake-up source for timed halts), the counted vectors handed out by [`alloc_vector`]
+//! (MSI-X), the APIC's spurious vector, and anything unexpected (error line, EOI, carry on).
 
 use crate::gdt::KERNEL_CS;
 use crate::sync::Global;
 use crate::{apic, console, cpu, power, user};
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// Vector the ACPI SCI is routed to (power.rs).
 pub const SCI_VECTOR: u8 = 0x30;
+/// Vector of the local APIC timer (apic.rs): only wakes a halted CPU.
+pub const TIMER_VECTOR: u8 = 0x31;
+/// Vectors [`alloc_vector`] hands out (gates filled on allocation); each interrupt on one is
+/// counted and acknowledged.
+const COUNTED_FIRST: u8 = 0x40;
+const COUNTED_END: u8 = 0xf0;
+const COUNTED: usize = (COUNTED_END - COUNTED_FIRST) as usize;
 /// Distance between the per-vector entry stubs generated below.
 const STUB_SIZE: u64 = 16;
 /// Gates filled at boot: exceptions, the remapped PIC range, the SCI and a few spare vectors,
@@ -16,6 +25,11 @@ const STUB_SIZE: u64 = 16;
 /// interrupt on a vector left out arrives as #NP (exception 11), which is still reported.
 const FILLED_VECTORS: usize = 0x40;
 const _: () = assert!((SCI_VECTOR as usize) < FILLED_VECTORS);
+const _: () = assert!((TIMER_VECTOR as usize) < FILLED_VECTORS);
+const _: () = assert!(COUNTED_FIRST as usize >= FILLED_VECTORS);
+
+static NEXT_COUNTED: AtomicU8 = AtomicU8::new(COUNTED_FIRST);
+static COUNTS: [AtomicU32; COUNTED] = [const { AtomicU32::new(0) }; COUNTED];
 
 /// Register state saved by the entry stubs, lowest address first. Handlers may change it: the
 /// common stub restores it and IRETQs to whatever `rip`/`cs`/`rsp`/`ss` say.
@@ -131,16 +145,43 @@ pub fn init() {
     let idt = unsafe { IDT.get_mut() };
     let vectors = (0..FILLED_VECTORS).chain(core::iter::once(usize::from(apic::SPURIOUS_VECTOR)));
     for vector in vectors {
-        let handler = stubs + vector as u64 * STUB_SIZE;
-        idt.0[vector] = [
-            (handler & 0xffff)
-                | (u64::from(KERNEL_CS) << 16)
-                | (GATE_ATTRIBUTES << 40)
-                | (((handler >> 16) & 0xffff) << 48),
-            handler >> 32,
-        ];
+        idt.0[vector] = gate(stubs, vector);
     }
     load();
+}
+
+fn gate(stubs: u64, vector: usize) -> [u64; 2] {
+    let handler = stubs + vector as u64 * STUB_SIZE;
+    [
+        (handler & 0xffff)
+            | (u64::from(KERNEL_CS) << 16)
+            | (GATE_ATTRIBUTES << 40)
+            | (((handler >> 16) & 0xffff) << 48),
+        handler >> 32,
+    ]
+}
+
+/// A fresh counted vector with its gate filled (BSP, ring 0); None when all are taken.
+pub fn alloc_vector() -> Option<u8> {
+    let vector = NEXT_COUNTED.load(Ordering::Relaxed);
+    if vector >= COUNTED_END {
+        return None;
+    }
+    NEXT_COUNTED.store(vector + 1, Ordering::Relaxed);
+    let stubs = &raw const flotilla_interrupt_stubs as u64;
+    let idt = IDT.as_ptr();
+    // SAFETY: the gate of a vector nobody sends yet; the IDT stays loaded on every CPU and
+    // other CPUs only read gates of vectors they receive.
+    unsafe { (*idt).0[usize::from(vector)] = gate(stubs, usize::from(vector)) };
+    Some(vector)
+}
+
+/// How many times the counted `vector` arrived (0 for other vectors).
+pub fn count(vector: u8) -> u32 {
+    vector
+        .checked_sub(COUNTED_FIRST)
+        .and_then(|i| COUNTS.get(usize::from(i)))
+        .map_or(0, |c| c.load(Ordering::Acquire))
 }
 
 /// Loads the (already filled) IDT on this CPU.
@@ -167,6 +208,11 @@ extern "C" fn dispatch(frame: &mut Frame) {
             exception_panic(frame);
         }
         v if v == u64::from(SCI_VECTOR) => power::sci_interrupt(),
+        v if v == u64::from(TIMER_VECTOR) => apic::eoi(),
+        v if (u64::from(COUNTED_FIRST)..u64::from(COUNTED_END)).contains(&v) => {
+            COUNTS[(v - u64::from(COUNTED_FIRST)) as usize].fetch_add(1, Ordering::AcqRel);
+            apic::eoi();
+        }
         v if v == u64::from(apic::SPURIOUS_VECTOR) => {}
         v => {
             console::error("unexpected interrupt vector=").dec(v).end();

@@ -167,6 +167,17 @@ pub fn run(f: fn(u64) -> u64, arg: u64) -> Result<u64, UserFault> {
     }
 }
 
+/// Runs the closure `f` in ring 3 on this CPU (as [`run`] does for a plain function). The
+/// closure may capture anything: all memory is mapped user-accessible.
+pub fn call<F: FnMut() -> u64>(f: &mut F) -> Result<u64, UserFault> {
+    fn trampoline<F: FnMut() -> u64>(arg: u64) -> u64 {
+        // SAFETY: `arg` is the `&mut F` that `call` passed; it outlives the ring-3 section.
+        let f = unsafe { &mut *(arg as usize as *mut F) };
+        f()
+    }
+    run(trampoline::<F>, f as *mut F as u64)
+}
+
 /// Called for every exception taken in ring 3. Rewrites `frame` so that the IRETQ resumes
 /// the kernel in `run` (exit gate: Ok; anything else: the fault). Returns false if no `run`
 /// is active on this CPU (then it is an ordinary panic).

@@ -1,7 +1,7 @@
 //! ACPI discovery: finds the RSDP (start_info.rsdp_paddr, else the EBDA and BIOS area scan),
 //! walks the XSDT (RSDT for revision 0), checks every table's checksum and parses what the
-//! guest acts on: MADT, FADT and the DSDT's `\_S5_`. The result is a write-once static that
-//! the rest of the kernel reads.
+//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for pci.rs) and the DSDT's `\_S5_`.
+//! The result is a write-once static that the rest of the kernel reads.
 //!
 //! A table with a bad checksum is reported (`GUEST ERROR acpi checksum ...`) and still used,
 //! as Linux does, so that one bad byte does not also take power-off away.
@@ -10,6 +10,7 @@ pub mod aml_s5;
 pub mod fadt;
 pub mod gas;
 pub mod madt;
+pub mod mcfg;
 
 use crate::console;
 use crate::phys::{le_u32, le_u64, le_u8, range_ok, read, slice};
@@ -17,6 +18,7 @@ use crate::sync::Global;
 use aml_s5::SleepTypes;
 use fadt::Fadt;
 use madt::Madt;
+use mcfg::Mcfg;
 
 const HEADER_LEN: usize = 36;
 /// Sanity bound for a table's length field (a garbage length must not make us sum GiBs).
@@ -52,6 +54,8 @@ pub struct Acpi {
     pub madt_present: bool,
     pub madt: Madt,
     pub s5: Option<SleepTypes>,
+    /// Segment 0's ECAM allocation, if there is an MCFG.
+    pub mcfg: Option<Mcfg>,
 }
 
 static ACPI: Global<Acpi> = Global::new(Acpi {
@@ -63,6 +67,7 @@ static ACPI: Global<Acpi> = Global::new(Acpi {
     madt_present: false,
     madt: Madt::EMPTY,
     s5: None,
+    mcfg: None,
 });
 
 /// Byte sum of `bytes` modulo 256, eight bytes per step (ring 0 is emulated: a DSDT of several
@@ -242,6 +247,7 @@ fn parse(acpi: &mut Acpi, hint: u64) {
         };
         match &signature(table) {
             b"FACP" => acpi.fadt = Some(Fadt::parse(table)),
+            b"MCFG" => acpi.mcfg = Mcfg::parse(table),
             b"APIC" => {
                 acpi.madt_present = true;
                 acpi.madt.parse_into(table);

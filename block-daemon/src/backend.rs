@@ -1,0 +1,338 @@
+//! The vhost-user-blk device: what the frontend negotiates (features, config space,
+//! queues), and the data path of each queue: pop the guest's descriptor chains, parse
+//! them into requests, hand them to the I/O engine, put completions on the used ring and
+//! notify the guest through the call eventfd. All queues are served by one thread; the
+//! engines keep many requests in flight behind it.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+use crate::config::{
+    BlkConfig, MAX_DISCARD_SEG, MAX_DISCARD_SECTORS, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SEG_MAX,
+};
+use crate::disk::Disk;
+use crate::engine::{Done, Engine, Op};
+use crate::request::{self, Desc, Limits, Rejected};
+use crate::stats::Stats;
+
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_TOPOLOGY: u64 = 1 << 10;
+const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
+const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Longest descriptor chain followed (the queue size bounds it anyway).
+const MAX_CHAIN: usize = 1024;
+pub const QUEUE_SIZE: usize = 256;
+
+/// Logs the first refusals of guest requests, then one in a thousand: a guest cannot
+/// flood the log.
+#[derive(Default)]
+struct RefusalLog(AtomicU64);
+
+impl RefusalLog {
+    fn note(&self, head: u16, reason: &str) {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        if n < 20 || n % 1000 == 0 {
+            log::warn!("refused guest request (descriptor {head}): {reason} [{} so far]", n + 1);
+        }
+    }
+}
+
+struct Inner {
+    disk: Arc<Disk>,
+    num_queues: usize,
+    event_idx: AtomicBool,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    engines: Vec<Mutex<Box<dyn Engine>>>,
+    stats: Arc<Stats>,
+    refusals: RefusalLog,
+    frontend: Mutex<Option<Backend>>,
+}
+
+#[derive(Clone)]
+pub struct BlkBackend {
+    inner: Arc<Inner>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlkBackend {
+    /// `engines`: one per queue.
+    pub fn new(disk: Arc<Disk>, engines: Vec<Box<dyn Engine>>, stats: Arc<Stats>) -> BlkBackend {
+        BlkBackend {
+            inner: Arc::new(Inner {
+                num_queues: engines.len(),
+                disk,
+                event_idx: AtomicBool::new(false),
+                mem: RwLock::new(None),
+                engines: engines.into_iter().map(Mutex::new).collect(),
+                stats,
+                refusals: RefusalLog::default(),
+                frontend: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.inner.disk
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// The epoll `data` under which queue `q`'s completions are signalled (after the
+    /// values the library reserves for the queues and its exit event).
+    pub fn completion_event(&self, q: usize) -> u64 {
+        (self.inner.num_queues + 1 + q) as u64
+    }
+
+    /// (queue, completion eventfd) for each engine that completes asynchronously.
+    pub fn notifiers(&self) -> Vec<(usize, std::os::fd::RawFd)> {
+        self.inner
+            .engines
+            .iter()
+            .enumerate()
+            .filter_map(|(q, e)| lock(e).notifier().map(|fd| (q, fd)))
+            .collect()
+    }
+
+    /// Tells the frontend the config space changed (after a resize).
+    pub fn notify_config_change(&self) {
+        match lock(&self.inner.frontend).as_ref() {
+            Some(f) => {
+                if let Err(e) = f.handle_config_change() {
+                    log::warn!("sending the config change to the frontend: {e}");
+                }
+            }
+            None => log::warn!("frontend gave no backend channel: it cannot hear of the resize"),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let disk = &self.inner.disk;
+        Limits {
+            capacity_sectors: disk.capacity_sectors(),
+            read_only: disk.read_only(),
+            max_segments: SEG_MAX as usize,
+            max_bytes: 32 << 20,
+            max_discard_segments: MAX_DISCARD_SEG,
+            max_write_zeroes_segments: MAX_WRITE_ZEROES_SEG,
+            max_range_sectors: MAX_DISCARD_SECTORS.min(MAX_WRITE_ZEROES_SECTORS),
+            discard: true,
+            write_zeroes: true,
+        }
+    }
+
+    fn memory(&self) -> Option<Arc<GuestMemoryMmap>> {
+        let mem = self.inner.mem.read().unwrap_or_else(|e| e.into_inner());
+        mem.as_ref().map(|m| m.memory().into_inner())
+    }
+
+    fn process_queue(&self, q: usize, vring: &VringRwLock) -> io::Result<()> {
+        let Some(mem) = self.memory() else {
+            return Ok(());
+        };
+        let limits = self.limits();
+        let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
+        let mut engine = lock(&self.inner.engines[q]);
+        let mut done = Vec::new();
+        loop {
+            let chains: Vec<(u16, Vec<Desc>)> = {
+                let mut state = vring.get_mut();
+                if event_idx {
+                    state.disable_notification().map_err(io::Error::other)?;
+                }
+                let queue = state.get_queue_mut();
+                let mut chains = Vec::new();
+                while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+                    let head = chain.head_index();
+                    let descs = chain
+                        .take(MAX_CHAIN)
+                        .map(|d| Desc {
+                            addr: d.addr().0,
+                            len: d.len(),
+                            writable: d.is_write_only(),
+                        })
+                        .collect();
+                    chains.push((head, descs));
+                }
+                chains
+            };
+            for (head, descs) in chains {
+                match request::parse(&mem, &descs, &limits) {
+                    Ok(req) => {
+                        if req.kind == request::Kind::Write {
+                            let end = (req.sector << request::SECTOR_SHIFT) + req.data_len as u64;
+                            self.inner.stats.wr_highest_offset.fetch_max(end, Ordering::Relaxed);
+                        }
+                        engine.submit(head, req, mem.clone());
+                    }
+                    Err(Rejected::Status { status, code, reason }) => {
+                        self.inner.refusals.note(head, &reason);
+                        self.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                        done.push(Done {
+                            head,
+                            status,
+                            code,
+                            used_len: 1,
+                            op: Op::Other,
+                            bytes: 0,
+                            started: std::time::Instant::now(),
+                        });
+                    }
+                    Err(Rejected::NoStatus(reason)) => {
+                        self.inner.refusals.note(head, &reason);
+                        self.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                        vring.add_used(head, 0).map_err(io::Error::other)?;
+                    }
+                }
+            }
+            engine.flush();
+            engine.reap(&mut done);
+            self.complete(vring, &mut done)?;
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&self, vring: &VringRwLock, done: &mut Vec<Done>) -> io::Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        for d in done.drain(..) {
+            if !d.status.is_null() {
+                // SAFETY: the status byte came from request::parse, and the memory map it
+                // points into is still held (by the engine until now, or by the caller).
+                unsafe { request::write_status(d.status, d.code) };
+            }
+            self.inner.stats.record(d.op, d.bytes, d.code == request::S_OK, d.started.elapsed());
+            vring.add_used(d.head, d.used_len).map_err(io::Error::other)?;
+        }
+        if vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn reap(&self, q: usize, vring: &VringRwLock) -> io::Result<()> {
+        let mut done = Vec::new();
+        lock(&self.inner.engines[q]).reap(&mut done);
+        self.complete(vring, &mut done)
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.inner.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_TOPOLOGY
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_MQ
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.inner.disk.read_only() {
+            f |= VIRTIO_BLK_F_RO;
+        } else {
+            f |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        f
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.inner.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        *self.inner.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        BlkConfig {
+            capacity_sectors: self.inner.disk.capacity_sectors(),
+            num_queues: self.inner.num_queues as u16,
+            logical_block_size: 512,
+        }
+        .read(offset, size)
+    }
+
+    /// The library can only stop its worker thread through an event we hand it; without
+    /// one, dropping the daemon would wait for that thread forever.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("creating the worker exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        *lock(&self.inner.frontend) = Some(backend);
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let n = self.inner.num_queues;
+        let e = device_event as usize;
+        if e < n {
+            if let Some(v) = vrings.get(e) {
+                return self.process_queue(e, v);
+            }
+        } else if e > n && e <= 2 * n {
+            let q = e - n - 1;
+            if let Some(v) = vrings.get(q) {
+                return self.reap(q, v);
+            }
+        }
+        log::warn!("event {device_event} for no queue");
+        Ok(())
+    }
+}

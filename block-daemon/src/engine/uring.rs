@@ -1,0 +1,226 @@
+//! The io_uring engine: reads, writes and flushes go to the kernel as submissions (many in
+//! flight per queue); completions are signalled on an eventfd registered with the ring,
+//! which the queue's thread watches next to the guest's kicks.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::{opcode, types, IoUring};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::sync::SyncEngine;
+use super::{data_buffers, execute_inline, offset_of, op_of, DataBuffers, Done, Engine, Op};
+use crate::disk::Disk;
+use crate::request::{Kind, Request, S_IOERR, S_OK};
+
+struct InFlight {
+    head: u16,
+    status: *mut u8,
+    op: Op,
+    bytes: usize,
+    started: Instant,
+    buffers: Option<DataBuffers>,
+    /// Keeps the guest memory mapped until the kernel is done with it.
+    _mem: Arc<GuestMemoryMmap>,
+}
+
+// SAFETY: the pointers address the shared guest RAM mapping or owned buffers.
+unsafe impl Send for InFlight {}
+
+pub struct UringEngine {
+    disk: Arc<Disk>,
+    ring: IoUring,
+    eventfd: EventFd,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    /// Requests that finished without the kernel (inline ones, submission failures).
+    ready: Vec<Done>,
+    /// When every slot is busy, requests run synchronously instead of waiting.
+    overflow: SyncEngine,
+    pending_submit: bool,
+}
+
+impl UringEngine {
+    pub fn new(disk: Arc<Disk>, depth: u32) -> std::io::Result<UringEngine> {
+        let ring = IoUring::new(depth)?;
+        let eventfd = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(UringEngine {
+            overflow: SyncEngine::new(disk.clone()),
+            disk,
+            ring,
+            eventfd,
+            slots: (0..depth).map(|_| None).collect(),
+            free: (0..depth as usize).rev().collect(),
+            ready: Vec::new(),
+            pending_submit: false,
+        })
+    }
+
+    fn fail(&mut self, slot: usize, why: &str) {
+        if let Some(f) = self.slots[slot].take() {
+            log::warn!("{why}");
+            self.ready.push(Done {
+                head: f.head,
+                status: f.status,
+                code: S_IOERR,
+                used_len: 1,
+                op: f.op,
+                bytes: f.bytes as u64,
+                started: f.started,
+            });
+        }
+        self.free.push(slot);
+    }
+}
+
+impl Engine for UringEngine {
+    fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
+        let started = Instant::now();
+        let op = op_of(&req.kind);
+        let inline = match req.kind {
+            Kind::Read | Kind::Write => false,
+            Kind::Flush => self.disk.cache().no_flush(),
+            _ => true,
+        };
+        if inline {
+            let (code, used_len) = execute_inline(&self.disk, &req);
+            self.ready.push(Done {
+                head,
+                status: req.status,
+                code,
+                used_len,
+                op,
+                bytes: req.data_len as u64,
+                started,
+            });
+            return;
+        }
+        let Some(slot) = self.free.pop() else {
+            return self.overflow.submit(head, req, mem);
+        };
+        let buffers = match req.kind {
+            Kind::Flush => None,
+            _ => match data_buffers(&self.disk, &req) {
+                Some(b) => Some(b),
+                None => {
+                    self.slots[slot] = Some(InFlight {
+                        head,
+                        status: req.status,
+                        op,
+                        bytes: req.data_len,
+                        started,
+                        buffers: None,
+                        _mem: mem,
+                    });
+                    return self.fail(slot, "no memory for a bounce buffer");
+                }
+            },
+        };
+        let fd = types::Fd(self.disk.fd());
+        let entry = match (&req.kind, &buffers) {
+            (Kind::Read, Some(b)) => {
+                opcode::Readv::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
+                    .offset(offset_of(&req))
+                    .build()
+            }
+            (Kind::Write, Some(b)) => {
+                opcode::Writev::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
+                    .offset(offset_of(&req))
+                    .build()
+            }
+            _ => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(slot as u64);
+        self.slots[slot] = Some(InFlight {
+            head,
+            status: req.status,
+            op,
+            bytes: req.data_len,
+            started,
+            buffers,
+            _mem: mem,
+        });
+        // SAFETY: the iovecs and the memory they describe live in `slots[slot]` until the
+        // completion for `slot` is reaped.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            // The submission queue is as deep as the slot table, so this means the
+            // kernel has not taken earlier entries yet: hand them over and retry once.
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                return self.fail(slot, "io_uring submission queue full");
+            }
+        }
+        self.pending_submit = true;
+    }
+
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.pending_submit) {
+            if let Err(e) = self.ring.submit() {
+                log::error!("io_uring submit: {e}");
+            }
+        }
+    }
+
+    fn reap(&mut self, done: &mut Vec<Done>) {
+        let _ = self.eventfd.read();
+        done.append(&mut self.ready);
+        self.overflow.reap(done);
+        let completions: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (user_data, result) in completions {
+            let slot = user_data as usize;
+            let Some(mut f) = self.slots.get_mut(slot).and_then(Option::take) else {
+                log::error!("io_uring completion for unknown slot {slot}");
+                continue;
+            };
+            self.free.push(slot);
+            let expected = if f.op == Op::Flush { 0 } else { f.bytes };
+            let (code, used_len) = if result < 0 {
+                log::warn!(
+                    "{:?} of {} bytes: {}",
+                    f.op,
+                    f.bytes,
+                    std::io::Error::from_raw_os_error(-result)
+                );
+                (S_IOERR, 1)
+            } else if result as usize != expected {
+                log::warn!("{:?}: {result} of {expected} bytes", f.op);
+                (S_IOERR, 1)
+            } else if f.op == Op::Read {
+                if let Some(b) = f.buffers.as_mut() {
+                    b.finish_read(f.bytes);
+                }
+                (S_OK, f.bytes as u32 + 1)
+            } else {
+                (S_OK, 1)
+            };
+            done.push(Done {
+                head: f.head,
+                status: f.status,
+                code,
+                used_len,
+                op: f.op,
+                bytes: f.bytes as u64,
+                started: f.started,
+            });
+        }
+    }
+
+    fn notifier(&self) -> Option<RawFd> {
+        Some(self.eventfd.as_raw_fd())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}

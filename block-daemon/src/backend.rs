@@ -14,10 +14,13 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::config::{
-    BlkConfig, MAX_DISCARD_SEG, MAX_DISCARD_SECTORS, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SEG_MAX,
+    BlkConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
+    MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
 use crate::disk::Disk;
 use crate::engine::{Done, Engine, Op};
@@ -48,8 +51,11 @@ struct RefusalLog(AtomicU64);
 impl RefusalLog {
     fn note(&self, head: u16, reason: &str) {
         let n = self.0.fetch_add(1, Ordering::Relaxed);
-        if n < 20 || n % 1000 == 0 {
-            log::warn!("refused guest request (descriptor {head}): {reason} [{} so far]", n + 1);
+        if n < 20 || n.is_multiple_of(1000) {
+            log::warn!(
+                "refused guest request (descriptor {head}): {reason} [{} so far]",
+                n + 1
+            );
         }
     }
 }
@@ -182,11 +188,18 @@ impl BlkBackend {
                     Ok(req) => {
                         if req.kind == request::Kind::Write {
                             let end = (req.sector << request::SECTOR_SHIFT) + req.data_len as u64;
-                            self.inner.stats.wr_highest_offset.fetch_max(end, Ordering::Relaxed);
+                            self.inner
+                                .stats
+                                .wr_highest_offset
+                                .fetch_max(end, Ordering::Relaxed);
                         }
                         engine.submit(head, req, mem.clone());
                     }
-                    Err(Rejected::Status { status, code, reason }) => {
+                    Err(Rejected::Status {
+                        status,
+                        code,
+                        reason,
+                    }) => {
                         self.inner.refusals.note(head, &reason);
                         self.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
                         done.push(Done {
@@ -226,8 +239,12 @@ impl BlkBackend {
                 // points into is still held (by the engine until now, or by the caller).
                 unsafe { request::write_status(d.status, d.code) };
             }
-            self.inner.stats.record(d.op, d.bytes, d.code == request::S_OK, d.started.elapsed());
-            vring.add_used(d.head, d.used_len).map_err(io::Error::other)?;
+            self.inner
+                .stats
+                .record(d.op, d.bytes, d.code == request::S_OK, d.started.elapsed());
+            vring
+                .add_used(d.head, d.used_len)
+                .map_err(io::Error::other)?;
         }
         if vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;

@@ -25,7 +25,10 @@ impl BlkConfig {
         put(12, &SEG_MAX.to_le_bytes());
         put(20, &self.logical_block_size.to_le_bytes());
         // Topology (24..32): physical block exponent 0, alignment 0, min/opt I/O = 1 block.
-        put(26, &((self.logical_block_size as u64 / SECTOR_SIZE) as u16).to_le_bytes());
+        put(
+            26,
+            &((self.logical_block_size as u64 / SECTOR_SIZE) as u16).to_le_bytes(),
+        );
         // writeback (32): the cache is write-back, FLUSH is honoured.
         put(32, &[1]);
         put(34, &self.num_queues.to_le_bytes());

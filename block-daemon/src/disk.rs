@@ -139,7 +139,10 @@ impl Disk {
     }
 
     fn byte_range(r: &SectorRange) -> (u64, u64) {
-        (r.sector << SECTOR_SHIFT, u64::from(r.sectors) << SECTOR_SHIFT)
+        (
+            r.sector << SECTOR_SHIFT,
+            u64::from(r.sectors) << SECTOR_SHIFT,
+        )
     }
 
     pub fn discard(&self, r: &SectorRange) -> std::io::Result<()> {
@@ -149,7 +152,11 @@ impl Disk {
             // SAFETY: BLKDISCARD reads two u64s.
             check(unsafe { libc::ioctl(self.fd(), BLKDISCARD, range.as_ptr()) })
         } else {
-            self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+            self.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
         }
     }
 
@@ -181,7 +188,9 @@ impl Disk {
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
         // SAFETY: fallocate on our own fd with integer arguments.
-        check(unsafe { libc::fallocate(self.fd(), mode, offset as libc::off_t, len as libc::off_t) })
+        check(unsafe {
+            libc::fallocate(self.fd(), mode, offset as libc::off_t, len as libc::off_t)
+        })
     }
 
     /// Grows or shrinks the image (block_resize); block devices cannot be resized here.
@@ -201,11 +210,8 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     fn image(len: u64) -> (File, std::path::PathBuf) {
-        let path = std::env::temp_dir().join(format!(
-            "flotilla-disk-{}-{}",
-            std::process::id(),
-            len
-        ));
+        let path =
+            std::env::temp_dir().join(format!("flotilla-disk-{}-{}", std::process::id(), len));
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -221,13 +227,32 @@ mod tests {
     fn size_and_ranges() {
         let (f, path) = image(1 << 20);
         f.write_all_at(&[0xaa; 4096], 0).unwrap();
-        let d = Disk::new(f, false, CacheMode::Writeback, "a-very-long-node-name-indeed").unwrap();
+        let d = Disk::new(
+            f,
+            false,
+            CacheMode::Writeback,
+            "a-very-long-node-name-indeed",
+        )
+        .unwrap();
         assert_eq!(d.capacity_sectors(), 2048);
         assert_eq!(&d.id()[..], b"a-very-long-node-nam");
-        d.write_zeroes(&SectorRange { sector: 1, sectors: 2, unmap: false }).unwrap();
-        d.discard(&SectorRange { sector: 4, sectors: 1, unmap: false }).unwrap();
+        d.write_zeroes(&SectorRange {
+            sector: 1,
+            sectors: 2,
+            unmap: false,
+        })
+        .unwrap();
+        d.discard(&SectorRange {
+            sector: 4,
+            sectors: 1,
+            unmap: false,
+        })
+        .unwrap();
         let mut buf = [0u8; 4096];
-        std::fs::File::open(&path).unwrap().read_exact_at(&mut buf, 0).unwrap();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut buf, 0)
+            .unwrap();
         assert!(buf[..512].iter().all(|b| *b == 0xaa));
         assert!(buf[512..1536].iter().all(|b| *b == 0));
         assert!(buf[1536..2048].iter().all(|b| *b == 0xaa));

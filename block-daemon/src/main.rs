@@ -60,12 +60,17 @@ struct Args {
     id: String,
 }
 
-fn engines(kind: EngineKind, disk: &Arc<Disk>, queues: usize) -> anyhow::Result<Vec<Box<dyn Engine>>> {
+fn engines(
+    kind: EngineKind,
+    disk: &Arc<Disk>,
+    queues: usize,
+) -> anyhow::Result<Vec<Box<dyn Engine>>> {
     (0..queues)
         .map(|_| -> anyhow::Result<Box<dyn Engine>> {
             Ok(match kind {
                 EngineKind::Uring => Box::new(
-                    UringEngine::new(disk.clone(), QUEUE_SIZE as u32).context("io_uring (try --engine sync)")?,
+                    UringEngine::new(disk.clone(), QUEUE_SIZE as u32)
+                        .context("io_uring (try --engine sync)")?,
                 ),
                 EngineKind::Sync => Box::new(SyncEngine::new(disk.clone())),
             })
@@ -74,7 +79,11 @@ fn engines(kind: EngineKind, disk: &Arc<Disk>, queues: usize) -> anyhow::Result<
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=64).contains(&args.queues), "--queues {}: 1 to 64", args.queues);
+    anyhow::ensure!(
+        (1..=64).contains(&args.queues),
+        "--queues {}: 1 to 64",
+        args.queues
+    );
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
@@ -92,7 +101,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cache::Directsync => CacheMode::DirectNoFlush,
     };
     let disk = Arc::new(Disk::new(file, args.read_only, cache, &args.id)?);
-    let backend = BlkBackend::new(disk.clone(), engines(args.engine, &disk, args.queues)?, Arc::new(Stats::default()));
+    let backend = BlkBackend::new(
+        disk.clone(),
+        engines(args.engine, &disk, args.queues)?,
+        Arc::new(Stats::default()),
+    );
     let mut daemon = VhostUserDaemon::new(
         "block-daemon".into(),
         backend.clone(),

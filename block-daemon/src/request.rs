@@ -77,7 +77,11 @@ unsafe impl Send for Request {}
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejected {
     /// The guest gets this status.
-    Status { status: *mut u8, code: u8, reason: String },
+    Status {
+        status: *mut u8,
+        code: u8,
+        reason: String,
+    },
     /// Not even a status byte to report through: the chain is completed with length 0.
     NoStatus(String),
 }
@@ -107,9 +111,12 @@ fn translate(mem: &GuestMemoryMmap, d: &Desc) -> Result<Vec<Segment>, String> {
     let mut out = Vec::new();
     for s in mem.get_slices(GuestAddress(d.addr), d.len as usize) {
         let s = s.map_err(|e| {
-            format!("descriptor {:#x}+{:#x} outside guest memory: {e}", d.addr, d.len)
+            format!(
+                "descriptor {:#x}+{:#x} outside guest memory: {e}",
+                d.addr, d.len
+            )
         })?;
-        if s.len() > 0 {
+        if !s.is_empty() {
             out.push(Segment {
                 ptr: s.ptr_guard_mut().as_ptr(),
                 len: s.len(),
@@ -171,10 +178,16 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
     let mut writable: Vec<Segment> = Vec::new();
     for (i, d) in descs.iter().enumerate() {
         if d.writable != (i >= first_writable) {
-            return Err(Rejected::NoStatus("a readable descriptor follows a writable one".into()));
+            return Err(Rejected::NoStatus(
+                "a readable descriptor follows a writable one".into(),
+            ));
         }
         let segments = translate(mem, d).map_err(Rejected::NoStatus)?;
-        let list = if d.writable { &mut writable } else { &mut readable };
+        let list = if d.writable {
+            &mut writable
+        } else {
+            &mut readable
+        };
         list.extend(segments);
         if readable.len() + writable.len() > limits.max_segments + 2 {
             return Err(Rejected::NoStatus(format!(
@@ -193,7 +206,11 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
     if last.len == 0 {
         writable.pop();
     }
-    let fail = |code: u8, reason: String| Rejected::Status { status, code, reason };
+    let fail = |code: u8, reason: String| Rejected::Status {
+        status,
+        code,
+        reason,
+    };
 
     let mut header = [0u8; 16];
     if gather(&readable, 0, &mut header) < header.len() {
@@ -201,12 +218,13 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
     }
     let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let sector = u64::from_le_bytes([
-        header[8], header[9], header[10], header[11], header[12], header[13], header[14], header[15],
+        header[8], header[9], header[10], header[11], header[12], header[13], header[14],
+        header[15],
     ]);
     let payload = tail(&readable, header.len());
 
     let in_bounds = |sector: u64, bytes: u64| -> bool {
-        bytes % SECTOR_SIZE == 0
+        bytes.is_multiple_of(SECTOR_SIZE)
             && sector
                 .checked_add(bytes >> SECTOR_SHIFT)
                 .is_some_and(|end| end <= limits.capacity_sectors)
@@ -214,7 +232,10 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
     let check_data = |data: &[Segment], what: &str| -> Result<usize, Rejected> {
         let len = total(data);
         if len > limits.max_bytes {
-            return Err(fail(S_IOERR, format!("{what} of {len} bytes exceeds {}", limits.max_bytes)));
+            return Err(fail(
+                S_IOERR,
+                format!("{what} of {len} bytes exceeds {}", limits.max_bytes),
+            ));
         }
         if !in_bounds(sector, len as u64) {
             return Err(fail(
@@ -229,8 +250,11 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
     };
     let ranges = |max: u32, what: &str, allow_unmap: bool| -> Result<Vec<SectorRange>, Rejected> {
         let len = total(&payload);
-        if len == 0 || len % 16 != 0 || (len / 16) as u64 > u64::from(max) {
-            return Err(fail(S_IOERR, format!("{what} payload of {len} bytes (at most {max} segments)")));
+        if len == 0 || !len.is_multiple_of(16) || (len / 16) as u64 > u64::from(max) {
+            return Err(fail(
+                S_IOERR,
+                format!("{what} payload of {len} bytes (at most {max} segments)"),
+            ));
         }
         let mut out = Vec::with_capacity(len / 16);
         for i in 0..len / 16 {
@@ -243,17 +267,28 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
             if flags & !WZ_FLAG_UNMAP != 0 || (unmap && !allow_unmap) {
                 return Err(fail(S_UNSUPP, format!("{what} flags {flags:#x}")));
             }
-            if sectors > limits.max_range_sectors || !in_bounds(sector, u64::from(sectors) << SECTOR_SHIFT) {
-                return Err(fail(S_IOERR, format!("{what} of {sectors} sectors at {sector} is out of range")));
+            if sectors > limits.max_range_sectors
+                || !in_bounds(sector, u64::from(sectors) << SECTOR_SHIFT)
+            {
+                return Err(fail(
+                    S_IOERR,
+                    format!("{what} of {sectors} sectors at {sector} is out of range"),
+                ));
             }
-            out.push(SectorRange { sector, sectors, unmap });
+            out.push(SectorRange {
+                sector,
+                sectors,
+                unmap,
+            });
         }
         Ok(out)
     };
 
     let (kind, data) = match kind {
         T_IN => (Kind::Read, writable),
-        T_OUT if limits.read_only => return Err(fail(S_IOERR, "write to a read-only device".into())),
+        T_OUT if limits.read_only => {
+            return Err(fail(S_IOERR, "write to a read-only device".into()))
+        }
         T_OUT => (Kind::Write, payload),
         T_FLUSH => (Kind::Flush, Vec::new()),
         T_GET_ID => (Kind::GetId, writable),
@@ -262,7 +297,11 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
             Vec::new(),
         ),
         T_WRITE_ZEROES if limits.write_zeroes && !limits.read_only => (
-            Kind::WriteZeroes(ranges(limits.max_write_zeroes_segments, "WRITE_ZEROES", true)?),
+            Kind::WriteZeroes(ranges(
+                limits.max_write_zeroes_segments,
+                "WRITE_ZEROES",
+                true,
+            )?),
             Vec::new(),
         ),
         other => return Err(fail(S_UNSUPP, format!("request type {other}"))),
@@ -322,7 +361,11 @@ mod tests {
     }
 
     fn d(addr: u64, len: u32, writable: bool) -> Desc {
-        Desc { addr, len, writable }
+        Desc {
+            addr,
+            len,
+            writable,
+        }
     }
 
     #[test]
@@ -330,9 +373,18 @@ mod tests {
         let m = mem();
         header(&m, 0x100, T_IN, 7);
         // Header split 10 + 6 across two descriptors; data in two pieces; status alone.
-        let descs = [d(0x100, 10, false), d(0x10a, 6, false), d(0x1000, 512, true), d(0x2000, 512, true), d(0x3000, 1, true)];
+        let descs = [
+            d(0x100, 10, false),
+            d(0x10a, 6, false),
+            d(0x1000, 512, true),
+            d(0x2000, 512, true),
+            d(0x3000, 1, true),
+        ];
         let r = parse(&m, &descs, &limits()).unwrap();
-        assert_eq!((r.kind, r.sector, r.data_len, r.data.len()), (Kind::Read, 7, 1024, 2));
+        assert_eq!(
+            (r.kind, r.sector, r.data_len, r.data.len()),
+            (Kind::Read, 7, 1024, 2)
+        );
         let base = m.get_host_address(GuestAddress(0)).unwrap();
         assert_eq!(r.status as usize - base as usize, 0x3000);
     }
@@ -349,13 +401,37 @@ mod tests {
     fn out_of_range_and_unaligned_requests_get_ioerr() {
         let m = mem();
         header(&m, 0x100, T_IN, 99);
-        let e = parse(&m, &[d(0x100, 16, false), d(0x1000, 1024, true), d(0x2000, 1, true)], &limits());
+        let e = parse(
+            &m,
+            &[
+                d(0x100, 16, false),
+                d(0x1000, 1024, true),
+                d(0x2000, 1, true),
+            ],
+            &limits(),
+        );
         assert!(matches!(e, Err(Rejected::Status { code: S_IOERR, .. })));
         header(&m, 0x100, T_IN, u64::MAX);
-        let e = parse(&m, &[d(0x100, 16, false), d(0x1000, 512, true), d(0x2000, 1, true)], &limits());
+        let e = parse(
+            &m,
+            &[
+                d(0x100, 16, false),
+                d(0x1000, 512, true),
+                d(0x2000, 1, true),
+            ],
+            &limits(),
+        );
         assert!(matches!(e, Err(Rejected::Status { code: S_IOERR, .. })));
         header(&m, 0x100, T_IN, 0);
-        let e = parse(&m, &[d(0x100, 16, false), d(0x1000, 100, true), d(0x2000, 1, true)], &limits());
+        let e = parse(
+            &m,
+            &[
+                d(0x100, 16, false),
+                d(0x1000, 100, true),
+                d(0x2000, 1, true),
+            ],
+            &limits(),
+        );
         assert!(matches!(e, Err(Rejected::Status { code: S_IOERR, .. })));
     }
 
@@ -363,8 +439,19 @@ mod tests {
     fn writes_to_read_only_and_unknown_types() {
         let m = mem();
         header(&m, 0x100, T_OUT, 0);
-        let ro = Limits { read_only: true, ..limits() };
-        let e = parse(&m, &[d(0x100, 16, false), d(0x1000, 512, false), d(0x2000, 1, true)], &ro);
+        let ro = Limits {
+            read_only: true,
+            ..limits()
+        };
+        let e = parse(
+            &m,
+            &[
+                d(0x100, 16, false),
+                d(0x1000, 512, false),
+                d(0x2000, 1, true),
+            ],
+            &ro,
+        );
         assert!(matches!(e, Err(Rejected::Status { code: S_IOERR, .. })));
         header(&m, 0x100, 77, 0);
         let e = parse(&m, &[d(0x100, 16, false), d(0x2000, 1, true)], &limits());
@@ -375,13 +462,24 @@ mod tests {
     fn chains_without_status_or_outside_memory() {
         let m = mem();
         header(&m, 0x100, T_IN, 0);
-        assert!(matches!(parse(&m, &[d(0x100, 16, false)], &limits()), Err(Rejected::NoStatus(_))));
+        assert!(matches!(
+            parse(&m, &[d(0x100, 16, false)], &limits()),
+            Err(Rejected::NoStatus(_))
+        ));
         assert!(matches!(
             parse(&m, &[d(0x100, 16, false), d(MEM - 4, 512, true)], &limits()),
             Err(Rejected::NoStatus(_))
         ));
         assert!(matches!(
-            parse(&m, &[d(0x100, 16, false), d(0x1000, 1, true), d(0x2000, 16, false)], &limits()),
+            parse(
+                &m,
+                &[
+                    d(0x100, 16, false),
+                    d(0x1000, 1, true),
+                    d(0x2000, 16, false)
+                ],
+                &limits()
+            ),
             Err(Rejected::NoStatus(_))
         ));
     }
@@ -394,7 +492,14 @@ mod tests {
         m.write_obj(8u32, GuestAddress(0x118)).unwrap();
         m.write_obj(0u32, GuestAddress(0x11c)).unwrap();
         let r = parse(&m, &[d(0x100, 32, false), d(0x2000, 1, true)], &limits()).unwrap();
-        assert_eq!(r.kind, Kind::Discard(vec![SectorRange { sector: 10, sectors: 8, unmap: false }]));
+        assert_eq!(
+            r.kind,
+            Kind::Discard(vec![SectorRange {
+                sector: 10,
+                sectors: 8,
+                unmap: false
+            }])
+        );
         // DISCARD may not carry the unmap flag; WRITE_ZEROES may.
         m.write_obj(WZ_FLAG_UNMAP, GuestAddress(0x11c)).unwrap();
         assert!(matches!(
@@ -403,7 +508,14 @@ mod tests {
         ));
         header(&m, 0x100, T_WRITE_ZEROES, 0);
         let r = parse(&m, &[d(0x100, 32, false), d(0x2000, 1, true)], &limits()).unwrap();
-        assert_eq!(r.kind, Kind::WriteZeroes(vec![SectorRange { sector: 10, sectors: 8, unmap: true }]));
+        assert_eq!(
+            r.kind,
+            Kind::WriteZeroes(vec![SectorRange {
+                sector: 10,
+                sectors: 8,
+                unmap: true
+            }])
+        );
         // Past the end.
         m.write_obj(95u64, GuestAddress(0x110)).unwrap();
         assert!(matches!(
@@ -439,7 +551,11 @@ mod tests {
                         1 => 1,
                         _ => (rand() % 4096) as u32,
                     };
-                    Desc { addr, len, writable: rand() % 2 == 0 }
+                    Desc {
+                        addr,
+                        len,
+                        writable: rand() % 2 == 0,
+                    }
                 })
                 .collect();
             // Random request header contents.

@@ -5,6 +5,7 @@
 //! Anything a test needs that the machine lacks is a test failure naming what is
 //! missing, never a skip.
 
+pub mod linux;
 pub mod qmp;
 
 use std::io::{BufRead, BufReader, Read};
@@ -45,7 +46,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Runs one of our scripts once per test process and returns the last line it printed.
-fn script_output(cell: &'static OnceLock<PathBuf>, env: &str, script: &str) -> PathBuf {
+pub fn script_output(cell: &'static OnceLock<PathBuf>, env: &str, script: &str) -> PathBuf {
     cell.get_or_init(|| {
         if let Some(p) = std::env::var_os(env) {
             return PathBuf::from(p);

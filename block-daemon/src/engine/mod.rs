@@ -153,8 +153,10 @@ impl Drop for AlignedBuf {
 
 /// True when O_DIRECT cannot use the guest's buffers as they are.
 pub fn needs_bounce(disk: &Disk, segs: &[Segment]) -> bool {
-    disk.direct_alignment()
-        .is_some_and(|a| segs.iter().any(|s| s.ptr as usize % a != 0 || s.len % a != 0))
+    disk.direct_alignment().is_some_and(|a| {
+        segs.iter()
+            .any(|s| !(s.ptr as usize).is_multiple_of(a) || s.len % a != 0)
+    })
 }
 
 /// A read or write's buffers: the guest's segments, or an aligned bounce buffer.
@@ -177,7 +179,10 @@ pub fn data_buffers(disk: &Disk, req: &Request) -> Option<DataBuffers> {
                 iov_len: s.len,
             })
             .collect();
-        return Some(DataBuffers { iovecs, bounce: None });
+        return Some(DataBuffers {
+            iovecs,
+            bounce: None,
+        });
     }
     let mut buf = AlignedBuf::new(req.data_len, disk.direct_alignment().unwrap_or(512))?;
     if req.kind == Kind::Write {

@@ -18,12 +18,20 @@ pub struct SyncEngine {
 
 impl SyncEngine {
     pub fn new(disk: Arc<Disk>) -> SyncEngine {
-        SyncEngine { disk, done: Vec::new() }
+        SyncEngine {
+            disk,
+            done: Vec::new(),
+        }
     }
 }
 
 /// preadv/pwritev until everything moved (the kernel may do less per call).
-fn transfer(fd: RawFd, iovecs: &mut [libc::iovec], mut offset: u64, write: bool) -> std::io::Result<()> {
+fn transfer(
+    fd: RawFd,
+    iovecs: &mut [libc::iovec],
+    mut offset: u64,
+    write: bool,
+) -> std::io::Result<()> {
     let mut iov = iovecs;
     while !iov.is_empty() {
         // SAFETY: the iovecs describe mapped memory (guest RAM or our bounce buffer).
@@ -42,7 +50,10 @@ fn transfer(fd: RawFd, iovecs: &mut [libc::iovec], mut offset: u64, write: bool)
             return Err(e);
         }
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of image"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "end of image",
+            ));
         }
         let mut n = n as usize;
         offset += n as u64;
@@ -68,14 +79,21 @@ impl Engine for SyncEngine {
             Kind::Read | Kind::Write => {
                 let write = req.kind == Kind::Write;
                 let result = match data_buffers(&self.disk, &req) {
-                    Some(mut bufs) => transfer(self.disk.fd(), &mut bufs.iovecs, offset_of(&req), write)
-                        .map(|()| bufs.finish_read(req.data_len)),
+                    Some(mut bufs) => {
+                        transfer(self.disk.fd(), &mut bufs.iovecs, offset_of(&req), write)
+                            .map(|()| bufs.finish_read(req.data_len))
+                    }
                     None => Err(std::io::Error::other("no memory for a bounce buffer")),
                 };
                 match result {
                     Ok(()) => (S_OK, if write { 1 } else { req.data_len as u32 + 1 }),
                     Err(e) => {
-                        log::warn!("{:?} of {} bytes at sector {}: {e}", req.kind, req.data_len, req.sector);
+                        log::warn!(
+                            "{:?} of {} bytes at sector {}: {e}",
+                            req.kind,
+                            req.data_len,
+                            req.sector
+                        );
                         (S_IOERR, 1)
                     }
                 }

@@ -1,0 +1,108 @@
+//! Real Linux guests for the tests: Debian's kernel under QEMU TCG, with the base
+//! initramfs (scripts/build-initramfs) plus an appended archive that holds the test's own
+//! /test.sh (Linux unpacks concatenated cpio archives as one).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::{linux_bzimage, require_tool, script_output, Vm};
+
+/// The base initramfs (busybox, virtio and ext4 modules, e2fsprogs).
+pub fn base_initramfs() -> PathBuf {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    script_output(&BASE, "FLOTILLA_INITRAMFS", "build-initramfs")
+}
+
+/// One newc cpio entry.
+fn newc_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let fields = [
+        1,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08X}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+    out.extend_from_slice(data);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+/// Writes base initramfs + a cpio holding `script` as /test.sh to `path`.
+pub fn initrd_with_script(path: &Path, script: &str) {
+    let mut bytes = std::fs::read(base_initramfs()).expect("base initramfs");
+    let mut archive = Vec::new();
+    newc_entry(&mut archive, "test.sh", 0o100755, script.as_bytes());
+    newc_entry(&mut archive, "TRAILER!!!", 0, &[]);
+    bytes.extend_from_slice(&archive);
+    std::fs::write(path, bytes).expect("writing the initrd");
+}
+
+/// The host TSC in kHz, for the guest's tsc_early_khz (without it TCG boots sometimes
+/// hang calibrating the TSC).
+pub fn tsc_khz() -> u64 {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz"))
+        .and_then(|v| {
+            v.trim_start_matches([' ', '\t', ':'])
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_000_000)
+}
+
+/// QEMU q35 under TCG booting Debian's kernel with `initrd`, guest RAM shared (memfd) so
+/// vhost-user backends can map it. `devices`: extra QEMU arguments.
+pub fn qemu_tcg_linux(initrd: &Path, memory_mib: u64, cpus: usize, devices: &[String]) -> Vm {
+    let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
+    cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
+        .args(["-m", &format!("{memory_mib}M"), "-smp", &cpus.to_string()])
+        .args([
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .args(devices)
+        .arg("-kernel")
+        .arg(linux_bzimage())
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            &format!("console=ttyS0 panic=-1 quiet tsc_early_khz={}", tsc_khz()),
+        ])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+        ]);
+    Vm::spawn(cmd)
+}

@@ -103,6 +103,7 @@ mod tests {
                 initrd_path: initrd.then(|| "/i".into()),
                 serial: SerialSink::None,
                 start_paused: true,
+                disks: vec![],
             }),
         }
     }

@@ -73,6 +73,16 @@ pub struct LaunchConfig {
     pub serial: SerialSink,
     /// Leave the vCPUs stopped until `Cont` (QMP's -S, run state "prelaunch").
     pub start_paused: bool,
+    /// virtio-blk disks, each with a connected socket to its vhost-user backend.
+    pub disks: Vec<DiskLaunch>,
+}
+
+/// A disk as vmm-core sees it: a vhost-user-blk frontend on a socket the gateway
+/// connected to the disk's block daemon (one fd in the launch frame).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DiskLaunch {
+    pub id: String,
+    pub max_queues: u32,
 }
 
 impl LaunchConfig {
@@ -82,6 +92,7 @@ impl LaunchConfig {
                 self.serial,
                 SerialSink::File | SerialSink::UnixListener
             ))
+            + self.disks.len()
     }
 }
 
@@ -229,6 +240,7 @@ mod tests {
             initrd_path: None,
             serial: SerialSink::Stdout,
             start_paused: false,
+            disks: vec![],
         };
         assert_eq!(c.fd_count(), 1);
         c.initrd_path = Some("i".into());

@@ -90,6 +90,7 @@ impl OpenedVm {
                 initrd_path: o.initrd.as_deref().map(path),
                 serial,
                 start_paused: o.start_paused,
+                disks: Vec::new(),
             },
             fds,
             console_socket,

@@ -35,6 +35,12 @@ pub const HIGH_RAM_START: u64 = 0x100000;
 /// The 32-bit MMIO gap (PCI windows, IOAPIC, LAPIC) between RAM below 4 GiB and RAM above.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// PCI: the 32-bit window BARs are assigned from, then ECAM for bus 0 (MCFG).
+pub const PCI_MMIO_START: u64 = MMIO_GAP_START;
+pub const PCI_MMIO_END: u64 = 0xe000_0000;
+pub const PCI_ECAM: u64 = 0xe000_0000;
+/// One bus (bus 0) of ECAM: 32 devices x 8 functions x 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// Where KVM keeps its real-mode TSS and identity map (inside the MMIO gap, never RAM).
 pub const KVM_TSS: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP: u64 = 0xfffb_c000;
@@ -48,6 +54,8 @@ pub mod ports {
     pub const I8042_DATA: u16 = 0x60;
     pub const I8042_COMMAND: u16 = 0x64;
     pub const RESET_CONTROL: u16 = 0xcf9;
+    pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+    pub const PCI_CONFIG_LEN: u16 = 8;
     /// ACPI PM1a event block (status + enable), control block and PM timer, as on ICH9.
     pub const PM_BASE: u16 = 0x600;
     pub const PM1A_EVT: u16 = PM_BASE;

@@ -9,9 +9,11 @@ pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod events;
+pub mod interrupts;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
+pub mod vhost_user;
 pub mod vm;
 
-pub use vm::{PowerButton, Vm, VmConfig, VmError, VmExit};
+pub use vm::{DiskConnection, PowerButton, Vm, VmConfig, VmError, VmExit};

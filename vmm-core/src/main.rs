@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -17,7 +17,7 @@ use vmm_core::cli::VmArgs;
 use vmm_core::control::{Control, Launch};
 use vmm_core::devices::serial::Console;
 use vmm_core::events::{EventSender, VmEvent};
-use vmm_core::{Vm, VmConfig, VmExit};
+use vmm_core::{DiskConnection, Vm, VmConfig, VmExit};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,10 +27,35 @@ use vmm_core::{Vm, VmConfig, VmExit};
 struct Args {
     #[command(flatten)]
     vm: VmArgs,
+    /// A virtio-blk disk served by a vhost-user backend listening on PATH:
+    /// `PATH[,queues=N]`. May be given several times.
+    #[arg(long, value_parser = parse_vhost_user_blk)]
+    vhost_user_blk: Vec<(PathBuf, usize)>,
     /// Run under the gateway: the control channel is this inherited socket, and the VM's
     /// configuration arrives on it (the VM options are then not allowed).
     #[arg(long, conflicts_with = "kernel")]
     control_fd: Option<RawFd>,
+}
+
+fn parse_vhost_user_blk(s: &str) -> Result<(PathBuf, usize), String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty path")?;
+    let mut queues = 1;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("queues", n)) => {
+                queues = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=vmm_core::vhost_user::blk::MAX_QUEUES).contains(n))
+                    .ok_or_else(|| {
+                        format!("queues={n}: 1 to {}", vmm_core::vhost_user::blk::MAX_QUEUES)
+                    })?
+            }
+            _ => return Err(format!("unknown option {opt} (expected queues=N)")),
+        }
+    }
+    Ok((PathBuf::from(path), queues))
 }
 
 /// Signals that end the VM; blocked in every thread and taken by one waiter thread.
@@ -59,7 +84,7 @@ fn forward_signals(events: EventSender, set: SigSet) {
     }
 }
 
-fn run_standalone(args: VmArgs) -> anyhow::Result<VmExit> {
+fn run_standalone(args: VmArgs, disks: Vec<(PathBuf, usize)>) -> anyhow::Result<VmExit> {
     let signals = block_terminating_signals()?;
     let kernel = args.kernel.as_deref().context("--kernel is required")?;
     let boot = BootImage::open(kernel, args.initrd.as_deref(), &args.cmdline)?;
@@ -69,7 +94,15 @@ fn run_standalone(args: VmArgs) -> anyhow::Result<VmExit> {
         cpus: args.cpus,
         start_paused: args.start_paused,
     };
-    let vm = Vm::new(&config, boot, console)?;
+    let disks = disks
+        .into_iter()
+        .map(|(path, max_queues)| {
+            let stream = UnixStream::connect(&path)
+                .with_context(|| format!("vhost-user-blk {}", path.display()))?;
+            Ok(DiskConnection { stream, max_queues })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let vm = Vm::new(&config, boot, console, disks)?;
     forward_signals(vm.event_sender(), signals);
     Ok(vm.run(None)?)
 }
@@ -103,7 +136,17 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         cpus: config.cpus as usize,
         start_paused: config.start_paused,
     };
-    Ok(Vm::new(&vm_config, boot, console)?)
+    let disks = config
+        .disks
+        .iter()
+        .map(|d| {
+            Ok(DiskConnection {
+                stream: UnixStream::from(next(&format!("disk {}", d.id))?),
+                max_queues: d.max_queues as usize,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Vm::new(&vm_config, boot, console, disks)?)
 }
 
 fn run_controlled(fd: RawFd) -> anyhow::Result<VmExit> {
@@ -137,7 +180,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd),
-        None => run_standalone(args.vm),
+        None => run_standalone(args.vm, args.vhost_user_blk),
     };
     match result {
         Ok(VmExit::PowerOff | VmExit::Quit | VmExit::ControlClosed) => ExitCode::SUCCESS,

@@ -24,13 +24,19 @@ use crate::cpu::{cpuid, msrs};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{lock, Bus, OverlapError};
 use crate::devices::i8042::I8042;
+use crate::devices::pci::{PciConfigIo, PciEcam, PciError, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
 use crate::devices::serial::{Console, SerialDevice};
+use crate::devices::virtio_pci::{self, VirtioPci};
 use crate::devices::IrqLine;
 use crate::events::{EventSender, VmEvent};
-use crate::layout::{ports, KVM_IDENTITY_MAP, KVM_TSS};
+use crate::interrupts::MsiRouter;
+use crate::layout::{
+    ports, KVM_IDENTITY_MAP, KVM_TSS, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START,
+};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
+use crate::vhost_user::blk::VhostUserBlk;
 
 /// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
 pub const MAX_XAPIC_CPUS: usize = 255;
@@ -72,6 +78,10 @@ pub enum VmError {
     Msrs(String),
     #[error("vCPU {vcpu}: {reason}")]
     VcpuFailed { vcpu: usize, reason: String },
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    #[error("{0}")]
+    Disk(String),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -86,6 +96,13 @@ impl PowerButton {
     pub fn press(&self) {
         lock(&self.0).press_power_button();
     }
+}
+
+/// A disk served by a vhost-user backend, over an already connected socket.
+pub struct DiskConnection {
+    pub stream: std::os::unix::net::UnixStream,
+    /// Most queues the guest gets (the backend may offer fewer).
+    pub max_queues: usize,
 }
 
 /// How a VM run ended, when it ended well.
@@ -138,7 +155,12 @@ pub struct Vm {
 impl Vm {
     /// Builds the VM around an already read boot image and an opened console (the
     /// caller, the command line or the gateway, opened whatever paths they name).
-    pub fn new(config: &VmConfig, boot: BootImage, console: Console) -> Result<Vm, VmError> {
+    pub fn new(
+        config: &VmConfig,
+        boot: BootImage,
+        console: Console,
+        disks: Vec<DiskConnection>,
+    ) -> Result<Vm, VmError> {
         if config.cpus == 0 {
             return Err(VmError::NoVcpus);
         }
@@ -198,11 +220,35 @@ impl Vm {
             u64::from(ports::PM_BLOCK_LEN),
             pm.clone(),
         )?;
+        // PCI: configuration ports (which also hold the reset control register), ECAM,
+        // and the window BARs are assigned from; then a virtio-pci device per disk.
+        let pci = Arc::new(Mutex::new(PciRoot::default()));
+        let reset_control = Arc::new(Mutex::new(ResetControl::new(events.clone())));
         pio.insert(
-            u64::from(ports::RESET_CONTROL),
-            1,
-            Arc::new(Mutex::new(ResetControl::new(events.clone()))),
+            u64::from(ports::PCI_CONFIG_ADDRESS),
+            u64::from(ports::PCI_CONFIG_LEN),
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone(), reset_control))),
         )?;
+        let mut mmio = Bus::default();
+        mmio.insert(
+            PCI_ECAM,
+            PCI_ECAM_SIZE,
+            Arc::new(Mutex::new(PciEcam::new(pci.clone()))),
+        )?;
+        mmio.insert(
+            PCI_MMIO_START,
+            PCI_MMIO_END - PCI_MMIO_START,
+            Arc::new(Mutex::new(PciMmioWindow::new(pci.clone()))),
+        )?;
+        let router = MsiRouter::new(vm.clone());
+        for (i, disk) in disks.into_iter().enumerate() {
+            let blk = VhostUserBlk::new(disk.stream, &ram, disk.max_queues)
+                .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
+            let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
+            let device = VirtioPci::new(Box::new(blk), bar.addr, vm.clone(), router.clone())
+                .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
+            lock(&pci).add(Arc::new(Mutex::new(device)))?;
+        }
         pio.insert(
             u64::from(ports::I8042_DATA),
             1,
@@ -237,7 +283,7 @@ impl Vm {
             vcpus,
             chips,
             pio: Arc::new(pio),
-            mmio: Arc::new(Bus::default()),
+            mmio: Arc::new(mmio),
             pm,
             events,
             events_rx,

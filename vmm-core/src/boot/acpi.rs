@@ -9,13 +9,17 @@
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{ports, ACPI_TABLES, ACPI_TABLES_END, IOAPIC, LAPIC};
+use crate::layout::{
+    ports, ACPI_TABLES, ACPI_TABLES_END, IOAPIC, LAPIC, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END,
+    PCI_MMIO_START,
+};
 
 const OEM_ID: [u8; 6] = *b"FLOTIL";
 const OEM_TABLE_ID: [u8; 8] = *b"FLOTILLA";
@@ -55,9 +59,15 @@ impl AcpiTables {
         let fadt_addr = layout.take(fadt.len() as u64, 16);
         let madt = madt(cpus);
         let madt_addr = layout.take(madt.len() as u64, 16);
+        let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+        // Bus 0 only: the ECAM window holds exactly one bus.
+        mcfg.add_ecam(PCI_ECAM, 0, 0, 0);
+        let mcfg = to_bytes(&mcfg);
+        let mcfg_addr = layout.take(mcfg.len() as u64, 16);
         let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
         xsdt.add_entry(fadt_addr);
         xsdt.add_entry(madt_addr);
+        xsdt.add_entry(mcfg_addr);
         let xsdt = to_bytes(&xsdt);
         let xsdt_addr = layout.take(xsdt.len() as u64, 16);
         if layout.next > ACPI_TABLES_END {
@@ -74,6 +84,7 @@ impl AcpiTables {
             (GuestAddress(dsdt_addr), dsdt.as_slice().to_vec()),
             (GuestAddress(fadt_addr), fadt),
             (GuestAddress(madt_addr), madt.as_slice().to_vec()),
+            (GuestAddress(mcfg_addr), mcfg),
             (GuestAddress(xsdt_addr), xsdt),
         ];
         Ok(AcpiTables {
@@ -208,6 +219,43 @@ fn pnp_device(name: &str, hid: &str, uid: u8, resources: Vec<&dyn Aml>) -> Vec<u
     ))
 }
 
+/// The PCI host bridge: bus 0, the configuration ports, and the windows BARs live in.
+fn pci_root() -> Vec<u8> {
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let config_ports = aml::IO::new(
+        ports::PCI_CONFIG_ADDRESS,
+        ports::PCI_CONFIG_ADDRESS,
+        1,
+        ports::PCI_CONFIG_LEN as u8,
+    );
+    let io_low = aml::AddressSpace::new_io(0u16, ports::PCI_CONFIG_ADDRESS - 1, None);
+    let io_high = aml::AddressSpace::new_io(
+        ports::PCI_CONFIG_ADDRESS + ports::PCI_CONFIG_LEN,
+        0xffffu16,
+        None,
+    );
+    let mmio = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_START as u32,
+        (PCI_MMIO_END - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &config_ports, &io_low, &io_high, &mmio]);
+    to_bytes(&aml::Device::new(
+        "PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
 fn dsdt() -> Sdt {
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut devices = pnp_device(
@@ -219,8 +267,8 @@ fn dsdt() -> Sdt {
             &aml::Interrupt::new(true, true, false, false, ports::COM1_IRQ),
         ],
     );
-    // Claims the ports of the PM block and the reset register, so no OS hands them to
-    // another device.
+    // Claims the ports of the PM block and the reset register, and the ECAM window
+    // (Linux trusts MMCONFIG only when firmware reserves it), so no OS hands them out.
     devices.extend(pnp_device(
         "MBRD",
         "PNP0C02",
@@ -228,8 +276,10 @@ fn dsdt() -> Sdt {
         vec![
             &aml::IO::new(ports::PM_BASE, ports::PM_BASE, 1, ports::PM_BLOCK_LEN as u8),
             &aml::IO::new(ports::RESET_CONTROL, ports::RESET_CONTROL, 1, 1),
+            &aml::Memory32Fixed::new(false, PCI_ECAM as u32, PCI_ECAM_SIZE as u32),
         ],
     ));
+    devices.extend(pci_root());
     t.append_slice(&aml::Scope::raw("\\_SB_".into(), devices));
     // \_S5: SLP_TYPa, SLP_TYPb, reserved, reserved.
     aml::Name::new(

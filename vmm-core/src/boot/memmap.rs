@@ -1,6 +1,6 @@
 //! The guest's physical memory map (E820), shared by both boot protocols.
 
-use crate::layout::{EBDA_START, HIGH_RAM_START};
+use crate::layout::{EBDA_START, HIGH_RAM_START, PCI_ECAM, PCI_ECAM_SIZE};
 use crate::memory::RamRegion;
 
 /// E820 / PVH memory types.
@@ -44,6 +44,13 @@ pub fn memory_map(ram: &[RamRegion]) -> Vec<MemoryMapEntry> {
             });
         }
     }
+    // The ECAM window, reserved as PC firmware does (inside the MMIO gap).
+    map.push(MemoryMapEntry {
+        addr: PCI_ECAM,
+        size: PCI_ECAM_SIZE,
+        kind: MemoryKind::Reserved,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -56,14 +63,15 @@ mod tests {
     #[test]
     fn map_has_holes_below_1mib_and_at_the_mmio_gap() {
         let map = memory_map(&ram_regions(4096 * MIB));
-        assert_eq!(map.len(), 4);
+        assert_eq!(map.len(), 5);
         assert_eq!((map[0].addr, map[0].size), (0, 0x9fc00));
         assert_eq!(map[1].kind, MemoryKind::Reserved);
         assert_eq!(map[1].addr + map[1].size, 0x100000);
         assert_eq!(map[2].addr, 0x100000);
         assert_eq!(map[2].addr + map[2].size, MMIO_GAP_START);
-        assert_eq!(map[3].addr, MMIO_GAP_END);
-        assert_eq!(map[3].size, 1024 * MIB);
+        assert_eq!(map[3].kind, MemoryKind::Reserved, "ECAM");
+        assert_eq!(map[4].addr, MMIO_GAP_END);
+        assert_eq!(map[4].size, 1024 * MIB);
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == MemoryKind::Ram)

@@ -5,8 +5,10 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
+pub mod pci;
 pub mod reset_control;
 pub mod serial;
+pub mod virtio_pci;
 
 /// A level-triggered interrupt line into the guest's interrupt controllers.
 pub trait IrqLine: Send {

@@ -1,0 +1,234 @@
+//! One PCI function's configuration space (type 0 header, 4 KiB for PCIe): what the guest
+//! may write (masks), BAR sizing, and the capability list.
+
+pub const CONFIG_SIZE: usize = 4096;
+pub const COMMAND: usize = 0x04;
+pub const STATUS: usize = 0x06;
+pub const BAR0: usize = 0x10;
+pub const CAP_PTR: usize = 0x34;
+pub const INTERRUPT_LINE: usize = 0x3c;
+
+pub const COMMAND_IO: u16 = 1 << 0;
+pub const COMMAND_MEMORY: u16 = 1 << 1;
+pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+const STATUS_CAP_LIST: u16 = 1 << 4;
+
+const BAR_MEM64: u32 = 0b100;
+
+/// A memory BAR: its current address and size (a power of two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bar {
+    pub addr: u64,
+    pub size: u64,
+    pub is_64: bool,
+}
+
+pub struct PciConfig {
+    bytes: Vec<u8>,
+    /// Bits the guest may change.
+    writable: Vec<u8>,
+    bars: [Option<Bar>; 6],
+    last_cap: Option<usize>,
+    next_cap: usize,
+    power_on: Option<Vec<u8>>,
+}
+
+pub struct Ids {
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem: u16,
+    pub revision: u8,
+    pub class: u32,
+}
+
+impl PciConfig {
+    pub fn new(ids: &Ids) -> PciConfig {
+        let mut c = PciConfig {
+            bytes: vec![0; CONFIG_SIZE],
+            writable: vec![0; CONFIG_SIZE],
+            bars: [None; 6],
+            last_cap: None,
+            next_cap: 0x40,
+            power_on: None,
+        };
+        c.set16(0x00, ids.vendor);
+        c.set16(0x02, ids.device);
+        c.set32(0x08, (ids.class << 8) | u32::from(ids.revision));
+        c.set16(0x2c, ids.subsystem_vendor);
+        c.set16(0x2e, ids.subsystem);
+        // Command: I/O, memory, bus master, INTx disable are the guest's to set.
+        let mask = COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE;
+        c.writable[COMMAND..COMMAND + 2].copy_from_slice(&mask.to_le_bytes());
+        c.writable[INTERRUPT_LINE] = 0xff;
+        c
+    }
+
+    pub fn set16(&mut self, off: usize, v: u16) {
+        self.bytes[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn set32(&mut self, off: usize, v: u32) {
+        self.bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn get16(&self, off: usize) -> u16 {
+        u16::from_le_bytes([self.bytes[off], self.bytes[off + 1]])
+    }
+
+    pub fn get32(&self, off: usize) -> u32 {
+        u32::from_le_bytes(self.bytes[off..off + 4].try_into().unwrap_or_default())
+    }
+
+    pub fn command(&self) -> u16 {
+        self.get16(COMMAND)
+    }
+
+    /// Declares memory BAR `index` at `addr` (assigned by the VMM, as no firmware runs).
+    pub fn add_bar(&mut self, index: usize, bar: Bar) {
+        let off = BAR0 + index * 4;
+        let flags = if bar.is_64 { BAR_MEM64 } else { 0 };
+        self.set32(off, (bar.addr as u32 & !0xf) | flags);
+        let mask = !(bar.size as u32).wrapping_sub(1) & !0xf;
+        self.writable[off..off + 4].copy_from_slice(&mask.to_le_bytes());
+        if bar.is_64 {
+            self.set32(off + 4, (bar.addr >> 32) as u32);
+            let hi_mask = !((bar.size.wrapping_sub(1)) >> 32) as u32;
+            self.writable[off + 4..off + 8].copy_from_slice(&hi_mask.to_le_bytes());
+        }
+        self.bars[index] = Some(bar);
+    }
+
+    /// BAR `index` as the guest has it now.
+    pub fn bar(&self, index: usize) -> Option<Bar> {
+        let b = self.bars.get(index).copied().flatten()?;
+        let lo = u64::from(self.get32(BAR0 + index * 4) & !0xf);
+        let hi = if b.is_64 {
+            u64::from(self.get32(BAR0 + index * 4 + 4)) << 32
+        } else {
+            0
+        };
+        Some(Bar { addr: hi | lo, ..b })
+    }
+
+    /// Appends a capability (`body` starts with its id byte; the next pointer is filled
+    /// in); returns its offset.
+    pub fn add_capability(&mut self, body: &[u8], writable: &[u8]) -> usize {
+        let off = self.next_cap;
+        self.bytes[off..off + body.len()].copy_from_slice(body);
+        self.bytes[off + 1] = 0;
+        self.writable[off..off + writable.len()].copy_from_slice(writable);
+        match self.last_cap {
+            Some(prev) => self.bytes[prev + 1] = off as u8,
+            None => {
+                self.bytes[CAP_PTR] = off as u8;
+                let status = self.get16(STATUS) | STATUS_CAP_LIST;
+                self.set16(STATUS, status);
+            }
+        }
+        self.last_cap = Some(off);
+        self.next_cap = (off + body.len()).next_multiple_of(4);
+        off
+    }
+
+    pub fn read(&self, off: usize, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.bytes.get(off + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    /// Applies a guest write through the masks; returns true if a BAR changed.
+    pub fn write(&mut self, off: usize, data: &[u8]) -> bool {
+        let mut bar_changed = false;
+        for (i, b) in data.iter().enumerate() {
+            let at = off + i;
+            let Some(mask) = self.writable.get(at).copied() else {
+                break;
+            };
+            let old = self.bytes[at];
+            self.bytes[at] = (old & !mask) | (b & mask);
+            if (BAR0..BAR0 + 24).contains(&at) && self.bytes[at] != old {
+                bar_changed = true;
+            }
+        }
+        bar_changed
+    }
+
+    /// Records the current contents as the power-on state (once construction is done).
+    pub fn seal(&mut self) {
+        self.power_on = Some(self.bytes.clone());
+    }
+
+    /// Restores the power-on state (BARs at their assigned addresses, decoding off).
+    pub fn reset(&mut self) {
+        if let Some(p) = &self.power_on {
+            self.bytes.copy_from_slice(p);
+        }
+    }
+
+    /// Raw bytes of a capability (for the device that owns it).
+    pub fn bytes_mut(&mut self, off: usize, len: usize) -> &mut [u8] {
+        &mut self.bytes[off..off + len]
+    }
+
+    pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        &self.bytes[off..off + len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> PciConfig {
+        PciConfig::new(&Ids {
+            vendor: 0x1af4,
+            device: 0x1042,
+            subsystem_vendor: 0x1af4,
+            subsystem: 2,
+            revision: 1,
+            class: 0x018000,
+        })
+    }
+
+    #[test]
+    fn bar_sizing_reads_back_the_size_mask() {
+        let mut c = config();
+        c.add_bar(
+            0,
+            Bar {
+                addr: 0xc000_0000,
+                size: 0x4000,
+                is_64: false,
+            },
+        );
+        c.write(BAR0, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(c.get32(BAR0), 0xffff_c000);
+        c.write(BAR0, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(c.bar(0).unwrap().addr, 0xd000_0000);
+    }
+
+    #[test]
+    fn ids_are_read_only_and_capabilities_chain() {
+        let mut c = config();
+        c.write(0, &[0, 0, 0, 0]);
+        assert_eq!(c.get16(0), 0x1af4);
+        let a = c.add_capability(&[0x09, 0, 4, 1], &[]);
+        let b = c.add_capability(&[0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        assert_eq!(c.bytes(CAP_PTR, 1)[0] as usize, a);
+        assert_eq!(c.bytes(a + 1, 1)[0] as usize, b);
+        assert_eq!(c.bytes(b + 1, 1)[0], 0);
+        assert_ne!(c.get16(STATUS) & STATUS_CAP_LIST, 0);
+    }
+
+    #[test]
+    fn command_bits_are_writable_and_others_not() {
+        let mut c = config();
+        c.write(COMMAND, &0xffffu16.to_le_bytes());
+        assert_eq!(
+            c.command(),
+            COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! The PCI root: bus 0 with a host bridge and the devices in its slots, configuration
+//! access through ports 0xCF8/0xCFC and through ECAM (described by the MCFG table), and
+//! the 32-bit MMIO window from which the VMM assigns BARs (there is no firmware). Memory
+//! accesses in the window go to whichever function's BAR covers them.
+
+pub mod config;
+
+use std::sync::{Arc, Mutex};
+
+use config::{Bar, Ids, PciConfig, COMMAND_MEMORY};
+
+use super::bus::{lock, BusDevice, SharedDevice};
+use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
+
+/// A PCI function as the bus sees it.
+pub trait PciFunction: Send {
+    fn config(&self) -> &PciConfig;
+    /// A guest write to configuration space (the function applies it and reacts, e.g.
+    /// to a BAR move or MSI-X being enabled).
+    fn write_config(&mut self, offset: usize, data: &[u8]);
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]);
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// Back to power-on state (a VM reset).
+    fn reset(&mut self) {}
+}
+
+pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
+
+/// The host bridge at 00:00.0: identity only.
+struct HostBridge(PciConfig);
+
+impl PciFunction for HostBridge {
+    fn config(&self) -> &PciConfig {
+        &self.0
+    }
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+    fn read_bar(&mut self, _: usize, _: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write_bar(&mut self, _: usize, _: u64, _: &[u8]) {}
+}
+
+pub const SLOTS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    #[error("no free PCI slot")]
+    NoSlot,
+    #[error("the PCI MMIO window is full ({0:#x} bytes requested)")]
+    NoMmio(u64),
+}
+
+pub struct PciRoot {
+    slots: Vec<Option<SharedFunction>>,
+    next_mmio: u64,
+}
+
+impl Default for PciRoot {
+    fn default() -> Self {
+        let bridge = HostBridge(PciConfig::new(&Ids {
+            vendor: 0x1b36,
+            device: 0x0008,
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x1100,
+            revision: 0,
+            class: 0x060000,
+        }));
+        let mut slots: Vec<Option<SharedFunction>> = (0..SLOTS).map(|_| None).collect();
+        slots[0] = Some(Arc::new(Mutex::new(bridge)));
+        PciRoot {
+            slots,
+            next_mmio: PCI_MMIO_START,
+        }
+    }
+}
+
+impl PciRoot {
+    /// Reserves a naturally aligned range for a BAR of `size` (a power of two).
+    pub fn allocate_bar(&mut self, size: u64) -> Result<Bar, PciError> {
+        let addr = self.next_mmio.next_multiple_of(size);
+        if addr + size > PCI_MMIO_END {
+            return Err(PciError::NoMmio(size));
+        }
+        self.next_mmio = addr + size;
+        Ok(Bar {
+            addr,
+            size,
+            is_64: false,
+        })
+    }
+
+    /// Puts a function in the first free slot; returns its device number.
+    pub fn add(&mut self, function: SharedFunction) -> Result<u8, PciError> {
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::NoSlot)?;
+        self.slots[slot] = Some(function);
+        Ok(slot as u8)
+    }
+
+    fn function(&self, bus: u8, dev: u8, func: u8) -> Option<&SharedFunction> {
+        if bus != 0 || func != 0 {
+            return None;
+        }
+        self.slots.get(usize::from(dev)).and_then(Option::as_ref)
+    }
+
+    pub fn config_read(&self, bus: u8, dev: u8, func: u8, offset: usize, data: &mut [u8]) {
+        match self.function(bus, dev, func) {
+            Some(f) => lock(f).config().read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    pub fn config_write(&self, bus: u8, dev: u8, func: u8, offset: usize, data: &[u8]) {
+        if let Some(f) = self.function(bus, dev, func) {
+            lock(f).write_config(offset, data);
+        }
+    }
+
+    pub fn reset(&self) {
+        for f in self.slots.iter().flatten() {
+            lock(f).reset();
+        }
+    }
+
+    /// The function and BAR whose range holds `addr` (memory decoding on).
+    fn bar_at(&self, addr: u64) -> Option<(SharedFunction, usize, u64)> {
+        for f in self.slots.iter().flatten() {
+            let g = lock(f);
+            let config = g.config();
+            if config.command() & COMMAND_MEMORY == 0 {
+                continue;
+            }
+            for i in 0..6 {
+                if let Some(b) = config.bar(i) {
+                    if addr >= b.addr && addr - b.addr < b.size {
+                        return Some((f.clone(), i, addr - b.addr));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Configuration mechanism #1: address at 0xCF8, data at 0xCFC..0xCFF. The PIIX/ICH
+/// reset control register sits inside that range at 0xCF9 (byte accesses only), so this
+/// device forwards those to it.
+pub struct PciConfigIo {
+    root: Arc<Mutex<PciRoot>>,
+    reset_control: SharedDevice,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<Mutex<PciRoot>>, reset_control: SharedDevice) -> Self {
+        PciConfigIo {
+            root,
+            reset_control,
+            address: 0,
+        }
+    }
+
+    fn target(&self, data_offset: u64) -> Option<(u8, u8, u8, usize)> {
+        let a = self.address;
+        if a & (1 << 31) == 0 {
+            return None;
+        }
+        let bus = (a >> 16) as u8;
+        let dev = ((a >> 11) & 0x1f) as u8;
+        let func = ((a >> 8) & 0x7) as u8;
+        let reg = (a & 0xfc) as usize + data_offset as usize;
+        Some((bus, dev, func, reg))
+    }
+}
+
+const RESET_CONTROL_OFFSET: u64 = 1;
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == RESET_CONTROL_OFFSET && data.len() == 1 {
+            return lock(&self.reset_control).read(0, data);
+        }
+        if offset < 4 {
+            let bytes = self.address.to_le_bytes();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = bytes.get(offset as usize + i).copied().unwrap_or(0xff);
+            }
+            return;
+        }
+        match self.target(offset - 4) {
+            Some((bus, dev, func, reg)) => lock(&self.root).config_read(bus, dev, func, reg, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == RESET_CONTROL_OFFSET && data.len() == 1 {
+            return lock(&self.reset_control).write(0, data);
+        }
+        if offset == 0 && data.len() == 4 {
+            self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            return;
+        }
+        if offset >= 4 {
+            if let Some((bus, dev, func, reg)) = self.target(offset - 4) {
+                lock(&self.root).config_write(bus, dev, func, reg, data);
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.address = 0;
+        lock(&self.reset_control).reset();
+        lock(&self.root).reset();
+    }
+}
+
+/// ECAM: bus << 20 | device << 15 | function << 12 | register.
+pub struct PciEcam {
+    root: Arc<Mutex<PciRoot>>,
+}
+
+impl PciEcam {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        PciEcam { root }
+    }
+
+    fn decode(offset: u64) -> (u8, u8, u8, usize) {
+        (
+            (offset >> 20) as u8,
+            ((offset >> 15) & 0x1f) as u8,
+            ((offset >> 12) & 0x7) as u8,
+            (offset & 0xfff) as usize,
+        )
+    }
+}
+
+impl BusDevice for PciEcam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let (bus, dev, func, reg) = Self::decode(offset);
+        lock(&self.root).config_read(bus, dev, func, reg, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (bus, dev, func, reg) = Self::decode(offset);
+        lock(&self.root).config_write(bus, dev, func, reg, data);
+    }
+}
+
+/// The 32-bit MMIO window: accesses go to the BAR that covers them.
+pub struct PciMmioWindow {
+    root: Arc<Mutex<PciRoot>>,
+}
+
+impl PciMmioWindow {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        PciMmioWindow { root }
+    }
+}
+
+impl BusDevice for PciMmioWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let target = lock(&self.root).bar_at(PCI_MMIO_START + offset);
+        match target {
+            Some((f, bar, off)) => lock(&f).read_bar(bar, off, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let target = lock(&self.root).bar_at(PCI_MMIO_START + offset);
+        if let Some((f, bar, off)) = target {
+            lock(&f).write_bar(bar, off, data);
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The virtio 1.x PCI transport (modern only): capabilities describing the common,
+//! notify, ISR and device regions of BAR 0, MSI-X, and the common configuration the
+//! driver uses to negotiate features and lay out queues. Queue kicks are ioeventfds
+//! registered with KVM and interrupts are irqfds on MSI routes, so once the device is
+//! active no vmm-core thread sits on the data path; the device behind the transport
+//! (a vhost-user backend) gets the eventfds when the driver sets DRIVER_OK.
+
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::pci::config::{Bar, Ids, PciConfig};
+use super::pci::PciFunction;
+use crate::interrupts::{MsiMessage, MsiRouter};
+
+pub const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
+const VIRTIO_PCI_DEVICE_BASE: u16 = 0x1040;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const NO_VECTOR: u16 = 0xffff;
+
+// BAR 0 layout.
+pub const BAR_SIZE: u64 = 0x8000;
+const COMMON: u64 = 0x0000;
+const COMMON_LEN: u64 = 0x38;
+const ISR: u64 = 0x1000;
+const DEVICE_CFG: u64 = 0x2000;
+const DEVICE_CFG_LEN: u64 = 0x1000;
+const NOTIFY: u64 = 0x3000;
+const NOTIFY_MULTIPLIER: u64 = 4;
+const MSIX_TABLE: u64 = 0x4000;
+const MSIX_PBA: u64 = 0x5000;
+
+// Virtio PCI capability types.
+const CAP_COMMON: u8 = 1;
+const CAP_NOTIFY: u8 = 2;
+const CAP_ISR: u8 = 3;
+const CAP_DEVICE: u8 = 4;
+
+// Device status bits.
+const STATUS_FEATURES_OK: u8 = 8;
+const STATUS_DRIVER_OK: u8 = 4;
+const STATUS_NEEDS_RESET: u8 = 0x40;
+
+const MSIX_ENABLE: u16 = 1 << 15;
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+
+/// A queue as the driver laid it out, handed to the device on DRIVER_OK.
+pub struct ActiveQueue<'a> {
+    pub index: usize,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub kick: &'a EventFd,
+    pub call: &'a EventFd,
+}
+
+/// Raises the configuration-change interrupt (called from other threads).
+#[derive(Clone)]
+pub struct ConfigChanged {
+    generation: Arc<AtomicU8>,
+    vector: Arc<AtomicU16>,
+    isr: Arc<AtomicU8>,
+    eventfds: Arc<Vec<EventFd>>,
+}
+
+impl ConfigChanged {
+    pub fn notify(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.isr.fetch_or(2, Ordering::AcqRel);
+        let v = self.vector.load(Ordering::Acquire);
+        if let Some(fd) = self.eventfds.get(usize::from(v)) {
+            if let Err(e) = fd.write(1) {
+                log::warn!("config-change interrupt: {e}");
+            }
+        }
+    }
+}
+
+/// What a virtio device behind the transport provides.
+pub trait VirtioDevice: Send {
+    /// Virtio device type (2: block).
+    fn device_type(&self) -> u16;
+    fn pci_class(&self) -> u32;
+    fn num_queues(&self) -> usize;
+    fn queue_max_size(&self) -> u16;
+    /// Features offered to the driver.
+    fn features(&self) -> u64;
+    fn read_config(&mut self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK.
+    fn activate(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String>;
+    /// The driver reset the device.
+    fn reset(&mut self);
+    /// Hands the device the handle it uses when its configuration changes by itself.
+    fn set_config_changed(&mut self, _notify: ConfigChanged) {}
+}
+
+#[derive(Clone, Copy, Default)]
+struct QueueState {
+    size: u16,
+    enabled: bool,
+    vector: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+struct Vector {
+    gsi: u32,
+    entry: [u32; 4],
+    irqfd_on: bool,
+}
+
+pub struct VirtioPci {
+    config: PciConfig,
+    device: Box<dyn VirtioDevice>,
+    msix_cap: usize,
+    vm: Arc<VmFd>,
+    router: Arc<MsiRouter>,
+    // Common configuration.
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    queue_select: u16,
+    queues: Vec<QueueState>,
+    kicks: Vec<EventFd>,
+    /// BAR 0 address the kick ioeventfds are registered at.
+    kicks_at: Option<u64>,
+    vectors: Vec<Vector>,
+    config_changed: ConfigChanged,
+    activated: bool,
+}
+
+fn cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
+    let mut c = vec![0x09, 0, (16 + extra.len()) as u8, cfg_type, 0, 0, 0, 0];
+    c.extend_from_slice(&(offset as u32).to_le_bytes());
+    c.extend_from_slice(&(length as u32).to_le_bytes());
+    c.extend_from_slice(extra);
+    c
+}
+
+impl VirtioPci {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        bar_addr: u64,
+        vm: Arc<VmFd>,
+        router: Arc<MsiRouter>,
+    ) -> Result<VirtioPci, String> {
+        let device_type = device.device_type();
+        let mut config = PciConfig::new(&Ids {
+            vendor: VIRTIO_PCI_VENDOR,
+            device: VIRTIO_PCI_DEVICE_BASE + device_type,
+            subsystem_vendor: VIRTIO_PCI_VENDOR,
+            subsystem: 0x40,
+            revision: 1,
+            class: device.pci_class(),
+        });
+        config.add_bar(
+            0,
+            Bar {
+                addr: bar_addr,
+                size: BAR_SIZE,
+                is_64: false,
+            },
+        );
+        let nq = device.num_queues();
+        config.add_capability(&cap(CAP_COMMON, COMMON, COMMON_LEN, &[]), &[]);
+        config.add_capability(
+            &cap(
+                CAP_NOTIFY,
+                NOTIFY,
+                (nq as u64 * NOTIFY_MULTIPLIER).max(4),
+                &(NOTIFY_MULTIPLIER as u32).to_le_bytes(),
+            ),
+            &[],
+        );
+        config.add_capability(&cap(CAP_ISR, ISR, 1, &[]), &[]);
+        config.add_capability(&cap(CAP_DEVICE, DEVICE_CFG, DEVICE_CFG_LEN, &[]), &[]);
+        // MSI-X: one vector per queue plus one for configuration changes.
+        let nvec = nq + 1;
+        let mut msix = vec![0x11, 0];
+        msix.extend_from_slice(&((nvec - 1) as u16).to_le_bytes());
+        msix.extend_from_slice(&(MSIX_TABLE as u32).to_le_bytes());
+        msix.extend_from_slice(&(MSIX_PBA as u32).to_le_bytes());
+        let msix_cap = config.add_capability(&msix, &[0, 0, 0, 0xc0]);
+        let eventfds: Result<Vec<EventFd>, _> =
+            (0..nvec).map(|_| EventFd::new(EFD_NONBLOCK)).collect();
+        let eventfds = eventfds.map_err(|e| format!("interrupt eventfd: {e}"))?;
+        let vectors = (0..nvec)
+            .map(|_| Vector {
+                gsi: router.allocate_gsi(),
+                entry: [0, 0, 0, 1],
+                irqfd_on: false,
+            })
+            .collect();
+        let kicks: Result<Vec<EventFd>, _> = (0..nq).map(|_| EventFd::new(EFD_NONBLOCK)).collect();
+        let mut dev = VirtioPci {
+            config,
+            msix_cap,
+            vm,
+            router,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            queue_select: 0,
+            queues: vec![
+                QueueState {
+                    vector: NO_VECTOR,
+                    ..Default::default()
+                };
+                nq
+            ],
+            kicks: kicks.map_err(|e| format!("kick eventfd: {e}"))?,
+            kicks_at: None,
+            vectors,
+            config_changed: ConfigChanged {
+                generation: Arc::new(AtomicU8::new(0)),
+                vector: Arc::new(AtomicU16::new(NO_VECTOR)),
+                isr: Arc::new(AtomicU8::new(0)),
+                eventfds: Arc::new(eventfds),
+            },
+            activated: false,
+            device,
+        };
+        dev.config.seal();
+        let notifier = dev.config_changed.clone();
+        dev.device.set_config_changed(notifier);
+        dev.register_kicks()?;
+        Ok(dev)
+    }
+
+    fn bar_addr(&self) -> u64 {
+        self.config.bar(0).map(|b| b.addr).unwrap_or(0)
+    }
+
+    /// (Re-)registers each queue's kick ioeventfd at its notify address in BAR 0.
+    fn register_kicks(&mut self) -> Result<(), String> {
+        let addr = self.bar_addr();
+        if self.kicks_at == Some(addr) {
+            return Ok(());
+        }
+        for (q, fd) in self.kicks.iter().enumerate() {
+            if let Some(old) = self.kicks_at {
+                let at = IoEventAddress::Mmio(old + NOTIFY + q as u64 * NOTIFY_MULTIPLIER);
+                let _ = self.vm.unregister_ioevent(fd, &at, NoDatamatch);
+            }
+            if addr != 0 {
+                let at = IoEventAddress::Mmio(addr + NOTIFY + q as u64 * NOTIFY_MULTIPLIER);
+                self.vm
+                    .register_ioevent(fd, &at, NoDatamatch)
+                    .map_err(|e| format!("kick ioeventfd: {e}"))?;
+            }
+        }
+        self.kicks_at = (addr != 0).then_some(addr);
+        Ok(())
+    }
+
+    fn msix_control(&self) -> u16 {
+        self.config.get16(self.msix_cap + 2)
+    }
+
+    /// Makes vector `v`'s irqfd and route match its table entry and the masks.
+    fn sync_vector(&mut self, v: usize) {
+        let control = self.msix_control();
+        let Some(vec) = self.vectors.get_mut(v) else {
+            return;
+        };
+        let address = u64::from(vec.entry[0]) | (u64::from(vec.entry[1]) << 32);
+        let live = control & MSIX_ENABLE != 0
+            && control & MSIX_FUNCTION_MASK == 0
+            && vec.entry[3] & 1 == 0
+            && address != 0;
+        let fd = &self.config_changed.eventfds[v];
+        if live {
+            let msg = MsiMessage {
+                address,
+                data: vec.entry[2],
+            };
+            if let Err(e) = self.router.set(vec.gsi, Some(msg)) {
+                log::error!("MSI route for vector {v}: {e}");
+            }
+            if !vec.irqfd_on {
+                match self.router.register_irqfd(fd, vec.gsi) {
+                    Ok(()) => vec.irqfd_on = true,
+                    Err(e) => log::error!("irqfd for vector {v}: {e}"),
+                }
+            }
+        } else if vec.irqfd_on {
+            // Interrupts raised while masked stay pending in the eventfd; KVM delivers
+            // them when the irqfd is registered again.
+            if let Err(e) = self.router.unregister_irqfd(fd, vec.gsi) {
+                log::error!("irqfd for vector {v}: {e}");
+            }
+            vec.irqfd_on = false;
+        }
+    }
+
+    fn sync_all_vectors(&mut self) {
+        for v in 0..self.vectors.len() {
+            self.sync_vector(v);
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+            self.activated = false;
+        }
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+        for q in &mut self.queues {
+            *q = QueueState {
+                vector: NO_VECTOR,
+                ..Default::default()
+            };
+        }
+        self.config_changed
+            .vector
+            .store(NO_VECTOR, Ordering::Release);
+        self.config_changed.isr.store(0, Ordering::Release);
+    }
+
+    fn activate(&mut self) {
+        let nvec = self.vectors.len();
+        let active: Vec<ActiveQueue> = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.enabled)
+            .map(|(i, q)| ActiveQueue {
+                index: i,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                kick: &self.kicks[i],
+                // A queue without a vector still needs a call fd; nobody listens to it.
+                call: &self.config_changed.eventfds[if usize::from(q.vector) < nvec {
+                    usize::from(q.vector)
+                } else {
+                    nvec - 1
+                }],
+            })
+            .collect();
+        match self.device.activate(self.driver_features, &active) {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                log::error!("virtio device activation failed: {e}");
+                self.status |= STATUS_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn selected(&mut self) -> Option<&mut QueueState> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn common_read(&mut self, offset: u64) -> u64 {
+        let features = self.device.features() | VIRTIO_F_VERSION_1;
+        let nq = self.queues.len() as u64;
+        let q = self.queues.get(usize::from(self.queue_select)).copied();
+        match offset {
+            0x00 => u64::from(self.device_feature_select),
+            0x04 => match self.device_feature_select {
+                0 => features & 0xffff_ffff,
+                1 => features >> 32,
+                _ => 0,
+            },
+            0x08 => u64::from(self.driver_feature_select),
+            0x0c => match self.driver_feature_select {
+                0 => self.driver_features & 0xffff_ffff,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            0x10 => u64::from(self.config_changed.vector.load(Ordering::Acquire)),
+            0x12 => nq,
+            0x14 => u64::from(self.status),
+            0x15 => u64::from(self.config_changed.generation.load(Ordering::Acquire)),
+            0x16 => u64::from(self.queue_select),
+            0x18 => q.map_or(0, |q| {
+                u64::from(if q.size == 0 {
+                    self.device.queue_max_size()
+                } else {
+                    q.size
+                })
+            }),
+            0x1a => q.map_or(u64::from(NO_VECTOR), |q| u64::from(q.vector)),
+            0x1c => q.map_or(0, |q| u64::from(q.enabled)),
+            0x1e => u64::from(self.queue_select),
+            0x20 => q.map_or(0, |q| q.desc),
+            0x28 => q.map_or(0, |q| q.avail),
+            0x30 => q.map_or(0, |q| q.used),
+            _ => 0,
+        }
+    }
+
+    fn common_write(&mut self, offset: u64, value: u64, len: usize) {
+        let nvec = self.vectors.len() as u64;
+        let vector = |v: u64| if v < nvec { v as u16 } else { NO_VECTOR };
+        let max = self.device.queue_max_size();
+        // 64-bit queue addresses may arrive as two 32-bit halves.
+        let set_half = |old: u64, off: u64, base: u64| -> u64 {
+            if len >= 8 {
+                value
+            } else if off == base {
+                (old & !0xffff_ffff) | (value & 0xffff_ffff)
+            } else {
+                (old & 0xffff_ffff) | (value << 32)
+            }
+        };
+        match offset {
+            0x00 => self.device_feature_select = value as u32,
+            0x08 => self.driver_feature_select = value as u32,
+            0x0c => {
+                let v = value & 0xffff_ffff;
+                match self.driver_feature_select {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
+                    _ => {}
+                }
+            }
+            0x10 => self
+                .config_changed
+                .vector
+                .store(vector(value), Ordering::Release),
+            0x14 => {
+                let new = value as u8;
+                if new == 0 {
+                    return self.reset();
+                }
+                let offered = self.device.features() | VIRTIO_F_VERSION_1;
+                let mut status = new;
+                if status & STATUS_FEATURES_OK != 0 && self.driver_features & !offered != 0 {
+                    log::warn!(
+                        "driver accepted features {:#x} that were not offered",
+                        self.driver_features & !offered
+                    );
+                    status &= !STATUS_FEATURES_OK;
+                }
+                let was_ok = self.status & STATUS_DRIVER_OK != 0;
+                self.status = status | (self.status & STATUS_NEEDS_RESET);
+                if !was_ok && status & STATUS_DRIVER_OK != 0 {
+                    self.activate();
+                }
+            }
+            0x16 => self.queue_select = value as u16,
+            0x18 => {
+                let size = value as u16;
+                if let Some(q) = self.selected() {
+                    // Sizes must be powers of two within the device's maximum.
+                    q.size = if size.is_power_of_two() && size <= max {
+                        size
+                    } else {
+                        0
+                    };
+                }
+            }
+            0x1a => {
+                let v = vector(value);
+                if let Some(q) = self.selected() {
+                    q.vector = v;
+                }
+            }
+            0x1c => {
+                if let Some(q) = self.selected() {
+                    q.enabled = value & 1 == 1 && q.size != 0;
+                }
+            }
+            0x20 | 0x24 => {
+                if let Some(q) = self.selected() {
+                    q.desc = set_half(q.desc, offset, 0x20);
+                }
+            }
+            0x28 | 0x2c => {
+                if let Some(q) = self.selected() {
+                    q.avail = set_half(q.avail, offset, 0x28);
+                }
+            }
+            0x30 | 0x34 => {
+                if let Some(q) = self.selected() {
+                    q.used = set_half(q.used, offset, 0x30);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn msix_table_access(&mut self, offset: u64, data: &mut [u8], write: bool) {
+        let v = (offset / 16) as usize;
+        let word = ((offset % 16) / 4) as usize;
+        let Some(vec) = self.vectors.get_mut(v) else {
+            data.fill(0);
+            return;
+        };
+        if !write {
+            let mut bytes = [0u8; 16];
+            for (i, w) in vec.entry.iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            let start = (offset % 16) as usize;
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = bytes.get(start + i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        if data.len() == 4 {
+            vec.entry[word] = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        } else if data.len() == 8 && word % 2 == 0 {
+            vec.entry[word] = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            vec.entry[word + 1] = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
+        }
+        self.sync_vector(v);
+    }
+
+    /// The PBA: a masked vector whose eventfd holds an unconsumed event is pending.
+    fn pending_bits(&self) -> u64 {
+        let mut bits = 0;
+        for (i, v) in self.vectors.iter().enumerate().take(64) {
+            if v.irqfd_on {
+                continue;
+            }
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&self.config_changed.eventfds[i]),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one valid fd without waiting.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
+                bits |= 1 << i;
+            }
+        }
+        bits
+    }
+}
+
+fn to_u64(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+fn from_u64(value: u64, data: &mut [u8]) {
+    let b = value.to_le_bytes();
+    let n = data.len().min(8);
+    data[..n].copy_from_slice(&b[..n]);
+}
+
+impl PciFunction for VirtioPci {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        let bar_moved = self.config.write(offset, data);
+        if bar_moved {
+            if let Err(e) = self.register_kicks() {
+                log::error!("moving the kick ioeventfds with BAR 0: {e}");
+            }
+        }
+        // MSI-X enable / function mask live in the capability's control word.
+        if (self.msix_cap..self.msix_cap + 4).contains(&offset) {
+            self.sync_all_vectors();
+        }
+    }
+
+    fn reset(&mut self) {
+        VirtioPci::reset(self);
+        for v in &mut self.vectors {
+            v.entry = [0, 0, 0, 1];
+        }
+        self.config.reset();
+        self.sync_all_vectors();
+        if let Err(e) = self.register_kicks() {
+            log::error!("virtio reset: {e}");
+        }
+    }
+
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        if bar != 0 {
+            return data.fill(0xff);
+        }
+        match offset {
+            o if o < COMMON + COMMON_LEN => {
+                // Registers are read at their own offset; a wider read of a smaller
+                // register returns its value.
+                let v = self.common_read(o);
+                from_u64(v, data);
+            }
+            ISR => {
+                // Reading the ISR acknowledges it.
+                data.fill(0);
+                data[0] = self.config_changed.isr.swap(0, Ordering::AcqRel);
+            }
+            o if (DEVICE_CFG..DEVICE_CFG + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.read_config(o - DEVICE_CFG, data);
+            }
+            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.vectors.len() as u64).contains(&o) => {
+                self.msix_table_access(o - MSIX_TABLE, data, false);
+            }
+            o if (MSIX_PBA..MSIX_PBA + 8).contains(&o) => {
+                from_u64(self.pending_bits() >> ((o - MSIX_PBA) * 8), data);
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if bar != 0 {
+            return;
+        }
+        match offset {
+            o if o < COMMON + COMMON_LEN => self.common_write(o, to_u64(data), data.len()),
+            o if (DEVICE_CFG..DEVICE_CFG + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.write_config(o - DEVICE_CFG, data);
+            }
+            o if (NOTIFY..NOTIFY + self.kicks.len() as u64 * NOTIFY_MULTIPLIER).contains(&o) => {
+                // Normally KVM's ioeventfd takes this without an exit.
+                let q = ((o - NOTIFY) / NOTIFY_MULTIPLIER) as usize;
+                if let Some(k) = self.kicks.get(q) {
+                    let _ = k.write(1);
+                }
+            }
+            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.vectors.len() as u64).contains(&o) => {
+                let mut buf = data.to_vec();
+                self.msix_table_access(o - MSIX_TABLE, &mut buf, true);
+            }
+            _ => {}
+        }
+    }
+}

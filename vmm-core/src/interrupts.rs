@@ -1,0 +1,133 @@
+//! MSI interrupts through KVM: GSIs above the IOAPIC's 24 pins, each routed to an MSI
+//! message and fed by an irqfd, so a device daemon's completion eventfd interrupts the
+//! guest without any vmm-core thread. KVM's routing table is VM-wide and replaced as a
+//! whole, so it is rebuilt from the default PIC/IOAPIC routes plus every MSI route.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+/// GSIs below this are the IOAPIC's pins.
+const FIRST_MSI_GSI: u32 = 24;
+const IOAPIC_PINS: u32 = 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    #[error("KVM interrupt routing: {0}")]
+    Kvm(#[from] kvm_ioctls::Error),
+    #[error("interrupt routing table: {0}")]
+    Table(String),
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+struct Routes {
+    msi: BTreeMap<u32, MsiMessage>,
+    next_gsi: u32,
+}
+
+pub struct MsiRouter {
+    vm: Arc<VmFd>,
+    routes: Mutex<Routes>,
+}
+
+fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
+    e.u.irqchip.irqchip = chip;
+    e.u.irqchip.pin = pin;
+    e
+}
+
+impl MsiRouter {
+    pub fn new(vm: Arc<VmFd>) -> Arc<MsiRouter> {
+        Arc::new(MsiRouter {
+            vm,
+            routes: Mutex::new(Routes {
+                msi: BTreeMap::new(),
+                next_gsi: FIRST_MSI_GSI,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn allocate_gsi(&self) -> u32 {
+        let mut r = self.lock();
+        let gsi = r.next_gsi;
+        r.next_gsi += 1;
+        gsi
+    }
+
+    /// Routes `gsi` to `msg`, or removes its route (None), and installs the table.
+    pub fn set(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
+        let mut r = self.lock();
+        match msg {
+            Some(m) => {
+                r.msi.insert(gsi, m);
+            }
+            None => {
+                r.msi.remove(&gsi);
+            }
+        }
+        self.install(&r)
+    }
+
+    fn install(&self, r: &Routes) -> Result<(), InterruptError> {
+        // KVM's own default routing: ISA IRQs to both the PIC and the IOAPIC pin of the
+        // same number, the remaining IOAPIC pins to themselves.
+        let mut entries = Vec::new();
+        for irq in 0..IOAPIC_PINS {
+            entries.push(irqchip_entry(irq, KVM_IRQCHIP_IOAPIC, irq));
+            if irq < 8 {
+                entries.push(irqchip_entry(irq, KVM_IRQCHIP_PIC_MASTER, irq));
+            } else if irq < 16 {
+                entries.push(irqchip_entry(irq, KVM_IRQCHIP_PIC_SLAVE, irq - 8));
+            }
+        }
+        for (gsi, m) in &r.msi {
+            let mut e = kvm_irq_routing_entry {
+                gsi: *gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            e.u.msi.address_lo = m.address as u32;
+            e.u.msi.address_hi = (m.address >> 32) as u32;
+            e.u.msi.data = m.data;
+            entries.push(e);
+        }
+        let table = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| InterruptError::Table(format!("{e:?}")))?;
+        self.vm.set_gsi_routing(&table)?;
+        Ok(())
+    }
+
+    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), InterruptError> {
+        Ok(self.vm.register_irqfd(fd, gsi)?)
+    }
+
+    pub fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), InterruptError> {
+        Ok(self.vm.unregister_irqfd(fd, gsi)?)
+    }
+
+    pub fn vm(&self) -> &Arc<VmFd> {
+        &self.vm
+    }
+}

@@ -513,7 +513,7 @@ impl VirtioPci {
         }
         if data.len() == 4 {
             vec.entry[word] = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        } else if data.len() == 8 && word % 2 == 0 {
+        } else if data.len() == 8 && word.is_multiple_of(2) {
             vec.entry[word] = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             vec.entry[word + 1] = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
         }

@@ -98,6 +98,11 @@ impl Engine for UringEngine {
             });
             return;
         }
+        // Buffered writes only copy into the page cache; io_uring hands them to its
+        // worker threads, which measured slower (bench/blk) than writing them here.
+        if req.kind == Kind::Write && !self.disk.cache().direct() {
+            return self.overflow.submit(head, req, mem);
+        }
         let Some(slot) = self.free.pop() else {
             return self.overflow.submit(head, req, mem);
         };

@@ -112,6 +112,13 @@ pub fn enable_interrupts_and_halt() {
     unsafe { asm!("sti", "hlt", options(nomem, nostack)) }
 }
 
+/// Opens the interrupt window for one instruction so that interrupts pending at the local
+/// APIC are delivered now, then masks them again.
+pub fn take_pending_interrupts() {
+    // SAFETY: the caller has installed an IDT; handlers return normally.
+    unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) }
+}
+
 /// Stops this CPU for good, interrupts off.
 pub fn halt_forever() -> ! {
     loop {

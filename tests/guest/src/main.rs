@@ -9,13 +9,16 @@
 //!
 //! Output lines the host-side tests match on: `GUEST READY ...`, `GUEST IDLE[ no-power-button]`,
 //! `GUEST POWER BUTTON`, `GUEST POWEROFF`, `GUEST REBOOT`, `GUEST RING3 OK ...`,
-//! `GUEST PANIC ...`, `GUEST ERROR ...`; `GUEST INFO ...` lines are diagnostics.
+//! `GUEST PANIC ...`, `GUEST ERROR ...`, and the block scenarios' `GUEST BLK ...`,
+//! `GUEST BENCH ...` and `GUEST PCI ...` (blk_scenarios.rs); `GUEST INFO ...` lines are
+//! diagnostics.
 
 #![no_std]
 #![no_main]
 
 mod acpi;
 mod apic;
+mod blk_scenarios;
 mod boot;
 mod cmdline;
 mod console;
@@ -23,6 +26,8 @@ mod cpu;
 mod gdt;
 mod interrupts;
 mod ioapic;
+mod memory;
+mod pci;
 mod phys;
 mod pic;
 mod pit;
@@ -32,7 +37,10 @@ mod smp;
 mod start_info;
 mod sync;
 mod topology;
+mod tsc;
 mod user;
+mod virtio;
+mod virtio_blk;
 
 use acpi::gas::{Gas, Space};
 use acpi::Acpi;
@@ -47,6 +55,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     gdt::init_cpu(0);
     interrupts::init();
     let boot = start_info::init(start_info_paddr);
+    memory::init(boot);
     pit::init();
     pic::remap_and_mask();
 
@@ -85,7 +94,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         .s(" mem_mib=")
         .dec(boot.usable_mib())
         .end();
-    scenarios::run(cmdline::scenario(boot.cmdline()), acpi)
+    scenarios::run(cmdline::scenario(boot.cmdline()), acpi, boot.cmdline())
 }
 
 fn gas(line: Line, name: &str, reg: Option<Gas>) -> Line {

@@ -1,8 +1,8 @@
 //! Memory beyond the boot identity map, and memory for devices.
 //!
 //! Mappings: the boot page tables (boot.rs) identity-map [0, 4 GiB). Device registers may lie
-//! above that (64-bit BARs, ECAM): [`map_mmio`] identity-maps any range below 1 TiB (and below
-//! the CPU's physical address width) on demand, one page directory of 2 MiB uncached,
+//! above that (64-bit BARs, ECAM): [`map_mmio`] identity-maps any range below 128 TiB (and
+//! below the CPU's physical address width) on demand, one page directory of 2 MiB uncached,
 //! user-accessible pages per GiB touched, with page-table pages from a static pool. Below
 //! 4 GiB it marks the 2 MiB pages holding the range uncached, unless they also hold RAM.
 //!
@@ -16,8 +16,10 @@ use crate::sync::Global;
 use crate::{console, user};
 use core::arch::{asm, global_asm};
 
-/// Highest address (exclusive) `map_mmio` will map.
-pub const MAP_LIMIT: u64 = 1 << 40;
+/// Highest address (exclusive) `map_mmio` will map: the lower half of the 48-bit virtual
+/// address space, the most 4-level paging can identity-map (further capped by the CPU's
+/// physical address width).
+pub const MAP_LIMIT: u64 = 1 << 47;
 const PT_POOL_PAGES: usize = 16;
 const PAGE: u64 = 4096;
 const LARGE: u64 = 2 << 20;
@@ -52,6 +54,7 @@ extern "C" {
 struct State {
     boot: Option<&'static BootInfo>,
     pt_pages_used: usize,
+    dma_start: u64,
     dma_next: u64,
     dma_end: u64,
     dma_ready: bool,
@@ -60,6 +63,7 @@ struct State {
 static STATE: Global<State> = Global::new(State {
     boot: None,
     pt_pages_used: 0,
+    dma_start: 0,
     dma_next: 0,
     dma_end: 0,
     dma_ready: false,
@@ -101,11 +105,9 @@ fn flush_tlb() {
 
 /// Physical address width from CPUID 0x80000008 (36 if the leaf is missing).
 fn phys_limit() -> u64 {
-    // SAFETY: CPUID is available on every x86_64 CPU.
-    let max_ext = unsafe { core::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+    let max_ext = core::arch::x86_64::__cpuid(0x8000_0000).eax;
     let bits = if max_ext >= 0x8000_0008 {
-        // SAFETY: as above; the leaf exists.
-        unsafe { core::arch::x86_64::__cpuid(0x8000_0008) }.eax & 0xff
+        core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff
     } else {
         36
     };
@@ -167,9 +169,9 @@ fn page_directory(addr: u64) -> Option<u64> {
 
 fn holds_ram(start: u64, end: u64) -> bool {
     state().boot.is_some_and(|boot| {
-        boot.memmap().iter().any(|r| {
-            r.kind == MEMORY_RAM && r.addr < end && start < r.addr.saturating_add(r.size)
-        })
+        boot.memmap()
+            .iter()
+            .any(|r| r.kind == MEMORY_RAM && r.addr < end && start < r.addr.saturating_add(r.size))
     })
 }
 
@@ -248,6 +250,7 @@ fn dma_setup() {
         console::error("memory: no free RAM for the DMA pool").end();
         return;
     }
+    state.dma_start = best.0;
     state.dma_next = best.0;
     state.dma_end = best.1.min(best.0 + DMA_MAX);
 }
@@ -274,6 +277,15 @@ pub fn dma_alloc_zeroed(size: u64, align: u64) -> Option<u64> {
     Some(addr)
 }
 
+/// The DMA pool's range `[start, end)` (empty if there is no free RAM).
+pub fn dma_range() -> (u64, u64) {
+    if !state().dma_ready {
+        dma_setup();
+    }
+    let state = state();
+    (state.dma_start, state.dma_end)
+}
+
 /// Bytes left in the DMA pool.
 pub fn dma_remaining() -> u64 {
     if !state().dma_ready {
@@ -291,6 +303,9 @@ pub fn zero(addr: u64, len: u64) {
         0
     };
     if user::call(&mut work).is_err() {
-        console::error("memory: zeroing ").hex(addr).s(" faulted").end();
+        console::error("memory: zeroing ")
+            .hex(addr)
+            .s(" faulted")
+            .end();
     }
 }

@@ -47,7 +47,11 @@ const MSI_ADDRESS_BASE: u64 = 0xfee0_0000;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
     None,
-    Ecam { base: u64, start_bus: u8, end_bus: u8 },
+    Ecam {
+        base: u64,
+        start_bus: u8,
+        end_bus: u8,
+    },
     Ports,
 }
 
@@ -78,12 +82,21 @@ impl Address {
 }
 
 /// Picks the configuration access method: ECAM if the MCFG has a usable segment-0 entry that
-/// can be mapped, else the legacy ports. Returns its name (for the diagnostics line).
-pub fn init(acpi: &Acpi) -> &'static str {
+/// can be mapped (or, without an MCFG, at `ecam_override` for buses 0-255: a test aid for
+/// QEMU microvm, whose 7.2 ACPI tables lack the MCFG), else the legacy ports. Returns its
+/// name (for the diagnostics line).
+pub fn init(acpi: &Acpi, ecam_override: Option<u64>) -> &'static str {
     let mut chosen = Access::Ports;
-    if let Some(mcfg) = acpi.mcfg {
+    let mcfg = acpi
+        .mcfg
+        .or(ecam_override.map(|base| crate::acpi::mcfg::Mcfg {
+            base,
+            start_bus: 0,
+            end_bus: 255,
+        }));
+    if let Some(mcfg) = mcfg {
         let start = mcfg.base + (u64::from(mcfg.start_bus) << 20);
-        let len = u64::from(mcfg.end_bus - mcfg.start_bus + 1) << 20;
+        let len = (u64::from(mcfg.end_bus) - u64::from(mcfg.start_bus) + 1) << 20;
         if memory::map_mmio(start, len) {
             chosen = Access::Ecam {
                 base: mcfg.base,
@@ -215,9 +228,8 @@ pub struct Function {
     pub device: u16,
     /// Class code, subclass, programming interface (bits 23:0 of register 0x08 >> 8).
     pub class: u32,
-    pub revision: u8,
     pub header_type: u8,
-    pub subsystem_vendor: u16,
+    /// Subsystem ID (type-0 headers; 0 for bridges).
     pub subsystem: u16,
 }
 
@@ -252,9 +264,7 @@ fn probe(at: Address) -> Option<Function> {
         vendor,
         device: (id >> 16) as u16,
         class: class >> 8,
-        revision: class as u8,
         header_type,
-        subsystem_vendor: subsystem as u16,
         subsystem: (subsystem >> 16) as u16,
     })
 }
@@ -293,8 +303,7 @@ pub fn scan() -> Functions {
                 found.count += 1;
                 if function.header_type & 0x7f == HEADER_BRIDGE {
                     let secondary = read8(at, REG_SECONDARY_BUS);
-                    if secondary != 0 && !seen[usize::from(secondary)] && bus_count < buses.len()
-                    {
+                    if secondary != 0 && !seen[usize::from(secondary)] && bus_count < buses.len() {
                         seen[usize::from(secondary)] = true;
                         buses[bus_count] = secondary;
                         bus_count += 1;
@@ -315,7 +324,11 @@ pub enum Bar {
     /// Not implemented (reads 0) or the upper half of a 64-bit BAR.
     Unused,
     Io(u32),
-    Memory { addr: u64, is64: bool, prefetchable: bool },
+    Memory {
+        addr: u64,
+        is64: bool,
+        prefetchable: bool,
+    },
 }
 
 /// Reads BAR `index` (0-5) of a type-0 header. The address of a memory BAR may be 0
@@ -386,6 +399,72 @@ pub fn map_bar(at: Address, index: u8, offset: u64, len: u64, what: &str) -> Opt
     Some(addr)
 }
 
+/// Test aid (`pci_assign=` on the command line, for firmware that leaves BARs unassigned,
+/// such as qboot on QEMU microvm): gives every memory BAR of the type-0 functions that reads 0
+/// an address from `[base, base + size)`, naturally aligned, sized with the write-ones method
+/// while memory decoding is off. I/O BARs are left alone. Returns the number assigned.
+pub fn assign_bars(functions: &Functions, base: u64, size: u64) -> u32 {
+    let mut next = base;
+    let end = base.saturating_add(size);
+    let mut assigned = 0;
+    for f in functions.iter().filter(|f| f.header_type & 0x7f == 0) {
+        let at = f.addr;
+        let command = read16(at, REG_COMMAND);
+        write16(at, REG_COMMAND, command & !COMMAND_MEMORY);
+        let mut index = 0;
+        while index < 6 {
+            let Bar::Memory { addr, is64, .. } = bar(at, index) else {
+                index += 1;
+                continue;
+            };
+            let offset = REG_BAR0 + 4 * u16::from(index);
+            index += if is64 { 2 } else { 1 };
+            if addr != 0 {
+                continue;
+            }
+            let low = read32(at, offset);
+            write32(at, offset, u32::MAX);
+            let mut mask = u64::from(read32(at, offset) & !0xf);
+            if is64 {
+                write32(at, offset + 4, u32::MAX);
+                mask |= u64::from(read32(at, offset + 4)) << 32;
+            }
+            if mask == 0 {
+                // Not implemented: all bits read back as zero.
+                write32(at, offset, low);
+                continue;
+            }
+            if !is64 {
+                mask |= 0xffff_ffff_0000_0000;
+            }
+            let bar_size = (!mask).wrapping_add(1);
+            let start = next.checked_add(bar_size - 1).map(|v| v & !(bar_size - 1));
+            match start {
+                Some(start) if start + bar_size <= end && (is64 || start < 1 << 32) => {
+                    write32(at, offset, (start as u32) | (low & 0xf));
+                    if is64 {
+                        write32(at, offset + 4, (start >> 32) as u32);
+                    }
+                    next = start + bar_size;
+                    assigned += 1;
+                }
+                _ => {
+                    write32(at, offset, low);
+                    if is64 {
+                        write32(at, offset + 4, 0);
+                    }
+                    at.print(console::error("pci "))
+                        .s(": pci_assign window has no room for a BAR of ")
+                        .hex(bar_size)
+                        .end();
+                }
+            }
+        }
+        write16(at, REG_COMMAND, command);
+    }
+    assigned
+}
+
 /// Offsets of the capabilities of `at` with the given ID, in list order (at most 8).
 pub fn find_caps(at: Address, id: u8, out: &mut [u16; 8]) -> usize {
     let mut count = 0;
@@ -405,9 +484,7 @@ pub fn find_caps(at: Address, id: u8, out: &mut [u16; 8]) -> usize {
         ptr = u16::from((head >> 8) as u8 & 0xfc);
     }
     let line = console::error("pci ");
-    at.print(line)
-        .s(": capability list does not end")
-        .end();
+    at.print(line).s(": capability list does not end").end();
     count
 }
 

@@ -14,7 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::{bind_private, OpenedVm};
 use qmp_gateway::qmp::server::Server;
-use qmp_gateway::supervisor::{spawn_vmm_core, VmmLink};
+use qmp_gateway::supervisor::{spawn_child, VmmLink};
 use serde_json::json;
 use vmm_core::cli::VmArgs;
 
@@ -141,9 +141,9 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             .join("vmm-core"),
     };
     let (child, conn) =
-        spawn_vmm_core(&binary).with_context(|| format!("starting {}", binary.display()))?;
+        spawn_child(&binary, &[]).with_context(|| format!("starting {}", binary.display()))?;
     cleanup.child = Some(child);
-    let link = VmmLink::new(conn);
+    let link = VmmLink::new("vmm-core", conn);
     let (exit_tx, exit_rx) = mpsc::channel();
     let gw = Arc::new(Gateway::new(
         VmIdentity {

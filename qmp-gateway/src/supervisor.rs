@@ -1,6 +1,7 @@
-//! vmm-core as a child process: spawned in its own process group with the control
-//! socket as fd 3 and a parent-death signal, so it never outlives the gateway; and the
-//! link over that socket: requests matched to replies by id, events handed on.
+//! The gateway's children (vmm-core, block daemons): each spawned in its own process
+//! group with its control socket as fd 3 and a parent-death signal, so none outlives the
+//! gateway; and the link over that socket: calls matched to answers by id, events handed
+//! on.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -13,21 +14,23 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipc::{Connection, FromVmm, RemoteError, ToVmm, VmmEvent, VmmReply, VmmRequest};
+use ipc::{Call, Connection, Message, RemoteError, Upcall, VmmEvent, VmmReply, VmmRequest};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::qmp::protocol::QmpError;
 
 /// The control socket's number in the child.
 const CONTROL_FD: i32 = 3;
-/// How long a request may wait for vmm-core before the client gets an error.
+/// How long a request may wait for a child before the client gets an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts vmm-core with the far end of a fresh socket pair as its control channel.
-pub fn spawn_vmm_core(binary: &Path) -> std::io::Result<(Child, Connection)> {
+/// Starts `binary` with the far end of a fresh socket pair as its control channel
+/// (`--control-fd 3`, then `args`).
+pub fn spawn_child(binary: &Path, args: &[&str]) -> std::io::Result<(Child, Connection)> {
     let (ours, theirs) = UnixStream::pair()?;
     let child_fd = theirs.as_raw_fd();
     let mut cmd = Command::new(binary);
-    cmd.arg("--control-fd").arg(CONTROL_FD.to_string());
+    cmd.arg("--control-fd").arg(CONTROL_FD.to_string()).args(args);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -39,11 +42,11 @@ pub fn spawn_vmm_core(binary: &Path) -> std::io::Result<(Child, Connection)> {
             } else if libc::dup2(child_fd, CONTROL_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Terminal signals (Ctrl-C) go to the gateway, which stops vmm-core in order.
+            // Terminal signals (Ctrl-C) go to the gateway, which stops its children in order.
             if libc::setpgid(0, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // If the gateway dies without cleaning up, vmm-core goes with it.
+            // If the gateway dies without cleaning up, its children go with it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -55,39 +58,60 @@ pub fn spawn_vmm_core(binary: &Path) -> std::io::Result<(Child, Connection)> {
     Ok((child, Connection::new(ours)))
 }
 
-type Waiter = SyncSender<Result<VmmReply, RemoteError>>;
+type Waiter<T> = SyncSender<Result<T, RemoteError>>;
 
-pub struct VmmLink {
+/// The gateway's end of a child's control channel: calls of type `R` answered with `T`,
+/// and events `E`.
+pub struct Link<R, T, E> {
+    /// The child's name in errors ("vmm-core", "block daemon d0").
+    name: String,
     conn: Connection,
-    pending: Mutex<HashMap<u64, Waiter>>,
+    pending: Mutex<HashMap<u64, Waiter<T>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    _types: std::marker::PhantomData<fn(R, E)>,
 }
 
-impl VmmLink {
-    pub fn new(conn: Connection) -> Arc<VmmLink> {
-        Arc::new(VmmLink {
+pub type VmmLink = Link<VmmRequest, VmmReply, VmmEvent>;
+
+impl<R, T, E> Link<R, T, E>
+where
+    R: Message,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + 'static,
+{
+    pub fn new(name: impl Into<String>, conn: Connection) -> Arc<Self> {
+        Arc::new(Link {
+            name: name.into(),
             conn,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            _types: std::marker::PhantomData,
         })
     }
 
-    /// Reads vmm-core's replies and events until it hangs up.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads the child's answers and events until it hangs up.
     pub fn start_reader(
         self: &Arc<Self>,
-        on_event: impl Fn(VmmEvent) + Send + 'static,
+        on_event: impl Fn(E) + Send + 'static,
         on_closed: impl FnOnce(String) + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<()>
+    where
+        R: 'static,
+    {
         let link = self.clone();
         std::thread::Builder::new()
-            .name("vmm-link".into())
+            .name(format!("link {}", self.name))
             .spawn(move || {
                 let why = loop {
-                    match link.conn.recv::<FromVmm>() {
+                    match link.conn.recv::<Upcall<T, E>>() {
                         Ok(Some(r)) => match r.msg {
-                            FromVmm::Response { id, result } => {
+                            Upcall::Response { id, result } => {
                                 let waiter = link
                                     .pending
                                     .lock()
@@ -97,13 +121,15 @@ impl VmmLink {
                                     Some(w) => {
                                         let _ = w.send(result);
                                     }
-                                    None => log::warn!("vmm-core answered unknown request {id}"),
+                                    None => {
+                                        log::warn!("{} answered unknown call {id}", link.name)
+                                    }
                                 }
                             }
-                            FromVmm::Event(e) => on_event(e),
+                            Upcall::Event(e) => on_event(e),
                         },
-                        Ok(None) => break "vmm-core closed its control channel".to_string(),
-                        Err(e) => break format!("vmm-core control channel: {e}"),
+                        Ok(None) => break format!("{} closed its control channel", link.name),
+                        Err(e) => break format!("{} control channel: {e}", link.name),
                     }
                 };
                 link.closed.store(true, Ordering::SeqCst);
@@ -118,9 +144,9 @@ impl VmmLink {
     }
 
     /// Sends a request and waits for its reply.
-    pub fn request(&self, request: VmmRequest, fds: &[BorrowedFd]) -> Result<VmmReply, QmpError> {
+    pub fn request(&self, request: R, fds: &[BorrowedFd]) -> Result<T, QmpError> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(QmpError::generic("vmm-core is not running"));
+            return Err(QmpError::generic(format!("{} is not running", self.name)));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
@@ -128,12 +154,12 @@ impl VmmLink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        if let Err(e) = self.conn.send(&ToVmm { id, request }, fds) {
+        if let Err(e) = self.conn.send(&Call { id, request }, fds) {
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-            return Err(QmpError::generic(format!("sending to vmm-core: {e}")));
+            return Err(QmpError::generic(format!("sending to {}: {e}", self.name)));
         }
         match rx.recv_timeout(REQUEST_TIMEOUT) {
             Ok(result) => result.map_err(QmpError::from),
@@ -143,13 +169,15 @@ impl VmmLink {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
                 Err(QmpError::generic(format!(
-                    "vmm-core did not answer within {} s",
+                    "{} did not answer within {} s",
+                    self.name,
                     REQUEST_TIMEOUT.as_secs()
                 )))
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(QmpError::generic("vmm-core exited before answering"))
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(QmpError::generic(format!(
+                "{} exited before answering",
+                self.name
+            ))),
         }
     }
 

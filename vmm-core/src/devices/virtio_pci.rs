@@ -108,6 +108,18 @@ struct QueueState {
     used: u64,
 }
 
+impl QueueState {
+    /// A queue after reset: its size reads as the device's maximum (virtio 1.x 4.1.4.3),
+    /// which the driver may keep or lower.
+    fn fresh(max_size: u16) -> QueueState {
+        QueueState {
+            size: max_size,
+            vector: NO_VECTOR,
+            ..Default::default()
+        }
+    }
+}
+
 struct Vector {
     gsi: u32,
     entry: [u32; 4],
@@ -208,12 +220,7 @@ impl VirtioPci {
             driver_features: 0,
             status: 0,
             queue_select: 0,
-            queues: vec![
-                QueueState {
-                    vector: NO_VECTOR,
-                    ..Default::default()
-                };
-                nq
+            queues: vec![QueueState::fresh(device.queue_max_size()); nq
             ],
             kicks: kicks.map_err(|e| format!("kick eventfd: {e}"))?,
             kicks_at: None,
@@ -316,11 +323,9 @@ impl VirtioPci {
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.queue_select = 0;
+        let max = self.device.queue_max_size();
         for q in &mut self.queues {
-            *q = QueueState {
-                vector: NO_VECTOR,
-                ..Default::default()
-            };
+            *q = QueueState::fresh(max);
         }
         self.config_changed
             .vector
@@ -350,6 +355,11 @@ impl VirtioPci {
                 }],
             })
             .collect();
+        log::debug!(
+            "virtio activate: features {:#x}, queues {:?}",
+            self.driver_features,
+            active.iter().map(|q| (q.index, q.size, q.desc, q.avail, q.used)).collect::<Vec<_>>()
+        );
         match self.device.activate(self.driver_features, &active) {
             Ok(()) => self.activated = true,
             Err(e) => {
@@ -385,13 +395,7 @@ impl VirtioPci {
             0x14 => u64::from(self.status),
             0x15 => u64::from(self.config_changed.generation.load(Ordering::Acquire)),
             0x16 => u64::from(self.queue_select),
-            0x18 => q.map_or(0, |q| {
-                u64::from(if q.size == 0 {
-                    self.device.queue_max_size()
-                } else {
-                    q.size
-                })
-            }),
+            0x18 => q.map_or(0, |q| u64::from(q.size)),
             0x1a => q.map_or(u64::from(NO_VECTOR), |q| u64::from(q.vector)),
             0x1c => q.map_or(0, |q| u64::from(q.enabled)),
             0x1e => u64::from(self.queue_select),

@@ -1,54 +1,9 @@
-//! Every message Flotilla's processes exchange. Plain structs and enums only: bincode
-//! cannot decode serde's untagged or flattened forms.
+//! gateway <-> vmm-core: the launch request with the fds the gateway opened, run-state
+//! control, and the VM's events.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
-/// A message type, and how many file descriptors a frame carrying it must hold.
-pub trait Message: Serialize + DeserializeOwned {
-    fn fd_count(&self) -> usize {
-        0
-    }
-}
-
-/// QMP error classes, for errors that travel back to a QMP client.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    GenericError,
-    CommandNotFound,
-    DeviceNotActive,
-    DeviceNotFound,
-    KVMMissingCap,
-}
-
-impl ErrorClass {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ErrorClass::GenericError => "GenericError",
-            ErrorClass::CommandNotFound => "CommandNotFound",
-            ErrorClass::DeviceNotActive => "DeviceNotActive",
-            ErrorClass::DeviceNotFound => "DeviceNotFound",
-            ErrorClass::KVMMissingCap => "KVMMissingCap",
-        }
-    }
-}
-
-/// An error a process reports for a request, in QMP terms.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct RemoteError {
-    pub class: ErrorClass,
-    pub desc: String,
-}
-
-impl RemoteError {
-    pub fn generic(desc: impl Into<String>) -> Self {
-        RemoteError {
-            class: ErrorClass::GenericError,
-            desc: desc.into(),
-        }
-    }
-}
-
-// ---- gateway <-> vmm-core -------------------------------------------------------------
+use super::{Call, Message, Upcall};
 
 /// Where the guest's serial console goes. `File` and `UnixListener` come with one fd (an
 /// open file, a listening socket) that the gateway opened.
@@ -110,20 +65,16 @@ pub enum VmmRequest {
     Quit(ShutdownCause),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ToVmm {
-    pub id: u64,
-    pub request: VmmRequest,
-}
-
-impl Message for ToVmm {
+impl Message for VmmRequest {
     fn fd_count(&self) -> usize {
-        match &self.request {
+        match self {
             VmmRequest::Launch(config) => config.fd_count(),
             _ => 0,
         }
     }
 }
+
+pub type ToVmm = Call<VmmRequest>;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuInfo {
@@ -215,16 +166,7 @@ pub enum VmmEvent {
     },
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum FromVmm {
-    Response {
-        id: u64,
-        result: Result<VmmReply, RemoteError>,
-    },
-    Event(VmmEvent),
-}
-
-impl Message for FromVmm {}
+pub type FromVmm = Upcall<VmmReply, VmmEvent>;
 
 #[cfg(test)]
 mod tests {

@@ -3,10 +3,19 @@
 //! them into requests, hand them to the I/O engine, put completions on the used ring and
 //! notify the guest through the call eventfd. All queues are served by one thread; the
 //! engines keep many requests in flight behind it.
+//!
+//! Between parsing and the engine sit the node's policies: discard (ignored unless the
+//! node says unmap), detect-zeroes, the write threshold, and I/O limits. A read or write
+//! the limits hold back waits in its queue's pending list (reads and writes apart, so a
+//! write limit never delays reads) until a timer says the buckets have drained.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ipc::{BlockEvent, DetectZeroes};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
@@ -17,6 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{
     BlkConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
@@ -24,8 +34,9 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::engine::{Done, Engine, Op};
-use crate::request::{self, Desc, Limits, Rejected};
+use crate::request::{self, Desc, Kind, Limits, Rejected, Request, SectorRange};
 use crate::stats::Stats;
+use crate::throttle::{Direction, Throttle};
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -60,6 +71,41 @@ impl RefusalLog {
     }
 }
 
+/// Where the daemon's events go (the control channel, in gateway mode).
+pub type EventSink = Arc<dyn Fn(BlockEvent) + Send + Sync>;
+
+/// How the node treats what the guest asks for.
+#[derive(Clone)]
+pub struct Policy {
+    /// The node named in events.
+    pub node_name: String,
+    /// Discards deallocate; otherwise they succeed without touching the image.
+    pub discard_unmap: bool,
+    pub detect_zeroes: DetectZeroes,
+    pub events: Option<EventSink>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            node_name: String::new(),
+            discard_unmap: true,
+            detect_zeroes: DetectZeroes::Off,
+            events: None,
+        }
+    }
+}
+
+/// A request held back by the I/O limits, with the memory map it points into.
+struct Held {
+    head: u16,
+    req: Request,
+    mem: Arc<GuestMemoryMmap>,
+}
+
+/// Held reads (0) and writes (1) of one queue, each in arrival order.
+type HeldLists = [VecDeque<Held>; 2];
+
 struct Inner {
     disk: Arc<Disk>,
     num_queues: usize,
@@ -69,6 +115,13 @@ struct Inner {
     stats: Arc<Stats>,
     refusals: RefusalLog,
     frontend: Mutex<Option<Backend>>,
+    policy: Policy,
+    throttle: Mutex<Option<Throttle>>,
+    held: Vec<Mutex<HeldLists>>,
+    /// Fires when held requests may go.
+    timer: Mutex<TimerFd>,
+    /// Byte offset a write may not end beyond without an event; 0: off.
+    write_threshold: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -80,12 +133,25 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn direction_index(d: Direction) -> usize {
+    match d {
+        Direction::Read => 0,
+        Direction::Write => 1,
+    }
+}
+
 impl BlkBackend {
     /// `engines`: one per queue.
-    pub fn new(disk: Arc<Disk>, engines: Vec<Box<dyn Engine>>, stats: Arc<Stats>) -> BlkBackend {
-        BlkBackend {
+    pub fn new(
+        disk: Arc<Disk>,
+        engines: Vec<Box<dyn Engine>>,
+        stats: Arc<Stats>,
+        policy: Policy,
+    ) -> io::Result<BlkBackend> {
+        let n = engines.len();
+        Ok(BlkBackend {
             inner: Arc::new(Inner {
-                num_queues: engines.len(),
+                num_queues: n,
                 disk,
                 event_idx: AtomicBool::new(false),
                 mem: RwLock::new(None),
@@ -93,7 +159,48 @@ impl BlkBackend {
                 stats,
                 refusals: RefusalLog::default(),
                 frontend: Mutex::new(None),
+                policy,
+                throttle: Mutex::new(None),
+                held: (0..n).map(|_| Mutex::new(Default::default())).collect(),
+                timer: Mutex::new(TimerFd::new()?),
+                write_threshold: AtomicU64::new(0),
             }),
+        })
+    }
+
+    /// The timer's fd and the epoll `data` it must be registered under.
+    pub fn timer_event(&self) -> (std::os::fd::RawFd, u64) {
+        use std::os::fd::AsRawFd;
+        (
+            lock(&self.inner.timer).as_raw_fd(),
+            (2 * self.inner.num_queues + 1) as u64,
+        )
+    }
+
+    /// New I/O limits (None: unlimited). Held requests are looked at again at once.
+    pub fn set_throttle(&self, throttle: Option<Throttle>) {
+        *lock(&self.inner.throttle) = throttle;
+        self.arm_timer(Duration::from_nanos(1));
+    }
+
+    pub fn throttled(&self) -> bool {
+        lock(&self.inner.throttle).is_some()
+    }
+
+    pub fn set_write_threshold(&self, bytes: u64) {
+        self.inner.write_threshold.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Grows or shrinks the image and tells the guest.
+    pub fn resize(&self, bytes: u64) -> io::Result<()> {
+        self.inner.disk.resize(bytes)?;
+        self.notify_config_change();
+        Ok(())
+    }
+
+    fn arm_timer(&self, after: Duration) {
+        if let Err(e) = lock(&self.inner.timer).reset(after, None) {
+            log::error!("arming the throttle timer: {e}");
         }
     }
 
@@ -161,6 +268,7 @@ impl BlkBackend {
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut engine = lock(&self.inner.engines[q]);
         let mut done = Vec::new();
+        let mut soonest: Option<Duration> = None;
         loop {
             let chains: Vec<(u16, Vec<Desc>)> = {
                 let mut state = vring.get_mut();
@@ -186,22 +294,20 @@ impl BlkBackend {
             for (head, descs) in chains {
                 match request::parse(&mem, &descs, &limits) {
                     Ok(req) => {
-                        if req.kind == request::Kind::Write {
-                            let end = (req.sector << request::SECTOR_SHIFT) + req.data_len as u64;
-                            self.inner
-                                .stats
-                                .wr_highest_offset
-                                .fetch_max(end, Ordering::Relaxed);
+                        if let Some(wait) =
+                            self.dispatch(q, head, req, &mem, &mut **engine, &mut done)
+                        {
+                            soonest = Some(soonest.map_or(wait, |s: Duration| s.min(wait)));
                         }
-                        engine.submit(head, req, mem.clone());
                     }
                     Err(Rejected::Status {
                         status,
                         code,
                         reason,
+                        request_type,
                     }) => {
                         self.inner.refusals.note(head, &reason);
-                        self.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                        self.inner.stats.record_invalid(request_type);
                         done.push(Done {
                             head,
                             status,
@@ -209,12 +315,12 @@ impl BlkBackend {
                             used_len: 1,
                             op: Op::Other,
                             bytes: 0,
-                            started: std::time::Instant::now(),
+                            started: Instant::now(),
                         });
                     }
                     Err(Rejected::NoStatus(reason)) => {
                         self.inner.refusals.note(head, &reason);
-                        self.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                        self.inner.stats.record_invalid(None);
                         vring.add_used(head, 0).map_err(io::Error::other)?;
                     }
                 }
@@ -225,6 +331,142 @@ impl BlkBackend {
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 break;
             }
+        }
+        if let Some(wait) = soonest {
+            self.arm_timer(wait);
+        }
+        Ok(())
+    }
+
+    /// Applies the node's policies to a parsed request, then starts it, completes it at
+    /// once, or holds it back for the I/O limits (returning how long until it may go).
+    fn dispatch(
+        &self,
+        q: usize,
+        head: u16,
+        mut req: Request,
+        mem: &Arc<GuestMemoryMmap>,
+        engine: &mut dyn Engine,
+        done: &mut Vec<Done>,
+    ) -> Option<Duration> {
+        let policy = &self.inner.policy;
+        if !policy.discard_unmap {
+            match &mut req.kind {
+                Kind::Discard(_) => {
+                    // discard=ignore: the request succeeds and the image keeps its blocks.
+                    done.push(Done {
+                        head,
+                        status: req.status,
+                        code: request::S_OK,
+                        used_len: 1,
+                        op: Op::Discard,
+                        bytes: req.image_bytes(),
+                        started: Instant::now(),
+                    });
+                    return None;
+                }
+                Kind::WriteZeroes(ranges) => ranges.iter_mut().for_each(|r| r.unmap = false),
+                _ => {}
+            }
+        }
+        if req.kind == Kind::Write
+            && policy.detect_zeroes != DetectZeroes::Off
+            && req.data_is_zero()
+        {
+            req.kind = Kind::WriteZeroes(vec![SectorRange {
+                sector: req.sector,
+                sectors: (req.data_len >> request::SECTOR_SHIFT) as u32,
+                unmap: policy.detect_zeroes == DetectZeroes::Unmap && policy.discard_unmap,
+            }]);
+        }
+        if let Some(end) = req.write_end() {
+            self.inner.stats.note_write_end(end);
+            self.check_write_threshold(end);
+        }
+        let direction = match req.kind {
+            Kind::Read => Some(Direction::Read),
+            Kind::Write | Kind::WriteZeroes(_) => Some(Direction::Write),
+            _ => None,
+        };
+        if let Some(dir) = direction {
+            let throttle = lock(&self.inner.throttle);
+            if let Some(t) = throttle.as_ref() {
+                let mut held = lock(&self.inner.held[q]);
+                let list = &mut held[direction_index(dir)];
+                // Behind requests already waiting, a request waits its turn.
+                let verdict = if list.is_empty() {
+                    t.admit(dir, req.image_bytes())
+                } else {
+                    Err(Duration::ZERO)
+                };
+                if let Err(wait) = verdict {
+                    list.push_back(Held {
+                        head,
+                        req,
+                        mem: mem.clone(),
+                    });
+                    return (!wait.is_zero()).then_some(wait);
+                }
+            }
+        }
+        engine.submit(head, req, mem.clone());
+        None
+    }
+
+    fn check_write_threshold(&self, end: u64) {
+        let threshold = self.inner.write_threshold.load(Ordering::SeqCst);
+        if threshold == 0 || end <= threshold {
+            return;
+        }
+        // Fires once: the threshold switches itself off (as QEMU's does).
+        if self
+            .inner
+            .write_threshold
+            .compare_exchange(threshold, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        if let Some(events) = &self.inner.policy.events {
+            events(BlockEvent::WriteThreshold {
+                node_name: self.inner.policy.node_name.clone(),
+                amount_exceeded: end - threshold,
+                threshold,
+            });
+        }
+    }
+
+    /// The timer fired: lets held requests go as far as the limits allow.
+    fn release_held(&self, vrings: &[VringRwLock]) -> io::Result<()> {
+        let _ = lock(&self.inner.timer).wait();
+        let mut soonest: Option<Duration> = None;
+        for (q, vring) in vrings.iter().enumerate().take(self.inner.num_queues) {
+            let mut engine = lock(&self.inner.engines[q]);
+            {
+                let throttle = lock(&self.inner.throttle);
+                let mut held = lock(&self.inner.held[q]);
+                for dir in [Direction::Read, Direction::Write] {
+                    let list = &mut held[direction_index(dir)];
+                    while let Some(h) = list.front() {
+                        if let Some(t) = throttle.as_ref() {
+                            if let Err(wait) = t.admit(dir, h.req.image_bytes()) {
+                                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                                break;
+                            }
+                        }
+                        let Some(h) = list.pop_front() else { break };
+                        engine.submit(h.head, h.req, h.mem);
+                    }
+                }
+            }
+            engine.flush();
+            let mut done = Vec::new();
+            engine.reap(&mut done);
+            drop(engine);
+            self.complete(vring, &mut done)?;
+        }
+        if let Some(wait) = soonest {
+            self.arm_timer(wait);
         }
         Ok(())
     }
@@ -305,6 +547,15 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 
+    /// The frontend stopped the ring (GET_VRING_BASE): requests held for it are dropped
+    /// unanswered, as a device reset drops them.
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if let Some(held) = self.inner.held.get(queue_index as usize) {
+            *lock(held) = Default::default();
+        }
+        Ok(())
+    }
+
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         BlkConfig {
             capacity_sectors: self.inner.disk.capacity_sectors(),
@@ -348,6 +599,8 @@ impl VhostUserBackend for BlkBackend {
             if let Some(v) = vrings.get(q) {
                 return self.reap(q, v);
             }
+        } else if e == 2 * n + 1 {
+            return self.release_held(vrings);
         }
         log::warn!("event {device_event} for no queue");
         Ok(())

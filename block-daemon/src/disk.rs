@@ -46,6 +46,15 @@ pub struct Disk {
     cache: CacheMode,
     block_device: bool,
     id: [u8; ID_LEN],
+    discards: DiscardCounters,
+}
+
+/// Discards that reached the image (QEMU's file-driver counters).
+#[derive(Default)]
+pub struct DiscardCounters {
+    pub ok: AtomicU64,
+    pub bytes_ok: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 // BLKGETSIZE64 / BLKDISCARD / BLKZEROOUT from <linux/fs.h>.
@@ -99,6 +108,7 @@ impl Disk {
             cache,
             block_device,
             id: id_bytes,
+            discards: DiscardCounters::default(),
         })
     }
 
@@ -145,8 +155,26 @@ impl Disk {
         )
     }
 
+    pub fn discards(&self) -> &DiscardCounters {
+        &self.discards
+    }
+
     pub fn discard(&self, r: &SectorRange) -> std::io::Result<()> {
         let (offset, len) = Self::byte_range(r);
+        let result = self.discard_bytes(offset, len);
+        match &result {
+            Ok(()) => {
+                self.discards.ok.fetch_add(1, Ordering::Relaxed);
+                self.discards.bytes_ok.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.discards.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn discard_bytes(&self, offset: u64, len: u64) -> std::io::Result<()> {
         if self.block_device {
             let range = [offset, len];
             // SAFETY: BLKDISCARD reads two u64s.

@@ -1,22 +1,22 @@
-//! block-daemon's command line: serve one image over a vhost-user-blk socket.
+//! block-daemon's command line. Under the gateway (`--control-fd`) the image and the
+//! vhost-user listener arrive as fds and the daemon opens no paths; on its own it opens
+//! the image and listens on a socket path, and ends when its frontend disconnects.
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
-use block_daemon::backend::{BlkBackend, QUEUE_SIZE};
+use anyhow::{bail, Context};
+use block_daemon::backend::{BlkBackend, Policy, QUEUE_SIZE};
 use block_daemon::disk::{CacheMode, Disk};
-use block_daemon::engine::sync::SyncEngine;
-use block_daemon::engine::uring::UringEngine;
-use block_daemon::engine::Engine;
+use block_daemon::engine::{self, EngineKind};
 use block_daemon::stats::Stats;
+use block_daemon::{control, serve};
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::{SigSet, Signal};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
+use vhost::vhost_user::Listener;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Cache {
@@ -31,7 +31,7 @@ enum Cache {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum EngineKind {
+enum Engine {
     /// io_uring: many requests in flight per queue.
     Uring,
     /// One request at a time per queue, in the queue thread.
@@ -41,59 +41,63 @@ enum EngineKind {
 #[derive(Parser, Debug)]
 #[command(name = "block-daemon", about = "Flotilla's vhost-user-blk backend")]
 struct Args {
+    /// Run under the gateway: the control channel is this inherited socket, and the node
+    /// to serve arrives on it (the other options except --engine are then not allowed).
+    #[arg(long, conflicts_with_all = ["socket", "image"])]
+    control_fd: Option<RawFd>,
     /// vhost-user socket to listen on.
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(long, required_unless_present = "control_fd")]
+    socket: Option<PathBuf>,
     /// Raw image file or block device.
-    #[arg(long)]
-    image: PathBuf,
+    #[arg(long, required_unless_present = "control_fd")]
+    image: Option<PathBuf>,
     #[arg(long)]
     read_only: bool,
     #[arg(long, default_value_t = 1)]
     queues: usize,
     #[arg(long, value_enum, default_value_t = Cache::Writeback)]
     cache: Cache,
-    #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
-    engine: EngineKind,
+    #[arg(long, value_enum, default_value_t = Engine::Uring)]
+    engine: Engine,
     /// What GET_ID reports (at most 20 bytes).
     #[arg(long, default_value = "flotilla-disk")]
     id: String,
+    /// Guest discards are ignored (QEMU discard=ignore) instead of deallocating.
+    #[arg(long)]
+    discard_ignore: bool,
 }
 
-fn engines(
-    kind: EngineKind,
-    disk: &Arc<Disk>,
-    queues: usize,
-) -> anyhow::Result<Vec<Box<dyn Engine>>> {
-    (0..queues)
-        .map(|_| -> anyhow::Result<Box<dyn Engine>> {
-            Ok(match kind {
-                EngineKind::Uring => Box::new(
-                    UringEngine::new(disk.clone(), QUEUE_SIZE as u32)
-                        .context("io_uring (try --engine sync)")?,
-                ),
-                EngineKind::Sync => Box::new(SyncEngine::new(disk.clone())),
-            })
-        })
-        .collect()
+fn engine_kind(e: Engine) -> EngineKind {
+    match e {
+        Engine::Uring => EngineKind::Uring,
+        Engine::Sync => EngineKind::Sync,
+    }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (1..=64).contains(&args.queues),
-        "--queues {}: 1 to 64",
-        args.queues
-    );
+fn block_terminating_signals() -> anyhow::Result<SigSet> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
     }
     signals.thread_block()?;
+    Ok(signals)
+}
+
+fn run_standalone(args: Args) -> anyhow::Result<()> {
+    let (Some(socket), Some(image)) = (args.socket, args.image) else {
+        bail!("--socket and --image are required");
+    };
+    anyhow::ensure!(
+        (1..=64).contains(&args.queues),
+        "--queues {}: 1 to 64",
+        args.queues
+    );
+    let signals = block_terminating_signals()?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(!args.read_only)
-        .open(&args.image)
-        .with_context(|| format!("image {}", args.image.display()))?;
+        .open(&image)
+        .with_context(|| format!("image {}", image.display()))?;
     let cache = match args.cache {
         Cache::Writeback => CacheMode::Writeback,
         Cache::None => CacheMode::Direct,
@@ -101,50 +105,49 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cache::Directsync => CacheMode::DirectNoFlush,
     };
     let disk = Arc::new(Disk::new(file, args.read_only, cache, &args.id)?);
-    let backend = BlkBackend::new(
-        disk.clone(),
-        engines(args.engine, &disk, args.queues)?,
-        Arc::new(Stats::default()),
-    );
-    let mut daemon = VhostUserDaemon::new(
-        "block-daemon".into(),
-        backend.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    let engines = engine::per_queue(
+        engine_kind(args.engine),
+        &disk,
+        args.queues,
+        QUEUE_SIZE as u32,
     )
-    .map_err(|e| anyhow::anyhow!("vhost-user daemon: {e}"))?;
-    let handlers = daemon.get_epoll_handlers();
-    for (q, fd) in backend.notifiers() {
-        handlers[0]
-            .register_listener(fd, EventSet::IN, backend.completion_event(q))
-            .context("watching I/O completions")?;
-    }
-    let socket = args.socket.clone();
+    .context("I/O engine (try --engine sync)")?;
+    let policy = Policy {
+        discard_unmap: !args.discard_ignore,
+        ..Policy::default()
+    };
+    let backend = BlkBackend::new(disk.clone(), engines, Arc::new(Stats::default()), policy)
+        .context("throttle timer")?;
+    let path = socket.clone();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
-            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(&path);
             std::process::exit(0);
         }
     });
-    let mut listener = Listener::new(&args.socket, true).context("vhost-user socket")?;
+    let mut listener = Listener::new(&socket, true).context("vhost-user socket")?;
     log::info!(
         "serving {} ({} sectors) on {}",
-        args.image.display(),
+        image.display(),
         disk.capacity_sectors(),
-        args.socket.display(),
+        socket.display(),
     );
-    daemon
-        .start(&mut listener)
-        .map_err(|e| anyhow::anyhow!("accepting the frontend: {e}"))?;
-    let result = daemon.wait();
-    let _ = std::fs::remove_file(&args.socket);
-    match result {
-        // The frontend going away (its VM ended) is the normal end of service.
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("vhost-user connection: {e}")),
+    let result = serve::serve_one(&backend, &mut listener);
+    let _ = std::fs::remove_file(&socket);
+    Ok(result?)
+}
+
+fn run_controlled(fd: RawFd, engine: Engine) -> anyhow::Result<()> {
+    // The gateway stops us through the control channel; its terminal signals are its own.
+    block_terminating_signals()?;
+    // SAFETY: fcntl on an arbitrary number only queries it.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--control-fd {fd}: not an open file descriptor");
     }
+    // SAFETY: the gateway handed us this descriptor to own; checked open above, and a
+    // non-socket fails at the first receive.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(control::run(stream, engine_kind(engine))?)
 }
 
 fn main() -> ExitCode {
@@ -152,7 +155,12 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let result = match args.control_fd {
+        Some(fd) => run_controlled(fd, args.engine),
+        None => run_standalone(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("block-daemon: error: {e:#}");

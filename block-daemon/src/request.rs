@@ -73,6 +73,44 @@ pub struct Request {
 // mapped while the request is in flight (the caller holds the memory map).
 unsafe impl Send for Request {}
 
+impl Request {
+    /// Bytes of the image the request covers: its data for reads and writes, its ranges
+    /// for discard and write-zeroes.
+    pub fn image_bytes(&self) -> u64 {
+        match &self.kind {
+            Kind::Read | Kind::Write => self.data_len as u64,
+            Kind::Discard(r) | Kind::WriteZeroes(r) => {
+                r.iter().map(|r| u64::from(r.sectors) << SECTOR_SHIFT).sum()
+            }
+            Kind::Flush | Kind::GetId => 0,
+        }
+    }
+
+    /// The byte after the last one the request writes (for write thresholds); None if
+    /// it writes nothing (discards free space rather than allocate it).
+    pub fn write_end(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Write => Some((self.sector << SECTOR_SHIFT) + self.data_len as u64),
+            Kind::WriteZeroes(r) => r
+                .iter()
+                .map(|r| (r.sector << SECTOR_SHIFT) + (u64::from(r.sectors) << SECTOR_SHIFT))
+                .max(),
+            _ => None,
+        }
+    }
+
+    /// True when every data byte is zero (detect-zeroes).
+    pub fn data_is_zero(&self) -> bool {
+        self.data.iter().all(|s| {
+            // SAFETY: the segment lies inside the guest memory mapping (parse checked
+            // it); the guest may change it concurrently, which only makes the answer
+            // stale, as it would be for any device reading guest memory.
+            let bytes = unsafe { std::slice::from_raw_parts(s.ptr, s.len) };
+            bytes.iter().all(|b| *b == 0)
+        })
+    }
+}
+
 /// A request that cannot be served.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejected {
@@ -81,6 +119,8 @@ pub enum Rejected {
         status: *mut u8,
         code: u8,
         reason: String,
+        /// The request's type, when the header was readable (for statistics).
+        request_type: Option<u32>,
     },
     /// Not even a status byte to report through: the chain is completed with length 0.
     NoStatus(String),
@@ -210,6 +250,7 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
         status,
         code,
         reason,
+        request_type: None,
     };
 
     let mut header = [0u8; 16];
@@ -217,6 +258,12 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
         return Err(fail(S_IOERR, "request header shorter than 16 bytes".into()));
     }
     let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let fail = |code: u8, reason: String| Rejected::Status {
+        status,
+        code,
+        reason,
+        request_type: Some(kind),
+    };
     let sector = u64::from_le_bytes([
         header[8], header[9], header[10], header[11], header[12], header[13], header[14],
         header[15],

@@ -15,6 +15,31 @@ use vm_memory::GuestMemoryMmap;
 use crate::disk::Disk;
 use crate::request::{Kind, Request, Segment, ID_LEN, SECTOR_SHIFT, S_IOERR, S_OK};
 
+/// Which engine serves a node's queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Uring,
+    Sync,
+}
+
+/// One engine per queue. io_uring may be missing (old kernel, seccomp): the caller
+/// decides whether to fall back to `Sync`.
+pub fn per_queue(
+    kind: EngineKind,
+    disk: &Arc<Disk>,
+    queues: usize,
+    depth: u32,
+) -> std::io::Result<Vec<Box<dyn Engine>>> {
+    (0..queues)
+        .map(|_| -> std::io::Result<Box<dyn Engine>> {
+            Ok(match kind {
+                EngineKind::Uring => Box::new(uring::UringEngine::new(disk.clone(), depth)?),
+                EngineKind::Sync => Box::new(sync::SyncEngine::new(disk.clone())),
+            })
+        })
+        .collect()
+}
+
 /// What kind of operation a completion was (for statistics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {

@@ -106,7 +106,7 @@ impl Engine for SyncEngine {
             code,
             used_len,
             op: op_of(&req.kind),
-            bytes: req.data_len as u64,
+            bytes: req.image_bytes(),
             started,
         });
     }

@@ -19,7 +19,7 @@ struct InFlight {
     head: u16,
     status: *mut u8,
     op: Op,
-    bytes: usize,
+    bytes: u64,
     started: Instant,
     buffers: Option<DataBuffers>,
     /// Keeps the guest memory mapped until the kernel is done with it.
@@ -68,7 +68,7 @@ impl UringEngine {
                 code: S_IOERR,
                 used_len: 1,
                 op: f.op,
-                bytes: f.bytes as u64,
+                bytes: f.bytes,
                 started: f.started,
             });
         }
@@ -93,7 +93,7 @@ impl Engine for UringEngine {
                 code,
                 used_len,
                 op,
-                bytes: req.data_len as u64,
+                bytes: req.image_bytes(),
                 started,
             });
             return;
@@ -115,7 +115,7 @@ impl Engine for UringEngine {
                         head,
                         status: req.status,
                         op,
-                        bytes: req.data_len,
+                        bytes: req.image_bytes(),
                         started,
                         buffers: None,
                         _mem: mem,
@@ -145,7 +145,7 @@ impl Engine for UringEngine {
             head,
             status: req.status,
             op,
-            bytes: req.data_len,
+            bytes: req.image_bytes(),
             started,
             buffers,
             _mem: mem,
@@ -198,12 +198,12 @@ impl Engine for UringEngine {
                     std::io::Error::from_raw_os_error(-result)
                 );
                 (S_IOERR, 1)
-            } else if result as usize != expected {
+            } else if result as u64 != expected {
                 log::warn!("{:?}: {result} of {expected} bytes", f.op);
                 (S_IOERR, 1)
             } else if f.op == Op::Read {
                 if let Some(b) = f.buffers.as_mut() {
-                    b.finish_read(f.bytes);
+                    b.finish_read(f.bytes as usize);
                 }
                 (S_OK, f.bytes as u32 + 1)
             } else {
@@ -215,7 +215,7 @@ impl Engine for UringEngine {
                 code,
                 used_len,
                 op: f.op,
-                bytes: f.bytes as u64,
+                bytes: f.bytes,
                 started: f.started,
             });
         }

@@ -1,0 +1,197 @@
+//! Gateway mode: the daemon's configuration and files arrive on an inherited control
+//! socket. The first call opens the node (image fd, vhost-user listener fd); later calls
+//! manage it (statistics, resize, I/O limits, write threshold) while a serving thread
+//! answers the frontend. Events (the write threshold) go back on the same socket.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ipc::{
+    BlockEvent, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, IpcError, RemoteError,
+    ToBlock,
+};
+
+use crate::backend::{BlkBackend, Policy, QUEUE_SIZE};
+use crate::disk::{CacheMode, Disk};
+use crate::engine::{self, EngineKind};
+use crate::serve;
+use crate::stats::Stats;
+use crate::throttle::{SharedPage, Throttle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control channel: {0}")]
+    Ipc(#[from] IpcError),
+    #[error("control channel: the gateway hung up before opening a node")]
+    NoOpen,
+    #[error("control channel: expected the open call first, got {0}")]
+    NotOpen(String),
+    #[error("opening the node: {0}")]
+    Open(String),
+}
+
+fn reply(conn: &Connection, id: u64, result: Result<BlockReply, RemoteError>) {
+    if let Err(e) = conn.send(&FromBlock::Response { id, result }, &[]) {
+        log::warn!("replying to the gateway: {e}");
+    }
+}
+
+fn cache_mode(direct: bool, no_flush: bool) -> CacheMode {
+    match (direct, no_flush) {
+        (false, false) => CacheMode::Writeback,
+        (true, false) => CacheMode::Direct,
+        (false, true) => CacheMode::NoFlush,
+        (true, true) => CacheMode::DirectNoFlush,
+    }
+}
+
+/// Builds the node's backend from the open call and starts serving its listener.
+fn open(
+    conn: &Arc<Connection>,
+    open: &BlockOpen,
+    fds: Vec<OwnedFd>,
+    engine: EngineKind,
+) -> Result<BlkBackend, String> {
+    let mut fds = fds.into_iter();
+    let (Some(image), Some(listener)) = (fds.next(), fds.next()) else {
+        return Err("the open call lacks its image and listener fds".into());
+    };
+    if !(1..=64).contains(&open.queues) {
+        return Err(format!("{} queues: 1 to 64", open.queues));
+    }
+    let disk = Disk::new(
+        File::from(image),
+        open.read_only,
+        cache_mode(open.cache.direct, open.cache.no_flush),
+        &open.serial,
+    )
+    .map_err(|e| e.to_string())?;
+    let disk = Arc::new(disk);
+    let queues = open.queues as usize;
+    let engines = match engine::per_queue(engine, &disk, queues, QUEUE_SIZE as u32) {
+        Ok(e) => e,
+        Err(e) if engine == EngineKind::Uring => {
+            log::warn!("io_uring unavailable ({e}): serving requests one at a time per queue");
+            engine::per_queue(EngineKind::Sync, &disk, queues, QUEUE_SIZE as u32)
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let events_conn = conn.clone();
+    let policy = Policy {
+        node_name: open.node_name.clone(),
+        discard_unmap: open.discard_unmap,
+        detect_zeroes: open.detect_zeroes,
+        events: Some(Arc::new(move |e: BlockEvent| {
+            if let Err(err) = events_conn.send(&FromBlock::Event(e), &[]) {
+                log::warn!("sending an event to the gateway: {err}");
+            }
+        })),
+    };
+    let stats = Arc::new(Stats::new(&open.stats_intervals));
+    let backend =
+        BlkBackend::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
+    let serving = backend.clone();
+    let listener = UnixListener::from(listener);
+    std::thread::Builder::new()
+        .name("vhost-user".into())
+        .spawn(move || serve::serve_forever(serving, listener))
+        .map_err(|e| format!("serving thread: {e}"))?;
+    Ok(backend)
+}
+
+/// Answers one management call.
+fn handle(
+    backend: &BlkBackend,
+    request: BlockRequest,
+    fds: Vec<OwnedFd>,
+) -> Result<BlockReply, RemoteError> {
+    let disk = backend.disk();
+    match request {
+        BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
+        BlockRequest::Stats => {
+            let mut stats = backend.stats().snapshot(disk.size());
+            let d = disk.discards();
+            stats.discard_ok = d.ok.load(Ordering::Relaxed);
+            stats.discard_bytes_ok = d.bytes_ok.load(Ordering::Relaxed);
+            stats.discard_failed = d.failed.load(Ordering::Relaxed);
+            Ok(BlockReply::Stats(Box::new(stats)))
+        }
+        BlockRequest::Resize { bytes } => {
+            if disk.read_only() {
+                return Err(RemoteError::generic("Image is read-only"));
+            }
+            backend
+                .resize(bytes)
+                .map_err(|e| RemoteError::generic(format!("Could not resize: {e}")))?;
+            Ok(BlockReply::Done)
+        }
+        BlockRequest::SetThrottle(limits) => {
+            let throttle = match (limits, fds.into_iter().next()) {
+                (None, _) => None,
+                (Some(l), Some(fd)) => Some(Throttle::new(
+                    l,
+                    SharedPage::map(fd).map_err(|e| RemoteError::generic(e.to_string()))?,
+                )),
+                (Some(_), None) => {
+                    return Err(RemoteError::generic(
+                        "throttle limits came without their state",
+                    ))
+                }
+            };
+            backend.set_throttle(throttle);
+            Ok(BlockReply::Done)
+        }
+        BlockRequest::SetWriteThreshold { bytes } => {
+            backend.set_write_threshold(bytes);
+            Ok(BlockReply::Done)
+        }
+        BlockRequest::Quit => Ok(BlockReply::Done),
+    }
+}
+
+/// Runs the daemon under the gateway until it says quit or hangs up.
+pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
+    let conn = Arc::new(Connection::new(stream));
+    let first = conn.recv::<ToBlock>()?.ok_or(ControlError::NoOpen)?;
+    let id = first.msg.id;
+    let BlockRequest::Open(config) = first.msg.request else {
+        return Err(ControlError::NotOpen(format!("{:?}", first.msg.request)));
+    };
+    let backend = match open(&conn, &config, first.fds, engine) {
+        Ok(b) => b,
+        Err(e) => {
+            reply(&conn, id, Err(RemoteError::generic(e.clone())));
+            return Err(ControlError::Open(e));
+        }
+    };
+    log::info!(
+        "node {}: {} bytes, {} queue(s){}",
+        config.node_name,
+        backend.disk().size(),
+        config.queues,
+        if config.read_only { ", read-only" } else { "" }
+    );
+    reply(
+        &conn,
+        id,
+        Ok(BlockReply::Opened {
+            size: backend.disk().size(),
+        }),
+    );
+    loop {
+        let Some(call) = conn.recv::<ToBlock>()? else {
+            // The gateway is gone: so is the VM this node served.
+            return Ok(());
+        };
+        let quit = call.msg.request == BlockRequest::Quit;
+        let result = handle(&backend, call.msg.request, call.fds);
+        reply(&conn, call.msg.id, result);
+        if quit {
+            return Ok(());
+        }
+    }
+}

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -71,7 +73,11 @@ impl Memory {
                 0,
             )
         };
-        anyhow::ensure!(base != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(
+            base != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
         Ok(Memory {
             base: base.cast(),
             size,
@@ -150,16 +156,27 @@ impl Queue {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.qd >= 1 && args.qd <= usize::from(QUEUE_SIZE) / 3, "--qd 1..={}", QUEUE_SIZE / 3);
-    anyhow::ensure!(args.bs % 512 == 0 && args.bs > 0, "--bs must be a multiple of 512");
+    anyhow::ensure!(
+        args.qd >= 1 && args.qd <= usize::from(QUEUE_SIZE) / 3,
+        "--qd 1..={}",
+        QUEUE_SIZE / 3
+    );
+    anyhow::ensure!(
+        args.bs.is_multiple_of(512) && args.bs > 0,
+        "--bs must be a multiple of 512"
+    );
     let buffers = args.qd * args.bs;
     let mem_size = (1 << 20) + buffers.next_multiple_of(4096) + (1 << 20);
     let mem = Memory::new(mem_size)?;
-    let stream = UnixStream::connect(&args.socket).with_context(|| format!("{}", args.socket.display()))?;
+    let stream =
+        UnixStream::connect(&args.socket).with_context(|| format!("{}", args.socket.display()))?;
     let mut fe = Frontend::from_stream(stream, 1);
     fe.set_owner()?;
     let features = fe.get_features()?;
-    anyhow::ensure!(features & VIRTIO_F_VERSION_1 != 0, "backend lacks VIRTIO_F_VERSION_1");
+    anyhow::ensure!(
+        features & VIRTIO_F_VERSION_1 != 0,
+        "backend lacks VIRTIO_F_VERSION_1"
+    );
     let mut proto = VhostUserProtocolFeatures::empty();
     if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
         proto = fe.get_protocol_features()?
@@ -174,7 +191,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let blocks = capacity * 512 / args.bs as u64;
     anyhow::ensure!(blocks > 0, "disk smaller than one block");
-    fe.set_features(VIRTIO_F_VERSION_1 | (features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()))?;
+    fe.set_features(
+        VIRTIO_F_VERSION_1 | (features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()),
+    )?;
     fe.set_mem_table(&[VhostUserMemoryRegionInfo {
         guest_phys_addr: 0,
         memory_size: mem_size as u64,
@@ -234,7 +253,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         let d0 = 3 * slot;
         q.set_desc(&mem, d0, h, 16, DESC_F_NEXT, d0 + 1);
         let data_flags = DESC_F_NEXT | if write { 0 } else { DESC_F_WRITE };
-        q.set_desc(&mem, d0 + 1, data + u64::from(slot) * args.bs as u64, args.bs as u32, data_flags, d0 + 2);
+        q.set_desc(
+            &mem,
+            d0 + 1,
+            data + u64::from(slot) * args.bs as u64,
+            args.bs as u32,
+            data_flags,
+            d0 + 2,
+        );
         q.set_desc(&mem, d0 + 2, statuses + u64::from(slot), 1, DESC_F_WRITE, 0);
         mem.write(statuses + u64::from(slot), 0xffu8);
         q.push(&mem, d0);

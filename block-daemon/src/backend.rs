@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use ipc::{BlockEvent, DetectZeroes};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -77,8 +76,6 @@ pub type EventSink = Arc<dyn Fn(BlockEvent) + Send + Sync>;
 /// How the node treats what the guest asks for.
 #[derive(Clone)]
 pub struct Policy {
-    /// The node named in events.
-    pub node_name: String,
     /// Discards deallocate; otherwise they succeed without touching the image.
     pub discard_unmap: bool,
     pub detect_zeroes: DetectZeroes,
@@ -88,7 +85,6 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            node_name: String::new(),
             discard_unmap: true,
             detect_zeroes: DetectZeroes::Off,
             events: None,
@@ -114,14 +110,15 @@ struct Inner {
     engines: Vec<Mutex<Box<dyn Engine>>>,
     stats: Arc<Stats>,
     refusals: RefusalLog,
-    frontend: Mutex<Option<Backend>>,
     policy: Policy,
     throttle: Mutex<Option<Throttle>>,
     held: Vec<Mutex<HeldLists>>,
     /// Fires when held requests may go.
     timer: Mutex<TimerFd>,
-    /// Byte offset a write may not end beyond without an event; 0: off.
-    write_threshold: AtomicU64,
+    /// Per node: the offset a write may not end beyond without an event.
+    write_thresholds: Mutex<Vec<(String, u64)>>,
+    /// The lowest of them (0: none), checked without the lock on every write.
+    lowest_threshold: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -158,12 +155,12 @@ impl BlkBackend {
                 engines: engines.into_iter().map(Mutex::new).collect(),
                 stats,
                 refusals: RefusalLog::default(),
-                frontend: Mutex::new(None),
                 policy,
                 throttle: Mutex::new(None),
                 held: (0..n).map(|_| Mutex::new(Default::default())).collect(),
                 timer: Mutex::new(TimerFd::new()?),
-                write_threshold: AtomicU64::new(0),
+                write_thresholds: Mutex::new(Vec::new()),
+                lowest_threshold: AtomicU64::new(0),
             }),
         })
     }
@@ -187,15 +184,23 @@ impl BlkBackend {
         lock(&self.inner.throttle).is_some()
     }
 
-    pub fn set_write_threshold(&self, bytes: u64) {
-        self.inner.write_threshold.store(bytes, Ordering::SeqCst);
+    /// Sets (or with 0, clears) `node`'s write threshold.
+    pub fn set_write_threshold(&self, node: &str, bytes: u64) {
+        let mut all = lock(&self.inner.write_thresholds);
+        all.retain(|(n, _)| n != node);
+        if bytes > 0 {
+            all.push((node.to_string(), bytes));
+        }
+        self.inner
+            .lowest_threshold
+            .store(all.iter().map(|t| t.1).min().unwrap_or(0), Ordering::SeqCst);
     }
 
-    /// Grows or shrinks the image and tells the guest.
+    /// Grows or shrinks the image. The guest learns of it from vmm-core, which the
+    /// gateway tells (vhost 0.18's backend channel cannot send CONFIG_CHANGE_MSG); a
+    /// frontend that asks GET_CONFIG sees the new capacity.
     pub fn resize(&self, bytes: u64) -> io::Result<()> {
-        self.inner.disk.resize(bytes)?;
-        self.notify_config_change();
-        Ok(())
+        self.inner.disk.resize(bytes)
     }
 
     fn arm_timer(&self, after: Duration) {
@@ -226,18 +231,6 @@ impl BlkBackend {
             .enumerate()
             .filter_map(|(q, e)| lock(e).notifier().map(|fd| (q, fd)))
             .collect()
-    }
-
-    /// Tells the frontend the config space changed (after a resize).
-    pub fn notify_config_change(&self) {
-        match lock(&self.inner.frontend).as_ref() {
-            Some(f) => {
-                if let Err(e) = f.handle_config_change() {
-                    log::warn!("sending the config change to the frontend: {e}");
-                }
-            }
-            None => log::warn!("frontend gave no backend channel: it cannot hear of the resize"),
-        }
     }
 
     fn limits(&self) -> Limits {
@@ -414,25 +407,28 @@ impl BlkBackend {
     }
 
     fn check_write_threshold(&self, end: u64) {
-        let threshold = self.inner.write_threshold.load(Ordering::SeqCst);
-        if threshold == 0 || end <= threshold {
+        let lowest = self.inner.lowest_threshold.load(Ordering::SeqCst);
+        if lowest == 0 || end <= lowest {
             return;
         }
-        // Fires once: the threshold switches itself off (as QEMU's does).
-        if self
-            .inner
-            .write_threshold
-            .compare_exchange(threshold, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return;
-        }
+        // Each crossed threshold fires once and switches itself off (as QEMU's does).
+        let crossed: Vec<(String, u64)> = {
+            let mut all = lock(&self.inner.write_thresholds);
+            let (crossed, kept): (Vec<_>, Vec<_>) = all.drain(..).partition(|t| end > t.1);
+            *all = kept;
+            self.inner
+                .lowest_threshold
+                .store(all.iter().map(|t| t.1).min().unwrap_or(0), Ordering::SeqCst);
+            crossed
+        };
         if let Some(events) = &self.inner.policy.events {
-            events(BlockEvent::WriteThreshold {
-                node_name: self.inner.policy.node_name.clone(),
-                amount_exceeded: end - threshold,
-                threshold,
-            });
+            for (node_name, threshold) in crossed {
+                events(BlockEvent::WriteThreshold {
+                    node_name,
+                    amount_exceeded: end - threshold,
+                    threshold,
+                });
+            }
         }
     }
 
@@ -534,7 +530,6 @@ impl VhostUserBackend for BlkBackend {
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
     }
 
@@ -575,10 +570,6 @@ impl VhostUserBackend for BlkBackend {
                 None
             }
         }
-    }
-
-    fn set_backend_req_fd(&self, backend: Backend) {
-        *lock(&self.inner.frontend) = Some(backend);
     }
 
     fn handle_event(

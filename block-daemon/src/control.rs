@@ -82,7 +82,6 @@ fn open(
     };
     let events_conn = conn.clone();
     let policy = Policy {
-        node_name: open.node_name.clone(),
         discard_unmap: open.discard_unmap,
         detect_zeroes: open.detect_zeroes,
         events: Some(Arc::new(move |e: BlockEvent| {
@@ -145,8 +144,8 @@ fn handle(
             backend.set_throttle(throttle);
             Ok(BlockReply::Done)
         }
-        BlockRequest::SetWriteThreshold { bytes } => {
-            backend.set_write_threshold(bytes);
+        BlockRequest::SetWriteThreshold { node_name, bytes } => {
+            backend.set_write_threshold(&node_name, bytes);
             Ok(BlockReply::Done)
         }
         BlockRequest::Quit => Ok(BlockReply::Done),

@@ -44,6 +44,7 @@ struct SharedState {
 }
 
 pub const STATE_SIZE: usize = std::mem::size_of::<SharedState>();
+const _: () = assert!(STATE_SIZE as u64 <= ipc::THROTTLE_STATE_SIZE);
 
 /// A mapping of a throttle group's state page.
 pub struct SharedPage {
@@ -82,8 +83,7 @@ impl SharedPage {
 
     /// A page for a disk in no group (shared with nobody).
     pub fn private() -> Result<SharedPage, ThrottleError> {
-        let fd = new_state_fd()?;
-        SharedPage::map(fd)
+        SharedPage::map(ipc::new_throttle_state()?)
     }
 
     fn state(&self) -> &SharedState {
@@ -97,20 +97,6 @@ impl Drop for SharedPage {
         // SAFETY: unmapping our own mapping.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), STATE_SIZE) };
     }
-}
-
-/// A new, zeroed state page (memfd) for a throttle group.
-pub fn new_state_fd() -> std::io::Result<OwnedFd> {
-    let name = c"flotilla-throttle";
-    // SAFETY: memfd_create with a valid C string.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is ours.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    std::fs::File::from(fd.try_clone()?).set_len(4096)?;
-    Ok(fd)
 }
 
 fn monotonic_ns() -> u64 {
@@ -368,7 +354,7 @@ mod tests {
 
     #[test]
     fn group_members_share_one_budget() {
-        let fd = new_state_fd().unwrap();
+        let fd = ipc::new_throttle_state().unwrap();
         let l = limits(OPS_TOTAL, 10, 0, 0);
         let a = Throttle::new(l, SharedPage::map(fd.try_clone().unwrap()).unwrap());
         let b = Throttle::new(l, SharedPage::map(fd).unwrap());
@@ -391,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_page_too_small_is_refused() {
-        let fd = new_state_fd().unwrap();
+        let fd = ipc::new_throttle_state().unwrap();
         std::fs::File::from(fd.try_clone().unwrap())
             .set_len(8)
             .unwrap();

@@ -9,7 +9,14 @@ use crate::outbox::Outbox;
 use crate::qmp::protocol;
 
 /// The events this gateway emits (query-events lists them).
-pub const EVENTS: &[&str] = &["STOP", "RESUME", "RESET", "SHUTDOWN", "POWERDOWN"];
+pub const EVENTS: &[&str] = &[
+    "STOP",
+    "RESUME",
+    "RESET",
+    "SHUTDOWN",
+    "POWERDOWN",
+    "BLOCK_WRITE_THRESHOLD",
+];
 
 #[derive(Default)]
 pub struct EventBus {

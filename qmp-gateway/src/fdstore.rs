@@ -151,14 +151,24 @@ impl FdSets {
         )
     }
 
-    /// A duplicate of the first fd of set `id` (what opening /dev/fdset/N hands over).
-    pub fn dup_first(&self, id: i64) -> Result<OwnedFd, QmpError> {
+    /// Opening /dev/fdset/N: a duplicate of the set's first fd whose access mode is the
+    /// one asked for (QEMU's rule). Fails as opening would: ENOENT without such a set,
+    /// EACCES when no fd has that mode.
+    pub fn dup_for_open(&self, id: i64, write: bool) -> std::io::Result<OwnedFd> {
+        let want = if write { libc::O_RDWR } else { libc::O_RDONLY };
         let sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let f = sets.get(&id).and_then(|s| s.first()).ok_or_else(|| {
-            QmpError::generic(format!("File descriptor named 'fdset-id:{id}' not found"))
-        })?;
+        let set = sets
+            .get(&id)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+        let f = set
+            .iter()
+            .find(|f| {
+                // SAFETY: F_GETFL on an fd we own.
+                let flags = unsafe { libc::fcntl(f.fd.as_raw_fd(), libc::F_GETFL) };
+                flags >= 0 && flags & libc::O_ACCMODE == want
+            })
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EACCES))?;
         f.fd.try_clone()
-            .map_err(|e| QmpError::generic(format!("duplicating an fd of set {id}: {e}")))
     }
 }
 
@@ -189,7 +199,15 @@ mod tests {
             sets.remove(3, None).unwrap_err().desc,
             "File descriptor named 'fdset-id:3' not found"
         );
-        assert!(sets.dup_first(0).is_ok());
+        assert!(sets.dup_for_open(0, false).is_ok());
+        assert_eq!(
+            sets.dup_for_open(0, true).unwrap_err().raw_os_error(),
+            Some(libc::EACCES)
+        );
+        assert_eq!(
+            sets.dup_for_open(7, false).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
         assert!(sets.add(Some(-1), devnull(), None).is_err());
     }
 

@@ -1,13 +1,14 @@
 //! The gateway's shared state: what it knows about the VM (identity, run state, vCPU
-//! threads), the link to vmm-core, the fd sets, the event bus, and how the gateway is
-//! asked to end. vmm-core's events become QMP events here.
+//! threads), the link to vmm-core, the block layer, the fd sets, the event bus, and how
+//! the gateway is asked to end. vmm-core's events become QMP events here.
 
-use std::sync::{mpsc, Mutex};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
 
 use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent};
 use serde_json::json;
-use std::sync::Arc;
 
+use crate::block::BlockLayer;
 use crate::events::EventBus;
 use crate::fdstore::FdSets;
 use crate::supervisor::VmmLink;
@@ -38,24 +39,33 @@ pub struct Gateway {
     pub identity: VmIdentity,
     status: Mutex<Status>,
     pub vmm: Arc<VmmLink>,
+    pub block: BlockLayer,
     pub fdsets: FdSets,
-    pub events: EventBus,
+    pub events: Arc<EventBus>,
     exit: Mutex<mpsc::Sender<ExitReason>>,
 }
 
 impl Gateway {
-    pub fn new(identity: VmIdentity, vmm: Arc<VmmLink>, exit: mpsc::Sender<ExitReason>) -> Gateway {
-        Gateway {
+    /// `block_daemon`: the block-daemon binary disks are served by.
+    pub fn new(
+        identity: VmIdentity,
+        vmm: Arc<VmmLink>,
+        exit: mpsc::Sender<ExitReason>,
+        block_daemon: PathBuf,
+    ) -> std::io::Result<Gateway> {
+        let events = Arc::new(EventBus::default());
+        Ok(Gateway {
             identity,
             status: Mutex::new(Status {
                 run_state: RunState::Prelaunch,
                 vcpus: Vec::new(),
             }),
             vmm,
+            block: BlockLayer::new(events.clone(), block_daemon)?,
             fdsets: FdSets::default(),
-            events: EventBus::default(),
+            events,
             exit: Mutex::new(exit),
-        }
+        })
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {

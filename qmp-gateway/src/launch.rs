@@ -97,6 +97,13 @@ impl OpenedVm {
         })
     }
 
+    /// A disk, with vmm-core's end of its vhost-user socket.
+    pub fn add_disk(&mut self, disk: ipc::DiskLaunch, stream: OwnedFd) {
+        // The fds follow the launch frame's order: disks come last.
+        self.config.disks.push(disk);
+        self.fds.push(stream);
+    }
+
     /// Asks vmm-core to build and start the VM; returns its vCPU threads.
     pub fn launch(&self, vmm: &VmmLink) -> anyhow::Result<Vec<VcpuInfo>> {
         let fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();

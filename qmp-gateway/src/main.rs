@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use ipc::{ShutdownCause, VmmRequest};
 use nix::sys::signal::{SigSet, Signal};
+use qmp_gateway::block::drive::DriveSpec;
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::{bind_private, OpenedVm};
 use qmp_gateway::qmp::server::Server;
@@ -38,9 +39,28 @@ struct Args {
     /// The VM's UUID (query-uuid).
     #[arg(long)]
     uuid: Option<String>,
+    /// A virtio-blk disk: `file=PATH,format=raw[,id=ID][,readonly=on][,cache=writeback|
+    /// none|unsafe][,discard=ignore|unmap][,detect-zeroes=off|on|unmap][,serial=S]
+    /// [,queues=N][,node-name=NAME][,stats-intervals.N=SECS]`. May be given several times.
+    #[arg(long, value_parser = |s: &str| s.parse::<DriveSpec>())]
+    drive: Vec<DriveSpec>,
     /// The vmm-core binary (default: next to this one).
     #[arg(long)]
     vmm_core: Option<PathBuf>,
+    /// The block-daemon binary (default: next to this one).
+    #[arg(long)]
+    block_daemon: Option<PathBuf>,
+}
+
+/// A sibling binary of this one, unless given.
+fn sibling(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .with_context(|| format!("locating {name} next to qmp-gateway"))?
+            .join(name)),
+    }
 }
 
 fn valid_uuid(s: &str) -> bool {
@@ -63,6 +83,8 @@ fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
 struct Cleanup {
     sockets: Vec<PathBuf>,
     child: Option<Child>,
+    /// Its block daemons stop after vmm-core, their frontend.
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl Cleanup {
@@ -98,6 +120,9 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.reap(Duration::from_secs(5));
+        if let Some(gw) = self.gateway.take() {
+            gw.block.shutdown();
+        }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
         }
@@ -119,6 +144,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let mut cleanup = Cleanup {
         sockets: Vec::new(),
         child: None,
+        gateway: None,
     };
     let mut unix_listeners = Vec::new();
     for path in &args.qmp {
@@ -130,38 +156,41 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         let addr = tcp_addr(spec)?;
         tcp_listeners.push(TcpListener::bind(addr).with_context(|| format!("--qmp-tcp {spec}"))?);
     }
-    let vm = OpenedVm::open(&args.vm)?;
+    let mut vm = OpenedVm::open(&args.vm)?;
     cleanup.sockets.extend(vm.console_socket.clone());
 
-    let binary = match &args.vmm_core {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("locating vmm-core next to qmp-gateway")?
-            .join("vmm-core"),
-    };
+    let binary = sibling(&args.vmm_core, "vmm-core")?;
     let (child, conn) =
         spawn_child(&binary, &[]).with_context(|| format!("starting {}", binary.display()))?;
     cleanup.child = Some(child);
     let link = VmmLink::new("vmm-core", conn);
     let (exit_tx, exit_rx) = mpsc::channel();
-    let gw = Arc::new(Gateway::new(
-        VmIdentity {
-            name: args.name.clone(),
-            uuid: args
-                .uuid
-                .clone()
-                .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
-        },
-        link.clone(),
-        exit_tx,
-    ));
+    let gw = Arc::new(
+        Gateway::new(
+            VmIdentity {
+                name: args.name.clone(),
+                uuid: args
+                    .uuid
+                    .clone()
+                    .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
+            },
+            link.clone(),
+            exit_tx,
+            sibling(&args.block_daemon, "block-daemon")?,
+        )
+        .context("block layer runtime directory")?,
+    );
+    cleanup.gateway = Some(gw.clone());
     {
         let (on_event, on_closed) = (gw.clone(), gw.clone());
         link.start_reader(
             move |e| on_event.on_vmm_event(e),
             move |why| on_closed.request_exit(ExitReason::VmmExited(why)),
         )?;
+    }
+    for (i, spec) in args.drive.iter().enumerate() {
+        let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets)?;
+        vm.add_disk(disk, stream);
     }
     let vcpus = vm.launch(&link).context("vmm-core")?;
     gw.set_vcpus(vcpus);

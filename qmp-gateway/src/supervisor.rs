@@ -30,7 +30,9 @@ pub fn spawn_child(binary: &Path, args: &[&str]) -> std::io::Result<(Child, Conn
     let (ours, theirs) = UnixStream::pair()?;
     let child_fd = theirs.as_raw_fd();
     let mut cmd = Command::new(binary);
-    cmd.arg("--control-fd").arg(CONTROL_FD.to_string()).args(args);
+    cmd.arg("--control-fd")
+        .arg(CONTROL_FD.to_string())
+        .args(args);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

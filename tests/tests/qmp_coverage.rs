@@ -91,6 +91,7 @@ fn coverage_doc_matches_the_command_table() {
                 let owner = match c.owner {
                     Owner::Gateway => "gateway",
                     Owner::VmmCore => "vmm-core",
+                    Owner::BlockDaemon => "block-daemon",
                 };
                 assert_eq!(row.served_by, owner, "owner of {name}");
             }
@@ -121,7 +122,15 @@ fn coverage_doc_matches_the_command_table() {
 #[test]
 fn renamed_commands_are_accepted_under_both_names() {
     let served: BTreeSet<&str> = COMMANDS.iter().map(|c| c.name).collect();
-    // Today's QEMU renamed query-cpus to query-cpus-fast; x-blockdev-del/blockdev-del
-    // joins this list with the block commands.
-    assert!(served.contains("query-cpus") && served.contains("query-cpus-fast"));
+    for (old, new) in [
+        ("query-cpus", "query-cpus-fast"),
+        ("x-blockdev-del", "blockdev-del"),
+        ("x-blockdev-remove-medium", "blockdev-remove-medium"),
+        ("x-blockdev-insert-medium", "blockdev-insert-medium"),
+    ] {
+        assert!(
+            served.contains(old) && served.contains(new),
+            "{old} / {new}"
+        );
+    }
 }

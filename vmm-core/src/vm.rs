@@ -36,7 +36,7 @@ use crate::layout::{
 };
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
-use crate::vhost_user::blk::VhostUserBlk;
+use crate::vhost_user::blk::{ConfigChangeHandle, VhostUserBlk};
 
 /// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
 pub const MAX_XAPIC_CPUS: usize = 255;
@@ -150,6 +150,8 @@ pub struct Vm {
     events_rx: Receiver<VmEvent>,
     console: Option<(Console, Arc<Mutex<SerialDevice>>)>,
     start_paused: bool,
+    /// Per disk, in launch order.
+    disks: Vec<ConfigChangeHandle>,
 }
 
 impl Vm {
@@ -241,9 +243,11 @@ impl Vm {
             Arc::new(Mutex::new(PciMmioWindow::new(pci.clone()))),
         )?;
         let router = MsiRouter::new(vm.clone());
+        let mut disk_handles = Vec::new();
         for (i, disk) in disks.into_iter().enumerate() {
             let blk = VhostUserBlk::new(disk.stream, &ram, disk.max_queues)
                 .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
+            disk_handles.push(blk.config_change_handle());
             let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
             let device = VirtioPci::new(Box::new(blk), bar.addr, vm.clone(), router.clone())
                 .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
@@ -289,6 +293,7 @@ impl Vm {
             events_rx,
             console: Some((console, serial)),
             start_paused: config.start_paused,
+            disks: disk_handles,
         };
         vm.reset_vcpus()?;
         Ok(vm)
@@ -555,6 +560,13 @@ impl Runner<'_> {
             }
             VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
             VmmRequest::InjectNmi => self.inject_nmi().map(|()| VmmReply::Done),
+            VmmRequest::DiskConfigChanged { disk } => match self.vm.disks.get(disk as usize) {
+                Some(d) => {
+                    d.raise();
+                    Ok(VmmReply::Done)
+                }
+                None => Err(RemoteError::generic(format!("no disk {disk}"))),
+            },
             // Quit is answered by the event loop, which then ends.
             VmmRequest::Quit(_) => Ok(VmmReply::Done),
         })

@@ -79,6 +79,24 @@ pub struct ThrottleLimits {
     pub iops_size: u64,
 }
 
+/// Size of a throttle group's state page: a memfd the gateway creates and hands every
+/// member of the group with its limits; the daemons keep the bucket levels in it.
+pub const THROTTLE_STATE_SIZE: u64 = 4096;
+
+/// A new, zeroed throttle group state page.
+pub fn new_throttle_state() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a valid C string.
+    let fd = unsafe { libc::memfd_create(c"flotilla-throttle".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is ours alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    std::fs::File::from(fd.try_clone()?).set_len(THROTTLE_STATE_SIZE)?;
+    Ok(fd)
+}
+
 impl ThrottleLimits {
     pub fn enabled(&self) -> bool {
         self.buckets.iter().any(|b| b.avg > 0)
@@ -96,8 +114,9 @@ pub enum BlockRequest {
     /// New I/O limits, shared with the other members of the throttle group through the
     /// state page that comes with them (one fd); `None` removes the limits (no fd).
     SetThrottle(Option<ThrottleLimits>),
-    /// Raise `WriteThreshold` once a write ends beyond this offset; 0 disables.
-    SetWriteThreshold { bytes: u64 },
+    /// Raise `WriteThreshold` for `node_name` once a write ends beyond `bytes`; 0
+    /// disables it. Each node of the disk's tree has its own.
+    SetWriteThreshold { node_name: String, bytes: u64 },
     /// Stop serving and exit.
     Quit,
 }
@@ -198,7 +217,14 @@ mod tests {
             queues: 1,
             stats_intervals: vec![],
         });
-        assert_eq!(ToBlock { id: 1, request: open }.fd_count(), 2);
+        assert_eq!(
+            ToBlock {
+                id: 1,
+                request: open
+            }
+            .fd_count(),
+            2
+        );
         let limits = ThrottleLimits::default();
         assert_eq!(BlockRequest::SetThrottle(Some(limits)).fd_count(), 1);
         assert_eq!(BlockRequest::SetThrottle(None).fd_count(), 0);

@@ -61,6 +61,11 @@ pub enum VmmRequest {
     QueryCpus,
     /// An NMI to every vCPU.
     InjectNmi,
+    /// Disk `disk` (its index in the launch request) has a new configuration (its image
+    /// was resized): the guest must re-read it.
+    DiskConfigChanged {
+        disk: u32,
+    },
     /// Stop the VM and exit; the cause goes into the SHUTDOWN event.
     Quit(ShutdownCause),
 }

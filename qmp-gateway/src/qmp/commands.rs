@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::protocol::{self, QmpError, QmpResult};
 use super::schema::{opt, req, Member, Ty, TypeDef, TypeKind, Types};
-use super::{absent, hmp};
+use super::{absent, block, hmp};
 use crate::events::EVENTS;
 use crate::fdstore::NamedFds;
 use crate::gateway::{ExitReason, Gateway};
@@ -19,6 +19,8 @@ use crate::gateway::{ExitReason, Gateway};
 pub enum Owner {
     Gateway,
     VmmCore,
+    /// The daemon of the disk the command names (or each disk's, merged).
+    BlockDaemon,
 }
 
 /// How far a command is implemented (docs/qmp-coverage.md is checked against this).
@@ -104,7 +106,59 @@ const fn absent(name: &'static str, args: &'static [Member], ret: Ty, handler: H
 }
 
 const EMPTY: Ty = Ty::Named("q_empty");
-use Owner::{Gateway as G, VmmCore as V};
+use Owner::{BlockDaemon as B, Gateway as G, VmmCore as V};
+
+/// block_set_io_throttle's arguments (BlockIOThrottle).
+const THROTTLE_ARGS: &[Member] = &[
+    opt("device", Ty::Str),
+    opt("id", Ty::Str),
+    req("bps", Ty::Int),
+    req("bps_rd", Ty::Int),
+    req("bps_wr", Ty::Int),
+    req("iops", Ty::Int),
+    req("iops_rd", Ty::Int),
+    req("iops_wr", Ty::Int),
+    opt("bps_max", Ty::Int),
+    opt("bps_rd_max", Ty::Int),
+    opt("bps_wr_max", Ty::Int),
+    opt("iops_max", Ty::Int),
+    opt("iops_rd_max", Ty::Int),
+    opt("iops_wr_max", Ty::Int),
+    opt("bps_max_length", Ty::Int),
+    opt("bps_rd_max_length", Ty::Int),
+    opt("bps_wr_max_length", Ty::Int),
+    opt("iops_max_length", Ty::Int),
+    opt("iops_rd_max_length", Ty::Int),
+    opt("iops_wr_max_length", Ty::Int),
+    opt("iops_size", Ty::Int),
+    opt("group", Ty::Str),
+];
+
+/// blockdev-add's arguments: QEMU 2.x's `options` wrapper, or (today's QEMU) the
+/// options themselves; the block layer checks them as QEMU's BlockdevOptions.
+const BLOCKDEV_ADD_ARGS: &[Member] = &[
+    opt("options", Ty::Any),
+    opt("driver", Ty::Any),
+    opt("node-name", Ty::Any),
+    opt("discard", Ty::Any),
+    opt("cache", Ty::Any),
+    opt("read-only", Ty::Any),
+    opt("auto-read-only", Ty::Any),
+    opt("force-share", Ty::Any),
+    opt("detect-zeroes", Ty::Any),
+    opt("filename", Ty::Any),
+    opt("aio", Ty::Any),
+    opt("aio-max-batch", Ty::Any),
+    opt("locking", Ty::Any),
+    opt("drop-cache", Ty::Any),
+    opt("x-check-cache-dropped", Ty::Any),
+    opt("pr-manager", Ty::Any),
+    opt("file", Ty::Any),
+    opt("offset", Ty::Any),
+    opt("size", Ty::Any),
+];
+
+const DEVICE_OR_ID: &[Member] = &[opt("device", Ty::Str), opt("id", Ty::Str)];
 
 pub const COMMANDS: &[Command] = &[
     cmd(
@@ -332,6 +386,185 @@ pub const COMMANDS: &[Command] = &[
         absent::hotpluggable_cpus,
     ),
     cmd(
+        "query-block",
+        &[],
+        Ty::Array(&Ty::Named("BlockInfo")),
+        G,
+        block::query_block,
+    ),
+    cmd(
+        "query-named-block-nodes",
+        &[opt("flat", Ty::Bool)],
+        Ty::Array(&Ty::Named("BlockDeviceInfo")),
+        G,
+        block::query_named_block_nodes,
+    ),
+    cmd(
+        "query-blockstats",
+        &[opt("query-nodes", Ty::Bool)],
+        Ty::Array(&Ty::Named("BlockStats")),
+        B,
+        block::query_blockstats,
+    ),
+    cmd(
+        "blockdev-add",
+        BLOCKDEV_ADD_ARGS,
+        EMPTY,
+        G,
+        block::blockdev_add,
+    ),
+    cmd(
+        "blockdev-del",
+        &[req("node-name", Ty::Str)],
+        EMPTY,
+        G,
+        block::blockdev_del,
+    ),
+    cmd(
+        "x-blockdev-del",
+        &[req("node-name", Ty::Str)],
+        EMPTY,
+        G,
+        block::blockdev_del,
+    ),
+    cmd(
+        "block_resize",
+        &[
+            opt("device", Ty::Str),
+            opt("node-name", Ty::Str),
+            req("size", Ty::Int),
+        ],
+        EMPTY,
+        B,
+        block::block_resize,
+    ),
+    cmd(
+        "block_set_io_throttle",
+        THROTTLE_ARGS,
+        EMPTY,
+        B,
+        block::block_set_io_throttle,
+    ),
+    cmd(
+        "block-set-write-threshold",
+        &[req("node-name", Ty::Str), req("write-threshold", Ty::Int)],
+        EMPTY,
+        B,
+        block::block_set_write_threshold,
+    ),
+    cmd(
+        "block_passwd",
+        &[
+            opt("device", Ty::Str),
+            opt("node-name", Ty::Str),
+            req("password", Ty::Str),
+        ],
+        EMPTY,
+        G,
+        block::block_passwd,
+    ),
+    cmd(
+        "eject",
+        &[
+            opt("device", Ty::Str),
+            opt("id", Ty::Str),
+            opt("force", Ty::Bool),
+        ],
+        EMPTY,
+        G,
+        block::not_removable,
+    ),
+    cmd(
+        "change",
+        &[
+            req("device", Ty::Str),
+            req("target", Ty::Str),
+            opt("arg", Ty::Str),
+        ],
+        EMPTY,
+        G,
+        block::change,
+    ),
+    cmd(
+        "blockdev-change-medium",
+        &[
+            opt("device", Ty::Str),
+            opt("id", Ty::Str),
+            req("filename", Ty::Str),
+            opt("format", Ty::Str),
+            opt("force", Ty::Bool),
+            opt("read-only-mode", Ty::Named("BlockdevChangeReadOnlyMode")),
+        ],
+        EMPTY,
+        G,
+        block::not_removable,
+    ),
+    cmd(
+        "blockdev-open-tray",
+        &[
+            opt("device", Ty::Str),
+            opt("id", Ty::Str),
+            opt("force", Ty::Bool),
+        ],
+        EMPTY,
+        G,
+        block::not_removable,
+    ),
+    cmd(
+        "blockdev-close-tray",
+        DEVICE_OR_ID,
+        EMPTY,
+        G,
+        block::not_removable,
+    ),
+    cmd(
+        "blockdev-remove-medium",
+        DEVICE_OR_ID,
+        EMPTY,
+        G,
+        block::not_removable,
+    ),
+    cmd(
+        "x-blockdev-remove-medium",
+        DEVICE_OR_ID,
+        EMPTY,
+        G,
+        block::not_removable,
+    ),
+    cmd(
+        "blockdev-insert-medium",
+        &[
+            opt("device", Ty::Str),
+            opt("id", Ty::Str),
+            req("node-name", Ty::Str),
+        ],
+        EMPTY,
+        G,
+        block::insert_medium,
+    ),
+    cmd(
+        "x-blockdev-insert-medium",
+        &[
+            opt("device", Ty::Str),
+            opt("id", Ty::Str),
+            req("node-name", Ty::Str),
+        ],
+        EMPTY,
+        G,
+        block::insert_medium,
+    ),
+    cmd(
+        "x-blockdev-change",
+        &[
+            req("parent", Ty::Str),
+            opt("child", Ty::Str),
+            opt("node", Ty::Str),
+        ],
+        EMPTY,
+        G,
+        block::x_blockdev_change,
+    ),
+    cmd(
         "human-monitor-command",
         &[req("command-line", Ty::Str), opt("cpu-index", Ty::Int)],
         Ty::Str,
@@ -484,6 +717,95 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
+        name: "BlockdevChangeReadOnlyMode",
+        kind: TypeKind::Enum(&["retain", "read-only", "read-write"]),
+    },
+    TypeDef {
+        name: "BlockdevCacheInfo",
+        kind: TypeKind::Object(&[
+            req("writeback", Ty::Bool),
+            req("direct", Ty::Bool),
+            req("no-flush", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "ImageInfo",
+        kind: TypeKind::Object(&[
+            req("filename", Ty::Str),
+            req("format", Ty::Str),
+            opt("dirty-flag", Ty::Bool),
+            opt("actual-size", Ty::Int),
+            req("virtual-size", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "BlockDeviceInfo",
+        kind: TypeKind::Object(&[
+            req("file", Ty::Str),
+            opt("node-name", Ty::Str),
+            req("ro", Ty::Bool),
+            req("drv", Ty::Str),
+            req("backing_file_depth", Ty::Int),
+            req("encrypted", Ty::Bool),
+            req("detect_zeroes", Ty::Str),
+            req("bps", Ty::Int),
+            req("bps_rd", Ty::Int),
+            req("bps_wr", Ty::Int),
+            req("iops", Ty::Int),
+            req("iops_rd", Ty::Int),
+            req("iops_wr", Ty::Int),
+            req("image", Ty::Named("ImageInfo")),
+            opt("bps_max", Ty::Int),
+            opt("bps_rd_max", Ty::Int),
+            opt("bps_wr_max", Ty::Int),
+            opt("iops_max", Ty::Int),
+            opt("iops_rd_max", Ty::Int),
+            opt("iops_wr_max", Ty::Int),
+            opt("bps_max_length", Ty::Int),
+            opt("bps_rd_max_length", Ty::Int),
+            opt("bps_wr_max_length", Ty::Int),
+            opt("iops_max_length", Ty::Int),
+            opt("iops_rd_max_length", Ty::Int),
+            opt("iops_wr_max_length", Ty::Int),
+            opt("iops_size", Ty::Int),
+            opt("group", Ty::Str),
+            req("cache", Ty::Named("BlockdevCacheInfo")),
+            req("write_threshold", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "BlockInfo",
+        kind: TypeKind::Object(&[
+            req("device", Ty::Str),
+            opt("qdev", Ty::Str),
+            req("type", Ty::Str),
+            req("removable", Ty::Bool),
+            req("locked", Ty::Bool),
+            opt("inserted", Ty::Named("BlockDeviceInfo")),
+            opt("tray_open", Ty::Bool),
+            opt("io-status", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "BlockStats",
+        kind: TypeKind::Object(&[
+            opt("device", Ty::Str),
+            opt("qdev", Ty::Str),
+            opt("node-name", Ty::Str),
+            req("stats", Ty::Any),
+            opt("parent", Ty::Named("BlockStats")),
+            opt("driver-specific", Ty::Any),
+        ]),
+    },
+    TypeDef {
+        name: "q_obj_BLOCK_WRITE_THRESHOLD-arg",
+        kind: TypeKind::Object(&[
+            req("node-name", Ty::Str),
+            req("amount-exceeded", Ty::Int),
+            req("write-threshold", Ty::Int),
+        ]),
+    },
+    TypeDef {
         name: "q_obj_SHUTDOWN-arg",
         kind: TypeKind::Object(&[
             req("guest", Ty::Bool),
@@ -496,6 +818,7 @@ pub const TYPES: Types = Types(&[
 fn event_arg_type(event: &str) -> &'static str {
     match event {
         "SHUTDOWN" | "RESET" => "q_obj_SHUTDOWN-arg",
+        "BLOCK_WRITE_THRESHOLD" => "q_obj_BLOCK_WRITE_THRESHOLD-arg",
         _ => "q_empty",
     }
 }

@@ -1,6 +1,7 @@
 //! QMP: the wire protocol, the command table and its handlers, sessions and listeners.
 
 pub mod absent;
+pub mod block;
 pub mod commands;
 pub mod hmp;
 pub mod json_stream;

@@ -220,8 +220,7 @@ impl VirtioPci {
             driver_features: 0,
             status: 0,
             queue_select: 0,
-            queues: vec![QueueState::fresh(device.queue_max_size()); nq
-            ],
+            queues: vec![QueueState::fresh(device.queue_max_size()); nq],
             kicks: kicks.map_err(|e| format!("kick eventfd: {e}"))?,
             kicks_at: None,
             vectors,
@@ -358,7 +357,10 @@ impl VirtioPci {
         log::debug!(
             "virtio activate: features {:#x}, queues {:?}",
             self.driver_features,
-            active.iter().map(|q| (q.index, q.size, q.desc, q.avail, q.used)).collect::<Vec<_>>()
+            active
+                .iter()
+                .map(|q| (q.index, q.size, q.desc, q.avail, q.used))
+                .collect::<Vec<_>>()
         );
         match self.device.activate(self.driver_features, &active) {
             Ok(()) => self.activated = true,

@@ -52,8 +52,8 @@ struct BackendRequests {
     notify: Mutex<Option<ConfigChanged>>,
 }
 
-impl VhostUserFrontendReqHandler for BackendRequests {
-    fn handle_config_change(&self) -> vhost::vhost_user::HandlerResult<u64> {
+impl BackendRequests {
+    fn config_changed(&self) {
         self.config_stale.store(true, Ordering::Release);
         if let Some(n) = self
             .notify
@@ -63,7 +63,25 @@ impl VhostUserFrontendReqHandler for BackendRequests {
         {
             n.notify();
         }
+    }
+}
+
+impl VhostUserFrontendReqHandler for BackendRequests {
+    fn handle_config_change(&self) -> vhost::vhost_user::HandlerResult<u64> {
+        self.config_changed();
         Ok(0)
+    }
+}
+
+/// Tells the disk its backend's configuration changed (re-read on the guest's next
+/// look, with a config-change interrupt now), for changes the gateway learns of first:
+/// a resize it ordered.
+#[derive(Clone)]
+pub struct ConfigChangeHandle(Arc<BackendRequests>);
+
+impl ConfigChangeHandle {
+    pub fn raise(&self) {
+        self.0.config_changed();
     }
 }
 
@@ -166,6 +184,10 @@ impl VhostUserBlk {
         };
         dev.refresh_config();
         Ok(dev)
+    }
+
+    pub fn config_change_handle(&self) -> ConfigChangeHandle {
+        ConfigChangeHandle(self.requests.clone())
     }
 
     fn refresh_config(&mut self) {

@@ -1,0 +1,165 @@
+//! Block daemons as the gateway runs them: one child process per disk, its control link,
+//! and the private directory holding the vhost-user sockets the gateway binds for them
+//! (the daemon gets the listening socket as an fd; vmm-core gets a connected one).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest};
+
+use crate::qmp::protocol::QmpError;
+use crate::supervisor::{spawn_child, Link};
+
+pub type BlockLink = Link<BlockRequest, BlockReply, BlockEvent>;
+
+/// A directory only the gateway's user may enter, removed with everything in it when
+/// dropped.
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    pub fn create() -> std::io::Result<RuntimeDir> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let mut n = 0u32;
+        loop {
+            let path = base.join(format!("flotilla-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(RuntimeDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory now (the process may end without dropping it).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A running block daemon.
+pub struct Daemon {
+    pub link: Arc<BlockLink>,
+    child: Mutex<Option<Child>>,
+    socket: PathBuf,
+    /// Set once the gateway stops it: its end is then no news.
+    stopping: Arc<AtomicBool>,
+}
+
+impl Daemon {
+    /// Starts `binary` in gateway mode; `on_event` gets its events.
+    pub fn spawn(
+        binary: &Path,
+        name: &str,
+        socket: PathBuf,
+        on_event: impl Fn(BlockEvent) + Send + 'static,
+    ) -> std::io::Result<Daemon> {
+        let (child, conn) = spawn_child(binary, &[])?;
+        let link = BlockLink::new(format!("block daemon {name}"), conn);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let expected = stopping.clone();
+        link.start_reader(on_event, move |why| {
+            if !expected.load(Ordering::SeqCst) {
+                log::error!("{why}: its disk's I/O stalls until the VM ends");
+            }
+        })?;
+        Ok(Daemon {
+            link,
+            child: Mutex::new(Some(child)),
+            socket,
+            stopping,
+        })
+    }
+
+    /// Opens the node in the daemon: it serves `listener`; returns the image size.
+    pub fn open(
+        &self,
+        config: BlockOpen,
+        image: &OwnedFd,
+        listener: &UnixListener,
+    ) -> Result<u64, QmpError> {
+        match self.link.request(
+            BlockRequest::Open(config),
+            &[image.as_fd(), listener.as_fd()],
+        )? {
+            BlockReply::Opened { size } => Ok(size),
+            other => Err(QmpError::generic(format!(
+                "{} answered the open call with {other:?}",
+                self.link.name()
+            ))),
+        }
+    }
+
+    /// A connection to the daemon's vhost-user socket (for vmm-core).
+    pub fn connect(&self) -> std::io::Result<UnixStream> {
+        UnixStream::connect(&self.socket)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Child::id)
+    }
+
+    /// Asks the daemon to quit and waits for it, killing it (our child, by pid) after
+    /// `grace`.
+    pub fn stop(&self, grace: Duration) {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        self.stopping.store(true, Ordering::SeqCst);
+        if !self.link.is_closed() {
+            let _ = self.link.request(BlockRequest::Quit, &[]);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        log::warn!("{} exited with {status}", self.link.name());
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    log::warn!("{} did not exit; killing it", self.link.name());
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        self.link.shutdown();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
+}

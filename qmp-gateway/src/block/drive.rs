@@ -1,0 +1,168 @@
+//! `--drive file=PATH,format=raw,id=ID[,...]`: a raw image the guest sees as a virtio-blk
+//! disk, in QEMU's -drive syntax (the subset that applies).
+
+use std::str::FromStr;
+
+use ipc::DetectZeroes;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveSpec {
+    pub file: String,
+    /// The disk's name in QMP (query-block's "device"); default virtioN.
+    pub id: Option<String>,
+    /// The raw node's name; default an automatic "#block..." name.
+    pub node_name: Option<String>,
+    pub read_only: bool,
+    pub direct: bool,
+    pub no_flush: bool,
+    pub discard_unmap: bool,
+    pub detect_zeroes: DetectZeroes,
+    /// What the guest reads with GET_ID; default the id.
+    pub serial: Option<String>,
+    pub queues: u32,
+    /// Windows for timed statistics, in seconds.
+    pub stats_intervals: Vec<u32>,
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("{key}={v}: expected on or off")),
+    }
+}
+
+impl FromStr for DriveSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DriveSpec, String> {
+        let mut d = DriveSpec {
+            file: String::new(),
+            id: None,
+            node_name: None,
+            read_only: false,
+            direct: false,
+            no_flush: false,
+            discard_unmap: false,
+            detect_zeroes: DetectZeroes::Off,
+            serial: None,
+            queues: 1,
+            stats_intervals: Vec::new(),
+        };
+        let mut format = None;
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}': expected key=value"))?;
+            match key {
+                "file" => d.file = value.to_string(),
+                "format" => format = Some(value.to_string()),
+                "id" => d.id = Some(value.to_string()),
+                "node-name" => d.node_name = Some(value.to_string()),
+                "if" if value == "virtio" => {}
+                "if" => return Err(format!("if={value}: only virtio disks exist here")),
+                "readonly" | "read-only" => d.read_only = on_off(key, value)?,
+                "cache" => {
+                    (d.direct, d.no_flush) = match value {
+                        "writeback" => (false, false),
+                        "none" => (true, false),
+                        "unsafe" => (false, true),
+                        "writethrough" | "directsync" => {
+                            return Err(format!(
+                                "cache={value}: not supported (the guest always sees a \
+                                 write-back cache and its flushes are honoured); use \
+                                 writeback, none or unsafe"
+                            ))
+                        }
+                        _ => return Err(format!("cache={value}: unknown cache mode")),
+                    }
+                }
+                "cache.direct" => d.direct = on_off(key, value)?,
+                "cache.no-flush" => d.no_flush = on_off(key, value)?,
+                "discard" => {
+                    d.discard_unmap = match value {
+                        "unmap" | "on" => true,
+                        "ignore" | "off" => false,
+                        _ => return Err(format!("discard={value}: expected ignore or unmap")),
+                    }
+                }
+                "detect-zeroes" => {
+                    d.detect_zeroes = match value {
+                        "off" => DetectZeroes::Off,
+                        "on" => DetectZeroes::On,
+                        "unmap" => DetectZeroes::Unmap,
+                        _ => {
+                            return Err(format!("detect-zeroes={value}: expected off, on or unmap"))
+                        }
+                    }
+                }
+                "serial" => d.serial = Some(value.to_string()),
+                "queues" | "num-queues" => {
+                    d.queues = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=16).contains(n))
+                        .ok_or_else(|| format!("{key}={value}: 1 to 16"))?
+                }
+                k if k.starts_with("stats-intervals.") => d.stats_intervals.push(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("{key}={value}: a number of seconds"))?,
+                ),
+                _ => return Err(format!("unknown drive option '{key}'")),
+            }
+        }
+        if d.file.is_empty() {
+            return Err("file=PATH is required".into());
+        }
+        match format.as_deref() {
+            Some("raw") => {}
+            Some(f) => return Err(format!("format={f}: only raw images are served")),
+            None => return Err("format=raw is required (image formats are never guessed)".into()),
+        }
+        if d.detect_zeroes == DetectZeroes::Unmap && !d.discard_unmap {
+            return Err(
+                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
+                    .into(),
+            );
+        }
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_drive() {
+        let d: DriveSpec = "file=/x.raw,format=raw,id=d0,readonly=on,cache=none,discard=unmap,detect-zeroes=unmap,serial=abc,queues=4,stats-intervals.0=1,stats-intervals.1=60"
+            .parse()
+            .unwrap();
+        assert_eq!(d.file, "/x.raw");
+        assert_eq!(d.id.as_deref(), Some("d0"));
+        assert!(d.read_only && d.direct && !d.no_flush && d.discard_unmap);
+        assert_eq!(d.detect_zeroes, DetectZeroes::Unmap);
+        assert_eq!(d.queues, 4);
+        assert_eq!(d.stats_intervals, vec![1, 60]);
+    }
+
+    #[test]
+    fn bad_drives() {
+        for bad in [
+            "format=raw",
+            "file=/x",
+            "file=/x,format=qcow2",
+            "file=/x,format=raw,cache=writethrough",
+            "file=/x,format=raw,queues=0",
+            "file=/x,format=raw,bogus=1",
+            "file=/x,format=raw,detect-zeroes=unmap",
+            "file=/x,format=raw,readonly",
+            "file=/x,format=raw,if=ide",
+        ] {
+            assert!(bad.parse::<DriveSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The block node graph: protocol nodes (an image the gateway opened) and raw format nodes
+//! over them, with QEMU's naming rules, option inheritance (an inline child takes its
+//! parent's read-only, cache and discard settings unless it sets its own) and rules for
+//! adding and deleting (a node in use stays).
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
+use std::sync::Arc;
+
+use ipc::{CacheFlags, DetectZeroes};
+
+use super::options::{check_node_name, ChildRef, Driver, NodeOptions, Source};
+use crate::qmp::protocol::QmpError;
+
+pub struct Node {
+    pub name: String,
+    pub driver: Driver,
+    /// The image's path as given (protocol nodes), or the child's (format nodes).
+    pub filename: String,
+    pub read_only: bool,
+    pub cache: CacheFlags,
+    pub discard_unmap: bool,
+    pub detect_zeroes: DetectZeroes,
+    /// The opened image (protocol nodes).
+    pub image: Option<Arc<OwnedFd>>,
+    /// A format node's protocol child.
+    pub child: Option<String>,
+    /// Added by blockdev-add as the root of what it created: blockdev-del may delete it.
+    pub monitor_owned: bool,
+}
+
+/// Opens a protocol node's image: (path, driver, writable) to an fd, or QEMU's error.
+pub type Opener<'a> = dyn FnMut(&str, Driver, bool) -> Result<OwnedFd, QmpError> + 'a;
+
+/// Settings an inline child inherits from its parent.
+#[derive(Clone, Copy, Default)]
+struct Inherited {
+    read_only: Option<bool>,
+    direct: Option<bool>,
+    no_flush: Option<bool>,
+    discard_unmap: Option<bool>,
+}
+
+#[derive(Default)]
+pub struct Graph {
+    /// In creation order.
+    nodes: Vec<Node>,
+    next_auto: u64,
+}
+
+impl Graph {
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The protocol node under `name` (itself, or its child).
+    pub fn protocol_of(&self, name: &str) -> Option<&Node> {
+        let node = self.node(name)?;
+        match &node.child {
+            None => Some(node),
+            Some(child) => self.protocol_of(child),
+        }
+    }
+
+    /// `root` and every node below it.
+    pub fn tree(&self, root: &str) -> Vec<String> {
+        let mut out = vec![root.to_string()];
+        let mut at = self.node(root).and_then(|n| n.child.clone());
+        while let Some(name) = at {
+            at = self.node(&name).and_then(|n| n.child.clone());
+            out.push(name);
+        }
+        out
+    }
+
+    fn parent_of(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.child.as_deref() == Some(name))
+    }
+
+    /// QEMU's automatic names: "#block", a counter, two more digits.
+    fn auto_name(&mut self) -> String {
+        let n = self.next_auto;
+        self.next_auto += 1;
+        let salt = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 100;
+        format!("#block{n}{salt:02}")
+    }
+
+    /// Adds the nodes `opts` describes; returns the root's name. `root_needs_name`: a
+    /// blockdev-add root must be named; `taken`: names node names may not take (disk
+    /// ids). Nothing is added if anything fails.
+    pub fn add(
+        &mut self,
+        opts: &NodeOptions,
+        monitor_owned: bool,
+        taken: &dyn Fn(&str) -> bool,
+        open: &mut Opener,
+    ) -> Result<String, QmpError> {
+        if monitor_owned && opts.node_name.is_none() {
+            return Err(QmpError::generic(
+                "'node-name' must be specified for the root node",
+            ));
+        }
+        let mut created = Vec::new();
+        let result = self.add_node(opts, Inherited::default(), taken, open, &mut created);
+        match &result {
+            Err(_) => self.nodes.retain(|n| !created.contains(&n.name)),
+            Ok(root) => {
+                if let Some(n) = self.nodes.iter_mut().find(|n| &n.name == root) {
+                    n.monitor_owned = monitor_owned;
+                }
+            }
+        }
+        result
+    }
+
+    fn add_node(
+        &mut self,
+        opts: &NodeOptions,
+        inherited: Inherited,
+        taken: &dyn Fn(&str) -> bool,
+        open: &mut Opener,
+        created: &mut Vec<String>,
+    ) -> Result<String, QmpError> {
+        let name = match &opts.node_name {
+            Some(n) => {
+                check_node_name(n)?;
+                if self.node(n).is_some() {
+                    return Err(QmpError::generic(format!(
+                        "Duplicate nodes with node-name='{n}'"
+                    )));
+                }
+                if taken(n) {
+                    return Err(QmpError::generic(format!(
+                        "node-name={n} is conflicting with a device id"
+                    )));
+                }
+                n.clone()
+            }
+            None => self.auto_name(),
+        };
+        let read_only = opts.read_only.or(inherited.read_only).unwrap_or(false);
+        let cache = CacheFlags {
+            direct: opts.direct.or(inherited.direct).unwrap_or(false),
+            no_flush: opts.no_flush.or(inherited.no_flush).unwrap_or(false),
+        };
+        let discard_unmap = opts
+            .discard_unmap
+            .or(inherited.discard_unmap)
+            .unwrap_or(false);
+        let detect_zeroes = opts.detect_zeroes.unwrap_or_default();
+        if detect_zeroes == DetectZeroes::Unmap && !discard_unmap {
+            return Err(QmpError::generic(
+                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+            ));
+        }
+        let (filename, image, child) = match &opts.source {
+            Source::Path(path) => {
+                let fd = open(path, opts.driver, !read_only)?;
+                (path.clone(), Some(Arc::new(fd)), None)
+            }
+            Source::Child(ChildRef::Node(child)) => {
+                let c = self.node(child).ok_or_else(|| {
+                    QmpError::generic(format!(
+                        "Cannot find device='{child}' nor node-name='{child}'"
+                    ))
+                })?;
+                if let Some(p) = self.parent_of(child) {
+                    return Err(QmpError::generic(format!(
+                        "Conflicts with use by {} as 'file', which does not allow 'write' on {child}",
+                        p.name
+                    )));
+                }
+                if c.read_only && !read_only {
+                    return Err(QmpError::generic("Block node is read-only"));
+                }
+                (c.filename.clone(), None, Some(child.clone()))
+            }
+            Source::Child(ChildRef::Inline(child_opts)) => {
+                let inherit = Inherited {
+                    read_only: Some(read_only),
+                    direct: Some(cache.direct),
+                    no_flush: Some(cache.no_flush),
+                    discard_unmap: Some(discard_unmap),
+                };
+                let child = self.add_node(child_opts, inherit, taken, open, created)?;
+                let c = self.node(&child).map(|c| c.filename.clone());
+                (c.unwrap_or_default(), None, Some(child))
+            }
+        };
+        self.nodes.push(Node {
+            name: name.clone(),
+            driver: opts.driver,
+            filename,
+            read_only,
+            cache,
+            discard_unmap,
+            detect_zeroes,
+            image,
+            child,
+            monitor_owned: false,
+        });
+        created.push(name.clone());
+        Ok(name)
+    }
+
+    /// blockdev-del: removes a node blockdev-add created, with the children created with
+    /// it. `in_use`: nodes a disk is attached to.
+    pub fn remove(&mut self, name: &str, in_use: &dyn Fn(&str) -> bool) -> Result<(), QmpError> {
+        let node = self.node(name).ok_or_else(|| {
+            QmpError::generic(format!("Failed to find node with node-name='{name}'"))
+        })?;
+        if !node.monitor_owned {
+            return Err(QmpError::generic(format!(
+                "Node {name} is not owned by the monitor"
+            )));
+        }
+        if in_use(name) || self.parent_of(name).is_some() {
+            return Err(QmpError::generic(format!("Block device {name} is in use")));
+        }
+        let mut at = Some(name.to_string());
+        while let Some(n) = at.take() {
+            let Some(i) = self.nodes.iter().position(|x| x.name == n) else {
+                break;
+            };
+            let removed = self.nodes.remove(i);
+            // A child goes with its parent unless blockdev-add created it on its own.
+            if let Some(c) = removed.child {
+                if self.node(&c).is_some_and(|c| !c.monitor_owned) && self.parent_of(&c).is_none() {
+                    at = Some(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Graph {
+    /// Removes `root` and everything below it, whoever created them (undoing a drive
+    /// whose daemon did not start).
+    pub fn remove_tree(&mut self, root: &str) {
+        let tree = self.tree(root);
+        self.nodes.retain(|n| !tree.contains(&n.name));
+    }
+}
+
+/// Opens a protocol node's image from a path (the gateway is the only process that
+/// does), with QEMU's errors.
+pub fn open_path(path: &str, driver: Driver, write: bool) -> Result<OwnedFd, QmpError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|e| QmpError::generic(format!("Could not open '{path}': {}", errno_text(&e))))?;
+    check_kind(&file, path, driver)?;
+    Ok(file.into())
+}
+
+/// host_device wants a device; file wants a regular file (QEMU's rules).
+pub fn check_kind(file: &File, path: &str, driver: Driver) -> Result<(), QmpError> {
+    let ty = file
+        .metadata()
+        .map_err(|e| QmpError::generic(format!("Could not stat '{path}': {e}")))?
+        .file_type();
+    let device = ty.is_block_device() || ty.is_char_device();
+    match driver {
+        Driver::HostDevice if !device => Err(QmpError::generic(format!(
+            "'host_device' driver requires '{path}' to be either a character or block device"
+        ))),
+        Driver::File if device => Err(QmpError::generic(format!(
+            "'file' driver requires '{path}' to be a regular file"
+        ))),
+        Driver::File if ty.is_dir() => Err(QmpError::generic(format!("'{path}' is a directory"))),
+        _ => Ok(()),
+    }
+}
+
+/// strerror-style text without Rust's " (os error N)" suffix, as QEMU prints it.
+pub fn errno_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::options::parse;
+    use serde_json::{json, Value};
+
+    fn opts(v: Value) -> NodeOptions {
+        parse(v.as_object().unwrap(), "").unwrap()
+    }
+
+    fn devnull(_: &str, _: Driver, _: bool) -> Result<OwnedFd, QmpError> {
+        Ok(File::open("/dev/null").unwrap().into())
+    }
+
+    fn no_disks(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn add_inherit_and_delete() {
+        let mut g = Graph::default();
+        let f1 = g
+            .add(
+                &opts(json!({"driver": "file", "node-name": "f1", "filename": "/a"})),
+                true,
+                &no_disks,
+                &mut devnull,
+            )
+            .unwrap();
+        assert_eq!(f1, "f1");
+        g.add(
+            &opts(json!({"driver": "raw", "node-name": "r1", "file": "f1"})),
+            true,
+            &no_disks,
+            &mut devnull,
+        )
+        .unwrap();
+        g.add(
+            &opts(
+                json!({"driver": "raw", "node-name": "r2", "read-only": true,
+                "cache": {"direct": true}, "file": {"driver": "file", "filename": "/b"}}),
+            ),
+            true,
+            &no_disks,
+            &mut devnull,
+        )
+        .unwrap();
+        let child = g.node("r2").unwrap().child.clone().unwrap();
+        assert!(child.starts_with("#block"));
+        let c = g.node(&child).unwrap();
+        assert!(c.read_only && c.cache.direct && !c.monitor_owned);
+        assert_eq!(g.tree("r2"), vec!["r2".to_string(), child.clone()]);
+        assert_eq!(g.protocol_of("r1").unwrap().name, "f1");
+
+        let err = |r: Result<(), QmpError>| r.unwrap_err().desc;
+        assert_eq!(err(g.remove("f1", &no_disks)), "Block device f1 is in use");
+        assert_eq!(
+            err(g.remove(&child, &no_disks)),
+            format!("Node {child} is not owned by the monitor")
+        );
+        assert_eq!(
+            err(g.remove("nope", &no_disks)),
+            "Failed to find node with node-name='nope'"
+        );
+        assert_eq!(
+            err(g.remove("r1", &|n| n == "r1")),
+            "Block device r1 is in use"
+        );
+        g.remove("r2", &no_disks).unwrap();
+        assert!(
+            g.node(&child).is_none(),
+            "the inline child goes with its parent"
+        );
+        g.remove("r1", &no_disks).unwrap();
+        assert!(g.node("f1").is_some(), "a node added on its own stays");
+        g.remove("f1", &no_disks).unwrap();
+        assert!(g.nodes().is_empty());
+    }
+
+    #[test]
+    fn add_errors_leave_nothing_behind() {
+        let mut g = Graph::default();
+        let add = |g: &mut Graph, v: Value| {
+            g.add(&opts(v), true, &|n| n == "d0", &mut devnull)
+                .unwrap_err()
+                .desc
+        };
+        assert_eq!(
+            add(&mut g, json!({"driver": "raw", "file": "f1"})),
+            "'node-name' must be specified for the root node"
+        );
+        assert_eq!(
+            add(
+                &mut g,
+                json!({"driver": "raw", "node-name": "r3", "file": "nofile"})
+            ),
+            "Cannot find device='nofile' nor node-name='nofile'"
+        );
+        assert_eq!(
+            add(
+                &mut g,
+                json!({"driver": "file", "node-name": "d0", "filename": "/a"})
+            ),
+            "node-name=d0 is conflicting with a device id"
+        );
+        assert_eq!(
+            add(&mut g, json!({"driver": "file", "node-name": "f", "filename": "/a", "detect-zeroes": "unmap"})),
+            "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
+        );
+        // A failing open of an inline child leaves neither it nor its parent.
+        let mut failing = |_: &str, _: Driver, _: bool| -> Result<OwnedFd, QmpError> {
+            Err(QmpError::generic(
+                "Could not open '/x': No such file or directory",
+            ))
+        };
+        assert!(g
+            .add(
+                &opts(json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": "/x"}})),
+                true,
+                &no_disks,
+                &mut failing
+            )
+            .is_err());
+        assert!(g.nodes().is_empty());
+        g.add(
+            &opts(
+                json!({"driver": "file", "node-name": "ro", "filename": "/a", "read-only": true}),
+            ),
+            true,
+            &no_disks,
+            &mut devnull,
+        )
+        .unwrap();
+        assert_eq!(
+            add(
+                &mut g,
+                json!({"driver": "raw", "node-name": "rw", "file": "ro"})
+            ),
+            "Block node is read-only"
+        );
+        assert_eq!(
+            add(
+                &mut g,
+                json!({"driver": "file", "node-name": "ro", "filename": "/a"})
+            ),
+            "Duplicate nodes with node-name='ro'"
+        );
+    }
+
+    #[test]
+    fn open_errors_read_like_qemu() {
+        assert_eq!(
+            open_path("/nonexistent", Driver::File, false)
+                .unwrap_err()
+                .desc,
+            "Could not open '/nonexistent': No such file or directory"
+        );
+        assert_eq!(
+            open_path("/etc/hostname", Driver::HostDevice, false).unwrap_err().desc,
+            "'host_device' driver requires '/etc/hostname' to be either a character or block device"
+        );
+        assert!(open_path("/dev/null", Driver::HostDevice, false).is_ok());
+    }
+}

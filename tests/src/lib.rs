@@ -5,6 +5,7 @@
 //! Anything a test needs that the machine lacks is a test failure naming what is
 //! missing, never a skip.
 
+pub mod blk;
 pub mod linux;
 pub mod qmp;
 
@@ -128,9 +129,13 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("flotilla-{tag}-{}-{n}", std::process::id()));
+        let p = base.join(format!("flotilla-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)

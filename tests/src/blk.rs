@@ -1,0 +1,122 @@
+//! Block test helpers: the test guest's disk pattern (written and checked on the host),
+//! images, and block-daemon / qemu-storage-daemon as standalone vhost-user backends.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{bin, require_tool, Vm};
+
+pub const SECTOR: u64 = 512;
+
+/// Sector `s` of the guest's pattern P(seed): 64 little-endian words, word i =
+/// (seed ^ (s << 16) ^ i) * 0x9E3779B97F4A7C15 (tests/guest/README.md).
+pub fn pattern_sector(seed: u64, s: u64) -> [u8; 512] {
+    let mut out = [0u8; 512];
+    for (i, w) in out.chunks_exact_mut(8).enumerate() {
+        let v = (seed ^ (s << 16) ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        w.copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// A raw image of `sectors` sectors holding P(seed).
+pub fn pattern_image(path: &Path, seed: u64, sectors: u64) {
+    let f = File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = Vec::with_capacity(1 << 20);
+    for s in 0..sectors {
+        buf.extend_from_slice(&pattern_sector(seed, s));
+        if buf.len() == 1 << 20 || s + 1 == sectors {
+            f.write_all_at(&buf, (s + 1) * SECTOR - buf.len() as u64)
+                .expect("writing the pattern");
+            buf.clear();
+        }
+    }
+    f.sync_all().expect("sync");
+}
+
+/// The first sector of `path` in `range` that does not hold what `expected` says.
+pub fn first_mismatch(
+    path: &Path,
+    range: std::ops::Range<u64>,
+    expected: impl Fn(u64) -> [u8; 512],
+) -> Option<u64> {
+    let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = [0u8; 512];
+    range.into_iter().find(|&s| {
+        f.read_exact_at(&mut buf, s * SECTOR).expect("reading the image");
+        buf != expected(s)
+    })
+}
+
+/// A sparse image of `bytes`.
+pub fn empty_image(path: &Path, bytes: u64) {
+    File::create(path)
+        .and_then(|f| f.set_len(bytes))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// block-daemon serving `image` on `socket` (waits until it listens).
+pub fn block_daemon(socket: &Path, image: &Path, args: &[&str]) -> Vm {
+    let mut cmd = Command::new(bin("block-daemon"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--image")
+        .arg(image)
+        .args(args);
+    let mut daemon = Vm::spawn(cmd);
+    daemon.expect_line("block-daemon to listen", Duration::from_secs(20), |l| {
+        l.contains("serving")
+    });
+    daemon
+}
+
+/// qemu-storage-daemon exporting raw `image` over vhost-user-blk on `socket`.
+pub fn qemu_storage_daemon(socket: &Path, image: &Path, queues: u32) -> Vm {
+    let qsd = require_tool("qemu-storage-daemon", "qemu-system-common");
+    let mut cmd = Command::new(qsd);
+    cmd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={},cache.direct=off",
+            image.display()
+        ))
+        .args(["--blockdev", "driver=raw,node-name=disk0,file=file0"])
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on,num-queues={queues}",
+            socket.display()
+        ));
+    let vm = Vm::spawn(cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-storage-daemon did not create {}:\n{}",
+            socket.display(),
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vm
+}
+
+/// vmm-core running the test guest with one vhost-user-blk disk.
+pub fn vmm_with_disk(socket: &Path, queues: u32, cpus: usize, cmdline: &str) -> Vm {
+    let mut cmd = Command::new(bin("vmm-core"));
+    cmd.arg("--kernel")
+        .arg(crate::test_guest())
+        .args(["--memory", "256", "--cpus", &cpus.to_string()])
+        .args(["--cmdline", cmdline])
+        .arg("--vhost-user-blk")
+        .arg(format!("{},queues={queues}", socket.display()));
+    Vm::spawn(cmd)
+}
+
+/// A scratch directory on a real filesystem (O_DIRECT does not work on tmpfs, which
+/// /tmp may be): under the workspace's target directory.
+pub fn disk_backed_dir(tag: &str) -> crate::TempDir {
+    let base: PathBuf = crate::repo_root().join("target").join("test-tmp");
+    crate::TempDir::new_in(&base, tag)
+}

@@ -46,7 +46,8 @@ pub fn first_mismatch(
     let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut buf = [0u8; 512];
     range.into_iter().find(|&s| {
-        f.read_exact_at(&mut buf, s * SECTOR).expect("reading the image");
+        f.read_exact_at(&mut buf, s * SECTOR)
+            .expect("reading the image");
         buf != expected(s)
     })
 }

@@ -54,7 +54,11 @@ fn guest_finds_the_disk_and_reads_its_serial() {
     let dir = TempDir::new("guest-blk-info");
     let (image, sock) = (dir.path().join("d.img"), dir.path().join("s"));
     empty_image(&image, SECTORS * 512);
-    let _daemon = block_daemon(&sock, &image, &["--queues", "4", "--id", "flotilla-serial-1"]);
+    let _daemon = block_daemon(
+        &sock,
+        &image,
+        &["--queues", "4", "--id", "flotilla-serial-1"],
+    );
     let mut vm = vmm_with_disk(&sock, 4, 2, "scenario=blk-info");
     let line = vm.expect_prefix("GUEST BLK dev=0", TIMEOUT);
     assert_eq!(field(&line, "capacity="), SECTORS.to_string());
@@ -63,7 +67,12 @@ fn guest_finds_the_disk_and_reads_its_serial() {
     for (bit, name) in [(32, "VERSION_1"), (28, "INDIRECT_DESC"), (29, "EVENT_IDX")] {
         assert!(features & (1 << bit) != 0, "{name} not negotiated: {line}");
     }
-    for (bit, name) in [(9, "FLUSH"), (12, "MQ"), (13, "DISCARD"), (14, "WRITE_ZEROES")] {
+    for (bit, name) in [
+        (9, "FLUSH"),
+        (12, "MQ"),
+        (13, "DISCARD"),
+        (14, "WRITE_ZEROES"),
+    ] {
         assert!(features & (1 << bit) != 0, "{name} not negotiated: {line}");
     }
     assert_eq!(

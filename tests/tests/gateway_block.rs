@@ -1,0 +1,339 @@
+//! Disks through the gateway: `--drive` starts a block daemon per disk, the guest does
+//! I/O on it, and the block QMP commands act on what the guest sees: block_resize (the
+//! guest gets a config-change interrupt), write thresholds (the event), statistics (real
+//! counters, timed windows), and I/O limits (the achieved rate is within 10% of the
+//! limit). Also: bad drives fail the start with one clear line, and nothing a disk
+//! started outlives the gateway.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::blk::{empty_image, first_mismatch, pattern_image, pattern_sector};
+use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::{bin, run_to_end, test_guest, TempDir};
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SECTORS: u64 = 16 << 11;
+const SEED: u64 = 0xb10c;
+
+fn drive(image: &Path, extra: &str) -> String {
+    format!(
+        "file={},format=raw,id=d0,node-name=disk0{extra}",
+        image.display()
+    )
+}
+
+fn gateway_with_disk(dir: &TempDir, cmdline: &str, drive_extra: &str, extra: &[&str]) -> Gateway {
+    let image = dir.path().join("d0.img");
+    let d = drive(&image, drive_extra);
+    let mut args = vec!["--drive", &d];
+    args.extend_from_slice(extra);
+    Gateway::start_with(1, cmdline, &args)
+}
+
+/// The daemon's pid, from the gateway's log line "disk d0: node ..., block daemon pid N".
+fn daemon_pid(gw: &mut Gateway) -> i32 {
+    let line = gw.vm.expect_line("the block daemon's pid", TIMEOUT, |l| {
+        l.contains("block daemon pid ")
+    });
+    line.split("block daemon pid ")
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"))
+}
+
+fn stats(c: &mut QmpClient) -> Value {
+    let all = c.ok("query-blockstats", json!({}));
+    all[0]["stats"].clone()
+}
+
+fn io_counts(c: &mut QmpClient) -> (u64, u64) {
+    let s = stats(c);
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+    (
+        n("rd_bytes") + n("wr_bytes"),
+        n("rd_operations") + n("wr_operations"),
+    )
+}
+
+/// Bytes and operations per second over `window`, after the guest has been at it.
+fn rates(c: &mut QmpClient, window: Duration) -> (f64, f64) {
+    let (b0, o0) = io_counts(c);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let (b1, o1) = io_counts(c);
+    let secs = t0.elapsed().as_secs_f64();
+    ((b1 - b0) as f64 / secs, (o1 - o0) as f64 / secs)
+}
+
+fn within_10_percent(what: &str, got: f64, limit: f64) {
+    assert!(
+        (got - limit).abs() <= 0.1 * limit,
+        "{what}: achieved {got:.0}/s against a limit of {limit:.0}/s"
+    );
+}
+
+fn throttle(c: &mut QmpClient, extra: Value) {
+    let mut args = json!({"device": "d0", "bps": 0, "bps_rd": 0, "bps_wr": 0,
+        "iops": 0, "iops_rd": 0, "iops_wr": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        args[k] = v.clone();
+    }
+    c.ok("block_set_io_throttle", args);
+}
+
+fn verify_loop_gateway(dir: &TempDir, drive_extra: &str) -> Gateway {
+    let image = dir.path().join("d0.img");
+    pattern_image(&image, SEED, SECTORS);
+    let mut gw = gateway_with_disk(
+        dir,
+        &format!("scenario=blk-verify-loop seed={SEED:#x}"),
+        drive_extra,
+        &[],
+    );
+    gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
+    gw
+}
+
+#[test]
+fn resize_reaches_the_guest() {
+    let dir = TempDir::new("gw-blk-resize");
+    empty_image(&dir.path().join("d0.img"), SECTORS * 512);
+    let mut gw = gateway_with_disk(&dir, "scenario=blk-resize", "", &[]);
+    gw.vm
+        .expect_prefix("GUEST BLK RESIZE WAIT capacity=32768", TIMEOUT);
+    let vmm = gw.vmm_pid();
+    let mut c = gw.client();
+    c.ok(
+        "block_resize",
+        json!({"device": "d0", "size": 2 * SECTORS * 512}),
+    );
+    assert_eq!(
+        gw.vm.expect_prefix("GUEST BLK RESIZED", TIMEOUT),
+        "GUEST BLK RESIZED capacity=65536 irq=config"
+    );
+    let size = std::fs::metadata(dir.path().join("d0.img")).unwrap().len();
+    assert_eq!(size, 2 * SECTORS * 512);
+    gw.expect_clean_exit(vmm, true);
+}
+
+#[test]
+fn write_threshold_event_and_statistics() {
+    let dir = TempDir::new("gw-blk-threshold");
+    let image = dir.path().join("d0.img");
+    pattern_image(&image, SEED, SECTORS);
+    let mut gw = gateway_with_disk(
+        &dir,
+        &format!("scenario=blk-verify-loop seed={SEED:#x}"),
+        ",stats-intervals.0=60",
+        &["-S"],
+    );
+    let vmm = gw.vmm_pid();
+    let mut c = gw.client();
+    c.ok(
+        "block-set-write-threshold",
+        json!({"node-name": "disk0", "write-threshold": 1 << 20}),
+    );
+    let nodes = c.ok("query-named-block-nodes", json!({}));
+    let disk0 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "disk0")
+        .expect("disk0 listed");
+    assert_eq!(disk0["write_threshold"], 1 << 20);
+    c.ok("cont", json!({}));
+    let event = c.event("BLOCK_WRITE_THRESHOLD");
+    assert_eq!(event["data"]["node-name"], "disk0");
+    assert_eq!(event["data"]["write-threshold"], 1 << 20);
+    assert!(event["data"]["amount-exceeded"].as_u64().unwrap() > 0);
+    gw.vm.expect_prefix("GUEST BLK ROUND 2 OK", TIMEOUT);
+
+    // The threshold fired once and is off.
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(block[0]["inserted"]["write_threshold"], 0);
+    let s = stats(&mut c);
+    let bytes = SECTORS * 512;
+    assert!(s["wr_bytes"].as_u64().unwrap() >= 2 * bytes, "{s}");
+    assert!(s["rd_bytes"].as_u64().unwrap() >= 2 * bytes, "{s}");
+    assert!(s["flush_operations"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(s["wr_highest_offset"], bytes);
+    assert_eq!(s["failed_rd_operations"], 0);
+    assert_eq!(s["invalid_wr_operations"], 0);
+    assert!(s["rd_total_time_ns"].as_u64().unwrap() > 0);
+    assert!(s.get("idle_time_ns").is_some());
+    let timed = &s["timed_stats"][0];
+    assert_eq!(timed["interval_length"], 60);
+    let (min, avg, max) = (
+        timed["min_wr_latency_ns"].as_u64().unwrap(),
+        timed["avg_wr_latency_ns"].as_u64().unwrap(),
+        timed["max_wr_latency_ns"].as_u64().unwrap(),
+    );
+    assert!(0 < min && min <= avg && avg <= max, "{timed}");
+    assert!(
+        timed["avg_rd_queue_depth"].as_f64().unwrap() > 0.0,
+        "{timed}"
+    );
+    let all = c.ok("query-blockstats", json!({}));
+    assert_eq!(all[0]["device"], "d0");
+    assert_eq!(all[0]["node-name"], "disk0");
+    assert_eq!(all[0]["parent"]["stats"]["wr_highest_offset"], bytes);
+    assert_eq!(all[0]["parent"]["driver-specific"]["driver"], "file");
+    c.ok("quit", json!({}));
+    gw.expect_clean_exit(vmm, true);
+}
+
+#[test]
+fn bandwidth_limit_holds() {
+    let dir = TempDir::new("gw-blk-bps");
+    let gw = verify_loop_gateway(&dir, "");
+    let mut c = gw.client();
+    let limit = 8u64 << 20;
+    throttle(&mut c, json!({"bps": limit}));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (bps, _) = rates(&mut c, Duration::from_secs(3));
+    within_10_percent("bps", bps, limit as f64);
+    // Lifted: the guest goes faster than the limit at once.
+    throttle(&mut c, json!({}));
+    std::thread::sleep(Duration::from_millis(300));
+    let (free, _) = rates(&mut c, Duration::from_secs(1));
+    assert!(free > 2.0 * limit as f64, "unthrottled only {free:.0} B/s");
+}
+
+#[test]
+fn iops_limit_with_a_burst() {
+    let dir = TempDir::new("gw-blk-iops");
+    let gw = verify_loop_gateway(&dir, "");
+    let mut c = gw.client();
+    // 100 operations/s, bursts of 400/s for up to 2 s: the bucket holds 800 operations
+    // and fills at 300/s while bursting, so the burst lasts about 2.7 s.
+    throttle(
+        &mut c,
+        json!({"iops": 100, "iops_max": 400, "iops_max_length": 2}),
+    );
+    let (_, burst) = rates(&mut c, Duration::from_secs(1));
+    within_10_percent("burst iops", burst, 400.0);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, sustained) = rates(&mut c, Duration::from_secs(3));
+    within_10_percent("sustained iops", sustained, 100.0);
+    let block = c.ok("query-block", json!({}));
+    let inserted = &block[0]["inserted"];
+    assert_eq!(inserted["iops"], 100);
+    assert_eq!(inserted["iops_max"], 400);
+    assert_eq!(inserted["iops_max_length"], 2);
+    assert_eq!(
+        inserted["group"],
+        "/machine/peripheral-anon/device[0]/virtio-backend"
+    );
+}
+
+#[test]
+fn throttle_groups_share_their_limits() {
+    let dir = TempDir::new("gw-blk-group");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    empty_image(&a, SECTORS * 512);
+    empty_image(&b, SECTORS * 512);
+    let da = format!("file={},format=raw,id=a", a.display());
+    let db = format!("file={},format=raw,id=b", b.display());
+    let gw = Gateway::start_with(1, "", &["--drive", &da, "--drive", &db]);
+    let mut c = gw.client();
+    let limits = |device: &str, iops: u64| {
+        json!({"device": device, "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": iops,
+            "iops_rd": 0, "iops_wr": 0, "group": "shared"})
+    };
+    c.ok("block_set_io_throttle", limits("a", 100));
+    c.ok("block_set_io_throttle", limits("b", 300));
+    // The group's limits are the last set, for every member.
+    let block = c.ok("query-block", json!({}));
+    for disk in block.as_array().unwrap() {
+        assert_eq!(disk["inserted"]["group"], "shared", "{disk}");
+        assert_eq!(disk["inserted"]["iops"], 300, "{disk}");
+    }
+    // Leaving the group (limits off) leaves the other member as it was.
+    c.ok("block_set_io_throttle", limits("a", 0));
+    let block = c.ok("query-block", json!({}));
+    assert!(block[0]["inserted"].get("group").is_none());
+    assert_eq!(block[1]["inserted"]["iops"], 300);
+}
+
+#[test]
+fn bad_drives_stop_the_start_with_one_line() {
+    let dir = TempDir::new("gw-blk-bad");
+    let missing = dir.path().join("missing.img");
+    let tiny = dir.path().join("tiny.img");
+    empty_image(&tiny, 100);
+    let cases = [
+        (
+            format!("file={},format=raw", missing.display()),
+            "No such file or directory",
+        ),
+        (
+            format!("file={},format=qcow2", tiny.display()),
+            "only raw images",
+        ),
+        (
+            format!("file={},format=raw,cache=writethrough", tiny.display()),
+            "cache=writethrough",
+        ),
+        (
+            format!("file={},format=raw", tiny.display()),
+            "smaller than one sector",
+        ),
+    ];
+    for (spec, message) in cases {
+        let mut cmd = std::process::Command::new(bin("qmp-gateway"));
+        cmd.arg("--kernel")
+            .arg(test_guest())
+            .args(["--serial", "none", "--drive", &spec]);
+        let (status, _, err) = run_to_end(cmd, TIMEOUT);
+        assert!(!status.success(), "{spec} was accepted");
+        assert!(err.contains(message), "{spec}: {err}");
+        assert!(
+            !err.contains("panicked"),
+            "{spec}: the gateway panicked: {err}"
+        );
+    }
+}
+
+#[test]
+fn disks_end_with_the_gateway() {
+    let dir = TempDir::new("gw-blk-end");
+    let image = dir.path().join("d0.img");
+    pattern_image(&image, SEED, SECTORS);
+    let mut gw = gateway_with_disk(
+        &dir,
+        &format!("scenario=blk-pattern seed={SEED:#x}"),
+        ",discard=unmap",
+        &[],
+    );
+    let daemon = daemon_pid(&mut gw);
+    gw.vm.expect_prefix("GUEST BLK PATTERN OK", TIMEOUT);
+    gw.vm.expect_prefix("GUEST POWEROFF", TIMEOUT);
+    let status = gw.vm.wait(TIMEOUT);
+    assert!(status.success(), "{status}:\n{}", gw.vm.transcript());
+    assert!(
+        !Path::new(&format!("/proc/{daemon}")).exists(),
+        "block daemon {daemon} outlived the gateway"
+    );
+    // What the guest wrote through the gateway's daemon is on the disk.
+    assert_eq!(
+        first_mismatch(&image, 24..SECTORS, |s| pattern_sector(SEED + 1, s)),
+        None
+    );
+    assert_eq!(first_mismatch(&image, 8..24, |_| [0; 512]), None);
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let runtime_dirs: Vec<_> = std::fs::read_dir(base)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("flotilla-{}-", gw.vm.pid()))
+        })
+        .collect();
+    assert!(runtime_dirs.is_empty(), "runtime directory left behind");
+}

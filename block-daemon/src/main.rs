@@ -27,7 +27,7 @@ enum Cache {
     /// Host page cache; flushes ignored.
     Unsafe,
     /// O_DIRECT; flushes ignored.
-    Directsync,
+    DirectNoFlush,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -102,7 +102,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
         Cache::Writeback => CacheMode::Writeback,
         Cache::None => CacheMode::Direct,
         Cache::Unsafe => CacheMode::NoFlush,
-        Cache::Directsync => CacheMode::DirectNoFlush,
+        Cache::DirectNoFlush => CacheMode::DirectNoFlush,
     };
     let disk = Arc::new(Disk::new(file, args.read_only, cache, &args.id)?);
     let engines = engine::per_queue(

@@ -287,6 +287,25 @@ impl Vm {
         }
     }
 
+    /// Ends the process gracefully (SIGTERM, so it can clean up what it started), and
+    /// kills it if it is still there after `grace`. Never panics (used in drops).
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.status.is_some() || !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.status = Some(s);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends a signal to the process (by pid: it is our child).
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);

@@ -235,5 +235,7 @@ impl Drop for Gateway {
         if std::thread::panicking() {
             eprintln!("--- gateway output ---\n{}", self.vm.transcript());
         }
+        // The gateway removes its sockets and stops its children on SIGTERM.
+        self.vm.terminate(Duration::from_secs(10));
     }
 }

@@ -7,7 +7,8 @@ use linux_loader::bootparam::boot_params;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::{BootEntry, BootImage, KernelFormat};
 use vmm_core::layout::{
-    CMDLINE, EBDA_START, HIGH_RAM_START, MMIO_GAP_END, MMIO_GAP_START, PML4, ZERO_PAGE,
+    CMDLINE, EBDA_START, HIGH_RAM_START, MMIO_GAP_END, MMIO_GAP_START, PCI_ECAM, PCI_ECAM_SIZE,
+    PML4, ZERO_PAGE,
 };
 use vmm_core::memory::{GuestRam, MIB};
 
@@ -98,21 +99,24 @@ fn e820_map() {
         );
         let low_end = (memory_mib * MIB).min(MMIO_GAP_START);
         assert_eq!(map[2], (HIGH_RAM_START, low_end - HIGH_RAM_START, E820_RAM));
+        // The PCI ECAM window, reserved as PC firmware reserves it (MCFG points there).
+        assert_eq!(map[3], (PCI_ECAM, PCI_ECAM_SIZE, E820_RESERVED));
         if memory_mib * MIB > MMIO_GAP_START {
             assert_eq!(
-                map[3],
+                map[4],
                 (MMIO_GAP_END, memory_mib * MIB - MMIO_GAP_START, E820_RAM)
             );
-            assert_eq!(n, 4);
+            assert_eq!(n, 5);
         } else {
-            assert_eq!(n, 3);
+            assert_eq!(n, 4);
         }
-        // Sorted, non-overlapping, nothing in the MMIO gap.
+        // Sorted, non-overlapping, no RAM in the MMIO gap.
         for w in map.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0);
         }
         assert!(map
             .iter()
+            .filter(|e| e.2 == E820_RAM)
             .all(|e| e.0 + e.1 <= MMIO_GAP_START || e.0 >= MMIO_GAP_END));
     }
 }

@@ -153,7 +153,10 @@ fn execute(
     request: Request,
     fds: Vec<OwnedFd>,
 ) {
+    // Fds the command does not keep are closed before its reply goes out, so a client
+    // that sees the reply sees them closed.
     let Some(command) = commands::find(&request.command) else {
+        drop(fds);
         let e = QmpError::not_found(format!(
             "The command {} has not been found",
             request.command
@@ -162,11 +165,13 @@ fn execute(
         return;
     };
     if request.oob && !command.allow_oob {
+        drop(fds);
         let e = QmpError::generic(format!("The command {} does not support OOB", command.name));
         outbox.push(protocol::response(Err(e), request.id));
         return;
     }
     if let Err(e) = TYPES.check_members(command.args, &request.arguments, "") {
+        drop(fds);
         outbox.push(protocol::response(Err(e), request.id));
         return;
     }
@@ -177,6 +182,7 @@ fn execute(
         exit_after_reply: None,
     };
     let result = (command.handler)(&mut ctx, &request.arguments);
+    ctx.fds.clear();
     outbox.push(protocol::response(result, request.id));
     if let Some(reason) = ctx.exit_after_reply.take() {
         gw.request_exit(reason);

@@ -1,0 +1,202 @@
+//! block-daemon in gateway mode, driven by the test as the gateway would (its control
+//! socket, the image and listener as fds), with bad input on both of its channels: a
+//! gateway that hangs up or starts with the wrong call, an image too small, a throttle
+//! state page too small, and a vhost-user frontend that hangs up in the middle of a
+//! message. Each gets a clear error, and the daemon keeps serving what it can.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_tests::blk::empty_image;
+use flotilla_tests::{bin, TempDir, Vm};
+use ipc::{
+    BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes, FromBlock,
+    RemoteError, ThrottleLimits, ToBlock,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The daemon with `theirs` as its control socket (fd 3).
+fn spawn(theirs: UnixStream) -> Vm {
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(bin("block-daemon"));
+    cmd.args(["--control-fd", "3"]);
+    // SAFETY: only dup2/fcntl between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let vm = Vm::spawn(cmd);
+    drop(theirs);
+    vm
+}
+
+fn call(conn: &Connection, id: u64, request: BlockRequest, fds: &[std::os::fd::BorrowedFd]) {
+    conn.send(&ToBlock { id, request }, fds)
+        .expect("sending a call");
+}
+
+fn answer(conn: &Connection) -> Result<BlockReply, RemoteError> {
+    match conn
+        .recv::<FromBlock>()
+        .expect("receiving")
+        .expect("an answer")
+        .msg
+    {
+        FromBlock::Response { result, .. } => result,
+        FromBlock::Event(e) => panic!("unexpected event {e:?}"),
+    }
+}
+
+fn open_config() -> BlockOpen {
+    BlockOpen {
+        node_name: "n0".into(),
+        serial: "s".into(),
+        read_only: false,
+        cache: CacheFlags::default(),
+        discard_unmap: true,
+        detect_zeroes: DetectZeroes::Off,
+        queues: 1,
+        stats_intervals: vec![],
+    }
+}
+
+fn expect_failure(vm: &mut Vm, message: &str) {
+    let status = vm.wait(TIMEOUT);
+    assert!(!status.success(), "exited {status}:\n{}", vm.transcript());
+    let t = vm.transcript();
+    assert!(t.contains(message), "no '{message}' in:\n{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn a_gateway_that_hangs_up_before_opening() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut vm = spawn(theirs);
+    drop(ours);
+    expect_failure(&mut vm, "hung up before opening a node");
+}
+
+#[test]
+fn the_first_call_must_open() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut vm = spawn(theirs);
+    let conn = Connection::new(ours);
+    call(&conn, 1, BlockRequest::Stats, &[]);
+    expect_failure(&mut vm, "expected the open call first");
+}
+
+#[test]
+fn garbage_on_the_control_channel() {
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let mut vm = spawn(theirs);
+    // A frame header promising 64 bytes, then 64 bytes that decode to nothing.
+    let mut frame = 64u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.extend_from_slice(&[0xff; 64]);
+    ours.write_all(&frame).unwrap();
+    expect_failure(&mut vm, "undecodable message");
+}
+
+#[test]
+fn an_image_smaller_than_a_sector_is_refused() {
+    let dir = TempDir::new("bd-control-tiny");
+    let image = dir.path().join("tiny.img");
+    empty_image(&image, 100);
+    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut vm = spawn(theirs);
+    let conn = Connection::new(ours);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    call(
+        &conn,
+        1,
+        BlockRequest::Open(open_config()),
+        &[file.as_fd(), listener.as_fd()],
+    );
+    let err = answer(&conn).unwrap_err();
+    assert!(err.desc.contains("smaller than one sector"), "{err:?}");
+    expect_failure(&mut vm, "smaller than one sector");
+}
+
+#[test]
+fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
+    let dir = TempDir::new("bd-control-serving");
+    let image = dir.path().join("d.img");
+    empty_image(&image, 1 << 20);
+    let socket = dir.path().join("s");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut vm = spawn(theirs);
+    let conn = Connection::new(ours);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    call(
+        &conn,
+        1,
+        BlockRequest::Open(open_config()),
+        &[file.as_fd(), listener.as_fd()],
+    );
+    assert_eq!(answer(&conn), Ok(BlockReply::Opened { size: 1 << 20 }));
+    drop(listener);
+
+    // A throttle state page smaller than the state: refused, nothing else changes.
+    let page: OwnedFd = ipc::new_throttle_state().unwrap();
+    std::fs::File::from(page.try_clone().unwrap())
+        .set_len(8)
+        .unwrap();
+    let mut limits = ThrottleLimits::default();
+    limits.buckets[ipc::OPS_TOTAL].avg = 10;
+    call(
+        &conn,
+        2,
+        BlockRequest::SetThrottle(Some(limits)),
+        &[page.as_fd()],
+    );
+    let err = answer(&conn).unwrap_err();
+    assert!(err.desc.contains("smaller than"), "{err:?}");
+
+    // A frontend that sends half a vhost-user header and hangs up; then another that
+    // hangs up at once. The daemon goes back to listening after each.
+    for partial in [&[1u8, 0, 0][..], &[]] {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.write_all(partial).unwrap();
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = UnixStream::connect(&socket).expect("the daemon listens again");
+    // SET_OWNER (1), version flag 0x1, no payload: a well-formed first message.
+    let mut msg = 1u32.to_le_bytes().to_vec();
+    msg.extend_from_slice(&1u32.to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    again.write_all(&msg).unwrap();
+    drop(again);
+
+    call(&conn, 3, BlockRequest::Stats, &[]);
+    match answer(&conn) {
+        Ok(BlockReply::Stats(s)) => assert_eq!(s.size, 1 << 20),
+        other => panic!("stats: {other:?}"),
+    }
+    call(&conn, 4, BlockRequest::Quit, &[]);
+    assert_eq!(answer(&conn), Ok(BlockReply::Done));
+    let status = vm.wait(TIMEOUT);
+    assert!(status.success(), "{status}:\n{}", vm.transcript());
+    assert!(!vm.transcript().contains("panicked"));
+}

@@ -1,77 +1,54 @@
 //! block-daemon's command line. Under the gateway (`--control-fd`) the image and the
-//! vhost-user listener arrive as fds and the daemon opens no paths; on its own it opens
-//! the image and listens on a socket path, and ends when its frontend disconnects.
+//! vhost-user listener arrive as fds and the daemon opens no paths. On its own it serves
+//! one or more exports, each an image on its own vhost-user socket, and ends when all
+//! their frontends have disconnected.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
-use block_daemon::backend::{BlkBackend, Policy, QUEUE_SIZE};
-use block_daemon::disk::{CacheMode, Disk};
-use block_daemon::engine::{self, EngineKind};
-use block_daemon::stats::Stats;
-use block_daemon::{control, serve};
-use clap::{Parser, ValueEnum};
+use anyhow::bail;
+use block_daemon::control;
+use block_daemon::engine::EngineKind;
+use block_daemon::export::{parse_cache, parse_engine, Export, ExportSpec};
+use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use vhost::vhost_user::Listener;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Cache {
-    /// Host page cache; flushes reach the disk.
-    Writeback,
-    /// O_DIRECT; flushes reach the disk.
-    None,
-    /// Host page cache; flushes ignored.
-    Unsafe,
-    /// O_DIRECT; flushes ignored.
-    DirectNoFlush,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Engine {
-    /// io_uring: many requests in flight per queue.
-    Uring,
-    /// One request at a time per queue, in the queue thread.
-    Sync,
-}
 
 #[derive(Parser, Debug)]
 #[command(name = "block-daemon", about = "Flotilla's vhost-user-blk backend")]
 struct Args {
     /// Run under the gateway: the control channel is this inherited socket, and the node
-    /// to serve arrives on it (the other options except --engine are then not allowed).
-    #[arg(long, conflicts_with_all = ["socket", "image"])]
+    /// to serve arrives on it (only --engine may be given with it).
+    #[arg(long, conflicts_with_all = ["socket", "image", "export"])]
     control_fd: Option<RawFd>,
-    /// vhost-user socket to listen on.
-    #[arg(long, required_unless_present = "control_fd")]
+    /// An export: `socket=PATH,image=PATH[,read-only=on][,queues=N]
+    /// [,cache=writeback|none|unsafe|direct-no-flush][,engine=uring|sync][,id=SERIAL]
+    /// [,discard=unmap|ignore]`. May be given several times.
+    #[arg(long, value_parser = |s: &str| s.parse::<ExportSpec>())]
+    export: Vec<ExportSpec>,
+    /// One export's vhost-user socket (with --image and the options below).
+    #[arg(long, requires = "image")]
     socket: Option<PathBuf>,
-    /// Raw image file or block device.
-    #[arg(long, required_unless_present = "control_fd")]
+    /// One export's raw image file or block device.
+    #[arg(long, requires = "socket")]
     image: Option<PathBuf>,
     #[arg(long)]
     read_only: bool,
     #[arg(long, default_value_t = 1)]
     queues: usize,
-    #[arg(long, value_enum, default_value_t = Cache::Writeback)]
-    cache: Cache,
-    #[arg(long, value_enum, default_value_t = Engine::Uring)]
-    engine: Engine,
+    /// writeback, none (O_DIRECT), unsafe (flushes ignored) or direct-no-flush.
+    #[arg(long, default_value = "writeback", value_parser = |s: &str| parse_cache(s))]
+    cache: block_daemon::disk::CacheMode,
+    /// uring (many requests in flight per queue) or sync (one at a time per queue).
+    #[arg(long, default_value = "uring", value_parser = |s: &str| parse_engine(s))]
+    engine: EngineKind,
     /// What GET_ID reports (at most 20 bytes).
     #[arg(long, default_value = "flotilla-disk")]
     id: String,
     /// Guest discards are ignored (QEMU discard=ignore) instead of deallocating.
     #[arg(long)]
     discard_ignore: bool,
-}
-
-fn engine_kind(e: Engine) -> EngineKind {
-    match e {
-        Engine::Uring => EngineKind::Uring,
-        Engine::Sync => EngineKind::Sync,
-    }
 }
 
 fn block_terminating_signals() -> anyhow::Result<SigSet> {
@@ -84,60 +61,75 @@ fn block_terminating_signals() -> anyhow::Result<SigSet> {
 }
 
 fn run_standalone(args: Args) -> anyhow::Result<()> {
-    let (Some(socket), Some(image)) = (args.socket, args.image) else {
-        bail!("--socket and --image are required");
-    };
-    anyhow::ensure!(
-        (1..=64).contains(&args.queues),
-        "--queues {}: 1 to 64",
-        args.queues
-    );
+    let mut specs = args.export;
+    if let (Some(socket), Some(image)) = (args.socket, args.image) {
+        let spec = ExportSpec {
+            socket,
+            image,
+            read_only: args.read_only,
+            queues: args.queues,
+            cache: args.cache,
+            engine: args.engine,
+            id: args.id,
+            discard_unmap: !args.discard_ignore,
+        };
+        spec.check().map_err(anyhow::Error::msg)?;
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        bail!("nothing to serve: give --export (or --socket and --image), or --control-fd");
+    }
     let signals = block_terminating_signals()?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!args.read_only)
-        .open(&image)
-        .with_context(|| format!("image {}", image.display()))?;
-    let cache = match args.cache {
-        Cache::Writeback => CacheMode::Writeback,
-        Cache::None => CacheMode::Direct,
-        Cache::Unsafe => CacheMode::NoFlush,
-        Cache::DirectNoFlush => CacheMode::DirectNoFlush,
-    };
-    let disk = Arc::new(Disk::new(file, args.read_only, cache, &args.id)?);
-    let engines = engine::per_queue(
-        engine_kind(args.engine),
-        &disk,
-        args.queues,
-        QUEUE_SIZE as u32,
-    )
-    .context("I/O engine (try --engine sync)")?;
-    let policy = Policy {
-        discard_unmap: !args.discard_ignore,
-        ..Policy::default()
-    };
-    let backend = BlkBackend::new(disk.clone(), engines, Arc::new(Stats::default()), policy)
-        .context("throttle timer")?;
-    let path = socket.clone();
+    let sockets: Vec<PathBuf> = specs.iter().map(|s| s.socket.clone()).collect();
+    // All exports open (and listen) before any is served: a bad one fails the start.
+    let mut exports = Vec::new();
+    for spec in specs {
+        match Export::open(spec) {
+            Ok(e) => exports.push(e),
+            Err(e) => {
+                for s in &sockets {
+                    let _ = std::fs::remove_file(s);
+                }
+                return Err(e.into());
+            }
+        }
+    }
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
-            let _ = std::fs::remove_file(&path);
+            for s in &sockets {
+                let _ = std::fs::remove_file(s);
+            }
             std::process::exit(0);
         }
     });
-    let mut listener = Listener::new(&socket, true).context("vhost-user socket")?;
-    log::info!(
-        "serving {} ({} sectors) on {}",
-        image.display(),
-        disk.capacity_sectors(),
-        socket.display(),
-    );
-    let result = serve::serve_one(&backend, &mut listener);
-    let _ = std::fs::remove_file(&socket);
-    Ok(result?)
+    let mut threads = Vec::new();
+    for e in exports {
+        log::info!(
+            "serving {} ({} sectors) on {}",
+            e.spec.image.display(),
+            e.capacity_sectors(),
+            e.spec.socket.display(),
+        );
+        threads.push(std::thread::spawn(move || e.serve()));
+    }
+    let mut failed = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log::error!("{e}");
+                failed = Some(e.to_string());
+            }
+            Err(_) => failed = Some("an export's thread panicked".into()),
+        }
+    }
+    match failed {
+        Some(e) => bail!("{e}"),
+        None => Ok(()),
+    }
 }
 
-fn run_controlled(fd: RawFd, engine: Engine) -> anyhow::Result<()> {
+fn run_controlled(fd: RawFd, engine: EngineKind) -> anyhow::Result<()> {
     // The gateway stops us through the control channel; its terminal signals are its own.
     block_terminating_signals()?;
     // SAFETY: fcntl on an arbitrary number only queries it.
@@ -147,7 +139,7 @@ fn run_controlled(fd: RawFd, engine: Engine) -> anyhow::Result<()> {
     // SAFETY: the gateway handed us this descriptor to own; checked open above, and a
     // non-socket fails at the first receive.
     let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    Ok(control::run(stream, engine_kind(engine))?)
+    Ok(control::run(stream, engine)?)
 }
 
 fn main() -> ExitCode {

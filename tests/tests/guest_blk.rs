@@ -156,3 +156,74 @@ fn qemu_storage_daemon_serves_several_queues() {
     vm.expect_prefix("GUEST BLK IRQ OK queues=4", TIMEOUT);
     expect_clean_end(&mut vm);
 }
+
+#[test]
+fn one_daemon_serves_two_disks_to_two_vms() {
+    let dir = TempDir::new("guest-blk-exports");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    pattern_image(&a, SEED, SECTORS);
+    pattern_image(&b, SEED + 100, SECTORS);
+    let mut cmd = std::process::Command::new(flotilla_tests::bin("block-daemon"));
+    cmd.arg("--export")
+        .arg(format!(
+            "socket={},image={},id=disk-a",
+            sa.display(),
+            a.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "socket={},image={},id=disk-b,queues=2,engine=sync",
+            sb.display(),
+            b.display()
+        ));
+    let mut daemon = Vm::spawn(cmd);
+    for _ in 0..2 {
+        daemon.expect_line("an export to listen", TIMEOUT, |l| l.contains("serving"));
+    }
+    let mut vm_a = vmm_with_disk(&sa, 1, 1, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let mut vm_b = vmm_with_disk(
+        &sb,
+        2,
+        1,
+        &format!("scenario=blk-pattern seed={:#x}", SEED + 100),
+    );
+    pattern_round_trip(&mut vm_a, &a, true);
+    vm_b.expect_prefix("GUEST BLK PATTERN OK", TIMEOUT);
+    expect_clean_end(&mut vm_b);
+    assert_eq!(
+        first_mismatch(&b, 24..SECTORS, |s| pattern_sector(SEED + 101, s)),
+        None
+    );
+    // Both frontends gone: the daemon's work is done, and its sockets with it.
+    let status = daemon.wait(TIMEOUT);
+    assert!(status.success(), "{status}:\n{}", daemon.transcript());
+    assert!(!sa.exists() && !sb.exists(), "sockets left behind");
+}
+
+#[test]
+fn a_bad_export_fails_the_start() {
+    let dir = TempDir::new("guest-blk-bad-export");
+    let good = dir.path().join("good.img");
+    empty_image(&good, 1 << 20);
+    let mut cmd = std::process::Command::new(flotilla_tests::bin("block-daemon"));
+    cmd.arg("--export")
+        .arg(format!(
+            "socket={},image={}",
+            dir.path().join("a.sock").display(),
+            good.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "socket={},image={}",
+            dir.path().join("b.sock").display(),
+            dir.path().join("missing.img").display()
+        ));
+    let (status, _, err) = flotilla_tests::run_to_end(cmd, TIMEOUT);
+    assert!(!status.success());
+    assert!(
+        err.contains("missing.img") && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(!dir.path().join("a.sock").exists(), "socket left behind");
+}

@@ -1,0 +1,201 @@
+//! Standalone mode's exports: `socket=PATH,image=PATH[,...]`, each a block node on its own
+//! vhost-user socket, for any vhost-user frontend (QEMU's vhost-user-blk-pci, or vmm-core
+//! run on its own). Under the gateway the daemon serves one node it gets as fds instead.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use vhost::vhost_user::Listener;
+
+use crate::backend::{BlkBackend, Policy, QUEUE_SIZE};
+use crate::disk::{CacheMode, Disk};
+use crate::engine::{self, EngineKind};
+use crate::serve::{self, ServeError};
+use crate::stats::Stats;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportSpec {
+    pub socket: PathBuf,
+    pub image: PathBuf,
+    pub read_only: bool,
+    pub queues: usize,
+    pub cache: CacheMode,
+    pub engine: EngineKind,
+    /// What GET_ID reports (at most 20 bytes are used).
+    pub id: String,
+    pub discard_unmap: bool,
+}
+
+impl Default for ExportSpec {
+    fn default() -> Self {
+        ExportSpec {
+            socket: PathBuf::new(),
+            image: PathBuf::new(),
+            read_only: false,
+            queues: 1,
+            cache: CacheMode::Writeback,
+            engine: EngineKind::Uring,
+            id: "flotilla-disk".into(),
+            discard_unmap: true,
+        }
+    }
+}
+
+impl ExportSpec {
+    pub fn check(&self) -> Result<(), String> {
+        if self.socket.as_os_str().is_empty() || self.image.as_os_str().is_empty() {
+            return Err("an export needs socket=PATH and image=PATH".into());
+        }
+        if !(1..=64).contains(&self.queues) {
+            return Err(format!("queues={}: 1 to 64", self.queues));
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_cache(s: &str) -> Result<CacheMode, String> {
+    Ok(match s {
+        "writeback" => CacheMode::Writeback,
+        "none" => CacheMode::Direct,
+        "unsafe" => CacheMode::NoFlush,
+        "direct-no-flush" => CacheMode::DirectNoFlush,
+        _ => {
+            return Err(format!(
+                "cache={s}: writeback, none, unsafe or direct-no-flush"
+            ))
+        }
+    })
+}
+
+pub fn parse_engine(s: &str) -> Result<EngineKind, String> {
+    match s {
+        "uring" => Ok(EngineKind::Uring),
+        "sync" => Ok(EngineKind::Sync),
+        _ => Err(format!("engine={s}: uring or sync")),
+    }
+}
+
+impl FromStr for ExportSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ExportSpec, String> {
+        let mut e = ExportSpec::default();
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}': expected key=value"))?;
+            match k {
+                "socket" => e.socket = v.into(),
+                "image" => e.image = v.into(),
+                "read-only" => {
+                    e.read_only = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("read-only={v}: on or off")),
+                    }
+                }
+                "queues" => e.queues = v.parse().map_err(|_| format!("queues={v}: a number"))?,
+                "cache" => e.cache = parse_cache(v)?,
+                "engine" => e.engine = parse_engine(v)?,
+                "id" => e.id = v.to_string(),
+                "discard" => {
+                    e.discard_unmap = match v {
+                        "unmap" => true,
+                        "ignore" => false,
+                        _ => return Err(format!("discard={v}: unmap or ignore")),
+                    }
+                }
+                _ => return Err(format!("unknown export option '{k}'")),
+            }
+        }
+        e.check()?;
+        Ok(e)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("image {0}: {1}")]
+    Image(PathBuf, String),
+    #[error("I/O engine (try engine=sync): {0}")]
+    Engine(std::io::Error),
+    #[error("vhost-user socket {0}: {1}")]
+    Socket(PathBuf, String),
+    #[error("{0}: {1}")]
+    Serve(PathBuf, ServeError),
+}
+
+/// An export, opened and listening.
+pub struct Export {
+    pub spec: ExportSpec,
+    backend: BlkBackend,
+    listener: Listener,
+}
+
+impl Export {
+    pub fn open(spec: ExportSpec) -> Result<Export, ExportError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!spec.read_only)
+            .open(&spec.image)
+            .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
+        let disk = Disk::new(file, spec.read_only, spec.cache, &spec.id)
+            .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
+        let disk = Arc::new(disk);
+        let engines = engine::per_queue(spec.engine, &disk, spec.queues, QUEUE_SIZE as u32)
+            .map_err(ExportError::Engine)?;
+        let policy = Policy {
+            discard_unmap: spec.discard_unmap,
+            ..Policy::default()
+        };
+        let backend = BlkBackend::new(disk, engines, Arc::new(Stats::default()), policy)
+            .map_err(ExportError::Engine)?;
+        let listener = Listener::new(&spec.socket, true)
+            .map_err(|e| ExportError::Socket(spec.socket.clone(), e.to_string()))?;
+        Ok(Export {
+            spec,
+            backend,
+            listener,
+        })
+    }
+
+    pub fn capacity_sectors(&self) -> u64 {
+        self.backend.disk().capacity_sectors()
+    }
+
+    /// Serves one frontend until it disconnects, then removes the socket.
+    pub fn serve(mut self) -> Result<(), ExportError> {
+        let result = serve::serve_one(&self.backend, &mut self.listener);
+        let _ = std::fs::remove_file(&self.spec.socket);
+        result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_options() {
+        let e: ExportSpec =
+            "socket=/s,image=/i,read-only=on,queues=4,cache=none,engine=sync,id=x,discard=ignore"
+                .parse()
+                .unwrap();
+        assert_eq!(e.socket, PathBuf::from("/s"));
+        assert!(e.read_only && !e.discard_unmap);
+        assert_eq!(
+            (e.queues, e.cache, e.engine),
+            (4, CacheMode::Direct, EngineKind::Sync)
+        );
+        for bad in [
+            "image=/i",
+            "socket=/s,image=/i,queues=0",
+            "socket=/s,image=/i,cache=fast",
+            "socket=/s,image=/i,bogus=1",
+            "socket=/s,image=/i,read-only",
+        ] {
+            assert!(bad.parse::<ExportSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -71,6 +71,21 @@ fn open_config() -> BlockOpen {
     }
 }
 
+/// The open call, with the image (read-write) and the listener.
+fn open(conn: &Connection, image: &std::path::Path, listener: &UnixListener) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .unwrap();
+    call(
+        conn,
+        1,
+        BlockRequest::Open(open_config()),
+        &[file.as_fd(), listener.as_fd()],
+    );
+}
+
 fn expect_failure(vm: &mut Vm, message: &str) {
     let status = vm.wait(TIMEOUT);
     assert!(!status.success(), "exited {status}:\n{}", vm.transcript());
@@ -117,17 +132,7 @@ fn an_image_smaller_than_a_sector_is_refused() {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut vm = spawn(theirs);
     let conn = Connection::new(ours);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image)
-        .unwrap();
-    call(
-        &conn,
-        1,
-        BlockRequest::Open(open_config()),
-        &[file.as_fd(), listener.as_fd()],
-    );
+    open(&conn, &image, &listener);
     let err = answer(&conn).unwrap_err();
     assert!(err.desc.contains("smaller than one sector"), "{err:?}");
     expect_failure(&mut vm, "smaller than one sector");
@@ -143,17 +148,7 @@ fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut vm = spawn(theirs);
     let conn = Connection::new(ours);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image)
-        .unwrap();
-    call(
-        &conn,
-        1,
-        BlockRequest::Open(open_config()),
-        &[file.as_fd(), listener.as_fd()],
-    );
+    open(&conn, &image, &listener);
     assert_eq!(answer(&conn), Ok(BlockReply::Opened { size: 1 << 20 }));
     drop(listener);
 

@@ -69,6 +69,23 @@ impl State {
             .find(|d| d.qdev == id || d.qom_path == id || (!d.id.is_empty() && d.id == id))
     }
 
+    /// QEMU's bdrv_lookup_bs: the root node of disk `device`, else node `node`.
+    fn lookup_node(&self, device: Option<&str>, node: Option<&str>) -> Result<String, QmpError> {
+        device
+            .and_then(|d| self.disk_by_id(d).map(|d| d.root.clone()))
+            .or_else(|| {
+                node.filter(|n| self.graph.node(n).is_some())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                QmpError::generic(format!(
+                    "Cannot find device='{}' nor node-name='{}'",
+                    device.unwrap_or_default(),
+                    node.unwrap_or_default()
+                ))
+            })
+    }
+
     /// The disk whose tree holds `node`.
     fn disk_of_node(&self, node: &str) -> Option<&Disk> {
         self.disks
@@ -456,19 +473,7 @@ impl BlockLayer {
         size: i64,
     ) -> Result<Option<u32>, QmpError> {
         let state = lock(&self.state);
-        let name = device
-            .and_then(|d| state.disk_by_id(d).map(|d| d.root.clone()))
-            .or_else(|| {
-                node.filter(|n| state.graph.node(n).is_some())
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                QmpError::generic(format!(
-                    "Cannot find device='{}' nor node-name='{}'",
-                    device.unwrap_or_default(),
-                    node.unwrap_or_default()
-                ))
-            })?;
+        let name = state.lookup_node(device, node)?;
         let size = u64::try_from(size)
             .map_err(|_| QmpError::generic("Parameter 'size' expects a >0 size"))?;
         let read_only = state.graph.node(&name).is_some_and(|n| n.read_only);
@@ -634,19 +639,7 @@ impl BlockLayer {
     /// block_passwd: nothing here is encrypted (QEMU 2.x's lookup and message).
     pub fn block_passwd(&self, device: Option<&str>, node: Option<&str>) -> QmpResult {
         let state = lock(&self.state);
-        let name = device
-            .and_then(|d| state.disk_by_id(d).map(|d| d.root.clone()))
-            .or_else(|| {
-                node.filter(|n| state.graph.node(n).is_some())
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                QmpError::generic(format!(
-                    "Cannot find device='{}' nor node-name='{}'",
-                    device.unwrap_or_default(),
-                    node.unwrap_or_default()
-                ))
-            })?;
+        let name = state.lookup_node(device, node)?;
         let shown = device
             .filter(|d| state.disk_by_id(d).is_some())
             .unwrap_or(&name);

@@ -1,8 +1,10 @@
-//! The vhost-user-blk device: what the frontend negotiates (features, config space,
-//! queues), and the data path of each queue: pop the guest's descriptor chains, parse
-//! them into requests, hand them to the I/O engine, put completions on the used ring and
-//! notify the guest through the call eventfd. All queues are served by one thread; the
-//! engines keep many requests in flight behind it.
+//! The virtio-blk device behind the vhost-user connection: what it offers (features,
+//! config space, queues), and the data path of each queue: take the guest's descriptor
+//! chains (marking them in flight), parse them into requests, hand them to the I/O
+//! engine, put completions on the used ring and notify the guest through the call
+//! eventfd. All queues are served by one thread (vhost_user::worker); the engines keep
+//! many requests in flight behind it. The device outlives connections: a new frontend
+//! (or the same one, back after this daemon restarted) finds the node as it was.
 //!
 //! Between parsing and the engine sit the node's policies: discard (ignored unless the
 //! node says unmap), detect-zeroes, the write threshold, and I/O limits. A read or write
@@ -11,20 +13,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipc::{BlockEvent, DetectZeroes};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{
@@ -36,10 +33,11 @@ use crate::engine::{Done, Engine, Op};
 use crate::request::{self, Desc, Kind, Limits, Rejected, Request, SectorRange};
 use crate::stats::Stats;
 use crate::throttle::{Direction, Throttle};
+use crate::vhost_user::vring::Vring;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
@@ -108,8 +106,6 @@ type HeldLists = [VecDeque<Held>; 2];
 struct Inner {
     disk: Arc<Disk>,
     num_queues: usize,
-    event_idx: AtomicBool,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     engines: Vec<Mutex<Box<dyn Engine>>>,
     stats: Arc<Stats>,
     refusals: RefusalLog,
@@ -153,8 +149,6 @@ impl BlkBackend {
             inner: Arc::new(Inner {
                 num_queues: n,
                 disk,
-                event_idx: AtomicBool::new(false),
-                mem: RwLock::new(None),
                 engines: engines.into_iter().map(Mutex::new).collect(),
                 stats,
                 refusals: RefusalLog::default(),
@@ -168,13 +162,10 @@ impl BlkBackend {
         })
     }
 
-    /// The timer's fd and the epoll `data` it must be registered under.
-    pub fn timer_event(&self) -> (std::os::fd::RawFd, u64) {
+    /// The timer that says held requests may go.
+    pub fn timer_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        (
-            lock(&self.inner.timer).as_raw_fd(),
-            (2 * self.inner.num_queues + 1) as u64,
-        )
+        lock(&self.inner.timer).as_raw_fd()
     }
 
     /// New I/O limits (None: unlimited). Held requests are looked at again at once.
@@ -220,10 +211,8 @@ impl BlkBackend {
         &self.inner.stats
     }
 
-    /// The epoll `data` under which queue `q`'s completions are signalled (after the
-    /// values the library reserves for the queues and its exit event).
-    pub fn completion_event(&self, q: usize) -> u64 {
-        (self.inner.num_queues + 1 + q) as u64
+    pub fn num_queues(&self) -> usize {
+        self.inner.num_queues
     }
 
     /// (queue, completion eventfd) for each engine that completes asynchronously.
@@ -251,80 +240,78 @@ impl BlkBackend {
         }
     }
 
-    fn memory(&self) -> Option<Arc<GuestMemoryMmap>> {
-        let mem = self.inner.mem.read().unwrap_or_else(|e| e.into_inner());
-        mem.as_ref().map(|m| m.memory().into_inner())
-    }
-
-    fn process_queue(&self, q: usize, vring: &VringRwLock) -> io::Result<()> {
-        let Some(mem) = self.memory() else {
-            return Ok(());
-        };
+    /// Serves queue `q`: everything the guest made available, then a short watch for more.
+    pub fn process_queue(
+        &self,
+        q: usize,
+        vring: &mut Vring,
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> io::Result<()> {
         let limits = self.limits();
-        let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
+        let event_idx = vring.queue.event_idx_enabled();
         let mut engine = lock(&self.inner.engines[q]);
         let mut done = Vec::new();
         let mut soonest: Option<Duration> = None;
-        loop {
-            let chains: Vec<(u16, Vec<Desc>)> = {
-                let mut state = vring.get_mut();
-                if event_idx {
-                    state.disable_notification().map_err(io::Error::other)?;
+        // Heads a previous daemon had in flight go first, oldest first.
+        for head in std::mem::take(&mut vring.resubmit) {
+            let descs = match chain_at(mem, &vring.queue, head) {
+                Ok(d) => d,
+                Err(reason) => {
+                    self.inner.refusals.note(head, &reason);
+                    vring.add_used(mem, head, 0)?;
+                    continue;
                 }
-                let queue = state.get_queue_mut();
-                let mut chains = Vec::new();
-                while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
-                    let head = chain.head_index();
-                    let descs = chain
-                        .take(MAX_CHAIN)
-                        .map(|d| Desc {
-                            addr: d.addr().0,
-                            len: d.len(),
-                            writable: d.is_write_only(),
-                        })
-                        .collect();
-                    chains.push((head, descs));
-                }
-                chains
             };
+            self.handle_chain(
+                q,
+                head,
+                &descs,
+                &limits,
+                vring,
+                mem,
+                &mut **engine,
+                &mut done,
+                &mut soonest,
+            )?;
+        }
+        loop {
+            if event_idx {
+                vring
+                    .queue
+                    .disable_notification(mem.as_ref())
+                    .map_err(io::Error::other)?;
+            }
+            let mut chains: Vec<(u16, Vec<Desc>)> = Vec::new();
+            while let Some(chain) = vring.queue.pop_descriptor_chain(mem.clone()) {
+                let head = chain.head_index();
+                let descs = chain
+                    .take(MAX_CHAIN)
+                    .map(|d| Desc {
+                        addr: d.addr().0,
+                        len: d.len(),
+                        writable: d.is_write_only(),
+                    })
+                    .collect();
+                chains.push((head, descs));
+            }
             let arrived = chains.len();
             for (head, descs) in chains {
-                match request::parse(&mem, &descs, &limits) {
-                    Ok(req) => {
-                        if let Some(wait) =
-                            self.dispatch(q, head, req, &mem, &mut **engine, &mut done)
-                        {
-                            soonest = Some(soonest.map_or(wait, |s: Duration| s.min(wait)));
-                        }
-                    }
-                    Err(Rejected::Status {
-                        status,
-                        code,
-                        reason,
-                        request_type,
-                    }) => {
-                        self.inner.refusals.note(head, &reason);
-                        self.inner.stats.record_invalid(request_type);
-                        done.push(Done {
-                            head,
-                            status,
-                            code,
-                            used_len: 1,
-                            op: Op::Other,
-                            bytes: 0,
-                            started: Instant::now(),
-                        });
-                    }
-                    Err(Rejected::NoStatus(reason)) => {
-                        self.inner.refusals.note(head, &reason);
-                        self.inner.stats.record_invalid(None);
-                        vring.add_used(head, 0).map_err(io::Error::other)?;
-                    }
-                }
+                vring.mark_started(head);
+                self.handle_chain(
+                    q,
+                    head,
+                    &descs,
+                    &limits,
+                    vring,
+                    mem,
+                    &mut **engine,
+                    &mut done,
+                    &mut soonest,
+                )?;
             }
             engine.flush();
             engine.reap(&mut done);
-            self.complete(vring, &mut done)?;
+            self.complete(vring, mem, &mut done)?;
             if arrived > 0 {
                 continue;
             }
@@ -332,10 +319,15 @@ impl BlkBackend {
             // at queue depth 1 sends its next request within microseconds, and catching
             // it here saves the kick's trip through KVM, the eventfd and epoll (QEMU's
             // iothreads poll the same way).
-            if self.poll_avail(vring, &mem) {
+            if self.poll_avail(vring, mem) {
                 continue;
             }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            if !event_idx
+                || !vring
+                    .queue
+                    .enable_notification(mem.as_ref())
+                    .map_err(io::Error::other)?
+            {
                 break;
             }
         }
@@ -345,18 +337,64 @@ impl BlkBackend {
         Ok(())
     }
 
+    /// Parses one chain and dispatches it (or completes it with the guest's error).
+    #[allow(clippy::too_many_arguments)]
+    fn handle_chain(
+        &self,
+        q: usize,
+        head: u16,
+        descs: &[Desc],
+        limits: &Limits,
+        vring: &mut Vring,
+        mem: &Arc<GuestMemoryMmap>,
+        engine: &mut dyn Engine,
+        done: &mut Vec<Done>,
+        soonest: &mut Option<Duration>,
+    ) -> io::Result<()> {
+        match request::parse(mem, descs, limits) {
+            Ok(req) => {
+                if let Some(wait) = self.dispatch(q, head, req, mem, engine, done) {
+                    *soonest = Some(soonest.map_or(wait, |s: Duration| s.min(wait)));
+                }
+            }
+            Err(Rejected::Status {
+                status,
+                code,
+                reason,
+                request_type,
+            }) => {
+                self.inner.refusals.note(head, &reason);
+                self.inner.stats.record_invalid(request_type);
+                done.push(Done {
+                    head,
+                    status,
+                    code,
+                    used_len: 1,
+                    op: Op::Other,
+                    bytes: 0,
+                    started: Instant::now(),
+                });
+            }
+            Err(Rejected::NoStatus(reason)) => {
+                self.inner.refusals.note(head, &reason);
+                self.inner.stats.record_invalid(None);
+                vring.add_used(mem, head, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Spins up to POLL for the driver to make more requests available.
-    fn poll_avail(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
+    fn poll_avail(&self, vring: &Vring, mem: &GuestMemoryMmap) -> bool {
         let deadline = Instant::now() + POLL;
         loop {
+            match vring
+                .queue
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
             {
-                let state = vring.get_ref();
-                let queue = state.get_queue();
-                match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
-                    Ok(idx) if idx.0 != queue.next_avail() => return true,
-                    Ok(_) => {}
-                    Err(_) => return false,
-                }
+                Ok(idx) if idx.0 != vring.queue.next_avail() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
             }
             if Instant::now() >= deadline {
                 return false;
@@ -467,10 +505,15 @@ impl BlkBackend {
     }
 
     /// The timer fired: lets held requests go as far as the limits allow.
-    fn release_held(&self, vrings: &[VringRwLock]) -> io::Result<()> {
+    pub fn release_held(
+        &self,
+        vrings: &[Mutex<Vring>],
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> io::Result<()> {
         let _ = lock(&self.inner.timer).wait();
         let mut soonest: Option<Duration> = None;
         for (q, vring) in vrings.iter().enumerate().take(self.inner.num_queues) {
+            let mut vring = lock(vring);
             let mut engine = lock(&self.inner.engines[q]);
             {
                 let throttle = lock(&self.inner.throttle);
@@ -493,7 +536,7 @@ impl BlkBackend {
             let mut done = Vec::new();
             engine.reap(&mut done);
             drop(engine);
-            self.complete(vring, &mut done)?;
+            self.complete(&mut vring, mem, &mut done)?;
         }
         if let Some(wait) = soonest {
             self.arm_timer(wait);
@@ -501,7 +544,12 @@ impl BlkBackend {
         Ok(())
     }
 
-    fn complete(&self, vring: &VringRwLock, done: &mut Vec<Done>) -> io::Result<()> {
+    fn complete(
+        &self,
+        vring: &mut Vring,
+        mem: &GuestMemoryMmap,
+        done: &mut Vec<Done>,
+    ) -> io::Result<()> {
         if done.is_empty() {
             return Ok(());
         }
@@ -514,36 +562,65 @@ impl BlkBackend {
             self.inner
                 .stats
                 .record(d.op, d.bytes, d.code == request::S_OK, d.started.elapsed());
-            vring
-                .add_used(d.head, d.used_len)
-                .map_err(io::Error::other)?;
+            vring.add_used(mem, d.head, d.used_len)?;
         }
-        if vring.needs_notification().map_err(io::Error::other)? {
-            vring.signal_used_queue()?;
-        }
-        Ok(())
+        vring.notify(mem)
     }
 
-    fn reap(&self, q: usize, vring: &VringRwLock) -> io::Result<()> {
+    /// Queue `q`'s engine signalled completions.
+    pub fn reap(&self, q: usize, vring: &mut Vring, mem: &GuestMemoryMmap) -> io::Result<()> {
         let mut done = Vec::new();
         lock(&self.inner.engines[q]).reap(&mut done);
-        self.complete(vring, &mut done)
-    }
-}
-
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
-
-    fn num_queues(&self) -> usize {
-        self.inner.num_queues
+        self.complete(vring, mem, &mut done)
     }
 
-    fn max_queue_size(&self) -> usize {
+    /// The frontend stops queue `q` (GET_VRING_BASE): held requests go now, whatever
+    /// the limits say, and everything in flight finishes onto the used ring, so the
+    /// index the frontend gets back has nothing outstanding behind it.
+    pub fn stop_queue(&self, q: usize, vring: &mut Vring, mem: &GuestMemoryMmap) -> io::Result<()> {
+        let mut engine = lock(&self.inner.engines[q]);
+        let held = std::mem::take(&mut *lock(&self.inner.held[q]));
+        for list in held {
+            for h in list {
+                engine.submit(h.head, h.req, h.mem);
+            }
+        }
+        let mut done = Vec::new();
+        engine.drain(&mut done);
+        drop(engine);
+        self.complete(vring, mem, &mut done)
+    }
+
+    /// The timer fired with no memory table to serve held requests against.
+    pub fn discard_timer(&self) {
+        let _ = lock(&self.inner.timer).wait();
+    }
+
+    /// Completions for a connection that has no memory table (cannot happen once the
+    /// frontend set one up; read so the eventfd does not stay ready).
+    pub fn discard_completions(&self, q: usize) {
+        if let Some(e) = self.inner.engines.get(q) {
+            let mut done = Vec::new();
+            lock(e).reap(&mut done);
+        }
+    }
+
+    /// The frontend went away: whatever is in flight finishes, and nothing is put on a
+    /// ring nobody serves. The inflight region still says those heads are in flight;
+    /// the next connection starts them again.
+    pub fn abandon_in_flight(&self) {
+        for q in 0..self.inner.num_queues {
+            *lock(&self.inner.held[q]) = Default::default();
+            let mut done = Vec::new();
+            lock(&self.inner.engines[q]).drain(&mut done);
+        }
+    }
+
+    pub fn max_queue_size(&self) -> usize {
         QUEUE_SIZE
     }
 
-    fn features(&self) -> u64 {
+    pub fn features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_INDIRECT_DESC
             | VIRTIO_RING_F_EVENT_IDX
@@ -561,31 +638,14 @@ impl VhostUserBackend for BlkBackend {
         f
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.inner.event_idx.store(enabled, Ordering::Relaxed);
-    }
-
-    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        *self.inner.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
-        Ok(())
-    }
-
-    /// The frontend stopped the ring (GET_VRING_BASE): requests held for it are dropped
-    /// unanswered, as a device reset drops them.
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        if let Some(held) = self.inner.held.get(queue_index as usize) {
-            *lock(held) = Default::default();
-        }
-        Ok(())
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    pub fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         BlkConfig {
             capacity_sectors: self.inner.disk.capacity_sectors(),
             num_queues: self.inner.num_queues as u16,
@@ -593,41 +653,55 @@ impl VhostUserBackend for BlkBackend {
         }
         .read(offset, size)
     }
+}
 
-    /// The library can only stop its worker thread through an event we hand it; without
-    /// one, dropping the daemon would wait for that thread forever.
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                log::error!("creating the worker exit event: {e}");
-                None
-            }
+/// The descriptors of the chain at `head`, read from the descriptor table (for heads a
+/// previous daemon took from the available ring, which the ring no longer lists). The
+/// guest wrote the table: every index and address is checked, indirect tables included.
+fn chain_at(
+    mem: &GuestMemoryMmap,
+    queue: &virtio_queue::Queue,
+    head: u16,
+) -> Result<Vec<Desc>, String> {
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+    let read = |table: u64, index: u64| -> Result<(u64, u32, u16, u16), String> {
+        let at = GuestAddress(table + index * 16);
+        let mut raw = [0u8; 16];
+        mem.read_slice(&mut raw, at)
+            .map_err(|e| format!("descriptor {index} at {:#x}: {e}", at.0))?;
+        let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        let next = u16::from_le_bytes([raw[14], raw[15]]);
+        Ok((addr, len, flags, next))
+    };
+    let size = u64::from(queue.size());
+    let (mut table, mut count, mut index) = (queue.desc_table(), size, u64::from(head));
+    let mut out = Vec::new();
+    let mut indirect_taken = false;
+    loop {
+        if index >= count || out.len() >= MAX_CHAIN {
+            return Err(format!("chain from head {head} runs out of its table"));
         }
-    }
-
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread_id: usize,
-    ) -> io::Result<()> {
-        let n = self.inner.num_queues;
-        let e = device_event as usize;
-        if e < n {
-            if let Some(v) = vrings.get(e) {
-                return self.process_queue(e, v);
+        let (addr, len, flags, next) = read(table, index)?;
+        if flags & INDIRECT != 0 {
+            if indirect_taken || !out.is_empty() || len % 16 != 0 || len == 0 {
+                return Err(format!("bad indirect descriptor in chain {head}"));
             }
-        } else if e > n && e <= 2 * n {
-            let q = e - n - 1;
-            if let Some(v) = vrings.get(q) {
-                return self.reap(q, v);
-            }
-        } else if e == 2 * n + 1 {
-            return self.release_held(vrings);
+            indirect_taken = true;
+            (table, count, index) = (addr, u64::from(len / 16), 0);
+            continue;
         }
-        log::warn!("event {device_event} for no queue");
-        Ok(())
+        out.push(Desc {
+            addr,
+            len,
+            writable: flags & WRITE != 0,
+        });
+        if flags & NEXT == 0 {
+            return Ok(out);
+        }
+        index = u64::from(next);
     }
 }

@@ -15,3 +15,4 @@ pub mod request;
 pub mod serve;
 pub mod stats;
 pub mod throttle;
+pub mod vhost_user;

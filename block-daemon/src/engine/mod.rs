@@ -75,6 +75,10 @@ pub trait Engine: Send {
     fn flush(&mut self) {}
     /// Moves finished requests into `done`.
     fn reap(&mut self, done: &mut Vec<Done>);
+    /// Waits for everything in flight and moves it into `done`.
+    fn drain(&mut self, done: &mut Vec<Done>) {
+        self.reap(done);
+    }
     /// Becomes readable when `reap` has work; None if everything completes in `submit`.
     fn notifier(&self) -> Option<RawFd>;
     fn in_flight(&self) -> usize;

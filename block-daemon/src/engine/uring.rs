@@ -262,6 +262,20 @@ impl Engine for UringEngine {
         }
     }
 
+    fn drain(&mut self, done: &mut Vec<Done>) {
+        self.pending_submit = false;
+        while self.in_flight() > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("io_uring wait: {e}");
+                    break;
+                }
+            }
+            self.reap(done);
+        }
+        self.reap(done);
+    }
+
     fn notifier(&self) -> Option<RawFd> {
         Some(self.eventfd.as_raw_fd())
     }

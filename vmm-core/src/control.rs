@@ -77,6 +77,7 @@ impl Control {
                     Ok(Some(r)) => events.send(VmEvent::Control {
                         id: r.msg.id,
                         request: r.msg.request,
+                        fds: r.fds,
                     }),
                     Ok(None) => {
                         events.send(VmEvent::ControlClosed);

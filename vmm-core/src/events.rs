@@ -3,7 +3,7 @@
 
 use std::sync::mpsc;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VmEvent {
     /// The guest entered ACPI S5.
     PowerOff,
@@ -13,8 +13,12 @@ pub enum VmEvent {
     VcpuFailed { vcpu: usize, reason: String },
     /// vmm-core received a terminating signal.
     Signal(i32),
-    /// A request from the gateway.
-    Control { id: u64, request: ipc::VmmRequest },
+    /// A request from the gateway, with the fds it declares.
+    Control {
+        id: u64,
+        request: ipc::VmmRequest,
+        fds: Vec<std::os::fd::OwnedFd>,
+    },
     /// The gateway hung up.
     ControlClosed,
 }

@@ -99,7 +99,11 @@ fn run_standalone(args: VmArgs, disks: Vec<(PathBuf, usize)>) -> anyhow::Result<
         .map(|(path, max_queues)| {
             let stream = UnixStream::connect(&path)
                 .with_context(|| format!("vhost-user-blk {}", path.display()))?;
-            Ok(DiskConnection { stream, max_queues })
+            Ok(DiskConnection {
+                stream,
+                max_queues,
+                path: Some(path),
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let vm = Vm::new(&config, boot, console, disks)?;
@@ -143,6 +147,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             Ok(DiskConnection {
                 stream: UnixStream::from(next(&format!("disk {}", d.id))?),
                 max_queues: d.max_queues as usize,
+                path: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -36,7 +36,7 @@ use crate::layout::{
 };
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
-use crate::vhost_user::blk::{ConfigChangeHandle, VhostUserBlk};
+use crate::vhost_user::blk::{ConfigChangeHandle, Reconnect, VhostUserBlk};
 
 /// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
 pub const MAX_XAPIC_CPUS: usize = 255;
@@ -103,6 +103,16 @@ pub struct DiskConnection {
     pub stream: std::os::unix::net::UnixStream,
     /// Most queues the guest gets (the backend may offer fewer).
     pub max_queues: usize,
+    /// The backend's socket, to connect to again if it hangs up (vmm-core on its own);
+    /// None under the gateway, which hands over a new connection instead.
+    pub path: Option<std::path::PathBuf>,
+}
+
+/// A disk as the VM's control loop sees it.
+struct DiskHandle {
+    config: ConfigChangeHandle,
+    /// Connections the gateway hands over after restarting the disk's daemon.
+    reconnect: Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
 }
 
 /// How a VM run ended, when it ended well.
@@ -151,7 +161,7 @@ pub struct Vm {
     console: Option<(Console, Arc<Mutex<SerialDevice>>)>,
     start_paused: bool,
     /// Per disk, in launch order.
-    disks: Vec<ConfigChangeHandle>,
+    disks: Vec<DiskHandle>,
 }
 
 impl Vm {
@@ -245,9 +255,19 @@ impl Vm {
         let router = MsiRouter::new(vm.clone());
         let mut disk_handles = Vec::new();
         for (i, disk) in disks.into_iter().enumerate() {
-            let blk = VhostUserBlk::new(disk.stream, &ram, disk.max_queues)
+            let (reconnect, handed) = match disk.path {
+                Some(p) => (Reconnect::Path(p), None),
+                None => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    (Reconnect::Handed(rx), Some(tx))
+                }
+            };
+            let blk = VhostUserBlk::new(i, disk.stream, reconnect, &ram, disk.max_queues)
                 .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
-            disk_handles.push(blk.config_change_handle());
+            disk_handles.push(DiskHandle {
+                config: blk.config_change_handle(),
+                reconnect: handed,
+            });
             let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
             let device = VirtioPci::new(Box::new(blk), bar.addr, vm.clone(), router.clone())
                 .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
@@ -541,6 +561,7 @@ impl Runner<'_> {
     fn handle_request(
         &mut self,
         request: VmmRequest,
+        fds: Vec<std::os::fd::OwnedFd>,
     ) -> Result<Result<VmmReply, RemoteError>, VmError> {
         Ok(match request {
             VmmRequest::Launch(_) => Err(RemoteError::generic("the VM is already launched")),
@@ -562,11 +583,28 @@ impl Runner<'_> {
             VmmRequest::InjectNmi => self.inject_nmi().map(|()| VmmReply::Done),
             VmmRequest::DiskConfigChanged { disk } => match self.vm.disks.get(disk as usize) {
                 Some(d) => {
-                    d.raise();
+                    d.config.raise();
                     Ok(VmmReply::Done)
                 }
                 None => Err(RemoteError::generic(format!("no disk {disk}"))),
             },
+            VmmRequest::DiskReconnect { disk } => {
+                let handed = self
+                    .vm
+                    .disks
+                    .get(disk as usize)
+                    .and_then(|d| d.reconnect.as_ref());
+                match (handed, fds.into_iter().next()) {
+                    (Some(tx), Some(fd)) => {
+                        let _ = tx.send(std::os::unix::net::UnixStream::from(fd));
+                        Ok(VmmReply::Done)
+                    }
+                    (None, _) => Err(RemoteError::generic(format!(
+                        "disk {disk} does not take connections from the gateway"
+                    ))),
+                    (_, None) => Err(RemoteError::generic("no connection came with the request")),
+                }
+            }
             // Quit is answered by the event loop, which then ends.
             VmmRequest::Quit(_) => Ok(VmmReply::Done),
         })
@@ -603,12 +641,12 @@ impl Runner<'_> {
                     log::info!("guest reset ({source})");
                     self.reset(ShutdownCause::GuestReset)?;
                 }
-                VmEvent::Control { id, request } => {
+                VmEvent::Control { id, request, fds } => {
                     let quit = matches!(request, VmmRequest::Quit(_));
                     if let VmmRequest::Quit(cause) = request {
                         self.notify(VmmEvent::Shutdown(cause));
                     }
-                    let result = self.handle_request(request)?;
+                    let result = self.handle_request(request, fds)?;
                     if let Some(c) = self.control {
                         c.reply(id, result);
                     }

@@ -66,6 +66,11 @@ pub enum VmmRequest {
     DiskConfigChanged {
         disk: u32,
     },
+    /// Disk `disk`'s daemon is back (restarted): here is vmm-core's new connection to it
+    /// (one fd).
+    DiskReconnect {
+        disk: u32,
+    },
     /// Stop the VM and exit; the cause goes into the SHUTDOWN event.
     Quit(ShutdownCause),
 }
@@ -74,6 +79,7 @@ impl Message for VmmRequest {
     fn fd_count(&self) -> usize {
         match self {
             VmmRequest::Launch(config) => config.fd_count(),
+            VmmRequest::DiskReconnect { .. } => 1,
             _ => 0,
         }
     }

@@ -177,7 +177,7 @@ mod tests {
         assert!(rx.try_recv().is_err());
         let s5 = (u16::from(SLP_TYP_S5) << SLP_TYP_SHIFT) | SLP_EN;
         pm.write(CNT, &s5.to_le_bytes());
-        assert_eq!(rx.try_recv(), Ok(VmEvent::PowerOff));
+        assert!(matches!(rx.try_recv(), Ok(VmEvent::PowerOff)));
         let mut cnt = [0u8; 2];
         pm.read(CNT, &mut cnt);
         let cnt = u16::from_le_bytes(cnt);
@@ -190,7 +190,7 @@ mod tests {
         let (mut pm, _line, rx) = pm();
         let s5 = (u16::from(SLP_TYP_S5) << SLP_TYP_SHIFT) | SLP_EN;
         pm.write(CNT + 1, &[(s5 >> 8) as u8]);
-        assert_eq!(rx.try_recv(), Ok(VmEvent::PowerOff));
+        assert!(matches!(rx.try_recv(), Ok(VmEvent::PowerOff)));
     }
 
     #[test]

@@ -1,18 +1,32 @@
-//! virtio-blk served by a vhost-user backend (block-daemon, qemu-storage-daemon, ...).
+//! virtio-blk served by a vhost-user backend (block-daemon, qemu-storage-daemon, ...),
+//! surviving the backend's restarts.
+//!
+//! What the driver set up (features, rings, their eventfds) is kept apart from the
+//! connection, so that when the backend hangs up the guest keeps running (its kicks wait
+//! in the ioeventfds, nothing completes) while a thread gets a new connection: to the
+//! same socket path with backoff when vmm-core runs on its own, or handed over by the
+//! gateway, which restarts the daemon. On the new connection everything is replayed:
+//! features, memory table, the inflight region the first backend created (so the new
+//! one restarts what was in flight), and each ring from the used index in guest memory.
 
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{
     Frontend, FrontendReqHandler, VhostUserFrontend, VhostUserFrontendReqHandler,
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio_pci::{ActiveQueue, ConfigChanged, VirtioDevice};
 use crate::memory::GuestRam;
@@ -31,6 +45,15 @@ const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 const VIRTIO_F_NOTIFICATION_DATA: u64 = 1 << 38;
 const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
 
+/// Protocol features this frontend uses when the backend offers them.
+fn wanted_protocol() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserBlkError {
     #[error("vhost-user {what}: {error}")]
@@ -40,10 +63,22 @@ pub enum VhostUserBlkError {
     },
     #[error("backend channel: {0}")]
     BackendChannel(std::io::Error),
+    #[error("the new backend lacks features the driver uses ({0:#x})")]
+    LostFeatures(u64),
+    #[error("{0}")]
+    Setup(String),
 }
 
 fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserBlkError {
     move |error| VhostUserBlkError::Protocol { what, error }
+}
+
+/// Where a new connection comes from when the backend hangs up.
+pub enum Reconnect {
+    /// Connect to this socket again, with backoff (vmm-core on its own).
+    Path(PathBuf),
+    /// The gateway restarts the daemon and hands over a connected socket.
+    Handed(Receiver<UnixStream>),
 }
 
 /// Handles the backend's own messages (config changes after a resize).
@@ -85,59 +120,91 @@ impl ConfigChangeHandle {
     }
 }
 
-pub struct VhostUserBlk {
+/// A ring as the driver laid it out, with its own copies of the eventfds.
+struct RingSetup {
+    index: usize,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// One connection to the backend.
+struct Session {
     frontend: Frontend,
+    /// A second handle on the socket, watched for the backend hanging up.
+    watch: UnixStream,
+}
+
+struct Link {
+    disk: usize,
+    session: Option<Session>,
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
     num_queues: usize,
     config: Vec<u8>,
-    config_stale: Arc<AtomicBool>,
-    requests: Arc<BackendRequests>,
+    /// Set once the driver has activated the device (DRIVER_OK).
+    acked_features: Option<u64>,
+    rings: Vec<RingSetup>,
+    /// The rings were handed to a backend since the driver set them up: a new backend
+    /// starts from the used index in guest memory, not from 0.
+    rings_started: bool,
+    /// The inflight region the first backend of this activation created.
+    inflight: Option<(VhostUserInflight, File)>,
     mem: GuestMemoryMmap,
     regions: Vec<(u64, u64, u64, u64)>,
-    memfd: std::fs::File,
-    active: Vec<usize>,
+    memfd: File,
+    requests: Arc<BackendRequests>,
 }
 
-impl VhostUserBlk {
-    /// Talks to the backend on `stream` (already connected): ownership, features,
-    /// protocol features, queue count (at most `max_queues`), config space.
-    pub fn new(
+fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
+    link.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Link {
+    /// Ownership, features, protocol features and the backend channel on a fresh socket.
+    fn handshake(
+        &mut self,
         stream: UnixStream,
-        ram: &GuestRam,
         max_queues: usize,
-    ) -> Result<VhostUserBlk, VhostUserBlkError> {
+    ) -> Result<(), VhostUserBlkError> {
+        let watch = stream
+            .try_clone()
+            .map_err(VhostUserBlkError::BackendChannel)?;
         let mut frontend = Frontend::from_stream(stream, MAX_QUEUES as u64);
         frontend.set_owner().map_err(proto("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+        let features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+        if let Some(acked) = self.acked_features {
+            let lost = acked & !features;
+            if lost != 0 {
+                return Err(VhostUserBlkError::LostFeatures(lost));
+            }
+        }
         let mut protocol = VhostUserProtocolFeatures::empty();
-        if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             let offered = frontend
                 .get_protocol_features()
                 .map_err(proto("GET_PROTOCOL_FEATURES"))?;
-            protocol = offered
-                & (VhostUserProtocolFeatures::MQ
-                    | VhostUserProtocolFeatures::CONFIG
-                    | VhostUserProtocolFeatures::REPLY_ACK
-                    | VhostUserProtocolFeatures::BACKEND_REQ);
+            protocol = offered & wanted_protocol();
             frontend
                 .set_protocol_features(protocol)
                 .map_err(proto("SET_PROTOCOL_FEATURES"))?;
         }
         let mut num_queues = 1;
-        if protocol.contains(VhostUserProtocolFeatures::MQ)
-            && backend_features & VIRTIO_BLK_F_MQ != 0
-        {
+        if protocol.contains(VhostUserProtocolFeatures::MQ) && features & VIRTIO_BLK_F_MQ != 0 {
             num_queues = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))? as usize;
         }
         let num_queues = num_queues.clamp(1, max_queues.clamp(1, MAX_QUEUES));
-        let config_stale = Arc::new(AtomicBool::new(true));
-        let requests = Arc::new(BackendRequests {
-            config_stale: config_stale.clone(),
-            notify: Mutex::new(None),
-        });
+        if self.session.is_none() && self.backend_features != 0 && num_queues < self.num_queues {
+            return Err(VhostUserBlkError::Setup(format!(
+                "the new backend serves {num_queues} queue(s), the guest uses {}",
+                self.num_queues
+            )));
+        }
         if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
-            let mut handler = FrontendReqHandler::new(requests.clone()).map_err(|e| {
+            let mut handler = FrontendReqHandler::new(self.requests.clone()).map_err(|e| {
                 VhostUserBlkError::Protocol {
                     what: "backend channel",
                     error: vhost::Error::VhostUserProtocol(e),
@@ -154,50 +221,144 @@ impl VhostUserBlk {
                 .spawn(move || while handler.handle_request().is_ok() {})
                 .map_err(VhostUserBlkError::BackendChannel)?;
         }
-        let regions = ram
-            .regions()
-            .iter()
-            .map(|r| {
-                (
-                    r.guest_addr,
-                    r.size,
-                    ram.host_addr(r).unwrap_or(0),
-                    r.file_offset,
-                )
-            })
-            .collect();
-        let mut dev = VhostUserBlk {
-            frontend,
-            backend_features,
-            protocol,
-            num_queues,
-            config: vec![0; CONFIG_LEN as usize],
-            config_stale,
-            requests,
-            mem: ram.memory().clone(),
-            regions,
-            memfd: ram
-                .memfd()
-                .try_clone()
-                .map_err(VhostUserBlkError::BackendChannel)?,
-            active: Vec::new(),
-        };
-        dev.refresh_config();
-        Ok(dev)
+        if self.backend_features == 0 {
+            // The first backend decides what the guest is offered.
+            self.backend_features = features;
+            self.num_queues = num_queues;
+        }
+        self.protocol = protocol;
+        self.session = Some(Session { frontend, watch });
+        self.requests.config_stale.store(true, Ordering::Release);
+        Ok(())
     }
 
-    pub fn config_change_handle(&self) -> ConfigChangeHandle {
-        ConfigChangeHandle(self.requests.clone())
+    fn host(&self, addr: u64, what: &str) -> Result<u64, VhostUserBlkError> {
+        self.mem
+            .get_host_address(GuestAddress(addr))
+            .map(|p| p as u64)
+            .map_err(|_| {
+                VhostUserBlkError::Setup(format!("{what} at {addr:#x} is outside guest memory"))
+            })
+    }
+
+    /// Hands the driver's setup to the connected backend (after DRIVER_OK, and again
+    /// after every reconnection).
+    fn apply(&mut self) -> Result<(), VhostUserBlkError> {
+        let Some(features) = self.acked_features else {
+            return Ok(());
+        };
+        let mut acked = features & self.backend_features;
+        if !self.protocol.is_empty() {
+            acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        }
+        let regions: Vec<VhostUserMemoryRegionInfo> = self
+            .regions
+            .iter()
+            .map(|&(gpa, size, host, offset)| VhostUserMemoryRegionInfo {
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: host,
+                mmap_offset: offset,
+                mmap_handle: self.memfd.as_raw_fd(),
+            })
+            .collect();
+        let mut ring_addrs = Vec::new();
+        for r in &self.rings {
+            ring_addrs.push((
+                self.host(r.desc, "descriptor table")?,
+                self.host(r.used, "used ring")?,
+                self.host(r.avail, "available ring")?,
+            ));
+        }
+        // A ring handed to a backend before continues from what completed (the used
+        // index); the backend restarts what was in flight from the inflight region.
+        let bases: Vec<u16> = self
+            .rings
+            .iter()
+            .map(|r| {
+                if self.rings_started {
+                    self.mem
+                        .read_obj::<u16>(GuestAddress(r.used + 2))
+                        .unwrap_or(0)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let inflight_wanted = self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+            && !self.rings.is_empty();
+        let queue_size = self.rings.first().map_or(QUEUE_MAX_SIZE, |r| r.size);
+        let num_queues = self.num_queues as u16;
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let f = &mut session.frontend;
+        f.set_features(acked).map_err(proto("SET_FEATURES"))?;
+        f.set_mem_table(&regions).map_err(proto("SET_MEM_TABLE"))?;
+        if inflight_wanted {
+            if self.inflight.is_none() {
+                let ask = VhostUserInflight {
+                    mmap_size: 0,
+                    mmap_offset: 0,
+                    num_queues,
+                    queue_size,
+                };
+                self.inflight = Some(f.get_inflight_fd(&ask).map_err(proto("GET_INFLIGHT_FD"))?);
+            }
+            if let Some((info, file)) = &self.inflight {
+                f.set_inflight_fd(info, file.as_raw_fd())
+                    .map_err(proto("SET_INFLIGHT_FD"))?;
+            }
+        }
+        for ((r, (desc, used, avail)), base) in self.rings.iter().zip(ring_addrs).zip(bases) {
+            let config = VringConfigData {
+                queue_max_size: QUEUE_MAX_SIZE,
+                queue_size: r.size,
+                flags: 0,
+                desc_table_addr: desc,
+                used_ring_addr: used,
+                avail_ring_addr: avail,
+                log_addr: None,
+            };
+            f.set_vring_num(r.index, r.size)
+                .map_err(proto("SET_VRING_NUM"))?;
+            f.set_vring_addr(r.index, &config)
+                .map_err(proto("SET_VRING_ADDR"))?;
+            f.set_vring_base(r.index, base)
+                .map_err(proto("SET_VRING_BASE"))?;
+            f.set_vring_call(r.index, &r.call)
+                .map_err(proto("SET_VRING_CALL"))?;
+            f.set_vring_kick(r.index, &r.kick)
+                .map_err(proto("SET_VRING_KICK"))?;
+            if !self.protocol.is_empty() {
+                f.set_vring_enable(r.index, true)
+                    .map_err(proto("SET_VRING_ENABLE"))?;
+            }
+        }
+        self.rings_started = true;
+        // Kicks the guest made while no backend listened are in the eventfds already;
+        // one more makes sure a backend that waits for a kick looks at each ring.
+        for r in &self.rings {
+            let _ = r.kick.write(1);
+        }
+        Ok(())
     }
 
     fn refresh_config(&mut self) {
-        if !self.config_stale.swap(false, Ordering::AcqRel) {
+        if !self.requests.config_stale.swap(false, Ordering::AcqRel) {
             return;
         }
         if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return;
         }
-        match self.frontend.get_config(
+        let Some(session) = self.session.as_mut() else {
+            // Read again once a backend is back.
+            self.requests.config_stale.store(true, Ordering::Release);
+            return;
+        };
+        match session.frontend.get_config(
             0,
             CONFIG_LEN,
             VhostUserConfigFlags::WRITABLE,
@@ -210,78 +371,164 @@ impl VhostUserBlk {
                     self.config[34..36].copy_from_slice(&(self.num_queues as u16).to_le_bytes());
                 }
             }
-            Err(e) => log::warn!("vhost-user GET_CONFIG: {e}"),
+            Err(e) => {
+                log::warn!("disk {}: vhost-user GET_CONFIG: {e}", self.disk);
+                self.requests.config_stale.store(true, Ordering::Release);
+            }
         }
     }
 
-    fn host(&self, addr: u64, what: &str) -> Result<u64, String> {
-        self.mem
-            .get_host_address(GuestAddress(addr))
-            .map(|p| p as u64)
-            .map_err(|_| format!("{what} at {addr:#x} is outside guest memory"))
+    /// The backend failed a call: treat it as gone (the watcher reconnects).
+    fn lost(&mut self, what: &str, e: &VhostUserBlkError) {
+        if self.session.take().is_some() {
+            log::warn!(
+                "disk {}: {what}: {e}; waiting for the backend to come back",
+                self.disk
+            );
+        }
     }
+}
 
-    fn start_queues(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
-        let mut acked = features & self.backend_features;
-        if !self.protocol.is_empty() {
-            acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+pub struct VhostUserBlk {
+    link: Arc<Mutex<Link>>,
+    requests: Arc<BackendRequests>,
+}
+
+/// Blocks until the peer of `fd` hangs up.
+fn wait_hangup(fd: RawFd) {
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own, no timeout.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n > 0
+            && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+        {
+            return;
         }
-        fn err(what: &'static str) -> impl Fn(vhost::Error) -> String {
-            move |e| format!("vhost-user {what}: {e}")
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
         }
-        self.frontend
-            .set_features(acked)
-            .map_err(err("SET_FEATURES"))?;
-        let regions: Vec<VhostUserMemoryRegionInfo> = self
-            .regions
+    }
+}
+
+/// The backend's lifeline: waits for it to hang up, then gets and sets up the next one.
+fn supervise(link: Arc<Mutex<Link>>, reconnect: Reconnect, max_queues: usize) {
+    loop {
+        let watch = match lock(&link).session.as_ref().map(|s| s.watch.try_clone()) {
+            Some(Ok(w)) => Some(w),
+            _ => None,
+        };
+        if let Some(w) = watch {
+            wait_hangup(w.as_raw_fd());
+            let mut l = lock(&link);
+            if l.session.take().is_some() {
+                log::warn!(
+                    "disk {}: the vhost-user backend hung up; guest I/O waits for it",
+                    l.disk
+                );
+            }
+        }
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let stream = match &reconnect {
+                Reconnect::Path(p) => match UnixStream::connect(p) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+                Reconnect::Handed(rx) => match rx.recv() {
+                    Ok(s) => s,
+                    // vmm-core is ending: nobody will hand over a connection again.
+                    Err(_) => return,
+                },
+            };
+            let mut l = lock(&link);
+            let result = l.handshake(stream, max_queues).and_then(|()| l.apply());
+            match result {
+                Ok(()) => {
+                    log::info!("disk {}: the vhost-user backend is back", l.disk);
+                    break;
+                }
+                Err(e) => {
+                    l.session = None;
+                    log::warn!("disk {}: setting up the new backend: {e}", l.disk);
+                    drop(l);
+                    if matches!(reconnect, Reconnect::Path(_)) {
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl VhostUserBlk {
+    /// Talks to the backend on `stream` (already connected): ownership, features,
+    /// protocol features, queue count (at most `max_queues`), config space. When the
+    /// backend later hangs up, `reconnect` says where the next one comes from.
+    pub fn new(
+        disk: usize,
+        stream: UnixStream,
+        reconnect: Reconnect,
+        ram: &GuestRam,
+        max_queues: usize,
+    ) -> Result<VhostUserBlk, VhostUserBlkError> {
+        let requests = Arc::new(BackendRequests {
+            config_stale: Arc::new(AtomicBool::new(true)),
+            notify: Mutex::new(None),
+        });
+        let regions = ram
+            .regions()
             .iter()
-            .map(|&(gpa, size, host, offset)| VhostUserMemoryRegionInfo {
-                guest_phys_addr: gpa,
-                memory_size: size,
-                userspace_addr: host,
-                mmap_offset: offset,
-                mmap_handle: self.memfd.as_raw_fd(),
+            .map(|r| {
+                (
+                    r.guest_addr,
+                    r.size,
+                    ram.host_addr(r).unwrap_or(0),
+                    r.file_offset,
+                )
             })
             .collect();
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(err("SET_MEM_TABLE"))?;
-        for q in queues {
-            if q.index >= self.num_queues {
-                continue;
-            }
-            let config = VringConfigData {
-                queue_max_size: QUEUE_MAX_SIZE,
-                queue_size: q.size,
-                flags: 0,
-                desc_table_addr: self.host(q.desc, "descriptor table")?,
-                used_ring_addr: self.host(q.used, "used ring")?,
-                avail_ring_addr: self.host(q.avail, "available ring")?,
-                log_addr: None,
-            };
-            self.frontend
-                .set_vring_num(q.index, q.size)
-                .map_err(err("SET_VRING_NUM"))?;
-            self.frontend
-                .set_vring_addr(q.index, &config)
-                .map_err(err("SET_VRING_ADDR"))?;
-            self.frontend
-                .set_vring_base(q.index, 0)
-                .map_err(err("SET_VRING_BASE"))?;
-            self.frontend
-                .set_vring_call(q.index, q.call)
-                .map_err(err("SET_VRING_CALL"))?;
-            self.frontend
-                .set_vring_kick(q.index, q.kick)
-                .map_err(err("SET_VRING_KICK"))?;
-            if !self.protocol.is_empty() {
-                self.frontend
-                    .set_vring_enable(q.index, true)
-                    .map_err(err("SET_VRING_ENABLE"))?;
-            }
-            self.active.push(q.index);
-        }
-        Ok(())
+        let mut link = Link {
+            disk,
+            session: None,
+            backend_features: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            num_queues: 1,
+            config: vec![0; CONFIG_LEN as usize],
+            acked_features: None,
+            rings: Vec::new(),
+            rings_started: false,
+            inflight: None,
+            mem: ram.memory().clone(),
+            regions,
+            memfd: ram
+                .memfd()
+                .try_clone()
+                .map_err(VhostUserBlkError::BackendChannel)?,
+            requests: requests.clone(),
+        };
+        link.handshake(stream, max_queues)?;
+        link.refresh_config();
+        let link = Arc::new(Mutex::new(link));
+        let watched = link.clone();
+        std::thread::Builder::new()
+            .name(format!("vhost-user-blk{disk}-link"))
+            .spawn(move || supervise(watched, reconnect, max_queues))
+            .map_err(VhostUserBlkError::BackendChannel)?;
+        Ok(VhostUserBlk { link, requests })
+    }
+
+    pub fn config_change_handle(&self) -> ConfigChangeHandle {
+        ConfigChangeHandle(self.requests.clone())
     }
 }
 
@@ -295,7 +542,7 @@ impl VirtioDevice for VhostUserBlk {
     }
 
     fn num_queues(&self) -> usize {
-        self.num_queues
+        lock(&self.link).num_queues
     }
 
     fn queue_max_size(&self) -> u16 {
@@ -303,21 +550,23 @@ impl VirtioDevice for VhostUserBlk {
     }
 
     fn features(&self) -> u64 {
-        let mut f = self.backend_features
+        let l = lock(&self.link);
+        let mut f = l.backend_features
             & !(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
                 | VIRTIO_F_IOMMU_PLATFORM
                 | VIRTIO_F_RING_PACKED
                 | VIRTIO_F_NOTIFICATION_DATA);
-        if self.num_queues == 1 {
+        if l.num_queues == 1 {
             f &= !VIRTIO_BLK_F_MQ;
         }
         f
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        self.refresh_config();
+        let mut l = lock(&self.link);
+        l.refresh_config();
         for (i, b) in data.iter_mut().enumerate() {
-            *b = self.config.get(offset as usize + i).copied().unwrap_or(0);
+            *b = l.config.get(offset as usize + i).copied().unwrap_or(0);
         }
     }
 
@@ -327,17 +576,58 @@ impl VirtioDevice for VhostUserBlk {
     }
 
     fn activate(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
-        self.start_queues(features, queues)
+        let mut l = lock(&self.link);
+        let n = l.num_queues;
+        let mut rings = Vec::new();
+        for q in queues.iter().filter(|q| q.index < n) {
+            rings.push(RingSetup {
+                index: q.index,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                kick: q
+                    .kick
+                    .try_clone()
+                    .map_err(|e| format!("kick eventfd: {e}"))?,
+                call: q
+                    .call
+                    .try_clone()
+                    .map_err(|e| format!("call eventfd: {e}"))?,
+            });
+        }
+        // Recorded first: if the backend is away now, it gets all this when it is back.
+        l.acked_features = Some(features);
+        l.rings = rings;
+        l.rings_started = false;
+        l.inflight = None;
+        if let Err(e) = l.apply() {
+            match e {
+                VhostUserBlkError::Setup(msg) => return Err(msg),
+                other => l.lost("activating the rings", &other),
+            }
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
-        for q in std::mem::take(&mut self.active) {
-            if !self.protocol.is_empty() {
-                let _ = self.frontend.set_vring_enable(q, false);
+        let mut l = lock(&self.link);
+        let rings: Vec<usize> = l.rings.iter().map(|r| r.index).collect();
+        let protocol = l.protocol;
+        if let Some(s) = l.session.as_mut() {
+            for q in rings {
+                if !protocol.is_empty() {
+                    let _ = s.frontend.set_vring_enable(q, false);
+                }
+                // GET_VRING_BASE stops the ring in the backend.
+                let _ = s.frontend.get_vring_base(q);
             }
-            // GET_VRING_BASE stops the ring in the backend.
-            let _ = self.frontend.get_vring_base(q);
         }
+        // What the driver set up and what was in flight are gone with the reset.
+        l.acked_features = None;
+        l.rings.clear();
+        l.rings_started = false;
+        l.inflight = None;
     }
 
     fn set_config_changed(&mut self, notify: ConfigChanged) {

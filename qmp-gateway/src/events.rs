@@ -16,6 +16,8 @@ pub const EVENTS: &[&str] = &[
     "SHUTDOWN",
     "POWERDOWN",
     "BLOCK_WRITE_THRESHOLD",
+    crate::block::EXITED,
+    crate::block::RESTARTED,
 ];
 
 #[derive(Default)]

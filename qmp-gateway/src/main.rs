@@ -194,6 +194,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     }
     let vcpus = vm.launch(&link).context("vmm-core")?;
     gw.set_vcpus(vcpus);
+    // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
+    gw.block.start_supervisor()?;
 
     let signal_gw = gw.clone();
     std::thread::Builder::new()

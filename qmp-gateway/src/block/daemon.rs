@@ -4,9 +4,10 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,18 +62,27 @@ impl Drop for RuntimeDir {
 pub struct Daemon {
     pub link: Arc<BlockLink>,
     child: Mutex<Option<Child>>,
-    socket: PathBuf,
     /// Set once the gateway stops it: its end is then no news.
     stopping: Arc<AtomicBool>,
 }
 
+/// How a child ended, as a person would say it.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
 impl Daemon {
-    /// Starts `binary` in gateway mode; `on_event` gets its events.
+    /// Starts `binary` in gateway mode; `on_event` gets its events, `on_death` runs if
+    /// its control channel closes without the gateway having stopped it.
     pub fn spawn(
         binary: &Path,
         name: &str,
-        socket: PathBuf,
         on_event: impl Fn(BlockEvent) + Send + 'static,
+        on_death: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<Daemon> {
         let (child, conn) = spawn_child(binary, &[])?;
         let link = BlockLink::new(format!("block daemon {name}"), conn);
@@ -80,13 +90,12 @@ impl Daemon {
         let expected = stopping.clone();
         link.start_reader(on_event, move |why| {
             if !expected.load(Ordering::SeqCst) {
-                log::error!("{why}: its disk's I/O stalls until the VM ends");
+                on_death(why);
             }
         })?;
         Ok(Daemon {
             link,
             child: Mutex::new(Some(child)),
-            socket,
             stopping,
         })
     }
@@ -110,11 +119,6 @@ impl Daemon {
         }
     }
 
-    /// A connection to the daemon's vhost-user socket (for vmm-core).
-    pub fn connect(&self) -> std::io::Result<UnixStream> {
-        UnixStream::connect(&self.socket)
-    }
-
     pub fn pid(&self) -> Option<u32> {
         self.child
             .lock()
@@ -123,38 +127,33 @@ impl Daemon {
             .map(Child::id)
     }
 
-    /// Asks the daemon to quit and waits for it, killing it (our child, by pid) after
-    /// `grace`.
-    pub fn stop(&self, grace: Duration) {
-        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
-        };
+    /// Asks the daemon to quit (unless it is already gone) and waits for it, killing it
+    /// (our child, by pid) after `grace`; says how it ended.
+    pub fn stop(&self, grace: Duration) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         self.stopping.store(true, Ordering::SeqCst);
         if !self.link.is_closed() {
             let _ = self.link.request(BlockRequest::Quit, &[]);
         }
         let deadline = Instant::now() + grace;
-        loop {
+        let ended = loop {
             match child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        log::warn!("{} exited with {status}", self.link.name());
-                    }
-                    break;
-                }
+                Ok(Some(status)) => break describe(status),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 _ => {
                     log::warn!("{} did not exit; killing it", self.link.name());
                     let _ = child.kill();
-                    let _ = child.wait();
-                    break;
+                    break child
+                        .wait()
+                        .map(describe)
+                        .unwrap_or_else(|e| format!("lost: {e}"));
                 }
             }
-        }
+        };
         self.link.shutdown();
-        let _ = std::fs::remove_file(&self.socket);
+        Some(ended)
     }
 }
 

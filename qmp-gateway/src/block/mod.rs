@@ -4,6 +4,7 @@
 //! commands, each answered from the graph or by the daemon that serves the disk.
 
 pub mod daemon;
+pub mod disk;
 pub mod drive;
 pub mod graph;
 pub mod info;
@@ -13,11 +14,14 @@ pub mod throttle;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ipc::{
-    BlockEvent, BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch,
-    ErrorClass, ThrottleLimits,
+    BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, ErrorClass,
+    VmmRequest,
 };
 use serde_json::{json, Map, Value};
 
@@ -25,31 +29,31 @@ use crate::events::EventBus;
 use crate::fdstore::FdSets;
 use crate::launch::bind_private;
 use crate::qmp::protocol::{QmpError, QmpResult};
-use daemon::{Daemon, RuntimeDir};
+use crate::supervisor::VmmLink;
+
+/// Events of our own (QMP's rule for downstream extensions: a reverse-domain prefix).
+pub const EXITED: &str = "__io.flotilla_BLOCK_DAEMON_EXITED";
+pub const RESTARTED: &str = "__io.flotilla_BLOCK_DAEMON_RESTARTED";
+
+/// A daemon that dies this soon after starting counts towards giving up.
+const QUICK_DEATH: Duration = Duration::from_secs(2);
+/// Quick deaths in a row after which the supervisor stops restarting a daemon.
+const MAX_FAILURES: u32 = 10;
+
+/// How long to wait before the n-th restart in a row: at once, then doubling from
+/// 100 ms up to 1 s.
+fn backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        Duration::ZERO
+    } else {
+        (Duration::from_millis(100) * 2u32.saturating_pow(failures - 2)).min(Duration::from_secs(1))
+    }
+}
+use daemon::RuntimeDir;
+use disk::{Disk, Group, Hooks};
 use drive::DriveSpec;
 use graph::{errno_text, Graph};
 use options::{ChildRef, Driver, NodeOptions, Source};
-
-/// A disk: the guest's virtio-blk device and the node tree behind it.
-struct Disk {
-    /// The disk's index in vmm-core's launch request.
-    index: u32,
-    /// The BlockBackend's name (query-block's "device").
-    id: String,
-    /// The guest device's id or QOM path (query-block's "qdev").
-    qdev: String,
-    /// The device's QOM path (what `id` arguments may also name).
-    qom_path: String,
-    root: String,
-    throttle: Option<(ThrottleLimits, String)>,
-    daemon: Daemon,
-}
-
-/// A throttle group: the state page its members share, and its limits.
-struct Group {
-    state: OwnedFd,
-    limits: ThrottleLimits,
-}
 
 #[derive(Default)]
 struct State {
@@ -111,8 +115,13 @@ pub struct BlockLayer {
     /// and must never wait for a lock held across a call to a daemon.
     thresholds: Arc<Mutex<BTreeMap<String, u64>>>,
     events: Arc<EventBus>,
+    hooks: Hooks,
+    /// Ids of disks whose daemon died, for the supervisor (taken when it starts).
+    deaths: Mutex<Option<Receiver<String>>>,
+    vmm: Arc<VmmLink>,
     daemon_binary: PathBuf,
     runtime: RuntimeDir,
+    stopping: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,13 +149,27 @@ pub fn device_or_id(args: &Map<String, Value>) -> Result<(&str, bool), QmpError>
 }
 
 impl BlockLayer {
-    pub fn new(events: Arc<EventBus>, daemon_binary: PathBuf) -> std::io::Result<BlockLayer> {
+    pub fn new(
+        events: Arc<EventBus>,
+        vmm: Arc<VmmLink>,
+        daemon_binary: PathBuf,
+    ) -> std::io::Result<BlockLayer> {
+        let thresholds = Arc::new(Mutex::new(BTreeMap::new()));
+        let (deaths_tx, deaths_rx) = mpsc::channel();
         Ok(BlockLayer {
             state: Mutex::new(State::default()),
-            thresholds: Arc::new(Mutex::new(BTreeMap::new())),
+            hooks: Hooks {
+                thresholds: thresholds.clone(),
+                events: events.clone(),
+                deaths: deaths_tx,
+            },
+            thresholds,
             events,
+            deaths: Mutex::new(Some(deaths_rx)),
+            vmm,
             daemon_binary,
             runtime: RuntimeDir::create()?,
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -252,7 +275,6 @@ impl BlockLayer {
         stats_intervals: Vec<u32>,
         qom_path: String,
     ) -> Result<OwnedFd, QmpError> {
-        let io = |what: &str, e: std::io::Error| QmpError::generic(format!("{what}: {e}"));
         let node = state
             .graph
             .node(root)
@@ -283,44 +305,164 @@ impl BlockLayer {
             .path()
             .join(format!("disk{}.sock", state.disks.len()));
         let listener = bind_private(&socket).map_err(|e| QmpError::generic(format!("{e:#}")))?;
-        let (thresholds, events) = (self.thresholds.clone(), self.events.clone());
-        let daemon = Daemon::spawn(&self.daemon_binary, id, socket, move |e| match e {
-            BlockEvent::WriteThreshold {
-                node_name,
-                amount_exceeded,
-                threshold,
-            } => {
-                lock(&thresholds).remove(&node_name);
-                events.emit(
-                    "BLOCK_WRITE_THRESHOLD",
-                    Some(json!({
-                        "node-name": node_name,
-                        "amount-exceeded": amount_exceeded,
-                        "write-threshold": threshold,
-                    })),
-                );
-            }
-        })
-        .map_err(|e| io(&format!("starting {}", self.daemon_binary.display()), e))?;
-        daemon.open(config, &image, &listener)?;
-        drop(listener);
-        let stream = daemon
-            .connect()
-            .map_err(|e| io("connecting to the block daemon", e))?;
-        log::info!(
-            "disk {id}: node {root}, block daemon pid {}",
-            daemon.pid().unwrap_or(0)
-        );
-        state.disks.push(Disk {
+        let mut disk = Disk {
             index: state.disks.len() as u32,
             id: id.to_string(),
             qdev: format!("{qom_path}/virtio-backend"),
             qom_path,
             root: root.to_string(),
+            nodes: state.graph.tree(root),
             throttle: None,
-            daemon,
-        });
+            config,
+            image,
+            listener,
+            socket,
+            binary: self.daemon_binary.clone(),
+            daemon: None,
+            started: Instant::now(),
+            failures: 0,
+            hold: false,
+        };
+        let pid = disk.start(&state.groups, &self.hooks)?;
+        let stream = disk.connect()?;
+        log::info!("disk {id}: node {root}, block daemon pid {pid}");
+        state.disks.push(disk);
         Ok(stream.into())
+    }
+
+    /// Replaces disk `id`'s daemon (stopping it if it runs) with a new one, from
+    /// `binary` if given, and hands vmm-core a connection to it. Returns the new pid.
+    pub fn restart(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, QmpError> {
+        let mut state = lock(&self.state);
+        let State { disks, groups, .. } = &mut *state;
+        let disk = disks
+            .iter_mut()
+            .find(|d| d.id == id)
+            .ok_or_else(|| device_not_found(id))?;
+        if let Some(b) = binary {
+            disk.binary = b;
+        }
+        if let Some(how) = disk.stop() {
+            log::info!("disk {id}: block daemon stopped ({how})");
+        }
+        let pid = disk.start(groups, &self.hooks)?;
+        let stream = disk.connect()?;
+        self.vmm
+            .request(VmmRequest::DiskReconnect { disk: disk.index }, &[stream.as_fd()])?;
+        log::info!("disk {id}: block daemon pid {pid} serves it now");
+        Ok(pid)
+    }
+
+    /// `restart` for QMP: named by device or id; the failure count starts over.
+    pub fn restart_requested(&self, args: &Map<String, Value>) -> QmpResult {
+        let (name, by_id) = device_or_id(args)?;
+        let id = {
+            let state = lock(&self.state);
+            let disk = if by_id {
+                state.disk_by_qdev(name)
+            } else {
+                state.disk_by_id(name)
+            };
+            disk.map(|d| d.id.clone()).ok_or_else(|| device_not_found(name))?
+        };
+        if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
+            d.failures = 0;
+            // The supervisor keeps out of it: this restart's outcome is reported here.
+            d.hold = true;
+        }
+        let binary = str_arg(args, "binary").map(PathBuf::from);
+        match self.restart(&id, binary) {
+            Ok(pid) => {
+                self.events
+                    .emit(RESTARTED, Some(json!({"device": id, "pid": pid})));
+                Ok(json!({"pid": pid}))
+            }
+            Err(e) => {
+                if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
+                    d.stop();
+                }
+                self.events.emit(
+                    EXITED,
+                    Some(json!({"device": id, "reason": format!("failed to start: {}", e.desc)})),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
+    pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(deaths) = lock(&self.deaths).take() else {
+            return Ok(());
+        };
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("block-supervisor".into())
+            .spawn(move || {
+                for id in deaths {
+                    if me.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    me.on_death(&id);
+                }
+            })?;
+        Ok(())
+    }
+
+    fn on_death(&self, id: &str) {
+        // Reap the dead one and decide how soon to try again.
+        let (pid, reason, delay) = {
+            let mut state = lock(&self.state);
+            let Some(disk) = state.disks.iter_mut().find(|d| d.id == id) else {
+                return;
+            };
+            if disk.hold {
+                // Its failed start was reported to whoever asked for it.
+                disk.stop();
+                return;
+            }
+            let pid = disk.daemon.as_ref().and_then(|d| d.pid());
+            let reason = disk.stop().unwrap_or_else(|| "failed to start".into());
+            disk.failures = if disk.started.elapsed() < QUICK_DEATH {
+                disk.failures + 1
+            } else {
+                1
+            };
+            let delay = (disk.failures <= MAX_FAILURES).then(|| backoff(disk.failures));
+            (pid, reason, delay)
+        };
+        let mut data = json!({"device": id, "reason": reason});
+        if let Some(pid) = pid {
+            data["pid"] = json!(pid);
+        }
+        match delay {
+            Some(d) => data["restart-in-ms"] = json!(d.as_millis() as u64),
+            None => {
+                log::error!(
+                    "disk {id}: the block daemon died {MAX_FAILURES} times in a row right after \
+                     starting; not restarting it (restart it over QMP once fixed)"
+                );
+            }
+        }
+        self.events.emit(EXITED, Some(data));
+        let Some(delay) = delay else {
+            return;
+        };
+        std::thread::sleep(delay);
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.restart(id, None) {
+            Ok(pid) => {
+                self.events
+                    .emit(RESTARTED, Some(json!({"device": id, "pid": pid})));
+            }
+            Err(e) => {
+                log::warn!("disk {id}: restarting its block daemon: {}", e.desc);
+                // A start that failed is a death like any other.
+                let _ = self.hooks.deaths.send(id.to_string());
+            }
+        }
     }
 
     pub fn blockdev_add(&self, args: &Map<String, Value>, fdsets: &FdSets) -> QmpResult {
@@ -394,12 +536,17 @@ impl BlockLayer {
             .collect())
     }
 
+    /// A disk's counters from its daemon (zeroes while it has none: a restarted daemon
+    /// counts from zero too).
     fn daemon_stats(disk: &Disk) -> Result<BlockStats, QmpError> {
-        match disk.daemon.link.request(BlockRequest::Stats, &[])? {
+        let Some(daemon) = disk.daemon.as_ref() else {
+            return Ok(BlockStats::default());
+        };
+        match daemon.link.request(BlockRequest::Stats, &[])? {
             BlockReply::Stats(s) => Ok(*s),
             other => Err(QmpError::generic(format!(
                 "{} answered the stats call with {other:?}",
-                disk.daemon.link.name()
+                daemon.link.name()
             ))),
         }
     }
@@ -483,7 +630,7 @@ impl BlockLayer {
         // Raw images are whole sectors.
         let bytes = size.div_ceil(512) * 512;
         if let Some(disk) = state.disk_of_node(&name) {
-            disk.daemon
+            disk.daemon()?
                 .link
                 .request(BlockRequest::Resize { bytes }, &[])?;
             return Ok(Some(disk.index));
@@ -531,10 +678,9 @@ impl BlockLayer {
         let limits = throttle::parse(args)?;
         let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());
         if !limits.enabled() {
-            state.disks[index]
-                .daemon
-                .link
-                .request(BlockRequest::SetThrottle(None), &[])?;
+            if let Some(d) = state.disks[index].daemon.as_ref() {
+                d.link.request(BlockRequest::SetThrottle(None), &[])?;
+            }
             state.disks[index].throttle = None;
             if let Some(g) = old_group {
                 if state.group_members(&g).is_empty() {
@@ -567,10 +713,13 @@ impl BlockLayer {
             let Some(g) = state.groups.get(&group) else {
                 break;
             };
-            state.disks[i].daemon.link.request(
-                BlockRequest::SetThrottle(Some(g.limits)),
-                &[g.state.as_fd()],
-            )?;
+            // A disk whose daemon is down gets the limits when one starts.
+            if let Some(d) = state.disks[i].daemon.as_ref() {
+                d.link.request(
+                    BlockRequest::SetThrottle(Some(g.limits)),
+                    &[g.state.as_fd()],
+                )?;
+            }
         }
         for &i in &members {
             state.disks[i].throttle = Some((limits, group.clone()));
@@ -591,8 +740,8 @@ impl BlockLayer {
         let bytes = u64::try_from(bytes).map_err(|_| {
             QmpError::generic("Parameter 'write-threshold' expects a non-negative value")
         })?;
-        if let Some(disk) = state.disk_of_node(node) {
-            disk.daemon.link.request(
+        if let Some(daemon) = state.disk_of_node(node).and_then(|d| d.daemon.as_ref()) {
+            daemon.link.request(
                 BlockRequest::SetWriteThreshold {
                     node_name: node.to_string(),
                     bytes,
@@ -666,9 +815,10 @@ impl BlockLayer {
     /// Stops every daemon (after vmm-core, their frontend, has gone) and removes their
     /// sockets' directory.
     pub fn shutdown(&self) {
-        let disks = std::mem::take(&mut lock(&self.state).disks);
-        for d in &disks {
-            d.daemon.stop(std::time::Duration::from_secs(2));
+        self.stopping.store(true, Ordering::SeqCst);
+        let mut disks = std::mem::take(&mut lock(&self.state).disks);
+        for d in &mut disks {
+            d.stop();
         }
         self.runtime.remove();
     }

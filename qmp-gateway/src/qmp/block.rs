@@ -132,3 +132,9 @@ pub fn x_blockdev_change(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
         }
     }
 }
+
+/// Our extension: replaces a disk's block daemon (after a crash that gave up, or to
+/// upgrade it: `binary` may name another build). The guest's I/O pauses meanwhile.
+pub fn block_daemon_restart(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
+    c.gw.block.restart_requested(args)
+}

@@ -565,6 +565,17 @@ pub const COMMANDS: &[Command] = &[
         block::x_blockdev_change,
     ),
     cmd(
+        "__io.flotilla_block-daemon-restart",
+        &[
+            opt("device", Ty::Str),
+            opt("id", Ty::Str),
+            opt("binary", Ty::Str),
+        ],
+        Ty::Named("BlockDaemonInfo"),
+        G,
+        block::block_daemon_restart,
+    ),
+    cmd(
         "human-monitor-command",
         &[req("command-line", Ty::Str), opt("cpu-index", Ty::Int)],
         Ty::Str,
@@ -806,6 +817,23 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
+        name: "BlockDaemonInfo",
+        kind: TypeKind::Object(&[req("pid", Ty::Int)]),
+    },
+    TypeDef {
+        name: "q_obj_BLOCK_DAEMON_EXITED-arg",
+        kind: TypeKind::Object(&[
+            req("device", Ty::Str),
+            opt("pid", Ty::Int),
+            req("reason", Ty::Str),
+            opt("restart-in-ms", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "q_obj_BLOCK_DAEMON_RESTARTED-arg",
+        kind: TypeKind::Object(&[req("device", Ty::Str), req("pid", Ty::Int)]),
+    },
+    TypeDef {
         name: "q_obj_SHUTDOWN-arg",
         kind: TypeKind::Object(&[
             req("guest", Ty::Bool),
@@ -819,6 +847,8 @@ fn event_arg_type(event: &str) -> &'static str {
     match event {
         "SHUTDOWN" | "RESET" => "q_obj_SHUTDOWN-arg",
         "BLOCK_WRITE_THRESHOLD" => "q_obj_BLOCK_WRITE_THRESHOLD-arg",
+        crate::block::EXITED => "q_obj_BLOCK_DAEMON_EXITED-arg",
+        crate::block::RESTARTED => "q_obj_BLOCK_DAEMON_RESTARTED-arg",
         _ => "q_empty",
     }
 }

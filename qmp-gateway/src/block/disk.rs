@@ -1,0 +1,152 @@
+//! A disk: the guest's virtio-blk device, the node tree behind it, and the daemon that
+//! serves it. The gateway keeps what a daemon needs (the image, the listening socket, the
+//! node's settings, limits and thresholds), so a new daemon can take over at any time:
+//! after a crash, or on request with another binary (an upgrade).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ipc::{BlockEvent, BlockOpen, BlockRequest, ThrottleLimits};
+use serde_json::json;
+
+use super::daemon::Daemon;
+use crate::events::EventBus;
+use crate::qmp::protocol::QmpError;
+
+/// A throttle group: the state page its members share, and its limits.
+pub struct Group {
+    pub state: OwnedFd,
+    pub limits: ThrottleLimits,
+}
+
+/// What every daemon of every disk reports to.
+#[derive(Clone)]
+pub struct Hooks {
+    /// Write thresholds by node (a crossed one is removed).
+    pub thresholds: Arc<Mutex<BTreeMap<String, u64>>>,
+    pub events: Arc<EventBus>,
+    /// Disk ids whose daemon died.
+    pub deaths: Sender<String>,
+}
+
+pub struct Disk {
+    /// The disk's index in vmm-core's launch request.
+    pub index: u32,
+    /// The BlockBackend's name (query-block's "device").
+    pub id: String,
+    /// The guest device's id or QOM path (query-block's "qdev").
+    pub qdev: String,
+    /// The device's QOM path (what `id` arguments may also name).
+    pub qom_path: String,
+    pub root: String,
+    /// The nodes from the root down (their write thresholds are this disk's daemon's).
+    pub nodes: Vec<String>,
+    pub throttle: Option<(ThrottleLimits, String)>,
+    pub config: BlockOpen,
+    pub image: Arc<OwnedFd>,
+    /// Bound by the gateway, kept across daemons: vmm-core's reconnections land here.
+    pub listener: UnixListener,
+    pub socket: PathBuf,
+    pub binary: PathBuf,
+    /// None while no daemon runs (dead, or failed to start).
+    pub daemon: Option<Daemon>,
+    pub started: Instant,
+    /// Deaths in a row that came soon after a start.
+    pub failures: u32,
+    /// Not restarted automatically: a restart asked for over QMP failed, so the next
+    /// one waits for QMP too.
+    pub hold: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Disk {
+    pub fn daemon(&self) -> Result<&Daemon, QmpError> {
+        self.daemon.as_ref().ok_or_else(|| {
+            QmpError::generic(format!(
+                "the block daemon of disk {} is not running (I/O waits for it)",
+                self.id
+            ))
+        })
+    }
+
+    /// Starts a daemon for this disk: the node with its image and listening socket,
+    /// then the disk's I/O limits and write thresholds.
+    pub fn start(&mut self, groups: &BTreeMap<String, Group>, hooks: &Hooks) -> Result<u32, QmpError> {
+        let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
+        let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
+        let daemon = Daemon::spawn(
+            &self.binary,
+            &self.id,
+            move |e| match e {
+                BlockEvent::WriteThreshold {
+                    node_name,
+                    amount_exceeded,
+                    threshold,
+                } => {
+                    lock(&thresholds).remove(&node_name);
+                    events.emit(
+                        "BLOCK_WRITE_THRESHOLD",
+                        Some(json!({
+                            "node-name": node_name,
+                            "amount-exceeded": amount_exceeded,
+                            "write-threshold": threshold,
+                        })),
+                    );
+                }
+            },
+            move |why| {
+                log::warn!("{why}");
+                let _ = deaths.send(id);
+            },
+        )
+        .map_err(|e| {
+            QmpError::generic(format!("starting {}: {e}", self.binary.display()))
+        })?;
+        daemon.open(self.config.clone(), &self.image, &self.listener)?;
+        if let Some((limits, group)) = &self.throttle {
+            if let Some(g) = groups.get(group) {
+                daemon.link.request(
+                    BlockRequest::SetThrottle(Some(*limits)),
+                    &[g.state.as_fd()],
+                )?;
+            }
+        }
+        let thresholds: Vec<(String, u64)> = lock(&hooks.thresholds)
+            .iter()
+            .filter(|(n, _)| self.nodes.contains(n))
+            .map(|(n, b)| (n.clone(), *b))
+            .collect();
+        for (node_name, bytes) in thresholds {
+            daemon
+                .link
+                .request(BlockRequest::SetWriteThreshold { node_name, bytes }, &[])?;
+        }
+        let pid = daemon.pid().unwrap_or(0);
+        self.daemon = Some(daemon);
+        self.started = Instant::now();
+        self.hold = false;
+        Ok(pid)
+    }
+
+    /// A connection to the daemon's socket, for vmm-core.
+    pub fn connect(&self) -> Result<UnixStream, QmpError> {
+        UnixStream::connect(&self.socket).map_err(|e| {
+            QmpError::generic(format!("connecting to the block daemon of {}: {e}", self.id))
+        })
+    }
+
+    /// Stops the daemon if one runs; says how it ended.
+    pub fn stop(&mut self) -> Option<String> {
+        self.daemon
+            .take()
+            .and_then(|d| d.stop(std::time::Duration::from_secs(2)))
+    }
+}

@@ -5,8 +5,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,11 @@ impl Daemon {
     /// Asks the daemon to quit (unless it is already gone) and waits for it, killing it
     /// (our child, by pid) after `grace`; says how it ended.
     pub fn stop(&self, grace: Duration) -> Option<String> {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
         self.stopping.store(true, Ordering::SeqCst);
         if !self.link.is_closed() {
             let _ = self.link.request(BlockRequest::Quit, &[]);

@@ -79,7 +79,11 @@ impl Disk {
 
     /// Starts a daemon for this disk: the node with its image and listening socket,
     /// then the disk's I/O limits and write thresholds.
-    pub fn start(&mut self, groups: &BTreeMap<String, Group>, hooks: &Hooks) -> Result<u32, QmpError> {
+    pub fn start(
+        &mut self,
+        groups: &BTreeMap<String, Group>,
+        hooks: &Hooks,
+    ) -> Result<u32, QmpError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
         let daemon = Daemon::spawn(
@@ -107,16 +111,13 @@ impl Disk {
                 let _ = deaths.send(id);
             },
         )
-        .map_err(|e| {
-            QmpError::generic(format!("starting {}: {e}", self.binary.display()))
-        })?;
+        .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
         daemon.open(self.config.clone(), &self.image, &self.listener)?;
         if let Some((limits, group)) = &self.throttle {
             if let Some(g) = groups.get(group) {
-                daemon.link.request(
-                    BlockRequest::SetThrottle(Some(*limits)),
-                    &[g.state.as_fd()],
-                )?;
+                daemon
+                    .link
+                    .request(BlockRequest::SetThrottle(Some(*limits)), &[g.state.as_fd()])?;
             }
         }
         let thresholds: Vec<(String, u64)> = lock(&hooks.thresholds)
@@ -139,7 +140,10 @@ impl Disk {
     /// A connection to the daemon's socket, for vmm-core.
     pub fn connect(&self) -> Result<UnixStream, QmpError> {
         UnixStream::connect(&self.socket).map_err(|e| {
-            QmpError::generic(format!("connecting to the block daemon of {}: {e}", self.id))
+            QmpError::generic(format!(
+                "connecting to the block daemon of {}: {e}",
+                self.id
+            ))
         })
     }
 

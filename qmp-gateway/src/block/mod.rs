@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ipc::{
-    BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, ErrorClass,
-    VmmRequest,
+    BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, ErrorClass, VmmRequest,
 };
 use serde_json::{json, Map, Value};
 
@@ -35,8 +34,9 @@ use crate::supervisor::VmmLink;
 pub const EXITED: &str = "__io.flotilla_BLOCK_DAEMON_EXITED";
 pub const RESTARTED: &str = "__io.flotilla_BLOCK_DAEMON_RESTARTED";
 
-/// A daemon that dies this soon after starting counts towards giving up.
-const QUICK_DEATH: Duration = Duration::from_secs(2);
+/// A daemon that dies this soon after starting counts towards giving up: a binary that
+/// cannot start, or one that a request it restarts kills again at once.
+const QUICK_DEATH: Duration = Duration::from_millis(300);
 /// Quick deaths in a row after which the supervisor stops restarting a daemon.
 const MAX_FAILURES: u32 = 10;
 
@@ -347,8 +347,10 @@ impl BlockLayer {
         }
         let pid = disk.start(groups, &self.hooks)?;
         let stream = disk.connect()?;
-        self.vmm
-            .request(VmmRequest::DiskReconnect { disk: disk.index }, &[stream.as_fd()])?;
+        self.vmm.request(
+            VmmRequest::DiskReconnect { disk: disk.index },
+            &[stream.as_fd()],
+        )?;
         log::info!("disk {id}: block daemon pid {pid} serves it now");
         Ok(pid)
     }
@@ -363,7 +365,8 @@ impl BlockLayer {
             } else {
                 state.disk_by_id(name)
             };
-            disk.map(|d| d.id.clone()).ok_or_else(|| device_not_found(name))?
+            disk.map(|d| d.id.clone())
+                .ok_or_else(|| device_not_found(name))?
         };
         if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
             d.failures = 0;
@@ -428,7 +431,7 @@ impl BlockLayer {
             } else {
                 1
             };
-            let delay = (disk.failures <= MAX_FAILURES).then(|| backoff(disk.failures));
+            let delay = (disk.failures < MAX_FAILURES).then(|| backoff(disk.failures));
             (pid, reason, delay)
         };
         let mut data = json!({"device": id, "reason": reason});

@@ -69,7 +69,10 @@ fn linux_sees_no_error_while_the_daemon_is_killed() {
     let transcript = linux.transcript();
     assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
     assert_eq!(
-        transcript.lines().filter(|l| l.starts_with("LOOP ") && l.ends_with(" OK")).count(),
+        transcript
+            .lines()
+            .filter(|l| l.starts_with("LOOP ") && l.ends_with(" OK"))
+            .count(),
         LOOPS as usize,
         "{transcript}"
     );

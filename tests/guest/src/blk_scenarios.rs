@@ -430,11 +430,9 @@ impl<'a> Sweep<'a> {
                 }
                 outstanding += usize::from(self.dev.queue(queue).inflight());
             }
-            if outstanding == 0 {
-                break;
-            }
             let now = cpu::rdtsc();
             if progress {
+                // Reported even when this progress ends the sweep.
                 if stall_reported {
                     console::line("GUEST INFO blk: I/O resumed after ")
                         .dec(tsc::to_us(now - last_progress) / 1000)
@@ -443,6 +441,12 @@ impl<'a> Sweep<'a> {
                     stall_reported = false;
                 }
                 last_progress = now;
+            }
+            if outstanding == 0 {
+                break;
+            }
+            if progress {
+                continue;
             } else if now - last_progress > self.stall_ticks && !stall_reported {
                 let line = console::error("blk: no completion for ")
                     .dec(tsc::to_us(now - last_progress) / 1000)

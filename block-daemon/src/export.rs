@@ -164,11 +164,30 @@ impl Export {
         self.backend.disk().capacity_sectors()
     }
 
-    /// Serves one frontend until it disconnects, then removes the socket.
-    pub fn serve(mut self) -> Result<(), ExportError> {
-        let result = serve::serve_one(&self.backend, &mut self.listener);
-        let _ = std::fs::remove_file(&self.spec.socket);
-        result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e))
+    /// Serves frontends one after another (one that disconnects may come back, or
+    /// another take its place); with `once`, only the first, then removes the socket.
+    pub fn serve(mut self, once: bool) -> Result<(), ExportError> {
+        loop {
+            let result = serve::serve_one(&self.backend, &mut self.listener);
+            if once {
+                let _ = std::fs::remove_file(&self.spec.socket);
+                return result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e));
+            }
+            match result {
+                Ok(()) => log::info!(
+                    "{}: frontend disconnected; waiting for the next one",
+                    self.spec.socket.display()
+                ),
+                Err(e) => {
+                    log::warn!(
+                        "{}: {e}; waiting for the next frontend",
+                        self.spec.socket.display()
+                    );
+                    // A listener that keeps failing must not spin.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
     }
 }
 

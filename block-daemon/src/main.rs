@@ -1,7 +1,7 @@
 //! block-daemon's command line. Under the gateway (`--control-fd`) the image and the
 //! vhost-user listener arrive as fds and the daemon opens no paths. On its own it serves
-//! one or more exports, each an image on its own vhost-user socket, and ends when all
-//! their frontends have disconnected.
+//! one or more exports, each an image on its own vhost-user socket, to frontends one
+//! after another (`--once`: only the first of each), until a signal ends it.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -49,6 +49,10 @@ struct Args {
     /// Guest discards are ignored (QEMU discard=ignore) instead of deallocating.
     #[arg(long)]
     discard_ignore: bool,
+    /// End when each export's first frontend has disconnected (by default the daemon
+    /// keeps serving: a frontend may reconnect, or another come).
+    #[arg(long)]
+    once: bool,
 }
 
 fn block_terminating_signals() -> anyhow::Result<SigSet> {
@@ -110,7 +114,8 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
             e.capacity_sectors(),
             e.spec.socket.display(),
         );
-        threads.push(std::thread::spawn(move || e.serve()));
+        let once = args.once;
+        threads.push(std::thread::spawn(move || e.serve(once)));
     }
     let mut failed = None;
     for t in threads {

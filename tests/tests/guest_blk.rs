@@ -165,7 +165,8 @@ fn one_daemon_serves_two_disks_to_two_vms() {
     pattern_image(&a, SEED, SECTORS);
     pattern_image(&b, SEED + 100, SECTORS);
     let mut cmd = std::process::Command::new(flotilla_tests::bin("block-daemon"));
-    cmd.arg("--export")
+    cmd.arg("--once")
+        .arg("--export")
         .arg(format!(
             "socket={},image={},id=disk-a",
             sa.display(),
@@ -226,4 +227,24 @@ fn a_bad_export_fails_the_start() {
         "{err}"
     );
     assert!(!dir.path().join("a.sock").exists(), "socket left behind");
+}
+
+#[test]
+fn a_daemon_serves_the_next_frontend_after_a_disconnect() {
+    let dir = TempDir::new("guest-blk-next-frontend");
+    let (image, sock) = (dir.path().join("d.img"), dir.path().join("s"));
+    pattern_image(&image, SEED, SECTORS);
+    let mut daemon = block_daemon(&sock, &image, &["--id", "kept"]);
+    let mut first = vmm_with_disk(&sock, 1, 1, "scenario=blk-info");
+    assert_eq!(
+        first.expect_prefix("GUEST BLK ID", TIMEOUT),
+        "GUEST BLK ID kept"
+    );
+    expect_clean_end(&mut first);
+    // A fresh connection: nothing of the first one's state is left in the way.
+    daemon.expect_line("the first frontend to go", TIMEOUT, |l| {
+        l.contains("waiting for the next one")
+    });
+    let mut second = vmm_with_disk(&sock, 1, 1, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    pattern_round_trip(&mut second, &image, true);
 }

@@ -53,7 +53,7 @@ fn linux_reads_writes_and_checks_a_filesystem() {
         .arg(&sock)
         .arg("--image")
         .arg(&image)
-        .args(["--queues", "2"]);
+        .args(["--queues", "2", "--once"]);
     let mut daemon = Vm::spawn(daemon);
     daemon.expect_line("the daemon to listen", Duration::from_secs(20), |l| {
         l.contains("serving")

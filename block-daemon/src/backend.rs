@@ -705,3 +705,86 @@ fn chain_at(
         index = u64::from(next);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::Queue;
+
+    const TABLE: u64 = 0x1000;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    fn put(mem: &GuestMemoryMmap, table: u64, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(table + 16 * i)).unwrap();
+    }
+
+    fn queue() -> Queue {
+        let mut q = Queue::new(16).unwrap();
+        q.try_set_desc_table_address(GuestAddress(TABLE)).unwrap();
+        q
+    }
+
+    #[test]
+    fn chains_are_read_back_from_the_table() {
+        let mem = memory();
+        put(&mem, TABLE, 3, 0x4000, 16, 1, 7);
+        put(&mem, TABLE, 7, 0x5000, 512, 1 | 2, 2);
+        put(&mem, TABLE, 2, 0x6000, 1, 2, 0);
+        let chain = chain_at(&mem, &queue(), 3).unwrap();
+        assert_eq!(
+            chain,
+            vec![
+                Desc {
+                    addr: 0x4000,
+                    len: 16,
+                    writable: false
+                },
+                Desc {
+                    addr: 0x5000,
+                    len: 512,
+                    writable: true
+                },
+                Desc {
+                    addr: 0x6000,
+                    len: 1,
+                    writable: true
+                },
+            ]
+        );
+        // An indirect table holding the same chain.
+        put(&mem, TABLE, 5, 0x8000, 48, 4, 0);
+        put(&mem, 0x8000, 0, 0x4000, 16, 1, 1);
+        put(&mem, 0x8000, 1, 0x5000, 512, 1 | 2, 2);
+        put(&mem, 0x8000, 2, 0x6000, 1, 2, 0);
+        assert_eq!(chain_at(&mem, &queue(), 5).unwrap(), chain);
+    }
+
+    #[test]
+    fn broken_chains_are_refused_not_followed() {
+        let mem = memory();
+        // A loop: 1 -> 2 -> 1 ...
+        put(&mem, TABLE, 1, 0x4000, 16, 1, 2);
+        put(&mem, TABLE, 2, 0x4000, 16, 1, 1);
+        assert!(chain_at(&mem, &queue(), 1).is_err());
+        // Next beyond the queue size, a head beyond it, a table outside memory.
+        put(&mem, TABLE, 4, 0x4000, 16, 1, 40);
+        assert!(chain_at(&mem, &queue(), 4).is_err());
+        assert!(chain_at(&mem, &queue(), 16).is_err());
+        put(&mem, TABLE, 6, 0xffff_0000, 32, 4, 0);
+        assert!(chain_at(&mem, &queue(), 6).is_err());
+        // An indirect table of odd length, and one nested in another.
+        put(&mem, TABLE, 8, 0x8000, 20, 4, 0);
+        assert!(chain_at(&mem, &queue(), 8).is_err());
+        put(&mem, TABLE, 9, 0x9000, 16, 4, 0);
+        put(&mem, 0x9000, 0, 0x8000, 16, 4, 0);
+        assert!(chain_at(&mem, &queue(), 9).is_err());
+    }
+}

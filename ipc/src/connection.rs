@@ -104,6 +104,7 @@ mod tests {
                 serial: SerialSink::None,
                 start_paused: true,
                 disks: vec![],
+                nics: vec![],
             }),
         }
     }

@@ -91,16 +91,23 @@ impl OpenedVm {
                 serial,
                 start_paused: o.start_paused,
                 disks: Vec::new(),
+                nics: Vec::new(),
             },
             fds,
             console_socket,
         })
     }
 
-    /// A disk, with vmm-core's end of its vhost-user socket.
+    /// A disk, with vmm-core's end of its vhost-user socket. (Disks are added before
+    /// NICs: the launch frame carries the disks' fds, then the NICs'.)
     pub fn add_disk(&mut self, disk: ipc::DiskLaunch, stream: OwnedFd) {
-        // The fds follow the launch frame's order: disks come last.
         self.config.disks.push(disk);
+        self.fds.push(stream);
+    }
+
+    /// A NIC, with vmm-core's end of its vhost-user socket.
+    pub fn add_nic(&mut self, nic: ipc::NicLaunch, stream: OwnedFd) {
+        self.config.nics.push(nic);
         self.fds.push(stream);
     }
 

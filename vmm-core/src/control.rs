@@ -19,7 +19,7 @@ pub enum ControlError {
     #[error("control channel: the gateway hung up before launching the VM")]
     NoLaunch,
     #[error("control channel: expected a launch request first, got {0:?}")]
-    NotLaunch(VmmRequest),
+    NotLaunch(Box<VmmRequest>),
 }
 
 /// The gateway's launch request.
@@ -51,7 +51,7 @@ impl Control {
                 config,
                 fds: received.fds,
             }),
-            other => Err(ControlError::NotLaunch(other)),
+            other => Err(ControlError::NotLaunch(Box::new(other))),
         }
     }
 

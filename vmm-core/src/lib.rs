@@ -16,4 +16,4 @@ pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;
 
-pub use vm::{DiskConnection, PowerButton, Vm, VmConfig, VmError, VmExit};
+pub use vm::{DiskConnection, NicConnection, PowerButton, Vm, VmConfig, VmError, VmExit};

@@ -17,7 +17,8 @@ use vmm_core::cli::VmArgs;
 use vmm_core::control::{Control, Launch};
 use vmm_core::devices::serial::Console;
 use vmm_core::events::{EventSender, VmEvent};
-use vmm_core::{DiskConnection, Vm, VmConfig, VmExit};
+use vmm_core::vhost_user::MAX_QUEUES;
+use vmm_core::{DiskConnection, NicConnection, Vm, VmConfig, VmExit};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +32,10 @@ struct Args {
     /// `PATH[,queues=N]`. May be given several times.
     #[arg(long, value_parser = parse_vhost_user_blk)]
     vhost_user_blk: Vec<(PathBuf, usize)>,
+    /// A virtio-net NIC served by a vhost-user backend listening on PATH:
+    /// `PATH[,mac=52:54:00:12:34:56][,queue-pairs=N]`. May be given several times.
+    #[arg(long, value_parser = parse_vhost_user_net)]
+    vhost_user_net: Vec<NetArg>,
     /// Run under the gateway: the control channel is this inherited socket, and the VM's
     /// configuration arrives on it (the VM options are then not allowed).
     #[arg(long, conflicts_with = "kernel")]
@@ -47,15 +52,63 @@ fn parse_vhost_user_blk(s: &str) -> Result<(PathBuf, usize), String> {
                 queues = n
                     .parse()
                     .ok()
-                    .filter(|n| (1..=vmm_core::vhost_user::blk::MAX_QUEUES).contains(n))
+                    .filter(|n| (1..=vmm_core::vhost_user::MAX_QUEUES).contains(n))
                     .ok_or_else(|| {
-                        format!("queues={n}: 1 to {}", vmm_core::vhost_user::blk::MAX_QUEUES)
+                        format!("queues={n}: 1 to {}", vmm_core::vhost_user::MAX_QUEUES)
                     })?
             }
             _ => return Err(format!("unknown option {opt} (expected queues=N)")),
         }
     }
     Ok((PathBuf::from(path), queues))
+}
+
+#[derive(Clone, Debug)]
+struct NetArg {
+    path: PathBuf,
+    mac: [u8; 6],
+    pairs: u16,
+}
+
+/// `52:54:00:12:34:56`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("mac={s}: six hex bytes separated by ':'"));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("mac={s}: bad byte {p}"))?;
+    }
+    Ok(mac)
+}
+
+fn parse_vhost_user_net(s: &str) -> Result<NetArg, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty path")?;
+    let mut arg = NetArg {
+        path: PathBuf::from(path),
+        mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+        pairs: 1,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("mac", m)) => arg.mac = parse_mac(m)?,
+            Some(("queue-pairs", n)) => {
+                arg.pairs = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=7).contains(n))
+                    .ok_or_else(|| format!("queue-pairs={n}: 1 to 7"))?
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {opt} (expected mac= or queue-pairs=)"
+                ))
+            }
+        }
+    }
+    Ok(arg)
 }
 
 /// Signals that end the VM; blocked in every thread and taken by one waiter thread.
@@ -84,7 +137,11 @@ fn forward_signals(events: EventSender, set: SigSet) {
     }
 }
 
-fn run_standalone(args: VmArgs, disks: Vec<(PathBuf, usize)>) -> anyhow::Result<VmExit> {
+fn run_standalone(
+    args: VmArgs,
+    disks: Vec<(PathBuf, usize)>,
+    nets: Vec<NetArg>,
+) -> anyhow::Result<VmExit> {
     let signals = block_terminating_signals()?;
     let kernel = args.kernel.as_deref().context("--kernel is required")?;
     let boot = BootImage::open(kernel, args.initrd.as_deref(), &args.cmdline)?;
@@ -106,7 +163,23 @@ fn run_standalone(args: VmArgs, disks: Vec<(PathBuf, usize)>) -> anyhow::Result<
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let vm = Vm::new(&config, boot, console, disks)?;
+    let nics = nets
+        .into_iter()
+        .map(|n| {
+            let stream = UnixStream::connect(&n.path)
+                .with_context(|| format!("vhost-user-net {}", n.path.display()))?;
+            Ok(NicConnection {
+                conn: DiskConnection {
+                    stream,
+                    max_queues: MAX_QUEUES,
+                    path: Some(n.path),
+                },
+                mac: n.mac,
+                queue_pairs: n.pairs,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let vm = Vm::new(&config, boot, console, disks, nics)?;
     forward_signals(vm.event_sender(), signals);
     Ok(vm.run(None)?)
 }
@@ -151,7 +224,22 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Vm::new(&vm_config, boot, console, disks)?)
+    let nics = config
+        .nics
+        .iter()
+        .map(|n| {
+            Ok(NicConnection {
+                conn: DiskConnection {
+                    stream: UnixStream::from(next(&format!("NIC {}", n.id))?),
+                    max_queues: MAX_QUEUES,
+                    path: None,
+                },
+                mac: n.mac,
+                queue_pairs: n.queue_pairs.clamp(1, 7) as u16,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Vm::new(&vm_config, boot, console, disks, nics)?)
 }
 
 fn run_controlled(fd: RawFd) -> anyhow::Result<VmExit> {
@@ -185,7 +273,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd),
-        None => run_standalone(args.vm, args.vhost_user_blk),
+        None => run_standalone(args.vm, args.vhost_user_blk, args.vhost_user_net),
     };
     match result {
         Ok(VmExit::PowerOff | VmExit::Quit | VmExit::ControlClosed) => ExitCode::SUCCESS,

@@ -36,7 +36,7 @@ use crate::layout::{
 };
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
-use crate::vhost_user::blk::{ConfigChangeHandle, Reconnect, VhostUserBlk};
+use crate::vhost_user::{ConfigChangeHandle, Kind, LinkHandle, Reconnect, VhostUserDevice};
 
 /// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
 pub const MAX_XAPIC_CPUS: usize = 255;
@@ -108,11 +108,59 @@ pub struct DiskConnection {
     pub path: Option<std::path::PathBuf>,
 }
 
+/// A virtio-net NIC served by a vhost-user backend.
+pub struct NicConnection {
+    pub conn: DiskConnection,
+    pub mac: [u8; 6],
+    pub queue_pairs: u16,
+}
+
 /// A disk as the VM's control loop sees it.
 struct DiskHandle {
     config: ConfigChangeHandle,
     /// Connections the gateway hands over after restarting the disk's daemon.
     reconnect: Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+}
+
+/// A NIC as the VM's control loop sees it.
+struct NicHandle {
+    link: Option<LinkHandle>,
+    reconnect: Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+}
+
+/// Gives a device's link thread the connection the gateway sent.
+fn hand_over(
+    to: Option<&std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    what: &str,
+) -> Result<VmmReply, RemoteError> {
+    match (to, fds.into_iter().next()) {
+        (Some(tx), Some(fd)) => {
+            let _ = tx.send(std::os::unix::net::UnixStream::from(fd));
+            Ok(VmmReply::Done)
+        }
+        (None, _) => Err(RemoteError::generic(format!(
+            "{what} does not take connections from the gateway"
+        ))),
+        (_, None) => Err(RemoteError::generic("no connection came with the request")),
+    }
+}
+
+/// Where a device's next backend connection comes from: its path (vmm-core on its own),
+/// or the gateway (the sender half the control loop feeds).
+fn reconnect_source(
+    path: Option<std::path::PathBuf>,
+) -> (
+    Reconnect,
+    Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+) {
+    match path {
+        Some(p) => (Reconnect::Path(p), None),
+        None => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Reconnect::Handed(rx), Some(tx))
+        }
+    }
 }
 
 /// How a VM run ended, when it ended well.
@@ -162,6 +210,8 @@ pub struct Vm {
     start_paused: bool,
     /// Per disk, in launch order.
     disks: Vec<DiskHandle>,
+    /// Per NIC, in launch order.
+    nics: Vec<NicHandle>,
 }
 
 impl Vm {
@@ -172,6 +222,7 @@ impl Vm {
         boot: BootImage,
         console: Console,
         disks: Vec<DiskConnection>,
+        nics: Vec<NicConnection>,
     ) -> Result<Vm, VmError> {
         if config.cpus == 0 {
             return Err(VmError::NoVcpus);
@@ -255,15 +306,16 @@ impl Vm {
         let router = MsiRouter::new(vm.clone());
         let mut disk_handles = Vec::new();
         for (i, disk) in disks.into_iter().enumerate() {
-            let (reconnect, handed) = match disk.path {
-                Some(p) => (Reconnect::Path(p), None),
-                None => {
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    (Reconnect::Handed(rx), Some(tx))
-                }
-            };
-            let blk = VhostUserBlk::new(i, disk.stream, reconnect, &ram, disk.max_queues)
-                .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
+            let (reconnect, handed) = reconnect_source(disk.path);
+            let blk = VhostUserDevice::new(
+                format!("disk {i}"),
+                Kind::Blk,
+                disk.stream,
+                reconnect,
+                &ram,
+                disk.max_queues,
+            )
+            .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
             disk_handles.push(DiskHandle {
                 config: blk.config_change_handle(),
                 reconnect: handed,
@@ -271,6 +323,32 @@ impl Vm {
             let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
             let device = VirtioPci::new(Box::new(blk), bar.addr, vm.clone(), router.clone())
                 .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
+            lock(&pci).add(Arc::new(Mutex::new(device)))?;
+        }
+        let mut nic_handles = Vec::new();
+        for (i, nic) in nics.into_iter().enumerate() {
+            let (reconnect, handed) = reconnect_source(nic.conn.path);
+            let kind = Kind::Net {
+                mac: nic.mac,
+                max_pairs: nic.queue_pairs,
+                link_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            };
+            let dev = VhostUserDevice::new(
+                format!("nic {i}"),
+                kind,
+                nic.conn.stream,
+                reconnect,
+                &ram,
+                nic.conn.max_queues,
+            )
+            .map_err(|e| VmError::Disk(format!("nic {i}: {e}")))?;
+            nic_handles.push(NicHandle {
+                link: dev.link_handle(),
+                reconnect: handed,
+            });
+            let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
+            let device = VirtioPci::new(Box::new(dev), bar.addr, vm.clone(), router.clone())
+                .map_err(|e| VmError::Disk(format!("nic {i}: {e}")))?;
             lock(&pci).add(Arc::new(Mutex::new(device)))?;
         }
         pio.insert(
@@ -314,6 +392,7 @@ impl Vm {
             console: Some((console, serial)),
             start_paused: config.start_paused,
             disks: disk_handles,
+            nics: nic_handles,
         };
         vm.reset_vcpus()?;
         Ok(vm)
@@ -588,22 +667,30 @@ impl Runner<'_> {
                 }
                 None => Err(RemoteError::generic(format!("no disk {disk}"))),
             },
+            VmmRequest::NicSetLink { nic, up } => {
+                match self.vm.nics.get(nic as usize).and_then(|n| n.link.as_ref()) {
+                    Some(l) => {
+                        l.set(up);
+                        Ok(VmmReply::Done)
+                    }
+                    None => Err(RemoteError::generic(format!("no NIC {nic}"))),
+                }
+            }
             VmmRequest::DiskReconnect { disk } => {
                 let handed = self
                     .vm
                     .disks
                     .get(disk as usize)
                     .and_then(|d| d.reconnect.as_ref());
-                match (handed, fds.into_iter().next()) {
-                    (Some(tx), Some(fd)) => {
-                        let _ = tx.send(std::os::unix::net::UnixStream::from(fd));
-                        Ok(VmmReply::Done)
-                    }
-                    (None, _) => Err(RemoteError::generic(format!(
-                        "disk {disk} does not take connections from the gateway"
-                    ))),
-                    (_, None) => Err(RemoteError::generic("no connection came with the request")),
-                }
+                hand_over(handed, fds, &format!("disk {disk}"))
+            }
+            VmmRequest::NicReconnect { nic } => {
+                let handed = self
+                    .vm
+                    .nics
+                    .get(nic as usize)
+                    .and_then(|n| n.reconnect.as_ref());
+                hand_over(handed, fds, &format!("NIC {nic}"))
             }
             // Quit is answered by the event loop, which then ends.
             VmmRequest::Quit(_) => Ok(VmmReply::Done),

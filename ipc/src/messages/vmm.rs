@@ -30,6 +30,18 @@ pub struct LaunchConfig {
     pub start_paused: bool,
     /// virtio-blk disks, each with a connected socket to its vhost-user backend.
     pub disks: Vec<DiskLaunch>,
+    /// virtio-net NICs, each with a connected socket to its vhost-user backend (after
+    /// the disks' fds).
+    pub nics: Vec<NicLaunch>,
+}
+
+/// A NIC as vmm-core sees it: a vhost-user-net frontend on a socket the gateway
+/// connected to the NIC's net daemon (one fd in the launch frame).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NicLaunch {
+    pub id: String,
+    pub mac: [u8; 6],
+    pub queue_pairs: u32,
 }
 
 /// A disk as vmm-core sees it: a vhost-user-blk frontend on a socket the gateway
@@ -48,6 +60,7 @@ impl LaunchConfig {
                 SerialSink::File | SerialSink::UnixListener
             ))
             + self.disks.len()
+            + self.nics.len()
     }
 }
 
@@ -71,6 +84,15 @@ pub enum VmmRequest {
     DiskReconnect {
         disk: u32,
     },
+    /// NIC `nic`'s link goes up or down (QMP set_link): the guest sees the change.
+    NicSetLink {
+        nic: u32,
+        up: bool,
+    },
+    /// NIC `nic`'s daemon is back: vmm-core's new connection to it (one fd).
+    NicReconnect {
+        nic: u32,
+    },
     /// Stop the VM and exit; the cause goes into the SHUTDOWN event.
     Quit(ShutdownCause),
 }
@@ -79,7 +101,7 @@ impl Message for VmmRequest {
     fn fd_count(&self) -> usize {
         match self {
             VmmRequest::Launch(config) => config.fd_count(),
-            VmmRequest::DiskReconnect { .. } => 1,
+            VmmRequest::DiskReconnect { .. } | VmmRequest::NicReconnect { .. } => 1,
             _ => 0,
         }
     }
@@ -194,6 +216,7 @@ mod tests {
             serial: SerialSink::Stdout,
             start_paused: false,
             disks: vec![],
+            nics: vec![],
         };
         assert_eq!(c.fd_count(), 1);
         c.initrd_path = Some("i".into());

@@ -1,5 +1,6 @@
 //! Block and PCI scenarios: `pci-list`, `blk-info`, `blk-pattern`, `blk-queues`,
-//! `blk-resize`, `blk-bench`, `blk-verify-loop` (see the README for their output lines).
+//! `blk-resize`, `blk-bench`, `blk-verify-loop` (see the README for their output lines), and
+//! the PCI set-up and timed halt that the network scenarios (net_scenarios.rs) share.
 //!
 //! Set-up (PCI scan, virtio negotiation, MSI-X) runs in ring 0. The I/O loops (submit, kick,
 //! poll the used rings, fill and verify data) run in ring 3 through `user::call`, where the
@@ -35,6 +36,29 @@ const ERROR_LINES: u32 = 8;
 const WAKE_TICKS: u32 = 625_000;
 
 pub fn run(name: &[u8], acpi: &Acpi, cmdline: &[u8]) -> ! {
+    let functions = pci_setup(acpi, cmdline);
+    if name == b"pci-list" {
+        pci_list(&functions);
+        power::poweroff(acpi);
+    }
+    dma_info();
+    let mut devices = virtio_blk::probe_all(&functions);
+    match name {
+        b"blk-info" => info(&mut devices),
+        b"blk-pattern" => with_first(&mut devices, |dev| pattern(dev, cmdline)),
+        b"blk-queues" => with_first(&mut devices, queues),
+        b"blk-resize" => with_first(&mut devices, |dev| resize(dev, cmdline)),
+        b"blk-bench" => with_first(&mut devices, |dev| bench(dev, cmdline)),
+        b"blk-verify-loop" => with_first(&mut devices, |dev| verify_loop(dev, cmdline)),
+        _ => console::error("unknown scenario=").ascii(name).end(),
+    }
+    power::poweroff(acpi)
+}
+
+/// What every PCI scenario does first (block and network, see net_scenarios.rs): calibrates
+/// the TSC, picks the configuration access method, scans, applies the `pci_ecam=` and
+/// `pci_assign=` test aids, and prints `GUEST INFO pci ...`.
+pub fn pci_setup(acpi: &Acpi, cmdline: &[u8]) -> pci::Functions {
     tsc::calibrate();
     // Test aids for firmware that leaves PCI half set up (QEMU microvm): see pci.rs.
     let ecam = cmdline::param(cmdline, "pci_ecam").and_then(cmdline::parse_hex);
@@ -65,27 +89,17 @@ pub fn run(name: &[u8], acpi: &Acpi, cmdline: &[u8]) -> ! {
         line
     };
     line.s(" tsc_khz=").dec(tsc::hz() / 1000).end();
-    if name == b"pci-list" {
-        pci_list(&functions);
-        power::poweroff(acpi);
-    }
+    functions
+}
+
+/// `GUEST INFO dma pool=<start>-<end>`.
+pub fn dma_info() {
     let (dma_start, dma_end) = memory::dma_range();
     console::line("GUEST INFO dma pool=")
         .hex(dma_start)
         .s("-")
         .hex(dma_end)
         .end();
-    let mut devices = virtio_blk::probe_all(&functions);
-    match name {
-        b"blk-info" => info(&mut devices),
-        b"blk-pattern" => with_first(&mut devices, |dev| pattern(dev, cmdline)),
-        b"blk-queues" => with_first(&mut devices, queues),
-        b"blk-resize" => with_first(&mut devices, |dev| resize(dev, cmdline)),
-        b"blk-bench" => with_first(&mut devices, |dev| bench(dev, cmdline)),
-        b"blk-verify-loop" => with_first(&mut devices, |dev| verify_loop(dev, cmdline)),
-        _ => console::error("unknown scenario=").ascii(name).end(),
-    }
-    power::poweroff(acpi)
 }
 
 /// The scenario names this module handles.
@@ -609,7 +623,7 @@ fn flush(dev: &mut BlkDevice) -> bool {
 
 /// Halts (interrupts on) until `done()` holds, checked with interrupts off after every wake-up,
 /// or `timeout_ms` passes. The local APIC timer wakes the CPU every ~10 ms to look at the TSC.
-fn halt_until(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
+pub fn halt_until(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
     apic::start_periodic_timer(TIMER_VECTOR, WAKE_TICKS);
     let start = cpu::rdtsc();
     let limit = tsc::from_ms(timeout_ms);

@@ -264,6 +264,12 @@ impl Transport {
     /// own. False (after an error line) if the device does not offer VIRTIO_F_VERSION_1 or
     /// refuses the features.
     pub fn negotiate(&mut self, wanted: u64) -> bool {
+        self.negotiate_with(|_| wanted)
+    }
+
+    /// As [`negotiate`](Self::negotiate), with the device-specific features chosen by `choose`
+    /// from the offer (for features that only make sense together).
+    pub fn negotiate_with(&mut self, choose: impl FnOnce(u64) -> u64) -> bool {
         self.write8(DEVICE_STATUS, 0);
         let mut polls = 0;
         while self.status() != 0 {
@@ -293,7 +299,7 @@ impl Transport {
             self.fail();
             return false;
         }
-        self.features = self.offered & (wanted | TRANSPORT_FEATURES);
+        self.features = self.offered & (choose(self.offered) | TRANSPORT_FEATURES);
         self.write32(DRIVER_FEATURE_SELECT, 0);
         self.write32(DRIVER_FEATURE, self.features as u32);
         self.write32(DRIVER_FEATURE_SELECT, 1);
@@ -384,6 +390,28 @@ impl Transport {
     /// error line) if the device reports an impossible size, keeps a size we did not ask
     /// for, or the DMA pool is exhausted.
     pub fn setup_queue(&mut self, index: u16, max_size: u16, event_idx: bool) -> Option<Virtqueue> {
+        let vector = self.queue_vector(index);
+        self.setup_queue_with(index, max_size, event_idx, vector)
+    }
+
+    /// As [`setup_queue`](Self::setup_queue), for a queue that is only ever polled: its MSI-X
+    /// vector is NO_VECTOR whatever the table size.
+    pub fn setup_polled_queue(
+        &mut self,
+        index: u16,
+        max_size: u16,
+        event_idx: bool,
+    ) -> Option<Virtqueue> {
+        self.setup_queue_with(index, max_size, event_idx, None)
+    }
+
+    fn setup_queue_with(
+        &mut self,
+        index: u16,
+        max_size: u16,
+        event_idx: bool,
+        msix: Option<(u16, u8)>,
+    ) -> Option<Virtqueue> {
         self.write16(QUEUE_SELECT, index);
         let offered = self.read16(QUEUE_SIZE);
         if offered == 0 || !offered.is_power_of_two() {
@@ -420,7 +448,7 @@ impl Transport {
             error(self.pci).s("DMA pool exhausted (queue rings)").end();
             return None;
         };
-        let vector = match self.queue_vector(index) {
+        let vector = match msix {
             Some((entry, vector)) => {
                 self.write16(QUEUE_MSIX_VECTOR, entry);
                 if self.read16(QUEUE_MSIX_VECTOR) == entry {
@@ -507,6 +535,14 @@ impl Transport {
         }
         // SAFETY: inside the mapped device configuration.
         unsafe { mmio_read::<u32>(self.device_cfg + offset) }
+    }
+
+    pub fn config8(&self, offset: u64) -> u8 {
+        if offset + 1 > u64::from(self.device_cfg_len) {
+            return 0;
+        }
+        // SAFETY: inside the mapped device configuration.
+        unsafe { mmio_read::<u8>(self.device_cfg + offset) }
     }
 
     pub fn config16(&self, offset: u64) -> u16 {

@@ -1,5 +1,6 @@
-//! virtio-blk served by a vhost-user backend (block-daemon, qemu-storage-daemon, ...),
-//! surviving the backend's restarts.
+//! A virtio device served by a vhost-user backend (block-daemon, net-daemon,
+//! qemu-storage-daemon, ...), surviving the backend's restarts. What differs between
+//! device types (ids, queue layout, where the config space comes from) is in `Kind`.
 //!
 //! What the driver set up (features, rings, their eventfds) is kept apart from the
 //! connection, so that when the backend hangs up the guest keeps running (its kicks wait
@@ -32,11 +33,46 @@ use crate::devices::virtio_pci::{ActiveQueue, ConfigChanged, VirtioDevice};
 use crate::memory::GuestRam;
 
 const VIRTIO_ID_BLOCK: u16 = 2;
-/// PCI class of QEMU's virtio-blk-pci: mass storage, SCSI.
+const VIRTIO_ID_NET: u16 = 1;
+/// PCI classes of QEMU's virtio-blk-pci (mass storage, SCSI) and virtio-net-pci
+/// (network, Ethernet).
 const PCI_CLASS_STORAGE: u32 = 0x010000;
-const CONFIG_LEN: u32 = 60;
+const PCI_CLASS_NETWORK: u32 = 0x020000;
+/// virtio-blk's config space, read from the backend.
+const BLK_CONFIG_LEN: u32 = 60;
+/// Most queues any device gets.
 pub const MAX_QUEUES: usize = 16;
 const QUEUE_MAX_SIZE: u16 = 256;
+
+const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// What kind of device the backend serves, and what vmm-core keeps for it.
+pub enum Kind {
+    /// virtio-blk: the config space is the backend's (GET_CONFIG).
+    Blk,
+    /// virtio-net: vmm-core owns the config space (MAC from the command line, link
+    /// status); the queues are rx/tx pairs and, if offered, the control queue last, all
+    /// served by the backend.
+    Net {
+        mac: [u8; 6],
+        /// Queue pairs asked for (the backend may serve fewer).
+        max_pairs: u16,
+        link_up: Arc<AtomicBool>,
+    },
+}
+
+impl Kind {
+    fn net_pairs(&self, num_queues: usize) -> u16 {
+        match self {
+            Kind::Blk => 0,
+            Kind::Net { .. } => (num_queues / 2) as u16,
+        }
+    }
+}
 
 // Features the transport cannot carry through (it lays out split rings only, and no
 // IOMMU or notification data); the vhost-user protocol bit is the frontend's business.
@@ -55,7 +91,7 @@ fn wanted_protocol() -> VhostUserProtocolFeatures {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VhostUserBlkError {
+pub enum VhostUserError {
     #[error("vhost-user {what}: {error}")]
     Protocol {
         what: &'static str,
@@ -69,8 +105,8 @@ pub enum VhostUserBlkError {
     Setup(String),
 }
 
-fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserBlkError {
-    move |error| VhostUserBlkError::Protocol { what, error }
+fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
+    move |error| VhostUserError::Protocol { what, error }
 }
 
 /// Where a new connection comes from when the backend hangs up.
@@ -139,7 +175,9 @@ struct Session {
 }
 
 struct Link {
-    disk: usize,
+    /// Names the device in logs ("disk 0", "nic net0").
+    name: String,
+    kind: Kind,
     session: Option<Session>,
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
@@ -165,21 +203,15 @@ fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
 
 impl Link {
     /// Ownership, features, protocol features and the backend channel on a fresh socket.
-    fn handshake(
-        &mut self,
-        stream: UnixStream,
-        max_queues: usize,
-    ) -> Result<(), VhostUserBlkError> {
-        let watch = stream
-            .try_clone()
-            .map_err(VhostUserBlkError::BackendChannel)?;
+    fn handshake(&mut self, stream: UnixStream, max_queues: usize) -> Result<(), VhostUserError> {
+        let watch = stream.try_clone().map_err(VhostUserError::BackendChannel)?;
         let mut frontend = Frontend::from_stream(stream, MAX_QUEUES as u64);
         frontend.set_owner().map_err(proto("SET_OWNER"))?;
         let features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
         if let Some(acked) = self.acked_features {
             let lost = acked & !features;
             if lost != 0 {
-                return Err(VhostUserBlkError::LostFeatures(lost));
+                return Err(VhostUserError::LostFeatures(lost));
             }
         }
         let mut protocol = VhostUserProtocolFeatures::empty();
@@ -192,20 +224,40 @@ impl Link {
                 .set_protocol_features(protocol)
                 .map_err(proto("SET_PROTOCOL_FEATURES"))?;
         }
-        let mut num_queues = 1;
-        if protocol.contains(VhostUserProtocolFeatures::MQ) && features & VIRTIO_BLK_F_MQ != 0 {
-            num_queues = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))? as usize;
-        }
-        let num_queues = num_queues.clamp(1, max_queues.clamp(1, MAX_QUEUES));
-        if self.session.is_none() && self.backend_features != 0 && num_queues < self.num_queues {
-            return Err(VhostUserBlkError::Setup(format!(
+        let backend_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            Some(frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))? as usize)
+        } else {
+            None
+        };
+        let num_queues = match &self.kind {
+            Kind::Blk => {
+                let n = match backend_queues {
+                    Some(n) if features & VIRTIO_BLK_F_MQ != 0 => n,
+                    _ => 1,
+                };
+                n.clamp(1, max_queues.clamp(1, MAX_QUEUES))
+            }
+            Kind::Net { max_pairs, .. } => {
+                // Pairs of rx/tx queues, then the control queue if the backend has one.
+                let ctrl = usize::from(features & VIRTIO_NET_F_CTRL_VQ != 0);
+                let offered = match backend_queues {
+                    Some(n) if features & VIRTIO_NET_F_MQ != 0 => n.saturating_sub(ctrl) / 2,
+                    _ => 1,
+                };
+                let pairs =
+                    offered.clamp(1, usize::from(*max_pairs).clamp(1, (MAX_QUEUES - 1) / 2));
+                2 * pairs + ctrl
+            }
+        };
+        if self.backend_features != 0 && num_queues < self.num_queues {
+            return Err(VhostUserError::Setup(format!(
                 "the new backend serves {num_queues} queue(s), the guest uses {}",
                 self.num_queues
             )));
         }
         if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             let mut handler = FrontendReqHandler::new(self.requests.clone()).map_err(|e| {
-                VhostUserBlkError::Protocol {
+                VhostUserError::Protocol {
                     what: "backend channel",
                     error: vhost::Error::VhostUserProtocol(e),
                 }
@@ -219,7 +271,7 @@ impl Link {
             std::thread::Builder::new()
                 .name("vhost-user-blk-backend-req".into())
                 .spawn(move || while handler.handle_request().is_ok() {})
-                .map_err(VhostUserBlkError::BackendChannel)?;
+                .map_err(VhostUserError::BackendChannel)?;
         }
         if self.backend_features == 0 {
             // The first backend decides what the guest is offered.
@@ -232,18 +284,18 @@ impl Link {
         Ok(())
     }
 
-    fn host(&self, addr: u64, what: &str) -> Result<u64, VhostUserBlkError> {
+    fn host(&self, addr: u64, what: &str) -> Result<u64, VhostUserError> {
         self.mem
             .get_host_address(GuestAddress(addr))
             .map(|p| p as u64)
             .map_err(|_| {
-                VhostUserBlkError::Setup(format!("{what} at {addr:#x} is outside guest memory"))
+                VhostUserError::Setup(format!("{what} at {addr:#x} is outside guest memory"))
             })
     }
 
     /// Hands the driver's setup to the connected backend (after DRIVER_OK, and again
     /// after every reconnection).
-    fn apply(&mut self) -> Result<(), VhostUserBlkError> {
+    fn apply(&mut self) -> Result<(), VhostUserError> {
         let Some(features) = self.acked_features else {
             return Ok(());
         };
@@ -347,6 +399,26 @@ impl Link {
     }
 
     fn refresh_config(&mut self) {
+        if let Kind::Net {
+            mac,
+            link_up,
+            max_pairs: _,
+        } = &self.kind
+        {
+            // virtio_net_config: mac, status, max_virtqueue_pairs.
+            let mut c = vec![0u8; 10];
+            c[0..6].copy_from_slice(mac);
+            let status = if link_up.load(Ordering::Acquire) {
+                VIRTIO_NET_S_LINK_UP
+            } else {
+                0
+            };
+            c[6..8].copy_from_slice(&status.to_le_bytes());
+            let pairs = self.kind.net_pairs(self.num_queues).max(1);
+            c[8..10].copy_from_slice(&pairs.to_le_bytes());
+            self.config = c;
+            return;
+        }
         if !self.requests.config_stale.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -360,9 +432,9 @@ impl Link {
         };
         match session.frontend.get_config(
             0,
-            CONFIG_LEN,
+            BLK_CONFIG_LEN,
             VhostUserConfigFlags::WRITABLE,
-            &[0; CONFIG_LEN as usize],
+            &[0; BLK_CONFIG_LEN as usize],
         ) {
             Ok((_, bytes)) => {
                 self.config = bytes;
@@ -372,26 +444,41 @@ impl Link {
                 }
             }
             Err(e) => {
-                log::warn!("disk {}: vhost-user GET_CONFIG: {e}", self.disk);
+                log::warn!("{}: vhost-user GET_CONFIG: {e}", self.name);
                 self.requests.config_stale.store(true, Ordering::Release);
             }
         }
     }
 
     /// The backend failed a call: treat it as gone (the watcher reconnects).
-    fn lost(&mut self, what: &str, e: &VhostUserBlkError) {
+    fn lost(&mut self, what: &str, e: &VhostUserError) {
         if self.session.take().is_some() {
             log::warn!(
-                "disk {}: {what}: {e}; waiting for the backend to come back",
-                self.disk
+                "{}: {what}: {e}; waiting for the backend to come back",
+                self.name
             );
         }
     }
 }
 
-pub struct VhostUserBlk {
+pub struct VhostUserDevice {
     link: Arc<Mutex<Link>>,
     requests: Arc<BackendRequests>,
+}
+
+/// Sets a NIC's link status (QMP set_link): the guest sees the config change.
+#[derive(Clone)]
+pub struct LinkHandle {
+    up: Arc<AtomicBool>,
+    requests: Arc<BackendRequests>,
+}
+
+impl LinkHandle {
+    pub fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            self.requests.config_changed();
+        }
+    }
 }
 
 /// Blocks until the peer of `fd` hangs up.
@@ -427,8 +514,8 @@ fn supervise(link: Arc<Mutex<Link>>, reconnect: Reconnect, max_queues: usize) {
             let mut l = lock(&link);
             if l.session.take().is_some() {
                 log::warn!(
-                    "disk {}: the vhost-user backend hung up; guest I/O waits for it",
-                    l.disk
+                    "{}: the vhost-user backend hung up; guest I/O waits for it",
+                    l.name
                 );
             }
         }
@@ -453,12 +540,12 @@ fn supervise(link: Arc<Mutex<Link>>, reconnect: Reconnect, max_queues: usize) {
             let result = l.handshake(stream, max_queues).and_then(|()| l.apply());
             match result {
                 Ok(()) => {
-                    log::info!("disk {}: the vhost-user backend is back", l.disk);
+                    log::info!("{}: the vhost-user backend is back", l.name);
                     break;
                 }
                 Err(e) => {
                     l.session = None;
-                    log::warn!("disk {}: setting up the new backend: {e}", l.disk);
+                    log::warn!("{}: setting up the new backend: {e}", l.name);
                     drop(l);
                     if matches!(reconnect, Reconnect::Path(_)) {
                         std::thread::sleep(delay);
@@ -470,17 +557,18 @@ fn supervise(link: Arc<Mutex<Link>>, reconnect: Reconnect, max_queues: usize) {
     }
 }
 
-impl VhostUserBlk {
+impl VhostUserDevice {
     /// Talks to the backend on `stream` (already connected): ownership, features,
     /// protocol features, queue count (at most `max_queues`), config space. When the
     /// backend later hangs up, `reconnect` says where the next one comes from.
     pub fn new(
-        disk: usize,
+        name: String,
+        kind: Kind,
         stream: UnixStream,
         reconnect: Reconnect,
         ram: &GuestRam,
         max_queues: usize,
-    ) -> Result<VhostUserBlk, VhostUserBlkError> {
+    ) -> Result<VhostUserDevice, VhostUserError> {
         let requests = Arc::new(BackendRequests {
             config_stale: Arc::new(AtomicBool::new(true)),
             notify: Mutex::new(None),
@@ -498,12 +586,13 @@ impl VhostUserBlk {
             })
             .collect();
         let mut link = Link {
-            disk,
+            name: name.clone(),
+            kind,
             session: None,
             backend_features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             num_queues: 1,
-            config: vec![0; CONFIG_LEN as usize],
+            config: vec![0; BLK_CONFIG_LEN as usize],
             acked_features: None,
             rings: Vec::new(),
             rings_started: false,
@@ -513,7 +602,7 @@ impl VhostUserBlk {
             memfd: ram
                 .memfd()
                 .try_clone()
-                .map_err(VhostUserBlkError::BackendChannel)?,
+                .map_err(VhostUserError::BackendChannel)?,
             requests: requests.clone(),
         };
         link.handshake(stream, max_queues)?;
@@ -521,24 +610,41 @@ impl VhostUserBlk {
         let link = Arc::new(Mutex::new(link));
         let watched = link.clone();
         std::thread::Builder::new()
-            .name(format!("vhost-user-blk{disk}-link"))
+            .name(format!("vhost-user {name}"))
             .spawn(move || supervise(watched, reconnect, max_queues))
-            .map_err(VhostUserBlkError::BackendChannel)?;
-        Ok(VhostUserBlk { link, requests })
+            .map_err(VhostUserError::BackendChannel)?;
+        Ok(VhostUserDevice { link, requests })
     }
 
     pub fn config_change_handle(&self) -> ConfigChangeHandle {
         ConfigChangeHandle(self.requests.clone())
     }
+
+    /// For a NIC: the handle QMP's set_link goes through.
+    pub fn link_handle(&self) -> Option<LinkHandle> {
+        match &lock(&self.link).kind {
+            Kind::Net { link_up, .. } => Some(LinkHandle {
+                up: link_up.clone(),
+                requests: self.requests.clone(),
+            }),
+            Kind::Blk => None,
+        }
+    }
 }
 
-impl VirtioDevice for VhostUserBlk {
+impl VirtioDevice for VhostUserDevice {
     fn device_type(&self) -> u16 {
-        VIRTIO_ID_BLOCK
+        match lock(&self.link).kind {
+            Kind::Blk => VIRTIO_ID_BLOCK,
+            Kind::Net { .. } => VIRTIO_ID_NET,
+        }
     }
 
     fn pci_class(&self) -> u32 {
-        PCI_CLASS_STORAGE
+        match lock(&self.link).kind {
+            Kind::Blk => PCI_CLASS_STORAGE,
+            Kind::Net { .. } => PCI_CLASS_NETWORK,
+        }
     }
 
     fn num_queues(&self) -> usize {
@@ -556,8 +662,19 @@ impl VirtioDevice for VhostUserBlk {
                 | VIRTIO_F_IOMMU_PLATFORM
                 | VIRTIO_F_RING_PACKED
                 | VIRTIO_F_NOTIFICATION_DATA);
-        if l.num_queues == 1 {
-            f &= !VIRTIO_BLK_F_MQ;
+        match &l.kind {
+            Kind::Blk => {
+                if l.num_queues == 1 {
+                    f &= !VIRTIO_BLK_F_MQ;
+                }
+            }
+            Kind::Net { .. } => {
+                // vmm-core owns the config space: the MAC and the link status are its.
+                f |= VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
+                if l.kind.net_pairs(l.num_queues) <= 1 {
+                    f &= !VIRTIO_NET_F_MQ;
+                }
+            }
         }
         f
     }
@@ -603,7 +720,7 @@ impl VirtioDevice for VhostUserBlk {
         l.inflight = None;
         if let Err(e) = l.apply() {
             match e {
-                VhostUserBlkError::Setup(msg) => return Err(msg),
+                VhostUserError::Setup(msg) => return Err(msg),
                 other => l.lost("activating the rings", &other),
             }
         }

@@ -1,9 +1,124 @@
-//! net-daemon: the vhost-user-net backend for one NIC (issue 6).
-//! Not built yet: the binary says so and fails rather than pretend to run.
+//! net-daemon's command line. Under the gateway (`--control-fd`) the NIC's host side and
+//! the vhost-user listener arrive as fds and the daemon opens nothing. On its own it
+//! opens a tap (by name) or a UDP socket pair of addresses itself.
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{bail, Context};
+use clap::Parser;
+use ipc::NetBackendKind;
+use net_daemon::device::NetDevice;
+use net_daemon::port::{self, Port};
+use net_daemon::{control, serve};
+use nix::sys::signal::{SigSet, Signal};
+
+#[derive(Parser, Debug)]
+#[command(name = "net-daemon", about = "Flotilla's vhost-user-net backend")]
+struct Args {
+    /// Run under the gateway: the control channel is this inherited socket.
+    #[arg(long, conflicts_with_all = ["socket", "tap", "udp"])]
+    control_fd: Option<RawFd>,
+    /// vhost-user socket to listen on.
+    #[arg(long, required_unless_present = "control_fd")]
+    socket: Option<PathBuf>,
+    /// A tap device to open (it must exist, or the daemon needs the right to create it).
+    #[arg(long, conflicts_with = "udp")]
+    tap: Option<String>,
+    /// A datagram link to another VM: `LOCAL_ADDR:PORT,REMOTE_ADDR:PORT`.
+    #[arg(long)]
+    udp: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    queue_pairs: usize,
+    /// The guest's MAC (for the receive filter; vmm-core tells the guest).
+    #[arg(long, default_value = "52:54:00:12:34:56")]
+    mac: String,
+}
+
+fn run_standalone(args: Args) -> anyhow::Result<()> {
+    let Some(socket) = args.socket else {
+        bail!("--socket is required");
+    };
+    let mac = port::parse_mac(&args.mac).with_context(|| format!("--mac {}", args.mac))?;
+    let (fds, kind) = match (&args.tap, &args.udp) {
+        (Some(t), None) => (
+            port::open_tap(t, args.queue_pairs).with_context(|| format!("tap {t}"))?,
+            NetBackendKind::Tap,
+        ),
+        (None, Some(u)) => {
+            let (local, remote) = u
+                .split_once(',')
+                .context("--udp LOCAL_ADDR:PORT,REMOTE_ADDR:PORT")?;
+            let s = port::open_datagram(local, remote).with_context(|| format!("--udp {u}"))?;
+            (vec![s], NetBackendKind::Datagram)
+        }
+        _ => bail!("give --tap NAME or --udp LOCAL,REMOTE"),
+    };
+    let ports = fds
+        .into_iter()
+        .map(|fd| Port::new(fd, kind))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("host port")?;
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    let path = socket.clone();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            let _ = std::fs::remove_file(&path);
+            std::process::exit(0);
+        }
+    });
+    let device = NetDevice::new(ports, mac, true, None);
+    // A socket file left by an earlier run would make bind fail.
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).context("vhost-user socket")?;
+    log::info!("serving a NIC on {}", socket.display());
+    loop {
+        match serve::serve_one(&device, &listener) {
+            Ok(()) => log::info!("frontend disconnected; waiting for the next one"),
+            Err(e) => {
+                log::warn!("{e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn run_controlled(fd: RawFd) -> anyhow::Result<()> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    // SAFETY: fcntl on an arbitrary number only queries it.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--control-fd {fd}: not an open file descriptor");
+    }
+    // SAFETY: the gateway handed us this descriptor to own (checked open above).
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(control::run(stream)?)
+}
+
 fn main() -> ExitCode {
-    eprintln!("net-daemon: not implemented yet: the vhost-user-net backend for one NIC (issue 6)");
-    ExitCode::from(2)
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let args = Args::parse();
+    let result = match args.control_fd {
+        Some(fd) => run_controlled(fd),
+        None => run_standalone(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("net-daemon: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

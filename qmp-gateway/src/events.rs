@@ -18,6 +18,9 @@ pub const EVENTS: &[&str] = &[
     "BLOCK_WRITE_THRESHOLD",
     crate::block::EXITED,
     crate::block::RESTARTED,
+    "NIC_RX_FILTER_CHANGED",
+    crate::net::EXITED,
+    crate::net::RESTARTED,
 ];
 
 #[derive(Default)]

@@ -1,5 +1,5 @@
 //! The gateway's shared state: what it knows about the VM (identity, run state, vCPU
-//! threads), the link to vmm-core, the block layer, the fd sets, the event bus, and how
+//! threads), the link to vmm-core, the block and network layers, the fd sets, the event bus, and how
 //! the gateway is asked to end. vmm-core's events become QMP events here.
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::block::BlockLayer;
 use crate::events::EventBus;
 use crate::fdstore::FdSets;
+use crate::net::NetLayer;
 use crate::supervisor::VmmLink;
 
 /// Why the gateway is ending.
@@ -40,18 +41,20 @@ pub struct Gateway {
     status: Mutex<Status>,
     pub vmm: Arc<VmmLink>,
     pub block: Arc<BlockLayer>,
+    pub net: Arc<NetLayer>,
     pub fdsets: FdSets,
     pub events: Arc<EventBus>,
     exit: Mutex<mpsc::Sender<ExitReason>>,
 }
 
 impl Gateway {
-    /// `block_daemon`: the block-daemon binary disks are served by.
+    /// `block_daemon`, `net_daemon`: the binaries disks and NICs are served by.
     pub fn new(
         identity: VmIdentity,
         vmm: Arc<VmmLink>,
         exit: mpsc::Sender<ExitReason>,
         block_daemon: PathBuf,
+        net_daemon: PathBuf,
     ) -> std::io::Result<Gateway> {
         let events = Arc::new(EventBus::default());
         Ok(Gateway {
@@ -61,6 +64,7 @@ impl Gateway {
                 vcpus: Vec::new(),
             }),
             block: Arc::new(BlockLayer::new(events.clone(), vmm.clone(), block_daemon)?),
+            net: Arc::new(NetLayer::new(events.clone(), vmm.clone(), net_daemon)?),
             vmm,
             fdsets: FdSets::default(),
             events,

@@ -6,10 +6,12 @@
 
 pub mod block;
 pub mod conn;
+pub mod daemon;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;
 pub mod launch;
+pub mod net;
 pub mod outbox;
 pub mod qmp;
 pub mod supervisor;

@@ -14,6 +14,8 @@ use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::block::drive::DriveSpec;
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::{bind_private, OpenedVm};
+use qmp_gateway::net::netdev::NetdevSpec;
+use qmp_gateway::net::nic::NicSpec;
 use qmp_gateway::qmp::server::Server;
 use qmp_gateway::supervisor::{spawn_child, VmmLink};
 use serde_json::json;
@@ -44,12 +46,25 @@ struct Args {
     /// [,queues=N][,node-name=NAME][,stats-intervals.N=SECS]`. May be given several times.
     #[arg(long, value_parser = |s: &str| s.parse::<DriveSpec>())]
     drive: Vec<DriveSpec>,
+    /// A host network backend: `tap,id=ID,ifname=NAME[,queues=N]`, `tap,id=ID,fd=N`
+    /// (an inherited fd), `socket,id=ID,udp=HOST:PORT,localaddr=HOST:PORT` or
+    /// `dgram,id=ID,local.host=H,local.port=P,remote.host=H,remote.port=P`. May be given
+    /// several times.
+    #[arg(long, value_parser = |s: &str| NetdevSpec::parse_cli(s))]
+    netdev: Vec<NetdevSpec>,
+    /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56]`; its queue
+    /// pairs are the netdev's queues. May be given several times.
+    #[arg(long, value_parser = |s: &str| s.parse::<NicSpec>())]
+    device: Vec<NicSpec>,
     /// The vmm-core binary (default: next to this one).
     #[arg(long)]
     vmm_core: Option<PathBuf>,
     /// The block-daemon binary (default: next to this one).
     #[arg(long)]
     block_daemon: Option<PathBuf>,
+    /// The net-daemon binary (default: next to this one).
+    #[arg(long)]
+    net_daemon: Option<PathBuf>,
 }
 
 /// A sibling binary of this one, unless given.
@@ -83,7 +98,7 @@ fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
 struct Cleanup {
     sockets: Vec<PathBuf>,
     child: Option<Child>,
-    /// Its block daemons stop after vmm-core, their frontend.
+    /// Its block and net daemons stop after vmm-core, their frontend.
     gateway: Option<Arc<Gateway>>,
 }
 
@@ -122,6 +137,7 @@ impl Drop for Cleanup {
         self.reap(Duration::from_secs(5));
         if let Some(gw) = self.gateway.take() {
             gw.block.shutdown();
+            gw.net.shutdown();
         }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
@@ -177,8 +193,9 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             link.clone(),
             exit_tx,
             sibling(&args.block_daemon, "block-daemon")?,
+            sibling(&args.net_daemon, "net-daemon")?,
         )
-        .context("block layer runtime directory")?,
+        .context("runtime directory")?,
     );
     cleanup.gateway = Some(gw.clone());
     {
@@ -192,10 +209,18 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets)?;
         vm.add_disk(disk, stream);
     }
+    for spec in &args.netdev {
+        gw.net.add_netdev(spec)?;
+    }
+    for spec in &args.device {
+        let (nic, stream) = gw.net.add_nic(spec)?;
+        vm.add_nic(nic, stream);
+    }
     let vcpus = vm.launch(&link).context("vmm-core")?;
     gw.set_vcpus(vcpus);
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;
+    gw.net.start_supervisor()?;
 
     let signal_gw = gw.clone();
     std::thread::Builder::new()

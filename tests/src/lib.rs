@@ -7,6 +7,7 @@
 
 pub mod blk;
 pub mod linux;
+pub mod net;
 pub mod qmp;
 
 use std::io::{BufRead, BufReader, Read};

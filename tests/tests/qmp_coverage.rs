@@ -92,6 +92,7 @@ fn coverage_doc_matches_the_command_table() {
                     Owner::Gateway => "gateway",
                     Owner::VmmCore => "vmm-core",
                     Owner::BlockDaemon => "block-daemon",
+                    Owner::NetDaemon => "net-daemon",
                 };
                 assert_eq!(row.served_by, owner, "owner of {name}");
             }

@@ -6,9 +6,11 @@
 //! (the answer to a call, or an event the child raises on its own) come back.
 
 pub mod block;
+pub mod net;
 pub mod vmm;
 
 pub use block::*;
+pub use net::*;
 pub use vmm::*;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

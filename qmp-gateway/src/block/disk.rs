@@ -11,10 +11,10 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ipc::{BlockEvent, BlockOpen, BlockRequest, ThrottleLimits};
+use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
 use serde_json::json;
 
-use super::daemon::Daemon;
+use crate::daemon::Daemon;
 use crate::events::EventBus;
 use crate::qmp::protocol::QmpError;
 
@@ -33,6 +33,9 @@ pub struct Hooks {
     /// Disk ids whose daemon died.
     pub deaths: Sender<String>,
 }
+
+/// A disk's block daemon.
+pub type BlockDaemon = Daemon<BlockRequest, BlockReply, BlockEvent>;
 
 pub struct Disk {
     /// The disk's index in vmm-core's launch request.
@@ -54,7 +57,7 @@ pub struct Disk {
     pub socket: PathBuf,
     pub binary: PathBuf,
     /// None while no daemon runs (dead, or failed to start).
-    pub daemon: Option<Daemon>,
+    pub daemon: Option<BlockDaemon>,
     pub started: Instant,
     /// Deaths in a row that came soon after a start.
     pub failures: u32,
@@ -68,7 +71,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Disk {
-    pub fn daemon(&self) -> Result<&Daemon, QmpError> {
+    pub fn daemon(&self) -> Result<&BlockDaemon, QmpError> {
         self.daemon.as_ref().ok_or_else(|| {
             QmpError::generic(format!(
                 "the block daemon of disk {} is not running (I/O waits for it)",
@@ -86,9 +89,10 @@ impl Disk {
     ) -> Result<u32, QmpError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
-        let daemon = Daemon::spawn(
+        let daemon = BlockDaemon::spawn(
             &self.binary,
-            &self.id,
+            format!("block daemon {}", self.id),
+            || BlockRequest::Quit,
             move |e| match e {
                 BlockEvent::WriteThreshold {
                     node_name,
@@ -112,7 +116,18 @@ impl Disk {
             },
         )
         .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
-        daemon.open(self.config.clone(), &self.image, &self.listener)?;
+        match daemon.link.request(
+            BlockRequest::Open(self.config.clone()),
+            &[self.image.as_fd(), self.listener.as_fd()],
+        )? {
+            BlockReply::Opened { .. } => {}
+            other => {
+                return Err(QmpError::generic(format!(
+                    "{} answered the open call with {other:?}",
+                    daemon.link.name()
+                )))
+            }
+        }
         if let Some((limits, group)) = &self.throttle {
             if let Some(g) = groups.get(group) {
                 daemon

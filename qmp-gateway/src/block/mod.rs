@@ -3,7 +3,6 @@
 //! served by its own block daemon), throttle groups, write thresholds, and the block QMP
 //! commands, each answered from the graph or by the daemon that serves the disk.
 
-pub mod daemon;
 pub mod disk;
 pub mod drive;
 pub mod graph;
@@ -17,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipc::{
     BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, ErrorClass, VmmRequest,
@@ -34,22 +33,7 @@ use crate::supervisor::VmmLink;
 pub const EXITED: &str = "__io.flotilla_BLOCK_DAEMON_EXITED";
 pub const RESTARTED: &str = "__io.flotilla_BLOCK_DAEMON_RESTARTED";
 
-/// A daemon that dies this soon after starting counts towards giving up: a binary that
-/// cannot start, or one that a request it restarts kills again at once.
-const QUICK_DEATH: Duration = Duration::from_millis(300);
-/// Quick deaths in a row after which the supervisor stops restarting a daemon.
-const MAX_FAILURES: u32 = 10;
-
-/// How long to wait before the n-th restart in a row: at once, then doubling from
-/// 100 ms up to 1 s.
-fn backoff(failures: u32) -> Duration {
-    if failures <= 1 {
-        Duration::ZERO
-    } else {
-        (Duration::from_millis(100) * 2u32.saturating_pow(failures - 2)).min(Duration::from_secs(1))
-    }
-}
-use daemon::RuntimeDir;
+use crate::daemon::{backoff, RuntimeDir, MAX_FAILURES, QUICK_DEATH};
 use disk::{Disk, Group, Hooks};
 use drive::DriveSpec;
 use graph::{errno_text, Graph};

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::protocol::{self, QmpError, QmpResult};
 use super::schema::{opt, req, Member, Ty, TypeDef, TypeKind, Types};
-use super::{absent, block, hmp};
+use super::{absent, block, hmp, net};
 use crate::events::EVENTS;
 use crate::fdstore::NamedFds;
 use crate::gateway::{ExitReason, Gateway};
@@ -21,6 +21,8 @@ pub enum Owner {
     VmmCore,
     /// The daemon of the disk the command names (or each disk's, merged).
     BlockDaemon,
+    /// The daemon of the NIC the command names (or each NIC's, merged).
+    NetDaemon,
 }
 
 /// How far a command is implemented (docs/qmp-coverage.md is checked against this).
@@ -106,7 +108,7 @@ const fn absent(name: &'static str, args: &'static [Member], ret: Ty, handler: H
 }
 
 const EMPTY: Ty = Ty::Named("q_empty");
-use Owner::{BlockDaemon as B, Gateway as G, VmmCore as V};
+use Owner::{BlockDaemon as B, Gateway as G, NetDaemon as N, VmmCore as V};
 
 /// block_set_io_throttle's arguments (BlockIOThrottle).
 const THROTTLE_ARGS: &[Member] = &[
@@ -517,6 +519,28 @@ pub const COMMANDS: &[Command] = &[
         G,
         block::not_removable,
     ),
+    cmd("netdev_add", NETDEV_ADD_ARGS, EMPTY, N, net::netdev_add),
+    cmd(
+        "netdev_del",
+        &[req("id", Ty::Str)],
+        EMPTY,
+        N,
+        net::netdev_del,
+    ),
+    cmd(
+        "set_link",
+        &[req("name", Ty::Str), req("up", Ty::Bool)],
+        EMPTY,
+        N,
+        net::set_link,
+    ),
+    cmd(
+        "query-rx-filter",
+        &[opt("name", Ty::Str)],
+        Ty::Array(&Ty::Named("RxFilterInfo")),
+        N,
+        net::query_rx_filter,
+    ),
     cmd(
         "blockdev-remove-medium",
         DEVICE_OR_ID,
@@ -584,11 +608,50 @@ pub const COMMANDS: &[Command] = &[
     ),
 ];
 
+/// netdev_add's arguments: type and id, then the options of every backend type we
+/// serve (the network layer checks them per type, as QEMU's Netdev union does).
+const NETDEV_ADD_ARGS: &[Member] = &[
+    req("type", Ty::Str),
+    req("id", Ty::Str),
+    opt("ifname", Ty::Any),
+    opt("fd", Ty::Any),
+    opt("queues", Ty::Any),
+    opt("script", Ty::Any),
+    opt("downscript", Ty::Any),
+    opt("vhost", Ty::Any),
+    opt("vnet_hdr", Ty::Any),
+    opt("udp", Ty::Any),
+    opt("localaddr", Ty::Any),
+    opt("local", Ty::Any),
+    opt("remote", Ty::Any),
+];
+
 /// Named types the commands and events use.
 pub const TYPES: Types = Types(&[
     TypeDef {
         name: "q_empty",
         kind: TypeKind::Object(&[]),
+    },
+    TypeDef {
+        name: "RxState",
+        kind: TypeKind::Enum(&["normal", "none", "all"]),
+    },
+    TypeDef {
+        name: "RxFilterInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            req("promiscuous", Ty::Bool),
+            req("multicast", Ty::Named("RxState")),
+            req("unicast", Ty::Named("RxState")),
+            req("vlan", Ty::Named("RxState")),
+            req("broadcast-allowed", Ty::Bool),
+            req("multicast-overflow", Ty::Bool),
+            req("unicast-overflow", Ty::Bool),
+            req("main-mac", Ty::Str),
+            req("vlan-table", Ty::Array(&Ty::Int)),
+            req("unicast-table", Ty::Array(&Ty::Str)),
+            req("multicast-table", Ty::Array(&Ty::Str)),
+        ]),
     },
     TypeDef {
         name: "QMPCapability",

@@ -5,6 +5,7 @@ pub mod block;
 pub mod commands;
 pub mod hmp;
 pub mod json_stream;
+pub mod net;
 pub mod protocol;
 pub mod schema;
 pub mod server;

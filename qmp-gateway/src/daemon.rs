@@ -1,10 +1,9 @@
-//! Block daemons as the gateway runs them: one child process per disk, its control link,
-//! and the private directory holding the vhost-user sockets the gateway binds for them
-//! (the daemon gets the listening socket as an fd; vmm-core gets a connected one).
+//! Device daemons as the gateway runs them (a block daemon per disk, a net daemon per
+//! NIC): the child process, its control link, and the private directory holding the
+//! vhost-user sockets the gateway binds for them (the daemon gets the listening socket as
+//! an fd; vmm-core gets a connected one).
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
@@ -12,12 +11,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest};
+use ipc::Message;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::qmp::protocol::QmpError;
 use crate::supervisor::{spawn_child, Link};
 
-pub type BlockLink = Link<BlockRequest, BlockReply, BlockEvent>;
+/// A daemon that dies this soon after starting counts towards giving up: a binary that
+/// cannot start, or one that a request it restarts kills again at once.
+pub const QUICK_DEATH: Duration = Duration::from_millis(300);
+/// Quick deaths in a row after which the supervisor stops restarting a daemon.
+pub const MAX_FAILURES: u32 = 10;
+
+/// How long to wait before the n-th restart in a row: at once, then doubling from
+/// 100 ms up to 1 s.
+pub fn backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        Duration::ZERO
+    } else {
+        (Duration::from_millis(100) * 2u32.saturating_pow(failures - 2)).min(Duration::from_secs(1))
+    }
+}
 
 /// A directory only the gateway's user may enter, removed with everything in it when
 /// dropped.
@@ -58,12 +72,19 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// A running block daemon.
-pub struct Daemon {
-    pub link: Arc<BlockLink>,
+/// A running daemon, called with `R`, answering `T`, reporting events `E`.
+pub struct Daemon<R, T, E>
+where
+    R: Message + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + 'static,
+{
+    pub link: Arc<Link<R, T, E>>,
     child: Mutex<Option<Child>>,
     /// Set once the gateway stops it: its end is then no news.
     stopping: Arc<AtomicBool>,
+    /// The call that asks it to quit.
+    quit: fn() -> R,
 }
 
 /// How a child ended, as a person would say it.
@@ -75,17 +96,24 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-impl Daemon {
-    /// Starts `binary` in gateway mode; `on_event` gets its events, `on_death` runs if
-    /// its control channel closes without the gateway having stopped it.
+impl<R, T, E> Daemon<R, T, E>
+where
+    R: Message + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + 'static,
+{
+    /// Starts `binary` in gateway mode; `name` names it in logs and errors ("block
+    /// daemon d0"); `on_event` gets its events, `on_death` runs if its control channel
+    /// closes without the gateway having stopped it.
     pub fn spawn(
         binary: &Path,
-        name: &str,
-        on_event: impl Fn(BlockEvent) + Send + 'static,
+        name: String,
+        quit: fn() -> R,
+        on_event: impl Fn(E) + Send + 'static,
         on_death: impl FnOnce(String) + Send + 'static,
-    ) -> std::io::Result<Daemon> {
+    ) -> std::io::Result<Self> {
         let (child, conn) = spawn_child(binary, &[])?;
-        let link = BlockLink::new(format!("block daemon {name}"), conn);
+        let link = Link::new(name, conn);
         let stopping = Arc::new(AtomicBool::new(false));
         let expected = stopping.clone();
         link.start_reader(on_event, move |why| {
@@ -97,26 +125,8 @@ impl Daemon {
             link,
             child: Mutex::new(Some(child)),
             stopping,
+            quit,
         })
-    }
-
-    /// Opens the node in the daemon: it serves `listener`; returns the image size.
-    pub fn open(
-        &self,
-        config: BlockOpen,
-        image: &OwnedFd,
-        listener: &UnixListener,
-    ) -> Result<u64, QmpError> {
-        match self.link.request(
-            BlockRequest::Open(config),
-            &[image.as_fd(), listener.as_fd()],
-        )? {
-            BlockReply::Opened { size } => Ok(size),
-            other => Err(QmpError::generic(format!(
-                "{} answered the open call with {other:?}",
-                self.link.name()
-            ))),
-        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -137,7 +147,7 @@ impl Daemon {
             .take()?;
         self.stopping.store(true, Ordering::SeqCst);
         if !self.link.is_closed() {
-            let _ = self.link.request(BlockRequest::Quit, &[]);
+            let _ = self.link.request((self.quit)(), &[]);
         }
         let deadline = Instant::now() + grace;
         let ended = loop {
@@ -161,7 +171,12 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl<R, T, E> Drop for Daemon<R, T, E>
+where
+    R: Message + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + 'static,
+{
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
     }

@@ -1,0 +1,558 @@
+//! The virtio-net device behind the vhost-user connection (vhost-user-backend): rx/tx
+//! queue pairs, each tied to one host port (a tap queue, or the datagram socket), and the
+//! control queue (rx mode, MAC tables, VLANs, queue pairs) last. One thread serves
+//! everything: guest kicks, host ports becoming readable.
+//!
+//! Receive: a frame read from the port goes through the receive filter and into the
+//! guest's buffers (several, with mergeable rx buffers); with no buffer free it waits,
+//! and the port is not watched until the guest adds buffers. Transmit: each chain is one
+//! header + frame for the port. Malformed chains are completed unused and counted.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ipc::{NetEvent, NetStats, RxFilterState};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::filter::{Outcome, RxFilter, ACK_ERR, ACK_OK};
+use crate::frames::{self, Desc, HDR_LEN, MAX_CHAIN, MAX_FRAME};
+use crate::port::{Port, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO};
+
+pub const QUEUE_SIZE: usize = 256;
+
+const F_CSUM: u64 = 1 << 0;
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_HOST_TSO6: u64 = 1 << 12;
+const F_HOST_ECN: u64 = 1 << 13;
+const F_HOST_UFO: u64 = 1 << 14;
+const F_MRG_RXBUF: u64 = 1 << 15;
+const F_CTRL_VQ: u64 = 1 << 17;
+const F_CTRL_RX: u64 = 1 << 18;
+const F_CTRL_VLAN: u64 = 1 << 19;
+const F_CTRL_RX_EXTRA: u64 = 1 << 20;
+const F_MQ: u64 = 1 << 22;
+const F_CTRL_MAC_ADDR: u64 = 1 << 23;
+const F_VERSION_1: u64 = 1 << 32;
+const F_INDIRECT_DESC: u64 = 1 << 28;
+const F_EVENT_IDX: u64 = 1 << 29;
+const F_LOG_ALL: u64 = 1 << 26;
+
+pub type EventSink = Arc<dyn Fn(NetEvent) + Send + Sync>;
+type Handler = Arc<VringEpollHandler<NetDevice>>;
+
+#[derive(Default)]
+struct Counters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    tx_dropped: AtomicU64,
+    rx_filtered: AtomicU64,
+    rx_no_buffer: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// Per queue pair: a frame read from the port but not yet placed, and whether the port
+/// is watched.
+#[derive(Default)]
+struct PairState {
+    pending: Option<Vec<u8>>,
+    unwatched: bool,
+}
+
+struct Inner {
+    pairs: usize,
+    ports: Vec<Port>,
+    mac: [u8; 6],
+    filter: Mutex<RxFilter>,
+    link_up: AtomicBool,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    acked: AtomicU64,
+    state: Vec<Mutex<PairState>>,
+    counters: Counters,
+    events: Option<EventSink>,
+    handler: Mutex<Option<Handler>>,
+    logged: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct NetDevice {
+    inner: Arc<Inner>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl NetDevice {
+    /// One port per queue pair.
+    pub fn new(
+        ports: Vec<Port>,
+        mac: [u8; 6],
+        link_up: bool,
+        events: Option<EventSink>,
+    ) -> NetDevice {
+        let pairs = ports.len().max(1);
+        NetDevice {
+            inner: Arc::new(Inner {
+                pairs,
+                mac,
+                filter: Mutex::new(RxFilter::new(mac)),
+                link_up: AtomicBool::new(link_up),
+                mem: RwLock::new(None),
+                acked: AtomicU64::new(0),
+                state: (0..pairs)
+                    .map(|_| Mutex::new(PairState::default()))
+                    .collect(),
+                counters: Counters::default(),
+                events,
+                handler: Mutex::new(None),
+                logged: AtomicU64::new(0),
+                ports,
+            }),
+        }
+    }
+
+    /// The epoll `data` of port `p`'s readiness (after the library's queue and exit ids).
+    fn port_event(&self, p: usize) -> u64 {
+        (self.num_queues() + 1 + p) as u64
+    }
+
+    /// Watches the ports through the library's worker (call once the daemon exists).
+    pub fn attach(&self, handler: Handler) -> io::Result<()> {
+        for (p, port) in self.inner.ports.iter().enumerate() {
+            handler.register_listener(port.raw(), EventSet::IN, self.port_event(p))?;
+        }
+        *lock(&self.inner.handler) = Some(handler);
+        Ok(())
+    }
+
+    pub fn set_link(&self, up: bool) {
+        self.inner.link_up.store(up, Ordering::SeqCst);
+    }
+
+    pub fn rx_filter(&self) -> RxFilterState {
+        lock(&self.inner.filter).state()
+    }
+
+    pub fn stats(&self) -> NetStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NetStats {
+            rx_packets: get(&c.rx_packets),
+            rx_bytes: get(&c.rx_bytes),
+            tx_packets: get(&c.tx_packets),
+            tx_bytes: get(&c.tx_bytes),
+            tx_dropped: get(&c.tx_dropped),
+            rx_filtered: get(&c.rx_filtered),
+            rx_no_buffer: get(&c.rx_no_buffer),
+            malformed: get(&c.malformed),
+        }
+    }
+
+    fn memory(&self) -> Option<GuestMemoryMmap> {
+        let mem = self.inner.mem.read().unwrap_or_else(|e| e.into_inner());
+        mem.as_ref().map(|m| (*m.memory()).clone())
+    }
+
+    fn malformed(&self, e: &frames::Malformed) {
+        self.inner
+            .counters
+            .malformed
+            .fetch_add(1, Ordering::Relaxed);
+        let n = self.inner.logged.fetch_add(1, Ordering::Relaxed);
+        if n < 20 || n.is_multiple_of(1000) {
+            log::warn!("dropped a guest buffer: {e} [{} so far]", n + 1);
+        }
+    }
+
+    fn pop(vring: &VringRwLock, mem: &GuestMemoryMmap) -> Option<(u16, Vec<Desc>)> {
+        let mut state = vring.get_mut();
+        // A kick or a readable port can race with the frontend stopping the ring.
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return None;
+        }
+        let chain = state.get_queue_mut().pop_descriptor_chain(mem)?;
+        let head = chain.head_index();
+        let descs = chain
+            .take(MAX_CHAIN)
+            .map(|d| Desc {
+                addr: d.addr().0,
+                len: d.len(),
+                writable: d.is_write_only(),
+            })
+            .collect();
+        Some((head, descs))
+    }
+
+    fn signal(vring: &VringRwLock) -> io::Result<()> {
+        if vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Guest frames of pair `p` to the port.
+    fn transmit(&self, p: usize, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
+        let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let mut sent = 0;
+            while let Some((head, descs)) = NetDevice::pop(vring, mem) {
+                sent += 1;
+                match frames::gather(mem, &descs) {
+                    Ok(bytes) if self.inner.link_up.load(Ordering::Relaxed) => {
+                        let len = (bytes.len() - HDR_LEN) as u64;
+                        match self.inner.ports.get(p).map(|port| port.send(&bytes)) {
+                            Some(Ok(())) => {
+                                self.inner
+                                    .counters
+                                    .tx_packets
+                                    .fetch_add(1, Ordering::Relaxed);
+                                self.inner
+                                    .counters
+                                    .tx_bytes
+                                    .fetch_add(len, Ordering::Relaxed);
+                            }
+                            // A full tap queue or a peer not listening: the frame is lost,
+                            // as on a wire.
+                            _ => {
+                                self.inner
+                                    .counters
+                                    .tx_dropped
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        self.inner
+                            .counters
+                            .rx_filtered
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => self.malformed(&e),
+                }
+                vring.add_used(head, 0).map_err(io::Error::other)?;
+            }
+            if sent > 0 {
+                NetDevice::signal(vring)?;
+            }
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Port frames of pair `p` into the guest's receive buffers, while there are both.
+    fn receive(&self, p: usize, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
+        let Some(port) = self.inner.ports.get(p) else {
+            return Ok(());
+        };
+        let mergeable = self.inner.acked.load(Ordering::Relaxed) & F_MRG_RXBUF != 0;
+        let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
+        let mut state = lock(&self.inner.state[p]);
+        let mut placed = 0;
+        let mut buf = vec![0u8; HDR_LEN + MAX_FRAME];
+        loop {
+            let frame = match state.pending.take() {
+                Some(f) => f,
+                None => match port.recv(&mut buf)? {
+                    Some(n) if n > HDR_LEN => buf[..n].to_vec(),
+                    Some(_) => continue,
+                    None => break,
+                },
+            };
+            if !self.inner.link_up.load(Ordering::Relaxed)
+                || !lock(&self.inner.filter).accepts(&frame[HDR_LEN..])
+            {
+                self.inner
+                    .counters
+                    .rx_filtered
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match self.place(vring, mem, &frame, mergeable)? {
+                Placed::Yes => {
+                    placed += 1;
+                    self.inner
+                        .counters
+                        .rx_packets
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .counters
+                        .rx_bytes
+                        .fetch_add((frame.len() - HDR_LEN) as u64, Ordering::Relaxed);
+                }
+                Placed::Dropped => {
+                    self.inner
+                        .counters
+                        .rx_no_buffer
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Placed::NoRoom => {
+                    // Wait for buffers: keep the frame, stop watching the port, and ask
+                    // the guest to kick when it adds some.
+                    state.pending = Some(frame);
+                    if event_idx {
+                        vring.enable_notification().map_err(io::Error::other)?;
+                    }
+                    if !state.unwatched {
+                        if let Some(h) = lock(&self.inner.handler).as_ref() {
+                            let _ =
+                                h.unregister_listener(port.raw(), EventSet::IN, self.port_event(p));
+                        }
+                        state.unwatched = true;
+                    }
+                    break;
+                }
+            }
+        }
+        if placed > 0 {
+            NetDevice::signal(vring)?;
+        }
+        Ok(())
+    }
+
+    /// The guest added receive buffers: watch the port again if it waited for them.
+    fn buffers_added(&self, p: usize) {
+        let mut state = lock(&self.inner.state[p]);
+        if state.unwatched {
+            if let (Some(h), Some(port)) =
+                (lock(&self.inner.handler).as_ref(), self.inner.ports.get(p))
+            {
+                let _ = h.register_listener(port.raw(), EventSet::IN, self.port_event(p));
+            }
+            state.unwatched = false;
+        }
+    }
+
+    fn place(
+        &self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        frame: &[u8],
+        mergeable: bool,
+    ) -> io::Result<Placed> {
+        let start = vring.get_ref().get_queue().next_avail();
+        let mut chains: Vec<(u16, Vec<Desc>, usize)> = Vec::new();
+        let mut room = 0;
+        while room < frame.len() {
+            let Some((head, descs)) = NetDevice::pop(vring, mem) else {
+                // Not enough buffers yet: put back what was taken.
+                vring.get_mut().get_queue_mut().set_next_avail(start);
+                return Ok(Placed::NoRoom);
+            };
+            match frames::room(&descs) {
+                Ok(r) => {
+                    room += r;
+                    chains.push((head, descs, r));
+                }
+                Err(e) => {
+                    self.malformed(&e);
+                    vring.add_used(head, 0).map_err(io::Error::other)?;
+                }
+            }
+            if !mergeable {
+                break;
+            }
+        }
+        if room < frame.len() {
+            // Without mergeable buffers one chain must hold the frame: this one cannot.
+            for (head, _, _) in chains {
+                vring.add_used(head, 0).map_err(io::Error::other)?;
+            }
+            return Ok(Placed::Dropped);
+        }
+        let mut frame = frame.to_vec();
+        let num_buffers = chains.len() as u16;
+        frame[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        let mut at = 0;
+        for (head, descs, _) in chains {
+            match frames::scatter(mem, &descs, &frame[at..]) {
+                Ok(n) => {
+                    at += n;
+                    vring.add_used(head, n as u32).map_err(io::Error::other)?;
+                }
+                Err(e) => {
+                    self.malformed(&e);
+                    vring.add_used(head, 0).map_err(io::Error::other)?;
+                }
+            }
+        }
+        Ok(Placed::Yes)
+    }
+
+    /// Control commands.
+    fn control(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
+        let mut any = false;
+        let mut changed = false;
+        while let Some((head, descs)) = NetDevice::pop(vring, mem) {
+            any = true;
+            match frames::control(mem, &descs) {
+                Ok((class, cmd, data, ack_at)) => {
+                    let outcome = lock(&self.inner.filter).command(class, cmd, &data);
+                    let ack = match outcome {
+                        Outcome::Ok { changed: c } => {
+                            changed |= c;
+                            ACK_OK
+                        }
+                        Outcome::Pairs(n) if usize::from(n) <= self.inner.pairs => ACK_OK,
+                        Outcome::Pairs(_) | Outcome::Err => ACK_ERR,
+                    };
+                    let _ = mem.write_obj(ack, GuestAddress(ack_at));
+                    vring.add_used(head, 1).map_err(io::Error::other)?;
+                }
+                Err(e) => {
+                    self.malformed(&e);
+                    vring.add_used(head, 0).map_err(io::Error::other)?;
+                }
+            }
+        }
+        if any {
+            NetDevice::signal(vring)?;
+        }
+        if changed {
+            if let Some(events) = &self.inner.events {
+                events(NetEvent::RxFilterChanged);
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Placed {
+    Yes,
+    /// No buffer large enough: the frame is dropped.
+    Dropped,
+    /// The ring has no (or not enough) buffers right now.
+    NoRoom,
+}
+
+impl VhostUserBackend for NetDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        2 * self.inner.pairs + 1
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = F_VERSION_1
+            | F_INDIRECT_DESC
+            | F_EVENT_IDX
+            | F_MRG_RXBUF
+            | F_CTRL_VQ
+            | F_CTRL_RX
+            | F_CTRL_VLAN
+            | F_CTRL_RX_EXTRA
+            | F_CTRL_MAC_ADDR
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.inner.pairs > 1 {
+            f |= F_MQ;
+        }
+        if self.inner.ports.first().map(Port::kind) == Some(ipc::NetBackendKind::Tap) {
+            // The tap's vnet header carries checksum and segmentation offloads both ways.
+            f |= F_CSUM
+                | F_GUEST_CSUM
+                | F_GUEST_TSO4
+                | F_GUEST_TSO6
+                | F_GUEST_ECN
+                | F_GUEST_UFO
+                | F_HOST_TSO4
+                | F_HOST_TSO6
+                | F_HOST_ECN
+                | F_HOST_UFO;
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        log::debug!("features acked: {features:#x}");
+        // A driver negotiating features starts from the device's reset state; a
+        // frontend that only turns dirty logging on or off (F_LOG_ALL) is not one.
+        let old = self.inner.acked.swap(features, Ordering::SeqCst);
+        if old ^ features != F_LOG_ALL {
+            self.reset_device();
+        }
+        for port in &self.inner.ports {
+            if let Err(e) = port.set_offloads(features) {
+                log::warn!("setting the tap's offloads: {e}");
+            }
+        }
+        lock(&self.inner.filter).vlan_filtering = features & F_CTRL_VLAN != 0;
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&self) {
+        *lock(&self.inner.filter) = RxFilter::new(self.inner.mac);
+        for s in &self.inner.state {
+            lock(s).pending = None;
+        }
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        *self.inner.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let Some(mem) = self.memory() else {
+            return Ok(());
+        };
+        let e = usize::from(device_event);
+        let n = self.num_queues();
+        if e + 1 == n {
+            return match vrings.get(e) {
+                Some(v) => self.control(v, &mem),
+                None => Ok(()),
+            };
+        }
+        if e < n {
+            let p = e / 2;
+            let Some(v) = vrings.get(e) else {
+                return Ok(());
+            };
+            if e % 2 == 0 {
+                self.buffers_added(p);
+                return self.receive(p, v, &mem);
+            }
+            return self.transmit(p, v, &mem);
+        }
+        if e > n {
+            let p = e - n - 1;
+            if let Some(v) = vrings.get(2 * p) {
+                return self.receive(p, v, &mem);
+            }
+        }
+        Ok(())
+    }
+}

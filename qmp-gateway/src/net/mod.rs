@@ -1,0 +1,433 @@
+//! The gateway's network layer: host backends (netdevs, opened by the gateway), the NICs
+//! the guest sees (each served by its own net daemon over vhost-user), and the network
+//! QMP commands: netdev_add, netdev_del, set_link, query-rx-filter, with
+//! NIC_RX_FILTER_CHANGED as QEMU sends it. A daemon that dies is restarted with the same
+//! backend and vmm-core reconnects; the guest sees frames pause.
+
+pub mod netdev;
+pub mod nic;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use ipc::{ErrorClass, NetRequest, NicLaunch, RxFilterState, VmmRequest};
+use serde_json::{json, Map, Value};
+
+use crate::daemon::{backoff, RuntimeDir, MAX_FAILURES, QUICK_DEATH};
+use crate::events::EventBus;
+use crate::fdstore::NamedFds;
+use crate::launch::bind_private;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::supervisor::VmmLink;
+use netdev::{Netdev, NetdevSpec};
+use nic::{Hooks, Nic, NicSpec};
+
+/// Events of our own (QMP's rule for downstream extensions: a reverse-domain prefix).
+pub const EXITED: &str = "__io.flotilla_NET_DAEMON_EXITED";
+pub const RESTARTED: &str = "__io.flotilla_NET_DAEMON_RESTARTED";
+
+/// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
+const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+#[derive(Default)]
+struct State {
+    /// Backends no NIC uses (added by netdev_add, or given without a NIC).
+    spare: Vec<Netdev>,
+    nics: Vec<Nic>,
+}
+
+impl State {
+    fn id_taken(&self, id: &str) -> bool {
+        self.spare.iter().any(|n| n.id == id)
+            || self.nics.iter().any(|n| n.netdev.as_deref() == Some(id))
+    }
+}
+
+pub struct NetLayer {
+    state: Mutex<State>,
+    events: Arc<EventBus>,
+    hooks: Hooks,
+    deaths: Mutex<Option<Receiver<String>>>,
+    vmm: Arc<VmmLink>,
+    binary: PathBuf,
+    runtime: RuntimeDir,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn device_not_found(name: &str) -> QmpError {
+    QmpError {
+        class: ErrorClass::DeviceNotFound,
+        desc: format!("Device '{name}' not found"),
+    }
+}
+
+/// QEMU's RxFilterInfo for one NIC.
+fn rx_filter_info(name: &str, f: &RxFilterState) -> Value {
+    let state = |none: bool, all: bool| {
+        if none {
+            "none"
+        } else if all {
+            "all"
+        } else {
+            "normal"
+        }
+    };
+    let macs = |list: &[[u8; 6]]| -> Vec<String> {
+        list.iter().map(net_daemon::port::format_mac).collect()
+    };
+    // QEMU lists VLAN ids from the highest down; without VLAN filtering all pass.
+    let vlan_table: Vec<u16> = if f.vlan_filtering {
+        let mut v = f.vlans.clone();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    } else {
+        (0..4096).rev().collect()
+    };
+    json!({
+        "name": name,
+        "promiscuous": f.promiscuous,
+        "multicast": state(f.no_multi, f.all_multi),
+        "unicast": state(f.no_uni, f.all_uni),
+        "vlan": if f.vlan_filtering { "normal" } else { "all" },
+        "broadcast-allowed": !f.no_bcast,
+        "multicast-overflow": f.multicast_overflow,
+        "unicast-overflow": f.unicast_overflow,
+        "main-mac": net_daemon::port::format_mac(&f.main_mac),
+        "vlan-table": vlan_table,
+        "unicast-table": macs(&f.unicast),
+        "multicast-table": macs(&f.multicast),
+    })
+}
+
+impl NetLayer {
+    pub fn new(
+        events: Arc<EventBus>,
+        vmm: Arc<VmmLink>,
+        binary: PathBuf,
+    ) -> std::io::Result<NetLayer> {
+        let (deaths_tx, deaths_rx) = mpsc::channel();
+        Ok(NetLayer {
+            state: Mutex::new(State::default()),
+            hooks: Hooks {
+                events: events.clone(),
+                deaths: deaths_tx,
+            },
+            events,
+            deaths: Mutex::new(Some(deaths_rx)),
+            vmm,
+            binary,
+            runtime: RuntimeDir::create()?,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// `--netdev`: opens the backend now (a NIC may take it).
+    pub fn add_netdev(&self, spec: &NetdevSpec) -> anyhow::Result<()> {
+        let mut state = lock(&self.state);
+        if state.id_taken(&spec.id) {
+            anyhow::bail!("netdev id {} is used twice", spec.id);
+        }
+        let netdev = spec
+            .open(None)
+            .map_err(|e| anyhow::anyhow!("netdev {}: {}", spec.id, e.desc))?;
+        state.spare.push(netdev);
+        Ok(())
+    }
+
+    /// `--device virtio-net-pci,...`: the NIC, its daemon, and vmm-core's end of the
+    /// vhost-user socket.
+    pub fn add_nic(&self, spec: &NicSpec) -> anyhow::Result<(NicLaunch, OwnedFd)> {
+        let mut state = lock(&self.state);
+        let index = state.nics.len() as u32;
+        let id = spec
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("virtio-net-pci.{index}"));
+        if state.nics.iter().any(|n| n.id == id) {
+            anyhow::bail!("NIC id {id} is used twice");
+        }
+        let pos = state
+            .spare
+            .iter()
+            .position(|n| n.id == spec.netdev)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "NIC {id}: no --netdev with id {} (or it is taken)",
+                    spec.netdev
+                )
+            })?;
+        let netdev = state.spare.remove(pos);
+        let mut mac = spec.mac.unwrap_or(DEFAULT_MAC);
+        if spec.mac.is_none() {
+            mac[5] = mac[5].wrapping_add(index as u8);
+        }
+        let socket = self.runtime.path().join(format!("nic{index}.sock"));
+        let listener = bind_private(&socket)?;
+        let mut nic = Nic {
+            index,
+            id: id.clone(),
+            netdev: Some(netdev.id.clone()),
+            describe: netdev.describe.clone(),
+            mac,
+            queue_pairs: netdev.fds.len() as u32,
+            kind: netdev.kind,
+            backend_fds: netdev.fds,
+            listener,
+            socket,
+            binary: self.binary.clone(),
+            daemon: None,
+            link_up: true,
+            last_filter: RxFilterState {
+                main_mac: mac,
+                ..RxFilterState::default()
+            },
+            notify: Arc::new(AtomicBool::new(true)),
+            started: Instant::now(),
+            failures: 0,
+        };
+        let pid = nic
+            .start(&self.hooks)
+            .map_err(|e| anyhow::anyhow!("NIC {id}: {}", e.desc))?;
+        let stream = nic
+            .connect()
+            .map_err(|e| anyhow::anyhow!("NIC {id}: {}", e.desc))?;
+        log::info!("NIC {id}: {}, net daemon pid {pid}", nic.describe);
+        let launch = NicLaunch {
+            id,
+            mac,
+            queue_pairs: nic.queue_pairs,
+        };
+        state.nics.push(nic);
+        Ok((launch, stream.into()))
+    }
+
+    /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
+    pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(deaths) = lock(&self.deaths).take() else {
+            return Ok(());
+        };
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("net-supervisor".into())
+            .spawn(move || {
+                for id in deaths {
+                    if me.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    me.on_death(&id);
+                }
+            })?;
+        Ok(())
+    }
+
+    fn on_death(&self, id: &str) {
+        let (pid, reason, delay) = {
+            let mut state = lock(&self.state);
+            let Some(nic) = state.nics.iter_mut().find(|n| n.id == id) else {
+                return;
+            };
+            if nic.netdev.is_none() {
+                return;
+            }
+            let pid = nic.daemon.as_ref().and_then(|d| d.pid());
+            let reason = nic.stop().unwrap_or_else(|| "failed to start".into());
+            nic.failures = if nic.started.elapsed() < QUICK_DEATH {
+                nic.failures + 1
+            } else {
+                1
+            };
+            let delay = (nic.failures < MAX_FAILURES).then(|| backoff(nic.failures));
+            (pid, reason, delay)
+        };
+        let mut data = json!({"device": id, "reason": reason});
+        if let Some(pid) = pid {
+            data["pid"] = json!(pid);
+        }
+        if let Some(d) = delay {
+            data["restart-in-ms"] = json!(d.as_millis() as u64);
+        } else {
+            log::error!(
+                "NIC {id}: the net daemon died {MAX_FAILURES} times in a row right after \
+                 starting; not restarting it"
+            );
+        }
+        self.events.emit(EXITED, Some(data));
+        let Some(delay) = delay else {
+            return;
+        };
+        std::thread::sleep(delay);
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.restart(id) {
+            Ok(pid) => self
+                .events
+                .emit(RESTARTED, Some(json!({"device": id, "pid": pid}))),
+            Err(e) => {
+                log::warn!("NIC {id}: restarting its net daemon: {}", e.desc);
+                let _ = self.hooks.deaths.send(id.to_string());
+            }
+        }
+    }
+
+    fn restart(&self, id: &str) -> Result<u32, QmpError> {
+        let mut state = lock(&self.state);
+        let nic = state
+            .nics
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| device_not_found(id))?;
+        nic.stop();
+        let pid = nic.start(&self.hooks)?;
+        let stream = nic.connect()?;
+        self.vmm.request(
+            VmmRequest::NicReconnect { nic: nic.index },
+            &[stream.as_fd()],
+        )?;
+        log::info!("NIC {id}: net daemon pid {pid} serves it now");
+        Ok(pid)
+    }
+
+    pub fn netdev_add(&self, args: &Map<String, Value>, named: &NamedFds) -> QmpResult {
+        let spec = NetdevSpec::from_args(args)?;
+        let mut state = lock(&self.state);
+        if state.id_taken(&spec.id) {
+            return Err(QmpError::generic(format!("Duplicate ID '{}'", spec.id)));
+        }
+        let netdev = spec.open(Some(named))?;
+        log::info!("netdev {}: {}", netdev.id, netdev.describe);
+        state.spare.push(netdev);
+        Ok(json!({}))
+    }
+
+    /// Removes a backend; a NIC that used it keeps running with its link down, as
+    /// with QEMU.
+    pub fn netdev_del(&self, id: &str) -> QmpResult {
+        let mut state = lock(&self.state);
+        if let Some(pos) = state.spare.iter().position(|n| n.id == id) {
+            state.spare.remove(pos);
+            return Ok(json!({}));
+        }
+        let nic = state
+            .nics
+            .iter_mut()
+            .find(|n| n.netdev.as_deref() == Some(id))
+            .ok_or_else(|| device_not_found(id))?;
+        nic.rx_filter();
+        nic.netdev = None;
+        nic.link_up = false;
+        if let Some(how) = nic.stop() {
+            log::info!(
+                "NIC {}: netdev {id} removed, net daemon stopped ({how})",
+                nic.id
+            );
+        }
+        nic.backend_fds.clear();
+        self.vmm.request(
+            VmmRequest::NicSetLink {
+                nic: nic.index,
+                up: false,
+            },
+            &[],
+        )?;
+        Ok(json!({}))
+    }
+
+    /// set_link: `name` is a NIC or the netdev behind one (the guest sees either).
+    pub fn set_link(&self, name: &str, up: bool) -> QmpResult {
+        let mut state = lock(&self.state);
+        if state.spare.iter().any(|n| n.id == name) {
+            // A backend without a NIC: nobody to tell.
+            return Ok(json!({}));
+        }
+        let nic = state
+            .nics
+            .iter_mut()
+            .find(|n| n.id == name || n.netdev.as_deref() == Some(name))
+            .ok_or_else(|| device_not_found(name))?;
+        nic.link_up = up;
+        if let Some(d) = &nic.daemon {
+            d.link.request(NetRequest::SetLink { up }, &[])?;
+        }
+        self.vmm
+            .request(VmmRequest::NicSetLink { nic: nic.index, up }, &[])?;
+        Ok(json!({}))
+    }
+
+    pub fn query_rx_filter(&self, name: Option<&str>) -> QmpResult {
+        let mut state = lock(&self.state);
+        if let Some(name) = name {
+            if !state.nics.iter().any(|n| n.id == name) {
+                return Err(QmpError::generic(if state.id_taken(name) {
+                    format!("net client({name}) isn't a NIC")
+                } else {
+                    format!("invalid net client name: {name}")
+                }));
+            }
+        }
+        let out: Vec<Value> = state
+            .nics
+            .iter_mut()
+            .filter(|n| name.is_none_or(|want| n.id == want))
+            .map(|n| {
+                let f = n.rx_filter();
+                // Reading the filter turns its change event back on.
+                n.notify.store(true, Ordering::SeqCst);
+                rx_filter_info(&n.id, &f)
+            })
+            .collect();
+        Ok(Value::Array(out))
+    }
+
+    /// Stops every daemon (after vmm-core, their frontend, is gone).
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let mut state = lock(&self.state);
+        for nic in &mut state.nics {
+            nic.stop();
+        }
+        self.runtime.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_filter_info_has_qemus_shape() {
+        let f = RxFilterState {
+            promiscuous: true,
+            all_multi: true,
+            no_bcast: true,
+            main_mac: DEFAULT_MAC,
+            unicast: vec![[2, 0, 0, 0, 0, 1]],
+            multicast: vec![[1, 0, 0x5e, 0, 0, 1]],
+            vlan_filtering: true,
+            vlans: vec![0, 4],
+            ..RxFilterState::default()
+        };
+        let v = rx_filter_info("nic0", &f);
+        assert_eq!(
+            v,
+            json!({
+                "name": "nic0", "promiscuous": true, "multicast": "all", "unicast": "normal",
+                "vlan": "normal", "broadcast-allowed": false, "multicast-overflow": false,
+                "unicast-overflow": false, "main-mac": "52:54:00:12:34:56",
+                "vlan-table": [4, 0], "unicast-table": ["02:00:00:00:00:01"],
+                "multicast-table": ["01:00:5e:00:00:01"],
+            })
+        );
+        let open = rx_filter_info("n", &RxFilterState::default());
+        assert_eq!(open["vlan"], "all");
+        assert_eq!(open["vlan-table"].as_array().map(Vec::len), Some(4096));
+    }
+}

@@ -1,0 +1,451 @@
+//! Host network backends (QEMU's -netdev / netdev_add), the ones a vhost-user-net daemon
+//! can serve: `tap` (by interface name, or an fd the client passed), and a UDP link to
+//! another VM (`socket,udp=,localaddr=` and `dgram,local=,remote=`: one frame per
+//! datagram, so a Flotilla VM and a QEMU VM can be joined too). The gateway opens them;
+//! the daemon gets the fds.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use ipc::NetBackendKind;
+use serde_json::{Map, Value};
+
+use crate::fdstore::NamedFds;
+use crate::qmp::protocol::QmpError;
+
+/// More queue pairs than any guest needs; a bound on fds opened for one request.
+pub const MAX_QUEUE_PAIRS: u32 = 16;
+
+/// Where a tap comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    Ifname(String),
+    /// On the command line: an inherited fd number. Over QMP: a getfd name.
+    Fd(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendSpec {
+    Tap { source: TapSource, queues: u32 },
+    Udp { local: String, remote: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetdevSpec {
+    pub id: String,
+    pub backend: BackendSpec,
+}
+
+/// A backend, opened.
+pub struct Netdev {
+    pub id: String,
+    pub kind: NetBackendKind,
+    /// One per queue pair (a tap), or the one socket.
+    pub fds: Vec<OwnedFd>,
+    /// For logs and `info network`.
+    pub describe: String,
+}
+
+fn generic(desc: impl Into<String>) -> QmpError {
+    QmpError::generic(desc)
+}
+
+const TAP_KEYS: &[&str] = &[
+    "ifname",
+    "fd",
+    "queues",
+    "script",
+    "downscript",
+    "vhost",
+    "vnet_hdr",
+];
+const SOCKET_KEYS: &[&str] = &["udp", "localaddr"];
+const DGRAM_KEYS: &[&str] = &["local", "remote"];
+/// Types QEMU knows that Flotilla has no daemon for.
+const OTHER_TYPES: &[&str] = &[
+    "user",
+    "l2tpv3",
+    "vde",
+    "bridge",
+    "hubport",
+    "netmap",
+    "vhost-user",
+    "vhost-vdpa",
+    "stream",
+];
+
+/// A `HOST:PORT` as QEMU checks it.
+fn host_port(value: &str) -> Result<String, QmpError> {
+    if !value.contains(':') {
+        return Err(generic(format!(
+            "host address '{value}' doesn't contain ':' separating host from port"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// One of dgram's `local`/`remote`: `{"type": "inet", "host": ..., "port": ...}`.
+fn inet_address(key: &str, value: &Value) -> Result<String, QmpError> {
+    let Value::Object(o) = value else {
+        return Err(generic(format!(
+            "Invalid parameter type for '{key}', expected: object"
+        )));
+    };
+    match o.get("type").and_then(Value::as_str) {
+        Some("inet") => {}
+        Some(t) => {
+            return Err(generic(format!(
+                "{key}: only inet addresses are supported, not '{t}'"
+            )))
+        }
+        None => return Err(generic(format!("Parameter '{key}.type' is missing"))),
+    }
+    let host = o
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| generic(format!("Parameter '{key}.host' is missing")))?;
+    let port = match o.get("port") {
+        Some(Value::String(p)) => p.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(generic(format!("Parameter '{key}.port' is missing"))),
+    };
+    for k in o.keys() {
+        if !["type", "host", "port", "numeric", "ipv4", "ipv6"].contains(&k.as_str()) {
+            return Err(generic(format!("Parameter '{key}.{k}' is unexpected")));
+        }
+    }
+    // An IPv6 literal goes in brackets so that HOST:PORT parses.
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "on" } else { "off" }.into()),
+        _ => None,
+    }
+}
+
+impl NetdevSpec {
+    /// From netdev_add's arguments (or the command line's, all values as strings).
+    pub fn from_args(args: &Map<String, Value>) -> Result<NetdevSpec, QmpError> {
+        let kind = args
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| generic("Parameter 'type' is missing"))?;
+        let id = args
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| generic("Parameter 'id' is missing"))?
+            .to_string();
+        if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(generic("Parameter 'id' expects an identifier"));
+        }
+        let keys: &[&str] = match kind {
+            "tap" => TAP_KEYS,
+            "socket" => SOCKET_KEYS,
+            "dgram" => DGRAM_KEYS,
+            t if OTHER_TYPES.contains(&t) => {
+                return Err(generic(format!(
+                    "network backend '{t}' is not available: Flotilla's net daemon serves \
+                     tap, socket (udp) and dgram backends"
+                )))
+            }
+            t => {
+                return Err(generic(format!(
+                    "Parameter 'type' does not accept value '{t}'"
+                )))
+            }
+        };
+        for k in args.keys() {
+            if k != "type" && k != "id" && !keys.contains(&k.as_str()) {
+                return Err(generic(format!("Parameter '{k}' is unexpected")));
+            }
+        }
+        let get = |k: &str| -> Result<Option<String>, QmpError> {
+            match args.get(k) {
+                None => Ok(None),
+                Some(v) => text(v)
+                    .map(Some)
+                    .ok_or_else(|| generic(format!("Invalid parameter type for '{k}'"))),
+            }
+        };
+        let backend = match kind {
+            "tap" => {
+                for (k, allowed) in [("script", "no"), ("downscript", "no"), ("vhost", "off")] {
+                    if let Some(v) = get(k)? {
+                        if v != allowed && !(k == "vhost" && v == "false") {
+                            return Err(generic(format!(
+                                "{k}={v} is not supported: the gateway opens the tap and \
+                                 the net daemon serves it (use {k}={allowed})"
+                            )));
+                        }
+                    }
+                }
+                if let Some(v) = get("vnet_hdr")? {
+                    if v == "off" || v == "false" {
+                        return Err(generic("vnet_hdr=off is not supported: the net daemon needs the tap's virtio-net header"));
+                    }
+                }
+                let queues = match get("queues")? {
+                    None => 1,
+                    Some(q) => q
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|q| (1..=MAX_QUEUE_PAIRS).contains(q))
+                        .ok_or_else(|| {
+                            generic(format!("queues={q}: expected 1 to {MAX_QUEUE_PAIRS}"))
+                        })?,
+                };
+                let source = match (get("ifname")?, get("fd")?) {
+                    (Some(name), None) => TapSource::Ifname(name),
+                    (None, Some(fd)) => TapSource::Fd(fd),
+                    (Some(_), Some(_)) => {
+                        return Err(generic(
+                            "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, \
+                             and vhostfd= are invalid with fds=",
+                        ))
+                    }
+                    (None, None) => {
+                        return Err(generic(
+                            "tap: give ifname=NAME (the gateway opens it) or fd=NAME (an fd \
+                             passed with getfd)",
+                        ))
+                    }
+                };
+                if matches!(source, TapSource::Fd(_)) && queues > 1 {
+                    return Err(generic("fd= carries one queue: use queues=1 with fd="));
+                }
+                BackendSpec::Tap { source, queues }
+            }
+            "socket" => {
+                let udp = get("udp")?.ok_or_else(|| {
+                    generic("socket: only the udp mode is supported (udp=HOST:PORT,localaddr=HOST:PORT)")
+                })?;
+                let local = get("localaddr")?
+                    .ok_or_else(|| generic("localaddr= is mandatory with udp="))?;
+                BackendSpec::Udp {
+                    local: host_port(&local)?,
+                    remote: host_port(&udp)?,
+                }
+            }
+            _ => {
+                let local = args
+                    .get("local")
+                    .ok_or_else(|| generic("dgram: local address is mandatory (and remote)"))?;
+                let remote = args
+                    .get("remote")
+                    .ok_or_else(|| generic("dgram: remote address is mandatory"))?;
+                BackendSpec::Udp {
+                    local: inet_address("local", local)?,
+                    remote: inet_address("remote", remote)?,
+                }
+            }
+        };
+        Ok(NetdevSpec { id, backend })
+    }
+
+    /// From the command line's `TYPE,id=ID,key=value,...` (dgram's addresses as
+    /// `local.host=`, `local.port=`, `remote.host=`, `remote.port=`).
+    pub fn parse_cli(s: &str) -> Result<NetdevSpec, String> {
+        let mut parts = s.split(',');
+        let kind = parts.next().unwrap_or_default();
+        let mut args = Map::new();
+        args.insert("type".into(), Value::String(kind.into()));
+        let mut local = Map::new();
+        let mut remote = Map::new();
+        for part in parts {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}': expected key=value"))?;
+            let v = Value::String(v.to_string());
+            if let Some(sub) = k.strip_prefix("local.") {
+                local.insert(sub.into(), v);
+            } else if let Some(sub) = k.strip_prefix("remote.") {
+                remote.insert(sub.into(), v);
+            } else {
+                args.insert(k.into(), v);
+            }
+        }
+        for (k, m) in [("local", local), ("remote", remote)] {
+            if !m.is_empty() {
+                args.insert(k.into(), Value::Object(m));
+            }
+        }
+        NetdevSpec::from_args(&args).map_err(|e| e.desc)
+    }
+
+    pub fn queue_pairs(&self) -> u32 {
+        match &self.backend {
+            BackendSpec::Tap { queues, .. } => *queues,
+            BackendSpec::Udp { .. } => 1,
+        }
+    }
+
+    /// Opens the backend. `named`: a QMP client's getfd names (None on the command
+    /// line, where `fd=` is an inherited descriptor number).
+    pub fn open(&self, named: Option<&NamedFds>) -> Result<Netdev, QmpError> {
+        let (kind, fds, describe) = match &self.backend {
+            BackendSpec::Tap {
+                source: TapSource::Ifname(name),
+                queues,
+            } => {
+                let fds = net_daemon::port::open_tap(name, *queues as usize).map_err(|e| {
+                    generic(format!("could not configure /dev/net/tun ({name}): {e}"))
+                })?;
+                (NetBackendKind::Tap, fds, format!("tap,ifname={name}"))
+            }
+            BackendSpec::Tap {
+                source: TapSource::Fd(fd),
+                ..
+            } => {
+                let owned = match named {
+                    Some(n) => n.dup(fd).map_err(|_| {
+                        generic(format!("File descriptor named '{fd}' has not been found"))
+                    })?,
+                    None => inherited_fd(fd)?,
+                };
+                (NetBackendKind::Tap, vec![owned], format!("tap,fd={fd}"))
+            }
+            BackendSpec::Udp { local, remote } => {
+                let fd = net_daemon::port::open_datagram(local, remote).map_err(|e| {
+                    generic(format!("can't bind {local} / connect to {remote}: {e}"))
+                })?;
+                (
+                    NetBackendKind::Datagram,
+                    vec![fd],
+                    format!("udp={local}/{remote}"),
+                )
+            }
+        };
+        Ok(Netdev {
+            id: self.id.clone(),
+            kind,
+            fds,
+            describe,
+        })
+    }
+}
+
+/// `fd=N` on the command line: a descriptor the gateway's parent left open for it.
+fn inherited_fd(text: &str) -> Result<OwnedFd, QmpError> {
+    let fd: i32 = text.parse().ok().filter(|fd| *fd > 2).ok_or_else(|| {
+        generic(format!(
+            "fd={text}: expected an inherited descriptor number above 2"
+        ))
+    })?;
+    // SAFETY: F_GETFD only queries the number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(generic(format!("fd={fd}: not an open file descriptor")));
+    }
+    // SAFETY: the descriptor is open (checked above) and, given to us on the command
+    // line, ours to own; nothing else in the gateway uses it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NetdevSpec, String> {
+        NetdevSpec::from_args(v.as_object().unwrap()).map_err(|e| e.desc)
+    }
+
+    #[test]
+    fn command_line_and_qmp_forms() {
+        assert_eq!(
+            NetdevSpec::parse_cli("tap,id=n0,ifname=flt0,queues=2,script=no,downscript=no")
+                .unwrap(),
+            NetdevSpec {
+                id: "n0".into(),
+                backend: BackendSpec::Tap {
+                    source: TapSource::Ifname("flt0".into()),
+                    queues: 2
+                }
+            }
+        );
+        let dgram = NetdevSpec::parse_cli(
+            "dgram,id=d,local.type=inet,local.host=127.0.0.1,local.port=5000,remote.type=inet,remote.host=127.0.0.1,remote.port=5001",
+        )
+        .unwrap();
+        assert_eq!(
+            dgram.backend,
+            BackendSpec::Udp {
+                local: "127.0.0.1:5000".into(),
+                remote: "127.0.0.1:5001".into()
+            }
+        );
+        let socket = parse(json!({"type": "socket", "id": "s", "udp": "127.0.0.1:5001", "localaddr": "127.0.0.1:5000"})).unwrap();
+        assert_eq!(socket.backend, dgram.backend);
+        let qmp = parse(json!({"type": "dgram", "id": "d",
+            "local": {"type": "inet", "host": "127.0.0.1", "port": "5000"},
+            "remote": {"type": "inet", "host": "127.0.0.1", "port": 5001}}))
+        .unwrap();
+        assert_eq!(qmp.backend, dgram.backend);
+        assert_eq!(
+            parse(json!({"type": "tap", "id": "t", "fd": "tapfd"}))
+                .unwrap()
+                .backend,
+            BackendSpec::Tap {
+                source: TapSource::Fd("tapfd".into()),
+                queues: 1
+            }
+        );
+    }
+
+    #[test]
+    fn bad_arguments_get_qemus_errors() {
+        let cases = [
+            (json!({"id": "x"}), "Parameter 'type' is missing"),
+            (json!({"type": "tap"}), "Parameter 'id' is missing"),
+            (
+                json!({"type": "bogus", "id": "x"}),
+                "Parameter 'type' does not accept value 'bogus'",
+            ),
+            (
+                json!({"type": "tap", "id": "x", "bogus": 1}),
+                "Parameter 'bogus' is unexpected",
+            ),
+            (
+                json!({"type": "tap", "id": "x", "udp": "a:1"}),
+                "Parameter 'udp' is unexpected",
+            ),
+            (
+                json!({"type": "socket", "id": "x", "udp": "nothost", "localaddr": "127.0.0.1:1"}),
+                "host address 'nothost' doesn't contain ':' separating host from port",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(parse(args.clone()).unwrap_err(), want, "{args}");
+        }
+        for bad in [
+            json!({"type": "user", "id": "x"}),
+            json!({"type": "tap", "id": "x"}),
+            json!({"type": "tap", "id": "x", "ifname": "a", "queues": 0}),
+            json!({"type": "tap", "id": "x", "ifname": "a", "queues": "99"}),
+            json!({"type": "tap", "id": "x", "ifname": "a", "vhost": "on"}),
+            json!({"type": "tap", "id": "x", "ifname": "a", "script": "/etc/qemu-ifup"}),
+            json!({"type": "tap", "id": "x", "fd": "f", "queues": 2}),
+            json!({"type": "socket", "id": "x", "udp": "127.0.0.1:1"}),
+            json!({"type": "dgram", "id": "x", "local": "127.0.0.1:1", "remote": {}}),
+            json!({"type": "dgram", "id": "x", "local": {"type": "unix", "path": "/x"}, "remote": {}}),
+            json!({"type": "tap", "id": "9x", "ifname": "a"}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad} was accepted");
+        }
+        assert!(NetdevSpec::parse_cli("tap,id=n0,ifname").is_err());
+    }
+
+    #[test]
+    fn opening_a_tap_that_cannot_exist_is_an_error_not_a_panic() {
+        let spec = NetdevSpec::parse_cli("tap,id=n0,ifname=this/is/bad").unwrap();
+        assert!(spec.open(None).is_err());
+        let spec = NetdevSpec::parse_cli("tap,id=n0,fd=1").unwrap();
+        assert!(spec.open(None).is_err());
+    }
+}

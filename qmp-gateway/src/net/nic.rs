@@ -1,0 +1,219 @@
+//! A NIC: the guest's virtio-net device (`--device virtio-net-pci,netdev=ID,...`), the
+//! backend behind it, and the net daemon serving it. The gateway keeps what a daemon
+//! needs (the backend's fds, the listening socket, the MAC, the link state) so a new
+//! daemon can take over when one dies.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState};
+use serde_json::json;
+
+use crate::daemon::Daemon;
+use crate::events::EventBus;
+use crate::qmp::protocol::QmpError;
+
+pub type NetDaemon = Daemon<NetRequest, NetReply, NetEvent>;
+
+/// `--device virtio-net-pci,netdev=ID[,id=NAME][,mac=MAC][,mq=on|off]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicSpec {
+    pub netdev: String,
+    pub id: Option<String>,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl FromStr for NicSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NicSpec, String> {
+        let mut parts = s.split(',');
+        let model = parts.next().unwrap_or_default();
+        if !["virtio-net", "virtio-net-pci"].contains(&model) {
+            return Err(format!(
+                "'{model}': the NIC model is virtio-net-pci (or virtio-net)"
+            ));
+        }
+        let (mut netdev, mut id, mut mac) = (None, None, None);
+        for part in parts {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}': expected key=value"))?;
+            match k {
+                "netdev" => netdev = Some(v.to_string()),
+                "id" => id = Some(v.to_string()),
+                "mac" => {
+                    mac = Some(
+                        net_daemon::port::parse_mac(v)
+                            .ok_or_else(|| format!("mac={v}: expected six hex bytes"))?,
+                    )
+                }
+                // The queue pairs come from the netdev, as with QEMU's vhost backends.
+                "mq" | "vectors" => {}
+                _ => return Err(format!("'{k}': not a virtio-net-pci property we take")),
+            }
+        }
+        Ok(NicSpec {
+            netdev: netdev.ok_or("netdev=ID is required")?,
+            id,
+            mac,
+        })
+    }
+}
+
+/// Where a NIC's daemon reports to.
+#[derive(Clone)]
+pub struct Hooks {
+    pub events: Arc<EventBus>,
+    /// NIC ids whose daemon died.
+    pub deaths: Sender<String>,
+}
+
+pub struct Nic {
+    /// The NIC's index in vmm-core's launch request.
+    pub index: u32,
+    /// Its name in QMP (set_link, query-rx-filter).
+    pub id: String,
+    /// The netdev behind it; None once netdev_del removed it.
+    pub netdev: Option<String>,
+    pub describe: String,
+    pub mac: [u8; 6],
+    pub queue_pairs: u32,
+    pub kind: NetBackendKind,
+    pub backend_fds: Vec<OwnedFd>,
+    /// Bound by the gateway, kept across daemons: vmm-core's reconnections land here.
+    pub listener: UnixListener,
+    pub socket: PathBuf,
+    pub binary: PathBuf,
+    pub daemon: Option<NetDaemon>,
+    pub link_up: bool,
+    /// The filter as last read from a daemon (what a query answers while none runs).
+    pub last_filter: RxFilterState,
+    /// NIC_RX_FILTER_CHANGED is sent once, then not until the next query-rx-filter.
+    pub notify: Arc<AtomicBool>,
+    pub started: Instant,
+    pub failures: u32,
+}
+
+impl Nic {
+    /// Its QOM path, as QEMU names a virtio-net-pci's backend in the event.
+    pub fn path(&self) -> String {
+        format!("/machine/peripheral/{}/virtio-backend", self.id)
+    }
+
+    /// Starts a daemon for this NIC with its backend and listening socket; returns its
+    /// pid.
+    pub fn start(&mut self, hooks: &Hooks) -> Result<u32, QmpError> {
+        let (events, notify, name, path) = (
+            hooks.events.clone(),
+            self.notify.clone(),
+            self.id.clone(),
+            self.path(),
+        );
+        let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
+        let daemon = NetDaemon::spawn(
+            &self.binary,
+            format!("net daemon {}", self.id),
+            || NetRequest::Quit,
+            move |e| match e {
+                NetEvent::RxFilterChanged => {
+                    if notify.swap(false, Ordering::SeqCst) {
+                        events.emit(
+                            "NIC_RX_FILTER_CHANGED",
+                            Some(json!({"name": name, "path": path})),
+                        );
+                    }
+                }
+            },
+            move |why| {
+                log::warn!("{why}");
+                let _ = deaths.send(id);
+            },
+        )
+        .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
+        let mut fds: Vec<BorrowedFd> = self.backend_fds.iter().map(|f| f.as_fd()).collect();
+        fds.push(self.listener.as_fd());
+        let open = NetOpen {
+            nic: self.id.clone(),
+            mac: self.mac,
+            queue_pairs: self.queue_pairs,
+            backend: self.kind,
+            backend_fds: self.backend_fds.len() as u32,
+            link_up: self.link_up,
+        };
+        match daemon.link.request(NetRequest::Open(open), &fds)? {
+            NetReply::Done => {}
+            other => {
+                return Err(QmpError::generic(format!(
+                    "{} answered the open call with {other:?}",
+                    daemon.link.name()
+                )))
+            }
+        }
+        let pid = daemon.pid().unwrap_or(0);
+        self.daemon = Some(daemon);
+        self.started = Instant::now();
+        Ok(pid)
+    }
+
+    /// A connection to the daemon's socket, for vmm-core.
+    pub fn connect(&self) -> Result<UnixStream, QmpError> {
+        UnixStream::connect(&self.socket).map_err(|e| {
+            QmpError::generic(format!("connecting to the net daemon of {}: {e}", self.id))
+        })
+    }
+
+    /// The receive filter: the daemon's, or the last one seen while none runs.
+    pub fn rx_filter(&mut self) -> RxFilterState {
+        if let Some(d) = &self.daemon {
+            match d.link.request(NetRequest::RxFilter, &[]) {
+                Ok(NetReply::RxFilter(f)) => self.last_filter = *f,
+                Ok(other) => log::warn!("{} answered RxFilter with {other:?}", d.link.name()),
+                Err(e) => log::warn!("{}: {}", d.link.name(), e.desc),
+            }
+        }
+        self.last_filter.clone()
+    }
+
+    /// Stops the daemon if one runs; says how it ended.
+    pub fn stop(&mut self) -> Option<String> {
+        self.daemon
+            .take()
+            .and_then(|d| d.stop(std::time::Duration::from_secs(2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs() {
+        assert_eq!(
+            "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:ab:cd:ef,mq=on"
+                .parse::<NicSpec>()
+                .unwrap(),
+            NicSpec {
+                netdev: "n0".into(),
+                id: Some("nic0".into()),
+                mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+            }
+        );
+        for bad in [
+            "e1000,netdev=n0",
+            "virtio-net-pci,id=x",
+            "virtio-net-pci,netdev=n0,mac=52:54:00",
+            "virtio-net-pci,netdev=n0,mac=zz:54:00:00:00:00",
+            "virtio-net-pci,netdev=n0,speed=10",
+            "virtio-net-pci,netdev",
+        ] {
+            assert!(bad.parse::<NicSpec>().is_err(), "{bad} was accepted");
+        }
+    }
+}

@@ -209,7 +209,12 @@ impl Link {
         frontend.set_owner().map_err(proto("SET_OWNER"))?;
         let features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
         if let Some(acked) = self.acked_features {
-            let lost = acked & !features;
+            // Features vmm-core serves itself (a NIC's config space) are no backend's.
+            let own = match self.kind {
+                Kind::Net { .. } => VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS,
+                Kind::Blk => 0,
+            };
+            let lost = acked & !features & !own;
             if lost != 0 {
                 return Err(VhostUserError::LostFeatures(lost));
             }

@@ -1,0 +1,289 @@
+//! NICs through the gateway: `--netdev` + `--device virtio-net-pci` start a net daemon per
+//! NIC, and the test guest's virtio-net driver on vmm-core talks through it. Over a tap:
+//! the host pings the guest and checks the datagrams it sends; set_link makes the guest
+//! see its link go down and come back; a SIGKILLed net daemon is replaced and the guest
+//! answers again. Over the datagram backend: the receive filter the guest programs shows
+//! in query-rx-filter (with NIC_RX_FILTER_CHANGED), and two VMs exchange frames. Bad
+//! --netdev/--device options fail the start with one clear line.
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::net::Tap;
+use flotilla_tests::qmp::Gateway;
+use flotilla_tests::{bin, require_tool, run_to_end, test_guest};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ping(ip: &str, count: u32) -> bool {
+    Command::new(require_tool("ping", "iputils-ping"))
+        .args(["-c", &count.to_string(), "-W", "2", "-i", "0.2", ip])
+        .output()
+        .expect("running ping")
+        .status
+        .success()
+}
+
+/// Pings until one answer comes back (a daemon being replaced takes a moment).
+fn ping_within(ip: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if ping(ip, 1) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The payload byte the guest's net-echo puts at `i` of datagram `seq`.
+fn echo_byte(seq: u64, i: usize) -> u8 {
+    match i {
+        0..8 => seq.to_le_bytes()[i],
+        _ => seq.wrapping_add(i as u64) as u8,
+    }
+}
+
+fn net_daemon_pid(gw: &mut Gateway) -> i32 {
+    let line = gw.vm.expect_line("the net daemon's pid", TIMEOUT, |l| {
+        l.contains("net daemon pid ")
+    });
+    line.split("net daemon pid ")
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"))
+}
+
+#[test]
+fn guest_on_a_tap_answers_ping_sends_datagrams_follows_set_link_and_outlives_its_daemon() {
+    let tap = Tap::create("fltt1", "10.77.51.1/24");
+    let sink = UdpSocket::bind("10.77.51.1:5201").unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut gw = Gateway::start_with(
+        1,
+        "scenario=net-echo ip=10.77.51.2/24 peer=10.77.51.1 port=5201 count=64",
+        &[
+            "--netdev",
+            &format!("tap,id=n0,ifname={}", tap.name()),
+            "--device",
+            "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:00:51:02",
+        ],
+    );
+    let pid = net_daemon_pid(&mut gw);
+    gw.vm.expect_line("the guest's NIC", TIMEOUT, |l| {
+        l.starts_with("GUEST NET ECHO READY ip=10.77.51.2/24 mac=52:54:00:00:51:02 link=up")
+    });
+    // The datagrams: all of them, in order, each byte as the guest wrote it.
+    let mut buf = [0u8; 2048];
+    for seq in 0..64u64 {
+        let (n, from) = sink.recv_from(&mut buf).expect("a datagram from the guest");
+        assert_eq!(from.ip().to_string(), "10.77.51.2");
+        assert!(n >= 8, "datagram {seq}: {n} bytes");
+        let got = u64::from_le_bytes(buf[..8].try_into().unwrap());
+        assert_eq!(got, seq, "datagrams out of order or lost");
+        for (i, b) in buf[..n].iter().enumerate() {
+            assert_eq!(*b, echo_byte(seq, i), "datagram {seq} byte {i}");
+        }
+    }
+    gw.vm.expect_line("the guest's count", TIMEOUT, |l| {
+        l.starts_with("GUEST NET SENT count=64")
+    });
+    assert!(ping("10.77.51.2", 3), "the guest does not answer ping");
+
+    let mut c = gw.client();
+    let filter = c.ok("query-rx-filter", json!({"name": "nic0"}));
+    assert_eq!(filter[0]["main-mac"], "52:54:00:00:51:02");
+    assert_eq!(filter[0]["name"], "nic0");
+
+    c.ok("set_link", json!({"name": "nic0", "up": false}));
+    gw.vm
+        .expect_line("the guest to see its link go down", TIMEOUT, |l| {
+            l == "GUEST NET LINK down"
+        });
+    assert!(!ping("10.77.51.2", 2), "frames still flow with the link down");
+    // By the netdev's name, as QEMU allows.
+    c.ok("set_link", json!({"name": "n0", "up": true}));
+    gw.vm.expect_line("the guest to see its link come back", TIMEOUT, |l| {
+        l == "GUEST NET LINK up"
+    });
+    assert!(ping_within("10.77.51.2", Duration::from_secs(10)));
+
+    // A daemon killed outright is replaced; the guest answers again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let exited = c.event("__io.flotilla_NET_DAEMON_EXITED");
+    assert_eq!(exited["data"]["device"], "nic0");
+    let restarted = c.event("__io.flotilla_NET_DAEMON_RESTARTED");
+    assert_ne!(restarted["data"]["pid"], json!(pid));
+    assert!(
+        ping_within("10.77.51.2", Duration::from_secs(10)),
+        "no answer after the daemon was replaced"
+    );
+    drop(tap);
+}
+
+#[test]
+fn the_filter_the_guest_programs_shows_in_query_rx_filter_with_one_event() {
+    let mut gw = Gateway::start_with(
+        1,
+        "scenario=net-rxfilter promisc=0 allmulti=1 macs=02:00:00:00:00:01+02:00:00:00:00:02 \
+         mcast=01:00:5e:00:00:fb vlan=5+100",
+        &[
+            "--netdev",
+            "socket,id=n0,udp=127.0.0.1:47211,localaddr=127.0.0.1:47210",
+            "--device",
+            "virtio-net-pci,netdev=n0,id=nic0",
+        ],
+    );
+    let mut c = gw.client();
+    gw.vm.expect_line("the guest's filter", TIMEOUT, |l| {
+        l.starts_with("GUEST NET CTRL DONE")
+    });
+    let event = c.event("NIC_RX_FILTER_CHANGED");
+    assert_eq!(
+        event["data"],
+        json!({"name": "nic0", "path": "/machine/peripheral/nic0/virtio-backend"})
+    );
+    let f = c.ok("query-rx-filter", json!({}));
+    assert_eq!(f.as_array().map(Vec::len), Some(1), "{f}");
+    let f = &f[0];
+    assert_eq!(f["promiscuous"], false, "{f}");
+    assert_eq!(f["multicast"], "all", "{f}");
+    assert_eq!(f["unicast"], "normal", "{f}");
+    assert_eq!(f["vlan"], "normal", "{f}");
+    assert_eq!(f["vlan-table"], json!([100, 5]), "{f}");
+    assert_eq!(
+        f["unicast-table"],
+        json!(["02:00:00:00:00:01", "02:00:00:00:00:02"]),
+        "{f}"
+    );
+    assert_eq!(f["multicast-table"], json!(["01:00:5e:00:00:fb"]), "{f}");
+    assert_eq!(f["main-mac"], "52:54:00:12:34:56", "{f}");
+    // One event per change burst: the guest's several commands sent just one.
+    assert!(
+        c.events.iter().all(|e| e["event"] != "NIC_RX_FILTER_CHANGED"),
+        "more than one NIC_RX_FILTER_CHANGED before the query: {:?}",
+        c.events
+    );
+    // Errors as QEMU words them.
+    assert_eq!(
+        c.err("query-rx-filter", json!({"name": "n0"})).1,
+        "net client(n0) isn't a NIC"
+    );
+    assert_eq!(
+        c.err("query-rx-filter", json!({"name": "zz"})).1,
+        "invalid net client name: zz"
+    );
+    assert_eq!(
+        c.err("set_link", json!({"name": "zz", "up": true})),
+        ("DeviceNotFound".into(), "Device 'zz' not found".into())
+    );
+    // netdev_add / netdev_del of a spare backend, and a duplicate id.
+    assert_eq!(
+        c.err(
+            "netdev_add",
+            json!({"type": "socket", "id": "n0", "udp": "127.0.0.1:1", "localaddr": "127.0.0.1:2"})
+        )
+        .1,
+        "Duplicate ID 'n0'"
+    );
+    c.ok(
+        "netdev_add",
+        json!({"type": "dgram", "id": "d1",
+            "local": {"type": "inet", "host": "127.0.0.1", "port": "47212"},
+            "remote": {"type": "inet", "host": "127.0.0.1", "port": "47213"}}),
+    );
+    c.ok("netdev_del", json!({"id": "d1"}));
+    assert_eq!(
+        c.err("netdev_del", json!({"id": "d1"})),
+        ("DeviceNotFound".into(), "Device 'd1' not found".into())
+    );
+    assert_eq!(
+        c.err("netdev_add", json!({"type": "tap", "id": "t", "fd": "nofd"})).1,
+        "File descriptor named 'nofd' has not been found"
+    );
+    // Removing the NIC's backend leaves the NIC, link down.
+    c.ok("netdev_del", json!({"id": "n0"}));
+    let f = c.ok("query-rx-filter", json!({"name": "nic0"}));
+    assert_eq!(f[0]["promiscuous"], false, "the last filter is still reported");
+}
+
+#[test]
+fn two_vms_joined_by_a_datagram_link_exchange_frames() {
+    let link = |local: u16, remote: u16| {
+        format!(
+            "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={local},\
+             remote.type=inet,remote.host=127.0.0.1,remote.port={remote}"
+        )
+    };
+    let (a, b) = (link(47220, 47221), link(47221, 47220));
+    let mut recv = Gateway::start_with(
+        1,
+        "scenario=net-peer role=recv count=2000",
+        &[
+            "--netdev",
+            &b,
+            "--device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0b",
+        ],
+    );
+    recv.vm.expect_line("the receiver", TIMEOUT, |l| {
+        l.starts_with("GUEST NET PEER READY role=recv")
+    });
+    let mut send = Gateway::start_with(
+        1,
+        "scenario=net-peer role=send count=2000",
+        &[
+            "--netdev",
+            &a,
+            "--device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0a",
+        ],
+    );
+    let sent = send.vm.expect_line("the sender", TIMEOUT, |l| {
+        l.starts_with("GUEST NET PEER SENT frames=") || l.starts_with("GUEST ERROR")
+    });
+    assert!(sent.starts_with("GUEST NET PEER SENT frames=2000"), "{sent}");
+    let ok = recv.vm.expect_line("the receiver's verdict", TIMEOUT, |l| {
+        l.starts_with("GUEST NET PEER OK frames=") || l.starts_with("GUEST ERROR")
+    });
+    assert!(ok.starts_with("GUEST NET PEER OK frames=2000"), "{ok}");
+}
+
+#[test]
+fn bad_network_options_fail_the_start_with_one_line() {
+    for (args, want) in [
+        (
+            vec!["--netdev", "tap,id=n0"],
+            "give ifname=NAME",
+        ),
+        (
+            vec!["--netdev", "user,id=n0"],
+            "network backend 'user' is not available",
+        ),
+        (
+            vec![
+                "--netdev",
+                "socket,id=n0,udp=127.0.0.1:47231,localaddr=127.0.0.1:47230",
+                "--device",
+                "virtio-net-pci,netdev=nope",
+            ],
+            "no --netdev with id nope",
+        ),
+        (
+            vec!["--device", "e1000,netdev=n0"],
+            "the NIC model is virtio-net-pci",
+        ),
+    ] {
+        let mut cmd = Command::new(bin("qmp-gateway"));
+        cmd.arg("--kernel").arg(test_guest()).args(&args);
+        let (status, _out, err) = run_to_end(cmd, TIMEOUT);
+        assert!(!status.success(), "{args:?} started");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -394,32 +394,42 @@ impl NetDevice {
 
     /// Control commands.
     fn control(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
-        let mut any = false;
+        let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
         let mut changed = false;
-        while let Some((head, descs)) = NetDevice::pop(vring, mem) {
-            any = true;
-            match frames::control(mem, &descs) {
-                Ok((class, cmd, data, ack_at)) => {
-                    let outcome = lock(&self.inner.filter).command(class, cmd, &data);
-                    let ack = match outcome {
-                        Outcome::Ok { changed: c } => {
-                            changed |= c;
-                            ACK_OK
-                        }
-                        Outcome::Pairs(n) if usize::from(n) <= self.inner.pairs => ACK_OK,
-                        Outcome::Pairs(_) | Outcome::Err => ACK_ERR,
-                    };
-                    let _ = mem.write_obj(ack, GuestAddress(ack_at));
-                    vring.add_used(head, 1).map_err(io::Error::other)?;
-                }
-                Err(e) => {
-                    self.malformed(&e);
-                    vring.add_used(head, 0).map_err(io::Error::other)?;
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let mut any = false;
+            while let Some((head, descs)) = NetDevice::pop(vring, mem) {
+                any = true;
+                match frames::control(mem, &descs) {
+                    Ok((class, cmd, data, ack_at)) => {
+                        let outcome = lock(&self.inner.filter).command(class, cmd, &data);
+                        let ack = match outcome {
+                            Outcome::Ok { changed: c } => {
+                                changed |= c;
+                                ACK_OK
+                            }
+                            Outcome::Pairs(n) if usize::from(n) <= self.inner.pairs => ACK_OK,
+                            Outcome::Pairs(_) | Outcome::Err => ACK_ERR,
+                        };
+                        let _ = mem.write_obj(ack, GuestAddress(ack_at));
+                        vring.add_used(head, 1).map_err(io::Error::other)?;
+                    }
+                    Err(e) => {
+                        self.malformed(&e);
+                        vring.add_used(head, 0).map_err(io::Error::other)?;
+                    }
                 }
             }
-        }
-        if any {
-            NetDevice::signal(vring)?;
+            if any {
+                NetDevice::signal(vring)?;
+            }
+            // With EVENT_IDX the driver kicks again only once told where to (avail_event).
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
         }
         if changed {
             if let Some(events) = &self.inner.events {

@@ -12,6 +12,7 @@ use ipc::{
 };
 
 use crate::device::NetDevice;
+use crate::filter::RxFilter;
 use crate::port::Port;
 use crate::serve;
 
@@ -55,6 +56,7 @@ fn open(conn: &Arc<Connection>, open: &NetOpen, fds: Vec<OwnedFd>) -> Result<Net
         ports,
         open.mac,
         open.link_up,
+        open.filter.as_deref().map(RxFilter::from_state),
         Some(Arc::new(move |e: NetEvent| {
             if let Err(err) = events_conn.send(&FromNet::Event(e), &[]) {
                 log::warn!("sending an event to the gateway: {err}");

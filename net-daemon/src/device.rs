@@ -73,6 +73,9 @@ struct Inner {
     ports: Vec<Port>,
     mac: [u8; 6],
     filter: Mutex<RxFilter>,
+    /// A filter to take up at the first feature negotiation (after a restart, vmm-core
+    /// replays the driver's features; the driver programs nothing again).
+    restore: Mutex<Option<RxFilter>>,
     link_up: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     acked: AtomicU64,
@@ -98,6 +101,7 @@ impl NetDevice {
         ports: Vec<Port>,
         mac: [u8; 6],
         link_up: bool,
+        restore: Option<RxFilter>,
         events: Option<EventSink>,
     ) -> NetDevice {
         let pairs = ports.len().max(1);
@@ -105,7 +109,8 @@ impl NetDevice {
             inner: Arc::new(Inner {
                 pairs,
                 mac,
-                filter: Mutex::new(RxFilter::new(mac)),
+                filter: Mutex::new(restore.clone().unwrap_or_else(|| RxFilter::new(mac))),
+                restore: Mutex::new(restore),
                 link_up: AtomicBool::new(link_up),
                 mem: RwLock::new(None),
                 acked: AtomicU64::new(0),
@@ -433,7 +438,8 @@ impl NetDevice {
         }
         if changed {
             if let Some(events) = &self.inner.events {
-                events(NetEvent::RxFilterChanged);
+                let state = lock(&self.inner.filter).state();
+                events(NetEvent::RxFilterChanged(Box::new(state)));
             }
         }
         Ok(())
@@ -497,6 +503,9 @@ impl VhostUserBackend for NetDevice {
         let old = self.inner.acked.swap(features, Ordering::SeqCst);
         if old ^ features != F_LOG_ALL {
             self.reset_device();
+            if let Some(f) = lock(&self.inner.restore).take() {
+                *lock(&self.inner.filter) = f;
+            }
         }
         for port in &self.inner.ports {
             if let Err(e) = port.set_offloads(features) {

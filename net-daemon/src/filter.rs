@@ -199,6 +199,36 @@ impl RxFilter {
         }
     }
 
+    /// The filter a previous daemon reported (restored after a restart).
+    pub fn from_state(s: &RxFilterState) -> RxFilter {
+        let mut vlans = Box::new([false; MAX_VLAN]);
+        for v in &s.vlans {
+            if let Some(slot) = vlans.get_mut(usize::from(*v)) {
+                *slot = true;
+            }
+        }
+        RxFilter {
+            promisc: s.promiscuous,
+            all_multi: s.all_multi,
+            all_uni: s.all_uni,
+            no_multi: s.no_multi,
+            no_uni: s.no_uni,
+            no_bcast: s.no_bcast,
+            mac: s.main_mac,
+            unicast: s.unicast.iter().take(MAC_TABLE_ENTRIES).copied().collect(),
+            multicast: s
+                .multicast
+                .iter()
+                .take(MAC_TABLE_ENTRIES)
+                .copied()
+                .collect(),
+            uni_overflow: s.unicast_overflow,
+            multi_overflow: s.multicast_overflow,
+            vlan_filtering: s.vlan_filtering,
+            vlans,
+        }
+    }
+
     pub fn state(&self) -> RxFilterState {
         RxFilterState {
             promiscuous: self.promisc,
@@ -223,6 +253,24 @@ impl RxFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reported_filter_restores_to_the_same_filter() {
+        let mut f = RxFilter::new(MAC);
+        f.promisc = false;
+        f.all_multi = true;
+        f.unicast.push([2, 0, 0, 0, 0, 1]);
+        f.multicast.push([1, 0, 0x5e, 0, 0, 1]);
+        f.vlan_filtering = true;
+        f.vlans[100] = true;
+        assert_eq!(RxFilter::from_state(&f.state()), f);
+        // A state from elsewhere cannot make it index out of range or grow unbounded.
+        let mut s = f.state();
+        s.vlans.push(u16::MAX);
+        s.unicast = vec![[2, 0, 0, 0, 0, 2]; 1000];
+        let g = RxFilter::from_state(&s);
+        assert_eq!(g.unicast.len(), MAC_TABLE_ENTRIES);
+    }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 

@@ -73,7 +73,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
             std::process::exit(0);
         }
     });
-    let device = NetDevice::new(ports, mac, true, None);
+    let device = NetDevice::new(ports, mac, true, None, None);
     // A socket file left by an earlier run would make bind fail.
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).context("vhost-user socket")?;

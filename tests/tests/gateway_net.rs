@@ -59,7 +59,8 @@ fn net_daemon_pid(gw: &mut Gateway) -> i32 {
 fn guest_on_a_tap_answers_ping_sends_datagrams_follows_set_link_and_outlives_its_daemon() {
     let tap = Tap::create("fltt1", "10.77.51.1/24");
     let sink = UdpSocket::bind("10.77.51.1:5201").unwrap();
-    sink.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut gw = Gateway::start_with(
         1,
         "scenario=net-echo ip=10.77.51.2/24 peer=10.77.51.1 port=5201 count=64",
@@ -101,12 +102,16 @@ fn guest_on_a_tap_answers_ping_sends_datagrams_follows_set_link_and_outlives_its
         .expect_line("the guest to see its link go down", TIMEOUT, |l| {
             l == "GUEST NET LINK down"
         });
-    assert!(!ping("10.77.51.2", 2), "frames still flow with the link down");
+    assert!(
+        !ping("10.77.51.2", 2),
+        "frames still flow with the link down"
+    );
     // By the netdev's name, as QEMU allows.
     c.ok("set_link", json!({"name": "n0", "up": true}));
-    gw.vm.expect_line("the guest to see its link come back", TIMEOUT, |l| {
-        l == "GUEST NET LINK up"
-    });
+    gw.vm
+        .expect_line("the guest to see its link come back", TIMEOUT, |l| {
+            l == "GUEST NET LINK up"
+        });
     assert!(ping_within("10.77.51.2", Duration::from_secs(10)));
 
     // A daemon killed outright is replaced; the guest answers again.
@@ -139,6 +144,7 @@ fn the_filter_the_guest_programs_shows_in_query_rx_filter_with_one_event() {
             "virtio-net-pci,netdev=n0,id=nic0",
         ],
     );
+    let pid = net_daemon_pid(&mut gw);
     let mut c = gw.client();
     gw.vm.expect_line("the guest's filter", TIMEOUT, |l| {
         l.starts_with("GUEST NET CTRL DONE")
@@ -165,7 +171,9 @@ fn the_filter_the_guest_programs_shows_in_query_rx_filter_with_one_event() {
     assert_eq!(f["main-mac"], "52:54:00:12:34:56", "{f}");
     // One event per change burst: the guest's several commands sent just one.
     assert!(
-        c.events.iter().all(|e| e["event"] != "NIC_RX_FILTER_CHANGED"),
+        c.events
+            .iter()
+            .all(|e| e["event"] != "NIC_RX_FILTER_CHANGED"),
         "more than one NIC_RX_FILTER_CHANGED before the query: {:?}",
         c.events
     );
@@ -203,13 +211,29 @@ fn the_filter_the_guest_programs_shows_in_query_rx_filter_with_one_event() {
         ("DeviceNotFound".into(), "Device 'd1' not found".into())
     );
     assert_eq!(
-        c.err("netdev_add", json!({"type": "tap", "id": "t", "fd": "nofd"})).1,
+        c.err(
+            "netdev_add",
+            json!({"type": "tap", "id": "t", "fd": "nofd"})
+        )
+        .1,
         "File descriptor named 'nofd' has not been found"
     );
+    // A replaced daemon takes up the filter the guest set (the guest does not set it again).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.event("__io.flotilla_NET_DAEMON_RESTARTED");
+    let again = c.ok("query-rx-filter", json!({"name": "nic0"}));
+    assert_eq!(&again[0], f, "the filter after a daemon restart");
     // Removing the NIC's backend leaves the NIC, link down.
     c.ok("netdev_del", json!({"id": "n0"}));
     let f = c.ok("query-rx-filter", json!({"name": "nic0"}));
-    assert_eq!(f[0]["promiscuous"], false, "the last filter is still reported");
+    assert_eq!(
+        f[0]["promiscuous"], false,
+        "the last filter is still reported"
+    );
 }
 
 #[test]
@@ -247,7 +271,10 @@ fn two_vms_joined_by_a_datagram_link_exchange_frames() {
     let sent = send.vm.expect_line("the sender", TIMEOUT, |l| {
         l.starts_with("GUEST NET PEER SENT frames=") || l.starts_with("GUEST ERROR")
     });
-    assert!(sent.starts_with("GUEST NET PEER SENT frames=2000"), "{sent}");
+    assert!(
+        sent.starts_with("GUEST NET PEER SENT frames=2000"),
+        "{sent}"
+    );
     let ok = recv.vm.expect_line("the receiver's verdict", TIMEOUT, |l| {
         l.starts_with("GUEST NET PEER OK frames=") || l.starts_with("GUEST ERROR")
     });
@@ -257,10 +284,7 @@ fn two_vms_joined_by_a_datagram_link_exchange_frames() {
 #[test]
 fn bad_network_options_fail_the_start_with_one_line() {
     for (args, want) in [
-        (
-            vec!["--netdev", "tap,id=n0"],
-            "give ifname=NAME",
-        ),
+        (vec!["--netdev", "tap,id=n0"], "give ifname=NAME"),
         (
             vec!["--netdev", "user,id=n0"],
             "network backend 'user' is not available",

@@ -27,6 +27,9 @@ pub struct NetOpen {
     /// How many backend fds come first in the frame (then the vhost-user listener).
     pub backend_fds: u32,
     pub link_up: bool,
+    /// The filter the guest had set, when this daemon replaces one that died: the guest
+    /// does not program it again.
+    pub filter: Option<Box<RxFilterState>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -97,8 +100,8 @@ pub enum NetReply {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum NetEvent {
-    /// The guest changed its receive filter.
-    RxFilterChanged,
+    /// The guest changed its receive filter; this is what it is now.
+    RxFilterChanged(Box<RxFilterState>),
 }
 
 pub type ToNet = Call<NetRequest>;

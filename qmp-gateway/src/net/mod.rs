@@ -185,10 +185,11 @@ impl NetLayer {
             binary: self.binary.clone(),
             daemon: None,
             link_up: true,
-            last_filter: RxFilterState {
+            last_filter: Arc::new(Mutex::new(RxFilterState {
                 main_mac: mac,
                 ..RxFilterState::default()
-            },
+            })),
+            served: false,
             notify: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
             failures: 0,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState};
@@ -93,8 +93,11 @@ pub struct Nic {
     pub binary: PathBuf,
     pub daemon: Option<NetDaemon>,
     pub link_up: bool,
-    /// The filter as last read from a daemon (what a query answers while none runs).
-    pub last_filter: RxFilterState,
+    /// The filter as last reported by a daemon: what a query answers while none runs,
+    /// and what a replacement daemon starts from.
+    pub last_filter: Arc<Mutex<RxFilterState>>,
+    /// Whether a daemon has served this NIC before (a new one restores the filter).
+    pub served: bool,
     /// NIC_RX_FILTER_CHANGED is sent once, then not until the next query-rx-filter.
     pub notify: Arc<AtomicBool>,
     pub started: Instant,
@@ -110,11 +113,12 @@ impl Nic {
     /// Starts a daemon for this NIC with its backend and listening socket; returns its
     /// pid.
     pub fn start(&mut self, hooks: &Hooks) -> Result<u32, QmpError> {
-        let (events, notify, name, path) = (
+        let (events, notify, name, path, last) = (
             hooks.events.clone(),
             self.notify.clone(),
             self.id.clone(),
             self.path(),
+            self.last_filter.clone(),
         );
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
         let daemon = NetDaemon::spawn(
@@ -122,7 +126,8 @@ impl Nic {
             format!("net daemon {}", self.id),
             || NetRequest::Quit,
             move |e| match e {
-                NetEvent::RxFilterChanged => {
+                NetEvent::RxFilterChanged(state) => {
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = *state;
                     if notify.swap(false, Ordering::SeqCst) {
                         events.emit(
                             "NIC_RX_FILTER_CHANGED",
@@ -146,6 +151,7 @@ impl Nic {
             backend: self.kind,
             backend_fds: self.backend_fds.len() as u32,
             link_up: self.link_up,
+            filter: self.served.then(|| Box::new(self.filter_seen())),
         };
         match daemon.link.request(NetRequest::Open(open), &fds)? {
             NetReply::Done => {}
@@ -158,6 +164,7 @@ impl Nic {
         }
         let pid = daemon.pid().unwrap_or(0);
         self.daemon = Some(daemon);
+        self.served = true;
         self.started = Instant::now();
         Ok(pid)
     }
@@ -169,16 +176,25 @@ impl Nic {
         })
     }
 
+    fn filter_seen(&self) -> RxFilterState {
+        self.last_filter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The receive filter: the daemon's, or the last one seen while none runs.
     pub fn rx_filter(&mut self) -> RxFilterState {
         if let Some(d) = &self.daemon {
             match d.link.request(NetRequest::RxFilter, &[]) {
-                Ok(NetReply::RxFilter(f)) => self.last_filter = *f,
+                Ok(NetReply::RxFilter(f)) => {
+                    *self.last_filter.lock().unwrap_or_else(|e| e.into_inner()) = *f
+                }
                 Ok(other) => log::warn!("{} answered RxFilter with {other:?}", d.link.name()),
                 Err(e) => log::warn!("{}: {}", d.link.name(), e.desc),
             }
         }
-        self.last_filter.clone()
+        self.filter_seen()
     }
 
     /// Stops the daemon if one runs; says how it ended.

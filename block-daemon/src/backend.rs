@@ -274,6 +274,7 @@ impl BlkBackend {
                 &mut soonest,
             )?;
         }
+        let mut empty_pass = false;
         loop {
             if event_idx {
                 vring
@@ -313,8 +314,18 @@ impl BlkBackend {
             engine.reap(&mut done);
             self.complete(vring, mem, &mut done)?;
             if arrived > 0 {
+                empty_pass = false;
                 continue;
             }
+            if empty_pass {
+                // The ring said there was more, yet nothing could be taken: a broken
+                // available index. Wait for the next kick rather than spin on it.
+                if event_idx {
+                    let _ = vring.queue.enable_notification(mem.as_ref());
+                }
+                break;
+            }
+            empty_pass = true;
             // Nothing new: watch the ring a little before going back to sleep. A guest
             // at queue depth 1 sends its next request within microseconds, and catching
             // it here saves the kick's trip through KVM, the eventfd and epoll (QEMU's

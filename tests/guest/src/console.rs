@@ -129,6 +129,20 @@ impl Line {
         self
     }
 
+    /// At least `width` decimal digits (zero-padded on the left), e.g. fractions: 7 -> `007`.
+    pub fn dec_width(mut self, value: u64, width: usize) -> Self {
+        let mut digits = 1;
+        let mut rest = value / 10;
+        while rest != 0 {
+            digits += 1;
+            rest /= 10;
+        }
+        for _ in digits..width {
+            self = self.s("0");
+        }
+        self.dec(value)
+    }
+
     /// `0x` followed by lowercase hex digits without leading zeros.
     pub fn hex(self, value: u64) -> Self {
         let mut digits = [0u8; 16];

@@ -10,8 +10,8 @@
 //! Output lines the host-side tests match on: `GUEST READY ...`, `GUEST IDLE[ no-power-button]`,
 //! `GUEST POWER BUTTON`, `GUEST POWEROFF`, `GUEST REBOOT`, `GUEST RING3 OK ...`,
 //! `GUEST PANIC ...`, `GUEST ERROR ...`, and the block scenarios' `GUEST BLK ...`,
-//! `GUEST BENCH ...` and `GUEST PCI ...` (blk_scenarios.rs); `GUEST INFO ...` lines are
-//! diagnostics.
+//! `GUEST BENCH ...` and `GUEST PCI ...` (blk_scenarios.rs), the network scenarios'
+//! `GUEST NET ...` (net_scenarios.rs); `GUEST INFO ...` lines are diagnostics.
 
 #![no_std]
 #![no_main]
@@ -27,6 +27,8 @@ mod gdt;
 mod interrupts;
 mod ioapic;
 mod memory;
+mod net_scenarios;
+mod netproto;
 mod pci;
 mod phys;
 mod pic;
@@ -41,6 +43,7 @@ mod tsc;
 mod user;
 mod virtio;
 mod virtio_blk;
+mod virtio_net;
 
 use acpi::gas::{Gas, Space};
 use acpi::Acpi;

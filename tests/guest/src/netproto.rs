@@ -95,7 +95,11 @@ pub fn parse_eth(frame: &[u8]) -> Option<Eth<'_>> {
         if frame.len() < ETH_HEADER + VLAN_TAG {
             return None;
         }
-        (Some(be16(frame, 14)), be16(frame, 16), ETH_HEADER + VLAN_TAG)
+        (
+            Some(be16(frame, 14)),
+            be16(frame, 16),
+            ETH_HEADER + VLAN_TAG,
+        )
     } else {
         (None, outer, ETH_HEADER)
     };
@@ -146,7 +150,11 @@ pub struct Arp {
 
 pub fn parse_arp(p: &[u8]) -> Option<Arp> {
     // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4.
-    if p.len() < ARP_LEN || be16(p, 0) != 1 || be16(p, 2) != ETHERTYPE_IPV4 || p[4] != 6 || p[5] != 4
+    if p.len() < ARP_LEN
+        || be16(p, 0) != 1
+        || be16(p, 2) != ETHERTYPE_IPV4
+        || p[4] != 6
+        || p[5] != 4
     {
         return None;
     }
@@ -287,7 +295,14 @@ pub fn build_echo_reply(
         return None;
     }
     put_eth(out, their_mac, our_mac, vlan, ETHERTYPE_IPV4);
-    put_ipv4(&mut out[eth..], our_ip, their_ip, PROTO_ICMP, request.len(), id);
+    put_ipv4(
+        &mut out[eth..],
+        our_ip,
+        their_ip,
+        PROTO_ICMP,
+        request.len(),
+        id,
+    );
     let icmp = &mut out[eth + IPV4_HEADER..len];
     icmp.copy_from_slice(request);
     icmp[0] = ICMP_ECHO_REPLY;
@@ -344,6 +359,8 @@ pub struct UdpLayout {
 pub struct UdpSpec {
     pub src_mac: Mac,
     pub dst_mac: Mac,
+    /// 802.1Q tag control information, if the frame is to be tagged.
+    pub vlan: Option<u16>,
     pub src_ip: Ipv4,
     pub dst_ip: Ipv4,
     pub src_port: u16,
@@ -356,15 +373,20 @@ pub struct UdpSpec {
 /// bytes (UDP checksum 0, i.e. none, until [`finish_udp_checksum`]) and returns the layout;
 /// None if it does not fit `out`. The caller writes the payload at `layout.payload`.
 pub fn build_udp_headers(out: &mut [u8], spec: &UdpSpec) -> Option<UdpLayout> {
-    let udp = ETH_HEADER + IPV4_HEADER;
+    let eth = if spec.vlan.is_some() {
+        ETH_HEADER + VLAN_TAG
+    } else {
+        ETH_HEADER
+    };
+    let udp = eth + IPV4_HEADER;
     let payload = udp + UDP_HEADER;
     let end = payload + spec.payload_len;
     if end > out.len() || spec.payload_len > usize::from(u16::MAX) - IPV4_HEADER - UDP_HEADER {
         return None;
     }
-    put_eth(out, spec.dst_mac, spec.src_mac, None, ETHERTYPE_IPV4);
+    put_eth(out, spec.dst_mac, spec.src_mac, spec.vlan, ETHERTYPE_IPV4);
     put_ipv4(
-        &mut out[ETH_HEADER..],
+        &mut out[eth..],
         spec.src_ip,
         spec.dst_ip,
         PROTO_UDP,
@@ -407,9 +429,7 @@ pub fn parse_ip(text: &[u8]) -> Option<Ipv4> {
         if part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let value = part
-            .iter()
-            .fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
+        let value = part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
         *byte = u8::try_from(value).ok()?;
     }
     parts.next().is_none().then_some(ip)

@@ -4,11 +4,12 @@
 //! `idle` (default), `poweroff`, `reboot` and `ring3` are the ones the host tests rely on;
 //! `ring3-checks`, `fault` and `panic` exercise the guest's own failure reporting;
 //! `triple-fault` and `cmpxchg16b` exercise the VMM's. `pci-list` and the `blk-*` scenarios
-//! (PCI, virtio-blk) live in blk_scenarios.rs.
+//! (PCI, virtio-blk) live in blk_scenarios.rs, the `net-*` scenarios (virtio-net) in
+//! net_scenarios.rs.
 
 use crate::acpi::Acpi;
 use crate::user::{self, UserFault};
-use crate::{blk_scenarios, console, cpu, power};
+use crate::{blk_scenarios, console, cpu, net_scenarios, power};
 use core::sync::atomic::Ordering;
 
 const RING3_ITERATIONS: u64 = 100_000_000;
@@ -16,6 +17,7 @@ const RING3_ITERATIONS: u64 = 100_000_000;
 pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
     match name {
         Some(name) if blk_scenarios::handles(name) => blk_scenarios::run(name, acpi, cmdline),
+        Some(name) if net_scenarios::handles(name) => net_scenarios::run(name, acpi, cmdline),
         None | Some(b"idle") => idle(acpi),
         Some(b"poweroff") => power::poweroff(acpi),
         Some(b"reboot") => power::reboot(acpi),

@@ -12,6 +12,7 @@ pub mod disk;
 pub mod engine;
 pub mod export;
 pub mod request;
+pub mod seccomp;
 pub mod serve;
 pub mod stats;
 pub mod throttle;

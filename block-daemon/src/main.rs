@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use block_daemon::control;
 use block_daemon::engine::EngineKind;
 use block_daemon::export::{parse_cache, parse_engine, Export, ExportSpec};
@@ -22,6 +22,9 @@ struct Args {
     /// to serve arrives on it (only --engine may be given with it).
     #[arg(long, conflicts_with_all = ["socket", "image", "export"])]
     control_fd: Option<RawFd>,
+    /// Under the gateway: sandbox this process (`enforce`, `log`; see the sandbox crate).
+    #[arg(long, requires = "control_fd", value_parser = |s: &str| s.parse::<sandbox::Mode>())]
+    sandbox: Option<sandbox::Mode>,
     /// An export: `socket=PATH,image=PATH[,read-only=on][,queues=N]
     /// [,cache=writeback|none|unsafe|direct-no-flush][,engine=uring|sync][,id=SERIAL]
     /// [,discard=unmap|ignore]`. May be given several times.
@@ -134,7 +137,14 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn run_controlled(fd: RawFd, engine: EngineKind) -> anyhow::Result<()> {
+fn run_controlled(
+    fd: RawFd,
+    engine: EngineKind,
+    mode: Option<sandbox::Mode>,
+) -> anyhow::Result<()> {
+    if let Some(mode) = mode {
+        block_daemon::seccomp::enter(mode).context("sandbox")?;
+    }
     // The gateway stops us through the control channel; its terminal signals are its own.
     block_terminating_signals()?;
     // SAFETY: fcntl on an arbitrary number only queries it.
@@ -154,7 +164,7 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let result = match args.control_fd {
-        Some(fd) => run_controlled(fd, args.engine),
+        Some(fd) => run_controlled(fd, args.engine, args.sandbox),
         None => run_standalone(args),
     };
     match result {

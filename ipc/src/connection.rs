@@ -113,10 +113,12 @@ mod tests {
     fn messages_round_trip_with_their_fds() {
         let (a, b) = Connection::pair().unwrap();
         let f = std::fs::File::open("/dev/null").unwrap();
-        a.send(&launch(true), &[f.as_fd(), f.as_fd()]).unwrap();
+        // /dev/kvm, the kernel, the initrd.
+        a.send(&launch(true), &[f.as_fd(), f.as_fd(), f.as_fd()])
+            .unwrap();
         let r: Received<ToVmm> = b.recv().unwrap().unwrap();
         assert_eq!(r.msg, launch(true));
-        assert_eq!(r.fds.len(), 2);
+        assert_eq!(r.fds.len(), 3);
         b.send(
             &FromVmm::Response {
                 id: 7,
@@ -142,7 +144,7 @@ mod tests {
             a.send(&launch(false), &[]),
             Err(IpcError::FdMismatch {
                 got: 0,
-                expected: 1
+                expected: 2
             })
         ));
     }

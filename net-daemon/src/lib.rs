@@ -10,4 +10,5 @@ pub mod filter;
 pub mod frames;
 pub mod port;
 pub mod relay;
+pub mod seccomp;
 pub mod serve;

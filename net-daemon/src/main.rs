@@ -21,6 +21,9 @@ struct Args {
     /// Run under the gateway: the control channel is this inherited socket.
     #[arg(long, conflicts_with_all = ["socket", "tap", "udp"])]
     control_fd: Option<RawFd>,
+    /// Under the gateway: sandbox this process (`enforce`, `log`; see the sandbox crate).
+    #[arg(long, requires = "control_fd", value_parser = |s: &str| s.parse::<sandbox::Mode>())]
+    sandbox: Option<sandbox::Mode>,
     /// vhost-user socket to listen on.
     #[arg(long, required_unless_present = "control_fd")]
     socket: Option<PathBuf>,
@@ -89,7 +92,10 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn run_controlled(fd: RawFd) -> anyhow::Result<()> {
+fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<()> {
+    if let Some(mode) = mode {
+        net_daemon::seccomp::enter(mode).context("sandbox")?;
+    }
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
@@ -111,7 +117,7 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let result = match args.control_fd {
-        Some(fd) => run_controlled(fd),
+        Some(fd) => run_controlled(fd, args.sandbox),
         None => run_standalone(args),
     };
     match result {

@@ -6,7 +6,7 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use ipc::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::sandbox::{syscall_name, Policy, Process};
 use crate::supervisor::{spawn_child, Link};
 
 /// A daemon that dies this soon after starting counts towards giving up: a binary that
@@ -80,7 +81,11 @@ where
     E: Serialize + DeserializeOwned + 'static,
 {
     pub link: Arc<Link<R, T, E>>,
-    child: Mutex<Option<Child>>,
+    child: Mutex<Option<Process>>,
+    /// Its binary's name and the device it serves, for violation reports.
+    process: &'static str,
+    device: String,
+    policy: Policy,
     /// Set once the gateway stops it: its end is then no news.
     stopping: Arc<AtomicBool>,
     /// The call that asks it to quit.
@@ -88,7 +93,7 @@ where
 }
 
 /// How a child ended, as a person would say it.
-fn describe(status: ExitStatus) -> String {
+pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
@@ -102,18 +107,21 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + 'static,
 {
-    /// Starts `binary` in gateway mode; `name` names it in logs and errors ("block
-    /// daemon d0"); `on_event` gets its events, `on_death` runs if its control channel
-    /// closes without the gateway having stopped it.
+    /// Starts `binary` in gateway mode, sandboxed as `policy` says; `process` and
+    /// `device` name it in logs and errors ("block-daemon", "d0"); `on_event` gets its
+    /// events, `on_death` runs if its control channel closes without the gateway having
+    /// stopped it.
     pub fn spawn(
         binary: &Path,
-        name: String,
+        process: &'static str,
+        device: &str,
+        policy: &Policy,
         quit: fn() -> R,
         on_event: impl Fn(E) + Send + 'static,
         on_death: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (child, conn) = spawn_child(binary, &[])?;
-        let link = Link::new(name, conn);
+        let (child, conn) = spawn_child(binary, &[], policy.mode)?;
+        let link = Link::new(format!("{process} of {device}"), conn);
         let stopping = Arc::new(AtomicBool::new(false));
         let expected = stopping.clone();
         link.start_reader(on_event, move |why| {
@@ -124,6 +132,9 @@ where
         Ok(Daemon {
             link,
             child: Mutex::new(Some(child)),
+            process,
+            device: device.to_string(),
+            policy: policy.clone(),
             stopping,
             quit,
         })
@@ -134,7 +145,7 @@ where
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(Child::id)
+            .map(Process::id)
     }
 
     /// Asks the daemon to quit (unless it is already gone) and waits for it, killing it
@@ -167,7 +178,13 @@ where
             }
         };
         self.link.shutdown();
-        Some(ended)
+        Some(match child.violation() {
+            Some(nr) => {
+                self.policy.report(self.process, Some(&self.device), nr);
+                format!("{ended}: sandbox violation, {}", syscall_name(nr))
+            }
+            None => ended,
+        })
     }
 }
 

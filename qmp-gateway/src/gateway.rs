@@ -12,6 +12,7 @@ use crate::block::BlockLayer;
 use crate::events::EventBus;
 use crate::fdstore::FdSets;
 use crate::net::NetLayer;
+use crate::sandbox::{Mode, Policy};
 use crate::supervisor::VmmLink;
 
 /// Why the gateway is ending.
@@ -45,6 +46,7 @@ pub struct Gateway {
     pub fdsets: FdSets,
     pub events: Arc<EventBus>,
     exit: Mutex<mpsc::Sender<ExitReason>>,
+    vmm_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Gateway {
@@ -55,20 +57,36 @@ impl Gateway {
         exit: mpsc::Sender<ExitReason>,
         block_daemon: PathBuf,
         net_daemon: PathBuf,
+        events: Arc<EventBus>,
+        sandbox: Mode,
     ) -> std::io::Result<Gateway> {
-        let events = Arc::new(EventBus::default());
+        let policy = Policy {
+            mode: sandbox,
+            events: events.clone(),
+        };
         Ok(Gateway {
             identity,
             status: Mutex::new(Status {
                 run_state: RunState::Prelaunch,
                 vcpus: Vec::new(),
             }),
-            block: Arc::new(BlockLayer::new(events.clone(), vmm.clone(), block_daemon)?),
-            net: Arc::new(NetLayer::new(events.clone(), vmm.clone(), net_daemon)?),
+            block: Arc::new(BlockLayer::new(
+                events.clone(),
+                vmm.clone(),
+                block_daemon,
+                policy.clone(),
+            )?),
+            net: Arc::new(NetLayer::new(
+                events.clone(),
+                vmm.clone(),
+                net_daemon,
+                policy,
+            )?),
             vmm,
             fdsets: FdSets::default(),
             events,
             exit: Mutex::new(exit),
+            vmm_pid: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -84,7 +102,24 @@ impl Gateway {
         self.status().vcpus.clone()
     }
 
-    pub fn set_vcpus(&self, vcpus: Vec<VcpuInfo>) {
+    /// Records vmm-core's pid, to translate the thread ids it reports.
+    pub fn set_vmm_pid(&self, pid: u32) {
+        self.vmm_pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A vCPU thread's host id from the id vmm-core reports (its own PID namespace's).
+    pub fn host_tid(&self, tid: i32) -> i32 {
+        match self.vmm_pid.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => tid,
+            pid => crate::sandbox::host_tid(pid, tid),
+        }
+    }
+
+    pub fn set_vcpus(&self, mut vcpus: Vec<VcpuInfo>) {
+        for v in &mut vcpus {
+            v.thread_id = self.host_tid(v.thread_id);
+        }
         self.status().vcpus = vcpus;
     }
 

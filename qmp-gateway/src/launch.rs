@@ -52,6 +52,12 @@ impl OpenedVm {
         let kernel_path = o.kernel.as_deref().context("--kernel is required")?;
         let cpus = u32::try_from(o.cpus).context("--cpus")?;
         let mut fds: Vec<OwnedFd> = Vec::new();
+        let kvm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .context("/dev/kvm")?;
+        fds.push(kvm.into());
         let kernel =
             File::open(kernel_path).with_context(|| format!("kernel {}", kernel_path.display()))?;
         fds.push(kernel.into());

@@ -14,4 +14,5 @@ pub mod launch;
 pub mod net;
 pub mod outbox;
 pub mod qmp;
+pub mod sandbox;
 pub mod supervisor;

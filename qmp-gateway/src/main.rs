@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, ExitCode};
+use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,13 @@ use clap::Parser;
 use ipc::{ShutdownCause, VmmRequest};
 use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::block::drive::DriveSpec;
+use qmp_gateway::events::EventBus;
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::{bind_private, OpenedVm};
 use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::net::nic::NicSpec;
 use qmp_gateway::qmp::server::Server;
+use qmp_gateway::sandbox::{Mode, Policy, Process};
 use qmp_gateway::supervisor::{spawn_child, VmmLink};
 use serde_json::json;
 use vmm_core::cli::VmArgs;
@@ -65,6 +67,12 @@ struct Args {
     /// The net-daemon binary (default: next to this one).
     #[arg(long)]
     net_daemon: Option<PathBuf>,
+    /// How vmm-core and the daemons are sandboxed: `enforce` (namespaces, an empty root,
+    /// no capabilities, Landlock, and a seccomp allowlist whose violation stops the
+    /// process), `log` (the same, but the kernel only logs what the allowlist lacks) or
+    /// `off`.
+    #[arg(long, default_value = "enforce", value_parser = |s: &str| s.parse::<Mode>())]
+    sandbox: Mode,
 }
 
 /// A sibling binary of this one, unless given.
@@ -97,7 +105,7 @@ fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
 /// What must be undone when the gateway ends, whatever the reason.
 struct Cleanup {
     sockets: Vec<PathBuf>,
-    child: Option<Child>,
+    child: Option<Process>,
     /// Its block and net daemons stop after vmm-core, their frontend.
     gateway: Option<Arc<Gateway>>,
 }
@@ -128,7 +136,6 @@ impl Cleanup {
                 }
             }
         }
-        self.child = None;
     }
 }
 
@@ -176,11 +183,12 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     cleanup.sockets.extend(vm.console_socket.clone());
 
     let binary = sibling(&args.vmm_core, "vmm-core")?;
-    let (child, conn) =
-        spawn_child(&binary, &[]).with_context(|| format!("starting {}", binary.display()))?;
+    let (child, conn) = spawn_child(&binary, &[], args.sandbox)
+        .with_context(|| format!("starting {}", binary.display()))?;
     cleanup.child = Some(child);
     let link = VmmLink::new("vmm-core", conn);
     let (exit_tx, exit_rx) = mpsc::channel();
+    let events = Arc::new(EventBus::default());
     let gw = Arc::new(
         Gateway::new(
             VmIdentity {
@@ -194,10 +202,15 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             exit_tx,
             sibling(&args.block_daemon, "block-daemon")?,
             sibling(&args.net_daemon, "net-daemon")?,
+            events.clone(),
+            args.sandbox,
         )
         .context("runtime directory")?,
     );
     cleanup.gateway = Some(gw.clone());
+    if let Some(pid) = cleanup.child.as_ref().map(Process::id) {
+        gw.set_vmm_pid(pid);
+    }
     {
         let (on_event, on_closed) = (gw.clone(), gw.clone());
         link.start_reader(
@@ -252,6 +265,14 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         }
         ExitReason::GuestPoweroff => {}
         ExitReason::VmmExited(_) => {
+            cleanup.reap(Duration::from_secs(5));
+            if let Some(nr) = cleanup.child.as_ref().and_then(Process::violation) {
+                Policy {
+                    mode: args.sandbox,
+                    events: events.clone(),
+                }
+                .report("vmm-core", None, nr);
+            }
             // vmm-core cannot report its own end: the gateway does.
             gw.events.emit(
                 "SHUTDOWN",

@@ -1,14 +1,12 @@
-//! The gateway's children (vmm-core, block daemons): each spawned in its own process
-//! group with its control socket as fd 3 and a parent-death signal, so none outlives the
-//! gateway; and the link over that socket: calls matched to answers by id, events handed
+//! The gateway's children (vmm-core, block and net daemons): each spawned (sandbox.rs) in
+//! its own process group with its control socket as fd 3 and a parent-death signal, so
+//! none outlives the gateway; and the link over that socket: calls matched to answers by id, events handed
 //! on.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -18,45 +16,20 @@ use ipc::{Call, Connection, Message, RemoteError, Upcall, VmmEvent, VmmReply, Vm
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::qmp::protocol::QmpError;
+use crate::sandbox::{self, Mode, Process};
 
-/// The control socket's number in the child.
-const CONTROL_FD: i32 = 3;
 /// How long a request may wait for a child before the client gets an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts `binary` with the far end of a fresh socket pair as its control channel
-/// (`--control-fd 3`, then `args`).
-pub fn spawn_child(binary: &Path, args: &[&str]) -> std::io::Result<(Child, Connection)> {
+/// Starts `binary` (sandboxed as `mode` says) with the far end of a fresh socket pair as
+/// its control channel (`--control-fd 3`, then `args`).
+pub fn spawn_child(
+    binary: &Path,
+    args: &[&str],
+    mode: Mode,
+) -> std::io::Result<(Process, Connection)> {
     let (ours, theirs) = UnixStream::pair()?;
-    let child_fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(binary);
-    cmd.arg("--control-fd")
-        .arg(CONTROL_FD.to_string())
-        .args(args);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if child_fd == CONTROL_FD {
-                // dup2 onto itself would keep close-on-exec: clear it instead.
-                if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Terminal signals (Ctrl-C) go to the gateway, which stops its children in order.
-            if libc::setpgid(0, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // If the gateway dies without cleaning up, its children go with it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    drop(theirs);
+    let child = sandbox::spawn(binary, args, &OwnedFd::from(theirs), mode)?;
     Ok((child, Connection::new(ours)))
 }
 

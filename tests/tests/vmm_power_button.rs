@@ -36,7 +36,8 @@ fn power_button_powers_off_the_idle_guest() {
         cpus: 2,
         start_paused: false,
     };
-    let vm = Vm::new(&config, boot, output, Vec::new(), Vec::new()).expect("VM");
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+    let vm = Vm::new(kvm, &config, boot, output, Vec::new(), Vec::new()).expect("VM");
     let button = vm.power_button();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

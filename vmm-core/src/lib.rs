@@ -12,6 +12,7 @@ pub mod events;
 pub mod interrupts;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;

@@ -3,7 +3,7 @@
 //! gateway opened from the control channel, and answers the gateway's requests.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +40,9 @@ struct Args {
     /// configuration arrives on it (the VM options are then not allowed).
     #[arg(long, conflicts_with = "kernel")]
     control_fd: Option<RawFd>,
+    /// Under the gateway: sandbox this process (`enforce`, `log`; see the sandbox crate).
+    #[arg(long, requires = "control_fd", value_parser = |s: &str| s.parse::<sandbox::Mode>())]
+    sandbox: Option<sandbox::Mode>,
 }
 
 fn parse_vhost_user_blk(s: &str) -> Result<(PathBuf, usize), String> {
@@ -179,7 +182,8 @@ fn run_standalone(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let vm = Vm::new(&config, boot, console, disks, nics)?;
+    let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
+    let vm = Vm::new(kvm, &config, boot, console, disks, nics)?;
     forward_signals(vm.event_sender(), signals);
     Ok(vm.run(None)?)
 }
@@ -192,6 +196,8 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         fds.next()
             .with_context(|| format!("launch request lacks the {what} fd"))
     };
+    // SAFETY: the gateway opened /dev/kvm for us; the descriptor is ours alone.
+    let kvm = unsafe { kvm_ioctls::Kvm::from_raw_fd(next("/dev/kvm")?.into_raw_fd()) };
     let kernel = File::from(next("kernel")?);
     let initrd = match &config.initrd_path {
         Some(p) => Some((Path::new(p), File::from(next("initrd")?))),
@@ -239,10 +245,13 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Vm::new(&vm_config, boot, console, disks, nics)?)
+    Ok(Vm::new(kvm, &vm_config, boot, console, disks, nics)?)
 }
 
-fn run_controlled(fd: RawFd) -> anyhow::Result<VmExit> {
+fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {
+    if let Some(mode) = mode {
+        vmm_core::seccomp::enter(mode).context("sandbox")?;
+    }
     let signals = block_terminating_signals()?;
     // SAFETY: fcntl on an arbitrary number only queries it.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -272,7 +281,7 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let result = match args.control_fd {
-        Some(fd) => run_controlled(fd),
+        Some(fd) => run_controlled(fd, args.sandbox),
         None => run_standalone(args.vm, args.vhost_user_blk, args.vhost_user_net),
     };
     match result {

@@ -215,9 +215,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Builds the VM around an already read boot image and an opened console (the
-    /// caller, the command line or the gateway, opened whatever paths they name).
+    /// Builds the VM around an opened /dev/kvm, an already read boot image and an opened
+    /// console (the caller, the command line or the gateway, opened whatever paths they
+    /// name).
     pub fn new(
+        kvm: Kvm,
         config: &VmConfig,
         boot: BootImage,
         console: Console,
@@ -227,7 +229,6 @@ impl Vm {
         if config.cpus == 0 {
             return Err(VmError::NoVcpus);
         }
-        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
         let max = kvm.get_max_vcpus();
         if config.cpus > max {
             return Err(VmError::TooManyVcpus {

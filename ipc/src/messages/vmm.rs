@@ -53,8 +53,9 @@ pub struct DiskLaunch {
 }
 
 impl LaunchConfig {
+    /// /dev/kvm, the kernel, the initrd, the console, the disks' and the NICs' sockets.
     pub fn fd_count(&self) -> usize {
-        1 + usize::from(self.initrd_path.is_some())
+        2 + usize::from(self.initrd_path.is_some())
             + usize::from(matches!(
                 self.serial,
                 SerialSink::File | SerialSink::UnixListener
@@ -218,15 +219,15 @@ mod tests {
             disks: vec![],
             nics: vec![],
         };
-        assert_eq!(c.fd_count(), 1);
+        assert_eq!(c.fd_count(), 2);
         c.initrd_path = Some("i".into());
         c.serial = SerialSink::UnixListener;
-        assert_eq!(c.fd_count(), 3);
+        assert_eq!(c.fd_count(), 4);
         let m = ToVmm {
             id: 1,
             request: VmmRequest::Launch(c),
         };
-        assert_eq!(m.fd_count(), 3);
+        assert_eq!(m.fd_count(), 4);
         assert_eq!(
             ToVmm {
                 id: 2,

@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::daemon::Daemon;
 use crate::events::EventBus;
 use crate::qmp::protocol::QmpError;
+use crate::sandbox::Policy;
 
 /// A throttle group: the state page its members share, and its limits.
 pub struct Group {
@@ -32,6 +33,7 @@ pub struct Hooks {
     pub events: Arc<EventBus>,
     /// Disk ids whose daemon died.
     pub deaths: Sender<String>,
+    pub sandbox: Policy,
 }
 
 /// A disk's block daemon.
@@ -91,7 +93,9 @@ impl Disk {
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
         let daemon = BlockDaemon::spawn(
             &self.binary,
-            format!("block daemon {}", self.id),
+            "block-daemon",
+            &self.id,
+            &hooks.sandbox,
             || BlockRequest::Quit,
             move |e| match e {
                 BlockEvent::WriteThreshold {

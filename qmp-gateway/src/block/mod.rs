@@ -27,6 +27,7 @@ use crate::events::EventBus;
 use crate::fdstore::FdSets;
 use crate::launch::bind_private;
 use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::sandbox::Policy;
 use crate::supervisor::VmmLink;
 
 /// Events of our own (QMP's rule for downstream extensions: a reverse-domain prefix).
@@ -137,6 +138,7 @@ impl BlockLayer {
         events: Arc<EventBus>,
         vmm: Arc<VmmLink>,
         daemon_binary: PathBuf,
+        sandbox: Policy,
     ) -> std::io::Result<BlockLayer> {
         let thresholds = Arc::new(Mutex::new(BTreeMap::new()));
         let (deaths_tx, deaths_rx) = mpsc::channel();
@@ -146,6 +148,7 @@ impl BlockLayer {
                 thresholds: thresholds.clone(),
                 events: events.clone(),
                 deaths: deaths_tx,
+                sandbox,
             },
             thresholds,
             events,

@@ -22,6 +22,7 @@ use crate::events::EventBus;
 use crate::fdstore::NamedFds;
 use crate::launch::bind_private;
 use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::sandbox::Policy;
 use crate::supervisor::VmmLink;
 use netdev::{Netdev, NetdevSpec};
 use nic::{Hooks, Nic, NicSpec};
@@ -112,6 +113,7 @@ impl NetLayer {
         events: Arc<EventBus>,
         vmm: Arc<VmmLink>,
         binary: PathBuf,
+        sandbox: Policy,
     ) -> std::io::Result<NetLayer> {
         let (deaths_tx, deaths_rx) = mpsc::channel();
         Ok(NetLayer {
@@ -119,6 +121,7 @@ impl NetLayer {
             hooks: Hooks {
                 events: events.clone(),
                 deaths: deaths_tx,
+                sandbox,
             },
             events,
             deaths: Mutex::new(Some(deaths_rx)),

@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::daemon::Daemon;
 use crate::events::EventBus;
 use crate::qmp::protocol::QmpError;
+use crate::sandbox::Policy;
 
 pub type NetDaemon = Daemon<NetRequest, NetReply, NetEvent>;
 
@@ -73,6 +74,7 @@ pub struct Hooks {
     pub events: Arc<EventBus>,
     /// NIC ids whose daemon died.
     pub deaths: Sender<String>,
+    pub sandbox: Policy,
 }
 
 pub struct Nic {
@@ -123,7 +125,9 @@ impl Nic {
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
         let daemon = NetDaemon::spawn(
             &self.binary,
-            format!("net daemon {}", self.id),
+            "net-daemon",
+            &self.id,
+            &hooks.sandbox,
             || NetRequest::Quit,
             move |e| match e {
                 NetEvent::RxFilterChanged(state) => {

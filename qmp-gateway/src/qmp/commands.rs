@@ -984,7 +984,7 @@ fn query_cpus(c: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
                 "current": cpu.index == 0,
                 "halted": cpu.halted,
                 "qom_path": qom_path(cpu.index),
-                "thread_id": cpu.thread_id,
+                "thread_id": c.gw.host_tid(cpu.thread_id),
                 "arch": "x86",
                 "pc": cpu.pc,
             })

@@ -1,0 +1,45 @@
+//! block-daemon's sandbox: the jail, and the system calls it may make beyond the base set
+//! every process has (sandbox::seccomp::BASE), each with its reason. It opens nothing
+//! (the image and the listener arrive as fds) and has no network.
+
+use sandbox::jail::Limits;
+use sandbox::seccomp::Allow::{self, Any};
+
+const ALLOWED: &[Allow] = &[
+    // The vhost-user listener: the frontend's (re)connections.
+    Any(libc::SYS_accept4),
+    // Guest memory arrives as the VM's memfd; the inflight region is a memfd of ours.
+    Any(libc::SYS_memfd_create),
+    Any(libc::SYS_ftruncate),
+    // Image I/O: the sync engine and the io_uring engine.
+    Any(libc::SYS_pread64),
+    Any(libc::SYS_pwrite64),
+    Any(libc::SYS_preadv),
+    Any(libc::SYS_pwritev),
+    Any(libc::SYS_preadv2),
+    Any(libc::SYS_pwritev2),
+    Any(libc::SYS_fsync),
+    Any(libc::SYS_fdatasync),
+    Any(libc::SYS_fallocate),
+    Any(libc::SYS_io_uring_setup),
+    Any(libc::SYS_io_uring_enter),
+    Any(libc::SYS_io_uring_register),
+    // Block devices: size, discard, flush; the throttle timer.
+    Any(libc::SYS_ioctl),
+    Any(libc::SYS_timerfd_create),
+    Any(libc::SYS_timerfd_settime),
+    // The throttle group's shared state page.
+    Any(libc::SYS_msync),
+];
+
+pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
+    sandbox::enter(
+        mode,
+        "block-daemon",
+        Limits {
+            open_files: 1024,
+            processes: 256,
+        },
+        &[ALLOWED],
+    )
+}

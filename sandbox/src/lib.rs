@@ -1,0 +1,79 @@
+//! sandbox: what a device process (vmm-core, block-daemon, net-daemon) does to itself when
+//! the gateway starts it sandboxed. The gateway has already put it in its own mount, PID,
+//! IPC, UTS and network namespaces (see qmp-gateway's sandbox.rs); here the process gives
+//! up the rest: an empty read-only root instead of the host's files, rlimits, every
+//! capability, new privileges, and (Landlock) any file or TCP access and signals or
+//! abstract sockets beyond its own domain; then each of its threads installs the seccomp
+//! allowlist of its kind, and a violation is reported before the process dies.
+
+pub mod jail;
+pub mod seccomp;
+pub mod syscalls;
+
+use std::str::FromStr;
+
+/// How strictly the sandbox is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything, and a system call outside the allowlist kills the process (after it
+    /// reported the call).
+    Enforce,
+    /// Everything, but a system call outside the allowlist is allowed and reported: for
+    /// finding what an allowlist lacks.
+    Log,
+    /// No sandbox.
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Log => "log",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "log" => Ok(Mode::Log),
+            "off" => Ok(Mode::Off),
+            _ => Err(format!("'{s}': expected enforce, log or off")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+}
+
+/// Everything, in order, for a process the gateway started with `--sandbox MODE`: the
+/// jail, then the process-wide seccomp allowlist (BASE, threads, and `allowed`). Call it
+/// on the main thread before any other thread starts.
+pub fn enter(
+    mode: Mode,
+    process: &str,
+    limits: jail::Limits,
+    allowed: &[&[seccomp::Allow]],
+) -> Result<(), SandboxError> {
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    let applied = jail::lockdown(limits)?;
+    if !applied.landlock_full {
+        log::warn!("{process}: this kernel enforces Landlock only partly");
+    }
+    let mut lists: Vec<&[seccomp::Allow]> = vec![seccomp::THREADS];
+    lists.extend_from_slice(allowed);
+    seccomp::install(mode, process, &lists)?;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Seccomp allowlists. A process installs its allowlist once, on its main thread, before
+//! it starts the threads that serve (they inherit it); a thread kind that needs less may
+//! narrow it further for itself. A call outside the list, in enforce mode, traps: the
+//! SIGSYS handler writes the call's number into the violation pipe the gateway gave the
+//! process (fd 4), says which call on stderr, and ends the process by SIGSYS. In log mode
+//! the kernel allows the call and logs it (the audit log, dmesg).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::Mode;
+
+/// Where the gateway reads violations (see qmp-gateway's sandbox.rs).
+pub const VIOLATION_FD: i32 = 4;
+
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The process's name for the stderr line (set once, before the filter).
+static mut PROCESS: [u8; 32] = [0; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("building the filter: {0}")]
+    Build(String),
+    #[error("installing the filter: {0}")]
+    Install(String),
+    #[error("installing the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+}
+
+/// One allowed system call: any arguments, or only these argument patterns.
+pub enum Allow {
+    Any(i64),
+    /// Allowed when argument `arg` equals one of `values`.
+    ArgIn {
+        nr: i64,
+        arg: u8,
+        values: &'static [u64],
+    },
+}
+
+/// The system calls every Rust process here makes once it runs: memory, threads,
+/// futexes, signals (the handler below included), time, and I/O on descriptors it holds.
+pub const BASE: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_munmap,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
+    libc::SYS_prctl,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+];
+
+/// clone(2) flags of a new thread (what std::thread asks for); any other clone, and
+/// clone3, are refused so the process cannot fork.
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// Threads only: std uses clone3 when it can and falls back to clone on ENOSYS.
+pub const THREADS: &[Allow] = &[Allow::ArgIn {
+    nr: libc::SYS_clone,
+    arg: 0,
+    values: &[THREAD_CLONE_FLAGS],
+}];
+
+fn build(mode: Mode, allowed: &[&[Allow]]) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &nr in BASE {
+        rules.insert(nr, Vec::new());
+    }
+    for list in allowed {
+        for allow in *list {
+            match allow {
+                Allow::Any(nr) => {
+                    rules.insert(*nr, Vec::new());
+                }
+                Allow::ArgIn { nr, arg, values } => {
+                    let entry = rules.entry(*nr).or_default();
+                    for v in *values {
+                        let cond = SeccompCondition::new(
+                            *arg,
+                            SeccompCmpArgLen::Qword,
+                            SeccompCmpOp::Eq,
+                            *v,
+                        )
+                        .map_err(|e| SeccompError::Build(e.to_string()))?;
+                        entry.push(
+                            SeccompRule::new(vec![cond])
+                                .map_err(|e| SeccompError::Build(e.to_string()))?,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // clone3 gets ENOSYS rather than a violation: std then falls back to clone, which
+    // the rule above checks.
+    let mismatch = match mode {
+        Mode::Log => SeccompAction::Log,
+        _ => SeccompAction::Trap,
+    };
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(|e| SeccompError::Build(e.to_string()))?;
+    let mut program: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
+    prepend_clone3_enosys(&mut program);
+    Ok(program)
+}
+
+/// Puts `if nr == clone3 return ERRNO(ENOSYS)` in front of the program (after its
+/// architecture check, which seccompiler emits first: three instructions).
+fn prepend_clone3_enosys(program: &mut BpfProgram) {
+    use seccompiler::sock_filter;
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let insns = [
+        sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        sock_filter {
+            code: BPF_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_clone3 as u32,
+        },
+        sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+    ];
+    let at = 3.min(program.len());
+    for (i, insn) in insns.into_iter().enumerate() {
+        program.insert(at + i, insn);
+    }
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // siginfo_t for SIGSYS: si_call_addr at byte 16, si_syscall (int) at byte 24.
+    // SAFETY: the kernel hands a valid siginfo_t; only async-signal-safe calls follow.
+    unsafe {
+        let nr = i64::from(*(info as *const u8).add(24).cast::<i32>());
+        let fd = REPORT_FD.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let bytes = nr.to_le_bytes();
+            libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        }
+        let mut line = [0u8; 160];
+        let mut at = 0;
+        let mut put = |s: &[u8]| {
+            for &b in s {
+                if b != 0 && at < line.len() {
+                    line[at] = b;
+                    at += 1;
+                }
+            }
+        };
+        #[allow(static_mut_refs)]
+        put(&PROCESS);
+        put(b": sandbox violation: system call ");
+        put(crate::syscalls::name(nr).unwrap_or("?").as_bytes());
+        put(b" (");
+        let mut digits = [0u8; 20];
+        let mut n = nr.unsigned_abs();
+        let mut d = digits.len();
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        put(&digits[d..]);
+        put(b") is not allowed\n");
+        libc::write(2, line.as_ptr().cast(), at);
+        // Die of SIGSYS, as the kernel's own kill would.
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid),
+            libc::SIGSYS,
+        );
+        libc::_exit(128 + libc::SIGSYS);
+    }
+}
+
+/// Installs `allowed` (plus BASE) on the calling thread; threads it starts later inherit
+/// it. `process` names the process in the violation line.
+pub fn install(mode: Mode, process: &str, allowed: &[&[Allow]]) -> Result<(), SeccompError> {
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    let program = build(mode, allowed)?;
+    // SAFETY: writing the name once, before the handler can run (it is installed below).
+    unsafe {
+        #[allow(static_mut_refs)]
+        let dst = &mut PROCESS;
+        let n = process.len().min(dst.len() - 1);
+        dst[..n].copy_from_slice(&process.as_bytes()[..n]);
+    }
+    // SAFETY: F_GETFD only queries the number.
+    if unsafe { libc::fcntl(VIOLATION_FD, libc::F_GETFD) } >= 0 {
+        REPORT_FD.store(VIOLATION_FD, Ordering::Relaxed);
+    }
+    // SAFETY: a sigaction struct we fill in; the handler is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) < 0 {
+            return Err(SeccompError::Handler(std::io::Error::last_os_error()));
+        }
+    }
+    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_build_for_every_mode() {
+        for mode in [Mode::Enforce, Mode::Log] {
+            let p = build(mode, &[THREADS, &[Allow::Any(libc::SYS_ioctl)]]).unwrap();
+            assert!(p.len() > BASE.len());
+        }
+    }
+}

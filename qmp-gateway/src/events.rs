@@ -21,6 +21,7 @@ pub const EVENTS: &[&str] = &[
     "NIC_RX_FILTER_CHANGED",
     crate::net::EXITED,
     crate::net::RESTARTED,
+    crate::sandbox::VIOLATION,
 ];
 
 #[derive(Default)]

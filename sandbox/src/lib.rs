@@ -7,6 +7,8 @@
 //! allowlist of its kind, and a violation is reported before the process dies.
 
 pub mod jail;
+#[cfg(feature = "probe")]
+pub mod probe;
 pub mod seccomp;
 pub mod syscalls;
 
@@ -75,5 +77,7 @@ pub fn enter(
     let mut lists: Vec<&[seccomp::Allow]> = vec![seccomp::THREADS];
     lists.extend_from_slice(allowed);
     seccomp::install(mode, process, &lists)?;
+    #[cfg(feature = "probe")]
+    probe::from_env(process);
     Ok(())
 }

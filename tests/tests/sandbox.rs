@@ -1,0 +1,165 @@
+//! The sandbox from inside: a probe compiled into test builds (sandbox crate, feature
+//! `probe`, see scripts/test) makes vmm-core, a block daemon or a net daemon try what it
+//! must not: open /etc/passwd, write a file, execve, reach the network, kill or ptrace
+//! another process, mount. Enforced, each attempt stops the process and is reported (log
+//! line and __io.flotilla_SANDBOX_VIOLATION naming process, device and system call), and a
+//! daemon is restarted. With the seccomp filter only logging, the layers beneath still
+//! refuse every one of them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::{bin, test_guest, TempDir, Vm};
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const VIOLATION: &str = "__io.flotilla_SANDBOX_VIOLATION";
+
+/// Each action, and the system call the allowlist stops it at.
+const ACTIONS: &[(&str, &str)] = &[
+    ("open-passwd", "openat"),
+    ("write-outside", "openat"),
+    ("execve", "execve"),
+    ("socket-inet", "socket"),
+    ("kill-sibling", "kill"),
+    ("ptrace-sibling", "ptrace"),
+    ("mount", "mount"),
+];
+
+/// A gateway with a disk and a NIC whose `process` runs `probe` (after `delay_ms`).
+/// `port`: the NIC's UDP port (tests run in parallel: each uses its own).
+fn gateway(dir: &TempDir, process: &str, probe: &str, sandbox: &str, port: u16) -> Vm {
+    let image = dir.path().join("d0.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let qmp = dir.path().join("qmp.sock");
+    let mut cmd = Command::new(bin("qmp-gateway"));
+    cmd.arg("--kernel")
+        .arg(test_guest())
+        .args(["--memory", "128", "--sandbox", sandbox, "--cmdline", ""])
+        .arg("--qmp")
+        .arg(&qmp)
+        .arg("--drive")
+        .arg(format!("file={},format=raw,id=d0", image.display()))
+        .args([
+            "--netdev",
+            &format!(
+                "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:{port}",
+                port + 1
+            ),
+            "--device",
+            "virtio-net-pci,netdev=n0,id=nic0",
+        ])
+        .env(
+            format!(
+                "FLOTILLA_PROBE_{}",
+                process.to_ascii_uppercase().replace('-', "_")
+            ),
+            probe,
+        )
+        .env("FLOTILLA_PROBE_SIBLING", std::process::id().to_string());
+    let vm = Vm::spawn(cmd);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !qmp.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no QMP socket:\n{}",
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vm
+}
+
+fn violation(c: &mut QmpClient) -> Value {
+    c.event(VIOLATION)["data"].clone()
+}
+
+#[test]
+fn every_forbidden_action_of_a_daemon_is_stopped_reported_and_the_daemon_restarted() {
+    for (process, device) in [("block-daemon", "d0"), ("net-daemon", "nic0")] {
+        for (action, syscall) in ACTIONS {
+            let dir = TempDir::new("sandbox-probe");
+            // After a second, so that the VM runs and the client listens.
+            let mut vm = gateway(&dir, process, &format!("{action}@1000"), "enforce", 47300);
+            let mut c = QmpClient::negotiated(&dir.path().join("qmp.sock"));
+            let v = violation(&mut c);
+            assert_eq!(
+                v,
+                json!({"process": process, "device": device, "syscall": syscall,
+                    "number": v["number"]}),
+                "{process} {action}:\n{}",
+                vm.transcript()
+            );
+            let line = format!("{process} of {device}: sandbox violation: {syscall} (");
+            vm.expect_line("the violation in the log", TIMEOUT, |l| l.contains(&line));
+            // The daemon's own line on stderr, and its restart.
+            let prefix = if process == "block-daemon" {
+                "__io.flotilla_BLOCK_DAEMON_RESTARTED"
+            } else {
+                "__io.flotilla_NET_DAEMON_RESTARTED"
+            };
+            c.event(prefix);
+            assert!(
+                vm.transcript().contains(&format!(
+                    "{process}: sandbox violation: system call {syscall} ("
+                )),
+                "{}",
+                vm.transcript()
+            );
+            vm.terminate(Duration::from_secs(10));
+        }
+    }
+}
+
+#[test]
+fn vmm_core_is_stopped_and_reported_too() {
+    for (action, syscall) in ACTIONS {
+        let dir = TempDir::new("sandbox-probe-vmm");
+        let mut vm = gateway(
+            &dir,
+            "vmm-core",
+            &format!("{action}@1000"),
+            "enforce",
+            47310,
+        );
+        let mut c = QmpClient::negotiated(&dir.path().join("qmp.sock"));
+        let v = violation(&mut c);
+        assert_eq!(v["process"], "vmm-core", "{v}");
+        assert_eq!(v["syscall"], *syscall, "{action}: {v}");
+        assert!(v.get("device").is_none(), "{v}");
+        // vmm-core's end is the VM's end, as a crash is.
+        let status = vm.wait(TIMEOUT);
+        assert!(!status.success(), "{}", vm.transcript());
+    }
+}
+
+#[test]
+fn with_seccomp_only_logging_the_other_layers_still_refuse_everything() {
+    let all: Vec<&str> = ACTIONS.iter().map(|(a, _)| *a).collect();
+    for process in ["vmm-core", "block-daemon", "net-daemon"] {
+        let dir = TempDir::new("sandbox-probe-log");
+        let mut vm = gateway(&dir, process, &all.join(","), "log", 47320);
+        for action in &all {
+            let line = vm.expect_line("the probe's result", TIMEOUT, |l| {
+                l.contains(&format!("PROBE {action}: "))
+            });
+            assert!(
+                line.contains(": denied ("),
+                "{process}: {action} was allowed: {line}\n{}",
+                vm.transcript()
+            );
+        }
+        vm.terminate(Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn without_a_sandbox_nothing_is_probed_or_refused_by_it() {
+    // The same start with --sandbox off serves as usual (the control for the above).
+    let gw = Gateway::start(&["--sandbox", "off"]);
+    let mut c = gw.client();
+    assert_eq!(c.ok("query-status", json!({}))["status"], "running");
+}

@@ -140,6 +140,17 @@ pub fn spawn(
             0usize,
             0usize,
         )
+    })
+    .map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            std::io::Error::new(
+                e.kind(),
+                "the sandbox's namespaces need root (CAP_SYS_ADMIN); run as root, or with \
+                 --sandbox off",
+            )
+        } else {
+            e
+        }
     })?;
     if pid == 0 {
         // SAFETY: see above; every path ends in execve or _exit.

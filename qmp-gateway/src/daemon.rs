@@ -15,18 +15,22 @@ use ipc::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use serde_json::json;
+
+use crate::events::EventBus;
+use crate::qmp::protocol::QmpError;
 use crate::sandbox::{syscall_name, Policy, Process};
 use crate::supervisor::{spawn_child, Link};
 
 /// A daemon that dies this soon after starting counts towards giving up: a binary that
 /// cannot start, or one that a request it restarts kills again at once.
-pub const QUICK_DEATH: Duration = Duration::from_millis(300);
+const QUICK_DEATH: Duration = Duration::from_millis(300);
 /// Quick deaths in a row after which the supervisor stops restarting a daemon.
-pub const MAX_FAILURES: u32 = 10;
+const MAX_FAILURES: u32 = 10;
 
 /// How long to wait before the n-th restart in a row: at once, then doubling from
 /// 100 ms up to 1 s.
-pub fn backoff(failures: u32) -> Duration {
+fn backoff(failures: u32) -> Duration {
     if failures <= 1 {
         Duration::ZERO
     } else {
@@ -196,5 +200,106 @@ where
 {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
+    }
+}
+
+/// What the supervisor learns from a layer when one of its daemons died.
+pub struct Death {
+    pub pid: Option<u32>,
+    /// How it ended ("killed by signal 9", "failed to start", ...).
+    pub reason: String,
+    /// Quick deaths in a row, this one included.
+    pub failures: u32,
+}
+
+/// Quick deaths in a row after a daemon started at `started` died, given the count so
+/// far: a daemon that lived a while starts a new count.
+pub fn count_failure(started: Instant, failures: u32) -> u32 {
+    if started.elapsed() < QUICK_DEATH {
+        failures + 1
+    } else {
+        1
+    }
+}
+
+/// A layer (block, net) whose devices are each served by a daemon the gateway restarts.
+pub trait Supervised: Send + Sync + 'static {
+    /// The device kind and the daemon, for log lines ("disk", "block daemon").
+    const DEVICE: &'static str;
+    const DAEMON: &'static str;
+    /// The events for a daemon's exit and its replacement.
+    const EXITED: &'static str;
+    const RESTARTED: &'static str;
+
+    fn events(&self) -> &EventBus;
+    fn stopping(&self) -> bool;
+    /// Reaps the dead daemon of device `id` and counts the death; None when the device
+    /// is gone or its daemon is not to be restarted.
+    fn reap(&self, id: &str) -> Option<Death>;
+    /// Starts a new daemon for `id` and reconnects vmm-core; the new pid.
+    fn restart(&self, id: &str) -> Result<u32, QmpError>;
+    /// Reports `id` dead again (a restart that failed is a death like any other).
+    fn died(&self, id: &str);
+}
+
+/// Restarts `layer`'s daemons as their deaths arrive on `deaths`, with backoff, giving up
+/// on one that keeps dying right after starting.
+pub fn supervise<L: Supervised>(
+    layer: Arc<L>,
+    deaths: std::sync::mpsc::Receiver<String>,
+    thread: &str,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            for id in deaths {
+                if layer.stopping() {
+                    return;
+                }
+                on_death(&*layer, &id);
+            }
+        })?;
+    Ok(())
+}
+
+fn on_death<L: Supervised>(layer: &L, id: &str) {
+    let Some(death) = layer.reap(id) else {
+        return;
+    };
+    let delay = (death.failures < MAX_FAILURES).then(|| backoff(death.failures));
+    let mut data = json!({"device": id, "reason": death.reason});
+    if let Some(pid) = death.pid {
+        data["pid"] = json!(pid);
+    }
+    match delay {
+        Some(d) => data["restart-in-ms"] = json!(d.as_millis() as u64),
+        None => log::error!(
+            "{} {id}: the {} died {MAX_FAILURES} times in a row right after starting; not \
+             restarting it",
+            L::DEVICE,
+            L::DAEMON
+        ),
+    }
+    layer.events().emit(L::EXITED, Some(data));
+    let Some(delay) = delay else {
+        return;
+    };
+    std::thread::sleep(delay);
+    if layer.stopping() {
+        return;
+    }
+    match layer.restart(id) {
+        Ok(pid) => layer
+            .events()
+            .emit(L::RESTARTED, Some(json!({"device": id, "pid": pid}))),
+        Err(e) => {
+            log::warn!(
+                "{} {id}: restarting its {}: {}",
+                L::DEVICE,
+                L::DAEMON,
+                e.desc
+            );
+            layer.died(id);
+        }
     }
 }

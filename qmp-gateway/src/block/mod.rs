@@ -34,7 +34,7 @@ use crate::supervisor::VmmLink;
 pub const EXITED: &str = "__io.flotilla_BLOCK_DAEMON_EXITED";
 pub const RESTARTED: &str = "__io.flotilla_BLOCK_DAEMON_RESTARTED";
 
-use crate::daemon::{backoff, RuntimeDir, MAX_FAILURES, QUICK_DEATH};
+use crate::daemon::{count_failure, supervise, Death, RuntimeDir, Supervised};
 use disk::{Disk, Group, Hooks};
 use drive::DriveSpec;
 use graph::{errno_text, Graph};
@@ -382,76 +382,9 @@ impl BlockLayer {
 
     /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
     pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
-        let Some(deaths) = lock(&self.deaths).take() else {
-            return Ok(());
-        };
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("block-supervisor".into())
-            .spawn(move || {
-                for id in deaths {
-                    if me.stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    me.on_death(&id);
-                }
-            })?;
-        Ok(())
-    }
-
-    fn on_death(&self, id: &str) {
-        // Reap the dead one and decide how soon to try again.
-        let (pid, reason, delay) = {
-            let mut state = lock(&self.state);
-            let Some(disk) = state.disks.iter_mut().find(|d| d.id == id) else {
-                return;
-            };
-            if disk.hold {
-                // Its failed start was reported to whoever asked for it.
-                disk.stop();
-                return;
-            }
-            let pid = disk.daemon.as_ref().and_then(|d| d.pid());
-            let reason = disk.stop().unwrap_or_else(|| "failed to start".into());
-            disk.failures = if disk.started.elapsed() < QUICK_DEATH {
-                disk.failures + 1
-            } else {
-                1
-            };
-            let delay = (disk.failures < MAX_FAILURES).then(|| backoff(disk.failures));
-            (pid, reason, delay)
-        };
-        let mut data = json!({"device": id, "reason": reason});
-        if let Some(pid) = pid {
-            data["pid"] = json!(pid);
-        }
-        match delay {
-            Some(d) => data["restart-in-ms"] = json!(d.as_millis() as u64),
-            None => {
-                log::error!(
-                    "disk {id}: the block daemon died {MAX_FAILURES} times in a row right after \
-                     starting; not restarting it (restart it over QMP once fixed)"
-                );
-            }
-        }
-        self.events.emit(EXITED, Some(data));
-        let Some(delay) = delay else {
-            return;
-        };
-        std::thread::sleep(delay);
-        if self.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        match self.restart(id, None) {
-            Ok(pid) => {
-                self.events
-                    .emit(RESTARTED, Some(json!({"device": id, "pid": pid})));
-            }
-            Err(e) => {
-                log::warn!("disk {id}: restarting its block daemon: {}", e.desc);
-                // A start that failed is a death like any other.
-                let _ = self.hooks.deaths.send(id.to_string());
-            }
+        match lock(&self.deaths).take() {
+            Some(deaths) => supervise(self.clone(), deaths, "block-supervisor"),
+            None => Ok(()),
         }
     }
 
@@ -811,5 +744,46 @@ impl BlockLayer {
             d.stop();
         }
         self.runtime.remove();
+    }
+}
+
+impl Supervised for BlockLayer {
+    const DEVICE: &'static str = "disk";
+    const DAEMON: &'static str = "block daemon";
+    const EXITED: &'static str = EXITED;
+    const RESTARTED: &'static str = RESTARTED;
+
+    fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn reap(&self, id: &str) -> Option<Death> {
+        let mut state = lock(&self.state);
+        let disk = state.disks.iter_mut().find(|d| d.id == id)?;
+        if disk.hold {
+            // Its failed start was reported to whoever asked for it.
+            disk.stop();
+            return None;
+        }
+        let pid = disk.daemon.as_ref().and_then(|d| d.pid());
+        let reason = disk.stop().unwrap_or_else(|| "failed to start".into());
+        disk.failures = count_failure(disk.started, disk.failures);
+        Some(Death {
+            pid,
+            reason,
+            failures: disk.failures,
+        })
+    }
+
+    fn restart(&self, id: &str) -> Result<u32, QmpError> {
+        BlockLayer::restart(self, id, None)
+    }
+
+    fn died(&self, id: &str) {
+        let _ = self.hooks.deaths.send(id.to_string());
     }
 }

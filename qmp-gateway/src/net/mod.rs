@@ -17,7 +17,7 @@ use std::time::Instant;
 use ipc::{ErrorClass, NetRequest, NicLaunch, RxFilterState, VmmRequest};
 use serde_json::{json, Map, Value};
 
-use crate::daemon::{backoff, RuntimeDir, MAX_FAILURES, QUICK_DEATH};
+use crate::daemon::{count_failure, supervise, Death, RuntimeDir, Supervised};
 use crate::events::EventBus;
 use crate::fdstore::NamedFds;
 use crate::launch::bind_private;
@@ -215,74 +215,13 @@ impl NetLayer {
 
     /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
     pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
-        let Some(deaths) = lock(&self.deaths).take() else {
-            return Ok(());
-        };
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("net-supervisor".into())
-            .spawn(move || {
-                for id in deaths {
-                    if me.stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    me.on_death(&id);
-                }
-            })?;
-        Ok(())
-    }
-
-    fn on_death(&self, id: &str) {
-        let (pid, reason, delay) = {
-            let mut state = lock(&self.state);
-            let Some(nic) = state.nics.iter_mut().find(|n| n.id == id) else {
-                return;
-            };
-            if nic.netdev.is_none() {
-                return;
-            }
-            let pid = nic.daemon.as_ref().and_then(|d| d.pid());
-            let reason = nic.stop().unwrap_or_else(|| "failed to start".into());
-            nic.failures = if nic.started.elapsed() < QUICK_DEATH {
-                nic.failures + 1
-            } else {
-                1
-            };
-            let delay = (nic.failures < MAX_FAILURES).then(|| backoff(nic.failures));
-            (pid, reason, delay)
-        };
-        let mut data = json!({"device": id, "reason": reason});
-        if let Some(pid) = pid {
-            data["pid"] = json!(pid);
-        }
-        if let Some(d) = delay {
-            data["restart-in-ms"] = json!(d.as_millis() as u64);
-        } else {
-            log::error!(
-                "NIC {id}: the net daemon died {MAX_FAILURES} times in a row right after \
-                 starting; not restarting it"
-            );
-        }
-        self.events.emit(EXITED, Some(data));
-        let Some(delay) = delay else {
-            return;
-        };
-        std::thread::sleep(delay);
-        if self.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        match self.restart(id) {
-            Ok(pid) => self
-                .events
-                .emit(RESTARTED, Some(json!({"device": id, "pid": pid}))),
-            Err(e) => {
-                log::warn!("NIC {id}: restarting its net daemon: {}", e.desc);
-                let _ = self.hooks.deaths.send(id.to_string());
-            }
+        match lock(&self.deaths).take() {
+            Some(deaths) => supervise(self.clone(), deaths, "net-supervisor"),
+            None => Ok(()),
         }
     }
 
-    fn restart(&self, id: &str) -> Result<u32, QmpError> {
+    fn restart_nic(&self, id: &str) -> Result<u32, QmpError> {
         let mut state = lock(&self.state);
         let nic = state
             .nics
@@ -399,6 +338,44 @@ impl NetLayer {
             nic.stop();
         }
         self.runtime.remove();
+    }
+}
+
+impl Supervised for NetLayer {
+    const DEVICE: &'static str = "NIC";
+    const DAEMON: &'static str = "net daemon";
+    const EXITED: &'static str = EXITED;
+    const RESTARTED: &'static str = RESTARTED;
+
+    fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn reap(&self, id: &str) -> Option<Death> {
+        let mut state = lock(&self.state);
+        let nic = state.nics.iter_mut().find(|n| n.id == id)?;
+        // A NIC whose netdev was deleted has no daemon to bring back.
+        nic.netdev.as_ref()?;
+        let pid = nic.daemon.as_ref().and_then(|d| d.pid());
+        let reason = nic.stop().unwrap_or_else(|| "failed to start".into());
+        nic.failures = count_failure(nic.started, nic.failures);
+        Some(Death {
+            pid,
+            reason,
+            failures: nic.failures,
+        })
+    }
+
+    fn restart(&self, id: &str) -> Result<u32, QmpError> {
+        self.restart_nic(id)
+    }
+
+    fn died(&self, id: &str) {
+        let _ = self.hooks.deaths.send(id.to_string());
     }
 }
 

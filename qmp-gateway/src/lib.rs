@@ -16,3 +16,8 @@ pub mod outbox;
 pub mod qmp;
 pub mod sandbox;
 pub mod supervisor;
+
+/// Locks `m`, taking over a lock whose holder panicked (the gateway keeps serving).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

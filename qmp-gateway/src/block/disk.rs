@@ -68,9 +68,7 @@ pub struct Disk {
     pub hold: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock;
 
 impl Disk {
     pub fn daemon(&self) -> Result<&BlockDaemon, QmpError> {

@@ -15,12 +15,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ipc::{
-    BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, ErrorClass, VmmRequest,
-};
+use ipc::{BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, VmmRequest};
 use serde_json::{json, Map, Value};
 
 use crate::events::EventBus;
@@ -109,16 +107,7 @@ pub struct BlockLayer {
     stopping: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn device_not_found(name: &str) -> QmpError {
-    QmpError {
-        class: ErrorClass::DeviceNotFound,
-        desc: format!("Device '{name}' not found"),
-    }
-}
+use crate::lock;
 
 fn str_arg<'a>(args: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     args.get(key).and_then(Value::as_str)
@@ -325,7 +314,7 @@ impl BlockLayer {
         let disk = disks
             .iter_mut()
             .find(|d| d.id == id)
-            .ok_or_else(|| device_not_found(id))?;
+            .ok_or_else(|| QmpError::device_not_found(id))?;
         if let Some(b) = binary {
             disk.binary = b;
         }
@@ -353,7 +342,7 @@ impl BlockLayer {
                 state.disk_by_id(name)
             };
             disk.map(|d| d.id.clone())
-                .ok_or_else(|| device_not_found(name))?
+                .ok_or_else(|| QmpError::device_not_found(name))?
         };
         if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
             d.failures = 0;
@@ -597,7 +586,7 @@ impl BlockLayer {
                     d.id == name
                 }
             })
-            .ok_or_else(|| device_not_found(name))?;
+            .ok_or_else(|| QmpError::device_not_found(name))?;
         let limits = throttle::parse(args)?;
         let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());
         if !limits.enabled() {
@@ -692,7 +681,7 @@ impl BlockLayer {
             state.disk_by_id(name).is_some()
         };
         if !found {
-            return Err(device_not_found(name));
+            return Err(QmpError::device_not_found(name));
         }
         Err(QmpError::generic(format!(
             "Device '{name}' is not removable"
@@ -724,7 +713,7 @@ impl BlockLayer {
     pub fn change(&self, device: &str) -> QmpResult {
         let state = lock(&self.state);
         if state.disk_by_id(device).is_none() {
-            return Err(device_not_found(device));
+            return Err(QmpError::device_not_found(device));
         }
         Err(QmpError::generic(format!(
             "Device '{device}' is not removable"

@@ -11,10 +11,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ipc::{ErrorClass, NetRequest, NicLaunch, RxFilterState, VmmRequest};
+use ipc::{NetRequest, NicLaunch, RxFilterState, VmmRequest};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::{count_failure, supervise, Death, RuntimeDir, Supervised};
@@ -59,16 +59,7 @@ pub struct NetLayer {
     stopping: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn device_not_found(name: &str) -> QmpError {
-    QmpError {
-        class: ErrorClass::DeviceNotFound,
-        desc: format!("Device '{name}' not found"),
-    }
-}
+use crate::lock;
 
 /// QEMU's RxFilterInfo for one NIC.
 fn rx_filter_info(name: &str, f: &RxFilterState) -> Value {
@@ -227,7 +218,7 @@ impl NetLayer {
             .nics
             .iter_mut()
             .find(|n| n.id == id)
-            .ok_or_else(|| device_not_found(id))?;
+            .ok_or_else(|| QmpError::device_not_found(id))?;
         nic.stop();
         let pid = nic.start(&self.hooks)?;
         let stream = nic.connect()?;
@@ -263,7 +254,7 @@ impl NetLayer {
             .nics
             .iter_mut()
             .find(|n| n.netdev.as_deref() == Some(id))
-            .ok_or_else(|| device_not_found(id))?;
+            .ok_or_else(|| QmpError::device_not_found(id))?;
         nic.rx_filter();
         nic.netdev = None;
         nic.link_up = false;
@@ -295,7 +286,7 @@ impl NetLayer {
             .nics
             .iter_mut()
             .find(|n| n.id == name || n.netdev.as_deref() == Some(name))
-            .ok_or_else(|| device_not_found(name))?;
+            .ok_or_else(|| QmpError::device_not_found(name))?;
         nic.link_up = up;
         if let Some(d) = &nic.daemon {
             d.link.request(NetRequest::SetLink { up }, &[])?;

@@ -281,6 +281,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         }
     }
     cleanup.reap(Duration::from_secs(5));
+    // vmm-core's last events (SHUTDOWN) reach the clients before they are closed.
+    link.wait_closed(Duration::from_secs(1));
     link.shutdown();
     // Give every client's writer a moment to deliver the last replies and events.
     let outboxes = gw.events.close_all();

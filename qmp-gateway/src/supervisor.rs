@@ -160,6 +160,19 @@ where
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Waits (at most `limit`) until the reader has handled everything the child sent
+    /// before it hung up: its last events must not be lost to a teardown.
+    pub fn wait_closed(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.is_closed() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// Unblocks the reader (used at teardown).
     pub fn shutdown(&self) {
         self.conn.shutdown();

@@ -40,6 +40,10 @@ pub struct UringEngine {
     /// When every slot is busy, requests run synchronously instead of waiting.
     overflow: SyncEngine,
     pending_submit: bool,
+    /// The completion eventfd may be set: a request went to the ring since it was last
+    /// read with nothing left to reap. Cached reads and buffered writes never touch the
+    /// ring, and then reaping costs no system call.
+    eventfd_dirty: bool,
 }
 
 impl UringEngine {
@@ -56,6 +60,7 @@ impl UringEngine {
             free: (0..depth as usize).rev().collect(),
             ready: Vec::new(),
             pending_submit: false,
+            eventfd_dirty: false,
         })
     }
 
@@ -204,6 +209,7 @@ impl Engine for UringEngine {
             }
         }
         self.pending_submit = true;
+        self.eventfd_dirty = true;
     }
 
     fn flush(&mut self) {
@@ -215,7 +221,9 @@ impl Engine for UringEngine {
     }
 
     fn reap(&mut self, done: &mut Vec<Done>) {
-        let _ = self.eventfd.read();
+        if self.eventfd_dirty {
+            let _ = self.eventfd.read();
+        }
         done.append(&mut self.ready);
         self.overflow.reap(done);
         let completions: Vec<(u64, i32)> = self
@@ -223,6 +231,9 @@ impl Engine for UringEngine {
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
+        // A completion posted after the read above set the eventfd again: read it next
+        // time too. Nothing in flight and nothing reaped: it is clear.
+        self.eventfd_dirty = self.in_flight() > 0 || !completions.is_empty();
         for (user_data, result) in completions {
             let slot = user_data as usize;
             let Some(mut f) = self.slots.get_mut(slot).and_then(Option::take) else {

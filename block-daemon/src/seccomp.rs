@@ -3,7 +3,8 @@
 //! (the image and the listener arrive as fds) and has no network.
 
 use sandbox::jail::Limits;
-use sandbox::seccomp::Allow::{self, Any};
+use sandbox::seccomp::Allow::{self, Any, Ioctls};
+use sandbox::seccomp::TCGETS;
 
 const ALLOWED: &[Allow] = &[
     // The vhost-user listener: the frontend's (re)connections.
@@ -24,8 +25,10 @@ const ALLOWED: &[Allow] = &[
     Any(libc::SYS_io_uring_setup),
     Any(libc::SYS_io_uring_enter),
     Any(libc::SYS_io_uring_register),
-    // Block devices: size, discard, flush; the throttle timer.
-    Any(libc::SYS_ioctl),
+    // Block devices: size, discard, write-zeroes (BLKGETSIZE64, BLKDISCARD, BLKZEROOUT);
+    // the logger's terminal check.
+    Ioctls(&[0x8008_1272, 0x1277, 0x127f, TCGETS]),
+    // The throttle timer.
     Any(libc::SYS_timerfd_create),
     Any(libc::SYS_timerfd_settime),
     // The throttle group's shared state page.

@@ -3,7 +3,8 @@
 //! queues or a UDP socket) arrives as fds; it creates only Unix sockets (the relay's).
 
 use sandbox::jail::Limits;
-use sandbox::seccomp::Allow::{self, Any, ArgIn};
+use sandbox::seccomp::Allow::{self, Any, ArgIn, Ioctls};
+use sandbox::seccomp::TCGETS;
 
 const ALLOWED: &[Allow] = &[
     // The vhost-user listener, and the relay's private socket pair to the handler
@@ -17,8 +18,9 @@ const ALLOWED: &[Allow] = &[
     Any(libc::SYS_bind),
     Any(libc::SYS_listen),
     Any(libc::SYS_connect),
-    // Tap offloads and vnet header size (TUNSETOFFLOAD, TUNSETVNETHDRSZ).
-    Any(libc::SYS_ioctl),
+    // Tap offloads and vnet header size (TUNSETOFFLOAD, TUNSETVNETHDRSZ); the logger's
+    // terminal check.
+    Ioctls(&[0x4004_54d0, 0x4004_54d8, TCGETS]),
     // Guest memory arrives as the VM's memfd.
     Any(libc::SYS_ftruncate),
 ];

@@ -64,6 +64,8 @@ fn run(action: &str, sibling: libc::pid_t) {
                 }
             }
             "kill-sibling" => libc::kill(sibling, libc::SIGKILL).into(),
+            // Pushing input into a terminal (TIOCSTI): an ioctl no process here needs.
+            "ioctl-terminal" => libc::ioctl(2, libc::TIOCSTI, c("x").as_ptr()).into(),
             "ptrace-sibling" => libc::ptrace(libc::PTRACE_ATTACH, sibling, 0, 0),
             "mount" => libc::mount(
                 c("none").as_ptr(),

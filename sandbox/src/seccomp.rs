@@ -41,7 +41,14 @@ pub enum Allow {
         arg: u8,
         values: &'static [u64],
     },
+    /// ioctl(2) with one of these requests (compared as the kernel reads them: 32 bits).
+    Ioctls(&'static [u32]),
+    /// ioctl(2) with any request of this type (the `_IOC` type byte, e.g. KVMIO).
+    IoctlType(u8),
 }
+
+/// TCGETS: the logger asks whether stderr is a terminal.
+pub const TCGETS: u32 = 0x5401;
 
 /// The system calls every Rust process here makes once it runs: memory, threads,
 /// futexes, signals (the handler below included), time, and I/O on descriptors it holds.
@@ -116,6 +123,17 @@ pub const THREADS: &[Allow] = &[Allow::ArgIn {
     values: &[THREAD_CLONE_FLAGS],
 }];
 
+fn rule(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompRule, SeccompError> {
+    let cond = SeccompCondition::new(arg, len, op, value)
+        .map_err(|e| SeccompError::Build(e.to_string()))?;
+    SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))
+}
+
 fn build(mode: Mode, allowed: &[&[Allow]]) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in BASE {
@@ -126,6 +144,25 @@ fn build(mode: Mode, allowed: &[&[Allow]]) -> Result<BpfProgram, SeccompError> {
             match allow {
                 Allow::Any(nr) => {
                     rules.insert(*nr, Vec::new());
+                }
+                Allow::Ioctls(requests) => {
+                    let entry = rules.entry(libc::SYS_ioctl).or_default();
+                    for r in *requests {
+                        entry.push(rule(
+                            1,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Eq,
+                            u64::from(*r),
+                        )?);
+                    }
+                }
+                Allow::IoctlType(t) => {
+                    rules.entry(libc::SYS_ioctl).or_default().push(rule(
+                        1,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::MaskedEq(0xff00),
+                        u64::from(*t) << 8,
+                    )?);
                 }
                 Allow::ArgIn { nr, arg, values } => {
                     let entry = rules.entry(*nr).or_default();
@@ -284,7 +321,11 @@ mod tests {
     #[test]
     fn filters_build_for_every_mode() {
         for mode in [Mode::Enforce, Mode::Log] {
-            let p = build(mode, &[THREADS, &[Allow::Any(libc::SYS_ioctl)]]).unwrap();
+            let p = build(
+                mode,
+                &[THREADS, &[Allow::Ioctls(&[TCGETS]), Allow::IoctlType(0xae)]],
+            )
+            .unwrap();
             assert!(p.len() > BASE.len());
         }
     }

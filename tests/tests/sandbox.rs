@@ -1,7 +1,7 @@
 //! The sandbox from inside: a probe compiled into test builds (sandbox crate, feature
 //! `probe`, see scripts/test) makes vmm-core, a block daemon or a net daemon try what it
 //! must not: open /etc/passwd, write a file, execve, reach the network, kill or ptrace
-//! another process, mount. Enforced, each attempt stops the process and is reported (log
+//! another process, mount, or make an ioctl outside its list (TIOCSTI). Enforced, each attempt stops the process and is reported (log
 //! line and __io.flotilla_SANDBOX_VIOLATION naming process, device and system call), and a
 //! daemon is restarted. With the seccomp filter only logging, the layers beneath still
 //! refuse every one of them.
@@ -25,6 +25,7 @@ const ACTIONS: &[(&str, &str)] = &[
     ("kill-sibling", "kill"),
     ("ptrace-sibling", "ptrace"),
     ("mount", "mount"),
+    ("ioctl-terminal", "ioctl"),
 ];
 
 /// A gateway with a disk and a NIC whose `process` runs `probe` (after `delay_ms`).

@@ -3,11 +3,15 @@
 //! files and the device sockets arrive as fds; it has no network.
 
 use sandbox::jail::Limits;
-use sandbox::seccomp::Allow::{self, Any};
+use sandbox::seccomp::Allow::{self, Any, IoctlType, Ioctls};
+use sandbox::seccomp::TCGETS;
 
 const ALLOWED: &[Allow] = &[
-    // KVM itself: the VM, vCPUs, memory slots, irqfds and ioeventfds.
-    Any(libc::SYS_ioctl),
+    // KVM itself (any request of type KVMIO: the VM, vCPUs, memory slots, irqfds,
+    // ioeventfds); the logger's terminal check. No other ioctl: no terminal, network or
+    // block-device requests.
+    IoctlType(0xae),
+    Ioctls(&[TCGETS]),
     // Guest RAM is a sealed memfd shared with the daemons.
     Any(libc::SYS_memfd_create),
     Any(libc::SYS_ftruncate),

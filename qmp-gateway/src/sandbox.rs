@@ -117,13 +117,21 @@ pub fn spawn(
     let (violations_r, violations_w) = pipe()?;
     // exec's errno comes back through this pipe; end of file means exec succeeded.
     let (err_r, err_w) = pipe()?;
+    // The child waits on this until the gateway has written its user namespace's maps.
+    let (go_r, go_w) = pipe()?;
+    let go_fd = go_r.as_raw_fd();
+    let userns = mode != Mode::Off;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let privileged = uid == 0;
     let control_fd = control.as_raw_fd();
     let report_fd = violations_w.as_raw_fd();
     let err_fd = err_w.as_raw_fd();
     let flags = if mode == Mode::Off {
         0
     } else {
-        libc::CLONE_NEWNS
+        libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
@@ -145,8 +153,8 @@ pub fn spawn(
         if e.raw_os_error() == Some(libc::EPERM) {
             std::io::Error::new(
                 e.kind(),
-                "the sandbox's namespaces need root (CAP_SYS_ADMIN); run as root, or with \
-                 --sandbox off",
+                "the sandbox's namespaces could not be made (are user namespaces \
+                 disabled?); run with --sandbox off",
             )
         } else {
             e
@@ -161,6 +169,27 @@ pub fn spawn(
                 libc::write(err_fd, msg.as_ptr().cast(), 8);
                 libc::_exit(127)
             };
+            if userns {
+                let mut go = 0u8;
+                if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
+                    libc::_exit(127);
+                }
+                // Become the namespace's root, which is an unprivileged user outside
+                // (nobody, when the gateway is root): without supplementary groups.
+                // Raw system calls: glibc's wrappers would try to reach the parent's
+                // other threads, which this fork-like child does not have, and hang.
+                if privileged
+                    && libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                        < 0
+                {
+                    fail(6);
+                }
+                if libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+                {
+                    fail(7);
+                }
+            }
             // Move the two descriptors into place without one clobbering the other.
             let control_tmp = libc::fcntl(control_fd, libc::F_DUPFD_CLOEXEC, 10);
             let report_tmp = libc::fcntl(report_fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -183,6 +212,23 @@ pub fn spawn(
         }
     }
     drop(err_w);
+    drop(go_r);
+    if userns {
+        if let Err(e) = map_ids(pid as libc::pid_t, uid, gid, privileged) {
+            // The child is still waiting for its go: it ends when the pipe closes.
+            drop(go_w);
+            let mut status = 0;
+            // SAFETY: reaping the child we just made.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("mapping the sandbox's user namespace: {e}"),
+            ));
+        }
+        // SAFETY: one byte from a local to a pipe we own.
+        unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+    drop(go_w);
     drop(violations_w);
     let mut report = [0i32; 2];
     // SAFETY: reading at most 8 bytes into our array.
@@ -195,6 +241,8 @@ pub fn spawn(
             1 | 2 => "placing its descriptors",
             3 => "setpgid",
             4 => "PR_SET_PDEATHSIG",
+            6 => "dropping supplementary groups",
+            7 => "becoming the user namespace's root",
             _ => "execve",
         };
         let err = std::io::Error::from_raw_os_error(report[1]);
@@ -214,6 +262,36 @@ pub fn spawn(
         status: None,
         violations: violations_r,
     })
+}
+
+/// Who the sandboxed process is outside its user namespace: nobody when the gateway is
+/// root (so even a process that escaped every other layer holds no privilege), the
+/// gateway's own user otherwise (the only mapping an unprivileged user may write).
+const NOBODY: libc::uid_t = 65534;
+
+fn map_ids(
+    pid: libc::pid_t,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    privileged: bool,
+) -> std::io::Result<()> {
+    let (outside_uid, outside_gid) = if privileged {
+        (NOBODY, NOBODY)
+    } else {
+        (uid, gid)
+    };
+    if !privileged {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+    }
+    std::fs::write(
+        format!("/proc/{pid}/uid_map"),
+        format!("0 {outside_uid} 1\n"),
+    )?;
+    std::fs::write(
+        format!("/proc/{pid}/gid_map"),
+        format!("0 {outside_gid} 1\n"),
+    )?;
+    Ok(())
 }
 
 impl Process {

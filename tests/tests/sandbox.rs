@@ -164,3 +164,78 @@ fn without_a_sandbox_nothing_is_probed_or_refused_by_it() {
     let mut c = gw.client();
     assert_eq!(c.ok("query-status", json!({}))["status"], "running");
 }
+
+/// A status field of /proc/PID/status, whitespace-normalised.
+fn status_field(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn pid_after(gw: &mut Gateway, marker: &str) -> i32 {
+    let line = gw.vm.expect_line(marker, TIMEOUT, |l| l.contains(marker));
+    line.split(marker)
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"))
+}
+
+#[test]
+fn every_process_is_nobody_without_privileges_in_namespaces_of_its_own() {
+    let dir = TempDir::new("sandbox-identity");
+    let image = dir.path().join("d0.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let drive = format!("file={},format=raw,id=d0", image.display());
+    let mut gw = Gateway::start(&[
+        "--drive",
+        &drive,
+        "--netdev",
+        "socket,id=n0,udp=127.0.0.1:47331,localaddr=127.0.0.1:47330",
+        "--device",
+        "virtio-net-pci,netdev=n0,id=nic0",
+    ]);
+    let block = pid_after(&mut gw, "block daemon pid ");
+    let net = pid_after(&mut gw, "net daemon pid ");
+    let vmm = gw.vmm_pid();
+    for (name, pid) in [
+        ("vmm-core", vmm),
+        ("block-daemon", block),
+        ("net-daemon", net),
+    ] {
+        // Root inside its user namespace is nobody outside, with no groups.
+        assert_eq!(
+            status_field(pid, "Uid"),
+            "65534 65534 65534 65534",
+            "{name}"
+        );
+        assert_eq!(
+            status_field(pid, "Gid"),
+            "65534 65534 65534 65534",
+            "{name}"
+        );
+        assert_eq!(status_field(pid, "Groups"), "", "{name}");
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(status_field(pid, caps), "0000000000000000", "{name} {caps}");
+        }
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{name}");
+        assert_eq!(status_field(pid, "Seccomp"), "2", "{name}");
+        // PID 1 of its own PID namespace.
+        let nspid = status_field(pid, "NSpid");
+        assert!(nspid.ends_with(" 1"), "{name}: NSpid {nspid}");
+        for ns in ["user", "mnt", "pid", "net", "ipc", "uts"] {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+            assert_ne!(theirs, ours, "{name} shares our {ns} namespace");
+        }
+    }
+    let mut c = gw.client();
+    assert_eq!(c.ok("query-status", json!({}))["status"], "running");
+}

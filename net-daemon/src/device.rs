@@ -60,12 +60,13 @@ struct Counters {
     malformed: AtomicU64,
 }
 
-/// Per queue pair: a frame read from the port but not yet placed, and whether the port
-/// is watched.
+/// Per queue pair: a frame read from the port but not yet placed, whether the port is
+/// watched, and the buffer frames are read into (allocated once, on first use).
 #[derive(Default)]
 struct PairState {
     pending: Option<Vec<u8>>,
     unwatched: bool,
+    buf: Vec<u8>,
 }
 
 struct Inner {
@@ -269,13 +270,22 @@ impl NetDevice {
         let mergeable = self.inner.acked.load(Ordering::Relaxed) & F_MRG_RXBUF != 0;
         let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
         let mut state = lock(&self.inner.state[p]);
+        let PairState {
+            pending,
+            unwatched,
+            buf,
+        } = &mut *state;
+        if buf.is_empty() {
+            buf.resize(HDR_LEN + MAX_FRAME, 0);
+        }
         let mut placed = 0;
-        let mut buf = vec![0u8; HDR_LEN + MAX_FRAME];
         loop {
-            let frame = match state.pending.take() {
+            // A frame is copied out of the buffer only when it has to wait for room.
+            let held = pending.take();
+            let frame: &[u8] = match &held {
                 Some(f) => f,
-                None => match port.recv(&mut buf)? {
-                    Some(n) if n > HDR_LEN => buf[..n].to_vec(),
+                None => match port.recv(buf)? {
+                    Some(n) if n > HDR_LEN => &buf[..n],
                     Some(_) => continue,
                     None => break,
                 },
@@ -289,7 +299,7 @@ impl NetDevice {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match self.place(vring, mem, &frame, mergeable)? {
+            match self.place(vring, mem, frame, mergeable)? {
                 Placed::Yes => {
                     placed += 1;
                     self.inner
@@ -310,16 +320,19 @@ impl NetDevice {
                 Placed::NoRoom => {
                     // Wait for buffers: keep the frame, stop watching the port, and ask
                     // the guest to kick when it adds some.
-                    state.pending = Some(frame);
+                    *pending = Some(match held {
+                        Some(h) => h,
+                        None => frame.to_vec(),
+                    });
                     if event_idx {
                         vring.enable_notification().map_err(io::Error::other)?;
                     }
-                    if !state.unwatched {
+                    if !*unwatched {
                         if let Some(h) = lock(&self.inner.handler).as_ref() {
                             let _ =
                                 h.unregister_listener(port.raw(), EventSet::IN, self.port_event(p));
                         }
-                        state.unwatched = true;
+                        *unwatched = true;
                     }
                     break;
                 }

@@ -50,6 +50,11 @@ pub fn gather(mem: &GuestMemoryMmap, descs: &[Desc]) -> Result<Vec<u8>, Malforme
     if total > HDR_LEN + MAX_FRAME {
         return Err(Malformed::TooLong(total));
     }
+    read_all(mem, descs, total)
+}
+
+/// The bytes of `descs` (whose lengths add up to `total`), in order.
+fn read_all(mem: &GuestMemoryMmap, descs: &[Desc], total: usize) -> Result<Vec<u8>, Malformed> {
     let mut out = vec![0u8; total];
     let mut at = 0;
     for d in descs {
@@ -114,17 +119,7 @@ pub fn control(mem: &GuestMemoryMmap, descs: &[Desc]) -> Result<(u8, u8, Vec<u8>
     if total > 4 + 2 * (4 + 6 * 1024) {
         return Err(Malformed::TooLong(total));
     }
-    let mut bytes = vec![0u8; total];
-    let mut at = 0;
-    for d in readable {
-        let n = d.len as usize;
-        mem.read_slice(&mut bytes[at..at + n], GuestAddress(d.addr))
-            .map_err(|_| Malformed::Outside {
-                addr: d.addr,
-                len: d.len,
-            })?;
-        at += n;
-    }
+    let bytes = read_all(mem, readable, total)?;
     Ok((bytes[0], bytes[1], bytes[2..].to_vec(), ack))
 }
 

@@ -167,17 +167,7 @@ fn build(mode: Mode, allowed: &[&[Allow]]) -> Result<BpfProgram, SeccompError> {
                 Allow::ArgIn { nr, arg, values } => {
                     let entry = rules.entry(*nr).or_default();
                     for v in *values {
-                        let cond = SeccompCondition::new(
-                            *arg,
-                            SeccompCmpArgLen::Qword,
-                            SeccompCmpOp::Eq,
-                            *v,
-                        )
-                        .map_err(|e| SeccompError::Build(e.to_string()))?;
-                        entry.push(
-                            SeccompRule::new(vec![cond])
-                                .map_err(|e| SeccompError::Build(e.to_string()))?,
-                        );
+                        entry.push(rule(*arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, *v)?);
                     }
                 }
             }

@@ -212,13 +212,41 @@ pub struct Death {
     pub failures: u32,
 }
 
-/// Quick deaths in a row after a daemon started at `started` died, given the count so
-/// far: a daemon that lived a while starts a new count.
-pub fn count_failure(started: Instant, failures: u32) -> u32 {
-    if started.elapsed() < QUICK_DEATH {
-        failures + 1
-    } else {
-        1
+/// Stops the daemon in `slot`, if one runs; says how it ended.
+pub fn stop_slot<R, T, E>(slot: &mut Option<Daemon<R, T, E>>) -> Option<String>
+where
+    R: Message + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + 'static,
+{
+    slot.take().and_then(|d| d.stop(Duration::from_secs(2)))
+}
+
+impl Death {
+    /// Reaps the dead daemon in `slot` (started at `started`) and counts the death in
+    /// `failures`: a quick one adds to the count, one after a while starts it anew.
+    pub fn reap<R, T, E>(
+        slot: &mut Option<Daemon<R, T, E>>,
+        started: Instant,
+        failures: &mut u32,
+    ) -> Death
+    where
+        R: Message + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + 'static,
+    {
+        let pid = slot.as_ref().and_then(Daemon::pid);
+        let reason = stop_slot(slot).unwrap_or_else(|| "failed to start".into());
+        *failures = if started.elapsed() < QUICK_DEATH {
+            *failures + 1
+        } else {
+            1
+        };
+        Death {
+            pid,
+            reason,
+            failures: *failures,
+        }
     }
 }
 

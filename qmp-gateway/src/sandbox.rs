@@ -89,12 +89,13 @@ pub fn spawn(
     control: &OwnedFd,
     mode: Mode,
 ) -> std::io::Result<Process> {
+    let sandboxed = mode != Mode::Off;
     let mut argv: Vec<CString> = vec![
         CString::new(binary.as_os_str().as_bytes())?,
         CString::new("--control-fd")?,
         CString::new(CONTROL_FD.to_string())?,
     ];
-    if mode != Mode::Off {
+    if sandboxed {
         argv.push(CString::new("--sandbox")?);
         argv.push(CString::new(mode.as_str())?);
     }
@@ -113,21 +114,19 @@ pub fn spawn(
         .collect();
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
-    let path = CString::new(binary.as_os_str().as_bytes())?;
     let (violations_r, violations_w) = pipe()?;
     // exec's errno comes back through this pipe; end of file means exec succeeded.
     let (err_r, err_w) = pipe()?;
     // The child waits on this until the gateway has written its user namespace's maps.
     let (go_r, go_w) = pipe()?;
     let go_fd = go_r.as_raw_fd();
-    let userns = mode != Mode::Off;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let privileged = uid == 0;
     let control_fd = control.as_raw_fd();
     let report_fd = violations_w.as_raw_fd();
     let err_fd = err_w.as_raw_fd();
-    let flags = if mode == Mode::Off {
+    let flags = if !sandboxed {
         0
     } else {
         libc::CLONE_NEWUSER
@@ -169,7 +168,7 @@ pub fn spawn(
                 libc::write(err_fd, msg.as_ptr().cast(), 8);
                 libc::_exit(127)
             };
-            if userns {
+            if sandboxed {
                 let mut go = 0u8;
                 if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
                     libc::_exit(127);
@@ -207,13 +206,13 @@ pub fn spawn(
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 fail(4);
             }
-            libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+            libc::execve(argv_ptrs[0], argv_ptrs.as_ptr(), env_ptrs.as_ptr());
             fail(5)
         }
     }
     drop(err_w);
     drop(go_r);
-    if userns {
+    if sandboxed {
         if let Err(e) = map_ids(pid as libc::pid_t, uid, gid, privileged) {
             // The child is still waiting for its go: it ends when the pipe closes.
             drop(go_w);

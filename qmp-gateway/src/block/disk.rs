@@ -14,7 +14,7 @@ use std::time::Instant;
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
 use serde_json::json;
 
-use crate::daemon::Daemon;
+use crate::daemon::{stop_slot, Daemon};
 use crate::events::EventBus;
 use crate::qmp::protocol::QmpError;
 use crate::sandbox::Policy;
@@ -166,8 +166,6 @@ impl Disk {
 
     /// Stops the daemon if one runs; says how it ended.
     pub fn stop(&mut self) -> Option<String> {
-        self.daemon
-            .take()
-            .and_then(|d| d.stop(std::time::Duration::from_secs(2)))
+        stop_slot(&mut self.daemon)
     }
 }

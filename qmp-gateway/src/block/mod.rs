@@ -32,7 +32,7 @@ use crate::supervisor::VmmLink;
 pub const EXITED: &str = "__io.flotilla_BLOCK_DAEMON_EXITED";
 pub const RESTARTED: &str = "__io.flotilla_BLOCK_DAEMON_RESTARTED";
 
-use crate::daemon::{count_failure, supervise, Death, RuntimeDir, Supervised};
+use crate::daemon::{supervise, Death, RuntimeDir, Supervised};
 use disk::{Disk, Group, Hooks};
 use drive::DriveSpec;
 use graph::{errno_text, Graph};
@@ -97,7 +97,6 @@ pub struct BlockLayer {
     /// Write thresholds by node. Apart from `state`: the daemons' event readers update it,
     /// and must never wait for a lock held across a call to a daemon.
     thresholds: Arc<Mutex<BTreeMap<String, u64>>>,
-    events: Arc<EventBus>,
     hooks: Hooks,
     /// Ids of disks whose daemon died, for the supervisor (taken when it starts).
     deaths: Mutex<Option<Receiver<String>>>,
@@ -135,12 +134,11 @@ impl BlockLayer {
             state: Mutex::new(State::default()),
             hooks: Hooks {
                 thresholds: thresholds.clone(),
-                events: events.clone(),
+                events,
                 deaths: deaths_tx,
                 sandbox,
             },
             thresholds,
-            events,
             deaths: Mutex::new(Some(deaths_rx)),
             vmm,
             daemon_binary,
@@ -352,7 +350,8 @@ impl BlockLayer {
         let binary = str_arg(args, "binary").map(PathBuf::from);
         match self.restart(&id, binary) {
             Ok(pid) => {
-                self.events
+                self.hooks
+                    .events
                     .emit(RESTARTED, Some(json!({"device": id, "pid": pid})));
                 Ok(json!({"pid": pid}))
             }
@@ -360,7 +359,7 @@ impl BlockLayer {
                 if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
                     d.stop();
                 }
-                self.events.emit(
+                self.hooks.events.emit(
                     EXITED,
                     Some(json!({"device": id, "reason": format!("failed to start: {}", e.desc)})),
                 );
@@ -743,7 +742,7 @@ impl Supervised for BlockLayer {
     const RESTARTED: &'static str = RESTARTED;
 
     fn events(&self) -> &EventBus {
-        &self.events
+        &self.hooks.events
     }
 
     fn stopping(&self) -> bool {
@@ -758,14 +757,11 @@ impl Supervised for BlockLayer {
             disk.stop();
             return None;
         }
-        let pid = disk.daemon.as_ref().and_then(|d| d.pid());
-        let reason = disk.stop().unwrap_or_else(|| "failed to start".into());
-        disk.failures = count_failure(disk.started, disk.failures);
-        Some(Death {
-            pid,
-            reason,
-            failures: disk.failures,
-        })
+        Some(Death::reap(
+            &mut disk.daemon,
+            disk.started,
+            &mut disk.failures,
+        ))
     }
 
     fn restart(&self, id: &str) -> Result<u32, QmpError> {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use ipc::{NetRequest, NicLaunch, RxFilterState, VmmRequest};
 use serde_json::{json, Map, Value};
 
-use crate::daemon::{count_failure, supervise, Death, RuntimeDir, Supervised};
+use crate::daemon::{supervise, Death, RuntimeDir, Supervised};
 use crate::events::EventBus;
 use crate::fdstore::NamedFds;
 use crate::launch::bind_private;
@@ -50,7 +50,7 @@ impl State {
 
 pub struct NetLayer {
     state: Mutex<State>,
-    events: Arc<EventBus>,
+    /// What every NIC's daemon reports to (the event bus among it).
     hooks: Hooks,
     deaths: Mutex<Option<Receiver<String>>>,
     vmm: Arc<VmmLink>,
@@ -110,11 +110,10 @@ impl NetLayer {
         Ok(NetLayer {
             state: Mutex::new(State::default()),
             hooks: Hooks {
-                events: events.clone(),
+                events,
                 deaths: deaths_tx,
                 sandbox,
             },
-            events,
             deaths: Mutex::new(Some(deaths_rx)),
             vmm,
             binary,
@@ -339,7 +338,7 @@ impl Supervised for NetLayer {
     const RESTARTED: &'static str = RESTARTED;
 
     fn events(&self) -> &EventBus {
-        &self.events
+        &self.hooks.events
     }
 
     fn stopping(&self) -> bool {
@@ -351,14 +350,7 @@ impl Supervised for NetLayer {
         let nic = state.nics.iter_mut().find(|n| n.id == id)?;
         // A NIC whose netdev was deleted has no daemon to bring back.
         nic.netdev.as_ref()?;
-        let pid = nic.daemon.as_ref().and_then(|d| d.pid());
-        let reason = nic.stop().unwrap_or_else(|| "failed to start".into());
-        nic.failures = count_failure(nic.started, nic.failures);
-        Some(Death {
-            pid,
-            reason,
-            failures: nic.failures,
-        })
+        Some(Death::reap(&mut nic.daemon, nic.started, &mut nic.failures))
     }
 
     fn restart(&self, id: &str) -> Result<u32, QmpError> {

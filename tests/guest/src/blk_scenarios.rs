@@ -164,19 +164,6 @@ fn pci_list(functions: &pci::Functions) {
     }
 }
 
-/// Prints a ring-3 fault that ended an I/O loop.
-fn report_fault(what: &str, fault: user::UserFault) {
-    console::error("blk: ")
-        .s(what)
-        .s(" faulted in ring 3: exception=")
-        .dec(fault.vector)
-        .s(" rip=")
-        .hex(fault.rip)
-        .s(" cr2=")
-        .hex(fault.cr2)
-        .end();
-}
-
 fn param(cmdline: &[u8], key: &str, default: u64) -> u64 {
     cmdline::param(cmdline, key)
         .and_then(cmdline::parse_u64)
@@ -550,7 +537,7 @@ fn sweep(sweep: &mut Sweep, write: bool, seed: u64) -> SweepResult {
         0
     };
     if let Err(fault) = user::call(&mut work) {
-        report_fault(if write { "write sweep" } else { "read sweep" }, fault);
+        fault.report("blk", if write { "write sweep" } else { "read sweep" });
         result.stalled = true;
     }
     result
@@ -589,7 +576,7 @@ fn single(dev: &mut BlkDevice, queue: usize, request: Request) -> Result<u8, &'s
         }
     };
     if let Err(fault) = user::call(&mut work) {
-        report_fault("single request", fault);
+        fault.report("blk", "single request");
         return Err("ring-3 fault");
     }
     outcome
@@ -926,7 +913,7 @@ fn queues(dev: &mut BlkDevice) {
         0
     };
     if let Err(fault) = user::call(&mut work) {
-        report_fault("blk-queues", fault);
+        fault.report("blk", "blk-queues");
         return;
     }
     for (q, &count) in counts.iter().enumerate().take(queue_count) {
@@ -1179,7 +1166,7 @@ fn bench(dev: &mut BlkDevice, cmdline: &[u8]) {
             0
         };
         if let Err(fault) = user::call(&mut work) {
-            report_fault("blk-bench", fault);
+            fault.report("blk", "blk-bench");
             return;
         }
         if result.errors != 0 || result.stalled {

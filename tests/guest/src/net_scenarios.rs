@@ -191,18 +191,6 @@ fn port(text: &[u8]) -> Option<u16> {
         .filter(|&p| p != 0)
 }
 
-fn report_fault(what: &str, fault: user::UserFault) {
-    console::error("net: ")
-        .s(what)
-        .s(" faulted in ring 3: exception=")
-        .dec(fault.vector)
-        .s(" rip=")
-        .hex(fault.rip)
-        .s(" cr2=")
-        .hex(fault.cr2)
-        .end();
-}
-
 /// Runs `work` in ring 3; false after an error line if it faulted.
 fn in_ring3(what: &str, mut work: impl FnMut()) -> bool {
     let mut call = || {
@@ -212,7 +200,7 @@ fn in_ring3(what: &str, mut work: impl FnMut()) -> bool {
     match user::call(&mut call) {
         Ok(_) => true,
         Err(fault) => {
-            report_fault(what, fault);
+            fault.report("net", what);
             false
         }
     }

@@ -26,6 +26,22 @@ pub struct UserFault {
     pub cr2: u64,
 }
 
+impl UserFault {
+    /// `GUEST ERROR <area>: <what> faulted in ring 3: exception=V rip=0x.. cr2=0x..`.
+    pub fn report(&self, area: &str, what: &str) {
+        crate::console::error(area)
+            .s(": ")
+            .s(what)
+            .s(" faulted in ring 3: exception=")
+            .dec(self.vector)
+            .s(" rip=")
+            .hex(self.rip)
+            .s(" cr2=")
+            .hex(self.cr2)
+            .end();
+    }
+}
+
 /// Per-CPU state of an active `run`.
 #[derive(Clone, Copy)]
 struct Context {

@@ -22,6 +22,14 @@ use crate::{apic, console, memory};
 use core::sync::atomic::{fence, Ordering};
 
 pub const VENDOR: u16 = 0x1af4;
+
+/// Whether `function` is a virtio device of one type: its modern PCI id, or the
+/// transitional id with the type as subsystem id.
+pub fn is_device(function: &Function, modern: u16, transitional: u16, subsystem: u16) -> bool {
+    function.vendor == VENDOR
+        && (function.device == modern
+            || (function.device == transitional && function.subsystem == subsystem))
+}
 pub const F_INDIRECT_DESC: u64 = 1 << 28;
 pub const F_EVENT_IDX: u64 = 1 << 29;
 pub const F_VERSION_1: u64 = 1 << 32;

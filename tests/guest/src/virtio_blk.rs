@@ -332,10 +332,7 @@ pub fn probe_all(functions: &Functions) -> BlkDevices {
         count: 0,
     };
     for function in functions.iter() {
-        if function.vendor != virtio::VENDOR
-            || !(function.device == DEVICE_MODERN
-                || (function.device == DEVICE_TRANSITIONAL && function.subsystem == 2))
-        {
+        if !virtio::is_device(function, DEVICE_MODERN, DEVICE_TRANSITIONAL, 2) {
             continue;
         }
         if found.count == MAX_DEVICES {

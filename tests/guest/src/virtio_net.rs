@@ -739,10 +739,7 @@ impl NetDevices {
 /// and skipped.
 pub fn probe_all(functions: &Functions, options: &Options, found: &mut NetDevices) {
     for function in functions.iter() {
-        if function.vendor != virtio::VENDOR
-            || !(function.device == DEVICE_MODERN
-                || (function.device == DEVICE_TRANSITIONAL && function.subsystem == SUBSYSTEM_NET))
-        {
+        if !virtio::is_device(function, DEVICE_MODERN, DEVICE_TRANSITIONAL, SUBSYSTEM_NET) {
             continue;
         }
         if found.count == MAX_DEVICES {

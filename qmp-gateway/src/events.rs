@@ -30,8 +30,12 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    pub fn subscribe(&self, outbox: &Arc<Outbox>) {
+    /// Queues `first` (the capabilities reply) for `outbox`, then every event from now
+    /// on: both under the bus's lock, so no event is lost between the two, and none goes
+    /// before the reply.
+    pub fn subscribe(&self, outbox: &Arc<Outbox>, first: Vec<u8>) {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        outbox.push(first);
         clients.retain(|c| c.strong_count() > 0);
         clients.push(Arc::downgrade(outbox));
     }

@@ -110,9 +110,10 @@ impl Session {
         if self.oob {
             self.start_inband_worker();
         }
-        self.outbox
-            .push(protocol::response(Ok(serde_json::json!({})), request.id));
-        self.gw.events.subscribe(&self.outbox);
+        self.gw.events.subscribe(
+            &self.outbox,
+            protocol::response(Ok(serde_json::json!({})), request.id),
+        );
     }
 
     fn start_inband_worker(&mut self) {

@@ -5,9 +5,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
+use crate::error::IpcError;
 use crate::frame::{read_frame, write_frame, Frame, MAX_FRAME};
 use crate::messages::Message;
-use crate::IpcError;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()

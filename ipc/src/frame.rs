@@ -6,8 +6,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use crate::error::IpcError;
 use crate::fds::{recv_with_fds, send_with_fds};
-use crate::IpcError;
 
 /// Largest payload accepted (the biggest message, a VM launch, is far smaller).
 pub const MAX_FRAME: usize = 1 << 20;
@@ -21,10 +21,13 @@ pub fn write_frame(
     fds: &[BorrowedFd],
 ) -> Result<(), IpcError> {
     if payload.len() > MAX_FRAME {
-        return Err(IpcError::FrameTooLarge(payload.len() as u64));
+        return Err(IpcError::FrameTooLarge {
+            len: payload.len() as u64,
+            max: MAX_FRAME,
+        });
     }
     if fds.len() > MAX_FDS {
-        return Err(IpcError::TooManyFds);
+        return Err(IpcError::TooManyFds { max: MAX_FDS });
     }
     let mut frame = Vec::with_capacity(HEADER + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -56,7 +59,7 @@ pub fn read_frame(stream: &UnixStream) -> Result<Option<Frame>, IpcError> {
         let r = recv_with_fds(stream.as_raw_fd(), &mut header[got..], MAX_FDS)?;
         fds.extend(r.fds);
         if r.truncated || fds.len() > MAX_FDS {
-            return Err(IpcError::TooManyFds);
+            return Err(IpcError::TooManyFds { max: MAX_FDS });
         }
         if r.bytes == 0 {
             return if got == 0 && fds.is_empty() {
@@ -70,7 +73,10 @@ pub fn read_frame(stream: &UnixStream) -> Result<Option<Frame>, IpcError> {
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let declared_fds = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
     if len > MAX_FRAME {
-        return Err(IpcError::FrameTooLarge(len as u64));
+        return Err(IpcError::FrameTooLarge {
+            len: len as u64,
+            max: MAX_FRAME,
+        });
     }
     if declared_fds != fds.len() {
         return Err(IpcError::FdMismatch {
@@ -114,7 +120,10 @@ mod tests {
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(&u32::MAX.to_le_bytes()).unwrap();
         a.write_all(&0u32.to_le_bytes()).unwrap();
-        assert!(matches!(read_frame(&b), Err(IpcError::FrameTooLarge(_))));
+        assert!(matches!(
+            read_frame(&b),
+            Err(IpcError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -156,7 +165,7 @@ mod tests {
         let mut frame = 0u32.to_le_bytes().to_vec();
         frame.extend_from_slice(&((MAX_FDS + 10) as u32).to_le_bytes());
         send_with_fds(a.as_raw_fd(), &frame, &many).unwrap();
-        assert!(matches!(read_frame(&b), Err(IpcError::TooManyFds)));
+        assert!(matches!(read_frame(&b), Err(IpcError::TooManyFds { .. })));
     }
 
     #[test]
@@ -165,7 +174,7 @@ mod tests {
         let big = vec![0u8; MAX_FRAME + 1];
         assert!(matches!(
             write_frame(&a, &big, &[]),
-            Err(IpcError::FrameTooLarge(_))
+            Err(IpcError::FrameTooLarge { .. })
         ));
     }
 }

@@ -8,29 +8,12 @@
 //! do not match what its message declares is rejected with its fds closed.
 
 pub mod connection;
+pub mod error;
 pub mod fds;
 pub mod frame;
+pub mod host;
 pub mod messages;
 
 pub use connection::{Connection, Received};
+pub use error::IpcError;
 pub use messages::*;
-
-#[derive(Debug, thiserror::Error)]
-pub enum IpcError {
-    #[error("peer closed the connection")]
-    Closed,
-    #[error("peer closed the connection in the middle of a frame")]
-    Truncated,
-    #[error("frame of {0} bytes exceeds the {max} byte limit", max = frame::MAX_FRAME)]
-    FrameTooLarge(u64),
-    #[error("frame carries {got} file descriptors, its message allows {expected}")]
-    FdMismatch { got: usize, expected: usize },
-    #[error("more than {max} file descriptors in one frame", max = frame::MAX_FDS)]
-    TooManyFds,
-    #[error("undecodable message: {0}")]
-    Decode(String),
-    #[error("unencodable message: {0}")]
-    Encode(String),
-    #[error("socket: {0}")]
-    Io(#[from] std::io::Error),
-}

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use ipc::NetBackendKind;
 use net_daemon::device::NetDevice;
-use net_daemon::port::{self, Port};
+use net_daemon::port::Port;
 use net_daemon::{control, serve};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -44,17 +44,19 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     let Some(socket) = args.socket else {
         bail!("--socket is required");
     };
-    let mac = port::parse_mac(&args.mac).with_context(|| format!("--mac {}", args.mac))?;
+    let mac = ipc::host::parse_mac(&args.mac)
+        .with_context(|| format!("--mac {}: expected six hex bytes", args.mac))?;
     let (fds, kind) = match (&args.tap, &args.udp) {
         (Some(t), None) => (
-            port::open_tap(t, args.queue_pairs).with_context(|| format!("tap {t}"))?,
+            ipc::host::open_tap(t, args.queue_pairs).with_context(|| format!("tap {t}"))?,
             NetBackendKind::Tap,
         ),
         (None, Some(u)) => {
             let (local, remote) = u
                 .split_once(',')
                 .context("--udp LOCAL_ADDR:PORT,REMOTE_ADDR:PORT")?;
-            let s = port::open_datagram(local, remote).with_context(|| format!("--udp {u}"))?;
+            let s =
+                ipc::host::open_datagram(local, remote).with_context(|| format!("--udp {u}"))?;
             (vec![s], NetBackendKind::Datagram)
         }
         _ => bail!("give --tap NAME or --udp LOCAL,REMOTE"),

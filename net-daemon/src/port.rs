@@ -1,8 +1,8 @@
 //! The NIC's host side: a tap queue (frames with the virtio-net header, so checksum and
 //! segmentation offloads pass straight through) or a connected datagram socket (one
-//! frame per datagram, no header: offloads are not offered on it). The gateway opened
-//! both (with `open_tap` and `open_datagram` below, which the gateway calls, as does
-//! the daemon when it runs on its own); the daemon only configures the fds it was given.
+//! frame per datagram, no header: offloads are not offered on it). They were opened with
+//! `ipc::host` (by the gateway, or by the daemon itself when it runs on its own); here
+//! the daemon only configures and uses the fds it was given.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -140,76 +140,4 @@ impl Port {
     pub fn kind(&self) -> NetBackendKind {
         self.kind
     }
-}
-
-/// A MAC address written `52:54:00:12:34:56`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
-
-/// Opens tap `name` (created if it does not exist and we may create it) with `queues`
-/// queues, each with the virtio-net header.
-pub fn open_tap(name: &str, queues: usize) -> std::io::Result<Vec<OwnedFd>> {
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    const IFF_TAP: libc::c_short = 0x0002;
-    const IFF_NO_PI: libc::c_short = 0x1000;
-    const IFF_VNET_HDR: libc::c_short = 0x4000;
-    const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("'{name}' is not an interface name"),
-        ));
-    }
-    (0..queues)
-        .map(|_| {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")?;
-            // SAFETY: an ifreq is plain data; zeroed is a valid value.
-            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-            for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-                *d = s as libc::c_char;
-            }
-            // A tap made with multi_queue must be opened as such, one made without must
-            // not: try the first, then (for one queue) the second.
-            let base = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-            let mut last = std::io::Error::other("TUNSETIFF");
-            for flags in [base | IFF_MULTI_QUEUE, base] {
-                ifr.ifr_ifru.ifru_flags = flags;
-                // SAFETY: TUNSETIFF reads and writes the ifreq we pass.
-                if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut ifr) } == 0 {
-                    return Ok(file.into());
-                }
-                last = std::io::Error::last_os_error();
-                if queues > 1 {
-                    break;
-                }
-            }
-            Err(last)
-        })
-        .collect()
-}
-
-/// A UDP socket bound to `local` and connected to `remote` (`HOST:PORT` each): one
-/// Ethernet frame per datagram, as QEMU's `-netdev socket,udp=` and `dgram` send them.
-pub fn open_datagram(local: &str, remote: &str) -> std::io::Result<OwnedFd> {
-    let s = std::net::UdpSocket::bind(local)?;
-    s.connect(remote)?;
-    Ok(s.into())
 }

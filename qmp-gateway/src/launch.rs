@@ -7,10 +7,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use vmm_core::cli::VmArgs;
-use vmm_core::devices::serial::SerialConfig;
-
 use anyhow::{bail, Context};
+use ipc::host::{SerialConfig, VmArgs};
 use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
 
 use crate::supervisor::VmmLink;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use ipc::host::VmArgs;
 use ipc::{ShutdownCause, VmmRequest};
 use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::block::drive::DriveSpec;
@@ -21,7 +22,6 @@ use qmp_gateway::qmp::server::Server;
 use qmp_gateway::sandbox::{Mode, Policy, Process};
 use qmp_gateway::supervisor::{spawn_child, VmmLink};
 use serde_json::json;
-use vmm_core::cli::VmArgs;
 
 #[derive(Parser, Debug)]
 #[command(

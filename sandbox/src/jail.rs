@@ -178,10 +178,8 @@ pub fn lockdown(limits: Limits) -> Result<Applied, JailError> {
     set_limit(libc::RLIMIT_NPROC, limits.processes, "RLIMIT_NPROC")?;
     set_limit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
     // SAFETY: prctl with integer arguments.
-    check(
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-        "PR_SET_NO_NEW_PRIVS",
-    )?;
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    check(rc, "PR_SET_NO_NEW_PRIVS")?;
     let landlock_full = landlock()?;
     drop_capabilities()?;
     Ok(Applied { landlock_full })

@@ -13,7 +13,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use crate::Mode;
+use crate::mode::Mode;
 
 /// Where the gateway reads violations (see qmp-gateway's sandbox.rs).
 pub const VIOLATION_FD: i32 = 4;

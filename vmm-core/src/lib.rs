@@ -4,7 +4,6 @@
 //! bzImage or PVH ELF). Block and network data never pass through it.
 
 pub mod boot;
-pub mod cli;
 pub mod control;
 pub mod cpu;
 pub mod devices;

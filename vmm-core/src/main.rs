@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use ipc::host::{parse_mac, VmArgs};
 use ipc::{RemoteError, SerialSink};
 use nix::sys::signal::{SigSet, Signal};
 use vmm_core::boot::BootImage;
-use vmm_core::cli::VmArgs;
 use vmm_core::control::{Control, Launch};
 use vmm_core::devices::serial::Console;
 use vmm_core::events::{EventSender, VmEvent};
@@ -73,19 +73,6 @@ struct NetArg {
     pairs: u16,
 }
 
-/// `52:54:00:12:34:56`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("mac={s}: six hex bytes separated by ':'"));
-    }
-    for (b, p) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16).map_err(|_| format!("mac={s}: bad byte {p}"))?;
-    }
-    Ok(mac)
-}
-
 fn parse_vhost_user_net(s: &str) -> Result<NetArg, String> {
     let mut parts = s.split(',');
     let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty path")?;
@@ -96,7 +83,10 @@ fn parse_vhost_user_net(s: &str) -> Result<NetArg, String> {
     };
     for opt in parts {
         match opt.split_once('=') {
-            Some(("mac", m)) => arg.mac = parse_mac(m)?,
+            Some(("mac", m)) => {
+                arg.mac = parse_mac(m)
+                    .ok_or_else(|| format!("mac={m}: six hex bytes separated by ':'"))?
+            }
             Some(("queue-pairs", n)) => {
                 arg.pairs = n
                     .parse()

@@ -72,9 +72,8 @@ fn rx_filter_info(name: &str, f: &RxFilterState) -> Value {
             "normal"
         }
     };
-    let macs = |list: &[[u8; 6]]| -> Vec<String> {
-        list.iter().map(net_daemon::port::format_mac).collect()
-    };
+    let macs =
+        |list: &[[u8; 6]]| -> Vec<String> { list.iter().map(ipc::host::format_mac).collect() };
     // QEMU lists VLAN ids from the highest down; without VLAN filtering all pass.
     let vlan_table: Vec<u16> = if f.vlan_filtering {
         let mut v = f.vlans.clone();
@@ -92,7 +91,7 @@ fn rx_filter_info(name: &str, f: &RxFilterState) -> Value {
         "broadcast-allowed": !f.no_bcast,
         "multicast-overflow": f.multicast_overflow,
         "unicast-overflow": f.unicast_overflow,
-        "main-mac": net_daemon::port::format_mac(&f.main_mac),
+        "main-mac": ipc::host::format_mac(&f.main_mac),
         "vlan-table": vlan_table,
         "unicast-table": macs(&f.unicast),
         "multicast-table": macs(&f.multicast),

@@ -294,7 +294,7 @@ impl NetdevSpec {
                 source: TapSource::Ifname(name),
                 queues,
             } => {
-                let fds = net_daemon::port::open_tap(name, *queues as usize).map_err(|e| {
+                let fds = ipc::host::open_tap(name, *queues as usize).map_err(|e| {
                     generic(format!("could not configure /dev/net/tun ({name}): {e}"))
                 })?;
                 (NetBackendKind::Tap, fds, format!("tap,ifname={name}"))
@@ -312,7 +312,7 @@ impl NetdevSpec {
                 (NetBackendKind::Tap, vec![owned], format!("tap,fd={fd}"))
             }
             BackendSpec::Udp { local, remote } => {
-                let fd = net_daemon::port::open_datagram(local, remote).map_err(|e| {
+                let fd = ipc::host::open_datagram(local, remote).map_err(|e| {
                     generic(format!("can't bind {local} / connect to {remote}: {e}"))
                 })?;
                 (

@@ -51,7 +51,7 @@ impl FromStr for NicSpec {
                 "id" => id = Some(v.to_string()),
                 "mac" => {
                     mac = Some(
-                        net_daemon::port::parse_mac(v)
+                        ipc::host::parse_mac(v)
                             .ok_or_else(|| format!("mac={v}: expected six hex bytes"))?,
                     )
                 }

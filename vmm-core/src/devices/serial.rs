@@ -6,48 +6,15 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipc::host::SerialConfig;
 use vm_superio::serial::{Error as UartError, NoEvents};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{lock, BusDevice};
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SerialConfig {
-    Stdout,
-    File(PathBuf),
-    Unix(PathBuf),
-    None,
-}
-
-impl FromStr for SerialConfig {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let path = |p: &str| {
-            if p.is_empty() {
-                Err(format!("--serial {s}: empty path"))
-            } else {
-                Ok(PathBuf::from(p))
-            }
-        };
-        match s {
-            "stdout" | "stdio" => Ok(SerialConfig::Stdout),
-            "none" => Ok(SerialConfig::None),
-            _ => match s.split_once(':') {
-                Some(("file", p)) => Ok(SerialConfig::File(path(p)?)),
-                Some(("unix", p)) => Ok(SerialConfig::Unix(path(p)?)),
-                _ => Err(format!(
-                    "--serial {s}: expected stdout, none, file:PATH or unix:PATH"
-                )),
-            },
-        }
-    }
-}
 
 /// Where the guest's serial output goes. Cloneable so a reset can rebuild the UART
 /// around the same console.
@@ -273,22 +240,6 @@ fn spawn_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_serial_specs() {
-        assert_eq!("stdout".parse(), Ok(SerialConfig::Stdout));
-        assert_eq!("none".parse(), Ok(SerialConfig::None));
-        assert_eq!(
-            "file:/tmp/x".parse(),
-            Ok(SerialConfig::File("/tmp/x".into()))
-        );
-        assert_eq!(
-            "unix:/tmp/s".parse(),
-            Ok(SerialConfig::Unix("/tmp/s".into()))
-        );
-        assert!("file:".parse::<SerialConfig>().is_err());
-        assert!("tcp:1".parse::<SerialConfig>().is_err());
-    }
 
     #[test]
     fn transmit_reaches_the_console_and_input_reaches_the_guest() {

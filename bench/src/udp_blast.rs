@@ -37,10 +37,11 @@ fn main() -> anyhow::Result<()> {
             iov_len: payload.len(),
         })
         .collect();
-    // SAFETY: mmsghdr is plain data; zeroed is valid, and each one points at its iovec.
+    // Each message points at its iovec.
     let mut msgs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
         .map(|iov| {
+            // SAFETY: mmsghdr is plain data, for which all zeroes is a valid value.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;

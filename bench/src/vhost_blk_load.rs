@@ -16,13 +16,12 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio::blk;
+use virtio::features::VERSION_1;
 use vmm_sys_util::eventfd::EventFd;
 
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
 const QUEUE_SIZE: u16 = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -174,7 +173,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     fe.set_owner()?;
     let features = fe.get_features()?;
     anyhow::ensure!(
-        features & VIRTIO_F_VERSION_1 != 0,
+        features & VERSION_1 != 0,
         "backend lacks VIRTIO_F_VERSION_1"
     );
     let mut proto = VhostUserProtocolFeatures::empty();
@@ -191,9 +190,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let blocks = capacity * 512 / args.bs as u64;
     anyhow::ensure!(blocks > 0, "disk smaller than one block");
-    fe.set_features(
-        VIRTIO_F_VERSION_1 | (features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()),
-    )?;
+    fe.set_features(VERSION_1 | (features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()))?;
     fe.set_mem_table(&[VhostUserMemoryRegionInfo {
         guest_phys_addr: 0,
         memory_size: mem_size as u64,
@@ -247,7 +244,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let issue = |q: &mut Queue, slot: u16, block: u64| {
         let h = headers + 16 * u64::from(slot);
-        mem.write(h, if write { T_OUT } else { T_IN });
+        mem.write(h, if write { blk::T_OUT } else { blk::T_IN });
         mem.write(h + 4, 0u32);
         mem.write(h + 8, block * (args.bs as u64 / 512));
         let d0 = 3 * slot;

@@ -7,12 +7,14 @@
 //! checked against limits, received fds are owned (closed on drop), and a frame whose fds
 //! do not match what its message declares is rejected with its fds closed.
 
+pub mod child;
 pub mod connection;
 pub mod error;
 pub mod fds;
 pub mod frame;
 pub mod host;
 pub mod messages;
+pub mod process;
 
 pub use connection::{Connection, Received};
 pub use error::IpcError;

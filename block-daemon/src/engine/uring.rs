@@ -10,10 +10,14 @@ use io_uring::{opcode, types, IoUring};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use virtio::blk::{S_IOERR, S_OK};
+
+use super::buffers::{data_buffers, iovecs, DataBuffers};
+use super::inline::execute_inline;
+use super::interface::{Done, Engine, Op};
 use super::sync::SyncEngine;
-use super::{data_buffers, execute_inline, offset_of, op_of, DataBuffers, Done, Engine, Op};
 use crate::disk::Disk;
-use crate::request::{Kind, Request, S_IOERR, S_OK};
+use crate::request::{Kind, Request};
 
 struct InFlight {
     head: u16,
@@ -67,14 +71,7 @@ impl UringEngine {
     /// Reads `req` from the page cache without blocking; false if any of it is not
     /// there (nothing is reported: the caller then reads it through the ring).
     fn read_cached(&self, req: &Request) -> bool {
-        let iov: Vec<libc::iovec> = req
-            .data
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.ptr.cast(),
-                iov_len: s.len,
-            })
-            .collect();
+        let iov = iovecs(&req.data);
         // SAFETY: the iovecs describe guest memory that request::parse checked and that
         // the caller keeps mapped; preadv2 writes at most their lengths.
         let n = unsafe {
@@ -82,7 +79,7 @@ impl UringEngine {
                 self.disk.fd(),
                 iov.as_ptr(),
                 iov.len() as libc::c_int,
-                offset_of(req) as libc::off_t,
+                req.offset() as libc::off_t,
                 libc::RWF_NOWAIT,
             )
         };
@@ -109,7 +106,7 @@ impl UringEngine {
 impl Engine for UringEngine {
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
         let started = Instant::now();
-        let op = op_of(&req.kind);
+        let op = Op::of(&req.kind);
         let inline = match req.kind {
             Kind::Read | Kind::Write => false,
             Kind::Flush => self.disk.cache().no_flush(),
@@ -174,12 +171,12 @@ impl Engine for UringEngine {
         let entry = match (&req.kind, &buffers) {
             (Kind::Read, Some(b)) => {
                 opcode::Readv::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(offset_of(&req))
+                    .offset(req.offset())
                     .build()
             }
             (Kind::Write, Some(b)) => {
                 opcode::Writev::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(offset_of(&req))
+                    .offset(req.offset())
                     .build()
             }
             _ => opcode::Fsync::new(fd)

@@ -70,7 +70,13 @@ fn next_message<D: Device>(
                 let taken = conn.hold_early_enable(enable.index, enable.state);
                 (taken, enable.need_reply && conn.reply_ack())
             };
-            if !taken {
+            if taken {
+                log::debug!(
+                    "ring {} enable={} before the features: held",
+                    enable.index,
+                    enable.state
+                );
+            } else {
                 log::warn!(
                     "refused an early SET_VRING_ENABLE (ring {}, state {})",
                     enable.index,

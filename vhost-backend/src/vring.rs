@@ -104,6 +104,11 @@ impl Vring {
         Some((head, chain))
     }
 
+    /// Where the next chain will be taken from the available ring.
+    pub fn next_avail(&self) -> u16 {
+        self.queue.next_avail()
+    }
+
     /// Puts back the chains taken since the available index was `next_avail` (a device
     /// that found too little room in them to use any). Only for a device that does not
     /// track in flight: the inflight region would still say those heads were taken.

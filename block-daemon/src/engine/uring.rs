@@ -149,26 +149,26 @@ impl Engine for UringEngine {
         let Some(slot) = self.free.pop() else {
             return self.overflow.submit(head, req, mem);
         };
-        let buffers = match req.kind {
-            Kind::Flush => None,
-            _ => match data_buffers(&self.disk, &req) {
-                Some(b) => Some(b),
+        let mut flight = InFlight {
+            head,
+            status: req.status,
+            op,
+            bytes: req.image_bytes(),
+            started,
+            buffers: None,
+            _mem: mem,
+        };
+        if req.kind != Kind::Flush {
+            match data_buffers(&self.disk, &req) {
+                Some(b) => flight.buffers = Some(b),
                 None => {
-                    self.slots[slot] = Some(InFlight {
-                        head,
-                        status: req.status,
-                        op,
-                        bytes: req.image_bytes(),
-                        started,
-                        buffers: None,
-                        _mem: mem,
-                    });
+                    self.slots[slot] = Some(flight);
                     return self.fail(slot, "no memory for a bounce buffer");
                 }
-            },
-        };
+            }
+        }
         let fd = types::Fd(self.disk.fd());
-        let entry = match (&req.kind, &buffers) {
+        let entry = match (&req.kind, &flight.buffers) {
             (Kind::Read, Some(b)) => {
                 opcode::Readv::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
                     .offset(req.offset())
@@ -184,15 +184,8 @@ impl Engine for UringEngine {
                 .build(),
         }
         .user_data(slot as u64);
-        self.slots[slot] = Some(InFlight {
-            head,
-            status: req.status,
-            op,
-            bytes: req.image_bytes(),
-            started,
-            buffers,
-            _mem: mem,
-        });
+        // The iovecs' memory stays where it is when `flight` moves into its slot.
+        self.slots[slot] = Some(flight);
         // SAFETY: the iovecs and the memory they describe live in `slots[slot]` until the
         // completion for `slot` is reaped.
         let pushed = unsafe { self.ring.submission().push(&entry) };

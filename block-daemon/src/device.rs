@@ -225,7 +225,7 @@ impl BlkDevice {
 
     /// Serves queue `q`: everything the guest made available (after what a previous
     /// daemon left in flight), then a short watch for more.
-    pub fn process_queue(
+    fn process_queue(
         &self,
         q: usize,
         vring: &mut Vring,

@@ -141,12 +141,19 @@ impl Vring {
     }
 
     /// Asks the driver to kick for new chains; true if some arrived meanwhile (look again).
+    /// Nothing is written to a ring that is not live (it may belong to nobody now).
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> io::Result<bool> {
+        if !self.live() {
+            return Ok(false);
+        }
         self.queue.enable_notification(mem).map_err(ring_error)
     }
 
     /// Asks the driver not to kick while the device is taking chains anyway.
     pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) -> io::Result<()> {
+        if !self.live() {
+            return Ok(());
+        }
         self.queue.disable_notification(mem).map_err(ring_error)
     }
 

@@ -74,3 +74,43 @@ impl HostWatch {
         HostWatch::new(Arc::new(Epoll::new()?), fds, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn ready(watch: &HostWatch) -> Vec<u64> {
+        let mut events = [EpollEvent::default(); 4];
+        let n = watch.epoll.wait(0, &mut events).unwrap();
+        events[..n].iter().map(EpollEvent::data).collect()
+    }
+
+    #[test]
+    fn a_paused_source_is_not_reported_until_it_is_resumed() {
+        let (a, b) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+        let watch = HostWatch::new(
+            Arc::new(Epoll::new().unwrap()),
+            vec![a.as_raw_fd(), b.as_raw_fd()],
+            10,
+        )
+        .unwrap();
+        a.write(1).unwrap();
+        b.write(1).unwrap();
+        let mut both = ready(&watch);
+        both.sort_unstable();
+        assert_eq!(both, vec![10, 11]);
+        watch.pause(0);
+        watch.pause(0); // twice is once
+        assert_eq!(ready(&watch), vec![11]);
+        watch.resume(0);
+        watch.resume(0);
+        let mut both = ready(&watch);
+        both.sort_unstable();
+        assert_eq!(both, vec![10, 11]);
+        // Sources the device does not have are ignored.
+        watch.pause(7);
+        watch.resume(7);
+    }
+}

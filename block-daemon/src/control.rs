@@ -14,10 +14,9 @@ use ipc::{
     ToBlock,
 };
 
-use crate::backend::{BlkBackend, Policy, QUEUE_SIZE};
+use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
-use crate::serve;
 use crate::stats::Stats;
 use crate::throttle::{SharedPage, Throttle};
 
@@ -48,13 +47,13 @@ fn cache_mode(direct: bool, no_flush: bool) -> CacheMode {
     }
 }
 
-/// Builds the node's backend from the open call and starts serving its listener.
+/// Builds the node's device from the open call and starts serving its listener.
 fn open(
     conn: &Arc<Connection>,
     open: &BlockOpen,
     fds: Vec<OwnedFd>,
     engine: EngineKind,
-) -> Result<BlkBackend, String> {
+) -> Result<BlkDevice, String> {
     let mut fds = fds.into_iter();
     let (Some(image), Some(listener)) = (fds.next(), fds.next()) else {
         return Err("the open call lacks its image and listener fds".into());
@@ -71,11 +70,11 @@ fn open(
     .map_err(|e| e.to_string())?;
     let disk = Arc::new(disk);
     let queues = open.queues as usize;
-    let engines = match engine::per_queue(engine, &disk, queues, QUEUE_SIZE as u32) {
+    let engines = match engine::per_queue(engine, &disk, queues, u32::from(QUEUE_SIZE)) {
         Ok(e) => e,
         Err(e) if engine == EngineKind::Uring => {
             log::warn!("io_uring unavailable ({e}): serving requests one at a time per queue");
-            engine::per_queue(EngineKind::Sync, &disk, queues, QUEUE_SIZE as u32)
+            engine::per_queue(EngineKind::Sync, &disk, queues, u32::from(QUEUE_SIZE))
                 .map_err(|e| e.to_string())?
         }
         Err(e) => return Err(e.to_string()),
@@ -91,28 +90,27 @@ fn open(
         })),
     };
     let stats = Arc::new(Stats::new(&open.stats_intervals));
-    let backend =
-        BlkBackend::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
-    let serving = backend.clone();
+    let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
+    let serving = device.clone();
     let listener = UnixListener::from(listener);
     std::thread::Builder::new()
         .name("vhost-user".into())
-        .spawn(move || serve::serve_forever(serving, listener))
+        .spawn(move || vhost_backend::serve_forever(serving, listener))
         .map_err(|e| format!("serving thread: {e}"))?;
-    Ok(backend)
+    Ok(device)
 }
 
 /// Answers one management call.
 fn handle(
-    backend: &BlkBackend,
+    device: &BlkDevice,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
 ) -> Result<BlockReply, RemoteError> {
-    let disk = backend.disk();
+    let disk = device.disk();
     match request {
         BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
         BlockRequest::Stats => {
-            let mut stats = backend.stats().snapshot(disk.size());
+            let mut stats = device.stats().snapshot(disk.size());
             let d = disk.discards();
             stats.discard_ok = d.ok.load(Ordering::Relaxed);
             stats.discard_bytes_ok = d.bytes_ok.load(Ordering::Relaxed);
@@ -123,7 +121,7 @@ fn handle(
             if disk.read_only() {
                 return Err(RemoteError::generic("Image is read-only"));
             }
-            backend
+            device
                 .resize(bytes)
                 .map_err(|e| RemoteError::generic(format!("Could not resize: {e}")))?;
             Ok(BlockReply::Done)
@@ -141,11 +139,11 @@ fn handle(
                     ))
                 }
             };
-            backend.set_throttle(throttle);
+            device.set_throttle(throttle);
             Ok(BlockReply::Done)
         }
         BlockRequest::SetWriteThreshold { node_name, bytes } => {
-            backend.set_write_threshold(&node_name, bytes);
+            device.set_write_threshold(&node_name, bytes);
             Ok(BlockReply::Done)
         }
         BlockRequest::Quit => Ok(BlockReply::Done),
@@ -160,7 +158,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
     let BlockRequest::Open(config) = first.msg.request else {
         return Err(ControlError::NotOpen(format!("{:?}", first.msg.request)));
     };
-    let backend = match open(&conn, &config, first.fds, engine) {
+    let device = match open(&conn, &config, first.fds, engine) {
         Ok(b) => b,
         Err(e) => {
             reply(&conn, id, Err(RemoteError::generic(e.clone())));
@@ -170,7 +168,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
     log::info!(
         "node {}: {} bytes, {} queue(s){}",
         config.node_name,
-        backend.disk().size(),
+        device.disk().size(),
         config.queues,
         if config.read_only { ", read-only" } else { "" }
     );
@@ -178,7 +176,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         &conn,
         id,
         Ok(BlockReply::Opened {
-            size: backend.disk().size(),
+            size: device.disk().size(),
         }),
     );
     loop {
@@ -187,7 +185,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
             return Ok(());
         };
         let quit = call.msg.request == BlockRequest::Quit;
-        let result = handle(&backend, call.msg.request, call.fds);
+        let result = handle(&device, call.msg.request, call.fds);
         reply(&conn, call.msg.id, result);
         if quit {
             return Ok(());

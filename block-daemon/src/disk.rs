@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::request::{SectorRange, ID_LEN, SECTOR_SHIFT};
+use virtio::blk::ID_BYTES;
+
+use crate::request::{SectorRange, SECTOR_SHIFT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheMode {
@@ -45,7 +47,7 @@ pub struct Disk {
     read_only: bool,
     cache: CacheMode,
     block_device: bool,
-    id: [u8; ID_LEN],
+    id: [u8; ID_BYTES],
     discards: DiscardCounters,
 }
 
@@ -98,8 +100,8 @@ impl Disk {
             // SAFETY: as above.
             check(unsafe { libc::fcntl(fd, libc::F_SETFL, want) })?;
         }
-        let mut id_bytes = [0u8; ID_LEN];
-        let n = id.len().min(ID_LEN);
+        let mut id_bytes = [0u8; ID_BYTES];
+        let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Disk {
             file,
@@ -132,7 +134,7 @@ impl Disk {
         self.cache
     }
 
-    pub fn id(&self) -> &[u8; ID_LEN] {
+    pub fn id(&self) -> &[u8; ID_BYTES] {
         &self.id
     }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use vhost::vhost_user::Listener;
 
-use crate::backend::{BlkBackend, Policy, QUEUE_SIZE};
+use vhost_backend::ServeError;
+
+use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
-use crate::serve::{self, ServeError};
 use crate::stats::Stats;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +130,7 @@ pub enum ExportError {
 /// An export, opened and listening.
 pub struct Export {
     pub spec: ExportSpec,
-    backend: BlkBackend,
+    device: BlkDevice,
     listener: Listener,
 }
 
@@ -143,51 +144,34 @@ impl Export {
         let disk = Disk::new(file, spec.read_only, spec.cache, &spec.id)
             .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
         let disk = Arc::new(disk);
-        let engines = engine::per_queue(spec.engine, &disk, spec.queues, QUEUE_SIZE as u32)
+        let engines = engine::per_queue(spec.engine, &disk, spec.queues, u32::from(QUEUE_SIZE))
             .map_err(ExportError::Engine)?;
         let policy = Policy {
             discard_unmap: spec.discard_unmap,
             ..Policy::default()
         };
-        let backend = BlkBackend::new(disk, engines, Arc::new(Stats::default()), policy)
+        let device = BlkDevice::new(disk, engines, Arc::new(Stats::default()), policy)
             .map_err(ExportError::Engine)?;
         let listener = Listener::new(&spec.socket, true)
             .map_err(|e| ExportError::Socket(spec.socket.clone(), e.to_string()))?;
         Ok(Export {
             spec,
-            backend,
+            device,
             listener,
         })
     }
 
     pub fn capacity_sectors(&self) -> u64 {
-        self.backend.disk().capacity_sectors()
+        self.device.disk().capacity_sectors()
     }
 
     /// Serves frontends one after another (one that disconnects may come back, or
     /// another take its place); with `once`, only the first, then removes the socket.
     pub fn serve(mut self, once: bool) -> Result<(), ExportError> {
-        loop {
-            let result = serve::serve_one(&self.backend, &mut self.listener);
-            if once {
-                let _ = std::fs::remove_file(&self.spec.socket);
-                return result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e));
-            }
-            match result {
-                Ok(()) => log::info!(
-                    "{}: frontend disconnected; waiting for the next one",
-                    self.spec.socket.display()
-                ),
-                Err(e) => {
-                    log::warn!(
-                        "{}: {e}; waiting for the next frontend",
-                        self.spec.socket.display()
-                    );
-                    // A listener that keeps failing must not spin.
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            }
-        }
+        let label = self.spec.socket.display().to_string();
+        let result = vhost_backend::serve_frontends(&self.device, &mut self.listener, once, &label);
+        let _ = std::fs::remove_file(&self.spec.socket);
+        result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e))
     }
 }
 

@@ -5,34 +5,15 @@
 //! (IOERR or UNSUPP) for the guest, or, when it has no status byte at all, a rejection
 //! the caller logs. Nothing panics on any input (see the fuzz test below).
 
+use virtio::blk::{
+    S_IOERR, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
+    WRITE_ZEROES_FLAG_UNMAP,
+};
+use virtio::Desc;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub const SECTOR_SIZE: u64 = 512;
 pub const SECTOR_SHIFT: u32 = 9;
-/// virtio-blk GET_ID: up to 20 bytes, not necessarily NUL-terminated.
-pub const ID_LEN: usize = 20;
-
-pub const T_IN: u32 = 0;
-pub const T_OUT: u32 = 1;
-pub const T_FLUSH: u32 = 4;
-pub const T_GET_ID: u32 = 8;
-pub const T_DISCARD: u32 = 11;
-pub const T_WRITE_ZEROES: u32 = 13;
-
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
-
-/// WRITE_ZEROES segment flag: the device may unmap (deallocate) instead of writing.
-pub const WZ_FLAG_UNMAP: u32 = 1;
-
-/// A descriptor as the guest wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub writable: bool,
-}
 
 /// A piece of a request's data, as a host address inside the guest RAM mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +78,11 @@ impl Request {
                 .max(),
             _ => None,
         }
+    }
+
+    /// Where in the image the request starts, in bytes.
+    pub fn offset(&self) -> u64 {
+        self.sector << SECTOR_SHIFT
     }
 
     /// True when every data byte is zero (detect-zeroes).
@@ -197,8 +183,8 @@ fn tail(segs: &[Segment], skip: usize) -> Vec<Segment> {
             skip -= s.len;
             continue;
         }
-        // SAFETY: stays inside the segment.
         out.push(Segment {
+            // SAFETY: skip < s.len: the pointer stays inside the segment.
             ptr: unsafe { s.ptr.add(skip) },
             len: s.len - skip,
         });
@@ -310,8 +296,8 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
             let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
             let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
             let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
-            let unmap = flags & WZ_FLAG_UNMAP != 0;
-            if flags & !WZ_FLAG_UNMAP != 0 || (unmap && !allow_unmap) {
+            let unmap = flags & WRITE_ZEROES_FLAG_UNMAP != 0;
+            if flags & !WRITE_ZEROES_FLAG_UNMAP != 0 || (unmap && !allow_unmap) {
                 return Err(fail(S_UNSUPP, format!("{what} flags {flags:#x}")));
             }
             if sectors > limits.max_range_sectors
@@ -548,7 +534,8 @@ mod tests {
             }])
         );
         // DISCARD may not carry the unmap flag; WRITE_ZEROES may.
-        m.write_obj(WZ_FLAG_UNMAP, GuestAddress(0x11c)).unwrap();
+        m.write_obj(WRITE_ZEROES_FLAG_UNMAP, GuestAddress(0x11c))
+            .unwrap();
         assert!(matches!(
             parse(&m, &[d(0x100, 32, false), d(0x2000, 1, true)], &limits()),
             Err(Rejected::Status { code: S_UNSUPP, .. })

@@ -5,13 +5,13 @@
 //! virtio-blk accounts them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ipc::{BlockStats, Latency, OpCounters, TimedStats};
+use parking_lot::Mutex;
 
 use crate::engine::Op;
-use crate::request::{T_DISCARD, T_FLUSH, T_IN, T_OUT, T_WRITE_ZEROES};
+use virtio::blk::{T_DISCARD, T_FLUSH, T_IN, T_OUT, T_WRITE_ZEROES};
 
 #[derive(Default)]
 pub struct OpStats {
@@ -187,14 +187,14 @@ impl Stats {
         s.bytes.fetch_add(bytes, Ordering::Relaxed);
         s.total_ns.fetch_add(ns, Ordering::Relaxed);
         let now = Instant::now();
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        *self.last.lock() = Some(now);
         let slot = match op {
             Op::Read => 0,
             Op::Write | Op::WriteZeroes => 1,
             Op::Flush => 2,
             _ => return,
         };
-        let mut intervals = self.intervals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut intervals = self.intervals.lock();
         for i in intervals.iter_mut() {
             i.roll(now);
             for w in &mut i.windows {
@@ -222,8 +222,8 @@ impl Stats {
     /// Everything query-blockstats needs except the file-level counters.
     pub fn snapshot(&self, size: u64) -> BlockStats {
         let now = Instant::now();
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let mut intervals = self.intervals.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *self.last.lock();
+        let mut intervals = self.intervals.lock();
         let timed = intervals
             .iter_mut()
             .map(|i| {

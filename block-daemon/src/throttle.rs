@@ -54,6 +54,7 @@ pub struct SharedPage {
 
 // SAFETY: the page is only accessed through atomics.
 unsafe impl Send for SharedPage {}
+// SAFETY: as for Send: every access from any thread is atomic.
 unsafe impl Sync for SharedPage {}
 
 impl SharedPage {

@@ -14,7 +14,6 @@ use ipc::{
 use crate::device::NetDevice;
 use crate::filter::RxFilter;
 use crate::port::Port;
-use crate::serve;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -66,7 +65,7 @@ fn open(conn: &Arc<Connection>, open: &NetOpen, fds: Vec<OwnedFd>) -> Result<Net
     let serving = device.clone();
     std::thread::Builder::new()
         .name("vhost-user".into())
-        .spawn(move || serve::serve_forever(serving, listener))
+        .spawn(move || vhost_backend::serve_forever(serving, listener))
         .map_err(|e| format!("serving thread: {e}"))?;
     Ok(device)
 }

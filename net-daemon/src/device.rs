@@ -1,52 +1,33 @@
-//! The virtio-net device behind the vhost-user connection (vhost-user-backend): rx/tx
-//! queue pairs, each tied to one host port (a tap queue, or the datagram socket), and the
-//! control queue (rx mode, MAC tables, VLANs, queue pairs) last. One thread serves
+//! The virtio-net device, served by vhost-backend: rx/tx queue pairs, each tied to one
+//! host port (a tap queue, or the datagram socket), and the control queue (rx mode, MAC
+//! tables, VLANs, queue pairs) last. One thread, the connection's worker, serves
 //! everything: guest kicks, host ports becoming readable.
 //!
 //! Receive: a frame read from the port goes through the receive filter and into the
 //! guest's buffers (several, with mergeable rx buffers); with no buffer free it waits,
 //! and the port is not watched until the guest adds buffers. Transmit: each chain is one
-//! header + frame for the port. Malformed chains are completed unused and counted.
+//! header + frame for the port. Malformed chains (broken ones included) are completed
+//! unused and counted.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use ipc::{NetEvent, NetStats, RxFilterState};
+use parking_lot::Mutex;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
-use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vhost_backend::{Device, HostWatch, Rings, Vring};
+use virtio::{features, net, Desc};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::filter::{Outcome, RxFilter, ACK_ERR, ACK_OK};
-use crate::frames::{self, Desc, HDR_LEN, MAX_CHAIN, MAX_FRAME};
-use crate::port::{Port, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO};
+use crate::frames::{self, Malformed, HDR_LEN, MAX_FRAME};
+use crate::port::Port;
 
-pub const QUEUE_SIZE: usize = 256;
-
-const F_CSUM: u64 = 1 << 0;
-const F_HOST_TSO4: u64 = 1 << 11;
-const F_HOST_TSO6: u64 = 1 << 12;
-const F_HOST_ECN: u64 = 1 << 13;
-const F_HOST_UFO: u64 = 1 << 14;
-const F_MRG_RXBUF: u64 = 1 << 15;
-const F_CTRL_VQ: u64 = 1 << 17;
-const F_CTRL_RX: u64 = 1 << 18;
-const F_CTRL_VLAN: u64 = 1 << 19;
-const F_CTRL_RX_EXTRA: u64 = 1 << 20;
-const F_MQ: u64 = 1 << 22;
-const F_CTRL_MAC_ADDR: u64 = 1 << 23;
-const F_VERSION_1: u64 = 1 << 32;
-const F_INDIRECT_DESC: u64 = 1 << 28;
-const F_EVENT_IDX: u64 = 1 << 29;
-const F_LOG_ALL: u64 = 1 << 26;
+pub const QUEUE_SIZE: u16 = 256;
 
 pub type EventSink = Arc<dyn Fn(NetEvent) + Send + Sync>;
-type Handler = Arc<VringEpollHandler<NetDevice>>;
 
 #[derive(Default)]
 struct Counters {
@@ -60,12 +41,15 @@ struct Counters {
     malformed: AtomicU64,
 }
 
-/// Per queue pair: a frame read from the port but not yet placed, whether the port is
-/// watched, and the buffer frames are read into (allocated once, on first use).
+fn count(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Per queue pair: a frame read from the port but not yet placed, and the buffer frames
+/// are read into (allocated once, on first use).
 #[derive(Default)]
 struct PairState {
     pending: Option<Vec<u8>>,
-    unwatched: bool,
     buf: Vec<u8>,
 }
 
@@ -78,12 +62,10 @@ struct Inner {
     /// replays the driver's features; the driver programs nothing again).
     restore: Mutex<Option<RxFilter>>,
     link_up: AtomicBool,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     acked: AtomicU64,
     state: Vec<Mutex<PairState>>,
     counters: Counters,
     events: Option<EventSink>,
-    handler: Mutex<Option<Handler>>,
     logged: AtomicU64,
 }
 
@@ -92,8 +74,12 @@ pub struct NetDevice {
     inner: Arc<Inner>,
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+enum Placed {
+    Yes,
+    /// No buffer large enough: the frame is dropped.
+    Dropped,
+    /// The ring has no (or not enough) buffers right now.
+    NoRoom,
 }
 
 impl NetDevice {
@@ -113,32 +99,16 @@ impl NetDevice {
                 filter: Mutex::new(restore.clone().unwrap_or_else(|| RxFilter::new(mac))),
                 restore: Mutex::new(restore),
                 link_up: AtomicBool::new(link_up),
-                mem: RwLock::new(None),
                 acked: AtomicU64::new(0),
                 state: (0..pairs)
                     .map(|_| Mutex::new(PairState::default()))
                     .collect(),
                 counters: Counters::default(),
                 events,
-                handler: Mutex::new(None),
                 logged: AtomicU64::new(0),
                 ports,
             }),
         }
-    }
-
-    /// The epoll `data` of port `p`'s readiness (after the library's queue and exit ids).
-    fn port_event(&self, p: usize) -> u64 {
-        (self.num_queues() + 1 + p) as u64
-    }
-
-    /// Watches the ports through the library's worker (call once the daemon exists).
-    pub fn attach(&self, handler: Handler) -> io::Result<()> {
-        for (p, port) in self.inner.ports.iter().enumerate() {
-            handler.register_listener(port.raw(), EventSet::IN, self.port_event(p))?;
-        }
-        *lock(&self.inner.handler) = Some(handler);
-        Ok(())
     }
 
     pub fn set_link(&self, up: bool) {
@@ -146,7 +116,7 @@ impl NetDevice {
     }
 
     pub fn rx_filter(&self) -> RxFilterState {
-        lock(&self.inner.filter).state()
+        self.inner.filter.lock().state()
     }
 
     pub fn stats(&self) -> NetStats {
@@ -164,98 +134,68 @@ impl NetDevice {
         }
     }
 
-    fn memory(&self) -> Option<GuestMemoryMmap> {
-        let mem = self.inner.mem.read().unwrap_or_else(|e| e.into_inner());
-        mem.as_ref().map(|m| (*m.memory()).clone())
-    }
-
-    fn malformed(&self, e: &frames::Malformed) {
-        self.inner
-            .counters
-            .malformed
-            .fetch_add(1, Ordering::Relaxed);
+    fn malformed(&self, e: &Malformed) {
+        count(&self.inner.counters.malformed, 1);
         let n = self.inner.logged.fetch_add(1, Ordering::Relaxed);
         if n < 20 || n.is_multiple_of(1000) {
             log::warn!("dropped a guest buffer: {e} [{} so far]", n + 1);
         }
     }
 
-    fn pop(vring: &VringRwLock, mem: &GuestMemoryMmap) -> Option<(u16, Vec<Desc>)> {
-        let mut state = vring.get_mut();
-        // A kick or a readable port can race with the frontend stopping the ring.
-        if !state.is_enabled() || !state.get_queue().ready() {
-            return None;
-        }
-        let chain = state.get_queue_mut().pop_descriptor_chain(mem)?;
-        let head = chain.head_index();
-        let descs = chain
-            .take(MAX_CHAIN)
-            .map(|d| Desc {
-                addr: d.addr().0,
-                len: d.len(),
-                writable: d.is_write_only(),
-            })
-            .collect();
-        Some((head, descs))
+    /// Completes a chain that cannot be used, unused, and counts it.
+    fn drop_malformed(
+        &self,
+        ring: &mut Vring,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        e: &Malformed,
+    ) -> io::Result<()> {
+        self.malformed(e);
+        ring.add_used(mem, head, 0)
     }
 
-    fn signal(vring: &VringRwLock) -> io::Result<()> {
-        if vring.needs_notification().map_err(io::Error::other)? {
-            vring.signal_used_queue()?;
-        }
-        Ok(())
+    fn mergeable(&self) -> bool {
+        self.inner.acked.load(Ordering::Relaxed) & net::F_MRG_RXBUF != 0
     }
 
     /// Guest frames of pair `p` to the port.
-    fn transmit(&self, p: usize, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
-        let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
+    fn transmit(&self, p: usize, ring: &mut Vring, mem: &GuestMemoryMmap) -> io::Result<()> {
+        let c = &self.inner.counters;
+        let event_idx = ring.event_idx();
         loop {
             if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
+                ring.disable_notification(mem)?;
             }
             let mut sent = 0;
-            while let Some((head, descs)) = NetDevice::pop(vring, mem) {
+            while let Some((head, chain)) = ring.pop_chain(mem) {
                 sent += 1;
-                match frames::gather(mem, &descs) {
+                let bytes = chain
+                    .map_err(Malformed::from)
+                    .and_then(|descs| frames::gather(mem, &descs));
+                match bytes {
                     Ok(bytes) if self.inner.link_up.load(Ordering::Relaxed) => {
                         let len = (bytes.len() - HDR_LEN) as u64;
                         match self.inner.ports.get(p).map(|port| port.send(&bytes)) {
                             Some(Ok(())) => {
-                                self.inner
-                                    .counters
-                                    .tx_packets
-                                    .fetch_add(1, Ordering::Relaxed);
-                                self.inner
-                                    .counters
-                                    .tx_bytes
-                                    .fetch_add(len, Ordering::Relaxed);
+                                count(&c.tx_packets, 1);
+                                count(&c.tx_bytes, len);
                             }
                             // A full tap queue or a peer not listening: the frame is lost,
                             // as on a wire.
-                            _ => {
-                                self.inner
-                                    .counters
-                                    .tx_dropped
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
+                            _ => count(&c.tx_dropped, 1),
                         }
                     }
-                    Ok(_) => {
-                        self.inner
-                            .counters
-                            .rx_filtered
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(_) => count(&c.rx_filtered, 1),
                     Err(e) => self.malformed(&e),
                 }
-                vring.add_used(head, 0).map_err(io::Error::other)?;
+                ring.add_used(mem, head, 0)?;
             }
             if sent > 0 {
-                NetDevice::signal(vring)?;
+                ring.notify(mem)?;
             }
             // A pass that took nothing ends here even if the ring claims more: a broken
             // available index would otherwise keep this thread spinning.
-            let more = event_idx && vring.enable_notification().map_err(io::Error::other)?;
+            let more = event_idx && ring.enable_notification(mem)?;
             if sent == 0 || !more {
                 return Ok(());
             }
@@ -263,18 +203,20 @@ impl NetDevice {
     }
 
     /// Port frames of pair `p` into the guest's receive buffers, while there are both.
-    fn receive(&self, p: usize, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
+    fn receive(
+        &self,
+        p: usize,
+        ring: &mut Vring,
+        mem: &GuestMemoryMmap,
+        watch: &HostWatch,
+    ) -> io::Result<()> {
         let Some(port) = self.inner.ports.get(p) else {
             return Ok(());
         };
-        let mergeable = self.inner.acked.load(Ordering::Relaxed) & F_MRG_RXBUF != 0;
-        let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
-        let mut state = lock(&self.inner.state[p]);
-        let PairState {
-            pending,
-            unwatched,
-            buf,
-        } = &mut *state;
+        let c = &self.inner.counters;
+        let mergeable = self.mergeable();
+        let mut state = self.inner.state[p].lock();
+        let PairState { pending, buf } = &mut *state;
         if buf.is_empty() {
             buf.resize(HDR_LEN + MAX_FRAME, 0);
         }
@@ -291,32 +233,18 @@ impl NetDevice {
                 },
             };
             if !self.inner.link_up.load(Ordering::Relaxed)
-                || !lock(&self.inner.filter).accepts(&frame[HDR_LEN..])
+                || !self.inner.filter.lock().accepts(&frame[HDR_LEN..])
             {
-                self.inner
-                    .counters
-                    .rx_filtered
-                    .fetch_add(1, Ordering::Relaxed);
+                count(&c.rx_filtered, 1);
                 continue;
             }
-            match self.place(vring, mem, frame, mergeable)? {
+            match self.place(ring, mem, frame, mergeable)? {
                 Placed::Yes => {
                     placed += 1;
-                    self.inner
-                        .counters
-                        .rx_packets
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.inner
-                        .counters
-                        .rx_bytes
-                        .fetch_add((frame.len() - HDR_LEN) as u64, Ordering::Relaxed);
+                    count(&c.rx_packets, 1);
+                    count(&c.rx_bytes, (frame.len() - HDR_LEN) as u64);
                 }
-                Placed::Dropped => {
-                    self.inner
-                        .counters
-                        .rx_no_buffer
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                Placed::Dropped => count(&c.rx_no_buffer, 1),
                 Placed::NoRoom => {
                     // Wait for buffers: keep the frame, stop watching the port, and ask
                     // the guest to kick when it adds some.
@@ -324,109 +252,101 @@ impl NetDevice {
                         Some(h) => h,
                         None => frame.to_vec(),
                     });
-                    if event_idx {
-                        vring.enable_notification().map_err(io::Error::other)?;
+                    if ring.event_idx() {
+                        ring.enable_notification(mem)?;
                     }
-                    if !*unwatched {
-                        if let Some(h) = lock(&self.inner.handler).as_ref() {
-                            let _ =
-                                h.unregister_listener(port.raw(), EventSet::IN, self.port_event(p));
-                        }
-                        *unwatched = true;
-                    }
+                    watch.pause(p);
                     break;
                 }
             }
         }
         if placed > 0 {
-            NetDevice::signal(vring)?;
+            ring.notify(mem)?;
         }
         Ok(())
     }
 
-    /// The guest added receive buffers: watch the port again if it waited for them.
-    fn buffers_added(&self, p: usize) {
-        let mut state = lock(&self.inner.state[p]);
-        if state.unwatched {
-            if let (Some(h), Some(port)) =
-                (lock(&self.inner.handler).as_ref(), self.inner.ports.get(p))
-            {
-                let _ = h.register_listener(port.raw(), EventSet::IN, self.port_event(p));
-            }
-            state.unwatched = false;
-        }
-    }
-
+    /// Puts one frame (header included) into receive buffers: one chain, or with
+    /// mergeable buffers as many as it takes.
     fn place(
         &self,
-        vring: &VringRwLock,
+        ring: &mut Vring,
         mem: &GuestMemoryMmap,
         frame: &[u8],
         mergeable: bool,
     ) -> io::Result<Placed> {
-        let start = vring.get_ref().get_queue().next_avail();
-        let mut chains: Vec<(u16, Vec<Desc>, usize)> = Vec::new();
+        let start = ring.next_avail();
+        let mut chains: Vec<(u16, Vec<Desc>)> = Vec::new();
+        // Chains found unusable: completed only once the frame is placed or dropped, so
+        // that taking them back (no room yet) never completes one twice.
+        let mut unusable: Vec<(u16, Malformed)> = Vec::new();
         let mut room = 0;
         while room < frame.len() {
-            let Some((head, descs)) = NetDevice::pop(vring, mem) else {
+            let Some((head, chain)) = ring.pop_chain(mem) else {
                 // Not enough buffers yet: put back what was taken.
-                vring.get_mut().get_queue_mut().set_next_avail(start);
+                ring.rewind(start);
                 return Ok(Placed::NoRoom);
             };
-            match frames::room(&descs) {
-                Ok(r) => {
+            let usable = chain
+                .map_err(Malformed::from)
+                .and_then(|descs| frames::room(&descs).map(|r| (descs, r)));
+            match usable {
+                Ok((descs, r)) => {
                     room += r;
-                    chains.push((head, descs, r));
+                    chains.push((head, descs));
                 }
-                Err(e) => {
-                    self.malformed(&e);
-                    vring.add_used(head, 0).map_err(io::Error::other)?;
-                }
+                Err(e) => unusable.push((head, e)),
             }
             if !mergeable {
                 break;
             }
         }
+        for (head, e) in unusable {
+            self.drop_malformed(ring, mem, head, &e)?;
+        }
         if room < frame.len() {
             // Without mergeable buffers one chain must hold the frame: this one cannot.
-            for (head, _, _) in chains {
-                vring.add_used(head, 0).map_err(io::Error::other)?;
+            for (head, _) in chains {
+                ring.add_used(mem, head, 0)?;
             }
             return Ok(Placed::Dropped);
         }
-        let mut frame = frame.to_vec();
-        let num_buffers = chains.len() as u16;
-        frame[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        let header = frames::header_with_buffers(frame, chains.len() as u16);
+        let payload = &frame[HDR_LEN..];
         let mut at = 0;
-        for (head, descs, _) in chains {
-            match frames::scatter(mem, &descs, &frame[at..]) {
+        for (head, descs) in chains {
+            let parts: [&[u8]; 2] = match header.get(at..) {
+                Some(h) => [h, payload],
+                None => [&[], payload.get(at - HDR_LEN..).unwrap_or_default()],
+            };
+            match frames::scatter(mem, &descs, &parts) {
                 Ok(n) => {
                     at += n;
-                    vring.add_used(head, n as u32).map_err(io::Error::other)?;
+                    ring.add_used(mem, head, n as u32)?;
                 }
-                Err(e) => {
-                    self.malformed(&e);
-                    vring.add_used(head, 0).map_err(io::Error::other)?;
-                }
+                Err(e) => self.drop_malformed(ring, mem, head, &e)?,
             }
         }
         Ok(Placed::Yes)
     }
 
     /// Control commands.
-    fn control(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) -> io::Result<()> {
-        let event_idx = self.inner.acked.load(Ordering::Relaxed) & F_EVENT_IDX != 0;
+    fn control(&self, ring: &mut Vring, mem: &GuestMemoryMmap) -> io::Result<()> {
+        let event_idx = ring.event_idx();
         let mut changed = false;
         loop {
             if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
+                ring.disable_notification(mem)?;
             }
             let mut any = false;
-            while let Some((head, descs)) = NetDevice::pop(vring, mem) {
+            while let Some((head, chain)) = ring.pop_chain(mem) {
                 any = true;
-                match frames::control(mem, &descs) {
+                let command = chain
+                    .map_err(Malformed::from)
+                    .and_then(|descs| frames::control(mem, &descs));
+                match command {
                     Ok((class, cmd, data, ack_at)) => {
-                        let outcome = lock(&self.inner.filter).command(class, cmd, &data);
+                        let outcome = self.inner.filter.lock().command(class, cmd, &data);
                         let ack = match outcome {
                             Outcome::Ok { changed: c } => {
                                 changed |= c;
@@ -436,27 +356,24 @@ impl NetDevice {
                             Outcome::Pairs(_) | Outcome::Err => ACK_ERR,
                         };
                         let _ = mem.write_obj(ack, GuestAddress(ack_at));
-                        vring.add_used(head, 1).map_err(io::Error::other)?;
+                        ring.add_used(mem, head, 1)?;
                     }
-                    Err(e) => {
-                        self.malformed(&e);
-                        vring.add_used(head, 0).map_err(io::Error::other)?;
-                    }
+                    Err(e) => self.drop_malformed(ring, mem, head, &e)?,
                 }
             }
             if any {
-                NetDevice::signal(vring)?;
+                ring.notify(mem)?;
             }
             // With EVENT_IDX the driver kicks again only once told where to (avail_event).
             // As in transmit: no progress, no second pass.
-            let more = event_idx && vring.enable_notification().map_err(io::Error::other)?;
+            let more = event_idx && ring.enable_notification(mem)?;
             if !any || !more {
                 break;
             }
         }
         if changed {
             if let Some(events) = &self.inner.events {
-                let state = lock(&self.inner.filter).state();
+                let state = self.inner.filter.lock().state();
                 events(NetEvent::RxFilterChanged(Box::new(state)));
             }
         }
@@ -464,65 +381,67 @@ impl NetDevice {
     }
 }
 
-enum Placed {
-    Yes,
-    /// No buffer large enough: the frame is dropped.
-    Dropped,
-    /// The ring has no (or not enough) buffers right now.
-    NoRoom,
-}
-
-impl VhostUserBackend for NetDevice {
-    type Bitmap = ();
-    type Vring = VringRwLock;
-
+impl Device for NetDevice {
     fn num_queues(&self) -> usize {
         2 * self.inner.pairs + 1
     }
 
-    fn max_queue_size(&self) -> usize {
+    fn max_queue_size(&self) -> u16 {
         QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
-        let mut f = F_VERSION_1
-            | F_INDIRECT_DESC
-            | F_EVENT_IDX
-            | F_MRG_RXBUF
-            | F_CTRL_VQ
-            | F_CTRL_RX
-            | F_CTRL_VLAN
-            | F_CTRL_RX_EXTRA
-            | F_CTRL_MAC_ADDR
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let mut f = features::VERSION_1
+            | features::INDIRECT_DESC
+            | features::EVENT_IDX
+            | net::F_MRG_RXBUF
+            | net::F_CTRL_VQ
+            | net::F_CTRL_RX
+            | net::F_CTRL_VLAN
+            | net::F_CTRL_RX_EXTRA
+            | net::F_CTRL_MAC_ADDR;
         if self.inner.pairs > 1 {
-            f |= F_MQ;
+            f |= net::F_MQ;
         }
         if self.inner.ports.first().map(Port::kind) == Some(ipc::NetBackendKind::Tap) {
             // The tap's vnet header carries checksum and segmentation offloads both ways.
-            f |= F_CSUM
-                | F_GUEST_CSUM
-                | F_GUEST_TSO4
-                | F_GUEST_TSO6
-                | F_GUEST_ECN
-                | F_GUEST_UFO
-                | F_HOST_TSO4
-                | F_HOST_TSO6
-                | F_HOST_ECN
-                | F_HOST_UFO;
+            f |= net::F_CSUM
+                | net::F_GUEST_CSUM
+                | net::F_GUEST_TSO4
+                | net::F_GUEST_TSO6
+                | net::F_GUEST_ECN
+                | net::F_GUEST_UFO
+                | net::F_HOST_TSO4
+                | net::F_HOST_TSO6
+                | net::F_HOST_ECN
+                | net::F_HOST_UFO;
         }
         f
     }
 
-    fn acked_features(&self, features: u64) {
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+    }
+
+    /// The frontend presents virtio-net's configuration space itself (MAC, status, queue
+    /// pairs): CONFIG is not offered, and this is never asked.
+    fn read_config(&self, _offset: u32, _size: u32) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn host_fds(&self) -> Vec<RawFd> {
+        self.inner.ports.iter().map(Port::raw).collect()
+    }
+
+    fn features_acked(&self, features: u64) {
         log::debug!("features acked: {features:#x}");
         // A driver negotiating features starts from the device's reset state; a
         // frontend that only turns dirty logging on or off (F_LOG_ALL) is not one.
         let old = self.inner.acked.swap(features, Ordering::SeqCst);
-        if old ^ features != F_LOG_ALL {
-            self.reset_device();
-            if let Some(f) = lock(&self.inner.restore).take() {
-                *lock(&self.inner.filter) = f;
+        if old ^ features != VhostUserVirtioFeatures::LOG_ALL.bits() {
+            self.reset();
+            if let Some(f) = self.inner.restore.lock().take() {
+                *self.inner.filter.lock() = f;
             }
         }
         for port in &self.inner.ports {
@@ -530,74 +449,62 @@ impl VhostUserBackend for NetDevice {
                 log::warn!("setting the tap's offloads: {e}");
             }
         }
-        lock(&self.inner.filter).vlan_filtering = features & F_CTRL_VLAN != 0;
+        self.inner.filter.lock().vlan_filtering = features & net::F_CTRL_VLAN != 0;
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
-    }
-
-    fn reset_device(&self) {
-        *lock(&self.inner.filter) = RxFilter::new(self.inner.mac);
-        for s in &self.inner.state {
-            lock(s).pending = None;
-        }
-    }
-
-    fn set_event_idx(&self, _enabled: bool) {}
-
-    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        *self.inner.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
-        Ok(())
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
-    }
-
-    fn handle_event(
+    /// Queues 2p and 2p+1 are pair p's receive and transmit queues; the control queue
+    /// is last.
+    fn queue_kicked(
         &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread_id: usize,
+        q: usize,
+        ring: &mut Vring,
+        mem: &Arc<GuestMemoryMmap>,
+        watch: &HostWatch,
     ) -> io::Result<()> {
-        let Some(mem) = self.memory() else {
+        if q + 1 == self.num_queues() {
+            return self.control(ring, mem);
+        }
+        let p = q / 2;
+        if q % 2 == 1 {
+            return self.transmit(p, ring, mem);
+        }
+        // The guest added receive buffers: watch the port again if it waited for them.
+        watch.resume(p);
+        self.receive(p, ring, mem, watch)
+    }
+
+    /// Port `source` (pair `source`'s) has frames.
+    fn host_ready(
+        &self,
+        source: usize,
+        rings: &Rings,
+        mem: Option<&Arc<GuestMemoryMmap>>,
+        watch: &HostWatch,
+    ) -> io::Result<()> {
+        let Some(mem) = mem else {
+            // No guest memory, so no receive buffers yet: the first receive kick resumes.
+            watch.pause(source);
             return Ok(());
         };
-        let e = usize::from(device_event);
-        let n = self.num_queues();
-        if e + 1 == n {
-            return match vrings.get(e) {
-                Some(v) => self.control(v, &mem),
-                None => Ok(()),
-            };
+        match rings.lock(2 * source, mem) {
+            Some(mut ring) => self.receive(source, &mut ring, mem, watch),
+            None => Ok(()),
         }
-        if e < n {
-            let p = e / 2;
-            let Some(v) = vrings.get(e) else {
-                return Ok(());
-            };
-            if e % 2 == 0 {
-                self.buffers_added(p);
-                return self.receive(p, v, &mem);
-            }
-            return self.transmit(p, v, &mem);
+    }
+
+    fn reset(&self) {
+        *self.inner.filter.lock() = RxFilter::new(self.inner.mac);
+        for s in &self.inner.state {
+            s.lock().pending = None;
         }
-        if e > n {
-            let p = e - n - 1;
-            if let Some(v) = vrings.get(2 * p) {
-                return self.receive(p, v, &mem);
-            }
-        }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! The whole data path (virtqueues, chains, headers, frames from the host side) under
-    //! random guest input: never a panic, every malformed buffer counted.
+    //! The whole data path (virtqueues, chains, headers, control commands, frames from the
+    //! host side) under random guest input, through the framework's rings: never a panic,
+    //! every malformed buffer counted.
 
     use super::*;
     use std::os::fd::OwnedFd;
@@ -648,8 +555,9 @@ mod tests {
 
     #[test]
     fn random_rings_chains_headers_and_frames_never_panic() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let mem = Arc::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap(),
+        );
         let (ours, host) = UnixDatagram::pair().unwrap();
         host.set_nonblocking(true).unwrap();
         let port = Port::new(OwnedFd::from(ours), ipc::NetBackendKind::Datagram).unwrap();
@@ -660,31 +568,25 @@ mod tests {
             None,
             None,
         );
-        dev.update_memory(atomic.clone()).unwrap();
+        let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let mut sink = [0u8; 70_000];
         for round in 0..3000 {
-            let features = F_VERSION_1
-                | F_CTRL_VQ
-                | F_CTRL_RX
-                | F_CTRL_VLAN
-                | F_CTRL_MAC_ADDR
-                | if round % 2 == 0 { F_MRG_RXBUF } else { 0 }
-                | if round % 3 == 0 { F_EVENT_IDX } else { 0 }
-                | if round % 5 == 0 { F_INDIRECT_DESC } else { 0 };
-            dev.acked_features(features);
-            let vrings: Vec<VringRwLock> = RINGS
-                .iter()
-                .map(|&(desc, avail, used)| {
-                    let v = VringRwLock::new(atomic.clone(), QSIZE).unwrap();
-                    v.set_queue_size(QSIZE);
-                    v.set_queue_info(desc, avail, used).unwrap();
-                    v.set_queue_event_idx(features & F_EVENT_IDX != 0);
-                    v.set_queue_ready(true);
-                    v.set_enabled(true);
-                    v
-                })
-                .collect();
+            let event_idx = round % 3 == 0;
+            let features = features::VERSION_1
+                | net::F_CTRL_VQ
+                | net::F_CTRL_RX
+                | net::F_CTRL_VLAN
+                | net::F_CTRL_MAC_ADDR
+                | if round % 2 == 0 { net::F_MRG_RXBUF } else { 0 }
+                | if event_idx { features::EVENT_IDX } else { 0 }
+                | if round % 5 == 0 {
+                    features::INDIRECT_DESC
+                } else {
+                    0
+                };
+            dev.features_acked(features);
+            let rings = Rings::live_for_testing(&RINGS, QSIZE, event_idx).unwrap();
             for &(desc, avail, _) in &RINGS {
                 for i in 0..u64::from(QSIZE) {
                     mem.write_slice(&descriptor(&mut rng), GuestAddress(desc + 16 * i))
@@ -717,9 +619,11 @@ mod tests {
                 let _ = host.send(&frame);
             }
             // rx kick, tx kick, control kick, host port readable.
-            for event in [0u16, 1, 2, 4] {
-                let _ = dev.handle_event(event, EventSet::IN, &vrings, 0);
+            for q in 0..RINGS.len() {
+                let mut ring = rings.lock(q, &mem).unwrap();
+                let _ = dev.queue_kicked(q, &mut ring, &mem, &watch);
             }
+            let _ = dev.host_ready(0, &rings, Some(&mem), &watch);
             while host.recv(&mut sink).is_ok() {}
         }
         let stats = dev.stats();

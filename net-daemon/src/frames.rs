@@ -3,25 +3,20 @@
 //! guest memory map (nothing outside it is ever touched), and a chain that cannot be used
 //! is an error the caller counts, never a panic.
 
+use virtio::{ChainError, Desc};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The virtio-net header of VERSION_1 devices (with num_buffers).
 pub const HDR_LEN: usize = 12;
+/// Where num_buffers sits in the header.
+const NUM_BUFFERS_AT: usize = 10;
 /// The largest frame: 64 KiB of payload (a TSO segment) plus Ethernet and VLAN headers.
 pub const MAX_FRAME: usize = 65_562;
-/// Longest chain followed.
-pub const MAX_CHAIN: usize = 1024;
-
-/// A descriptor as the guest wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub writable: bool,
-}
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
+    #[error("{0}")]
+    Chain(#[from] ChainError),
     #[error("a transmit chain has a device-writable descriptor")]
     WritableInTx,
     #[error("a receive chain has a device-readable descriptor")]
@@ -77,25 +72,46 @@ pub fn room(descs: &[Desc]) -> Result<usize, Malformed> {
     Ok(descs.iter().map(|d| d.len as usize).sum())
 }
 
-/// Writes `bytes` into a receive chain from its start; returns how many went in.
-pub fn scatter(mem: &GuestMemoryMmap, descs: &[Desc], bytes: &[u8]) -> Result<usize, Malformed> {
+/// Writes the concatenation of `parts` into a receive chain from its start; returns how
+/// many bytes went in.
+pub fn scatter(mem: &GuestMemoryMmap, descs: &[Desc], parts: &[&[u8]]) -> Result<usize, Malformed> {
+    let mut parts = parts.iter().copied().filter(|p| !p.is_empty());
+    let mut part = parts.next().unwrap_or_default();
     let mut done = 0;
     for d in descs {
-        if done == bytes.len() {
+        if part.is_empty() {
             break;
         }
         if !d.writable {
             return Err(Malformed::ReadableInRx);
         }
-        let n = (d.len as usize).min(bytes.len() - done);
-        mem.write_slice(&bytes[done..done + n], GuestAddress(d.addr))
-            .map_err(|_| Malformed::Outside {
-                addr: d.addr,
-                len: d.len,
-            })?;
-        done += n;
+        let mut addr = d.addr;
+        let mut room = d.len as usize;
+        while room > 0 && !part.is_empty() {
+            let n = room.min(part.len());
+            mem.write_slice(&part[..n], GuestAddress(addr))
+                .map_err(|_| Malformed::Outside {
+                    addr: d.addr,
+                    len: d.len,
+                })?;
+            (addr, room, done) = (addr + n as u64, room - n, done + n);
+            part = &part[n..];
+            if part.is_empty() {
+                part = parts.next().unwrap_or_default();
+            }
+        }
     }
     Ok(done)
+}
+
+/// A received frame's virtio-net header with `num_buffers` set (the frame itself stays
+/// where it was read, and is written to the guest after this header).
+pub fn header_with_buffers(frame: &[u8], num_buffers: u16) -> [u8; HDR_LEN] {
+    let mut header = [0u8; HDR_LEN];
+    let n = frame.len().min(HDR_LEN);
+    header[..n].copy_from_slice(&frame[..n]);
+    header[NUM_BUFFERS_AT..].copy_from_slice(&num_buffers.to_le_bytes());
+    header
 }
 
 /// A control command: (class, command, data) from the readable part, and where the
@@ -152,7 +168,7 @@ mod tests {
             },
         ];
         assert_eq!(room(&rx), Ok(600));
-        assert_eq!(scatter(&mem, &rx, &with_hdr), Ok(212));
+        assert_eq!(scatter(&mem, &rx, &[&with_hdr]), Ok(212));
         let tx = [
             Desc {
                 addr: 0x1000,
@@ -165,7 +181,34 @@ mod tests {
                 writable: false,
             },
         ];
-        assert_eq!(gather(&mem, &tx), Ok(with_hdr));
+        assert_eq!(gather(&mem, &tx), Ok(with_hdr.clone()));
+        // In parts, as a received frame is written (its header apart), across descriptors
+        // that split both parts: the same bytes.
+        let rx = [0x3000, 0x3100, 0x3200].map(|addr| Desc {
+            addr,
+            len: 7,
+            writable: true,
+        });
+        let tail = Desc {
+            addr: 0x4000,
+            len: 300,
+            writable: true,
+        };
+        let rx = [&rx[..], &[tail]].concat();
+        let parts = [&with_hdr[..HDR_LEN], &with_hdr[HDR_LEN..]];
+        assert_eq!(scatter(&mem, &rx, &parts), Ok(212));
+        let tx: Vec<Desc> = rx
+            .iter()
+            .map(|d| Desc {
+                len: if d.len == 300 { 191 } else { d.len },
+                writable: false,
+                ..*d
+            })
+            .collect();
+        assert_eq!(gather(&mem, &tx), Ok(with_hdr.clone()));
+        let header = header_with_buffers(&with_hdr, 0x0302);
+        assert_eq!(&header[..10], &with_hdr[..10]);
+        assert_eq!(&header[10..], &[2, 3]);
     }
 
     #[test]
@@ -193,7 +236,7 @@ mod tests {
         ));
         assert_eq!(room(&[r(0, 10)]), Err(Malformed::ReadableInRx));
         assert!(matches!(
-            scatter(&mem, &[w(SIZE - 4, 100)], &[1; 50]),
+            scatter(&mem, &[w(SIZE - 4, 100)], &[&[1; 50]]),
             Err(Malformed::Outside { .. })
         ));
         assert_eq!(control(&mem, &[r(0, 2)]), Err(Malformed::NoAck));
@@ -241,7 +284,7 @@ mod tests {
                 .collect();
             let _ = gather(&mem, &descs);
             let _ = room(&descs);
-            let _ = scatter(&mem, &descs, &[0xa5; 1600]);
+            let _ = scatter(&mem, &descs, &[&[0xa5; 14], &[0x5a; 1600]]);
             let _ = control(&mem, &descs);
         }
     }

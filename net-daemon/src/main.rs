@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 use ipc::NetBackendKind;
+use net_daemon::control;
 use net_daemon::device::NetDevice;
 use net_daemon::port::Port;
-use net_daemon::{control, serve};
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,17 @@ struct Args {
     /// The guest's MAC (for the receive filter; vmm-core tells the guest).
     #[arg(long, default_value = "52:54:00:12:34:56")]
     mac: String,
+}
+
+/// Blocks the terminating signals in this thread (and so in every thread it starts), to
+/// be waited for instead.
+fn block_terminating_signals() -> anyhow::Result<SigSet> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    Ok(signals)
 }
 
 fn run_standalone(args: Args) -> anyhow::Result<()> {
@@ -66,11 +77,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
         .map(|fd| Port::new(fd, kind))
         .collect::<std::io::Result<Vec<_>>>()
         .context("host port")?;
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block()?;
+    let signals = block_terminating_signals()?;
     let path = socket.clone();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
@@ -83,26 +90,16 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).context("vhost-user socket")?;
     log::info!("serving a NIC on {}", socket.display());
-    loop {
-        match serve::serve_one(&device, &listener) {
-            Ok(()) => log::info!("frontend disconnected; waiting for the next one"),
-            Err(e) => {
-                log::warn!("{e}");
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    }
+    vhost_backend::serve_forever(device, listener);
+    Ok(())
 }
 
 fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<()> {
     if let Some(mode) = mode {
         net_daemon::seccomp::enter(mode).context("sandbox")?;
     }
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block()?;
+    // The gateway stops us through the control channel; its terminal signals are its own.
+    block_terminating_signals()?;
     // SAFETY: fcntl on an arbitrary number only queries it.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         bail!("--control-fd {fd}: not an open file descriptor");

@@ -7,6 +7,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use ipc::NetBackendKind;
+use virtio::net::{F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO};
 
 use crate::frames::HDR_LEN;
 
@@ -18,13 +19,6 @@ const TUN_F_TSO4: u32 = 0x02;
 const TUN_F_TSO6: u32 = 0x04;
 const TUN_F_TSO_ECN: u32 = 0x08;
 const TUN_F_UFO: u32 = 0x10;
-
-// virtio-net feature bits the tap's offloads follow.
-pub const F_GUEST_CSUM: u64 = 1 << 1;
-pub const F_GUEST_TSO4: u64 = 1 << 7;
-pub const F_GUEST_TSO6: u64 = 1 << 8;
-pub const F_GUEST_ECN: u64 = 1 << 9;
-pub const F_GUEST_UFO: u64 = 1 << 10;
 
 pub struct Port {
     fd: OwnedFd,

@@ -1,28 +1,18 @@
 //! net-daemon's sandbox: the jail, and the system calls it may make beyond the base set
 //! every process has (sandbox::seccomp::BASE), each with its reason. Its host side (tap
-//! queues or a UDP socket) arrives as fds; it creates only Unix sockets (the relay's).
+//! queues or a UDP socket) and its vhost-user listener arrive as fds; it creates no
+//! socket and no file.
 
 use sandbox::jail::Limits;
-use sandbox::seccomp::Allow::{self, Any, ArgIn, Ioctls};
+use sandbox::seccomp::Allow::{self, Any, Ioctls};
 use sandbox::seccomp::TCGETS;
 
 const ALLOWED: &[Allow] = &[
-    // The vhost-user listener, and the relay's private socket pair to the handler
-    // (relay.rs): Unix sockets only.
+    // The vhost-user listener: the frontend's (re)connections.
     Any(libc::SYS_accept4),
-    ArgIn {
-        nr: libc::SYS_socket,
-        arg: 0,
-        values: &[libc::AF_UNIX as u64],
-    },
-    Any(libc::SYS_bind),
-    Any(libc::SYS_listen),
-    Any(libc::SYS_connect),
     // Tap offloads and vnet header size (TUNSETOFFLOAD, TUNSETVNETHDRSZ); the logger's
     // terminal check.
     Ioctls(&[0x4004_54d0, 0x4004_54d8, TCGETS]),
-    // Guest memory arrives as the VM's memfd.
-    Any(libc::SYS_ftruncate),
 ];
 
 pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {

@@ -7,9 +7,13 @@ use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::{data_buffers, execute_inline, offset_of, op_of, Done, Engine};
+use virtio::blk::{S_IOERR, S_OK};
+
+use super::buffers::data_buffers;
+use super::inline::execute_inline;
+use super::interface::{Done, Engine, Op};
 use crate::disk::Disk;
-use crate::request::{Kind, Request, S_IOERR, S_OK};
+use crate::request::{Kind, Request};
 
 pub struct SyncEngine {
     disk: Arc<Disk>,
@@ -80,7 +84,7 @@ impl Engine for SyncEngine {
                 let write = req.kind == Kind::Write;
                 let result = match data_buffers(&self.disk, &req) {
                     Some(mut bufs) => {
-                        transfer(self.disk.fd(), &mut bufs.iovecs, offset_of(&req), write)
+                        transfer(self.disk.fd(), &mut bufs.iovecs, req.offset(), write)
                             .map(|()| bufs.finish_read(req.data_len))
                     }
                     None => Err(std::io::Error::other("no memory for a bounce buffer")),
@@ -105,7 +109,7 @@ impl Engine for SyncEngine {
             status: req.status,
             code,
             used_len,
-            op: op_of(&req.kind),
+            op: Op::of(&req.kind),
             bytes: req.image_bytes(),
             started,
         });

@@ -10,10 +10,14 @@ use io_uring::{opcode, types, IoUring};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use virtio::blk::{S_IOERR, S_OK};
+
+use super::buffers::{data_buffers, iovecs, DataBuffers};
+use super::inline::execute_inline;
+use super::interface::{Done, Engine, Op};
 use super::sync::SyncEngine;
-use super::{data_buffers, execute_inline, offset_of, op_of, DataBuffers, Done, Engine, Op};
 use crate::disk::Disk;
-use crate::request::{Kind, Request, S_IOERR, S_OK};
+use crate::request::{Kind, Request};
 
 struct InFlight {
     head: u16,
@@ -67,14 +71,7 @@ impl UringEngine {
     /// Reads `req` from the page cache without blocking; false if any of it is not
     /// there (nothing is reported: the caller then reads it through the ring).
     fn read_cached(&self, req: &Request) -> bool {
-        let iov: Vec<libc::iovec> = req
-            .data
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.ptr.cast(),
-                iov_len: s.len,
-            })
-            .collect();
+        let iov = iovecs(&req.data);
         // SAFETY: the iovecs describe guest memory that request::parse checked and that
         // the caller keeps mapped; preadv2 writes at most their lengths.
         let n = unsafe {
@@ -82,7 +79,7 @@ impl UringEngine {
                 self.disk.fd(),
                 iov.as_ptr(),
                 iov.len() as libc::c_int,
-                offset_of(req) as libc::off_t,
+                req.offset() as libc::off_t,
                 libc::RWF_NOWAIT,
             )
         };
@@ -109,7 +106,7 @@ impl UringEngine {
 impl Engine for UringEngine {
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
         let started = Instant::now();
-        let op = op_of(&req.kind);
+        let op = Op::of(&req.kind);
         let inline = match req.kind {
             Kind::Read | Kind::Write => false,
             Kind::Flush => self.disk.cache().no_flush(),
@@ -152,34 +149,34 @@ impl Engine for UringEngine {
         let Some(slot) = self.free.pop() else {
             return self.overflow.submit(head, req, mem);
         };
-        let buffers = match req.kind {
-            Kind::Flush => None,
-            _ => match data_buffers(&self.disk, &req) {
-                Some(b) => Some(b),
+        let mut flight = InFlight {
+            head,
+            status: req.status,
+            op,
+            bytes: req.image_bytes(),
+            started,
+            buffers: None,
+            _mem: mem,
+        };
+        if req.kind != Kind::Flush {
+            match data_buffers(&self.disk, &req) {
+                Some(b) => flight.buffers = Some(b),
                 None => {
-                    self.slots[slot] = Some(InFlight {
-                        head,
-                        status: req.status,
-                        op,
-                        bytes: req.image_bytes(),
-                        started,
-                        buffers: None,
-                        _mem: mem,
-                    });
+                    self.slots[slot] = Some(flight);
                     return self.fail(slot, "no memory for a bounce buffer");
                 }
-            },
-        };
+            }
+        }
         let fd = types::Fd(self.disk.fd());
-        let entry = match (&req.kind, &buffers) {
+        let entry = match (&req.kind, &flight.buffers) {
             (Kind::Read, Some(b)) => {
                 opcode::Readv::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(offset_of(&req))
+                    .offset(req.offset())
                     .build()
             }
             (Kind::Write, Some(b)) => {
                 opcode::Writev::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(offset_of(&req))
+                    .offset(req.offset())
                     .build()
             }
             _ => opcode::Fsync::new(fd)
@@ -187,15 +184,8 @@ impl Engine for UringEngine {
                 .build(),
         }
         .user_data(slot as u64);
-        self.slots[slot] = Some(InFlight {
-            head,
-            status: req.status,
-            op,
-            bytes: req.image_bytes(),
-            started,
-            buffers,
-            _mem: mem,
-        });
+        // The iovecs' memory stays where it is when `flight` moves into its slot.
+        self.slots[slot] = Some(flight);
         // SAFETY: the iovecs and the memory they describe live in `slots[slot]` until the
         // completion for `slot` is reaped.
         let pushed = unsafe { self.ring.submission().push(&entry) };

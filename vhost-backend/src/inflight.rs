@@ -1,4 +1,5 @@
-//! Inflight I/O tracking (vhost-user VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), split rings.
+//! In-flight tracking (vhost-user VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), split rings, for
+//! any device that asks for it (`Device::tracks_inflight`).
 //!
 //! The region is shared memory the daemon creates (GET_INFLIGHT_FD) and the frontend keeps
 //! and hands back to the next daemon (SET_INFLIGHT_FD), so it outlives a daemon that
@@ -57,6 +58,7 @@ pub struct InflightRegion {
 // SAFETY: the mapping is shared memory accessed with volatile operations; the daemon
 // touches each queue's part from the one thread that serves that queue.
 unsafe impl Send for InflightRegion {}
+// SAFETY: as for Send: nothing here hands out references into the mapping.
 unsafe impl Sync for InflightRegion {}
 
 impl InflightRegion {
@@ -126,18 +128,6 @@ impl InflightRegion {
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn num_queues(&self) -> u16 {
-        self.num_queues
-    }
-
-    pub fn queue_size(&self) -> u16 {
-        self.queue_size
     }
 
     /// Queue `q`'s part (q < num_queues).

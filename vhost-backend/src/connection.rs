@@ -1,0 +1,456 @@
+//! One frontend connection: answers its vhost-user messages (features, memory table,
+//! rings, config, inflight region) for the device, and keeps the worker's view of the
+//! rings current. Everything here is per connection and starts fresh with the next one;
+//! the device carries over.
+
+use std::fs::File;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferStatePhase};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserInflight, VhostUserLog, VhostUserMemoryRegion,
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVirtioFeatures, VhostUserVringAddrFlags,
+    VhostUserVringState,
+};
+use vhost::vhost_user::{
+    Backend, Error as VhostError, GpuBackend, Result as VhostResult, VhostUserBackendReqHandlerMut,
+};
+use vhost::VhostUserMemoryRegionBase;
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+use crate::device::Device;
+use crate::inflight::InflightRegion;
+use crate::shared::Shared;
+use crate::worker::Worker;
+
+fn handler_error(e: impl std::fmt::Display) -> VhostError {
+    VhostError::ReqHandlerError(std::io::Error::other(e.to_string()))
+}
+
+const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// Where one memory region of the frontend's address space lies in guest memory.
+struct Mapping {
+    frontend_addr: u64,
+    size: u64,
+    guest_addr: u64,
+}
+
+pub(crate) struct Connection<D: Device> {
+    device: D,
+    shared: Arc<Shared>,
+    worker: Option<Worker>,
+    owned: bool,
+    acked_features: u64,
+    acked_protocol: u64,
+    mappings: Vec<Mapping>,
+    /// SET_VRING_ENABLE states that came before the features (see early_enable.rs), the
+    /// last one per ring, applied when the features arrive.
+    early_enables: Vec<(usize, bool)>,
+}
+
+impl<D: Device> Connection<D> {
+    pub fn new(device: D) -> std::io::Result<Connection<D>> {
+        let shared = Arc::new(Shared::new(device.num_queues(), device.max_queue_size()));
+        let worker = Worker::start(device.clone(), shared.clone())?;
+        Ok(Connection {
+            device,
+            shared,
+            worker: Some(worker),
+            owned: false,
+            acked_features: 0,
+            acked_protocol: 0,
+            mappings: Vec::new(),
+            early_enables: Vec::new(),
+        })
+    }
+
+    /// The frontend is gone: the worker stops, and what was in flight finishes without
+    /// touching its rings.
+    pub fn close(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        self.device.disconnected();
+    }
+
+    /// The driver's features, with VHOST_USER_F_PROTOCOL_FEATURES among them, have been
+    /// set: from now on the vhost crate takes SET_VRING_ENABLE itself.
+    pub fn protocol_features_acked(&self) -> bool {
+        self.acked_features & PROTOCOL_FEATURES != 0
+    }
+
+    /// The frontend asked for REPLY_ACK (replies to messages flagged NEED_REPLY).
+    pub fn reply_ack(&self) -> bool {
+        self.acked_protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+
+    /// A SET_VRING_ENABLE that came before the features: remembered for when they come.
+    /// False (nothing remembered) for a ring the device does not have or a state that is
+    /// neither 0 nor 1.
+    pub fn hold_early_enable(&mut self, index: u32, state: u32) -> bool {
+        let q = index as usize;
+        if q >= self.shared.rings.len() || state > 1 {
+            return false;
+        }
+        self.early_enables.retain(|(i, _)| *i != q);
+        self.early_enables.push((q, state == 1));
+        true
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | PROTOCOL_FEATURES
+    }
+
+    fn worker(&self) -> VhostResult<&Worker> {
+        self.worker
+            .as_ref()
+            .ok_or(VhostError::InvalidOperation("connection closed"))
+    }
+
+    fn ring_index(&self, index: u32) -> VhostResult<usize> {
+        let q = index as usize;
+        if q < self.shared.rings.len() {
+            Ok(q)
+        } else {
+            Err(VhostError::InvalidParam)
+        }
+    }
+
+    fn guest_addr(&self, frontend_addr: u64) -> VhostResult<GuestAddress> {
+        self.mappings
+            .iter()
+            .find(|m| frontend_addr >= m.frontend_addr && frontend_addr - m.frontend_addr < m.size)
+            .map(|m| GuestAddress(frontend_addr - m.frontend_addr + m.guest_addr))
+            .ok_or(VhostError::InvalidParam)
+    }
+
+    /// Starts or stops watching ring `q`'s kicks to match its state, and wakes the
+    /// worker for a ring that just went live (chains may already be waiting, or a
+    /// previous daemon's, in the inflight region).
+    fn update_watch(&self, q: usize, old_kick: Option<RawFd>) -> VhostResult<()> {
+        let worker = self.worker()?;
+        if let Some(fd) = old_kick {
+            worker.unwatch(fd);
+        }
+        let Some(ring) = self.shared.rings.lock_for_setup(q) else {
+            return Ok(());
+        };
+        match ring.kick_fd() {
+            Some(fd) if ring.live() => {
+                worker
+                    .watch_kick(q, fd)
+                    .map_err(VhostError::ReqHandlerError)?;
+                // SAFETY: writing 8 bytes from a local to an eventfd the ring holds.
+                unsafe { libc::write(fd, 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+            }
+            Some(fd) => worker.unwatch(fd),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Sets ring `q`'s enable state and its watch to match.
+    fn enable_ring(&self, q: usize, enabled: bool) -> VhostResult<()> {
+        if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
+            ring.set_enabled(enabled);
+        }
+        self.update_watch(q, None)
+    }
+}
+
+impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
+    fn set_owner(&mut self) -> VhostResult<()> {
+        if self.owned {
+            return Err(VhostError::InvalidOperation("already owned"));
+        }
+        self.owned = true;
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VhostResult<()> {
+        self.owned = false;
+        self.acked_features = 0;
+        self.acked_protocol = 0;
+        self.early_enables.clear();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VhostResult<()> {
+        for q in 0..self.shared.rings.len() {
+            self.enable_ring(q, false)?;
+        }
+        self.acked_features = 0;
+        self.device.reset();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VhostResult<u64> {
+        Ok(self.offered_features())
+    }
+
+    fn set_features(&mut self, features: u64) -> VhostResult<()> {
+        if features & !self.offered_features() != 0 {
+            return Err(VhostError::InvalidParam);
+        }
+        self.acked_features = features;
+        self.device.features_acked(features);
+        let event_idx = features & virtio::features::EVENT_IDX != 0;
+        for q in 0..self.shared.rings.len() {
+            if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
+                ring.set_event_idx(event_idx);
+            }
+        }
+        let early = std::mem::take(&mut self.early_enables);
+        if features & PROTOCOL_FEATURES == 0 {
+            // Without protocol features, rings are enabled from the start.
+            for q in 0..self.shared.rings.len() {
+                self.enable_ring(q, true)?;
+            }
+        } else {
+            for (q, enabled) in early {
+                self.enable_ring(q, enabled)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        postcopy: Option<bool>,
+    ) -> VhostResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        if postcopy.is_some() {
+            return Err(VhostError::InvalidOperation("postcopy is not supported"));
+        }
+        let mut regions = Vec::new();
+        let mut mappings = Vec::new();
+        for (region, file) in ctx.iter().zip(files) {
+            let mmap = region.mmap_region::<()>(file)?;
+            let guest = GuestRegionMmap::new(mmap, GuestAddress(region.guest_phys_addr))
+                .ok_or(VhostError::InvalidParam)?;
+            mappings.push(Mapping {
+                frontend_addr: region.user_addr,
+                size: region.memory_size,
+                guest_addr: region.guest_phys_addr,
+            });
+            regions.push(guest);
+        }
+        let mem = GuestMemoryMmap::from_regions(regions).map_err(handler_error)?;
+        self.shared.set_memory(mem);
+        self.mappings = mappings;
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
+        let q = self.ring_index(index)?;
+        if num == 0 || num > u32::from(self.device.max_queue_size()) || !num.is_power_of_two() {
+            return Err(VhostError::InvalidParam);
+        }
+        if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
+            ring.set_size(num as u16);
+        }
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VhostResult<()> {
+        let q = self.ring_index(index)?;
+        let (desc, used, avail) = (
+            self.guest_addr(descriptor)?,
+            self.guest_addr(used)?,
+            self.guest_addr(available)?,
+        );
+        match self.shared.rings.lock_for_setup(q) {
+            Some(mut ring) => ring.set_addresses(desc, avail, used).map_err(handler_error),
+            None => Err(VhostError::InvalidParam),
+        }
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
+        let q = self.ring_index(index)?;
+        if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
+            ring.set_base(base as u16);
+        }
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
+        let q = self.ring_index(index)?;
+        let (old_kick, next_avail) = {
+            let Some(mut ring) = self.shared.rings.lock_for_setup(q) else {
+                return Err(VhostError::InvalidParam);
+            };
+            let old_kick = ring.kick_fd();
+            if let Some(mem) = self.shared.memory() {
+                self.device
+                    .stop_queue(q, &mut ring, &mem)
+                    .map_err(VhostError::ReqHandlerError)?;
+            }
+            ring.stop();
+            (old_kick, ring.queue().next_avail())
+        };
+        self.update_watch(q, old_kick)?;
+        Ok(VhostUserVringState::new(index, u32::from(next_avail)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let q = self.ring_index(u32::from(index))?;
+        let old_kick = match self.shared.rings.lock_for_setup(q) {
+            Some(mut ring) => {
+                let old = ring.kick_fd();
+                ring.set_kick(fd);
+                old
+            }
+            None => None,
+        };
+        self.update_watch(q, old_kick)
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let q = self.ring_index(u32::from(index))?;
+        if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
+            ring.set_call(fd);
+        }
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
+        // Errors are reported on the guest's requests, never through this fd.
+        self.ring_index(u32::from(index)).map(|_| ())
+    }
+
+    fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
+        let mut features = self.device.protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
+        if self.device.tracks_inflight() {
+            features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        Ok(features)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
+        self.acked_protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VhostResult<u64> {
+        Ok(self.device.num_queues() as u64)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
+        let q = self.ring_index(index)?;
+        self.enable_ring(q, enable)
+    }
+
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VhostResult<Vec<u8>> {
+        Ok(self.device.read_config(offset, size))
+    }
+
+    fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation(
+            "the config space is read-only",
+        ))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+
+    fn set_gpu_socket(&mut self, _: GpuBackend) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation("not a GPU"))
+    }
+
+    fn get_shared_object(&mut self, _: VhostUserSharedMsg) -> VhostResult<File> {
+        Err(VhostError::InvalidOperation("no shared objects"))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        inflight: &VhostUserInflight,
+    ) -> VhostResult<(VhostUserInflight, File)> {
+        let n = inflight.num_queues.min(self.shared.rings.len() as u16);
+        let region = InflightRegion::create(n, inflight.queue_size).map_err(handler_error)?;
+        let file = region
+            .file()
+            .try_clone()
+            .map_err(VhostError::ReqHandlerError)?;
+        let reply = VhostUserInflight::new(region.len() as u64, 0, n, inflight.queue_size);
+        Ok((reply, file))
+    }
+
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostResult<()> {
+        let n = inflight.num_queues.min(self.shared.rings.len() as u16);
+        let region = InflightRegion::map(
+            file,
+            inflight.mmap_offset,
+            inflight.mmap_size,
+            n,
+            inflight.queue_size,
+        )
+        .map_err(handler_error)?;
+        let region = Arc::new(region);
+        for q in 0..n {
+            if let Some(mut ring) = self.shared.rings.lock_for_setup(usize::from(q)) {
+                ring.track_in(&region, q);
+            }
+        }
+        Ok(())
+    }
+
+    fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
+        Err(VhostError::InvalidOperation("memory slots are not offered"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _: &VhostUserSingleMemoryRegion,
+        _: File,
+        _: Option<bool>,
+    ) -> VhostResult<Option<VhostUserMemoryRegionBase>> {
+        Err(VhostError::InvalidOperation("memory slots are not offered"))
+    }
+
+    fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation("memory slots are not offered"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _: VhostTransferStateDirection,
+        _: VhostTransferStatePhase,
+        _: File,
+    ) -> VhostResult<Option<File>> {
+        Err(VhostError::InvalidOperation(
+            "device state transfer is not offered",
+        ))
+    }
+
+    fn check_device_state(&mut self) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation(
+            "device state transfer is not offered",
+        ))
+    }
+
+    fn get_shmem_config(&mut self) -> VhostResult<VhostUserShMemConfig> {
+        Err(VhostError::InvalidOperation("no shared memory regions"))
+    }
+
+    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> VhostResult<()> {
+        // Not offered yet (LOG_SHMFD, F_LOG_ALL): see the crate doc for where it goes.
+        Err(VhostError::InvalidOperation("dirty logging is not offered"))
+    }
+}

@@ -1,0 +1,32 @@
+//! What one connection's request handler and its worker share: the rings and the guest
+//! memory the frontend mapped (replaced whole by SET_MEM_TABLE; a worker holds the map it
+//! works on until it is done with it).
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use vm_memory::GuestMemoryMmap;
+
+use crate::rings::Rings;
+
+pub(crate) struct Shared {
+    pub rings: Rings,
+    memory: RwLock<Option<Arc<GuestMemoryMmap>>>,
+}
+
+impl Shared {
+    pub fn new(queues: usize, max_queue_size: u16) -> Shared {
+        Shared {
+            rings: Rings::new(queues, max_queue_size),
+            memory: RwLock::new(None),
+        }
+    }
+
+    pub fn memory(&self) -> Option<Arc<GuestMemoryMmap>> {
+        self.memory.read().clone()
+    }
+
+    pub fn set_memory(&self, mem: GuestMemoryMmap) {
+        *self.memory.write() = Some(Arc::new(mem));
+    }
+}

@@ -3,40 +3,14 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use ipc::host::{SerialConfig, VmArgs};
 use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
 
-use crate::supervisor::VmmLink;
-
-/// Binds a Unix socket at `path` readable and writable by its owner only, replacing a
-/// stale socket left there (but not a live one, and nothing that is not a socket).
-pub fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!("{}: exists and is not a socket", path.display());
-        }
-        // A socket someone still listens on belongs to a running VM: never steal it.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{}: in use by another process", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    // SAFETY: umask only changes this process's creation mask; we restore it at once.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = bound.with_context(|| format!("{}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("{}", path.display()))?;
-    Ok(listener)
-}
+use crate::children::link::VmmLink;
+use crate::sockets::bind_private;
 
 /// The files of a launch, opened; `socket` is the console socket's path, to remove later.
 pub struct OpenedVm {
@@ -121,7 +95,7 @@ impl OpenedVm {
         match vmm.request(VmmRequest::Launch(self.config.clone()), &fds) {
             Ok(VmmReply::Launched { vcpus }) => Ok(vcpus),
             Ok(other) => bail!("vmm-core answered the launch with {other:?}"),
-            Err(e) => bail!("{}", e.desc),
+            Err(e) => bail!("{e}"),
         }
     }
 }

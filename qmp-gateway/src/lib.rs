@@ -5,8 +5,8 @@
 //! order when the VM ends.
 
 pub mod block;
+pub mod children;
 pub mod conn;
-pub mod daemon;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;
@@ -14,10 +14,4 @@ pub mod launch;
 pub mod net;
 pub mod outbox;
 pub mod qmp;
-pub mod sandbox;
-pub mod supervisor;
-
-/// Locks `m`, taking over a lock whose holder panicked (the gateway keeps serving).
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub mod sockets;

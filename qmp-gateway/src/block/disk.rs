@@ -8,16 +8,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
-use serde_json::json;
+use parking_lot::Mutex;
 
-use crate::daemon::{stop_slot, Daemon};
-use crate::events::EventBus;
+use crate::children::daemon::{stop_slot, Daemon, DaemonKind};
+use crate::children::link::Protocol;
+use crate::children::sandbox::Policy;
+use crate::events::{Event, EventBus, WriteThreshold};
 use crate::qmp::protocol::QmpError;
-use crate::sandbox::Policy;
 
 /// A throttle group: the state page its members share, and its limits.
 pub struct Group {
@@ -36,8 +37,25 @@ pub struct Hooks {
     pub sandbox: Policy,
 }
 
+/// A block daemon's control channel.
+pub struct BlockProtocol;
+
+impl Protocol for BlockProtocol {
+    type Call = BlockRequest;
+    type Answer = BlockReply;
+    type Event = BlockEvent;
+}
+
+impl DaemonKind for BlockProtocol {
+    const PROCESS: &'static str = "block-daemon";
+
+    fn quit() -> BlockRequest {
+        BlockRequest::Quit
+    }
+}
+
 /// A disk's block daemon.
-pub type BlockDaemon = Daemon<BlockRequest, BlockReply, BlockEvent>;
+pub type BlockDaemon = Daemon<BlockProtocol>;
 
 pub struct Disk {
     /// The disk's index in vmm-core's launch request.
@@ -68,8 +86,6 @@ pub struct Disk {
     pub hold: bool,
 }
 
-use crate::lock;
-
 impl Disk {
     pub fn daemon(&self) -> Result<&BlockDaemon, QmpError> {
         self.daemon.as_ref().ok_or_else(|| {
@@ -91,25 +107,20 @@ impl Disk {
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
         let daemon = BlockDaemon::spawn(
             &self.binary,
-            "block-daemon",
             &self.id,
             &hooks.sandbox,
-            || BlockRequest::Quit,
             move |e| match e {
                 BlockEvent::WriteThreshold {
                     node_name,
                     amount_exceeded,
                     threshold,
                 } => {
-                    lock(&thresholds).remove(&node_name);
-                    events.emit(
-                        "BLOCK_WRITE_THRESHOLD",
-                        Some(json!({
-                            "node-name": node_name,
-                            "amount-exceeded": amount_exceeded,
-                            "write-threshold": threshold,
-                        })),
-                    );
+                    thresholds.lock().remove(&node_name);
+                    events.emit(Event::BlockWriteThreshold(WriteThreshold {
+                        node_name,
+                        amount_exceeded,
+                        write_threshold: threshold,
+                    }));
                 }
             },
             move |why| {
@@ -137,7 +148,9 @@ impl Disk {
                     .request(BlockRequest::SetThrottle(Some(*limits)), &[g.state.as_fd()])?;
             }
         }
-        let thresholds: Vec<(String, u64)> = lock(&hooks.thresholds)
+        let thresholds: Vec<(String, u64)> = hooks
+            .thresholds
+            .lock()
             .iter()
             .filter(|(n, _)| self.nodes.contains(n))
             .map(|(n, b)| (n.clone(), *b))

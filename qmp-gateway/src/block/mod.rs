@@ -15,24 +15,20 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{BlockOpen, BlockReply, BlockRequest, BlockStats, CacheFlags, DiskLaunch, VmmRequest};
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
-use crate::events::EventBus;
+use crate::children::link::VmmLink;
+use crate::children::sandbox::Policy;
+use crate::children::supervise::{supervise, Death, Supervised};
+use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 use crate::fdstore::FdSets;
-use crate::launch::bind_private;
 use crate::qmp::protocol::{QmpError, QmpResult};
-use crate::sandbox::Policy;
-use crate::supervisor::VmmLink;
-
-/// Events of our own (QMP's rule for downstream extensions: a reverse-domain prefix).
-pub const EXITED: &str = "__io.flotilla_BLOCK_DAEMON_EXITED";
-pub const RESTARTED: &str = "__io.flotilla_BLOCK_DAEMON_RESTARTED";
-
-use crate::daemon::{supervise, Death, RuntimeDir, Supervised};
+use crate::sockets::{bind_private, RuntimeDir};
 use disk::{Disk, Group, Hooks};
 use drive::DriveSpec;
 use graph::{errno_text, Graph};
@@ -105,8 +101,6 @@ pub struct BlockLayer {
     runtime: RuntimeDir,
     stopping: AtomicBool,
 }
-
-use crate::lock;
 
 fn str_arg<'a>(args: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     args.get(key).and_then(Value::as_str)
@@ -202,7 +196,7 @@ impl BlockLayer {
                 source: Source::Path(spec.file.clone()),
             }))),
         };
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.disk_by_id(&id).is_some() || state.graph.node(&id).is_some() {
             anyhow::bail!("drive id {id} is used twice");
         }
@@ -278,7 +272,7 @@ impl BlockLayer {
             .runtime
             .path()
             .join(format!("disk{}.sock", state.disks.len()));
-        let listener = bind_private(&socket).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        let listener = bind_private(&socket).map_err(|e| QmpError::generic(e.to_string()))?;
         let mut disk = Disk {
             index: state.disks.len() as u32,
             id: id.to_string(),
@@ -307,7 +301,7 @@ impl BlockLayer {
     /// Replaces disk `id`'s daemon (stopping it if it runs) with a new one, from
     /// `binary` if given, and hands vmm-core a connection to it. Returns the new pid.
     pub fn restart(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, QmpError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let State { disks, groups, .. } = &mut *state;
         let disk = disks
             .iter_mut()
@@ -333,7 +327,7 @@ impl BlockLayer {
     pub fn restart_requested(&self, args: &Map<String, Value>) -> QmpResult {
         let (name, by_id) = device_or_id(args)?;
         let id = {
-            let state = lock(&self.state);
+            let state = self.state.lock();
             let disk = if by_id {
                 state.disk_by_qdev(name)
             } else {
@@ -342,7 +336,7 @@ impl BlockLayer {
             disk.map(|d| d.id.clone())
                 .ok_or_else(|| QmpError::device_not_found(name))?
         };
-        if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
+        if let Some(d) = self.state.lock().disks.iter_mut().find(|d| d.id == id) {
             d.failures = 0;
             // The supervisor keeps out of it: this restart's outcome is reported here.
             d.hold = true;
@@ -352,17 +346,24 @@ impl BlockLayer {
             Ok(pid) => {
                 self.hooks
                     .events
-                    .emit(RESTARTED, Some(json!({"device": id, "pid": pid})));
+                    .emit(Event::BlockDaemonRestarted(DaemonRestarted {
+                        device: id.clone(),
+                        pid,
+                    }));
                 Ok(json!({"pid": pid}))
             }
             Err(e) => {
-                if let Some(d) = lock(&self.state).disks.iter_mut().find(|d| d.id == id) {
+                if let Some(d) = self.state.lock().disks.iter_mut().find(|d| d.id == id) {
                     d.stop();
                 }
-                self.hooks.events.emit(
-                    EXITED,
-                    Some(json!({"device": id, "reason": format!("failed to start: {}", e.desc)})),
-                );
+                self.hooks
+                    .events
+                    .emit(Event::BlockDaemonExited(DaemonExited {
+                        device: id.clone(),
+                        pid: None,
+                        reason: format!("failed to start: {}", e.desc),
+                        restart_in_ms: None,
+                    }));
                 Err(e)
             }
         }
@@ -370,7 +371,7 @@ impl BlockLayer {
 
     /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
     pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
-        match lock(&self.deaths).take() {
+        match self.deaths.lock().take() {
             Some(deaths) => supervise(self.clone(), deaths, "block-supervisor"),
             None => Ok(()),
         }
@@ -388,7 +389,7 @@ impl BlockLayer {
             _ => args,
         };
         let opts = options::parse(obj, "")?;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let ids: Vec<String> = state.disks.iter().map(|d| d.id.clone()).collect();
         state.graph.add(
             &opts,
@@ -400,21 +401,21 @@ impl BlockLayer {
     }
 
     pub fn blockdev_del(&self, name: &str) -> QmpResult {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let roots: Vec<String> = state.disks.iter().map(|d| d.root.clone()).collect();
         state
             .graph
             .remove(name, &|n| roots.iter().any(|r| r == n))?;
-        lock(&self.thresholds).remove(name);
+        self.thresholds.lock().remove(name);
         Ok(json!({}))
     }
 
     fn threshold(&self, node: &str) -> u64 {
-        lock(&self.thresholds).get(node).copied().unwrap_or(0)
+        self.thresholds.lock().get(node).copied().unwrap_or(0)
     }
 
     pub fn query_block(&self) -> QmpResult {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let out: Vec<Value> = state
             .disks
             .iter()
@@ -436,7 +437,7 @@ impl BlockLayer {
     }
 
     pub fn query_named_block_nodes(&self) -> QmpResult {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         // Newest first, as QEMU lists them.
         Ok(state
             .graph
@@ -463,7 +464,7 @@ impl BlockLayer {
     }
 
     pub fn query_blockstats(&self, query_nodes: bool) -> QmpResult {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let mut stats_of: BTreeMap<String, BlockStats> = BTreeMap::new();
         for d in &state.disks {
             stats_of.insert(d.id.clone(), Self::daemon_stats(d)?);
@@ -530,7 +531,7 @@ impl BlockLayer {
         node: Option<&str>,
         size: i64,
     ) -> Result<Option<u32>, QmpError> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let name = state.lookup_node(device, node)?;
         let size = u64::try_from(size)
             .map_err(|_| QmpError::generic("Parameter 'size' expects a >0 size"))?;
@@ -574,7 +575,7 @@ impl BlockLayer {
 
     pub fn set_io_throttle(&self, args: &Map<String, Value>) -> QmpResult {
         let (name, by_id) = device_or_id(args)?;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let index = state
             .disks
             .iter()
@@ -644,7 +645,7 @@ impl BlockLayer {
     }
 
     pub fn set_write_threshold(&self, node: &str, bytes: i64) -> QmpResult {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         if state.graph.node(node).is_none() {
             return Err(QmpError::generic(format!("Device '{node}' not found")));
         }
@@ -660,7 +661,7 @@ impl BlockLayer {
                 &[],
             )?;
         }
-        let mut thresholds = lock(&self.thresholds);
+        let mut thresholds = self.thresholds.lock();
         if bytes == 0 {
             thresholds.remove(node);
         } else {
@@ -673,7 +674,7 @@ impl BlockLayer {
     /// lookup and errors), which is never removable here.
     pub fn not_removable(&self, args: &Map<String, Value>) -> QmpResult {
         let (name, by_id) = device_or_id(args)?;
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let found = if by_id {
             state.disk_by_qdev(name).is_some()
         } else {
@@ -690,7 +691,7 @@ impl BlockLayer {
     /// blockdev-insert-medium: the node must exist, then the device is not removable.
     pub fn insert_medium(&self, args: &Map<String, Value>) -> QmpResult {
         let node = str_arg(args, "node-name").unwrap_or_default();
-        if lock(&self.state).graph.node(node).is_none() {
+        if self.state.lock().graph.node(node).is_none() {
             return Err(QmpError::generic(format!("Node '{node}' not found")));
         }
         self.not_removable(args)
@@ -698,7 +699,7 @@ impl BlockLayer {
 
     /// block_passwd: nothing here is encrypted (QEMU 2.x's lookup and message).
     pub fn block_passwd(&self, device: Option<&str>, node: Option<&str>) -> QmpResult {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let name = state.lookup_node(device, node)?;
         let shown = device
             .filter(|d| state.disk_by_id(d).is_some())
@@ -710,7 +711,7 @@ impl BlockLayer {
 
     /// `change DEVICE TARGET`: a medium change, which no disk here accepts.
     pub fn change(&self, device: &str) -> QmpResult {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         if state.disk_by_id(device).is_none() {
             return Err(QmpError::device_not_found(device));
         }
@@ -720,14 +721,14 @@ impl BlockLayer {
     }
 
     pub fn node_exists(&self, name: &str) -> bool {
-        lock(&self.state).graph.node(name).is_some()
+        self.state.lock().graph.node(name).is_some()
     }
 
     /// Stops every daemon (after vmm-core, their frontend, has gone) and removes their
     /// sockets' directory.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let mut disks = std::mem::take(&mut lock(&self.state).disks);
+        let mut disks = std::mem::take(&mut self.state.lock().disks);
         for d in &mut disks {
             d.stop();
         }
@@ -738,8 +739,9 @@ impl BlockLayer {
 impl Supervised for BlockLayer {
     const DEVICE: &'static str = "disk";
     const DAEMON: &'static str = "block daemon";
-    const EXITED: &'static str = EXITED;
-    const RESTARTED: &'static str = RESTARTED;
+    const EXITED: fn(DaemonExited) -> Event = Event::BlockDaemonExited;
+    const RESTARTED: fn(DaemonRestarted) -> Event = Event::BlockDaemonRestarted;
+    type Error = QmpError;
 
     fn events(&self) -> &EventBus {
         &self.hooks.events
@@ -750,7 +752,7 @@ impl Supervised for BlockLayer {
     }
 
     fn reap(&self, id: &str) -> Option<Death> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let disk = state.disks.iter_mut().find(|d| d.id == id)?;
         if disk.hold {
             // Its failed start was reported to whoever asked for it.

@@ -11,25 +11,22 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{NetRequest, NicLaunch, RxFilterState, VmmRequest};
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
-use crate::daemon::{supervise, Death, RuntimeDir, Supervised};
-use crate::events::EventBus;
+use crate::children::link::VmmLink;
+use crate::children::sandbox::Policy;
+use crate::children::supervise::{supervise, Death, Supervised};
+use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 use crate::fdstore::NamedFds;
-use crate::launch::bind_private;
 use crate::qmp::protocol::{QmpError, QmpResult};
-use crate::sandbox::Policy;
-use crate::supervisor::VmmLink;
+use crate::sockets::{bind_private, RuntimeDir};
 use netdev::{Netdev, NetdevSpec};
 use nic::{Hooks, Nic, NicSpec};
-
-/// Events of our own (QMP's rule for downstream extensions: a reverse-domain prefix).
-pub const EXITED: &str = "__io.flotilla_NET_DAEMON_EXITED";
-pub const RESTARTED: &str = "__io.flotilla_NET_DAEMON_RESTARTED";
 
 /// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -58,8 +55,6 @@ pub struct NetLayer {
     runtime: RuntimeDir,
     stopping: AtomicBool,
 }
-
-use crate::lock;
 
 /// QEMU's RxFilterInfo for one NIC.
 fn rx_filter_info(name: &str, f: &RxFilterState) -> Value {
@@ -123,7 +118,7 @@ impl NetLayer {
 
     /// `--netdev`: opens the backend now (a NIC may take it).
     pub fn add_netdev(&self, spec: &NetdevSpec) -> anyhow::Result<()> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.id_taken(&spec.id) {
             anyhow::bail!("netdev id {} is used twice", spec.id);
         }
@@ -137,7 +132,7 @@ impl NetLayer {
     /// `--device virtio-net-pci,...`: the NIC, its daemon, and vmm-core's end of the
     /// vhost-user socket.
     pub fn add_nic(&self, spec: &NicSpec) -> anyhow::Result<(NicLaunch, OwnedFd)> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let index = state.nics.len() as u32;
         let id = spec
             .id
@@ -204,14 +199,14 @@ impl NetLayer {
 
     /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
     pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
-        match lock(&self.deaths).take() {
+        match self.deaths.lock().take() {
             Some(deaths) => supervise(self.clone(), deaths, "net-supervisor"),
             None => Ok(()),
         }
     }
 
     fn restart_nic(&self, id: &str) -> Result<u32, QmpError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let nic = state
             .nics
             .iter_mut()
@@ -230,7 +225,7 @@ impl NetLayer {
 
     pub fn netdev_add(&self, args: &Map<String, Value>, named: &NamedFds) -> QmpResult {
         let spec = NetdevSpec::from_args(args)?;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.id_taken(&spec.id) {
             return Err(QmpError::generic(format!("Duplicate ID '{}'", spec.id)));
         }
@@ -243,7 +238,7 @@ impl NetLayer {
     /// Removes a backend; a NIC that used it keeps running with its link down, as
     /// with QEMU.
     pub fn netdev_del(&self, id: &str) -> QmpResult {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(pos) = state.spare.iter().position(|n| n.id == id) {
             state.spare.remove(pos);
             return Ok(json!({}));
@@ -275,7 +270,7 @@ impl NetLayer {
 
     /// set_link: `name` is a NIC or the netdev behind one (the guest sees either).
     pub fn set_link(&self, name: &str, up: bool) -> QmpResult {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.spare.iter().any(|n| n.id == name) {
             // A backend without a NIC: nobody to tell.
             return Ok(json!({}));
@@ -295,7 +290,7 @@ impl NetLayer {
     }
 
     pub fn query_rx_filter(&self, name: Option<&str>) -> QmpResult {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(name) = name {
             if !state.nics.iter().any(|n| n.id == name) {
                 return Err(QmpError::generic(if state.id_taken(name) {
@@ -322,7 +317,7 @@ impl NetLayer {
     /// Stops every daemon (after vmm-core, their frontend, is gone).
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         for nic in &mut state.nics {
             nic.stop();
         }
@@ -333,8 +328,9 @@ impl NetLayer {
 impl Supervised for NetLayer {
     const DEVICE: &'static str = "NIC";
     const DAEMON: &'static str = "net daemon";
-    const EXITED: &'static str = EXITED;
-    const RESTARTED: &'static str = RESTARTED;
+    const EXITED: fn(DaemonExited) -> Event = Event::NetDaemonExited;
+    const RESTARTED: fn(DaemonRestarted) -> Event = Event::NetDaemonRestarted;
+    type Error = QmpError;
 
     fn events(&self) -> &EventBus {
         &self.hooks.events
@@ -345,7 +341,7 @@ impl Supervised for NetLayer {
     }
 
     fn reap(&self, id: &str) -> Option<Death> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let nic = state.nics.iter_mut().find(|n| n.id == id)?;
         // A NIC whose netdev was deleted has no daemon to bring back.
         nic.netdev.as_ref()?;

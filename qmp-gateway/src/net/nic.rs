@@ -9,18 +9,37 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState};
-use serde_json::json;
+use parking_lot::Mutex;
 
-use crate::daemon::{stop_slot, Daemon};
-use crate::events::EventBus;
+use crate::children::daemon::{stop_slot, Daemon, DaemonKind};
+use crate::children::link::Protocol;
+use crate::children::sandbox::Policy;
+use crate::events::{Event, EventBus, NicRxFilterChanged};
 use crate::qmp::protocol::QmpError;
-use crate::sandbox::Policy;
 
-pub type NetDaemon = Daemon<NetRequest, NetReply, NetEvent>;
+/// A net daemon's control channel.
+pub struct NetProtocol;
+
+impl Protocol for NetProtocol {
+    type Call = NetRequest;
+    type Answer = NetReply;
+    type Event = NetEvent;
+}
+
+impl DaemonKind for NetProtocol {
+    const PROCESS: &'static str = "net-daemon";
+
+    fn quit() -> NetRequest {
+        NetRequest::Quit
+    }
+}
+
+/// A NIC's net daemon.
+pub type NetDaemon = Daemon<NetProtocol>;
 
 /// `--device virtio-net-pci,netdev=ID[,id=NAME][,mac=MAC][,mq=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,18 +144,16 @@ impl Nic {
         let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
         let daemon = NetDaemon::spawn(
             &self.binary,
-            "net-daemon",
             &self.id,
             &hooks.sandbox,
-            || NetRequest::Quit,
             move |e| match e {
                 NetEvent::RxFilterChanged(state) => {
-                    *last.lock().unwrap_or_else(|e| e.into_inner()) = *state;
+                    *last.lock() = *state;
                     if notify.swap(false, Ordering::SeqCst) {
-                        events.emit(
-                            "NIC_RX_FILTER_CHANGED",
-                            Some(json!({"name": name, "path": path})),
-                        );
+                        events.emit(Event::NicRxFilterChanged(NicRxFilterChanged {
+                            name: name.clone(),
+                            path: path.clone(),
+                        }));
                     }
                 }
             },
@@ -181,21 +198,16 @@ impl Nic {
     }
 
     fn filter_seen(&self) -> RxFilterState {
-        self.last_filter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_filter.lock().clone()
     }
 
     /// The receive filter: the daemon's, or the last one seen while none runs.
     pub fn rx_filter(&mut self) -> RxFilterState {
         if let Some(d) = &self.daemon {
             match d.link.request(NetRequest::RxFilter, &[]) {
-                Ok(NetReply::RxFilter(f)) => {
-                    *self.last_filter.lock().unwrap_or_else(|e| e.into_inner()) = *f
-                }
+                Ok(NetReply::RxFilter(f)) => *self.last_filter.lock() = *f,
                 Ok(other) => log::warn!("{} answered RxFilter with {other:?}", d.link.name()),
-                Err(e) => log::warn!("{}: {}", d.link.name(), e.desc),
+                Err(e) => log::warn!("{}: {e}", d.link.name()),
             }
         }
         self.filter_seen()

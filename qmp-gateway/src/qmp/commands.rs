@@ -57,7 +57,7 @@ impl Ctx<'_> {
     }
 
     pub fn vmm(&self, request: VmmRequest) -> Result<VmmReply, QmpError> {
-        self.gw.vmm.request(request, &[])
+        Ok(self.gw.vmm.request(request, &[])?)
     }
 }
 
@@ -905,17 +905,6 @@ pub const TYPES: Types = Types(&[
     },
 ]);
 
-/// Argument type of each event, for the schema.
-fn event_arg_type(event: &str) -> &'static str {
-    match event {
-        "SHUTDOWN" | "RESET" => "q_obj_SHUTDOWN-arg",
-        "BLOCK_WRITE_THRESHOLD" => "q_obj_BLOCK_WRITE_THRESHOLD-arg",
-        crate::block::EXITED => "q_obj_BLOCK_DAEMON_EXITED-arg",
-        crate::block::RESTARTED => "q_obj_BLOCK_DAEMON_RESTARTED-arg",
-        _ => "q_empty",
-    }
-}
-
 pub fn find(name: &str) -> Option<&'static Command> {
     COMMANDS.iter().find(|c| c.name == name)
 }
@@ -945,7 +934,7 @@ fn query_commands(_: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
 }
 
 fn query_events(_: &mut Ctx, _: &Map<String, Value>) -> QmpResult {
-    Ok(EVENTS.iter().map(|e| json!({"name": e})).collect())
+    Ok(EVENTS.iter().map(|e| json!({"name": e.name})).collect())
 }
 
 pub fn status_info(gw: &Gateway) -> Value {
@@ -1074,7 +1063,7 @@ pub fn schema() -> Value {
         c.args.iter().for_each(|m| note(m.ty, &mut arrays));
     }
     for e in EVENTS {
-        out.push(json!({"name": e, "meta-type": "event", "arg-type": event_arg_type(e)}));
+        out.push(json!({"name": e.name, "meta-type": "event", "arg-type": e.arg_type}));
     }
     for t in TYPES.0 {
         match t.kind {

@@ -3,6 +3,7 @@
 pub mod absent;
 pub mod block;
 pub mod commands;
+pub mod errors;
 pub mod hmp;
 pub mod json_stream;
 pub mod net;

@@ -38,6 +38,12 @@ impl QmpError {
     }
 }
 
+impl std::fmt::Display for QmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.desc)
+    }
+}
+
 impl From<ipc::RemoteError> for QmpError {
     fn from(e: ipc::RemoteError) -> Self {
         QmpError {

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::outbox::Outbox;
+use crate::qmp::outbox::Outbox;
 use crate::qmp::protocol;
 
 /// An event as the schema describes it: its name, and the name of its data's type.

@@ -6,12 +6,10 @@
 
 pub mod block;
 pub mod children;
-pub mod conn;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;
 pub mod launch;
 pub mod net;
-pub mod outbox;
 pub mod qmp;
 pub mod sockets;

@@ -16,6 +16,7 @@ use qmp_gateway::block::drive::DriveSpec;
 use qmp_gateway::children::link::VmmLink;
 use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
+use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::events::{Event, EventBus};
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;

@@ -14,11 +14,11 @@ use std::time::Instant;
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
 use parking_lot::Mutex;
 
-use crate::children::daemon::{stop_slot, Daemon, DaemonKind};
+use super::error::BlockError;
+use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
 use crate::events::{Event, EventBus, WriteThreshold};
-use crate::qmp::protocol::QmpError;
 
 /// A throttle group: the state page its members share, and its limits.
 pub struct Group {
@@ -48,9 +48,14 @@ impl Protocol for BlockProtocol {
 
 impl DaemonKind for BlockProtocol {
     const PROCESS: &'static str = "block-daemon";
+    const NAME: &'static str = "block daemon";
 
     fn quit() -> BlockRequest {
         BlockRequest::Quit
+    }
+
+    fn opened(answer: &BlockReply) -> bool {
+        matches!(answer, BlockReply::Opened { .. })
     }
 }
 
@@ -87,13 +92,10 @@ pub struct Disk {
 }
 
 impl Disk {
-    pub fn daemon(&self) -> Result<&BlockDaemon, QmpError> {
-        self.daemon.as_ref().ok_or_else(|| {
-            QmpError::generic(format!(
-                "the block daemon of disk {} is not running (I/O waits for it)",
-                self.id
-            ))
-        })
+    pub fn daemon(&self) -> Result<&BlockDaemon, BlockError> {
+        self.daemon
+            .as_ref()
+            .ok_or_else(|| BlockError::DaemonNotRunning(self.id.clone()))
     }
 
     /// Starts a daemon for this disk: the node with its image and listening socket,
@@ -102,10 +104,9 @@ impl Disk {
         &mut self,
         groups: &BTreeMap<String, Group>,
         hooks: &Hooks,
-    ) -> Result<u32, QmpError> {
+    ) -> Result<u32, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
-        let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
-        let daemon = BlockDaemon::spawn(
+        let daemon = BlockDaemon::start(
             &self.binary,
             &self.id,
             &hooks.sandbox,
@@ -123,24 +124,10 @@ impl Disk {
                     }));
                 }
             },
-            move |why| {
-                log::warn!("{why}");
-                let _ = deaths.send(id);
-            },
-        )
-        .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
-        match daemon.link.request(
+            hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
             &[self.image.as_fd(), self.listener.as_fd()],
-        )? {
-            BlockReply::Opened { .. } => {}
-            other => {
-                return Err(QmpError::generic(format!(
-                    "{} answered the open call with {other:?}",
-                    daemon.link.name()
-                )))
-            }
-        }
+        )?;
         if let Some((limits, group)) = &self.throttle {
             if let Some(g) = groups.get(group) {
                 daemon
@@ -168,13 +155,8 @@ impl Disk {
     }
 
     /// A connection to the daemon's socket, for vmm-core.
-    pub fn connect(&self) -> Result<UnixStream, QmpError> {
-        UnixStream::connect(&self.socket).map_err(|e| {
-            QmpError::generic(format!(
-                "connecting to the block daemon of {}: {e}",
-                self.id
-            ))
-        })
+    pub fn connect(&self) -> Result<UnixStream, BlockError> {
+        Ok(connect::<BlockProtocol>(&self.socket, &self.id)?)
     }
 
     /// Stops the daemon if one runs; says how it ended.

@@ -38,7 +38,7 @@ pub enum LinkError {
 /// events it reports.
 pub trait Protocol: 'static {
     type Call: Message;
-    type Answer: Serialize + DeserializeOwned + Send + 'static;
+    type Answer: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
     type Event: Serialize + DeserializeOwned + 'static;
 }
 

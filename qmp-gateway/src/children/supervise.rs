@@ -2,9 +2,12 @@
 //! restarted after a backoff (at once, then doubling from 100 ms up to 1 s); one that
 //! keeps dying right after it starts is given up on.
 
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::daemon::{stop_slot, Daemon, DaemonKind};
 use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
@@ -57,46 +60,81 @@ impl Death {
     }
 }
 
+/// A supervised layer's side of its supervision: where its daemons' deaths are
+/// reported (by their device's id), whether it is stopping, and its event bus.
+pub struct Supervision {
+    events: Arc<EventBus>,
+    deaths: Sender<String>,
+    /// Taken by the supervisor when it starts.
+    receiver: Mutex<Option<Receiver<String>>>,
+    stopping: AtomicBool,
+}
+
+impl Supervision {
+    pub fn new(events: Arc<EventBus>) -> Supervision {
+        let (deaths, receiver) = mpsc::channel();
+        Supervision {
+            events,
+            deaths,
+            receiver: Mutex::new(Some(receiver)),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Where a daemon's death is reported.
+    pub fn deaths(&self) -> Sender<String> {
+        self.deaths.clone()
+    }
+
+    /// From now on a death is no news: the layer is shutting down.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
 /// A layer (block, net) whose devices are each served by a daemon the gateway restarts.
-pub trait Supervised: Send + Sync + 'static {
+pub trait Supervised: Send + Sync + Sized + 'static {
     /// The device kind and the daemon, for log lines ("disk", "block daemon").
     const DEVICE: &'static str;
     const DAEMON: &'static str;
+    /// The supervisor thread's name.
+    const THREAD: &'static str;
     /// The events for a daemon's exit and its replacement.
     const EXITED: fn(DaemonExited) -> Event;
     const RESTARTED: fn(DaemonRestarted) -> Event;
     /// Why a restart failed.
     type Error: std::fmt::Display;
 
-    fn events(&self) -> &EventBus;
-    fn stopping(&self) -> bool;
+    fn supervision(&self) -> &Supervision;
     /// Reaps the dead daemon of device `id` and counts the death; None when the device
     /// is gone or its daemon is not to be restarted.
     fn reap(&self, id: &str) -> Option<Death>;
     /// Starts a new daemon for `id` and reconnects vmm-core; the new pid.
     fn restart(&self, id: &str) -> Result<u32, Self::Error>;
-    /// Reports `id` dead again (a restart that failed is a death like any other).
-    fn died(&self, id: &str);
-}
 
-/// Restarts `layer`'s daemons as their deaths arrive on `deaths`, with backoff, giving up
-/// on one that keeps dying right after starting.
-pub fn supervise<L: Supervised>(
-    layer: Arc<L>,
-    deaths: Receiver<String>,
-    thread: &str,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name(thread.into())
-        .spawn(move || {
-            for id in deaths {
-                if layer.stopping() {
-                    return;
+    /// Restarts the layer's daemons as their deaths arrive, with backoff, giving up on
+    /// one that keeps dying right after starting (once; later calls do nothing).
+    fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(deaths) = self.supervision().receiver.lock().take() else {
+            return Ok(());
+        };
+        let layer = self.clone();
+        std::thread::Builder::new()
+            .name(Self::THREAD.into())
+            .spawn(move || {
+                for id in deaths {
+                    if layer.supervision().stopping() {
+                        return;
+                    }
+                    on_death(&*layer, &id);
                 }
-                on_death(&*layer, &id);
-            }
-        })?;
-    Ok(())
+            })?;
+        Ok(())
+    }
 }
 
 fn on_death<L: Supervised>(layer: &L, id: &str) {
@@ -112,7 +150,8 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
             L::DAEMON
         );
     }
-    layer.events().emit((L::EXITED)(DaemonExited {
+    let supervision = layer.supervision();
+    supervision.events.emit((L::EXITED)(DaemonExited {
         device: id.to_string(),
         pid: death.pid,
         reason: death.reason,
@@ -122,17 +161,18 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
         return;
     };
     std::thread::sleep(delay);
-    if layer.stopping() {
+    if supervision.stopping() {
         return;
     }
     match layer.restart(id) {
-        Ok(pid) => layer.events().emit((L::RESTARTED)(DaemonRestarted {
+        Ok(pid) => supervision.events.emit((L::RESTARTED)(DaemonRestarted {
             device: id.to_string(),
             pid,
         })),
         Err(e) => {
             log::warn!("{} {id}: restarting its {}: {e}", L::DEVICE, L::DAEMON);
-            layer.died(id);
+            // A restart that failed is a death like any other.
+            let _ = supervision.deaths.send(id.to_string());
         }
     }
 }

@@ -15,11 +15,11 @@ use std::time::Instant;
 use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState};
 use parking_lot::Mutex;
 
-use crate::children::daemon::{stop_slot, Daemon, DaemonKind};
+use super::error::NetError;
+use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
 use crate::events::{Event, EventBus, NicRxFilterChanged};
-use crate::qmp::protocol::QmpError;
 
 /// A net daemon's control channel.
 pub struct NetProtocol;
@@ -32,9 +32,14 @@ impl Protocol for NetProtocol {
 
 impl DaemonKind for NetProtocol {
     const PROCESS: &'static str = "net-daemon";
+    const NAME: &'static str = "net daemon";
 
     fn quit() -> NetRequest {
         NetRequest::Quit
+    }
+
+    fn opened(answer: &NetReply) -> bool {
+        matches!(answer, NetReply::Done)
     }
 }
 
@@ -133,7 +138,7 @@ impl Nic {
 
     /// Starts a daemon for this NIC with its backend and listening socket; returns its
     /// pid.
-    pub fn start(&mut self, hooks: &Hooks) -> Result<u32, QmpError> {
+    pub fn start(&mut self, hooks: &Hooks) -> Result<u32, NetError> {
         let (events, notify, name, path, last) = (
             hooks.events.clone(),
             self.notify.clone(),
@@ -141,8 +146,18 @@ impl Nic {
             self.path(),
             self.last_filter.clone(),
         );
-        let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
-        let daemon = NetDaemon::spawn(
+        let mut fds: Vec<BorrowedFd> = self.backend_fds.iter().map(|f| f.as_fd()).collect();
+        fds.push(self.listener.as_fd());
+        let open = NetOpen {
+            nic: self.id.clone(),
+            mac: self.mac,
+            queue_pairs: self.queue_pairs,
+            backend: self.kind,
+            backend_fds: self.backend_fds.len() as u32,
+            link_up: self.link_up,
+            filter: self.served.then(|| Box::new(self.filter_seen())),
+        };
+        let daemon = NetDaemon::start(
             &self.binary,
             &self.id,
             &hooks.sandbox,
@@ -157,32 +172,10 @@ impl Nic {
                     }
                 }
             },
-            move |why| {
-                log::warn!("{why}");
-                let _ = deaths.send(id);
-            },
-        )
-        .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
-        let mut fds: Vec<BorrowedFd> = self.backend_fds.iter().map(|f| f.as_fd()).collect();
-        fds.push(self.listener.as_fd());
-        let open = NetOpen {
-            nic: self.id.clone(),
-            mac: self.mac,
-            queue_pairs: self.queue_pairs,
-            backend: self.kind,
-            backend_fds: self.backend_fds.len() as u32,
-            link_up: self.link_up,
-            filter: self.served.then(|| Box::new(self.filter_seen())),
-        };
-        match daemon.link.request(NetRequest::Open(open), &fds)? {
-            NetReply::Done => {}
-            other => {
-                return Err(QmpError::generic(format!(
-                    "{} answered the open call with {other:?}",
-                    daemon.link.name()
-                )))
-            }
-        }
+            hooks.deaths.clone(),
+            NetRequest::Open(open),
+            &fds,
+        )?;
         let pid = daemon.pid().unwrap_or(0);
         self.daemon = Some(daemon);
         self.served = true;
@@ -191,10 +184,8 @@ impl Nic {
     }
 
     /// A connection to the daemon's socket, for vmm-core.
-    pub fn connect(&self) -> Result<UnixStream, QmpError> {
-        UnixStream::connect(&self.socket).map_err(|e| {
-            QmpError::generic(format!("connecting to the net daemon of {}: {e}", self.id))
-        })
+    pub fn connect(&self) -> Result<UnixStream, NetError> {
+        Ok(connect::<NetProtocol>(&self.socket, &self.id)?)
     }
 
     fn filter_seen(&self) -> RxFilterState {

@@ -1,13 +1,18 @@
-//! QMP: the wire protocol, the command table and its handlers, sessions and listeners.
+//! QMP: the wire protocol, the command table with its typed arguments and handlers,
+//! the schema, and the clients' connections, sessions and listeners.
 
-pub mod absent;
-pub mod block;
-pub mod commands;
+pub mod args;
+pub mod blockdev;
+pub mod command;
+pub mod conn;
 pub mod errors;
-pub mod hmp;
+pub mod handlers;
 pub mod json_stream;
-pub mod net;
+pub mod outbox;
 pub mod protocol;
+pub mod qapi;
 pub mod schema;
 pub mod server;
 pub mod session;
+pub mod table;
+pub mod types;

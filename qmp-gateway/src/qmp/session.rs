@@ -7,14 +7,16 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use super::commands::{self, Ctx, TYPES};
+use super::args::Arguments;
+use super::command::Ctx;
+use super::handlers::machine::QmpCapabilities;
 use super::json_stream::Item;
+use super::outbox::Outbox;
 use super::protocol::{self, parse_request, QmpError, Request};
+use super::table::{self, COMMANDS};
+use super::types::TYPES;
 use crate::fdstore::NamedFds;
 use crate::gateway::Gateway;
-use crate::outbox::Outbox;
 
 /// In-band requests queued per client (QEMU's limit too).
 pub const INBAND_QUEUE: usize = 8;
@@ -94,18 +96,17 @@ impl Session {
             self.outbox.push(protocol::response(Err(e), request.id));
             return;
         }
-        let members = commands::find("qmp_capabilities")
-            .map(|c| c.args)
-            .unwrap_or_default();
-        if let Err(e) = TYPES.check_members(members, &request.arguments, "") {
-            self.outbox.push(protocol::response(Err(e), request.id));
-            return;
-        }
-        self.oob = request
-            .arguments
-            .get("enable")
-            .and_then(Value::as_array)
-            .is_some_and(|caps| caps.iter().any(|c| c == "oob"));
+        let capabilities = TYPES
+            .check_members(QmpCapabilities::MEMBERS, &request.arguments, "")
+            .and_then(|()| QmpCapabilities::decode(request.arguments));
+        let capabilities = match capabilities {
+            Ok(c) => c,
+            Err(e) => {
+                self.outbox.push(protocol::response(Err(e), request.id));
+                return;
+            }
+        };
+        self.oob = capabilities.oob();
         self.negotiated = true;
         if self.oob {
             self.start_inband_worker();
@@ -156,7 +157,7 @@ fn execute(
 ) {
     // Fds the command does not keep are closed before its reply goes out, so a client
     // that sees the reply sees them closed.
-    let Some(command) = commands::find(&request.command) else {
+    let Some(command) = table::find(&request.command) else {
         drop(fds);
         let e = QmpError::not_found(format!(
             "The command {} has not been found",
@@ -171,7 +172,7 @@ fn execute(
         outbox.push(protocol::response(Err(e), request.id));
         return;
     }
-    if let Err(e) = TYPES.check_members(command.args, &request.arguments, "") {
+    if let Err(e) = TYPES.check_members(command.args(), &request.arguments, "") {
         drop(fds);
         outbox.push(protocol::response(Err(e), request.id));
         return;
@@ -181,8 +182,9 @@ fn execute(
         named_fds,
         fds,
         exit_after_reply: None,
+        commands: COMMANDS,
     };
-    let result = (command.handler)(&mut ctx, &request.arguments);
+    let result = command.handler.run(&mut ctx, request.arguments);
     ctx.fds.clear();
     outbox.push(protocol::response(result, request.id));
     if let Some(reason) = ctx.exit_after_reply.take() {

@@ -3,11 +3,27 @@
 //! return carrying "unknown command: '...'".
 
 use ipc::{RunState, VmmRequest};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use super::commands::{status_info, Ctx};
-use super::protocol::{self, QmpError, QmpResult};
+use super::machine::status_info;
 use crate::gateway::ExitReason;
+use crate::qmp::args::{serde_arguments, Int};
+use crate::qmp::command::Ctx;
+use crate::qmp::protocol::{self, QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Ty};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HumanMonitorCommand {
+    pub command_line: String,
+    pub cpu_index: Option<Int>,
+}
+
+serde_arguments!(
+    HumanMonitorCommand,
+    [req("command-line", Ty::Str), opt("cpu-index", Ty::Int)]
+);
 
 const INFO_HELP: &[(&str, &str)] = &[
     ("cpus", "show infos for each CPU"),
@@ -18,9 +34,10 @@ const INFO_HELP: &[(&str, &str)] = &[
     ("version", "show the version of QEMU"),
 ];
 
-pub fn human_monitor_command(c: &mut Ctx, args: &Map<String, Value>) -> QmpResult {
+pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
     let vcpus = c.gw.vcpus();
-    let current = match args.get("cpu-index").and_then(Value::as_i64) {
+    // An index beyond int64 counts as none given.
+    let current = match a.cpu_index.and_then(Int::as_i64) {
         None => 0,
         Some(i) if (0..vcpus.len() as i64).contains(&i) => i as u32,
         Some(_) => {
@@ -29,11 +46,7 @@ pub fn human_monitor_command(c: &mut Ctx, args: &Map<String, Value>) -> QmpResul
             ))
         }
     };
-    let line = args
-        .get("command-line")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let mut words = line.split_whitespace();
+    let mut words = a.command_line.split_whitespace();
     let vmm = |c: &mut Ctx, r: VmmRequest| match c.vmm(r) {
         Ok(_) => String::new(),
         Err(e) => format!("Error: {}\n", e.desc),

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::conn::Conn;
+use super::conn::Conn;
 
 /// Most bytes queued for one client.
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;

@@ -92,12 +92,14 @@ pub fn parse_request(text: &[u8], oob_enabled: bool) -> Result<Request, Rejected
     let mut execute = None;
     let mut exec_oob = None;
     let mut arguments = Map::new();
-    for (key, v) in &obj {
+    // Taken apart in key order (so the first bad member is the one QEMU names), the
+    // arguments moved rather than copied.
+    for (key, v) in obj {
         match key.as_str() {
             "execute" => execute = Some(v),
             "exec-oob" if oob_enabled => exec_oob = Some(v),
             "arguments" => match v {
-                Value::Object(a) => arguments = a.clone(),
+                Value::Object(a) => arguments = a,
                 _ => {
                     return Err(reject(
                         "QMP input member 'arguments' must be an object",
@@ -132,7 +134,7 @@ pub fn parse_request(text: &[u8], oob_enabled: bool) -> Result<Request, Rejected
         ));
     };
     Ok(Request {
-        command: command.clone(),
+        command,
         arguments,
         id,
         oob,

@@ -389,6 +389,19 @@ mod tests {
     }
 
     #[test]
+    fn every_hmp_command_runs_a_command_that_needs_no_arguments() {
+        for h in hmp::HMP {
+            let command = find(h.qmp).unwrap_or_else(|| panic!("{}: no {}", h.names[0], h.qmp));
+            assert!(
+                command.args().iter().all(|m| m.optional),
+                "{}: {} needs arguments",
+                h.names[0],
+                h.qmp
+            );
+        }
+    }
+
+    #[test]
     fn every_argument_type_reads_exactly_its_members() {
         for c in COMMANDS {
             let members: Vec<&str> = c.args().iter().map(|m| m.name).collect();

@@ -6,8 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_tests::repo_root;
-use qmp_gateway::qmp::command::{Coverage, Owner};
-use qmp_gateway::qmp::table::COMMANDS;
+use qmp_gateway::qmp::commands::{Coverage, Owner, COMMANDS};
 
 /// Command names of the spec we implement (QEMU's qmp-commands.txt), as
 /// scripts/spec-commands wrote them into the repository.

@@ -3,8 +3,9 @@
 
 pub mod args;
 pub mod blockdev;
-pub mod command;
+pub mod commands;
 pub mod conn;
+pub mod context;
 pub mod errors;
 pub mod handlers;
 pub mod json_stream;
@@ -14,5 +15,4 @@ pub mod qapi;
 pub mod schema;
 pub mod server;
 pub mod session;
-pub mod table;
 pub mod types;

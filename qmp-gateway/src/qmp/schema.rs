@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::command::Command;
+use super::context::Command;
 use super::qapi::{Member, Ty, TypeKind, Types};
 use crate::events::EventDef;
 

@@ -8,12 +8,12 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 
 use super::args::Arguments;
-use super::command::Ctx;
+use super::commands::{self, COMMANDS};
+use super::context::Ctx;
 use super::handlers::machine::QmpCapabilities;
 use super::json_stream::Item;
 use super::outbox::Outbox;
 use super::protocol::{self, parse_request, QmpError, Request};
-use super::table::{self, COMMANDS};
 use super::types::TYPES;
 use crate::fdstore::NamedFds;
 use crate::gateway::Gateway;
@@ -157,7 +157,7 @@ fn execute(
 ) {
     // Fds the command does not keep are closed before its reply goes out, so a client
     // that sees the reply sees them closed.
-    let Some(command) = table::find(&request.command) else {
+    let Some(command) = commands::find(&request.command) else {
         drop(fds);
         let e = QmpError::not_found(format!(
             "The command {} has not been found",

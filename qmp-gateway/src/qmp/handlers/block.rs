@@ -11,7 +11,7 @@ use crate::block::throttle::{BucketRequest, ThrottleRequest};
 use crate::block::DiskRef;
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::blockdev::BlockdevAdd;
-use crate::qmp::command::Ctx;
+use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
 

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
-use crate::qmp::command::Ctx;
+use crate::qmp::context::Ctx;
 use crate::qmp::protocol::QmpResult;
 use crate::qmp::qapi::{opt, req, Ty};
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::events::EVENTS;
 use crate::gateway::{ExitReason, Gateway};
 use crate::qmp::args::{serde_arguments, NoArgs};
-use crate::qmp::command::Ctx;
+use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{self, QmpError, QmpResult};
 use crate::qmp::qapi::{opt, Ty};
 use crate::qmp::schema;

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::net::netdev::NetdevSpec;
 use crate::qmp::args::{serde_arguments, Arguments};
-use crate::qmp::command::Ctx;
+use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Member, Ty};
 

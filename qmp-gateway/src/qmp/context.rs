@@ -1,6 +1,7 @@
-//! One command as the table holds it (its name, its typed handler, which brings its
-//! argument type, its return type, the process that serves it, how far it is covered,
-//! whether it may run out of band) and the context its handler runs in.
+//! The context a command's handler runs in (the gateway, the client's fds, the command
+//! table), the handler itself (typed by its command's arguments), and a command as the
+//! table holds it: its name, its handler, its return type, the process that serves it,
+//! how far it is covered, whether it may run out of band.
 
 use std::os::fd::OwnedFd;
 

@@ -4,7 +4,8 @@
 //! query-qmp-schema and docs/qmp-coverage.md all derive from it.
 
 use super::args::NoArgs;
-use super::command::{Command, Coverage, Handler, Owner, Typed};
+pub use super::context::{Command, Coverage, Owner};
+use super::context::{Handler, Typed};
 use super::handlers::{absent, block, fds, hmp, machine, net};
 use super::qapi::Ty;
 

@@ -11,43 +11,107 @@ use serde_json::Value;
 
 use crate::qmp::outbox::Outbox;
 use crate::qmp::protocol;
+use crate::qmp::qapi::{opt, req, Member, Ty, TypeDef, TypeKind};
 
-/// An event as the schema describes it: its name, and the name of its data's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An event as the schema describes it: its name, and the type of its data (none: the
+/// event carries no data).
+#[derive(Debug, Clone, Copy)]
 pub struct EventDef {
     pub name: &'static str,
-    pub arg_type: &'static str,
+    pub data: Option<&'static TypeDef>,
 }
 
-const fn def(name: &'static str, arg_type: &'static str) -> EventDef {
-    EventDef { name, arg_type }
+impl EventDef {
+    /// The schema's name of its data's type.
+    pub fn arg_type(&self) -> &'static str {
+        self.data.map_or("q_empty", |t| t.name)
+    }
 }
 
-/// The type of an event without data (and, for now, of those whose data the schema does
-/// not describe yet).
-const NO_DATA: &str = "q_empty";
+const fn def(name: &'static str, data: Option<&'static TypeDef>) -> EventDef {
+    EventDef { name, data }
+}
 
-const STOP: EventDef = def("STOP", NO_DATA);
-const RESUME: EventDef = def("RESUME", NO_DATA);
-const RESET: EventDef = def("RESET", "q_obj_SHUTDOWN-arg");
-const SHUTDOWN: EventDef = def("SHUTDOWN", "q_obj_SHUTDOWN-arg");
-const POWERDOWN: EventDef = def("POWERDOWN", NO_DATA);
-const BLOCK_WRITE_THRESHOLD: EventDef =
-    def("BLOCK_WRITE_THRESHOLD", "q_obj_BLOCK_WRITE_THRESHOLD-arg");
+const fn data(name: &'static str, members: &'static [Member]) -> TypeDef {
+    TypeDef {
+        name,
+        kind: TypeKind::Object(members),
+    }
+}
+
+const SHUTDOWN_ARG: TypeDef = data(
+    "q_obj_SHUTDOWN-arg",
+    &[
+        req("guest", Ty::Bool),
+        req("reason", Ty::Named("ShutdownCause")),
+    ],
+);
+const WRITE_THRESHOLD_ARG: TypeDef = data(
+    "q_obj_BLOCK_WRITE_THRESHOLD-arg",
+    &[
+        req("node-name", Ty::Str),
+        req("amount-exceeded", Ty::Int),
+        req("write-threshold", Ty::Int),
+    ],
+);
+const DAEMON_EXITED_MEMBERS: &[Member] = &[
+    req("device", Ty::Str),
+    opt("pid", Ty::Int),
+    req("reason", Ty::Str),
+    opt("restart-in-ms", Ty::Int),
+];
+const DAEMON_RESTARTED_MEMBERS: &[Member] = &[req("device", Ty::Str), req("pid", Ty::Int)];
+const BLOCK_DAEMON_EXITED_ARG: TypeDef =
+    data("q_obj_BLOCK_DAEMON_EXITED-arg", DAEMON_EXITED_MEMBERS);
+const BLOCK_DAEMON_RESTARTED_ARG: TypeDef =
+    data("q_obj_BLOCK_DAEMON_RESTARTED-arg", DAEMON_RESTARTED_MEMBERS);
+const NIC_RX_FILTER_CHANGED_ARG: TypeDef = data(
+    "q_obj_NIC_RX_FILTER_CHANGED-arg",
+    &[opt("name", Ty::Str), req("path", Ty::Str)],
+);
+const NET_DAEMON_EXITED_ARG: TypeDef = data("q_obj_NET_DAEMON_EXITED-arg", DAEMON_EXITED_MEMBERS);
+const NET_DAEMON_RESTARTED_ARG: TypeDef =
+    data("q_obj_NET_DAEMON_RESTARTED-arg", DAEMON_RESTARTED_MEMBERS);
+const SANDBOX_VIOLATION_ARG: TypeDef = data(
+    "q_obj_SANDBOX_VIOLATION-arg",
+    &[
+        req("process", Ty::Str),
+        req("syscall", Ty::Str),
+        req("number", Ty::Int),
+        opt("device", Ty::Str),
+    ],
+);
+
+const STOP: EventDef = def("STOP", None);
+const RESUME: EventDef = def("RESUME", None);
+const RESET: EventDef = def("RESET", Some(&SHUTDOWN_ARG));
+const SHUTDOWN: EventDef = def("SHUTDOWN", Some(&SHUTDOWN_ARG));
+const POWERDOWN: EventDef = def("POWERDOWN", None);
+const BLOCK_WRITE_THRESHOLD: EventDef = def("BLOCK_WRITE_THRESHOLD", Some(&WRITE_THRESHOLD_ARG));
 // Events of our own are named by QMP's rule for downstream extensions: a reverse-domain
 // prefix.
 const BLOCK_DAEMON_EXITED: EventDef = def(
     "__io.flotilla_BLOCK_DAEMON_EXITED",
-    "q_obj_BLOCK_DAEMON_EXITED-arg",
+    Some(&BLOCK_DAEMON_EXITED_ARG),
 );
 const BLOCK_DAEMON_RESTARTED: EventDef = def(
     "__io.flotilla_BLOCK_DAEMON_RESTARTED",
-    "q_obj_BLOCK_DAEMON_RESTARTED-arg",
+    Some(&BLOCK_DAEMON_RESTARTED_ARG),
 );
-const NIC_RX_FILTER_CHANGED: EventDef = def("NIC_RX_FILTER_CHANGED", NO_DATA);
-const NET_DAEMON_EXITED: EventDef = def("__io.flotilla_NET_DAEMON_EXITED", NO_DATA);
-const NET_DAEMON_RESTARTED: EventDef = def("__io.flotilla_NET_DAEMON_RESTARTED", NO_DATA);
-const SANDBOX_VIOLATION: EventDef = def("__io.flotilla_SANDBOX_VIOLATION", NO_DATA);
+const NIC_RX_FILTER_CHANGED: EventDef =
+    def("NIC_RX_FILTER_CHANGED", Some(&NIC_RX_FILTER_CHANGED_ARG));
+const NET_DAEMON_EXITED: EventDef = def(
+    "__io.flotilla_NET_DAEMON_EXITED",
+    Some(&NET_DAEMON_EXITED_ARG),
+);
+const NET_DAEMON_RESTARTED: EventDef = def(
+    "__io.flotilla_NET_DAEMON_RESTARTED",
+    Some(&NET_DAEMON_RESTARTED_ARG),
+);
+const SANDBOX_VIOLATION: EventDef = def(
+    "__io.flotilla_SANDBOX_VIOLATION",
+    Some(&SANDBOX_VIOLATION_ARG),
+);
 
 /// Every event this gateway emits, in the order query-events lists them.
 pub const EVENTS: &[EventDef] = &[
@@ -220,6 +284,7 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qmp::types::TYPES;
     use serde_json::json;
 
     fn exited(pid: Option<u32>, restart_in_ms: Option<u64>) -> DaemonExited {
@@ -272,6 +337,17 @@ mod tests {
         ];
         let emitted: Vec<&str> = samples.iter().map(|e| e.def().name).collect();
         assert_eq!(emitted, names);
+        // Each one's data is what its type says (the checker QMP arguments go through).
+        for e in &samples {
+            let def = e.def();
+            match (e.data(), def.data.map(|t| t.kind)) {
+                (None, None) => {}
+                (Some(Value::Object(data)), Some(TypeKind::Object(members))) => TYPES
+                    .check_members(members, &data, "")
+                    .unwrap_or_else(|err| panic!("{}: {}", def.name, err.desc)),
+                (data, _) => panic!("{}: data {data:?} against {}", def.name, def.arg_type()),
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::context::Command;
-use super::qapi::{Member, Ty, TypeKind, Types};
+use super::qapi::{Member, Ty, TypeDef, TypeKind, Types};
 use crate::events::EventDef;
 
 /// The name a type has in the introspection schema.
@@ -78,9 +78,16 @@ pub fn build(commands: &[Command], events: &[EventDef], types: &Types) -> Value 
         c.args().iter().for_each(|m| note(m.ty, &mut arrays));
     }
     for e in events {
-        out.push(json!({"name": e.name, "meta-type": "event", "arg-type": e.arg_type}));
+        out.push(json!({"name": e.name, "meta-type": "event", "arg-type": e.arg_type()}));
     }
-    for t in types.0 {
+    // The named types, then the events' own (each once: SHUTDOWN and RESET share one).
+    let mut event_types: Vec<&TypeDef> = Vec::new();
+    for t in events.iter().filter_map(|e| e.data) {
+        if !event_types.iter().any(|seen| seen.name == t.name) {
+            event_types.push(t);
+        }
+    }
+    for t in types.0.iter().chain(event_types) {
         match t.kind {
             TypeKind::Object(members) => {
                 members.iter().for_each(|m| note(m.ty, &mut arrays));

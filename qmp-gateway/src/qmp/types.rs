@@ -1,9 +1,11 @@
-//! The named QAPI types the commands' arguments and returns use (and, for now, the
-//! events' data), as query-qmp-schema lists them and the argument checker reads them.
+//! The named QAPI types the commands' arguments and returns use (and the enums the
+//! events' data uses), as query-qmp-schema lists them and the argument checker reads
+//! them.
 
 use super::qapi::{opt, req, Ty, TypeDef, TypeKind, Types};
 
-/// Named types the commands and events use, in the order query-qmp-schema lists them.
+/// Named types, in the order query-qmp-schema lists them (the events' own argument
+/// types follow them, from events.rs).
 pub const TYPES: Types = Types(&[
     TypeDef {
         name: "q_empty",
@@ -249,35 +251,7 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
-        name: "q_obj_BLOCK_WRITE_THRESHOLD-arg",
-        kind: TypeKind::Object(&[
-            req("node-name", Ty::Str),
-            req("amount-exceeded", Ty::Int),
-            req("write-threshold", Ty::Int),
-        ]),
-    },
-    TypeDef {
         name: "BlockDaemonInfo",
         kind: TypeKind::Object(&[req("pid", Ty::Int)]),
-    },
-    TypeDef {
-        name: "q_obj_BLOCK_DAEMON_EXITED-arg",
-        kind: TypeKind::Object(&[
-            req("device", Ty::Str),
-            opt("pid", Ty::Int),
-            req("reason", Ty::Str),
-            opt("restart-in-ms", Ty::Int),
-        ]),
-    },
-    TypeDef {
-        name: "q_obj_BLOCK_DAEMON_RESTARTED-arg",
-        kind: TypeKind::Object(&[req("device", Ty::Str), req("pid", Ty::Int)]),
-    },
-    TypeDef {
-        name: "q_obj_SHUTDOWN-arg",
-        kind: TypeKind::Object(&[
-            req("guest", Ty::Bool),
-            req("reason", Ty::Named("ShutdownCause")),
-        ]),
     },
 ]);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 
 use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use crate::block::BlockLayer;
 use crate::children::link::VmmLink;
@@ -92,16 +92,12 @@ impl Gateway {
         })
     }
 
-    fn status(&self) -> MutexGuard<'_, Status> {
-        self.status.lock()
-    }
-
     pub fn run_state(&self) -> RunState {
-        self.status().run_state
+        self.status.lock().run_state
     }
 
     pub fn vcpus(&self) -> Vec<VcpuInfo> {
-        self.status().vcpus.clone()
+        self.status.lock().vcpus.clone()
     }
 
     /// Records vmm-core's pid, to translate the thread ids it reports.
@@ -121,7 +117,7 @@ impl Gateway {
         for v in &mut vcpus {
             v.thread_id = self.host_tid(v.thread_id);
         }
-        self.status().vcpus = vcpus;
+        self.status.lock().vcpus = vcpus;
     }
 
     pub fn request_exit(&self, reason: ExitReason) {
@@ -133,7 +129,7 @@ impl Gateway {
     pub fn on_vmm_event(&self, event: VmmEvent) {
         match event {
             VmmEvent::RunState(new) => {
-                let old = std::mem::replace(&mut self.status().run_state, new);
+                let old = std::mem::replace(&mut self.status.lock().run_state, new);
                 if old == RunState::Running && new != RunState::Running {
                     self.events.emit(Event::Stop);
                 } else if new == RunState::Running && old != RunState::Running {

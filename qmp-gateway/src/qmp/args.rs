@@ -1,7 +1,7 @@
 //! Typed arguments: each command's arguments are a type of their own, with the members
-//! the table, the checker and the schema know. The dispatcher checks the JSON arguments
-//! against the members (QEMU's messages, qapi.rs), then deserializes them once, with
-//! serde, into that type: a handler gets the type and never reads JSON.
+//! the table, the checker and the schema know. `read` checks the JSON arguments against
+//! the members (QEMU's messages, qapi.rs), then deserializes them once, with serde, into
+//! that type: a handler gets the type and never reads JSON.
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::protocol::QmpError;
 use super::qapi::Member;
+use super::types::TYPES;
 
 /// A command's arguments.
 pub trait Arguments: Sized {
@@ -22,6 +23,13 @@ pub trait Arguments: Sized {
     /// `MEMBERS`.
     #[cfg(test)]
     fn serde_fields() -> Option<&'static [&'static str]>;
+}
+
+/// A command's JSON arguments as its type `A`: checked against `A`'s members (QEMU's
+/// messages), then decoded.
+pub fn read<A: Arguments>(args: Map<String, Value>) -> Result<A, QmpError> {
+    TYPES.check_members(A::MEMBERS, &args, "")?;
+    A::decode(args)
 }
 
 /// Implements [`Arguments`] for a struct serde reads, with its members:

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use ipc::{VmmReply, VmmRequest};
 use serde_json::{Map, Value};
 
-use super::args::Arguments;
+use super::args::{self, Arguments};
 use super::protocol::{QmpError, QmpResult};
 use super::qapi::{Member, Ty};
 use crate::fdstore::NamedFds;
@@ -69,7 +69,8 @@ impl Ctx<'_> {
 pub trait Handler: Sync {
     fn members(&self) -> &'static [Member];
 
-    /// Decodes `args` (checked against `members`) and runs the command.
+    /// Reads `args` as the command's arguments (QEMU's messages for what is missing,
+    /// mistyped or unexpected) and runs the command.
     fn run(&self, ctx: &mut Ctx, args: Map<String, Value>) -> QmpResult;
 
     /// What serde reads for the arguments (None: decoded by hand).
@@ -90,7 +91,7 @@ impl<A: Arguments> Handler for Typed<A> {
     }
 
     fn run(&self, ctx: &mut Ctx, args: Map<String, Value>) -> QmpResult {
-        (self.0)(ctx, A::decode(args)?)
+        (self.0)(ctx, args::read(args)?)
     }
 
     #[cfg(test)]

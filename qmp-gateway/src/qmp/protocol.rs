@@ -22,14 +22,6 @@ impl QmpError {
         }
     }
 
-    /// QEMU's answer for a device name it does not know.
-    pub fn device_not_found(name: &str) -> Self {
-        QmpError {
-            class: ErrorClass::DeviceNotFound,
-            desc: format!("Device '{name}' not found"),
-        }
-    }
-
     pub fn not_found(desc: impl Into<String>) -> Self {
         QmpError {
             class: ErrorClass::CommandNotFound,

@@ -7,14 +7,13 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 
-use super::args::Arguments;
+use super::args;
 use super::commands::{self, COMMANDS};
 use super::context::Ctx;
 use super::handlers::machine::QmpCapabilities;
 use super::json_stream::Item;
 use super::outbox::Outbox;
 use super::protocol::{self, parse_request, QmpError, Request};
-use super::types::TYPES;
 use crate::fdstore::NamedFds;
 use crate::gateway::Gateway;
 
@@ -96,10 +95,7 @@ impl Session {
             self.outbox.push(protocol::response(Err(e), request.id));
             return;
         }
-        let capabilities = TYPES
-            .check_members(QmpCapabilities::MEMBERS, &request.arguments, "")
-            .and_then(|()| QmpCapabilities::decode(request.arguments));
-        let capabilities = match capabilities {
+        let capabilities = match args::read::<QmpCapabilities>(request.arguments) {
             Ok(c) => c,
             Err(e) => {
                 self.outbox.push(protocol::response(Err(e), request.id));
@@ -169,11 +165,6 @@ fn execute(
     if request.oob && !command.allow_oob {
         drop(fds);
         let e = QmpError::generic(format!("The command {} does not support OOB", command.name));
-        outbox.push(protocol::response(Err(e), request.id));
-        return;
-    }
-    if let Err(e) = TYPES.check_members(command.args(), &request.arguments, "") {
-        drop(fds);
         outbox.push(protocol::response(Err(e), request.id));
         return;
     }

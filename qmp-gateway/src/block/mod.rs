@@ -31,7 +31,7 @@ use crate::children::supervise::{Death, Supervised, Supervision};
 use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 use crate::fdstore::FdSets;
 use crate::sockets::{bind_private, RuntimeDir};
-use disk::{Disk, Group, Hooks};
+use disk::{BlockProtocol, Disk, Group, Hooks};
 use drive::DriveSpec;
 pub use error::BlockError;
 use graph::Graph;
@@ -394,7 +394,7 @@ impl BlockLayer {
 
 impl Supervised for BlockLayer {
     const DEVICE: &'static str = "disk";
-    const DAEMON: &'static str = "block daemon";
+    type Daemon = BlockProtocol;
     const THREAD: &'static str = "block-supervisor";
     const EXITED: fn(DaemonExited) -> Event = Event::BlockDaemonExited;
     const RESTARTED: fn(DaemonRestarted) -> Event = Event::BlockDaemonRestarted;

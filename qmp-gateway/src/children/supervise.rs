@@ -98,9 +98,10 @@ impl Supervision {
 
 /// A layer (block, net) whose devices are each served by a daemon the gateway restarts.
 pub trait Supervised: Send + Sync + Sized + 'static {
-    /// The device kind and the daemon, for log lines ("disk", "block daemon").
+    /// The device kind, for log lines ("disk").
     const DEVICE: &'static str;
-    const DAEMON: &'static str;
+    /// The daemon that serves one.
+    type Daemon: DaemonKind;
     /// The supervisor thread's name.
     const THREAD: &'static str;
     /// The events for a daemon's exit and its replacement.
@@ -147,7 +148,7 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
             "{} {id}: the {} died {MAX_FAILURES} times in a row right after starting; not \
              restarting it",
             L::DEVICE,
-            L::DAEMON
+            L::Daemon::NAME
         );
     }
     let supervision = layer.supervision();
@@ -170,7 +171,11 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
             pid,
         })),
         Err(e) => {
-            log::warn!("{} {id}: restarting its {}: {e}", L::DEVICE, L::DAEMON);
+            log::warn!(
+                "{} {id}: restarting its {}: {e}",
+                L::DEVICE,
+                L::Daemon::NAME
+            );
             // A restart that failed is a death like any other.
             let _ = supervision.deaths.send(id.to_string());
         }

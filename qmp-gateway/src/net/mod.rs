@@ -26,7 +26,7 @@ use crate::fdstore::NamedFds;
 use crate::sockets::{bind_private, RuntimeDir};
 pub use error::NetError;
 use netdev::{Netdev, NetdevSpec};
-use nic::{Hooks, Nic, NicSpec};
+use nic::{Hooks, NetProtocol, Nic, NicSpec};
 
 /// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -318,7 +318,7 @@ impl NetLayer {
 
 impl Supervised for NetLayer {
     const DEVICE: &'static str = "NIC";
-    const DAEMON: &'static str = "net daemon";
+    type Daemon = NetProtocol;
     const THREAD: &'static str = "net-supervisor";
     const EXITED: fn(DaemonExited) -> Event = Event::NetDaemonExited;
     const RESTARTED: fn(DaemonRestarted) -> Event = Event::NetDaemonRestarted;

@@ -1,28 +1,250 @@
-//! Event fan-out: every client that completed capabilities negotiation gets every event,
-//! through its own bounded outbox, so a stuck client only loses itself.
+//! The gateway's events: the one table of their names and argument types (query-events
+//! and query-qmp-schema list it), the typed events the layers emit, and the bus that fans
+//! every event out to each client that completed capabilities negotiation, through its
+//! own bounded outbox, so a stuck client only loses itself.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::outbox::Outbox;
+use crate::qmp::outbox::Outbox;
 use crate::qmp::protocol;
+use crate::qmp::qapi::{opt, req, Member, Ty, TypeDef, TypeKind};
 
-/// The events this gateway emits (query-events lists them).
-pub const EVENTS: &[&str] = &[
-    "STOP",
-    "RESUME",
-    "RESET",
-    "SHUTDOWN",
-    "POWERDOWN",
-    "BLOCK_WRITE_THRESHOLD",
-    crate::block::EXITED,
-    crate::block::RESTARTED,
-    "NIC_RX_FILTER_CHANGED",
-    crate::net::EXITED,
-    crate::net::RESTARTED,
-    crate::sandbox::VIOLATION,
+/// An event as the schema describes it: its name, and the type of its data (none: the
+/// event carries no data).
+#[derive(Debug, Clone, Copy)]
+pub struct EventDef {
+    pub name: &'static str,
+    pub data: Option<&'static TypeDef>,
+}
+
+impl EventDef {
+    /// The schema's name of its data's type.
+    pub fn arg_type(&self) -> &'static str {
+        self.data.map_or("q_empty", |t| t.name)
+    }
+}
+
+const fn def(name: &'static str, data: Option<&'static TypeDef>) -> EventDef {
+    EventDef { name, data }
+}
+
+const fn data(name: &'static str, members: &'static [Member]) -> TypeDef {
+    TypeDef {
+        name,
+        kind: TypeKind::Object(members),
+    }
+}
+
+const SHUTDOWN_ARG: TypeDef = data(
+    "q_obj_SHUTDOWN-arg",
+    &[
+        req("guest", Ty::Bool),
+        req("reason", Ty::Named("ShutdownCause")),
+    ],
+);
+const WRITE_THRESHOLD_ARG: TypeDef = data(
+    "q_obj_BLOCK_WRITE_THRESHOLD-arg",
+    &[
+        req("node-name", Ty::Str),
+        req("amount-exceeded", Ty::Int),
+        req("write-threshold", Ty::Int),
+    ],
+);
+const DAEMON_EXITED_MEMBERS: &[Member] = &[
+    req("device", Ty::Str),
+    opt("pid", Ty::Int),
+    req("reason", Ty::Str),
+    opt("restart-in-ms", Ty::Int),
 ];
+const DAEMON_RESTARTED_MEMBERS: &[Member] = &[req("device", Ty::Str), req("pid", Ty::Int)];
+const BLOCK_DAEMON_EXITED_ARG: TypeDef =
+    data("q_obj_BLOCK_DAEMON_EXITED-arg", DAEMON_EXITED_MEMBERS);
+const BLOCK_DAEMON_RESTARTED_ARG: TypeDef =
+    data("q_obj_BLOCK_DAEMON_RESTARTED-arg", DAEMON_RESTARTED_MEMBERS);
+const NIC_RX_FILTER_CHANGED_ARG: TypeDef = data(
+    "q_obj_NIC_RX_FILTER_CHANGED-arg",
+    &[opt("name", Ty::Str), req("path", Ty::Str)],
+);
+const NET_DAEMON_EXITED_ARG: TypeDef = data("q_obj_NET_DAEMON_EXITED-arg", DAEMON_EXITED_MEMBERS);
+const NET_DAEMON_RESTARTED_ARG: TypeDef =
+    data("q_obj_NET_DAEMON_RESTARTED-arg", DAEMON_RESTARTED_MEMBERS);
+const SANDBOX_VIOLATION_ARG: TypeDef = data(
+    "q_obj_SANDBOX_VIOLATION-arg",
+    &[
+        req("process", Ty::Str),
+        req("syscall", Ty::Str),
+        req("number", Ty::Int),
+        opt("device", Ty::Str),
+    ],
+);
+
+const STOP: EventDef = def("STOP", None);
+const RESUME: EventDef = def("RESUME", None);
+const RESET: EventDef = def("RESET", Some(&SHUTDOWN_ARG));
+const SHUTDOWN: EventDef = def("SHUTDOWN", Some(&SHUTDOWN_ARG));
+const POWERDOWN: EventDef = def("POWERDOWN", None);
+const BLOCK_WRITE_THRESHOLD: EventDef = def("BLOCK_WRITE_THRESHOLD", Some(&WRITE_THRESHOLD_ARG));
+// Events of our own are named by QMP's rule for downstream extensions: a reverse-domain
+// prefix.
+const BLOCK_DAEMON_EXITED: EventDef = def(
+    "__io.flotilla_BLOCK_DAEMON_EXITED",
+    Some(&BLOCK_DAEMON_EXITED_ARG),
+);
+const BLOCK_DAEMON_RESTARTED: EventDef = def(
+    "__io.flotilla_BLOCK_DAEMON_RESTARTED",
+    Some(&BLOCK_DAEMON_RESTARTED_ARG),
+);
+const NIC_RX_FILTER_CHANGED: EventDef =
+    def("NIC_RX_FILTER_CHANGED", Some(&NIC_RX_FILTER_CHANGED_ARG));
+const NET_DAEMON_EXITED: EventDef = def(
+    "__io.flotilla_NET_DAEMON_EXITED",
+    Some(&NET_DAEMON_EXITED_ARG),
+);
+const NET_DAEMON_RESTARTED: EventDef = def(
+    "__io.flotilla_NET_DAEMON_RESTARTED",
+    Some(&NET_DAEMON_RESTARTED_ARG),
+);
+const SANDBOX_VIOLATION: EventDef = def(
+    "__io.flotilla_SANDBOX_VIOLATION",
+    Some(&SANDBOX_VIOLATION_ARG),
+);
+
+/// Every event this gateway emits, in the order query-events lists them.
+pub const EVENTS: &[EventDef] = &[
+    STOP,
+    RESUME,
+    RESET,
+    SHUTDOWN,
+    POWERDOWN,
+    BLOCK_WRITE_THRESHOLD,
+    BLOCK_DAEMON_EXITED,
+    BLOCK_DAEMON_RESTARTED,
+    NIC_RX_FILTER_CHANGED,
+    NET_DAEMON_EXITED,
+    NET_DAEMON_RESTARTED,
+    SANDBOX_VIOLATION,
+];
+
+/// SHUTDOWN's and RESET's data.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShutdownInfo {
+    pub guest: bool,
+    pub reason: &'static str,
+}
+
+impl From<ipc::ShutdownCause> for ShutdownInfo {
+    fn from(cause: ipc::ShutdownCause) -> Self {
+        ShutdownInfo {
+            guest: cause.is_guest(),
+            reason: cause.qmp_name(),
+        }
+    }
+}
+
+/// A node's write threshold was crossed (and is now cleared).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WriteThreshold {
+    pub node_name: String,
+    pub amount_exceeded: u64,
+    pub write_threshold: u64,
+}
+
+/// A device daemon ended on its own (or failed to start).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DaemonExited {
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// How it ended.
+    pub reason: String,
+    /// When the supervisor restarts it; absent when it gave up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_in_ms: Option<u64>,
+}
+
+/// A new daemon serves the device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonRestarted {
+    pub device: String,
+    pub pid: u32,
+}
+
+/// The guest changed a NIC's receive filter (sent once until query-rx-filter reads it).
+#[derive(Debug, Clone, Serialize)]
+pub struct NicRxFilterChanged {
+    pub name: String,
+    /// The NIC's QOM path.
+    pub path: String,
+}
+
+/// A child was stopped by its seccomp filter.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxViolation {
+    pub process: String,
+    pub syscall: String,
+    pub number: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// An event, with its data.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Stop,
+    Resume,
+    Reset(ShutdownInfo),
+    Shutdown(ShutdownInfo),
+    Powerdown,
+    BlockWriteThreshold(WriteThreshold),
+    BlockDaemonExited(DaemonExited),
+    BlockDaemonRestarted(DaemonRestarted),
+    NicRxFilterChanged(NicRxFilterChanged),
+    NetDaemonExited(DaemonExited),
+    NetDaemonRestarted(DaemonRestarted),
+    SandboxViolation(SandboxViolation),
+}
+
+impl Event {
+    /// Its row of the table.
+    pub fn def(&self) -> &'static EventDef {
+        match self {
+            Event::Stop => &STOP,
+            Event::Resume => &RESUME,
+            Event::Reset(_) => &RESET,
+            Event::Shutdown(_) => &SHUTDOWN,
+            Event::Powerdown => &POWERDOWN,
+            Event::BlockWriteThreshold(_) => &BLOCK_WRITE_THRESHOLD,
+            Event::BlockDaemonExited(_) => &BLOCK_DAEMON_EXITED,
+            Event::BlockDaemonRestarted(_) => &BLOCK_DAEMON_RESTARTED,
+            Event::NicRxFilterChanged(_) => &NIC_RX_FILTER_CHANGED,
+            Event::NetDaemonExited(_) => &NET_DAEMON_EXITED,
+            Event::NetDaemonRestarted(_) => &NET_DAEMON_RESTARTED,
+            Event::SandboxViolation(_) => &SANDBOX_VIOLATION,
+        }
+    }
+
+    /// Its data as QMP carries it ("data"), if it has any.
+    pub fn data(&self) -> Option<Value> {
+        // Serializing these plain structs cannot fail.
+        match self {
+            Event::Stop | Event::Resume | Event::Powerdown => None,
+            Event::Reset(d) | Event::Shutdown(d) => serde_json::to_value(d).ok(),
+            Event::BlockWriteThreshold(d) => serde_json::to_value(d).ok(),
+            Event::BlockDaemonExited(d) | Event::NetDaemonExited(d) => serde_json::to_value(d).ok(),
+            Event::BlockDaemonRestarted(d) | Event::NetDaemonRestarted(d) => {
+                serde_json::to_value(d).ok()
+            }
+            Event::NicRxFilterChanged(d) => serde_json::to_value(d).ok(),
+            Event::SandboxViolation(d) => serde_json::to_value(d).ok(),
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct EventBus {
@@ -34,17 +256,15 @@ impl EventBus {
     /// on: both under the bus's lock, so no event is lost between the two, and none goes
     /// before the reply.
     pub fn subscribe(&self, outbox: &Arc<Outbox>, first: Vec<u8>) {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock();
         outbox.push(first);
         clients.retain(|c| c.strong_count() > 0);
         clients.push(Arc::downgrade(outbox));
     }
 
-    pub fn emit(&self, name: &str, data: Option<Value>) {
-        debug_assert!(EVENTS.contains(&name), "unlisted event {name}");
-        let line = protocol::event(name, data);
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.retain(|c| match c.upgrade() {
+    pub fn emit(&self, event: Event) {
+        let line = protocol::event(event.def().name, event.data());
+        self.clients.lock().retain(|c| match c.upgrade() {
             Some(outbox) => outbox.push(line.clone()),
             None => false,
         });
@@ -52,11 +272,123 @@ impl EventBus {
 
     /// Lets every subscriber's writer flush what it has, then close.
     pub fn close_all(&self) -> Vec<Arc<Outbox>> {
-        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
+        self.clients
+            .lock()
             .iter()
             .filter_map(Weak::upgrade)
             .inspect(|o| o.close())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qmp::types::TYPES;
+    use serde_json::json;
+
+    fn exited(pid: Option<u32>, restart_in_ms: Option<u64>) -> DaemonExited {
+        DaemonExited {
+            device: "d0".into(),
+            pid,
+            reason: "killed by signal 9".into(),
+            restart_in_ms,
+        }
+    }
+
+    #[test]
+    fn every_event_is_in_the_table_once() {
+        let names: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        let samples = [
+            Event::Stop,
+            Event::Resume,
+            Event::Reset(ipc::ShutdownCause::GuestReset.into()),
+            Event::Shutdown(ipc::ShutdownCause::HostQmpQuit.into()),
+            Event::Powerdown,
+            Event::BlockWriteThreshold(WriteThreshold {
+                node_name: "n".into(),
+                amount_exceeded: 1,
+                write_threshold: 2,
+            }),
+            Event::BlockDaemonExited(exited(Some(7), Some(0))),
+            Event::BlockDaemonRestarted(DaemonRestarted {
+                device: "d0".into(),
+                pid: 8,
+            }),
+            Event::NicRxFilterChanged(NicRxFilterChanged {
+                name: "nic0".into(),
+                path: "/machine/peripheral/nic0/virtio-backend".into(),
+            }),
+            Event::NetDaemonExited(exited(None, None)),
+            Event::NetDaemonRestarted(DaemonRestarted {
+                device: "nic0".into(),
+                pid: 9,
+            }),
+            Event::SandboxViolation(SandboxViolation {
+                process: "vmm-core".into(),
+                syscall: "socket".into(),
+                number: 41,
+                device: None,
+            }),
+        ];
+        let emitted: Vec<&str> = samples.iter().map(|e| e.def().name).collect();
+        assert_eq!(emitted, names);
+        // Each one's data is what its type says (the checker QMP arguments go through).
+        for e in &samples {
+            let def = e.def();
+            match (e.data(), def.data.map(|t| t.kind)) {
+                (None, None) => {}
+                (Some(Value::Object(data)), Some(TypeKind::Object(members))) => TYPES
+                    .check_members(members, &data, "")
+                    .unwrap_or_else(|err| panic!("{}: {}", def.name, err.desc)),
+                (data, _) => panic!("{}: data {data:?} against {}", def.name, def.arg_type()),
+            }
+        }
+    }
+
+    #[test]
+    fn data_reads_as_before() {
+        assert_eq!(Event::Stop.data(), None);
+        assert_eq!(
+            Event::Shutdown(ipc::ShutdownCause::GuestShutdown.into()).data(),
+            Some(json!({"guest": true, "reason": "guest-shutdown"}))
+        );
+        assert_eq!(
+            Event::BlockDaemonExited(exited(Some(7), Some(100))).data(),
+            Some(
+                json!({"device": "d0", "pid": 7, "reason": "killed by signal 9",
+                        "restart-in-ms": 100})
+            )
+        );
+        assert_eq!(
+            Event::NetDaemonExited(exited(None, None)).data(),
+            Some(json!({"device": "d0", "reason": "killed by signal 9"}))
+        );
+        assert_eq!(
+            Event::BlockWriteThreshold(WriteThreshold {
+                node_name: "n".into(),
+                amount_exceeded: 1,
+                write_threshold: 2,
+            })
+            .data(),
+            Some(json!({"node-name": "n", "amount-exceeded": 1, "write-threshold": 2}))
+        );
+        assert_eq!(
+            Event::SandboxViolation(SandboxViolation {
+                process: "block-daemon".into(),
+                syscall: "socket".into(),
+                number: 41,
+                device: Some("d0".into()),
+            })
+            .data(),
+            Some(
+                json!({"process": "block-daemon", "syscall": "socket", "number": 41,
+                        "device": "d0"})
+            )
+        );
     }
 }

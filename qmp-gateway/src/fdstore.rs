@@ -5,52 +5,67 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::qmp::protocol::QmpError;
+/// Why a client's fd request failed (QEMU's texts).
+#[derive(Debug, thiserror::Error)]
+pub enum FdError {
+    #[error("Parameter 'fdname' expects a name not starting with a digit")]
+    NameStartsWithDigit,
+    #[error("File descriptor named '{0}' not found")]
+    NameNotFound(String),
+    #[error("duplicating fd '{name}': {error}")]
+    Dup { name: String, error: std::io::Error },
+    #[error("Parameter 'fdset-id' expects a non-negative value")]
+    NegativeSetId,
+    #[error("at most {MAX_SETS} fd sets")]
+    TooManySets,
+    #[error("fd set {0} already holds {MAX_FDS_PER_SET} fds")]
+    SetFull(i64),
+    #[error("File descriptor named 'fdset-id:{0}' not found")]
+    SetNotFound(i64),
+    #[error("File descriptor named 'fdset-id:{set}, fd:{fd}' not found")]
+    FdNotInSet { set: i64, fd: i64 },
+}
 
 /// A client's named fds (getfd/closefd).
 #[derive(Default)]
 pub struct NamedFds(Mutex<HashMap<String, OwnedFd>>);
 
 impl NamedFds {
-    pub fn insert(&self, name: &str, fd: OwnedFd) -> Result<(), QmpError> {
+    pub fn insert(&self, name: &str, fd: OwnedFd) -> Result<(), FdError> {
         if name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(QmpError::generic(
-                "Parameter 'fdname' expects a name not starting with a digit",
-            ));
+            return Err(FdError::NameStartsWithDigit);
         }
         // Replacing a name closes the fd it had, as QEMU does.
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), fd);
+        self.0.lock().insert(name.to_string(), fd);
         Ok(())
     }
 
-    pub fn close(&self, name: &str) -> Result<(), QmpError> {
+    pub fn close(&self, name: &str) -> Result<(), FdError> {
         self.0
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .map(drop)
-            .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))
+            .ok_or_else(|| FdError::NameNotFound(name.to_string()))
     }
 
     /// A duplicate of a named fd, to send to another process.
-    pub fn dup(&self, name: &str) -> Result<OwnedFd, QmpError> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let fd = map.get(name).ok_or_else(|| {
-            QmpError::generic(format!("File descriptor named '{name}' not found"))
-        })?;
-        fd.try_clone()
-            .map_err(|e| QmpError::generic(format!("duplicating fd '{name}': {e}")))
+    pub fn dup(&self, name: &str) -> Result<OwnedFd, FdError> {
+        let map = self.0.lock();
+        let fd = map
+            .get(name)
+            .ok_or_else(|| FdError::NameNotFound(name.to_string()))?;
+        fd.try_clone().map_err(|error| FdError::Dup {
+            name: name.to_string(),
+            error,
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.0.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,25 +92,19 @@ impl FdSets {
         id: Option<i64>,
         fd: OwnedFd,
         opaque: Option<String>,
-    ) -> Result<(i64, i64), QmpError> {
-        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Result<(i64, i64), FdError> {
+        let mut sets = self.0.lock();
         let id = match id {
-            Some(id) if id < 0 => {
-                return Err(QmpError::generic(
-                    "Parameter 'fdset-id' expects a non-negative value",
-                ))
-            }
+            Some(id) if id < 0 => return Err(FdError::NegativeSetId),
             Some(id) => id,
             None => (0..).find(|i| !sets.contains_key(i)).unwrap_or(0),
         };
         if !sets.contains_key(&id) && sets.len() >= MAX_SETS {
-            return Err(QmpError::generic(format!("at most {MAX_SETS} fd sets")));
+            return Err(FdError::TooManySets);
         }
         let set = sets.entry(id).or_default();
         if set.len() >= MAX_FDS_PER_SET {
-            return Err(QmpError::generic(format!(
-                "fd set {id} already holds {MAX_FDS_PER_SET} fds"
-            )));
+            return Err(FdError::SetFull(id));
         }
         let number = i64::from(fd.as_raw_fd());
         set.push(SetFd { fd, opaque });
@@ -103,13 +112,11 @@ impl FdSets {
     }
 
     /// remove-fd: one fd of a set, or the whole set.
-    pub fn remove(&self, id: i64, fd: Option<i64>) -> Result<(), QmpError> {
-        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let missing = || {
-            QmpError::generic(match fd {
-                Some(fd) => format!("File descriptor named 'fdset-id:{id}, fd:{fd}' not found"),
-                None => format!("File descriptor named 'fdset-id:{id}' not found"),
-            })
+    pub fn remove(&self, id: i64, fd: Option<i64>) -> Result<(), FdError> {
+        let mut sets = self.0.lock();
+        let missing = || match fd {
+            Some(fd) => FdError::FdNotInSet { set: id, fd },
+            None => FdError::SetNotFound(id),
         };
         let set = sets.get_mut(&id).ok_or_else(missing)?;
         match fd {
@@ -131,7 +138,7 @@ impl FdSets {
     }
 
     pub fn query(&self) -> Value {
-        let sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let sets = self.0.lock();
         Value::Array(
             sets.iter()
                 .map(|(id, fds)| {
@@ -156,7 +163,7 @@ impl FdSets {
     /// EACCES when no fd has that mode.
     pub fn dup_for_open(&self, id: i64, write: bool) -> std::io::Result<OwnedFd> {
         let want = if write { libc::O_RDWR } else { libc::O_RDONLY };
-        let sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let sets = self.0.lock();
         let set = sets
             .get(&id)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
@@ -191,12 +198,12 @@ mod tests {
         assert_eq!(q.as_array().unwrap().len(), 3);
         assert_eq!(q[2]["fds"][0]["opaque"], "hello");
         assert_eq!(
-            sets.remove(3, Some(999)).unwrap_err().desc,
+            sets.remove(3, Some(999)).unwrap_err().to_string(),
             "File descriptor named 'fdset-id:3, fd:999' not found"
         );
         sets.remove(3, Some(fd)).unwrap();
         assert_eq!(
-            sets.remove(3, None).unwrap_err().desc,
+            sets.remove(3, None).unwrap_err().to_string(),
             "File descriptor named 'fdset-id:3' not found"
         );
         assert!(sets.dup_for_open(0, false).is_ok());
@@ -230,7 +237,7 @@ mod tests {
         assert!(n.dup("a").is_ok());
         n.close("a").unwrap();
         assert_eq!(
-            n.close("a").unwrap_err().desc,
+            n.close("a").unwrap_err().to_string(),
             "File descriptor named 'a' not found"
         );
     }

@@ -3,17 +3,19 @@
 //! the gateway is asked to end. vmm-core's events become QMP events here.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
 
 use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent};
-use serde_json::json;
+use parking_lot::Mutex;
 
 use crate::block::BlockLayer;
-use crate::events::EventBus;
+use crate::children::link::VmmLink;
+use crate::children::sandbox::{Mode, Policy};
+use crate::children::spawn::host_tid;
+use crate::events::{Event, EventBus};
 use crate::fdstore::FdSets;
 use crate::net::NetLayer;
-use crate::sandbox::{Mode, Policy};
-use crate::supervisor::VmmLink;
 
 /// Why the gateway is ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +47,8 @@ pub struct Gateway {
     pub net: Arc<NetLayer>,
     pub fdsets: FdSets,
     pub events: Arc<EventBus>,
-    exit: Mutex<mpsc::Sender<ExitReason>>,
-    vmm_pid: std::sync::atomic::AtomicU32,
+    exit: mpsc::Sender<ExitReason>,
+    vmm_pid: AtomicU32,
 }
 
 impl Gateway {
@@ -85,34 +87,29 @@ impl Gateway {
             vmm,
             fdsets: FdSets::default(),
             events,
-            exit: Mutex::new(exit),
-            vmm_pid: std::sync::atomic::AtomicU32::new(0),
+            exit,
+            vmm_pid: AtomicU32::new(0),
         })
     }
 
-    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn run_state(&self) -> RunState {
-        self.status().run_state
+        self.status.lock().run_state
     }
 
     pub fn vcpus(&self) -> Vec<VcpuInfo> {
-        self.status().vcpus.clone()
+        self.status.lock().vcpus.clone()
     }
 
     /// Records vmm-core's pid, to translate the thread ids it reports.
     pub fn set_vmm_pid(&self, pid: u32) {
-        self.vmm_pid
-            .store(pid, std::sync::atomic::Ordering::Relaxed);
+        self.vmm_pid.store(pid, Ordering::Relaxed);
     }
 
     /// A vCPU thread's host id from the id vmm-core reports (its own PID namespace's).
     pub fn host_tid(&self, tid: i32) -> i32 {
-        match self.vmm_pid.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.vmm_pid.load(Ordering::Relaxed) {
             0 => tid,
-            pid => crate::sandbox::host_tid(pid, tid),
+            pid => host_tid(pid, tid),
         }
     }
 
@@ -120,38 +117,33 @@ impl Gateway {
         for v in &mut vcpus {
             v.thread_id = self.host_tid(v.thread_id);
         }
-        self.status().vcpus = vcpus;
+        self.status.lock().vcpus = vcpus;
     }
 
     pub fn request_exit(&self, reason: ExitReason) {
-        let _ = self
-            .exit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(reason);
+        let _ = self.exit.send(reason);
     }
 
     /// Turns an event from vmm-core into QMP events (and, for a guest power-off, the
     /// gateway's end).
     pub fn on_vmm_event(&self, event: VmmEvent) {
-        let cause = |c: ShutdownCause| Some(json!({"guest": c.is_guest(), "reason": c.qmp_name()}));
         match event {
             VmmEvent::RunState(new) => {
-                let old = std::mem::replace(&mut self.status().run_state, new);
+                let old = std::mem::replace(&mut self.status.lock().run_state, new);
                 if old == RunState::Running && new != RunState::Running {
-                    self.events.emit("STOP", None);
+                    self.events.emit(Event::Stop);
                 } else if new == RunState::Running && old != RunState::Running {
-                    self.events.emit("RESUME", None);
+                    self.events.emit(Event::Resume);
                 }
             }
-            VmmEvent::Reset(c) => self.events.emit("RESET", cause(c)),
+            VmmEvent::Reset(c) => self.events.emit(Event::Reset(c.into())),
             VmmEvent::Shutdown(c) => {
-                self.events.emit("SHUTDOWN", cause(c));
+                self.events.emit(Event::Shutdown(c.into()));
                 if c == ShutdownCause::GuestShutdown {
                     self.request_exit(ExitReason::GuestPoweroff);
                 }
             }
-            VmmEvent::Powerdown => self.events.emit("POWERDOWN", None),
+            VmmEvent::Powerdown => self.events.emit(Event::Powerdown),
             VmmEvent::VcpuFailed { vcpu, reason } => {
                 log::error!("vCPU {vcpu} failed: {reason}; the VM is stopped (internal-error)");
             }

@@ -3,39 +3,44 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use ipc::host::{SerialConfig, VmArgs};
 use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
 
-use crate::supervisor::VmmLink;
+use crate::children::link::{LinkError, VmmLink};
+use crate::sockets::{bind_private, SocketError};
 
-/// Binds a Unix socket at `path` readable and writable by its owner only, replacing a
-/// stale socket left there (but not a live one, and nothing that is not a socket).
-pub fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!("{}: exists and is not a socket", path.display());
-        }
-        // A socket someone still listens on belongs to a running VM: never steal it.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{}: in use by another process", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    // SAFETY: umask only changes this process's creation mask; we restore it at once.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = bound.with_context(|| format!("{}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("{}", path.display()))?;
-    Ok(listener)
+/// Why the VM could not be launched (the command line reads these).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("--kernel is required")]
+    NoKernel,
+    #[error("--cpus: {0}")]
+    Cpus(std::num::TryFromIntError),
+    #[error("/dev/kvm: {0}")]
+    Kvm(std::io::Error),
+    #[error("kernel {}: {error}", path.display())]
+    Kernel {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("initrd {}: {error}", path.display())]
+    Initrd {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("serial {}: {error}", path.display())]
+    Serial {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("serial socket: {0}")]
+    SerialSocket(SocketError),
+    #[error("vmm-core answered the launch with {0}")]
+    UnexpectedReply(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 /// The files of a launch, opened; `socket` is the console socket's path, to remove later.
@@ -46,40 +51,42 @@ pub struct OpenedVm {
 }
 
 impl OpenedVm {
-    pub fn open(o: &VmArgs) -> anyhow::Result<OpenedVm> {
-        let kernel_path = o.kernel.as_deref().context("--kernel is required")?;
-        let cpus = u32::try_from(o.cpus).context("--cpus")?;
+    pub fn open(o: &VmArgs) -> Result<OpenedVm, LaunchError> {
+        let kernel_path = o.kernel.as_deref().ok_or(LaunchError::NoKernel)?;
+        let cpus = u32::try_from(o.cpus).map_err(LaunchError::Cpus)?;
         let mut fds: Vec<OwnedFd> = Vec::new();
         let kvm = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/kvm")
-            .context("/dev/kvm")?;
+            .map_err(LaunchError::Kvm)?;
         fds.push(kvm.into());
-        let kernel =
-            File::open(kernel_path).with_context(|| format!("kernel {}", kernel_path.display()))?;
+        let kernel = File::open(kernel_path).map_err(|error| LaunchError::Kernel {
+            path: kernel_path.to_path_buf(),
+            error,
+        })?;
         fds.push(kernel.into());
         if let Some(p) = &o.initrd {
-            fds.push(
-                File::open(p)
-                    .with_context(|| format!("initrd {}", p.display()))?
-                    .into(),
-            );
+            let initrd = File::open(p).map_err(|error| LaunchError::Initrd {
+                path: p.clone(),
+                error,
+            })?;
+            fds.push(initrd.into());
         }
         let mut console_socket = None;
         let serial = match &o.serial {
             SerialConfig::Stdout => SerialSink::Stdout,
             SerialConfig::None => SerialSink::None,
             SerialConfig::File(p) => {
-                fds.push(
-                    File::create(p)
-                        .with_context(|| format!("serial {}", p.display()))?
-                        .into(),
-                );
+                let file = File::create(p).map_err(|error| LaunchError::Serial {
+                    path: p.clone(),
+                    error,
+                })?;
+                fds.push(file.into());
                 SerialSink::File
             }
             SerialConfig::Unix(p) => {
-                fds.push(bind_private(p).context("serial socket")?.into());
+                fds.push(bind_private(p).map_err(LaunchError::SerialSocket)?.into());
                 console_socket = Some(p.clone());
                 SerialSink::UnixListener
             }
@@ -116,12 +123,11 @@ impl OpenedVm {
     }
 
     /// Asks vmm-core to build and start the VM; returns its vCPU threads.
-    pub fn launch(&self, vmm: &VmmLink) -> anyhow::Result<Vec<VcpuInfo>> {
+    pub fn launch(&self, vmm: &VmmLink) -> Result<Vec<VcpuInfo>, LaunchError> {
         let fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();
-        match vmm.request(VmmRequest::Launch(self.config.clone()), &fds) {
-            Ok(VmmReply::Launched { vcpus }) => Ok(vcpus),
-            Ok(other) => bail!("vmm-core answered the launch with {other:?}"),
-            Err(e) => bail!("{}", e.desc),
+        match vmm.request(VmmRequest::Launch(self.config.clone()), &fds)? {
+            VmmReply::Launched { vcpus } => Ok(vcpus),
+            other => Err(LaunchError::UnexpectedReply(format!("{other:?}"))),
         }
     }
 }

@@ -1,23 +1,22 @@
 //! qmp-gateway: Flotilla's front door and supervisor. It opens every path the VM needs,
-//! launches vmm-core and the block daemons and passes them the fds, speaks QMP to any
-//! number of clients on Unix and TCP sockets, routes each command to the process that
-//! serves it, fans events out, holds the fds clients pass in, and stops everything in
-//! order when the VM ends.
+//! launches vmm-core and the block and net daemons and passes them the fds, speaks QMP
+//! to any number of clients on Unix and TCP sockets, routes each command to the process
+//! that serves it, fans events out, holds the fds clients pass in, and stops everything
+//! in order when the VM ends.
+//!
+//! `qmp` speaks QMP (and maps the layers' typed errors to QMP's); `block` and `net` are
+//! the layers whose devices each have a daemon; `children` starts, links to and
+//! supervises the child processes; `events` is the one event table and its fan-out;
+//! `gateway` the shared state; `launch` opens the VM's files; `fdstore` keeps the fds
+//! clients pass in; `sockets` binds the private sockets. No file imports one that
+//! imports it back (scripts/check-imports).
 
 pub mod block;
-pub mod conn;
-pub mod daemon;
+pub mod children;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;
 pub mod launch;
 pub mod net;
-pub mod outbox;
 pub mod qmp;
-pub mod sandbox;
-pub mod supervisor;
-
-/// Locks `m`, taking over a lock whose holder panicked (the gateway keeps serving).
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub mod sockets;

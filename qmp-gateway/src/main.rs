@@ -13,15 +13,17 @@ use ipc::host::VmArgs;
 use ipc::{ShutdownCause, VmmRequest};
 use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::block::drive::DriveSpec;
-use qmp_gateway::events::EventBus;
+use qmp_gateway::children::link::VmmLink;
+use qmp_gateway::children::sandbox::{Mode, Policy};
+use qmp_gateway::children::spawn::{spawn_child, Process};
+use qmp_gateway::children::supervise::Supervised;
+use qmp_gateway::events::{Event, EventBus};
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
-use qmp_gateway::launch::{bind_private, OpenedVm};
+use qmp_gateway::launch::OpenedVm;
 use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::net::nic::NicSpec;
 use qmp_gateway::qmp::server::Server;
-use qmp_gateway::sandbox::{Mode, Policy, Process};
-use qmp_gateway::supervisor::{spawn_child, VmmLink};
-use serde_json::json;
+use qmp_gateway::sockets::bind_private;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -274,10 +276,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
                 .report("vmm-core", None, nr);
             }
             // vmm-core cannot report its own end: the gateway does.
-            gw.events.emit(
-                "SHUTDOWN",
-                Some(json!({"guest": false, "reason": ShutdownCause::HostError.qmp_name()})),
-            );
+            gw.events
+                .emit(Event::Shutdown(ShutdownCause::HostError.into()));
         }
     }
     cleanup.reap(Duration::from_secs(5));

@@ -8,16 +8,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
-use serde_json::json;
+use parking_lot::Mutex;
 
-use crate::daemon::{stop_slot, Daemon};
-use crate::events::EventBus;
-use crate::qmp::protocol::QmpError;
-use crate::sandbox::Policy;
+use super::error::BlockError;
+use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
+use crate::children::link::Protocol;
+use crate::children::sandbox::Policy;
+use crate::events::{Event, EventBus, WriteThreshold};
 
 /// A throttle group: the state page its members share, and its limits.
 pub struct Group {
@@ -36,8 +37,30 @@ pub struct Hooks {
     pub sandbox: Policy,
 }
 
+/// A block daemon's control channel.
+pub struct BlockProtocol;
+
+impl Protocol for BlockProtocol {
+    type Call = BlockRequest;
+    type Answer = BlockReply;
+    type Event = BlockEvent;
+}
+
+impl DaemonKind for BlockProtocol {
+    const PROCESS: &'static str = "block-daemon";
+    const NAME: &'static str = "block daemon";
+
+    fn quit() -> BlockRequest {
+        BlockRequest::Quit
+    }
+
+    fn opened(answer: &BlockReply) -> bool {
+        matches!(answer, BlockReply::Opened { .. })
+    }
+}
+
 /// A disk's block daemon.
-pub type BlockDaemon = Daemon<BlockRequest, BlockReply, BlockEvent>;
+pub type BlockDaemon = Daemon<BlockProtocol>;
 
 pub struct Disk {
     /// The disk's index in vmm-core's launch request.
@@ -68,16 +91,11 @@ pub struct Disk {
     pub hold: bool,
 }
 
-use crate::lock;
-
 impl Disk {
-    pub fn daemon(&self) -> Result<&BlockDaemon, QmpError> {
-        self.daemon.as_ref().ok_or_else(|| {
-            QmpError::generic(format!(
-                "the block daemon of disk {} is not running (I/O waits for it)",
-                self.id
-            ))
-        })
+    pub fn daemon(&self) -> Result<&BlockDaemon, BlockError> {
+        self.daemon
+            .as_ref()
+            .ok_or_else(|| BlockError::DaemonNotRunning(self.id.clone()))
     }
 
     /// Starts a daemon for this disk: the node with its image and listening socket,
@@ -86,50 +104,30 @@ impl Disk {
         &mut self,
         groups: &BTreeMap<String, Group>,
         hooks: &Hooks,
-    ) -> Result<u32, QmpError> {
+    ) -> Result<u32, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
-        let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
-        let daemon = BlockDaemon::spawn(
+        let daemon = BlockDaemon::start(
             &self.binary,
-            "block-daemon",
             &self.id,
             &hooks.sandbox,
-            || BlockRequest::Quit,
             move |e| match e {
                 BlockEvent::WriteThreshold {
                     node_name,
                     amount_exceeded,
                     threshold,
                 } => {
-                    lock(&thresholds).remove(&node_name);
-                    events.emit(
-                        "BLOCK_WRITE_THRESHOLD",
-                        Some(json!({
-                            "node-name": node_name,
-                            "amount-exceeded": amount_exceeded,
-                            "write-threshold": threshold,
-                        })),
-                    );
+                    thresholds.lock().remove(&node_name);
+                    events.emit(Event::BlockWriteThreshold(WriteThreshold {
+                        node_name,
+                        amount_exceeded,
+                        write_threshold: threshold,
+                    }));
                 }
             },
-            move |why| {
-                log::warn!("{why}");
-                let _ = deaths.send(id);
-            },
-        )
-        .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
-        match daemon.link.request(
+            hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
             &[self.image.as_fd(), self.listener.as_fd()],
-        )? {
-            BlockReply::Opened { .. } => {}
-            other => {
-                return Err(QmpError::generic(format!(
-                    "{} answered the open call with {other:?}",
-                    daemon.link.name()
-                )))
-            }
-        }
+        )?;
         if let Some((limits, group)) = &self.throttle {
             if let Some(g) = groups.get(group) {
                 daemon
@@ -137,7 +135,9 @@ impl Disk {
                     .request(BlockRequest::SetThrottle(Some(*limits)), &[g.state.as_fd()])?;
             }
         }
-        let thresholds: Vec<(String, u64)> = lock(&hooks.thresholds)
+        let thresholds: Vec<(String, u64)> = hooks
+            .thresholds
+            .lock()
             .iter()
             .filter(|(n, _)| self.nodes.contains(n))
             .map(|(n, b)| (n.clone(), *b))
@@ -155,13 +155,8 @@ impl Disk {
     }
 
     /// A connection to the daemon's socket, for vmm-core.
-    pub fn connect(&self) -> Result<UnixStream, QmpError> {
-        UnixStream::connect(&self.socket).map_err(|e| {
-            QmpError::generic(format!(
-                "connecting to the block daemon of {}: {e}",
-                self.id
-            ))
-        })
+    pub fn connect(&self) -> Result<UnixStream, BlockError> {
+        Ok(connect::<BlockProtocol>(&self.socket, &self.id)?)
     }
 
     /// Stops the daemon if one runs; says how it ended.

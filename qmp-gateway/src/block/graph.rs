@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ipc::{CacheFlags, DetectZeroes};
 
+use super::error::BlockError;
 use super::options::{check_node_name, ChildRef, Driver, NodeOptions, Source};
-use crate::qmp::protocol::QmpError;
 
 pub struct Node {
     pub name: String,
@@ -31,7 +31,7 @@ pub struct Node {
 }
 
 /// Opens a protocol node's image: (path, driver, writable) to an fd, or QEMU's error.
-pub type Opener<'a> = dyn FnMut(&str, Driver, bool) -> Result<OwnedFd, QmpError> + 'a;
+pub type Opener<'a> = dyn FnMut(&str, Driver, bool) -> Result<OwnedFd, BlockError> + 'a;
 
 /// Settings an inline child inherits from its parent.
 #[derive(Clone, Copy, Default)]
@@ -99,11 +99,9 @@ impl Graph {
         monitor_owned: bool,
         taken: &dyn Fn(&str) -> bool,
         open: &mut Opener,
-    ) -> Result<String, QmpError> {
+    ) -> Result<String, BlockError> {
         if monitor_owned && opts.node_name.is_none() {
-            return Err(QmpError::generic(
-                "'node-name' must be specified for the root node",
-            ));
+            return Err(BlockError::RootNeedsName);
         }
         let mut created = Vec::new();
         let result = self.add_node(opts, Inherited::default(), taken, open, &mut created);
@@ -125,19 +123,15 @@ impl Graph {
         taken: &dyn Fn(&str) -> bool,
         open: &mut Opener,
         created: &mut Vec<String>,
-    ) -> Result<String, QmpError> {
+    ) -> Result<String, BlockError> {
         let name = match &opts.node_name {
             Some(n) => {
                 check_node_name(n)?;
                 if self.node(n).is_some() {
-                    return Err(QmpError::generic(format!(
-                        "Duplicate nodes with node-name='{n}'"
-                    )));
+                    return Err(BlockError::DuplicateNode(n.clone()));
                 }
                 if taken(n) {
-                    return Err(QmpError::generic(format!(
-                        "node-name={n} is conflicting with a device id"
-                    )));
+                    return Err(BlockError::NameIsDeviceId(n.clone()));
                 }
                 n.clone()
             }
@@ -154,9 +148,7 @@ impl Graph {
             .unwrap_or(false);
         let detect_zeroes = opts.detect_zeroes.unwrap_or_default();
         if detect_zeroes == DetectZeroes::Unmap && !discard_unmap {
-            return Err(QmpError::generic(
-                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
-            ));
+            return Err(BlockError::DetectZeroesUnmap);
         }
         let (filename, image, child) = match &opts.source {
             Source::Path(path) => {
@@ -164,19 +156,20 @@ impl Graph {
                 (path.clone(), Some(Arc::new(fd)), None)
             }
             Source::Child(ChildRef::Node(child)) => {
-                let c = self.node(child).ok_or_else(|| {
-                    QmpError::generic(format!(
-                        "Cannot find device='{child}' nor node-name='{child}'"
-                    ))
-                })?;
+                let c = self
+                    .node(child)
+                    .ok_or_else(|| BlockError::NoDeviceNorNode {
+                        device: child.clone(),
+                        node: child.clone(),
+                    })?;
                 if let Some(p) = self.parent_of(child) {
-                    return Err(QmpError::generic(format!(
-                        "Conflicts with use by {} as 'file', which does not allow 'write' on {child}",
-                        p.name
-                    )));
+                    return Err(BlockError::ChildTaken {
+                        parent: p.name.clone(),
+                        child: child.clone(),
+                    });
                 }
                 if c.read_only && !read_only {
-                    return Err(QmpError::generic("Block node is read-only"));
+                    return Err(BlockError::NodeReadOnly);
                 }
                 (c.filename.clone(), None, Some(child.clone()))
             }
@@ -210,17 +203,15 @@ impl Graph {
 
     /// blockdev-del: removes a node blockdev-add created, with the children created with
     /// it. `in_use`: nodes a disk is attached to.
-    pub fn remove(&mut self, name: &str, in_use: &dyn Fn(&str) -> bool) -> Result<(), QmpError> {
-        let node = self.node(name).ok_or_else(|| {
-            QmpError::generic(format!("Failed to find node with node-name='{name}'"))
-        })?;
+    pub fn remove(&mut self, name: &str, in_use: &dyn Fn(&str) -> bool) -> Result<(), BlockError> {
+        let node = self
+            .node(name)
+            .ok_or_else(|| BlockError::NoNodeToDelete(name.to_string()))?;
         if !node.monitor_owned {
-            return Err(QmpError::generic(format!(
-                "Node {name} is not owned by the monitor"
-            )));
+            return Err(BlockError::NotMonitorOwned(name.to_string()));
         }
         if in_use(name) || self.parent_of(name).is_some() {
-            return Err(QmpError::generic(format!("Block device {name} is in use")));
+            return Err(BlockError::InUse(name.to_string()));
         }
         let mut at = Some(name.to_string());
         while let Some(n) = at.take() {
@@ -250,55 +241,48 @@ impl Graph {
 
 /// Opens a protocol node's image from a path (the gateway is the only process that
 /// does), with QEMU's errors.
-pub fn open_path(path: &str, driver: Driver, write: bool) -> Result<OwnedFd, QmpError> {
+pub fn open_path(path: &str, driver: Driver, write: bool) -> Result<OwnedFd, BlockError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(write)
         .open(path)
-        .map_err(|e| QmpError::generic(format!("Could not open '{path}': {}", errno_text(&e))))?;
+        .map_err(|error| BlockError::Open {
+            path: path.to_string(),
+            error,
+        })?;
     check_kind(&file, path, driver)?;
     Ok(file.into())
 }
 
 /// host_device wants a device; file wants a regular file (QEMU's rules).
-pub fn check_kind(file: &File, path: &str, driver: Driver) -> Result<(), QmpError> {
+pub fn check_kind(file: &File, path: &str, driver: Driver) -> Result<(), BlockError> {
     let ty = file
         .metadata()
-        .map_err(|e| QmpError::generic(format!("Could not stat '{path}': {e}")))?
+        .map_err(|error| BlockError::Stat {
+            path: path.to_string(),
+            error,
+        })?
         .file_type();
     let device = ty.is_block_device() || ty.is_char_device();
     match driver {
-        Driver::HostDevice if !device => Err(QmpError::generic(format!(
-            "'host_device' driver requires '{path}' to be either a character or block device"
-        ))),
-        Driver::File if device => Err(QmpError::generic(format!(
-            "'file' driver requires '{path}' to be a regular file"
-        ))),
-        Driver::File if ty.is_dir() => Err(QmpError::generic(format!("'{path}' is a directory"))),
+        Driver::HostDevice if !device => Err(BlockError::NotADevice(path.to_string())),
+        Driver::File if device => Err(BlockError::NotAFile(path.to_string())),
+        Driver::File if ty.is_dir() => Err(BlockError::IsADirectory(path.to_string())),
         _ => Ok(()),
-    }
-}
-
-/// strerror-style text without Rust's " (os error N)" suffix, as QEMU prints it.
-pub fn errno_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::options::parse;
+    use crate::qmp::blockdev::parse;
     use serde_json::{json, Value};
 
     fn opts(v: Value) -> NodeOptions {
         parse(v.as_object().unwrap(), "").unwrap()
     }
 
-    fn devnull(_: &str, _: Driver, _: bool) -> Result<OwnedFd, QmpError> {
+    fn devnull(_: &str, _: Driver, _: bool) -> Result<OwnedFd, BlockError> {
         Ok(File::open("/dev/null").unwrap().into())
     }
 
@@ -342,7 +326,7 @@ mod tests {
         assert_eq!(g.tree("r2"), vec!["r2".to_string(), child.clone()]);
         assert_eq!(g.protocol_of("r1").unwrap().name, "f1");
 
-        let err = |r: Result<(), QmpError>| r.unwrap_err().desc;
+        let err = |r: Result<(), BlockError>| r.unwrap_err().to_string();
         assert_eq!(err(g.remove("f1", &no_disks)), "Block device f1 is in use");
         assert_eq!(
             err(g.remove(&child, &no_disks)),
@@ -373,7 +357,7 @@ mod tests {
         let add = |g: &mut Graph, v: Value| {
             g.add(&opts(v), true, &|n| n == "d0", &mut devnull)
                 .unwrap_err()
-                .desc
+                .to_string()
         };
         assert_eq!(
             add(&mut g, json!({"driver": "raw", "file": "f1"})),
@@ -398,10 +382,11 @@ mod tests {
             "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
         );
         // A failing open of an inline child leaves neither it nor its parent.
-        let mut failing = |_: &str, _: Driver, _: bool| -> Result<OwnedFd, QmpError> {
-            Err(QmpError::generic(
-                "Could not open '/x': No such file or directory",
-            ))
+        let mut failing = |_: &str, _: Driver, _: bool| -> Result<OwnedFd, BlockError> {
+            Err(BlockError::Open {
+                path: "/x".into(),
+                error: std::io::Error::from_raw_os_error(libc::ENOENT),
+            })
         };
         assert!(g
             .add(
@@ -442,11 +427,13 @@ mod tests {
         assert_eq!(
             open_path("/nonexistent", Driver::File, false)
                 .unwrap_err()
-                .desc,
+                .to_string(),
             "Could not open '/nonexistent': No such file or directory"
         );
         assert_eq!(
-            open_path("/etc/hostname", Driver::HostDevice, false).unwrap_err().desc,
+            open_path("/etc/hostname", Driver::HostDevice, false)
+                .unwrap_err()
+                .to_string(),
             "'host_device' driver requires '/etc/hostname' to be either a character or block device"
         );
         assert!(open_path("/dev/null", Driver::HostDevice, false).is_ok());

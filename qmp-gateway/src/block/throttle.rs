@@ -1,18 +1,16 @@
-//! block_set_io_throttle's arguments: read into the six buckets the daemons apply,
-//! checked with QEMU's rules and messages; and the throttle fields query-block shows.
+//! I/O limits: block_set_io_throttle's numbers checked with QEMU's rules and messages
+//! into the six buckets the daemons apply, and the throttle fields query-block shows.
 
 use ipc::{
     BucketLimits, ThrottleLimits, BPS_READ, BPS_TOTAL, BPS_WRITE, OPS_READ, OPS_TOTAL, OPS_WRITE,
 };
 use serde_json::{json, Map, Value};
 
-use crate::qmp::protocol::QmpError;
-
 /// QEMU's THROTTLE_VALUE_MAX.
 const VALUE_MAX: u64 = 1_000_000_000_000_000;
 
 /// Argument name of each bucket.
-const NAMES: [(usize, &str); 6] = [
+pub const NAMES: [(usize, &str); 6] = [
     (BPS_TOTAL, "bps"),
     (BPS_READ, "bps_rd"),
     (BPS_WRITE, "bps_wr"),
@@ -21,37 +19,68 @@ const NAMES: [(usize, &str); 6] = [
     (OPS_WRITE, "iops_wr"),
 ];
 
-fn within() -> QmpError {
-    QmpError::generic(format!(
-        "bps/iops/max values must be within [0, {VALUE_MAX}]"
-    ))
+/// Limits QEMU refuses (its texts, in the order it checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ThrottleError {
+    #[error("bps/iops/max values must be within [0, {VALUE_MAX}]")]
+    OutOfRange,
+    #[error("bps/iops/max total values and read/write values cannot be used at the same time")]
+    TotalAndReadWrite,
+    #[error("iops size requires an iops value to be set")]
+    IopsSizeWithoutIops,
+    #[error("the burst length cannot be 0")]
+    ZeroBurstLength,
+    #[error("burst length set without burst rate")]
+    BurstLengthWithoutRate,
+    #[error("burst length too high for this burst rate")]
+    BurstLengthTooHigh,
+    #[error("bps_max/iops_max require corresponding bps/iops values")]
+    MaxWithoutAverage,
+    #[error("bps_max/iops_max cannot be lower than bps/iops")]
+    MaxBelowAverage,
 }
 
-/// A non-negative integer argument (absent: `default`); negative values are out of range.
-fn value(args: &Map<String, Value>, name: &str, default: u64) -> Result<u64, QmpError> {
-    match args.get(name) {
-        None => Ok(default),
-        Some(v) => v.as_u64().ok_or_else(within),
-    }
+/// One bucket as a client asked for it: the average rate, the burst rate and the burst
+/// length in seconds, each any integer (None: not given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BucketRequest {
+    pub avg: Option<i128>,
+    pub max: Option<i128>,
+    pub burst_length: Option<i128>,
 }
 
-/// Reads and checks the limits (argument types were checked against the table).
-pub fn parse(args: &Map<String, Value>) -> Result<ThrottleLimits, QmpError> {
+/// block_set_io_throttle's numbers, buckets indexed as `ipc` numbers them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleRequest {
+    pub buckets: [BucketRequest; 6],
+    pub iops_size: Option<i128>,
+}
+
+/// A non-negative value (absent: `default`); negative values are out of range.
+fn value(v: Option<i128>, default: u64) -> Result<u64, ThrottleError> {
+    v.map_or(Ok(default), |v| {
+        u64::try_from(v).map_err(|_| ThrottleError::OutOfRange)
+    })
+}
+
+/// Checks the limits asked for and makes them the daemons' buckets.
+pub fn limits(request: &ThrottleRequest) -> Result<ThrottleLimits, ThrottleError> {
     let mut limits = ThrottleLimits::default();
-    for (i, name) in NAMES {
+    for (i, _) in NAMES {
+        let b = &request.buckets[i];
         limits.buckets[i] = BucketLimits {
-            avg: value(args, name, 0)?,
-            max: value(args, &format!("{name}_max"), 0)?,
-            burst_length: value(args, &format!("{name}_max_length"), 1)?,
+            avg: value(b.avg, 0)?,
+            max: value(b.max, 0)?,
+            burst_length: value(b.burst_length, 1)?,
         };
     }
-    limits.iops_size = value(args, "iops_size", 0)?;
+    limits.iops_size = value(request.iops_size, 0)?;
     check(&limits)?;
     Ok(limits)
 }
 
 /// QEMU's throttle_is_valid, in its order.
-fn check(l: &ThrottleLimits) -> Result<(), QmpError> {
+fn check(l: &ThrottleLimits) -> Result<(), ThrottleError> {
     let b = &l.buckets;
     let mixed = |total: usize, rd: usize, wr: usize, f: fn(&BucketLimits) -> u64| {
         f(&b[total]) != 0 && (f(&b[rd]) != 0 || f(&b[wr]) != 0)
@@ -61,39 +90,29 @@ fn check(l: &ThrottleLimits) -> Result<(), QmpError> {
         || mixed(BPS_TOTAL, BPS_READ, BPS_WRITE, |b| b.max)
         || mixed(OPS_TOTAL, OPS_READ, OPS_WRITE, |b| b.max)
     {
-        return Err(QmpError::generic(
-            "bps/iops/max total values and read/write values cannot be used at the same time",
-        ));
+        return Err(ThrottleError::TotalAndReadWrite);
     }
     if l.iops_size != 0 && b[OPS_TOTAL].avg == 0 && b[OPS_READ].avg == 0 && b[OPS_WRITE].avg == 0 {
-        return Err(QmpError::generic(
-            "iops size requires an iops value to be set",
-        ));
+        return Err(ThrottleError::IopsSizeWithoutIops);
     }
     for bucket in b {
         if bucket.avg > VALUE_MAX || bucket.max > VALUE_MAX {
-            return Err(within());
+            return Err(ThrottleError::OutOfRange);
         }
         if bucket.burst_length == 0 {
-            return Err(QmpError::generic("the burst length cannot be 0"));
+            return Err(ThrottleError::ZeroBurstLength);
         }
         if bucket.burst_length > 1 && bucket.max == 0 {
-            return Err(QmpError::generic("burst length set without burst rate"));
+            return Err(ThrottleError::BurstLengthWithoutRate);
         }
         if bucket.max != 0 && bucket.burst_length > VALUE_MAX / bucket.max {
-            return Err(QmpError::generic(
-                "burst length too high for this burst rate",
-            ));
+            return Err(ThrottleError::BurstLengthTooHigh);
         }
         if bucket.max != 0 && bucket.avg == 0 {
-            return Err(QmpError::generic(
-                "bps_max/iops_max require corresponding bps/iops values",
-            ));
+            return Err(ThrottleError::MaxWithoutAverage);
         }
         if bucket.max != 0 && bucket.max < bucket.avg {
-            return Err(QmpError::generic(
-                "bps_max/iops_max cannot be lower than bps/iops",
-            ));
+            return Err(ThrottleError::MaxBelowAverage);
         }
     }
     Ok(())
@@ -127,17 +146,35 @@ pub fn info_fields(limits: Option<(&ThrottleLimits, &str)>, info: &mut Map<Strin
 mod tests {
     use super::*;
 
-    fn args(v: Value) -> Map<String, Value> {
-        let mut base =
-            json!({"bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0});
-        for (k, val) in v.as_object().unwrap() {
-            base[k] = val.clone();
+    /// The request block_set_io_throttle's arguments `v` make (the six rates default to
+    /// 0, as a client must give them).
+    fn args(v: Value) -> ThrottleRequest {
+        let int = |key: &str| {
+            v.get(key).map(|n| {
+                n.as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+                    .unwrap()
+            })
+        };
+        let mut r = ThrottleRequest::default();
+        for (i, name) in NAMES {
+            r.buckets[i] = BucketRequest {
+                avg: int(name).or(Some(0)),
+                max: int(&format!("{name}_max")),
+                burst_length: int(&format!("{name}_max_length")),
+            };
         }
-        base.as_object().unwrap().clone()
+        r.iops_size = int("iops_size");
+        r
+    }
+
+    fn parse(r: &ThrottleRequest) -> Result<ThrottleLimits, ThrottleError> {
+        limits(r)
     }
 
     fn err(v: Value) -> String {
-        parse(&args(v)).unwrap_err().desc
+        parse(&args(v)).unwrap_err().to_string()
     }
 
     #[test]

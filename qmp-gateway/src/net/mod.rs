@@ -4,32 +4,29 @@
 //! NIC_RX_FILTER_CHANGED as QEMU sends it. A daemon that dies is restarted with the same
 //! backend and vmm-core reconnects; the guest sees frames pause.
 
+pub mod error;
 pub mod netdev;
 pub mod nic;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{NetRequest, NicLaunch, RxFilterState, VmmRequest};
-use serde_json::{json, Map, Value};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
 
-use crate::daemon::{supervise, Death, RuntimeDir, Supervised};
-use crate::events::EventBus;
+use crate::children::link::VmmLink;
+use crate::children::sandbox::Policy;
+use crate::children::supervise::{Death, Supervised, Supervision};
+use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 use crate::fdstore::NamedFds;
-use crate::launch::bind_private;
-use crate::qmp::protocol::{QmpError, QmpResult};
-use crate::sandbox::Policy;
-use crate::supervisor::VmmLink;
+use crate::sockets::{bind_private, RuntimeDir};
+pub use error::NetError;
 use netdev::{Netdev, NetdevSpec};
-use nic::{Hooks, Nic, NicSpec};
-
-/// Events of our own (QMP's rule for downstream extensions: a reverse-domain prefix).
-pub const EXITED: &str = "__io.flotilla_NET_DAEMON_EXITED";
-pub const RESTARTED: &str = "__io.flotilla_NET_DAEMON_RESTARTED";
+use nic::{Hooks, NetProtocol, Nic, NicSpec};
 
 /// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -52,14 +49,11 @@ pub struct NetLayer {
     state: Mutex<State>,
     /// What every NIC's daemon reports to (the event bus among it).
     hooks: Hooks,
-    deaths: Mutex<Option<Receiver<String>>>,
+    supervision: Supervision,
     vmm: Arc<VmmLink>,
     binary: PathBuf,
     runtime: RuntimeDir,
-    stopping: AtomicBool,
 }
-
-use crate::lock;
 
 /// QEMU's RxFilterInfo for one NIC.
 fn rx_filter_info(name: &str, f: &RxFilterState) -> Value {
@@ -105,56 +99,54 @@ impl NetLayer {
         binary: PathBuf,
         sandbox: Policy,
     ) -> std::io::Result<NetLayer> {
-        let (deaths_tx, deaths_rx) = mpsc::channel();
+        let supervision = Supervision::new(events.clone());
         Ok(NetLayer {
             state: Mutex::new(State::default()),
             hooks: Hooks {
                 events,
-                deaths: deaths_tx,
+                deaths: supervision.deaths(),
                 sandbox,
             },
-            deaths: Mutex::new(Some(deaths_rx)),
+            supervision,
             vmm,
             binary,
             runtime: RuntimeDir::create()?,
-            stopping: AtomicBool::new(false),
         })
     }
 
     /// `--netdev`: opens the backend now (a NIC may take it).
-    pub fn add_netdev(&self, spec: &NetdevSpec) -> anyhow::Result<()> {
-        let mut state = lock(&self.state);
+    pub fn add_netdev(&self, spec: &NetdevSpec) -> Result<(), NetError> {
+        let mut state = self.state.lock();
         if state.id_taken(&spec.id) {
-            anyhow::bail!("netdev id {} is used twice", spec.id);
+            return Err(NetError::NetdevIdTaken(spec.id.clone()));
         }
-        let netdev = spec
-            .open(None)
-            .map_err(|e| anyhow::anyhow!("netdev {}: {}", spec.id, e.desc))?;
+        let netdev = spec.open(None).map_err(|error| NetError::Netdev {
+            id: spec.id.clone(),
+            error: Box::new(error),
+        })?;
         state.spare.push(netdev);
         Ok(())
     }
 
     /// `--device virtio-net-pci,...`: the NIC, its daemon, and vmm-core's end of the
     /// vhost-user socket.
-    pub fn add_nic(&self, spec: &NicSpec) -> anyhow::Result<(NicLaunch, OwnedFd)> {
-        let mut state = lock(&self.state);
+    pub fn add_nic(&self, spec: &NicSpec) -> Result<(NicLaunch, OwnedFd), NetError> {
+        let mut state = self.state.lock();
         let index = state.nics.len() as u32;
         let id = spec
             .id
             .clone()
             .unwrap_or_else(|| format!("virtio-net-pci.{index}"));
         if state.nics.iter().any(|n| n.id == id) {
-            anyhow::bail!("NIC id {id} is used twice");
+            return Err(NetError::NicIdTaken(id));
         }
         let pos = state
             .spare
             .iter()
             .position(|n| n.id == spec.netdev)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "NIC {id}: no --netdev with id {} (or it is taken)",
-                    spec.netdev
-                )
+            .ok_or_else(|| NetError::NoNetdev {
+                nic: id.clone(),
+                netdev: spec.netdev.clone(),
             })?;
         let netdev = state.spare.remove(pos);
         let mut mac = spec.mac.unwrap_or(DEFAULT_MAC);
@@ -186,12 +178,12 @@ impl NetLayer {
             started: Instant::now(),
             failures: 0,
         };
-        let pid = nic
-            .start(&self.hooks)
-            .map_err(|e| anyhow::anyhow!("NIC {id}: {}", e.desc))?;
-        let stream = nic
-            .connect()
-            .map_err(|e| anyhow::anyhow!("NIC {id}: {}", e.desc))?;
+        let failed = |error| NetError::Nic {
+            id: id.clone(),
+            error: Box::new(error),
+        };
+        let pid = nic.start(&self.hooks).map_err(failed)?;
+        let stream = nic.connect().map_err(failed)?;
         log::info!("NIC {id}: {}, net daemon pid {pid}", nic.describe);
         let launch = NicLaunch {
             id,
@@ -202,21 +194,13 @@ impl NetLayer {
         Ok((launch, stream.into()))
     }
 
-    /// Restarts daemons that die, with backoff; gives up on one that keeps dying.
-    pub fn start_supervisor(self: &Arc<Self>) -> std::io::Result<()> {
-        match lock(&self.deaths).take() {
-            Some(deaths) => supervise(self.clone(), deaths, "net-supervisor"),
-            None => Ok(()),
-        }
-    }
-
-    fn restart_nic(&self, id: &str) -> Result<u32, QmpError> {
-        let mut state = lock(&self.state);
+    fn restart_nic(&self, id: &str) -> Result<u32, NetError> {
+        let mut state = self.state.lock();
         let nic = state
             .nics
             .iter_mut()
             .find(|n| n.id == id)
-            .ok_or_else(|| QmpError::device_not_found(id))?;
+            .ok_or_else(|| NetError::DeviceNotFound(id.to_string()))?;
         nic.stop();
         let pid = nic.start(&self.hooks)?;
         let stream = nic.connect()?;
@@ -228,31 +212,32 @@ impl NetLayer {
         Ok(pid)
     }
 
-    pub fn netdev_add(&self, args: &Map<String, Value>, named: &NamedFds) -> QmpResult {
-        let spec = NetdevSpec::from_args(args)?;
-        let mut state = lock(&self.state);
+    /// netdev_add: opens the backend `spec` describes (`fd=` names one of the client's
+    /// `named` fds).
+    pub fn netdev_add(&self, spec: &NetdevSpec, named: &NamedFds) -> Result<(), NetError> {
+        let mut state = self.state.lock();
         if state.id_taken(&spec.id) {
-            return Err(QmpError::generic(format!("Duplicate ID '{}'", spec.id)));
+            return Err(NetError::DuplicateId(spec.id.clone()));
         }
         let netdev = spec.open(Some(named))?;
         log::info!("netdev {}: {}", netdev.id, netdev.describe);
         state.spare.push(netdev);
-        Ok(json!({}))
+        Ok(())
     }
 
     /// Removes a backend; a NIC that used it keeps running with its link down, as
     /// with QEMU.
-    pub fn netdev_del(&self, id: &str) -> QmpResult {
-        let mut state = lock(&self.state);
+    pub fn netdev_del(&self, id: &str) -> Result<(), NetError> {
+        let mut state = self.state.lock();
         if let Some(pos) = state.spare.iter().position(|n| n.id == id) {
             state.spare.remove(pos);
-            return Ok(json!({}));
+            return Ok(());
         }
         let nic = state
             .nics
             .iter_mut()
             .find(|n| n.netdev.as_deref() == Some(id))
-            .ok_or_else(|| QmpError::device_not_found(id))?;
+            .ok_or_else(|| NetError::DeviceNotFound(id.to_string()))?;
         nic.rx_filter();
         nic.netdev = None;
         nic.link_up = false;
@@ -270,39 +255,40 @@ impl NetLayer {
             },
             &[],
         )?;
-        Ok(json!({}))
+        Ok(())
     }
 
     /// set_link: `name` is a NIC or the netdev behind one (the guest sees either).
-    pub fn set_link(&self, name: &str, up: bool) -> QmpResult {
-        let mut state = lock(&self.state);
+    pub fn set_link(&self, name: &str, up: bool) -> Result<(), NetError> {
+        let mut state = self.state.lock();
         if state.spare.iter().any(|n| n.id == name) {
             // A backend without a NIC: nobody to tell.
-            return Ok(json!({}));
+            return Ok(());
         }
         let nic = state
             .nics
             .iter_mut()
             .find(|n| n.id == name || n.netdev.as_deref() == Some(name))
-            .ok_or_else(|| QmpError::device_not_found(name))?;
+            .ok_or_else(|| NetError::DeviceNotFound(name.to_string()))?;
         nic.link_up = up;
         if let Some(d) = &nic.daemon {
             d.link.request(NetRequest::SetLink { up }, &[])?;
         }
         self.vmm
             .request(VmmRequest::NicSetLink { nic: nic.index, up }, &[])?;
-        Ok(json!({}))
+        Ok(())
     }
 
-    pub fn query_rx_filter(&self, name: Option<&str>) -> QmpResult {
-        let mut state = lock(&self.state);
+    /// query-rx-filter: each NIC's receive filter (or the one `name` names).
+    pub fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, NetError> {
+        let mut state = self.state.lock();
         if let Some(name) = name {
             if !state.nics.iter().any(|n| n.id == name) {
-                return Err(QmpError::generic(if state.id_taken(name) {
-                    format!("net client({name}) isn't a NIC")
+                return Err(if state.id_taken(name) {
+                    NetError::NotANic(name.to_string())
                 } else {
-                    format!("invalid net client name: {name}")
-                }));
+                    NetError::NoSuchClient(name.to_string())
+                });
             }
         }
         let out: Vec<Value> = state
@@ -321,8 +307,8 @@ impl NetLayer {
 
     /// Stops every daemon (after vmm-core, their frontend, is gone).
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let mut state = lock(&self.state);
+        self.supervision.stop();
+        let mut state = self.state.lock();
         for nic in &mut state.nics {
             nic.stop();
         }
@@ -332,32 +318,26 @@ impl NetLayer {
 
 impl Supervised for NetLayer {
     const DEVICE: &'static str = "NIC";
-    const DAEMON: &'static str = "net daemon";
-    const EXITED: &'static str = EXITED;
-    const RESTARTED: &'static str = RESTARTED;
+    type Daemon = NetProtocol;
+    const THREAD: &'static str = "net-supervisor";
+    const EXITED: fn(DaemonExited) -> Event = Event::NetDaemonExited;
+    const RESTARTED: fn(DaemonRestarted) -> Event = Event::NetDaemonRestarted;
+    type Error = NetError;
 
-    fn events(&self) -> &EventBus {
-        &self.hooks.events
-    }
-
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+    fn supervision(&self) -> &Supervision {
+        &self.supervision
     }
 
     fn reap(&self, id: &str) -> Option<Death> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let nic = state.nics.iter_mut().find(|n| n.id == id)?;
         // A NIC whose netdev was deleted has no daemon to bring back.
         nic.netdev.as_ref()?;
         Some(Death::reap(&mut nic.daemon, nic.started, &mut nic.failures))
     }
 
-    fn restart(&self, id: &str) -> Result<u32, QmpError> {
+    fn restart(&self, id: &str) -> Result<u32, NetError> {
         self.restart_nic(id)
-    }
-
-    fn died(&self, id: &str) {
-        let _ = self.hooks.deaths.send(id.to_string());
     }
 }
 

@@ -9,8 +9,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use ipc::NetBackendKind;
 use serde_json::{Map, Value};
 
+use super::error::NetError;
 use crate::fdstore::NamedFds;
-use crate::qmp::protocol::QmpError;
 
 /// More queue pairs than any guest needs; a bound on fds opened for one request.
 pub const MAX_QUEUE_PAIRS: u32 = 16;
@@ -45,10 +45,6 @@ pub struct Netdev {
     pub describe: String,
 }
 
-fn generic(desc: impl Into<String>) -> QmpError {
-    QmpError::generic(desc)
-}
-
 const TAP_KEYS: &[&str] = &[
     "ifname",
     "fd",
@@ -74,43 +70,43 @@ const OTHER_TYPES: &[&str] = &[
 ];
 
 /// A `HOST:PORT` as QEMU checks it.
-fn host_port(value: &str) -> Result<String, QmpError> {
+fn host_port(value: &str) -> Result<String, NetError> {
     if !value.contains(':') {
-        return Err(generic(format!(
-            "host address '{value}' doesn't contain ':' separating host from port"
-        )));
+        return Err(NetError::NoPort(value.to_string()));
     }
     Ok(value.to_string())
 }
 
 /// One of dgram's `local`/`remote`: `{"type": "inet", "host": ..., "port": ...}`.
-fn inet_address(key: &str, value: &Value) -> Result<String, QmpError> {
+fn inet_address(key: &'static str, value: &Value) -> Result<String, NetError> {
     let Value::Object(o) = value else {
-        return Err(generic(format!(
-            "Invalid parameter type for '{key}', expected: object"
-        )));
+        return Err(NetError::InvalidTypeExpected {
+            parameter: key.to_string(),
+            expected: "object",
+        });
     };
     match o.get("type").and_then(Value::as_str) {
         Some("inet") => {}
         Some(t) => {
-            return Err(generic(format!(
-                "{key}: only inet addresses are supported, not '{t}'"
-            )))
+            return Err(NetError::NotInet {
+                key,
+                kind: t.to_string(),
+            })
         }
-        None => return Err(generic(format!("Parameter '{key}.type' is missing"))),
+        None => return Err(NetError::MissingParameter(format!("{key}.type"))),
     }
     let host = o
         .get("host")
         .and_then(Value::as_str)
-        .ok_or_else(|| generic(format!("Parameter '{key}.host' is missing")))?;
+        .ok_or_else(|| NetError::MissingParameter(format!("{key}.host")))?;
     let port = match o.get("port") {
         Some(Value::String(p)) => p.clone(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(generic(format!("Parameter '{key}.port' is missing"))),
+        _ => return Err(NetError::MissingParameter(format!("{key}.port"))),
     };
     for k in o.keys() {
         if !["type", "host", "port", "numeric", "ipv4", "ipv6"].contains(&k.as_str()) {
-            return Err(generic(format!("Parameter '{key}.{k}' is unexpected")));
+            return Err(NetError::UnexpectedParameter(format!("{key}.{k}")));
         }
     }
     // An IPv6 literal goes in brackets so that HOST:PORT parses.
@@ -132,46 +128,44 @@ fn text(v: &Value) -> Option<String> {
 
 impl NetdevSpec {
     /// From netdev_add's arguments (or the command line's, all values as strings).
-    pub fn from_args(args: &Map<String, Value>) -> Result<NetdevSpec, QmpError> {
+    pub fn from_args(args: &Map<String, Value>) -> Result<NetdevSpec, NetError> {
         let kind = args
             .get("type")
             .and_then(Value::as_str)
-            .ok_or_else(|| generic("Parameter 'type' is missing"))?;
+            .ok_or_else(|| NetError::MissingParameter("type".into()))?;
         let id = args
             .get("id")
             .and_then(Value::as_str)
-            .ok_or_else(|| generic("Parameter 'id' is missing"))?
+            .ok_or_else(|| NetError::MissingParameter("id".into()))?
             .to_string();
         if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            return Err(generic("Parameter 'id' expects an identifier"));
+            return Err(NetError::NotAnIdentifier("id"));
         }
         let keys: &[&str] = match kind {
             "tap" => TAP_KEYS,
             "socket" => SOCKET_KEYS,
             "dgram" => DGRAM_KEYS,
             t if OTHER_TYPES.contains(&t) => {
-                return Err(generic(format!(
-                    "network backend '{t}' is not available: Flotilla's net daemon serves \
-                     tap, socket (udp) and dgram backends"
-                )))
+                return Err(NetError::BackendNotAvailable(t.to_string()))
             }
             t => {
-                return Err(generic(format!(
-                    "Parameter 'type' does not accept value '{t}'"
-                )))
+                return Err(NetError::BadValue {
+                    parameter: "type",
+                    value: t.to_string(),
+                })
             }
         };
         for k in args.keys() {
             if k != "type" && k != "id" && !keys.contains(&k.as_str()) {
-                return Err(generic(format!("Parameter '{k}' is unexpected")));
+                return Err(NetError::UnexpectedParameter(k.clone()));
             }
         }
-        let get = |k: &str| -> Result<Option<String>, QmpError> {
+        let get = |k: &str| -> Result<Option<String>, NetError> {
             match args.get(k) {
                 None => Ok(None),
                 Some(v) => text(v)
                     .map(Some)
-                    .ok_or_else(|| generic(format!("Invalid parameter type for '{k}'"))),
+                    .ok_or_else(|| NetError::InvalidType(k.to_string())),
             }
         };
         let backend = match kind {
@@ -179,16 +173,17 @@ impl NetdevSpec {
                 for (k, allowed) in [("script", "no"), ("downscript", "no"), ("vhost", "off")] {
                     if let Some(v) = get(k)? {
                         if v != allowed && !(k == "vhost" && v == "false") {
-                            return Err(generic(format!(
-                                "{k}={v} is not supported: the gateway opens the tap and \
-                                 the net daemon serves it (use {k}={allowed})"
-                            )));
+                            return Err(NetError::TapOptionNotSupported {
+                                key: k,
+                                value: v,
+                                allowed,
+                            });
                         }
                     }
                 }
                 if let Some(v) = get("vnet_hdr")? {
                     if v == "off" || v == "false" {
-                        return Err(generic("vnet_hdr=off is not supported: the net daemon needs the tap's virtio-net header"));
+                        return Err(NetError::VnetHdrOff);
                     }
                 }
                 let queues = match get("queues")? {
@@ -197,49 +192,33 @@ impl NetdevSpec {
                         .parse::<u32>()
                         .ok()
                         .filter(|q| (1..=MAX_QUEUE_PAIRS).contains(q))
-                        .ok_or_else(|| {
-                            generic(format!("queues={q}: expected 1 to {MAX_QUEUE_PAIRS}"))
+                        .ok_or_else(|| NetError::Queues {
+                            value: q.clone(),
+                            max: MAX_QUEUE_PAIRS,
                         })?,
                 };
                 let source = match (get("ifname")?, get("fd")?) {
                     (Some(name), None) => TapSource::Ifname(name),
                     (None, Some(fd)) => TapSource::Fd(fd),
-                    (Some(_), Some(_)) => {
-                        return Err(generic(
-                            "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, \
-                             and vhostfd= are invalid with fds=",
-                        ))
-                    }
-                    (None, None) => {
-                        return Err(generic(
-                            "tap: give ifname=NAME (the gateway opens it) or fd=NAME (an fd \
-                             passed with getfd)",
-                        ))
-                    }
+                    (Some(_), Some(_)) => return Err(NetError::IfnameWithFd),
+                    (None, None) => return Err(NetError::TapWithoutSource),
                 };
                 if matches!(source, TapSource::Fd(_)) && queues > 1 {
-                    return Err(generic("fd= carries one queue: use queues=1 with fd="));
+                    return Err(NetError::FdWithQueues);
                 }
                 BackendSpec::Tap { source, queues }
             }
             "socket" => {
-                let udp = get("udp")?.ok_or_else(|| {
-                    generic("socket: only the udp mode is supported (udp=HOST:PORT,localaddr=HOST:PORT)")
-                })?;
-                let local = get("localaddr")?
-                    .ok_or_else(|| generic("localaddr= is mandatory with udp="))?;
+                let udp = get("udp")?.ok_or(NetError::SocketNotUdp)?;
+                let local = get("localaddr")?.ok_or(NetError::NoLocaladdr)?;
                 BackendSpec::Udp {
                     local: host_port(&local)?,
                     remote: host_port(&udp)?,
                 }
             }
             _ => {
-                let local = args
-                    .get("local")
-                    .ok_or_else(|| generic("dgram: local address is mandatory (and remote)"))?;
-                let remote = args
-                    .get("remote")
-                    .ok_or_else(|| generic("dgram: remote address is mandatory"))?;
+                let local = args.get("local").ok_or(NetError::NoDgramLocal)?;
+                let remote = args.get("remote").ok_or(NetError::NoDgramRemote)?;
                 BackendSpec::Udp {
                     local: inet_address("local", local)?,
                     remote: inet_address("remote", remote)?,
@@ -276,7 +255,7 @@ impl NetdevSpec {
                 args.insert(k.into(), Value::Object(m));
             }
         }
-        NetdevSpec::from_args(&args).map_err(|e| e.desc)
+        NetdevSpec::from_args(&args).map_err(|e| e.to_string())
     }
 
     pub fn queue_pairs(&self) -> u32 {
@@ -288,15 +267,17 @@ impl NetdevSpec {
 
     /// Opens the backend. `named`: a QMP client's getfd names (None on the command
     /// line, where `fd=` is an inherited descriptor number).
-    pub fn open(&self, named: Option<&NamedFds>) -> Result<Netdev, QmpError> {
+    pub fn open(&self, named: Option<&NamedFds>) -> Result<Netdev, NetError> {
         let (kind, fds, describe) = match &self.backend {
             BackendSpec::Tap {
                 source: TapSource::Ifname(name),
                 queues,
             } => {
-                let fds = ipc::host::open_tap(name, *queues as usize).map_err(|e| {
-                    generic(format!("could not configure /dev/net/tun ({name}): {e}"))
-                })?;
+                let fds =
+                    ipc::host::open_tap(name, *queues as usize).map_err(|error| NetError::Tap {
+                        name: name.clone(),
+                        error,
+                    })?;
                 (NetBackendKind::Tap, fds, format!("tap,ifname={name}"))
             }
             BackendSpec::Tap {
@@ -304,16 +285,20 @@ impl NetdevSpec {
                 ..
             } => {
                 let owned = match named {
-                    Some(n) => n.dup(fd).map_err(|_| {
-                        generic(format!("File descriptor named '{fd}' has not been found"))
-                    })?,
+                    Some(n) => n
+                        .dup(fd)
+                        .map_err(|_| NetError::NamedFdNotFound(fd.clone()))?,
                     None => inherited_fd(fd)?,
                 };
                 (NetBackendKind::Tap, vec![owned], format!("tap,fd={fd}"))
             }
             BackendSpec::Udp { local, remote } => {
-                let fd = ipc::host::open_datagram(local, remote).map_err(|e| {
-                    generic(format!("can't bind {local} / connect to {remote}: {e}"))
+                let fd = ipc::host::open_datagram(local, remote).map_err(|error| {
+                    NetError::Datagram {
+                        local: local.clone(),
+                        remote: remote.clone(),
+                        error,
+                    }
                 })?;
                 (
                     NetBackendKind::Datagram,
@@ -332,15 +317,15 @@ impl NetdevSpec {
 }
 
 /// `fd=N` on the command line: a descriptor the gateway's parent left open for it.
-fn inherited_fd(text: &str) -> Result<OwnedFd, QmpError> {
-    let fd: i32 = text.parse().ok().filter(|fd| *fd > 2).ok_or_else(|| {
-        generic(format!(
-            "fd={text}: expected an inherited descriptor number above 2"
-        ))
-    })?;
+fn inherited_fd(text: &str) -> Result<OwnedFd, NetError> {
+    let fd: i32 = text
+        .parse()
+        .ok()
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| NetError::BadInheritedFd(text.to_string()))?;
     // SAFETY: F_GETFD only queries the number.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(generic(format!("fd={fd}: not an open file descriptor")));
+        return Err(NetError::InheritedFdClosed(fd));
     }
     // SAFETY: the descriptor is open (checked above) and, given to us on the command
     // line, ours to own; nothing else in the gateway uses it.
@@ -353,7 +338,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<NetdevSpec, String> {
-        NetdevSpec::from_args(v.as_object().unwrap()).map_err(|e| e.desc)
+        NetdevSpec::from_args(v.as_object().unwrap()).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -9,18 +9,42 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState};
-use serde_json::json;
+use parking_lot::Mutex;
 
-use crate::daemon::{stop_slot, Daemon};
-use crate::events::EventBus;
-use crate::qmp::protocol::QmpError;
-use crate::sandbox::Policy;
+use super::error::NetError;
+use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
+use crate::children::link::Protocol;
+use crate::children::sandbox::Policy;
+use crate::events::{Event, EventBus, NicRxFilterChanged};
 
-pub type NetDaemon = Daemon<NetRequest, NetReply, NetEvent>;
+/// A net daemon's control channel.
+pub struct NetProtocol;
+
+impl Protocol for NetProtocol {
+    type Call = NetRequest;
+    type Answer = NetReply;
+    type Event = NetEvent;
+}
+
+impl DaemonKind for NetProtocol {
+    const PROCESS: &'static str = "net-daemon";
+    const NAME: &'static str = "net daemon";
+
+    fn quit() -> NetRequest {
+        NetRequest::Quit
+    }
+
+    fn opened(answer: &NetReply) -> bool {
+        matches!(answer, NetReply::Done)
+    }
+}
+
+/// A NIC's net daemon.
+pub type NetDaemon = Daemon<NetProtocol>;
 
 /// `--device virtio-net-pci,netdev=ID[,id=NAME][,mac=MAC][,mq=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +138,7 @@ impl Nic {
 
     /// Starts a daemon for this NIC with its backend and listening socket; returns its
     /// pid.
-    pub fn start(&mut self, hooks: &Hooks) -> Result<u32, QmpError> {
+    pub fn start(&mut self, hooks: &Hooks) -> Result<u32, NetError> {
         let (events, notify, name, path, last) = (
             hooks.events.clone(),
             self.notify.clone(),
@@ -122,30 +146,6 @@ impl Nic {
             self.path(),
             self.last_filter.clone(),
         );
-        let (deaths, id) = (hooks.deaths.clone(), self.id.clone());
-        let daemon = NetDaemon::spawn(
-            &self.binary,
-            "net-daemon",
-            &self.id,
-            &hooks.sandbox,
-            || NetRequest::Quit,
-            move |e| match e {
-                NetEvent::RxFilterChanged(state) => {
-                    *last.lock().unwrap_or_else(|e| e.into_inner()) = *state;
-                    if notify.swap(false, Ordering::SeqCst) {
-                        events.emit(
-                            "NIC_RX_FILTER_CHANGED",
-                            Some(json!({"name": name, "path": path})),
-                        );
-                    }
-                }
-            },
-            move |why| {
-                log::warn!("{why}");
-                let _ = deaths.send(id);
-            },
-        )
-        .map_err(|e| QmpError::generic(format!("starting {}: {e}", self.binary.display())))?;
         let mut fds: Vec<BorrowedFd> = self.backend_fds.iter().map(|f| f.as_fd()).collect();
         fds.push(self.listener.as_fd());
         let open = NetOpen {
@@ -157,15 +157,25 @@ impl Nic {
             link_up: self.link_up,
             filter: self.served.then(|| Box::new(self.filter_seen())),
         };
-        match daemon.link.request(NetRequest::Open(open), &fds)? {
-            NetReply::Done => {}
-            other => {
-                return Err(QmpError::generic(format!(
-                    "{} answered the open call with {other:?}",
-                    daemon.link.name()
-                )))
-            }
-        }
+        let daemon = NetDaemon::start(
+            &self.binary,
+            &self.id,
+            &hooks.sandbox,
+            move |e| match e {
+                NetEvent::RxFilterChanged(state) => {
+                    *last.lock() = *state;
+                    if notify.swap(false, Ordering::SeqCst) {
+                        events.emit(Event::NicRxFilterChanged(NicRxFilterChanged {
+                            name: name.clone(),
+                            path: path.clone(),
+                        }));
+                    }
+                }
+            },
+            hooks.deaths.clone(),
+            NetRequest::Open(open),
+            &fds,
+        )?;
         let pid = daemon.pid().unwrap_or(0);
         self.daemon = Some(daemon);
         self.served = true;
@@ -174,28 +184,21 @@ impl Nic {
     }
 
     /// A connection to the daemon's socket, for vmm-core.
-    pub fn connect(&self) -> Result<UnixStream, QmpError> {
-        UnixStream::connect(&self.socket).map_err(|e| {
-            QmpError::generic(format!("connecting to the net daemon of {}: {e}", self.id))
-        })
+    pub fn connect(&self) -> Result<UnixStream, NetError> {
+        Ok(connect::<NetProtocol>(&self.socket, &self.id)?)
     }
 
     fn filter_seen(&self) -> RxFilterState {
-        self.last_filter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_filter.lock().clone()
     }
 
     /// The receive filter: the daemon's, or the last one seen while none runs.
     pub fn rx_filter(&mut self) -> RxFilterState {
         if let Some(d) = &self.daemon {
             match d.link.request(NetRequest::RxFilter, &[]) {
-                Ok(NetReply::RxFilter(f)) => {
-                    *self.last_filter.lock().unwrap_or_else(|e| e.into_inner()) = *f
-                }
+                Ok(NetReply::RxFilter(f)) => *self.last_filter.lock() = *f,
                 Ok(other) => log::warn!("{} answered RxFilter with {other:?}", d.link.name()),
-                Err(e) => log::warn!("{}: {}", d.link.name(), e.desc),
+                Err(e) => log::warn!("{}: {e}", d.link.name()),
             }
         }
         self.filter_seen()

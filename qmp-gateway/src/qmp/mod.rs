@@ -1,12 +1,18 @@
-//! QMP: the wire protocol, the command table and its handlers, sessions and listeners.
+//! QMP: the wire protocol, the command table with its typed arguments and handlers,
+//! the schema, and the clients' connections, sessions and listeners.
 
-pub mod absent;
-pub mod block;
+pub mod args;
+pub mod blockdev;
 pub mod commands;
-pub mod hmp;
+pub mod conn;
+pub mod context;
+pub mod errors;
+pub mod handlers;
 pub mod json_stream;
-pub mod net;
+pub mod outbox;
 pub mod protocol;
+pub mod qapi;
 pub mod schema;
 pub mod server;
 pub mod session;
+pub mod types;

@@ -22,19 +22,17 @@ impl QmpError {
         }
     }
 
-    /// QEMU's answer for a device name it does not know.
-    pub fn device_not_found(name: &str) -> Self {
-        QmpError {
-            class: ErrorClass::DeviceNotFound,
-            desc: format!("Device '{name}' not found"),
-        }
-    }
-
     pub fn not_found(desc: impl Into<String>) -> Self {
         QmpError {
             class: ErrorClass::CommandNotFound,
             desc: desc.into(),
         }
+    }
+}
+
+impl std::fmt::Display for QmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.desc)
     }
 }
 
@@ -86,12 +84,14 @@ pub fn parse_request(text: &[u8], oob_enabled: bool) -> Result<Request, Rejected
     let mut execute = None;
     let mut exec_oob = None;
     let mut arguments = Map::new();
-    for (key, v) in &obj {
+    // Taken apart in key order (so the first bad member is the one QEMU names), the
+    // arguments moved rather than copied.
+    for (key, v) in obj {
         match key.as_str() {
             "execute" => execute = Some(v),
             "exec-oob" if oob_enabled => exec_oob = Some(v),
             "arguments" => match v {
-                Value::Object(a) => arguments = a.clone(),
+                Value::Object(a) => arguments = a,
                 _ => {
                     return Err(reject(
                         "QMP input member 'arguments' must be an object",
@@ -126,7 +126,7 @@ pub fn parse_request(text: &[u8], oob_enabled: bool) -> Result<Request, Rejected
         ));
     };
     Ok(Request {
-        command: command.clone(),
+        command,
         arguments,
         id,
         oob,

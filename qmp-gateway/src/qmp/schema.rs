@@ -1,148 +1,11 @@
-//! The QAPI-style types the command table is written in: arguments are checked against
-//! them (with QEMU's messages), and query-qmp-schema is generated from them, so the two
-//! cannot disagree.
+//! query-qmp-schema: every command, event and type, in QEMU's SchemaInfo form, built
+//! from the command table, the event table and the named types.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::protocol::QmpError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ty {
-    Str,
-    Int,
-    Bool,
-    Number,
-    Any,
-    Null,
-    Named(&'static str),
-    Array(&'static Ty),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Member {
-    pub name: &'static str,
-    pub ty: Ty,
-    pub optional: bool,
-}
-
-pub const fn req(name: &'static str, ty: Ty) -> Member {
-    Member {
-        name,
-        ty,
-        optional: false,
-    }
-}
-
-pub const fn opt(name: &'static str, ty: Ty) -> Member {
-    Member {
-        name,
-        ty,
-        optional: true,
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum TypeKind {
-    Object(&'static [Member]),
-    Enum(&'static [&'static str]),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct TypeDef {
-    pub name: &'static str,
-    pub kind: TypeKind,
-}
-
-/// Named types known to the checker and the schema.
-pub struct Types(pub &'static [TypeDef]);
-
-impl Types {
-    pub fn get(&self, name: &str) -> Option<&TypeDef> {
-        self.0.iter().find(|t| t.name == name)
-    }
-
-    /// Checks `args` against `members` as QEMU's input visitor does; `path` prefixes
-    /// nested member names in messages ("a.b").
-    pub fn check_members(
-        &self,
-        members: &[Member],
-        args: &Map<String, Value>,
-        path: &str,
-    ) -> Result<(), QmpError> {
-        let full = |name: &str| {
-            if path.is_empty() {
-                name.to_string()
-            } else {
-                format!("{path}.{name}")
-            }
-        };
-        for m in members {
-            match args.get(m.name) {
-                None if !m.optional => {
-                    return Err(QmpError::generic(format!(
-                        "Parameter '{}' is missing",
-                        full(m.name)
-                    )))
-                }
-                None => {}
-                Some(v) => self.check_value(m.ty, v, &full(m.name))?,
-            }
-        }
-        if let Some(extra) = args
-            .keys()
-            .find(|k| !members.iter().any(|m| m.name == k.as_str()))
-        {
-            return Err(QmpError::generic(format!(
-                "Parameter '{}' is unexpected",
-                full(extra)
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_value(&self, ty: Ty, v: &Value, path: &str) -> Result<(), QmpError> {
-        let wrong = |expected: &str| {
-            Err(QmpError::generic(format!(
-                "Invalid parameter type for '{path}', expected: {expected}"
-            )))
-        };
-        match ty {
-            Ty::Any => Ok(()),
-            Ty::Str if v.is_string() => Ok(()),
-            Ty::Str => wrong("string"),
-            Ty::Int if v.is_i64() || v.is_u64() => Ok(()),
-            Ty::Int => wrong("integer"),
-            Ty::Bool if v.is_boolean() => Ok(()),
-            Ty::Bool => wrong("boolean"),
-            Ty::Number if v.is_number() => Ok(()),
-            Ty::Number => wrong("number"),
-            Ty::Null if v.is_null() => Ok(()),
-            Ty::Null => wrong("null"),
-            Ty::Array(elem) => match v {
-                Value::Array(items) => items
-                    .iter()
-                    .try_for_each(|item| self.check_value(*elem, item, path)),
-                _ => wrong("array"),
-            },
-            Ty::Named(name) => match self.get(name).map(|t| t.kind) {
-                Some(TypeKind::Enum(values)) => match v {
-                    Value::String(s) if values.contains(&s.as_str()) => Ok(()),
-                    Value::String(s) => Err(QmpError::generic(format!(
-                        "Parameter '{path}' does not accept value '{s}'"
-                    ))),
-                    _ => wrong("string"),
-                },
-                Some(TypeKind::Object(members)) => match v {
-                    Value::Object(obj) => self.check_members(members, obj, path),
-                    _ => wrong("object"),
-                },
-                None => Err(QmpError::generic(format!(
-                    "internal error: unknown type {name}"
-                ))),
-            },
-        }
-    }
-}
+use super::context::Command;
+use super::qapi::{Member, Ty, TypeDef, TypeKind, Types};
+use crate::events::EventDef;
 
 /// The name a type has in the introspection schema.
 pub fn schema_name(ty: Ty) -> String {
@@ -158,7 +21,7 @@ pub fn schema_name(ty: Ty) -> String {
     }
 }
 
-pub fn builtin_json_type(ty: Ty) -> Option<&'static str> {
+fn builtin_json_type(ty: Ty) -> Option<&'static str> {
     Some(match ty {
         Ty::Str => "string",
         Ty::Int => "int",
@@ -170,7 +33,7 @@ pub fn builtin_json_type(ty: Ty) -> Option<&'static str> {
     })
 }
 
-pub fn members_schema(members: &[Member]) -> Value {
+fn members_schema(members: &[Member]) -> Value {
     Value::Array(
         members
             .iter()
@@ -185,66 +48,70 @@ pub fn members_schema(members: &[Member]) -> Value {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TYPES: Types = Types(&[
-        TypeDef {
-            name: "Cap",
-            kind: TypeKind::Enum(&["oob"]),
-        },
-        TypeDef {
-            name: "Inner",
-            kind: TypeKind::Object(&[req("x", Ty::Int)]),
-        },
-    ]);
-
-    fn check(members: &[Member], args: Value) -> Result<(), String> {
-        let Value::Object(args) = args else { panic!() };
-        TYPES.check_members(members, &args, "").map_err(|e| e.desc)
+/// query-qmp-schema: every command, event and type, in QEMU's SchemaInfo form.
+pub fn build(commands: &[Command], events: &[EventDef], types: &Types) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    let mut arrays: Vec<Ty> = Vec::new();
+    let note = |ty: Ty, arrays: &mut Vec<Ty>| {
+        if let Ty::Array(_) = ty {
+            if !arrays.contains(&ty) {
+                arrays.push(ty);
+            }
+        }
+    };
+    for c in commands {
+        let arg_type = format!("q_obj_{}-arg", c.name);
+        let mut info = json!({
+            "name": c.name,
+            "meta-type": "command",
+            "arg-type": arg_type,
+            "ret-type": schema_name(c.ret),
+        });
+        if c.allow_oob {
+            info["allow-oob"] = json!(true);
+        }
+        out.push(info);
+        out.push(
+            json!({"name": arg_type, "meta-type": "object", "members": members_schema(c.args())}),
+        );
+        note(c.ret, &mut arrays);
+        c.args().iter().for_each(|m| note(m.ty, &mut arrays));
     }
-
-    #[test]
-    fn messages_match_qemu() {
-        let m = [req("fdname", Ty::Str), opt("n", Ty::Int)];
-        assert_eq!(
-            check(&m, json!({})),
-            Err("Parameter 'fdname' is missing".into())
-        );
-        assert_eq!(
-            check(&m, json!({"fdname": 1})),
-            Err("Invalid parameter type for 'fdname', expected: string".into())
-        );
-        assert_eq!(
-            check(&m, json!({"fdname": "a", "extra": [1]})),
-            Err("Parameter 'extra' is unexpected".into())
-        );
-        assert_eq!(
-            check(&m, json!({"fdname": "a", "n": "x"})),
-            Err("Invalid parameter type for 'n', expected: integer".into())
-        );
-        assert_eq!(check(&m, json!({"fdname": "a", "n": 3})), Ok(()));
+    for e in events {
+        out.push(json!({"name": e.name, "meta-type": "event", "arg-type": e.arg_type()}));
     }
-
-    #[test]
-    fn enums_arrays_and_nested_objects() {
-        let m = [
-            opt("enable", Ty::Array(&Ty::Named("Cap"))),
-            opt("o", Ty::Named("Inner")),
-        ];
-        assert_eq!(check(&m, json!({"enable": ["oob"]})), Ok(()));
-        assert_eq!(
-            check(&m, json!({"enable": ["nope"]})),
-            Err("Parameter 'enable' does not accept value 'nope'".into())
-        );
-        assert_eq!(
-            check(&m, json!({"enable": "oob"})),
-            Err("Invalid parameter type for 'enable', expected: array".into())
-        );
-        assert_eq!(
-            check(&m, json!({"o": {}})),
-            Err("Parameter 'o.x' is missing".into())
-        );
+    // The named types, then the events' own (each once: SHUTDOWN and RESET share one).
+    let mut event_types: Vec<&TypeDef> = Vec::new();
+    for t in events.iter().filter_map(|e| e.data) {
+        if !event_types.iter().any(|seen| seen.name == t.name) {
+            event_types.push(t);
+        }
     }
+    for t in types.0.iter().chain(event_types) {
+        match t.kind {
+            TypeKind::Object(members) => {
+                members.iter().for_each(|m| note(m.ty, &mut arrays));
+                out.push(json!({"name": t.name, "meta-type": "object", "members": members_schema(members)}));
+            }
+            TypeKind::Enum(values) => out.push(json!({
+                "name": t.name,
+                "meta-type": "enum",
+                "values": values,
+                "members": values.iter().map(|v| json!({"name": v})).collect::<Vec<_>>(),
+            })),
+        }
+    }
+    for a in arrays {
+        if let Ty::Array(elem) = a {
+            out.push(json!({"name": schema_name(a), "meta-type": "array", "element-type": schema_name(*elem)}));
+        }
+    }
+    for b in [Ty::Str, Ty::Int, Ty::Bool, Ty::Number, Ty::Any, Ty::Null] {
+        out.push(json!({
+            "name": schema_name(b),
+            "meta-type": "builtin",
+            "json-type": builtin_json_type(b),
+        }));
+    }
+    Value::Array(out)
 }

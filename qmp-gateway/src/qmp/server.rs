@@ -7,12 +7,12 @@ use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::conn::Conn;
 use super::json_stream::JsonStream;
+use super::outbox::Outbox;
 use super::protocol;
 use super::session::Session;
-use crate::conn::Conn;
 use crate::gateway::Gateway;
-use crate::outbox::Outbox;
 
 /// Most clients served at once; more are turned away.
 pub const MAX_CLIENTS: usize = 256;

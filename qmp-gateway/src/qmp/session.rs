@@ -7,14 +7,15 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use super::commands::{self, Ctx, TYPES};
+use super::args;
+use super::commands::{self, COMMANDS};
+use super::context::Ctx;
+use super::handlers::machine::QmpCapabilities;
 use super::json_stream::Item;
+use super::outbox::Outbox;
 use super::protocol::{self, parse_request, QmpError, Request};
 use crate::fdstore::NamedFds;
 use crate::gateway::Gateway;
-use crate::outbox::Outbox;
 
 /// In-band requests queued per client (QEMU's limit too).
 pub const INBAND_QUEUE: usize = 8;
@@ -94,18 +95,14 @@ impl Session {
             self.outbox.push(protocol::response(Err(e), request.id));
             return;
         }
-        let members = commands::find("qmp_capabilities")
-            .map(|c| c.args)
-            .unwrap_or_default();
-        if let Err(e) = TYPES.check_members(members, &request.arguments, "") {
-            self.outbox.push(protocol::response(Err(e), request.id));
-            return;
-        }
-        self.oob = request
-            .arguments
-            .get("enable")
-            .and_then(Value::as_array)
-            .is_some_and(|caps| caps.iter().any(|c| c == "oob"));
+        let capabilities = match args::read::<QmpCapabilities>(request.arguments) {
+            Ok(c) => c,
+            Err(e) => {
+                self.outbox.push(protocol::response(Err(e), request.id));
+                return;
+            }
+        };
+        self.oob = capabilities.oob();
         self.negotiated = true;
         if self.oob {
             self.start_inband_worker();
@@ -171,18 +168,14 @@ fn execute(
         outbox.push(protocol::response(Err(e), request.id));
         return;
     }
-    if let Err(e) = TYPES.check_members(command.args, &request.arguments, "") {
-        drop(fds);
-        outbox.push(protocol::response(Err(e), request.id));
-        return;
-    }
     let mut ctx = Ctx {
         gw,
         named_fds,
         fds,
         exit_after_reply: None,
+        commands: COMMANDS,
     };
-    let result = (command.handler)(&mut ctx, &request.arguments);
+    let result = command.handler.run(&mut ctx, request.arguments);
     ctx.fds.clear();
     outbox.push(protocol::response(result, request.id));
     if let Some(reason) = ctx.exit_after_reply.take() {

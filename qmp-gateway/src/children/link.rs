@@ -1,60 +1,71 @@
-//! The gateway's children (vmm-core, block and net daemons): each spawned (sandbox.rs) in
-//! its own process group with its control socket as fd 3 and a parent-death signal, so
-//! none outlives the gateway; and the link over that socket: calls matched to answers by id, events handed
-//! on.
+//! The gateway's end of a child's control channel (vmm-core, a block or net daemon):
+//! calls matched to their answers by id, with a timeout, and the child's events handed
+//! on by a reader thread until the child hangs up.
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ipc::{Call, Connection, Message, RemoteError, Upcall, VmmEvent, VmmReply, VmmRequest};
+use ipc::{
+    Call, Connection, IpcError, Message, RemoteError, Upcall, VmmEvent, VmmReply, VmmRequest,
+};
+use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
-
-use crate::qmp::protocol::QmpError;
-use crate::sandbox::{self, Mode, Process};
 
 /// How long a request may wait for a child before the client gets an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts `binary` (sandboxed as `mode` says) with the far end of a fresh socket pair as
-/// its control channel (`--control-fd 3`, then `args`).
-pub fn spawn_child(
-    binary: &Path,
-    args: &[&str],
-    mode: Mode,
-) -> std::io::Result<(Process, Connection)> {
-    let (ours, theirs) = UnixStream::pair()?;
-    let child = sandbox::spawn(binary, args, &OwnedFd::from(theirs), mode)?;
-    Ok((child, Connection::new(ours)))
+/// Why a call to a child got no answer, or the child's own error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0} is not running")]
+    NotRunning(String),
+    #[error("sending to {child}: {error}")]
+    Send { child: String, error: IpcError },
+    #[error("{child} did not answer within {} s", REQUEST_TIMEOUT.as_secs())]
+    Timeout { child: String },
+    #[error("{0} exited before answering")]
+    Exited(String),
+    /// The child answered with an error (its QMP class and text).
+    #[error("{}", .0.desc)]
+    Remote(RemoteError),
 }
+
+/// What a child speaks on its control channel: the calls it takes, its answers, and the
+/// events it reports.
+pub trait Protocol: 'static {
+    type Call: Message;
+    type Answer: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
+    type Event: Serialize + DeserializeOwned + 'static;
+}
+
+/// vmm-core's control channel.
+pub struct VmmProtocol;
+
+impl Protocol for VmmProtocol {
+    type Call = VmmRequest;
+    type Answer = VmmReply;
+    type Event = VmmEvent;
+}
+
+pub type VmmLink = Link<VmmProtocol>;
 
 type Waiter<T> = SyncSender<Result<T, RemoteError>>;
 
-/// The gateway's end of a child's control channel: calls of type `R` answered with `T`,
-/// and events `E`.
-pub struct Link<R, T, E> {
-    /// The child's name in errors ("vmm-core", "block daemon d0").
+/// The gateway's end of a child's control channel.
+pub struct Link<P: Protocol> {
+    /// The child's name in errors ("vmm-core", "block-daemon of d0").
     name: String,
     conn: Connection,
-    pending: Mutex<HashMap<u64, Waiter<T>>>,
+    pending: Mutex<HashMap<u64, Waiter<P::Answer>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
-    _types: std::marker::PhantomData<fn(R, E)>,
 }
 
-pub type VmmLink = Link<VmmRequest, VmmReply, VmmEvent>;
-
-impl<R, T, E> Link<R, T, E>
-where
-    R: Message,
-    T: Serialize + DeserializeOwned + Send + 'static,
-    E: Serialize + DeserializeOwned + 'static,
-{
+impl<P: Protocol> Link<P> {
     pub fn new(name: impl Into<String>, conn: Connection) -> Arc<Self> {
         Arc::new(Link {
             name: name.into(),
@@ -62,7 +73,6 @@ where
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
-            _types: std::marker::PhantomData,
         })
     }
 
@@ -73,25 +83,18 @@ where
     /// Reads the child's answers and events until it hangs up.
     pub fn start_reader(
         self: &Arc<Self>,
-        on_event: impl Fn(E) + Send + 'static,
+        on_event: impl Fn(P::Event) + Send + 'static,
         on_closed: impl FnOnce(String) + Send + 'static,
-    ) -> std::io::Result<()>
-    where
-        R: 'static,
-    {
+    ) -> std::io::Result<()> {
         let link = self.clone();
         std::thread::Builder::new()
             .name(format!("link {}", self.name))
             .spawn(move || {
                 let why = loop {
-                    match link.conn.recv::<Upcall<T, E>>() {
+                    match link.conn.recv::<Upcall<P::Answer, P::Event>>() {
                         Ok(Some(r)) => match r.msg {
                             Upcall::Response { id, result } => {
-                                let waiter = link
-                                    .pending
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .remove(&id);
+                                let waiter = link.pending.lock().remove(&id);
                                 match waiter {
                                     Some(w) => {
                                         let _ = w.send(result);
@@ -109,50 +112,36 @@ where
                 };
                 link.closed.store(true, Ordering::SeqCst);
                 // Waiters see their sender dropped.
-                link.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                link.pending.lock().clear();
                 on_closed(why);
             })?;
         Ok(())
     }
 
     /// Sends a request and waits for its reply.
-    pub fn request(&self, request: R, fds: &[BorrowedFd]) -> Result<T, QmpError> {
+    pub fn request(&self, request: P::Call, fds: &[BorrowedFd]) -> Result<P::Answer, LinkError> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(QmpError::generic(format!("{} is not running", self.name)));
+            return Err(LinkError::NotRunning(self.name.clone()));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        self.pending.lock().insert(id, tx);
         if let Err(e) = self.conn.send(&Call { id, request }, fds) {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            return Err(QmpError::generic(format!("sending to {}: {e}", self.name)));
+            self.pending.lock().remove(&id);
+            return Err(LinkError::Send {
+                child: self.name.clone(),
+                error: e,
+            });
         }
         match rx.recv_timeout(REQUEST_TIMEOUT) {
-            Ok(result) => result.map_err(QmpError::from),
+            Ok(result) => result.map_err(LinkError::Remote),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                Err(QmpError::generic(format!(
-                    "{} did not answer within {} s",
-                    self.name,
-                    REQUEST_TIMEOUT.as_secs()
-                )))
+                self.pending.lock().remove(&id);
+                Err(LinkError::Timeout {
+                    child: self.name.clone(),
+                })
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(QmpError::generic(format!(
-                "{} exited before answering",
-                self.name
-            ))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(LinkError::Exited(self.name.clone())),
         }
     }
 

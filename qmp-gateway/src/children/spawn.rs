@@ -1,56 +1,56 @@
-//! Starting a child sandboxed: a raw clone(2) into new mount, PID, IPC, UTS and network
-//! namespaces (std's Command cannot ask for a PID namespace), the control socket as fd 3,
-//! the write end of a violation pipe as fd 4, its own process group and a parent-death
-//! signal, then exec with `--sandbox MODE`. The child does the rest to itself (the
-//! `sandbox` crate): empty root, rlimits, no capabilities, Landlock, seccomp. When it
-//! breaks its seccomp allowlist, its SIGSYS handler writes the system call's number into
-//! the pipe before it dies, and the gateway reads it from there.
+//! Starting a child: a raw clone(2), sandboxed into new mount, PID, IPC, UTS and network
+//! namespaces (std's Command cannot ask for a PID namespace), with its control socket as
+//! fd 3, the write end of a violation pipe as fd 4, its own process group and a
+//! parent-death signal (so none outlives the gateway), then exec with `--sandbox MODE`.
+//! The child does the rest to itself (the `sandbox` crate): empty root, rlimits, no
+//! capabilities, Landlock, seccomp. When it breaks its seccomp allowlist, its SIGSYS
+//! handler writes the system call's number into the pipe before it dies, and the gateway
+//! reads it from there. Also: the child's `Process` (wait, kill, its violation) and the
+//! host ids of its threads.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
-use std::sync::Arc;
+use ipc::Connection;
 
-use serde_json::json;
+use ::sandbox::Mode;
 
-use crate::events::EventBus;
-
-pub use ::sandbox::Mode;
-
-/// The event for a child stopped by its seccomp filter (QMP's rule for downstream
-/// extensions: a reverse-domain prefix).
-pub const VIOLATION: &str = "__io.flotilla_SANDBOX_VIOLATION";
-
-/// How children are sandboxed, and where their violations are reported.
-#[derive(Clone)]
-pub struct Policy {
-    pub mode: Mode,
-    pub events: Arc<EventBus>,
+/// Why a child could not be started. The texts are what the command line and QMP
+/// clients read.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(
+        "the sandbox's namespaces could not be made (are user namespaces disabled?); run \
+         with --sandbox off"
+    )]
+    Namespaces(std::io::Error),
+    #[error("mapping the sandbox's user namespace: {0}")]
+    UserNamespace(std::io::Error),
+    /// A step of the child between clone and exec failed (`step` says which).
+    #[error("{step}: {error}")]
+    Child {
+        step: &'static str,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
-impl Policy {
-    /// Logs and announces that `process` (serving `device`, if any) was stopped for
-    /// system call `nr`.
-    pub fn report(&self, process: &str, device: Option<&str>, nr: i64) {
-        let call = syscall_name(nr);
-        match device {
-            Some(d) => log::error!("{process} of {d}: sandbox violation: {call}"),
-            None => log::error!("{process}: sandbox violation: {call}"),
-        }
-        let mut data = json!({
-            "process": process,
-            "syscall": ::sandbox::syscalls::name(nr).unwrap_or("unknown"),
-            "number": nr,
-        });
-        if let Some(d) = device {
-            data["device"] = json!(d);
-        }
-        self.events.emit(VIOLATION, Some(data));
-    }
+/// Starts `binary` (sandboxed as `mode` says) with the far end of a fresh socket pair as
+/// its control channel (`--control-fd 3`, then `args`).
+pub fn spawn_child(
+    binary: &Path,
+    args: &[&str],
+    mode: Mode,
+) -> Result<(Process, Connection), SpawnError> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(binary, args, &OwnedFd::from(theirs), mode)?;
+    Ok((child, Connection::new(ours)))
 }
 
 /// The control socket's number in the child.
@@ -73,6 +73,11 @@ fn cvt(rc: libc::c_long) -> std::io::Result<libc::c_long> {
     }
 }
 
+/// An argument or environment entry for execve (a NUL inside fails as std's Command does).
+fn c_string(bytes: impl Into<Vec<u8>>) -> std::io::Result<CString> {
+    Ok(CString::new(bytes)?)
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
@@ -88,19 +93,19 @@ pub fn spawn(
     args: &[&str],
     control: &OwnedFd,
     mode: Mode,
-) -> std::io::Result<Process> {
+) -> Result<Process, SpawnError> {
     let sandboxed = mode != Mode::Off;
     let mut argv: Vec<CString> = vec![
-        CString::new(binary.as_os_str().as_bytes())?,
-        CString::new("--control-fd")?,
-        CString::new(CONTROL_FD.to_string())?,
+        c_string(binary.as_os_str().as_bytes())?,
+        c_string("--control-fd")?,
+        c_string(CONTROL_FD.to_string())?,
     ];
     if sandboxed {
-        argv.push(CString::new("--sandbox")?);
-        argv.push(CString::new(mode.as_str())?);
+        argv.push(c_string("--sandbox")?);
+        argv.push(c_string(mode.as_str())?);
     }
     for a in args {
-        argv.push(CString::new(*a)?);
+        argv.push(c_string(*a)?);
     }
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
@@ -150,13 +155,9 @@ pub fn spawn(
     })
     .map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) {
-            std::io::Error::new(
-                e.kind(),
-                "the sandbox's namespaces could not be made (are user namespaces \
-                 disabled?); run with --sandbox off",
-            )
+            SpawnError::Namespaces(e)
         } else {
-            e
+            SpawnError::Io(e)
         }
     })?;
     if pid == 0 {
@@ -219,10 +220,7 @@ pub fn spawn(
             let mut status = 0;
             // SAFETY: reaping the child we just made.
             unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("mapping the sandbox's user namespace: {e}"),
-            ));
+            return Err(SpawnError::UserNamespace(e));
         }
         // SAFETY: one byte from a local to a pipe we own.
         unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
@@ -236,7 +234,7 @@ pub fn spawn(
         let mut status = 0;
         // SAFETY: reaping the child we just made.
         unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-        let what = match report[0] {
+        let step = match report[0] {
             1 | 2 => "placing its descriptors",
             3 => "setpgid",
             4 => "PR_SET_PDEATHSIG",
@@ -244,8 +242,8 @@ pub fn spawn(
             7 => "becoming the user namespace's root",
             _ => "execve",
         };
-        let err = std::io::Error::from_raw_os_error(report[1]);
-        return Err(std::io::Error::new(err.kind(), format!("{what}: {err}")));
+        let error = std::io::Error::from_raw_os_error(report[1]);
+        return Err(SpawnError::Child { step, error });
     }
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
@@ -369,12 +367,4 @@ pub fn host_tid(pid: u32, tid: i32) -> i32 {
         }
     }
     tid
-}
-
-/// How a violation reads in logs and events: `socket (41)`.
-pub fn syscall_name(nr: i64) -> String {
-    match ::sandbox::syscalls::name(nr) {
-        Some(name) => format!("{name} ({nr})"),
-        None => format!("system call {nr}"),
-    }
 }

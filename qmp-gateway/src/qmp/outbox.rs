@@ -4,9 +4,10 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Condvar, Mutex};
 
-use crate::conn::Conn;
+use parking_lot::{Condvar, Mutex};
+
+use super::conn::Conn;
 
 /// Most bytes queued for one client.
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;
@@ -37,14 +38,10 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Queues one message; false if the client is gone (or has just been dropped for
     /// not reading).
     pub fn push(&self, msg: Vec<u8>) -> bool {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         if st.closed {
             return false;
         }
@@ -67,21 +64,21 @@ impl Outbox {
 
     /// No more messages: the writer sends what is queued, then ends.
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.state.lock().closed = true;
         self.cv.notify_all();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.lock().closed
+        self.state.lock().closed
     }
 
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        self.state.lock().bytes
     }
 
     /// True once the writer thread has ended (all it could send is sent).
     pub fn is_finished(&self) -> bool {
-        self.lock().finished
+        self.state.lock().finished
     }
 
     /// The writer thread's loop; returns when closed and drained, or on a write error.
@@ -89,7 +86,7 @@ impl Outbox {
         let mut writer = self.conn.clone_for_writing();
         loop {
             let msg = {
-                let mut st = self.lock();
+                let mut st = self.state.lock();
                 loop {
                     if let Some(m) = st.queue.pop_front() {
                         st.bytes -= m.len();
@@ -98,7 +95,7 @@ impl Outbox {
                     if st.closed {
                         break None;
                     }
-                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    self.cv.wait(&mut st);
                 }
             };
             let Some(msg) = msg else { break };
@@ -107,11 +104,11 @@ impl Outbox {
                 .map(|w| w.write_all(&msg))
                 .is_none_or(|r| r.is_err())
             {
-                self.lock().closed = true;
+                self.state.lock().closed = true;
                 break;
             }
         }
         self.conn.shutdown();
-        self.lock().finished = true;
+        self.state.lock().finished = true;
     }
 }

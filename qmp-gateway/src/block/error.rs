@@ -1,0 +1,116 @@
+//! What can go wrong in the block layer. The texts are QEMU's where QEMU has one (clients
+//! and the tests compare them); qmp/errors.rs gives each its QMP class.
+
+use super::throttle::ThrottleError;
+use crate::children::daemon::DaemonError;
+use crate::children::link::LinkError;
+use crate::sockets::SocketError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("Need exactly one of 'device' and 'id'")]
+    NeedDeviceOrId,
+    /// No disk by that name (QMP's DeviceNotFound).
+    #[error("Device '{0}' not found")]
+    DeviceNotFound(String),
+    #[error("Cannot find device='{device}' nor node-name='{node}'")]
+    NoDeviceNorNode { device: String, node: String },
+    /// block-set-write-threshold's word for a node it does not know.
+    #[error("Device '{0}' not found")]
+    NoThresholdNode(String),
+    #[error("Node '{0}' not found")]
+    NodeNotFound(String),
+    #[error("Failed to find node with node-name='{0}'")]
+    NoNodeToDelete(String),
+
+    #[error("'node-name' must be specified for the root node")]
+    RootNeedsName,
+    #[error("Duplicate nodes with node-name='{0}'")]
+    DuplicateNode(String),
+    #[error("node-name={0} is conflicting with a device id")]
+    NameIsDeviceId(String),
+    #[error("Invalid node-name: '{0}'")]
+    InvalidNodeName(String),
+    #[error("Node name too long")]
+    NodeNameTooLong,
+    #[error(
+        "setting detect-zeroes to unmap is not allowed without setting discard operation to \
+         unmap"
+    )]
+    DetectZeroesUnmap,
+    #[error("Conflicts with use by {parent} as 'file', which does not allow 'write' on {child}")]
+    ChildTaken { parent: String, child: String },
+    #[error("Block node is read-only")]
+    NodeReadOnly,
+    #[error("Node {0} is not owned by the monitor")]
+    NotMonitorOwned(String),
+    #[error("Block device {0} is in use")]
+    InUse(String),
+    #[error("no node {0}")]
+    NoNode(String),
+    #[error("node {0} has no image")]
+    NoImage(String),
+
+    #[error("Could not open '{path}': {}", errno_text(error))]
+    Open { path: String, error: std::io::Error },
+    #[error("Could not stat '{path}': {error}")]
+    Stat { path: String, error: std::io::Error },
+    #[error("'host_device' driver requires '{0}' to be either a character or block device")]
+    NotADevice(String),
+    #[error("'file' driver requires '{0}' to be a regular file")]
+    NotAFile(String),
+    #[error("'{0}' is a directory")]
+    IsADirectory(String),
+    #[error("Could not dup FD for {path} flags {flags}: {}", errno_text(error))]
+    FdSet {
+        path: String,
+        flags: i32,
+        error: std::io::Error,
+    },
+
+    #[error("Parameter 'size' expects a >0 size")]
+    NegativeSize,
+    #[error("Image is read-only")]
+    ImageReadOnly,
+    #[error("{0}")]
+    DupImage(std::io::Error),
+    #[error("Cannot grow device files")]
+    CannotGrowDevice,
+    #[error("Could not resize file: {}", errno_text(.0))]
+    Resize(std::io::Error),
+    #[error("Parameter 'write-threshold' expects a non-negative value")]
+    NegativeThreshold,
+    #[error(transparent)]
+    Throttle(#[from] ThrottleError),
+    #[error("throttle group state: {0}")]
+    ThrottleGroup(std::io::Error),
+
+    #[error("Device '{0}' is not removable")]
+    NotRemovable(String),
+    #[error("Device '{0}' is not encrypted")]
+    NotEncrypted(String),
+
+    #[error("the block daemon of disk {0} is not running (I/O waits for it)")]
+    DaemonNotRunning(String),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+
+    /// `--drive` errors, for the command line.
+    #[error("drive id {0} is used twice")]
+    DriveIdTaken(String),
+    #[error("drive {id}: {error}")]
+    Drive { id: String, error: Box<BlockError> },
+}
+
+/// strerror-style text without Rust's " (os error N)" suffix, as QEMU prints it.
+pub fn errno_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

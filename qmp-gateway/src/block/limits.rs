@@ -1,0 +1,128 @@
+//! The block layer's limits: I/O throttling (block_set_io_throttle, with throttle groups
+//! whose members share one state page) and write thresholds
+//! (block-set-write-threshold), applied by the daemons and kept here for the next one.
+
+use std::os::fd::AsFd;
+
+use ipc::BlockRequest;
+
+use super::disk::Group;
+use super::error::BlockError;
+use super::throttle::{self, ThrottleRequest};
+use super::{BlockLayer, DiskRef, State};
+
+impl State {
+    /// The disks in throttle group `group`.
+    fn group_members(&self, group: &str) -> Vec<usize> {
+        (0..self.disks.len())
+            .filter(|i| {
+                self.disks[*i]
+                    .throttle
+                    .as_ref()
+                    .is_some_and(|(_, g)| g == group)
+            })
+            .collect()
+    }
+}
+
+impl BlockLayer {
+    /// block_set_io_throttle: the limits `request` asks for, for `disk` and the other
+    /// members of `group` (default: a group of its own, named after its device). All
+    /// zero: no limits.
+    pub fn set_io_throttle(
+        &self,
+        disk: DiskRef,
+        request: &ThrottleRequest,
+        group: Option<&str>,
+    ) -> Result<(), BlockError> {
+        let mut state = self.state.lock();
+        let index = state
+            .disks
+            .iter()
+            .position(|d| match disk {
+                DiskRef::Qdev(name) => d.qdev == name || d.qom_path == name,
+                DiskRef::Device(name) => d.id == name,
+            })
+            .ok_or_else(|| BlockError::DeviceNotFound(disk.name().to_string()))?;
+        let limits = throttle::limits(request)?;
+        let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());
+        if !limits.enabled() {
+            if let Some(d) = state.disks[index].daemon.as_ref() {
+                d.link.request(BlockRequest::SetThrottle(None), &[])?;
+            }
+            state.disks[index].throttle = None;
+            if let Some(g) = old_group {
+                if state.group_members(&g).is_empty() {
+                    state.groups.remove(&g);
+                }
+            }
+            return Ok(());
+        }
+        let group = group
+            .map(str::to_string)
+            .unwrap_or_else(|| state.disks[index].qdev.clone());
+        if !state.groups.contains_key(&group) {
+            let page = ipc::new_throttle_state().map_err(BlockError::ThrottleGroup)?;
+            state.groups.insert(
+                group.clone(),
+                Group {
+                    state: page,
+                    limits,
+                },
+            );
+        }
+        // The new limits are the group's: every member applies them.
+        state.disks[index].throttle = Some((limits, group.clone()));
+        if let Some(g) = state.groups.get_mut(&group) {
+            g.limits = limits;
+        }
+        let members = state.group_members(&group);
+        for &i in &members {
+            let Some(g) = state.groups.get(&group) else {
+                break;
+            };
+            // A disk whose daemon is down gets the limits when one starts.
+            if let Some(d) = state.disks[i].daemon.as_ref() {
+                d.link.request(
+                    BlockRequest::SetThrottle(Some(g.limits)),
+                    &[g.state.as_fd()],
+                )?;
+            }
+        }
+        for &i in &members {
+            state.disks[i].throttle = Some((limits, group.clone()));
+        }
+        if let Some(old) = old_group.filter(|g| *g != group) {
+            if state.group_members(&old).is_empty() {
+                state.groups.remove(&old);
+            }
+        }
+        Ok(())
+    }
+
+    /// block-set-write-threshold: BLOCK_WRITE_THRESHOLD once a write to `node` goes
+    /// past `bytes` (0: none).
+    pub fn set_write_threshold(&self, node: &str, bytes: i64) -> Result<(), BlockError> {
+        let state = self.state.lock();
+        if state.graph.node(node).is_none() {
+            return Err(BlockError::NoThresholdNode(node.to_string()));
+        }
+        let bytes = u64::try_from(bytes).map_err(|_| BlockError::NegativeThreshold)?;
+        if let Some(daemon) = state.disk_of_node(node).and_then(|d| d.daemon.as_ref()) {
+            daemon.link.request(
+                BlockRequest::SetWriteThreshold {
+                    node_name: node.to_string(),
+                    bytes,
+                },
+                &[],
+            )?;
+        }
+        let mut thresholds = self.thresholds.lock();
+        if bytes == 0 {
+            thresholds.remove(node);
+        } else {
+            thresholds.insert(node.to_string(), bytes);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! What the block commands do to nodes and disks: blockdev-add and blockdev-del on the
+//! graph, block_resize (by the disk's daemon, or on the image itself), and the answers
+//! a fixed, unencrypted virtio-blk disk gives to the removable-medium and password
+//! commands.
+
+use std::os::unix::fs::FileTypeExt;
+
+use ipc::BlockRequest;
+
+use super::error::BlockError;
+use super::options::NodeOptions;
+use super::{info, BlockLayer, DiskRef};
+use crate::fdstore::FdSets;
+
+impl<'a> DiskRef<'a> {
+    /// QMP's "exactly one of device and id".
+    pub fn exactly_one(device: Option<&'a str>, id: Option<&'a str>) -> Result<Self, BlockError> {
+        match (device, id) {
+            (Some(d), None) => Ok(DiskRef::Device(d)),
+            (None, Some(i)) => Ok(DiskRef::Qdev(i)),
+            _ => Err(BlockError::NeedDeviceOrId),
+        }
+    }
+}
+
+impl BlockLayer {
+    /// blockdev-add: the nodes `opts` describes (images opened from paths or fd sets).
+    pub fn blockdev_add(&self, opts: &NodeOptions, fdsets: &FdSets) -> Result<(), BlockError> {
+        let mut state = self.state.lock();
+        let ids: Vec<String> = state.disks.iter().map(|d| d.id.clone()).collect();
+        state.graph.add(
+            opts,
+            true,
+            &|n| ids.iter().any(|i| i == n),
+            &mut Self::opener(fdsets),
+        )?;
+        Ok(())
+    }
+
+    /// blockdev-del: a node blockdev-add made, unless something uses it.
+    pub fn blockdev_del(&self, name: &str) -> Result<(), BlockError> {
+        let mut state = self.state.lock();
+        let roots: Vec<String> = state.disks.iter().map(|d| d.root.clone()).collect();
+        state
+            .graph
+            .remove(name, &|n| roots.iter().any(|r| r == n))?;
+        self.thresholds.lock().remove(name);
+        Ok(())
+    }
+
+    /// block_resize: resizes a node to `size` bytes (rounded up to whole sectors);
+    /// returns the index of the disk whose guest must be told.
+    pub fn block_resize(
+        &self,
+        device: Option<&str>,
+        node: Option<&str>,
+        size: i64,
+    ) -> Result<Option<u32>, BlockError> {
+        let state = self.state.lock();
+        let name = state.lookup_node(device, node)?;
+        let size = u64::try_from(size).map_err(|_| BlockError::NegativeSize)?;
+        let read_only = state.graph.node(&name).is_some_and(|n| n.read_only);
+        if read_only {
+            return Err(BlockError::ImageReadOnly);
+        }
+        // Raw images are whole sectors.
+        let bytes = size.div_ceil(512) * 512;
+        if let Some(disk) = state.disk_of_node(&name) {
+            disk.daemon()?
+                .link
+                .request(BlockRequest::Resize { bytes }, &[])?;
+            return Ok(Some(disk.index));
+        }
+        let image = state
+            .graph
+            .protocol_of(&name)
+            .and_then(|p| p.image.clone())
+            .ok_or_else(|| BlockError::NoImage(name.clone()))?;
+        let file = std::fs::File::from(image.try_clone().map_err(BlockError::DupImage)?);
+        let (current, _) = info::image_sizes(&image);
+        let is_device = file
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_block_device());
+        if is_device {
+            if bytes > current {
+                return Err(BlockError::CannotGrowDevice);
+            }
+            return Ok(None);
+        }
+        file.set_len(bytes).map_err(BlockError::Resize)?;
+        Ok(None)
+    }
+
+    /// What the removable-medium commands get: the disk `disk` names (QEMU's lookup and
+    /// errors), which is never removable here.
+    pub fn not_removable(&self, disk: DiskRef) -> BlockError {
+        if self.state.lock().disk(disk).is_none() {
+            return BlockError::DeviceNotFound(disk.name().to_string());
+        }
+        BlockError::NotRemovable(disk.name().to_string())
+    }
+
+    /// What blockdev-insert-medium gets: the node must exist, then the disk named by
+    /// exactly one of `device` and `id` is not removable.
+    pub fn insert_medium(&self, node: &str, device: Option<&str>, id: Option<&str>) -> BlockError {
+        if !self.node_exists(node) {
+            return BlockError::NodeNotFound(node.to_string());
+        }
+        match DiskRef::exactly_one(device, id) {
+            Ok(disk) => self.not_removable(disk),
+            Err(e) => e,
+        }
+    }
+
+    /// What block_passwd gets: nothing here is encrypted (QEMU 2.x's lookup and
+    /// message).
+    pub fn block_passwd(&self, device: Option<&str>, node: Option<&str>) -> BlockError {
+        let state = self.state.lock();
+        let name = match state.lookup_node(device, node) {
+            Ok(name) => name,
+            Err(e) => return e,
+        };
+        let shown = device
+            .filter(|d| state.disk_by_id(d).is_some())
+            .unwrap_or(&name);
+        BlockError::NotEncrypted(shown.to_string())
+    }
+
+    /// What `change DEVICE TARGET` gets: a medium change, which no disk here accepts.
+    pub fn change(&self, device: &str) -> BlockError {
+        if self.state.lock().disk_by_id(device).is_none() {
+            return BlockError::DeviceNotFound(device.to_string());
+        }
+        BlockError::NotRemovable(device.to_string())
+    }
+
+    pub fn node_exists(&self, name: &str) -> bool {
+        self.state.lock().graph.node(name).is_some()
+    }
+}

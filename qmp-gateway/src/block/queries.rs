@@ -1,0 +1,128 @@
+//! The block layer's answers to QMP's queries: query-block, query-named-block-nodes and
+//! query-blockstats, built from the graph, the thresholds and the daemons' counters.
+
+use std::collections::BTreeMap;
+
+use ipc::{BlockReply, BlockRequest, BlockStats};
+use serde_json::{json, Value};
+
+use super::disk::Disk;
+use super::error::BlockError;
+use super::info;
+use super::BlockLayer;
+
+impl BlockLayer {
+    /// The write threshold set on `node` (0: none).
+    fn threshold(&self, node: &str) -> u64 {
+        self.thresholds.lock().get(node).copied().unwrap_or(0)
+    }
+
+    /// query-block: one BlockInfo per disk.
+    pub fn query_block(&self) -> Value {
+        let state = self.state.lock();
+        let out: Vec<Value> = state
+            .disks
+            .iter()
+            .filter_map(|d| {
+                let node = state.graph.node(&d.root)?;
+                let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
+                Some(json!({
+                    "device": d.id,
+                    "qdev": d.qdev,
+                    "type": "unknown",
+                    "removable": false,
+                    "locked": false,
+                    "io-status": "ok",
+                    "inserted": info::node_info(&state.graph, node, throttle, self.threshold(&d.root)),
+                }))
+            })
+            .collect();
+        Value::Array(out)
+    }
+
+    /// query-named-block-nodes: every node, newest first (as QEMU lists them).
+    pub fn query_named_block_nodes(&self) -> Value {
+        let state = self.state.lock();
+        state
+            .graph
+            .nodes()
+            .iter()
+            .rev()
+            .map(|n| info::node_info(&state.graph, n, None, self.threshold(&n.name)))
+            .collect()
+    }
+
+    /// A disk's counters from its daemon (zeroes while it has none: a restarted daemon
+    /// counts from zero too).
+    fn daemon_stats(disk: &Disk) -> Result<BlockStats, BlockError> {
+        let Some(daemon) = disk.daemon.as_ref() else {
+            return Ok(BlockStats::default());
+        };
+        match daemon.link.request(BlockRequest::Stats, &[])? {
+            BlockReply::Stats(s) => Ok(*s),
+            other => Err(daemon.unexpected("stats", &other).into()),
+        }
+    }
+
+    /// query-blockstats: per disk, or (`query_nodes`) per node.
+    pub fn query_blockstats(&self, query_nodes: bool) -> Result<Value, BlockError> {
+        let state = self.state.lock();
+        let mut stats_of: BTreeMap<String, BlockStats> = BTreeMap::new();
+        for d in &state.disks {
+            stats_of.insert(d.id.clone(), Self::daemon_stats(d)?);
+        }
+        let disk_stats = |node: &str| -> Option<&BlockStats> {
+            state.disk_of_node(node).and_then(|d| stats_of.get(&d.id))
+        };
+        // A node's own entry: node-level stats, its child as "parent", file counters.
+        let node_entry = |name: &str, stats: Value| -> Value {
+            let mut v = json!({"node-name": name, "stats": stats});
+            let Some(node) = state.graph.node(name) else {
+                return v;
+            };
+            let s = disk_stats(name).cloned().unwrap_or_default();
+            if node.driver.is_protocol() {
+                v["driver-specific"] = info::file_driver_stats(&s);
+            }
+            if let Some(child) = &node.child {
+                let mut parent = json!({
+                    "node-name": child,
+                    "stats": info::node_stats(s.wr_highest_offset),
+                });
+                if state
+                    .graph
+                    .node(child)
+                    .is_some_and(|c| c.driver.is_protocol())
+                {
+                    parent["driver-specific"] = info::file_driver_stats(&s);
+                }
+                v["parent"] = parent;
+            }
+            v
+        };
+        let out: Vec<Value> = if query_nodes {
+            state
+                .graph
+                .nodes()
+                .iter()
+                .map(|n| {
+                    let offset = disk_stats(&n.name).map_or(0, |s| s.wr_highest_offset);
+                    node_entry(&n.name, info::node_stats(offset))
+                })
+                .collect()
+        } else {
+            state
+                .disks
+                .iter()
+                .map(|d| {
+                    let s = stats_of.get(&d.id).cloned().unwrap_or_default();
+                    let mut v = node_entry(&d.root, info::device_stats(&s));
+                    v["device"] = json!(d.id);
+                    v["qdev"] = json!(d.qdev);
+                    v
+                })
+                .collect()
+        };
+        Ok(Value::Array(out))
+    }
+}

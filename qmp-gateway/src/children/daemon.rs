@@ -1,0 +1,199 @@
+//! A device daemon as the gateway runs it (a block daemon per disk, a net daemon per
+//! NIC): the child process and its control link, stopped in order (asked to quit, then
+//! killed after a grace period) with how it ended said the way a person would.
+
+use std::fmt::Debug;
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::link::{Link, LinkError, Protocol};
+use super::sandbox::{syscall_name, Policy};
+use super::spawn::{spawn_child, Process, SpawnError};
+
+/// A daemon's control protocol and what the gateway needs to run one.
+pub trait DaemonKind: Protocol {
+    /// Its binary's name, in logs, errors and violation reports ("block-daemon").
+    const PROCESS: &'static str;
+    /// What it is called in sentences ("block daemon").
+    const NAME: &'static str;
+    /// The call that asks it to quit.
+    fn quit() -> Self::Call;
+    /// Whether `answer` is the one its open call expects.
+    fn opened(answer: &Self::Answer) -> bool;
+}
+
+/// Why a daemon could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("starting {}: {error}", binary.display())]
+    Start { binary: PathBuf, error: SpawnError },
+    #[error("{daemon} answered the {call} call with {reply}")]
+    UnexpectedReply {
+        daemon: String,
+        call: &'static str,
+        reply: String,
+    },
+    #[error("connecting to the {daemon} of {device}: {error}")]
+    Connect {
+        daemon: &'static str,
+        device: String,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// How long a daemon that is asked to quit has before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// A running daemon.
+pub struct Daemon<K: DaemonKind> {
+    pub link: Arc<Link<K>>,
+    child: Mutex<Option<Process>>,
+    /// The device it serves, for violation reports.
+    device: String,
+    policy: Policy,
+    /// Set once the gateway stops it: its end is then no news.
+    stopping: Arc<AtomicBool>,
+}
+
+/// How a child ended, as a person would say it.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+impl<K: DaemonKind> Daemon<K> {
+    /// Starts `binary` in gateway mode, sandboxed as `policy` says, to serve `device`
+    /// ("d0"), and opens it with `open` (and `fds`), its first call. `on_event` gets its
+    /// events; if its control channel closes without the gateway having stopped it, the
+    /// device's id goes to `deaths`.
+    pub fn start(
+        binary: &Path,
+        device: &str,
+        policy: &Policy,
+        on_event: impl Fn(K::Event) + Send + 'static,
+        deaths: Sender<String>,
+        open: K::Call,
+        fds: &[BorrowedFd],
+    ) -> Result<Self, DaemonError> {
+        let spawned = Self::spawn(binary, device, policy, on_event, deaths);
+        let daemon = spawned.map_err(|error| DaemonError::Start {
+            binary: binary.to_path_buf(),
+            error,
+        })?;
+        let answer = daemon.link.request(open, fds)?;
+        if !K::opened(&answer) {
+            return Err(daemon.unexpected("open", &answer));
+        }
+        Ok(daemon)
+    }
+
+    fn spawn(
+        binary: &Path,
+        device: &str,
+        policy: &Policy,
+        on_event: impl Fn(K::Event) + Send + 'static,
+        deaths: Sender<String>,
+    ) -> Result<Self, SpawnError> {
+        let (child, conn) = spawn_child(binary, &[], policy.mode)?;
+        let link = Link::new(format!("{} of {device}", K::PROCESS), conn);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let expected = stopping.clone();
+        let id = device.to_string();
+        link.start_reader(on_event, move |why| {
+            if !expected.load(Ordering::SeqCst) {
+                log::warn!("{why}");
+                let _ = deaths.send(id);
+            }
+        })?;
+        Ok(Daemon {
+            link,
+            child: Mutex::new(Some(child)),
+            device: device.to_string(),
+            policy: policy.clone(),
+            stopping,
+        })
+    }
+
+    /// The error for an answer `call` did not expect.
+    pub fn unexpected(&self, call: &'static str, answer: &impl Debug) -> DaemonError {
+        DaemonError::UnexpectedReply {
+            daemon: self.link.name().to_string(),
+            call,
+            reply: format!("{answer:?}"),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().as_ref().map(Process::id)
+    }
+
+    /// Asks the daemon to quit (unless it is already gone) and waits for it, killing it
+    /// (our child, by pid) after `grace`; says how it ended.
+    pub fn stop(&self, grace: Duration) -> Option<String> {
+        let mut child = self.child.lock().take()?;
+        self.stopping.store(true, Ordering::SeqCst);
+        if !self.link.is_closed() {
+            let _ = self.link.request(K::quit(), &[]);
+        }
+        let deadline = Instant::now() + grace;
+        let ended = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break describe(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    log::warn!("{} did not exit; killing it", self.link.name());
+                    let _ = child.kill();
+                    break child
+                        .wait()
+                        .map(describe)
+                        .unwrap_or_else(|e| format!("lost: {e}"));
+                }
+            }
+        };
+        self.link.shutdown();
+        Some(match child.violation() {
+            Some(nr) => {
+                self.policy.report(K::PROCESS, Some(&self.device), nr);
+                format!("{ended}: sandbox violation, {}", syscall_name(nr))
+            }
+            None => ended,
+        })
+    }
+}
+
+impl<K: DaemonKind> Drop for Daemon<K> {
+    fn drop(&mut self) {
+        self.stop(STOP_GRACE);
+    }
+}
+
+/// A connection to the vhost-user socket the gateway bound for `device`'s daemon, for
+/// vmm-core.
+pub fn connect<K: DaemonKind>(socket: &Path, device: &str) -> Result<UnixStream, DaemonError> {
+    UnixStream::connect(socket).map_err(|error| DaemonError::Connect {
+        daemon: K::NAME,
+        device: device.to_string(),
+        error,
+    })
+}
+
+/// Stops the daemon in `slot`, if one runs; says how it ended.
+pub fn stop_slot<K: DaemonKind>(slot: &mut Option<Daemon<K>>) -> Option<String> {
+    slot.take().and_then(|d| d.stop(STOP_GRACE))
+}

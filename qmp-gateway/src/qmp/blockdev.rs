@@ -1,0 +1,381 @@
+//! blockdev-add's arguments: QEMU's BlockdevOptions for the drivers Flotilla serves
+//! (file, host_device, raw), read from JSON into the block layer's node description,
+//! with QEMU's messages for what is missing, mistyped or unexpected. Inline children
+//! (`"file": {...}`) nest; a string names an existing node.
+
+use ipc::DetectZeroes;
+use serde_json::{Map, Value};
+
+use super::args::Arguments;
+use super::protocol::QmpError;
+use super::qapi::{opt, Member, Ty};
+use crate::block::options::{ChildRef, Driver, NodeOptions, Source};
+
+/// blockdev-add's arguments: the node tree to add.
+pub struct BlockdevAdd(pub NodeOptions);
+
+impl Arguments for BlockdevAdd {
+    /// QEMU 2.x's `options` wrapper, or (today's QEMU) the options themselves; `decode`
+    /// checks them as QEMU's BlockdevOptions.
+    const MEMBERS: &'static [Member] = &[
+        opt("options", Ty::Any),
+        opt("driver", Ty::Any),
+        opt("node-name", Ty::Any),
+        opt("discard", Ty::Any),
+        opt("cache", Ty::Any),
+        opt("read-only", Ty::Any),
+        opt("auto-read-only", Ty::Any),
+        opt("force-share", Ty::Any),
+        opt("detect-zeroes", Ty::Any),
+        opt("filename", Ty::Any),
+        opt("aio", Ty::Any),
+        opt("aio-max-batch", Ty::Any),
+        opt("locking", Ty::Any),
+        opt("drop-cache", Ty::Any),
+        opt("x-check-cache-dropped", Ty::Any),
+        opt("pr-manager", Ty::Any),
+        opt("file", Ty::Any),
+        opt("offset", Ty::Any),
+        opt("size", Ty::Any),
+    ];
+
+    fn decode(args: Map<String, Value>) -> Result<Self, QmpError> {
+        // QEMU 2.x wrapped the options in "options"; later QEMU takes them as they are.
+        let obj = match args.get("options") {
+            Some(Value::Object(o)) if args.len() == 1 => o,
+            Some(_) if args.len() == 1 => {
+                return Err(QmpError::generic(
+                    "Invalid parameter type for 'options', expected: object",
+                ))
+            }
+            _ => &args,
+        };
+        Ok(BlockdevAdd(parse(obj, "")?))
+    }
+
+    #[cfg(test)]
+    fn serde_fields() -> Option<&'static [&'static str]> {
+        None
+    }
+}
+
+/// QEMU 7.2's block drivers that Flotilla does not serve (a clear error rather than
+/// "does not accept value").
+const OTHER_QEMU_DRIVERS: &[&str] = &[
+    "blkdebug",
+    "blklogwrites",
+    "blkreplay",
+    "blkverify",
+    "bochs",
+    "cloop",
+    "compress",
+    "copy-before-write",
+    "copy-on-read",
+    "dmg",
+    "snapshot-access",
+    "ftp",
+    "ftps",
+    "gluster",
+    "host_cdrom",
+    "http",
+    "https",
+    "io_uring",
+    "iscsi",
+    "luks",
+    "nbd",
+    "nfs",
+    "null-aio",
+    "null-co",
+    "nvme",
+    "nvme-io_uring",
+    "parallels",
+    "preallocate",
+    "qcow",
+    "qcow2",
+    "qed",
+    "quorum",
+    "rbd",
+    "replication",
+    "ssh",
+    "throttle",
+    "vdi",
+    "vhdx",
+    "virtio-blk-vfio-pci",
+    "virtio-blk-vhost-user",
+    "virtio-blk-vhost-vdpa",
+    "vmdk",
+    "vpc",
+    "vvfat",
+];
+
+const COMMON: &[&str] = &[
+    "driver",
+    "node-name",
+    "discard",
+    "cache",
+    "read-only",
+    "auto-read-only",
+    "force-share",
+    "detect-zeroes",
+];
+const FILE_KEYS: &[&str] = &[
+    "filename",
+    "aio",
+    "aio-max-batch",
+    "locking",
+    "drop-cache",
+    "x-check-cache-dropped",
+    "pr-manager",
+];
+const RAW_KEYS: &[&str] = &["file", "offset", "size"];
+
+struct Reader<'a> {
+    obj: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl Reader<'_> {
+    fn path(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn wrong(&self, key: &str, expected: &str) -> QmpError {
+        QmpError::generic(format!(
+            "Invalid parameter type for '{}', expected: {expected}",
+            self.path(key)
+        ))
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&str>, QmpError> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.wrong(key, "string")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, QmpError> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.wrong(key, "boolean")),
+        }
+    }
+
+    fn int(&self, key: &str) -> Result<Option<i64>, QmpError> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "integer")),
+        }
+    }
+
+    fn choice<'v>(&self, key: &str, values: &[&'v str]) -> Result<Option<&'v str>, QmpError> {
+        match self.str(key)? {
+            None => Ok(None),
+            Some(s) => values
+                .iter()
+                .find(|v| **v == s)
+                .map(|v| Some(*v))
+                .ok_or_else(|| {
+                    QmpError::generic(format!(
+                        "Parameter '{}' does not accept value '{s}'",
+                        self.path(key)
+                    ))
+                }),
+        }
+    }
+}
+
+/// Reads blockdev-add's arguments (or an inline child at `prefix`, e.g. "file.").
+pub fn parse(obj: &Map<String, Value>, prefix: &str) -> Result<NodeOptions, QmpError> {
+    let r = Reader {
+        obj,
+        prefix: prefix.to_string(),
+    };
+    let driver_name = r
+        .str("driver")?
+        .ok_or_else(|| QmpError::generic(format!("Parameter '{}' is missing", r.path("driver"))))?;
+    let driver = match driver_name {
+        "file" => Driver::File,
+        "host_device" => Driver::HostDevice,
+        "raw" => Driver::Raw,
+        other if OTHER_QEMU_DRIVERS.contains(&other) => {
+            return Err(QmpError::generic(format!(
+                "Driver '{other}' is not supported: Flotilla serves the file, host_device and raw drivers"
+            )))
+        }
+        other => {
+            return Err(QmpError::generic(format!(
+                "Parameter '{}' does not accept value '{other}'",
+                r.path("driver")
+            )))
+        }
+    };
+    let own: &[&str] = if driver.is_protocol() {
+        FILE_KEYS
+    } else {
+        RAW_KEYS
+    };
+    if let Some(extra) = obj
+        .keys()
+        .find(|k| !COMMON.contains(&k.as_str()) && !own.contains(&k.as_str()))
+    {
+        return Err(QmpError::generic(format!(
+            "Parameter '{}' is unexpected",
+            r.path(extra)
+        )));
+    }
+    let (mut direct, mut no_flush) = (None, None);
+    match obj.get("cache") {
+        None => {}
+        Some(Value::Object(cache)) => {
+            let c = Reader {
+                obj: cache,
+                prefix: r.path("cache."),
+            };
+            if let Some(extra) = cache.keys().find(|k| *k != "direct" && *k != "no-flush") {
+                return Err(QmpError::generic(format!(
+                    "Parameter '{}' is unexpected",
+                    c.path(extra)
+                )));
+            }
+            direct = c.bool("direct")?;
+            no_flush = c.bool("no-flush")?;
+        }
+        Some(_) => return Err(r.wrong("cache", "object")),
+    }
+    let discard_unmap = r
+        .choice("discard", &["ignore", "unmap"])?
+        .map(|d| d == "unmap");
+    let detect_zeroes = r
+        .choice("detect-zeroes", &["off", "on", "unmap"])?
+        .map(|d| match d {
+            "on" => DetectZeroes::On,
+            "unmap" => DetectZeroes::Unmap,
+            _ => DetectZeroes::Off,
+        });
+    r.bool("auto-read-only")?;
+    r.bool("force-share")?;
+    let source = if driver.is_protocol() {
+        r.choice("aio", &["threads", "native", "io_uring"])?;
+        r.choice("locking", &["off", "on", "auto"])?;
+        r.int("aio-max-batch")?;
+        r.bool("drop-cache")?;
+        r.bool("x-check-cache-dropped")?;
+        r.str("pr-manager")?;
+        let filename = r.str("filename")?.ok_or_else(|| {
+            QmpError::generic(format!("Parameter '{}' is missing", r.path("filename")))
+        })?;
+        Source::Path(filename.to_string())
+    } else {
+        for key in ["offset", "size"] {
+            if r.int(key)?.is_some() {
+                return Err(QmpError::generic(format!(
+                    "Parameter '{}' is not supported: Flotilla's raw driver serves whole images",
+                    r.path(key)
+                )));
+            }
+        }
+        match obj.get("file") {
+            None => {
+                return Err(QmpError::generic(
+                    "A block device must be specified for \"file\"",
+                ))
+            }
+            Some(Value::String(name)) => Source::Child(ChildRef::Node(name.clone())),
+            Some(Value::Object(child)) => {
+                Source::Child(ChildRef::Inline(Box::new(parse(child, &r.path("file."))?)))
+            }
+            Some(_) => return Err(r.wrong("file", "BlockdevRef")),
+        }
+    };
+    Ok(NodeOptions {
+        driver,
+        node_name: r.str("node-name")?.map(str::to_string),
+        read_only: r.bool("read-only")?,
+        direct,
+        no_flush,
+        discard_unmap,
+        detect_zeroes,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_json(v: Value) -> Result<NodeOptions, String> {
+        parse(v.as_object().unwrap(), "").map_err(|e| e.desc)
+    }
+
+    #[test]
+    fn raw_over_an_inline_file() {
+        let o = parse_json(json!({
+            "driver": "raw", "node-name": "r2", "read-only": true,
+            "cache": {"direct": true, "no-flush": false}, "discard": "unmap",
+            "detect-zeroes": "unmap",
+            "file": {"driver": "file", "filename": "/tmp/x.raw", "aio": "io_uring"}
+        }))
+        .unwrap();
+        assert_eq!(o.driver, Driver::Raw);
+        assert_eq!(o.node_name.as_deref(), Some("r2"));
+        assert_eq!(
+            (o.read_only, o.direct, o.no_flush),
+            (Some(true), Some(true), Some(false))
+        );
+        assert_eq!(o.detect_zeroes, Some(DetectZeroes::Unmap));
+        let Source::Child(ChildRef::Inline(child)) = o.source else {
+            panic!("inline child expected");
+        };
+        assert_eq!(child.source, Source::Path("/tmp/x.raw".into()));
+        assert_eq!(child.read_only, None);
+    }
+
+    #[test]
+    fn qemu_messages() {
+        assert_eq!(
+            parse_json(json!({"driver": "bogus"})).unwrap_err(),
+            "Parameter 'driver' does not accept value 'bogus'"
+        );
+        assert!(parse_json(json!({"driver": "qcow2", "file": "f"}))
+            .unwrap_err()
+            .starts_with("Driver 'qcow2' is not supported"));
+        assert_eq!(
+            parse_json(json!({"node-name": "x"})).unwrap_err(),
+            "Parameter 'driver' is missing"
+        );
+        assert_eq!(
+            parse_json(json!({"driver": "file"})).unwrap_err(),
+            "Parameter 'filename' is missing"
+        );
+        assert_eq!(
+            parse_json(
+                json!({"driver": "raw", "file": {"driver": "file", "filename": "a", "bad": 1}})
+            )
+            .unwrap_err(),
+            "Parameter 'file.bad' is unexpected"
+        );
+        assert_eq!(
+            parse_json(json!({"driver": "file", "filename": 3})).unwrap_err(),
+            "Invalid parameter type for 'filename', expected: string"
+        );
+        assert_eq!(
+            parse_json(json!({"driver": "file", "filename": "a", "discard": "maybe"})).unwrap_err(),
+            "Parameter 'discard' does not accept value 'maybe'"
+        );
+        assert_eq!(
+            parse_json(json!({"driver": "raw"})).unwrap_err(),
+            "A block device must be specified for \"file\""
+        );
+        assert_eq!(
+            parse_json(json!({"driver": "file", "filename": "a", "cache": {"writeback": true}}))
+                .unwrap_err(),
+            "Parameter 'cache.writeback' is unexpected"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! Commands for devices this VM does not have (no display, VNC, SPICE, balloon, TPM,
+//! rocker switch, input devices, CPU hotplug...), answered exactly as QEMU 7.2 answers
+//! them when the device is absent, so management tools see a coherent machine.
+
+use ipc::ErrorClass;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::qmp::args::{serde_arguments, Arguments, Int, NoArgs};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Ty};
+
+fn not_active(desc: &str) -> QmpError {
+    QmpError {
+        class: ErrorClass::DeviceNotActive,
+        desc: desc.into(),
+    }
+}
+
+const SPICE: &str = "SPICE is not in use";
+const NO_BALLOON: &str = "No balloon device has been activated";
+
+#[derive(Debug, Deserialize)]
+pub struct Screendump {
+    pub filename: String,
+    pub device: Option<String>,
+    pub head: Option<Int>,
+}
+
+serde_arguments!(
+    Screendump,
+    [
+        req("filename", Ty::Str),
+        opt("device", Ty::Str),
+        opt("head", Ty::Int),
+    ]
+);
+
+/// DisplayProtocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisplayProtocol {
+    Vnc,
+    Spice,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetPassword {
+    pub protocol: DisplayProtocol,
+    pub password: String,
+    pub connected: Option<String>,
+}
+
+serde_arguments!(
+    SetPassword,
+    [
+        req("protocol", Ty::Named("DisplayProtocol")),
+        req("password", Ty::Str),
+        opt("connected", Ty::Str),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+pub struct ExpirePassword {
+    pub protocol: DisplayProtocol,
+    pub time: String,
+}
+
+serde_arguments!(
+    ExpirePassword,
+    [
+        req("protocol", Ty::Named("DisplayProtocol")),
+        req("time", Ty::Str),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClientMigrateInfo {
+    pub protocol: String,
+    pub hostname: String,
+    pub port: Option<Int>,
+    pub tls_port: Option<Int>,
+    pub cert_subject: Option<String>,
+}
+
+serde_arguments!(
+    ClientMigrateInfo,
+    [
+        req("protocol", Ty::Str),
+        req("hostname", Ty::Str),
+        opt("port", Ty::Int),
+        opt("tls-port", Ty::Int),
+        opt("cert-subject", Ty::Str),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+pub struct Balloon {
+    pub value: Int,
+}
+
+serde_arguments!(Balloon, [req("value", Ty::Int)]);
+
+/// A rocker switch's commands' arguments: they name the switch.
+pub trait RockerSwitch {
+    fn name(&self) -> &str;
+}
+
+/// query-rocker, query-rocker-ports.
+#[derive(Debug, Deserialize)]
+pub struct Rocker {
+    pub name: String,
+}
+
+serde_arguments!(Rocker, [req("name", Ty::Str)]);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RockerFlows {
+    pub name: String,
+    pub tbl_id: Option<Int>,
+}
+
+serde_arguments!(RockerFlows, [req("name", Ty::Str), opt("tbl-id", Ty::Int)]);
+
+#[derive(Debug, Deserialize)]
+pub struct RockerGroups {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub group_type: Option<Int>,
+}
+
+serde_arguments!(RockerGroups, [req("name", Ty::Str), opt("type", Ty::Int)]);
+
+impl RockerSwitch for Rocker {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl RockerSwitch for RockerFlows {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl RockerSwitch for RockerGroups {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// InputEvent: its kind, and data that depends on it.
+#[derive(Debug, Deserialize)]
+pub struct InputEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InputSendEvent {
+    pub device: Option<String>,
+    pub head: Option<Int>,
+    pub events: Vec<InputEvent>,
+}
+
+serde_arguments!(
+    InputSendEvent,
+    [
+        opt("device", Ty::Str),
+        opt("head", Ty::Int),
+        req("events", Ty::Array(&Ty::Named("InputEvent"))),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+pub struct XenSetGlobalDirtyLog {
+    pub enable: bool,
+}
+
+serde_arguments!(XenSetGlobalDirtyLog, [req("enable", Ty::Bool)]);
+
+pub fn screendump(_: &mut Ctx, _: Screendump) -> QmpResult {
+    Err(QmpError::generic(
+        "There is no console to take a screendump from",
+    ))
+}
+
+pub fn query_vnc(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(json!({"enabled": false}))
+}
+
+pub fn query_spice(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(json!({"enabled": false, "migrated": false, "mouse-mode": "client"}))
+}
+
+pub fn set_password(_: &mut Ctx, a: SetPassword) -> QmpResult {
+    Err(match a.protocol {
+        DisplayProtocol::Spice => not_active(SPICE),
+        DisplayProtocol::Vnc => QmpError::generic("Could not set password"),
+    })
+}
+
+pub fn expire_password(_: &mut Ctx, a: ExpirePassword) -> QmpResult {
+    Err(match a.protocol {
+        DisplayProtocol::Spice => not_active(SPICE),
+        DisplayProtocol::Vnc => QmpError::generic("Could not set password expire time"),
+    })
+}
+
+pub fn client_migrate_info(_: &mut Ctx, _: ClientMigrateInfo) -> QmpResult {
+    Err(not_active(SPICE))
+}
+
+/// balloon and query-balloon.
+pub fn balloon<A: Arguments>(_: &mut Ctx, _: A) -> QmpResult {
+    Err(not_active(NO_BALLOON))
+}
+
+pub fn empty_list(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(json!([]))
+}
+
+pub fn rocker<A: RockerSwitch>(_: &mut Ctx, a: A) -> QmpResult {
+    Err(QmpError::generic(format!("rocker {} not found", a.name())))
+}
+
+pub fn input_send_event(_: &mut Ctx, a: InputSendEvent) -> QmpResult {
+    match a.events.first() {
+        Some(event) => Err(QmpError::generic(format!(
+            "Input handler not found for event type {}",
+            event.kind
+        ))),
+        None => Ok(json!({})),
+    }
+}
+
+/// No RTC, no Xen: QEMU's answer when there is nothing to act on.
+pub fn nothing_to_do<A: Arguments>(_: &mut Ctx, _: A) -> QmpResult {
+    Ok(json!({}))
+}
+
+pub fn acpi_ospm_status(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Err(QmpError::generic(
+        "command is not supported, missing ACPI device",
+    ))
+}
+
+pub fn hotpluggable_cpus(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Err(QmpError::generic(
+        "The feature 'query-hotpluggable-cpus' is not enabled",
+    ))
+}

@@ -1,0 +1,265 @@
+//! human-monitor-command: the HMP commands that map onto QMP commands of the command
+//! table, run through it and answered with QEMU's HMP text. Unknown commands are
+//! answered as QEMU answers them: a successful return carrying "unknown command: '...'".
+
+use ipc::RunState;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::qmp::args::{serde_arguments, Int};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Ty};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HumanMonitorCommand {
+    pub command_line: String,
+    pub cpu_index: Option<Int>,
+}
+
+serde_arguments!(
+    HumanMonitorCommand,
+    [req("command-line", Ty::Str), opt("cpu-index", Ty::Int)]
+);
+
+/// An HMP command: the QMP command it runs (from the command table, with no
+/// arguments), and how its answer reads in QEMU's HMP.
+pub struct HmpCommand {
+    /// Its words ("info status"), then any short form ("s" for "stop").
+    pub names: &'static [&'static str],
+    /// The QMP command it runs.
+    pub qmp: &'static str,
+    /// The text of the answer (`cpu`: the current CPU's index).
+    text: fn(answer: &Value, cpu: u32) -> String,
+    /// What `info` says of an info command.
+    help: Option<&'static str>,
+}
+
+const fn info(
+    name: &'static [&'static str],
+    qmp: &'static str,
+    text: fn(&Value, u32) -> String,
+    help: &'static str,
+) -> HmpCommand {
+    HmpCommand {
+        names: name,
+        qmp,
+        text,
+        help: Some(help),
+    }
+}
+
+/// A command whose success prints nothing.
+const fn action(names: &'static [&'static str], qmp: &'static str) -> HmpCommand {
+    HmpCommand {
+        names,
+        qmp,
+        text: |_, _| String::new(),
+        help: None,
+    }
+}
+
+/// The HMP commands that map onto QMP commands this gateway serves (`info` lists its
+/// subcommands in this order).
+pub const HMP: &[HmpCommand] = &[
+    info(
+        &["info cpus"],
+        "query-cpus-fast",
+        info_cpus,
+        "show infos for each CPU",
+    ),
+    info(&["info kvm"], "query-kvm", info_kvm, "show KVM information"),
+    info(
+        &["info name"],
+        "query-name",
+        info_name,
+        "show the current VM name",
+    ),
+    info(
+        &["info status"],
+        "query-status",
+        info_status,
+        "show the current VM status (running|paused)",
+    ),
+    info(
+        &["info uuid"],
+        "query-uuid",
+        info_uuid,
+        "show the current VM UUID",
+    ),
+    info(
+        &["info version"],
+        "query-version",
+        info_version,
+        "show the version of QEMU",
+    ),
+    action(&["stop", "s"], "stop"),
+    action(&["cont", "c"], "cont"),
+    action(&["system_reset"], "system_reset"),
+    action(&["system_powerdown"], "system_powerdown"),
+    action(&["quit", "q"], "quit"),
+];
+
+pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
+    let cpus = c.gw.vcpus().len() as i64;
+    // An index beyond int64 counts as none given.
+    let current = match a.cpu_index.and_then(Int::as_i64) {
+        None => 0,
+        Some(i) if (0..cpus).contains(&i) => i as u32,
+        Some(_) => {
+            return Err(QmpError::generic(
+                "Parameter 'cpu-index' expects a CPU number",
+            ))
+        }
+    };
+    let mut words = a.command_line.split_whitespace();
+    // Words after the command's own are ignored, as QEMU ignores them.
+    let name = match (words.next(), words.next()) {
+        (None, _) => return Ok(json!("")),
+        (Some("info"), None) => return Ok(hmp_text(info_help())),
+        (Some("info"), Some(what)) => format!("info {what}"),
+        (Some(command), _) => command.to_string(),
+    };
+    let Some(hmp) = HMP.iter().find(|h| h.names.contains(&name.as_str())) else {
+        return Ok(hmp_text(format!("unknown command: '{name}'\n")));
+    };
+    let text = match run(c, hmp.qmp) {
+        Ok(answer) => (hmp.text)(&answer, current),
+        Err(e) => format!("Error: {}\n", e.desc),
+    };
+    Ok(hmp_text(text))
+}
+
+/// HMP's lines end in CRLF on QMP.
+fn hmp_text(text: String) -> Value {
+    json!(text.replace('\n', "\r\n"))
+}
+
+/// Runs the QMP command `name` from the command table, without arguments.
+fn run(c: &mut Ctx, name: &str) -> QmpResult {
+    let command = c
+        .commands
+        .iter()
+        .find(|command| command.name == name)
+        .ok_or_else(|| QmpError::not_found(format!("The command {name} has not been found")))?;
+    command.handler.run(c, Map::new())
+}
+
+/// `info` alone: the info commands, one line each.
+fn info_help() -> String {
+    HMP.iter()
+        .filter_map(|h| Some(format!("{}  -- {}\n", h.names[0], h.help?)))
+        .collect()
+}
+
+fn info_cpus(cpus: &Value, current: u32) -> String {
+    let field = |cpu: &Value, key: &str| cpu[key].as_i64().unwrap_or_default();
+    cpus.as_array()
+        .into_iter()
+        .flatten()
+        .map(|cpu| {
+            let index = field(cpu, "cpu-index");
+            let mark = if index == i64::from(current) {
+                '*'
+            } else {
+                ' '
+            };
+            let thread = field(cpu, "thread-id");
+            format!("{mark} CPU #{index}: thread_id={thread}\n")
+        })
+        .collect()
+}
+
+fn info_kvm(kvm: &Value, _: u32) -> String {
+    let state = if kvm["enabled"] == true {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    format!("kvm support: {state}\n")
+}
+
+fn info_name(name: &Value, _: u32) -> String {
+    name["name"]
+        .as_str()
+        .map(|n| format!("{n}\n"))
+        .unwrap_or_default()
+}
+
+fn info_uuid(uuid: &Value, _: u32) -> String {
+    format!("{}\n", uuid["UUID"].as_str().unwrap_or_default())
+}
+
+fn info_version(v: &Value, _: u32) -> String {
+    let q = &v["qemu"];
+    format!(
+        "{}.{}.{}{}\n",
+        q["major"],
+        q["minor"],
+        q["micro"],
+        v["package"].as_str().unwrap_or_default()
+    )
+}
+
+fn info_status(status: &Value, _: u32) -> String {
+    let running = status["running"].as_bool().unwrap_or(false);
+    let name = status["status"].as_str().unwrap_or_default();
+    let mut s = format!("VM status: {}", if running { "running" } else { "paused" });
+    if !running && name != RunState::Paused.qmp_name() {
+        s.push_str(&format!(" ({name})"));
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_match_qemu() {
+        let line = |running, status| info_status(&json!({"running": running, "status": status}), 0);
+        assert_eq!(line(true, "running"), "VM status: running\n");
+        assert_eq!(line(false, "paused"), "VM status: paused\n");
+        assert_eq!(line(false, "prelaunch"), "VM status: paused (prelaunch)\n");
+        assert_eq!(
+            line(false, "internal-error"),
+            "VM status: paused (internal-error)\n"
+        );
+    }
+
+    #[test]
+    fn info_lists_its_commands_as_qemu_does() {
+        assert_eq!(
+            info_help(),
+            "info cpus  -- show infos for each CPU\n\
+             info kvm  -- show KVM information\n\
+             info name  -- show the current VM name\n\
+             info status  -- show the current VM status (running|paused)\n\
+             info uuid  -- show the current VM UUID\n\
+             info version  -- show the version of QEMU\n"
+        );
+    }
+
+    #[test]
+    fn answers_read_as_in_qemus_hmp() {
+        let cpus = json!([{"cpu-index": 0, "thread-id": 11}, {"cpu-index": 1, "thread-id": 12}]);
+        assert_eq!(
+            info_cpus(&cpus, 1),
+            "  CPU #0: thread_id=11\n* CPU #1: thread_id=12\n"
+        );
+        assert_eq!(
+            info_kvm(&json!({"enabled": true, "present": true}), 0),
+            "kvm support: enabled\n"
+        );
+        assert_eq!(info_name(&json!({}), 0), "");
+        assert_eq!(info_name(&json!({"name": "vm"}), 0), "vm\n");
+        assert_eq!(info_uuid(&json!({"UUID": "u"}), 0), "u\n");
+        let v = crate::qmp::protocol::version();
+        assert_eq!(
+            info_version(&v, 0),
+            format!("7.2.0{}\n", crate::qmp::protocol::PACKAGE)
+        );
+    }
+}

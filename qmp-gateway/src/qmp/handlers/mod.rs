@@ -1,0 +1,8 @@
+//! The commands' handlers, by area; each takes its command's typed arguments.
+
+pub mod absent;
+pub mod block;
+pub mod fds;
+pub mod hmp;
+pub mod machine;
+pub mod net;

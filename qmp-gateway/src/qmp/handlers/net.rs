@@ -1,0 +1,85 @@
+//! The network commands: arguments typed here, answers from the network layer (which
+//! asks the NICs' daemons where the answer is theirs).
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::net::netdev::NetdevSpec;
+use crate::qmp::args::{serde_arguments, Arguments};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Member, Ty};
+
+/// netdev_add: the backend, read as QEMU's Netdev union (by type) by the network layer,
+/// which the command line shares.
+pub struct NetdevAdd(pub NetdevSpec);
+
+impl Arguments for NetdevAdd {
+    /// Type and id, then the options of every backend type we serve (checked per type
+    /// when decoded).
+    const MEMBERS: &'static [Member] = &[
+        req("type", Ty::Str),
+        req("id", Ty::Str),
+        opt("ifname", Ty::Any),
+        opt("fd", Ty::Any),
+        opt("queues", Ty::Any),
+        opt("script", Ty::Any),
+        opt("downscript", Ty::Any),
+        opt("vhost", Ty::Any),
+        opt("vnet_hdr", Ty::Any),
+        opt("udp", Ty::Any),
+        opt("localaddr", Ty::Any),
+        opt("local", Ty::Any),
+        opt("remote", Ty::Any),
+    ];
+
+    fn decode(args: Map<String, Value>) -> Result<Self, QmpError> {
+        Ok(NetdevAdd(NetdevSpec::from_args(&args)?))
+    }
+
+    #[cfg(test)]
+    fn serde_fields() -> Option<&'static [&'static str]> {
+        None
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NetdevDel {
+    pub id: String,
+}
+
+serde_arguments!(NetdevDel, [req("id", Ty::Str)]);
+
+#[derive(Debug, Deserialize)]
+pub struct SetLink {
+    pub name: String,
+    pub up: bool,
+}
+
+serde_arguments!(SetLink, [req("name", Ty::Str), req("up", Ty::Bool)]);
+
+#[derive(Debug, Deserialize)]
+pub struct QueryRxFilter {
+    pub name: Option<String>,
+}
+
+serde_arguments!(QueryRxFilter, [opt("name", Ty::Str)]);
+
+pub fn netdev_add(c: &mut Ctx, a: NetdevAdd) -> QmpResult {
+    c.gw.net.netdev_add(&a.0, c.named_fds)?;
+    Ok(json!({}))
+}
+
+pub fn netdev_del(c: &mut Ctx, a: NetdevDel) -> QmpResult {
+    c.gw.net.netdev_del(&a.id)?;
+    Ok(json!({}))
+}
+
+pub fn set_link(c: &mut Ctx, a: SetLink) -> QmpResult {
+    c.gw.net.set_link(&a.name, a.up)?;
+    Ok(json!({}))
+}
+
+pub fn query_rx_filter(c: &mut Ctx, a: QueryRxFilter) -> QmpResult {
+    Ok(c.gw.net.query_rx_filter(a.name.as_deref())?)
+}

@@ -4,13 +4,14 @@
 //! whole, so it is rebuilt from the default PIC/IOAPIC routes plus every MSI route.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 /// GSIs below this are the IOAPIC's pins.
@@ -65,12 +66,8 @@ impl MsiRouter {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn allocate_gsi(&self) -> u32 {
-        let mut r = self.lock();
+        let mut r = self.routes.lock();
         let gsi = r.next_gsi;
         r.next_gsi += 1;
         gsi
@@ -78,7 +75,7 @@ impl MsiRouter {
 
     /// Routes `gsi` to `msg`, or removes its route (None), and installs the table.
     pub fn set(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
-        let mut r = self.lock();
+        let mut r = self.routes.lock();
         match msg {
             Some(m) => {
                 r.msi.insert(gsi, m);

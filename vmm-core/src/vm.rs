@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -12,6 +12,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use ipc::{
@@ -22,7 +23,7 @@ use crate::boot::{BootError, BootImage, LoadedKernel};
 use crate::control::Control;
 use crate::cpu::{cpuid, msrs};
 use crate::devices::acpi_pm::AcpiPm;
-use crate::devices::bus::{lock, Bus, OverlapError};
+use crate::devices::bus::{Bus, OverlapError};
 use crate::devices::i8042::I8042;
 use crate::devices::pci::{PciConfigIo, PciEcam, PciError, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
@@ -94,7 +95,7 @@ pub struct PowerButton(Arc<Mutex<AcpiPm>>);
 
 impl PowerButton {
     pub fn press(&self) {
-        lock(&self.0).press_power_button();
+        self.0.lock().press_power_button();
     }
 }
 
@@ -321,10 +322,10 @@ impl Vm {
                 config: blk.config_change_handle(),
                 reconnect: handed,
             });
-            let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
+            let bar = pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
             let device = VirtioPci::new(Box::new(blk), bar.addr, vm.clone(), router.clone())
                 .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
-            lock(&pci).add(Arc::new(Mutex::new(device)))?;
+            pci.lock().add(Arc::new(Mutex::new(device)))?;
         }
         let mut nic_handles = Vec::new();
         for (i, nic) in nics.into_iter().enumerate() {
@@ -347,10 +348,10 @@ impl Vm {
                 link: dev.link_handle(),
                 reconnect: handed,
             });
-            let bar = lock(&pci).allocate_bar(virtio_pci::BAR_SIZE)?;
+            let bar = pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
             let device = VirtioPci::new(Box::new(dev), bar.addr, vm.clone(), router.clone())
                 .map_err(|e| VmError::Disk(format!("nic {i}: {e}")))?;
-            lock(&pci).add(Arc::new(Mutex::new(device)))?;
+            pci.lock().add(Arc::new(Mutex::new(device)))?;
         }
         pio.insert(
             u64::from(ports::I8042_DATA),
@@ -420,7 +421,7 @@ impl Vm {
     fn reset_vcpus(&self) -> Result<(), VmError> {
         for (i, vcpu) in self.vcpus.iter().enumerate() {
             let entry = (i == 0).then_some(&self.loaded.entry);
-            lock(vcpu).reset(entry)?;
+            vcpu.lock().reset(entry)?;
         }
         Ok(())
     }
@@ -456,7 +457,7 @@ impl Vm {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut thread_ids = Vec::new();
         for vcpu in &self.vcpus {
-            let id = lock(vcpu).id;
+            let id = vcpu.lock().id;
             let thread_id = Arc::new(AtomicI32::new(0));
             thread_ids.push(thread_id.clone());
             let thread = VcpuThread {
@@ -605,7 +606,7 @@ impl Runner<'_> {
             .iter()
             .zip(&self.thread_ids)
             .map(|(vcpu, &thread_id)| {
-                let vcpu = lock(vcpu);
+                let vcpu = vcpu.lock();
                 vcpu.sample().map(|(pc, halted)| CpuState {
                     index: vcpu.id as u32,
                     thread_id,
@@ -630,7 +631,7 @@ impl Runner<'_> {
             .vm
             .vcpus
             .iter()
-            .try_for_each(|v| lock(v).nmi())
+            .try_for_each(|v| v.lock().nmi())
             .map_err(|e| RemoteError::generic(e.to_string()));
         if running {
             self.vcpus.request(Request::Run);
@@ -655,7 +656,7 @@ impl Runner<'_> {
                 Ok(VmmReply::Done)
             }
             VmmRequest::SystemPowerdown => {
-                lock(&self.vm.pm).press_power_button();
+                self.vm.pm.lock().press_power_button();
                 self.notify(VmmEvent::Powerdown);
                 Ok(VmmReply::Done)
             }

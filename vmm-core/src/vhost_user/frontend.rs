@@ -16,9 +16,10 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -126,12 +127,7 @@ struct BackendRequests {
 impl BackendRequests {
     fn config_changed(&self) {
         self.config_stale.store(true, Ordering::Release);
-        if let Some(n) = self
-            .notify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(n) = self.notify.lock().as_ref() {
             n.notify();
         }
     }
@@ -195,10 +191,6 @@ struct Link {
     regions: Vec<(u64, u64, u64, u64)>,
     memfd: File,
     requests: Arc<BackendRequests>,
-}
-
-fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
-    link.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Link {
@@ -510,13 +502,13 @@ fn wait_hangup(fd: RawFd) {
 /// The backend's lifeline: waits for it to hang up, then gets and sets up the next one.
 fn supervise(link: Arc<Mutex<Link>>, reconnect: Reconnect, max_queues: usize) {
     loop {
-        let watch = match lock(&link).session.as_ref().map(|s| s.watch.try_clone()) {
+        let watch = match link.lock().session.as_ref().map(|s| s.watch.try_clone()) {
             Some(Ok(w)) => Some(w),
             _ => None,
         };
         if let Some(w) = watch {
             wait_hangup(w.as_raw_fd());
-            let mut l = lock(&link);
+            let mut l = link.lock();
             if l.session.take().is_some() {
                 log::warn!(
                     "{}: the vhost-user backend hung up; guest I/O waits for it",
@@ -541,7 +533,7 @@ fn supervise(link: Arc<Mutex<Link>>, reconnect: Reconnect, max_queues: usize) {
                     Err(_) => return,
                 },
             };
-            let mut l = lock(&link);
+            let mut l = link.lock();
             let result = l.handshake(stream, max_queues).and_then(|()| l.apply());
             match result {
                 Ok(()) => {
@@ -627,7 +619,7 @@ impl VhostUserDevice {
 
     /// For a NIC: the handle QMP's set_link goes through.
     pub fn link_handle(&self) -> Option<LinkHandle> {
-        match &lock(&self.link).kind {
+        match &self.link.lock().kind {
             Kind::Net { link_up, .. } => Some(LinkHandle {
                 up: link_up.clone(),
                 requests: self.requests.clone(),
@@ -639,21 +631,21 @@ impl VhostUserDevice {
 
 impl VirtioDevice for VhostUserDevice {
     fn device_type(&self) -> u16 {
-        match lock(&self.link).kind {
+        match self.link.lock().kind {
             Kind::Blk => VIRTIO_ID_BLOCK,
             Kind::Net { .. } => VIRTIO_ID_NET,
         }
     }
 
     fn pci_class(&self) -> u32 {
-        match lock(&self.link).kind {
+        match self.link.lock().kind {
             Kind::Blk => PCI_CLASS_STORAGE,
             Kind::Net { .. } => PCI_CLASS_NETWORK,
         }
     }
 
     fn num_queues(&self) -> usize {
-        lock(&self.link).num_queues
+        self.link.lock().num_queues
     }
 
     fn queue_max_size(&self) -> u16 {
@@ -661,7 +653,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn features(&self) -> u64 {
-        let l = lock(&self.link);
+        let l = self.link.lock();
         let mut f = l.backend_features
             & !(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
                 | VIRTIO_F_IOMMU_PLATFORM
@@ -685,7 +677,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        let mut l = lock(&self.link);
+        let mut l = self.link.lock();
         l.refresh_config();
         for (i, b) in data.iter_mut().enumerate() {
             *b = l.config.get(offset as usize + i).copied().unwrap_or(0);
@@ -698,7 +690,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn activate(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
-        let mut l = lock(&self.link);
+        let mut l = self.link.lock();
         let n = l.num_queues;
         let mut rings = Vec::new();
         for q in queues.iter().filter(|q| q.index < n) {
@@ -733,7 +725,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn reset(&mut self) {
-        let mut l = lock(&self.link);
+        let mut l = self.link.lock();
         let rings: Vec<usize> = l.rings.iter().map(|r| r.index).collect();
         let protocol = l.protocol;
         if let Some(s) = l.session.as_mut() {
@@ -753,10 +745,6 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn set_config_changed(&mut self, notify: ConfigChanged) {
-        *self
-            .requests
-            .notify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(notify);
+        *self.requests.notify.lock() = Some(notify);
     }
 }

@@ -37,7 +37,9 @@ use crate::layout::{
 };
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
-use crate::vhost_user::{ConfigChangeHandle, Kind, LinkHandle, Reconnect, VhostUserDevice};
+use crate::vhost_user::{
+    Blk, ConfigChangeHandle, Handover, LinkHandle, Net, Reconnect, VhostUserDevice,
+};
 
 /// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
 pub const MAX_XAPIC_CPUS: usize = 255;
@@ -120,47 +122,30 @@ pub struct NicConnection {
 struct DiskHandle {
     config: ConfigChangeHandle,
     /// Connections the gateway hands over after restarting the disk's daemon.
-    reconnect: Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+    reconnect: Option<Handover>,
 }
 
 /// A NIC as the VM's control loop sees it.
 struct NicHandle {
-    link: Option<LinkHandle>,
-    reconnect: Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+    link: LinkHandle,
+    reconnect: Option<Handover>,
 }
 
 /// Gives a device's link thread the connection the gateway sent.
 fn hand_over(
-    to: Option<&std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
+    to: Option<&Handover>,
     fds: Vec<std::os::fd::OwnedFd>,
     what: &str,
 ) -> Result<VmmReply, RemoteError> {
     match (to, fds.into_iter().next()) {
         (Some(tx), Some(fd)) => {
-            let _ = tx.send(std::os::unix::net::UnixStream::from(fd));
+            tx.hand_over(std::os::unix::net::UnixStream::from(fd));
             Ok(VmmReply::Done)
         }
         (None, _) => Err(RemoteError::generic(format!(
             "{what} does not take connections from the gateway"
         ))),
         (_, None) => Err(RemoteError::generic("no connection came with the request")),
-    }
-}
-
-/// Where a device's next backend connection comes from: its path (vmm-core on its own),
-/// or the gateway (the sender half the control loop feeds).
-fn reconnect_source(
-    path: Option<std::path::PathBuf>,
-) -> (
-    Reconnect,
-    Option<std::sync::mpsc::Sender<std::os::unix::net::UnixStream>>,
-) {
-    match path {
-        Some(p) => (Reconnect::Path(p), None),
-        None => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            (Reconnect::Handed(rx), Some(tx))
-        }
     }
 }
 
@@ -308,14 +293,13 @@ impl Vm {
         let router = MsiRouter::new(vm.clone());
         let mut disk_handles = Vec::new();
         for (i, disk) in disks.into_iter().enumerate() {
-            let (reconnect, handed) = reconnect_source(disk.path);
+            let (reconnect, handed) = Reconnect::new(disk.path);
             let blk = VhostUserDevice::new(
                 format!("disk {i}"),
-                Kind::Blk,
+                Blk::new(disk.max_queues),
                 disk.stream,
                 reconnect,
                 &ram,
-                disk.max_queues,
             )
             .map_err(|e| VmError::Disk(format!("disk {i}: {e}")))?;
             disk_handles.push(DiskHandle {
@@ -329,23 +313,14 @@ impl Vm {
         }
         let mut nic_handles = Vec::new();
         for (i, nic) in nics.into_iter().enumerate() {
-            let (reconnect, handed) = reconnect_source(nic.conn.path);
-            let kind = Kind::Net {
-                mac: nic.mac,
-                max_pairs: nic.queue_pairs,
-                link_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            };
-            let dev = VhostUserDevice::new(
-                format!("nic {i}"),
-                kind,
-                nic.conn.stream,
-                reconnect,
-                &ram,
-                nic.conn.max_queues,
-            )
-            .map_err(|e| VmError::Disk(format!("nic {i}: {e}")))?;
+            let (reconnect, handed) = Reconnect::new(nic.conn.path);
+            let net = Net::new(nic.mac, nic.queue_pairs);
+            let link_up = net.link_up();
+            let dev =
+                VhostUserDevice::new(format!("nic {i}"), net, nic.conn.stream, reconnect, &ram)
+                    .map_err(|e| VmError::Disk(format!("nic {i}: {e}")))?;
             nic_handles.push(NicHandle {
-                link: dev.link_handle(),
+                link: LinkHandle::new(link_up, dev.config_change_handle()),
                 reconnect: handed,
             });
             let bar = pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
@@ -670,7 +645,7 @@ impl Runner<'_> {
                 None => Err(RemoteError::generic(format!("no disk {disk}"))),
             },
             VmmRequest::NicSetLink { nic, up } => {
-                match self.vm.nics.get(nic as usize).and_then(|n| n.link.as_ref()) {
+                match self.vm.nics.get(nic as usize).map(|n| &n.link) {
                     Some(l) => {
                         l.set(up);
                         Ok(VmmReply::Done)

@@ -1,7 +1,8 @@
-//! MSI interrupts through KVM: GSIs above the IOAPIC's 24 pins, each routed to an MSI
-//! message and fed by an irqfd, so a device daemon's completion eventfd interrupts the
-//! guest without any vmm-core thread. KVM's routing table is VM-wide and replaced as a
-//! whole, so it is rebuilt from the default PIC/IOAPIC routes plus every MSI route.
+//! Interrupts through KVM's in-kernel controllers. MSI: GSIs above the IOAPIC's 24 pins,
+//! each routed to an MSI message and fed by an irqfd, so a device daemon's completion
+//! eventfd interrupts the guest without any vmm-core thread. KVM's routing table is
+//! VM-wide and replaced as a whole, so it is rebuilt from the default PIC/IOAPIC routes
+//! plus every MSI route. Level-triggered lines (the ACPI SCI): KVM_IRQ_LINE on a GSI.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::IrqLine;
 
 /// GSIs below this are the IOAPIC's pins.
 const FIRST_MSI_GSI: u32 = 24;
@@ -126,5 +129,25 @@ impl MsiRouter {
 
     pub fn vm(&self) -> &Arc<VmFd> {
         &self.vm
+    }
+}
+
+/// A level-triggered ISA/GSI line driven through KVM_IRQ_LINE.
+pub struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl KvmIrqLine {
+    pub fn new(vm: Arc<VmFd>, gsi: u32) -> KvmIrqLine {
+        KvmIrqLine { vm, gsi }
+    }
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+            log::error!("setting GSI {} to {high}: {e}", self.gsi);
+        }
     }
 }

@@ -16,30 +16,28 @@ use kvm_ioctls::{Kvm, VmFd};
 use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{BootError, BootImage};
+use crate::boot::acpi::MAX_XAPIC_CPUS;
+use crate::boot::BootImage;
 use crate::cpu::{cpuid, msrs};
 use crate::devices::acpi_pm::AcpiPm;
-use crate::devices::bus::{Bus, OverlapError};
+use crate::devices::bus::Bus;
 use crate::devices::i8042::I8042;
-use crate::devices::pci::{PciConfigIo, PciEcam, PciError, PciMmioWindow, PciRoot};
+use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
 use crate::devices::serial::{Console, SerialDevice};
 use crate::devices::virtio_pci::{self, VirtioPci};
+use crate::error::{kvm_err, VmError};
 use crate::events::EventSender;
 use crate::interrupts::{KvmIrqLine, MsiRouter};
 use crate::layout::{
     ports, KVM_IDENTITY_MAP, KVM_TSS, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START,
 };
 use crate::memory::{GuestRam, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::vcpu::Vcpu;
 use crate::vhost_user::{
     Blk, ConfigChangeHandle, DeviceModel, Handover, LinkHandle, Net, Reconnect, VhostUserDevice,
-    VhostUserError,
 };
-use crate::vm::{kvm_err, DiskHandle, KvmError, NicHandle, PowerOnChips, Vm};
-
-/// The most vCPUs our MADT can describe with xAPIC ids (0xff is broadcast).
-pub const MAX_XAPIC_CPUS: usize = 255;
+use crate::vm::{DiskHandle, NicHandle, PowerOnChips, Vm};
 
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -71,36 +69,6 @@ pub struct NicConnection {
     pub queue_pairs: u16,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("--cpus 0: a VM needs at least one vCPU")]
-    NoVcpus,
-    #[error("--cpus {requested}: KVM on this host allows at most {max} vCPUs per VM")]
-    TooManyVcpus { requested: usize, max: usize },
-    #[error("--cpus {0}: at most {MAX_XAPIC_CPUS} vCPUs can have xAPIC ids")]
-    TooManyXapicIds(usize),
-    #[error(transparent)]
-    Kvm(#[from] KvmError),
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    #[error("serial console: {0}")]
-    Serial(std::io::Error),
-    #[error(transparent)]
-    Bus(#[from] OverlapError),
-    #[error(transparent)]
-    Pci(#[from] PciError),
-    #[error("building the boot MSR list: {0}")]
-    Msrs(String),
-    #[error("{name}: {error}")]
-    Frontend { name: String, error: VhostUserError },
-    #[error("{name}: {error}")]
-    Transport { name: String, error: String },
-}
-
 /// Builds the VM around an opened /dev/kvm, an already read boot image, an opened
 /// console and connected backends (the caller, the command line or the gateway, opened
 /// whatever paths they name). The vCPUs are ready to run; nothing runs yet.
@@ -111,7 +79,7 @@ pub fn build_vm(
     console: Console,
     disks: Vec<DiskConnection>,
     nics: Vec<NicConnection>,
-) -> Result<Vm, BuildError> {
+) -> Result<Vm, VmError> {
     check_vcpu_count(&kvm, config.cpus)?;
     let ram = GuestRam::new(config.memory_mib)?;
     let vm = create_kvm_vm(&kvm, &ram)?;
@@ -160,19 +128,19 @@ pub fn build_vm(
     Ok(vm)
 }
 
-fn check_vcpu_count(kvm: &Kvm, cpus: usize) -> Result<(), BuildError> {
+fn check_vcpu_count(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
     if cpus == 0 {
-        return Err(BuildError::NoVcpus);
+        return Err(VmError::NoVcpus);
     }
     let max = kvm.get_max_vcpus();
     if cpus > max {
-        return Err(BuildError::TooManyVcpus {
+        return Err(VmError::TooManyVcpus {
             requested: cpus,
             max,
         });
     }
     if cpus > MAX_XAPIC_CPUS {
-        return Err(BuildError::TooManyXapicIds(cpus));
+        return Err(VmError::TooManyXapicIds(cpus));
     }
     if cpus > kvm.get_nr_vcpus() {
         log::warn!(
@@ -184,7 +152,7 @@ fn check_vcpu_count(kvm: &Kvm, cpus: usize) -> Result<(), BuildError> {
 }
 
 /// The KVM VM with guest RAM registered, the in-kernel irqchip and PIT.
-fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, BuildError> {
+fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, VmError> {
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
     vm.set_tss_address(KVM_TSS as usize)
         .map_err(kvm_err("setting the TSS address"))?;
@@ -201,7 +169,7 @@ fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, BuildError> {
     Ok(vm)
 }
 
-fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), BuildError> {
+fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
     for (slot, region) in ram.regions().iter().enumerate() {
         let host = ram.host_addr(region).ok_or_else(|| {
             MemoryError::Mmap(format!("no host mapping for {:#x}", region.guest_addr))
@@ -233,12 +201,12 @@ fn attach_platform_devices(
     events: &EventSender,
     console: &Console,
     pio: &mut Bus,
-) -> Result<Platform, BuildError> {
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Serial)?;
+) -> Result<Platform, VmError> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Serial)?;
     vm.register_irqfd(&serial_irq, ports::COM1_IRQ)
         .map_err(kvm_err("registering the serial irqfd"))?;
     let serial = Arc::new(Mutex::new(
-        SerialDevice::new(serial_irq, console.out.clone()).map_err(BuildError::Serial)?,
+        SerialDevice::new(serial_irq, console.out.clone()).map_err(VmError::Serial)?,
     ));
     let pm = Arc::new(Mutex::new(AcpiPm::new(
         Box::new(KvmIrqLine::new(vm.clone(), ports::SCI_IRQ)),
@@ -269,7 +237,7 @@ fn attach_pci_root(
     events: &EventSender,
     pio: &mut Bus,
     mmio: &mut Bus,
-) -> Result<Arc<Mutex<PciRoot>>, BuildError> {
+) -> Result<Arc<Mutex<PciRoot>>, VmError> {
     let pci = Arc::new(Mutex::new(PciRoot::default()));
     let reset_control = Arc::new(Mutex::new(ResetControl::new(events.clone())));
     pio.insert(
@@ -299,7 +267,7 @@ struct Transports<'a> {
 }
 
 impl Transports<'_> {
-    fn attach_disk(&self, index: usize, disk: DiskConnection) -> Result<DiskHandle, BuildError> {
+    fn attach_disk(&self, index: usize, disk: DiskConnection) -> Result<DiskHandle, VmError> {
         let (config, handover) = self.attach(
             format!("disk {index}"),
             Blk::new(disk.max_queues),
@@ -308,7 +276,7 @@ impl Transports<'_> {
         Ok(DiskHandle { config, handover })
     }
 
-    fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, BuildError> {
+    fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, VmError> {
         let net = Net::new(nic.mac, nic.queue_pairs);
         let link_up = net.link_up();
         let (config, handover) = self.attach(format!("nic {index}"), net, nic.backend)?;
@@ -324,10 +292,10 @@ impl Transports<'_> {
         name: String,
         model: impl DeviceModel,
         backend: BackendConnection,
-    ) -> Result<(ConfigChangeHandle, Option<Handover>), BuildError> {
+    ) -> Result<(ConfigChangeHandle, Option<Handover>), VmError> {
         let (reconnect, handover) = Reconnect::new(backend.path);
         let device = VhostUserDevice::new(name.clone(), model, backend.stream, reconnect, self.ram)
-            .map_err(|error| BuildError::Frontend {
+            .map_err(|error| VmError::Frontend {
                 name: name.clone(),
                 error,
             })?;
@@ -339,14 +307,14 @@ impl Transports<'_> {
             self.vm.clone(),
             self.router.clone(),
         )
-        .map_err(|error| BuildError::Transport { name, error })?;
+        .map_err(|error| VmError::Transport { name, error })?;
         self.pci.lock().add(Arc::new(Mutex::new(transport)))?;
         Ok((config, handover))
     }
 }
 
 /// One vCPU per `cpus`, each with its CPUID (topology) and boot MSRs.
-fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize) -> Result<Vec<Arc<Mutex<Vcpu>>>, BuildError> {
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize) -> Result<Vec<Arc<Mutex<Vcpu>>>, VmError> {
     let supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("reading supported CPUID"))?;
@@ -357,7 +325,7 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize) -> Result<Vec<Arc<Mutex<Vcpu>
     for id in 0..cpus {
         let cpuid = cpuid::for_vcpu(&supported_cpuid, id as u32, cpus as u32);
         let boot_msrs =
-            msrs::boot_msrs(msr_list.as_slice()).map_err(|e| BuildError::Msrs(e.to_string()))?;
+            msrs::boot_msrs(msr_list.as_slice()).map_err(|e| VmError::Msrs(e.to_string()))?;
         vcpus.push(Arc::new(Mutex::new(Vcpu::new(vm, id, &cpuid, boot_msrs)?)));
     }
     Ok(vcpus)

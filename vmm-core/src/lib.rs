@@ -10,6 +10,7 @@ pub mod builder;
 pub mod control;
 pub mod cpu;
 pub mod devices;
+pub mod error;
 pub mod events;
 pub mod interrupts;
 pub mod layout;
@@ -20,8 +21,7 @@ pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;
 
-pub use builder::{
-    build_vm, BackendConnection, BuildError, DiskConnection, NicConnection, VmConfig,
-};
+pub use builder::{build_vm, BackendConnection, DiskConnection, NicConnection, VmConfig};
+pub use error::VmError;
 pub use runner::VmExit;
-pub use vm::{PowerButton, Vm, VmError};
+pub use vm::{PowerButton, Vm};

@@ -14,10 +14,11 @@ use ipc::{
 };
 
 use crate::control::Control;
+use crate::error::VmError;
 use crate::events::VmEvent;
 use crate::vcpu::{self, Request, VcpuControl, VcpuError, VcpuThread};
 use crate::vhost_user::Handover;
-use crate::vm::{Vm, VmError};
+use crate::vm::Vm;
 
 /// How a VM run ended, when it ended well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,20 +309,20 @@ impl Runner<'_> {
                 }
             }
             VmmRequest::DiskReconnect { disk } => {
-                let handed = self
+                let handover = self
                     .vm
                     .disks
                     .get(disk as usize)
                     .and_then(|d| d.handover.as_ref());
-                hand_over(handed, fds, &format!("disk {disk}"))
+                hand_over(handover, fds, &format!("disk {disk}"))
             }
             VmmRequest::NicReconnect { nic } => {
-                let handed = self
+                let handover = self
                     .vm
                     .nics
                     .get(nic as usize)
                     .and_then(|n| n.handover.as_ref());
-                hand_over(handed, fds, &format!("NIC {nic}"))
+                hand_over(handover, fds, &format!("NIC {nic}"))
             }
             // Quit is answered by the event loop, which then ends.
             VmmRequest::Quit(_) => Ok(VmmReply::Done),

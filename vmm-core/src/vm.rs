@@ -13,46 +13,15 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use parking_lot::Mutex;
 
-use crate::boot::{BootError, BootImage, LoadedKernel};
+use crate::boot::{BootImage, LoadedKernel};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::serial::{Console, SerialDevice};
+use crate::error::{kvm_err, KvmError, VmError};
 use crate::events::{EventSender, VmEvent};
-use crate::memory::{GuestRam, MemoryError};
+use crate::memory::GuestRam;
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vhost_user::{ConfigChangeHandle, Handover, LinkHandle};
-
-/// A KVM call on the VM failed; `what` says which.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {error}")]
-pub struct KvmError {
-    pub what: &'static str,
-    pub error: kvm_ioctls::Error,
-}
-
-/// Names a failing KVM call: `.map_err(kvm_err("creating the VM"))`.
-pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
-    move |error| KvmError { what, error }
-}
-
-/// What stops a VM while it runs or resets.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error(transparent)]
-    Kvm(#[from] KvmError),
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    #[error("serial console: {0}")]
-    Serial(std::io::Error),
-    #[error("starting a thread: {0}")]
-    Thread(std::io::Error),
-    #[error("vCPU {vcpu}: {reason}")]
-    VcpuFailed { vcpu: usize, reason: String },
-}
 
 /// Presses the fixed-feature ACPI power button (what QMP system_powerdown does).
 #[derive(Clone)]

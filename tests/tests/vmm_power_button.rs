@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vmm_core::boot::BootImage;
 use vmm_core::devices::serial::Console;
-use vmm_core::{Vm, VmConfig, VmExit};
+use vmm_core::{build_vm, VmConfig, VmExit};
 
 use flotilla_tests::{test_guest, TempDir};
 
@@ -37,7 +37,7 @@ fn power_button_powers_off_the_idle_guest() {
         start_paused: false,
     };
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
-    let vm = Vm::new(kvm, &config, boot, output, Vec::new(), Vec::new()).expect("VM");
+    let vm = build_vm(kvm, &config, boot, output, Vec::new(), Vec::new()).expect("VM");
     let button = vm.power_button();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

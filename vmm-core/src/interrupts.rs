@@ -1,17 +1,21 @@
-//! MSI interrupts through KVM: GSIs above the IOAPIC's 24 pins, each routed to an MSI
-//! message and fed by an irqfd, so a device daemon's completion eventfd interrupts the
-//! guest without any vmm-core thread. KVM's routing table is VM-wide and replaced as a
-//! whole, so it is rebuilt from the default PIC/IOAPIC routes plus every MSI route.
+//! Interrupts through KVM's in-kernel controllers. MSI: GSIs above the IOAPIC's 24 pins,
+//! each routed to an MSI message and fed by an irqfd, so a device daemon's completion
+//! eventfd interrupts the guest without any vmm-core thread. KVM's routing table is
+//! VM-wide and replaced as a whole, so it is rebuilt from the default PIC/IOAPIC routes
+//! plus every MSI route. Level-triggered lines (the ACPI SCI): KVM_IRQ_LINE on a GSI.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::IrqLine;
 
 /// GSIs below this are the IOAPIC's pins.
 const FIRST_MSI_GSI: u32 = 24;
@@ -65,12 +69,8 @@ impl MsiRouter {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn allocate_gsi(&self) -> u32 {
-        let mut r = self.lock();
+        let mut r = self.routes.lock();
         let gsi = r.next_gsi;
         r.next_gsi += 1;
         gsi
@@ -78,7 +78,7 @@ impl MsiRouter {
 
     /// Routes `gsi` to `msg`, or removes its route (None), and installs the table.
     pub fn set(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
-        let mut r = self.lock();
+        let mut r = self.routes.lock();
         match msg {
             Some(m) => {
                 r.msi.insert(gsi, m);
@@ -129,5 +129,25 @@ impl MsiRouter {
 
     pub fn vm(&self) -> &Arc<VmFd> {
         &self.vm
+    }
+}
+
+/// A level-triggered ISA/GSI line driven through KVM_IRQ_LINE.
+pub struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl KvmIrqLine {
+    pub fn new(vm: Arc<VmFd>, gsi: u32) -> KvmIrqLine {
+        KvmIrqLine { vm, gsi }
+    }
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+            log::error!("setting GSI {} to {high}: {e}", self.gsi);
+        }
     }
 }

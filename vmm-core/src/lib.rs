@@ -2,18 +2,26 @@
 //! with the device daemons by fd), runs one thread per vCPU, emulates the platform
 //! devices (UART, ACPI PM, reset), builds the ACPI tables and loads the kernel (Linux
 //! bzImage or PVH ELF). Block and network data never pass through it.
+//!
+//! `builder` assembles a `Vm` (`vm`) from its parts; `runner` runs it (`Vm::run`).
 
 pub mod boot;
+pub mod builder;
 pub mod control;
 pub mod cpu;
 pub mod devices;
+pub mod error;
 pub mod events;
 pub mod interrupts;
 pub mod layout;
 pub mod memory;
+pub mod runner;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;
 
-pub use vm::{DiskConnection, NicConnection, PowerButton, Vm, VmConfig, VmError, VmExit};
+pub use builder::{build_vm, BackendConnection, DiskConnection, NicConnection, VmConfig};
+pub use error::VmError;
+pub use runner::VmExit;
+pub use vm::{PowerButton, Vm};

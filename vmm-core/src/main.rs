@@ -18,7 +18,7 @@ use vmm_core::control::{Control, Launch};
 use vmm_core::devices::serial::Console;
 use vmm_core::events::{EventSender, VmEvent};
 use vmm_core::vhost_user::MAX_QUEUES;
-use vmm_core::{DiskConnection, NicConnection, Vm, VmConfig, VmExit};
+use vmm_core::{build_vm, BackendConnection, DiskConnection, NicConnection, Vm, VmConfig, VmExit};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,10 +55,8 @@ fn parse_vhost_user_blk(s: &str) -> Result<(PathBuf, usize), String> {
                 queues = n
                     .parse()
                     .ok()
-                    .filter(|n| (1..=vmm_core::vhost_user::MAX_QUEUES).contains(n))
-                    .ok_or_else(|| {
-                        format!("queues={n}: 1 to {}", vmm_core::vhost_user::MAX_QUEUES)
-                    })?
+                    .filter(|n| (1..=MAX_QUEUES).contains(n))
+                    .ok_or_else(|| format!("queues={n}: 1 to {MAX_QUEUES}"))?
             }
             _ => return Err(format!("unknown option {opt} (expected queues=N)")),
         }
@@ -130,6 +128,16 @@ fn forward_signals(events: EventSender, set: SigSet) {
     }
 }
 
+/// A backend listening on `path`, which is connected to again if it hangs up.
+fn connect(what: &str, path: PathBuf) -> anyhow::Result<BackendConnection> {
+    let stream =
+        UnixStream::connect(&path).with_context(|| format!("{what} {}", path.display()))?;
+    Ok(BackendConnection {
+        stream,
+        path: Some(path),
+    })
+}
+
 fn run_standalone(
     args: VmArgs,
     disks: Vec<(PathBuf, usize)>,
@@ -147,33 +155,24 @@ fn run_standalone(
     let disks = disks
         .into_iter()
         .map(|(path, max_queues)| {
-            let stream = UnixStream::connect(&path)
-                .with_context(|| format!("vhost-user-blk {}", path.display()))?;
             Ok(DiskConnection {
-                stream,
+                backend: connect("vhost-user-blk", path)?,
                 max_queues,
-                path: Some(path),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let nics = nets
         .into_iter()
         .map(|n| {
-            let stream = UnixStream::connect(&n.path)
-                .with_context(|| format!("vhost-user-net {}", n.path.display()))?;
             Ok(NicConnection {
-                conn: DiskConnection {
-                    stream,
-                    max_queues: MAX_QUEUES,
-                    path: Some(n.path),
-                },
+                backend: connect("vhost-user-net", n.path)?,
                 mac: n.mac,
                 queue_pairs: n.pairs,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
-    let vm = Vm::new(kvm, &config, boot, console, disks, nics)?;
+    let vm = build_vm(kvm, &config, boot, console, disks, nics)?;
     forward_signals(vm.event_sender(), signals);
     Ok(vm.run(None)?)
 }
@@ -214,9 +213,8 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         .iter()
         .map(|d| {
             Ok(DiskConnection {
-                stream: UnixStream::from(next(&format!("disk {}", d.id))?),
+                backend: handed(next(&format!("disk {}", d.id))?),
                 max_queues: d.max_queues as usize,
-                path: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -225,17 +223,21 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         .iter()
         .map(|n| {
             Ok(NicConnection {
-                conn: DiskConnection {
-                    stream: UnixStream::from(next(&format!("NIC {}", n.id))?),
-                    max_queues: MAX_QUEUES,
-                    path: None,
-                },
+                backend: handed(next(&format!("NIC {}", n.id))?),
                 mac: n.mac,
                 queue_pairs: n.queue_pairs.clamp(1, 7) as u16,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Vm::new(kvm, &vm_config, boot, console, disks, nics)?)
+    Ok(build_vm(kvm, &vm_config, boot, console, disks, nics)?)
+}
+
+/// A backend connection the gateway opened; the gateway hands over the next one too.
+fn handed(fd: OwnedFd) -> BackendConnection {
+    BackendConnection {
+        stream: UnixStream::from(fd),
+        path: None,
+    }
 }
 
 fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, CpuId, Msrs,
@@ -12,10 +12,11 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use parking_lot::{Condvar, Mutex};
 
 use crate::boot::BootEntry;
 use crate::cpu::boot_regs;
-use crate::devices::bus::{lock, Bus};
+use crate::devices::bus::Bus;
 use crate::events::{EventSender, VmEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -192,19 +193,19 @@ impl VcpuControl {
     }
 
     pub fn register_thread(&self, thread: libc::pthread_t) {
-        lock(&self.threads).push(thread);
+        self.threads.lock().push(thread);
     }
 
     /// Posts a request and kicks every vCPU out of KVM_RUN; returns its generation.
     pub fn request(&self, request: Request) -> u64 {
         let generation = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.request = request;
             st.generation += 1;
             st.generation
         };
         self.cv.notify_all();
-        for t in lock(&self.threads).iter() {
+        for t in self.threads.lock().iter() {
             // SAFETY: the thread ids belong to vCPU threads we spawned and have not
             // joined; the kick signal's handler is installed before they start.
             unsafe { libc::pthread_kill(*t, kick_signal()) };
@@ -214,9 +215,9 @@ impl VcpuControl {
 
     /// Waits until every vCPU parked (or exited) after request `generation`.
     pub fn wait_parked(&self, generation: u64) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         while st.parked.iter().any(|g| *g < generation) {
-            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            self.cv.wait(&mut st);
         }
     }
 
@@ -224,7 +225,7 @@ impl VcpuControl {
     /// stopped on its own (`stopped_at` = the generation it stopped in) waits for a
     /// newer request before running again.
     fn wait_runnable(&self, id: usize, stopped_at: Option<u64>) -> (bool, u64) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         loop {
             match st.request {
                 Request::Exit => {
@@ -236,7 +237,7 @@ impl VcpuControl {
                 _ => {
                     st.parked[id] = st.generation;
                     self.cv.notify_all();
-                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    self.cv.wait(&mut st);
                 }
             }
         }
@@ -299,8 +300,8 @@ impl VcpuThread {
         // SAFETY: gettid has no preconditions.
         self.thread_id
             .store(unsafe { libc::gettid() }, Ordering::Release);
-        let id = lock(&self.vcpu).id;
-        KVM_RUN.with(|r| r.set(lock(&self.vcpu).fd.get_kvm_run()));
+        let id = self.vcpu.lock().id;
+        KVM_RUN.with(|r| r.set(self.vcpu.lock().fd.get_kvm_run()));
         let mut stopped_at = None;
         loop {
             let (run, generation) = self.control.wait_runnable(id, stopped_at);
@@ -308,7 +309,7 @@ impl VcpuThread {
                 break;
             }
             stopped_at = None;
-            let mut vcpu = lock(&self.vcpu);
+            let mut vcpu = self.vcpu.lock();
             match self.run_until_stop(&mut vcpu) {
                 Outcome::Kicked => {}
                 Outcome::Stopped => stopped_at = Some(generation),

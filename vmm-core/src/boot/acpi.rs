@@ -25,6 +25,9 @@ const OEM_ID: [u8; 6] = *b"FLOTIL";
 const OEM_TABLE_ID: [u8; 8] = *b"FLOTILLA";
 const OEM_REVISION: u32 = 1;
 
+/// The most vCPUs the MADT can describe with xAPIC ids (0xff is broadcast).
+pub const MAX_XAPIC_CPUS: usize = 255;
+
 /// SLP_TYP value the DSDT's \_S5 announces and PM1a_CNT recognises as "power off".
 pub const SLP_TYP_S5: u8 = 5;
 
@@ -34,7 +37,7 @@ pub enum AcpiError {
     TooLarge { needed: u64, available: u64 },
     #[error("writing ACPI tables to guest memory: {0}")]
     Write(#[from] vm_memory::GuestMemoryError),
-    #[error("{0} vCPUs cannot be described with xAPIC ids (at most 255)")]
+    #[error("{0} vCPUs cannot be described with xAPIC ids (at most {MAX_XAPIC_CPUS})")]
     TooManyCpus(usize),
 }
 
@@ -47,7 +50,7 @@ pub struct AcpiTables {
 impl AcpiTables {
     /// Lays out every table for `cpus` vCPUs starting at `ACPI_TABLES`.
     pub fn build(cpus: usize) -> Result<Self, AcpiError> {
-        if cpus > 255 {
+        if cpus > MAX_XAPIC_CPUS {
             return Err(AcpiError::TooManyCpus(cpus));
         }
         let mut layout = Layout::new(ACPI_TABLES);

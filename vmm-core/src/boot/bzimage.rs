@@ -11,8 +11,8 @@ use linux_loader::bootparam::{
 use linux_loader::loader::{bzimage::BzImage, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::error::BootError;
 use super::memmap::MemoryMapEntry;
-use super::BootError;
 use crate::layout::{CMDLINE, HIGH_RAM_START, ZERO_PAGE};
 
 const SETUP_HEADER_OFFSET: usize = 0x1f1;

@@ -6,8 +6,8 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::error::BootError;
 use super::memmap::MemoryMapEntry;
-use super::BootError;
 use crate::layout::{CMDLINE, PVH_MEMMAP, PVH_MEMMAP_END, PVH_MODLIST, PVH_START_INFO};
 
 // The bindings carry no ByteValued impls; these wrappers add them for writing to memory.

@@ -5,7 +5,7 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot::BootEntry;
+use crate::boot::entry::BootEntry;
 use crate::layout::{BOOT_GDT, PML4};
 
 // Boot GDT: the Linux boot protocol wants __BOOT_CS = 0x10 and __BOOT_DS = 0x18.

@@ -137,13 +137,14 @@ impl BusDevice for AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
 
     #[derive(Clone, Default)]
     struct Line(Arc<Mutex<Vec<bool>>>);
     impl IrqLine for Line {
         fn set_level(&self, high: bool) {
-            self.0.lock().unwrap().push(high);
+            self.0.lock().push(high);
         }
     }
 
@@ -157,14 +158,14 @@ mod tests {
     fn power_button_raises_sci_only_when_enabled_and_clears_on_write_one() {
         let (mut pm, line, _rx) = pm();
         pm.press_power_button();
-        assert!(line.0.lock().unwrap().is_empty());
+        assert!(line.0.lock().is_empty());
         pm.write(EN, &PWRBTN.to_le_bytes());
-        assert_eq!(*line.0.lock().unwrap(), vec![true]);
+        assert_eq!(*line.0.lock(), vec![true]);
         let mut sts = [0u8; 2];
         pm.read(STS, &mut sts);
         assert_eq!(u16::from_le_bytes(sts) & PWRBTN, PWRBTN);
         pm.write(STS, &PWRBTN.to_le_bytes());
-        assert_eq!(*line.0.lock().unwrap(), vec![true, false]);
+        assert_eq!(*line.0.lock(), vec![true, false]);
         pm.read(STS, &mut sts);
         assert_eq!(u16::from_le_bytes(sts), 0);
     }

@@ -1,6 +1,8 @@
 //! Address-range dispatch for port I/O and MMIO exits.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 pub trait BusDevice: Send {
     /// `offset` is relative to the base the device was inserted at.
@@ -66,7 +68,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((r, offset)) => {
-                lock(&r.device).read(offset, data);
+                r.device.lock().read(offset, data);
                 true
             }
             None => {
@@ -79,7 +81,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((r, offset)) => {
-                lock(&r.device).write(offset, data);
+                r.device.lock().write(offset, data);
                 true
             }
             None => false,
@@ -88,15 +90,9 @@ impl Bus {
 
     pub fn reset(&self) {
         for r in &self.ranges {
-            lock(&r.device).reset();
+            r.device.lock().reset();
         }
     }
-}
-
-/// A device that panicked mid-access leaves a poisoned lock; its state is still the best
-/// we have, so keep serving it rather than take every vCPU down.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -125,7 +121,7 @@ mod tests {
         assert!(bus.read(0x3fd, &mut b));
         assert_eq!(b[0], 5);
         assert!(bus.write(0x3f1, &[7]));
-        assert_eq!(dev.lock().unwrap().0, vec![(1, 7)]);
+        assert_eq!(dev.lock().0, vec![(1, 7)]);
     }
 
     #[test]

@@ -6,15 +6,16 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc::host::SerialConfig;
+use parking_lot::Mutex;
 use vm_superio::serial::{Error as UartError, NoEvents};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::{lock, BusDevice};
+use super::bus::BusDevice;
 
 /// Where the guest's serial output goes. Cloneable so a reset can rebuild the UART
 /// around the same console.
@@ -34,9 +35,9 @@ impl Write for SerialOut {
                 out.write_all(buf)?;
                 out.flush()?;
             }
-            SerialOut::File(f) => lock(f).write_all(buf)?,
+            SerialOut::File(f) => f.lock().write_all(buf)?,
             SerialOut::Unix(client) => {
-                let mut client = lock(client);
+                let mut client = client.lock();
                 // A client that went away is forgotten; output is dropped until the next.
                 if let Some(c) = client.as_mut() {
                     if c.write_all(buf).is_err() {
@@ -194,7 +195,7 @@ impl Console {
                             let Ok(writer) = conn.try_clone() else {
                                 continue;
                             };
-                            *lock(&slot) = Some(writer);
+                            *slot.lock() = Some(writer);
                             if let Err(e) = spawn_reader("serial-unix", conn, uart.clone()) {
                                 log::warn!("serial socket reader: {e}");
                             }
@@ -225,7 +226,7 @@ fn spawn_reader(
                 }
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
-                    let taken = lock(&uart).enqueue(rest);
+                    let taken = uart.lock().enqueue(rest);
                     rest = &rest[taken..];
                     if !rest.is_empty() {
                         // The guest has not drained the 64-byte FIFO yet.

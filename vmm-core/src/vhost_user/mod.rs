@@ -1,11 +1,26 @@
 //! vhost-user frontends: vmm-core's side of the devices that device daemons serve. The
 //! daemon gets guest memory (the memfd), the queue layout and the kick/call eventfds;
-//! from then on the data path is guest <-> daemon only. `frontend` holds everything the
-//! device types share (the connection, its replay after a backend restart); the types
-//! differ in `frontend::Kind`.
+//! from then on the data path is guest <-> daemon only.
+//!
+//! - `frontend`: the virtio device the transport sees, common to every device type;
+//! - `link`: the connection to the backend, the driver's setup and its replay;
+//! - `reconnect`: where the next connection comes from when the backend hangs up;
+//! - `backend_requests`: the backend's own messages (a configuration change);
+//! - `model`: the trait a device type implements: `blk` (configuration space from the
+//!   backend) and `net` (vmm-core's own: MAC, link status, queue pairs).
 
+pub mod backend_requests;
+pub mod blk;
 pub mod frontend;
+pub mod link;
+pub mod model;
+pub mod net;
+pub mod reconnect;
 
-pub use frontend::{
-    ConfigChangeHandle, Kind, LinkHandle, Reconnect, VhostUserDevice, VhostUserError, MAX_QUEUES,
-};
+pub use backend_requests::ConfigChangeHandle;
+pub use blk::Blk;
+pub use frontend::VhostUserDevice;
+pub use link::{VhostUserError, MAX_QUEUES};
+pub use model::DeviceModel;
+pub use net::{LinkHandle, Net};
+pub use reconnect::{Handover, Reconnect};

@@ -5,11 +5,12 @@
 
 pub mod config;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use config::{Bar, Ids, PciConfig, COMMAND_MEMORY};
+use parking_lot::Mutex;
 
-use super::bus::{lock, BusDevice, SharedDevice};
+use super::bus::{BusDevice, SharedDevice};
 use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
 
 /// A PCI function as the bus sees it.
@@ -111,27 +112,27 @@ impl PciRoot {
 
     pub fn config_read(&self, bus: u8, dev: u8, func: u8, offset: usize, data: &mut [u8]) {
         match self.function(bus, dev, func) {
-            Some(f) => lock(f).config().read(offset, data),
+            Some(f) => f.lock().config().read(offset, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn config_write(&self, bus: u8, dev: u8, func: u8, offset: usize, data: &[u8]) {
         if let Some(f) = self.function(bus, dev, func) {
-            lock(f).write_config(offset, data);
+            f.lock().write_config(offset, data);
         }
     }
 
     pub fn reset(&self) {
         for f in self.slots.iter().flatten() {
-            lock(f).reset();
+            f.lock().reset();
         }
     }
 
     /// The function and BAR whose range holds `addr` (memory decoding on).
     fn bar_at(&self, addr: u64) -> Option<(SharedFunction, usize, u64)> {
         for f in self.slots.iter().flatten() {
-            let g = lock(f);
+            let g = f.lock();
             let config = g.config();
             if config.command() & COMMAND_MEMORY == 0 {
                 continue;
@@ -184,7 +185,7 @@ const RESET_CONTROL_OFFSET: u64 = 1;
 impl BusDevice for PciConfigIo {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset == RESET_CONTROL_OFFSET && data.len() == 1 {
-            return lock(&self.reset_control).read(0, data);
+            return self.reset_control.lock().read(0, data);
         }
         if offset < 4 {
             let bytes = self.address.to_le_bytes();
@@ -194,14 +195,14 @@ impl BusDevice for PciConfigIo {
             return;
         }
         match self.target(offset - 4) {
-            Some((bus, dev, func, reg)) => lock(&self.root).config_read(bus, dev, func, reg, data),
+            Some((bus, dev, func, reg)) => self.root.lock().config_read(bus, dev, func, reg, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == RESET_CONTROL_OFFSET && data.len() == 1 {
-            return lock(&self.reset_control).write(0, data);
+            return self.reset_control.lock().write(0, data);
         }
         if offset == 0 && data.len() == 4 {
             self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -209,15 +210,15 @@ impl BusDevice for PciConfigIo {
         }
         if offset >= 4 {
             if let Some((bus, dev, func, reg)) = self.target(offset - 4) {
-                lock(&self.root).config_write(bus, dev, func, reg, data);
+                self.root.lock().config_write(bus, dev, func, reg, data);
             }
         }
     }
 
     fn reset(&mut self) {
         self.address = 0;
-        lock(&self.reset_control).reset();
-        lock(&self.root).reset();
+        self.reset_control.lock().reset();
+        self.root.lock().reset();
     }
 }
 
@@ -244,12 +245,12 @@ impl PciEcam {
 impl BusDevice for PciEcam {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let (bus, dev, func, reg) = Self::decode(offset);
-        lock(&self.root).config_read(bus, dev, func, reg, data);
+        self.root.lock().config_read(bus, dev, func, reg, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let (bus, dev, func, reg) = Self::decode(offset);
-        lock(&self.root).config_write(bus, dev, func, reg, data);
+        self.root.lock().config_write(bus, dev, func, reg, data);
     }
 }
 
@@ -266,17 +267,17 @@ impl PciMmioWindow {
 
 impl BusDevice for PciMmioWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let target = lock(&self.root).bar_at(PCI_MMIO_START + offset);
+        let target = self.root.lock().bar_at(PCI_MMIO_START + offset);
         match target {
-            Some((f, bar, off)) => lock(&f).read_bar(bar, off, data),
+            Some((f, bar, off)) => f.lock().read_bar(bar, off, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let target = lock(&self.root).bar_at(PCI_MMIO_START + offset);
+        let target = self.root.lock().bar_at(PCI_MMIO_START + offset);
         if let Some((f, bar, off)) = target {
-            lock(&f).write_bar(bar, off, data);
+            f.lock().write_bar(bar, off, data);
         }
     }
 }

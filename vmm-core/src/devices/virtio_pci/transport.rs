@@ -5,20 +5,22 @@
 //! active no vmm-core thread sits on the data path; the device behind the transport
 //! (a vhost-user backend) gets the eventfds when the driver sets DRIVER_OK.
 
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use virtio::features::VERSION_1;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::pci::config::{Bar, Ids, PciConfig};
-use super::pci::PciFunction;
-use crate::interrupts::{MsiMessage, MsiRouter};
+use super::device::{ActiveQueue, ConfigChanged, VirtioDevice, NO_VECTOR};
+use super::msix::MsixTable;
+use crate::devices::pci::config::{Bar, Ids, PciConfig};
+use crate::devices::pci::PciFunction;
+use crate::interrupts::MsiRouter;
 
-pub const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
+/// PCI ids of a modern virtio device (virtio 1.2, 4.1.2.1): the vendor, and the device
+/// id as this base plus the virtio device id.
+const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
 const VIRTIO_PCI_DEVICE_BASE: u16 = 0x1040;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-pub const NO_VECTOR: u16 = 0xffff;
 
 // BAR 0 layout.
 pub const BAR_SIZE: u64 = 0x8000;
@@ -38,65 +40,10 @@ const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
 
-// Device status bits.
+// Device status bits (virtio 1.2, 2.1).
 const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_DRIVER_OK: u8 = 4;
 const STATUS_NEEDS_RESET: u8 = 0x40;
-
-const MSIX_ENABLE: u16 = 1 << 15;
-const MSIX_FUNCTION_MASK: u16 = 1 << 14;
-
-/// A queue as the driver laid it out, handed to the device on DRIVER_OK.
-pub struct ActiveQueue<'a> {
-    pub index: usize,
-    pub size: u16,
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    pub kick: &'a EventFd,
-    pub call: &'a EventFd,
-}
-
-/// Raises the configuration-change interrupt (called from other threads).
-#[derive(Clone)]
-pub struct ConfigChanged {
-    generation: Arc<AtomicU8>,
-    vector: Arc<AtomicU16>,
-    isr: Arc<AtomicU8>,
-    eventfds: Arc<Vec<EventFd>>,
-}
-
-impl ConfigChanged {
-    pub fn notify(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.isr.fetch_or(2, Ordering::AcqRel);
-        let v = self.vector.load(Ordering::Acquire);
-        if let Some(fd) = self.eventfds.get(usize::from(v)) {
-            if let Err(e) = fd.write(1) {
-                log::warn!("config-change interrupt: {e}");
-            }
-        }
-    }
-}
-
-/// What a virtio device behind the transport provides.
-pub trait VirtioDevice: Send {
-    /// Virtio device type (2: block).
-    fn device_type(&self) -> u16;
-    fn pci_class(&self) -> u32;
-    fn num_queues(&self) -> usize;
-    fn queue_max_size(&self) -> u16;
-    /// Features offered to the driver.
-    fn features(&self) -> u64;
-    fn read_config(&mut self, offset: u64, data: &mut [u8]);
-    fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// The driver set DRIVER_OK.
-    fn activate(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String>;
-    /// The driver reset the device.
-    fn reset(&mut self);
-    /// Hands the device the handle it uses when its configuration changes by itself.
-    fn set_config_changed(&mut self, _notify: ConfigChanged) {}
-}
 
 #[derive(Clone, Copy, Default)]
 struct QueueState {
@@ -120,18 +67,12 @@ impl QueueState {
     }
 }
 
-struct Vector {
-    gsi: u32,
-    entry: [u32; 4],
-    irqfd_on: bool,
-}
-
 pub struct VirtioPci {
     config: PciConfig,
     device: Box<dyn VirtioDevice>,
     msix_cap: usize,
+    msix: MsixTable,
     vm: Arc<VmFd>,
-    router: Arc<MsiRouter>,
     // Common configuration.
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -142,7 +83,6 @@ pub struct VirtioPci {
     kicks: Vec<EventFd>,
     /// BAR 0 address the kick ioeventfds are registered at.
     kicks_at: Option<u64>,
-    vectors: Vec<Vector>,
     config_changed: ConfigChanged,
     activated: bool,
 }
@@ -199,22 +139,14 @@ impl VirtioPci {
         msix.extend_from_slice(&(MSIX_TABLE as u32).to_le_bytes());
         msix.extend_from_slice(&(MSIX_PBA as u32).to_le_bytes());
         let msix_cap = config.add_capability(&msix, &[0, 0, 0, 0xc0]);
-        let eventfds: Result<Vec<EventFd>, _> =
-            (0..nvec).map(|_| EventFd::new(EFD_NONBLOCK)).collect();
-        let eventfds = eventfds.map_err(|e| format!("interrupt eventfd: {e}"))?;
-        let vectors = (0..nvec)
-            .map(|_| Vector {
-                gsi: router.allocate_gsi(),
-                entry: [0, 0, 0, 1],
-                irqfd_on: false,
-            })
-            .collect();
+        let msix = MsixTable::new(nvec, router).map_err(|e| format!("interrupt eventfd: {e}"))?;
+        let config_changed = ConfigChanged::new(msix.eventfds().clone());
         let kicks: Result<Vec<EventFd>, _> = (0..nq).map(|_| EventFd::new(EFD_NONBLOCK)).collect();
         let mut dev = VirtioPci {
             config,
             msix_cap,
+            msix,
             vm,
-            router,
             device_feature_select: 0,
             driver_feature_select: 0,
             driver_features: 0,
@@ -223,13 +155,7 @@ impl VirtioPci {
             queues: vec![QueueState::fresh(device.queue_max_size()); nq],
             kicks: kicks.map_err(|e| format!("kick eventfd: {e}"))?,
             kicks_at: None,
-            vectors,
-            config_changed: ConfigChanged {
-                generation: Arc::new(AtomicU8::new(0)),
-                vector: Arc::new(AtomicU16::new(NO_VECTOR)),
-                isr: Arc::new(AtomicU8::new(0)),
-                eventfds: Arc::new(eventfds),
-            },
+            config_changed,
             activated: false,
             device,
         };
@@ -270,46 +196,10 @@ impl VirtioPci {
         self.config.get16(self.msix_cap + 2)
     }
 
-    /// Makes vector `v`'s irqfd and route match its table entry and the masks.
-    fn sync_vector(&mut self, v: usize) {
+    /// Brings every MSI-X vector in line with the capability's enable and mask bits.
+    fn sync_vectors(&mut self) {
         let control = self.msix_control();
-        let Some(vec) = self.vectors.get_mut(v) else {
-            return;
-        };
-        let address = u64::from(vec.entry[0]) | (u64::from(vec.entry[1]) << 32);
-        let live = control & MSIX_ENABLE != 0
-            && control & MSIX_FUNCTION_MASK == 0
-            && vec.entry[3] & 1 == 0
-            && address != 0;
-        let fd = &self.config_changed.eventfds[v];
-        if live {
-            let msg = MsiMessage {
-                address,
-                data: vec.entry[2],
-            };
-            if let Err(e) = self.router.set(vec.gsi, Some(msg)) {
-                log::error!("MSI route for vector {v}: {e}");
-            }
-            if !vec.irqfd_on {
-                match self.router.register_irqfd(fd, vec.gsi) {
-                    Ok(()) => vec.irqfd_on = true,
-                    Err(e) => log::error!("irqfd for vector {v}: {e}"),
-                }
-            }
-        } else if vec.irqfd_on {
-            // Interrupts raised while masked stay pending in the eventfd; KVM delivers
-            // them when the irqfd is registered again.
-            if let Err(e) = self.router.unregister_irqfd(fd, vec.gsi) {
-                log::error!("irqfd for vector {v}: {e}");
-            }
-            vec.irqfd_on = false;
-        }
-    }
-
-    fn sync_all_vectors(&mut self) {
-        for v in 0..self.vectors.len() {
-            self.sync_vector(v);
-        }
+        self.msix.sync_all(control);
     }
 
     fn reset(&mut self) {
@@ -326,14 +216,12 @@ impl VirtioPci {
         for q in &mut self.queues {
             *q = QueueState::fresh(max);
         }
-        self.config_changed
-            .vector
-            .store(NO_VECTOR, Ordering::Release);
-        self.config_changed.isr.store(0, Ordering::Release);
+        self.config_changed.reset();
     }
 
     fn activate(&mut self) {
-        let nvec = self.vectors.len();
+        let eventfds = self.msix.eventfds();
+        let nvec = eventfds.len();
         let active: Vec<ActiveQueue> = self
             .queues
             .iter()
@@ -347,7 +235,7 @@ impl VirtioPci {
                 used: q.used,
                 kick: &self.kicks[i],
                 // A queue without a vector still needs a call fd; nobody listens to it.
-                call: &self.config_changed.eventfds[if usize::from(q.vector) < nvec {
+                call: &eventfds[if usize::from(q.vector) < nvec {
                     usize::from(q.vector)
                 } else {
                     nvec - 1
@@ -376,7 +264,7 @@ impl VirtioPci {
     }
 
     fn common_read(&mut self, offset: u64) -> u64 {
-        let features = self.device.features() | VIRTIO_F_VERSION_1;
+        let features = self.device.features() | VERSION_1;
         let nq = self.queues.len() as u64;
         let q = self.queues.get(usize::from(self.queue_select)).copied();
         match offset {
@@ -392,10 +280,10 @@ impl VirtioPci {
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            0x10 => u64::from(self.config_changed.vector.load(Ordering::Acquire)),
+            0x10 => u64::from(self.config_changed.vector()),
             0x12 => nq,
             0x14 => u64::from(self.status),
-            0x15 => u64::from(self.config_changed.generation.load(Ordering::Acquire)),
+            0x15 => u64::from(self.config_changed.generation()),
             0x16 => u64::from(self.queue_select),
             0x18 => q.map_or(0, |q| u64::from(q.size)),
             0x1a => q.map_or(u64::from(NO_VECTOR), |q| u64::from(q.vector)),
@@ -409,7 +297,7 @@ impl VirtioPci {
     }
 
     fn common_write(&mut self, offset: u64, value: u64, len: usize) {
-        let nvec = self.vectors.len() as u64;
+        let nvec = self.msix.len() as u64;
         let vector = |v: u64| if v < nvec { v as u16 } else { NO_VECTOR };
         let max = self.device.queue_max_size();
         // 64-bit queue addresses may arrive as two 32-bit halves.
@@ -433,16 +321,13 @@ impl VirtioPci {
                     _ => {}
                 }
             }
-            0x10 => self
-                .config_changed
-                .vector
-                .store(vector(value), Ordering::Release),
+            0x10 => self.config_changed.set_vector(vector(value)),
             0x14 => {
                 let new = value as u8;
                 if new == 0 {
                     return self.reset();
                 }
-                let offered = self.device.features() | VIRTIO_F_VERSION_1;
+                let offered = self.device.features() | VERSION_1;
                 let mut status = new;
                 if status & STATUS_FEATURES_OK != 0 && self.driver_features & !offered != 0 {
                     log::warn!(
@@ -498,53 +383,6 @@ impl VirtioPci {
             _ => {}
         }
     }
-
-    fn msix_table_access(&mut self, offset: u64, data: &mut [u8], write: bool) {
-        let v = (offset / 16) as usize;
-        let word = ((offset % 16) / 4) as usize;
-        let Some(vec) = self.vectors.get_mut(v) else {
-            data.fill(0);
-            return;
-        };
-        if !write {
-            let mut bytes = [0u8; 16];
-            for (i, w) in vec.entry.iter().enumerate() {
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-            }
-            let start = (offset % 16) as usize;
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = bytes.get(start + i).copied().unwrap_or(0);
-            }
-            return;
-        }
-        if data.len() == 4 {
-            vec.entry[word] = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        } else if data.len() == 8 && word.is_multiple_of(2) {
-            vec.entry[word] = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-            vec.entry[word + 1] = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
-        }
-        self.sync_vector(v);
-    }
-
-    /// The PBA: a masked vector whose eventfd holds an unconsumed event is pending.
-    fn pending_bits(&self) -> u64 {
-        let mut bits = 0;
-        for (i, v) in self.vectors.iter().enumerate().take(64) {
-            if v.irqfd_on {
-                continue;
-            }
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&self.config_changed.eventfds[i]),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: polls one valid fd without waiting.
-            if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
-                bits |= 1 << i;
-            }
-        }
-        bits
-    }
 }
 
 fn to_u64(data: &[u8]) -> u64 {
@@ -574,17 +412,15 @@ impl PciFunction for VirtioPci {
         }
         // MSI-X enable / function mask live in the capability's control word.
         if (self.msix_cap..self.msix_cap + 4).contains(&offset) {
-            self.sync_all_vectors();
+            self.sync_vectors();
         }
     }
 
     fn reset(&mut self) {
         VirtioPci::reset(self);
-        for v in &mut self.vectors {
-            v.entry = [0, 0, 0, 1];
-        }
+        self.msix.reset_entries();
         self.config.reset();
-        self.sync_all_vectors();
+        self.sync_vectors();
         if let Err(e) = self.register_kicks() {
             log::error!("virtio reset: {e}");
         }
@@ -604,16 +440,16 @@ impl PciFunction for VirtioPci {
             ISR => {
                 // Reading the ISR acknowledges it.
                 data.fill(0);
-                data[0] = self.config_changed.isr.swap(0, Ordering::AcqRel);
+                data[0] = self.config_changed.take_isr();
             }
             o if (DEVICE_CFG..DEVICE_CFG + DEVICE_CFG_LEN).contains(&o) => {
                 self.device.read_config(o - DEVICE_CFG, data);
             }
-            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.vectors.len() as u64).contains(&o) => {
-                self.msix_table_access(o - MSIX_TABLE, data, false);
+            o if (MSIX_TABLE..MSIX_TABLE + self.msix.table_size()).contains(&o) => {
+                self.msix.read(o - MSIX_TABLE, data);
             }
             o if (MSIX_PBA..MSIX_PBA + 8).contains(&o) => {
-                from_u64(self.pending_bits() >> ((o - MSIX_PBA) * 8), data);
+                from_u64(self.msix.pending_bits() >> ((o - MSIX_PBA) * 8), data);
             }
             _ => data.fill(0),
         }
@@ -635,9 +471,9 @@ impl PciFunction for VirtioPci {
                     let _ = k.write(1);
                 }
             }
-            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.vectors.len() as u64).contains(&o) => {
-                let mut buf = data.to_vec();
-                self.msix_table_access(o - MSIX_TABLE, &mut buf, true);
+            o if (MSIX_TABLE..MSIX_TABLE + self.msix.table_size()).contains(&o) => {
+                let control = self.msix_control();
+                self.msix.write(o - MSIX_TABLE, data, control);
             }
             _ => {}
         }

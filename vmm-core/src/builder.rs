@@ -1,0 +1,332 @@
+//! Assembles a VM from its parts, as Firecracker's builder does: guest memory and the KVM
+//! VM, the platform devices on the port bus, the PCI root with a virtio-pci transport per
+//! vhost-user device, the vCPUs, and the boot image loaded into memory. Each part is
+//! attached by a function of its own, in the order the parts depend on one another; the
+//! result is a `Vm` (vm.rs), which the runner runs. The builder imports the VM, never the
+//! reverse.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use parking_lot::Mutex;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::acpi::MAX_XAPIC_CPUS;
+use crate::boot::BootImage;
+use crate::cpu::{cpuid, msrs};
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::bus::Bus;
+use crate::devices::i8042::I8042;
+use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
+use crate::devices::reset_control::ResetControl;
+use crate::devices::serial::{Console, SerialDevice};
+use crate::devices::virtio_pci::{self, VirtioPci};
+use crate::error::{kvm_err, VmError};
+use crate::events::EventSender;
+use crate::interrupts::{KvmIrqLine, MsiRouter};
+use crate::layout::{
+    ports, KVM_IDENTITY_MAP, KVM_TSS, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START,
+};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::Vcpu;
+use crate::vhost_user::{
+    Blk, ConfigChangeHandle, DeviceModel, Handover, LinkHandle, Net, Reconnect, VhostUserDevice,
+};
+use crate::vm::{DiskHandle, NicHandle, PowerOnChips, Vm};
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub memory_mib: u64,
+    pub cpus: usize,
+    /// Keep the vCPUs stopped until a `Cont` request (run state "prelaunch").
+    pub start_paused: bool,
+}
+
+/// A vhost-user backend over an already connected socket.
+pub struct BackendConnection {
+    pub stream: UnixStream,
+    /// The backend's socket, to connect to again if it hangs up (vmm-core on its own);
+    /// None under the gateway, which hands over a new connection instead.
+    pub path: Option<PathBuf>,
+}
+
+/// A virtio-blk disk served by a vhost-user backend.
+pub struct DiskConnection {
+    pub backend: BackendConnection,
+    /// Most queues the guest gets (the backend may offer fewer).
+    pub max_queues: usize,
+}
+
+/// A virtio-net NIC served by a vhost-user backend.
+pub struct NicConnection {
+    pub backend: BackendConnection,
+    pub mac: [u8; 6],
+    pub queue_pairs: u16,
+}
+
+/// Builds the VM around an opened /dev/kvm, an already read boot image, an opened
+/// console and connected backends (the caller, the command line or the gateway, opened
+/// whatever paths they name). The vCPUs are ready to run; nothing runs yet.
+pub fn build_vm(
+    kvm: Kvm,
+    config: &VmConfig,
+    boot: BootImage,
+    console: Console,
+    disks: Vec<DiskConnection>,
+    nics: Vec<NicConnection>,
+) -> Result<Vm, VmError> {
+    check_vcpu_count(&kvm, config.cpus)?;
+    let ram = GuestRam::new(config.memory_mib)?;
+    let vm = create_kvm_vm(&kvm, &ram)?;
+    let chips = PowerOnChips::capture(&vm)?;
+    let (events, events_rx) = EventSender::channel();
+    let mut pio = Bus::default();
+    let mut mmio = Bus::default();
+    let platform = attach_platform_devices(&vm, &events, &console, &mut pio)?;
+    let pci = attach_pci_root(&events, &mut pio, &mut mmio)?;
+    let transports = Transports {
+        pci: &pci,
+        vm: &vm,
+        router: MsiRouter::new(vm.clone()),
+        ram: &ram,
+    };
+    let disks = disks
+        .into_iter()
+        .enumerate()
+        .map(|(i, disk)| transports.attach_disk(i, disk))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nics = nics
+        .into_iter()
+        .enumerate()
+        .map(|(i, nic)| transports.attach_nic(i, nic))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = create_vcpus(&kvm, &vm, config.cpus)?;
+    let loaded = boot.load(&ram, config.cpus)?;
+    let vm = Vm {
+        vm,
+        ram,
+        boot,
+        loaded,
+        vcpus,
+        chips,
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        pm: platform.pm,
+        events,
+        events_rx,
+        console: Some((console, platform.serial)),
+        start_paused: config.start_paused,
+        disks,
+        nics,
+    };
+    vm.reset_vcpus()?;
+    Ok(vm)
+}
+
+fn check_vcpu_count(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
+    if cpus == 0 {
+        return Err(VmError::NoVcpus);
+    }
+    let max = kvm.get_max_vcpus();
+    if cpus > max {
+        return Err(VmError::TooManyVcpus {
+            requested: cpus,
+            max,
+        });
+    }
+    if cpus > MAX_XAPIC_CPUS {
+        return Err(VmError::TooManyXapicIds(cpus));
+    }
+    if cpus > kvm.get_nr_vcpus() {
+        log::warn!(
+            "{cpus} vCPUs is more than the {} KVM recommends on this host; they will share host CPUs",
+            kvm.get_nr_vcpus()
+        );
+    }
+    Ok(())
+}
+
+/// The KVM VM with guest RAM registered, the in-kernel irqchip and PIT.
+fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, VmError> {
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
+    vm.set_tss_address(KVM_TSS as usize)
+        .map_err(kvm_err("setting the TSS address"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP)
+        .map_err(kvm_err("setting the identity map address"))?;
+    register_ram(&vm, ram)?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("creating the in-kernel irqchip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("creating the in-kernel PIT"))?;
+    Ok(vm)
+}
+
+fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
+    for (slot, region) in ram.regions().iter().enumerate() {
+        let host = ram.host_addr(region).ok_or_else(|| {
+            MemoryError::Mmap(format!("no host mapping for {:#x}", region.guest_addr))
+        })?;
+        let mr = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.guest_addr,
+            memory_size: region.size,
+            userspace_addr: host,
+        };
+        // SAFETY: the mapping behind `host` lives as long as `ram`, which the Vm owns
+        // for as long as the KVM VM exists.
+        unsafe { vm.set_user_memory_region(mr) }.map_err(kvm_err("registering guest RAM"))?;
+    }
+    Ok(())
+}
+
+/// The platform devices the control loop reaches again later.
+struct Platform {
+    serial: Arc<Mutex<SerialDevice>>,
+    pm: Arc<Mutex<AcpiPm>>,
+}
+
+/// COM1 (its interrupt an irqfd), the ACPI PM block (its SCI a KVM IRQ line) and the
+/// i8042's reset line, on the port bus.
+fn attach_platform_devices(
+    vm: &Arc<VmFd>,
+    events: &EventSender,
+    console: &Console,
+    pio: &mut Bus,
+) -> Result<Platform, VmError> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Serial)?;
+    vm.register_irqfd(&serial_irq, ports::COM1_IRQ)
+        .map_err(kvm_err("registering the serial irqfd"))?;
+    let serial = Arc::new(Mutex::new(
+        SerialDevice::new(serial_irq, console.out.clone()).map_err(VmError::Serial)?,
+    ));
+    let pm = Arc::new(Mutex::new(AcpiPm::new(
+        Box::new(KvmIrqLine::new(vm.clone(), ports::SCI_IRQ)),
+        events.clone(),
+    )));
+    pio.insert(u64::from(ports::COM1), 8, serial.clone())?;
+    pio.insert(
+        u64::from(ports::PM_BASE),
+        u64::from(ports::PM_BLOCK_LEN),
+        pm.clone(),
+    )?;
+    pio.insert(
+        u64::from(ports::I8042_DATA),
+        1,
+        Arc::new(Mutex::new(I8042::new(events.clone(), false))),
+    )?;
+    pio.insert(
+        u64::from(ports::I8042_COMMAND),
+        1,
+        Arc::new(Mutex::new(I8042::new(events.clone(), true))),
+    )?;
+    Ok(Platform { serial, pm })
+}
+
+/// PCI bus 0: the configuration ports (which also hold the reset control register), ECAM,
+/// and the window BARs are assigned from.
+fn attach_pci_root(
+    events: &EventSender,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<Arc<Mutex<PciRoot>>, VmError> {
+    let pci = Arc::new(Mutex::new(PciRoot::default()));
+    let reset_control = Arc::new(Mutex::new(ResetControl::new(events.clone())));
+    pio.insert(
+        u64::from(ports::PCI_CONFIG_ADDRESS),
+        u64::from(ports::PCI_CONFIG_LEN),
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone(), reset_control))),
+    )?;
+    mmio.insert(
+        PCI_ECAM,
+        PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam::new(pci.clone()))),
+    )?;
+    mmio.insert(
+        PCI_MMIO_START,
+        PCI_MMIO_END - PCI_MMIO_START,
+        Arc::new(Mutex::new(PciMmioWindow::new(pci.clone()))),
+    )?;
+    Ok(pci)
+}
+
+/// What a vhost-user device needs to sit behind a virtio-pci transport on bus 0.
+struct Transports<'a> {
+    pci: &'a Mutex<PciRoot>,
+    vm: &'a Arc<VmFd>,
+    router: Arc<MsiRouter>,
+    ram: &'a GuestRam,
+}
+
+impl Transports<'_> {
+    fn attach_disk(&self, index: usize, disk: DiskConnection) -> Result<DiskHandle, VmError> {
+        let (config, handover) = self.attach(
+            format!("disk {index}"),
+            Blk::new(disk.max_queues),
+            disk.backend,
+        )?;
+        Ok(DiskHandle { config, handover })
+    }
+
+    fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, VmError> {
+        let net = Net::new(nic.mac, nic.queue_pairs);
+        let link_up = net.link_up();
+        let (config, handover) = self.attach(format!("nic {index}"), net, nic.backend)?;
+        Ok(NicHandle {
+            link: LinkHandle::new(link_up, config),
+            handover,
+        })
+    }
+
+    /// A `model` device served by `backend`, in a slot of its own with its BAR assigned.
+    fn attach(
+        &self,
+        name: String,
+        model: impl DeviceModel,
+        backend: BackendConnection,
+    ) -> Result<(ConfigChangeHandle, Option<Handover>), VmError> {
+        let (reconnect, handover) = Reconnect::new(backend.path);
+        let device = VhostUserDevice::new(name.clone(), model, backend.stream, reconnect, self.ram)
+            .map_err(|error| VmError::Frontend {
+                name: name.clone(),
+                error,
+            })?;
+        let config = device.config_change_handle();
+        let bar = self.pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
+        let transport = VirtioPci::new(
+            Box::new(device),
+            bar.addr,
+            self.vm.clone(),
+            self.router.clone(),
+        )
+        .map_err(|error| VmError::Transport { name, error })?;
+        self.pci.lock().add(Arc::new(Mutex::new(transport)))?;
+        Ok((config, handover))
+    }
+}
+
+/// One vCPU per `cpus`, each with its CPUID (topology) and boot MSRs.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize) -> Result<Vec<Arc<Mutex<Vcpu>>>, VmError> {
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("reading supported CPUID"))?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("reading the MSR index list"))?;
+    let mut vcpus = Vec::with_capacity(cpus);
+    for id in 0..cpus {
+        let cpuid = cpuid::for_vcpu(&supported_cpuid, id as u32, cpus as u32);
+        let boot_msrs =
+            msrs::boot_msrs(msr_list.as_slice()).map_err(|e| VmError::Msrs(e.to_string()))?;
+        vcpus.push(Arc::new(Mutex::new(Vcpu::new(vm, id, &cpuid, boot_msrs)?)));
+    }
+    Ok(vcpus)
+}

@@ -1,0 +1,380 @@
+//! Runs a built VM: one thread per vCPU, and the control loop in the calling thread.
+//! Everything that ends, pauses or resets the run arrives as a `VmEvent` (power-off,
+//! reset requests, vCPU failures, signals, the gateway's requests) and is handled here,
+//! in one place; the run state and the events the gateway sees follow from it.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use ipc::{
+    CpuState, RemoteError, RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmReply, VmmRequest,
+};
+
+use crate::control::Control;
+use crate::error::VmError;
+use crate::events::VmEvent;
+use crate::vcpu::{self, Request, VcpuControl, VcpuError, VcpuThread};
+use crate::vhost_user::Handover;
+use crate::vm::Vm;
+
+/// How a VM run ended, when it ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    PowerOff,
+    Signal(i32),
+    /// The gateway asked vmm-core to quit.
+    Quit,
+    /// The gateway hung up.
+    ControlClosed,
+}
+
+/// Gives a device's link thread the connection the gateway sent.
+fn hand_over(
+    to: Option<&Handover>,
+    fds: Vec<OwnedFd>,
+    what: &str,
+) -> Result<VmmReply, RemoteError> {
+    match (to, fds.into_iter().next()) {
+        (Some(handover), Some(fd)) => {
+            handover.hand_over(UnixStream::from(fd));
+            Ok(VmmReply::Done)
+        }
+        (None, _) => Err(RemoteError::generic(format!(
+            "{what} does not take connections from the gateway"
+        ))),
+        (_, None) => Err(RemoteError::generic("no connection came with the request")),
+    }
+}
+
+impl Vm {
+    /// Runs the guest until it powers off, a signal arrives, the gateway says quit or
+    /// hangs up, or (without a gateway) something fails. With a gateway (`control`), the
+    /// launch request `launch_id` is answered once the vCPU threads exist, and a failed
+    /// vCPU leaves the VM stopped in "internal-error" for the gateway to reset or quit.
+    pub fn run(mut self, control: Option<(&Control, u64)>) -> Result<VmExit, VmError> {
+        vcpu::install_kick_handler().map_err(VmError::Thread)?;
+        if let Some((console, serial)) = self.console.take() {
+            console.start_input(serial).map_err(VmError::Serial)?;
+        }
+        let threads = VcpuThreads::start(&self)?;
+        let mut runner = Runner {
+            vm: self,
+            control: control.map(|(c, _)| c),
+            vcpus: threads.control.clone(),
+            thread_ids: threads.thread_ids.clone(),
+            state: RunState::Prelaunch,
+        };
+        // Started before the launch reply, so the gateway knows the run state by the time
+        // it has that reply (the RunState event travels first on the same channel).
+        if !runner.vm.start_paused {
+            runner.cont_vcpus();
+        }
+        if let Some((control, launch_id)) = control {
+            control
+                .start_reader(runner.vm.events.clone())
+                .map_err(VmError::Thread)?;
+            let vcpus = runner
+                .thread_ids
+                .iter()
+                .enumerate()
+                .map(|(index, &thread_id)| VcpuInfo {
+                    index: index as u32,
+                    thread_id,
+                })
+                .collect();
+            control.reply(launch_id, Ok(VmmReply::Launched { vcpus }));
+        }
+        let result = runner.event_loop();
+        threads.stop();
+        result
+    }
+}
+
+/// One thread per vCPU, and what drives them.
+struct VcpuThreads {
+    control: Arc<VcpuControl>,
+    handles: Vec<JoinHandle<()>>,
+    /// Host thread ids, in vCPU order (what query-cpus-fast reports).
+    thread_ids: Vec<i32>,
+}
+
+impl VcpuThreads {
+    /// Starts the threads and returns once every one is parked and has published its id.
+    fn start(vm: &Vm) -> Result<VcpuThreads, VmError> {
+        let control = Arc::new(VcpuControl::new(vm.vcpus.len()));
+        let mut handles = Vec::new();
+        let mut thread_ids = Vec::new();
+        for vcpu in &vm.vcpus {
+            let id = vcpu.lock().id;
+            let thread_id = Arc::new(AtomicI32::new(0));
+            thread_ids.push(thread_id.clone());
+            let thread = VcpuThread {
+                vcpu: vcpu.clone(),
+                thread_id,
+                control: control.clone(),
+                pio: vm.pio.clone(),
+                mmio: vm.mmio.clone(),
+                events: vm.events.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || thread.run())
+                .map_err(VmError::Thread)?;
+            control.register_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
+            handles.push(handle);
+        }
+        let generation = control.request(Request::Pause);
+        control.wait_parked(generation);
+        Ok(VcpuThreads {
+            control,
+            handles,
+            thread_ids: thread_ids
+                .iter()
+                .map(|t| t.load(Ordering::Acquire))
+                .collect(),
+        })
+    }
+
+    /// Ends every thread and waits for it.
+    fn stop(self) {
+        let generation = self.control.request(Request::Exit);
+        self.control.wait_parked(generation);
+        for t in self.handles {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The control loop's state while the VM runs.
+struct Runner<'a> {
+    vm: Vm,
+    control: Option<&'a Control>,
+    vcpus: Arc<VcpuControl>,
+    thread_ids: Vec<i32>,
+    state: RunState,
+}
+
+impl Runner<'_> {
+    fn notify(&self, event: VmmEvent) {
+        match self.control {
+            Some(c) => c.event(event),
+            None => log::debug!("{event:?}"),
+        }
+    }
+
+    fn set_state(&mut self, state: RunState) {
+        if self.state != state {
+            self.state = state;
+            self.notify(VmmEvent::RunState(state));
+        }
+    }
+
+    fn pause_vcpus(&self) {
+        let generation = self.vcpus.request(Request::Pause);
+        self.vcpus.wait_parked(generation);
+    }
+
+    fn cont_vcpus(&mut self) {
+        self.vcpus.request(Request::Run);
+        self.set_state(RunState::Running);
+    }
+
+    fn stop(&mut self) {
+        if self.state == RunState::Running {
+            self.pause_vcpus();
+            self.set_state(RunState::Paused);
+        }
+    }
+
+    fn cont(&mut self) -> Result<(), RemoteError> {
+        match self.state {
+            RunState::Running => Ok(()),
+            RunState::Paused | RunState::Prelaunch => {
+                self.cont_vcpus();
+                Ok(())
+            }
+            RunState::InternalError | RunState::Shutdown => Err(RemoteError::generic(
+                "Resetting the Virtual Machine is required",
+            )),
+        }
+    }
+
+    /// A platform reset; the VM keeps its run state, except that a VM that cannot run
+    /// (failed, shut down) comes back ready to start, as QEMU's does.
+    fn reset(&mut self, cause: ShutdownCause) -> Result<(), VmError> {
+        self.pause_vcpus();
+        self.vm.reset()?;
+        // Reset requests raised by the old boot (a second write to the reset register,
+        // say) are stale; anything else still matters.
+        let pending: Vec<VmEvent> = self.vm.events_rx.try_iter().collect();
+        pending
+            .into_iter()
+            .filter(|e| !matches!(e, VmEvent::Reset(_)))
+            .for_each(|e| self.vm.events.send(e));
+        self.notify(VmmEvent::Reset(cause));
+        match self.state {
+            RunState::Running => {
+                self.vcpus.request(Request::Run);
+            }
+            RunState::InternalError | RunState::Shutdown => self.set_state(RunState::Prelaunch),
+            RunState::Paused | RunState::Prelaunch => {}
+        }
+        Ok(())
+    }
+
+    fn query_cpus(&self) -> Result<Vec<CpuState>, RemoteError> {
+        let running = self.state == RunState::Running;
+        if running {
+            self.pause_vcpus();
+        }
+        let sampled: Result<Vec<CpuState>, VcpuError> = self
+            .vm
+            .vcpus
+            .iter()
+            .zip(&self.thread_ids)
+            .map(|(vcpu, &thread_id)| {
+                let vcpu = vcpu.lock();
+                vcpu.sample().map(|(pc, halted)| CpuState {
+                    index: vcpu.id as u32,
+                    thread_id,
+                    pc,
+                    halted,
+                })
+            })
+            .collect();
+        if running {
+            self.vcpus.request(Request::Run);
+        }
+        sampled.map_err(|e| RemoteError::generic(e.to_string()))
+    }
+
+    /// An NMI to every vCPU (KVM_NMI needs each vCPU out of KVM_RUN for a moment).
+    fn inject_nmi(&self) -> Result<(), RemoteError> {
+        let running = self.state == RunState::Running;
+        if running {
+            self.pause_vcpus();
+        }
+        let result = self
+            .vm
+            .vcpus
+            .iter()
+            .try_for_each(|v| v.lock().nmi())
+            .map_err(|e| RemoteError::generic(e.to_string()));
+        if running {
+            self.vcpus.request(Request::Run);
+        }
+        result
+    }
+
+    fn handle_request(
+        &mut self,
+        request: VmmRequest,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Result<VmmReply, RemoteError>, VmError> {
+        Ok(match request {
+            VmmRequest::Launch(_) => Err(RemoteError::generic("the VM is already launched")),
+            VmmRequest::Stop => {
+                self.stop();
+                Ok(VmmReply::Done)
+            }
+            VmmRequest::Cont => self.cont().map(|()| VmmReply::Done),
+            VmmRequest::SystemReset => {
+                self.reset(ShutdownCause::HostQmpSystemReset)?;
+                Ok(VmmReply::Done)
+            }
+            VmmRequest::SystemPowerdown => {
+                self.vm.pm.lock().press_power_button();
+                self.notify(VmmEvent::Powerdown);
+                Ok(VmmReply::Done)
+            }
+            VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
+            VmmRequest::InjectNmi => self.inject_nmi().map(|()| VmmReply::Done),
+            VmmRequest::DiskConfigChanged { disk } => match self.vm.disks.get(disk as usize) {
+                Some(d) => {
+                    d.config.raise();
+                    Ok(VmmReply::Done)
+                }
+                None => Err(RemoteError::generic(format!("no disk {disk}"))),
+            },
+            VmmRequest::NicSetLink { nic, up } => {
+                match self.vm.nics.get(nic as usize).map(|n| &n.link) {
+                    Some(l) => {
+                        l.set(up);
+                        Ok(VmmReply::Done)
+                    }
+                    None => Err(RemoteError::generic(format!("no NIC {nic}"))),
+                }
+            }
+            VmmRequest::DiskReconnect { disk } => {
+                let handover = self
+                    .vm
+                    .disks
+                    .get(disk as usize)
+                    .and_then(|d| d.handover.as_ref());
+                hand_over(handover, fds, &format!("disk {disk}"))
+            }
+            VmmRequest::NicReconnect { nic } => {
+                let handover = self
+                    .vm
+                    .nics
+                    .get(nic as usize)
+                    .and_then(|n| n.handover.as_ref());
+                hand_over(handover, fds, &format!("NIC {nic}"))
+            }
+            // Quit is answered by the event loop, which then ends.
+            VmmRequest::Quit(_) => Ok(VmmReply::Done),
+        })
+    }
+
+    fn event_loop(&mut self) -> Result<VmExit, VmError> {
+        loop {
+            // The sender half lives in `self.vm`, so recv only fails if that is gone.
+            let Ok(event) = self.vm.events_rx.recv() else {
+                return Ok(VmExit::PowerOff);
+            };
+            match event {
+                VmEvent::PowerOff => {
+                    self.notify(VmmEvent::Shutdown(ShutdownCause::GuestShutdown));
+                    return Ok(VmExit::PowerOff);
+                }
+                VmEvent::Signal(sig) => {
+                    self.notify(VmmEvent::Shutdown(ShutdownCause::HostSignal));
+                    return Ok(VmExit::Signal(sig));
+                }
+                VmEvent::VcpuFailed { vcpu, reason } => {
+                    if self.control.is_none() {
+                        return Err(VmError::VcpuFailed { vcpu, reason });
+                    }
+                    log::error!("vCPU {vcpu}: {reason}");
+                    self.pause_vcpus();
+                    self.set_state(RunState::InternalError);
+                    self.notify(VmmEvent::VcpuFailed {
+                        vcpu: vcpu as u32,
+                        reason,
+                    });
+                }
+                VmEvent::Reset(source) => {
+                    log::info!("guest reset ({source})");
+                    self.reset(ShutdownCause::GuestReset)?;
+                }
+                VmEvent::Control { id, request, fds } => {
+                    let quit = matches!(request, VmmRequest::Quit(_));
+                    if let VmmRequest::Quit(cause) = request {
+                        self.notify(VmmEvent::Shutdown(cause));
+                    }
+                    let result = self.handle_request(request, fds)?;
+                    if let Some(c) = self.control {
+                        c.reply(id, result);
+                    }
+                    if quit {
+                        return Ok(VmExit::Quit);
+                    }
+                }
+                VmEvent::ControlClosed => return Ok(VmExit::ControlClosed),
+            }
+        }
+    }
+}

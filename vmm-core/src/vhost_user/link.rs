@@ -1,0 +1,483 @@
+//! The link to one vhost-user backend, whatever the device type: the connection
+//! (ownership, virtio and protocol features, queue count, the backend's channel back),
+//! what the driver set up (features, rings and their eventfds), and the replay of that
+//! setup on a new connection.
+//!
+//! The driver's setup is kept apart from the connection, so that when the backend hangs
+//! up the guest keeps running (its kicks wait in the ioeventfds, nothing completes) until
+//! the next backend is connected (`reconnect`). Everything is replayed on it: features,
+//! memory table, the inflight region the first backend created (so the new one restarts
+//! what was in flight), and each ring from the used index in guest memory.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, FrontendReqHandler, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio::features::{ACCESS_PLATFORM, NOTIFICATION_DATA, RING_PACKED};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend_requests::BackendRequests;
+use super::model::DeviceModel;
+use crate::devices::virtio_pci::ActiveQueue;
+use crate::memory::GuestRam;
+
+/// Most queues any device gets.
+pub const MAX_QUEUES: usize = 16;
+/// The largest ring the driver may lay out for a queue.
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+/// Features the transport cannot carry through: it lays out split rings only, with no
+/// IOMMU and no notification data.
+const TRANSPORT_UNSUPPORTED: u64 = ACCESS_PLATFORM | RING_PACKED | NOTIFICATION_DATA;
+
+/// Protocol features this frontend uses when the backend offers them.
+fn wanted_protocol() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    #[error("vhost-user {what}: {error}")]
+    Protocol {
+        what: &'static str,
+        error: vhost::Error,
+    },
+    #[error("backend channel: {0}")]
+    BackendChannel(std::io::Error),
+    #[error("the new backend lacks features the driver uses ({0:#x})")]
+    LostFeatures(u64),
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
+    move |error| VhostUserError::Protocol { what, error }
+}
+
+/// A ring as the driver laid it out, with its own copies of the eventfds.
+struct RingSetup {
+    index: usize,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// One connection to the backend.
+struct Session {
+    frontend: Frontend,
+    /// A second handle on the socket, watched for the backend hanging up.
+    watch: UnixStream,
+}
+
+pub struct Link {
+    /// Names the device in logs ("disk 0", "nic 0").
+    name: String,
+    model: Box<dyn DeviceModel>,
+    session: Option<Session>,
+    /// What the first backend offered: what the guest is offered for good.
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    num_queues: usize,
+    /// Set once the driver has activated the device (DRIVER_OK).
+    acked_features: Option<u64>,
+    rings: Vec<RingSetup>,
+    /// The rings were handed to a backend since the driver set them up: a new backend
+    /// starts from the used index in guest memory, not from 0.
+    rings_started: bool,
+    /// The inflight region the first backend of this activation created.
+    inflight: Option<(VhostUserInflight, File)>,
+    mem: GuestMemoryMmap,
+    /// Guest RAM as the backend maps it: guest address, size, host address, memfd offset.
+    regions: Vec<(u64, u64, u64, u64)>,
+    memfd: File,
+    requests: Arc<BackendRequests>,
+}
+
+impl Link {
+    /// A link with no backend yet; `connect` gives it one.
+    pub fn new(
+        name: String,
+        model: Box<dyn DeviceModel>,
+        ram: &GuestRam,
+        requests: Arc<BackendRequests>,
+    ) -> Result<Link, VhostUserError> {
+        let regions = ram
+            .regions()
+            .iter()
+            .map(|r| {
+                (
+                    r.guest_addr,
+                    r.size,
+                    ram.host_addr(r).unwrap_or(0),
+                    r.file_offset,
+                )
+            })
+            .collect();
+        Ok(Link {
+            name,
+            model,
+            session: None,
+            backend_features: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            num_queues: 1,
+            acked_features: None,
+            rings: Vec::new(),
+            rings_started: false,
+            inflight: None,
+            mem: ram.memory().clone(),
+            regions,
+            memfd: ram
+                .memfd()
+                .try_clone()
+                .map_err(VhostUserError::BackendChannel)?,
+            requests,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn model(&self) -> &dyn DeviceModel {
+        self.model.as_ref()
+    }
+
+    pub fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    /// Takes the backend on `stream` (already connected) and hands it what the driver set
+    /// up, if anything. On failure the link is left without a backend.
+    pub fn connect(&mut self, stream: UnixStream) -> Result<(), VhostUserError> {
+        let result = self.handshake(stream).and_then(|()| self.apply());
+        if result.is_err() {
+            self.session = None;
+        }
+        result
+    }
+
+    /// Ownership, features, protocol features and the backend channel on a fresh socket.
+    fn handshake(&mut self, stream: UnixStream) -> Result<(), VhostUserError> {
+        let watch = stream.try_clone().map_err(VhostUserError::BackendChannel)?;
+        let mut frontend = Frontend::from_stream(stream, MAX_QUEUES as u64);
+        frontend.set_owner().map_err(proto("SET_OWNER"))?;
+        let features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+        if let Some(acked) = self.acked_features {
+            let lost = acked & !features & !self.model.own_features();
+            if lost != 0 {
+                return Err(VhostUserError::LostFeatures(lost));
+            }
+        }
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(proto("GET_PROTOCOL_FEATURES"))?;
+            protocol = offered & wanted_protocol();
+            frontend
+                .set_protocol_features(protocol)
+                .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+        }
+        let backend_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            Some(frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))? as usize)
+        } else {
+            None
+        };
+        let num_queues = self.model.queue_count(features, backend_queues);
+        if self.backend_features != 0 && num_queues < self.num_queues {
+            return Err(VhostUserError::Setup(format!(
+                "the new backend serves {num_queues} queue(s), the guest uses {}",
+                self.num_queues
+            )));
+        }
+        if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            self.serve_backend_requests(&mut frontend, protocol)?;
+        }
+        if self.backend_features == 0 {
+            // The first backend decides what the guest is offered.
+            self.backend_features = features;
+            self.num_queues = num_queues;
+        }
+        self.protocol = protocol;
+        self.session = Some(Session { frontend, watch });
+        self.requests.mark_config_stale();
+        Ok(())
+    }
+
+    /// Gives the backend its channel back to us, served by a thread of its own.
+    fn serve_backend_requests(
+        &self,
+        frontend: &mut Frontend,
+        protocol: VhostUserProtocolFeatures,
+    ) -> Result<(), VhostUserError> {
+        let mut handler = FrontendReqHandler::new(self.requests.clone()).map_err(|e| {
+            VhostUserError::Protocol {
+                what: "backend channel",
+                error: vhost::Error::VhostUserProtocol(e),
+            }
+        })?;
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            handler.set_reply_ack_flag(true);
+        }
+        frontend
+            .set_backend_request_fd(&handler.get_tx_raw_fd())
+            .map_err(proto("SET_BACKEND_REQ_FD"))?;
+        std::thread::Builder::new()
+            .name(format!("{} requests", self.name))
+            .spawn(move || while handler.handle_request().is_ok() {})
+            .map_err(VhostUserError::BackendChannel)?;
+        Ok(())
+    }
+
+    fn host(&self, addr: u64, what: &str) -> Result<u64, VhostUserError> {
+        self.mem
+            .get_host_address(GuestAddress(addr))
+            .map(|p| p as u64)
+            .map_err(|_| {
+                VhostUserError::Setup(format!("{what} at {addr:#x} is outside guest memory"))
+            })
+    }
+
+    /// Hands the driver's setup to the connected backend (after DRIVER_OK, and again
+    /// after every reconnection).
+    fn apply(&mut self) -> Result<(), VhostUserError> {
+        let Some(features) = self.acked_features else {
+            return Ok(());
+        };
+        let mut acked = features & self.backend_features;
+        if !self.protocol.is_empty() {
+            acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        }
+        let regions: Vec<VhostUserMemoryRegionInfo> = self
+            .regions
+            .iter()
+            .map(|&(gpa, size, host, offset)| VhostUserMemoryRegionInfo {
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: host,
+                mmap_offset: offset,
+                mmap_handle: self.memfd.as_raw_fd(),
+            })
+            .collect();
+        let mut ring_addrs = Vec::new();
+        for r in &self.rings {
+            ring_addrs.push((
+                self.host(r.desc, "descriptor table")?,
+                self.host(r.used, "used ring")?,
+                self.host(r.avail, "available ring")?,
+            ));
+        }
+        // A ring handed to a backend before continues from what completed (the used
+        // index); the backend restarts what was in flight from the inflight region.
+        let bases: Vec<u16> = self
+            .rings
+            .iter()
+            .map(|r| {
+                if self.rings_started {
+                    self.mem
+                        .read_obj::<u16>(GuestAddress(r.used + 2))
+                        .unwrap_or(0)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let inflight_wanted = self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+            && !self.rings.is_empty();
+        let queue_size = self.rings.first().map_or(QUEUE_MAX_SIZE, |r| r.size);
+        let num_queues = self.num_queues as u16;
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let f = &mut session.frontend;
+        f.set_features(acked).map_err(proto("SET_FEATURES"))?;
+        f.set_mem_table(&regions).map_err(proto("SET_MEM_TABLE"))?;
+        if inflight_wanted {
+            if self.inflight.is_none() {
+                let ask = VhostUserInflight {
+                    mmap_size: 0,
+                    mmap_offset: 0,
+                    num_queues,
+                    queue_size,
+                };
+                self.inflight = Some(f.get_inflight_fd(&ask).map_err(proto("GET_INFLIGHT_FD"))?);
+            }
+            if let Some((info, file)) = &self.inflight {
+                f.set_inflight_fd(info, file.as_raw_fd())
+                    .map_err(proto("SET_INFLIGHT_FD"))?;
+            }
+        }
+        for ((r, (desc, used, avail)), base) in self.rings.iter().zip(ring_addrs).zip(bases) {
+            let config = VringConfigData {
+                queue_max_size: QUEUE_MAX_SIZE,
+                queue_size: r.size,
+                flags: 0,
+                desc_table_addr: desc,
+                used_ring_addr: used,
+                avail_ring_addr: avail,
+                log_addr: None,
+            };
+            f.set_vring_num(r.index, r.size)
+                .map_err(proto("SET_VRING_NUM"))?;
+            f.set_vring_addr(r.index, &config)
+                .map_err(proto("SET_VRING_ADDR"))?;
+            f.set_vring_base(r.index, base)
+                .map_err(proto("SET_VRING_BASE"))?;
+            f.set_vring_call(r.index, &r.call)
+                .map_err(proto("SET_VRING_CALL"))?;
+            f.set_vring_kick(r.index, &r.kick)
+                .map_err(proto("SET_VRING_KICK"))?;
+            if !self.protocol.is_empty() {
+                f.set_vring_enable(r.index, true)
+                    .map_err(proto("SET_VRING_ENABLE"))?;
+            }
+        }
+        self.rings_started = true;
+        // Kicks the guest made while no backend listened are in the eventfds already;
+        // one more makes sure a backend that waits for a kick looks at each ring.
+        for r in &self.rings {
+            let _ = r.kick.write(1);
+        }
+        Ok(())
+    }
+
+    /// The features the driver is offered: the first backend's, less what the transport
+    /// cannot carry, as the device type offers them, plus what vmm-core serves itself.
+    pub fn offered_features(&self) -> u64 {
+        let backend = self.backend_features
+            & !(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | TRANSPORT_UNSUPPORTED);
+        self.model.offered_features(backend, self.num_queues) | self.model.own_features()
+    }
+
+    /// The configuration space as the driver reads it now.
+    pub fn config_space(&mut self) -> &[u8] {
+        let from_backend = match self.model.backend_config_len() {
+            Some(len) => self.backend_config(len),
+            None => None,
+        };
+        self.model.config_space(self.num_queues, from_backend)
+    }
+
+    /// The backend's configuration space (GET_CONFIG), when it changed since the last
+    /// read; a read that cannot happen now (no backend, an error) happens next time.
+    fn backend_config(&mut self, len: u32) -> Option<Vec<u8>> {
+        if !self.requests.take_config_stale() {
+            return None;
+        }
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return None;
+        }
+        let Some(session) = self.session.as_mut() else {
+            // Read again once a backend is back.
+            self.requests.mark_config_stale();
+            return None;
+        };
+        match session.frontend.get_config(
+            0,
+            len,
+            VhostUserConfigFlags::WRITABLE,
+            &vec![0; len as usize],
+        ) {
+            Ok((_, bytes)) => Some(bytes),
+            Err(e) => {
+                log::warn!("{}: vhost-user GET_CONFIG: {e}", self.name);
+                self.requests.mark_config_stale();
+                None
+            }
+        }
+    }
+
+    /// The driver set DRIVER_OK: records its setup, then hands it to the backend. If the
+    /// backend is away, it gets all this when it is back.
+    pub fn activate(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
+        let mut rings = Vec::new();
+        for q in queues.iter().filter(|q| q.index < self.num_queues) {
+            rings.push(RingSetup {
+                index: q.index,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                kick: q
+                    .kick
+                    .try_clone()
+                    .map_err(|e| format!("kick eventfd: {e}"))?,
+                call: q
+                    .call
+                    .try_clone()
+                    .map_err(|e| format!("call eventfd: {e}"))?,
+            });
+        }
+        self.acked_features = Some(features);
+        self.rings = rings;
+        self.rings_started = false;
+        self.inflight = None;
+        if let Err(e) = self.apply() {
+            match e {
+                VhostUserError::Setup(msg) => return Err(msg),
+                other => self.lost("activating the rings", &other),
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver reset the device: the backend stops its rings, and what the driver set
+    /// up and what was in flight are gone.
+    pub fn reset(&mut self) {
+        let protocol = self.protocol;
+        if let Some(s) = self.session.as_mut() {
+            for r in &self.rings {
+                if !protocol.is_empty() {
+                    let _ = s.frontend.set_vring_enable(r.index, false);
+                }
+                // GET_VRING_BASE stops the ring in the backend.
+                let _ = s.frontend.get_vring_base(r.index);
+            }
+        }
+        self.acked_features = None;
+        self.rings.clear();
+        self.rings_started = false;
+        self.inflight = None;
+    }
+
+    /// The backend failed a call: treat it as gone (the watcher reconnects).
+    fn lost(&mut self, what: &str, e: &VhostUserError) {
+        if self.session.take().is_some() {
+            log::warn!(
+                "{}: {what}: {e}; waiting for the backend to come back",
+                self.name
+            );
+        }
+    }
+
+    /// A handle on the current connection's socket, to watch for the backend hanging up.
+    pub fn watch(&self) -> Option<UnixStream> {
+        self.session.as_ref().and_then(|s| s.watch.try_clone().ok())
+    }
+
+    /// The backend hung up: guest I/O waits for the next one.
+    pub fn hung_up(&mut self) {
+        if self.session.take().is_some() {
+            log::warn!(
+                "{}: the vhost-user backend hung up; guest I/O waits for it",
+                self.name
+            );
+        }
+    }
+}

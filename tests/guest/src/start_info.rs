@@ -2,7 +2,7 @@
 //! address) into a static before anything writes low memory, where the VMM may have put it.
 
 use crate::console;
-use crate::phys::{range_ok, read, slice};
+use crate::phys::{le_u32, le_u64, range_ok, slice};
 use crate::sync::Global;
 
 const MAGIC: u32 = 0x336e_c578;
@@ -98,17 +98,18 @@ fn copy(boot: &mut BootInfo, paddr: u64) {
             .end();
         return;
     }
-    // SAFETY (all reads below): range checked just before each read.
-    let magic = unsafe { read::<u32>(paddr) };
+    // SAFETY: range_ok(paddr, V0_LEN) above; the VMM does not change start_info while we boot.
+    let head = unsafe { slice(paddr, START_INFO_V0_LEN as usize) };
+    let magic = le_u32(head, 0);
     if magic != MAGIC {
         console::error("start_info bad magic=")
             .hex(u64::from(magic))
             .end();
         return;
     }
-    boot.version = unsafe { read::<u32>(paddr + 4) };
-    let cmdline_paddr = unsafe { read::<u64>(paddr + 24) };
-    boot.rsdp = unsafe { read::<u64>(paddr + 32) };
+    boot.version = le_u32(head, 4);
+    let cmdline_paddr = le_u64(head, 24);
+    boot.rsdp = le_u64(head, 32);
     boot.handed_over[0] = (paddr, paddr + START_INFO_V1_LEN);
 
     if cmdline_paddr != 0 {
@@ -122,8 +123,10 @@ fn copy(boot: &mut BootInfo, paddr: u64) {
             .end();
         return;
     }
-    let memmap_paddr = unsafe { read::<u64>(paddr + 40) };
-    let entries = unsafe { read::<u32>(paddr + 48) } as usize;
+    // SAFETY: range_ok(paddr, V1_LEN) just checked; stable as above.
+    let head = unsafe { slice(paddr, START_INFO_V1_LEN as usize) };
+    let memmap_paddr = le_u64(head, 40);
+    let entries = le_u32(head, 48) as usize;
     if entries == 0 {
         console::error("start_info memory map is empty").end();
         return;
@@ -145,12 +148,14 @@ fn copy(boot: &mut BootInfo, paddr: u64) {
         return;
     }
     boot.handed_over[1] = (memmap_paddr, memmap_paddr + len);
-    for (i, slot) in boot.memmap[..used].iter_mut().enumerate() {
-        let entry = memmap_paddr + i as u64 * MEMMAP_ENTRY_LEN;
+    // SAFETY: range_ok(memmap_paddr, len) just checked; the VMM does not change the table.
+    let table = unsafe { slice(memmap_paddr, len as usize) };
+    let entries = table.chunks_exact(MEMMAP_ENTRY_LEN as usize);
+    for (slot, entry) in boot.memmap[..used].iter_mut().zip(entries) {
         *slot = MemRegion {
-            addr: unsafe { read::<u64>(entry) },
-            size: unsafe { read::<u64>(entry + 8) },
-            kind: unsafe { read::<u32>(entry + 16) },
+            addr: le_u64(entry, 0),
+            size: le_u64(entry, 8),
+            kind: le_u32(entry, 16),
         };
     }
     boot.memmap_len = used;

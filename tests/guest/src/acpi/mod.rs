@@ -113,11 +113,16 @@ fn valid_rsdp(addr: u64) -> bool {
     if le_u8(v1, 15) < 2 {
         return true;
     }
-    // SAFETY: as above (length checked first).
+    if !range_ok(addr, 24) {
+        return false;
+    }
+    // SAFETY: the length field's range is checked just above; firmware memory is stable.
     let len = u64::from(unsafe { read::<u32>(addr + 20) });
-    (36..=4096).contains(&len)
-        && range_ok(addr, len)
-        && checksum(unsafe { slice(addr, len as usize) }) == 0
+    if !(36..=4096).contains(&len) || !range_ok(addr, len) {
+        return false;
+    }
+    // SAFETY: range checked just above; firmware memory is stable.
+    checksum(unsafe { slice(addr, len as usize) }) == 0
 }
 
 fn scan_for_rsdp(start: u64, end: u64) -> Option<u64> {

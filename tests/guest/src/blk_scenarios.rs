@@ -8,14 +8,17 @@
 //! Data patterns: sector S of pattern P(seed) is 64 little-endian u64 words, word i =
 //! (seed ^ (S << 16) ^ i) * 0x9E3779B97F4A7C15 (wrapping).
 
+use crate::acpi::power;
 use crate::acpi::Acpi;
-use crate::interrupts::{self, TIMER_VECTOR};
+use crate::arch::halt::halt_until;
+use crate::arch::interrupts;
+use crate::arch::{cpu, memory, tsc, user};
 use crate::pci::{self, Bar};
 use crate::virtio_blk::{
     self, BlkDevice, BlkDevices, BlkQueue, Completion, Op, Request, F_DISCARD, F_FLUSH, F_RO,
     F_WRITE_ZEROES, MAX_QUEUES, SECTOR, S_OK,
 };
-use crate::{apic, cmdline, console, cpu, memory, power, tsc, user};
+use crate::{cmdline, console};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 const WORDS_PER_SECTOR: usize = 64;
@@ -32,8 +35,6 @@ const IRQ_TIMEOUT_MS: u64 = 5_000;
 const RESIZE_TIMEOUT_MS: u64 = 60_000;
 /// Error lines per sweep before the rest are only counted.
 const ERROR_LINES: u32 = 8;
-/// APIC timer period for timed halts (bus clock / 16; 10 ms on KVM's 1 GHz APIC clock).
-const WAKE_TICKS: u32 = 625_000;
 
 pub fn run(name: &[u8], acpi: &Acpi, cmdline: &[u8]) -> ! {
     let functions = pci_setup(acpi, cmdline);
@@ -606,27 +607,6 @@ fn flush(dev: &mut BlkDevice) -> bool {
             false
         }
     }
-}
-
-/// Halts (interrupts on) until `done()` holds, checked with interrupts off after every wake-up,
-/// or `timeout_ms` passes. The local APIC timer wakes the CPU every ~10 ms to look at the TSC.
-pub fn halt_until(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
-    apic::start_periodic_timer(TIMER_VECTOR, WAKE_TICKS);
-    let start = cpu::rdtsc();
-    let limit = tsc::from_ms(timeout_ms);
-    let reached = loop {
-        cpu::disable_interrupts();
-        if done() {
-            break true;
-        }
-        if cpu::rdtsc() - start > limit {
-            break false;
-        }
-        cpu::enable_interrupts_and_halt();
-    };
-    cpu::disable_interrupts();
-    apic::stop_timer();
-    reached
 }
 
 /// One request in slot 0 of `queue`, waiting for its MSI-X interrupt (halted, in ring 0)

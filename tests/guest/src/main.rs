@@ -17,39 +17,25 @@
 #![no_main]
 
 mod acpi;
-mod apic;
+mod arch;
 mod blk_scenarios;
-mod boot;
 mod cmdline;
 mod console;
-mod cpu;
-mod gdt;
-mod interrupts;
-mod ioapic;
-mod memory;
 mod net_scenarios;
 mod netproto;
 mod pci;
-mod phys;
-mod pic;
-mod pit;
-mod power;
 mod scenarios;
-mod smp;
-mod start_info;
 mod sync;
-mod topology;
-mod tsc;
-mod user;
 mod virtio;
 mod virtio_blk;
 mod virtio_net;
 
 use acpi::gas::{Gas, Space};
+use acpi::power::{self, AcpiMode};
 use acpi::Acpi;
+use arch::{apic, cpu, cpus, gdt, interrupts, memory, phys, pic, pit, smp, start_info, topology};
 use console::Line;
 use core::fmt::Write;
-use power::AcpiMode;
 
 /// Rust entry of the BSP, called by the PVH entry code in long mode with the physical address
 /// of `struct hvm_start_info`.
@@ -82,14 +68,14 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     } else {
         console::error("firmware left the local APIC in x2APIC mode: no APs").end();
     }
-    smp::register_bsp();
+    cpus::register_bsp();
     topology::check_this_cpu(0);
     print_info(acpi, mode);
 
     let cpus = if xapic {
         smp::start_aps(acpi, boot)
     } else {
-        smp::online_count()
+        cpus::online_count()
     };
     topology::report();
     console::line("GUEST READY cpus=")

@@ -10,8 +10,11 @@
 //! Only device 0 is used (net-info lists all). The devices live in a static: they are a few
 //! KiB each, and the kernel stack has no guard page.
 
+use crate::acpi::power;
 use crate::acpi::Acpi;
-use crate::blk_scenarios::{self, halt_until};
+use crate::arch::halt::halt_until;
+use crate::arch::{cpu, interrupts, tsc, user};
+use crate::blk_scenarios;
 use crate::netproto::{
     self, Bad, Ipv4, Mac, UdpSpec, ARP_REPLY, ARP_REQUEST, BROADCAST, ETHERTYPE_ARP,
     ETHERTYPE_IPV4, PROTO_ICMP, PROTO_UDP,
@@ -23,7 +26,7 @@ use crate::virtio_net::{
     CTRL_RX_NOBCAST, CTRL_RX_NOMULTI, CTRL_RX_NOUNI, CTRL_RX_PROMISC, CTRL_VLAN_ADD,
     F_CTRL_MAC_ADDR, F_CTRL_RX, F_CTRL_RX_EXTRA, F_CTRL_VLAN, F_CTRL_VQ, MAX_TX_FRAME,
 };
-use crate::{cmdline, console, cpu, interrupts, power, tsc, user};
+use crate::{cmdline, console};
 use core::ops::RangeInclusive;
 use core::sync::atomic::Ordering;
 

@@ -9,10 +9,11 @@
 //! configuration access is a VM exit or two, so the walks read whole dwords.
 
 use crate::acpi::Acpi;
-use crate::cpu::{inl, outl, outw};
-use crate::phys::{mmio_read, mmio_write};
+use crate::arch::cpu::{inl, outl, outw};
+use crate::arch::memory;
+use crate::arch::phys::{mmio_read, mmio_write};
+use crate::console;
 use crate::sync::Global;
-use crate::{console, memory};
 
 pub const MAX_FUNCTIONS: usize = 64;
 const CONFIG_ADDRESS: u16 = 0xcf8;

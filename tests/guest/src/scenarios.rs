@@ -7,9 +7,11 @@
 //! (PCI, virtio-blk) live in blk_scenarios.rs, the `net-*` scenarios (virtio-net) in
 //! net_scenarios.rs.
 
+use crate::acpi::power;
 use crate::acpi::Acpi;
-use crate::user::{self, UserFault};
-use crate::{blk_scenarios, console, cpu, net_scenarios, power};
+use crate::arch::cpu;
+use crate::arch::user::{self, UserFault};
+use crate::{blk_scenarios, console, net_scenarios};
 use core::sync::atomic::Ordering;
 
 const RING3_ITERATIONS: u64 = 100_000_000;
@@ -133,7 +135,7 @@ fn ring3_checks(acpi: &Acpi) -> ! {
 /// A page fault in ring 0 (first address past the identity map): must end in `GUEST PANIC`.
 fn ring0_fault() -> ! {
     // SAFETY: deliberately faults; the #PF handler reports it and halts this CPU.
-    let value = unsafe { crate::phys::mmio_read::<u8>(crate::phys::MAPPED_END) };
+    let value = unsafe { crate::arch::phys::mmio_read::<u8>(crate::arch::phys::MAPPED_END) };
     console::error("fault: read past the identity map returned ")
         .dec(u64::from(value))
         .end();

@@ -15,10 +15,11 @@
 //! event index with EVENT_IDX). Guest memory is identity mapped: addresses in descriptors
 //! are the buffers' own addresses.
 
-use crate::interrupts;
+use crate::arch::interrupts;
+use crate::arch::phys::{mmio_read, mmio_write};
+use crate::arch::{apic, memory};
+use crate::console;
 use crate::pci::{self, Address, Function, MsiX};
-use crate::phys::{mmio_read, mmio_write};
-use crate::{apic, console, memory};
 use core::sync::atomic::{fence, Ordering};
 
 pub const VENDOR: u16 = 0x1af4;

@@ -11,9 +11,10 @@
 //! (header, data segments, status). Everything a request touches is plain memory plus one
 //! doorbell write, so the engines run in ring 3 (see blk_scenarios.rs).
 
+use crate::arch::memory;
+use crate::console;
 use crate::pci::{Address, Functions};
 use crate::virtio::{self, Desc, Transport, Virtqueue, DESC_INDIRECT, DESC_NEXT, DESC_WRITE};
-use crate::{console, memory};
 
 pub const DEVICE_MODERN: u16 = 0x1042;
 pub const DEVICE_TRANSITIONAL: u16 = 0x1001;

@@ -26,10 +26,11 @@
 //! Set-up runs in ring 0; everything that walks the rings (posting buffers, sending, polling)
 //! is plain memory plus doorbell writes and runs in ring 3 (see net_scenarios.rs).
 
+use crate::arch::{cpu, memory, tsc, user};
+use crate::console;
 use crate::netproto::{self, Mac};
 use crate::pci::{Address, Functions};
 use crate::virtio::{self, Desc, Transport, Virtqueue, DESC_INDIRECT, DESC_NEXT, DESC_WRITE};
-use crate::{console, cpu, memory, tsc, user};
 
 pub const DEVICE_MODERN: u16 = 0x1041;
 pub const DEVICE_TRANSITIONAL: u16 = 0x1000;

@@ -7,7 +7,7 @@
 //! pages, all user-accessible so that ring-3 code in this image can run, and the top 32 MiB
 //! (I/O APIC, local APIC, virtio-mmio, firmware) uncached. The APs reuse them (smp.rs).
 
-use crate::gdt::{GDT, GDT_LIMIT, KERNEL_CS, KERNEL_DS};
+use crate::arch::gdt::{GDT, GDT_LIMIT, KERNEL_CS, KERNEL_DS};
 use core::arch::global_asm;
 
 pub const BSP_STACK_SIZE: usize = 64 * 1024;

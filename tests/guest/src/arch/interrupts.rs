@@ -2,17 +2,18 @@
 //! `GUEST PANIC` and halt; ring 3 -> handed to user.rs), the ACPI SCI, the local APIC timer
 //! (a wake-up source for timed halts), the counted vectors handed out by [`alloc_vector`]
 //! (MSI-X), the APIC's spurious vector, and anything unexpected (error line, EOI, carry on).
+//! The fixed vectors are in vectors.rs, the saved registers in frame.rs.
 
-use crate::gdt::KERNEL_CS;
+use crate::acpi::power;
+use crate::arch::frame::Frame;
+use crate::arch::gdt::KERNEL_CS;
+use crate::arch::vectors::{SCI_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::arch::{apic, cpu, user};
+use crate::console;
 use crate::sync::Global;
-use crate::{apic, console, cpu, power, user};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-/// Vector the ACPI SCI is routed to (power.rs).
-pub const SCI_VECTOR: u8 = 0x30;
-/// Vector of the local APIC timer (apic.rs): only wakes a halted CPU.
-pub const TIMER_VECTOR: u8 = 0x31;
 /// Vectors [`alloc_vector`] hands out (gates filled on allocation); each interrupt on one is
 /// counted and acknowledged.
 const COUNTED_FIRST: u8 = 0x40;
@@ -30,41 +31,6 @@ const _: () = assert!(COUNTED_FIRST as usize >= FILLED_VECTORS);
 
 static NEXT_COUNTED: AtomicU8 = AtomicU8::new(COUNTED_FIRST);
 static COUNTS: [AtomicU32; COUNTED] = [const { AtomicU32::new(0) }; COUNTED];
-
-/// Register state saved by the entry stubs, lowest address first. Handlers may change it: the
-/// common stub restores it and IRETQs to whatever `rip`/`cs`/`rsp`/`ss` say.
-#[repr(C)]
-pub struct Frame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub vector: u64,
-    /// The CPU's error code, or 0 for vectors without one.
-    pub error: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-
-impl Frame {
-    pub fn in_user_mode(&self) -> bool {
-        self.cs & 3 == 3
-    }
-}
 
 // 256 stubs, 16 bytes apart: push a zero error code where the CPU pushes none, push the vector,
 // jump to the common path. Error-code vectors: 8, 10-14, 17, 21, 29, 30.
@@ -143,7 +109,7 @@ pub fn init() {
     let stubs = &raw const flotilla_interrupt_stubs as u64;
     // SAFETY: single-threaded boot, before any CPU loaded the IDT.
     let idt = unsafe { IDT.get_mut() };
-    let vectors = (0..FILLED_VECTORS).chain(core::iter::once(usize::from(apic::SPURIOUS_VECTOR)));
+    let vectors = (0..FILLED_VECTORS).chain(core::iter::once(usize::from(SPURIOUS_VECTOR)));
     for vector in vectors {
         idt.0[vector] = gate(stubs, vector);
     }
@@ -213,7 +179,7 @@ extern "C" fn dispatch(frame: &mut Frame) {
             COUNTS[(v - u64::from(COUNTED_FIRST)) as usize].fetch_add(1, Ordering::AcqRel);
             apic::eoi();
         }
-        v if v == u64::from(apic::SPURIOUS_VECTOR) => {}
+        v if v == u64::from(SPURIOUS_VECTOR) => {}
         v => {
             console::error("unexpected interrupt vector=").dec(v).end();
             apic::eoi();

@@ -1,7 +1,7 @@
 //! The legacy 8259 PICs: remapped away from the exception vectors and fully masked, because
 //! all interrupts go through the I/O APIC. Writes to absent PICs are harmless.
 
-use crate::cpu::outb;
+use crate::arch::cpu::outb;
 
 const MASTER_CMD: u16 = 0x20;
 const MASTER_DATA: u16 = 0x21;

@@ -8,9 +8,9 @@
 //! function may read kernel data and do port or MMIO I/O; it must not use privileged
 //! instructions (they fault and come back as `UserFault`).
 
-use crate::gdt::{USER_CS, USER_DS};
-use crate::interrupts::Frame;
-use crate::smp::{self, MAX_CPUS};
+use crate::arch::cpus::{self, MAX_CPUS};
+use crate::arch::frame::Frame;
+use crate::arch::gdt::{USER_CS, USER_DS};
 use crate::sync::Global;
 use core::arch::global_asm;
 
@@ -162,7 +162,7 @@ fn user_stack_top(cpu: usize) -> u64 {
 /// Interrupts stay as the caller had them (taken in ring 3 they are handled and resumed).
 /// Not reentrant: one call per CPU at a time, not from interrupt handlers.
 pub fn run(f: fn(u64) -> u64, arg: u64) -> Result<u64, UserFault> {
-    let cpu = smp::current_cpu();
+    let cpu = cpus::current_cpu();
     let context = CONTEXTS[cpu].as_ptr();
     // SAFETY: CONTEXTS[cpu] is only used by this CPU: here and in its exception handler,
     // which runs only while the call below is in ring 3.
@@ -198,7 +198,7 @@ pub fn call<F: FnMut() -> u64>(f: &mut F) -> Result<u64, UserFault> {
 /// the kernel in `run` (exit gate: Ok; anything else: the fault). Returns false if no `run`
 /// is active on this CPU (then it is an ordinary panic).
 pub fn handle_exception(frame: &mut Frame) -> bool {
-    let cpu = smp::current_cpu();
+    let cpu = cpus::current_cpu();
     let context = CONTEXTS[cpu].as_ptr();
     // SAFETY: see `run`; this CPU is inside `run`'s ring-3 section.
     unsafe {
@@ -213,13 +213,13 @@ pub fn handle_exception(frame: &mut Frame) -> bool {
                 vector: frame.vector,
                 error: frame.error,
                 rip: frame.rip,
-                cr2: crate::cpu::read_cr2(),
+                cr2: crate::arch::cpu::read_cr2(),
             };
             frame.rdx = 1;
         }
         frame.rip = &raw const flotilla_user_resume as u64;
-        frame.cs = u64::from(crate::gdt::KERNEL_CS);
-        frame.ss = u64::from(crate::gdt::KERNEL_DS);
+        frame.cs = u64::from(crate::arch::gdt::KERNEL_CS);
+        frame.ss = u64::from(crate::arch::gdt::KERNEL_DS);
         frame.rsp = (*context).kernel_rsp;
         frame.rflags = 0x2; // interrupts stay off until `popfq` restores the caller's flags
     }

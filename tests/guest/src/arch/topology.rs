@@ -5,8 +5,9 @@
 use core::arch::x86_64::{__cpuid, __cpuid_count};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::smp::MAX_CPUS;
-use crate::{apic, console};
+use crate::arch::apic;
+use crate::arch::cpus::MAX_CPUS;
+use crate::console;
 
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 

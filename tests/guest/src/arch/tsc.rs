@@ -2,7 +2,8 @@
 //! (pit.rs). RDTSC also works in ring 3 (CR4.TSD is clear), where the I/O loops time
 //! themselves.
 
-use crate::{console, cpu, pit};
+use crate::arch::{cpu, pit};
+use crate::console;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const CALIBRATION_US: u64 = 25_000;

@@ -11,9 +11,10 @@
 //! Nothing is freed. Guest physical == virtual (identity map), so these addresses go to
 //! devices as they are. Only the BSP uses this module, from ring 0.
 
-use crate::start_info::{BootInfo, MEMORY_RAM};
+use crate::arch::start_info::{BootInfo, MEMORY_RAM};
+use crate::arch::user;
+use crate::console;
 use crate::sync::Global;
-use crate::{console, user};
 use core::arch::{asm, global_asm};
 
 /// Highest address (exclusive) `map_mmio` will map: the lower half of the 48-bit virtual
@@ -240,7 +241,7 @@ fn dma_setup() {
         let end = region
             .addr
             .saturating_add(region.size)
-            .min(crate::phys::MAPPED_END)
+            .min(crate::arch::phys::MAPPED_END)
             & !(PAGE - 1);
         if end > start && end - start > best.1 - best.0 && boot.is_free_ram(start, end) {
             best = (start, end);

@@ -1,13 +1,12 @@
 //! The local APIC in xAPIC (MMIO) mode: enabling it, EOI, and the INIT/SIPI inter-processor
 //! interrupts that start the APs. The register base comes from the MADT (default 0xfee00000).
 
-use crate::cpu::{rdmsr, wrmsr};
-use crate::phys::{mmio_read, mmio_write};
+use crate::arch::cpu::{rdmsr, wrmsr};
+use crate::arch::phys::{mmio_read, mmio_write};
+use crate::arch::vectors::SPURIOUS_VECTOR;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub const DEFAULT_BASE: u64 = 0xfee0_0000;
-/// Vector of the APIC's spurious interrupts (its handler does nothing, no EOI).
-pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 const REG_ID: u64 = 0x20;
 const REG_TPR: u64 = 0x80;

@@ -1,6 +1,6 @@
 //! Application processor start-up: INIT / SIPI / SIPI through the xAPIC for every enabled
 //! processor in the MADT, a real-mode trampoline in a free page below 1 MiB, and the APs' Rust
-//! entry. Also the CPU index <-> APIC ID table (index 0 is the BSP).
+//! entry. The CPU index <-> APIC ID table they fill is cpus.rs (index 0 is the BSP).
 //!
 //! Path of an AP: trampoline (16-bit, copied low) -> `flotilla_ap_entry32` (32-bit, in the
 //! image) -> long mode on the BSP's page tables -> claims its stack from `AP_BOOT_SLOT` ->
@@ -8,25 +8,21 @@
 //! gave up on it finds the slot empty and parks instead of sharing another AP's stack.
 
 use crate::acpi::Acpi;
-use crate::gdt::{GDT, GDT_LIMIT, KERNEL_CS32};
-use crate::start_info::BootInfo;
-use crate::{apic, console, cpu, gdt, interrupts, pit};
+use crate::arch::cpus::{self, MAX_CPUS};
+use crate::arch::gdt::{GDT, GDT_LIMIT, KERNEL_CS32};
+use crate::arch::start_info::BootInfo;
+use crate::arch::{apic, cpu, gdt, interrupts, pit, topology};
+use crate::console;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-/// CPUs this kernel can run (index 0 = BSP). Sizes the per-CPU stacks and TSSs.
-pub const MAX_CPUS: usize = 32;
 pub const AP_STACK_SIZE: usize = 16 * 1024;
-const NO_APIC_ID: u32 = u32::MAX;
 /// Preferred trampoline page (any free RAM page below 1 MiB will do).
 const PREFERRED_TRAMPOLINE: u64 = 0x8000;
 const INIT_DELAY_US: u64 = 10_000;
 const SIPI_DELAY_US: u64 = 200;
 const AP_ONLINE_TIMEOUT_US: u64 = 1_000_000;
 
-static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_APIC_ID) }; MAX_CPUS];
-static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-static ONLINE_COUNT: AtomicU32 = AtomicU32::new(0);
 /// Index of the AP allowed to start next (0 = none): taken by the AP with `xchg`.
 static AP_BOOT_SLOT: AtomicU64 = AtomicU64::new(0);
 
@@ -96,35 +92,13 @@ extern "C" {
     static flotilla_ap_trampoline_end: u8;
 }
 
-/// Index of the CPU running this (0 if its APIC ID is unknown, which only the BSP can be
-/// before `register_bsp`).
-pub fn current_cpu() -> usize {
-    let id = apic::id();
-    APIC_IDS
-        .iter()
-        .position(|slot| slot.load(Ordering::Relaxed) == id)
-        .unwrap_or(0)
-}
-
-pub fn online_count() -> u32 {
-    ONLINE_COUNT.load(Ordering::Acquire)
-}
-
-/// Records the BSP as CPU 0 (call once its APIC is enabled).
-pub fn register_bsp() {
-    APIC_IDS[0].store(apic::id(), Ordering::Relaxed);
-    ONLINE[0].store(true, Ordering::Relaxed);
-    ONLINE_COUNT.store(1, Ordering::Release);
-}
-
 extern "C" fn ap_main(index: u64) -> ! {
     let index = index as usize;
     gdt::init_cpu(index);
     interrupts::load();
     apic::enable();
-    crate::topology::check_this_cpu(index);
-    ONLINE[index].store(true, Ordering::Release);
-    ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
+    topology::check_this_cpu(index);
+    cpus::mark_online(index);
     loop {
         cpu::enable_interrupts_and_halt();
     }
@@ -166,10 +140,10 @@ pub fn start_aps(acpi: &Acpi, boot: &BootInfo) -> u32 {
         }
         count += 1;
         apic_ids[count] = entry.apic_id;
-        APIC_IDS[count].store(entry.apic_id, Ordering::Relaxed);
+        cpus::assign(count, entry.apic_id);
     }
     if count == 0 {
-        return online_count();
+        return cpus::online_count();
     }
 
     let (start, end) = (
@@ -179,7 +153,7 @@ pub fn start_aps(acpi: &Acpi, boot: &BootInfo) -> u32 {
     let len = end - start;
     let Some(page) = trampoline_page(boot, len) else {
         console::error("no free RAM page below 1 MiB for the AP trampoline").end();
-        return online_count();
+        return cpus::online_count();
     };
     // SAFETY: `page` is free RAM (memory map) below 1 MiB, identity mapped; the source is the
     // trampoline in .rodata.
@@ -201,7 +175,7 @@ pub fn start_aps(acpi: &Acpi, boot: &BootInfo) -> u32 {
     for (index, &apic_id) in apic_ids.iter().enumerate().take(count + 1).skip(1) {
         start_one(index, apic_id, vector);
     }
-    online_count()
+    cpus::online_count()
 }
 
 fn start_one(index: usize, apic_id: u32, vector: u8) {
@@ -212,9 +186,7 @@ fn start_one(index: usize, apic_id: u32, vector: u8) {
     if !pit::wait_until(SIPI_DELAY_US, claimed) {
         apic::send_startup(apic_id, vector);
     }
-    if pit::wait_until(AP_ONLINE_TIMEOUT_US, || {
-        ONLINE[index].load(Ordering::Acquire)
-    }) {
+    if pit::wait_until(AP_ONLINE_TIMEOUT_US, || cpus::is_online(index)) {
         return;
     }
     // Revoke the slot; if the AP had taken it, it is running but slow (and may still come
@@ -224,7 +196,7 @@ fn start_one(index: usize, apic_id: u32, vector: u8) {
             .dec(u64::from(apic_id))
             .s(" did not start")
             .end();
-        APIC_IDS[index].store(NO_APIC_ID, Ordering::Relaxed);
+        cpus::unassign(index);
     } else {
         console::error("cpu apic_id=")
             .dec(u64::from(apic_id))

@@ -2,8 +2,8 @@
 //! Which I/O APIC owns a GSI, and at what address, comes from the MADT.
 
 use crate::acpi::madt::Madt;
+use crate::arch::phys::{mmio_read, mmio_write, range_ok};
 use crate::console;
-use crate::phys::{mmio_read, mmio_write, range_ok};
 
 const REG_VERSION: u32 = 0x01;
 const REG_REDIRECTION: u32 = 0x10;

@@ -2,7 +2,7 @@
 //! gives ring 3 -> ring 0 transitions their stack (RSP0) and, through its I/O permission
 //! bitmap, lets ring 3 use I/O ports: kvm-pvm forces IOPL to 0, so the bitmap is the only way.
 
-use crate::smp::MAX_CPUS;
+use crate::arch::cpus::MAX_CPUS;
 use crate::sync::Global;
 use core::arch::{asm, global_asm};
 use core::mem::{offset_of, size_of};

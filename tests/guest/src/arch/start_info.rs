@@ -1,8 +1,8 @@
 //! The PVH `struct hvm_start_info`: validated and copied (command line, memory map, RSDP
 //! address) into a static before anything writes low memory, where the VMM may have put it.
 
+use crate::arch::phys::{le_u32, le_u64, range_ok, slice};
 use crate::console;
-use crate::phys::{le_u32, le_u64, range_ok, slice};
 use crate::sync::Global;
 
 const MAGIC: u32 = 0x336e_c578;
@@ -163,7 +163,8 @@ fn copy(boot: &mut BootInfo, paddr: u64) {
 
 fn copy_cmdline(boot: &mut BootInfo, paddr: u64) {
     // Read at most what fits, stopping at the terminating NUL; never past the mapped 4 GiB.
-    let max = (crate::phys::MAPPED_END.saturating_sub(paddr)).min(CMDLINE_MAX as u64) as usize;
+    let max =
+        (crate::arch::phys::MAPPED_END.saturating_sub(paddr)).min(CMDLINE_MAX as u64) as usize;
     if !range_ok(paddr, max as u64) || max == 0 {
         console::error("start_info cmdline_paddr=")
             .hex(paddr)

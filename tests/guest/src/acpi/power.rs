@@ -5,10 +5,11 @@
 use crate::acpi::fadt::Fadt;
 use crate::acpi::gas::Gas;
 use crate::acpi::Acpi;
-use crate::interrupts::SCI_VECTOR;
-use crate::ioapic::{self, Mode};
+use crate::arch::ioapic::{self, Mode};
+use crate::arch::vectors::SCI_VECTOR;
+use crate::arch::{apic, cpu, pit};
+use crate::console;
 use crate::sync::Global;
-use crate::{apic, console, cpu, pit};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 const SCI_EN: u64 = 1 << 0;

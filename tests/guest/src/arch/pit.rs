@@ -6,8 +6,8 @@
 //! latch and read it and accumulate the differences. The one interrupt it raises on the first
 //! terminal count is masked at the PIC and never routed through the I/O APIC.
 
+use crate::arch::cpu::{inb, outb};
 use crate::console;
-use crate::cpu::{inb, outb};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 const CHANNEL0: u16 = 0x40;

@@ -13,11 +13,14 @@ use crate::acpi::Acpi;
 use crate::arch::halt::halt_until;
 use crate::arch::interrupts;
 use crate::arch::{cpu, memory, tsc, user};
-use crate::pci::{self, Bar};
-use crate::virtio_blk::{
-    self, BlkDevice, BlkDevices, BlkQueue, Completion, Op, Request, F_DISCARD, F_FLUSH, F_RO,
-    F_WRITE_ZEROES, MAX_QUEUES, SECTOR, S_OK,
+use crate::drivers::pci::bar::{self, Bar};
+use crate::drivers::pci::config;
+use crate::drivers::pci::scan::{self, Functions};
+use crate::drivers::virtio_blk::queue::{BlkQueue, Completion, Op, Request};
+use crate::drivers::virtio_blk::spec::{
+    F_DISCARD, F_FLUSH, F_RO, F_WRITE_ZEROES, ID_BYTES, SECTOR, S_OK,
 };
+use crate::drivers::virtio_blk::{self, BlkDevice, BlkDevices, MAX_QUEUES};
 use crate::{cmdline, console};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -59,19 +62,19 @@ pub fn run(name: &[u8], acpi: &Acpi, cmdline: &[u8]) -> ! {
 /// What every PCI scenario does first (block and network, see net_scenarios.rs): calibrates
 /// the TSC, picks the configuration access method, scans, applies the `pci_ecam=` and
 /// `pci_assign=` test aids, and prints `GUEST INFO pci ...`.
-pub fn pci_setup(acpi: &Acpi, cmdline: &[u8]) -> pci::Functions {
+pub fn pci_setup(acpi: &Acpi, cmdline: &[u8]) -> Functions {
     tsc::calibrate();
     // Test aids for firmware that leaves PCI half set up (QEMU microvm): see pci.rs.
     let ecam = cmdline::param(cmdline, "pci_ecam").and_then(cmdline::parse_hex);
-    let access = pci::init(acpi, ecam);
-    let functions = pci::scan();
+    let access = config::init(acpi, ecam);
+    let functions = scan::scan();
     let assigned = match cmdline::param(cmdline, "pci_assign") {
         Some(window) => {
             let mut parts = window.splitn(2, |&b| b == b',');
             let base = parts.next().and_then(cmdline::parse_hex);
             let size = parts.next().map_or(Some(0x2000_0000), cmdline::parse_hex);
             match (base, size) {
-                (Some(base), Some(size)) => pci::assign_bars(&functions, base, size),
+                (Some(base), Some(size)) => bar::assign_bars(&functions, base, size),
                 _ => {
                     console::error("pci_assign= wants <hex base>[,<hex size>]").end();
                     0
@@ -124,7 +127,7 @@ fn with_first(devices: &mut BlkDevices, scenario: impl FnOnce(&mut BlkDevice)) {
     }
 }
 
-fn pci_list(functions: &pci::Functions) {
+fn pci_list(functions: &Functions) {
     for f in functions.iter() {
         let line = f.addr.print(console::line("GUEST PCI "));
         let mut line = line
@@ -139,7 +142,7 @@ fn pci_list(functions: &pci::Functions) {
         if f.header_type & 0x7f == 0 {
             let mut index = 0;
             while index < 6 {
-                let bar = pci::bar(f.addr, index);
+                let bar = bar::bar(f.addr, index);
                 line = match bar {
                     // A BAR reading 0 is unimplemented or unassigned: not listed.
                     Bar::Unused | Bar::Memory { addr: 0, .. } | Bar::Io(0) => line,
@@ -677,7 +680,7 @@ fn info(devices: &mut BlkDevices) {
         op: Op::GetId,
         sector: 0,
         addr: buffer,
-        len: virtio_blk::ID_BYTES,
+        len: ID_BYTES,
     };
     // Completion by interrupt where the queue has a vector, else polled.
     let (result, how) = if dev.queue(0).vq.vector.is_some() {
@@ -688,7 +691,7 @@ fn info(devices: &mut BlkDevices) {
     match result {
         Ok(S_OK) => {
             // SAFETY: the device wrote at most ID_BYTES into our buffer.
-            let id = unsafe { memory_bytes(buffer, virtio_blk::ID_BYTES as usize) };
+            let id = unsafe { memory_bytes(buffer, ID_BYTES as usize) };
             let len = id.iter().position(|&b| b == 0).unwrap_or(id.len());
             console::line("GUEST BLK ID ").ascii(&id[..len]).end();
             console::line("GUEST INFO blk GET_ID completion=")

@@ -21,14 +21,11 @@ mod arch;
 mod blk_scenarios;
 mod cmdline;
 mod console;
+mod drivers;
 mod net_scenarios;
 mod netproto;
-mod pci;
 mod scenarios;
 mod sync;
-mod virtio;
-mod virtio_blk;
-mod virtio_net;
 
 use acpi::gas::{Gas, Space};
 use acpi::power::{self, AcpiMode};

@@ -15,17 +15,20 @@ use crate::acpi::Acpi;
 use crate::arch::halt::halt_until;
 use crate::arch::{cpu, interrupts, tsc, user};
 use crate::blk_scenarios;
+use crate::drivers::virtio_net::rx::{self, RxError};
+use crate::drivers::virtio_net::spec::{
+    CTRL_CLASS_MAC, CTRL_CLASS_RX, CTRL_CLASS_VLAN, CTRL_MAC_ADDR_SET, CTRL_MAC_TABLE_SET, CTRL_OK,
+    CTRL_RX_ALLMULTI, CTRL_RX_ALLUNI, CTRL_RX_NOBCAST, CTRL_RX_NOMULTI, CTRL_RX_NOUNI,
+    CTRL_RX_PROMISC, CTRL_VLAN_ADD, F_CTRL_MAC_ADDR, F_CTRL_RX, F_CTRL_RX_EXTRA, F_CTRL_VLAN,
+    F_CTRL_VQ,
+};
+use crate::drivers::virtio_net::tx::{Sent, MAX_TX_FRAME};
+use crate::drivers::virtio_net::{self, NetDevice, NetDevices, Options};
 use crate::netproto::{
     self, Bad, Ipv4, Mac, UdpSpec, ARP_REPLY, ARP_REQUEST, BROADCAST, ETHERTYPE_ARP,
     ETHERTYPE_IPV4, PROTO_ICMP, PROTO_UDP,
 };
 use crate::sync::Global;
-use crate::virtio_net::{
-    self, NetDevice, NetDevices, Options, RxError, Sent, CTRL_CLASS_MAC, CTRL_CLASS_RX,
-    CTRL_CLASS_VLAN, CTRL_MAC_ADDR_SET, CTRL_MAC_TABLE_SET, CTRL_RX_ALLMULTI, CTRL_RX_ALLUNI,
-    CTRL_RX_NOBCAST, CTRL_RX_NOMULTI, CTRL_RX_NOUNI, CTRL_RX_PROMISC, CTRL_VLAN_ADD,
-    F_CTRL_MAC_ADDR, F_CTRL_RX, F_CTRL_RX_EXTRA, F_CTRL_VLAN, F_CTRL_VQ, MAX_TX_FRAME,
-};
 use crate::{cmdline, console};
 use core::ops::RangeInclusive;
 use core::sync::atomic::Ordering;
@@ -91,8 +94,8 @@ pub fn run(name: &[u8], acpi: &Acpi, cmdline: &[u8]) -> ! {
     let rx_buffer = number(
         cmdline,
         "rx_buf",
-        u64::from(virtio_net::DEFAULT_RX_BUFFER),
-        u64::from(virtio_net::MIN_MERGEABLE_RX_BUFFER)..=u64::from(virtio_net::MAX_RX_BUFFER),
+        u64::from(rx::DEFAULT_RX_BUFFER),
+        u64::from(rx::MIN_MERGEABLE_RX_BUFFER)..=u64::from(rx::MAX_RX_BUFFER),
     );
     let (Ok(queue_pairs), Ok(rx_buffer)) = (queue_pairs, rx_buffer) else {
         power::poweroff(acpi)
@@ -997,7 +1000,7 @@ fn ctrl_command(
                 .dec(u64::from(ack))
                 .s(" ");
             detail(line).end();
-            ack == virtio_net::CTRL_OK
+            ack == CTRL_OK
         }
         Err(why) => {
             console::error("net ctrl cmd=").s(name).s(": ").s(why).end();

@@ -1,53 +1,40 @@
-//! Virtio 1.x over PCI (the "modern" transport) and split virtqueues.
-//!
-//! Transport ([`Transport`], ring 0): the vendor-specific capabilities (common configuration,
-//! notification with its offset multiplier, device configuration; the ISR status only serves
-//! INTx, which is never used) in memory BARs, device
+//! The virtio 1.x PCI transport of one device ([`Transport`], ring 0): the vendor-specific
+//! capabilities (common configuration, notification with its offset multiplier, device
+//! configuration; the ISR status only serves INTx, which is never used) in memory BARs, device
 //! reset, feature negotiation (VIRTIO_F_VERSION_1 required; INDIRECT_DESC, EVENT_IDX,
 //! ACCESS_PLATFORM and ORDER_PLATFORM taken when offered, plus what the device driver asks
 //! for), MSI-X (one vector for configuration changes, one per queue when the table is big
-//! enough, else one shared by the queues), queue setup and DRIVER_OK. INTx is never used.
-//!
-//! Virtqueues ([`Virtqueue`]): split rings in DMA-pool memory (queue sizes from the device,
-//! capped at [`MAX_QUEUE_SIZE`]), made for use from ring 3: publishing buffers, the doorbell
-//! (a plain MMIO write to the queue's notify address, skipped when the device asked for no
-//! notification), reaping used entries, and interrupt suppression (avail flags, or the used
-//! event index with EVENT_IDX). Guest memory is identity mapped: addresses in descriptors
-//! are the buffers' own addresses.
+//! enough, else one shared by the queues), queue set-up ([`Virtqueue`]s, sizes from the device
+//! capped at [`MAX_QUEUE_SIZE`]), DRIVER_OK and device configuration reads.
 
-use crate::arch::interrupts;
+use super::virtqueue::{Virtqueue, MAX_QUEUE_SIZE, USED_OFFSET};
 use crate::arch::phys::{mmio_read, mmio_write};
-use crate::arch::{apic, memory};
+use crate::arch::{apic, interrupts, memory};
 use crate::console;
-use crate::pci::{self, Address, Function, MsiX};
-use core::sync::atomic::{fence, Ordering};
+use crate::drivers::pci::bar::map_bar;
+use crate::drivers::pci::capabilities::{find_caps, MsiX, CAP_VENDOR};
+use crate::drivers::pci::config::{self, Address};
+use crate::drivers::pci::scan::Function;
 
-pub const VENDOR: u16 = 0x1af4;
-
-/// Whether `function` is a virtio device of one type: its modern PCI id, or the
-/// transitional id with the type as subsystem id.
-pub fn is_device(function: &Function, modern: u16, transitional: u16, subsystem: u16) -> bool {
-    function.vendor == VENDOR
-        && (function.device == modern
-            || (function.device == transitional && function.subsystem == subsystem))
-}
+// Transport feature bits (virtio 1.x, 6).
 pub const F_INDIRECT_DESC: u64 = 1 << 28;
 pub const F_EVENT_IDX: u64 = 1 << 29;
 pub const F_VERSION_1: u64 = 1 << 32;
 pub const F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const F_ORDER_PLATFORM: u64 = 1 << 36;
+
 /// Transport features taken whenever the device offers them.
 const TRANSPORT_FEATURES: u64 =
     F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1 | F_ACCESS_PLATFORM | F_ORDER_PLATFORM;
 
-pub const MAX_QUEUE_SIZE: u16 = 256;
-
+// Device status bits (virtio 1.x, 2.1).
 const STATUS_ACKNOWLEDGE: u8 = 1;
 const STATUS_DRIVER: u8 = 2;
 const STATUS_DRIVER_OK: u8 = 4;
 const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_FAILED: u8 = 128;
 
+// Vendor capability types (virtio 1.x, 4.1.4).
 const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_DEVICE: u8 = 4;
@@ -74,25 +61,6 @@ pub const NO_VECTOR: u16 = 0xffff;
 
 /// Polls of device_status after a reset before giving up.
 const RESET_POLLS: u32 = 10_000;
-
-pub const DESC_NEXT: u16 = 1;
-pub const DESC_WRITE: u16 = 2;
-pub const DESC_INDIRECT: u16 = 4;
-const AVAIL_NO_INTERRUPT: u16 = 1;
-const USED_NO_NOTIFY: u16 = 1;
-/// Offset of the used ring in the page shared with the available ring (which needs at most
-/// 6 + 2 * 256 bytes; the used ring at most 6 + 8 * 256).
-const USED_OFFSET: u64 = 1024;
-
-/// One entry of a descriptor table.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub flags: u16,
-    pub next: u16,
-}
 
 /// A virtio PCI function whose capabilities have been found and mapped.
 pub struct Transport {
@@ -134,16 +102,16 @@ struct VirtioCap {
 }
 
 fn read_cap(at: Address, cap: u16) -> VirtioCap {
-    let head = pci::read32(at, cap);
+    let head = config::read32(at, cap);
     let cap_len = (head >> 16) as u8;
-    let bar = pci::read32(at, cap + 4);
+    let bar = config::read32(at, cap + 4);
     VirtioCap {
         cfg_type: (head >> 24) as u8,
         bar: bar as u8,
-        offset: pci::read32(at, cap + 8),
-        length: pci::read32(at, cap + 12),
+        offset: config::read32(at, cap + 8),
+        length: config::read32(at, cap + 12),
         extra: if cap_len >= 20 {
-            pci::read32(at, cap + 16)
+            config::read32(at, cap + 16)
         } else {
             0
         },
@@ -156,7 +124,7 @@ impl Transport {
     pub fn probe(function: &Function) -> Option<Transport> {
         let at = function.addr;
         let mut caps = [0u16; 8];
-        let count = pci::find_caps(at, pci::CAP_VENDOR, &mut caps);
+        let count = find_caps(at, CAP_VENDOR, &mut caps);
         let mut found: [Option<VirtioCap>; 5] = [None, None, None, None, None];
         for &cap in &caps[..count] {
             let cap = read_cap(at, cap);
@@ -171,7 +139,7 @@ impl Transport {
                 error(at).s("no ").s(what).s(" capability").end();
                 return None;
             };
-            let addr = pci::map_bar(
+            let addr = map_bar(
                 at,
                 cap.bar,
                 u64::from(cap.offset),
@@ -195,7 +163,7 @@ impl Transport {
             .map_or(0, |c| c.extra);
         let (device_cfg, device_cfg_len) = map(&found[usize::from(CAP_DEVICE)], "device cfg")?;
         // The ISR status (CAP_ISR) only matters for INTx, which this driver never uses.
-        pci::enable(at);
+        config::enable(at);
         Some(Transport {
             pci: at,
             device_id: function.device,
@@ -495,21 +463,15 @@ impl Transport {
             return None;
         }
         self.write16(QUEUE_ENABLE, 1);
-        Some(Virtqueue {
+        Some(Virtqueue::new(
             index,
             size,
             desc,
-            avail: rings,
-            used: rings + USED_OFFSET,
-            notify: self.notify + offset,
+            rings,
+            self.notify + offset,
             event_idx,
-            avail_idx: 0,
-            kicked_idx: 0,
-            last_used: 0,
-            interrupts: true,
             vector,
-            notifies: 0,
-        })
+        ))
     }
 
     /// DRIVER_OK: the device is live.
@@ -565,134 +527,5 @@ impl Transport {
     /// 64-bit fields as two 32-bit reads (callers wrap them in `read_config`).
     pub fn config64(&self, offset: u64) -> u64 {
         u64::from(self.config32(offset)) | (u64::from(self.config32(offset + 4)) << 32)
-    }
-}
-
-/// One split virtqueue. The driver owns descriptor allocation (see virtio_blk.rs); this type
-/// publishes heads, rings the doorbell and reaps used entries. Usable from ring 3.
-pub struct Virtqueue {
-    pub index: u16,
-    pub size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    notify: u64,
-    event_idx: bool,
-    /// Our copy of avail.idx (the next free slot of the available ring).
-    avail_idx: u16,
-    /// avail.idx when the device was last considered for a notification.
-    kicked_idx: u16,
-    /// Used entries consumed so far.
-    last_used: u16,
-    interrupts: bool,
-    /// IDT vector this queue's MSI-X entry raises, if it has one.
-    pub vector: Option<u8>,
-    /// Doorbell writes so far.
-    pub notifies: u64,
-}
-
-fn load16(addr: u64) -> u16 {
-    // SAFETY: ring memory from the DMA pool, shared with the device: volatile.
-    unsafe { core::ptr::read_volatile(addr as usize as *const u16) }
-}
-
-fn store16(addr: u64, value: u16) {
-    // SAFETY: as in `load16`.
-    unsafe { core::ptr::write_volatile(addr as usize as *mut u16, value) }
-}
-
-fn load32(addr: u64) -> u32 {
-    // SAFETY: as in `load16`.
-    unsafe { core::ptr::read_volatile(addr as usize as *const u32) }
-}
-
-impl Virtqueue {
-    /// Writes descriptor `index` of the queue's own table.
-    pub fn set_desc(&self, index: u16, desc: Desc) {
-        let addr = self.desc + 16 * u64::from(index % self.size);
-        // SAFETY: inside the descriptor table (DMA pool), which the device only reads.
-        unsafe { core::ptr::write_volatile(addr as usize as *mut Desc, desc) }
-    }
-
-    /// Puts a chain head into the available ring (visible to the device at the next `kick`).
-    pub fn push(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % self.size);
-        store16(self.avail + 4 + 2 * slot, head);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-    }
-
-    /// Publishes everything pushed so far and notifies the device unless it said it does not
-    /// need it (used flags, or avail_event with EVENT_IDX). Returns whether it notified.
-    pub fn kick(&mut self) -> bool {
-        let new = self.avail_idx;
-        let old = self.kicked_idx;
-        if new == old {
-            return false;
-        }
-        // Descriptors and ring entries before the index (x86 keeps stores in order; this keeps
-        // the compiler from reordering them).
-        fence(Ordering::Release);
-        store16(self.avail + 2, new);
-        // The index store must be visible before we read the device's suppression state.
-        fence(Ordering::SeqCst);
-        self.kicked_idx = new;
-        let needed = if self.event_idx {
-            let event = load16(self.used + 4 + 8 * u64::from(self.size));
-            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-        } else {
-            load16(self.used) & USED_NO_NOTIFY == 0
-        };
-        if needed {
-            // SAFETY: the notify address was checked against the notify region and mapped.
-            unsafe { mmio_write::<u16>(self.notify, self.index) };
-            self.notifies += 1;
-        }
-        needed
-    }
-
-    /// Whether the device has used entries we have not reaped.
-    pub fn has_used(&self) -> bool {
-        load16(self.used + 2) != self.last_used
-    }
-
-    /// The next used entry (head id, bytes written), if any.
-    pub fn pop(&mut self) -> Option<(u32, u32)> {
-        if !self.has_used() {
-            return None;
-        }
-        // The entry is read after the index (compiler barrier; x86 loads are ordered).
-        fence(Ordering::Acquire);
-        let slot = u64::from(self.last_used % self.size);
-        let entry = self.used + 4 + 8 * slot;
-        let id = load32(entry);
-        let len = load32(entry + 4);
-        self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx {
-            self.write_used_event();
-        }
-        Some((id, len))
-    }
-
-    /// With EVENT_IDX: interrupt at the next completion, or (suppressed) not before half the
-    /// index space from here, renewed at every pop.
-    fn write_used_event(&self) {
-        let event = if self.interrupts {
-            self.last_used
-        } else {
-            self.last_used.wrapping_add(0x8000)
-        };
-        store16(self.avail + 4 + 2 * u64::from(self.size), event);
-    }
-
-    /// Asks the device for interrupts on completions (or asks it not to send them). Polling
-    /// works either way; suppression saves the interrupt's cost.
-    pub fn set_interrupts(&mut self, on: bool) {
-        self.interrupts = on;
-        if self.event_idx {
-            self.write_used_event();
-        } else {
-            store16(self.avail, if on { 0 } else { AVAIL_NO_INTERRUPT });
-        }
-        fence(Ordering::SeqCst);
     }
 }

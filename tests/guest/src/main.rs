@@ -1,28 +1,33 @@
 //! Flotilla's test guest: a small x86_64 kernel booted through the PVH protocol on QEMU
 //! microvm, QEMU q35 and Flotilla's vmm-core. It reads the firmware tables instead of assuming
 //! any VMM's values, starts every CPU, prints `GUEST READY cpus=N mem_mib=M` and runs the
-//! scenario named by `scenario=` on the command line (scenarios.rs).
+//! scenario named by `scenario=` on the command line. This file is the boot sequence
+//! ([`kernel_main`]) and the panic handler; the rest is laid out as
+//! - `arch/`: the CPU and platform (PVH entry, GDT/TSS, IDT, APICs, PIC, PIT, TSC, SMP, ring 3,
+//!   timed halts, memory);
+//! - `acpi/`: the firmware tables, and power management driven by them;
+//! - `drivers/`: PCI, the virtio transport and virtqueues, virtio-blk, virtio-net;
+//! - `scenarios/`: the dispatcher and the scenarios (`blk/` and `net/` for the device ones);
+//! - support: `console` (output lines), `cmdline`, `sync`, `netproto` (Ethernet to UDP).
 //!
 //! Ring 0 is emulated on the kvm-pvm hosts this is tested on (about 2 M instructions/s, and
 //! without SSE arithmetic, int n, int3, rdtscp, xsave...), so the ring-0 paths are short and
-//! the target is soft-float; heavy loops belong in ring 3 (user.rs).
+//! the target is soft-float; heavy loops belong in ring 3 (arch/user.rs).
 //!
 //! Output lines the host-side tests match on: `GUEST READY ...`, `GUEST IDLE[ no-power-button]`,
 //! `GUEST POWER BUTTON`, `GUEST POWEROFF`, `GUEST REBOOT`, `GUEST RING3 OK ...`,
 //! `GUEST PANIC ...`, `GUEST ERROR ...`, and the block scenarios' `GUEST BLK ...`,
-//! `GUEST BENCH ...` and `GUEST PCI ...` (blk_scenarios.rs), the network scenarios'
-//! `GUEST NET ...` (net_scenarios.rs); `GUEST INFO ...` lines are diagnostics.
+//! `GUEST BENCH ...` and `GUEST PCI ...` (scenarios/blk/, scenarios/pci.rs), the network
+//! scenarios' `GUEST NET ...` (scenarios/net/); `GUEST INFO ...` lines are diagnostics.
 
 #![no_std]
 #![no_main]
 
 mod acpi;
 mod arch;
-mod blk_scenarios;
 mod cmdline;
 mod console;
 mod drivers;
-mod net_scenarios;
 mod netproto;
 mod scenarios;
 mod sync;

@@ -1,6 +1,6 @@
 //! ACPI discovery: finds the RSDP (start_info.rsdp_paddr, else the EBDA and BIOS area scan),
 //! walks the XSDT (RSDT for revision 0), checks every table's checksum and parses what the
-//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for pci.rs) and the DSDT's `\_S5_`.
+//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for drivers/pci/) and the DSDT's `\_S5_`.
 //! The result is a write-once static that the rest of the kernel reads; power.rs acts on it
 //! (ACPI mode, soft-off, reset, the power button).
 //!

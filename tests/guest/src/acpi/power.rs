@@ -1,6 +1,6 @@
 //! ACPI fixed-hardware power management: switching the platform into ACPI mode (SMI_CMD),
 //! soft-off through S5, reset, and the fixed power-button event delivered by the SCI.
-//! Everything is driven by the FADT/DSDT values in acpi.rs; no VMM's values are assumed.
+//! Everything is driven by the FADT/DSDT values that acpi/mod.rs found; no VMM's values are assumed.
 
 use crate::acpi::fadt::Fadt;
 use crate::acpi::gas::Gas;

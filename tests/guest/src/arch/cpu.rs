@@ -7,7 +7,7 @@ use core::arch::asm;
 /// # Safety
 /// Port I/O can reconfigure any device; the caller owns the port.
 pub unsafe fn outb(port: u16, value: u8) {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller owns the port (this function's contract); `out` accesses no memory.
     unsafe {
         asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
     }
@@ -16,7 +16,7 @@ pub unsafe fn outb(port: u16, value: u8) {
 /// # Safety
 /// See [`outb`].
 pub unsafe fn outw(port: u16, value: u16) {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller owns the port (this function's contract); `out` accesses no memory.
     unsafe {
         asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
     }
@@ -25,7 +25,7 @@ pub unsafe fn outw(port: u16, value: u16) {
 /// # Safety
 /// See [`outb`].
 pub unsafe fn outl(port: u16, value: u32) {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller owns the port (this function's contract); `out` accesses no memory.
     unsafe {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
     }
@@ -35,7 +35,8 @@ pub unsafe fn outl(port: u16, value: u32) {
 /// Reading some ports has side effects (e.g. clears status); the caller owns the port.
 pub unsafe fn inb(port: u16) -> u8 {
     let value: u8;
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller owns the port and expects the read's side effects (this function's
+    // contract); `in` accesses no memory.
     unsafe {
         asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
     }
@@ -46,7 +47,8 @@ pub unsafe fn inb(port: u16) -> u8 {
 /// See [`inb`].
 pub unsafe fn inw(port: u16) -> u16 {
     let value: u16;
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller owns the port and expects the read's side effects (this function's
+    // contract); `in` accesses no memory.
     unsafe {
         asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags))
     }
@@ -57,7 +59,8 @@ pub unsafe fn inw(port: u16) -> u16 {
 /// See [`inb`].
 pub unsafe fn inl(port: u16) -> u32 {
     let value: u32;
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller owns the port and expects the read's side effects (this function's
+    // contract); `in` accesses no memory.
     unsafe {
         asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
     }
@@ -68,7 +71,8 @@ pub unsafe fn inl(port: u16) -> u32 {
 /// The MSR must exist (else #GP).
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller guarantees the MSR exists (this function's contract), so there is
+    // no #GP; rdmsr writes only EAX and EDX.
     unsafe {
         asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
     }
@@ -78,7 +82,8 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 /// # Safety
 /// The MSR must exist and the value must be valid for it.
 pub unsafe fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller guarantees the MSR exists and takes this value (this function's
+    // contract).
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
              options(nostack, preserves_flags))

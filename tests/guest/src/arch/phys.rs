@@ -26,7 +26,8 @@ pub unsafe fn slice(addr: u64, len: usize) -> &'static [u8] {
 /// # Safety
 /// The range must satisfy `range_ok`.
 pub unsafe fn read<T: Copy>(addr: u64) -> T {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller guarantees `range_ok` (this function's contract): the range is
+    // identity mapped; an unaligned read of a Copy value is fine for any bytes.
     unsafe { core::ptr::read_unaligned(addr as usize as *const T) }
 }
 
@@ -35,7 +36,8 @@ pub unsafe fn read<T: Copy>(addr: u64) -> T {
 /// # Safety
 /// `addr` must be a mapped device register (or RAM) of this width.
 pub unsafe fn mmio_read<T: Copy>(addr: u64) -> T {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller guarantees a mapped register or RAM of this width and alignment
+    // (this function's contract).
     unsafe { core::ptr::read_volatile(addr as usize as *const T) }
 }
 
@@ -44,7 +46,8 @@ pub unsafe fn mmio_read<T: Copy>(addr: u64) -> T {
 /// # Safety
 /// `addr` must be a mapped device register (or RAM we own) of this width.
 pub unsafe fn mmio_write<T: Copy>(addr: u64, value: T) {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller guarantees a mapped register or RAM it owns, of this width and
+    // alignment (this function's contract).
     unsafe { core::ptr::write_volatile(addr as usize as *mut T, value) }
 }
 

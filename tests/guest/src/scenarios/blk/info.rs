@@ -66,6 +66,7 @@ pub fn run(devices: &mut BlkDevices) {
 /// # Safety
 /// `[addr, addr + len)` must be RAM we own and nobody writes while the slice lives.
 unsafe fn memory_bytes(addr: u64, len: usize) -> &'static [u8] {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: the caller guarantees RAM it owns that nobody writes while the slice lives
+    // (this function's contract).
     unsafe { core::slice::from_raw_parts(addr as usize as *const u8, len) }
 }

@@ -5,7 +5,7 @@
 //! Numbers are formatted by hand instead of through `core::fmt`: ring 0 is emulated on the
 //! kvm-pvm hosts (about 2 M instructions/s) and every output byte is already two VM exits.
 
-use crate::cpu::{inb, outb};
+use crate::arch::cpu::{inb, outb};
 use crate::sync::SpinLock;
 use core::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,55 +1,43 @@
 //! Flotilla's test guest: a small x86_64 kernel booted through the PVH protocol on QEMU
 //! microvm, QEMU q35 and Flotilla's vmm-core. It reads the firmware tables instead of assuming
 //! any VMM's values, starts every CPU, prints `GUEST READY cpus=N mem_mib=M` and runs the
-//! scenario named by `scenario=` on the command line (scenarios.rs).
+//! scenario named by `scenario=` on the command line. This file is the boot sequence
+//! ([`kernel_main`]) and the panic handler; the rest is laid out as
+//! - `arch/`: the CPU and platform (PVH entry, GDT/TSS, IDT, APICs, PIC, PIT, TSC, SMP, ring 3,
+//!   timed halts, memory);
+//! - `acpi/`: the firmware tables, and power management driven by them;
+//! - `drivers/`: PCI, the virtio transport and virtqueues, virtio-blk, virtio-net;
+//! - `scenarios/`: the dispatcher and the scenarios (`blk/` and `net/` for the device ones);
+//! - support: `console` (output lines), `cmdline`, `sync`, `netproto` (Ethernet to UDP).
 //!
 //! Ring 0 is emulated on the kvm-pvm hosts this is tested on (about 2 M instructions/s, and
 //! without SSE arithmetic, int n, int3, rdtscp, xsave...), so the ring-0 paths are short and
-//! the target is soft-float; heavy loops belong in ring 3 (user.rs).
+//! the target is soft-float; heavy loops belong in ring 3 (arch/user.rs).
 //!
 //! Output lines the host-side tests match on: `GUEST READY ...`, `GUEST IDLE[ no-power-button]`,
 //! `GUEST POWER BUTTON`, `GUEST POWEROFF`, `GUEST REBOOT`, `GUEST RING3 OK ...`,
 //! `GUEST PANIC ...`, `GUEST ERROR ...`, and the block scenarios' `GUEST BLK ...`,
-//! `GUEST BENCH ...` and `GUEST PCI ...` (blk_scenarios.rs), the network scenarios'
-//! `GUEST NET ...` (net_scenarios.rs); `GUEST INFO ...` lines are diagnostics.
+//! `GUEST BENCH ...` and `GUEST PCI ...` (scenarios/blk/, scenarios/pci.rs), the network
+//! scenarios' `GUEST NET ...` (scenarios/net/); `GUEST INFO ...` lines are diagnostics.
 
 #![no_std]
 #![no_main]
 
 mod acpi;
-mod apic;
-mod blk_scenarios;
-mod boot;
+mod arch;
 mod cmdline;
 mod console;
-mod cpu;
-mod gdt;
-mod interrupts;
-mod ioapic;
-mod memory;
-mod net_scenarios;
+mod drivers;
 mod netproto;
-mod pci;
-mod phys;
-mod pic;
-mod pit;
-mod power;
 mod scenarios;
-mod smp;
-mod start_info;
 mod sync;
-mod topology;
-mod tsc;
-mod user;
-mod virtio;
-mod virtio_blk;
-mod virtio_net;
 
 use acpi::gas::{Gas, Space};
+use acpi::power::{self, AcpiMode};
 use acpi::Acpi;
+use arch::{apic, cpu, cpus, gdt, interrupts, memory, phys, pic, pit, smp, start_info, topology};
 use console::Line;
 use core::fmt::Write;
-use power::AcpiMode;
 
 /// Rust entry of the BSP, called by the PVH entry code in long mode with the physical address
 /// of `struct hvm_start_info`.
@@ -82,14 +70,14 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     } else {
         console::error("firmware left the local APIC in x2APIC mode: no APs").end();
     }
-    smp::register_bsp();
+    cpus::register_bsp();
     topology::check_this_cpu(0);
     print_info(acpi, mode);
 
     let cpus = if xapic {
         smp::start_aps(acpi, boot)
     } else {
-        smp::online_count()
+        cpus::online_count()
     };
     topology::report();
     console::line("GUEST READY cpus=")

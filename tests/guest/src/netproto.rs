@@ -1,6 +1,6 @@
 //! Ethernet (with an optional 802.1Q tag), ARP, IPv4, ICMP echo and UDP: parsing of received
 //! frames and building of frames to send, with the Internet checksum. Just what the network
-//! scenarios (net_scenarios.rs) need: no fragments, no IP options on frames we build, no
+//! scenarios (scenarios/net/) need: no fragments, no IP options on frames we build, no
 //! routing. Plain byte-slice code that runs in ring 3; all multi-byte fields are big-endian
 //! (network order) unless a scenario's payload says otherwise.
 
@@ -18,6 +18,8 @@ pub const ETH_MIN_FRAME: usize = 60;
 pub const ARP_LEN: usize = 28;
 pub const IPV4_HEADER: usize = 20;
 pub const UDP_HEADER: usize = 8;
+/// Largest UDP payload in one standard Ethernet frame (1500 - 20 - 8).
+pub const MAX_UDP_PAYLOAD: usize = 1472;
 pub const ICMP_ECHO_HEADER: usize = 8;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_UDP: u8 = 17;

@@ -26,14 +26,16 @@ impl<T> Global<T> {
     /// No other reference to the contents may be live.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn get_mut(&self) -> &mut T {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: the caller guarantees no other reference is live (this function's contract),
+        // so this one is unique.
         unsafe { &mut *self.0.get() }
     }
 
     /// # Safety
     /// No mutable reference to the contents may be live.
     pub unsafe fn get(&self) -> &T {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: the caller guarantees no mutable reference is live (this function's
+        // contract).
         unsafe { &*self.0.get() }
     }
 }

@@ -4,7 +4,7 @@
 //! length (older revisions) read as zero.
 
 use super::gas::Gas;
-use crate::phys::{le_u16, le_u32, le_u64, le_u8};
+use crate::arch::phys::{le_u16, le_u32, le_u64, le_u8};
 
 pub const FLAG_PWR_BUTTON: u32 = 1 << 4;
 pub const FLAG_RESET_REG_SUP: u32 = 1 << 10;

@@ -2,8 +2,8 @@
 //! configuration space. FADT registers (PM1 blocks, reset, sleep control) are accessed through
 //! this, so the same code drives port-based (q35, Flotilla) and MMIO-based (microvm) hardware.
 
-use crate::cpu::{inb, inl, inw, outb, outl, outw};
-use crate::phys::{le_u64, le_u8, mmio_read, mmio_write, range_ok};
+use crate::arch::cpu::{inb, inl, inw, outb, outl, outw};
+use crate::arch::phys::{le_u64, le_u8, mmio_read, mmio_write, range_ok};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Space {

@@ -2,8 +2,8 @@
 //! and Online Capable flags), the I/O APICs, the interrupt source overrides and the local
 //! APIC address (with its 64-bit override).
 
+use crate::arch::phys::{le_u16, le_u32, le_u64, le_u8};
 use crate::console;
-use crate::phys::{le_u16, le_u32, le_u64, le_u8};
 
 pub const MAX_CPU_ENTRIES: usize = 256;
 pub const MAX_IOAPICS: usize = 8;

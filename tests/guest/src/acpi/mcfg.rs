@@ -1,8 +1,8 @@
 //! MCFG parsing: where PCI Express configuration space (ECAM) lives. The guest only uses the
 //! allocation for segment group 0 (the one the legacy 0xCF8/0xCFC ports would reach).
 
+use crate::arch::phys::{le_u16, le_u64, le_u8};
 use crate::console;
-use crate::phys::{le_u16, le_u64, le_u8};
 
 /// Header (36) + reserved (8), then 16-byte allocation entries.
 const FIRST_ENTRY: usize = 44;

@@ -1,7 +1,8 @@
 //! ACPI discovery: finds the RSDP (start_info.rsdp_paddr, else the EBDA and BIOS area scan),
 //! walks the XSDT (RSDT for revision 0), checks every table's checksum and parses what the
-//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for pci.rs) and the DSDT's `\_S5_`.
-//! The result is a write-once static that the rest of the kernel reads.
+//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for drivers/pci/) and the DSDT's `\_S5_`.
+//! The result is a write-once static that the rest of the kernel reads; power.rs acts on it
+//! (ACPI mode, soft-off, reset, the power button).
 //!
 //! A table with a bad checksum is reported (`GUEST ERROR acpi checksum ...`) and still used,
 //! as Linux does, so that one bad byte does not also take power-off away.
@@ -11,9 +12,10 @@ pub mod fadt;
 pub mod gas;
 pub mod madt;
 pub mod mcfg;
+pub mod power;
 
+use crate::arch::phys::{le_u32, le_u64, le_u8, range_ok, read, slice};
 use crate::console;
-use crate::phys::{le_u32, le_u64, le_u8, range_ok, read, slice};
 use crate::sync::Global;
 use aml_s5::SleepTypes;
 use fadt::Fadt;
@@ -113,11 +115,16 @@ fn valid_rsdp(addr: u64) -> bool {
     if le_u8(v1, 15) < 2 {
         return true;
     }
-    // SAFETY: as above (length checked first).
+    if !range_ok(addr, 24) {
+        return false;
+    }
+    // SAFETY: the length field's range is checked just above; firmware memory is stable.
     let len = u64::from(unsafe { read::<u32>(addr + 20) });
-    (36..=4096).contains(&len)
-        && range_ok(addr, len)
-        && checksum(unsafe { slice(addr, len as usize) }) == 0
+    if !(36..=4096).contains(&len) || !range_ok(addr, len) {
+        return false;
+    }
+    // SAFETY: range checked just above; firmware memory is stable.
+    checksum(unsafe { slice(addr, len as usize) }) == 0
 }
 
 fn scan_for_rsdp(start: u64, end: u64) -> Option<u64> {

@@ -1,0 +1,215 @@
+//! `blk-bench [bench_ms=T]`: random and sequential reads and writes on queue 0 at fixed block
+//! sizes and queue depths, each for `bench_ms`, one `GUEST BENCH ...` line each (rates from
+//! the TSC). The loops run in ring 3.
+
+use super::io::{usable, STALL_MS};
+use super::params::param;
+use crate::arch::{cpu, memory, tsc, user};
+use crate::console;
+use crate::drivers::virtio_blk::queue::{BlkQueue, Completion, Op, Request};
+use crate::drivers::virtio_blk::spec::{SECTOR, S_OK};
+use crate::drivers::virtio_blk::BlkDevice;
+
+const DEFAULT_BENCH_MS: u64 = 2000;
+
+struct BenchSpec {
+    rw: &'static str,
+    write: bool,
+    random: bool,
+    bs: u32,
+    qd: u16,
+}
+
+const BENCHES: [BenchSpec; 6] = [
+    BenchSpec {
+        rw: "randread",
+        write: false,
+        random: true,
+        bs: 4096,
+        qd: 1,
+    },
+    BenchSpec {
+        rw: "randread",
+        write: false,
+        random: true,
+        bs: 4096,
+        qd: 32,
+    },
+    BenchSpec {
+        rw: "randwrite",
+        write: true,
+        random: true,
+        bs: 4096,
+        qd: 1,
+    },
+    BenchSpec {
+        rw: "randwrite",
+        write: true,
+        random: true,
+        bs: 4096,
+        qd: 32,
+    },
+    BenchSpec {
+        rw: "seqread",
+        write: false,
+        random: false,
+        bs: 128 * 1024,
+        qd: 8,
+    },
+    BenchSpec {
+        rw: "seqwrite",
+        write: true,
+        random: false,
+        bs: 128 * 1024,
+        qd: 8,
+    },
+];
+
+#[derive(Default)]
+struct BenchResult {
+    ios: u64,
+    ticks: u64,
+    errors: u64,
+    stalled: bool,
+}
+
+/// One benchmark on queue 0 (ring 3): keeps `qd` requests of `bs` bytes in flight for
+/// `duration` TSC ticks, then drains.
+fn bench_run(
+    q: &mut BlkQueue,
+    capacity: u64,
+    spec: &BenchSpec,
+    buffers: u64,
+    bs: u32,
+    qd: u16,
+    duration: u64,
+) -> BenchResult {
+    let mut result = BenchResult::default();
+    let per_io = u64::from(bs) / SECTOR;
+    let blocks = capacity / per_io;
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next_seq = 0u64;
+    let mut offset = || {
+        if spec.random {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % blocks) * per_io
+        } else {
+            let sector = next_seq;
+            next_seq += per_io;
+            if next_seq + per_io > capacity {
+                next_seq = 0;
+            }
+            sector
+        }
+    };
+    let op = if spec.write { Op::Write } else { Op::Read };
+    let start = cpu::rdtsc();
+    let deadline = start + duration;
+    let stall = tsc::from_ms(STALL_MS);
+    for slot in 0..qd {
+        let request = Request {
+            op,
+            sector: offset(),
+            addr: buffers + u64::from(slot) * u64::from(bs),
+            len: bs,
+        };
+        q.submit(slot, &request);
+    }
+    q.kick();
+    let mut last = start;
+    loop {
+        let mut resubmitted = false;
+        while let Some(completion) = q.complete() {
+            last = cpu::rdtsc();
+            match completion {
+                Completion::Done { slot, status } => {
+                    result.ios += 1;
+                    if status != S_OK {
+                        result.errors += 1;
+                    }
+                    if last < deadline {
+                        let request = Request {
+                            op,
+                            sector: offset(),
+                            addr: buffers + u64::from(slot) * u64::from(bs),
+                            len: bs,
+                        };
+                        resubmitted |= q.submit(slot, &request);
+                    }
+                }
+                Completion::Bogus { .. } => result.errors += 1,
+            }
+        }
+        if resubmitted {
+            q.kick();
+        }
+        if q.inflight() == 0 {
+            break;
+        }
+        if cpu::rdtsc() - last > stall {
+            result.stalled = true;
+            break;
+        }
+    }
+    result.ticks = cpu::rdtsc() - start;
+    result
+}
+
+pub fn run(dev: &mut BlkDevice, cmdline: &[u8]) {
+    if !usable(dev, true) {
+        return;
+    }
+    let bench_ms = param(cmdline, "bench_ms", DEFAULT_BENCH_MS).max(1);
+    let capacity = dev.capacity;
+    let max_request = dev.max_request;
+    let slots = dev.queue(0).slots();
+    let Some(buffers) = memory::dma_alloc(2 << 20, 4096) else {
+        console::error("blk: no DMA memory for blk-bench").end();
+        return;
+    };
+    for spec in &BENCHES {
+        let bs = spec.bs.min(max_request);
+        let qd = spec.qd.min(slots);
+        if capacity < u64::from(bs) / SECTOR || u64::from(bs) * u64::from(qd) > 2 << 20 {
+            console::error("blk-bench: disk too small for rw=")
+                .s(spec.rw)
+                .end();
+            continue;
+        }
+        let q = dev.queue(0);
+        let mut result = BenchResult::default();
+        let duration = tsc::from_ms(bench_ms);
+        let mut work = || {
+            result = bench_run(q, capacity, spec, buffers, bs, qd, duration);
+            0
+        };
+        if let Err(fault) = user::call(&mut work) {
+            fault.report("blk", "blk-bench");
+            return;
+        }
+        if result.errors != 0 || result.stalled {
+            console::error("blk-bench rw=")
+                .s(spec.rw)
+                .s(" errors=")
+                .dec(result.errors)
+                .s(if result.stalled { " stalled" } else { "" })
+                .end();
+            if result.stalled {
+                return;
+            }
+        }
+        console::line("GUEST BENCH rw=")
+            .s(spec.rw)
+            .s(" bs=")
+            .dec(u64::from(bs))
+            .s(" qd=")
+            .dec(u64::from(qd))
+            .s(" iops=")
+            .dec(tsc::per_second(result.ios, result.ticks))
+            .s(" mib_s=")
+            .tenths(tsc::mib_s_tenths(result.ios * u64::from(bs), result.ticks))
+            .end();
+    }
+}

@@ -1,0 +1,43 @@
+//! What the guest does after `GUEST READY`, chosen by `scenario=NAME` on the command line
+//! ([`run`] is the dispatcher). Each scenario ends in a power-off, a reset, or an endless halt;
+//! none returns.
+//!
+//! - `idle` (default), `poweroff`, `reboot` and `ring3` are the ones the host tests rely on
+//!   (idle.rs, acpi/power.rs, ring3.rs);
+//! - `ring3-checks`, `fault` and `panic` exercise the guest's own failure reporting,
+//!   `triple-fault` and `cmpxchg16b` the VMM's (ring3.rs, failures.rs);
+//! - `pci-list` (pci.rs, with the PCI set-up every device scenario starts with);
+//! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/.
+
+mod blk;
+mod failures;
+mod idle;
+mod net;
+mod pci;
+mod ring3;
+
+use crate::acpi::power;
+use crate::acpi::Acpi;
+use crate::console;
+
+/// Runs scenario `name` (`idle` when there is none) on the BSP; `cmdline` holds its parameters.
+pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
+    match name {
+        Some(name) if blk::handles(name) => blk::run(name, acpi, cmdline),
+        Some(name) if net::handles(name) => net::run(name, acpi, cmdline),
+        Some(b"pci-list") => pci::list(acpi, cmdline),
+        None | Some(b"idle") => idle::run(acpi),
+        Some(b"poweroff") => power::poweroff(acpi),
+        Some(b"reboot") => power::reboot(acpi),
+        Some(b"ring3") => ring3::run(acpi),
+        Some(b"ring3-checks") => ring3::checks(acpi),
+        Some(b"fault") => failures::ring0_fault(),
+        Some(b"triple-fault") => failures::triple_fault(),
+        Some(b"cmpxchg16b") => failures::ring0_cmpxchg16b(acpi),
+        Some(b"panic") => panic!("requested by scenario=panic"),
+        Some(other) => {
+            console::error("unknown scenario=").ascii(other).end();
+            power::poweroff(acpi)
+        }
+    }
+}

@@ -9,10 +9,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ipc::{
-    BlockEvent, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, IpcError, RemoteError,
-    ToBlock,
-};
+use ipc::child::{ChildError, ChildLink};
+use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError};
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
@@ -20,22 +18,15 @@ use crate::engine::{self, EngineKind};
 use crate::stats::Stats;
 use crate::throttle::{SharedPage, Throttle};
 
+/// The daemon's end of its control link.
+type Link = ChildLink<BlockRequest, BlockReply, BlockEvent>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("control channel: {0}")]
-    Ipc(#[from] IpcError),
-    #[error("control channel: the gateway hung up before opening a node")]
-    NoOpen,
-    #[error("control channel: expected the open call first, got {0}")]
-    NotOpen(String),
+    #[error(transparent)]
+    Link(#[from] ChildError),
     #[error("opening the node: {0}")]
     Open(String),
-}
-
-fn reply(conn: &Connection, id: u64, result: Result<BlockReply, RemoteError>) {
-    if let Err(e) = conn.send(&FromBlock::Response { id, result }, &[]) {
-        log::warn!("replying to the gateway: {e}");
-    }
 }
 
 fn cache_mode(direct: bool, no_flush: bool) -> CacheMode {
@@ -49,7 +40,7 @@ fn cache_mode(direct: bool, no_flush: bool) -> CacheMode {
 
 /// Builds the node's device from the open call and starts serving its listener.
 fn open(
-    conn: &Arc<Connection>,
+    link: &Link,
     open: &BlockOpen,
     fds: Vec<OwnedFd>,
     engine: EngineKind,
@@ -79,15 +70,11 @@ fn open(
         }
         Err(e) => return Err(e.to_string()),
     };
-    let events_conn = conn.clone();
+    let events = link.clone();
     let policy = Policy {
         discard_unmap: open.discard_unmap,
         detect_zeroes: open.detect_zeroes,
-        events: Some(Arc::new(move |e: BlockEvent| {
-            if let Err(err) = events_conn.send(&FromBlock::Event(e), &[]) {
-                log::warn!("sending an event to the gateway: {err}");
-            }
-        })),
+        events: Some(Arc::new(move |e: BlockEvent| events.event(e))),
     };
     let stats = Arc::new(Stats::new(&open.stats_intervals));
     let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
@@ -152,16 +139,16 @@ fn handle(
 
 /// Runs the daemon under the gateway until it says quit or hangs up.
 pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
-    let conn = Arc::new(Connection::new(stream));
-    let first = conn.recv::<ToBlock>()?.ok_or(ControlError::NoOpen)?;
-    let id = first.msg.id;
-    let BlockRequest::Open(config) = first.msg.request else {
-        return Err(ControlError::NotOpen(format!("{:?}", first.msg.request)));
-    };
-    let device = match open(&conn, &config, first.fds, engine) {
+    let link = Link::new(stream);
+    let (id, config, fds) =
+        link.recv_first("the open call", "opening a node", |request| match request {
+            BlockRequest::Open(config) => Some(config),
+            _ => None,
+        })?;
+    let device = match open(&link, &config, fds, engine) {
         Ok(b) => b,
         Err(e) => {
-            reply(&conn, id, Err(RemoteError::generic(e.clone())));
+            link.reply(id, Err(RemoteError::generic(e.clone())));
             return Err(ControlError::Open(e));
         }
     };
@@ -172,23 +159,16 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         config.queues,
         if config.read_only { ", read-only" } else { "" }
     );
-    reply(
-        &conn,
+    link.reply(
         id,
         Ok(BlockReply::Opened {
             size: device.disk().size(),
         }),
     );
-    loop {
-        let Some(call) = conn.recv::<ToBlock>()? else {
-            // The gateway is gone: so is the VM this node served.
-            return Ok(());
-        };
-        let quit = call.msg.request == BlockRequest::Quit;
-        let result = handle(&device, call.msg.request, call.fds);
-        reply(&conn, call.msg.id, result);
-        if quit {
-            return Ok(());
-        }
-    }
+    link.answer_calls(
+        |request| *request == BlockRequest::Quit,
+        |request, fds| handle(&device, request, fds),
+    )
+    .map_err(ChildError::from)?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! one or more exports, each an image on its own vhost-user socket, to frontends one
 //! after another (`--once`: only the first of each), until a signal ends it.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use block_daemon::control;
 use block_daemon::engine::EngineKind;
 use block_daemon::export::{parse_cache, parse_engine, Export, ExportSpec};
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
+use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
 
 #[derive(Parser, Debug)]
 #[command(name = "block-daemon", about = "Flotilla's vhost-user-blk backend")]
@@ -56,15 +56,6 @@ struct Args {
     /// keeps serving: a frontend may reconnect, or another come).
     #[arg(long)]
     once: bool,
-}
-
-fn block_terminating_signals() -> anyhow::Result<SigSet> {
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block()?;
-    Ok(signals)
 }
 
 fn run_standalone(args: Args) -> anyhow::Result<()> {
@@ -147,21 +138,13 @@ fn run_controlled(
     }
     // The gateway stops us through the control channel; its terminal signals are its own.
     block_terminating_signals()?;
-    // SAFETY: fcntl on an arbitrary number only queries it.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!("--control-fd {fd}: not an open file descriptor");
-    }
-    // SAFETY: the gateway handed us this descriptor to own; checked open above, and a
-    // non-socket fails at the first receive.
-    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // A descriptor that is not a socket fails at the first receive.
+    let stream = UnixStream::from(take_inherited_fd("--control-fd", fd)?);
     Ok(control::run(stream, engine)?)
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .format_target(false)
-        .init();
+    init_logging();
     let args = Args::parse();
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd, args.engine, args.sandbox),

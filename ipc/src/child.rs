@@ -89,6 +89,23 @@ where
         }
     }
 
+    /// Answers the gateway's calls with `handle` until one that `is_quit` says ends the
+    /// child (answered first) or the gateway hangs up (the VM it served is gone).
+    pub fn answer_calls(
+        &self,
+        is_quit: impl Fn(&R) -> bool,
+        mut handle: impl FnMut(R, Vec<OwnedFd>) -> Result<T, RemoteError>,
+    ) -> Result<(), IpcError> {
+        while let Some(call) = self.recv()? {
+            let quit = is_quit(&call.request);
+            self.reply(call.id, handle(call.request, call.fds));
+            if quit {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Answers call `id`. A gateway that is gone cannot be told: that is logged, and the
     /// child learns of it at its next receive.
     pub fn reply(&self, id: u64, result: Result<T, RemoteError>) {

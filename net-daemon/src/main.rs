@@ -2,18 +2,18 @@
 //! the vhost-user listener arrive as fds and the daemon opens nothing. On its own it
 //! opens a tap (by name) or a UDP socket pair of addresses itself.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
 use ipc::NetBackendKind;
 use net_daemon::control;
 use net_daemon::device::NetDevice;
 use net_daemon::port::Port;
-use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser, Debug)]
 #[command(name = "net-daemon", about = "Flotilla's vhost-user-net backend")]
@@ -38,17 +38,6 @@ struct Args {
     /// The guest's MAC (for the receive filter; vmm-core tells the guest).
     #[arg(long, default_value = "52:54:00:12:34:56")]
     mac: String,
-}
-
-/// Blocks the terminating signals in this thread (and so in every thread it starts), to
-/// be waited for instead.
-fn block_terminating_signals() -> anyhow::Result<SigSet> {
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block()?;
-    Ok(signals)
 }
 
 fn run_standalone(args: Args) -> anyhow::Result<()> {
@@ -100,20 +89,13 @@ fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<()> 
     }
     // The gateway stops us through the control channel; its terminal signals are its own.
     block_terminating_signals()?;
-    // SAFETY: fcntl on an arbitrary number only queries it.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!("--control-fd {fd}: not an open file descriptor");
-    }
-    // SAFETY: the gateway handed us this descriptor to own (checked open above).
-    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // A descriptor that is not a socket fails at the first receive.
+    let stream = UnixStream::from(take_inherited_fd("--control-fd", fd)?);
     Ok(control::run(stream)?)
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .format_target(false)
-        .init();
+    init_logging();
     let args = Args::parse();
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd, args.sandbox),

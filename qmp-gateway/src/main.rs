@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use ipc::host::VmArgs;
+use ipc::process::{block_terminating_signals, init_logging};
 use ipc::{ShutdownCause, VmmRequest};
-use nix::sys::signal::{SigSet, Signal};
 use qmp_gateway::block::drive::DriveSpec;
 use qmp_gateway::children::link::VmmLink;
 use qmp_gateway::children::sandbox::{Mode, Policy};
@@ -160,11 +160,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             bail!("--uuid {u}: not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
         }
     }
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block()?;
+    let signals = block_terminating_signals()?;
 
     let mut cleanup = Cleanup {
         sockets: Vec::new(),
@@ -295,10 +291,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .format_target(false)
-        .init();
+    init_logging();
     match run(Args::parse()) {
         Ok(ExitReason::VmmExited(why)) => {
             eprintln!("qmp-gateway: error: vmm-core exited unexpectedly: {why}");

@@ -11,11 +11,18 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// One line in one write: the process's log lines, written by other threads, may not
+/// land in the middle of it (eprintln! may write a line in pieces).
+fn say(line: String) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 fn outcome(action: &str, rc: libc::c_long) {
     if rc < 0 {
-        eprintln!("PROBE {action}: denied ({})", errno());
+        say(format!("PROBE {action}: denied ({})", errno()));
     } else {
-        eprintln!("PROBE {action}: allowed");
+        say(format!("PROBE {action}: allowed"));
     }
 }
 
@@ -76,7 +83,7 @@ fn run(action: &str, sibling: libc::pid_t) {
             )
             .into(),
             other => {
-                eprintln!("PROBE {other}: unknown action");
+                say(format!("PROBE {other}: unknown action"));
                 return;
             }
         }

@@ -44,6 +44,7 @@ fn ten_mib_string() {
     let gw = Gateway::start(&[]);
     let pid = gw.vm.pid();
     let mut c = gw.client();
+    let idle_kib = rss_kib(pid);
     let mut big = b"{\"execute\": \"".to_vec();
     big.extend(std::iter::repeat_n(b'a', 10 << 20));
     big.extend_from_slice(b"\"}");
@@ -56,11 +57,12 @@ fn ten_mib_string() {
     // The stream resynchronised after the value ended.
     assert_eq!(c.ok("query-kvm", json!({}))["enabled"], true);
     still_serving(&gw);
-    // Memory stayed bounded (far below the 10 MiB that were sent).
-    let rss_kib = rss_kib(pid);
+    // Memory stayed bounded: it grew far less than the 10 MiB that were sent. (Measured
+    // against the gateway's own idle size, which depends on the build, not the input.)
+    let grown_kib = rss_kib(pid).saturating_sub(idle_kib);
     assert!(
-        rss_kib < 8 * 1024,
-        "gateway RSS {rss_kib} KiB after a 10 MiB string"
+        grown_kib < 1024,
+        "gateway RSS grew by {grown_kib} KiB (from {idle_kib} KiB) with a 10 MiB string"
     );
 }
 

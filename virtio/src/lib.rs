@@ -22,3 +22,15 @@ pub mod ids {
     pub const NET: u16 = ids::VIRTIO_ID_NET as u16;
     pub const BLOCK: u16 = ids::VIRTIO_ID_BLOCK as u16;
 }
+
+/// The device status register's bits (virtio 1.2, 2.1).
+pub mod status {
+    use virtio_bindings::virtio_config as config;
+
+    pub const ACKNOWLEDGE: u8 = config::VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
+    pub const DRIVER: u8 = config::VIRTIO_CONFIG_S_DRIVER as u8;
+    pub const DRIVER_OK: u8 = config::VIRTIO_CONFIG_S_DRIVER_OK as u8;
+    pub const FEATURES_OK: u8 = config::VIRTIO_CONFIG_S_FEATURES_OK as u8;
+    pub const NEEDS_RESET: u8 = config::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+    pub const FAILED: u8 = config::VIRTIO_CONFIG_S_FAILED as u8;
+}

@@ -4,23 +4,11 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 
-use ipc::{
-    Connection, FromVmm, IpcError, LaunchConfig, RemoteError, ToVmm, VmmEvent, VmmReply, VmmRequest,
-};
+use ipc::child::{ChildError, ChildLink};
+use ipc::{LaunchConfig, RemoteError, VmmEvent, VmmReply, VmmRequest};
 
 use crate::events::{EventSender, VmEvent};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("control channel: {0}")]
-    Ipc(#[from] IpcError),
-    #[error("control channel: the gateway hung up before launching the VM")]
-    NoLaunch,
-    #[error("control channel: expected a launch request first, got {0:?}")]
-    NotLaunch(Box<VmmRequest>),
-}
 
 /// The gateway's launch request.
 pub struct Launch {
@@ -32,52 +20,48 @@ pub struct Launch {
 
 #[derive(Clone)]
 pub struct Control {
-    conn: Arc<Connection>,
+    link: ChildLink<VmmRequest, VmmReply, VmmEvent>,
 }
 
 impl Control {
     pub fn new(stream: UnixStream) -> Control {
         Control {
-            conn: Arc::new(Connection::new(stream)),
+            link: ChildLink::new(stream),
         }
     }
 
     /// Waits for the launch request, which must come first.
-    pub fn receive_launch(&self) -> Result<Launch, ControlError> {
-        let received = self.conn.recv::<ToVmm>()?.ok_or(ControlError::NoLaunch)?;
-        match received.msg.request {
-            VmmRequest::Launch(config) => Ok(Launch {
-                id: received.msg.id,
-                config,
-                fds: received.fds,
-            }),
-            other => Err(ControlError::NotLaunch(Box::new(other))),
-        }
+    pub fn receive_launch(&self) -> Result<Launch, ChildError> {
+        let (id, config, fds) = self.link.recv_first(
+            "a launch request",
+            "launching the VM",
+            |request| match request {
+                VmmRequest::Launch(config) => Some(config),
+                _ => None,
+            },
+        )?;
+        Ok(Launch { id, config, fds })
     }
 
     pub fn reply(&self, id: u64, result: Result<VmmReply, RemoteError>) {
-        if let Err(e) = self.conn.send(&FromVmm::Response { id, result }, &[]) {
-            log::warn!("replying to the gateway: {e}");
-        }
+        self.link.reply(id, result);
     }
 
     pub fn event(&self, event: VmmEvent) {
-        if let Err(e) = self.conn.send(&FromVmm::Event(event), &[]) {
-            log::warn!("sending an event to the gateway: {e}");
-        }
+        self.link.event(event);
     }
 
     /// Feeds the gateway's requests into the VM's control loop until it hangs up.
     pub fn start_reader(&self, events: EventSender) -> std::io::Result<()> {
-        let conn = self.conn.clone();
+        let link = self.link.clone();
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || loop {
-                match conn.recv::<ToVmm>() {
-                    Ok(Some(r)) => events.send(VmEvent::Control {
-                        id: r.msg.id,
-                        request: r.msg.request,
-                        fds: r.fds,
+                match link.recv() {
+                    Ok(Some(call)) => events.send(VmEvent::Control {
+                        id: call.id,
+                        request: call.request,
+                        fds: call.fds,
                     }),
                     Ok(None) => {
                         events.send(VmEvent::ControlClosed);

@@ -8,11 +8,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use ipc::host::{parse_mac, VmArgs};
+use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
 use ipc::{RemoteError, SerialSink};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::SigSet;
 use vmm_core::boot::BootImage;
 use vmm_core::control::{Control, Launch};
 use vmm_core::devices::serial::Console;
@@ -100,19 +101,6 @@ fn parse_vhost_user_net(s: &str) -> Result<NetArg, String> {
         }
     }
     Ok(arg)
-}
-
-/// Signals that end the VM; blocked in every thread and taken by one waiter thread.
-const TERMINATING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
-
-fn block_terminating_signals() -> anyhow::Result<SigSet> {
-    let mut set = SigSet::empty();
-    for s in TERMINATING {
-        set.add(s);
-    }
-    // Block before any thread exists so every thread inherits the mask.
-    set.thread_block()?;
-    Ok(set)
 }
 
 fn forward_signals(events: EventSender, set: SigSet) {
@@ -245,13 +233,8 @@ fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmEx
         vmm_core::seccomp::enter(mode).context("sandbox")?;
     }
     let signals = block_terminating_signals()?;
-    // SAFETY: fcntl on an arbitrary number only queries it.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!("--control-fd {fd}: not an open file descriptor");
-    }
-    // SAFETY: the gateway handed us this descriptor to own; checked open above, and a
-    // non-socket fails at the first receive.
-    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // A descriptor that is not a socket fails at the first receive.
+    let stream = UnixStream::from(take_inherited_fd("--control-fd", fd)?);
     let control = Control::new(stream);
     let request = control.receive_launch()?;
     let id = request.id;
@@ -267,10 +250,7 @@ fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmEx
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .format_target(false)
-        .init();
+    init_logging();
     let args = Args::parse();
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd, args.sandbox),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio::features::VERSION_1;
+use virtio::status::{DRIVER_OK, FEATURES_OK, NEEDS_RESET};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{ActiveQueue, ConfigChanged, VirtioDevice, NO_VECTOR};
@@ -41,9 +42,6 @@ const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
 
 // Device status bits (virtio 1.2, 2.1).
-const STATUS_FEATURES_OK: u8 = 8;
-const STATUS_DRIVER_OK: u8 = 4;
-const STATUS_NEEDS_RESET: u8 = 0x40;
 
 #[derive(Clone, Copy, Default)]
 struct QueueState {
@@ -254,7 +252,7 @@ impl VirtioPci {
             Ok(()) => self.activated = true,
             Err(e) => {
                 log::error!("virtio device activation failed: {e}");
-                self.status |= STATUS_NEEDS_RESET;
+                self.status |= NEEDS_RESET;
             }
         }
     }
@@ -329,16 +327,16 @@ impl VirtioPci {
                 }
                 let offered = self.device.features() | VERSION_1;
                 let mut status = new;
-                if status & STATUS_FEATURES_OK != 0 && self.driver_features & !offered != 0 {
+                if status & FEATURES_OK != 0 && self.driver_features & !offered != 0 {
                     log::warn!(
                         "driver accepted features {:#x} that were not offered",
                         self.driver_features & !offered
                     );
-                    status &= !STATUS_FEATURES_OK;
+                    status &= !FEATURES_OK;
                 }
-                let was_ok = self.status & STATUS_DRIVER_OK != 0;
-                self.status = status | (self.status & STATUS_NEEDS_RESET);
-                if !was_ok && status & STATUS_DRIVER_OK != 0 {
+                let was_ok = self.status & DRIVER_OK != 0;
+                self.status = status | (self.status & NEEDS_RESET);
+                if !was_ok && status & DRIVER_OK != 0 {
                     self.activate();
                 }
             }

@@ -101,7 +101,30 @@ pub fn run(dev: &mut NetDevice, acpi: &Acpi, cmdline: &[u8]) {
         }
     }
     serve_until_stopped(dev, &mut host, button, stop_ms, link);
+    check_drained(dev);
     stats(dev, &host);
+}
+
+/// Every frame handed to the device comes back: a device that lost one (say, a backend
+/// restarted while the frame was in flight) is reported, by queue.
+fn check_drained(dev: &mut NetDevice) {
+    for pair in 0..dev.pairs {
+        let mut left = 0;
+        let ran = in_ring3("net-echo drain", || {
+            let tx = dev.tx(pair);
+            if !tx.drain(DRAIN_MS) {
+                left = tx.inflight();
+            }
+        });
+        if ran && left > 0 {
+            console::error("net: transmit queue ")
+                .dec(2 * pair as u64 + 1)
+                .s(": ")
+                .dec(u64::from(left))
+                .s(" frames never completed")
+                .end();
+        }
+    }
 }
 
 /// What net-echo sends: `count` datagrams of `size` bytes to `peer`:`port`.

@@ -6,6 +6,12 @@
 //! Nothing a peer sends is trusted: frame length, fd count and message contents are all
 //! checked against limits, received fds are owned (closed on drop), and a frame whose fds
 //! do not match what its message declares is rejected with its fds closed.
+//!
+//! Beside the messages: a child's end of its control link (`child`), what every process
+//! does as it starts (`process`: its log, its terminating signals, its inherited fds), and
+//! what two processes both name or open on the host (`host`: the VM options, the serial
+//! spec, MAC addresses, a NIC's tap or datagram socket), so that no process links another
+//! one's crate for them.
 
 pub mod child;
 pub mod connection;

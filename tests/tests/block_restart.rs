@@ -253,11 +253,21 @@ fn a_daemon_that_keeps_dying_is_given_up_on() {
         }
     };
     assert_eq!(restarts_announced, 9, "{gave_up}");
+    // The disk cannot serve now: its I/O status says so, and clients were told.
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(block[0]["io-status"], "failed", "{block}");
+    let error = c
+        .event_within("BLOCK_IO_ERROR", Duration::from_secs(5))
+        .expect("a BLOCK_IO_ERROR event for the disk given up on");
+    assert_eq!(error["data"]["device"], "d0", "{error}");
+    assert_eq!(error["data"]["action"], "report", "{error}");
     // Fixed: the good build serves again and the guest finishes cleanly.
     c.ok(
         RESTART,
         json!({"device": "d0", "binary": bin("block-daemon").to_string_lossy()}),
     );
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(block[0]["io-status"], "ok", "{block}");
     expect_clean_finish(&mut gw, &dir.path().join("d0.img"), rounds);
 }
 

@@ -116,6 +116,9 @@ pub trait Supervised: Send + Sync + Sized + 'static {
     fn reap(&self, id: &str) -> Option<Death>;
     /// Starts a new daemon for `id` and reconnects vmm-core; the new pid.
     fn restart(&self, id: &str) -> Result<u32, Self::Error>;
+    /// The supervisor gave up on `id`'s daemon (`why`: how the last one ended): the
+    /// layer says so in its own terms.
+    fn given_up(&self, _id: &str, _why: &str) {}
 
     /// Restarts the layer's daemons as their deaths arrive, with backoff, giving up on
     /// one that keeps dying right after starting (once; later calls do nothing).
@@ -152,6 +155,7 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
         );
     }
     let supervision = layer.supervision();
+    let why = delay.is_none().then(|| death.reason.clone());
     supervision.events.emit((L::EXITED)(DaemonExited {
         device: id.to_string(),
         pid: death.pid,
@@ -159,6 +163,7 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
         restart_in_ms: delay.map(|d| d.as_millis() as u64),
     }));
     let Some(delay) = delay else {
+        layer.given_up(id, &why.unwrap_or_default());
         return;
     };
     std::thread::sleep(delay);

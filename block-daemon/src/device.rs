@@ -268,11 +268,8 @@ impl BlkDevice {
         vring: &mut Vring,
         mem: &Arc<GuestMemoryMmap>,
     ) -> io::Result<()> {
-        let limits = self.limits();
         let event_idx = vring.event_idx();
-        let mut engine = self.inner.engines[q].lock();
-        let mut done = Vec::new();
-        let mut soonest: Option<Duration> = None;
+        let mut batch = Batch::new(self, q, mem);
         let mut empty_pass = false;
         loop {
             if event_idx {
@@ -281,21 +278,9 @@ impl BlkDevice {
             let mut arrived = 0;
             while let Some((head, chain)) = vring.pop_chain(mem) {
                 arrived += 1;
-                self.handle_chain(
-                    q,
-                    head,
-                    chain,
-                    &limits,
-                    vring,
-                    mem,
-                    &mut **engine,
-                    &mut done,
-                    &mut soonest,
-                )?;
+                batch.take(head, chain, vring)?;
             }
-            engine.flush();
-            engine.reap(&mut done);
-            self.complete(q, vring, mem, &mut done)?;
+            batch.complete(vring)?;
             if arrived > 0 {
                 empty_pass = false;
                 continue;
@@ -320,58 +305,8 @@ impl BlkDevice {
                 break;
             }
         }
-        if let Some(wait) = soonest {
+        if let Some(wait) = batch.soonest {
             self.arm_timer(wait);
-        }
-        Ok(())
-    }
-
-    /// Parses one chain and dispatches it (or completes it with the guest's error).
-    #[allow(clippy::too_many_arguments)]
-    fn handle_chain(
-        &self,
-        q: usize,
-        head: u16,
-        chain: Result<Vec<Desc>, ChainError>,
-        limits: &Limits,
-        vring: &mut Vring,
-        mem: &Arc<GuestMemoryMmap>,
-        engine: &mut dyn Engine,
-        done: &mut Vec<Done>,
-        soonest: &mut Option<Duration>,
-    ) -> io::Result<()> {
-        let descs = match chain {
-            Ok(descs) => descs,
-            Err(e) => return self.refuse_unanswerable(vring, mem, head, &e.to_string()),
-        };
-        match request::parse(mem, &descs, limits) {
-            Ok(req) => {
-                if let Some(wait) = self.dispatch(q, head, req, mem, engine, done) {
-                    *soonest = Some(soonest.map_or(wait, |s: Duration| s.min(wait)));
-                }
-            }
-            Err(Rejected::Status {
-                status,
-                code,
-                reason,
-                request_type,
-            }) => {
-                self.inner.refusals.note(head, &reason);
-                self.inner.stats.record_invalid(request_type);
-                done.push(Done {
-                    head,
-                    status,
-                    code,
-                    used_len: 1,
-                    op: Op::Other,
-                    bytes: 0,
-                    started: Instant::now(),
-                    error: None,
-                });
-            }
-            Err(Rejected::NoStatus(reason)) => {
-                self.refuse_unanswerable(vring, mem, head, &reason)?;
-            }
         }
         Ok(())
     }
@@ -552,7 +487,6 @@ impl BlkDevice {
     /// hold them again).
     fn retry_failed(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let _ = self.inner.retry.read();
-        let limits = self.limits();
         let mut soonest: Option<Duration> = None;
         for q in 0..self.inner.num_queues {
             if self.inner.failed[q].lock().is_empty() {
@@ -572,26 +506,13 @@ impl BlkDevice {
             );
             let table = GuestAddress(vring.queue().desc_table());
             let size = vring.queue().size();
-            let mut engine = self.inner.engines[q].lock();
-            let mut done = Vec::new();
+            let mut batch = Batch::new(self, q, mem);
             for head in heads {
                 let chain = virtio::read_chain(&**mem, table, size, head);
-                self.handle_chain(
-                    q,
-                    head,
-                    chain,
-                    &limits,
-                    &mut vring,
-                    mem,
-                    &mut **engine,
-                    &mut done,
-                    &mut soonest,
-                )?;
+                batch.take(head, chain, &mut vring)?;
             }
-            engine.flush();
-            engine.reap(&mut done);
-            drop(engine);
-            self.complete(q, &mut vring, mem, &mut done)?;
+            batch.complete(&mut vring)?;
+            soonest = earliest(soonest, batch.soonest);
         }
         if let Some(wait) = soonest {
             self.arm_timer(wait);
@@ -694,6 +615,99 @@ impl BlkDevice {
                 let _ = self.inner.retry.read();
             }
         }
+    }
+}
+
+/// The sooner of two waits.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Chains of one queue on their way to its engine (locked meanwhile), and what
+/// finished: taken one by one, then handed to the kernel and completed together.
+struct Batch<'a> {
+    device: &'a BlkDevice,
+    q: usize,
+    limits: Limits,
+    mem: &'a Arc<GuestMemoryMmap>,
+    engine: parking_lot::MutexGuard<'a, Box<dyn Engine>>,
+    done: Vec<Done>,
+    /// When requests the I/O limits hold back may go.
+    soonest: Option<Duration>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(device: &'a BlkDevice, q: usize, mem: &'a Arc<GuestMemoryMmap>) -> Batch<'a> {
+        Batch {
+            device,
+            q,
+            limits: device.limits(),
+            mem,
+            engine: device.inner.engines[q].lock(),
+            done: Vec::new(),
+            soonest: None,
+        }
+    }
+
+    /// Parses one chain and dispatches it (or completes it with the guest's error).
+    fn take(
+        &mut self,
+        head: u16,
+        chain: Result<Vec<Desc>, ChainError>,
+        vring: &mut Vring,
+    ) -> io::Result<()> {
+        let device = self.device;
+        let descs = match chain {
+            Ok(descs) => descs,
+            Err(e) => return device.refuse_unanswerable(vring, self.mem, head, &e.to_string()),
+        };
+        match request::parse(self.mem, &descs, &self.limits) {
+            Ok(req) => {
+                let wait = device.dispatch(
+                    self.q,
+                    head,
+                    req,
+                    self.mem,
+                    &mut **self.engine,
+                    &mut self.done,
+                );
+                self.soonest = earliest(self.soonest, wait);
+            }
+            Err(Rejected::Status {
+                status,
+                code,
+                reason,
+                request_type,
+            }) => {
+                device.inner.refusals.note(head, &reason);
+                device.inner.stats.record_invalid(request_type);
+                self.done.push(Done {
+                    head,
+                    status,
+                    code,
+                    used_len: 1,
+                    op: Op::Other,
+                    bytes: 0,
+                    started: Instant::now(),
+                    error: None,
+                });
+            }
+            Err(Rejected::NoStatus(reason)) => {
+                device.refuse_unanswerable(vring, self.mem, head, &reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what was taken to the kernel and completes what finished.
+    fn complete(&mut self, vring: &mut Vring) -> io::Result<()> {
+        self.engine.flush();
+        self.engine.reap(&mut self.done);
+        self.device
+            .complete(self.q, vring, self.mem, &mut self.done)
     }
 }
 

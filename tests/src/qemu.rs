@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::qmp::{QmpClient, TIMEOUT};
+use crate::qmp::{wait_for_socket, QmpClient, TIMEOUT};
 use crate::{require_tool, run_to_end, test_guest, TempDir, Vm};
 
 /// The test guest's PCI aids on QEMU 7.2 microvm (tests/guest/README.md).
@@ -57,15 +57,7 @@ impl Qemu {
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .args(extra);
         let vm = Vm::spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while !qmp.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "QEMU made no QMP socket:\n{}",
-                vm.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_socket(&qmp, &vm);
         Qemu { vm, qmp, _dir: dir }
     }
 

@@ -186,6 +186,20 @@ impl QmpClient {
     }
 }
 
+/// Waits for `vm` to create its QMP socket at `path`.
+pub fn wait_for_socket(path: &Path, vm: &Vm) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no QMP socket at {}:\n{}",
+            path.display(),
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub fn error_of(reply: &Value) -> (String, String) {
     let e = reply
         .get("error")
@@ -226,15 +240,7 @@ impl Gateway {
             .arg(&qmp)
             .args(extra);
         let vm = Vm::spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while !qmp.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no QMP socket:\n{}",
-                vm.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_socket(&qmp, &vm);
         Gateway { vm, dir, qmp }
     }
 

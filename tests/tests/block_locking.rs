@@ -53,6 +53,13 @@ fn flotilla_refusal(drives: &[String]) -> String {
     err
 }
 
+/// `err` is QEMU's refusal `lock`, with its hint naming `image`.
+fn refused_as_qemu_says(err: &str, lock: &str, image: &Path) {
+    assert!(err.contains(lock), "{err}");
+    let hint = format!("Is another process using the image [{}]?", image.display());
+    assert!(err.contains(&hint), "{err}");
+}
+
 fn drive(image: &Path, id: &str, options: &str) -> String {
     format!("file={},format=raw,id={id}{options}", image.display())
 }
@@ -66,14 +73,7 @@ fn qemu_cannot_take_an_image_flotilla_writes() {
     let err = qemu_drive(&image, "")
         .err()
         .expect("QEMU opened it for writing");
-    assert!(err.contains(WRITE), "{err}");
-    assert!(
-        err.contains(&format!(
-            "Is another process using the image [{}]?",
-            image.display()
-        )),
-        "{err}"
-    );
+    refused_as_qemu_says(&err, WRITE, &image);
     let err = qemu_drive(&image, ",readonly=on")
         .err()
         .expect("QEMU read an image being written");
@@ -92,14 +92,7 @@ fn flotilla_cannot_take_an_image_qemu_writes() {
     empty_image(&image, 1 << 20);
     let qemu = qemu_drive(&image, "").expect("QEMU starts");
     let err = flotilla_refusal(&[drive(&image, "d0", "")]);
-    assert!(err.contains(WRITE), "{err}");
-    assert!(
-        err.contains(&format!(
-            "Is another process using the image [{}]?",
-            image.display()
-        )),
-        "{err}"
-    );
+    refused_as_qemu_says(&err, WRITE, &image);
     let err = flotilla_refusal(&[drive(&image, "d0", ",readonly=on")]);
     assert!(err.contains(SHARED_WRITE), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -1,7 +1,9 @@
 //! A disk: the guest's virtio-blk device, the node tree behind it, and the daemon that
 //! serves it. The gateway keeps what a daemon needs (the image, the listening socket, the
 //! node's settings, limits and thresholds), so a new daemon can take over at any time:
-//! after a crash, or on request with another binary (an upgrade).
+//! after a crash, or on request with another binary (an upgrade). A daemon is started
+//! from a `Launch` (what the disk holds, copied), so the start runs without the block
+//! layer's lock; a disk's health and last statistics outlive its daemons.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};

@@ -95,6 +95,8 @@ pub struct Disk {
     /// Not restarted automatically: a restart asked for over QMP failed, so the next
     /// one waits for QMP too.
     pub hold: bool,
+    /// How its last daemon ended (what the give-up reports).
+    pub last_end: String,
     /// Its I/O status, and what its daemon's failures do.
     pub health: Arc<Health>,
     /// Its daemon's last statistics.

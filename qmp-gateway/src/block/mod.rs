@@ -344,6 +344,7 @@ impl BlockLayer {
             started: Instant::now(),
             failures: 0,
             hold: false,
+            last_end: String::new(),
             health,
             stats: Arc::new(StatsCache::default()),
         };
@@ -505,13 +506,18 @@ impl Supervised for BlockLayer {
         let death = Death::reap(&mut slot, started, &mut failures);
         if let Some(disk) = self.state.lock().disks.iter_mut().find(|d| d.id == id) {
             disk.failures = failures;
+            // Still serving if the news was of a daemon it replaced.
+            disk.daemon = slot;
+            if let Some(death) = &death {
+                disk.last_end.clone_from(&death.reason);
+            }
         }
-        Some(death)
+        death
     }
 
-    fn given_up(&self, id: &str, why: &str) {
+    fn gave_up(&self, id: &str) {
         if let Some(disk) = self.state.lock().disks.iter().find(|d| d.id == id) {
-            disk.health.daemon_lost(why);
+            disk.health.daemon_lost(&disk.last_end);
         }
     }
 

@@ -26,7 +26,7 @@ struct Inner {
 #[derive(Default)]
 pub struct StatsCache {
     inner: Mutex<Inner>,
-    /// A question is out (its thread has not ended).
+    /// A question is out (its daemon has not answered yet).
     asking: Arc<AtomicBool>,
 }
 
@@ -50,8 +50,11 @@ impl StatsCache {
         let spawned = std::thread::Builder::new()
             .name("blockstats".into())
             .spawn(move || {
-                let _ = tx.send(ask());
+                let answer = ask();
+                // The daemon answered: the next query may ask again, even before this
+                // answer is collected.
                 asking.store(false, Ordering::SeqCst);
+                let _ = tx.send(answer);
             });
         match spawned {
             Ok(_) => self.inner.lock().pending = Some(rx),

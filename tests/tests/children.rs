@@ -161,11 +161,22 @@ fn events_so_far(c: &mut QmpClient) -> Vec<Value> {
     std::mem::take(&mut c.events)
 }
 
-fn rounds_done(vm: &Vm) -> usize {
+/// The number of a `GUEST BLK ROUND n OK ...` line.
+fn round_of(line: &str) -> Option<u32> {
+    line.strip_prefix("GUEST BLK ROUND ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The last round the guest reported so far (0: none).
+fn last_round(vm: &Vm) -> u32 {
     vm.transcript()
         .lines()
-        .filter(|l| l.starts_with("GUEST BLK ROUND"))
-        .count()
+        .filter_map(round_of)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The guest ran every round without an error and the image holds its last pattern.
@@ -241,12 +252,16 @@ fn a_restart_asked_for_by_a_client_that_hangs_up_at_once_keeps_its_daemon() {
     assert_eq!(wait_for_children(&gw, &["block-daemon"]), [second]);
 
     // It serves: the guest's rounds go on, without an error.
-    let before = rounds_done(&gw.vm);
-    for _ in 0..3 {
-        let line = gw.vm.expect_prefix("GUEST BLK ROUND", TIMEOUT);
-        assert!(line.ends_with("OK errors=0"), "{line}");
-    }
-    assert!(rounds_done(&gw.vm) > before);
+    let before = last_round(&gw.vm);
+    let line = gw.vm.expect_line("three more rounds", TIMEOUT, |l| {
+        round_of(l).is_some_and(|n| n >= before + 3)
+    });
+    assert!(line.ends_with("OK errors=0"), "{line}");
+    assert!(
+        !gw.vm.transcript().contains("GUEST ERROR"),
+        "{}",
+        gw.vm.transcript()
+    );
     assert!(
         !gw.vm.transcript().contains("VERIFY DONE"),
         "the guest finished early: give it more rounds"
@@ -450,15 +465,18 @@ fn no_child_holds_a_descriptor_the_gateway_inherited() {
                 && gateway_fds.contains(&(78, secret_path.clone())),
             "{gateway_fds:?}"
         );
-        let mut pids = wait_for_children(&gw, &["vmm-core", "block-daemon", "net-daemon"]);
+        let pids = wait_for_children(&gw, &["vmm-core", "block-daemon", "net-daemon"]);
+        let held: Vec<(i32, Vec<(i32, PathBuf)>)> =
+            pids.iter().map(|&pid| (pid, descriptors(pid))).collect();
         // A daemon started later, from another thread, too.
         let mut c = gw.client();
         let restarted = c.ok(RESTART, json!({"device": "d0"}))["pid"]
             .as_i64()
             .expect("pid") as i32;
-        pids.push(restarted);
-        for pid in pids {
-            let fds = descriptors(pid);
+        for (pid, fds) in held
+            .into_iter()
+            .chain([(restarted, descriptors(restarted))])
+        {
             let leaked: Vec<&(i32, PathBuf)> = fds
                 .iter()
                 .filter(|(fd, target)| {
@@ -570,4 +588,72 @@ fn a_hard_limit_below_what_a_daemon_needs_fails_saying_so() {
         out.contains("RLIMIT_NOFILE: block-daemon needs 88 open files, but its hard limit is 64"),
         "{out}"
     );
+}
+
+/// Started by the test below as another user (`--ignored --exact`): starts a sandboxed
+/// child from the script FLOTILLA_CHILD_SCRIPT names, as the gateway starts its
+/// children, and prints the ids it runs as on the host.
+#[test]
+#[ignore = "run as uid 65534 by without_root_a_child_runs_as_the_gateways_own_user"]
+fn start_a_sandboxed_child_and_show_its_ids() {
+    use qmp_gateway::children::sandbox::Mode;
+    use qmp_gateway::children::spawn::spawn_child;
+    let script = std::env::var("FLOTILLA_CHILD_SCRIPT").expect("FLOTILLA_CHILD_SCRIPT");
+    let (mut child, _control) =
+        spawn_child(Path::new(&script), &[], Mode::Enforce).expect("spawn_child");
+    let pid = child.id() as i32;
+    // Once it has exec'd the script (its own process image: argv changes).
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep")) {
+        assert!(
+            Instant::now() < deadline,
+            "the child did not run its script"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for field in ["Uid:", "Gid:", "NSpid:"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        println!(
+            "CHILD {}",
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Without root the gateway cannot map its children to ids of their own: each runs as
+/// root of its own user namespace, which is the gateway's own user outside (as before
+/// issue 11). No lock file, no lease.
+#[test]
+fn without_root_a_child_runs_as_the_gateways_own_user() {
+    let dir = TempDir::new("children-unprivileged");
+    let script = dir.path().join("child");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(
+        &script,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let me = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(flotilla_tests::require_tool("setpriv", "util-linux"));
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(me)
+        .args([
+            "--ignored",
+            "--exact",
+            "start_a_sandboxed_child_and_show_its_ids",
+            "--nocapture",
+        ])
+        .env("FLOTILLA_CHILD_SCRIPT", &script);
+    let (status, out, err) = flotilla_tests::run_to_end(cmd, TIMEOUT);
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.contains("CHILD Uid: 65534 65534 65534 65534"), "{out}");
+    assert!(out.contains("CHILD Gid: 65534 65534 65534 65534"), "{out}");
+    let nspid = out
+        .lines()
+        .find(|l| l.starts_with("CHILD NSpid:"))
+        .unwrap_or_default();
+    assert!(nspid.ends_with(" 1"), "its own PID namespace: {out}");
 }

@@ -4,7 +4,8 @@
 //! another process, mount, or make an ioctl outside its list (TIOCSTI). Enforced, each attempt stops the process and is reported (log
 //! line and __io.flotilla_SANDBOX_VIOLATION naming process, device and system call), and a
 //! daemon is restarted. With the seccomp filter only logging, the layers beneath still
-//! refuse every one of them.
+//! refuse every one of them. Each child runs on the host as an id of its own
+//! (`--sandbox-ids`), which no process of another user may signal.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::blk::{first_mismatch, pattern_image, pattern_sector};
+use flotilla_tests::blk::{expect_verify_done, pattern_image};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{bin, test_guest, TempDir, Vm};
 use serde_json::{json, Value};
@@ -36,17 +36,7 @@ fn gateway_in(
     let qmp = dir.path().join("qmp.sock");
     let mut cmd = command(cmdline, &qmp, extra);
     setup(&mut cmd);
-    let vm = Vm::spawn(cmd);
-    let deadline = Instant::now() + TIMEOUT;
-    while !qmp.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no QMP socket:\n{}",
-            vm.transcript()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Gateway { vm, dir, qmp }
+    Gateway::spawn(cmd, dir, qmp)
 }
 
 fn command(cmdline: &str, qmp: &Path, extra: &[&str]) -> Command {
@@ -179,26 +169,24 @@ fn last_round(vm: &Vm) -> u32 {
         .unwrap_or(0)
 }
 
-/// The guest ran every round without an error and the image holds its last pattern.
-fn expect_clean_finish(gw: &mut Gateway, image: &Path, rounds: u32) {
-    let done = gw.vm.expect_prefix("GUEST BLK VERIFY DONE", TIMEOUT);
-    assert_eq!(
-        done,
-        format!("GUEST BLK VERIFY DONE rounds={rounds} errors=0"),
-        "{}",
-        gw.vm.transcript()
-    );
-    let transcript = gw.vm.transcript();
+/// The pid in a block daemon restart's answer.
+fn restart(c: &mut QmpClient) -> i32 {
+    c.ok(RESTART, json!({"device": "d0"}))["pid"]
+        .as_i64()
+        .expect("pid") as i32
+}
+
+/// `pid`, just restarted, still serves seconds later: no EXITED event came, it runs, and
+/// it is the gateway's only block daemon.
+fn expect_still_serving(gw: &Gateway, watcher: &mut QmpClient, pid: i32) {
+    std::thread::sleep(Duration::from_secs(2));
+    let events = events_so_far(watcher);
     assert!(
-        !transcript.contains("GUEST ERROR") && !transcript.contains("FAILED"),
-        "the guest saw errors:\n{transcript}"
+        events.iter().all(|e| e["event"] != EXITED),
+        "the daemon of a client that hung up died: {events:?}"
     );
-    let last = SEED + u64::from(rounds);
-    assert_eq!(
-        first_mismatch(image, 0..SECTORS, |s| pattern_sector(last, s)),
-        None,
-        "a block does not hold what the guest last wrote"
-    );
+    assert!(alive(pid), "block daemon {pid} is gone");
+    assert_eq!(wait_for_children(gw, &["block-daemon"]), [pid]);
 }
 
 /// Defect 1 of issue 11: the daemon a restart started was SIGKILLed as soon as the client
@@ -213,21 +201,9 @@ fn a_restart_asked_for_by_a_client_that_hangs_up_at_once_keeps_its_daemon() {
     gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
 
     // One client reads the answer and hangs up at once.
-    let first = {
-        let mut c = gw.client();
-        c.ok(RESTART, json!({"device": "d0"}))["pid"]
-            .as_i64()
-            .expect("pid") as i32
-    };
+    let first = restart(&mut gw.client());
     assert_eq!(watcher.event(RESTARTED)["data"]["pid"], first);
-    std::thread::sleep(Duration::from_secs(2));
-    let events = events_so_far(&mut watcher);
-    assert!(
-        events.iter().all(|e| e["event"] != EXITED),
-        "the daemon of a client that hung up died: {events:?}"
-    );
-    assert!(alive(first), "block daemon {first} is gone");
-    assert_eq!(wait_for_children(&gw, &["block-daemon"]), [first]);
+    expect_still_serving(&gw, &mut watcher, first);
 
     // Another hangs up before the answer comes.
     {
@@ -242,14 +218,7 @@ fn a_restart_asked_for_by_a_client_that_hangs_up_at_once_keeps_its_daemon() {
         .as_i64()
         .expect("pid") as i32;
     assert_ne!(first, second);
-    std::thread::sleep(Duration::from_secs(2));
-    let events = events_so_far(&mut watcher);
-    assert!(
-        events.iter().all(|e| e["event"] != EXITED),
-        "the daemon of a client that hung up died: {events:?}"
-    );
-    assert!(alive(second), "block daemon {second} is gone");
-    assert_eq!(wait_for_children(&gw, &["block-daemon"]), [second]);
+    expect_still_serving(&gw, &mut watcher, second);
 
     // It serves: the guest's rounds go on, without an error.
     let before = last_round(&gw.vm);
@@ -277,10 +246,7 @@ fn sigkill_of_the_gateway_ends_every_child() {
     let drive = pattern_drive(&dir, "d0.img", 1);
     let args = disk_and_nic(&drive, 47610);
     let mut gw = gateway_in(dir, "", &strs(&args), |_| {});
-    {
-        let mut c = gw.client();
-        c.ok(RESTART, json!({"device": "d0"}));
-    }
+    restart(&mut gw.client());
     let pids = wait_for_children(&gw, &["vmm-core", "block-daemon", "net-daemon"]);
     gw.vm.signal(nix::sys::signal::Signal::SIGKILL);
     gw.vm.wait(TIMEOUT);
@@ -409,8 +375,8 @@ fn a_daemon_that_cannot_start_is_retried_with_backoff_then_given_up_on() {
     );
     // Mended and restarted over QMP, the daemon serves again: nothing was lost.
     std::fs::write(&allow, "").unwrap();
-    c.ok(RESTART, json!({"device": "d0"}));
-    expect_clean_finish(&mut gw, &image, rounds);
+    restart(&mut c);
+    expect_verify_done(&mut gw.vm, &image, SEED, SECTORS, rounds);
 }
 
 /// The link each of `pid`'s descriptors points at, by number.
@@ -470,9 +436,7 @@ fn no_child_holds_a_descriptor_the_gateway_inherited() {
             pids.iter().map(|&pid| (pid, descriptors(pid))).collect();
         // A daemon started later, from another thread, too.
         let mut c = gw.client();
-        let restarted = c.ok(RESTART, json!({"device": "d0"}))["pid"]
-            .as_i64()
-            .expect("pid") as i32;
+        let restarted = restart(&mut c);
         for (pid, fds) in held
             .into_iter()
             .chain([(restarted, descriptors(restarted))])

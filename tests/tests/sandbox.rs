@@ -195,9 +195,7 @@ const DEFAULT_IDS: std::ops::RangeInclusive<u32> = 0x7F00_0000..=0x7F00_FFFF;
 /// block daemon and its net daemon.
 fn gateway_with_disk_and_nic(dir: &TempDir, port: u16, extra: &[&str]) -> (Gateway, [i32; 3]) {
     let image = dir.path().join("d0.img");
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    flotilla_tests::blk::empty_image(&image, 1 << 20);
     let drive = format!("file={},format=raw,id=d0", image.display());
     let netdev = format!(
         "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:{port}",
@@ -268,16 +266,21 @@ fn every_process_has_an_id_of_its_own_without_privileges_in_namespaces_of_its_ow
     let mut c = gw.client();
     assert_eq!(c.ok("query-status", json!({}))["status"], "running");
     // A restarted daemon has an id none of the others has either.
-    let pid = c.ok(
-        "__io.flotilla_block-daemon-restart",
-        json!({"device": "d0"}),
-    )["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let pid = restart_block_daemon(&mut c);
     let id = host_id("the new block-daemon", pid);
     assert!(DEFAULT_IDS.contains(&id), "uid {id}");
     assert_ne!(id, host_id("vmm-core", pids[0]));
     assert_ne!(id, host_id("net-daemon", pids[2]));
+}
+
+/// Restarts the block daemon of d0 over QMP; the new one's pid.
+fn restart_block_daemon(c: &mut QmpClient) -> i32 {
+    c.ok(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0"}),
+    )["pid"]
+        .as_i64()
+        .unwrap() as i32
 }
 
 /// `kill -0 PID` (a signal's permission check, nothing delivered) run as `uid`: whether
@@ -338,12 +341,7 @@ fn sandbox_ids_come_from_the_range_given_and_are_used_again() {
     assert_eq!(ids, (first..=first + 2).collect());
     let old = host_id("block-daemon", pids[1]);
     let mut c = gw.client();
-    let pid = c.ok(
-        "__io.flotilla_block-daemon-restart",
-        json!({"device": "d0"}),
-    )["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let pid = restart_block_daemon(&mut c);
     assert_eq!(host_id("the new block-daemon", pid), old);
 }
 
@@ -351,9 +349,7 @@ fn sandbox_ids_come_from_the_range_given_and_are_used_again() {
 fn a_range_of_sandbox_ids_too_small_for_every_child_fails_saying_so() {
     let dir = TempDir::new("sandbox-ids-short");
     let image = dir.path().join("d0.img");
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    flotilla_tests::blk::empty_image(&image, 1 << 20);
     let first: u32 = 0x7F10_0010;
     let mut cmd = Command::new(bin("qmp-gateway"));
     cmd.arg("--kernel")

@@ -181,6 +181,12 @@ impl Gateway {
             .arg("--qmp")
             .arg(&qmp)
             .args(extra);
+        Gateway::spawn(cmd, dir, qmp)
+    }
+
+    /// Runs `cmd`, a gateway whose QMP socket is `qmp` (in `dir`), until the socket is
+    /// there.
+    pub fn spawn(cmd: Command, dir: TempDir, qmp: PathBuf) -> Gateway {
         let vm = Vm::spawn(cmd);
         let deadline = Instant::now() + TIMEOUT;
         while !qmp.exists() {

@@ -412,11 +412,7 @@ impl Supervised for BlockLayer {
             disk.stop();
             return None;
         }
-        Some(Death::reap(
-            &mut disk.daemon,
-            disk.started,
-            &mut disk.failures,
-        ))
+        Death::reap(&mut disk.daemon, disk.started, &mut disk.failures)
     }
 
     fn restart(&self, id: &str) -> Result<u32, BlockError> {

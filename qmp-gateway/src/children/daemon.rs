@@ -1,6 +1,8 @@
 //! A device daemon as the gateway runs it (a block daemon per disk, a net daemon per
 //! NIC): the child process and its control link, stopped in order (asked to quit, then
-//! killed after a grace period) with how it ended said the way a person would.
+//! killed after a grace period) with how it ended said the way a person would. Only the
+//! end of a daemon that was serving goes to the supervisor: one that dies while it starts
+//! makes its start fail, and whoever started it counts that (once).
 
 use std::fmt::Debug;
 use std::os::fd::BorrowedFd;
@@ -8,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +57,15 @@ pub enum DaemonError {
 /// How long a daemon that is asked to quit has before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// Where a daemon is in its life, as its link's reader needs to know when the daemon
+/// hangs up: starting (its start fails), serving (the supervisor hears of its death),
+/// stopping (the gateway ended it: no news).
+const STARTING: u8 = 0;
+const SERVING: u8 = 1;
+const STOPPING: u8 = 2;
+/// It hung up before it was serving.
+const DIED_STARTING: u8 = 3;
+
 /// A running daemon.
 pub struct Daemon<K: DaemonKind> {
     pub link: Arc<Link<K>>,
@@ -62,8 +73,8 @@ pub struct Daemon<K: DaemonKind> {
     /// The device it serves, for violation reports.
     device: String,
     policy: Policy,
-    /// Set once the gateway stops it: its end is then no news.
-    stopping: Arc<AtomicBool>,
+    /// STARTING, SERVING, STOPPING or DIED_STARTING.
+    state: Arc<AtomicU8>,
 }
 
 /// How a child ended, as a person would say it.
@@ -98,6 +109,14 @@ impl<K: DaemonKind> Daemon<K> {
         if !K::opened(&answer) {
             return Err(daemon.unexpected("open", &answer));
         }
+        // From now on its death is the supervisor's news, unless it came already.
+        if let Err(DIED_STARTING) =
+            daemon
+                .state
+                .compare_exchange(STARTING, SERVING, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            return Err(LinkError::Exited(daemon.link.name().to_string()).into());
+        }
         Ok(daemon)
     }
 
@@ -110,13 +129,20 @@ impl<K: DaemonKind> Daemon<K> {
     ) -> Result<Self, SpawnError> {
         let (child, conn) = spawn_child(binary, &[], policy.mode)?;
         let link = Link::new(format!("{} of {device}", K::PROCESS), conn);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let expected = stopping.clone();
+        let state = Arc::new(AtomicU8::new(STARTING));
+        let seen = state.clone();
         let id = device.to_string();
         link.start_reader(on_event, move |why| {
-            if !expected.load(Ordering::SeqCst) {
-                log::warn!("{why}");
-                let _ = deaths.send(id);
+            match seen.compare_exchange(STARTING, DIED_STARTING, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                // Its start fails, and is counted by whoever started it.
+                Ok(_) => {}
+                Err(SERVING) => {
+                    log::warn!("{why}");
+                    let _ = deaths.send(id);
+                }
+                // The gateway stopped it.
+                Err(_) => {}
             }
         })?;
         Ok(Daemon {
@@ -124,7 +150,7 @@ impl<K: DaemonKind> Daemon<K> {
             child: Mutex::new(Some(child)),
             device: device.to_string(),
             policy: policy.clone(),
-            stopping,
+            state,
         })
     }
 
@@ -145,7 +171,7 @@ impl<K: DaemonKind> Daemon<K> {
     /// (our child, by pid) after `grace`; says how it ended.
     pub fn stop(&self, grace: Duration) -> Option<String> {
         let mut child = self.child.lock().take()?;
-        self.stopping.store(true, Ordering::SeqCst);
+        self.state.store(STOPPING, Ordering::SeqCst);
         if !self.link.is_closed() {
             let _ = self.link.request(K::quit(), &[]);
         }

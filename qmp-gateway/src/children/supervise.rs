@@ -1,6 +1,7 @@
 //! Supervision of the device daemons: a daemon that dies is reaped, announced, and
 //! restarted after a backoff (at once, then doubling from 100 ms up to 1 s); one that
-//! keeps dying right after it starts is given up on.
+//! keeps dying right after it starts, or cannot be started at all, is given up on after
+//! ten such deaths in a row (a start that fails is one), and its layer is told.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -39,24 +40,30 @@ pub struct Death {
 
 impl Death {
     /// Reaps the dead daemon in `slot` (started at `started`) and counts the death in
-    /// `failures`: a quick one adds to the count, one after a while starts it anew.
+    /// `failures`: a quick one, or a start that failed (an empty slot), adds to the
+    /// count, one after a while starts it anew. None if `slot` holds a daemon that
+    /// serves: the news was of one it replaced.
     pub fn reap<K: DaemonKind>(
         slot: &mut Option<Daemon<K>>,
         started: Instant,
         failures: &mut u32,
-    ) -> Death {
+    ) -> Option<Death> {
+        if slot.as_ref().is_some_and(|d| !d.link.is_closed()) {
+            return None;
+        }
+        let failed_start = slot.is_none();
         let pid = slot.as_ref().and_then(Daemon::pid);
         let reason = stop_slot(slot).unwrap_or_else(|| "failed to start".into());
-        *failures = if started.elapsed() < QUICK_DEATH {
+        *failures = if failed_start || started.elapsed() < QUICK_DEATH {
             *failures + 1
         } else {
             1
         };
-        Death {
+        Some(Death {
             pid,
             reason,
             failures: *failures,
-        }
+        })
     }
 }
 
@@ -116,6 +123,9 @@ pub trait Supervised: Send + Sync + Sized + 'static {
     fn reap(&self, id: &str) -> Option<Death>;
     /// Starts a new daemon for `id` and reconnects vmm-core; the new pid.
     fn restart(&self, id: &str) -> Result<u32, Self::Error>;
+    /// The supervisor gave up on `id`'s daemon (its EXITED event had no restart): the
+    /// device has no daemon until one is started over QMP.
+    fn gave_up(&self, _id: &str) {}
 
     /// Restarts the layer's daemons as their deaths arrive, with backoff, giving up on
     /// one that keeps dying right after starting (once; later calls do nothing).
@@ -139,46 +149,58 @@ pub trait Supervised: Send + Sync + Sized + 'static {
 }
 
 fn on_death<L: Supervised>(layer: &L, id: &str) {
-    let Some(death) = layer.reap(id) else {
+    let Some(mut death) = layer.reap(id) else {
         return;
     };
-    let delay = (death.failures < MAX_FAILURES).then(|| backoff(death.failures));
-    if delay.is_none() {
-        log::error!(
-            "{} {id}: the {} died {MAX_FAILURES} times in a row right after starting; not \
-             restarting it",
-            L::DEVICE,
-            L::Daemon::NAME
-        );
-    }
     let supervision = layer.supervision();
-    supervision.events.emit((L::EXITED)(DaemonExited {
-        device: id.to_string(),
-        pid: death.pid,
-        reason: death.reason,
-        restart_in_ms: delay.map(|d| d.as_millis() as u64),
-    }));
-    let Some(delay) = delay else {
-        return;
-    };
-    std::thread::sleep(delay);
-    if supervision.stopping() {
-        return;
-    }
-    match layer.restart(id) {
-        Ok(pid) => supervision.events.emit((L::RESTARTED)(DaemonRestarted {
-            device: id.to_string(),
-            pid,
-        })),
-        Err(e) => {
-            log::warn!(
-                "{} {id}: restarting its {}: {e}",
+    loop {
+        let delay = (death.failures < MAX_FAILURES).then(|| backoff(death.failures));
+        if delay.is_none() {
+            log::error!(
+                "{} {id}: the {} died {MAX_FAILURES} times in a row right after starting, or \
+                 could not be started; not restarting it",
                 L::DEVICE,
                 L::Daemon::NAME
             );
-            // A restart that failed is a death like any other.
-            let _ = supervision.deaths.send(id.to_string());
         }
+        supervision.events.emit((L::EXITED)(DaemonExited {
+            device: id.to_string(),
+            pid: death.pid,
+            reason: death.reason,
+            restart_in_ms: delay.map(|d| d.as_millis() as u64),
+        }));
+        let Some(delay) = delay else {
+            layer.gave_up(id);
+            return;
+        };
+        std::thread::sleep(delay);
+        if supervision.stopping() {
+            return;
+        }
+        let error = match layer.restart(id) {
+            Ok(pid) => {
+                supervision.events.emit((L::RESTARTED)(DaemonRestarted {
+                    device: id.to_string(),
+                    pid,
+                }));
+                return;
+            }
+            Err(e) => e,
+        };
+        log::warn!(
+            "{} {id}: restarting its {}: {error}",
+            L::DEVICE,
+            L::Daemon::NAME
+        );
+        // A start that failed is a quick death like any other: counted, and retried
+        // after the backoff, until the give-up.
+        let Some(failed) = layer.reap(id) else {
+            return;
+        };
+        death = Death {
+            reason: format!("failed to start: {error}"),
+            ..failed
+        };
     }
 }
 

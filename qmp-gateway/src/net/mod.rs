@@ -333,7 +333,7 @@ impl Supervised for NetLayer {
         let nic = state.nics.iter_mut().find(|n| n.id == id)?;
         // A NIC whose netdev was deleted has no daemon to bring back.
         nic.netdev.as_ref()?;
-        Some(Death::reap(&mut nic.daemon, nic.started, &mut nic.failures))
+        Death::reap(&mut nic.daemon, nic.started, &mut nic.failures)
     }
 
     fn restart(&self, id: &str) -> Result<u32, NetError> {

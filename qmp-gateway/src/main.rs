@@ -13,6 +13,7 @@ use ipc::host::VmArgs;
 use ipc::process::{block_terminating_signals, init_logging};
 use ipc::{ShutdownCause, VmmRequest};
 use qmp_gateway::block::drive::DriveSpec;
+use qmp_gateway::children::ids::{self, IdRange};
 use qmp_gateway::children::link::VmmLink;
 use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
@@ -75,6 +76,11 @@ struct Args {
     /// `off`.
     #[arg(long, default_value = "enforce", value_parser = |s: &str| s.parse::<Mode>())]
     sandbox: Mode,
+    /// The ids sandboxed children run as on the host when the gateway is root: FIRST-LAST;
+    /// each child has a uid (and the gid of the same number) no other process has, for
+    /// as long as it lives. Without root they run as the gateway's own user.
+    #[arg(long, default_value_t = ids::DEFAULT_RANGE, value_parser = |s: &str| s.parse::<IdRange>())]
+    sandbox_ids: IdRange,
 }
 
 /// A sibling binary of this one, unless given.
@@ -180,6 +186,9 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let mut vm = OpenedVm::open(&args.vm)?;
     cleanup.sockets.extend(vm.console_socket.clone());
 
+    if args.sandbox != Mode::Off {
+        ids::configure(args.sandbox_ids)?;
+    }
     let binary = sibling(&args.vmm_core, "vmm-core")?;
     let (child, conn) = spawn_child(&binary, &[], args.sandbox)
         .with_context(|| format!("starting {}", binary.display()))?;

@@ -1,5 +1,6 @@
 //! The process-wide part of the sandbox, applied once, early, before any thread starts
-//! serving: an empty read-only root, rlimits, no capabilities, no new privileges, and a
+//! serving: an empty read-only root, rlimits (`limits.rs`), no capabilities, no new
+//! privileges, and a
 //! Landlock domain that allows no file access, no TCP, and no signals or abstract-socket
 //! connections out of the domain. Order matters: the mounts need CAP_SYS_ADMIN, so they
 //! come before the capabilities go.
@@ -8,13 +9,17 @@ use std::ffi::CString;
 
 use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, Scope, ABI};
 
+use crate::limits::{self, LimitError, Limits};
+
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Sys {
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     #[error("landlock: {0}")]
     Landlock(String),
 }
@@ -23,7 +28,7 @@ fn check(rc: libc::c_int, what: &'static str) -> Result<(), JailError> {
     if rc < 0 {
         Err(JailError::Sys {
             what,
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         })
     } else {
         Ok(())
@@ -33,15 +38,6 @@ fn check(rc: libc::c_int, what: &'static str) -> Result<(), JailError> {
 fn cstr(s: &str) -> CString {
     // Only called with literals below, none of which holds a NUL.
     CString::new(s).unwrap_or_default()
-}
-
-/// Resource limits for one process.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// RLIMIT_NOFILE.
-    pub open_files: u64,
-    /// RLIMIT_NPROC (threads count; the kernel does not apply it to uid 0).
-    pub processes: u64,
 }
 
 /// What was applied, for the process's log line.
@@ -109,19 +105,6 @@ fn empty_root() -> Result<(), JailError> {
     Ok(())
 }
 
-fn set_limit(
-    resource: libc::__rlimit_resource_t,
-    value: u64,
-    what: &'static str,
-) -> Result<(), JailError> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    check(unsafe { libc::setrlimit(resource, &lim) }, what)
-}
-
 fn drop_capabilities() -> Result<(), JailError> {
     // SAFETY: prctl and capset with integer arguments and structs we own.
     unsafe {
@@ -133,7 +116,7 @@ fn drop_capabilities() -> Result<(), JailError> {
                 }
                 return Err(JailError::Sys {
                     what: "dropping the bounding set",
-                    source: std::io::Error::last_os_error(),
+                    error: std::io::Error::last_os_error(),
                 });
             }
         }
@@ -170,13 +153,12 @@ fn landlock() -> Result<bool, JailError> {
     Ok(status.ruleset == RulesetStatus::FullyEnforced)
 }
 
-/// Applies the process-wide sandbox to the calling process (call it before starting
-/// threads: Landlock and no_new_privs apply to the caller and what it starts after).
-pub fn lockdown(limits: Limits) -> Result<Applied, JailError> {
+/// Applies the process-wide sandbox to the calling process (`process` names it in
+/// errors; call it before starting threads: Landlock and no_new_privs apply to the
+/// caller and what it starts after).
+pub fn lockdown(process: &str, wanted: Limits) -> Result<Applied, JailError> {
     empty_root()?;
-    set_limit(libc::RLIMIT_NOFILE, limits.open_files, "RLIMIT_NOFILE")?;
-    set_limit(libc::RLIMIT_NPROC, limits.processes, "RLIMIT_NPROC")?;
-    set_limit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
+    limits::apply(process, wanted)?;
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     check(rc, "PR_SET_NO_NEW_PRIVS")?;

@@ -1,12 +1,14 @@
 //! sandbox: what a device process (vmm-core, block-daemon, net-daemon) does to itself when
 //! the gateway starts it sandboxed. The gateway has already put it in its own mount, PID,
 //! IPC, UTS and network namespaces (see qmp-gateway's sandbox.rs); here the process gives
-//! up the rest: an empty read-only root instead of the host's files, rlimits, every
+//! up the rest: an empty read-only root instead of the host's files, rlimits within what
+//! it inherited (`limits.rs`: a hard limit below its needs is an error that says so), every
 //! capability, new privileges, and (Landlock) any file or TCP access and signals or
 //! abstract sockets beyond its own domain; then each of its threads installs the seccomp
 //! allowlist of its kind, and a violation is reported before the process dies.
 
 pub mod jail;
+pub mod limits;
 pub mod mode;
 #[cfg(feature = "probe")]
 pub mod probe;
@@ -21,21 +23,25 @@ pub enum SandboxError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Limits(#[from] limits::LimitError),
 }
 
 /// Everything, in order, for a process the gateway started with `--sandbox MODE`: the
 /// jail, then the process-wide seccomp allowlist (BASE, threads, and `allowed`). Call it
-/// on the main thread before any other thread starts.
+/// on the main thread before any other thread starts. Without a sandbox only the check
+/// that the process may hold the files it needs is made.
 pub fn enter(
     mode: Mode,
     process: &str,
-    limits: jail::Limits,
+    limits: limits::Limits,
     allowed: &[&[seccomp::Allow]],
 ) -> Result<(), SandboxError> {
     if mode == Mode::Off {
+        limits::ensure_open_files(process, limits.open_files_needed, "")?;
         return Ok(());
     }
-    let applied = jail::lockdown(limits)?;
+    let applied = jail::lockdown(process, limits)?;
     if !applied.landlock_full {
         log::warn!("{process}: this kernel enforces Landlock only partly");
     }

@@ -52,6 +52,33 @@ pub fn first_mismatch(
     })
 }
 
+/// The test guest's `blk-verify-loop` finished `rounds` rounds without an error, the VM
+/// ended well, and `sectors` of `image` hold the last round's pattern, P(seed + rounds).
+pub fn expect_verify_done(vm: &mut Vm, image: &Path, seed: u64, sectors: u64, rounds: u32) {
+    let timeout = Duration::from_secs(60);
+    let done = vm.expect_prefix("GUEST BLK VERIFY DONE", timeout);
+    assert_eq!(
+        done,
+        format!("GUEST BLK VERIFY DONE rounds={rounds} errors=0"),
+        "{}",
+        vm.transcript()
+    );
+    let status = vm.wait(timeout);
+    assert!(status.success(), "{status}:\n{}", vm.transcript());
+    let transcript = vm.transcript();
+    let errors: Vec<&str> = transcript
+        .lines()
+        .filter(|l| l.contains("GUEST ERROR") || l.contains("FAILED"))
+        .collect();
+    assert!(errors.is_empty(), "the guest saw errors: {errors:?}");
+    let last = seed + u64::from(rounds);
+    assert_eq!(
+        first_mismatch(image, 0..sectors, |s| pattern_sector(last, s)),
+        None,
+        "a block does not hold what the guest last wrote"
+    );
+}
+
 /// A sparse image of `bytes`.
 pub fn empty_image(path: &Path, bytes: u64) {
     File::create(path)

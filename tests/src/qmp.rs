@@ -239,6 +239,12 @@ impl Gateway {
             .arg("--qmp")
             .arg(&qmp)
             .args(extra);
+        Gateway::spawn(cmd, dir, qmp)
+    }
+
+    /// Runs `cmd`, a gateway whose QMP socket is `qmp` (in `dir`), until the socket is
+    /// there.
+    pub fn spawn(cmd: Command, dir: TempDir, qmp: PathBuf) -> Gateway {
         let vm = Vm::spawn(cmd);
         wait_for_socket(&qmp, &vm);
         Gateway { vm, dir, qmp }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::blk::{first_mismatch, pattern_image, pattern_sector};
+use flotilla_tests::blk::{expect_verify_done, first_mismatch, pattern_image, pattern_sector};
 use flotilla_tests::qmp::Gateway;
 use flotilla_tests::{bin, TempDir, Vm};
 use serde_json::json;
@@ -80,27 +80,7 @@ fn round_of(line: &str) -> u32 {
 
 /// The guest finished every round without an error, and the disk holds its last pattern.
 fn expect_clean_finish(gw: &mut Gateway, image: &Path, rounds: u32) {
-    let done = gw.vm.expect_prefix("GUEST BLK VERIFY DONE", TIMEOUT);
-    assert_eq!(
-        done,
-        format!("GUEST BLK VERIFY DONE rounds={rounds} errors=0"),
-        "{}",
-        gw.vm.transcript()
-    );
-    let status = gw.vm.wait(TIMEOUT);
-    assert!(status.success(), "{status}:\n{}", gw.vm.transcript());
-    let transcript = gw.vm.transcript();
-    let errors: Vec<&str> = transcript
-        .lines()
-        .filter(|l| l.contains("GUEST ERROR") || l.contains("FAILED"))
-        .collect();
-    assert!(errors.is_empty(), "the guest saw errors: {errors:?}");
-    let last = SEED + u64::from(rounds);
-    assert_eq!(
-        first_mismatch(image, 0..SECTORS, |s| pattern_sector(last, s)),
-        None,
-        "a block does not hold what the guest last wrote"
-    );
+    expect_verify_done(&mut gw.vm, image, SEED, SECTORS, rounds);
 }
 
 #[test]

@@ -4,8 +4,10 @@
 //! another process, mount, or make an ioctl outside its list (TIOCSTI). Enforced, each attempt stops the process and is reported (log
 //! line and __io.flotilla_SANDBOX_VIOLATION naming process, device and system call), and a
 //! daemon is restarted. With the seccomp filter only logging, the layers beneath still
-//! refuse every one of them.
+//! refuse every one of them. Each child runs on the host as an id of its own
+//! (`--sandbox-ids`), which no process of another user may signal.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -186,41 +188,66 @@ fn pid_after(gw: &mut Gateway, marker: &str) -> i32 {
         .unwrap_or_else(|| panic!("no pid in {line}"))
 }
 
-#[test]
-fn every_process_is_nobody_without_privileges_in_namespaces_of_its_own() {
-    let dir = TempDir::new("sandbox-identity");
+/// The default range of sandbox ids (`--sandbox-ids`): 65536 ids from 0x7F000000.
+const DEFAULT_IDS: std::ops::RangeInclusive<u32> = 0x7F00_0000..=0x7F00_FFFF;
+
+/// A gateway with a disk and a NIC (UDP `port`, `port + 1`); the pids of vmm-core, its
+/// block daemon and its net daemon.
+fn gateway_with_disk_and_nic(dir: &TempDir, port: u16, extra: &[&str]) -> (Gateway, [i32; 3]) {
     let image = dir.path().join("d0.img");
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    flotilla_tests::blk::empty_image(&image, 1 << 20);
     let drive = format!("file={},format=raw,id=d0", image.display());
-    let mut gw = Gateway::start(&[
+    let netdev = format!(
+        "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:{port}",
+        port + 1
+    );
+    let mut args = vec![
         "--drive",
         &drive,
         "--netdev",
-        "socket,id=n0,udp=127.0.0.1:47331,localaddr=127.0.0.1:47330",
+        &netdev,
         "--device",
         "virtio-net-pci,netdev=n0,id=nic0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut gw = Gateway::start(&args);
     let block = pid_after(&mut gw, "block daemon pid ");
     let net = pid_after(&mut gw, "net daemon pid ");
     let vmm = gw.vmm_pid();
-    for (name, pid) in [
-        ("vmm-core", vmm),
-        ("block-daemon", block),
-        ("net-daemon", net),
-    ] {
-        // Root inside its user namespace is nobody outside, with no groups.
-        assert_eq!(
-            status_field(pid, "Uid"),
-            "65534 65534 65534 65534",
-            "{name}"
-        );
-        assert_eq!(
-            status_field(pid, "Gid"),
-            "65534 65534 65534 65534",
-            "{name}"
-        );
+    (gw, [vmm, block, net])
+}
+
+/// The uid and gid a process runs as outside its namespaces, checked to be one id for
+/// all of real, effective, saved and file system, for both.
+fn host_id(name: &str, pid: i32) -> u32 {
+    let uid = status_field(pid, "Uid");
+    let ids: Vec<&str> = uid.split(' ').collect();
+    assert!(
+        ids.len() == 4 && ids.iter().all(|i| *i == ids[0]),
+        "{name}: Uid {uid}"
+    );
+    assert_eq!(
+        status_field(pid, "Gid"),
+        uid,
+        "{name}: its gid is its uid's number"
+    );
+    ids[0].parse().unwrap()
+}
+
+#[test]
+fn every_process_has_an_id_of_its_own_without_privileges_in_namespaces_of_its_own() {
+    let dir = TempDir::new("sandbox-identity");
+    let (gw, pids) = gateway_with_disk_and_nic(&dir, 47330, &[]);
+    let mut ids = std::collections::BTreeSet::new();
+    for (name, pid) in ["vmm-core", "block-daemon", "net-daemon"]
+        .into_iter()
+        .zip(pids)
+    {
+        // Root inside its user namespace is, outside, an id from the range of sandbox
+        // ids that no other process has, with no groups.
+        let id = host_id(name, pid);
+        assert!(DEFAULT_IDS.contains(&id), "{name}: uid {id}");
+        assert!(ids.insert(id), "{name} shares uid {id}: {ids:?}");
         assert_eq!(status_field(pid, "Groups"), "", "{name}");
         for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
             assert_eq!(status_field(pid, caps), "0000000000000000", "{name} {caps}");
@@ -238,4 +265,119 @@ fn every_process_is_nobody_without_privileges_in_namespaces_of_its_own() {
     }
     let mut c = gw.client();
     assert_eq!(c.ok("query-status", json!({}))["status"], "running");
+    // A restarted daemon has an id none of the others has either.
+    let pid = restart_block_daemon(&mut c);
+    let id = host_id("the new block-daemon", pid);
+    assert!(DEFAULT_IDS.contains(&id), "uid {id}");
+    assert_ne!(id, host_id("vmm-core", pids[0]));
+    assert_ne!(id, host_id("net-daemon", pids[2]));
+}
+
+/// Restarts the block daemon of d0 over QMP; the new one's pid.
+fn restart_block_daemon(c: &mut QmpClient) -> i32 {
+    c.ok(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0"}),
+    )["pid"]
+        .as_i64()
+        .unwrap() as i32
+}
+
+/// `kill -0 PID` (a signal's permission check, nothing delivered) run as `uid`: whether
+/// it was allowed.
+fn may_signal(uid: u32, pid: i32) -> bool {
+    Command::new(flotilla_tests::require_tool("kill", "procps"))
+        .args(["-0", &pid.to_string()])
+        .uid(uid)
+        .gid(uid)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("kill")
+        .success()
+}
+
+/// Defect 5 of issue 11: the children ran as uid 65534, so anything running as nobody
+/// could kill them (`setpriv --reuid=65534 kill -KILL <vmm-core>` ended the VM). Nor
+/// may one child signal another.
+#[test]
+fn no_process_of_another_user_can_signal_a_child() {
+    let dir = TempDir::new("sandbox-signals");
+    let (gw, pids) = gateway_with_disk_and_nic(&dir, 47600, &[]);
+    // The check can pass: nobody may signal a process of its own.
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("sleep");
+    assert!(may_signal(65534, sleeper.id() as i32));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let ids: Vec<u32> = pids.iter().map(|&p| host_id("child", p)).collect();
+    for (i, &pid) in pids.iter().enumerate() {
+        assert!(!may_signal(65534, pid), "nobody may signal child {pid}");
+        for (j, &id) in ids.iter().enumerate() {
+            if i != j {
+                assert!(
+                    !may_signal(id, pid),
+                    "uid {id} (another child's) may signal child {pid}"
+                );
+            }
+        }
+    }
+    let mut c = gw.client();
+    assert_eq!(c.ok("query-status", json!({}))["status"], "running");
+}
+
+/// `--sandbox-ids FIRST-LAST`: the ids come from there, and an id is used again once its
+/// process has ended.
+#[test]
+fn sandbox_ids_come_from_the_range_given_and_are_used_again() {
+    let dir = TempDir::new("sandbox-ids");
+    let first: u32 = 0x7F10_0000;
+    let range = format!("{first}-{}", first + 2);
+    let (gw, pids) = gateway_with_disk_and_nic(&dir, 47602, &["--sandbox-ids", &range]);
+    let ids: std::collections::BTreeSet<u32> = pids.iter().map(|&p| host_id("child", p)).collect();
+    assert_eq!(ids, (first..=first + 2).collect());
+    let old = host_id("block-daemon", pids[1]);
+    let mut c = gw.client();
+    let pid = restart_block_daemon(&mut c);
+    assert_eq!(host_id("the new block-daemon", pid), old);
+}
+
+#[test]
+fn a_range_of_sandbox_ids_too_small_for_every_child_fails_saying_so() {
+    let dir = TempDir::new("sandbox-ids-short");
+    let image = dir.path().join("d0.img");
+    flotilla_tests::blk::empty_image(&image, 1 << 20);
+    let first: u32 = 0x7F10_0010;
+    let mut cmd = Command::new(bin("qmp-gateway"));
+    cmd.arg("--kernel")
+        .arg(test_guest())
+        .args(["--memory", "128", "--cmdline", ""])
+        .arg("--drive")
+        .arg(format!("file={},format=raw,id=d0", image.display()))
+        .args(["--sandbox-ids", &format!("{first}-{}", first + 1)])
+        .args([
+            "--netdev",
+            "socket,id=n0,udp=127.0.0.1:47605,localaddr=127.0.0.1:47604",
+            "--device",
+            "virtio-net-pci,netdev=n0,id=nic0",
+        ]);
+    let (status, _, err) = flotilla_tests::run_to_end(cmd, TIMEOUT);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no free sandbox id in {first}-{} (--sandbox-ids)",
+            first + 1
+        )),
+        "{err}"
+    );
+    for bad in ["5-3", "0-10", "65530-65540", "x", "10"] {
+        let mut cmd = Command::new(bin("qmp-gateway"));
+        cmd.args(["--kernel", "/nonexistent", "--sandbox-ids", bad]);
+        let (status, _, err) = flotilla_tests::run_to_end(cmd, TIMEOUT);
+        assert!(!status.success());
+        assert!(err.contains("--sandbox-ids"), "{bad}: {err}");
+    }
 }

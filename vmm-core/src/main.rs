@@ -196,6 +196,12 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         cpus: config.cpus as usize,
         start_paused: config.start_paused,
     };
+    let nic_pairs = |n: &ipc::NicLaunch| n.queue_pairs.clamp(1, 7) as usize;
+    // Before anything is built: a VM that would run out of descriptors half-way says so.
+    let queues: Vec<usize> = (config.disks.iter().map(|d| d.max_queues as usize))
+        .chain(config.nics.iter().map(|n| 2 * nic_pairs(n) + 1))
+        .collect();
+    vmm_core::seccomp::ensure_open_files(vm_config.cpus, &queues)?;
     let disks = config
         .disks
         .iter()
@@ -213,7 +219,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             Ok(NicConnection {
                 backend: handed(next(&format!("NIC {}", n.id))?),
                 mac: n.mac,
-                queue_pairs: n.queue_pairs.clamp(1, 7) as u16,
+                queue_pairs: nic_pairs(n) as u16,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

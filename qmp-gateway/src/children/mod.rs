@@ -1,10 +1,12 @@
 //! The gateway's children (vmm-core, a block daemon per disk, a net daemon per NIC):
-//! how one is started (spawn, sandbox), the control link to it (calls, answers,
-//! events), a device daemon's life (daemon) and the restarts of those that die
-//! (supervise).
+//! how one is started (spawn, from the one spawner thread, as an id of its own: ids;
+//! sandbox), the control link to it (calls, answers, events), a device daemon's life
+//! (daemon) and the restarts of those that die (supervise).
 
 pub mod daemon;
+pub mod ids;
 pub mod link;
 pub mod sandbox;
 pub mod spawn;
+pub mod spawner;
 pub mod supervise;

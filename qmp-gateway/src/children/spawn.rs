@@ -1,12 +1,17 @@
-//! Starting a child: a raw clone(2), sandboxed into new mount, PID, IPC, UTS and network
-//! namespaces (std's Command cannot ask for a PID namespace), with its control socket as
-//! fd 3, the write end of a violation pipe as fd 4, its own process group and a
-//! parent-death signal (so none outlives the gateway), then exec with `--sandbox MODE`.
-//! The child does the rest to itself (the `sandbox` crate): empty root, rlimits, no
-//! capabilities, Landlock, seccomp. When it breaks its seccomp allowlist, its SIGSYS
-//! handler writes the system call's number into the pipe before it dies, and the gateway
-//! reads it from there. Also: the child's `Process` (wait, kill, its violation) and the
-//! host ids of its threads.
+//! Starting a child: a raw clone(2), sandboxed into new user, mount, PID, IPC, UTS and
+//! network namespaces (std's Command cannot ask for a PID namespace), always from the
+//! spawner thread (spawner.rs: the parent-death signal follows the thread that started
+//! the child). The child gets its control socket as fd 3 and the write end of a
+//! violation pipe as fd 4, and nothing else the gateway holds: every other descriptor
+//! above stdio is closed at exec (close_range), whatever the gateway inherited. Then its
+//! own process group, the parent-death signal (so none outlives the gateway) and exec
+//! with `--sandbox MODE`. Sandboxed, it is root in its user namespace and, outside, an id
+//! leased for it alone (ids.rs) when the gateway is root, or the gateway's own user when
+//! it is not. The child does the rest to itself (the `sandbox` crate): empty root,
+//! rlimits, no capabilities, Landlock, seccomp. When it breaks its seccomp allowlist, its
+//! SIGSYS handler writes the system call's number into the pipe before it dies, and the
+//! gateway reads it from there. Also: the child's `Process` (wait, kill, its violation)
+//! and the host ids of its threads.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -18,6 +23,8 @@ use std::process::ExitStatus;
 
 use ipc::Connection;
 
+use super::ids::{self, IdError, IdLease};
+use super::spawner::on_spawner_thread;
 use ::sandbox::Mode;
 
 /// Why a child could not be started. The texts are what the command line and QMP
@@ -31,6 +38,8 @@ pub enum SpawnError {
     Namespaces(std::io::Error),
     #[error("mapping the sandbox's user namespace: {0}")]
     UserNamespace(std::io::Error),
+    #[error(transparent)]
+    Ids(#[from] IdError),
     /// A step of the child between clone and exec failed (`step` says which).
     #[error("{step}: {error}")]
     Child {
@@ -42,14 +51,17 @@ pub enum SpawnError {
 }
 
 /// Starts `binary` (sandboxed as `mode` says) with the far end of a fresh socket pair as
-/// its control channel (`--control-fd 3`, then `args`).
+/// its control channel (`--control-fd 3`, then `args`), from the spawner thread.
 pub fn spawn_child(
     binary: &Path,
     args: &[&str],
     mode: Mode,
 ) -> Result<(Process, Connection), SpawnError> {
     let (ours, theirs) = UnixStream::pair()?;
-    let child = spawn(binary, args, &OwnedFd::from(theirs), mode)?;
+    let binary = binary.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let control = OwnedFd::from(theirs);
+    let child = on_spawner_thread(move || spawn(&binary, &args, &control, mode))??;
     Ok((child, Connection::new(ours)))
 }
 
@@ -63,6 +75,8 @@ pub struct Process {
     pid: libc::pid_t,
     status: Option<ExitStatus>,
     violations: OwnedFd,
+    /// Its id on the host, leased until it has been reaped (then `Process` is dropped).
+    lease: Option<IdLease>,
 }
 
 fn cvt(rc: libc::c_long) -> std::io::Result<libc::c_long> {
@@ -86,11 +100,25 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// What each step the child reports failing is called (the first number it writes).
+fn step_name(step: i32) -> &'static str {
+    match step {
+        1 | 2 => "placing its descriptors",
+        3 => "setpgid",
+        4 => "PR_SET_PDEATHSIG",
+        6 => "dropping supplementary groups",
+        7 => "becoming the user namespace's root",
+        8 => "closing the descriptors it must not have",
+        _ => "execve",
+    }
+}
+
 /// Starts `binary` with `--control-fd 3 [--sandbox MODE] args...`; `control` becomes its
-/// fd 3. With `mode` other than off the child starts in namespaces of its own.
-pub fn spawn(
+/// fd 3. With `mode` other than off the child starts in namespaces of its own. Run it on
+/// the spawner thread (`spawn_child` does).
+fn spawn(
     binary: &Path,
-    args: &[&str],
+    args: &[String],
     control: &OwnedFd,
     mode: Mode,
 ) -> Result<Process, SpawnError> {
@@ -105,7 +133,7 @@ pub fn spawn(
         argv.push(c_string(mode.as_str())?);
     }
     for a in args {
-        argv.push(c_string(*a)?);
+        argv.push(c_string(a.as_str())?);
     }
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
@@ -122,12 +150,24 @@ pub fn spawn(
     let (violations_r, violations_w) = pipe()?;
     // exec's errno comes back through this pipe; end of file means exec succeeded.
     let (err_r, err_w) = pipe()?;
-    // The child waits on this until the gateway has written its user namespace's maps.
+    // The child waits on this until the gateway has written its user namespace's maps;
+    // the gateway keeps its end open until the child has exec'd, so that the child can
+    // tell, once its parent-death signal is set, whether the gateway is still there.
     let (go_r, go_w) = pipe()?;
-    let go_fd = go_r.as_raw_fd();
+    let (go_fd, go_w_fd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let privileged = uid == 0;
+    // Root leases an id of the child's own; anyone else can map only their own ids.
+    let lease = if sandboxed && privileged {
+        Some(ids::lease()?)
+    } else {
+        None
+    };
+    let (outside_uid, outside_gid) = match &lease {
+        Some(l) => (l.id(), l.id()),
+        None => (uid, gid),
+    };
     let control_fd = control.as_raw_fd();
     let report_fd = violations_w.as_raw_fd();
     let err_fd = err_w.as_raw_fd();
@@ -169,15 +209,18 @@ pub fn spawn(
                 libc::write(err_fd, msg.as_ptr().cast(), 8);
                 libc::_exit(127)
             };
+            // Our copy of the write end goes, so that the gateway's end is the only one:
+            // if the gateway dies, the read below ends.
+            libc::close(go_w_fd);
+            let mut go = 0u8;
+            if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
+                libc::_exit(127);
+            }
             if sandboxed {
-                let mut go = 0u8;
-                if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
-                    libc::_exit(127);
-                }
-                // Become the namespace's root, which is an unprivileged user outside
-                // (nobody, when the gateway is root): without supplementary groups.
-                // Raw system calls: glibc's wrappers would try to reach the parent's
-                // other threads, which this fork-like child does not have, and hang.
+                // Become the namespace's root, which outside is the id mapped for it
+                // (without supplementary groups). Raw system calls: glibc's wrappers
+                // would try to reach the parent's other threads, which this fork-like
+                // child does not have, and hang.
                 if privileged
                     && libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
                         < 0
@@ -199,13 +242,46 @@ pub fn spawn(
             if libc::dup2(control_tmp, CONTROL_FD) < 0 || libc::dup2(report_tmp, VIOLATION_FD) < 0 {
                 fail(2);
             }
+            // Nothing else crosses exec: not what the gateway opened without CLOEXEC, nor
+            // what it inherited itself (`exec 77</etc/shadow`). Marked rather than closed:
+            // the error and go pipes are still needed until exec.
+            if libc::syscall(
+                libc::SYS_close_range,
+                VIOLATION_FD + 1,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                // Kernels before 5.11: one by one, up to the limit on descriptors.
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) < 0 {
+                    fail(8);
+                }
+                let top = lim.rlim_cur.min(libc::c_int::MAX as u64) as libc::c_int;
+                for fd in VIOLATION_FD + 1..top {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             // Terminal signals (Ctrl-C) go to the gateway, which stops its children in order.
             if libc::setpgid(0, 0) < 0 {
                 fail(3);
             }
-            // If the gateway dies without cleaning up, its children go with it.
+            // If the gateway dies without cleaning up, its children go with it. (After
+            // setresuid above: a change of credentials clears the signal.)
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 fail(4);
+            }
+            // The gateway may have died before that: then the go pipe has no writer left.
+            let mut hung_up = libc::pollfd {
+                fd: go_fd,
+                events: 0,
+                revents: 0,
+            };
+            if libc::poll(&mut hung_up, 1, 0) != 0 && hung_up.revents & libc::POLLHUP != 0 {
+                libc::_exit(127);
             }
             libc::execve(argv_ptrs[0], argv_ptrs.as_ptr(), env_ptrs.as_ptr());
             fail(5)
@@ -213,37 +289,34 @@ pub fn spawn(
     }
     drop(err_w);
     drop(go_r);
+    let reap = || {
+        let mut status = 0;
+        // SAFETY: reaping the child we just made.
+        unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+    };
     if sandboxed {
-        if let Err(e) = map_ids(pid as libc::pid_t, uid, gid, privileged) {
+        if let Err(e) = map_ids(pid as libc::pid_t, outside_uid, outside_gid, privileged) {
             // The child is still waiting for its go: it ends when the pipe closes.
             drop(go_w);
-            let mut status = 0;
-            // SAFETY: reaping the child we just made.
-            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            reap();
             return Err(SpawnError::UserNamespace(e));
         }
-        // SAFETY: one byte from a local to a pipe we own.
-        unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
     }
-    drop(go_w);
+    // SAFETY: one byte from a local to a pipe we own.
+    unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
     drop(violations_w);
     let mut report = [0i32; 2];
     // SAFETY: reading at most 8 bytes into our array.
     let n = unsafe { libc::read(err_r.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
+    // Only now: the child has looked for us after setting its parent-death signal.
+    drop(go_w);
     if n == 8 {
-        let mut status = 0;
-        // SAFETY: reaping the child we just made.
-        unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-        let step = match report[0] {
-            1 | 2 => "placing its descriptors",
-            3 => "setpgid",
-            4 => "PR_SET_PDEATHSIG",
-            6 => "dropping supplementary groups",
-            7 => "becoming the user namespace's root",
-            _ => "execve",
-        };
+        reap();
         let error = std::io::Error::from_raw_os_error(report[1]);
-        return Err(SpawnError::Child { step, error });
+        return Err(SpawnError::Child {
+            step: step_name(report[0]),
+            error,
+        });
     }
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
@@ -258,25 +331,18 @@ pub fn spawn(
         pid: pid as libc::pid_t,
         status: None,
         violations: violations_r,
+        lease,
     })
 }
 
-/// Who the sandboxed process is outside its user namespace: nobody when the gateway is
-/// root (so even a process that escaped every other layer holds no privilege), the
-/// gateway's own user otherwise (the only mapping an unprivileged user may write).
-const NOBODY: libc::uid_t = 65534;
-
+/// Writes the user namespace's maps: root inside is `outside_uid`/`outside_gid` outside.
+/// Without privilege only one's own ids can be mapped, and only with setgroups denied.
 fn map_ids(
     pid: libc::pid_t,
-    uid: libc::uid_t,
-    gid: libc::gid_t,
+    outside_uid: libc::uid_t,
+    outside_gid: libc::gid_t,
     privileged: bool,
 ) -> std::io::Result<()> {
-    let (outside_uid, outside_gid) = if privileged {
-        (NOBODY, NOBODY)
-    } else {
-        (uid, gid)
-    };
     if !privileged {
         std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
     }
@@ -294,6 +360,11 @@ fn map_ids(
 impl Process {
     pub fn id(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// The uid (and gid) it runs as on the host, when one was leased for it.
+    pub fn host_id(&self) -> Option<u32> {
+        self.lease.as_ref().map(IdLease::id)
     }
 
     fn reap(&mut self, flags: libc::c_int) -> std::io::Result<Option<ExitStatus>> {
@@ -341,6 +412,17 @@ impl Process {
         // SAFETY: reading at most 8 bytes into our array from a nonblocking pipe.
         let n = unsafe { libc::read(self.violations.as_raw_fd(), nr.as_mut_ptr().cast(), 8) };
         (n == 8).then(|| i64::from_le_bytes(nr))
+    }
+}
+
+impl Drop for Process {
+    /// Its id goes back with it: a child still running is killed (it is ours, unreaped)
+    /// and reaped first, so that no two live processes ever share an id.
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill();
+            let _ = self.wait();
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
-use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError};
+use ipc::{errno_text, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError};
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
@@ -36,16 +36,6 @@ fn cache_mode(direct: bool, no_flush: bool) -> CacheMode {
         (true, false) => CacheMode::Direct,
         (false, true) => CacheMode::NoFlush,
         (true, true) => CacheMode::DirectNoFlush,
-    }
-}
-
-/// An error's text as strerror gives it, as QEMU's messages quote it (without Rust's
-/// " (os error N)").
-fn errno_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
     }
 }
 

@@ -36,6 +36,17 @@ impl DetectZeroes {
     }
 }
 
+/// An OS error as QEMU words it in its block errors and BLOCK_IO_ERROR's reason:
+/// strerror's text, without Rust's " (os error N)". The daemon's answers and the
+/// gateway's own errors both say it this way.
+pub fn errno_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 /// What a node does when the image fails a request (QEMU's BlockdevOnError, the values
 /// -drive's werror= and rerror= take).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -323,6 +334,14 @@ mod tests {
         assert_eq!(BlockRequest::SetThrottle(None).fd_count(), 0);
         assert_eq!(BlockRequest::Stats.fd_count(), 0);
         assert_eq!(BlockRequest::Resume.fd_count(), 0);
+    }
+
+    #[test]
+    fn os_errors_read_as_strerror() {
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(errno_text(&e), "No space left on device");
+        let other = std::io::Error::other("plain text");
+        assert_eq!(errno_text(&other), "plain text");
     }
 
     #[test]

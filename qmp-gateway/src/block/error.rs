@@ -1,6 +1,8 @@
 //! What can go wrong in the block layer. The texts are QEMU's where QEMU has one (clients
 //! and the tests compare them); qmp/errors.rs gives each its QMP class.
 
+use ipc::errno_text;
+
 use super::lock::LockError;
 use super::throttle::ThrottleError;
 use crate::children::daemon::DaemonError;
@@ -115,13 +117,4 @@ pub enum BlockError {
     DriveIdTaken(String),
     #[error("drive {id}: {error}")]
     Drive { id: String, error: Box<BlockError> },
-}
-
-/// strerror-style text without Rust's " (os error N)" suffix, as QEMU prints it.
-pub fn errno_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }

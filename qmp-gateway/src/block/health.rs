@@ -12,10 +12,9 @@
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use ipc::{ErrorAction, IoOperation, OnError};
+use ipc::{errno_text, ErrorAction, IoOperation, OnError};
 use parking_lot::Mutex;
 
-use super::error::errno_text;
 use crate::events::{BlockIoError, Event, EventBus};
 
 /// QEMU's BlockDeviceIoStatus.

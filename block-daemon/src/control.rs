@@ -1,7 +1,8 @@
 //! Gateway mode: the daemon's configuration and files arrive on an inherited control
 //! socket. The first call opens the node (image fd, vhost-user listener fd); later calls
-//! manage it (statistics, resize, I/O limits, write threshold) while a serving thread
-//! answers the frontend. Events (the write threshold) go back on the same socket.
+//! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
+//! after a failure) while a serving thread answers the frontend. Events (the write
+//! threshold, failed requests) go back on the same socket.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -10,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
-use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError};
+use ipc::{errno_text, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError};
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
@@ -74,6 +75,8 @@ fn open(
     let policy = Policy {
         discard_unmap: open.discard_unmap,
         detect_zeroes: open.detect_zeroes,
+        on_read_error: open.on_read_error,
+        on_write_error: open.on_write_error,
         events: Some(Arc::new(move |e: BlockEvent| events.event(e))),
     };
     let stats = Arc::new(Stats::new(&open.stats_intervals));
@@ -108,9 +111,9 @@ fn handle(
             if disk.read_only() {
                 return Err(RemoteError::generic("Image is read-only"));
             }
-            device
-                .resize(bytes)
-                .map_err(|e| RemoteError::generic(format!("Could not resize: {e}")))?;
+            device.resize(bytes).map_err(|e| {
+                RemoteError::generic(format!("Could not resize file: {}", errno_text(&e)))
+            })?;
             Ok(BlockReply::Done)
         }
         BlockRequest::SetThrottle(limits) => {
@@ -131,6 +134,10 @@ fn handle(
         }
         BlockRequest::SetWriteThreshold { node_name, bytes } => {
             device.set_write_threshold(&node_name, bytes);
+            Ok(BlockReply::Done)
+        }
+        BlockRequest::Resume => {
+            device.resume();
             Ok(BlockReply::Done)
         }
         BlockRequest::Quit => Ok(BlockReply::Done),

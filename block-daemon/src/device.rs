@@ -10,6 +10,12 @@
 //! node says unmap), detect-zeroes, the write threshold, and I/O limits. A read or write
 //! the limits hold back waits in its queue's pending list (reads and writes apart, so a
 //! write limit never delays reads) until a timer says the buckets have drained.
+//!
+//! After the engine sits the node's error policy (werror=, rerror=): a request the image
+//! failed is reported to the guest, completed as if it had succeeded, or held (not
+//! completed: the guest waits) until the gateway says to start it again, each with an
+//! event for the gateway. A held request stays in flight in the inflight region, so a
+//! daemon that replaces this one holds it too.
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,13 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipc::{BlockEvent, DetectZeroes};
+use ipc::{BlockEvent, DetectZeroes, ErrorAction, IoOperation, OnError};
 use parking_lot::Mutex;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_backend::{Device, HostWatch, Rings, Vring};
 use virtio::{blk, features, ChainError, Desc};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{
@@ -68,6 +75,10 @@ pub struct Policy {
     /// Discards deallocate; otherwise they succeed without touching the image.
     pub discard_unmap: bool,
     pub detect_zeroes: DetectZeroes,
+    /// What a read the image fails does (rerror=).
+    pub on_read_error: OnError,
+    /// What any other request the image fails does (werror=).
+    pub on_write_error: OnError,
     pub events: Option<EventSink>,
 }
 
@@ -76,6 +87,8 @@ impl Default for Policy {
         Policy {
             discard_unmap: true,
             detect_zeroes: DetectZeroes::Off,
+            on_read_error: OnError::Report,
+            on_write_error: OnError::Report,
             events: None,
         }
     }
@@ -98,6 +111,8 @@ enum HostSource {
     Completions(usize),
     /// Held requests may go.
     Timer,
+    /// Requests held after a failure are to be started again.
+    Retry,
 }
 
 struct Inner {
@@ -111,6 +126,11 @@ struct Inner {
     held: Vec<Mutex<HeldLists>>,
     /// Fires when held requests may go.
     timer: Mutex<TimerFd>,
+    /// Per queue: heads the image failed whose action was to stop, oldest first. Not
+    /// completed: they wait for `resume`.
+    failed: Vec<Mutex<Vec<u16>>>,
+    /// Written by `resume`: the worker starts the failed requests again.
+    retry: EventFd,
     /// The host-side descriptors the worker watches for the device.
     sources: Vec<(HostSource, RawFd)>,
     /// Per node: the offset a write may not end beyond without an event.
@@ -147,6 +167,8 @@ impl BlkDevice {
             .filter_map(|(q, e)| e.notifier().map(|fd| (HostSource::Completions(q), fd)))
             .collect();
         sources.push((HostSource::Timer, timer.as_raw_fd()));
+        let retry = EventFd::new(EFD_NONBLOCK)?;
+        sources.push((HostSource::Retry, retry.as_raw_fd()));
         Ok(BlkDevice {
             inner: Arc::new(Inner {
                 num_queues: n,
@@ -158,6 +180,8 @@ impl BlkDevice {
                 throttle: Mutex::new(None),
                 held: (0..n).map(|_| Mutex::new(Default::default())).collect(),
                 timer: Mutex::new(timer),
+                failed: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+                retry,
                 sources,
                 write_thresholds: Mutex::new(Vec::new()),
                 lowest_threshold: AtomicU64::new(0),
@@ -192,6 +216,19 @@ impl BlkDevice {
     /// frontend that asks GET_CONFIG sees the new capacity.
     pub fn resize(&self, bytes: u64) -> io::Result<()> {
         self.inner.disk.resize(bytes)
+    }
+
+    /// Starts again the requests held after a failure (QMP cont): the worker takes them
+    /// from the descriptor table, where the guest left them, as if they were new.
+    pub fn resume(&self) {
+        if let Err(e) = self.inner.retry.write(1) {
+            log::error!("waking the worker to retry failed requests: {e}");
+        }
+    }
+
+    /// Requests held after a failure, on every queue.
+    pub fn failed_requests(&self) -> usize {
+        self.inner.failed.iter().map(|f| f.lock().len()).sum()
     }
 
     fn arm_timer(&self, after: Duration) {
@@ -231,11 +268,8 @@ impl BlkDevice {
         vring: &mut Vring,
         mem: &Arc<GuestMemoryMmap>,
     ) -> io::Result<()> {
-        let limits = self.limits();
         let event_idx = vring.event_idx();
-        let mut engine = self.inner.engines[q].lock();
-        let mut done = Vec::new();
-        let mut soonest: Option<Duration> = None;
+        let mut batch = Batch::new(self, q, mem);
         let mut empty_pass = false;
         loop {
             if event_idx {
@@ -244,21 +278,9 @@ impl BlkDevice {
             let mut arrived = 0;
             while let Some((head, chain)) = vring.pop_chain(mem) {
                 arrived += 1;
-                self.handle_chain(
-                    q,
-                    head,
-                    chain,
-                    &limits,
-                    vring,
-                    mem,
-                    &mut **engine,
-                    &mut done,
-                    &mut soonest,
-                )?;
+                batch.take(head, chain, vring)?;
             }
-            engine.flush();
-            engine.reap(&mut done);
-            self.complete(vring, mem, &mut done)?;
+            batch.complete(vring)?;
             if arrived > 0 {
                 empty_pass = false;
                 continue;
@@ -283,57 +305,8 @@ impl BlkDevice {
                 break;
             }
         }
-        if let Some(wait) = soonest {
+        if let Some(wait) = batch.soonest {
             self.arm_timer(wait);
-        }
-        Ok(())
-    }
-
-    /// Parses one chain and dispatches it (or completes it with the guest's error).
-    #[allow(clippy::too_many_arguments)]
-    fn handle_chain(
-        &self,
-        q: usize,
-        head: u16,
-        chain: Result<Vec<Desc>, ChainError>,
-        limits: &Limits,
-        vring: &mut Vring,
-        mem: &Arc<GuestMemoryMmap>,
-        engine: &mut dyn Engine,
-        done: &mut Vec<Done>,
-        soonest: &mut Option<Duration>,
-    ) -> io::Result<()> {
-        let descs = match chain {
-            Ok(descs) => descs,
-            Err(e) => return self.refuse_unanswerable(vring, mem, head, &e.to_string()),
-        };
-        match request::parse(mem, &descs, limits) {
-            Ok(req) => {
-                if let Some(wait) = self.dispatch(q, head, req, mem, engine, done) {
-                    *soonest = Some(soonest.map_or(wait, |s: Duration| s.min(wait)));
-                }
-            }
-            Err(Rejected::Status {
-                status,
-                code,
-                reason,
-                request_type,
-            }) => {
-                self.inner.refusals.note(head, &reason);
-                self.inner.stats.record_invalid(request_type);
-                done.push(Done {
-                    head,
-                    status,
-                    code,
-                    used_len: 1,
-                    op: Op::Other,
-                    bytes: 0,
-                    started: Instant::now(),
-                });
-            }
-            Err(Rejected::NoStatus(reason)) => {
-                self.refuse_unanswerable(vring, mem, head, &reason)?;
-            }
         }
         Ok(())
     }
@@ -393,6 +366,7 @@ impl BlkDevice {
                         op: Op::Discard,
                         bytes: req.image_bytes(),
                         started: Instant::now(),
+                        error: None,
                     });
                     return None;
                 }
@@ -500,7 +474,7 @@ impl BlkDevice {
             let mut done = Vec::new();
             engine.reap(&mut done);
             drop(engine);
-            self.complete(&mut vring, mem, &mut done)?;
+            self.complete(q, &mut vring, mem, &mut done)?;
         }
         if let Some(wait) = soonest {
             self.arm_timer(wait);
@@ -508,8 +482,73 @@ impl BlkDevice {
         Ok(())
     }
 
+    /// `resume` was asked for: the failed requests of every live ring go through the
+    /// node's policies and the engine again (a limit may hold them back, a failure
+    /// hold them again).
+    fn retry_failed(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
+        let _ = self.inner.retry.read();
+        let mut soonest: Option<Duration> = None;
+        for q in 0..self.inner.num_queues {
+            if self.inner.failed[q].lock().is_empty() {
+                continue;
+            }
+            let Some(mut vring) = rings.lock(q, mem) else {
+                continue;
+            };
+            // A ring that is not live keeps them until it is (and is resumed again).
+            if !vring.live() {
+                continue;
+            }
+            let heads = std::mem::take(&mut *self.inner.failed[q].lock());
+            log::info!(
+                "queue {q}: starting again {} failed request(s)",
+                heads.len()
+            );
+            let table = GuestAddress(vring.queue().desc_table());
+            let size = vring.queue().size();
+            let mut batch = Batch::new(self, q, mem);
+            for head in heads {
+                let chain = virtio::read_chain(&**mem, table, size, head);
+                batch.take(head, chain, &mut vring)?;
+            }
+            batch.complete(&mut vring)?;
+            soonest = earliest(soonest, batch.soonest);
+        }
+        if let Some(wait) = soonest {
+            self.arm_timer(wait);
+        }
+        Ok(())
+    }
+
+    /// What the node's policy does about a request the image failed with `errno`; the
+    /// gateway hears of it. Holding a request needs someone to resume it: without the
+    /// gateway (no events), a stop is a report.
+    fn on_failure(&self, op: Op, errno: i32) -> ErrorAction {
+        let policy = &self.inner.policy;
+        let (operation, on_error) = match op {
+            Op::Read => (IoOperation::Read, policy.on_read_error),
+            _ => (IoOperation::Write, policy.on_write_error),
+        };
+        let action = on_error.action(errno);
+        let Some(events) = &policy.events else {
+            return match action {
+                ErrorAction::Stop => ErrorAction::Report,
+                other => other,
+            };
+        };
+        events(BlockEvent::IoError {
+            operation,
+            action,
+            errno,
+        });
+        action
+    }
+
+    /// Puts finished requests of queue `q` on its used ring (after the error policy:
+    /// a failed one may be held instead) and notifies the guest.
     fn complete(
         &self,
+        q: usize,
         vring: &mut Vring,
         mem: &GuestMemoryMmap,
         done: &mut Vec<Done>,
@@ -517,7 +556,25 @@ impl BlkDevice {
         if done.is_empty() {
             return Ok(());
         }
-        for d in done.drain(..) {
+        let mut completed = 0;
+        for mut d in done.drain(..) {
+            if let Some(errno) = d.error {
+                match self.on_failure(d.op, errno) {
+                    ErrorAction::Stop => {
+                        self.inner.failed[q].lock().push(d.head);
+                        continue;
+                    }
+                    ErrorAction::Ignore => {
+                        d.code = blk::S_OK;
+                        d.used_len = match d.op {
+                            Op::Read => d.bytes as u32 + 1,
+                            _ => 1,
+                        };
+                    }
+                    ErrorAction::Report => {}
+                }
+            }
+            completed += 1;
             if !d.status.is_null() {
                 // SAFETY: the status byte came from request::parse, and the memory map it
                 // points into is still held (by the engine until now, or by the caller).
@@ -528,6 +585,9 @@ impl BlkDevice {
                 .record(d.op, d.bytes, d.code == blk::S_OK, d.started.elapsed());
             vring.add_used(mem, d.head, d.used_len)?;
         }
+        if completed == 0 {
+            return Ok(());
+        }
         vring.notify(mem)
     }
 
@@ -535,7 +595,7 @@ impl BlkDevice {
     fn reap(&self, q: usize, vring: &mut Vring, mem: &GuestMemoryMmap) -> io::Result<()> {
         let mut done = Vec::new();
         self.inner.engines[q].lock().reap(&mut done);
-        self.complete(vring, mem, &mut done)
+        self.complete(q, vring, mem, &mut done)
     }
 
     /// Completions, or the timer, with no memory table to serve them against (cannot
@@ -550,7 +610,104 @@ impl BlkDevice {
             HostSource::Timer => {
                 let _ = self.inner.timer.lock().wait();
             }
+            // The failed requests stay held for a ring to retry them on.
+            HostSource::Retry => {
+                let _ = self.inner.retry.read();
+            }
         }
+    }
+}
+
+/// The sooner of two waits.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Chains of one queue on their way to its engine (locked meanwhile), and what
+/// finished: taken one by one, then handed to the kernel and completed together.
+struct Batch<'a> {
+    device: &'a BlkDevice,
+    q: usize,
+    limits: Limits,
+    mem: &'a Arc<GuestMemoryMmap>,
+    engine: parking_lot::MutexGuard<'a, Box<dyn Engine>>,
+    done: Vec<Done>,
+    /// When requests the I/O limits hold back may go.
+    soonest: Option<Duration>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(device: &'a BlkDevice, q: usize, mem: &'a Arc<GuestMemoryMmap>) -> Batch<'a> {
+        Batch {
+            device,
+            q,
+            limits: device.limits(),
+            mem,
+            engine: device.inner.engines[q].lock(),
+            done: Vec::new(),
+            soonest: None,
+        }
+    }
+
+    /// Parses one chain and dispatches it (or completes it with the guest's error).
+    fn take(
+        &mut self,
+        head: u16,
+        chain: Result<Vec<Desc>, ChainError>,
+        vring: &mut Vring,
+    ) -> io::Result<()> {
+        let device = self.device;
+        let descs = match chain {
+            Ok(descs) => descs,
+            Err(e) => return device.refuse_unanswerable(vring, self.mem, head, &e.to_string()),
+        };
+        match request::parse(self.mem, &descs, &self.limits) {
+            Ok(req) => {
+                let wait = device.dispatch(
+                    self.q,
+                    head,
+                    req,
+                    self.mem,
+                    &mut **self.engine,
+                    &mut self.done,
+                );
+                self.soonest = earliest(self.soonest, wait);
+            }
+            Err(Rejected::Status {
+                status,
+                code,
+                reason,
+                request_type,
+            }) => {
+                device.inner.refusals.note(head, &reason);
+                device.inner.stats.record_invalid(request_type);
+                self.done.push(Done {
+                    head,
+                    status,
+                    code,
+                    used_len: 1,
+                    op: Op::Other,
+                    bytes: 0,
+                    started: Instant::now(),
+                    error: None,
+                });
+            }
+            Err(Rejected::NoStatus(reason)) => {
+                device.refuse_unanswerable(vring, self.mem, head, &reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what was taken to the kernel and completes what finished.
+    fn complete(&mut self, vring: &mut Vring) -> io::Result<()> {
+        self.engine.flush();
+        self.engine.reap(&mut self.done);
+        self.device
+            .complete(self.q, vring, self.mem, &mut self.done)
     }
 }
 
@@ -632,11 +789,13 @@ impl Device for BlkDevice {
                 None => Ok(()),
             },
             HostSource::Timer => self.release_held(rings, mem),
+            HostSource::Retry => self.retry_failed(rings, mem),
         }
     }
 
     /// Held requests go now, whatever the limits say, and everything in flight finishes
-    /// onto the used ring.
+    /// onto the used ring. Requests held after a failure end with the guest's error: the
+    /// driver is stopping the queue (QEMU drops them when its device resets).
     fn stop_queue(&self, q: usize, ring: &mut Vring, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let mut engine = self.inner.engines[q].lock();
         let held = std::mem::take(&mut *self.inner.held[q].lock());
@@ -648,17 +807,225 @@ impl Device for BlkDevice {
         let mut done = Vec::new();
         engine.drain(&mut done);
         drop(engine);
-        self.complete(ring, mem, &mut done)
+        // Nothing finishing now can be held: the ring is going away.
+        let failed = std::mem::take(&mut *self.inner.failed[q].lock());
+        let limits = self.limits();
+        let table = GuestAddress(ring.queue().desc_table());
+        let size = ring.queue().size();
+        done.extend(failed.into_iter().map(|head| {
+            let status = virtio::read_chain(&**mem, table, size, head)
+                .ok()
+                .and_then(|descs| match request::parse(mem, &descs, &limits) {
+                    Ok(req) => Some(req.status),
+                    Err(Rejected::Status { status, .. }) => Some(status),
+                    Err(Rejected::NoStatus(_)) => None,
+                })
+                .unwrap_or(std::ptr::null_mut());
+            Done {
+                head,
+                status,
+                code: blk::S_IOERR,
+                used_len: u32::from(!status.is_null()),
+                op: Op::Other,
+                bytes: 0,
+                started: Instant::now(),
+                error: None,
+            }
+        }));
+        for d in &mut done {
+            d.error = None;
+        }
+        self.complete(q, ring, mem, &mut done)
     }
 
     /// Whatever is in flight finishes, and nothing is put on a ring nobody serves. The
-    /// inflight region still says those heads are in flight; the next connection starts
-    /// them again.
+    /// inflight region still says those heads are in flight (the failed ones too); the
+    /// next connection starts them again.
     fn disconnected(&self) {
         for q in 0..self.inner.num_queues {
             *self.inner.held[q].lock() = Default::default();
+            self.inner.failed[q].lock().clear();
             let mut done = Vec::new();
             self.inner.engines[q].lock().drain(&mut done);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::CacheMode;
+    use crate::engine::{self, EngineKind};
+    use std::os::fd::AsRawFd;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const QSIZE: u16 = 16;
+    const RING: (u64, u64, u64) = (0x1000, 0x2000, 0x3000);
+    const HEADER: u64 = 0x10000;
+    const DATA: u64 = 0x11000;
+    const STATUS: u64 = 0x12000;
+
+    fn memory() -> Arc<GuestMemoryMmap> {
+        Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap())
+    }
+
+    fn descriptor(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = RING.0 + 16 * u64::from(i);
+        mem.write_obj(addr, GuestAddress(at)).unwrap();
+        mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+
+    /// One 512-byte write of 0xab to sector 1, made available as head 0.
+    fn write_request(mem: &GuestMemoryMmap) {
+        mem.write_obj(blk::T_OUT, GuestAddress(HEADER)).unwrap();
+        mem.write_obj(1u64, GuestAddress(HEADER + 8)).unwrap();
+        mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        descriptor(mem, 0, HEADER, 16, 1, 1);
+        descriptor(mem, 1, DATA, 512, 1, 2);
+        descriptor(mem, 2, STATUS, 1, 2, 0);
+        mem.write_obj(0u16, GuestAddress(RING.1 + 4)).unwrap();
+        mem.write_obj(1u16, GuestAddress(RING.1 + 2)).unwrap();
+    }
+
+    fn used_idx(mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(RING.2 + 2)).unwrap()
+    }
+
+    fn status(mem: &GuestMemoryMmap) -> u8 {
+        mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    /// A device over an image opened read-only (so every write fails, with EBADF), with
+    /// the events it raises; and the image's path.
+    fn device(
+        tag: &str,
+        on_write_error: OnError,
+    ) -> (BlkDevice, Arc<Mutex<Vec<BlockEvent>>>, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("flotilla-blk-policy-{tag}-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 16)
+            .unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let disk = Arc::new(Disk::new(file, false, CacheMode::Writeback, "d").unwrap());
+        let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let policy = Policy {
+            on_write_error,
+            events: Some(Arc::new(move |e| sink.lock().push(e))),
+            ..Policy::default()
+        };
+        let stats = Arc::new(Stats::new(&[]));
+        let dev = BlkDevice::new(disk, engines, stats, policy).unwrap();
+        (dev, events, path)
+    }
+
+    fn kick(dev: &BlkDevice, rings: &Rings, mem: &Arc<GuestMemoryMmap>) {
+        let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
+        let mut ring = rings.lock(0, mem).unwrap();
+        dev.queue_kicked(0, &mut ring, mem, &watch).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_held_until_resumed_then_lands() {
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let (dev, events, path) = device("stop", OnError::Stop);
+        kick(&dev, &rings, &mem);
+        // Held: not completed, the status byte untouched, the gateway told.
+        assert_eq!(used_idx(&mem), 0);
+        assert_eq!(status(&mem), 0xff);
+        assert_eq!(dev.failed_requests(), 1);
+        assert_eq!(
+            *events.lock(),
+            [BlockEvent::IoError {
+                operation: IoOperation::Write,
+                action: ErrorAction::Stop,
+                errno: libc::EBADF
+            }]
+        );
+        // Space is back, so to speak: the image is writable now. Resumed, the request
+        // is taken again from the descriptor table and lands.
+        let writable = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // SAFETY: dup2 onto the disk's own descriptor, which stays open and is ours.
+        assert!(unsafe { libc::dup2(writable.as_raw_fd(), dev.disk().fd()) } >= 0);
+        dev.resume();
+        let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
+        // The sync engine has no completion source: the timer, then the retry.
+        assert_eq!(dev.host_fds().len(), 2);
+        dev.host_ready(1, &rings, Some(&mem), &watch).unwrap();
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(status(&mem), blk::S_OK);
+        assert_eq!(dev.failed_requests(), 0);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(on_disk[512..1024].iter().all(|b| *b == 0xab));
+        assert_eq!(events.lock().len(), 1, "the retry raised nothing");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn report_fails_the_request_and_ignore_completes_it() {
+        for (policy, code) in [
+            (OnError::Report, blk::S_IOERR),
+            (OnError::Ignore, blk::S_OK),
+        ] {
+            let mem = memory();
+            write_request(&mem);
+            let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+            let (dev, events, path) = device(policy.qmp_name(), policy);
+            kick(&dev, &rings, &mem);
+            assert_eq!(used_idx(&mem), 1, "{policy:?}");
+            assert_eq!(status(&mem), code, "{policy:?}");
+            assert_eq!(dev.failed_requests(), 0);
+            let expected = if policy == OnError::Report {
+                ErrorAction::Report
+            } else {
+                ErrorAction::Ignore
+            };
+            assert!(
+                matches!(events.lock()[..], [BlockEvent::IoError { action, .. }] if action == expected),
+                "{policy:?}: {:?}",
+                events.lock()
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn enospc_stops_only_on_enospc_and_a_stopped_queue_fails_what_it_held() {
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        // EBADF is no ENOSPC: reported.
+        let (dev, events, path) = device("enospc", OnError::Enospc);
+        kick(&dev, &rings, &mem);
+        assert_eq!(status(&mem), blk::S_IOERR);
+        assert!(matches!(
+            events.lock()[..],
+            [BlockEvent::IoError {
+                action: ErrorAction::Report,
+                ..
+            }]
+        ));
+        std::fs::remove_file(path).unwrap();
+        // A queue stopped while it holds a failed request completes it with an error.
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let (dev, _, path) = device("stop-queue", OnError::Stop);
+        kick(&dev, &rings, &mem);
+        assert_eq!(used_idx(&mem), 0);
+        let mut ring = rings.lock(0, &mem).unwrap();
+        dev.stop_queue(0, &mut ring, &mem).unwrap();
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(status(&mem), blk::S_IOERR);
+        assert_eq!(dev.failed_requests(), 0);
+        std::fs::remove_file(path).unwrap();
     }
 }

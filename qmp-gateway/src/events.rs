@@ -54,6 +54,17 @@ const WRITE_THRESHOLD_ARG: TypeDef = data(
         req("write-threshold", Ty::Int),
     ],
 );
+const BLOCK_IO_ERROR_ARG: TypeDef = data(
+    "q_obj_BLOCK_IO_ERROR-arg",
+    &[
+        req("device", Ty::Str),
+        opt("node-name", Ty::Str),
+        req("operation", Ty::Named("IoOperationType")),
+        req("action", Ty::Named("BlockErrorAction")),
+        opt("nospace", Ty::Bool),
+        req("reason", Ty::Str),
+    ],
+);
 const DAEMON_EXITED_MEMBERS: &[Member] = &[
     req("device", Ty::Str),
     opt("pid", Ty::Int),
@@ -88,6 +99,7 @@ const RESET: EventDef = def("RESET", Some(&SHUTDOWN_ARG));
 const SHUTDOWN: EventDef = def("SHUTDOWN", Some(&SHUTDOWN_ARG));
 const POWERDOWN: EventDef = def("POWERDOWN", None);
 const BLOCK_WRITE_THRESHOLD: EventDef = def("BLOCK_WRITE_THRESHOLD", Some(&WRITE_THRESHOLD_ARG));
+const BLOCK_IO_ERROR: EventDef = def("BLOCK_IO_ERROR", Some(&BLOCK_IO_ERROR_ARG));
 // Events of our own are named by QMP's rule for downstream extensions: a reverse-domain
 // prefix.
 const BLOCK_DAEMON_EXITED: EventDef = def(
@@ -121,6 +133,7 @@ pub const EVENTS: &[EventDef] = &[
     SHUTDOWN,
     POWERDOWN,
     BLOCK_WRITE_THRESHOLD,
+    BLOCK_IO_ERROR,
     BLOCK_DAEMON_EXITED,
     BLOCK_DAEMON_RESTARTED,
     NIC_RX_FILTER_CHANGED,
@@ -152,6 +165,24 @@ pub struct WriteThreshold {
     pub node_name: String,
     pub amount_exceeded: u64,
     pub write_threshold: u64,
+}
+
+/// A disk's image failed a request (QEMU's BLOCK_IO_ERROR), or its daemon is gone.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockIoError {
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// "read" or "write" (IoOperationType).
+    pub operation: &'static str,
+    /// "report", "ignore" or "stop" (BlockErrorAction).
+    pub action: &'static str,
+    /// Whether the image was out of space; present where the disk keeps an I/O status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nospace: Option<bool>,
+    /// What failed, as strerror says it.
+    pub reason: String,
 }
 
 /// A device daemon ended on its own (or failed to start).
@@ -202,6 +233,7 @@ pub enum Event {
     Shutdown(ShutdownInfo),
     Powerdown,
     BlockWriteThreshold(WriteThreshold),
+    BlockIoError(BlockIoError),
     BlockDaemonExited(DaemonExited),
     BlockDaemonRestarted(DaemonRestarted),
     NicRxFilterChanged(NicRxFilterChanged),
@@ -220,6 +252,7 @@ impl Event {
             Event::Shutdown(_) => &SHUTDOWN,
             Event::Powerdown => &POWERDOWN,
             Event::BlockWriteThreshold(_) => &BLOCK_WRITE_THRESHOLD,
+            Event::BlockIoError(_) => &BLOCK_IO_ERROR,
             Event::BlockDaemonExited(_) => &BLOCK_DAEMON_EXITED,
             Event::BlockDaemonRestarted(_) => &BLOCK_DAEMON_RESTARTED,
             Event::NicRxFilterChanged(_) => &NIC_RX_FILTER_CHANGED,
@@ -236,6 +269,7 @@ impl Event {
             Event::Stop | Event::Resume | Event::Powerdown => None,
             Event::Reset(d) | Event::Shutdown(d) => serde_json::to_value(d).ok(),
             Event::BlockWriteThreshold(d) => serde_json::to_value(d).ok(),
+            Event::BlockIoError(d) => serde_json::to_value(d).ok(),
             Event::BlockDaemonExited(d) | Event::NetDaemonExited(d) => serde_json::to_value(d).ok(),
             Event::BlockDaemonRestarted(d) | Event::NetDaemonRestarted(d) => {
                 serde_json::to_value(d).ok()
@@ -296,6 +330,17 @@ mod tests {
         }
     }
 
+    fn io_error() -> BlockIoError {
+        BlockIoError {
+            device: "d0".into(),
+            node_name: Some("disk0".into()),
+            operation: "write",
+            action: "stop",
+            nospace: Some(true),
+            reason: "No space left on device".into(),
+        }
+    }
+
     #[test]
     fn every_event_is_in_the_table_once() {
         let names: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
@@ -314,6 +359,7 @@ mod tests {
                 amount_exceeded: 1,
                 write_threshold: 2,
             }),
+            Event::BlockIoError(io_error()),
             Event::BlockDaemonExited(exited(Some(7), Some(0))),
             Event::BlockDaemonRestarted(DaemonRestarted {
                 device: "d0".into(),
@@ -376,6 +422,14 @@ mod tests {
             })
             .data(),
             Some(json!({"node-name": "n", "amount-exceeded": 1, "write-threshold": 2}))
+        );
+        assert_eq!(
+            Event::BlockIoError(io_error()).data(),
+            Some(
+                json!({"device": "d0", "node-name": "disk0", "operation": "write",
+                        "action": "stop", "nospace": true,
+                        "reason": "No space left on device"})
+            )
         );
         assert_eq!(
             Event::SandboxViolation(SandboxViolation {

@@ -1,16 +1,22 @@
 //! The gateway's shared state: what it knows about the VM (identity, run state, vCPU
 //! threads), the link to vmm-core, the block and network layers, the fd sets, the event bus, and how
 //! the gateway is asked to end. vmm-core's events become QMP events here.
+//!
+//! The run state is vmm-core's, with one of the gateway's own on top: io-error, while the
+//! VM is stopped because a disk failed a request whose error policy says stop. The block
+//! layer asks for that stop; a thread of its own here carries it out (vmm-core stops the
+//! vCPUs as for QMP stop), so that no daemon's event reader waits for vmm-core. `cont`
+//! clears it and has the disks retry what they hold.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 
-use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent};
+use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmRequest};
 use parking_lot::Mutex;
 
 use crate::block::BlockLayer;
-use crate::children::link::VmmLink;
+use crate::children::link::{LinkError, VmmLink};
 use crate::children::sandbox::{Mode, Policy};
 use crate::children::spawn::host_tid;
 use crate::events::{Event, EventBus};
@@ -36,12 +42,32 @@ pub struct VmIdentity {
 
 struct Status {
     run_state: RunState,
+    /// The VM was stopped for a disk's error (shown as io-error while it is paused).
+    io_error: bool,
     vcpus: Vec<VcpuInfo>,
+}
+
+/// Stops the VM for a disk's error, each time the block layer asks, if it runs.
+fn stop_for_io_errors(requests: mpsc::Receiver<()>, status: Arc<Mutex<Status>>, vmm: Arc<VmmLink>) {
+    for () in requests {
+        {
+            let mut s = status.lock();
+            // Already stopped (by a client, or by an earlier error): it stays as it is,
+            // as in QEMU.
+            if s.run_state != RunState::Running {
+                continue;
+            }
+            s.io_error = true;
+        }
+        if let Err(e) = vmm.request(VmmRequest::Stop, &[]) {
+            log::error!("stopping the VM after a disk error: {e}");
+        }
+    }
 }
 
 pub struct Gateway {
     pub identity: VmIdentity,
-    status: Mutex<Status>,
+    status: Arc<Mutex<Status>>,
     pub vmm: Arc<VmmLink>,
     pub block: Arc<BlockLayer>,
     pub net: Arc<NetLayer>,
@@ -66,17 +92,28 @@ impl Gateway {
             mode: sandbox,
             events: events.clone(),
         };
+        let status = Arc::new(Mutex::new(Status {
+            run_state: RunState::Prelaunch,
+            io_error: false,
+            vcpus: Vec::new(),
+        }));
+        let (stop_vm, stop_requests) = mpsc::channel();
+        {
+            let (status, vmm) = (status.clone(), vmm.clone());
+            // Ends when the block layer (which holds the sender) goes.
+            std::thread::Builder::new()
+                .name("io-error-stop".into())
+                .spawn(move || stop_for_io_errors(stop_requests, status, vmm))?;
+        }
         Ok(Gateway {
             identity,
-            status: Mutex::new(Status {
-                run_state: RunState::Prelaunch,
-                vcpus: Vec::new(),
-            }),
+            status,
             block: Arc::new(BlockLayer::new(
                 events.clone(),
                 vmm.clone(),
                 block_daemon,
                 policy.clone(),
+                stop_vm,
             )?),
             net: Arc::new(NetLayer::new(
                 events.clone(),
@@ -94,6 +131,27 @@ impl Gateway {
 
     pub fn run_state(&self) -> RunState {
         self.status.lock().run_state
+    }
+
+    /// The run state as QMP names it: vmm-core's, or io-error while the VM is paused
+    /// for a disk's error.
+    pub fn run_state_name(&self) -> &'static str {
+        let s = self.status.lock();
+        if s.io_error && s.run_state == RunState::Paused {
+            "io-error"
+        } else {
+            s.run_state.qmp_name()
+        }
+    }
+
+    /// QMP cont: the vCPUs run again, the disks' I/O status is cleared and the requests
+    /// they hold after an error are started again (one that fails again stops the VM
+    /// again).
+    pub fn cont(&self) -> Result<(), LinkError> {
+        self.vmm.request(VmmRequest::Cont, &[])?;
+        self.status.lock().io_error = false;
+        self.block.cont();
+        Ok(())
     }
 
     pub fn vcpus(&self) -> Vec<VcpuInfo> {
@@ -129,7 +187,13 @@ impl Gateway {
     pub fn on_vmm_event(&self, event: VmmEvent) {
         match event {
             VmmEvent::RunState(new) => {
-                let old = std::mem::replace(&mut self.status.lock().run_state, new);
+                let old = {
+                    let mut s = self.status.lock();
+                    if new == RunState::Running {
+                        s.io_error = false;
+                    }
+                    std::mem::replace(&mut s.run_state, new)
+                };
                 if old == RunState::Running && new != RunState::Running {
                     self.events.emit(Event::Stop);
                 } else if new == RunState::Running && old != RunState::Running {

@@ -56,6 +56,8 @@ class BlockCommandsTest(unittest.TestCase):
         self.assertEqual(disk["qdev"], QDEV)
         self.assertFalse(disk["removable"])
         self.assertFalse(disk["locked"])
+        # werror=enospc by default: an error may stop the VM, so there is a status.
+        self.assertEqual(disk["io-status"], "ok")
         inserted = disk["inserted"]
         self.assertEqual(inserted["file"], self.d0)
         self.assertEqual(inserted["drv"], "raw")
@@ -183,6 +185,8 @@ class BlockCommandsTest(unittest.TestCase):
         self.generic("Cannot find device='' nor node-name='nope'", "block_resize",
                      **{"node-name": "nope"}, size=1000)
         self.generic("Parameter 'size' expects a >0 size", "block_resize", device="d0", size=-1)
+        self.generic("Invalid parameter type for 'size', expected: integer", "block_resize",
+                     device="d0", size=1 << 63)
         self.qmp.cmd("blockdev-add", driver="raw", **{"node-name": "ro", "read-only": True},
                      file={"driver": "file", "filename": self.n1})
         self.generic("Image is read-only", "block_resize", **{"node-name": "ro"}, size=MIB)
@@ -223,10 +227,27 @@ class BlockCommandsTest(unittest.TestCase):
         self.assertEqual(self.qmp.cmd("block-set-write-threshold", **{
             "node-name": node, "write-threshold": 0}), {})
         self.assertEqual(self.node(node)["write_threshold"], 0)
+        # A uint64: the largest is taken, and shown (an int) as QEMU 7.2 shows it.
+        self.assertEqual(self.qmp.cmd("block-set-write-threshold", **{
+            "node-name": node, "write-threshold": (1 << 64) - 1}), {})
+        self.assertEqual(self.node(node)["write_threshold"], -1)
         self.generic("Device 'nope' not found", "block-set-write-threshold",
                      **{"node-name": "nope", "write-threshold": 1})
         self.generic("Device 'd0' not found", "block-set-write-threshold",
                      **{"node-name": "d0", "write-threshold": 1})
+
+    def test_an_error_policy_that_cannot_stop_shows_no_io_status(self):
+        other = image(os.path.join(self.images, "e1.img"), MIB)
+        gw = Gateway("--drive", f"file={other},format=raw,id=e1,werror=report,rerror=ignore")
+        qmp = QEMUMonitorProtocol(gw.sock)
+        try:
+            qmp.connect(negotiate=True)
+            [disk] = qmp.cmd("query-block")
+            self.assertNotIn("io-status", disk)
+            self.assertIn("BLOCK_IO_ERROR", [e["name"] for e in qmp.cmd("query-events")])
+        finally:
+            qmp.close()
+            gw.close()
 
     def test_fixed_disks_are_not_removable(self):
         for command in ("eject", "blockdev-open-tray", "blockdev-close-tray",

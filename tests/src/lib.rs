@@ -8,6 +8,7 @@
 pub mod blk;
 pub mod linux;
 pub mod net;
+pub mod qemu;
 pub mod qmp;
 
 use std::io::{BufRead, BufReader, Read};
@@ -259,6 +260,11 @@ impl Vm {
     /// Waits for a line starting with `prefix`.
     pub fn expect_prefix(&mut self, prefix: &str, timeout: Duration) -> String {
         self.expect_line(prefix, timeout, |l| l.starts_with(prefix))
+    }
+
+    /// Whether the process has ended (it is reaped; `wait` then returns at once).
+    pub fn exited(&mut self) -> bool {
+        self.status.is_some() || matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Waits for the process to exit; panics with the transcript on timeout.

@@ -142,6 +142,64 @@ impl QmpClient {
     }
 }
 
+impl QmpClient {
+    /// The next event named `name` within `timeout` (None if none came), keeping the
+    /// others aside; a reply meanwhile is a failure.
+    pub fn event_within(&mut self, name: &str, timeout: Duration) -> Option<Value> {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return Some(self.events.remove(i));
+        }
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            // A line cut by the timeout stays in the reader's buffer for the next read.
+            match self.reader.fill_buf() {
+                Ok([]) => panic!("QMP connection closed while waiting for {name}"),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
+                Err(e) => panic!("QMP read: {e}"),
+            }
+            self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let v = self.read();
+            if v["event"] == name {
+                break Some(v);
+            }
+            assert!(
+                v.get("event").is_some(),
+                "unexpected reply while waiting for {name}: {v}"
+            );
+            self.events.push(v);
+        };
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        result
+    }
+}
+
+/// Waits for `vm` to create its QMP socket at `path`.
+pub fn wait_for_socket(path: &Path, vm: &Vm) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no QMP socket at {}:\n{}",
+            path.display(),
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub fn error_of(reply: &Value) -> (String, String) {
     let e = reply
         .get("error")
@@ -188,15 +246,7 @@ impl Gateway {
     /// there.
     pub fn spawn(cmd: Command, dir: TempDir, qmp: PathBuf) -> Gateway {
         let vm = Vm::spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while !qmp.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no QMP socket:\n{}",
-                vm.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_socket(&qmp, &vm);
         Gateway { vm, dir, qmp }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use flotilla_tests::blk::empty_image;
 use flotilla_tests::{bin, TempDir, Vm};
 use ipc::{
-    BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes, FromBlock,
+    BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes, FromBlock, OnError,
     RemoteError, ThrottleLimits, ToBlock,
 };
 
@@ -68,6 +68,8 @@ fn open_config() -> BlockOpen {
         detect_zeroes: DetectZeroes::Off,
         queues: 1,
         stats_intervals: vec![],
+        on_read_error: OnError::Report,
+        on_write_error: OnError::Enospc,
     }
 }
 

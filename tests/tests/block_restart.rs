@@ -213,7 +213,10 @@ fn a_daemon_that_keeps_dying_is_given_up_on() {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
     )
     .unwrap();
-    let rounds = 30;
+    // Each of the ten flaky daemons serves for up to 100 ms, a second in all, in which a
+    // guest does up to ~40 rounds here: enough rounds that it is still running when the
+    // supervisor gives up (with 30 it sometimes finished first, and powered off).
+    let rounds = 150;
     let mut gw = start(&dir, rounds);
     let mut c = gw.client();
     gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
@@ -233,11 +236,23 @@ fn a_daemon_that_keeps_dying_is_given_up_on() {
         }
     };
     assert_eq!(restarts_announced, 9, "{gave_up}");
+    // The disk cannot serve now: clients are told, and from then on its I/O status
+    // says so. (The supervisor announces the exit first, then tells the block layer: the
+    // event, not the exit, is the moment the status changes.)
+    let error = c
+        .event_within("BLOCK_IO_ERROR", Duration::from_secs(5))
+        .expect("a BLOCK_IO_ERROR event for the disk given up on");
+    assert_eq!(error["data"]["device"], "d0", "{error}");
+    assert_eq!(error["data"]["action"], "report", "{error}");
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(block[0]["io-status"], "failed", "{block}");
     // Fixed: the good build serves again and the guest finishes cleanly.
     c.ok(
         RESTART,
         json!({"device": "d0", "binary": bin("block-daemon").to_string_lossy()}),
     );
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(block[0]["io-status"], "ok", "{block}");
     expect_clean_finish(&mut gw, &dir.path().join("d0.img"), rounds);
 }
 

@@ -341,3 +341,140 @@ fn disks_end_with_the_gateway() {
         .collect();
     assert!(runtime_dirs.is_empty(), "runtime directory left behind");
 }
+
+#[test]
+fn a_stopped_daemon_does_not_stall_the_monitor() {
+    let dir = TempDir::new("gw-blk-sigstop");
+    let image = dir.path().join("d0.img");
+    pattern_image(&image, SEED, SECTORS);
+    let mut gw = gateway_with_disk(
+        &dir,
+        &format!("scenario=blk-verify-loop seed={SEED:#x}"),
+        "",
+        &[],
+    );
+    let daemon = nix::unistd::Pid::from_raw(daemon_pid(&mut gw));
+    gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
+    let mut c = gw.client();
+    let before = stats(&mut c);
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Another client asks the stopped daemon for something only it can do: that
+    // client waits (for the daemon or its timeout), nobody else does.
+    let qmp = gw.qmp.clone();
+    let waiting = std::thread::spawn(move || {
+        let mut other = QmpClient::negotiated(&qmp);
+        other.execute(
+            "block_resize",
+            json!({"device": "d0", "size": 2 * SECTORS * 512}),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let t = Instant::now();
+        let all = c.ok("query-blockstats", json!({}));
+        let block = c.ok("query-block", json!({}));
+        let nodes = c.ok("query-named-block-nodes", json!({}));
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "the queries took {took:?} with the daemon stopped"
+        );
+        // The last values the daemon gave.
+        let s = &all[0]["stats"];
+        assert!(
+            s["wr_bytes"].as_u64().unwrap() >= before["wr_bytes"].as_u64().unwrap(),
+            "{s}"
+        );
+        assert_eq!(block[0]["device"], "d0");
+        assert!(!nodes.as_array().unwrap().is_empty());
+    }
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // The daemon answers the waiting call once it runs, and the guest goes on.
+    assert_eq!(waiting.join().unwrap(), json!({"return": {}}));
+    gw.vm.expect_prefix("GUEST BLK ROUND 3", TIMEOUT);
+    let after = stats(&mut c);
+    assert!(after["wr_bytes"].as_u64().unwrap() > before["wr_bytes"].as_u64().unwrap());
+}
+
+/// Out-of-range sizes and thresholds answered as QEMU 7.2 answers them (probed live).
+#[test]
+fn odd_numbers_answered_as_qemu_does() {
+    let dir = TempDir::new("gw-blk-odd");
+    let ours = dir.path().join("d0.img");
+    let theirs = dir.path().join("q0.img");
+    empty_image(&ours, SECTORS * 512);
+    empty_image(&theirs, SECTORS * 512);
+    let qemu = flotilla_tests::qemu::Qemu::try_start(&[
+        "-drive",
+        &format!(
+            "file={},format=raw,if=none,id=d0,node-name=disk0",
+            theirs.display()
+        ),
+        "-device",
+        "virtio-blk-device,drive=d0",
+    ])
+    .expect("QEMU starts");
+    let gw = gateway_with_disk(&dir, "", "", &["-S"]);
+    let mut q = qemu.client();
+    let mut c = gw.client();
+    let threshold = |c: &mut QmpClient| {
+        let nodes = c.ok("query-named-block-nodes", json!({}));
+        let node = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == "disk0")
+            .cloned()
+            .expect("disk0");
+        let block = c.ok("query-block", json!({}));
+        (
+            node["write_threshold"].clone(),
+            block[0]["inserted"]["write_threshold"].clone(),
+        )
+    };
+    let max = u64::MAX;
+    let calls = [
+        ("block_resize", json!({"device": "d0", "size": 1u64 << 63})),
+        ("block_resize", json!({"device": "d0", "size": max})),
+        ("block_resize", json!({"device": "d0", "size": i64::MAX})),
+        (
+            "block_resize",
+            json!({"node-name": "disk0", "size": 1u64 << 63}),
+        ),
+        ("block_resize", json!({"device": "d0", "size": -1})),
+        (
+            "block-set-write-threshold",
+            json!({"node-name": "disk0", "write-threshold": max}),
+        ),
+        (
+            "block-set-write-threshold",
+            json!({"node-name": "disk0", "write-threshold": -1}),
+        ),
+        (
+            "block-set-write-threshold",
+            json!({"node-name": "disk0", "write-threshold": 1u64 << 63}),
+        ),
+        (
+            "block-set-write-threshold",
+            json!({"node-name": "disk0", "write-threshold": i64::MIN}),
+        ),
+        (
+            "block-set-write-threshold",
+            json!({"node-name": "disk0", "write-threshold": 4096}),
+        ),
+    ];
+    for (command, args) in calls {
+        let theirs = q.execute(command, args.clone());
+        let ours = c.execute(command, args.clone());
+        assert_eq!(ours, theirs, "{command} {args}");
+        if command == "block-set-write-threshold" && theirs.get("return").is_some() {
+            assert_eq!(threshold(&mut c), threshold(&mut q), "{command} {args}");
+        }
+    }
+    // Beyond uint64: JSON's number still parses, QEMU's check refuses it.
+    let line = r#"{"execute": "block_resize", "arguments": {"device": "d0", "size": 18446744073709551616}}"#;
+    q.send_raw(line.as_bytes());
+    let theirs = q.reply();
+    c.send_raw(line.as_bytes());
+    assert_eq!(c.reply(), theirs, "{line}");
+}

@@ -4,16 +4,47 @@
 use virtio::blk::{ID_BYTES, S_IOERR, S_OK};
 
 use super::buffers::copy_to_guest;
+use super::interface::errno_of;
 use crate::disk::Disk;
+use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request};
+use crate::warn_limited;
 
-/// Performs `req`; returns the status code and the bytes written into the chain.
-pub fn execute_inline(disk: &Disk, req: &Request) -> (u8, u32) {
+/// The outcome of a request performed at once: its status code, the bytes written into
+/// the chain, and the errno if the image failed it.
+pub struct Outcome {
+    pub code: u8,
+    pub used_len: u32,
+    pub error: Option<i32>,
+}
+
+impl Outcome {
+    pub fn ok(used_len: u32) -> Outcome {
+        Outcome {
+            code: S_OK,
+            used_len,
+            error: None,
+        }
+    }
+
+    pub fn failed(e: &std::io::Error) -> Outcome {
+        Outcome {
+            code: S_IOERR,
+            used_len: 1,
+            error: Some(errno_of(e)),
+        }
+    }
+}
+
+static FAILED: LogLimit = LogLimit::new();
+
+/// Performs `req`.
+pub fn execute_inline(disk: &Disk, req: &Request) -> Outcome {
     let result = match &req.kind {
         Kind::GetId => {
             let n = req.data_len.min(ID_BYTES);
             copy_to_guest(&req.data, &disk.id()[..n]);
-            return (S_OK, n as u32 + 1);
+            return Outcome::ok(n as u32 + 1);
         }
         Kind::Flush => disk.flush(),
         Kind::Discard(ranges) => ranges.iter().try_for_each(|r| disk.discard(r)),
@@ -21,10 +52,10 @@ pub fn execute_inline(disk: &Disk, req: &Request) -> (u8, u32) {
         Kind::Read | Kind::Write => Err(std::io::Error::other("not an inline request")),
     };
     match result {
-        Ok(()) => (S_OK, 1),
+        Ok(()) => Outcome::ok(1),
         Err(e) => {
-            log::warn!("{:?} failed: {e}", req.kind);
-            (S_IOERR, 1)
+            warn_limited!(FAILED, "{:?} failed: {e}", req.kind);
+            Outcome::failed(&e)
         }
     }
 }

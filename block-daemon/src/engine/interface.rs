@@ -44,6 +44,14 @@ pub struct Done {
     pub op: Op,
     pub bytes: u64,
     pub started: Instant,
+    /// The errno of the image's failure, if it failed the request (the node's error
+    /// policy decides what the guest gets).
+    pub error: Option<i32>,
+}
+
+/// The errno an I/O error carries (EIO when it has none: a short transfer, say).
+pub fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
 }
 
 // SAFETY: `status` points into the shared guest RAM mapping (see request::Request).

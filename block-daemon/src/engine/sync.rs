@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 
-use virtio::blk::{S_IOERR, S_OK};
-
 use super::buffers::data_buffers;
-use super::inline::execute_inline;
+use super::inline::{execute_inline, Outcome};
 use super::interface::{Done, Engine, Op};
 use crate::disk::Disk;
+use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request};
+use crate::warn_limited;
+
+static FAILED: LogLimit = LogLimit::new();
 
 pub struct SyncEngine {
     disk: Arc<Disk>,
@@ -29,8 +31,26 @@ impl SyncEngine {
     }
 }
 
+/// The iovecs after their first `n` bytes (the first one left is trimmed in place).
+pub fn skip(iovecs: &mut [libc::iovec], n: usize) -> &mut [libc::iovec] {
+    let mut iov = iovecs;
+    let mut n = n;
+    while n > 0 && !iov.is_empty() {
+        if n >= iov[0].iov_len {
+            n -= iov[0].iov_len;
+            iov = &mut iov[1..];
+        } else {
+            // SAFETY: advancing within the same buffer (n < its length).
+            iov[0].iov_base = unsafe { iov[0].iov_base.cast::<u8>().add(n).cast() };
+            iov[0].iov_len -= n;
+            n = 0;
+        }
+    }
+    iov
+}
+
 /// preadv/pwritev until everything moved (the kernel may do less per call).
-fn transfer(
+pub fn transfer(
     fd: RawFd,
     iovecs: &mut [libc::iovec],
     mut offset: u64,
@@ -59,19 +79,8 @@ fn transfer(
                 "end of image",
             ));
         }
-        let mut n = n as usize;
         offset += n as u64;
-        while n > 0 && !iov.is_empty() {
-            if n >= iov[0].iov_len {
-                n -= iov[0].iov_len;
-                iov = &mut iov[1..];
-            } else {
-                // SAFETY: advancing within the same buffer.
-                iov[0].iov_base = unsafe { iov[0].iov_base.cast::<u8>().add(n).cast() };
-                iov[0].iov_len -= n;
-                n = 0;
-            }
-        }
+        iov = skip(iov, n as usize);
     }
     Ok(())
 }
@@ -79,7 +88,7 @@ fn transfer(
 impl Engine for SyncEngine {
     fn submit(&mut self, head: u16, req: Request, _mem: Arc<GuestMemoryMmap>) {
         let started = Instant::now();
-        let (code, used_len) = match req.kind {
+        let outcome = match req.kind {
             Kind::Read | Kind::Write => {
                 let write = req.kind == Kind::Write;
                 let result = match data_buffers(&self.disk, &req) {
@@ -87,18 +96,19 @@ impl Engine for SyncEngine {
                         transfer(self.disk.fd(), &mut bufs.iovecs, req.offset(), write)
                             .map(|()| bufs.finish_read(req.data_len))
                     }
-                    None => Err(std::io::Error::other("no memory for a bounce buffer")),
+                    None => Err(std::io::Error::from_raw_os_error(libc::ENOMEM)),
                 };
                 match result {
-                    Ok(()) => (S_OK, if write { 1 } else { req.data_len as u32 + 1 }),
+                    Ok(()) => Outcome::ok(if write { 1 } else { req.data_len as u32 + 1 }),
                     Err(e) => {
-                        log::warn!(
+                        warn_limited!(
+                            FAILED,
                             "{:?} of {} bytes at sector {}: {e}",
                             req.kind,
                             req.data_len,
                             req.sector
                         );
-                        (S_IOERR, 1)
+                        Outcome::failed(&e)
                     }
                 }
             }
@@ -107,11 +117,12 @@ impl Engine for SyncEngine {
         self.done.push(Done {
             head,
             status: req.status,
-            code,
-            used_len,
+            code: outcome.code,
+            used_len: outcome.used_len,
             op: Op::of(&req.kind),
             bytes: req.image_bytes(),
             started,
+            error: outcome.error,
         });
     }
 

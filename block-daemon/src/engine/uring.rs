@@ -13,17 +13,23 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use virtio::blk::{S_IOERR, S_OK};
 
 use super::buffers::{data_buffers, iovecs, DataBuffers};
-use super::inline::execute_inline;
+use super::inline::{execute_inline, Outcome};
 use super::interface::{Done, Engine, Op};
-use super::sync::SyncEngine;
+use super::sync::{skip, transfer, SyncEngine};
 use crate::disk::Disk;
+use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request};
+use crate::warn_limited;
+
+static FAILED: LogLimit = LogLimit::new();
 
 struct InFlight {
     head: u16,
     status: *mut u8,
     op: Op,
     bytes: u64,
+    /// Where in the image it starts (to finish a short transfer).
+    offset: u64,
     started: Instant,
     buffers: Option<DataBuffers>,
     /// Keeps the guest memory mapped until the kernel is done with it.
@@ -86,9 +92,9 @@ impl UringEngine {
         n >= 0 && n as usize == req.data_len
     }
 
-    fn fail(&mut self, slot: usize, why: &str) {
+    fn fail(&mut self, slot: usize, why: &str, errno: i32) {
         if let Some(f) = self.slots[slot].take() {
-            log::warn!("{why}");
+            warn_limited!(FAILED, "{why}");
             self.ready.push(Done {
                 head: f.head,
                 status: f.status,
@@ -97,9 +103,48 @@ impl UringEngine {
                 op: f.op,
                 bytes: f.bytes,
                 started: f.started,
+                error: Some(errno),
             });
         }
         self.free.push(slot);
+    }
+
+    /// What a completion says: the kernel's result for `f`, a short transfer finished
+    /// here (the rest of it tells the real error, if any).
+    fn outcome(&self, f: &mut InFlight, result: i32) -> Outcome {
+        let expected = if f.op == Op::Flush { 0 } else { f.bytes };
+        let error = if result < 0 {
+            Err(std::io::Error::from_raw_os_error(-result))
+        } else if result as u64 == expected {
+            Ok(())
+        } else {
+            let done = result as usize;
+            let write = f.op == Op::Write;
+            match f.buffers.as_mut() {
+                Some(b) => transfer(
+                    self.disk.fd(),
+                    skip(&mut b.iovecs, done),
+                    f.offset + done as u64,
+                    write,
+                ),
+                None => Err(std::io::Error::other(format!(
+                    "{result} of {expected} bytes"
+                ))),
+            }
+        };
+        match error {
+            Err(e) => {
+                warn_limited!(FAILED, "{:?} of {} bytes: {e}", f.op, f.bytes);
+                Outcome::failed(&e)
+            }
+            Ok(()) if f.op == Op::Read => {
+                if let Some(b) = f.buffers.as_mut() {
+                    b.finish_read(f.bytes as usize);
+                }
+                Outcome::ok(f.bytes as u32 + 1)
+            }
+            Ok(()) => Outcome::ok(1),
+        }
     }
 }
 
@@ -113,15 +158,16 @@ impl Engine for UringEngine {
             _ => true,
         };
         if inline {
-            let (code, used_len) = execute_inline(&self.disk, &req);
+            let outcome = execute_inline(&self.disk, &req);
             self.ready.push(Done {
                 head,
                 status: req.status,
-                code,
-                used_len,
+                code: outcome.code,
+                used_len: outcome.used_len,
                 op,
                 bytes: req.image_bytes(),
                 started,
+                error: outcome.error,
             });
             return;
         }
@@ -143,6 +189,7 @@ impl Engine for UringEngine {
                 op,
                 bytes: req.image_bytes(),
                 started,
+                error: None,
             });
             return;
         }
@@ -154,6 +201,7 @@ impl Engine for UringEngine {
             status: req.status,
             op,
             bytes: req.image_bytes(),
+            offset: req.offset(),
             started,
             buffers: None,
             _mem: mem,
@@ -163,7 +211,7 @@ impl Engine for UringEngine {
                 Some(b) => flight.buffers = Some(b),
                 None => {
                     self.slots[slot] = Some(flight);
-                    return self.fail(slot, "no memory for a bounce buffer");
+                    return self.fail(slot, "no memory for a bounce buffer", libc::ENOMEM);
                 }
             }
         }
@@ -195,7 +243,7 @@ impl Engine for UringEngine {
             let _ = self.ring.submit();
             // SAFETY: as above.
             if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                return self.fail(slot, "io_uring submission queue full");
+                return self.fail(slot, "io_uring submission queue full", libc::EAGAIN);
             }
         }
         self.pending_submit = true;
@@ -231,34 +279,16 @@ impl Engine for UringEngine {
                 continue;
             };
             self.free.push(slot);
-            let expected = if f.op == Op::Flush { 0 } else { f.bytes };
-            let (code, used_len) = if result < 0 {
-                log::warn!(
-                    "{:?} of {} bytes: {}",
-                    f.op,
-                    f.bytes,
-                    std::io::Error::from_raw_os_error(-result)
-                );
-                (S_IOERR, 1)
-            } else if result as u64 != expected {
-                log::warn!("{:?}: {result} of {expected} bytes", f.op);
-                (S_IOERR, 1)
-            } else if f.op == Op::Read {
-                if let Some(b) = f.buffers.as_mut() {
-                    b.finish_read(f.bytes as usize);
-                }
-                (S_OK, f.bytes as u32 + 1)
-            } else {
-                (S_OK, 1)
-            };
+            let outcome = self.outcome(&mut f, result);
             done.push(Done {
                 head: f.head,
                 status: f.status,
-                code,
-                used_len,
+                code: outcome.code,
+                used_len: outcome.used_len,
                 op: f.op,
                 bytes: f.bytes,
                 started: f.started,
+                error: outcome.error,
             });
         }
     }

@@ -1,6 +1,7 @@
 //! gateway <-> block-daemon: opening a node on an image the gateway opened, serving it to
 //! vmm-core over a vhost-user listener the gateway bound, and the node's management
-//! (statistics, resize, I/O limits, write threshold).
+//! (statistics, resize, I/O limits, write threshold, what to do when the image fails a
+//! request and the retry of the requests held after one).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,94 @@ impl DetectZeroes {
     }
 }
 
+/// An OS error as QEMU words it in its block errors and BLOCK_IO_ERROR's reason:
+/// strerror's text, without Rust's " (os error N)". The daemon's answers and the
+/// gateway's own errors both say it this way.
+pub fn errno_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// What a node does when the image fails a request (QEMU's BlockdevOnError, the values
+/// -drive's werror= and rerror= take).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// The guest gets the error.
+    #[default]
+    Report,
+    /// The guest is told the request succeeded.
+    Ignore,
+    /// The request is held and the VM stopped, until `cont` retries it.
+    Stop,
+    /// Stop on ENOSPC, report anything else.
+    Enospc,
+}
+
+impl OnError {
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            OnError::Report => "report",
+            OnError::Ignore => "ignore",
+            OnError::Stop => "stop",
+            OnError::Enospc => "enospc",
+        }
+    }
+
+    /// What is done about a request that failed with `errno`.
+    pub fn action(&self, errno: i32) -> ErrorAction {
+        match self {
+            OnError::Report => ErrorAction::Report,
+            OnError::Ignore => ErrorAction::Ignore,
+            OnError::Stop => ErrorAction::Stop,
+            OnError::Enospc if errno == libc::ENOSPC => ErrorAction::Stop,
+            OnError::Enospc => ErrorAction::Report,
+        }
+    }
+
+    /// Whether this policy can stop the VM (then the disk has an I/O status).
+    pub fn may_stop(&self) -> bool {
+        matches!(self, OnError::Stop | OnError::Enospc)
+    }
+}
+
+/// What was done about a failed request (QEMU's BlockErrorAction).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorAction {
+    Report,
+    Ignore,
+    Stop,
+}
+
+impl ErrorAction {
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            ErrorAction::Report => "report",
+            ErrorAction::Ignore => "ignore",
+            ErrorAction::Stop => "stop",
+        }
+    }
+}
+
+/// Which way a failed request went (QEMU's IoOperationType): reads are read, everything
+/// else (writes, flushes, discards, write-zeroes) is a write.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOperation {
+    Read,
+    Write,
+}
+
+impl IoOperation {
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            IoOperation::Read => "read",
+            IoOperation::Write => "write",
+        }
+    }
+}
+
 /// A node to serve. The frame carries the image's fd (opened by the gateway with the
 /// access `read_only` implies) and the listening vhost-user socket frontends connect to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -51,6 +140,10 @@ pub struct BlockOpen {
     pub queues: u32,
     /// Lengths in seconds of the windows timed statistics are kept over.
     pub stats_intervals: Vec<u32>,
+    /// What a failed read does (rerror=).
+    pub on_read_error: OnError,
+    /// What a failed write, flush, discard or write-zeroes does (werror=).
+    pub on_write_error: OnError,
 }
 
 /// One leaky bucket of a throttle configuration (QEMU's LeakyBucket settings).
@@ -117,6 +210,8 @@ pub enum BlockRequest {
     /// Raise `WriteThreshold` for `node_name` once a write ends beyond `bytes`; 0
     /// disables it. Each node of the disk's tree has its own.
     SetWriteThreshold { node_name: String, bytes: u64 },
+    /// Start again the requests held after a failure whose action was `Stop` (QMP cont).
+    Resume,
     /// Stop serving and exit.
     Quit,
 }
@@ -196,6 +291,13 @@ pub enum BlockEvent {
         amount_exceeded: u64,
         threshold: u64,
     },
+    /// The image failed a request with `errno`, and the node did `action` about it (with
+    /// `Stop` the request is held until `Resume`).
+    IoError {
+        operation: IoOperation,
+        action: ErrorAction,
+        errno: i32,
+    },
 }
 
 pub type ToBlock = Call<BlockRequest>;
@@ -216,6 +318,8 @@ mod tests {
             detect_zeroes: DetectZeroes::Off,
             queues: 1,
             stats_intervals: vec![],
+            on_read_error: OnError::Report,
+            on_write_error: OnError::Enospc,
         });
         assert_eq!(
             ToBlock {
@@ -229,5 +333,28 @@ mod tests {
         assert_eq!(BlockRequest::SetThrottle(Some(limits)).fd_count(), 1);
         assert_eq!(BlockRequest::SetThrottle(None).fd_count(), 0);
         assert_eq!(BlockRequest::Stats.fd_count(), 0);
+        assert_eq!(BlockRequest::Resume.fd_count(), 0);
+    }
+
+    #[test]
+    fn os_errors_read_as_strerror() {
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(errno_text(&e), "No space left on device");
+        let other = std::io::Error::other("plain text");
+        assert_eq!(errno_text(&other), "plain text");
+    }
+
+    #[test]
+    fn error_policies_act_as_qemus() {
+        let enospc = libc::ENOSPC;
+        let eio = libc::EIO;
+        assert_eq!(OnError::Enospc.action(enospc), ErrorAction::Stop);
+        assert_eq!(OnError::Enospc.action(eio), ErrorAction::Report);
+        assert_eq!(OnError::Stop.action(eio), ErrorAction::Stop);
+        assert_eq!(OnError::Report.action(enospc), ErrorAction::Report);
+        assert_eq!(OnError::Ignore.action(enospc), ErrorAction::Ignore);
+        assert!(OnError::Enospc.may_stop() && OnError::Stop.may_stop());
+        assert!(!OnError::Report.may_stop() && !OnError::Ignore.may_stop());
+        assert_eq!(OnError::default(), OnError::Report);
     }
 }

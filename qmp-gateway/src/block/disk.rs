@@ -1,7 +1,9 @@
 //! A disk: the guest's virtio-blk device, the node tree behind it, and the daemon that
 //! serves it. The gateway keeps what a daemon needs (the image, the listening socket, the
 //! node's settings, limits and thresholds), so a new daemon can take over at any time:
-//! after a crash, or on request with another binary (an upgrade).
+//! after a crash, or on request with another binary (an upgrade). A daemon is started
+//! from a `Launch` (what the disk holds, copied), so the start runs without the block
+//! layer's lock; a disk's health and last statistics outlive its daemons.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,7 +16,9 @@ use std::time::Instant;
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
 use parking_lot::Mutex;
 
+use super::daemon_stats::StatsCache;
 use super::error::BlockError;
+use super::health::Health;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
@@ -35,6 +39,8 @@ pub struct Hooks {
     /// Disk ids whose daemon died.
     pub deaths: Sender<String>,
     pub sandbox: Policy,
+    /// Where a disk's failure asks for the VM to stop (werror=stop and the like).
+    pub stop_vm: Sender<()>,
 }
 
 /// A block daemon's control channel.
@@ -89,6 +95,25 @@ pub struct Disk {
     /// Not restarted automatically: a restart asked for over QMP failed, so the next
     /// one waits for QMP too.
     pub hold: bool,
+    /// How its last daemon ended (what the give-up reports).
+    pub last_end: String,
+    /// Its I/O status, and what its daemon's failures do.
+    pub health: Arc<Health>,
+    /// Its daemon's last statistics.
+    pub stats: Arc<StatsCache>,
+}
+
+/// What starting a daemon for a disk needs, taken from the disk so that the start (which
+/// waits for the new daemon) runs without the block layer's lock.
+pub struct Launch {
+    binary: PathBuf,
+    id: String,
+    config: BlockOpen,
+    image: Arc<OwnedFd>,
+    listener: OwnedFd,
+    throttle: Option<(ThrottleLimits, OwnedFd)>,
+    nodes: Vec<String>,
+    health: Arc<Health>,
 }
 
 impl Disk {
@@ -98,14 +123,67 @@ impl Disk {
             .ok_or_else(|| BlockError::DaemonNotRunning(self.id.clone()))
     }
 
-    /// Starts a daemon for this disk: the node with its image and listening socket,
-    /// then the disk's I/O limits and write thresholds.
+    /// What a new daemon for this disk needs (`groups`: the throttle groups).
+    pub fn launch(&self, groups: &BTreeMap<String, Group>) -> Result<Launch, BlockError> {
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(BlockError::DupImage);
+        let throttle = match &self.throttle {
+            Some((limits, group)) => match groups.get(group) {
+                Some(g) => Some((*limits, dup(&g.state)?)),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Launch {
+            binary: self.binary.clone(),
+            id: self.id.clone(),
+            config: self.config.clone(),
+            image: self.image.clone(),
+            listener: OwnedFd::from(self.listener.try_clone().map_err(BlockError::DupImage)?),
+            throttle,
+            nodes: self.nodes.clone(),
+            health: self.health.clone(),
+        })
+    }
+
+    /// `daemon` serves the disk from now on.
+    pub fn install(&mut self, daemon: BlockDaemon) -> u32 {
+        let pid = daemon.pid().unwrap_or(0);
+        self.daemon = Some(daemon);
+        self.started = Instant::now();
+        self.hold = false;
+        self.stats.reset();
+        self.health.daemon_back();
+        pid
+    }
+
+    /// Starts a daemon for this disk (at its attach, before anything else can reach
+    /// it); returns its pid.
     pub fn start(
         &mut self,
         groups: &BTreeMap<String, Group>,
         hooks: &Hooks,
     ) -> Result<u32, BlockError> {
+        let daemon = self.launch(groups)?.start(hooks)?;
+        Ok(self.install(daemon))
+    }
+
+    /// A connection to the daemon's socket, for vmm-core.
+    pub fn connect(&self) -> Result<UnixStream, BlockError> {
+        Ok(connect::<BlockProtocol>(&self.socket, &self.id)?)
+    }
+
+    /// Stops the daemon if one runs; says how it ended.
+    pub fn stop(&mut self) -> Option<String> {
+        stop_slot(&mut self.daemon)
+    }
+}
+
+impl Launch {
+    /// Starts the daemon: the node with its image and listening socket, then the disk's
+    /// I/O limits and write thresholds.
+    pub fn start(self, hooks: &Hooks) -> Result<BlockDaemon, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
+        let health = self.health.clone();
         let daemon = BlockDaemon::start(
             &self.binary,
             &self.id,
@@ -123,17 +201,20 @@ impl Disk {
                         write_threshold: threshold,
                     }));
                 }
+                BlockEvent::IoError {
+                    operation,
+                    action,
+                    errno,
+                } => health.io_error(operation, action, errno),
             },
             hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
             &[self.image.as_fd(), self.listener.as_fd()],
         )?;
-        if let Some((limits, group)) = &self.throttle {
-            if let Some(g) = groups.get(group) {
-                daemon
-                    .link
-                    .request(BlockRequest::SetThrottle(Some(*limits)), &[g.state.as_fd()])?;
-            }
+        if let Some((limits, state)) = &self.throttle {
+            daemon
+                .link
+                .request(BlockRequest::SetThrottle(Some(*limits)), &[state.as_fd()])?;
         }
         let thresholds: Vec<(String, u64)> = hooks
             .thresholds
@@ -147,20 +228,6 @@ impl Disk {
                 .link
                 .request(BlockRequest::SetWriteThreshold { node_name, bytes }, &[])?;
         }
-        let pid = daemon.pid().unwrap_or(0);
-        self.daemon = Some(daemon);
-        self.started = Instant::now();
-        self.hold = false;
-        Ok(pid)
-    }
-
-    /// A connection to the daemon's socket, for vmm-core.
-    pub fn connect(&self) -> Result<UnixStream, BlockError> {
-        Ok(connect::<BlockProtocol>(&self.socket, &self.id)?)
-    }
-
-    /// Stops the daemon if one runs; says how it ended.
-    pub fn stop(&mut self) -> Option<String> {
-        stop_slot(&mut self.daemon)
+        Ok(daemon)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use ipc::DetectZeroes;
+use ipc::{DetectZeroes, OnError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveSpec {
@@ -22,6 +22,26 @@ pub struct DriveSpec {
     pub queues: u32,
     /// Windows for timed statistics, in seconds.
     pub stats_intervals: Vec<u32>,
+    /// rerror=: what a failed read does (QEMU's default: report).
+    pub on_read_error: OnError,
+    /// werror=: what any other failed request does (QEMU's default: enospc).
+    pub on_write_error: OnError,
+    /// file.locking=: hold QEMU's locks on the image (default on; auto is on).
+    pub locking: bool,
+}
+
+/// QEMU's parse_block_error_action: a read cannot stop on ENOSPC alone.
+fn on_error(v: &str, read: bool) -> Result<OnError, String> {
+    match v {
+        "ignore" => Ok(OnError::Ignore),
+        "enospc" if !read => Ok(OnError::Enospc),
+        "stop" => Ok(OnError::Stop),
+        "report" => Ok(OnError::Report),
+        _ => Err(format!(
+            "'{v}' invalid {} error action",
+            if read { "read" } else { "write" }
+        )),
+    }
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -48,6 +68,9 @@ impl FromStr for DriveSpec {
             serial: None,
             queues: 1,
             stats_intervals: Vec::new(),
+            on_read_error: OnError::Report,
+            on_write_error: OnError::Enospc,
+            locking: true,
         };
         let mut format = None;
         for part in s.split(',') {
@@ -97,6 +120,19 @@ impl FromStr for DriveSpec {
                     }
                 }
                 "serial" => d.serial = Some(value.to_string()),
+                "werror" => d.on_write_error = on_error(value, false)?,
+                "rerror" => d.on_read_error = on_error(value, true)?,
+                "file.locking" | "locking" => {
+                    d.locking = match value {
+                        "on" | "auto" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(format!(
+                                "Parameter 'locking' does not accept value '{value}'"
+                            ))
+                        }
+                    }
+                }
                 "queues" | "num-queues" => {
                     d.queues = value
                         .parse()
@@ -147,6 +183,18 @@ mod tests {
         assert_eq!(d.detect_zeroes, DetectZeroes::Unmap);
         assert_eq!(d.queues, 4);
         assert_eq!(d.stats_intervals, vec![1, 60]);
+        assert_eq!(
+            (d.on_read_error, d.on_write_error, d.locking),
+            (OnError::Report, OnError::Enospc, true),
+            "QEMU's defaults"
+        );
+        let d: DriveSpec = "file=/x,format=raw,werror=stop,rerror=ignore,file.locking=off"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (d.on_read_error, d.on_write_error, d.locking),
+            (OnError::Ignore, OnError::Stop, false)
+        );
     }
 
     #[test]
@@ -161,8 +209,18 @@ mod tests {
             "file=/x,format=raw,detect-zeroes=unmap",
             "file=/x,format=raw,readonly",
             "file=/x,format=raw,if=ide",
+            "file=/x,format=raw,file.locking=maybe",
         ] {
             assert!(bad.parse::<DriveSpec>().is_err(), "{bad}");
         }
+        let err = |s: &str| s.parse::<DriveSpec>().unwrap_err();
+        assert_eq!(
+            err("file=/x,format=raw,werror=bogus"),
+            "'bogus' invalid write error action"
+        );
+        assert_eq!(
+            err("file=/x,format=raw,rerror=enospc"),
+            "'enospc' invalid read error action"
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! What can go wrong in the block layer. The texts are QEMU's where QEMU has one (clients
 //! and the tests compare them); qmp/errors.rs gives each its QMP class.
 
+use ipc::errno_text;
+
+use super::lock::LockError;
 use super::throttle::ThrottleError;
 use crate::children::daemon::DaemonError;
 use crate::children::link::LinkError;
@@ -70,6 +73,9 @@ pub enum BlockError {
 
     #[error("Parameter 'size' expects a >0 size")]
     NegativeSize,
+    /// Beyond what QEMU's block layer addresses (BDRV_MAX_LENGTH).
+    #[error("offset({offset}) exceeds maximum({max})")]
+    SizeTooLarge { offset: i64, max: i64 },
     #[error("Image is read-only")]
     ImageReadOnly,
     #[error("{0}")]
@@ -78,8 +84,15 @@ pub enum BlockError {
     CannotGrowDevice,
     #[error("Could not resize file: {}", errno_text(.0))]
     Resize(std::io::Error),
-    #[error("Parameter 'write-threshold' expects a non-negative value")]
-    NegativeThreshold,
+    #[error("Parameter 'write-threshold' expects uint64")]
+    ThresholdOutOfRange,
+    /// Another user of the image (QEMU, another drive) holds a lock ours conflicts
+    /// with; the hint is QEMU's.
+    #[error("{error}\nIs another process using the image [{path}]?")]
+    Locked { error: LockError, path: String },
+    /// A lock a resize needs.
+    #[error("{0}")]
+    ResizeLock(LockError),
     #[error(transparent)]
     Throttle(#[from] ThrottleError),
     #[error("throttle group state: {0}")]
@@ -104,13 +117,4 @@ pub enum BlockError {
     DriveIdTaken(String),
     #[error("drive {id}: {error}")]
     Drive { id: String, error: Box<BlockError> },
-}
-
-/// strerror-style text without Rust's " (os error N)" suffix, as QEMU prints it.
-pub fn errno_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }

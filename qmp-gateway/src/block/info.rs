@@ -52,7 +52,9 @@ pub fn node_info(
     info.insert("backing_file_depth".into(), json!(0));
     info.insert("encrypted".into(), json!(false));
     info.insert("detect_zeroes".into(), json!(node.detect_zeroes.qmp_name()));
-    info.insert("write_threshold".into(), json!(write_threshold));
+    // BlockDeviceInfo's write_threshold is an int: QEMU shows a uint64 threshold past
+    // int64 as the negative number of the same bits.
+    info.insert("write_threshold".into(), json!(write_threshold as i64));
     info.insert(
         "image".into(),
         json!({

@@ -2,14 +2,22 @@
 //! whose members share one state page) and write thresholds
 //! (block-set-write-threshold), applied by the daemons and kept here for the next one.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use ipc::BlockRequest;
 
-use super::disk::Group;
+use super::disk::{BlockProtocol, Group};
 use super::error::BlockError;
 use super::throttle::{self, ThrottleRequest};
 use super::{BlockLayer, DiskRef, State};
+
+/// A call to make to a disk's daemon once the layer's lock is let go.
+type DaemonCall = (
+    Arc<crate::children::link::Link<BlockProtocol>>,
+    BlockRequest,
+    Option<OwnedFd>,
+);
 
 impl State {
     /// The disks in throttle group `group`.
@@ -28,13 +36,32 @@ impl State {
 impl BlockLayer {
     /// block_set_io_throttle: the limits `request` asks for, for `disk` and the other
     /// members of `group` (default: a group of its own, named after its device). All
-    /// zero: no limits.
+    /// zero: no limits. The disks' daemons are told after the layer's state changed
+    /// (a daemon that starts meanwhile reads them from there).
     pub fn set_io_throttle(
         &self,
         disk: DiskRef,
         request: &ThrottleRequest,
         group: Option<&str>,
     ) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        let limits = throttle::limits(request)?;
+        let calls = self.apply_throttle(disk, limits, group)?;
+        for (link, request, state) in calls {
+            let fds: Vec<_> = state.iter().map(|s| s.as_fd()).collect();
+            link.request(request, &fds)?;
+        }
+        Ok(())
+    }
+
+    /// Changes the layer's state for block_set_io_throttle; returns the calls to make
+    /// to the daemons concerned (with the group's state page, for limits).
+    fn apply_throttle(
+        &self,
+        disk: DiskRef,
+        limits: ipc::ThrottleLimits,
+        group: Option<&str>,
+    ) -> Result<Vec<DaemonCall>, BlockError> {
         let mut state = self.state.lock();
         let index = state
             .disks
@@ -44,19 +71,21 @@ impl BlockLayer {
                 DiskRef::Device(name) => d.id == name,
             })
             .ok_or_else(|| BlockError::DeviceNotFound(disk.name().to_string()))?;
-        let limits = throttle::limits(request)?;
         let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());
         if !limits.enabled() {
-            if let Some(d) = state.disks[index].daemon.as_ref() {
-                d.link.request(BlockRequest::SetThrottle(None), &[])?;
-            }
+            let calls = state.disks[index]
+                .daemon
+                .as_ref()
+                .map(|d| (d.link.clone(), BlockRequest::SetThrottle(None), None))
+                .into_iter()
+                .collect();
             state.disks[index].throttle = None;
             if let Some(g) = old_group {
                 if state.group_members(&g).is_empty() {
                     state.groups.remove(&g);
                 }
             }
-            return Ok(());
+            return Ok(calls);
         }
         let group = group
             .map(str::to_string)
@@ -77,39 +106,45 @@ impl BlockLayer {
             g.limits = limits;
         }
         let members = state.group_members(&group);
-        for &i in &members {
-            let Some(g) = state.groups.get(&group) else {
-                break;
-            };
-            // A disk whose daemon is down gets the limits when one starts.
-            if let Some(d) = state.disks[i].daemon.as_ref() {
-                d.link.request(
-                    BlockRequest::SetThrottle(Some(g.limits)),
-                    &[g.state.as_fd()],
-                )?;
-            }
-        }
+        let mut calls = Vec::new();
         for &i in &members {
             state.disks[i].throttle = Some((limits, group.clone()));
+            // A disk whose daemon is down gets the limits when one starts.
+            let (Some(d), Some(g)) = (state.disks[i].daemon.as_ref(), state.groups.get(&group))
+            else {
+                continue;
+            };
+            let page = g.state.try_clone().map_err(BlockError::ThrottleGroup)?;
+            calls.push((
+                d.link.clone(),
+                BlockRequest::SetThrottle(Some(g.limits)),
+                Some(page),
+            ));
         }
         if let Some(old) = old_group.filter(|g| *g != group) {
             if state.group_members(&old).is_empty() {
                 state.groups.remove(&old);
             }
         }
-        Ok(())
+        Ok(calls)
     }
 
     /// block-set-write-threshold: BLOCK_WRITE_THRESHOLD once a write to `node` goes
     /// past `bytes` (0: none).
-    pub fn set_write_threshold(&self, node: &str, bytes: i64) -> Result<(), BlockError> {
-        let state = self.state.lock();
-        if state.graph.node(node).is_none() {
-            return Err(BlockError::NoThresholdNode(node.to_string()));
-        }
-        let bytes = u64::try_from(bytes).map_err(|_| BlockError::NegativeThreshold)?;
-        if let Some(daemon) = state.disk_of_node(node).and_then(|d| d.daemon.as_ref()) {
-            daemon.link.request(
+    pub fn set_write_threshold(&self, node: &str, bytes: u64) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        let link = {
+            let state = self.state.lock();
+            if state.graph.node(node).is_none() {
+                return Err(BlockError::NoThresholdNode(node.to_string()));
+            }
+            state
+                .disk_of_node(node)
+                .and_then(|d| d.daemon.as_ref())
+                .map(|d| d.link.clone())
+        };
+        if let Some(link) = link {
+            link.request(
                 BlockRequest::SetWriteThreshold {
                     node_name: node.to_string(),
                     bytes,

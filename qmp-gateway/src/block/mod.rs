@@ -3,14 +3,22 @@
 //! served by its own block daemon), throttle groups, write thresholds, and what the block
 //! QMP commands ask of them, each answered from the graph or by the daemon that serves
 //! the disk. This file holds the layer's state, its disks' lives (attach, restart,
-//! supervision, shutdown); nodes.rs, limits.rs and queries.rs hold the rest.
+//! supervision, shutdown, cont); nodes.rs, limits.rs and queries.rs hold the rest.
+//!
+//! Two locks: `state` (the graph and the disks) is only ever held briefly, never while
+//! waiting for a daemon, so queries answer whatever a daemon does; `changes` serializes
+//! what changes a disk's daemon or asks it to change (restarts, resize, limits,
+//! thresholds) and is held across those calls. `changes` is always taken first.
 
+mod daemon_stats;
 pub mod disk;
 pub mod drive;
 pub mod error;
 pub mod graph;
+pub mod health;
 pub mod info;
 mod limits;
+pub mod lock;
 mod nodes;
 pub mod options;
 mod queries;
@@ -19,22 +27,27 @@ pub mod throttle;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipc::{BlockOpen, CacheFlags, DiskLaunch, VmmRequest};
+use ipc::{BlockOpen, BlockRequest, CacheFlags, DiskLaunch, OnError, VmmRequest};
 use parking_lot::Mutex;
 
+use crate::children::daemon::{connect, stop_slot};
 use crate::children::link::VmmLink;
 use crate::children::sandbox::Policy;
 use crate::children::supervise::{Death, Supervised, Supervision};
 use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 use crate::fdstore::FdSets;
 use crate::sockets::{bind_private, RuntimeDir};
+use daemon_stats::StatsCache;
 use disk::{BlockProtocol, Disk, Group, Hooks};
 use drive::DriveSpec;
 pub use error::BlockError;
 use graph::Graph;
+use health::Health;
+use lock::Perms;
 use options::{ChildRef, Driver, NodeOptions, Source};
 
 /// How a command names a disk: by its drive id (QMP's "device"), or by its guest
@@ -110,10 +123,16 @@ struct NewDisk {
     serial: String,
     stats_intervals: Vec<u32>,
     qom_path: String,
+    on_read_error: OnError,
+    on_write_error: OnError,
+    /// Take QEMU's locks on the image (file.locking).
+    locking: bool,
 }
 
 pub struct BlockLayer {
     state: Mutex<State>,
+    /// Held across a change to a disk's daemon or a call that asks it for one.
+    changes: Mutex<()>,
     /// Write thresholds by node. Apart from `state`: the daemons' event readers update it,
     /// and must never wait for a lock held across a call to a daemon.
     thresholds: Arc<Mutex<BTreeMap<String, u64>>>,
@@ -130,16 +149,19 @@ impl BlockLayer {
         vmm: Arc<VmmLink>,
         daemon_binary: PathBuf,
         sandbox: Policy,
+        stop_vm: Sender<()>,
     ) -> std::io::Result<BlockLayer> {
         let thresholds = Arc::new(Mutex::new(BTreeMap::new()));
         let supervision = Supervision::new(events.clone());
         Ok(BlockLayer {
             state: Mutex::new(State::default()),
+            changes: Mutex::new(()),
             hooks: Hooks {
                 thresholds: thresholds.clone(),
                 events,
                 deaths: supervision.deaths(),
                 sandbox,
+                stop_vm,
             },
             thresholds,
             supervision,
@@ -222,6 +244,9 @@ impl BlockLayer {
             serial: spec.serial.clone().unwrap_or_else(|| id.clone()),
             stats_intervals: spec.stats_intervals.clone(),
             qom_path: format!("/machine/peripheral-anon/device[{index}]"),
+            on_read_error: spec.on_read_error,
+            on_write_error: spec.on_write_error,
+            locking: spec.locking,
         };
         match self.attach(&mut state, disk) {
             Ok(stream) => Ok((
@@ -249,6 +274,9 @@ impl BlockLayer {
             serial,
             stats_intervals,
             qom_path,
+            on_read_error,
+            on_write_error,
+            locking,
         } = new;
         let node = state
             .graph
@@ -274,7 +302,26 @@ impl BlockLayer {
             detect_zeroes: node.detect_zeroes,
             queues,
             stats_intervals,
+            on_read_error,
+            on_write_error,
         };
+        if locking {
+            // As a QEMU disk: it reads, writes unless read-only, and lets nobody else
+            // write. The locks live as long as the image's open file.
+            let (take, share) = Perms::for_disk(config.read_only);
+            lock::lock(image.as_fd(), take, share).map_err(|error| BlockError::Locked {
+                error,
+                path: proto.filename.clone(),
+            })?;
+        }
+        let health = Health::new(
+            &id,
+            &root,
+            on_read_error,
+            on_write_error,
+            self.hooks.events.clone(),
+            self.hooks.stop_vm.clone(),
+        );
         let socket = self
             .runtime
             .path()
@@ -297,6 +344,9 @@ impl BlockLayer {
             started: Instant::now(),
             failures: 0,
             hold: false,
+            last_end: String::new(),
+            health,
+            stats: Arc::new(StatsCache::default()),
         };
         let pid = disk.start(&state.groups, &self.hooks)?;
         let stream = disk.connect()?;
@@ -312,24 +362,35 @@ impl BlockLayer {
     /// Replaces disk `id`'s daemon (stopping it if it runs) with a new one, from
     /// `binary` if given, and hands vmm-core a connection to it. Returns the new pid.
     pub fn restart(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, BlockError> {
-        let mut state = self.state.lock();
-        let State { disks, groups, .. } = &mut *state;
-        let disk = disks
-            .iter_mut()
-            .find(|d| d.id == id)
-            .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
-        if let Some(b) = binary {
-            disk.binary = b;
-        }
-        if let Some(how) = disk.stop() {
+        let _changes = self.changes.lock();
+        let (mut old, launch, index) = {
+            let mut state = self.state.lock();
+            let State { disks, groups, .. } = &mut *state;
+            let disk = disks
+                .iter_mut()
+                .find(|d| d.id == id)
+                .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
+            if let Some(b) = binary {
+                disk.binary = b;
+            }
+            (disk.daemon.take(), disk.launch(groups)?, disk.index)
+        };
+        if let Some(how) = stop_slot(&mut old) {
             log::info!("disk {id}: block daemon stopped ({how})");
         }
-        let pid = disk.start(groups, &self.hooks)?;
-        let stream = disk.connect()?;
-        self.vmm.request(
-            VmmRequest::DiskReconnect { disk: disk.index },
-            &[stream.as_fd()],
-        )?;
+        let daemon = launch.start(&self.hooks)?;
+        let (pid, socket) = {
+            let mut state = self.state.lock();
+            let disk = state
+                .disks
+                .iter_mut()
+                .find(|d| d.id == id)
+                .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
+            (disk.install(daemon), disk.socket.clone())
+        };
+        let stream = connect::<BlockProtocol>(&socket, id)?;
+        self.vmm
+            .request(VmmRequest::DiskReconnect { disk: index }, &[stream.as_fd()])?;
         log::info!("disk {id}: block daemon pid {pid} serves it now");
         Ok(pid)
     }
@@ -364,9 +425,14 @@ impl BlockLayer {
                 Ok(pid)
             }
             Err(e) => {
-                if let Some(d) = self.state.lock().disks.iter_mut().find(|d| d.id == id) {
-                    d.stop();
-                }
+                let stopped = {
+                    let mut state = self.state.lock();
+                    state.disks.iter_mut().find(|d| d.id == id).map(|d| {
+                        d.health.daemon_lost(&format!("failed to start: {e}"));
+                        d.daemon.take()
+                    })
+                };
+                stop_slot(&mut stopped.flatten());
                 self.hooks
                     .events
                     .emit(Event::BlockDaemonExited(DaemonExited {
@@ -376,6 +442,26 @@ impl BlockLayer {
                         restart_in_ms: None,
                     }));
                 Err(e)
+            }
+        }
+    }
+
+    /// QMP cont: every disk's I/O status is ok again, and the daemons that hold
+    /// requests after a failure start them again (after vmm-core resumed the vCPUs, as
+    /// QEMU restarts them once the VM runs: one that fails again stops the VM again).
+    pub fn cont(&self) {
+        let holding: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = self
+            .state
+            .lock()
+            .disks
+            .iter()
+            .filter(|d| d.health.cont())
+            .filter_map(|d| Some((d.id.clone(), d.daemon.as_ref()?.link.clone())))
+            .collect();
+        for (id, link) in holding {
+            if let Err(e) = link.request(BlockRequest::Resume, &[]) {
+                // Its requests are still in flight: a new daemon starts them again.
+                log::warn!("disk {id}: retrying the failed requests: {e}");
             }
         }
     }
@@ -405,14 +491,34 @@ impl Supervised for BlockLayer {
     }
 
     fn reap(&self, id: &str) -> Option<Death> {
-        let mut state = self.state.lock();
-        let disk = state.disks.iter_mut().find(|d| d.id == id)?;
-        if disk.hold {
+        let _changes = self.changes.lock();
+        // The dead daemon is reaped (which may wait for its process) outside the lock.
+        let (mut slot, started, mut failures, hold) = {
+            let mut state = self.state.lock();
+            let disk = state.disks.iter_mut().find(|d| d.id == id)?;
+            (disk.daemon.take(), disk.started, disk.failures, disk.hold)
+        };
+        if hold {
             // Its failed start was reported to whoever asked for it.
-            disk.stop();
+            stop_slot(&mut slot);
             return None;
         }
-        Death::reap(&mut disk.daemon, disk.started, &mut disk.failures)
+        let death = Death::reap(&mut slot, started, &mut failures);
+        if let Some(disk) = self.state.lock().disks.iter_mut().find(|d| d.id == id) {
+            disk.failures = failures;
+            // Still serving if the news was of a daemon it replaced.
+            disk.daemon = slot;
+            if let Some(death) = &death {
+                disk.last_end.clone_from(&death.reason);
+            }
+        }
+        death
+    }
+
+    fn gave_up(&self, id: &str) {
+        if let Some(disk) = self.state.lock().disks.iter().find(|d| d.id == id) {
+            disk.health.daemon_lost(&disk.last_end);
+        }
     }
 
     fn restart(&self, id: &str) -> Result<u32, BlockError> {

@@ -1,16 +1,48 @@
 //! What the block commands do to nodes and disks: blockdev-add and blockdev-del on the
-//! graph, block_resize (by the disk's daemon, or on the image itself), and the answers
+//! graph, block_resize (by the disk's daemon, or on the image itself, with QEMU's limits
+//! and its resize lock), and the answers
 //! a fixed, unencrypted virtio-blk disk gives to the removable-medium and password
 //! commands.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
+use std::sync::Arc;
 
 use ipc::BlockRequest;
 
+use super::disk::BlockProtocol;
 use super::error::BlockError;
+use super::lock::{self, Perms};
 use super::options::NodeOptions;
 use super::{info, BlockLayer, DiskRef};
+use crate::children::link::Link;
 use crate::fdstore::FdSets;
+
+/// The largest size QEMU's block layer addresses (BDRV_MAX_LENGTH: int64's largest,
+/// down to a whole 1 GiB), and what it answers beyond it.
+const MAX_LENGTH: i64 = i64::MAX & !((1 << 30) - 1);
+
+/// What a resize acts through: the daemon of the disk using the node, or the image.
+enum Target {
+    Daemon(Arc<Link<BlockProtocol>>, u32),
+    Image(Arc<OwnedFd>),
+}
+
+/// Resizes an image nobody serves (a device cannot grow).
+fn resize_image(image: &OwnedFd, bytes: u64) -> Result<(), BlockError> {
+    let file = std::fs::File::from(image.try_clone().map_err(BlockError::DupImage)?);
+    let (current, _) = info::image_sizes(image);
+    let is_device = file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_block_device());
+    if is_device {
+        if bytes > current {
+            return Err(BlockError::CannotGrowDevice);
+        }
+        return Ok(());
+    }
+    file.set_len(bytes).map_err(BlockError::Resize)
+}
 
 impl<'a> DiskRef<'a> {
     /// QMP's "exactly one of device and id".
@@ -56,39 +88,52 @@ impl BlockLayer {
         node: Option<&str>,
         size: i64,
     ) -> Result<Option<u32>, BlockError> {
-        let state = self.state.lock();
-        let name = state.lookup_node(device, node)?;
-        let size = u64::try_from(size).map_err(|_| BlockError::NegativeSize)?;
-        let read_only = state.graph.node(&name).is_some_and(|n| n.read_only);
-        if read_only {
-            return Err(BlockError::ImageReadOnly);
-        }
-        // Raw images are whole sectors.
-        let bytes = size.div_ceil(512) * 512;
-        if let Some(disk) = state.disk_of_node(&name) {
-            disk.daemon()?
-                .link
-                .request(BlockRequest::Resize { bytes }, &[])?;
-            return Ok(Some(disk.index));
-        }
-        let image = state
-            .graph
-            .protocol_of(&name)
-            .and_then(|p| p.image.clone())
-            .ok_or_else(|| BlockError::NoImage(name.clone()))?;
-        let file = std::fs::File::from(image.try_clone().map_err(BlockError::DupImage)?);
-        let (current, _) = info::image_sizes(&image);
-        let is_device = file
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_block_device());
-        if is_device {
-            if bytes > current {
-                return Err(BlockError::CannotGrowDevice);
+        let _changes = self.changes.lock();
+        let target = {
+            let state = self.state.lock();
+            let name = state.lookup_node(device, node)?;
+            if size < 0 {
+                return Err(BlockError::NegativeSize);
             }
-            return Ok(None);
+            let read_only = state.graph.node(&name).is_some_and(|n| n.read_only);
+            if read_only {
+                return Err(BlockError::ImageReadOnly);
+            }
+            if size > MAX_LENGTH {
+                return Err(BlockError::SizeTooLarge {
+                    offset: size,
+                    max: MAX_LENGTH,
+                });
+            }
+            let target = match state.disk_of_node(&name) {
+                Some(disk) => Target::Daemon(disk.daemon()?.link.clone(), disk.index),
+                None => Target::Image(
+                    state
+                        .graph
+                        .protocol_of(&name)
+                        .and_then(|p| p.image.clone())
+                        .ok_or_else(|| BlockError::NoImage(name.clone()))?,
+                ),
+            };
+            target
+        };
+        // Raw images are whole sectors (MAX_LENGTH is, so this cannot overflow).
+        let bytes = (size as u64).div_ceil(512) * 512;
+        match target {
+            Target::Daemon(link, index) => {
+                link.request(BlockRequest::Resize { bytes }, &[])?;
+                Ok(Some(index))
+            }
+            Target::Image(image) => {
+                // Nobody uses the node: for the resize it takes QEMU's resize
+                // permission, as qmp_block_resize does.
+                lock::lock(image.as_fd(), Perms::RESIZE, Perms::ALL)
+                    .map_err(BlockError::ResizeLock)?;
+                let resized = resize_image(&image, bytes);
+                lock::unlock(image.as_fd(), Perms::RESIZE, Perms::ALL);
+                resized.map(|()| None)
+            }
         }
-        file.set_len(bytes).map_err(BlockError::Resize)?;
-        Ok(None)
     }
 
     /// What the removable-medium commands get: the disk `disk` names (QEMU's lookup and

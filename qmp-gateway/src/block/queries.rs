@@ -1,15 +1,20 @@
 //! The block layer's answers to QMP's queries: query-block, query-named-block-nodes and
-//! query-blockstats, built from the graph, the thresholds and the daemons' counters.
+//! query-blockstats, built from the graph, the thresholds, the disks' health and the
+//! daemons' counters. None waits for a daemon longer than STATS_WAIT: a stopped or stuck
+//! one is shown with the last counters it gave.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use ipc::{BlockReply, BlockRequest, BlockStats};
 use serde_json::{json, Value};
 
-use super::disk::Disk;
 use super::error::BlockError;
 use super::info;
 use super::BlockLayer;
+
+/// How long query-blockstats waits for the daemons' counters.
+const STATS_WAIT: Duration = Duration::from_millis(500);
 
 impl BlockLayer {
     /// The write threshold set on `node` (0: none).
@@ -26,15 +31,18 @@ impl BlockLayer {
             .filter_map(|d| {
                 let node = state.graph.node(&d.root)?;
                 let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
-                Some(json!({
+                let mut info = json!({
                     "device": d.id,
                     "qdev": d.qdev,
                     "type": "unknown",
                     "removable": false,
                     "locked": false,
-                    "io-status": "ok",
                     "inserted": info::node_info(&state.graph, node, throttle, self.threshold(&d.root)),
-                }))
+                });
+                if let Some(status) = d.health.io_status() {
+                    info["io-status"] = json!(status);
+                }
+                Some(info)
             })
             .collect();
         Value::Array(out)
@@ -52,25 +60,50 @@ impl BlockLayer {
             .collect()
     }
 
-    /// A disk's counters from its daemon (zeroes while it has none: a restarted daemon
-    /// counts from zero too).
-    fn daemon_stats(disk: &Disk) -> Result<BlockStats, BlockError> {
-        let Some(daemon) = disk.daemon.as_ref() else {
-            return Ok(BlockStats::default());
+    /// Every disk's counters from its daemon, asked of all at once and waited for at
+    /// most STATS_WAIT (zeroes while a disk has no daemon: a restarted daemon counts
+    /// from zero too).
+    fn daemon_stats(&self) -> BTreeMap<String, BlockStats> {
+        let asked: Vec<_> = {
+            let state = self.state.lock();
+            state
+                .disks
+                .iter()
+                .map(|d| {
+                    let link = d.daemon.as_ref().map(|daemon| daemon.link.clone());
+                    if let Some(link) = &link {
+                        let link = link.clone();
+                        d.stats
+                            .ask(move || match link.request(BlockRequest::Stats, &[]) {
+                                Ok(BlockReply::Stats(s)) => Ok(*s),
+                                Ok(other) => {
+                                    Err(format!("{} answered stats with {other:?}", link.name()))
+                                }
+                                Err(e) => Err(format!("statistics: {e}")),
+                            });
+                    }
+                    (d.id.clone(), link.is_some(), d.stats.clone())
+                })
+                .collect()
         };
-        match daemon.link.request(BlockRequest::Stats, &[])? {
-            BlockReply::Stats(s) => Ok(*s),
-            other => Err(daemon.unexpected("stats", &other).into()),
-        }
+        let deadline = Instant::now() + STATS_WAIT;
+        asked
+            .into_iter()
+            .map(|(id, running, cache)| {
+                let stats = if running {
+                    cache.answer(deadline)
+                } else {
+                    BlockStats::default()
+                };
+                (id, stats)
+            })
+            .collect()
     }
 
     /// query-blockstats: per disk, or (`query_nodes`) per node.
     pub fn query_blockstats(&self, query_nodes: bool) -> Result<Value, BlockError> {
+        let stats_of = self.daemon_stats();
         let state = self.state.lock();
-        let mut stats_of: BTreeMap<String, BlockStats> = BTreeMap::new();
-        for d in &state.disks {
-            stats_of.insert(d.id.clone(), Self::daemon_stats(d)?);
-        }
         let disk_stats = |node: &str| -> Option<&BlockStats> {
             state.disk_of_node(node).and_then(|d| stats_of.get(&d.id))
         };

@@ -66,6 +66,7 @@ pub const TYPES: Types = Types(&[
             "running",
             "paused",
             "internal-error",
+            "io-error",
             "shutdown",
         ]),
     },
@@ -236,8 +237,20 @@ pub const TYPES: Types = Types(&[
             req("locked", Ty::Bool),
             opt("inserted", Ty::Named("BlockDeviceInfo")),
             opt("tray_open", Ty::Bool),
-            opt("io-status", Ty::Str),
+            opt("io-status", Ty::Named("BlockDeviceIoStatus")),
         ]),
+    },
+    TypeDef {
+        name: "BlockDeviceIoStatus",
+        kind: TypeKind::Enum(&["ok", "failed", "nospace"]),
+    },
+    TypeDef {
+        name: "IoOperationType",
+        kind: TypeKind::Enum(&["read", "write"]),
+    },
+    TypeDef {
+        name: "BlockErrorAction",
+        kind: TypeKind::Enum(&["ignore", "report", "stop"]),
     },
     TypeDef {
         name: "BlockStats",

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::block::throttle::{BucketRequest, ThrottleRequest};
-use crate::block::DiskRef;
+use crate::block::{BlockError, DiskRef};
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::blockdev::BlockdevAdd;
 use crate::qmp::context::Ctx;
@@ -345,11 +345,14 @@ pub fn blockdev_del(c: &mut Ctx, a: NodeName) -> QmpResult {
 }
 
 pub fn block_resize(c: &mut Ctx, a: BlockResize) -> QmpResult {
-    let notify = c.gw.block.block_resize(
-        a.device.as_deref(),
-        a.node_name.as_deref(),
-        a.size.saturating_i64(),
-    )?;
+    // 'size' is a QAPI int: beyond int64 it is not one (QEMU's input visitor's words).
+    let size = a
+        .size
+        .as_i64()
+        .ok_or_else(|| QmpError::generic("Invalid parameter type for 'size', expected: integer"))?;
+    let notify =
+        c.gw.block
+            .block_resize(a.device.as_deref(), a.node_name.as_deref(), size)?;
     if let Some(disk) = notify {
         // The daemon resized the image; the guest hears of it from its device model.
         c.vmm(VmmRequest::DiskConfigChanged { disk })?;
@@ -365,8 +368,14 @@ pub fn block_set_io_throttle(c: &mut Ctx, a: BlockIoThrottle) -> QmpResult {
 }
 
 pub fn block_set_write_threshold(c: &mut Ctx, a: WriteThreshold) -> QmpResult {
-    c.gw.block
-        .set_write_threshold(&a.node_name, a.write_threshold.saturating_i64())?;
+    // 'write-threshold' is a QAPI uint64, which (as QEMU's visitor does) also takes a
+    // negative int64 as the uint64 of the same bits.
+    let bytes = a
+        .write_threshold
+        .as_u64()
+        .or_else(|| a.write_threshold.as_i64().map(|v| v as u64))
+        .ok_or(BlockError::ThresholdOutOfRange)?;
+    c.gw.block.set_write_threshold(&a.node_name, bytes)?;
     Ok(json!({}))
 }
 

@@ -66,11 +66,10 @@ pub fn query_qmp_schema(c: &mut Ctx, _: NoArgs) -> QmpResult {
 
 /// StatusInfo (query-status, and HMP's `info status`).
 pub fn status_info(gw: &Gateway) -> Value {
-    let state = gw.run_state();
     json!({
-        "running": state == ipc::RunState::Running,
+        "running": gw.run_state() == ipc::RunState::Running,
         "singlestep": false,
-        "status": state.qmp_name(),
+        "status": gw.run_state_name(),
     })
 }
 
@@ -88,7 +87,8 @@ pub fn stop(c: &mut Ctx, _: NoArgs) -> QmpResult {
 }
 
 pub fn cont(c: &mut Ctx, _: NoArgs) -> QmpResult {
-    vmm_does(c, VmmRequest::Cont)
+    c.gw.cont()?;
+    Ok(json!({}))
 }
 
 pub fn system_reset(c: &mut Ctx, _: NoArgs) -> QmpResult {

@@ -25,6 +25,7 @@ use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::net::nic::NicSpec;
 use qmp_gateway::qmp::server::Server;
 use qmp_gateway::sockets::bind_private;
+use qmp_gateway::startup;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,6 +115,9 @@ fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
 struct Cleanup {
     sockets: Vec<PathBuf>,
     child: Option<Process>,
+    /// Whether vmm-core was handed the VM: before that it holds nothing and is killed
+    /// at once (our child, by pid) instead of waited for.
+    launched: bool,
     /// Its block and net daemons stop after vmm-core, their frontend.
     gateway: Option<Arc<Gateway>>,
 }
@@ -124,6 +128,11 @@ impl Cleanup {
         let Some(child) = self.child.as_mut() else {
             return;
         };
+        if !self.launched {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
         let deadline = Instant::now() + grace;
         loop {
             match child.try_wait() {
@@ -171,6 +180,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let mut cleanup = Cleanup {
         sockets: Vec::new(),
         child: None,
+        launched: false,
         gateway: None,
     };
     let mut unix_listeners = Vec::new();
@@ -185,6 +195,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     }
     let mut vm = OpenedVm::open(&args.vm)?;
     cleanup.sockets.extend(vm.console_socket.clone());
+    // Every device is checked before any process starts (the netdevs are opened).
+    let netdevs = startup::check(&args.drive, &args.netdev, &args.device)?;
 
     if args.sandbox != Mode::Off {
         ids::configure(args.sandbox_ids)?;
@@ -229,14 +241,15 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets)?;
         vm.add_disk(disk, stream);
     }
-    for spec in &args.netdev {
-        gw.net.add_netdev(spec)?;
+    for netdev in netdevs {
+        gw.net.add_netdev(netdev)?;
     }
     for spec in &args.device {
         let (nic, stream) = gw.net.add_nic(spec)?;
         vm.add_nic(nic, stream);
     }
     let vcpus = vm.launch(&link).context("vmm-core")?;
+    cleanup.launched = true;
     gw.set_vcpus(vcpus);
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;

@@ -114,16 +114,12 @@ impl NetLayer {
         })
     }
 
-    /// `--netdev`: opens the backend now (a NIC may take it).
-    pub fn add_netdev(&self, spec: &NetdevSpec) -> Result<(), NetError> {
+    /// `--netdev`: a backend the command line opened (a NIC may take it).
+    pub fn add_netdev(&self, netdev: Netdev) -> Result<(), NetError> {
         let mut state = self.state.lock();
-        if state.id_taken(&spec.id) {
-            return Err(NetError::NetdevIdTaken(spec.id.clone()));
+        if state.id_taken(&netdev.id) {
+            return Err(NetError::NetdevIdTaken(netdev.id.clone()));
         }
-        let netdev = spec.open(None).map_err(|error| NetError::Netdev {
-            id: spec.id.clone(),
-            error: Box::new(error),
-        })?;
         state.spare.push(netdev);
         Ok(())
     }
@@ -133,10 +129,7 @@ impl NetLayer {
     pub fn add_nic(&self, spec: &NicSpec) -> Result<(NicLaunch, OwnedFd), NetError> {
         let mut state = self.state.lock();
         let index = state.nics.len() as u32;
-        let id = spec
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("virtio-net-pci.{index}"));
+        let id = spec.id_at(index as usize);
         if state.nics.iter().any(|n| n.id == id) {
             return Err(NetError::NicIdTaken(id));
         }

@@ -92,6 +92,15 @@ impl FromStr for NicSpec {
     }
 }
 
+impl NicSpec {
+    /// Its id: the one given, or virtio-net-pci.N after its place among the NICs.
+    pub fn id_at(&self, index: usize) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("virtio-net-pci.{index}"))
+    }
+}
+
 /// Where a NIC's daemon reports to.
 #[derive(Clone)]
 pub struct Hooks {

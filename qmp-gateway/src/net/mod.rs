@@ -1,8 +1,9 @@
 //! The gateway's network layer: host backends (netdevs, opened by the gateway), the NICs
 //! the guest sees (each served by its own net daemon over vhost-user), and the network
 //! QMP commands: netdev_add, netdev_del, set_link, query-rx-filter, with
-//! NIC_RX_FILTER_CHANGED as QEMU sends it. A daemon that dies is restarted with the same
-//! backend and vmm-core reconnects; the guest sees frames pause.
+//! NIC_RX_FILTER_CHANGED as QEMU sends it, and our __io.flotilla_net-daemon-restart. A
+//! daemon that dies is restarted with the same backend and vmm-core reconnects; the guest
+//! sees frames pause.
 
 pub mod error;
 pub mod netdev;
@@ -27,6 +28,38 @@ use crate::sockets::{bind_private, RuntimeDir};
 pub use error::NetError;
 use netdev::{Netdev, NetdevSpec};
 use nic::{Hooks, NetProtocol, Nic, NicSpec};
+
+/// How a command names a NIC: by its netdev (QMP's "device", the host side's name), or by
+/// its own id or QOM path (QMP's "id").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicRef<'a> {
+    Netdev(&'a str),
+    Nic(&'a str),
+}
+
+impl<'a> NicRef<'a> {
+    /// QMP's "exactly one of device and id".
+    pub fn exactly_one(device: Option<&'a str>, id: Option<&'a str>) -> Result<Self, NetError> {
+        match (device, id) {
+            (Some(d), None) => Ok(NicRef::Netdev(d)),
+            (None, Some(i)) => Ok(NicRef::Nic(i)),
+            _ => Err(NetError::NeedDeviceOrId),
+        }
+    }
+
+    fn name(&self) -> &'a str {
+        match self {
+            NicRef::Netdev(n) | NicRef::Nic(n) => n,
+        }
+    }
+
+    fn names(&self, nic: &Nic) -> bool {
+        match self {
+            NicRef::Netdev(n) => nic.netdev.as_deref() == Some(*n),
+            NicRef::Nic(n) => nic.is_named(n),
+        }
+    }
+}
 
 /// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -170,6 +203,7 @@ impl NetLayer {
             notify: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
             failures: 0,
+            hold: false,
         };
         let failed = |error| NetError::Nic {
             id: id.clone(),
@@ -187,22 +221,76 @@ impl NetLayer {
         Ok((launch, stream.into()))
     }
 
-    fn restart_nic(&self, id: &str) -> Result<u32, NetError> {
+    /// Replaces NIC `id`'s daemon (stopping it if it runs) with a new one, from `binary`
+    /// if given (kept for later restarts only if it starts), and hands vmm-core a
+    /// connection to it. Returns the new pid.
+    fn restart_nic(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, NetError> {
         let mut state = self.state.lock();
         let nic = state
             .nics
             .iter_mut()
             .find(|n| n.id == id)
             .ok_or_else(|| NetError::DeviceNotFound(id.to_string()))?;
-        nic.stop();
-        let pid = nic.start(&self.hooks)?;
-        let stream = nic.connect()?;
-        self.vmm.request(
-            VmmRequest::NicReconnect { nic: nic.index },
-            &[stream.as_fd()],
-        )?;
-        log::info!("NIC {id}: net daemon pid {pid} serves it now");
-        Ok(pid)
+        if nic.netdev.is_none() {
+            return Err(NetError::NoBackend(id.to_string()));
+        }
+        if let Some(how) = nic.stop() {
+            log::info!("NIC {id}: net daemon stopped ({how})");
+        }
+        let previous = binary.map(|b| std::mem::replace(&mut nic.binary, b));
+        let started = nic.start(&self.hooks).and_then(|pid| {
+            let stream = nic.connect()?;
+            self.vmm.request(
+                VmmRequest::NicReconnect { nic: nic.index },
+                &[stream.as_fd()],
+            )?;
+            Ok(pid)
+        });
+        match started {
+            Ok(pid) => {
+                log::info!("NIC {id}: net daemon pid {pid} serves it now");
+                Ok(pid)
+            }
+            Err(e) => {
+                nic.stop();
+                if let Some(previous) = previous {
+                    nic.binary = previous;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A restart asked for over QMP (our extension): the failure count starts over, and
+    /// the outcome is announced here rather than by the supervisor, which leaves a NIC
+    /// whose requested restart failed alone until the next request. Returns the new pid.
+    pub fn restart_requested(&self, nic: NicRef, binary: Option<PathBuf>) -> Result<u32, NetError> {
+        let id = {
+            let mut state = self.state.lock();
+            let found = state
+                .nics
+                .iter_mut()
+                .find(|n| nic.names(n))
+                .ok_or_else(|| NetError::DeviceNotFound(nic.name().to_string()))?;
+            found.failures = 0;
+            found.hold = true;
+            found.id.clone()
+        };
+        let result = self.restart_nic(&id, binary);
+        let event = match &result {
+            Ok(pid) => Event::NetDaemonRestarted(DaemonRestarted {
+                device: id,
+                pid: *pid,
+            }),
+            Err(e) => Event::NetDaemonExited(DaemonExited {
+                device: id,
+                pid: None,
+                reason: format!("failed to start: {e}"),
+                restart_in_ms: None,
+            }),
+        };
+        self.hooks.events.emit(event);
+        result
     }
 
     /// netdev_add: opens the backend `spec` describes (`fd=` names one of the client's
@@ -326,11 +414,16 @@ impl Supervised for NetLayer {
         let nic = state.nics.iter_mut().find(|n| n.id == id)?;
         // A NIC whose netdev was deleted has no daemon to bring back.
         nic.netdev.as_ref()?;
+        if nic.hold {
+            // Its failed start was reported to whoever asked for it.
+            nic.stop();
+            return None;
+        }
         Death::reap(&mut nic.daemon, nic.started, &mut nic.failures)
     }
 
     fn restart(&self, id: &str) -> Result<u32, NetError> {
-        self.restart_nic(id)
+        self.restart_nic(id, None)
     }
 }
 

@@ -152,6 +152,20 @@ pub fn error_of(reply: &Value) -> (String, String) {
     )
 }
 
+/// Waits for the socket `vm` binds at `path`; panics with what it printed if none comes.
+pub fn wait_for_socket(vm: &Vm, path: &Path) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no socket {}:\n{}",
+            path.display(),
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// qmp-gateway running the test guest, with a QMP socket in a scratch directory.
 pub struct Gateway {
     pub vm: Vm,
@@ -188,15 +202,7 @@ impl Gateway {
     /// there.
     pub fn spawn(cmd: Command, dir: TempDir, qmp: PathBuf) -> Gateway {
         let vm = Vm::spawn(cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        while !qmp.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no QMP socket:\n{}",
-                vm.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_socket(&vm, &qmp);
         Gateway { vm, dir, qmp }
     }
 

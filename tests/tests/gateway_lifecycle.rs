@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
 use flotilla_tests::{bin, run_to_end, test_guest, TempDir, Vm};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -278,7 +278,6 @@ fn vcpu_failure_stops_the_vm_in_internal_error() {
 
 #[test]
 fn startup_errors_are_one_line_and_leave_nothing() {
-    use flotilla_tests::{bin, run_to_end, TempDir};
     let dir = TempDir::new("gw-bad");
     let sock = dir.path().join("q.sock");
     let mut cmd = std::process::Command::new(bin("qmp-gateway"));
@@ -316,7 +315,6 @@ fn startup_errors_are_one_line_and_leave_nothing() {
 
 #[test]
 fn a_live_qmp_socket_is_never_taken_over() {
-    use flotilla_tests::{bin, run_to_end};
     let gw = Gateway::start(&[]);
     let mut cmd = std::process::Command::new(bin("qmp-gateway"));
     cmd.arg("--kernel")
@@ -345,15 +343,7 @@ fn gateway_in_runtime(runtime: &Path, qmp: &Path, console: &Path) -> Vm {
         .arg("--qmp")
         .arg(qmp);
     let vm = Vm::spawn(cmd);
-    let deadline = Instant::now() + BOOT;
-    while !qmp.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no QMP socket:\n{}",
-            vm.transcript()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_socket(&vm, qmp);
     vm
 }
 

@@ -23,7 +23,7 @@ use crate::children::link::VmmLink;
 use crate::children::sandbox::Policy;
 use crate::children::supervise::{Death, Supervised, Supervision};
 use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
-use crate::fdstore::NamedFds;
+use crate::fdstore::{Charge, NamedFds};
 use crate::sockets::{bind_private, RuntimeDir};
 pub use error::NetError;
 use netdev::{Netdev, NetdevSpec};
@@ -294,13 +294,19 @@ impl NetLayer {
     }
 
     /// netdev_add: opens the backend `spec` describes (`fd=` names one of the client's
-    /// `named` fds).
-    pub fn netdev_add(&self, spec: &NetdevSpec, named: &NamedFds) -> Result<(), NetError> {
+    /// `named` fds); its fds stay charged with `charge` while it exists.
+    pub fn netdev_add(
+        &self,
+        spec: &NetdevSpec,
+        named: &NamedFds,
+        charge: Charge,
+    ) -> Result<(), NetError> {
         let mut state = self.state.lock();
         if state.id_taken(&spec.id) {
             return Err(NetError::DuplicateId(spec.id.clone()));
         }
-        let netdev = spec.open(Some(named))?;
+        let mut netdev = spec.open(Some(named))?;
+        netdev.charge = Some(charge);
         log::info!("netdev {}: {}", netdev.id, netdev.describe);
         state.spare.push(netdev);
         Ok(())

@@ -87,7 +87,9 @@ serde_arguments!(
 );
 
 pub fn netdev_add(c: &mut Ctx, a: NetdevAdd) -> QmpResult {
-    c.gw.net.netdev_add(&a.0, c.named_fds)?;
+    // The backend's fds are the client's to account for while it exists.
+    let charge = c.charge_fds(a.0.backend.fds())?;
+    c.gw.net.netdev_add(&a.0, c.named_fds, charge)?;
     Ok(json!({}))
 }
 

@@ -19,11 +19,16 @@ pub struct Received {
 /// Receives bytes into `buf` and up to `max_fds` descriptors (close-on-exec). Every fd
 /// the kernel installed is returned owned, also when the peer sent more than fit (the
 /// kernel closes those): walking the control messages by hand, because nix refuses to
-/// when the buffer was truncated, which would leak the ones that did arrive.
+/// when the buffer was truncated, which would leak the ones that did arrive. With
+/// `max_fds` 0 no fd is installed at all (`truncated` says whether some came).
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize) -> std::io::Result<Received> {
-    let fd_bytes = max_fds.max(1) * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let fd_bytes = max_fds * std::mem::size_of::<RawFd>();
+    let space = if fd_bytes == 0 {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        unsafe { libc::CMSG_SPACE(fd_bytes as u32) as usize }
+    };
     // u64 elements keep the buffer aligned for cmsghdr.
     let mut cmsg_buf = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
@@ -34,8 +39,10 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize) -> std::io::Re
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    if space > 0 {
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+    }
     let n = loop {
         // SAFETY: msg describes valid, writable buffers of the stated sizes.
         let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
@@ -118,6 +125,11 @@ mod tests {
         assert_eq!((r.bytes, r.fds.len(), r.truncated), (1, 4, true));
         drop(r);
         assert_eq!(open_fds_to(&path), 1, "fds leaked");
+        // No room at all: the bytes come, no fd is installed, and the loss is said.
+        send_with_fds(a.as_raw_fd(), b"y", &many[..3]).unwrap();
+        let r = recv_with_fds(b.as_raw_fd(), &mut buf, 0).unwrap();
+        assert_eq!((r.bytes, r.fds.len(), r.truncated), (1, 0, true));
+        assert_eq!(open_fds_to(&path), 1, "an fd was installed");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -20,3 +20,4 @@ pub mod launch;
 pub mod net;
 pub mod qmp;
 pub mod sockets;
+pub mod startup;

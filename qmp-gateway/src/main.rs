@@ -1,5 +1,8 @@
 //! qmp-gateway's command line: one command starts the whole VM, serves QMP, and on
-//! quit, a signal, guest power-off or a vmm-core failure stops everything in order.
+//! quit, a signal, guest power-off or a vmm-core failure stops everything in order. The
+//! whole command line is checked before any process starts (startup.rs); the QMP
+//! listeners' limits (client slots, handshake time, fds per client) are options, and the
+//! fd budget comes from RLIMIT_NOFILE once the VM runs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -19,12 +22,15 @@ use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
 use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::events::{Event, EventBus};
+use qmp_gateway::fdstore::budget::process_fds;
+use qmp_gateway::fdstore::{FdBudget, FdLimits};
 use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
 use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::net::nic::NicSpec;
-use qmp_gateway::qmp::server::Server;
+use qmp_gateway::qmp::server::{Server, ServerOptions};
 use qmp_gateway::sockets::bind_private;
+use qmp_gateway::startup;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +46,20 @@ struct Args {
     /// A QMP TCP listener, PORT or HOST:PORT (loopback when no host is given).
     #[arg(long)]
     qmp_tcp: Vec<String>,
+    /// Most QMP clients served at once, over all listeners (fewer if RLIMIT_NOFILE has no
+    /// room for them). When all are taken, a client that has not negotiated yet makes
+    /// room for a newcomer.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    qmp_max_clients: u32,
+    /// Seconds a QMP client has to negotiate capabilities before it is let go (0: no
+    /// limit).
+    #[arg(long, default_value_t = 5)]
+    qmp_handshake_timeout: u32,
+    /// Most file descriptors one QMP client may make the gateway hold (getfd, add-fd,
+    /// netdev_add, and fds sent ahead of a command); all clients together hold at most
+    /// what RLIMIT_NOFILE leaves.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    qmp_max_client_fds: u32,
     /// The VM's name (query-name).
     #[arg(long)]
     name: Option<String>,
@@ -114,6 +134,9 @@ fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
 struct Cleanup {
     sockets: Vec<PathBuf>,
     child: Option<Process>,
+    /// Whether vmm-core was handed the VM: before that it holds nothing and is killed
+    /// at once (our child, by pid) instead of waited for.
+    launched: bool,
     /// Its block and net daemons stop after vmm-core, their frontend.
     gateway: Option<Arc<Gateway>>,
 }
@@ -124,6 +147,11 @@ impl Cleanup {
         let Some(child) = self.child.as_mut() else {
             return;
         };
+        if !self.launched {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
         let deadline = Instant::now() + grace;
         loop {
             match child.try_wait() {
@@ -160,6 +188,35 @@ impl Drop for Cleanup {
     }
 }
 
+/// The fd budget, from RLIMIT_NOFILE and what the running VM holds now; says its numbers.
+fn fd_budget(args: &Args) -> anyhow::Result<Arc<FdBudget>> {
+    let (nofile, open) = process_fds().context("RLIMIT_NOFILE")?;
+    let devices = args.drive.len() + args.device.len();
+    let limits = FdLimits::derive(
+        nofile,
+        open,
+        devices,
+        args.qmp_max_clients as usize,
+        args.qmp_max_client_fds as usize,
+    )?;
+    if limits.clients < args.qmp_max_clients as usize {
+        log::warn!(
+            "RLIMIT_NOFILE {nofile} has room for {} QMP clients at once, not the {} asked for",
+            limits.clients,
+            args.qmp_max_clients
+        );
+    }
+    log::info!(
+        "QMP: {} clients at once, {} fds per client, {} for all clients (RLIMIT_NOFILE {nofile}; \
+         {} kept for the VM's own files, restarts and client connections)",
+        limits.clients,
+        limits.per_client,
+        limits.total,
+        limits.reserved
+    );
+    Ok(FdBudget::new(limits))
+}
+
 fn run(args: Args) -> anyhow::Result<ExitReason> {
     if let Some(u) = &args.uuid {
         if !valid_uuid(u) {
@@ -171,6 +228,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let mut cleanup = Cleanup {
         sockets: Vec::new(),
         child: None,
+        launched: false,
         gateway: None,
     };
     let mut unix_listeners = Vec::new();
@@ -185,6 +243,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     }
     let mut vm = OpenedVm::open(&args.vm)?;
     cleanup.sockets.extend(vm.console_socket.clone());
+    // Every device is checked before any process starts (the netdevs are opened).
+    let netdevs = startup::check(&args.drive, &args.netdev, &args.device)?;
 
     if args.sandbox != Mode::Off {
         ids::configure(args.sandbox_ids)?;
@@ -229,14 +289,15 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets)?;
         vm.add_disk(disk, stream);
     }
-    for spec in &args.netdev {
-        gw.net.add_netdev(spec)?;
+    for netdev in netdevs {
+        gw.net.add_netdev(netdev)?;
     }
     for spec in &args.device {
         let (nic, stream) = gw.net.add_nic(spec)?;
         vm.add_nic(nic, stream);
     }
     let vcpus = vm.launch(&link).context("vmm-core")?;
+    cleanup.launched = true;
     gw.set_vcpus(vcpus);
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;
@@ -250,7 +311,16 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
                 signal_gw.request_exit(ExitReason::Signal(sig as i32));
             }
         })?;
-    let server = Server::new(gw.clone());
+    let budget = fd_budget(&args)?;
+    let server = Server::new(
+        gw.clone(),
+        ServerOptions {
+            max_clients: budget.limits().clients,
+            handshake: (args.qmp_handshake_timeout > 0)
+                .then(|| Duration::from_secs(args.qmp_handshake_timeout.into())),
+            budget,
+        },
+    );
     for l in unix_listeners {
         server.serve_unix(l)?;
     }

@@ -2,9 +2,13 @@
 //! system_powerdown, -S, HMP, and every way of ending (quit, SIGTERM, guest power-off,
 //! a vmm-core crash), after which no process or socket remains.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
+use flotilla_tests::{bin, run_to_end, test_guest, TempDir, Vm};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -274,7 +278,6 @@ fn vcpu_failure_stops_the_vm_in_internal_error() {
 
 #[test]
 fn startup_errors_are_one_line_and_leave_nothing() {
-    use flotilla_tests::{bin, run_to_end, TempDir};
     let dir = TempDir::new("gw-bad");
     let sock = dir.path().join("q.sock");
     let mut cmd = std::process::Command::new(bin("qmp-gateway"));
@@ -312,7 +315,6 @@ fn startup_errors_are_one_line_and_leave_nothing() {
 
 #[test]
 fn a_live_qmp_socket_is_never_taken_over() {
-    use flotilla_tests::{bin, run_to_end};
     let gw = Gateway::start(&[]);
     let mut cmd = std::process::Command::new(bin("qmp-gateway"));
     cmd.arg("--kernel")
@@ -327,4 +329,229 @@ fn a_live_qmp_socket_is_never_taken_over() {
         gw.client().ok("query-status", json!({}))["status"],
         "running"
     );
+}
+
+/// qmp-gateway with the idle test guest on `qmp`, its runtime directories under
+/// `runtime` (XDG_RUNTIME_DIR), its console on a Unix socket `console`.
+fn gateway_in_runtime(runtime: &Path, qmp: &Path, console: &Path) -> Vm {
+    let mut cmd = Command::new(bin("qmp-gateway"));
+    cmd.env("XDG_RUNTIME_DIR", runtime)
+        .arg("--kernel")
+        .arg(test_guest())
+        .args(["--memory", "128", "--cpus", "1", "--serial"])
+        .arg(format!("unix:{}", console.display()))
+        .arg("--qmp")
+        .arg(qmp);
+    let vm = Vm::spawn(cmd);
+    wait_for_socket(qmp, &vm);
+    vm
+}
+
+fn entries(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Issue 11: SIGKILL of the gateway left its QMP and console sockets and its runtime
+/// directories behind. The next gateway started with the same paths takes the sockets
+/// nobody listens on and removes the runtime directories whose gateway is gone, and
+/// nothing else.
+#[test]
+fn a_sigkilled_gateways_leftovers_are_cleaned_by_the_next_one() {
+    let runtime = TempDir::new("xdg");
+    let dir = TempDir::new("gw-killed");
+    let (qmp, console) = (dir.path().join("qmp.sock"), dir.path().join("console.sock"));
+    // Not a gateway's: a directory that is not ours, and one of a gateway still alive.
+    let foreign = runtime.path().join("flotilla-1-0");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("keep"), b"").unwrap();
+
+    let mut first = gateway_in_runtime(runtime.path(), &qmp, &console);
+    QmpClient::negotiated(&qmp).ok("query-status", json!({}));
+    let theirs: BTreeSet<String> = entries(runtime.path())
+        .into_iter()
+        .filter(|e| e.starts_with(&format!("flotilla-{}-", first.pid())))
+        .collect();
+    assert_eq!(theirs.len(), 2, "{:?}", entries(runtime.path()));
+    first.signal(Signal::SIGKILL);
+    first.wait(BOOT);
+    assert!(qmp.exists() && console.exists());
+    assert!(theirs.iter().all(|d| runtime.path().join(d).exists()));
+
+    let live_dir = TempDir::new("gw-live");
+    let mut live = gateway_in_runtime(
+        runtime.path(),
+        &live_dir.path().join("qmp.sock"),
+        &live_dir.path().join("console.sock"),
+    );
+    QmpClient::negotiated(&live_dir.path().join("qmp.sock")).ok("query-status", json!({}));
+    let live_dirs: BTreeSet<String> = entries(runtime.path())
+        .into_iter()
+        .filter(|e| e.starts_with(&format!("flotilla-{}-", live.pid())))
+        .collect();
+    assert_eq!(live_dirs.len(), 2);
+
+    let mut second = gateway_in_runtime(runtime.path(), &qmp, &console);
+    let mut c = QmpClient::negotiated(&qmp);
+    assert_eq!(c.ok("query-status", json!({}))["status"], "running");
+    let now = entries(runtime.path());
+    for gone in &theirs {
+        assert!(!now.contains(gone), "{gone} left behind: {now:?}");
+    }
+    for kept in live_dirs.iter().chain([&"flotilla-1-0".to_string()]) {
+        assert!(now.contains(kept), "{kept} was removed: {now:?}");
+    }
+    assert!(foreign.join("keep").exists());
+    // The console socket is the new gateway's.
+    std::os::unix::net::UnixStream::connect(&console).expect("the new console socket");
+    second.terminate(BOOT);
+    live.terminate(BOOT);
+    assert_eq!(
+        entries(runtime.path()),
+        BTreeSet::from(["flotilla-1-0".to_string()])
+    );
+}
+
+/// The one error line a bad command line gets, how long it took, and what the
+/// runtime directory held afterwards.
+fn refused_start(runtime: &Path, args: &[&str]) -> (String, Duration, BTreeSet<String>) {
+    let mut cmd = Command::new(bin("qmp-gateway"));
+    cmd.env("XDG_RUNTIME_DIR", runtime)
+        .arg("--kernel")
+        .arg(test_guest())
+        .args(args);
+    let started = Instant::now();
+    let (status, out, err) = run_to_end(cmd, BOOT);
+    let took = started.elapsed();
+    assert!(!status.success(), "{args:?} started");
+    assert_eq!(out, "", "{args:?}");
+    (err, took, entries(runtime))
+}
+
+/// Issue 11: a bad drive or a duplicate id took 5 s and printed "vmm-core did not exit;
+/// killing it", because vmm-core (and the daemons of the drives before it) started
+/// before the rest was checked. Now the whole command line is checked first: one line,
+/// at once, and nothing was started.
+#[test]
+fn bad_command_lines_fail_at_once_with_one_line() {
+    let runtime = TempDir::new("xdg-bad");
+    let dir = TempDir::new("gw-bad-cmdline");
+    let image = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        p.display().to_string()
+    };
+    let (a, b) = (image("a.img"), image("b.img"));
+    let missing = dir.path().join("missing.img").display().to_string();
+    let drive = |file: &str, rest: &str| format!("file={file},format=raw,{rest}");
+    let udp = |id: &str, port: u16| {
+        format!(
+            "socket,id={id},udp=127.0.0.1:{},localaddr=127.0.0.1:{port}",
+            port + 1
+        )
+    };
+    // A port taken by someone else.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:47420").unwrap();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--drive".into(), drive(&missing, "id=d0")],
+            format!("drive d0: Could not open '{missing}': No such file or directory"),
+        ),
+        (
+            vec![
+                "--drive".into(),
+                drive(&a, "id=d0"),
+                "--drive".into(),
+                drive(&b, "id=d0"),
+            ],
+            "drive id d0 is used twice".into(),
+        ),
+        (
+            vec![
+                "--drive".into(),
+                drive(&a, "id=d0"),
+                "--drive".into(),
+                drive(&missing, "id=d1"),
+            ],
+            format!("drive d1: Could not open '{missing}': No such file or directory"),
+        ),
+        (
+            vec![
+                "--drive".into(),
+                drive(&a, "id=d0,node-name=n"),
+                "--drive".into(),
+                drive(&b, "id=d1,node-name=n"),
+            ],
+            "drive d1: Duplicate nodes with node-name='n'".into(),
+        ),
+        (
+            vec!["--drive".into(), drive(&a, "id=d0,node-name=1n")],
+            "drive d0: Invalid node-name: '1n'".into(),
+        ),
+        (
+            vec![
+                "--drive".into(),
+                drive(&a, "id=d0"),
+                "--netdev".into(),
+                udp("n0", 47410),
+                "--netdev".into(),
+                udp("n0", 47412),
+            ],
+            "netdev id n0 is used twice".into(),
+        ),
+        (
+            vec![
+                "--netdev".into(),
+                udp("n0", 47410),
+                "--netdev".into(),
+                udp("n1", 47412),
+                "--device".into(),
+                "virtio-net-pci,netdev=n0,id=nic".into(),
+                "--device".into(),
+                "virtio-net-pci,netdev=n1,id=nic".into(),
+            ],
+            "NIC id nic is used twice".into(),
+        ),
+        (
+            vec![
+                "--drive".into(),
+                drive(&a, "id=d0"),
+                "--device".into(),
+                "virtio-net-pci,netdev=zz".into(),
+            ],
+            "NIC virtio-net-pci.0: no --netdev with id zz (or it is taken)".into(),
+        ),
+        (
+            vec![
+                "--netdev".into(),
+                udp("n0", 47410),
+                "--device".into(),
+                "virtio-net-pci,netdev=n0".into(),
+                "--device".into(),
+                "virtio-net-pci,netdev=n0".into(),
+            ],
+            "NIC virtio-net-pci.1: no --netdev with id n0 (or it is taken)".into(),
+        ),
+        (
+            vec![
+                "--drive".into(),
+                drive(&a, "id=d0"),
+                "--netdev".into(),
+                udp("n0", 47420),
+            ],
+            "netdev n0: can't bind 127.0.0.1:47420 / connect to 127.0.0.1:47421: Address \
+             already in use (os error 98)"
+                .into(),
+        ),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (err, took, left) = refused_start(runtime.path(), &args);
+        assert_eq!(err, format!("qmp-gateway: error: {want}"), "{args:?}");
+        assert!(took < Duration::from_secs(2), "{args:?} took {took:?}");
+        assert!(left.is_empty(), "{args:?} started something: {left:?}");
+    }
+    drop(taken);
 }

@@ -2,6 +2,7 @@
 //! envelope and argument errors (QEMU 7.2's texts), OOB, several clients, TCP.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use flotilla_tests::qmp::{error_of, Gateway, QmpClient};
@@ -403,4 +404,117 @@ fn tcp_listener_speaks_the_same_protocol() {
         (json!(9), json!("running"))
     );
     drop(gw);
+}
+
+/// A raw connection that read its greeting: returns the stream and its reader.
+fn raw_client(path: &std::path::Path) -> (UnixStream, BufReader<UnixStream>) {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    assert!(greeting.contains("\"QMP\""), "{greeting:?}");
+    (s, reader)
+}
+
+/// Reads until the gateway hangs up (within `within`); the last line it sent before.
+fn until_hang_up(reader: &mut BufReader<UnixStream>, within: Duration) -> String {
+    reader.get_ref().set_read_timeout(Some(within)).unwrap();
+    let mut last = String::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return last,
+            Ok(_) => last = line,
+            Err(e) => panic!("still connected after {within:?} ({e}); last line {last:?}"),
+        }
+    }
+}
+
+/// Issue 11: 256 idle connections locked everyone else out, a half-sent object held its
+/// slot for ever. Now a client that does not negotiate within the handshake time is let
+/// go, and when every slot is taken the one that waited longest without negotiating
+/// makes room for the newcomer. Clients that negotiated keep their slots however idle.
+#[test]
+fn idle_and_half_sent_connections_cannot_lock_clients_out() {
+    let gw = Gateway::start(&[]);
+    let mut settled = gw.client();
+    // Fill every other slot: half of them idle, half stopped in the middle of an object.
+    let mut squatters = Vec::new();
+    for i in 0..255 {
+        let (mut s, reader) = raw_client(&gw.qmp);
+        if i % 2 == 1 {
+            s.write_all(br#"{"execute": "qmp_capab"#).unwrap();
+        }
+        squatters.push((s, reader));
+    }
+    let started = std::time::Instant::now();
+    let mut newcomer = QmpClient::negotiated(&gw.qmp);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a new client waited {:?} for a slot",
+        started.elapsed()
+    );
+    assert_eq!(newcomer.ok("query-status", json!({}))["status"], "running");
+    // Every connection that never negotiated is let go within the handshake time (5 s by
+    // default), told why.
+    for (_, reader) in squatters.iter_mut() {
+        let last = until_hang_up(reader, Duration::from_secs(10));
+        let v: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{last:?}: {e}"));
+        assert_eq!(v["error"]["class"], "GenericError", "{v}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The clients that negotiated are still served, idle as they were.
+    assert_eq!(settled.ok("query-status", json!({}))["status"], "running");
+    assert_eq!(newcomer.ok("query-kvm", json!({}))["enabled"], true);
+}
+
+/// The limits are options: at most --qmp-max-clients at once (a newcomer beyond them is
+/// told so), and --qmp-handshake-timeout seconds to negotiate.
+#[test]
+fn client_limits_are_options() {
+    let gw = Gateway::start(&["--qmp-max-clients", "3", "--qmp-handshake-timeout", "1"]);
+    let mut clients: Vec<QmpClient> = (0..3).map(|_| gw.client()).collect();
+    // Every slot holds a client that negotiated: a fourth is turned away with a reason.
+    let s = UnixStream::connect(&gw.qmp).unwrap();
+    let mut reader = BufReader::new(s);
+    let last = until_hang_up(&mut reader, Duration::from_secs(5));
+    let v: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{last:?}: {e}"));
+    assert_eq!(
+        v["error"]["desc"], "Too many QMP clients: at most 3 at once",
+        "{v}"
+    );
+    drop(clients.pop());
+    // A slot is free again (once the gateway has seen the client go).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut reader = loop {
+        let s = UnixStream::connect(&gw.qmp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reader = BufReader::new(s);
+        let mut first = String::new();
+        reader.read_line(&mut first).unwrap();
+        if first.contains("\"QMP\"") {
+            break reader;
+        }
+        assert!(
+            first.contains("Too many QMP clients") && std::time::Instant::now() < deadline,
+            "{first:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let started = std::time::Instant::now();
+    let last = until_hang_up(&mut reader, Duration::from_secs(5));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "dropped after {waited:?}"
+    );
+    let v: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(
+        v["error"]["desc"], "No capabilities negotiation within 1 s: closing the connection",
+        "{v}"
+    );
+    for c in clients.iter_mut() {
+        assert_eq!(c.ok("query-status", json!({}))["status"], "running");
+    }
 }

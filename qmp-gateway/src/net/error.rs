@@ -16,6 +16,10 @@ pub enum NetError {
     NotANic(String),
     #[error("invalid net client name: {0}")]
     NoSuchClient(String),
+    #[error("Need exactly one of 'device' and 'id'")]
+    NeedDeviceOrId,
+    #[error("NIC {0} has no netdev (netdev_del removed it): there is nothing to serve")]
+    NoBackend(String),
 
     /// A netdev's options, as QEMU's Netdev reads them.
     #[error("Parameter '{0}' is missing")]

@@ -1,8 +1,9 @@
 //! The gateway's network layer: host backends (netdevs, opened by the gateway), the NICs
 //! the guest sees (each served by its own net daemon over vhost-user), and the network
 //! QMP commands: netdev_add, netdev_del, set_link, query-rx-filter, with
-//! NIC_RX_FILTER_CHANGED as QEMU sends it. A daemon that dies is restarted with the same
-//! backend and vmm-core reconnects; the guest sees frames pause.
+//! NIC_RX_FILTER_CHANGED as QEMU sends it, and our __io.flotilla_net-daemon-restart. A
+//! daemon that dies is restarted with the same backend and vmm-core reconnects; the guest
+//! sees frames pause.
 
 pub mod error;
 pub mod netdev;
@@ -22,11 +23,43 @@ use crate::children::link::VmmLink;
 use crate::children::sandbox::Policy;
 use crate::children::supervise::{Death, Supervised, Supervision};
 use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
-use crate::fdstore::NamedFds;
+use crate::fdstore::{Charge, NamedFds};
 use crate::sockets::{bind_private, RuntimeDir};
 pub use error::NetError;
 use netdev::{Netdev, NetdevSpec};
 use nic::{Hooks, NetProtocol, Nic, NicSpec};
+
+/// How a command names a NIC: by its netdev (QMP's "device", the host side's name), or by
+/// its own id or QOM path (QMP's "id").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicRef<'a> {
+    Netdev(&'a str),
+    Nic(&'a str),
+}
+
+impl<'a> NicRef<'a> {
+    /// QMP's "exactly one of device and id".
+    pub fn exactly_one(device: Option<&'a str>, id: Option<&'a str>) -> Result<Self, NetError> {
+        match (device, id) {
+            (Some(d), None) => Ok(NicRef::Netdev(d)),
+            (None, Some(i)) => Ok(NicRef::Nic(i)),
+            _ => Err(NetError::NeedDeviceOrId),
+        }
+    }
+
+    fn name(&self) -> &'a str {
+        match self {
+            NicRef::Netdev(n) | NicRef::Nic(n) => n,
+        }
+    }
+
+    fn names(&self, nic: &Nic) -> bool {
+        match self {
+            NicRef::Netdev(n) => nic.netdev.as_deref() == Some(*n),
+            NicRef::Nic(n) => nic.is_named(n),
+        }
+    }
+}
 
 /// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -114,16 +147,12 @@ impl NetLayer {
         })
     }
 
-    /// `--netdev`: opens the backend now (a NIC may take it).
-    pub fn add_netdev(&self, spec: &NetdevSpec) -> Result<(), NetError> {
+    /// `--netdev`: a backend the command line opened (a NIC may take it).
+    pub fn add_netdev(&self, netdev: Netdev) -> Result<(), NetError> {
         let mut state = self.state.lock();
-        if state.id_taken(&spec.id) {
-            return Err(NetError::NetdevIdTaken(spec.id.clone()));
+        if state.id_taken(&netdev.id) {
+            return Err(NetError::NetdevIdTaken(netdev.id.clone()));
         }
-        let netdev = spec.open(None).map_err(|error| NetError::Netdev {
-            id: spec.id.clone(),
-            error: Box::new(error),
-        })?;
         state.spare.push(netdev);
         Ok(())
     }
@@ -133,10 +162,7 @@ impl NetLayer {
     pub fn add_nic(&self, spec: &NicSpec) -> Result<(NicLaunch, OwnedFd), NetError> {
         let mut state = self.state.lock();
         let index = state.nics.len() as u32;
-        let id = spec
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("virtio-net-pci.{index}"));
+        let id = spec.id_at(index as usize);
         if state.nics.iter().any(|n| n.id == id) {
             return Err(NetError::NicIdTaken(id));
         }
@@ -177,6 +203,7 @@ impl NetLayer {
             notify: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
             failures: 0,
+            hold: false,
         };
         let failed = |error| NetError::Nic {
             id: id.clone(),
@@ -194,32 +221,92 @@ impl NetLayer {
         Ok((launch, stream.into()))
     }
 
-    fn restart_nic(&self, id: &str) -> Result<u32, NetError> {
+    /// Replaces NIC `id`'s daemon (stopping it if it runs) with a new one, from `binary`
+    /// if given (kept for later restarts only if it starts), and hands vmm-core a
+    /// connection to it. Returns the new pid.
+    fn restart_nic(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, NetError> {
         let mut state = self.state.lock();
         let nic = state
             .nics
             .iter_mut()
             .find(|n| n.id == id)
             .ok_or_else(|| NetError::DeviceNotFound(id.to_string()))?;
-        nic.stop();
-        let pid = nic.start(&self.hooks)?;
-        let stream = nic.connect()?;
-        self.vmm.request(
-            VmmRequest::NicReconnect { nic: nic.index },
-            &[stream.as_fd()],
-        )?;
-        log::info!("NIC {id}: net daemon pid {pid} serves it now");
-        Ok(pid)
+        if nic.netdev.is_none() {
+            return Err(NetError::NoBackend(id.to_string()));
+        }
+        if let Some(how) = nic.stop() {
+            log::info!("NIC {id}: net daemon stopped ({how})");
+        }
+        let previous = binary.map(|b| std::mem::replace(&mut nic.binary, b));
+        let started = nic.start(&self.hooks).and_then(|pid| {
+            let stream = nic.connect()?;
+            self.vmm.request(
+                VmmRequest::NicReconnect { nic: nic.index },
+                &[stream.as_fd()],
+            )?;
+            Ok(pid)
+        });
+        match started {
+            Ok(pid) => {
+                log::info!("NIC {id}: net daemon pid {pid} serves it now");
+                Ok(pid)
+            }
+            Err(e) => {
+                nic.stop();
+                if let Some(previous) = previous {
+                    nic.binary = previous;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A restart asked for over QMP (our extension): the failure count starts over, and
+    /// the outcome is announced here rather than by the supervisor, which leaves a NIC
+    /// whose requested restart failed alone until the next request. Returns the new pid.
+    pub fn restart_requested(&self, nic: NicRef, binary: Option<PathBuf>) -> Result<u32, NetError> {
+        let id = {
+            let mut state = self.state.lock();
+            let found = state
+                .nics
+                .iter_mut()
+                .find(|n| nic.names(n))
+                .ok_or_else(|| NetError::DeviceNotFound(nic.name().to_string()))?;
+            found.failures = 0;
+            found.hold = true;
+            found.id.clone()
+        };
+        let result = self.restart_nic(&id, binary);
+        let event = match &result {
+            Ok(pid) => Event::NetDaemonRestarted(DaemonRestarted {
+                device: id,
+                pid: *pid,
+            }),
+            Err(e) => Event::NetDaemonExited(DaemonExited {
+                device: id,
+                pid: None,
+                reason: format!("failed to start: {e}"),
+                restart_in_ms: None,
+            }),
+        };
+        self.hooks.events.emit(event);
+        result
     }
 
     /// netdev_add: opens the backend `spec` describes (`fd=` names one of the client's
-    /// `named` fds).
-    pub fn netdev_add(&self, spec: &NetdevSpec, named: &NamedFds) -> Result<(), NetError> {
+    /// `named` fds); its fds stay charged with `charge` while it exists.
+    pub fn netdev_add(
+        &self,
+        spec: &NetdevSpec,
+        named: &NamedFds,
+        charge: Charge,
+    ) -> Result<(), NetError> {
         let mut state = self.state.lock();
         if state.id_taken(&spec.id) {
             return Err(NetError::DuplicateId(spec.id.clone()));
         }
-        let netdev = spec.open(Some(named))?;
+        let mut netdev = spec.open(Some(named))?;
+        netdev.charge = Some(charge);
         log::info!("netdev {}: {}", netdev.id, netdev.describe);
         state.spare.push(netdev);
         Ok(())
@@ -333,11 +420,16 @@ impl Supervised for NetLayer {
         let nic = state.nics.iter_mut().find(|n| n.id == id)?;
         // A NIC whose netdev was deleted has no daemon to bring back.
         nic.netdev.as_ref()?;
+        if nic.hold {
+            // Its failed start was reported to whoever asked for it.
+            nic.stop();
+            return None;
+        }
         Death::reap(&mut nic.daemon, nic.started, &mut nic.failures)
     }
 
     fn restart(&self, id: &str) -> Result<u32, NetError> {
-        self.restart_nic(id)
+        self.restart_nic(id, None)
     }
 }
 

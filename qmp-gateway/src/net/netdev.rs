@@ -10,7 +10,7 @@ use ipc::NetBackendKind;
 use serde_json::{Map, Value};
 
 use super::error::NetError;
-use crate::fdstore::NamedFds;
+use crate::fdstore::{Charge, NamedFds};
 
 /// More queue pairs than any guest needs; a bound on fds opened for one request.
 pub const MAX_QUEUE_PAIRS: u32 = 16;
@@ -43,6 +43,8 @@ pub struct Netdev {
     pub fds: Vec<OwnedFd>,
     /// For logs and `info network`.
     pub describe: String,
+    /// Opened by netdev_add: its fds are charged to the fd budget while it exists.
+    pub charge: Option<Charge>,
 }
 
 const TAP_KEYS: &[&str] = &[
@@ -123,6 +125,16 @@ fn text(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(if *b { "on" } else { "off" }.into()),
         _ => None,
+    }
+}
+
+impl BackendSpec {
+    /// How many fds opening it makes the gateway hold.
+    pub fn fds(&self) -> usize {
+        match self {
+            BackendSpec::Tap { queues, .. } => *queues as usize,
+            BackendSpec::Udp { .. } => 1,
+        }
     }
 }
 
@@ -312,6 +324,7 @@ impl NetdevSpec {
             kind,
             fds,
             describe,
+            charge: None,
         })
     }
 }

@@ -92,6 +92,15 @@ impl FromStr for NicSpec {
     }
 }
 
+impl NicSpec {
+    /// Its id: the one given, or virtio-net-pci.N after its place among the NICs.
+    pub fn id_at(&self, index: usize) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("virtio-net-pci.{index}"))
+    }
+}
+
 /// Where a NIC's daemon reports to.
 #[derive(Clone)]
 pub struct Hooks {
@@ -128,12 +137,25 @@ pub struct Nic {
     pub notify: Arc<AtomicBool>,
     pub started: Instant,
     pub failures: u32,
+    /// Not restarted by the supervisor: a restart asked for over QMP failed, and the
+    /// next one is asked for too.
+    pub hold: bool,
 }
 
 impl Nic {
     /// Its QOM path, as QEMU names a virtio-net-pci's backend in the event.
     pub fn path(&self) -> String {
-        format!("/machine/peripheral/{}/virtio-backend", self.id)
+        format!("{}/virtio-backend", self.qom_path())
+    }
+
+    /// The device's QOM path.
+    pub fn qom_path(&self) -> String {
+        format!("/machine/peripheral/{}", self.id)
+    }
+
+    /// Whether `name` is its id or one of its QOM paths (QMP's "id").
+    pub fn is_named(&self, name: &str) -> bool {
+        self.id == name || self.qom_path() == name || self.path() == name
     }
 
     /// Starts a daemon for this NIC with its backend and listening socket; returns its
@@ -180,6 +202,7 @@ impl Nic {
         self.daemon = Some(daemon);
         self.served = true;
         self.started = Instant::now();
+        self.hold = false;
         Ok(pid)
     }
 

@@ -305,6 +305,12 @@ pub const COMMANDS: &[Command] = &[
         G,
     ),
     cmd(
+        "__io.flotilla_net-daemon-restart",
+        &Typed(net::net_daemon_restart),
+        Ty::Named("NetDaemonInfo"),
+        G,
+    ),
+    cmd(
         "human-monitor-command",
         &Typed(hmp::human_monitor_command),
         Ty::Str,

@@ -1,11 +1,20 @@
 //! A QMP client connection: a Unix socket (which can carry fds) or a TCP socket.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use ipc::fds::recv_with_fds;
+
+/// What one read brought.
+pub struct Received {
+    pub bytes: usize,
+    pub fds: Vec<OwnedFd>,
+    /// Fds came that found no room (the kernel closed them).
+    pub dropped: bool,
+}
 
 pub enum Conn {
     Unix(UnixStream),
@@ -13,25 +22,30 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Reads bytes, and fds when the socket can carry them (at most `max_fds` kept; the
-    /// kernel closes any beyond).
-    pub fn read(&self, buf: &mut [u8], max_fds: usize) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    /// Reads bytes, and fds when the socket can carry them: at most `max_fds` are
+    /// installed in the gateway (the kernel closes any beyond, and `dropped` says so).
+    pub fn read(&self, buf: &mut [u8], max_fds: usize) -> std::io::Result<Received> {
         match self {
             Conn::Unix(s) => {
                 let r = recv_with_fds(s.as_raw_fd(), buf, max_fds)?;
-                if r.truncated {
-                    log::warn!(
-                        "QMP client sent more than {max_fds} fds at once; the rest were closed"
-                    );
-                }
-                Ok((r.bytes, r.fds))
+                Ok(Received {
+                    bytes: r.bytes,
+                    fds: r.fds,
+                    dropped: r.truncated,
+                })
             }
             Conn::Tcp(s) => {
                 let mut s = s;
                 loop {
                     match s.read(buf) {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        other => return other.map(|n| (n, Vec::new())),
+                        other => {
+                            return other.map(|bytes| Received {
+                                bytes,
+                                fds: Vec::new(),
+                                dropped: false,
+                            })
+                        }
                     }
                 }
             }
@@ -50,6 +64,59 @@ impl Conn {
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
             Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
         };
+    }
+
+    /// Waits until the client has sent something (or hung up); false if `limit` passed
+    /// first (None: waits for ever).
+    pub fn wait_readable(&self, limit: Option<Duration>) -> std::io::Result<bool> {
+        let fd = match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        };
+        let deadline = limit.map(|l| Instant::now() + l);
+        loop {
+            let timeout = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+                }
+            };
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd that lives across the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+            if n > 0 {
+                return Ok(true);
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Sends `line` (giving up after a moment on a client that does not read) and hangs
+    /// up: for a client that is turned away.
+    pub fn refuse(&self, line: &[u8]) {
+        let patience = Some(Duration::from_millis(100));
+        let _ = match self {
+            Conn::Unix(s) => s
+                .set_write_timeout(patience)
+                .and_then(|()| (&*s).write_all(line)),
+            Conn::Tcp(s) => s
+                .set_write_timeout(patience)
+                .and_then(|()| (&*s).write_all(line)),
+        };
+        self.shutdown();
     }
 
     pub fn try_clone(&self) -> std::io::Result<Conn> {

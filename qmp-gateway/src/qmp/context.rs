@@ -3,15 +3,13 @@
 //! table holds it: its name, its handler, its return type, the process that serves it,
 //! how far it is covered, whether it may run out of band.
 
-use std::os::fd::OwnedFd;
-
 use ipc::{VmmReply, VmmRequest};
 use serde_json::{Map, Value};
 
 use super::args::{self, Arguments};
 use super::protocol::{QmpError, QmpResult};
 use super::qapi::{Member, Ty};
-use crate::fdstore::NamedFds;
+use crate::fdstore::{Account, Charge, FdError, HeldFd, NamedFds};
 use crate::gateway::{ExitReason, Gateway};
 
 /// Which process serves a command (the gateway answers the rest itself).
@@ -33,13 +31,19 @@ pub enum Coverage {
     NoDevice,
 }
 
+/// An fd that came ahead of a command: held (and charged to its client), or refused by
+/// the fd budget, in which case a command that takes it reports why.
+pub type ReceivedFd = Result<HeldFd, FdError>;
+
 /// Everything a handler may touch.
 pub struct Ctx<'a> {
     pub gw: &'a Gateway,
     /// The calling client's named fds.
     pub named_fds: &'a NamedFds,
+    /// The calling client's account with the fd budget.
+    pub fd_account: &'a Account,
     /// The fds that arrived with this command (SCM_RIGHTS).
-    pub fds: Vec<OwnedFd>,
+    pub fds: Vec<ReceivedFd>,
     /// Set by quit: the gateway ends once the reply is on its way.
     pub exit_after_reply: Option<ExitReason>,
     /// The command table (query-commands and query-qmp-schema list it).
@@ -49,13 +53,19 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// The fd sent with the command, as QEMU's getfd/add-fd take it (the first; any
     /// others are closed when the command ends).
-    pub fn take_fd(&mut self) -> Result<OwnedFd, QmpError> {
+    pub fn take_fd(&mut self) -> Result<HeldFd, QmpError> {
         if self.fds.is_empty() {
             return Err(QmpError::generic(
                 "No file descriptor supplied via SCM_RIGHTS",
             ));
         }
-        Ok(self.fds.remove(0))
+        Ok(self.fds.remove(0)?)
+    }
+
+    /// Charges `n` fds the command is about to make the gateway hold (a backend it
+    /// opens) to the calling client.
+    pub fn charge_fds(&self, n: usize) -> Result<Charge, QmpError> {
+        Ok(self.fd_account.charge(n)?)
     }
 
     /// A call to vmm-core.

@@ -1,5 +1,5 @@
 //! QMP: the wire protocol, the command table with its typed arguments and handlers,
-//! the schema, and the clients' connections, sessions and listeners.
+//! the schema, and the clients' connections, sessions, slots and listeners.
 
 pub mod args;
 pub mod blockdev;
@@ -15,4 +15,5 @@ pub mod qapi;
 pub mod schema;
 pub mod server;
 pub mod session;
+pub mod slots;
 pub mod types;

@@ -1,91 +1,171 @@
 //! The QMP listeners (Unix sockets and TCP) and one reader and one writer thread per
-//! client, any number of clients at once.
+//! client, up to the number of client slots (slots.rs). A client must negotiate
+//! capabilities within the handshake time or is let go; the fds a client sends are
+//! charged to its account with the fd budget before they are received (fdstore/budget.rs);
+//! when the last client leaves while the VM runs, the fd sets nothing opened are closed,
+//! as QEMU does. A listener that runs out of fds (the budget should prevent it) takes the
+//! waiting connection with a spare fd and turns it away instead of spinning on it.
 
+use std::fs::File;
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipc::RunState;
+use parking_lot::Mutex;
 
 use super::conn::Conn;
+use super::context::ReceivedFd;
 use super::json_stream::JsonStream;
 use super::outbox::Outbox;
-use super::protocol;
+use super::protocol::{self, QmpError};
 use super::session::Session;
+use super::slots::{Admission, Slots, Ticket};
+use crate::fdstore::FdBudget;
 use crate::gateway::Gateway;
 
-/// Most clients served at once; more are turned away.
-pub const MAX_CLIENTS: usize = 256;
-/// Most fds a client may have sent ahead of the command that takes them.
+/// Most fds a client may have sent ahead of the command that takes them (QEMU's
+/// TCP_MAX_FDS too).
 pub const MAX_PENDING_FDS: usize = 16;
+
+/// How the listeners serve their clients.
+pub struct ServerOptions {
+    /// Clients served at once.
+    pub max_clients: usize,
+    /// How long a client has to negotiate capabilities (None: for ever).
+    pub handshake: Option<Duration>,
+    /// What clients' fds are charged to.
+    pub budget: Arc<FdBudget>,
+}
 
 #[derive(Clone)]
 pub struct Server {
     gw: Arc<Gateway>,
-    clients: Arc<AtomicUsize>,
+    slots: Arc<Slots>,
+    handshake: Option<Duration>,
+    budget: Arc<FdBudget>,
+    /// Given up to take a connection when the gateway is out of fds.
+    spare: Arc<Mutex<Option<File>>>,
+    /// When a listener last said it was out of fds (said at most once a second).
+    out_of_fds: Arc<Mutex<Option<Instant>>>,
 }
 
+/// How a connection is accepted, for either kind of listener.
+type Accept = dyn Fn() -> std::io::Result<Conn> + Send;
+
 impl Server {
-    pub fn new(gw: Arc<Gateway>) -> Server {
+    pub fn new(gw: Arc<Gateway>, options: ServerOptions) -> Server {
         Server {
             gw,
-            clients: Arc::new(AtomicUsize::new(0)),
+            slots: Slots::new(options.max_clients),
+            handshake: options.handshake,
+            budget: options.budget,
+            spare: Arc::new(Mutex::new(File::open("/dev/null").ok())),
+            out_of_fds: Arc::new(Mutex::new(None)),
         }
     }
 
     pub fn serve_unix(&self, listener: UnixListener) -> std::io::Result<()> {
-        let server = self.clone();
-        std::thread::Builder::new()
-            .name("qmp-accept".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    server.accept(Conn::Unix(conn));
-                }
-            })?;
-        Ok(())
+        self.listen(
+            "qmp-accept",
+            Box::new(move || listener.accept().map(|(s, _)| Conn::Unix(s))),
+        )
     }
 
     pub fn serve_tcp(&self, listener: TcpListener) -> std::io::Result<()> {
+        self.listen(
+            "qmp-accept-tcp",
+            Box::new(move || {
+                let (s, _) = listener.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok(Conn::Tcp(s))
+            }),
+        )
+    }
+
+    fn listen(&self, name: &str, accept: Box<Accept>) -> std::io::Result<()> {
         let server = self.clone();
         std::thread::Builder::new()
-            .name("qmp-accept-tcp".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let _ = conn.set_nodelay(true);
-                    server.accept(Conn::Tcp(conn));
+            .name(name.into())
+            .spawn(move || loop {
+                match accept() {
+                    Ok(conn) => server.accept(conn),
+                    Err(e) => server.accept_failed(&e, &*accept),
                 }
             })?;
         Ok(())
     }
 
-    fn accept(&self, conn: Conn) {
-        if self.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-            self.clients.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("QMP: {MAX_CLIENTS} clients already connected; turning one away");
-            conn.shutdown();
-            return;
-        }
-        let server = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("qmp-client".into())
-            .spawn(move || {
-                server.client(conn);
-                server.clients.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            log::error!("QMP: cannot start a client thread: {e}");
-            self.clients.fetch_sub(1, Ordering::SeqCst);
+    fn accept_failed(&self, e: &std::io::Error, accept: &Accept) {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => {
+                let mut spare = self.spare.lock();
+                spare.take();
+                if let Ok(conn) = accept() {
+                    let e = QmpError::generic("The gateway is out of file descriptors");
+                    conn.refuse(&protocol::response(Err(e), None));
+                }
+                *spare = File::open("/dev/null").ok();
+                let mut last = self.out_of_fds.lock();
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    log::error!("QMP: out of file descriptors ({e}); turning clients away");
+                    *last = Some(Instant::now());
+                }
+            }
+            Some(libc::EINTR | libc::ECONNABORTED) => {}
+            _ => {
+                log::warn!("QMP: accepting a client: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
-    fn client(&self, conn: Conn) {
+    fn accept(&self, conn: Conn) {
         let outbox = match conn.try_clone() {
             Ok(c) => Arc::new(Outbox::new(c)),
             Err(e) => {
                 log::warn!("QMP client: {e}");
+                conn.shutdown();
                 return;
             }
         };
+        let ticket = match self.slots.admit(&outbox) {
+            Admission::Admitted(ticket) => ticket,
+            Admission::Full(line) => {
+                log::warn!(
+                    "QMP: {} clients already connected; turning one away",
+                    self.slots.max()
+                );
+                conn.refuse(&line);
+                return;
+            }
+        };
+        let server = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("qmp-client".into())
+            .spawn(move || {
+                server.client(conn, outbox, &ticket);
+                drop(ticket);
+                server.left();
+            });
+        if let Err(e) = spawned {
+            log::error!("QMP: cannot start a client thread: {e}");
+        }
+    }
+
+    /// A client has gone. Once none is left while the VM runs, the fd sets nothing
+    /// opened are closed (QEMU 7.2's monitor_fdsets_cleanup).
+    fn left(&self) {
+        if self.slots.connected() == 0 && self.gw.run_state() == RunState::Running {
+            let closed = self.gw.fdsets.close_unopened();
+            if closed > 0 {
+                log::info!("QMP: the last client left; closed the {closed} fds of its fd sets");
+            }
+        }
+    }
+
+    fn client(&self, conn: Conn, outbox: Arc<Outbox>, ticket: &Ticket) {
         let writer = outbox.clone();
         if std::thread::Builder::new()
             .name("qmp-writer".into())
@@ -95,27 +175,64 @@ impl Server {
             return;
         }
         outbox.push(protocol::greeting());
-        let mut session = Session::new(self.gw.clone(), outbox.clone());
+        let mut session = Session::new(
+            self.gw.clone(),
+            outbox.clone(),
+            self.budget.account(),
+            ticket.negotiated(),
+        );
         let mut stream = JsonStream::default();
-        let mut pending: Vec<OwnedFd> = Vec::new();
+        let mut pending: Vec<ReceivedFd> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
+        let deadline = self.handshake.map(|h| Instant::now() + h);
+        // Said once per client: a client that floods fds does not flood the log.
+        let mut warned = false;
         loop {
-            let (n, fds) = match conn.read(&mut buf, MAX_PENDING_FDS) {
-                Ok(r) => r,
+            // Until it negotiates, a client is waited for only until its deadline.
+            let limit = deadline
+                .filter(|_| !session.negotiated())
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            match conn.wait_readable(limit) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.handshake_over(&outbox);
+                    break;
+                }
                 Err(_) => break,
+            }
+            // Room for its fds is charged before they are received (and what is not
+            // used given back at once), so the gateway never holds one uncharged.
+            let room = session.fd_account().reserve(MAX_PENDING_FDS);
+            let Ok(received) = conn.read(&mut buf, room.room()) else {
+                break;
             };
-            pending.extend(fds);
-            if pending.len() > MAX_PENDING_FDS {
+            let (held, refused) = room.hold(received.fds, received.dropped);
+            pending.extend(held.into_iter().map(Ok));
+            if let Some(why) = refused {
+                if !std::mem::replace(&mut warned, true) {
+                    log::warn!("QMP client: its fds are refused: {why}");
+                }
+                pending.push(Err(why));
+            } else if received.dropped && !std::mem::replace(&mut warned, true) {
                 log::warn!(
-                    "QMP client sent more than {MAX_PENDING_FDS} unclaimed fds; closing the oldest"
+                    "QMP client sent more than {MAX_PENDING_FDS} fds at once; the rest were \
+                     closed"
                 );
+            }
+            if pending.len() > MAX_PENDING_FDS {
+                if !std::mem::replace(&mut warned, true) {
+                    log::warn!(
+                        "QMP client sent more than {MAX_PENDING_FDS} unclaimed fds; closing the \
+                         oldest"
+                    );
+                }
                 let extra = pending.len() - MAX_PENDING_FDS;
                 pending.drain(..extra);
             }
-            if n == 0 {
+            if received.bytes == 0 {
                 break;
             }
-            for item in stream.feed(&buf[..n]) {
+            for item in stream.feed(&buf[..received.bytes]) {
                 session.handle(item, &mut pending);
             }
             if outbox.is_closed() {
@@ -123,5 +240,15 @@ impl Server {
             }
         }
         outbox.close();
+    }
+
+    /// Tells a client that did not negotiate in time why it is let go.
+    fn handshake_over(&self, outbox: &Outbox) {
+        let secs = self.handshake.map(|h| h.as_secs_f64()).unwrap_or_default();
+        log::warn!("QMP client did not negotiate capabilities within {secs} s; letting it go");
+        let e = QmpError::generic(format!(
+            "No capabilities negotiation within {secs} s: closing the connection"
+        ));
+        outbox.push(protocol::response(Err(e), None));
     }
 }

@@ -3,52 +3,78 @@
 //! to a worker through a short queue (a client that floods it stops being read) while
 //! exec-oob commands run at once.
 
-use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 
 use super::args;
 use super::commands::{self, COMMANDS};
-use super::context::Ctx;
+use super::context::{Ctx, ReceivedFd};
 use super::handlers::machine::QmpCapabilities;
 use super::json_stream::Item;
 use super::outbox::Outbox;
 use super::protocol::{self, parse_request, QmpError, Request};
-use crate::fdstore::NamedFds;
+use crate::fdstore::{Account, NamedFds};
 use crate::gateway::Gateway;
 
 /// In-band requests queued per client (QEMU's limit too).
 pub const INBAND_QUEUE: usize = 8;
 
 enum Job {
-    Execute(Request, Vec<OwnedFd>),
+    Execute(Request, Vec<ReceivedFd>),
     Reply(Vec<u8>),
+}
+
+/// A client's fds: its named ones, and its account with the fd budget (which every fd it
+/// makes the gateway hold is charged to).
+pub struct ClientFds {
+    pub named: NamedFds,
+    pub account: Account,
 }
 
 pub struct Session {
     gw: Arc<Gateway>,
     outbox: Arc<Outbox>,
-    named_fds: Arc<NamedFds>,
-    negotiated: bool,
+    fds: Arc<ClientFds>,
+    /// Shared with the client's slot, which it keeps once set.
+    negotiated: Arc<AtomicBool>,
     oob: bool,
     inband: Option<SyncSender<Job>>,
 }
 
 impl Session {
-    pub fn new(gw: Arc<Gateway>, outbox: Arc<Outbox>) -> Session {
+    pub fn new(
+        gw: Arc<Gateway>,
+        outbox: Arc<Outbox>,
+        account: Account,
+        negotiated: Arc<AtomicBool>,
+    ) -> Session {
         Session {
             gw,
             outbox,
-            named_fds: Arc::new(NamedFds::default()),
-            negotiated: false,
+            fds: Arc::new(ClientFds {
+                named: NamedFds::default(),
+                account,
+            }),
+            negotiated,
             oob: false,
             inband: None,
         }
     }
 
+    /// The client's account with the fd budget (what it sends is charged there).
+    pub fn fd_account(&self) -> &Account {
+        &self.fds.account
+    }
+
+    /// Whether the client has negotiated capabilities.
+    pub fn negotiated(&self) -> bool {
+        self.negotiated.load(Ordering::SeqCst)
+    }
+
     /// Handles one value (or limit error) from the input stream; `fds` are the fds
     /// received so far, which a command takes.
-    pub fn handle(&mut self, item: Item, fds: &mut Vec<OwnedFd>) {
+    pub fn handle(&mut self, item: Item, fds: &mut Vec<ReceivedFd>) {
         let text = match item {
             Item::Value(text) => text,
             Item::TooLarge => {
@@ -65,7 +91,7 @@ impl Session {
             }
         };
         let fds = std::mem::take(fds);
-        if !self.negotiated {
+        if !self.negotiated() {
             return self.negotiate(request);
         }
         match &self.inband {
@@ -73,7 +99,7 @@ impl Session {
                 // Blocks when the queue is full: the reader stops reading this client.
                 let _ = queue.send(Job::Execute(request, fds));
             }
-            _ => execute(&self.gw, &self.named_fds, &self.outbox, request, fds),
+            _ => execute(&self.gw, &self.fds, &self.outbox, request, fds),
         }
     }
 
@@ -103,7 +129,7 @@ impl Session {
             }
         };
         self.oob = capabilities.oob();
-        self.negotiated = true;
+        self.negotiated.store(true, Ordering::SeqCst);
         if self.oob {
             self.start_inband_worker();
         }
@@ -115,7 +141,7 @@ impl Session {
 
     fn start_inband_worker(&mut self) {
         let (tx, rx) = mpsc::sync_channel::<Job>(INBAND_QUEUE);
-        let (gw, outbox, named) = (self.gw.clone(), self.outbox.clone(), self.named_fds.clone());
+        let (gw, outbox, client) = (self.gw.clone(), self.outbox.clone(), self.fds.clone());
         let spawned = std::thread::Builder::new()
             .name("qmp-inband".into())
             .spawn(move || {
@@ -125,7 +151,7 @@ impl Session {
                         continue;
                     }
                     match job {
-                        Job::Execute(request, fds) => execute(&gw, &named, &outbox, request, fds),
+                        Job::Execute(request, fds) => execute(&gw, &client, &outbox, request, fds),
                         Job::Reply(line) => {
                             outbox.push(line);
                         }
@@ -146,10 +172,10 @@ fn error_line(desc: &str) -> Vec<u8> {
 /// Runs one negotiated command and queues its reply.
 fn execute(
     gw: &Gateway,
-    named_fds: &NamedFds,
+    client: &ClientFds,
     outbox: &Outbox,
     request: Request,
-    fds: Vec<OwnedFd>,
+    fds: Vec<ReceivedFd>,
 ) {
     // Fds the command does not keep are closed before its reply goes out, so a client
     // that sees the reply sees them closed.
@@ -170,7 +196,8 @@ fn execute(
     }
     let mut ctx = Ctx {
         gw,
-        named_fds,
+        named_fds: &client.named,
+        fd_account: &client.account,
         fds,
         exit_after_reply: None,
         commands: COMMANDS,

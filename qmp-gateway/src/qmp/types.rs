@@ -267,4 +267,8 @@ pub const TYPES: Types = Types(&[
         name: "BlockDaemonInfo",
         kind: TypeKind::Object(&[req("pid", Ty::Int)]),
     },
+    TypeDef {
+        name: "NetDaemonInfo",
+        kind: TypeKind::Object(&[req("pid", Ty::Int)]),
+    },
 ]);

@@ -1,10 +1,13 @@
 //! The network commands: arguments typed here, answers from the network layer (which
 //! asks the NICs' daemons where the answer is theirs).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::net::netdev::NetdevSpec;
+use crate::net::NicRef;
 use crate::qmp::args::{serde_arguments, Arguments};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -65,8 +68,28 @@ pub struct QueryRxFilter {
 
 serde_arguments!(QueryRxFilter, [opt("name", Ty::Str)]);
 
+/// Our extension's arguments: the NIC (by its netdev, or its id or QOM path), and
+/// optionally another daemon binary.
+#[derive(Debug, Deserialize)]
+pub struct NetDaemonRestart {
+    pub device: Option<String>,
+    pub id: Option<String>,
+    pub binary: Option<String>,
+}
+
+serde_arguments!(
+    NetDaemonRestart,
+    [
+        opt("device", Ty::Str),
+        opt("id", Ty::Str),
+        opt("binary", Ty::Str),
+    ]
+);
+
 pub fn netdev_add(c: &mut Ctx, a: NetdevAdd) -> QmpResult {
-    c.gw.net.netdev_add(&a.0, c.named_fds)?;
+    // The backend's fds are the client's to account for while it exists.
+    let charge = c.charge_fds(a.0.backend.fds())?;
+    c.gw.net.netdev_add(&a.0, c.named_fds, charge)?;
     Ok(json!({}))
 }
 
@@ -82,4 +105,14 @@ pub fn set_link(c: &mut Ctx, a: SetLink) -> QmpResult {
 
 pub fn query_rx_filter(c: &mut Ctx, a: QueryRxFilter) -> QmpResult {
     Ok(c.gw.net.query_rx_filter(a.name.as_deref())?)
+}
+
+/// Our extension: replaces a NIC's net daemon (after a crash that gave up, or to upgrade
+/// it: `binary` may name another build). The guest's frames pause meanwhile.
+pub fn net_daemon_restart(c: &mut Ctx, a: NetDaemonRestart) -> QmpResult {
+    let nic = NicRef::exactly_one(a.device.as_deref(), a.id.as_deref())?;
+    let pid =
+        c.gw.net
+            .restart_requested(nic, a.binary.as_deref().map(PathBuf::from))?;
+    Ok(json!({"pid": pid}))
 }

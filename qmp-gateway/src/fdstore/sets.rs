@@ -1,96 +1,44 @@
-//! File descriptors clients hand the gateway: named ones (getfd, per client, closed when
-//! the client goes) and fd sets (add-fd, shared by all clients, referenced as
-//! /dev/fdset/N by the commands that open files). The gateway holds them and sends
-//! duplicates over ipc to the process that uses them.
+//! The fd sets (add-fd/remove-fd/query-fdsets), shared by all clients and referenced as
+//! /dev/fdset/N by the commands that open files. Each fd stays charged to the budget while
+//! a set holds it. A set outlives the client that added it, as in QEMU, until the last
+//! client leaves while the VM runs: then the sets nothing opened are closed (QEMU 7.2's
+//! monitor_fdsets_cleanup; while the VM is not running they are kept for the next client).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-/// Why a client's fd request failed (QEMU's texts).
-#[derive(Debug, thiserror::Error)]
-pub enum FdError {
-    #[error("Parameter 'fdname' expects a name not starting with a digit")]
-    NameStartsWithDigit,
-    #[error("File descriptor named '{0}' not found")]
-    NameNotFound(String),
-    #[error("duplicating fd '{name}': {error}")]
-    Dup { name: String, error: std::io::Error },
-    #[error("Parameter 'fdset-id' expects a non-negative value")]
-    NegativeSetId,
-    #[error("at most {MAX_SETS} fd sets")]
-    TooManySets,
-    #[error("fd set {0} already holds {MAX_FDS_PER_SET} fds")]
-    SetFull(i64),
-    #[error("File descriptor named 'fdset-id:{0}' not found")]
-    SetNotFound(i64),
-    #[error("File descriptor named 'fdset-id:{set}, fd:{fd}' not found")]
-    FdNotInSet { set: i64, fd: i64 },
-}
+use super::budget::HeldFd;
+use super::error::FdError;
 
-/// A client's named fds (getfd/closefd).
-#[derive(Default)]
-pub struct NamedFds(Mutex<HashMap<String, OwnedFd>>);
-
-impl NamedFds {
-    pub fn insert(&self, name: &str, fd: OwnedFd) -> Result<(), FdError> {
-        if name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(FdError::NameStartsWithDigit);
-        }
-        // Replacing a name closes the fd it had, as QEMU does.
-        self.0.lock().insert(name.to_string(), fd);
-        Ok(())
-    }
-
-    pub fn close(&self, name: &str) -> Result<(), FdError> {
-        self.0
-            .lock()
-            .remove(name)
-            .map(drop)
-            .ok_or_else(|| FdError::NameNotFound(name.to_string()))
-    }
-
-    /// A duplicate of a named fd, to send to another process.
-    pub fn dup(&self, name: &str) -> Result<OwnedFd, FdError> {
-        let map = self.0.lock();
-        let fd = map
-            .get(name)
-            .ok_or_else(|| FdError::NameNotFound(name.to_string()))?;
-        fd.try_clone().map_err(|error| FdError::Dup {
-            name: name.to_string(),
-            error,
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-struct SetFd {
-    fd: OwnedFd,
-    opaque: Option<String>,
-}
-
-/// Most fds one set may hold, and most sets: a client cannot make the gateway hoard fds.
+/// Most fds one set may hold, and most sets (the budget bounds them all together too).
 pub const MAX_FDS_PER_SET: usize = 64;
 pub const MAX_SETS: usize = 1024;
 
+struct SetFd {
+    fd: HeldFd,
+    opaque: Option<String>,
+}
+
 #[derive(Default)]
-pub struct FdSets(Mutex<BTreeMap<i64, Vec<SetFd>>>);
+struct Set {
+    fds: Vec<SetFd>,
+    /// A command opened /dev/fdset/N: what it opened may be opened again (QEMU keeps a
+    /// set with duplicates in use).
+    opened: bool,
+}
+
+#[derive(Default)]
+pub struct FdSets(Mutex<BTreeMap<i64, Set>>);
 
 impl FdSets {
     /// add-fd: puts `fd` in set `id` (or the lowest unused id); returns (set id, fd number).
     pub fn add(
         &self,
         id: Option<i64>,
-        fd: OwnedFd,
+        fd: HeldFd,
         opaque: Option<String>,
     ) -> Result<(i64, i64), FdError> {
         let mut sets = self.0.lock();
@@ -100,14 +48,17 @@ impl FdSets {
             None => (0..).find(|i| !sets.contains_key(i)).unwrap_or(0),
         };
         if !sets.contains_key(&id) && sets.len() >= MAX_SETS {
-            return Err(FdError::TooManySets);
+            return Err(FdError::TooManySets(MAX_SETS));
         }
         let set = sets.entry(id).or_default();
-        if set.len() >= MAX_FDS_PER_SET {
-            return Err(FdError::SetFull(id));
+        if set.fds.len() >= MAX_FDS_PER_SET {
+            return Err(FdError::SetFull {
+                set: id,
+                max: MAX_FDS_PER_SET,
+            });
         }
         let number = i64::from(fd.as_raw_fd());
-        set.push(SetFd { fd, opaque });
+        set.fds.push(SetFd { fd, opaque });
         Ok((id, number))
     }
 
@@ -125,11 +76,12 @@ impl FdSets {
             }
             Some(number) => {
                 let at = set
+                    .fds
                     .iter()
                     .position(|f| i64::from(f.fd.as_raw_fd()) == number)
                     .ok_or_else(missing)?;
-                set.remove(at);
-                if set.is_empty() {
+                set.fds.remove(at);
+                if set.fds.is_empty() {
                     sets.remove(&id);
                 }
             }
@@ -141,8 +93,9 @@ impl FdSets {
         let sets = self.0.lock();
         Value::Array(
             sets.iter()
-                .map(|(id, fds)| {
-                    let fds: Vec<Value> = fds
+                .map(|(id, set)| {
+                    let fds: Vec<Value> = set
+                        .fds
                         .iter()
                         .map(|f| {
                             let mut v = json!({"fd": f.fd.as_raw_fd()});
@@ -163,11 +116,12 @@ impl FdSets {
     /// EACCES when no fd has that mode.
     pub fn dup_for_open(&self, id: i64, write: bool) -> std::io::Result<OwnedFd> {
         let want = if write { libc::O_RDWR } else { libc::O_RDONLY };
-        let sets = self.0.lock();
+        let mut sets = self.0.lock();
         let set = sets
-            .get(&id)
+            .get_mut(&id)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
         let f = set
+            .fds
             .iter()
             .find(|f| {
                 // SAFETY: F_GETFL on an fd we own.
@@ -175,25 +129,45 @@ impl FdSets {
                 flags >= 0 && flags & libc::O_ACCMODE == want
             })
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EACCES))?;
-        f.fd.try_clone()
+        let dup = f.fd.try_clone_fd()?;
+        set.opened = true;
+        Ok(dup)
+    }
+
+    /// The last client left while the VM runs: closes the sets nothing opened (QEMU's
+    /// rule); returns how many fds were closed.
+    pub fn close_unopened(&self) -> usize {
+        let mut sets = self.0.lock();
+        let mut closed = 0;
+        sets.retain(|_, set| {
+            if !set.opened {
+                closed += set.fds.len();
+            }
+            set.opened
+        });
+        closed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fdstore::budget::tests::{budget, devnull};
+    use crate::fdstore::budget::Account;
 
-    fn devnull() -> OwnedFd {
-        std::fs::File::open("/dev/null").unwrap().into()
+    fn held(a: &Account) -> HeldFd {
+        a.hold(devnull()).unwrap()
     }
 
     #[test]
     fn fdsets_allocate_query_and_remove_like_qemu() {
+        let b = budget(100, 100);
+        let a = b.account();
         let sets = FdSets::default();
-        let (id, fd) = sets.add(Some(3), devnull(), Some("hello".into())).unwrap();
+        let (id, fd) = sets.add(Some(3), held(&a), Some("hello".into())).unwrap();
         assert_eq!(id, 3);
-        assert_eq!(sets.add(None, devnull(), None).unwrap().0, 0);
-        assert_eq!(sets.add(None, devnull(), None).unwrap().0, 1);
+        assert_eq!(sets.add(None, held(&a), None).unwrap().0, 0);
+        assert_eq!(sets.add(None, held(&a), None).unwrap().0, 1);
         let q = sets.query();
         assert_eq!(q.as_array().unwrap().len(), 3);
         assert_eq!(q[2]["fds"][0]["opaque"], "hello");
@@ -206,6 +180,7 @@ mod tests {
             sets.remove(3, None).unwrap_err().to_string(),
             "File descriptor named 'fdset-id:3' not found"
         );
+        assert_eq!(b.held(), 2);
         assert!(sets.dup_for_open(0, false).is_ok());
         assert_eq!(
             sets.dup_for_open(0, true).unwrap_err().raw_os_error(),
@@ -215,30 +190,34 @@ mod tests {
             sets.dup_for_open(7, false).unwrap_err().raw_os_error(),
             Some(libc::ENOENT)
         );
-        assert!(sets.add(Some(-1), devnull(), None).is_err());
+        assert!(sets.add(Some(-1), held(&a), None).is_err());
     }
 
     #[test]
     fn a_set_cannot_grow_without_bound() {
+        let b = budget(1000, 1000);
+        let a = b.account();
         let sets = FdSets::default();
         for _ in 0..MAX_FDS_PER_SET {
-            sets.add(Some(1), devnull(), None).unwrap();
+            sets.add(Some(1), held(&a), None).unwrap();
         }
-        assert!(sets.add(Some(1), devnull(), None).is_err());
+        assert!(sets.add(Some(1), held(&a), None).is_err());
+        assert_eq!(b.held(), MAX_FDS_PER_SET);
     }
 
     #[test]
-    fn named_fds() {
-        let n = NamedFds::default();
-        n.insert("a", devnull()).unwrap();
-        n.insert("a", devnull()).unwrap();
-        assert_eq!(n.len(), 1);
-        assert!(n.insert("1a", devnull()).is_err());
-        assert!(n.dup("a").is_ok());
-        n.close("a").unwrap();
-        assert_eq!(
-            n.close("a").unwrap_err().to_string(),
-            "File descriptor named 'a' not found"
-        );
+    fn sets_nothing_opened_close_when_asked_and_give_their_charge_back() {
+        let b = budget(10, 10);
+        let a = b.account();
+        let sets = FdSets::default();
+        sets.add(Some(1), held(&a), None).unwrap();
+        sets.add(Some(1), held(&a), None).unwrap();
+        sets.add(Some(2), held(&a), None).unwrap();
+        sets.dup_for_open(2, false).unwrap();
+        drop(a);
+        assert_eq!(sets.close_unopened(), 2);
+        assert_eq!(b.held(), 1);
+        assert_eq!(sets.query().as_array().map(Vec::len), Some(1));
+        assert_eq!(sets.query()[0]["fdset-id"], 2);
     }
 }

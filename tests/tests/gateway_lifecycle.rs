@@ -344,6 +344,17 @@ fn gateway_in_runtime(runtime: &Path, qmp: &Path, console: &Path) -> Vm {
         .arg(qmp);
     let vm = Vm::spawn(cmd);
     wait_for_socket(qmp, &vm);
+    // A dead gateway's socket may still be there until this one replaces it.
+    let deadline = Instant::now() + BOOT;
+    while std::os::unix::net::UnixStream::connect(qmp).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nobody listens on {}:\n{}",
+            qmp.display(),
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     vm
 }
 

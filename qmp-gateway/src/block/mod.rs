@@ -34,7 +34,7 @@ use std::time::Instant;
 use ipc::{BlockOpen, BlockRequest, CacheFlags, DiskLaunch, OnError, VmmRequest};
 use parking_lot::Mutex;
 
-use crate::children::daemon::{connect, stop_slot};
+use crate::children::daemon::{connect, serves, stop_slot};
 use crate::children::link::VmmLink;
 use crate::children::sandbox::Policy;
 use crate::children::supervise::{Death, Supervised, Supervision};
@@ -363,6 +363,11 @@ impl BlockLayer {
     /// `binary` if given, and hands vmm-core a connection to it. Returns the new pid.
     pub fn restart(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, BlockError> {
         let _changes = self.changes.lock();
+        self.replace_daemon(id, binary)
+    }
+
+    /// The body of `restart`, with the changes lock held.
+    fn replace_daemon(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, BlockError> {
         let (mut old, launch, index) = {
             let mut state = self.state.lock();
             let State { disks, groups, .. } = &mut *state;
@@ -521,7 +526,20 @@ impl Supervised for BlockLayer {
         }
     }
 
-    fn restart(&self, id: &str) -> Result<u32, BlockError> {
-        BlockLayer::restart(self, id, None)
+    fn restart(&self, id: &str) -> Result<Option<u32>, BlockError> {
+        let _changes = self.changes.lock();
+        let requested = {
+            let state = self.state.lock();
+            let disk = state
+                .disks
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
+            disk.hold || serves(&disk.daemon)
+        };
+        if requested {
+            return Ok(None);
+        }
+        self.replace_daemon(id, None).map(Some)
     }
 }

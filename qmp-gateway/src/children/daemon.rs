@@ -219,6 +219,11 @@ pub fn connect<K: DaemonKind>(socket: &Path, device: &str) -> Result<UnixStream,
     })
 }
 
+/// True if `slot` holds a daemon whose link is still open: one that serves.
+pub fn serves<K: DaemonKind>(slot: &Option<Daemon<K>>) -> bool {
+    slot.as_ref().is_some_and(|d| !d.link.is_closed())
+}
+
 /// Stops the daemon in `slot`, if one runs; says how it ended.
 pub fn stop_slot<K: DaemonKind>(slot: &mut Option<Daemon<K>>) -> Option<String> {
     slot.take().and_then(|d| d.stop(STOP_GRACE))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::daemon::{stop_slot, Daemon, DaemonKind};
+use super::daemon::{serves, stop_slot, Daemon, DaemonKind};
 use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 
 /// A daemon that dies this soon after starting counts towards giving up: a binary that
@@ -48,7 +48,7 @@ impl Death {
         started: Instant,
         failures: &mut u32,
     ) -> Option<Death> {
-        if slot.as_ref().is_some_and(|d| !d.link.is_closed()) {
+        if serves(slot) {
             return None;
         }
         let failed_start = slot.is_none();
@@ -121,8 +121,10 @@ pub trait Supervised: Send + Sync + Sized + 'static {
     /// Reaps the dead daemon of device `id` and counts the death; None when the device
     /// is gone or its daemon is not to be restarted.
     fn reap(&self, id: &str) -> Option<Death>;
-    /// Starts a new daemon for `id` and reconnects vmm-core; the new pid.
-    fn restart(&self, id: &str) -> Result<u32, Self::Error>;
+    /// Starts a new daemon for `id` and reconnects vmm-core; the new pid. None, and
+    /// nothing done, if a restart asked for over QMP came first (while the supervisor
+    /// waited out its backoff): its daemon serves, or its failure was answered.
+    fn restart(&self, id: &str) -> Result<Option<u32>, Self::Error>;
     /// The supervisor gave up on `id`'s daemon (its EXITED event had no restart): the
     /// device has no daemon until one is started over QMP.
     fn gave_up(&self, _id: &str) {}
@@ -178,7 +180,15 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
             return;
         }
         let error = match layer.restart(id) {
-            Ok(pid) => {
+            Ok(None) => {
+                log::info!(
+                    "{} {id}: a restart asked for over QMP came first; leaving its {} be",
+                    L::DEVICE,
+                    L::Daemon::NAME
+                );
+                return;
+            }
+            Ok(Some(pid)) => {
                 supervision.events.emit((L::RESTARTED)(DaemonRestarted {
                     device: id.to_string(),
                     pid,

@@ -19,6 +19,7 @@ use ipc::{NetRequest, NicLaunch, RxFilterState, VmmRequest};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::children::daemon::serves;
 use crate::children::link::VmmLink;
 use crate::children::sandbox::Policy;
 use crate::children::supervise::{Death, Supervised, Supervision};
@@ -225,6 +226,18 @@ impl NetLayer {
     /// if given (kept for later restarts only if it starts), and hands vmm-core a
     /// connection to it. Returns the new pid.
     fn restart_nic(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, NetError> {
+        self.restart_nic_if(id, binary, |_| true)
+            .map(|pid| pid.expect("an unconditional restart starts a daemon"))
+    }
+
+    /// Restarts NIC `id`'s daemon if `wanted` says so of the NIC (checked under the
+    /// lock the restart holds); the new pid, or None if it was not wanted.
+    fn restart_nic_if(
+        &self,
+        id: &str,
+        binary: Option<PathBuf>,
+        wanted: impl FnOnce(&Nic) -> bool,
+    ) -> Result<Option<u32>, NetError> {
         let mut state = self.state.lock();
         let nic = state
             .nics
@@ -233,6 +246,9 @@ impl NetLayer {
             .ok_or_else(|| NetError::DeviceNotFound(id.to_string()))?;
         if nic.netdev.is_none() {
             return Err(NetError::NoBackend(id.to_string()));
+        }
+        if !wanted(nic) {
+            return Ok(None);
         }
         if let Some(how) = nic.stop() {
             log::info!("NIC {id}: net daemon stopped ({how})");
@@ -249,7 +265,7 @@ impl NetLayer {
         match started {
             Ok(pid) => {
                 log::info!("NIC {id}: net daemon pid {pid} serves it now");
-                Ok(pid)
+                Ok(Some(pid))
             }
             Err(e) => {
                 nic.stop();
@@ -428,8 +444,8 @@ impl Supervised for NetLayer {
         Death::reap(&mut nic.daemon, nic.started, &mut nic.failures)
     }
 
-    fn restart(&self, id: &str) -> Result<u32, NetError> {
-        self.restart_nic(id, None)
+    fn restart(&self, id: &str) -> Result<Option<u32>, NetError> {
+        self.restart_nic_if(id, None, |nic| !nic.hold && !serves(&nic.daemon))
     }
 }
 

@@ -42,10 +42,6 @@ pub fn bind_private(path: &Path) -> Result<UnixListener, SocketError> {
         if listened_on(path) {
             return Err(SocketError::InUse(path.to_path_buf()));
         }
-        std::fs::remove_file(path).map_err(|error| SocketError::RemoveStale {
-            path: path.to_path_buf(),
-            error,
-        })?;
     }
     let failed = |error| SocketError::Bind {
         path: path.to_path_buf(),
@@ -53,8 +49,20 @@ pub fn bind_private(path: &Path) -> Result<UnixListener, SocketError> {
     };
     // Bound under a name of its own, then renamed into place once it listens: whoever
     // waits for the path to appear can connect at once (between bind and listen, a
-    // socket's path exists but refuses connections).
+    // socket's path exists but refuses connections), and a stale socket there is
+    // replaced in one step rather than removed first (the path never goes missing).
     let staging = staging_path(path);
+    if staging.is_none() {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SocketError::RemoveStale {
+                    path: path.to_path_buf(),
+                    error: e,
+                })
+            }
+            _ => {}
+        }
+    }
     let at = staging.as_deref().unwrap_or(path);
     if staging.is_some() {
         // A leftover of a gateway with our pid, killed while binding.

@@ -1,7 +1,10 @@
 //! A load generator that plays the guest for a vhost-user-blk backend: it shares its
 //! own memfd as "guest memory", lays out one split virtqueue per queue in it, and keeps
 //! a fixed number of requests in flight, so backends (block-daemon, qemu-storage-daemon)
-//! can be compared under exactly the same driver. Prints one line of results.
+//! can be compared under exactly the same driver. Prints one line of results: only
+//! requests the backend completed with VIRTIO_BLK_S_OK count as I/Os; the others are
+//! counted in `errors=` (and the exit status is 1). With `--backend-pid`, also the CPU time
+//! (user + system, all threads) that process used during the measured interval.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
@@ -44,6 +47,34 @@ struct Args {
     qd: usize,
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// The backend's process: its CPU time over the measured interval is reported.
+    #[arg(long)]
+    backend_pid: Option<u32>,
+}
+
+/// User + system CPU seconds `pid` has used, all its threads (live and ended) together:
+/// fields 14 and 15 of /proc/PID/stat, in clock ticks.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("/proc/PID/stat without a command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .context("/proc/PID/stat too short")?
+            .parse::<u64>()
+            .context("/proc/PID/stat: not a number")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok((tick(11)? + tick(12)?) as f64 / hz as f64)
 }
 
 /// Guest memory: a memfd mapped here and shared with the backend.
@@ -266,6 +297,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let b = pick(&mut rng);
         issue(&mut q, slot, b);
     }
+    let cpu_before = args.backend_pid.map(cpu_seconds).transpose()?;
     kick.write(1)?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
@@ -288,19 +320,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         for &head in &heads {
             let slot = head / 3;
-            if mem.read::<u8>(statuses + u64::from(slot)) != 0 {
+            if mem.read::<u8>(statuses + u64::from(slot)) == blk::S_OK {
+                done += 1;
+            } else {
                 errors += 1;
             }
-            done += 1;
             let b = pick(&mut rng);
             issue(&mut q, slot, b);
         }
         kick.write(1)?;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = match (args.backend_pid, cpu_before) {
+        (Some(pid), Some(before)) => format!(" backend_cpu_s={:.3}", cpu_seconds(pid)? - before),
+        _ => String::new(),
+    };
     let iops = done as f64 / secs;
     println!(
-        "rw={:?} bs={} qd={} iops={:.0} mib_s={:.1} errors={errors}",
+        "rw={:?} bs={} qd={} iops={:.0} mib_s={:.1} ios={done} errors={errors} seconds={secs:.3}{cpu}",
         args.rw,
         args.bs,
         args.qd,

@@ -44,8 +44,9 @@ use crate::request::{self, Kind, Limits, Rejected, Request, SectorRange};
 use crate::stats::Stats;
 use crate::throttle::{Direction, Throttle};
 
-/// How long a queue is watched for new requests after its last batch.
-const POLL: Duration = Duration::from_micros(32);
+/// How long a queue is watched for new requests after its last batch, unless the
+/// export says otherwise (`poll-us=`; 0 turns the watch off).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
 
 pub const QUEUE_SIZE: u16 = 256;
 
@@ -137,6 +138,8 @@ struct Inner {
     write_thresholds: Mutex<Vec<(String, u64)>>,
     /// The lowest of them (0: none), checked without the lock on every write.
     lowest_threshold: AtomicU64,
+    /// How long (ns) a queue is watched after its last batch; 0: not at all.
+    poll_ns: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -185,6 +188,7 @@ impl BlkDevice {
                 sources,
                 write_thresholds: Mutex::new(Vec::new()),
                 lowest_threshold: AtomicU64::new(0),
+                poll_ns: AtomicU64::new(DEFAULT_POLL.as_nanos() as u64),
             }),
         })
     }
@@ -209,6 +213,17 @@ impl BlkDevice {
         self.inner
             .lowest_threshold
             .store(all.iter().map(|t| t.1).min().unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// How long each queue is watched for new requests after its last batch (zero: the
+    /// worker goes back to waiting for a kick at once, as a backend that cannot poll does).
+    pub fn set_poll(&self, window: Duration) {
+        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.poll_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub fn poll_window(&self) -> Duration {
+        Duration::from_nanos(self.inner.poll_ns.load(Ordering::Relaxed))
     }
 
     /// Grows or shrinks the image. The guest learns of it from vmm-core, which the
@@ -297,8 +312,10 @@ impl BlkDevice {
             // Nothing new: watch the ring a little before going back to sleep. A guest
             // at queue depth 1 sends its next request within microseconds, and catching
             // it here saves the kick's trip through KVM, the eventfd and epoll (QEMU's
-            // iothreads poll the same way).
-            if self.poll_avail(vring, mem) {
+            // iothreads poll the same way). With polling off (poll-us=0) it goes
+            // straight back to waiting for a kick.
+            let window = self.poll_window();
+            if !window.is_zero() && self.poll_avail(vring, mem, window) {
                 continue;
             }
             if !event_idx || !vring.enable_notification(mem)? {
@@ -325,9 +342,9 @@ impl BlkDevice {
         vring.add_used(mem, head, 0)
     }
 
-    /// Spins up to POLL for the driver to make more requests available.
-    fn poll_avail(&self, vring: &Vring, mem: &GuestMemoryMmap) -> bool {
-        let deadline = Instant::now() + POLL;
+    /// Spins up to `window` for the driver to make more requests available.
+    fn poll_avail(&self, vring: &Vring, mem: &GuestMemoryMmap, window: Duration) -> bool {
+        let deadline = Instant::now() + window;
         let queue = vring.queue();
         loop {
             match queue.avail_idx(mem, Ordering::Acquire) {

@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::Listener;
 
 use vhost_backend::ServeError;
 
-use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
+use crate::device::{BlkDevice, Policy, DEFAULT_POLL, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
 use crate::stats::Stats;
@@ -26,6 +27,9 @@ pub struct ExportSpec {
     /// What GET_ID reports (at most 20 bytes are used).
     pub id: String,
     pub discard_unmap: bool,
+    /// How long each queue is watched for new requests after its last batch (`poll-us=`;
+    /// zero: not at all, like a backend that cannot poll).
+    pub poll: Duration,
 }
 
 impl Default for ExportSpec {
@@ -39,6 +43,7 @@ impl Default for ExportSpec {
             engine: EngineKind::Uring,
             id: "flotilla-disk".into(),
             discard_unmap: true,
+            poll: DEFAULT_POLL,
         }
     }
 }
@@ -51,8 +56,29 @@ impl ExportSpec {
         if !(1..=64).contains(&self.queues) {
             return Err(format!("queues={}: 1 to 64", self.queues));
         }
+        if self.poll > MAX_POLL {
+            return Err(format!(
+                "poll-us={}: at most {}",
+                self.poll.as_micros(),
+                MAX_POLL.as_micros()
+            ));
+        }
         Ok(())
     }
+}
+
+/// The longest queue watch an export may ask for: past this the worker would spin
+/// rather than poll.
+const MAX_POLL: Duration = Duration::from_millis(10);
+
+/// `poll-us=N`: microseconds (0: polling off); `off` is accepted for 0.
+pub fn parse_poll(s: &str) -> Result<Duration, String> {
+    if s == "off" {
+        return Ok(Duration::ZERO);
+    }
+    s.parse::<u64>()
+        .map(Duration::from_micros)
+        .map_err(|_| format!("poll-us={s}: microseconds (0 or off: no polling)"))
 }
 
 pub fn parse_cache(s: &str) -> Result<CacheMode, String> {
@@ -100,6 +126,7 @@ impl FromStr for ExportSpec {
                 "cache" => e.cache = parse_cache(v)?,
                 "engine" => e.engine = parse_engine(v)?,
                 "id" => e.id = v.to_string(),
+                "poll-us" => e.poll = parse_poll(v)?,
                 "discard" => {
                     e.discard_unmap = match v {
                         "unmap" => true,
@@ -152,6 +179,7 @@ impl Export {
         };
         let device = BlkDevice::new(disk, engines, Arc::new(Stats::default()), policy)
             .map_err(ExportError::Engine)?;
+        device.set_poll(spec.poll);
         let listener = Listener::new(&spec.socket, true)
             .map_err(|e| ExportError::Socket(spec.socket.clone(), e.to_string()))?;
         Ok(Export {
@@ -197,8 +225,55 @@ mod tests {
             "socket=/s,image=/i,cache=fast",
             "socket=/s,image=/i,bogus=1",
             "socket=/s,image=/i,read-only",
+            "socket=/s,image=/i,poll-us=-1",
+            "socket=/s,image=/i,poll-us=fast",
+            "socket=/s,image=/i,poll-us=10001",
         ] {
             assert!(bad.parse::<ExportSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn poll_option() {
+        let spec = |s: &str| s.parse::<ExportSpec>().unwrap().poll;
+        assert_eq!(spec("socket=/s,image=/i"), Duration::from_micros(32));
+        assert_eq!(spec("socket=/s,image=/i,poll-us=0"), Duration::ZERO);
+        assert_eq!(spec("socket=/s,image=/i,poll-us=off"), Duration::ZERO);
+        assert_eq!(
+            spec("socket=/s,image=/i,poll-us=100"),
+            Duration::from_micros(100)
+        );
+    }
+
+    /// The device an export serves watches its queues for as long as the export says.
+    #[test]
+    fn an_export_polls_as_its_spec_says() {
+        let dir =
+            std::env::temp_dir().join(format!("flotilla-blk-export-poll-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("d.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(1 << 16)
+            .unwrap();
+        for (option, window) in [
+            ("", DEFAULT_POLL),
+            (",poll-us=0", Duration::ZERO),
+            (",poll-us=250", Duration::from_micros(250)),
+        ] {
+            let socket = dir.join("s.sock");
+            let spec: ExportSpec = format!(
+                "socket={},image={}{option}",
+                socket.display(),
+                image.display()
+            )
+            .parse()
+            .unwrap();
+            let export = Export::open(spec).unwrap();
+            assert_eq!(export.device.poll_window(), window, "{option}");
+            drop(export);
+            let _ = std::fs::remove_file(&socket);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use block_daemon::control;
 use block_daemon::engine::EngineKind;
-use block_daemon::export::{parse_cache, parse_engine, Export, ExportSpec};
+use block_daemon::export::{parse_cache, parse_engine, parse_poll, Export, ExportSpec};
 use clap::Parser;
 use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
 
@@ -27,7 +27,7 @@ struct Args {
     sandbox: Option<sandbox::Mode>,
     /// An export: `socket=PATH,image=PATH[,read-only=on][,queues=N]
     /// [,cache=writeback|none|unsafe|direct-no-flush][,engine=uring|sync][,id=SERIAL]
-    /// [,discard=unmap|ignore]`. May be given several times.
+    /// [,discard=unmap|ignore][,poll-us=N]`. May be given several times.
     #[arg(long, value_parser = |s: &str| s.parse::<ExportSpec>())]
     export: Vec<ExportSpec>,
     /// One export's vhost-user socket (with --image and the options below).
@@ -52,6 +52,10 @@ struct Args {
     /// Guest discards are ignored (QEMU discard=ignore) instead of deallocating.
     #[arg(long)]
     discard_ignore: bool,
+    /// Microseconds each queue is watched for new requests after its last batch
+    /// (0 or off: polling off, every request waits for a kick).
+    #[arg(long, default_value = "32", value_parser = |s: &str| parse_poll(s))]
+    poll_us: std::time::Duration,
     /// End when each export's first frontend has disconnected (by default the daemon
     /// keeps serving: a frontend may reconnect, or another come).
     #[arg(long)]
@@ -70,6 +74,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
             engine: args.engine,
             id: args.id,
             discard_unmap: !args.discard_ignore,
+            poll: args.poll_us,
         };
         spec.check().map_err(anyhow::Error::msg)?;
         specs.push(spec);

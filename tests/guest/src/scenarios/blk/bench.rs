@@ -1,6 +1,7 @@
 //! `blk-bench [bench_ms=T]`: random and sequential reads and writes on queue 0 at fixed block
 //! sizes and queue depths, each for `bench_ms`, one `GUEST BENCH ...` line each (rates from
-//! the TSC). The loops run in ring 3.
+//! the TSC, counting only requests that succeeded; failed ones are counted apart, in
+//! `errors=`). The loops run in ring 3.
 
 use super::io::{usable, STALL_MS};
 use super::params::param;
@@ -67,7 +68,10 @@ const BENCHES: [BenchSpec; 6] = [
 
 #[derive(Default)]
 struct BenchResult {
+    /// Requests that completed with S_OK: only these count as I/Os.
     ios: u64,
+    /// Requests that completed with another status, or chains the device returned that
+    /// were not in flight.
     ticks: u64,
     errors: u64,
     stalled: bool,
@@ -125,8 +129,9 @@ fn bench_run(
             last = cpu::rdtsc();
             match completion {
                 Completion::Done { slot, status } => {
-                    result.ios += 1;
-                    if status != S_OK {
+                    if status == S_OK {
+                        result.ios += 1;
+                    } else {
                         result.errors += 1;
                     }
                     if last < deadline {
@@ -178,6 +183,15 @@ pub fn run(dev: &mut BlkDevice, cmdline: &[u8]) {
                 .end();
             continue;
         }
+        // Marks the start for the host, which samples the backend's CPU time between this
+        // line and the result line.
+        console::line("GUEST BENCH START rw=")
+            .s(spec.rw)
+            .s(" bs=")
+            .dec(u64::from(bs))
+            .s(" qd=")
+            .dec(u64::from(qd))
+            .end();
         let q = dev.queue(0);
         let mut result = BenchResult::default();
         let duration = tsc::from_ms(bench_ms);
@@ -210,6 +224,10 @@ pub fn run(dev: &mut BlkDevice, cmdline: &[u8]) {
             .dec(tsc::per_second(result.ios, result.ticks))
             .s(" mib_s=")
             .tenths(tsc::mib_s_tenths(result.ios * u64::from(bs), result.ticks))
+            .s(" ios=")
+            .dec(result.ios)
+            .s(" errors=")
+            .dec(result.errors)
             .end();
     }
 }

@@ -197,6 +197,21 @@ const DIFFERENCES: &[Difference] = &[
         },
     },
     Difference {
+        labels: &["running: query-fdsets"],
+        what: "QEMU still lists fd set 5, removed before the VM first ran; we do not",
+        why: "the same QEMU 7.2 behaviour: fds removed while the VM had not run stay in \
+              their set (and open) until a later cleanup; ours were closed on removal",
+        holds: |q, g| {
+            let mut rest = ret(q).clone();
+            let had_five = rest.as_array_mut().is_some_and(|sets| {
+                let before = sets.len();
+                sets.retain(|s| s["fdset-id"] != 5);
+                sets.len() + 1 == before
+            });
+            had_five && masked(&rest, &["fd"]) == masked(ret(g), &["fd"])
+        },
+    },
+    Difference {
         labels: &["remove-fd {\"fdset-id\":5} #2"],
         what: "removing an fd set twice while the VM has not run: QEMU answers {} again, we \
                answer that the set is not found",
@@ -627,8 +642,74 @@ fn written_out(spare: &str) -> Vec<Exchange> {
         false,
     );
     add("no-such-command", json!({}), Same, false);
-    add("inject-nmi", json!({}), Same, false);
+    // Not inject-nmi: an NMI before the guest set up its handlers ends it, on QEMU by a
+    // reset and here in internal-error, so the two would no longer be in the same state
+    // (gateway_absent_devices checks that the NMI reaches every vCPU).
     add("system_wakeup", json!({}), Same, false);
+    out
+}
+
+/// Exchanges once both VMs run (after `cont`): what depends on the run state.
+fn while_running() -> Vec<Exchange> {
+    let mut out = Vec::new();
+    let mut add = |label: &str, command: &str, arguments: Value, compare, with_fd| {
+        let label = format!("running: {label}");
+        out.push(Exchange {
+            bytes: message(command, arguments, &label),
+            label,
+            with_fd,
+            compare,
+        });
+    };
+    use Compare::Value as Same;
+    add("query-status", "query-status", json!({}), Same, false);
+    add(
+        "input-send-event key",
+        "input-send-event",
+        json!({"events": [{"type": "key", "data": {"down": true, "key": {"type": "qcode", "data": "a"}}}]}),
+        Same,
+        false,
+    );
+    add(
+        "input-send-event none",
+        "input-send-event",
+        json!({"events": []}),
+        Same,
+        false,
+    );
+    let fd_numbers = Compare::ValueBut(&["fd"]);
+    add("add-fd", "add-fd", json!({"fdset-id": 9}), fd_numbers, true);
+    add(
+        "remove-fd",
+        "remove-fd",
+        json!({"fdset-id": 9}),
+        Same,
+        false,
+    );
+    add(
+        "remove-fd again",
+        "remove-fd",
+        json!({"fdset-id": 9}),
+        Same,
+        false,
+    );
+    add("query-fdsets", "query-fdsets", json!({}), fd_numbers, false);
+    add("cont again", "cont", json!({}), Same, false);
+    add("stop", "stop", json!({}), Same, false);
+    add(
+        "query-status stopped",
+        "query-status",
+        json!({}),
+        Same,
+        false,
+    );
+    add(
+        "input-send-event paused",
+        "input-send-event",
+        json!({"events": []}),
+        Same,
+        false,
+    );
     out
 }
 
@@ -848,7 +929,18 @@ fn answers_match_qemu() {
     let (q_ports, g_ports) = (udp_pair(), udp_pair());
     let mut mismatches = Vec::new();
     let mut seen_differences = BTreeSet::new();
-    for e in &exchanges {
+    let running = while_running();
+    let cont = Exchange {
+        label: "cont".into(),
+        bytes: message("cont", json!({}), "cont"),
+        with_fd: false,
+        compare: Compare::Value,
+    };
+    for e in exchanges
+        .iter()
+        .chain(std::iter::once(&cont))
+        .chain(running.iter())
+    {
         let q = exchange(&mut p.qemu, e, &fd_file(()), q_ports);
         let g = exchange(&mut p.ours, e, &fd_file(()), g_ports);
         if std::env::var_os("FLOTILLA_ORACLE_TRACE").is_some() {
@@ -875,6 +967,10 @@ fn answers_match_qemu() {
             ));
         }
     }
+    for c in [&mut p.qemu, &mut p.ours] {
+        assert_eq!(c.event("RESUME")["event"], "RESUME");
+        assert_eq!(c.event("STOP")["event"], "STOP");
+    }
     for d in DIFFERENCES {
         assert!(
             seen_differences.contains(d.what),
@@ -886,7 +982,7 @@ fn answers_match_qemu() {
         mismatches.is_empty(),
         "{} of {} exchanges answered unlike QEMU 7.2:\n{}",
         mismatches.len(),
-        exchanges.len(),
+        exchanges.len() + 1 + running.len(),
         mismatches.join("\n")
     );
 }

@@ -49,6 +49,9 @@ pub enum BlockError {
     NotMonitorOwned(String),
     #[error("Block device {0} is in use")]
     InUse(String),
+    /// A disk's device is attached to the node (QEMU asks this first).
+    #[error("Node {0} is in use")]
+    Attached(String),
     #[error("no node {0}")]
     NoNode(String),
     #[error("node {0} has no image")]

@@ -207,10 +207,15 @@ impl Graph {
         let node = self
             .node(name)
             .ok_or_else(|| BlockError::NoNodeToDelete(name.to_string()))?;
+        // QEMU's order: a node a device is attached to is "in use" before anything
+        // else is asked of it.
+        if in_use(name) {
+            return Err(BlockError::Attached(name.to_string()));
+        }
         if !node.monitor_owned {
             return Err(BlockError::NotMonitorOwned(name.to_string()));
         }
-        if in_use(name) || self.parent_of(name).is_some() {
+        if self.parent_of(name).is_some() {
             return Err(BlockError::InUse(name.to_string()));
         }
         let mut at = Some(name.to_string());
@@ -336,10 +341,7 @@ mod tests {
             err(g.remove("nope", &no_disks)),
             "Failed to find node with node-name='nope'"
         );
-        assert_eq!(
-            err(g.remove("r1", &|n| n == "r1")),
-            "Block device r1 is in use"
-        );
+        assert_eq!(err(g.remove("r1", &|n| n == "r1")), "Node r1 is in use");
         g.remove("r2", &no_disks).unwrap();
         assert!(
             g.node(&child).is_none(),

@@ -91,8 +91,11 @@ impl FdSets {
 
     pub fn query(&self) -> Value {
         let sets = self.0.lock();
+        // Highest id first, as QEMU 7.2 lists them (it prepends while walking its
+        // ordered list).
         Value::Array(
             sets.iter()
+                .rev()
                 .map(|(id, set)| {
                     let fds: Vec<Value> = set
                         .fds
@@ -169,8 +172,14 @@ mod tests {
         assert_eq!(sets.add(None, held(&a), None).unwrap().0, 0);
         assert_eq!(sets.add(None, held(&a), None).unwrap().0, 1);
         let q = sets.query();
-        assert_eq!(q.as_array().unwrap().len(), 3);
-        assert_eq!(q[2]["fds"][0]["opaque"], "hello");
+        let ids: Vec<_> = q
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["fdset-id"])
+            .collect();
+        assert_eq!(ids, [3, 1, 0], "highest first, as QEMU 7.2 lists them");
+        assert_eq!(q[0]["fds"][0]["opaque"], "hello");
         assert_eq!(
             sets.remove(3, Some(999)).unwrap_err().to_string(),
             "File descriptor named 'fdset-id:3, fd:999' not found"

@@ -373,7 +373,7 @@ mod tests {
     fn sample(ty: Ty) -> Value {
         match ty {
             Ty::Str => json!("x"),
-            Ty::Int => json!(1),
+            Ty::Int | Ty::Uint => json!(1),
             Ty::Bool => json!(true),
             Ty::Number => json!(1.5),
             Ty::Any | Ty::Null => Value::Null,

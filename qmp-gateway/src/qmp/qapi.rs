@@ -11,6 +11,9 @@ use super::protocol::QmpError;
 pub enum Ty {
     Str,
     Int,
+    /// An unsigned QAPI integer (uint8 ... uint64): wrong JSON is answered with QEMU's
+    /// "expects uint64", and negative int64s are taken as QEMU takes them.
+    Uint,
     Bool,
     Number,
     Any,
@@ -113,6 +116,10 @@ impl Types {
             Ty::Str => wrong("string"),
             Ty::Int if v.is_i64() || v.is_u64() => Ok(()),
             Ty::Int => wrong("integer"),
+            Ty::Uint if v.is_i64() || v.is_u64() => Ok(()),
+            Ty::Uint => Err(QmpError::generic(format!(
+                "Parameter '{path}' expects uint64"
+            ))),
             Ty::Bool if v.is_boolean() => Ok(()),
             Ty::Bool => wrong("boolean"),
             Ty::Number if v.is_number() => Ok(()),
@@ -186,6 +193,12 @@ mod tests {
             Err("Invalid parameter type for 'n', expected: integer".into())
         );
         assert_eq!(check(&m, json!({"fdname": "a", "n": 3})), Ok(()));
+        let u = [req("threshold", Ty::Uint)];
+        assert_eq!(check(&u, json!({"threshold": -1})), Ok(()));
+        assert_eq!(
+            check(&u, json!({"threshold": "x"})),
+            Err("Parameter 'threshold' expects uint64".into())
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::events::EventDef;
 pub fn schema_name(ty: Ty) -> String {
     match ty {
         Ty::Str => "str".into(),
-        Ty::Int => "int".into(),
+        // QEMU's introspection names every integer type "int".
+        Ty::Int | Ty::Uint => "int".into(),
         Ty::Bool => "bool".into(),
         Ty::Number => "number".into(),
         Ty::Any => "any".into(),
@@ -24,7 +25,7 @@ pub fn schema_name(ty: Ty) -> String {
 fn builtin_json_type(ty: Ty) -> Option<&'static str> {
     Some(match ty {
         Ty::Str => "string",
-        Ty::Int => "int",
+        Ty::Int | Ty::Uint => "int",
         Ty::Bool => "boolean",
         Ty::Number => "number",
         Ty::Any => "value",

@@ -157,7 +157,15 @@ pub const TYPES: Types = Types(&[
     },
     TypeDef {
         name: "InputEvent",
-        kind: TypeKind::Object(&[req("type", Ty::Str), req("data", Ty::Any)]),
+        kind: TypeKind::Object(&[
+            req("type", Ty::Named("InputEventKind")),
+            req("data", Ty::Any),
+        ]),
+    },
+    TypeDef {
+        // QEMU 7.2's input event kinds.
+        name: "InputEventKind",
+        kind: TypeKind::Enum(&["key", "btn", "rel", "abs"]),
     },
     TypeDef {
         name: "ShutdownCause",

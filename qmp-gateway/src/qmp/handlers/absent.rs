@@ -2,7 +2,7 @@
 //! rocker switch, input devices, CPU hotplug...), answered exactly as QEMU 7.2 answers
 //! them when the device is absent, so management tools see a coherent machine.
 
-use ipc::ErrorClass;
+use ipc::{ErrorClass, RunState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -123,7 +123,7 @@ pub struct RockerFlows {
     pub tbl_id: Option<Int>,
 }
 
-serde_arguments!(RockerFlows, [req("name", Ty::Str), opt("tbl-id", Ty::Int)]);
+serde_arguments!(RockerFlows, [req("name", Ty::Str), opt("tbl-id", Ty::Uint)]);
 
 #[derive(Debug, Deserialize)]
 pub struct RockerGroups {
@@ -132,7 +132,7 @@ pub struct RockerGroups {
     pub group_type: Option<Int>,
 }
 
-serde_arguments!(RockerGroups, [req("name", Ty::Str), opt("type", Ty::Int)]);
+serde_arguments!(RockerGroups, [req("name", Ty::Str), opt("type", Ty::Uint)]);
 
 impl RockerSwitch for Rocker {
     fn name(&self) -> &str {
@@ -228,7 +228,12 @@ pub fn rocker<A: RockerSwitch>(_: &mut Ctx, a: A) -> QmpResult {
     Err(QmpError::generic(format!("rocker {} not found", a.name())))
 }
 
-pub fn input_send_event(_: &mut Ctx, a: InputSendEvent) -> QmpResult {
+pub fn input_send_event(c: &mut Ctx, a: InputSendEvent) -> QmpResult {
+    // QEMU asks for a running (or suspended: we have no such state) VM before it looks
+    // for a handler.
+    if c.gw.run_state() != RunState::Running {
+        return Err(QmpError::generic("VM not running"));
+    }
     match a.events.first() {
         Some(event) => Err(QmpError::generic(format!(
             "Input handler not found for event type {}",
@@ -243,10 +248,11 @@ pub fn nothing_to_do<A: Arguments>(_: &mut Ctx, _: A) -> QmpResult {
     Ok(json!({}))
 }
 
+/// The machine has an ACPI PM device (PM1a event and control blocks, the fixed power
+/// button: vmm-core's FADT) but no memory or CPU hotplug slots whose OSPM status it could
+/// report: an empty list, as QEMU 7.2 answers with its ACPI device and no such slots.
 pub fn acpi_ospm_status(_: &mut Ctx, _: NoArgs) -> QmpResult {
-    Err(QmpError::generic(
-        "command is not supported, missing ACPI device",
-    ))
+    Ok(json!([]))
 }
 
 pub fn hotpluggable_cpus(_: &mut Ctx, _: NoArgs) -> QmpResult {

@@ -245,7 +245,7 @@ pub struct WriteThreshold {
 
 serde_arguments!(
     WriteThreshold,
-    [req("node-name", Ty::Str), req("write-threshold", Ty::Int)]
+    [req("node-name", Ty::Str), req("write-threshold", Ty::Uint)]
 );
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! Gateway mode: the daemon's configuration and files arrive on an inherited control
-//! socket. The first call opens the node (image fd, vhost-user listener fd); later calls
+//! socket. The first call opens the node (image fd, vhost-user listener fd, the disk's
+//! counters page, which the gateway keeps across daemons); later calls
 //! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
 //! after a failure) while a serving thread answers the frontend. Events (the write
 //! threshold, failed requests) go back on the same socket.
@@ -7,11 +8,12 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
-use ipc::{errno_text, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError};
+use ipc::{
+    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError,
+};
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
@@ -47,9 +49,10 @@ fn open(
     engine: EngineKind,
 ) -> Result<BlkDevice, String> {
     let mut fds = fds.into_iter();
-    let (Some(image), Some(listener)) = (fds.next(), fds.next()) else {
-        return Err("the open call lacks its image and listener fds".into());
+    let (Some(image), Some(listener), Some(counters)) = (fds.next(), fds.next(), fds.next()) else {
+        return Err("the open call lacks its image, listener and counters fds".into());
     };
+    let counters = Arc::new(BlockCounters::map(counters).map_err(|e| e.to_string())?);
     if !(1..=64).contains(&open.queues) {
         return Err(format!("{} queues: 1 to 64", open.queues));
     }
@@ -58,6 +61,7 @@ fn open(
         open.read_only,
         cache_mode(open.cache.direct, open.cache.no_flush),
         &open.serial,
+        counters.clone(),
     )
     .map_err(|e| e.to_string())?;
     let disk = Arc::new(disk);
@@ -79,7 +83,7 @@ fn open(
         on_write_error: open.on_write_error,
         events: Some(Arc::new(move |e: BlockEvent| events.event(e))),
     };
-    let stats = Arc::new(Stats::new(&open.stats_intervals));
+    let stats = Arc::new(Stats::new(&open.stats_intervals, counters));
     let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
     let serving = device.clone();
     let listener = UnixListener::from(listener);
@@ -100,11 +104,7 @@ fn handle(
     match request {
         BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
         BlockRequest::Stats => {
-            let mut stats = device.stats().snapshot(disk.size());
-            let d = disk.discards();
-            stats.discard_ok = d.ok.load(Ordering::Relaxed);
-            stats.discard_bytes_ok = d.bytes_ok.load(Ordering::Relaxed);
-            stats.discard_failed = d.failed.load(Ordering::Relaxed);
+            let stats = device.stats().snapshot(disk.size());
             Ok(BlockReply::Stats(Box::new(stats)))
         }
         BlockRequest::Resize { bytes } => {

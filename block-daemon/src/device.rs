@@ -855,6 +855,17 @@ impl Device for BlkDevice {
         self.complete(q, ring, mem, &mut done)
     }
 
+    /// The gateway hears how many requests a previous daemon left in flight (standalone,
+    /// the framework's log line says it).
+    fn resumed_in_flight(&self, q: usize, requests: usize) {
+        if let Some(events) = &self.inner.policy.events {
+            events(BlockEvent::InflightResumed {
+                queue: q as u32,
+                requests: requests as u32,
+            });
+        }
+    }
+
     /// Whatever is in flight finishes, and nothing is put on a ring nobody serves. The
     /// inflight region still says those heads are in flight (the failed ones too); the
     /// next connection starts them again.
@@ -928,7 +939,9 @@ mod tests {
             .set_len(1 << 16)
             .unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let disk = Arc::new(Disk::new(file, false, CacheMode::Writeback, "d").unwrap());
+        let counters = Arc::new(ipc::BlockCounters::create().unwrap());
+        let disk =
+            Arc::new(Disk::new(file, false, CacheMode::Writeback, "d", counters.clone()).unwrap());
         let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
@@ -937,7 +950,7 @@ mod tests {
             events: Some(Arc::new(move |e| sink.lock().push(e))),
             ..Policy::default()
         };
-        let stats = Arc::new(Stats::new(&[]));
+        let stats = Arc::new(Stats::new(&[], counters));
         let dev = BlkDevice::new(disk, engines, stats, policy).unwrap();
         (dev, events, path)
     }

@@ -6,7 +6,9 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use ipc::BlockCounters;
 use virtio::blk::ID_BYTES;
 
 use crate::request::{SectorRange, SECTOR_SHIFT};
@@ -48,15 +50,8 @@ pub struct Disk {
     cache: CacheMode,
     block_device: bool,
     id: [u8; ID_BYTES],
-    discards: DiscardCounters,
-}
-
-/// Discards that reached the image (QEMU's file-driver counters).
-#[derive(Default)]
-pub struct DiscardCounters {
-    pub ok: AtomicU64,
-    pub bytes_ok: AtomicU64,
-    pub failed: AtomicU64,
+    /// Where discards that reached the image are counted (QEMU's file-driver counters).
+    counters: Arc<BlockCounters>,
 }
 
 // BLKGETSIZE64 / BLKDISCARD / BLKZEROOUT from <linux/fs.h>.
@@ -73,8 +68,15 @@ fn check(rc: libc::c_int) -> std::io::Result<()> {
 }
 
 impl Disk {
-    /// Takes an opened image. `id` is what GET_ID reports (the node name, truncated).
-    pub fn new(file: File, read_only: bool, cache: CacheMode, id: &str) -> Result<Disk, DiskError> {
+    /// Takes an opened image. `id` is what GET_ID reports (the node name, truncated);
+    /// `counters`: the disk's counters page.
+    pub fn new(
+        file: File,
+        read_only: bool,
+        cache: CacheMode,
+        id: &str,
+        counters: Arc<BlockCounters>,
+    ) -> Result<Disk, DiskError> {
         let block_device = file.metadata()?.file_type().is_block_device();
         let size = if block_device {
             let mut size = 0u64;
@@ -110,7 +112,7 @@ impl Disk {
             cache,
             block_device,
             id: id_bytes,
-            discards: DiscardCounters::default(),
+            counters,
         })
     }
 
@@ -157,20 +159,17 @@ impl Disk {
         )
     }
 
-    pub fn discards(&self) -> &DiscardCounters {
-        &self.discards
-    }
-
     pub fn discard(&self, r: &SectorRange) -> std::io::Result<()> {
         let (offset, len) = Self::byte_range(r);
         let result = self.discard_bytes(offset, len);
+        let page = self.counters.page();
         match &result {
             Ok(()) => {
-                self.discards.ok.fetch_add(1, Ordering::Relaxed);
-                self.discards.bytes_ok.fetch_add(len, Ordering::Relaxed);
+                page.discard_ok.fetch_add(1, Ordering::Relaxed);
+                page.discard_bytes_ok.fetch_add(len, Ordering::Relaxed);
             }
             Err(_) => {
-                self.discards.failed.fetch_add(1, Ordering::Relaxed);
+                page.discard_failed.fetch_add(1, Ordering::Relaxed);
             }
         }
         result
@@ -262,6 +261,7 @@ mod tests {
             false,
             CacheMode::Writeback,
             "a-very-long-node-name-indeed",
+            Arc::new(BlockCounters::create().unwrap()),
         )
         .unwrap();
         assert_eq!(d.capacity_sectors(), 2048);
@@ -297,7 +297,13 @@ mod tests {
     fn tiny_or_truncated_images_are_refused() {
         let (f, path) = image(100);
         assert!(matches!(
-            Disk::new(f, false, CacheMode::Writeback, "x"),
+            Disk::new(
+                f,
+                false,
+                CacheMode::Writeback,
+                "x",
+                Arc::new(BlockCounters::create().unwrap())
+            ),
             Err(DiskError::TooSmall(100))
         ));
         std::fs::remove_file(path).unwrap();

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipc::BlockCounters;
 use vhost::vhost_user::Listener;
 
 use vhost_backend::ServeError;
@@ -168,7 +169,12 @@ impl Export {
             .write(!spec.read_only)
             .open(&spec.image)
             .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
-        let disk = Disk::new(file, spec.read_only, spec.cache, &spec.id)
+        // Standalone, the counters page is this daemon's alone (nobody reads it after).
+        let counters = Arc::new(
+            BlockCounters::create()
+                .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?,
+        );
+        let disk = Disk::new(file, spec.read_only, spec.cache, &spec.id, counters.clone())
             .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
         let disk = Arc::new(disk);
         let engines = engine::per_queue(spec.engine, &disk, spec.queues, u32::from(QUEUE_SIZE))
@@ -177,7 +183,7 @@ impl Export {
             discard_unmap: spec.discard_unmap,
             ..Policy::default()
         };
-        let device = BlkDevice::new(disk, engines, Arc::new(Stats::default()), policy)
+        let device = BlkDevice::new(disk, engines, Arc::new(Stats::new(&[], counters)), policy)
             .map_err(ExportError::Engine)?;
         device.set_poll(spec.poll);
         let listener = Listener::new(&spec.socket, true)

@@ -3,36 +3,21 @@
 //! the time of the last completion, and latency windows over configured intervals
 //! (`timed_stats`). Write-zeroes counts as a write and discard as unmap, as QEMU's
 //! virtio-blk accounts them.
+//!
+//! The counters are kept in the disk's counters page (`ipc::BlockCounters`, shared with
+//! the gateway and with the daemons before and after this one), so they carry on across
+//! daemons; the latency windows are this daemon's own.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipc::{BlockStats, Latency, OpCounters, TimedStats};
+use ipc::block_counters::{monotonic_ns, SharedOpCounters};
+use ipc::{BlockCounters, BlockStats, Latency, TimedStats};
 use parking_lot::Mutex;
 
 use crate::engine::Op;
 use virtio::blk::{T_DISCARD, T_FLUSH, T_IN, T_OUT, T_WRITE_ZEROES};
-
-#[derive(Default)]
-pub struct OpStats {
-    pub ops: AtomicU64,
-    pub bytes: AtomicU64,
-    pub failed: AtomicU64,
-    pub invalid: AtomicU64,
-    pub total_ns: AtomicU64,
-}
-
-impl OpStats {
-    fn counters(&self) -> OpCounters {
-        OpCounters {
-            operations: self.ops.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            invalid: self.invalid.load(Ordering::Relaxed),
-            total_time_ns: self.total_ns.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Latencies of one kind of operation within one window.
 #[derive(Clone, Copy, Default)]
@@ -128,48 +113,28 @@ impl Interval {
 }
 
 pub struct Stats {
-    pub read: OpStats,
-    /// Writes and write-zeroes.
-    pub write: OpStats,
-    pub flush: OpStats,
-    /// Discards.
-    pub unmap: OpStats,
-    /// Refused requests of no known type (not even a readable header).
-    pub invalid_other: AtomicU64,
-    /// Highest byte offset written + 1.
-    pub wr_highest_offset: AtomicU64,
-    last: Mutex<Option<Instant>>,
+    counters: Arc<BlockCounters>,
     intervals: Mutex<Vec<Interval>>,
 }
 
-impl Default for Stats {
-    fn default() -> Self {
-        Stats::new(&[])
-    }
-}
-
 impl Stats {
-    /// `intervals`: window lengths in seconds for timed statistics.
-    pub fn new(intervals: &[u32]) -> Stats {
+    /// Counts into `counters`; `intervals`: window lengths in seconds for timed
+    /// statistics.
+    pub fn new(intervals: &[u32], counters: Arc<BlockCounters>) -> Stats {
         let now = Instant::now();
         Stats {
-            read: OpStats::default(),
-            write: OpStats::default(),
-            flush: OpStats::default(),
-            unmap: OpStats::default(),
-            invalid_other: AtomicU64::new(0),
-            wr_highest_offset: AtomicU64::new(0),
-            last: Mutex::new(None),
+            counters,
             intervals: Mutex::new(intervals.iter().map(|&s| Interval::new(s, now)).collect()),
         }
     }
 
-    pub fn of(&self, op: Op) -> Option<&OpStats> {
+    pub fn of(&self, op: Op) -> Option<&SharedOpCounters> {
+        let page = self.counters.page();
         match op {
-            Op::Read => Some(&self.read),
-            Op::Write | Op::WriteZeroes => Some(&self.write),
-            Op::Flush => Some(&self.flush),
-            Op::Discard => Some(&self.unmap),
+            Op::Read => Some(&page.read),
+            Op::Write | Op::WriteZeroes => Some(&page.write),
+            Op::Flush => Some(&page.flush),
+            Op::Discard => Some(&page.unmap),
             Op::Other => None,
         }
     }
@@ -183,11 +148,14 @@ impl Stats {
             return;
         }
         let ns = latency.as_nanos() as u64;
-        s.ops.fetch_add(1, Ordering::Relaxed);
+        s.operations.fetch_add(1, Ordering::Relaxed);
         s.bytes.fetch_add(bytes, Ordering::Relaxed);
-        s.total_ns.fetch_add(ns, Ordering::Relaxed);
+        s.total_time_ns.fetch_add(ns, Ordering::Relaxed);
+        self.counters
+            .page()
+            .last_completion_ns
+            .store(monotonic_ns().max(1), Ordering::Relaxed);
         let now = Instant::now();
-        *self.last.lock() = Some(now);
         let slot = match op {
             Op::Read => 0,
             Op::Write | Op::WriteZeroes => 1,
@@ -205,24 +173,27 @@ impl Stats {
 
     /// A request the parser refused; `request_type` is its virtio-blk type if known.
     pub fn record_invalid(&self, request_type: Option<u32>) {
+        let page = self.counters.page();
         let counter = match request_type {
-            Some(T_IN) => &self.read.invalid,
-            Some(T_OUT | T_WRITE_ZEROES) => &self.write.invalid,
-            Some(T_FLUSH) => &self.flush.invalid,
-            Some(T_DISCARD) => &self.unmap.invalid,
-            _ => &self.invalid_other,
+            Some(T_IN) => &page.read.invalid,
+            Some(T_OUT | T_WRITE_ZEROES) => &page.write.invalid,
+            Some(T_FLUSH) => &page.flush.invalid,
+            Some(T_DISCARD) => &page.unmap.invalid,
+            _ => &page.invalid_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn note_write_end(&self, end: u64) {
-        self.wr_highest_offset.fetch_max(end, Ordering::Relaxed);
+        self.counters
+            .page()
+            .wr_highest_offset
+            .fetch_max(end, Ordering::Relaxed);
     }
 
-    /// Everything query-blockstats needs except the file-level counters.
+    /// Everything query-blockstats needs.
     pub fn snapshot(&self, size: u64) -> BlockStats {
         let now = Instant::now();
-        let last = *self.last.lock();
         let mut intervals = self.intervals.lock();
         let timed = intervals
             .iter_mut()
@@ -231,17 +202,13 @@ impl Stats {
                 i.snapshot(now)
             })
             .collect();
-        BlockStats {
+        let mut stats = BlockStats {
             size,
-            read: self.read.counters(),
-            write: self.write.counters(),
-            flush: self.flush.counters(),
-            unmap: self.unmap.counters(),
-            wr_highest_offset: self.wr_highest_offset.load(Ordering::Relaxed),
-            idle_time_ns: last.map(|t| now.saturating_duration_since(t).as_nanos() as u64),
             timed,
             ..BlockStats::default()
-        }
+        };
+        self.counters.fill(&mut stats);
+        stats
     }
 }
 
@@ -249,9 +216,13 @@ impl Stats {
 mod tests {
     use super::*;
 
+    fn page() -> Arc<BlockCounters> {
+        Arc::new(BlockCounters::create().unwrap())
+    }
+
     #[test]
     fn counters_and_latency_windows() {
-        let s = Stats::new(&[60]);
+        let s = Stats::new(&[60], page());
         s.record(Op::Read, 4096, true, Duration::from_micros(100));
         s.record(Op::Read, 4096, true, Duration::from_micros(300));
         s.record(Op::WriteZeroes, 8192, true, Duration::from_micros(50));
@@ -283,7 +254,30 @@ mod tests {
 
     #[test]
     fn no_operation_means_no_idle_time() {
-        assert_eq!(Stats::default().snapshot(0).idle_time_ns, None);
+        assert_eq!(Stats::new(&[], page()).snapshot(0).idle_time_ns, None);
+    }
+
+    #[test]
+    fn a_later_daemon_counts_on_from_the_page() {
+        let counters = page();
+        let first = Stats::new(&[5], counters.clone());
+        first.record(Op::Write, 4096, true, Duration::from_micros(900));
+        first.note_write_end(8192);
+        drop(first);
+        let second = Stats::new(&[5], counters);
+        second.record(Op::Write, 512, true, Duration::from_micros(10));
+        second.note_write_end(4096);
+        let snap = second.snapshot(1 << 20);
+        assert_eq!(snap.write.operations, 2);
+        assert_eq!(snap.write.bytes, 4608);
+        assert_eq!(
+            snap.wr_highest_offset, 8192,
+            "the highest offset never goes down"
+        );
+        assert_eq!(
+            snap.timed[0].write.max_ns, 10_000,
+            "windows are the daemon's own"
+        );
     }
 
     #[test]

@@ -76,6 +76,14 @@ const BLOCK_DAEMON_EXITED_ARG: TypeDef =
     data("q_obj_BLOCK_DAEMON_EXITED-arg", DAEMON_EXITED_MEMBERS);
 const BLOCK_DAEMON_RESTARTED_ARG: TypeDef =
     data("q_obj_BLOCK_DAEMON_RESTARTED-arg", DAEMON_RESTARTED_MEMBERS);
+const BLOCK_INFLIGHT_RESUMED_ARG: TypeDef = data(
+    "q_obj_BLOCK_INFLIGHT_RESUMED-arg",
+    &[
+        req("device", Ty::Str),
+        req("queue", Ty::Int),
+        req("requests", Ty::Int),
+    ],
+);
 const NIC_RX_FILTER_CHANGED_ARG: TypeDef = data(
     "q_obj_NIC_RX_FILTER_CHANGED-arg",
     &[opt("name", Ty::Str), req("path", Ty::Str)],
@@ -110,6 +118,10 @@ const BLOCK_DAEMON_RESTARTED: EventDef = def(
     "__io.flotilla_BLOCK_DAEMON_RESTARTED",
     Some(&BLOCK_DAEMON_RESTARTED_ARG),
 );
+const BLOCK_INFLIGHT_RESUMED: EventDef = def(
+    "__io.flotilla_BLOCK_INFLIGHT_RESUMED",
+    Some(&BLOCK_INFLIGHT_RESUMED_ARG),
+);
 const NIC_RX_FILTER_CHANGED: EventDef =
     def("NIC_RX_FILTER_CHANGED", Some(&NIC_RX_FILTER_CHANGED_ARG));
 const NET_DAEMON_EXITED: EventDef = def(
@@ -136,6 +148,7 @@ pub const EVENTS: &[EventDef] = &[
     BLOCK_IO_ERROR,
     BLOCK_DAEMON_EXITED,
     BLOCK_DAEMON_RESTARTED,
+    BLOCK_INFLIGHT_RESUMED,
     NIC_RX_FILTER_CHANGED,
     NET_DAEMON_EXITED,
     NET_DAEMON_RESTARTED,
@@ -206,6 +219,15 @@ pub struct DaemonRestarted {
     pub pid: u32,
 }
 
+/// A new block daemon found requests its predecessor had taken and not completed in a
+/// queue's inflight region, and started them again.
+#[derive(Debug, Clone, Serialize)]
+pub struct InflightResumed {
+    pub device: String,
+    pub queue: u32,
+    pub requests: u32,
+}
+
 /// The guest changed a NIC's receive filter (sent once until query-rx-filter reads it).
 #[derive(Debug, Clone, Serialize)]
 pub struct NicRxFilterChanged {
@@ -236,6 +258,7 @@ pub enum Event {
     BlockIoError(BlockIoError),
     BlockDaemonExited(DaemonExited),
     BlockDaemonRestarted(DaemonRestarted),
+    BlockInflightResumed(InflightResumed),
     NicRxFilterChanged(NicRxFilterChanged),
     NetDaemonExited(DaemonExited),
     NetDaemonRestarted(DaemonRestarted),
@@ -255,6 +278,7 @@ impl Event {
             Event::BlockIoError(_) => &BLOCK_IO_ERROR,
             Event::BlockDaemonExited(_) => &BLOCK_DAEMON_EXITED,
             Event::BlockDaemonRestarted(_) => &BLOCK_DAEMON_RESTARTED,
+            Event::BlockInflightResumed(_) => &BLOCK_INFLIGHT_RESUMED,
             Event::NicRxFilterChanged(_) => &NIC_RX_FILTER_CHANGED,
             Event::NetDaemonExited(_) => &NET_DAEMON_EXITED,
             Event::NetDaemonRestarted(_) => &NET_DAEMON_RESTARTED,
@@ -274,6 +298,7 @@ impl Event {
             Event::BlockDaemonRestarted(d) | Event::NetDaemonRestarted(d) => {
                 serde_json::to_value(d).ok()
             }
+            Event::BlockInflightResumed(d) => serde_json::to_value(d).ok(),
             Event::NicRxFilterChanged(d) => serde_json::to_value(d).ok(),
             Event::SandboxViolation(d) => serde_json::to_value(d).ok(),
         }
@@ -365,6 +390,11 @@ mod tests {
                 device: "d0".into(),
                 pid: 8,
             }),
+            Event::BlockInflightResumed(InflightResumed {
+                device: "d0".into(),
+                queue: 1,
+                requests: 16,
+            }),
             Event::NicRxFilterChanged(NicRxFilterChanged {
                 name: "nic0".into(),
                 path: "/machine/peripheral/nic0/virtio-backend".into(),
@@ -430,6 +460,15 @@ mod tests {
                         "action": "stop", "nospace": true,
                         "reason": "No space left on device"})
             )
+        );
+        assert_eq!(
+            Event::BlockInflightResumed(InflightResumed {
+                device: "d0".into(),
+                queue: 1,
+                requests: 16,
+            })
+            .data(),
+            Some(json!({"device": "d0", "queue": 1, "requests": 16}))
         );
         assert_eq!(
             Event::SandboxViolation(SandboxViolation {

@@ -1,8 +1,9 @@
 //! block-daemon in gateway mode, driven by the test as the gateway would (its control
 //! socket, the image and listener as fds), with bad input on both of its channels: a
 //! gateway that hangs up or starts with the wrong call, an image too small, a throttle
-//! state page too small, and a vhost-user frontend that hangs up in the middle of a
-//! message. Each gets a clear error, and the daemon keeps serving what it can.
+//! state page or counters page too small, and a vhost-user frontend that hangs up in the
+//! middle of a message. Each gets a clear error, and the daemon keeps serving what it can
+//! (a frontend that comes after the broken ones is answered).
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -14,8 +15,8 @@ use std::time::Duration;
 use flotilla_tests::blk::empty_image;
 use flotilla_tests::{bin, TempDir, Vm};
 use ipc::{
-    BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes, FromBlock, OnError,
-    RemoteError, ThrottleLimits, ToBlock,
+    BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
+    FromBlock, OnError, RemoteError, ThrottleLimits, ToBlock,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -73,8 +74,18 @@ fn open_config() -> BlockOpen {
     }
 }
 
-/// The open call, with the image (read-write) and the listener.
+/// The open call, with the image (read-write), the listener and a counters page.
 fn open(conn: &Connection, image: &std::path::Path, listener: &UnixListener) {
+    let counters = BlockCounters::create().unwrap();
+    open_with(conn, image, listener, counters.fd().as_fd());
+}
+
+fn open_with(
+    conn: &Connection,
+    image: &std::path::Path,
+    listener: &UnixListener,
+    counters: std::os::fd::BorrowedFd,
+) {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -84,7 +95,7 @@ fn open(conn: &Connection, image: &std::path::Path, listener: &UnixListener) {
         conn,
         1,
         BlockRequest::Open(open_config()),
-        &[file.as_fd(), listener.as_fd()],
+        &[file.as_fd(), listener.as_fd(), counters],
     );
 }
 
@@ -141,6 +152,25 @@ fn an_image_smaller_than_a_sector_is_refused() {
 }
 
 #[test]
+fn a_counters_page_smaller_than_its_layout_is_refused() {
+    let dir = TempDir::new("bd-control-counters");
+    let image = dir.path().join("d.img");
+    empty_image(&image, 1 << 20);
+    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+    let counters = BlockCounters::create().unwrap();
+    std::fs::File::from(counters.fd().try_clone().unwrap())
+        .set_len(8)
+        .unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut vm = spawn(theirs);
+    let conn = Connection::new(ours);
+    open_with(&conn, &image, &listener, counters.fd().as_fd());
+    let err = answer(&conn).unwrap_err();
+    assert!(err.desc.contains("counters page is 8 bytes"), "{err:?}");
+    expect_failure(&mut vm, "counters page is 8 bytes");
+}
+
+#[test]
 fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
     let dir = TempDir::new("bd-control-serving");
     let image = dir.path().join("d.img");
@@ -177,13 +207,36 @@ fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
         s.write_all(partial).unwrap();
         drop(s);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // connect() alone would succeed from the listen backlog whether or not the daemon
+    // accepts: the daemon must answer a well-formed message. GET_FEATURES (1), version
+    // flag 0x1, no payload; the reply has the reply flag (0x4) and the features (u64).
     let mut again = UnixStream::connect(&socket).expect("the daemon listens again");
-    // SET_OWNER (1), version flag 0x1, no payload: a well-formed first message.
+    again.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut msg = 1u32.to_le_bytes().to_vec();
     msg.extend_from_slice(&1u32.to_le_bytes());
     msg.extend_from_slice(&0u32.to_le_bytes());
     again.write_all(&msg).unwrap();
+    let mut reply = [0u8; 20];
+    std::io::Read::read_exact(&mut again, &mut reply).expect("a reply to GET_FEATURES");
+    let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap());
+    assert_eq!(
+        (word(0), word(4), word(8)),
+        (1, 0x5, 8),
+        "GET_FEATURES reply header"
+    );
+    let features = u64::from_le_bytes(reply[12..20].try_into().unwrap());
+    // VHOST_USER_F_PROTOCOL_FEATURES (bit 30) and VIRTIO_F_VERSION_1 (bit 32).
+    let (protocol_features, version_1) = (1u64 << 30, 1u64 << 32);
+    assert_ne!(
+        features & protocol_features,
+        0,
+        "features {features:#x} lack VHOST_USER_F_PROTOCOL_FEATURES"
+    );
+    assert_ne!(
+        features & version_1,
+        0,
+        "features {features:#x} lack VERSION_1"
+    );
     drop(again);
 
     call(&conn, 3, BlockRequest::Stats, &[]);

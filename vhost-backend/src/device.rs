@@ -81,6 +81,11 @@ pub trait Device: Clone + Send + Sync + 'static {
         Ok(())
     }
 
+    /// On a reconnection, the inflight region listed `requests` requests of ring `q` that a
+    /// previous daemon took and did not complete; they are taken again before new ones
+    /// (a device that tracks in flight may report it).
+    fn resumed_in_flight(&self, _q: usize, _requests: usize) {}
+
     /// The frontend hung up: work in flight finishes without touching its rings (they
     /// belong to a connection nobody serves; the inflight region still lists it for the
     /// next one).

@@ -315,23 +315,71 @@ mod tests {
         assert_eq!(counter, 102);
     }
 
+    /// The region's bytes as the file holds them.
+    fn bytes(r: &InflightRegion) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; r.len()];
+        r.file().read_exact_at(&mut buf, 0).unwrap();
+        buf
+    }
+
     #[test]
     fn bad_regions() {
         let r = InflightRegion::create(1, 16).unwrap();
-        let file = r.file().try_clone().unwrap();
-        // Too small for what the frontend now says.
+        let len = r.len() as u64;
+        let file = || r.file().try_clone().unwrap();
+        // Too small for what the frontend now says: a typed error saying what is missing.
+        match InflightRegion::map(file(), 0, len, 4, 256) {
+            Err(InflightError::TooSmall {
+                got,
+                need,
+                queues,
+                size,
+            }) => assert_eq!(
+                (got, need, queues, size),
+                (len, 4 * queue_region_size(256) as u64, 4, 256)
+            ),
+            other => panic!("4 queues of 256 in {len} bytes: {:?}", other.err()),
+        }
+        // An offset that leaves too little of the file, and no queues at all.
+        match InflightRegion::map(file(), 64, len, 1, 16) {
+            Err(InflightError::TooSmall { got, .. }) => assert_eq!(got, len - 64),
+            other => panic!("offset 64: {:?}", other.err()),
+        }
         assert!(matches!(
-            InflightRegion::map(file.try_clone().unwrap(), 0, r.len() as u64, 4, 256),
-            Err(InflightError::TooSmall { .. })
+            InflightRegion::map(file(), 0, len, 0, 16),
+            Err(InflightError::TooSmall { queues: 0, .. })
         ));
-        // Same size, other queue size: recovery resets it and starts clean.
-        let other = InflightRegion::map(file, 0, r.len() as u64, 1, 8).unwrap();
-        other.queue(0).start(1, 1);
-        assert_eq!(other.queue(0).recover(5), None);
-        // Garbage heads are ignored, never out of bounds.
+        // None of that touched the region: it is still a fresh one.
+        let untouched = bytes(&r);
+        assert_eq!(untouched, bytes(&InflightRegion::create(1, 16).unwrap()));
+
+        // Garbage heads are ignored, never out of bounds: starting or beginning to
+        // complete one writes nothing; ending it only records the used index.
         let q = r.queue(0);
         q.start(999, 1);
         q.begin_complete(999);
+        assert_eq!(bytes(&r), untouched, "a garbage head changed the region");
         q.end_complete(999, 1);
+        let after = bytes(&r);
+        let changed: Vec<usize> = (0..after.len())
+            .filter(|&i| after[i] != untouched[i])
+            .collect();
+        assert_eq!(
+            changed,
+            vec![14],
+            "only the used index (bytes 14-15) may change"
+        );
+        let (found, counter) = q.recover(1).unwrap();
+        assert_eq!((found.resubmit, found.next_avail, counter), (vec![], 1, 0));
+
+        // A region of the right size made for another queue size: recovery resets it
+        // (None), and from then on it is a clean region of the new size.
+        let r16 = InflightRegion::create(1, 16).unwrap();
+        r16.queue(0).start(3, 1);
+        let other = InflightRegion::map(r16.file().try_clone().unwrap(), 0, len, 1, 8).unwrap();
+        assert_eq!(other.queue(0).recover(5), None);
+        let (found, counter) = other.queue(0).recover(5).unwrap();
+        assert_eq!((found.resubmit, found.next_avail, counter), (vec![], 5, 0));
     }
 }

@@ -39,6 +39,8 @@ pub struct Vring {
     recovered: bool,
     /// Heads a previous daemon had in flight, to take again before new ones, oldest first.
     resubmit: VecDeque<u16>,
+    /// How many requests recovery found in flight, until the worker tells the device.
+    resumed_unreported: usize,
 }
 
 fn ring_error(e: virtio_queue::Error) -> io::Error {
@@ -58,6 +60,7 @@ impl Vring {
             tracking: None,
             recovered: false,
             resubmit: VecDeque::new(),
+            resumed_unreported: 0,
         }
     }
 
@@ -186,10 +189,16 @@ impl Vring {
                         found.resubmit.len()
                     );
                 }
+                self.resumed_unreported = found.resubmit.len();
                 self.resubmit = found.resubmit.into();
             }
             None => log::warn!("queue {q}: inflight region was for another queue size; reset it"),
         }
+    }
+
+    /// How many requests recovery found in flight, once (0 after that, or if none).
+    pub(crate) fn take_resumed(&mut self) -> usize {
+        std::mem::take(&mut self.resumed_unreported)
     }
 
     pub(crate) fn kick_fd(&self) -> Option<RawFd> {
@@ -364,6 +373,7 @@ mod tests {
         let mut first = live_ring();
         first.track_in(&region, 0);
         first.recover_once(0, &mem);
+        assert_eq!(first.take_resumed(), 0, "a fresh region holds nothing");
         let taken: Vec<u16> = (0..3).map(|_| first.pop_chain(&mem).unwrap().0).collect();
         assert_eq!(taken, vec![0, 1, 2]);
         first.add_used(&mem, 2, 1).unwrap();
@@ -375,6 +385,8 @@ mod tests {
         second.set_base(0);
         second.track_in(&region, 0);
         second.recover_once(0, &mem);
+        assert_eq!(second.take_resumed(), 2, "two were in flight");
+        assert_eq!(second.take_resumed(), 0, "told once");
         assert_eq!(second.queue().next_used(), 1);
         assert_eq!(second.queue().next_avail(), 3);
         let (head, chain) = second.pop_chain(&mem).unwrap();

@@ -129,6 +129,12 @@ fn run<D: Device>(device: &D, shared: &Shared, epoll: &Epoll, watch: &HostWatch,
                 continue;
             }
             ring.recover_once(q, &mem);
+            // Recovery may have run in the device's own lock of the ring (Rings::lock):
+            // whichever ran it, the device hears of it here, once.
+            let resumed = ring.take_resumed();
+            if resumed > 0 {
+                device.resumed_in_flight(q, resumed);
+            }
             if let Err(e) = device.queue_kicked(q, &mut ring, &mem, watch) {
                 note_failure(&mut failures, format_args!("queue {q}"), &e);
             }

@@ -125,7 +125,8 @@ impl IoOperation {
 }
 
 /// A node to serve. The frame carries the image's fd (opened by the gateway with the
-/// access `read_only` implies) and the listening vhost-user socket frontends connect to.
+/// access `read_only` implies), the listening vhost-user socket frontends connect to, and
+/// the disk's counters page, which outlives the daemon.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct BlockOpen {
     /// The node the guest device is attached to (named in events).
@@ -198,7 +199,8 @@ impl ThrottleLimits {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum BlockRequest {
-    /// Must come first; answered with `Opened`.
+    /// Must come first; answered with `Opened`. Carries three fds: the image, the
+    /// listener, and the disk's counters page (`crate::BlockCounters`).
     Open(BlockOpen),
     /// Answered with `Stats`.
     Stats,
@@ -219,7 +221,7 @@ pub enum BlockRequest {
 impl Message for BlockRequest {
     fn fd_count(&self) -> usize {
         match self {
-            BlockRequest::Open(_) => 2,
+            BlockRequest::Open(_) => 3,
             BlockRequest::SetThrottle(Some(_)) => 1,
             _ => 0,
         }
@@ -298,6 +300,9 @@ pub enum BlockEvent {
         action: ErrorAction,
         errno: i32,
     },
+    /// On a frontend's reconnection, queue `queue`'s inflight region listed `requests`
+    /// requests a previous daemon had taken and not completed: they are started again.
+    InflightResumed { queue: u32, requests: u32 },
 }
 
 pub type ToBlock = Call<BlockRequest>;
@@ -327,7 +332,7 @@ mod tests {
                 request: open
             }
             .fd_count(),
-            2
+            3
         );
         let limits = ThrottleLimits::default();
         assert_eq!(BlockRequest::SetThrottle(Some(limits)).fd_count(), 1);

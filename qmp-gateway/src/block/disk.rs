@@ -3,7 +3,7 @@
 //! node's settings, limits and thresholds), so a new daemon can take over at any time:
 //! after a crash, or on request with another binary (an upgrade). A daemon is started
 //! from a `Launch` (what the disk holds, copied), so the start runs without the block
-//! layer's lock; a disk's health and last statistics outlive its daemons.
+//! layer's lock; a disk's health and counters outlive its daemons.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -22,7 +22,7 @@ use super::health::Health;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
-use crate::events::{Event, EventBus, WriteThreshold};
+use crate::events::{Event, EventBus, InflightResumed, WriteThreshold};
 
 /// A throttle group: the state page its members share, and its limits.
 pub struct Group {
@@ -99,7 +99,7 @@ pub struct Disk {
     pub last_end: String,
     /// Its I/O status, and what its daemon's failures do.
     pub health: Arc<Health>,
-    /// Its daemon's last statistics.
+    /// Its counters (kept across daemons) and its daemon's last latency windows.
     pub stats: Arc<StatsCache>,
 }
 
@@ -114,6 +114,8 @@ pub struct Launch {
     throttle: Option<(ThrottleLimits, OwnedFd)>,
     nodes: Vec<String>,
     health: Arc<Health>,
+    /// The disk's counters page: the new daemon counts on from what is there.
+    counters: OwnedFd,
 }
 
 impl Disk {
@@ -142,6 +144,7 @@ impl Disk {
             throttle,
             nodes: self.nodes.clone(),
             health: self.health.clone(),
+            counters: dup(self.stats.counters().fd())?,
         })
     }
 
@@ -151,7 +154,7 @@ impl Disk {
         self.daemon = Some(daemon);
         self.started = Instant::now();
         self.hold = false;
-        self.stats.reset();
+        self.stats.new_daemon();
         self.health.daemon_back();
         pid
     }
@@ -184,6 +187,7 @@ impl Launch {
     pub fn start(self, hooks: &Hooks) -> Result<BlockDaemon, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
         let health = self.health.clone();
+        let device = self.id.clone();
         let daemon = BlockDaemon::start(
             &self.binary,
             &self.id,
@@ -206,10 +210,21 @@ impl Launch {
                     action,
                     errno,
                 } => health.io_error(operation, action, errno),
+                BlockEvent::InflightResumed { queue, requests } => {
+                    events.emit(Event::BlockInflightResumed(InflightResumed {
+                        device: device.clone(),
+                        queue,
+                        requests,
+                    }))
+                }
             },
             hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
-            &[self.image.as_fd(), self.listener.as_fd()],
+            &[
+                self.image.as_fd(),
+                self.listener.as_fd(),
+                self.counters.as_fd(),
+            ],
         )?;
         if let Some((limits, state)) = &self.throttle {
             daemon

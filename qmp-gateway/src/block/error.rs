@@ -100,6 +100,8 @@ pub enum BlockError {
     Throttle(#[from] ThrottleError),
     #[error("throttle group state: {0}")]
     ThrottleGroup(std::io::Error),
+    #[error(transparent)]
+    Counters(ipc::block_counters::CountersError),
 
     #[error("Device '{0}' is not removable")]
     NotRemovable(String),

@@ -346,7 +346,7 @@ impl BlockLayer {
             hold: false,
             last_end: String::new(),
             health,
-            stats: Arc::new(StatsCache::default()),
+            stats: Arc::new(StatsCache::new().map_err(BlockError::Counters)?),
         };
         let pid = disk.start(&state.groups, &self.hooks)?;
         let stream = disk.connect()?;

@@ -60,9 +60,9 @@ impl BlockLayer {
             .collect()
     }
 
-    /// Every disk's counters from its daemon, asked of all at once and waited for at
-    /// most STATS_WAIT (zeroes while a disk has no daemon: a restarted daemon counts
-    /// from zero too).
+    /// Every disk's statistics: its counters (kept across daemons), with the latency
+    /// windows its daemon gives, asked of all at once and waited for at most STATS_WAIT
+    /// (while a disk has no daemon: the counters as its last daemon left them).
     fn daemon_stats(&self) -> BTreeMap<String, BlockStats> {
         let asked: Vec<_> = {
             let state = self.state.lock();
@@ -93,7 +93,7 @@ impl BlockLayer {
                 let stats = if running {
                     cache.answer(deadline)
                 } else {
-                    BlockStats::default()
+                    cache.without_daemon()
                 };
                 (id, stats)
             })

@@ -31,11 +31,6 @@ impl ProcId {
         ProcId { pid, start }
     }
 
-    /// True while this very process exists and has not ended (a zombie has ended).
-    pub fn running(&self) -> bool {
-        stat(self.pid).is_some_and(|(state, _, start)| start == self.start && state != 'Z')
-    }
-
     /// True while this very process exists, as a zombie too (nobody reaped it yet).
     pub fn exists(&self) -> bool {
         stat(self.pid).is_some_and(|(_, _, start)| start == self.start)

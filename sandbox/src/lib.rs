@@ -37,8 +37,13 @@ pub fn enter(
     limits: limits::Limits,
     allowed: &[&[seccomp::Allow]],
 ) -> Result<(), SandboxError> {
+    #[cfg(feature = "probe")]
+    probe::prepare(process);
     if mode == Mode::Off {
         limits::ensure_open_files(process, limits.open_files_needed, "")?;
+        // The probe's control run: without a sandbox each action must succeed.
+        #[cfg(feature = "probe")]
+        probe::from_env(process);
         return Ok(());
     }
     let applied = jail::lockdown(process, limits)?;

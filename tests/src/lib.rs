@@ -8,6 +8,7 @@
 pub mod blk;
 pub mod linux;
 pub mod net;
+pub mod procs;
 pub mod qemu;
 pub mod qmp;
 

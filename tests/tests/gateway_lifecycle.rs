@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flotilla_tests::procs::{descendants, ProcId};
 use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
 use flotilla_tests::{bin, run_to_end, test_guest, TempDir, Vm};
 use nix::sys::signal::{kill, Signal};
@@ -106,7 +107,14 @@ fn start_paused_until_cont() {
         c.ok("query-status", json!({})),
         json!({"running": false, "singlestep": false, "status": "prelaunch"})
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // Not one guest instruction ran: the boot CPU is still at the kernel's entry point
+    // and the other at the reset vector, where the loader and the reset put them.
+    let entry = elf_entry(&test_guest());
+    assert_eq!(
+        cpu_pcs(&mut c),
+        [entry, RESET_VECTOR_IP],
+        "guest ran while prelaunch"
+    );
     assert!(
         !gw.vm.transcript().contains("GUEST READY"),
         "guest ran while prelaunch"
@@ -115,6 +123,30 @@ fn start_paused_until_cont() {
     c.event("RESUME");
     gw.vm.expect_prefix("GUEST READY", BOOT);
     assert_eq!(status(&mut c), "running");
+    // The check above can see a guest that ran: both CPUs have moved on now.
+    let pcs = cpu_pcs(&mut c);
+    assert!(pcs[0] != entry && pcs[1] != RESET_VECTOR_IP, "{pcs:?}");
+}
+
+/// Where an application processor waits for its startup IPI: IP 0xfff0 of the reset
+/// state (CS base 0xffff0000).
+const RESET_VECTOR_IP: u64 = 0xfff0;
+
+/// The entry point of an ELF64 file (e_entry, at byte 24).
+fn elf_entry(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{}", path.display());
+    u64::from_le_bytes(bytes[24..32].try_into().unwrap())
+}
+
+/// Each vCPU's program counter, in CPU order (query-cpus, which samples the vCPUs).
+fn cpu_pcs(c: &mut QmpClient) -> Vec<u64> {
+    c.ok("query-cpus", json!({}))
+        .as_array()
+        .expect("query-cpus returns a list")
+        .iter()
+        .map(|cpu| cpu["pc"].as_u64().expect("pc"))
+        .collect()
 }
 
 #[test]
@@ -216,21 +248,67 @@ fn sigint_too() {
     gw.expect_clean_exit(vmm, true);
 }
 
+/// Every process the gateway started, while it lives: vmm-core, the block daemon and the
+/// net daemon (and anything they started), waiting until all three are there.
+fn gateway_processes(gw: &Gateway) -> Vec<ProcId> {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let found = descendants(gw.vm.pid());
+        let names: BTreeSet<String> = found
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
+        if ["vmm-core", "block-daemon", "net-daemon"]
+            .iter()
+            .all(|n| names.contains(*n))
+        {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's processes: {names:?}\n{}",
+            gw.vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn guest_poweroff_ends_everything() {
-    let mut gw = Gateway::start_with(2, "scenario=poweroff", &[]);
-    // The guest may power off before we connect; the gateway ends by itself either way.
-    let vmm_gone_check = gw.vm.pid();
+    let dir = TempDir::new("gw-poweroff");
+    let image = dir.path().join("d0.img");
+    flotilla_tests::blk::empty_image(&image, 1 << 20);
+    let drive = format!("file={},format=raw,id=d0", image.display());
+    // Held at prelaunch until every process the gateway starts is recorded (by pid and
+    // start time, so that a reused pid is not taken for one of them).
+    let mut gw = Gateway::start_with(
+        2,
+        "scenario=poweroff",
+        &[
+            "-S",
+            "--drive",
+            &drive,
+            "--netdev",
+            "socket,id=n0,udp=127.0.0.1:47651,localaddr=127.0.0.1:47650",
+            "--device",
+            "virtio-net-pci,netdev=n0,id=nic0",
+        ],
+    );
+    let started = gateway_processes(&gw);
+    gw.client().ok("cont", json!({}));
     gw.vm.expect_prefix("GUEST POWEROFF", BOOT);
     let status = gw.vm.wait(BOOT);
     assert!(status.success(), "{}", gw.vm.transcript());
     assert!(!gw.qmp.exists());
-    // No vmm-core left: none of the gateway's children survive it.
-    let children = std::fs::read_to_string(format!(
-        "/proc/{vmm_gone_check}/task/{vmm_gone_check}/children"
-    ))
-    .unwrap_or_default();
-    assert!(children.trim().is_empty(), "children left: {children}");
+    // The gateway waited for each of them: none outlives it, nor is left for init to
+    // reap (a zombie whose parent is gone).
+    let left: Vec<String> = started
+        .iter()
+        .filter(|p| p.exists())
+        .map(ToString::to_string)
+        .collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
 }
 
 #[test]

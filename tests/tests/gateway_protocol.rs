@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{error_of, Gateway, QmpClient};
 use serde_json::{json, Value};
 
@@ -40,6 +41,9 @@ fn greeting_and_negotiation() {
 fn ids_are_echoed_whatever_json_they_are() {
     let gw = Gateway::start(&[]);
     let mut c = gw.client();
+    // QEMU 7.2, to answer the same bad command: its whole error reply is the reference.
+    let qemu = Qemu::try_start(&[]).unwrap_or_else(|e| panic!("QEMU did not start: {e}"));
+    let mut q = qemu.client();
     for id in [
         json!(1),
         json!("abc"),
@@ -55,13 +59,21 @@ fn ids_are_echoed_whatever_json_they_are() {
         let r = c.reply();
         assert_eq!(r["id"], id);
         assert_eq!(r["return"], json!({"enabled": true, "present": true}));
-        // Errors carry the id too.
-        c.send_raw(
-            json!({"execute": "query-kvm", "id": id, "arguments": {"x": 1}})
-                .to_string()
-                .as_bytes(),
+        // Errors carry the id too, with QEMU's class and description.
+        let bad = json!({"execute": "query-kvm", "id": id, "arguments": {"x": 1}}).to_string();
+        c.send_raw(bad.as_bytes());
+        q.send_raw(bad.as_bytes());
+        let (ours, qemus) = (c.reply(), q.reply());
+        assert_eq!(ours["id"], id, "{ours}");
+        assert_eq!(
+            error_of(&ours),
+            (
+                "GenericError".to_string(),
+                "Parameter 'x' is unexpected".to_string()
+            ),
+            "{ours}"
         );
-        assert_eq!(c.reply()["id"], id);
+        assert_eq!(ours, qemus, "QEMU answers {bad} with {qemus}");
     }
 }
 

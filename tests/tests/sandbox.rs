@@ -1,49 +1,206 @@
 //! The sandbox from inside: a probe compiled into test builds (sandbox crate, feature
 //! `probe`, see scripts/test) makes vmm-core, a block daemon or a net daemon try what it
-//! must not: open /etc/passwd, write a file, execve, reach the network, kill or ptrace
-//! another process, mount, or make an ioctl outside its list (TIOCSTI). Enforced, each attempt stops the process and is reported (log
-//! line and __io.flotilla_SANDBOX_VIOLATION naming process, device and system call), and a
-//! daemon is restarted. With the seccomp filter only logging, the layers beneath still
-//! refuse every one of them. Each child runs on the host as an id of its own
-//! (`--sandbox-ids`), which no process of another user may signal.
+//! must not: read a host file, write one, execve, reach a listening TCP socket, kill or
+//! ptrace another process, mount, or make an ioctl outside its list (TIOCSTI on a pty).
+//! Without a sandbox every one of these succeeds (the control run). Enforced, each attempt
+//! stops the process and is reported (log line and __io.flotilla_SANDBOX_VIOLATION naming
+//! process, device and system call), and a daemon is restarted. With the seccomp filter
+//! only logging, the layers beneath still refuse every one of them, each with the error
+//! that layer gives. Each child runs on the host as an id of its own (`--sandbox-ids`),
+//! which no process of another user may signal.
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-use std::time::Duration;
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
-use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
 use flotilla_tests::{bin, test_guest, TempDir, Vm};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const VIOLATION: &str = "__io.flotilla_SANDBOX_VIOLATION";
 
-/// Each action, and the system call the allowlist stops it at.
+/// Each action, and the system call the allowlist stops it at. execve comes last: when
+/// it succeeds (no sandbox) the process is another program.
 const ACTIONS: &[(&str, &str)] = &[
-    ("open-passwd", "openat"),
+    ("open-file", "openat"),
     ("write-outside", "openat"),
-    ("execve", "execve"),
     ("socket-inet", "socket"),
-    ("kill-sibling", "kill"),
     ("ptrace-sibling", "ptrace"),
+    ("kill-sibling", "kill"),
     ("mount", "mount"),
     ("ioctl-terminal", "ioctl"),
+    ("execve", "execve"),
 ];
 
-/// A gateway with a disk and a NIC whose `process` runs `probe` (after `delay_ms`).
+/// For each action, the errors the layers beneath seccomp answer it with. Any other
+/// error fails the test: the control run shows that each action succeeds without a
+/// sandbox, so only what the sandbox does may stop it.
+const REFUSALS: &[(&str, &[(i32, &str)])] = &[
+    (
+        "open-file",
+        &[
+            (libc::ENOENT, "the empty root hides the host's files"),
+            (libc::EACCES, "Landlock allows no file access"),
+        ],
+    ),
+    (
+        "write-outside",
+        &[
+            (libc::ENOENT, "the empty root hides the host's directories"),
+            (libc::EROFS, "the root is read-only"),
+            (libc::EACCES, "Landlock allows no file access"),
+        ],
+    ),
+    (
+        "socket-inet",
+        &[
+            (libc::EACCES, "Landlock allows no TCP connect"),
+            (libc::ENETUNREACH, "the network namespace has no route"),
+        ],
+    ),
+    (
+        "ptrace-sibling",
+        &[
+            (libc::ESRCH, "the PID namespace has no such process"),
+            (libc::EPERM, "no CAP_SYS_PTRACE, another user"),
+        ],
+    ),
+    (
+        "kill-sibling",
+        &[
+            (libc::ESRCH, "the PID namespace has no such process"),
+            (libc::EPERM, "Landlock signal scope, another user"),
+        ],
+    ),
+    (
+        "mount",
+        &[
+            (libc::ENOENT, "the empty root hides the mount point"),
+            (libc::EPERM, "no CAP_SYS_ADMIN"),
+        ],
+    ),
+    (
+        "ioctl-terminal",
+        &[(libc::EPERM, "no CAP_SYS_ADMIN for another's terminal")],
+    ),
+    (
+        "execve",
+        &[
+            (libc::ENOENT, "the empty root hides the program"),
+            (libc::EACCES, "Landlock allows no execution"),
+        ],
+    ),
+];
+
+/// What the probe works on: targets that a process without a sandbox reaches.
+struct Targets {
+    dir: TempDir,
+    file: PathBuf,
+    listener: TcpListener,
+    /// A process of ours that the probe may kill; reaped only at the end (a zombie keeps
+    /// its pid from being reused meanwhile).
+    sibling: Child,
+    exec: PathBuf,
+}
+
+impl Targets {
+    fn new() -> Targets {
+        let dir = TempDir::new("probe-targets");
+        let file = dir.path().join("readable");
+        std::fs::write(&file, "a file anyone may read\n").unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let exec = dir.path().join("exec");
+        std::fs::write(&exec, "#!/bin/sh\necho 'PROBE execve: allowed' >&2\n").unwrap();
+        std::fs::set_permissions(
+            &exec,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let sibling = Command::new("sleep").arg("120").spawn().expect("sleep");
+        Targets {
+            dir,
+            file,
+            listener,
+            sibling,
+            exec,
+        }
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("FLOTILLA_PROBE_FILE", &self.file)
+            .env("FLOTILLA_PROBE_DIR", self.dir.path())
+            .env(
+                "FLOTILLA_PROBE_TCP",
+                self.listener.local_addr().unwrap().to_string(),
+            )
+            .env("FLOTILLA_PROBE_EXEC", &self.exec)
+            .env("FLOTILLA_PROBE_SIBLING", self.sibling.id().to_string());
+    }
+
+    fn written(&self) -> bool {
+        self.dir.path().join("probe-written").exists()
+    }
+
+    /// Whether someone connected to the listener (the probe has already said what came
+    /// of its connect: a connection made is in the backlog by then).
+    fn connected(&self) -> bool {
+        match self.listener.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+
+    /// How the sibling ended, waiting up to `timeout` (None: it still runs).
+    fn sibling_end(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.sibling.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        let _ = self.sibling.kill();
+        let _ = self.sibling.wait();
+    }
+}
+
+/// A gateway with a disk and a NIC whose `process` runs `probe` on `targets`.
 /// `port`: the NIC's UDP port (tests run in parallel: each uses its own).
-fn gateway(dir: &TempDir, process: &str, probe: &str, sandbox: &str, port: u16) -> Vm {
+fn gateway(
+    dir: &TempDir,
+    process: &str,
+    probe: &str,
+    sandbox: &str,
+    port: u16,
+    targets: &Targets,
+) -> Vm {
     let image = dir.path().join("d0.img");
     std::fs::File::create(&image)
         .and_then(|f| f.set_len(1 << 20))
         .unwrap();
-    let qmp = dir.path().join("qmp.sock");
     let mut cmd = Command::new(bin("qmp-gateway"));
     cmd.arg("--kernel")
         .arg(test_guest())
         .args(["--memory", "128", "--sandbox", sandbox, "--cmdline", ""])
         .arg("--qmp")
-        .arg(&qmp)
+        .arg(qmp_of(dir))
         .arg("--drive")
         .arg(format!("file={},format=raw,id=d0", image.display()))
         .args([
@@ -61,23 +218,35 @@ fn gateway(dir: &TempDir, process: &str, probe: &str, sandbox: &str, port: u16) 
                 process.to_ascii_uppercase().replace('-', "_")
             ),
             probe,
-        )
-        .env("FLOTILLA_PROBE_SIBLING", std::process::id().to_string());
-    let vm = Vm::spawn(cmd);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !qmp.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no QMP socket:\n{}",
-            vm.transcript()
         );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    vm
+    targets.apply(&mut cmd);
+    Vm::spawn(cmd)
+}
+
+fn qmp_of(dir: &TempDir) -> PathBuf {
+    dir.path().join("qmp.sock")
 }
 
 fn violation(c: &mut QmpClient) -> Value {
     c.event(VIOLATION)["data"].clone()
+}
+
+/// A sandboxed gateway whose `process` tries `action` a second after the start, and a
+/// client of it.
+fn enforced(dir: &TempDir, process: &str, action: &str, port: u16) -> (Vm, QmpClient, Targets) {
+    let targets = Targets::new();
+    // After a second, so that the VM runs and the client listens.
+    let vm = gateway(
+        dir,
+        process,
+        &format!("{action}@1000"),
+        "enforce",
+        port,
+        &targets,
+    );
+    wait_for_socket(&qmp_of(dir), &vm);
+    let c = QmpClient::negotiated(&qmp_of(dir));
+    (vm, c, targets)
 }
 
 #[test]
@@ -85,9 +254,7 @@ fn every_forbidden_action_of_a_daemon_is_stopped_reported_and_the_daemon_restart
     for (process, device) in [("block-daemon", "d0"), ("net-daemon", "nic0")] {
         for (action, syscall) in ACTIONS {
             let dir = TempDir::new("sandbox-probe");
-            // After a second, so that the VM runs and the client listens.
-            let mut vm = gateway(&dir, process, &format!("{action}@1000"), "enforce", 47300);
-            let mut c = QmpClient::negotiated(&dir.path().join("qmp.sock"));
+            let (mut vm, mut c, _targets) = enforced(&dir, process, action, 47300);
             let v = violation(&mut c);
             assert_eq!(
                 v,
@@ -121,14 +288,7 @@ fn every_forbidden_action_of_a_daemon_is_stopped_reported_and_the_daemon_restart
 fn vmm_core_is_stopped_and_reported_too() {
     for (action, syscall) in ACTIONS {
         let dir = TempDir::new("sandbox-probe-vmm");
-        let mut vm = gateway(
-            &dir,
-            "vmm-core",
-            &format!("{action}@1000"),
-            "enforce",
-            47310,
-        );
-        let mut c = QmpClient::negotiated(&dir.path().join("qmp.sock"));
+        let (mut vm, mut c, _targets) = enforced(&dir, "vmm-core", action, 47310);
         let v = violation(&mut c);
         assert_eq!(v["process"], "vmm-core", "{v}");
         assert_eq!(v["syscall"], *syscall, "{action}: {v}");
@@ -139,29 +299,121 @@ fn vmm_core_is_stopped_and_reported_too() {
     }
 }
 
+/// The probe's line about `action`.
+fn probe_line(vm: &mut Vm, action: &str) -> String {
+    let tag = format!("PROBE {action}: ");
+    vm.expect_line("the probe's result", TIMEOUT, |l| l.contains(&tag))
+}
+
+/// The errno of a `PROBE <action>: denied (... (os error N))` line.
+fn denied_errno(line: &str) -> Option<i32> {
+    line.split_once(": denied (")?
+        .1
+        .rsplit_once("(os error ")?
+        .1
+        .split(')')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[test]
 fn with_seccomp_only_logging_the_other_layers_still_refuse_everything() {
     let all: Vec<&str> = ACTIONS.iter().map(|(a, _)| *a).collect();
     for process in ["vmm-core", "block-daemon", "net-daemon"] {
         let dir = TempDir::new("sandbox-probe-log");
-        let mut vm = gateway(&dir, process, &all.join(","), "log", 47320);
+        let mut targets = Targets::new();
+        let mut vm = gateway(&dir, process, &all.join(","), "log", 47320, &targets);
         for action in &all {
-            let line = vm.expect_line("the probe's result", TIMEOUT, |l| {
-                l.contains(&format!("PROBE {action}: "))
+            let line = probe_line(&mut vm, action);
+            let errno = denied_errno(&line).unwrap_or_else(|| {
+                panic!(
+                    "{process}: {action} was not refused: {line}\n{}",
+                    vm.transcript()
+                )
             });
+            let (_, refusals) = REFUSALS
+                .iter()
+                .find(|(a, _)| a == action)
+                .expect("every action has its refusals");
             assert!(
-                line.contains(": denied ("),
-                "{process}: {action} was allowed: {line}\n{}",
+                refusals.iter().any(|(e, _)| *e == errno),
+                "{process}: {action} failed, but not as the sandbox refuses it \
+                 ({refusals:?}): {line}"
+            );
+        }
+        // Nothing reached its target.
+        assert!(!targets.written(), "{process} wrote outside");
+        assert!(!targets.connected(), "{process} connected to the host");
+        assert_eq!(
+            targets.sibling_end(Duration::ZERO),
+            None,
+            "{process} killed"
+        );
+        vm.terminate(Duration::from_secs(10));
+    }
+}
+
+/// `process` as the gateway starts it with `--sandbox off` (no namespaces, our ids, a
+/// control socket as fd 3), running every action of the probe on `targets`. It goes no
+/// further than waiting for its launch message, which never comes.
+fn unsandboxed(process: &str, targets: &Targets) -> (Vm, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let all: Vec<&str> = ACTIONS.iter().map(|(a, _)| *a).collect();
+    let mut cmd = Command::new(bin(process));
+    cmd.args(["--control-fd", "3", "--sandbox", "off"]).env(
+        format!(
+            "FLOTILLA_PROBE_{}",
+            process.to_ascii_uppercase().replace('-', "_")
+        ),
+        all.join(","),
+    );
+    targets.apply(&mut cmd);
+    let fd = theirs.as_raw_fd();
+    // SAFETY: between fork and exec only dup2, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let vm = Vm::spawn(cmd);
+    drop(theirs);
+    (vm, ours)
+}
+
+/// The control run: without a sandbox every action of the probe reaches its target, so
+/// the refusals above are the sandbox's doing and nothing else's.
+#[test]
+fn without_a_sandbox_every_probe_succeeds() {
+    for process in ["vmm-core", "block-daemon", "net-daemon"] {
+        let mut targets = Targets::new();
+        let (mut vm, _control) = unsandboxed(process, &targets);
+        for (action, _) in ACTIONS {
+            let line = probe_line(&mut vm, action);
+            assert!(
+                line.ends_with(&format!("PROBE {action}: allowed")),
+                "{process}: {action} failed without a sandbox: {line}\n{}",
                 vm.transcript()
             );
         }
+        assert!(targets.written(), "{process} wrote nothing");
+        assert!(targets.connected(), "{process} did not connect");
+        let end = targets.sibling_end(TIMEOUT);
+        assert_eq!(
+            end.and_then(|s| s.signal()),
+            Some(libc::SIGKILL),
+            "{process}: the sibling ended with {end:?}"
+        );
         vm.terminate(Duration::from_secs(10));
     }
 }
 
 #[test]
-fn without_a_sandbox_nothing_is_probed_or_refused_by_it() {
-    // The same start with --sandbox off serves as usual (the control for the above).
+fn without_a_sandbox_the_vm_serves() {
+    // The same start with --sandbox off serves as usual.
     let gw = Gateway::start(&["--sandbox", "off"]);
     let mut c = gw.client();
     assert_eq!(c.ok("query-status", json!({}))["status"], "running");

@@ -71,13 +71,68 @@ fn reboot_resets_and_boots_again() {
     assert!(status.success(), "{status}:\n{}", vm.transcript());
 }
 
+/// State (field 3) and CPU time (utime + stime, fields 14 and 15, in ticks) of thread
+/// `tid` of `pid`.
+fn thread_state(pid: i32, tid: &str) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((state, utime + stime))
+}
+
+/// The vCPU threads of `pid` (named `vcpuN`): (tid, state, CPU time), by tid.
+fn vcpu_threads(pid: i32) -> Vec<(String, char, u64)> {
+    let mut found: Vec<(String, char, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(Result::ok).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let tid = e.file_name().to_string_lossy().into_owned();
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let (state, cpu) = thread_state(pid, &tid)?;
+            comm.starts_with("vcpu").then_some((tid, state, cpu))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Polls until `count` vCPU threads of `pid` sleep (state S) and used no CPU time over
+/// the last 100 ms; panics with what they did at the deadline.
+fn expect_vcpus_asleep(pid: i32, count: usize) {
+    let deadline = std::time::Instant::now() + BOOT;
+    let mut before = vcpu_threads(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = vcpu_threads(pid);
+        let asleep = now.len() == count
+            && now.iter().all(|(_, state, _)| *state == 'S')
+            && now
+                .iter()
+                .map(|(t, _, c)| (t, c))
+                .eq(before.iter().map(|(t, _, c)| (t, c)));
+        if asleep {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vCPU threads (tid, state, CPU ticks) not halted: before {before:?}, now {now:?}"
+        );
+        before = now;
+    }
+}
+
 #[test]
 fn default_scenario_idles_until_stopped() {
     let mut vm = vmm(2, 128, "");
     vm.expect_prefix("GUEST READY", BOOT);
     vm.expect_prefix("GUEST IDLE", BOOT);
-    // Idle means halted vCPUs: the VM must still be there a moment later.
-    std::thread::sleep(Duration::from_millis(300));
+    // Idle means halted vCPUs: every vCPU thread comes to sleep in the kernel and uses no
+    // CPU time, and the VM is still there.
+    expect_vcpus_asleep(vm.pid(), 2);
+    assert!(!vm.exited(), "{}", vm.transcript());
     vm.signal(Signal::SIGTERM);
     let status = vm.wait(BOOT);
     assert!(status.success(), "{status}:\n{}", vm.transcript());

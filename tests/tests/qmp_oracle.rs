@@ -745,6 +745,10 @@ fn written_out(spare: &str) -> Vec<Exchange> {
     add("getfd", json!({"fdname": "3"}), Same, true);
     add("closefd", json!({"fdname": "f1"}), Same, false);
     add("closefd", json!({"fdname": "f1"}), Same, false);
+    // Wrong JSON types the derived exchanges do not use: an object for a string, a
+    // fraction for an integer.
+    add("getfd", json!({"fdname": {"x": 1}}), Same, false);
+    add("remove-fd", json!({"fdset-id": 1.5}), Same, false);
     add("add-fd", json!({}), Same, false);
     let fd_numbers = Compare::ValueBut(&["fd"]);
     add(

@@ -766,6 +766,14 @@ fn written_out(spare: &str) -> Vec<Exchange> {
     add("remove-fd", json!({"fdset-id": 5}), Same, false);
     // The monitor itself.
     add("qmp_capabilities", json!({}), Same, false);
+    // Arguments are checked first; an enum in a list is named 'null' by QEMU 7.2.
+    add("qmp_capabilities", json!({"enable": ["nope"]}), Same, false);
+    add(
+        "qmp_capabilities",
+        json!({"enable": ["oob", 1]}),
+        Same,
+        false,
+    );
     add(
         "human-monitor-command",
         json!({"command-line": "info status"}),

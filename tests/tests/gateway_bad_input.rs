@@ -13,27 +13,23 @@ fn still_serving(gw: &Gateway) {
     assert_eq!(c.ok("query-status", json!({}))["status"], "running");
 }
 
+/// What each input is answered (qmp_oracle compares the answers with QEMU 7.2's): here,
+/// that each gets its error and the session goes on.
 #[test]
 fn invalid_json_and_non_objects() {
     let gw = Gateway::start(&[]);
     let mut c = gw.client();
-    for (input, desc_start) in [
-        (&b"{\"execute\": tru}"[..], "JSON parse error"),
-        (b"{\"execute\": \"x\",}", "JSON parse error"),
-        (b"]", "JSON parse error"),
-        (b"\"\\uZZZZ\"", "JSON parse error"),
-        (b"[1,2,3]", "QMP input must be a JSON object"),
-        (b"null ", "QMP input must be a JSON object"),
-        (b"\xff\xfe ", "JSON parse error"),
+    for input in [
+        &b"{\"execute\": tru}"[..],
+        b"{\"execute\": \"x\",}",
+        b"]",
+        b"\"\\uZZZZ\"",
+        b"[1,2,3]",
+        b"null ",
+        b"\xff\xfe ",
     ] {
         c.send_raw(input);
-        let (class, desc) = error_of(&c.reply());
-        assert_eq!(class, "GenericError");
-        assert!(
-            desc.starts_with(desc_start),
-            "{:?}: {desc}",
-            String::from_utf8_lossy(input)
-        );
+        error_of(&c.reply());
     }
     assert_eq!(c.ok("query-kvm", json!({}))["enabled"], true);
     still_serving(&gw);
@@ -86,20 +82,16 @@ fn nesting_a_hundred_thousand_deep() {
     still_serving(&gw);
 }
 
+/// Their errors are qmp_oracle's ("no-such-command", "getfd {...}", "remove-fd
+/// {...}"); here, that the session survives them, again and again.
 #[test]
 fn unknown_commands_and_wrong_types_keep_the_session() {
     let gw = Gateway::start(&[]);
     let mut c = gw.client();
     for _ in 0..3 {
-        assert_eq!(c.err("no-such-command", json!({})).0, "CommandNotFound");
-        assert_eq!(
-            c.err("getfd", json!({"fdname": {"x": 1}})).0,
-            "GenericError"
-        );
-        assert_eq!(
-            c.err("remove-fd", json!({"fdset-id": 1.5})).0,
-            "GenericError"
-        );
+        c.err("no-such-command", json!({}));
+        c.err("getfd", json!({"fdname": {"x": 1}}));
+        c.err("remove-fd", json!({"fdset-id": 1.5}));
     }
     assert_eq!(c.ok("query-kvm", json!({}))["enabled"], true);
 }

@@ -381,6 +381,15 @@ mod tests {
             Ty::Named(name) => match TYPES.get(name).map(|t| t.kind) {
                 Some(TypeKind::Enum(values)) => json!(values[0]),
                 Some(TypeKind::Object(members)) => Value::Object(arguments(members, true)),
+                Some(TypeKind::Union(u)) => {
+                    let (case, branch) = u.variants[0];
+                    let mut value = arguments(u.base, true);
+                    value.insert(u.tag.into(), json!(case));
+                    if let Value::Object(more) = sample(Ty::Named(branch)) {
+                        value.extend(more);
+                    }
+                    Value::Object(value)
+                }
                 None => panic!("unknown type {name}"),
             },
         }

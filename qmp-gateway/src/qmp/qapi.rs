@@ -49,6 +49,19 @@ pub const fn opt(name: &'static str, ty: Ty) -> Member {
 pub enum TypeKind {
     Object(&'static [Member]),
     Enum(&'static [&'static str]),
+    Union(Union),
+}
+
+/// A QAPI union as QEMU's introspection shows it (simple unions are flat unions whose
+/// branches wrap their type in a `data` member): the base members, the one of them
+/// whose enum value picks the branch, and each branch's object type, whose members
+/// join the base's. A value with no branch has the base's members only.
+#[derive(Debug, Clone, Copy)]
+pub struct Union {
+    pub base: &'static [Member],
+    pub tag: &'static str,
+    /// (tag value, object type name).
+    pub variants: &'static [(&'static str, &'static str)],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +72,16 @@ pub struct TypeDef {
 
 /// Named types known to the checker and the schema.
 pub struct Types(pub &'static [TypeDef]);
+
+/// Where a value sits, as QEMU's input visitor names it: `full` in type and missing /
+/// unexpected messages ("events[0].data.key"), and `own` (the member's own name, None
+/// for a list element) in an enum's "does not accept value" message, which QEMU 7.2
+/// words with the bare name ("Parameter 'null' ..." for a list element).
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    full: &'a str,
+    own: Option<&'a str>,
+}
 
 impl Types {
     pub fn get(&self, name: &str) -> Option<&TypeDef> {
@@ -73,38 +96,70 @@ impl Types {
         args: &Map<String, Value>,
         path: &str,
     ) -> Result<(), QmpError> {
-        let full = |name: &str| {
-            if path.is_empty() {
-                name.to_string()
-            } else {
-                format!("{path}.{name}")
-            }
-        };
+        self.check_present(members, args, path)?;
+        check_unexpected(args, path, |k| members.iter().any(|m| m.name == k))
+    }
+
+    /// Each of `members` that is in `args` has its type, each required one is there
+    /// (in their order, the first error wins, as QEMU visits them).
+    fn check_present(
+        &self,
+        members: &[Member],
+        args: &Map<String, Value>,
+        path: &str,
+    ) -> Result<(), QmpError> {
         for m in members {
+            let full = member_path(path, m.name);
             match args.get(m.name) {
                 None if !m.optional => {
-                    return Err(QmpError::generic(format!(
-                        "Parameter '{}' is missing",
-                        full(m.name)
-                    )))
+                    return Err(QmpError::generic(format!("Parameter '{full}' is missing")))
                 }
                 None => {}
-                Some(v) => self.check_value(m.ty, v, &full(m.name))?,
+                Some(v) => self.check_value(
+                    m.ty,
+                    v,
+                    Place {
+                        full: &full,
+                        own: Some(m.name),
+                    },
+                )?,
             }
-        }
-        if let Some(extra) = args
-            .keys()
-            .find(|k| !members.iter().any(|m| m.name == k.as_str()))
-        {
-            return Err(QmpError::generic(format!(
-                "Parameter '{}' is unexpected",
-                full(extra)
-            )));
         }
         Ok(())
     }
 
-    fn check_value(&self, ty: Ty, v: &Value, path: &str) -> Result<(), QmpError> {
+    /// A union's base members, then its branch's, then nothing else.
+    fn check_union(
+        &self,
+        u: &Union,
+        args: &Map<String, Value>,
+        path: &str,
+    ) -> Result<(), QmpError> {
+        self.check_present(u.base, args, path)?;
+        // The base check made the tag present and one of its enum's values (a tag
+        // that is optional and absent has no branch).
+        let branch = args
+            .get(u.tag)
+            .and_then(Value::as_str)
+            .and_then(|case| u.variants.iter().find(|(c, _)| *c == case))
+            .map(|(_, ty)| *ty);
+        let branch_members: &[Member] = match branch.map(|ty| self.get(ty).map(|t| t.kind)) {
+            None => &[],
+            Some(Some(TypeKind::Object(members))) => members,
+            Some(_) => {
+                return Err(QmpError::generic(format!(
+                    "internal error: union branch {branch:?} is not an object type"
+                )))
+            }
+        };
+        self.check_present(branch_members, args, path)?;
+        check_unexpected(args, path, |k| {
+            u.base.iter().chain(branch_members).any(|m| m.name == k)
+        })
+    }
+
+    fn check_value(&self, ty: Ty, v: &Value, at: Place) -> Result<(), QmpError> {
+        let path = at.full;
         let wrong = |expected: &str| {
             Err(QmpError::generic(format!(
                 "Invalid parameter type for '{path}', expected: {expected}"
@@ -127,16 +182,25 @@ impl Types {
             Ty::Null if v.is_null() => Ok(()),
             Ty::Null => wrong("null"),
             Ty::Array(elem) => match v {
-                Value::Array(items) => items
-                    .iter()
-                    .try_for_each(|item| self.check_value(*elem, item, path)),
+                Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+                    let full = format!("{path}[{i}]");
+                    self.check_value(
+                        *elem,
+                        item,
+                        Place {
+                            full: &full,
+                            own: None,
+                        },
+                    )
+                }),
                 _ => wrong("array"),
             },
             Ty::Named(name) => match self.get(name).map(|t| t.kind) {
                 Some(TypeKind::Enum(values)) => match v {
                     Value::String(s) if values.contains(&s.as_str()) => Ok(()),
                     Value::String(s) => Err(QmpError::generic(format!(
-                        "Parameter '{path}' does not accept value '{s}'"
+                        "Parameter '{}' does not accept value '{s}'",
+                        at.own.unwrap_or("null")
                     ))),
                     _ => wrong("string"),
                 },
@@ -144,11 +208,39 @@ impl Types {
                     Value::Object(obj) => self.check_members(members, obj, path),
                     _ => wrong("object"),
                 },
+                Some(TypeKind::Union(u)) => match v {
+                    Value::Object(obj) => self.check_union(&u, obj, path),
+                    _ => wrong("object"),
+                },
                 None => Err(QmpError::generic(format!(
                     "internal error: unknown type {name}"
                 ))),
             },
         }
+    }
+}
+
+/// `name` inside the object at `path` ("" at the top).
+fn member_path(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// QEMU's check_struct: a member no one visited is an error, named in full.
+fn check_unexpected(
+    args: &Map<String, Value>,
+    path: &str,
+    known: impl Fn(&str) -> bool,
+) -> Result<(), QmpError> {
+    match args.keys().find(|k| !known(k)) {
+        Some(extra) => Err(QmpError::generic(format!(
+            "Parameter '{}' is unexpected",
+            member_path(path, extra)
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -165,6 +257,29 @@ mod tests {
         TypeDef {
             name: "Inner",
             kind: TypeKind::Object(&[req("x", Ty::Int)]),
+        },
+        TypeDef {
+            name: "Shape",
+            kind: TypeKind::Union(Union {
+                base: &[req("kind", Ty::Named("ShapeKind")), opt("id", Ty::Str)],
+                tag: "kind",
+                variants: &[("circle", "Circle"), ("dot", "q_empty")],
+            }),
+        },
+        TypeDef {
+            name: "ShapeKind",
+            kind: TypeKind::Enum(&["circle", "dot", "blank"]),
+        },
+        TypeDef {
+            name: "Circle",
+            kind: TypeKind::Object(&[
+                req("data", Ty::Named("Inner")),
+                opt("fill", Ty::Named("Cap")),
+            ]),
+        },
+        TypeDef {
+            name: "q_empty",
+            kind: TypeKind::Object(&[]),
         },
     ]);
 
@@ -210,7 +325,11 @@ mod tests {
         assert_eq!(check(&m, json!({"enable": ["oob"]})), Ok(()));
         assert_eq!(
             check(&m, json!({"enable": ["nope"]})),
-            Err("Parameter 'enable' does not accept value 'nope'".into())
+            Err("Parameter 'null' does not accept value 'nope'".into())
+        );
+        assert_eq!(
+            check(&m, json!({"enable": ["oob", 1]})),
+            Err("Invalid parameter type for 'enable[1]', expected: string".into())
         );
         assert_eq!(
             check(&m, json!({"enable": "oob"})),
@@ -219,6 +338,74 @@ mod tests {
         assert_eq!(
             check(&m, json!({"o": {}})),
             Err("Parameter 'o.x' is missing".into())
+        );
+    }
+
+    #[test]
+    fn unions_check_the_base_then_the_branch_then_extras() {
+        let m = [req("shapes", Ty::Array(&Ty::Named("Shape")))];
+        let ok = json!({"kind": "circle", "id": "c", "data": {"x": 1}, "fill": "oob"});
+        assert_eq!(
+            check(
+                &m,
+                json!({"shapes": [ok, {"kind": "dot"}, {"kind": "blank"}]})
+            ),
+            Ok(())
+        );
+        let err = |shape: Value| check(&m, json!({"shapes": [{"kind": "dot"}, shape]}));
+        assert_eq!(
+            err(json!({"data": {"x": 1}})),
+            Err("Parameter 'shapes[1].kind' is missing".into())
+        );
+        assert_eq!(
+            err(json!({"kind": 1})),
+            Err("Invalid parameter type for 'shapes[1].kind', expected: string".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "square"})),
+            Err("Parameter 'kind' does not accept value 'square'".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "circle", "id": 2})),
+            Err("Invalid parameter type for 'shapes[1].id', expected: string".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "circle"})),
+            Err("Parameter 'shapes[1].data' is missing".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "circle", "data": 1})),
+            Err("Invalid parameter type for 'shapes[1].data', expected: object".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "circle", "data": {}})),
+            Err("Parameter 'shapes[1].data.x' is missing".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "circle", "data": {"x": 1, "y": 2}})),
+            Err("Parameter 'shapes[1].data.y' is unexpected".into())
+        );
+        // A nested enum is named by its own name, as QEMU 7.2 words it.
+        assert_eq!(
+            err(json!({"kind": "circle", "data": {"x": 1}, "fill": "red"})),
+            Err("Parameter 'fill' does not accept value 'red'".into())
+        );
+        // Members of another branch are unexpected in this one.
+        assert_eq!(
+            err(json!({"kind": "dot", "data": {"x": 1}})),
+            Err("Parameter 'shapes[1].data' is unexpected".into())
+        );
+        assert_eq!(
+            err(json!({"kind": "blank", "fill": "oob"})),
+            Err("Parameter 'shapes[1].fill' is unexpected".into())
+        );
+        assert_eq!(
+            check(&m, json!({"shapes": {"kind": "dot"}})),
+            Err("Invalid parameter type for 'shapes', expected: array".into())
+        );
+        assert_eq!(
+            check(&m, json!({"shapes": ["dot"]})),
+            Err("Invalid parameter type for 'shapes[0]', expected: object".into())
         );
     }
 }

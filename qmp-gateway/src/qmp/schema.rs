@@ -94,6 +94,18 @@ pub fn build(commands: &[Command], events: &[EventDef], types: &Types) -> Value 
                 members.iter().for_each(|m| note(m.ty, &mut arrays));
                 out.push(json!({"name": t.name, "meta-type": "object", "members": members_schema(members)}));
             }
+            TypeKind::Union(u) => {
+                u.base.iter().for_each(|m| note(m.ty, &mut arrays));
+                out.push(json!({
+                    "name": t.name,
+                    "meta-type": "object",
+                    "members": members_schema(u.base),
+                    "tag": u.tag,
+                    "variants": u.variants.iter()
+                        .map(|(case, ty)| json!({"case": case, "type": ty}))
+                        .collect::<Vec<_>>(),
+                }));
+            }
             TypeKind::Enum(values) => out.push(json!({
                 "name": t.name,
                 "meta-type": "enum",

@@ -313,9 +313,14 @@ impl BlkDevice {
             // at queue depth 1 sends its next request within microseconds, and catching
             // it here saves the kick's trip through KVM, the eventfd and epoll (QEMU's
             // iothreads poll the same way). With polling off (poll-us=0) it goes
-            // straight back to waiting for a kick.
+            // straight back to waiting for a kick. Not while requests are in the
+            // kernel (O_DIRECT): their completion wakes the queue anyway, the watch
+            // would not see it arrive, and spinning takes a core from the I/O.
             let window = self.poll_window();
-            if !window.is_zero() && self.poll_avail(vring, mem, window) {
+            if !window.is_zero()
+                && batch.engine.in_flight() == 0
+                && self.poll_avail(vring, mem, window)
+            {
                 continue;
             }
             if !event_idx || !vring.enable_notification(mem)? {

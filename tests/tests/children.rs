@@ -290,6 +290,17 @@ fn gated_daemon(dir: &TempDir) -> (PathBuf, String) {
     (allow, gate.to_string_lossy().into_owned())
 }
 
+/// Makes `gw`'s gated block daemon fail to start from now on (removes `allow`) and
+/// SIGKILLs the one serving: the supervisor's restarts fail from here.
+fn kill_with_starts_failing(gw: &Gateway, allow: &Path) {
+    std::fs::remove_file(allow).unwrap();
+    let daemon = wait_for_children(gw, &["block-daemon"])[0];
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
 /// Defect 2 of issue 11: a daemon that could not be started was restarted again at once,
 /// forever (175,103 EXITED events in 10 s). A start that fails is a quick death: the
 /// backoff doubles from 100 ms to 1 s and the tenth quick death in a row is the last.
@@ -308,12 +319,7 @@ fn a_daemon_that_cannot_start_is_retried_with_backoff_then_given_up_on() {
     );
     let mut c = gw.client();
     gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
-    std::fs::remove_file(&allow).unwrap();
-    let daemon = wait_for_children(&gw, &["block-daemon"])[0];
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill_with_starts_failing(&gw, &allow);
 
     // The kill (restarted at once), then failed starts with growing delays, and the
     // tenth death in a row is given up on.
@@ -406,12 +412,7 @@ fn a_restart_asked_for_during_the_backoff_is_not_undone_by_the_supervisor() {
     );
     let mut watcher = gw.client();
     gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
-    std::fs::remove_file(&allow).unwrap();
-    let daemon = wait_for_children(&gw, &["block-daemon"])[0];
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill_with_starts_failing(&gw, &allow);
     // Failed starts until the supervisor waits a whole second before the next one.
     let waiting = loop {
         let e = watcher.event(EXITED);

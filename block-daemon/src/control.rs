@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
 use ipc::{
-    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError,
+    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, ImageFormat,
+    RemoteError,
 };
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
@@ -49,9 +50,12 @@ fn open(
     engine: EngineKind,
 ) -> Result<BlkDevice, String> {
     let mut fds = fds.into_iter();
-    let (Some(image), Some(listener), Some(counters)) = (fds.next(), fds.next(), fds.next()) else {
-        return Err("the open call lacks its image, listener and counters fds".into());
+    let (Some(listener), Some(counters), Some(image)) = (fds.next(), fds.next(), fds.next()) else {
+        return Err("the open call lacks its listener, counters and image fds".into());
     };
+    if open.layers.len() != 1 || open.layers[0].format != ImageFormat::Raw {
+        return Err("only a raw image without backing files is served".into());
+    }
     let counters = Arc::new(BlockCounters::map(counters).map_err(|e| e.to_string())?);
     if !(1..=64).contains(&open.queues) {
         return Err(format!("{} queues: 1 to 64", open.queues));

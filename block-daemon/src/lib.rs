@@ -12,6 +12,7 @@ pub mod device;
 pub mod disk;
 pub mod engine;
 pub mod export;
+pub mod formats;
 pub mod log_limit;
 pub mod request;
 pub mod seccomp;

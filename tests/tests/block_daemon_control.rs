@@ -16,7 +16,7 @@ use flotilla_tests::blk::empty_image;
 use flotilla_tests::{bin, TempDir, Vm};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
-    FromBlock, OnError, RemoteError, ThrottleLimits, ToBlock,
+    FromBlock, ImageFormat, ImageLayer, OnError, RemoteError, ThrottleLimits, ToBlock,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,6 +71,11 @@ fn open_config() -> BlockOpen {
         stats_intervals: vec![],
         on_read_error: OnError::Report,
         on_write_error: OnError::Enospc,
+        layers: vec![ImageLayer {
+            node_name: "n0".into(),
+            format: ImageFormat::Raw,
+            filename: "image".into(),
+        }],
     }
 }
 
@@ -95,7 +100,7 @@ fn open_with(
         conn,
         1,
         BlockRequest::Open(open_config()),
-        &[file.as_fd(), listener.as_fd(), counters],
+        &[listener.as_fd(), counters, file.as_fd()],
     );
 }
 

@@ -124,9 +124,41 @@ impl IoOperation {
     }
 }
 
-/// A node to serve. The frame carries the image's fd (opened by the gateway with the
-/// access `read_only` implies), the listening vhost-user socket frontends connect to, and
-/// the disk's counters page, which outlives the daemon.
+/// An image format block-daemon reads and writes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Guest byte N is byte N of the file.
+    Raw,
+    Qcow2(Qcow2Options),
+}
+
+/// qcow2's run-time options (QEMU's names in the comments); `None`: the default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Qcow2Options {
+    /// l2-cache-size: bytes of L2 tables kept in memory.
+    pub l2_cache_bytes: Option<u64>,
+    /// refcount-cache-size: bytes of refcount blocks kept in memory.
+    pub refcount_cache_bytes: Option<u64>,
+    /// lazy-refcounts: overrides the image's header bit while it is open.
+    pub lazy_refcounts: Option<bool>,
+}
+
+/// One image of a node's chain: the node's own image first, then its backing file, that
+/// one's backing file, and so on. Each comes as an fd the gateway opened (backing files
+/// read-only).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageLayer {
+    /// The format node this image belongs to (named in errors and events).
+    pub node_name: String,
+    pub format: ImageFormat,
+    /// The path as the user or the image named it (for messages).
+    pub filename: String,
+}
+
+/// A node to serve. The frame carries the listening vhost-user socket frontends connect
+/// to, the disk's counters page, which outlives the daemon, and then one fd per entry of
+/// `layers`, in order (the top image opened with the access `read_only` implies, its
+/// backing files read-only).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct BlockOpen {
     /// The node the guest device is attached to (named in events).
@@ -145,6 +177,8 @@ pub struct BlockOpen {
     pub on_read_error: OnError,
     /// What a failed write, flush, discard or write-zeroes does (werror=).
     pub on_write_error: OnError,
+    /// The image chain, top first (at least one).
+    pub layers: Vec<ImageLayer>,
 }
 
 /// One leaky bucket of a throttle configuration (QEMU's LeakyBucket settings).
@@ -199,8 +233,8 @@ impl ThrottleLimits {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum BlockRequest {
-    /// Must come first; answered with `Opened`. Carries three fds: the image, the
-    /// listener, and the disk's counters page (`crate::BlockCounters`).
+    /// Must come first; answered with `Opened`. Carries the listener, the disk's counters
+    /// page (`crate::BlockCounters`) and one image fd per layer.
     Open(BlockOpen),
     /// Answered with `Stats`.
     Stats,
@@ -221,7 +255,7 @@ pub enum BlockRequest {
 impl Message for BlockRequest {
     fn fd_count(&self) -> usize {
         match self {
-            BlockRequest::Open(_) => 3,
+            BlockRequest::Open(open) => 2 + open.layers.len(),
             BlockRequest::SetThrottle(Some(_)) => 1,
             _ => 0,
         }
@@ -325,6 +359,18 @@ mod tests {
             stats_intervals: vec![],
             on_read_error: OnError::Report,
             on_write_error: OnError::Enospc,
+            layers: vec![
+                ImageLayer {
+                    node_name: "top".into(),
+                    format: ImageFormat::Qcow2(Qcow2Options::default()),
+                    filename: "/top.qcow2".into(),
+                },
+                ImageLayer {
+                    node_name: "base".into(),
+                    format: ImageFormat::Raw,
+                    filename: "/base.raw".into(),
+                },
+            ],
         });
         assert_eq!(
             ToBlock {
@@ -332,7 +378,7 @@ mod tests {
                 request: open
             }
             .fd_count(),
-            3
+            4
         );
         let limits = ThrottleLimits::default();
         assert_eq!(BlockRequest::SetThrottle(Some(limits)).fd_count(), 1);

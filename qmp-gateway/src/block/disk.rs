@@ -221,9 +221,9 @@ impl Launch {
             hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
             &[
-                self.image.as_fd(),
                 self.listener.as_fd(),
                 self.counters.as_fd(),
+                self.image.as_fd(),
             ],
         )?;
         if let Some((limits, state)) = &self.throttle {

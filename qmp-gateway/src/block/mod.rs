@@ -31,7 +31,9 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipc::{BlockOpen, BlockRequest, CacheFlags, DiskLaunch, OnError, VmmRequest};
+use ipc::{
+    BlockOpen, BlockRequest, CacheFlags, DiskLaunch, ImageFormat, ImageLayer, OnError, VmmRequest,
+};
 use parking_lot::Mutex;
 
 use crate::children::daemon::{connect, serves, stop_slot};
@@ -304,6 +306,11 @@ impl BlockLayer {
             stats_intervals,
             on_read_error,
             on_write_error,
+            layers: vec![ImageLayer {
+                node_name: root.clone(),
+                format: ImageFormat::Raw,
+                filename: proto.filename.clone(),
+            }],
         };
         if locking {
             // As a QEMU disk: it reads, writes unless read-only, and lets nobody else

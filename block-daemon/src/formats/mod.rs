@@ -1,0 +1,158 @@
+//! Image formats: how the guest's bytes are laid out in a node's image files. One
+//! interface, `Format`, serves the request path, the statistics and (later) the block
+//! jobs: `map` tells where a guest range lies so the engines can move it with the
+//! kernel's help (io_uring, O_DIRECT) without copying; everything `map` cannot express
+//! (allocation, copy-on-write, compressed clusters, zero clusters written) the format
+//! does itself through `read` and `write`.
+//!
+//! Images are untrusted input: every structure read from a file is checked before it is
+//! used, and a damaged image gives a `FormatError`, never a panic, an access outside
+//! the file or an allocation the size of a lie.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Where one piece of a guest range lies, as `Format::map` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extent {
+    /// `len` bytes at `offset` of the file `fd` (the node's own image or one of its
+    /// backing files), readable (and, for a write mapping, writable) as they are.
+    File { fd: RawFd, offset: u64, len: u64 },
+    /// `len` bytes that read as zeroes (nothing to read).
+    Zero { len: u64 },
+    /// `len` bytes only the format can move (see `Format::read` and `Format::write`).
+    Format { len: u64 },
+}
+
+impl Extent {
+    pub fn len(&self) -> u64 {
+        match *self {
+            Extent::File { len, .. } | Extent::Zero { len } | Extent::Format { len } => len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counts the requests that went to files through a mapping and have not completed.
+/// A format that frees or moves clusters (discard, snapshots) must not hand a cluster
+/// out again while a request that mapped it may still be reading or writing it: it
+/// waits for `in_flight() == 0` (or keeps such clusters aside until then).
+#[derive(Debug, Default)]
+pub struct MappedRequests(AtomicUsize);
+
+impl MappedRequests {
+    pub fn in_flight(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Held by a request for as long as it uses a mapping; dropping it ends the request's
+/// claim on the clusters the mapping named.
+#[derive(Debug)]
+pub struct MapGuard(Option<Arc<MappedRequests>>);
+
+impl MapGuard {
+    /// For formats whose mappings never go stale (raw).
+    pub fn none() -> MapGuard {
+        MapGuard(None)
+    }
+
+    pub fn new(counter: &Arc<MappedRequests>) -> MapGuard {
+        counter.0.fetch_add(1, Ordering::AcqRel);
+        MapGuard(Some(counter.clone()))
+    }
+}
+
+impl Drop for MapGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The answer of `Format::map`: the extents covering the range in order (their lengths
+/// add up to the range's), valid while `guard` is held.
+#[derive(Debug)]
+pub struct Mapping {
+    pub extents: Vec<Extent>,
+    pub guard: MapGuard,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The image is not what it claims to be (QEMU's wording where QEMU has one).
+    #[error("{0}")]
+    Invalid(String),
+    /// A feature this implementation does not have (QEMU's wording where QEMU has one).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The image's corrupt bit is set, or a check found corruption: writes are refused.
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("Image is read-only")]
+    ReadOnly,
+}
+
+impl FormatError {
+    /// The errno the guest's request fails with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FormatError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FormatError::ReadOnly => libc::EROFS,
+            FormatError::Unsupported(_) => libc::ENOTSUP,
+            FormatError::Invalid(_) | FormatError::Corrupt(_) => libc::EIO,
+        }
+    }
+
+    /// As an io::Error, for the request path.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            FormatError::Io(e) => e,
+            other => std::io::Error::from_raw_os_error(other.errno()),
+        }
+    }
+}
+
+/// A node's image as the guest sees it: a flat array of `virtual_size` bytes. Shared by
+/// the queues' threads; every method may be called from any of them at once.
+pub trait Format: Send + Sync {
+    /// QEMU's driver name: "raw", "qcow2".
+    fn name(&self) -> &'static str;
+
+    /// The size the guest sees, in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Where guest bytes `offset..offset + len` lie. For a write mapping (`write`), a
+    /// `File` extent may be written in place (allocated, not shared with a snapshot,
+    /// not compressed, in the node's own image); anything else is `Format`. Must not
+    /// block on I/O it can avoid (metadata caches make it a lookup).
+    fn map(&self, offset: u64, len: u64, write: bool) -> Result<Mapping, FormatError>;
+
+    /// Reads guest bytes at `offset` into `buf`, whatever their state.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError>;
+
+    /// Writes `buf` at guest `offset`, allocating and copying as needed. When it
+    /// returns, the data and the metadata that names it are in the image file (a
+    /// restarted daemon finds them), though not necessarily on stable storage.
+    fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FormatError>;
+
+    /// Makes every completed write durable (the guest's FLUSH).
+    fn flush(&self) -> Result<(), FormatError>;
+
+    /// The guest no longer needs these bytes: they may read back as anything the
+    /// format chooses (qcow2: zeroes or the backing file's, as QEMU's discard=unmap).
+    fn discard(&self, offset: u64, len: u64) -> Result<(), FormatError>;
+
+    /// These bytes read as zeroes from now on; `unmap`: their space may be freed.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), FormatError>;
+
+    /// Changes the size the guest sees (block_resize).
+    fn resize(&self, size: u64) -> Result<(), FormatError>;
+}

@@ -252,6 +252,9 @@ impl Meta {
     /// The first run of `n` free clusters at or after the hint.
     pub fn find_free(&mut self, n: u64) -> Result<u64, FormatError> {
         if self.mapped.in_flight() == 0 {
+            if let Some(&lowest) = self.deferred.iter().min() {
+                self.free_hint = self.free_hint.min(lowest);
+            }
             self.deferred.clear();
         }
         let mut c = self.free_hint.max(1);

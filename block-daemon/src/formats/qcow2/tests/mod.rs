@@ -6,3 +6,4 @@ mod fuzz;
 mod header;
 mod oracle;
 mod rw;
+mod snapshots;

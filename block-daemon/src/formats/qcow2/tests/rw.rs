@@ -333,3 +333,33 @@ fn resize_grow_and_shrink() {
     let info = super::oracle::info(&p);
     assert!(info.contains("\"virtual-size\": 40960,"), "{info}");
 }
+
+#[test]
+fn works_on_an_o_direct_file_description() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = TempDir::new();
+    for opts in [
+        "cluster_size=512,refcount_bits=16",
+        "cluster_size=65536,refcount_bits=1",
+    ] {
+        let p = d.path("direct.qcow2");
+        img_create(&p, opts, "2M");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&p)
+            .unwrap();
+        let q = Qcow2::open(f, None, &ipc::Qcow2Options::default(), true).unwrap();
+        let cs = if opts.contains("=512,") { 512 } else { 65536 };
+        let mut mirror = vec![0u8; 2 << 20];
+        random_writes(&q, &mut mirror, &mut Rng(77), 150, cs);
+        q.write_zeroes(8192, 70000, true).unwrap();
+        mirror[8192..78192].fill(0);
+        let mut back = vec![0u8; 2 << 20];
+        q.read(0, &mut back).unwrap();
+        assert!(back == mirror, "{opts}");
+        drop(q);
+        compare_with_raw(&d, &p, &mirror);
+    }
+}

@@ -75,12 +75,13 @@ fn crash_every_write(opts: &str) {
     let start = std::fs::read(&base).unwrap();
     let p = d.path("c.qcow2");
     std::fs::write(&p, &start).unwrap();
-    let ops = 40;
+    let ops = 16;
     let mut full = vec![0u8; 1 << 20];
     let (failed, left) = session(&p, None, ops, &mut full);
     assert!(failed.is_none());
     let total = usize::MAX - left;
     assert!(total > 50, "the sequence makes many writes ({total})");
+    eprintln!("{opts}: {total} file writes");
     let lazy = opts.contains("lazy_refcounts=on");
     for k in 0..total {
         std::fs::write(&p, &start).unwrap();

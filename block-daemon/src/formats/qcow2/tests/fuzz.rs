@@ -103,6 +103,23 @@ fn mutated_images_never_panic() {
         }
         bases.push(std::fs::read(&p).unwrap());
     }
+    // Left dirty by a crash (lazy refcounts): opening it read-write repairs it.
+    let p = d.path("dirty.qcow2");
+    img_create(&p, "cluster_size=4096,lazy_refcounts=on", "512k");
+    let out = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x19 0 200k",
+            "-c",
+            "abort",
+            s(&p),
+        ])
+        .output()
+        .expect("qemu-io is needed by this test");
+    assert!(!out.status.success());
+    bases.push(std::fs::read(&p).unwrap());
     let c = d.path("compressed.qcow2");
     ok(
         "qemu-img",

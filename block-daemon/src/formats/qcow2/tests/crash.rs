@@ -8,7 +8,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use super::oracle::{check_clean, fails, img_create, info, ok, raw_bytes, s, Rng, TempDir};
+use super::oracle::{
+    check_clean, fails, img_create, info, io_then_abort, ok, raw_bytes, s, Rng, TempDir,
+};
 use super::rw::{open, read_all};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::Qcow2;
@@ -130,21 +132,7 @@ fn image_left_dirty_by_qemu_is_repaired() {
     let p = d.path("dirty.qcow2");
     img_create(&p, "lazy_refcounts=on,cluster_size=4096", "4M");
     // qemu-io's abort: dies without closing, dirty bit set, refcounts not written.
-    let out = Command::new("qemu-io")
-        .args([
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x3c 0 1M",
-            "-c",
-            "write -P 0x4d 2M 100k",
-            "-c",
-            "abort",
-            s(&p),
-        ])
-        .output()
-        .expect("qemu-io is needed by this test");
-    assert!(!out.status.success());
+    io_then_abort(&p, &["write -P 0x3c 0 1M", "write -P 0x4d 2M 100k"]);
     let h = Header::read(&std::fs::File::open(&p).unwrap()).unwrap();
     assert!(h.dirty(), "qemu-io left the dirty bit");
     let want = raw_bytes(&p, "qcow2");

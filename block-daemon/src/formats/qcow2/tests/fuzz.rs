@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use super::oracle::{img_create, io, ok, s, Rng, TempDir};
+use super::oracle::{compress, img_create, io, io_then_abort, ok, s, Rng, TempDir};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::layout::{be64, L1E_OFFSET_MASK};
 use crate::formats::qcow2::Qcow2;
@@ -106,34 +106,10 @@ fn mutated_images_never_panic() {
     // Left dirty by a crash (lazy refcounts): opening it read-write repairs it.
     let p = d.path("dirty.qcow2");
     img_create(&p, "cluster_size=4096,lazy_refcounts=on", "512k");
-    let out = std::process::Command::new("qemu-io")
-        .args([
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x19 0 200k",
-            "-c",
-            "abort",
-            s(&p),
-        ])
-        .output()
-        .expect("qemu-io is needed by this test");
-    assert!(!out.status.success());
+    io_then_abort(&p, &["write -P 0x19 0 200k"]);
     bases.push(std::fs::read(&p).unwrap());
     let c = d.path("compressed.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-c",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            s(&d.path("base.qcow2")),
-            s(&c),
-        ],
-    );
+    compress(&d.path("base.qcow2"), &c, "4096");
     bases.push(std::fs::read(&c).unwrap());
 
     let p = d.path("fuzz.qcow2");

@@ -152,6 +152,12 @@ impl Qcow2 {
         self.meta.lock().snapshot_create(new)
     }
 
+    /// Reverts to an internal snapshot found by id, else by name (the device
+    /// quiesced).
+    pub fn snapshot_goto(&self, id_or_name: &str) -> Result<snapshot::SnapshotInfo, FormatError> {
+        self.meta.lock().snapshot_goto(id_or_name)
+    }
+
     /// Deletes an internal snapshot by id and/or name (the device quiesced).
     pub fn snapshot_delete(
         &self,

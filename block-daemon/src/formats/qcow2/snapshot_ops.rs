@@ -43,24 +43,16 @@ impl Meta {
         self.begin_change()
     }
 
-    /// Adds `addend` (+1, -1 or 0) to every cluster the L1 table at `l1_offset`
-    /// reaches, and sets the COPIED flags in it to match the refcounts that result
-    /// (QEMU's qcow2_update_snapshot_refcount). `active`: it is the active L1 table
-    /// (kept in memory).
+    /// Adds `addend` (+1, -1 or 0) to every cluster the L1 table `l1` reaches, and
+    /// sets the COPIED flags in its L2 tables to match the refcounts that result
+    /// (QEMU's qcow2_update_snapshot_refcount). `active`: `l1` is the active L1 table,
+    /// whose own COPIED flags are updated too.
     fn update_snapshot_refcount(
         &mut self,
-        l1_offset: u64,
-        l1_size: u64,
+        l1: &[u64],
         addend: i64,
         active: bool,
     ) -> Result<(), FormatError> {
-        let l1: Vec<u64> = if active {
-            self.l1.clone()
-        } else {
-            let mut b = vec![0u8; (l1_size * 8) as usize];
-            self.read(l1_offset, &mut b, "Snapshot L1 table")?;
-            (0..l1_size as usize).map(|i| be64(&b, i * 8)).collect()
-        };
         for (i, &l1e) in l1.iter().enumerate() {
             let l2 = l1e & L1E_OFFSET_MASK;
             if l2 == 0 {
@@ -129,6 +121,13 @@ impl Meta {
             }
         }
         Ok(())
+    }
+
+    /// A snapshot's L1 table.
+    fn read_l1(&self, offset: u64, entries: u32) -> Result<Vec<u64>, FormatError> {
+        let mut b = vec![0u8; entries as usize * 8];
+        self.read(offset, &mut b, "Snapshot L1 table")?;
+        Ok((0..entries as usize).map(|i| be64(&b, i * 8)).collect())
     }
 
     /// Writes `snaps` as the new snapshot table and points the header at it.
@@ -209,7 +208,8 @@ impl Meta {
             }
             off
         };
-        self.update_snapshot_refcount(self.l1_offset, l1_size, 1, true)?;
+        let active = self.l1.clone();
+        self.update_snapshot_refcount(&active, 1, true)?;
         self.sync()?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -233,6 +233,41 @@ impl Meta {
         Ok(info)
     }
 
+    /// Reverts the active state to a snapshot (QEMU's qcow2_snapshot_goto): the
+    /// snapshot's clusters gain the active state's reference, the active L1 table is
+    /// overwritten with the snapshot's, then the old active state's references go.
+    pub fn snapshot_goto(&mut self, id_or_name: &str) -> Result<SnapshotInfo, FormatError> {
+        self.quiesced()?;
+        let sn = self
+            .snapshots
+            .iter()
+            .find(|s| s.id == id_or_name)
+            .or_else(|| self.snapshots.iter().find(|s| s.name == id_or_name))
+            .cloned()
+            .ok_or_else(|| FormatError::Invalid("Can't find the snapshot".into()))?;
+        if sn.disk_size != self.size {
+            return Err(FormatError::Unsupported(
+                "qcow2: Loading snapshots with different disk size is not implemented".into(),
+            ));
+        }
+        self.grow_l1(u64::from(sn.l1_size))?;
+        let mut new = self.read_l1(sn.l1_table_offset, sn.l1_size)?;
+        new.resize(self.l1.len(), 0);
+        self.update_snapshot_refcount(&new, 1, false)?;
+        let mut b = vec![0u8; new.len() * 8];
+        for (i, e) in new.iter().enumerate() {
+            put64(&mut b, i * 8, *e);
+        }
+        let old = std::mem::replace(&mut self.l1, new);
+        self.write(self.l1_offset, &b)?;
+        self.sync()?;
+        self.update_snapshot_refcount(&old, -1, false)?;
+        let active = self.l1.clone();
+        self.update_snapshot_refcount(&active, 0, true)?;
+        self.collect_metadata();
+        Ok(sn)
+    }
+
     /// Deletes the snapshot matching `id` and/or `name` (QEMU's lookup: both must
     /// match when both are given).
     pub fn snapshot_delete(
@@ -254,7 +289,8 @@ impl Meta {
         let gone = snaps.remove(idx);
         // The table first: a crash after it leaks the snapshot's clusters at most.
         self.write_snapshot_table(snaps)?;
-        self.update_snapshot_refcount(gone.l1_table_offset, u64::from(gone.l1_size), -1, false)?;
+        let l1 = self.read_l1(gone.l1_table_offset, gone.l1_size)?;
+        self.update_snapshot_refcount(&l1, -1, false)?;
         let cs = self.cluster_size();
         let first = self.cluster_of(gone.l1_table_offset);
         let n = (u64::from(gone.l1_size) * 8).div_ceil(cs);
@@ -265,7 +301,8 @@ impl Meta {
             }
         }
         // Clusters only the active state holds now get their COPIED flags back.
-        self.update_snapshot_refcount(self.l1_offset, self.l1.len() as u64, 0, true)?;
+        let active = self.l1.clone();
+        self.update_snapshot_refcount(&active, 0, true)?;
         self.collect_metadata();
         Ok(gone)
     }

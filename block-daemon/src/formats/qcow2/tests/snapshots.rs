@@ -155,3 +155,51 @@ fn snapshots_made_by_qemu_img_are_kept_and_deleted() {
         &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
     );
 }
+
+#[test]
+fn goto_reverts_as_qemu_img_snapshot_apply() {
+    let d = TempDir::new();
+    for opts in ["cluster_size=4096", "cluster_size=512,refcount_bits=4"] {
+        let p = d.path("a.qcow2");
+        img_create(&p, opts, "1M");
+        io(&p, "write -P 0x41 0 300k");
+        ok("qemu-img", &["snapshot", "-c", "qemu-made", s(&p)]);
+        let q = open(&p, None, true);
+        let mut mirror = read_all(&q);
+        scribble(&q, &mut mirror, 21, 4096);
+        let mine = q
+            .snapshot_create(NewSnapshot {
+                name: "mine".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let at_mine = mirror.clone();
+        scribble(&q, &mut mirror, 22, 4096);
+        drop(q);
+        // qemu-img's own revert on a copy is the oracle.
+        let copy = d.path("copy.qcow2");
+        std::fs::copy(&p, &copy).unwrap();
+        ok("qemu-img", &["snapshot", "-a", "qemu-made", s(&copy)]);
+        let want = super::oracle::raw_bytes(&copy, "qcow2");
+
+        let q = open(&p, None, true);
+        assert_eq!(q.snapshot_goto(&mine.id).unwrap().name, "mine");
+        assert!(read_all(&q) == at_mine, "{opts}: reverted to mine");
+        q.snapshot_goto("qemu-made").unwrap();
+        assert!(read_all(&q) == want, "{opts}: reverted as qemu-img does");
+        assert!(q.snapshot_goto("nope").is_err());
+        // Writes after a revert copy on write: the snapshots stay intact.
+        let mut now = want.clone();
+        scribble(&q, &mut now, 23, 4096);
+        drop(q);
+        check_clean(&p);
+        assert!(snapshot_bytes(&d, &p, "mine") == at_mine, "{opts}");
+        assert!(snapshot_bytes(&d, &p, "qemu-made") == want, "{opts}");
+        let raw = d.path("now.raw");
+        std::fs::write(&raw, &now).unwrap();
+        ok(
+            "qemu-img",
+            &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
+        );
+    }
+}

@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::formats::qcow2::compressed;
 use crate::formats::qcow2::layout::{
-    be64, put32, put64, L1E_OFFSET_MASK, MAX_SNAPSHOTS, OFF_NB_SNAPSHOTS, OFLAG_COMPRESSED,
-    OFLAG_COPIED,
+    be64, put32, put64, refcount_max, L1E_OFFSET_MASK, MAX_SNAPSHOTS, OFF_NB_SNAPSHOTS,
+    OFLAG_COMPRESSED, OFLAG_COPIED,
 };
 use crate::formats::qcow2::meta::Meta;
 use crate::formats::qcow2::snapshot::{encode, SnapshotInfo};
@@ -123,6 +123,48 @@ impl Meta {
         Ok(())
     }
 
+    /// Fails, before anything changes, when one more reference to the clusters `l1`
+    /// reaches would not fit the refcount width (QEMU fails half-way instead).
+    fn check_headroom(&mut self, l1: &[u64]) -> Result<(), FormatError> {
+        let max = refcount_max(self.refcount_order);
+        let mut seen = std::collections::HashSet::new();
+        for &l1e in l1 {
+            let l2 = l1e & L1E_OFFSET_MASK;
+            if l2 == 0 || !seen.insert(l2) {
+                continue;
+            }
+            if !self.valid_table_offset(l2) {
+                return Err(self.signal_corruption(format!(
+                    "L2 table offset {l2:#x} unaligned or outside the image"
+                )));
+            }
+            let mut clusters = vec![self.cluster_of(l2)];
+            let table = self.l2_table(l2)?.clone();
+            for j in 0..self.l2_entries() as usize {
+                match self.classify(be64(&table, j * 8), 0)? {
+                    Cluster::Normal { offset, .. } | Cluster::ZeroAlloc { offset, .. } => {
+                        clusters.push(self.cluster_of(offset))
+                    }
+                    Cluster::Compressed { entry } => {
+                        let (first, n) = compressed::host_clusters(entry, self.cluster_bits);
+                        clusters.extend(first..first + n);
+                    }
+                    Cluster::Zero | Cluster::Unallocated => {}
+                }
+            }
+            for c in clusters {
+                if self.refcount(c)? >= max {
+                    return Err(FormatError::Invalid(format!(
+                        "qcow2: cluster {:#x} cannot take another reference ({}-bit refcounts)",
+                        c << self.cluster_bits,
+                        1u32 << self.refcount_order
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A snapshot's L1 table.
     fn read_l1(&self, offset: u64, entries: u32) -> Result<Vec<u64>, FormatError> {
         let mut b = vec![0u8; entries as usize * 8];
@@ -190,6 +232,8 @@ impl Meta {
         if id.len() > u16::MAX as usize || new.name.len() > u16::MAX as usize {
             return Err(FormatError::Invalid("Snapshot name too long".into()));
         }
+        let active = self.l1.clone();
+        self.check_headroom(&active)?;
         let cs = self.cluster_size();
         let l1_size = self.l1.len() as u64;
         let l1_clusters = (l1_size * 8).div_ceil(cs);
@@ -253,6 +297,7 @@ impl Meta {
         self.grow_l1(u64::from(sn.l1_size))?;
         let mut new = self.read_l1(sn.l1_table_offset, sn.l1_size)?;
         new.resize(self.l1.len(), 0);
+        self.check_headroom(&new)?;
         self.update_snapshot_refcount(&new, 1, false)?;
         let mut b = vec![0u8; new.len() * 8];
         for (i, e) in new.iter().enumerate() {

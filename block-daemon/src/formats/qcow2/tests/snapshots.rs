@@ -203,3 +203,28 @@ fn goto_reverts_as_qemu_img_snapshot_apply() {
         );
     }
 }
+
+#[test]
+fn a_reference_too_many_is_refused_before_any_change() {
+    let d = TempDir::new();
+    let p = d.path("one.qcow2");
+    img_create(&p, "cluster_size=4096,refcount_bits=1", "1M");
+    io(&p, "write -P 0x11 0 64k");
+    let before = std::fs::read(&p).unwrap();
+    let q = open(&p, None, true);
+    let err = q.snapshot_create(NewSnapshot {
+        name: "x".into(),
+        ..Default::default()
+    });
+    assert!(err.is_err());
+    assert!(q.snapshots().is_empty());
+    drop(q);
+    check_clean(&p);
+    assert_eq!(
+        std::fs::read(&p).unwrap().len(),
+        before.len(),
+        "nothing allocated"
+    );
+    // qemu-img refuses it as well.
+    super::oracle::fails("qemu-img", &["snapshot", "-c", "x", s(&p)]);
+}

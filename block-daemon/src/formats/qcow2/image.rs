@@ -283,8 +283,10 @@ impl Meta {
         }
     }
 
+    /// A data cluster must start inside the image (a short last cluster is QEMU's
+    /// truncated tail; one far past the end is a damaged entry).
     fn check_data_cluster(&mut self, host: u64, gc: u64) -> Result<(), FormatError> {
-        if host + self.cluster_size() > self.data_limit() {
+        if host >= self.data_limit() {
             return Err(self.signal_corruption(format!(
                 "Data cluster offset {host:#x} lies beyond the end of the image (guest cluster {gc:#x})"
             )));

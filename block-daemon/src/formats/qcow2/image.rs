@@ -353,11 +353,10 @@ impl Meta {
     /// Sets guest cluster `gc`'s entry to `new` (releasing what the old one held when
     /// `release`).
     fn replace_entry(&mut self, gc: u64, new: u64, release: bool) -> Result<(), FormatError> {
-        let raw = self.l2_entry(gc)?;
+        let (raw, old) = self.lookup_raw(gc)?;
         if raw == new {
             return Ok(());
         }
-        let old = self.classify(raw, gc)?;
         let table = self.l2_for_write(gc)?;
         self.set_l2_entry(table, gc, new)?;
         if release {
@@ -416,8 +415,7 @@ impl Meta {
         };
         self.write_zero_bytes(offset, zs.max(offset) - offset)?;
         for gc in whole.clone() {
-            let raw = self.l2_entry(gc)?;
-            let cur = self.classify(raw, gc)?;
+            let cur = self.lookup(gc)?;
             let (new, release) = match cur {
                 Cluster::Normal {
                     offset: host,
@@ -475,7 +473,7 @@ impl Meta {
             // QEMU's shrink: every cluster past the new end is deallocated, then the
             // L2 tables past the new L1 size.
             for gc in size.div_ceil(cs)..self.size.div_ceil(cs) {
-                if self.l2_entry(gc)? != 0 {
+                if self.lookup_raw(gc)?.0 != 0 {
                     self.replace_entry(gc, 0, true)?;
                 }
             }

@@ -130,7 +130,8 @@ impl Meta {
         log::error!(
             "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
         );
-        if self.writable && !self.corrupt {
+        // A v2 header has no feature bits: the mark stays in memory (as in QEMU).
+        if self.writable && !self.corrupt && self.version >= 3 {
             let bits = self.incompatible | INCOMPAT_CORRUPT;
             if self.write_incompatible(bits).is_ok() {
                 let _ = self.sync();

@@ -31,9 +31,8 @@ impl Meta {
             return Ok(None);
         }
         if !self.valid_table_offset(off) {
-            return Err(self.signal_corruption(format!(
-                "Refblock offset {off:#x} unaligned or outside the image (reftable index {b:#x})"
-            )));
+            let msg = self.bad_table_offset("Refblock", off, "reftable", b);
+            return Err(self.signal_corruption(msg));
         }
         Ok(Some(off))
     }

@@ -111,6 +111,7 @@ impl Qcow2 {
             alloc_end: 0,
             reserved: VecDeque::new(),
             deferred: HashSet::new(),
+            pending_frees: Vec::new(),
             mapped: Arc::new(MappedRequests::default()),
             metadata: HashSet::new(),
             snapshots,
@@ -483,7 +484,7 @@ impl Meta {
                 if off != 0 {
                     self.set_l1_entry(l1i, 0)?;
                     self.l2_cache.remove(off);
-                    self.add_refcount(self.cluster_of(off), -1)?;
+                    self.release_later(self.cluster_of(off), 1)?;
                 }
             }
         }
@@ -572,6 +573,8 @@ impl Meta {
         if !self.writable {
             return Ok(());
         }
+        self.sync()?;
+        self.apply_pending_frees()?;
         self.release_reserved()?;
         self.sync()?;
         if self.incompatible & INCOMPAT_DIRTY != 0 && !self.corrupt {
@@ -671,6 +674,7 @@ impl Format for Qcow2 {
         let mut m = self.meta.lock();
         if m.writable {
             m.sync()?;
+            m.apply_pending_frees()?;
         }
         Ok(())
     }

@@ -56,6 +56,10 @@ pub struct Meta {
     /// mapped request is in flight.
     pub deferred: HashSet<u64>,
     pub mapped: Arc<MappedRequests>,
+    /// References to drop once the entries that named them are on stable storage
+    /// (the next sync): a power loss must not leave an entry naming a cluster whose
+    /// refcount already fell (QEMU's refcount-after-L2 dependency).
+    pub pending_frees: Vec<u64>,
     /// Clusters holding metadata (header, L1, refcount table and blocks, active L2
     /// tables, snapshot table and snapshot L1 tables): data never goes there.
     pub metadata: HashSet<u64>,

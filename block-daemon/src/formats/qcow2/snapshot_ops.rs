@@ -40,7 +40,10 @@ impl Meta {
                 "qcow2: snapshots need the device quiesced (requests are in flight)".into(),
             ));
         }
-        self.begin_change()
+        self.begin_change()?;
+        // Refcounts exact before they are copied or compared.
+        self.sync()?;
+        self.apply_pending_frees()
     }
 
     /// Adds `addend` (+1, -1 or 0) to every cluster the L1 table `l1` reaches, and

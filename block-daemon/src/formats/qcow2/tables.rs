@@ -159,11 +159,9 @@ impl Meta {
         self.set_l1_entry(l1i, new | OFLAG_COPIED)?;
         if let Some((off, _)) = old {
             self.l2_cache.remove(off);
-            let c = self.cluster_of(off);
-            if self.add_refcount(c, -1)? > 0 {
-                // Still a snapshot's: keep it protected from data writes.
-                self.metadata.insert(c);
-            }
+            // Still a snapshot's: it stays protected from data writes until its last
+            // reference goes.
+            self.release_later(self.cluster_of(off), 1)?;
         }
         Ok(new)
     }
@@ -187,15 +185,16 @@ impl Meta {
         Ok(())
     }
 
-    /// Drops the host clusters an entry held (after the entry stopped naming them).
+    /// Drops the host clusters an entry held (after the entry stopped naming them; see
+    /// `release_later`).
     pub fn release_entry(&mut self, cluster: Cluster) -> Result<(), FormatError> {
         match cluster {
             Cluster::Normal { offset, .. } | Cluster::ZeroAlloc { offset, .. } => {
-                self.free_clusters(self.cluster_of(offset), 1)
+                self.release_later(self.cluster_of(offset), 1)
             }
             Cluster::Compressed { entry } => {
                 let (first, n) = compressed::host_clusters(entry, self.cluster_bits);
-                self.free_clusters(first, n)
+                self.release_later(first, n)
             }
             Cluster::Unallocated | Cluster::Zero => Ok(()),
         }

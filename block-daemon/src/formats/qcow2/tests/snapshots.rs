@@ -228,3 +228,28 @@ fn a_reference_too_many_is_refused_before_any_change() {
     // qemu-img refuses it as well.
     super::oracle::fails("qemu-img", &["snapshot", "-c", "x", s(&p)]);
 }
+
+#[test]
+fn a_dropped_reference_waits_for_the_next_sync() {
+    let d = TempDir::new();
+    let p = d.path("w.qcow2");
+    img_create(&p, "cluster_size=4096", "1M");
+    io(&p, "write -P 0x51 0 4k");
+    ok("qemu-img", &["snapshot", "-c", "s", s(&p)]);
+    let q = open(&p, None, true);
+    let old = match q.with_meta(|m| m.lookup(0)).unwrap() {
+        crate::formats::qcow2::tables::Cluster::Normal { offset, .. } => offset,
+        other => panic!("{other:?}"),
+    };
+    let refcount =
+        |q: &crate::formats::qcow2::Qcow2| q.with_meta(|m| m.refcount(old >> 12)).unwrap();
+    assert_eq!(refcount(&q), 2);
+    q.write(0, &[7u8; 512]).unwrap(); // copies the shared cluster
+                                      // The new L2 entry may not be on stable storage yet: the old cluster keeps its
+                                      // reference until a sync.
+    assert_eq!(refcount(&q), 2);
+    q.flush().unwrap();
+    assert_eq!(refcount(&q), 1);
+    drop(q);
+    check_clean(&p);
+}

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::oracle::{check_clean, img_create, ok, s, Rng, TempDir};
+use super::oracle::{check_clean, compare_with_raw, img_create, Rng, TempDir};
 use super::rw::{open, read_all};
 use crate::formats::qcow2::tables::Cluster;
 use crate::formats::{Extent, Format};
@@ -95,12 +95,7 @@ fn threads_write_at_once() {
     assert!(read_all(q.as_ref()) == all);
     drop(q);
     check_clean(&p);
-    let raw = d.path("m.raw");
-    std::fs::write(&raw, &all).unwrap();
-    ok(
-        "qemu-img",
-        &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-    );
+    compare_with_raw(&d, &p, &all);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::oracle::{check_clean, img_create, info, io, ok, s, Rng, TempDir};
+use super::oracle::{check_clean, compare_with_raw, img_create, info, io, ok, s, Rng, TempDir};
 use super::rw::{open, read_all};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::snapshot;
@@ -113,12 +113,7 @@ fn snapshots_made_here_are_qemus() {
         drop(q);
         check_clean(&p);
         assert!(!info(&p).contains("\"snapshots\""), "{opts}");
-        let raw = d.path("m.raw");
-        std::fs::write(&raw, &mirror).unwrap();
-        ok(
-            "qemu-img",
-            &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-        );
+        compare_with_raw(&d, &p, &mirror);
     }
 }
 
@@ -148,12 +143,7 @@ fn snapshots_made_by_qemu_img_are_kept_and_deleted() {
     q.snapshot_delete(Some("1"), Some("base")).unwrap();
     drop(q);
     check_clean(&p);
-    let raw = d.path("m.raw");
-    std::fs::write(&raw, &mirror).unwrap();
-    ok(
-        "qemu-img",
-        &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-    );
+    compare_with_raw(&d, &p, &mirror);
 }
 
 #[test]
@@ -195,12 +185,7 @@ fn goto_reverts_as_qemu_img_snapshot_apply() {
         check_clean(&p);
         assert!(snapshot_bytes(&d, &p, "mine") == at_mine, "{opts}");
         assert!(snapshot_bytes(&d, &p, "qemu-made") == want, "{opts}");
-        let raw = d.path("now.raw");
-        std::fs::write(&raw, &now).unwrap();
-        ok(
-            "qemu-img",
-            &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-        );
+        compare_with_raw(&d, &p, &now);
     }
 }
 

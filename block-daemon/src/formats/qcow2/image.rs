@@ -1,7 +1,14 @@
 //! `Qcow2`: an open qcow2 image serving the `Format` interface. Opening reads and
 //! checks the header and tables, sizes the caches, repairs an image left dirty, and
 //! builds the set of metadata clusters; requests are split at cluster boundaries and
-//! served under one metadata mutex (`Meta`).
+//! served under one metadata mutex (`Meta`), except the bytes of allocated data
+//! clusters, which `map` hands to the engines and `read` moves without the lock (both
+//! under a `MapGuard`).
+//!
+//! A writable open changes the header: a dirty image is repaired, autoclear bits are
+//! cleared (nothing they protect, such as bitmaps, is kept up to date here). A clean
+//! close (drop) frees the clusters reserved for allocation, makes everything durable
+//! and clears the dirty bit.
 //!
 //! Caches (QEMU 7.2's read_cache_sizes): the L2 cache defaults to what covers the whole
 //! disk, capped at 32 MiB (QEMU's DEFAULT_L2_CACHE_MAX_SIZE on Linux), at least two

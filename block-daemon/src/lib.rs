@@ -14,6 +14,7 @@ pub mod engine;
 pub mod export;
 pub mod formats;
 pub mod log_limit;
+pub mod paths;
 pub mod request;
 pub mod seccomp;
 pub mod stats;

@@ -4,8 +4,8 @@
 use virtio::blk::{ID_BYTES, S_IOERR, S_OK};
 
 use super::buffers::copy_to_guest;
-use super::interface::errno_of;
 use crate::disk::Disk;
+use crate::formats::FormatError;
 use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request};
 use crate::warn_limited;
@@ -27,11 +27,12 @@ impl Outcome {
         }
     }
 
-    pub fn failed(e: &std::io::Error) -> Outcome {
+    /// The image failed the request with `errno`.
+    pub fn failed(errno: i32) -> Outcome {
         Outcome {
             code: S_IOERR,
             used_len: 1,
-            error: Some(errno_of(e)),
+            error: Some(errno),
         }
     }
 }
@@ -49,13 +50,13 @@ pub fn execute_inline(disk: &Disk, req: &Request) -> Outcome {
         Kind::Flush => disk.flush(),
         Kind::Discard(ranges) => ranges.iter().try_for_each(|r| disk.discard(r)),
         Kind::WriteZeroes(ranges) => ranges.iter().try_for_each(|r| disk.write_zeroes(r)),
-        Kind::Read | Kind::Write => Err(std::io::Error::other("not an inline request")),
+        Kind::Read | Kind::Write => Err(FormatError::Invalid("not an inline request".into())),
     };
     match result {
         Ok(()) => Outcome::ok(1),
         Err(e) => {
             warn_limited!(FAILED, "{:?} failed: {e}", req.kind);
-            Outcome::failed(&e)
+            Outcome::failed(e.errno())
         }
     }
 }

@@ -10,13 +10,16 @@ use io_uring::{opcode, types, IoUring};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use virtio::blk::{S_IOERR, S_OK};
+use virtio::blk::S_IOERR;
 
 use super::buffers::{data_buffers, iovecs, DataBuffers};
 use super::inline::{execute_inline, Outcome};
-use super::interface::{Done, Engine, Op};
-use super::sync::{skip, transfer, SyncEngine};
+use super::interface::{errno_of, Done, Engine, Op};
+use super::mapped::{outcome, route, through_format, zero_guest, Route};
+use super::sync::SyncEngine;
+use super::transfer::{skip, transfer};
 use crate::disk::Disk;
+use crate::formats::MapGuard;
 use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request};
 use crate::warn_limited;
@@ -28,10 +31,14 @@ struct InFlight {
     status: *mut u8,
     op: Op,
     bytes: u64,
-    /// Where in the image it starts (to finish a short transfer).
+    /// The file it goes to and where in it it starts (to finish a short transfer).
+    fd: RawFd,
     offset: u64,
     started: Instant,
     buffers: Option<DataBuffers>,
+    /// The format's mapping stays valid (its clusters are not handed out again) until
+    /// the kernel is done with them.
+    _guard: Option<MapGuard>,
     /// Keeps the guest memory mapped until the kernel is done with it.
     _mem: Arc<GuestMemoryMmap>,
 }
@@ -74,18 +81,19 @@ impl UringEngine {
         })
     }
 
-    /// Reads `req` from the page cache without blocking; false if any of it is not
-    /// there (nothing is reported: the caller then reads it through the ring).
-    fn read_cached(&self, req: &Request) -> bool {
+    /// Reads `req` from the page cache (of `fd` at `offset`) without blocking; false if
+    /// any of it is not there (nothing is reported: the caller then reads it through
+    /// the ring).
+    fn read_cached(&self, req: &Request, fd: RawFd, offset: u64) -> bool {
         let iov = iovecs(&req.data);
         // SAFETY: the iovecs describe guest memory that request::parse checked and that
         // the caller keeps mapped; preadv2 writes at most their lengths.
         let n = unsafe {
             libc::preadv2(
-                self.disk.fd(),
+                fd,
                 iov.as_ptr(),
                 iov.len() as libc::c_int,
-                req.offset() as libc::off_t,
+                offset as libc::off_t,
                 libc::RWF_NOWAIT,
             )
         };
@@ -122,7 +130,7 @@ impl UringEngine {
             let write = f.op == Op::Write;
             match f.buffers.as_mut() {
                 Some(b) => transfer(
-                    self.disk.fd(),
+                    f.fd,
                     skip(&mut b.iovecs, done),
                     f.offset + done as u64,
                     write,
@@ -135,7 +143,7 @@ impl UringEngine {
         match error {
             Err(e) => {
                 warn_limited!(FAILED, "{:?} of {} bytes: {e}", f.op, f.bytes);
-                Outcome::failed(&e)
+                Outcome::failed(errno_of(&e))
             }
             Ok(()) if f.op == Op::Read => {
                 if let Some(b) = f.buffers.as_mut() {
@@ -148,52 +156,66 @@ impl UringEngine {
     }
 }
 
+impl UringEngine {
+    /// A request finished here, now.
+    fn finished(&mut self, head: u16, req: &Request, started: Instant, outcome: Outcome) {
+        self.ready.push(Done {
+            head,
+            status: req.status,
+            code: outcome.code,
+            used_len: outcome.used_len,
+            op: Op::of(&req.kind),
+            bytes: req.image_bytes(),
+            started,
+            error: outcome.error,
+        });
+    }
+}
+
 impl Engine for UringEngine {
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
         let started = Instant::now();
         let op = Op::of(&req.kind);
-        let inline = match req.kind {
-            Kind::Read | Kind::Write => false,
-            Kind::Flush => self.disk.cache().no_flush(),
-            _ => true,
+        let direct = self.disk.cache().direct();
+        // Where a read or write goes (a flush: the fd whose sync is all it takes).
+        let (fd, offset, guard) = match req.kind {
+            // Buffered writes only copy into the page cache; io_uring hands them to its
+            // worker threads, which measured slower (bench/blk) than writing them here.
+            Kind::Write if !direct => return self.overflow.submit(head, req, mem),
+            Kind::Read | Kind::Write => match route(&self.disk, &req) {
+                Ok(Route::File { fd, offset, guard }) => (fd, offset, Some(guard)),
+                Ok(Route::Zero) => {
+                    zero_guest(&req.data);
+                    return self.finished(head, &req, started, outcome(&req, Ok(())));
+                }
+                Ok(Route::Format) => {
+                    let result = through_format(&self.disk, &req);
+                    return self.finished(head, &req, started, outcome(&req, result));
+                }
+                Err(e) => return self.finished(head, &req, started, outcome(&req, Err(e))),
+            },
+            Kind::Flush => match self.disk.flush_fd() {
+                Some(fd) if !self.disk.cache().no_flush() => (fd, 0, None),
+                _ => {
+                    let outcome = execute_inline(&self.disk, &req);
+                    return self.finished(head, &req, started, outcome);
+                }
+            },
+            _ => {
+                let outcome = execute_inline(&self.disk, &req);
+                return self.finished(head, &req, started, outcome);
+            }
         };
-        if inline {
-            let outcome = execute_inline(&self.disk, &req);
-            self.ready.push(Done {
-                head,
-                status: req.status,
-                code: outcome.code,
-                used_len: outcome.used_len,
-                op,
-                bytes: req.image_bytes(),
-                started,
-                error: outcome.error,
-            });
-            return;
-        }
-        // Buffered writes only copy into the page cache; io_uring hands them to its
-        // worker threads, which measured slower (bench/blk) than writing them here.
-        if req.kind == Kind::Write && !self.disk.cache().direct() {
-            return self.overflow.submit(head, req, mem);
-        }
         // A buffered read of data in the page cache is a copy: done here at once, it
         // skips the ring, the completion eventfd and a trip through epoll (bench/blk
         // measured that trip as most of a cached read's cost). Data not cached makes
         // RWF_NOWAIT fail at once, and the read goes to the ring.
-        if req.kind == Kind::Read && !self.disk.cache().direct() && self.read_cached(&req) {
-            self.ready.push(Done {
-                head,
-                status: req.status,
-                code: S_OK,
-                used_len: req.data_len as u32 + 1,
-                op,
-                bytes: req.image_bytes(),
-                started,
-                error: None,
-            });
-            return;
+        if req.kind == Kind::Read && !direct && self.read_cached(&req, fd, offset) {
+            return self.finished(head, &req, started, Outcome::ok(req.data_len as u32 + 1));
         }
         let Some(slot) = self.free.pop() else {
+            // Every slot is busy: done here, synchronously (mapped again there).
+            drop(guard);
             return self.overflow.submit(head, req, mem);
         };
         let mut flight = InFlight {
@@ -201,9 +223,11 @@ impl Engine for UringEngine {
             status: req.status,
             op,
             bytes: req.image_bytes(),
-            offset: req.offset(),
+            fd,
+            offset,
             started,
             buffers: None,
+            _guard: guard,
             _mem: mem,
         };
         if req.kind != Kind::Flush {
@@ -215,16 +239,16 @@ impl Engine for UringEngine {
                 }
             }
         }
-        let fd = types::Fd(self.disk.fd());
+        let fd = types::Fd(fd);
         let entry = match (&req.kind, &flight.buffers) {
             (Kind::Read, Some(b)) => {
                 opcode::Readv::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(req.offset())
+                    .offset(offset)
                     .build()
             }
             (Kind::Write, Some(b)) => {
                 opcode::Writev::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(req.offset())
+                    .offset(offset)
                     .build()
             }
             _ => opcode::Fsync::new(fd)

@@ -9,6 +9,10 @@
 //! used, and a damaged image gives a `FormatError`, never a panic, an access outside
 //! the file or an allocation the size of a lie.
 
+pub mod chain;
+pub mod direct;
+pub mod raw;
+
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

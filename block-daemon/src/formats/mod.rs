@@ -11,7 +11,11 @@
 
 pub mod chain;
 pub mod direct;
+pub mod probe;
+pub mod qcow2;
 pub mod raw;
+
+pub use probe::probe;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};

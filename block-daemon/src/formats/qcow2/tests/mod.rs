@@ -1,0 +1,4 @@
+//! Unit tests of the qcow2 library, with qemu-img and qemu-io 7.2 as the oracles.
+
+mod header;
+mod oracle;

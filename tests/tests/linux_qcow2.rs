@@ -1,0 +1,217 @@
+//! A real Linux guest (Debian's kernel under QEMU TCG, QEMU as the vhost-user frontend)
+//! on a qcow2 image served by a standalone block-daemon, over a backing chain qemu-img
+//! made (qcow2 over qcow2 over raw, the backing files named relative to their
+//! overlays): the guest reads back what qemu-img wrote into the chain, copies it with
+//! allocating, partial-cluster writes (copy-on-write from the backing files), makes,
+//! fills and checks a filesystem. qemu-img is the oracle after: `check` finds no
+//! corruption and no leak, `compare` finds what the guest wrote, and the backing files
+//! are unchanged.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_tests::blk::{pattern_image, qemu_img, qemu_img_ok, SECTOR};
+use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
+use flotilla_tests::{bin, require_tool, TempDir, Vm};
+
+const LINUX: Duration = Duration::from_secs(240);
+const MIB: u64 = 1 << 20;
+/// Where the guest copies the chain's first 8 MiB to: not cluster-aligned.
+const COPY_TO: u64 = 40 * MIB + 3 * 1024;
+const COPY_LEN: u64 = 8 * MIB;
+/// The filesystem's size (4 KiB blocks).
+const FS_BYTES: u64 = 32 * MIB;
+
+const SCRIPT: &str = r#"#!/bin/sh
+set -e
+echo "CAPACITY $(cat /sys/block/vda/size)"
+echo "SUM-CHAIN $(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | md5sum)"
+dd if=/dev/vda of=/dev/vda bs=1k count=8192 seek=40963 iflag=direct oflag=direct 2>/dev/null
+sync
+echo "SUM-COPY $(dd if=/dev/vda bs=1k skip=40963 count=8192 iflag=direct 2>/dev/null | md5sum)"
+mkfs.ext4 -q -F -b 4096 /dev/vda 8192
+mount /dev/vda /mnt
+dd if=/dev/urandom of=/tmp/data bs=1M count=8 2>/dev/null
+echo "SUM-WRITTEN $(md5sum < /tmp/data)"
+cp /tmp/data /mnt/file
+umount /mnt
+mount /dev/vda /mnt
+echo "SUM-FILE $(md5sum < /mnt/file)"
+umount /mnt
+e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
+echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
+"#;
+
+fn value<'a>(transcript: &'a str, key: &str) -> &'a str {
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key} line:\n{transcript}"))
+}
+
+fn md5(bytes: &[u8]) -> String {
+    let dir = TempDir::new("md5");
+    let f = dir.path().join("data");
+    std::fs::write(&f, bytes).unwrap();
+    let out = Command::new(require_tool("md5sum", "coreutils"))
+        .arg(&f)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn linux_on_a_qcow2_chain() {
+    let qemu_io = require_tool("qemu-io", "qemu-utils");
+    let dir = TempDir::new("linux-qcow2");
+    let base = dir.path().join("base.raw");
+    let mid = dir.path().join("mid.qcow2");
+    let top = dir.path().join("top.qcow2");
+    pattern_image(&base, 13, 64 * MIB / SECTOR);
+    // The backing files are named relative to their overlays (resolved as QEMU does).
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=16384",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        s(&mid),
+    ]);
+    let io = Command::new(&qemu_io)
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 4M 1M",
+            "-c",
+            "write -P 0xa5 41M 64k",
+        ])
+        .arg(&mid)
+        .output()
+        .unwrap();
+    assert!(io.status.success(), "{io:?}");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    let expected = dir.path().join("expected.raw");
+    qemu_img_ok(&["convert", "-O", "raw", s(&top), s(&expected)]);
+    let expected = std::fs::read(&expected).unwrap();
+    let backing_before = (std::fs::read(&base).unwrap(), std::fs::read(&mid).unwrap());
+
+    let sock = dir.path().join("vhost.sock");
+    let mut daemon = Command::new(bin("block-daemon"));
+    daemon
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--image")
+        .arg(&top)
+        .args(["--format", "qcow2", "--queues", "2", "--once"]);
+    let mut daemon = Vm::spawn(daemon);
+    daemon.expect_line("the daemon to listen", Duration::from_secs(20), |l| {
+        l.contains("serving")
+    });
+    let initrd = dir.path().join("initrd");
+    initrd_with_script(&initrd, SCRIPT);
+    let mut linux = qemu_tcg_linux(
+        &initrd,
+        512,
+        2,
+        &[
+            "-chardev".into(),
+            format!("socket,id=c,path={}", sock.display()),
+            "-device".into(),
+            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
+        ],
+    );
+    let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
+    let transcript = linux.transcript();
+    assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
+    assert_eq!(value(&transcript, "CAPACITY "), "131072");
+    // What qemu-img wrote into the chain reads back in the guest.
+    let chain = md5(&expected[..COPY_LEN as usize]);
+    assert_eq!(value(&transcript, "SUM-CHAIN "), chain, "{transcript}");
+    assert_eq!(value(&transcript, "SUM-COPY "), chain, "{transcript}");
+    let written = value(&transcript, "SUM-WRITTEN ");
+    assert_eq!(value(&transcript, "SUM-FILE "), written);
+    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
+    assert_eq!(value(&transcript, "IO-ERRORS "), "0");
+    assert!(linux.wait(LINUX).success());
+    assert!(
+        daemon.wait(Duration::from_secs(20)).success(),
+        "{}",
+        daemon.transcript()
+    );
+
+    // qemu-img: no corruption, no leak.
+    let (ok, out, err) = qemu_img(&["check", s(&top)]);
+    assert!(ok, "qemu-img check:\n{out}{err}");
+    assert!(out.contains("No errors were found on the image."), "{out}");
+    assert!(!out.contains("leaked"), "{out}");
+    // What the guest wrote, as qemu-img reads it: the copy where it went, the backing
+    // chain's data everywhere the guest did not write, a clean filesystem in front.
+    let got_path = dir.path().join("got.raw");
+    qemu_img_ok(&["convert", "-O", "raw", s(&top), s(&got_path)]);
+    let got = std::fs::read(&got_path).unwrap();
+    let (to, len, fs) = (COPY_TO as usize, COPY_LEN as usize, FS_BYTES as usize);
+    assert!(got[to..to + len] == expected[..len], "the copy differs");
+    assert!(
+        got[fs..to] == expected[fs..to],
+        "data before the copy changed"
+    );
+    assert!(
+        got[to + len..] == expected[to + len..],
+        "data after the copy changed"
+    );
+    let fsck = Command::new(require_tool("e2fsck", "e2fsprogs"))
+        .arg("-fn")
+        .arg(&got_path)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{fsck:?}");
+    // The image as a whole against the expected content, by qemu-img compare.
+    let mut want = expected.clone();
+    want[to..to + len].copy_from_slice(&expected[..len]);
+    want[..fs].copy_from_slice(&got[..fs]);
+    let want_path = dir.path().join("want.raw");
+    std::fs::File::create(&want_path)
+        .unwrap()
+        .write_all_at(&want, 0)
+        .unwrap();
+    let (same, out, err) = qemu_img(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        s(&top),
+        s(&want_path),
+    ]);
+    assert!(same, "qemu-img compare:\n{out}{err}");
+    // The backing files were only read.
+    let after = (std::fs::read(&base).unwrap(), std::fs::read(&mid).unwrap());
+    assert!(after == backing_before, "a backing file changed");
+}

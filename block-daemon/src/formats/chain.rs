@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ipc::{BlockCounters, ImageFormat, ImageLayer};
 
 use super::direct::set_direct;
+use super::qcow2::Qcow2;
 use super::raw::Raw;
 use super::{Format, FormatError};
 
@@ -146,9 +147,9 @@ fn open_layer(
                 _ => Arc::new(raw),
             })
         }
-        ImageFormat::Qcow2(_) => Err(format_error(FormatError::Unsupported(
-            "qcow2 is not served yet".into(),
-        ))),
+        ImageFormat::Qcow2(opts) => Ok(Arc::new(
+            Qcow2::open(file, backing, opts, writable).map_err(format_error)?,
+        )),
     }
 }
 

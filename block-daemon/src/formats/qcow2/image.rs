@@ -658,6 +658,10 @@ impl Format for Qcow2 {
     fn resize(&self, size: u64) -> Result<(), FormatError> {
         self.meta.lock().resize(size)
     }
+
+    fn close(&self) -> Result<(), FormatError> {
+        self.meta.lock().close()
+    }
 }
 
 impl Drop for Qcow2 {

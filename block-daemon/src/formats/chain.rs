@@ -34,13 +34,18 @@ pub enum ChainError {
         filename: String,
         error: std::io::Error,
     },
-    /// The format refused the image: its own words (QEMU's, where QEMU has them).
-    #[error("{error}")]
+    /// The format refused the image: its own words (QEMU's, where QEMU has them),
+    /// after QEMU's "Could not open backing file: " once per level below the top.
+    #[error("{}{error}", BACKING.repeat(*depth))]
     Format {
         filename: String,
+        depth: usize,
         error: FormatError,
     },
 }
+
+/// How QEMU introduces an error of an image's backing file.
+pub const BACKING: &str = "Could not open backing file: ";
 
 /// What the chain is opened for.
 #[derive(Clone)]
@@ -114,7 +119,7 @@ pub fn open(
             });
         }
         set_direct(&file, options.direct).map_err(io)?;
-        let format = open_layer(layer, file, backing.take(), writable, top, options)?;
+        let format = open_layer(layer, file, backing.take(), writable, depth, options)?;
         backing = Some(format);
     }
     let top = backing.ok_or(ChainError::Empty)?;
@@ -127,11 +132,13 @@ fn open_layer(
     file: File,
     backing: Option<Arc<dyn Format>>,
     writable: bool,
-    top: bool,
+    depth: usize,
     options: &ChainOptions,
 ) -> Result<Arc<dyn Format>, ChainError> {
+    let top = depth == 0;
     let format_error = |error| ChainError::Format {
         filename: layer.filename.clone(),
+        depth,
         error,
     };
     match &layer.format {

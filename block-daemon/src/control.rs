@@ -158,7 +158,12 @@ fn handle(
             device.resume();
             Ok(BlockReply::Done)
         }
-        BlockRequest::Quit => Ok(BlockReply::Done),
+        // The image is clean (qcow2: nothing left reserved, not dirty) before the
+        // gateway hears that we are done.
+        BlockRequest::Quit => match disk.close() {
+            Ok(()) => Ok(BlockReply::Done),
+            Err(e) => Err(RemoteError::generic(e.to_string())),
+        },
     }
 }
 
@@ -190,10 +195,14 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
             size: device.disk().size(),
         }),
     );
-    link.answer_calls(
+    let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
         |request, fds| handle(&device, request, fds),
-    )
-    .map_err(ChildError::from)?;
+    );
+    // A gateway that hung up (or said quit) leaves the image clean too.
+    if let Err(e) = device.disk().close() {
+        log::error!("closing the image: {e}");
+    }
+    served.map_err(ChildError::from)?;
     Ok(())
 }

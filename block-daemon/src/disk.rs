@@ -134,6 +134,11 @@ impl Disk {
         self.format.write_zeroes(offset, len, r.unmap)
     }
 
+    /// The node is going away: the image is left clean (see `Format::close`).
+    pub fn close(&self) -> Result<(), FormatError> {
+        self.format.close()
+    }
+
     /// Grows or shrinks the image (block_resize).
     pub fn resize(&self, bytes: u64) -> Result<(), FormatError> {
         self.format.resize(bytes)

@@ -224,12 +224,20 @@ impl Export {
         self.device.disk().capacity_sectors()
     }
 
+    /// The export's node (to leave its image clean when the daemon is told to end).
+    pub fn disk(&self) -> Arc<Disk> {
+        self.device.disk().clone()
+    }
+
     /// Serves frontends one after another (one that disconnects may come back, or
     /// another take its place); with `once`, only the first, then removes the socket.
     pub fn serve(mut self, once: bool) -> Result<(), ExportError> {
         let label = self.spec.socket.display().to_string();
         let result = vhost_backend::serve_frontends(&self.device, &mut self.listener, once, &label);
         let _ = std::fs::remove_file(&self.spec.socket);
+        if let Err(e) = self.device.disk().close() {
+            log::error!("{label}: closing the image: {e}");
+        }
         result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e))
     }
 }

@@ -105,10 +105,17 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let disks: Vec<_> = exports.iter().map(Export::disk).collect();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
             for s in &sockets {
                 let _ = std::fs::remove_file(s);
+            }
+            // Each image is left clean (qcow2: nothing reserved, not dirty).
+            for d in &disks {
+                if let Err(e) = d.close() {
+                    log::error!("closing an image: {e}");
+                }
             }
             std::process::exit(0);
         }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ipc::{ImageFormat, ImageLayer, Qcow2Options};
 
+use crate::formats::chain::BACKING;
 use crate::formats::probe;
 use crate::formats::qcow2::header::Header;
 
@@ -65,18 +66,21 @@ pub fn open_chain(
     let mut seen = Vec::new();
     let mut next = Some((image.to_path_buf(), format));
     while let Some((path, format)) = next.take() {
+        // A backing file's failure reads as QEMU's: once "Could not open backing
+        // file: " per level below the top.
+        let nested = |e: String| format!("{}{e}", BACKING.repeat(layers.len()));
         if layers.len() == MAX_DEPTH {
             return Err(format!(
                 "'{}': the backing chain is deeper than {MAX_DEPTH} images",
                 image.display()
             ));
         }
-        let file = open_file(&path, layers.is_empty() && !read_only)?;
+        let file = open_file(&path, layers.is_empty() && !read_only).map_err(nested)?;
         let meta = file.metadata().map_err(|e| e.to_string())?;
         if seen.contains(&(meta.dev(), meta.ino())) {
+            // qemu-img info --backing-chain's words.
             return Err(format!(
-                "'{}': the backing chain comes back to '{}'",
-                image.display(),
+                "Backing file '{}' creates an infinite loop.",
                 path.display()
             ));
         }
@@ -85,14 +89,18 @@ pub fn open_chain(
         let image_format = match format {
             FormatName::Raw => ImageFormat::Raw,
             FormatName::Qcow2 => {
-                let header = Header::read(&file).map_err(|e| e.to_string())?;
+                let header = Header::read(&file).map_err(|e| nested(e.to_string()))?;
                 if let Some(name) = &header.backing_file {
                     let backing = resolve_backing(&path, name)?;
                     let format = match header.backing_format.as_deref() {
                         Some(f) => f.to_string(),
                         None => {
-                            let probe_file = open_file(&backing, false)?;
-                            probe(&probe_file).map_err(|e| e.to_string())?.to_string()
+                            let below =
+                                |e: String| format!("{}{e}", BACKING.repeat(layers.len() + 1));
+                            let probe_file = open_file(&backing, false).map_err(below)?;
+                            probe(&probe_file)
+                                .map_err(|e| below(e.to_string()))?
+                                .to_string()
                         }
                     };
                     let format = match format.as_str() {

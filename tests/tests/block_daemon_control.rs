@@ -367,13 +367,25 @@ fn damaged_qcow2_images_are_refused_with_qemus_words() {
     let damage: &[(&str, u64, &[u8])] = &[
         ("version 4", 4, &[0, 0, 0, 4]),
         ("cluster_bits 30", 20, &[0, 0, 0, 30]),
-        ("an L1 table past the end", 40, &[0, 0, 0, 0x10, 0, 0, 0, 0]),
-        (
-            "a refcount table past the end",
-            48,
-            &[0, 0, 0, 0x10, 0, 0, 0, 0],
-        ),
         ("the magic", 0, b"QFJ\xfb"),
+        (
+            "an L1 table offset not cluster-aligned",
+            40,
+            &[0, 0, 0, 0, 0, 1, 0, 1],
+        ),
+        ("an L1 table too large", 36, &[0x10, 0, 0, 0]),
+        (
+            "a refcount table offset not aligned",
+            48,
+            &[0, 0, 0, 0, 0, 1, 2, 0],
+        ),
+        ("a refcount table too large", 56, &[0xff, 0xff, 0xff, 0xff]),
+        (
+            "an unknown incompatible feature",
+            72,
+            &[0x80, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        ("a header length too short", 100, &[0, 0, 0, 0x10]),
     ];
     for (what, offset, bytes) in damage {
         let image = dir.path().join("bad.qcow2");

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ipc::{BlockCounters, ImageFormat, ImageLayer};
 
 use super::direct::set_direct;
+use super::qcow2::Qcow2;
 use super::raw::Raw;
 use super::{Format, FormatError};
 
@@ -33,13 +34,18 @@ pub enum ChainError {
         filename: String,
         error: std::io::Error,
     },
-    /// The format refused the image: its own words (QEMU's, where QEMU has them).
-    #[error("{error}")]
+    /// The format refused the image: its own words (QEMU's, where QEMU has them),
+    /// after QEMU's "Could not open backing file: " once per level below the top.
+    #[error("{}{error}", BACKING.repeat(*depth))]
     Format {
         filename: String,
+        depth: usize,
         error: FormatError,
     },
 }
+
+/// How QEMU introduces an error of an image's backing file.
+pub const BACKING: &str = "Could not open backing file: ";
 
 /// What the chain is opened for.
 #[derive(Clone)]
@@ -113,7 +119,7 @@ pub fn open(
             });
         }
         set_direct(&file, options.direct).map_err(io)?;
-        let format = open_layer(layer, file, backing.take(), writable, top, options)?;
+        let format = open_layer(layer, file, backing.take(), writable, depth, options)?;
         backing = Some(format);
     }
     let top = backing.ok_or(ChainError::Empty)?;
@@ -126,11 +132,13 @@ fn open_layer(
     file: File,
     backing: Option<Arc<dyn Format>>,
     writable: bool,
-    top: bool,
+    depth: usize,
     options: &ChainOptions,
 ) -> Result<Arc<dyn Format>, ChainError> {
+    let top = depth == 0;
     let format_error = |error| ChainError::Format {
         filename: layer.filename.clone(),
+        depth,
         error,
     };
     match &layer.format {
@@ -146,9 +154,9 @@ fn open_layer(
                 _ => Arc::new(raw),
             })
         }
-        ImageFormat::Qcow2(_) => Err(format_error(FormatError::Unsupported(
-            "qcow2 is not served yet".into(),
-        ))),
+        ImageFormat::Qcow2(opts) => Ok(Arc::new(
+            Qcow2::open(file, backing, opts, writable).map_err(format_error)?,
+        )),
     }
 }
 

@@ -3,12 +3,21 @@
 //! and zero clusters, backing files, internal snapshots, and the repair of an image
 //! left dirty. One concern per file; `image` ties them into `Qcow2`.
 
+pub mod cache;
+pub mod compressed;
 pub mod create;
 pub mod extensions;
 pub mod header;
+pub mod image;
 pub mod io;
 pub mod layout;
+pub mod meta;
+pub mod refcount;
+pub mod repair;
 pub mod snapshot;
+pub mod tables;
+
+pub use image::Qcow2;
 
 #[cfg(test)]
 mod tests;

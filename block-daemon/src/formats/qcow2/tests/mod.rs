@@ -1,4 +1,6 @@
 //! Unit tests of the qcow2 library, with qemu-img and qemu-io 7.2 as the oracles.
 
+mod crash;
 mod header;
 mod oracle;
+mod rw;

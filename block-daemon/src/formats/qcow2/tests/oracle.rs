@@ -96,3 +96,87 @@ pub fn check_clean(path: &Path) {
 pub fn info(path: &Path) -> String {
     ok("qemu-img", &["info", "--output=json", "-U", s(path)])
 }
+
+/// A raw image for backing chains in these tests (the real one is formats::raw).
+pub struct RawFile(pub std::fs::File, pub u64);
+
+impl RawFile {
+    pub fn open(p: &Path) -> RawFile {
+        let f = std::fs::File::open(p).unwrap();
+        let n = f.metadata().unwrap().len();
+        RawFile(f, n)
+    }
+}
+
+impl crate::formats::Format for RawFile {
+    fn name(&self) -> &'static str {
+        "raw"
+    }
+    fn virtual_size(&self) -> u64 {
+        self.1
+    }
+    fn map(
+        &self,
+        offset: u64,
+        len: u64,
+        _w: bool,
+    ) -> Result<crate::formats::Mapping, crate::formats::FormatError> {
+        use std::os::fd::AsRawFd;
+        Ok(crate::formats::Mapping {
+            extents: vec![crate::formats::Extent::File {
+                fd: self.0.as_raw_fd(),
+                offset,
+                len,
+            }],
+            guard: crate::formats::MapGuard::none(),
+        })
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::formats::FormatError> {
+        use std::os::unix::fs::FileExt;
+        self.0.read_exact_at(buf, offset)?;
+        Ok(())
+    }
+    fn write(&self, _: u64, _: &[u8]) -> Result<(), crate::formats::FormatError> {
+        Err(crate::formats::FormatError::ReadOnly)
+    }
+    fn flush(&self) -> Result<(), crate::formats::FormatError> {
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), crate::formats::FormatError> {
+        Err(crate::formats::FormatError::ReadOnly)
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), crate::formats::FormatError> {
+        Err(crate::formats::FormatError::ReadOnly)
+    }
+    fn resize(&self, _: u64) -> Result<(), crate::formats::FormatError> {
+        Err(crate::formats::FormatError::ReadOnly)
+    }
+}
+
+/// A seeded generator (xorshift64*), so failures repeat.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// `qemu-img convert -O raw` of an image: its guest bytes.
+pub fn raw_bytes(p: &Path, fmt: &str) -> Vec<u8> {
+    let out = p.with_extension("converted.raw");
+    ok(
+        "qemu-img",
+        &["convert", "-U", "-f", fmt, "-O", "raw", s(p), s(&out)],
+    );
+    let b = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    b
+}

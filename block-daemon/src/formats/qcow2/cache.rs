@@ -1,0 +1,101 @@
+//! A bounded least-recently-used cache of metadata tables (L2 tables, refcount blocks),
+//! each one cluster, keyed by its offset in the image. Writes go through to the file at
+//! once (see `meta`), so an entry is never dirty and eviction just drops it.
+
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug)]
+pub struct TableCache {
+    capacity: usize,
+    tick: u64,
+    tables: HashMap<u64, (u64, Vec<u8>)>,
+    by_age: BTreeMap<u64, u64>,
+}
+
+impl TableCache {
+    /// A cache of at most `capacity` tables (at least 2: a lookup may need two at once).
+    pub fn new(capacity: usize) -> TableCache {
+        TableCache {
+            capacity: capacity.max(2),
+            tick: 0,
+            tables: HashMap::new(),
+            by_age: BTreeMap::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    fn touch(&mut self, offset: u64) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some((age, _)) = self.tables.get_mut(&offset) {
+            self.by_age.remove(age);
+            *age = tick;
+            self.by_age.insert(tick, offset);
+        }
+    }
+
+    /// The table at `offset`, marked as just used.
+    pub fn get_mut(&mut self, offset: u64) -> Option<&mut Vec<u8>> {
+        if !self.tables.contains_key(&offset) {
+            return None;
+        }
+        self.touch(offset);
+        self.tables.get_mut(&offset).map(|(_, t)| t)
+    }
+
+    /// Adds (or replaces) the table at `offset`, evicting the least recently used.
+    pub fn insert(&mut self, offset: u64, table: Vec<u8>) -> &mut Vec<u8> {
+        self.remove(offset);
+        while self.tables.len() >= self.capacity {
+            let Some((_, victim)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.tables.remove(&victim);
+        }
+        self.tick += 1;
+        self.by_age.insert(self.tick, offset);
+        let slot = self.tables.entry(offset).or_insert((self.tick, Vec::new()));
+        slot.1 = table;
+        &mut slot.1
+    }
+
+    pub fn remove(&mut self, offset: u64) {
+        if let Some((age, _)) = self.tables.remove(&offset) {
+            self.by_age.remove(&age);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.tables.clear();
+        self.by_age.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableCache;
+
+    #[test]
+    fn evicts_the_least_recently_used() {
+        let mut c = TableCache::new(2);
+        c.insert(0, vec![0]);
+        c.insert(512, vec![1]);
+        assert!(c.get_mut(0).is_some()); // 512 is now the oldest
+        c.insert(1024, vec![2]);
+        assert_eq!(c.len(), 2);
+        assert!(c.get_mut(512).is_none());
+        assert_eq!(c.get_mut(0).map(|t| t[0]), Some(0));
+        assert_eq!(c.get_mut(1024).map(|t| t[0]), Some(2));
+    }
+}

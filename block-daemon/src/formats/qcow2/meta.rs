@@ -1,0 +1,203 @@
+//! The open image's metadata state (everything the queue threads share under one
+//! mutex): geometry, the L1 and refcount tables in memory, the table caches, the
+//! allocator's bookkeeping, the set of metadata clusters used for overlap checks, and
+//! the file I/O every metadata change goes through (written through to the file, so a
+//! restarted daemon finds it; ordering syncs where a power loss could reorder).
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::sync::Arc;
+
+use crate::formats::qcow2::cache::TableCache;
+use crate::formats::qcow2::header::Header;
+use crate::formats::qcow2::io::{read_meta, write_at};
+use crate::formats::qcow2::layout::{put64, INCOMPAT_CORRUPT, OFF_INCOMPATIBLE};
+use crate::formats::qcow2::snapshot::SnapshotInfo;
+use crate::formats::{Format, FormatError, MappedRequests};
+
+/// QEMU's text for writes to an image marked corrupt.
+pub const CORRUPT_TEXT: &str = "qcow2: Image is corrupt; cannot be opened read/write";
+
+/// A test hook: how many more file writes may happen before the "process dies"
+/// (every later write fails and nothing more reaches the file).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct CrashAfter(pub Option<usize>);
+
+pub struct Meta {
+    pub file: Arc<File>,
+    pub backing: Option<Arc<dyn Format>>,
+    pub writable: bool,
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub refcount_order: u32,
+    pub size: u64,
+    pub l1: Vec<u64>,
+    pub l1_offset: u64,
+    pub reftable: Vec<u64>,
+    pub reftable_offset: u64,
+    pub reftable_clusters: u64,
+    pub l2_cache: TableCache,
+    pub rb_cache: TableCache,
+    pub incompatible: u64,
+    pub lazy: bool,
+    pub corrupt: bool,
+    /// Bytes of the file we know of (grows as we write past it).
+    pub file_size: u64,
+    /// First cluster the allocator looks at.
+    pub free_hint: u64,
+    /// The cluster index past every cluster given a refcount in this session (some
+    /// may not be written yet: they lie beyond `file_size`).
+    pub alloc_end: u64,
+    /// Clusters whose refcount is 1 on disk (made durable) but not yet used.
+    pub reserved: VecDeque<u64>,
+    /// Clusters freed while a mapping may still use them: not handed out until no
+    /// mapped request is in flight.
+    pub deferred: HashSet<u64>,
+    pub mapped: Arc<MappedRequests>,
+    /// Clusters holding metadata (header, L1, refcount table and blocks, active L2
+    /// tables, snapshot table and snapshot L1 tables): data never goes there.
+    pub metadata: HashSet<u64>,
+    pub snapshots: Vec<SnapshotInfo>,
+    pub snapshots_offset: u64,
+    pub snapshots_size: u64,
+    pub header: Header,
+    #[cfg(test)]
+    pub crash: CrashAfter,
+}
+
+impl Meta {
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// Entries of an L2 table.
+    pub fn l2_entries(&self) -> u64 {
+        self.cluster_size() / 8
+    }
+
+    /// Refcounts in one refcount block.
+    pub fn rb_entries(&self) -> u64 {
+        (self.cluster_size() * 8) >> self.refcount_order
+    }
+
+    pub fn cluster_of(&self, offset: u64) -> u64 {
+        offset >> self.cluster_bits
+    }
+
+    /// Reads metadata at `offset`, which must lie inside the file.
+    pub fn read(&self, offset: u64, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
+        read_meta(&self.file, offset, buf, what)
+    }
+
+    /// Every write to the image file goes through here.
+    pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
+        #[cfg(test)]
+        if let Some(n) = self.crash.0.as_mut() {
+            if *n == 0 {
+                return Err(FormatError::Io(std::io::Error::other("simulated crash")));
+            }
+            *n -= 1;
+        }
+        write_at(&self.file, offset, buf)?;
+        self.file_size = self.file_size.max(offset + buf.len() as u64);
+        Ok(())
+    }
+
+    /// Makes what was written durable before what follows (fdatasync).
+    pub fn sync(&mut self) -> Result<(), FormatError> {
+        #[cfg(test)]
+        if self.crash.0 == Some(0) {
+            return Err(FormatError::Io(std::io::Error::other("simulated crash")));
+        }
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Writes the header's incompatible feature bits.
+    pub fn write_incompatible(&mut self, bits: u64) -> Result<(), FormatError> {
+        let mut b = [0u8; 8];
+        put64(&mut b, 0, bits);
+        self.write(OFF_INCOMPATIBLE, &b)?;
+        self.incompatible = bits;
+        Ok(())
+    }
+
+    /// Marks the image corrupt (QEMU's qcow2_signal_corruption): the bit in the header
+    /// when we may write, writes refused from now on, reads go on.
+    pub fn signal_corruption(&mut self, what: String) -> FormatError {
+        log::error!(
+            "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
+        );
+        if self.writable && !self.corrupt {
+            let bits = self.incompatible | INCOMPAT_CORRUPT;
+            if self.write_incompatible(bits).is_ok() {
+                let _ = self.sync();
+            }
+        }
+        self.corrupt = true;
+        FormatError::Corrupt(format!("Marking image as corrupt: {what}"))
+    }
+
+    /// Refuses a change when the image may not be written.
+    pub fn check_writable(&self) -> Result<(), FormatError> {
+        if !self.writable {
+            return Err(FormatError::ReadOnly);
+        }
+        if self.corrupt {
+            return Err(FormatError::Corrupt(CORRUPT_TEXT.into()));
+        }
+        Ok(())
+    }
+
+    /// Fails (and marks the image corrupt) when `offset..offset+len` touches metadata.
+    pub fn check_overlap(&mut self, offset: u64, len: u64) -> Result<(), FormatError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let first = self.cluster_of(offset);
+        let last = self.cluster_of(offset + len - 1);
+        for c in first..=last {
+            if self.metadata.contains(&c) {
+                return Err(self.signal_corruption(format!(
+                    "Preventing invalid write on metadata (overlaps with metadata cluster {:#x})",
+                    c << self.cluster_bits
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads (through the cache) the L2 table at `offset`.
+    pub fn l2_table(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
+        if self.l2_cache.get_mut(offset).is_none() {
+            let mut t = vec![0u8; self.cluster_size() as usize];
+            read_meta(&self.file, offset, &mut t, "L2 table")?;
+            self.l2_cache.insert(offset, t);
+        }
+        self.l2_cache
+            .get_mut(offset)
+            .ok_or_else(|| FormatError::Invalid("L2 cache lost a table".into()))
+    }
+
+    /// Loads (through the cache) the refcount block at `offset`.
+    pub fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
+        if self.rb_cache.get_mut(offset).is_none() {
+            let mut t = vec![0u8; self.cluster_size() as usize];
+            read_meta(&self.file, offset, &mut t, "Refcount block")?;
+            self.rb_cache.insert(offset, t);
+        }
+        self.rb_cache
+            .get_mut(offset)
+            .ok_or_else(|| FormatError::Invalid("refcount cache lost a block".into()))
+    }
+
+    /// Whether `offset` is a cluster-aligned table offset inside the file.
+    pub fn valid_table_offset(&self, offset: u64) -> bool {
+        offset != 0
+            && offset & (self.cluster_size() - 1) == 0
+            && offset
+                .checked_add(self.cluster_size())
+                .is_some_and(|end| end <= self.file_size)
+    }
+}

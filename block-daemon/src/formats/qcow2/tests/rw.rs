@@ -1,0 +1,335 @@
+//! Reads and writes through `Qcow2`, checked against qemu-img / qemu-io.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::oracle::{check_clean, img_create, io, ok, raw_bytes, s, RawFile, Rng, TempDir};
+use crate::formats::qcow2::Qcow2;
+use crate::formats::{Extent, Format};
+
+pub fn open(p: &Path, backing: Option<Arc<dyn Format>>, writable: bool) -> Qcow2 {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(p)
+        .unwrap();
+    Qcow2::open(f, backing, &ipc::Qcow2Options::default(), writable).unwrap()
+}
+
+/// Every guest byte through `read`, and again through `map` (files read at the
+/// extents' offsets, zeroes, and `read` for format extents): both must agree.
+pub fn read_all(q: &dyn Format) -> Vec<u8> {
+    let size = q.virtual_size();
+    let mut a = vec![0u8; size as usize];
+    // Odd request sizes cross cluster boundaries.
+    let step = 3 * 4096 + 512;
+    let mut at = 0;
+    while at < size {
+        let n = step.min(size - at);
+        q.read(at, &mut a[at as usize..(at + n) as usize]).unwrap();
+        at += n;
+    }
+    let mut b = vec![0u8; size as usize];
+    let mut at = 0;
+    while at < size {
+        let n = step.min(size - at);
+        let m = q.map(at, n, false).unwrap();
+        let mut pos = at;
+        for e in &m.extents {
+            let dst = &mut b[pos as usize..(pos + e.len()) as usize];
+            match *e {
+                Extent::File { fd, offset, len } => {
+                    // SAFETY: fd belongs to an image this test holds open; dst is
+                    // len bytes of a live buffer.
+                    let r = unsafe {
+                        libc::pread(fd, dst.as_mut_ptr().cast(), len as usize, offset as i64)
+                    };
+                    assert_eq!(r, len as isize, "pread of a File extent");
+                }
+                Extent::Zero { .. } => dst.fill(0),
+                Extent::Format { .. } => q.read(pos, dst).unwrap(),
+            }
+            pos += e.len();
+        }
+        assert_eq!(pos, at + n, "extents cover the range");
+        at += n;
+    }
+    assert!(a == b, "read and map disagree");
+    a
+}
+
+fn qemu_io_patterns(p: &Path, cs: u64, v3: bool) {
+    io(p, &format!("write -P 0x11 0 {}", cs));
+    io(p, &format!("write -P 0x22 {} 512", cs * 3 + 512));
+    io(p, &format!("write -P 0x33 {} {}", cs * 5 - 1024, cs + 2048));
+    io(p, &format!("write -P 0x44 {} 4096", 3 << 20));
+    if v3 {
+        io(p, &format!("write -z {} {}", 0, cs));
+        io(p, &format!("write -P 0x55 {} {}", cs * 8, cs * 2));
+        io(p, &format!("write -z {} {}", cs * 8, cs));
+    }
+    io(p, &format!("discard {} {}", 3 << 20, cs.max(4096)));
+}
+
+#[test]
+fn reads_match_qemu_img_convert() {
+    let d = TempDir::new();
+    for (opts, cs, v3) in [
+        ("cluster_size=512,refcount_bits=1", 512, true),
+        ("cluster_size=4096,refcount_bits=2", 4096, true),
+        ("cluster_size=65536", 65536, true),
+        ("cluster_size=2M,refcount_bits=64", 2 << 20, true),
+        ("compat=0.10", 65536, false),
+        ("lazy_refcounts=on,cluster_size=4096", 4096, true),
+    ] {
+        let p = d.path("r.qcow2");
+        img_create(&p, opts, "32M");
+        qemu_io_patterns(&p, cs, v3);
+        let want = raw_bytes(&p, "qcow2");
+        let q = open(&p, None, false);
+        assert!(
+            read_all(&q) == want,
+            "{opts}: bytes differ from qemu-img convert"
+        );
+    }
+}
+
+#[test]
+fn backing_chain_and_compressed_clusters() {
+    let d = TempDir::new();
+    let base = d.path("base.raw");
+    let mut rng = Rng(7);
+    let bytes: Vec<u8> = (0..(3 << 20) + 512).map(|_| rng.next() as u8).collect();
+    std::fs::write(&base, &bytes).unwrap();
+    let mid = d.path("mid.qcow2");
+    img_create(
+        &mid,
+        &format!(
+            "backing_file={},backing_fmt=raw,cluster_size=4096",
+            s(&base)
+        ),
+        "4M",
+    );
+    io(&mid, "write -P 0x66 8192 5000");
+    let top = d.path("top.qcow2");
+    img_create(
+        &top,
+        &format!("backing_file={},backing_fmt=qcow2", s(&mid)),
+        "4M",
+    );
+    io(&top, "write -P 0x77 65000 70000");
+    io(&top, "write -z 131072 65536");
+    let want = raw_bytes(&top, "qcow2");
+    let raw: Arc<dyn Format> = Arc::new(RawFile::open(&base));
+    let midq: Arc<dyn Format> = Arc::new(open(&mid, Some(raw), false));
+    let q = open(&top, Some(midq), false);
+    assert!(
+        read_all(&q) == want,
+        "chain bytes differ from qemu-img convert"
+    );
+
+    // Compressed clusters (qemu-img convert -c), several cluster sizes.
+    for cs in ["512", "4096", "65536"] {
+        let c = d.path("c.qcow2");
+        ok(
+            "qemu-img",
+            &[
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                &format!("cluster_size={cs}"),
+                s(&top),
+                s(&c),
+            ],
+        );
+        let q = open(&c, None, false);
+        assert!(read_all(&q) == want, "compressed ({cs}) bytes differ");
+    }
+}
+
+/// Applies random writes (partial clusters included) to both the image and a mirror.
+fn random_writes(q: &dyn Format, mirror: &mut [u8], rng: &mut Rng, count: usize, cs: u64) {
+    let size = mirror.len() as u64;
+    for i in 0..count {
+        let len = match rng.below(4) {
+            0 => 1 + rng.below(cs),
+            1 => cs,
+            2 => 512 * (1 + rng.below(16)),
+            _ => 1 + rng.below(3 * cs),
+        }
+        .min(size);
+        let at = rng.below(size - len + 1);
+        let data: Vec<u8> = (0..len).map(|j| (i as u64 * 31 + j) as u8 | 1).collect();
+        q.write(at, &data).unwrap();
+        mirror[at as usize..(at + len) as usize].copy_from_slice(&data);
+    }
+}
+
+fn compare_with_raw(d: &TempDir, p: &Path, mirror: &[u8]) {
+    check_clean(p);
+    let raw = d.path("mirror.raw");
+    std::fs::write(&raw, mirror).unwrap();
+    ok(
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", s(p), s(&raw)],
+    );
+}
+
+#[test]
+fn writes_pass_qemu_img_check_and_compare() {
+    let d = TempDir::new();
+    for (opts, cs) in [
+        ("cluster_size=512,refcount_bits=1", 512u64),
+        ("cluster_size=4096,refcount_bits=2", 4096),
+        ("cluster_size=65536,refcount_bits=16", 65536),
+        (
+            "cluster_size=65536,refcount_bits=64,lazy_refcounts=on",
+            65536,
+        ),
+        ("compat=0.10,cluster_size=4096", 4096),
+    ] {
+        let p = d.path("w.qcow2");
+        img_create(&p, opts, "4M");
+        io(&p, "write -P 0x5a 100000 300000");
+        let mut mirror = raw_bytes(&p, "qcow2");
+        let mut rng = Rng(42);
+        {
+            let q = open(&p, None, true);
+            random_writes(&q, &mut mirror, &mut rng, 300, cs);
+            assert!(read_all(&q) == mirror, "{opts}: read back");
+        }
+        compare_with_raw(&d, &p, &mirror);
+        // A second session finds everything.
+        let q = open(&p, None, true);
+        assert!(read_all(&q) == mirror, "{opts}: reopened");
+        random_writes(&q, &mut mirror, &mut rng, 50, cs);
+        drop(q);
+        compare_with_raw(&d, &p, &mirror);
+    }
+}
+
+#[test]
+fn writes_over_a_backing_file_copy_the_rest_of_the_cluster() {
+    let d = TempDir::new();
+    let base = d.path("base.qcow2");
+    img_create(&base, "cluster_size=4096", "2M");
+    io(&base, "write -P 0x21 0 2M");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            s(&base),
+            s(&d.path("basec.qcow2")),
+        ],
+    );
+    let basec = d.path("basec.qcow2");
+    let top = d.path("top.qcow2");
+    img_create(
+        &top,
+        &format!(
+            "backing_file={},backing_fmt=qcow2,cluster_size=65536",
+            s(&basec)
+        ),
+        "3M",
+    );
+    let mut mirror = raw_bytes(&top, "qcow2");
+    let bq: Arc<dyn Format> = Arc::new(open(&basec, None, false));
+    let q = open(&top, Some(bq.clone()), true);
+    random_writes(&q, &mut mirror, &mut Rng(3), 100, 65536);
+    q.write_zeroes(65536 * 10, 65536 * 2, true).unwrap();
+    mirror[65536 * 10..65536 * 12].fill(0);
+    q.discard(65536 * 20, 65536).unwrap(); // v3: reads as zeroes, not as the backing file
+    mirror[65536 * 20..65536 * 21].fill(0);
+    assert!(read_all(&q) == mirror);
+    drop(q);
+    check_clean(&top);
+    let got = raw_bytes(&top, "qcow2");
+    assert!(
+        got == mirror,
+        "qemu-img reads what we wrote over the backing file"
+    );
+}
+
+#[test]
+fn discard_and_write_zeroes_as_qemu() {
+    let d = TempDir::new();
+    for (opts, v3) in [
+        ("cluster_size=4096", true),
+        ("cluster_size=4096,compat=0.10", false),
+    ] {
+        let p = d.path("z.qcow2");
+        img_create(&p, opts, "1M");
+        let q = open(&p, None, true);
+        let mut mirror = vec![0u8; 1 << 20];
+        random_writes(&q, &mut mirror, &mut Rng(5), 100, 4096);
+        // Partial clusters of a discard are ignored; whole ones read as zeroes.
+        q.discard(1000, 20000).unwrap();
+        mirror[4096..16384].fill(0);
+        q.write_zeroes(5000, 30000, false).unwrap();
+        mirror[5000..35000].fill(0);
+        q.write_zeroes(40960, 8192, true).unwrap();
+        mirror[40960..49152].fill(0);
+        assert!(read_all(&q) == mirror, "{opts}");
+        drop(q);
+        compare_with_raw(&d, &p, &mirror);
+        let map = ok("qemu-img", &["map", "--output=json", s(&p)]);
+        if v3 {
+            // The whole zeroed clusters are zero clusters, not written zeroes.
+            assert!(map.contains("\"start\": 40960, \"length\": 8192, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"), "{map}");
+        }
+    }
+}
+
+#[test]
+fn growth_across_refcount_blocks_and_table() {
+    let d = TempDir::new();
+    for rb in [1, 16, 64] {
+        let p = d.path("g.qcow2");
+        img_create(&p, &format!("cluster_size=512,refcount_bits={rb}"), "24M");
+        let q = open(&p, None, true);
+        let mut mirror = vec![0u8; 24 << 20];
+        // Sequential then random: thousands of clusters, many new refcount blocks and
+        // (with 64-bit refcounts) several refcount table moves.
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 | 1).collect();
+        for i in 0..(16 << 20) / chunk.len() {
+            let at = i * chunk.len();
+            q.write(at as u64, &chunk).unwrap();
+            mirror[at..at + chunk.len()].copy_from_slice(&chunk);
+        }
+        random_writes(&q, &mut mirror, &mut Rng(rb), 200, 512);
+        drop(q);
+        compare_with_raw(&d, &p, &mirror);
+        let h = crate::formats::qcow2::header::Header::read(&File::open(&p).unwrap()).unwrap();
+        if rb == 64 {
+            assert!(h.refcount_table_clusters > 1, "the refcount table grew");
+        }
+    }
+}
+
+#[test]
+fn resize_grow_and_shrink() {
+    let d = TempDir::new();
+    let p = d.path("rs.qcow2");
+    img_create(&p, "cluster_size=512", "64k");
+    let q = open(&p, None, true);
+    let mut mirror = vec![0u8; 65536];
+    random_writes(&q, &mut mirror, &mut Rng(9), 20, 512);
+    q.resize(8 << 20).unwrap();
+    mirror.resize(8 << 20, 0);
+    q.write((8 << 20) - 1000, &[7u8; 1000]).unwrap();
+    mirror[(8 << 20) - 1000..].fill(7);
+    assert!(read_all(&q) == mirror);
+    q.resize(40960).unwrap();
+    mirror.truncate(40960);
+    assert!(read_all(&q) == mirror);
+    drop(q);
+    compare_with_raw(&d, &p, &mirror);
+    let info = super::oracle::info(&p);
+    assert!(info.contains("\"virtual-size\": 40960,"), "{info}");
+}

@@ -70,8 +70,8 @@ pub enum BlockError {
     BackingName(String),
     #[error("Cannot use relative backing file names for '{0}'")]
     BackingRelative(String),
-    /// QEMU has no word for this: it recurses until it runs out of memory.
-    #[error("the backing chain comes back to '{0}', an image above it")]
+    /// QEMU itself recurses until it runs out of memory; these are qemu-img's words.
+    #[error("Backing file '{0}' creates an infinite loop.")]
     BackingLoop(String),
     #[error("the backing chain of '{top}' is deeper than {max} images")]
     BackingTooDeep { top: String, max: usize },

@@ -79,7 +79,8 @@ pub fn image_info(graph: &Graph, node: &Node) -> Value {
             dirty = q.dirty;
         }
         None => {
-            info.insert("virtual-size".into(), json!(file_size));
+            // QEMU counts a file's length in whole sectors, rounded up.
+            info.insert("virtual-size".into(), json!(file_size.div_ceil(512) * 512));
             info.insert("actual-size".into(), json!(actual));
         }
     }

@@ -135,6 +135,40 @@ fn normalized(v: &Value) -> Value {
     }
 }
 
+/// Where `a` and `b` first differ (a path and both values), if they do.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).find_map(|k| {
+            let (p, q) = (x.get(k), y.get(k));
+            match (p, q) {
+                (Some(p), Some(q)) => first_difference(p, q, &format!("{at}.{k}")),
+                _ => Some(format!("{at}.{k}: {p:?} / {q:?}")),
+            }
+        }),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}[{i}]"))),
+        (Value::Array(x), Value::Array(y)) => {
+            let nodes = |v: &[Value]| -> Vec<String> {
+                v.iter()
+                    .map(|n| format!("{} {} {}", n["node-name"], n["drv"], n["file"]))
+                    .collect()
+            };
+            Some(format!(
+                "{at}: {} / {} elements:\n{:#?}\n{:#?}",
+                x.len(),
+                y.len(),
+                nodes(x),
+                nodes(y)
+            ))
+        }
+        _ if a == b => None,
+        _ => Some(format!("{at}: {a} / {b}")),
+    }
+}
+
 #[test]
 fn queries_answer_as_qemu_does_for_the_same_chain() {
     let dir = TempDir::new("qcow2-queries");
@@ -161,12 +195,86 @@ fn queries_answer_as_qemu_does_for_the_same_chain() {
         .iter()
         .enumerate()
     {
+        if let Some(d) = first_difference(&normalized(&ours[i]), &normalized(&theirs[i]), "") {
+            panic!("{name}: Flotilla's answer / QEMU 7.2's: {d}");
+        }
+    }
+}
+
+#[test]
+fn blockdev_add_graphs_answer_as_qemus() {
+    let dir = TempDir::new("qcow2-graphs");
+    let top = chain(dir.path());
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let gw = Gateway::start(&["-S"]);
+    // No drive: its nodes would be listed too.
+    let q = Qemu::try_start(&[]).expect("QEMU starts");
+    let (mut ours, mut theirs) = (gw.client(), q.client());
+    let file = |path: &str| json!({"driver": "file", "filename": path});
+    // Read-only: QEMU holds the images it opens, and may open one image twice so.
+    let t = top.display().to_string();
+    for args in [
+        json!({"driver": "raw", "node-name": "b1", "read-only": true, "file": file(&p("base.raw"))}),
+        json!({"driver": "qcow2", "node-name": "m1", "read-only": true, "backing": "b1",
+               "file": file(&p("mid.qcow2"))}),
+        json!({"driver": "qcow2", "node-name": "t1", "read-only": true, "backing": null,
+               "file": file(&t)}),
+        json!({"driver": "qcow2", "node-name": "t2", "read-only": true,
+               "backing": {"driver": "qcow2", "file": file(&p("mid.qcow2"))}, "file": file(&t)}),
+        json!({"driver": "qcow2", "node-name": "t3", "read-only": true, "file": file(&t)}),
+    ] {
+        ours.ok("blockdev-add", args.clone());
+        theirs.ok("blockdev-add", args);
+    }
+    let compare = |ours: &mut QmpClient, theirs: &mut QmpClient, what: &str| {
+        for (command, args) in [
+            ("query-named-block-nodes", json!({})),
+            ("query-named-block-nodes", json!({"flat": true})),
+            ("query-blockstats", json!({"query-nodes": true})),
+        ] {
+            let (a, b) = (
+                normalized(&ours.ok(command, args.clone())),
+                normalized(&theirs.ok(command, args.clone())),
+            );
+            if let Some(d) = first_difference(&a, &b, "") {
+                panic!("{what}: {command} {args}: Flotilla's answer / QEMU 7.2's: {d}");
+            }
+        }
+    };
+    compare(&mut ours, &mut theirs, "five nodes");
+    let del = json!({"node-name": "b1"});
+    assert_eq!(
+        ours.err("blockdev-del", del.clone()),
+        theirs.err("blockdev-del", del)
+    );
+    for name in ["t2", "m1"] {
+        ours.ok("blockdev-del", json!({"node-name": name}));
+        theirs.ok("blockdev-del", json!({"node-name": name}));
+    }
+    compare(&mut ours, &mut theirs, "t2 and m1 deleted");
+}
+
+#[test]
+fn a_qcow2_disk_grows_and_qemu_img_sees_it() {
+    let dir = TempDir::new("qcow2-resize");
+    let top = chain(dir.path());
+    let bytes = 8u64 << 20;
+    {
+        let gw = flotilla(&drive(&top, ""));
+        let mut c = gw.client();
+        c.ok("block_resize", json!({"device": "d0", "size": bytes}));
+        let block = c.ok("query-block", json!({}));
         assert_eq!(
-            normalized(&ours[i]),
-            normalized(&theirs[i]),
-            "{name}: Flotilla's answer (left) differs from QEMU 7.2's (right)"
+            block[0]["inserted"]["image"]["virtual-size"], bytes,
+            "{block:#}"
         );
     }
+    let t = top.display().to_string();
+    let info: Value = serde_json::from_str(&qemu_img_ok(&["info", "--output=json", &t]))
+        .expect("qemu-img's JSON");
+    assert_eq!(info["virtual-size"], bytes, "{info:#}");
+    let check = qemu_img_ok(&["check", &t]);
+    assert!(check.contains("No errors were found"), "{check}");
 }
 
 /// qemu-io holding `image` open for writing until dropped (a pipe kept open).

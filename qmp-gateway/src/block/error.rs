@@ -112,6 +112,8 @@ pub enum BlockError {
     ImageReadOnly,
     #[error("{0}")]
     DupImage(std::io::Error),
+    #[error("block_resize of qcow2 node {0}: only a qcow2 node a disk uses can be resized")]
+    ResizeUnserved(String),
     #[error("Cannot grow device files")]
     CannotGrowDevice,
     #[error("Could not resize file: {}", errno_text(.0))]

@@ -555,6 +555,21 @@ impl Graph {
 }
 
 impl Graph {
+    /// A daemon resized the image of `name` to `bytes`: its qcow2 image info says so.
+    pub fn resized(&mut self, name: &str, bytes: u64) {
+        let Some(image) = self.image_node(name).map(|n| n.name.clone()) else {
+            return;
+        };
+        if let Some(q) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == image)
+            .and_then(|n| n.qcow2.as_mut())
+        {
+            q.virtual_size = bytes;
+        }
+    }
+
     /// Removes `root` and everything below it that nothing else uses (undoing a drive
     /// whose daemon did not start).
     pub fn remove_tree(&mut self, root: &str) {

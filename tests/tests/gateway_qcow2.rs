@@ -206,6 +206,25 @@ fn blockdev_add_graphs_answer_as_qemus() {
     let dir = TempDir::new("qcow2-graphs");
     let top = chain(dir.path());
     let p = |n: &str| dir.path().join(n).display().to_string();
+    // Other header variants: compat 0.10; small clusters, 8-bit refcounts, lazy refcounts.
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        &p("v2.qcow2"),
+        "1M",
+    ]);
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096,refcount_bits=8,lazy_refcounts=on",
+        &p("small.qcow2"),
+        "3M",
+    ]);
     let gw = Gateway::start(&["-S"]);
     // No drive: its nodes would be listed too.
     let q = Qemu::try_start(&[]).expect("QEMU starts");
@@ -222,6 +241,9 @@ fn blockdev_add_graphs_answer_as_qemus() {
         json!({"driver": "qcow2", "node-name": "t2", "read-only": true,
                "backing": {"driver": "qcow2", "file": file(&p("mid.qcow2"))}, "file": file(&t)}),
         json!({"driver": "qcow2", "node-name": "t3", "read-only": true, "file": file(&t)}),
+        json!({"driver": "qcow2", "node-name": "v2", "read-only": true, "file": file(&p("v2.qcow2"))}),
+        json!({"driver": "qcow2", "node-name": "small", "read-only": true,
+               "file": file(&p("small.qcow2"))}),
     ] {
         ours.ok("blockdev-add", args.clone());
         theirs.ok("blockdev-add", args);
@@ -402,17 +424,29 @@ fn locks_keep_the_qemu_tools_off_as_qemus_do() {
 }
 
 #[test]
-fn a_chain_someone_writes_is_refused_as_qemu_refuses_it() {
+fn an_image_someone_writes_is_refused_as_qemu_refuses_it() {
     let dir = TempDir::new("qcow2-held");
     let top = chain(dir.path());
     let mid = dir.path().join("mid.qcow2");
-    for (held, format) in [(&top, "qcow2"), (&mid, "qcow2")] {
+    let base = dir.path().join("base.raw");
+    for (held, format) in [(&top, "qcow2"), (&mid, "qcow2"), (&base, "raw")] {
         let _w = Writer::open(held, format);
-        let theirs = qemu(&format!("file={},format=qcow2,id=d0", top.display()))
-            .err()
-            .expect("QEMU took a chain qemu-io writes");
-        let ours = flotilla_refusal(&drive(&top, ""));
-        let lock = if held == &top { WRITE } else { SHARED_WRITE };
+        // A raw image held is the drive itself; a qcow2 one, a layer of the chain.
+        let (image, on_top) = if format == "raw" {
+            (held, true)
+        } else {
+            (&top, held == &top)
+        };
+        let d = format!("file={},format={format},id=d0", image.display());
+        let theirs = qemu(&d).err().expect("QEMU took an image qemu-io writes");
+        let ours = flotilla_refusal(&d);
+        // QEMU's word: qemu-io shares writes of a raw image (so the refusal is ours to
+        // share them) but its qcow2 driver refuses writes by others to its file.
+        let lock = if theirs.contains(SHARED_WRITE) {
+            SHARED_WRITE
+        } else {
+            WRITE
+        };
         let hint = format!("Is another process using the image [{}]?", held.display());
         for text in [&theirs, &ours] {
             assert!(text.contains(lock) && text.contains(&hint), "{text}");
@@ -423,11 +457,13 @@ fn a_chain_someone_writes_is_refused_as_qemu_refuses_it() {
             theirs.contains(backing),
             "Flotilla:\n{ours}\nQEMU:\n{theirs}"
         );
-        // The top's locking=off does not reach the backing file (as on QEMU).
-        if held == &top {
-            flotilla(&drive(&top, ",file.locking=off"));
+        // locking=off lets Flotilla beside the writer; the top's does not reach a
+        // backing file (as on QEMU).
+        let unlocked = format!("{d},file.locking=off");
+        if on_top {
+            flotilla(&unlocked);
         } else {
-            flotilla_refusal(&drive(&top, ",file.locking=off"));
+            flotilla_refusal(&unlocked);
         }
     }
 }

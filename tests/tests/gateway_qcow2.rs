@@ -26,6 +26,18 @@ const SECTORS: u64 = 8192;
 const WRITE: &str = "Failed to get \"write\" lock";
 const SHARED_WRITE: &str = "Failed to get shared \"write\" lock";
 
+/// qemu-img creates a qcow2 overlay `out` over `backing` in `format`; with a `size`,
+/// unsafely (the backing file is not opened: it may be missing or not what it says).
+fn overlay(out: &str, backing: &str, format: &str, size: Option<&str>) {
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-b", backing, "-F", format];
+    if size.is_some() {
+        args.push("-u");
+    }
+    args.push(out);
+    args.extend(size);
+    qemu_img_ok(&args);
+}
+
 /// qemu-img's chain in `dir`: base.raw (zeros), mid.qcow2 over it holding P(SEED)
 /// (written by `qemu-img convert`), top.qcow2 over mid.qcow2 with snapshot "snap1".
 /// Returns the top's path.
@@ -33,16 +45,7 @@ fn chain(dir: &Path) -> PathBuf {
     let p = |n: &str| dir.join(n).display().to_string();
     pattern_image(&dir.join("pattern.raw"), SEED, SECTORS);
     qemu_img_ok(&["create", "-f", "raw", &p("base.raw"), "4M"]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        &p("mid.qcow2"),
-    ]);
+    overlay(&p("mid.qcow2"), "base.raw", "raw", None);
     qemu_img_ok(&[
         "convert",
         "-n",
@@ -53,16 +56,7 @@ fn chain(dir: &Path) -> PathBuf {
         &p("pattern.raw"),
         &p("mid.qcow2"),
     ]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        &p("top.qcow2"),
-    ]);
+    overlay(&p("top.qcow2"), "mid.qcow2", "qcow2", None);
     qemu_img_ok(&["snapshot", "-c", "snap1", &p("top.qcow2")]);
     dir.join("top.qcow2")
 }
@@ -523,30 +517,8 @@ fn bad_chains_and_arguments_get_qemus_words() {
     let dir = TempDir::new("qcow2-bad");
     let p = |n: &str| dir.path().join(n).display().to_string();
     qemu_img_ok(&["create", "-f", "raw", &p("plain.raw"), "1M"]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        &p("nosuch.qcow2"),
-        "-F",
-        "qcow2",
-        &p("nob.qcow2"),
-        "1M",
-    ]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        &p("plain.raw"),
-        "-F",
-        "qcow2",
-        &p("wrongfmt.qcow2"),
-        "1M",
-    ]);
+    overlay(&p("nob.qcow2"), &p("nosuch.qcow2"), "qcow2", Some("1M"));
+    overlay(&p("wrongfmt.qcow2"), &p("plain.raw"), "qcow2", Some("1M"));
     qemu_img_ok(&["create", "-f", "qcow2", &p("badver.qcow2"), "1M"]);
     std::fs::OpenOptions::new()
         .write(true)

@@ -472,29 +472,8 @@ impl Graph {
         };
         let driver = Driver::format(&format).ok_or(BlockError::BackingFormat(format))?;
         let opts = NodeOptions {
-            driver,
-            node_name: None,
             read_only: Some(true),
-            direct: None,
-            no_flush: None,
-            discard_unmap: None,
-            detect_zeroes: None,
-            locking: None,
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions {
-                driver: Driver::File,
-                node_name: None,
-                read_only: None,
-                direct: None,
-                no_flush: None,
-                discard_unmap: None,
-                detect_zeroes: None,
-                locking: None,
-                source: Source::Path(path.clone()),
-                backing: Backing::FromImage,
-                qcow2: Default::default(),
-            }))),
-            backing: Backing::FromImage,
-            qcow2: Default::default(),
+            ..NodeOptions::over(driver, NodeOptions::file(path))
         };
         let inherit = Inherited {
             read_only: Some(true),

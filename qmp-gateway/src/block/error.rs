@@ -73,8 +73,9 @@ pub enum BlockError {
     /// QEMU itself recurses until it runs out of memory; these are qemu-img's words.
     #[error("Backing file '{0}' creates an infinite loop.")]
     BackingLoop(String),
-    #[error("the backing chain of '{top}' is deeper than {max} images")]
-    BackingTooDeep { top: String, max: usize },
+    /// `overlay`: the image whose backing file would go past the limit.
+    #[error("the backing chain is deeper than {max} images at '{overlay}'")]
+    BackingTooDeep { overlay: String, max: usize },
     /// A backing file format Flotilla does not serve.
     #[error("Driver '{0}' is not supported: Flotilla serves raw and qcow2 backing files")]
     BackingFormat(String),

@@ -457,7 +457,7 @@ impl Graph {
         below.push(here);
         if below.len() >= MAX_CHAIN {
             return Err(BlockError::BackingTooDeep {
-                top: overlay.to_string(),
+                overlay: overlay.to_string(),
                 max: MAX_CHAIN,
             });
         }
@@ -929,6 +929,34 @@ mod tests {
             "{looped}"
         );
         assert!(add(&mut g, &json_named).contains("json:"));
+        assert!(g.nodes().is_empty());
+    }
+
+    #[test]
+    fn an_absurdly_deep_chain_is_refused() {
+        let imgs = Images::new("deep");
+        imgs.raw("0");
+        for i in 1..=MAX_CHAIN {
+            imgs.qcow2(&i.to_string(), Some((&(i - 1).to_string(), None)));
+        }
+        let mut g = Graph::default();
+        let at = |i: usize| {
+            json!({"driver": "qcow2", "node-name": "t", "read-only": true,
+                   "file": {"driver": "file", "filename": imgs.path(&i.to_string())}})
+        };
+        // MAX_CHAIN images in all: served.
+        add_qcow2(&mut g, at(MAX_CHAIN - 1)).unwrap();
+        assert_eq!(g.chain("t").len(), MAX_CHAIN);
+        g.remove("t", &no_disks).unwrap();
+        // One more: refused, and nothing stays.
+        let err = add_qcow2(&mut g, at(MAX_CHAIN)).unwrap_err();
+        assert!(
+            err.ends_with(&format!(
+                "the backing chain is deeper than {MAX_CHAIN} images at '{}'",
+                imgs.path("1")
+            )),
+            "{err}"
+        );
         assert!(g.nodes().is_empty());
     }
 

@@ -534,19 +534,24 @@ impl Graph {
 }
 
 impl Graph {
-    /// A daemon resized the image of `name` to `bytes`: its qcow2 image info says so.
-    pub fn resized(&mut self, name: &str, bytes: u64) {
+    /// Reads the qcow2 image info of `name`'s image again, after a command changed the
+    /// image (a resize, a snapshot): queries show what the image says from now on.
+    pub fn refresh_image(&mut self, name: &str) -> Result<(), BlockError> {
         let Some(image) = self.image_node(name).map(|n| n.name.clone()) else {
-            return;
+            return Ok(());
         };
-        if let Some(q) = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.name == image)
-            .and_then(|n| n.qcow2.as_mut())
-        {
-            q.virtual_size = bytes;
+        let Some(fd) = self
+            .protocol_of(&image)
+            .and_then(|p| p.image.clone())
+            .filter(|_| self.node(&image).is_some_and(|n| n.qcow2.is_some()))
+        else {
+            return Ok(());
+        };
+        let fresh = Qcow2Image::read(&fd)?;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.name == image) {
+            n.qcow2 = Some(fresh);
         }
+        Ok(())
     }
 
     /// Removes `root` and everything below it that nothing else uses (undoing a drive

@@ -128,10 +128,13 @@ impl BlockLayer {
         match target {
             Target::Daemon(link, index) => {
                 link.request(BlockRequest::Resize { bytes }, &[])?;
-                // The image info shows the new size from now on.
+                // The image info shows the new size from now on (the daemon has
+                // written it to the image by the time it answers).
                 let mut state = self.state.lock();
                 let name = state.lookup_node(device, node)?;
-                state.graph.resized(&name, bytes);
+                if let Err(e) = state.graph.refresh_image(&name) {
+                    log::warn!("node {name}: reading its image after the resize: {e}");
+                }
                 Ok(Some(index))
             }
             Target::Image(image) => {

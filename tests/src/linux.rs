@@ -106,3 +106,23 @@ pub fn qemu_tcg_linux(initrd: &Path, memory_mib: u64, cpus: usize, devices: &[St
         ]);
     Vm::spawn(cmd)
 }
+
+/// Linux (512 MiB, 2 vCPUs) running `script` with one vhost-user-blk disk of 2 queues on
+/// `socket` (`reconnect`: QEMU 7.2 retries a lost connection every second); the initrd
+/// is written into `dir`.
+pub fn linux_on_vhost_user_blk(dir: &Path, script: &str, socket: &Path, reconnect: bool) -> Vm {
+    let initrd = dir.join("initrd");
+    initrd_with_script(&initrd, script);
+    let retry = if reconnect { ",reconnect=1" } else { "" };
+    qemu_tcg_linux(
+        &initrd,
+        512,
+        2,
+        &[
+            "-chardev".into(),
+            format!("socket,id=c,path={}{retry}", socket.display()),
+            "-device".into(),
+            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
+        ],
+    )
+}

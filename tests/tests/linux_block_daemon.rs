@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
+use flotilla_tests::linux::linux_on_vhost_user_blk;
 use flotilla_tests::{bin, require_tool, TempDir, Vm};
 
 const LINUX: Duration = Duration::from_secs(180);
@@ -58,19 +58,7 @@ fn linux_reads_writes_and_checks_a_filesystem() {
     daemon.expect_line("the daemon to listen", Duration::from_secs(20), |l| {
         l.contains("serving")
     });
-    let initrd = dir.path().join("initrd");
-    initrd_with_script(&initrd, SCRIPT);
-    let mut linux = qemu_tcg_linux(
-        &initrd,
-        512,
-        2,
-        &[
-            "-chardev".into(),
-            format!("socket,id=c,path={}", sock.display()),
-            "-device".into(),
-            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
-        ],
-    );
+    let mut linux = linux_on_vhost_user_blk(dir.path(), SCRIPT, &sock, false);
     let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
     let transcript = linux.transcript();
     assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img, qemu_img_ok, SECTOR};
-use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
-use flotilla_tests::{bin, require_tool, TempDir, Vm};
+use flotilla_tests::blk::{block_daemon, md5_hex, pattern_image, qemu_img, qemu_img_ok, SECTOR};
+use flotilla_tests::linux::linux_on_vhost_user_blk;
+use flotilla_tests::{require_tool, TempDir};
 
 const LINUX: Duration = Duration::from_secs(240);
 const MIB: u64 = 1 << 20;
@@ -50,21 +50,6 @@ fn value<'a>(transcript: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .unwrap_or_else(|| panic!("no {key} line:\n{transcript}"))
-}
-
-fn md5(bytes: &[u8]) -> String {
-    let dir = TempDir::new("md5");
-    let f = dir.path().join("data");
-    std::fs::write(&f, bytes).unwrap();
-    let out = Command::new(require_tool("md5sum", "coreutils"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn s(p: &Path) -> &str {
@@ -123,36 +108,15 @@ fn linux_on_a_qcow2_chain() {
     let backing_before = (std::fs::read(&base).unwrap(), std::fs::read(&mid).unwrap());
 
     let sock = dir.path().join("vhost.sock");
-    let mut daemon = Command::new(bin("block-daemon"));
-    daemon
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--image")
-        .arg(&top)
-        .args(["--format", "qcow2", "--queues", "2", "--once"]);
-    let mut daemon = Vm::spawn(daemon);
-    daemon.expect_line("the daemon to listen", Duration::from_secs(20), |l| {
-        l.contains("serving")
-    });
-    let initrd = dir.path().join("initrd");
-    initrd_with_script(&initrd, SCRIPT);
-    let mut linux = qemu_tcg_linux(
-        &initrd,
-        512,
-        2,
-        &[
-            "-chardev".into(),
-            format!("socket,id=c,path={}", sock.display()),
-            "-device".into(),
-            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
-        ],
-    );
+    let args = ["--format", "qcow2", "--queues", "2", "--once"];
+    let mut daemon = block_daemon(&sock, &top, &args);
+    let mut linux = linux_on_vhost_user_blk(dir.path(), SCRIPT, &sock, false);
     let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
     let transcript = linux.transcript();
     assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
     assert_eq!(value(&transcript, "CAPACITY "), "131072");
     // What qemu-img wrote into the chain reads back in the guest.
-    let chain = md5(&expected[..COPY_LEN as usize]);
+    let chain = md5_hex(&expected[..COPY_LEN as usize]);
     assert_eq!(value(&transcript, "SUM-CHAIN "), chain, "{transcript}");
     assert_eq!(value(&transcript, "SUM-COPY "), chain, "{transcript}");
     let written = value(&transcript, "SUM-WRITTEN ");

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_tests::blk::{block_daemon, md5_hex, pattern_image, qemu_img, qemu_img_ok, SECTOR};
-use flotilla_tests::linux::linux_on_vhost_user_blk;
+use flotilla_tests::linux::{
+    expect_filesystem_checked, linux_on_vhost_user_blk, reported, FILL_AND_CHECK_FS,
+};
 use flotilla_tests::{require_tool, TempDir};
 
 const LINUX: Duration = Duration::from_secs(240);
@@ -24,32 +26,20 @@ const COPY_LEN: u64 = 8 * MIB;
 /// The filesystem's size (4 KiB blocks).
 const FS_BYTES: u64 = 32 * MIB;
 
-const SCRIPT: &str = r#"#!/bin/sh
+fn script() -> String {
+    format!(
+        r#"#!/bin/sh
 set -e
 echo "CAPACITY $(cat /sys/block/vda/size)"
 echo "SUM-CHAIN $(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | md5sum)"
 dd if=/dev/vda of=/dev/vda bs=1k count=8192 seek=40963 iflag=direct oflag=direct 2>/dev/null
 sync
 echo "SUM-COPY $(dd if=/dev/vda bs=1k skip=40963 count=8192 iflag=direct 2>/dev/null | md5sum)"
-mkfs.ext4 -q -F -b 4096 /dev/vda 8192
-mount /dev/vda /mnt
 dd if=/dev/urandom of=/tmp/data bs=1M count=8 2>/dev/null
 echo "SUM-WRITTEN $(md5sum < /tmp/data)"
-cp /tmp/data /mnt/file
-umount /mnt
-mount /dev/vda /mnt
-echo "SUM-FILE $(md5sum < /mnt/file)"
-umount /mnt
-e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
-echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
-"#;
-
-fn value<'a>(transcript: &'a str, key: &str) -> &'a str {
-    transcript
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no {key} line:\n{transcript}"))
+mkfs.ext4 -q -F -b 4096 /dev/vda 8192
+{FILL_AND_CHECK_FS}"#
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -110,19 +100,16 @@ fn linux_on_a_qcow2_chain() {
     let sock = dir.path().join("vhost.sock");
     let args = ["--format", "qcow2", "--queues", "2", "--once"];
     let mut daemon = block_daemon(&sock, &top, &args);
-    let mut linux = linux_on_vhost_user_blk(dir.path(), SCRIPT, &sock, false);
+    let mut linux = linux_on_vhost_user_blk(dir.path(), &script(), &sock, false);
     let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
     let transcript = linux.transcript();
     assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
-    assert_eq!(value(&transcript, "CAPACITY "), "131072");
+    assert_eq!(reported(&transcript, "CAPACITY "), "131072");
     // What qemu-img wrote into the chain reads back in the guest.
     let chain = md5_hex(&expected[..COPY_LEN as usize]);
-    assert_eq!(value(&transcript, "SUM-CHAIN "), chain, "{transcript}");
-    assert_eq!(value(&transcript, "SUM-COPY "), chain, "{transcript}");
-    let written = value(&transcript, "SUM-WRITTEN ");
-    assert_eq!(value(&transcript, "SUM-FILE "), written);
-    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
-    assert_eq!(value(&transcript, "IO-ERRORS "), "0");
+    assert_eq!(reported(&transcript, "SUM-CHAIN "), chain, "{transcript}");
+    assert_eq!(reported(&transcript, "SUM-COPY "), chain, "{transcript}");
+    expect_filesystem_checked(&transcript);
     assert!(linux.wait(LINUX).success());
     assert!(
         daemon.wait(Duration::from_secs(20)).success(),

@@ -222,6 +222,7 @@ mod tests {
     use super::*;
     use crate::formats::direct::set_direct;
     use crate::testing::Scratch;
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn maps_one_file_extent_and_counts_discards() {
@@ -281,6 +282,7 @@ mod tests {
     #[test]
     fn unaligned_reads_and_writes_with_o_direct() {
         let s = Scratch::new("raw-direct", 1 << 16);
+        s.file.write_all_at(&[0x77; 1 << 16], 0).unwrap();
         let f = s.file.try_clone().unwrap();
         set_direct(&f, true).unwrap();
         let raw = Raw::open(f, true).unwrap();
@@ -290,9 +292,19 @@ mod tests {
         let mut back = vec![0u8; 5000];
         raw.read(1000, &mut back).unwrap();
         assert_eq!(back, data);
-        let mut edge = [0xffu8; 10];
+        // The blocks the write only partly covered keep the rest of what they held.
+        let mut edge = [0u8; 10];
         raw.read(995, &mut edge).unwrap();
-        assert_eq!(edge[..5], [0; 5]);
+        assert_eq!(edge[..5], [0x77; 5]);
         assert_eq!(edge[5..], data[..5]);
+        raw.read(5995, &mut edge).unwrap();
+        assert_eq!(edge[..5], data[4995..]);
+        assert_eq!(edge[5..], [0x77; 5]);
+        // A write past the end grows the file only to where the write ends.
+        raw.write((1 << 16) + 100, &[1; 100]).unwrap();
+        assert_eq!(s.path.metadata().unwrap().len(), (1 << 16) + 200);
+        // A read past the end is an error, as without O_DIRECT.
+        let mut past = [0u8; 512];
+        assert!(raw.read((1 << 16) + 100, &mut past).is_err());
     }
 }

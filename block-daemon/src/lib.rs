@@ -18,4 +18,6 @@ pub mod paths;
 pub mod request;
 pub mod seccomp;
 pub mod stats;
+#[cfg(test)]
+pub mod testing;
 pub mod throttle;

@@ -1,7 +1,8 @@
 //! Repair of an image opened with the dirty bit set (lazy refcounts left refcounts
 //! behind after a crash): every refcount is rebuilt from what references it (header,
 //! L1/L2 tables of the active state and every snapshot, refcount table and blocks,
-//! snapshot table), as `qemu-img check -r all` does, then the dirty bit is cleared.
+//! snapshot table), as `qemu-img check -r all` does, the active tables' COPIED flags
+//! are made to match, then the dirty bit is cleared.
 //!
 //! Work is bounded by the file: each distinct L1 and L2 table is read once (a table
 //! shared by several L1 tables counts its references once per L1 reaching it, QEMU's
@@ -23,6 +24,8 @@ const MAX_REPAIR_CLUSTERS: u64 = 1 << 27;
 struct Counts {
     want: Vec<u32>,
     cluster_bits: u32,
+    /// Clusters of the file: a reference past them is corruption.
+    limit: u64,
 }
 
 impl Counts {
@@ -32,10 +35,10 @@ impl Counts {
         }
         let first = offset >> self.cluster_bits;
         let last = (offset + len - 1) >> self.cluster_bits;
-        if last >= MAX_REPAIR_CLUSTERS {
-            return Err(FormatError::Unsupported(
-                "qcow2: image too large to repair its refcounts".into(),
-            ));
+        if last >= self.limit {
+            return Err(FormatError::Corrupt(format!(
+                "qcow2: a reference to {offset:#x} lies beyond the end of the image; cannot repair"
+            )));
         }
         if last as usize >= self.want.len() {
             self.want.resize(last as usize + 1, 0);
@@ -57,9 +60,16 @@ impl Meta {
         }
         log::warn!("qcow2: image was not closed cleanly; repairing refcounts");
         let cs = self.cluster_size();
+        let limit = self.file_size.div_ceil(cs);
+        if limit > MAX_REPAIR_CLUSTERS {
+            return Err(FormatError::Unsupported(
+                "qcow2: image too large to repair its refcounts".into(),
+            ));
+        }
         let mut n = Counts {
             want: Vec::new(),
             cluster_bits: self.cluster_bits,
+            limit,
         };
         n.add(0, cs, 1)?;
         n.add(self.reftable_offset, self.reftable_clusters * cs, 1)?;
@@ -142,6 +152,10 @@ impl Meta {
             }
         }
         self.free_hint = 0;
+        // COPIED flags that disagree with the refcounts now on disk are set right, as
+        // qemu-img check -r all does.
+        let active = self.l1.clone();
+        self.update_snapshot_refcount(&active, 0, true)?;
         self.sync()?;
         self.write_incompatible(self.incompatible & !INCOMPAT_DIRTY)?;
         self.sync()?;

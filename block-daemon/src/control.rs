@@ -1,6 +1,7 @@
 //! Gateway mode: the daemon's configuration and files arrive on an inherited control
-//! socket. The first call opens the node (image fd, vhost-user listener fd, the disk's
-//! counters page, which the gateway keeps across daemons); later calls
+//! socket. The first call opens the node (the vhost-user listener fd, the disk's counters
+//! page, which the gateway keeps across daemons, then one fd per image of the node's
+//! chain, top first, which `formats::chain` opens bottom up); later calls
 //! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
 //! after a failure) while a serving thread answers the frontend. Events (the write
 //! threshold, failed requests) go back on the same socket.
@@ -12,13 +13,14 @@ use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
 use ipc::{
-    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, ImageFormat,
-    RemoteError,
+    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError,
 };
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
+use crate::formats::chain::{self, ChainOptions};
+use crate::formats::FormatError;
 use crate::stats::Stats;
 use crate::throttle::{SharedPage, Throttle};
 
@@ -50,22 +52,30 @@ fn open(
     engine: EngineKind,
 ) -> Result<BlkDevice, String> {
     let mut fds = fds.into_iter();
-    let (Some(listener), Some(counters), Some(image)) = (fds.next(), fds.next(), fds.next()) else {
-        return Err("the open call lacks its listener, counters and image fds".into());
+    let (Some(listener), Some(counters)) = (fds.next(), fds.next()) else {
+        return Err("the open call lacks its listener and counters fds".into());
     };
-    if open.layers.len() != 1 || open.layers[0].format != ImageFormat::Raw {
-        return Err("only a raw image without backing files is served".into());
-    }
     let counters = Arc::new(BlockCounters::map(counters).map_err(|e| e.to_string())?);
     if !(1..=64).contains(&open.queues) {
         return Err(format!("{} queues: 1 to 64", open.queues));
     }
+    let cache = cache_mode(open.cache.direct, open.cache.no_flush);
+    let chain = chain::open(
+        &open.layers,
+        fds.map(File::from).collect(),
+        &ChainOptions {
+            writable: !open.read_only,
+            direct: cache.direct(),
+            counters: Some(counters.clone()),
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let disk = Disk::new(
-        File::from(image),
+        chain.top,
+        chain.flush_fd,
         open.read_only,
-        cache_mode(open.cache.direct, open.cache.no_flush),
+        cache,
         &open.serial,
-        counters.clone(),
     )
     .map_err(|e| e.to_string())?;
     let disk = Arc::new(disk);
@@ -115,8 +125,12 @@ fn handle(
             if disk.read_only() {
                 return Err(RemoteError::generic("Image is read-only"));
             }
-            device.resize(bytes).map_err(|e| {
-                RemoteError::generic(format!("Could not resize file: {}", errno_text(&e)))
+            device.resize(bytes).map_err(|e| match e {
+                FormatError::Io(e) => {
+                    RemoteError::generic(format!("Could not resize file: {}", errno_text(&e)))
+                }
+                // The format's own words (qcow2's, QEMU's where QEMU has them).
+                other => RemoteError::generic(other.to_string()),
             })?;
             Ok(BlockReply::Done)
         }
@@ -144,7 +158,12 @@ fn handle(
             device.resume();
             Ok(BlockReply::Done)
         }
-        BlockRequest::Quit => Ok(BlockReply::Done),
+        // The image is clean (qcow2: nothing left reserved, not dirty) before the
+        // gateway hears that we are done.
+        BlockRequest::Quit => match disk.close() {
+            Ok(()) => Ok(BlockReply::Done),
+            Err(e) => Err(RemoteError::generic(e.to_string())),
+        },
     }
 }
 
@@ -176,10 +195,14 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
             size: device.disk().size(),
         }),
     );
-    link.answer_calls(
+    let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
         |request, fds| handle(&device, request, fds),
-    )
-    .map_err(ChildError::from)?;
+    );
+    // A gateway that hung up (or said quit) leaves the image clean too.
+    if let Err(e) = device.disk().close() {
+        log::error!("closing the image: {e}");
+    }
+    served.map_err(ChildError::from)?;
     Ok(())
 }

@@ -40,6 +40,7 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::engine::{Done, Engine, Op};
+use crate::formats::FormatError;
 use crate::request::{self, Kind, Limits, Rejected, Request, SectorRange};
 use crate::stats::Stats;
 use crate::throttle::{Direction, Throttle};
@@ -229,7 +230,7 @@ impl BlkDevice {
     /// Grows or shrinks the image. The guest learns of it from vmm-core, which the
     /// gateway tells (vhost 0.18's backend channel cannot send CONFIG_CHANGE_MSG); a
     /// frontend that asks GET_CONFIG sees the new capacity.
-    pub fn resize(&self, bytes: u64) -> io::Result<()> {
+    pub fn resize(&self, bytes: u64) -> Result<(), FormatError> {
         self.inner.disk.resize(bytes)
     }
 
@@ -889,6 +890,7 @@ mod tests {
     use super::*;
     use crate::disk::CacheMode;
     use crate::engine::{self, EngineKind};
+    use crate::formats::raw::Raw;
     use std::os::fd::AsRawFd;
     use vm_memory::{Bytes, GuestAddress};
 
@@ -945,8 +947,8 @@ mod tests {
             .unwrap();
         let file = std::fs::File::open(&path).unwrap();
         let counters = Arc::new(ipc::BlockCounters::create().unwrap());
-        let disk =
-            Arc::new(Disk::new(file, false, CacheMode::Writeback, "d", counters.clone()).unwrap());
+        let raw = Arc::new(Raw::open(file, true).unwrap());
+        let disk = Arc::new(Disk::new(raw, None, false, CacheMode::Writeback, "d").unwrap());
         let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
@@ -988,8 +990,12 @@ mod tests {
         // Space is back, so to speak: the image is writable now. Resumed, the request
         // is taken again from the descriptor table and lands.
         let writable = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mapping = dev.disk().format().map(0, 512, true).unwrap();
+        let [crate::formats::Extent::File { fd, .. }] = mapping.extents[..] else {
+            panic!("raw maps to its file: {mapping:?}");
+        };
         // SAFETY: dup2 onto the disk's own descriptor, which stays open and is ours.
-        assert!(unsafe { libc::dup2(writable.as_raw_fd(), dev.disk().fd()) } >= 0);
+        assert!(unsafe { libc::dup2(writable.as_raw_fd(), fd) } >= 0);
         dev.resume();
         let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
         // The sync engine has no completion source: the timer, then the retry.

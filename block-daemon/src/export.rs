@@ -1,4 +1,4 @@
-//! Standalone mode's exports: `socket=PATH,image=PATH[,...]`, each a block node on its own
+//! Standalone mode's exports: `socket=PATH,image=PATH[,format=raw|qcow2][,...]`, each a block node on its own
 //! vhost-user socket, for any vhost-user frontend (QEMU's vhost-user-blk-pci, or vmm-core
 //! run on its own). Under the gateway the daemon serves one node it gets as fds instead.
 
@@ -15,12 +15,16 @@ use vhost_backend::ServeError;
 use crate::device::{BlkDevice, Policy, DEFAULT_POLL, QUEUE_SIZE};
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
+use crate::formats::chain::{self, ChainOptions};
+use crate::paths::{self, FormatName};
 use crate::stats::Stats;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
     pub socket: PathBuf,
     pub image: PathBuf,
+    /// The image's format (`format=`): raw, or qcow2 with its backing chain.
+    pub format: FormatName,
     pub read_only: bool,
     pub queues: usize,
     pub cache: CacheMode,
@@ -38,6 +42,7 @@ impl Default for ExportSpec {
         ExportSpec {
             socket: PathBuf::new(),
             image: PathBuf::new(),
+            format: FormatName::Raw,
             read_only: false,
             queues: 1,
             cache: CacheMode::Writeback,
@@ -96,6 +101,14 @@ pub fn parse_cache(s: &str) -> Result<CacheMode, String> {
     })
 }
 
+pub fn parse_format(s: &str) -> Result<FormatName, String> {
+    match s {
+        "raw" => Ok(FormatName::Raw),
+        "qcow2" => Ok(FormatName::Qcow2),
+        _ => Err(format!("format={s}: raw or qcow2")),
+    }
+}
+
 pub fn parse_engine(s: &str) -> Result<EngineKind, String> {
     match s {
         "uring" => Ok(EngineKind::Uring),
@@ -116,6 +129,7 @@ impl FromStr for ExportSpec {
             match k {
                 "socket" => e.socket = v.into(),
                 "image" => e.image = v.into(),
+                "format" => e.format = parse_format(v)?,
                 "read-only" => {
                     e.read_only = match v {
                         "on" => true,
@@ -164,18 +178,29 @@ pub struct Export {
 
 impl Export {
     pub fn open(spec: ExportSpec) -> Result<Export, ExportError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!spec.read_only)
-            .open(&spec.image)
-            .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
+        let image_error = |e: String| ExportError::Image(spec.image.clone(), e);
         // Standalone, the counters page is this daemon's alone (nobody reads it after).
-        let counters = Arc::new(
-            BlockCounters::create()
-                .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?,
-        );
-        let disk = Disk::new(file, spec.read_only, spec.cache, &spec.id, counters.clone())
-            .map_err(|e| ExportError::Image(spec.image.clone(), e.to_string()))?;
+        let counters = Arc::new(BlockCounters::create().map_err(|e| image_error(e.to_string()))?);
+        let (layers, files) =
+            paths::open_chain(&spec.image, spec.format, spec.read_only).map_err(image_error)?;
+        let chain = chain::open(
+            &layers,
+            files,
+            &ChainOptions {
+                writable: !spec.read_only,
+                direct: spec.cache.direct(),
+                counters: Some(counters.clone()),
+            },
+        )
+        .map_err(|e| image_error(e.to_string()))?;
+        let disk = Disk::new(
+            chain.top,
+            chain.flush_fd,
+            spec.read_only,
+            spec.cache,
+            &spec.id,
+        )
+        .map_err(|e| image_error(e.to_string()))?;
         let disk = Arc::new(disk);
         let engines = engine::per_queue(spec.engine, &disk, spec.queues, u32::from(QUEUE_SIZE))
             .map_err(ExportError::Engine)?;
@@ -199,12 +224,20 @@ impl Export {
         self.device.disk().capacity_sectors()
     }
 
+    /// The export's node (to leave its image clean when the daemon is told to end).
+    pub fn disk(&self) -> Arc<Disk> {
+        self.device.disk().clone()
+    }
+
     /// Serves frontends one after another (one that disconnects may come back, or
     /// another take its place); with `once`, only the first, then removes the socket.
     pub fn serve(mut self, once: bool) -> Result<(), ExportError> {
         let label = self.spec.socket.display().to_string();
         let result = vhost_backend::serve_frontends(&self.device, &mut self.listener, once, &label);
         let _ = std::fs::remove_file(&self.spec.socket);
+        if let Err(e) = self.device.disk().close() {
+            log::error!("{label}: closing the image: {e}");
+        }
         result.map_err(|e| ExportError::Serve(self.spec.socket.clone(), e))
     }
 }
@@ -216,11 +249,12 @@ mod tests {
     #[test]
     fn export_options() {
         let e: ExportSpec =
-            "socket=/s,image=/i,read-only=on,queues=4,cache=none,engine=sync,id=x,discard=ignore"
+            "socket=/s,image=/i,read-only=on,queues=4,cache=none,engine=sync,id=x,discard=ignore,format=qcow2"
                 .parse()
                 .unwrap();
         assert_eq!(e.socket, PathBuf::from("/s"));
         assert!(e.read_only && !e.discard_unmap);
+        assert_eq!(e.format, FormatName::Qcow2);
         assert_eq!(
             (e.queues, e.cache, e.engine),
             (4, CacheMode::Direct, EngineKind::Sync)
@@ -234,6 +268,7 @@ mod tests {
             "socket=/s,image=/i,poll-us=-1",
             "socket=/s,image=/i,poll-us=fast",
             "socket=/s,image=/i,poll-us=10001",
+            "socket=/s,image=/i,format=vmdk",
         ] {
             assert!(bad.parse::<ExportSpec>().is_err(), "{bad}");
         }

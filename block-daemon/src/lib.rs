@@ -14,7 +14,10 @@ pub mod engine;
 pub mod export;
 pub mod formats;
 pub mod log_limit;
+pub mod paths;
 pub mod request;
 pub mod seccomp;
 pub mod stats;
+#[cfg(test)]
+pub mod testing;
 pub mod throttle;

@@ -11,7 +11,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use block_daemon::control;
 use block_daemon::engine::EngineKind;
-use block_daemon::export::{parse_cache, parse_engine, parse_poll, Export, ExportSpec};
+use block_daemon::export::{
+    parse_cache, parse_engine, parse_format, parse_poll, Export, ExportSpec,
+};
+use block_daemon::paths::FormatName;
 use clap::Parser;
 use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
 
@@ -25,7 +28,7 @@ struct Args {
     /// Under the gateway: sandbox this process (`enforce`, `log`; see the sandbox crate).
     #[arg(long, requires = "control_fd", value_parser = |s: &str| s.parse::<sandbox::Mode>())]
     sandbox: Option<sandbox::Mode>,
-    /// An export: `socket=PATH,image=PATH[,read-only=on][,queues=N]
+    /// An export: `socket=PATH,image=PATH[,format=raw|qcow2][,read-only=on][,queues=N]
     /// [,cache=writeback|none|unsafe|direct-no-flush][,engine=uring|sync][,id=SERIAL]
     /// [,discard=unmap|ignore][,poll-us=N]`. May be given several times.
     #[arg(long, value_parser = |s: &str| s.parse::<ExportSpec>())]
@@ -33,9 +36,13 @@ struct Args {
     /// One export's vhost-user socket (with --image and the options below).
     #[arg(long, requires = "image")]
     socket: Option<PathBuf>,
-    /// One export's raw image file or block device.
+    /// One export's image file or block device.
     #[arg(long, requires = "socket")]
     image: Option<PathBuf>,
+    /// The image's format: raw, or qcow2 (its backing files are opened by the names its
+    /// header gives, relative to its directory).
+    #[arg(long, default_value = "raw", value_parser = |s: &str| parse_format(s))]
+    format: FormatName,
     #[arg(long)]
     read_only: bool,
     #[arg(long, default_value_t = 1)]
@@ -68,6 +75,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
         let spec = ExportSpec {
             socket,
             image,
+            format: args.format,
             read_only: args.read_only,
             queues: args.queues,
             cache: args.cache,
@@ -97,10 +105,17 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let disks: Vec<_> = exports.iter().map(Export::disk).collect();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
             for s in &sockets {
                 let _ = std::fs::remove_file(s);
+            }
+            // Each image is left clean (qcow2: nothing reserved, not dirty).
+            for d in &disks {
+                if let Err(e) = d.close() {
+                    log::error!("closing an image: {e}");
+                }
             }
             std::process::exit(0);
         }

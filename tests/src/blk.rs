@@ -148,3 +148,58 @@ pub fn disk_backed_dir(tag: &str) -> crate::TempDir {
     let base: PathBuf = crate::repo_root().join("target").join("test-tmp");
     crate::TempDir::new_in(&base, tag)
 }
+
+/// Runs qemu-img (the oracle for image formats) with `args`: whether it succeeded, and
+/// its stdout and stderr.
+pub fn qemu_img(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(require_tool("qemu-img", "qemu-utils"))
+        .args(args)
+        .output()
+        .expect("running qemu-img");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// qemu-img with `args`, which must succeed; its stdout.
+pub fn qemu_img_ok(args: &[&str]) -> String {
+    let (ok, out, err) = qemu_img(args);
+    assert!(ok, "qemu-img {args:?} failed:\n{out}{err}");
+    out
+}
+
+/// What qemu-img says about opening `image` as `format` when it refuses it: its error
+/// without the "qemu-img: Could not open 'PATH': " prefix (QEMU's words for the damage).
+pub fn qemu_img_refusal(image: &Path, format: &str) -> String {
+    let path = image.to_str().expect("a UTF-8 path");
+    let (ok, out, err) = qemu_img(&["info", "-f", format, path]);
+    assert!(!ok, "qemu-img opened {path}:\n{out}");
+    let first = err.lines().next().unwrap_or_default();
+    let prefix = format!("qemu-img: Could not open '{path}': ");
+    first.strip_prefix(&prefix).unwrap_or(first).to_string()
+}
+
+/// The MD5 of `bytes` in hex, as md5sum prints it (the Linux guests print theirs).
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(require_tool("md5sum", "coreutils"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running md5sum");
+    let mut stdin = child.stdin.take().expect("md5sum's stdin");
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("md5sum's output");
+    writer
+        .join()
+        .expect("feeding md5sum")
+        .expect("writing to md5sum");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -2,8 +2,10 @@
 //! socket, the image and listener as fds), with bad input on both of its channels: a
 //! gateway that hangs up or starts with the wrong call, an image too small, a throttle
 //! state page or counters page too small, and a vhost-user frontend that hangs up in the
-//! middle of a message. Each gets a clear error, and the daemon keeps serving what it can
-//! (a frontend that comes after the broken ones is answered).
+//! middle of a message; a chain of layers that does not match its fds, and damaged qcow2
+//! images (refused with QEMU's words, qemu-img being the oracle). Each gets a clear error,
+//! and the daemon keeps serving what it can (a frontend that comes after the broken ones
+//! is answered).
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -12,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::empty_image;
+use flotilla_tests::blk::{empty_image, qemu_img_ok, qemu_img_refusal};
 use flotilla_tests::{bin, TempDir, Vm};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
@@ -40,6 +42,13 @@ fn spawn(theirs: UnixStream) -> Vm {
     let vm = Vm::spawn(cmd);
     drop(theirs);
     vm
+}
+
+/// A daemon on a control link, and the vhost-user listener (in `dir`) to open it with.
+fn daemon_in(dir: &std::path::Path) -> (Vm, Connection, UnixListener) {
+    let listener = UnixListener::bind(dir.join("s")).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    (spawn(theirs), Connection::new(ours), listener)
 }
 
 fn call(conn: &Connection, id: u64, request: BlockRequest, fds: &[std::os::fd::BorrowedFd]) {
@@ -104,6 +113,52 @@ fn open_with(
     );
 }
 
+/// The open call for the chain `layers` (top first), with one fd per entry of `files`
+/// (the top read-write unless `top_read_only`, the others read-only).
+fn open_chain(
+    conn: &Connection,
+    layers: Vec<ImageLayer>,
+    files: &[&std::path::Path],
+    listener: &UnixListener,
+    top_read_only: bool,
+) {
+    let counters = BlockCounters::create().unwrap();
+    let files: Vec<std::fs::File> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(i == 0 && !top_read_only)
+                .open(f)
+                .unwrap()
+        })
+        .collect();
+    let mut fds = vec![listener.as_fd(), counters.fd().as_fd()];
+    fds.extend(files.iter().map(|f| f.as_fd()));
+    call(
+        conn,
+        1,
+        BlockRequest::Open(BlockOpen {
+            layers,
+            ..open_config()
+        }),
+        &fds,
+    );
+}
+
+fn layer(path: &std::path::Path, format: ImageFormat) -> ImageLayer {
+    ImageLayer {
+        node_name: "n0".into(),
+        format,
+        filename: path.display().to_string(),
+    }
+}
+
+fn qcow2() -> ImageFormat {
+    ImageFormat::Qcow2(Default::default())
+}
+
 fn expect_failure(vm: &mut Vm, message: &str) {
     let status = vm.wait(TIMEOUT);
     assert!(!status.success(), "exited {status}:\n{}", vm.transcript());
@@ -146,10 +201,7 @@ fn an_image_smaller_than_a_sector_is_refused() {
     let dir = TempDir::new("bd-control-tiny");
     let image = dir.path().join("tiny.img");
     empty_image(&image, 100);
-    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut vm = spawn(theirs);
-    let conn = Connection::new(ours);
+    let (mut vm, conn, listener) = daemon_in(dir.path());
     open(&conn, &image, &listener);
     let err = answer(&conn).unwrap_err();
     assert!(err.desc.contains("smaller than one sector"), "{err:?}");
@@ -254,4 +306,108 @@ fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
     let status = vm.wait(TIMEOUT);
     assert!(status.success(), "{status}:\n{}", vm.transcript());
     assert!(!vm.transcript().contains("panicked"));
+}
+
+/// The chain's fds must be what the open call says they are: a writable node's image
+/// opened read-only is refused (the link itself refuses a frame whose fds do not number
+/// what its message declares: ipc's tests).
+#[test]
+fn a_writable_node_on_a_read_only_fd_is_refused() {
+    let dir = TempDir::new("bd-control-mismatch");
+    let image = dir.path().join("d.img");
+    empty_image(&image, 1 << 20);
+    let (mut vm, conn, listener) = daemon_in(dir.path());
+    let raw = layer(&image, ImageFormat::Raw);
+    open_chain(&conn, vec![raw], &[&image], &listener, true);
+    let err = answer(&conn).unwrap_err();
+    let text = format!(
+        "'{}' is open read-only but the node is writable",
+        image.display()
+    );
+    assert_eq!(err.desc, text);
+    expect_failure(&mut vm, &text);
+}
+
+/// A qcow2 chain (qcow2 over raw, made by qemu-img) opens at the top's virtual size.
+#[test]
+fn a_qcow2_chain_opens_at_its_virtual_size() {
+    let dir = TempDir::new("bd-control-qcow2");
+    let base = dir.path().join("base.raw");
+    let top = dir.path().join("top.qcow2");
+    empty_image(&base, 1 << 20);
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "raw", t, "3M"]);
+    let info = qemu_img_ok(&["info", "--output=json", t]);
+    assert!(info.contains("\"virtual-size\": 3145728"), "{info}");
+    let (mut vm, conn, listener) = daemon_in(dir.path());
+    open_chain(
+        &conn,
+        vec![layer(&top, qcow2()), layer(&base, ImageFormat::Raw)],
+        &[&top, &base],
+        &listener,
+        false,
+    );
+    assert_eq!(answer(&conn), Ok(BlockReply::Opened { size: 3 << 20 }));
+    call(&conn, 2, BlockRequest::Quit, &[]);
+    assert_eq!(answer(&conn), Ok(BlockReply::Done));
+    let status = vm.wait(TIMEOUT);
+    assert!(status.success(), "{status}:\n{}", vm.transcript());
+    let (ok, out, err) = flotilla_tests::blk::qemu_img(&["check", t]);
+    assert!(ok, "qemu-img check after a clean close:\n{out}{err}");
+}
+
+/// Damaged qcow2 images: the open is refused with the words qemu-img uses for the same
+/// image, and the daemon ends without a panic.
+#[test]
+fn damaged_qcow2_images_are_refused_with_qemus_words() {
+    let dir = TempDir::new("bd-control-damaged");
+    // (what is damaged, offset in the header, big-endian bytes written there)
+    let damage: &[(&str, u64, &[u8])] = &[
+        ("version 4", 4, &[0, 0, 0, 4]),
+        ("cluster_bits 30", 20, &[0, 0, 0, 30]),
+        ("the magic", 0, b"QFJ\xfb"),
+        (
+            "an L1 table offset not cluster-aligned",
+            40,
+            &[0, 0, 0, 0, 0, 1, 0, 1],
+        ),
+        ("an L1 table too large", 36, &[0x10, 0, 0, 0]),
+        (
+            "a refcount table offset not aligned",
+            48,
+            &[0, 0, 0, 0, 0, 1, 2, 0],
+        ),
+        ("a refcount table too large", 56, &[0xff, 0xff, 0xff, 0xff]),
+        (
+            "an unknown incompatible feature",
+            72,
+            &[0x80, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        ("a header length too short", 100, &[0, 0, 0, 0x10]),
+    ];
+    for (what, offset, bytes) in damage {
+        let image = dir.path().join("bad.qcow2");
+        let path = image.to_str().unwrap();
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", path, "16M"]);
+        // A header field changed in place.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, bytes, *offset).unwrap();
+        drop(f);
+        let expected = qemu_img_refusal(&image, "qcow2");
+        let (mut vm, conn, listener) = daemon_in(dir.path());
+        open_chain(
+            &conn,
+            vec![layer(&image, qcow2())],
+            &[&image],
+            &listener,
+            false,
+        );
+        let err = answer(&conn).unwrap_err();
+        assert_eq!(err.desc, expected, "{what}");
+        expect_failure(&mut vm, &expected);
+        std::fs::remove_file(dir.path().join("s")).unwrap();
+    }
 }

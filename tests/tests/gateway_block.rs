@@ -274,7 +274,11 @@ fn bad_drives_stop_the_start_with_one_line() {
         ),
         (
             format!("file={},format=qcow2", tiny.display()),
-            "only raw images",
+            "Image is not in qcow2 format",
+        ),
+        (
+            format!("file={},format=vmdk", tiny.display()),
+            "raw and qcow2 images are served",
         ),
         (
             format!("file={},format=raw,cache=writethrough", tiny.display()),

@@ -2,6 +2,7 @@
 //! cannot use them as they are, an aligned bounce buffer and the copies to and from it.
 
 use crate::disk::Disk;
+use crate::formats::direct::AlignedBuf;
 use crate::request::{Kind, Request, Segment};
 
 /// The segments as iovecs (they address guest memory the caller keeps mapped).
@@ -42,36 +43,6 @@ pub fn copy_from_guest(segs: &[Segment], bytes: &mut [u8]) {
     }
 }
 
-/// A heap buffer with the alignment O_DIRECT needs.
-pub struct AlignedBuf {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-// SAFETY: exclusively owned heap memory.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    pub fn new(len: usize, align: usize) -> Option<AlignedBuf> {
-        let layout = std::alloc::Layout::from_size_align(len.max(align), align).ok()?;
-        // SAFETY: layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(AlignedBuf { ptr, layout })
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: we own `layout.size()` bytes at `ptr`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated with this layout in `new`.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
-    }
-}
-
 /// True when O_DIRECT cannot use the guest's buffers as they are.
 pub fn needs_bounce(disk: &Disk, segs: &[Segment]) -> bool {
     disk.direct_alignment().is_some_and(|a| {
@@ -102,7 +73,7 @@ pub fn data_buffers(disk: &Disk, req: &Request) -> Option<DataBuffers> {
         copy_from_guest(&req.data, &mut buf.as_mut_slice()[..req.data_len]);
     }
     let iovecs = vec![libc::iovec {
-        iov_base: buf.ptr.cast(),
+        iov_base: buf.as_ptr().cast(),
         iov_len: req.data_len,
     }];
     Some(DataBuffers {

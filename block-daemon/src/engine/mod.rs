@@ -6,7 +6,11 @@
 pub mod buffers;
 pub mod inline;
 pub mod interface;
+pub mod mapped;
+#[cfg(test)]
+mod routing_tests;
 pub mod sync;
+pub mod transfer;
 pub mod uring;
 
 pub use interface::{Done, Engine, Op};

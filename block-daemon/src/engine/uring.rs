@@ -10,30 +10,73 @@ use io_uring::{opcode, types, IoUring};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use virtio::blk::{S_IOERR, S_OK};
+use virtio::blk::S_IOERR;
 
 use super::buffers::{data_buffers, iovecs, DataBuffers};
 use super::inline::{execute_inline, Outcome};
-use super::interface::{Done, Engine, Op};
-use super::sync::{skip, transfer, SyncEngine};
+use super::interface::{errno_of, Done, Engine, Op};
+use super::mapped::{
+    outcome, route, slice_iovecs, through_format, zero_guest, zero_iovecs, Piece, Route,
+};
+use super::sync::SyncEngine;
+use super::transfer::{skip, transfer};
 use crate::disk::Disk;
+use crate::formats::MapGuard;
 use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request};
 use crate::warn_limited;
 
 static FAILED: LogLimit = LogLimit::new();
 
+/// One submission of a request: a read or write of `len` bytes at `offset` of `fd`
+/// from or into `iovecs` (a flush: no iovecs, no length).
+struct Flying {
+    fd: RawFd,
+    offset: u64,
+    len: u64,
+    iovecs: Vec<libc::iovec>,
+}
+
 struct InFlight {
     head: u16,
     status: *mut u8,
     op: Op,
     bytes: u64,
-    /// Where in the image it starts (to finish a short transfer).
-    offset: u64,
     started: Instant,
+    /// What went to the kernel (one per extent of a split request); their iovecs do
+    /// not move until the request completes.
+    pieces: Vec<Flying>,
+    /// Pieces the kernel has not completed.
+    pending: usize,
+    /// The first failure of a piece.
+    error: Option<std::io::Error>,
+    /// The bounce buffer of an O_DIRECT request whose guest buffers are unaligned.
     buffers: Option<DataBuffers>,
+    /// The format's mapping stays valid (its clusters are not handed out again) until
+    /// the kernel is done with them.
+    _guard: Option<MapGuard>,
     /// Keeps the guest memory mapped until the kernel is done with it.
     _mem: Arc<GuestMemoryMmap>,
+}
+
+/// The pieces of a request: one (no allocation, the fast path) or several.
+enum Pieces {
+    One(Piece),
+    Many(Vec<Piece>),
+}
+
+impl Pieces {
+    fn as_slice(&self) -> &[Piece] {
+        match self {
+            Pieces::One(p) => std::slice::from_ref(p),
+            Pieces::Many(v) => v,
+        }
+    }
+}
+
+/// A completion's user data: the slot in the low half, the piece in the high half.
+fn user_data(slot: usize, piece: usize) -> u64 {
+    slot as u64 | (piece as u64) << 32
 }
 
 // SAFETY: the pointers address the shared guest RAM mapping or owned buffers.
@@ -74,18 +117,19 @@ impl UringEngine {
         })
     }
 
-    /// Reads `req` from the page cache without blocking; false if any of it is not
-    /// there (nothing is reported: the caller then reads it through the ring).
-    fn read_cached(&self, req: &Request) -> bool {
+    /// Reads `req` from the page cache (of `fd` at `offset`) without blocking; false if
+    /// any of it is not there (nothing is reported: the caller then reads it through
+    /// the ring).
+    fn read_cached(&self, req: &Request, fd: RawFd, offset: u64) -> bool {
         let iov = iovecs(&req.data);
         // SAFETY: the iovecs describe guest memory that request::parse checked and that
         // the caller keeps mapped; preadv2 writes at most their lengths.
         let n = unsafe {
             libc::preadv2(
-                self.disk.fd(),
+                fd,
                 iov.as_ptr(),
                 iov.len() as libc::c_int,
-                req.offset() as libc::off_t,
+                offset as libc::off_t,
                 libc::RWF_NOWAIT,
             )
         };
@@ -109,42 +153,56 @@ impl UringEngine {
         self.free.push(slot);
     }
 
-    /// What a completion says: the kernel's result for `f`, a short transfer finished
-    /// here (the rest of it tells the real error, if any).
-    fn outcome(&self, f: &mut InFlight, result: i32) -> Outcome {
-        let expected = if f.op == Op::Flush { 0 } else { f.bytes };
-        let error = if result < 0 {
-            Err(std::io::Error::from_raw_os_error(-result))
-        } else if result as u64 == expected {
-            Ok(())
-        } else {
-            let done = result as usize;
-            let write = f.op == Op::Write;
-            match f.buffers.as_mut() {
-                Some(b) => transfer(
-                    self.disk.fd(),
-                    skip(&mut b.iovecs, done),
-                    f.offset + done as u64,
-                    write,
-                ),
-                None => Err(std::io::Error::other(format!(
-                    "{result} of {expected} bytes"
-                ))),
-            }
+    /// What the kernel's `result` says about piece `p` of `f`: a short transfer is
+    /// finished here (the rest of it tells the real error, if any).
+    fn piece_result(f: &mut InFlight, p: usize, result: i32) -> std::io::Result<()> {
+        let write = f.op == Op::Write;
+        let Some(piece) = f.pieces.get_mut(p) else {
+            return Err(std::io::Error::other(format!("no piece {p}")));
         };
-        match error {
-            Err(e) => {
+        if result < 0 {
+            return Err(std::io::Error::from_raw_os_error(-result));
+        }
+        let done = result as u64;
+        if done == piece.len {
+            return Ok(());
+        }
+        if piece.iovecs.is_empty() || done > piece.len {
+            return Err(std::io::Error::other(format!(
+                "{result} of {} bytes",
+                piece.len
+            )));
+        }
+        transfer(
+            piece.fd,
+            skip(&mut piece.iovecs, done as usize),
+            piece.offset + done,
+            write,
+        )
+    }
+
+    /// What the guest hears of `f`, all of whose pieces completed.
+    fn outcome(f: &mut InFlight) -> Outcome {
+        match f.error.take() {
+            Some(e) => {
                 warn_limited!(FAILED, "{:?} of {} bytes: {e}", f.op, f.bytes);
-                Outcome::failed(&e)
+                Outcome::failed(errno_of(&e))
             }
-            Ok(()) if f.op == Op::Read => {
+            None if f.op == Op::Read => {
                 if let Some(b) = f.buffers.as_mut() {
                     b.finish_read(f.bytes as usize);
                 }
                 Outcome::ok(f.bytes as u32 + 1)
             }
-            Ok(()) => Outcome::ok(1),
+            None => Outcome::ok(1),
         }
+    }
+}
+
+impl UringEngine {
+    /// A request finished here, now.
+    fn finished(&mut self, head: u16, req: &Request, started: Instant, outcome: Outcome) {
+        self.ready.push(outcome.done(head, req, started));
     }
 }
 
@@ -152,48 +210,66 @@ impl Engine for UringEngine {
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
         let started = Instant::now();
         let op = Op::of(&req.kind);
-        let inline = match req.kind {
-            Kind::Read | Kind::Write => false,
-            Kind::Flush => self.disk.cache().no_flush(),
-            _ => true,
+        let direct = self.disk.cache().direct();
+        // Where a read or write goes (a flush: the fd whose sync is all it takes).
+        let (pieces, guard) = match req.kind {
+            // Buffered writes only copy into the page cache; io_uring hands them to its
+            // worker threads, which measured slower (bench/blk) than writing them here.
+            Kind::Write if !direct => return self.overflow.submit(head, req, mem),
+            Kind::Read | Kind::Write => match route(&self.disk, &req) {
+                Ok(Route::File { fd, offset, guard }) => {
+                    let whole = Piece::File {
+                        fd,
+                        offset,
+                        at: 0,
+                        len: req.data_len,
+                    };
+                    (Pieces::One(whole), Some(guard))
+                }
+                Ok(Route::Split { pieces, guard }) => (Pieces::Many(pieces), Some(guard)),
+                Ok(Route::Zero) => {
+                    zero_guest(&req.data);
+                    return self.finished(head, &req, started, outcome(&req, Ok(())));
+                }
+                Ok(Route::Format) => {
+                    let result = through_format(&self.disk, &req);
+                    return self.finished(head, &req, started, outcome(&req, result));
+                }
+                Err(e) => return self.finished(head, &req, started, outcome(&req, Err(e))),
+            },
+            Kind::Flush => match self.disk.flush_fd() {
+                Some(fd) if !self.disk.cache().no_flush() => (
+                    Pieces::One(Piece::File {
+                        fd,
+                        offset: 0,
+                        at: 0,
+                        len: 0,
+                    }),
+                    None,
+                ),
+                _ => {
+                    let outcome = execute_inline(&self.disk, &req);
+                    return self.finished(head, &req, started, outcome);
+                }
+            },
+            _ => {
+                let outcome = execute_inline(&self.disk, &req);
+                return self.finished(head, &req, started, outcome);
+            }
         };
-        if inline {
-            let outcome = execute_inline(&self.disk, &req);
-            self.ready.push(Done {
-                head,
-                status: req.status,
-                code: outcome.code,
-                used_len: outcome.used_len,
-                op,
-                bytes: req.image_bytes(),
-                started,
-                error: outcome.error,
-            });
-            return;
-        }
-        // Buffered writes only copy into the page cache; io_uring hands them to its
-        // worker threads, which measured slower (bench/blk) than writing them here.
-        if req.kind == Kind::Write && !self.disk.cache().direct() {
-            return self.overflow.submit(head, req, mem);
-        }
         // A buffered read of data in the page cache is a copy: done here at once, it
         // skips the ring, the completion eventfd and a trip through epoll (bench/blk
         // measured that trip as most of a cached read's cost). Data not cached makes
         // RWF_NOWAIT fail at once, and the read goes to the ring.
-        if req.kind == Kind::Read && !self.disk.cache().direct() && self.read_cached(&req) {
-            self.ready.push(Done {
-                head,
-                status: req.status,
-                code: S_OK,
-                used_len: req.data_len as u32 + 1,
-                op,
-                bytes: req.image_bytes(),
-                started,
-                error: None,
-            });
-            return;
+        if let Pieces::One(Piece::File { fd, offset, .. }) = pieces {
+            if req.kind == Kind::Read && !direct && self.read_cached(&req, fd, offset) {
+                let ok = Outcome::ok(req.data_len as u32 + 1);
+                return self.finished(head, &req, started, ok);
+            }
         }
         let Some(slot) = self.free.pop() else {
+            // Every slot is busy: done here, synchronously (mapped again there).
+            drop(guard);
             return self.overflow.submit(head, req, mem);
         };
         let mut flight = InFlight {
@@ -201,49 +277,90 @@ impl Engine for UringEngine {
             status: req.status,
             op,
             bytes: req.image_bytes(),
-            offset: req.offset(),
             started,
+            pieces: Vec::with_capacity(pieces.as_slice().len()),
+            pending: 0,
+            error: None,
             buffers: None,
+            _guard: guard,
             _mem: mem,
         };
+        let mut iovecs = Vec::new();
         if req.kind != Kind::Flush {
             match data_buffers(&self.disk, &req) {
-                Some(b) => flight.buffers = Some(b),
+                Some(mut b) => {
+                    iovecs = std::mem::take(&mut b.iovecs);
+                    flight.buffers = Some(b);
+                }
                 None => {
                     self.slots[slot] = Some(flight);
                     return self.fail(slot, "no memory for a bounce buffer", libc::ENOMEM);
                 }
             }
         }
-        let fd = types::Fd(self.disk.fd());
-        let entry = match (&req.kind, &flight.buffers) {
-            (Kind::Read, Some(b)) => {
-                opcode::Readv::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(req.offset())
-                    .build()
+        // One piece (the fast path) takes the iovecs as they are; pieces of a split
+        // request take their part of them, and zeroes are read at once.
+        let single = matches!(pieces, Pieces::One(_));
+        for &piece in pieces.as_slice() {
+            match piece {
+                Piece::File {
+                    fd,
+                    offset,
+                    at,
+                    len,
+                } => flight.pieces.push(Flying {
+                    fd,
+                    offset,
+                    len: len as u64,
+                    iovecs: if single {
+                        std::mem::take(&mut iovecs)
+                    } else {
+                        slice_iovecs(&iovecs, at, len)
+                    },
+                }),
+                Piece::Zero { at, len } => zero_iovecs(&slice_iovecs(&iovecs, at, len)),
             }
-            (Kind::Write, Some(b)) => {
-                opcode::Writev::new(fd, b.iovecs.as_ptr(), b.iovecs.len() as u32)
-                    .offset(req.offset())
-                    .build()
-            }
-            _ => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
         }
-        .user_data(slot as u64);
+        let count = flight.pieces.len();
         // The iovecs' memory stays where it is when `flight` moves into its slot.
         self.slots[slot] = Some(flight);
-        // SAFETY: the iovecs and the memory they describe live in `slots[slot]` until the
-        // completion for `slot` is reaped.
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_err() {
-            // The submission queue is as deep as the slot table, so this means the
-            // kernel has not taken earlier entries yet: hand them over and retry once.
-            let _ = self.ring.submit();
-            // SAFETY: as above.
+        let mut pushed = 0;
+        for i in 0..count {
+            let Some(p) = self.slots[slot].as_ref().and_then(|f| f.pieces.get(i)) else {
+                break;
+            };
+            let fd = types::Fd(p.fd);
+            let (ptr, n) = (p.iovecs.as_ptr(), p.iovecs.len() as u32);
+            let entry = match req.kind {
+                Kind::Read => opcode::Readv::new(fd, ptr, n).offset(p.offset).build(),
+                Kind::Write => opcode::Writev::new(fd, ptr, n).offset(p.offset).build(),
+                _ => opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            }
+            .user_data(user_data(slot, i));
+            // SAFETY: the iovecs and the memory they describe live in `slots[slot]`
+            // until every completion for `slot` is reaped.
             if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                return self.fail(slot, "io_uring submission queue full", libc::EAGAIN);
+                // The kernel has not taken earlier entries yet: hand them over and
+                // retry once.
+                let _ = self.ring.submit();
+                // SAFETY: as above.
+                if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                    break;
+                }
+            }
+            pushed += 1;
+        }
+        if pushed == 0 {
+            return self.fail(slot, "io_uring submission queue full", libc::EAGAIN);
+        }
+        if let Some(f) = self.slots[slot].as_mut() {
+            f.pending = pushed;
+            if pushed < count {
+                // What went keeps the request in flight; it fails when that is back.
+                warn_limited!(FAILED, "io_uring submission queue full");
+                f.error = Some(std::io::Error::from_raw_os_error(libc::EAGAIN));
             }
         }
         self.pending_submit = true;
@@ -272,14 +389,24 @@ impl Engine for UringEngine {
         // A completion posted after the read above set the eventfd again: read it next
         // time too. Nothing in flight and nothing reaped: it is clear.
         self.eventfd_dirty = self.in_flight() > 0 || !completions.is_empty();
-        for (user_data, result) in completions {
-            let slot = user_data as usize;
-            let Some(mut f) = self.slots.get_mut(slot).and_then(Option::take) else {
+        for (data, result) in completions {
+            let (slot, piece) = ((data & 0xffff_ffff) as usize, (data >> 32) as usize);
+            let Some(f) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 log::error!("io_uring completion for unknown slot {slot}");
                 continue;
             };
+            if let Err(e) = Self::piece_result(f, piece, result) {
+                f.error.get_or_insert(e);
+            }
+            f.pending = f.pending.saturating_sub(1);
+            if f.pending > 0 {
+                continue;
+            }
+            let Some(mut f) = self.slots[slot].take() else {
+                continue;
+            };
             self.free.push(slot);
-            let outcome = self.outcome(&mut f, result);
+            let outcome = Self::outcome(&mut f);
             done.push(Done {
                 head: f.head,
                 status: f.status,

@@ -9,8 +9,11 @@
 //! used, and a damaged image gives a `FormatError`, never a panic, an access outside
 //! the file or an allocation the size of a lie.
 
+pub mod chain;
+pub mod direct;
 pub mod probe;
 pub mod qcow2;
+pub mod raw;
 
 pub use probe::probe;
 
@@ -160,4 +163,11 @@ pub trait Format: Send + Sync {
 
     /// Changes the size the guest sees (block_resize).
     fn resize(&self, size: u64) -> Result<(), FormatError>;
+
+    /// The node is going away (its daemon quits): leave the image clean, as a close
+    /// would (qcow2: clusters set aside for allocation freed, the dirty bit cleared).
+    /// Requests after it need not be served. By default, a flush.
+    fn close(&self) -> Result<(), FormatError> {
+        self.flush()
+    }
 }

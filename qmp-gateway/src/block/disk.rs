@@ -82,7 +82,8 @@ pub struct Disk {
     pub nodes: Vec<String>,
     pub throttle: Option<(ThrottleLimits, String)>,
     pub config: BlockOpen,
-    pub image: Arc<OwnedFd>,
+    /// The images of the chain, top first (as `config.layers`).
+    pub images: Vec<Arc<OwnedFd>>,
     /// Bound by the gateway, kept across daemons: vmm-core's reconnections land here.
     pub listener: UnixListener,
     pub socket: PathBuf,
@@ -109,7 +110,7 @@ pub struct Launch {
     binary: PathBuf,
     id: String,
     config: BlockOpen,
-    image: Arc<OwnedFd>,
+    images: Vec<Arc<OwnedFd>>,
     listener: OwnedFd,
     throttle: Option<(ThrottleLimits, OwnedFd)>,
     nodes: Vec<String>,
@@ -139,7 +140,7 @@ impl Disk {
             binary: self.binary.clone(),
             id: self.id.clone(),
             config: self.config.clone(),
-            image: self.image.clone(),
+            images: self.images.clone(),
             listener: OwnedFd::from(self.listener.try_clone().map_err(BlockError::DupImage)?),
             throttle,
             nodes: self.nodes.clone(),
@@ -220,11 +221,10 @@ impl Launch {
             },
             hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
-            &[
-                self.listener.as_fd(),
-                self.counters.as_fd(),
-                self.image.as_fd(),
-            ],
+            &[self.listener.as_fd(), self.counters.as_fd()]
+                .into_iter()
+                .chain(self.images.iter().map(|i| i.as_fd()))
+                .collect::<Vec<_>>(),
         )?;
         if let Some((limits, state)) = &self.throttle {
             daemon

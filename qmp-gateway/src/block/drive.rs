@@ -1,13 +1,22 @@
-//! `--drive file=PATH,format=raw,id=ID[,...]`: a raw image the guest sees as a virtio-blk
-//! disk, in QEMU's -drive syntax (the subset that applies).
+//! `--drive file=PATH,format=raw|qcow2,id=ID[,...]`: an image the guest sees as a
+//! virtio-blk disk, in QEMU's -drive syntax (the subset that applies). The format must
+//! be named: unlike QEMU, Flotilla never probes a disk's format (a guest could make its
+//! raw disk look like a qcow2 header naming any host file as its backing file).
 
 use std::str::FromStr;
 
 use ipc::{DetectZeroes, OnError};
 
+use super::options::{Driver, Qcow2Settings};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveSpec {
     pub file: String,
+    /// raw or qcow2.
+    pub format: Driver,
+    /// qcow2's cache options (l2-cache-size, refcount-cache-size, cache-size,
+    /// lazy-refcounts), as on blockdev-add.
+    pub qcow2: Qcow2Settings,
     /// The disk's name in QMP (query-block's "device"); default virtioN.
     pub id: Option<String>,
     /// The raw node's name; default an automatic "#block..." name.
@@ -44,6 +53,29 @@ fn on_error(v: &str, read: bool) -> Result<OnError, String> {
     }
 }
 
+/// A size as QEMU's -drive takes it: bytes, or a number with a k, M, G or T suffix.
+fn size(key: &str, v: &str) -> Result<u64, String> {
+    let (digits, shift) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'B' => 0,
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{key}={v}: a size (bytes, or k, M, G, T)")),
+            };
+            (&v[..i], shift)
+        }
+        _ => (v, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{key}={v}: a size (bytes, or k, M, G, T)"))
+}
+
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "yes" | "true" => Ok(true),
@@ -58,6 +90,8 @@ impl FromStr for DriveSpec {
     fn from_str(s: &str) -> Result<DriveSpec, String> {
         let mut d = DriveSpec {
             file: String::new(),
+            format: Driver::Raw,
+            qcow2: Qcow2Settings::default(),
             id: None,
             node_name: None,
             read_only: false,
@@ -120,6 +154,10 @@ impl FromStr for DriveSpec {
                     }
                 }
                 "serial" => d.serial = Some(value.to_string()),
+                "l2-cache-size" => d.qcow2.l2_cache_size = Some(size(key, value)?),
+                "refcount-cache-size" => d.qcow2.refcount_cache_size = Some(size(key, value)?),
+                "cache-size" => d.qcow2.cache_size = Some(size(key, value)?),
+                "lazy-refcounts" => d.qcow2.lazy_refcounts = Some(on_off(key, value)?),
                 "werror" => d.on_write_error = on_error(value, false)?,
                 "rerror" => d.on_read_error = on_error(value, true)?,
                 "file.locking" | "locking" => {
@@ -153,10 +191,23 @@ impl FromStr for DriveSpec {
         if d.file.is_empty() {
             return Err("file=PATH is required".into());
         }
-        match format.as_deref() {
-            Some("raw") => {}
-            Some(f) => return Err(format!("format={f}: only raw images are served")),
-            None => return Err("format=raw is required (image formats are never guessed)".into()),
+        d.format = match format.as_deref() {
+            Some("raw") => Driver::Raw,
+            Some("qcow2") => Driver::Qcow2,
+            Some(f) => return Err(format!("format={f}: raw and qcow2 images are served")),
+            None => {
+                return Err(
+                    "format=raw or format=qcow2 is required (image formats are never guessed)"
+                        .into(),
+                )
+            }
+        };
+        if d.format == Driver::Raw && d.qcow2 != Qcow2Settings::default() {
+            return Err(
+                "l2-cache-size, refcount-cache-size, cache-size and lazy-refcounts \
+                 are qcow2 options"
+                    .into(),
+            );
         }
         if d.detect_zeroes == DetectZeroes::Unmap && !d.discard_unmap {
             return Err(
@@ -195,6 +246,20 @@ mod tests {
             (d.on_read_error, d.on_write_error, d.locking),
             (OnError::Ignore, OnError::Stop, false)
         );
+        let d: DriveSpec =
+            "file=/x.qcow2,format=qcow2,l2-cache-size=4M,refcount-cache-size=65536,lazy-refcounts=on"
+                .parse()
+                .unwrap();
+        assert_eq!(d.format, Driver::Qcow2);
+        assert_eq!(
+            d.qcow2,
+            Qcow2Settings {
+                cache_size: None,
+                l2_cache_size: Some(4 << 20),
+                refcount_cache_size: Some(65536),
+                lazy_refcounts: Some(true),
+            }
+        );
     }
 
     #[test]
@@ -202,7 +267,9 @@ mod tests {
         for bad in [
             "format=raw",
             "file=/x",
-            "file=/x,format=qcow2",
+            "file=/x,format=vmdk",
+            "file=/x,format=raw,l2-cache-size=1M",
+            "file=/x,format=qcow2,cache-size=1Q",
             "file=/x,format=raw,cache=writethrough",
             "file=/x,format=raw,queues=0",
             "file=/x,format=raw,bogus=1",

@@ -41,14 +41,44 @@ pub enum BlockError {
          unmap"
     )]
     DetectZeroesUnmap,
-    #[error("Conflicts with use by {parent} as 'file', which does not allow 'write' on {child}")]
-    ChildTaken { parent: String, child: String },
+    #[error("Conflicts with use by {parent} as '{role}', which does not allow 'write' on {child}")]
+    ChildTaken {
+        parent: String,
+        role: &'static str,
+        child: String,
+    },
     #[error("Block node is read-only")]
     NodeReadOnly,
     #[error("Node {0} is not owned by the monitor")]
     NotMonitorOwned(String),
     #[error("Block device {0} is in use")]
     InUse(String),
+    /// blockdev-del of a node some node uses as its backing file (the newest user).
+    #[error("Node '{node}' is busy: node is used as backing hd of '{parent}'")]
+    BackingBusy { node: String, parent: String },
+
+    /// What an image's header or snapshot table says is wrong or unsupported (the
+    /// qcow2 library's text, QEMU's where QEMU has one).
+    #[error("{0}")]
+    Image(String),
+    #[error("{0}")]
+    Qcow2Option(&'static str),
+    /// Opening a node's backing file failed (QEMU's prefix; nests down the chain).
+    #[error("Could not open backing file: {0}")]
+    Backing(Box<BlockError>),
+    #[error("{0}")]
+    BackingName(String),
+    #[error("Cannot use relative backing file names for '{0}'")]
+    BackingRelative(String),
+    /// QEMU itself recurses until it runs out of memory; these are qemu-img's words.
+    #[error("Backing file '{0}' creates an infinite loop.")]
+    BackingLoop(String),
+    /// `overlay`: the image whose backing file would go past the limit.
+    #[error("the backing chain is deeper than {max} images at '{overlay}'")]
+    BackingTooDeep { overlay: String, max: usize },
+    /// A backing file format Flotilla does not serve.
+    #[error("Driver '{0}' is not supported: Flotilla serves raw and qcow2 backing files")]
+    BackingFormat(String),
     /// A disk's device is attached to the node (QEMU asks this first).
     #[error("Node {0} is in use")]
     Attached(String),
@@ -83,6 +113,8 @@ pub enum BlockError {
     ImageReadOnly,
     #[error("{0}")]
     DupImage(std::io::Error),
+    #[error("block_resize of qcow2 node {0}: only a qcow2 node a disk uses can be resized")]
+    ResizeUnserved(String),
     #[error("Cannot grow device files")]
     CannotGrowDevice,
     #[error("Could not resize file: {}", errno_text(.0))]

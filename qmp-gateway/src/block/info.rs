@@ -1,8 +1,10 @@
 //! QMP's views of block nodes and disks: BlockDeviceInfo (query-block's "inserted",
-//! query-named-block-nodes), ImageInfo, and BlockDeviceStats (query-blockstats), built
-//! from the graph and the daemons' counters, with the members QEMU 7.2 reports.
+//! query-named-block-nodes), ImageInfo (with a qcow2 image's header facts, snapshots
+//! and its backing chain's ImageInfo nested), and BlockDeviceStats (query-blockstats),
+//! built from the graph and the daemons' counters, with the members QEMU 7.2 reports.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 use ipc::{BlockStats, Latency, OpCounters, ThrottleLimits};
 use serde_json::{json, Map, Value};
@@ -32,6 +34,63 @@ pub fn image_sizes(fd: &OwnedFd) -> (u64, u64) {
     (st.st_size as u64, allocated)
 }
 
+/// ImageInfo of `node`: its image's sizes, and for qcow2 what the image's header and
+/// snapshot table said when it was opened, with its backing node's ImageInfo nested.
+pub fn image_info(graph: &Graph, node: &Node) -> Value {
+    let proto = graph.protocol_of(&node.name);
+    let (file_size, actual) = proto
+        .and_then(|p| p.image.as_deref())
+        .map(image_sizes)
+        .unwrap_or((0, 0));
+    let image_node = graph.image_node(&node.name).unwrap_or(node);
+    let mut info = Map::new();
+    info.insert("filename".into(), json!(node.filename));
+    info.insert("format".into(), json!(node.driver.name()));
+    let mut dirty = false;
+    match &image_node.qcow2 {
+        Some(q) => {
+            info.insert("virtual-size".into(), json!(q.virtual_size));
+            info.insert("actual-size".into(), json!(actual));
+            info.insert("cluster-size".into(), json!(q.cluster_size));
+            info.insert("format-specific".into(), q.format_specific());
+            if !q.snapshots.is_empty() {
+                info.insert("snapshots".into(), Value::Array(q.snapshots.clone()));
+            }
+            if let Some(named) = &q.backing_file {
+                info.insert("backing-filename".into(), json!(named));
+                let full = proto.and_then(|p| {
+                    block_daemon::paths::resolve_backing(Path::new(&p.filename), named).ok()
+                });
+                if let Some(full) = full {
+                    info.insert(
+                        "full-backing-filename".into(),
+                        json!(full.display().to_string()),
+                    );
+                }
+                let backing = image_node.backing.as_deref().and_then(|b| graph.node(b));
+                let format = q
+                    .backing_format
+                    .clone()
+                    .or_else(|| backing.map(|b| b.driver.name().to_string()));
+                if let Some(format) = format {
+                    info.insert("backing-filename-format".into(), json!(format));
+                }
+            }
+            dirty = q.dirty;
+        }
+        None => {
+            // QEMU counts a file's length in whole sectors, rounded up.
+            info.insert("virtual-size".into(), json!(file_size.div_ceil(512) * 512));
+            info.insert("actual-size".into(), json!(actual));
+        }
+    }
+    info.insert("dirty-flag".into(), json!(dirty));
+    if let Some(backing) = image_node.backing.as_deref().and_then(|b| graph.node(b)) {
+        info.insert("backing-image".into(), image_info(graph, backing));
+    }
+    Value::Object(info)
+}
+
 /// BlockDeviceInfo of `node`; `throttle`: the limits of the disk it is the root of.
 pub fn node_info(
     graph: &Graph,
@@ -39,32 +98,28 @@ pub fn node_info(
     throttle_of_disk: Option<(&ThrottleLimits, &str)>,
     write_threshold: u64,
 ) -> Value {
-    let (virtual_size, actual) = graph
-        .protocol_of(&node.name)
-        .and_then(|p| p.image.as_deref())
-        .map(image_sizes)
-        .unwrap_or((0, 0));
     let mut info = Map::new();
     info.insert("file".into(), json!(node.filename));
     info.insert("node-name".into(), json!(node.name));
     info.insert("ro".into(), json!(node.read_only));
     info.insert("drv".into(), json!(node.driver.name()));
-    info.insert("backing_file_depth".into(), json!(0));
+    let backing = graph
+        .image_node(&node.name)
+        .and_then(|n| n.backing.as_deref())
+        .and_then(|b| graph.node(b));
+    if let Some(b) = backing {
+        info.insert("backing_file".into(), json!(b.filename));
+    }
+    info.insert(
+        "backing_file_depth".into(),
+        json!(graph.backing_depth(&node.name)),
+    );
     info.insert("encrypted".into(), json!(false));
     info.insert("detect_zeroes".into(), json!(node.detect_zeroes.qmp_name()));
     // BlockDeviceInfo's write_threshold is an int: QEMU shows a uint64 threshold past
     // int64 as the negative number of the same bits.
     info.insert("write_threshold".into(), json!(write_threshold as i64));
-    info.insert(
-        "image".into(),
-        json!({
-            "filename": node.filename,
-            "format": node.driver.name(),
-            "virtual-size": virtual_size,
-            "actual-size": actual,
-            "dirty-flag": false,
-        }),
-    );
+    info.insert("image".into(), image_info(graph, node));
     info.insert(
         "cache".into(),
         json!({"writeback": true, "direct": node.cache.direct, "no-flush": node.cache.no_flush}),

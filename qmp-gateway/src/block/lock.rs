@@ -51,6 +51,32 @@ impl Perms {
         };
         (take, Perms::ALL.without(Perms::WRITE))
     }
+
+    /// What a qcow2 node takes on its image file, used by a disk or not (QEMU 7.2,
+    /// seen in its locks): it also resizes the file as clusters are allocated, and lets
+    /// nobody else write or resize it, even read-only.
+    pub fn for_qcow2_disk(read_only: bool) -> (Perms, Perms) {
+        let take = if read_only {
+            Perms::CONSISTENT_READ
+        } else {
+            Perms::CONSISTENT_READ
+                .union(Perms::WRITE)
+                .union(Perms::RESIZE)
+        };
+        (
+            take,
+            Perms::ALL.without(Perms::WRITE).without(Perms::RESIZE),
+        )
+    }
+
+    /// What a backing file's user takes (QEMU's bdrv_default_perms_for_cow): it reads,
+    /// and lets others read and write without changing it, nothing more.
+    pub fn for_backing() -> (Perms, Perms) {
+        (
+            Perms::CONSISTENT_READ,
+            Perms::CONSISTENT_READ.union(Perms::WRITE_UNCHANGED),
+        )
+    }
 }
 
 /// QEMU's names for its permissions (bdrv_perm_names).
@@ -202,5 +228,15 @@ mod tests {
         let (take, share) = Perms::for_disk(true);
         assert_eq!(bytes(take, share).collect::<Vec<_>>(), [100, 201]);
         assert_eq!(bytes(Perms::RESIZE, Perms::ALL).collect::<Vec<_>>(), [103]);
+        // As QEMU 7.2 holds a qcow2 chain (seen in /proc/locks).
+        let (take, share) = Perms::for_qcow2_disk(false);
+        assert_eq!(
+            bytes(take, share).collect::<Vec<_>>(),
+            [100, 101, 103, 201, 203]
+        );
+        let (take, share) = Perms::for_qcow2_disk(true);
+        assert_eq!(bytes(take, share).collect::<Vec<_>>(), [100, 201, 203]);
+        let (take, share) = Perms::for_backing();
+        assert_eq!(bytes(take, share).collect::<Vec<_>>(), [100, 201, 203]);
     }
 }

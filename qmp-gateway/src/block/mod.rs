@@ -16,11 +16,13 @@ pub mod drive;
 pub mod error;
 pub mod graph;
 pub mod health;
+pub mod image_info;
 pub mod info;
 mod limits;
 pub mod lock;
 mod nodes;
 pub mod options;
+pub mod qcow2_options;
 mod queries;
 pub mod throttle;
 
@@ -50,7 +52,7 @@ pub use error::BlockError;
 use graph::Graph;
 use health::Health;
 use lock::Perms;
-use options::{ChildRef, Driver, NodeOptions, Source};
+use options::{Driver, NodeOptions};
 
 /// How a command names a disk: by its drive id (QMP's "device"), or by its guest
 /// device's id or QOM path (QMP's "id").
@@ -127,8 +129,6 @@ struct NewDisk {
     qom_path: String,
     on_read_error: OnError,
     on_write_error: OnError,
-    /// Take QEMU's locks on the image (file.locking).
-    locking: bool,
 }
 
 pub struct BlockLayer {
@@ -208,24 +208,19 @@ impl BlockLayer {
         fdsets: &FdSets,
     ) -> Result<(DiskLaunch, OwnedFd), BlockError> {
         let id = spec.id.clone().unwrap_or_else(|| format!("virtio{index}"));
+        let file = NodeOptions {
+            locking: Some(spec.locking),
+            ..NodeOptions::file(spec.file.clone())
+        };
         let opts = NodeOptions {
-            driver: Driver::Raw,
             node_name: spec.node_name.clone(),
             read_only: Some(spec.read_only),
             direct: Some(spec.direct),
             no_flush: Some(spec.no_flush),
             discard_unmap: Some(spec.discard_unmap),
             detect_zeroes: Some(spec.detect_zeroes),
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions {
-                driver: Driver::File,
-                node_name: None,
-                read_only: None,
-                direct: None,
-                no_flush: None,
-                discard_unmap: None,
-                detect_zeroes: None,
-                source: Source::Path(spec.file.clone()),
-            }))),
+            qcow2: spec.qcow2,
+            ..NodeOptions::over(spec.format, file)
         };
         let failed = |error| BlockError::Drive {
             id: id.clone(),
@@ -248,7 +243,6 @@ impl BlockLayer {
             qom_path: format!("/machine/peripheral-anon/device[{index}]"),
             on_read_error: spec.on_read_error,
             on_write_error: spec.on_write_error,
-            locking: spec.locking,
         };
         match self.attach(&mut state, disk) {
             Ok(stream) => Ok((
@@ -278,7 +272,6 @@ impl BlockLayer {
             qom_path,
             on_read_error,
             on_write_error,
-            locking,
         } = new;
         let node = state
             .graph
@@ -288,14 +281,55 @@ impl BlockLayer {
             .graph
             .protocol_of(&root)
             .ok_or_else(|| BlockError::NoImage(root.clone()))?;
-        let image = proto
-            .image
-            .clone()
-            .ok_or_else(|| BlockError::NoImage(proto.name.clone()))?;
+        let read_only = node.read_only || proto.read_only;
+        // The images of the chain, top first, each locked as QEMU locks it: the top as
+        // a disk's image (a qcow2 image also resizes as it grows), backing files as
+        // read-only images others may read beside it but nobody may change.
+        let mut layers = Vec::new();
+        let mut images = Vec::new();
+        for (i, format_node) in state.graph.chain(&root).into_iter().enumerate() {
+            let image_node = state
+                .graph
+                .image_node(&format_node.name)
+                .unwrap_or(format_node);
+            let p = state
+                .graph
+                .protocol_of(&image_node.name)
+                .ok_or_else(|| BlockError::NoImage(image_node.name.clone()))?;
+            let fd = p
+                .image
+                .clone()
+                .ok_or_else(|| BlockError::NoImage(p.name.clone()))?;
+            let qcow2 = image_node.driver == Driver::Qcow2;
+            let (take, share) = match i {
+                0 if qcow2 => Perms::for_qcow2_disk(read_only),
+                0 => Perms::for_disk(read_only),
+                _ => Perms::for_backing(),
+            };
+            if p.locking {
+                lock::lock(fd.as_fd(), take, share).map_err(|error| {
+                    let locked = BlockError::Locked {
+                        error,
+                        path: p.filename.clone(),
+                    };
+                    (1..=i).fold(locked, |e, _| BlockError::Backing(Box::new(e)))
+                })?;
+            }
+            layers.push(ImageLayer {
+                node_name: image_node.name.clone(),
+                format: if qcow2 {
+                    ImageFormat::Qcow2(image_node.qcow2_options.clone())
+                } else {
+                    ImageFormat::Raw
+                },
+                filename: p.filename.clone(),
+            });
+            images.push(fd);
+        }
         let config = BlockOpen {
             node_name: root.clone(),
             serial,
-            read_only: node.read_only || proto.read_only,
+            read_only,
             cache: CacheFlags {
                 direct: proto.cache.direct,
                 no_flush: node.cache.no_flush,
@@ -306,21 +340,8 @@ impl BlockLayer {
             stats_intervals,
             on_read_error,
             on_write_error,
-            layers: vec![ImageLayer {
-                node_name: root.clone(),
-                format: ImageFormat::Raw,
-                filename: proto.filename.clone(),
-            }],
+            layers,
         };
-        if locking {
-            // As a QEMU disk: it reads, writes unless read-only, and lets nobody else
-            // write. The locks live as long as the image's open file.
-            let (take, share) = Perms::for_disk(config.read_only);
-            lock::lock(image.as_fd(), take, share).map_err(|error| BlockError::Locked {
-                error,
-                path: proto.filename.clone(),
-            })?;
-        }
         let health = Health::new(
             &id,
             &root,
@@ -343,7 +364,7 @@ impl BlockLayer {
             root,
             throttle: None,
             config,
-            image,
+            images,
             listener,
             socket,
             binary: self.daemon_binary.clone(),

@@ -1,6 +1,7 @@
 //! A block node as blockdev-add or `--drive` describe it (QEMU's BlockdevOptions, the
-//! drivers Flotilla serves): its driver, settings, and its image or child (an inline
-//! one, or an existing node), and QEMU's rule for node names.
+//! drivers Flotilla serves): its driver, settings, its image or `file` child (an inline
+//! one, or an existing node), a qcow2 node's `backing` and cache options, and QEMU's
+//! rule for node names.
 
 use ipc::DetectZeroes;
 
@@ -11,6 +12,7 @@ pub enum Driver {
     File,
     HostDevice,
     Raw,
+    Qcow2,
 }
 
 impl Driver {
@@ -19,12 +21,23 @@ impl Driver {
             Driver::File => "file",
             Driver::HostDevice => "host_device",
             Driver::Raw => "raw",
+            Driver::Qcow2 => "qcow2",
         }
     }
 
     /// Protocol drivers open an image; format drivers sit on a child.
     pub fn is_protocol(&self) -> bool {
-        !matches!(self, Driver::Raw)
+        !matches!(self, Driver::Raw | Driver::Qcow2)
+    }
+
+    /// The format driver of a backing file by QEMU's name (from an image's header, or
+    /// probed), if Flotilla serves it.
+    pub fn format(name: &str) -> Option<Driver> {
+        match name {
+            "raw" => Some(Driver::Raw),
+            "qcow2" => Some(Driver::Qcow2),
+            _ => None,
+        }
     }
 }
 
@@ -44,6 +57,27 @@ pub enum Source {
     Child(ChildRef),
 }
 
+/// A qcow2 node's `backing` option.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Backing {
+    /// Not given: the backing file the image's header names, if any.
+    #[default]
+    FromImage,
+    /// null: no backing file, even if the image names one.
+    None,
+    /// A node (existing or inline) instead of what the header names.
+    Node(ChildRef),
+}
+
+/// qcow2's cache and refcount options as given (QEMU's names); `None`: not given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Qcow2Settings {
+    pub cache_size: Option<u64>,
+    pub l2_cache_size: Option<u64>,
+    pub refcount_cache_size: Option<u64>,
+    pub lazy_refcounts: Option<bool>,
+}
+
 /// One node as blockdev-add describes it. `None`: not given (inherited by an inline
 /// child from its parent, else the default).
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +90,41 @@ pub struct NodeOptions {
     /// discard=unmap.
     pub discard_unmap: Option<bool>,
     pub detect_zeroes: Option<DetectZeroes>,
+    /// A protocol node's `locking` (on and auto: true).
+    pub locking: Option<bool>,
     pub source: Source,
+    /// A qcow2 node's backing file.
+    pub backing: Backing,
+    pub qcow2: Qcow2Settings,
+}
+
+impl NodeOptions {
+    /// A file node on `path`, every setting inherited or the default.
+    pub fn file(path: String) -> NodeOptions {
+        NodeOptions {
+            driver: Driver::File,
+            node_name: None,
+            read_only: None,
+            direct: None,
+            no_flush: None,
+            discard_unmap: None,
+            detect_zeroes: None,
+            locking: None,
+            source: Source::Path(path),
+            backing: Backing::FromImage,
+            qcow2: Qcow2Settings::default(),
+        }
+    }
+
+    /// A `driver` format node over the inline child `file`, every setting inherited or
+    /// the default (a qcow2 node's backing file: the one its image names).
+    pub fn over(driver: Driver, file: NodeOptions) -> NodeOptions {
+        NodeOptions {
+            driver,
+            source: Source::Child(ChildRef::Inline(Box::new(file))),
+            ..NodeOptions::file(String::new())
+        }
+    }
 }
 
 /// QEMU's rule for node names: a letter, then letters, digits, '-', '.' or '_'.

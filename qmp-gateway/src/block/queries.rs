@@ -1,5 +1,5 @@
 //! The block layer's answers to QMP's queries: query-block, query-named-block-nodes and
-//! query-blockstats, built from the graph, the thresholds, the disks' health and the
+//! query-blockstats (a disk's backing chain nested under "backing"), built from the graph, the thresholds, the disks' health and the
 //! daemons' counters. None waits for a daemon longer than STATS_WAIT: a stopped or stuck
 //! one is shown with the last counters it gave.
 
@@ -10,8 +10,8 @@ use ipc::{BlockReply, BlockRequest, BlockStats};
 use serde_json::{json, Value};
 
 use super::error::BlockError;
-use super::info;
 use super::BlockLayer;
+use super::{graph, info};
 
 /// How long query-blockstats waits for the daemons' counters.
 const STATS_WAIT: Duration = Duration::from_millis(500);
@@ -48,15 +48,26 @@ impl BlockLayer {
         Value::Array(out)
     }
 
-    /// query-named-block-nodes: every node, newest first (as QEMU lists them).
-    pub fn query_named_block_nodes(&self) -> Value {
+    /// query-named-block-nodes: every node, newest first (as QEMU lists them); `flat`:
+    /// without the backing images nested in the image info (and, as QEMU, depth 0).
+    pub fn query_named_block_nodes(&self, flat: bool) -> Value {
         let state = self.state.lock();
         state
             .graph
             .nodes()
             .iter()
             .rev()
-            .map(|n| info::node_info(&state.graph, n, None, self.threshold(&n.name)))
+            .map(|n| {
+                let mut v = info::node_info(&state.graph, n, None, self.threshold(&n.name));
+                if flat {
+                    // QEMU does not walk the chain then: no depth either.
+                    if let Some(image) = v["image"].as_object_mut() {
+                        image.remove("backing-image");
+                    }
+                    v["backing_file_depth"] = json!(0);
+                }
+                v
+            })
             .collect()
     }
 
@@ -133,6 +144,22 @@ impl BlockLayer {
             }
             v
         };
+        // A disk's entry nests its backing chain's entries, each with its own backing.
+        let with_backing = |name: &str, mut v: Value| -> Value {
+            let mut at = &mut v;
+            let mut node = state.graph.image_node(name);
+            let mut depth = 0;
+            while let Some(b) = node
+                .and_then(|n| n.backing.as_deref())
+                .filter(|_| depth < graph::MAX_CHAIN)
+            {
+                at["backing"] = node_entry(b, info::node_stats(0));
+                at = &mut at["backing"];
+                node = state.graph.image_node(b);
+                depth += 1;
+            }
+            v
+        };
         let out: Vec<Value> = if query_nodes {
             state
                 .graph
@@ -149,7 +176,7 @@ impl BlockLayer {
                 .iter()
                 .map(|d| {
                     let s = stats_of.get(&d.id).cloned().unwrap_or_default();
-                    let mut v = node_entry(&d.root, info::device_stats(&s));
+                    let mut v = with_backing(&d.root, node_entry(&d.root, info::device_stats(&s)));
                     v["device"] = json!(d.id);
                     v["qdev"] = json!(d.qdev);
                     v

@@ -719,6 +719,10 @@ impl Format for Qcow2 {
         self.size.store(m.size, Ordering::Release);
         r
     }
+
+    fn close(&self) -> Result<(), FormatError> {
+        self.meta.lock().close()
+    }
 }
 
 impl Drop for Qcow2 {

@@ -1,0 +1,246 @@
+//! A read's or write's way to the image, as the format's mapping of the guest range
+//! decides it. One file extent covering the request: the kernel moves the data between
+//! the guest's buffers and that file (the fast path; the mapping's guard stays with the
+//! request until it completes). A read of nothing but zeroes: the guest's buffers are
+//! zeroed. Several extents of files (and, for a read, of zeroes): the request is split
+//! into pieces, one per extent, each moved by the kernel on its own; the request is done
+//! when all are. Anything else (data only the format can move, an allocating write):
+//! the format moves it through a bounce buffer in the queue's thread (the slow path).
+
+use std::os::fd::RawFd;
+
+use super::buffers::{copy_from_guest, copy_to_guest, data_buffers};
+use super::inline::Outcome;
+use super::transfer::transfer;
+use crate::disk::Disk;
+use crate::formats::{Extent, FormatError, MapGuard};
+use crate::log_limit::LogLimit;
+use crate::request::{Kind, Request, Segment, SECTOR_SIZE};
+use crate::warn_limited;
+
+static FAILED: LogLimit = LogLimit::new();
+
+/// Where a read or write goes.
+pub enum Route {
+    /// To `fd` at `offset`, while `guard` is held.
+    File {
+        fd: RawFd,
+        offset: u64,
+        guard: MapGuard,
+    },
+    /// Several pieces (in order, covering the request), while `guard` is held.
+    Split { pieces: Vec<Piece>, guard: MapGuard },
+    /// A read of zeroes.
+    Zero,
+    /// Through the format (`Format::read` / `Format::write`).
+    Format,
+}
+
+/// A piece of a split request: `len` bytes at byte `at` of the request's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// To or from `fd` at `offset`.
+    File {
+        fd: RawFd,
+        offset: u64,
+        at: usize,
+        len: usize,
+    },
+    /// Zeroes read.
+    Zero { at: usize, len: usize },
+}
+
+/// `extents` as pieces, when the kernel can move each of them (file extents whose
+/// offsets O_DIRECT can use, zeroes for a read, whole sectors each) and they cover the
+/// request exactly; None when the format must move the request.
+fn pieces(extents: &[Extent], len: u64, write: bool, direct: bool) -> Option<Vec<Piece>> {
+    let mut at = 0u64;
+    let mut pieces = Vec::with_capacity(extents.len());
+    for e in extents {
+        let l = e.len();
+        if l == 0 || !l.is_multiple_of(SECTOR_SIZE) {
+            return None;
+        }
+        let (a, n) = (at as usize, l as usize);
+        pieces.push(match *e {
+            Extent::File { fd, offset, .. } if !direct || offset.is_multiple_of(SECTOR_SIZE) => {
+                Piece::File {
+                    fd,
+                    offset,
+                    at: a,
+                    len: n,
+                }
+            }
+            Extent::Zero { .. } if !write => Piece::Zero { at: a, len: n },
+            _ => return None,
+        });
+        at = at.checked_add(l)?;
+    }
+    (at == len).then_some(pieces)
+}
+
+/// The part of `iovecs` that holds bytes `at..at + len` of what they describe.
+pub fn slice_iovecs(iovecs: &[libc::iovec], at: usize, len: usize) -> Vec<libc::iovec> {
+    let mut out = Vec::new();
+    let (mut skip, mut left) = (at, len);
+    for v in iovecs {
+        if left == 0 {
+            break;
+        }
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - skip).min(left);
+        out.push(libc::iovec {
+            // SAFETY: `skip` < the iovec's length: the address stays inside its buffer.
+            iov_base: unsafe { v.iov_base.cast::<u8>().add(skip).cast() },
+            iov_len: n,
+        });
+        skip = 0;
+        left -= n;
+    }
+    out
+}
+
+/// Fills the memory `iovecs` describe with zeroes.
+pub fn zero_iovecs(iovecs: &[libc::iovec]) {
+    for v in iovecs {
+        // SAFETY: the iovecs describe guest memory (checked by request::parse) or a
+        // bounce buffer, which the caller keeps.
+        unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+    }
+}
+
+fn no_memory() -> FormatError {
+    FormatError::Io(std::io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Asks the format where `req` (a read or a write) lies.
+pub fn route(disk: &Disk, req: &Request) -> Result<Route, FormatError> {
+    let write = req.kind == Kind::Write;
+    let len = req.data_len as u64;
+    let mapping = disk.format().map(req.offset(), len, write)?;
+    Ok(match mapping.extents.as_slice() {
+        // With O_DIRECT the file offset must be as aligned as the guest's is (a sector).
+        &[Extent::File { fd, offset, len: l }]
+            if l == len && (disk.direct_alignment().is_none() || offset % SECTOR_SIZE == 0) =>
+        {
+            Route::File {
+                fd,
+                offset,
+                guard: mapping.guard,
+            }
+        }
+        extents
+            if !write
+                && extents.iter().all(|e| matches!(e, Extent::Zero { .. }))
+                && extents.iter().map(Extent::len).sum::<u64>() == len =>
+        {
+            Route::Zero
+        }
+        extents => match pieces(extents, len, write, disk.direct_alignment().is_some()) {
+            Some(pieces) => Route::Split {
+                pieces,
+                guard: mapping.guard,
+            },
+            None => Route::Format,
+        },
+    })
+}
+
+/// Fills the guest's segments with zeroes.
+pub fn zero_guest(segs: &[Segment]) {
+    for s in segs {
+        // SAFETY: the segment lies in the guest RAM mapping (request::parse) and the
+        // caller keeps that mapped.
+        unsafe { std::ptr::write_bytes(s.ptr, 0, s.len) };
+    }
+}
+
+/// The slow path: the format moves the data through a bounce buffer.
+pub fn through_format(disk: &Disk, req: &Request) -> Result<(), FormatError> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(req.data_len)
+        .map_err(|_| no_memory())?;
+    buf.resize(req.data_len, 0u8);
+    if req.kind == Kind::Write {
+        copy_from_guest(&req.data, &mut buf);
+        disk.format().write(req.offset(), &buf)
+    } else {
+        disk.format().read(req.offset(), &mut buf)?;
+        copy_to_guest(&req.data, &buf);
+        Ok(())
+    }
+}
+
+/// The fast path done in the calling thread: the guest's buffers (or an aligned bounce
+/// buffer for O_DIRECT) to or from `fd` at `offset`.
+pub fn transfer_now(disk: &Disk, req: &Request, fd: RawFd, offset: u64) -> Result<(), FormatError> {
+    let write = req.kind == Kind::Write;
+    let mut bufs = data_buffers(disk, req).ok_or_else(no_memory)?;
+    transfer(fd, &mut bufs.iovecs, offset, write)?;
+    bufs.finish_read(req.data_len);
+    Ok(())
+}
+
+/// A split request done in the calling thread, piece by piece.
+fn transfer_pieces(disk: &Disk, req: &Request, pieces: &[Piece]) -> Result<(), FormatError> {
+    let write = req.kind == Kind::Write;
+    let mut bufs = data_buffers(disk, req).ok_or_else(no_memory)?;
+    for piece in pieces {
+        match *piece {
+            Piece::File {
+                fd,
+                offset,
+                at,
+                len,
+            } => transfer(fd, &mut slice_iovecs(&bufs.iovecs, at, len), offset, write)?,
+            Piece::Zero { at, len } => zero_iovecs(&slice_iovecs(&bufs.iovecs, at, len)),
+        }
+    }
+    bufs.finish_read(req.data_len);
+    Ok(())
+}
+
+/// Performs a read or write in the calling thread, whichever way it goes.
+pub fn perform(disk: &Disk, req: &Request) -> Result<(), FormatError> {
+    match route(disk, req)? {
+        Route::File { fd, offset, guard } => {
+            let result = transfer_now(disk, req, fd, offset);
+            drop(guard);
+            result
+        }
+        Route::Split { pieces, guard } => {
+            let result = transfer_pieces(disk, req, &pieces);
+            drop(guard);
+            result
+        }
+        Route::Zero => {
+            zero_guest(&req.data);
+            Ok(())
+        }
+        Route::Format => through_format(disk, req),
+    }
+}
+
+/// What a read or write that finished in the calling thread tells the guest.
+pub fn outcome(req: &Request, result: Result<(), FormatError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::ok(if req.kind == Kind::Write {
+            1
+        } else {
+            req.data_len as u32 + 1
+        }),
+        Err(e) => {
+            warn_limited!(
+                FAILED,
+                "{:?} of {} bytes at sector {}: {e}",
+                req.kind,
+                req.data_len,
+                req.sector
+            );
+            Outcome::failed(e.errno())
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! How the engines route reads and writes by the format's mapping: a scripted format
+//! (a mock, for these unit tests only) answers `map`, and each engine must take the
+//! path the answer calls for.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::{sync::SyncEngine, uring::UringEngine, Done, Engine};
+use crate::disk::{CacheMode, Disk};
+use crate::formats::{Extent, Format, FormatError, MapGuard, MappedRequests, Mapping};
+use crate::request::{Kind, Request, Segment};
+use crate::testing::Scratch;
+
+/// A format whose guest bytes live in memory, and whose `map` answers what the test
+/// scripts: how the request path routes each answer is what is tested.
+struct Scripted {
+    data: Mutex<Vec<u8>>,
+    extents: Vec<Extent>,
+    mapped: Arc<MappedRequests>,
+    calls: Mutex<Vec<&'static str>>,
+}
+
+impl Format for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn virtual_size(&self) -> u64 {
+        self.data.lock().len() as u64
+    }
+    fn map(&self, _: u64, _: u64, _: bool) -> Result<Mapping, FormatError> {
+        Ok(Mapping {
+            extents: self.extents.clone(),
+            guard: MapGuard::new(&self.mapped),
+        })
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        self.calls.lock().push("read");
+        let o = offset as usize;
+        buf.copy_from_slice(&self.data.lock()[o..o + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
+        self.calls.lock().push("write");
+        let o = offset as usize;
+        self.data.lock()[o..o + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), FormatError> {
+        self.calls.lock().push("flush");
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), FormatError> {
+        Err(FormatError::Unsupported("no".into()))
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), FormatError> {
+        Err(FormatError::Corrupt("corrupt".into()))
+    }
+    fn resize(&self, _: u64) -> Result<(), FormatError> {
+        Err(FormatError::ReadOnly)
+    }
+}
+
+fn scripted(extents: Vec<Extent>) -> Arc<Scripted> {
+    Arc::new(Scripted {
+        data: Mutex::new((0..1 << 16).map(|i| (i % 253) as u8).collect()),
+        extents,
+        mapped: Arc::new(MappedRequests::default()),
+        calls: Mutex::new(Vec::new()),
+    })
+}
+
+fn disk(format: Arc<Scripted>, cache: CacheMode) -> Arc<Disk> {
+    Arc::new(Disk::new(format, None, false, cache, "t").unwrap())
+}
+
+/// A guest memory with a request of `kind` for 4 KiB at sector 8 whose data is at
+/// 0x1000 (filled with 0xee) and status at 0x3000.
+fn request(kind: Kind) -> (Arc<GuestMemoryMmap>, Request) {
+    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap());
+    let host = |a: u64| mem.get_host_address(GuestAddress(a)).unwrap();
+    // SAFETY: 4 KiB at 0x1000 lie inside the 64 KiB just mapped.
+    unsafe { std::ptr::write_bytes(host(0x1000), 0xee, 4096) };
+    let req = Request {
+        kind,
+        sector: 8,
+        data: vec![Segment {
+            ptr: host(0x1000),
+            len: 4096,
+        }],
+        data_len: 4096,
+        status: host(0x3000),
+    };
+    (mem, req)
+}
+
+fn guest_data(data: &[Segment]) -> Vec<u8> {
+    // SAFETY: the segment is the 4 KiB mapped by `request`, still held by the test.
+    unsafe { std::slice::from_raw_parts(data[0].ptr, 4096) }.to_vec()
+}
+
+fn run(engine: &mut dyn Engine, req: Request, mem: Arc<GuestMemoryMmap>) -> Done {
+    engine.submit(0, req, mem);
+    engine.flush();
+    let mut done = Vec::new();
+    engine.drain(&mut done);
+    assert_eq!(done.len(), 1);
+    done.pop().unwrap()
+}
+
+fn engines(d: &Arc<Disk>) -> Vec<Box<dyn Engine>> {
+    vec![
+        Box::new(SyncEngine::new(d.clone())),
+        Box::new(UringEngine::new(d.clone(), 8).unwrap()),
+    ]
+}
+
+#[test]
+fn zero_extents_read_as_zeroes_without_the_format() {
+    let f = scripted(vec![Extent::Zero { len: 1024 }, Extent::Zero { len: 3072 }]);
+    let d = disk(f.clone(), CacheMode::Writeback);
+    for mut e in engines(&d) {
+        let (mem, req) = request(Kind::Read);
+        let seg = req.data.clone();
+        let done = run(&mut *e, req, mem.clone());
+        assert_eq!((done.code, done.used_len), (virtio::blk::S_OK, 4097));
+        assert!(guest_data(&seg).iter().all(|b| *b == 0));
+    }
+    assert!(f.calls.lock().is_empty(), "{:?}", f.calls.lock());
+    assert_eq!(f.mapped.in_flight(), 0);
+}
+
+/// Several extents, or data only the format can move: the format reads and writes
+/// through a bounce buffer, at the guest's offset.
+#[test]
+fn anything_else_goes_through_the_format() {
+    for extents in [
+        vec![Extent::Format { len: 4096 }],
+        vec![Extent::Zero { len: 512 }, Extent::Format { len: 3584 }],
+        // A file extent that does not cover the request is not trusted.
+        vec![Extent::File {
+            fd: -1,
+            offset: 0,
+            len: 512,
+        }],
+    ] {
+        let f = scripted(extents.clone());
+        let d = disk(f.clone(), CacheMode::Writeback);
+        for mut e in engines(&d) {
+            let (mem, req) = request(Kind::Read);
+            let seg = req.data.clone();
+            let done = run(&mut *e, req, mem.clone());
+            assert_eq!(done.code, virtio::blk::S_OK, "{extents:?}");
+            assert_eq!(guest_data(&seg), f.data.lock()[4096..8192], "{extents:?}");
+            let (mem, req) = request(Kind::Write);
+            let done = run(&mut *e, req, mem.clone());
+            assert_eq!(done.code, virtio::blk::S_OK, "{extents:?}");
+            assert!(f.data.lock()[4096..8192].iter().all(|b| *b == 0xee));
+            f.data.lock()[4096..8192].fill(1);
+        }
+        assert_eq!(
+            *f.calls.lock(),
+            ["read", "write", "read", "write"],
+            "{extents:?}"
+        );
+        assert_eq!(f.mapped.in_flight(), 0);
+    }
+}
+
+/// One file extent: the data moves between the guest and that file at the extent's
+/// offset, and the mapping stays claimed until the request is reaped.
+#[test]
+fn one_file_extent_goes_to_its_file_and_keeps_its_guard_until_reaped() {
+    let s = Scratch::new("mapped", 1 << 20);
+    let (file, path) = (&s.file, &s.path);
+    file.write_all_at(&[0x5a; 4096], 65536).unwrap();
+    crate::formats::direct::set_direct(file, true).unwrap();
+    let at = Extent::File {
+        fd: file.as_raw_fd(),
+        offset: 65536,
+        len: 4096,
+    };
+    let f = scripted(vec![at]);
+    let d = disk(f.clone(), CacheMode::Direct);
+    let mut uring = UringEngine::new(d.clone(), 8).unwrap();
+    let (mem, req) = request(Kind::Read);
+    let seg = req.data.clone();
+    uring.submit(0, req, mem.clone());
+    uring.flush();
+    assert_eq!(f.mapped.in_flight(), 1, "the slot holds the guard");
+    let mut done = Vec::new();
+    uring.drain(&mut done);
+    assert_eq!(f.mapped.in_flight(), 0);
+    assert_eq!(done[0].code, virtio::blk::S_OK);
+    assert!(guest_data(&seg).iter().all(|b| *b == 0x5a));
+    // A write lands in the file at the extent's offset, by either engine.
+    for mut e in engines(&d) {
+        let (mem, req) = request(Kind::Write);
+        assert_eq!(run(&mut *e, req, mem).code, virtio::blk::S_OK);
+        let mut back = [0u8; 4096];
+        File::open(path)
+            .unwrap()
+            .read_exact_at(&mut back, 65536)
+            .unwrap();
+        assert!(back.iter().all(|b| *b == 0xee));
+        // (Through another open file: the engines' one is O_DIRECT.)
+        let plain = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        plain.write_all_at(&[0; 4096], 65536).unwrap();
+    }
+    assert!(f.calls.lock().is_empty(), "{:?}", f.calls.lock());
+}
+
+/// A format's failure reaches the guest as its errno (and the node's policy).
+#[test]
+fn format_errors_become_the_guests_errors() {
+    let f = scripted(vec![Extent::Format { len: 4096 }]);
+    let d = disk(f, CacheMode::Writeback);
+    for mut e in engines(&d) {
+        let (mem, mut req) = request(Kind::Flush);
+        req.kind = Kind::WriteZeroes(vec![crate::request::SectorRange {
+            sector: 0,
+            sectors: 1,
+            unmap: false,
+        }]);
+        let done = run(&mut *e, req, mem);
+        assert_eq!(done.code, virtio::blk::S_IOERR);
+        assert_eq!(done.error, Some(libc::EIO));
+        let (mem, mut req) = request(Kind::Flush);
+        req.kind = Kind::Discard(vec![crate::request::SectorRange {
+            sector: 0,
+            sectors: 1,
+            unmap: false,
+        }]);
+        assert_eq!(run(&mut *e, req, mem).error, Some(libc::ENOTSUP));
+    }
+}
+
+/// Several extents of files (and zeroes, for a read): each piece goes to its file at its
+/// offset, without the format, by either engine, buffered or O_DIRECT.
+#[test]
+fn split_requests_go_piece_by_piece_to_their_files() {
+    let s = Scratch::new("split", 1 << 20);
+    let (file, path) = (&s.file, &s.path);
+    file.write_all_at(&vec![0x33; 1 << 20], 0).unwrap();
+    file.write_all_at(&[0x44; 1024], 8192).unwrap();
+    file.write_all_at(&[0x55; 2048], 131072).unwrap();
+    let fd = file.as_raw_fd();
+    for cache in [CacheMode::Writeback, CacheMode::Direct] {
+        crate::formats::direct::set_direct(file, cache.direct()).unwrap();
+        let read = scripted(vec![
+            Extent::File {
+                fd,
+                offset: 8192,
+                len: 1024,
+            },
+            Extent::Zero { len: 1024 },
+            Extent::File {
+                fd,
+                offset: 131072,
+                len: 2048,
+            },
+        ]);
+        let d = disk(read.clone(), cache);
+        for mut e in engines(&d) {
+            let (mem, req) = request(Kind::Read);
+            let seg = req.data.clone();
+            let done = run(&mut *e, req, mem.clone());
+            assert_eq!(
+                (done.code, done.used_len),
+                (virtio::blk::S_OK, 4097),
+                "{cache:?}"
+            );
+            let got = guest_data(&seg);
+            assert!(got[..1024].iter().all(|b| *b == 0x44), "{cache:?}");
+            assert!(got[1024..2048].iter().all(|b| *b == 0), "{cache:?}");
+            assert!(got[2048..].iter().all(|b| *b == 0x55), "{cache:?}");
+        }
+        assert!(read.calls.lock().is_empty(), "{:?}", read.calls.lock());
+        assert_eq!(read.mapped.in_flight(), 0);
+        let write = scripted(vec![
+            Extent::File {
+                fd,
+                offset: 262144,
+                len: 2560,
+            },
+            Extent::File {
+                fd,
+                offset: 65536,
+                len: 1536,
+            },
+        ]);
+        let d = disk(write.clone(), cache);
+        for mut e in engines(&d) {
+            let (mem, req) = request(Kind::Write);
+            assert_eq!(run(&mut *e, req, mem).code, virtio::blk::S_OK, "{cache:?}");
+            let plain = File::open(path).unwrap();
+            let mut back = vec![0u8; 2560];
+            plain.read_exact_at(&mut back, 262144).unwrap();
+            assert!(back.iter().all(|b| *b == 0xee), "{cache:?}");
+            let mut back = vec![0u8; 1536];
+            plain.read_exact_at(&mut back, 65536).unwrap();
+            assert!(back.iter().all(|b| *b == 0xee), "{cache:?}");
+            let mut around = [0u8; 1];
+            plain.read_exact_at(&mut around, 65536 + 1536).unwrap();
+            assert_eq!(around, [0x33], "{cache:?}: past the piece");
+        }
+        assert!(write.calls.lock().is_empty(), "{:?}", write.calls.lock());
+    }
+    // A write mapping with zeroes in it is the format's to do.
+    let f = scripted(vec![
+        Extent::File {
+            fd,
+            offset: 0,
+            len: 512,
+        },
+        Extent::Zero { len: 3584 },
+    ]);
+    let d = disk(f.clone(), CacheMode::Writeback);
+    for mut e in engines(&d) {
+        let (mem, req) = request(Kind::Write);
+        assert_eq!(run(&mut *e, req, mem).code, virtio::blk::S_OK);
+    }
+    assert_eq!(*f.calls.lock(), ["write", "write"]);
+}

@@ -1,0 +1,114 @@
+//! block-daemon on its own with qcow2 images it opens itself (the one place the daemon
+//! opens paths): damaged images and broken backing chains fail the start with QEMU's
+//! words for the same chain (qemu-io and qemu-img are the oracles, run on the same
+//! files from the same directory), and the daemon ends without a panic.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_tests::blk::{qemu_img, qemu_img_ok};
+use flotilla_tests::{bin, require_tool, run_to_end, TempDir};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What QEMU says when it cannot open `image` (relative to `dir`) with its backing
+/// chain: qemu-io's error, without "qemu-io: can't open device IMAGE: ".
+fn qemu_refusal(dir: &Path, image: &str) -> String {
+    let out = Command::new(require_tool("qemu-io", "qemu-utils"))
+        .current_dir(dir)
+        .args(["-f", "qcow2", "-c", "quit", image])
+        .output()
+        .expect("running qemu-io");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let first = err.lines().next().unwrap_or_default();
+    let prefix = format!("qemu-io: can't open device {image}: ");
+    assert!(first.starts_with(&prefix), "qemu-io opened {image}: {err}");
+    first[prefix.len()..].to_string()
+}
+
+/// The daemon's start on `image` (relative to `dir`) as qcow2: it must fail, saying
+/// `expected`.
+fn daemon_refuses(dir: &Path, image: &str, expected: &str) {
+    let mut cmd = Command::new(bin("block-daemon"));
+    cmd.current_dir(dir)
+        .args(["--socket", "s.sock", "--image", image, "--format", "qcow2"]);
+    let (status, out, err) = run_to_end(cmd, TIMEOUT);
+    assert!(
+        !status.success(),
+        "the daemon started on {image}:\n{out}{err}"
+    );
+    assert!(err.contains(expected), "no '{expected}' in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!dir.join("s.sock").exists(), "socket left behind");
+}
+
+fn create(dir: &Path, args: &[&str]) {
+    let dir = dir.to_str().unwrap();
+    let mut all = vec!["create", "-q", "-f", "qcow2"];
+    all.extend_from_slice(args);
+    let out = Command::new(require_tool("qemu-img", "qemu-utils"))
+        .current_dir(dir)
+        .args(&all)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-img {all:?}: {out:?}");
+}
+
+#[test]
+fn a_missing_backing_file() {
+    let dir = TempDir::new("qcow2-standalone-missing");
+    let d = dir.path();
+    std::fs::File::create(d.join("base.raw"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    create(d, &["-b", "base.raw", "-F", "raw", "top.qcow2"]);
+    std::fs::remove_file(d.join("base.raw")).unwrap();
+    let expected = qemu_refusal(d, "top.qcow2");
+    daemon_refuses(d, "top.qcow2", &expected);
+}
+
+#[test]
+fn a_damaged_image_and_a_damaged_backing_file() {
+    let dir = TempDir::new("qcow2-standalone-damaged");
+    let d = dir.path();
+    create(d, &["base.qcow2", "1M"]);
+    create(d, &["-b", "base.qcow2", "-F", "qcow2", "top.qcow2"]);
+    // Version 4, in the backing file, then in the top too.
+    for image in ["base.qcow2", "top.qcow2"] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join(image))
+            .unwrap();
+        f.write_all_at(&[0, 0, 0, 4], 4).unwrap();
+        drop(f);
+        let expected = qemu_refusal(d, "top.qcow2");
+        daemon_refuses(d, "top.qcow2", &expected);
+    }
+}
+
+/// A chain that comes back to itself: qemu-img's words for it (QEMU itself trips over
+/// its own image lock there, so only qemu-img info --backing-chain names the loop).
+#[test]
+fn a_backing_chain_that_loops() {
+    let dir = TempDir::new("qcow2-standalone-loop");
+    let d = dir.path();
+    create(d, &["a.qcow2", "1M"]);
+    create(d, &["-b", "a.qcow2", "-F", "qcow2", "b.qcow2"]);
+    let (a, b) = (d.join("a.qcow2"), d.join("b.qcow2"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    qemu_img_ok(&[
+        "rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", a,
+    ]);
+    let (ok, out, err) = qemu_img(&["info", "--backing-chain", b]);
+    assert!(!ok, "{out}");
+    let said = err
+        .lines()
+        .find_map(|l| l.strip_prefix("qemu-img: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    // qemu-img names the file as the chain names it, relative to b's directory.
+    let expected = said.replace(&format!("{}/", d.display()), "");
+    daemon_refuses(d, "b.qcow2", &expected);
+}

@@ -111,6 +111,7 @@ impl Qcow2 {
             alloc_end: 0,
             reserved: VecDeque::new(),
             deferred: HashSet::new(),
+            pending_frees: Vec::new(),
             mapped: Arc::new(MappedRequests::default()),
             metadata: HashSet::new(),
             snapshots,
@@ -353,11 +354,10 @@ impl Meta {
     /// Sets guest cluster `gc`'s entry to `new` (releasing what the old one held when
     /// `release`).
     fn replace_entry(&mut self, gc: u64, new: u64, release: bool) -> Result<(), FormatError> {
-        let raw = self.l2_entry(gc)?;
+        let (raw, old) = self.lookup_raw(gc)?;
         if raw == new {
             return Ok(());
         }
-        let old = self.classify(raw, gc)?;
         let table = self.l2_for_write(gc)?;
         self.set_l2_entry(table, gc, new)?;
         if release {
@@ -416,8 +416,7 @@ impl Meta {
         };
         self.write_zero_bytes(offset, zs.max(offset) - offset)?;
         for gc in whole.clone() {
-            let raw = self.l2_entry(gc)?;
-            let cur = self.classify(raw, gc)?;
+            let cur = self.lookup(gc)?;
             let (new, release) = match cur {
                 Cluster::Normal {
                     offset: host,
@@ -475,7 +474,7 @@ impl Meta {
             // QEMU's shrink: every cluster past the new end is deallocated, then the
             // L2 tables past the new L1 size.
             for gc in size.div_ceil(cs)..self.size.div_ceil(cs) {
-                if self.l2_entry(gc)? != 0 {
+                if self.lookup_raw(gc)?.0 != 0 {
                     self.replace_entry(gc, 0, true)?;
                 }
             }
@@ -485,7 +484,7 @@ impl Meta {
                 if off != 0 {
                     self.set_l1_entry(l1i, 0)?;
                     self.l2_cache.remove(off);
-                    self.add_refcount(self.cluster_of(off), -1)?;
+                    self.release_later(self.cluster_of(off), 1)?;
                 }
             }
         }
@@ -574,6 +573,8 @@ impl Meta {
         if !self.writable {
             return Ok(());
         }
+        self.sync()?;
+        self.apply_pending_frees()?;
         self.release_reserved()?;
         self.sync()?;
         if self.incompatible & INCOMPAT_DIRTY != 0 && !self.corrupt {
@@ -673,6 +674,7 @@ impl Format for Qcow2 {
         let mut m = self.meta.lock();
         if m.writable {
             m.sync()?;
+            m.apply_pending_frees()?;
         }
         Ok(())
     }

@@ -97,9 +97,8 @@ impl Meta {
                 let l2 = be64(&table, i * 8) & L1E_OFFSET_MASK;
                 if l2 != 0 {
                     if !self.valid_table_offset(l2) {
-                        return Err(FormatError::Corrupt(format!(
-                            "L2 table offset {l2:#x} unaligned or outside the image"
-                        )));
+                        let msg = self.bad_table_offset("L2 table", l2, "L1", i as u64);
+                        return Err(FormatError::Corrupt(msg));
                     }
                     *l2s.entry(l2).or_default() += times;
                 }
@@ -111,7 +110,7 @@ impl Meta {
             self.read(off, &mut table, "L2 table")?;
             for i in 0..self.l2_entries() as usize {
                 let e = be64(&table, i * 8);
-                match self.classify(e, 0) {
+                match self.classify(e, off, i as u64) {
                     Ok(Cluster::Normal { offset, .. }) | Ok(Cluster::ZeroAlloc { offset, .. }) => {
                         n.add(offset, cs, times)?
                     }

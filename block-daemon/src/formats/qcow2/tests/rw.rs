@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::oracle::{
-    check_clean, compress, img_create, io, ok, raw_bytes, s, RawFile, Rng, TempDir,
+    check_clean, compare_with_raw, compress, img_create, io, ok, raw_bytes, s, RawFile, Rng,
+    TempDir,
 };
 use crate::formats::qcow2::Qcow2;
 use crate::formats::{Extent, Format};
@@ -156,16 +157,6 @@ fn random_writes(q: &dyn Format, mirror: &mut [u8], rng: &mut Rng, count: usize,
         q.write(at, &data).unwrap();
         mirror[at as usize..(at + len) as usize].copy_from_slice(&data);
     }
-}
-
-fn compare_with_raw(d: &TempDir, p: &Path, mirror: &[u8]) {
-    check_clean(p);
-    let raw = d.path("mirror.raw");
-    std::fs::write(&raw, mirror).unwrap();
-    ok(
-        "qemu-img",
-        &["compare", "-f", "qcow2", "-F", "raw", s(p), s(&raw)],
-    );
 }
 
 #[test]

@@ -457,7 +457,7 @@ impl Graph {
         below.push(here);
         if below.len() >= MAX_CHAIN {
             return Err(BlockError::BackingTooDeep {
-                top: overlay.to_string(),
+                overlay: overlay.to_string(),
                 max: MAX_CHAIN,
             });
         }
@@ -472,29 +472,8 @@ impl Graph {
         };
         let driver = Driver::format(&format).ok_or(BlockError::BackingFormat(format))?;
         let opts = NodeOptions {
-            driver,
-            node_name: None,
             read_only: Some(true),
-            direct: None,
-            no_flush: None,
-            discard_unmap: None,
-            detect_zeroes: None,
-            locking: None,
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions {
-                driver: Driver::File,
-                node_name: None,
-                read_only: None,
-                direct: None,
-                no_flush: None,
-                discard_unmap: None,
-                detect_zeroes: None,
-                locking: None,
-                source: Source::Path(path.clone()),
-                backing: Backing::FromImage,
-                qcow2: Default::default(),
-            }))),
-            backing: Backing::FromImage,
-            qcow2: Default::default(),
+            ..NodeOptions::over(driver, NodeOptions::file(path))
         };
         let inherit = Inherited {
             read_only: Some(true),
@@ -555,6 +534,26 @@ impl Graph {
 }
 
 impl Graph {
+    /// Reads the qcow2 image info of `name`'s image again, after a command changed the
+    /// image (a resize, a snapshot): queries show what the image says from now on.
+    pub fn refresh_image(&mut self, name: &str) -> Result<(), BlockError> {
+        let Some(image) = self.image_node(name).map(|n| n.name.clone()) else {
+            return Ok(());
+        };
+        let Some(fd) = self
+            .protocol_of(&image)
+            .and_then(|p| p.image.clone())
+            .filter(|_| self.node(&image).is_some_and(|n| n.qcow2.is_some()))
+        else {
+            return Ok(());
+        };
+        let fresh = Qcow2Image::read(&fd)?;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.name == image) {
+            n.qcow2 = Some(fresh);
+        }
+        Ok(())
+    }
+
     /// Removes `root` and everything below it that nothing else uses (undoing a drive
     /// whose daemon did not start).
     pub fn remove_tree(&mut self, root: &str) {
@@ -935,6 +934,34 @@ mod tests {
             "{looped}"
         );
         assert!(add(&mut g, &json_named).contains("json:"));
+        assert!(g.nodes().is_empty());
+    }
+
+    #[test]
+    fn an_absurdly_deep_chain_is_refused() {
+        let imgs = Images::new("deep");
+        imgs.raw("0");
+        for i in 1..=MAX_CHAIN {
+            imgs.qcow2(&i.to_string(), Some((&(i - 1).to_string(), None)));
+        }
+        let mut g = Graph::default();
+        let at = |i: usize| {
+            json!({"driver": "qcow2", "node-name": "t", "read-only": true,
+                   "file": {"driver": "file", "filename": imgs.path(&i.to_string())}})
+        };
+        // MAX_CHAIN images in all: served.
+        add_qcow2(&mut g, at(MAX_CHAIN - 1)).unwrap();
+        assert_eq!(g.chain("t").len(), MAX_CHAIN);
+        g.remove("t", &no_disks).unwrap();
+        // One more: refused, and nothing stays.
+        let err = add_qcow2(&mut g, at(MAX_CHAIN)).unwrap_err();
+        assert!(
+            err.ends_with(&format!(
+                "the backing chain is deeper than {MAX_CHAIN} images at '{}'",
+                imgs.path("1")
+            )),
+            "{err}"
+        );
         assert!(g.nodes().is_empty());
     }
 

@@ -98,6 +98,35 @@ pub struct NodeOptions {
     pub qcow2: Qcow2Settings,
 }
 
+impl NodeOptions {
+    /// A file node on `path`, every setting inherited or the default.
+    pub fn file(path: String) -> NodeOptions {
+        NodeOptions {
+            driver: Driver::File,
+            node_name: None,
+            read_only: None,
+            direct: None,
+            no_flush: None,
+            discard_unmap: None,
+            detect_zeroes: None,
+            locking: None,
+            source: Source::Path(path),
+            backing: Backing::FromImage,
+            qcow2: Qcow2Settings::default(),
+        }
+    }
+
+    /// A `driver` format node over the inline child `file`, every setting inherited or
+    /// the default (a qcow2 node's backing file: the one its image names).
+    pub fn over(driver: Driver, file: NodeOptions) -> NodeOptions {
+        NodeOptions {
+            driver,
+            source: Source::Child(ChildRef::Inline(Box::new(file))),
+            ..NodeOptions::file(String::new())
+        }
+    }
+}
+
 /// QEMU's rule for node names: a letter, then letters, digits, '-', '.' or '_'.
 pub fn check_node_name(name: &str) -> Result<(), BlockError> {
     let mut chars = name.chars();

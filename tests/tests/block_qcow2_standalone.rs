@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_tests::blk::{
-    block_daemon, first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok,
-    vmm_with_disk,
+    block_daemon, disk_backed_dir, first_mismatch, pattern_image, pattern_sector, qemu_img,
+    qemu_img_ok, vmm_with_disk,
 };
 use flotilla_tests::{bin, require_tool, run_to_end, TempDir};
 
@@ -123,11 +123,41 @@ fn a_backing_chain_that_loops() {
 /// zero 16..24) on a qcow2 overlay (lazy refcounts) over a raw backing file holding
 /// P(seed); then the daemon, ended by SIGTERM, leaves an image qemu-img finds clean: not
 /// dirty, no leak.
-#[test]
-fn the_test_guest_on_a_qcow2_overlay_and_a_clean_end() {
+/// Whether each of `paths` is open in process `pid` with O_DIRECT (from /proc: the
+/// flags of the first descriptor open on it).
+fn opened_direct(pid: i32, paths: &[&Path]) -> Vec<bool> {
+    let fds: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's fds")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let fd = e.file_name().to_string_lossy().into_owned();
+            Some((target, fd))
+        })
+        .collect();
+    paths
+        .iter()
+        .map(|p| {
+            let (_, fd) = fds
+                .iter()
+                .find(|(t, _)| t == p)
+                .unwrap_or_else(|| panic!("{} is not open in {pid}", p.display()));
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .expect("flags in fdinfo");
+            flags & libc::O_DIRECT as u32 != 0
+        })
+        .collect()
+}
+
+fn guest_on_a_qcow2_overlay(tag: &str, daemon_args: &[&str]) {
     const SECTORS: u64 = 16 << 11;
     const SEED: u64 = 0x0c02_0002;
-    let dir = TempDir::new("qcow2-standalone-guest");
+    // On a real filesystem: O_DIRECT does not work on tmpfs.
+    let dir = disk_backed_dir(tag);
     let (base, top, sock) = (
         dir.path().join("base.raw"),
         dir.path().join("top.qcow2"),
@@ -149,7 +179,9 @@ fn the_test_guest_on_a_qcow2_overlay_and_a_clean_end() {
         "raw",
         t,
     ]);
-    let mut daemon = block_daemon(&sock, &top, &["--format", "qcow2", "--queues", "2"]);
+    let mut args = vec!["--format", "qcow2", "--queues", "2"];
+    args.extend_from_slice(daemon_args);
+    let mut daemon = block_daemon(&sock, &top, &args);
     let mut vm = vmm_with_disk(&sock, 2, 2, &format!("scenario=blk-pattern seed={SEED:#x}"));
     vm.expect_prefix("GUEST BLK PATTERN OK", TIMEOUT);
     let status = vm.wait(TIMEOUT);
@@ -158,6 +190,12 @@ fn the_test_guest_on_a_qcow2_overlay_and_a_clean_end() {
         !vm.transcript().contains("GUEST ERROR"),
         "{}",
         vm.transcript()
+    );
+    // The overlay and its backing file bypass the page cache as the node says.
+    let direct = daemon_args.contains(&"none");
+    assert_eq!(
+        opened_direct(daemon.pid(), &[&top, &base]),
+        [direct, direct]
     );
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     let status = daemon.wait(TIMEOUT);
@@ -177,5 +215,20 @@ fn the_test_guest_on_a_qcow2_overlay_and_a_clean_end() {
     assert_eq!(
         first_mismatch(&base, 0..SECTORS, |s| pattern_sector(SEED, s)),
         None
+    );
+}
+
+#[test]
+fn the_test_guest_on_a_qcow2_overlay_and_a_clean_end() {
+    guest_on_a_qcow2_overlay("qcow2-guest-writeback", &[]);
+}
+
+/// The same with O_DIRECT (the overlay and its backing file), by either engine.
+#[test]
+fn the_test_guest_on_a_qcow2_overlay_with_o_direct() {
+    guest_on_a_qcow2_overlay("qcow2-guest-direct", &["--cache", "none"]);
+    guest_on_a_qcow2_overlay(
+        "qcow2-guest-direct-sync",
+        &["--cache", "none", "--engine", "sync"],
     );
 }

@@ -277,7 +277,8 @@ impl Header {
             read_meta(file, h.backing_file_offset, &mut name, "Backing file name")?;
             let name = String::from_utf8(name)
                 .map_err(|_| FormatError::Invalid("Backing file name is not valid UTF-8".into()))?;
-            h.backing_file = Some(name);
+            // QEMU treats an empty name as no backing file.
+            h.backing_file = (!name.is_empty()).then_some(name);
         }
         Ok(h)
     }

@@ -139,6 +139,34 @@ impl Qcow2 {
         })
     }
 
+    /// The internal snapshots.
+    pub fn snapshots(&self) -> Vec<snapshot::SnapshotInfo> {
+        self.meta.lock().snapshots.clone()
+    }
+
+    /// Creates an internal snapshot (the device must be quiesced: see `snapshot_ops`).
+    pub fn snapshot_create(
+        &self,
+        new: crate::formats::qcow2::snapshot_ops::NewSnapshot,
+    ) -> Result<snapshot::SnapshotInfo, FormatError> {
+        self.meta.lock().snapshot_create(new)
+    }
+
+    /// Reverts to an internal snapshot found by id, else by name (the device
+    /// quiesced).
+    pub fn snapshot_goto(&self, id_or_name: &str) -> Result<snapshot::SnapshotInfo, FormatError> {
+        self.meta.lock().snapshot_goto(id_or_name)
+    }
+
+    /// Deletes an internal snapshot by id and/or name (the device quiesced).
+    pub fn snapshot_delete(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<snapshot::SnapshotInfo, FormatError> {
+        self.meta.lock().snapshot_delete(id, name)
+    }
+
     /// The state under the lock (snapshots and tests use it).
     pub fn with_meta<T>(&self, f: impl FnOnce(&mut Meta) -> T) -> T {
         f(&mut self.meta.lock())
@@ -180,7 +208,7 @@ impl Meta {
     }
 
     /// Before the first change of a session with lazy refcounts: the dirty bit.
-    fn begin_change(&mut self) -> Result<(), FormatError> {
+    pub fn begin_change(&mut self) -> Result<(), FormatError> {
         self.check_writable()?;
         if self.lazy && self.incompatible & INCOMPAT_DIRTY == 0 {
             self.write_incompatible(self.incompatible | INCOMPAT_DIRTY)?;

@@ -19,10 +19,11 @@ use crate::formats::{Format, FormatError, MappedRequests};
 pub const CORRUPT_TEXT: &str = "qcow2: Image is corrupt; cannot be opened read/write";
 
 /// A test hook: how many more file writes may happen before the "process dies"
-/// (every later write fails and nothing more reaches the file).
+/// (every later write fails and nothing more reaches the file), and the write counts
+/// at which a refcount table move began (so a test can crash inside one).
 #[cfg(test)]
 #[derive(Debug, Default)]
-pub struct CrashAfter(pub Option<usize>);
+pub struct CrashAfter(pub Option<usize>, pub Vec<usize>);
 
 pub struct Meta {
     pub file: Arc<File>,

@@ -15,6 +15,7 @@ pub mod meta;
 pub mod refcount;
 pub mod repair;
 pub mod snapshot;
+pub mod snapshot_ops;
 pub mod tables;
 
 pub use image::Qcow2;

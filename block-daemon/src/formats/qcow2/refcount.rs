@@ -159,6 +159,10 @@ impl Meta {
     /// Moves the refcount table to the end of the file, large enough for block index
     /// `b` and for the blocks covering the new table and themselves.
     fn grow_reftable(&mut self, b: u64) -> Result<(), FormatError> {
+        #[cfg(test)]
+        if let Some(left) = self.crash.0 {
+            self.crash.1.push(usize::MAX - left);
+        }
         let cs = self.cluster_size();
         let per_block = self.rb_entries();
         let start = self.file_size.div_ceil(cs).max(self.alloc_end);
@@ -252,6 +256,9 @@ impl Meta {
     /// The first run of `n` free clusters at or after the hint.
     pub fn find_free(&mut self, n: u64) -> Result<u64, FormatError> {
         if self.mapped.in_flight() == 0 {
+            if let Some(&lowest) = self.deferred.iter().min() {
+                self.free_hint = self.free_hint.min(lowest);
+            }
             self.deferred.clear();
         }
         let mut c = self.free_hint.max(1);

@@ -23,6 +23,8 @@ const MAX_REPAIR_CLUSTERS: u64 = 1 << 27;
 struct Counts {
     want: Vec<u32>,
     cluster_bits: u32,
+    /// Clusters of the file: a reference past them is corruption.
+    limit: u64,
 }
 
 impl Counts {
@@ -32,10 +34,10 @@ impl Counts {
         }
         let first = offset >> self.cluster_bits;
         let last = (offset + len - 1) >> self.cluster_bits;
-        if last >= MAX_REPAIR_CLUSTERS {
-            return Err(FormatError::Unsupported(
-                "qcow2: image too large to repair its refcounts".into(),
-            ));
+        if last >= self.limit {
+            return Err(FormatError::Corrupt(format!(
+                "qcow2: a reference to {offset:#x} lies beyond the end of the image; cannot repair"
+            )));
         }
         if last as usize >= self.want.len() {
             self.want.resize(last as usize + 1, 0);
@@ -57,9 +59,16 @@ impl Meta {
         }
         log::warn!("qcow2: image was not closed cleanly; repairing refcounts");
         let cs = self.cluster_size();
+        let limit = self.file_size.div_ceil(cs);
+        if limit > MAX_REPAIR_CLUSTERS {
+            return Err(FormatError::Unsupported(
+                "qcow2: image too large to repair its refcounts".into(),
+            ));
+        }
         let mut n = Counts {
             want: Vec::new(),
             cluster_bits: self.cluster_bits,
+            limit,
         };
         n.add(0, cs, 1)?;
         n.add(self.reftable_offset, self.reftable_clusters * cs, 1)?;

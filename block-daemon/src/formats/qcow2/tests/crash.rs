@@ -8,7 +8,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use super::oracle::{check_clean, fails, img_create, info, ok, raw_bytes, s, Rng, TempDir};
+use super::oracle::{
+    check_clean, fails, img_create, info, io_then_abort, ok, raw_bytes, s, Rng, TempDir,
+};
 use super::rw::{open, read_all};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::Qcow2;
@@ -26,66 +28,107 @@ fn check_code(p: &Path) -> (i32, String) {
     )
 }
 
-/// Runs `ops` random writes on a copy of `base`, the process "dying" after `k` file
-/// writes; returns the mirror of returned writes and the failed write's range.
+/// One step of a crash test's sequence: write a pattern, or zeroes.
+enum Op {
+    Write(u64, u64),
+    Zero(u64, u64),
+}
+
+/// Random small writes, every 7th a write_zeroes (unmap) of 4 KiB.
+fn random_ops(i: usize, rng: &mut Rng, size: u64) -> Op {
+    let len = 1 + rng.below(1536);
+    let at = rng.below(size - len);
+    if i % 7 == 6 {
+        Op::Zero(at & !511, 4096.min(size - (at & !511)))
+    } else {
+        Op::Write(at, len)
+    }
+}
+
+/// Sequential 64 KiB writes: with 512-byte clusters and 64-bit refcounts they need
+/// new refcount blocks all along and move the refcount table.
+fn sequential_ops(i: usize, _: &mut Rng, _: u64) -> Op {
+    Op::Write(i as u64 * 65536, 65536)
+}
+
+/// Runs `ops` steps of `plan` on the image, the process "dying" after `k` file writes;
+/// returns the range the failed step may have left half-done and how many file
+/// writes were left of the budget.
 fn session(
     p: &Path,
     k: Option<usize>,
     ops: usize,
+    plan: fn(usize, &mut Rng, u64) -> Op,
     mirror: &mut [u8],
-) -> (Option<(usize, usize)>, usize) {
+) -> (Option<(usize, usize)>, usize, Vec<usize>) {
     let q = open(p, None, true);
     q.with_meta(|m| m.crash.0 = Some(k.unwrap_or(usize::MAX)));
     let mut rng = Rng(11);
     let size = mirror.len() as u64;
     let mut failed = None;
     for i in 0..ops {
-        let len = 1 + rng.below(1536);
-        let at = rng.below(size - len);
-        let data = vec![(i as u8) | 0x80; len as usize];
-        let (a, b) = (at as usize, (at + len) as usize);
-        let r = if i % 7 == 6 {
-            q.write_zeroes(at & !511, 4096.min(size - (at & !511)), true)
-                .map(|_| (at & !511) as usize..((at & !511) + 4096).min(size) as usize)
-        } else {
-            q.write(at, &data).map(|_| a..b)
+        let op = plan(i, &mut rng, size);
+        let (at, len) = match op {
+            Op::Write(at, len) | Op::Zero(at, len) => (at, len),
         };
-        match r {
-            Ok(range) => {
-                if i % 7 == 6 {
-                    mirror[range].fill(0);
-                } else {
-                    mirror[a..b].copy_from_slice(&data);
-                }
-            }
-            Err(_) => {
-                failed = Some((a.min(at as usize & !511), (b + 4096).min(size as usize)));
+        let (a, b) = (at as usize, (at + len) as usize);
+        let data = vec![(i as u8) | 0x80; len as usize];
+        let r = match op {
+            Op::Write(..) => q.write(at, &data),
+            Op::Zero(..) => q.write_zeroes(at, len, true),
+        };
+        match (r, op) {
+            (Ok(()), Op::Write(..)) => mirror[a..b].copy_from_slice(&data),
+            (Ok(()), Op::Zero(..)) => mirror[a..b].fill(0),
+            (Err(_), _) => {
+                // The cluster(s) the step touched may hold old or new bytes.
+                let lo = a & !65535;
+                failed = Some((lo, (b + 65536).min(size as usize)));
                 break;
             }
         }
     }
-    let left = q.with_meta(|m| m.crash.0.unwrap_or(0));
-    (failed, left)
+    let (left, marks) = q.with_meta(|m| (m.crash.0.unwrap_or(0), m.crash.1.clone()));
+    (failed, left, marks)
 }
 
-fn crash_every_write(opts: &str) {
+/// Replays the sequence with a crash after the k-th file write, for every k (or
+/// about `runs` of them, evenly spread), then checks the image with qemu-img and reads it back.
+fn crash_every_write(
+    opts: &str,
+    size: usize,
+    ops: usize,
+    plan: fn(usize, &mut Rng, u64) -> Op,
+    runs: usize,
+) {
     let d = TempDir::new();
     let base = d.path("base.qcow2");
-    img_create(&base, opts, "1M");
+    img_create(&base, opts, &size.to_string());
     let start = std::fs::read(&base).unwrap();
     let p = d.path("c.qcow2");
     std::fs::write(&p, &start).unwrap();
-    let ops = 40;
-    let mut full = vec![0u8; 1 << 20];
-    let (failed, left) = session(&p, None, ops, &mut full);
+    let mut full = vec![0u8; size];
+    let (failed, left, marks) = session(&p, None, ops, plan, &mut full);
     assert!(failed.is_none());
     let total = usize::MAX - left;
     assert!(total > 50, "the sequence makes many writes ({total})");
     let lazy = opts.contains("lazy_refcounts=on");
-    for k in 0..total {
+    // An odd step, so the crashes land on every kind of write.
+    let step = (total / runs.max(1)).max(1) | 1;
+    let step = if runs >= total { 1 } else { step };
+    // Every write of each refcount table move, too.
+    let mut ks: Vec<usize> = (0..total).step_by(step).collect();
+    for m in &marks {
+        ks.extend(*m..(*m + 24).min(total));
+    }
+    if runs < total {
+        // (the long sequence is the one meant to move the refcount table)
+        assert!(!marks.is_empty(), "the sequence moves the refcount table");
+    }
+    for k in ks {
         std::fs::write(&p, &start).unwrap();
-        let mut mirror = vec![0u8; 1 << 20];
-        let (failed, _) = session(&p, Some(k), ops, &mut mirror);
+        let mut mirror = vec![0u8; size];
+        let (failed, _, _) = session(&p, Some(k), ops, plan, &mut mirror);
         let (code, text) = check_code(&p);
         if lazy {
             // Refcounts may lag behind (the dirty bit says so); no L2 entry may be
@@ -115,12 +158,35 @@ fn crash_every_write(opts: &str) {
 
 #[test]
 fn crash_after_every_write_leaks_at_most() {
-    crash_every_write("cluster_size=512,refcount_bits=4");
+    crash_every_write(
+        "cluster_size=512,refcount_bits=4",
+        1 << 20,
+        16,
+        random_ops,
+        1,
+    );
 }
 
 #[test]
 fn crash_with_lazy_refcounts_is_repaired_on_open() {
-    crash_every_write("cluster_size=512,lazy_refcounts=on");
+    crash_every_write(
+        "cluster_size=512,lazy_refcounts=on",
+        1 << 20,
+        16,
+        random_ops,
+        1,
+    );
+}
+
+#[test]
+fn crash_while_the_refcount_table_grows() {
+    crash_every_write(
+        "cluster_size=512,refcount_bits=64",
+        3 << 20,
+        40,
+        sequential_ops,
+        61,
+    );
 }
 
 #[test]
@@ -129,21 +195,7 @@ fn image_left_dirty_by_qemu_is_repaired() {
     let p = d.path("dirty.qcow2");
     img_create(&p, "lazy_refcounts=on,cluster_size=4096", "4M");
     // qemu-io's abort: dies without closing, dirty bit set, refcounts not written.
-    let out = Command::new("qemu-io")
-        .args([
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x3c 0 1M",
-            "-c",
-            "write -P 0x4d 2M 100k",
-            "-c",
-            "abort",
-            s(&p),
-        ])
-        .output()
-        .expect("qemu-io is needed by this test");
-    assert!(!out.status.success());
+    io_then_abort(&p, &["write -P 0x3c 0 1M", "write -P 0x4d 2M 100k"]);
     let h = Header::read(&std::fs::File::open(&p).unwrap()).unwrap();
     assert!(h.dirty(), "qemu-io left the dirty bit");
     let want = raw_bytes(&p, "qcow2");

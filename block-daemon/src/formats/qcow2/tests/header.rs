@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 
-use super::oracle::{check_clean, fails, img_create, info, io, ok, s, TempDir};
+use super::oracle::{check_clean, fails, img_create, info, io, new_file, ok, s, TempDir};
 use crate::formats::probe;
 use crate::formats::qcow2::create::{create, Compat, CreateOptions};
 use crate::formats::qcow2::header::Header;
@@ -104,13 +104,7 @@ fn create_makes_images_qemu_img_accepts() {
     ];
     for o in cases {
         let p = d.path("c.qcow2");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
+        let f = new_file(&p);
         create(&f, &o).unwrap();
         drop(f);
         check_clean(&p);
@@ -158,13 +152,7 @@ fn create_makes_images_qemu_img_accepts() {
 fn create_refuses_bad_options_as_qemu() {
     let d = TempDir::new();
     let p = d.path("x.qcow2");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
+    let f = new_file(&p);
     for (o, qopts) in [
         (
             CreateOptions {
@@ -364,4 +352,98 @@ fn snapshot_list_matches_qemu_img() {
     assert_eq!(err, "Too much extra metadata in snapshot table entry 0");
     let qemu = fails("qemu-img", &["info", s(&p)]);
     assert!(qemu.contains(&err), "{qemu}");
+}
+
+#[test]
+fn features_this_implementation_lacks_are_refused_but_readable() {
+    let d = TempDir::new();
+    let df = d.path("data.raw");
+    let cases = [
+        (
+            "z.qcow2",
+            "compression_type=zstd".to_string(),
+            "compression type: 1",
+        ),
+        ("e.qcow2", "extended_l2=on".to_string(), "extended L2"),
+        (
+            "d.qcow2",
+            format!("data_file={}", s(&df)),
+            "external data file",
+        ),
+    ];
+    for (name, opts, text) in cases {
+        let p = d.path(name);
+        img_create(&p, &opts, "1M");
+        let h = Header::read(&open(&p)).unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let err = crate::formats::qcow2::Qcow2::open(file, None, &Default::default(), false)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, FormatError::Unsupported(_)),
+            "{opts}: {err:?}"
+        );
+        assert!(err.to_string().contains(text), "{opts}: {err}");
+        assert_eq!(h.compression_type == 1, name == "z.qcow2");
+        assert_eq!(h.extended_l2, name == "e.qcow2");
+    }
+    // An AES-encrypted image (crypt_method 1; QEMU reads its header too).
+    let p = d.path("enc.qcow2");
+    img_create(&p, "", "1M");
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0, 0, 0, 1], 32).unwrap();
+    let h = Header::read(&open(&p)).unwrap();
+    assert_eq!(h.crypt_method, 1);
+    assert!(info(&p).contains("\"encrypted\": true"));
+    let err = crate::formats::qcow2::Qcow2::open(open(&p), None, &Default::default(), false)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("encrypted images are not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn options_and_feature_bits_as_qemu() {
+    let d = TempDir::new();
+    let p = d.path("v2.qcow2");
+    img_create(&p, "compat=0.10", "1M");
+    let opts = ipc::Qcow2Options {
+        lazy_refcounts: Some(true),
+        ..Default::default()
+    };
+    let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let ours = crate::formats::qcow2::Qcow2::open(file, None, &opts, true)
+        .err()
+        .unwrap()
+        .to_string();
+    let qemu = fails(
+        "qemu-io",
+        &[
+            "--image-opts",
+            "-c",
+            "read 0 512",
+            &format!("driver=qcow2,lazy-refcounts=on,file.filename={}", s(&p)),
+        ],
+    );
+    assert!(qemu.contains(&ours), "ours {ours:?}, qemu-io {qemu:?}");
+
+    // Unknown compatible bits are ignored; unknown autoclear bits are cleared by a
+    // writable open only.
+    let p = d.path("v3.qcow2");
+    img_create(&p, "", "1M");
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[0, 0, 0, 0, 0, 0, 0, 8], 80).unwrap();
+    f.write_all_at(&[0, 0, 0, 0, 0, 0, 0, 0x20], 88).unwrap();
+    let q = crate::formats::qcow2::Qcow2::open(open(&p), None, &Default::default(), false).unwrap();
+    drop(q);
+    assert_eq!(Header::read(&open(&p)).unwrap().autoclear_features, 0x20);
+    let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    drop(crate::formats::qcow2::Qcow2::open(file, None, &Default::default(), true).unwrap());
+    let h = Header::read(&open(&p)).unwrap();
+    assert_eq!(h.autoclear_features, 0);
+    assert_eq!(h.compatible_features, 8);
+    check_clean(&p);
 }

@@ -1,6 +1,9 @@
 //! Unit tests of the qcow2 library, with qemu-img and qemu-io 7.2 as the oracles.
 
+mod concurrency;
 mod crash;
+mod fuzz;
 mod header;
 mod oracle;
 mod rw;
+mod snapshots;

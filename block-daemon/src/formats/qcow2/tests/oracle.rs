@@ -180,3 +180,35 @@ pub fn raw_bytes(p: &Path, fmt: &str) -> Vec<u8> {
     std::fs::remove_file(&out).unwrap();
     b
 }
+
+/// `qemu-img convert -c -O qcow2 -o cluster_size=CS SRC DST`: compressed clusters.
+pub fn compress(src: &Path, dst: &Path, cluster_size: &str) {
+    let opt = format!("cluster_size={cluster_size}");
+    ok(
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", "-o", &opt, s(src), s(dst)],
+    );
+}
+
+/// Runs qemu-io commands on a qcow2 image and then its `abort` (a crash: the dirty bit
+/// stays set with lazy refcounts).
+pub fn io_then_abort(path: &Path, cmds: &[&str]) {
+    let mut args = vec!["-f", "qcow2"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.extend(["-c", "abort", s(path)]);
+    let out = run("qemu-io", &args);
+    assert!(!out.status.success(), "qemu-io abort did not abort");
+}
+
+/// A file created (or truncated) for reading and writing.
+pub fn new_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}

@@ -16,11 +16,15 @@
 //! completed: the guest waits) until the gateway says to start it again, each with an
 //! event for the gateway. A held request stays in flight in the inflight region, so a
 //! daemon that replaces this one holds it too.
+//!
+//! The device can be quiesced (snapshots): no new request is taken from the rings and
+//! the ones in flight finish; the guest's new requests wait in the rings (no error)
+//! until the quiesce ends, when every queue is served again.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +119,22 @@ enum HostSource {
     Timer,
     /// Requests held after a failure are to be started again.
     Retry,
+    /// A quiesce ended: the rings are served again.
+    Unpaused,
+}
+
+/// The device could not be quiesced.
+#[derive(Debug, thiserror::Error)]
+#[error("requests still in flight after {0:?}")]
+pub struct QuiesceTimeout(pub Duration);
+
+/// The device is quiesced while this lives (see `BlkDevice::quiesce`).
+pub struct Quiesced<'a>(&'a BlkDevice);
+
+impl Drop for Quiesced<'_> {
+    fn drop(&mut self) {
+        self.0.unpause();
+    }
 }
 
 struct Inner {
@@ -141,6 +161,12 @@ struct Inner {
     lowest_threshold: AtomicU64,
     /// How long (ns) a queue is watched after its last batch; 0: not at all.
     poll_ns: AtomicU64,
+    /// Quiesced: no request is taken from the rings, held ones stay held.
+    paused: AtomicBool,
+    /// Written when a quiesce ends: the worker serves every ring again.
+    unpaused: EventFd,
+    /// `resume` came while quiesced: the failed requests go once it ends.
+    retry_after_pause: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -173,6 +199,8 @@ impl BlkDevice {
         sources.push((HostSource::Timer, timer.as_raw_fd()));
         let retry = EventFd::new(EFD_NONBLOCK)?;
         sources.push((HostSource::Retry, retry.as_raw_fd()));
+        let unpaused = EventFd::new(EFD_NONBLOCK)?;
+        sources.push((HostSource::Unpaused, unpaused.as_raw_fd()));
         Ok(BlkDevice {
             inner: Arc::new(Inner {
                 num_queues: n,
@@ -190,6 +218,9 @@ impl BlkDevice {
                 write_thresholds: Mutex::new(Vec::new()),
                 lowest_threshold: AtomicU64::new(0),
                 poll_ns: AtomicU64::new(DEFAULT_POLL.as_nanos() as u64),
+                paused: AtomicBool::new(false),
+                unpaused,
+                retry_after_pause: AtomicBool::new(false),
             }),
         })
     }
@@ -232,6 +263,62 @@ impl BlkDevice {
     /// frontend that asks GET_CONFIG sees the new capacity.
     pub fn resize(&self, bytes: u64) -> Result<(), FormatError> {
         self.inner.disk.resize(bytes)
+    }
+
+    /// Stops taking requests from the rings and waits (up to `timeout`) for every
+    /// request in flight to finish; the device serves again when the guard drops.
+    /// Requests the guest makes meanwhile wait in their rings.
+    pub fn quiesce(&self, timeout: Duration) -> Result<Quiesced<'_>, QuiesceTimeout> {
+        self.inner.paused.store(true, Ordering::SeqCst);
+        let guard = Quiesced(self);
+        let deadline = Instant::now() + timeout;
+        // A queue's worker checks `paused` with its engine locked, so once an engine
+        // is seen idle here, nothing more reaches it. Completions are reaped by the
+        // worker as usual; this only watches for them.
+        loop {
+            let busy = self
+                .inner
+                .engines
+                .iter()
+                .any(|e| e.lock().in_flight() > 0);
+            if !busy {
+                return Ok(guard);
+            }
+            if Instant::now() >= deadline {
+                return Err(QuiesceTimeout(timeout));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.inner.paused.load(Ordering::SeqCst)
+    }
+
+    /// Ends a quiesce: the worker serves every ring, held requests are looked at again.
+    fn unpause(&self) {
+        self.inner.paused.store(false, Ordering::SeqCst);
+        if self.inner.retry_after_pause.swap(false, Ordering::SeqCst) {
+            self.resume();
+        }
+        self.arm_timer(Duration::from_nanos(1));
+        if let Err(e) = self.inner.unpaused.write(1) {
+            log::error!("waking the worker after a quiesce: {e}");
+        }
+    }
+
+    /// A quiesce ended: every live ring is served (what arrived meanwhile waits there).
+    fn serve_all(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
+        let _ = self.inner.unpaused.read();
+        for q in 0..self.inner.num_queues {
+            let Some(mut vring) = rings.lock(q, mem) else {
+                continue;
+            };
+            if vring.live() {
+                self.process_queue(q, &mut vring, mem)?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts again the requests held after a failure (QMP cont): the worker takes them
@@ -288,6 +375,14 @@ impl BlkDevice {
         let mut batch = Batch::new(self, q, mem);
         let mut empty_pass = false;
         loop {
+            // Quiesced: what the guest made available stays in the ring (`serve_all`
+            // takes it when the quiesce ends).
+            if self.paused() {
+                if event_idx {
+                    let _ = vring.enable_notification(mem);
+                }
+                break;
+            }
             if event_idx {
                 vring.disable_notification(mem)?;
             }
@@ -470,6 +565,10 @@ impl BlkDevice {
     /// The timer fired: lets held requests go as far as the limits allow.
     fn release_held(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let _ = self.inner.timer.lock().wait();
+        if self.paused() {
+            // They go when the quiesce ends (it arms the timer).
+            return Ok(());
+        }
         let mut soonest: Option<Duration> = None;
         for q in 0..self.inner.num_queues {
             let Some(mut vring) = rings.lock(q, mem) else {
@@ -510,6 +609,10 @@ impl BlkDevice {
     /// hold them again).
     fn retry_failed(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let _ = self.inner.retry.read();
+        if self.paused() {
+            self.inner.retry_after_pause.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
         let mut soonest: Option<Duration> = None;
         for q in 0..self.inner.num_queues {
             if self.inner.failed[q].lock().is_empty() {
@@ -636,6 +739,9 @@ impl BlkDevice {
             // The failed requests stay held for a ring to retry them on.
             HostSource::Retry => {
                 let _ = self.inner.retry.read();
+            }
+            HostSource::Unpaused => {
+                let _ = self.inner.unpaused.read();
             }
         }
     }
@@ -813,6 +919,7 @@ impl Device for BlkDevice {
             },
             HostSource::Timer => self.release_held(rings, mem),
             HostSource::Retry => self.retry_failed(rings, mem),
+            HostSource::Unpaused => self.serve_all(rings, mem),
         }
     }
 

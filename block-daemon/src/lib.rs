@@ -17,5 +17,6 @@ pub mod log_limit;
 pub mod paths;
 pub mod request;
 pub mod seccomp;
+pub mod snapshots;
 pub mod stats;
 pub mod throttle;

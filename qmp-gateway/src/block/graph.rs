@@ -112,6 +112,12 @@ impl Graph {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// For what changes a node in place (snapshots: a new backing node, the image's
+    /// facts read again).
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+
     /// The protocol node under `name` (itself, or its child's).
     pub fn protocol_of(&self, name: &str) -> Option<&Node> {
         let node = self.node(name)?;

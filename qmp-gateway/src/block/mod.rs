@@ -24,7 +24,9 @@ mod nodes;
 pub mod options;
 pub mod qcow2_options;
 mod queries;
+pub mod snapshot;
 pub mod throttle;
+pub mod transaction;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};

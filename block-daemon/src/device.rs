@@ -276,11 +276,7 @@ impl BlkDevice {
         // is seen idle here, nothing more reaches it. Completions are reaped by the
         // worker as usual; this only watches for them.
         loop {
-            let busy = self
-                .inner
-                .engines
-                .iter()
-                .any(|e| e.lock().in_flight() > 0);
+            let busy = self.inner.engines.iter().any(|e| e.lock().in_flight() > 0);
             if !busy {
                 return Ok(guard);
             }

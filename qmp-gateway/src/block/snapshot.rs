@@ -132,7 +132,9 @@ fn on_local_image<T>(
 fn internal_call(
     target: &InternalTarget,
     request: BlockRequest,
-    local: impl FnOnce(&Qcow2) -> Result<
+    local: impl FnOnce(
+        &Qcow2,
+    ) -> Result<
         block_daemon::formats::qcow2::snapshot::SnapshotInfo,
         block_daemon::formats::FormatError,
     >,
@@ -140,7 +142,9 @@ fn internal_call(
     match target {
         InternalTarget::Daemon(link) => match link.request(request, &[])? {
             BlockReply::Snapshot(s) => Ok(s),
-            other => Err(fail(format!("unexpected answer from the daemon: {other:?}"))),
+            other => Err(fail(format!(
+                "unexpected answer from the daemon: {other:?}"
+            ))),
         },
         InternalTarget::Image(fd) => on_local_image(fd, local).map(|s| ipc::SnapshotRecord {
             id: s.id,
@@ -274,7 +278,11 @@ impl BlockLayer {
                 .graph
                 .image_node(&node)
                 .ok_or_else(|| BlockError::NoNode(node.clone()))?;
-            let Some(q) = image.qcow2.as_ref().filter(|_| image.driver == Driver::Qcow2) else {
+            let Some(q) = image
+                .qcow2
+                .as_ref()
+                .filter(|_| image.driver == Driver::Qcow2)
+            else {
                 return Err(fail(
                     "Failed to get a snapshot list: Operation not supported",
                 ));
@@ -489,9 +497,18 @@ impl Action for ExternalSnapshot {
             &mut graph::open_path,
         )?;
         self.applied.new_root = Some(new_root.clone());
+        // The backing node is the old top, as if the header had named it: the node's
+        // name is its image's again (not the json: of `backing: null`).
+        let image_name = state
+            .graph
+            .protocol_of(&new_root)
+            .map(|p| p.filename.clone());
         if let Some(node) = state.graph.node_mut(&new_root) {
             node.backing = Some(old.name.clone());
             node.backing_from = BackingFrom::Image;
+            if let Some(f) = image_name {
+                node.filename = f;
+            }
         }
         let Some(disk_id) = old.disk.clone() else {
             // Nobody serves the old top: the graph is all there is to change.
@@ -500,7 +517,11 @@ impl Action for ExternalSnapshot {
         let new_image = state
             .graph
             .protocol_of(&new_root)
-            .and_then(|p| p.image.clone().map(|fd| (fd, p.filename.clone(), p.locking)))
+            .and_then(|p| {
+                p.image
+                    .clone()
+                    .map(|fd| (fd, p.filename.clone(), p.locking))
+            })
             .ok_or_else(|| BlockError::NoImage(new_root.clone()))?;
         let qcow2_options = state
             .graph
@@ -576,8 +597,7 @@ impl Action for ExternalSnapshot {
         if let Some(before) = applied.disk {
             if let Some(index) = state.disks.iter().position(|d| d.id == before.id) {
                 if applied.pushed {
-                    if let Some(link) = state.disks[index].daemon.as_ref().map(|d| d.link.clone())
-                    {
+                    if let Some(link) = state.disks[index].daemon.as_ref().map(|d| d.link.clone()) {
                         drop(state);
                         if let Err(e) = link.request(BlockRequest::PopTop, &[]) {
                             log::error!("taking the new top off disk {}: {e}", before.id);

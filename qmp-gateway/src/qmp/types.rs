@@ -578,10 +578,7 @@ pub const TYPES: Types = Types(&[
     },
     TypeDef {
         name: "TransactionProperties",
-        kind: TypeKind::Object(&[opt(
-            "completion-mode",
-            Ty::Named("ActionCompletionMode"),
-        )]),
+        kind: TypeKind::Object(&[opt("completion-mode", Ty::Named("ActionCompletionMode"))]),
     },
 ]);
 

@@ -151,17 +151,17 @@ pub fn blockdev_snapshot_sync(c: &mut Ctx, a: BlockdevSnapshotSync) -> QmpResult
 }
 
 pub fn blockdev_snapshot_internal_sync(c: &mut Ctx, a: BlockdevSnapshotInternal) -> QmpResult {
-    c.gw.block
-        .transaction(vec![Box::new(InternalSnapshot::new(a.device, a.name))], false)?;
+    c.gw.block.transaction(
+        vec![Box::new(InternalSnapshot::new(a.device, a.name))],
+        false,
+    )?;
     Ok(json!({}))
 }
 
 pub fn blockdev_snapshot_delete_internal_sync(c: &mut Ctx, a: SnapshotDelete) -> QmpResult {
-    Ok(c.gw.block.delete_internal_snapshot(
-        &a.device,
-        a.id.as_deref(),
-        a.name.as_deref(),
-    )?)
+    Ok(c.gw
+        .block
+        .delete_internal_snapshot(&a.device, a.id.as_deref(), a.name.as_deref())?)
 }
 
 pub fn transaction(c: &mut Ctx, a: Transaction) -> QmpResult {

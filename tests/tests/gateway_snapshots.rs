@@ -195,6 +195,13 @@ fn external_snapshots(qcow2: bool) {
         first_mismatch(&flat, 0..SECTORS, |s| pattern_sector(SEED + 4, s)),
         None
     );
+    // The writes after the first snapshot went to the overlays, not to the base.
+    let base = dir.path().join("base.raw");
+    convert_to_raw(&image, None, &base);
+    assert!(
+        first_mismatch(&base, 0..SECTORS, |s| pattern_sector(SEED + 4, s)).is_some(),
+        "the last round reached the base image"
+    );
 }
 
 #[test]

@@ -214,6 +214,79 @@ fn external_snapshots_of_a_raw_disk_while_the_guest_writes() {
     external_snapshots(false);
 }
 
+/// blockdev-snapshot: an overlay qemu-img made over the disk's image, added with
+/// `backing: null`, goes over the disk while the guest writes; query-block shows what
+/// QEMU 7.2 shows for the same commands; the data lands in the overlay.
+#[test]
+fn blockdev_snapshot_over_an_added_overlay() {
+    let dir = TempDir::new("snap-bd");
+    let image = disk(dir.path(), "d0", true);
+    let copy = dir.path().join("copy.qcow2");
+    std::fs::copy(&image, &copy).unwrap();
+    let overlay_for = |base: &Path, name: &str| {
+        let o = dir.path().join(name);
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            &p(base),
+            "-F",
+            "qcow2",
+            &p(&o),
+        ]);
+        o
+    };
+    let add = |c: &mut QmpClient, o: &Path| {
+        c.ok(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "ov", "backing": null,
+                   "file": {"driver": "file", "filename": p(o)}}),
+        );
+    };
+    let ov = overlay_for(&image, "ov.qcow2");
+    let mut gw = verifying(&image, 3);
+    let vmm = gw.vmm_pid();
+    let mut c = gw.client();
+    round_ok(&mut gw, 1);
+    add(&mut c, &ov);
+    c.ok("blockdev-snapshot", json!({"node": "d0", "overlay": "ov"}));
+    let ours = chain_facts(&inserted(&mut c, "d0"));
+    drop(c);
+    gw.vm
+        .expect_prefix("GUEST BLK VERIFY DONE rounds=3 errors=0", TIMEOUT);
+    gw.expect_clean_exit(vmm, true);
+
+    let ov_copy = overlay_for(&copy, "ov-copy.qcow2");
+    let qemu = Qemu::try_start(&["-drive", &format!("if=none,{}", drive(&copy, "d0"))])
+        .expect("QEMU starts");
+    let mut q = qemu.client();
+    add(&mut q, &ov_copy);
+    q.ok("blockdev-snapshot", json!({"node": "d0", "overlay": "ov"}));
+    let theirs = chain_facts(&inserted(&mut q, "d0"));
+    drop(q);
+    drop(qemu);
+    let renamed = serde_json::to_string(&theirs)
+        .unwrap()
+        .replace("ov-copy", "ov")
+        .replace("copy.qcow2", "d0.qcow2");
+    assert_eq!(serde_json::to_string(&ours).unwrap(), renamed);
+    check_clean(&image);
+    check_clean(&ov);
+    let flat = dir.path().join("flat.raw");
+    convert_to_raw(&ov, None, &flat);
+    assert_eq!(
+        first_mismatch(&flat, 0..SECTORS, |s| pattern_sector(SEED + 3, s)),
+        None
+    );
+    let base = dir.path().join("base.raw");
+    convert_to_raw(&image, None, &base);
+    assert!(
+        first_mismatch(&base, 0..SECTORS, |s| pattern_sector(SEED + 3, s)).is_some(),
+        "the last round reached the base image"
+    );
+}
+
 /// Internal snapshots taken while the guest writes each hold, sector by sector, one of
 /// the patterns the guest wrote around that moment; one qemu-img made is listed and
 /// deleted through QMP.
@@ -542,6 +615,28 @@ fn bad_arguments_read_like_qemu() {
             "blockdev-snapshot-delete-internal-sync",
             json!({"device": "nodev", "id": "1"}),
         ),
+        (
+            "blockdev-snapshot",
+            json!({"node": "nonode", "overlay": "top"}),
+        ),
+        (
+            "blockdev-snapshot",
+            json!({"node": "d0", "overlay": "nonode"}),
+        ),
+        ("blockdev-snapshot", json!({"node": "d0", "overlay": "d1"})),
+        ("blockdev-snapshot", json!({"node": "d0"})),
+        (
+            "blockdev-snapshot",
+            json!({"node": "d0", "overlay": "rawov"}),
+        ),
+        (
+            "blockdev-snapshot",
+            json!({"node": "d0", "overlay": "withbacking"}),
+        ),
+        (
+            "transaction",
+            json!({"actions": [{"type": "blockdev-snapshot", "data": {"node": "d0", "overlay": "nonode"}}]}),
+        ),
         ("transaction", json!({})),
         ("transaction", json!({"actions": [{"type": "abort"}]})),
         (
@@ -579,6 +674,32 @@ fn bad_arguments_read_like_qemu() {
     ])
     .expect("QEMU starts");
     let mut theirs = qemu.client();
+    // Overlays that cannot be: a raw node, a qcow2 node with a backing node.
+    let raw_ov = dir.path().join("rawov.raw");
+    std::fs::write(&raw_ov, vec![0u8; 1 << 20]).unwrap();
+    let with_backing = dir.path().join("wb.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        &p(&r),
+        "-F",
+        "raw",
+        &p(&with_backing),
+    ]);
+    for client in [&mut ours, &mut theirs] {
+        client.ok(
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "rawov",
+                   "file": {"driver": "file", "filename": p(&raw_ov), "locking": "off"}}),
+        );
+        client.ok(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "withbacking",
+                   "file": {"driver": "file", "filename": p(&with_backing), "locking": "off"}}),
+        );
+    }
     for (command, args) in exchanges {
         let a = ours.execute(command, args.clone());
         let b = theirs.execute(command, args.clone());

@@ -430,6 +430,49 @@ impl Graph {
         Ok(name)
     }
 
+    /// Makes `backing` the backing node of qcow2 node `name` (a snapshot's overlay
+    /// goes over the old top; None takes it off again), named as QEMU names it then:
+    /// its image's name when the header names that backing file, else a json: name
+    /// (`backing: null`, or the backing node's options).
+    pub fn set_backing(&mut self, name: &str, backing: Option<&str>) {
+        let image = self.protocol_of(name).map(|p| p.filename.clone());
+        let named = self
+            .node(name)
+            .and_then(|n| n.qcow2.as_ref())
+            .and_then(|q| q.backing_file.clone());
+        let below = backing
+            .and_then(|b| self.image_node(b))
+            .and_then(|b| self.protocol_of(&b.name))
+            .map(|p| p.filename.clone());
+        let matches = match (&image, &named, &below) {
+            (Some(image), Some(named), Some(below)) => {
+                block_daemon::paths::resolve_backing(Path::new(image), named)
+                    .is_ok_and(|p| p == Path::new(below))
+            }
+            _ => false,
+        };
+        let from = match backing {
+            None => BackingFrom::Null,
+            Some(_) if matches => BackingFrom::Image,
+            Some(_) => BackingFrom::Options,
+        };
+        if let Some(n) = self.node_mut(name) {
+            n.backing_from = from;
+        }
+        let filename = match (from, image) {
+            (BackingFrom::Image, Some(image)) => {
+                if let Some(n) = self.node_mut(name) {
+                    n.backing = backing.map(str::to_string);
+                }
+                image
+            }
+            _ => self.options_json_with(name, backing),
+        };
+        if let Some(n) = self.node_mut(name) {
+            n.filename = filename;
+        }
+    }
+
     /// QEMU's json: filename of `name` once `backing` is its backing node.
     fn options_json_with(&mut self, name: &str, backing: Option<&str>) -> String {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.name == name) {

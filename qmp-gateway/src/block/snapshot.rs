@@ -19,7 +19,7 @@ use ipc::{errno_text, BlockOpen, BlockReply, BlockRequest, ImageFormat, ImageLay
 use serde_json::{json, Value};
 
 use super::error::BlockError;
-use super::graph::{self, BackingFrom};
+use super::graph;
 use super::image_info::Qcow2Image;
 use super::lock::{self, Perms};
 use super::options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
@@ -31,7 +31,8 @@ fn fail(msg: impl Into<String>) -> BlockError {
 }
 
 /// How blockdev-snapshot-sync finds or makes the new image (NewImageMode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NewImageMode {
     Existing,
     AbsolutePaths,
@@ -320,6 +321,8 @@ struct Applied {
     created: Option<PathBuf>,
     /// The new node (and the nodes under it) in the graph.
     new_root: Option<String>,
+    /// blockdev-snapshot's overlay node, now over the old top.
+    linked: Option<String>,
     /// The old top and the disk it was the root of, with the disk's config before.
     disk: Option<DiskBefore>,
     /// The daemon serves the new top.
@@ -338,16 +341,25 @@ struct DiskBefore {
     new_image: Option<Arc<OwnedFd>>,
 }
 
-/// blockdev-snapshot-sync as a transaction action.
+/// Where an external snapshot's overlay comes from.
+#[derive(Clone, Debug)]
+pub enum Overlay {
+    /// blockdev-snapshot-sync: a file, created unless it exists already (mode).
+    New(ExternalRequest),
+    /// blockdev-snapshot: a node blockdev-add opened with `backing: null`.
+    Existing { node: String, overlay: String },
+}
+
+/// blockdev-snapshot-sync and blockdev-snapshot as transaction actions.
 pub struct ExternalSnapshot {
-    request: ExternalRequest,
+    overlay: Overlay,
     applied: Applied,
 }
 
 impl ExternalSnapshot {
-    pub fn new(request: ExternalRequest) -> ExternalSnapshot {
+    pub fn new(overlay: Overlay) -> ExternalSnapshot {
         ExternalSnapshot {
-            request,
+            overlay,
             applied: Applied::default(),
         }
     }
@@ -367,9 +379,8 @@ struct OldTop {
 }
 
 impl ExternalSnapshot {
-    /// The checks before anything is created (QEMU's order).
-    fn check(&self, state: &State) -> Result<OldTop, BlockError> {
-        let r = &self.request;
+    /// blockdev-snapshot-sync's checks before anything is created (QEMU's order).
+    fn check_new(state: &State, r: &ExternalRequest) -> Result<String, BlockError> {
         let name = state.lookup_node(r.device.as_deref(), r.node_name.as_deref())?;
         if r.node_name.is_some() && r.snapshot_node_name.is_none() {
             return Err(fail("New overlay node-name missing"));
@@ -380,10 +391,38 @@ impl ExternalSnapshot {
             }
         }
         match r.format.as_deref().unwrap_or("qcow2") {
-            "qcow2" => {}
-            "raw" => return Err(fail("Backing file not supported for file format 'raw'")),
-            other => return Err(fail(format!("Unknown file format '{other}'"))),
+            "qcow2" => Ok(name),
+            "raw" => Err(fail("Backing file not supported for file format 'raw'")),
+            other => Err(fail(format!("Unknown file format '{other}'"))),
         }
+    }
+
+    /// blockdev-snapshot's checks of its overlay node (QEMU's order and words).
+    fn check_existing(state: &State, node: &str, overlay: &str) -> Result<String, BlockError> {
+        let name = state.lookup_node(Some(node), Some(node))?;
+        let over = state.lookup_node(Some(overlay), Some(overlay))?;
+        if state.disk_of_node(&over).is_some() {
+            return Err(fail("The overlay is already in use"));
+        }
+        let image = state
+            .graph
+            .image_node(&over)
+            .ok_or_else(|| BlockError::NoNode(over.clone()))?;
+        if image.backing.is_some() {
+            return Err(fail("The overlay already has a backing image"));
+        }
+        if image.driver != Driver::Qcow2 {
+            return Err(fail("The overlay does not support backing images"));
+        }
+        Ok(name)
+    }
+
+    /// The checks, and the old top's facts.
+    fn check(&self, state: &State) -> Result<OldTop, BlockError> {
+        let name = match &self.overlay {
+            Overlay::New(r) => Self::check_new(state, r)?,
+            Overlay::Existing { node, overlay } => Self::check_existing(state, node, overlay)?,
+        };
         let disk = state.disks.iter().find(|d| d.root == name);
         let used_below = disk.is_none()
             && (state.disk_of_node(&name).is_some()
@@ -427,8 +466,7 @@ impl ExternalSnapshot {
     }
 
     /// Creates the overlay file (mode absolute-paths) as QEMU's bdrv_img_create does.
-    fn create_file(&mut self, old: &OldTop) -> Result<(), BlockError> {
-        let path = &self.request.snapshot_file;
+    fn create_file(&mut self, path: &str, old: &OldTop) -> Result<(), BlockError> {
         let existed = std::path::Path::new(path).exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -455,17 +493,50 @@ impl ExternalSnapshot {
 
 impl Action for ExternalSnapshot {
     fn kind(&self) -> &'static str {
-        "blockdev-snapshot-sync"
+        match self.overlay {
+            Overlay::New(_) => "blockdev-snapshot-sync",
+            Overlay::Existing { .. } => "blockdev-snapshot",
+        }
     }
 
     fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
         let old = self.check(&layer.state.lock())?;
-        if self.request.mode == NewImageMode::AbsolutePaths {
-            self.create_file(&old)?;
+        let new_root = match self.overlay.clone() {
+            Overlay::New(request) => self.open_new(layer, &request, &old)?,
+            Overlay::Existing { overlay, .. } => {
+                let mut state = layer.state.lock();
+                let over = state.lookup_node(Some(&overlay), Some(&overlay))?;
+                let image = state.graph.image_node(&over).map(|n| n.name.clone());
+                state
+                    .graph
+                    .set_backing(&image.unwrap_or(over.clone()), Some(&old.name));
+                self.applied.linked = Some(over.clone());
+                over
+            }
+        };
+        self.append(layer, &old, &new_root)
+    }
+
+    fn abort(&mut self, layer: &BlockLayer) {
+        self.undo(layer);
+    }
+}
+
+impl ExternalSnapshot {
+    /// blockdev-snapshot-sync: the overlay file (created unless mode is existing),
+    /// opened as a new qcow2 node over the old top.
+    fn open_new(
+        &mut self,
+        layer: &BlockLayer,
+        request: &ExternalRequest,
+        old: &OldTop,
+    ) -> Result<String, BlockError> {
+        if request.mode == NewImageMode::AbsolutePaths {
+            self.create_file(&request.snapshot_file, old)?;
         }
         let opts = NodeOptions {
             driver: Driver::Qcow2,
-            node_name: self.request.snapshot_node_name.clone(),
+            node_name: request.snapshot_node_name.clone(),
             read_only: Some(false),
             direct: Some(old.direct),
             no_flush: Some(old.no_flush),
@@ -481,7 +552,7 @@ impl Action for ExternalSnapshot {
                 discard_unmap: None,
                 detect_zeroes: None,
                 locking: None,
-                source: Source::Path(self.request.snapshot_file.clone()),
+                source: Source::Path(request.snapshot_file.clone()),
                 backing: Backing::FromImage,
                 qcow2: Qcow2Settings::default(),
             }))),
@@ -497,19 +568,20 @@ impl Action for ExternalSnapshot {
             &mut graph::open_path,
         )?;
         self.applied.new_root = Some(new_root.clone());
-        // The backing node is the old top, as if the header had named it: the node's
-        // name is its image's again (not the json: of `backing: null`).
-        let image_name = state
-            .graph
-            .protocol_of(&new_root)
-            .map(|p| p.filename.clone());
-        if let Some(node) = state.graph.node_mut(&new_root) {
-            node.backing = Some(old.name.clone());
-            node.backing_from = BackingFrom::Image;
-            if let Some(f) = image_name {
-                node.filename = f;
-            }
-        }
+        state.graph.set_backing(&new_root, Some(&old.name));
+        Ok(new_root)
+    }
+
+    /// Puts `new_root` over the old top in the disk whose root it is: locks, the
+    /// disk's chain, its daemon.
+    fn append(
+        &mut self,
+        layer: &BlockLayer,
+        old: &OldTop,
+        new_root: &str,
+    ) -> Result<(), BlockError> {
+        let new_root = new_root.to_string();
+        let mut state = layer.state.lock();
         let Some(disk_id) = old.disk.clone() else {
             // Nobody serves the old top: the graph is all there is to change.
             return Ok(());
@@ -591,7 +663,8 @@ impl Action for ExternalSnapshot {
         Ok(())
     }
 
-    fn abort(&mut self, layer: &BlockLayer) {
+    /// Undoes what prepare did, or the part of it it got to.
+    fn undo(&mut self, layer: &BlockLayer) {
         let applied = std::mem::take(&mut self.applied);
         let mut state = layer.state.lock();
         if let Some(before) = applied.disk {
@@ -629,6 +702,10 @@ impl Action for ExternalSnapshot {
                     }
                 }
             }
+        }
+        if let Some(over) = applied.linked {
+            let image = state.graph.image_node(&over).map(|n| n.name.clone());
+            state.graph.set_backing(&image.unwrap_or(over), None);
         }
         if let Some(root) = applied.new_root {
             // The old top stays: it is no longer the new node's backing node.

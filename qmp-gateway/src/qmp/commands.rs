@@ -222,6 +222,12 @@ pub const COMMANDS: &[Command] = &[
     cmd("x-blockdev-del", &Typed(block::blockdev_del), EMPTY, G),
     cmd("block_resize", &Typed(block::block_resize), EMPTY, B),
     cmd(
+        "blockdev-snapshot",
+        &Typed(snapshot::blockdev_snapshot),
+        EMPTY,
+        B,
+    ),
+    cmd(
         "blockdev-snapshot-sync",
         &Typed(snapshot::blockdev_snapshot_sync),
         EMPTY,

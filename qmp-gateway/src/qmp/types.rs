@@ -530,6 +530,14 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Object(SNAPSHOT_SYNC_MEMBERS),
     },
     TypeDef {
+        name: "BlockdevSnapshot",
+        kind: TypeKind::Object(SNAPSHOT_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockdevSnapshotWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockdevSnapshot"))]),
+    },
+    TypeDef {
         name: "BlockdevSnapshotInternal",
         kind: TypeKind::Object(SNAPSHOT_INTERNAL_MEMBERS),
     },
@@ -553,6 +561,7 @@ pub const TYPES: Types = Types(&[
         name: "TransactionActionKind",
         kind: TypeKind::Enum(&[
             "abort",
+            "blockdev-snapshot",
             "blockdev-snapshot-sync",
             "blockdev-snapshot-internal-sync",
         ]),
@@ -564,6 +573,7 @@ pub const TYPES: Types = Types(&[
             tag: "type",
             variants: &[
                 ("abort", "AbortWrapper"),
+                ("blockdev-snapshot", "BlockdevSnapshotWrapper"),
                 ("blockdev-snapshot-sync", "BlockdevSnapshotSyncWrapper"),
                 (
                     "blockdev-snapshot-internal-sync",
@@ -591,6 +601,9 @@ pub const SNAPSHOT_SYNC_MEMBERS: &[Member] = &[
     opt("format", Ty::Str),
     opt("mode", Ty::Named("NewImageMode")),
 ];
+
+/// blockdev-snapshot's arguments, also a transaction action's data.
+pub const SNAPSHOT_MEMBERS: &[Member] = &[req("node", Ty::Str), req("overlay", Ty::Str)];
 
 /// blockdev-snapshot-internal-sync's arguments, also a transaction action's data.
 pub const SNAPSHOT_INTERNAL_MEMBERS: &[Member] = &[req("device", Ty::Str), req("name", Ty::Str)];

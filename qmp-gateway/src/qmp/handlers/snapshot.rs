@@ -6,22 +6,14 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::block::snapshot::{
-    ExternalRequest, ExternalSnapshot, InternalSnapshot, NewImageMode as Mode,
+    ExternalRequest, ExternalSnapshot, InternalSnapshot, NewImageMode, Overlay,
 };
 use crate::block::transaction::{AbortAction, Action};
 use crate::qmp::args::{from_checked, serde_arguments, Arguments};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Member, Ty};
-use crate::qmp::types::{SNAPSHOT_INTERNAL_MEMBERS, SNAPSHOT_SYNC_MEMBERS};
-
-/// NewImageMode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NewImageMode {
-    Existing,
-    AbsolutePaths,
-}
+use crate::qmp::types::{SNAPSHOT_INTERNAL_MEMBERS, SNAPSHOT_MEMBERS, SNAPSHOT_SYNC_MEMBERS};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,6 +46,14 @@ macro_rules! shared_members {
 }
 
 shared_members!(BlockdevSnapshotSync, SNAPSHOT_SYNC_MEMBERS);
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlockdevSnapshot {
+    pub node: String,
+    pub overlay: String,
+}
+
+shared_members!(BlockdevSnapshot, SNAPSHOT_MEMBERS);
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BlockdevSnapshotInternal {
@@ -89,6 +89,7 @@ pub struct AbortData {}
 #[serde(tag = "type", content = "data", rename_all = "kebab-case")]
 pub enum TransactionAction {
     Abort(AbortData),
+    BlockdevSnapshot(BlockdevSnapshot),
     BlockdevSnapshotSync(BlockdevSnapshotSync),
     BlockdevSnapshotInternalSync(BlockdevSnapshotInternal),
 }
@@ -122,22 +123,27 @@ serde_arguments!(
 );
 
 fn external(a: BlockdevSnapshotSync) -> ExternalSnapshot {
-    ExternalSnapshot::new(ExternalRequest {
+    ExternalSnapshot::new(Overlay::New(ExternalRequest {
         device: a.device,
         node_name: a.node_name,
         snapshot_file: a.snapshot_file,
         snapshot_node_name: a.snapshot_node_name,
         format: a.format,
-        mode: match a.mode {
-            Some(NewImageMode::Existing) => Mode::Existing,
-            _ => Mode::AbsolutePaths,
-        },
+        mode: a.mode.unwrap_or(NewImageMode::AbsolutePaths),
+    }))
+}
+
+fn existing(a: BlockdevSnapshot) -> ExternalSnapshot {
+    ExternalSnapshot::new(Overlay::Existing {
+        node: a.node,
+        overlay: a.overlay,
     })
 }
 
 fn action(a: TransactionAction) -> Box<dyn Action> {
     match a {
         TransactionAction::Abort(_) => Box::new(AbortAction),
+        TransactionAction::BlockdevSnapshot(s) => Box::new(existing(s)),
         TransactionAction::BlockdevSnapshotSync(s) => Box::new(external(s)),
         TransactionAction::BlockdevSnapshotInternalSync(s) => {
             Box::new(InternalSnapshot::new(s.device, s.name))
@@ -147,6 +153,11 @@ fn action(a: TransactionAction) -> Box<dyn Action> {
 
 pub fn blockdev_snapshot_sync(c: &mut Ctx, a: BlockdevSnapshotSync) -> QmpResult {
     c.gw.block.transaction(vec![Box::new(external(a))], false)?;
+    Ok(json!({}))
+}
+
+pub fn blockdev_snapshot(c: &mut Ctx, a: BlockdevSnapshot) -> QmpResult {
+    c.gw.block.transaction(vec![Box::new(existing(a))], false)?;
     Ok(json!({}))
 }
 

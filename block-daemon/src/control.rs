@@ -173,6 +173,13 @@ fn handle(
             .push_top(device, &layer, fds)
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::ChangeBackingFile {
+            backing_file,
+            backing_format,
+        } => snapshots
+            .change_backing_file(device, &backing_file, backing_format.as_deref())
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::PopTop => snapshots
             .pop_top(device)
             .map(|()| BlockReply::Done)

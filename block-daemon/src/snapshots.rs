@@ -3,7 +3,8 @@
 //! snapshots of the top image (qcow2's, created and deleted by the qcow2 library), and
 //! external ones, where a new image (opened by the gateway, its fd with the call) goes
 //! on top of the chain served now and the old top is only read from then on. The
-//! last new top can be taken off again (a transaction that failed elsewhere).
+//! last new top can be taken off again (a transaction that failed elsewhere). The
+//! backing file the top image's header names can be rewritten (change-backing-file).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -15,6 +16,7 @@ use parking_lot::Mutex;
 
 use crate::device::BlkDevice;
 use crate::disk::Served;
+use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::snapshot::SnapshotInfo;
 use crate::formats::qcow2::snapshot_ops::NewSnapshot;
 use crate::formats::qcow2::Qcow2;
@@ -101,6 +103,22 @@ impl Snapshots {
         name: Option<&str>,
     ) -> Result<SnapshotRecord, SnapshotError> {
         on_qcow2_top(device, |q| q.snapshot_delete(id, name).map(|s| record(&s)))
+    }
+
+    /// Names `backing` (empty: none) with `format` in the top image's header.
+    pub fn change_backing_file(
+        &self,
+        device: &BlkDevice,
+        backing: &str,
+        format: Option<&str>,
+    ) -> Result<(), SnapshotError> {
+        on_qcow2_top(device, |q| {
+            q.with_meta(|m| {
+                crate::formats::qcow2::backing_name::change(&m.file, backing, format)?;
+                m.header = Header::read(&m.file)?;
+                Ok(())
+            })
+        })
     }
 
     /// Opens `layer` (from `fds`' one fd) over the chain served now and serves it as

@@ -712,3 +712,122 @@ fn bad_arguments_read_like_qemu() {
         assert_eq!(strip(&a), strip(&b), "{command} {args}");
     }
 }
+
+/// change-backing-file on a disk's top (by its daemon) and on an image below it (by
+/// the gateway), against QEMU 7.2 doing the same on a copy of the chain: the same
+/// answers, errors, query-block chain and headers (qemu-img info).
+#[test]
+fn change_backing_file_like_qemu() {
+    let dir = TempDir::new("snap-cbf");
+    let side = |tag: &str| {
+        let d = dir.path().join(tag);
+        std::fs::create_dir(&d).unwrap();
+        let base = d.join("base.raw");
+        pattern_image(&base, SEED, SECTORS);
+        let mid = d.join("mid.qcow2");
+        let top = d.join("top.qcow2");
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            &p(&base),
+            "-F",
+            "raw",
+            &p(&mid),
+        ]);
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            &p(&mid),
+            "-F",
+            "qcow2",
+            &p(&top),
+        ]);
+        (d, top, mid)
+    };
+    let (ours_dir, ours_top, ours_mid) = side("ours");
+    let (theirs_dir, theirs_top, theirs_mid) = side("theirs");
+    let gw = Gateway::start_with(
+        1,
+        "",
+        &[
+            "-S",
+            "--drive",
+            &format!("{},node-name=top", drive(&ours_top, "d0")),
+        ],
+    );
+    let qemu = Qemu::try_start(&[
+        "-drive",
+        &format!("if=none,{},node-name=top", drive(&theirs_top, "d0")),
+    ])
+    .expect("QEMU starts");
+    let (mut ours, mut theirs) = (gw.client(), qemu.client());
+    // The automatic names of the images below differ between the two: found by file.
+    let node_of = |c: &mut QmpClient, file: &Path, drv: &str| -> String {
+        let nodes = c.ok("query-named-block-nodes", json!({}));
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["file"] == p(file) && n["drv"] == drv)
+            .unwrap_or_else(|| panic!("no {drv} node of {}: {nodes}", file.display()))["node-name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ours_base = ours_dir.join("base.raw");
+    let theirs_base = theirs_dir.join("base.raw");
+    let both = [
+        (&mut ours, (ours_mid.clone(), ours_base)),
+        (&mut theirs, (theirs_mid.clone(), theirs_base)),
+    ];
+    let mut answers: Vec<Vec<Value>> = Vec::new();
+    for (c, (mid, base)) in both {
+        let mid_node = node_of(c, &mid, "qcow2");
+        let base_node = node_of(c, &base, "raw");
+        let mut got = Vec::new();
+        for (image, name) in [
+            ("top", "mid.qcow2"),
+            (mid_node.as_str(), "base.raw"),
+            (base_node.as_str(), "x"),
+            ("nonode", "x"),
+        ] {
+            let r = c.execute(
+                "change-backing-file",
+                json!({"device": "d0", "image-node-name": image, "backing-file": name}),
+            );
+            got.push(r.get("error").cloned().unwrap_or(json!("ok")));
+        }
+        let r = c.execute(
+            "change-backing-file",
+            json!({"device": "nodev", "image-node-name": "top", "backing-file": "x"}),
+        );
+        got.push(r["error"].clone());
+        let facts = serde_json::to_string(&chain_facts(&inserted(c, "d0"))).unwrap();
+        got.push(json!(facts
+            .replace(&p(&ours_dir), "DIR")
+            .replace(&p(&theirs_dir), "DIR")));
+        answers.push(got);
+    }
+    assert_eq!(answers[0], answers[1]);
+    drop(ours);
+    drop(theirs);
+    drop(gw);
+    drop(qemu);
+    for (a, b) in [(&ours_top, &theirs_top), (&ours_mid, &theirs_mid)] {
+        let info = |i: &Path| {
+            qemu_img_ok(&["info", "-U", &p(i)])
+                .lines()
+                .filter(|l| l.starts_with("backing file"))
+                .map(|l| {
+                    l.replace(&p(&ours_dir), "DIR")
+                        .replace(&p(&theirs_dir), "DIR")
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(info(a), info(b));
+    }
+}

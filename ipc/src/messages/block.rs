@@ -263,6 +263,12 @@ pub enum BlockRequest {
     /// Undoes the last `PushTop` (a transaction that failed): its top image goes, the
     /// one below serves again.
     PopTop,
+    /// Quiesce, write `backing_file` (empty: none) and `backing_format` into the top
+    /// image's header, resume.
+    ChangeBackingFile {
+        backing_file: String,
+        backing_format: Option<String>,
+    },
     /// Stop serving and exit.
     Quit,
 }

@@ -432,7 +432,8 @@ impl Graph {
 
     /// Makes `backing` the backing node of qcow2 node `name` (a snapshot's overlay
     /// goes over the old top; None takes it off again), named as QEMU names it then:
-    /// its image's name when the header names that backing file, else a json: name
+    /// its image's name when the header names that backing file (by the same name),
+    /// else a json: name
     /// (`backing: null`, or the backing node's options).
     pub fn set_backing(&mut self, name: &str, backing: Option<&str>) {
         let image = self.protocol_of(name).map(|p| p.filename.clone());
@@ -444,13 +445,9 @@ impl Graph {
             .and_then(|b| self.image_node(b))
             .and_then(|b| self.protocol_of(&b.name))
             .map(|p| p.filename.clone());
-        let matches = match (&image, &named, &below) {
-            (Some(image), Some(named), Some(below)) => {
-                block_daemon::paths::resolve_backing(Path::new(image), named)
-                    .is_ok_and(|p| p == Path::new(below))
-            }
-            _ => false,
-        };
+        // Literally, as QEMU compares the name the header gives (not resolved, unlike
+        // a backing file opened from the header) with the backing node's.
+        let matches = named.is_some() && named == below;
         let from = match backing {
             None => BackingFrom::Null,
             Some(_) if matches => BackingFrom::Image,
@@ -470,6 +467,19 @@ impl Graph {
         };
         if let Some(n) = self.node_mut(name) {
             n.filename = filename;
+        }
+        // The json: names above it include its options, which changed.
+        let overridden: Vec<(String, Option<String>)> = self
+            .nodes
+            .iter()
+            .filter(|n| n.backing_from == BackingFrom::Options && n.name != name)
+            .map(|n| (n.name.clone(), n.backing.clone()))
+            .collect();
+        for (n, b) in overridden {
+            let f = self.options_json_with(&n, b.as_deref());
+            if let Some(node) = self.node_mut(&n) {
+                node.filename = f;
+            }
         }
     }
 

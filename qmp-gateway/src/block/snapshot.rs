@@ -102,7 +102,7 @@ impl State {
     }
 
     /// Reads node `name`'s image facts again (after a snapshot changed them).
-    fn refresh_image(&mut self, name: &str) {
+    pub(super) fn refresh_image(&mut self, name: &str) {
         let Some(fd) = self.graph.protocol_of(name).and_then(|p| p.image.clone()) else {
             return;
         };

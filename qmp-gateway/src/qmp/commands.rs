@@ -247,6 +247,12 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("transaction", &Typed(snapshot::transaction), EMPTY, B),
     cmd(
+        "change-backing-file",
+        &Typed(snapshot::change_backing_file),
+        EMPTY,
+        B,
+    ),
+    cmd(
         "block_set_io_throttle",
         &Typed(block::block_set_io_throttle),
         EMPTY,

@@ -175,6 +175,29 @@ pub fn blockdev_snapshot_delete_internal_sync(c: &mut Ctx, a: SnapshotDelete) ->
         .delete_internal_snapshot(&a.device, a.id.as_deref(), a.name.as_deref())?)
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChangeBackingFile {
+    pub device: String,
+    pub image_node_name: String,
+    pub backing_file: String,
+}
+
+serde_arguments!(
+    ChangeBackingFile,
+    [
+        req("device", Ty::Str),
+        req("image-node-name", Ty::Str),
+        req("backing-file", Ty::Str),
+    ]
+);
+
+pub fn change_backing_file(c: &mut Ctx, a: ChangeBackingFile) -> QmpResult {
+    c.gw.block
+        .change_backing_file(&a.device, &a.image_node_name, &a.backing_file)?;
+    Ok(json!({}))
+}
+
 pub fn transaction(c: &mut Ctx, a: Transaction) -> QmpResult {
     let grouped = a
         .properties

@@ -1072,6 +1072,48 @@ mod tests {
     }
 
     #[test]
+    fn a_quiesced_device_takes_nothing_from_its_rings_until_the_quiesce_ends() {
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("flotilla-blk-quiesce-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 16)
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let counters = Arc::new(ipc::BlockCounters::create().unwrap());
+        let raw = Arc::new(Raw::open(file, true).unwrap());
+        let disk = Arc::new(Disk::new(raw, None, false, CacheMode::Writeback, "d").unwrap());
+        let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
+        let stats = Arc::new(Stats::new(&[], counters));
+        let dev = BlkDevice::new(disk, engines, stats, Policy::default()).unwrap();
+        let quiesced = dev.quiesce(Duration::from_secs(1)).unwrap();
+        kick(&dev, &rings, &mem);
+        // The request waits in the ring: not taken, not completed, nothing written.
+        assert_eq!(used_idx(&mem), 0);
+        assert_eq!(status(&mem), 0xff);
+        assert!(std::fs::read(&path).unwrap()[512..1024]
+            .iter()
+            .all(|b| *b == 0));
+        drop(quiesced);
+        // The end of the quiesce (the third host source) serves the ring.
+        let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
+        dev.host_ready(2, &rings, Some(&mem), &watch).unwrap();
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(status(&mem), blk::S_OK);
+        assert!(std::fs::read(&path).unwrap()[512..1024]
+            .iter()
+            .all(|b| *b == 0xab));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn a_failed_write_is_held_until_resumed_then_lands() {
         let mem = memory();
         write_request(&mem);
@@ -1101,8 +1143,9 @@ mod tests {
         assert!(unsafe { libc::dup2(writable.as_raw_fd(), fd) } >= 0);
         dev.resume();
         let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
-        // The sync engine has no completion source: the timer, then the retry.
-        assert_eq!(dev.host_fds().len(), 2);
+        // The sync engine has no completion source: the timer, the retry, then the
+        // end of a quiesce.
+        assert_eq!(dev.host_fds().len(), 3);
         dev.host_ready(1, &rings, Some(&mem), &watch).unwrap();
         assert_eq!(used_idx(&mem), 1);
         assert_eq!(status(&mem), blk::S_OK);

@@ -54,7 +54,8 @@ pub struct Snapshots {
     below: Mutex<Vec<Served>>,
 }
 
-fn record(s: &SnapshotInfo) -> SnapshotRecord {
+/// A snapshot as the gateway hears of it.
+pub fn record(s: &SnapshotInfo) -> SnapshotRecord {
     SnapshotRecord {
         id: s.id.clone(),
         name: s.name.clone(),
@@ -62,6 +63,7 @@ fn record(s: &SnapshotInfo) -> SnapshotRecord {
         date_sec: u64::from(s.date_sec),
         date_nsec: u64::from(s.date_nsec),
         vm_clock_nsec: s.vm_clock_nsec,
+        icount: s.icount,
     }
 }
 

@@ -189,17 +189,22 @@ fn external_snapshots(qcow2: bool) {
             check_clean(i);
         }
     }
-    let flat = dir.path().join("flat.raw");
-    convert_to_raw(&top, None, &flat);
+    last_round_in_the_overlays(dir.path(), &top, &image, 4);
+}
+
+/// Read through `top`, the chain holds round `rounds`' pattern; the image at its base
+/// does not (the writes after the snapshots went to the overlays).
+fn last_round_in_the_overlays(dir: &Path, top: &Path, base: &Path, rounds: u64) {
+    let flat = dir.join("flat.raw");
+    convert_to_raw(top, None, &flat);
     assert_eq!(
-        first_mismatch(&flat, 0..SECTORS, |s| pattern_sector(SEED + 4, s)),
+        first_mismatch(&flat, 0..SECTORS, |s| pattern_sector(SEED + rounds, s)),
         None
     );
-    // The writes after the first snapshot went to the overlays, not to the base.
-    let base = dir.path().join("base.raw");
-    convert_to_raw(&image, None, &base);
+    let below = dir.join("base.raw");
+    convert_to_raw(base, None, &below);
     assert!(
-        first_mismatch(&base, 0..SECTORS, |s| pattern_sector(SEED + 4, s)).is_some(),
+        first_mismatch(&below, 0..SECTORS, |s| pattern_sector(SEED + rounds, s)).is_some(),
         "the last round reached the base image"
     );
 }
@@ -273,18 +278,7 @@ fn blockdev_snapshot_over_an_added_overlay() {
     assert_eq!(serde_json::to_string(&ours).unwrap(), renamed);
     check_clean(&image);
     check_clean(&ov);
-    let flat = dir.path().join("flat.raw");
-    convert_to_raw(&ov, None, &flat);
-    assert_eq!(
-        first_mismatch(&flat, 0..SECTORS, |s| pattern_sector(SEED + 3, s)),
-        None
-    );
-    let base = dir.path().join("base.raw");
-    convert_to_raw(&image, None, &base);
-    assert!(
-        first_mismatch(&base, 0..SECTORS, |s| pattern_sector(SEED + 3, s)).is_some(),
-        "the last round reached the base image"
-    );
+    last_round_in_the_overlays(dir.path(), &ov, &image, 3);
 }
 
 /// Internal snapshots taken while the guest writes each hold, sector by sector, one of

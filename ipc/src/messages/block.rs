@@ -351,6 +351,7 @@ pub struct SnapshotRecord {
     pub date_sec: u64,
     pub date_nsec: u64,
     pub vm_clock_nsec: u64,
+    pub icount: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -98,6 +98,25 @@ pub struct NodeOptions {
     pub qcow2: Qcow2Settings,
 }
 
+impl NodeOptions {
+    /// An inline `file` child over `path` that inherits everything from its parent.
+    pub fn file_at(path: String) -> NodeOptions {
+        NodeOptions {
+            driver: Driver::File,
+            node_name: None,
+            read_only: None,
+            direct: None,
+            no_flush: None,
+            discard_unmap: None,
+            detect_zeroes: None,
+            locking: None,
+            source: Source::Path(path),
+            backing: Backing::FromImage,
+            qcow2: Qcow2Settings::default(),
+        }
+    }
+}
+
 /// QEMU's rule for node names: a letter, then letters, digits, '-', '.' or '_'.
 pub fn check_node_name(name: &str) -> Result<(), BlockError> {
     let mut chars = name.chars();

@@ -16,11 +16,11 @@ use block_daemon::formats::qcow2::create::{self, CreateOptions};
 use block_daemon::formats::qcow2::snapshot_ops::NewSnapshot;
 use block_daemon::formats::qcow2::Qcow2;
 use ipc::{errno_text, BlockOpen, BlockReply, BlockRequest, ImageFormat, ImageLayer};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::BlockError;
 use super::graph;
-use super::image_info::Qcow2Image;
+use super::image_info::{snapshot_info, Qcow2Image};
 use super::lock::{self, Perms};
 use super::options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
 use super::transaction::Action;
@@ -47,19 +47,6 @@ pub struct ExternalRequest {
     pub snapshot_node_name: Option<String>,
     pub format: Option<String>,
     pub mode: NewImageMode,
-}
-
-/// QMP's SnapshotInfo.
-fn snapshot_json(s: &ipc::SnapshotRecord) -> Value {
-    json!({
-        "id": s.id,
-        "name": s.name,
-        "vm-state-size": s.vm_state_size,
-        "date-sec": s.date_sec,
-        "date-nsec": s.date_nsec,
-        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
-        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
-    })
 }
 
 /// Where an internal snapshot of a node is made.
@@ -147,14 +134,9 @@ fn internal_call(
                 "unexpected answer from the daemon: {other:?}"
             ))),
         },
-        InternalTarget::Image(fd) => on_local_image(fd, local).map(|s| ipc::SnapshotRecord {
-            id: s.id,
-            name: s.name,
-            vm_state_size: s.vm_state_size,
-            date_sec: u64::from(s.date_sec),
-            date_nsec: u64::from(s.date_nsec),
-            vm_clock_nsec: s.vm_clock_nsec,
-        }),
+        InternalTarget::Image(fd) => {
+            on_local_image(fd, local).map(|s| block_daemon::snapshots::record(&s))
+        }
         InternalTarget::Down(id) => Err(BlockError::DaemonNotRunning(id.clone())),
     }
 }
@@ -310,7 +292,7 @@ impl BlockLayer {
             |q| q.snapshot_delete(id, name),
         );
         self.state.lock().refresh_image(&image);
-        Ok(snapshot_json(&deleted?))
+        Ok(snapshot_info(&deleted?))
     }
 }
 
@@ -543,19 +525,9 @@ impl ExternalSnapshot {
             discard_unmap: Some(old.discard_unmap),
             detect_zeroes: None,
             locking: None,
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions {
-                driver: Driver::File,
-                node_name: None,
-                read_only: None,
-                direct: None,
-                no_flush: None,
-                discard_unmap: None,
-                detect_zeroes: None,
-                locking: None,
-                source: Source::Path(request.snapshot_file.clone()),
-                backing: Backing::FromImage,
-                qcow2: Qcow2Settings::default(),
-            }))),
+            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions::file_at(
+                request.snapshot_file.clone(),
+            )))),
             backing: Backing::None,
             qcow2: Qcow2Settings::default(),
         };

@@ -647,6 +647,23 @@ fn bad_arguments_read_like_qemu() {
             json!({"actions": [{"type": "abort", "data": {}}], "properties": {"completion-mode": "sometimes"}}),
         ),
         ("transaction", json!({"actions": []})),
+        // A node no disk uses: the gateway makes and deletes the snapshot itself.
+        (
+            "blockdev-snapshot-internal-sync",
+            json!({"device": "withbacking", "name": "s"}),
+        ),
+        (
+            "blockdev-snapshot-internal-sync",
+            json!({"device": "withbacking", "name": "s"}),
+        ),
+        (
+            "blockdev-snapshot-delete-internal-sync",
+            json!({"device": "withbacking", "name": "s"}),
+        ),
+        (
+            "blockdev-snapshot-delete-internal-sync",
+            json!({"device": "withbacking", "name": "s"}),
+        ),
     ];
     let gw = Gateway::start_with(
         1,

@@ -1,7 +1,14 @@
 //! `Qcow2`: an open qcow2 image serving the `Format` interface. Opening reads and
 //! checks the header and tables, sizes the caches, repairs an image left dirty, and
 //! builds the set of metadata clusters; requests are split at cluster boundaries and
-//! served under one metadata mutex (`Meta`).
+//! served under one metadata mutex (`Meta`), except the bytes of allocated data
+//! clusters, which `map` hands to the engines and `read` moves without the lock (both
+//! under a `MapGuard`).
+//!
+//! A writable open changes the header: a dirty image is repaired, autoclear bits are
+//! cleared (nothing they protect, such as bitmaps, is kept up to date here). A clean
+//! close (drop) frees the clusters reserved for allocation, makes everything durable
+//! and clears the dirty bit.
 //!
 //! Caches (QEMU 7.2's read_cache_sizes): the L2 cache defaults to what covers the whole
 //! disk, capped at 32 MiB (QEMU's DEFAULT_L2_CACHE_MAX_SIZE on Linux), at least two
@@ -13,6 +20,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -38,6 +46,8 @@ const MAX_CACHE_BYTES: u64 = 1 << 30;
 pub struct Qcow2 {
     meta: Mutex<Meta>,
     fd: i32,
+    /// The guest size, readable without waiting for a request holding the lock.
+    size: AtomicU64,
 }
 
 fn be_table(bytes: &[u8]) -> Vec<u64> {
@@ -111,6 +121,7 @@ impl Qcow2 {
             alloc_end: 0,
             reserved: VecDeque::new(),
             deferred: HashSet::new(),
+            pending_frees: Vec::new(),
             mapped: Arc::new(MappedRequests::default()),
             metadata: HashSet::new(),
             snapshots,
@@ -134,6 +145,7 @@ impl Qcow2 {
             }
         }
         Ok(Qcow2 {
+            size: AtomicU64::new(m.size),
             meta: Mutex::new(m),
             fd: file.as_raw_fd(),
         })
@@ -283,8 +295,10 @@ impl Meta {
         }
     }
 
+    /// A data cluster must start inside the image (a short last cluster is QEMU's
+    /// truncated tail; one far past the end is a damaged entry).
     fn check_data_cluster(&mut self, host: u64, gc: u64) -> Result<(), FormatError> {
-        if host + self.cluster_size() > self.data_limit() {
+        if host >= self.data_limit() {
             return Err(self.signal_corruption(format!(
                 "Data cluster offset {host:#x} lies beyond the end of the image (guest cluster {gc:#x})"
             )));
@@ -351,11 +365,10 @@ impl Meta {
     /// Sets guest cluster `gc`'s entry to `new` (releasing what the old one held when
     /// `release`).
     fn replace_entry(&mut self, gc: u64, new: u64, release: bool) -> Result<(), FormatError> {
-        let raw = self.l2_entry(gc)?;
+        let (raw, old) = self.lookup_raw(gc)?;
         if raw == new {
             return Ok(());
         }
-        let old = self.classify(raw, gc)?;
         let table = self.l2_for_write(gc)?;
         self.set_l2_entry(table, gc, new)?;
         if release {
@@ -414,8 +427,7 @@ impl Meta {
         };
         self.write_zero_bytes(offset, zs.max(offset) - offset)?;
         for gc in whole.clone() {
-            let raw = self.l2_entry(gc)?;
-            let cur = self.classify(raw, gc)?;
+            let cur = self.lookup(gc)?;
             let (new, release) = match cur {
                 Cluster::Normal {
                     offset: host,
@@ -473,7 +485,7 @@ impl Meta {
             // QEMU's shrink: every cluster past the new end is deallocated, then the
             // L2 tables past the new L1 size.
             for gc in size.div_ceil(cs)..self.size.div_ceil(cs) {
-                if self.l2_entry(gc)? != 0 {
+                if self.lookup_raw(gc)?.0 != 0 {
                     self.replace_entry(gc, 0, true)?;
                 }
             }
@@ -483,7 +495,7 @@ impl Meta {
                 if off != 0 {
                     self.set_l1_entry(l1i, 0)?;
                     self.l2_cache.remove(off);
-                    self.add_refcount(self.cluster_of(off), -1)?;
+                    self.release_later(self.cluster_of(off), 1)?;
                 }
             }
         }
@@ -572,6 +584,8 @@ impl Meta {
         if !self.writable {
             return Ok(());
         }
+        self.sync()?;
+        self.apply_pending_frees()?;
         self.release_reserved()?;
         self.sync()?;
         if self.incompatible & INCOMPAT_DIRTY != 0 && !self.corrupt {
@@ -636,7 +650,7 @@ impl Format for Qcow2 {
     }
 
     fn virtual_size(&self) -> u64 {
-        self.meta.lock().size
+        self.size.load(Ordering::Acquire)
     }
 
     fn map(&self, offset: u64, len: u64, write: bool) -> Result<Mapping, FormatError> {
@@ -647,11 +661,26 @@ impl Format for Qcow2 {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
-        let mut m = self.meta.lock();
-        m.check_range(offset, buf.len() as u64)?;
-        let cs = m.cluster_size();
+        let cs = {
+            let m = self.meta.lock();
+            m.check_range(offset, buf.len() as u64)?;
+            m.cluster_size()
+        };
         for (at, start, n) in chunks(offset, buf.len(), cs) {
-            m.read_chunk(at, &mut buf[start..start + n])?;
+            let dst = &mut buf[start..start + n];
+            let mut m = self.meta.lock();
+            match m.lookup(at / cs)? {
+                Cluster::Normal { offset: host, .. } => {
+                    // The data is read without the lock, under a guard (as an engine
+                    // reads a mapping): the cluster is not handed out again meanwhile.
+                    let guard = MapGuard::new(&m.mapped);
+                    let file = m.file.clone();
+                    drop(m);
+                    read_data(&file, host + at % cs, dst)?;
+                    drop(guard);
+                }
+                _ => m.read_chunk(at, dst)?,
+            }
         }
         Ok(())
     }
@@ -671,6 +700,7 @@ impl Format for Qcow2 {
         let mut m = self.meta.lock();
         if m.writable {
             m.sync()?;
+            m.apply_pending_frees()?;
         }
         Ok(())
     }
@@ -684,7 +714,10 @@ impl Format for Qcow2 {
     }
 
     fn resize(&self, size: u64) -> Result<(), FormatError> {
-        self.meta.lock().resize(size)
+        let mut m = self.meta.lock();
+        let r = m.resize(size);
+        self.size.store(m.size, Ordering::Release);
+        r
     }
 
     fn close(&self) -> Result<(), FormatError> {

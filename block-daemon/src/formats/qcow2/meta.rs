@@ -56,6 +56,10 @@ pub struct Meta {
     /// mapped request is in flight.
     pub deferred: HashSet<u64>,
     pub mapped: Arc<MappedRequests>,
+    /// References to drop once the entries that named them are on stable storage
+    /// (the next sync): a power loss must not leave an entry naming a cluster whose
+    /// refcount already fell (QEMU's refcount-after-L2 dependency).
+    pub pending_frees: Vec<u64>,
     /// Clusters holding metadata (header, L1, refcount table and blocks, active L2
     /// tables, snapshot table and snapshot L1 tables): data never goes there.
     pub metadata: HashSet<u64>,
@@ -130,7 +134,8 @@ impl Meta {
         log::error!(
             "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
         );
-        if self.writable && !self.corrupt {
+        // A v2 header has no feature bits: the mark stays in memory (as in QEMU).
+        if self.writable && !self.corrupt && self.version >= 3 {
             let bits = self.incompatible | INCOMPAT_CORRUPT;
             if self.write_incompatible(bits).is_ok() {
                 let _ = self.sync();

@@ -19,6 +19,9 @@ use crate::formats::FormatError;
 /// Data clusters reserved per batch (one ordering sync per batch).
 const RESERVE_BATCH: usize = 32;
 
+/// Dropped references kept waiting for a sync at most (then one is made).
+const MAX_PENDING_FREES: usize = 4096;
+
 impl Meta {
     /// The refcount block offset for cluster `c`, if one exists (checked).
     fn block_for(&mut self, c: u64) -> Result<Option<u64>, FormatError> {
@@ -31,9 +34,8 @@ impl Meta {
             return Ok(None);
         }
         if !self.valid_table_offset(off) {
-            return Err(self.signal_corruption(format!(
-                "Refblock offset {off:#x} unaligned or outside the image (reftable index {b:#x})"
-            )));
+            let msg = self.bad_table_offset("Refblock", off, "reftable", b);
+            return Err(self.signal_corruption(msg));
         }
         Ok(Some(off))
     }
@@ -316,6 +318,7 @@ impl Meta {
             }
             if !self.lazy {
                 self.sync()?;
+                self.apply_pending_frees()?;
             }
         }
         let c = self
@@ -335,6 +338,29 @@ impl Meta {
     pub fn release_reserved(&mut self) -> Result<(), FormatError> {
         while let Some(c) = self.reserved.pop_front() {
             self.set_refcount(c, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to the clusters `first..first + n` once the change that
+    /// stopped naming them is on stable storage (at once with lazy refcounts, where
+    /// the dirty bit covers any order).
+    pub fn release_later(&mut self, first: u64, n: u64) -> Result<(), FormatError> {
+        if self.lazy {
+            return self.free_clusters(first, n);
+        }
+        self.pending_frees.extend(first..first + n);
+        if self.pending_frees.len() >= MAX_PENDING_FREES {
+            self.sync()?;
+            self.apply_pending_frees()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the waiting references (the caller has just synced).
+    pub fn apply_pending_frees(&mut self) -> Result<(), FormatError> {
+        for c in std::mem::take(&mut self.pending_frees) {
+            self.add_refcount(c, -1)?;
         }
         Ok(())
     }

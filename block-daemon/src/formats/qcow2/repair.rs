@@ -1,7 +1,8 @@
 //! Repair of an image opened with the dirty bit set (lazy refcounts left refcounts
 //! behind after a crash): every refcount is rebuilt from what references it (header,
 //! L1/L2 tables of the active state and every snapshot, refcount table and blocks,
-//! snapshot table), as `qemu-img check -r all` does, then the dirty bit is cleared.
+//! snapshot table), as `qemu-img check -r all` does, the active tables' COPIED flags
+//! are made to match, then the dirty bit is cleared.
 //!
 //! Work is bounded by the file: each distinct L1 and L2 table is read once (a table
 //! shared by several L1 tables counts its references once per L1 reaching it, QEMU's
@@ -96,9 +97,8 @@ impl Meta {
                 let l2 = be64(&table, i * 8) & L1E_OFFSET_MASK;
                 if l2 != 0 {
                     if !self.valid_table_offset(l2) {
-                        return Err(FormatError::Corrupt(format!(
-                            "L2 table offset {l2:#x} unaligned or outside the image"
-                        )));
+                        let msg = self.bad_table_offset("L2 table", l2, "L1", i as u64);
+                        return Err(FormatError::Corrupt(msg));
                     }
                     *l2s.entry(l2).or_default() += times;
                 }
@@ -110,7 +110,7 @@ impl Meta {
             self.read(off, &mut table, "L2 table")?;
             for i in 0..self.l2_entries() as usize {
                 let e = be64(&table, i * 8);
-                match self.classify(e, 0) {
+                match self.classify(e, off, i as u64) {
                     Ok(Cluster::Normal { offset, .. }) | Ok(Cluster::ZeroAlloc { offset, .. }) => {
                         n.add(offset, cs, times)?
                     }
@@ -151,6 +151,10 @@ impl Meta {
             }
         }
         self.free_hint = 0;
+        // COPIED flags that disagree with the refcounts now on disk are set right, as
+        // qemu-img check -r all does.
+        let active = self.l1.clone();
+        self.update_snapshot_refcount(&active, 0, true)?;
         self.sync()?;
         self.write_incompatible(self.incompatible & !INCOMPAT_DIRTY)?;
         self.sync()?;

@@ -40,14 +40,17 @@ impl Meta {
                 "qcow2: snapshots need the device quiesced (requests are in flight)".into(),
             ));
         }
-        self.begin_change()
+        self.begin_change()?;
+        // Refcounts exact before they are copied or compared.
+        self.sync()?;
+        self.apply_pending_frees()
     }
 
     /// Adds `addend` (+1, -1 or 0) to every cluster the L1 table `l1` reaches, and
     /// sets the COPIED flags in its L2 tables to match the refcounts that result
     /// (QEMU's qcow2_update_snapshot_refcount). `active`: `l1` is the active L1 table,
     /// whose own COPIED flags are updated too.
-    fn update_snapshot_refcount(
+    pub fn update_snapshot_refcount(
         &mut self,
         l1: &[u64],
         addend: i64,
@@ -59,15 +62,14 @@ impl Meta {
                 continue;
             }
             if !self.valid_table_offset(l2) {
-                return Err(self.signal_corruption(format!(
-                    "L2 table offset {l2:#x} unaligned or outside the image (L1 index: {i:#x})"
-                )));
+                let msg = self.bad_table_offset("L2 table", l2, "L1", i as u64);
+                return Err(self.signal_corruption(msg));
             }
             let mut table = self.l2_table(l2)?.clone();
             let mut changed = false;
             for j in 0..self.l2_entries() as usize {
                 let e = be64(&table, j * 8);
-                let refcount = match self.classify(e, 0)? {
+                let refcount = match self.classify(e, l2, j as u64)? {
                     Cluster::Compressed { entry } => {
                         if addend != 0 {
                             let (first, n) = compressed::host_clusters(entry, self.cluster_bits);
@@ -128,20 +130,19 @@ impl Meta {
     fn check_headroom(&mut self, l1: &[u64]) -> Result<(), FormatError> {
         let max = refcount_max(self.refcount_order);
         let mut seen = std::collections::HashSet::new();
-        for &l1e in l1 {
+        for (i, &l1e) in l1.iter().enumerate() {
             let l2 = l1e & L1E_OFFSET_MASK;
             if l2 == 0 || !seen.insert(l2) {
                 continue;
             }
             if !self.valid_table_offset(l2) {
-                return Err(self.signal_corruption(format!(
-                    "L2 table offset {l2:#x} unaligned or outside the image"
-                )));
+                let msg = self.bad_table_offset("L2 table", l2, "L1", i as u64);
+                return Err(self.signal_corruption(msg));
             }
             let mut clusters = vec![self.cluster_of(l2)];
             let table = self.l2_table(l2)?.clone();
             for j in 0..self.l2_entries() as usize {
-                match self.classify(be64(&table, j * 8), 0)? {
+                match self.classify(be64(&table, j * 8), l2, j as u64)? {
                     Cluster::Normal { offset, .. } | Cluster::ZeroAlloc { offset, .. } => {
                         clusters.push(self.cluster_of(offset))
                     }

@@ -10,6 +10,15 @@ use crate::formats::qcow2::layout::{
 use crate::formats::qcow2::meta::Meta;
 use crate::formats::FormatError;
 
+/// A number as C's "%#x" prints it (QEMU's texts): "0" for zero, else "0x...".
+pub fn c_hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
 /// What an L2 entry says about its guest cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cluster {
@@ -33,29 +42,44 @@ pub enum Cluster {
 }
 
 impl Meta {
-    /// Decodes an L2 entry, signalling corruption as QEMU does for entries it cannot
-    /// use (unaligned offsets, zero flags in v2 images).
-    pub fn classify(&mut self, entry: u64, guest_cluster: u64) -> Result<Cluster, FormatError> {
+    /// QEMU's text for a table offset that is unaligned, or (stricter than QEMU, which
+    /// reads zeroes there) lies outside the image.
+    pub fn bad_table_offset(&self, what: &str, off: u64, index_name: &str, index: u64) -> String {
+        let why = if off & (self.cluster_size() - 1) != 0 {
+            "unaligned"
+        } else {
+            "outside the image"
+        };
+        format!(
+            "{what} offset {off:#x} {why} ({index_name} index: {})",
+            c_hex(index)
+        )
+    }
+
+    /// Decodes entry `index` of the L2 table at `l2`, signalling corruption with
+    /// QEMU's texts for entries it cannot use (unaligned offsets, zero flags in v2
+    /// images).
+    pub fn classify(&mut self, entry: u64, l2: u64, index: u64) -> Result<Cluster, FormatError> {
         if entry & OFLAG_COMPRESSED != 0 {
             return Ok(Cluster::Compressed { entry });
         }
         let offset = entry & L2E_OFFSET_MASK;
         let copied = entry & OFLAG_COPIED != 0;
+        let at = format!("(L2 offset: {}, L2 index: {})", c_hex(l2), c_hex(index));
         if offset & (self.cluster_size() - 1) != 0 {
             return Err(self.signal_corruption(format!(
-                "Cluster allocation offset {offset:#x} unaligned (guest cluster {guest_cluster:#x})"
+                "Cluster allocation offset {offset:#x} unaligned {at}"
             )));
         }
         if entry & L2E_STD_RESERVED != 0 {
-            return Err(self.signal_corruption(format!(
-                "L2 entry {entry:#x} has reserved bits set (guest cluster {guest_cluster:#x})"
-            )));
+            return Err(
+                self.signal_corruption(format!("L2 entry {entry:#x} has reserved bits set {at}"))
+            );
         }
         if entry & OFLAG_ZERO != 0 {
             if self.version < 3 {
-                return Err(self.signal_corruption(format!(
-                    "Zero cluster entry found in pre-v3 image (guest cluster {guest_cluster:#x})"
-                )));
+                return Err(self
+                    .signal_corruption(format!("Zero cluster entry found in pre-v3 image {at}")));
             }
             return Ok(if offset == 0 {
                 Cluster::Zero
@@ -81,29 +105,30 @@ impl Meta {
             return Ok(None);
         }
         if !self.valid_table_offset(off) {
-            return Err(self.signal_corruption(format!(
-                "L2 table offset {off:#x} unaligned or outside the image (L1 index: {l1i:#x})"
-            )));
+            let msg = self.bad_table_offset("L2 table", off, "L1", l1i);
+            return Err(self.signal_corruption(msg));
         }
         Ok(Some((off, l1e & OFLAG_COPIED != 0)))
     }
 
-    /// The raw L2 entry of guest cluster `gc` (0 where no L2 table exists).
-    pub fn l2_entry(&mut self, gc: u64) -> Result<u64, FormatError> {
+    /// The raw L2 entry of guest cluster `gc` (0 where no L2 table exists) and its
+    /// meaning.
+    pub fn lookup_raw(&mut self, gc: u64) -> Result<(u64, Cluster), FormatError> {
         let Some((off, _)) = self.l2_offset(gc)? else {
-            return Ok(0);
+            return Ok((0, Cluster::Unallocated));
         };
-        let idx = (gc % self.l2_entries()) as usize * 8;
+        let index = gc % self.l2_entries();
+        let idx = index as usize * 8;
         let t = self.l2_table(off)?;
         let mut b = [0u8; 8];
         b.copy_from_slice(&t[idx..idx + 8]);
-        Ok(u64::from_be_bytes(b))
+        let raw = u64::from_be_bytes(b);
+        Ok((raw, self.classify(raw, off, index)?))
     }
 
     /// The guest cluster's state.
     pub fn lookup(&mut self, gc: u64) -> Result<Cluster, FormatError> {
-        let e = self.l2_entry(gc)?;
-        self.classify(e, gc)
+        Ok(self.lookup_raw(gc)?.1)
     }
 
     /// The L2 table a write to guest cluster `gc` may change: allocated, or copied
@@ -134,11 +159,9 @@ impl Meta {
         self.set_l1_entry(l1i, new | OFLAG_COPIED)?;
         if let Some((off, _)) = old {
             self.l2_cache.remove(off);
-            let c = self.cluster_of(off);
-            if self.add_refcount(c, -1)? > 0 {
-                // Still a snapshot's: keep it protected from data writes.
-                self.metadata.insert(c);
-            }
+            // Still a snapshot's: it stays protected from data writes until its last
+            // reference goes.
+            self.release_later(self.cluster_of(off), 1)?;
         }
         Ok(new)
     }
@@ -162,15 +185,16 @@ impl Meta {
         Ok(())
     }
 
-    /// Drops the host clusters an entry held (after the entry stopped naming them).
+    /// Drops the host clusters an entry held (after the entry stopped naming them; see
+    /// `release_later`).
     pub fn release_entry(&mut self, cluster: Cluster) -> Result<(), FormatError> {
         match cluster {
             Cluster::Normal { offset, .. } | Cluster::ZeroAlloc { offset, .. } => {
-                self.free_clusters(self.cluster_of(offset), 1)
+                self.release_later(self.cluster_of(offset), 1)
             }
             Cluster::Compressed { entry } => {
                 let (first, n) = compressed::host_clusters(entry, self.cluster_bits);
-                self.free_clusters(first, n)
+                self.release_later(first, n)
             }
             Cluster::Unallocated | Cluster::Zero => Ok(()),
         }

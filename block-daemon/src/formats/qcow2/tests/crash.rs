@@ -163,7 +163,7 @@ fn crash_after_every_write_leaks_at_most() {
         1 << 20,
         16,
         random_ops,
-        1,
+        usize::MAX,
     );
 }
 
@@ -174,7 +174,7 @@ fn crash_with_lazy_refcounts_is_repaired_on_open() {
         1 << 20,
         16,
         random_ops,
-        1,
+        usize::MAX,
     );
 }
 
@@ -185,7 +185,7 @@ fn crash_while_the_refcount_table_grows() {
         3 << 20,
         40,
         sequential_ops,
-        61,
+        40,
     );
 }
 
@@ -272,4 +272,32 @@ fn write_onto_metadata_marks_the_image_corrupt() {
     let (code, _) = check_code(&p);
     assert_eq!(code, 2, "qemu-img check sees the bad L2 entry");
     ok("qemu-img", &["info", s(&p)]);
+}
+
+#[test]
+fn repair_sets_copied_flags_and_refcounts_right() {
+    let d = TempDir::new();
+    let p = d.path("r.qcow2");
+    img_create(&p, "cluster_size=4096,lazy_refcounts=on", "1M");
+    super::oracle::io(&p, "write -P 0x71 0 16k");
+    let q = open(&p, None, false);
+    let l2 = q.with_meta(|m| m.l1[0] & crate::formats::qcow2::layout::L1E_OFFSET_MASK);
+    let rt = q.with_meta(|m| m.reftable[0]);
+    drop(q);
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    // Entry 1 loses its COPIED flag; cluster 0's refcount (the header's) becomes 3;
+    // the dirty bit says refcounts need a repair.
+    let mut e = [0u8; 8];
+    f.read_exact_at(&mut e, l2 + 8).unwrap();
+    let v = u64::from_be_bytes(e) & !(1 << 63);
+    f.write_all_at(&v.to_be_bytes(), l2 + 8).unwrap();
+    f.write_all_at(&[0, 3], rt).unwrap();
+    f.write_all_at(&[0, 0, 0, 0, 0, 0, 0, 1], 72).unwrap();
+    let (code, _) = check_code(&p);
+    assert_eq!(code, 2, "qemu-img check sees the damage");
+    let want = raw_bytes(&p, "qcow2");
+    let q = open(&p, None, true);
+    assert!(read_all(&q) == want);
+    drop(q);
+    check_clean(&p);
 }

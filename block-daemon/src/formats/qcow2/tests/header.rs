@@ -165,6 +165,22 @@ fn create_refuses_bad_options_as_qemu() {
         (
             CreateOptions {
                 size: 1 << 20,
+                cluster_size: 4 << 20,
+                ..Default::default()
+            },
+            "cluster_size=4M",
+        ),
+        (
+            CreateOptions {
+                size: 1 << 20,
+                backing_format: Some("raw".into()),
+                ..Default::default()
+            },
+            "backing_fmt=raw",
+        ),
+        (
+            CreateOptions {
+                size: 1 << 20,
                 refcount_bits: 3,
                 ..Default::default()
             },
@@ -446,4 +462,50 @@ fn options_and_feature_bits_as_qemu() {
     assert_eq!(h.autoclear_features, 0);
     assert_eq!(h.compatible_features, 8);
     check_clean(&p);
+}
+
+#[test]
+fn probe_as_qemu_probes() {
+    let d = TempDir::new();
+    let p = d.path("p.img");
+    let mut b = vec![0u8; 112];
+    b[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+    // qemu-img reads its probe buffer padded with zeroes: eight bytes decide.
+    for (len, version, want) in [
+        (112, 3, "qcow2"),
+        (8, 3, "qcow2"),
+        (112, 0, "raw"),
+        (4096, 2, "qcow2"),
+    ] {
+        b.resize(len, 0);
+        b[7] = version;
+        std::fs::write(&p, &b).unwrap();
+        assert_eq!(
+            probe(&open(&p)).unwrap(),
+            want,
+            "{len} bytes, version {version}"
+        );
+        let j = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json", s(&p)])
+            .output()
+            .expect("qemu-img is needed by this test");
+        let out =
+            String::from_utf8_lossy(&j.stdout).into_owned() + &String::from_utf8_lossy(&j.stderr);
+        if want == "raw" {
+            assert!(out.contains("\"format\": \"raw\""), "{out}");
+        } else {
+            // qemu-img probes it as qcow2 (then finds it damaged).
+            assert!(!out.contains("\"format\": \"raw\""), "{out}");
+        }
+    }
+    // Version 1 is QEMU's old qcow format: refused, not served as raw.
+    b[7] = 1;
+    std::fs::write(&p, &b).unwrap();
+    assert!(probe(&open(&p)).is_err());
+    // (qemu-img takes it for qcow and fails on it, rather than reading it as raw)
+    fails("qemu-img", &["info", s(&p)]);
+    std::fs::write(&p, b"QFI\xfb\0\0\0").unwrap();
+    assert_eq!(probe(&open(&p)).unwrap(), "raw");
+    std::fs::write(&p, b"").unwrap();
+    assert_eq!(probe(&open(&p)).unwrap(), "raw");
 }

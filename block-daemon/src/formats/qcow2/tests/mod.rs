@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod crash;
+mod damaged;
 mod fuzz;
 mod header;
 mod oracle;

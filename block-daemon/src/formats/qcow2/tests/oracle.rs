@@ -212,3 +212,15 @@ pub fn new_file(path: &Path) -> std::fs::File {
         .open(path)
         .unwrap()
 }
+
+/// qemu-img check finds the image clean and qemu-img compare finds it equal to a raw
+/// image holding `mirror`.
+pub fn compare_with_raw(d: &TempDir, p: &Path, mirror: &[u8]) {
+    check_clean(p);
+    let raw = d.path("mirror.raw");
+    std::fs::write(&raw, mirror).unwrap();
+    ok(
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", s(p), s(&raw)],
+    );
+}

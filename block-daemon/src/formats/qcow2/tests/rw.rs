@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::oracle::{
-    check_clean, compress, img_create, io, ok, raw_bytes, s, RawFile, Rng, TempDir,
+    check_clean, compare_with_raw, compress, img_create, io, ok, raw_bytes, s, RawFile, Rng,
+    TempDir,
 };
 use crate::formats::qcow2::Qcow2;
 use crate::formats::{Extent, Format};
@@ -156,16 +157,6 @@ fn random_writes(q: &dyn Format, mirror: &mut [u8], rng: &mut Rng, count: usize,
         q.write(at, &data).unwrap();
         mirror[at as usize..(at + len) as usize].copy_from_slice(&data);
     }
-}
-
-fn compare_with_raw(d: &TempDir, p: &Path, mirror: &[u8]) {
-    check_clean(p);
-    let raw = d.path("mirror.raw");
-    std::fs::write(&raw, mirror).unwrap();
-    ok(
-        "qemu-img",
-        &["compare", "-f", "qcow2", "-F", "raw", s(p), s(&raw)],
-    );
 }
 
 #[test]
@@ -342,4 +333,48 @@ fn works_on_an_o_direct_file_description() {
         drop(q);
         compare_with_raw(&d, &p, &mirror);
     }
+}
+
+#[test]
+fn caches_stay_within_their_size() {
+    let d = TempDir::new();
+    let p = d.path("c.qcow2");
+    img_create(&p, "cluster_size=512", "4M");
+    io(&p, "write -P 0x12 0 4M");
+    let want = raw_bytes(&p, "qcow2");
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let opts = ipc::Qcow2Options {
+        l2_cache_bytes: Some(3 * 512),
+        refcount_cache_bytes: Some(512),
+        lazy_refcounts: None,
+    };
+    let q = Qcow2::open(f, None, &opts, true).unwrap();
+    assert!(read_all(&q) == want);
+    let mut mirror = want.clone();
+    random_writes(&q, &mut mirror, &mut Rng(8), 100, 512);
+    let (l2, l2_cap, rb, rb_cap) = q.with_meta(|m| {
+        (
+            m.l2_cache.len(),
+            m.l2_cache.capacity(),
+            m.rb_cache.len(),
+            m.rb_cache.capacity(),
+        )
+    });
+    assert_eq!(l2_cap, 3);
+    assert_eq!(rb_cap, 4, "QEMU's minimum of four refcount blocks");
+    assert!(l2 <= l2_cap && rb <= rb_cap);
+    // The defaults: the whole disk's L2 tables, capped at 32 MiB; four refcount blocks.
+    let big = d.path("big.qcow2");
+    img_create(&big, "cluster_size=65536", "1T");
+    let q2 = open(&big, None, false);
+    assert_eq!(q2.with_meta(|m| m.l2_cache.capacity()), (32 << 20) / 65536);
+    let small = d.path("small.qcow2");
+    img_create(&small, "cluster_size=65536", "1G");
+    let q3 = open(&small, None, false);
+    assert_eq!(
+        q3.with_meta(|m| (m.l2_cache.capacity(), m.rb_cache.capacity())),
+        (2, 4)
+    );
+    drop(q);
+    compare_with_raw(&d, &p, &mirror);
 }

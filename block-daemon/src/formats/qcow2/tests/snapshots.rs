@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::oracle::{check_clean, img_create, info, io, ok, s, Rng, TempDir};
+use super::oracle::{check_clean, compare_with_raw, img_create, info, io, ok, s, Rng, TempDir};
 use super::rw::{open, read_all};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::snapshot;
@@ -113,12 +113,7 @@ fn snapshots_made_here_are_qemus() {
         drop(q);
         check_clean(&p);
         assert!(!info(&p).contains("\"snapshots\""), "{opts}");
-        let raw = d.path("m.raw");
-        std::fs::write(&raw, &mirror).unwrap();
-        ok(
-            "qemu-img",
-            &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-        );
+        compare_with_raw(&d, &p, &mirror);
     }
 }
 
@@ -148,12 +143,7 @@ fn snapshots_made_by_qemu_img_are_kept_and_deleted() {
     q.snapshot_delete(Some("1"), Some("base")).unwrap();
     drop(q);
     check_clean(&p);
-    let raw = d.path("m.raw");
-    std::fs::write(&raw, &mirror).unwrap();
-    ok(
-        "qemu-img",
-        &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-    );
+    compare_with_raw(&d, &p, &mirror);
 }
 
 #[test]
@@ -195,12 +185,7 @@ fn goto_reverts_as_qemu_img_snapshot_apply() {
         check_clean(&p);
         assert!(snapshot_bytes(&d, &p, "mine") == at_mine, "{opts}");
         assert!(snapshot_bytes(&d, &p, "qemu-made") == want, "{opts}");
-        let raw = d.path("now.raw");
-        std::fs::write(&raw, &now).unwrap();
-        ok(
-            "qemu-img",
-            &["compare", "-f", "qcow2", "-F", "raw", s(&p), s(&raw)],
-        );
+        compare_with_raw(&d, &p, &now);
     }
 }
 
@@ -227,4 +212,29 @@ fn a_reference_too_many_is_refused_before_any_change() {
     );
     // qemu-img refuses it as well.
     super::oracle::fails("qemu-img", &["snapshot", "-c", "x", s(&p)]);
+}
+
+#[test]
+fn a_dropped_reference_waits_for_the_next_sync() {
+    let d = TempDir::new();
+    let p = d.path("w.qcow2");
+    img_create(&p, "cluster_size=4096", "1M");
+    io(&p, "write -P 0x51 0 4k");
+    ok("qemu-img", &["snapshot", "-c", "s", s(&p)]);
+    let q = open(&p, None, true);
+    let old = match q.with_meta(|m| m.lookup(0)).unwrap() {
+        crate::formats::qcow2::tables::Cluster::Normal { offset, .. } => offset,
+        other => panic!("{other:?}"),
+    };
+    let refcount =
+        |q: &crate::formats::qcow2::Qcow2| q.with_meta(|m| m.refcount(old >> 12)).unwrap();
+    assert_eq!(refcount(&q), 2);
+    q.write(0, &[7u8; 512]).unwrap(); // copies the shared cluster
+                                      // The new L2 entry may not be on stable storage yet: the old cluster keeps its
+                                      // reference until a sync.
+    assert_eq!(refcount(&q), 2);
+    q.flush().unwrap();
+    assert_eq!(refcount(&q), 1);
+    drop(q);
+    check_clean(&p);
 }

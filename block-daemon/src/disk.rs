@@ -170,26 +170,14 @@ impl Disk {
 mod tests {
     use super::*;
     use crate::formats::raw::Raw;
-    use std::fs::File;
-    use std::os::unix::fs::FileExt;
+    use crate::testing::Scratch;
 
-    fn image(len: u64) -> (File, std::path::PathBuf) {
-        let path =
-            std::env::temp_dir().join(format!("flotilla-disk-{}-{}", std::process::id(), len));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(len).unwrap();
-        (f, path)
-    }
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn size_and_ranges() {
-        let (f, path) = image(1 << 20);
+        let s = Scratch::new("disk-ranges", 1 << 20);
+        let (f, path) = (s.file.try_clone().unwrap(), &s.path);
         f.write_all_at(&[0xaa; 4096], 0).unwrap();
         let d = Disk::new(
             Arc::new(Raw::open(f, true).unwrap()),
@@ -214,7 +202,7 @@ mod tests {
         })
         .unwrap();
         let mut buf = [0u8; 4096];
-        std::fs::File::open(&path)
+        std::fs::File::open(path)
             .unwrap()
             .read_exact_at(&mut buf, 0)
             .unwrap();
@@ -225,12 +213,12 @@ mod tests {
         d.resize(2 << 20).unwrap();
         assert_eq!(d.capacity_sectors(), 4096);
         d.flush().unwrap();
-        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn tiny_or_truncated_images_are_refused() {
-        let (f, path) = image(100);
+        let s = Scratch::new("disk-tiny", 100);
+        let f = s.file.try_clone().unwrap();
         assert!(matches!(
             Disk::new(
                 Arc::new(Raw::open(f, true).unwrap()),
@@ -241,6 +229,5 @@ mod tests {
             ),
             Err(DiskError::TooSmall(100))
         ));
-        std::fs::remove_file(path).unwrap();
     }
 }

@@ -19,4 +19,6 @@ pub mod request;
 pub mod seccomp;
 pub mod snapshots;
 pub mod stats;
+#[cfg(test)]
+pub mod testing;
 pub mod throttle;

@@ -180,3 +180,26 @@ pub fn qemu_img_refusal(image: &Path, format: &str) -> String {
     let prefix = format!("qemu-img: Could not open '{path}': ");
     first.strip_prefix(&prefix).unwrap_or(first).to_string()
 }
+
+/// The MD5 of `bytes` in hex, as md5sum prints it (the Linux guests print theirs).
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(require_tool("md5sum", "coreutils"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running md5sum");
+    let mut stdin = child.stdin.take().expect("md5sum's stdin");
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("md5sum's output");
+    writer
+        .join()
+        .expect("feeding md5sum")
+        .expect("writing to md5sum");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

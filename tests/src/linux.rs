@@ -106,3 +106,55 @@ pub fn qemu_tcg_linux(initrd: &Path, memory_mib: u64, cpus: usize, devices: &[St
         ]);
     Vm::spawn(cmd)
 }
+
+/// Linux (512 MiB, 2 vCPUs) running `script` with one vhost-user-blk disk of 2 queues on
+/// `socket` (`reconnect`: QEMU 7.2 retries a lost connection every second); the initrd
+/// is written into `dir`.
+pub fn linux_on_vhost_user_blk(dir: &Path, script: &str, socket: &Path, reconnect: bool) -> Vm {
+    let initrd = dir.join("initrd");
+    initrd_with_script(&initrd, script);
+    let retry = if reconnect { ",reconnect=1" } else { "" };
+    qemu_tcg_linux(
+        &initrd,
+        512,
+        2,
+        &[
+            "-chardev".into(),
+            format!("socket,id=c,path={}{retry}", socket.display()),
+            "-device".into(),
+            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
+        ],
+    )
+}
+
+/// Shell lines for a guest script: on a filesystem just made on /dev/vda, a copy of
+/// /tmp/data, read back after a remount (`SUM-FILE`), the filesystem checked
+/// (`FSCK-CLEAN`), and the kernel's I/O errors counted (`IO-ERRORS`).
+pub const FILL_AND_CHECK_FS: &str = r#"mount /dev/vda /mnt
+cp /tmp/data /mnt/file
+umount /mnt
+mount /dev/vda /mnt
+echo "SUM-FILE $(md5sum < /mnt/file)"
+umount /mnt
+e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
+echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
+"#;
+
+/// The first word a guest script printed after `key` (a line that starts with it).
+pub fn reported<'a>(transcript: &'a str, key: &str) -> &'a str {
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key} line:\n{transcript}"))
+}
+
+/// What FILL_AND_CHECK_FS printed says the file read back as /tmp/data was written
+/// (`SUM-WRITTEN`, printed by the script before), the filesystem was clean and the
+/// kernel logged no I/O error.
+pub fn expect_filesystem_checked(transcript: &str) {
+    let written = reported(transcript, "SUM-WRITTEN ");
+    assert_eq!(reported(transcript, "SUM-FILE "), written, "{transcript}");
+    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
+    assert_eq!(reported(transcript, "IO-ERRORS "), "0", "{transcript}");
+}

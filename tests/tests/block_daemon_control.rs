@@ -44,6 +44,13 @@ fn spawn(theirs: UnixStream) -> Vm {
     vm
 }
 
+/// A daemon on a control link, and the vhost-user listener (in `dir`) to open it with.
+fn daemon_in(dir: &std::path::Path) -> (Vm, Connection, UnixListener) {
+    let listener = UnixListener::bind(dir.join("s")).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    (spawn(theirs), Connection::new(ours), listener)
+}
+
 fn call(conn: &Connection, id: u64, request: BlockRequest, fds: &[std::os::fd::BorrowedFd]) {
     conn.send(&ToBlock { id, request }, fds)
         .expect("sending a call");
@@ -194,10 +201,7 @@ fn an_image_smaller_than_a_sector_is_refused() {
     let dir = TempDir::new("bd-control-tiny");
     let image = dir.path().join("tiny.img");
     empty_image(&image, 100);
-    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut vm = spawn(theirs);
-    let conn = Connection::new(ours);
+    let (mut vm, conn, listener) = daemon_in(dir.path());
     open(&conn, &image, &listener);
     let err = answer(&conn).unwrap_err();
     assert!(err.desc.contains("smaller than one sector"), "{err:?}");
@@ -312,10 +316,7 @@ fn a_writable_node_on_a_read_only_fd_is_refused() {
     let dir = TempDir::new("bd-control-mismatch");
     let image = dir.path().join("d.img");
     empty_image(&image, 1 << 20);
-    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut vm = spawn(theirs);
-    let conn = Connection::new(ours);
+    let (mut vm, conn, listener) = daemon_in(dir.path());
     let raw = layer(&image, ImageFormat::Raw);
     open_chain(&conn, vec![raw], &[&image], &listener, true);
     let err = answer(&conn).unwrap_err();
@@ -338,10 +339,7 @@ fn a_qcow2_chain_opens_at_its_virtual_size() {
     qemu_img_ok(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "raw", t, "3M"]);
     let info = qemu_img_ok(&["info", "--output=json", t]);
     assert!(info.contains("\"virtual-size\": 3145728"), "{info}");
-    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut vm = spawn(theirs);
-    let conn = Connection::new(ours);
+    let (mut vm, conn, listener) = daemon_in(dir.path());
     open_chain(
         &conn,
         vec![layer(&top, qcow2()), layer(&base, ImageFormat::Raw)],
@@ -399,10 +397,7 @@ fn damaged_qcow2_images_are_refused_with_qemus_words() {
         std::os::unix::fs::FileExt::write_all_at(&f, bytes, *offset).unwrap();
         drop(f);
         let expected = qemu_img_refusal(&image, "qcow2");
-        let listener = UnixListener::bind(dir.path().join("s")).unwrap();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let mut vm = spawn(theirs);
-        let conn = Connection::new(ours);
+        let (mut vm, conn, listener) = daemon_in(dir.path());
         open_chain(
             &conn,
             vec![layer(&image, qcow2())],

@@ -26,6 +26,18 @@ const SECTORS: u64 = 8192;
 const WRITE: &str = "Failed to get \"write\" lock";
 const SHARED_WRITE: &str = "Failed to get shared \"write\" lock";
 
+/// qemu-img creates a qcow2 overlay `out` over `backing` in `format`; with a `size`,
+/// unsafely (the backing file is not opened: it may be missing or not what it says).
+fn overlay(out: &str, backing: &str, format: &str, size: Option<&str>) {
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-b", backing, "-F", format];
+    if size.is_some() {
+        args.push("-u");
+    }
+    args.push(out);
+    args.extend(size);
+    qemu_img_ok(&args);
+}
+
 /// qemu-img's chain in `dir`: base.raw (zeros), mid.qcow2 over it holding P(SEED)
 /// (written by `qemu-img convert`), top.qcow2 over mid.qcow2 with snapshot "snap1".
 /// Returns the top's path.
@@ -33,16 +45,7 @@ fn chain(dir: &Path) -> PathBuf {
     let p = |n: &str| dir.join(n).display().to_string();
     pattern_image(&dir.join("pattern.raw"), SEED, SECTORS);
     qemu_img_ok(&["create", "-f", "raw", &p("base.raw"), "4M"]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        &p("mid.qcow2"),
-    ]);
+    overlay(&p("mid.qcow2"), "base.raw", "raw", None);
     qemu_img_ok(&[
         "convert",
         "-n",
@@ -53,16 +56,7 @@ fn chain(dir: &Path) -> PathBuf {
         &p("pattern.raw"),
         &p("mid.qcow2"),
     ]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        &p("top.qcow2"),
-    ]);
+    overlay(&p("top.qcow2"), "mid.qcow2", "qcow2", None);
     qemu_img_ok(&["snapshot", "-c", "snap1", &p("top.qcow2")]);
     dir.join("top.qcow2")
 }
@@ -135,6 +129,40 @@ fn normalized(v: &Value) -> Value {
     }
 }
 
+/// Where `a` and `b` first differ (a path and both values), if they do.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).find_map(|k| {
+            let (p, q) = (x.get(k), y.get(k));
+            match (p, q) {
+                (Some(p), Some(q)) => first_difference(p, q, &format!("{at}.{k}")),
+                _ => Some(format!("{at}.{k}: {p:?} / {q:?}")),
+            }
+        }),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}[{i}]"))),
+        (Value::Array(x), Value::Array(y)) => {
+            let nodes = |v: &[Value]| -> Vec<String> {
+                v.iter()
+                    .map(|n| format!("{} {} {}", n["node-name"], n["drv"], n["file"]))
+                    .collect()
+            };
+            Some(format!(
+                "{at}: {} / {} elements:\n{:#?}\n{:#?}",
+                x.len(),
+                y.len(),
+                nodes(x),
+                nodes(y)
+            ))
+        }
+        _ if a == b => None,
+        _ => Some(format!("{at}: {a} / {b}")),
+    }
+}
+
 #[test]
 fn queries_answer_as_qemu_does_for_the_same_chain() {
     let dir = TempDir::new("qcow2-queries");
@@ -161,12 +189,108 @@ fn queries_answer_as_qemu_does_for_the_same_chain() {
         .iter()
         .enumerate()
     {
+        if let Some(d) = first_difference(&normalized(&ours[i]), &normalized(&theirs[i]), "") {
+            panic!("{name}: Flotilla's answer / QEMU 7.2's: {d}");
+        }
+    }
+}
+
+#[test]
+fn blockdev_add_graphs_answer_as_qemus() {
+    let dir = TempDir::new("qcow2-graphs");
+    let top = chain(dir.path());
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    // Other header variants: compat 0.10; small clusters, 8-bit refcounts, lazy refcounts.
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        &p("v2.qcow2"),
+        "1M",
+    ]);
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096,refcount_bits=8,lazy_refcounts=on",
+        &p("small.qcow2"),
+        "3M",
+    ]);
+    let gw = Gateway::start(&["-S"]);
+    // No drive: its nodes would be listed too.
+    let q = Qemu::try_start(&[]).expect("QEMU starts");
+    let (mut ours, mut theirs) = (gw.client(), q.client());
+    let file = |path: &str| json!({"driver": "file", "filename": path});
+    // Read-only: QEMU holds the images it opens, and may open one image twice so.
+    let t = top.display().to_string();
+    for args in [
+        json!({"driver": "raw", "node-name": "b1", "read-only": true, "file": file(&p("base.raw"))}),
+        json!({"driver": "qcow2", "node-name": "m1", "read-only": true, "backing": "b1",
+               "file": file(&p("mid.qcow2"))}),
+        json!({"driver": "qcow2", "node-name": "t1", "read-only": true, "backing": null,
+               "file": file(&t)}),
+        json!({"driver": "qcow2", "node-name": "t2", "read-only": true,
+               "backing": {"driver": "qcow2", "file": file(&p("mid.qcow2"))}, "file": file(&t)}),
+        json!({"driver": "qcow2", "node-name": "t3", "read-only": true, "file": file(&t)}),
+        json!({"driver": "qcow2", "node-name": "v2", "read-only": true, "file": file(&p("v2.qcow2"))}),
+        json!({"driver": "qcow2", "node-name": "small", "read-only": true,
+               "file": file(&p("small.qcow2"))}),
+    ] {
+        ours.ok("blockdev-add", args.clone());
+        theirs.ok("blockdev-add", args);
+    }
+    let compare = |ours: &mut QmpClient, theirs: &mut QmpClient, what: &str| {
+        for (command, args) in [
+            ("query-named-block-nodes", json!({})),
+            ("query-named-block-nodes", json!({"flat": true})),
+            ("query-blockstats", json!({"query-nodes": true})),
+        ] {
+            let (a, b) = (
+                normalized(&ours.ok(command, args.clone())),
+                normalized(&theirs.ok(command, args.clone())),
+            );
+            if let Some(d) = first_difference(&a, &b, "") {
+                panic!("{what}: {command} {args}: Flotilla's answer / QEMU 7.2's: {d}");
+            }
+        }
+    };
+    compare(&mut ours, &mut theirs, "five nodes");
+    let del = json!({"node-name": "b1"});
+    assert_eq!(
+        ours.err("blockdev-del", del.clone()),
+        theirs.err("blockdev-del", del)
+    );
+    for name in ["t2", "m1"] {
+        ours.ok("blockdev-del", json!({"node-name": name}));
+        theirs.ok("blockdev-del", json!({"node-name": name}));
+    }
+    compare(&mut ours, &mut theirs, "t2 and m1 deleted");
+}
+
+#[test]
+fn a_qcow2_disk_grows_and_qemu_img_sees_it() {
+    let dir = TempDir::new("qcow2-resize");
+    let top = chain(dir.path());
+    let bytes = 8u64 << 20;
+    {
+        let gw = flotilla(&drive(&top, ""));
+        let mut c = gw.client();
+        c.ok("block_resize", json!({"device": "d0", "size": bytes}));
+        let block = c.ok("query-block", json!({}));
         assert_eq!(
-            normalized(&ours[i]),
-            normalized(&theirs[i]),
-            "{name}: Flotilla's answer (left) differs from QEMU 7.2's (right)"
+            block[0]["inserted"]["image"]["virtual-size"], bytes,
+            "{block:#}"
         );
     }
+    let t = top.display().to_string();
+    let info: Value = serde_json::from_str(&qemu_img_ok(&["info", "--output=json", &t]))
+        .expect("qemu-img's JSON");
+    assert_eq!(info["virtual-size"], bytes, "{info:#}");
+    let check = qemu_img_ok(&["check", &t]);
+    assert!(check.contains("No errors were found"), "{check}");
 }
 
 /// qemu-io holding `image` open for writing until dropped (a pipe kept open).
@@ -294,17 +418,58 @@ fn locks_keep_the_qemu_tools_off_as_qemus_do() {
 }
 
 #[test]
-fn a_chain_someone_writes_is_refused_as_qemu_refuses_it() {
+fn blockdev_add_locks_as_qemu_does() {
+    let dir = TempDir::new("qcow2-add-locks");
+    let top = chain(dir.path()).display().to_string();
+    let file = |locking: &str| json!({"driver": "file", "filename": top, "locking": locking});
+    for args in [
+        json!({"driver": "qcow2", "node-name": "t", "file": file("auto")}),
+        json!({"driver": "qcow2", "node-name": "t", "read-only": true, "file": file("on")}),
+        json!({"driver": "qcow2", "node-name": "t", "file": file("off")}),
+        // A raw node nobody uses takes no locks.
+        json!({"driver": "raw", "node-name": "t", "file": file("on")}),
+    ] {
+        let with_qemu = {
+            let q = Qemu::try_start(&[]).expect("QEMU starts");
+            q.client().ok("blockdev-add", args.clone());
+            beside(dir.path())
+        };
+        let with_flotilla = {
+            let gw = Gateway::start(&["-S"]);
+            gw.client().ok("blockdev-add", args.clone());
+            beside(dir.path())
+        };
+        assert_eq!(
+            with_flotilla, with_qemu,
+            "{args}: the qemu tools beside Flotilla (left) and beside QEMU 7.2 (right)"
+        );
+    }
+}
+
+#[test]
+fn an_image_someone_writes_is_refused_as_qemu_refuses_it() {
     let dir = TempDir::new("qcow2-held");
     let top = chain(dir.path());
     let mid = dir.path().join("mid.qcow2");
-    for (held, format) in [(&top, "qcow2"), (&mid, "qcow2")] {
+    let base = dir.path().join("base.raw");
+    for (held, format) in [(&top, "qcow2"), (&mid, "qcow2"), (&base, "raw")] {
         let _w = Writer::open(held, format);
-        let theirs = qemu(&format!("file={},format=qcow2,id=d0", top.display()))
-            .err()
-            .expect("QEMU took a chain qemu-io writes");
-        let ours = flotilla_refusal(&drive(&top, ""));
-        let lock = if held == &top { WRITE } else { SHARED_WRITE };
+        // A raw image held is the drive itself; a qcow2 one, a layer of the chain.
+        let (image, on_top) = if format == "raw" {
+            (held, true)
+        } else {
+            (&top, held == &top)
+        };
+        let d = format!("file={},format={format},id=d0", image.display());
+        let theirs = qemu(&d).err().expect("QEMU took an image qemu-io writes");
+        let ours = flotilla_refusal(&d);
+        // QEMU's word: qemu-io shares writes of a raw image (so the refusal is ours to
+        // share them) but its qcow2 driver refuses writes by others to its file.
+        let lock = if theirs.contains(SHARED_WRITE) {
+            SHARED_WRITE
+        } else {
+            WRITE
+        };
         let hint = format!("Is another process using the image [{}]?", held.display());
         for text in [&theirs, &ours] {
             assert!(text.contains(lock) && text.contains(&hint), "{text}");
@@ -315,11 +480,13 @@ fn a_chain_someone_writes_is_refused_as_qemu_refuses_it() {
             theirs.contains(backing),
             "Flotilla:\n{ours}\nQEMU:\n{theirs}"
         );
-        // The top's locking=off does not reach the backing file (as on QEMU).
-        if held == &top {
-            flotilla(&drive(&top, ",file.locking=off"));
+        // locking=off lets Flotilla beside the writer; the top's does not reach a
+        // backing file (as on QEMU).
+        let unlocked = format!("{d},file.locking=off");
+        if on_top {
+            flotilla(&unlocked);
         } else {
-            flotilla_refusal(&drive(&top, ",file.locking=off"));
+            flotilla_refusal(&unlocked);
         }
     }
 }
@@ -379,30 +546,8 @@ fn bad_chains_and_arguments_get_qemus_words() {
     let dir = TempDir::new("qcow2-bad");
     let p = |n: &str| dir.path().join(n).display().to_string();
     qemu_img_ok(&["create", "-f", "raw", &p("plain.raw"), "1M"]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        &p("nosuch.qcow2"),
-        "-F",
-        "qcow2",
-        &p("nob.qcow2"),
-        "1M",
-    ]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        &p("plain.raw"),
-        "-F",
-        "qcow2",
-        &p("wrongfmt.qcow2"),
-        "1M",
-    ]);
+    overlay(&p("nob.qcow2"), &p("nosuch.qcow2"), "qcow2", Some("1M"));
+    overlay(&p("wrongfmt.qcow2"), &p("plain.raw"), "qcow2", Some("1M"));
     qemu_img_ok(&["create", "-f", "qcow2", &p("badver.qcow2"), "1M"]);
     std::fs::OpenOptions::new()
         .write(true)

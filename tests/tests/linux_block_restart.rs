@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use flotilla_tests::blk::{block_daemon, empty_image};
-use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
+use flotilla_tests::linux::linux_on_vhost_user_blk;
 use flotilla_tests::TempDir;
 
 const LINUX: Duration = Duration::from_secs(240);
@@ -47,20 +47,7 @@ fn linux_sees_no_error_while_the_daemon_is_killed() {
     empty_image(&image, 64 << 20);
     let sock = dir.path().join("vhost.sock");
     let mut daemon = block_daemon(&sock, &image, &["--queues", "2"]);
-    let initrd = dir.path().join("initrd");
-    initrd_with_script(&initrd, &script());
-    let mut linux = qemu_tcg_linux(
-        &initrd,
-        512,
-        2,
-        &[
-            "-chardev".into(),
-            // QEMU 7.2 retries a lost connection every second.
-            format!("socket,id=c,path={},reconnect=1", sock.display()),
-            "-device".into(),
-            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
-        ],
-    );
+    let mut linux = linux_on_vhost_user_blk(dir.path(), &script(), &sock, true);
     // A kill during every other loop, some time into its dd's.
     let mut kills = 0;
     let mut busy_kills = 0;

@@ -12,9 +12,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img, qemu_img_ok, SECTOR};
-use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
-use flotilla_tests::{bin, require_tool, TempDir, Vm};
+use flotilla_tests::blk::{block_daemon, md5_hex, pattern_image, qemu_img, qemu_img_ok, SECTOR};
+use flotilla_tests::linux::{
+    expect_filesystem_checked, linux_on_vhost_user_blk, reported, FILL_AND_CHECK_FS,
+};
+use flotilla_tests::{require_tool, TempDir};
 
 const LINUX: Duration = Duration::from_secs(240);
 const MIB: u64 = 1 << 20;
@@ -24,47 +26,20 @@ const COPY_LEN: u64 = 8 * MIB;
 /// The filesystem's size (4 KiB blocks).
 const FS_BYTES: u64 = 32 * MIB;
 
-const SCRIPT: &str = r#"#!/bin/sh
+fn script() -> String {
+    format!(
+        r#"#!/bin/sh
 set -e
 echo "CAPACITY $(cat /sys/block/vda/size)"
 echo "SUM-CHAIN $(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | md5sum)"
 dd if=/dev/vda of=/dev/vda bs=1k count=8192 seek=40963 iflag=direct oflag=direct 2>/dev/null
 sync
 echo "SUM-COPY $(dd if=/dev/vda bs=1k skip=40963 count=8192 iflag=direct 2>/dev/null | md5sum)"
-mkfs.ext4 -q -F -b 4096 /dev/vda 8192
-mount /dev/vda /mnt
 dd if=/dev/urandom of=/tmp/data bs=1M count=8 2>/dev/null
 echo "SUM-WRITTEN $(md5sum < /tmp/data)"
-cp /tmp/data /mnt/file
-umount /mnt
-mount /dev/vda /mnt
-echo "SUM-FILE $(md5sum < /mnt/file)"
-umount /mnt
-e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
-echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
-"#;
-
-fn value<'a>(transcript: &'a str, key: &str) -> &'a str {
-    transcript
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no {key} line:\n{transcript}"))
-}
-
-fn md5(bytes: &[u8]) -> String {
-    let dir = TempDir::new("md5");
-    let f = dir.path().join("data");
-    std::fs::write(&f, bytes).unwrap();
-    let out = Command::new(require_tool("md5sum", "coreutils"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+mkfs.ext4 -q -F -b 4096 /dev/vda 8192
+{FILL_AND_CHECK_FS}"#
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -123,42 +98,18 @@ fn linux_on_a_qcow2_chain() {
     let backing_before = (std::fs::read(&base).unwrap(), std::fs::read(&mid).unwrap());
 
     let sock = dir.path().join("vhost.sock");
-    let mut daemon = Command::new(bin("block-daemon"));
-    daemon
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--image")
-        .arg(&top)
-        .args(["--format", "qcow2", "--queues", "2", "--once"]);
-    let mut daemon = Vm::spawn(daemon);
-    daemon.expect_line("the daemon to listen", Duration::from_secs(20), |l| {
-        l.contains("serving")
-    });
-    let initrd = dir.path().join("initrd");
-    initrd_with_script(&initrd, SCRIPT);
-    let mut linux = qemu_tcg_linux(
-        &initrd,
-        512,
-        2,
-        &[
-            "-chardev".into(),
-            format!("socket,id=c,path={}", sock.display()),
-            "-device".into(),
-            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
-        ],
-    );
+    let args = ["--format", "qcow2", "--queues", "2", "--once"];
+    let mut daemon = block_daemon(&sock, &top, &args);
+    let mut linux = linux_on_vhost_user_blk(dir.path(), &script(), &sock, false);
     let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
     let transcript = linux.transcript();
     assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
-    assert_eq!(value(&transcript, "CAPACITY "), "131072");
+    assert_eq!(reported(&transcript, "CAPACITY "), "131072");
     // What qemu-img wrote into the chain reads back in the guest.
-    let chain = md5(&expected[..COPY_LEN as usize]);
-    assert_eq!(value(&transcript, "SUM-CHAIN "), chain, "{transcript}");
-    assert_eq!(value(&transcript, "SUM-COPY "), chain, "{transcript}");
-    let written = value(&transcript, "SUM-WRITTEN ");
-    assert_eq!(value(&transcript, "SUM-FILE "), written);
-    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
-    assert_eq!(value(&transcript, "IO-ERRORS "), "0");
+    let chain = md5_hex(&expected[..COPY_LEN as usize]);
+    assert_eq!(reported(&transcript, "SUM-CHAIN "), chain, "{transcript}");
+    assert_eq!(reported(&transcript, "SUM-COPY "), chain, "{transcript}");
+    expect_filesystem_checked(&transcript);
     assert!(linux.wait(LINUX).success());
     assert!(
         daemon.wait(Duration::from_secs(20)).success(),

@@ -14,8 +14,8 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_tests::blk::{block_daemon, pattern_image, qemu_img_ok, SECTOR};
-use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
+use flotilla_tests::blk::{block_daemon, md5_hex, pattern_image, qemu_img_ok, SECTOR};
+use flotilla_tests::linux::linux_on_vhost_user_blk;
 use flotilla_tests::{require_tool, TempDir};
 
 const LINUX: Duration = Duration::from_secs(300);
@@ -72,21 +72,6 @@ impl Lcg {
     }
 }
 
-fn md5(bytes: &[u8]) -> String {
-    let dir = TempDir::new("md5");
-    let f = dir.path().join("data");
-    std::fs::write(&f, bytes).unwrap();
-    let out = Command::new(require_tool("md5sum", "coreutils"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn a_qcow2_image_survives_sigkill_during_allocating_writes() {
     let dir = TempDir::new("linux-qcow2-crash");
@@ -99,20 +84,7 @@ fn a_qcow2_image_survives_sigkill_during_allocating_writes() {
     let sock = dir.path().join("vhost.sock");
     let args = ["--format", "qcow2", "--queues", "2"];
     let mut daemon = block_daemon(&sock, &top, &args);
-    let initrd = dir.path().join("initrd");
-    initrd_with_script(&initrd, &script());
-    let mut linux = qemu_tcg_linux(
-        &initrd,
-        512,
-        2,
-        &[
-            "-chardev".into(),
-            // QEMU 7.2 retries a lost connection every second.
-            format!("socket,id=c,path={},reconnect=1", sock.display()),
-            "-device".into(),
-            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
-        ],
-    );
+    let mut linux = linux_on_vhost_user_blk(dir.path(), &script(), &sock, true);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -188,7 +160,7 @@ fn a_qcow2_image_survives_sigkill_during_allocating_writes() {
             "backing data before loop {i}'s write"
         );
         assert_eq!(
-            &md5(&got[start..start + MIB as usize]),
+            &md5_hex(&got[start..start + MIB as usize]),
             sum,
             "loop {i}'s write"
         );

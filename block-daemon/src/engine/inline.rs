@@ -1,9 +1,12 @@
 //! Requests neither engine puts in flight (GET_ID, DISCARD, WRITE_ZEROES, and FLUSH for
 //! the sync engine): performed at once in the queue's thread.
 
+use std::time::Instant;
+
 use virtio::blk::{ID_BYTES, S_IOERR, S_OK};
 
 use super::buffers::copy_to_guest;
+use super::interface::{Done, Op};
 use crate::disk::Disk;
 use crate::formats::FormatError;
 use crate::log_limit::LogLimit;
@@ -24,6 +27,20 @@ impl Outcome {
             code: S_OK,
             used_len,
             error: None,
+        }
+    }
+
+    /// `req` (the guest's `head`, started at `started`) finished with this outcome.
+    pub fn done(self, head: u16, req: &Request, started: Instant) -> Done {
+        Done {
+            head,
+            status: req.status,
+            code: self.code,
+            used_len: self.used_len,
+            op: Op::of(&req.kind),
+            bytes: req.image_bytes(),
+            started,
+            error: self.error,
         }
     }
 

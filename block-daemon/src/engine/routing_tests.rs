@@ -2,18 +2,19 @@
 //! (a mock, for these unit tests only) answers `map`, and each engine must take the
 //! path the answer calls for.
 
-use super::{sync::SyncEngine, uring::UringEngine, Done, Engine};
-use crate::disk::CacheMode;
-use crate::disk::Disk;
-use crate::formats::{Extent, FormatError, MapGuard};
-use crate::formats::{Format, MappedRequests, Mapping};
-use crate::request::{Kind, Request, Segment};
-use parking_lot::Mutex;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::{sync::SyncEngine, uring::UringEngine, Done, Engine};
+use crate::disk::{CacheMode, Disk};
+use crate::formats::{Extent, Format, FormatError, MapGuard, MappedRequests, Mapping};
+use crate::request::{Kind, Request, Segment};
+use crate::testing::Scratch;
 
 /// A format whose guest bytes live in memory, and whose `map` answers what the test
 /// scripts: how the request path routes each answer is what is tested.
@@ -174,19 +175,10 @@ fn anything_else_goes_through_the_format() {
 /// offset, and the mapping stays claimed until the request is reaped.
 #[test]
 fn one_file_extent_goes_to_its_file_and_keeps_its_guard_until_reaped() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("flotilla-mapped-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    file.set_len(1 << 20).unwrap();
+    let s = Scratch::new("mapped", 1 << 20);
+    let (file, path) = (&s.file, &s.path);
     file.write_all_at(&[0x5a; 4096], 65536).unwrap();
-    crate::formats::direct::set_direct(&file, true).unwrap();
+    crate::formats::direct::set_direct(file, true).unwrap();
     let at = Extent::File {
         fd: file.as_raw_fd(),
         offset: 65536,
@@ -210,17 +202,16 @@ fn one_file_extent_goes_to_its_file_and_keeps_its_guard_until_reaped() {
         let (mem, req) = request(Kind::Write);
         assert_eq!(run(&mut *e, req, mem).code, virtio::blk::S_OK);
         let mut back = [0u8; 4096];
-        File::open(&path)
+        File::open(path)
             .unwrap()
             .read_exact_at(&mut back, 65536)
             .unwrap();
         assert!(back.iter().all(|b| *b == 0xee));
         // (Through another open file: the engines' one is O_DIRECT.)
-        let plain = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let plain = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         plain.write_all_at(&[0; 4096], 65536).unwrap();
     }
     assert!(f.calls.lock().is_empty(), "{:?}", f.calls.lock());
-    std::fs::remove_file(path).unwrap();
 }
 
 /// A format's failure reaches the guest as its errno (and the node's policy).
@@ -248,32 +239,18 @@ fn format_errors_become_the_guests_errors() {
     }
 }
 
-/// A scratch file (on a real filesystem, for O_DIRECT) of 1 MiB holding `fill`.
-fn scratch(tag: &str, fill: u8) -> (File, std::path::PathBuf) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("flotilla-{tag}-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    file.write_all_at(&vec![fill; 1 << 20], 0).unwrap();
-    (file, path)
-}
-
 /// Several extents of files (and zeroes, for a read): each piece goes to its file at its
 /// offset, without the format, by either engine, buffered or O_DIRECT.
 #[test]
 fn split_requests_go_piece_by_piece_to_their_files() {
-    let (file, path) = scratch("split", 0x33);
+    let s = Scratch::new("split", 1 << 20);
+    let (file, path) = (&s.file, &s.path);
+    file.write_all_at(&vec![0x33; 1 << 20], 0).unwrap();
     file.write_all_at(&[0x44; 1024], 8192).unwrap();
     file.write_all_at(&[0x55; 2048], 131072).unwrap();
     let fd = file.as_raw_fd();
     for cache in [CacheMode::Writeback, CacheMode::Direct] {
-        crate::formats::direct::set_direct(&file, cache.direct()).unwrap();
+        crate::formats::direct::set_direct(file, cache.direct()).unwrap();
         let read = scripted(vec![
             Extent::File {
                 fd,
@@ -320,7 +297,7 @@ fn split_requests_go_piece_by_piece_to_their_files() {
         for mut e in engines(&d) {
             let (mem, req) = request(Kind::Write);
             assert_eq!(run(&mut *e, req, mem).code, virtio::blk::S_OK, "{cache:?}");
-            let plain = File::open(&path).unwrap();
+            let plain = File::open(path).unwrap();
             let mut back = vec![0u8; 2560];
             plain.read_exact_at(&mut back, 262144).unwrap();
             assert!(back.iter().all(|b| *b == 0xee), "{cache:?}");
@@ -348,5 +325,4 @@ fn split_requests_go_piece_by_piece_to_their_files() {
         assert_eq!(run(&mut *e, req, mem).code, virtio::blk::S_OK);
     }
     assert_eq!(*f.calls.lock(), ["write", "write"]);
-    std::fs::remove_file(path).unwrap();
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use vm_memory::GuestMemoryMmap;
 
 use super::inline::execute_inline;
-use super::interface::{Done, Engine, Op};
+use super::interface::{Done, Engine};
 use super::mapped::{outcome, perform};
 use crate::disk::Disk;
 use crate::request::{Kind, Request};
@@ -34,16 +34,7 @@ impl Engine for SyncEngine {
             Kind::Read | Kind::Write => outcome(&req, perform(&self.disk, &req)),
             _ => execute_inline(&self.disk, &req),
         };
-        self.done.push(Done {
-            head,
-            status: req.status,
-            code: outcome.code,
-            used_len: outcome.used_len,
-            op: Op::of(&req.kind),
-            bytes: req.image_bytes(),
-            started,
-            error: outcome.error,
-        });
+        self.done.push(outcome.done(head, &req, started));
     }
 
     fn reap(&mut self, done: &mut Vec<Done>) {

@@ -202,16 +202,7 @@ impl UringEngine {
 impl UringEngine {
     /// A request finished here, now.
     fn finished(&mut self, head: u16, req: &Request, started: Instant, outcome: Outcome) {
-        self.ready.push(Done {
-            head,
-            status: req.status,
-            code: outcome.code,
-            used_len: outcome.used_len,
-            op: Op::of(&req.kind),
-            bytes: req.image_bytes(),
-            started,
-            error: outcome.error,
-        });
+        self.ready.push(outcome.done(head, req, started));
     }
 }
 

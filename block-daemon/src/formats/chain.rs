@@ -163,6 +163,7 @@ fn open_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Scratch;
 
     fn layer(name: &str, format: ImageFormat) -> ImageLayer {
         ImageLayer {
@@ -170,13 +171,6 @@ mod tests {
             format,
             filename: format!("{name}.img"),
         }
-    }
-
-    fn image(tag: &str, len: u64) -> std::path::PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("flotilla-chain-{tag}-{}", std::process::id()));
-        File::create(&path).unwrap().set_len(len).unwrap();
-        path
     }
 
     fn options(writable: bool) -> ChainOptions {
@@ -196,9 +190,10 @@ mod tests {
 
     #[test]
     fn a_chain_that_does_not_match_its_fds_is_refused() {
-        let path = image("mismatch", 1 << 16);
+        let s = Scratch::new("chain-mismatch", 1 << 16);
+        let path = &s.path;
         let raw = || layer("top", ImageFormat::Raw);
-        let file = || File::open(&path).unwrap();
+        let file = || File::open(path).unwrap();
         let e = error(open(&[raw(), raw()], vec![file()], &options(false)));
         assert_eq!(
             e.to_string(),
@@ -219,16 +214,16 @@ mod tests {
         // Raw has no backing file.
         let e = error(open(&[raw(), raw()], vec![file(), file()], &options(false)));
         assert_eq!(e.to_string(), "'top.img': a raw image has no backing file");
-        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn one_raw_image_flushes_by_its_fd_and_counts_its_discards() {
-        let path = image("raw", 1 << 16);
+        let s = Scratch::new("chain-raw", 1 << 16);
+        let path = &s.path;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&path)
+            .open(path)
             .unwrap();
         let fd = file.as_raw_fd();
         let counters = Arc::new(BlockCounters::create().unwrap());
@@ -252,6 +247,5 @@ mod tests {
             .discard_ok
             .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(ok, 1);
-        std::fs::remove_file(path).unwrap();
     }
 }

@@ -221,26 +221,13 @@ impl Format for Raw {
 mod tests {
     use super::*;
     use crate::formats::direct::set_direct;
-
-    fn image(tag: &str, len: u64) -> (File, std::path::PathBuf) {
-        // Under target/ rather than /tmp: O_DIRECT needs a real filesystem.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("flotilla-raw-{tag}-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(len).unwrap();
-        (f, path)
-    }
+    use crate::testing::Scratch;
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn maps_one_file_extent_and_counts_discards() {
-        let (f, path) = image("map", 1 << 20);
+        let s = Scratch::new("raw-map", 1 << 20);
+        let f = s.file.try_clone().unwrap();
         let fd = f.as_raw_fd();
         let counters = Arc::new(BlockCounters::create().unwrap());
         let raw = Raw::open(f, true).unwrap().count_discards(counters.clone());
@@ -269,12 +256,12 @@ mod tests {
         raw.resize(2 << 20).unwrap();
         assert_eq!(raw.virtual_size(), 2 << 20);
         raw.flush().unwrap();
-        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn a_read_only_raw_refuses_every_change() {
-        let (f, path) = image("ro", 1 << 16);
+        let s = Scratch::new("raw-ro", 1 << 16);
+        let f = s.file.try_clone().unwrap();
         let raw = Raw::open(f, false).unwrap();
         assert!(matches!(raw.map(0, 512, true), Err(FormatError::ReadOnly)));
         assert!(matches!(
@@ -288,14 +275,15 @@ mod tests {
         ));
         assert!(matches!(raw.resize(1 << 20), Err(FormatError::ReadOnly)));
         assert!(raw.map(0, 512, false).is_ok());
-        std::fs::remove_file(path).unwrap();
     }
 
     /// With O_DIRECT, reads and writes at any offset and length (a qcow2 overlay's
     /// copy-on-write reads its raw backing file so) still work.
     #[test]
     fn unaligned_reads_and_writes_with_o_direct() {
-        let (f, path) = image("direct", 1 << 16);
+        let s = Scratch::new("raw-direct", 1 << 16);
+        s.file.write_all_at(&[0x77; 1 << 16], 0).unwrap();
+        let f = s.file.try_clone().unwrap();
         set_direct(&f, true).unwrap();
         let raw = Raw::open(f, true).unwrap();
         assert!(raw.direct);
@@ -304,10 +292,19 @@ mod tests {
         let mut back = vec![0u8; 5000];
         raw.read(1000, &mut back).unwrap();
         assert_eq!(back, data);
-        let mut edge = [0xffu8; 10];
+        // The blocks the write only partly covered keep the rest of what they held.
+        let mut edge = [0u8; 10];
         raw.read(995, &mut edge).unwrap();
-        assert_eq!(edge[..5], [0; 5]);
+        assert_eq!(edge[..5], [0x77; 5]);
         assert_eq!(edge[5..], data[..5]);
-        std::fs::remove_file(path).unwrap();
+        raw.read(5995, &mut edge).unwrap();
+        assert_eq!(edge[..5], data[4995..]);
+        assert_eq!(edge[5..], [0x77; 5]);
+        // A write past the end grows the file only to where the write ends.
+        raw.write((1 << 16) + 100, &[1; 100]).unwrap();
+        assert_eq!(s.path.metadata().unwrap().len(), (1 << 16) + 200);
+        // A read past the end is an error, as without O_DIRECT.
+        let mut past = [0u8; 512];
+        assert!(raw.read((1 << 16) + 100, &mut past).is_err());
     }
 }

@@ -76,8 +76,9 @@ pub enum BlockError {
     /// QEMU itself recurses until it runs out of memory; these are qemu-img's words.
     #[error("Backing file '{0}' creates an infinite loop.")]
     BackingLoop(String),
-    #[error("the backing chain of '{top}' is deeper than {max} images")]
-    BackingTooDeep { top: String, max: usize },
+    /// `overlay`: the image whose backing file would go past the limit.
+    #[error("the backing chain is deeper than {max} images at '{overlay}'")]
+    BackingTooDeep { overlay: String, max: usize },
     /// A backing file format Flotilla does not serve.
     #[error("Driver '{0}' is not supported: Flotilla serves raw and qcow2 backing files")]
     BackingFormat(String),
@@ -115,6 +116,8 @@ pub enum BlockError {
     ImageReadOnly,
     #[error("{0}")]
     DupImage(std::io::Error),
+    #[error("block_resize of qcow2 node {0}: only a qcow2 node a disk uses can be resized")]
+    ResizeUnserved(String),
     #[error("Cannot grow device files")]
     CannotGrowDevice,
     #[error("Could not resize file: {}", errno_text(.0))]

@@ -7,7 +7,7 @@
 //! probed), and rules for adding and deleting (a node in use stays).
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::BlockError;
 use super::image_info::Qcow2Image;
+use super::lock::{self, Perms};
 use super::options::{check_node_name, Backing, ChildRef, Driver, NodeOptions, Source};
 use super::qcow2_options;
 
@@ -359,6 +360,7 @@ impl Graph {
                 let img = Qcow2Image::read(&proto)?;
                 qcow2_options = qcow2_options::resolve(&opts.qcow2, &img)?;
                 qcow2 = Some(img);
+                self.lock_metadata(child.as_deref(), &proto, read_only)?;
             }
         }
         let backing_from = match opts.backing {
@@ -483,6 +485,30 @@ impl Graph {
         }
     }
 
+    /// Locks the file of a qcow2 node as QEMU does from the moment it opens one, used
+    /// or not: the node reads it and, writable, writes and grows it; nobody else may
+    /// write or resize it (its metadata would change under it). The locks go with the
+    /// file's last descriptor. A raw node takes none until a disk uses it (QEMU's raw
+    /// asks only what its users ask).
+    fn lock_metadata(
+        &self,
+        child: Option<&str>,
+        fd: &OwnedFd,
+        read_only: bool,
+    ) -> Result<(), BlockError> {
+        let Some(proto) = child.and_then(|c| self.protocol_of(c)) else {
+            return Ok(());
+        };
+        if !proto.locking {
+            return Ok(());
+        }
+        let (take, share) = Perms::for_qcow2_disk(read_only);
+        lock::lock(fd.as_fd(), take, share).map_err(|error| BlockError::Locked {
+            error,
+            path: proto.filename.clone(),
+        })
+    }
+
     /// QEMU's json: filename of `name` once `backing` is its backing node.
     fn options_json_with(&mut self, name: &str, backing: Option<&str>) -> String {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.name == name) {
@@ -516,7 +542,7 @@ impl Graph {
         below.push(here);
         if below.len() >= MAX_CHAIN {
             return Err(BlockError::BackingTooDeep {
-                top: overlay.to_string(),
+                overlay: overlay.to_string(),
                 max: MAX_CHAIN,
             });
         }
@@ -531,29 +557,8 @@ impl Graph {
         };
         let driver = Driver::format(&format).ok_or(BlockError::BackingFormat(format))?;
         let opts = NodeOptions {
-            driver,
-            node_name: None,
             read_only: Some(true),
-            direct: None,
-            no_flush: None,
-            discard_unmap: None,
-            detect_zeroes: None,
-            locking: None,
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions {
-                driver: Driver::File,
-                node_name: None,
-                read_only: None,
-                direct: None,
-                no_flush: None,
-                discard_unmap: None,
-                detect_zeroes: None,
-                locking: None,
-                source: Source::Path(path.clone()),
-                backing: Backing::FromImage,
-                qcow2: Default::default(),
-            }))),
-            backing: Backing::FromImage,
-            qcow2: Default::default(),
+            ..NodeOptions::over(driver, NodeOptions::file(path))
         };
         let inherit = Inherited {
             read_only: Some(true),
@@ -614,6 +619,26 @@ impl Graph {
 }
 
 impl Graph {
+    /// Reads the qcow2 image info of `name`'s image again, after a command changed the
+    /// image (a resize, a snapshot): queries show what the image says from now on.
+    pub fn refresh_image(&mut self, name: &str) -> Result<(), BlockError> {
+        let Some(image) = self.image_node(name).map(|n| n.name.clone()) else {
+            return Ok(());
+        };
+        let Some(fd) = self
+            .protocol_of(&image)
+            .and_then(|p| p.image.clone())
+            .filter(|_| self.node(&image).is_some_and(|n| n.qcow2.is_some()))
+        else {
+            return Ok(());
+        };
+        let fresh = Qcow2Image::read(&fd)?;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.name == image) {
+            n.qcow2 = Some(fresh);
+        }
+        Ok(())
+    }
+
     /// Removes `root` and everything below it that nothing else uses (undoing a drive
     /// whose daemon did not start).
     pub fn remove_tree(&mut self, root: &str) {
@@ -942,11 +967,22 @@ mod tests {
             g.remove("b", &no_disks).unwrap_err().to_string(),
             "Node 'b' is busy: node is used as backing hd of 't2'"
         );
+        // A second writer of an image a qcow2 node has open is refused, as on QEMU.
+        assert_eq!(
+            add_qcow2(
+                &mut g,
+                json!({"driver": "qcow2", "node-name": "t3", "backing": "b",
+                       "file": {"driver": "file", "filename": other}}),
+            )
+            .unwrap_err(),
+            format!("Failed to get \"write\" lock\nIs another process using the image [{other}]?")
+        );
+        let third = imgs.qcow2("third.qcow2", None);
         assert_eq!(
             add_qcow2(
                 &mut g,
                 json!({"driver": "qcow2", "node-name": "t3", "backing": "nosuch",
-                       "file": {"driver": "file", "filename": other}}),
+                       "file": {"driver": "file", "filename": third}}),
             )
             .unwrap_err(),
             "Could not open backing file: Cannot find device='nosuch' nor node-name='nosuch'"
@@ -994,6 +1030,34 @@ mod tests {
             "{looped}"
         );
         assert!(add(&mut g, &json_named).contains("json:"));
+        assert!(g.nodes().is_empty());
+    }
+
+    #[test]
+    fn an_absurdly_deep_chain_is_refused() {
+        let imgs = Images::new("deep");
+        imgs.raw("0");
+        for i in 1..=MAX_CHAIN {
+            imgs.qcow2(&i.to_string(), Some((&(i - 1).to_string(), None)));
+        }
+        let mut g = Graph::default();
+        let at = |i: usize| {
+            json!({"driver": "qcow2", "node-name": "t", "read-only": true,
+                   "file": {"driver": "file", "filename": imgs.path(&i.to_string())}})
+        };
+        // MAX_CHAIN images in all: served.
+        add_qcow2(&mut g, at(MAX_CHAIN - 1)).unwrap();
+        assert_eq!(g.chain("t").len(), MAX_CHAIN);
+        g.remove("t", &no_disks).unwrap();
+        // One more: refused, and nothing stays.
+        let err = add_qcow2(&mut g, at(MAX_CHAIN)).unwrap_err();
+        assert!(
+            err.ends_with(&format!(
+                "the backing chain is deeper than {MAX_CHAIN} images at '{}'",
+                imgs.path("1")
+            )),
+            "{err}"
+        );
         assert!(g.nodes().is_empty());
     }
 

@@ -55,7 +55,7 @@ pub use error::BlockError;
 use graph::Graph;
 use health::Health;
 use lock::Perms;
-use options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
+use options::{Driver, NodeOptions};
 
 /// How a command names a disk: by its drive id (QMP's "device"), or by its guest
 /// device's id or QOM path (QMP's "id").
@@ -211,30 +211,19 @@ impl BlockLayer {
         fdsets: &FdSets,
     ) -> Result<(DiskLaunch, OwnedFd), BlockError> {
         let id = spec.id.clone().unwrap_or_else(|| format!("virtio{index}"));
+        let file = NodeOptions {
+            locking: Some(spec.locking),
+            ..NodeOptions::file(spec.file.clone())
+        };
         let opts = NodeOptions {
-            driver: spec.format,
             node_name: spec.node_name.clone(),
             read_only: Some(spec.read_only),
             direct: Some(spec.direct),
             no_flush: Some(spec.no_flush),
             discard_unmap: Some(spec.discard_unmap),
             detect_zeroes: Some(spec.detect_zeroes),
-            locking: None,
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions {
-                driver: Driver::File,
-                node_name: None,
-                read_only: None,
-                direct: None,
-                no_flush: None,
-                discard_unmap: None,
-                detect_zeroes: None,
-                locking: Some(spec.locking),
-                source: Source::Path(spec.file.clone()),
-                backing: Backing::FromImage,
-                qcow2: Qcow2Settings::default(),
-            }))),
-            backing: Backing::FromImage,
             qcow2: spec.qcow2,
+            ..NodeOptions::over(spec.format, file)
         };
         let failed = |error| BlockError::Drive {
             id: id.clone(),

@@ -105,8 +105,14 @@ impl BlockLayer {
                     max: MAX_LENGTH,
                 });
             }
+            let qcow2 = state
+                .graph
+                .image_node(&name)
+                .is_some_and(|n| n.qcow2.is_some());
             let target = match state.disk_of_node(&name) {
                 Some(disk) => Target::Daemon(disk.daemon()?.link.clone(), disk.index),
+                // Only a daemon resizes a qcow2 image (its tables, not the file's length).
+                None if qcow2 => return Err(BlockError::ResizeUnserved(name.clone())),
                 None => Target::Image(
                     state
                         .graph
@@ -122,6 +128,13 @@ impl BlockLayer {
         match target {
             Target::Daemon(link, index) => {
                 link.request(BlockRequest::Resize { bytes }, &[])?;
+                // The image info shows the new size from now on (the daemon has
+                // written it to the image by the time it answers).
+                let mut state = self.state.lock();
+                let name = state.lookup_node(device, node)?;
+                if let Err(e) = state.graph.refresh_image(&name) {
+                    log::warn!("node {name}: reading its image after the resize: {e}");
+                }
                 Ok(Some(index))
             }
             Target::Image(image) => {

@@ -99,8 +99,8 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    /// An inline `file` child over `path` that inherits everything from its parent.
-    pub fn file_at(path: String) -> NodeOptions {
+    /// A file node on `path`, every setting inherited or the default.
+    pub fn file(path: String) -> NodeOptions {
         NodeOptions {
             driver: Driver::File,
             node_name: None,
@@ -113,6 +113,16 @@ impl NodeOptions {
             source: Source::Path(path),
             backing: Backing::FromImage,
             qcow2: Qcow2Settings::default(),
+        }
+    }
+
+    /// A `driver` format node over the inline child `file`, every setting inherited or
+    /// the default (a qcow2 node's backing file: the one its image names).
+    pub fn over(driver: Driver, file: NodeOptions) -> NodeOptions {
+        NodeOptions {
+            driver,
+            source: Source::Child(ChildRef::Inline(Box::new(file))),
+            ..NodeOptions::file(String::new())
         }
     }
 }

@@ -48,15 +48,26 @@ impl BlockLayer {
         Value::Array(out)
     }
 
-    /// query-named-block-nodes: every node, newest first (as QEMU lists them).
-    pub fn query_named_block_nodes(&self) -> Value {
+    /// query-named-block-nodes: every node, newest first (as QEMU lists them); `flat`:
+    /// without the backing images nested in the image info (and, as QEMU, depth 0).
+    pub fn query_named_block_nodes(&self, flat: bool) -> Value {
         let state = self.state.lock();
         state
             .graph
             .nodes()
             .iter()
             .rev()
-            .map(|n| info::node_info(&state.graph, n, None, self.threshold(&n.name)))
+            .map(|n| {
+                let mut v = info::node_info(&state.graph, n, None, self.threshold(&n.name));
+                if flat {
+                    // QEMU does not walk the chain then: no depth either.
+                    if let Some(image) = v["image"].as_object_mut() {
+                        image.remove("backing-image");
+                    }
+                    v["backing_file_depth"] = json!(0);
+                }
+                v
+            })
             .collect()
     }
 

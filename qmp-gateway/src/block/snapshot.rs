@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::error::BlockError;
 use super::graph;
-use super::image_info::{snapshot_info, Qcow2Image};
+use super::image_info::snapshot_info;
 use super::lock::{self, Perms};
 use super::options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
 use super::transaction::Action;
@@ -90,18 +90,8 @@ impl State {
 
     /// Reads node `name`'s image facts again (after a snapshot changed them).
     pub(super) fn refresh_image(&mut self, name: &str) {
-        let Some(fd) = self.graph.protocol_of(name).and_then(|p| p.image.clone()) else {
-            return;
-        };
-        let Some(node) = self.graph.node_mut(name) else {
-            return;
-        };
-        if node.driver != Driver::Qcow2 {
-            return;
-        }
-        match Qcow2Image::read(&fd) {
-            Ok(info) => node.qcow2 = Some(info),
-            Err(e) => log::warn!("reading node {name}'s image again: {e}"),
+        if let Err(e) = self.graph.refresh_image(name) {
+            log::warn!("reading node {name}'s image again: {e}");
         }
     }
 }
@@ -319,8 +309,6 @@ struct DiskBefore {
     images: Vec<Arc<OwnedFd>>,
     /// The old top's image, relocked as a backing file (locking on).
     old_image: Option<Arc<OwnedFd>>,
-    /// The new top's image, locked as the disk's (locking on).
-    new_image: Option<Arc<OwnedFd>>,
 }
 
 /// Where an external snapshot's overlay comes from.
@@ -525,7 +513,7 @@ impl ExternalSnapshot {
             discard_unmap: Some(old.discard_unmap),
             detect_zeroes: None,
             locking: None,
-            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions::file_at(
+            source: Source::Child(ChildRef::Inline(Box::new(NodeOptions::file(
                 request.snapshot_file.clone(),
             )))),
             backing: Backing::None,
@@ -588,21 +576,10 @@ impl ExternalSnapshot {
             config: disk.config.clone(),
             images: disk.images.clone(),
             old_image: None,
-            new_image: None,
         };
-        // The new top is locked as the disk's image, the old one as a backing file.
-        let (fd, filename, locking) = new_image;
-        if locking {
-            let (take, share) = Perms::for_qcow2_disk(false);
-            if let Err(error) = lock::lock(fd.as_fd(), take, share) {
-                self.applied.disk = Some(before);
-                return Err(BlockError::Locked {
-                    error,
-                    path: filename,
-                });
-            }
-            before.new_image = Some(fd.clone());
-        }
+        // The new top holds a qcow2 disk's locks since its node was opened (the graph
+        // takes them); the old top's drop to a backing file's.
+        let (fd, filename, _) = new_image;
         if let Some((old_fd, true)) = &old_proto {
             let (take, share) = old_perms(old_qcow2, disk.config.read_only);
             let (btake, bshare) = Perms::for_backing();
@@ -660,10 +637,6 @@ impl ExternalSnapshot {
                     disk.nodes = before.nodes;
                     disk.config = before.config;
                     disk.images = before.images;
-                    if let Some(fd) = &before.new_image {
-                        let (take, share) = Perms::for_qcow2_disk(false);
-                        lock::unlock(fd.as_fd(), take, share);
-                    }
                     if let Some(fd) = &before.old_image {
                         let (btake, bshare) = Perms::for_backing();
                         lock::unlock(fd.as_fd(), btake, bshare);

@@ -323,9 +323,9 @@ pub fn query_block(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(c.gw.block.query_block())
 }
 
-pub fn query_named_block_nodes(c: &mut Ctx, _: QueryNamedBlockNodes) -> QmpResult {
-    // "flat" leaves out backing images, which raw nodes never have.
-    Ok(c.gw.block.query_named_block_nodes())
+pub fn query_named_block_nodes(c: &mut Ctx, a: QueryNamedBlockNodes) -> QmpResult {
+    // "flat" leaves out the backing images nested in each node's image info.
+    Ok(c.gw.block.query_named_block_nodes(a.flat.unwrap_or(false)))
 }
 
 pub fn query_blockstats(c: &mut Ctx, a: QueryBlockstats) -> QmpResult {

@@ -1,14 +1,20 @@
 //! block-daemon on its own with qcow2 images it opens itself (the one place the daemon
-//! opens paths): damaged images and broken backing chains fail the start with QEMU's
-//! words for the same chain (qemu-io and qemu-img are the oracles, run on the same
-//! files from the same directory), and the daemon ends without a panic.
+//! opens paths): the test guest on vmm-core reads a backing file's pattern through a
+//! qcow2 overlay, writes, discards and zeroes, and the daemon ended by a signal leaves
+//! the image clean (qemu-img check and convert); damaged images and broken backing
+//! chains fail the start with QEMU's words for the same chain (qemu-io and qemu-img are
+//! the oracles, run on the same files from the same directory), and the daemon ends
+//! without a panic.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{
+    block_daemon, disk_backed_dir, first_mismatch, pattern_image, pattern_sector, qemu_img,
+    qemu_img_ok, vmm_with_disk,
+};
 use flotilla_tests::{bin, require_tool, run_to_end, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -111,4 +117,118 @@ fn a_backing_chain_that_loops() {
     // qemu-img names the file as the chain names it, relative to b's directory.
     let expected = said.replace(&format!("{}/", d.display()), "");
     daemon_refuses(d, "b.qcow2", &expected);
+}
+
+/// The test guest's blk-pattern (check P(seed), write P(seed + 1), discard sectors 8..16,
+/// zero 16..24) on a qcow2 overlay (lazy refcounts) over a raw backing file holding
+/// P(seed); then the daemon, ended by SIGTERM, leaves an image qemu-img finds clean: not
+/// dirty, no leak.
+/// Whether each of `paths` is open in process `pid` with O_DIRECT (from /proc: the
+/// flags of the first descriptor open on it).
+fn opened_direct(pid: i32, paths: &[&Path]) -> Vec<bool> {
+    let fds: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's fds")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let fd = e.file_name().to_string_lossy().into_owned();
+            Some((target, fd))
+        })
+        .collect();
+    paths
+        .iter()
+        .map(|p| {
+            let (_, fd) = fds
+                .iter()
+                .find(|(t, _)| t == p)
+                .unwrap_or_else(|| panic!("{} is not open in {pid}", p.display()));
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .expect("flags in fdinfo");
+            flags & libc::O_DIRECT as u32 != 0
+        })
+        .collect()
+}
+
+fn guest_on_a_qcow2_overlay(tag: &str, daemon_args: &[&str]) {
+    const SECTORS: u64 = 16 << 11;
+    const SEED: u64 = 0x0c02_0002;
+    // On a real filesystem: O_DIRECT does not work on tmpfs.
+    let dir = disk_backed_dir(tag);
+    let (base, top, sock) = (
+        dir.path().join("base.raw"),
+        dir.path().join("top.qcow2"),
+        dir.path().join("s"),
+    );
+    pattern_image(&base, SEED, SECTORS);
+    let t = top.to_str().unwrap();
+    // Lazy refcounts: the image is dirty while it is written, clean only once closed.
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        t,
+    ]);
+    let mut args = vec!["--format", "qcow2", "--queues", "2"];
+    args.extend_from_slice(daemon_args);
+    let mut daemon = block_daemon(&sock, &top, &args);
+    let mut vm = vmm_with_disk(&sock, 2, 2, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    vm.expect_prefix("GUEST BLK PATTERN OK", TIMEOUT);
+    let status = vm.wait(TIMEOUT);
+    assert!(status.success(), "vmm-core: {status}\n{}", vm.transcript());
+    assert!(
+        !vm.transcript().contains("GUEST ERROR"),
+        "{}",
+        vm.transcript()
+    );
+    // The overlay and its backing file bypass the page cache as the node says.
+    let direct = daemon_args.contains(&"none");
+    assert_eq!(
+        opened_direct(daemon.pid(), &[&top, &base]),
+        [direct, direct]
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = daemon.wait(TIMEOUT);
+    assert!(status.success(), "{status}:\n{}", daemon.transcript());
+    let (ok, out, err) = qemu_img(&["check", t]);
+    assert!(ok, "qemu-img check:\n{out}{err}");
+    assert!(out.contains("No errors were found on the image."), "{out}");
+    let info = qemu_img_ok(&["info", "--output=json", t]);
+    assert!(info.contains("\"dirty-flag\": false"), "{info}");
+    let raw = dir.path().join("got.raw");
+    qemu_img_ok(&["convert", "-O", "raw", t, raw.to_str().unwrap()]);
+    let written = |s| pattern_sector(SEED + 1, s);
+    assert_eq!(first_mismatch(&raw, 0..8, written), None);
+    assert_eq!(first_mismatch(&raw, 24..SECTORS, written), None);
+    assert_eq!(first_mismatch(&raw, 16..24, |_| [0; 512]), None);
+    // The backing file was only read.
+    assert_eq!(
+        first_mismatch(&base, 0..SECTORS, |s| pattern_sector(SEED, s)),
+        None
+    );
+}
+
+#[test]
+fn the_test_guest_on_a_qcow2_overlay_and_a_clean_end() {
+    guest_on_a_qcow2_overlay("qcow2-guest-writeback", &[]);
+}
+
+/// The same with O_DIRECT (the overlay and its backing file), by either engine.
+#[test]
+fn the_test_guest_on_a_qcow2_overlay_with_o_direct() {
+    guest_on_a_qcow2_overlay("qcow2-guest-direct", &["--cache", "none"]);
+    guest_on_a_qcow2_overlay(
+        "qcow2-guest-direct-sync",
+        &["--cache", "none", "--engine", "sync"],
+    );
 }

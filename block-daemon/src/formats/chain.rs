@@ -25,10 +25,6 @@ pub enum ChainError {
     ReadOnlyFd { filename: String },
     #[error("'{filename}': a raw image has no backing file")]
     RawWithBacking { filename: String },
-    /// The qcow2 library reads and writes its metadata with unaligned buffers, which
-    /// O_DIRECT refuses.
-    #[error("'{filename}': cache.direct=on is not available for qcow2 images yet")]
-    DirectQcow2 { filename: String },
     #[error("'{filename}': {error}")]
     Io {
         filename: String,
@@ -90,16 +86,6 @@ pub fn open(
             layers: layers.len(),
             fds: files.len(),
         });
-    }
-    if options.direct {
-        if let Some(l) = layers
-            .iter()
-            .find(|l| matches!(l.format, ImageFormat::Qcow2(_)))
-        {
-            return Err(ChainError::DirectQcow2 {
-                filename: l.filename.clone(),
-            });
-        }
     }
     let flush_fd = match (&layers[0].format, files.as_slice()) {
         (ImageFormat::Raw, [only]) => Some(only.as_raw_fd()),

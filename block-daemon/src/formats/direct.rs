@@ -1,16 +1,21 @@
 //! O_DIRECT for the formats: whether a file bypasses the page cache, switching it, and
 //! positioned reads and writes of any offset and length on such a file (through an
-//! aligned bounce buffer that covers the aligned blocks around the range). The engines
-//! move aligned guest data themselves; this serves what the formats move on their own
-//! (a raw backing file's copy-on-write reads, zeroes written by hand).
+//! aligned bounce buffer that covers the sectors around the range). The engines move
+//! aligned guest data themselves; this serves what the formats move on their own (a raw
+//! backing file's copy-on-write reads, zeroes written by hand).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-/// The alignment O_DIRECT gets from us: of buffers, file offsets and lengths (the
-/// largest logical block size a disk has, so it suits every one).
+/// The alignment of the buffers O_DIRECT gets from us (a page: the largest logical
+/// block size a disk has, so it suits every one).
 pub const DIRECT_ALIGN: usize = 4096;
+
+/// The granularity of the file offsets and lengths `direct_io` moves: a sector, as the
+/// guest's requests are (a bigger block would make a partial write read and write back
+/// sectors a concurrent request of the guest may be writing).
+pub const DIRECT_BLOCK: usize = 512;
 
 /// Whether `file` was opened (or set) O_DIRECT.
 pub fn is_direct(file: &File) -> std::io::Result<bool> {
@@ -89,12 +94,13 @@ pub enum DirectBuf<'a> {
 /// partial block reads the block first). Bounded: at most `MAX_BOUNCE` bytes at a time.
 pub fn direct_io(file: &File, offset: u64, buf: DirectBuf) -> std::io::Result<()> {
     const MAX_BOUNCE: usize = 1 << 20;
-    let align = DIRECT_ALIGN as u64;
+    let align = DIRECT_BLOCK as u64;
     let len = match &buf {
         DirectBuf::Read(b) => b.len(),
         DirectBuf::Write(b) => b.len(),
     };
-    let mut bounce = AlignedBuf::new(MAX_BOUNCE + DIRECT_ALIGN, DIRECT_ALIGN)
+    let bounce_len = len.min(MAX_BOUNCE) + 2 * DIRECT_BLOCK;
+    let mut bounce = AlignedBuf::new(bounce_len, DIRECT_ALIGN)
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
     let file_len = match &buf {
         // A regular file's length; a block device's does not change.
@@ -110,7 +116,7 @@ pub fn direct_io(file: &File, offset: u64, buf: DirectBuf) -> std::io::Result<()
         let start = pos - pos % align;
         let head = (pos - start) as usize;
         let n = (len - done).min(MAX_BOUNCE);
-        let span = (head + n).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let span = (head + n).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
         let block = &mut bounce.as_mut_slice()[..span];
         match &mut buf {
             DirectBuf::Read(b) => {
@@ -123,11 +129,11 @@ pub fn direct_io(file: &File, offset: u64, buf: DirectBuf) -> std::io::Result<()
                 b[done..done + n].copy_from_slice(&block[head..head + n]);
             }
             DirectBuf::Write(b) => {
-                if head != 0 || !n.is_multiple_of(DIRECT_ALIGN) {
+                if head != 0 || !n.is_multiple_of(DIRECT_BLOCK) {
                     // The partial blocks at either end keep what they hold.
                     block.fill(0);
-                    read_upto(file, &mut block[..DIRECT_ALIGN], start)?;
-                    let last = span - DIRECT_ALIGN;
+                    read_upto(file, &mut block[..DIRECT_BLOCK], start)?;
+                    let last = span - DIRECT_BLOCK;
                     if last > 0 {
                         read_upto(file, &mut block[last..], start + last as u64)?;
                     }

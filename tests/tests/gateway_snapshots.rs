@@ -114,6 +114,15 @@ fn chain_facts(inserted: &Value) -> Value {
     })
 }
 
+/// Whether qemu-img (which shares no write) may open `base` and `top` beside their
+/// user.
+fn locks(base: &Path, top: &Path) -> (bool, bool) {
+    (
+        qemu_img(&["info", &p(base)]).0,
+        qemu_img(&["info", &p(top)]).0,
+    )
+}
+
 /// External snapshots of d0 after rounds 1, 2 and 3 of 4; the guest sees no error,
 /// every image is clean, the chain is what qemu-img and QEMU (the same commands on a
 /// copy of the image) say, and it reads as the last round's pattern.
@@ -142,6 +151,7 @@ fn external_snapshots(qcow2: bool) {
         c.ok("blockdev-snapshot-sync", args);
     }
     let ours = chain_facts(&inserted(&mut c, "d0"));
+    let our_locks = locks(&image, &overlay(3, &image));
     drop(c);
     gw.vm
         .expect_prefix("GUEST BLK VERIFY DONE rounds=4 errors=0", TIMEOUT);
@@ -159,6 +169,10 @@ fn external_snapshots(qcow2: bool) {
         q.ok("blockdev-snapshot-sync", args);
     }
     let theirs = chain_facts(&inserted(&mut q, "d0"));
+    // The old top is locked as a backing file (qemu-img may read it), the new top as
+    // the disk's image (it may not), as QEMU locks them.
+    assert_eq!(our_locks, locks(&copy, &overlay(3, &copy)));
+    assert_eq!(our_locks, (true, false));
     drop(q);
     drop(qemu);
     let renamed = serde_json::to_string(&theirs).unwrap().replace(
@@ -497,10 +511,44 @@ fn transactions_are_all_or_nothing() {
     );
     assert_eq!(inserted(&mut c, "d0")["backing_file"], p(&a));
     assert_eq!(inserted(&mut c, "d1")["backing_file"], p(&b));
+    // Two snapshots of one disk in one transaction (QEMU 7.2 aborts when the second
+    // fails): undone together when the second fails, one over the other otherwise.
+    let (u1, u2) = (dir.path().join("a-u1.qcow2"), dir.path().join("a-u2.qcow2"));
+    let err = c.err(
+        "transaction",
+        json!({"actions": [
+            {"type": "blockdev-snapshot-sync", "data": {"device": "d0", "snapshot-file": p(&u1)}},
+            {"type": "blockdev-snapshot-sync", "data": {"device": "d0", "snapshot-file": "/nonexistent/dir/u.qcow2"}},
+        ]}),
+    );
+    assert_eq!(
+        err.1,
+        "Could not create '/nonexistent/dir/u.qcow2': No such file or directory"
+    );
+    assert!(!u1.exists(), "the transaction left {} behind", u1.display());
+    assert_eq!(inserted(&mut c, "d0")["file"], p(&sa));
+    assert_eq!(inserted(&mut c, "d0")["backing_file_depth"], 1);
+    c.ok(
+        "transaction",
+        json!({"actions": [
+            {"type": "blockdev-snapshot-sync", "data": {"device": "d0", "snapshot-file": p(&u1)}},
+            {"type": "blockdev-snapshot-sync", "data": {"device": "d0", "snapshot-file": p(&u2)}},
+        ]}),
+    );
+    assert_eq!(inserted(&mut c, "d0")["file"], p(&u2));
+    assert_eq!(inserted(&mut c, "d0")["backing_file"], p(&u1));
+    assert_eq!(inserted(&mut c, "d0")["backing_file_depth"], 3);
     c.ok("quit", json!({}));
     drop(c);
     drop(gw);
-    for top in [&sa, &sb] {
+    let info = qemu_img_ok(&["info", "--backing-chain", &p(&u2)]);
+    let chain: Vec<&str> = info.lines().filter(|l| l.starts_with("image: ")).collect();
+    assert_eq!(
+        chain,
+        [&u2, &u1, &sa, &a].map(|i| format!("image: {}", i.display())),
+        "{info}"
+    );
+    for top in [&sa, &sb, &u1, &u2] {
         check_clean(top);
         let flat = dir.path().join("flat.raw");
         convert_to_raw(top, None, &flat);

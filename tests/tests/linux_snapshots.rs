@@ -8,16 +8,15 @@
 //! went to the overlay, and the internal snapshot is a filesystem fsck accepts (it was
 //! taken with the filesystem mounted: journal replay may be due, nothing more).
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{qemu_img, qemu_img_ok};
-use flotilla_tests::linux::{initrd_with_script, qemu_tcg_linux};
-use flotilla_tests::{bin, require_tool, TempDir, Vm};
+use flotilla_tests::blk::{block_daemon_under_control, qemu_img, qemu_img_ok};
+use flotilla_tests::linux::linux_on_vhost_user_blk;
+use flotilla_tests::{require_tool, TempDir};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
     FromBlock, ImageFormat, ImageLayer, OnError, ToBlock,
@@ -48,27 +47,6 @@ echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// block-daemon with `theirs` as its control socket (fd 3), as the gateway starts it.
-fn controlled_daemon(theirs: UnixStream) -> Vm {
-    let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(bin("block-daemon"));
-    cmd.args(["--control-fd", "3"]);
-    // SAFETY: only dup2/fcntl between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let vm = Vm::spawn(cmd);
-    drop(theirs);
-    vm
 }
 
 /// One call and its answer (events, none expected here, are skipped).
@@ -121,7 +99,7 @@ fn linux_keeps_writing_through_snapshots() {
     ]);
 
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut daemon = controlled_daemon(theirs);
+    let mut daemon = block_daemon_under_control(theirs);
     let conn = Connection::new(ours);
     let sock = dir.path().join("vhost.sock");
     let listener = UnixListener::bind(&sock).unwrap();
@@ -141,7 +119,7 @@ fn linux_keeps_writing_through_snapshots() {
             cache: CacheFlags::default(),
             discard_unmap: true,
             detect_zeroes: DetectZeroes::Off,
-            queues: 1,
+            queues: 2,
             stats_intervals: vec![],
             on_read_error: OnError::Report,
             on_write_error: OnError::Report,
@@ -151,19 +129,7 @@ fn linux_keeps_writing_through_snapshots() {
     );
     assert_eq!(opened, BlockReply::Opened { size: 64 << 20 });
 
-    let initrd = dir.path().join("initrd");
-    initrd_with_script(&initrd, SCRIPT);
-    let mut linux = qemu_tcg_linux(
-        &initrd,
-        512,
-        1,
-        &[
-            "-chardev".into(),
-            format!("socket,id=c,path={}", sock.display()),
-            "-device".into(),
-            "vhost-user-blk-pci,chardev=c".into(),
-        ],
-    );
+    let mut linux = linux_on_vhost_user_blk(dir.path(), SCRIPT, &sock, false);
     linux.expect_prefix("WROTE 5", LINUX);
     // An internal snapshot of the image the guest writes, then a new top over it.
     let made = call(

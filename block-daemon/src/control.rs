@@ -4,7 +4,8 @@
 //! chain, top first, which `formats::chain` opens bottom up); later calls
 //! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
 //! after a failure) while a serving thread answers the frontend. Events (the write
-//! threshold, failed requests) go back on the same socket.
+//! threshold, failed requests) go back on the same socket. Snapshots (internal, or a new
+//! top image over the chain) are `snapshots`'.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -21,6 +22,7 @@ use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
 use crate::formats::chain::{self, ChainOptions};
 use crate::formats::FormatError;
+use crate::snapshots::Snapshots;
 use crate::stats::Stats;
 use crate::throttle::{SharedPage, Throttle};
 
@@ -111,6 +113,7 @@ fn open(
 /// Answers one management call.
 fn handle(
     device: &BlkDevice,
+    snapshots: &Snapshots,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
 ) -> Result<BlockReply, RemoteError> {
@@ -158,6 +161,29 @@ fn handle(
             device.resume();
             Ok(BlockReply::Done)
         }
+        BlockRequest::SnapshotCreate { name } => snapshots
+            .create_internal(device, &name)
+            .map(BlockReply::Snapshot)
+            .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::SnapshotDelete { id, name } => snapshots
+            .delete_internal(device, id.as_deref(), name.as_deref())
+            .map(BlockReply::Snapshot)
+            .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::PushTop(layer) => snapshots
+            .push_top(device, &layer, fds)
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::ChangeBackingFile {
+            backing_file,
+            backing_format,
+        } => snapshots
+            .change_backing_file(device, &backing_file, backing_format.as_deref())
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::PopTop => snapshots
+            .pop_top(device)
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
         // The image is clean (qcow2: nothing left reserved, not dirty) before the
         // gateway hears that we are done.
         BlockRequest::Quit => match disk.close() {
@@ -195,9 +221,10 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
             size: device.disk().size(),
         }),
     );
+    let snapshots = Snapshots::default();
     let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
-        |request, fds| handle(&device, request, fds),
+        |request, fds| handle(&device, &snapshots, request, fds),
     );
     // A gateway that hung up (or said quit) leaves the image clean too.
     if let Err(e) = device.disk().close() {

@@ -16,11 +16,15 @@
 //! completed: the guest waits) until the gateway says to start it again, each with an
 //! event for the gateway. A held request stays in flight in the inflight region, so a
 //! daemon that replaces this one holds it too.
+//!
+//! The device can be quiesced (snapshots): no new request is taken from the rings and
+//! the ones in flight finish; the guest's new requests wait in the rings (no error)
+//! until the quiesce ends, when every queue is served again.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +119,22 @@ enum HostSource {
     Timer,
     /// Requests held after a failure are to be started again.
     Retry,
+    /// A quiesce ended: the rings are served again.
+    Unpaused,
+}
+
+/// The device could not be quiesced.
+#[derive(Debug, thiserror::Error)]
+#[error("requests still in flight after {0:?}")]
+pub struct QuiesceTimeout(pub Duration);
+
+/// The device is quiesced while this lives (see `BlkDevice::quiesce`).
+pub struct Quiesced<'a>(&'a BlkDevice);
+
+impl Drop for Quiesced<'_> {
+    fn drop(&mut self) {
+        self.0.unpause();
+    }
 }
 
 struct Inner {
@@ -141,6 +161,12 @@ struct Inner {
     lowest_threshold: AtomicU64,
     /// How long (ns) a queue is watched after its last batch; 0: not at all.
     poll_ns: AtomicU64,
+    /// Quiesced: no request is taken from the rings, held ones stay held.
+    paused: AtomicBool,
+    /// Written when a quiesce ends: the worker serves every ring again.
+    unpaused: EventFd,
+    /// `resume` came while quiesced: the failed requests go once it ends.
+    retry_after_pause: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -173,6 +199,8 @@ impl BlkDevice {
         sources.push((HostSource::Timer, timer.as_raw_fd()));
         let retry = EventFd::new(EFD_NONBLOCK)?;
         sources.push((HostSource::Retry, retry.as_raw_fd()));
+        let unpaused = EventFd::new(EFD_NONBLOCK)?;
+        sources.push((HostSource::Unpaused, unpaused.as_raw_fd()));
         Ok(BlkDevice {
             inner: Arc::new(Inner {
                 num_queues: n,
@@ -190,6 +218,9 @@ impl BlkDevice {
                 write_thresholds: Mutex::new(Vec::new()),
                 lowest_threshold: AtomicU64::new(0),
                 poll_ns: AtomicU64::new(DEFAULT_POLL.as_nanos() as u64),
+                paused: AtomicBool::new(false),
+                unpaused,
+                retry_after_pause: AtomicBool::new(false),
             }),
         })
     }
@@ -232,6 +263,58 @@ impl BlkDevice {
     /// frontend that asks GET_CONFIG sees the new capacity.
     pub fn resize(&self, bytes: u64) -> Result<(), FormatError> {
         self.inner.disk.resize(bytes)
+    }
+
+    /// Stops taking requests from the rings and waits (up to `timeout`) for every
+    /// request in flight to finish; the device serves again when the guard drops.
+    /// Requests the guest makes meanwhile wait in their rings.
+    pub fn quiesce(&self, timeout: Duration) -> Result<Quiesced<'_>, QuiesceTimeout> {
+        self.inner.paused.store(true, Ordering::SeqCst);
+        let guard = Quiesced(self);
+        let deadline = Instant::now() + timeout;
+        // A queue's worker checks `paused` with its engine locked, so once an engine
+        // is seen idle here, nothing more reaches it. Completions are reaped by the
+        // worker as usual; this only watches for them.
+        loop {
+            let busy = self.inner.engines.iter().any(|e| e.lock().in_flight() > 0);
+            if !busy {
+                return Ok(guard);
+            }
+            if Instant::now() >= deadline {
+                return Err(QuiesceTimeout(timeout));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.inner.paused.load(Ordering::SeqCst)
+    }
+
+    /// Ends a quiesce: the worker serves every ring, held requests are looked at again.
+    fn unpause(&self) {
+        self.inner.paused.store(false, Ordering::SeqCst);
+        if self.inner.retry_after_pause.swap(false, Ordering::SeqCst) {
+            self.resume();
+        }
+        self.arm_timer(Duration::from_nanos(1));
+        if let Err(e) = self.inner.unpaused.write(1) {
+            log::error!("waking the worker after a quiesce: {e}");
+        }
+    }
+
+    /// A quiesce ended: every live ring is served (what arrived meanwhile waits there).
+    fn serve_all(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
+        let _ = self.inner.unpaused.read();
+        for q in 0..self.inner.num_queues {
+            let Some(mut vring) = rings.lock(q, mem) else {
+                continue;
+            };
+            if vring.live() {
+                self.process_queue(q, &mut vring, mem)?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts again the requests held after a failure (QMP cont): the worker takes them
@@ -288,6 +371,14 @@ impl BlkDevice {
         let mut batch = Batch::new(self, q, mem);
         let mut empty_pass = false;
         loop {
+            // Quiesced: what the guest made available stays in the ring (`serve_all`
+            // takes it when the quiesce ends).
+            if self.paused() {
+                if event_idx {
+                    let _ = vring.enable_notification(mem);
+                }
+                break;
+            }
             if event_idx {
                 vring.disable_notification(mem)?;
             }
@@ -470,6 +561,10 @@ impl BlkDevice {
     /// The timer fired: lets held requests go as far as the limits allow.
     fn release_held(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let _ = self.inner.timer.lock().wait();
+        if self.paused() {
+            // They go when the quiesce ends (it arms the timer).
+            return Ok(());
+        }
         let mut soonest: Option<Duration> = None;
         for q in 0..self.inner.num_queues {
             let Some(mut vring) = rings.lock(q, mem) else {
@@ -510,6 +605,10 @@ impl BlkDevice {
     /// hold them again).
     fn retry_failed(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let _ = self.inner.retry.read();
+        if self.paused() {
+            self.inner.retry_after_pause.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
         let mut soonest: Option<Duration> = None;
         for q in 0..self.inner.num_queues {
             if self.inner.failed[q].lock().is_empty() {
@@ -636,6 +735,9 @@ impl BlkDevice {
             // The failed requests stay held for a ring to retry them on.
             HostSource::Retry => {
                 let _ = self.inner.retry.read();
+            }
+            HostSource::Unpaused => {
+                let _ = self.inner.unpaused.read();
             }
         }
     }
@@ -813,6 +915,7 @@ impl Device for BlkDevice {
             },
             HostSource::Timer => self.release_held(rings, mem),
             HostSource::Retry => self.retry_failed(rings, mem),
+            HostSource::Unpaused => self.serve_all(rings, mem),
         }
     }
 
@@ -969,6 +1072,48 @@ mod tests {
     }
 
     #[test]
+    fn a_quiesced_device_takes_nothing_from_its_rings_until_the_quiesce_ends() {
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("flotilla-blk-quiesce-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 16)
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let counters = Arc::new(ipc::BlockCounters::create().unwrap());
+        let raw = Arc::new(Raw::open(file, true).unwrap());
+        let disk = Arc::new(Disk::new(raw, None, false, CacheMode::Writeback, "d").unwrap());
+        let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
+        let stats = Arc::new(Stats::new(&[], counters));
+        let dev = BlkDevice::new(disk, engines, stats, Policy::default()).unwrap();
+        let quiesced = dev.quiesce(Duration::from_secs(1)).unwrap();
+        kick(&dev, &rings, &mem);
+        // The request waits in the ring: not taken, not completed, nothing written.
+        assert_eq!(used_idx(&mem), 0);
+        assert_eq!(status(&mem), 0xff);
+        assert!(std::fs::read(&path).unwrap()[512..1024]
+            .iter()
+            .all(|b| *b == 0));
+        drop(quiesced);
+        // The end of the quiesce (the third host source) serves the ring.
+        let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
+        dev.host_ready(2, &rings, Some(&mem), &watch).unwrap();
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(status(&mem), blk::S_OK);
+        assert!(std::fs::read(&path).unwrap()[512..1024]
+            .iter()
+            .all(|b| *b == 0xab));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn a_failed_write_is_held_until_resumed_then_lands() {
         let mem = memory();
         write_request(&mem);
@@ -998,8 +1143,9 @@ mod tests {
         assert!(unsafe { libc::dup2(writable.as_raw_fd(), fd) } >= 0);
         dev.resume();
         let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
-        // The sync engine has no completion source: the timer, then the retry.
-        assert_eq!(dev.host_fds().len(), 2);
+        // The sync engine has no completion source: the timer, the retry, then the
+        // end of a quiesce.
+        assert_eq!(dev.host_fds().len(), 3);
         dev.host_ready(1, &rings, Some(&mem), &watch).unwrap();
         assert_eq!(used_idx(&mem), 1);
         assert_eq!(status(&mem), blk::S_OK);

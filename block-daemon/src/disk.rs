@@ -7,6 +7,8 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use virtio::blk::ID_BYTES;
 
 use crate::formats::direct::DIRECT_ALIGN;
@@ -41,11 +43,18 @@ pub enum DiskError {
     TooSmall(u64),
 }
 
-pub struct Disk {
-    format: Arc<dyn Format>,
+/// The image chain a node serves, replaced as a whole when a snapshot puts a new top
+/// over it (see `snapshots`).
+#[derive(Clone)]
+pub struct Served {
+    pub format: Arc<dyn Format>,
     /// The fd a FLUSH syncs, when that is all a flush is (raw): the io_uring engine
     /// then syncs it asynchronously. None: the format flushes (its metadata first).
-    flush_fd: Option<RawFd>,
+    pub flush_fd: Option<RawFd>,
+}
+
+pub struct Disk {
+    served: RwLock<Served>,
     read_only: bool,
     cache: CacheMode,
     id: [u8; ID_BYTES],
@@ -69,24 +78,36 @@ impl Disk {
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Disk {
-            format,
-            flush_fd,
+            served: RwLock::new(Served { format, flush_fd }),
             read_only,
             cache,
             id: id_bytes,
         })
     }
 
-    pub fn format(&self) -> &dyn Format {
-        &*self.format
+    /// The chain's top image (a request holds it while it runs: a new top takes over
+    /// only while the device is quiesced).
+    pub fn format(&self) -> Arc<dyn Format> {
+        self.served.read().format.clone()
     }
 
     pub fn flush_fd(&self) -> Option<RawFd> {
-        self.flush_fd
+        self.served.read().flush_fd
+    }
+
+    /// What the node serves now.
+    pub fn served(&self) -> Served {
+        self.served.read().clone()
+    }
+
+    /// Serves `served` from now on; returns what was served. The caller quiesced the
+    /// device (nothing in flight holds the old chain's mappings).
+    pub fn replace_served(&self, served: Served) -> Served {
+        std::mem::replace(&mut *self.served.write(), served)
     }
 
     pub fn size(&self) -> u64 {
-        self.format.virtual_size()
+        self.format().virtual_size()
     }
 
     pub fn capacity_sectors(&self) -> u64 {
@@ -114,7 +135,7 @@ impl Disk {
         if self.cache.no_flush() {
             return Ok(());
         }
-        self.format.flush()
+        self.format().flush()
     }
 
     fn byte_range(r: &SectorRange) -> (u64, u64) {
@@ -126,22 +147,22 @@ impl Disk {
 
     pub fn discard(&self, r: &SectorRange) -> Result<(), FormatError> {
         let (offset, len) = Self::byte_range(r);
-        self.format.discard(offset, len)
+        self.format().discard(offset, len)
     }
 
     pub fn write_zeroes(&self, r: &SectorRange) -> Result<(), FormatError> {
         let (offset, len) = Self::byte_range(r);
-        self.format.write_zeroes(offset, len, r.unmap)
+        self.format().write_zeroes(offset, len, r.unmap)
     }
 
     /// The node is going away: the image is left clean (see `Format::close`).
     pub fn close(&self) -> Result<(), FormatError> {
-        self.format.close()
+        self.format().close()
     }
 
     /// Grows or shrinks the image (block_resize).
     pub fn resize(&self, bytes: u64) -> Result<(), FormatError> {
-        self.format.resize(bytes)
+        self.format().resize(bytes)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod log_limit;
 pub mod paths;
 pub mod request;
 pub mod seccomp;
+pub mod snapshots;
 pub mod stats;
 #[cfg(test)]
 pub mod testing;

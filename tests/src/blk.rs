@@ -203,3 +203,27 @@ pub fn md5_hex(bytes: &[u8]) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// block-daemon in gateway mode with `theirs` as its control socket (fd 3), as the
+/// gateway starts it; the test is its gateway.
+pub fn block_daemon_under_control(theirs: std::os::unix::net::UnixStream) -> Vm {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(bin("block-daemon"));
+    cmd.args(["--control-fd", "3"]);
+    // SAFETY: only dup2/fcntl between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let vm = Vm::spawn(cmd);
+    drop(theirs);
+    vm
+}

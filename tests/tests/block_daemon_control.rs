@@ -8,41 +8,20 @@
 //! is answered).
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{empty_image, qemu_img_ok, qemu_img_refusal};
-use flotilla_tests::{bin, TempDir, Vm};
+use flotilla_tests::blk::{
+    block_daemon_under_control as spawn, empty_image, qemu_img_ok, qemu_img_refusal,
+};
+use flotilla_tests::{TempDir, Vm};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
     FromBlock, ImageFormat, ImageLayer, OnError, RemoteError, ThrottleLimits, ToBlock,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The daemon with `theirs` as its control socket (fd 3).
-fn spawn(theirs: UnixStream) -> Vm {
-    let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(bin("block-daemon"));
-    cmd.args(["--control-fd", "3"]);
-    // SAFETY: only dup2/fcntl between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let vm = Vm::spawn(cmd);
-    drop(theirs);
-    vm
-}
 
 /// A daemon on a control link, and the vhost-user listener (in `dir`) to open it with.
 fn daemon_in(dir: &std::path::Path) -> (Vm, Connection, UnixListener) {

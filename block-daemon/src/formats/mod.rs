@@ -170,4 +170,10 @@ pub trait Format: Send + Sync {
     fn close(&self) -> Result<(), FormatError> {
         self.flush()
     }
+
+    /// The image as its concrete type, for what only one format does (internal
+    /// snapshots, a header's backing file name). None by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

@@ -248,6 +248,27 @@ pub enum BlockRequest {
     SetWriteThreshold { node_name: String, bytes: u64 },
     /// Start again the requests held after a failure whose action was `Stop` (QMP cont).
     Resume,
+    /// Quiesce, make internal snapshot `name` of the top image, resume. Answered with
+    /// `Snapshot`.
+    SnapshotCreate { name: String },
+    /// Quiesce, delete the top image's internal snapshot with this id and/or name,
+    /// resume. Answered with `Snapshot` (the one deleted).
+    SnapshotDelete {
+        id: Option<String>,
+        name: Option<String>,
+    },
+    /// Quiesce, open `layer` (its fd, read-write, comes with the call) over the chain
+    /// served now as its new top, resume. The old top is only read from then on.
+    PushTop(ImageLayer),
+    /// Undoes the last `PushTop` (a transaction that failed): its top image goes, the
+    /// one below serves again.
+    PopTop,
+    /// Quiesce, write `backing_file` (empty: none) and `backing_format` into the top
+    /// image's header, resume.
+    ChangeBackingFile {
+        backing_file: String,
+        backing_format: Option<String>,
+    },
     /// Stop serving and exit.
     Quit,
 }
@@ -257,6 +278,7 @@ impl Message for BlockRequest {
         match self {
             BlockRequest::Open(open) => 2 + open.layers.len(),
             BlockRequest::SetThrottle(Some(_)) => 1,
+            BlockRequest::PushTop(_) => 1,
             _ => 0,
         }
     }
@@ -317,6 +339,19 @@ pub enum BlockReply {
         size: u64,
     },
     Stats(Box<BlockStats>),
+    Snapshot(SnapshotRecord),
+}
+
+/// An internal snapshot as QMP's SnapshotInfo shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub vm_state_size: u64,
+    pub date_sec: u64,
+    pub date_nsec: u64,
+    pub vm_clock_nsec: u64,
+    pub icount: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

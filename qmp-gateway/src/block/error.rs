@@ -61,6 +61,9 @@ pub enum BlockError {
     /// qcow2 library's text, QEMU's where QEMU has one).
     #[error("{0}")]
     Image(String),
+    /// Snapshots and transactions (block/snapshot.rs), in QEMU's words.
+    #[error("{0}")]
+    Snapshot(String),
     #[error("{0}")]
     Qcow2Option(&'static str),
     /// Opening a node's backing file failed (QEMU's prefix; nests down the chain).

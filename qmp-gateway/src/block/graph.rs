@@ -113,6 +113,12 @@ impl Graph {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// For what changes a node in place (snapshots: a new backing node, the image's
+    /// facts read again).
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+
     /// The protocol node under `name` (itself, or its child's).
     pub fn protocol_of(&self, name: &str) -> Option<&Node> {
         let node = self.node(name)?;
@@ -424,6 +430,59 @@ impl Graph {
             }
         }
         Ok(name)
+    }
+
+    /// Makes `backing` the backing node of qcow2 node `name` (a snapshot's overlay
+    /// goes over the old top; None takes it off again), named as QEMU names it then:
+    /// its image's name when the header names that backing file (by the same name),
+    /// else a json: name
+    /// (`backing: null`, or the backing node's options).
+    pub fn set_backing(&mut self, name: &str, backing: Option<&str>) {
+        let image = self.protocol_of(name).map(|p| p.filename.clone());
+        let named = self
+            .node(name)
+            .and_then(|n| n.qcow2.as_ref())
+            .and_then(|q| q.backing_file.clone());
+        let below = backing
+            .and_then(|b| self.image_node(b))
+            .and_then(|b| self.protocol_of(&b.name))
+            .map(|p| p.filename.clone());
+        // Literally, as QEMU compares the name the header gives (not resolved, unlike
+        // a backing file opened from the header) with the backing node's.
+        let matches = named.is_some() && named == below;
+        let from = match backing {
+            None => BackingFrom::Null,
+            Some(_) if matches => BackingFrom::Image,
+            Some(_) => BackingFrom::Options,
+        };
+        if let Some(n) = self.node_mut(name) {
+            n.backing_from = from;
+        }
+        let filename = match (from, image) {
+            (BackingFrom::Image, Some(image)) => {
+                if let Some(n) = self.node_mut(name) {
+                    n.backing = backing.map(str::to_string);
+                }
+                image
+            }
+            _ => self.options_json_with(name, backing),
+        };
+        if let Some(n) = self.node_mut(name) {
+            n.filename = filename;
+        }
+        // The json: names above it include its options, which changed.
+        let overridden: Vec<(String, Option<String>)> = self
+            .nodes
+            .iter()
+            .filter(|n| n.backing_from == BackingFrom::Options && n.name != name)
+            .map(|n| (n.name.clone(), n.backing.clone()))
+            .collect();
+        for (n, b) in overridden {
+            let f = self.options_json_with(&n, b.as_deref());
+            if let Some(node) = self.node_mut(&n) {
+                node.filename = f;
+            }
+        }
     }
 
     /// Locks the file of a qcow2 node as QEMU does from the moment it opens one, used

@@ -13,6 +13,23 @@ use serde_json::{json, Value};
 
 use super::error::BlockError;
 
+/// QMP's SnapshotInfo.
+pub fn snapshot_info(s: &ipc::SnapshotRecord) -> Value {
+    let mut v = json!({
+        "id": s.id,
+        "name": s.name,
+        "vm-state-size": s.vm_state_size,
+        "date-sec": s.date_sec,
+        "date-nsec": s.date_nsec,
+        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
+        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
+    });
+    if let Some(icount) = s.icount {
+        v["icount"] = json!(icount);
+    }
+    v
+}
+
 /// A qcow2 image's header facts and snapshot table.
 #[derive(Clone, Debug)]
 pub struct Qcow2Image {
@@ -44,21 +61,7 @@ impl Qcow2Image {
         let snapshots = snapshot::list(&file, &header)
             .map_err(image)?
             .iter()
-            .map(|s| {
-                let mut v = json!({
-                    "id": s.id,
-                    "name": s.name,
-                    "vm-state-size": s.vm_state_size,
-                    "date-sec": s.date_sec,
-                    "date-nsec": s.date_nsec,
-                    "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
-                    "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
-                });
-                if let Some(icount) = s.icount {
-                    v["icount"] = json!(icount);
-                }
-                v
-            })
+            .map(|s| snapshot_info(&block_daemon::snapshots::record(s)))
             .collect();
         Ok(Qcow2Image {
             virtual_size: header.size,

@@ -10,6 +10,7 @@
 //! what changes a disk's daemon or asks it to change (restarts, resize, limits,
 //! thresholds) and is held across those calls. `changes` is always taken first.
 
+mod backing_file;
 mod daemon_stats;
 pub mod disk;
 pub mod drive;
@@ -24,7 +25,9 @@ mod nodes;
 pub mod options;
 pub mod qcow2_options;
 mod queries;
+pub mod snapshot;
 pub mod throttle;
+pub mod transaction;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};

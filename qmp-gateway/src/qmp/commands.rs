@@ -6,7 +6,7 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
-use super::handlers::{absent, block, fds, hmp, machine, net};
+use super::handlers::{absent, block, fds, hmp, machine, net, snapshot};
 use super::qapi::Ty;
 
 const fn cmd(name: &'static str, handler: &'static dyn Handler, ret: Ty, owner: Owner) -> Command {
@@ -221,6 +221,37 @@ pub const COMMANDS: &[Command] = &[
     cmd("blockdev-del", &Typed(block::blockdev_del), EMPTY, G),
     cmd("x-blockdev-del", &Typed(block::blockdev_del), EMPTY, G),
     cmd("block_resize", &Typed(block::block_resize), EMPTY, B),
+    cmd(
+        "blockdev-snapshot",
+        &Typed(snapshot::blockdev_snapshot),
+        EMPTY,
+        B,
+    ),
+    cmd(
+        "blockdev-snapshot-sync",
+        &Typed(snapshot::blockdev_snapshot_sync),
+        EMPTY,
+        B,
+    ),
+    cmd(
+        "blockdev-snapshot-internal-sync",
+        &Typed(snapshot::blockdev_snapshot_internal_sync),
+        EMPTY,
+        B,
+    ),
+    cmd(
+        "blockdev-snapshot-delete-internal-sync",
+        &Typed(snapshot::blockdev_snapshot_delete_internal_sync),
+        Ty::Named("SnapshotInfo"),
+        B,
+    ),
+    cmd("transaction", &Typed(snapshot::transaction), EMPTY, B),
+    cmd(
+        "change-backing-file",
+        &Typed(snapshot::change_backing_file),
+        EMPTY,
+        B,
+    ),
     cmd(
         "block_set_io_throttle",
         &Typed(block::block_set_io_throttle),

@@ -2,7 +2,7 @@
 //! events' data uses), as query-qmp-schema lists them and the argument checker reads
 //! them.
 
-use super::qapi::{opt, req, Ty, TypeDef, TypeKind, Types, Union};
+use super::qapi::{opt, req, Member, Ty, TypeDef, TypeKind, Types, Union};
 
 /// Named types, in the order query-qmp-schema lists them (the events' own argument
 /// types follow them, from events.rs).
@@ -507,4 +507,103 @@ pub const TYPES: Types = Types(&[
         name: "NetDaemonInfo",
         kind: TypeKind::Object(&[req("pid", Ty::Int)]),
     },
+    // Snapshots and transaction (issue 13).
+    TypeDef {
+        name: "SnapshotInfo",
+        kind: TypeKind::Object(&[
+            req("id", Ty::Str),
+            req("name", Ty::Str),
+            req("vm-state-size", Ty::Int),
+            req("date-sec", Ty::Int),
+            req("date-nsec", Ty::Int),
+            req("vm-clock-sec", Ty::Int),
+            req("vm-clock-nsec", Ty::Int),
+            opt("icount", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "NewImageMode",
+        kind: TypeKind::Enum(&["existing", "absolute-paths"]),
+    },
+    TypeDef {
+        name: "BlockdevSnapshotSync",
+        kind: TypeKind::Object(SNAPSHOT_SYNC_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockdevSnapshot",
+        kind: TypeKind::Object(SNAPSHOT_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockdevSnapshotWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockdevSnapshot"))]),
+    },
+    TypeDef {
+        name: "BlockdevSnapshotInternal",
+        kind: TypeKind::Object(SNAPSHOT_INTERNAL_MEMBERS),
+    },
+    TypeDef {
+        name: "Abort",
+        kind: TypeKind::Object(&[]),
+    },
+    TypeDef {
+        name: "AbortWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("Abort"))]),
+    },
+    TypeDef {
+        name: "BlockdevSnapshotSyncWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockdevSnapshotSync"))]),
+    },
+    TypeDef {
+        name: "BlockdevSnapshotInternalWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockdevSnapshotInternal"))]),
+    },
+    TypeDef {
+        name: "TransactionActionKind",
+        kind: TypeKind::Enum(&[
+            "abort",
+            "blockdev-snapshot",
+            "blockdev-snapshot-sync",
+            "blockdev-snapshot-internal-sync",
+        ]),
+    },
+    TypeDef {
+        name: "TransactionAction",
+        kind: TypeKind::Union(Union {
+            base: &[req("type", Ty::Named("TransactionActionKind"))],
+            tag: "type",
+            variants: &[
+                ("abort", "AbortWrapper"),
+                ("blockdev-snapshot", "BlockdevSnapshotWrapper"),
+                ("blockdev-snapshot-sync", "BlockdevSnapshotSyncWrapper"),
+                (
+                    "blockdev-snapshot-internal-sync",
+                    "BlockdevSnapshotInternalWrapper",
+                ),
+            ],
+        }),
+    },
+    TypeDef {
+        name: "ActionCompletionMode",
+        kind: TypeKind::Enum(&["individual", "grouped"]),
+    },
+    TypeDef {
+        name: "TransactionProperties",
+        kind: TypeKind::Object(&[opt("completion-mode", Ty::Named("ActionCompletionMode"))]),
+    },
 ]);
+
+/// blockdev-snapshot-sync's arguments, also a transaction action's data.
+pub const SNAPSHOT_SYNC_MEMBERS: &[Member] = &[
+    opt("device", Ty::Str),
+    opt("node-name", Ty::Str),
+    req("snapshot-file", Ty::Str),
+    opt("snapshot-node-name", Ty::Str),
+    opt("format", Ty::Str),
+    opt("mode", Ty::Named("NewImageMode")),
+];
+
+/// blockdev-snapshot's arguments, also a transaction action's data.
+pub const SNAPSHOT_MEMBERS: &[Member] = &[req("node", Ty::Str), req("overlay", Ty::Str)];
+
+/// blockdev-snapshot-internal-sync's arguments, also a transaction action's data.
+pub const SNAPSHOT_INTERNAL_MEMBERS: &[Member] = &[req("device", Ty::Str), req("name", Ty::Str)];

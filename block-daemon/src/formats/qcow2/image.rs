@@ -723,6 +723,10 @@ impl Format for Qcow2 {
     fn close(&self) -> Result<(), FormatError> {
         self.meta.lock().close()
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 impl Drop for Qcow2 {

@@ -6,3 +6,4 @@ pub mod fds;
 pub mod hmp;
 pub mod machine;
 pub mod net;
+pub mod snapshot;

@@ -372,7 +372,19 @@ impl Engine for UringEngine {
         done.append(&mut self.ready);
         self.overflow.reap(done);
         let mut completions = std::mem::take(&mut self.reaped);
-        completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        loop {
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            // Completions beyond the ring's room (a split request has a piece per extent)
+            // wait in the kernel, and keep the ring's fd readable, until an enter moves
+            // them in.
+            if !self.ring.submission().cq_overflow() {
+                break;
+            }
+            if let Err(e) = self.ring.submit() {
+                log::error!("io_uring overflow flush: {e}");
+                break;
+            }
+        }
         for &(data, result) in &completions {
             let (slot, piece) = ((data & 0xffff_ffff) as usize, (data >> 32) as usize);
             let Some(f) = self.slots.get_mut(slot).and_then(Option::as_mut) else {

@@ -418,6 +418,35 @@ fn locks_keep_the_qemu_tools_off_as_qemus_do() {
 }
 
 #[test]
+fn blockdev_add_locks_as_qemu_does() {
+    let dir = TempDir::new("qcow2-add-locks");
+    let top = chain(dir.path()).display().to_string();
+    let file = |locking: &str| json!({"driver": "file", "filename": top, "locking": locking});
+    for args in [
+        json!({"driver": "qcow2", "node-name": "t", "file": file("auto")}),
+        json!({"driver": "qcow2", "node-name": "t", "read-only": true, "file": file("on")}),
+        json!({"driver": "qcow2", "node-name": "t", "file": file("off")}),
+        // A raw node nobody uses takes no locks.
+        json!({"driver": "raw", "node-name": "t", "file": file("on")}),
+    ] {
+        let with_qemu = {
+            let q = Qemu::try_start(&[]).expect("QEMU starts");
+            q.client().ok("blockdev-add", args.clone());
+            beside(dir.path())
+        };
+        let with_flotilla = {
+            let gw = Gateway::start(&["-S"]);
+            gw.client().ok("blockdev-add", args.clone());
+            beside(dir.path())
+        };
+        assert_eq!(
+            with_flotilla, with_qemu,
+            "{args}: the qemu tools beside Flotilla (left) and beside QEMU 7.2 (right)"
+        );
+    }
+}
+
+#[test]
 fn an_image_someone_writes_is_refused_as_qemu_refuses_it() {
     let dir = TempDir::new("qcow2-held");
     let top = chain(dir.path());

@@ -7,7 +7,7 @@
 //! probed), and rules for adding and deleting (a node in use stays).
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::BlockError;
 use super::image_info::Qcow2Image;
+use super::lock::{self, Perms};
 use super::options::{check_node_name, Backing, ChildRef, Driver, NodeOptions, Source};
 use super::qcow2_options;
 
@@ -353,6 +354,7 @@ impl Graph {
                 let img = Qcow2Image::read(&proto)?;
                 qcow2_options = qcow2_options::resolve(&opts.qcow2, &img)?;
                 qcow2 = Some(img);
+                self.lock_metadata(child.as_deref(), &proto, read_only)?;
             }
         }
         let backing_from = match opts.backing {
@@ -422,6 +424,30 @@ impl Graph {
             }
         }
         Ok(name)
+    }
+
+    /// Locks the file of a qcow2 node as QEMU does from the moment it opens one, used
+    /// or not: the node reads it and, writable, writes and grows it; nobody else may
+    /// write or resize it (its metadata would change under it). The locks go with the
+    /// file's last descriptor. A raw node takes none until a disk uses it (QEMU's raw
+    /// asks only what its users ask).
+    fn lock_metadata(
+        &self,
+        child: Option<&str>,
+        fd: &OwnedFd,
+        read_only: bool,
+    ) -> Result<(), BlockError> {
+        let Some(proto) = child.and_then(|c| self.protocol_of(c)) else {
+            return Ok(());
+        };
+        if !proto.locking {
+            return Ok(());
+        }
+        let (take, share) = Perms::for_qcow2_disk(read_only);
+        lock::lock(fd.as_fd(), take, share).map_err(|error| BlockError::Locked {
+            error,
+            path: proto.filename.clone(),
+        })
     }
 
     /// QEMU's json: filename of `name` once `backing` is its backing node.
@@ -882,11 +908,22 @@ mod tests {
             g.remove("b", &no_disks).unwrap_err().to_string(),
             "Node 'b' is busy: node is used as backing hd of 't2'"
         );
+        // A second writer of an image a qcow2 node has open is refused, as on QEMU.
+        assert_eq!(
+            add_qcow2(
+                &mut g,
+                json!({"driver": "qcow2", "node-name": "t3", "backing": "b",
+                       "file": {"driver": "file", "filename": other}}),
+            )
+            .unwrap_err(),
+            format!("Failed to get \"write\" lock\nIs another process using the image [{other}]?")
+        );
+        let third = imgs.qcow2("third.qcow2", None);
         assert_eq!(
             add_qcow2(
                 &mut g,
                 json!({"driver": "qcow2", "node-name": "t3", "backing": "nosuch",
-                       "file": {"driver": "file", "filename": other}}),
+                       "file": {"driver": "file", "filename": third}}),
             )
             .unwrap_err(),
             "Could not open backing file: Cannot find device='nosuch' nor node-name='nosuch'"

@@ -52,8 +52,8 @@ impl Perms {
         (take, Perms::ALL.without(Perms::WRITE))
     }
 
-    /// What a guest's disk on a qcow2 image takes on the image file (QEMU 7.2, seen
-    /// in its locks): it also resizes the file as clusters are allocated, and lets
+    /// What a qcow2 node takes on its image file, used by a disk or not (QEMU 7.2,
+    /// seen in its locks): it also resizes the file as clusters are allocated, and lets
     /// nobody else write or resize it, even read-only.
     pub fn for_qcow2_disk(read_only: bool) -> (Perms, Perms) {
         let take = if read_only {

@@ -1,7 +1,14 @@
 //! `Qcow2`: an open qcow2 image serving the `Format` interface. Opening reads and
 //! checks the header and tables, sizes the caches, repairs an image left dirty, and
 //! builds the set of metadata clusters; requests are split at cluster boundaries and
-//! served under one metadata mutex (`Meta`).
+//! served under one metadata mutex (`Meta`), except the bytes of allocated data
+//! clusters, which `map` hands to the engines and `read` moves without the lock (both
+//! under a `MapGuard`).
+//!
+//! A writable open changes the header: a dirty image is repaired, autoclear bits are
+//! cleared (nothing they protect, such as bitmaps, is kept up to date here). A clean
+//! close (drop) frees the clusters reserved for allocation, makes everything durable
+//! and clears the dirty bit.
 //!
 //! Caches (QEMU 7.2's read_cache_sizes): the L2 cache defaults to what covers the whole
 //! disk, capped at 32 MiB (QEMU's DEFAULT_L2_CACHE_MAX_SIZE on Linux), at least two
@@ -13,6 +20,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -38,6 +46,8 @@ const MAX_CACHE_BYTES: u64 = 1 << 30;
 pub struct Qcow2 {
     meta: Mutex<Meta>,
     fd: i32,
+    /// The guest size, readable without waiting for a request holding the lock.
+    size: AtomicU64,
 }
 
 fn be_table(bytes: &[u8]) -> Vec<u64> {
@@ -135,6 +145,7 @@ impl Qcow2 {
             }
         }
         Ok(Qcow2 {
+            size: AtomicU64::new(m.size),
             meta: Mutex::new(m),
             fd: file.as_raw_fd(),
         })
@@ -639,7 +650,7 @@ impl Format for Qcow2 {
     }
 
     fn virtual_size(&self) -> u64 {
-        self.meta.lock().size
+        self.size.load(Ordering::Acquire)
     }
 
     fn map(&self, offset: u64, len: u64, write: bool) -> Result<Mapping, FormatError> {
@@ -650,11 +661,26 @@ impl Format for Qcow2 {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
-        let mut m = self.meta.lock();
-        m.check_range(offset, buf.len() as u64)?;
-        let cs = m.cluster_size();
+        let cs = {
+            let m = self.meta.lock();
+            m.check_range(offset, buf.len() as u64)?;
+            m.cluster_size()
+        };
         for (at, start, n) in chunks(offset, buf.len(), cs) {
-            m.read_chunk(at, &mut buf[start..start + n])?;
+            let dst = &mut buf[start..start + n];
+            let mut m = self.meta.lock();
+            match m.lookup(at / cs)? {
+                Cluster::Normal { offset: host, .. } => {
+                    // The data is read without the lock, under a guard (as an engine
+                    // reads a mapping): the cluster is not handed out again meanwhile.
+                    let guard = MapGuard::new(&m.mapped);
+                    let file = m.file.clone();
+                    drop(m);
+                    read_data(&file, host + at % cs, dst)?;
+                    drop(guard);
+                }
+                _ => m.read_chunk(at, dst)?,
+            }
         }
         Ok(())
     }
@@ -688,7 +714,10 @@ impl Format for Qcow2 {
     }
 
     fn resize(&self, size: u64) -> Result<(), FormatError> {
-        self.meta.lock().resize(size)
+        let mut m = self.meta.lock();
+        let r = m.resize(size);
+        self.size.store(m.size, Ordering::Release);
+        r
     }
 
     fn close(&self) -> Result<(), FormatError> {

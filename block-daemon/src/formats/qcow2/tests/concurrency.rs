@@ -152,6 +152,8 @@ fn writes_discards_and_mapped_reads_at_once() {
                 }
                 assert_eq!(pos, 65536);
                 drop(m);
+                // And through read, which reads data clusters without the lock.
+                q.read(at, &mut buf).unwrap();
             }
         })
     };

@@ -379,7 +379,9 @@ fn the_rings_fd_tells_of_completions_of_more_pieces_than_the_rings_hold() {
     assert_eq!(done[0].code, virtio::blk::S_OK);
     let got = guest_data(&seg);
     for i in 0..8 {
-        assert!(got[i * 512..(i + 1) * 512].iter().all(|b| *b == i as u8 + 1));
+        assert!(got[i * 512..(i + 1) * 512]
+            .iter()
+            .all(|b| *b == i as u8 + 1));
     }
     assert_eq!(uring.in_flight(), 0);
     assert!(!readable(notifier, 0), "readable with nothing left to reap");

@@ -41,8 +41,9 @@ const MAX_QUEUES: u64 = 16;
 /// Open files a block daemon needs at most: 24 of its own (stdio, its control channel and
 /// violation pipe, the image, the listener and the frontend's connection, the inflight
 /// region, the guest's memory, epoll, the throttle timer and group page, the logger) and
-/// 4 per queue (its kick and call eventfds, its io_uring and the ring's completion
-/// eventfd); 80 were counted with 16 queues under I/O.
+/// 4 per queue (its kick and call eventfds and its io_uring, which the worker polls for
+/// completions itself, and one spare: the ring had a completion eventfd when 80 were
+/// counted with 16 queues under I/O).
 const OPEN_FILES_NEEDED: u64 = 24 + 4 * MAX_QUEUES;
 
 pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {

@@ -1,6 +1,7 @@
 //! The io_uring engine: reads, writes and flushes go to the kernel as submissions (many in
-//! flight per queue); completions are signalled on an eventfd registered with the ring,
-//! which the queue's thread watches next to the guest's kicks.
+//! flight per queue). The queue's thread watches the ring's own fd next to the guest's
+//! kicks: it polls readable while completions wait in the ring, so reaping them takes no
+//! system call (an eventfd registered with the ring would need a read to clear it).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::time::Instant;
 
 use io_uring::{opcode, types, IoUring};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use virtio::blk::S_IOERR;
 
@@ -85,7 +85,6 @@ unsafe impl Send for InFlight {}
 pub struct UringEngine {
     disk: Arc<Disk>,
     ring: IoUring,
-    eventfd: EventFd,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     /// Requests that finished without the kernel (inline ones, submission failures).
@@ -93,27 +92,22 @@ pub struct UringEngine {
     /// When every slot is busy, requests run synchronously instead of waiting.
     overflow: SyncEngine,
     pending_submit: bool,
-    /// The completion eventfd may be set: a request went to the ring since it was last
-    /// read with nothing left to reap. Cached reads and buffered writes never touch the
-    /// ring, and then reaping costs no system call.
-    eventfd_dirty: bool,
+    /// Completions taken off the ring (kept to save an allocation per reap).
+    reaped: Vec<(u64, i32)>,
 }
 
 impl UringEngine {
     pub fn new(disk: Arc<Disk>, depth: u32) -> std::io::Result<UringEngine> {
         let ring = IoUring::new(depth)?;
-        let eventfd = EventFd::new(EFD_NONBLOCK)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         Ok(UringEngine {
             overflow: SyncEngine::new(disk.clone()),
             disk,
             ring,
-            eventfd,
             slots: (0..depth).map(|_| None).collect(),
             free: (0..depth as usize).rev().collect(),
             ready: Vec::new(),
             pending_submit: false,
-            eventfd_dirty: false,
+            reaped: Vec::with_capacity(depth as usize),
         })
     }
 
@@ -258,7 +252,7 @@ impl Engine for UringEngine {
             }
         };
         // A buffered read of data in the page cache is a copy: done here at once, it
-        // skips the ring, the completion eventfd and a trip through epoll (bench/blk
+        // skips the ring and a trip through epoll (bench/blk
         // measured that trip as most of a cached read's cost). Data not cached makes
         // RWF_NOWAIT fail at once, and the read goes to the ring.
         if let Pieces::One(Piece::File { fd, offset, .. }) = pieces {
@@ -364,7 +358,6 @@ impl Engine for UringEngine {
             }
         }
         self.pending_submit = true;
-        self.eventfd_dirty = true;
     }
 
     fn flush(&mut self) {
@@ -376,20 +369,23 @@ impl Engine for UringEngine {
     }
 
     fn reap(&mut self, done: &mut Vec<Done>) {
-        if self.eventfd_dirty {
-            let _ = self.eventfd.read();
-        }
         done.append(&mut self.ready);
         self.overflow.reap(done);
-        let completions: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        // A completion posted after the read above set the eventfd again: read it next
-        // time too. Nothing in flight and nothing reaped: it is clear.
-        self.eventfd_dirty = self.in_flight() > 0 || !completions.is_empty();
-        for (data, result) in completions {
+        let mut completions = std::mem::take(&mut self.reaped);
+        loop {
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            // Completions beyond the ring's room (a split request has a piece per extent)
+            // wait in the kernel, and keep the ring's fd readable, until an enter moves
+            // them in.
+            if !self.ring.submission().cq_overflow() {
+                break;
+            }
+            if let Err(e) = self.ring.submit() {
+                log::error!("io_uring overflow flush: {e}");
+                break;
+            }
+        }
+        for &(data, result) in &completions {
             let (slot, piece) = ((data & 0xffff_ffff) as usize, (data >> 32) as usize);
             let Some(f) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 log::error!("io_uring completion for unknown slot {slot}");
@@ -418,6 +414,8 @@ impl Engine for UringEngine {
                 error: outcome.error,
             });
         }
+        completions.clear();
+        self.reaped = completions;
     }
 
     fn drain(&mut self, done: &mut Vec<Done>) {
@@ -435,7 +433,7 @@ impl Engine for UringEngine {
     }
 
     fn notifier(&self) -> Option<RawFd> {
-        Some(self.eventfd.as_raw_fd())
+        Some(self.ring.as_raw_fd())
     }
 
     fn in_flight(&self) -> usize {

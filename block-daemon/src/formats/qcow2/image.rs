@@ -120,6 +120,7 @@ impl Qcow2 {
             free_hint: 0,
             alloc_end: 0,
             reserved: VecDeque::new(),
+            fresh: HashSet::new(),
             deferred: HashSet::new(),
             pending_frees: Vec::new(),
             mapped: Arc::new(MappedRequests::default()),
@@ -337,11 +338,14 @@ impl Meta {
         let table = self.l2_for_write(gc)?;
         let old = self.lookup(gc)?;
         let fresh_end = self.file_size;
-        let new = self.take_data_cluster()?;
+        let (new, fresh) = self.take_data_cluster()?;
         self.check_overlap(new, cs)?;
         let full = in_off == 0 && data.len() as u64 == cs;
-        if full {
-            self.write(new, data)?;
+        let fill_zero = matches!(old, Cluster::Zero | Cluster::ZeroAlloc { .. })
+            || (matches!(old, Cluster::Unallocated) && self.backing.is_none());
+        if full || (fresh && fill_zero) {
+            // A fresh cluster already reads as zeroes around the guest's bytes.
+            self.write(new + in_off, data)?;
         } else {
             let mut buf = vec![0u8; cs as usize];
             match old {
@@ -354,7 +358,7 @@ impl Meta {
             self.write(new, &buf)?;
             // The copied parts reach stable storage before the entry naming them (a
             // reused cluster could otherwise show old bytes after a power loss).
-            if new < fresh_end {
+            if new < fresh_end && !fresh {
                 self.sync()?;
             }
         }

@@ -52,6 +52,9 @@ pub struct Meta {
     pub alloc_end: u64,
     /// Clusters whose refcount is 1 on disk (made durable) but not yet used.
     pub reserved: VecDeque<u64>,
+    /// Reserved clusters past what was ever written (the file was extended over them):
+    /// they read as zeroes.
+    pub fresh: HashSet<u64>,
     /// Clusters freed while a mapping may still use them: not handed out until no
     /// mapped request is in flight.
     pub deferred: HashSet<u64>,
@@ -106,6 +109,17 @@ impl Meta {
         }
         write_at(&self.file, offset, buf)?;
         self.file_size = self.file_size.max(offset + buf.len() as u64);
+        Ok(())
+    }
+
+    /// Grows the file to `len` bytes (the new part reads as zeroes).
+    pub fn extend_file(&mut self, len: u64) -> Result<(), FormatError> {
+        #[cfg(test)]
+        if self.crash.0 == Some(0) {
+            return Err(FormatError::Io(std::io::Error::other("simulated crash")));
+        }
+        self.file.set_len(len)?;
+        self.file_size = self.file_size.max(len);
         Ok(())
     }
 

@@ -309,12 +309,27 @@ impl Meta {
     }
 
     /// One cluster for guest data, from the reserved batch (refilled with one sync).
-    pub fn take_data_cluster(&mut self) -> Result<u64, FormatError> {
+    ///
+    /// Clusters of the batch that lie past the end of the file are added to it at once
+    /// (one truncate, made durable with the refcounts): they read as zeroes and are
+    /// marked `fresh`, so an allocating write into one need not write the zeroes
+    /// around the guest's bytes (see `take_data_cluster`'s second value).
+    pub fn take_data_cluster(&mut self) -> Result<(u64, bool), FormatError> {
         if self.reserved.is_empty() {
+            let cs = self.cluster_size();
+            let mut end = self.file_size;
+            self.fresh.clear();
             for _ in 0..RESERVE_BATCH {
                 let c = self.find_free(1)?;
                 self.set_refcount(c, 1)?;
                 self.reserved.push_back(c);
+                if c << self.cluster_bits >= self.file_size {
+                    self.fresh.insert(c);
+                    end = end.max((c + 1) * cs);
+                }
+            }
+            if end > self.file_size {
+                self.extend_file(end)?;
             }
             if !self.lazy {
                 self.sync()?;
@@ -325,7 +340,8 @@ impl Meta {
             .reserved
             .pop_front()
             .ok_or_else(|| FormatError::Invalid("no reserved cluster".into()))?;
-        Ok(c << self.cluster_bits)
+        let fresh = self.fresh.remove(&c);
+        Ok((c << self.cluster_bits, fresh))
     }
 
     /// Gives an unused data cluster back to the reserve.
@@ -336,6 +352,7 @@ impl Meta {
 
     /// Frees the reserved clusters (a clean close: no leak left behind).
     pub fn release_reserved(&mut self) -> Result<(), FormatError> {
+        self.fresh.clear();
         while let Some(c) = self.reserved.pop_front() {
             self.set_refcount(c, 0)?;
         }

@@ -17,7 +17,7 @@
 //! whole tables, so the same byte budget holds fewer, larger entries. A size given in
 //! `Qcow2Options` is used as given, capped at 1 GiB.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::formats::qcow2::alloc::LinkAllocations;
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::compressed;
 use crate::formats::qcow2::header::Header;
@@ -44,7 +45,7 @@ const MAX_CACHE_BYTES: u64 = 1 << 30;
 
 /// An open qcow2 image.
 pub struct Qcow2 {
-    meta: Mutex<Meta>,
+    meta: Arc<Mutex<Meta>>,
     fd: i32,
     /// The guest size, readable without waiting for a request holding the lock.
     size: AtomicU64,
@@ -121,6 +122,7 @@ impl Qcow2 {
             alloc_end: 0,
             reserved: VecDeque::new(),
             fresh: HashSet::new(),
+            allocating: HashMap::new(),
             deferred: HashSet::new(),
             pending_frees: Vec::new(),
             mapped: Arc::new(MappedRequests::default()),
@@ -147,7 +149,7 @@ impl Qcow2 {
         }
         Ok(Qcow2 {
             size: AtomicU64::new(m.size),
-            meta: Mutex::new(m),
+            meta: Arc::new(Mutex::new(m)),
             fd: file.as_raw_fd(),
         })
     }
@@ -230,7 +232,7 @@ impl Meta {
         Ok(())
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), FormatError> {
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<(), FormatError> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(FormatError::Io(std::io::Error::from_raw_os_error(
                 libc::EINVAL,
@@ -334,6 +336,9 @@ impl Meta {
                 return self.set_l2_entry(table, gc, host | OFLAG_COPIED);
             }
             _ => {}
+        }
+        if self.write_allocating(gc, in_off, data)? {
+            return Ok(());
         }
         let table = self.l2_for_write(gc)?;
         let old = self.lookup(gc)?;
@@ -659,6 +664,22 @@ impl Format for Qcow2 {
 
     fn map(&self, offset: u64, len: u64, write: bool) -> Result<Mapping, FormatError> {
         let mut m = self.meta.lock();
+        if write {
+            m.check_range(offset, len)?;
+            if let Some((extents, claimed)) = m.map_write(offset, len, self.fd, push_extent)? {
+                let guard = MapGuard::new(&m.mapped);
+                drop(m);
+                let guard = if claimed.is_empty() {
+                    guard
+                } else {
+                    guard.with_commit(Box::new(LinkAllocations {
+                        meta: self.meta.clone(),
+                        clusters: claimed,
+                    }))
+                };
+                return Ok(Mapping { extents, guard });
+            }
+        }
         let extents = m.map(offset, len, write, self.fd)?;
         let guard = MapGuard::new(&m.mapped);
         Ok(Mapping { extents, guard })
@@ -731,7 +752,7 @@ impl Format for Qcow2 {
 
 impl Drop for Qcow2 {
     fn drop(&mut self) {
-        if let Err(e) = self.meta.get_mut().close() {
+        if let Err(e) = self.meta.lock().close() {
             log::error!("qcow2: closing the image: {e}");
         }
     }

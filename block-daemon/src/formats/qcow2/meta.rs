@@ -4,7 +4,7 @@
 //! the file I/O every metadata change goes through (written through to the file, so a
 //! restarted daemon finds it; ordering syncs where a power loss could reorder).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::sync::Arc;
 
@@ -24,6 +24,15 @@ pub const CORRUPT_TEXT: &str = "qcow2: Image is corrupt; cannot be opened read/w
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct CrashAfter(pub Option<usize>, pub Vec<usize>);
+
+/// A guest cluster being allocated by write mappings in flight: its fresh host
+/// cluster, the requests writing into it, and whether its L2 entry names it yet.
+#[derive(Debug)]
+pub struct Allocating {
+    pub host: u64,
+    pub writers: usize,
+    pub linked: bool,
+}
 
 pub struct Meta {
     pub file: Arc<File>,
@@ -55,6 +64,9 @@ pub struct Meta {
     /// Reserved clusters past what was ever written (the file was extended over them):
     /// they read as zeroes.
     pub fresh: HashSet<u64>,
+    /// Guest clusters whose new host cluster a write mapping is filling (see
+    /// `alloc`): not yet named by their L2 entry.
+    pub allocating: HashMap<u64, Allocating>,
     /// Clusters freed while a mapping may still use them: not handed out until no
     /// mapped request is in flight.
     pub deferred: HashSet<u64>,

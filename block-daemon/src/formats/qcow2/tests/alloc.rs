@@ -8,18 +8,54 @@
 
 use std::sync::Arc;
 
+use super::concurrency::host_of;
 use super::oracle::{compare_with_raw, img_create, s as path_str, TempDir};
 use super::rw::{open, read_all};
-use crate::formats::qcow2::tables::Cluster;
+use crate::formats::qcow2::Qcow2;
 use crate::formats::{Extent, Format, Mapping};
 
 const CS: u64 = 65536;
 
-fn host_of(q: &crate::formats::qcow2::Qcow2, gc: u64) -> Option<u64> {
-    match q.with_meta(|m| m.lookup(gc)).unwrap() {
-        Cluster::Normal { offset, .. } => Some(offset),
-        _ => None,
+/// Four threads (as four queues) each run `each(q, t, gc)` for guest clusters 0..64.
+fn in_four_threads(q: &Arc<Qcow2>, each: fn(&Qcow2, u64, u64)) {
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let q = q.clone();
+            std::thread::spawn(move || (0..64u64).for_each(|gc| each(&q, t, gc)))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
     }
+}
+
+/// After `in_four_threads`: 320 guest clusters, each with a host cluster of its own,
+/// reading as `mirror`, which qemu-img check and compare agree with.
+fn distinct_hosts_and_equal(d: &TempDir, p: &std::path::Path, q: Arc<Qcow2>, mirror: &[u8]) {
+    let mut hosts: Vec<u64> = (0..320).filter_map(|gc| host_of(&q, gc)).collect();
+    assert_eq!(hosts.len(), 320);
+    hosts.sort_unstable();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 320, "a host cluster was given out twice");
+    assert!(read_all(q.as_ref()) == mirror, "read back differs");
+    drop(q);
+    compare_with_raw(d, p, mirror);
+}
+
+/// What an engine does with a write mapping's extents: `data` to the files.
+fn write_extents(m: &Mapping, data: &[u8]) {
+    let mut pos = 0usize;
+    for e in &m.extents {
+        let Extent::File { fd, offset, len } = *e else {
+            panic!("not a file extent: {:?}", m.extents);
+        };
+        let src = &data[pos..pos + len as usize];
+        // SAFETY: fd is the image's, held open by the Qcow2; src is len bytes.
+        let r = unsafe { libc::pwrite(fd, src.as_ptr().cast(), len as usize, offset as i64) };
+        assert_eq!(r, len as isize);
+        pos += len as usize;
+    }
+    assert_eq!(pos, data.len());
 }
 
 #[test]
@@ -76,26 +112,16 @@ fn threads_allocate_the_same_and_neighbouring_clusters() {
     let p = d.path("n.qcow2");
     img_create(&p, "cluster_size=64k", "32M");
     let q = Arc::new(open(&p, None, true));
-    // Four threads; in each of 64 guest clusters, thread t writes sectors t, t + 4,
-    // ... (the same cluster from all at once), and clusters 64.. are written whole,
-    // one thread per neighbour.
-    let handles: Vec<_> = (0..4u64)
-        .map(|t| {
-            let q = q.clone();
-            std::thread::spawn(move || {
-                for gc in 0..64u64 {
-                    for s in (t..128).step_by(4) {
-                        q.write(gc * CS + s * 512, &[(t + 1) as u8; 512]).unwrap();
-                    }
-                    q.write((64 + gc * 4 + t) * CS, &vec![(t + 1) as u8; CS as usize])
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    // In each of 64 guest clusters, thread t writes sectors t, t + 4, ... (the same
+    // cluster from all at once); clusters 64.. are written whole, one thread per
+    // neighbour.
+    in_four_threads(&q, |q, t, gc| {
+        for s in (t..128).step_by(4) {
+            q.write(gc * CS + s * 512, &[(t + 1) as u8; 512]).unwrap();
+        }
+        q.write((64 + gc * 4 + t) * CS, &vec![(t + 1) as u8; CS as usize])
+            .unwrap();
+    });
     let mut mirror = vec![0u8; 32 << 20];
     for gc in 0..64u64 {
         for s in 0..128u64 {
@@ -107,30 +133,7 @@ fn threads_allocate_the_same_and_neighbouring_clusters() {
             mirror[at..at + CS as usize].fill((t + 1) as u8);
         }
     }
-    let mut hosts: Vec<u64> = (0..320).filter_map(|gc| host_of(&q, gc)).collect();
-    assert_eq!(hosts.len(), 320);
-    hosts.sort_unstable();
-    hosts.dedup();
-    assert_eq!(hosts.len(), 320, "a host cluster was given out twice");
-    assert!(read_all(q.as_ref()) == mirror, "read back differs");
-    drop(q);
-    compare_with_raw(&d, &p, &mirror);
-}
-
-/// What an engine does with a write mapping's extents: `data` to the files.
-fn write_extents(m: &Mapping, data: &[u8]) {
-    let mut pos = 0usize;
-    for e in &m.extents {
-        let Extent::File { fd, offset, len } = *e else {
-            panic!("not a file extent: {:?}", m.extents);
-        };
-        let src = &data[pos..pos + len as usize];
-        // SAFETY: fd is the image's, held open by the Qcow2; src is len bytes.
-        let r = unsafe { libc::pwrite(fd, src.as_ptr().cast(), len as usize, offset as i64) };
-        assert_eq!(r, len as isize);
-        pos += len as usize;
-    }
-    assert_eq!(pos, data.len());
+    distinct_hosts_and_equal(&d, &p, q, &mirror);
 }
 
 #[test]
@@ -244,27 +247,17 @@ fn threads_map_and_allocate_the_same_and_neighbouring_clusters() {
     let p = d.path("t.qcow2");
     img_create(&p, "cluster_size=64k", "32M");
     let q = Arc::new(open(&p, None, true));
-    // Four threads as four queues: each maps a 4 KiB write into every one of 64
-    // clusters (thread t at 4 KiB block t: the same clusters from all at once) and
-    // one whole neighbour cluster of its own, writes the data, then finishes.
-    let handles: Vec<_> = (0..4u64)
-        .map(|t| {
-            let q = q.clone();
-            std::thread::spawn(move || {
-                for gc in 0..64u64 {
-                    let m = q.map(gc * CS + t * 4096, 4096, true).unwrap();
-                    write_extents(&m, &[(t + 1) as u8; 4096]);
-                    let n = q.map((64 + gc * 4 + t) * CS, CS, true).unwrap();
-                    write_extents(&n, &vec![(t + 1) as u8; CS as usize]);
-                    n.guard.finish(true).unwrap();
-                    m.guard.finish(true).unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    // Each thread maps a 4 KiB write into every one of 64 clusters (thread t at 4 KiB
+    // block t: the same clusters from all at once) and one whole neighbour cluster of
+    // its own, writes the data, then finishes both.
+    in_four_threads(&q, |q, t, gc| {
+        let m = q.map(gc * CS + t * 4096, 4096, true).unwrap();
+        write_extents(&m, &[(t + 1) as u8; 4096]);
+        let n = q.map((64 + gc * 4 + t) * CS, CS, true).unwrap();
+        write_extents(&n, &vec![(t + 1) as u8; CS as usize]);
+        n.guard.finish(true).unwrap();
+        m.guard.finish(true).unwrap();
+    });
     let mut mirror = vec![0u8; 32 << 20];
     for gc in 0..64u64 {
         for t in 0..4u64 {
@@ -274,12 +267,5 @@ fn threads_map_and_allocate_the_same_and_neighbouring_clusters() {
             mirror[at..at + CS as usize].fill((t + 1) as u8);
         }
     }
-    let mut hosts: Vec<u64> = (0..320).filter_map(|gc| host_of(&q, gc)).collect();
-    assert_eq!(hosts.len(), 320);
-    hosts.sort_unstable();
-    hosts.dedup();
-    assert_eq!(hosts.len(), 320, "a host cluster was given out twice");
-    assert!(read_all(q.as_ref()) == mirror, "read back differs");
-    drop(q);
-    compare_with_raw(&d, &p, &mirror);
+    distinct_hosts_and_equal(&d, &p, q, &mirror);
 }

@@ -14,6 +14,7 @@ use crate::formats::qcow2::layout::{
     OFF_REFCOUNT_TABLE_OFFSET, REFT_OFFSET_MASK,
 };
 use crate::formats::qcow2::meta::Meta;
+use crate::formats::qcow2::tables::sector_of;
 use crate::formats::FormatError;
 
 /// Data clusters reserved per batch (one ordering sync per batch).
@@ -73,12 +74,12 @@ impl Meta {
         let order = self.refcount_order;
         let block = self.refblock(off)?;
         refcount_set(block, idx, order, value);
-        // Write the bytes holding the entry (at least one byte, at most 8).
+        // Write the sector holding the entry (at least one byte, at most 8).
         let width = ((1usize << order) / 8).max(1);
         let byte = (idx << order) / 8;
         let at = byte - byte % width;
-        let bytes = block[at..at + width].to_vec();
-        self.write(off + at as u64, &bytes)?;
+        let bytes = sector_of(block, at, width);
+        self.write(off + (at & !511) as u64, &bytes)?;
         if value == 0 {
             self.free_hint = self.free_hint.min(c);
         } else {

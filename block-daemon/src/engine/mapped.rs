@@ -203,19 +203,19 @@ fn transfer_pieces(disk: &Disk, req: &Request, pieces: &[Piece]) -> Result<(), F
     Ok(())
 }
 
+/// Ends a mapped request whose transfer gave `result`: the format's commit (linking
+/// what it allocated for a write) runs after the data is in the file and before the
+/// guest hears; its failure is the request's.
+pub fn finish(guard: MapGuard, result: Result<(), FormatError>) -> Result<(), FormatError> {
+    let committed = guard.finish(result.is_ok());
+    result.and(committed)
+}
+
 /// Performs a read or write in the calling thread, whichever way it goes.
 pub fn perform(disk: &Disk, req: &Request) -> Result<(), FormatError> {
     match route(disk, req)? {
-        Route::File { fd, offset, guard } => {
-            let result = transfer_now(disk, req, fd, offset);
-            drop(guard);
-            result
-        }
-        Route::Split { pieces, guard } => {
-            let result = transfer_pieces(disk, req, &pieces);
-            drop(guard);
-            result
-        }
+        Route::File { fd, offset, guard } => finish(guard, transfer_now(disk, req, fd, offset)),
+        Route::Split { pieces, guard } => finish(guard, transfer_pieces(disk, req, &pieces)),
         Route::Zero => {
             zero_guest(&req.data);
             Ok(())

@@ -53,8 +53,8 @@ struct InFlight {
     /// The bounce buffer of an O_DIRECT request whose guest buffers are unaligned.
     buffers: Option<DataBuffers>,
     /// The format's mapping stays valid (its clusters are not handed out again) until
-    /// the kernel is done with them.
-    _guard: Option<MapGuard>,
+    /// the kernel is done with them (and a write's commit runs when it completes).
+    guard: Option<MapGuard>,
     /// Keeps the guest memory mapped until the kernel is done with it.
     _mem: Arc<GuestMemoryMmap>,
 }
@@ -276,7 +276,7 @@ impl Engine for UringEngine {
             pending: 0,
             error: None,
             buffers: None,
-            _guard: guard,
+            guard,
             _mem: mem,
         };
         let mut iovecs = Vec::new();
@@ -402,6 +402,11 @@ impl Engine for UringEngine {
                 continue;
             };
             self.free.push(slot);
+            if let Some(g) = f.guard.take() {
+                if let Err(e) = g.finish(f.error.is_none()) {
+                    f.error.get_or_insert(e.into_io());
+                }
+            }
             let outcome = Self::outcome(&mut f);
             done.push(Done {
                 head: f.head,

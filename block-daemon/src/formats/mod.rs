@@ -58,26 +58,80 @@ impl MappedRequests {
     }
 }
 
+/// Work a format has left to do once the data of a write mapping reached the file
+/// (qcow2: linking the L2 entries of the clusters it allocated for the write, which
+/// must come after the data, as the crash rules require).
+pub trait Commit: Send {
+    /// `written`: every byte of the mapping reached the file. Undoes what it can when
+    /// not (a cluster reserved for the write goes back to the allocator). An error
+    /// fails the request.
+    fn commit(self: Box<Self>, written: bool) -> Result<(), FormatError>;
+}
+
 /// Held by a request for as long as it uses a mapping; dropping it ends the request's
-/// claim on the clusters the mapping named.
-#[derive(Debug)]
-pub struct MapGuard(Option<Arc<MappedRequests>>);
+/// claim on the clusters the mapping named. A write mapping may carry a `Commit`: the
+/// engine ends such a request with `finish` once its data is in the file, and only
+/// then tells the guest (dropping it unfinished counts as "not written").
+pub struct MapGuard {
+    counter: Option<Arc<MappedRequests>>,
+    commit: Option<Box<dyn Commit>>,
+}
+
+impl std::fmt::Debug for MapGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapGuard")
+            .field("counted", &self.counter.is_some())
+            .field("commit", &self.commit.is_some())
+            .finish()
+    }
+}
 
 impl MapGuard {
     /// For formats whose mappings never go stale (raw).
     pub fn none() -> MapGuard {
-        MapGuard(None)
+        MapGuard {
+            counter: None,
+            commit: None,
+        }
     }
 
     pub fn new(counter: &Arc<MappedRequests>) -> MapGuard {
         counter.0.fetch_add(1, Ordering::AcqRel);
-        MapGuard(Some(counter.clone()))
+        MapGuard {
+            counter: Some(counter.clone()),
+            commit: None,
+        }
+    }
+
+    /// The same guard, with `commit` to run when the request ends.
+    pub fn with_commit(mut self, commit: Box<dyn Commit>) -> MapGuard {
+        self.commit = Some(commit);
+        self
+    }
+
+    /// Whether the request must be ended with `finish` before the guest hears of it.
+    pub fn has_commit(&self) -> bool {
+        self.commit.is_some()
+    }
+
+    /// Ends the request whose data did (`written`) or did not reach the file: runs the
+    /// commit, then drops the claim. Its error is the request's.
+    pub fn finish(mut self, written: bool) -> Result<(), FormatError> {
+        match self.commit.take() {
+            Some(c) => c.commit(written),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for MapGuard {
     fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
+        if let Some(c) = self.commit.take() {
+            if let Err(e) = c.commit(false) {
+                log::error!("undoing an unfinished write mapping: {e}");
+            }
+        }
+        if let Some(c) = self.counter.take() {
             c.0.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -139,8 +193,10 @@ pub trait Format: Send + Sync {
 
     /// Where guest bytes `offset..offset + len` lie. For a write mapping (`write`), a
     /// `File` extent may be written in place (allocated, not shared with a snapshot,
-    /// not compressed, in the node's own image); anything else is `Format`. Must not
-    /// block on I/O it can avoid (metadata caches make it a lookup).
+    /// not compressed, in the node's own image; or a cluster the format reserved for
+    /// this write, which the mapping's `Commit` links once the data is there: see
+    /// `MapGuard::finish`); anything else is `Format`. Must not block on I/O it can
+    /// avoid (metadata caches make it a lookup).
     fn map(&self, offset: u64, len: u64, write: bool) -> Result<Mapping, FormatError>;
 
     /// Reads guest bytes at `offset` into `buf`, whatever their state.

@@ -2,14 +2,16 @@
 //! each one cluster, keyed by its offset in the image. Writes go through to the file at
 //! once (see `meta`), so an entry is never dirty and eviction just drops it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
+/// A lookup (the request path's every map) is one hash lookup and a store of the
+/// entry's age; only an insert into a full cache looks for the oldest entry (a scan:
+/// it comes with reading a table from the file, which costs far more).
 #[derive(Debug)]
 pub struct TableCache {
     capacity: usize,
     tick: u64,
     tables: HashMap<u64, (u64, Vec<u8>)>,
-    by_age: BTreeMap<u64, u64>,
 }
 
 impl TableCache {
@@ -19,7 +21,6 @@ impl TableCache {
             capacity: capacity.max(2),
             tick: 0,
             tables: HashMap::new(),
-            by_age: BTreeMap::new(),
         }
     }
 
@@ -35,50 +36,42 @@ impl TableCache {
         self.tables.is_empty()
     }
 
-    fn touch(&mut self, offset: u64) {
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some((age, _)) = self.tables.get_mut(&offset) {
-            self.by_age.remove(age);
-            *age = tick;
-            self.by_age.insert(tick, offset);
-        }
-    }
-
     /// The table at `offset`, marked as just used.
     pub fn get_mut(&mut self, offset: u64) -> Option<&mut Vec<u8>> {
-        if !self.tables.contains_key(&offset) {
-            return None;
-        }
-        self.touch(offset);
-        self.tables.get_mut(&offset).map(|(_, t)| t)
+        self.tick += 1;
+        let tick = self.tick;
+        self.tables.get_mut(&offset).map(|(age, t)| {
+            *age = tick;
+            t
+        })
     }
 
     /// Adds (or replaces) the table at `offset`, evicting the least recently used.
     pub fn insert(&mut self, offset: u64, table: Vec<u8>) -> &mut Vec<u8> {
         self.remove(offset);
         while self.tables.len() >= self.capacity {
-            let Some((_, victim)) = self.by_age.pop_first() else {
+            let Some(victim) = self
+                .tables
+                .iter()
+                .min_by_key(|(_, (age, _))| *age)
+                .map(|(off, _)| *off)
+            else {
                 break;
             };
             self.tables.remove(&victim);
         }
         self.tick += 1;
-        self.by_age.insert(self.tick, offset);
         let slot = self.tables.entry(offset).or_insert((self.tick, Vec::new()));
         slot.1 = table;
         &mut slot.1
     }
 
     pub fn remove(&mut self, offset: u64) {
-        if let Some((age, _)) = self.tables.remove(&offset) {
-            self.by_age.remove(&age);
-        }
+        self.tables.remove(&offset);
     }
 
     pub fn clear(&mut self) {
         self.tables.clear();
-        self.by_age.clear();
     }
 }
 

@@ -17,7 +17,7 @@
 //! whole tables, so the same byte budget holds fewer, larger entries. A size given in
 //! `Qcow2Options` is used as given, capped at 1 GiB.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::formats::qcow2::alloc::LinkAllocations;
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::compressed;
 use crate::formats::qcow2::header::Header;
@@ -44,7 +45,7 @@ const MAX_CACHE_BYTES: u64 = 1 << 30;
 
 /// An open qcow2 image.
 pub struct Qcow2 {
-    meta: Mutex<Meta>,
+    meta: Arc<Mutex<Meta>>,
     fd: i32,
     /// The guest size, readable without waiting for a request holding the lock.
     size: AtomicU64,
@@ -120,6 +121,8 @@ impl Qcow2 {
             free_hint: 0,
             alloc_end: 0,
             reserved: VecDeque::new(),
+            fresh: HashSet::new(),
+            allocating: HashMap::new(),
             deferred: HashSet::new(),
             pending_frees: Vec::new(),
             mapped: Arc::new(MappedRequests::default()),
@@ -146,7 +149,7 @@ impl Qcow2 {
         }
         Ok(Qcow2 {
             size: AtomicU64::new(m.size),
-            meta: Mutex::new(m),
+            meta: Arc::new(Mutex::new(m)),
             fd: file.as_raw_fd(),
         })
     }
@@ -229,7 +232,7 @@ impl Meta {
         Ok(())
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), FormatError> {
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<(), FormatError> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(FormatError::Io(std::io::Error::from_raw_os_error(
                 libc::EINVAL,
@@ -334,14 +337,20 @@ impl Meta {
             }
             _ => {}
         }
+        if self.write_allocating(gc, in_off, data)? {
+            return Ok(());
+        }
         let table = self.l2_for_write(gc)?;
         let old = self.lookup(gc)?;
         let fresh_end = self.file_size;
-        let new = self.take_data_cluster()?;
+        let (new, fresh) = self.take_data_cluster()?;
         self.check_overlap(new, cs)?;
         let full = in_off == 0 && data.len() as u64 == cs;
-        if full {
-            self.write(new, data)?;
+        let fill_zero = matches!(old, Cluster::Zero | Cluster::ZeroAlloc { .. })
+            || (matches!(old, Cluster::Unallocated) && self.backing.is_none());
+        if full || (fresh && fill_zero) {
+            // A fresh cluster already reads as zeroes around the guest's bytes.
+            self.write(new + in_off, data)?;
         } else {
             let mut buf = vec![0u8; cs as usize];
             match old {
@@ -354,7 +363,7 @@ impl Meta {
             self.write(new, &buf)?;
             // The copied parts reach stable storage before the entry naming them (a
             // reused cluster could otherwise show old bytes after a power loss).
-            if new < fresh_end {
+            if new < fresh_end && !fresh {
                 self.sync()?;
             }
         }
@@ -655,6 +664,22 @@ impl Format for Qcow2 {
 
     fn map(&self, offset: u64, len: u64, write: bool) -> Result<Mapping, FormatError> {
         let mut m = self.meta.lock();
+        if write {
+            m.check_range(offset, len)?;
+            if let Some((extents, claimed)) = m.map_write(offset, len, self.fd, push_extent)? {
+                let guard = MapGuard::new(&m.mapped);
+                drop(m);
+                let guard = if claimed.is_empty() {
+                    guard
+                } else {
+                    guard.with_commit(Box::new(LinkAllocations {
+                        meta: self.meta.clone(),
+                        clusters: claimed,
+                    }))
+                };
+                return Ok(Mapping { extents, guard });
+            }
+        }
         let extents = m.map(offset, len, write, self.fd)?;
         let guard = MapGuard::new(&m.mapped);
         Ok(Mapping { extents, guard })
@@ -731,7 +756,7 @@ impl Format for Qcow2 {
 
 impl Drop for Qcow2 {
     fn drop(&mut self) {
-        if let Err(e) = self.meta.get_mut().close() {
+        if let Err(e) = self.meta.lock().close() {
             log::error!("qcow2: closing the image: {e}");
         }
     }

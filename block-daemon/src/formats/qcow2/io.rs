@@ -63,11 +63,13 @@ fn pread_some(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize
 /// Runs `f` on the aligned span covering `offset..offset + len` (512-byte sectors,
 /// 4096-byte blocks if the device refuses those); `f` gets the span's offset and an
 /// aligned buffer holding what the file has there (zeroes past its end), and returns
-/// whether to write the buffer back.
+/// whether to write the buffer back. `overwrite`: `f` replaces all of
+/// `offset..offset + len`, so a span that is exactly that range is not read first.
 fn with_aligned_span(
     file: &File,
     offset: u64,
     len: usize,
+    overwrite: bool,
     mut f: impl FnMut(u64, &mut [u8]) -> bool,
 ) -> std::io::Result<()> {
     let mut last = None;
@@ -75,7 +77,13 @@ fn with_aligned_span(
         let start = offset & !(align - 1);
         let end = (offset + len as u64).next_multiple_of(align);
         let mut b = Aligned::new((end - start) as usize);
-        let r = pread_some(file, start, b.bytes()).and_then(|_| {
+        let whole = overwrite && start == offset && end == offset + len as u64;
+        let read = if whole {
+            Ok(0)
+        } else {
+            pread_some(file, start, b.bytes())
+        };
+        let r = read.and_then(|_| {
             if f(start, b.bytes()) {
                 file.write_all_at(b.bytes(), start)
             } else {
@@ -97,7 +105,7 @@ fn read_upto(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>
     }
     let flen = file.metadata()?.len();
     let len = buf.len();
-    with_aligned_span(file, offset, len, |start, span| {
+    with_aligned_span(file, offset, len, false, |start, span| {
         let at = (offset - start) as usize;
         buf.copy_from_slice(&span[at..at + len]);
         false
@@ -133,7 +141,7 @@ pub fn write_at(file: &File, offset: u64, buf: &[u8]) -> Result<(), FormatError>
         file.write_all_at(buf, offset)?;
         return Ok(());
     }
-    with_aligned_span(file, offset, buf.len(), |start, span| {
+    with_aligned_span(file, offset, buf.len(), true, |start, span| {
         let at = (offset - start) as usize;
         span[at..at + buf.len()].copy_from_slice(buf);
         true

@@ -4,7 +4,7 @@
 //! the file I/O every metadata change goes through (written through to the file, so a
 //! restarted daemon finds it; ordering syncs where a power loss could reorder).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::sync::Arc;
 
@@ -24,6 +24,15 @@ pub const CORRUPT_TEXT: &str = "qcow2: Image is corrupt; cannot be opened read/w
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct CrashAfter(pub Option<usize>, pub Vec<usize>);
+
+/// A guest cluster being allocated by write mappings in flight: its fresh host
+/// cluster, the requests writing into it, and whether its L2 entry names it yet.
+#[derive(Debug)]
+pub struct Allocating {
+    pub host: u64,
+    pub writers: usize,
+    pub linked: bool,
+}
 
 pub struct Meta {
     pub file: Arc<File>,
@@ -52,6 +61,12 @@ pub struct Meta {
     pub alloc_end: u64,
     /// Clusters whose refcount is 1 on disk (made durable) but not yet used.
     pub reserved: VecDeque<u64>,
+    /// Reserved clusters past what was ever written (the file was extended over them):
+    /// they read as zeroes.
+    pub fresh: HashSet<u64>,
+    /// Guest clusters whose new host cluster a write mapping is filling (see
+    /// `alloc`): not yet named by their L2 entry.
+    pub allocating: HashMap<u64, Allocating>,
     /// Clusters freed while a mapping may still use them: not handed out until no
     /// mapped request is in flight.
     pub deferred: HashSet<u64>,
@@ -106,6 +121,17 @@ impl Meta {
         }
         write_at(&self.file, offset, buf)?;
         self.file_size = self.file_size.max(offset + buf.len() as u64);
+        Ok(())
+    }
+
+    /// Grows the file to `len` bytes (the new part reads as zeroes).
+    pub fn extend_file(&mut self, len: u64) -> Result<(), FormatError> {
+        #[cfg(test)]
+        if self.crash.0 == Some(0) {
+            return Err(FormatError::Io(std::io::Error::other("simulated crash")));
+        }
+        self.file.set_len(len)?;
+        self.file_size = self.file_size.max(len);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! and zero clusters, backing files, internal snapshots, and the repair of an image
 //! left dirty. One concern per file; `image` ties them into `Qcow2`.
 
+pub mod alloc;
 pub mod backing_name;
 pub mod cache;
 pub mod compressed;

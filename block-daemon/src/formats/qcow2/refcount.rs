@@ -14,6 +14,7 @@ use crate::formats::qcow2::layout::{
     OFF_REFCOUNT_TABLE_OFFSET, REFT_OFFSET_MASK,
 };
 use crate::formats::qcow2::meta::Meta;
+use crate::formats::qcow2::tables::sector_of;
 use crate::formats::FormatError;
 
 /// Data clusters reserved per batch (one ordering sync per batch).
@@ -73,12 +74,12 @@ impl Meta {
         let order = self.refcount_order;
         let block = self.refblock(off)?;
         refcount_set(block, idx, order, value);
-        // Write the bytes holding the entry (at least one byte, at most 8).
+        // Write the sector holding the entry (at least one byte, at most 8).
         let width = ((1usize << order) / 8).max(1);
         let byte = (idx << order) / 8;
         let at = byte - byte % width;
-        let bytes = block[at..at + width].to_vec();
-        self.write(off + at as u64, &bytes)?;
+        let bytes = sector_of(block, at, width);
+        self.write(off + (at & !511) as u64, &bytes)?;
         if value == 0 {
             self.free_hint = self.free_hint.min(c);
         } else {
@@ -309,12 +310,27 @@ impl Meta {
     }
 
     /// One cluster for guest data, from the reserved batch (refilled with one sync).
-    pub fn take_data_cluster(&mut self) -> Result<u64, FormatError> {
+    ///
+    /// Clusters of the batch that lie past the end of the file are added to it at once
+    /// (one truncate, made durable with the refcounts): they read as zeroes and are
+    /// marked `fresh`, so an allocating write into one need not write the zeroes
+    /// around the guest's bytes (see `take_data_cluster`'s second value).
+    pub fn take_data_cluster(&mut self) -> Result<(u64, bool), FormatError> {
         if self.reserved.is_empty() {
+            let cs = self.cluster_size();
+            let mut end = self.file_size;
+            self.fresh.clear();
             for _ in 0..RESERVE_BATCH {
                 let c = self.find_free(1)?;
                 self.set_refcount(c, 1)?;
                 self.reserved.push_back(c);
+                if c << self.cluster_bits >= self.file_size {
+                    self.fresh.insert(c);
+                    end = end.max((c + 1) * cs);
+                }
+            }
+            if end > self.file_size {
+                self.extend_file(end)?;
             }
             if !self.lazy {
                 self.sync()?;
@@ -325,7 +341,8 @@ impl Meta {
             .reserved
             .pop_front()
             .ok_or_else(|| FormatError::Invalid("no reserved cluster".into()))?;
-        Ok(c << self.cluster_bits)
+        let fresh = self.fresh.remove(&c);
+        Ok((c << self.cluster_bits, fresh))
     }
 
     /// Gives an unused data cluster back to the reserve.
@@ -336,6 +353,7 @@ impl Meta {
 
     /// Frees the reserved clusters (a clean close: no leak left behind).
     pub fn release_reserved(&mut self) -> Result<(), FormatError> {
+        self.fresh.clear();
         while let Some(c) = self.reserved.pop_front() {
             self.set_refcount(c, 0)?;
         }

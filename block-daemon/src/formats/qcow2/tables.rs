@@ -177,11 +177,14 @@ impl Meta {
     /// Writes entry `idx` of the L2 table at `table`.
     pub fn set_l2_entry(&mut self, table: u64, gc: u64, value: u64) -> Result<(), FormatError> {
         let idx = (gc % self.l2_entries()) as usize * 8;
-        let mut b = [0u8; 8];
-        put64(&mut b, 0, value);
-        self.write(table + idx as u64, &b)?;
         let t = self.l2_table(table)?;
-        t[idx..idx + 8].copy_from_slice(&b);
+        put64(t, idx, value);
+        let sector = sector_of(t, idx, 8);
+        if let Err(e) = self.write(table + (idx & !511) as u64, &sector) {
+            // The cached table no longer matches the file: read it again next time.
+            self.l2_cache.remove(table);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -236,4 +239,13 @@ impl Meta {
         }
         Ok(())
     }
+}
+
+/// The 512-byte sector of `table` holding bytes `at..at + len` (fewer at its end): a
+/// change written as a whole sector from the cached table needs no read first with
+/// O_DIRECT, and a sector is what a disk writes at once.
+pub fn sector_of(table: &[u8], at: usize, len: usize) -> Vec<u8> {
+    let start = at & !511;
+    let end = (at + len).next_multiple_of(512).min(table.len());
+    table[start..end].to_vec()
 }

@@ -8,7 +8,7 @@ use super::rw::{open, read_all};
 use crate::formats::qcow2::tables::Cluster;
 use crate::formats::{Extent, Format};
 
-fn host_of(q: &crate::formats::qcow2::Qcow2, gc: u64) -> Option<u64> {
+pub fn host_of(q: &crate::formats::qcow2::Qcow2, gc: u64) -> Option<u64> {
     match q.with_meta(|m| m.lookup(gc)).unwrap() {
         Cluster::Normal { offset, .. } => Some(offset),
         _ => None,

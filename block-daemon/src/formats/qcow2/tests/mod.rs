@@ -1,5 +1,6 @@
 //! Unit tests of the qcow2 library, with qemu-img and qemu-io 7.2 as the oracles.
 
+mod alloc;
 mod concurrency;
 mod crash;
 mod damaged;

@@ -49,8 +49,8 @@ use crate::request::{self, Kind, Limits, Rejected, Request, SectorRange};
 use crate::stats::Stats;
 use crate::throttle::{Direction, Throttle};
 
-/// How long a queue is watched for new requests after its last batch, unless the
-/// export says otherwise (`poll-us=`; 0 turns the watch off).
+/// How long a queue is watched for new requests (and completions) after its last
+/// batch, unless the export says otherwise (`poll-us=`; 0 turns the watch off).
 pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -258,8 +258,9 @@ impl BlkDevice {
             .store(all.iter().map(|t| t.1).min().unwrap_or(0), Ordering::SeqCst);
     }
 
-    /// How long each queue is watched for new requests after its last batch (zero: the
-    /// worker goes back to waiting for a kick at once, as a backend that cannot poll does).
+    /// How long each queue is watched for new requests and completions after its last
+    /// batch (zero: the worker goes back to waiting at once, as a backend that cannot
+    /// poll does).
     pub fn set_poll(&self, window: Duration) {
         let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         self.inner.poll_ns.store(ns, Ordering::Relaxed);
@@ -371,7 +372,8 @@ impl BlkDevice {
     }
 
     /// Serves queue `q`: everything the guest made available (after what a previous
-    /// daemon left in flight), then a short watch for more.
+    /// daemon left in flight) and what the engine finished, then a short watch for more
+    /// of either.
     fn process_queue(
         &self,
         q: usize,

@@ -449,7 +449,7 @@ mod tests {
         // Taking chains: no new request for kicks is published.
         v.disable_notification(&mem).unwrap();
         for _ in 0..3 {
-            v.pop_chain(&mem).unwrap();
+            v.pop_chain(&mem).unwrap().1.unwrap();
         }
         assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 0xffff);
         // Going back to waiting: kick me from the next one on.

@@ -1119,11 +1119,10 @@ mod tests {
         mem.write_obj(slot + 1, GuestAddress(RING.1 + 2)).unwrap();
     }
 
-    /// A device whose io_uring engine syncs the image's file for a FLUSH (completed by
-    /// the kernel, later), and the image's path.
-    fn uring_device(tag: &str) -> (BlkDevice, std::path::PathBuf) {
-        let path =
-            std::env::temp_dir().join(format!("flotilla-blk-poll-{tag}-{}", std::process::id()));
+    /// A device with a `kind` engine over a writable 64 KiB raw image, whose FLUSH syncs
+    /// the image's file (io_uring: completed by the kernel, later); and the image's path.
+    fn writable_device(tag: &str, kind: EngineKind) -> (BlkDevice, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("flotilla-blk-{tag}-{}", std::process::id()));
         std::fs::File::create(&path)
             .unwrap()
             .set_len(1 << 16)
@@ -1137,7 +1136,7 @@ mod tests {
         let counters = Arc::new(ipc::BlockCounters::create().unwrap());
         let raw = Arc::new(Raw::open(file, true).unwrap());
         let disk = Arc::new(Disk::new(raw, Some(fd), false, CacheMode::Writeback, "d").unwrap());
-        let engines = engine::per_queue(EngineKind::Uring, &disk, 1, u32::from(QSIZE)).unwrap();
+        let engines = engine::per_queue(kind, &disk, 1, u32::from(QSIZE)).unwrap();
         let stats = Arc::new(Stats::new(&[], counters));
         (
             BlkDevice::new(disk, engines, stats, Policy::default()).unwrap(),
@@ -1162,7 +1161,7 @@ mod tests {
         let mem = memory();
         flush_request(&mem, 0, 0, HEADER);
         let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
-        let (dev, path) = uring_device("window");
+        let (dev, path) = writable_device("poll-window", EngineKind::Uring);
         // Long enough for the kernel's fdatasync on any machine.
         dev.set_poll(Duration::from_secs(1));
         kick(&dev, &rings, &mem);
@@ -1180,7 +1179,7 @@ mod tests {
         let mem = memory();
         flush_request(&mem, 0, 0, HEADER);
         let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
-        let (dev, path) = uring_device("pipeline");
+        let (dev, path) = writable_device("poll-pipeline", EngineKind::Uring);
         dev.set_poll(Duration::ZERO);
         kick(&dev, &rings, &mem);
         // The second request arrives without a kick (the driver saw the device busy).
@@ -1210,23 +1209,7 @@ mod tests {
         let mem = memory();
         write_request(&mem);
         let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
-        let path =
-            std::env::temp_dir().join(format!("flotilla-blk-quiesce-{}", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 16)
-            .unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let counters = Arc::new(ipc::BlockCounters::create().unwrap());
-        let raw = Arc::new(Raw::open(file, true).unwrap());
-        let disk = Arc::new(Disk::new(raw, None, false, CacheMode::Writeback, "d").unwrap());
-        let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
-        let stats = Arc::new(Stats::new(&[], counters));
-        let dev = BlkDevice::new(disk, engines, stats, Policy::default()).unwrap();
+        let (dev, path) = writable_device("quiesce", EngineKind::Sync);
         let quiesced = dev.quiesce(Duration::from_secs(1)).unwrap();
         kick(&dev, &rings, &mem);
         // The request waits in the ring: not taken, not completed, nothing written.

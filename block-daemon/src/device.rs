@@ -49,8 +49,8 @@ use crate::request::{self, Kind, Limits, Rejected, Request, SectorRange};
 use crate::stats::Stats;
 use crate::throttle::{Direction, Throttle};
 
-/// How long a queue is watched for new requests after its last batch, unless the
-/// export says otherwise (`poll-us=`; 0 turns the watch off).
+/// How long a queue is watched for new requests (and completions) after its last
+/// batch, unless the export says otherwise (`poll-us=`; 0 turns the watch off).
 pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -121,6 +121,17 @@ enum HostSource {
     Retry,
     /// A quiesce ended: the rings are served again.
     Unpaused,
+}
+
+/// What a queue's poll window found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Polled {
+    /// The driver made requests available.
+    Requests,
+    /// The engine has finished requests to reap.
+    Completions,
+    /// Neither, within the window.
+    Nothing,
 }
 
 /// The device could not be quiesced.
@@ -247,8 +258,9 @@ impl BlkDevice {
             .store(all.iter().map(|t| t.1).min().unwrap_or(0), Ordering::SeqCst);
     }
 
-    /// How long each queue is watched for new requests after its last batch (zero: the
-    /// worker goes back to waiting for a kick at once, as a backend that cannot poll does).
+    /// How long each queue is watched for new requests and completions after its last
+    /// batch (zero: the worker goes back to waiting at once, as a backend that cannot
+    /// poll does).
     pub fn set_poll(&self, window: Duration) {
         let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         self.inner.poll_ns.store(ns, Ordering::Relaxed);
@@ -360,7 +372,8 @@ impl BlkDevice {
     }
 
     /// Serves queue `q`: everything the guest made available (after what a previous
-    /// daemon left in flight), then a short watch for more.
+    /// daemon left in flight) and what the engine finished, then a short watch for more
+    /// of either.
     fn process_queue(
         &self,
         q: usize,
@@ -401,19 +414,24 @@ impl BlkDevice {
                 break;
             }
             empty_pass = true;
-            // Nothing new: watch the ring a little before going back to sleep. A guest
-            // at queue depth 1 sends its next request within microseconds, and catching
-            // it here saves the kick's trip through KVM, the eventfd and epoll (QEMU's
-            // iothreads poll the same way). With polling off (poll-us=0) it goes
-            // straight back to waiting for a kick. Not while requests are in the
-            // kernel (O_DIRECT): their completion wakes the queue anyway, the watch
-            // would not see it arrive, and spinning takes a core from the I/O.
+            // Nothing new: watch the ring, and the engine's completions, a little
+            // before going back to sleep. A guest at queue depth 1 sends its next
+            // request within microseconds, and catching it here saves the kick's trip
+            // through KVM, the eventfd and epoll (QEMU's iothreads poll the same way);
+            // a completion caught here is on the used ring at once, without the two
+            // wake-ups (io_uring's task work, then the ring's fd) of a sleeping worker,
+            // and what the guest sends back is taken in the same loop. With polling
+            // off (poll-us=0) it goes straight back to waiting.
             let window = self.poll_window();
-            if !window.is_zero()
-                && batch.engine.in_flight() == 0
-                && self.poll_avail(vring, mem, window)
-            {
-                continue;
+            if !window.is_zero() && vring.live() {
+                match self.poll(vring, mem, &mut **batch.engine, window) {
+                    Polled::Requests => continue,
+                    Polled::Completions => {
+                        empty_pass = false;
+                        continue;
+                    }
+                    Polled::Nothing => {}
+                }
             }
             if !event_idx || !vring.enable_notification(mem)? {
                 break;
@@ -439,18 +457,29 @@ impl BlkDevice {
         vring.add_used(mem, head, 0)
     }
 
-    /// Spins up to `window` for the driver to make more requests available.
-    fn poll_avail(&self, vring: &Vring, mem: &GuestMemoryMmap, window: Duration) -> bool {
+    /// Spins up to `window` for the driver to make more requests available or the
+    /// engine to have completions.
+    fn poll(
+        &self,
+        vring: &Vring,
+        mem: &GuestMemoryMmap,
+        engine: &mut dyn Engine,
+        window: Duration,
+    ) -> Polled {
         let deadline = Instant::now() + window;
         let queue = vring.queue();
+        let in_flight = engine.in_flight() > 0;
         loop {
             match queue.avail_idx(mem, Ordering::Acquire) {
-                Ok(idx) if idx.0 != queue.next_avail() => return true,
+                Ok(idx) if idx.0 != queue.next_avail() => return Polled::Requests,
                 Ok(_) => {}
-                Err(_) => return false,
+                Err(_) => return Polled::Nothing,
+            }
+            if in_flight && engine.has_completions() {
+                return Polled::Completions;
             }
             if Instant::now() >= deadline {
-                return false;
+                return Polled::Nothing;
             }
             std::hint::spin_loop();
         }
@@ -909,7 +938,12 @@ impl Device for BlkDevice {
             return Ok(());
         };
         match source {
+            // A live ring is served as after a kick: the completions go on the used
+            // ring, and the poll window then catches what the guest sends back.
             HostSource::Completions(q) => match rings.lock(q, mem) {
+                Some(mut ring) if ring.live() && !self.paused() => {
+                    self.process_queue(q, &mut ring, mem)
+                }
                 Some(mut ring) => self.reap(q, &mut ring, mem),
                 None => Ok(()),
             },
@@ -1071,13 +1105,24 @@ mod tests {
         dev.queue_kicked(0, &mut ring, mem, &watch).unwrap();
     }
 
-    #[test]
-    fn a_quiesced_device_takes_nothing_from_its_rings_until_the_quiesce_ends() {
-        let mem = memory();
-        write_request(&mem);
-        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
-        let path =
-            std::env::temp_dir().join(format!("flotilla-blk-quiesce-{}", std::process::id()));
+    /// A FLUSH as head `head` (descriptors `head`, `head + 1`), its header and status
+    /// at `at` and `at + 0x10`, made available in slot `slot` of the available ring
+    /// (whose index becomes `slot + 1`).
+    fn flush_request(mem: &GuestMemoryMmap, head: u16, slot: u16, at: u64) {
+        mem.write_obj(blk::T_FLUSH, GuestAddress(at)).unwrap();
+        mem.write_obj(0u64, GuestAddress(at + 8)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(at + 0x10)).unwrap();
+        descriptor(mem, head, at, 16, 1, head + 1);
+        descriptor(mem, head + 1, at + 0x10, 1, 2, 0);
+        mem.write_obj(head, GuestAddress(RING.1 + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        mem.write_obj(slot + 1, GuestAddress(RING.1 + 2)).unwrap();
+    }
+
+    /// A device with a `kind` engine over a writable 64 KiB raw image, whose FLUSH syncs
+    /// the image's file (io_uring: completed by the kernel, later); and the image's path.
+    fn writable_device(tag: &str, kind: EngineKind) -> (BlkDevice, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("flotilla-blk-{tag}-{}", std::process::id()));
         std::fs::File::create(&path)
             .unwrap()
             .set_len(1 << 16)
@@ -1087,12 +1132,84 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
+        let fd = file.as_raw_fd();
         let counters = Arc::new(ipc::BlockCounters::create().unwrap());
         let raw = Arc::new(Raw::open(file, true).unwrap());
-        let disk = Arc::new(Disk::new(raw, None, false, CacheMode::Writeback, "d").unwrap());
-        let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QSIZE)).unwrap();
+        let disk = Arc::new(Disk::new(raw, Some(fd), false, CacheMode::Writeback, "d").unwrap());
+        let engines = engine::per_queue(kind, &disk, 1, u32::from(QSIZE)).unwrap();
         let stats = Arc::new(Stats::new(&[], counters));
-        let dev = BlkDevice::new(disk, engines, stats, Policy::default()).unwrap();
+        (
+            BlkDevice::new(disk, engines, stats, Policy::default()).unwrap(),
+            path,
+        )
+    }
+
+    /// Waits (up to 10 s) for the engine's completion source to become readable.
+    fn wait_readable(fd: RawFd) {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd that lives on the stack.
+        let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+        assert_eq!(n, 1, "no completion in 10 s");
+    }
+
+    #[test]
+    fn a_completion_that_arrives_in_the_poll_window_is_on_the_used_ring_at_once() {
+        let mem = memory();
+        flush_request(&mem, 0, 0, HEADER);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let (dev, path) = writable_device("poll-window", EngineKind::Uring);
+        // Long enough for the kernel's fdatasync on any machine.
+        dev.set_poll(Duration::from_secs(1));
+        kick(&dev, &rings, &mem);
+        // The kick's own call completed it: no trip through the ring's fd.
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(HEADER + 0x10)).unwrap(),
+            blk::S_OK
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn completions_on_a_live_ring_also_take_what_the_guest_made_available() {
+        let mem = memory();
+        flush_request(&mem, 0, 0, HEADER);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let (dev, path) = writable_device("poll-pipeline", EngineKind::Uring);
+        dev.set_poll(Duration::ZERO);
+        kick(&dev, &rings, &mem);
+        // The second request arrives without a kick (the driver saw the device busy).
+        flush_request(&mem, 3, 1, HEADER + 0x100);
+        let completions = dev.host_fds()[0];
+        wait_readable(completions);
+        let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
+        dev.host_ready(0, &rings, Some(&mem), &watch).unwrap();
+        assert_eq!(used_idx(&mem), 1, "the first is complete");
+        assert_eq!(
+            rings.lock(0, &mem).unwrap().queue().next_avail(),
+            2,
+            "the second was taken with it"
+        );
+        wait_readable(completions);
+        dev.host_ready(0, &rings, Some(&mem), &watch).unwrap();
+        assert_eq!(used_idx(&mem), 2);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(HEADER + 0x110)).unwrap(),
+            blk::S_OK
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_quiesced_device_takes_nothing_from_its_rings_until_the_quiesce_ends() {
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let (dev, path) = writable_device("quiesce", EngineKind::Sync);
         let quiesced = dev.quiesce(Duration::from_secs(1)).unwrap();
         kick(&dev, &rings, &mem);
         // The request waits in the ring: not taken, not completed, nothing written.

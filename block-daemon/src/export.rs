@@ -32,8 +32,8 @@ pub struct ExportSpec {
     /// What GET_ID reports (at most 20 bytes are used).
     pub id: String,
     pub discard_unmap: bool,
-    /// How long each queue is watched for new requests after its last batch (`poll-us=`;
-    /// zero: not at all, like a backend that cannot poll).
+    /// How long each queue is watched for new requests and completions after its last
+    /// batch (`poll-us=`; zero: not at all, like a backend that cannot poll).
     pub poll: Duration,
 }
 

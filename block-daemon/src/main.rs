@@ -59,8 +59,9 @@ struct Args {
     /// Guest discards are ignored (QEMU discard=ignore) instead of deallocating.
     #[arg(long)]
     discard_ignore: bool,
-    /// Microseconds each queue is watched for new requests after its last batch
-    /// (0 or off: polling off, every request waits for a kick).
+    /// Microseconds each queue is watched for new requests (and, while requests are in
+    /// the kernel, for their completions) after its last batch (0 or off: polling off,
+    /// every request waits for a kick, every completion for the worker to wake).
     #[arg(long, default_value = "32", value_parser = |s: &str| parse_poll(s))]
     poll_us: std::time::Duration,
     /// End when each export's first frontend has disconnected (by default the daemon

@@ -310,6 +310,7 @@ impl Vring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
     use vm_memory::Bytes;
 
     const QSIZE: u16 = 16;
@@ -409,6 +410,68 @@ mod tests {
         // Recovery happens once per connection.
         second.recover_once(0, &mem);
         assert!(second.pop_chain(&mem).is_none());
+    }
+
+    /// The call eventfd's count since the last look (0: the driver was not interrupted).
+    fn calls(call: &File) -> u64 {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes from a nonblocking eventfd into a local buffer.
+        let n = unsafe { libc::read(call.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        if n == 8 {
+            u64::from_ne_bytes(buf)
+        } else {
+            0
+        }
+    }
+
+    /// With EVENT_IDX the driver is asked to kick only once the device goes back to
+    /// waiting (avail_event = where it stopped), and interrupted only when the used index
+    /// passes the used_event it published.
+    #[test]
+    fn event_idx_asks_for_kicks_when_waiting_and_calls_only_past_used_event() {
+        let mem = memory();
+        let avail_event = GuestAddress(LAYOUT.2 + 4 + 8 * u64::from(QSIZE));
+        let used_event = GuestAddress(LAYOUT.1 + 4 + 2 * u64::from(QSIZE));
+        for i in 0..4 {
+            put(&mem, i, 0x4000, 0, 0);
+        }
+        make_available(&mem, &[0, 1, 2]);
+        let mut v = Vring::new(QSIZE);
+        v.set_up_for_testing(QSIZE, LAYOUT, true).unwrap();
+        // SAFETY: eventfd with integer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and nothing else owns it.
+        let call = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        v.set_call(Some(call.try_clone().unwrap()));
+        mem.write_obj(0xffffu16, avail_event).unwrap();
+
+        // Taking chains: no new request for kicks is published.
+        v.disable_notification(&mem).unwrap();
+        for _ in 0..3 {
+            v.pop_chain(&mem).unwrap().1.unwrap();
+        }
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 0xffff);
+        // Going back to waiting: kick me from the next one on.
+        assert!(!v.enable_notification(&mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 3);
+        // One arrived meanwhile: look again.
+        make_available(&mem, &[0, 1, 2, 3]);
+        assert!(v.enable_notification(&mem).unwrap());
+
+        // The driver wants an interrupt when entry 2 (the third) is used.
+        mem.write_obj(2u16, used_event).unwrap();
+        v.add_used(&mem, 0, 1).unwrap();
+        v.add_used(&mem, 1, 1).unwrap();
+        v.notify(&mem).unwrap();
+        assert_eq!(calls(&call), 0, "used index 2 has not passed used_event 2");
+        v.add_used(&mem, 2, 1).unwrap();
+        v.notify(&mem).unwrap();
+        assert_eq!(calls(&call), 1);
+        // Nothing more until the driver publishes a new used_event.
+        v.add_used(&mem, 3, 1).unwrap();
+        v.notify(&mem).unwrap();
+        assert_eq!(calls(&call), 0);
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub trait Engine: Send {
     fn drain(&mut self, done: &mut Vec<Done>) {
         self.reap(done);
     }
+    /// Whether `reap` would find finished requests now (cheap: a poll loop calls it).
+    fn has_completions(&mut self) -> bool {
+        false
+    }
     /// Becomes readable when `reap` has work; None if everything completes in `submit`.
     fn notifier(&self) -> Option<RawFd>;
     fn in_flight(&self) -> usize;

@@ -437,6 +437,10 @@ impl Engine for UringEngine {
         self.reap(done);
     }
 
+    fn has_completions(&mut self) -> bool {
+        !self.ready.is_empty() || !self.ring.completion().is_empty()
+    }
+
     fn notifier(&self) -> Option<RawFd> {
         Some(self.ring.as_raw_fd())
     }

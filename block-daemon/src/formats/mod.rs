@@ -11,6 +11,7 @@
 
 pub mod chain;
 pub mod direct;
+pub mod host_file;
 pub mod probe;
 pub mod qcow2;
 pub mod raw;

@@ -14,11 +14,11 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use crate::formats::FormatError;
+use crate::formats::{host_file, FormatError};
 
-/// The file's current length.
+/// The file's current length (a block device's size: its `metadata().len()` is 0).
 pub fn file_len(file: &File) -> Result<u64, FormatError> {
-    Ok(file.metadata()?.len())
+    Ok(host_file::length(file)?)
 }
 
 fn is_direct(file: &File) -> bool {
@@ -103,7 +103,7 @@ fn read_upto(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>
     if !is_direct(file) {
         return pread_some(file, offset, buf);
     }
-    let flen = file.metadata()?.len();
+    let flen = host_file::length(file)?;
     let len = buf.len();
     with_aligned_span(file, offset, len, false, |start, span| {
         let at = (offset - start) as usize;

@@ -13,6 +13,7 @@ use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::io::{read_meta, write_at};
 use crate::formats::qcow2::layout::{put64, INCOMPAT_CORRUPT, OFF_INCOMPATIBLE};
 use crate::formats::qcow2::snapshot::SnapshotInfo;
+use crate::formats::qcow2::unmap::Unmap;
 use crate::formats::{Format, FormatError, MappedRequests};
 
 /// QEMU's text for writes to an image marked corrupt.
@@ -82,6 +83,10 @@ pub struct Meta {
     pub snapshots_offset: u64,
     pub snapshots_size: u64,
     pub header: Header,
+    /// The image file is a block device: its size is fixed.
+    pub block_device: bool,
+    /// Frees passed down to the file (see `unmap`).
+    pub unmap: Unmap,
     #[cfg(test)]
     pub crash: CrashAfter,
 }
@@ -130,6 +135,15 @@ impl Meta {
         if self.crash.0 == Some(0) {
             return Err(FormatError::Io(std::io::Error::other("simulated crash")));
         }
+        if self.block_device {
+            // A device does not grow: what lies past its end cannot be allocated.
+            if len > self.file_size {
+                return Err(FormatError::Io(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                )));
+            }
+            return Ok(());
+        }
         self.file.set_len(len)?;
         self.file_size = self.file_size.max(len);
         Ok(())
@@ -142,6 +156,7 @@ impl Meta {
             return Err(FormatError::Io(std::io::Error::other("simulated crash")));
         }
         self.file.sync_data()?;
+        self.punch_freed();
         Ok(())
     }
 

@@ -9,3 +9,4 @@ mod header;
 mod oracle;
 mod rw;
 mod snapshots;
+mod unmap;

@@ -641,6 +641,7 @@ impl ExternalSnapshot {
             filename: filename.clone(),
         };
         disk.root = new_root.clone();
+        disk.health.set_node(&new_root);
         disk.config.node_name = new_root.clone();
         disk.config.layers.insert(0, layer_.clone());
         disk.images.insert(0, fd.clone());
@@ -679,6 +680,7 @@ impl ExternalSnapshot {
                         before.config.layers.first().map(|l| &l.format),
                         Some(ImageFormat::Qcow2(_))
                     );
+                    disk.health.set_node(&before.root);
                     disk.root = before.root;
                     disk.nodes = before.nodes;
                     disk.config = before.config;

@@ -15,6 +15,7 @@ pub mod host_file;
 pub mod probe;
 pub mod qcow2;
 pub mod raw;
+pub mod window_lock;
 
 pub use probe::probe;
 

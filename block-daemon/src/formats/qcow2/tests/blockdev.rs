@@ -3,8 +3,6 @@
 //! (its `metadata().len()` is 0), nothing is allocated past its end, and freed clusters
 //! are discarded with BLKDISCARD.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,32 +11,7 @@ use ipc::BlockCounters;
 use super::oracle::{check_clean, ok, s, TempDir};
 use super::rw::open;
 use crate::formats::Format;
-
-/// A loop device over a file, detached when dropped.
-struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    fn over(file: &Path) -> LoopDevice {
-        let out = Command::new("losetup")
-            .args(["--find", "--show", s(file)])
-            .output()
-            .unwrap_or_else(|e| panic!("losetup (util-linux) is needed by this test: {e}"));
-        assert!(
-            out.status.success(),
-            "losetup --find --show (needs root and loop devices): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        LoopDevice(PathBuf::from(
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        ))
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
+use crate::testing::LoopDevice;
 
 #[test]
 fn qcow2_on_a_loop_device() {
@@ -49,7 +22,7 @@ fn qcow2_on_a_loop_device() {
         .unwrap()
         .set_len(DEVICE)
         .unwrap();
-    let dev = LoopDevice::over(&backing);
+    let dev = LoopDevice::over(&backing, 512);
     // A guest size past the device's: allocating writes can run out of room.
     ok(
         "qemu-img",

@@ -147,6 +147,22 @@ pub fn qemu_refusal(extra: &[&str]) -> String {
         .to_string()
 }
 
+/// QEMU's whole message for a command line it refuses: its first stderr line after
+/// the "qemu-system-x86_64: -drive VALUE: " prefix (nested "Could not open backing
+/// file: " parts kept).
+pub fn qemu_whole_refusal(extra: &[&str]) -> String {
+    let mut cmd = base_command("tcg");
+    cmd.arg("-S").args(extra);
+    let (status, _, err) = run_to_end(cmd, TIMEOUT);
+    assert!(!status.success(), "QEMU accepted {extra:?}");
+    let first = err.lines().next().unwrap_or_default();
+    extra
+        .iter()
+        .find_map(|a| first.split_once(&format!("{a}: ")).map(|(_, m)| m))
+        .unwrap_or(first)
+        .to_string()
+}
+
 /// A tmpfs of a fixed size mounted on a scratch directory (root only): a filesystem
 /// that fills up. Unmounted and removed when dropped.
 pub struct SmallFs {

@@ -82,7 +82,16 @@ fn small_clusters_on_a_4k_sector_device_written_at_once() {
     let dev = LoopDevice::over(&backing, 4096);
     ok(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-o", "cluster_size=512", s(&dev.0), "1M"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            s(&dev.0),
+            "1M",
+        ],
     );
     let q = Arc::new(open(&dev.0, None, true));
     q.with_meta(|m| crate::formats::direct::set_direct(&m.file, true))

@@ -104,6 +104,15 @@ fn names(events: &[Value]) -> Vec<String> {
     out
 }
 
+/// The first BLOCK_IO_ERROR's data among `events` (null without one).
+fn first_block_io_error(events: &[Value]) -> Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "BLOCK_IO_ERROR")
+        .map(|e| e["data"].clone())
+        .unwrap_or(Value::Null)
+}
+
 /// What one VMM did when the disk filled up.
 #[derive(Debug, PartialEq)]
 struct Observed {
@@ -131,11 +140,7 @@ fn disk_full(vmm: Vmm) -> Observed {
     // RESUME (the guest starts) came with that.
     c.events.retain(|e| e["event"] != "RESUME");
     let events = run.events_until(vmm, "STOP", Duration::from_secs(30));
-    let first_error = events
-        .iter()
-        .find(|e| e["event"] == "BLOCK_IO_ERROR")
-        .map(|e| e["data"].clone())
-        .unwrap_or(Value::Null);
+    let first_error = first_block_io_error(&events);
     let c = &mut run.client;
     let status_stopped = c.ok("query-status", json!({}));
     let io_status_stopped = c.ok("query-block", json!({}))[0]["io-status"].clone();
@@ -340,11 +345,7 @@ fn overlay_full(vmm: Vmm, name_it: bool) -> (Value, Value) {
     c.ok("cont", json!({}));
     c.events.retain(|e| e["event"] != "RESUME");
     let events = run.events_until(vmm, "STOP", Duration::from_secs(60));
-    let first_error = events
-        .iter()
-        .find(|e| e["event"] == "BLOCK_IO_ERROR")
-        .map(|e| e["data"].clone())
-        .unwrap_or(Value::Null);
+    let first_error = first_block_io_error(&events);
     (first_error, root)
 }
 

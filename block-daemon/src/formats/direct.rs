@@ -118,6 +118,29 @@ fn bounce_for(len: usize, block: usize) -> std::io::Result<AlignedBuf> {
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
+/// One bounce buffer's worth of a range: the blocks from file offset `start`, `span`
+/// bytes, holding `n` bytes of the range from `head` on.
+struct Piece {
+    start: u64,
+    head: usize,
+    n: usize,
+    span: usize,
+}
+
+/// The piece of `offset..offset + len` that starts `done` bytes in.
+fn piece(offset: u64, done: usize, len: usize, block: usize) -> Piece {
+    let pos = offset + done as u64;
+    let start = pos - pos % block as u64;
+    let head = (pos - start) as usize;
+    let n = (len - done).min(MAX_BOUNCE);
+    Piece {
+        start,
+        head,
+        n,
+        span: (head + n).div_ceil(block) * block,
+    }
+}
+
 /// Reads what exists of `offset..offset + buf.len()` of an O_DIRECT file, whatever the
 /// alignment, through an aligned bounce buffer; how many bytes that was (fewer at the
 /// end of the file).
@@ -130,11 +153,12 @@ fn read_some_in(file: &File, offset: u64, buf: &mut [u8], block: usize) -> std::
     let mut bounce = bounce_for(len, block)?;
     let mut done = 0usize;
     while done < len {
-        let pos = offset + done as u64;
-        let start = pos - pos % block as u64;
-        let head = (pos - start) as usize;
-        let n = (len - done).min(MAX_BOUNCE);
-        let span = (head + n).div_ceil(block) * block;
+        let Piece {
+            start,
+            head,
+            n,
+            span,
+        } = piece(offset, done, len, block);
         let chunk = &mut bounce.as_mut_slice()[..span];
         let got = read_upto(file, chunk, start)?;
         let avail = got.saturating_sub(head).min(n);
@@ -171,11 +195,12 @@ fn write_all_in(file: &File, offset: u64, buf: &[u8], block: usize) -> std::io::
     let mut bounce = bounce_for(len, block)?;
     let mut done = 0usize;
     while done < len {
-        let pos = offset + done as u64;
-        let start = pos - pos % block as u64;
-        let head = (pos - start) as usize;
-        let n = (len - done).min(MAX_BOUNCE);
-        let span = (head + n).div_ceil(block) * block;
+        let Piece {
+            start,
+            head,
+            n,
+            span,
+        } = piece(offset, done, len, block);
         let _window = window_lock::lock(file, start, start + span as u64)?;
         let chunk = &mut bounce.as_mut_slice()[..span];
         if head != 0 || !(head + n).is_multiple_of(block) {

@@ -742,7 +742,7 @@ impl Format for Qcow2 {
         if m.writable {
             m.sync()?;
             m.apply_pending_frees()?;
-            if m.punches_waiting() {
+            if m.unmap.punches_waiting() {
                 // The clusters those frees released are punched once durable.
                 m.sync()?;
             }

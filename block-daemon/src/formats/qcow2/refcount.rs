@@ -99,7 +99,7 @@ impl Meta {
         })?;
         self.set_refcount(c, new)?;
         if delta < 0 {
-            self.note_refcount_drop(c, new);
+            self.unmap.note_refcount_drop(c, new);
         }
         if new == 0 {
             self.metadata.remove(&c);
@@ -278,7 +278,7 @@ impl Meta {
                 )));
             }
             let free = !self.deferred.contains(&c)
-                && !self.waiting_for_punch(c)
+                && !self.unmap.waiting_for_punch(c)
                 && !self.reserved.contains(&c)
                 && !self.metadata.contains(&c)
                 && self.refcount(c)? == 0;
@@ -368,7 +368,7 @@ impl Meta {
     /// stopped naming them is on stable storage (at once with lazy refcounts, where
     /// the dirty bit covers any order).
     pub fn release_later(&mut self, first: u64, n: u64) -> Result<(), FormatError> {
-        self.note_release(first, n);
+        self.unmap.note_release(first, n);
         if self.lazy {
             return self.free_clusters(first, n);
         }

@@ -16,16 +16,11 @@
 //! that makes the refcounts durable).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use ipc::BlockCounters;
 
-use crate::formats::host_file;
-use crate::formats::qcow2::meta::Meta;
-use crate::formats::FormatError;
-
-/// The state of passing frees down (part of `Meta`).
+/// The state of passing frees down (part of `Meta`, whose `sync` punches).
 #[derive(Default)]
 pub struct Unmap {
     /// Where the punches are counted; None: nothing is passed down (discard=ignore, a
@@ -46,86 +41,66 @@ pub struct Unmap {
     waiting_clusters: HashSet<u64>,
 }
 
-impl Meta {
-    /// Runs `f` with its frees passed down to the file.
-    pub fn passing_frees<T>(
-        &mut self,
-        f: impl FnOnce(&mut Meta) -> Result<T, FormatError>,
-    ) -> Result<T, FormatError> {
-        if self.unmap.passing.is_some() {
-            return f(self);
+impl Unmap {
+    /// An operation whose frees are passed down begins; false when one already runs
+    /// (the outer one goes on).
+    pub fn begin(&mut self) -> bool {
+        if self.passing.is_some() {
+            return false;
         }
-        self.unmap.operations += 1;
-        self.unmap.passing = Some(self.unmap.operations);
-        let r = f(self);
-        self.unmap.passing = None;
-        r
+        self.operations += 1;
+        self.passing = Some(self.operations);
+        true
     }
 
-    /// References to `first..first + n` will be dropped later (at the next sync).
+    /// The operation `begin` began ends.
+    pub fn end(&mut self) {
+        self.passing = None;
+    }
+
+    /// References to clusters `first..first + n` will be dropped later (at the next
+    /// sync).
     pub fn note_release(&mut self, first: u64, n: u64) {
-        if let (Some(op), Some(_)) = (self.unmap.passing, &self.unmap.counters) {
-            self.unmap
-                .dropped
-                .extend((first..first + n).map(|c| (c, op)));
+        if let (Some(op), Some(_)) = (self.passing, &self.counters) {
+            self.dropped.extend((first..first + n).map(|c| (c, op)));
         }
     }
 
-    /// The refcount of `c` was lowered to `new`.
+    /// The refcount of cluster `c` was lowered to `new`.
     pub fn note_refcount_drop(&mut self, c: u64, new: u64) {
-        if self.unmap.counters.is_none() {
+        if self.counters.is_none() {
             return;
         }
-        let passed = self.unmap.dropped.remove(&c).or(self.unmap.passing);
+        let passed = self.dropped.remove(&c).or(self.passing);
         if let (0, Some(op)) = (new, passed) {
-            self.unmap.waiting.insert((op, c));
-            self.unmap.waiting_clusters.insert(c);
+            self.waiting.insert((op, c));
+            self.waiting_clusters.insert(c);
         }
     }
 
-    /// Whether `c` is free but not yet punched (not to be allocated until it is).
+    /// Whether cluster `c` is free but not yet punched (not to be allocated until it
+    /// is).
     pub fn waiting_for_punch(&self, c: u64) -> bool {
-        self.unmap.waiting_clusters.contains(&c)
+        self.waiting_clusters.contains(&c)
     }
 
     /// Whether freed clusters wait for a sync to be punched.
     pub fn punches_waiting(&self) -> bool {
-        !self.unmap.waiting.is_empty()
+        !self.waiting.is_empty()
     }
 
-    /// Punches the clusters waiting, in contiguous ranges, after a sync made their
-    /// refcounts durable; nothing while a mapped request is in flight. A punch that
-    /// fails is counted and otherwise ignored (the cluster is free all the same), as
-    /// QEMU's qcow2_process_discards does.
-    pub fn punch_freed(&mut self) {
-        let Some(counters) = self.unmap.counters.clone() else {
-            return;
-        };
-        if self.unmap.waiting.is_empty() || self.mapped.in_flight() > 0 {
-            return;
-        }
-        let fd = self.file.as_raw_fd();
-        let bits = self.cluster_bits;
+    /// Takes the clusters waiting as ranges (first cluster, count): contiguous
+    /// clusters of one operation make one range. With the counters to count them in.
+    pub fn take_runs(&mut self) -> Option<(Arc<BlockCounters>, Vec<(u64, u64)>)> {
+        let counters = self.counters.clone()?;
+        self.waiting_clusters.clear();
         let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-        self.unmap.waiting_clusters.clear();
-        for (op, c) in std::mem::take(&mut self.unmap.waiting) {
+        for (op, c) in std::mem::take(&mut self.waiting) {
             match runs.last_mut() {
                 Some((o, first, n)) if *o == op && *first + *n == c => *n += 1,
                 _ => runs.push((op, c, 1)),
             }
         }
-        for (_, first, n) in runs {
-            let (offset, len) = (first << bits, n << bits);
-            // Nothing past the end of the file is allocated on the host.
-            let len = len.min(self.file_size.saturating_sub(offset));
-            if len == 0 {
-                continue;
-            }
-            let r = host_file::discard(fd, self.block_device, offset, len);
-            if let Err(e) = &r {
-                log::warn!("qcow2: discarding {len} bytes at {offset:#x} of the file: {e}");
-            }
-            host_file::count_discard(&counters, len, &r);
-        }
+        Some((counters, runs.into_iter().map(|(_, c, n)| (c, n)).collect()))
     }
 }

@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 use ipc::BlockCounters;
 
+/// Contiguous clusters to punch: the first one and how many.
+pub type Run = (u64, u64);
+
 /// The state of passing frees down (part of `Meta`, whose `sync` punches).
 #[derive(Default)]
 pub struct Unmap {
@@ -91,7 +94,7 @@ impl Unmap {
 
     /// Takes the clusters waiting as ranges (first cluster, count): contiguous
     /// clusters of one operation make one range. With the counters to count them in.
-    pub fn take_runs(&mut self) -> Option<(Arc<BlockCounters>, Vec<(u64, u64)>)> {
+    pub fn take_runs(&mut self) -> Option<(Arc<BlockCounters>, Vec<Run>)> {
         let counters = self.counters.clone()?;
         self.waiting_clusters.clear();
         let mut runs: Vec<(u64, u64, u64)> = Vec::new();

@@ -69,6 +69,7 @@ fn open(
             writable: !open.read_only,
             direct: cache.direct(),
             counters: Some(counters.clone()),
+            discard_unmap: open.discard_unmap,
         },
     )
     .map_err(|e| e.to_string())?;

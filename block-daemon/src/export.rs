@@ -190,6 +190,7 @@ impl Export {
                 writable: !spec.read_only,
                 direct: spec.cache.direct(),
                 counters: Some(counters.clone()),
+                discard_unmap: spec.discard_unmap,
             },
         )
         .map_err(|e| image_error(e.to_string()))?;

@@ -34,3 +34,39 @@ impl Drop for Scratch {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// A loop device over a file (set up with `losetup`, which needs root), detached when
+/// dropped; `sector_size`: its logical block size (4096 makes a 4 KiB-sector device).
+pub struct LoopDevice(pub PathBuf);
+
+impl LoopDevice {
+    pub fn over(file: &Path, sector_size: u32) -> LoopDevice {
+        let out = std::process::Command::new("losetup")
+            .args([
+                "--find",
+                "--show",
+                "--sector-size",
+                &sector_size.to_string(),
+            ])
+            .arg(file)
+            .output()
+            .unwrap_or_else(|e| panic!("losetup (util-linux) is needed by this test: {e}"));
+        assert!(
+            out.status.success(),
+            "losetup --find --show (needs root and loop devices): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -98,6 +98,11 @@ pub fn linux_bzimage() -> PathBuf {
         .unwrap_or_else(|| panic!("no vmlinuz-* in {}", boot.display()))
 }
 
+/// A path as a command-line argument (test paths are UTF-8).
+pub fn path_arg(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 /// True on hosts whose KVM is kvm-pvm (no VMX/SVM; guest ring 0 is emulated).
 pub fn kvm_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()

@@ -136,14 +136,31 @@ impl Drop for Qemu {
 /// QEMU's message for a command line it refuses (its stderr, without the
 /// "qemu-system-x86_64: -drive ...: " prefix).
 pub fn qemu_refusal(extra: &[&str]) -> String {
+    let first = refusal_line(extra);
+    first
+        .rsplit_once(": ")
+        .map_or(first.as_str(), |(_, message)| message)
+        .to_string()
+}
+
+/// The first line QEMU writes when it refuses `extra`.
+fn refusal_line(extra: &[&str]) -> String {
     let mut cmd = base_command("tcg");
     cmd.arg("-S").args(extra);
     let (status, _, err) = run_to_end(cmd, TIMEOUT);
     assert!(!status.success(), "QEMU accepted {extra:?}");
-    let first = err.lines().next().unwrap_or_default();
-    first
-        .rsplit_once(": ")
-        .map_or(first, |(_, message)| message)
+    err.lines().next().unwrap_or_default().to_string()
+}
+
+/// QEMU's whole message for a command line it refuses: its first stderr line after
+/// the "qemu-system-x86_64: -drive VALUE: " prefix (nested "Could not open backing
+/// file: " parts kept).
+pub fn qemu_whole_refusal(extra: &[&str]) -> String {
+    let first = refusal_line(extra);
+    extra
+        .iter()
+        .find_map(|a| first.split_once(&format!("{a}: ")).map(|(_, m)| m))
+        .unwrap_or(first.as_str())
         .to_string()
 }
 

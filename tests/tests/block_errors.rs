@@ -104,6 +104,15 @@ fn names(events: &[Value]) -> Vec<String> {
     out
 }
 
+/// The first BLOCK_IO_ERROR's data among `events` (null without one).
+fn first_block_io_error(events: &[Value]) -> Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "BLOCK_IO_ERROR")
+        .map(|e| e["data"].clone())
+        .unwrap_or(Value::Null)
+}
+
 /// What one VMM did when the disk filled up.
 #[derive(Debug, PartialEq)]
 struct Observed {
@@ -131,11 +140,7 @@ fn disk_full(vmm: Vmm) -> Observed {
     // RESUME (the guest starts) came with that.
     c.events.retain(|e| e["event"] != "RESUME");
     let events = run.events_until(vmm, "STOP", Duration::from_secs(30));
-    let first_error = events
-        .iter()
-        .find(|e| e["event"] == "BLOCK_IO_ERROR")
-        .map(|e| e["data"].clone())
-        .unwrap_or(Value::Null);
+    let first_error = first_block_io_error(&events);
     let c = &mut run.client;
     let status_stopped = c.ok("query-status", json!({}));
     let io_status_stopped = c.ok("query-block", json!({}))[0]["io-status"].clone();
@@ -317,4 +322,50 @@ fn tempdir_image() -> (flotilla_tests::TempDir, std::path::PathBuf) {
     let image = dir.path().join("d0.img");
     empty_image(&image, 1 << 20);
     (dir, image)
+}
+
+/// The first BLOCK_IO_ERROR after an external snapshot whose overlay lives on a
+/// filesystem that fills up, and the disk's root node then (query-block's).
+fn overlay_full(vmm: Vmm, name_it: bool) -> (Value, Value) {
+    let dir = flotilla_tests::TempDir::new("enospc-overlay-base");
+    let image = dir.path().join("d0.img");
+    empty_image(&image, IMAGE_BYTES);
+    let fs = SmallFs::mount("enospc-overlay", FS_BYTES);
+    let overlay = fs.path().join("over.qcow2");
+    let cmdline = format!("scenario=blk-verify-loop seed={SEED:#x} rounds=1 stall_ms=600000");
+    let mut run = Run::start(vmm, &image, "", &cmdline);
+    let c = &mut run.client;
+    let mut args = json!({"device": "d0", "snapshot-file": overlay.display().to_string(),
+                          "format": "qcow2"});
+    if name_it {
+        args["snapshot-node-name"] = json!("over");
+    }
+    c.ok("blockdev-snapshot-sync", args);
+    let root = c.ok("query-block", json!({}))[0]["inserted"]["node-name"].clone();
+    c.ok("cont", json!({}));
+    c.events.retain(|e| e["event"] != "RESUME");
+    let events = run.events_until(vmm, "STOP", Duration::from_secs(60));
+    let first_error = first_block_io_error(&events);
+    (first_error, root)
+}
+
+/// After an external snapshot, BLOCK_IO_ERROR names the disk's new root node (the
+/// overlay), as QEMU 7.2's does (its BlockBackend's root).
+#[test]
+fn errors_after_an_external_snapshot_name_the_overlay_as_on_qemu() {
+    let (qemu, root) = overlay_full(Vmm::Qemu, true);
+    assert_eq!(
+        qemu,
+        json!({"device": "d0", "node-name": "over", "operation": "write", "action": "stop",
+               "nospace": true, "reason": "No space left on device"})
+    );
+    assert_eq!(root, "over");
+    assert_eq!(overlay_full(Vmm::Flotilla, true), (qemu, root));
+    // An overlay the client did not name: the event names whatever node the disk's
+    // root is (QEMU makes up a name; so do we).
+    for vmm in [Vmm::Qemu, Vmm::Flotilla] {
+        let (event, root) = overlay_full(vmm, false);
+        assert_eq!(event["node-name"], root, "{vmm:?}");
+        assert_ne!(root, "disk0", "{vmm:?}");
+    }
 }

@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use flotilla_tests::blk::{first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok};
-use flotilla_tests::qemu::Qemu;
+use flotilla_tests::qemu::{qemu_whole_refusal, Qemu};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{bin, require_tool, run_to_end, test_guest, TempDir};
 use serde_json::{json, Value};
@@ -595,4 +595,94 @@ fn bad_chains_and_arguments_get_qemus_words() {
     );
     ours.ok("blockdev-del", json!({"node-name": "m1"}));
     ours.ok("blockdev-del", json!({"node-name": "b1"}));
+}
+
+/// `--drive`'s dotted `backing` options, as QEMU 7.2's -drive takes them: another
+/// backing file (with its node name), none, and the refusals in QEMU's words.
+#[test]
+fn drive_backing_options_as_qemus() {
+    let dir = TempDir::new("qcow2-drive-backing");
+    let top = chain(dir.path());
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", &p("alt.qcow2"), "4M"]);
+    let facts = |c: &mut QmpClient| {
+        let inserted = c.ok("query-block", json!({}))[0]["inserted"].clone();
+        let backing = &inserted["image"]["backing-image"];
+        let mut nodes: Vec<String> = c
+            .ok("query-named-block-nodes", json!({}))
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["node-name"].as_str())
+                    .filter(|n| !n.starts_with('#'))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        nodes.sort();
+        json!({
+            "backing_file": inserted["backing_file"],
+            "depth": inserted["backing_file_depth"],
+            "backing": [backing["filename"], backing["format"], backing["virtual-size"]],
+            "named": nodes,
+        })
+    };
+    for options in [
+        format!(
+            ",backing.driver=qcow2,backing.file.filename={},backing.node-name=bk",
+            p("alt.qcow2")
+        ),
+        format!(
+            ",backing.driver=raw,backing.file.driver=file,backing.file.filename={}",
+            p("base.raw")
+        ),
+        ",backing=".to_string(),
+    ] {
+        let d = drive(&top, &options);
+        let ours = facts(&mut flotilla(&d).client());
+        let theirs = facts(&mut qemu(&d).expect("QEMU starts").client());
+        assert_eq!(ours, theirs, "{options}");
+    }
+    let alt = p("alt.qcow2");
+    for options in [
+        ",backing=nosuch".to_string(),
+        ",backing=x,backing.driver=qcow2".to_string(),
+        format!(",backing.driver=qcow2,backing.file.filename={alt},backing.foo=1"),
+        format!(",backing.driver=qcow2,backing.file.filename={alt},backing.read-only=bogus"),
+        format!(",backing.driver=qcow2,backing.file.filename={alt},backing.file.bogus=1"),
+        format!(",backing.driver=qcow2,backing.file.filename={alt},backing.l2-cache-size=1Q"),
+        format!(
+            ",backing.driver=raw,backing.file.filename={},backing.l2-cache-size=1M",
+            p("base.raw")
+        ),
+        format!(
+            ",backing.driver=qcow2,backing.file.filename={}",
+            p("nosuch.qcow2")
+        ),
+        format!(
+            ",backing.driver=qcow2,backing.file.filename={alt},backing.backing.driver=qcow2,\
+             backing.backing.file.filename={}",
+            p("nosuch.qcow2")
+        ),
+    ] {
+        let d = drive(&top, &options);
+        let theirs = qemu_whole_refusal(&[
+            "-drive",
+            &format!("{d},if=none"),
+            "-device",
+            "virtio-blk-device,drive=d0",
+        ]);
+        let ours = flotilla_refusal(&d);
+        assert!(
+            ours.contains(&theirs),
+            "{options}: QEMU: {theirs}\nFlotilla: {ours}"
+        );
+    }
+    let raw = format!(
+        "file={},format=raw,id=d0,backing.driver=qcow2,backing.file.filename={alt}",
+        p("base.raw")
+    );
+    let theirs = qemu_whole_refusal(&["-drive", &format!("{raw},if=none")]);
+    assert_eq!(theirs, "Driver doesn't support backing files");
+    assert!(flotilla_refusal(&raw).contains(&theirs));
 }

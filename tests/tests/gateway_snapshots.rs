@@ -559,6 +559,73 @@ fn transactions_are_all_or_nothing() {
     }
 }
 
+/// The files of `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A snapshot-file that exists already: QEMU 7.2 formats it at prepare (mode
+/// absolute-paths) and leaves it formatted when the transaction aborts; here it comes
+/// back byte-identical (and with mode existing it is never changed, as in QEMU). A
+/// transaction that succeeds replaces it, keeping its permissions, and leaves nothing
+/// else behind.
+#[test]
+fn an_aborted_transaction_puts_back_a_file_it_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("snap-tx-existing");
+    let a = disk(dir.path(), "a", true);
+    let existing = dir.path().join("existing.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", &p(&existing), "32M"]);
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5c 0 1M", &p(&existing)])
+        .output()
+        .expect("qemu-io (qemu-utils) is needed by this test");
+    assert!(out.status.success(), "qemu-io: {out:?}");
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = contents(&existing);
+    let files = listing(dir.path());
+    let gw = Gateway::start_with(1, "", &["-S", "--drive", &drive(&a, "d0")]);
+    let mut c = gw.client();
+    for mode in ["absolute-paths", "existing"] {
+        let err = c.err(
+            "transaction",
+            json!({"actions": [
+                {"type": "blockdev-snapshot-sync", "data": {"device": "d0", "snapshot-file": p(&existing), "mode": mode}},
+                {"type": "abort", "data": {}},
+            ]}),
+        );
+        assert_eq!(err.1, "Transaction aborted using Abort action");
+        assert!(
+            contents(&existing) == before,
+            "mode {mode}: the file changed"
+        );
+        assert_eq!(listing(dir.path()), files, "mode {mode}");
+        assert_eq!(inserted(&mut c, "d0")["file"], p(&a));
+    }
+    c.ok(
+        "transaction",
+        json!({"actions": [
+            {"type": "blockdev-snapshot-sync", "data": {"device": "d0", "snapshot-file": p(&existing)}},
+        ]}),
+    );
+    assert_eq!(inserted(&mut c, "d0")["file"], p(&existing));
+    assert_eq!(inserted(&mut c, "d0")["backing_file"], p(&a));
+    assert_eq!(listing(dir.path()), files, "a file was left behind");
+    let mode = std::fs::metadata(&existing).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    c.ok("quit", json!({}));
+    drop(c);
+    drop(gw);
+    check_clean(&existing);
+    let info = qemu_img_ok(&["info", &p(&existing)]);
+    assert!(info.contains(&format!("backing file: {}", p(&a))), "{info}");
+}
+
 /// Bad arguments get QEMU 7.2's answers (the same exchanges sent to both).
 #[test]
 fn bad_arguments_read_like_qemu() {

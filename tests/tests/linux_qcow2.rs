@@ -8,7 +8,6 @@
 //! are unchanged.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use flotilla_tests::blk::{block_daemon, md5_hex, pattern_image, qemu_img, qemu_i
 use flotilla_tests::linux::{
     expect_filesystem_checked, linux_on_vhost_user_blk, reported, FILL_AND_CHECK_FS,
 };
-use flotilla_tests::{require_tool, TempDir};
+use flotilla_tests::{path_arg as s, require_tool, TempDir};
 
 const LINUX: Duration = Duration::from_secs(240);
 const MIB: u64 = 1 << 20;
@@ -40,10 +39,6 @@ echo "SUM-WRITTEN $(md5sum < /tmp/data)"
 mkfs.ext4 -q -F -b 4096 /dev/vda 8192
 {FILL_AND_CHECK_FS}"#
     )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

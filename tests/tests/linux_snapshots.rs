@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use flotilla_tests::blk::{block_daemon_under_control, qemu_img, qemu_img_ok};
 use flotilla_tests::linux::linux_on_vhost_user_blk;
-use flotilla_tests::{require_tool, TempDir};
+use flotilla_tests::{path_arg as s, require_tool, TempDir};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
     FromBlock, ImageFormat, ImageLayer, OnError, ToBlock,
@@ -44,10 +44,6 @@ umount /mnt
 e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
 echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
 "#;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// One call and its answer (events, none expected here, are skipped).
 fn call(

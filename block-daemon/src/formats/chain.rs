@@ -52,6 +52,9 @@ pub struct ChainOptions {
     pub direct: bool,
     /// Where the discards that reach the top image's file are counted.
     pub counters: Option<Arc<BlockCounters>>,
+    /// discard=unmap: the clusters a qcow2 top image frees are punched out of its file
+    /// (with discard=ignore the file keeps its blocks, as QEMU's).
+    pub discard_unmap: bool,
 }
 
 /// Whether `file` was opened for writing.
@@ -140,9 +143,15 @@ fn open_layer(
                 _ => Arc::new(raw),
             })
         }
-        ImageFormat::Qcow2(opts) => Ok(Arc::new(
-            Qcow2::open(file, backing, opts, writable).map_err(format_error)?,
-        )),
+        ImageFormat::Qcow2(opts) => {
+            let qcow2 = Qcow2::open(file, backing, opts, writable).map_err(format_error)?;
+            Ok(
+                match (&options.counters, top && writable && options.discard_unmap) {
+                    (Some(c), true) => Arc::new(qcow2.pass_discards(c.clone())),
+                    _ => Arc::new(qcow2),
+                },
+            )
+        }
     }
 }
 
@@ -164,6 +173,7 @@ mod tests {
             writable,
             direct: false,
             counters: None,
+            discard_unmap: true,
         }
     }
 

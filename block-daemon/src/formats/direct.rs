@@ -2,11 +2,16 @@
 //! positioned reads and writes of any offset and length on such a file (through an
 //! aligned bounce buffer that covers the sectors around the range). The engines move
 //! aligned guest data themselves; this serves what the formats move on their own (a raw
-//! backing file's copy-on-write reads, zeroes written by hand).
+//! backing file's copy-on-write reads, zeroes written by hand, every qcow2 metadata
+//! access and slow-path data). Devices with 4 KiB logical sectors are served in 4 KiB
+//! blocks; a bounce write holds its window of the file (`window_lock`) for its whole
+//! read-modify-write.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+use super::window_lock;
 
 /// The alignment of the buffers O_DIRECT gets from us (a page: the largest logical
 /// block size a disk has, so it suits every one).
@@ -89,63 +94,128 @@ pub enum DirectBuf<'a> {
     Write(&'a [u8]),
 }
 
-/// Reads or writes `buf` at `offset` of an O_DIRECT file, whatever their alignment: the
-/// aligned blocks around the range go through an aligned bounce buffer (a write of a
-/// partial block reads the block first). Bounded: at most `MAX_BOUNCE` bytes at a time.
-pub fn direct_io(file: &File, offset: u64, buf: DirectBuf) -> std::io::Result<()> {
-    const MAX_BOUNCE: usize = 1 << 20;
-    let align = DIRECT_BLOCK as u64;
-    let len = match &buf {
-        DirectBuf::Read(b) => b.len(),
-        DirectBuf::Write(b) => b.len(),
-    };
-    let bounce_len = len.min(MAX_BOUNCE) + 2 * DIRECT_BLOCK;
-    let mut bounce = AlignedBuf::new(bounce_len, DIRECT_ALIGN)
-        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
-    let file_len = match &buf {
-        // A regular file's length; a block device's does not change.
-        DirectBuf::Write(_) => Some(file.metadata()?)
-            .filter(|m| m.file_type().is_file())
-            .map(|m| m.len()),
-        DirectBuf::Read(_) => None,
-    };
-    let mut buf = buf;
+/// The most bytes a bounce buffer holds at a time.
+const MAX_BOUNCE: usize = 1 << 20;
+
+/// The device block sizes tried, in order: a sector, then 4 KiB (a device with 4 KiB
+/// logical sectors refuses less with EINVAL).
+const BLOCK_SIZES: [usize; 2] = [DIRECT_BLOCK, 4096];
+
+/// Runs `f` with each block size until the device takes one.
+fn with_block_size<T>(mut f: impl FnMut(usize) -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut refused = None;
+    for block in BLOCK_SIZES {
+        match f(block) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => refused = Some(e),
+            other => return other,
+        }
+    }
+    Err(refused.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+fn bounce_for(len: usize, block: usize) -> std::io::Result<AlignedBuf> {
+    AlignedBuf::new(len.min(MAX_BOUNCE) + 2 * block, DIRECT_ALIGN)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// One bounce buffer's worth of a range: the blocks from file offset `start`, `span`
+/// bytes, holding `n` bytes of the range from `head` on.
+struct Piece {
+    start: u64,
+    head: usize,
+    n: usize,
+    span: usize,
+}
+
+/// The piece of `offset..offset + len` that starts `done` bytes in.
+fn piece(offset: u64, done: usize, len: usize, block: usize) -> Piece {
+    let pos = offset + done as u64;
+    let start = pos - pos % block as u64;
+    let head = (pos - start) as usize;
+    let n = (len - done).min(MAX_BOUNCE);
+    Piece {
+        start,
+        head,
+        n,
+        span: (head + n).div_ceil(block) * block,
+    }
+}
+
+/// Reads what exists of `offset..offset + buf.len()` of an O_DIRECT file, whatever the
+/// alignment, through an aligned bounce buffer; how many bytes that was (fewer at the
+/// end of the file).
+pub fn read_some(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    with_block_size(|block| read_some_in(file, offset, buf, block))
+}
+
+fn read_some_in(file: &File, offset: u64, buf: &mut [u8], block: usize) -> std::io::Result<usize> {
+    let len = buf.len();
+    let mut bounce = bounce_for(len, block)?;
     let mut done = 0usize;
     while done < len {
-        let pos = offset + done as u64;
-        let start = pos - pos % align;
-        let head = (pos - start) as usize;
-        let n = (len - done).min(MAX_BOUNCE);
-        let span = (head + n).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-        let block = &mut bounce.as_mut_slice()[..span];
-        match &mut buf {
-            DirectBuf::Read(b) => {
-                if read_upto(file, block, start)? < head + n {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "end of image",
-                    ));
-                }
-                b[done..done + n].copy_from_slice(&block[head..head + n]);
-            }
-            DirectBuf::Write(b) => {
-                if head != 0 || !n.is_multiple_of(DIRECT_BLOCK) {
-                    // The partial blocks at either end keep what they hold.
-                    block.fill(0);
-                    read_upto(file, &mut block[..DIRECT_BLOCK], start)?;
-                    let last = span - DIRECT_BLOCK;
-                    if last > 0 {
-                        read_upto(file, &mut block[last..], start + last as u64)?;
-                    }
-                }
-                block[head..head + n].copy_from_slice(&b[done..done + n]);
-                file.write_all_at(block, start)?;
+        let Piece {
+            start,
+            head,
+            n,
+            span,
+        } = piece(offset, done, len, block);
+        let chunk = &mut bounce.as_mut_slice()[..span];
+        let got = read_upto(file, chunk, start)?;
+        let avail = got.saturating_sub(head).min(n);
+        buf[done..done + avail].copy_from_slice(&chunk[head..head + avail]);
+        done += avail;
+        if avail < n {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf` at `offset` of an O_DIRECT file, whatever the alignment: the
+/// device blocks around the range go through an aligned bounce buffer (a partial block
+/// is read first), under a lock on that window (see `window_lock`), so a neighbour's
+/// write to the same block is never overwritten with stale bytes. The file ends where
+/// it ended, or where the write ends.
+pub fn write_all(file: &File, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+    with_block_size(|block| write_all_in(file, offset, buf, block))
+}
+
+fn write_all_in(file: &File, offset: u64, buf: &[u8], block: usize) -> std::io::Result<()> {
+    let len = buf.len();
+    let aligned = offset.is_multiple_of(block as u64) && len.is_multiple_of(block);
+    // Whole blocks written past the end of a regular file would make it longer than
+    // the write did (a device's length does not change).
+    let file_len = if aligned {
+        None
+    } else {
+        Some(file.metadata()?)
+            .filter(|m| m.file_type().is_file())
+            .map(|m| m.len())
+    };
+    let mut bounce = bounce_for(len, block)?;
+    let mut done = 0usize;
+    while done < len {
+        let Piece {
+            start,
+            head,
+            n,
+            span,
+        } = piece(offset, done, len, block);
+        let _window = window_lock::lock(file, start, start + span as u64)?;
+        let chunk = &mut bounce.as_mut_slice()[..span];
+        if head != 0 || !(head + n).is_multiple_of(block) {
+            // The partial blocks at either end keep what they hold.
+            chunk.fill(0);
+            read_upto(file, &mut chunk[..block], start)?;
+            let last = span - block;
+            if last > 0 {
+                read_upto(file, &mut chunk[last..], start + last as u64)?;
             }
         }
+        chunk[head..head + n].copy_from_slice(&buf[done..done + n]);
+        file.write_all_at(chunk, start)?;
         done += n;
     }
-    // Whole blocks written past the end of the file made it longer than the write did:
-    // it ends where it ended, or where the write ends.
     if let Some(before) = file_len {
         let want = before.max(offset + len as u64);
         if file.metadata()?.len() != want {
@@ -155,6 +225,23 @@ pub fn direct_io(file: &File, offset: u64, buf: DirectBuf) -> std::io::Result<()
     Ok(())
 }
 
+/// Reads or writes `buf` at `offset` of an O_DIRECT file, whatever their alignment
+/// (`read_some`, `write_all`); a read past the end of the file is an error.
+pub fn direct_io(file: &File, offset: u64, buf: DirectBuf) -> std::io::Result<()> {
+    match buf {
+        DirectBuf::Read(b) => {
+            if read_some(file, offset, b)? < b.len() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "end of image",
+                ));
+            }
+            Ok(())
+        }
+        DirectBuf::Write(b) => write_all(file, offset, b),
+    }
+}
+
 /// Reads what there is of `block` at `offset` (the rest, past the end of the file,
 /// stays as it is) and says how much that was; an error for a read that fails.
 fn read_upto(file: &File, block: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -162,10 +249,87 @@ fn read_upto(file: &File, block: &mut [u8], offset: u64) -> std::io::Result<usiz
     while got < block.len() {
         match file.read_at(&mut block[got..], offset + got as u64) {
             Ok(0) => break,
+            // A read that ends inside a sector ended at the end of the file (and an
+            // O_DIRECT read from there would be refused).
+            Ok(n) if !(got + n).is_multiple_of(DIRECT_BLOCK) => {
+                got += n;
+                break;
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{LoopDevice, Scratch};
+    use std::sync::Arc;
+
+    /// A 4 KiB-sector loop device opened O_DIRECT (checked: it refuses 512-byte I/O).
+    fn four_k_device(tag: &str) -> (Scratch, LoopDevice, File) {
+        let backing = Scratch::new(tag, 1 << 20);
+        let dev = LoopDevice::over(&backing.path, 4096);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev.0)
+            .unwrap();
+        set_direct(&file, true).unwrap();
+        let mut b = AlignedBuf::new(DIRECT_BLOCK, DIRECT_ALIGN).unwrap();
+        let e = file
+            .read_at(&mut b.as_mut_slice()[..DIRECT_BLOCK], 0)
+            .unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EINVAL),
+            "not a 4 KiB-sector device"
+        );
+        (backing, dev, file)
+    }
+
+    #[test]
+    fn neighbouring_sectors_of_one_device_block_written_at_once_all_stay() {
+        let (_backing, _dev, file) = four_k_device("direct-4k-race");
+        let file = Arc::new(file);
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    let at = u64::from(i) * 512;
+                    for round in 0..300u32 {
+                        let mine = [i.wrapping_mul(31).wrapping_add(round as u8); 512];
+                        write_all(&file, at, &mine).unwrap();
+                        let mut back = [0u8; 512];
+                        assert_eq!(read_some(&file, at, &mut back).unwrap(), 512);
+                        assert!(
+                            back == mine,
+                            "sector {i}, round {round}: a neighbour's write-back lost this write"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn unaligned_reads_and_writes_on_a_4k_sector_device() {
+        let (_backing, _dev, file) = four_k_device("direct-4k-rw");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        direct_io(&file, 1000, DirectBuf::Write(&data)).unwrap();
+        let mut back = vec![0u8; data.len() + 200];
+        direct_io(&file, 900, DirectBuf::Read(&mut back)).unwrap();
+        assert!(back[..100].iter().all(|&b| b == 0));
+        assert_eq!(&back[100..100 + data.len()], &data[..]);
+        // Reading past the end of the device is an error; up to it is not.
+        let mut tail = vec![0u8; 600];
+        assert_eq!(read_some(&file, (1 << 20) - 500, &mut tail).unwrap(), 500);
+        assert!(direct_io(&file, (1 << 20) - 500, DirectBuf::Read(&mut tail)).is_err());
+    }
 }

@@ -11,9 +11,11 @@
 
 pub mod chain;
 pub mod direct;
+pub mod host_file;
 pub mod probe;
 pub mod qcow2;
 pub mod raw;
+pub mod window_lock;
 
 pub use probe::probe;
 

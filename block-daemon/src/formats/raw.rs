@@ -6,30 +6,21 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ipc::BlockCounters;
 
 use super::direct::{direct_io, is_direct, DirectBuf};
+use super::host_file::{self, check};
 use super::{Extent, Format, FormatError, MapGuard, Mapping};
 
-// BLKGETSIZE64 / BLKDISCARD / BLKZEROOUT from <linux/fs.h>.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKDISCARD: libc::c_ulong = 0x1277;
+// BLKZEROOUT from <linux/fs.h>.
 const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 /// The most zeroes written at once where the filesystem cannot zero a range itself.
 const ZERO_CHUNK: u64 = 1 << 20;
-
-fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 pub struct Raw {
     file: File,
@@ -47,15 +38,8 @@ pub struct Raw {
 impl Raw {
     /// Takes an opened image file or block device; `writable`: the node may change it.
     pub fn open(file: File, writable: bool) -> Result<Raw, FormatError> {
-        let block_device = file.metadata()?.file_type().is_block_device();
-        let size = if block_device {
-            let mut size = 0u64;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
-            check(unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) })?;
-            size
-        } else {
-            file.metadata()?.len()
-        };
+        let block_device = host_file::is_block_device(&file)?;
+        let size = host_file::length(&file)?;
         Ok(Raw {
             fd: file.as_raw_fd(),
             direct: is_direct(&file)?,
@@ -88,20 +72,6 @@ impl Raw {
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
         // SAFETY: fallocate on our own fd with integer arguments.
         check(unsafe { libc::fallocate(self.fd, mode, offset as libc::off_t, len as libc::off_t) })
-    }
-
-    fn discard_bytes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        if self.block_device {
-            let range = [offset, len];
-            // SAFETY: BLKDISCARD reads two u64s.
-            check(unsafe { libc::ioctl(self.fd, BLKDISCARD, range.as_ptr()) })
-        } else {
-            self.fallocate(
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            )
-        }
     }
 
     /// Writes zeroes where the filesystem cannot zero a range itself.
@@ -165,18 +135,9 @@ impl Format for Raw {
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), FormatError> {
         self.writable()?;
-        let result = self.discard_bytes(offset, len);
+        let result = host_file::discard(self.fd, self.block_device, offset, len);
         if let Some(counters) = &self.discards {
-            let page = counters.page();
-            match &result {
-                Ok(()) => {
-                    page.discard_ok.fetch_add(1, Ordering::Relaxed);
-                    page.discard_bytes_ok.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    page.discard_failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            host_file::count_discard(counters, len, &result);
         }
         Ok(result?)
     }

@@ -2,14 +2,23 @@
 //! virtio-blk disk, in QEMU's -drive syntax (the subset that applies). The format must
 //! be named: unlike QEMU, Flotilla never probes a disk's format (a guest could make its
 //! raw disk look like a qcow2 header naming any host file as its backing file).
+//!
+//! A qcow2 drive's backing file may be given as QEMU's -drive gives it, with dotted
+//! `backing` options (its BlockdevOptions, flattened): `backing=` for none,
+//! `backing=NODE` for a node, or `backing.driver=raw|qcow2`, `backing.file.filename=PATH`
+//! and the rest of that node's options (`backing.node-name`, `backing.read-only`, the
+//! qcow2 cache options, `backing.file.driver=file|host_device`, `backing.file.locking`,
+//! `backing.backing...` further down), with QEMU 7.2's errors. Unlike QEMU, the driver
+//! and the filename must be given (QEMU probes the format, or takes the file the
+//! header names).
 
 use std::str::FromStr;
 
 use ipc::{DetectZeroes, OnError};
 
-use super::options::{Driver, Qcow2Settings};
+use super::options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DriveSpec {
     pub file: String,
     /// raw or qcow2.
@@ -37,6 +46,8 @@ pub struct DriveSpec {
     pub on_write_error: OnError,
     /// file.locking=: hold QEMU's locks on the image (default on; auto is on).
     pub locking: bool,
+    /// A qcow2 drive's `backing` options (default: the backing file its header names).
+    pub backing: Backing,
 }
 
 /// QEMU's parse_block_error_action: a read cannot stop on ENOSPC alone.
@@ -105,13 +116,21 @@ impl FromStr for DriveSpec {
             on_read_error: OnError::Report,
             on_write_error: OnError::Enospc,
             locking: true,
+            backing: Backing::FromImage,
         };
         let mut format = None;
+        let mut backing_ref = None;
+        let mut backing_keys = Vec::new();
         for part in s.split(',') {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("'{part}': expected key=value"))?;
+            if let Some(rest) = key.strip_prefix("backing.") {
+                backing_keys.push((rest, value));
+                continue;
+            }
             match key {
+                "backing" => backing_ref = Some(value),
                 "file" => d.file = value.to_string(),
                 "format" => format = Some(value.to_string()),
                 "id" => d.id = Some(value.to_string()),
@@ -202,6 +221,10 @@ impl FromStr for DriveSpec {
                 )
             }
         };
+        d.backing = backing_child(backing_ref, &backing_keys)?;
+        if d.format == Driver::Raw && !matches!(d.backing, Backing::FromImage | Backing::None) {
+            return Err("Driver doesn't support backing files".into());
+        }
         if d.format == Driver::Raw && d.qcow2 != Qcow2Settings::default() {
             return Err(
                 "l2-cache-size, refcount-cache-size, cache-size and lazy-refcounts \
@@ -217,6 +240,138 @@ impl FromStr for DriveSpec {
         }
         Ok(d)
     }
+}
+
+/// QEMU's words for an option that is not on or off.
+fn qemu_on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
+    }
+}
+
+/// QEMU's words for an option that is not a size.
+fn qemu_size(key: &str, v: &str) -> Result<u64, String> {
+    size(key, v).map_err(|_| format!("Parameter '{key}' expects a non-negative number below 2^64"))
+}
+
+/// A node's `backing` from its `backing=` value and its `backing.*` options (the
+/// prefix taken off), as QEMU's -drive reads them.
+fn backing_child(reference: Option<&str>, keys: &[(&str, &str)]) -> Result<Backing, String> {
+    let backing_error = |e: String| format!("Could not open backing file: {e}");
+    match (reference, keys.is_empty()) {
+        (None, true) => Ok(Backing::FromImage),
+        (Some(""), true) => Ok(Backing::None),
+        (Some(node), true) => Ok(Backing::Node(ChildRef::Node(node.to_string()))),
+        (Some(_), false) => Err(backing_error(
+            "Cannot reference an existing block device with additional options or a new filename"
+                .into(),
+        )),
+        (None, false) => Ok(Backing::Node(ChildRef::Inline(Box::new(
+            backing_node(keys).map_err(backing_error)?,
+        )))),
+    }
+}
+
+/// A backing node described by its dotted options.
+fn backing_node(keys: &[(&str, &str)]) -> Result<NodeOptions, String> {
+    let last = |key: &str| keys.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let driver = match last("driver") {
+        Some("raw") => Driver::Raw,
+        Some("qcow2") => Driver::Qcow2,
+        Some(other) => {
+            return Err(format!(
+                "backing.driver={other}: raw and qcow2 backing files are served"
+            ))
+        }
+        None => {
+            return Err(
+                "backing.driver=raw or backing.driver=qcow2 is required with backing options \
+                 (image formats are never guessed)"
+                    .into(),
+            )
+        }
+    };
+    let mut node = NodeOptions::over(driver, NodeOptions::file(String::new()));
+    let mut file = NodeOptions::file(String::new());
+    let mut filename = None;
+    let (mut backing_ref, mut backing_keys) = (None, Vec::new());
+    for &(key, value) in keys {
+        if let Some(rest) = key.strip_prefix("backing.") {
+            backing_keys.push((rest, value));
+            continue;
+        }
+        if let Some(rest) = key.strip_prefix("file.") {
+            match rest {
+                "filename" => filename = Some(value),
+                "driver" => {
+                    file.driver = match value {
+                        "file" => Driver::File,
+                        "host_device" => Driver::HostDevice,
+                        other => {
+                            return Err(format!(
+                                "backing.file.driver={other}: file and host_device are served"
+                            ))
+                        }
+                    }
+                }
+                "locking" => {
+                    file.locking = match value {
+                        "on" | "auto" => Some(true),
+                        "off" => Some(false),
+                        _ => {
+                            return Err(format!(
+                                "Parameter 'locking' does not accept value '{value}'"
+                            ))
+                        }
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "Block protocol '{}' doesn't support the option '{rest}'",
+                        file.driver.name()
+                    ))
+                }
+            }
+            continue;
+        }
+        let qcow2 = driver == Driver::Qcow2;
+        match key {
+            "driver" => {}
+            "backing" if qcow2 => backing_ref = Some(value),
+            "node-name" => node.node_name = Some(value.to_string()),
+            "read-only" => node.read_only = Some(qemu_on_off(key, value)?),
+            "l2-cache-size" if qcow2 => node.qcow2.l2_cache_size = Some(qemu_size(key, value)?),
+            "refcount-cache-size" if qcow2 => {
+                node.qcow2.refcount_cache_size = Some(qemu_size(key, value)?)
+            }
+            "cache-size" if qcow2 => node.qcow2.cache_size = Some(qemu_size(key, value)?),
+            "lazy-refcounts" if qcow2 => node.qcow2.lazy_refcounts = Some(qemu_on_off(key, value)?),
+            _ => {
+                return Err(format!(
+                    "Block format '{}' does not support the option '{key}'",
+                    driver.name()
+                ))
+            }
+        }
+    }
+    if driver == Driver::Raw && !backing_keys.is_empty() {
+        return Err("Driver doesn't support backing files".into());
+    }
+    let Some(filename) = filename else {
+        return Err(
+            "backing.file.filename is required with backing options (Flotilla does not take \
+             the header's backing file with other options)"
+                .into(),
+        );
+    };
+    file.source = Source::Path(filename.to_string());
+    node.source = Source::Child(ChildRef::Inline(Box::new(file)));
+    if driver == Driver::Qcow2 {
+        node.backing = backing_child(backing_ref, &backing_keys)?;
+    }
+    Ok(node)
 }
 
 #[cfg(test)]
@@ -260,6 +415,39 @@ mod tests {
                 lazy_refcounts: Some(true),
             }
         );
+    }
+
+    #[test]
+    fn backing_options() {
+        let d: DriveSpec = "file=/t,format=qcow2,backing.driver=qcow2,backing.file.filename=/b,\
+             backing.node-name=bk,backing.l2-cache-size=1M,backing.backing="
+            .parse()
+            .unwrap();
+        let Backing::Node(ChildRef::Inline(node)) = &d.backing else {
+            panic!("{:?}", d.backing)
+        };
+        assert_eq!(node.driver, Driver::Qcow2);
+        assert_eq!(node.node_name.as_deref(), Some("bk"));
+        assert_eq!(node.qcow2.l2_cache_size, Some(1 << 20));
+        assert_eq!(node.backing, Backing::None);
+        let Source::Child(ChildRef::Inline(file)) = &node.source else {
+            panic!("{:?}", node.source)
+        };
+        assert_eq!(file.source, Source::Path("/b".into()));
+        let d: DriveSpec = "file=/t,format=qcow2,backing=".parse().unwrap();
+        assert_eq!(d.backing, Backing::None);
+        let d: DriveSpec = "file=/t,format=qcow2,backing=n1".parse().unwrap();
+        assert_eq!(d.backing, Backing::Node(ChildRef::Node("n1".into())));
+        let err = |s: &str| s.parse::<DriveSpec>().unwrap_err();
+        assert_eq!(
+            err("file=/t,format=qcow2,backing.driver=qcow2,backing.file.filename=/b,backing.foo=1"),
+            "Could not open backing file: Block format 'qcow2' does not support the option 'foo'"
+        );
+        assert_eq!(
+            err("file=/t,format=raw,backing.driver=qcow2,backing.file.filename=/b"),
+            "Driver doesn't support backing files"
+        );
+        assert!(err("file=/t,format=qcow2,backing.file.filename=/b").contains("never guessed"));
     }
 
     #[test]

@@ -42,12 +42,14 @@ struct State {
     daemon_lost: bool,
     /// The daemon reported a request it holds (action stop) since the last `cont`.
     holds_requests: bool,
+    /// The disk's root node (the BlockBackend's root, which QEMU's event names): an
+    /// external snapshot puts a new one over it.
+    node: String,
 }
 
 /// One disk's health.
 pub struct Health {
     device: String,
-    node: String,
     on_read_error: OnError,
     on_write_error: OnError,
     state: Mutex<State>,
@@ -67,13 +69,13 @@ impl Health {
     ) -> Arc<Health> {
         Arc::new(Health {
             device: device.to_string(),
-            node: node.to_string(),
             on_read_error,
             on_write_error,
             state: Mutex::new(State {
                 io_status: IoStatus::Ok,
                 daemon_lost: false,
                 holds_requests: false,
+                node: node.to_string(),
             }),
             events,
             stop_vm,
@@ -124,10 +126,16 @@ impl Health {
         }
     }
 
+    /// The disk's root node is `node` from now on (an external snapshot, or its undo).
+    pub fn set_node(&self, node: &str) {
+        self.state.lock().node = node.to_string();
+    }
+
     fn emit(&self, operation: IoOperation, action: ErrorAction, nospace: bool, reason: String) {
+        let node = self.state.lock().node.clone();
         self.events.emit(Event::BlockIoError(BlockIoError {
             device: self.device.clone(),
-            node_name: Some(self.node.clone()),
+            node_name: Some(node),
             operation: operation.qmp_name(),
             action: action.qmp_name(),
             nospace: self.tracks_status().then_some(nospace),

@@ -223,6 +223,7 @@ impl BlockLayer {
             discard_unmap: Some(spec.discard_unmap),
             detect_zeroes: Some(spec.detect_zeroes),
             qcow2: spec.qcow2,
+            backing: spec.backing.clone(),
             ..NodeOptions::over(spec.format, file)
         };
         let failed = |error| BlockError::Drive {

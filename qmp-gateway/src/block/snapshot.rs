@@ -5,7 +5,11 @@
 //! gateway creates over the current top, opened and locked here, then served by the
 //! disk's daemon over the chain it serves, the old top becoming its backing node. The
 //! checks and their texts are QEMU 7.2's. Unlike QEMU, a failed transaction also
-//! removes the overlay files it created.
+//! removes the overlay files it created, and puts back a file it replaced: QEMU 7.2
+//! formats an existing file (mode absolute-paths) at prepare and leaves it so on abort;
+//! here the existing file is moved aside at prepare (the new image made at its path),
+//! moved back on abort and removed at commit, so an aborted transaction leaves it
+//! byte-identical. With mode existing neither QEMU nor we change the file.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -291,6 +295,8 @@ impl BlockLayer {
 struct Applied {
     /// The overlay file, if this transaction created it.
     created: Option<PathBuf>,
+    /// The file the overlay replaced (its path, and where it waits meanwhile).
+    replaced: Option<(PathBuf, PathBuf)>,
     /// The new node (and the nodes under it) in the graph.
     new_root: Option<String>,
     /// blockdev-snapshot's overlay node, now over the old top.
@@ -435,19 +441,35 @@ impl ExternalSnapshot {
         })
     }
 
-    /// Creates the overlay file (mode absolute-paths) as QEMU's bdrv_img_create does.
+    /// Creates the overlay file (mode absolute-paths) as QEMU's bdrv_img_create does;
+    /// a regular file already there is moved aside until the transaction ends.
     fn create_file(&mut self, path: &str, old: &OldTop) -> Result<(), BlockError> {
-        let existed = std::path::Path::new(path).exists();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| fail(format!("Could not create '{path}': {}", errno_text(&e))))?;
-        if !existed {
-            self.applied.created = Some(PathBuf::from(path));
-        }
+        let could_not =
+            |e: std::io::Error| fail(format!("Could not create '{path}': {}", errno_text(&e)));
+        let existing = std::fs::metadata(path).ok();
+        let existed = existing.is_some();
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(true);
+        let file = match existing.filter(|m| m.is_file()) {
+            Some(meta) => {
+                // The file behind a symlink is the one replaced.
+                let real = std::fs::canonicalize(path).map_err(could_not)?;
+                let aside = set_aside_name(&real);
+                std::fs::rename(&real, &aside).map_err(could_not)?;
+                self.applied.replaced = Some((real.clone(), aside));
+                let file = options.create_new(true).open(&real).map_err(could_not)?;
+                file.set_permissions(meta.permissions())
+                    .map_err(could_not)?;
+                file
+            }
+            None => {
+                let file = options.open(path).map_err(could_not)?;
+                if !existed {
+                    self.applied.created = Some(PathBuf::from(path));
+                }
+                file
+            }
+        };
         create::create(
             &file,
             &CreateOptions {
@@ -459,6 +481,22 @@ impl ExternalSnapshot {
         )
         .map_err(|e| fail(format!("Could not create '{path}': {e}")))
     }
+}
+
+/// Where a file an overlay replaces waits for the transaction's end: a hidden name
+/// beside it (the same filesystem, so the move is a rename).
+fn set_aside_name(path: &std::path::Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}.flotilla-replaced-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl Action for ExternalSnapshot {
@@ -485,6 +523,14 @@ impl Action for ExternalSnapshot {
             }
         };
         self.append(layer, &old, &new_root)
+    }
+
+    fn commit(&mut self, _layer: &BlockLayer) {
+        if let Some((_, aside)) = self.applied.replaced.take() {
+            if let Err(e) = std::fs::remove_file(&aside) {
+                log::error!("removing the replaced file {}: {e}", aside.display());
+            }
+        }
     }
 
     fn abort(&mut self, layer: &BlockLayer) {
@@ -595,6 +641,7 @@ impl ExternalSnapshot {
             filename: filename.clone(),
         };
         disk.root = new_root.clone();
+        disk.health.set_node(&new_root);
         disk.config.node_name = new_root.clone();
         disk.config.layers.insert(0, layer_.clone());
         disk.images.insert(0, fd.clone());
@@ -633,6 +680,7 @@ impl ExternalSnapshot {
                         before.config.layers.first().map(|l| &l.format),
                         Some(ImageFormat::Qcow2(_))
                     );
+                    disk.health.set_node(&before.root);
                     disk.root = before.root;
                     disk.nodes = before.nodes;
                     disk.config = before.config;
@@ -663,6 +711,15 @@ impl ExternalSnapshot {
         if let Some(path) = applied.created {
             if let Err(e) = std::fs::remove_file(&path) {
                 log::error!("removing {}: {e}", path.display());
+            }
+        }
+        if let Some((path, aside)) = applied.replaced {
+            if let Err(e) = std::fs::rename(&aside, &path) {
+                log::error!(
+                    "putting {} back from {}: {e}",
+                    path.display(),
+                    aside.display()
+                );
             }
         }
     }

@@ -23,6 +23,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use ipc::BlockCounters;
 use parking_lot::Mutex;
 
 use crate::formats::qcow2::alloc::LinkAllocations;
@@ -37,7 +38,8 @@ use crate::formats::qcow2::layout::{
 use crate::formats::qcow2::meta::{Meta, CORRUPT_TEXT};
 use crate::formats::qcow2::snapshot;
 use crate::formats::qcow2::tables::Cluster;
-use crate::formats::{Extent, Format, FormatError, MapGuard, MappedRequests, Mapping};
+use crate::formats::qcow2::unmap::Unmap;
+use crate::formats::{host_file, Extent, Format, FormatError, MapGuard, MappedRequests, Mapping};
 
 const DEFAULT_L2_CACHE_MAX: u64 = 32 << 20;
 const MIN_REFCOUNT_CACHE_CLUSTERS: u64 = 4;
@@ -99,6 +101,7 @@ impl Qcow2 {
             .min(MAX_CACHE_BYTES);
         let file_size = file_len(&file)?;
         let file = Arc::new(file);
+        let file_ref: &File = &file;
         let mut m = Meta {
             file: file.clone(),
             backing,
@@ -131,6 +134,8 @@ impl Qcow2 {
             snapshots_offset: header.snapshots_offset,
             snapshots_size,
             header,
+            block_device: host_file::is_block_device(file_ref)?,
+            unmap: Unmap::default(),
             #[cfg(test)]
             crash: Default::default(),
         };
@@ -154,6 +159,13 @@ impl Qcow2 {
         })
     }
 
+    /// Passes the clusters the guest frees down to the file (QEMU's discard=unmap),
+    /// counting each range punched in `counters` (see `unmap`).
+    pub fn pass_discards(self, counters: Arc<BlockCounters>) -> Qcow2 {
+        self.meta.lock().unmap.counters = Some(counters);
+        self
+    }
+
     /// The internal snapshots.
     pub fn snapshots(&self) -> Vec<snapshot::SnapshotInfo> {
         self.meta.lock().snapshots.clone()
@@ -164,13 +176,15 @@ impl Qcow2 {
         &self,
         new: crate::formats::qcow2::snapshot_ops::NewSnapshot,
     ) -> Result<snapshot::SnapshotInfo, FormatError> {
-        self.meta.lock().snapshot_create(new)
+        self.meta.lock().passing_frees(|m| m.snapshot_create(new))
     }
 
     /// Reverts to an internal snapshot found by id, else by name (the device
     /// quiesced).
     pub fn snapshot_goto(&self, id_or_name: &str) -> Result<snapshot::SnapshotInfo, FormatError> {
-        self.meta.lock().snapshot_goto(id_or_name)
+        self.meta
+            .lock()
+            .passing_frees(|m| m.snapshot_goto(id_or_name))
     }
 
     /// Deletes an internal snapshot by id and/or name (the device quiesced).
@@ -179,7 +193,9 @@ impl Qcow2 {
         id: Option<&str>,
         name: Option<&str>,
     ) -> Result<snapshot::SnapshotInfo, FormatError> {
-        self.meta.lock().snapshot_delete(id, name)
+        self.meta
+            .lock()
+            .passing_frees(|m| m.snapshot_delete(id, name))
     }
 
     /// The state under the lock (snapshots and tests use it).
@@ -726,21 +742,31 @@ impl Format for Qcow2 {
         if m.writable {
             m.sync()?;
             m.apply_pending_frees()?;
+            if m.unmap.punches_waiting() {
+                // The clusters those frees released are punched once durable.
+                m.sync()?;
+            }
         }
         Ok(())
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), FormatError> {
-        self.meta.lock().discard(offset, len)
+        self.meta.lock().passing_frees(|m| m.discard(offset, len))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), FormatError> {
-        self.meta.lock().write_zeroes(offset, len, unmap)
+        let mut m = self.meta.lock();
+        if unmap {
+            m.passing_frees(|m| m.write_zeroes(offset, len, unmap))
+        } else {
+            m.write_zeroes(offset, len, unmap)
+        }
     }
 
     fn resize(&self, size: u64) -> Result<(), FormatError> {
         let mut m = self.meta.lock();
-        let r = m.resize(size);
+        // A shrink's frees are passed down (QEMU's QCOW2_DISCARD_ALWAYS).
+        let r = m.passing_frees(|m| m.resize(size));
         self.size.store(m.size, Ordering::Release);
         r
     }

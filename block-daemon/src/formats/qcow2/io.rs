@@ -2,48 +2,24 @@
 //! needs: a structure that lies (even partly) beyond the end of the file is an invalid
 //! image, not a short read.
 //!
-//! The daemon may put the image's file description in O_DIRECT mode (cache=none), so
-//! I/O of any size and alignment is done through an aligned bounce buffer in that
-//! case: whole 512-byte sectors (4096 bytes where the device needs them), read,
-//! changed and written back. With clusters of at least 512 bytes a sector never
-//! straddles two clusters, so this never touches a neighbour's bytes (with clusters
-//! smaller than a 4096-byte device block it could race with a direct write to the
-//! neighbouring cluster; such devices with such images are not supported).
+//! The daemon may put the image's file description in O_DIRECT mode (cache=none): then
+//! I/O of any size and alignment goes through `formats::direct`'s bounce buffer (whole
+//! 512-byte sectors, 4096-byte blocks where the device needs them, read, changed and
+//! written back under a lock on that window, so clusters smaller than a device block
+//! do not lose a neighbour's write).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use crate::formats::FormatError;
+use crate::formats::{direct, host_file, FormatError};
 
-/// The file's current length.
+/// The file's current length (a block device's size: its `metadata().len()` is 0).
 pub fn file_len(file: &File) -> Result<u64, FormatError> {
-    Ok(file.metadata()?.len())
+    Ok(host_file::length(file)?)
 }
 
 fn is_direct(file: &File) -> bool {
-    // SAFETY: F_GETFL on an fd this File owns; no memory is passed.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_DIRECT != 0
-}
-
-/// A zeroed buffer of `len` bytes whose start is 4096-aligned.
-struct Aligned {
-    mem: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let mem = vec![0u8; len + 4096];
-        let start = mem.as_ptr().align_offset(4096);
-        Aligned { mem, start, len }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + self.len]
-    }
+    direct::is_direct(file).unwrap_or(false)
 }
 
 /// Reads what exists of `offset..offset + buf.len()`; the count read (short at EOF).
@@ -60,57 +36,13 @@ fn pread_some(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize
     Ok(done)
 }
 
-/// Runs `f` on the aligned span covering `offset..offset + len` (512-byte sectors,
-/// 4096-byte blocks if the device refuses those); `f` gets the span's offset and an
-/// aligned buffer holding what the file has there (zeroes past its end), and returns
-/// whether to write the buffer back. `overwrite`: `f` replaces all of
-/// `offset..offset + len`, so a span that is exactly that range is not read first.
-fn with_aligned_span(
-    file: &File,
-    offset: u64,
-    len: usize,
-    overwrite: bool,
-    mut f: impl FnMut(u64, &mut [u8]) -> bool,
-) -> std::io::Result<()> {
-    let mut last = None;
-    for align in [512u64, 4096] {
-        let start = offset & !(align - 1);
-        let end = (offset + len as u64).next_multiple_of(align);
-        let mut b = Aligned::new((end - start) as usize);
-        let whole = overwrite && start == offset && end == offset + len as u64;
-        let read = if whole {
-            Ok(0)
-        } else {
-            pread_some(file, start, b.bytes())
-        };
-        let r = read.and_then(|_| {
-            if f(start, b.bytes()) {
-                file.write_all_at(b.bytes(), start)
-            } else {
-                Ok(())
-            }
-        });
-        match r {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            other => return other,
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL)))
-}
-
 /// Reads the bytes at `offset`; how many exist (fewer at the end of the file).
 fn read_upto(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-    if !is_direct(file) {
-        return pread_some(file, offset, buf);
+    if is_direct(file) {
+        direct::read_some(file, offset, buf)
+    } else {
+        pread_some(file, offset, buf)
     }
-    let flen = file.metadata()?.len();
-    let len = buf.len();
-    with_aligned_span(file, offset, len, false, |start, span| {
-        let at = (offset - start) as usize;
-        buf.copy_from_slice(&span[at..at + len]);
-        false
-    })?;
-    Ok(flen.saturating_sub(offset).min(len as u64) as usize)
 }
 
 /// Reads `buf.len()` bytes at `offset`; `what` names the structure in the error.
@@ -137,14 +69,10 @@ pub fn read_data(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), FormatE
 
 /// Writes all of `buf` at `offset`.
 pub fn write_at(file: &File, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
-    if !is_direct(file) {
+    if is_direct(file) {
+        direct::write_all(file, offset, buf)?;
+    } else {
         file.write_all_at(buf, offset)?;
-        return Ok(());
     }
-    with_aligned_span(file, offset, buf.len(), true, |start, span| {
-        let at = (offset - start) as usize;
-        span[at..at + buf.len()].copy_from_slice(buf);
-        true
-    })?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::formats::qcow2::cache::TableCache;
@@ -13,7 +14,8 @@ use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::io::{read_meta, write_at};
 use crate::formats::qcow2::layout::{put64, INCOMPAT_CORRUPT, OFF_INCOMPATIBLE};
 use crate::formats::qcow2::snapshot::SnapshotInfo;
-use crate::formats::{Format, FormatError, MappedRequests};
+use crate::formats::qcow2::unmap::Unmap;
+use crate::formats::{host_file, Format, FormatError, MappedRequests};
 
 /// QEMU's text for writes to an image marked corrupt.
 pub const CORRUPT_TEXT: &str = "qcow2: Image is corrupt; cannot be opened read/write";
@@ -82,6 +84,10 @@ pub struct Meta {
     pub snapshots_offset: u64,
     pub snapshots_size: u64,
     pub header: Header,
+    /// The image file is a block device: its size is fixed.
+    pub block_device: bool,
+    /// Frees passed down to the file (see `unmap`).
+    pub unmap: Unmap,
     #[cfg(test)]
     pub crash: CrashAfter,
 }
@@ -130,6 +136,15 @@ impl Meta {
         if self.crash.0 == Some(0) {
             return Err(FormatError::Io(std::io::Error::other("simulated crash")));
         }
+        if self.block_device {
+            // A device does not grow: what lies past its end cannot be allocated.
+            if len > self.file_size {
+                return Err(FormatError::Io(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                )));
+            }
+            return Ok(());
+        }
         self.file.set_len(len)?;
         self.file_size = self.file_size.max(len);
         Ok(())
@@ -142,7 +157,48 @@ impl Meta {
             return Err(FormatError::Io(std::io::Error::other("simulated crash")));
         }
         self.file.sync_data()?;
+        self.punch_freed();
         Ok(())
+    }
+
+    /// Runs `f` with its frees passed down to the file (see `unmap`).
+    pub fn passing_frees<T>(
+        &mut self,
+        f: impl FnOnce(&mut Meta) -> Result<T, FormatError>,
+    ) -> Result<T, FormatError> {
+        let began = self.unmap.begin();
+        let r = f(self);
+        if began {
+            self.unmap.end();
+        }
+        r
+    }
+
+    /// Punches the freed clusters waiting, after a sync made their refcounts durable;
+    /// nothing while a mapped request is in flight. A punch that fails is counted and
+    /// otherwise ignored (the cluster is free all the same), as QEMU's
+    /// qcow2_process_discards does.
+    fn punch_freed(&mut self) {
+        if !self.unmap.punches_waiting() || self.mapped.in_flight() > 0 {
+            return;
+        }
+        let Some((counters, runs)) = self.unmap.take_runs() else {
+            return;
+        };
+        let fd = self.file.as_raw_fd();
+        for (first, n) in runs {
+            let offset = first << self.cluster_bits;
+            // Nothing past the end of the file is allocated on the host.
+            let len = (n << self.cluster_bits).min(self.file_size.saturating_sub(offset));
+            if len == 0 {
+                continue;
+            }
+            let r = host_file::discard(fd, self.block_device, offset, len);
+            if let Err(e) = &r {
+                log::warn!("qcow2: discarding {len} bytes at {offset:#x} of the file: {e}");
+            }
+            host_file::count_discard(&counters, len, &r);
+        }
     }
 
     /// Writes the header's incompatible feature bits.

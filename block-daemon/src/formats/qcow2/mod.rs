@@ -19,6 +19,7 @@ pub mod repair;
 pub mod snapshot;
 pub mod snapshot_ops;
 pub mod tables;
+pub mod unmap;
 
 pub use image::Qcow2;
 

@@ -98,6 +98,9 @@ impl Meta {
             ))
         })?;
         self.set_refcount(c, new)?;
+        if delta < 0 {
+            self.unmap.note_refcount_drop(c, new);
+        }
         if new == 0 {
             self.metadata.remove(&c);
             if self.mapped.in_flight() > 0 {
@@ -275,6 +278,7 @@ impl Meta {
                 )));
             }
             let free = !self.deferred.contains(&c)
+                && !self.unmap.waiting_for_punch(c)
                 && !self.reserved.contains(&c)
                 && !self.metadata.contains(&c)
                 && self.refcount(c)? == 0;
@@ -364,6 +368,7 @@ impl Meta {
     /// stopped naming them is on stable storage (at once with lazy refcounts, where
     /// the dirty bit covers any order).
     pub fn release_later(&mut self, first: u64, n: u64) -> Result<(), FormatError> {
+        self.unmap.note_release(first, n);
         if self.lazy {
             return self.free_clusters(first, n);
         }

@@ -1,6 +1,7 @@
 //! Unit tests of the qcow2 library, with qemu-img and qemu-io 7.2 as the oracles.
 
 mod alloc;
+mod blockdev;
 mod concurrency;
 mod crash;
 mod damaged;
@@ -9,3 +10,4 @@ mod header;
 mod oracle;
 mod rw;
 mod snapshots;
+mod unmap;

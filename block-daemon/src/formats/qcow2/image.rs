@@ -721,6 +721,38 @@ impl Format for Qcow2 {
         Ok(())
     }
 
+    fn finish_writes(&self, ends: Vec<(MapGuard, bool)>) -> Vec<Result<(), FormatError>> {
+        let mut results: Vec<Result<(), FormatError>> = Vec::with_capacity(ends.len());
+        // This image's allocations: (request, guest clusters, written).
+        let mut links: Vec<(usize, Vec<u64>, bool)> = Vec::new();
+        let mut guards = Vec::with_capacity(ends.len());
+        for (i, (mut guard, written)) in ends.into_iter().enumerate() {
+            results.push(Ok(()));
+            if let Some(c) = guard.take_commit() {
+                let ours = (&*c as &dyn std::any::Any)
+                    .downcast_ref::<LinkAllocations>()
+                    .is_some_and(|l| Arc::ptr_eq(&l.meta, &self.meta));
+                if !ours {
+                    results[i] = c.commit(written);
+                } else if let Ok(l) = (c as Box<dyn std::any::Any>).downcast::<LinkAllocations>() {
+                    links.push((i, l.clusters, written));
+                }
+            }
+            // The claim ends after the commit (as `MapGuard::finish` does it).
+            guards.push(guard);
+        }
+        if !links.is_empty() {
+            let ends: Vec<(&[u64], bool)> =
+                links.iter().map(|(_, c, w)| (c.as_slice(), *w)).collect();
+            let done = self.meta.lock().finish_allocation_batch(&ends);
+            for ((i, _, _), r) in links.iter().zip(done) {
+                results[*i] = r;
+            }
+        }
+        drop(guards);
+        results
+    }
+
     fn flush(&self) -> Result<(), FormatError> {
         let mut m = self.meta.lock();
         if m.writable {

@@ -43,7 +43,7 @@ fn distinct_hosts_and_equal(d: &TempDir, p: &std::path::Path, q: Arc<Qcow2>, mir
 }
 
 /// What an engine does with a write mapping's extents: `data` to the files.
-fn write_extents(m: &Mapping, data: &[u8]) {
+pub fn write_extents(m: &Mapping, data: &[u8]) {
     let mut pos = 0usize;
     for e in &m.extents {
         let Extent::File { fd, offset, len } = *e else {
@@ -268,4 +268,29 @@ fn threads_map_and_allocate_the_same_and_neighbouring_clusters() {
         }
     }
     distinct_hosts_and_equal(&d, &p, q, &mirror);
+}
+
+#[test]
+fn a_reserve_batch_writes_its_refcounts_once_per_sector() {
+    let d = TempDir::new();
+    let p = d.path("r.qcow2");
+    img_create(&p, "cluster_size=64k", "64M");
+    let q = open(&p, None, true);
+    // The first allocation reserves a batch of 256 clusters (16 MiB) and makes an L2
+    // table: the batch's refcounts (512 bytes of 16-bit entries, two sectors at most)
+    // go out as one write, not one per cluster.
+    let before = q.with_meta(|m| m.reserved.len());
+    assert_eq!(before, 0);
+    q.with_meta(|m| m.crash.0 = Some(1_000_000));
+    let m = q.map(0, 4096, true).unwrap();
+    let writes = 1_000_000 - q.with_meta(|m| m.crash.0.take()).unwrap();
+    assert_eq!(q.with_meta(|m| m.reserved.len()), 255);
+    // The L2 table: its refcount, the table, the L1 entry; the batch: one.
+    assert_eq!(writes, 4, "metadata writes of the first allocation");
+    write_extents(&m, &[6u8; 4096]);
+    m.guard.finish(true).unwrap();
+    let mut mirror = vec![0u8; 64 << 20];
+    mirror[..4096].fill(6);
+    drop(q);
+    compare_with_raw(&d, &p, &mirror);
 }

@@ -6,6 +6,7 @@ mod crash;
 mod damaged;
 mod fuzz;
 mod header;
+mod links;
 mod oracle;
 mod rw;
 mod snapshots;

@@ -681,7 +681,13 @@ impl Format for Qcow2 {
             }
         }
         let extents = m.map(offset, len, write, self.fd)?;
-        let guard = MapGuard::new(&m.mapped);
+        // Zeroes name no cluster: nothing for a guard to keep (a hole's read skips
+        // the shared counter).
+        let guard = if extents.iter().all(|e| matches!(e, Extent::Zero { .. })) {
+            MapGuard::none()
+        } else {
+            MapGuard::new(&m.mapped)
+        };
         Ok(Mapping { extents, guard })
     }
 

@@ -6,7 +6,7 @@
 
 use super::alloc::write_extents;
 use super::concurrency::host_of;
-use super::oracle::{img_create, s as path_str, TempDir};
+use super::oracle::{check_no_corruption, img_create, TempDir};
 use super::rw::{open, read_all};
 use crate::formats::qcow2::Qcow2;
 use crate::formats::{Format, MapGuard, Mapping};
@@ -30,20 +30,6 @@ fn mapped_write(q: &Qcow2, mirror: &mut [u8], at: u64, len: usize, byte: u8) -> 
     write_extents(&m, &vec![byte; len]);
     mirror[at as usize..at as usize + len].fill(byte);
     m
-}
-
-/// qemu-img check: no corruption (leaks allowed: what a failed write may leave).
-fn check_no_corruption(p: &std::path::Path) {
-    let out = std::process::Command::new("qemu-img")
-        .args(["check", path_str(p)])
-        .output()
-        .expect("qemu-img is needed by this test");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        matches!(out.status.code(), Some(0) | Some(3)),
-        "qemu-img check: {text}"
-    );
-    assert!(!text.contains("ERROR"), "qemu-img check: {text}");
 }
 
 #[test]

@@ -5,6 +5,11 @@
 //! synced first), and hands it to the engine as a `File` extent. When the data is in
 //! the file, the mapping's `Commit` (`LinkAllocations`) writes the L2 entry naming
 //! the cluster: data before entry, so a crash between them leaks the cluster at most.
+//! The engines end a batch of such requests at once (`Qcow2::finish_writes` ->
+//! `finish_allocation_batch`): the entries are set in the cached tables, each table's
+//! changed sectors go out as one write (under the lock, so no other request sees an
+//! entry that is not in the file yet), and a failed write fails the requests whose
+//! clusters it named (those clusters are leaked, not reused: the file may name them).
 //!
 //! While a cluster is being allocated, other writes to it join the allocation (they
 //! write into the same host cluster; the first to complete links it), and the slow

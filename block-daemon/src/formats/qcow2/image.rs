@@ -29,7 +29,7 @@ use crate::formats::qcow2::alloc::LinkAllocations;
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::compressed;
 use crate::formats::qcow2::header::Header;
-use crate::formats::qcow2::io::{file_len, read_data, read_meta};
+use crate::formats::qcow2::io::{file_len, is_direct, read_data, read_meta};
 use crate::formats::qcow2::layout::{
     be64, put64, INCOMPAT_DIRTY, L1E_OFFSET_MASK, OFF_AUTOCLEAR, OFF_SIZE, OFLAG_COPIED,
     OFLAG_ZERO, REFT_OFFSET_MASK,
@@ -100,6 +100,7 @@ impl Qcow2 {
         let file_size = file_len(&file)?;
         let file = Arc::new(file);
         let mut m = Meta {
+            direct: is_direct(&file),
             file: file.clone(),
             backing,
             writable,
@@ -273,7 +274,7 @@ impl Meta {
             )));
         }
         let mut input = vec![0u8; len as usize];
-        read_data(&self.file, off, &mut input)?;
+        read_data(&self.file, self.direct, off, &mut input)?;
         let mut out = vec![0u8; self.cluster_size() as usize];
         compressed::decompress(&input, &mut out)?;
         Ok(out)
@@ -289,7 +290,9 @@ impl Meta {
                 buf.fill(0);
                 Ok(())
             }
-            Cluster::Normal { offset: host, .. } => read_data(&self.file, host + in_off, buf),
+            Cluster::Normal { offset: host, .. } => {
+                read_data(&self.file, self.direct, host + in_off, buf)
+            }
             Cluster::Compressed { entry } => {
                 let c = self.read_compressed(entry)?;
                 buf.copy_from_slice(&c[in_off as usize..in_off as usize + buf.len()]);
@@ -356,7 +359,9 @@ impl Meta {
             match old {
                 Cluster::Unallocated => self.read_backing(gc * cs, &mut buf)?,
                 Cluster::Zero | Cluster::ZeroAlloc { .. } => {}
-                Cluster::Normal { offset: host, .. } => read_data(&self.file, host, &mut buf)?,
+                Cluster::Normal { offset: host, .. } => {
+                    read_data(&self.file, self.direct, host, &mut buf)?
+                }
                 Cluster::Compressed { entry } => buf = self.read_compressed(entry)?,
             }
             buf[in_off as usize..in_off as usize + data.len()].copy_from_slice(data);
@@ -705,9 +710,9 @@ impl Format for Qcow2 {
                     // The data is read without the lock, under a guard (as an engine
                     // reads a mapping): the cluster is not handed out again meanwhile.
                     let guard = MapGuard::new(&m.mapped);
-                    let file = m.file.clone();
+                    let (file, direct) = (m.file.clone(), m.direct);
                     drop(m);
-                    read_data(&file, host + at % cs, dst)?;
+                    read_data(&file, direct, host + at % cs, dst)?;
                     drop(guard);
                 }
                 _ => m.read_chunk(at, dst)?,

@@ -9,6 +9,12 @@
 //! straddles two clusters, so this never touches a neighbour's bytes (with clusters
 //! smaller than a 4096-byte device block it could race with a direct write to the
 //! neighbouring cluster; such devices with such images are not supported).
+//!
+//! The open image knows its mode (`Meta::direct`, read once at open) and passes it in
+//! (`*_in` functions), saving an `fcntl` per metadata access; the plain functions ask
+//! the file (header parsing, image creation). Should the mode be switched on after
+//! the image was opened, a plain write or read that O_DIRECT refuses (EINVAL) asks the
+//! file again and goes through the aligned buffer.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -21,7 +27,8 @@ pub fn file_len(file: &File) -> Result<u64, FormatError> {
     Ok(file.metadata()?.len())
 }
 
-fn is_direct(file: &File) -> bool {
+/// Whether `file`'s description is in O_DIRECT mode (one `fcntl`).
+pub fn is_direct(file: &File) -> bool {
     // SAFETY: F_GETFL on an fd this File owns; no memory is passed.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
     flags >= 0 && flags & libc::O_DIRECT != 0
@@ -98,10 +105,20 @@ fn with_aligned_span(
     Err(last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL)))
 }
 
+/// Whether a plain access that failed with `e` must be retried through the aligned
+/// buffer (O_DIRECT was switched on since `direct` was read).
+fn switched_to_direct(e: &std::io::Error, file: &File) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL) && is_direct(file)
+}
+
 /// Reads the bytes at `offset`; how many exist (fewer at the end of the file).
-fn read_upto(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-    if !is_direct(file) {
-        return pread_some(file, offset, buf);
+/// `direct`: the file's mode as its opener knows it.
+fn read_upto(file: &File, offset: u64, buf: &mut [u8], direct: bool) -> std::io::Result<usize> {
+    if !direct {
+        match pread_some(file, offset, buf) {
+            Err(e) if switched_to_direct(&e, file) => {}
+            other => return other,
+        }
     }
     let flen = file.metadata()?.len();
     let len = buf.len();
@@ -115,10 +132,21 @@ fn read_upto(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>
 
 /// Reads `buf.len()` bytes at `offset`; `what` names the structure in the error.
 pub fn read_meta(file: &File, offset: u64, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
+    read_meta_in(file, is_direct(file), offset, buf, what)
+}
+
+/// `read_meta` of a file whose mode the caller knows (`direct`).
+pub fn read_meta_in(
+    file: &File,
+    direct: bool,
+    offset: u64,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<(), FormatError> {
     if offset.checked_add(buf.len() as u64).is_none() {
         return Err(FormatError::Invalid(format!("{what} offset invalid")));
     }
-    let n = read_upto(file, offset, buf)?;
+    let n = read_upto(file, offset, buf, direct)?;
     if n < buf.len() {
         return Err(FormatError::Invalid(format!(
             "{what} lies beyond the end of the image file"
@@ -129,17 +157,30 @@ pub fn read_meta(file: &File, offset: u64, buf: &mut [u8], what: &str) -> Result
 
 /// Reads data bytes at `offset`; what lies beyond the end of the file reads as zeroes
 /// (a preallocated or truncated tail, as QEMU's file driver reads it).
-pub fn read_data(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
-    let n = read_upto(file, offset, buf)?;
+/// `direct`: the file's mode as the caller knows it.
+pub fn read_data(
+    file: &File,
+    direct: bool,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), FormatError> {
+    let n = read_upto(file, offset, buf, direct)?;
     buf[n..].fill(0);
     Ok(())
 }
 
 /// Writes all of `buf` at `offset`.
 pub fn write_at(file: &File, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
-    if !is_direct(file) {
-        file.write_all_at(buf, offset)?;
-        return Ok(());
+    write_at_in(file, is_direct(file), offset, buf)
+}
+
+/// `write_at` to a file whose mode the caller knows (`direct`).
+pub fn write_at_in(file: &File, direct: bool, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
+    if !direct {
+        match file.write_all_at(buf, offset) {
+            Err(e) if switched_to_direct(&e, file) => {}
+            other => return Ok(other?),
+        }
     }
     with_aligned_span(file, offset, buf.len(), true, |start, span| {
         let at = (offset - start) as usize;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::header::Header;
-use crate::formats::qcow2::io::{read_meta, write_at};
+use crate::formats::qcow2::io::{read_meta_in, write_at_in};
 use crate::formats::qcow2::layout::{put64, INCOMPAT_CORRUPT, OFF_INCOMPATIBLE};
 use crate::formats::qcow2::snapshot::SnapshotInfo;
 use crate::formats::{Format, FormatError, MappedRequests};
@@ -36,6 +36,8 @@ pub struct Allocating {
 
 pub struct Meta {
     pub file: Arc<File>,
+    /// Whether `file` is in O_DIRECT mode (read once at open: see `io`).
+    pub direct: bool,
     pub backing: Option<Arc<dyn Format>>,
     pub writable: bool,
     pub version: u32,
@@ -107,7 +109,7 @@ impl Meta {
 
     /// Reads metadata at `offset`, which must lie inside the file.
     pub fn read(&self, offset: u64, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
-        read_meta(&self.file, offset, buf, what)
+        read_meta_in(&self.file, self.direct, offset, buf, what)
     }
 
     /// Every write to the image file goes through here.
@@ -119,7 +121,7 @@ impl Meta {
             }
             *n -= 1;
         }
-        write_at(&self.file, offset, buf)?;
+        write_at_in(&self.file, self.direct, offset, buf)?;
         self.file_size = self.file_size.max(offset + buf.len() as u64);
         Ok(())
     }
@@ -204,7 +206,7 @@ impl Meta {
     pub fn l2_table(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
         if self.l2_cache.get_mut(offset).is_none() {
             let mut t = vec![0u8; self.cluster_size() as usize];
-            read_meta(&self.file, offset, &mut t, "L2 table")?;
+            read_meta_in(&self.file, self.direct, offset, &mut t, "L2 table")?;
             self.l2_cache.insert(offset, t);
         }
         self.l2_cache
@@ -216,7 +218,7 @@ impl Meta {
     pub fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
         if self.rb_cache.get_mut(offset).is_none() {
             let mut t = vec![0u8; self.cluster_size() as usize];
-            read_meta(&self.file, offset, &mut t, "Refcount block")?;
+            read_meta_in(&self.file, self.direct, offset, &mut t, "Refcount block")?;
             self.rb_cache.insert(offset, t);
         }
         self.rb_cache

@@ -18,6 +18,9 @@
 //! Only clusters that read as zeroes before (unallocated without a backing file, or
 //! zero clusters) are allocated this way; copy-on-write from a backing file, compressed
 //! or shared clusters stay with the slow path.
+//!
+//! One case links at the same time as the data goes out instead of after it: see
+//! `early_link` for when and why that is safe.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -25,6 +28,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use std::os::fd::AsRawFd;
+
+use crate::formats::qcow2::early_link::BLOCK;
 use crate::formats::qcow2::layout::{put64, OFLAG_COPIED};
 use crate::formats::qcow2::meta::{Allocating, Meta};
 use crate::formats::qcow2::tables::Cluster;
@@ -82,6 +88,13 @@ impl Meta {
         push: impl Fn(&mut Vec<Extent>, Extent),
     ) -> Result<Option<WriteMapping>, FormatError> {
         let cs = self.cluster_size();
+        // A write to the cluster of the early link in flight (a join, or in place once
+        // the entry is cached) must not complete before the entry is in the file.
+        if let Some(gc) = self.links.as_ref().and_then(|l| l.in_flight()) {
+            if (self.cluster_of(offset)..=self.cluster_of(offset + len - 1)).contains(&gc) {
+                self.settle_early();
+            }
+        }
         let mut plan = Vec::new();
         let mut at = offset;
         while at < offset + len {
@@ -109,13 +122,23 @@ impl Meta {
         }
         let mut extents = Vec::new();
         let mut claimed = Vec::new();
+        let early = plan.len() == 1 && self.links.as_ref().is_some_and(|l| l.in_flight().is_none());
         for (at, n, target) in plan {
             let gc = self.cluster_of(at);
             let host = match target {
                 Target::Host(host) => host,
                 Target::Join(host) => self.join(gc, host, &mut claimed),
                 Target::New => match self.start_allocation(gc) {
-                    Ok(host) => self.join(gc, host, &mut claimed),
+                    Ok((host, fresh)) => {
+                        let host = self.join(gc, host, &mut claimed);
+                        if early && fresh {
+                            if let Err(e) = self.link_early(gc, host) {
+                                self.finish_allocations(&claimed, false)?;
+                                return Err(e);
+                            }
+                        }
+                        host
+                    }
                     Err(e) => {
                         self.finish_allocations(&claimed, false)?;
                         return Err(e);
@@ -142,8 +165,37 @@ impl Meta {
         host
     }
 
-    /// Reserves a host cluster for guest cluster `gc`, reading as zeroes.
-    fn start_allocation(&mut self, gc: u64) -> Result<u64, FormatError> {
+    /// Names `host` in guest cluster `gc`'s entry in the cached table and puts the
+    /// entry's block in flight on the early link ring, the caller's data write going
+    /// out next to it (`gc` is claimed, its fresh `host` unwritten: see `early_link`
+    /// for why that order is safe). When the ring does not take it, the entry is put
+    /// back and the cluster is linked the ordered way, after its data.
+    fn link_early(&mut self, gc: u64, host: u64) -> Result<(), FormatError> {
+        let (old, _) = self.lookup_raw(gc)?;
+        let table = self.l2_for_write(gc)?;
+        let idx = (gc % self.l2_entries()) as usize * 8;
+        let start = idx & !(BLOCK - 1);
+        let fd = self.file.as_raw_fd();
+        let t = self.l2_table(table)?;
+        put64(t, idx, host | OFLAG_COPIED);
+        let block = t[start..start + BLOCK].to_vec();
+        let submitted = self
+            .links
+            .as_mut()
+            .is_some_and(|l| l.submit(fd, gc, table, table + start as u64, &block));
+        if submitted {
+            if let Some(a) = self.allocating.get_mut(&gc) {
+                a.linked = true;
+            }
+        } else {
+            put64(self.l2_table(table)?, idx, old);
+        }
+        Ok(())
+    }
+
+    /// Reserves a host cluster for guest cluster `gc`, reading as zeroes; whether it
+    /// is fresh (past the file's old end, never written).
+    fn start_allocation(&mut self, gc: u64) -> Result<(u64, bool), FormatError> {
         self.begin_change()?;
         // The L2 table now, so that linking later writes one entry.
         self.l2_for_write(gc)?;
@@ -162,9 +214,10 @@ impl Meta {
                 host,
                 writers: 0,
                 linked: false,
+                named_maybe: false,
             },
         );
-        Ok(host)
+        Ok((host, fresh))
     }
 
     /// Names `host` in guest cluster `gc`'s L2 entry, unless something else was
@@ -200,6 +253,8 @@ impl Meta {
         &mut self,
         ends: &[(&[u64], bool)],
     ) -> Vec<Result<(), FormatError>> {
+        // An early link's request hears only when its entry is in the file.
+        self.settle_early();
         let mut batch = LinkBatch::default();
         let mut results: Vec<Result<(), FormatError>> = ends.iter().map(|_| Ok(())).collect();
         let mut touched = Vec::new();
@@ -242,7 +297,7 @@ impl Meta {
                 if let Some(a) = self.allocating.remove(&gc) {
                     // Written in part perhaps: no longer fresh. One whose entry's write
                     // failed may be named in the file after all: leaked instead.
-                    if !a.linked && !batch.failed.contains(&gc) {
+                    if !a.linked && !a.named_maybe && !batch.failed.contains(&gc) {
                         self.unreserve(a.host);
                     }
                 }

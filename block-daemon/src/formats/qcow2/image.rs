@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use crate::formats::qcow2::alloc::LinkAllocations;
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::compressed;
+use crate::formats::qcow2::early_link::{LinkRing, BLOCK};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::io::{file_len, is_direct, read_data, read_meta};
 use crate::formats::qcow2::layout::{
@@ -99,8 +100,12 @@ impl Qcow2 {
             .min(MAX_CACHE_BYTES);
         let file_size = file_len(&file)?;
         let file = Arc::new(file);
+        let direct = is_direct(&file);
         let mut m = Meta {
-            direct: is_direct(&file),
+            links: (direct && writable && cs >= BLOCK as u64)
+                .then(LinkRing::new)
+                .flatten(),
+            direct,
             file: file.clone(),
             backing,
             writable,

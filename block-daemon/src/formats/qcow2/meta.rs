@@ -9,6 +9,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crate::formats::qcow2::cache::TableCache;
+use crate::formats::qcow2::early_link::LinkRing;
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::io::{read_meta_in, write_at_in};
 use crate::formats::qcow2::layout::{put64, INCOMPAT_CORRUPT, OFF_INCOMPATIBLE};
@@ -32,12 +33,18 @@ pub struct Allocating {
     pub host: u64,
     pub writers: usize,
     pub linked: bool,
+    /// Its early link's write failed: the file may name it, so it is never handed
+    /// out again (see `early_link`).
+    pub named_maybe: bool,
 }
 
 pub struct Meta {
     pub file: Arc<File>,
     /// Whether `file` is in O_DIRECT mode (read once at open: see `io`).
     pub direct: bool,
+    /// The ring of early links (O_DIRECT images with clusters of 4096 bytes or more,
+    /// opened writable; see `early_link`).
+    pub links: Option<LinkRing>,
     pub backing: Option<Arc<dyn Format>>,
     pub writable: bool,
     pub version: u32,
@@ -112,8 +119,26 @@ impl Meta {
         read_meta_in(&self.file, self.direct, offset, buf, what)
     }
 
-    /// Every write to the image file goes through here.
+    /// Waits for the early link in flight, if any (see `early_link`): a failed one
+    /// leaves its table to be read from the file again, and its cluster unlinked for
+    /// its request's commit to link the ordered way, never handed out again.
+    pub fn settle_early(&mut self) {
+        let Some(s) = self.links.as_mut().and_then(LinkRing::settle) else {
+            return;
+        };
+        if !s.ok {
+            self.l2_cache.remove(s.table);
+            if let Some(a) = self.allocating.get_mut(&s.gc) {
+                a.linked = false;
+                a.named_maybe = true;
+            }
+        }
+    }
+
+    /// Every write to the image file goes through here (after the early link in
+    /// flight: two writes of one block must not be in flight at once).
     pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
+        self.settle_early();
         #[cfg(test)]
         if let Some(n) = self.crash.0.as_mut() {
             if *n == 0 {
@@ -143,6 +168,7 @@ impl Meta {
         if self.crash.0 == Some(0) {
             return Err(FormatError::Io(std::io::Error::other("simulated crash")));
         }
+        self.settle_early();
         self.file.sync_data()?;
         Ok(())
     }
@@ -205,6 +231,8 @@ impl Meta {
     /// Loads (through the cache) the L2 table at `offset`.
     pub fn l2_table(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
         if self.l2_cache.get_mut(offset).is_none() {
+            // The file's table must hold the early link in flight.
+            self.settle_early();
             let mut t = vec![0u8; self.cluster_size() as usize];
             read_meta_in(&self.file, self.direct, offset, &mut t, "L2 table")?;
             self.l2_cache.insert(offset, t);

@@ -4,6 +4,7 @@ mod alloc;
 mod concurrency;
 mod crash;
 mod damaged;
+mod early;
 mod fuzz;
 mod header;
 mod links;

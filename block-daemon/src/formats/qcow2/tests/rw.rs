@@ -346,7 +346,8 @@ fn works_when_o_direct_is_switched_on_after_open() {
     img_create(&p, "cluster_size=512", "1M");
     let q = open(&p, None, true);
     assert!(!q.with_meta(|m| m.direct));
-    q.with_meta(|m| crate::formats::direct::set_direct(&m.file, true)).unwrap();
+    q.with_meta(|m| crate::formats::direct::set_direct(&m.file, true))
+        .unwrap();
     let mut mirror = vec![0u8; 1 << 20];
     random_writes(&q, &mut mirror, &mut Rng(78), 60, 512);
     let mut back = vec![0u8; 1 << 20];

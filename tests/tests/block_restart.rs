@@ -303,16 +303,34 @@ fn twenty_sigkills_lose_nothing() {
 /// cost) and the image holds the last round's pattern as qemu-img reads it.
 #[test]
 fn twenty_sigkills_during_qcow2_allocation_lose_nothing() {
-    let dir = TempDir::new("restart-sigkill-qcow2");
+    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2", true, "");
+}
+
+/// The same on a qcow2 disk without a backing file, O_DIRECT (cache=none): the first
+/// round's allocations link early (the L2 entry's write in flight next to the data's,
+/// `formats/qcow2/early_link.rs`), so kills land between those two writes too.
+#[test]
+fn twenty_sigkills_during_early_linked_qcow2_allocation_lose_nothing() {
+    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2-early", false, ",cache=none");
+}
+
+fn twenty_sigkills_during_qcow2_allocation(name: &str, backing: bool, options: &str) {
+    let dir = TempDir::new(name);
     // 128 MiB: the first round allocates for a while, kills land in the middle of it.
     let sectors = 4 * SECTORS;
     let base = dir.path().join("base.raw");
     let top = dir.path().join("top.qcow2");
-    pattern_image(&base, SEED, sectors);
-    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "raw", t]);
+    let t = top.to_str().unwrap();
+    if backing {
+        pattern_image(&base, SEED, sectors);
+        let b = base.to_str().unwrap();
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "raw", t]);
+    } else {
+        let size = (sectors * 512).to_string();
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", t, &size]);
+    }
     let rounds: u32 = 60;
-    let drive = format!("file={t},format=qcow2,id=d0,queues=2");
+    let drive = format!("file={t},format=qcow2,id=d0,queues=2{options}");
     let mut gw = Gateway::start_with(
         1,
         &format!("scenario=blk-verify-loop seed={SEED:#x} rounds={rounds} stall_ms={STALL_MS}"),

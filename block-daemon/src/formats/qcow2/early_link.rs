@@ -61,13 +61,22 @@ pub struct Settled {
 pub struct LinkRing {
     ring: IoUring,
     flight: Option<Flight>,
+    /// A test hook: the next entry write, though done, is reported failed (as a write
+    /// whose fate is unknown).
+    #[cfg(test)]
+    pub fail_next: bool,
 }
 
 impl LinkRing {
     /// None when io_uring is not available (links then stay ordered).
     pub fn new() -> Option<LinkRing> {
         match IoUring::new(2) {
-            Ok(ring) => Some(LinkRing { ring, flight: None }),
+            Ok(ring) => Some(LinkRing {
+                ring,
+                flight: None,
+                #[cfg(test)]
+                fail_next: false,
+            }),
             Err(e) => {
                 log::info!("qcow2: no io_uring for early links ({e}): links stay ordered");
                 None
@@ -136,6 +145,12 @@ impl LinkRing {
             log::error!("qcow2: early L2 entry write at table {table:#x}: result {result}");
         }
         self.flight = None;
+        #[cfg(test)]
+        let result = if std::mem::take(&mut self.fail_next) {
+            -libc::EIO
+        } else {
+            result
+        };
         Some(Settled {
             gc,
             table,

@@ -1,7 +1,8 @@
 //! Early links (`early_link`): an allocating O_DIRECT write into a fresh cluster with
 //! nothing to copy puts its L2 entry in flight at map time, next to its data; a
 //! backing file under the cluster keeps the ordered way; a join waits for the entry;
-//! one early link at a time. qemu-img check, map and compare are the oracles.
+//! one early link at a time; a failed entry write leaves a cluster that is linked or
+//! leaked, never handed out again. qemu-img check, map and compare are the oracles.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -165,6 +166,46 @@ fn a_join_waits_for_the_entry_and_one_early_link_flies_at_a_time() {
     }
     let ends = vec![(a.guard, true), (b.guard, true), (c.guard, true)];
     assert!(q.finish_writes(ends).iter().all(Result::is_ok));
+    q.close().unwrap();
+    drop(q);
+    compare_with_raw(&d, &p, &mirror);
+}
+
+/// The entry's write reported failed (its fate unknown; here it did land): a request
+/// whose data is in the file gets its cluster linked the ordered way (here: found
+/// linked already); one whose data write failed leaves its cluster named by the file
+/// with zeroes around whatever part of its range was written, and the cluster is never
+/// handed out again (a clean close would otherwise free a named cluster).
+#[test]
+fn a_failed_entry_write_never_hands_the_cluster_out_again() {
+    let d = TempDir::new();
+    let p = d.path("f.qcow2");
+    img_create(&p, "cluster_size=64k", "16M");
+    let q = open_direct(&p, None);
+    let mut mirror = vec![0u8; 16 << 20];
+    let fail_next = |q: &Qcow2| q.with_meta(|m| m.links.as_mut().unwrap().fail_next = true);
+    // Data written, entry reported failed: the request still succeeds.
+    let a = q.map(11 * CS, 4096, true).unwrap();
+    assert_eq!(in_flight(&q), Some(11));
+    fail_next(&q);
+    write_direct(&a, 0x21);
+    mirror[(11 * CS) as usize..(11 * CS + 4096) as usize].fill(0x21);
+    let r = q.finish_writes(vec![(a.guard, true)]);
+    assert!(r[0].is_ok(), "{r:?}");
+    // Data write failed (it wrote nothing), entry reported failed.
+    let b = q.map(12 * CS + 4096, 4096, true).unwrap();
+    assert_eq!(in_flight(&q), Some(12));
+    fail_next(&q);
+    let host = match b.extents[..] {
+        [Extent::File { offset, .. }] => offset & !(CS - 1),
+        _ => panic!("{:?}", b.extents),
+    };
+    let r = q.finish_writes(vec![(b.guard, false)]);
+    assert!(r[0].is_ok(), "{r:?}");
+    assert!(
+        !q.with_meta(|m| m.reserved.contains(&(host / CS))),
+        "a cluster the file may name went back to the allocator"
+    );
     q.close().unwrap();
     drop(q);
     compare_with_raw(&d, &p, &mirror);

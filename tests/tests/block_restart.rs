@@ -303,21 +303,27 @@ fn twenty_sigkills_lose_nothing() {
 /// cost) and the image holds the last round's pattern as qemu-img reads it.
 #[test]
 fn twenty_sigkills_during_qcow2_allocation_lose_nothing() {
-    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2", true, "");
+    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2", true, "", 4 * SECTORS);
 }
 
 /// The same on a qcow2 disk without a backing file, O_DIRECT (cache=none): the first
 /// round's allocations link early (the L2 entry's write in flight next to the data's,
-/// `formats/qcow2/early_link.rs`), so kills land between those two writes too.
+/// `formats/qcow2/early_link.rs`), so kills land between those two writes too. A larger
+/// disk: without copy-on-write its first round is over before the first kill otherwise.
 #[test]
 fn twenty_sigkills_during_early_linked_qcow2_allocation_lose_nothing() {
-    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2-early", false, ",cache=none");
+    twenty_sigkills_during_qcow2_allocation(
+        "restart-sigkill-qcow2-early",
+        false,
+        ",cache=none",
+        16 * SECTORS,
+    );
 }
 
-fn twenty_sigkills_during_qcow2_allocation(name: &str, backing: bool, options: &str) {
+/// `sectors`: the disk's size, such that the first round allocates for a while and
+/// kills land in the middle of it.
+fn twenty_sigkills_during_qcow2_allocation(name: &str, backing: bool, options: &str, sectors: u64) {
     let dir = TempDir::new(name);
-    // 128 MiB: the first round allocates for a while, kills land in the middle of it.
-    let sectors = 4 * SECTORS;
     let base = dir.path().join("base.raw");
     let top = dir.path().join("top.qcow2");
     let t = top.to_str().unwrap();

@@ -91,7 +91,8 @@ impl Meta {
         // A write to the cluster of the early link in flight (a join, or in place once
         // the entry is cached) must not complete before the entry is in the file.
         if let Some(gc) = self.links.as_ref().and_then(|l| l.in_flight()) {
-            if (self.cluster_of(offset)..=self.cluster_of(offset + len - 1)).contains(&gc) {
+            let last = self.cluster_of(offset + len.saturating_sub(1));
+            if (self.cluster_of(offset)..=last).contains(&gc) {
                 self.settle_early();
             }
         }

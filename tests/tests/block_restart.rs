@@ -303,13 +303,14 @@ fn twenty_sigkills_lose_nothing() {
 /// cost) and the image holds the last round's pattern as qemu-img reads it.
 #[test]
 fn twenty_sigkills_during_qcow2_allocation_lose_nothing() {
-    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2", true, "", 4 * SECTORS);
+    twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2", true, "", 4 * SECTORS, 60);
 }
 
 /// The same on a qcow2 disk without a backing file, O_DIRECT (cache=none): the first
 /// round's allocations link early (the L2 entry's write in flight next to the data's,
 /// `formats/qcow2/early_link.rs`), so kills land between those two writes too. A larger
-/// disk: without copy-on-write its first round is over before the first kill otherwise.
+/// disk (without copy-on-write its first round is over before the first kill otherwise),
+/// and fewer rounds of it.
 #[test]
 fn twenty_sigkills_during_early_linked_qcow2_allocation_lose_nothing() {
     twenty_sigkills_during_qcow2_allocation(
@@ -317,12 +318,19 @@ fn twenty_sigkills_during_early_linked_qcow2_allocation_lose_nothing() {
         false,
         ",cache=none",
         16 * SECTORS,
+        30,
     );
 }
 
 /// `sectors`: the disk's size, such that the first round allocates for a while and
-/// kills land in the middle of it.
-fn twenty_sigkills_during_qcow2_allocation(name: &str, backing: bool, options: &str, sectors: u64) {
+/// kills land in the middle of it; `rounds`: enough to outlast the kills.
+fn twenty_sigkills_during_qcow2_allocation(
+    name: &str,
+    backing: bool,
+    options: &str,
+    sectors: u64,
+    rounds: u32,
+) {
     let dir = TempDir::new(name);
     let base = dir.path().join("base.raw");
     let top = dir.path().join("top.qcow2");
@@ -335,7 +343,6 @@ fn twenty_sigkills_during_qcow2_allocation(name: &str, backing: bool, options: &
         let size = (sectors * 512).to_string();
         qemu_img_ok(&["create", "-q", "-f", "qcow2", t, &size]);
     }
-    let rounds: u32 = 60;
     let drive = format!("file={t},format=qcow2,id=d0,queues=2{options}");
     let mut gw = Gateway::start_with(
         1,

@@ -60,7 +60,9 @@ impl MappedRequests {
 
 /// Work a format has left to do once the data of a write mapping reached the file
 /// (qcow2: linking the L2 entries of the clusters it allocated for the write, which
-/// must come after the data, as the crash rules require).
+/// must come after the data, as the crash rules require; or, for a fresh cluster whose
+/// entry it put in flight next to the data, waiting for that write: see
+/// `qcow2::early_link`).
 pub trait Commit: Send + std::any::Any {
     /// `written`: every byte of the mapping reached the file. Undoes what it can when
     /// not (a cluster reserved for the write goes back to the allocator). An error

@@ -213,15 +213,29 @@ pub fn finish(guard: MapGuard, result: Result<(), FormatError>) -> Result<(), Fo
 
 /// Performs a read or write in the calling thread, whichever way it goes.
 pub fn perform(disk: &Disk, req: &Request) -> Result<(), FormatError> {
-    match route(disk, req)? {
-        Route::File { fd, offset, guard } => finish(guard, transfer_now(disk, req, fd, offset)),
-        Route::Split { pieces, guard } => finish(guard, transfer_pieces(disk, req, &pieces)),
+    match perform_uncommitted(disk, req)? {
+        Some(guard) => guard.finish(true),
+        None => Ok(()),
+    }
+}
+
+/// `perform`, except that a write mapping's commit is left to the caller: Some(guard)
+/// when the data reached the file and the guard's commit waits (the caller runs it,
+/// with others: see `Format::finish_writes`, before the guest hears of the request).
+pub fn perform_uncommitted(disk: &Disk, req: &Request) -> Result<Option<MapGuard>, FormatError> {
+    let (guard, result) = match route(disk, req)? {
+        Route::File { fd, offset, guard } => (guard, transfer_now(disk, req, fd, offset)),
+        Route::Split { pieces, guard } => (guard, transfer_pieces(disk, req, &pieces)),
         Route::Zero => {
             zero_guest(&req.data);
-            Ok(())
+            return Ok(None);
         }
-        Route::Format => through_format(disk, req),
+        Route::Format => return through_format(disk, req).map(|()| None),
+    };
+    if result.is_ok() && guard.has_commit() {
+        return Ok(Some(guard));
     }
+    finish(guard, result).map(|()| None)
 }
 
 /// What a read or write that finished in the calling thread tells the guest.

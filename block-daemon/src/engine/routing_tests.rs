@@ -386,3 +386,123 @@ fn the_rings_fd_tells_of_completions_of_more_pieces_than_the_rings_hold() {
     assert_eq!(uring.in_flight(), 0);
     assert!(!readable(notifier, 0), "readable with nothing left to reap");
 }
+
+/// A format whose write mappings carry a commit (as qcow2's allocating writes do): it
+/// logs each commit and the size of each `finish_writes` batch.
+struct Linking {
+    extent: Extent,
+    mapped: Arc<MappedRequests>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+struct Logged(Arc<Mutex<Vec<String>>>);
+
+impl crate::formats::Commit for Logged {
+    fn commit(self: Box<Self>, written: bool) -> Result<(), FormatError> {
+        self.0.lock().push(format!("commit {written}"));
+        Ok(())
+    }
+}
+
+impl Format for Linking {
+    fn name(&self) -> &'static str {
+        "linking"
+    }
+    fn virtual_size(&self) -> u64 {
+        1 << 16
+    }
+    fn map(&self, _: u64, _: u64, write: bool) -> Result<Mapping, FormatError> {
+        let guard = MapGuard::new(&self.mapped);
+        Ok(Mapping {
+            extents: vec![self.extent],
+            guard: if write {
+                guard.with_commit(Box::new(Logged(self.log.clone())))
+            } else {
+                guard
+            },
+        })
+    }
+    fn finish_writes(&self, ends: Vec<(MapGuard, bool)>) -> Vec<Result<(), FormatError>> {
+        self.log.lock().push(format!("batch of {}", ends.len()));
+        ends.into_iter().map(|(g, w)| g.finish(w)).collect()
+    }
+    fn read(&self, _: u64, _: &mut [u8]) -> Result<(), FormatError> {
+        Err(FormatError::ReadOnly)
+    }
+    fn write(&self, _: u64, _: &[u8]) -> Result<(), FormatError> {
+        Err(FormatError::ReadOnly)
+    }
+    fn flush(&self) -> Result<(), FormatError> {
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), FormatError> {
+        Ok(())
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), FormatError> {
+        Ok(())
+    }
+    fn resize(&self, _: u64) -> Result<(), FormatError> {
+        Err(FormatError::ReadOnly)
+    }
+}
+
+/// Writes whose mapping carries a commit: the data reaches the file first, the guest
+/// hears only after the commit, and the buffered (sync engine) ones of one batch are
+/// committed together in one `finish_writes`.
+#[test]
+fn commits_run_after_the_data_and_before_the_guest_hears_in_batches() {
+    for (cache, engine_kind) in [(CacheMode::Writeback, "sync"), (CacheMode::Direct, "uring")] {
+        let s = Scratch::new("linking", 1 << 20);
+        if cache.direct() {
+            crate::formats::direct::set_direct(&s.file, true).unwrap();
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let f = Arc::new(Linking {
+            extent: Extent::File {
+                fd: s.file.as_raw_fd(),
+                offset: 8192,
+                len: 4096,
+            },
+            mapped: Arc::new(MappedRequests::default()),
+            log: log.clone(),
+        });
+        let d = Arc::new(Disk::new(f.clone(), None, false, cache, "t").unwrap());
+        let mut engine: Box<dyn Engine> = match engine_kind {
+            "sync" => Box::new(SyncEngine::new(d.clone())),
+            _ => Box::new(UringEngine::new(d.clone(), 8).unwrap()),
+        };
+        let mut keep = Vec::new();
+        for head in 0..4 {
+            let (mem, req) = request(Kind::Write);
+            keep.push(mem.clone());
+            engine.submit(head, req, mem);
+        }
+        engine.flush();
+        assert!(log.lock().is_empty(), "{engine_kind}: committed in submit");
+        let mut back = [0u8; 4096];
+        File::open(&s.path)
+            .unwrap()
+            .read_exact_at(&mut back, 8192)
+            .unwrap();
+        if engine_kind == "sync" {
+            assert!(
+                back.iter().all(|b| *b == 0xee),
+                "the data is not in the file"
+            );
+        }
+        let mut done = Vec::new();
+        engine.drain(&mut done);
+        assert_eq!(done.len(), 4);
+        assert!(done.iter().all(|d| d.code == virtio::blk::S_OK));
+        assert_eq!(f.mapped.in_flight(), 0);
+        let log = log.lock();
+        let commits = log.iter().filter(|l| l.as_str() == "commit true").count();
+        assert_eq!(commits, 4, "{engine_kind}: {log:?}");
+        if engine_kind == "sync" {
+            assert_eq!(log[0], "batch of 4", "{log:?}");
+        } else {
+            assert!(log.iter().all(|l| l != "commit false"), "{log:?}");
+            assert!(log[0].starts_with("batch of "), "{log:?}");
+        }
+    }
+}

@@ -62,8 +62,10 @@ impl MappedRequests {
 
 /// Work a format has left to do once the data of a write mapping reached the file
 /// (qcow2: linking the L2 entries of the clusters it allocated for the write, which
-/// must come after the data, as the crash rules require).
-pub trait Commit: Send {
+/// must come after the data, as the crash rules require; or, for a fresh cluster whose
+/// entry it put in flight next to the data, waiting for that write: see
+/// `qcow2::early_link`).
+pub trait Commit: Send + std::any::Any {
     /// `written`: every byte of the mapping reached the file. Undoes what it can when
     /// not (a cluster reserved for the write goes back to the allocator). An error
     /// fails the request.
@@ -114,6 +116,11 @@ impl MapGuard {
     /// Whether the request must be ended with `finish` before the guest hears of it.
     pub fn has_commit(&self) -> bool {
         self.commit.is_some()
+    }
+
+    /// Takes the commit out (the caller runs it: see `Format::finish_writes`).
+    pub fn take_commit(&mut self) -> Option<Box<dyn Commit>> {
+        self.commit.take()
     }
 
     /// Ends the request whose data did (`written`) or did not reach the file: runs the
@@ -208,6 +215,14 @@ pub trait Format: Send + Sync {
     /// returns, the data and the metadata that names it are in the image file (a
     /// restarted daemon finds them), though not necessarily on stable storage.
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FormatError>;
+
+    /// Ends several requests at once, as `MapGuard::finish` each (`written`: its data
+    /// reached the file); their results, in order. A format whose commits write
+    /// metadata writes what they share once (qcow2: the changed part of an L2 table as
+    /// one write for every allocation linked in it). By default, one by one.
+    fn finish_writes(&self, ends: Vec<(MapGuard, bool)>) -> Vec<Result<(), FormatError>> {
+        ends.into_iter().map(|(g, w)| g.finish(w)).collect()
+    }
 
     /// Makes every completed write durable (the guest's FLUSH).
     fn flush(&self) -> Result<(), FormatError>;

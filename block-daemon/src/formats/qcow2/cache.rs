@@ -36,6 +36,11 @@ impl TableCache {
         self.tables.is_empty()
     }
 
+    /// Whether the table at `offset` is cached (a lookup of it would read no file).
+    pub fn contains(&self, offset: u64) -> bool {
+        self.tables.contains_key(&offset)
+    }
+
     /// The table at `offset`, marked as just used.
     pub fn get_mut(&mut self, offset: u64) -> Option<&mut Vec<u8>> {
         self.tick += 1;

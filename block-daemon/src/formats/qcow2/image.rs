@@ -29,8 +29,9 @@ use parking_lot::Mutex;
 use crate::formats::qcow2::alloc::LinkAllocations;
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::compressed;
+use crate::formats::qcow2::early_link::{LinkRing, BLOCK};
 use crate::formats::qcow2::header::Header;
-use crate::formats::qcow2::io::{file_len, read_data, read_meta};
+use crate::formats::qcow2::io::{file_len, is_direct, read_data, read_meta};
 use crate::formats::qcow2::layout::{
     be64, put64, INCOMPAT_DIRTY, L1E_OFFSET_MASK, OFF_AUTOCLEAR, OFF_SIZE, OFLAG_COPIED,
     OFLAG_ZERO, REFT_OFFSET_MASK,
@@ -102,7 +103,12 @@ impl Qcow2 {
         let file_size = file_len(&file)?;
         let file = Arc::new(file);
         let file_ref: &File = &file;
+        let direct = is_direct(file_ref);
         let mut m = Meta {
+            links: (direct && writable && cs >= BLOCK as u64)
+                .then(LinkRing::new)
+                .flatten(),
+            direct,
             file: file.clone(),
             backing,
             writable,
@@ -289,7 +295,7 @@ impl Meta {
             )));
         }
         let mut input = vec![0u8; len as usize];
-        read_data(&self.file, off, &mut input)?;
+        read_data(&self.file, self.direct, off, &mut input)?;
         let mut out = vec![0u8; self.cluster_size() as usize];
         compressed::decompress(&input, &mut out)?;
         Ok(out)
@@ -305,7 +311,9 @@ impl Meta {
                 buf.fill(0);
                 Ok(())
             }
-            Cluster::Normal { offset: host, .. } => read_data(&self.file, host + in_off, buf),
+            Cluster::Normal { offset: host, .. } => {
+                read_data(&self.file, self.direct, host + in_off, buf)
+            }
             Cluster::Compressed { entry } => {
                 let c = self.read_compressed(entry)?;
                 buf.copy_from_slice(&c[in_off as usize..in_off as usize + buf.len()]);
@@ -372,7 +380,9 @@ impl Meta {
             match old {
                 Cluster::Unallocated => self.read_backing(gc * cs, &mut buf)?,
                 Cluster::Zero | Cluster::ZeroAlloc { .. } => {}
-                Cluster::Normal { offset: host, .. } => read_data(&self.file, host, &mut buf)?,
+                Cluster::Normal { offset: host, .. } => {
+                    read_data(&self.file, self.direct, host, &mut buf)?
+                }
                 Cluster::Compressed { entry } => buf = self.read_compressed(entry)?,
             }
             buf[in_off as usize..in_off as usize + data.len()].copy_from_slice(data);
@@ -697,7 +707,13 @@ impl Format for Qcow2 {
             }
         }
         let extents = m.map(offset, len, write, self.fd)?;
-        let guard = MapGuard::new(&m.mapped);
+        // Zeroes name no cluster: nothing for a guard to keep (a hole's read skips
+        // the shared counter).
+        let guard = if extents.iter().all(|e| matches!(e, Extent::Zero { .. })) {
+            MapGuard::none()
+        } else {
+            MapGuard::new(&m.mapped)
+        };
         Ok(Mapping { extents, guard })
     }
 
@@ -715,9 +731,9 @@ impl Format for Qcow2 {
                     // The data is read without the lock, under a guard (as an engine
                     // reads a mapping): the cluster is not handed out again meanwhile.
                     let guard = MapGuard::new(&m.mapped);
-                    let file = m.file.clone();
+                    let (file, direct) = (m.file.clone(), m.direct);
                     drop(m);
-                    read_data(&file, host + at % cs, dst)?;
+                    read_data(&file, direct, host + at % cs, dst)?;
                     drop(guard);
                 }
                 _ => m.read_chunk(at, dst)?,
@@ -735,6 +751,38 @@ impl Format for Qcow2 {
             m.write_chunk(at, &buf[start..start + n])?;
         }
         Ok(())
+    }
+
+    fn finish_writes(&self, ends: Vec<(MapGuard, bool)>) -> Vec<Result<(), FormatError>> {
+        let mut results: Vec<Result<(), FormatError>> = Vec::with_capacity(ends.len());
+        // This image's allocations: (request, guest clusters, written).
+        let mut links: Vec<(usize, Vec<u64>, bool)> = Vec::new();
+        let mut guards = Vec::with_capacity(ends.len());
+        for (i, (mut guard, written)) in ends.into_iter().enumerate() {
+            results.push(Ok(()));
+            if let Some(c) = guard.take_commit() {
+                let ours = (&*c as &dyn std::any::Any)
+                    .downcast_ref::<LinkAllocations>()
+                    .is_some_and(|l| Arc::ptr_eq(&l.meta, &self.meta));
+                if !ours {
+                    results[i] = c.commit(written);
+                } else if let Ok(l) = (c as Box<dyn std::any::Any>).downcast::<LinkAllocations>() {
+                    links.push((i, l.clusters, written));
+                }
+            }
+            // The claim ends after the commit (as `MapGuard::finish` does it).
+            guards.push(guard);
+        }
+        if !links.is_empty() {
+            let ends: Vec<(&[u64], bool)> =
+                links.iter().map(|(_, c, w)| (c.as_slice(), *w)).collect();
+            let done = self.meta.lock().finish_allocation_batch(&ends);
+            for ((i, _, _), r) in links.iter().zip(done) {
+                results[*i] = r;
+            }
+        }
+        drop(guards);
+        results
     }
 
     fn flush(&self) -> Result<(), FormatError> {

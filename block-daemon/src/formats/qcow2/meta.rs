@@ -10,8 +10,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::formats::qcow2::cache::TableCache;
+use crate::formats::qcow2::early_link::LinkRing;
 use crate::formats::qcow2::header::Header;
-use crate::formats::qcow2::io::{read_meta, write_at};
+use crate::formats::qcow2::io::{read_meta_in, write_at_in};
 use crate::formats::qcow2::layout::{put64, INCOMPAT_CORRUPT, OFF_INCOMPATIBLE};
 use crate::formats::qcow2::snapshot::SnapshotInfo;
 use crate::formats::qcow2::unmap::Unmap;
@@ -34,10 +35,18 @@ pub struct Allocating {
     pub host: u64,
     pub writers: usize,
     pub linked: bool,
+    /// Its early link's write failed: the file may name it, so it is never handed
+    /// out again (see `early_link`).
+    pub named_maybe: bool,
 }
 
 pub struct Meta {
     pub file: Arc<File>,
+    /// Whether `file` is in O_DIRECT mode (read once at open: see `io`).
+    pub direct: bool,
+    /// The ring of early links (O_DIRECT images with clusters of 4096 bytes or more,
+    /// opened writable; see `early_link`).
+    pub links: Option<LinkRing>,
     pub backing: Option<Arc<dyn Format>>,
     pub writable: bool,
     pub version: u32,
@@ -113,11 +122,29 @@ impl Meta {
 
     /// Reads metadata at `offset`, which must lie inside the file.
     pub fn read(&self, offset: u64, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
-        read_meta(&self.file, offset, buf, what)
+        read_meta_in(&self.file, self.direct, offset, buf, what)
     }
 
-    /// Every write to the image file goes through here.
+    /// Waits for the early link in flight, if any (see `early_link`): a failed one
+    /// leaves its table to be read from the file again, and its cluster unlinked for
+    /// its request's commit to link the ordered way, never handed out again.
+    pub fn settle_early(&mut self) {
+        let Some(s) = self.links.as_mut().and_then(LinkRing::settle) else {
+            return;
+        };
+        if !s.ok {
+            self.l2_cache.remove(s.table);
+            if let Some(a) = self.allocating.get_mut(&s.gc) {
+                a.linked = false;
+                a.named_maybe = true;
+            }
+        }
+    }
+
+    /// Every write to the image file goes through here (after the early link in
+    /// flight: two writes of one block must not be in flight at once).
     pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
+        self.settle_early();
         #[cfg(test)]
         if let Some(n) = self.crash.0.as_mut() {
             if *n == 0 {
@@ -125,7 +152,7 @@ impl Meta {
             }
             *n -= 1;
         }
-        write_at(&self.file, offset, buf)?;
+        write_at_in(&self.file, self.direct, offset, buf)?;
         self.file_size = self.file_size.max(offset + buf.len() as u64);
         Ok(())
     }
@@ -156,6 +183,7 @@ impl Meta {
         if self.crash.0 == Some(0) {
             return Err(FormatError::Io(std::io::Error::other("simulated crash")));
         }
+        self.settle_early();
         self.file.sync_data()?;
         self.punch_freed();
         Ok(())
@@ -259,8 +287,10 @@ impl Meta {
     /// Loads (through the cache) the L2 table at `offset`.
     pub fn l2_table(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
         if self.l2_cache.get_mut(offset).is_none() {
+            // The file's table must hold the early link in flight.
+            self.settle_early();
             let mut t = vec![0u8; self.cluster_size() as usize];
-            read_meta(&self.file, offset, &mut t, "L2 table")?;
+            read_meta_in(&self.file, self.direct, offset, &mut t, "L2 table")?;
             self.l2_cache.insert(offset, t);
         }
         self.l2_cache
@@ -272,7 +302,7 @@ impl Meta {
     pub fn refblock(&mut self, offset: u64) -> Result<&mut Vec<u8>, FormatError> {
         if self.rb_cache.get_mut(offset).is_none() {
             let mut t = vec![0u8; self.cluster_size() as usize];
-            read_meta(&self.file, offset, &mut t, "Refcount block")?;
+            read_meta_in(&self.file, self.direct, offset, &mut t, "Refcount block")?;
             self.rb_cache.insert(offset, t);
         }
         self.rb_cache

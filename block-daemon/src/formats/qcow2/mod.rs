@@ -8,6 +8,7 @@ pub mod backing_name;
 pub mod cache;
 pub mod compressed;
 pub mod create;
+pub mod early_link;
 pub mod extensions;
 pub mod header;
 pub mod image;

@@ -14,11 +14,14 @@ use crate::formats::qcow2::layout::{
     OFF_REFCOUNT_TABLE_OFFSET, REFT_OFFSET_MASK,
 };
 use crate::formats::qcow2::meta::Meta;
-use crate::formats::qcow2::tables::sector_of;
 use crate::formats::FormatError;
 
-/// Data clusters reserved per batch (one ordering sync per batch).
-const RESERVE_BATCH: usize = 32;
+/// Data clusters reserved per batch (one refcount write per sector and one ordering
+/// sync per batch): 16 MiB of clusters, at least 32 and at most 256 of them. A killed
+/// daemon leaks the unused rest of a batch (past the end of the file, mostly: no space).
+fn reserve_batch(cluster_size: u64) -> usize {
+    ((16u64 << 20) / cluster_size).clamp(32, 256) as usize
+}
 
 /// Dropped references kept waiting for a sync at most (then one is made).
 const MAX_PENDING_FREES: usize = 4096;
@@ -55,6 +58,20 @@ impl Meta {
     /// Sets the refcount of `c`, installing a refcount block (and growing the table)
     /// when none covers it.
     pub fn set_refcount(&mut self, c: u64, value: u64) -> Result<(), FormatError> {
+        if let Some((off, sector)) = self.set_refcount_cached(c, value)? {
+            self.write_refblock_sectors(off, sector..sector + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the refcount of `c` in its cached block only (installing a block when none
+    /// covers it): the block's offset and the index of the 512-byte sector the caller
+    /// must write (None when nothing changed in a block: a zero where none exists).
+    fn set_refcount_cached(
+        &mut self,
+        c: u64,
+        value: u64,
+    ) -> Result<Option<(u64, usize)>, FormatError> {
         if value > refcount_max(self.refcount_order) {
             return Err(FormatError::Invalid(format!(
                 "Refcount of cluster {c:#x} would exceed the {}-bit maximum",
@@ -65,7 +82,7 @@ impl Meta {
             Some(off) => off,
             None => {
                 if value == 0 {
-                    return Ok(());
+                    return Ok(None);
                 }
                 self.ensure_refblock(c / self.rb_entries())?
             }
@@ -74,16 +91,70 @@ impl Meta {
         let order = self.refcount_order;
         let block = self.refblock(off)?;
         refcount_set(block, idx, order, value);
-        // Write the sector holding the entry (at least one byte, at most 8).
-        let width = ((1usize << order) / 8).max(1);
-        let byte = (idx << order) / 8;
-        let at = byte - byte % width;
-        let bytes = sector_of(block, at, width);
-        self.write(off + (at & !511) as u64, &bytes)?;
         if value == 0 {
             self.free_hint = self.free_hint.min(c);
         } else {
             self.alloc_end = self.alloc_end.max(c + 1);
+        }
+        Ok(Some((off, ((idx << order) / 8) / 512)))
+    }
+
+    /// Writes sectors `sectors` of the cached refcount block at `off` as one write.
+    fn write_refblock_sectors(
+        &mut self,
+        off: u64,
+        sectors: std::ops::Range<usize>,
+    ) -> Result<(), FormatError> {
+        let block = self.refblock(off)?;
+        let end = (sectors.end * 512).min(block.len());
+        let bytes = block[sectors.start * 512..end].to_vec();
+        if let Err(e) = self.write(off + (sectors.start * 512) as u64, &bytes) {
+            // The cached block no longer matches the file: read it again next time.
+            self.rb_cache.remove(off);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives each of `clusters` a refcount of 1, writing each changed sector of a block
+    /// once (a batch of neighbouring clusters: one write, not one per cluster). On an
+    /// error, the clusters whose refcount may not be in the file are returned.
+    fn set_refcounts_one(&mut self, clusters: &[u64]) -> Result<(), (FormatError, Vec<u64>)> {
+        // The sectors changed in the cached block `off` and not written yet; written
+        // before another block is touched (which could evict this one from the cache).
+        let mut pending: Option<(u64, std::ops::Range<usize>)> = None;
+        let mut written = 0usize;
+        for (i, &c) in clusters.iter().enumerate() {
+            let same_block = pending
+                .as_ref()
+                .is_some_and(|(off, _)| self.block_for(c).ok().flatten() == Some(*off));
+            if !same_block {
+                if let Some((off, sectors)) = pending.take() {
+                    self.write_refblock_sectors(off, sectors)
+                        .map_err(|e| (e, clusters[written..].to_vec()))?;
+                }
+                written = i;
+            }
+            match self.set_refcount_cached(c, 1) {
+                Ok(Some((off, s))) => match pending.as_mut() {
+                    Some((_, sectors)) => {
+                        sectors.start = sectors.start.min(s);
+                        sectors.end = sectors.end.max(s + 1);
+                    }
+                    None => pending = Some((off, s..s + 1)),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    if let Some((off, _)) = pending {
+                        self.rb_cache.remove(off);
+                    }
+                    return Err((e, clusters[written..].to_vec()));
+                }
+            }
+        }
+        if let Some((off, sectors)) = pending {
+            self.write_refblock_sectors(off, sectors)
+                .map_err(|e| (e, clusters[written..].to_vec()))?;
         }
         Ok(())
     }
@@ -322,13 +393,31 @@ impl Meta {
     pub fn take_data_cluster(&mut self) -> Result<(u64, bool), FormatError> {
         if self.reserved.is_empty() {
             let cs = self.cluster_size();
-            let mut end = self.file_size;
+            // Clusters past this read as zeroes (nothing below writes to them).
+            let old_size = self.file_size;
+            let mut end = old_size;
             self.fresh.clear();
-            for _ in 0..RESERVE_BATCH {
-                let c = self.find_free(1)?;
-                self.set_refcount(c, 1)?;
-                self.reserved.push_back(c);
-                if c << self.cluster_bits >= self.file_size {
+            let mut batch = Vec::with_capacity(reserve_batch(cs));
+            for _ in 0..reserve_batch(cs) {
+                // In `reserved` at once, so that the next search passes it by.
+                match self.find_free(1) {
+                    Ok(c) => {
+                        self.reserved.push_back(c);
+                        batch.push(c);
+                    }
+                    Err(e) => {
+                        self.reserved.clear();
+                        return Err(e);
+                    }
+                }
+            }
+            if let Err((e, unset)) = self.set_refcounts_one(&batch) {
+                // Without a refcount in the file, these must not be handed out.
+                self.reserved.retain(|c| !unset.contains(c));
+                return Err(e);
+            }
+            for &c in &batch {
+                if c << self.cluster_bits >= old_size {
                     self.fresh.insert(c);
                     end = end.max((c + 1) * cs);
                 }

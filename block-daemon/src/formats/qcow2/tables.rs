@@ -95,7 +95,7 @@ impl Meta {
     }
 
     /// The L2 table holding guest cluster `gc`'s entry, if one is allocated.
-    fn l2_offset(&mut self, gc: u64) -> Result<Option<(u64, bool)>, FormatError> {
+    pub fn l2_offset(&mut self, gc: u64) -> Result<Option<(u64, bool)>, FormatError> {
         let l1i = gc / self.l2_entries();
         let Some(&l1e) = self.l1.get(l1i as usize) else {
             return Ok(None);

@@ -224,3 +224,17 @@ pub fn compare_with_raw(d: &TempDir, p: &Path, mirror: &[u8]) {
         &["compare", "-f", "qcow2", "-F", "raw", s(p), s(&raw)],
     );
 }
+
+/// qemu-img check: no corruption (leaks allowed: what a failed write may leave).
+pub fn check_no_corruption(p: &std::path::Path) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", s(p)])
+        .output()
+        .expect("qemu-img is needed by this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "qemu-img check: {text}"
+    );
+    assert!(!text.contains("ERROR"), "qemu-img check: {text}");
+}

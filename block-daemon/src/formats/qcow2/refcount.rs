@@ -401,6 +401,8 @@ impl Meta {
             for _ in 0..reserve_batch(cs) {
                 // In `reserved` at once, so that the next search passes it by.
                 match self.find_free(1) {
+                    // A device does not grow: the batch ends where the device does.
+                    Ok(c) if self.block_device && (c + 1) * cs > self.file_size => break,
                     Ok(c) => {
                         self.reserved.push_back(c);
                         batch.push(c);
@@ -410,6 +412,11 @@ impl Meta {
                         return Err(e);
                     }
                 }
+            }
+            if batch.is_empty() {
+                return Err(FormatError::Io(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                )));
             }
             if let Err((e, unset)) = self.set_refcounts_one(&batch) {
                 // Without a refcount in the file, these must not be handed out.

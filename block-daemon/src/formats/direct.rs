@@ -185,10 +185,12 @@ fn write_all_in(file: &File, offset: u64, buf: &[u8], block: usize) -> std::io::
     let aligned = offset.is_multiple_of(block as u64) && len.is_multiple_of(block);
     // Whole blocks written past the end of a regular file would make it longer than
     // the write did (a device's length does not change).
+    let meta = file.metadata()?;
+    let key = window_lock::FileKey::of_metadata(&meta);
     let file_len = if aligned {
         None
     } else {
-        Some(file.metadata()?)
+        Some(&meta)
             .filter(|m| m.file_type().is_file())
             .map(|m| m.len())
     };
@@ -201,7 +203,7 @@ fn write_all_in(file: &File, offset: u64, buf: &[u8], block: usize) -> std::io::
             n,
             span,
         } = piece(offset, done, len, block);
-        let _window = window_lock::lock(file, start, start + span as u64)?;
+        let _window = window_lock::lock(key, start, start + span as u64);
         let chunk = &mut bounce.as_mut_slice()[..span];
         if head != 0 || !(head + n).is_multiple_of(block) {
             // The partial blocks at either end keep what they hold.

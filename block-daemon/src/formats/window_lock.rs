@@ -7,7 +7,6 @@
 //! that overlap wait for each other. Files are told apart by device and inode, so
 //! every fd of one file shares its windows.
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
 use parking_lot::{Condvar, Mutex};
@@ -26,16 +25,26 @@ fn overlaps(a: &Window, b: &Window) -> bool {
     a.0 == b.0 && a.1 == b.1 && a.2 < b.3 && b.2 < a.3
 }
 
-/// Waits until no one holds a window of `file` overlapping `start..end`, then holds it.
-pub fn lock(file: &File, start: u64, end: u64) -> std::io::Result<WindowGuard> {
-    let meta = file.metadata()?;
-    let window = (meta.dev(), meta.ino(), start, end);
+/// What tells a file apart from every other (device, inode), from the one `fstat` a
+/// bounce write makes, passed to each `lock` of its pieces.
+#[derive(Clone, Copy)]
+pub struct FileKey(u64, u64);
+
+impl FileKey {
+    pub fn of_metadata(meta: &std::fs::Metadata) -> FileKey {
+        FileKey(meta.dev(), meta.ino())
+    }
+}
+
+/// Waits until no one holds a window of the file overlapping `start..end`, then holds it.
+pub fn lock(file: FileKey, start: u64, end: u64) -> WindowGuard {
+    let window = (file.0, file.1, start, end);
     let mut held = HELD.lock();
     while held.iter().any(|w| overlaps(w, &window)) {
         RELEASED.wait(&mut held);
     }
     held.push(window);
-    Ok(WindowGuard(window))
+    WindowGuard(window)
 }
 
 impl Drop for WindowGuard {

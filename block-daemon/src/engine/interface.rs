@@ -61,7 +61,8 @@ pub trait Engine: Send {
     /// Starts the request (it may also finish at once); the memory map it points into is
     /// kept alive until it completes.
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>);
-    /// Hands queued submissions to the kernel (once per batch of kicks).
+    /// Hands what was submitted to the kernel (at the end of each batch of kicks; an
+    /// engine may hand some over earlier, as io_uring does in groups).
     fn flush(&mut self) {}
     /// Moves finished requests into `done`.
     fn reap(&mut self, done: &mut Vec<Done>);

@@ -387,6 +387,58 @@ fn the_rings_fd_tells_of_completions_of_more_pieces_than_the_rings_hold() {
     assert!(!readable(notifier, 0), "readable with nothing left to reap");
 }
 
+/// While a batch is parsed, its requests go to the kernel four at a time, not only at
+/// the batch's end (the flush): the first three wait in the ring, the fourth takes all
+/// four in, and they complete without a flush.
+#[test]
+fn submissions_go_to_the_kernel_in_groups_of_four_before_the_flush() {
+    let s = Scratch::new("groups", 1 << 20);
+    let file = &s.file;
+    file.write_all_at(&[0x77; 4096], 65536).unwrap();
+    let at = Extent::File {
+        fd: file.as_raw_fd(),
+        offset: 65536,
+        len: 4096,
+    };
+    crate::formats::direct::set_direct(file, true).unwrap();
+    let d = disk(scripted(vec![at]), CacheMode::Direct);
+    let mut uring = UringEngine::new(d, 8).unwrap();
+    let notifier = uring.notifier().unwrap();
+    let mut segs = Vec::new();
+    let mut mems = Vec::new();
+    for i in 0..4 {
+        let (mem, req) = request(Kind::Read);
+        segs.push(req.data.clone());
+        uring.submit(i, req, mem.clone());
+        mems.push(mem);
+        if i < 3 {
+            assert_eq!(
+                uring.unsubmitted(),
+                i as usize + 1,
+                "request {i} went alone"
+            );
+        }
+    }
+    assert_eq!(
+        uring.unsubmitted(),
+        0,
+        "the fourth did not hand the group over"
+    );
+    let mut done = Vec::new();
+    while done.len() < 4 {
+        assert!(
+            readable(notifier, 5000),
+            "{} of 4 completed without a flush",
+            done.len()
+        );
+        uring.reap(&mut done);
+    }
+    assert!(done.iter().all(|d| d.code == virtio::blk::S_OK));
+    assert!(segs
+        .iter()
+        .all(|s| guest_data(s).iter().all(|b| *b == 0x77)));
+}
+
 /// A format whose write mappings carry a commit (as qcow2's allocating writes do): it
 /// logs each commit and the size of each `finish_writes` batch.
 struct Linking {

@@ -74,6 +74,13 @@ impl Pieces {
     }
 }
 
+/// Submissions go to the kernel in groups of this many while a batch of requests is
+/// parsed (the rest at the end of the batch), not all at once at its end: the disk then
+/// gets a stream rather than bursts of 32, which it served with a longer latency per
+/// request (bench/blk, O_DIRECT 4k QD32: +12-25% IOPS, docs/benchmarks.md "Submission
+/// in groups"), for 8 enters per 32 requests rather than 1.
+const SUBMIT_EVERY: usize = 4;
+
 /// A completion's user data: the slot in the low half, the piece in the high half.
 fn user_data(slot: usize, piece: usize) -> u64 {
     slot as u64 | (piece as u64) << 32
@@ -92,6 +99,8 @@ pub struct UringEngine {
     /// When every slot is busy, requests run synchronously instead of waiting.
     overflow: SyncEngine,
     pending_submit: bool,
+    /// Submissions pushed since the last enter.
+    queued: usize,
     /// Completions taken off the ring (kept to save an allocation per reap).
     reaped: Vec<(u64, i32)>,
 }
@@ -107,6 +116,7 @@ impl UringEngine {
             free: (0..depth as usize).rev().collect(),
             ready: Vec::new(),
             pending_submit: false,
+            queued: 0,
             reaped: Vec::with_capacity(depth as usize),
         })
     }
@@ -194,6 +204,12 @@ impl UringEngine {
 }
 
 impl UringEngine {
+    /// Submissions pushed that the kernel has not been handed yet.
+    #[cfg(test)]
+    pub fn unsubmitted(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
     /// The guest's completion of `f`, whose pieces (and commit) are done.
     fn done(f: &mut InFlight) -> Done {
         let outcome = Self::outcome(f);
@@ -373,9 +389,14 @@ impl Engine for UringEngine {
             }
         }
         self.pending_submit = true;
+        self.queued += pushed;
+        if self.queued >= SUBMIT_EVERY {
+            self.flush();
+        }
     }
 
     fn flush(&mut self) {
+        self.queued = 0;
         if std::mem::take(&mut self.pending_submit) {
             if let Err(e) = self.ring.submit() {
                 log::error!("io_uring submit: {e}");
@@ -447,6 +468,7 @@ impl Engine for UringEngine {
 
     fn drain(&mut self, done: &mut Vec<Done>) {
         self.pending_submit = false;
+        self.queued = 0;
         while self.in_flight() > 0 {
             if let Err(e) = self.ring.submit_and_wait(1) {
                 if e.kind() != std::io::ErrorKind::Interrupted {

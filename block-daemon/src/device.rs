@@ -123,6 +123,18 @@ enum HostSource {
     Unpaused,
 }
 
+/// The queue polls (its ring and the engine's completions) only while at most this many
+/// requests are in the engine. With more in flight, completions come often enough that
+/// sleeping until the next one costs little, and the spinning took CPU the guest and the
+/// kernel need (bench/blk, 4k QD32 O_DIRECT: the same IOPS for 22-33% less CPU); with
+/// few, a poll catches the next completion or request without the wake-ups.
+const POLL_WHILE_IN_FLIGHT_AT_MOST: usize = 4;
+
+/// Whether a poll window is worth spinning with what `engine` has in flight.
+fn worth_polling(engine: &dyn Engine) -> bool {
+    engine.in_flight() <= POLL_WHILE_IN_FLIGHT_AT_MOST
+}
+
 /// What a queue's poll window found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Polled {
@@ -423,7 +435,7 @@ impl BlkDevice {
             // and what the guest sends back is taken in the same loop. With polling
             // off (poll-us=0) it goes straight back to waiting.
             let window = self.poll_window();
-            if !window.is_zero() && vring.live() {
+            if !window.is_zero() && vring.live() && worth_polling(&**batch.engine) {
                 match self.poll(vring, mem, &mut **batch.engine, window) {
                     Polled::Requests => continue,
                     Polled::Completions => {
@@ -1171,6 +1183,41 @@ mod tests {
             mem.read_obj::<u8>(GuestAddress(HEADER + 0x10)).unwrap(),
             blk::S_OK
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The poll window is used while few requests are in flight, not with more (they
+    /// stay in flight here: nothing reaps them until the drain).
+    #[test]
+    fn the_queue_polls_only_while_few_requests_are_in_flight() {
+        let (dev, path) = writable_device("poll-few", EngineKind::Uring);
+        let mem = memory();
+        let status =
+            vm_memory::GuestMemoryBackend::get_host_address(&*mem, GuestAddress(HEADER + 0x10))
+                .unwrap();
+        let mut engine = dev.inner.engines[0].lock();
+        for i in 0..=POLL_WHILE_IN_FLIGHT_AT_MOST {
+            assert!(worth_polling(&**engine), "no poll with {i} in flight");
+            let flush = Request {
+                kind: Kind::Flush,
+                sector: 0,
+                data: Vec::new(),
+                data_len: 0,
+                status,
+            };
+            engine.submit(i as u16, flush, mem.clone());
+        }
+        assert!(
+            !worth_polling(&**engine),
+            "polled with {} in flight",
+            engine.in_flight()
+        );
+        let mut done = Vec::new();
+        engine.flush();
+        engine.drain(&mut done);
+        assert_eq!(done.len(), POLL_WHILE_IN_FLIGHT_AT_MOST + 1);
+        assert!(worth_polling(&**engine));
+        drop(engine);
         std::fs::remove_file(path).unwrap();
     }
 

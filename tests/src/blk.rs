@@ -227,3 +227,22 @@ pub fn block_daemon_under_control(theirs: std::os::unix::net::UnixStream) -> Vm 
     drop(theirs);
     vm
 }
+
+/// The Open call a test's gateway sends for node "n0" serving `layers` (top first): one
+/// queue, the default cache, discard passed down, read errors reported, ENOSPC waits
+/// (QEMU's -drive defaults); a test changes what it needs with `..open_call(layers)`.
+pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
+    ipc::BlockOpen {
+        node_name: "n0".into(),
+        serial: "s".into(),
+        read_only: false,
+        cache: ipc::CacheFlags::default(),
+        discard_unmap: true,
+        detect_zeroes: ipc::DetectZeroes::Off,
+        queues: 1,
+        stats_intervals: vec![],
+        on_read_error: ipc::OnError::Report,
+        on_write_error: ipc::OnError::Enospc,
+        layers,
+    }
+}

@@ -246,3 +246,30 @@ pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
         layers,
     }
 }
+
+/// A loop device over `file` with 4 KiB logical sectors (`losetup`, root), detached
+/// when dropped; `.0` is its path.
+pub struct FourKSectorDevice(pub String);
+
+impl FourKSectorDevice {
+    pub fn over(file: &Path) -> FourKSectorDevice {
+        let losetup = require_tool("losetup", "util-linux");
+        let out = Command::new(losetup)
+            .args(["--find", "--show", "--sector-size", "4096"])
+            .arg(file)
+            .output()
+            .unwrap_or_else(|e| panic!("losetup: {e}"));
+        assert!(
+            out.status.success(),
+            "losetup (needs root and loop devices): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        FourKSectorDevice(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for FourKSectorDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}

@@ -25,9 +25,9 @@ const ALLOWED: &[Allow] = &[
     Any(libc::SYS_io_uring_setup),
     Any(libc::SYS_io_uring_enter),
     Any(libc::SYS_io_uring_register),
-    // Block devices: size, discard, write-zeroes (BLKGETSIZE64, BLKDISCARD, BLKZEROOUT);
-    // the logger's terminal check.
-    Ioctls(&[0x8008_1272, 0x1277, 0x127f, TCGETS]),
+    // Block devices: size, discard, write-zeroes, logical block size (BLKGETSIZE64,
+    // BLKDISCARD, BLKZEROOUT, BLKSSZGET); the logger's terminal check.
+    Ioctls(&[0x8008_1272, 0x1277, 0x127f, 0x1268, TCGETS]),
     // The throttle timer.
     Any(libc::SYS_timerfd_create),
     Any(libc::SYS_timerfd_settime),
@@ -40,18 +40,29 @@ const MAX_QUEUES: u64 = 16;
 
 /// Open files a block daemon needs at most: 24 of its own (stdio, its control channel and
 /// violation pipe, the image, the listener and the frontend's connection, the inflight
-/// region, the guest's memory, epoll, the throttle timer and group page, the logger) and
-/// 4 per queue (its kick and call eventfds and its io_uring, which the worker polls for
-/// completions itself, and one spare: the ring had a completion eventfd when 80 were
-/// counted with 16 queues under I/O).
-const OPEN_FILES_NEEDED: u64 = 24 + 4 * MAX_QUEUES;
+/// region, the guest's memory, epoll, the throttle timer and group page, the logger), 1
+/// for the early links of its top image (a writable O_DIRECT qcow2 image has an io_uring
+/// of its own: `formats::qcow2::early_link`; only the top is writable, and an external
+/// snapshot, which would put a second writable image in the chain, is refused with
+/// O_DIRECT), and 4 per queue (its kick and call eventfds and its io_uring, which the
+/// worker polls for completions itself, and one spare: the ring had a completion
+/// eventfd when 80 were counted with 16 queues under I/O).
+const OPEN_FILES_NEEDED: u64 = 24 + EARLY_LINK_RINGS + 4 * MAX_QUEUES;
+
+/// The early-link rings a daemon holds at most (see `OPEN_FILES_NEEDED`).
+const EARLY_LINK_RINGS: u64 = 1;
+
+/// What the daemon allows itself (RLIMIT_NOFILE): what it needs must fit under it, or
+/// `sandbox::enter` refuses every start (checked when the daemon is built).
+const OPEN_FILES: u64 = 1024;
+const _: () = assert!(OPEN_FILES_NEEDED <= OPEN_FILES);
 
 pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
     sandbox::enter(
         mode,
         "block-daemon",
         Limits {
-            open_files: 1024,
+            open_files: OPEN_FILES,
             open_files_needed: OPEN_FILES_NEEDED,
             processes: 256,
         },

@@ -227,3 +227,49 @@ pub fn block_daemon_under_control(theirs: std::os::unix::net::UnixStream) -> Vm 
     drop(theirs);
     vm
 }
+
+/// The Open call a test's gateway sends for node "n0" serving `layers` (top first): one
+/// queue, the default cache, discard passed down, read errors reported, ENOSPC waits
+/// (QEMU's -drive defaults); a test changes what it needs with `..open_call(layers)`.
+pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
+    ipc::BlockOpen {
+        node_name: "n0".into(),
+        serial: "s".into(),
+        read_only: false,
+        cache: ipc::CacheFlags::default(),
+        discard_unmap: true,
+        detect_zeroes: ipc::DetectZeroes::Off,
+        queues: 1,
+        stats_intervals: vec![],
+        on_read_error: ipc::OnError::Report,
+        on_write_error: ipc::OnError::Enospc,
+        layers,
+    }
+}
+
+/// A loop device over `file` with 4 KiB logical sectors (`losetup`, root), detached
+/// when dropped; `.0` is its path.
+pub struct FourKSectorDevice(pub String);
+
+impl FourKSectorDevice {
+    pub fn over(file: &Path) -> FourKSectorDevice {
+        let losetup = require_tool("losetup", "util-linux");
+        let out = Command::new(losetup)
+            .args(["--find", "--show", "--sector-size", "4096"])
+            .arg(file)
+            .output()
+            .unwrap_or_else(|e| panic!("losetup: {e}"));
+        assert!(
+            out.status.success(),
+            "losetup (needs root and loop devices): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        FourKSectorDevice(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for FourKSectorDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}

@@ -13,12 +13,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use flotilla_tests::blk::{
-    block_daemon_under_control as spawn, empty_image, qemu_img_ok, qemu_img_refusal,
+    block_daemon_under_control as spawn, empty_image, open_call, qemu_img_ok, qemu_img_refusal,
 };
 use flotilla_tests::{TempDir, Vm};
 use ipc::{
-    BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
-    FromBlock, ImageFormat, ImageLayer, OnError, RemoteError, ThrottleLimits, ToBlock,
+    BlockCounters, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, ImageFormat,
+    ImageLayer, RemoteError, ThrottleLimits, ToBlock,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -48,23 +48,11 @@ fn answer(conn: &Connection) -> Result<BlockReply, RemoteError> {
 }
 
 fn open_config() -> BlockOpen {
-    BlockOpen {
+    open_call(vec![ImageLayer {
         node_name: "n0".into(),
-        serial: "s".into(),
-        read_only: false,
-        cache: CacheFlags::default(),
-        discard_unmap: true,
-        detect_zeroes: DetectZeroes::Off,
-        queues: 1,
-        stats_intervals: vec![],
-        on_read_error: OnError::Report,
-        on_write_error: OnError::Enospc,
-        layers: vec![ImageLayer {
-            node_name: "n0".into(),
-            format: ImageFormat::Raw,
-            filename: "image".into(),
-        }],
-    }
+        format: ImageFormat::Raw,
+        filename: "image".into(),
+    }])
 }
 
 /// The open call, with the image (read-write), the listener and a counters page.

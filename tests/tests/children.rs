@@ -586,7 +586,7 @@ fn failed_start(dir: &TempDir, extra: &[&str], limit: u64) -> String {
 }
 
 /// Below what vmm-core needs for this VM (two vCPUs, two disks of 16 queues: 164 files),
-/// the start fails and says so, once the daemons (88 each) are up.
+/// the start fails and says so, once the daemons (89 each) are up.
 #[test]
 fn a_hard_limit_below_what_vmm_core_needs_fails_saying_so() {
     let dir = TempDir::new("children-nofile-vmm");
@@ -602,14 +602,15 @@ fn a_hard_limit_below_what_vmm_core_needs_fails_saying_so() {
     );
 }
 
-/// Below what a block daemon needs at most (88 with 16 queues), it fails and says so.
+/// Below what a block daemon needs at most (89 with 16 queues and the early-link ring of
+/// an O_DIRECT qcow2 top), it fails and says so.
 #[test]
 fn a_hard_limit_below_what_a_daemon_needs_fails_saying_so() {
     let dir = TempDir::new("children-nofile-daemon");
     let d0 = pattern_drive(&dir, "d0.img", 1);
     let out = failed_start(&dir, &["--drive", &d0], 64);
     assert!(
-        out.contains("RLIMIT_NOFILE: block-daemon needs 88 open files, but its hard limit is 64"),
+        out.contains("RLIMIT_NOFILE: block-daemon needs 89 open files, but its hard limit is 64"),
         "{out}"
     );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flotilla_tests::blk::{
     block_daemon, disk_backed_dir, empty_image, first_mismatch, pattern_image, pattern_sector,
-    qemu_storage_daemon, vmm_with_disk,
+    qemu_storage_daemon, vmm_with_disk, FourKSectorDevice,
 };
 use flotilla_tests::{TempDir, Vm};
 
@@ -99,6 +99,19 @@ fn pattern_with_the_one_at_a_time_engine_and_o_direct() {
     let (image, sock) = (dir.path().join("d.img"), dir.path().join("s"));
     pattern_image(&image, SEED, SECTORS);
     let _daemon = block_daemon(&sock, &image, &["--engine", "sync", "--cache", "none"]);
+    let mut vm = vmm_with_disk(&sock, 1, 1, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    pattern_round_trip(&mut vm, &image, true);
+}
+
+/// A disk on a device with 4 KiB logical sectors, O_DIRECT, io_uring: the daemon asks
+/// the device its block size (BLKSSZGET) and serves the pattern round trip.
+#[test]
+fn pattern_on_a_4k_sector_device_with_o_direct() {
+    let dir = disk_backed_dir("guest-blk-4k");
+    let (image, sock) = (dir.path().join("d.img"), dir.path().join("s"));
+    pattern_image(&image, SEED, SECTORS);
+    let dev = FourKSectorDevice::over(&image);
+    let _daemon = block_daemon(&sock, std::path::Path::new(&dev.0), &["--cache", "none"]);
     let mut vm = vmm_with_disk(&sock, 1, 1, &format!("scenario=blk-pattern seed={SEED:#x}"));
     pattern_round_trip(&mut vm, &image, true);
 }

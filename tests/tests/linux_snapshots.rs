@@ -14,12 +14,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{block_daemon_under_control, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{block_daemon_under_control, open_call, qemu_img, qemu_img_ok};
 use flotilla_tests::linux::linux_on_vhost_user_blk;
 use flotilla_tests::{path_arg as s, require_tool, TempDir};
 use ipc::{
-    BlockCounters, BlockOpen, BlockReply, BlockRequest, CacheFlags, Connection, DetectZeroes,
-    FromBlock, ImageFormat, ImageLayer, OnError, ToBlock,
+    BlockCounters, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, ImageFormat,
+    ImageLayer, OnError, ToBlock,
 };
 
 const LINUX: Duration = Duration::from_secs(300);
@@ -109,17 +109,9 @@ fn linux_keeps_writing_through_snapshots() {
         &conn,
         1,
         BlockRequest::Open(BlockOpen {
-            node_name: "n0".into(),
-            serial: "s".into(),
-            read_only: false,
-            cache: CacheFlags::default(),
-            discard_unmap: true,
-            detect_zeroes: DetectZeroes::Off,
             queues: 2,
-            stats_intervals: vec![],
-            on_read_error: OnError::Report,
             on_write_error: OnError::Report,
-            layers: vec![qcow2_layer(&base)],
+            ..open_call(vec![qcow2_layer(&base)])
         }),
         &[listener.as_fd(), counters.fd().as_fd(), image.as_fd()],
     );

@@ -6,30 +6,53 @@
 //! into pieces, one per extent, each moved by the kernel on its own; the request is done
 //! when all are. Anything else (data only the format can move, an allocating write):
 //! the format moves it through a bounce buffer in the queue's thread (the slow path).
+//!
+//! With O_DIRECT, a file extent goes to the kernel only if it covers whole blocks of
+//! its device: on a device with 4 KiB logical sectors a guest's 512-byte write goes the
+//! slow path, whose bounce buffer reads, changes and writes back the block under a
+//! lock on that window (`formats::window_lock`). A write that goes to the kernel there
+//! holds a shared window of its blocks until it completes (`Route::*::windows`), so a
+//! read-modify-write of one of its blocks waits for it and cannot carry the block's
+//! stale bytes over it (which would leave neither write's order on the disk); it waits
+//! itself only while a read-modify-write holds one of its blocks.
 
+use std::cell::RefCell;
 use std::os::fd::RawFd;
+use std::sync::{Arc, Weak};
 
 use super::buffers::{copy_from_guest, copy_to_guest, data_buffers};
 use super::inline::Outcome;
 use super::transfer::transfer;
 use crate::disk::Disk;
-use crate::formats::{Extent, FormatError, MapGuard};
+use crate::formats::direct::device_block;
+use crate::formats::window_lock::{self, FileKey, WindowGuard};
+use crate::formats::{Extent, Format, FormatError, MapGuard};
 use crate::log_limit::LogLimit;
 use crate::request::{Kind, Request, Segment, SECTOR_SIZE};
 use crate::warn_limited;
 
 static FAILED: LogLimit = LogLimit::new();
 
+/// The shared windows an O_DIRECT write to a device with blocks larger than a sector
+/// holds until it completes (see the module's doc); none elsewhere.
+pub type Windows = Vec<WindowGuard>;
+
 /// Where a read or write goes.
 pub enum Route {
-    /// To `fd` at `offset`, while `guard` is held.
+    /// To `fd` at `offset`, while `guard` and `windows` are held.
     File {
         fd: RawFd,
         offset: u64,
         guard: MapGuard,
+        windows: Windows,
     },
-    /// Several pieces (in order, covering the request), while `guard` is held.
-    Split { pieces: Vec<Piece>, guard: MapGuard },
+    /// Several pieces (in order, covering the request), while `guard` and `windows`
+    /// are held.
+    Split {
+        pieces: Vec<Piece>,
+        guard: MapGuard,
+        windows: Windows,
+    },
     /// A read of zeroes.
     Zero,
     /// Through the format (`Format::read` / `Format::write`).
@@ -51,9 +74,14 @@ pub enum Piece {
 }
 
 /// `extents` as pieces, when the kernel can move each of them (file extents whose
-/// offsets O_DIRECT can use, zeroes for a read, whole sectors each) and they cover the
-/// request exactly; None when the format must move the request.
-fn pieces(extents: &[Extent], len: u64, write: bool, direct: bool) -> Option<Vec<Piece>> {
+/// offset and length it takes: `fits`, zeroes for a read, whole sectors each) and they
+/// cover the request exactly; None when the format must move the request.
+fn pieces(
+    extents: &[Extent],
+    len: u64,
+    write: bool,
+    fits: &mut dyn FnMut(RawFd, u64, u64) -> bool,
+) -> Option<Vec<Piece>> {
     let mut at = 0u64;
     let mut pieces = Vec::with_capacity(extents.len());
     for e in extents {
@@ -63,14 +91,12 @@ fn pieces(extents: &[Extent], len: u64, write: bool, direct: bool) -> Option<Vec
         }
         let (a, n) = (at as usize, l as usize);
         pieces.push(match *e {
-            Extent::File { fd, offset, .. } if !direct || offset.is_multiple_of(SECTOR_SIZE) => {
-                Piece::File {
-                    fd,
-                    offset,
-                    at: a,
-                    len: n,
-                }
-            }
+            Extent::File { fd, offset, .. } if fits(fd, offset, l) => Piece::File {
+                fd,
+                offset,
+                at: a,
+                len: n,
+            },
             Extent::Zero { .. } if !write => Piece::Zero { at: a, len: n },
             _ => return None,
         });
@@ -116,22 +142,69 @@ fn no_memory() -> FormatError {
     FormatError::Io(std::io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
+/// An O_DIRECT file's block and window key, as `device_block` tells them.
+type FileBlock = (u64, Option<FileKey>);
+
+/// The O_DIRECT files `route` has met in this thread, under the chain it met them in
+/// (the Weak keeps that chain's allocation, so a new chain never passes for it).
+struct KnownFiles {
+    chain: Weak<dyn Format>,
+    files: Vec<(RawFd, FileBlock)>,
+}
+
+thread_local! {
+    static KNOWN: RefCell<Option<KnownFiles>> = const { RefCell::new(None) };
+}
+
+/// The block of `fd`, an O_DIRECT file of `chain` (asked of the kernel once per file
+/// and thread: not per request).
+fn file_block(chain: &Arc<dyn Format>, fd: RawFd) -> FileBlock {
+    KNOWN.with_borrow_mut(|known| {
+        if !known
+            .as_ref()
+            .is_some_and(|k| std::ptr::addr_eq(k.chain.as_ptr(), Arc::as_ptr(chain)))
+        {
+            *known = None;
+        }
+        let files = &mut known
+            .get_or_insert_with(|| KnownFiles {
+                chain: Arc::downgrade(chain),
+                files: Vec::new(),
+            })
+            .files;
+        if let Some((_, b)) = files.iter().find(|(f, _)| *f == fd) {
+            return *b;
+        }
+        let b = match device_block(fd) {
+            Ok((block, key)) => (block, Some(key)),
+            Err(_) => (SECTOR_SIZE, None),
+        };
+        files.push((fd, b));
+        b
+    })
+}
+
 /// Asks the format where `req` (a read or a write) lies.
 pub fn route(disk: &Disk, req: &Request) -> Result<Route, FormatError> {
     let write = req.kind == Kind::Write;
     let len = req.data_len as u64;
-    let mapping = disk.format().map(req.offset(), len, write)?;
-    Ok(match mapping.extents.as_slice() {
-        // With O_DIRECT the file offset must be as aligned as the guest's is (a sector).
-        &[Extent::File { fd, offset, len: l }]
-            if l == len && (disk.direct_alignment().is_none() || offset % SECTOR_SIZE == 0) =>
-        {
-            Route::File {
-                fd,
-                offset,
-                guard: mapping.guard,
-            }
+    let chain = disk.format();
+    let mapping = chain.map(req.offset(), len, write)?;
+    let direct = disk.direct_alignment().is_some();
+    // With O_DIRECT the kernel takes whole blocks of the file's device only.
+    let mut fits = |fd, offset: u64, l: u64| {
+        !direct || {
+            let block = file_block(&chain, fd).0;
+            offset.is_multiple_of(block) && l.is_multiple_of(block)
         }
+    };
+    let route = match mapping.extents.as_slice() {
+        &[Extent::File { fd, offset, len: l }] if l == len && fits(fd, offset, l) => Route::File {
+            fd,
+            offset,
+            guard: mapping.guard,
+            windows: Windows::new(),
+        },
         extents
             if !write
                 && extents.iter().all(|e| matches!(e, Extent::Zero { .. }))
@@ -139,14 +212,55 @@ pub fn route(disk: &Disk, req: &Request) -> Result<Route, FormatError> {
         {
             Route::Zero
         }
-        extents => match pieces(extents, len, write, disk.direct_alignment().is_some()) {
+        extents => match pieces(extents, len, write, &mut fits) {
             Some(pieces) => Route::Split {
                 pieces,
                 guard: mapping.guard,
+                windows: Windows::new(),
             },
             None => Route::Format,
         },
+    };
+    Ok(if write && direct {
+        with_windows(route, len, &chain)
+    } else {
+        route
     })
+}
+
+/// `route` (of a write of `len` bytes) holding the shared windows of its file pieces
+/// that lie on devices with blocks larger than a sector (where a read-modify-write may
+/// want the same blocks).
+fn with_windows(mut route: Route, len: u64, chain: &Arc<dyn Format>) -> Route {
+    let take = |windows: &mut Windows, fd, offset: u64, len: u64| {
+        if let (block, Some(key)) = file_block(chain, fd) {
+            if block > SECTOR_SIZE {
+                windows.push(window_lock::lock_shared(key, offset, offset + len));
+            }
+        }
+    };
+    match &mut route {
+        Route::File {
+            fd,
+            offset,
+            windows,
+            ..
+        } => take(windows, *fd, *offset, len),
+        Route::Split {
+            pieces, windows, ..
+        } => {
+            for p in pieces.iter() {
+                if let Piece::File {
+                    fd, offset, len, ..
+                } = *p
+                {
+                    take(windows, fd, offset, len as u64);
+                }
+            }
+        }
+        Route::Zero | Route::Format => {}
+    }
+    route
 }
 
 /// Fills the guest's segments with zeroes.
@@ -224,8 +338,18 @@ pub fn perform(disk: &Disk, req: &Request) -> Result<(), FormatError> {
 /// with others: see `Format::finish_writes`, before the guest hears of the request).
 pub fn perform_uncommitted(disk: &Disk, req: &Request) -> Result<Option<MapGuard>, FormatError> {
     let (guard, result) = match route(disk, req)? {
-        Route::File { fd, offset, guard } => (guard, transfer_now(disk, req, fd, offset)),
-        Route::Split { pieces, guard } => (guard, transfer_pieces(disk, req, &pieces)),
+        // The windows are held until the data is in the file.
+        Route::File {
+            fd,
+            offset,
+            guard,
+            windows: _windows,
+        } => (guard, transfer_now(disk, req, fd, offset)),
+        Route::Split {
+            pieces,
+            guard,
+            windows: _windows,
+        } => (guard, transfer_pieces(disk, req, &pieces)),
         Route::Zero => {
             zero_guest(&req.data);
             return Ok(None);

@@ -4,6 +4,8 @@
 //! queue's own thread, which owns that queue's used ring.
 
 pub mod buffers;
+#[cfg(test)]
+mod four_k_tests;
 pub mod inline;
 pub mod interface;
 pub mod mapped;

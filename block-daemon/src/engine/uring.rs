@@ -16,7 +16,7 @@ use super::buffers::{data_buffers, iovecs, DataBuffers};
 use super::inline::{execute_inline, Outcome};
 use super::interface::{errno_of, Done, Engine, Op};
 use super::mapped::{
-    outcome, route, slice_iovecs, through_format, zero_guest, zero_iovecs, Piece, Route,
+    outcome, route, slice_iovecs, through_format, zero_guest, zero_iovecs, Piece, Route, Windows,
 };
 use super::sync::SyncEngine;
 use super::transfer::{skip, transfer};
@@ -55,6 +55,9 @@ struct InFlight {
     /// The format's mapping stays valid (its clusters are not handed out again) until
     /// the kernel is done with them (and a write's commit runs when it completes).
     guard: Option<MapGuard>,
+    /// A write's shared windows (4 KiB-sector devices: see `mapped`), held until it
+    /// completes.
+    windows: Windows,
     /// Keeps the guest memory mapped until the kernel is done with it.
     _mem: Arc<GuestMemoryMmap>,
 }
@@ -210,6 +213,29 @@ impl UringEngine {
         self.ring.submission().len()
     }
 
+    /// Waits for this ring's writes that hold windows (4 KiB-sector devices only) before
+    /// the format works in this thread: a read-modify-write there would wait for their
+    /// windows, which only this thread releases (when it reaps them). Their completions
+    /// wait in `ready`.
+    fn settle_windows(&mut self) {
+        while self
+            .slots
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|f| !f.windows.is_empty()))
+        {
+            self.queued = 0;
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("io_uring wait: {e}");
+                    return;
+                }
+            }
+            let mut done = std::mem::take(&mut self.ready);
+            self.reap(&mut done);
+            self.ready = done;
+        }
+    }
+
     /// The guest's completion of `f`, whose pieces (and commit) are done.
     fn done(f: &mut InFlight) -> Done {
         let outcome = Self::outcome(f);
@@ -237,26 +263,36 @@ impl Engine for UringEngine {
         let op = Op::of(&req.kind);
         let direct = self.disk.cache().direct();
         // Where a read or write goes (a flush: the fd whose sync is all it takes).
-        let (pieces, guard) = match req.kind {
+        let (pieces, guard, windows) = match req.kind {
             // Buffered writes only copy into the page cache; io_uring hands them to its
             // worker threads, which measured slower (bench/blk) than writing them here.
             Kind::Write if !direct => return self.overflow.submit(head, req, mem),
             Kind::Read | Kind::Write => match route(&self.disk, &req) {
-                Ok(Route::File { fd, offset, guard }) => {
+                Ok(Route::File {
+                    fd,
+                    offset,
+                    guard,
+                    windows,
+                }) => {
                     let whole = Piece::File {
                         fd,
                         offset,
                         at: 0,
                         len: req.data_len,
                     };
-                    (Pieces::One(whole), Some(guard))
+                    (Pieces::One(whole), Some(guard), windows)
                 }
-                Ok(Route::Split { pieces, guard }) => (Pieces::Many(pieces), Some(guard)),
+                Ok(Route::Split {
+                    pieces,
+                    guard,
+                    windows,
+                }) => (Pieces::Many(pieces), Some(guard), windows),
                 Ok(Route::Zero) => {
                     zero_guest(&req.data);
                     return self.finished(head, &req, started, outcome(&req, Ok(())));
                 }
                 Ok(Route::Format) => {
+                    self.settle_windows();
                     let result = through_format(&self.disk, &req);
                     return self.finished(head, &req, started, outcome(&req, result));
                 }
@@ -271,13 +307,16 @@ impl Engine for UringEngine {
                         len: 0,
                     }),
                     None,
+                    Windows::new(),
                 ),
                 _ => {
+                    self.settle_windows();
                     let outcome = execute_inline(&self.disk, &req);
                     return self.finished(head, &req, started, outcome);
                 }
             },
             _ => {
+                self.settle_windows();
                 let outcome = execute_inline(&self.disk, &req);
                 return self.finished(head, &req, started, outcome);
             }
@@ -294,7 +333,7 @@ impl Engine for UringEngine {
         }
         let Some(slot) = self.free.pop() else {
             // Every slot is busy: done here, synchronously (mapped again there).
-            drop(guard);
+            drop((guard, windows));
             return self.overflow.submit(head, req, mem);
         };
         let mut flight = InFlight {
@@ -308,6 +347,7 @@ impl Engine for UringEngine {
             error: None,
             buffers: None,
             guard,
+            windows,
             _mem: mem,
         };
         let mut iovecs = Vec::new();

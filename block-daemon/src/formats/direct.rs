@@ -8,8 +8,8 @@
 //! read-modify-write.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 
 use super::window_lock;
 
@@ -21,6 +21,39 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// guest's requests are (a bigger block would make a partial write read and write back
 /// sectors a concurrent request of the guest may be writing).
 pub const DIRECT_BLOCK: usize = 512;
+
+// BLKSSZGET from <linux/fs.h>: a block device's logical block size.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// The smallest unit O_DIRECT moves on the O_DIRECT file `fd`: a block device's
+/// logical block size; for a regular file, 4096 when a sector read at its start is
+/// refused with EINVAL (its filesystem lies on a 4 KiB-sector device), else a sector.
+/// (A file that is empty or a hole at its start cannot tell, and counts as a sector:
+/// the kernel refuses what it cannot take and the guest hears the error.) And the
+/// file's key for `window_lock`.
+pub fn device_block(fd: RawFd) -> std::io::Result<(u64, window_lock::FileKey)> {
+    // SAFETY: fd is open for the caller's whole call; ManuallyDrop keeps it open after.
+    let file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    let meta = file.metadata()?;
+    let key = window_lock::FileKey::of_metadata(&meta);
+    if meta.file_type().is_block_device() {
+        let mut size: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer, which points to one.
+        if unsafe { libc::ioctl(fd, BLKSSZGET, &mut size) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Ok((
+            u64::try_from(size).unwrap_or(0).max(DIRECT_BLOCK as u64),
+            key,
+        ));
+    }
+    let mut probe = AlignedBuf::new(DIRECT_BLOCK, DIRECT_ALIGN)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+    let refused = file
+        .read_at(&mut probe.as_mut_slice()[..DIRECT_BLOCK], 0)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL));
+    Ok((if refused { 4096 } else { DIRECT_BLOCK as u64 }, key))
+}
 
 /// Whether `file` was opened (or set) O_DIRECT.
 pub fn is_direct(file: &File) -> std::io::Result<bool> {

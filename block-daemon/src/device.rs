@@ -55,6 +55,18 @@ pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
 
 pub const QUEUE_SIZE: u16 = 256;
 
+/// How many chains a queue takes before what already finished goes on its used ring
+/// (and the driver hears, if it asked to). Requests that finish at once (reads of holes
+/// or of cached data, refusals) then reach the driver while the rest of its batch is
+/// still being taken, and the driver sends them again meanwhile; completed as one batch
+/// at the end, driver and daemon took turns (bench/blk, hole reads at queue depth 32:
+/// 0.64-0.76M IOPS completed whole, 1.12-1.20M every 8, QSD 1.15-1.22M).
+const COMPLETE_EVERY: usize = 8;
+
+/// How many spins of the poll window go between two reads of the clock: a look at the
+/// rings costs a fraction of a clock read, which was most of a spin's time.
+const SPINS_PER_CLOCK_READ: u32 = 16;
+
 /// Logs the first refusals of guest requests, then one in a thousand: a guest cannot
 /// flood the log.
 #[derive(Default)]
@@ -407,10 +419,13 @@ impl BlkDevice {
             if event_idx {
                 vring.disable_notification(mem)?;
             }
-            let mut arrived = 0;
+            let mut arrived: usize = 0;
             while let Some((head, chain)) = vring.pop_chain(mem) {
                 arrived += 1;
                 batch.take(head, chain, vring)?;
+                if arrived.is_multiple_of(COMPLETE_EVERY) {
+                    batch.complete_finished(vring)?;
+                }
             }
             batch.complete(vring)?;
             if arrived > 0 {
@@ -478,7 +493,7 @@ impl BlkDevice {
         engine: &mut dyn Engine,
         window: Duration,
     ) -> Polled {
-        let deadline = Instant::now() + window;
+        let mut deadline = Deadline::after(window);
         let queue = vring.queue();
         let in_flight = engine.in_flight() > 0;
         loop {
@@ -490,7 +505,7 @@ impl BlkDevice {
             if in_flight && engine.has_completions() {
                 return Polled::Completions;
             }
-            if Instant::now() >= deadline {
+            if deadline.passed() {
                 return Polled::Nothing;
             }
             std::hint::spin_loop();
@@ -784,6 +799,27 @@ impl BlkDevice {
     }
 }
 
+/// The end of a poll window, looked at on every spin and read from the clock on every
+/// `SPINS_PER_CLOCK_READ`th (the window may run over by that many spins).
+struct Deadline {
+    at: Instant,
+    spins: u32,
+}
+
+impl Deadline {
+    fn after(window: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + window,
+            spins: 0,
+        }
+    }
+
+    fn passed(&mut self) -> bool {
+        self.spins = self.spins.wrapping_add(1);
+        self.spins.is_multiple_of(SPINS_PER_CLOCK_READ) && Instant::now() >= self.at
+    }
+}
+
 /// The sooner of two waits.
 fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
@@ -866,6 +902,20 @@ impl<'a> Batch<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Completes what already finished, without handing anything to the kernel (the
+    /// batch's submissions still go together, in `complete`). Only while nothing is in
+    /// the kernel's hands: then only requests that finished here are reaped, never a
+    /// completion (or a qcow2 link commit) ahead of the batch's flush (the SIGKILL test
+    /// of early-linked allocation hung twice in four runs without this guard).
+    fn complete_finished(&mut self, vring: &mut Vring) -> io::Result<()> {
+        if self.engine.in_flight() > 0 {
+            return Ok(());
+        }
+        self.engine.reap(&mut self.done);
+        self.device
+            .complete(self.q, vring, self.mem, &mut self.done)
     }
 
     /// Hands what was taken to the kernel and completes what finished.
@@ -1040,7 +1090,7 @@ mod tests {
     use crate::disk::CacheMode;
     use crate::engine::{self, EngineKind};
     use crate::formats::raw::Raw;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use vm_memory::{Bytes, GuestAddress};
 
     const QSIZE: u16 = 16;
@@ -1249,6 +1299,83 @@ mod tests {
             blk::S_OK
         );
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// The call eventfd's count since the last look (0: the driver was not interrupted).
+    fn calls(call: &std::fs::File) -> u64 {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes from a nonblocking eventfd into a local buffer.
+        let n = unsafe { libc::read(call.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        if n == 8 {
+            u64::from_ne_bytes(buf)
+        } else {
+            0
+        }
+    }
+
+    /// 32 FLUSHes made available at once on a ring of 64 (event_idx: with `used_event`
+    /// 0, the driver asks for a call when the first is used), served by a sync engine
+    /// (each finishes as it is taken) after one kick; the calls the driver got.
+    fn calls_for_a_batch_of_32(event_idx: bool) -> u64 {
+        const SIZE: u16 = 64;
+        let mem = memory();
+        for i in 0..32u16 {
+            flush_request(&mem, 2 * i, i, HEADER + 0x100 * u64::from(i));
+        }
+        let used_event = GuestAddress(RING.1 + 4 + 2 * u64::from(SIZE));
+        mem.write_obj(0u16, used_event).unwrap();
+        let rings = Rings::live_for_testing(&[RING], SIZE, event_idx).unwrap();
+        // SAFETY: eventfd with integer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and nothing else owns it.
+        let call = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        rings
+            .lock(0, &mem)
+            .unwrap()
+            .set_call_for_testing(call.try_clone().unwrap());
+        let (dev, path) = writable_device(&format!("stream-{event_idx}"), EngineKind::Sync);
+        dev.set_poll(Duration::ZERO);
+        kick(&dev, &rings, &mem);
+        assert_eq!(used_idx(&mem), 32);
+        for i in 0..32 {
+            let status = GuestAddress(HEADER + 0x100 * i + 0x10);
+            assert_eq!(
+                mem.read_obj::<u8>(status).unwrap(),
+                blk::S_OK,
+                "request {i}"
+            );
+        }
+        std::fs::remove_file(path).unwrap();
+        calls(&call)
+    }
+
+    /// Requests that finish as they are taken reach the driver every COMPLETE_EVERY
+    /// chains, not once the whole batch is taken: the driver can send them again while
+    /// the daemon takes the rest.
+    #[test]
+    fn finished_requests_reach_the_driver_while_the_batch_is_still_being_taken() {
+        assert_eq!(calls_for_a_batch_of_32(false), 32 / COMPLETE_EVERY as u64);
+    }
+
+    /// With EVENT_IDX, those completions interrupt the driver only when it asked: once
+    /// for a batch when it asked for a call at the first used entry.
+    #[test]
+    fn with_event_idx_a_batch_completed_in_steps_calls_the_driver_once() {
+        assert_eq!(calls_for_a_batch_of_32(true), 1);
+    }
+
+    /// The poll window's end is read from the clock once every SPINS_PER_CLOCK_READ
+    /// spins, and then seen.
+    #[test]
+    fn a_poll_deadline_reads_the_clock_once_every_few_spins() {
+        let mut deadline = Deadline::after(Duration::ZERO);
+        for spin in 1..SPINS_PER_CLOCK_READ {
+            assert!(!deadline.passed(), "spin {spin} read the clock");
+        }
+        assert!(deadline.passed());
+        let mut later = Deadline::after(Duration::from_secs(3600));
+        assert!((0..4 * SPINS_PER_CLOCK_READ).all(|_| !later.passed()));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use virtio::blk::{
     WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio::Desc;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 pub const SECTOR_SIZE: u64 = 512;
 pub const SECTOR_SHIFT: u32 = 9;
@@ -132,9 +132,30 @@ pub struct Limits {
     pub write_zeroes: bool,
 }
 
-/// Host segments of one descriptor's guest range (several if it crosses regions).
-fn translate(mem: &GuestMemoryMmap, d: &Desc) -> Result<Vec<Segment>, String> {
-    let mut out = Vec::new();
+/// Appends the host segments of one descriptor's guest range to `out` (several if it
+/// crosses regions).
+fn translate(mem: &GuestMemoryMmap, d: &Desc, out: &mut Vec<Segment>) -> Result<(), String> {
+    if d.len == 0 {
+        return Ok(());
+    }
+    // The common case, a range inside one region: one region lookup and one bounds check
+    // (the general walk below builds a slice per region and costed ~10% of a request
+    // that needs no disk I/O).
+    if let Some((region, start)) = mem.to_region_addr(GuestAddress(d.addr)) {
+        let fits = start
+            .raw_value()
+            .checked_add(u64::from(d.len))
+            .is_some_and(|end| end <= region.len());
+        if fits {
+            if let Ok(ptr) = region.get_host_address(start) {
+                out.push(Segment {
+                    ptr,
+                    len: d.len as usize,
+                });
+                return Ok(());
+            }
+        }
+    }
     for s in mem.get_slices(GuestAddress(d.addr), d.len as usize) {
         let s = s.map_err(|e| {
             format!(
@@ -149,7 +170,7 @@ fn translate(mem: &GuestMemoryMmap, d: &Desc) -> Result<Vec<Segment>, String> {
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Copies up to `out.len()` bytes from the start of `segs`; returns how many.
@@ -208,13 +229,12 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
                 "a readable descriptor follows a writable one".into(),
             ));
         }
-        let segments = translate(mem, d).map_err(Rejected::NoStatus)?;
         let list = if d.writable {
             &mut writable
         } else {
             &mut readable
         };
-        list.extend(segments);
+        translate(mem, d, list).map_err(Rejected::NoStatus)?;
         if readable.len() + writable.len() > limits.max_segments + 2 {
             return Err(Rejected::NoStatus(format!(
                 "more than {} segments",
@@ -489,6 +509,42 @@ mod tests {
         header(&m, 0x100, 77, 0);
         let e = parse(&m, &[d(0x100, 16, false), d(0x2000, 1, true)], &limits());
         assert!(matches!(e, Err(Rejected::Status { code: S_UNSUPP, .. })));
+    }
+
+    /// A range inside one region is one segment (to its very last byte); one that runs
+    /// into the next region is one segment per region, each at that region's own host
+    /// address; one that runs into a hole, past the last region, or starts in a hole is
+    /// refused.
+    #[test]
+    fn descriptors_translate_per_region_and_never_past_guest_memory() {
+        // Two adjacent regions, a hole, a third region.
+        let m = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+            (GuestAddress(0x30000), 0x10000),
+        ])
+        .unwrap();
+        let host = |a: u64| m.get_host_address(GuestAddress(a)).unwrap();
+        header(&m, 0x100, T_IN, 0);
+        let read_into = |addr: u64| {
+            parse(
+                &m,
+                &[d(0x100, 16, false), d(addr, 512, true), d(0x2000, 1, true)],
+                &limits(),
+            )
+        };
+        let seg = |at: u64, len: usize| Segment { ptr: host(at), len };
+        assert_eq!(read_into(0x10000 - 512).unwrap().data, [seg(0xfe00, 512)]);
+        assert_eq!(
+            read_into(0x10000 - 256).unwrap().data,
+            [seg(0xff00, 256), seg(0x10000, 256)]
+        );
+        for outside in [0x20000 - 256, 0x40000 - 511, 0x28000] {
+            assert!(
+                matches!(read_into(outside), Err(Rejected::NoStatus(_))),
+                "{outside:#x}"
+            );
+        }
     }
 
     #[test]

@@ -281,6 +281,13 @@ impl Vring {
         self.recovered = false;
     }
 
+    /// The driver's interrupt, as SET_VRING_CALL gives it: for counting the calls a
+    /// device makes without a connection.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn set_call_for_testing(&mut self, call: File) {
+        self.set_call(Some(call));
+    }
+
     /// A ring as a frontend leaves it after setting it up, live, with a kick eventfd of
     /// its own: for exercising a device without a connection.
     #[cfg(any(test, feature = "testing"))]

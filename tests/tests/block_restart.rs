@@ -34,6 +34,17 @@ const RESUMED: &str = "__io.flotilla_BLOCK_INFLIGHT_RESUMED";
 /// the design gives, well below what a broken one (a reconnect timer, a lost kick)
 /// would.
 const STALL_MS: u64 = 1000;
+/// Every test here holds this while it runs: they time the guest's pauses, and a sibling
+/// test's disk traffic beside one (128 MiB rounds through the page cache, written back in
+/// bursts) held its O_DIRECT writes at the host disk for over 2 s (round 20 of the
+/// early-linked qcow2 test, long after its last kill), which is the disk, not a restart.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds `ONE_AT_A_TIME` (a test that failed while holding it does not poison the rest).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What the guest's stall report starts with (`GUEST ERROR blk: no completion for ...`).
 const STALL_LINE: &str = "blk: no completion for";
 const DISK_BYTES: u64 = SECTORS * 512;
@@ -234,6 +245,7 @@ fn expect_guest_done(gw: &mut Gateway, rounds: u32, allowed: &[&str]) {
 
 #[test]
 fn twenty_sigkills_lose_nothing() {
+    let _serial = one_at_a_time();
     let dir = TempDir::new("restart-sigkill");
     // Enough rounds that the guest is still at it after the kills (about 10 s of them).
     let rounds = 450;
@@ -303,6 +315,7 @@ fn twenty_sigkills_lose_nothing() {
 /// cost) and the image holds the last round's pattern as qemu-img reads it.
 #[test]
 fn twenty_sigkills_during_qcow2_allocation_lose_nothing() {
+    let _serial = one_at_a_time();
     twenty_sigkills_during_qcow2_allocation("restart-sigkill-qcow2", true, "", 4 * SECTORS, 60);
 }
 
@@ -313,6 +326,7 @@ fn twenty_sigkills_during_qcow2_allocation_lose_nothing() {
 /// and fewer rounds of it.
 #[test]
 fn twenty_sigkills_during_early_linked_qcow2_allocation_lose_nothing() {
+    let _serial = one_at_a_time();
     twenty_sigkills_during_qcow2_allocation(
         "restart-sigkill-qcow2-early",
         false,
@@ -403,6 +417,7 @@ fn twenty_sigkills_during_qcow2_allocation(
 
 #[test]
 fn restart_over_qmp_while_io_runs() {
+    let _serial = one_at_a_time();
     let dir = TempDir::new("restart-qmp");
     let rounds = 8;
     let mut gw = start(&dir, rounds, Some(STALL_MS));
@@ -438,6 +453,7 @@ fn restart_over_qmp_while_io_runs() {
 
 #[test]
 fn a_binary_that_fails_pauses_io_until_a_good_one() {
+    let _serial = one_at_a_time();
     let dir = TempDir::new("restart-bad-binary");
     let rounds = 6;
     // The outage is on purpose: the guest reports it once (STALL_MS without a
@@ -495,6 +511,7 @@ fn a_binary_that_fails_pauses_io_until_a_good_one() {
 
 #[test]
 fn a_daemon_that_keeps_dying_is_given_up_on() {
+    let _serial = one_at_a_time();
     let dir = TempDir::new("restart-give-up");
     // A build of the daemon that dies 100 ms after every start. (timeout kills it and
     // exits 137: in its own PID namespace the daemon would be init, which nothing inside
@@ -562,6 +579,7 @@ fn a_daemon_that_keeps_dying_is_given_up_on() {
 /// there again (what an init system restarting the daemon would do).
 #[test]
 fn standalone_vmm_core_reconnects_to_the_path() {
+    let _serial = one_at_a_time();
     let dir = TempDir::new("restart-standalone");
     let image = dir.path().join("d.img");
     let sock = dir.path().join("s");

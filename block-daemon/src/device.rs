@@ -1285,14 +1285,17 @@ mod tests {
         wait_readable(completions);
         let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
         dev.host_ready(0, &rings, Some(&mem), &watch).unwrap();
-        assert_eq!(used_idx(&mem), 1, "the first is complete");
+        assert!(used_idx(&mem) >= 1, "the first is not complete");
         assert_eq!(
             rings.lock(0, &mem).unwrap().queue().next_avail(),
             2,
             "the second was taken with it"
         );
-        wait_readable(completions);
-        dev.host_ready(0, &rings, Some(&mem), &watch).unwrap();
+        // (The second's sync may already be done by the batch's own reap.)
+        if used_idx(&mem) < 2 {
+            wait_readable(completions);
+            dev.host_ready(0, &rings, Some(&mem), &watch).unwrap();
+        }
         assert_eq!(used_idx(&mem), 2);
         assert_eq!(
             mem.read_obj::<u8>(GuestAddress(HEADER + 0x110)).unwrap(),

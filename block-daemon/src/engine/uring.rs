@@ -80,7 +80,7 @@ impl Pieces {
 /// Submissions go to the kernel in groups of this many while a batch of requests is
 /// parsed (the rest at the end of the batch), not all at once at its end: the disk then
 /// gets a stream rather than bursts of 32, which it served with a longer latency per
-/// request (bench/blk, O_DIRECT 4k QD32: +12-25% IOPS, docs/benchmarks.md "Submission
+/// request (bench/blk, O_DIRECT 4k QD32: +10-28% IOPS, docs/benchmarks.md "Submission
 /// in groups"), for 8 enters per 32 requests rather than 1.
 const SUBMIT_EVERY: usize = 4;
 

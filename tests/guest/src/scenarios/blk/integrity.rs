@@ -4,7 +4,7 @@
 //! - `blk-verify-loop seed=<hex> [rounds=R] [stall_ms=T]`: rounds of write P(seed + round),
 //!   flush, read back and check, riding out stalls (a daemon restart) instead of failing.
 
-use super::io::{flush, single, usable, STALL_MS};
+use super::io::{flush, flush_with, single, usable, Patience, STALL_MS};
 use super::params::{param, seed};
 use super::sweep::{sweep, Sweep};
 use crate::arch::{cpu, tsc};
@@ -120,7 +120,14 @@ pub fn verify_loop(dev: &mut BlkDevice, cmdline: &[u8]) {
         plan.round = Some(round);
         let pattern = seed.wrapping_add(round);
         let write = sweep(&mut plan, true, pattern);
-        let flushed = flush(plan.dev);
+        // A restart may land on the flush too: waited out like the sweeps' requests.
+        let flushed = flush_with(
+            plan.dev,
+            Patience::RideOut {
+                stall_ms,
+                round: Some(round),
+            },
+        );
         let read = sweep(&mut plan, false, pattern);
         let errors = write.errors() + read.errors() + u64::from(!flushed);
         total_errors += errors;

@@ -26,9 +26,32 @@ pub fn usable(dev: &BlkDevice, writes: bool) -> bool {
     true
 }
 
+/// How long a single request is waited for.
+#[derive(Clone, Copy)]
+pub enum Patience {
+    /// Given up on after STALL_MS (an error).
+    GiveUp,
+    /// Waited for as long as it takes (a daemon restart): a pause over `stall_ms` is
+    /// reported once, as the sweeps report theirs (with the round), and its end too.
+    RideOut { stall_ms: u64, round: Option<u64> },
+}
+
 /// One request in slot 0 of `queue`, polled from ring 3. Ok(status) or Err(why).
 pub fn single(dev: &mut BlkDevice, queue: usize, request: Request) -> Result<u8, &'static str> {
-    let stall = tsc::from_ms(STALL_MS);
+    single_with(dev, queue, request, Patience::GiveUp)
+}
+
+/// `single`, with `patience`.
+pub fn single_with(
+    dev: &mut BlkDevice,
+    queue: usize,
+    request: Request,
+    patience: Patience,
+) -> Result<u8, &'static str> {
+    let stall = tsc::from_ms(match patience {
+        Patience::GiveUp => STALL_MS,
+        Patience::RideOut { stall_ms, .. } => stall_ms,
+    });
     let q = dev.queue(queue);
     let mut outcome = Err("not submitted");
     let mut work = || {
@@ -38,9 +61,16 @@ pub fn single(dev: &mut BlkDevice, queue: usize, request: Request) -> Result<u8,
         }
         q.kick();
         let start = cpu::rdtsc();
+        let mut reported = false;
         loop {
             match q.complete() {
                 Some(Completion::Done { status, .. }) => {
+                    if reported {
+                        console::line("GUEST INFO blk: I/O resumed after ")
+                            .dec(tsc::to_us(cpu::rdtsc() - start) / 1000)
+                            .s(" ms")
+                            .end();
+                    }
                     outcome = Ok(status);
                     return 0;
                 }
@@ -48,10 +78,24 @@ pub fn single(dev: &mut BlkDevice, queue: usize, request: Request) -> Result<u8,
                     outcome = Err("bogus completion");
                     return 0;
                 }
-                None if cpu::rdtsc() - start > stall => {
-                    outcome = Err("no completion within 10 s");
-                    return 0;
-                }
+                None if cpu::rdtsc() - start > stall => match patience {
+                    Patience::GiveUp => {
+                        outcome = Err("no completion within 10 s");
+                        return 0;
+                    }
+                    Patience::RideOut { round, .. } if !reported => {
+                        reported = true;
+                        let line = console::error("blk: no completion for ")
+                            .dec(tsc::to_us(cpu::rdtsc() - start) / 1000)
+                            .s(" ms, requests in flight=1");
+                        match round {
+                            Some(r) => line.s(" round=").dec(r),
+                            None => line,
+                        }
+                        .end();
+                    }
+                    Patience::RideOut { .. } => core::hint::spin_loop(),
+                },
                 None => core::hint::spin_loop(),
             }
         }
@@ -65,6 +109,11 @@ pub fn single(dev: &mut BlkDevice, queue: usize, request: Request) -> Result<u8,
 
 /// FLUSH if the device has it; false after an error line if it failed.
 pub fn flush(dev: &mut BlkDevice) -> bool {
+    flush_with(dev, Patience::GiveUp)
+}
+
+/// `flush`, with `patience`.
+pub fn flush_with(dev: &mut BlkDevice, patience: Patience) -> bool {
     if !dev.has(F_FLUSH) {
         return true;
     }
@@ -74,7 +123,7 @@ pub fn flush(dev: &mut BlkDevice) -> bool {
         addr: 0,
         len: 0,
     };
-    match single(dev, 0, request) {
+    match single_with(dev, 0, request, patience) {
         Ok(S_OK) => true,
         Ok(status) => {
             console::error("blk io error op=flush queue=0 status=")

@@ -60,6 +60,17 @@ impl LoopDevice {
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
         ))
     }
+
+    /// The device opened read-write, O_DIRECT.
+    pub fn open_direct(&self) -> File {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.0)
+            .unwrap();
+        crate::formats::direct::set_direct(&f, true).unwrap();
+        f
+    }
 }
 
 impl Drop for LoopDevice {

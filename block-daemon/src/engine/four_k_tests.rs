@@ -13,7 +13,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{sync::SyncEngine, uring::UringEngine, Done, Engine};
 use crate::disk::{CacheMode, Disk};
-use crate::formats::direct::{read_some, set_direct, write_all};
+use crate::formats::direct::{read_some, write_all};
 use crate::formats::raw::Raw;
 use crate::request::{Kind, Request, Segment};
 use crate::testing::{LoopDevice, Scratch};
@@ -23,16 +23,7 @@ use crate::testing::{LoopDevice, Scratch};
 fn four_k_node(tag: &str) -> (Scratch, LoopDevice, Arc<Disk>, File) {
     let backing = Scratch::new(tag, 1 << 20);
     let dev = LoopDevice::over(&backing.path, 4096);
-    let open = || {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&dev.0)
-            .unwrap();
-        set_direct(&f, true).unwrap();
-        f
-    };
-    let (image, own) = (open(), open());
+    let (image, own) = (dev.open_direct(), dev.open_direct());
     let raw = Raw::open(image, true).unwrap();
     let disk = Arc::new(Disk::new(Arc::new(raw), None, false, CacheMode::Direct, "4k").unwrap());
     (backing, dev, disk, own)

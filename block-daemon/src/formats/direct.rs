@@ -308,12 +308,7 @@ mod tests {
     fn four_k_device(tag: &str) -> (Scratch, LoopDevice, File) {
         let backing = Scratch::new(tag, 1 << 20);
         let dev = LoopDevice::over(&backing.path, 4096);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&dev.0)
-            .unwrap();
-        set_direct(&file, true).unwrap();
+        let file = dev.open_direct();
         let mut b = AlignedBuf::new(DIRECT_BLOCK, DIRECT_ALIGN).unwrap();
         let e = file
             .read_at(&mut b.as_mut_slice()[..DIRECT_BLOCK], 0)

@@ -63,13 +63,13 @@ impl LoopDevice {
 
     /// The device opened read-write, O_DIRECT.
     pub fn open_direct(&self) -> File {
-        let f = std::fs::OpenOptions::new()
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_DIRECT)
             .open(&self.0)
-            .unwrap();
-        crate::formats::direct::set_direct(&f, true).unwrap();
-        f
+            .unwrap()
     }
 }
 

@@ -4,6 +4,7 @@
 //! the device carries over.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -320,6 +321,15 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         let q = self.ring_index(u32::from(index))?;
+        // A daemon that died between putting completions on the used ring and calling
+        // the driver took that interrupt with it, and the driver would wait for it
+        // forever. One call on every call fd a frontend gives makes the driver look at
+        // the used ring (it finds nothing new if there was no such completion).
+        if let Some(mut call) = fd.as_ref() {
+            if let Err(e) = call.write_all(&1u64.to_ne_bytes()) {
+                log::warn!("queue {q}: calling the driver on a new call fd: {e}");
+            }
+        }
         if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
             ring.set_call(fd);
         }

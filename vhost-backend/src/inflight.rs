@@ -207,12 +207,12 @@ impl InflightQueue {
     }
 
     /// Before `head`'s used-ring entry is written: it is the batch a crash would find.
+    /// Heads complete one at a time (each with its own `end_complete`), so a batch is
+    /// one head and `next` stays unused.
     pub fn begin_complete(&self, head: u16) {
         if !self.valid_head(head) {
             return;
         }
-        let last = self.read::<u16>(12);
-        self.write::<u16>(self.desc(head) + 6, last);
         self.write::<u16>(12, head);
         fence(Ordering::SeqCst);
     }
@@ -236,17 +236,13 @@ impl InflightQueue {
             return None;
         }
         if self.read::<u16>(14) != ring_used {
-            // The daemon died after the used ring took the last batch but before the
-            // region said so: that batch is complete.
-            let mut head = self.read::<u16>(12);
-            let mut steps = 0;
-            while self.valid_head(head) && self.read::<u8>(self.desc(head)) == 1 {
+            // The daemon died after the used ring took the last batch (one head) but
+            // before the region said so: that head is complete. Only that one: the head
+            // completed before it may be in flight again by now (drivers reuse a freed
+            // head first), and clearing it would lose that request.
+            let head = self.read::<u16>(12);
+            if self.valid_head(head) {
                 self.write::<u8>(self.desc(head), 0);
-                head = self.read::<u16>(self.desc(head) + 6);
-                steps += 1;
-                if steps >= self.desc_num {
-                    break;
-                }
             }
             self.write::<u16>(14, ring_used);
         }
@@ -313,6 +309,31 @@ mod tests {
         assert_eq!(found.resubmit, vec![4, 9, 2]);
         assert_eq!(found.next_avail, 3);
         assert_eq!(counter, 102);
+    }
+
+    /// The driver reuses the head it got back last; the crash lands after the next
+    /// completion reached the used ring. The reused head is still in flight.
+    #[test]
+    fn a_crash_after_the_used_ring_keeps_a_reused_head_in_flight() {
+        let r = InflightRegion::create(1, 16).unwrap();
+        let q = r.queue(0);
+        q.start(7, 0);
+        q.start(3, 1);
+        q.begin_complete(7);
+        q.end_complete(7, 1);
+        q.start(7, 2); // the driver's next request, on the head it just got back
+        q.begin_complete(3);
+        // The used ring says 2; the daemon died before end_complete(3, 2).
+        let (found, counter) = q.recover(2).unwrap();
+        assert_eq!(
+            found,
+            Recovered {
+                resubmit: vec![7],
+                next_avail: 3
+            },
+            "3 completed; 7 (taken again) is in flight"
+        );
+        assert_eq!(counter, 3);
     }
 
     /// The region's bytes as the file holds them.

@@ -123,7 +123,32 @@ fn locks(base: &Path, top: &Path) -> (bool, bool) {
     )
 }
 
-/// External snapshots of d0 after rounds 1, 2 and 3 of 4; the guest sees no error,
+/// For a failed lock assertion: what qemu-img says about `image` and the kernel's locks
+/// on its inode (/proc/locks: type, pid, and the byte range).
+fn lock_report(image: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let (ok, out, err) = qemu_img(&["info", &p(image)]);
+    let meta = std::fs::metadata(image).unwrap();
+    let inode = format!(":{}", meta.ino());
+    let held: Vec<String> = std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|f| f.ends_with(&inode))
+        })
+        .map(str::to_string)
+        .collect();
+    format!(
+        "qemu-img info {} (ok {ok}):\n{out}{err}locks on inode {}:\n{}",
+        image.display(),
+        meta.ino(),
+        held.join("\n")
+    )
+}
+
+/// External snapshots of d0 after rounds 1, 2 and 3 of 5; the guest sees no error,
 /// every image is clean, the chain is what qemu-img and QEMU (the same commands on a
 /// copy of the image) say, and it reads as the last round's pattern.
 fn external_snapshots(qcow2: bool) {
@@ -133,7 +158,8 @@ fn external_snapshots(qcow2: bool) {
         .path()
         .join(format!("copy.{}", if qcow2 { "qcow2" } else { "raw" }));
     std::fs::copy(&image, &copy).unwrap();
-    let mut gw = verifying(&image, 4);
+    // Two rounds after the last snapshot: the guest is still writing when it is paused.
+    let mut gw = verifying(&image, 5);
     let vmm = gw.vmm_pid();
     let mut c = gw.client();
     let overlay = |n: u32, base: &Path| {
@@ -150,11 +176,25 @@ fn external_snapshots(qcow2: bool) {
         }
         c.ok("blockdev-snapshot-sync", args);
     }
+    // The locks are read while the disk is in use: a guest that finished and powered off
+    // would have taken them with it (the gateway ends with the VM).
+    c.ok("stop", json!({}));
+    let status = c.ok("query-status", json!({}));
+    assert_eq!(
+        status["status"], "paused",
+        "the guest was to be paused mid-write: {status}"
+    );
     let ours = chain_facts(&inserted(&mut c, "d0"));
     let our_locks = locks(&image, &overlay(3, &image));
+    let our_report = format!(
+        "{}\n{}",
+        lock_report(&image),
+        lock_report(&overlay(3, &image))
+    );
+    c.ok("cont", json!({}));
     drop(c);
     gw.vm
-        .expect_prefix("GUEST BLK VERIFY DONE rounds=4 errors=0", TIMEOUT);
+        .expect_prefix("GUEST BLK VERIFY DONE rounds=5 errors=0", TIMEOUT);
     gw.expect_clean_exit(vmm, true);
 
     // The same commands on QEMU 7.2, over the copy.
@@ -171,8 +211,12 @@ fn external_snapshots(qcow2: bool) {
     let theirs = chain_facts(&inserted(&mut q, "d0"));
     // The old top is locked as a backing file (qemu-img may read it), the new top as
     // the disk's image (it may not), as QEMU locks them.
-    assert_eq!(our_locks, locks(&copy, &overlay(3, &copy)));
-    assert_eq!(our_locks, (true, false));
+    assert_eq!(
+        our_locks,
+        locks(&copy, &overlay(3, &copy)),
+        "ours against QEMU's; ours:\n{our_report}"
+    );
+    assert_eq!(our_locks, (true, false), "{our_report}");
     drop(q);
     drop(qemu);
     let renamed = serde_json::to_string(&theirs).unwrap().replace(
@@ -203,7 +247,7 @@ fn external_snapshots(qcow2: bool) {
             check_clean(i);
         }
     }
-    last_round_in_the_overlays(dir.path(), &top, &image, 4);
+    last_round_in_the_overlays(dir.path(), &top, &image, 5);
 }
 
 /// Read through `top`, the chain holds round `rounds`' pattern; the image at its base
@@ -329,6 +373,9 @@ fn internal_snapshots_while_the_guest_writes() {
         // when the reply is, or it says so).
         taken.push((name, n));
     }
+    // What follows needs the gateway, which ends with the VM: the guest is paused
+    // before it can finish.
+    c.ok("stop", json!({}));
     assert_eq!(names(&mut c), ["before", "during1", "during2"]);
     let nodes = c.ok("query-named-block-nodes", json!({}));
     let listed = nodes.as_array().unwrap().iter().any(|n| {
@@ -347,6 +394,7 @@ fn internal_snapshots_while_the_guest_writes() {
     assert_eq!(deleted["name"], "before");
     assert_eq!(deleted["id"], "1");
     assert_eq!(names(&mut c), ["during1", "during2"]);
+    c.ok("cont", json!({}));
     drop(c);
     gw.vm
         .expect_prefix("GUEST BLK VERIFY DONE rounds=4 errors=0", TIMEOUT);

@@ -106,7 +106,10 @@ fn a_qcow2_image_survives_sigkill_during_allocating_writes() {
             std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
             daemon.signal(nix::sys::signal::Signal::SIGKILL);
             daemon.wait(Duration::from_secs(20));
-            logs.push_str(&daemon.transcript());
+            let log = daemon.transcript();
+            // Shown if the test fails, a hang included: what each daemon started again.
+            eprint!("--- daemon before kill {} ---\n{log}", i + 1);
+            logs.push_str(&log);
             daemon = block_daemon(&sock, &top, &args);
         }
     }

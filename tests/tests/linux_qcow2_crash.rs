@@ -108,7 +108,7 @@ fn a_qcow2_image_survives_sigkill_during_allocating_writes() {
             daemon.wait(Duration::from_secs(20));
             let log = daemon.transcript();
             // Shown if the test fails, a hang included: what each daemon started again.
-            eprint!("--- daemon before kill {} ---\n{log}", i + 1);
+            eprintln!("--- daemon before kill {} ---\n{}", i + 1, log.trim_end());
             logs.push_str(&log);
             daemon = block_daemon(&sock, &top, &args);
         }

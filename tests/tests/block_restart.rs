@@ -40,9 +40,15 @@ const STALL_MS: u64 = 1000;
 /// early-linked qcow2 test, long after its last kill), which is the disk, not a restart.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Holds `ONE_AT_A_TIME` (a test that failed while holding it does not poison the rest).
+/// Holds `ONE_AT_A_TIME` (a test that failed while holding it does not poison the rest),
+/// then writes back what the host has dirty: a sibling test that ran before (its page-cache
+/// rounds) or the build can leave gigabytes to write back. In clean-clone CI runs the
+/// early-linked test's O_DIRECT writes went 1.0-1.3 s without a completion, once in round
+/// 12 with no restart near, which is what that writeback does to them.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    nix::unistd::sync();
+    guard
 }
 
 /// What the guest's stall report starts with (`GUEST ERROR blk: no completion for ...`).

@@ -106,12 +106,35 @@ pub struct UringEngine {
     queued: usize,
     /// Completions taken off the ring (kept to save an allocation per reap).
     reaped: Vec<(u64, i32)>,
+    /// The kernel took COOP_TASKRUN (new_ring).
+    coop_taskrun: bool,
+}
+
+/// io_uring_enter's flag to reap completions (linux/io_uring.h; the crate keeps its own
+/// copy private).
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
+/// The engine's ring. COOP_TASKRUN: the kernel does not interrupt the worker (an IPI) to
+/// finish a request as task work while the worker runs; it sets the ring's TASKRUN flag
+/// instead, which a watching worker sees (`has_completions`), and a sleeping worker is
+/// woken as before. Kernels before 5.19 refuse the flags: then a plain ring.
+fn new_ring(depth: u32) -> std::io::Result<(IoUring, bool)> {
+    match IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(depth)
+    {
+        Ok(ring) => Ok((ring, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((IoUring::new(depth)?, false)),
+        Err(e) => Err(e),
+    }
 }
 
 impl UringEngine {
     pub fn new(disk: Arc<Disk>, depth: u32) -> std::io::Result<UringEngine> {
-        let ring = IoUring::new(depth)?;
+        let (ring, coop_taskrun) = new_ring(depth)?;
         Ok(UringEngine {
+            coop_taskrun,
             overflow: SyncEngine::new(disk.clone()),
             disk,
             ring,
@@ -211,6 +234,12 @@ impl UringEngine {
     #[cfg(test)]
     pub fn unsubmitted(&mut self) -> usize {
         self.ring.submission().len()
+    }
+
+    /// Whether the kernel finishes requests without interrupting this thread.
+    #[cfg(test)]
+    pub fn coop_taskrun(&self) -> bool {
+        self.coop_taskrun
     }
 
     /// Waits for this ring's writes that hold windows (4 KiB-sector devices only) before
@@ -522,7 +551,23 @@ impl Engine for UringEngine {
     }
 
     fn has_completions(&mut self) -> bool {
-        !self.ready.is_empty() || !self.ring.completion().is_empty()
+        if !self.ready.is_empty() {
+            return true;
+        }
+        if self.coop_taskrun
+            && self.ring.completion().is_empty()
+            && self.ring.submission().taskrun()
+        {
+            // Finished requests wait as task work (COOP_TASKRUN, see new_ring): entering
+            // the kernel runs it and puts their completions on the ring.
+            // SAFETY: io_uring_enter with nothing to submit, no minimum and no argument.
+            let _ = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+            };
+        }
+        !self.ring.completion().is_empty()
     }
 
     fn notifier(&self) -> Option<RawFd> {

@@ -99,6 +99,20 @@ fn request(kind: Kind) -> (Arc<GuestMemoryMmap>, Request) {
     (mem, req)
 }
 
+/// A scratch file in O_DIRECT mode holding 4 KiB of `byte` at `offset`, and the extent
+/// that maps a request onto those bytes.
+fn direct_block(tag: &str, byte: u8, offset: u64) -> (Scratch, Extent) {
+    let s = Scratch::new(tag, 1 << 20);
+    s.file.write_all_at(&[byte; 4096], offset).unwrap();
+    crate::formats::direct::set_direct(&s.file, true).unwrap();
+    let at = Extent::File {
+        fd: s.file.as_raw_fd(),
+        offset,
+        len: 4096,
+    };
+    (s, at)
+}
+
 fn guest_data(data: &[Segment]) -> Vec<u8> {
     // SAFETY: the segment is the 4 KiB mapped by `request`, still held by the test.
     unsafe { std::slice::from_raw_parts(data[0].ptr, 4096) }.to_vec()
@@ -176,15 +190,8 @@ fn anything_else_goes_through_the_format() {
 /// offset, and the mapping stays claimed until the request is reaped.
 #[test]
 fn one_file_extent_goes_to_its_file_and_keeps_its_guard_until_reaped() {
-    let s = Scratch::new("mapped", 1 << 20);
-    let (file, path) = (&s.file, &s.path);
-    file.write_all_at(&[0x5a; 4096], 65536).unwrap();
-    crate::formats::direct::set_direct(file, true).unwrap();
-    let at = Extent::File {
-        fd: file.as_raw_fd(),
-        offset: 65536,
-        len: 4096,
-    };
+    let (s, at) = direct_block("mapped", 0x5a, 65536);
+    let path = &s.path;
     let f = scripted(vec![at]);
     let d = disk(f.clone(), CacheMode::Direct);
     let mut uring = UringEngine::new(d.clone(), 8).unwrap();
@@ -393,15 +400,7 @@ fn the_rings_fd_tells_of_completions_of_more_pieces_than_the_rings_hold() {
 /// four in, and they complete without a flush.
 #[test]
 fn submissions_go_to_the_kernel_in_groups_of_four_before_the_flush() {
-    let s = Scratch::new("groups", 1 << 20);
-    let file = &s.file;
-    file.write_all_at(&[0x77; 4096], 65536).unwrap();
-    let at = Extent::File {
-        fd: file.as_raw_fd(),
-        offset: 65536,
-        len: 4096,
-    };
-    crate::formats::direct::set_direct(file, true).unwrap();
+    let (_s, at) = direct_block("groups", 0x77, 65536);
     let d = disk(scripted(vec![at]), CacheMode::Direct);
     let mut uring = UringEngine::new(d, 8).unwrap();
     let notifier = uring.notifier().unwrap();
@@ -445,15 +444,7 @@ fn submissions_go_to_the_kernel_in_groups_of_four_before_the_flush() {
 /// completion: `has_completions` enters the kernel when the ring says work is waiting.
 #[test]
 fn a_watching_worker_sees_completions_the_kernel_did_not_interrupt_it_for() {
-    let s = Scratch::new("coop", 1 << 20);
-    let file = &s.file;
-    file.write_all_at(&[0x5a; 4096], 8192).unwrap();
-    let at = Extent::File {
-        fd: file.as_raw_fd(),
-        offset: 8192,
-        len: 4096,
-    };
-    crate::formats::direct::set_direct(file, true).unwrap();
+    let (_s, at) = direct_block("coop", 0x5a, 8192);
     let d = disk(scripted(vec![at]), CacheMode::Direct);
     let mut uring = UringEngine::new(d, 8).unwrap();
     assert!(

@@ -147,9 +147,10 @@ const POLL_WHILE_IN_FLIGHT_AT_MOST: usize = 4;
 /// and catching it by watching spares the worker's wake-up (io_uring's eventfd, epoll)
 /// and puts it on the used ring at once. bench/blk, 4k QD1 O_DIRECT, 5 rounds: 32 us
 /// windows gave 1.33x fio's latency for reads and writes, 128 us ones 1.20x / 1.23x, for
-/// 0.98 CPU s/s instead of 0.94 (at QD1 the worker watched most of the time already).
-/// The longer watch costs at most one request's latency per batch, and never while many
-/// are in flight.
+/// 0.98 CPU s/s instead of 0.94 (at QD1 the worker watched most of the time already); a
+/// second run of it alone was level, and with the COOP_TASKRUN ring (engine/uring.rs)
+/// QD1 gained 2-9% (docs/benchmarks.md). The longer watch costs at most one request's
+/// latency per batch, and never while many are in flight.
 const WATCH_WINDOWS_WHILE_IN_FLIGHT: u32 = 4;
 
 /// How long the queue watches its ring (and the engine's completions) after a batch:

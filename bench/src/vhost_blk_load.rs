@@ -5,6 +5,11 @@
 //! requests the backend completed with VIRTIO_BLK_S_OK count as I/Os; the others are
 //! counted in `errors=` (and the exit status is 1). With `--backend-pid`, also the CPU time
 //! (user + system, all threads) that process used during the measured interval.
+//!
+//! It drives the ring as a Linux guest does: EVENT_IDX when the backend offers it, a kick
+//! only when the backend asked for one, an interrupt asked for only before it sleeps.
+//! It sleeps on the call fd when it waits, unless `--spin-us` lets it watch the used ring
+//! first (a vCPU that KVM's halt polling keeps awake).
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
@@ -20,12 +25,13 @@ use vhost::vhost_user::message::{
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio::blk;
-use virtio::features::VERSION_1;
+use virtio::features::{EVENT_IDX, VERSION_1};
 use vmm_sys_util::eventfd::EventFd;
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const QUEUE_SIZE: u16 = 256;
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Rw {
@@ -50,6 +56,12 @@ struct Args {
     /// The backend's process: its CPU time over the measured interval is reported.
     #[arg(long)]
     backend_pid: Option<u32>,
+    /// Microseconds to watch the used ring before sleeping on the call fd.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
+    /// Do not negotiate VIRTIO_F_EVENT_IDX even if the backend offers it.
+    #[arg(long)]
+    no_event_idx: bool,
 }
 
 /// User + system CPU seconds `pid` has used, all its threads (live and ended) together:
@@ -140,6 +152,10 @@ struct Queue {
     used: u64,
     avail_idx: u16,
     used_seen: u16,
+    /// VIRTIO_F_EVENT_IDX was negotiated: kicks and interrupts as the other side asks.
+    event_idx: bool,
+    /// `avail_idx` when the driver last decided whether to kick.
+    kick_checked_at: u16,
 }
 
 impl Queue {
@@ -154,6 +170,8 @@ impl Queue {
             used,
             avail_idx: 0,
             used_seen: 0,
+            event_idx: false,
+            kick_checked_at: 0,
         }
     }
 
@@ -173,6 +191,35 @@ impl Queue {
         m.write(self.avail + 2, self.avail_idx);
     }
 
+    /// Whether the requests made available since the last check need a kick: as a Linux
+    /// guest decides, from `avail_event` with EVENT_IDX, else from the used ring's
+    /// NO_NOTIFY flag (a backend that is watching its ring asks for no kick).
+    fn needs_kick(&mut self, m: &Memory) -> bool {
+        // The avail index is published before the backend's wish is read.
+        fence(Ordering::SeqCst);
+        let old = self.kick_checked_at;
+        let new = self.avail_idx;
+        self.kick_checked_at = new;
+        if self.event_idx {
+            let event: u16 = m.read(self.used + 4 + 8 * u64::from(self.size));
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            m.read::<u16>(self.used) & VRING_USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// Before sleeping: with EVENT_IDX, asks for an interrupt at the next used entry (a
+    /// busy driver leaves `used_event` behind, so the backend does not call it) and says
+    /// whether one came in meanwhile, so the driver must not sleep.
+    fn arm_interrupt(&mut self, m: &Memory) -> bool {
+        if !self.event_idx {
+            return false;
+        }
+        m.write(self.avail + 4 + 2 * u64::from(self.size), self.used_seen);
+        fence(Ordering::SeqCst);
+        m.read::<u16>(self.used + 2) != self.used_seen
+    }
+
     /// Heads of newly used chains.
     fn pop_used(&mut self, m: &Memory, out: &mut Vec<u16>) {
         let idx: u16 = m.read(self.used + 2);
@@ -181,6 +228,23 @@ impl Queue {
             let elem = self.used + 4 + 8 * u64::from(self.used_seen % self.size);
             out.push(m.read::<u32>(elem) as u16);
             self.used_seen = self.used_seen.wrapping_add(1);
+        }
+    }
+}
+
+/// Connects to the backend's socket. A backend that has bound it but not yet listened
+/// refuses the connection for a moment: tried again for up to 2 s.
+fn connect(path: &std::path::Path) -> anyhow::Result<UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match UnixStream::connect(path) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r.with_context(|| format!("{}", path.display())),
         }
     }
 }
@@ -198,8 +262,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let buffers = args.qd * args.bs;
     let mem_size = (1 << 20) + buffers.next_multiple_of(4096) + (1 << 20);
     let mem = Memory::new(mem_size)?;
-    let stream =
-        UnixStream::connect(&args.socket).with_context(|| format!("{}", args.socket.display()))?;
+    let stream = connect(&args.socket)?;
     let mut fe = Frontend::from_stream(stream, 1);
     fe.set_owner()?;
     let features = fe.get_features()?;
@@ -221,7 +284,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let blocks = capacity * 512 / args.bs as u64;
     anyhow::ensure!(blocks > 0, "disk smaller than one block");
-    fe.set_features(VERSION_1 | (features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()))?;
+    let event_idx = !args.no_event_idx && features & EVENT_IDX != 0;
+    let wanted = VERSION_1 | if event_idx { EVENT_IDX } else { 0 };
+    fe.set_features(wanted | (features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()))?;
     fe.set_mem_table(&[VhostUserMemoryRegionInfo {
         guest_phys_addr: 0,
         memory_size: mem_size as u64,
@@ -230,6 +295,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         mmap_handle: mem.fd.as_raw_fd(),
     }])?;
     let mut q = Queue::new(0, QUEUE_SIZE);
+    q.event_idx = event_idx;
     let kick = EventFd::new(libc::EFD_NONBLOCK)?;
     let call = EventFd::new(libc::EFD_NONBLOCK)?;
     fe.set_vring_num(0, QUEUE_SIZE)?;
@@ -298,6 +364,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         issue(&mut q, slot, b);
     }
     let cpu_before = args.backend_pid.map(cpu_seconds).transpose()?;
+    q.kick_checked_at = q.avail_idx;
     kick.write(1)?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
@@ -307,7 +374,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         heads.clear();
         q.pop_used(&mem, &mut heads);
+        if heads.is_empty() && args.spin_us > 0 {
+            let until = Instant::now() + Duration::from_micros(args.spin_us);
+            while heads.is_empty() && Instant::now() < until {
+                std::hint::spin_loop();
+                q.pop_used(&mem, &mut heads);
+            }
+        }
         if heads.is_empty() {
+            if q.arm_interrupt(&mem) {
+                continue;
+            }
             let mut pfd = libc::pollfd {
                 fd: call.as_raw_fd(),
                 events: libc::POLLIN,
@@ -328,7 +405,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let b = pick(&mut rng);
             issue(&mut q, slot, b);
         }
-        kick.write(1)?;
+        if q.needs_kick(&mem) {
+            kick.write(1)?;
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = match (args.backend_pid, cpu_before) {
@@ -352,5 +431,80 @@ fn main() {
     if let Err(e) = run(Args::parse()) {
         eprintln!("vhost-blk-load: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u16 = 8;
+
+    fn ring(event_idx: bool) -> (Memory, Queue) {
+        let mem = Memory::new(3 * 4096).unwrap();
+        let mut q = Queue::new(0, SIZE);
+        q.event_idx = event_idx;
+        (mem, q)
+    }
+
+    fn publish(q: &mut Queue, mem: &Memory, n: u16) {
+        for head in 0..n {
+            q.push(mem, head);
+        }
+    }
+
+    #[test]
+    fn with_event_idx_the_driver_kicks_only_when_the_backend_asked_for_these_requests() {
+        let (mem, mut q) = ring(true);
+        let avail_event = q.used + 4 + 8 * u64::from(SIZE);
+        // The backend waits for request 0 (avail_event 0): the first batch kicks.
+        publish(&mut q, &mem, 2);
+        assert!(
+            q.needs_kick(&mem),
+            "a backend waiting at avail index 0 was not kicked"
+        );
+        // It is busy and still says 0: requests 2 and 3 need no kick.
+        publish(&mut q, &mem, 2);
+        assert!(!q.needs_kick(&mem), "a busy backend was kicked");
+        // It went to sleep asking for a kick at index 4: request 4 kicks.
+        mem.write(avail_event, 4u16);
+        publish(&mut q, &mem, 1);
+        assert!(
+            q.needs_kick(&mem),
+            "a backend asleep at avail index 4 was not kicked"
+        );
+    }
+
+    #[test]
+    fn without_event_idx_the_driver_kicks_unless_the_used_ring_says_no_notify() {
+        let (mem, mut q) = ring(false);
+        publish(&mut q, &mem, 1);
+        assert!(q.needs_kick(&mem));
+        mem.write(q.used, VRING_USED_F_NO_NOTIFY);
+        publish(&mut q, &mem, 1);
+        assert!(!q.needs_kick(&mem), "NO_NOTIFY was not honoured");
+    }
+
+    #[test]
+    fn arming_asks_for_the_next_used_entry_and_sees_one_that_came_meanwhile() {
+        let (mem, mut q) = ring(true);
+        let used_event = q.avail + 4 + 2 * u64::from(SIZE);
+        q.used_seen = 5;
+        mem.write(q.used + 2, 5u16);
+        assert!(
+            !q.arm_interrupt(&mem),
+            "nothing new, yet the driver would not sleep"
+        );
+        assert_eq!(mem.read::<u16>(used_event), 5);
+        mem.write(q.used + 2, 6u16);
+        assert!(
+            q.arm_interrupt(&mem),
+            "a completion that came in would be slept through"
+        );
+        // Without EVENT_IDX the backend interrupts every time: nothing to arm.
+        let (mem, mut q) = ring(false);
+        mem.write(q.used + 2, 1u16);
+        assert!(!q.arm_interrupt(&mem));
+        assert_eq!(mem.read::<u16>(q.avail + 4 + 2 * u64::from(SIZE)), 0);
     }
 }

@@ -73,6 +73,51 @@ impl LoopDevice {
     }
 }
 
+/// An ext4 filesystem made on `dev` and mounted on a fresh directory, unmounted when
+/// dropped (before the device is let go).
+pub struct Ext4Mount {
+    pub dir: PathBuf,
+}
+
+impl Ext4Mount {
+    pub fn on(dev: &LoopDevice) -> Ext4Mount {
+        let run = |cmd: &mut std::process::Command, what: &str| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{what} is needed by this test: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} (needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&dev.0),
+            "mkfs.ext4 (e2fsprogs)",
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "flotilla-mnt-{}-{}",
+            std::process::id(),
+            dev.0.display().to_string().replace('/', "_")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        run(
+            std::process::Command::new("mount").arg(&dev.0).arg(&dir),
+            "mount",
+        );
+        Ext4Mount { dir }
+    }
+}
+
+impl Drop for Ext4Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         let _ = std::process::Command::new("losetup")

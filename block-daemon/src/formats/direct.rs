@@ -26,11 +26,12 @@ pub const DIRECT_BLOCK: usize = 512;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 
 /// The smallest unit O_DIRECT moves on the O_DIRECT file `fd`: a block device's
-/// logical block size; for a regular file, 4096 when a sector read at its start is
-/// refused with EINVAL (its filesystem lies on a 4 KiB-sector device), else a sector.
-/// (A file that is empty or a hole at its start cannot tell, and counts as a sector:
-/// the kernel refuses what it cannot take and the guest hears the error.) And the
-/// file's key for `window_lock`.
+/// logical block size; for a regular file, the offset alignment its filesystem reports
+/// (statx's STATX_DIOALIGN, Linux 6.1), or on older kernels 4096 when a sector read at
+/// its start is refused with EINVAL (its filesystem lies on a 4 KiB-sector device),
+/// else a sector. (There a file that is empty or a hole at its start cannot tell: a hole
+/// is read without the device. It counts as a sector, and the kernel refuses what it
+/// cannot take.) And the file's key for `window_lock`.
 pub fn device_block(fd: RawFd) -> std::io::Result<(u64, window_lock::FileKey)> {
     // SAFETY: fd is open for the caller's whole call; ManuallyDrop keeps it open after.
     let file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
@@ -47,12 +48,34 @@ pub fn device_block(fd: RawFd) -> std::io::Result<(u64, window_lock::FileKey)> {
             key,
         ));
     }
+    if let Some(align) = dio_offset_align(fd) {
+        return Ok((align.max(DIRECT_BLOCK as u64), key));
+    }
     let mut probe = AlignedBuf::new(DIRECT_BLOCK, DIRECT_ALIGN)
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
     let refused = file
         .read_at(&mut probe.as_mut_slice()[..DIRECT_BLOCK], 0)
         .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL));
     Ok((if refused { 4096 } else { DIRECT_BLOCK as u64 }, key))
+}
+
+/// The file offset alignment O_DIRECT needs on `fd`, when the kernel and the filesystem
+/// say (statx STATX_DIOALIGN; 0 there means no O_DIRECT at all, and the probe decides).
+fn dio_offset_align(fd: RawFd) -> Option<u64> {
+    // SAFETY: statx is plain old data; all zeroes is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: AT_EMPTY_PATH with "" asks about `fd` itself; statx fills the struct.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0)
+        .then_some(u64::from(stx.stx_dio_offset_align))
 }
 
 /// Whether `file` was opened (or set) O_DIRECT.
@@ -319,6 +342,27 @@ mod tests {
             "not a 4 KiB-sector device"
         );
         (backing, dev, file)
+    }
+
+    /// On a filesystem over a 4 KiB-sector device, an empty file (all hole: a 512-byte
+    /// O_DIRECT read at its start succeeds without the device) still needs 4 KiB.
+    #[test]
+    fn an_empty_file_on_a_4k_sector_filesystem_is_served_in_4k_blocks() {
+        let backing = Scratch::new("direct-4k-fs", 64 << 20);
+        let dev = LoopDevice::over(&backing.path, 4096);
+        let fs = crate::testing::Ext4Mount::on(&dev);
+        let path = fs.dir.join("empty.img");
+        std::fs::File::create(&path).unwrap();
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        let (block, _) = device_block(file.as_raw_fd()).unwrap();
+        assert_eq!(block, 4096);
+        drop(file);
     }
 
     #[test]

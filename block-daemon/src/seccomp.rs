@@ -38,16 +38,18 @@ const ALLOWED: &[Allow] = &[
 /// The most queues a disk may have (the gateway's `queues=` accepts 1 to 16).
 const MAX_QUEUES: u64 = 16;
 
-/// Open files a block daemon needs at most: 24 of its own (stdio, its control channel and
-/// violation pipe, the image, the listener and the frontend's connection, the inflight
-/// region, the guest's memory, epoll, the throttle timer and group page, the logger), 1
+/// Open files a block daemon needs at most: 23 of its own (stdio, its control channel and
+/// violation pipe, the listener and the frontend's connection, the inflight region, the
+/// guest's memory, epoll, the throttle timer and group page, the logger), one per image
+/// of the deepest chain it serves (`paths::MAX_DEPTH`; the gateway refuses deeper), 1
 /// for the early links of its top image (a writable O_DIRECT qcow2 image has an io_uring
 /// of its own: `formats::qcow2::early_link`; only the top is writable, and an external
 /// snapshot, which would put a second writable image in the chain, is refused with
 /// O_DIRECT), and 4 per queue (its kick and call eventfds and its io_uring, which the
 /// worker polls for completions itself, and one spare: the ring had a completion
 /// eventfd when 80 were counted with 16 queues under I/O).
-const OPEN_FILES_NEEDED: u64 = 24 + EARLY_LINK_RINGS + 4 * MAX_QUEUES;
+const OPEN_FILES_NEEDED: u64 =
+    23 + crate::paths::MAX_DEPTH as u64 + EARLY_LINK_RINGS + 4 * MAX_QUEUES;
 
 /// The early-link rings a daemon holds at most (see `OPEN_FILES_NEEDED`).
 const EARLY_LINK_RINGS: u64 = 1;

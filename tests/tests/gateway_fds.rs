@@ -356,6 +356,64 @@ fn no_client_can_make_the_gateway_run_out_of_fds() {
     assert_eq!(gw.client().ok("query-fdsets", json!({})), json!([]));
 }
 
+/// blockdev-add opens an image per file node, and the gateway holds it while the node
+/// exists: those fds count against the client's share like getfd's, so no client can
+/// make the gateway run out of fds with nodes either; blockdev-del gives them back.
+#[test]
+fn the_images_blockdev_add_opens_count_against_the_clients_fds() {
+    const SOFT: u64 = 2048;
+    let dir = TempDir::new("fds-nodes");
+    let image = dir.path().join("d0.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let spare = dir.path().join("spare.img");
+    std::fs::File::create(&spare)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let drive = format!("file={},format=raw,id=d0", image.display());
+    let gw = gateway_with_open_files(dir, SOFT, &["--drive", &drive]);
+    let pid = gw.vm.pid() as u32;
+    let mut greedy = gw.client();
+    let add = |c: &mut QmpClient, i: usize| {
+        c.execute(
+            "blockdev-add",
+            json!({"driver": "file", "node-name": format!("n{i}"),
+                   "filename": spare.to_str().unwrap(), "read-only": true}),
+        )
+    };
+    let mut taken = 0;
+    let mut refusal = None;
+    for i in 0..3000 {
+        let reply = add(&mut greedy, i);
+        if reply.get("return").is_some() {
+            taken += 1;
+        } else {
+            refusal = Some(error_of(&reply));
+            break;
+        }
+    }
+    let (class, desc) = refusal.unwrap_or_else(|| panic!("the gateway opened all {taken} images"));
+    assert!(taken >= 16, "a client may open only {taken} images");
+    assert_eq!(class, "GenericError");
+    assert!(
+        desc.starts_with("Too many file descriptors: this client holds "),
+        "{desc}"
+    );
+    let open = open_fds(pid);
+    assert!(
+        (open as u64) < SOFT - 64,
+        "the gateway holds {open} fds of {SOFT}"
+    );
+    // Another client still connects, and a node deleted makes room for one more.
+    let mut fresh = gw.client();
+    assert_eq!(fresh.ok("query-status", json!({}))["status"], "running");
+    greedy.ok("blockdev-del", json!({"node-name": "n0"}));
+    assert_eq!(add(&mut greedy, 0), json!({"return": {}}));
+}
+
 /// The pid of the block daemon serving the one disk (the gateway's child).
 fn block_daemon_pid(c: &mut QmpClient) -> i32 {
     let restarted = c.ok(

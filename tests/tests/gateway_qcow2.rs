@@ -293,6 +293,95 @@ fn a_qcow2_disk_grows_and_qemu_img_sees_it() {
     assert!(check.contains("No errors were found"), "{check}");
 }
 
+/// Whether some process holds a lock on byte `byte` of `path` (QEMU's lock bytes: 100 +
+/// a permission it uses, 200 + one it does not share).
+fn byte_locked(path: &Path, byte: i64) -> bool {
+    let file = std::fs::File::open(path).expect("opening the image");
+    let mut lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: byte,
+        l_len: 1,
+        l_pid: 0,
+    };
+    // SAFETY: F_OFD_GETLK on our own fd fills the struct it is given.
+    let r = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_OFD_GETLK,
+            &mut lock,
+        )
+    };
+    assert_eq!(r, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    lock.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// block_resize of the file node under a qcow2 node (which shares no resize) is refused
+/// with QEMU's words, and leaves the file and the qcow2 node's locks as they were; under
+/// a raw node (which shares it) the file is resized, as by QEMU.
+#[test]
+fn resizing_the_file_under_a_format_node_answers_as_qemu() {
+    let dir = TempDir::new("qcow2-resize-file");
+    let image = |side: &str, ext: &str| dir.path().join(format!("{side}.{ext}"));
+    for side in ["ours", "theirs"] {
+        let path = image(side, "qcow2").display().to_string();
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", &path, "1M"]);
+        std::fs::File::create(image(side, "raw"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+    }
+    let gw = Gateway::start(&["-S"]);
+    let q = Qemu::try_start(&[]).expect("QEMU starts");
+    let (mut ours, mut theirs) = (gw.client(), q.client());
+    for (c, side) in [(&mut ours, "ours"), (&mut theirs, "theirs")] {
+        let file = |node: &str, ext: &str| {
+            json!({"driver": "file", "node-name": node,
+                   "filename": image(side, ext).display().to_string()})
+        };
+        c.ok("blockdev-add", file("f", "qcow2"));
+        c.ok(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "q", "file": "f"}),
+        );
+        c.ok("blockdev-add", file("b", "raw"));
+        c.ok(
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r", "file": "b"}),
+        );
+    }
+    let length = |side: &str, ext: &str| std::fs::metadata(image(side, ext)).unwrap().len();
+    let qcow2_length = length("ours", "qcow2");
+    let resize = json!({"node-name": "f", "size": 4 << 20});
+    assert_eq!(
+        ours.err("block_resize", resize.clone()),
+        theirs.err("block_resize", resize),
+        "block_resize of the file under a qcow2 node"
+    );
+    assert_eq!(
+        length("ours", "qcow2"),
+        qcow2_length,
+        "the file was resized"
+    );
+    let ours_qcow2 = image("ours", "qcow2");
+    assert!(
+        byte_locked(&ours_qcow2, 103) && byte_locked(&ours_qcow2, 203),
+        "the qcow2 node no longer holds its resize locks"
+    );
+    let resize = json!({"node-name": "b", "size": 2 << 20});
+    assert_eq!(
+        ours.execute("block_resize", resize.clone()),
+        theirs.execute("block_resize", resize),
+        "block_resize of the file under a raw node"
+    );
+    assert_eq!(
+        (length("ours", "raw"), length("theirs", "raw")),
+        (2 << 20, 2 << 20)
+    );
+    // The resize let go of the lock it took: a raw node nothing uses holds none.
+    assert!(!byte_locked(&image("ours", "raw"), 103));
+}
+
 /// qemu-io holding `image` open for writing until dropped (a pipe kept open).
 struct Writer {
     child: Child,

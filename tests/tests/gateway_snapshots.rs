@@ -280,6 +280,53 @@ fn external_snapshots_of_a_raw_disk_while_the_guest_writes() {
 /// blockdev-snapshot: an overlay qemu-img made over the disk's image, added with
 /// `backing: null`, goes over the disk while the guest writes; query-block shows what
 /// QEMU 7.2 shows for the same commands; the data lands in the overlay.
+/// A daemon serves a chain of at most 64 images: the snapshot that would make it deeper
+/// is refused (QEMU has no limit, so the words are ours), and the guest goes on with
+/// the chain it has.
+#[test]
+fn a_snapshot_past_the_deepest_chain_served_is_refused() {
+    let dir = TempDir::new("snap-depth");
+    let image = disk(dir.path(), "d0", true);
+    let mut gw = verifying(&image, 3);
+    let vmm = gw.vmm_pid();
+    let mut c = gw.client();
+    round_ok(&mut gw, 1);
+    // Paused, so that the guest is still there after 63 snapshots.
+    c.ok("stop", json!({}));
+    let overlay = |n: usize| p(&dir.path().join(format!("s{n}.qcow2")));
+    for n in 1..64 {
+        c.ok(
+            "blockdev-snapshot-sync",
+            json!({"device": "d0", "snapshot-file": overlay(n)}),
+        );
+    }
+    let (class, desc) = c.err(
+        "blockdev-snapshot-sync",
+        json!({"device": "d0", "snapshot-file": overlay(64)}),
+    );
+    assert_eq!(class, "GenericError");
+    assert!(
+        desc.starts_with("the backing chain is deeper than 64 images at "),
+        "{desc}"
+    );
+    assert!(
+        !dir.path().join("s64.qcow2").exists(),
+        "the refused snapshot left its file"
+    );
+    let mut depth = 0;
+    let mut at = inserted(&mut c, "d0")["image"].clone();
+    while at.is_object() {
+        depth += 1;
+        at = at["backing-image"].clone();
+    }
+    assert_eq!(depth, 64);
+    c.ok("cont", json!({}));
+    drop(c);
+    gw.vm
+        .expect_prefix("GUEST BLK VERIFY DONE rounds=3 errors=0", TIMEOUT);
+    gw.expect_clean_exit(vmm, true);
+}
+
 #[test]
 fn blockdev_snapshot_over_an_added_overlay() {
     let dir = TempDir::new("snap-bd");

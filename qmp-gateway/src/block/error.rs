@@ -100,6 +100,9 @@ pub enum BlockError {
     NotAFile(String),
     #[error("'{0}' is a directory")]
     IsADirectory(String),
+    /// An image blockdev-add would open is past the client's share of the fd budget.
+    #[error(transparent)]
+    FdBudget(#[from] crate::fdstore::FdError),
     #[error("Could not dup FD for {path} flags {flags}: {}", errno_text(error))]
     FdSet {
         path: String,
@@ -118,6 +121,13 @@ pub enum BlockError {
     DupImage(std::io::Error),
     #[error("block_resize of qcow2 node {0}: only a qcow2 node a disk uses can be resized")]
     ResizeUnserved(String),
+    /// block_resize of an image's file under a qcow2 node, which shares no resize.
+    #[error(
+        "Permission conflict on node '{node}': permissions 'resize' are both required by an \
+         unnamed block device (uses node '{node}' as 'root' child) and unshared by node \
+         '{parent}' (uses node '{node}' as 'file' child)."
+    )]
+    ResizeUnshared { node: String, parent: String },
     #[error("Cannot grow device files")]
     CannotGrowDevice,
     #[error("Could not resize file: {}", errno_text(.0))]

@@ -20,6 +20,7 @@ use super::image_info::Qcow2Image;
 use super::lock::{self, Perms};
 use super::options::{check_node_name, Backing, ChildRef, Driver, NodeOptions, Source};
 use super::qcow2_options;
+use crate::fdstore::Charge;
 
 /// The most images a backing chain may have, the top included (block-daemon's limit).
 pub const MAX_CHAIN: usize = block_daemon::paths::MAX_DEPTH;
@@ -60,10 +61,23 @@ pub struct Node {
     pub locking: bool,
     /// Added by blockdev-add as the root of what it created: blockdev-del may delete it.
     pub monitor_owned: bool,
+    /// The image's fd, charged to the client that opened it with blockdev-add (the fds
+    /// of the VM's own disks are the gateway's, outside the clients' budget).
+    pub charge: Option<Charge>,
 }
 
 /// Opens a protocol node's image: (path, driver, writable) to an fd, or QEMU's error.
 pub type Opener<'a> = dyn FnMut(&str, Driver, bool) -> Result<OwnedFd, BlockError> + 'a;
+
+/// Charges an image about to be opened (blockdev-add: to its client's fd budget), or
+/// refuses it; None where no client is charged.
+pub type ChargeImage<'a> = dyn FnMut() -> Result<Option<Charge>, BlockError> + 'a;
+
+/// For images no client is charged for: the VM's disks and their snapshots, bounded by
+/// the disks and MAX_CHAIN.
+pub fn uncharged() -> Result<Option<Charge>, BlockError> {
+    Ok(None)
+}
 
 /// Settings an inline child inherits from its parent.
 #[derive(Clone, Copy, Default)]
@@ -79,6 +93,7 @@ struct Inherited {
 struct Adding<'a, 'b> {
     taken: &'a dyn Fn(&str) -> bool,
     open: &'a mut Opener<'b>,
+    charge: &'a mut ChargeImage<'b>,
     /// Nodes made so far (removed again if anything fails).
     created: Vec<String>,
 }
@@ -180,7 +195,7 @@ impl Graph {
     }
 
     /// The node that has `name` as its file child.
-    fn parent_of(&self, name: &str) -> Option<&Node> {
+    pub fn parent_of(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.child.as_deref() == Some(name))
     }
 
@@ -228,13 +243,15 @@ impl Graph {
 
     /// Adds the nodes `opts` describes; returns the root's name. `root_needs_name`: a
     /// blockdev-add root must be named; `taken`: names node names may not take (disk
-    /// ids). Nothing is added if anything fails.
+    /// ids); `charge`: each image opened is charged with it first. Nothing is added (and
+    /// nothing stays charged) if anything fails.
     pub fn add(
         &mut self,
         opts: &NodeOptions,
         monitor_owned: bool,
         taken: &dyn Fn(&str) -> bool,
         open: &mut Opener,
+        charge: &mut ChargeImage,
     ) -> Result<String, BlockError> {
         if monitor_owned && opts.node_name.is_none() {
             return Err(BlockError::RootNeedsName);
@@ -242,6 +259,7 @@ impl Graph {
         let mut adding = Adding {
             taken,
             open,
+            charge,
             created: Vec::new(),
         };
         let result = self.add_node(opts, Inherited::default(), &mut adding, &[]);
@@ -292,8 +310,10 @@ impl Graph {
         if detect_zeroes == DetectZeroes::Unmap && !discard_unmap {
             return Err(BlockError::DetectZeroesUnmap);
         }
+        let mut charge = None;
         let (filename, image, child) = match &opts.source {
             Source::Path(path) => {
+                charge = (adding.charge)()?;
                 let fd = (adding.open)(path, opts.driver, !read_only)?;
                 (path.clone(), Some(Arc::new(fd)), None)
             }
@@ -385,6 +405,7 @@ impl Graph {
             qcow2_options,
             locking,
             monitor_owned: false,
+            charge,
         });
         adding.created.push(name.clone());
         let backing = match (&opts.backing, &qcow2, here) {
@@ -697,6 +718,72 @@ mod tests {
         false
     }
 
+    /// blockdev-add charges each image it opens to the client, for as long as its node
+    /// lives: a client cannot make the gateway hold images past its share of the fds.
+    #[test]
+    fn each_image_opened_is_charged_until_its_node_goes_and_a_spent_budget_opens_none() {
+        let budget = crate::fdstore::budget::tests::budget(3, 3);
+        let client = budget.account();
+        let mut charge = || Ok(Some(client.charge(1)?));
+        let mut g = Graph::default();
+        // A raw node over an inline file node: one image.
+        let two = json!({"driver": "raw", "node-name": "r1",
+                         "file": {"driver": "file", "filename": "/a"}});
+        g.add(&opts(two), true, &no_disks, &mut devnull, &mut charge)
+            .unwrap();
+        assert_eq!(client.held(), 1);
+        let plain = |n: &str| json!({"driver": "file", "node-name": n, "filename": "/b"});
+        g.add(
+            &opts(plain("f2")),
+            true,
+            &no_disks,
+            &mut devnull,
+            &mut charge,
+        )
+        .unwrap();
+        g.add(
+            &opts(plain("f3")),
+            true,
+            &no_disks,
+            &mut devnull,
+            &mut charge,
+        )
+        .unwrap();
+        assert_eq!(client.held(), 3);
+        // The share is spent: refused before anything is opened, nothing added.
+        let mut opened = 0;
+        let mut counting = |p: &str, d: Driver, w: bool| {
+            opened += 1;
+            devnull(p, d, w)
+        };
+        let err = g
+            .add(
+                &opts(plain("f4")),
+                true,
+                &no_disks,
+                &mut counting,
+                &mut charge,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("Too many file descriptors"),
+            "{err}"
+        );
+        assert_eq!((opened, g.node("f4").is_none()), (0, true));
+        // blockdev-del gives its images back, the inline child's too.
+        g.remove("r1", &no_disks).unwrap();
+        g.remove("f2", &no_disks).unwrap();
+        assert_eq!(client.held(), 1);
+        // A failure after an image was opened gives back what was charged.
+        // (/dev/null is no qcow2 image: its file node is opened, then the qcow2 fails.)
+        let broken = json!({"driver": "qcow2", "node-name": "q5",
+                            "file": {"driver": "file", "filename": "/c"}});
+        assert!(g
+            .add(&opts(broken), true, &no_disks, &mut devnull, &mut charge)
+            .is_err());
+        assert_eq!(client.held(), 1);
+    }
+
     #[test]
     fn add_inherit_and_delete() {
         let mut g = Graph::default();
@@ -706,6 +793,7 @@ mod tests {
                 true,
                 &no_disks,
                 &mut devnull,
+                &mut uncharged,
             )
             .unwrap();
         assert_eq!(f1, "f1");
@@ -714,6 +802,7 @@ mod tests {
             true,
             &no_disks,
             &mut devnull,
+            &mut uncharged,
         )
         .unwrap();
         g.add(
@@ -724,6 +813,7 @@ mod tests {
             true,
             &no_disks,
             &mut devnull,
+            &mut uncharged,
         )
         .unwrap();
         let child = g.node("r2").unwrap().child.clone().unwrap();
@@ -759,7 +849,7 @@ mod tests {
     fn add_errors_leave_nothing_behind() {
         let mut g = Graph::default();
         let add = |g: &mut Graph, v: Value| {
-            g.add(&opts(v), true, &|n| n == "d0", &mut devnull)
+            g.add(&opts(v), true, &|n| n == "d0", &mut devnull, &mut uncharged)
                 .unwrap_err()
                 .to_string()
         };
@@ -797,7 +887,8 @@ mod tests {
                 &opts(json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": "/x"}})),
                 true,
                 &no_disks,
-                &mut failing
+                &mut failing,
+                &mut uncharged,
             )
             .is_err());
         assert!(g.nodes().is_empty());
@@ -808,6 +899,7 @@ mod tests {
             true,
             &no_disks,
             &mut devnull,
+            &mut uncharged,
         )
         .unwrap();
         assert_eq!(
@@ -883,7 +975,7 @@ mod tests {
     }
 
     fn add_qcow2(g: &mut Graph, v: Value) -> Result<String, String> {
-        g.add(&opts(v), true, &no_disks, &mut open_real)
+        g.add(&opts(v), true, &no_disks, &mut open_real, &mut uncharged)
             .map_err(|e| e.to_string())
     }
 

@@ -236,7 +236,13 @@ impl BlockLayer {
         }
         let root = state
             .graph
-            .add(&opts, false, &|n| n == id, &mut Self::opener(fdsets))
+            .add(
+                &opts,
+                false,
+                &|n| n == id,
+                &mut Self::opener(fdsets),
+                &mut graph::uncharged,
+            )
             .map_err(failed)?;
         let disk = NewDisk {
             id: id.clone(),

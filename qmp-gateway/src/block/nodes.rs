@@ -12,8 +12,9 @@ use ipc::BlockRequest;
 
 use super::disk::BlockProtocol;
 use super::error::BlockError;
+use super::graph::ChargeImage;
 use super::lock::{self, Perms};
-use super::options::NodeOptions;
+use super::options::{Driver, NodeOptions};
 use super::{info, BlockLayer, DiskRef};
 use crate::children::link::Link;
 use crate::fdstore::FdSets;
@@ -56,8 +57,14 @@ impl<'a> DiskRef<'a> {
 }
 
 impl BlockLayer {
-    /// blockdev-add: the nodes `opts` describes (images opened from paths or fd sets).
-    pub fn blockdev_add(&self, opts: &NodeOptions, fdsets: &FdSets) -> Result<(), BlockError> {
+    /// blockdev-add: the nodes `opts` describes (images opened from paths or fd sets),
+    /// each image's fd charged with `charge` (the client's fd budget) while its node lives.
+    pub fn blockdev_add(
+        &self,
+        opts: &NodeOptions,
+        fdsets: &FdSets,
+        charge: &mut ChargeImage,
+    ) -> Result<(), BlockError> {
         let mut state = self.state.lock();
         let ids: Vec<String> = state.disks.iter().map(|d| d.id.clone()).collect();
         state.graph.add(
@@ -65,6 +72,7 @@ impl BlockLayer {
             true,
             &|n| ids.iter().any(|i| i == n),
             &mut Self::opener(fdsets),
+            charge,
         )?;
         Ok(())
     }
@@ -113,13 +121,28 @@ impl BlockLayer {
                 Some(disk) => Target::Daemon(disk.daemon()?.link.clone(), disk.index),
                 // Only a daemon resizes a qcow2 image (its tables, not the file's length).
                 None if qcow2 => return Err(BlockError::ResizeUnserved(name.clone())),
-                None => Target::Image(
-                    state
+                None => {
+                    // A qcow2 node over this file shares no resize (QEMU's words); and
+                    // its locks are on the same open file, which the resize's unlock
+                    // would drop.
+                    if let Some(parent) = state
                         .graph
-                        .protocol_of(&name)
-                        .and_then(|p| p.image.clone())
-                        .ok_or_else(|| BlockError::NoImage(name.clone()))?,
-                ),
+                        .parent_of(&name)
+                        .filter(|p| p.driver == Driver::Qcow2)
+                    {
+                        return Err(BlockError::ResizeUnshared {
+                            node: name.clone(),
+                            parent: parent.name.clone(),
+                        });
+                    }
+                    Target::Image(
+                        state
+                            .graph
+                            .protocol_of(&name)
+                            .and_then(|p| p.image.clone())
+                            .ok_or_else(|| BlockError::NoImage(name.clone()))?,
+                    )
+                }
             };
             target
         };

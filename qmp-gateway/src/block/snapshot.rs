@@ -399,6 +399,13 @@ impl ExternalSnapshot {
             Overlay::New(r) => Self::check_new(state, r)?,
             Overlay::Existing { node, overlay } => Self::check_existing(state, node, overlay)?,
         };
+        // The overlay goes on top: the chain may not pass what a daemon serves.
+        if state.graph.chain(&name).len() >= graph::MAX_CHAIN {
+            return Err(BlockError::BackingTooDeep {
+                overlay: name,
+                max: graph::MAX_CHAIN,
+            });
+        }
         let disk = state.disks.iter().find(|d| d.root == name);
         let used_below = disk.is_none()
             && (state.disk_of_node(&name).is_some()
@@ -572,6 +579,7 @@ impl ExternalSnapshot {
             false,
             &|n| ids.iter().any(|i| i == n),
             &mut graph::open_path,
+            &mut graph::uncharged,
         )?;
         self.applied.new_root = Some(new_root.clone());
         state.graph.set_backing(&new_root, Some(&old.name));

@@ -1,6 +1,7 @@
 //! The fd budget: how many fds the gateway holds on its clients' behalf (fds received with
-//! SCM_RIGHTS, while a command may still take them and once getfd or add-fd kept them, and
-//! the backends netdev_add opens), per connected client and in total.
+//! SCM_RIGHTS, while a command may still take them and once getfd or add-fd kept them, the
+//! backends netdev_add opens and the images blockdev-add opens), per connected client and
+//! in total.
 //!
 //! The numbers come from RLIMIT_NOFILE at start, once the VM's own files are open and its
 //! daemons run: from the limit the gateway first puts aside what it needs itself (the fds
@@ -22,8 +23,9 @@ pub const FDS_PER_CONNECTION: usize = 3;
 /// Room to restart one daemon: the new control socket pair, the spawn's pipes, vmm-core's
 /// new connection, and the old daemon's handles until it is reaped.
 pub const FDS_PER_RESTART: usize = 12;
-/// Room for what the gateway opens outside the budget: images a command opens (blockdev-
-/// add), the spare fd the listeners keep, log files, a restart's overlap.
+/// Room for what the gateway opens outside the budget: a snapshot's overlay, a backing
+/// file's format probe, the spare fd the listeners keep, log files, a restart's overlap.
+/// (blockdev-add's images are charged to the client.)
 pub const FDS_UNCHARGED: usize = 64;
 /// The least the clients' total may be: below it, the limit is too low to serve QMP.
 pub const MIN_TOTAL: usize = 16;
@@ -369,8 +371,8 @@ pub(crate) mod tests {
         let kept: Vec<HeldFd> = (0..3).map(|_| one.hold(devnull()).unwrap()).collect();
         assert_eq!(
             one.hold(devnull()).unwrap_err().to_string(),
-            "Too many file descriptors: this client holds 3, its limit (closefd, remove-fd \
-             or netdev_del give some back)"
+            "Too many file descriptors: this client holds 3, its limit (closefd, remove-fd, \
+             netdev_del or blockdev-del give some back)"
         );
         let more = two.charge(2).unwrap();
         assert!(matches!(two.charge(1), Err(FdError::GatewayLimit(5))));

@@ -23,8 +23,8 @@ pub enum FdError {
     FdNotInSet { set: i64, fd: i64 },
     /// The client's share of the budget is spent.
     #[error(
-        "Too many file descriptors: this client holds {0}, its limit (closefd, remove-fd or \
-         netdev_del give some back)"
+        "Too many file descriptors: this client holds {0}, its limit (closefd, remove-fd, \
+         netdev_del or blockdev-del give some back)"
     )]
     ClientLimit(usize),
     /// The gateway's total for its clients is spent.

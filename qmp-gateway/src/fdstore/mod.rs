@@ -3,8 +3,8 @@
 //! by all clients, referenced as /dev/fdset/N by the commands that open files, closed as
 //! QEMU closes them: `sets.rs`), and the budget every such fd is charged to while the
 //! gateway holds it, per client and in total (`budget.rs`, derived from RLIMIT_NOFILE at
-//! start). The gateway holds them and sends duplicates over ipc to the process that uses
-//! them.
+//! start; the images blockdev-add opens are charged to it too). The gateway holds them and
+//! sends duplicates over ipc to the process that uses them.
 
 pub mod budget;
 pub mod error;

@@ -335,7 +335,10 @@ pub fn query_blockstats(c: &mut Ctx, a: QueryBlockstats) -> QmpResult {
 }
 
 pub fn blockdev_add(c: &mut Ctx, a: BlockdevAdd) -> QmpResult {
-    c.gw.block.blockdev_add(&a.0, &c.gw.fdsets)?;
+    // Each image it opens is the client's to account for while its node exists.
+    let account = c.fd_account;
+    c.gw.block
+        .blockdev_add(&a.0, &c.gw.fdsets, &mut || Ok(Some(account.charge(1)?)))?;
     Ok(json!({}))
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flotilla_tests::blk::empty_image;
 use flotilla_tests::qmp::{error_of, wait_for_socket, Gateway, QmpClient};
 use flotilla_tests::{bin, require_tool, test_guest, TempDir, Vm};
 use serde_json::json;
@@ -218,6 +219,14 @@ fn gateway_with_open_files(dir: TempDir, soft: u64, extra: &[&str]) -> Gateway {
     Gateway::spawn(cmd, dir, qmp)
 }
 
+/// qmp-gateway as `gateway_with_open_files` starts it, serving one empty raw disk (d0).
+fn one_disk_gateway(dir: TempDir, soft: u64) -> Gateway {
+    let image = dir.path().join("d0.img");
+    empty_image(&image, 16 << 20);
+    let drive = format!("file={},format=raw,id=d0", image.display());
+    gateway_with_open_files(dir, soft, &["--drive", &drive])
+}
+
 /// Tries `n` fds with `command` (the command's text for attempt i); returns how many the
 /// gateway took and the errors of those it refused.
 fn push_fds(
@@ -246,14 +255,7 @@ fn push_fds(
 #[test]
 fn no_client_can_make_the_gateway_run_out_of_fds() {
     const SOFT: u64 = 2048;
-    let dir = TempDir::new("fds-limit");
-    let image = dir.path().join("d0.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let drive = format!("file={},format=raw,id=d0", image.display());
-    let gw = gateway_with_open_files(dir, SOFT, &["--drive", &drive]);
+    let gw = one_disk_gateway(TempDir::new("fds-limit"), SOFT);
     let pid = gw.vm.pid() as u32;
     let (r, _w) = pipe();
     let mut greedy = gw.client();
@@ -363,18 +365,9 @@ fn no_client_can_make_the_gateway_run_out_of_fds() {
 fn the_images_blockdev_add_opens_count_against_the_clients_fds() {
     const SOFT: u64 = 2048;
     let dir = TempDir::new("fds-nodes");
-    let image = dir.path().join("d0.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
     let spare = dir.path().join("spare.img");
-    std::fs::File::create(&spare)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let drive = format!("file={},format=raw,id=d0", image.display());
-    let gw = gateway_with_open_files(dir, SOFT, &["--drive", &drive]);
+    empty_image(&spare, 1 << 20);
+    let gw = one_disk_gateway(dir, SOFT);
     let pid = gw.vm.pid() as u32;
     let mut greedy = gw.client();
     let add = |c: &mut QmpClient, i: usize| {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-use flotilla_tests::blk::{first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{
+    empty_image, first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok,
+};
 use flotilla_tests::qemu::{qemu_whole_refusal, Qemu};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{bin, require_tool, run_to_end, test_guest, TempDir};
@@ -326,10 +328,7 @@ fn resizing_the_file_under_a_format_node_answers_as_qemu() {
     for side in ["ours", "theirs"] {
         let path = image(side, "qcow2").display().to_string();
         qemu_img_ok(&["create", "-q", "-f", "qcow2", &path, "1M"]);
-        std::fs::File::create(image(side, "raw"))
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
+        empty_image(&image(side, "raw"), 1 << 20);
     }
     let gw = Gateway::start(&["-S"]);
     let q = Qemu::try_start(&[]).expect("QEMU starts");

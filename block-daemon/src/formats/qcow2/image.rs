@@ -130,6 +130,7 @@ impl Qcow2 {
             free_hint: 0,
             alloc_end: 0,
             reserved: VecDeque::new(),
+            refills: 0,
             fresh: HashSet::new(),
             allocating: HashMap::new(),
             deferred: HashSet::new(),

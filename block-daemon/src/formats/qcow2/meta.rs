@@ -72,6 +72,8 @@ pub struct Meta {
     pub alloc_end: u64,
     /// Clusters whose refcount is 1 on disk (made durable) but not yet used.
     pub reserved: VecDeque<u64>,
+    /// Reserve batches taken this session (each is larger: `refcount::reserve_batch`).
+    pub refills: u32,
     /// Reserved clusters past what was ever written (the file was extended over them):
     /// they read as zeroes.
     pub fresh: HashSet<u64>,

@@ -17,10 +17,18 @@ use crate::formats::qcow2::meta::Meta;
 use crate::formats::FormatError;
 
 /// Data clusters reserved per batch (one refcount write per sector and one ordering
-/// sync per batch): 16 MiB of clusters, at least 32 and at most 256 of them. A killed
-/// daemon leaks the unused rest of a batch (past the end of the file, mostly: no space).
-fn reserve_batch(cluster_size: u64) -> usize {
-    ((16u64 << 20) / cluster_size).clamp(32, 256) as usize
+/// sync per batch). The first batch of a session is 16 MiB of clusters (32 to 256 of
+/// them); each one after it is 4 times the one before, up to 16 times the first and to
+/// a quarter of the disk's clusters. The sync writes back every dirty page of the file: with the page cache, a
+/// disk being filled spent most of its time in it at 16 MiB a batch (bench/blk, sparse
+/// qcow2, 4k random writes at QD32: 0.32x QSD's IOPS, 1.10x with 256 MiB batches; with
+/// O_DIRECT 1.17x and 2.18x; doubling from 16 MiB, the syncs on the way up kept it at
+/// 0.46x in a 2 s run). A killed daemon leaks the unused rest of one batch (past
+/// the end of the file, mostly: no space; `qemu-img check -r leaks` takes it back).
+fn reserve_batch(cluster_size: u64, refills: u32, disk_size: u64) -> usize {
+    let first = ((16u64 << 20) / cluster_size).clamp(32, 256);
+    let quarter = disk_size.div_ceil(cluster_size) / 4;
+    (first << (2 * refills.min(2))).min(quarter.max(first)) as usize
 }
 
 /// Dropped references kept waiting for a sync at most (then one is made).
@@ -397,8 +405,9 @@ impl Meta {
             let old_size = self.file_size;
             let mut end = old_size;
             self.fresh.clear();
-            let mut batch = Vec::with_capacity(reserve_batch(cs));
-            for _ in 0..reserve_batch(cs) {
+            let size = reserve_batch(cs, self.refills, self.size);
+            let mut batch = Vec::with_capacity(size);
+            for _ in 0..size {
                 // In `reserved` at once, so that the next search passes it by.
                 match self.find_free(1) {
                     // A device does not grow: the batch ends where the device does.
@@ -436,6 +445,7 @@ impl Meta {
                 self.sync()?;
                 self.apply_pending_frees()?;
             }
+            self.refills = self.refills.saturating_add(1);
         }
         let c = self
             .reserved

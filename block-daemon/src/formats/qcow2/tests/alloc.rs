@@ -261,6 +261,34 @@ fn threads_map_and_allocate_the_same_and_neighbouring_clusters() {
     distinct_hosts_and_equal(&d, &p, q, &mirror);
 }
 
+/// Each reserve batch of a session is 4 times the one before (fewer ordering syncs while
+/// a disk fills), up to 16 times the first and to a quarter of the disk's clusters.
+#[test]
+fn reserve_batches_grow_while_a_disk_fills_and_stay_bounded() {
+    let d = TempDir::new();
+    let batches = |size: &str| {
+        let p = d.path(&format!("grow-{size}.qcow2"));
+        img_create(&p, "cluster_size=64k", size);
+        let q = open(&p, None, true);
+        q.with_meta(|m| {
+            (0..6)
+                .map(|_| {
+                    m.take_data_cluster().unwrap();
+                    let batch = m.reserved.len() + 1;
+                    for _ in 1..batch {
+                        m.take_data_cluster().unwrap();
+                    }
+                    batch
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    // 1 GiB: 16384 clusters, a quarter is 4096 (16 times the first batch).
+    assert_eq!(batches("1G"), [256, 1024, 4096, 4096, 4096, 4096]);
+    // 64 MiB: a quarter of its 1024 clusters is the first batch already.
+    assert_eq!(batches("64M"), [256, 256, 256, 256, 256, 256]);
+}
+
 #[test]
 fn a_reserve_batch_writes_its_refcounts_once_per_sector() {
     let d = TempDir::new();

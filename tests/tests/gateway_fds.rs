@@ -227,6 +227,19 @@ fn one_disk_gateway(dir: TempDir, soft: u64) -> Gateway {
     gateway_with_open_files(dir, soft, &["--drive", &drive])
 }
 
+/// Checks that the gateway, whatever its clients made it hold, is clear of its soft
+/// RLIMIT_NOFILE `soft` and still accepts and negotiates a new client; that client.
+fn still_takes_clients(gw: &Gateway, soft: u64) -> QmpClient {
+    let open = open_fds(gw.vm.pid() as u32);
+    assert!(
+        (open as u64) < soft - 64,
+        "the gateway holds {open} fds of {soft}"
+    );
+    let mut fresh = gw.client();
+    assert_eq!(fresh.ok("query-status", json!({}))["status"], "running");
+    fresh
+}
+
 /// Tries `n` fds with `command` (the command's text for attempt i); returns how many the
 /// gateway took and the errors of those it refused.
 fn push_fds(
@@ -317,15 +330,8 @@ fn no_client_can_make_the_gateway_run_out_of_fds() {
         desc.starts_with("Too many file descriptors: the gateway holds "),
         "{desc}"
     );
-    // The gateway itself stays clear of its limit...
-    let open = open_fds(pid);
-    assert!(
-        (open as u64) < SOFT - 64,
-        "the gateway holds {open} fds of {SOFT}"
-    );
-    // ... so a new client still connects and negotiates,
-    let mut fresh = gw.client();
-    assert_eq!(fresh.ok("query-status", json!({}))["status"], "running");
+    // The gateway itself stays clear of its limit, so a new client still connects,
+    let mut fresh = still_takes_clients(&gw, SOFT);
     // a restart asked for over QMP works,
     let daemon = block_daemon_pid(&mut fresh);
     let restarted = events.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
@@ -368,7 +374,6 @@ fn the_images_blockdev_add_opens_count_against_the_clients_fds() {
     let spare = dir.path().join("spare.img");
     empty_image(&spare, 1 << 20);
     let gw = one_disk_gateway(dir, SOFT);
-    let pid = gw.vm.pid() as u32;
     let mut greedy = gw.client();
     let add = |c: &mut QmpClient, i: usize| {
         c.execute(
@@ -395,14 +400,8 @@ fn the_images_blockdev_add_opens_count_against_the_clients_fds() {
         desc.starts_with("Too many file descriptors: this client holds "),
         "{desc}"
     );
-    let open = open_fds(pid);
-    assert!(
-        (open as u64) < SOFT - 64,
-        "the gateway holds {open} fds of {SOFT}"
-    );
-    // Another client still connects, and a node deleted makes room for one more.
-    let mut fresh = gw.client();
-    assert_eq!(fresh.ok("query-status", json!({}))["status"], "running");
+    // The gateway stays clear of its limit, and a node deleted makes room for one more.
+    still_takes_clients(&gw, SOFT);
     greedy.ok("blockdev-del", json!({"node-name": "n0"}));
     assert_eq!(add(&mut greedy, 0), json!({"return": {}}));
 }

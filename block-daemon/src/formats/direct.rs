@@ -362,7 +362,6 @@ mod tests {
             .unwrap();
         let (block, _) = device_block(file.as_raw_fd()).unwrap();
         assert_eq!(block, 4096);
-        drop(file);
     }
 
     #[test]

@@ -19,12 +19,13 @@ use crate::formats::FormatError;
 /// Data clusters reserved per batch (one refcount write per sector and one ordering
 /// sync per batch). The first batch of a session is 16 MiB of clusters (32 to 256 of
 /// them); each one after it is 4 times the one before, up to 16 times the first and to
-/// a quarter of the disk's clusters. The sync writes back every dirty page of the file: with the page cache, a
-/// disk being filled spent most of its time in it at 16 MiB a batch (bench/blk, sparse
-/// qcow2, 4k random writes at QD32: 0.32x QSD's IOPS, 1.10x with 256 MiB batches; with
-/// O_DIRECT 1.17x and 2.18x; doubling from 16 MiB, the syncs on the way up kept it at
-/// 0.46x in a 2 s run). A killed daemon leaks the unused rest of one batch (past
-/// the end of the file, mostly: no space; `qemu-img check -r leaks` takes it back).
+/// a quarter of the disk's clusters. The sync writes back every dirty page of the file:
+/// with the page cache, a disk being filled spent most of its time in it at 16 MiB a
+/// batch (bench/blk, sparse qcow2, 4k random writes at QD32: 0.32x QSD's IOPS, 1.10x with
+/// 256 MiB batches; with O_DIRECT 1.17x and 2.18x; doubling from 16 MiB, the syncs on the
+/// way up kept it at 0.46x in a 2 s run). A killed daemon leaks the unused rest of one
+/// batch (past the end of the file, mostly: no space; `qemu-img check -r leaks` takes it
+/// back).
 fn reserve_batch(cluster_size: u64, refills: u32, disk_size: u64) -> usize {
     let first = ((16u64 << 20) / cluster_size).clamp(32, 256);
     let quarter = disk_size.div_ceil(cluster_size) / 4;

@@ -437,6 +437,7 @@ impl BlkDevice {
                 vring.disable_notification(mem)?;
             }
             let mut arrived: usize = 0;
+            batch.taken_at = None;
             while let Some((head, chain)) = vring.pop_chain(mem) {
                 arrived += 1;
                 batch.take(head, chain, vring)?;
@@ -552,7 +553,7 @@ impl BlkDevice {
                         used_len: 1,
                         op: Op::Discard,
                         bytes: req.image_bytes(),
-                        started: Instant::now(),
+                        started: req.arrived,
                         error: None,
                     });
                     return None;
@@ -752,6 +753,7 @@ impl BlkDevice {
             return Ok(());
         }
         let mut completed = 0;
+        let mut stats = self.inner.stats.recorder(Instant::now());
         for mut d in done.drain(..) {
             if let Some(errno) = d.error {
                 match self.on_failure(d.op, errno) {
@@ -775,11 +777,10 @@ impl BlkDevice {
                 // points into is still held (by the engine until now, or by the caller).
                 unsafe { request::write_status(d.status, d.code) };
             }
-            self.inner
-                .stats
-                .record(d.op, d.bytes, d.code == blk::S_OK, d.started.elapsed());
+            stats.record(d.op, d.bytes, d.code == blk::S_OK, d.started);
             vring.add_used(mem, d.head, d.used_len)?;
         }
+        drop(stats);
         if completed == 0 {
             return Ok(());
         }
@@ -856,6 +857,9 @@ struct Batch<'a> {
     done: Vec<Done>,
     /// When requests the I/O limits hold back may go.
     soonest: Option<Duration>,
+    /// When this pass over the ring took its first request (read once per pass: a
+    /// clock reading per request cost more than the rest of a hole's read).
+    taken_at: Option<Instant>,
 }
 
 impl<'a> Batch<'a> {
@@ -868,6 +872,7 @@ impl<'a> Batch<'a> {
             engine: device.inner.engines[q].lock(),
             done: Vec::new(),
             soonest: None,
+            taken_at: None,
         }
     }
 
@@ -883,7 +888,8 @@ impl<'a> Batch<'a> {
             Ok(descs) => descs,
             Err(e) => return device.refuse_unanswerable(vring, self.mem, head, &e.to_string()),
         };
-        match request::parse(self.mem, &descs, &self.limits) {
+        let now = *self.taken_at.get_or_insert_with(Instant::now);
+        match request::parse(self.mem, &descs, &self.limits, now) {
             Ok(req) => {
                 let wait = device.dispatch(
                     self.q,
@@ -910,7 +916,7 @@ impl<'a> Batch<'a> {
                     used_len: 1,
                     op: Op::Other,
                     bytes: 0,
-                    started: Instant::now(),
+                    started: now,
                     error: None,
                 });
             }
@@ -1051,10 +1057,11 @@ impl Device for BlkDevice {
         let limits = self.limits();
         let table = GuestAddress(ring.queue().desc_table());
         let size = ring.queue().size();
+        let now = Instant::now();
         done.extend(failed.into_iter().map(|head| {
             let status = virtio::read_chain(&**mem, table, size, head)
                 .ok()
-                .and_then(|descs| match request::parse(mem, &descs, &limits) {
+                .and_then(|descs| match request::parse(mem, &descs, &limits, now) {
                     Ok(req) => Some(req.status),
                     Err(Rejected::Status { status, .. }) => Some(status),
                     Err(Rejected::NoStatus(_)) => None,
@@ -1067,7 +1074,7 @@ impl Device for BlkDevice {
                 used_len: u32::from(!status.is_null()),
                 op: Op::Other,
                 bytes: 0,
-                started: Instant::now(),
+                started: now,
                 error: None,
             }
         }));
@@ -1281,6 +1288,7 @@ mod tests {
                 data: Vec::new(),
                 data_len: 0,
                 status,
+                arrived: Instant::now(),
             };
             engine.submit(i as u16, flush, mem.clone());
         }

@@ -5,6 +5,8 @@
 //! (IOERR or UNSUPP) for the guest, or, when it has no status byte at all, a rejection
 //! the caller logs. Nothing panics on any input (see the fuzz test below).
 
+use std::time::Instant;
+
 use virtio::blk::{
     S_IOERR, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
     WRITE_ZEROES_FLAG_UNMAP,
@@ -48,6 +50,9 @@ pub struct Request {
     pub data: Vec<Segment>,
     pub data_len: usize,
     pub status: *mut u8,
+    /// When it was taken off the ring (its latency counts from here; one clock reading
+    /// serves every request of a pass).
+    pub arrived: Instant,
 }
 
 // SAFETY: the pointers address the guest RAM mapping, which is shared memory that stays
@@ -218,7 +223,13 @@ fn total(segs: &[Segment]) -> usize {
     segs.iter().map(|s| s.len).sum()
 }
 
-pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<Request, Rejected> {
+/// The request `descs` describe, taken off the ring at `arrived`.
+pub fn parse(
+    mem: &GuestMemoryMmap,
+    descs: &[Desc],
+    limits: &Limits,
+    arrived: Instant,
+) -> Result<Request, Rejected> {
     // Readable descriptors come first, then writable ones (virtio 1.x, 2.7.4.2).
     let first_writable = descs.iter().position(|d| d.writable).unwrap_or(descs.len());
     let mut readable: Vec<Segment> = Vec::new();
@@ -370,6 +381,7 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<R
         data,
         data_len,
         status,
+        arrived,
     })
 }
 
@@ -388,6 +400,11 @@ mod tests {
     use vm_memory::Bytes;
 
     const MEM: u64 = 0x10000;
+
+    /// The parser, taking requests now.
+    fn parse(m: &GuestMemoryMmap, descs: &[Desc], limits: &Limits) -> Result<Request, Rejected> {
+        super::parse(m, descs, limits, Instant::now())
+    }
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()

@@ -45,6 +45,7 @@ fn request(kind: Kind, sector: u64, len: usize, fill: u8) -> (Arc<GuestMemoryMma
         }],
         data_len: len,
         status: host(0xf000),
+        arrived: std::time::Instant::now(),
     };
     (mem, req)
 }

@@ -95,6 +95,7 @@ fn request(kind: Kind) -> (Arc<GuestMemoryMmap>, Request) {
         }],
         data_len: 4096,
         status: host(0x3000),
+        arrived: std::time::Instant::now(),
     };
     (mem, req)
 }

@@ -44,7 +44,7 @@ impl SyncEngine {
 
 impl Engine for SyncEngine {
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
-        let started = Instant::now();
+        let started = req.arrived;
         let outcome = match req.kind {
             Kind::Write => match perform_uncommitted(&self.disk, &req) {
                 Ok(Some(guard)) => {

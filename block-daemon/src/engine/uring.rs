@@ -288,7 +288,7 @@ impl UringEngine {
 
 impl Engine for UringEngine {
     fn submit(&mut self, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
-        let started = Instant::now();
+        let started = req.arrived;
         let op = Op::of(&req.kind);
         let direct = self.disk.cache().direct();
         // Where a read or write goes (a flush: the fd whose sync is all it takes).

@@ -5,19 +5,21 @@
 //! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
 //! after a failure) while a serving thread answers the frontend. Events (the write
 //! threshold, failed requests) go back on the same socket. Snapshots (internal, or a new
-//! top image over the chain) are `snapshots`'.
+//! top image over the chain) are `snapshots`'; dirty bitmaps (shared memory the gateway
+//! keeps) are mapped here and marked by the device.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
 use ipc::{
     errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError,
+    SharedBitmap,
 };
 
-use crate::device::{BlkDevice, Policy, QUEUE_SIZE};
+use crate::device::{BlkDevice, Policy, QUEUE_SIZE, QUIESCE_TIMEOUT};
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
 use crate::formats::chain::{self, ChainOptions};
@@ -111,6 +113,10 @@ fn open(
     Ok(device)
 }
 
+fn no_bitmap(name: &str) -> RemoteError {
+    RemoteError::generic(format!("no dirty bitmap named '{name}' here"))
+}
+
 /// Answers one management call.
 fn handle(
     device: &BlkDevice,
@@ -181,6 +187,33 @@ fn handle(
             .change_backing_file(device, &backing_file, backing_format.as_deref())
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::AddDirtyBitmap(spec) => {
+            let Some(fd) = fds.into_iter().next() else {
+                return Err(RemoteError::generic(
+                    "the dirty bitmap came without its memory",
+                ));
+            };
+            let bitmap = SharedBitmap::map(fd.as_fd(), spec.size, spec.granularity)
+                .map_err(|e| RemoteError::generic(e.to_string()))?;
+            device
+                .dirty_bitmaps()
+                .add(spec.name, bitmap)
+                .map_err(|e| RemoteError::generic(e.to_string()))?;
+            Ok(BlockReply::Done)
+        }
+        BlockRequest::RemoveDirtyBitmap { name } => match device.dirty_bitmaps().remove(&name) {
+            true => Ok(BlockReply::Done),
+            false => Err(no_bitmap(&name)),
+        },
+        BlockRequest::ClearDirtyBitmap { name } => {
+            let _quiesced = device
+                .quiesce(QUIESCE_TIMEOUT)
+                .map_err(|e| RemoteError::generic(e.to_string()))?;
+            match device.dirty_bitmaps().clear(&name) {
+                true => Ok(BlockReply::Done),
+                false => Err(no_bitmap(&name)),
+            }
+        }
         BlockRequest::PopTop => snapshots
             .pop_top(device)
             .map(|()| BlockReply::Done)

@@ -42,6 +42,7 @@ use crate::config::{
     BlkConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
+use crate::dirty::DirtyBitmaps;
 use crate::disk::Disk;
 use crate::engine::{Done, Engine, Op};
 use crate::formats::FormatError;
@@ -175,6 +176,10 @@ enum Polled {
     Nothing,
 }
 
+/// How long requests in flight may take to finish before a management call that
+/// quiesces the device (a snapshot, a bitmap's clear) gives up.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The device could not be quiesced.
 #[derive(Debug, thiserror::Error)]
 #[error("requests still in flight after {0:?}")]
@@ -219,6 +224,8 @@ struct Inner {
     unpaused: EventFd,
     /// `resume` came while quiesced: the failed requests go once it ends.
     retry_after_pause: AtomicBool,
+    /// Marked by every request that goes to an engine.
+    dirty: DirtyBitmaps,
 }
 
 #[derive(Clone)]
@@ -273,6 +280,7 @@ impl BlkDevice {
                 paused: AtomicBool::new(false),
                 unpaused,
                 retry_after_pause: AtomicBool::new(false),
+                dirty: DirtyBitmaps::default(),
             }),
         })
     }
@@ -395,6 +403,17 @@ impl BlkDevice {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.inner.stats
+    }
+
+    /// The dirty bitmaps requests mark (block-dirty-bitmap-add).
+    pub fn dirty_bitmaps(&self) -> &DirtyBitmaps {
+        &self.inner.dirty
+    }
+
+    /// Hands `req` to `engine`, marking the dirty bitmaps first (see `dirty`).
+    fn start(&self, engine: &mut dyn Engine, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
+        self.inner.dirty.mark(&req);
+        engine.submit(head, req, mem);
     }
 
     fn limits(&self) -> Limits {
@@ -602,7 +621,7 @@ impl BlkDevice {
                 }
             }
         }
-        engine.submit(head, req, mem.clone());
+        self.start(engine, head, req, mem.clone());
         None
     }
 
@@ -658,7 +677,7 @@ impl BlkDevice {
                             }
                         }
                         let Some(h) = list.pop_front() else { break };
-                        engine.submit(h.head, h.req, h.mem);
+                        self.start(&mut **engine, h.head, h.req, h.mem);
                     }
                 }
             }
@@ -1046,7 +1065,7 @@ impl Device for BlkDevice {
         let held = std::mem::take(&mut *self.inner.held[q].lock());
         for list in held {
             for h in list {
-                engine.submit(h.head, h.req, h.mem);
+                self.start(&mut **engine, h.head, h.req, h.mem);
             }
         }
         let mut done = Vec::new();

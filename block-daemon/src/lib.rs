@@ -2,13 +2,14 @@
 //! gateway, or one or more nodes (each on its own socket) on its own. It owns the
 //! virtio-blk device (served over vhost-user by the vhost-backend framework), the image
 //! (opened by the gateway, handed in as an fd), the I/O engines, request parsing, the
-//! node's policies (discard, detect-zeroes, I/O limits, write threshold) and its
-//! statistics; guest memory reaches it as the VM's memfd over vhost-user, and the guest's
+//! node's policies (discard, detect-zeroes, I/O limits, write threshold), its
+//! statistics and the dirty bitmaps its writes mark; guest memory reaches it as the VM's memfd over vhost-user, and the guest's
 //! kicks and completions travel as eventfds, never through vmm-core.
 
 pub mod config;
 pub mod control;
 pub mod device;
+pub mod dirty;
 pub mod disk;
 pub mod engine;
 pub mod export;

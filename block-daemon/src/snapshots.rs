@@ -9,21 +9,17 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ipc::{ImageFormat, ImageLayer, SnapshotRecord};
 use parking_lot::Mutex;
 
-use crate::device::BlkDevice;
+use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::disk::Served;
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::snapshot::SnapshotInfo;
 use crate::formats::qcow2::snapshot_ops::NewSnapshot;
 use crate::formats::qcow2::Qcow2;
 use crate::formats::{Format, FormatError};
-
-/// How long requests in flight may take to finish before a snapshot gives up.
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

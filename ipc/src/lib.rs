@@ -7,15 +7,17 @@
 //! checked against limits, received fds are owned (closed on drop), and a frame whose fds
 //! do not match what its message declares is rejected with its fds closed.
 //!
-//! Beside the messages: a disk's I/O counters in shared memory (`block_counters`), a child's end of its control link (`child`), what every process
-//! does as it starts (`process`: its log, its terminating signals, its inherited fds), and
-//! what two processes both name or open on the host (`host`: the VM options, the serial
-//! spec, MAC addresses, a NIC's tap or datagram socket), so that no process links another
-//! one's crate for them.
+//! Beside the messages: a disk's I/O counters and dirty bitmaps in shared memory
+//! (`block_counters`, `dirty_bitmap`), a child's end of its control link (`child`), what
+//! every process does as it starts (`process`: its log, its terminating signals, its
+//! inherited fds), and what two processes both name or open on the host (`host`: the VM
+//! options, the serial spec, MAC addresses, a NIC's tap or datagram socket), so that no
+//! process links another one's crate for them.
 
 pub mod block_counters;
 pub mod child;
 pub mod connection;
+pub mod dirty_bitmap;
 pub mod error;
 pub mod fds;
 pub mod frame;
@@ -25,5 +27,6 @@ pub mod process;
 
 pub use block_counters::{BlockCounters, CountersPage};
 pub use connection::{Connection, Received};
+pub use dirty_bitmap::SharedBitmap;
 pub use error::IpcError;
 pub use messages::*;

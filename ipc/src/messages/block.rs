@@ -269,8 +269,29 @@ pub enum BlockRequest {
         backing_file: String,
         backing_format: Option<String>,
     },
+    /// From now on mark the chunks writes, write-zeroes and discards reach in this dirty
+    /// bitmap (its memfd comes with the call: `crate::SharedBitmap`), in place of any of
+    /// the same name. The gateway sends each of the disk's bitmaps after `Open`, and
+    /// again, grown, before a `Resize` that grows the disk.
+    AddDirtyBitmap(DirtyBitmapSpec),
+    /// Stop marking into the dirty bitmap of this name.
+    RemoveDirtyBitmap { name: String },
+    /// Quiesce, clean the dirty bitmap of this name, resume: with nothing in flight, no
+    /// write lands after its mark was cleaned.
+    ClearDirtyBitmap { name: String },
     /// Stop serving and exit.
     Quit,
+}
+
+/// A dirty bitmap as a daemon maps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirtyBitmapSpec {
+    /// Its name on the node (QMP's `name`).
+    pub name: String,
+    /// Disk bytes it covers.
+    pub size: u64,
+    /// Disk bytes per bit.
+    pub granularity: u64,
 }
 
 impl Message for BlockRequest {
@@ -279,6 +300,7 @@ impl Message for BlockRequest {
             BlockRequest::Open(open) => 2 + open.layers.len(),
             BlockRequest::SetThrottle(Some(_)) => 1,
             BlockRequest::PushTop(_) => 1,
+            BlockRequest::AddDirtyBitmap(_) => 1,
             _ => 0,
         }
     }

@@ -1,0 +1,347 @@
+//! A disk's dirty bitmap in shared memory: one bit per `granularity` bytes of the disk,
+//! set when a write, write-zeroes or discard reaches them (QEMU's block-dirty-bitmap).
+//! The gateway creates it (a memfd) and keeps it; each of the disk's daemons in turn maps
+//! it and marks into it, so that no mark is lost with a daemon that is SIGKILLed, and the
+//! gateway counts it for query-block without asking a daemon.
+//!
+//! The memory is shared with a sandboxed daemon, so nothing read from it is trusted: any
+//! bits are a valid bitmap, and bits past the disk's last chunk are ignored. The memfd is
+//! sealed against shrinking, so a daemon cannot make the gateway's mapping fault.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The finest and coarsest granularity (bytes per bit), as QEMU allows them.
+pub const MIN_GRANULARITY: u64 = 512;
+pub const MAX_GRANULARITY: u64 = 1 << 31;
+
+/// The largest bitmap mapped (a 1 TiB disk at 512 bytes per bit): a size that would need
+/// more is refused rather than allocated.
+pub const MAX_BITMAP_BYTES: u64 = 256 << 20;
+
+const PAGE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BitmapError {
+    #[error("dirty bitmap: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("granularity {0} is not a power of 2 between {MIN_GRANULARITY} and {MAX_GRANULARITY}")]
+    Granularity(u64),
+    #[error("a dirty bitmap of {size} bytes at {granularity} bytes per bit needs more than {MAX_BITMAP_BYTES} bytes")]
+    TooLarge { size: u64, granularity: u64 },
+    #[error("dirty bitmap memory is {len} bytes, {need} needed")]
+    TooSmall { len: u64, need: u64 },
+}
+
+/// Whether `granularity` is one QEMU takes.
+pub fn valid_granularity(granularity: u64) -> bool {
+    granularity.is_power_of_two() && (MIN_GRANULARITY..=MAX_GRANULARITY).contains(&granularity)
+}
+
+/// Bits (chunks of `granularity` bytes) covering `size` bytes.
+fn chunks(size: u64, granularity: u64) -> u64 {
+    size.div_ceil(granularity)
+}
+
+/// The memory a bitmap of `size` bytes at `granularity` needs: whole pages, at least one.
+pub fn bytes_for(size: u64, granularity: u64) -> Result<u64, BitmapError> {
+    if !valid_granularity(granularity) {
+        return Err(BitmapError::Granularity(granularity));
+    }
+    let words = chunks(size, granularity).div_ceil(64);
+    let bytes = (words * 8).div_ceil(PAGE).max(1) * PAGE;
+    if bytes > MAX_BITMAP_BYTES {
+        return Err(BitmapError::TooLarge { size, granularity });
+    }
+    Ok(bytes)
+}
+
+/// A mapping of a dirty bitmap covering `size` bytes of a disk.
+pub struct SharedBitmap {
+    ptr: NonNull<AtomicU64>,
+    map_len: usize,
+    /// The memfd, kept by its creator (the gateway) to hand each daemon; a daemon keeps
+    /// only its mapping.
+    fd: Option<OwnedFd>,
+    size: u64,
+    granularity: u64,
+}
+
+// SAFETY: the memory is only accessed through atomics.
+unsafe impl Send for SharedBitmap {}
+// SAFETY: as for Send: every access from any thread (or process) is atomic.
+unsafe impl Sync for SharedBitmap {}
+
+impl std::fmt::Debug for SharedBitmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBitmap")
+            .field("size", &self.size)
+            .field("granularity", &self.granularity)
+            .finish()
+    }
+}
+
+impl SharedBitmap {
+    /// A new, clean bitmap.
+    pub fn create(size: u64, granularity: u64) -> Result<SharedBitmap, BitmapError> {
+        let len = bytes_for(size, granularity)?;
+        // SAFETY: memfd_create with a valid C string.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"flotilla-dirty-bitmap".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: fd was just created and is ours alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        File::from(fd.try_clone()?).set_len(len)?;
+        // SAFETY: fcntl on an fd we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let mut bitmap = SharedBitmap::map(fd.as_fd(), size, granularity)?;
+        bitmap.fd = Some(fd);
+        Ok(bitmap)
+    }
+
+    /// Maps the bitmap in `fd` (a memfd of at least `bytes_for(size, granularity)`); the
+    /// fd itself is not kept.
+    pub fn map(
+        fd: BorrowedFd<'_>,
+        size: u64,
+        granularity: u64,
+    ) -> Result<SharedBitmap, BitmapError> {
+        let need = bytes_for(size, granularity)?;
+        let len = File::from(fd.try_clone_to_owned()?).metadata()?.len();
+        if len < need {
+            return Err(BitmapError::TooSmall { len, need });
+        }
+        // SAFETY: a fresh shared mapping of `need` bytes of a file at least that long;
+        // nothing else is at the address the kernel picks.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                need as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let ptr =
+            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave address 0"))?;
+        Ok(SharedBitmap {
+            ptr,
+            map_len: need as usize,
+            fd: None,
+            size,
+            granularity,
+        })
+    }
+
+    /// The memfd, to hand a daemon (the creator's mapping only).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The disk bytes it covers.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Disk bytes per bit.
+    pub fn granularity(&self) -> u64 {
+        self.granularity
+    }
+
+    /// Bits in use.
+    fn chunks(&self) -> u64 {
+        chunks(self.size, self.granularity)
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        let n = self.chunks().div_ceil(64) as usize;
+        // SAFETY: mapped for our lifetime, page-aligned (so aligned for AtomicU64), and
+        // `n` words fit in `map_len` (bytes_for); atomics are valid for any bits.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), n) }
+    }
+
+    /// Marks the chunks `offset..offset + len` touches (what lies past the disk's end is
+    /// left out).
+    pub fn mark(&self, offset: u64, len: u64) {
+        let chunks = self.chunks();
+        if len == 0 || offset >= self.size {
+            return;
+        }
+        let first = offset / self.granularity;
+        let last = (offset.saturating_add(len - 1) / self.granularity).min(chunks - 1);
+        let words = self.words();
+        let (mut bit, end) = (first, last + 1);
+        while bit < end {
+            let word = (bit / 64) as usize;
+            let lo = bit % 64;
+            let hi = (end - word as u64 * 64).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            words[word].fetch_or(mask, Ordering::Relaxed);
+            bit = word as u64 * 64 + hi;
+        }
+    }
+
+    /// Whether the chunk holding byte `offset` is dirty.
+    pub fn is_dirty(&self, offset: u64) -> bool {
+        if offset >= self.size {
+            return false;
+        }
+        let bit = offset / self.granularity;
+        self.words()[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+    }
+
+    /// Every chunk clean again.
+    pub fn clear(&self) {
+        for w in self.words() {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Dirty bytes, a whole granularity per dirty chunk (as QEMU counts them).
+    pub fn dirty_bytes(&self) -> u64 {
+        let chunks = self.chunks();
+        let words = self.words();
+        let mut bits = 0u64;
+        for (i, w) in words.iter().enumerate() {
+            let mut v = w.load(Ordering::Relaxed);
+            // Bits past the last chunk mean nothing, whatever a daemon left there.
+            let past = (i as u64 + 1) * 64;
+            if past > chunks {
+                v &= (1u64 << (64 - (past - chunks))) - 1;
+            }
+            bits += u64::from(v.count_ones());
+        }
+        bits * self.granularity
+    }
+}
+
+impl Drop for SharedBitmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping (no reference into it outlives self).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second_mapping(b: &SharedBitmap) -> SharedBitmap {
+        SharedBitmap::map(b.fd().unwrap(), b.size(), b.granularity()).unwrap()
+    }
+
+    #[test]
+    fn marks_cover_every_chunk_a_range_touches_and_stop_at_the_end() {
+        let b = SharedBitmap::create(1 << 20, 4096).unwrap();
+        b.mark(4095, 2); // the last byte of chunk 0 and the first of chunk 1
+        assert_eq!(b.dirty_bytes(), 8192);
+        assert!(b.is_dirty(0) && b.is_dirty(4096) && !b.is_dirty(8192));
+        b.mark(0, 0);
+        assert_eq!(b.dirty_bytes(), 8192, "nothing written, nothing marked");
+        b.mark((1 << 20) - 512, u64::MAX);
+        assert_eq!(b.dirty_bytes(), 3 * 4096, "clipped at the disk's end");
+        b.mark(1 << 20, 4096);
+        b.mark(u64::MAX, 1);
+        assert_eq!(b.dirty_bytes(), 3 * 4096, "past the end: nothing");
+        b.mark(0, 1 << 20);
+        assert_eq!(b.dirty_bytes(), 1 << 20);
+        b.clear();
+        assert_eq!(b.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn ranges_across_word_boundaries() {
+        // 200 chunks: three whole words and part of a fourth.
+        let b = SharedBitmap::create(200 * 512, 512).unwrap();
+        for (offset, len) in [(63 * 512, 2 * 512), (100 * 512, 90 * 512), (199 * 512, 512)] {
+            b.clear();
+            b.mark(offset, len);
+            let expected: Vec<u64> = (offset / 512..(offset + len) / 512).collect();
+            let dirty: Vec<u64> = (0..200).filter(|c| b.is_dirty(c * 512)).collect();
+            assert_eq!(dirty, expected, "mark({offset}, {len})");
+            assert_eq!(b.dirty_bytes(), len);
+        }
+    }
+
+    #[test]
+    fn a_disk_that_is_not_a_whole_number_of_chunks_counts_its_last_chunk_whole() {
+        let b = SharedBitmap::create(65536 + 512, 65536).unwrap();
+        b.mark(65536, 512);
+        assert_eq!(b.dirty_bytes(), 65536);
+    }
+
+    #[test]
+    fn two_mappings_share_the_marks_and_either_outlives_the_other() {
+        let gateway = SharedBitmap::create(1 << 30, 65536).unwrap();
+        let daemon = second_mapping(&gateway);
+        daemon.mark(3 << 20, 4096);
+        drop(daemon);
+        assert_eq!(gateway.dirty_bytes(), 65536);
+        let next_daemon = second_mapping(&gateway);
+        assert!(next_daemon.fd().is_none(), "a daemon keeps no fd");
+        gateway.clear();
+        assert_eq!(next_daemon.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn bits_past_the_last_chunk_are_not_counted() {
+        let b = SharedBitmap::create(10 * 512, 512).unwrap();
+        // A misbehaving daemon sets every bit of the word.
+        b.words()[0].store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(b.dirty_bytes(), 10 * 512);
+    }
+
+    #[test]
+    fn bad_granularities_sizes_and_short_memory_are_refused() {
+        for g in [0, 256, 1000, 1 << 32] {
+            assert!(
+                matches!(SharedBitmap::create(1 << 20, g), Err(BitmapError::Granularity(x)) if x == g),
+                "granularity {g}"
+            );
+        }
+        assert!(matches!(
+            SharedBitmap::create(u64::MAX, 512),
+            Err(BitmapError::TooLarge { .. })
+        ));
+        let b = SharedBitmap::create(1 << 20, 512).unwrap();
+        assert!(matches!(
+            SharedBitmap::map(b.fd().unwrap(), 1 << 30, 512),
+            Err(BitmapError::TooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn the_memory_cannot_be_shrunk_under_the_gateway() {
+        let b = SharedBitmap::create(1 << 20, 512).unwrap();
+        let file = File::from(b.fd().unwrap().try_clone_to_owned().unwrap());
+        let err = file.set_len(0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        assert!(file.set_len(1 << 20).is_ok(), "growing stays possible");
+    }
+
+    #[test]
+    fn an_empty_disk_maps_a_page_and_marks_nothing() {
+        let b = SharedBitmap::create(0, 65536).unwrap();
+        b.mark(0, 4096);
+        assert_eq!(b.dirty_bytes(), 0);
+        assert!(!b.is_dirty(0));
+    }
+}

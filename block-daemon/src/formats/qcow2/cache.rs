@@ -3,6 +3,33 @@
 //! once (see `meta`), so an entry is never dirty and eviction just drops it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a table's offset with one multiplication. The default
+/// SipHash showed in profiles of reads served from the page cache; its resistance to
+/// chosen keys buys nothing here, where a cache holds at most `capacity` tables, so a
+/// crafted image's colliding offsets cost a probe over at most that many.
+#[derive(Default)]
+pub struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        // The high and low halves of the full product folded together: offsets are
+        // cluster-aligned (low bits 0), and the table picks buckets by its low bits.
+        let m = u128::from(self.0 ^ x) * 0x9e37_79b9_7f4a_7c15;
+        self.0 = (m >> 64) as u64 ^ m as u64;
+    }
+}
 
 /// A lookup (the request path's every map) is one hash lookup and a store of the
 /// entry's age; only an insert into a full cache looks for the oldest entry (a scan:
@@ -11,7 +38,7 @@ use std::collections::HashMap;
 pub struct TableCache {
     capacity: usize,
     tick: u64,
-    tables: HashMap<u64, (u64, Vec<u8>)>,
+    tables: HashMap<u64, (u64, Vec<u8>), BuildHasherDefault<OffsetHasher>>,
 }
 
 impl TableCache {
@@ -20,7 +47,7 @@ impl TableCache {
         TableCache {
             capacity: capacity.max(2),
             tick: 0,
-            tables: HashMap::new(),
+            tables: HashMap::default(),
         }
     }
 
@@ -82,7 +109,18 @@ impl TableCache {
 
 #[cfg(test)]
 mod tests {
-    use super::TableCache;
+    use super::{BuildHasherDefault, OffsetHasher, TableCache};
+
+    #[test]
+    fn aligned_offsets_spread_over_the_low_bits_buckets_are_picked_by() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<OffsetHasher>::default();
+        let buckets: std::collections::HashSet<u64> = (0..1024u64)
+            .map(|k| build.hash_one(k << 16) & 1023)
+            .collect();
+        // Random hashes would fill about 647 of the 1024 (1 - 1/e).
+        assert!(buckets.len() > 550, "{} buckets of 1024", buckets.len());
+    }
 
     #[test]
     fn evicts_the_least_recently_used() {

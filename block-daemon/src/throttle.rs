@@ -9,11 +9,12 @@
 //! The page holds only levels and timestamps; each member applies the same limits, which
 //! the gateway sends to all of them.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ipc::block_counters::monotonic_ns;
+use ipc::shm::{self, SharedMapping};
 use ipc::OPS_WRITE;
 use ipc::{BucketLimits, ThrottleLimits, BPS_READ, BPS_TOTAL, BPS_WRITE, OPS_READ, OPS_TOTAL};
 
@@ -48,8 +49,7 @@ const _: () = assert!(STATE_SIZE as u64 <= ipc::THROTTLE_STATE_SIZE);
 
 /// A mapping of a throttle group's state page.
 pub struct SharedPage {
-    ptr: NonNull<SharedState>,
-    _fd: OwnedFd,
+    map: SharedMapping,
 }
 
 // SAFETY: the page is only accessed through atomics.
@@ -58,28 +58,16 @@ unsafe impl Send for SharedPage {}
 unsafe impl Sync for SharedPage {}
 
 impl SharedPage {
-    /// Maps the page in `fd` (a memfd of at least STATE_SIZE bytes).
+    /// Maps the page in `fd` (a memfd of at least STATE_SIZE bytes); the mapping keeps the
+    /// memory, the fd is closed.
     pub fn map(fd: OwnedFd) -> Result<SharedPage, ThrottleError> {
-        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+        let len = shm::file_len(fd.as_fd())?;
         if len < STATE_SIZE as u64 {
             return Err(ThrottleError::TooSmall(len, STATE_SIZE));
         }
-        // SAFETY: a fresh shared mapping of STATE_SIZE bytes of a file at least that long.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                STATE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave 0"))?;
-        Ok(SharedPage { ptr, _fd: fd })
+        Ok(SharedPage {
+            map: SharedMapping::new(fd.as_fd(), STATE_SIZE)?,
+        })
     }
 
     /// A page for a disk in no group (shared with nobody).
@@ -88,26 +76,10 @@ impl SharedPage {
     }
 
     fn state(&self) -> &SharedState {
-        // SAFETY: mapped for our lifetime; all fields are atomics, valid for any bits.
-        unsafe { self.ptr.as_ref() }
+        // SAFETY: mapped for our lifetime (page-aligned, STATE_SIZE long); all fields are
+        // atomics, valid for any bits.
+        unsafe { self.map.ptr().cast::<SharedState>().as_ref() }
     }
-}
-
-impl Drop for SharedPage {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), STATE_SIZE) };
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Reads a level another process wrote: anything that is not a sane number counts as

@@ -6,12 +6,11 @@
 //! them while no daemon runs. Only monotonic counters live here (plus the time of the
 //! last completion); latency windows (timed stats) are each daemon's own.
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::messages::{BlockStats, OpCounters};
+use crate::shm::{self, SharedMapping};
 
 /// One kind of operation's counters (see `OpCounters`).
 #[repr(C)]
@@ -87,7 +86,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// A mapping of a disk's counters page.
 pub struct BlockCounters {
-    ptr: NonNull<CountersPage>,
+    map: SharedMapping,
     fd: OwnedFd,
 }
 
@@ -99,42 +98,18 @@ unsafe impl Sync for BlockCounters {}
 impl BlockCounters {
     /// A new page, all zeroes.
     pub fn create() -> Result<BlockCounters, CountersError> {
-        // SAFETY: memfd_create with a valid C string.
-        let fd =
-            unsafe { libc::memfd_create(c"flotilla-blk-counters".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: fd was just created and is ours alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        File::from(fd.try_clone()?).set_len(COUNTERS_PAGE_SIZE)?;
+        let fd = shm::memfd(c"flotilla-blk-counters", COUNTERS_PAGE_SIZE, false)?;
         BlockCounters::map(fd)
     }
 
     /// Maps the page in `fd` (a memfd of at least COUNTERS_PAGE_SIZE bytes).
     pub fn map(fd: OwnedFd) -> Result<BlockCounters, CountersError> {
-        let len = File::from(fd.try_clone()?).metadata()?.len();
+        let len = shm::file_len(fd.as_fd())?;
         if len < COUNTERS_PAGE_SIZE {
             return Err(CountersError::TooSmall(len));
         }
-        // SAFETY: a fresh shared mapping of COUNTERS_PAGE_SIZE bytes of a file at least
-        // that long; nothing else is at the address the kernel picks.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                COUNTERS_PAGE_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let ptr =
-            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave address 0"))?;
-        Ok(BlockCounters { ptr, fd })
+        let map = SharedMapping::new(fd.as_fd(), COUNTERS_PAGE_SIZE as usize)?;
+        Ok(BlockCounters { map, fd })
     }
 
     /// The memfd, to hand a daemon.
@@ -143,9 +118,9 @@ impl BlockCounters {
     }
 
     pub fn page(&self) -> &CountersPage {
-        // SAFETY: mapped (page-aligned, so aligned for atomics) for our lifetime; every
-        // field is an atomic, valid for any bits.
-        unsafe { self.ptr.as_ref() }
+        // SAFETY: mapped (page-aligned, so aligned for atomics) for our lifetime, and at
+        // least a page long; every field is an atomic, valid for any bits.
+        unsafe { self.map.ptr().cast::<CountersPage>().as_ref() }
     }
 
     /// Puts the page's counters into `stats` (everything else in it is left alone).
@@ -163,13 +138,6 @@ impl BlockCounters {
         stats.discard_ok = p.discard_ok.load(Ordering::Relaxed);
         stats.discard_bytes_ok = p.discard_bytes_ok.load(Ordering::Relaxed);
         stats.discard_failed = p.discard_failed.load(Ordering::Relaxed);
-    }
-}
-
-impl Drop for BlockCounters {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping (no reference into it outlives self).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), COUNTERS_PAGE_SIZE as usize) };
     }
 }
 
@@ -213,7 +181,9 @@ mod tests {
     fn a_short_page_is_refused() {
         let page = BlockCounters::create().unwrap();
         let fd = page.fd().as_fd().try_clone_to_owned().unwrap();
-        File::from(fd.try_clone().unwrap()).set_len(8).unwrap();
+        std::fs::File::from(fd.try_clone().unwrap())
+            .set_len(8)
+            .unwrap();
         assert!(matches!(
             BlockCounters::map(fd),
             Err(CountersError::TooSmall(8))

@@ -8,10 +8,10 @@
 //! bits are a valid bitmap, and bits past the disk's last chunk are ignored. The memfd is
 //! sealed against shrinking, so a daemon cannot make the gateway's mapping fault.
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::shm::{self, SharedMapping};
 
 /// The finest and coarsest granularity (bytes per bit), as QEMU allows them.
 pub const MIN_GRANULARITY: u64 = 512;
@@ -60,8 +60,7 @@ pub fn bytes_for(size: u64, granularity: u64) -> Result<u64, BitmapError> {
 
 /// A mapping of a dirty bitmap covering `size` bytes of a disk.
 pub struct SharedBitmap {
-    ptr: NonNull<AtomicU64>,
-    map_len: usize,
+    map: SharedMapping,
     /// The memfd, kept by its creator (the gateway) to hand each daemon; a daemon keeps
     /// only its mapping.
     fd: Option<OwnedFd>,
@@ -86,24 +85,11 @@ impl std::fmt::Debug for SharedBitmap {
 impl SharedBitmap {
     /// A new, clean bitmap.
     pub fn create(size: u64, granularity: u64) -> Result<SharedBitmap, BitmapError> {
-        let len = bytes_for(size, granularity)?;
-        // SAFETY: memfd_create with a valid C string.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"flotilla-dirty-bitmap".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: fd was just created and is ours alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        File::from(fd.try_clone()?).set_len(len)?;
-        // SAFETY: fcntl on an fd we own.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        let fd = shm::memfd(
+            c"flotilla-dirty-bitmap",
+            bytes_for(size, granularity)?,
+            true,
+        )?;
         let mut bitmap = SharedBitmap::map(fd.as_fd(), size, granularity)?;
         bitmap.fd = Some(fd);
         Ok(bitmap)
@@ -117,30 +103,12 @@ impl SharedBitmap {
         granularity: u64,
     ) -> Result<SharedBitmap, BitmapError> {
         let need = bytes_for(size, granularity)?;
-        let len = File::from(fd.try_clone_to_owned()?).metadata()?.len();
+        let len = shm::file_len(fd)?;
         if len < need {
             return Err(BitmapError::TooSmall { len, need });
         }
-        // SAFETY: a fresh shared mapping of `need` bytes of a file at least that long;
-        // nothing else is at the address the kernel picks.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                need as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let ptr =
-            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave address 0"))?;
         Ok(SharedBitmap {
-            ptr,
-            map_len: need as usize,
+            map: SharedMapping::new(fd, need as usize)?,
             fd: None,
             size,
             granularity,
@@ -170,8 +138,8 @@ impl SharedBitmap {
     fn words(&self) -> &[AtomicU64] {
         let n = self.chunks().div_ceil(64) as usize;
         // SAFETY: mapped for our lifetime, page-aligned (so aligned for AtomicU64), and
-        // `n` words fit in `map_len` (bytes_for); atomics are valid for any bits.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), n) }
+        // `n` words fit in the mapping (bytes_for); atomics are valid for any bits.
+        unsafe { std::slice::from_raw_parts(self.map.ptr().cast::<AtomicU64>().as_ptr(), n) }
     }
 
     /// Marks the chunks `offset..offset + len` touches (what lies past the disk's end is
@@ -230,13 +198,6 @@ impl SharedBitmap {
             bits += u64::from(v.count_ones());
         }
         bits * self.granularity
-    }
-}
-
-impl Drop for SharedBitmap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping (no reference into it outlives self).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
     }
 }
 
@@ -331,7 +292,7 @@ mod tests {
     #[test]
     fn the_memory_cannot_be_shrunk_under_the_gateway() {
         let b = SharedBitmap::create(1 << 20, 512).unwrap();
-        let file = File::from(b.fd().unwrap().try_clone_to_owned().unwrap());
+        let file = std::fs::File::from(b.fd().unwrap().try_clone_to_owned().unwrap());
         let err = file.set_len(0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         assert!(file.set_len(1 << 20).is_ok(), "growing stays possible");

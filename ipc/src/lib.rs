@@ -24,6 +24,7 @@ pub mod frame;
 pub mod host;
 pub mod messages;
 pub mod process;
+pub mod shm;
 
 pub use block_counters::{BlockCounters, CountersPage};
 pub use connection::{Connection, Received};

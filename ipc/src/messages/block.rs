@@ -213,16 +213,7 @@ pub const THROTTLE_STATE_SIZE: u64 = 4096;
 
 /// A new, zeroed throttle group state page.
 pub fn new_throttle_state() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: memfd_create with a valid C string.
-    let fd = unsafe { libc::memfd_create(c"flotilla-throttle".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is ours alone.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    std::fs::File::from(fd.try_clone()?).set_len(THROTTLE_STATE_SIZE)?;
-    Ok(fd)
+    crate::shm::memfd(c"flotilla-throttle", THROTTLE_STATE_SIZE, false)
 }
 
 impl ThrottleLimits {

@@ -771,14 +771,16 @@ impl BlkDevice {
         if done.is_empty() {
             return Ok(());
         }
-        let mut completed = 0;
+        // Counted before any of them reaches the used ring: the counters page must hold
+        // every request the guest has seen complete, even if this daemon is killed
+        // between the two (block_restart's twenty SIGKILLs check it).
         let mut stats = self.inner.stats.recorder(Instant::now());
-        for mut d in done.drain(..) {
+        done.retain_mut(|d| {
             if let Some(errno) = d.error {
                 match self.on_failure(d.op, errno) {
                     ErrorAction::Stop => {
                         self.inner.failed[q].lock().push(d.head);
-                        continue;
+                        return false;
                     }
                     ErrorAction::Ignore => {
                         d.code = blk::S_OK;
@@ -790,18 +792,20 @@ impl BlkDevice {
                     ErrorAction::Report => {}
                 }
             }
-            completed += 1;
             if !d.status.is_null() {
                 // SAFETY: the status byte came from request::parse, and the memory map it
                 // points into is still held (by the engine until now, or by the caller).
                 unsafe { request::write_status(d.status, d.code) };
             }
             stats.record(d.op, d.bytes, d.code == blk::S_OK, d.started);
-            vring.add_used(mem, d.head, d.used_len)?;
-        }
+            true
+        });
         drop(stats);
-        if completed == 0 {
+        if done.is_empty() {
             return Ok(());
+        }
+        for d in done.drain(..) {
+            vring.add_used(mem, d.head, d.used_len)?;
         }
         vring.notify(mem)
     }

@@ -771,10 +771,6 @@ impl BlkDevice {
         if done.is_empty() {
             return Ok(());
         }
-        // Counted before any of them reaches the used ring: the counters page must hold
-        // every request the guest has seen complete, even if this daemon is killed
-        // between the two (block_restart's twenty SIGKILLs check it).
-        let mut stats = self.inner.stats.recorder(Instant::now());
         done.retain_mut(|d| {
             if let Some(errno) = d.error {
                 match self.on_failure(d.op, errno) {
@@ -797,9 +793,15 @@ impl BlkDevice {
                 // points into is still held (by the engine until now, or by the caller).
                 unsafe { request::write_status(d.status, d.code) };
             }
-            stats.record(d.op, d.bytes, d.code == blk::S_OK, d.started);
             true
         });
+        // Counted before any of them reaches the used ring: the counters page must hold
+        // every request the guest has seen complete, even if this daemon is killed
+        // between the two (block_restart's twenty SIGKILLs check it).
+        let mut stats = self.inner.stats.recorder(Instant::now());
+        for d in done.iter() {
+            stats.record(d.op, d.bytes, d.code == blk::S_OK, d.started);
+        }
         drop(stats);
         if done.is_empty() {
             return Ok(());

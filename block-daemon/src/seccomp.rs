@@ -40,8 +40,8 @@ const MAX_QUEUES: u64 = 16;
 
 /// Open files a block daemon needs at most: 23 of its own (stdio, its control channel and
 /// violation pipe, the listener and the frontend's connection, the inflight region, the
-/// guest's memory, epoll, the throttle timer and group page, the logger, a dirty
-/// bitmap's memfd while it is mapped: the mapping is kept, the fd is not), one per image
+/// guest's memory, epoll, the throttle timer, the logger, a throttle group page's or a
+/// dirty bitmap's memfd while it is mapped: the mapping is kept, the fd is not), one per image
 /// of the deepest chain it serves (`paths::MAX_DEPTH`; the gateway refuses deeper), 1
 /// for the early links of its top image (a writable O_DIRECT qcow2 image has an io_uring
 /// of its own: `formats::qcow2::early_link`; only the top is writable, and an external

@@ -1,7 +1,8 @@
 //! Gateway mode: the daemon's configuration and files arrive on an inherited control
 //! socket. The first call opens the node (the vhost-user listener fd, the disk's counters
 //! page, which the gateway keeps across daemons, then one fd per image of the node's
-//! chain, top first, which `formats::chain` opens bottom up); later calls
+//! chain, top first, which `formats::chain` opens bottom up, then one memfd per dirty
+//! bitmap); later calls
 //! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
 //! after a failure) while a serving thread answers the frontend. Events (the write
 //! threshold, failed requests) go back on the same socket. Snapshots (internal, or a new
@@ -15,8 +16,8 @@ use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
 use ipc::{
-    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, RemoteError,
-    SharedBitmap,
+    errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, DirtyBitmapSpec,
+    RemoteError, SharedBitmap,
 };
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE, QUIESCE_TIMEOUT};
@@ -64,9 +65,15 @@ fn open(
         return Err(format!("{} queues: 1 to 64", open.queues));
     }
     let cache = cache_mode(open.cache.direct, open.cache.no_flush);
+    let images: Vec<File> = fds
+        .by_ref()
+        .take(open.layers.len())
+        .map(File::from)
+        .collect();
+    let bitmaps = map_bitmaps(&open.dirty_bitmaps, fds)?;
     let chain = chain::open(
         &open.layers,
-        fds.map(File::from).collect(),
+        images,
         &ChainOptions {
             writable: !open.read_only,
             direct: cache.direct(),
@@ -104,6 +111,11 @@ fn open(
     };
     let stats = Arc::new(Stats::new(&open.stats_intervals, counters));
     let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
+    // Marked from the first request on: a restarted daemon loses no write to a bitmap.
+    device
+        .dirty_bitmaps()
+        .set(bitmaps)
+        .map_err(|e| e.to_string())?;
     let serving = device.clone();
     let listener = UnixListener::from(listener);
     std::thread::Builder::new()
@@ -113,8 +125,23 @@ fn open(
     Ok(device)
 }
 
-fn no_bitmap(name: &str) -> RemoteError {
-    RemoteError::generic(format!("no dirty bitmap named '{name}' here"))
+/// Maps the dirty bitmaps `specs` names, one memfd each from `fds`.
+fn map_bitmaps(
+    specs: &[DirtyBitmapSpec],
+    fds: impl IntoIterator<Item = OwnedFd>,
+) -> Result<Vec<(String, SharedBitmap)>, String> {
+    let mut fds = fds.into_iter();
+    specs
+        .iter()
+        .map(|spec| {
+            let fd = fds
+                .next()
+                .ok_or_else(|| format!("dirty bitmap '{}' came without its memory", spec.name))?;
+            SharedBitmap::map(fd.as_fd(), spec.size, spec.granularity)
+                .map(|b| (spec.name.clone(), b))
+                .map_err(|e| format!("dirty bitmap '{}': {e}", spec.name))
+        })
+        .collect()
 }
 
 /// Answers one management call.
@@ -187,32 +214,16 @@ fn handle(
             .change_backing_file(device, &backing_file, backing_format.as_deref())
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
-        BlockRequest::AddDirtyBitmap(spec) => {
-            let Some(fd) = fds.into_iter().next() else {
-                return Err(RemoteError::generic(
-                    "the dirty bitmap came without its memory",
-                ));
-            };
-            let bitmap = SharedBitmap::map(fd.as_fd(), spec.size, spec.granularity)
-                .map_err(|e| RemoteError::generic(e.to_string()))?;
-            device
-                .dirty_bitmaps()
-                .add(spec.name, bitmap)
-                .map_err(|e| RemoteError::generic(e.to_string()))?;
-            Ok(BlockReply::Done)
-        }
-        BlockRequest::RemoveDirtyBitmap { name } => match device.dirty_bitmaps().remove(&name) {
-            true => Ok(BlockReply::Done),
-            false => Err(no_bitmap(&name)),
-        },
-        BlockRequest::ClearDirtyBitmap { name } => {
+        BlockRequest::SetDirtyBitmaps(specs) => {
+            let bitmaps = map_bitmaps(&specs, fds).map_err(RemoteError::generic)?;
             let _quiesced = device
                 .quiesce(QUIESCE_TIMEOUT)
                 .map_err(|e| RemoteError::generic(e.to_string()))?;
-            match device.dirty_bitmaps().clear(&name) {
-                true => Ok(BlockReply::Done),
-                false => Err(no_bitmap(&name)),
-            }
+            device
+                .dirty_bitmaps()
+                .set(bitmaps)
+                .map_err(|e| RemoteError::generic(e.to_string()))?;
+            Ok(BlockReply::Done)
         }
         BlockRequest::PopTop => snapshots
             .pop_top(device)

@@ -1,21 +1,20 @@
 //! The dirty bitmaps this daemon marks into (block-dirty-bitmap-add): memory the
-//! gateway keeps (`ipc::SharedBitmap`), so that the marks outlive the daemon.
+//! gateway keeps (`ipc::SharedBitmap`), so that the marks outlive the daemon. The gateway
+//! sends the whole set each time it changes; a cleared bitmap is new, clean memory.
 //!
 //! A request is marked just before it goes to the engine, not when it comes off the
-//! ring: one held back by the I/O limits is marked when it goes, and a bitmap cleared
-//! with the device quiesced (nothing in the engine then) misses no write that lands
-//! after the clear. Discards the node ignores (discard=ignore) never reach the engine
+//! ring: one held back by the I/O limits is marked when it goes, and as a new set is
+//! swapped in with the device quiesced (nothing in the engine then), a cleared bitmap
+//! misses no write that lands after the clear. Discards the node ignores (discard=ignore) never reach the engine
 //! and change nothing, so they mark nothing, as in QEMU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as MAX_BITMAPS;
 use ipc::SharedBitmap;
 use parking_lot::RwLock;
 
 use crate::request::{Kind, Request, SECTOR_SHIFT};
-
-/// Bitmaps per disk: each costs a mapping and a little time per write.
-pub const MAX_BITMAPS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 #[error("a disk marks into at most {MAX_BITMAPS} dirty bitmaps")]
@@ -29,38 +28,16 @@ pub struct DirtyBitmaps {
 }
 
 impl DirtyBitmaps {
-    /// Marks into `bitmap` from now on, in place of one named `name`.
-    pub fn add(&self, name: String, bitmap: SharedBitmap) -> Result<(), TooManyBitmaps> {
-        let mut all = self.bitmaps.write();
-        if let Some(slot) = all.iter_mut().find(|(n, _)| *n == name) {
-            slot.1 = bitmap;
-        } else if all.len() >= MAX_BITMAPS {
+    /// Marks into exactly `bitmaps` from now on. The caller quiesces the device first:
+    /// a write in flight was marked in the memory it replaces.
+    pub fn set(&self, bitmaps: Vec<(String, SharedBitmap)>) -> Result<(), TooManyBitmaps> {
+        if bitmaps.len() > MAX_BITMAPS {
             return Err(TooManyBitmaps);
-        } else {
-            all.push((name, bitmap));
         }
-        self.any.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Stops marking into `name`; whether there was one.
-    pub fn remove(&self, name: &str) -> bool {
         let mut all = self.bitmaps.write();
-        let before = all.len();
-        all.retain(|(n, _)| n != name);
-        self.any.store(!all.is_empty(), Ordering::SeqCst);
-        all.len() != before
-    }
-
-    /// Cleans `name`; whether there is one. The caller quiesces the device first, or a
-    /// write in flight may land after its mark was cleared.
-    pub fn clear(&self, name: &str) -> bool {
-        let all = self.bitmaps.read();
-        let found = all.iter().find(|(n, _)| n == name);
-        if let Some((_, b)) = found {
-            b.clear();
-        }
-        found.is_some()
+        self.any.store(!bitmaps.is_empty(), Ordering::SeqCst);
+        *all = bitmaps;
+        Ok(())
     }
 
     /// Marks what `req` changes in every bitmap (reads, flushes: nothing).
@@ -116,7 +93,7 @@ mod tests {
     fn writes_write_zeroes_and_discards_mark_reads_and_flushes_do_not() {
         let bitmaps = DirtyBitmaps::default();
         let (seen, daemon) = gateway_and_daemon_maps(1 << 20, 4096);
-        bitmaps.add("b0".into(), daemon).unwrap();
+        bitmaps.set(vec![("b0".into(), daemon)]).unwrap();
         bitmaps.mark(&request(Kind::Read, 0, 4096));
         bitmaps.mark(&request(Kind::Flush, 0, 0));
         assert_eq!(seen.dirty_bytes(), 0);
@@ -137,35 +114,28 @@ mod tests {
     }
 
     #[test]
-    fn a_bitmap_added_again_replaces_and_a_removed_one_is_left_alone() {
+    fn a_new_set_replaces_the_old_one_whole() {
         let bitmaps = DirtyBitmaps::default();
         let (first, daemon) = gateway_and_daemon_maps(1 << 20, 65536);
-        bitmaps.add("b".into(), daemon).unwrap();
+        bitmaps.set(vec![("b".into(), daemon)]).unwrap();
         let (second, daemon) = gateway_and_daemon_maps(1 << 20, 65536);
-        bitmaps.add("b".into(), daemon).unwrap();
+        bitmaps.set(vec![("b".into(), daemon)]).unwrap();
         bitmaps.mark(&request(Kind::Write, 0, 512));
         assert_eq!((first.dirty_bytes(), second.dirty_bytes()), (0, 65536));
-        assert!(bitmaps.clear("b"));
-        assert_eq!(second.dirty_bytes(), 0);
-        assert!(bitmaps.remove("b"));
-        assert!(!bitmaps.remove("b") && !bitmaps.clear("b"));
-        bitmaps.mark(&request(Kind::Write, 0, 512));
-        assert_eq!(second.dirty_bytes(), 0);
+        bitmaps.set(Vec::new()).unwrap();
+        bitmaps.mark(&request(Kind::Write, 65536, 512));
+        assert_eq!(second.dirty_bytes(), 65536, "an empty set marks nothing");
     }
 
     #[test]
     fn no_more_than_the_limit() {
         let bitmaps = DirtyBitmaps::default();
-        for i in 0..MAX_BITMAPS {
-            let (_, daemon) = gateway_and_daemon_maps(4096, 512);
-            bitmaps.add(format!("b{i}"), daemon).unwrap();
-        }
-        let (_, daemon) = gateway_and_daemon_maps(4096, 512);
-        assert!(bitmaps.add("one more".into(), daemon).is_err());
-        let (_, daemon) = gateway_and_daemon_maps(4096, 512);
-        assert!(
-            bitmaps.add("b0".into(), daemon).is_ok(),
-            "replacing is not adding"
-        );
+        let set = |n: usize| -> Vec<(String, SharedBitmap)> {
+            (0..n)
+                .map(|i| (format!("b{i}"), gateway_and_daemon_maps(4096, 512).1))
+                .collect()
+        };
+        assert!(bitmaps.set(set(MAX_BITMAPS)).is_ok());
+        assert!(bitmaps.set(set(MAX_BITMAPS + 1)).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! bits are a valid bitmap, and bits past the disk's last chunk are ignored. The memfd is
 //! sealed against shrinking, so a daemon cannot make the gateway's mapping fault.
 
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +17,10 @@ use crate::shm::{self, SharedMapping};
 /// The finest and coarsest granularity (bytes per bit), as QEMU allows them.
 pub const MIN_GRANULARITY: u64 = 512;
 pub const MAX_GRANULARITY: u64 = 1 << 31;
+
+/// Bitmaps a disk's daemon marks into at most: each costs a mapping and a little time
+/// per write.
+pub const MAX_BITMAPS_PER_DISK: usize = 64;
 
 /// The largest bitmap mapped (a 1 TiB disk at 512 bytes per bit): a size that would need
 /// more is refused rather than allocated.
@@ -33,6 +38,8 @@ pub enum BitmapError {
     TooLarge { size: u64, granularity: u64 },
     #[error("dirty bitmap memory is {len} bytes, {need} needed")]
     TooSmall { len: u64, need: u64 },
+    #[error("dirty bitmaps of {ours} and {theirs} bytes per bit cannot be merged")]
+    Incompatible { ours: u64, theirs: u64 },
 }
 
 /// Whether `granularity` is one QEMU takes.
@@ -177,27 +184,80 @@ impl SharedBitmap {
     }
 
     /// Every chunk clean again.
-    pub fn clear(&self) {
+    #[cfg(test)]
+    fn clear(&self) {
         for w in self.words() {
             w.store(0, Ordering::Relaxed);
         }
     }
 
+    /// Word `i` of `words`, without the bits past chunk `chunks` (whatever a daemon
+    /// left there means nothing).
+    fn word_within(words: &[AtomicU64], i: usize, chunks: u64) -> u64 {
+        let v = words[i].load(Ordering::Relaxed);
+        let past = (i as u64 + 1) * 64;
+        if past > chunks {
+            v & ((1u64 << (64 - (past - chunks))) - 1)
+        } else {
+            v
+        }
+    }
+
+    /// The words that may have a bit set: those in memory that was ever written. With
+    /// the fd (the gateway's mapping), holes are skipped, since reading them would
+    /// allocate them (256 MiB for a clean bitmap of a 1 TiB disk at 512 bytes per bit);
+    /// without it, all of them.
+    fn written_words(&self) -> Vec<Range<usize>> {
+        let n = self.words().len();
+        let Some(fd) = &self.fd else {
+            return std::iter::once(0..n).collect();
+        };
+        match shm::data_ranges(fd.as_fd(), n as u64 * 8) {
+            Ok(ranges) => ranges
+                .into_iter()
+                .map(|r| (r.start / 8) as usize..(r.end.div_ceil(8) as usize).min(n))
+                .collect(),
+            // Slower, never wrong.
+            Err(_) => std::iter::once(0..n).collect(),
+        }
+    }
+
     /// Dirty bytes, a whole granularity per dirty chunk (as QEMU counts them).
     pub fn dirty_bytes(&self) -> u64 {
-        let chunks = self.chunks();
-        let words = self.words();
-        let mut bits = 0u64;
-        for (i, w) in words.iter().enumerate() {
-            let mut v = w.load(Ordering::Relaxed);
-            // Bits past the last chunk mean nothing, whatever a daemon left there.
-            let past = (i as u64 + 1) * 64;
-            if past > chunks {
-                v &= (1u64 << (64 - (past - chunks))) - 1;
-            }
-            bits += u64::from(v.count_ones());
-        }
+        let (chunks, words) = (self.chunks(), self.words());
+        let bits: u64 = self
+            .written_words()
+            .into_iter()
+            .flatten()
+            .map(|i| u64::from(Self::word_within(words, i, chunks).count_ones()))
+            .sum();
         bits * self.granularity
+    }
+
+    /// Marks every chunk `other` has dirty, as far as both cover the disk (a grown
+    /// copy, or marks to give back to a bitmap cleared by a transaction that failed).
+    pub fn merge_from(&self, other: &SharedBitmap) -> Result<(), BitmapError> {
+        if other.granularity != self.granularity {
+            return Err(BitmapError::Incompatible {
+                ours: self.granularity,
+                theirs: other.granularity,
+            });
+        }
+        let chunks = self.chunks().min(other.chunks());
+        let (mine, theirs) = (self.words(), other.words());
+        let common = chunks.div_ceil(64) as usize;
+        for i in other
+            .written_words()
+            .into_iter()
+            .flatten()
+            .take_while(|&i| i < common)
+        {
+            let v = Self::word_within(theirs, i, chunks);
+            if v != 0 {
+                mine[i].fetch_or(v, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,6 +328,64 @@ mod tests {
         // A misbehaving daemon sets every bit of the word.
         b.words()[0].store(u64::MAX, Ordering::Relaxed);
         assert_eq!(b.dirty_bytes(), 10 * 512);
+    }
+
+    #[test]
+    fn a_merge_marks_what_either_has_as_far_as_both_cover() {
+        // 130 chunks merged into a copy grown to 300, and back into one of 100.
+        let small = SharedBitmap::create(130 * 512, 512).unwrap();
+        small.mark(0, 512);
+        small.mark(64 * 512, 512);
+        small.mark(129 * 512, 512);
+        // A daemon's stray bit past the small one's end is not carried over.
+        small.words()[2].fetch_or(1 << 5, Ordering::Relaxed);
+        let grown = SharedBitmap::create(300 * 512, 512).unwrap();
+        grown.mark(200 * 512, 512);
+        grown.merge_from(&small).unwrap();
+        let dirty: Vec<u64> = (0..300).filter(|c| grown.is_dirty(c * 512)).collect();
+        assert_eq!(dirty, [0, 64, 129, 200]);
+        let shrunk = SharedBitmap::create(100 * 512, 512).unwrap();
+        shrunk.merge_from(&grown).unwrap();
+        assert_eq!(shrunk.dirty_bytes(), 2 * 512);
+        let coarse = SharedBitmap::create(130 * 512, 4096).unwrap();
+        assert!(matches!(
+            coarse.merge_from(&small),
+            Err(BitmapError::Incompatible {
+                ours: 4096,
+                theirs: 512
+            })
+        ));
+    }
+
+    /// Pages of `b`'s memfd that hold memory.
+    fn resident_pages(b: &SharedBitmap) -> u64 {
+        let len = crate::shm::file_len(b.fd().unwrap()).unwrap();
+        crate::shm::data_ranges(b.fd().unwrap(), len)
+            .unwrap()
+            .iter()
+            .map(|r| (r.end - r.start).div_ceil(PAGE))
+            .sum()
+    }
+
+    #[test]
+    fn counting_and_merging_read_only_the_pages_that_were_written() {
+        // 256 MiB of bitmap memory: a 1 TiB disk at 512 bytes per bit.
+        let big = SharedBitmap::create(1 << 40, 512).unwrap();
+        assert_eq!(big.dirty_bytes(), 0);
+        assert_eq!(
+            resident_pages(&big),
+            0,
+            "counting a clean bitmap allocated it"
+        );
+        let daemon = second_mapping(&big);
+        daemon.mark(0, 512);
+        daemon.mark((1 << 40) - 512, 512);
+        assert_eq!(big.dirty_bytes(), 1024);
+        assert_eq!(resident_pages(&big), 2);
+        let copy = SharedBitmap::create(1 << 40, 512).unwrap();
+        copy.merge_from(&big).unwrap();
+        assert_eq!(copy.dirty_bytes(), 1024);
+        assert_eq!((resident_pages(&big), resident_pages(&copy)), (2, 2));
     }
 
     #[test]

@@ -11,8 +11,10 @@ use crate::fds::{recv_with_fds, send_with_fds};
 
 /// Largest payload accepted (the biggest message, a VM launch, is far smaller).
 pub const MAX_FRAME: usize = 1 << 20;
-/// Most fds one frame may carry.
-pub const MAX_FDS: usize = 16;
+/// Most fds one frame may carry: a block daemon's open of the deepest chain (64 images)
+/// with the most dirty bitmaps (64) and its listener and counters needs 130. Within the
+/// kernel's SCM_MAX_FD (253).
+pub const MAX_FDS: usize = 192;
 const HEADER: usize = 8;
 
 pub fn write_frame(

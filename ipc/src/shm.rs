@@ -3,6 +3,7 @@
 
 use std::ffi::CStr;
 use std::fs::File;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -35,6 +36,36 @@ pub fn memfd(name: &CStr, len: u64, seal_shrink: bool) -> std::io::Result<OwnedF
 /// The length of the file behind `fd`.
 pub fn file_len(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     Ok(File::from(fd.try_clone_to_owned()?).metadata()?.len())
+}
+
+/// The byte ranges of the first `len` bytes of `fd` that hold memory: a memfd's pages
+/// that were never written are holes, and reading them through a mapping would allocate
+/// them.
+pub fn data_ranges(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<Vec<Range<u64>>> {
+    let end = i64::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while at < end {
+        // SAFETY: lseek on an fd the caller holds.
+        let data = unsafe { libc::lseek(fd.as_raw_fd(), at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data from `at` on.
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(out),
+                _ => Err(e),
+            };
+        }
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { end } else { hole.min(end) };
+        out.push(data as u64..hole as u64);
+        at = hole;
+    }
+    Ok(out)
 }
 
 /// A read-write shared mapping of the first `len` bytes of a file; unmapped on drop.

@@ -244,6 +244,7 @@ pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
         on_read_error: ipc::OnError::Report,
         on_write_error: ipc::OnError::Enospc,
         layers,
+        dirty_bitmaps: vec![],
     }
 }
 

@@ -67,3 +67,28 @@ pub fn descendants(pid: i32) -> Vec<ProcId> {
     found.sort();
     found
 }
+
+/// The live (not zombie) child of `parent` whose command line holds `command`, waited
+/// for up to `timeout` (a daemon being restarted); panics if none comes.
+pub fn live_child(parent: i32, command: &str, timeout: std::time::Duration) -> i32 {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let found = std::fs::read_dir("/proc").ok().and_then(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .find(|&pid| {
+                    let cmd =
+                        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    stat(pid).is_some_and(|(state, pp, _)| pp == parent && state != 'Z')
+                        && cmd.contains(command)
+                })
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {command} under process {parent} within {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

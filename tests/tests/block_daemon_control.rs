@@ -1,7 +1,8 @@
 //! block-daemon in gateway mode, driven by the test as the gateway would (its control
 //! socket, the image and listener as fds), with bad input on both of its channels: a
 //! gateway that hangs up or starts with the wrong call, an image too small, a throttle
-//! state page or counters page too small, and a vhost-user frontend that hangs up in the
+//! state page, counters page or dirty bitmap's memory too small (at the open and later),
+//! and a vhost-user frontend that hangs up in the
 //! middle of a message; a chain of layers that does not match its fds, and damaged qcow2
 //! images (refused with QEMU's words, qemu-img being the oracle). Each gets a clear error,
 //! and the daemon keeps serving what it can (a frontend that comes after the broken ones
@@ -17,8 +18,8 @@ use flotilla_tests::blk::{
 };
 use flotilla_tests::{TempDir, Vm};
 use ipc::{
-    BlockCounters, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, ImageFormat,
-    ImageLayer, RemoteError, ThrottleLimits, ToBlock,
+    BlockCounters, BlockOpen, BlockReply, BlockRequest, Connection, DirtyBitmapSpec, FromBlock,
+    ImageFormat, ImageLayer, RemoteError, SharedBitmap, ThrottleLimits, ToBlock,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -195,6 +196,44 @@ fn a_counters_page_smaller_than_its_layout_is_refused() {
 }
 
 #[test]
+fn an_open_whose_dirty_bitmap_memory_is_short_is_refused() {
+    let dir = TempDir::new("bd-control-bitmap");
+    let image = dir.path().join("d.img");
+    empty_image(&image, 1 << 20);
+    let (mut vm, conn, listener) = daemon_in(dir.path());
+    let counters = BlockCounters::create().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let memory = SharedBitmap::create(1 << 20, 65536).unwrap();
+    let config = BlockOpen {
+        dirty_bitmaps: vec![DirtyBitmapSpec {
+            name: "b".into(),
+            size: 1 << 40,
+            granularity: 512,
+        }],
+        ..open_config()
+    };
+    call(
+        &conn,
+        1,
+        BlockRequest::Open(config),
+        &[
+            listener.as_fd(),
+            counters.fd().as_fd(),
+            file.as_fd(),
+            memory.fd().unwrap(),
+        ],
+    );
+    let err = answer(&conn).unwrap_err();
+    let why = "dirty bitmap 'b': dirty bitmap memory is 4096 bytes, 268435456 needed";
+    assert_eq!(err.desc, why);
+    expect_failure(&mut vm, why);
+}
+
+#[test]
 fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
     let dir = TempDir::new("bd-control-serving");
     let image = dir.path().join("d.img");
@@ -223,6 +262,38 @@ fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
     );
     let err = answer(&conn).unwrap_err();
     assert!(err.desc.contains("smaller than"), "{err:?}");
+
+    // Dirty bitmaps whose memory is smaller than their size needs, or whose granularity
+    // is not one: refused, and the set marked into stays as it was.
+    let memory = SharedBitmap::create(1 << 20, 512).unwrap();
+    for (id, size, granularity, why) in [
+        (
+            10,
+            1u64 << 30,
+            512,
+            "dirty bitmap 'b': dirty bitmap memory is 4096 bytes, 262144 needed",
+        ),
+        (
+            11,
+            1 << 20,
+            1000,
+            "dirty bitmap 'b': granularity 1000 is not a power of 2",
+        ),
+    ] {
+        let spec = DirtyBitmapSpec {
+            name: "b".into(),
+            size,
+            granularity,
+        };
+        call(
+            &conn,
+            id,
+            BlockRequest::SetDirtyBitmaps(vec![spec]),
+            &[memory.fd().unwrap()],
+        );
+        let err = answer(&conn).unwrap_err();
+        assert!(err.desc.starts_with(why), "{err:?}");
+    }
 
     // A frontend that sends half a vhost-user header and hangs up; then another that
     // hangs up at once. The daemon goes back to listening after each.

@@ -13,7 +13,7 @@
 //! The same kills land on a qcow2 disk while it allocates (qemu-img is the oracle after).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_tests::blk::{
     expect_verify_done, first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok,
@@ -164,35 +164,7 @@ fn check_counters(c: &mut QmpClient, gw: &Gateway, before: &Value) -> Value {
 
 /// The current daemon's pid, from its process list entry (our grandchild).
 fn daemon_pid(gw: &Gateway) -> i32 {
-    let me = gw.vm.pid();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let found = std::fs::read_dir("/proc").ok().and_then(|dir| {
-            dir.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .find(|pid| {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    let cmd =
-                        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    // Field 4 of stat is the parent pid (after "pid (comm) state").
-                    let ppid = stat
-                        .rsplit(')')
-                        .next()
-                        .and_then(|r| r.split_whitespace().nth(1))
-                        .and_then(|p| p.parse::<i32>().ok());
-                    ppid == Some(me) && cmd.contains("block-daemon") && !stat.contains(") Z")
-                })
-        });
-        if let Some(pid) = found {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no block daemon under the gateway"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT)
 }
 
 fn kill9(pid: i32) {

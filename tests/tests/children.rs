@@ -585,32 +585,38 @@ fn failed_start(dir: &TempDir, extra: &[&str], limit: u64) -> String {
     vm.transcript()
 }
 
-/// Below what vmm-core needs for this VM (two vCPUs, two disks of 16 queues: 164 files),
-/// the start fails and says so, once the daemons (152 each) are up.
+/// Below what vmm-core needs for this VM (two vCPUs, four disks of 16 queues: 308 files),
+/// the start fails and says so, once the daemons (216 each) are up.
 #[test]
 fn a_hard_limit_below_what_vmm_core_needs_fails_saying_so() {
     let dir = TempDir::new("children-nofile-vmm");
-    let d0 = pattern_drive(&dir, "d0.img", 16);
-    let d1 = pattern_drive(&dir, "d1.img", 16);
-    let out = failed_start(&dir, &["--drive", &d0, "--drive", &d1], 160);
+    let drives: Vec<String> = (0..4)
+        .map(|i| pattern_drive(&dir, &format!("d{i}.img"), 16))
+        .collect();
+    let args: Vec<&str> = drives
+        .iter()
+        .flat_map(|d| ["--drive", d.as_str()])
+        .collect();
+    let out = failed_start(&dir, &args, 300);
     assert!(
         out.contains(
-            "RLIMIT_NOFILE: vmm-core needs 164 open files for this VM (2 vCPUs, 2 devices \
-             with 32 queues), but its hard limit is 160"
+            "RLIMIT_NOFILE: vmm-core needs 308 open files for this VM (2 vCPUs, 4 devices \
+             with 64 queues), but its hard limit is 300"
         ),
         "{out}"
     );
 }
 
-/// Below what a block daemon needs at most (152 with 16 queues, a chain of 64 images and
-/// the early-link ring of an O_DIRECT qcow2 top), it fails and says so.
+/// Below what a block daemon needs at most (216 with 16 queues, a chain of 64 images, the
+/// early-link ring of an O_DIRECT qcow2 top and a set of 64 dirty bitmaps), it fails and
+/// says so.
 #[test]
 fn a_hard_limit_below_what_a_daemon_needs_fails_saying_so() {
     let dir = TempDir::new("children-nofile-daemon");
     let d0 = pattern_drive(&dir, "d0.img", 1);
     let out = failed_start(&dir, &["--drive", &d0], 64);
     assert!(
-        out.contains("RLIMIT_NOFILE: block-daemon needs 152 open files, but its hard limit is 64"),
+        out.contains("RLIMIT_NOFILE: block-daemon needs 216 open files, but its hard limit is 64"),
         "{out}"
     );
 }

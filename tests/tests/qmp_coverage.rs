@@ -70,6 +70,7 @@ fn coverage_doc_matches_the_command_table() {
             Some(c) => {
                 let status = match c.coverage {
                     Coverage::Done => "done",
+                    Coverage::Partly => "partly",
                     Coverage::NoDevice => "no device",
                 };
                 assert_eq!(row.status, status, "status of {name}");

@@ -38,6 +38,8 @@ enum Compare {
     Shape,
     /// Same value once these members' values are replaced by their shapes (fd numbers).
     ValueBut(&'static [&'static str]),
+    /// Same shape, and the same value at this JSON pointer into the reply.
+    ShapeAndValueAt(&'static str),
 }
 
 /// One message sent to both, with an fd of its own for each where it passes one.
@@ -246,7 +248,7 @@ fn message(command: &str, arguments: Value, id: &str) -> Vec<u8> {
 fn sample(ty: Ty) -> Value {
     match ty {
         Ty::Str => json!("x"),
-        Ty::Int | Ty::Uint => json!(1),
+        Ty::Int | Ty::Uint | Ty::U32 => json!(1),
         Ty::Bool => json!(true),
         Ty::Number => json!(1.5),
         Ty::Any | Ty::Null => Value::Null,
@@ -388,7 +390,9 @@ fn wrong(ty: Ty) -> Option<Value> {
     match ty {
         Ty::Any => None,
         Ty::Str => Some(json!(1)),
-        Ty::Int | Ty::Uint | Ty::Bool | Ty::Number | Ty::Null | Ty::Array(_) => Some(json!("x")),
+        Ty::Int | Ty::Uint | Ty::U32 | Ty::Bool | Ty::Number | Ty::Null | Ty::Array(_) => {
+            Some(json!("x"))
+        }
         Ty::Named(name) => match TYPES.get(name).map(|t| t.kind) {
             Some(TypeKind::Enum(_)) => Some(json!(1)),
             _ => Some(json!("x")),
@@ -399,6 +403,98 @@ fn wrong(ty: Ty) -> Option<Value> {
 /// Our own commands, which QEMU does not have.
 fn ours_only(name: &str) -> bool {
     name.starts_with("__io.flotilla_")
+}
+
+/// Dirty bitmaps on d0 (node disk0): QEMU's checks in QEMU's order, what query-block and
+/// query-named-block-nodes list, transactions that fail and that do not.
+fn bitmap_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool)) {
+    use Compare::Value as Same;
+    let bitmap = |node: &str, name: &str| json!({"node": node, "name": name});
+    let action = |kind: &str, data: Value| json!({"type": kind, "data": data});
+    {
+        let mut both = |command: &str, arguments: Value| add(command, arguments, Same, false);
+        both("block-dirty-bitmap-add", bitmap("d0", "b0"));
+        both("block-dirty-bitmap-add", bitmap("disk0", "b0"));
+        both("block-dirty-bitmap-add", bitmap("d0", ""));
+        both("block-dirty-bitmap-add", bitmap("nope", "x"));
+        both("block-dirty-bitmap-add", bitmap("nope", ""));
+        both("block-dirty-bitmap-add", bitmap("d0", &"n".repeat(1024)));
+        both("block-dirty-bitmap-add", bitmap("d0", &"n".repeat(1023)));
+        both("block-dirty-bitmap-remove", bitmap("d0", &"n".repeat(1023)));
+        for granularity in [
+            json!(256),
+            json!(1000),
+            json!(0),
+            json!(1u64 << 32),
+            json!(-1),
+            json!("x"),
+        ] {
+            both(
+                "block-dirty-bitmap-add",
+                json!({"node": "d0", "name": "g", "granularity": granularity}),
+            );
+        }
+        both(
+            "block-dirty-bitmap-add",
+            json!({"node": "nope", "name": "g", "granularity": 256}),
+        );
+        both(
+            "block-dirty-bitmap-add",
+            json!({"node": "disk0", "name": "coarse", "granularity": 1u64 << 31}),
+        );
+        both(
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "p", "persistent": true}),
+        );
+        both(
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "off", "disabled": true, "granularity": 512}),
+        );
+        for command in ["block-dirty-bitmap-remove", "block-dirty-bitmap-clear"] {
+            both(command, bitmap("d0", "nob"));
+            both(command, bitmap("nope", "b0"));
+        }
+        both("block-dirty-bitmap-clear", bitmap("disk0", "b0"));
+        // The failing clear undoes the add before it.
+        both(
+            "transaction",
+            json!({"actions": [
+                action("block-dirty-bitmap-add", bitmap("d0", "t1")),
+                action("block-dirty-bitmap-clear", bitmap("d0", "nob")),
+            ]}),
+        );
+        both("block-dirty-bitmap-remove", bitmap("d0", "t1"));
+        both(
+            "transaction",
+            json!({"actions": [
+                action("block-dirty-bitmap-add", bitmap("d0", "t2")),
+                action("block-dirty-bitmap-clear", bitmap("d0", "b0")),
+            ]}),
+        );
+        both(
+            "transaction",
+            json!({"actions": [
+                action("block-dirty-bitmap-add", json!({"node": "d0", "name": "t3", "granularity": 3})),
+            ]}),
+        );
+    }
+    add(
+        "query-block",
+        json!({}),
+        Compare::ShapeAndValueAt("/return/0/inserted/dirty-bitmaps"),
+        false,
+    );
+    add(
+        "query-named-block-nodes",
+        json!({}),
+        Compare::ShapeAndValueAt("/return/0/dirty-bitmaps"),
+        false,
+    );
+    let mut both = |command: &str, arguments: Value| add(command, arguments, Same, false);
+    for name in ["t2", "coarse", "off", "b0"] {
+        both("block-dirty-bitmap-remove", bitmap("disk0", name));
+    }
+    both("block-dirty-bitmap-remove", bitmap("disk0", "b0"));
 }
 
 /// Commands that change the VM's state (run, stop, reset, quit, signal the guest):
@@ -701,6 +797,7 @@ fn written_out(spare: &str) -> Vec<Exchange> {
         Same,
         false,
     );
+    bitmap_exchanges(&mut add);
     add("query-block", json!({}), Shape, false);
     add("query-blockstats", json!({}), Shape, false);
     // Net commands.
@@ -1016,6 +1113,7 @@ fn same_answer(compare: Compare, q: &[Value], g: &[Value]) -> bool {
         }
         Compare::Shape => q == g,
         Compare::ValueBut(keys) => masked(q, keys) == masked(g, keys),
+        Compare::ShapeAndValueAt(at) => shape(q) == shape(g) && q.pointer(at) == g.pointer(at),
     })
 }
 

@@ -179,6 +179,9 @@ pub struct BlockOpen {
     pub on_write_error: OnError,
     /// The image chain, top first (at least one).
     pub layers: Vec<ImageLayer>,
+    /// The dirty bitmaps to mark into from the first request on (their memfds follow
+    /// the images'), as `BlockRequest::SetDirtyBitmaps` sets them.
+    pub dirty_bitmaps: Vec<DirtyBitmapSpec>,
 }
 
 /// One leaky bucket of a throttle configuration (QEMU's LeakyBucket settings).
@@ -225,7 +228,8 @@ impl ThrottleLimits {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum BlockRequest {
     /// Must come first; answered with `Opened`. Carries the listener, the disk's counters
-    /// page (`crate::BlockCounters`) and one image fd per layer.
+    /// page (`crate::BlockCounters`), one image fd per layer and one memfd per dirty
+    /// bitmap.
     Open(BlockOpen),
     /// Answered with `Stats`.
     Stats,
@@ -260,16 +264,13 @@ pub enum BlockRequest {
         backing_file: String,
         backing_format: Option<String>,
     },
-    /// From now on mark the chunks writes, write-zeroes and discards reach in this dirty
-    /// bitmap (its memfd comes with the call: `crate::SharedBitmap`), in place of any of
-    /// the same name. The gateway sends each of the disk's bitmaps after `Open`, and
-    /// again, grown, before a `Resize` that grows the disk.
-    AddDirtyBitmap(DirtyBitmapSpec),
-    /// Stop marking into the dirty bitmap of this name.
-    RemoveDirtyBitmap { name: String },
-    /// Quiesce, clean the dirty bitmap of this name, resume: with nothing in flight, no
-    /// write lands after its mark was cleaned.
-    ClearDirtyBitmap { name: String },
+    /// Quiesce, then mark the chunks writes, write-zeroes and discards reach in exactly
+    /// these dirty bitmaps (their memfds come with the call, one each, in order:
+    /// `crate::SharedBitmap`), in place of those marked into so far; resume. With nothing
+    /// in flight at the swap, a write is in the old memory or the new one, never lost
+    /// in between: the gateway clears a bitmap, grows it or stops marking into it by
+    /// sending the set again with other memory.
+    SetDirtyBitmaps(Vec<DirtyBitmapSpec>),
     /// Stop serving and exit.
     Quit,
 }
@@ -288,10 +289,10 @@ pub struct DirtyBitmapSpec {
 impl Message for BlockRequest {
     fn fd_count(&self) -> usize {
         match self {
-            BlockRequest::Open(open) => 2 + open.layers.len(),
+            BlockRequest::Open(open) => 2 + open.layers.len() + open.dirty_bitmaps.len(),
             BlockRequest::SetThrottle(Some(_)) => 1,
             BlockRequest::PushTop(_) => 1,
-            BlockRequest::AddDirtyBitmap(_) => 1,
+            BlockRequest::SetDirtyBitmaps(set) => set.len(),
             _ => 0,
         }
     }
@@ -419,6 +420,11 @@ mod tests {
                     filename: "/base.raw".into(),
                 },
             ],
+            dirty_bitmaps: vec![DirtyBitmapSpec {
+                name: "b".into(),
+                size: 1 << 20,
+                granularity: 65536,
+            }],
         });
         assert_eq!(
             ToBlock {
@@ -426,13 +432,20 @@ mod tests {
                 request: open
             }
             .fd_count(),
-            4
+            5
         );
         let limits = ThrottleLimits::default();
         assert_eq!(BlockRequest::SetThrottle(Some(limits)).fd_count(), 1);
         assert_eq!(BlockRequest::SetThrottle(None).fd_count(), 0);
         assert_eq!(BlockRequest::Stats.fd_count(), 0);
         assert_eq!(BlockRequest::Resume.fd_count(), 0);
+        let spec = |name: &str| DirtyBitmapSpec {
+            name: name.into(),
+            size: 4096,
+            granularity: 512,
+        };
+        let set = BlockRequest::SetDirtyBitmaps(vec![spec("a"), spec("b")]);
+        assert_eq!(set.fd_count(), 2);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Instant;
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
 use parking_lot::Mutex;
 
+use super::bitmaps::DirtyBitmap;
 use super::daemon_stats::StatsCache;
 use super::error::BlockError;
 use super::health::Health;
@@ -102,6 +103,9 @@ pub struct Disk {
     pub health: Arc<Health>,
     /// Its counters (kept across daemons) and its daemon's last latency windows.
     pub stats: Arc<StatsCache>,
+    /// The dirty bitmaps on the nodes of its chain, oldest first (each daemon marks
+    /// into those of the top node from its open on).
+    pub bitmaps: Vec<DirtyBitmap>,
 }
 
 /// What starting a daemon for a disk needs, taken from the disk so that the start (which
@@ -117,6 +121,8 @@ pub struct Launch {
     health: Arc<Health>,
     /// The disk's counters page: the new daemon counts on from what is there.
     counters: OwnedFd,
+    /// The memfds of the dirty bitmaps it marks into (`config.dirty_bitmaps`).
+    bitmaps: Vec<OwnedFd>,
 }
 
 impl Disk {
@@ -136,16 +142,21 @@ impl Disk {
             },
             None => None,
         };
+        let (dirty_bitmaps, bitmaps) = self.bitmap_set()?;
         Ok(Launch {
             binary: self.binary.clone(),
             id: self.id.clone(),
-            config: self.config.clone(),
+            config: BlockOpen {
+                dirty_bitmaps,
+                ..self.config.clone()
+            },
             images: self.images.clone(),
             listener: OwnedFd::from(self.listener.try_clone().map_err(BlockError::DupImage)?),
             throttle,
             nodes: self.nodes.clone(),
             health: self.health.clone(),
             counters: dup(self.stats.counters().fd())?,
+            bitmaps,
         })
     }
 
@@ -224,6 +235,7 @@ impl Launch {
             &[self.listener.as_fd(), self.counters.as_fd()]
                 .into_iter()
                 .chain(self.images.iter().map(|i| i.as_fd()))
+                .chain(self.bitmaps.iter().map(|b| b.as_fd()))
                 .collect::<Vec<_>>(),
         )?;
         if let Some((limits, state)) = &self.throttle {

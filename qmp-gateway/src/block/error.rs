@@ -3,6 +3,7 @@
 
 use ipc::errno_text;
 
+use super::bitmaps::BitmapError;
 use super::lock::LockError;
 use super::throttle::ThrottleError;
 use crate::children::daemon::DaemonError;
@@ -143,6 +144,8 @@ pub enum BlockError {
     ResizeLock(LockError),
     #[error(transparent)]
     Throttle(#[from] ThrottleError),
+    #[error(transparent)]
+    Bitmap(#[from] BitmapError),
     #[error("throttle group state: {0}")]
     ThrottleGroup(std::io::Error),
     #[error(transparent)]

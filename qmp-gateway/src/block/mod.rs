@@ -11,6 +11,7 @@
 //! thresholds) and is held across those calls. `changes` is always taken first.
 
 mod backing_file;
+pub mod bitmaps;
 mod daemon_stats;
 pub mod disk;
 pub mod drive;
@@ -351,6 +352,8 @@ impl BlockLayer {
             on_read_error,
             on_write_error,
             layers,
+            // Sent with each start, from the disk's bitmaps.
+            dirty_bitmaps: Vec::new(),
         };
         let health = Health::new(
             &id,
@@ -385,6 +388,7 @@ impl BlockLayer {
             last_end: String::new(),
             health,
             stats: Arc::new(StatsCache::new().map_err(BlockError::Counters)?),
+            bitmaps: Vec::new(),
         };
         let pid = disk.start(&state.groups, &self.hooks)?;
         let stream = disk.connect()?;

@@ -25,7 +25,8 @@ const MAX_LENGTH: i64 = i64::MAX & !((1 << 30) - 1);
 
 /// What a resize acts through: the daemon of the disk using the node, or the image.
 enum Target {
-    Daemon(Arc<Link<BlockProtocol>>, u32),
+    /// A disk's daemon: (its link, the disk's index and id).
+    Daemon(Arc<Link<BlockProtocol>>, u32, String),
     Image(Arc<OwnedFd>),
 }
 
@@ -118,7 +119,9 @@ impl BlockLayer {
                 .image_node(&name)
                 .is_some_and(|n| n.qcow2.is_some());
             let target = match state.disk_of_node(&name) {
-                Some(disk) => Target::Daemon(disk.daemon()?.link.clone(), disk.index),
+                Some(disk) => {
+                    Target::Daemon(disk.daemon()?.link.clone(), disk.index, disk.id.clone())
+                }
                 // Only a daemon resizes a qcow2 image (its tables, not the file's length).
                 None if qcow2 => return Err(BlockError::ResizeUnserved(name.clone())),
                 None => {
@@ -149,8 +152,14 @@ impl BlockLayer {
         // Raw images are whole sectors (MAX_LENGTH is, so this cannot overflow).
         let bytes = (size as u64).div_ceil(512) * 512;
         match target {
-            Target::Daemon(link, index) => {
+            Target::Daemon(link, index, id) => {
+                // Its bitmaps cover a new size before a write can land there, and
+                // lose what is past a smaller one only once the image is smaller.
+                self.resize_bitmaps(&id, bytes, true)?;
                 link.request(BlockRequest::Resize { bytes }, &[])?;
+                if let Err(e) = self.resize_bitmaps(&id, bytes, false) {
+                    log::warn!("disk {id}: its dirty bitmaps stay larger than it: {e}");
+                }
                 // The image info shows the new size from now on (the daemon has
                 // written it to the image by the time it answers).
                 let mut state = self.state.lock();

@@ -16,6 +16,13 @@ use super::{graph, info};
 /// How long query-blockstats waits for the daemons' counters.
 const STATS_WAIT: Duration = Duration::from_millis(500);
 
+/// BlockDeviceInfo's "dirty-bitmaps": there only when the node has some (QEMU 7.2).
+fn with_bitmaps(info: &mut Value, bitmaps: Vec<Value>) {
+    if !bitmaps.is_empty() {
+        info["dirty-bitmaps"] = Value::Array(bitmaps);
+    }
+}
+
 impl BlockLayer {
     /// The write threshold set on `node` (0: none).
     fn threshold(&self, node: &str) -> u64 {
@@ -31,13 +38,16 @@ impl BlockLayer {
             .filter_map(|d| {
                 let node = state.graph.node(&d.root)?;
                 let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
+                let mut inserted =
+                    info::node_info(&state.graph, node, throttle, self.threshold(&d.root));
+                with_bitmaps(&mut inserted, state.bitmap_infos(&d.root));
                 let mut info = json!({
                     "device": d.id,
                     "qdev": d.qdev,
                     "type": "unknown",
                     "removable": false,
                     "locked": false,
-                    "inserted": info::node_info(&state.graph, node, throttle, self.threshold(&d.root)),
+                    "inserted": inserted,
                 });
                 if let Some(status) = d.health.io_status() {
                     info["io-status"] = json!(status);
@@ -59,6 +69,7 @@ impl BlockLayer {
             .rev()
             .map(|n| {
                 let mut v = info::node_info(&state.graph, n, None, self.threshold(&n.name));
+                with_bitmaps(&mut v, state.bitmap_infos(&n.name));
                 if flat {
                     // QEMU does not walk the chain then: no depth either.
                     if let Some(image) = v["image"].as_object_mut() {

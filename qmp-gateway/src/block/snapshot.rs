@@ -662,6 +662,9 @@ impl ExternalSnapshot {
         if let Some(link) = link {
             link.request(BlockRequest::PushTop(layer_), &[fd.as_fd()])?;
             self.applied.pushed = true;
+            // The old top's bitmaps stay with it, and so no longer mark (as QEMU's,
+            // which only see writes to their node).
+            layer.send_bitmaps_of(&disk_id)?;
         }
         layer.state.lock().refresh_image(&old.name);
         Ok(())
@@ -670,6 +673,7 @@ impl ExternalSnapshot {
     /// Undoes what prepare did, or the part of it it got to.
     fn undo(&mut self, layer: &BlockLayer) {
         let applied = std::mem::take(&mut self.applied);
+        let mut resend_bitmaps = None;
         let mut state = layer.state.lock();
         if let Some(before) = applied.disk {
             if let Some(index) = state.disks.iter().position(|d| d.id == before.id) {
@@ -689,6 +693,7 @@ impl ExternalSnapshot {
                         Some(ImageFormat::Qcow2(_))
                     );
                     disk.health.set_node(&before.root);
+                    resend_bitmaps = applied.pushed.then(|| before.id.clone());
                     disk.root = before.root;
                     disk.nodes = before.nodes;
                     disk.config = before.config;
@@ -716,6 +721,11 @@ impl ExternalSnapshot {
             state.graph.remove_tree(&root);
         }
         drop(state);
+        if let Some(id) = resend_bitmaps {
+            if let Err(e) = layer.send_bitmaps_of(&id) {
+                log::error!("disk {id}: marking into its top's dirty bitmaps again: {e}");
+            }
+        }
         if let Some(path) = applied.created {
             if let Err(e) = std::fs::remove_file(&path) {
                 log::error!("removing {}: {e}", path.display());

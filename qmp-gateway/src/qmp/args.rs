@@ -36,8 +36,16 @@ pub fn read<A: Arguments>(args: Map<String, Value>) -> Result<A, QmpError> {
 /// `serde_arguments!(SetLink, [req("name", Ty::Str), req("up", Ty::Bool)]);`
 macro_rules! serde_arguments {
     ($ty:ty, [$($member:expr),* $(,)?]) => {
+        $crate::qmp::args::shared_members!($ty, &[$($member),*]);
+    };
+}
+pub(crate) use serde_arguments;
+
+/// The same, with members that are a named type's (also a transaction action's data).
+macro_rules! shared_members {
+    ($ty:ty, $members:expr) => {
         impl $crate::qmp::args::Arguments for $ty {
-            const MEMBERS: &'static [$crate::qmp::qapi::Member] = &[$($member),*];
+            const MEMBERS: &'static [$crate::qmp::qapi::Member] = $members;
 
             fn decode(
                 args: serde_json::Map<String, serde_json::Value>,
@@ -52,7 +60,7 @@ macro_rules! serde_arguments {
         }
     };
 }
-pub(crate) use serde_arguments;
+pub(crate) use shared_members;
 
 /// Deserializes arguments that were checked against their members. That cannot fail
 /// unless a type and its members disagree (the table's tests hold them together).

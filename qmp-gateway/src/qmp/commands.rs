@@ -6,7 +6,7 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
-use super::handlers::{absent, block, fds, hmp, machine, net, snapshot};
+use super::handlers::{absent, bitmaps, block, fds, hmp, machine, net, snapshot};
 use super::qapi::Ty;
 
 const fn cmd(name: &'static str, handler: &'static dyn Handler, ret: Ty, owner: Owner) -> Command {
@@ -25,6 +25,19 @@ const fn oob(name: &'static str, handler: &'static dyn Handler, ret: Ty) -> Comm
     Command {
         allow_oob: true,
         ..cmd(name, handler, ret, Owner::Gateway)
+    }
+}
+
+/// A command implemented with limits (docs/qmp-coverage.md says which).
+const fn partly(
+    name: &'static str,
+    handler: &'static dyn Handler,
+    ret: Ty,
+    owner: Owner,
+) -> Command {
+    Command {
+        coverage: Coverage::Partly,
+        ..cmd(name, handler, ret, owner)
     }
 }
 
@@ -246,6 +259,24 @@ pub const COMMANDS: &[Command] = &[
         B,
     ),
     cmd("transaction", &Typed(snapshot::transaction), EMPTY, B),
+    partly(
+        "block-dirty-bitmap-add",
+        &Typed(bitmaps::block_dirty_bitmap_add),
+        EMPTY,
+        B,
+    ),
+    cmd(
+        "block-dirty-bitmap-remove",
+        &Typed(bitmaps::block_dirty_bitmap_remove),
+        EMPTY,
+        B,
+    ),
+    cmd(
+        "block-dirty-bitmap-clear",
+        &Typed(bitmaps::block_dirty_bitmap_clear),
+        EMPTY,
+        B,
+    ),
     cmd(
         "change-backing-file",
         &Typed(snapshot::change_backing_file),
@@ -404,7 +435,7 @@ mod tests {
     fn sample(ty: Ty) -> Value {
         match ty {
             Ty::Str => json!("x"),
-            Ty::Int | Ty::Uint => json!(1),
+            Ty::Int | Ty::Uint | Ty::U32 => json!(1),
             Ty::Bool => json!(true),
             Ty::Number => json!(1.5),
             Ty::Any | Ty::Null => Value::Null,

@@ -27,6 +27,8 @@ pub enum Owner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coverage {
     Done,
+    /// Implemented with limits docs/qmp-coverage.md states.
+    Partly,
     /// Answered as QEMU answers it when the device does not exist.
     NoDevice,
 }

@@ -14,6 +14,9 @@ pub enum Ty {
     /// An unsigned QAPI integer (uint8 ... uint64): wrong JSON is answered with QEMU's
     /// "expects uint64", and negative int64s are taken as QEMU takes them.
     Uint,
+    /// A uint32: beyond it (a negative int64 too, taken as a uint64 first) is answered
+    /// with QEMU's "expects uint32_t".
+    U32,
     Bool,
     Number,
     Any,
@@ -171,9 +174,15 @@ impl Types {
             Ty::Str => wrong("string"),
             Ty::Int if v.is_i64() || v.is_u64() => Ok(()),
             Ty::Int => wrong("integer"),
-            Ty::Uint if v.is_i64() || v.is_u64() => Ok(()),
-            Ty::Uint => Err(QmpError::generic(format!(
+            Ty::Uint | Ty::U32 if !(v.is_i64() || v.is_u64()) => Err(QmpError::generic(format!(
                 "Parameter '{path}' expects uint64"
+            ))),
+            Ty::Uint => Ok(()),
+            Ty::U32 if v.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => Ok(()),
+            // QEMU's range check names the member by its own name.
+            Ty::U32 => Err(QmpError::generic(format!(
+                "Parameter '{}' expects uint32_t",
+                at.own.unwrap_or(path)
             ))),
             Ty::Bool if v.is_boolean() => Ok(()),
             Ty::Bool => wrong("boolean"),

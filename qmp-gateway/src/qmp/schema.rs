@@ -12,7 +12,7 @@ pub fn schema_name(ty: Ty) -> String {
     match ty {
         Ty::Str => "str".into(),
         // QEMU's introspection names every integer type "int".
-        Ty::Int | Ty::Uint => "int".into(),
+        Ty::Int | Ty::Uint | Ty::U32 => "int".into(),
         Ty::Bool => "bool".into(),
         Ty::Number => "number".into(),
         Ty::Any => "any".into(),
@@ -25,7 +25,7 @@ pub fn schema_name(ty: Ty) -> String {
 fn builtin_json_type(ty: Ty) -> Option<&'static str> {
     Some(match ty {
         Ty::Str => "string",
-        Ty::Int | Ty::Uint => "int",
+        Ty::Int | Ty::Uint | Ty::U32 => "int",
         Ty::Bool => "boolean",
         Ty::Number => "number",
         Ty::Any => "value",

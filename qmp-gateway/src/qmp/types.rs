@@ -461,6 +461,18 @@ pub const TYPES: Types = Types(&[
             opt("group", Ty::Str),
             req("cache", Ty::Named("BlockdevCacheInfo")),
             req("write_threshold", Ty::Int),
+            opt("dirty-bitmaps", Ty::Array(&Ty::Named("BlockDirtyInfo"))),
+        ]),
+    },
+    TypeDef {
+        name: "BlockDirtyInfo",
+        kind: TypeKind::Object(&[
+            opt("name", Ty::Str),
+            req("count", Ty::Int),
+            req("granularity", Ty::U32),
+            req("recording", Ty::Bool),
+            req("busy", Ty::Bool),
+            req("persistent", Ty::Bool),
         ]),
     },
     TypeDef {
@@ -558,9 +570,27 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Object(&[req("data", Ty::Named("BlockdevSnapshotInternal"))]),
     },
     TypeDef {
+        name: "BlockDirtyBitmapAdd",
+        kind: TypeKind::Object(BITMAP_ADD_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockDirtyBitmap",
+        kind: TypeKind::Object(BITMAP_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockDirtyBitmapAddWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockDirtyBitmapAdd"))]),
+    },
+    TypeDef {
+        name: "BlockDirtyBitmapWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockDirtyBitmap"))]),
+    },
+    TypeDef {
         name: "TransactionActionKind",
         kind: TypeKind::Enum(&[
             "abort",
+            "block-dirty-bitmap-add",
+            "block-dirty-bitmap-clear",
             "blockdev-snapshot",
             "blockdev-snapshot-sync",
             "blockdev-snapshot-internal-sync",
@@ -573,6 +603,8 @@ pub const TYPES: Types = Types(&[
             tag: "type",
             variants: &[
                 ("abort", "AbortWrapper"),
+                ("block-dirty-bitmap-add", "BlockDirtyBitmapAddWrapper"),
+                ("block-dirty-bitmap-clear", "BlockDirtyBitmapWrapper"),
                 ("blockdev-snapshot", "BlockdevSnapshotWrapper"),
                 ("blockdev-snapshot-sync", "BlockdevSnapshotSyncWrapper"),
                 (
@@ -607,3 +639,15 @@ pub const SNAPSHOT_MEMBERS: &[Member] = &[req("node", Ty::Str), req("overlay", T
 
 /// blockdev-snapshot-internal-sync's arguments, also a transaction action's data.
 pub const SNAPSHOT_INTERNAL_MEMBERS: &[Member] = &[req("device", Ty::Str), req("name", Ty::Str)];
+
+/// block-dirty-bitmap-add's arguments, also a transaction action's data.
+pub const BITMAP_ADD_MEMBERS: &[Member] = &[
+    req("node", Ty::Str),
+    req("name", Ty::Str),
+    opt("granularity", Ty::U32),
+    opt("persistent", Ty::Bool),
+    opt("disabled", Ty::Bool),
+];
+
+/// block-dirty-bitmap-remove's and -clear's arguments, also a transaction action's data.
+pub const BITMAP_MEMBERS: &[Member] = &[req("node", Ty::Str), req("name", Ty::Str)];

@@ -3,16 +3,17 @@
 //! block/snapshot.rs and block/transaction.rs.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
+use super::bitmaps::{self, BlockDirtyBitmap, BlockDirtyBitmapAdd};
 use crate::block::snapshot::{
     ExternalRequest, ExternalSnapshot, InternalSnapshot, NewImageMode, Overlay,
 };
 use crate::block::transaction::{AbortAction, Action};
-use crate::qmp::args::{from_checked, serde_arguments, Arguments};
+use crate::qmp::args::{serde_arguments, shared_members};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
-use crate::qmp::qapi::{opt, req, Member, Ty};
+use crate::qmp::qapi::{opt, req, Ty};
 use crate::qmp::types::{SNAPSHOT_INTERNAL_MEMBERS, SNAPSHOT_MEMBERS, SNAPSHOT_SYNC_MEMBERS};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,25 +25,6 @@ pub struct BlockdevSnapshotSync {
     pub snapshot_node_name: Option<String>,
     pub format: Option<String>,
     pub mode: Option<NewImageMode>,
-}
-
-/// Arguments whose members are a named type's (they are a transaction action's data
-/// too).
-macro_rules! shared_members {
-    ($ty:ty, $members:expr) => {
-        impl Arguments for $ty {
-            const MEMBERS: &'static [Member] = $members;
-
-            fn decode(args: Map<String, Value>) -> Result<Self, QmpError> {
-                from_checked(args)
-            }
-
-            #[cfg(test)]
-            fn serde_fields() -> Option<&'static [&'static str]> {
-                Some(crate::qmp::args::serde_fields::<Self>())
-            }
-        }
-    };
 }
 
 shared_members!(BlockdevSnapshotSync, SNAPSHOT_SYNC_MEMBERS);
@@ -89,6 +71,8 @@ pub struct AbortData {}
 #[serde(tag = "type", content = "data", rename_all = "kebab-case")]
 pub enum TransactionAction {
     Abort(AbortData),
+    BlockDirtyBitmapAdd(BlockDirtyBitmapAdd),
+    BlockDirtyBitmapClear(BlockDirtyBitmap),
     BlockdevSnapshot(BlockdevSnapshot),
     BlockdevSnapshotSync(BlockdevSnapshotSync),
     BlockdevSnapshotInternalSync(BlockdevSnapshotInternal),
@@ -140,15 +124,17 @@ fn existing(a: BlockdevSnapshot) -> ExternalSnapshot {
     })
 }
 
-fn action(a: TransactionAction) -> Box<dyn Action> {
-    match a {
+fn action(c: &Ctx, a: TransactionAction) -> Result<Box<dyn Action>, QmpError> {
+    Ok(match a {
         TransactionAction::Abort(_) => Box::new(AbortAction),
+        TransactionAction::BlockDirtyBitmapAdd(b) => bitmaps::add_action(c, b)?,
+        TransactionAction::BlockDirtyBitmapClear(b) => bitmaps::clear_action(b),
         TransactionAction::BlockdevSnapshot(s) => Box::new(existing(s)),
         TransactionAction::BlockdevSnapshotSync(s) => Box::new(external(s)),
         TransactionAction::BlockdevSnapshotInternalSync(s) => {
             Box::new(InternalSnapshot::new(s.device, s.name))
         }
-    }
+    })
 }
 
 pub fn blockdev_snapshot_sync(c: &mut Ctx, a: BlockdevSnapshotSync) -> QmpResult {
@@ -203,7 +189,11 @@ pub fn transaction(c: &mut Ctx, a: Transaction) -> QmpResult {
         .properties
         .and_then(|p| p.completion_mode)
         .is_some_and(|m| m == CompletionMode::Grouped);
-    let actions = a.actions.into_iter().map(action).collect();
+    let actions = a
+        .actions
+        .into_iter()
+        .map(|a| action(c, a))
+        .collect::<Result<_, _>>()?;
     c.gw.block.transaction(actions, grouped)?;
     Ok(json!({}))
 }

@@ -1,0 +1,536 @@
+//! Dirty bitmaps (block-dirty-bitmap-add, -remove, -clear, and the transaction actions
+//! add and clear). A bitmap belongs to an image node of a disk's chain, as in QEMU; its
+//! memory is a memfd the gateway creates and keeps (`ipc::SharedBitmap`), and the disk's
+//! daemon marks the guest's writes into it while the node is the disk's top and the
+//! bitmap records. query-block counts it here, without asking the daemon.
+//!
+//! A daemon is always sent the whole set it marks into (`BlockRequest::SetDirtyBitmaps`,
+//! swapped in with its device quiesced), and a new daemon gets it at its open, so no
+//! write goes unmarked across a restart. Clearing a bitmap gives it new, clean memory;
+//! the old memory is what a failed transaction merges back. A bitmap grows with its
+//! disk (block_resize) the same way.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use ipc::dirty_bitmap::{bytes_for, valid_granularity, MAX_BITMAPS_PER_DISK};
+use ipc::{BlockRequest, DirtyBitmapSpec, SharedBitmap};
+use serde_json::{json, Value};
+
+use super::disk::Disk;
+use super::error::BlockError;
+use super::graph::Graph;
+use super::info::image_sizes;
+use super::transaction::Action;
+use super::{BlockLayer, State};
+use crate::fdstore::Charge;
+
+/// The longest name QEMU takes (BDRV_BITMAP_MAX_NAME_SIZE).
+const MAX_NAME: usize = 1023;
+
+/// The memory all dirty bitmaps together may take (a client's bitmaps are bounded by
+/// this and by `MAX_BITMAPS_PER_DISK`).
+pub const MAX_BITMAP_MEMORY: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BitmapError {
+    #[error("Bitmap name cannot be empty")]
+    EmptyName,
+    #[error("Bitmap name too long: {0}")]
+    NameTooLong(String),
+    #[error("Granularity must be power of 2 and at least 512")]
+    Granularity,
+    #[error("Bitmap already exists: {0}")]
+    Exists(String),
+    #[error("Can't store persistent bitmaps to {0}: Operation not supported")]
+    PersistentUnsupported(String),
+    #[error("Node '{0}' not found")]
+    NodeNotFound(String),
+    #[error("Dirty bitmap '{0}' not found")]
+    NotFound(String),
+    // Ours: where we do not (yet) do what QEMU does.
+    #[error("dirty bitmaps are kept on the image nodes of a disk's chain only: '{0}' is not one")]
+    Unserved(String),
+    #[error("persistent dirty bitmaps are not stored in qcow2 images yet ('{0}')")]
+    PersistentQcow2(String),
+    #[error("disk {disk} has {MAX_BITMAPS_PER_DISK} dirty bitmaps, as many as a disk may have")]
+    TooMany { disk: String },
+    #[error("dirty bitmaps would take {need} bytes of memory: at most {MAX_BITMAP_MEMORY} in all")]
+    OutOfMemory { need: u64 },
+    #[error(transparent)]
+    Memory(#[from] ipc::dirty_bitmap::BitmapError),
+    #[error("dirty bitmap memory: {0}")]
+    Dup(std::io::Error),
+}
+
+/// One dirty bitmap.
+pub struct DirtyBitmap {
+    /// The node it is on (an image node of the disk's chain).
+    pub node: String,
+    pub name: String,
+    pub memory: SharedBitmap,
+    pub persistent: bool,
+    /// Marks writes (not created `disabled`).
+    pub recording: bool,
+    /// Its memfd, charged to the client that added it.
+    _charge: Option<Charge>,
+}
+
+impl DirtyBitmap {
+    /// BlockDirtyInfo, as QEMU 7.2 shows it.
+    fn info(&self) -> Value {
+        json!({
+            "name": self.name,
+            "recording": self.recording,
+            "persistent": self.persistent,
+            "busy": false,
+            "granularity": self.memory.granularity(),
+            "count": self.memory.dirty_bytes(),
+        })
+    }
+}
+
+impl Disk {
+    /// The bitmaps its daemon marks into: those that record, on the top node.
+    fn marked_bitmaps(&self) -> impl Iterator<Item = &DirtyBitmap> {
+        self.bitmaps
+            .iter()
+            .filter(|b| b.recording && b.node == self.root)
+    }
+
+    /// What a daemon is sent: the bitmaps it marks into, and their memfds.
+    pub fn bitmap_set(&self) -> Result<(Vec<DirtyBitmapSpec>, Vec<OwnedFd>), BitmapError> {
+        let mut specs = Vec::new();
+        let mut fds = Vec::new();
+        for b in self.marked_bitmaps() {
+            let fd = b
+                .memory
+                .fd()
+                .ok_or_else(|| BitmapError::Dup(std::io::Error::from_raw_os_error(libc::EBADF)))?
+                .try_clone_to_owned()
+                .map_err(BitmapError::Dup)?;
+            specs.push(DirtyBitmapSpec {
+                name: b.name.clone(),
+                size: b.memory.size(),
+                granularity: b.memory.granularity(),
+            });
+            fds.push(fd);
+        }
+        Ok((specs, fds))
+    }
+
+    fn bitmap_mut(&mut self, node: &str, name: &str) -> Option<&mut DirtyBitmap> {
+        self.bitmaps
+            .iter_mut()
+            .find(|b| b.node == node && b.name == name)
+    }
+}
+
+/// The disk bytes node `name` holds (its guest-visible size).
+fn node_size(graph: &Graph, name: &str) -> u64 {
+    let image = graph.image_node(name);
+    if let Some(q) = image.and_then(|n| n.qcow2.as_ref()) {
+        return q.virtual_size;
+    }
+    graph
+        .protocol_of(name)
+        .and_then(|p| p.image.as_deref())
+        .map(|fd| image_sizes(fd).0.div_ceil(512) * 512)
+        .unwrap_or(0)
+}
+
+/// QEMU's default granularity: the image's cluster size within 4 KiB..64 KiB, or 64 KiB
+/// for a format without clusters.
+fn default_granularity(graph: &Graph, name: &str) -> u64 {
+    graph
+        .image_node(name)
+        .and_then(|n| n.qcow2.as_ref())
+        .map_or(65536, |q| q.cluster_size.clamp(4096, 65536))
+}
+
+/// block-dirty-bitmap-add's arguments.
+#[derive(Debug, Clone)]
+pub struct NewBitmap {
+    pub node: String,
+    pub name: String,
+    pub granularity: Option<u64>,
+    pub persistent: bool,
+    pub disabled: bool,
+}
+
+impl State {
+    /// The disk whose chain has image node `node`.
+    fn disk_with_image_node(&self, node: &str) -> Option<usize> {
+        self.disks.iter().position(|d| {
+            self.graph.chain(&d.root).iter().any(|n| {
+                n.name == node
+                    || self
+                        .graph
+                        .image_node(&n.name)
+                        .is_some_and(|i| i.name == node)
+            })
+        })
+    }
+
+    /// QEMU's block_dirty_bitmap_lookup: (disk index, node) of bitmap `name` on the
+    /// node or device `node`.
+    fn find_bitmap(&self, node: &str, name: &str) -> Result<(usize, String), BlockError> {
+        let node = self
+            .lookup_node(Some(node), Some(node))
+            .map_err(|_| BitmapError::NodeNotFound(node.to_string()))?;
+        self.disk_with_image_node(&node)
+            .filter(|&i| {
+                self.disks[i]
+                    .bitmaps
+                    .iter()
+                    .any(|b| b.node == node && b.name == name)
+            })
+            .map(|i| (i, node))
+            .ok_or_else(|| BitmapError::NotFound(name.to_string()).into())
+    }
+
+    /// The BlockDirtyInfo of node `node`'s bitmaps, newest first (QEMU's order).
+    pub fn bitmap_infos(&self, node: &str) -> Vec<Value> {
+        self.disks
+            .iter()
+            .flat_map(|d| d.bitmaps.iter().rev())
+            .filter(|b| b.node == node)
+            .map(DirtyBitmap::info)
+            .collect()
+    }
+
+    fn bitmap_memory(&self) -> u64 {
+        self.disks
+            .iter()
+            .flat_map(|d| &d.bitmaps)
+            .map(|b| bytes_for(b.memory.size(), b.memory.granularity()).unwrap_or(0))
+            .sum()
+    }
+}
+
+impl BlockLayer {
+    /// Sends disk `index`'s daemon (if one runs) the set of bitmaps it marks into.
+    fn send_bitmaps(&self, index: usize) -> Result<(), BlockError> {
+        let (link, specs, fds) = {
+            let state = self.state.lock();
+            let Some(disk) = state.disks.get(index) else {
+                return Ok(());
+            };
+            let Some(daemon) = disk.daemon.as_ref() else {
+                // The next daemon gets them at its open.
+                return Ok(());
+            };
+            let (specs, fds) = disk.bitmap_set()?;
+            (daemon.link.clone(), specs, fds)
+        };
+        let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        link.request(BlockRequest::SetDirtyBitmaps(specs), &fds)?;
+        Ok(())
+    }
+
+    /// The same, by disk id (after a change to the disk's chain).
+    pub(super) fn send_bitmaps_of(&self, id: &str) -> Result<(), BlockError> {
+        let index = self.state.lock().disks.iter().position(|d| d.id == id);
+        index.map_or(Ok(()), |i| self.send_bitmaps(i))
+    }
+
+    /// block-dirty-bitmap-add; `charge`: the memfd's charge to the calling client.
+    pub fn dirty_bitmap_add(
+        &self,
+        new: &NewBitmap,
+        charge: Option<Charge>,
+    ) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        self.add_bitmap(new, charge)
+    }
+
+    fn add_bitmap(&self, new: &NewBitmap, charge: Option<Charge>) -> Result<(), BlockError> {
+        let index = {
+            let mut state = self.state.lock();
+            if new.name.is_empty() {
+                return Err(BitmapError::EmptyName.into());
+            }
+            let node = state.lookup_node(Some(&new.node), Some(&new.node))?;
+            let granularity = match new.granularity {
+                Some(g) if !valid_granularity(g) => return Err(BitmapError::Granularity.into()),
+                Some(g) => g,
+                None => default_granularity(&state.graph, &node),
+            };
+            let index = state.disk_with_image_node(&node);
+            let qcow2 = state
+                .graph
+                .image_node(&node)
+                .is_some_and(|n| n.qcow2.is_some());
+            if new.persistent && !qcow2 {
+                // QEMU names the device where the node is a disk's root.
+                let shown = index
+                    .map(|i| &state.disks[i])
+                    .filter(|d| d.root == node)
+                    .map_or(node.clone(), |d| d.id.clone());
+                return Err(BitmapError::PersistentUnsupported(shown).into());
+            }
+            let exists = index.is_some_and(|i| {
+                state.disks[i]
+                    .bitmaps
+                    .iter()
+                    .any(|b| b.node == node && b.name == new.name)
+            });
+            if exists {
+                return Err(BitmapError::Exists(new.name.clone()).into());
+            }
+            if new.name.len() > MAX_NAME {
+                return Err(BitmapError::NameTooLong(new.name.clone()).into());
+            }
+            let Some(index) = index else {
+                return Err(BitmapError::Unserved(node).into());
+            };
+            if new.persistent {
+                return Err(BitmapError::PersistentQcow2(node).into());
+            }
+            let disk = &state.disks[index];
+            if disk.bitmaps.len() >= MAX_BITMAPS_PER_DISK {
+                return Err(BitmapError::TooMany {
+                    disk: disk.id.clone(),
+                }
+                .into());
+            }
+            let size = node_size(&state.graph, &node);
+            let need =
+                state.bitmap_memory() + bytes_for(size, granularity).map_err(BitmapError::from)?;
+            if need > MAX_BITMAP_MEMORY {
+                return Err(BitmapError::OutOfMemory { need }.into());
+            }
+            let memory = SharedBitmap::create(size, granularity).map_err(BitmapError::from)?;
+            state.disks[index].bitmaps.push(DirtyBitmap {
+                node,
+                name: new.name.clone(),
+                memory,
+                persistent: new.persistent,
+                recording: !new.disabled,
+                _charge: charge,
+            });
+            index
+        };
+        if let Err(e) = self.send_bitmaps(index) {
+            // Not marked into: it is not there.
+            self.take_bitmap(index, &new.node, &new.name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Takes bitmap `name` off node or device `node` of disk `index`.
+    fn take_bitmap(&self, index: usize, node: &str, name: &str) -> Option<DirtyBitmap> {
+        let mut state = self.state.lock();
+        let node = state.lookup_node(Some(node), Some(node)).ok()?;
+        let disk = state.disks.get_mut(index)?;
+        let at = disk
+            .bitmaps
+            .iter()
+            .position(|b| b.node == node && b.name == name)?;
+        Some(disk.bitmaps.remove(at))
+    }
+
+    /// block-dirty-bitmap-remove.
+    pub fn dirty_bitmap_remove(&self, node: &str, name: &str) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        let (index, _) = self.state.lock().find_bitmap(node, name)?;
+        // Kept until the daemon has stopped marking into it.
+        let _gone = self.take_bitmap(index, node, name);
+        if let Err(e) = self.send_bitmaps(index) {
+            // It marks into memory nobody reads until its next set: no harm done.
+            log::warn!("dirty bitmap {name} removed; its daemon was not told: {e}");
+        }
+        Ok(())
+    }
+
+    /// block-dirty-bitmap-clear.
+    pub fn dirty_bitmap_clear(&self, node: &str, name: &str) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        self.clear_bitmap(node, name).map(drop)
+    }
+
+    /// Gives bitmap `name` new, clean memory; returns the old memory (what a failed
+    /// transaction merges back).
+    fn clear_bitmap(&self, node: &str, name: &str) -> Result<SharedBitmap, BlockError> {
+        let swap = |state: &mut State, index: usize, node: &str, memory: SharedBitmap| {
+            state.disks[index]
+                .bitmap_mut(node, name)
+                .map(|b| std::mem::replace(&mut b.memory, memory))
+        };
+        let (index, node, old) = {
+            let mut state = self.state.lock();
+            let (index, node) = state.find_bitmap(node, name)?;
+            let disk = &mut state.disks[index];
+            let root = disk.root.clone();
+            let Some(b) = disk.bitmap_mut(&node, name) else {
+                return Err(BitmapError::NotFound(name.to_string()).into());
+            };
+            let clean = SharedBitmap::create(b.memory.size(), b.memory.granularity())
+                .map_err(BitmapError::from)?;
+            let marked = b.recording && b.node == root;
+            let old = std::mem::replace(&mut b.memory, clean);
+            if !marked {
+                return Ok(old);
+            }
+            (index, node, old)
+        };
+        if let Err(e) = self.send_bitmaps(index) {
+            // The daemon still marks into the old memory: it stays.
+            let mut state = self.state.lock();
+            swap(&mut state, index, &node, old);
+            return Err(e);
+        }
+        Ok(old)
+    }
+
+    /// Marks again in bitmap `name` what `old` has (a clear undone).
+    fn merge_back(&self, node: &str, name: &str, old: &SharedBitmap) {
+        let mut state = self.state.lock();
+        let Ok((index, node)) = state.find_bitmap(node, name) else {
+            return;
+        };
+        if let Some(b) = state.disks[index].bitmap_mut(&node, name) {
+            if let Err(e) = b.memory.merge_from(old) {
+                log::error!("dirty bitmap {name}: giving back its marks: {e}");
+            }
+        }
+    }
+
+    /// Disk `id`'s bitmaps on its top node get memory of `size` bytes with their marks
+    /// (`only_grow`: those smaller only). The caller holds `changes`.
+    pub(super) fn resize_bitmaps(
+        &self,
+        id: &str,
+        size: u64,
+        only_grow: bool,
+    ) -> Result<(), BlockError> {
+        let (index, old) = {
+            let mut state = self.state.lock();
+            let Some(index) = state.disks.iter().position(|d| d.id == id) else {
+                return Ok(());
+            };
+            let disk = &mut state.disks[index];
+            let root = disk.root.clone();
+            let mut old = Vec::new();
+            let resized = |b: &&mut DirtyBitmap| {
+                let have = b.memory.size();
+                have < size || (have > size && !only_grow)
+            };
+            for b in disk
+                .bitmaps
+                .iter_mut()
+                .filter(|b| b.node == root)
+                .filter(resized)
+            {
+                let resized = SharedBitmap::create(size, b.memory.granularity())
+                    .map_err(BitmapError::from)?;
+                resized.merge_from(&b.memory).map_err(BitmapError::from)?;
+                old.push((b.name.clone(), std::mem::replace(&mut b.memory, resized)));
+            }
+            (index, old)
+        };
+        if old.is_empty() {
+            return Ok(());
+        }
+        let sent = self.send_bitmaps(index);
+        // What the daemon marked into the old memory since the copy.
+        let mut state = self.state.lock();
+        let disk = &mut state.disks[index];
+        let root = disk.root.clone();
+        for (name, memory) in old {
+            if let Some(b) = disk.bitmap_mut(&root, &name) {
+                match &sent {
+                    Ok(()) => {
+                        if let Err(e) = b.memory.merge_from(&memory) {
+                            log::error!("dirty bitmap {name}: carrying marks over: {e}");
+                        }
+                    }
+                    // The daemon still marks into the old memory: it stays.
+                    Err(_) => b.memory = memory,
+                }
+            }
+        }
+        sent
+    }
+}
+
+/// The transaction action block-dirty-bitmap-add: the bitmap goes again on abort.
+pub struct AddBitmapAction {
+    new: NewBitmap,
+    charge: Option<Charge>,
+    added: Option<usize>,
+}
+
+impl AddBitmapAction {
+    pub fn new(new: NewBitmap, charge: Option<Charge>) -> AddBitmapAction {
+        AddBitmapAction {
+            new,
+            charge,
+            added: None,
+        }
+    }
+}
+
+impl Action for AddBitmapAction {
+    fn kind(&self) -> &'static str {
+        "block-dirty-bitmap-add"
+    }
+
+    fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
+        layer.add_bitmap(&self.new, self.charge.take())?;
+        self.added = layer
+            .state
+            .lock()
+            .find_bitmap(&self.new.node, &self.new.name)
+            .ok()
+            .map(|(i, _)| i);
+        Ok(())
+    }
+
+    fn abort(&mut self, layer: &BlockLayer) {
+        if let Some(index) = self.added.take() {
+            let _gone = layer.take_bitmap(index, &self.new.node, &self.new.name);
+            if let Err(e) = layer.send_bitmaps(index) {
+                log::warn!(
+                    "dirty bitmap {} taken back; its daemon was not told: {e}",
+                    self.new.name
+                );
+            }
+        }
+    }
+}
+
+/// The transaction action block-dirty-bitmap-clear: the marks it cleared come back on
+/// abort (with any made since).
+pub struct ClearBitmapAction {
+    node: String,
+    name: String,
+    old: Option<SharedBitmap>,
+}
+
+impl ClearBitmapAction {
+    pub fn new(node: String, name: String) -> ClearBitmapAction {
+        ClearBitmapAction {
+            node,
+            name,
+            old: None,
+        }
+    }
+}
+
+impl Action for ClearBitmapAction {
+    fn kind(&self) -> &'static str {
+        "block-dirty-bitmap-clear"
+    }
+
+    fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
+        self.old = Some(layer.clear_bitmap(&self.node, &self.name)?);
+        Ok(())
+    }
+
+    fn abort(&mut self, layer: &BlockLayer) {
+        if let Some(old) = self.old.take() {
+            layer.merge_back(&self.node, &self.name, &old);
+        }
+    }
+}

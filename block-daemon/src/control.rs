@@ -25,6 +25,7 @@ use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
 use crate::formats::chain::{self, ChainOptions};
 use crate::formats::FormatError;
+use crate::jobs::{Events, Jobs};
 use crate::snapshots::Snapshots;
 use crate::stats::Stats;
 use crate::throttle::{SharedPage, Throttle};
@@ -55,6 +56,8 @@ fn open(
     open: &BlockOpen,
     fds: Vec<OwnedFd>,
     engine: EngineKind,
+    jobs: &Jobs,
+    job_events: &Events,
 ) -> Result<BlkDevice, String> {
     let mut fds = fds.into_iter();
     let (Some(listener), Some(counters)) = (fds.next(), fds.next()) else {
@@ -70,7 +73,11 @@ fn open(
         .take(open.layers.len())
         .map(File::from)
         .collect();
-    let bitmaps = map_bitmaps(&open.dirty_bitmaps, fds)?;
+    let bitmaps = map_bitmaps(
+        &open.dirty_bitmaps,
+        fds.by_ref().take(open.dirty_bitmaps.len()),
+    )?;
+    let job_fds: Vec<OwnedFd> = fds.collect();
     let chain = chain::open(
         &open.layers,
         images,
@@ -111,11 +118,26 @@ fn open(
     };
     let stats = Arc::new(Stats::new(&open.stats_intervals, counters));
     let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
-    // Marked from the first request on: a restarted daemon loses no write to a bitmap.
+    // Marked from the first request on: a restarted daemon loses no write to a bitmap,
+    // nor its job any it has to copy.
     device
         .dirty_bitmaps()
         .set(bitmaps)
         .map_err(|e| e.to_string())?;
+    if let Some(spec) = &open.job {
+        let id = spec.id.clone();
+        if let Err(e) = jobs.start(&device, spec.clone(), job_fds, job_events.clone()) {
+            // The node serves anyway; the job ends, and the gateway hears why.
+            log::error!("job {id}: carrying it on: {e}");
+            job_events(BlockEvent::Job(ipc::JobEvent::Ended {
+                id,
+                offset: spec.offset,
+                len: spec.offset,
+                cancelled: false,
+                error: Some(e.to_string()),
+            }));
+        }
+    }
     let serving = device.clone();
     let listener = UnixListener::from(listener);
     std::thread::Builder::new()
@@ -148,6 +170,8 @@ fn map_bitmaps(
 fn handle(
     device: &BlkDevice,
     snapshots: &Snapshots,
+    jobs: &Jobs,
+    events: &Events,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
 ) -> Result<BlockReply, RemoteError> {
@@ -225,6 +249,15 @@ fn handle(
                 .map_err(|e| RemoteError::generic(e.to_string()))?;
             Ok(BlockReply::Done)
         }
+        BlockRequest::StartJob(spec) => jobs
+            .start(device, spec, fds, events.clone())
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::ControlJob { id, control } => jobs
+            .control(&id, control)
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
+        BlockRequest::JobStatus => Ok(BlockReply::Job(jobs.status())),
         BlockRequest::PopTop => snapshots
             .pop_top(device)
             .map(|()| BlockReply::Done)
@@ -246,7 +279,12 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
             BlockRequest::Open(config) => Some(config),
             _ => None,
         })?;
-    let device = match open(&link, &config, fds, engine) {
+    let jobs = Jobs::default();
+    let events: Events = {
+        let link = link.clone();
+        Arc::new(move |e| link.event(e))
+    };
+    let device = match open(&link, &config, fds, engine, &jobs, &events) {
         Ok(b) => b,
         Err(e) => {
             link.reply(id, Err(RemoteError::generic(e.clone())));
@@ -269,8 +307,15 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
     let snapshots = Snapshots::default();
     let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
-        |request, fds| handle(&device, &snapshots, request, fds),
+        |request, fds| {
+            if request == BlockRequest::Quit {
+                // The job ends before the image is closed.
+                jobs.stop();
+            }
+            handle(&device, &snapshots, &jobs, &events, request, fds)
+        },
     );
+    jobs.stop();
     // A gateway that hung up (or said quit) leaves the image clean too.
     if let Err(e) = device.disk().close() {
         log::error!("closing the image: {e}");

@@ -9,6 +9,7 @@
 //! and change nothing, so they mark nothing, as in QEMU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as MAX_BITMAPS;
 use ipc::SharedBitmap;
@@ -24,7 +25,20 @@ pub struct TooManyBitmaps;
 pub struct DirtyBitmaps {
     /// Whether there is any: a write looks at this alone when there is none.
     any: AtomicBool,
-    bitmaps: RwLock<Vec<(String, SharedBitmap)>>,
+    bitmaps: RwLock<Marked>,
+}
+
+/// What writes mark: the disk's bitmaps, and the running job's (what it has to copy).
+#[derive(Default)]
+struct Marked {
+    disk: Vec<(String, SharedBitmap)>,
+    job: Option<Arc<SharedBitmap>>,
+}
+
+impl Marked {
+    fn any(&self) -> bool {
+        !self.disk.is_empty() || self.job.is_some()
+    }
 }
 
 impl DirtyBitmaps {
@@ -35,9 +49,16 @@ impl DirtyBitmaps {
             return Err(TooManyBitmaps);
         }
         let mut all = self.bitmaps.write();
-        self.any.store(!bitmaps.is_empty(), Ordering::SeqCst);
-        *all = bitmaps;
+        all.disk = bitmaps;
+        self.any.store(all.any(), Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Marks into the job's bitmap too from now on (None: no more).
+    pub fn set_job(&self, bitmap: Option<Arc<SharedBitmap>>) {
+        let mut all = self.bitmaps.write();
+        all.job = bitmap;
+        self.any.store(all.any(), Ordering::SeqCst);
     }
 
     /// Marks what `req` changes in every bitmap (reads, flushes: nothing).
@@ -47,7 +68,10 @@ impl DirtyBitmaps {
         }
         let all = self.bitmaps.read();
         let each = |offset: u64, len: u64| {
-            for (_, b) in all.iter() {
+            for (_, b) in all.disk.iter() {
+                b.mark(offset, len);
+            }
+            if let Some(b) = &all.job {
                 b.mark(offset, len);
             }
         };

@@ -3,7 +3,7 @@
 //! virtio-blk device (served over vhost-user by the vhost-backend framework), the image
 //! (opened by the gateway, handed in as an fd), the I/O engines, request parsing, the
 //! node's policies (discard, detect-zeroes, I/O limits, write threshold), its
-//! statistics and the dirty bitmaps its writes mark; guest memory reaches it as the VM's memfd over vhost-user, and the guest's
+//! statistics, the dirty bitmaps its writes mark and the block jobs it runs (`jobs`); guest memory reaches it as the VM's memfd over vhost-user, and the guest's
 //! kicks and completions travel as eventfds, never through vmm-core.
 
 pub mod config;
@@ -14,6 +14,7 @@ pub mod disk;
 pub mod engine;
 pub mod export;
 pub mod formats;
+pub mod jobs;
 pub mod log_limit;
 pub mod paths;
 pub mod request;

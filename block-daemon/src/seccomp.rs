@@ -48,13 +48,19 @@ const MAX_QUEUES: u64 = 16;
 /// snapshot, which would put a second writable image in the chain, is refused with
 /// O_DIRECT), and 4 per queue (its kick and call eventfds and its io_uring, which the
 /// worker polls for completions itself, and one spare: the ring had a completion
-/// eventfd when 80 were counted with 16 queues under I/O), and the memfds of a set of
-/// dirty bitmaps while they are mapped (they come together, at most 64).
+/// eventfd when 80 were counted with 16 queues under I/O), the memfds of a set of
+/// dirty bitmaps while they are mapped (they come together, at most 64), and a block
+/// job's (`JOB_FILES`).
 const OPEN_FILES_NEEDED: u64 = 23
     + crate::paths::MAX_DEPTH as u64
     + EARLY_LINK_RINGS
     + 4 * MAX_QUEUES
-    + ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as u64;
+    + ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as u64
+    + JOB_FILES;
+
+/// A block job's target image and its early-link ring (an O_DIRECT qcow2 target), and
+/// the memfds of its two bitmaps while they are mapped.
+const JOB_FILES: u64 = 4;
 
 /// The early-link rings a daemon holds at most (see `OPEN_FILES_NEEDED`).
 const EARLY_LINK_RINGS: u64 = 1;

@@ -137,8 +137,8 @@ impl SharedBitmap {
         self.granularity
     }
 
-    /// Bits in use.
-    fn chunks(&self) -> u64 {
+    /// Bits in use: chunks of `granularity` bytes covering the disk.
+    pub fn chunks(&self) -> u64 {
         chunks(self.size, self.granularity)
     }
 
@@ -232,6 +232,59 @@ impl SharedBitmap {
             .map(|i| u64::from(Self::word_within(words, i, chunks).count_ones()))
             .sum();
         bits * self.granularity
+    }
+
+    /// Every chunk dirty (a job that copies the whole disk).
+    pub fn mark_all(&self) {
+        self.mark(0, self.size);
+    }
+
+    /// Moves every dirty chunk of this bitmap into `into` (same granularity and size):
+    /// each word is taken and cleaned at once, so a chunk marked meanwhile is in one of
+    /// the two, never in neither.
+    pub fn take_into(&self, into: &SharedBitmap) -> Result<(), BitmapError> {
+        if into.granularity != self.granularity || into.size != self.size {
+            return Err(BitmapError::Incompatible {
+                ours: into.granularity,
+                theirs: self.granularity,
+            });
+        }
+        let (chunks, from, to) = (self.chunks(), self.words(), into.words());
+        for i in self.written_words().into_iter().flatten() {
+            let v = from[i].swap(0, Ordering::Relaxed);
+            let past = (i as u64 + 1) * 64;
+            let v = if past > chunks {
+                v & ((1u64 << (64 - (past - chunks))) - 1)
+            } else {
+                v
+            };
+            if v != 0 {
+                to[i].fetch_or(v, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The first dirty chunk at or after chunk `from`.
+    pub fn next_dirty(&self, from: u64) -> Option<u64> {
+        let (chunks, words) = (self.chunks(), self.words());
+        let mut i = (from / 64) as usize;
+        let mut skip = from % 64;
+        while i < words.len() {
+            let v = Self::word_within(words, i, chunks) >> skip << skip;
+            if v != 0 {
+                return Some(i as u64 * 64 + u64::from(v.trailing_zeros()));
+            }
+            (i, skip) = (i + 1, 0);
+        }
+        None
+    }
+
+    /// Chunk `chunk` clean again.
+    pub fn clean_chunk(&self, chunk: u64) {
+        if chunk < self.chunks() {
+            self.words()[(chunk / 64) as usize].fetch_and(!(1 << (chunk % 64)), Ordering::Relaxed);
+        }
     }
 
     /// Marks every chunk `other` has dirty, as far as both cover the disk (a grown
@@ -386,6 +439,38 @@ mod tests {
         copy.merge_from(&big).unwrap();
         assert_eq!(copy.dirty_bytes(), 1024);
         assert_eq!((resident_pages(&big), resident_pages(&copy)), (2, 2));
+    }
+
+    #[test]
+    fn chunks_are_taken_whole_found_in_order_and_cleaned_one_by_one() {
+        let dirty = SharedBitmap::create(130 * 512, 512).unwrap();
+        let copying = SharedBitmap::create(130 * 512, 512).unwrap();
+        assert_eq!(dirty.next_dirty(0), None);
+        dirty.mark_all();
+        assert_eq!(dirty.dirty_bytes(), 130 * 512);
+        dirty.take_into(&copying).unwrap();
+        assert_eq!((dirty.dirty_bytes(), copying.dirty_bytes()), (0, 130 * 512));
+        let mut found = Vec::new();
+        let mut at = 0;
+        while let Some(c) = copying.next_dirty(at) {
+            found.push(c);
+            if c % 2 == 0 {
+                copying.clean_chunk(c);
+            }
+            at = c + 1;
+        }
+        assert_eq!(found, (0..130).collect::<Vec<u64>>());
+        assert_eq!(copying.next_dirty(0), Some(1));
+        assert_eq!(copying.next_dirty(64), Some(65));
+        assert_eq!(copying.next_dirty(129), Some(129));
+        assert_eq!(copying.next_dirty(130), None);
+        // A stray bit past the end is neither taken nor found.
+        dirty.words()[2].fetch_or(1 << 10, Ordering::Relaxed);
+        dirty.take_into(&copying).unwrap();
+        assert_eq!(copying.dirty_bytes(), 65 * 512);
+        assert_eq!(dirty.next_dirty(0), None);
+        let other = SharedBitmap::create(131 * 512, 512).unwrap();
+        assert!(dirty.take_into(&other).is_err(), "sizes differ");
     }
 
     #[test]

@@ -84,6 +84,39 @@ const BLOCK_INFLIGHT_RESUMED_ARG: TypeDef = data(
         req("requests", Ty::Int),
     ],
 );
+const JOB_STATUS_CHANGE_ARG: TypeDef = data(
+    "q_obj_JOB_STATUS_CHANGE-arg",
+    &[req("id", Ty::Str), req("status", Ty::Named("JobStatus"))],
+);
+const BLOCK_JOB_ENDED_MEMBERS: &[Member] = &[
+    req("type", Ty::Named("JobType")),
+    req("device", Ty::Str),
+    req("len", Ty::Int),
+    req("offset", Ty::Int),
+    req("speed", Ty::Int),
+];
+const BLOCK_JOB_COMPLETED_ARG: TypeDef = data(
+    "q_obj_BLOCK_JOB_COMPLETED-arg",
+    &[
+        req("type", Ty::Named("JobType")),
+        req("device", Ty::Str),
+        req("len", Ty::Int),
+        req("offset", Ty::Int),
+        req("speed", Ty::Int),
+        opt("error", Ty::Str),
+    ],
+);
+const BLOCK_JOB_CANCELLED_ARG: TypeDef =
+    data("q_obj_BLOCK_JOB_CANCELLED-arg", BLOCK_JOB_ENDED_MEMBERS);
+const BLOCK_JOB_READY_ARG: TypeDef = data("q_obj_BLOCK_JOB_READY-arg", BLOCK_JOB_ENDED_MEMBERS);
+const BLOCK_JOB_ERROR_ARG: TypeDef = data(
+    "q_obj_BLOCK_JOB_ERROR-arg",
+    &[
+        req("device", Ty::Str),
+        req("operation", Ty::Named("IoOperationType")),
+        req("action", Ty::Named("BlockErrorAction")),
+    ],
+);
 const NIC_RX_FILTER_CHANGED_ARG: TypeDef = data(
     "q_obj_NIC_RX_FILTER_CHANGED-arg",
     &[opt("name", Ty::Str), req("path", Ty::Str)],
@@ -122,6 +155,11 @@ const BLOCK_INFLIGHT_RESUMED: EventDef = def(
     "__io.flotilla_BLOCK_INFLIGHT_RESUMED",
     Some(&BLOCK_INFLIGHT_RESUMED_ARG),
 );
+const JOB_STATUS_CHANGE: EventDef = def("JOB_STATUS_CHANGE", Some(&JOB_STATUS_CHANGE_ARG));
+const BLOCK_JOB_COMPLETED: EventDef = def("BLOCK_JOB_COMPLETED", Some(&BLOCK_JOB_COMPLETED_ARG));
+const BLOCK_JOB_CANCELLED: EventDef = def("BLOCK_JOB_CANCELLED", Some(&BLOCK_JOB_CANCELLED_ARG));
+const BLOCK_JOB_READY: EventDef = def("BLOCK_JOB_READY", Some(&BLOCK_JOB_READY_ARG));
+const BLOCK_JOB_ERROR: EventDef = def("BLOCK_JOB_ERROR", Some(&BLOCK_JOB_ERROR_ARG));
 const NIC_RX_FILTER_CHANGED: EventDef =
     def("NIC_RX_FILTER_CHANGED", Some(&NIC_RX_FILTER_CHANGED_ARG));
 const NET_DAEMON_EXITED: EventDef = def(
@@ -149,6 +187,11 @@ pub const EVENTS: &[EventDef] = &[
     BLOCK_DAEMON_EXITED,
     BLOCK_DAEMON_RESTARTED,
     BLOCK_INFLIGHT_RESUMED,
+    JOB_STATUS_CHANGE,
+    BLOCK_JOB_COMPLETED,
+    BLOCK_JOB_CANCELLED,
+    BLOCK_JOB_READY,
+    BLOCK_JOB_ERROR,
     NIC_RX_FILTER_CHANGED,
     NET_DAEMON_EXITED,
     NET_DAEMON_RESTARTED,
@@ -228,6 +271,55 @@ pub struct InflightResumed {
     pub requests: u32,
 }
 
+/// A job moved to another state (JobStatus).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatusChange {
+    pub id: String,
+    pub status: &'static str,
+}
+
+impl JobStatusChange {
+    pub fn new(id: &str, status: &'static str) -> JobStatusChange {
+        JobStatusChange {
+            id: id.to_string(),
+            status,
+        }
+    }
+}
+
+/// A block job ended (BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEnded {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The job's id (QEMU's name for it here).
+    pub device: String,
+    pub len: u64,
+    pub offset: u64,
+    pub speed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A mirror's target caught up (BLOCK_JOB_READY).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReady {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub device: String,
+    pub len: u64,
+    pub offset: u64,
+    pub speed: u64,
+}
+
+/// A block job's copy failed (BLOCK_JOB_ERROR).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobError {
+    pub device: String,
+    pub operation: &'static str,
+    pub action: &'static str,
+}
+
 /// The guest changed a NIC's receive filter (sent once until query-rx-filter reads it).
 #[derive(Debug, Clone, Serialize)]
 pub struct NicRxFilterChanged {
@@ -259,6 +351,11 @@ pub enum Event {
     BlockDaemonExited(DaemonExited),
     BlockDaemonRestarted(DaemonRestarted),
     BlockInflightResumed(InflightResumed),
+    JobStatusChange(JobStatusChange),
+    BlockJobCompleted(JobEnded),
+    BlockJobCancelled(JobEnded),
+    BlockJobReady(JobReady),
+    BlockJobError(JobError),
     NicRxFilterChanged(NicRxFilterChanged),
     NetDaemonExited(DaemonExited),
     NetDaemonRestarted(DaemonRestarted),
@@ -279,6 +376,11 @@ impl Event {
             Event::BlockDaemonExited(_) => &BLOCK_DAEMON_EXITED,
             Event::BlockDaemonRestarted(_) => &BLOCK_DAEMON_RESTARTED,
             Event::BlockInflightResumed(_) => &BLOCK_INFLIGHT_RESUMED,
+            Event::JobStatusChange(_) => &JOB_STATUS_CHANGE,
+            Event::BlockJobCompleted(_) => &BLOCK_JOB_COMPLETED,
+            Event::BlockJobCancelled(_) => &BLOCK_JOB_CANCELLED,
+            Event::BlockJobReady(_) => &BLOCK_JOB_READY,
+            Event::BlockJobError(_) => &BLOCK_JOB_ERROR,
             Event::NicRxFilterChanged(_) => &NIC_RX_FILTER_CHANGED,
             Event::NetDaemonExited(_) => &NET_DAEMON_EXITED,
             Event::NetDaemonRestarted(_) => &NET_DAEMON_RESTARTED,
@@ -299,6 +401,12 @@ impl Event {
                 serde_json::to_value(d).ok()
             }
             Event::BlockInflightResumed(d) => serde_json::to_value(d).ok(),
+            Event::JobStatusChange(d) => serde_json::to_value(d).ok(),
+            Event::BlockJobCompleted(d) | Event::BlockJobCancelled(d) => {
+                serde_json::to_value(d).ok()
+            }
+            Event::BlockJobReady(d) => serde_json::to_value(d).ok(),
+            Event::BlockJobError(d) => serde_json::to_value(d).ok(),
             Event::NicRxFilterChanged(d) => serde_json::to_value(d).ok(),
             Event::SandboxViolation(d) => serde_json::to_value(d).ok(),
         }
@@ -366,6 +474,17 @@ mod tests {
         }
     }
 
+    fn ended(error: Option<&str>) -> JobEnded {
+        JobEnded {
+            kind: "mirror",
+            device: "j".into(),
+            len: 2,
+            offset: 1,
+            speed: 0,
+            error: error.map(str::to_string),
+        }
+    }
+
     #[test]
     fn every_event_is_in_the_table_once() {
         let names: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
@@ -394,6 +513,21 @@ mod tests {
                 device: "d0".into(),
                 queue: 1,
                 requests: 16,
+            }),
+            Event::JobStatusChange(JobStatusChange::new("j", "ready")),
+            Event::BlockJobCompleted(ended(Some("Input/output error"))),
+            Event::BlockJobCancelled(ended(None)),
+            Event::BlockJobReady(JobReady {
+                kind: "mirror",
+                device: "j".into(),
+                len: 2,
+                offset: 1,
+                speed: 0,
+            }),
+            Event::BlockJobError(JobError {
+                device: "j".into(),
+                operation: "read",
+                action: "stop",
             }),
             Event::NicRxFilterChanged(NicRxFilterChanged {
                 name: "nic0".into(),

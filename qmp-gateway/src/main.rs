@@ -301,6 +301,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     gw.set_vcpus(vcpus);
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;
+    gw.block.start_job_watcher()?;
     gw.net.start_supervisor()?;
 
     let signal_gw = gw.clone();

@@ -245,6 +245,7 @@ pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
         on_write_error: ipc::OnError::Enospc,
         layers,
         dirty_bitmaps: vec![],
+        job: None,
     }
 }
 

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::job::{JobControl, JobEvent, JobSpec, JobStatus};
+
 use super::{Call, Message, Upcall};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -182,6 +184,9 @@ pub struct BlockOpen {
     /// The dirty bitmaps to mark into from the first request on (their memfds follow
     /// the images'), as `BlockRequest::SetDirtyBitmaps` sets them.
     pub dirty_bitmaps: Vec<DirtyBitmapSpec>,
+    /// A block job to carry on from the first request on (its fds come last, as
+    /// `BlockRequest::StartJob`'s).
+    pub job: Option<JobSpec>,
 }
 
 /// One leaky bucket of a throttle configuration (QEMU's LeakyBucket settings).
@@ -271,6 +276,12 @@ pub enum BlockRequest {
     /// in between: the gateway clears a bitmap, grows it or stops marking into it by
     /// sending the set again with other memory.
     SetDirtyBitmaps(Vec<DirtyBitmapSpec>),
+    /// Start a block job (one at a time; fds: `JobSpec`'s).
+    StartJob(JobSpec),
+    /// Act on the running job `id`.
+    ControlJob { id: String, control: JobControl },
+    /// Answered with `Job`: the running job's progress, if one runs.
+    JobStatus,
     /// Stop serving and exit.
     Quit,
 }
@@ -289,10 +300,15 @@ pub struct DirtyBitmapSpec {
 impl Message for BlockRequest {
     fn fd_count(&self) -> usize {
         match self {
-            BlockRequest::Open(open) => 2 + open.layers.len() + open.dirty_bitmaps.len(),
+            BlockRequest::Open(open) => {
+                2 + open.layers.len()
+                    + open.dirty_bitmaps.len()
+                    + 3 * usize::from(open.job.is_some())
+            }
             BlockRequest::SetThrottle(Some(_)) => 1,
             BlockRequest::PushTop(_) => 1,
             BlockRequest::SetDirtyBitmaps(set) => set.len(),
+            BlockRequest::StartJob(_) => 3,
             _ => 0,
         }
     }
@@ -354,6 +370,7 @@ pub enum BlockReply {
     },
     Stats(Box<BlockStats>),
     Snapshot(SnapshotRecord),
+    Job(Option<JobStatus>),
 }
 
 /// An internal snapshot as QMP's SnapshotInfo shows it.
@@ -385,7 +402,11 @@ pub enum BlockEvent {
     },
     /// On a frontend's reconnection, queue `queue`'s inflight region listed `requests`
     /// requests a previous daemon had taken and not completed: they are started again.
-    InflightResumed { queue: u32, requests: u32 },
+    InflightResumed {
+        queue: u32,
+        requests: u32,
+    },
+    Job(JobEvent),
 }
 
 pub type ToBlock = Call<BlockRequest>;
@@ -425,6 +446,7 @@ mod tests {
                 size: 1 << 20,
                 granularity: 65536,
             }],
+            job: None,
         });
         assert_eq!(
             ToBlock {

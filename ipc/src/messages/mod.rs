@@ -6,10 +6,12 @@
 //! (the answer to a call, or an event the child raises on its own) come back.
 
 pub mod block;
+pub mod job;
 pub mod net;
 pub mod vmm;
 
 pub use block::*;
+pub use job::*;
 pub use net::*;
 pub use vmm::*;
 

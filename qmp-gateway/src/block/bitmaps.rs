@@ -126,7 +126,7 @@ impl Disk {
 }
 
 /// The disk bytes node `name` holds (its guest-visible size).
-fn node_size(graph: &Graph, name: &str) -> u64 {
+pub(super) fn node_size(graph: &Graph, name: &str) -> u64 {
     let image = graph.image_node(name);
     if let Some(q) = image.and_then(|n| n.qcow2.as_ref()) {
         return q.virtual_size;
@@ -139,8 +139,8 @@ fn node_size(graph: &Graph, name: &str) -> u64 {
 }
 
 /// QEMU's default granularity: the image's cluster size within 4 KiB..64 KiB, or 64 KiB
-/// for a format without clusters.
-fn default_granularity(graph: &Graph, name: &str) -> u64 {
+/// for a format without clusters (dirty bitmaps and mirrors alike).
+pub(super) fn default_granularity(graph: &Graph, name: &str) -> u64 {
     graph
         .image_node(name)
         .and_then(|n| n.qcow2.as_ref())

@@ -13,13 +13,14 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, ThrottleLimits};
+use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, JobEvent, ThrottleLimits};
 use parking_lot::Mutex;
 
 use super::bitmaps::DirtyBitmap;
 use super::daemon_stats::StatsCache;
 use super::error::BlockError;
 use super::health::Health;
+use super::jobs::BlockJob;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
@@ -42,6 +43,8 @@ pub struct Hooks {
     pub sandbox: Policy,
     /// Where a disk's failure asks for the VM to stop (werror=stop and the like).
     pub stop_vm: Sender<()>,
+    /// Where the daemons' job events go (disk id, event), to `BlockLayer::job_event`.
+    pub jobs: Sender<(String, JobEvent)>,
 }
 
 /// A block daemon's control channel.
@@ -123,6 +126,8 @@ pub struct Launch {
     counters: OwnedFd,
     /// The memfds of the dirty bitmaps it marks into (`config.dirty_bitmaps`).
     bitmaps: Vec<OwnedFd>,
+    /// The fds of the block job it carries on (`config.job`).
+    job_fds: Vec<OwnedFd>,
 }
 
 impl Disk {
@@ -132,8 +137,13 @@ impl Disk {
             .ok_or_else(|| BlockError::DaemonNotRunning(self.id.clone()))
     }
 
-    /// What a new daemon for this disk needs (`groups`: the throttle groups).
-    pub fn launch(&self, groups: &BTreeMap<String, Group>) -> Result<Launch, BlockError> {
+    /// What a new daemon for this disk needs (`groups`: the throttle groups; `job`: the
+    /// disk's block job, which a new daemon carries on).
+    pub fn launch(
+        &self,
+        groups: &BTreeMap<String, Group>,
+        job: Option<&BlockJob>,
+    ) -> Result<Launch, BlockError> {
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(BlockError::DupImage);
         let throttle = match &self.throttle {
             Some((limits, group)) => match groups.get(group) {
@@ -143,11 +153,16 @@ impl Disk {
             None => None,
         };
         let (dirty_bitmaps, bitmaps) = self.bitmap_set()?;
+        let (job, job_fds) = match job.map(|j| j.launch(true)).transpose()? {
+            Some((spec, fds)) => (Some(spec), fds),
+            None => (None, Vec::new()),
+        };
         Ok(Launch {
             binary: self.binary.clone(),
             id: self.id.clone(),
             config: BlockOpen {
                 dirty_bitmaps,
+                job,
                 ..self.config.clone()
             },
             images: self.images.clone(),
@@ -157,6 +172,7 @@ impl Disk {
             health: self.health.clone(),
             counters: dup(self.stats.counters().fd())?,
             bitmaps,
+            job_fds,
         })
     }
 
@@ -178,7 +194,7 @@ impl Disk {
         groups: &BTreeMap<String, Group>,
         hooks: &Hooks,
     ) -> Result<u32, BlockError> {
-        let daemon = self.launch(groups)?.start(hooks)?;
+        let daemon = self.launch(groups, None)?.start(hooks)?;
         Ok(self.install(daemon))
     }
 
@@ -198,6 +214,7 @@ impl Launch {
     /// I/O limits and write thresholds.
     pub fn start(self, hooks: &Hooks) -> Result<BlockDaemon, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
+        let jobs = hooks.jobs.clone();
         let health = self.health.clone();
         let device = self.id.clone();
         let daemon = BlockDaemon::start(
@@ -229,6 +246,10 @@ impl Launch {
                         requests,
                     }))
                 }
+                BlockEvent::Job(e) => {
+                    // Handled away from this reader: it may change the disk.
+                    let _ = jobs.send((device.clone(), e));
+                }
             },
             hooks.deaths.clone(),
             BlockRequest::Open(self.config.clone()),
@@ -236,6 +257,7 @@ impl Launch {
                 .into_iter()
                 .chain(self.images.iter().map(|i| i.as_fd()))
                 .chain(self.bitmaps.iter().map(|b| b.as_fd()))
+                .chain(self.job_fds.iter().map(|f| f.as_fd()))
                 .collect::<Vec<_>>(),
         )?;
         if let Some((limits, state)) = &self.throttle {

@@ -4,6 +4,7 @@
 use ipc::errno_text;
 
 use super::bitmaps::BitmapError;
+use super::jobs::JobError;
 use super::lock::LockError;
 use super::throttle::ThrottleError;
 use crate::children::daemon::DaemonError;
@@ -146,6 +147,8 @@ pub enum BlockError {
     Throttle(#[from] ThrottleError),
     #[error(transparent)]
     Bitmap(#[from] BitmapError),
+    #[error(transparent)]
+    Job(#[from] JobError),
     #[error("throttle group state: {0}")]
     ThrottleGroup(std::io::Error),
     #[error(transparent)]

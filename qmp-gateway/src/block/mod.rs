@@ -20,6 +20,7 @@ pub mod graph;
 pub mod health;
 pub mod image_info;
 pub mod info;
+pub mod jobs;
 mod limits;
 pub mod lock;
 mod nodes;
@@ -80,6 +81,8 @@ struct State {
     graph: Graph,
     disks: Vec<Disk>,
     groups: BTreeMap<String, Group>,
+    /// The block jobs that run.
+    jobs: Vec<jobs::BlockJob>,
 }
 
 impl State {
@@ -143,6 +146,8 @@ pub struct BlockLayer {
     /// and must never wait for a lock held across a call to a daemon.
     thresholds: Arc<Mutex<BTreeMap<String, u64>>>,
     hooks: Hooks,
+    /// The daemons' job events, until `start_job_watcher` takes them.
+    job_events: Mutex<Option<std::sync::mpsc::Receiver<(String, ipc::JobEvent)>>>,
     supervision: Supervision,
     vmm: Arc<VmmLink>,
     daemon_binary: PathBuf,
@@ -159,6 +164,7 @@ impl BlockLayer {
     ) -> std::io::Result<BlockLayer> {
         let thresholds = Arc::new(Mutex::new(BTreeMap::new()));
         let supervision = Supervision::new(events.clone());
+        let (jobs, job_events) = std::sync::mpsc::channel();
         Ok(BlockLayer {
             state: Mutex::new(State::default()),
             changes: Mutex::new(()),
@@ -168,8 +174,10 @@ impl BlockLayer {
                 deaths: supervision.deaths(),
                 sandbox,
                 stop_vm,
+                jobs,
             },
             thresholds,
+            job_events: Mutex::new(Some(job_events)),
             supervision,
             vmm,
             daemon_binary,
@@ -352,8 +360,9 @@ impl BlockLayer {
             on_read_error,
             on_write_error,
             layers,
-            // Sent with each start, from the disk's bitmaps.
+            // Sent with each start, from the disk's bitmaps and job.
             dirty_bitmaps: Vec::new(),
+            job: None,
         };
         let health = Health::new(
             &id,
@@ -412,7 +421,12 @@ impl BlockLayer {
     fn replace_daemon(&self, id: &str, binary: Option<PathBuf>) -> Result<u32, BlockError> {
         let (mut old, launch, index) = {
             let mut state = self.state.lock();
-            let State { disks, groups, .. } = &mut *state;
+            let State {
+                disks,
+                groups,
+                jobs,
+                ..
+            } = &mut *state;
             let disk = disks
                 .iter_mut()
                 .find(|d| d.id == id)
@@ -420,7 +434,8 @@ impl BlockLayer {
             if let Some(b) = binary {
                 disk.binary = b;
             }
-            (disk.daemon.take(), disk.launch(groups)?, disk.index)
+            let job = jobs.iter().find(|j| j.disk == disk.id);
+            (disk.daemon.take(), disk.launch(groups, job)?, disk.index)
         };
         if let Some(how) = stop_slot(&mut old) {
             log::info!("disk {id}: block daemon stopped ({how})");
@@ -491,6 +506,23 @@ impl BlockLayer {
                 Err(e)
             }
         }
+    }
+
+    /// Handles the daemons' job events on a thread of its own (once; later calls do
+    /// nothing): they may change a disk, which waits for `changes`.
+    pub fn start_job_watcher(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(events) = self.job_events.lock().take() else {
+            return Ok(());
+        };
+        let layer = self.clone();
+        std::thread::Builder::new()
+            .name("block-jobs".into())
+            .spawn(move || {
+                for (disk, event) in events {
+                    layer.job_event(&disk, event);
+                }
+            })?;
+        Ok(())
     }
 
     /// QMP cont: every disk's I/O status is ok again, and the daemons that hold

@@ -6,7 +6,7 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
-use super::handlers::{absent, bitmaps, block, fds, hmp, machine, net, snapshot};
+use super::handlers::{absent, bitmaps, block, fds, hmp, jobs, machine, net, snapshot};
 use super::qapi::Ty;
 
 const fn cmd(name: &'static str, handler: &'static dyn Handler, ret: Ty, owner: Owner) -> Command {
@@ -259,6 +259,29 @@ pub const COMMANDS: &[Command] = &[
         B,
     ),
     cmd("transaction", &Typed(snapshot::transaction), EMPTY, B),
+    partly("drive-mirror", &Typed(jobs::drive_mirror), EMPTY, B),
+    partly("blockdev-mirror", &Typed(jobs::blockdev_mirror), EMPTY, B),
+    cmd(
+        "query-block-jobs",
+        &Typed(jobs::query_block_jobs),
+        Ty::Array(&Ty::Named("BlockJobInfo")),
+        B,
+    ),
+    cmd("block-job-pause", &Typed(jobs::block_job_pause), EMPTY, B),
+    cmd("block-job-resume", &Typed(jobs::block_job_resume), EMPTY, B),
+    cmd("block-job-cancel", &Typed(jobs::block_job_cancel), EMPTY, B),
+    cmd(
+        "block-job-complete",
+        &Typed(jobs::block_job_complete),
+        EMPTY,
+        B,
+    ),
+    cmd(
+        "block-job-set-speed",
+        &Typed(jobs::block_job_set_speed),
+        EMPTY,
+        B,
+    ),
     partly(
         "block-dirty-bitmap-add",
         &Typed(bitmaps::block_dirty_bitmap_add),

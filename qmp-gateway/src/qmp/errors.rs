@@ -4,6 +4,7 @@
 use ipc::ErrorClass;
 
 use super::protocol::QmpError;
+use crate::block::jobs::JobError;
 use crate::block::BlockError;
 use crate::children::daemon::DaemonError;
 use crate::children::link::LinkError;
@@ -43,6 +44,10 @@ impl From<BlockError> for QmpError {
             BlockError::Link(link) => link.into(),
             BlockError::Daemon(daemon) => daemon.into(),
             e @ BlockError::DeviceNotFound(_) => device_not_found(e),
+            e @ BlockError::Job(JobError::NotFound(_)) => QmpError {
+                class: ErrorClass::DeviceNotActive,
+                desc: e.to_string(),
+            },
             e => QmpError::generic(e.to_string()),
         }
     }

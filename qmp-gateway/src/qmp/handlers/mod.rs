@@ -5,6 +5,7 @@ pub mod bitmaps;
 pub mod block;
 pub mod fds;
 pub mod hmp;
+pub mod jobs;
 pub mod machine;
 pub mod net;
 pub mod snapshot;

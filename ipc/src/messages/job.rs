@@ -1,0 +1,118 @@
+//! Block jobs (QMP's drive-mirror, blockdev-mirror, ...) between the gateway and the
+//! block daemon that runs them on the disk it serves. The gateway opens the target and
+//! creates the job's two bitmaps (shared memory it keeps), so that a job survives its
+//! daemon: a new daemon is given the same job with `resume`, and carries on from what
+//! the bitmaps say is left to copy.
+
+use serde::{Deserialize, Serialize};
+
+use super::block::{ErrorAction, ImageLayer, IoOperation, OnError};
+
+/// What parts of the disk a job copies (QEMU's MirrorSyncMode).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// The whole disk.
+    Full,
+    /// What the top image holds (the target has the same backing chain below).
+    Top,
+    /// Only what the guest writes from the job's start on.
+    None,
+}
+
+/// A mirror: the guest's disk copied to the target while the guest runs; once the copy
+/// has caught up the job is ready, and on completion the disk serves the target.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// The target image (its fd comes with the call).
+    pub target: ImageLayer,
+    pub sync: SyncMode,
+    /// Disk bytes per bit of the job's bitmaps, and the unit of copying.
+    pub granularity: u64,
+    /// Bytes in flight from source to target at most.
+    pub buf_size: u64,
+    /// Zeroes on the source are written to the target as unmapped zeroes.
+    pub unmap: bool,
+    /// The gateway created the target: it reads as zeroes, so zeroes need no write.
+    pub fresh_target: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Mirror(MirrorSpec),
+}
+
+/// A job for the daemon to run. Its call carries the target image's fd, then the memfd
+/// of the job's dirty bitmap (chunks the guest wrote, which the daemon marks as it marks
+/// the disk's dirty bitmaps) and of its copy bitmap (chunks taken from the dirty bitmap
+/// and not yet copied), both of `granularity` over the disk's size.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    /// QMP's job id.
+    pub id: String,
+    pub kind: JobKind,
+    /// Bytes per second at most (0: no limit).
+    pub speed: u64,
+    pub on_source_error: OnError,
+    pub on_target_error: OnError,
+    /// The bitmaps hold a previous daemon's progress: carry on from them (else the job
+    /// starts: with sync full, every chunk is to be copied).
+    pub resume: bool,
+    /// It was ready under a previous daemon.
+    pub ready: bool,
+    /// Bytes a previous daemon copied (the job's progress goes on from there).
+    pub offset: u64,
+}
+
+/// A request about a running job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobControl {
+    Pause,
+    Resume,
+    /// Stop; a ready mirror first brings its target up to date (`force`: not).
+    Cancel {
+        force: bool,
+    },
+    /// A ready mirror: bring the target up to date and serve it from now on.
+    Complete,
+    SetSpeed(u64),
+}
+
+/// A job's progress, as query-block-jobs shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobStatus {
+    pub id: String,
+    /// Bytes copied.
+    pub offset: u64,
+    /// Bytes to copy in all (grows as the guest writes).
+    pub len: u64,
+    pub speed: u64,
+    pub paused: bool,
+    pub ready: bool,
+    /// Copying now (not paused, not waiting for the guest to write).
+    pub busy: bool,
+    /// The last failure stopped it (on-*-error stop or enospc).
+    pub failed: bool,
+}
+
+/// What a job tells the gateway on its own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum JobEvent {
+    /// The target has caught up with the source (BLOCK_JOB_READY).
+    Ready { id: String, offset: u64, len: u64 },
+    /// A copy failed, and the job did `action` (BLOCK_JOB_ERROR; with Stop it is paused
+    /// until resumed).
+    Error {
+        id: String,
+        operation: IoOperation,
+        action: ErrorAction,
+    },
+    /// The job is over: completed (`cancelled` false), cancelled, or failed (`error`).
+    /// After a completed mirror, the disk serves the target.
+    Ended {
+        id: String,
+        offset: u64,
+        len: u64,
+        cancelled: bool,
+        error: Option<String>,
+    },
+}

@@ -1,0 +1,235 @@
+//! The block job commands: arguments typed here, the work in block/jobs.rs.
+
+use ipc::{JobControl, OnError, SyncMode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::block::jobs::{MirrorRequest, MirrorTarget};
+use crate::block::snapshot::NewImageMode;
+use crate::qmp::args::{serde_arguments, Int, NoArgs};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::QmpResult;
+use crate::qmp::qapi::{opt, req, Ty};
+
+/// MirrorSyncMode.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    Full,
+    Top,
+    None,
+}
+
+impl From<Sync> for SyncMode {
+    fn from(s: Sync) -> SyncMode {
+        match s {
+            Sync::Full => SyncMode::Full,
+            Sync::Top => SyncMode::Top,
+            Sync::None => SyncMode::None,
+        }
+    }
+}
+
+/// BlockdevOnError.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErrorArg {
+    Report,
+    Ignore,
+    Enospc,
+    Stop,
+    /// The node's own policy: a job's is report.
+    Auto,
+}
+
+/// A job's policy for one side (absent: report).
+fn policy(a: Option<OnErrorArg>) -> OnError {
+    {
+        match a {
+            None | Some(OnErrorArg::Report | OnErrorArg::Auto) => OnError::Report,
+            Some(OnErrorArg::Ignore) => OnError::Ignore,
+            Some(OnErrorArg::Enospc) => OnError::Enospc,
+            Some(OnErrorArg::Stop) => OnError::Stop,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DriveMirror {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub format: Option<String>,
+    pub node_name: Option<String>,
+    pub replaces: Option<String>,
+    pub sync: Sync,
+    pub mode: Option<NewImageMode>,
+    pub speed: Option<Int>,
+    pub granularity: Option<Int>,
+    pub buf_size: Option<Int>,
+    pub on_source_error: Option<OnErrorArg>,
+    pub on_target_error: Option<OnErrorArg>,
+    pub unmap: Option<bool>,
+}
+
+serde_arguments!(
+    DriveMirror,
+    [
+        opt("job-id", Ty::Str),
+        req("device", Ty::Str),
+        req("target", Ty::Str),
+        opt("format", Ty::Str),
+        opt("node-name", Ty::Str),
+        opt("replaces", Ty::Str),
+        req("sync", Ty::Named("MirrorSyncMode")),
+        opt("mode", Ty::Named("NewImageMode")),
+        opt("speed", Ty::Int),
+        opt("granularity", Ty::U32),
+        opt("buf-size", Ty::Int),
+        opt("on-source-error", Ty::Named("BlockdevOnError")),
+        opt("on-target-error", Ty::Named("BlockdevOnError")),
+        opt("unmap", Ty::Bool),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevMirror {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub replaces: Option<String>,
+    pub sync: Sync,
+    pub speed: Option<Int>,
+    pub granularity: Option<Int>,
+    pub buf_size: Option<Int>,
+    pub on_source_error: Option<OnErrorArg>,
+    pub on_target_error: Option<OnErrorArg>,
+}
+
+serde_arguments!(
+    BlockdevMirror,
+    [
+        opt("job-id", Ty::Str),
+        req("device", Ty::Str),
+        req("target", Ty::Str),
+        opt("replaces", Ty::Str),
+        req("sync", Ty::Named("MirrorSyncMode")),
+        opt("speed", Ty::Int),
+        opt("granularity", Ty::U32),
+        opt("buf-size", Ty::Int),
+        opt("on-source-error", Ty::Named("BlockdevOnError")),
+        opt("on-target-error", Ty::Named("BlockdevOnError")),
+    ]
+);
+
+fn saturating(i: Option<Int>) -> Option<i64> {
+    i.map(Int::saturating_i64)
+}
+
+pub fn drive_mirror(c: &mut Ctx, a: DriveMirror) -> QmpResult {
+    let charge = c.charge_fds(3)?;
+    c.gw.block.mirror(
+        &MirrorRequest {
+            job_id: a.job_id,
+            device: a.device,
+            target: MirrorTarget::Drive {
+                path: a.target,
+                format: a.format,
+                node_name: a.node_name,
+                mode: a.mode.unwrap_or(NewImageMode::AbsolutePaths),
+            },
+            replaces: a.replaces,
+            speed: saturating(a.speed).unwrap_or(0),
+            granularity: a.granularity.and_then(|g| g.as_u64()),
+            buf_size: saturating(a.buf_size),
+            sync: a.sync.into(),
+            on_source_error: policy(a.on_source_error),
+            on_target_error: policy(a.on_target_error),
+            unmap: a.unmap.unwrap_or(true),
+        },
+        Some(charge),
+    )?;
+    Ok(json!({}))
+}
+
+pub fn blockdev_mirror(c: &mut Ctx, a: BlockdevMirror) -> QmpResult {
+    let charge = c.charge_fds(2)?;
+    c.gw.block.mirror(
+        &MirrorRequest {
+            job_id: a.job_id,
+            device: a.device,
+            target: MirrorTarget::Node(a.target),
+            replaces: a.replaces,
+            speed: saturating(a.speed).unwrap_or(0),
+            granularity: a.granularity.and_then(|g| g.as_u64()),
+            buf_size: saturating(a.buf_size),
+            sync: a.sync.into(),
+            on_source_error: policy(a.on_source_error),
+            on_target_error: policy(a.on_target_error),
+            unmap: true,
+        },
+        Some(charge),
+    )?;
+    Ok(json!({}))
+}
+
+pub fn query_block_jobs(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(c.gw.block.query_block_jobs())
+}
+
+/// block-job-pause, -resume, -complete: the job's id as "device".
+#[derive(Debug, Deserialize)]
+pub struct JobDevice {
+    pub device: String,
+}
+
+serde_arguments!(JobDevice, [req("device", Ty::Str)]);
+
+#[derive(Debug, Deserialize)]
+pub struct JobCancel {
+    pub device: String,
+    pub force: Option<bool>,
+}
+
+serde_arguments!(JobCancel, [req("device", Ty::Str), opt("force", Ty::Bool)]);
+
+#[derive(Debug, Deserialize)]
+pub struct JobSetSpeed {
+    pub device: String,
+    pub speed: Int,
+}
+
+serde_arguments!(JobSetSpeed, [req("device", Ty::Str), req("speed", Ty::Int)]);
+
+fn control(c: &Ctx, id: &str, control: JobControl) -> QmpResult {
+    c.gw.block.control_job(id, control)?;
+    Ok(Value::Object(Default::default()))
+}
+
+pub fn block_job_pause(c: &mut Ctx, a: JobDevice) -> QmpResult {
+    control(c, &a.device, JobControl::Pause)
+}
+
+pub fn block_job_resume(c: &mut Ctx, a: JobDevice) -> QmpResult {
+    control(c, &a.device, JobControl::Resume)
+}
+
+pub fn block_job_complete(c: &mut Ctx, a: JobDevice) -> QmpResult {
+    control(c, &a.device, JobControl::Complete)
+}
+
+pub fn block_job_cancel(c: &mut Ctx, a: JobCancel) -> QmpResult {
+    let force = a.force.unwrap_or(false);
+    control(c, &a.device, JobControl::Cancel { force })
+}
+
+pub fn block_job_set_speed(c: &mut Ctx, a: JobSetSpeed) -> QmpResult {
+    let speed = a.speed.saturating_i64();
+    c.gw.block.check_job(&a.device)?;
+    if speed < 0 {
+        return Err(crate::block::BlockError::from(crate::block::jobs::JobError::Speed).into());
+    }
+    control(c, &a.device, JobControl::SetSpeed(speed as u64))
+}

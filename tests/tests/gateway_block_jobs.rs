@@ -1,0 +1,278 @@
+//! Block jobs through the gateway while the test guest writes and verifies the whole
+//! disk round after round (blk-verify-loop): a mirror that becomes ready, follows the
+//! guest, and completes onto its target (qemu-img compare: the target holds exactly the
+//! source at the completion, and the guest goes on, on the target, with no error); a
+//! ready mirror cancelled (a consistent copy, BLOCK_JOB_COMPLETED) and one cancelled
+//! before it was ready (BLOCK_JOB_CANCELLED, the disk untouched); a mirror whose block
+//! daemon is SIGKILLed while it copies, which the new daemon carries on; pause, resume,
+//! set-speed, and the errors of a second job, an unknown one, a complete too early.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_tests::blk::{md5_hex, pattern_image, qemu_img};
+use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::TempDir;
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SEED: u64 = 0x0c14_0002;
+/// 16 MiB disks.
+const SECTORS: u64 = 32768;
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The gateway, stopped (-S), serving a raw image of P(SEED) as d0 to an endless verify
+/// loop; the image's path.
+fn verifying(dir: &Path) -> (Gateway, PathBuf) {
+    let image = dir.join("d0.raw");
+    pattern_image(&image, SEED, SECTORS);
+    let gw = Gateway::start_with(
+        1,
+        &format!("scenario=blk-verify-loop seed={SEED:#x} rounds=0"),
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=raw,id=d0", p(&image)),
+        ],
+    );
+    (gw, image)
+}
+
+/// The last round the guest finished.
+fn last_round(gw: &Gateway) -> u32 {
+    gw.vm
+        .transcript()
+        .lines()
+        .filter_map(|l| l.strip_prefix("GUEST BLK ROUND "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Lets the guest write the whole disk twice more.
+fn two_rounds(gw: &mut Gateway) {
+    let target = last_round(gw) + 2;
+    gw.vm
+        .expect_prefix(&format!("GUEST BLK ROUND {target} OK"), TIMEOUT);
+}
+
+fn no_guest_errors(gw: &Gateway) {
+    let t = gw.vm.transcript();
+    assert!(
+        !t.contains("FAILED") && !t.contains("GUEST ERROR"),
+        "the guest saw errors:\n{t}"
+    );
+}
+
+/// `qemu-img compare` of two raw images: identical.
+fn identical(a: &Path, b: &Path) {
+    let (ok, out, err) = qemu_img(&["compare", "-f", "raw", "-F", "raw", &p(a), &p(b)]);
+    assert!(ok, "{} and {} differ: {out}{err}", a.display(), b.display());
+}
+
+fn md5_of(path: &Path) -> String {
+    md5_hex(&std::fs::read(path).unwrap())
+}
+
+fn jobs(c: &mut QmpClient) -> Vec<Value> {
+    c.ok("query-block-jobs", json!({}))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// JOB_STATUS_CHANGE events of job `id` until (and with) `last`.
+fn statuses_until(c: &mut QmpClient, id: &str, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let e = c.event("JOB_STATUS_CHANGE");
+        assert_eq!(e["data"]["id"], id, "{e}");
+        let s = e["data"]["status"].as_str().unwrap().to_string();
+        seen.push(s.clone());
+        if s == last {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
+    let dir = TempDir::new("jobs-mirror");
+    let (mut gw, source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    let target = dir.path().join("target.raw");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&target), "sync": "full", "format": "raw"}),
+    );
+    assert_eq!(
+        statuses_until(&mut c, "d0", "ready"),
+        ["created", "running", "ready"]
+    );
+    let ready = c.event("BLOCK_JOB_READY");
+    assert_eq!(ready["data"]["type"], "mirror");
+    assert_eq!(ready["data"]["device"], "d0");
+    let listed = jobs(&mut c);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let job = &listed[0];
+    assert_eq!(
+        (&job["type"], &job["device"], &job["ready"], &job["status"]),
+        (
+            &json!("mirror"),
+            &json!("d0"),
+            &json!(true),
+            &json!("ready")
+        ),
+        "{job}"
+    );
+    assert!(job["offset"].as_u64().unwrap() >= SECTORS * 512, "{job}");
+    // The mirror follows the guest's writes while it runs.
+    two_rounds(&mut gw);
+    c.ok("stop", json!({}));
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    assert_eq!(
+        statuses_until(&mut c, "d0", "null"),
+        ["waiting", "pending", "concluded", "null"]
+    );
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    assert!(jobs(&mut c).is_empty());
+    identical(&source, &target);
+    let inserted = &c.ok("query-block", json!({}))[0]["inserted"];
+    assert_eq!(inserted["file"], p(&target), "{inserted}");
+    // The guest goes on, on the target; the source stays as it was at the completion.
+    let source_then = md5_of(&source);
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    c.ok("stop", json!({}));
+    assert_eq!(
+        md5_of(&source),
+        source_then,
+        "the source was written after the pivot"
+    );
+    assert_ne!(
+        md5_of(&target),
+        source_then,
+        "the guest's writes did not reach the target"
+    );
+    no_guest_errors(&gw);
+}
+
+#[test]
+fn cancelled_mirrors_leave_the_disk_alone_and_a_ready_one_a_consistent_copy() {
+    let dir = TempDir::new("jobs-cancel");
+    let (mut gw, source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+
+    // Before it is ready (1 MiB/s over 16 MiB): cancelled, nothing changes for the disk.
+    let slow = dir.path().join("slow.raw");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "job-id": "slow", "target": p(&slow), "sync": "full", "speed": 1 << 20}),
+    );
+    assert_eq!(
+        statuses_until(&mut c, "slow", "running"),
+        ["created", "running"]
+    );
+    let (class, desc) = c.err("block-job-complete", json!({"device": "slow"}));
+    assert_eq!(
+        (class.as_str(), desc.as_str()),
+        (
+            "GenericError",
+            "Job 'slow' in state 'running' cannot accept command verb 'complete'"
+        )
+    );
+    c.ok("block-job-pause", json!({"device": "slow"}));
+    assert_eq!(statuses_until(&mut c, "slow", "paused"), ["paused"]);
+    let job = jobs(&mut c).remove(0);
+    assert_eq!(
+        (&job["paused"], &job["status"]),
+        (&json!(true), &json!("paused")),
+        "{job}"
+    );
+    c.ok("block-job-resume", json!({"device": "slow"}));
+    assert_eq!(statuses_until(&mut c, "slow", "running"), ["running"]);
+    c.ok("block-job-cancel", json!({"device": "slow"}));
+    assert_eq!(
+        statuses_until(&mut c, "slow", "null"),
+        ["aborting", "concluded", "null"]
+    );
+    let cancelled = c.event("BLOCK_JOB_CANCELLED");
+    let (offset, len) = (
+        cancelled["data"]["offset"].as_u64().unwrap(),
+        cancelled["data"]["len"].as_u64().unwrap(),
+    );
+    assert!(offset < len, "cancelled before the end: {cancelled}");
+    assert_eq!(
+        c.ok("query-block", json!({}))[0]["inserted"]["file"],
+        p(&source)
+    );
+    let (class, _) = c.err("block-job-cancel", json!({"device": "slow"}));
+    assert_eq!(class, "DeviceNotActive", "the job is gone");
+
+    // Ready, then cancelled: the target is the disk as it was at the cancel.
+    let copy = dir.path().join("copy.raw");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&copy), "sync": "full"}),
+    );
+    statuses_until(&mut c, "d0", "ready");
+    c.event("BLOCK_JOB_READY");
+    two_rounds(&mut gw);
+    c.ok("stop", json!({}));
+    c.ok("block-job-cancel", json!({"device": "d0"}));
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    identical(&source, &copy);
+    assert_eq!(
+        c.ok("query-block", json!({}))[0]["inserted"]["file"],
+        p(&source)
+    );
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    no_guest_errors(&gw);
+}
+
+#[test]
+fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
+    let dir = TempDir::new("jobs-restart");
+    let (mut gw, source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    let target = dir.path().join("target.raw");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&target), "sync": "full", "speed": 4 << 20}),
+    );
+    statuses_until(&mut c, "d0", "running");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = jobs(&mut c).remove(0);
+    assert!(before["offset"].as_u64().unwrap() > 0, "{before}");
+    let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
+    let after = jobs(&mut c);
+    assert_eq!(after.len(), 1, "the job goes on: {after:?}");
+    c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
+    statuses_until(&mut c, "d0", "ready");
+    two_rounds(&mut gw);
+    c.ok("stop", json!({}));
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    identical(&source, &target);
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    no_guest_errors(&gw);
+}

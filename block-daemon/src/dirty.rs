@@ -28,11 +28,23 @@ pub struct DirtyBitmaps {
     bitmaps: RwLock<Marked>,
 }
 
-/// What writes mark: the disk's bitmaps, and the running job's (what it has to copy).
+/// What a block job does before a write goes to the image: a mirror marks what it has
+/// to copy again, a backup copies what the write would overwrite.
+pub trait WriteHook: Send + Sync {
+    fn before_write(&self, offset: u64, len: u64);
+}
+
+impl WriteHook for SharedBitmap {
+    fn before_write(&self, offset: u64, len: u64) {
+        self.mark(offset, len);
+    }
+}
+
+/// What writes mark: the disk's bitmaps, and what the running job does.
 #[derive(Default)]
 struct Marked {
     disk: Vec<(String, SharedBitmap)>,
-    job: Option<Arc<SharedBitmap>>,
+    job: Option<Arc<dyn WriteHook>>,
 }
 
 impl Marked {
@@ -54,11 +66,25 @@ impl DirtyBitmaps {
         Ok(())
     }
 
-    /// Marks into the job's bitmap too from now on (None: no more).
-    pub fn set_job(&self, bitmap: Option<Arc<SharedBitmap>>) {
+    /// Calls the job's hook before each write from now on (None: no more).
+    pub fn set_job(&self, hook: Option<Arc<dyn WriteHook>>) {
         let mut all = self.bitmaps.write();
-        all.job = bitmap;
+        all.job = hook;
         self.any.store(all.any(), Ordering::SeqCst);
+    }
+
+    /// Moves the marks of bitmap `name` into `into` (an incremental backup's start; the
+    /// caller quiesced the device); whether there is such a bitmap.
+    pub fn take_named(
+        &self,
+        name: &str,
+        into: &SharedBitmap,
+    ) -> Result<bool, ipc::dirty_bitmap::BitmapError> {
+        let all = self.bitmaps.read();
+        match all.disk.iter().find(|(n, _)| n == name) {
+            Some((_, b)) => b.take_into(into).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Marks what `req` changes in every bitmap (reads, flushes: nothing).
@@ -71,8 +97,8 @@ impl DirtyBitmaps {
             for (_, b) in all.disk.iter() {
                 b.mark(offset, len);
             }
-            if let Some(b) = &all.job {
-                b.mark(offset, len);
+            if let Some(hook) = &all.job {
+                hook.before_write(offset, len);
             }
         };
         match &req.kind {

@@ -59,6 +59,32 @@ fn two_rounds(gw: &mut Gateway) {
         .expect_prefix(&format!("GUEST BLK ROUND {target} OK"), TIMEOUT);
 }
 
+/// Stops the VM and waits for the guest's last requests to land: `stop` pauses the
+/// vCPUs, and what they had put in the ring still completes (QEMU drains it; we do not
+/// yet): until the write counter holds still for 100 ms.
+fn stop_settled(c: &mut QmpClient) {
+    c.ok("stop", json!({}));
+    let writes = |c: &mut QmpClient| {
+        c.ok("query-blockstats", json!({}))[0]["stats"]["wr_operations"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut last = writes(c);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = writes(c);
+        if now == last {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes go on after stop"
+        );
+        last = now;
+    }
+}
+
 fn no_guest_errors(gw: &Gateway) {
     let t = gw.vm.transcript();
     assert!(
@@ -133,7 +159,16 @@ fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
     assert!(job["offset"].as_u64().unwrap() >= SECTORS * 512, "{job}");
     // The mirror follows the guest's writes while it runs.
     two_rounds(&mut gw);
-    c.ok("stop", json!({}));
+    // Then it is held back (1 byte/s): what the guest writes now is copied when the
+    // job completes, with the device quiesced.
+    c.ok("block-job-set-speed", json!({"device": "d0", "speed": 1}));
+    two_rounds(&mut gw);
+    stop_settled(&mut c);
+    let behind = jobs(&mut c).remove(0);
+    assert!(
+        behind["len"].as_u64().unwrap() > behind["offset"].as_u64().unwrap(),
+        "the mirror kept up at 1 byte/s: {behind}"
+    );
     c.ok("block-job-complete", json!({"device": "d0"}));
     assert_eq!(
         statuses_until(&mut c, "d0", "null"),
@@ -149,7 +184,7 @@ fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
     let source_then = md5_of(&source);
     c.ok("cont", json!({}));
     two_rounds(&mut gw);
-    c.ok("stop", json!({}));
+    stop_settled(&mut c);
     assert_eq!(
         md5_of(&source),
         source_then,
@@ -226,7 +261,7 @@ fn cancelled_mirrors_leave_the_disk_alone_and_a_ready_one_a_consistent_copy() {
     statuses_until(&mut c, "d0", "ready");
     c.event("BLOCK_JOB_READY");
     two_rounds(&mut gw);
-    c.ok("stop", json!({}));
+    stop_settled(&mut c);
     c.ok("block-job-cancel", json!({"device": "d0"}));
     let done = c.event("BLOCK_JOB_COMPLETED");
     assert!(done["data"].get("error").is_none(), "{done}");
@@ -267,11 +302,132 @@ fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
     c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
     statuses_until(&mut c, "d0", "ready");
     two_rounds(&mut gw);
-    c.ok("stop", json!({}));
+    stop_settled(&mut c);
     c.ok("block-job-complete", json!({"device": "d0"}));
     let done = c.event("BLOCK_JOB_COMPLETED");
     assert!(done["data"].get("error").is_none(), "{done}");
     identical(&source, &target);
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    no_guest_errors(&gw);
+}
+
+/// The guest's disk now, copied aside (the VM is stopped).
+fn copy_aside(source: &Path, to: &Path) -> PathBuf {
+    std::fs::copy(source, to).unwrap();
+    to.to_path_buf()
+}
+
+/// `qemu-img compare` of `image` (qcow2, through its backing chain) with a raw copy.
+fn holds(image: &Path, reference: &Path) {
+    let (ok, out, err) = qemu_img(&["compare", "-F", "raw", &p(image), &p(reference)]);
+    assert!(
+        ok,
+        "{} does not hold {}: {out}{err}",
+        image.display(),
+        reference.display()
+    );
+}
+
+/// Waits for job `id`'s BLOCK_JOB_COMPLETED (no error).
+fn completed(c: &mut QmpClient, id: &str) {
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert_eq!(done["data"]["device"], id, "{done}");
+    assert_eq!(done["data"]["type"], "backup", "{done}");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    assert_eq!(statuses_until(c, id, "null").last().unwrap(), "null");
+}
+
+#[test]
+fn backups_hold_their_point_in_time_and_incrementals_chain() {
+    let dir = TempDir::new("jobs-backup");
+    let (mut gw, source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    stop_settled(&mut c);
+
+    // A full backup and a new bitmap in one step; slow enough (8 MiB/s) that the guest
+    // overwrites the disk while it runs: each write copies the old data first.
+    let ref0 = copy_aside(&source, &dir.path().join("ref0.raw"));
+    let full = dir.path().join("full.qcow2");
+    let action = |kind: &str, data: Value| json!({"type": kind, "data": data});
+    c.ok(
+        "transaction",
+        json!({"actions": [
+            action("block-dirty-bitmap-add", json!({"node": "d0", "name": "b0"})),
+            action("drive-backup", json!({"device": "d0", "job-id": "full", "target": p(&full), "format": "qcow2", "sync": "full", "speed": 8 << 20})),
+        ]}),
+    );
+    let listed = jobs(&mut c);
+    assert_eq!(
+        (&listed[0]["type"], &listed[0]["device"]),
+        (&json!("backup"), &json!("full"))
+    );
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    completed(&mut c, "full");
+    holds(&full, &ref0);
+
+    // Three incrementals, each the guest's writes since the one before.
+    let mut previous = full;
+    for i in 1..=3 {
+        two_rounds(&mut gw);
+        stop_settled(&mut c);
+        let reference = copy_aside(&source, &dir.path().join(format!("ref{i}.raw")));
+        let inc = dir.path().join(format!("inc{i}.qcow2"));
+        c.ok(
+            "drive-backup",
+            json!({"device": "d0", "job-id": format!("inc{i}"), "target": p(&inc), "format": "qcow2", "sync": "incremental", "bitmap": "b0", "speed": 8 << 20}),
+        );
+        let busy = &c.ok("query-block", json!({}))[0]["inserted"]["dirty-bitmaps"][0];
+        assert_eq!(
+            (&busy["busy"], &busy["count"]),
+            (&json!(true), &json!(0)),
+            "{busy}"
+        );
+        let (_, desc) = c.err(
+            "block-dirty-bitmap-clear",
+            json!({"node": "d0", "name": "b0"}),
+        );
+        assert_eq!(
+            desc,
+            "Bitmap 'b0' is currently in use by another operation and cannot be used"
+        );
+        c.ok("cont", json!({}));
+        completed(&mut c, &format!("inc{i}"));
+        let (ok, out, err) =
+            qemu_img(&["rebase", "-u", "-b", &p(&previous), "-F", "qcow2", &p(&inc)]);
+        assert!(ok, "rebase: {out}{err}");
+        holds(&inc, &reference);
+        previous = inc;
+    }
+
+    // One more with the VM stopped, then another: nothing was written in between, so
+    // the last incremental holds nothing.
+    stop_settled(&mut c);
+    let reference = copy_aside(&source, &dir.path().join("ref4.raw"));
+    for name in ["inc4", "empty"] {
+        let inc = dir.path().join(format!("{name}.qcow2"));
+        c.ok(
+            "drive-backup",
+            json!({"device": "d0", "job-id": name, "target": p(&inc), "format": "qcow2", "sync": "incremental", "bitmap": "b0"}),
+        );
+        completed(&mut c, name);
+        let (ok, out, err) =
+            qemu_img(&["rebase", "-u", "-b", &p(&previous), "-F", "qcow2", &p(&inc)]);
+        assert!(ok, "rebase: {out}{err}");
+        holds(&inc, &reference);
+        previous = inc;
+    }
+    let empty = previous;
+    let (ok, map, err) = qemu_img(&["map", "--output=json", &p(&empty)]);
+    assert!(ok, "{err}");
+    let own: Vec<&str> = map
+        .lines()
+        .filter(|l| l.contains("\"depth\": 0") && l.contains("\"data\": true"))
+        .collect();
+    assert!(own.is_empty(), "the empty incremental holds data: {own:?}");
     c.ok("cont", json!({}));
     two_rounds(&mut gw);
     no_guest_errors(&gw);

@@ -1,10 +1,10 @@
-//! Block jobs the daemon runs on its node (QMP's drive-mirror and blockdev-mirror so
-//! far): one at a time, each on a thread of its own, reading the node as the guest sees
+//! Block jobs the daemon runs on its node (QMP's mirrors and backups): one at a time, each on a thread of its own, reading the node as the guest sees
 //! it and writing a target the gateway opened. The gateway keeps the job's bitmaps, so a
 //! new daemon carries a job on (`JobSpec::resume`). This file holds what every job
 //! shares: its control (pause, resume, cancel, complete, speed), its progress, the rate
-//! limit; `mirror.rs` is the mirror's copy loop.
+//! limit; `mirror.rs` is the mirror's copy loop, `backup.rs` the backup's.
 
+mod backup;
 mod mirror;
 
 use std::fs::File;
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use ipc::{BlockEvent, JobControl, JobEvent, JobKind, JobSpec, JobStatus, SharedBitmap};
 use parking_lot::{Condvar, Mutex};
 
-use crate::device::BlkDevice;
+use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
+use crate::dirty::WriteHook;
 use crate::formats::chain::{self, ChainOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +37,12 @@ pub enum JobError {
         filename: String,
         error: crate::formats::chain::ChainError,
     },
-    #[error("the job's bitmaps cover {bitmaps} bytes, the disk {disk}")]
-    Size { bitmaps: u64, disk: u64 },
     #[error("starting the job's thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Quiesce(#[from] crate::device::QuiesceTimeout),
+    #[error("Dirty bitmap '{0}' not found")]
+    NoBitmap(String),
 }
 
 /// Where a job sends its events.
@@ -65,6 +68,8 @@ struct State {
 struct Shared {
     id: String,
     state: Mutex<State>,
+    /// A mirror's bitmaps: what is left to copy, for its progress.
+    left: Option<(Arc<SharedBitmap>, Arc<SharedBitmap>)>,
     /// Wakes the job thread: a control call, or time to look at the bitmap again.
     wake: Condvar,
 }
@@ -78,6 +83,17 @@ enum Next {
 }
 
 impl Shared {
+    /// (bytes copied, bytes to copy in all): a mirror's total grows as the guest writes.
+    fn progress(&self) -> (u64, u64) {
+        let left = self
+            .left
+            .as_ref()
+            .map(|(dirty, copying)| dirty.dirty_bytes() + copying.dirty_bytes());
+        let s = self.state.lock();
+        let len = left.map_or(s.len, |l| s.offset + l);
+        (s.offset, len.max(s.offset))
+    }
+
     /// Waits while the job is paused; then what to do.
     fn next(&self) -> Next {
         let mut s = self.state.lock();
@@ -174,34 +190,42 @@ impl Jobs {
             }
         }
         let mut fds = fds.into_iter();
-        let (Some(target), Some(dirty), Some(copying)) = (fds.next(), fds.next(), fds.next())
-        else {
+        let (Some(target), Some(first), Some(second)) = (fds.next(), fds.next(), fds.next()) else {
             return Err(JobError::MissingFds);
         };
-        let JobKind::Mirror(mirror) = spec.kind.clone();
+        let granularity = spec.kind.granularity();
         let disk_size = device.disk().size();
-        let map = |fd: &OwnedFd| SharedBitmap::map(fd.as_fd(), disk_size, mirror.granularity);
-        let (dirty, copying) = (Arc::new(map(&dirty)?), Arc::new(map(&copying)?));
+        let map = |fd: &OwnedFd| SharedBitmap::map(fd.as_fd(), disk_size, granularity);
+        let (first, second) = (Arc::new(map(&first)?), Arc::new(map(&second)?));
+        let layer = spec.kind.target().clone();
+        let unmap = match &spec.kind {
+            JobKind::Mirror(m) => m.unmap,
+            JobKind::Backup(_) => true,
+        };
         let target = chain::open(
-            std::slice::from_ref(&mirror.target),
+            std::slice::from_ref(&layer),
             vec![File::from(target)],
             &ChainOptions {
                 writable: true,
                 direct: device.disk().cache().direct(),
                 counters: None,
-                discard_unmap: mirror.unmap,
+                discard_unmap: unmap,
             },
         )
         .map_err(|error| JobError::Target {
-            filename: mirror.target.filename.clone(),
+            filename: layer.filename.clone(),
             error,
         })?;
-        let target_size = target.top.virtual_size();
-        if target_size < disk_size {
-            return Err(JobError::Size {
-                bitmaps: target_size,
-                disk: disk_size,
-            });
+        if target.top.virtual_size() != disk_size {
+            // Taken, and over at once (QEMU's words).
+            events(BlockEvent::Job(JobEvent::Ended {
+                id: spec.id.clone(),
+                offset: 0,
+                len: 0,
+                cancelled: false,
+                error: Some("Source and target image have different sizes".into()),
+            }));
+            return Ok(());
         }
         let shared = Arc::new(Shared {
             id: spec.id.clone(),
@@ -212,22 +236,63 @@ impl Jobs {
                 ..State::default()
             }),
             wake: Condvar::new(),
+            left: matches!(spec.kind, JobKind::Mirror(_)).then(|| (first.clone(), second.clone())),
         });
-        // Marked from now on, before a request the daemon serves after this call.
-        device.dirty_bitmaps().set_job(Some(dirty.clone()));
-        let job = mirror::Mirror {
-            device: device.clone(),
-            spec,
-            mirror,
-            target,
-            dirty,
-            copying,
-            shared: shared.clone(),
-            events,
+        let run: Box<dyn FnOnce() + Send> = match spec.kind.clone() {
+            JobKind::Mirror(mirror) => {
+                // Marked from now on, before a request the daemon serves after this call.
+                device
+                    .dirty_bitmaps()
+                    .set_job(Some(first.clone() as Arc<dyn WriteHook>));
+                let job = mirror::Mirror {
+                    device: device.clone(),
+                    spec,
+                    mirror,
+                    target,
+                    dirty: first,
+                    copying: second,
+                    shared: shared.clone(),
+                    events,
+                };
+                Box::new(move || job.run())
+            }
+            JobKind::Backup(backup) => {
+                let (to_copy, done) = (first, second);
+                // The point in time: nothing in flight, every later write copies first.
+                let _quiesced = device.quiesce(QUIESCE_TIMEOUT)?;
+                if !spec.resume {
+                    match &backup.bitmap {
+                        Some(name) => {
+                            if !device.dirty_bitmaps().take_named(name, &to_copy)? {
+                                return Err(JobError::NoBitmap(name.clone()));
+                            }
+                        }
+                        None => to_copy.mark_all(),
+                    }
+                }
+                shared.state.lock().len = to_copy.dirty_bytes();
+                let copier = Arc::new(backup::Copier::new(
+                    device.clone(),
+                    target,
+                    backup,
+                    to_copy,
+                    done,
+                    shared.clone(),
+                ));
+                device
+                    .dirty_bitmaps()
+                    .set_job(Some(copier.clone() as Arc<dyn WriteHook>));
+                let job = backup::Backup {
+                    spec,
+                    copier,
+                    events,
+                };
+                Box::new(move || job.run())
+            }
         };
         let thread = std::thread::Builder::new()
             .name("block-job".into())
-            .spawn(move || job.run())
+            .spawn(run)
             .map_err(|e| {
                 device.dirty_bitmaps().set_job(None);
                 JobError::Thread(e)
@@ -271,11 +336,12 @@ impl Jobs {
         if thread.is_finished() {
             return None;
         }
+        let (offset, len) = shared.progress();
         let s = shared.state.lock();
         Some(JobStatus {
             id: shared.id.clone(),
-            offset: s.offset,
-            len: s.len.max(s.offset),
+            offset,
+            len,
             speed: s.speed,
             paused: s.paused || s.failed,
             ready: s.ready,
@@ -300,11 +366,11 @@ impl Jobs {
 
 /// The job's end, as the gateway hears of it.
 fn ended(shared: &Shared, cancelled: bool, error: Option<String>) -> BlockEvent {
-    let s = shared.state.lock();
+    let (offset, len) = shared.progress();
     BlockEvent::Job(JobEvent::Ended {
         id: shared.id.clone(),
-        offset: s.offset,
-        len: s.len.max(s.offset),
+        offset,
+        len,
         cancelled,
         error,
     })

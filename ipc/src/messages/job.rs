@@ -36,15 +36,59 @@ pub struct MirrorSpec {
     pub fresh_target: bool,
 }
 
+/// A backup: the disk as it was at the job's start copied to the target while the guest
+/// runs; a guest write to a chunk not yet copied waits for its old data to be copied
+/// first (copy before write).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BackupSpec {
+    /// The target image (its fd comes with the call).
+    pub target: ImageLayer,
+    /// Full or Top: every chunk; None: only what the guest overwrites while the job runs.
+    pub sync: SyncMode,
+    /// Incremental: the chunks marked in the disk's dirty bitmap of this name; the job
+    /// takes its marks at the start (the bitmap records anew from there).
+    pub bitmap: Option<String>,
+    /// Disk bytes per bit of the job's bitmaps, and the unit of copying.
+    pub granularity: u64,
+    /// The gateway created the target: it reads as zeroes, so zeroes need no write.
+    pub fresh_target: bool,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum JobKind {
     Mirror(MirrorSpec),
+    Backup(BackupSpec),
 }
 
-/// A job for the daemon to run. Its call carries the target image's fd, then the memfd
-/// of the job's dirty bitmap (chunks the guest wrote, which the daemon marks as it marks
-/// the disk's dirty bitmaps) and of its copy bitmap (chunks taken from the dirty bitmap
-/// and not yet copied), both of `granularity` over the disk's size.
+impl JobKind {
+    /// QMP's JobType.
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            JobKind::Mirror(_) => "mirror",
+            JobKind::Backup(_) => "backup",
+        }
+    }
+
+    pub fn target(&self) -> &ImageLayer {
+        match self {
+            JobKind::Mirror(m) => &m.target,
+            JobKind::Backup(b) => &b.target,
+        }
+    }
+
+    pub fn granularity(&self) -> u64 {
+        match self {
+            JobKind::Mirror(m) => m.granularity,
+            JobKind::Backup(b) => b.granularity,
+        }
+    }
+}
+
+/// A job for the daemon to run. Its call carries the target image's fd, then the memfds
+/// of the job's two bitmaps, both of `granularity` over the disk's size: a mirror's dirty
+/// bitmap (chunks the guest wrote, which the daemon marks as it marks the disk's dirty
+/// bitmaps) and copy bitmap (chunks taken from the dirty bitmap and not yet copied); a
+/// backup's chunks to copy (set at its start, not changed after) and chunks copied.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
     /// QMP's job id.

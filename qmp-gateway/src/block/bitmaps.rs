@@ -47,6 +47,8 @@ pub enum BitmapError {
     NodeNotFound(String),
     #[error("Dirty bitmap '{0}' not found")]
     NotFound(String),
+    #[error("Bitmap '{0}' is currently in use by another operation and cannot be used")]
+    Busy(String),
     // Ours: where we do not (yet) do what QEMU does.
     #[error("dirty bitmaps are kept on the image nodes of a disk's chain only: '{0}' is not one")]
     Unserved(String),
@@ -76,13 +78,13 @@ pub struct DirtyBitmap {
 }
 
 impl DirtyBitmap {
-    /// BlockDirtyInfo, as QEMU 7.2 shows it.
-    fn info(&self) -> Value {
+    /// BlockDirtyInfo, as QEMU 7.2 shows it; `busy`: a job uses it.
+    fn info(&self, busy: bool) -> Value {
         json!({
             "name": self.name,
             "recording": self.recording,
             "persistent": self.persistent,
-            "busy": false,
+            "busy": busy,
             "granularity": self.memory.granularity(),
             "count": self.memory.dirty_bytes(),
         })
@@ -192,10 +194,31 @@ impl State {
     pub fn bitmap_infos(&self, node: &str) -> Vec<Value> {
         self.disks
             .iter()
-            .flat_map(|d| d.bitmaps.iter().rev())
-            .filter(|b| b.node == node)
-            .map(DirtyBitmap::info)
+            .flat_map(|d| d.bitmaps.iter().rev().map(move |b| (d, b)))
+            .filter(|(_, b)| b.node == node)
+            .map(|(d, b)| b.info(self.bitmap_busy(d, b)))
             .collect()
+    }
+
+    /// Whether a job of disk `disk` uses bitmap `b` (an incremental backup).
+    fn bitmap_busy(&self, disk: &Disk, b: &DirtyBitmap) -> bool {
+        b.node == disk.root
+            && self
+                .job_of_disk(&disk.id)
+                .is_some_and(|j| j.uses_bitmap(&b.name))
+    }
+
+    /// Bitmap `name` of disk `index` may be changed (no job uses it).
+    fn bitmap_free(&self, index: usize, node: &str, name: &str) -> Result<(), BlockError> {
+        let disk = &self.disks[index];
+        match disk
+            .bitmaps
+            .iter()
+            .find(|b| b.node == node && b.name == name)
+        {
+            Some(b) if self.bitmap_busy(disk, b) => Err(BitmapError::Busy(name.to_string()).into()),
+            _ => Ok(()),
+        }
     }
 
     fn bitmap_memory(&self) -> u64 {
@@ -333,7 +356,12 @@ impl BlockLayer {
     /// block-dirty-bitmap-remove.
     pub fn dirty_bitmap_remove(&self, node: &str, name: &str) -> Result<(), BlockError> {
         let _changes = self.changes.lock();
-        let (index, _) = self.state.lock().find_bitmap(node, name)?;
+        let (index, _) = {
+            let state = self.state.lock();
+            let (index, found) = state.find_bitmap(node, name)?;
+            state.bitmap_free(index, &found, name)?;
+            (index, found)
+        };
         // Kept until the daemon has stopped marking into it.
         let _gone = self.take_bitmap(index, node, name);
         if let Err(e) = self.send_bitmaps(index) {
@@ -360,6 +388,7 @@ impl BlockLayer {
         let (index, node, old) = {
             let mut state = self.state.lock();
             let (index, node) = state.find_bitmap(node, name)?;
+            state.bitmap_free(index, &node, name)?;
             let disk = &mut state.disks[index];
             let root = disk.root.clone();
             let Some(b) = disk.bitmap_mut(&node, name) else {
@@ -381,6 +410,21 @@ impl BlockLayer {
             return Err(e);
         }
         Ok(old)
+    }
+
+    /// Marks again in disk `disk`'s top-node bitmap `name` what `marks` has (a failed
+    /// incremental backup's chunks).
+    pub(super) fn merge_into_bitmap(&self, disk: &str, name: &str, marks: &SharedBitmap) {
+        let mut state = self.state.lock();
+        let Some(d) = state.disks.iter_mut().find(|d| d.id == disk) else {
+            return;
+        };
+        let root = d.root.clone();
+        if let Some(b) = d.bitmap_mut(&root, name) {
+            if let Err(e) = b.memory.merge_from(marks) {
+                log::error!("dirty bitmap {name}: giving back a backup's marks: {e}");
+            }
+        }
     }
 
     /// Marks again in bitmap `name` what `old` has (a clear undone).

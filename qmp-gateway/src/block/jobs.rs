@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use block_daemon::formats::qcow2::create::{self, CreateOptions};
 use ipc::{
-    errno_text, BlockReply, BlockRequest, ImageFormat, ImageLayer, JobControl, JobEvent, JobKind,
-    JobSpec, JobStatus, MirrorSpec, OnError, SharedBitmap, SyncMode,
+    errno_text, BackupSpec, BlockReply, BlockRequest, ImageFormat, ImageLayer, JobControl,
+    JobEvent, JobKind, JobSpec, JobStatus, MirrorSpec, OnError, SharedBitmap, SyncMode,
 };
 use serde_json::{json, Value};
 
@@ -22,6 +22,7 @@ use super::graph;
 use super::lock::{self, Perms};
 use super::options::{Driver, NodeOptions};
 use super::snapshot::NewImageMode;
+use super::transaction::Action;
 use super::{BlockLayer, State};
 use crate::events::{Event, JobEnded, JobError as JobErrorEvent, JobReady, JobStatusChange};
 use crate::fdstore::Charge;
@@ -45,16 +46,31 @@ pub enum JobError {
         state: &'static str,
         verb: &'static str,
     },
-    #[error("Invalid parameter 'speed'")]
+    #[error("Parameter 'speed' expects a non-negative value")]
     Speed,
-    #[error("Granularity must be power of 2 and at least 512")]
+    #[error("Parameter 'granularity' expects a power of 2")]
     Granularity,
     #[error("Parameter 'granularity' expects a value in range [512B, 64MB]")]
     GranularityRange,
-    #[error("Parameter 'buf-size' expects a positive value")]
+    #[error("Invalid parameter 'buf-size'")]
     BufSize,
-    #[error("Unknown driver '{0}'")]
+    #[error("Unknown file format '{0}'")]
     UnknownFormat(String),
+    /// A mirror of a disk that has a job already.
+    #[error("Need a root block node")]
+    NotRoot,
+    #[error("Job is already paused")]
+    AlreadyPaused,
+    #[error("The block job for device '{0}' is currently paused")]
+    CancelPaused(String),
+    #[error("must provide a valid bitmap name for 'incremental' sync mode")]
+    IncrementalNeedsBitmap,
+    #[error("Bitmap '{0}' could not be found")]
+    NoBitmap(String),
+    #[error("Bitmap sync mode must be given when providing a bitmap")]
+    BitmapWithoutMode,
+    #[error("Sync mode '{0}' not supported")]
+    SyncUnsupported(&'static str),
     #[error("Can't mirror node into itself")]
     IntoItself,
     #[error("Could not create '{path}': {why}")]
@@ -64,8 +80,8 @@ pub enum JobError {
     TopWithBacking,
     #[error("'replaces' is not supported yet")]
     Replaces,
-    #[error("the target is {target} bytes, smaller than the disk's {disk}")]
-    TargetSmall { target: u64, disk: u64 },
+    #[error("compress: compressed backups are not supported yet")]
+    Compress,
     #[error(transparent)]
     Bitmap(#[from] ipc::dirty_bitmap::BitmapError),
 }
@@ -98,6 +114,29 @@ pub struct MirrorRequest {
     pub on_source_error: OnError,
     pub on_target_error: OnError,
     pub unmap: bool,
+}
+
+/// drive-backup's and blockdev-backup's arguments.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: MirrorTarget,
+    pub sync: BackupSync,
+    pub bitmap: Option<String>,
+    pub speed: i64,
+    pub compress: bool,
+    pub on_source_error: OnError,
+    pub on_target_error: OnError,
+}
+
+/// A backup's sync (MirrorSyncMode as backups take it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupSync {
+    Full,
+    Top,
+    None,
+    Incremental,
 }
 
 /// A job's state, as QEMU's JobStatus names it.
@@ -172,6 +211,11 @@ impl BlockJob {
         Ok((spec, fds))
     }
 
+    /// An incremental backup of bitmap `name`.
+    pub fn uses_bitmap(&self, name: &str) -> bool {
+        matches!(&self.spec.kind, JobKind::Backup(b) if b.bitmap.as_deref() == Some(name))
+    }
+
     /// BlockJobInfo, as QEMU 7.2 shows it.
     fn info(&self, now: Option<&JobStatus>) -> Value {
         let s = now.unwrap_or(&self.last);
@@ -218,105 +262,104 @@ impl State {
 }
 
 impl BlockLayer {
-    /// drive-mirror and blockdev-mirror; `charge`: the job's three fds, charged to the
-    /// client.
+    /// drive-mirror and blockdev-mirror; `charge`: the job's fds, charged to the client.
     pub fn mirror(&self, r: &MirrorRequest, charge: Option<Charge>) -> Result<(), BlockError> {
         let _changes = self.changes.lock();
-        let (link, spec, fds, id) = {
-            let mut state = self.state.lock();
-            let prepared = self.prepare_mirror(&mut state, r, charge)?;
-            let job = state
-                .jobs
-                .last()
-                .ok_or_else(|| BlockError::NoNode(prepared.clone()))?;
-            let (spec, fds) = job.launch(false)?;
-            let disk = state
-                .disk_by_id(&job.disk)
-                .ok_or_else(|| BlockError::DeviceNotFound(job.disk.clone()))?;
-            (disk.daemon()?.link.clone(), spec, fds, job.id.clone())
-        };
-        let fds_ref: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        if let Err(e) = link.request(BlockRequest::StartJob(spec), &fds_ref) {
-            self.drop_job(&id, false);
-            return Err(e.into());
+        let id = self.prepare_mirror(&mut self.state.lock(), r, charge)?;
+        self.start_job(&id)
+    }
+
+    /// Gives job `id` (prepared) to its disk's daemon, which starts it; forgets it if
+    /// that fails. The caller holds `changes`.
+    fn start_job(&self, id: &str) -> Result<(), BlockError> {
+        let sent = (|| {
+            let (link, spec, fds) = {
+                let state = self.state.lock();
+                let job = state
+                    .job(id)
+                    .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+                let (spec, fds) = job.launch(false)?;
+                let disk = state
+                    .disk_by_id(&job.disk)
+                    .ok_or_else(|| BlockError::DeviceNotFound(job.disk.clone()))?;
+                (disk.daemon()?.link.clone(), spec, fds)
+            };
+            let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            link.request(BlockRequest::StartJob(spec), &fds)?;
+            Ok::<(), BlockError>(())
+        })();
+        if let Err(e) = sent {
+            self.drop_job(id, false);
+            return Err(e);
         }
-        self.hooks
-            .events
-            .emit(Event::JobStatusChange(JobStatusChange::new(&id, "created")));
-        self.hooks
-            .events
-            .emit(Event::JobStatusChange(JobStatusChange::new(&id, "running")));
+        let events = &self.hooks.events;
+        events.emit(Event::JobStatusChange(JobStatusChange::new(id, "created")));
+        events.emit(Event::JobStatusChange(JobStatusChange::new(id, "running")));
         Ok(())
     }
 
-    /// Checks a mirror's arguments (QEMU's order), opens its target and records the job
-    /// (the last of `state.jobs`); returns its id.
-    fn prepare_mirror(
-        &self,
-        state: &mut State,
-        r: &MirrorRequest,
-        charge: Option<Charge>,
-    ) -> Result<String, BlockError> {
-        let root = state.lookup_node(Some(&r.device), Some(&r.device))?;
+    /// What every job checks first (QEMU's order): the disk, the job id, a job already
+    /// running there, the speed. Returns (disk index, root node, job id).
+    fn check_new_job(
+        state: &State,
+        device: &str,
+        job_id: Option<&str>,
+        speed: i64,
+        mirror: bool,
+    ) -> Result<(usize, String, String), BlockError> {
+        let root = state.lookup_node(Some(device), Some(device))?;
         let disk_index = state
             .disks
             .iter()
             .position(|d| d.root == root)
-            .ok_or_else(|| BlockError::DeviceNotFound(r.device.clone()))?;
-        let disk_id = state.disks[disk_index].id.clone();
-        let id = r.job_id.clone().unwrap_or_else(|| r.device.clone());
-        if r.job_id.is_some() && !well_formed(&id) {
+            .ok_or_else(|| BlockError::DeviceNotFound(device.to_string()))?;
+        let running = state.job_of_disk(&state.disks[disk_index].id);
+        if let (Some(_), true) = (running, mirror) {
+            // QEMU's mirror sees the job's filter node over the disk first.
+            return Err(JobError::NotRoot.into());
+        }
+        // QEMU's default id: the disk's drive id, whatever names it here.
+        let id = job_id.unwrap_or(&state.disks[disk_index].id).to_string();
+        if !well_formed(&id) {
             return Err(JobError::BadId(id).into());
         }
         if state.job(&id).is_some() {
             return Err(JobError::IdInUse(id).into());
         }
-        if let Some(job) = state.job_of_disk(&disk_id) {
+        if let Some(job) = running {
             return Err(JobError::Busy {
-                node: root.clone(),
+                node: device.to_string(),
                 kind: job.kind,
             }
             .into());
         }
-        if r.speed < 0 {
+        if speed < 0 {
             return Err(JobError::Speed.into());
         }
-        let granularity = match r.granularity {
-            Some(g) if !(512..=64 << 20).contains(&g) => {
-                return Err(JobError::GranularityRange.into())
-            }
-            Some(g) if !g.is_power_of_two() => return Err(JobError::Granularity.into()),
-            Some(g) => g,
-            None => default_granularity(&state.graph, &root),
-        };
-        let buf_size = match r.buf_size {
-            Some(b) if b <= 0 => return Err(JobError::BufSize.into()),
-            Some(b) => b as u64,
-            None => DEFAULT_BUF_SIZE,
-        };
-        if r.replaces.is_some() {
-            return Err(JobError::Replaces.into());
-        }
-        let has_backing = state
-            .graph
-            .image_node(&root)
-            .is_some_and(|n| n.backing.is_some());
-        if r.sync == SyncMode::Top && has_backing {
-            return Err(JobError::TopWithBacking.into());
-        }
-        let size = super::bitmaps::node_size(&state.graph, &root);
-        let (target_node, made_node, fresh) = match &r.target {
+        Ok((disk_index, root, id))
+    }
+
+    /// A job's target: a node blockdev-add made, or a file (created unless mode is
+    /// existing) opened as a new node. Returns (node, whether the job made it, whether
+    /// the file is new).
+    fn job_target(
+        state: &mut State,
+        root: &str,
+        target: &MirrorTarget,
+        size: u64,
+    ) -> Result<(String, bool, bool), BlockError> {
+        match target {
             MirrorTarget::Node(name) => {
                 if state.graph.node(name).is_none() {
                     return Err(BlockError::NodeNotFound(name.clone()));
                 }
-                if *name == root || state.graph.tree(&root).contains(name) {
+                if *name == root || state.graph.tree(root).contains(name) {
                     return Err(JobError::IntoItself.into());
                 }
                 if state.disks.iter().any(|d| d.root == *name) {
                     return Err(BlockError::InUse(name.clone()));
                 }
-                (name.clone(), false, false)
+                Ok((name.clone(), false, false))
             }
             MirrorTarget::Drive {
                 path,
@@ -326,7 +369,7 @@ impl BlockLayer {
             } => {
                 let source_format = state
                     .graph
-                    .image_node(&root)
+                    .image_node(root)
                     .map_or(Driver::Raw, |n| n.driver);
                 let driver = match format {
                     Some(f) => {
@@ -350,52 +393,54 @@ impl BlockLayer {
                     &mut graph::open_path,
                     &mut graph::uncharged,
                 )?;
-                (node, true, *mode == NewImageMode::AbsolutePaths)
+                Ok((node, true, *mode == NewImageMode::AbsolutePaths))
             }
-        };
+        }
+    }
+
+    /// Records a job whose target node is open: locks the target, creates the job's
+    /// bitmaps. Returns its id.
+    #[allow(clippy::too_many_arguments)]
+    fn record_job(
+        &self,
+        state: &mut State,
+        disk_index: usize,
+        (target_node, made_node): (String, bool),
+        size: u64,
+        granularity: u64,
+        spec: impl FnOnce(ImageLayer) -> JobSpec,
+        charge: Option<Charge>,
+    ) -> Result<String, BlockError> {
         let undo_node = |state: &mut State| {
             if made_node {
                 state.graph.remove_tree(&target_node);
             }
         };
-        let target = match self.target_of(state, &target_node, size) {
+        let (layer, fd, locked) = match self.target_of(state, &target_node, size) {
             Ok(t) => t,
             Err(e) => {
                 undo_node(state);
                 return Err(e);
             }
         };
-        let (layer, fd, locked) = target;
         let bitmaps = SharedBitmap::create(size, granularity)
             .and_then(|d| Ok((d, SharedBitmap::create(size, granularity)?)));
         let (dirty, copying) = match bitmaps {
             Ok(b) => b,
             Err(e) => {
+                if let Some((take, share)) = locked {
+                    lock::unlock(fd.as_fd(), take, share);
+                }
                 undo_node(state);
                 return Err(JobError::from(e).into());
             }
         };
-        let spec = JobSpec {
-            id: id.clone(),
-            kind: JobKind::Mirror(MirrorSpec {
-                target: layer,
-                sync: r.sync,
-                granularity,
-                buf_size,
-                unmap: r.unmap,
-                fresh_target: fresh,
-            }),
-            speed: r.speed as u64,
-            on_source_error: r.on_source_error,
-            on_target_error: r.on_target_error,
-            resume: false,
-            ready: false,
-            offset: 0,
-        };
+        let spec = spec(layer);
+        let id = spec.id.clone();
         state.jobs.push(BlockJob {
             id: id.clone(),
-            kind: "mirror",
-            disk: disk_id,
+            kind: spec.kind.qmp_name(),
+            disk: state.disks[disk_index].id.clone(),
             last: JobStatus {
                 id: id.clone(),
                 offset: 0,
@@ -420,6 +465,155 @@ impl BlockLayer {
         Ok(id)
     }
 
+    /// drive-backup and blockdev-backup (a transaction of one action, as in QEMU).
+    pub fn backup(&self, r: BackupRequest, charge: Option<Charge>) -> Result<(), BlockError> {
+        self.transaction(vec![Box::new(BackupAction::new(r, charge))], false)
+    }
+
+    /// Checks a backup's arguments (QEMU's order), opens its target and records the
+    /// job; returns its id. The job starts when the transaction commits.
+    fn prepare_backup(
+        &self,
+        state: &mut State,
+        r: &BackupRequest,
+        charge: Option<Charge>,
+    ) -> Result<String, BlockError> {
+        let root = state.lookup_node(Some(&r.device), Some(&r.device))?;
+        if let Some(disk) = state.disks.iter().find(|d| d.root == root) {
+            if let Some(job) = state.job_of_disk(&disk.id) {
+                return Err(JobError::Busy {
+                    node: r.device.clone(),
+                    kind: job.kind,
+                }
+                .into());
+            }
+        }
+        if r.sync == BackupSync::Incremental && r.bitmap.is_none() {
+            return Err(JobError::IncrementalNeedsBitmap.into());
+        }
+        let granularity = match &r.bitmap {
+            Some(name) => {
+                let found = state
+                    .disks
+                    .iter()
+                    .flat_map(|d| &d.bitmaps)
+                    .find(|b| b.node == root && b.name == *name)
+                    .map(|b| b.memory.granularity());
+                let g = found.ok_or_else(|| JobError::NoBitmap(name.clone()))?;
+                if r.sync != BackupSync::Incremental {
+                    return Err(JobError::BitmapWithoutMode.into());
+                }
+                g
+            }
+            None => default_granularity(&state.graph, &root),
+        };
+        if r.compress {
+            return Err(JobError::Compress.into());
+        }
+        let has_backing = state
+            .graph
+            .image_node(&root)
+            .is_some_and(|n| n.backing.is_some());
+        if r.sync == BackupSync::Top && has_backing {
+            return Err(JobError::TopWithBacking.into());
+        }
+        let (disk_index, root, id) =
+            Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
+        let size = super::bitmaps::node_size(&state.graph, &root);
+        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size)?;
+        self.record_job(
+            state,
+            disk_index,
+            (node, made),
+            size,
+            granularity,
+            |target| JobSpec {
+                id,
+                kind: JobKind::Backup(BackupSpec {
+                    target,
+                    sync: match r.sync {
+                        BackupSync::None => SyncMode::None,
+                        _ => SyncMode::Full,
+                    },
+                    bitmap: r.bitmap.clone(),
+                    granularity,
+                    // An incremental's (or sync none's) target goes over a backing
+                    // image: its zeroes are written, or the backing's data shows.
+                    fresh_target: fresh && r.bitmap.is_none() && r.sync != BackupSync::None,
+                }),
+                speed: r.speed as u64,
+                on_source_error: r.on_source_error,
+                on_target_error: r.on_target_error,
+                resume: false,
+                ready: false,
+                offset: 0,
+            },
+            charge,
+        )
+    }
+
+    /// Checks a mirror's arguments (QEMU's order), opens its target and records the job
+    /// (the last of `state.jobs`); returns its id.
+    fn prepare_mirror(
+        &self,
+        state: &mut State,
+        r: &MirrorRequest,
+        charge: Option<Charge>,
+    ) -> Result<String, BlockError> {
+        let (disk_index, root, id) =
+            Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, true)?;
+        let granularity = match r.granularity.filter(|&g| g != 0) {
+            Some(g) if !(512..=64 << 20).contains(&g) => {
+                return Err(JobError::GranularityRange.into())
+            }
+            Some(g) if !g.is_power_of_two() => return Err(JobError::Granularity.into()),
+            Some(g) => g,
+            None => default_granularity(&state.graph, &root),
+        };
+        let buf_size = match r.buf_size {
+            Some(b) if b < 0 => return Err(JobError::BufSize.into()),
+            Some(b) if b > 0 => b as u64,
+            _ => DEFAULT_BUF_SIZE,
+        };
+        if r.replaces.is_some() {
+            return Err(JobError::Replaces.into());
+        }
+        let has_backing = state
+            .graph
+            .image_node(&root)
+            .is_some_and(|n| n.backing.is_some());
+        if r.sync == SyncMode::Top && has_backing {
+            return Err(JobError::TopWithBacking.into());
+        }
+        let size = super::bitmaps::node_size(&state.graph, &root);
+        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size)?;
+        self.record_job(
+            state,
+            disk_index,
+            (node, made),
+            size,
+            granularity,
+            |target| JobSpec {
+                id,
+                kind: JobKind::Mirror(MirrorSpec {
+                    target,
+                    sync: r.sync,
+                    granularity,
+                    buf_size,
+                    unmap: r.unmap,
+                    fresh_target: fresh,
+                }),
+                speed: r.speed as u64,
+                on_source_error: r.on_source_error,
+                on_target_error: r.on_target_error,
+                resume: false,
+                ready: false,
+                offset: 0,
+            },
+            charge,
+        )
+    }
+
     /// The target node's image layer and fd, locked as a disk's top (it is written).
     fn target_of(&self, state: &State, node: &str, size: u64) -> Result<Target, BlockError> {
         let image = state
@@ -435,17 +629,8 @@ impl BlockLayer {
             .clone()
             .ok_or_else(|| BlockError::NoImage(node.to_string()))?;
         let qcow2 = image.driver == Driver::Qcow2;
-        let target_size = match &image.qcow2 {
-            Some(q) => q.virtual_size,
-            None => super::info::image_sizes(&fd).0,
-        };
-        if target_size < size {
-            return Err(JobError::TargetSmall {
-                target: target_size,
-                disk: size,
-            }
-            .into());
-        }
+        // A target of another size is taken: the job fails at its start, as QEMU's.
+        let _ = size;
         let (take, share) = if qcow2 {
             Perms::for_qcow2_disk(false)
         } else {
@@ -548,8 +733,9 @@ impl BlockLayer {
                 JobControl::Pause => match job.state {
                     JobState::Running => Some(JobState::Paused),
                     JobState::Ready => Some(JobState::Standby),
-                    // A second pause is counted by QEMU; one resume ends both here.
-                    JobState::Paused | JobState::Standby => None,
+                    JobState::Paused | JobState::Standby => {
+                        return Err(JobError::AlreadyPaused.into())
+                    }
                     _ => return Err(verb_refused("pause").into()),
                 },
                 JobControl::Resume => match job.state {
@@ -557,13 +743,19 @@ impl BlockLayer {
                     JobState::Standby => Some(JobState::Ready),
                     _ => return Err(verb_refused("resume").into()),
                 },
+                // A ready job paused completes when resumed (QEMU takes it, too).
                 JobControl::Complete => match job.state {
-                    JobState::Ready => {
+                    JobState::Ready | JobState::Standby => {
                         job.completing = true;
                         None
                     }
                     _ => return Err(verb_refused("complete").into()),
                 },
+                JobControl::Cancel { force: false }
+                    if matches!(job.state, JobState::Paused | JobState::Standby) =>
+                {
+                    return Err(JobError::CancelPaused(job.disk.clone()).into())
+                }
                 JobControl::Cancel { .. } => None,
                 JobControl::SetSpeed(_) => None,
             };
@@ -680,25 +872,29 @@ impl BlockLayer {
         let Some(job) = self.drop_job(id, pivot) else {
             return;
         };
+        if let JobKind::Backup(BackupSpec {
+            bitmap: Some(name), ..
+        }) = &job.spec.kind
+        {
+            if cancelled || error.is_some() {
+                // The incremental's chunks are to copy again next time (QEMU's
+                // on-success: the bitmap is as if the backup had not run).
+                self.merge_into_bitmap(disk, name, &job.dirty);
+            }
+        }
         if let Some((take, share)) = job.locked.filter(|_| !pivot) {
             // Nothing writes the target now.
             lock::unlock(job.target.as_fd(), take, share);
         }
+        // QEMU's order: the job's way to its end, its event, then concluded and null.
         let events = &self.hooks.events;
-        let status = if cancelled && error.is_none() {
-            "aborting"
+        let status = |s| Event::JobStatusChange(JobStatusChange::new(id, s));
+        if cancelled || error.is_some() {
+            events.emit(status("aborting"));
         } else {
-            "waiting"
-        };
-        events.emit(Event::JobStatusChange(JobStatusChange::new(id, status)));
-        if status == "waiting" {
-            events.emit(Event::JobStatusChange(JobStatusChange::new(id, "pending")));
+            events.emit(status("waiting"));
+            events.emit(status("pending"));
         }
-        events.emit(Event::JobStatusChange(JobStatusChange::new(
-            id,
-            "concluded",
-        )));
-        events.emit(Event::JobStatusChange(JobStatusChange::new(id, "null")));
         let ended = JobEnded {
             kind: job.kind,
             device: id.to_string(),
@@ -712,6 +908,8 @@ impl BlockLayer {
         } else {
             Event::BlockJobCompleted(ended)
         });
+        events.emit(status("concluded"));
+        events.emit(status("null"));
     }
 
     /// A completed mirror: the disk's root is the target's node from now on (its daemon
@@ -721,13 +919,11 @@ impl BlockLayer {
         let Some(job) = state.job(id) else {
             return;
         };
-        let (node, fd, layer) = match &job.spec.kind {
-            JobKind::Mirror(m) => (
-                job.target_node.clone(),
-                job.target.clone(),
-                m.target.clone(),
-            ),
-        };
+        let (node, fd, layer) = (
+            job.target_node.clone(),
+            job.target.clone(),
+            job.spec.kind.target().clone(),
+        );
         let Some(index) = state.disks.iter().position(|d| d.id == disk_id) else {
             return;
         };
@@ -785,4 +981,69 @@ fn create_target(path: &str, driver: Driver, size: u64) -> Result<(), BlockError
         _ => file.set_len(size).map_err(fail)?,
     }
     Ok(())
+}
+
+/// The transaction actions drive-backup and blockdev-backup: prepared (target created and
+/// opened, job recorded) with the other actions, started when all of them are, so the
+/// backup's point in time comes after every action's change (a bitmap added or cleared
+/// beside it records from before that point: the next incremental backup may copy a
+/// little more, never less).
+pub struct BackupAction {
+    request: BackupRequest,
+    charge: Option<Charge>,
+    prepared: Option<String>,
+}
+
+impl BackupAction {
+    pub fn new(request: BackupRequest, charge: Option<Charge>) -> BackupAction {
+        BackupAction {
+            request,
+            charge,
+            prepared: None,
+        }
+    }
+}
+
+impl Action for BackupAction {
+    fn kind(&self) -> &'static str {
+        match self.request.target {
+            MirrorTarget::Node(_) => "blockdev-backup",
+            MirrorTarget::Drive { .. } => "drive-backup",
+        }
+    }
+
+    fn supports_grouped(&self) -> bool {
+        true
+    }
+
+    fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
+        let id =
+            layer.prepare_backup(&mut layer.state.lock(), &self.request, self.charge.take())?;
+        self.prepared = Some(id);
+        Ok(())
+    }
+
+    fn commit(&mut self, layer: &BlockLayer) {
+        if let Some(id) = self.prepared.take() {
+            if let Err(e) = layer.start_job(&id) {
+                // Too late to undo the others: the job ends at once, as QEMU's would.
+                log::error!("job {id}: starting it: {e}");
+                let events = &layer.hooks.events;
+                events.emit(Event::BlockJobCompleted(JobEnded {
+                    kind: "backup",
+                    device: id,
+                    len: 0,
+                    offset: 0,
+                    speed: 0,
+                    error: Some(e.to_string()),
+                }));
+            }
+        }
+    }
+
+    fn abort(&mut self, layer: &BlockLayer) {
+        if let Some(id) = self.prepared.take() {
+            layer.drop_job(&id, false);
+        }
+    }
 }

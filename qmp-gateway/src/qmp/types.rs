@@ -642,14 +642,32 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Object(&[req("data", Ty::Named("BlockDirtyBitmap"))]),
     },
     TypeDef {
+        name: "DriveBackup",
+        kind: TypeKind::Object(DRIVE_BACKUP_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockdevBackup",
+        kind: TypeKind::Object(BLOCKDEV_BACKUP_MEMBERS),
+    },
+    TypeDef {
+        name: "DriveBackupWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("DriveBackup"))]),
+    },
+    TypeDef {
+        name: "BlockdevBackupWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockdevBackup"))]),
+    },
+    TypeDef {
         name: "TransactionActionKind",
         kind: TypeKind::Enum(&[
             "abort",
             "block-dirty-bitmap-add",
             "block-dirty-bitmap-clear",
+            "blockdev-backup",
             "blockdev-snapshot",
             "blockdev-snapshot-sync",
             "blockdev-snapshot-internal-sync",
+            "drive-backup",
         ]),
     },
     TypeDef {
@@ -661,6 +679,8 @@ pub const TYPES: Types = Types(&[
                 ("abort", "AbortWrapper"),
                 ("block-dirty-bitmap-add", "BlockDirtyBitmapAddWrapper"),
                 ("block-dirty-bitmap-clear", "BlockDirtyBitmapWrapper"),
+                ("blockdev-backup", "BlockdevBackupWrapper"),
+                ("drive-backup", "DriveBackupWrapper"),
                 ("blockdev-snapshot", "BlockdevSnapshotWrapper"),
                 ("blockdev-snapshot-sync", "BlockdevSnapshotSyncWrapper"),
                 (
@@ -707,3 +727,31 @@ pub const BITMAP_ADD_MEMBERS: &[Member] = &[
 
 /// block-dirty-bitmap-remove's and -clear's arguments, also a transaction action's data.
 pub const BITMAP_MEMBERS: &[Member] = &[req("node", Ty::Str), req("name", Ty::Str)];
+
+/// drive-backup's arguments, also a transaction action's data.
+pub const DRIVE_BACKUP_MEMBERS: &[Member] = &[
+    opt("job-id", Ty::Str),
+    req("device", Ty::Str),
+    req("target", Ty::Str),
+    opt("format", Ty::Str),
+    req("sync", Ty::Named("MirrorSyncMode")),
+    opt("mode", Ty::Named("NewImageMode")),
+    opt("speed", Ty::Int),
+    opt("bitmap", Ty::Str),
+    opt("compress", Ty::Bool),
+    opt("on-source-error", Ty::Named("BlockdevOnError")),
+    opt("on-target-error", Ty::Named("BlockdevOnError")),
+];
+
+/// blockdev-backup's arguments, also a transaction action's data.
+pub const BLOCKDEV_BACKUP_MEMBERS: &[Member] = &[
+    opt("job-id", Ty::Str),
+    req("device", Ty::Str),
+    req("target", Ty::Str),
+    req("sync", Ty::Named("MirrorSyncMode")),
+    opt("speed", Ty::Int),
+    opt("bitmap", Ty::Str),
+    opt("compress", Ty::Bool),
+    opt("on-source-error", Ty::Named("BlockdevOnError")),
+    opt("on-target-error", Ty::Named("BlockdevOnError")),
+];

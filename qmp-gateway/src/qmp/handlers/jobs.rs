@@ -4,28 +4,48 @@ use ipc::{JobControl, OnError, SyncMode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::block::jobs::{MirrorRequest, MirrorTarget};
+use crate::block::jobs::{BackupAction, BackupRequest, BackupSync, MirrorRequest, MirrorTarget};
 use crate::block::snapshot::NewImageMode;
-use crate::qmp::args::{serde_arguments, Int, NoArgs};
+use crate::block::transaction::Action;
+use crate::qmp::args::{serde_arguments, shared_members, Int, NoArgs};
 use crate::qmp::context::Ctx;
-use crate::qmp::protocol::QmpResult;
+use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
+use crate::qmp::types::{BLOCKDEV_BACKUP_MEMBERS, DRIVE_BACKUP_MEMBERS};
 
 /// MirrorSyncMode.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sync {
     Full,
     Top,
     None,
+    Incremental,
+    Bitmap,
 }
 
-impl From<Sync> for SyncMode {
-    fn from(s: Sync) -> SyncMode {
-        match s {
-            Sync::Full => SyncMode::Full,
-            Sync::Top => SyncMode::Top,
-            Sync::None => SyncMode::None,
+impl Sync {
+    /// A mirror's (QEMU's words for the ones it refuses).
+    fn mirror(self) -> Result<SyncMode, QmpError> {
+        match self {
+            Sync::Full => Ok(SyncMode::Full),
+            Sync::Top => Ok(SyncMode::Top),
+            Sync::None => Ok(SyncMode::None),
+            Sync::Incremental => Err(QmpError::generic("Sync mode 'incremental' not supported")),
+            Sync::Bitmap => Err(QmpError::generic("Sync mode 'bitmap' not supported")),
+        }
+    }
+
+    /// A backup's ('bitmap' needs bitmap-mode, which is not taken yet).
+    fn backup(self) -> Result<BackupSync, QmpError> {
+        match self {
+            Sync::Full => Ok(BackupSync::Full),
+            Sync::Top => Ok(BackupSync::Top),
+            Sync::None => Ok(BackupSync::None),
+            Sync::Incremental => Ok(BackupSync::Incremental),
+            Sync::Bitmap => Err(QmpError::generic(
+                "must provide a valid bitmap name for 'bitmap' sync mode",
+            )),
         }
     }
 }
@@ -144,7 +164,7 @@ pub fn drive_mirror(c: &mut Ctx, a: DriveMirror) -> QmpResult {
             speed: saturating(a.speed).unwrap_or(0),
             granularity: a.granularity.and_then(|g| g.as_u64()),
             buf_size: saturating(a.buf_size),
-            sync: a.sync.into(),
+            sync: a.sync.mirror()?,
             on_source_error: policy(a.on_source_error),
             on_target_error: policy(a.on_target_error),
             unmap: a.unmap.unwrap_or(true),
@@ -165,7 +185,7 @@ pub fn blockdev_mirror(c: &mut Ctx, a: BlockdevMirror) -> QmpResult {
             speed: saturating(a.speed).unwrap_or(0),
             granularity: a.granularity.and_then(|g| g.as_u64()),
             buf_size: saturating(a.buf_size),
-            sync: a.sync.into(),
+            sync: a.sync.mirror()?,
             on_source_error: policy(a.on_source_error),
             on_target_error: policy(a.on_target_error),
             unmap: true,
@@ -232,4 +252,99 @@ pub fn block_job_set_speed(c: &mut Ctx, a: JobSetSpeed) -> QmpResult {
         return Err(crate::block::BlockError::from(crate::block::jobs::JobError::Speed).into());
     }
     control(c, &a.device, JobControl::SetSpeed(speed as u64))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DriveBackup {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub format: Option<String>,
+    pub sync: Sync,
+    pub mode: Option<NewImageMode>,
+    pub speed: Option<Int>,
+    pub bitmap: Option<String>,
+    pub compress: Option<bool>,
+    pub on_source_error: Option<OnErrorArg>,
+    pub on_target_error: Option<OnErrorArg>,
+}
+
+shared_members!(DriveBackup, DRIVE_BACKUP_MEMBERS);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevBackup {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub sync: Sync,
+    pub speed: Option<Int>,
+    pub bitmap: Option<String>,
+    pub compress: Option<bool>,
+    pub on_source_error: Option<OnErrorArg>,
+    pub on_target_error: Option<OnErrorArg>,
+}
+
+shared_members!(BlockdevBackup, BLOCKDEV_BACKUP_MEMBERS);
+
+impl DriveBackup {
+    fn request(self) -> Result<BackupRequest, QmpError> {
+        Ok(BackupRequest {
+            job_id: self.job_id,
+            device: self.device,
+            target: MirrorTarget::Drive {
+                path: self.target,
+                format: self.format,
+                node_name: None,
+                mode: self.mode.unwrap_or(NewImageMode::AbsolutePaths),
+            },
+            sync: self.sync.backup()?,
+            bitmap: self.bitmap,
+            speed: saturating(self.speed).unwrap_or(0),
+            compress: self.compress.unwrap_or(false),
+            on_source_error: policy(self.on_source_error),
+            on_target_error: policy(self.on_target_error),
+        })
+    }
+}
+
+impl BlockdevBackup {
+    fn request(self) -> Result<BackupRequest, QmpError> {
+        Ok(BackupRequest {
+            job_id: self.job_id,
+            device: self.device,
+            target: MirrorTarget::Node(self.target),
+            sync: self.sync.backup()?,
+            bitmap: self.bitmap,
+            speed: saturating(self.speed).unwrap_or(0),
+            compress: self.compress.unwrap_or(false),
+            on_source_error: policy(self.on_source_error),
+            on_target_error: policy(self.on_target_error),
+        })
+    }
+}
+
+/// The transaction actions drive-backup and blockdev-backup (their fds charged to the
+/// client).
+pub fn drive_backup_action(c: &Ctx, a: DriveBackup) -> Result<Box<dyn Action>, QmpError> {
+    let charge = c.charge_fds(3)?;
+    Ok(Box::new(BackupAction::new(a.request()?, Some(charge))))
+}
+
+pub fn blockdev_backup_action(c: &Ctx, a: BlockdevBackup) -> Result<Box<dyn Action>, QmpError> {
+    let charge = c.charge_fds(2)?;
+    Ok(Box::new(BackupAction::new(a.request()?, Some(charge))))
+}
+
+pub fn drive_backup(c: &mut Ctx, a: DriveBackup) -> QmpResult {
+    let charge = c.charge_fds(3)?;
+    c.gw.block.backup(a.request()?, Some(charge))?;
+    Ok(json!({}))
+}
+
+pub fn blockdev_backup(c: &mut Ctx, a: BlockdevBackup) -> QmpResult {
+    let charge = c.charge_fds(2)?;
+    c.gw.block.backup(a.request()?, Some(charge))?;
+    Ok(json!({}))
 }

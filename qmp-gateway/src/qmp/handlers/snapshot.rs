@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::bitmaps::{self, BlockDirtyBitmap, BlockDirtyBitmapAdd};
+use super::jobs::{self, BlockdevBackup, DriveBackup};
 use crate::block::snapshot::{
     ExternalRequest, ExternalSnapshot, InternalSnapshot, NewImageMode, Overlay,
 };
@@ -73,6 +74,8 @@ pub enum TransactionAction {
     Abort(AbortData),
     BlockDirtyBitmapAdd(BlockDirtyBitmapAdd),
     BlockDirtyBitmapClear(BlockDirtyBitmap),
+    BlockdevBackup(BlockdevBackup),
+    DriveBackup(DriveBackup),
     BlockdevSnapshot(BlockdevSnapshot),
     BlockdevSnapshotSync(BlockdevSnapshotSync),
     BlockdevSnapshotInternalSync(BlockdevSnapshotInternal),
@@ -129,6 +132,8 @@ fn action(c: &Ctx, a: TransactionAction) -> Result<Box<dyn Action>, QmpError> {
         TransactionAction::Abort(_) => Box::new(AbortAction),
         TransactionAction::BlockDirtyBitmapAdd(b) => bitmaps::add_action(c, b)?,
         TransactionAction::BlockDirtyBitmapClear(b) => bitmaps::clear_action(b),
+        TransactionAction::BlockdevBackup(b) => jobs::blockdev_backup_action(c, b)?,
+        TransactionAction::DriveBackup(b) => jobs::drive_backup_action(c, b)?,
         TransactionAction::BlockdevSnapshot(s) => Box::new(existing(s)),
         TransactionAction::BlockdevSnapshotSync(s) => Box::new(external(s)),
         TransactionAction::BlockdevSnapshotInternalSync(s) => {

@@ -497,6 +497,109 @@ fn bitmap_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool)) {
     both("block-dirty-bitmap-remove", bitmap("disk0", "b0"));
 }
 
+/// Block jobs on d0 (node disk0), each VM writing its own targets (`@PEER@`): first the
+/// arguments QEMU refuses, in its order, with no job running; then a mirror (ready at
+/// once on the empty disk, and it stays so) that the other commands meet: a second
+/// job, pause, resume, speed, cancel while paused; then it is cancelled.
+fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) {
+    let dir = std::path::Path::new(spare)
+        .parent()
+        .expect("the spare image has a directory")
+        .display()
+        .to_string();
+    let target = |name: &str| format!("{dir}/@PEER@-{name}.raw");
+    let mut both = |command: &str, arguments: Value| add(command, arguments, Compare::Value, false);
+    let with = |mut args: Value, extra: Value| {
+        args.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        args
+    };
+    let mirror = json!({"device": "d0", "target": target("m"), "format": "raw", "sync": "full"});
+    for extra in [
+        json!({"job-id": "m1", "granularity": 1000}),
+        json!({"job-id": "m2", "granularity": 256}),
+        json!({"job-id": "m3", "granularity": 1u64 << 27}),
+        json!({"job-id": "m4", "speed": -1}),
+        json!({"job-id": "m5", "buf-size": -1}),
+        json!({"job-id": "m6", "sync": "incremental"}),
+        json!({"job-id": "m7", "format": "nofmt"}),
+        json!({"job-id": "1bad"}),
+        json!({"job-id": "m8", "mode": "existing", "target": format!("{dir}/@PEER@-absent.raw")}),
+    ] {
+        both("drive-mirror", with(mirror.clone(), extra));
+    }
+    both(
+        "drive-mirror",
+        json!({"device": "nope", "target": target("m"), "sync": "full"}),
+    );
+    both(
+        "blockdev-mirror",
+        json!({"device": "d0", "job-id": "m9", "target": "disk0", "sync": "full"}),
+    );
+    both(
+        "blockdev-mirror",
+        json!({"device": "d0", "job-id": "m9", "target": "nope", "sync": "full"}),
+    );
+    let backup = json!({"device": "d0", "target": target("b"), "format": "raw"});
+    both(
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "jb"}),
+    );
+    for extra in [
+        json!({"job-id": "b1", "sync": "incremental"}),
+        json!({"job-id": "b2", "sync": "incremental", "bitmap": "nob"}),
+        json!({"job-id": "b3", "sync": "full", "bitmap": "jb"}),
+        json!({"job-id": "b4", "sync": "full", "speed": -1}),
+        json!({"job-id": "1bad", "sync": "full"}),
+    ] {
+        both("drive-backup", with(backup.clone(), extra));
+    }
+    both(
+        "drive-backup",
+        json!({"device": "nope", "target": target("b"), "sync": "full"}),
+    );
+    both(
+        "block-dirty-bitmap-remove",
+        json!({"node": "d0", "name": "jb"}),
+    );
+    for command in [
+        "block-job-complete",
+        "block-job-pause",
+        "block-job-resume",
+        "block-job-cancel",
+    ] {
+        both(command, json!({"device": "nope"}));
+    }
+    both("block-job-set-speed", json!({"device": "nope", "speed": 1}));
+
+    both(
+        "drive-mirror",
+        with(mirror.clone(), json!({"job-id": "j1"})),
+    );
+    both(
+        "drive-mirror",
+        with(mirror.clone(), json!({"job-id": "j2"})),
+    );
+    both(
+        "drive-backup",
+        with(backup.clone(), json!({"job-id": "j2", "sync": "full"})),
+    );
+    both(
+        "drive-backup",
+        json!({"device": "disk0", "job-id": "j2", "target": target("j2"), "format": "raw", "sync": "full"}),
+    );
+    both("drive-mirror", with(mirror, json!({"job-id": "j1"})));
+    both("block-job-pause", json!({"device": "j1"}));
+    both("block-job-pause", json!({"device": "j1"}));
+    both("block-job-cancel", json!({"device": "j1"}));
+    both("block-job-set-speed", json!({"device": "j1", "speed": -1}));
+    both("block-job-set-speed", json!({"device": "j1", "speed": 2}));
+    both("block-job-resume", json!({"device": "j1"}));
+    both("block-job-resume", json!({"device": "j1"}));
+    both("block-job-cancel", json!({"device": "j1", "force": true}));
+}
+
 /// Commands that change the VM's state (run, stop, reset, quit, signal the guest):
 /// checked with bad arguments only, or in the written-out exchanges.
 const STATEFUL: &[&str] = &[
@@ -798,6 +901,7 @@ fn written_out(spare: &str) -> Vec<Exchange> {
         false,
     );
     bitmap_exchanges(&mut add);
+    job_exchanges(&mut add, spare);
     add("query-block", json!({}), Shape, false);
     add("query-blockstats", json!({}), Shape, false);
     // Net commands.
@@ -1048,11 +1152,12 @@ fn malformed() -> Vec<Exchange> {
 /// one input produced (none, one or several errors, or the reply).
 /// `ports`: this VM's UDP ports for a netdev_add's @UDP@ and @LOCAL@ (each VM binds
 /// its own).
-fn exchange(c: &mut QmpClient, e: &Exchange, fd: &File, ports: u16) -> Vec<Value> {
+fn exchange(c: &mut QmpClient, e: &Exchange, fd: &File, ports: u16, peer: &str) -> Vec<Value> {
     let text = String::from_utf8_lossy(&e.bytes);
-    let bytes = if text.contains("@UDP@") {
+    let bytes = if text.contains("@UDP@") || text.contains("@PEER@") {
         text.replace("@UDP@", &format!("127.0.0.1:{ports}"))
             .replace("@LOCAL@", &format!("127.0.0.1:{}", ports + 1))
+            .replace("@PEER@", peer)
             .into_bytes()
     } else {
         e.bytes.clone()
@@ -1069,7 +1174,13 @@ fn exchange(c: &mut QmpClient, e: &Exchange, fd: &File, ports: u16) -> Vec<Value
         if r["id"] == "sync" {
             return replies;
         }
-        replies.push(r);
+        // A path of this VM's own reads as the placeholder it was sent as.
+        let own = format!("/{peer}-");
+        let text = r.to_string();
+        replies.push(match text.contains(&own) {
+            true => serde_json::from_str(&text.replace(&own, "/@PEER@-")).expect("JSON"),
+            false => r,
+        });
     }
 }
 
@@ -1223,8 +1334,8 @@ fn answers_match_qemu() {
         .chain(std::iter::once(&cont))
         .chain(running.iter())
     {
-        let q = exchange(&mut p.qemu, e, &fd_file(()), q_ports);
-        let g = exchange(&mut p.ours, e, &fd_file(()), g_ports);
+        let q = exchange(&mut p.qemu, e, &fd_file(()), q_ports, "qemu");
+        let g = exchange(&mut p.ours, e, &fd_file(()), g_ports, "ours");
         if std::env::var_os("FLOTILLA_ORACLE_TRACE").is_some() {
             eprintln!("{}\n  QEMU: {}\n  ours: {}", e.label, brief(&q), brief(&g));
         }

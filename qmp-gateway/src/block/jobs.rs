@@ -61,6 +61,8 @@ pub enum JobError {
     NotRoot,
     #[error("Job is already paused")]
     AlreadyPaused,
+    #[error("Can't resume a job that was not paused")]
+    NotPaused,
     #[error("The block job for device '{0}' is currently paused")]
     CancelPaused(String),
     #[error("must provide a valid bitmap name for 'incremental' sync mode")]
@@ -351,7 +353,10 @@ impl BlockLayer {
         match target {
             MirrorTarget::Node(name) => {
                 if state.graph.node(name).is_none() {
-                    return Err(BlockError::NodeNotFound(name.clone()));
+                    return Err(BlockError::NoDeviceNorNode {
+                        device: name.clone(),
+                        node: name.clone(),
+                    });
                 }
                 if *name == root || state.graph.tree(root).contains(name) {
                     return Err(JobError::IntoItself.into());
@@ -741,7 +746,7 @@ impl BlockLayer {
                 JobControl::Resume => match job.state {
                     JobState::Paused => Some(JobState::Running),
                     JobState::Standby => Some(JobState::Ready),
-                    _ => return Err(verb_refused("resume").into()),
+                    _ => return Err(JobError::NotPaused.into()),
                 },
                 // A ready job paused completes when resumed (QEMU takes it, too).
                 JobControl::Complete => match job.state {
@@ -754,7 +759,7 @@ impl BlockLayer {
                 JobControl::Cancel { force: false }
                     if matches!(job.state, JobState::Paused | JobState::Standby) =>
                 {
-                    return Err(JobError::CancelPaused(job.disk.clone()).into())
+                    return Err(JobError::CancelPaused(job.id.clone()).into())
                 }
                 JobControl::Cancel { .. } => None,
                 JobControl::SetSpeed(_) => None,

@@ -432,3 +432,42 @@ fn backups_hold_their_point_in_time_and_incrementals_chain() {
     two_rounds(&mut gw);
     no_guest_errors(&gw);
 }
+
+#[test]
+fn a_backup_goes_on_under_a_new_daemon_after_a_sigkill() {
+    let dir = TempDir::new("jobs-backup-restart");
+    let (mut gw, source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    stop_settled(&mut c);
+    let reference = copy_aside(&source, &dir.path().join("ref.raw"));
+    let target = dir.path().join("backup.raw");
+    c.ok(
+        "drive-backup",
+        json!({"device": "d0", "target": p(&target), "format": "raw", "sync": "full", "speed": 4 << 20}),
+    );
+    // Killed while the job's thread copies (the VM stopped: nothing copies before a
+    // write yet).
+    std::thread::sleep(Duration::from_millis(500));
+    let before = jobs(&mut c).remove(0);
+    let (offset, len) = (
+        before["offset"].as_u64().unwrap(),
+        before["len"].as_u64().unwrap(),
+    );
+    assert!(0 < offset && offset < len, "{before}");
+    let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
+    assert_eq!(jobs(&mut c).len(), 1, "the backup goes on");
+    // The guest overwrites the disk while the new daemon carries the backup on.
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
+    completed(&mut c, "d0");
+    identical(&target, &reference);
+    no_guest_errors(&gw);
+}

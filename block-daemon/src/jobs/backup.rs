@@ -14,7 +14,7 @@ use ipc::{
 };
 use parking_lot::Mutex;
 
-use super::{ended, Events, Next, RateLimit, Shared};
+use super::control::{ended, Events, Next, RateLimit, Shared};
 use crate::device::BlkDevice;
 use crate::dirty::WriteHook;
 use crate::formats::chain::Chain;

@@ -15,7 +15,7 @@ use ipc::{
     SyncMode,
 };
 
-use super::{ended, Events, Next, RateLimit, Shared};
+use super::control::{ended, Events, Next, RateLimit, Shared};
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::disk::Served;
 use crate::formats::chain::Chain;

@@ -1,20 +1,24 @@
-//! Block jobs the daemon runs on its node (QMP's mirrors and backups): one at a time, each on a thread of its own, reading the node as the guest sees
-//! it and writing a target the gateway opened. The gateway keeps the job's bitmaps, so a
-//! new daemon carries a job on (`JobSpec::resume`). This file holds what every job
-//! shares: its control (pause, resume, cancel, complete, speed), its progress, the rate
-//! limit; `mirror.rs` is the mirror's copy loop, `backup.rs` the backup's.
+//! Block jobs the daemon runs on its node (QMP's mirrors and backups): one at a time,
+//! each on a thread of its own, reading the node as the guest sees it and writing a
+//! target the gateway opened. The gateway keeps the job's bitmaps, so a new daemon
+//! carries a job on (`JobSpec::resume`). This file starts a job and takes the control
+//! calls (pause, resume, cancel, complete, speed); `control.rs` is what a job's thread
+//! and those calls share, `mirror.rs` the mirror's copy loop, `backup.rs` the backup's.
 
 mod backup;
+mod control;
 mod mirror;
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use ipc::{BlockEvent, JobControl, JobEvent, JobKind, JobSpec, JobStatus, SharedBitmap};
 use parking_lot::{Condvar, Mutex};
+
+pub use control::Events;
+use control::{Shared, State};
 
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::dirty::WriteHook;
@@ -43,122 +47,6 @@ pub enum JobError {
     Quiesce(#[from] crate::device::QuiesceTimeout),
     #[error("Dirty bitmap '{0}' not found")]
     NoBitmap(String),
-}
-
-/// Where a job sends its events.
-pub type Events = Arc<dyn Fn(BlockEvent) + Send + Sync>;
-
-/// What the job thread and the control calls share.
-#[derive(Debug, Default)]
-struct State {
-    paused: bool,
-    /// Paused by an error (on-*-error stop): resumed like a pause.
-    failed: bool,
-    cancel: Option<bool>,
-    complete: bool,
-    /// The daemon is going: stop where it is, say nothing (the next daemon carries on).
-    detach: bool,
-    speed: u64,
-    ready: bool,
-    busy: bool,
-    offset: u64,
-    len: u64,
-}
-
-struct Shared {
-    id: String,
-    state: Mutex<State>,
-    /// A mirror's bitmaps: what is left to copy, for its progress.
-    left: Option<(Arc<SharedBitmap>, Arc<SharedBitmap>)>,
-    /// Wakes the job thread: a control call, or time to look at the bitmap again.
-    wake: Condvar,
-}
-
-/// What a job thread is told to do next.
-enum Next {
-    Copy,
-    Detach,
-    Cancel { force: bool },
-    Complete,
-}
-
-impl Shared {
-    /// (bytes copied, bytes to copy in all): a mirror's total grows as the guest writes.
-    fn progress(&self) -> (u64, u64) {
-        let left = self
-            .left
-            .as_ref()
-            .map(|(dirty, copying)| dirty.dirty_bytes() + copying.dirty_bytes());
-        let s = self.state.lock();
-        let len = left.map_or(s.len, |l| s.offset + l);
-        (s.offset, len.max(s.offset))
-    }
-
-    /// Waits while the job is paused; then what to do.
-    fn next(&self) -> Next {
-        let mut s = self.state.lock();
-        loop {
-            if s.detach {
-                return Next::Detach;
-            }
-            if let Some(force) = s.cancel {
-                return Next::Cancel { force };
-            }
-            if s.complete {
-                return Next::Complete;
-            }
-            if !s.paused && !s.failed {
-                s.busy = true;
-                return Next::Copy;
-            }
-            s.busy = false;
-            self.wake.wait(&mut s);
-        }
-    }
-
-    /// Sleeps up to `time` (less if a control call comes), not busy meanwhile.
-    fn idle(&self, time: Duration) {
-        let mut s = self.state.lock();
-        if s.cancel.is_some() || s.complete || s.paused || s.detach {
-            return;
-        }
-        s.busy = false;
-        self.wake.wait_for(&mut s, time);
-    }
-}
-
-/// Keeps a copy to `speed` bytes per second: the bytes copied since the speed was set
-/// may not run ahead of the time passed.
-struct RateLimit {
-    since: Instant,
-    copied: u64,
-    speed: u64,
-}
-
-impl RateLimit {
-    fn new(speed: u64) -> RateLimit {
-        RateLimit {
-            since: Instant::now(),
-            copied: 0,
-            speed,
-        }
-    }
-
-    /// How long to wait before copying `bytes` more (speed `speed` now).
-    fn delay(&mut self, bytes: u64, speed: u64) -> Duration {
-        if speed != self.speed {
-            *self = RateLimit::new(speed);
-        }
-        if speed == 0 {
-            return Duration::ZERO;
-        }
-        let allowed_at = Duration::from_secs_f64(self.copied as f64 / speed as f64);
-        let wait = allowed_at.saturating_sub(self.since.elapsed());
-        if wait.is_zero() {
-            self.copied += bytes;
-        }
-        wait
-    }
 }
 
 /// The job that runs, if any.
@@ -361,40 +249,5 @@ impl Jobs {
         if thread.join().is_err() {
             log::error!("job {}: its thread panicked", shared.id);
         }
-    }
-}
-
-/// The job's end, as the gateway hears of it.
-fn ended(shared: &Shared, cancelled: bool, error: Option<String>) -> BlockEvent {
-    let (offset, len) = shared.progress();
-    BlockEvent::Job(JobEvent::Ended {
-        id: shared.id.clone(),
-        offset,
-        len,
-        cancelled,
-        error,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rate_limit_lets_bytes_through_as_time_passes() {
-        let mut r = RateLimit::new(0);
-        assert_eq!(r.delay(1 << 30, 0), Duration::ZERO, "no limit");
-        let mut r = RateLimit::new(1 << 20);
-        assert_eq!(
-            r.delay(1 << 20, 1 << 20),
-            Duration::ZERO,
-            "the first copy goes"
-        );
-        let wait = r.delay(1 << 20, 1 << 20);
-        assert!(
-            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
-            "{wait:?}"
-        );
-        assert_eq!(r.delay(1, 0), Duration::ZERO, "a new speed starts over");
     }
 }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::block::{ErrorAction, ImageLayer, IoOperation, OnError};
+use super::node::{ErrorAction, ImageLayer, IoOperation, OnError};
 
 /// What parts of the disk a job copies (QEMU's MirrorSyncMode).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

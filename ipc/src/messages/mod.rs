@@ -8,11 +8,13 @@
 pub mod block;
 pub mod job;
 pub mod net;
+pub mod node;
 pub mod vmm;
 
 pub use block::*;
 pub use job::*;
 pub use net::*;
+pub use node::*;
 pub use vmm::*;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

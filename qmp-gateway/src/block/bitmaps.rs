@@ -14,9 +14,11 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use ipc::dirty_bitmap::{bytes_for, valid_granularity, MAX_BITMAPS_PER_DISK};
 use ipc::{BlockRequest, DirtyBitmapSpec, SharedBitmap};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::dirty_bitmap::DirtyBitmap;
 use super::disk::Disk;
+pub use super::error::BitmapError;
 use super::error::BlockError;
 use super::graph::Graph;
 use super::info::image_sizes;
@@ -30,66 +32,6 @@ const MAX_NAME: usize = 1023;
 /// The memory all dirty bitmaps together may take (a client's bitmaps are bounded by
 /// this and by `MAX_BITMAPS_PER_DISK`).
 pub const MAX_BITMAP_MEMORY: u64 = 1 << 30;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BitmapError {
-    #[error("Bitmap name cannot be empty")]
-    EmptyName,
-    #[error("Bitmap name too long: {0}")]
-    NameTooLong(String),
-    #[error("Granularity must be power of 2 and at least 512")]
-    Granularity,
-    #[error("Bitmap already exists: {0}")]
-    Exists(String),
-    #[error("Can't store persistent bitmaps to {0}: Operation not supported")]
-    PersistentUnsupported(String),
-    #[error("Node '{0}' not found")]
-    NodeNotFound(String),
-    #[error("Dirty bitmap '{0}' not found")]
-    NotFound(String),
-    #[error("Bitmap '{0}' is currently in use by another operation and cannot be used")]
-    Busy(String),
-    // Ours: where we do not (yet) do what QEMU does.
-    #[error("dirty bitmaps are kept on the image nodes of a disk's chain only: '{0}' is not one")]
-    Unserved(String),
-    #[error("persistent dirty bitmaps are not stored in qcow2 images yet ('{0}')")]
-    PersistentQcow2(String),
-    #[error("disk {disk} has {MAX_BITMAPS_PER_DISK} dirty bitmaps, as many as a disk may have")]
-    TooMany { disk: String },
-    #[error("dirty bitmaps would take {need} bytes of memory: at most {MAX_BITMAP_MEMORY} in all")]
-    OutOfMemory { need: u64 },
-    #[error(transparent)]
-    Memory(#[from] ipc::dirty_bitmap::BitmapError),
-    #[error("dirty bitmap memory: {0}")]
-    Dup(std::io::Error),
-}
-
-/// One dirty bitmap.
-pub struct DirtyBitmap {
-    /// The node it is on (an image node of the disk's chain).
-    pub node: String,
-    pub name: String,
-    pub memory: SharedBitmap,
-    pub persistent: bool,
-    /// Marks writes (not created `disabled`).
-    pub recording: bool,
-    /// Its memfd, charged to the client that added it.
-    _charge: Option<Charge>,
-}
-
-impl DirtyBitmap {
-    /// BlockDirtyInfo, as QEMU 7.2 shows it; `busy`: a job uses it.
-    fn info(&self, busy: bool) -> Value {
-        json!({
-            "name": self.name,
-            "recording": self.recording,
-            "persistent": self.persistent,
-            "busy": busy,
-            "granularity": self.memory.granularity(),
-            "count": self.memory.dirty_bytes(),
-        })
-    }
-}
 
 impl Disk {
     /// The bitmaps its daemon marks into: those that record, on the top node.
@@ -313,6 +255,7 @@ impl BlockLayer {
             if disk.bitmaps.len() >= MAX_BITMAPS_PER_DISK {
                 return Err(BitmapError::TooMany {
                     disk: disk.id.clone(),
+                    max: MAX_BITMAPS_PER_DISK,
                 }
                 .into());
             }
@@ -320,7 +263,11 @@ impl BlockLayer {
             let need =
                 state.bitmap_memory() + bytes_for(size, granularity).map_err(BitmapError::from)?;
             if need > MAX_BITMAP_MEMORY {
-                return Err(BitmapError::OutOfMemory { need }.into());
+                return Err(BitmapError::OutOfMemory {
+                    need,
+                    max: MAX_BITMAP_MEMORY,
+                }
+                .into());
             }
             let memory = SharedBitmap::create(size, granularity).map_err(BitmapError::from)?;
             state.disks[index].bitmaps.push(DirtyBitmap {
@@ -329,7 +276,7 @@ impl BlockLayer {
                 memory,
                 persistent: new.persistent,
                 recording: !new.disabled,
-                _charge: charge,
+                charge,
             });
             index
         };

@@ -16,11 +16,11 @@ use std::time::Instant;
 use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, JobEvent, ThrottleLimits};
 use parking_lot::Mutex;
 
-use super::bitmaps::DirtyBitmap;
 use super::daemon_stats::StatsCache;
+use super::dirty_bitmap::DirtyBitmap;
 use super::error::BlockError;
 use super::health::Health;
-use super::jobs::BlockJob;
+use super::job::BlockJob;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;

@@ -3,8 +3,6 @@
 
 use ipc::errno_text;
 
-use super::bitmaps::BitmapError;
-use super::jobs::JobError;
 use super::lock::LockError;
 use super::throttle::ThrottleError;
 use crate::children::daemon::DaemonError;
@@ -173,4 +171,97 @@ pub enum BlockError {
     DriveIdTaken(String),
     #[error("drive {id}: {error}")]
     Drive { id: String, error: Box<BlockError> },
+}
+
+/// Dirty bitmaps (block/bitmaps.rs), in QEMU's words where QEMU has them.
+#[derive(Debug, thiserror::Error)]
+pub enum BitmapError {
+    #[error("Bitmap name cannot be empty")]
+    EmptyName,
+    #[error("Bitmap name too long: {0}")]
+    NameTooLong(String),
+    #[error("Granularity must be power of 2 and at least 512")]
+    Granularity,
+    #[error("Bitmap already exists: {0}")]
+    Exists(String),
+    #[error("Can't store persistent bitmaps to {0}: Operation not supported")]
+    PersistentUnsupported(String),
+    #[error("Node '{0}' not found")]
+    NodeNotFound(String),
+    #[error("Dirty bitmap '{0}' not found")]
+    NotFound(String),
+    #[error("Bitmap '{0}' is currently in use by another operation and cannot be used")]
+    Busy(String),
+    // Ours: where we do not (yet) do what QEMU does.
+    #[error("dirty bitmaps are kept on the image nodes of a disk's chain only: '{0}' is not one")]
+    Unserved(String),
+    #[error("persistent dirty bitmaps are not stored in qcow2 images yet ('{0}')")]
+    PersistentQcow2(String),
+    #[error("disk {disk} has {max} dirty bitmaps, as many as a disk may have")]
+    TooMany { disk: String, max: usize },
+    #[error("dirty bitmaps would take {need} bytes of memory: at most {max} in all")]
+    OutOfMemory { need: u64, max: u64 },
+    #[error(transparent)]
+    Memory(#[from] ipc::dirty_bitmap::BitmapError),
+    #[error("dirty bitmap memory: {0}")]
+    Dup(std::io::Error),
+}
+
+/// Block jobs (block/jobs.rs), in QEMU's words where QEMU has them.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("Job ID '{0}' already in use")]
+    IdInUse(String),
+    #[error("Invalid job ID '{0}'")]
+    BadId(String),
+    #[error("Node '{node}' is busy: block device is in use by block job: {kind}")]
+    Busy { node: String, kind: &'static str },
+    #[error("Block job '{0}' not found")]
+    NotFound(String),
+    #[error("Job '{id}' in state '{state}' cannot accept command verb '{verb}'")]
+    Verb {
+        id: String,
+        state: &'static str,
+        verb: &'static str,
+    },
+    #[error("Parameter 'speed' expects a non-negative value")]
+    Speed,
+    #[error("Parameter 'granularity' expects a power of 2")]
+    Granularity,
+    #[error("Parameter 'granularity' expects a value in range [512B, 64MB]")]
+    GranularityRange,
+    #[error("Invalid parameter 'buf-size'")]
+    BufSize,
+    #[error("Unknown file format '{0}'")]
+    UnknownFormat(String),
+    /// A mirror of a disk that has a job already.
+    #[error("Need a root block node")]
+    NotRoot,
+    #[error("Job is already paused")]
+    AlreadyPaused,
+    #[error("Can't resume a job that was not paused")]
+    NotPaused,
+    #[error("The block job for device '{0}' is currently paused")]
+    CancelPaused(String),
+    #[error("must provide a valid bitmap name for 'incremental' sync mode")]
+    IncrementalNeedsBitmap,
+    #[error("Bitmap '{0}' could not be found")]
+    NoBitmap(String),
+    #[error("Bitmap sync mode must be given when providing a bitmap")]
+    BitmapWithoutMode,
+    #[error("Sync mode '{0}' not supported")]
+    SyncUnsupported(&'static str),
+    #[error("Can't mirror node into itself")]
+    IntoItself,
+    #[error("Could not create '{path}': {why}")]
+    Create { path: String, why: String },
+    // Ours: where we do not (yet) do what QEMU does.
+    #[error("sync 'top' of a disk whose top image has a backing file is not supported yet")]
+    TopWithBacking,
+    #[error("'replaces' is not supported yet")]
+    Replaces,
+    #[error("compress: compressed backups are not supported yet")]
+    Compress,
+    #[error(transparent)]
+    Bitmap(#[from] ipc::dirty_bitmap::BitmapError),
 }

@@ -14,11 +14,13 @@ use ipc::{
     errno_text, BackupSpec, BlockReply, BlockRequest, ImageFormat, ImageLayer, JobControl,
     JobEvent, JobKind, JobSpec, JobStatus, MirrorSpec, OnError, SharedBitmap, SyncMode,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::bitmaps::default_granularity;
 use super::error::BlockError;
+pub use super::error::JobError;
 use super::graph;
+pub use super::job::{BlockJob, JobState};
 use super::lock::{self, Perms};
 use super::options::{Driver, NodeOptions};
 use super::snapshot::NewImageMode;
@@ -29,64 +31,6 @@ use crate::fdstore::Charge;
 
 /// The buffer a mirror copies through by default (QEMU's default buf-size).
 const DEFAULT_BUF_SIZE: u64 = 10 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("Job ID '{0}' already in use")]
-    IdInUse(String),
-    #[error("Invalid job ID '{0}'")]
-    BadId(String),
-    #[error("Node '{node}' is busy: block device is in use by block job: {kind}")]
-    Busy { node: String, kind: &'static str },
-    #[error("Block job '{0}' not found")]
-    NotFound(String),
-    #[error("Job '{id}' in state '{state}' cannot accept command verb '{verb}'")]
-    Verb {
-        id: String,
-        state: &'static str,
-        verb: &'static str,
-    },
-    #[error("Parameter 'speed' expects a non-negative value")]
-    Speed,
-    #[error("Parameter 'granularity' expects a power of 2")]
-    Granularity,
-    #[error("Parameter 'granularity' expects a value in range [512B, 64MB]")]
-    GranularityRange,
-    #[error("Invalid parameter 'buf-size'")]
-    BufSize,
-    #[error("Unknown file format '{0}'")]
-    UnknownFormat(String),
-    /// A mirror of a disk that has a job already.
-    #[error("Need a root block node")]
-    NotRoot,
-    #[error("Job is already paused")]
-    AlreadyPaused,
-    #[error("Can't resume a job that was not paused")]
-    NotPaused,
-    #[error("The block job for device '{0}' is currently paused")]
-    CancelPaused(String),
-    #[error("must provide a valid bitmap name for 'incremental' sync mode")]
-    IncrementalNeedsBitmap,
-    #[error("Bitmap '{0}' could not be found")]
-    NoBitmap(String),
-    #[error("Bitmap sync mode must be given when providing a bitmap")]
-    BitmapWithoutMode,
-    #[error("Sync mode '{0}' not supported")]
-    SyncUnsupported(&'static str),
-    #[error("Can't mirror node into itself")]
-    IntoItself,
-    #[error("Could not create '{path}': {why}")]
-    Create { path: String, why: String },
-    // Ours: where we do not (yet) do what QEMU does.
-    #[error("sync 'top' of a disk whose top image has a backing file is not supported yet")]
-    TopWithBacking,
-    #[error("'replaces' is not supported yet")]
-    Replaces,
-    #[error("compress: compressed backups are not supported yet")]
-    Compress,
-    #[error(transparent)]
-    Bitmap(#[from] ipc::dirty_bitmap::BitmapError),
-}
 
 /// Where a mirror writes.
 #[derive(Debug, Clone)]
@@ -139,103 +83,6 @@ pub enum BackupSync {
     Top,
     None,
     Incremental,
-}
-
-/// A job's state, as QEMU's JobStatus names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    Running,
-    Paused,
-    Ready,
-    /// Ready, then paused.
-    Standby,
-    Aborting,
-    Concluded,
-}
-
-impl JobState {
-    pub fn qmp_name(self) -> &'static str {
-        match self {
-            JobState::Running => "running",
-            JobState::Paused => "paused",
-            JobState::Ready => "ready",
-            JobState::Standby => "standby",
-            JobState::Aborting => "aborting",
-            JobState::Concluded => "concluded",
-        }
-    }
-}
-
-/// A running job.
-pub struct BlockJob {
-    pub id: String,
-    pub kind: &'static str,
-    /// The disk whose daemon runs it.
-    pub disk: String,
-    /// What its daemon was given (again to a new daemon, with `resume`).
-    pub spec: JobSpec,
-    target: Arc<OwnedFd>,
-    dirty: SharedBitmap,
-    copying: SharedBitmap,
-    /// The target's node, and whether the job made it (drive-mirror: it goes with the
-    /// job unless the disk serves it).
-    target_node: String,
-    made_node: bool,
-    /// The locks taken on the target (given back if the disk does not serve it).
-    locked: Option<(Perms, Perms)>,
-    pub state: JobState,
-    /// Its last progress a daemon reported.
-    pub last: JobStatus,
-    /// block-job-complete was asked (a mirror's end is then a pivot).
-    completing: bool,
-    /// The fds it holds, charged to the client that started it.
-    _charge: Option<Charge>,
-}
-
-impl BlockJob {
-    /// What a daemon is sent to run it: the spec and its fds.
-    pub fn launch(&self, resume: bool) -> Result<(JobSpec, Vec<OwnedFd>), BlockError> {
-        let dup =
-            |fd: std::os::fd::BorrowedFd| fd.try_clone_to_owned().map_err(BlockError::DupImage);
-        let missing = || BlockError::DupImage(std::io::Error::from_raw_os_error(libc::EBADF));
-        let fds = vec![
-            dup(self.target.as_fd())?,
-            dup(self.dirty.fd().ok_or_else(missing)?)?,
-            dup(self.copying.fd().ok_or_else(missing)?)?,
-        ];
-        let spec = JobSpec {
-            resume,
-            ready: self.last.ready,
-            offset: self.last.offset,
-            speed: self.last.speed,
-            ..self.spec.clone()
-        };
-        Ok((spec, fds))
-    }
-
-    /// An incremental backup of bitmap `name`.
-    pub fn uses_bitmap(&self, name: &str) -> bool {
-        matches!(&self.spec.kind, JobKind::Backup(b) if b.bitmap.as_deref() == Some(name))
-    }
-
-    /// BlockJobInfo, as QEMU 7.2 shows it.
-    fn info(&self, now: Option<&JobStatus>) -> Value {
-        let s = now.unwrap_or(&self.last);
-        json!({
-            "type": self.kind,
-            "device": self.id,
-            "len": s.len,
-            "offset": s.offset,
-            "busy": s.busy,
-            "paused": s.paused,
-            "speed": s.speed,
-            "io-status": if s.failed { "failed" } else { "ok" },
-            "ready": s.ready,
-            "status": self.state.qmp_name(),
-            "auto-finalize": true,
-            "auto-dismiss": true,
-        })
-    }
 }
 
 /// A job's target: its image layer and fd, and the locks taken on it.
@@ -465,7 +312,7 @@ impl BlockLayer {
             locked,
             state: JobState::Running,
             completing: false,
-            _charge: charge,
+            charge,
         });
         Ok(id)
     }

@@ -13,6 +13,7 @@
 mod backing_file;
 pub mod bitmaps;
 mod daemon_stats;
+pub mod dirty_bitmap;
 pub mod disk;
 pub mod drive;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod graph;
 pub mod health;
 pub mod image_info;
 pub mod info;
+pub mod job;
 pub mod jobs;
 mod limits;
 pub mod lock;
@@ -82,7 +84,7 @@ struct State {
     disks: Vec<Disk>,
     groups: BTreeMap<String, Group>,
     /// The block jobs that run.
-    jobs: Vec<jobs::BlockJob>,
+    jobs: Vec<job::BlockJob>,
 }
 
 impl State {

@@ -1,0 +1,160 @@
+//! What a job's thread and the control calls share: the job's state (paused, cancelled,
+//! completing, its speed and progress), how the thread waits for what to do next, and
+//! the rate limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipc::{BlockEvent, JobEvent, SharedBitmap};
+use parking_lot::{Condvar, Mutex};
+
+/// Where a job sends its events.
+pub type Events = Arc<dyn Fn(BlockEvent) + Send + Sync>;
+
+/// What the job thread and the control calls share.
+#[derive(Debug, Default)]
+pub struct State {
+    pub paused: bool,
+    /// Paused by an error (on-*-error stop): resumed like a pause.
+    pub failed: bool,
+    pub cancel: Option<bool>,
+    pub complete: bool,
+    /// The daemon is going: stop where it is, say nothing (the next daemon carries on).
+    pub detach: bool,
+    pub speed: u64,
+    pub ready: bool,
+    pub busy: bool,
+    pub offset: u64,
+    pub len: u64,
+}
+
+pub struct Shared {
+    pub id: String,
+    pub state: Mutex<State>,
+    /// A mirror's bitmaps: what is left to copy, for its progress.
+    pub left: Option<(Arc<SharedBitmap>, Arc<SharedBitmap>)>,
+    /// Wakes the job thread: a control call, or time to look at the bitmap again.
+    pub wake: Condvar,
+}
+
+/// What a job thread is told to do next.
+pub enum Next {
+    Copy,
+    Detach,
+    Cancel { force: bool },
+    Complete,
+}
+
+impl Shared {
+    /// (bytes copied, bytes to copy in all): a mirror's total grows as the guest writes.
+    pub fn progress(&self) -> (u64, u64) {
+        let left = self
+            .left
+            .as_ref()
+            .map(|(dirty, copying)| dirty.dirty_bytes() + copying.dirty_bytes());
+        let s = self.state.lock();
+        let len = left.map_or(s.len, |l| s.offset + l);
+        (s.offset, len.max(s.offset))
+    }
+
+    /// Waits while the job is paused; then what to do.
+    pub fn next(&self) -> Next {
+        let mut s = self.state.lock();
+        loop {
+            if s.detach {
+                return Next::Detach;
+            }
+            if let Some(force) = s.cancel {
+                return Next::Cancel { force };
+            }
+            if s.complete {
+                return Next::Complete;
+            }
+            if !s.paused && !s.failed {
+                s.busy = true;
+                return Next::Copy;
+            }
+            s.busy = false;
+            self.wake.wait(&mut s);
+        }
+    }
+
+    /// Sleeps up to `time` (less if a control call comes), not busy meanwhile.
+    pub fn idle(&self, time: Duration) {
+        let mut s = self.state.lock();
+        if s.cancel.is_some() || s.complete || s.paused || s.detach {
+            return;
+        }
+        s.busy = false;
+        self.wake.wait_for(&mut s, time);
+    }
+}
+
+/// Keeps a copy to `speed` bytes per second: the bytes copied since the speed was set
+/// may not run ahead of the time passed.
+pub struct RateLimit {
+    since: Instant,
+    copied: u64,
+    speed: u64,
+}
+
+impl RateLimit {
+    pub fn new(speed: u64) -> RateLimit {
+        RateLimit {
+            since: Instant::now(),
+            copied: 0,
+            speed,
+        }
+    }
+
+    /// How long to wait before copying `bytes` more (speed `speed` now).
+    pub fn delay(&mut self, bytes: u64, speed: u64) -> Duration {
+        if speed != self.speed {
+            *self = RateLimit::new(speed);
+        }
+        if speed == 0 {
+            return Duration::ZERO;
+        }
+        let allowed_at = Duration::from_secs_f64(self.copied as f64 / speed as f64);
+        let wait = allowed_at.saturating_sub(self.since.elapsed());
+        if wait.is_zero() {
+            self.copied += bytes;
+        }
+        wait
+    }
+}
+
+/// The job's end, as the gateway hears of it.
+pub fn ended(shared: &Shared, cancelled: bool, error: Option<String>) -> BlockEvent {
+    let (offset, len) = shared.progress();
+    BlockEvent::Job(JobEvent::Ended {
+        id: shared.id.clone(),
+        offset,
+        len,
+        cancelled,
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_lets_bytes_through_as_time_passes() {
+        let mut r = RateLimit::new(0);
+        assert_eq!(r.delay(1 << 30, 0), Duration::ZERO, "no limit");
+        let mut r = RateLimit::new(1 << 20);
+        assert_eq!(
+            r.delay(1 << 20, 1 << 20),
+            Duration::ZERO,
+            "the first copy goes"
+        );
+        let wait = r.delay(1 << 20, 1 << 20);
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!(r.delay(1, 0), Duration::ZERO, "a new speed starts over");
+    }
+}

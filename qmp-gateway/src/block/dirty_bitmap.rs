@@ -1,0 +1,34 @@
+//! A dirty bitmap as the gateway keeps it: its node, name and flags, and the shared
+//! memory a disk's daemon marks into (the commands are bitmaps.rs').
+
+use ipc::SharedBitmap;
+use serde_json::{json, Value};
+
+use crate::fdstore::Charge;
+
+/// One dirty bitmap.
+pub struct DirtyBitmap {
+    /// The node it is on (an image node of the disk's chain).
+    pub node: String,
+    pub name: String,
+    pub memory: SharedBitmap,
+    pub persistent: bool,
+    /// Marks writes (not created `disabled`).
+    pub recording: bool,
+    /// Its memfd, charged to the client that added it.
+    pub charge: Option<Charge>,
+}
+
+impl DirtyBitmap {
+    /// BlockDirtyInfo, as QEMU 7.2 shows it; `busy`: a job uses it.
+    pub fn info(&self, busy: bool) -> Value {
+        json!({
+            "name": self.name,
+            "recording": self.recording,
+            "persistent": self.persistent,
+            "busy": busy,
+            "granularity": self.memory.granularity(),
+            "count": self.memory.dirty_bytes(),
+        })
+    }
+}

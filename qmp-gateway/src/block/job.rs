@@ -1,0 +1,109 @@
+//! A block job as the gateway keeps it: what its daemon was given (again to a new
+//! daemon), its target, bitmaps and state (the commands are jobs.rs').
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use ipc::{JobKind, JobSpec, JobStatus, SharedBitmap};
+use serde_json::{json, Value};
+
+use super::error::BlockError;
+use super::lock::Perms;
+use crate::fdstore::Charge;
+
+/// A job's state, as QEMU's JobStatus names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Paused,
+    Ready,
+    /// Ready, then paused.
+    Standby,
+    Aborting,
+    Concluded,
+}
+
+impl JobState {
+    pub fn qmp_name(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Paused => "paused",
+            JobState::Ready => "ready",
+            JobState::Standby => "standby",
+            JobState::Aborting => "aborting",
+            JobState::Concluded => "concluded",
+        }
+    }
+}
+
+/// A running job.
+pub struct BlockJob {
+    pub id: String,
+    pub kind: &'static str,
+    /// The disk whose daemon runs it.
+    pub disk: String,
+    /// What its daemon was given (again to a new daemon, with `resume`).
+    pub spec: JobSpec,
+    pub target: Arc<OwnedFd>,
+    pub dirty: SharedBitmap,
+    pub copying: SharedBitmap,
+    /// The target's node, and whether the job made it (drive-mirror: it goes with the
+    /// job unless the disk serves it).
+    pub target_node: String,
+    pub made_node: bool,
+    /// The locks taken on the target (given back if the disk does not serve it).
+    pub locked: Option<(Perms, Perms)>,
+    pub state: JobState,
+    /// Its last progress a daemon reported.
+    pub last: JobStatus,
+    /// block-job-complete was asked (a mirror's end is then a pivot).
+    pub completing: bool,
+    /// The fds it holds, charged to the client that started it.
+    pub charge: Option<Charge>,
+}
+
+impl BlockJob {
+    /// What a daemon is sent to run it: the spec and its fds.
+    pub fn launch(&self, resume: bool) -> Result<(JobSpec, Vec<OwnedFd>), BlockError> {
+        let dup =
+            |fd: std::os::fd::BorrowedFd| fd.try_clone_to_owned().map_err(BlockError::DupImage);
+        let missing = || BlockError::DupImage(std::io::Error::from_raw_os_error(libc::EBADF));
+        let fds = vec![
+            dup(self.target.as_fd())?,
+            dup(self.dirty.fd().ok_or_else(missing)?)?,
+            dup(self.copying.fd().ok_or_else(missing)?)?,
+        ];
+        let spec = JobSpec {
+            resume,
+            ready: self.last.ready,
+            offset: self.last.offset,
+            speed: self.last.speed,
+            ..self.spec.clone()
+        };
+        Ok((spec, fds))
+    }
+
+    /// An incremental backup of bitmap `name`.
+    pub fn uses_bitmap(&self, name: &str) -> bool {
+        matches!(&self.spec.kind, JobKind::Backup(b) if b.bitmap.as_deref() == Some(name))
+    }
+
+    /// BlockJobInfo, as QEMU 7.2 shows it.
+    pub fn info(&self, now: Option<&JobStatus>) -> Value {
+        let s = now.unwrap_or(&self.last);
+        json!({
+            "type": self.kind,
+            "device": self.id,
+            "len": s.len,
+            "offset": s.offset,
+            "busy": s.busy,
+            "paused": s.paused,
+            "speed": s.speed,
+            "io-status": if s.failed { "failed" } else { "ok" },
+            "ready": s.ready,
+            "status": self.state.qmp_name(),
+            "auto-finalize": true,
+            "auto-dismiss": true,
+        })
+    }
+}

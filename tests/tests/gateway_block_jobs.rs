@@ -471,3 +471,52 @@ fn a_backup_goes_on_under_a_new_daemon_after_a_sigkill() {
     identical(&target, &reference);
     no_guest_errors(&gw);
 }
+
+#[test]
+fn a_full_target_stops_or_fails_the_job_as_its_policy_says() {
+    let dir = TempDir::new("jobs-enospc");
+    let (mut gw, _source) = verifying(dir.path());
+    let mut c = gw.client();
+    // The target's filesystem holds a quarter of the 16 MiB disk.
+    let small = flotilla_tests::qemu::SmallFs::mount("jobs-enospc-fs", 4 << 20);
+    let target = small.path().join("t.raw");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&target), "format": "raw", "sync": "full", "on-target-error": "stop"}),
+    );
+    let error = c.event("BLOCK_JOB_ERROR");
+    assert_eq!(
+        error["data"],
+        json!({"device": "d0", "operation": "write", "action": "stop"}),
+        "{error}"
+    );
+    let job = jobs(&mut c).remove(0);
+    assert_eq!(
+        (&job["paused"], &job["io-status"], &job["status"]),
+        (&json!(true), &json!("nospace"), &json!("paused")),
+        "{job}"
+    );
+    // Room again: resumed, it catches up; the guest writes meanwhile.
+    small.resize(64 << 20);
+    c.ok("block-job-resume", json!({"device": "d0"}));
+    c.ok("cont", json!({}));
+    c.event("BLOCK_JOB_READY");
+    two_rounds(&mut gw);
+    c.ok("block-job-cancel", json!({"device": "d0"}));
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+
+    // With report (the default), the job ends with the error.
+    let full = flotilla_tests::qemu::SmallFs::mount("jobs-enospc-full", 4 << 20);
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&full.path().join("t.raw")), "format": "raw", "sync": "full"}),
+    );
+    let failed = c.event("BLOCK_JOB_COMPLETED");
+    assert_eq!(
+        failed["data"]["error"], "No space left on device",
+        "{failed}"
+    );
+    assert!(jobs(&mut c).is_empty());
+    no_guest_errors(&gw);
+}

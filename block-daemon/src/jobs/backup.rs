@@ -211,16 +211,19 @@ impl Backup {
                         IoOperation::Write => self.spec.on_target_error,
                     };
                     let action = policy.action(error.errno());
+                    // The state first: whoever hears the event and asks finds it stopped.
+                    if action == ErrorAction::Stop {
+                        let mut s = c.shared.state.lock();
+                        s.failed = true;
+                        s.nospace = error.errno() == libc::ENOSPC;
+                    }
                     (self.events)(BlockEvent::Job(JobEvent::Error {
                         id: self.spec.id.clone(),
                         operation,
                         action,
                     }));
-                    match action {
-                        ErrorAction::Report => return Err(errno_text(&error.into_io())),
-                        ErrorAction::Stop => c.shared.state.lock().failed = true,
-                        // Tried again on the next round.
-                        ErrorAction::Ignore => {}
+                    if action == ErrorAction::Report {
+                        return Err(errno_text(&error.into_io()));
                     }
                     continue;
                 }

@@ -17,10 +17,14 @@ pub struct State {
     pub paused: bool,
     /// Paused by an error (on-*-error stop): resumed like a pause.
     pub failed: bool,
+    /// ... by ENOSPC (io-status nospace).
+    pub nospace: bool,
     pub cancel: Option<bool>,
     pub complete: bool,
     /// The daemon is going: stop where it is, say nothing (the next daemon carries on).
     pub detach: bool,
+    /// Over: its end is being told (the thread returns right after).
+    pub done: bool,
     pub speed: u64,
     pub ready: bool,
     pub busy: bool,
@@ -127,6 +131,7 @@ impl RateLimit {
 /// The job's end, as the gateway hears of it.
 pub fn ended(shared: &Shared, cancelled: bool, error: Option<String>) -> BlockEvent {
     let (offset, len) = shared.progress();
+    shared.state.lock().done = true;
     BlockEvent::Job(JobEvent::Ended {
         id: shared.id.clone(),
         offset,

@@ -292,6 +292,12 @@ impl Mirror {
         };
         let errno = error.errno();
         let action = policy.action(errno);
+        // The state first: whoever hears the event and asks finds the job stopped.
+        if action == ErrorAction::Stop {
+            let mut s = self.shared.state.lock();
+            s.failed = true;
+            s.nospace = errno == libc::ENOSPC;
+        }
         (self.events)(BlockEvent::Job(JobEvent::Error {
             id: self.spec.id.clone(),
             operation,
@@ -303,9 +309,6 @@ impl Mirror {
         // The chunks stay to be copied: on the next pass (ignore) or once resumed.
         for c in first..first + n {
             self.dirty.mark(c * self.mirror.granularity, 1);
-        }
-        if action == ErrorAction::Stop {
-            self.shared.state.lock().failed = true;
         }
         Ok(())
     }

@@ -73,8 +73,14 @@ impl Jobs {
     ) -> Result<(), JobError> {
         let mut current = self.current.lock();
         if let Some((shared, thread)) = current.as_ref() {
-            if !thread.is_finished() {
+            if !thread.is_finished() && !shared.state.lock().done {
                 return Err(JobError::Busy(shared.id.clone()));
+            }
+        }
+        // A job over (the gateway may have heard of it before its thread returned).
+        if let Some((shared, thread)) = current.take() {
+            if thread.join().is_err() {
+                log::error!("job {}: its thread panicked", shared.id);
             }
         }
         let mut fds = fds.into_iter();
@@ -192,7 +198,9 @@ impl Jobs {
     /// The running job `id`'s control state.
     fn running(&self, id: &str) -> Result<Arc<Shared>, JobError> {
         match self.current.lock().as_ref() {
-            Some((shared, thread)) if shared.id == id && !thread.is_finished() => {
+            Some((shared, thread))
+                if shared.id == id && !thread.is_finished() && !shared.state.lock().done =>
+            {
                 Ok(shared.clone())
             }
             _ => Err(JobError::NoJob(id.to_string())),
@@ -207,6 +215,7 @@ impl Jobs {
             JobControl::Resume => {
                 s.paused = false;
                 s.failed = false;
+                s.nospace = false;
             }
             JobControl::Cancel { force } => s.cancel = Some(force),
             JobControl::Complete if !s.ready => return Err(JobError::NotReady(id.to_string())),
@@ -221,7 +230,7 @@ impl Jobs {
     pub fn status(&self) -> Option<JobStatus> {
         let current = self.current.lock();
         let (shared, thread) = current.as_ref()?;
-        if thread.is_finished() {
+        if thread.is_finished() || shared.state.lock().done {
             return None;
         }
         let (offset, len) = shared.progress();
@@ -235,6 +244,7 @@ impl Jobs {
             ready: s.ready,
             busy: s.busy,
             failed: s.failed,
+            nospace: s.nospace,
         })
     }
 

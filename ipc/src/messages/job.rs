@@ -136,6 +136,8 @@ pub struct JobStatus {
     pub busy: bool,
     /// The last failure stopped it (on-*-error stop or enospc).
     pub failed: bool,
+    /// ... by a full disk (ENOSPC).
+    pub nospace: bool,
 }
 
 /// What a job tells the gateway on its own.

@@ -99,7 +99,11 @@ impl BlockJob {
             "busy": s.busy,
             "paused": s.paused,
             "speed": s.speed,
-            "io-status": if s.failed { "failed" } else { "ok" },
+            "io-status": match (s.failed, s.nospace) {
+                (_, true) => "nospace",
+                (true, false) => "failed",
+                _ => "ok",
+            },
             "ready": s.ready,
             "status": self.state.qmp_name(),
             "auto-finalize": true,

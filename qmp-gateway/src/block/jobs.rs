@@ -302,6 +302,7 @@ impl BlockLayer {
                 ready: false,
                 busy: true,
                 failed: false,
+                nospace: false,
             },
             spec,
             target: fd,
@@ -680,17 +681,32 @@ impl BlockLayer {
                 operation,
                 action,
             } => {
-                if action == ipc::ErrorAction::Stop {
-                    if let Some(job) = self.state.lock().job_mut(&id) {
+                // Stopped by the error: paused until resumed, as QEMU's.
+                let paused = (action == ipc::ErrorAction::Stop)
+                    .then(|| {
+                        let mut state = self.state.lock();
+                        let job = state.job_mut(&id)?;
                         job.last.failed = true;
                         job.last.paused = true;
-                    }
-                }
-                self.hooks.events.emit(Event::BlockJobError(JobErrorEvent {
-                    device: id,
+                        job.state = match job.state {
+                            JobState::Ready | JobState::Standby => JobState::Standby,
+                            _ => JobState::Paused,
+                        };
+                        Some(job.state)
+                    })
+                    .flatten();
+                let events = &self.hooks.events;
+                events.emit(Event::BlockJobError(JobErrorEvent {
+                    device: id.clone(),
                     operation: operation.qmp_name(),
                     action: action.qmp_name(),
                 }));
+                if let Some(s) = paused {
+                    events.emit(Event::JobStatusChange(JobStatusChange::new(
+                        &id,
+                        s.qmp_name(),
+                    )));
+                }
             }
             JobEvent::Ended {
                 id,

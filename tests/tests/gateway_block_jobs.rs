@@ -506,6 +506,22 @@ fn a_full_target_stops_or_fails_the_job_as_its_policy_says() {
     let done = c.event("BLOCK_JOB_COMPLETED");
     assert!(done["data"].get("error").is_none(), "{done}");
 
+    // A target of another size is taken, and the job fails at once (QEMU's words).
+    let other = dir.path().join("other-size.raw");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&other), "format": "raw", "sync": "full", "mode": "existing"}),
+    );
+    let failed = c.event("BLOCK_JOB_COMPLETED");
+    assert_eq!(
+        failed["data"]["error"], "Source and target image have different sizes",
+        "{failed}"
+    );
+
     // With report (the default), the job ends with the error.
     let full = flotilla_tests::qemu::SmallFs::mount("jobs-enospc-full", 4 << 20);
     c.ok(

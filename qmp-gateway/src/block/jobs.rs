@@ -268,7 +268,7 @@ impl BlockLayer {
                 state.graph.remove_tree(&target_node);
             }
         };
-        let (layer, fd, locked) = match self.target_of(state, &target_node, size) {
+        let (layer, fd, locked) = match self.target_of(state, &target_node) {
             Ok(t) => t,
             Err(e) => {
                 undo_node(state);
@@ -467,8 +467,10 @@ impl BlockLayer {
         )
     }
 
-    /// The target node's image layer and fd, locked as a disk's top (it is written).
-    fn target_of(&self, state: &State, node: &str, size: u64) -> Result<Target, BlockError> {
+    /// The target node's image layer and fd, locked as a disk's top (it is written). A
+    /// target of another size than the disk is taken: the job fails at its start, as
+    /// QEMU's does.
+    fn target_of(&self, state: &State, node: &str) -> Result<Target, BlockError> {
         let image = state
             .graph
             .image_node(node)
@@ -482,8 +484,6 @@ impl BlockLayer {
             .clone()
             .ok_or_else(|| BlockError::NoImage(node.to_string()))?;
         let qcow2 = image.driver == Driver::Qcow2;
-        // A target of another size is taken: the job fails at its start, as QEMU's.
-        let _ = size;
         let (take, share) = if qcow2 {
             Perms::for_qcow2_disk(false)
         } else {

@@ -15,7 +15,6 @@ use parking_lot::Mutex;
 
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::disk::Served;
-use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::snapshot::SnapshotInfo;
 use crate::formats::qcow2::snapshot_ops::NewSnapshot;
 use crate::formats::qcow2::Qcow2;
@@ -110,13 +109,7 @@ impl Snapshots {
         backing: &str,
         format: Option<&str>,
     ) -> Result<(), SnapshotError> {
-        on_qcow2_top(device, |q| {
-            q.with_meta(|m| {
-                crate::formats::qcow2::backing_name::change(&m.file, backing, format)?;
-                m.header = Header::read(&m.file)?;
-                Ok(())
-            })
-        })
+        on_qcow2_top(device, |q| q.name_backing(backing, format))
     }
 
     /// Opens `layer` (from `fds`' one fd) over the chain served now and serves it as

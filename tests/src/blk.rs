@@ -275,3 +275,13 @@ impl Drop for FourKSectorDevice {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
     }
 }
+
+/// The last round of blk-verify-loop the guest finished, in a VM's transcript.
+pub fn last_round(transcript: &str) -> u32 {
+    transcript
+        .lines()
+        .filter_map(|l| l.strip_prefix("GUEST BLK ROUND "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}

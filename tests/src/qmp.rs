@@ -143,6 +143,20 @@ impl QmpClient {
 }
 
 impl QmpClient {
+    /// The JOB_STATUS_CHANGE events of job `id` until (and with) status `last`.
+    pub fn job_statuses_until(&mut self, id: &str, last: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let e = self.event("JOB_STATUS_CHANGE");
+            assert_eq!(e["data"]["id"], id, "{e}");
+            let s = e["data"]["status"].as_str().unwrap_or_default().to_string();
+            seen.push(s.clone());
+            if s == last {
+                return seen;
+            }
+        }
+    }
+
     /// The next event named `name` within `timeout` (None if none came), keeping the
     /// others aside; a reply meanwhile is a failure.
     pub fn event_within(&mut self, name: &str, timeout: Duration) -> Option<Value> {

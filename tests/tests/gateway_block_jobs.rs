@@ -43,13 +43,7 @@ fn verifying(dir: &Path) -> (Gateway, PathBuf) {
 
 /// The last round the guest finished.
 fn last_round(gw: &Gateway) -> u32 {
-    gw.vm
-        .transcript()
-        .lines()
-        .filter_map(|l| l.strip_prefix("GUEST BLK ROUND "))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .max()
-        .unwrap_or(0)
+    flotilla_tests::blk::last_round(&gw.vm.transcript())
 }
 
 /// Lets the guest write the whole disk twice more.
@@ -110,20 +104,6 @@ fn jobs(c: &mut QmpClient) -> Vec<Value> {
         .clone()
 }
 
-/// JOB_STATUS_CHANGE events of job `id` until (and with) `last`.
-fn statuses_until(c: &mut QmpClient, id: &str, last: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    loop {
-        let e = c.event("JOB_STATUS_CHANGE");
-        assert_eq!(e["data"]["id"], id, "{e}");
-        let s = e["data"]["status"].as_str().unwrap().to_string();
-        seen.push(s.clone());
-        if s == last {
-            return seen;
-        }
-    }
-}
-
 #[test]
 fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
     let dir = TempDir::new("jobs-mirror");
@@ -137,7 +117,7 @@ fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
         json!({"device": "d0", "target": p(&target), "sync": "full", "format": "raw"}),
     );
     assert_eq!(
-        statuses_until(&mut c, "d0", "ready"),
+        c.job_statuses_until("d0", "ready"),
         ["created", "running", "ready"]
     );
     let ready = c.event("BLOCK_JOB_READY");
@@ -171,7 +151,7 @@ fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
     );
     c.ok("block-job-complete", json!({"device": "d0"}));
     assert_eq!(
-        statuses_until(&mut c, "d0", "null"),
+        c.job_statuses_until("d0", "null"),
         ["waiting", "pending", "concluded", "null"]
     );
     let done = c.event("BLOCK_JOB_COMPLETED");
@@ -213,7 +193,7 @@ fn cancelled_mirrors_leave_the_disk_alone_and_a_ready_one_a_consistent_copy() {
         json!({"device": "d0", "job-id": "slow", "target": p(&slow), "sync": "full", "speed": 1 << 20}),
     );
     assert_eq!(
-        statuses_until(&mut c, "slow", "running"),
+        c.job_statuses_until("slow", "running"),
         ["created", "running"]
     );
     let (class, desc) = c.err("block-job-complete", json!({"device": "slow"}));
@@ -225,7 +205,7 @@ fn cancelled_mirrors_leave_the_disk_alone_and_a_ready_one_a_consistent_copy() {
         )
     );
     c.ok("block-job-pause", json!({"device": "slow"}));
-    assert_eq!(statuses_until(&mut c, "slow", "paused"), ["paused"]);
+    assert_eq!(c.job_statuses_until("slow", "paused"), ["paused"]);
     let job = jobs(&mut c).remove(0);
     assert_eq!(
         (&job["paused"], &job["status"]),
@@ -233,10 +213,10 @@ fn cancelled_mirrors_leave_the_disk_alone_and_a_ready_one_a_consistent_copy() {
         "{job}"
     );
     c.ok("block-job-resume", json!({"device": "slow"}));
-    assert_eq!(statuses_until(&mut c, "slow", "running"), ["running"]);
+    assert_eq!(c.job_statuses_until("slow", "running"), ["running"]);
     c.ok("block-job-cancel", json!({"device": "slow"}));
     assert_eq!(
-        statuses_until(&mut c, "slow", "null"),
+        c.job_statuses_until("slow", "null"),
         ["aborting", "concluded", "null"]
     );
     let cancelled = c.event("BLOCK_JOB_CANCELLED");
@@ -258,7 +238,7 @@ fn cancelled_mirrors_leave_the_disk_alone_and_a_ready_one_a_consistent_copy() {
         "drive-mirror",
         json!({"device": "d0", "target": p(&copy), "sync": "full"}),
     );
-    statuses_until(&mut c, "d0", "ready");
+    c.job_statuses_until("d0", "ready");
     c.event("BLOCK_JOB_READY");
     two_rounds(&mut gw);
     stop_settled(&mut c);
@@ -287,7 +267,7 @@ fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
         "drive-mirror",
         json!({"device": "d0", "target": p(&target), "sync": "full", "speed": 4 << 20}),
     );
-    statuses_until(&mut c, "d0", "running");
+    c.job_statuses_until("d0", "running");
     std::thread::sleep(Duration::from_millis(500));
     let before = jobs(&mut c).remove(0);
     assert!(before["offset"].as_u64().unwrap() > 0, "{before}");
@@ -300,7 +280,7 @@ fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
     let after = jobs(&mut c);
     assert_eq!(after.len(), 1, "the job goes on: {after:?}");
     c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
-    statuses_until(&mut c, "d0", "ready");
+    c.job_statuses_until("d0", "ready");
     two_rounds(&mut gw);
     stop_settled(&mut c);
     c.ok("block-job-complete", json!({"device": "d0"}));
@@ -335,7 +315,7 @@ fn completed(c: &mut QmpClient, id: &str) {
     assert_eq!(done["data"]["device"], id, "{done}");
     assert_eq!(done["data"]["type"], "backup", "{done}");
     assert!(done["data"].get("error").is_none(), "{done}");
-    assert_eq!(statuses_until(c, id, "null").last().unwrap(), "null");
+    assert_eq!(c.job_statuses_until(id, "null").last().unwrap(), "null");
 }
 
 #[test]

@@ -38,13 +38,7 @@ fn verifying(drive: &str) -> Gateway {
 
 /// The last round the guest finished.
 fn last_round(gw: &Gateway) -> u32 {
-    gw.vm
-        .transcript()
-        .lines()
-        .filter_map(|l| l.strip_prefix("GUEST BLK ROUND "))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .max()
-        .unwrap_or(0)
+    flotilla_tests::blk::last_round(&gw.vm.transcript())
 }
 
 /// Runs the VM until the guest has written the whole disk after now (two more rounds:

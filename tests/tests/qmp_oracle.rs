@@ -573,6 +573,35 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
     }
     both("block-job-set-speed", json!({"device": "nope", "speed": 1}));
 
+    // block-stream and block-commit on a disk without backing file: their checks in
+    // QEMU's order.
+    for args in [
+        json!({"device": "nope"}),
+        json!({"device": "d0", "base": "/nonexistent.qcow2", "base-node": "disk0"}),
+        json!({"device": "d0", "base-node": "nope"}),
+        json!({"device": "d0", "base-node": "disk0"}),
+        json!({"device": "d0", "base": "/nonexistent.qcow2"}),
+        json!({"device": "d0", "backing-file": "/x.qcow2"}),
+        json!({"device": "d0", "job-id": "1bad", "base-node": "nope"}),
+    ] {
+        both("block-stream", args);
+    }
+    for args in [
+        json!({"device": "nope"}),
+        json!({"device": "d0"}),
+        json!({"device": "disk0", "job-id": "c1"}),
+        json!({"device": "d0", "top": "/nonexistent.qcow2"}),
+        json!({"device": "d0", "base": "/nonexistent.qcow2"}),
+        json!({"device": "d0", "top-node": "nope"}),
+        json!({"device": "d0", "base-node": "nope"}),
+        json!({"device": "d0", "top": "/a.qcow2", "top-node": "disk0"}),
+        json!({"device": "d0", "base": "/a.qcow2", "base-node": "disk0"}),
+        json!({"device": "d0", "base-node": "disk0"}),
+        json!({"device": "d0", "backing-file": "/x.qcow2"}),
+        json!({"device": "d0", "speed": -5}),
+    ] {
+        both("block-commit", args);
+    }
     both(
         "drive-mirror",
         with(mirror.clone(), json!({"job-id": "j1"})),

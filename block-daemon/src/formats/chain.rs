@@ -115,6 +115,27 @@ pub fn open(
     Ok(Chain { top, flush_fd })
 }
 
+/// Opens one image alone over `backing`, an image of a chain opened already (a
+/// commit's base, written beside the chain that reads it).
+pub fn open_over(
+    layer: &ImageLayer,
+    file: File,
+    backing: Option<Arc<dyn Format>>,
+    options: &ChainOptions,
+) -> Result<Arc<dyn Format>, ChainError> {
+    let io = |error| ChainError::Io {
+        filename: layer.filename.clone(),
+        error,
+    };
+    if options.writable && !opened_for_writing(&file).map_err(io)? {
+        return Err(ChainError::ReadOnlyFd {
+            filename: layer.filename.clone(),
+        });
+    }
+    set_direct(&file, options.direct).map_err(io)?;
+    open_layer(layer, file, backing, options.writable, 0, options)
+}
+
 /// Opens one image over its backing file (opened already).
 fn open_layer(
     layer: &ImageLayer,

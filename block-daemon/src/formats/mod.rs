@@ -224,6 +224,20 @@ pub trait Format: Send + Sync {
         ends.into_iter().map(|(g, w)| g.finish(w)).collect()
     }
 
+    /// Whether guest bytes from `offset` are this image's own (written, zeroed or
+    /// discarded here) rather than read through its backing file, and for how many
+    /// bytes from `offset` (at least one, at most `len`) the answer holds. An image
+    /// without a backing file owns every byte.
+    fn allocated(&self, offset: u64, len: u64) -> Result<(bool, u64), FormatError> {
+        let _ = offset;
+        Ok((true, len))
+    }
+
+    /// The image this one reads through where it holds nothing.
+    fn backing(&self) -> Option<Arc<dyn Format>> {
+        None
+    }
+
     /// Makes every completed write durable (the guest's FLUSH).
     fn flush(&self) -> Result<(), FormatError>;
 

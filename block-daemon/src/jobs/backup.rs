@@ -8,13 +8,10 @@
 
 use std::sync::Arc;
 
-use ipc::{
-    errno_text, BackupSpec, BlockEvent, ErrorAction, IoOperation, JobEvent, JobSpec, SharedBitmap,
-    SyncMode,
-};
+use ipc::{errno_text, BackupSpec, IoOperation, JobSpec, SharedBitmap, SyncMode};
 use parking_lot::Mutex;
 
-use super::control::{ended, Events, Next, RateLimit, Shared};
+use super::control::{on_copy_error, report, End, Events, Next, RateLimit, Shared};
 use crate::device::BlkDevice;
 use crate::dirty::WriteHook;
 use crate::formats::chain::Chain;
@@ -136,12 +133,6 @@ pub struct Backup {
     pub events: Events,
 }
 
-enum End {
-    Completed,
-    Cancelled,
-    Detached,
-}
-
 impl Backup {
     pub fn run(self) {
         let end = self.copy_all();
@@ -150,20 +141,7 @@ impl Backup {
         if let Err(e) = self.copier.target.top.close() {
             log::warn!("job {}: closing the target: {e}", self.spec.id);
         }
-        let shared = &self.copier.shared;
-        let event = match end {
-            Ok(End::Completed) => ended(shared, false, None),
-            Ok(End::Cancelled) => ended(shared, true, None),
-            Ok(End::Detached) => {
-                log::info!("job {}: left for the next daemon", self.spec.id);
-                return;
-            }
-            Err(why) => {
-                log::warn!("job {}: {why}", self.spec.id);
-                ended(shared, false, Some(why))
-            }
-        };
-        (self.events)(event);
+        report(&self.copier.shared, &self.events, end);
     }
 
     fn copy_all(&self) -> Result<End, String> {
@@ -206,25 +184,7 @@ impl Backup {
             match result {
                 Ok(copied) => c.shared.state.lock().offset += copied,
                 Err((operation, error)) => {
-                    let policy = match operation {
-                        IoOperation::Read => self.spec.on_source_error,
-                        IoOperation::Write => self.spec.on_target_error,
-                    };
-                    let action = policy.action(error.errno());
-                    // The state first: whoever hears the event and asks finds it stopped.
-                    if action == ErrorAction::Stop {
-                        let mut s = c.shared.state.lock();
-                        s.failed = true;
-                        s.nospace = error.errno() == libc::ENOSPC;
-                    }
-                    (self.events)(BlockEvent::Job(JobEvent::Error {
-                        id: self.spec.id.clone(),
-                        operation,
-                        action,
-                    }));
-                    if action == ErrorAction::Report {
-                        return Err(errno_text(&error.into_io()));
-                    }
+                    on_copy_error(&c.shared, &self.events, &self.spec, operation, error)?;
                     continue;
                 }
             }

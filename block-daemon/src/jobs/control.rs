@@ -128,6 +128,117 @@ impl RateLimit {
     }
 }
 
+/// How a job that never becomes ready ended.
+pub enum End {
+    Completed,
+    Cancelled,
+    /// Left for the next daemon.
+    Detached,
+}
+
+/// Tells the gateway how the job `shared` ended (a failure: its words), unless it was
+/// left for the next daemon.
+pub fn report(shared: &Shared, events: &Events, end: Result<End, String>) {
+    let event = match end {
+        Ok(End::Completed) => ended(shared, false, None),
+        Ok(End::Cancelled) => ended(shared, true, None),
+        Ok(End::Detached) => {
+            log::info!("job {}: left for the next daemon", shared.id);
+            return;
+        }
+        Err(why) => {
+            log::warn!("job {}: {why}", shared.id);
+            ended(shared, false, Some(why))
+        }
+    };
+    events(event);
+}
+
+/// What a job's error policy says of a failed copy: the state is set (stopped) before
+/// the BLOCK_JOB_ERROR goes, so whoever hears it and asks finds the job stopped. Err:
+/// the job ends with this failure (report).
+pub fn on_copy_error(
+    shared: &Shared,
+    events: &Events,
+    spec: &ipc::JobSpec,
+    operation: ipc::IoOperation,
+    error: crate::formats::FormatError,
+) -> Result<(), String> {
+    let policy = match operation {
+        ipc::IoOperation::Read => spec.on_source_error,
+        ipc::IoOperation::Write => spec.on_target_error,
+    };
+    let errno = error.errno();
+    let action = policy.action(errno);
+    if action == ipc::ErrorAction::Stop {
+        let mut s = shared.state.lock();
+        s.failed = true;
+        s.nospace = errno == libc::ENOSPC;
+    }
+    events(BlockEvent::Job(JobEvent::Error {
+        id: spec.id.clone(),
+        operation,
+        action,
+    }));
+    if action == ipc::ErrorAction::Report {
+        return Err(ipc::errno_text(&error.into_io()));
+    }
+    Ok(())
+}
+
+/// The walk a stream and a commit share: the chunks of a disk of `size` bytes in order,
+/// but those `done` marks; `copy` copies one (returning the bytes copied, which count
+/// against the speed, or what failed, which the error policy answers); each chunk done
+/// is marked and its end is the job's progress. `finish` ends the job once every chunk
+/// is done.
+pub fn walk_in_order(
+    shared: &Shared,
+    events: &Events,
+    spec: &ipc::JobSpec,
+    done: &SharedBitmap,
+    size: u64,
+    mut copy: impl FnMut(u64, u64) -> Result<u64, (ipc::IoOperation, crate::formats::FormatError)>,
+    finish: impl FnOnce() -> Result<(), String>,
+) -> Result<End, String> {
+    let g = done.granularity();
+    let chunks = done.chunks();
+    shared.state.lock().len = size;
+    let mut limit = RateLimit::new(0);
+    let mut cursor = 0;
+    loop {
+        match shared.next() {
+            Next::Detach => return Ok(End::Detached),
+            Next::Cancel { .. } => return Ok(End::Cancelled),
+            // Never ready: nothing to complete.
+            Next::Complete | Next::Copy => {}
+        }
+        let Some(c) = (cursor..chunks).find(|&c| !done.is_dirty(c * g)) else {
+            finish()?;
+            shared.state.lock().offset = size;
+            return Ok(End::Completed);
+        };
+        let offset = c * g;
+        let len = g.min(size - offset);
+        match copy(offset, len) {
+            Ok(n) => {
+                done.mark(offset, len);
+                let speed = {
+                    let mut s = shared.state.lock();
+                    s.offset = offset + len;
+                    s.speed
+                };
+                cursor = c + 1;
+                // Only copies count against the speed (as QEMU's stream and commit).
+                let wait = limit.delay(n, speed);
+                if !wait.is_zero() {
+                    shared.idle(wait);
+                }
+            }
+            Err((operation, error)) => on_copy_error(shared, events, spec, operation, error)?,
+        }
+    }
+}
+
 /// The job's end, as the gateway hears of it.
 pub fn ended(shared: &Shared, cancelled: bool, error: Option<String>) -> BlockEvent {
     let (offset, len) = shared.progress();

@@ -36,6 +36,9 @@ pub struct Mirror {
     pub copying: Arc<SharedBitmap>,
     pub shared: Arc<Shared>,
     pub events: Events,
+    /// A pass copied what the first take found (not ready before: QEMU's mirror is
+    /// ready once its first pass over the disk is done).
+    pub first_pass_done: std::cell::Cell<bool>,
 }
 
 /// How a copy loop ended.
@@ -74,8 +77,9 @@ impl Written {
 
 impl Mirror {
     pub fn run(self) {
-        if !self.spec.resume && self.mirror.sync != SyncMode::None {
-            // Top is taken as Full: the gateway gives a top without backing only.
+        if !self.spec.resume && self.mirror.sync == SyncMode::Full {
+            // Top: the caller marked what the top holds (an active commit's images
+            // above base); None: only what the guest writes.
             self.dirty.mark_all();
         }
         let end = self.copy_loop();
@@ -174,10 +178,13 @@ impl Mirror {
     /// quiesced), or waits for it to write; a small rest makes the job ready.
     fn take(&self) -> Result<(), Failed> {
         let remaining = self.dirty.dirty_bytes();
+        let first_pass_done = self.first_pass_done.replace(true) || self.spec.resume;
         let ready_now = {
             let mut s = self.shared.state.lock();
             s.len = s.offset + remaining;
-            let becomes = !s.ready && remaining <= self.mirror.buf_size;
+            let becomes = !s.ready
+                && remaining <= self.mirror.buf_size
+                && (first_pass_done || remaining == 0);
             s.ready |= becomes;
             becomes.then(|| (s.offset, s.len))
         };

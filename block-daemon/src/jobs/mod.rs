@@ -6,15 +6,21 @@
 //! and those calls share, `mirror.rs` the mirror's copy loop, `backup.rs` the backup's.
 
 mod backup;
+mod commit;
 mod control;
+mod layers;
 mod mirror;
+mod stream;
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ipc::{BlockEvent, JobControl, JobEvent, JobKind, JobSpec, JobStatus, SharedBitmap};
+use ipc::{
+    BlockEvent, JobControl, JobEvent, JobKind, JobSpec, JobStatus, MirrorSpec, SharedBitmap,
+    SyncMode,
+};
 use parking_lot::{Condvar, Mutex};
 
 pub use control::Events;
@@ -22,7 +28,9 @@ use control::{Shared, State};
 
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::dirty::WriteHook;
-use crate::formats::chain::{self, ChainOptions};
+use crate::formats::chain::{self, Chain, ChainOptions};
+use crate::formats::{Format, FormatError};
+use layers::{allocated_between, layer_at};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -47,6 +55,29 @@ pub enum JobError {
     Quiesce(#[from] crate::device::QuiesceTimeout),
     #[error("Dirty bitmap '{0}' not found")]
     NoBitmap(String),
+    #[error("the chain served has no image at depth {0}")]
+    NotInChain(usize),
+    #[error("looking at what the images above base hold: {0}")]
+    Allocation(FormatError),
+}
+
+/// Marks in `bitmap` the chunks that an image above depth `base_depth` of `top`'s
+/// chain holds.
+fn mark_allocated(
+    top: &Arc<dyn Format>,
+    base_depth: usize,
+    bitmap: &SharedBitmap,
+) -> Result<(), JobError> {
+    let g = bitmap.granularity();
+    let size = top.virtual_size();
+    for c in 0..bitmap.chunks() {
+        let offset = c * g;
+        let len = g.min(size - offset);
+        if allocated_between(top, 0, Some(base_depth), offset, len).map_err(JobError::Allocation)? {
+            bitmap.mark(offset, len);
+        }
+    }
+    Ok(())
 }
 
 /// The job that runs, if any.
@@ -84,43 +115,90 @@ impl Jobs {
             }
         }
         let mut fds = fds.into_iter();
-        let (Some(target), Some(first), Some(second)) = (fds.next(), fds.next(), fds.next()) else {
-            return Err(JobError::MissingFds);
+        let target = match spec.kind.target() {
+            Some(layer) => Some((layer.clone(), fds.next().ok_or(JobError::MissingFds)?)),
+            None => None,
         };
         let granularity = spec.kind.granularity();
         let disk_size = device.disk().size();
-        let map = |fd: &OwnedFd| SharedBitmap::map(fd.as_fd(), disk_size, granularity);
-        let (first, second) = (Arc::new(map(&first)?), Arc::new(map(&second)?));
-        let layer = spec.kind.target().clone();
-        let unmap = match &spec.kind {
-            JobKind::Mirror(m) => m.unmap,
-            JobKind::Backup(_) => true,
-        };
-        let target = chain::open(
-            std::slice::from_ref(&layer),
-            vec![File::from(target)],
-            &ChainOptions {
-                writable: true,
-                direct: device.disk().cache().direct(),
-                counters: None,
-                discard_unmap: unmap,
-            },
-        )
-        .map_err(|error| JobError::Target {
-            filename: layer.filename.clone(),
-            error,
-        })?;
-        if target.top.virtual_size() != disk_size {
-            // Taken, and over at once (QEMU's words).
-            events(BlockEvent::Job(JobEvent::Ended {
-                id: spec.id.clone(),
-                offset: 0,
-                len: 0,
-                cancelled: false,
-                error: Some("Source and target image have different sizes".into()),
-            }));
-            return Ok(());
+        let mut bitmaps = Vec::new();
+        for _ in 0..spec.kind.bitmaps() {
+            let fd = fds.next().ok_or(JobError::MissingFds)?;
+            bitmaps.push(Arc::new(SharedBitmap::map(
+                fd.as_fd(),
+                disk_size,
+                granularity,
+            )?));
         }
+        let options = |unmap| ChainOptions {
+            writable: true,
+            direct: device.disk().cache().direct(),
+            counters: None,
+            discard_unmap: unmap,
+        };
+        // The target image: alone (a mirror's, a backup's), or base over the chain below
+        // it (a commit's).
+        let target = match (target, &spec.kind) {
+            (Some((layer, fd)), JobKind::Commit(c)) => {
+                let served = device.disk().format();
+                let below = layer_at(&served, c.base_depth)
+                    .ok_or(JobError::NotInChain(c.base_depth))?
+                    .backing();
+                let file = File::from(fd);
+                let again = file.try_clone().map_err(|error| JobError::Target {
+                    filename: layer.filename.clone(),
+                    error: chain::ChainError::Io {
+                        filename: layer.filename.clone(),
+                        error,
+                    },
+                })?;
+                let base =
+                    chain::open_over(&layer, file, below, &options(true)).map_err(|error| {
+                        JobError::Target {
+                            filename: layer.filename.clone(),
+                            error,
+                        }
+                    })?;
+                Some((
+                    Chain {
+                        top: base,
+                        flush_fd: None,
+                    },
+                    Some(again),
+                ))
+            }
+            (Some((layer, fd)), kind) => {
+                let unmap = match kind {
+                    JobKind::Mirror(m) => m.unmap,
+                    _ => true,
+                };
+                let opened = chain::open(
+                    std::slice::from_ref(&layer),
+                    vec![File::from(fd)],
+                    &options(unmap),
+                )
+                .map_err(|error| JobError::Target {
+                    filename: layer.filename.clone(),
+                    error,
+                })?;
+                Some((opened, None))
+            }
+            (None, _) => None,
+        };
+        if let Some((t, _)) = &target {
+            if t.top.virtual_size() != disk_size && matches!(spec.kind, JobKind::Mirror(_)) {
+                // Taken, and over at once (QEMU's words).
+                events(BlockEvent::Job(JobEvent::Ended {
+                    id: spec.id.clone(),
+                    offset: 0,
+                    len: 0,
+                    cancelled: false,
+                    error: Some("Source and target image have different sizes".into()),
+                }));
+                return Ok(());
+            }
+        }
+        let mirror_like = spec.kind.has_ready();
         let shared = Arc::new(Shared {
             id: spec.id.clone(),
             state: Mutex::new(State {
@@ -130,28 +208,79 @@ impl Jobs {
                 ..State::default()
             }),
             wake: Condvar::new(),
-            left: matches!(spec.kind, JobKind::Mirror(_)).then(|| (first.clone(), second.clone())),
+            left: mirror_like.then(|| (bitmaps[0].clone(), bitmaps[1].clone())),
         });
-        let run: Box<dyn FnOnce() + Send> = match spec.kind.clone() {
-            JobKind::Mirror(mirror) => {
-                // Marked from now on, before a request the daemon serves after this call.
-                device
-                    .dirty_bitmaps()
-                    .set_job(Some(first.clone() as Arc<dyn WriteHook>));
-                let job = mirror::Mirror {
-                    device: device.clone(),
+        let bitmap = |i: usize| bitmaps[i].clone();
+        let run: Box<dyn FnOnce() + Send> = match (spec.kind.clone(), target) {
+            (JobKind::Mirror(mirror), Some((target, _))) => self.mirror(
+                device,
+                spec,
+                mirror,
+                target,
+                &bitmaps,
+                shared.clone(),
+                events,
+            ),
+            (JobKind::Commit(c), Some((target, _))) if c.active() => {
+                if !spec.resume {
+                    // What the images above base hold (QEMU's active commit copies that).
+                    let served = device.disk().format();
+                    mark_allocated(&served, c.base_depth, &bitmaps[0])?;
+                }
+                let mirror = MirrorSpec {
+                    target: c.base.clone(),
+                    sync: SyncMode::Top,
+                    granularity: c.granularity,
+                    buf_size: c.buf_size,
+                    unmap: true,
+                    fresh_target: false,
+                };
+                self.mirror(
+                    device,
                     spec,
                     mirror,
                     target,
-                    dirty: first,
-                    copying: second,
+                    &bitmaps,
+                    shared.clone(),
+                    events,
+                )
+            }
+            (JobKind::Commit(c), Some((target, Some(base_file)))) => {
+                let served = device.disk().format();
+                let top =
+                    layer_at(&served, c.top_depth).ok_or(JobError::NotInChain(c.top_depth))?;
+                let job = commit::Commit {
+                    device: device.clone(),
+                    spec,
+                    commit: c,
+                    top,
+                    base: target.top,
+                    base_file,
+                    options: options(true),
+                    done: bitmap(0),
                     shared: shared.clone(),
                     events,
                 };
                 Box::new(move || job.run())
             }
-            JobKind::Backup(backup) => {
-                let (to_copy, done) = (first, second);
+            (JobKind::Stream(stream), None) => {
+                let settled = Arc::new(stream::Settled::new(bitmap(0)));
+                // Marked from now on, before a request the daemon serves after this call.
+                device
+                    .dirty_bitmaps()
+                    .set_job(Some(settled.clone() as Arc<dyn WriteHook>));
+                let job = stream::Stream {
+                    device: device.clone(),
+                    spec,
+                    stream,
+                    settled,
+                    shared: shared.clone(),
+                    events,
+                };
+                Box::new(move || job.run())
+            }
+            (JobKind::Backup(backup), Some((target, _))) => {
+                let (to_copy, done) = (bitmap(0), bitmap(1));
                 // The point in time: nothing in flight, every later write copies first.
                 let _quiesced = device.quiesce(QUIESCE_TIMEOUT)?;
                 if !spec.resume {
@@ -183,6 +312,7 @@ impl Jobs {
                 };
                 Box::new(move || job.run())
             }
+            _ => return Err(JobError::MissingFds),
         };
         let thread = std::thread::Builder::new()
             .name("block-job".into())
@@ -193,6 +323,37 @@ impl Jobs {
             })?;
         *current = Some((shared, thread));
         Ok(())
+    }
+
+    /// A mirror (or an active commit: a mirror into base) of `device` to `target`.
+    #[allow(clippy::too_many_arguments)]
+    fn mirror(
+        &self,
+        device: &BlkDevice,
+        spec: JobSpec,
+        mirror: MirrorSpec,
+        target: Chain,
+        bitmaps: &[Arc<SharedBitmap>],
+        shared: Arc<Shared>,
+        events: Events,
+    ) -> Box<dyn FnOnce() + Send> {
+        let dirty = bitmaps[0].clone();
+        // Marked from now on, before a request the daemon serves after this call.
+        device
+            .dirty_bitmaps()
+            .set_job(Some(dirty.clone() as Arc<dyn WriteHook>));
+        let job = mirror::Mirror {
+            device: device.clone(),
+            spec,
+            mirror,
+            target,
+            dirty,
+            copying: bitmaps[1].clone(),
+            shared,
+            events,
+            first_pass_done: std::cell::Cell::new(false),
+        };
+        Box::new(move || job.run())
     }
 
     /// The running job `id`'s control state.

@@ -155,12 +155,12 @@ impl Message for BlockRequest {
             BlockRequest::Open(open) => {
                 2 + open.layers.len()
                     + open.dirty_bitmaps.len()
-                    + 3 * usize::from(open.job.is_some())
+                    + open.job.as_ref().map_or(0, JobSpec::fd_count)
             }
             BlockRequest::SetThrottle(Some(_)) => 1,
             BlockRequest::PushTop(_) => 1,
             BlockRequest::SetDirtyBitmaps(set) => set.len(),
-            BlockRequest::StartJob(_) => 3,
+            BlockRequest::StartJob(spec) => spec.fd_count(),
             _ => 0,
         }
     }

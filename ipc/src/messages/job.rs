@@ -54,10 +54,55 @@ pub struct BackupSpec {
     pub fresh_target: bool,
 }
 
+/// A stream: the data of the backing images above `base` copied into the top image
+/// while the guest runs; at the end the top names base as its backing file and the
+/// images between go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Where base is in the chain the daemon serves (1: the top's backing image, so
+    /// nothing is copied); None: no base, every backing image is copied.
+    pub base_depth: Option<usize>,
+    /// What the top's header names as its backing file at the end ("" with no base).
+    pub backing_file: String,
+    pub backing_format: Option<String>,
+    /// Disk bytes per bit of the job's bitmap, and the unit of copying.
+    pub granularity: u64,
+}
+
+/// A commit: the data of the images from `top` down to just above `base` copied into
+/// base; at the end the image over `top` names base as its backing file and the images
+/// between go. Committing the served top (an active commit) runs as a mirror whose
+/// target is base: it becomes ready, and on completion the node serves base.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CommitSpec {
+    /// The base image (its fd, opened read-write, comes with the call).
+    pub base: ImageLayer,
+    /// Where top is in the chain the daemon serves (0: the served top).
+    pub top_depth: usize,
+    /// Where base is (below top).
+    pub base_depth: usize,
+    /// What the image over top names as its backing file at the end.
+    pub backing_file: String,
+    pub backing_format: Option<String>,
+    /// Disk bytes per bit of the job's bitmaps, and the unit of copying.
+    pub granularity: u64,
+    /// An active commit's bytes in flight at most (as a mirror's).
+    pub buf_size: u64,
+}
+
+impl CommitSpec {
+    /// Commits the served top: a mirror into base, ready and completed as one.
+    pub fn active(&self) -> bool {
+        self.top_depth == 0
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum JobKind {
     Mirror(MirrorSpec),
     Backup(BackupSpec),
+    Stream(StreamSpec),
+    Commit(CommitSpec),
 }
 
 impl JobKind {
@@ -66,13 +111,30 @@ impl JobKind {
         match self {
             JobKind::Mirror(_) => "mirror",
             JobKind::Backup(_) => "backup",
+            JobKind::Stream(_) => "stream",
+            JobKind::Commit(_) => "commit",
         }
     }
 
-    pub fn target(&self) -> &ImageLayer {
+    /// The image the job writes, other than the served top (its fd comes first with
+    /// the job's call).
+    pub fn target(&self) -> Option<&ImageLayer> {
         match self {
-            JobKind::Mirror(m) => &m.target,
-            JobKind::Backup(b) => &b.target,
+            JobKind::Mirror(m) => Some(&m.target),
+            JobKind::Backup(b) => Some(&b.target),
+            JobKind::Stream(_) => None,
+            JobKind::Commit(c) => Some(&c.base),
+        }
+    }
+
+    /// How many bitmaps (memfds after the target's fd) the job keeps its progress in: a
+    /// mirror's (and an active commit's) dirty and copy bitmaps, a backup's to-copy and
+    /// done, a stream's or commit's chunks done.
+    pub fn bitmaps(&self) -> usize {
+        match self {
+            JobKind::Mirror(_) | JobKind::Backup(_) => 2,
+            JobKind::Commit(c) if c.active() => 2,
+            JobKind::Stream(_) | JobKind::Commit(_) => 1,
         }
     }
 
@@ -80,15 +142,28 @@ impl JobKind {
         match self {
             JobKind::Mirror(m) => m.granularity,
             JobKind::Backup(b) => b.granularity,
+            JobKind::Stream(s) => s.granularity,
+            JobKind::Commit(c) => c.granularity,
+        }
+    }
+
+    /// A job that becomes ready and waits for block-job-complete.
+    pub fn has_ready(&self) -> bool {
+        match self {
+            JobKind::Mirror(_) => true,
+            JobKind::Commit(c) => c.active(),
+            JobKind::Backup(_) | JobKind::Stream(_) => false,
         }
     }
 }
 
-/// A job for the daemon to run. Its call carries the target image's fd, then the memfds
-/// of the job's two bitmaps, both of `granularity` over the disk's size: a mirror's dirty
-/// bitmap (chunks the guest wrote, which the daemon marks as it marks the disk's dirty
-/// bitmaps) and copy bitmap (chunks taken from the dirty bitmap and not yet copied); a
-/// backup's chunks to copy (set at its start, not changed after) and chunks copied.
+/// A job for the daemon to run. Its call carries the target image's fd (if the job has
+/// one: `JobKind::target`), then the memfds of the job's bitmaps (`JobKind::bitmaps`),
+/// each of `granularity` over the disk's size: a mirror's dirty bitmap (chunks the guest
+/// wrote, which the daemon marks as it marks the disk's dirty bitmaps) and copy bitmap
+/// (chunks taken from the dirty bitmap and not yet copied); a backup's chunks to copy
+/// (set at its start, not changed after) and chunks copied; a stream's or commit's
+/// chunks settled (copied, or needing no copy).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
     /// QMP's job id.
@@ -105,6 +180,13 @@ pub struct JobSpec {
     pub ready: bool,
     /// Bytes a previous daemon copied (the job's progress goes on from there).
     pub offset: u64,
+}
+
+impl JobSpec {
+    /// The fds its call carries: the target's, then the bitmaps'.
+    pub fn fd_count(&self) -> usize {
+        usize::from(self.kind.target().is_some()) + self.kind.bitmaps()
+    }
 }
 
 /// A request about a running job.

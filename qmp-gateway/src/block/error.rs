@@ -255,7 +255,31 @@ pub enum JobError {
     IntoItself,
     #[error("Could not create '{path}': {why}")]
     Create { path: String, why: String },
+    #[error("'base' and 'base-node' cannot be specified at the same time")]
+    BaseTwice,
+    #[error("'base-node' and 'base' are mutually exclusive")]
+    BaseNodeTwice,
+    #[error("'top-node' and 'top' are mutually exclusive")]
+    TopTwice,
+    #[error("Node '{base}' is not a backing image of '{top}'")]
+    NotBackingOf { base: String, top: String },
+    #[error("Can't find '{0}' in the backing chain")]
+    NoBase(String),
+    #[error("Top image file {0} not found")]
+    NoTop(String),
+    #[error("'{0}' is not in this backing file chain")]
+    NotInChain(String),
+    #[error("backing file specified, but streaming the entire chain")]
+    BackingFileWholeChain,
+    #[error("'backing-file' specified, but 'top' is the active layer")]
+    BackingFileActive,
+    #[error("cannot commit an image into itself")]
+    CommitIntoItself,
     // Ours: where we do not (yet) do what QEMU does.
+    #[error("'{0}' is read-only: a stream writes the disk's top image")]
+    ReadOnly(String),
+    #[error("base '{0}' is smaller than the disk: growing base for a commit is not supported yet")]
+    BaseSmaller(String),
     #[error("sync 'top' of a disk whose top image has a backing file is not supported yet")]
     TopWithBacking,
     #[error("'replaces' is not supported yet")]

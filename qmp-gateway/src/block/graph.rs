@@ -660,6 +660,14 @@ impl Graph {
         Ok(())
     }
 
+    /// Removes image node `name` with its file children, not its backing chain (an
+    /// image a stream or commit took out of a chain).
+    pub fn remove_image(&mut self, name: &str) {
+        for n in self.tree(name) {
+            self.nodes.retain(|x| x.name != n);
+        }
+    }
+
     /// Removes `root` and everything below it that nothing else uses (undoing a drive
     /// whose daemon did not start).
     pub fn remove_tree(&mut self, root: &str) {

@@ -44,12 +44,13 @@ pub struct BlockJob {
     pub disk: String,
     /// What its daemon was given (again to a new daemon, with `resume`).
     pub spec: JobSpec,
-    pub target: Arc<OwnedFd>,
-    pub dirty: SharedBitmap,
-    pub copying: SharedBitmap,
+    /// The image it writes other than the disk's top (a stream has none).
+    pub target: Option<Arc<OwnedFd>>,
+    /// Its bitmaps (`JobKind::bitmaps`), the first a backup's chunks to copy.
+    pub bitmaps: Vec<SharedBitmap>,
     /// The target's node, and whether the job made it (drive-mirror: it goes with the
     /// job unless the disk serves it).
-    pub target_node: String,
+    pub target_node: Option<String>,
     pub made_node: bool,
     /// The locks taken on the target (given back if the disk does not serve it).
     pub locked: Option<(Perms, Perms)>,
@@ -63,16 +64,47 @@ pub struct BlockJob {
 }
 
 impl BlockJob {
+    /// A job about to start on disk `disk`: nothing copied yet.
+    pub fn new(disk: String, spec: JobSpec, bitmaps: Vec<SharedBitmap>) -> BlockJob {
+        BlockJob {
+            id: spec.id.clone(),
+            kind: spec.kind.qmp_name(),
+            disk,
+            last: JobStatus {
+                id: spec.id.clone(),
+                offset: 0,
+                len: 0,
+                speed: spec.speed,
+                paused: false,
+                ready: false,
+                busy: true,
+                failed: false,
+                nospace: false,
+            },
+            spec,
+            target: None,
+            bitmaps,
+            target_node: None,
+            made_node: false,
+            locked: None,
+            state: JobState::Running,
+            completing: false,
+            charge: None,
+        }
+    }
+
     /// What a daemon is sent to run it: the spec and its fds.
     pub fn launch(&self, resume: bool) -> Result<(JobSpec, Vec<OwnedFd>), BlockError> {
         let dup =
             |fd: std::os::fd::BorrowedFd| fd.try_clone_to_owned().map_err(BlockError::DupImage);
         let missing = || BlockError::DupImage(std::io::Error::from_raw_os_error(libc::EBADF));
-        let fds = vec![
-            dup(self.target.as_fd())?,
-            dup(self.dirty.fd().ok_or_else(missing)?)?,
-            dup(self.copying.fd().ok_or_else(missing)?)?,
-        ];
+        let mut fds = Vec::new();
+        if let Some(t) = &self.target {
+            fds.push(dup(t.as_fd())?);
+        }
+        for b in &self.bitmaps {
+            fds.push(dup(b.fd().ok_or_else(missing)?)?);
+        }
         let spec = JobSpec {
             resume,
             ready: self.last.ready,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use block_daemon::formats::qcow2::create::{self, CreateOptions};
 use ipc::{
     errno_text, BackupSpec, BlockReply, BlockRequest, ImageFormat, ImageLayer, JobControl,
-    JobEvent, JobKind, JobSpec, JobStatus, MirrorSpec, OnError, SharedBitmap, SyncMode,
+    JobEvent, JobKind, JobSpec, MirrorSpec, OnError, SharedBitmap, SyncMode,
 };
 use serde_json::Value;
 
@@ -120,7 +120,7 @@ impl BlockLayer {
 
     /// Gives job `id` (prepared) to its disk's daemon, which starts it; forgets it if
     /// that fails. The caller holds `changes`.
-    fn start_job(&self, id: &str) -> Result<(), BlockError> {
+    pub(super) fn start_job(&self, id: &str) -> Result<(), BlockError> {
         let sent = (|| {
             let (link, spec, fds) = {
                 let state = self.state.lock();
@@ -149,7 +149,7 @@ impl BlockLayer {
 
     /// What every job checks first (QEMU's order): the disk, the job id, a job already
     /// running there, the speed. Returns (disk index, root node, job id).
-    fn check_new_job(
+    pub(super) fn check_new_job(
         state: &State,
         device: &str,
         job_id: Option<&str>,
@@ -276,8 +276,8 @@ impl BlockLayer {
             }
         };
         let bitmaps = SharedBitmap::create(size, granularity)
-            .and_then(|d| Ok((d, SharedBitmap::create(size, granularity)?)));
-        let (dirty, copying) = match bitmaps {
+            .and_then(|d| Ok(vec![d, SharedBitmap::create(size, granularity)?]));
+        let bitmaps = match bitmaps {
             Ok(b) => b,
             Err(e) => {
                 if let Some((take, share)) = locked {
@@ -289,31 +289,14 @@ impl BlockLayer {
         };
         let spec = spec(layer);
         let id = spec.id.clone();
+        let disk = state.disks[disk_index].id.clone();
         state.jobs.push(BlockJob {
-            id: id.clone(),
-            kind: spec.kind.qmp_name(),
-            disk: state.disks[disk_index].id.clone(),
-            last: JobStatus {
-                id: id.clone(),
-                offset: 0,
-                len: 0,
-                speed: spec.speed,
-                paused: false,
-                ready: false,
-                busy: true,
-                failed: false,
-                nospace: false,
-            },
-            spec,
-            target: fd,
-            dirty,
-            copying,
-            target_node,
+            target: Some(fd),
+            target_node: Some(target_node),
             made_node,
             locked,
-            state: JobState::Running,
-            completing: false,
             charge,
+            ..BlockJob::new(disk, spec, bitmaps)
         });
         Ok(id)
     }
@@ -450,7 +433,11 @@ impl BlockLayer {
                 id,
                 kind: JobKind::Mirror(MirrorSpec {
                     target,
-                    sync: r.sync,
+                    // Top of a top without backing (the only one taken) is all of it.
+                    sync: match r.sync {
+                        SyncMode::Top => SyncMode::Full,
+                        s => s,
+                    },
                     granularity,
                     buf_size,
                     unmap: r.unmap,
@@ -515,8 +502,8 @@ impl BlockLayer {
         let mut state = self.state.lock();
         let at = state.jobs.iter().position(|j| j.id == id)?;
         let job = state.jobs.remove(at);
-        if job.made_node && !keep_node {
-            state.graph.remove_tree(&job.target_node);
+        if let (Some(node), true) = (&job.target_node, job.made_node && !keep_node) {
+            state.graph.remove_tree(node);
         }
         Some(job)
     }
@@ -653,7 +640,7 @@ impl BlockLayer {
     pub fn job_event(&self, disk: &str, event: JobEvent) {
         match event {
             JobEvent::Ready { id, offset, len } => {
-                let speed = {
+                let (speed, kind) = {
                     let mut state = self.state.lock();
                     let Some(job) = state.job_mut(&id) else {
                         return;
@@ -664,12 +651,12 @@ impl BlockLayer {
                     if job.state == JobState::Running {
                         job.state = JobState::Ready;
                     }
-                    job.last.speed
+                    (job.last.speed, job.kind)
                 };
                 let events = &self.hooks.events;
                 events.emit(Event::JobStatusChange(JobStatusChange::new(&id, "ready")));
                 events.emit(Event::BlockJobReady(JobReady {
-                    kind: "mirror",
+                    kind,
                     device: id,
                     len,
                     offset,
@@ -734,12 +721,23 @@ impl BlockLayer {
                 .job(id)
                 .is_some_and(|j| j.completing && !cancelled && error.is_none())
         };
-        if pivot {
+        let chain_job = {
+            let state = self.state.lock();
+            state
+                .job(id)
+                .is_some_and(|j| matches!(j.spec.kind, JobKind::Stream(_) | JobKind::Commit(_)))
+        };
+        if pivot && !chain_job {
             self.pivot(disk, id);
         }
         let Some(job) = self.drop_job(id, pivot) else {
             return;
         };
+        if chain_job {
+            // A stream or commit completed cut the chain (an active commit: with a pivot).
+            let cut = !cancelled && error.is_none() && (!job.spec.kind.has_ready() || pivot);
+            self.chain_job_ended(&job, cut, pivot);
+        }
         if let JobKind::Backup(BackupSpec {
             bitmap: Some(name), ..
         }) = &job.spec.kind
@@ -747,12 +745,15 @@ impl BlockLayer {
             if cancelled || error.is_some() {
                 // The incremental's chunks are to copy again next time (QEMU's
                 // on-success: the bitmap is as if the backup had not run).
-                self.merge_into_bitmap(disk, name, &job.dirty);
+                if let Some(taken) = job.bitmaps.first() {
+                    self.merge_into_bitmap(disk, name, taken);
+                }
             }
         }
-        if let Some((take, share)) = job.locked.filter(|_| !pivot) {
+        let locked = job.locked.filter(|_| !pivot && !chain_job);
+        if let (Some((take, share)), Some(target)) = (locked, &job.target) {
             // Nothing writes the target now.
-            lock::unlock(job.target.as_fd(), take, share);
+            lock::unlock(target.as_fd(), take, share);
         }
         // QEMU's order: the job's way to its end, its event, then concluded and null.
         let events = &self.hooks.events;
@@ -787,11 +788,13 @@ impl BlockLayer {
         let Some(job) = state.job(id) else {
             return;
         };
-        let (node, fd, layer) = (
+        let (Some(node), Some(fd), Some(layer)) = (
             job.target_node.clone(),
             job.target.clone(),
-            job.spec.kind.target().clone(),
-        );
+            job.spec.kind.target().cloned(),
+        ) else {
+            return;
+        };
         let Some(index) = state.disks.iter().position(|d| d.id == disk_id) else {
             return;
         };

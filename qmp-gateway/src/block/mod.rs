@@ -12,6 +12,7 @@
 
 mod backing_file;
 pub mod bitmaps;
+pub mod chain_jobs;
 mod daemon_stats;
 pub mod dirty_bitmap;
 pub mod disk;

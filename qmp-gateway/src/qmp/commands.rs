@@ -263,6 +263,8 @@ pub const COMMANDS: &[Command] = &[
     partly("blockdev-mirror", &Typed(jobs::blockdev_mirror), EMPTY, B),
     partly("drive-backup", &Typed(jobs::drive_backup), EMPTY, B),
     partly("blockdev-backup", &Typed(jobs::blockdev_backup), EMPTY, B),
+    partly("block-stream", &Typed(jobs::block_stream), EMPTY, B),
+    partly("block-commit", &Typed(jobs::block_commit), EMPTY, B),
     cmd(
         "query-block-jobs",
         &Typed(jobs::query_block_jobs),

@@ -205,6 +205,22 @@ impl Qcow2 {
             .passing_frees(|m| m.snapshot_delete(id, name))
     }
 
+    /// Names `backing` (empty: none) with `format` in the header (change-backing-file,
+    /// and the end of a stream or commit). The data does not change.
+    pub fn name_backing(&self, backing: &str, format: Option<&str>) -> Result<(), FormatError> {
+        let mut m = self.meta.lock();
+        crate::formats::qcow2::backing_name::change(&m.file, backing, format)?;
+        m.header = Header::read(&m.file)?;
+        Ok(())
+    }
+
+    /// Reads through `backing` from now on (a stream or commit took the images between
+    /// out of the chain). The caller quiesced the device: no request holds a mapping
+    /// of the old backing chain.
+    pub fn replace_backing(&self, backing: Option<Arc<dyn Format>>) {
+        self.meta.lock().backing = backing;
+    }
+
     /// The state under the lock (snapshots and tests use it).
     pub fn with_meta<T>(&self, f: impl FnOnce(&mut Meta) -> T) -> T {
         f(&mut self.meta.lock())
@@ -741,6 +757,31 @@ impl Format for Qcow2 {
             }
         }
         Ok(())
+    }
+
+    fn allocated(&self, offset: u64, len: u64) -> Result<(bool, u64), FormatError> {
+        // Clusters looked at per call: the lock is not held for long.
+        const MAX_CLUSTERS: u64 = 512;
+        if len == 0 {
+            return Ok((true, 0));
+        }
+        let mut m = self.meta.lock();
+        m.check_range(offset, len)?;
+        let cs = m.cluster_size();
+        let own = |c: &Cluster| !matches!(c, Cluster::Unallocated);
+        let first = own(&m.lookup(offset / cs)?);
+        let mut end = (offset / cs + 1) * cs;
+        while end < offset.saturating_add(len) && end - offset < MAX_CLUSTERS * cs {
+            if own(&m.lookup(end / cs)?) != first {
+                break;
+            }
+            end += cs;
+        }
+        Ok((first, (end - offset).min(len)))
+    }
+
+    fn backing(&self) -> Option<Arc<dyn Format>> {
+        self.meta.lock().backing.clone()
     }
 
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {

@@ -4,6 +4,7 @@ use ipc::{JobControl, OnError, SyncMode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::block::chain_jobs::{CommitRequest, StreamRequest};
 use crate::block::jobs::{BackupAction, BackupRequest, BackupSync, MirrorRequest, MirrorTarget};
 use crate::block::snapshot::NewImageMode;
 use crate::block::transaction::Action;
@@ -189,6 +190,92 @@ pub fn blockdev_mirror(c: &mut Ctx, a: BlockdevMirror) -> QmpResult {
             on_source_error: policy(a.on_source_error),
             on_target_error: policy(a.on_target_error),
             unmap: true,
+        },
+        Some(charge),
+    )?;
+    Ok(json!({}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockStream {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub base: Option<String>,
+    pub base_node: Option<String>,
+    pub backing_file: Option<String>,
+    pub speed: Option<Int>,
+    pub on_error: Option<OnErrorArg>,
+}
+
+// base-node (QEMU 2.8) as well as the spec's base: libvirt names nodes.
+serde_arguments!(
+    BlockStream,
+    [
+        opt("job-id", Ty::Str),
+        req("device", Ty::Str),
+        opt("base", Ty::Str),
+        opt("base-node", Ty::Str),
+        opt("backing-file", Ty::Str),
+        opt("speed", Ty::Int),
+        opt("on-error", Ty::Named("BlockdevOnError")),
+    ]
+);
+
+pub fn block_stream(c: &mut Ctx, a: BlockStream) -> QmpResult {
+    c.gw.block.stream(&StreamRequest {
+        job_id: a.job_id,
+        device: a.device,
+        base: a.base,
+        base_node: a.base_node,
+        backing_file: a.backing_file,
+        speed: saturating(a.speed).unwrap_or(0),
+        on_error: policy(a.on_error),
+    })?;
+    Ok(json!({}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockCommit {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub base: Option<String>,
+    pub base_node: Option<String>,
+    pub top: Option<String>,
+    pub top_node: Option<String>,
+    pub backing_file: Option<String>,
+    pub speed: Option<Int>,
+}
+
+// base-node and top-node (QEMU 3.1) as well as the spec's base and top.
+serde_arguments!(
+    BlockCommit,
+    [
+        opt("job-id", Ty::Str),
+        req("device", Ty::Str),
+        opt("base", Ty::Str),
+        opt("base-node", Ty::Str),
+        opt("top", Ty::Str),
+        opt("top-node", Ty::Str),
+        opt("backing-file", Ty::Str),
+        opt("speed", Ty::Int),
+    ]
+);
+
+pub fn block_commit(c: &mut Ctx, a: BlockCommit) -> QmpResult {
+    // A commit's base: the read-write fd the job holds.
+    let charge = c.charge_fds(1)?;
+    c.gw.block.commit(
+        &CommitRequest {
+            job_id: a.job_id,
+            device: a.device,
+            base: a.base,
+            base_node: a.base_node,
+            top: a.top,
+            top_node: a.top_node,
+            backing_file: a.backing_file,
+            speed: saturating(a.speed).unwrap_or(0),
         },
         Some(charge),
     )?;

@@ -2,6 +2,7 @@
 
 mod alloc;
 mod blockdev;
+mod chain;
 mod concurrency;
 mod crash;
 mod damaged;

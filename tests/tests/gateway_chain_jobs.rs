@@ -1,0 +1,344 @@
+//! block-stream and block-commit through the gateway, on a chain base <- mid <- top
+//! built with qemu-img so that the disk reads as P(SEED) while each image holds part of
+//! it: base everything but [4, 8) and [10, 12) MiB, mid [4, 8), top [10, 12). After each job the
+//! guest checks that the disk still reads P(SEED) (blk-pattern), also under a new daemon
+//! that opened the shortened chain from scratch, and qemu-img sees the images' headers
+//! name the new chain. A stream also runs beside a guest that writes and reads back
+//! the whole disk (blk-verify-loop): a copy of old data never lands on what the guest
+//! wrote.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_tests::blk::{pattern_image, qemu_img, qemu_img_ok};
+use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::TempDir;
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SEED: u64 = 0x0c14_0003;
+/// 16 MiB disks.
+const SECTORS: u64 = 32768;
+const MIB: usize = 1 << 20;
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A copy of `from` with `ranges` (MiB) zeroed.
+fn zeroed(from: &Path, to: &Path, ranges: &[(usize, usize)]) {
+    let mut data = std::fs::read(from).unwrap();
+    for &(a, b) in ranges {
+        data[a * MIB..b * MIB].fill(0);
+    }
+    std::fs::write(to, data).unwrap();
+}
+
+/// The chain's images (base, mid, top) and the raw P(SEED) they read as.
+struct Chain {
+    base: PathBuf,
+    mid: PathBuf,
+    top: PathBuf,
+    pattern: PathBuf,
+}
+
+fn chain(dir: &Path) -> Chain {
+    let pattern = dir.join("pattern.raw");
+    pattern_image(&pattern, SEED, SECTORS);
+    let base_src = dir.join("base-src.raw");
+    zeroed(&pattern, &base_src, &[(4, 8), (10, 12)]);
+    let c = Chain {
+        base: dir.join("base.qcow2"),
+        mid: dir.join("mid.qcow2"),
+        top: dir.join("top.qcow2"),
+        pattern,
+    };
+    qemu_img_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        &p(&base_src),
+        &p(&c.base),
+    ]);
+    let data = std::fs::read(&c.pattern).unwrap();
+    for (image, backing, (a, b)) in [(&c.mid, &c.base, (4, 8)), (&c.top, &c.mid, (10, 12))] {
+        qemu_img_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &p(backing),
+            "-F",
+            "qcow2",
+            &p(image),
+        ]);
+        // P(SEED)'s bytes of [a, b) MiB, written there.
+        let slice = dir.join("slice.bin");
+        std::fs::write(&slice, &data[a * MIB..b * MIB]).unwrap();
+        let out = std::process::Command::new(flotilla_tests::require_tool("qemu-io", "qemu-utils"))
+            .args(["-f", "qcow2", "-c"])
+            .arg(format!("write -q -s {} {a}M {}M", p(&slice), b - a))
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "qemu-io: {out:?}");
+    }
+    // What each holds, as planned.
+    let allocated = |image: &Path| -> u64 {
+        let map: Value =
+            serde_json::from_str(&qemu_img_ok(&["map", "--output=json", &p(image)])).unwrap();
+        map.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["depth"] == 0 && e["data"] == true)
+            .map(|e| e["length"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(allocated(&c.mid), 4 << 20, "mid holds [4, 8) MiB");
+    assert_eq!(allocated(&c.top), 2 << 20, "top holds [10, 12) MiB");
+    c
+}
+
+/// The gateway, stopped (-S), serving top.qcow2 as d0 to `scenario`.
+fn serving(c: &Chain, scenario: &str) -> Gateway {
+    Gateway::start_with(
+        1,
+        scenario,
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=qcow2,id=d0", p(&c.top)),
+        ],
+    )
+}
+
+/// The disk's image in query-block.
+fn inserted(c: &mut QmpClient) -> Value {
+    c.ok("query-block", json!({}))[0]["inserted"].clone()
+}
+
+/// The backing file qemu-img reads from `image`'s header (None: none).
+fn backing_of(image: &Path) -> Option<String> {
+    let info: Value =
+        serde_json::from_str(&qemu_img_ok(&["info", "--output=json", "-U", &p(image)])).unwrap();
+    info["backing-filename"].as_str().map(str::to_string)
+}
+
+/// SIGKILLs the disk's daemon and waits for the new one.
+fn kill_daemon(gw: &Gateway, c: &mut QmpClient) {
+    let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
+}
+
+/// Lets the guest run blk-pattern: the disk must read P(SEED); it writes P(SEED + 1)
+/// and powers off.
+fn guest_reads_the_pattern(gw: &mut Gateway, c: &mut QmpClient) {
+    c.ok("cont", json!({}));
+    gw.vm.expect_prefix("GUEST BLK PATTERN OK", TIMEOUT);
+    gw.vm.expect_prefix("GUEST POWEROFF", TIMEOUT);
+    let t = gw.vm.transcript();
+    assert!(
+        !t.contains("FAILED") && !t.contains("GUEST ERROR") && !t.contains("mismatch"),
+        "the guest saw errors:\n{t}"
+    );
+}
+
+/// qemu-img check finds no corruption (clusters a SIGKILLed daemon had set aside for
+/// allocation are leaks, as after a crash of QEMU's).
+fn no_check_errors(image: &Path) {
+    let (ok, out, err) = qemu_img(&["check", &p(image)]);
+    let only_leaks = !out.contains("ERROR") && out.contains("leaked clusters were found");
+    assert!(
+        ok || only_leaks,
+        "qemu-img check {}: {out}{err}",
+        image.display()
+    );
+}
+
+#[test]
+fn a_stream_copies_mid_into_top_across_a_daemon_restart_and_top_reads_through_base() {
+    let dir = TempDir::new("chain-stream");
+    let c0 = chain(dir.path());
+    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let mut c = gw.client();
+    c.ok(
+        "block-stream",
+        json!({"device": "d0", "base": p(&c0.base), "speed": 2 << 20}),
+    );
+    c.job_statuses_until("d0", "running");
+    std::thread::sleep(Duration::from_millis(700));
+    let before = c.ok("query-block-jobs", json!({}))[0].clone();
+    assert_eq!(before["type"], "stream", "{before}");
+    assert_eq!(before["len"], 16 << 20, "{before}");
+    assert!(
+        before["offset"].as_u64().unwrap() < 16 << 20,
+        "held back by its speed: {before}"
+    );
+    kill_daemon(&gw, &mut c);
+    assert_eq!(
+        c.ok("query-block-jobs", json!({}))
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the job goes on under the new daemon"
+    );
+    c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
+    assert_eq!(
+        c.job_statuses_until("d0", "null"),
+        ["waiting", "pending", "concluded", "null"]
+    );
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert_eq!(done["data"]["type"], "stream", "{done}");
+    assert_eq!(done["data"]["offset"], 16 << 20, "{done}");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["backing_file_depth"], 1, "{disk}");
+    assert_eq!(
+        disk["image"]["backing-image"]["filename"],
+        p(&c0.base),
+        "{disk}"
+    );
+    assert_eq!(
+        backing_of(&c0.top),
+        Some(p(&c0.base)),
+        "top's header names base"
+    );
+    // A new daemon opens the shortened chain: the disk still reads P(SEED).
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&c0.top);
+}
+
+#[test]
+fn a_stream_beside_a_guest_writing_the_whole_disk_loses_none_of_its_writes() {
+    let dir = TempDir::new("chain-stream-writes");
+    let c0 = chain(dir.path());
+    let mut gw = serving(
+        &c0,
+        &format!("scenario=blk-verify-loop seed={SEED:#x} rounds=0"),
+    );
+    let mut c = gw.client();
+    // No base: everything below the top is copied, the top ends with no backing file.
+    c.ok("block-stream", json!({"device": "d0", "speed": 4 << 20}));
+    c.job_statuses_until("d0", "running");
+    c.ok("cont", json!({}));
+    gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
+    c.job_statuses_until("d0", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["backing_file_depth"], 0, "{disk}");
+    assert_eq!(backing_of(&c0.top), None, "top names no backing file");
+    let round = flotilla_tests::blk::last_round(&gw.vm.transcript());
+    gw.vm
+        .expect_prefix(&format!("GUEST BLK ROUND {} OK", round + 2), TIMEOUT);
+    let t = gw.vm.transcript();
+    assert!(
+        !t.contains("FAILED") && !t.contains("GUEST ERROR"),
+        "the guest saw errors:\n{t}"
+    );
+    c.ok("stop", json!({}));
+    drop(c);
+    drop(gw);
+    no_check_errors(&c0.top);
+}
+
+#[test]
+fn a_commit_of_mid_into_base_leaves_top_over_base() {
+    let dir = TempDir::new("chain-commit");
+    let c0 = chain(dir.path());
+    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let mut c = gw.client();
+    c.ok(
+        "block-commit",
+        json!({"device": "d0", "job-id": "c1", "top": p(&c0.mid), "base": p(&c0.base)}),
+    );
+    assert_eq!(
+        c.job_statuses_until("c1", "null"),
+        [
+            "created",
+            "running",
+            "waiting",
+            "pending",
+            "concluded",
+            "null"
+        ]
+    );
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert_eq!(done["data"]["type"], "commit", "{done}");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["backing_file_depth"], 1, "{disk}");
+    assert_eq!(
+        backing_of(&c0.top),
+        Some(p(&c0.base)),
+        "top's header names base"
+    );
+    // Base alone holds what mid held.
+    let mid_view = dir.path().join("mid-view.raw");
+    qemu_img_ok(&["convert", "-U", "-O", "raw", &p(&c0.base), &p(&mid_view)]);
+    let data = std::fs::read(&mid_view).unwrap();
+    let pattern = std::fs::read(&c0.pattern).unwrap();
+    assert!(
+        data[4 * MIB..8 * MIB] == pattern[4 * MIB..8 * MIB],
+        "base holds mid's [4, 8) MiB"
+    );
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&c0.base);
+    no_check_errors(&c0.top);
+}
+
+#[test]
+fn an_active_commit_becomes_ready_and_completes_onto_base() {
+    let dir = TempDir::new("chain-active-commit");
+    let c0 = chain(dir.path());
+    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let mut c = gw.client();
+    c.ok("block-commit", json!({"device": "d0"}));
+    assert_eq!(
+        c.job_statuses_until("d0", "ready"),
+        ["created", "running", "ready"]
+    );
+    let ready = c.event("BLOCK_JOB_READY");
+    assert_eq!(ready["data"]["type"], "commit", "{ready}");
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    c.job_statuses_until("d0", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["backing_file_depth"], 0, "{disk}");
+    assert_eq!(disk["file"], p(&c0.base), "the disk serves base: {disk}");
+    // Base alone reads P(SEED) now, also for a new daemon.
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&c0.base);
+    // The guest wrote P(SEED + 1) into base (then discarded and zeroed its sectors
+    // [8, 24), left out here).
+    let written = dir.path().join("written.raw");
+    pattern_image(&written, SEED + 1, SECTORS);
+    let now = dir.path().join("base-now.raw");
+    qemu_img_ok(&["convert", "-O", "raw", &p(&c0.base), &p(&now)]);
+    let (a, b) = (
+        std::fs::read(&now).unwrap(),
+        std::fs::read(&written).unwrap(),
+    );
+    assert!(
+        a[24 * 512..] == b[24 * 512..],
+        "base holds the guest's writes"
+    );
+}

@@ -5,7 +5,8 @@
 //! that opened the shortened chain from scratch, and qemu-img sees the images' headers
 //! name the new chain. A stream also runs beside a guest that writes and reads back
 //! the whole disk (blk-verify-loop): a copy of old data never lands on what the guest
-//! wrote.
+//! wrote. The stream and the commit each lose their daemon (SIGKILL) midway and go on
+//! under the next one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -181,6 +182,26 @@ fn a_stream_copies_mid_into_top_across_a_daemon_restart_and_top_reads_through_ba
         before["offset"].as_u64().unwrap() < 16 << 20,
         "held back by its speed: {before}"
     );
+    // The chain may not change under the job.
+    let busy = (
+        "GenericError".to_string(),
+        "Node 'd0' is busy: block device is in use by block job: stream".to_string(),
+    );
+    let overlay = p(&dir.path().join("overlay.qcow2"));
+    assert_eq!(
+        c.err(
+            "blockdev-snapshot-sync",
+            json!({"device": "d0", "snapshot-file": overlay, "format": "qcow2"})
+        ),
+        busy
+    );
+    assert_eq!(
+        c.err(
+            "change-backing-file",
+            json!({"device": "d0", "image-node-name": "#block000", "backing-file": "x"})
+        ),
+        busy
+    );
     kill_daemon(&gw, &mut c);
     assert_eq!(
         c.ok("query-block-jobs", json!({}))
@@ -261,18 +282,22 @@ fn a_commit_of_mid_into_base_leaves_top_over_base() {
     let mut c = gw.client();
     c.ok(
         "block-commit",
-        json!({"device": "d0", "job-id": "c1", "top": p(&c0.mid), "base": p(&c0.base)}),
+        json!({"device": "d0", "job-id": "c1", "top": p(&c0.mid), "base": p(&c0.base),
+               "speed": 1 << 20}),
     );
     assert_eq!(
+        c.job_statuses_until("c1", "running"),
+        ["created", "running"]
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let before = c.ok("query-block-jobs", json!({}))[0].clone();
+    assert_eq!(before["type"], "commit", "{before}");
+    // Base is written through the job's own fd, which the new daemon gets too.
+    kill_daemon(&gw, &mut c);
+    c.ok("block-job-set-speed", json!({"device": "c1", "speed": 0}));
+    assert_eq!(
         c.job_statuses_until("c1", "null"),
-        [
-            "created",
-            "running",
-            "waiting",
-            "pending",
-            "concluded",
-            "null"
-        ]
+        ["waiting", "pending", "concluded", "null"]
     );
     let done = c.event("BLOCK_JOB_COMPLETED");
     assert_eq!(done["data"]["type"], "commit", "{done}");

@@ -406,6 +406,7 @@ impl ExternalSnapshot {
                 max: graph::MAX_CHAIN,
             });
         }
+        state.chain_job_busy(&name)?;
         let disk = state.disks.iter().find(|d| d.root == name);
         let used_below = disk.is_none()
             && (state.disk_of_node(&name).is_some()

@@ -73,3 +73,40 @@ fn blk_bench_counts_only_requests_that_succeeded() {
     );
     drop(daemon);
 }
+
+#[test]
+fn blk_bench_runs_one_workload_in_slices() {
+    let dir = flotilla_tests::TempDir::new("guest-blk-bench-slices");
+    let (image, sock) = (dir.path().join("d.img"), dir.path().join("s"));
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let daemon = block_daemon(&sock, &image, &[]);
+    // Workload 2: random 4 KiB reads at queue depth 32, three slices of 50 ms.
+    let mut vm = vmm_with_disk(
+        &sock,
+        1,
+        1,
+        "scenario=blk-bench bench_ms=50 workload=2 repeat=3",
+    );
+    let status = vm.wait(TIMEOUT);
+    assert!(status.success(), "vmm-core: {status}\n{}", vm.transcript());
+    let t = vm.transcript();
+    let results: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("GUEST BENCH rw="))
+        .collect();
+    let starts = t
+        .lines()
+        .filter(|l| l.starts_with("GUEST BENCH START"))
+        .count();
+    assert_eq!((results.len(), starts), (3, 3), "{t}");
+    for line in results {
+        assert!(
+            line.starts_with("GUEST BENCH rw=randread bs=4096 qd=32 ") && number(line, "ios=") > 0,
+            "{line}"
+        );
+    }
+    drop(daemon);
+}

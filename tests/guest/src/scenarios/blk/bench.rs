@@ -1,7 +1,9 @@
-//! `blk-bench [bench_ms=T]`: random and sequential reads and writes on queue 0 at fixed block
-//! sizes and queue depths, each for `bench_ms`, one `GUEST BENCH ...` line each (rates from
-//! the TSC, counting only requests that succeeded; failed ones are counted apart, in
-//! `errors=`). The loops run in ring 3.
+//! `blk-bench [bench_ms=T] [workload=K] [repeat=N]`: random and sequential reads and writes
+//! on queue 0 at fixed block sizes and queue depths, each for `bench_ms`, one `GUEST BENCH
+//! ...` line each (rates from the TSC, counting only requests that succeeded; failed ones
+//! are counted apart, in `errors=`). `workload=K` runs only the K-th (from 1), `repeat=N`
+//! runs each N times in a row: short slices of one workload give the host its rate over
+//! time (during a block job, say). The loops run in ring 3.
 
 use super::io::{usable, STALL_MS};
 use super::params::param;
@@ -174,7 +176,12 @@ pub fn run(dev: &mut BlkDevice, cmdline: &[u8]) {
         console::error("blk: no DMA memory for blk-bench").end();
         return;
     };
-    for spec in &BENCHES {
+    let only = param(cmdline, "workload", 0);
+    let repeat = param(cmdline, "repeat", 1).max(1);
+    for (index, spec) in BENCHES.iter().enumerate() {
+        if only != 0 && only != index as u64 + 1 {
+            continue;
+        }
         let bs = spec.bs.min(max_request);
         let qd = spec.qd.min(slots);
         if capacity < u64::from(bs) / SECTOR || u64::from(bs) * u64::from(qd) > 2 << 20 {
@@ -183,51 +190,70 @@ pub fn run(dev: &mut BlkDevice, cmdline: &[u8]) {
                 .end();
             continue;
         }
-        // Marks the start for the host, which samples the backend's CPU time between this
-        // line and the result line.
-        console::line("GUEST BENCH START rw=")
-            .s(spec.rw)
-            .s(" bs=")
-            .dec(u64::from(bs))
-            .s(" qd=")
-            .dec(u64::from(qd))
-            .end();
-        let q = dev.queue(0);
-        let mut result = BenchResult::default();
-        let duration = tsc::from_ms(bench_ms);
-        let mut work = || {
-            result = bench_run(q, capacity, spec, buffers, bs, qd, duration);
-            0
-        };
-        if let Err(fault) = user::call(&mut work) {
-            fault.report("blk", "blk-bench");
-            return;
-        }
-        if result.errors != 0 || result.stalled {
-            console::error("blk-bench rw=")
-                .s(spec.rw)
-                .s(" errors=")
-                .dec(result.errors)
-                .s(if result.stalled { " stalled" } else { "" })
-                .end();
-            if result.stalled {
+        for _ in 0..repeat {
+            if !bench_once(dev, spec, buffers, capacity, bs, qd, bench_ms) {
                 return;
             }
         }
-        console::line("GUEST BENCH rw=")
+    }
+}
+
+/// One run of `spec` for `bench_ms`, with its START and result lines; false if the
+/// device stalled or the run faulted (the scenario ends).
+fn bench_once(
+    dev: &mut BlkDevice,
+    spec: &BenchSpec,
+    buffers: u64,
+    capacity: u64,
+    bs: u32,
+    qd: u16,
+    bench_ms: u64,
+) -> bool {
+    // Marks the start for the host, which samples the backend's CPU time between this
+    // line and the result line.
+    console::line("GUEST BENCH START rw=")
+        .s(spec.rw)
+        .s(" bs=")
+        .dec(u64::from(bs))
+        .s(" qd=")
+        .dec(u64::from(qd))
+        .end();
+    let q = dev.queue(0);
+    let mut result = BenchResult::default();
+    let duration = tsc::from_ms(bench_ms);
+    let mut work = || {
+        result = bench_run(q, capacity, spec, buffers, bs, qd, duration);
+        0
+    };
+    if let Err(fault) = user::call(&mut work) {
+        fault.report("blk", "blk-bench");
+        return false;
+    }
+    if result.errors != 0 || result.stalled {
+        console::error("blk-bench rw=")
             .s(spec.rw)
-            .s(" bs=")
-            .dec(u64::from(bs))
-            .s(" qd=")
-            .dec(u64::from(qd))
-            .s(" iops=")
-            .dec(tsc::per_second(result.ios, result.ticks))
-            .s(" mib_s=")
-            .tenths(tsc::mib_s_tenths(result.ios * u64::from(bs), result.ticks))
-            .s(" ios=")
-            .dec(result.ios)
             .s(" errors=")
             .dec(result.errors)
+            .s(if result.stalled { " stalled" } else { "" })
             .end();
+        if result.stalled {
+            return false;
+        }
     }
+    console::line("GUEST BENCH rw=")
+        .s(spec.rw)
+        .s(" bs=")
+        .dec(u64::from(bs))
+        .s(" qd=")
+        .dec(u64::from(qd))
+        .s(" iops=")
+        .dec(tsc::per_second(result.ios, result.ticks))
+        .s(" mib_s=")
+        .tenths(tsc::mib_s_tenths(result.ios * u64::from(bs), result.ticks))
+        .s(" ios=")
+        .dec(result.ios)
+        .s(" errors=")
+        .dec(result.errors)
+        .end();
+    true
 }

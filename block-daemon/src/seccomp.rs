@@ -33,6 +33,9 @@ const ALLOWED: &[Allow] = &[
     Any(libc::SYS_timerfd_settime),
     // The throttle group's shared state page.
     Any(libc::SYS_msync),
+    // A block job's thread lowers its own priority (raising it needs a capability the
+    // daemon does not have).
+    Any(libc::SYS_setpriority),
 ];
 
 /// The most queues a disk may have (the gateway's `queues=` accepts 1 to 16).

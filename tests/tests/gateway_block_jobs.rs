@@ -79,6 +79,26 @@ fn stop_settled(c: &mut QmpClient) {
     }
 }
 
+/// The nice value of the daemon's thread named block-job.
+fn job_thread_nice(daemon: i32) -> i64 {
+    for task in std::fs::read_dir(format!("/proc/{daemon}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "block-job" {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Field 19 (nice), counted after the ")" that ends the name.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            return fields[16].parse().unwrap();
+        }
+    }
+    panic!("no block-job thread in block-daemon {daemon}");
+}
+
 fn no_guest_errors(gw: &Gateway) {
     let t = gw.vm.transcript();
     assert!(
@@ -272,6 +292,11 @@ fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
     let before = jobs(&mut c).remove(0);
     assert!(before["offset"].as_u64().unwrap() > 0, "{before}");
     let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
+    assert_eq!(
+        job_thread_nice(daemon),
+        10,
+        "the job copies at a lower priority than the guest's requests"
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon),
         nix::sys::signal::Signal::SIGKILL,

@@ -61,6 +61,24 @@ pub enum JobError {
     Allocation(FormatError),
 }
 
+/// How much lower a job's thread runs than the queues' (nice): when the CPUs are busy the
+/// guest's requests come first and the copy takes what is left.
+const JOB_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority to `JOB_NICE` (Linux keeps a nice value per
+/// thread); a failure only costs the guest some speed.
+fn lower_priority() {
+    // SAFETY: setpriority with integer arguments; who 0 with PRIO_PROCESS is the
+    // calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, JOB_NICE) };
+    if rc != 0 {
+        log::warn!(
+            "lowering the job's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Marks in `bitmap` the chunks that an image above depth `base_depth` of `top`'s
 /// chain holds.
 fn mark_allocated(
@@ -316,7 +334,10 @@ impl Jobs {
         };
         let thread = std::thread::Builder::new()
             .name("block-job".into())
-            .spawn(run)
+            .spawn(move || {
+                lower_priority();
+                run()
+            })
             .map_err(|e| {
                 device.dirty_bitmaps().set_job(None);
                 JobError::Thread(e)

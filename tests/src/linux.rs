@@ -158,3 +158,32 @@ pub fn expect_filesystem_checked(transcript: &str) {
     assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
     assert_eq!(reported(transcript, "IO-ERRORS "), "0", "{transcript}");
 }
+
+/// A guest script that makes ext4 on /dev/vda, writes `files` files of 256 KiB of random
+/// data with a sync after each ("WROTE n"), checks their sums after a remount
+/// ("SUMS-OK"), runs e2fsck on the unmounted disk ("FSCK-CLEAN") and counts the I/O
+/// errors the kernel logged ("IO-ERRORS n").
+pub fn ext4_writer_script(files: u32) -> String {
+    format!(
+        r#"#!/bin/sh
+set -e
+mkfs.ext4 -q -F -b 4096 /dev/vda 16384
+mount /dev/vda /mnt
+i=1
+while [ $i -le {files} ]; do
+  dd if=/dev/urandom of=/mnt/f$i bs=256k count=1 2>/dev/null
+  sync
+  echo "WROTE $i"
+  i=$((i+1))
+done
+md5sum /mnt/f* > /tmp/sums
+umount /mnt
+mount /dev/vda /mnt
+cd /mnt && md5sum -c /tmp/sums > /dev/null && echo SUMS-OK
+cd /
+umount /mnt
+e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
+echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
+"#
+    )
+}

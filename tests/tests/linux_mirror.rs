@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::blk::{block_daemon_under_control, open_call};
-use flotilla_tests::linux::linux_on_vhost_user_blk;
+use flotilla_tests::linux::{ext4_writer_script, linux_on_vhost_user_blk};
 use flotilla_tests::{path_arg as s, require_tool, TempDir};
 use ipc::{
     BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock,
@@ -23,27 +23,6 @@ use ipc::{
 
 const LINUX: Duration = Duration::from_secs(300);
 const SIZE: u64 = 64 << 20;
-
-const SCRIPT: &str = r#"#!/bin/sh
-set -e
-mkfs.ext4 -q -F -b 4096 /dev/vda 16384
-mount /dev/vda /mnt
-i=1
-while [ $i -le 60 ]; do
-  dd if=/dev/urandom of=/mnt/f$i bs=256k count=1 2>/dev/null
-  sync
-  echo "WROTE $i"
-  i=$((i+1))
-done
-md5sum /mnt/f* > /tmp/sums
-umount /mnt
-mount /dev/vda /mnt
-cd /mnt && md5sum -c /tmp/sums > /dev/null && echo SUMS-OK
-cd /
-umount /mnt
-e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
-echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
-"#;
 
 /// The daemon's link: calls, and the job's events as they come.
 struct Link {
@@ -153,7 +132,7 @@ fn linux_writes_on_while_a_mirror_moves_its_disk() {
     );
     assert_eq!(opened, BlockReply::Opened { size: SIZE });
 
-    let mut linux = linux_on_vhost_user_blk(dir.path(), SCRIPT, &sock, false);
+    let mut linux = linux_on_vhost_user_blk(dir.path(), &ext4_writer_script(60), &sock, false);
     linux.expect_prefix("WROTE 5", LINUX);
     let granularity = 64 << 10;
     let dirty = SharedBitmap::create(SIZE, granularity).unwrap();

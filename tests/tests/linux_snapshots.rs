@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_tests::blk::{block_daemon_under_control, open_call, qemu_img, qemu_img_ok};
-use flotilla_tests::linux::linux_on_vhost_user_blk;
+use flotilla_tests::linux::{ext4_writer_script, linux_on_vhost_user_blk};
 use flotilla_tests::{path_arg as s, require_tool, TempDir};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, ImageFormat,
@@ -23,27 +23,6 @@ use ipc::{
 };
 
 const LINUX: Duration = Duration::from_secs(300);
-
-const SCRIPT: &str = r#"#!/bin/sh
-set -e
-mkfs.ext4 -q -F -b 4096 /dev/vda 16384
-mount /dev/vda /mnt
-i=1
-while [ $i -le 40 ]; do
-  dd if=/dev/urandom of=/mnt/f$i bs=256k count=1 2>/dev/null
-  sync
-  echo "WROTE $i"
-  i=$((i+1))
-done
-md5sum /mnt/f* > /tmp/sums
-umount /mnt
-mount /dev/vda /mnt
-cd /mnt && md5sum -c /tmp/sums > /dev/null && echo SUMS-OK
-cd /
-umount /mnt
-e2fsck -fn /dev/vda > /tmp/fsck 2>&1 && echo FSCK-CLEAN
-echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
-"#;
 
 /// One call and its answer (events, none expected here, are skipped).
 fn call(
@@ -117,7 +96,7 @@ fn linux_keeps_writing_through_snapshots() {
     );
     assert_eq!(opened, BlockReply::Opened { size: 64 << 20 });
 
-    let mut linux = linux_on_vhost_user_blk(dir.path(), SCRIPT, &sock, false);
+    let mut linux = linux_on_vhost_user_blk(dir.path(), &ext4_writer_script(40), &sock, false);
     linux.expect_prefix("WROTE 5", LINUX);
     // An internal snapshot of the image the guest writes, then a new top over it.
     let made = call(

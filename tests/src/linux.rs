@@ -187,3 +187,15 @@ echo "IO-ERRORS $(dmesg | grep -ci 'i/o error' || true)"
 "#
     )
 }
+
+/// Waits for `ext4_writer_script`'s guest to end and checks what it said: rc 0, the
+/// sums read back, fsck clean, no I/O error in the kernel's log, a clean exit.
+pub fn expect_ext4_writer_clean(linux: &mut Vm, timeout: std::time::Duration) {
+    let end = linux.expect_prefix("FLOTILLA-TEST-END", timeout);
+    let transcript = linux.transcript();
+    assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
+    assert!(transcript.contains("SUMS-OK"), "{transcript}");
+    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
+    assert!(transcript.contains("IO-ERRORS 0"), "{transcript}");
+    assert!(linux.wait(timeout).success());
+}

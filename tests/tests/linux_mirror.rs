@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::blk::{block_daemon_under_control, open_call};
-use flotilla_tests::linux::{ext4_writer_script, linux_on_vhost_user_blk};
+use flotilla_tests::linux::{
+    expect_ext4_writer_clean, ext4_writer_script, linux_on_vhost_user_blk,
+};
 use flotilla_tests::{path_arg as s, require_tool, TempDir};
 use ipc::{
     BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock,
@@ -194,13 +196,7 @@ fn linux_writes_on_while_a_mirror_moves_its_disk() {
         !linux.transcript().contains("WROTE 60"),
         "the guest finished before the completion: nothing proves it wrote through it"
     );
-    let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
-    let transcript = linux.transcript();
-    assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
-    assert!(transcript.contains("SUMS-OK"), "{transcript}");
-    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
-    assert!(transcript.contains("IO-ERRORS 0"), "{transcript}");
-    assert!(linux.wait(LINUX).success());
+    expect_ext4_writer_clean(&mut linux, LINUX);
     assert_eq!(link.call(BlockRequest::Quit, &[]), BlockReply::Done);
     drop(link);
     assert!(

@@ -15,7 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_tests::blk::{block_daemon_under_control, open_call, qemu_img, qemu_img_ok};
-use flotilla_tests::linux::{ext4_writer_script, linux_on_vhost_user_blk};
+use flotilla_tests::linux::{
+    expect_ext4_writer_clean, ext4_writer_script, linux_on_vhost_user_blk,
+};
 use flotilla_tests::{path_arg as s, require_tool, TempDir};
 use ipc::{
     BlockCounters, BlockOpen, BlockReply, BlockRequest, Connection, FromBlock, ImageFormat,
@@ -130,13 +132,7 @@ fn linux_keeps_writing_through_snapshots() {
         !after.contains("WROTE 40"),
         "the guest finished before the snapshot: nothing proves it wrote through it"
     );
-    let end = linux.expect_prefix("FLOTILLA-TEST-END", LINUX);
-    let transcript = linux.transcript();
-    assert_eq!(end, "FLOTILLA-TEST-END rc=0", "{transcript}");
-    assert!(transcript.contains("SUMS-OK"), "{transcript}");
-    assert!(transcript.contains("FSCK-CLEAN"), "{transcript}");
-    assert!(transcript.contains("IO-ERRORS 0"), "{transcript}");
-    assert!(linux.wait(LINUX).success());
+    expect_ext4_writer_clean(&mut linux, LINUX);
     assert_eq!(call(&conn, 4, BlockRequest::Quit, &[]), BlockReply::Done);
     drop(conn);
     assert!(

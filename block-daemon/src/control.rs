@@ -15,16 +15,19 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
+use ipc::dirty_bitmap::{bytes_for, MAX_BITMAPS_PER_DISK, MAX_BITMAP_MEMORY};
 use ipc::{
     errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, DirtyBitmapSpec,
-    RemoteError, SharedBitmap,
+    RemoteError, SharedBitmap, StoredBitmaps,
 };
 
 use crate::device::{BlkDevice, Policy, QUEUE_SIZE, QUIESCE_TIMEOUT};
+use crate::dirty::Bitmap;
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
 use crate::formats::chain::{self, ChainOptions};
-use crate::formats::FormatError;
+use crate::formats::qcow2::Qcow2;
+use crate::formats::{Format, FormatError};
 use crate::jobs::{Events, Jobs};
 use crate::snapshots::Snapshots;
 use crate::stats::Stats;
@@ -58,7 +61,7 @@ fn open(
     engine: EngineKind,
     jobs: &Jobs,
     job_events: &Events,
-) -> Result<BlkDevice, String> {
+) -> Result<(BlkDevice, Vec<(DirtyBitmapSpec, OwnedFd)>), String> {
     let mut fds = fds.into_iter();
     let (Some(listener), Some(counters)) = (fds.next(), fds.next()) else {
         return Err("the open call lacks its listener and counters fds".into());
@@ -86,9 +89,11 @@ fn open(
             direct: cache.direct(),
             counters: Some(counters.clone()),
             discard_unmap: open.discard_unmap,
+            keep_bitmaps: open.stored_bitmaps != StoredBitmaps::NotKept && !open.read_only,
         },
     )
     .map_err(|e| e.to_string())?;
+    let loaded = stored_bitmaps(&chain.top, open, bitmaps.len())?;
     let disk = Disk::new(
         chain.top,
         chain.flush_fd,
@@ -120,6 +125,17 @@ fn open(
     let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
     // Marked from the first request on: a restarted daemon loses no write to a bitmap,
     // nor its job any it has to copy.
+    let mut bitmaps = bitmaps;
+    let mut handed = Vec::new();
+    for (spec, memory) in loaded {
+        let fd = memory
+            .fd()
+            .ok_or("a loaded bitmap has no memfd")?
+            .try_clone_to_owned()
+            .map_err(|e| format!("dirty bitmap '{}': {e}", spec.name))?;
+        handed.push((spec.clone(), fd));
+        bitmaps.push((spec, memory));
+    }
     device
         .dirty_bitmaps()
         .set(bitmaps)
@@ -144,14 +160,72 @@ fn open(
         .name("vhost-user".into())
         .spawn(move || vhost_backend::serve_forever(serving, listener))
         .map_err(|e| format!("serving thread: {e}"))?;
-    Ok(device)
+    Ok((device, handed))
+}
+
+/// The persistent bitmaps `top` stores, loaded into new memory when the open says
+/// `Load` (each then marked in use in the image; with `Kept`, only marked: the gateway
+/// has their bits). `more`: the bitmaps the gateway sent, which count against the
+/// bounds too.
+fn stored_bitmaps(
+    top: &Arc<dyn Format>,
+    open: &BlockOpen,
+    more: usize,
+) -> Result<Vec<Bitmap>, String> {
+    let Some(qcow2) = top.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) else {
+        return Ok(Vec::new());
+    };
+    let load = match open.stored_bitmaps {
+        _ if open.read_only => return Ok(Vec::new()),
+        StoredBitmaps::NotKept => return Ok(Vec::new()),
+        StoredBitmaps::Load => true,
+        StoredBitmaps::Kept => false,
+    };
+    let stored = qcow2
+        .load_bitmaps()
+        .map_err(|e| format!("loading the image's bitmaps: {e}"))?;
+    if !load {
+        return Ok(Vec::new());
+    }
+    if stored.len() + more > MAX_BITMAPS_PER_DISK {
+        return Err(format!(
+            "the image stores {} bitmaps: a disk has at most {MAX_BITMAPS_PER_DISK}",
+            stored.len()
+        ));
+    }
+    let size = top.virtual_size();
+    let mut memory = 0u64;
+    let mut out = Vec::new();
+    for b in stored {
+        let bitmap = SharedBitmap::create(size, b.granularity)
+            .map_err(|e| format!("dirty bitmap '{}': {e}", b.name))?;
+        memory += bytes_for(size, b.granularity).map_err(|e| e.to_string())?;
+        if memory > MAX_BITMAP_MEMORY {
+            return Err(format!(
+                "the image's bitmaps need more than {MAX_BITMAP_MEMORY} bytes of memory"
+            ));
+        }
+        bitmap.mark_bytes(&b.bits);
+        out.push((
+            DirtyBitmapSpec {
+                name: b.name,
+                size,
+                granularity: b.granularity,
+                recording: b.recording,
+                persistent: true,
+                inconsistent: b.in_use,
+            },
+            bitmap,
+        ));
+    }
+    Ok(out)
 }
 
 /// Maps the dirty bitmaps `specs` names, one memfd each from `fds`.
 fn map_bitmaps(
     specs: &[DirtyBitmapSpec],
     fds: impl IntoIterator<Item = OwnedFd>,
-) -> Result<Vec<(String, SharedBitmap)>, String> {
+) -> Result<Vec<Bitmap>, String> {
     let mut fds = fds.into_iter();
     specs
         .iter()
@@ -160,10 +234,22 @@ fn map_bitmaps(
                 .next()
                 .ok_or_else(|| format!("dirty bitmap '{}' came without its memory", spec.name))?;
             SharedBitmap::map(fd.as_fd(), spec.size, spec.granularity)
-                .map(|b| (spec.name.clone(), b))
+                .map(|b| (spec.clone(), b))
                 .map_err(|e| format!("dirty bitmap '{}': {e}", spec.name))
         })
         .collect()
+}
+
+/// Leaves the image clean: with `keep_bitmaps`, the persistent bitmaps stored first.
+fn close(device: &BlkDevice, keep_bitmaps: bool) -> Result<(), FormatError> {
+    let top = device.disk().format();
+    if keep_bitmaps {
+        if let Some(qcow2) = top.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) {
+            let _quiesced = device.quiesce(QUIESCE_TIMEOUT);
+            qcow2.store_bitmaps(&device.dirty_bitmaps().to_store())?;
+        }
+    }
+    device.disk().close()
 }
 
 /// Answers one management call.
@@ -174,6 +260,7 @@ fn handle(
     events: &Events,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
+    keep_bitmaps: bool,
 ) -> Result<BlockReply, RemoteError> {
     let disk = device.disk();
     match request {
@@ -228,7 +315,7 @@ fn handle(
             .map(BlockReply::Snapshot)
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::PushTop(layer) => snapshots
-            .push_top(device, &layer, fds)
+            .push_top(device, &layer, fds, keep_bitmaps)
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::ChangeBackingFile {
@@ -259,12 +346,12 @@ fn handle(
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::JobStatus => Ok(BlockReply::Job(jobs.status())),
         BlockRequest::PopTop => snapshots
-            .pop_top(device)
+            .pop_top(device, keep_bitmaps)
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
         // The image is clean (qcow2: nothing left reserved, not dirty) before the
         // gateway hears that we are done.
-        BlockRequest::Quit => match disk.close() {
+        BlockRequest::Quit => match close(device, keep_bitmaps) {
             Ok(()) => Ok(BlockReply::Done),
             Err(e) => Err(RemoteError::generic(e.to_string())),
         },
@@ -284,7 +371,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         let link = link.clone();
         Arc::new(move |e| link.event(e))
     };
-    let device = match open(&link, &config, fds, engine, &jobs, &events) {
+    let (device, loaded) = match open(&link, &config, fds, engine, &jobs, &events) {
         Ok(b) => b,
         Err(e) => {
             link.reply(id, Err(RemoteError::generic(e.clone())));
@@ -298,12 +385,17 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         config.queues,
         if config.read_only { ", read-only" } else { "" }
     );
-    link.reply(
+    let (loaded_bitmaps, memfds): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
+    let memfds: Vec<_> = memfds.iter().map(|fd: &OwnedFd| fd.as_fd()).collect();
+    link.reply_with_fds(
         id,
         Ok(BlockReply::Opened {
             size: device.disk().size(),
+            loaded_bitmaps,
         }),
+        &memfds,
     );
+    let keep_bitmaps = config.stored_bitmaps != StoredBitmaps::NotKept && !config.read_only;
     let snapshots = Snapshots::default();
     let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
@@ -312,12 +404,20 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
                 // The job ends before the image is closed.
                 jobs.stop();
             }
-            handle(&device, &snapshots, &jobs, &events, request, fds)
+            handle(
+                &device,
+                &snapshots,
+                &jobs,
+                &events,
+                request,
+                fds,
+                keep_bitmaps,
+            )
         },
     );
     jobs.stop();
     // A gateway that hung up (or said quit) leaves the image clean too.
-    if let Err(e) = device.disk().close() {
+    if let Err(e) = close(&device, keep_bitmaps) {
         log::error!("closing the image: {e}");
     }
     served.map_err(ChildError::from)?;

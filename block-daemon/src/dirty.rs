@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as MAX_BITMAPS;
-use ipc::SharedBitmap;
+use ipc::{DirtyBitmapSpec, SharedBitmap};
 use parking_lot::RwLock;
 
+use crate::formats::qcow2::bitmaps::StoredBitmap;
 use crate::request::{Kind, Request, SECTOR_SHIFT};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +41,14 @@ impl WriteHook for SharedBitmap {
     }
 }
 
-/// What writes mark: the disk's bitmaps, and what the running job does.
+/// What writes mark: the disk's bitmaps that record, and what the running job does;
+/// beside them the set's others (disabled or inconsistent persistent bitmaps), kept
+/// only to be stored.
 #[derive(Default)]
 struct Marked {
-    disk: Vec<(String, SharedBitmap)>,
+    disk: Vec<(String, Arc<SharedBitmap>)>,
     job: Option<Arc<dyn WriteHook>>,
+    all: Vec<(DirtyBitmapSpec, Arc<SharedBitmap>)>,
 }
 
 impl Marked {
@@ -53,17 +57,46 @@ impl Marked {
     }
 }
 
+/// One bitmap of a set: what it is and its memory.
+pub type Bitmap = (DirtyBitmapSpec, SharedBitmap);
+
 impl DirtyBitmaps {
     /// Marks into exactly `bitmaps` from now on. The caller quiesces the device first:
     /// a write in flight was marked in the memory it replaces.
-    pub fn set(&self, bitmaps: Vec<(String, SharedBitmap)>) -> Result<(), TooManyBitmaps> {
+    pub fn set(&self, bitmaps: Vec<Bitmap>) -> Result<(), TooManyBitmaps> {
         if bitmaps.len() > MAX_BITMAPS {
             return Err(TooManyBitmaps);
         }
+        let mut marked = Vec::new();
+        let mut kept = Vec::new();
+        for (spec, memory) in bitmaps {
+            let memory = Arc::new(memory);
+            if spec.recording && !spec.inconsistent {
+                marked.push((spec.name.clone(), memory.clone()));
+            }
+            kept.push((spec, memory));
+        }
         let mut all = self.bitmaps.write();
-        all.disk = bitmaps;
+        all.disk = marked;
+        all.all = kept;
         self.any.store(all.any(), Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The persistent bitmaps as qcow2 stores them (a clean close).
+    pub fn to_store(&self) -> Vec<StoredBitmap> {
+        let all = self.bitmaps.read();
+        all.all
+            .iter()
+            .filter(|(spec, _)| spec.persistent)
+            .map(|(spec, memory)| StoredBitmap {
+                name: spec.name.clone(),
+                granularity: spec.granularity,
+                recording: spec.recording,
+                in_use: spec.inconsistent,
+                bits: memory.to_bytes(),
+            })
+            .collect()
     }
 
     /// Calls the job's hook before each write from now on (None: no more).
@@ -133,6 +166,21 @@ mod tests {
         }
     }
 
+    fn spec(name: &str, b: &SharedBitmap, recording: bool, persistent: bool) -> DirtyBitmapSpec {
+        DirtyBitmapSpec {
+            name: name.into(),
+            size: b.size(),
+            granularity: b.granularity(),
+            recording,
+            persistent,
+            inconsistent: false,
+        }
+    }
+
+    fn recording(name: &str, b: SharedBitmap) -> Bitmap {
+        (spec(name, &b, true, false), b)
+    }
+
     fn gateway_and_daemon_maps(size: u64, granularity: u64) -> (SharedBitmap, SharedBitmap) {
         let gateway = SharedBitmap::create(size, granularity).unwrap();
         let daemon = SharedBitmap::map(gateway.fd().unwrap(), size, granularity).unwrap();
@@ -143,7 +191,7 @@ mod tests {
     fn writes_write_zeroes_and_discards_mark_reads_and_flushes_do_not() {
         let bitmaps = DirtyBitmaps::default();
         let (seen, daemon) = gateway_and_daemon_maps(1 << 20, 4096);
-        bitmaps.set(vec![("b0".into(), daemon)]).unwrap();
+        bitmaps.set(vec![recording("b0", daemon)]).unwrap();
         bitmaps.mark(&request(Kind::Read, 0, 4096));
         bitmaps.mark(&request(Kind::Flush, 0, 0));
         assert_eq!(seen.dirty_bytes(), 0);
@@ -167,9 +215,9 @@ mod tests {
     fn a_new_set_replaces_the_old_one_whole() {
         let bitmaps = DirtyBitmaps::default();
         let (first, daemon) = gateway_and_daemon_maps(1 << 20, 65536);
-        bitmaps.set(vec![("b".into(), daemon)]).unwrap();
+        bitmaps.set(vec![recording("b", daemon)]).unwrap();
         let (second, daemon) = gateway_and_daemon_maps(1 << 20, 65536);
-        bitmaps.set(vec![("b".into(), daemon)]).unwrap();
+        bitmaps.set(vec![recording("b", daemon)]).unwrap();
         bitmaps.mark(&request(Kind::Write, 0, 512));
         assert_eq!((first.dirty_bytes(), second.dirty_bytes()), (0, 65536));
         bitmaps.set(Vec::new()).unwrap();
@@ -180,12 +228,42 @@ mod tests {
     #[test]
     fn no_more_than_the_limit() {
         let bitmaps = DirtyBitmaps::default();
-        let set = |n: usize| -> Vec<(String, SharedBitmap)> {
+        let set = |n: usize| -> Vec<Bitmap> {
             (0..n)
-                .map(|i| (format!("b{i}"), gateway_and_daemon_maps(4096, 512).1))
+                .map(|i| recording(&format!("b{i}"), gateway_and_daemon_maps(4096, 512).1))
                 .collect()
         };
         assert!(bitmaps.set(set(MAX_BITMAPS)).is_ok());
         assert!(bitmaps.set(set(MAX_BITMAPS + 1)).is_err());
+    }
+
+    #[test]
+    fn disabled_persistent_bitmaps_are_kept_to_store_not_marked() {
+        let bitmaps = DirtyBitmaps::default();
+        let (on, on_daemon) = gateway_and_daemon_maps(1 << 20, 65536);
+        let (off, off_daemon) = gateway_and_daemon_maps(1 << 20, 4096);
+        let (_, plain_daemon) = gateway_and_daemon_maps(1 << 20, 65536);
+        off.mark(8192, 1);
+        bitmaps
+            .set(vec![
+                (spec("on", &on_daemon, true, true), on_daemon),
+                (spec("off", &off_daemon, false, true), off_daemon),
+                recording("plain", plain_daemon),
+            ])
+            .unwrap();
+        bitmaps.mark(&request(Kind::Write, 0, 512));
+        assert_eq!((on.dirty_bytes(), off.dirty_bytes()), (65536, 4096));
+        let stored = bitmaps.to_store();
+        let names: Vec<_> = stored
+            .iter()
+            .map(|b| (b.name.as_str(), b.recording))
+            .collect();
+        assert_eq!(
+            names,
+            [("on", true), ("off", false)],
+            "persistent ones only"
+        );
+        assert_eq!(stored[0].bits[0], 0x01);
+        assert_eq!(stored[1].bits[0], 0x04);
     }
 }

@@ -191,6 +191,7 @@ impl Export {
                 direct: spec.cache.direct(),
                 counters: Some(counters.clone()),
                 discard_unmap: spec.discard_unmap,
+                keep_bitmaps: false,
             },
         )
         .map_err(|e| image_error(e.to_string()))?;

@@ -4,7 +4,7 @@
 //! in qmp-gateway; the message types of each child are in `messages`.
 
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -109,9 +109,14 @@ where
     /// Answers call `id`. A gateway that is gone cannot be told: that is logged, and the
     /// child learns of it at its next receive.
     pub fn reply(&self, id: u64, result: Result<T, RemoteError>) {
+        self.reply_with_fds(id, result, &[]);
+    }
+
+    /// Answers call `id` with the fds the answer declares (memory it hands over).
+    pub fn reply_with_fds(&self, id: u64, result: Result<T, RemoteError>, fds: &[BorrowedFd]) {
         if let Err(e) = self
             .conn
-            .send(&Upcall::<T, E>::Response { id, result }, &[])
+            .send(&Upcall::<T, E>::Response { id, result }, fds)
         {
             log::warn!("replying to the gateway: {e}");
         }

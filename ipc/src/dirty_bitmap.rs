@@ -26,6 +26,10 @@ pub const MAX_BITMAPS_PER_DISK: usize = 64;
 /// more is refused rather than allocated.
 pub const MAX_BITMAP_BYTES: u64 = 256 << 20;
 
+/// The memory all dirty bitmaps together may take (the gateway's bound over every
+/// disk; a daemon loading an image's stored bitmaps holds to it too).
+pub const MAX_BITMAP_MEMORY: u64 = 1 << 30;
+
 const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +284,51 @@ impl SharedBitmap {
         None
     }
 
+    /// The bits, least significant first (bit n: chunk n), as qcow2 stores them:
+    /// `chunks().div_ceil(8)` bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (chunks, words) = (self.chunks(), self.words());
+        let mut out = vec![0u8; chunks.div_ceil(8) as usize];
+        for i in self.written_words().into_iter().flatten() {
+            let bytes = Self::word_within(words, i, chunks).to_le_bytes();
+            let at = i * 8;
+            let n = bytes.len().min(out.len().saturating_sub(at));
+            out[at..at + n].copy_from_slice(&bytes[..n]);
+        }
+        out
+    }
+
+    /// Marks the chunks whose bits `bytes` sets (laid out as `to_bytes`'); bits past
+    /// the disk's end are left out.
+    pub fn mark_bytes(&self, bytes: &[u8]) {
+        let (chunks, words) = (self.chunks(), self.words());
+        for (i, word) in words.iter().enumerate() {
+            let at = i * 8;
+            if at >= bytes.len() {
+                break;
+            }
+            let mut le = [0u8; 8];
+            let n = (bytes.len() - at).min(8);
+            le[..n].copy_from_slice(&bytes[at..at + n]);
+            let mut v = u64::from_le_bytes(le);
+            let past = (i as u64 + 1) * 64;
+            if past > chunks {
+                v &= (1u64 << (64 - (past - chunks))) - 1;
+            }
+            if v != 0 {
+                word.fetch_or(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes over a memfd another process created (a daemon's loaded bitmap): mapped,
+    /// and kept to hand on as this process's own.
+    pub fn adopt(fd: OwnedFd, size: u64, granularity: u64) -> Result<SharedBitmap, BitmapError> {
+        let mut bitmap = SharedBitmap::map(fd.as_fd(), size, granularity)?;
+        bitmap.fd = Some(fd);
+        Ok(bitmap)
+    }
+
     /// Chunk `chunk` clean again.
     pub fn clean_chunk(&self, chunk: u64) {
         if chunk < self.chunks() {
@@ -320,6 +369,24 @@ mod tests {
 
     fn second_mapping(b: &SharedBitmap) -> SharedBitmap {
         SharedBitmap::map(b.fd().unwrap(), b.size(), b.granularity()).unwrap()
+    }
+
+    #[test]
+    fn bytes_out_and_in_are_qcow2s_layout() {
+        // 100 chunks: 13 bytes, the last with 4 bits in use.
+        let b = SharedBitmap::create(100 * 512, 512).unwrap();
+        b.mark(0, 1);
+        b.mark(9 * 512, 1);
+        b.mark(99 * 512, 1);
+        let bytes = b.to_bytes();
+        assert_eq!(bytes.len(), 13);
+        assert_eq!((bytes[0], bytes[1], bytes[12]), (0x01, 0x02, 0x08));
+        let c = SharedBitmap::create(100 * 512, 512).unwrap();
+        let mut with_tail = bytes.clone();
+        with_tail[12] |= 0xf0; // past the end: ignored
+        c.mark_bytes(&with_tail);
+        assert_eq!(c.to_bytes(), bytes);
+        assert_eq!(c.dirty_bytes(), 3 * 512);
     }
 
     #[test]

@@ -245,6 +245,7 @@ pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
         on_write_error: ipc::OnError::Enospc,
         layers,
         dirty_bitmaps: vec![],
+        stored_bitmaps: ipc::StoredBitmaps::NotKept,
         job: None,
     }
 }
@@ -284,4 +285,26 @@ pub fn last_round(transcript: &str) -> u32 {
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .max()
         .unwrap_or(0)
+}
+
+/// The gateway, stopped (-S), serving `drive` as d0 to the test guest's endless
+/// verify loop of P(`seed`) (blk-verify-loop).
+pub fn verifying_gateway(seed: u64, drive: &str) -> crate::qmp::Gateway {
+    crate::qmp::Gateway::start_with(
+        1,
+        &format!("scenario=blk-verify-loop seed={seed:#x} rounds=0"),
+        &["-S", "--drive", drive],
+    )
+}
+
+/// Runs the verify loop's VM until the guest has written the whole disk after now (two
+/// more rounds: the first may have begun before), then stops it.
+pub fn two_more_rounds(gw: &mut crate::qmp::Gateway, c: &mut crate::qmp::QmpClient) {
+    let target = last_round(&gw.vm.transcript()) + 2;
+    c.ok("cont", serde_json::json!({}));
+    gw.vm.expect_prefix(
+        &format!("GUEST BLK ROUND {target} OK"),
+        Duration::from_secs(60),
+    );
+    c.ok("stop", serde_json::json!({}));
 }

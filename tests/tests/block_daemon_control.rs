@@ -213,6 +213,9 @@ fn an_open_whose_dirty_bitmap_memory_is_short_is_refused() {
             name: "b".into(),
             size: 1 << 40,
             granularity: 512,
+            recording: true,
+            persistent: false,
+            inconsistent: false,
         }],
         ..open_config()
     };
@@ -244,7 +247,13 @@ fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
     let mut vm = spawn(theirs);
     let conn = Connection::new(ours);
     open(&conn, &image, &listener);
-    assert_eq!(answer(&conn), Ok(BlockReply::Opened { size: 1 << 20 }));
+    assert_eq!(
+        answer(&conn),
+        Ok(BlockReply::Opened {
+            size: 1 << 20,
+            loaded_bitmaps: vec![]
+        })
+    );
     drop(listener);
 
     // A throttle state page smaller than the state: refused, nothing else changes.
@@ -284,6 +293,9 @@ fn bad_state_and_a_broken_frontend_leave_the_daemon_serving() {
             name: "b".into(),
             size,
             granularity,
+            recording: true,
+            persistent: false,
+            inconsistent: false,
         };
         call(
             &conn,
@@ -385,7 +397,13 @@ fn a_qcow2_chain_opens_at_its_virtual_size() {
         &listener,
         false,
     );
-    assert_eq!(answer(&conn), Ok(BlockReply::Opened { size: 3 << 20 }));
+    assert_eq!(
+        answer(&conn),
+        Ok(BlockReply::Opened {
+            size: 3 << 20,
+            loaded_bitmaps: vec![]
+        })
+    );
     call(&conn, 2, BlockRequest::Quit, &[]);
     assert_eq!(answer(&conn), Ok(BlockReply::Done));
     let status = vm.wait(TIMEOUT);

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img_ok};
+use flotilla_tests::blk::{pattern_image, qemu_img_ok, two_more_rounds};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::{json, Value};
@@ -29,26 +29,7 @@ fn p(path: &Path) -> String {
 
 /// The gateway, stopped (-S), serving `drive` as d0 to an endless verify loop.
 fn verifying(drive: &str) -> Gateway {
-    Gateway::start_with(
-        1,
-        &format!("scenario=blk-verify-loop seed={SEED:#x} rounds=0"),
-        &["-S", "--drive", drive],
-    )
-}
-
-/// The last round the guest finished.
-fn last_round(gw: &Gateway) -> u32 {
-    flotilla_tests::blk::last_round(&gw.vm.transcript())
-}
-
-/// Runs the VM until the guest has written the whole disk after now (two more rounds:
-/// the first may have begun before), then stops it.
-fn two_rounds(gw: &mut Gateway, c: &mut QmpClient) {
-    let target = last_round(gw) + 2;
-    c.ok("cont", json!({}));
-    gw.vm
-        .expect_prefix(&format!("GUEST BLK ROUND {target} OK"), TIMEOUT);
-    c.ok("stop", json!({}));
+    flotilla_tests::blk::verifying_gateway(SEED, drive)
 }
 
 /// {name: (count, granularity, recording)} of the bitmaps in `list`, checking QEMU's
@@ -142,7 +123,7 @@ fn guest_writes_are_counted_cleared_and_kept_across_daemon_restarts() {
         ],
         "newest first, QEMU's default granularity for raw, nothing written yet"
     );
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     let full = |name: &str, granularity| (name.to_string(), DISK, granularity, true);
     assert_eq!(
         bitmaps(&mut c),
@@ -159,14 +140,14 @@ fn guest_writes_are_counted_cleared_and_kept_across_daemon_restarts() {
     assert_eq!(count(&mut c, "fine"), DISK, "a clear is of one bitmap");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(count(&mut c, "all"), 0, "marked while the VM was stopped");
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     assert_eq!(count(&mut c, "all"), DISK);
 
     // A daemon restarted over QMP marks into the same bitmaps from its first request.
     c.ok("block-dirty-bitmap-clear", bitmap("d0", "all"));
     c.ok(RESTART, json!({"device": "d0"}));
     assert_eq!(count(&mut c, "fine"), DISK, "marks outlive the daemon");
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     assert_eq!(count(&mut c, "all"), DISK);
 
     // And one SIGKILLed: the supervisor's new daemon too.
@@ -176,7 +157,7 @@ fn guest_writes_are_counted_cleared_and_kept_across_daemon_restarts() {
         nix::sys::signal::Signal::SIGKILL,
     );
     c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     assert_eq!(count(&mut c, "all"), DISK);
     assert_eq!(count(&mut c, "off"), 0, "a disabled bitmap records nothing");
 
@@ -185,7 +166,7 @@ fn guest_writes_are_counted_cleared_and_kept_across_daemon_restarts() {
     c.ok("block_resize", json!({"device": "d0", "size": 2 * DISK}));
     assert_eq!(count(&mut c, "fine"), DISK, "marks carried over");
     assert_eq!(count(&mut c, "all"), 0);
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     assert_eq!(
         count(&mut c, "all"),
         DISK,
@@ -237,7 +218,7 @@ fn transactions_undo_or_keep_bitmaps_and_a_snapshot_leaves_them_on_the_old_top()
         [("b0".to_string(), 0, 4096, true)],
         "QEMU's default granularity: the cluster size"
     );
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     assert_eq!(count(&mut c, "b0"), DISK);
 
     // A failing transaction: the clear's marks come back, the add is undone.
@@ -283,14 +264,14 @@ fn transactions_undo_or_keep_bitmaps_and_a_snapshot_leaves_them_on_the_old_top()
         json!({"device": "d0", "snapshot-file": p(&overlay), "snapshot-node-name": "top", "format": "qcow2"}),
     );
     assert_eq!(bitmaps(&mut c), [], "the new top has none");
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     let old_top = [
         ("b1".to_string(), 0, 65536, true),
         ("b0".to_string(), 0, 4096, true),
     ];
     assert_eq!(node_bitmaps(&mut c, "base"), old_top);
     add(&mut c, "d0", "t", json!({}));
-    two_rounds(&mut gw, &mut c);
+    two_more_rounds(&mut gw, &mut c);
     assert_eq!(node_bitmaps(&mut c, "base"), old_top);
     assert_eq!(
         node_bitmaps(&mut c, "top"),

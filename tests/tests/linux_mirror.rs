@@ -132,7 +132,13 @@ fn linux_writes_on_while_a_mirror_moves_its_disk() {
         }),
         &[listener.as_fd(), counters.fd().as_fd(), source_file.as_fd()],
     );
-    assert_eq!(opened, BlockReply::Opened { size: SIZE });
+    assert_eq!(
+        opened,
+        BlockReply::Opened {
+            size: SIZE,
+            loaded_bitmaps: vec![]
+        }
+    );
 
     let mut linux = linux_on_vhost_user_blk(dir.path(), &ext4_writer_script(60), &sock, false);
     linux.expect_prefix("WROTE 5", LINUX);

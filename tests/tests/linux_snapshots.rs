@@ -96,7 +96,13 @@ fn linux_keeps_writing_through_snapshots() {
         }),
         &[listener.as_fd(), counters.fd().as_fd(), image.as_fd()],
     );
-    assert_eq!(opened, BlockReply::Opened { size: 64 << 20 });
+    assert_eq!(
+        opened,
+        BlockReply::Opened {
+            size: 64 << 20,
+            loaded_bitmaps: vec![]
+        }
+    );
 
     let mut linux = linux_on_vhost_user_blk(dir.path(), &ext4_writer_script(40), &sock, false);
     linux.expect_prefix("WROTE 5", LINUX);

@@ -55,6 +55,9 @@ pub struct ChainOptions {
     /// discard=unmap: the clusters a qcow2 top image frees are punched out of its file
     /// (with discard=ignore the file keeps its blocks, as QEMU's).
     pub discard_unmap: bool,
+    /// A writable qcow2 top keeps its persistent bitmaps valid: the daemon loads them,
+    /// marks into them and stores them back (otherwise its header says they are stale).
+    pub keep_bitmaps: bool,
 }
 
 /// Whether `file` was opened for writing.
@@ -165,7 +168,12 @@ fn open_layer(
             })
         }
         ImageFormat::Qcow2(opts) => {
-            let qcow2 = Qcow2::open(file, backing, opts, writable).map_err(format_error)?;
+            let qcow2 = if top && options.keep_bitmaps {
+                Qcow2::open_keeping_bitmaps(file, backing, opts, writable)
+            } else {
+                Qcow2::open(file, backing, opts, writable)
+            }
+            .map_err(format_error)?;
             Ok(
                 match (&options.counters, top && writable && options.discard_unmap) {
                     (Some(c), true) => Arc::new(qcow2.pass_discards(c.clone())),
@@ -195,6 +203,7 @@ mod tests {
             direct: false,
             counters: None,
             discard_unmap: true,
+            keep_bitmaps: false,
         }
     }
 

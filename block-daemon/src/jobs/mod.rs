@@ -153,6 +153,8 @@ impl Jobs {
             direct: device.disk().cache().direct(),
             counters: None,
             discard_unmap: unmap,
+            // A target's stored bitmaps would not follow what the job writes.
+            keep_bitmaps: false,
         };
         // The target image: alone (a mirror's, a backup's), or base over the chain below
         // it (a commit's).

@@ -42,6 +42,23 @@ impl Settled {
     }
 }
 
+impl Settled {
+    /// Runs `copy` for the chunk holding `offset` unless a guest write settled it (then
+    /// 0 bytes were copied); a write to the chunk waits until the copy is done.
+    fn copy_unless_written<E>(
+        &self,
+        offset: u64,
+        copy: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<u64, E> {
+        let _copying = self.copying.lock();
+        if self.bitmap.is_dirty(offset) {
+            // The guest wrote it meanwhile.
+            return Ok(0);
+        }
+        copy()
+    }
+}
+
 impl WriteHook for Settled {
     fn before_write(&self, offset: u64, len: u64) {
         if len == 0 {
@@ -89,12 +106,8 @@ impl Stream {
             bitmap,
             size,
             |offset, len| {
-                let _copying = self.settled.copying.lock();
-                if bitmap.is_dirty(offset) {
-                    // The guest wrote it meanwhile.
-                    return Ok(0);
-                }
-                self.copy(offset, len)
+                self.settled
+                    .copy_unless_written(offset, || self.copy(offset, len))
             },
             || self.finish(size),
         )
@@ -164,5 +177,58 @@ impl Stream {
             }
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A guest write to a chunk being copied waits for the copy, and marks the chunk so
+    /// no later copy lands on it; a chunk written before its copy is not copied.
+    #[test]
+    fn a_write_waits_for_the_copy_of_its_chunk_and_settles_it() {
+        let settled = Arc::new(Settled::new(Arc::new(
+            SharedBitmap::create(1 << 20, 65536).unwrap(),
+        )));
+        let marked = Arc::new(AtomicBool::new(false));
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let (settled, marked) = (settled.clone(), marked.clone());
+            std::thread::spawn(move || {
+                read_rx.recv().unwrap();
+                settled.before_write(4096, 512);
+                marked.store(true, Ordering::SeqCst);
+            })
+        };
+        let copied = settled.copy_unless_written(0, || {
+            // The chunk's old data is read; the guest's write comes now.
+            read_tx.send(()).unwrap();
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                assert!(
+                    !marked.load(Ordering::SeqCst),
+                    "the write went ahead while its chunk's old data was being copied"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok::<u64, ()>(65536)
+        });
+        assert_eq!(copied, Ok(65536));
+        writer.join().unwrap();
+        assert!(marked.load(Ordering::SeqCst));
+        // The chunk is settled: a copy after the write does not happen.
+        let again = settled.copy_unless_written(0, || -> Result<u64, ()> {
+            panic!("a written chunk copied again")
+        });
+        assert_eq!(again, Ok(0));
+        // Another chunk is copied.
+        assert_eq!(
+            settled.copy_unless_written(65536, || Ok::<u64, ()>(1)),
+            Ok(1)
+        );
     }
 }

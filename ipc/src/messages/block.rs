@@ -36,9 +36,28 @@ pub struct BlockOpen {
     /// The dirty bitmaps to mark into from the first request on (their memfds follow
     /// the images'), as `BlockRequest::SetDirtyBitmaps` sets them.
     pub dirty_bitmaps: Vec<DirtyBitmapSpec>,
+    /// What becomes of the persistent bitmaps a qcow2 top image stores.
+    pub stored_bitmaps: StoredBitmaps,
     /// A block job to carry on from the first request on (its fds come last, as
     /// `BlockRequest::StartJob`'s).
     pub job: Option<JobSpec>,
+}
+
+/// What a daemon does with the persistent dirty bitmaps its writable qcow2 top image
+/// stores (qcow2's bitmaps extension).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StoredBitmaps {
+    /// Not kept: the writes would make them stale, so the image says they are (a
+    /// read-only node, or an image the gateway does not look after).
+    #[default]
+    NotKept,
+    /// The node's first open: load them, mark them in use in the image, mark writes
+    /// into those that record from the first request on, and hand them to the gateway
+    /// (`BlockReply::Opened`); the set is stored back at a clean close.
+    Load,
+    /// The gateway has them already (a daemon started again): the persistent bitmaps
+    /// of the set it sends are what is stored back at a clean close.
+    Kept,
 }
 
 /// One leaky bucket of a throttle configuration (QEMU's LeakyBucket settings).
@@ -147,6 +166,13 @@ pub struct DirtyBitmapSpec {
     pub size: u64,
     /// Disk bytes per bit.
     pub granularity: u64,
+    /// Writes mark it (a disabled bitmap is sent only to be stored).
+    pub recording: bool,
+    /// Stored in the qcow2 image at a clean close (see `StoredBitmaps`).
+    pub persistent: bool,
+    /// Loaded marked in use: its bits may be stale (QEMU's `inconsistent`). Kept as
+    /// it is, never marked into or used, until removed.
+    pub inconsistent: bool,
 }
 
 impl Message for BlockRequest {
@@ -216,9 +242,11 @@ pub struct BlockStats {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum BlockReply {
     Done,
-    /// The image's size in bytes.
+    /// The image's size in bytes, and the persistent bitmaps it stores when the open
+    /// said `StoredBitmaps::Load` (their memfds follow, in order).
     Opened {
         size: u64,
+        loaded_bitmaps: Vec<DirtyBitmapSpec>,
     },
     Stats(Box<BlockStats>),
     Snapshot(SnapshotRecord),
@@ -262,6 +290,15 @@ pub enum BlockEvent {
 }
 
 pub type ToBlock = Call<BlockRequest>;
+impl Message for BlockReply {
+    fn fd_count(&self) -> usize {
+        match self {
+            BlockReply::Opened { loaded_bitmaps, .. } => loaded_bitmaps.len(),
+            _ => 0,
+        }
+    }
+}
+
 pub type FromBlock = Upcall<BlockReply, BlockEvent>;
 
 #[cfg(test)]
@@ -298,7 +335,11 @@ mod tests {
                 name: "b".into(),
                 size: 1 << 20,
                 granularity: 65536,
+                recording: true,
+                persistent: false,
+                inconsistent: false,
             }],
+            stored_bitmaps: StoredBitmaps::NotKept,
             job: None,
         });
         assert_eq!(
@@ -318,6 +359,9 @@ mod tests {
             name: name.into(),
             size: 4096,
             granularity: 512,
+            recording: true,
+            persistent: false,
+            inconsistent: false,
         };
         let set = BlockRequest::SetDirtyBitmaps(vec![spec("a"), spec("b")]);
         assert_eq!(set.fd_count(), 2);

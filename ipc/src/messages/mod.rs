@@ -87,4 +87,11 @@ pub enum Upcall<T, E> {
     Event(E),
 }
 
-impl<T: Serialize + DeserializeOwned, E: Serialize + DeserializeOwned> Message for Upcall<T, E> {}
+impl<T: Message, E: Serialize + DeserializeOwned> Message for Upcall<T, E> {
+    fn fd_count(&self) -> usize {
+        match self {
+            Upcall::Response { result: Ok(t), .. } => t.fd_count(),
+            _ => 0,
+        }
+    }
+}

@@ -105,4 +105,6 @@ pub enum NetEvent {
 }
 
 pub type ToNet = Call<NetRequest>;
+impl Message for NetReply {}
+
 pub type FromNet = Upcall<NetReply, NetEvent>;

@@ -200,6 +200,8 @@ pub enum VmmEvent {
     },
 }
 
+impl Message for VmmReply {}
+
 pub type FromVmm = Upcall<VmmReply, VmmEvent>;
 
 #[cfg(test)]

@@ -93,8 +93,12 @@ impl BlockLayer {
             }
             Writer::Here(path) => {
                 let file = File::from(graph::open_path(&path, Driver::File, true)?);
-                block_daemon::formats::qcow2::backing_name::change(&file, backing, Some(format))
-                    .map_err(|e| failed(e.to_string()))?;
+                block_daemon::formats::qcow2::header_cluster::change_backing(
+                    &file,
+                    backing,
+                    Some(format),
+                )
+                .map_err(|e| failed(e.to_string()))?;
             }
         }
         let mut state = self.state.lock();

@@ -31,32 +31,29 @@ const MAX_NAME: usize = 1023;
 
 /// The memory all dirty bitmaps together may take (a client's bitmaps are bounded by
 /// this and by `MAX_BITMAPS_PER_DISK`).
-pub const MAX_BITMAP_MEMORY: u64 = 1 << 30;
+pub use ipc::dirty_bitmap::MAX_BITMAP_MEMORY;
 
 impl Disk {
-    /// The bitmaps its daemon marks into: those that record, on the top node.
-    fn marked_bitmaps(&self) -> impl Iterator<Item = &DirtyBitmap> {
+    /// The bitmaps its daemon is sent, those of the top node: the ones that record (it
+    /// marks into them) and the persistent ones (it stores them in the image).
+    fn sent_bitmaps(&self) -> impl Iterator<Item = &DirtyBitmap> {
         self.bitmaps
             .iter()
-            .filter(|b| b.recording && b.node == self.root)
+            .filter(|b| (b.recording || b.persistent) && b.node == self.root)
     }
 
-    /// What a daemon is sent: the bitmaps it marks into, and their memfds.
+    /// What a daemon is sent (`sent_bitmaps`), and their memfds.
     pub fn bitmap_set(&self) -> Result<(Vec<DirtyBitmapSpec>, Vec<OwnedFd>), BitmapError> {
         let mut specs = Vec::new();
         let mut fds = Vec::new();
-        for b in self.marked_bitmaps() {
+        for b in self.sent_bitmaps() {
             let fd = b
                 .memory
                 .fd()
                 .ok_or_else(|| BitmapError::Dup(std::io::Error::from_raw_os_error(libc::EBADF)))?
                 .try_clone_to_owned()
                 .map_err(BitmapError::Dup)?;
-            specs.push(DirtyBitmapSpec {
-                name: b.name.clone(),
-                size: b.memory.size(),
-                granularity: b.memory.granularity(),
-            });
+            specs.push(b.spec());
             fds.push(fd);
         }
         Ok((specs, fds))
@@ -225,13 +222,35 @@ impl BlockLayer {
                 .graph
                 .image_node(&node)
                 .is_some_and(|n| n.qcow2.is_some());
+            // QEMU names the device where the node is a disk's root.
+            let shown = index
+                .map(|i| &state.disks[i])
+                .filter(|d| d.root == node)
+                .map_or(node.clone(), |d| d.id.clone());
             if new.persistent && !qcow2 {
-                // QEMU names the device where the node is a disk's root.
-                let shown = index
-                    .map(|i| &state.disks[i])
-                    .filter(|d| d.root == node)
-                    .map_or(node.clone(), |d| d.id.clone());
                 return Err(BitmapError::PersistentUnsupported(shown).into());
+            }
+            if new.persistent {
+                let version = state
+                    .graph
+                    .image_node(&node)
+                    .and_then(|n| n.qcow2.as_ref())
+                    .map_or(0, |q| q.version);
+                let why = if version < 3 {
+                    Some("Cannot store dirty bitmaps in qcow2 v2 files")
+                } else if new.name.len() > MAX_NAME {
+                    Some("Name length exceeds maximum (1023 characters)")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(BitmapError::CannotPersist {
+                        name: new.name.clone(),
+                        node: shown,
+                        why,
+                    }
+                    .into());
+                }
             }
             let exists = index.is_some_and(|i| {
                 state.disks[i]
@@ -248,10 +267,11 @@ impl BlockLayer {
             let Some(index) = index else {
                 return Err(BitmapError::Unserved(node).into());
             };
-            if new.persistent {
-                return Err(BitmapError::PersistentQcow2(node).into());
-            }
             let disk = &state.disks[index];
+            if new.persistent && (disk.root != node || disk.config.read_only) {
+                // Stored by the daemon that writes the image: the disk's top.
+                return Err(BitmapError::PersistentNotTop(node).into());
+            }
             if disk.bitmaps.len() >= MAX_BITMAPS_PER_DISK {
                 return Err(BitmapError::TooMany {
                     disk: disk.id.clone(),
@@ -276,6 +296,7 @@ impl BlockLayer {
                 memory,
                 persistent: new.persistent,
                 recording: !new.disabled,
+                inconsistent: false,
                 charge,
             });
             index
@@ -341,6 +362,9 @@ impl BlockLayer {
             let Some(b) = disk.bitmap_mut(&node, name) else {
                 return Err(BitmapError::NotFound(name.to_string()).into());
             };
+            if b.inconsistent {
+                return Err(BitmapError::Inconsistent(name.to_string()).into());
+            }
             let clean = SharedBitmap::create(b.memory.size(), b.memory.granularity())
                 .map_err(BitmapError::from)?;
             let marked = b.recording && b.node == root;

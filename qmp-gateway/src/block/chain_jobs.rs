@@ -443,7 +443,7 @@ impl BlockLayer {
                     .map(std::fs::File::from)
                     .map_err(|e| e.to_string())
                     .and_then(|f| {
-                        block_daemon::formats::qcow2::backing_name::change(
+                        block_daemon::formats::qcow2::header_cluster::change_backing(
                             &f,
                             &name,
                             format.as_deref(),

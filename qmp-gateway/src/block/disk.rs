@@ -13,12 +13,15 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipc::{BlockEvent, BlockOpen, BlockReply, BlockRequest, JobEvent, ThrottleLimits};
+use ipc::{
+    BlockEvent, BlockOpen, BlockReply, BlockRequest, JobEvent, SharedBitmap, StoredBitmaps,
+    ThrottleLimits,
+};
 use parking_lot::Mutex;
 
 use super::daemon_stats::StatsCache;
 use super::dirty_bitmap::DirtyBitmap;
-use super::error::BlockError;
+use super::error::{BitmapError, BlockError};
 use super::health::Health;
 use super::job::BlockJob;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
@@ -46,6 +49,9 @@ pub struct Hooks {
     /// Where the daemons' job events go (disk id, event), to `BlockLayer::job_event`.
     pub jobs: Sender<(String, JobEvent)>,
 }
+
+/// A daemon started, and the persistent bitmaps it loaded if it was told to load them.
+pub type Started = (BlockDaemon, Option<Vec<DirtyBitmap>>);
 
 /// A block daemon's control channel.
 pub struct BlockProtocol;
@@ -109,6 +115,9 @@ pub struct Disk {
     /// The dirty bitmaps on the nodes of its chain, oldest first (each daemon marks
     /// into those of the top node from its open on).
     pub bitmaps: Vec<DirtyBitmap>,
+    /// The top node whose stored (persistent) bitmaps a daemon loaded and `bitmaps`
+    /// holds: the next daemon is told they are kept, not to load them again.
+    pub stored_loaded: Option<String>,
 }
 
 /// What starting a daemon for a disk needs, taken from the disk so that the start (which
@@ -128,6 +137,8 @@ pub struct Launch {
     bitmaps: Vec<OwnedFd>,
     /// The fds of the block job it carries on (`config.job`).
     job_fds: Vec<OwnedFd>,
+    /// The top node (where bitmaps the daemon loads belong).
+    root: String,
 }
 
 impl Disk {
@@ -157,11 +168,20 @@ impl Disk {
             Some((spec, fds)) => (Some(spec), fds),
             None => (None, Vec::new()),
         };
+        let stored_bitmaps = if self.config.read_only {
+            StoredBitmaps::NotKept
+        } else if self.stored_loaded.as_ref() == Some(&self.root) {
+            StoredBitmaps::Kept
+        } else {
+            StoredBitmaps::Load
+        };
         Ok(Launch {
             binary: self.binary.clone(),
             id: self.id.clone(),
+            root: self.root.clone(),
             config: BlockOpen {
                 dirty_bitmaps,
+                stored_bitmaps,
                 job,
                 ..self.config.clone()
             },
@@ -176,8 +196,28 @@ impl Disk {
         })
     }
 
-    /// `daemon` serves the disk from now on.
-    pub fn install(&mut self, daemon: BlockDaemon) -> u32 {
+    /// `daemon` serves the disk from now on; `loaded`: the persistent bitmaps it loaded
+    /// from the top image, if it was told to load them.
+    pub fn install(&mut self, (daemon, loaded): Started) -> u32 {
+        if let Some(loaded) = loaded {
+            self.stored_loaded = Some(self.root.clone());
+            for b in loaded {
+                if self
+                    .bitmaps
+                    .iter()
+                    .any(|o| o.node == b.node && o.name == b.name)
+                {
+                    log::warn!(
+                        "disk {}: bitmap '{}' is already on {}",
+                        self.id,
+                        b.name,
+                        b.node
+                    );
+                    continue;
+                }
+                self.bitmaps.push(b);
+            }
+        }
         let pid = daemon.pid().unwrap_or(0);
         self.daemon = Some(daemon);
         self.started = Instant::now();
@@ -212,12 +252,12 @@ impl Disk {
 impl Launch {
     /// Starts the daemon: the node with its image and listening socket, then the disk's
     /// I/O limits and write thresholds.
-    pub fn start(self, hooks: &Hooks) -> Result<BlockDaemon, BlockError> {
+    pub fn start(self, hooks: &Hooks) -> Result<Started, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
         let jobs = hooks.jobs.clone();
         let health = self.health.clone();
         let device = self.id.clone();
-        let daemon = BlockDaemon::start(
+        let (daemon, answer, memfds) = BlockDaemon::start(
             &self.binary,
             &self.id,
             &hooks.sandbox,
@@ -277,6 +317,29 @@ impl Launch {
                 .link
                 .request(BlockRequest::SetWriteThreshold { node_name, bytes }, &[])?;
         }
-        Ok(daemon)
+        let loaded = match (self.config.stored_bitmaps, answer) {
+            (StoredBitmaps::Load, BlockReply::Opened { loaded_bitmaps, .. }) => Some(
+                loaded_bitmaps
+                    .into_iter()
+                    .zip(memfds)
+                    .map(|(spec, fd)| {
+                        let memory = SharedBitmap::adopt(fd, spec.size, spec.granularity)
+                            .map_err(BitmapError::from)?;
+                        Ok(DirtyBitmap {
+                            node: self.root.clone(),
+                            name: spec.name,
+                            memory,
+                            persistent: true,
+                            recording: spec.recording,
+                            inconsistent: spec.inconsistent,
+                            // Held for the image, as the disk itself: no client's.
+                            charge: None,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, BlockError>>()?,
+            ),
+            _ => None,
+        };
+        Ok((daemon, loaded))
     }
 }

@@ -195,8 +195,16 @@ pub enum BitmapError {
     // Ours: where we do not (yet) do what QEMU does.
     #[error("dirty bitmaps are kept on the image nodes of a disk's chain only: '{0}' is not one")]
     Unserved(String),
-    #[error("persistent dirty bitmaps are not stored in qcow2 images yet ('{0}')")]
-    PersistentQcow2(String),
+    #[error("persistent dirty bitmaps are stored in the writable top image of a disk only ('{0}' is not one)")]
+    PersistentNotTop(String),
+    #[error("Can't make bitmap '{name}' persistent in '{node}': {why}")]
+    CannotPersist {
+        name: String,
+        node: String,
+        why: &'static str,
+    },
+    #[error("Bitmap '{0}' is inconsistent and cannot be used")]
+    Inconsistent(String),
     #[error("disk {disk} has {max} dirty bitmaps, as many as a disk may have")]
     TooMany { disk: String, max: usize },
     #[error("dirty bitmaps would take {need} bytes of memory: at most {max} in all")]

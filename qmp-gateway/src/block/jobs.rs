@@ -333,13 +333,15 @@ impl BlockLayer {
                     .disks
                     .iter()
                     .flat_map(|d| &d.bitmaps)
-                    .find(|b| b.node == root && b.name == *name)
-                    .map(|b| b.memory.granularity());
-                let g = found.ok_or_else(|| JobError::NoBitmap(name.clone()))?;
+                    .find(|b| b.node == root && b.name == *name);
+                let b = found.ok_or_else(|| JobError::NoBitmap(name.clone()))?;
                 if r.sync != BackupSync::Incremental {
                     return Err(JobError::BitmapWithoutMode.into());
                 }
-                g
+                if b.inconsistent {
+                    return Err(super::error::BitmapError::Inconsistent(name.clone()).into());
+                }
+                b.memory.granularity()
             }
             None => default_granularity(&state.graph, &root),
         };

@@ -365,6 +365,7 @@ impl BlockLayer {
             layers,
             // Sent with each start, from the disk's bitmaps and job.
             dirty_bitmaps: Vec::new(),
+            stored_bitmaps: ipc::StoredBitmaps::NotKept,
             job: None,
         };
         let health = Health::new(
@@ -401,6 +402,7 @@ impl BlockLayer {
             health,
             stats: Arc::new(StatsCache::new().map_err(BlockError::Counters)?),
             bitmaps: Vec::new(),
+            stored_loaded: None,
         };
         let pid = disk.start(&state.groups, &self.hooks)?;
         let stream = disk.connect()?;

@@ -5,7 +5,7 @@
 //! makes its start fail, and whoever started it counts that (once).
 
 use std::fmt::Debug;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -88,9 +88,10 @@ pub fn describe(status: ExitStatus) -> String {
 
 impl<K: DaemonKind> Daemon<K> {
     /// Starts `binary` in gateway mode, sandboxed as `policy` says, to serve `device`
-    /// ("d0"), and opens it with `open` (and `fds`), its first call. `on_event` gets its
-    /// events; if its control channel closes without the gateway having stopped it, the
-    /// device's id goes to `deaths`.
+    /// ("d0"), and opens it with `open` (and `fds`), its first call: returns the daemon,
+    /// the open's answer and the fds it came with. `on_event` gets its events; if its
+    /// control channel closes without the gateway having stopped it, the device's id
+    /// goes to `deaths`.
     pub fn start(
         binary: &Path,
         device: &str,
@@ -99,13 +100,13 @@ impl<K: DaemonKind> Daemon<K> {
         deaths: Sender<String>,
         open: K::Call,
         fds: &[BorrowedFd],
-    ) -> Result<Self, DaemonError> {
+    ) -> Result<(Self, K::Answer, Vec<OwnedFd>), DaemonError> {
         let spawned = Self::spawn(binary, device, policy, on_event, deaths);
         let daemon = spawned.map_err(|error| DaemonError::Start {
             binary: binary.to_path_buf(),
             error,
         })?;
-        let answer = daemon.link.request(open, fds)?;
+        let (answer, answer_fds) = daemon.link.request_with_fds(open, fds)?;
         if !K::opened(&answer) {
             return Err(daemon.unexpected("open", &answer));
         }
@@ -117,7 +118,7 @@ impl<K: DaemonKind> Daemon<K> {
         {
             return Err(LinkError::Exited(daemon.link.name().to_string()).into());
         }
-        Ok(daemon)
+        Ok((daemon, answer, answer_fds))
     }
 
     fn spawn(

@@ -3,7 +3,7 @@
 //! on by a reader thread until the child hangs up.
 
 use std::collections::HashMap;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ pub enum LinkError {
 /// events it reports.
 pub trait Protocol: 'static {
     type Call: Message;
-    type Answer: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
+    type Answer: Message + std::fmt::Debug + Send + 'static;
     type Event: Serialize + DeserializeOwned + 'static;
 }
 
@@ -53,7 +53,8 @@ impl Protocol for VmmProtocol {
 
 pub type VmmLink = Link<VmmProtocol>;
 
-type Waiter<T> = SyncSender<Result<T, RemoteError>>;
+/// An answer and the fds it came with (memory a daemon hands over).
+type Waiter<T> = SyncSender<Result<(T, Vec<OwnedFd>), RemoteError>>;
 
 /// The gateway's end of a child's control channel.
 pub struct Link<P: Protocol> {
@@ -97,7 +98,8 @@ impl<P: Protocol> Link<P> {
                                 let waiter = link.pending.lock().remove(&id);
                                 match waiter {
                                     Some(w) => {
-                                        let _ = w.send(result);
+                                        let fds = r.fds;
+                                        let _ = w.send(result.map(|answer| (answer, fds)));
                                     }
                                     None => {
                                         log::warn!("{} answered unknown call {id}", link.name)
@@ -120,6 +122,16 @@ impl<P: Protocol> Link<P> {
 
     /// Sends a request and waits for its reply.
     pub fn request(&self, request: P::Call, fds: &[BorrowedFd]) -> Result<P::Answer, LinkError> {
+        self.request_with_fds(request, fds)
+            .map(|(answer, _)| answer)
+    }
+
+    /// `request`, keeping the fds the answer came with.
+    pub fn request_with_fds(
+        &self,
+        request: P::Call,
+        fds: &[BorrowedFd],
+    ) -> Result<(P::Answer, Vec<OwnedFd>), LinkError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LinkError::NotRunning(self.name.clone()));
         }

@@ -179,7 +179,7 @@ impl Nic {
             link_up: self.link_up,
             filter: self.served.then(|| Box::new(self.filter_seen())),
         };
-        let daemon = NetDaemon::start(
+        let (daemon, _, _) = NetDaemon::start(
             &self.binary,
             &self.id,
             &hooks.sandbox,

@@ -6,7 +6,7 @@ use std::fs::File;
 
 use crate::formats::qcow2::io::read_meta;
 use crate::formats::qcow2::layout::{
-    be32, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO_HEADER, EXT_DATA_FILE, EXT_END,
+    be32, be64, EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO_HEADER, EXT_DATA_FILE, EXT_END,
     EXT_FEATURE_TABLE, FEATURE_ENTRY_LEN, MAX_BACKING_FORMAT_LEN,
 };
 use crate::formats::FormatError;
@@ -20,13 +20,21 @@ pub struct FeatureName {
     pub name: String,
 }
 
+/// The bitmaps extension: where the bitmap directory is (see `bitmaps`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitmapsExtension {
+    pub nb_bitmaps: u32,
+    pub directory_size: u64,
+    pub directory_offset: u64,
+}
+
 /// What the extensions say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Extensions {
     pub backing_format: Option<String>,
     pub feature_names: Vec<FeatureName>,
-    /// The bitmaps extension is present (its bitmaps are kept, not used).
-    pub bitmaps: bool,
+    /// The bitmaps extension, if present.
+    pub bitmaps: Option<BitmapsExtension>,
     pub data_file: Option<String>,
     pub crypto_header: bool,
     /// Extensions this implementation does not know: (magic, data).
@@ -76,12 +84,19 @@ pub fn read(file: &File, start: u64, end: u64, strict: bool) -> Result<Extension
                     .collect();
             }
             EXT_BITMAPS => {
-                if strict && len != 24 {
-                    return Err(FormatError::Invalid(
-                        "bitmaps_ext: Invalid extension length".into(),
-                    ));
+                if len != 24 {
+                    if strict {
+                        return Err(FormatError::Invalid(
+                            "bitmaps_ext: Invalid extension length".into(),
+                        ));
+                    }
+                } else {
+                    ext.bitmaps = Some(BitmapsExtension {
+                        nb_bitmaps: be32(&data, 0),
+                        directory_size: be64(&data, 8),
+                        directory_offset: be64(&data, 16),
+                    });
                 }
-                ext.bitmaps = true;
             }
             EXT_DATA_FILE => ext.data_file = Some(c_string(&data)),
             EXT_CRYPTO_HEADER => ext.crypto_header = true,

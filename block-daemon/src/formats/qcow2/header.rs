@@ -44,8 +44,8 @@ pub struct Header {
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
     pub feature_names: Vec<FeatureName>,
-    /// A bitmaps extension is present (kept in the file, not used).
-    pub has_bitmaps: bool,
+    /// The bitmaps extension (persistent dirty bitmaps: see `bitmaps`).
+    pub bitmaps: Option<crate::formats::qcow2::extensions::BitmapsExtension>,
     pub data_file: Option<String>,
     pub unknown_extensions: Vec<(u32, Vec<u8>)>,
 }
@@ -149,7 +149,7 @@ impl Header {
             backing_file: None,
             backing_format: None,
             feature_names: Vec::new(),
-            has_bitmaps: false,
+            bitmaps: None,
             data_file: None,
             unknown_extensions: Vec::new(),
         };
@@ -262,7 +262,7 @@ impl Header {
         let ext = extensions::read(file, u64::from(h.header_length), ext_end, true)?;
         h.backing_format = ext.backing_format;
         h.feature_names = ext.feature_names;
-        h.has_bitmaps = ext.bitmaps;
+        h.bitmaps = ext.bitmaps;
         h.data_file = ext.data_file;
         h.unknown_extensions = ext.unknown;
 

@@ -27,14 +27,15 @@ use ipc::BlockCounters;
 use parking_lot::Mutex;
 
 use crate::formats::qcow2::alloc::LinkAllocations;
+use crate::formats::qcow2::bitmaps::StoredBitmap;
 use crate::formats::qcow2::cache::TableCache;
 use crate::formats::qcow2::compressed;
 use crate::formats::qcow2::early_link::{LinkRing, BLOCK};
 use crate::formats::qcow2::header::Header;
 use crate::formats::qcow2::io::{file_len, is_direct, read_data, read_meta};
 use crate::formats::qcow2::layout::{
-    be64, put64, INCOMPAT_DIRTY, L1E_OFFSET_MASK, OFF_AUTOCLEAR, OFF_SIZE, OFLAG_COPIED,
-    OFLAG_ZERO, REFT_OFFSET_MASK,
+    be64, put64, AUTOCLEAR_BITMAPS, INCOMPAT_DIRTY, L1E_OFFSET_MASK, OFF_AUTOCLEAR, OFF_SIZE,
+    OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
 };
 use crate::formats::qcow2::meta::{Meta, CORRUPT_TEXT};
 use crate::formats::qcow2::snapshot;
@@ -60,12 +61,35 @@ fn be_table(bytes: &[u8]) -> Vec<u64> {
 
 impl Qcow2 {
     /// Opens the image in `file` (read-write when `writable`) over its already opened
-    /// backing chain.
+    /// backing chain. Written here, its persistent bitmaps would go stale: a writable
+    /// open says so in the header (see `open_keeping_bitmaps`).
     pub fn open(
         file: File,
         backing: Option<Arc<dyn Format>>,
         opts: &ipc::Qcow2Options,
         writable: bool,
+    ) -> Result<Qcow2, FormatError> {
+        Qcow2::open_with(file, backing, opts, writable, false)
+    }
+
+    /// `open`, for the image a daemon serves and whose persistent bitmaps it keeps up to
+    /// date (loads them, marks into them, stores them back at its close: see
+    /// `bitmaps`): they stay valid in the header.
+    pub fn open_keeping_bitmaps(
+        file: File,
+        backing: Option<Arc<dyn Format>>,
+        opts: &ipc::Qcow2Options,
+        writable: bool,
+    ) -> Result<Qcow2, FormatError> {
+        Qcow2::open_with(file, backing, opts, writable, true)
+    }
+
+    fn open_with(
+        file: File,
+        backing: Option<Arc<dyn Format>>,
+        opts: &ipc::Qcow2Options,
+        writable: bool,
+        keep_bitmaps: bool,
     ) -> Result<Qcow2, FormatError> {
         let header = Header::read(&file)?;
         header.check_supported()?;
@@ -151,13 +175,25 @@ impl Qcow2 {
             if m.header.dirty() {
                 m.repair()?;
             }
-            if m.header.autoclear_features != 0 {
-                // Nothing of what autoclear bits protect (bitmaps) is kept up to date
-                // here: clearing them tells other programs so (QEMU clears the bits it
-                // does not know).
-                m.write(OFF_AUTOCLEAR, &[0u8; 8])?;
+            // What autoclear bits protect and is not kept up to date here goes stale:
+            // clearing their bits tells other programs so (QEMU clears the bits it does
+            // not know). Only the bitmaps' bit can stay, when they are kept.
+            let kept = match keep_bitmaps && m.header.bitmaps.is_some() {
+                true => m.header.autoclear_features & AUTOCLEAR_BITMAPS,
+                false => 0,
+            };
+            if m.header.autoclear_features != kept {
+                m.write(OFF_AUTOCLEAR, &kept.to_be_bytes())?;
                 m.sync()?;
+                m.header.autoclear_features = kept;
             }
+        }
+        // Data never goes where the bitmaps are (a malformed directory fails the open
+        // only when the bitmaps are kept, as QEMU's).
+        match m.note_bitmap_clusters() {
+            Err(e) if keep_bitmaps => return Err(e),
+            Err(e) => log::warn!("qcow2: the stored bitmaps are unreadable: {e}"),
+            Ok(()) => {}
         }
         Ok(Qcow2 {
             size: AtomicU64::new(m.size),
@@ -209,9 +245,20 @@ impl Qcow2 {
     /// and the end of a stream or commit). The data does not change.
     pub fn name_backing(&self, backing: &str, format: Option<&str>) -> Result<(), FormatError> {
         let mut m = self.meta.lock();
-        crate::formats::qcow2::backing_name::change(&m.file, backing, format)?;
+        crate::formats::qcow2::header_cluster::change_backing(&m.file, backing, format)?;
         m.header = Header::read(&m.file)?;
         Ok(())
+    }
+
+    /// The persistent bitmaps the image stores, each marked in use in the file from now
+    /// on (a writable image) until `store_bitmaps`.
+    pub fn load_bitmaps(&self) -> Result<Vec<StoredBitmap>, FormatError> {
+        self.meta.lock().load_bitmaps()
+    }
+
+    /// Stores `bitmaps` in the image in place of what it held (a clean close).
+    pub fn store_bitmaps(&self, bitmaps: &[StoredBitmap]) -> Result<(), FormatError> {
+        self.meta.lock().store_bitmaps(bitmaps)
     }
 
     /// Reads through `backing` from now on (a stream or commit took the images between

@@ -53,7 +53,7 @@ impl Counts {
 impl Meta {
     /// Rebuilds the refcounts and clears the dirty bit.
     pub fn repair(&mut self) -> Result<(), FormatError> {
-        if self.header.has_bitmaps {
+        if self.header.bitmaps.is_some() {
             return Err(FormatError::Unsupported(
                 "qcow2: cannot repair a dirty image that has persistent bitmaps".into(),
             ));

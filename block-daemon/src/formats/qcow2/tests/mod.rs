@@ -1,6 +1,7 @@
 //! Unit tests of the qcow2 library, with qemu-img and qemu-io 7.2 as the oracles.
 
 mod alloc;
+mod bitmaps;
 mod blockdev;
 mod chain;
 mod concurrency;

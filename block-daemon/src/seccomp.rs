@@ -22,6 +22,10 @@ const ALLOWED: &[Allow] = &[
     Any(libc::SYS_fsync),
     Any(libc::SYS_fdatasync),
     Any(libc::SYS_fallocate),
+    // A block job copies between raw files in the kernel (jobs::kernel_copy), and
+    // starts its raw target's writeback as it goes.
+    Any(libc::SYS_copy_file_range),
+    Any(libc::SYS_sync_file_range),
     Any(libc::SYS_io_uring_setup),
     Any(libc::SYS_io_uring_enter),
     Any(libc::SYS_io_uring_register),

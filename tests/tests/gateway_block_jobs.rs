@@ -294,7 +294,7 @@ fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
     let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
     assert_eq!(
         job_thread_nice(daemon),
-        10,
+        5,
         "the job copies at a lower priority than the guest's requests"
     );
     let _ = nix::sys::signal::kill(
@@ -462,6 +462,11 @@ fn a_backup_goes_on_under_a_new_daemon_after_a_sigkill() {
     );
     assert!(0 < offset && offset < len, "{before}");
     let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
+    assert_eq!(
+        job_thread_nice(daemon),
+        0,
+        "a backup copies at the guest's priority (its writes wait for its copies)"
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon),
         nix::sys::signal::Signal::SIGKILL,

@@ -241,6 +241,13 @@ pub trait Format: Send + Sync {
     /// Makes every completed write durable (the guest's FLUSH).
     fn flush(&self) -> Result<(), FormatError>;
 
+    /// Starts writing what was written so far to storage, without waiting for it: a
+    /// job's target calls it as it goes, so that its closing `flush` has little left to
+    /// wait on. Only a hint: by default nothing.
+    fn start_writeback(&self) -> Result<(), FormatError> {
+        Ok(())
+    }
+
     /// The guest no longer needs these bytes: they may read back as anything the
     /// format chooses (qcow2: zeroes or the backing file's, as QEMU's discard=unmap).
     fn discard(&self, offset: u64, len: u64) -> Result<(), FormatError>;

@@ -133,6 +133,10 @@ impl Format for Raw {
         Ok(self.file.sync_data()?)
     }
 
+    fn start_writeback(&self) -> Result<(), FormatError> {
+        Ok(host_file::start_writeback(self.fd)?)
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<(), FormatError> {
         self.writable()?;
         let result = host_file::discard(self.fd, self.block_device, offset, len);

@@ -61,6 +61,7 @@ impl Commit {
             &self.spec,
             &self.done,
             self.top.virtual_size(),
+            self.base.clone(),
             |offset, len| self.copy(offset, len),
             || self.finish(),
         )

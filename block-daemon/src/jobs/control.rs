@@ -1,12 +1,14 @@
 //! What a job's thread and the control calls share: the job's state (paused, cancelled,
-//! completing, its speed and progress), how the thread waits for what to do next, and
-//! the rate limit.
+//! completing, its speed and progress), how the thread waits for what to do next, the
+//! rate limit, and the target's writeback started as the job copies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc::{BlockEvent, JobEvent, SharedBitmap};
 use parking_lot::{Condvar, Mutex};
+
+use crate::formats::Format;
 
 /// Where a job sends its events.
 pub type Events = Arc<dyn Fn(BlockEvent) + Send + Sync>;
@@ -128,6 +130,70 @@ impl RateLimit {
     }
 }
 
+/// Bytes a job copies between two starts of its target's writeback.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// Starts the writeback of what a job wrote to its target as it goes
+/// (`Format::start_writeback`), on a thread of its own: the kernel would otherwise
+/// keep it all in the page cache until the job's closing flush, which then waits for
+/// all of it, and starting it can wait for the device's queue, which the copy must not.
+pub struct Writeback {
+    poke: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    since: u64,
+}
+
+impl Writeback {
+    pub fn new(target: Arc<dyn Format>) -> Writeback {
+        let (poke, poked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("job-writeback".into())
+            .spawn(move || {
+                while poked.recv().is_ok() {
+                    // A hint: a failed write shows at the job's flush.
+                    let _ = target.start_writeback();
+                }
+            });
+        match thread {
+            Ok(t) => Writeback {
+                poke: Some(poke),
+                thread: Some(t),
+                since: 0,
+            },
+            Err(e) => {
+                // Only the closing flush's length is at stake.
+                log::warn!("no writeback thread: {e}");
+                Writeback {
+                    poke: None,
+                    thread: None,
+                    since: 0,
+                }
+            }
+        }
+    }
+
+    /// The job wrote `bytes` more.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.since += bytes;
+        if self.since >= WRITEBACK_EVERY {
+            self.since = 0;
+            if let Some(poke) = &self.poke {
+                // Full: one is being started already, which covers these bytes too.
+                let _ = poke.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.poke = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// How a job that never becomes ready ended.
 pub enum End {
     Completed,
@@ -189,14 +255,16 @@ pub fn on_copy_error(
 /// The walk a stream and a commit share: the chunks of a disk of `size` bytes in order,
 /// but those `done` marks; `copy` copies one (returning the bytes copied, which count
 /// against the speed, or what failed, which the error policy answers); each chunk done
-/// is marked and its end is the job's progress. `finish` ends the job once every chunk
-/// is done.
+/// is marked and its end is the job's progress; what it copies into `target` has its
+/// writeback started as it goes. `finish` ends the job once every chunk is done.
+#[allow(clippy::too_many_arguments)]
 pub fn walk_in_order(
     shared: &Shared,
     events: &Events,
     spec: &ipc::JobSpec,
     done: &SharedBitmap,
     size: u64,
+    target: Arc<dyn Format>,
     mut copy: impl FnMut(u64, u64) -> Result<u64, (ipc::IoOperation, crate::formats::FormatError)>,
     finish: impl FnOnce() -> Result<(), String>,
 ) -> Result<End, String> {
@@ -204,6 +272,7 @@ pub fn walk_in_order(
     let chunks = done.chunks();
     shared.state.lock().len = size;
     let mut limit = RateLimit::new(0);
+    let mut writeback = Writeback::new(target);
     let mut cursor = 0;
     loop {
         match shared.next() {
@@ -221,6 +290,7 @@ pub fn walk_in_order(
         let len = g.min(size - offset);
         match copy(offset, len) {
             Ok(n) => {
+                writeback.wrote(n);
                 done.mark(offset, len);
                 let speed = {
                     let mut s = shared.state.lock();

@@ -15,7 +15,8 @@ use ipc::{
     SyncMode,
 };
 
-use super::control::{ended, Events, Next, RateLimit, Shared};
+use super::control::{ended, Events, Next, RateLimit, Shared, Writeback};
+use super::kernel_copy;
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::disk::Served;
 use crate::formats::chain::Chain;
@@ -120,6 +121,7 @@ impl Mirror {
                 .then(|| vec![0u64; chunks.div_ceil(64) as usize]),
         );
         let mut limit = RateLimit::new(0);
+        let mut writeback = Writeback::new(self.target.top.clone());
         let mut cursor = 0u64;
         loop {
             match self.shared.next() {
@@ -161,6 +163,7 @@ impl Mirror {
             }
             match self.copy(offset, len, first, n, &mut written) {
                 Ok(()) => {
+                    writeback.wrote(len);
                     for c in first..first + n {
                         self.copying.clean_chunk(c);
                     }
@@ -179,14 +182,22 @@ impl Mirror {
     fn take(&self) -> Result<(), Failed> {
         let remaining = self.dirty.dirty_bytes();
         let first_pass_done = self.first_pass_done.replace(true) || self.spec.resume;
+        let in_step = {
+            let s = self.shared.state.lock();
+            !s.ready && remaining <= self.mirror.buf_size && (first_pass_done || remaining == 0)
+        };
+        if in_step {
+            // What was copied is durable before the job says it is in step (as QEMU's
+            // mirror): the completion's flush then waits only on the copies since.
+            if let Err(e) = self.target.top.flush() {
+                return self.failed((IoOperation::Write, e), 0, 0);
+            }
+        }
         let ready_now = {
             let mut s = self.shared.state.lock();
             s.len = s.offset + remaining;
-            let becomes = !s.ready
-                && remaining <= self.mirror.buf_size
-                && (first_pass_done || remaining == 0);
-            s.ready |= becomes;
-            becomes.then(|| (s.offset, s.len))
+            s.ready |= in_step;
+            in_step.then(|| (s.offset, s.len))
         };
         if let Some((offset, len)) = ready_now {
             (self.events)(BlockEvent::Job(JobEvent::Ready {
@@ -267,6 +278,10 @@ impl Mirror {
         written: &mut Written,
     ) -> Result<(), (IoOperation, FormatError)> {
         let source = self.device.disk().served().format;
+        if kernel_copy::copy(&*source, &*self.target.top, offset, len) {
+            written.set(first, n);
+            return Ok(());
+        }
         let mut buf = vec![0u8; len as usize];
         source
             .read(offset, &mut buf)

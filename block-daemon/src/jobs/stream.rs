@@ -105,6 +105,7 @@ impl Stream {
             &self.spec,
             bitmap,
             size,
+            self.device.disk().format(),
             |offset, len| {
                 self.settled
                     .copy_unless_written(offset, || self.copy(offset, len))

@@ -101,7 +101,8 @@ fn open(
         cache,
         &open.serial,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .keeping_bitmaps(open.stored_bitmaps != StoredBitmaps::NotKept);
     let disk = Arc::new(disk);
     let queues = open.queues as usize;
     let engines = match engine::per_queue(engine, &disk, queues, u32::from(QUEUE_SIZE)) {
@@ -240,14 +241,13 @@ fn map_bitmaps(
         .collect()
 }
 
-/// Leaves the image clean: with `keep_bitmaps`, the persistent bitmaps stored first.
-fn close(device: &BlkDevice, keep_bitmaps: bool) -> Result<(), FormatError> {
-    let top = device.disk().format();
-    if keep_bitmaps {
-        if let Some(qcow2) = top.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) {
-            let _quiesced = device.quiesce(QUIESCE_TIMEOUT);
-            qcow2.store_bitmaps(&device.dirty_bitmaps().to_store())?;
-        }
+/// Leaves the image clean, its persistent bitmaps stored first.
+fn close(device: &BlkDevice) -> Result<(), FormatError> {
+    {
+        let _quiesced = device.quiesce(QUIESCE_TIMEOUT);
+        device
+            .dirty_bitmaps()
+            .store_in(device.disk(), &*device.disk().format())?;
     }
     device.disk().close()
 }
@@ -260,7 +260,6 @@ fn handle(
     events: &Events,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
-    keep_bitmaps: bool,
 ) -> Result<BlockReply, RemoteError> {
     let disk = device.disk();
     match request {
@@ -315,7 +314,7 @@ fn handle(
             .map(BlockReply::Snapshot)
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::PushTop(layer) => snapshots
-            .push_top(device, &layer, fds, keep_bitmaps)
+            .push_top(device, &layer, fds)
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::ChangeBackingFile {
@@ -346,12 +345,12 @@ fn handle(
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::JobStatus => Ok(BlockReply::Job(jobs.status())),
         BlockRequest::PopTop => snapshots
-            .pop_top(device, keep_bitmaps)
+            .pop_top(device)
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
         // The image is clean (qcow2: nothing left reserved, not dirty) before the
         // gateway hears that we are done.
-        BlockRequest::Quit => match close(device, keep_bitmaps) {
+        BlockRequest::Quit => match close(device) {
             Ok(()) => Ok(BlockReply::Done),
             Err(e) => Err(RemoteError::generic(e.to_string())),
         },
@@ -395,7 +394,6 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         }),
         &memfds,
     );
-    let keep_bitmaps = config.stored_bitmaps != StoredBitmaps::NotKept && !config.read_only;
     let snapshots = Snapshots::default();
     let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
@@ -404,20 +402,12 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
                 // The job ends before the image is closed.
                 jobs.stop();
             }
-            handle(
-                &device,
-                &snapshots,
-                &jobs,
-                &events,
-                request,
-                fds,
-                keep_bitmaps,
-            )
+            handle(&device, &snapshots, &jobs, &events, request, fds)
         },
     );
     jobs.stop();
     // A gateway that hung up (or said quit) leaves the image clean too.
-    if let Err(e) = close(&device, keep_bitmaps) {
+    if let Err(e) = close(&device) {
         log::error!("closing the image: {e}");
     }
     served.map_err(ChildError::from)?;

@@ -15,7 +15,10 @@ use ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as MAX_BITMAPS;
 use ipc::{DirtyBitmapSpec, SharedBitmap};
 use parking_lot::RwLock;
 
+use crate::disk::Disk;
 use crate::formats::qcow2::bitmaps::StoredBitmap;
+use crate::formats::qcow2::Qcow2;
+use crate::formats::{Format, FormatError};
 use crate::request::{Kind, Request, SECTOR_SHIFT};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +86,20 @@ impl DirtyBitmaps {
         Ok(())
     }
 
-    /// The persistent bitmaps as qcow2 stores them (a clean close).
+    /// Stores the set's persistent bitmaps in `image` when `disk` keeps them and the
+    /// image is qcow2 (a clean close, or the image stops being the top: an external
+    /// snapshot over it, a mirror's pivot away from it).
+    pub fn store_in(&self, disk: &Disk, image: &dyn Format) -> Result<(), FormatError> {
+        if !disk.keeps_bitmaps() {
+            return Ok(());
+        }
+        match image.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) {
+            Some(qcow2) => qcow2.store_bitmaps(&self.to_store()),
+            None => Ok(()),
+        }
+    }
+
+    /// The persistent bitmaps as qcow2 stores them.
     pub fn to_store(&self) -> Vec<StoredBitmap> {
         let all = self.bitmaps.read();
         all.all

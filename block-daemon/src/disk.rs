@@ -56,6 +56,9 @@ pub struct Served {
 pub struct Disk {
     served: RwLock<Served>,
     read_only: bool,
+    /// Its qcow2 top's persistent bitmaps are kept up to date here (loaded or carried
+    /// on, stored at a clean close: see `formats::qcow2::bitmaps`).
+    keeps_bitmaps: bool,
     cache: CacheMode,
     id: [u8; ID_BYTES],
 }
@@ -80,6 +83,7 @@ impl Disk {
         Ok(Disk {
             served: RwLock::new(Served { format, flush_fd }),
             read_only,
+            keeps_bitmaps: false,
             cache,
             id: id_bytes,
         })
@@ -116,6 +120,16 @@ impl Disk {
 
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The same disk, keeping its top's persistent bitmaps (see the field).
+    pub fn keeping_bitmaps(mut self, keeps: bool) -> Disk {
+        self.keeps_bitmaps = keeps && !self.read_only;
+        self
+    }
+
+    pub fn keeps_bitmaps(&self) -> bool {
+        self.keeps_bitmaps
     }
 
     pub fn cache(&self) -> CacheMode {

@@ -120,7 +120,6 @@ impl Snapshots {
         device: &BlkDevice,
         layer: &ImageLayer,
         fds: Vec<OwnedFd>,
-        keep_bitmaps: bool,
     ) -> Result<(), SnapshotError> {
         let ImageFormat::Qcow2(opts) = &layer.format else {
             return Err(SnapshotError::TopNotQcow2);
@@ -139,14 +138,10 @@ impl Snapshots {
                 error,
             },
         )?;
-        if keep_bitmaps {
-            // Its persistent bitmaps record nothing from now on: stored as they are (as
-            // QEMU does when the old top becomes read-only).
-            if let Some(q) = old.format.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) {
-                if let Err(e) = q.store_bitmaps(&device.dirty_bitmaps().to_store()) {
-                    log::warn!("storing the old top's bitmaps: {e}");
-                }
-            }
+        // Its persistent bitmaps record nothing from now on: stored as they are (as QEMU
+        // does when the old top becomes read-only).
+        if let Err(e) = device.dirty_bitmaps().store_in(disk, &*old.format) {
+            log::warn!("storing the old top's bitmaps: {e}");
         }
         if let Err(e) = old.format.close() {
             // Only the old top's tidiness is at stake (a leak qemu-img check repairs).
@@ -164,13 +159,13 @@ impl Snapshots {
 
     /// Takes the last new top off: the chain under it is served again (its top
     /// writable again). The taken-off image is closed clean.
-    pub fn pop_top(&self, device: &BlkDevice, keep_bitmaps: bool) -> Result<(), SnapshotError> {
+    pub fn pop_top(&self, device: &BlkDevice) -> Result<(), SnapshotError> {
         let mut below = self.below.lock();
         let Some(old) = below.pop() else {
             return Err(SnapshotError::NothingPushed);
         };
         let _quiesced = device.quiesce(QUIESCE_TIMEOUT)?;
-        if keep_bitmaps {
+        if device.disk().keeps_bitmaps() {
             // Written again: its stored bitmaps are in use until stored back.
             if let Some(q) = old.format.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) {
                 if let Err(e) = q.load_bitmaps() {

@@ -379,3 +379,45 @@ fn an_external_snapshot_stores_the_old_tops_bitmaps_as_they_are() {
     let check = qemu_img_ok(&["check", &p(&image)]);
     assert!(check.contains("No errors were found"), "{check}");
 }
+
+#[test]
+fn a_mirrors_source_keeps_its_bitmaps_and_the_target_gets_none() {
+    let dir = TempDir::new("bitmaps-persistent-mirror");
+    let image = qcow2_disk(dir.path(), "d0.qcow2");
+    let target = dir.path().join("target.qcow2");
+    let mut gw = verifying(&image);
+    let mut c = gw.client();
+    c.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "p", "persistent": true}),
+    );
+    two_more_rounds(&mut gw, &mut c);
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&target), "format": "qcow2", "sync": "full"}),
+    );
+    c.event("BLOCK_JOB_READY");
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    c.event("BLOCK_JOB_COMPLETED");
+    assert_eq!(
+        ours(&mut c),
+        Vec::<Value>::new(),
+        "the target node has none"
+    );
+    assert_eq!(
+        stored(&image),
+        [("p".to_string(), flags(&["auto"]))],
+        "stored in the source as the disk left it"
+    );
+    two_more_rounds(&mut gw, &mut c);
+    drop(c);
+    quit(gw);
+    assert_eq!(stored(&target), [], "nothing stored in the target");
+    let (qemu, theirs) = qemu_view(&image);
+    assert_eq!(theirs[0]["count"], DISK, "{theirs:?}");
+    drop(qemu);
+    for image in [&image, &target] {
+        let check = qemu_img_ok(&["check", &p(image)]);
+        assert!(check.contains("No errors were found"), "{check}");
+    }
+}

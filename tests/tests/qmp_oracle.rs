@@ -620,6 +620,20 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
     );
     both("drive-mirror", with(mirror, json!({"job-id": "j1"})));
     both("block-job-pause", json!({"device": "j1"}));
+    // What a job's disk refuses meanwhile.
+    both("block_resize", json!({"device": "d0", "size": 64 << 20}));
+    both(
+        "block_resize",
+        json!({"node-name": "disk0", "size": 64 << 20}),
+    );
+    both(
+        "blockdev-snapshot-internal-sync",
+        json!({"device": "d0", "name": "s"}),
+    );
+    both(
+        "blockdev-snapshot-sync",
+        json!({"device": "d0", "snapshot-file": target("over"), "format": "qcow2"}),
+    );
     both("block-job-pause", json!({"device": "j1"}));
     both("block-job-cancel", json!({"device": "j1"}));
     both("block-job-set-speed", json!({"device": "j1", "speed": -1}));

@@ -256,6 +256,16 @@ impl Mirror {
                 format: self.target.top.clone(),
                 flush_fd: self.target.flush_fd,
             });
+            // The source's persistent bitmaps stay with it (as they stay on QEMU's
+            // source node): stored there, and none marked from now on (the gateway
+            // sends the target's).
+            let bitmaps = self.device.dirty_bitmaps();
+            if let Err(e) = bitmaps.store_in(self.device.disk(), &*old.format) {
+                log::warn!("job {}: storing the source's bitmaps: {e}", self.spec.id);
+            }
+            if let Err(e) = bitmaps.set(Vec::new()) {
+                log::warn!("job {}: {e}", self.spec.id);
+            }
             if let Err(e) = old.format.close() {
                 log::warn!("job {}: closing the old image: {e}", self.spec.id);
             }

@@ -35,7 +35,7 @@ impl BlockLayer {
         let (image, format, writer) = {
             let state = self.state.lock();
             let root = state.lookup_node(Some(device), Some(device))?;
-            state.chain_job_busy(&root)?;
+            state.job_busy(&root)?;
             let image = state
                 .graph
                 .node(image_node)

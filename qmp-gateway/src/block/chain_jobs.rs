@@ -144,27 +144,6 @@ fn unlock_base_ro(ro: &OwnedFd) {
     }
 }
 
-impl State {
-    /// Refuses what would change the chain of the disk whose root is `root` under a
-    /// stream or commit (an external snapshot, a new backing file name), in QEMU's words
-    /// for a node a job holds (named by its disk, as QEMU's device-or-node name).
-    pub(super) fn chain_job_busy(&self, root: &str) -> Result<(), BlockError> {
-        let Some(disk) = self.disks.iter().find(|d| d.root == root) else {
-            return Ok(());
-        };
-        match self.job_of_disk(&disk.id) {
-            Some(job) if matches!(job.spec.kind, JobKind::Stream(_) | JobKind::Commit(_)) => {
-                Err(JobError::Busy {
-                    node: disk.id.clone(),
-                    kind: job.kind,
-                }
-                .into())
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 impl BlockLayer {
     pub fn stream(&self, r: &StreamRequest) -> Result<(), BlockError> {
         let _changes = self.changes.lock();

@@ -112,6 +112,9 @@ pub enum BlockError {
 
     #[error("Parameter 'size' expects a >0 size")]
     NegativeSize,
+    /// block_resize of a disk a job holds (QEMU names the device argument).
+    #[error("Device '{0}' is in use")]
+    DeviceInUse(String),
     /// Beyond what QEMU's block layer addresses (BDRV_MAX_LENGTH).
     #[error("offset({offset}) exceeds maximum({max})")]
     SizeTooLarge { offset: i64, max: i64 },

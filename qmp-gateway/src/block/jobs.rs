@@ -108,6 +108,30 @@ impl State {
     pub fn job_of_disk(&self, disk: &str) -> Option<&BlockJob> {
         self.jobs.iter().find(|j| j.disk == disk)
     }
+
+    /// The job of the disk whose chain has node `node`, if one runs (QEMU's job holds
+    /// every node of the chain it works on).
+    pub fn job_holding(&self, node: &str) -> Option<&BlockJob> {
+        let disk = self.disk_of_node(node)?;
+        self.job_of_disk(&disk.id)
+    }
+
+    /// Refuses what would change the chain of the disk whose root is `root` while a job
+    /// runs on it (an external snapshot, a new backing file name), in QEMU's words for
+    /// a node a job holds (named by its disk, as QEMU's device-or-node name).
+    pub(super) fn job_busy(&self, root: &str) -> Result<(), BlockError> {
+        let Some(disk) = self.disks.iter().find(|d| d.root == root) else {
+            return Ok(());
+        };
+        match self.job_of_disk(&disk.id) {
+            Some(job) => Err(JobError::Busy {
+                node: disk.id.clone(),
+                kind: job.kind,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl BlockLayer {
@@ -717,20 +741,20 @@ impl BlockLayer {
         error: Option<String>,
     ) {
         let _changes = self.changes.lock();
-        let pivot = {
-            let state = self.state.lock();
-            state
-                .job(id)
-                .is_some_and(|j| j.completing && !cancelled && error.is_none())
-        };
-        let chain_job = {
-            let state = self.state.lock();
-            state
-                .job(id)
-                .is_some_and(|j| matches!(j.spec.kind, JobKind::Stream(_) | JobKind::Commit(_)))
+        let (pivot, chain_job) = match self.state.lock().job(id) {
+            Some(j) => (
+                j.completing && !cancelled && error.is_none(),
+                matches!(j.spec.kind, JobKind::Stream(_) | JobKind::Commit(_)),
+            ),
+            None => (false, false),
         };
         if pivot && !chain_job {
             self.pivot(disk, id);
+            // The daemon marks into the target's bitmaps now (the source's stayed with
+            // it); none, unless the target node has some.
+            if let Err(e) = self.send_bitmaps_of(disk) {
+                log::warn!("disk {disk}: the bitmaps after job {id}: {e}");
+            }
         }
         let Some(job) = self.drop_job(id, pivot) else {
             return;

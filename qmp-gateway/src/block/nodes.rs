@@ -104,6 +104,12 @@ impl BlockLayer {
             if size < 0 {
                 return Err(BlockError::NegativeSize);
             }
+            if state.job_holding(&name).is_some() {
+                // QEMU names the device argument, "(null)" without one.
+                return Err(BlockError::DeviceInUse(
+                    device.unwrap_or("(null)").to_string(),
+                ));
+            }
             let read_only = state.graph.node(&name).is_some_and(|n| n.read_only);
             if read_only {
                 return Err(BlockError::ImageReadOnly);

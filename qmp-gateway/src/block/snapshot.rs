@@ -163,6 +163,10 @@ impl Action for InternalSnapshot {
         let (image, target) = {
             let state = layer.state.lock();
             let name = state.lookup_node(Some(device), Some(device))?;
+            if state.job_holding(&name).is_some() {
+                // QEMU's job puts a filter node over the disk.
+                return Err(super::error::JobError::NotRoot.into());
+            }
             let node = state
                 .graph
                 .node(&name)
@@ -406,7 +410,7 @@ impl ExternalSnapshot {
                 max: graph::MAX_CHAIN,
             });
         }
-        state.chain_job_busy(&name)?;
+        state.job_busy(&name)?;
         let disk = state.disks.iter().find(|d| d.root == name);
         let used_below = disk.is_none()
             && (state.disk_of_node(&name).is_some()

@@ -287,9 +287,10 @@ impl JobStatusChange {
     }
 }
 
-/// A block job ended (BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED).
+/// A block job ended (BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED) or caught up
+/// (BLOCK_JOB_READY, never with an error).
 #[derive(Debug, Clone, Serialize)]
-pub struct JobEnded {
+pub struct BlockJobData {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The job's id (QEMU's name for it here).
@@ -299,17 +300,6 @@ pub struct JobEnded {
     pub speed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-/// A mirror's target caught up (BLOCK_JOB_READY).
-#[derive(Debug, Clone, Serialize)]
-pub struct JobReady {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub device: String,
-    pub len: u64,
-    pub offset: u64,
-    pub speed: u64,
 }
 
 /// A block job's copy failed (BLOCK_JOB_ERROR).
@@ -352,9 +342,9 @@ pub enum Event {
     BlockDaemonRestarted(DaemonRestarted),
     BlockInflightResumed(InflightResumed),
     JobStatusChange(JobStatusChange),
-    BlockJobCompleted(JobEnded),
-    BlockJobCancelled(JobEnded),
-    BlockJobReady(JobReady),
+    BlockJobCompleted(BlockJobData),
+    BlockJobCancelled(BlockJobData),
+    BlockJobReady(BlockJobData),
     BlockJobError(JobError),
     NicRxFilterChanged(NicRxFilterChanged),
     NetDaemonExited(DaemonExited),
@@ -474,8 +464,8 @@ mod tests {
         }
     }
 
-    fn ended(error: Option<&str>) -> JobEnded {
-        JobEnded {
+    fn ended(error: Option<&str>) -> BlockJobData {
+        BlockJobData {
             kind: "mirror",
             device: "j".into(),
             len: 2,
@@ -517,13 +507,7 @@ mod tests {
             Event::JobStatusChange(JobStatusChange::new("j", "ready")),
             Event::BlockJobCompleted(ended(Some("Input/output error"))),
             Event::BlockJobCancelled(ended(None)),
-            Event::BlockJobReady(JobReady {
-                kind: "mirror",
-                device: "j".into(),
-                len: 2,
-                offset: 1,
-                speed: 0,
-            }),
+            Event::BlockJobReady(ended(None)),
             Event::BlockJobError(JobError {
                 device: "j".into(),
                 operation: "read",

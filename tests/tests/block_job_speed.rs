@@ -1,12 +1,13 @@
 //! Block jobs keep to the speed they are given (bytes per second, within 10% over a run
 //! of a few seconds), measured with the VM stopped so that only the job copies: a backup
-//! to its end, a mirror to its first pass's end. A file of its own, so that no other
-//! test's VM shares the CPUs while it is timed.
+//! to its end, a mirror to its first pass's end, a stream (whose walk a commit shares)
+//! to its end. A file of its own, so that no other test's VM shares the CPUs while it is
+//! timed.
 
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_tests::blk::pattern_image;
+use flotilla_tests::blk::{pattern_image, qemu_img_ok};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::json;
@@ -75,4 +76,42 @@ fn jobs_keep_to_their_speed() {
     within(started.elapsed(), "a mirror's first pass");
     c.ok("block-job-cancel", json!({"device": "d0"}));
     c.event("BLOCK_JOB_COMPLETED");
+}
+
+#[test]
+fn a_stream_keeps_to_its_speed() {
+    let dir = TempDir::new("jobs-speed-stream");
+    let raw = dir.path().join("base.raw");
+    pattern_image(&raw, SEED, SECTORS);
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&base)]);
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        &p(&base),
+        "-F",
+        "qcow2",
+        &p(&top),
+    ]);
+    let gw = Gateway::start(&[
+        "-S",
+        "--drive",
+        &format!("file={},format=qcow2,id=d0", p(&top)),
+    ]);
+    let mut c = gw.client();
+    // All 16 MiB of base is copied into the top at 4 MiB/s: 4 s (each chunk's copy is
+    // followed by the wait it costs, the last one's too).
+    let expected = Duration::from_secs(4);
+    let started = std::time::Instant::now();
+    c.ok("block-stream", json!({"device": "d0", "speed": 4 << 20}));
+    completed(&mut c, "d0");
+    let took = started.elapsed();
+    let ratio = took.as_secs_f64() / expected.as_secs_f64();
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "a stream took {took:?}, {ratio:.2} times the {expected:?} its speed allows"
+    );
 }

@@ -113,6 +113,21 @@ impl RateLimit {
         }
     }
 
+    /// `bytes` were copied (counted whatever the time): how long to wait before the
+    /// next copy (speed `speed` now). For a job that knows what it copied only after
+    /// the copy (a stream or commit counts only what it copies, as QEMU's).
+    pub fn after(&mut self, bytes: u64, speed: u64) -> Duration {
+        if speed != self.speed {
+            *self = RateLimit::new(speed);
+        }
+        if speed == 0 {
+            return Duration::ZERO;
+        }
+        self.copied += bytes;
+        let allowed_at = Duration::from_secs_f64(self.copied as f64 / speed as f64);
+        allowed_at.saturating_sub(self.since.elapsed())
+    }
+
     /// How long to wait before copying `bytes` more (speed `speed` now).
     pub fn delay(&mut self, bytes: u64, speed: u64) -> Duration {
         if speed != self.speed {
@@ -299,7 +314,7 @@ pub fn walk_in_order(
                 };
                 cursor = c + 1;
                 // Only copies count against the speed (as QEMU's stream and commit).
-                let wait = limit.delay(n, speed);
+                let wait = limit.after(n, speed);
                 if !wait.is_zero() {
                     shared.idle(wait);
                 }
@@ -342,5 +357,17 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(r.delay(1, 0), Duration::ZERO, "a new speed starts over");
+    }
+
+    #[test]
+    fn bytes_counted_after_their_copy_all_count() {
+        let mut r = RateLimit::new(0);
+        assert_eq!(r.after(1 << 30, 0), Duration::ZERO, "no limit");
+        let mut r = RateLimit::new(1 << 20);
+        // Each MiB copied puts the next copy a second later, waited or not.
+        let first = r.after(1 << 20, 1 << 20);
+        let second = r.after(1 << 20, 1 << 20);
+        assert!(first > Duration::from_millis(900), "{first:?}");
+        assert!(second > Duration::from_millis(1900), "{second:?}");
     }
 }

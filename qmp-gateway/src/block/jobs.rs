@@ -19,14 +19,13 @@ use serde_json::Value;
 use super::bitmaps::default_granularity;
 use super::error::BlockError;
 pub use super::error::JobError;
-use super::graph;
 pub use super::job::{BlockJob, JobState};
 use super::lock::{self, Perms};
 use super::options::{Driver, NodeOptions};
 use super::snapshot::NewImageMode;
 use super::transaction::Action;
 use super::{BlockLayer, State};
-use crate::events::{Event, JobEnded, JobError as JobErrorEvent, JobReady, JobStatusChange};
+use crate::events::{BlockJobData, Event, JobError as JobErrorEvent, JobStatusChange};
 use crate::fdstore::Charge;
 
 /// The buffer a mirror copies through by default (QEMU's default buf-size).
@@ -261,14 +260,7 @@ impl BlockLayer {
                     read_only: Some(false),
                     ..NodeOptions::over(driver, NodeOptions::file(path.clone()))
                 };
-                let ids: Vec<String> = state.disks.iter().map(|d| d.id.clone()).collect();
-                let node = state.graph.add(
-                    &opts,
-                    false,
-                    &|n| ids.iter().any(|i| i == n),
-                    &mut graph::open_path,
-                    &mut graph::uncharged,
-                )?;
+                let node = state.open_internal_node(&opts)?;
                 Ok((node, true, *mode == NewImageMode::AbsolutePaths))
             }
         }
@@ -681,12 +673,13 @@ impl BlockLayer {
                 };
                 let events = &self.hooks.events;
                 events.emit(Event::JobStatusChange(JobStatusChange::new(&id, "ready")));
-                events.emit(Event::BlockJobReady(JobReady {
+                events.emit(Event::BlockJobReady(BlockJobData {
                     kind,
                     device: id,
                     len,
                     offset,
                     speed,
+                    error: None,
                 }));
             }
             JobEvent::Error {
@@ -790,7 +783,7 @@ impl BlockLayer {
             events.emit(status("waiting"));
             events.emit(status("pending"));
         }
-        let ended = JobEnded {
+        let ended = BlockJobData {
             kind: job.kind,
             device: id.to_string(),
             len,
@@ -926,7 +919,7 @@ impl Action for BackupAction {
                 // Too late to undo the others: the job ends at once, as QEMU's would.
                 log::error!("job {id}: starting it: {e}");
                 let events = &layer.hooks.events;
-                events.emit(Event::BlockJobCompleted(JobEnded {
+                events.emit(Event::BlockJobCompleted(BlockJobData {
                     kind: "backup",
                     device: id,
                     len: 0,

@@ -89,6 +89,19 @@ struct State {
 }
 
 impl State {
+    /// Opens a node the gateway makes for a job's target or a snapshot's overlay (no
+    /// client's: its fds are not charged), the disks' ids taken as names.
+    pub(super) fn open_internal_node(&mut self, opts: &NodeOptions) -> Result<String, BlockError> {
+        let ids: Vec<String> = self.disks.iter().map(|d| d.id.clone()).collect();
+        self.graph.add(
+            opts,
+            false,
+            &|n| ids.iter().any(|i| i == n),
+            &mut graph::open_path,
+            &mut graph::uncharged,
+        )
+    }
+
     fn disk_by_id(&self, id: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.id == id)
     }

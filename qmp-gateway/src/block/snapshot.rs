@@ -578,14 +578,7 @@ impl ExternalSnapshot {
             qcow2: Qcow2Settings::default(),
         };
         let mut state = layer.state.lock();
-        let ids: Vec<String> = state.disks.iter().map(|d| d.id.clone()).collect();
-        let new_root = state.graph.add(
-            &opts,
-            false,
-            &|n| ids.iter().any(|i| i == n),
-            &mut graph::open_path,
-            &mut graph::uncharged,
-        )?;
+        let new_root = state.open_internal_node(&opts)?;
         self.applied.new_root = Some(new_root.clone());
         state.graph.set_backing(&new_root, Some(&old.name));
         Ok(new_root)

@@ -348,11 +348,10 @@ fn persistent_bitmaps_are_refused_where_they_cannot_be_stored() {
     );
 }
 
-#[test]
-fn an_external_snapshot_stores_the_old_tops_bitmaps_as_they_are() {
-    let dir = TempDir::new("bitmaps-persistent-snapshot");
-    let image = qcow2_disk(dir.path(), "d0.qcow2");
-    let overlay = dir.path().join("top.qcow2");
+/// A gateway serving `image` (a new qcow2 disk in `dir`) whose persistent bitmap "p"
+/// the guest has marked whole, stopped.
+fn marked_bitmap(dir: &Path) -> (PathBuf, Gateway, QmpClient) {
+    let image = qcow2_disk(dir, "d0.qcow2");
     let mut gw = verifying(&image);
     let mut c = gw.client();
     c.ok(
@@ -360,6 +359,23 @@ fn an_external_snapshot_stores_the_old_tops_bitmaps_as_they_are() {
         json!({"node": "d0", "name": "p", "persistent": true}),
     );
     two_more_rounds(&mut gw, &mut c);
+    (image, gw, c)
+}
+
+/// QEMU counts the whole disk in `image`'s only bitmap, and qemu-img check is clean.
+fn qemu_counts_it_whole(image: &Path) {
+    let (qemu, theirs) = qemu_view(image);
+    assert_eq!(theirs[0]["count"], DISK, "{theirs:?}");
+    drop(qemu);
+    let check = qemu_img_ok(&["check", &p(image)]);
+    assert!(check.contains("No errors were found"), "{check}");
+}
+
+#[test]
+fn an_external_snapshot_stores_the_old_tops_bitmaps_as_they_are() {
+    let dir = TempDir::new("bitmaps-persistent-snapshot");
+    let overlay = dir.path().join("top.qcow2");
+    let (image, mut gw, mut c) = marked_bitmap(dir.path());
     c.ok(
         "blockdev-snapshot-sync",
         json!({"device": "d0", "snapshot-file": p(&overlay), "format": "qcow2"}),
@@ -373,25 +389,14 @@ fn an_external_snapshot_stores_the_old_tops_bitmaps_as_they_are() {
     drop(c);
     quit(gw);
     assert_eq!(stored(&overlay), [], "the new top has none");
-    let (qemu, theirs) = qemu_view(&image);
-    assert_eq!(theirs[0]["count"], DISK, "{theirs:?}");
-    drop(qemu);
-    let check = qemu_img_ok(&["check", &p(&image)]);
-    assert!(check.contains("No errors were found"), "{check}");
+    qemu_counts_it_whole(&image);
 }
 
 #[test]
 fn a_mirrors_source_keeps_its_bitmaps_and_the_target_gets_none() {
     let dir = TempDir::new("bitmaps-persistent-mirror");
-    let image = qcow2_disk(dir.path(), "d0.qcow2");
     let target = dir.path().join("target.qcow2");
-    let mut gw = verifying(&image);
-    let mut c = gw.client();
-    c.ok(
-        "block-dirty-bitmap-add",
-        json!({"node": "d0", "name": "p", "persistent": true}),
-    );
-    two_more_rounds(&mut gw, &mut c);
+    let (image, mut gw, mut c) = marked_bitmap(dir.path());
     c.ok(
         "drive-mirror",
         json!({"device": "d0", "target": p(&target), "format": "qcow2", "sync": "full"}),
@@ -413,11 +418,7 @@ fn a_mirrors_source_keeps_its_bitmaps_and_the_target_gets_none() {
     drop(c);
     quit(gw);
     assert_eq!(stored(&target), [], "nothing stored in the target");
-    let (qemu, theirs) = qemu_view(&image);
-    assert_eq!(theirs[0]["count"], DISK, "{theirs:?}");
-    drop(qemu);
-    for image in [&image, &target] {
-        let check = qemu_img_ok(&["check", &p(image)]);
-        assert!(check.contains("No errors were found"), "{check}");
-    }
+    qemu_counts_it_whole(&image);
+    let check = qemu_img_ok(&["check", &p(&target)]);
+    assert!(check.contains("No errors were found"), "{check}");
 }

@@ -329,10 +329,17 @@ fn handle(
             let _quiesced = device
                 .quiesce(QUIESCE_TIMEOUT)
                 .map_err(|e| RemoteError::generic(e.to_string()))?;
-            device
-                .dirty_bitmaps()
-                .set(bitmaps)
+            let set = device.dirty_bitmaps();
+            let before = set.persistent_names();
+            set.set(bitmaps)
                 .map_err(|e| RemoteError::generic(e.to_string()))?;
+            let after = set.persistent_names();
+            if before.iter().any(|name| !after.contains(name)) {
+                if let Err(e) = set.store_now(disk) {
+                    // It leaves the image at the next clean close instead.
+                    log::warn!("taking a removed bitmap out of the image: {e}");
+                }
+            }
             Ok(BlockReply::Done)
         }
         BlockRequest::StartJob(spec) => jobs

@@ -99,6 +99,28 @@ impl DirtyBitmaps {
         }
     }
 
+    /// The names of the set's persistent bitmaps.
+    pub fn persistent_names(&self) -> Vec<String> {
+        let all = self.bitmaps.read();
+        all.all
+            .iter()
+            .filter(|(spec, _)| spec.persistent)
+            .map(|(spec, _)| spec.name.clone())
+            .collect()
+    }
+
+    /// Stores the set's persistent bitmaps in the disk's top now and marks them in use
+    /// again (they go on recording): one taken out of the set leaves the image at once,
+    /// as QEMU's block-dirty-bitmap-remove does. The caller quiesced the device.
+    pub fn store_now(&self, disk: &Disk) -> Result<(), FormatError> {
+        let top = disk.format();
+        self.store_in(disk, &*top)?;
+        match top.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) {
+            Some(qcow2) if disk.keeps_bitmaps() => qcow2.load_bitmaps().map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// The persistent bitmaps as qcow2 stores them.
     pub fn to_store(&self) -> Vec<StoredBitmap> {
         let all = self.bitmaps.read();

@@ -163,6 +163,15 @@ fn persistent_bitmaps_live_in_the_image_and_qemu_reads_what_we_counted() {
         "block-dirty-bitmap-remove",
         json!({"node": "d0", "name": "gone"}),
     );
+    assert_eq!(
+        stored(&image),
+        [
+            ("off".to_string(), flags(&["in-use"])),
+            ("ours".to_string(), flags(&["in-use", "auto"])),
+            ("theirs".to_string(), flags(&["in-use", "auto"])),
+        ],
+        "a removal stores the rest at once, in use (they go on recording)"
+    );
 
     // Kept across a daemon restarted over QMP and one SIGKILLed.
     let counts = |c: &mut QmpClient| -> Vec<(String, u64)> {
@@ -287,9 +296,14 @@ fn a_bitmap_qemu_left_in_use_is_inconsistent_here_as_in_qemu() {
         "block-dirty-bitmap-remove",
         json!({"node": "d0", "name": "stale"}),
     );
+    assert_eq!(
+        stored(&image),
+        [],
+        "removed from the image at once, as QEMU's"
+    );
     drop(c);
     quit(gw);
-    assert_eq!(stored(&image), [], "removed from the image");
+    assert_eq!(stored(&image), [], "still removed");
     let check = qemu_img_ok(&["check", &p(&image)]);
     assert!(check.contains("No errors were found"), "{check}");
 }

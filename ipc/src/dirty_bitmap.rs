@@ -243,16 +243,18 @@ impl SharedBitmap {
         self.mark(0, self.size);
     }
 
-    /// Moves every dirty chunk of this bitmap into `into` (same granularity and size):
-    /// each word is taken and cleaned at once, so a chunk marked meanwhile is in one of
-    /// the two, never in neither.
+    /// Moves every dirty chunk of this bitmap into `into` (same size; `into`'s chunks
+    /// may be coarser: a job's that copies whole clusters of its target): each word is
+    /// taken and cleaned at once, so a chunk marked meanwhile is in one of the two, never
+    /// in neither.
     pub fn take_into(&self, into: &SharedBitmap) -> Result<(), BitmapError> {
-        if into.granularity != self.granularity || into.size != self.size {
+        if into.size != self.size || into.granularity < self.granularity {
             return Err(BitmapError::Incompatible {
                 ours: into.granularity,
                 theirs: self.granularity,
             });
         }
+        let same = into.granularity == self.granularity;
         let (chunks, from, to) = (self.chunks(), self.words(), into.words());
         for i in self.written_words().into_iter().flatten() {
             let v = from[i].swap(0, Ordering::Relaxed);
@@ -262,11 +264,26 @@ impl SharedBitmap {
             } else {
                 v
             };
-            if v != 0 {
+            if v == 0 {
+                continue;
+            }
+            if same {
                 to[i].fetch_or(v, Ordering::Relaxed);
+            } else {
+                into.mark_word(i, v, self.granularity);
             }
         }
         Ok(())
+    }
+
+    /// Marks what the set bits `v` of word `i` of a bitmap of granularity `granularity`
+    /// cover.
+    fn mark_word(&self, i: usize, mut v: u64, granularity: u64) {
+        while v != 0 {
+            let bit = u64::from(v.trailing_zeros());
+            v &= v - 1;
+            self.mark((i as u64 * 64 + bit) * granularity, granularity);
+        }
     }
 
     /// The first dirty chunk at or after chunk `from`.
@@ -337,8 +354,19 @@ impl SharedBitmap {
     }
 
     /// Marks every chunk `other` has dirty, as far as both cover the disk (a grown
-    /// copy, or marks to give back to a bitmap cleared by a transaction that failed).
+    /// copy, or marks to give back to a bitmap cleared by a transaction or a job that
+    /// failed; the job's chunks may be coarser).
     pub fn merge_from(&self, other: &SharedBitmap) -> Result<(), BitmapError> {
+        if other.granularity != self.granularity {
+            let (chunks, theirs) = (other.chunks(), other.words());
+            for i in other.written_words().into_iter().flatten() {
+                let v = Self::word_within(theirs, i, chunks);
+                if v != 0 {
+                    self.mark_word(i, v, other.granularity);
+                }
+            }
+            return Ok(());
+        }
         if other.granularity != self.granularity {
             return Err(BitmapError::Incompatible {
                 ours: self.granularity,
@@ -467,14 +495,13 @@ mod tests {
         let shrunk = SharedBitmap::create(100 * 512, 512).unwrap();
         shrunk.merge_from(&grown).unwrap();
         assert_eq!(shrunk.dirty_bytes(), 2 * 512);
+        // Into coarser chunks: the chunks that hold a fine one's marks.
         let coarse = SharedBitmap::create(130 * 512, 4096).unwrap();
-        assert!(matches!(
-            coarse.merge_from(&small),
-            Err(BitmapError::Incompatible {
-                ours: 4096,
-                theirs: 512
-            })
-        ));
+        coarse.merge_from(&small).unwrap();
+        let dirty: Vec<u64> = (0..coarse.chunks())
+            .filter(|c| coarse.is_dirty(c * 4096))
+            .collect();
+        assert_eq!(dirty, [0, 8, 16]);
     }
 
     /// Pages of `b`'s memfd that hold memory.
@@ -538,6 +565,30 @@ mod tests {
         assert_eq!(dirty.next_dirty(0), None);
         let other = SharedBitmap::create(131 * 512, 512).unwrap();
         assert!(dirty.take_into(&other).is_err(), "sizes differ");
+    }
+
+    #[test]
+    fn a_fine_bitmap_goes_into_coarser_chunks_and_comes_back_covering_them() {
+        // 4 KiB chunks into 64 KiB ones (a backup that writes its target's clusters
+        // whole), over a disk that ends inside a coarse chunk.
+        let size = 3 * 65536 + 4096;
+        let fine = SharedBitmap::create(size, 4096).unwrap();
+        let coarse = SharedBitmap::create(size, 65536).unwrap();
+        fine.mark(4096, 1);
+        fine.mark(2 * 65536 + 8192, 4096);
+        fine.mark(3 * 65536, 1);
+        fine.take_into(&coarse).unwrap();
+        assert_eq!(fine.dirty_bytes(), 0, "taken");
+        let found: Vec<u64> = (0..coarse.chunks())
+            .filter(|&c| coarse.is_dirty(c * 65536))
+            .collect();
+        assert_eq!(found, [0, 2, 3]);
+        // Given back (the job failed): every fine chunk a coarse one covers.
+        fine.merge_from(&coarse).unwrap();
+        assert_eq!(fine.dirty_bytes(), 2 * 65536 + 4096);
+        assert!(fine.is_dirty(65535) && !fine.is_dirty(65536) && fine.is_dirty(size - 1));
+        // The other way round is refused: a coarse mark cannot be split.
+        assert!(coarse.take_into(&fine).is_err());
     }
 
     #[test]

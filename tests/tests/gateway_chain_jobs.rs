@@ -6,12 +6,15 @@
 //! name the new chain. A stream also runs beside a guest that writes and reads back
 //! the whole disk (blk-verify-loop): a copy of old data never lands on what the guest
 //! wrote. The stream and the commit each lose their daemon (SIGKILL) midway and go on
-//! under the next one.
+//! under the next one. Mirrors and a backup of the top alone (sync top) and a mirror
+//! of what the guest writes (sync none) make targets that go over the chain, named in
+//! their headers as QEMU's are.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_tests::blk::{pattern_image, qemu_img, qemu_img_ok};
+use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::{json, Value};
@@ -88,19 +91,21 @@ fn chain(dir: &Path) -> Chain {
         assert!(out.status.success(), "qemu-io: {out:?}");
     }
     // What each holds, as planned.
-    let allocated = |image: &Path| -> u64 {
-        let map: Value =
-            serde_json::from_str(&qemu_img_ok(&["map", "--output=json", &p(image)])).unwrap();
-        map.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["depth"] == 0 && e["data"] == true)
-            .map(|e| e["length"].as_u64().unwrap())
-            .sum()
-    };
     assert_eq!(allocated(&c.mid), 4 << 20, "mid holds [4, 8) MiB");
     assert_eq!(allocated(&c.top), 2 << 20, "top holds [10, 12) MiB");
     c
+}
+
+/// The bytes `image` holds itself (qemu-img map).
+fn allocated(image: &Path) -> u64 {
+    let map: Value =
+        serde_json::from_str(&qemu_img_ok(&["map", "--output=json", "-U", &p(image)])).unwrap();
+    map.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum()
 }
 
 /// The gateway, stopped (-S), serving top.qcow2 as d0 to `scenario`.
@@ -123,9 +128,40 @@ fn inserted(c: &mut QmpClient) -> Value {
 
 /// The backing file qemu-img reads from `image`'s header (None: none).
 fn backing_of(image: &Path) -> Option<String> {
+    header_backing(image).0
+}
+
+/// The backing file and its format that `image`'s header names.
+fn header_backing(image: &Path) -> (Option<String>, Option<String>) {
     let info: Value =
         serde_json::from_str(&qemu_img_ok(&["info", "--output=json", "-U", &p(image)])).unwrap();
-    info["backing-filename"].as_str().map(str::to_string)
+    let text = |key: &str| info[key].as_str().map(str::to_string);
+    (text("backing-filename"), text("backing-filename-format"))
+}
+
+/// What QEMU's `command` (drive-mirror, drive-backup) with `sync` names in the header
+/// of the target it creates for the chain's top: QEMU serves the chain (before the
+/// gateway does, the images are locked) and the job is cancelled at once.
+fn qemu_names_as_backing(c: &Chain, command: &str, sync: &str) -> (Option<String>, Option<String>) {
+    let target = c.top.with_file_name(format!("qemu-{command}-{sync}.qcow2"));
+    let qemu = Qemu::try_start(&[
+        "-blockdev",
+        &format!(
+            "driver=qcow2,node-name=d0,file.driver=file,file.filename={}",
+            p(&c.top)
+        ),
+    ])
+    .unwrap_or_else(|e| panic!("QEMU did not open the chain: {e}"));
+    let mut q = qemu.client();
+    q.ok(
+        command,
+        json!({"device": "d0", "job-id": "q", "target": p(&target), "sync": sync, "speed": 1}),
+    );
+    q.ok("block-job-cancel", json!({"device": "q", "force": true}));
+    q.event("BLOCK_JOB_CANCELLED");
+    drop(q);
+    drop(qemu);
+    header_backing(&target)
 }
 
 /// SIGKILLs the disk's daemon and waits for the new one.
@@ -366,4 +402,144 @@ fn an_active_commit_becomes_ready_and_completes_onto_base() {
         a[24 * 512..] == b[24 * 512..],
         "base holds the guest's writes"
     );
+}
+
+#[test]
+fn a_top_mirror_copies_what_top_holds_and_completes_over_the_same_backing_chain() {
+    let dir = TempDir::new("chain-mirror-top");
+    let c0 = chain(dir.path());
+    let qemus = qemu_names_as_backing(&c0, "drive-mirror", "top");
+    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let mut c = gw.client();
+    let target = dir.path().join("mt.qcow2");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "job-id": "m", "target": p(&target), "sync": "top"}),
+    );
+    assert_eq!(
+        header_backing(&target),
+        qemus,
+        "the new target names what QEMU's names"
+    );
+    assert_eq!(qemus.0, Some(p(&c0.mid)), "the source's backing file");
+    c.job_statuses_until("m", "ready");
+    let ready = c.event("BLOCK_JOB_READY");
+    assert_eq!(ready["data"]["len"], 2 << 20, "what top holds: {ready}");
+    c.ok("block-job-complete", json!({"device": "m"}));
+    c.job_statuses_until("m", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["file"], p(&target), "{disk}");
+    assert_eq!(disk["backing_file"], p(&c0.mid), "{disk}");
+    assert_eq!(disk["backing_file_depth"], 2, "{disk}");
+    assert_eq!(
+        allocated(&target),
+        2 << 20,
+        "the target holds top's [10, 12) MiB"
+    );
+    // The daemon that pivoted reads through mid and base: the disk reads P(SEED) (a
+    // new daemon's chain from the gateway is the none mirror's test).
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&target);
+    // The guest's writes went to the target: the old top still reads P(SEED).
+    qemu_img_ok(&["compare", &p(&c0.top), &p(&c0.pattern)]);
+}
+
+#[test]
+fn a_none_mirror_completes_onto_an_overlay_of_the_source() {
+    let dir = TempDir::new("chain-mirror-none");
+    let c0 = chain(dir.path());
+    let qemus = qemu_names_as_backing(&c0, "drive-mirror", "none");
+    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let mut c = gw.client();
+    let target = dir.path().join("over.qcow2");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&target), "sync": "none"}),
+    );
+    assert_eq!(header_backing(&target), qemus, "as QEMU's target");
+    assert_eq!(qemus.0, Some(p(&c0.top)), "the source");
+    c.job_statuses_until("d0", "ready");
+    let ready = c.event("BLOCK_JOB_READY");
+    assert_eq!(ready["data"]["len"], 0, "nothing written yet: {ready}");
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    c.job_statuses_until("d0", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["file"], p(&target), "{disk}");
+    assert_eq!(disk["backing_file"], p(&c0.top), "{disk}");
+    assert_eq!(disk["backing_file_depth"], 3, "{disk}");
+    // The guest reads P(SEED) through the overlay, also under a new daemon, and
+    // writes P(SEED + 1) into it.
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&target);
+    no_check_errors(&c0.top);
+    qemu_img_ok(&["compare", &p(&c0.top), &p(&c0.pattern)]);
+    let written = dir.path().join("written.raw");
+    pattern_image(&written, SEED + 1, SECTORS);
+    let now = dir.path().join("over-now.raw");
+    qemu_img_ok(&["convert", "-O", "raw", &p(&target), &p(&now)]);
+    let (a, b) = (
+        std::fs::read(&now).unwrap(),
+        std::fs::read(&written).unwrap(),
+    );
+    assert!(
+        a[24 * 512..] == b[24 * 512..],
+        "the overlay holds the guest's writes"
+    );
+}
+
+#[test]
+fn a_top_backup_holds_what_top_held_at_its_start_over_the_same_backing_file() {
+    let dir = TempDir::new("chain-backup-top");
+    let c0 = chain(dir.path());
+    let qemus = qemu_names_as_backing(&c0, "drive-backup", "top");
+    let mut gw = serving(
+        &c0,
+        &format!("scenario=blk-verify-loop seed={SEED:#x} rounds=0"),
+    );
+    let mut c = gw.client();
+    let target = dir.path().join("bt.qcow2");
+    // Slow: the guest overwrites [10, 12) MiB before the job's thread gets there, so
+    // its writes copy the old data first.
+    c.ok(
+        "drive-backup",
+        json!({"device": "d0", "job-id": "b", "target": p(&target), "sync": "top",
+               "speed": 256 << 10}),
+    );
+    c.job_statuses_until("b", "running");
+    assert_eq!(header_backing(&target), qemus, "as QEMU's target");
+    assert_eq!(qemus.0, Some(p(&c0.mid)), "the source's backing file");
+    let listed = c.ok("query-block-jobs", json!({}));
+    assert_eq!(listed[0]["len"], 2 << 20, "what top holds: {listed}");
+    c.ok("cont", json!({}));
+    gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
+    c.ok("block-job-set-speed", json!({"device": "b", "speed": 0}));
+    c.job_statuses_until("b", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    assert_eq!(done["data"]["offset"], 2 << 20, "{done}");
+    c.ok("stop", json!({}));
+    let t = gw.vm.transcript();
+    assert!(
+        !t.contains("FAILED") && !t.contains("GUEST ERROR"),
+        "the guest saw errors:\n{t}"
+    );
+    drop(c);
+    drop(gw);
+    no_check_errors(&target);
+    assert_eq!(
+        allocated(&target),
+        2 << 20,
+        "the target holds top's [10, 12) MiB"
+    );
+    // Over mid and base, the backup reads as the disk did at the start: P(SEED).
+    qemu_img_ok(&["compare", &p(&target), &p(&c0.pattern)]);
 }

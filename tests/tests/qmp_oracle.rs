@@ -526,6 +526,8 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
         json!({"job-id": "m7", "format": "nofmt"}),
         json!({"job-id": "1bad"}),
         json!({"job-id": "m8", "mode": "existing", "target": format!("{dir}/@PEER@-absent.raw")}),
+        // A raw target over the source (sync none) cannot name it.
+        json!({"job-id": "m10", "sync": "none"}),
     ] {
         both("drive-mirror", with(mirror.clone(), extra));
     }
@@ -552,6 +554,7 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
         json!({"job-id": "b3", "sync": "full", "bitmap": "jb"}),
         json!({"job-id": "b4", "sync": "full", "speed": -1}),
         json!({"job-id": "1bad", "sync": "full"}),
+        json!({"job-id": "b5", "sync": "none"}),
     ] {
         both("drive-backup", with(backup.clone(), extra));
     }

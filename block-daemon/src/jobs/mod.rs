@@ -207,6 +207,29 @@ impl Jobs {
                     Some(again),
                 ))
             }
+            // A mirror of the top alone (sync top) or of what the guest writes (none)
+            // reads through to what its target goes over when it completes: the
+            // source's backing chain, or the source itself (QEMU sets the same backing
+            // at completion). A partial cluster's copy on write reads it too.
+            (Some((layer, fd)), JobKind::Mirror(m)) if m.sync != SyncMode::Full => {
+                let served = device.disk().format();
+                let below = match m.sync {
+                    SyncMode::Top => served.backing(),
+                    _ => Some(served),
+                };
+                let opened = chain::open_over(&layer, File::from(fd), below, &options(m.unmap))
+                    .map_err(|error| JobError::Target {
+                        filename: layer.filename.clone(),
+                        error,
+                    })?;
+                Some((
+                    Chain {
+                        top: opened,
+                        flush_fd: None,
+                    },
+                    None,
+                ))
+            }
             (Some((layer, fd)), kind) => {
                 let unmap = match kind {
                     JobKind::Mirror(m) => m.unmap,
@@ -253,15 +276,21 @@ impl Jobs {
         let bitmap = |i: usize| bitmaps[i].clone();
         let nice = nice_of(&spec.kind);
         let run: Box<dyn FnOnce() + Send> = match (spec.kind.clone(), target) {
-            (JobKind::Mirror(mirror), Some((target, _))) => self.mirror(
-                device,
-                spec,
-                mirror,
-                target,
-                &bitmaps,
-                shared.clone(),
-                events,
-            ),
+            (JobKind::Mirror(mirror), Some((target, _))) => {
+                if mirror.sync == SyncMode::Top && !spec.resume {
+                    // What the top holds (QEMU's sync top copies that).
+                    mark_allocated(&device.disk().format(), 1, &bitmaps[0])?;
+                }
+                self.mirror(
+                    device,
+                    spec,
+                    mirror,
+                    target,
+                    &bitmaps,
+                    shared.clone(),
+                    events,
+                )
+            }
             (JobKind::Commit(c), Some((target, _))) if c.active() => {
                 if !spec.resume {
                     // What the images above base hold (QEMU's active commit copies that).
@@ -330,6 +359,10 @@ impl Jobs {
                             if !device.dirty_bitmaps().take_named(name, &to_copy)? {
                                 return Err(JobError::NoBitmap(name.clone()));
                             }
+                        }
+                        // What the top holds (sync top), or all of it.
+                        None if backup.sync == SyncMode::Top => {
+                            mark_allocated(&device.disk().format(), 1, &to_copy)?
                         }
                         None => to_copy.mark_all(),
                     }

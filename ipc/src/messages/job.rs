@@ -25,6 +25,8 @@ pub enum SyncMode {
 pub struct MirrorSpec {
     /// The target image (its fd comes with the call).
     pub target: ImageLayer,
+    /// Top and None: the target reads through the source's backing chain (top) or the
+    /// source (none), and goes over it once completed.
     pub sync: SyncMode,
     /// Disk bytes per bit of the job's bitmaps, and the unit of copying.
     pub granularity: u64,
@@ -43,7 +45,8 @@ pub struct MirrorSpec {
 pub struct BackupSpec {
     /// The target image (its fd comes with the call).
     pub target: ImageLayer,
-    /// Full or Top: every chunk; None: only what the guest overwrites while the job runs.
+    /// Full: every chunk; Top: those the top image holds (it has a backing file, which
+    /// the target names); None: only what the guest overwrites while the job runs.
     pub sync: SyncMode,
     /// Incremental: the chunks marked in the disk's dirty bitmap of this name; the job
     /// takes its marks at the start (the bitmap records anew from there).

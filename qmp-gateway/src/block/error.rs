@@ -266,6 +266,8 @@ pub enum JobError {
     IntoItself,
     #[error("Could not create '{path}': {why}")]
     Create { path: String, why: String },
+    #[error("Backing file not supported for file format '{0}'")]
+    NoBackingFiles(String),
     #[error("'base' and 'base-node' cannot be specified at the same time")]
     BaseTwice,
     #[error("'base-node' and 'base' are mutually exclusive")]
@@ -291,8 +293,6 @@ pub enum JobError {
     ReadOnly(String),
     #[error("base '{0}' is smaller than the disk: growing base for a commit is not supported yet")]
     BaseSmaller(String),
-    #[error("sync 'top' of a disk whose top image has a backing file is not supported yet")]
-    TopWithBacking,
     #[error("'replaces' is not supported yet")]
     Replaces,
     #[error("compress: compressed backups are not supported yet")]

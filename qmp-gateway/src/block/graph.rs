@@ -440,8 +440,12 @@ impl Graph {
             },
             _ => None,
         };
+        // QEMU's bdrv_backing_overridden: without a backing node, only an image that
+        // names a backing file is named by its options.
+        let names_backing = qcow2.as_ref().is_some_and(|q| q.backing_file.is_some());
         let json_name = match backing_from {
             BackingFrom::Image => None,
+            BackingFrom::Null if !names_backing => None,
             _ => Some(self.options_json_with(&name, backing.as_deref())),
         };
         if let Some(n) = self.nodes.iter_mut().find(|n| n.name == name) {

@@ -21,7 +21,7 @@ use super::error::BlockError;
 pub use super::error::JobError;
 pub use super::job::{BlockJob, JobState};
 use super::lock::{self, Perms};
-use super::options::{Driver, NodeOptions};
+use super::options::{Backing, Driver, NodeOptions};
 use super::snapshot::NewImageMode;
 use super::transaction::Action;
 use super::{BlockLayer, State};
@@ -212,13 +212,15 @@ impl BlockLayer {
     }
 
     /// A job's target: a node blockdev-add made, or a file (created unless mode is
-    /// existing) opened as a new node. Returns (node, whether the job made it, whether
-    /// the file is new).
+    /// existing, naming `sync`'s backing file) opened as a new node without its backing
+    /// file (QEMU opens it so; the daemon reads through the source's chain). Returns
+    /// (node, whether the job made it, whether the file is new).
     fn job_target(
         state: &mut State,
         root: &str,
         target: &MirrorTarget,
         size: u64,
+        sync: SyncMode,
     ) -> Result<(String, bool, bool), BlockError> {
         match target {
             MirrorTarget::Node(name) => {
@@ -253,11 +255,12 @@ impl BlockLayer {
                     None => source_format,
                 };
                 if *mode == NewImageMode::AbsolutePaths {
-                    create_target(path, driver, size)?;
+                    create_target(path, driver, size, target_backing(state, root, sync))?;
                 }
                 let opts = NodeOptions {
                     node_name: node_name.clone(),
                     read_only: Some(false),
+                    backing: Backing::None,
                     ..NodeOptions::over(driver, NodeOptions::file(path.clone()))
                 };
                 let node = state.open_internal_node(&opts)?;
@@ -364,17 +367,25 @@ impl BlockLayer {
         if r.compress {
             return Err(JobError::Compress.into());
         }
-        let has_backing = state
-            .graph
-            .image_node(&root)
-            .is_some_and(|n| n.backing.is_some());
-        if r.sync == BackupSync::Top && has_backing {
-            return Err(JobError::TopWithBacking.into());
-        }
         let (disk_index, root, id) =
             Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
+        let sync = effective_sync(
+            state,
+            &root,
+            match r.sync {
+                BackupSync::Top => SyncMode::Top,
+                BackupSync::None => SyncMode::None,
+                BackupSync::Full | BackupSync::Incremental => SyncMode::Full,
+            },
+        );
         let size = super::bitmaps::node_size(&state.graph, &root);
-        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size)?;
+        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, sync)?;
+        // A target over a backing file is written in whole clusters (QEMU's backup
+        // copies so): the daemon does not read its backing file for a copy on write.
+        let granularity = match state.graph.image_node(&node).and_then(|n| n.qcow2.as_ref()) {
+            Some(q) if q.backing_file.is_some() => granularity.max(q.cluster_size),
+            _ => granularity,
+        };
         self.record_job(
             state,
             disk_index,
@@ -385,15 +396,12 @@ impl BlockLayer {
                 id,
                 kind: JobKind::Backup(BackupSpec {
                     target,
-                    sync: match r.sync {
-                        BackupSync::None => SyncMode::None,
-                        _ => SyncMode::Full,
-                    },
+                    sync,
                     bitmap: r.bitmap.clone(),
                     granularity,
-                    // An incremental's (or sync none's) target goes over a backing
-                    // image: its zeroes are written, or the backing's data shows.
-                    fresh_target: fresh && r.bitmap.is_none() && r.sync != BackupSync::None,
+                    // An incremental's (or sync top's or none's) target goes over a
+                    // backing image: its zeroes are written, or the backing's data shows.
+                    fresh_target: fresh && r.bitmap.is_none() && sync == SyncMode::Full,
                 }),
                 speed: r.speed as u64,
                 on_source_error: r.on_source_error,
@@ -432,15 +440,9 @@ impl BlockLayer {
         if r.replaces.is_some() {
             return Err(JobError::Replaces.into());
         }
-        let has_backing = state
-            .graph
-            .image_node(&root)
-            .is_some_and(|n| n.backing.is_some());
-        if r.sync == SyncMode::Top && has_backing {
-            return Err(JobError::TopWithBacking.into());
-        }
+        let sync = effective_sync(state, &root, r.sync);
         let size = super::bitmaps::node_size(&state.graph, &root);
-        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size)?;
+        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, sync)?;
         self.record_job(
             state,
             disk_index,
@@ -451,15 +453,12 @@ impl BlockLayer {
                 id,
                 kind: JobKind::Mirror(MirrorSpec {
                     target,
-                    // Top of a top without backing (the only one taken) is all of it.
-                    sync: match r.sync {
-                        SyncMode::Top => SyncMode::Full,
-                        s => s,
-                    },
+                    sync,
                     granularity,
                     buf_size,
                     unmap: r.unmap,
-                    fresh_target: fresh,
+                    // Over a backing file, the target's zeroes are written.
+                    fresh_target: fresh && sync == SyncMode::Full,
                 }),
                 speed: r.speed as u64,
                 on_source_error: r.on_source_error,
@@ -489,11 +488,7 @@ impl BlockLayer {
             .clone()
             .ok_or_else(|| BlockError::NoImage(node.to_string()))?;
         let qcow2 = image.driver == Driver::Qcow2;
-        let (take, share) = if qcow2 {
-            Perms::for_qcow2_disk(false)
-        } else {
-            Perms::for_disk(false)
-        };
+        let (take, share) = Perms::for_top(qcow2, false);
         let locked = if proto.locking {
             lock::lock(fd.as_fd(), take, share).map_err(|error| BlockError::Locked {
                 error,
@@ -801,7 +796,9 @@ impl BlockLayer {
     }
 
     /// A completed mirror: the disk's root is the target's node from now on (its daemon
-    /// serves the target already), and the source's nodes go.
+    /// serves the target already) and the source's nodes go, but for what the target
+    /// goes over, as QEMU's: the source's backing chain (sync top) or the source (sync
+    /// none, a backing file from now on).
     fn pivot(&self, disk_id: &str, id: &str) {
         let mut state = self.state.lock();
         let Some(job) = state.job(id) else {
@@ -814,37 +811,104 @@ impl BlockLayer {
         ) else {
             return;
         };
+        let kept = match &job.spec.kind {
+            JobKind::Mirror(m) if m.sync == SyncMode::Top => 1,
+            JobKind::Mirror(m) if m.sync == SyncMode::None => 0,
+            _ => usize::MAX,
+        };
         let Some(index) = state.disks.iter().position(|d| d.id == disk_id) else {
             return;
         };
         let old_root = state.disks[index].root.clone();
-        let nodes = state.graph.tree(&node);
-        let disk = &mut state.disks[index];
-        disk.root = node.clone();
-        disk.health.set_node(&node);
-        disk.config.node_name = node.clone();
-        disk.config.layers = vec![layer];
-        disk.images = vec![fd];
-        disk.nodes = nodes;
-        disk.bitmaps.retain(|b| b.node == node);
-        // The source's nodes, its backing chain too, unless another disk or node uses
-        // them.
         let chain: Vec<String> = state
             .graph
             .chain(&old_root)
             .iter()
             .map(|n| n.name.clone())
             .collect();
-        for name in chain.iter().rev() {
+        let below = chain.get(kept).cloned();
+        let image = state.graph.image_node(&node).map(|n| n.name.clone());
+        if let (Some(image), Some(below)) = (image, &below) {
+            state.graph.set_backing(&image, Some(below));
+        }
+        let old_top_locking = state
+            .graph
+            .protocol_of(&old_root)
+            .is_some_and(|p| p.locking);
+        let nodes = state.graph.tree(&node);
+        let new_chain: Vec<String> = state
+            .graph
+            .chain(&node)
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        let disk = &mut state.disks[index];
+        if kept == 0 && old_top_locking {
+            // The source is a backing file now: its top's locks drop to a backing's.
+            let qcow2 = matches!(
+                disk.config.layers.first().map(|l| &l.format),
+                Some(ImageFormat::Qcow2(_))
+            );
+            if let Some(old) = disk.images.first() {
+                let (take, share) = Perms::for_top(qcow2, disk.config.read_only);
+                lock::unlock(old.as_fd(), take, share);
+                let (take, share) = Perms::for_backing();
+                if let Err(e) = lock::lock(old.as_fd(), take, share) {
+                    log::warn!("disk {disk_id}: locking the source as a backing file: {e}");
+                }
+            }
+        }
+        let below_layers = disk.config.layers.get(kept..).unwrap_or_default().to_vec();
+        let below_images = disk.images.get(kept..).unwrap_or_default().to_vec();
+        disk.root = node.clone();
+        disk.health.set_node(&node);
+        disk.config.node_name = node.clone();
+        disk.config.layers = std::iter::once(layer).chain(below_layers).collect();
+        disk.images = std::iter::once(fd).chain(below_images).collect();
+        disk.nodes = nodes;
+        disk.bitmaps.retain(|b| new_chain.contains(&b.node));
+        // The source's nodes the target does not go over, unless another disk or node
+        // uses them.
+        for name in chain.iter().take(kept.min(chain.len())).rev() {
             state.graph.remove_tree(name);
         }
         log::info!("disk {disk_id}: serves node {node} now (job {id} completed)");
     }
 }
 
-/// Creates a mirror's target file: `size` bytes of `driver` (an existing file is
-/// formatted anew, as QEMU's mode absolute-paths does).
-fn create_target(path: &str, driver: Driver, size: u64) -> Result<(), BlockError> {
+/// Sync top of a disk whose top has no backing file is all of it (QEMU's too).
+fn effective_sync(state: &State, root: &str, sync: SyncMode) -> SyncMode {
+    match sync {
+        SyncMode::Top if state.graph.chain(root).len() < 2 => SyncMode::Full,
+        s => s,
+    }
+}
+
+/// The backing file (filename, format) a new target of a `sync` job names, as QEMU's
+/// drive-mirror and drive-backup create it: none for full, the source's backing file
+/// for top, the source for none.
+fn target_backing(state: &State, root: &str, sync: SyncMode) -> Option<(String, String)> {
+    let node = match sync {
+        SyncMode::Full => return None,
+        SyncMode::Top => state.graph.chain(root).get(1)?.name.clone(),
+        SyncMode::None => root.to_string(),
+    };
+    let image = state.graph.image_node(&node)?;
+    let proto = state.graph.protocol_of(&node)?;
+    Some((proto.filename.clone(), image.driver.name().to_string()))
+}
+
+/// Creates a job's target file: `size` bytes of `driver` over `backing` (an existing
+/// file is formatted anew, as QEMU's mode absolute-paths does).
+fn create_target(
+    path: &str,
+    driver: Driver,
+    size: u64,
+    backing: Option<(String, String)>,
+) -> Result<(), BlockError> {
+    if backing.is_some() && driver != Driver::Qcow2 {
+        return Err(JobError::NoBackingFiles(driver.name().to_string()).into());
+    }
     let fail = |e: std::io::Error| JobError::Create {
         path: path.to_string(),
         why: errno_text(&e),
@@ -861,6 +925,8 @@ fn create_target(path: &str, driver: Driver, size: u64) -> Result<(), BlockError
             &file,
             &CreateOptions {
                 size,
+                backing_file: backing.as_ref().map(|b| b.0.clone()),
+                backing_format: backing.map(|b| b.1),
                 ..CreateOptions::default()
             },
         )

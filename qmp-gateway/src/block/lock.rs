@@ -69,6 +69,15 @@ impl Perms {
         )
     }
 
+    /// What a disk's top image takes: a qcow2 image's or another's.
+    pub fn for_top(qcow2: bool, read_only: bool) -> (Perms, Perms) {
+        if qcow2 {
+            Perms::for_qcow2_disk(read_only)
+        } else {
+            Perms::for_disk(read_only)
+        }
+    }
+
     /// What a backing file's user takes (QEMU's bdrv_default_perms_for_cow): it reads,
     /// and lets others read and write without changing it, nothing more.
     pub fn for_backing() -> (Perms, Perms) {

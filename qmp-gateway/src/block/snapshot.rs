@@ -633,7 +633,7 @@ impl ExternalSnapshot {
         // takes them); the old top's drop to a backing file's.
         let (fd, filename, _) = new_image;
         if let Some((old_fd, true)) = &old_proto {
-            let (take, share) = old_perms(old_qcow2, disk.config.read_only);
+            let (take, share) = Perms::for_top(old_qcow2, disk.config.read_only);
             let (btake, bshare) = Perms::for_backing();
             lock::unlock(old_fd.as_fd(), take, share);
             if let Err(e) = lock::lock(old_fd.as_fd(), btake, bshare) {
@@ -699,7 +699,7 @@ impl ExternalSnapshot {
                     if let Some(fd) = &before.old_image {
                         let (btake, bshare) = Perms::for_backing();
                         lock::unlock(fd.as_fd(), btake, bshare);
-                        let (take, share) = old_perms(old_qcow2, read_only);
+                        let (take, share) = Perms::for_top(old_qcow2, read_only);
                         if let Err(e) = lock::lock(fd.as_fd(), take, share) {
                             log::error!("locking the old top again: {e}");
                         }
@@ -738,14 +738,5 @@ impl ExternalSnapshot {
                 );
             }
         }
-    }
-}
-
-/// The locks a disk's top image holds.
-fn old_perms(qcow2: bool, read_only: bool) -> (Perms, Perms) {
-    if qcow2 {
-        Perms::for_qcow2_disk(read_only)
-    } else {
-        Perms::for_disk(read_only)
     }
 }

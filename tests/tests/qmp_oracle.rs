@@ -528,9 +528,26 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
         json!({"job-id": "m8", "mode": "existing", "target": format!("{dir}/@PEER@-absent.raw")}),
         // A raw target over the source (sync none) cannot name it.
         json!({"job-id": "m10", "sync": "none"}),
+        json!({"job-id": "m11", "replaces": "disk0"}),
+        json!({"job-id": "m12", "replaces": "nope", "node-name": "n12"}),
+        json!({"job-id": "m13", "replaces": "d0", "node-name": "n13"}),
     ] {
         both("drive-mirror", with(mirror.clone(), extra));
     }
+    // A node the mirror of d0 cannot replace.
+    both(
+        "blockdev-add",
+        json!({"driver": "raw", "node-name": "rp", "read-only": true,
+               "file": {"driver": "file", "filename": spare}}),
+    );
+    both(
+        "drive-mirror",
+        with(
+            mirror.clone(),
+            json!({"job-id": "m14", "replaces": "rp", "node-name": "n14"}),
+        ),
+    );
+    both("blockdev-del", json!({"node-name": "rp"}));
     both(
         "drive-mirror",
         json!({"device": "nope", "target": target("m"), "sync": "full"}),
@@ -605,9 +622,13 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
     ] {
         both("block-commit", args);
     }
+    // d0's root is the node a mirror replaces anyway.
     both(
         "drive-mirror",
-        with(mirror.clone(), json!({"job-id": "j1"})),
+        with(
+            mirror.clone(),
+            json!({"job-id": "j1", "replaces": "disk0", "node-name": "j1t"}),
+        ),
     );
     both(
         "drive-mirror",

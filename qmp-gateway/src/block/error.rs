@@ -266,6 +266,12 @@ pub enum JobError {
     IntoItself,
     #[error("Could not create '{path}': {why}")]
     Create { path: String, why: String },
+    #[error("a node-name must be provided when replacing a named node of the graph")]
+    ReplacesWithoutNodeName,
+    #[error("Failed to find node with node-name='{0}'")]
+    NoReplaceNode(String),
+    #[error("Cannot replace '{node}' by a node mirrored from '{from}', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data")]
+    CannotReplace { node: String, from: String },
     #[error("Backing file not supported for file format '{0}'")]
     NoBackingFiles(String),
     #[error("'base' and 'base-node' cannot be specified at the same time")]
@@ -293,8 +299,6 @@ pub enum JobError {
     ReadOnly(String),
     #[error("base '{0}' is smaller than the disk: growing base for a commit is not supported yet")]
     BaseSmaller(String),
-    #[error("'replaces' is not supported yet")]
-    Replaces,
     #[error("compress: compressed backups are not supported yet")]
     Compress,
     #[error(transparent)]

@@ -424,6 +424,15 @@ impl BlockLayer {
     ) -> Result<String, BlockError> {
         let (disk_index, root, id) =
             Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, true)?;
+        if let (
+            Some(_),
+            MirrorTarget::Drive {
+                node_name: None, ..
+            },
+        ) = (&r.replaces, &r.target)
+        {
+            return Err(JobError::ReplacesWithoutNodeName.into());
+        }
         let granularity = match r.granularity.filter(|&g| g != 0) {
             Some(g) if !(512..=64 << 20).contains(&g) => {
                 return Err(JobError::GranularityRange.into())
@@ -437,8 +446,20 @@ impl BlockLayer {
             Some(b) if b > 0 => b as u64,
             _ => DEFAULT_BUF_SIZE,
         };
-        if r.replaces.is_some() {
-            return Err(JobError::Replaces.into());
+        if let Some(name) = &r.replaces {
+            // Without filters or quorum, the one node a mirror of the disk can replace
+            // is its root, which completion replaces anyway (QEMU's
+            // bdrv_recurse_can_replace).
+            if state.graph.node(name).is_none() {
+                return Err(JobError::NoReplaceNode(name.clone()).into());
+            }
+            if *name != root {
+                return Err(JobError::CannotReplace {
+                    node: name.clone(),
+                    from: root,
+                }
+                .into());
+            }
         }
         let sync = effective_sync(state, &root, r.sync);
         let size = super::bitmaps::node_size(&state.graph, &root);

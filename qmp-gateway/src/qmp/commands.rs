@@ -259,7 +259,7 @@ pub const COMMANDS: &[Command] = &[
         B,
     ),
     cmd("transaction", &Typed(snapshot::transaction), EMPTY, B),
-    partly("drive-mirror", &Typed(jobs::drive_mirror), EMPTY, B),
+    cmd("drive-mirror", &Typed(jobs::drive_mirror), EMPTY, B),
     partly("blockdev-mirror", &Typed(jobs::blockdev_mirror), EMPTY, B),
     partly("drive-backup", &Typed(jobs::drive_backup), EMPTY, B),
     partly("blockdev-backup", &Typed(jobs::blockdev_backup), EMPTY, B),

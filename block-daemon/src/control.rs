@@ -21,7 +21,7 @@ use ipc::{
     RemoteError, SharedBitmap, StoredBitmaps,
 };
 
-use crate::device::{BlkDevice, Policy, QUEUE_SIZE, QUIESCE_TIMEOUT};
+use crate::device::{BlkDevice, Policy, DRAIN_TIMEOUT, QUEUE_SIZE, QUIESCE_TIMEOUT};
 use crate::dirty::Bitmap;
 use crate::disk::{CacheMode, Disk};
 use crate::engine::{self, EngineKind};
@@ -305,6 +305,10 @@ fn handle(
             device.resume();
             Ok(BlockReply::Done)
         }
+        BlockRequest::Drain => device
+            .drain(DRAIN_TIMEOUT)
+            .map(|()| BlockReply::Done)
+            .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::SnapshotCreate { name } => snapshots
             .create_internal(device, &name)
             .map(BlockReply::Snapshot)

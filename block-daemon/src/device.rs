@@ -134,6 +134,8 @@ enum HostSource {
     Retry,
     /// A quiesce ended: the rings are served again.
     Unpaused,
+    /// A drain asks for everything in the rings to be served now.
+    Drain,
 }
 
 /// The queue polls (its ring and the engine's completions) only while at most this many
@@ -180,10 +182,23 @@ enum Polled {
 /// quiesces the device (a snapshot, a bitmap's clear) gives up.
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long QMP stop waits for a disk's requests (the gateway's link waits longer, so
+/// a slow disk is reported by the daemon, not taken for a hung one).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The device could not be quiesced.
 #[derive(Debug, thiserror::Error)]
 #[error("requests still in flight after {0:?}")]
 pub struct QuiesceTimeout(pub Duration);
+
+/// A drain did not end in time.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("requests still in the rings or in flight after {0:?}")]
+    Timeout(Duration),
+    #[error("flushing the image: {0}")]
+    Flush(std::io::Error),
+}
 
 /// The device is quiesced while this lives (see `BlkDevice::quiesce`).
 pub struct Quiesced<'a>(&'a BlkDevice);
@@ -224,6 +239,13 @@ struct Inner {
     unpaused: EventFd,
     /// `resume` came while quiesced: the failed requests go once it ends.
     retry_after_pause: AtomicBool,
+    /// A drain runs: I/O limits hold nothing (as QEMU's drained sections).
+    draining: AtomicBool,
+    /// Written by `drain`: the worker serves every ring and what limits held.
+    drain: EventFd,
+    /// Drains asked, and the last one the worker served the rings for.
+    drains_asked: AtomicU64,
+    drains_served: AtomicU64,
     /// Marked by every request that goes to an engine.
     dirty: DirtyBitmaps,
 }
@@ -260,6 +282,8 @@ impl BlkDevice {
         sources.push((HostSource::Retry, retry.as_raw_fd()));
         let unpaused = EventFd::new(EFD_NONBLOCK)?;
         sources.push((HostSource::Unpaused, unpaused.as_raw_fd()));
+        let drain = EventFd::new(EFD_NONBLOCK)?;
+        sources.push((HostSource::Drain, drain.as_raw_fd()));
         Ok(BlkDevice {
             inner: Arc::new(Inner {
                 num_queues: n,
@@ -280,6 +304,10 @@ impl BlkDevice {
                 paused: AtomicBool::new(false),
                 unpaused,
                 retry_after_pause: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                drain,
+                drains_asked: AtomicU64::new(0),
+                drains_served: AtomicU64::new(0),
                 dirty: DirtyBitmaps::default(),
             }),
         })
@@ -362,6 +390,77 @@ impl BlkDevice {
         if let Err(e) = self.inner.unpaused.write(1) {
             log::error!("waking the worker after a quiesce: {e}");
         }
+        let inner = &self.inner;
+        if inner.drains_asked.load(Ordering::SeqCst) > inner.drains_served.load(Ordering::SeqCst) {
+            if let Err(e) = inner.drain.write(1) {
+                log::error!("waking the worker for a drain after a quiesce: {e}");
+            }
+        }
+    }
+
+    /// Serves what the guest made available (what I/O limits held too, whatever they
+    /// say) and waits up to `timeout` for every request to finish, then flushes the
+    /// image: QMP stop returns with the guest's requests done and durable, as QEMU's
+    /// drain. The vCPUs are stopped, so nothing new comes meanwhile.
+    pub fn drain(&self, timeout: Duration) -> Result<(), DrainError> {
+        let inner = &self.inner;
+        inner.draining.store(true, Ordering::SeqCst);
+        let asked = inner.drains_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let ended = (|| {
+            inner
+                .drain
+                .write(1)
+                .map_err(|_| DrainError::Timeout(Duration::ZERO))?;
+            let deadline = Instant::now() + timeout;
+            loop {
+                let served = inner.drains_served.load(Ordering::SeqCst) >= asked;
+                let idle = served
+                    && inner.engines.iter().all(|e| e.lock().in_flight() == 0)
+                    && inner
+                        .held
+                        .iter()
+                        .all(|h| h.lock().iter().all(|list| list.is_empty()));
+                if idle {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(DrainError::Timeout(timeout));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })();
+        inner.draining.store(false, Ordering::SeqCst);
+        ended?;
+        inner
+            .disk
+            .format()
+            .flush()
+            .map_err(|e| DrainError::Flush(e.into_io()))
+    }
+
+    fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// A drain asked: held requests go and every live ring is served.
+    fn serve_for_drain(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
+        let _ = self.inner.drain.read();
+        if self.paused() {
+            // The quiesce's end asks again (`unpause`).
+            return Ok(());
+        }
+        let asked = self.inner.drains_asked.load(Ordering::SeqCst);
+        self.start_held(rings, mem)?;
+        for q in 0..self.inner.num_queues {
+            let Some(mut vring) = rings.lock(q, mem) else {
+                continue;
+            };
+            if vring.live() {
+                self.process_queue(q, &mut vring, mem)?;
+            }
+        }
+        self.inner.drains_served.fetch_max(asked, Ordering::SeqCst);
+        Ok(())
     }
 
     /// A quiesce ended: every live ring is served (what arrived meanwhile waits there).
@@ -602,7 +701,7 @@ impl BlkDevice {
         };
         if let Some(dir) = direction {
             let throttle = self.inner.throttle.lock();
-            if let Some(t) = throttle.as_ref() {
+            if let Some(t) = throttle.as_ref().filter(|_| !self.draining()) {
                 let mut held = self.inner.held[q].lock();
                 let list = &mut held[direction_index(dir)];
                 // Behind requests already waiting, a request waits its turn.
@@ -654,6 +753,11 @@ impl BlkDevice {
     /// The timer fired: lets held requests go as far as the limits allow.
     fn release_held(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         let _ = self.inner.timer.lock().wait();
+        self.start_held(rings, mem)
+    }
+
+    /// Starts the held requests the limits let go now (all of them during a drain).
+    fn start_held(&self, rings: &Rings, mem: &Arc<GuestMemoryMmap>) -> io::Result<()> {
         if self.paused() {
             // They go when the quiesce ends (it arms the timer).
             return Ok(());
@@ -670,7 +774,7 @@ impl BlkDevice {
                 for dir in [Direction::Read, Direction::Write] {
                     let list = &mut held[direction_index(dir)];
                     while let Some(h) = list.front() {
-                        if let Some(t) = throttle.as_ref() {
+                        if let Some(t) = throttle.as_ref().filter(|_| !self.draining()) {
                             if let Err(wait) = t.admit(dir, h.req.image_bytes()) {
                                 soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
                                 break;
@@ -837,6 +941,12 @@ impl BlkDevice {
             }
             HostSource::Unpaused => {
                 let _ = self.inner.unpaused.read();
+            }
+            // Nothing to serve: the drain has nothing to wait for.
+            HostSource::Drain => {
+                let _ = self.inner.drain.read();
+                let asked = self.inner.drains_asked.load(Ordering::SeqCst);
+                self.inner.drains_served.fetch_max(asked, Ordering::SeqCst);
             }
         }
     }
@@ -1060,6 +1170,7 @@ impl Device for BlkDevice {
             HostSource::Timer => self.release_held(rings, mem),
             HostSource::Retry => self.retry_failed(rings, mem),
             HostSource::Unpaused => self.serve_all(rings, mem),
+            HostSource::Drain => self.serve_for_drain(rings, mem),
         }
     }
 

@@ -147,6 +147,13 @@ impl Gateway {
     /// QMP cont: the vCPUs run again, the disks' I/O status is cleared and the requests
     /// they hold after an error are started again (one that fails again stops the VM
     /// again).
+    /// QMP stop: the vCPUs stop, then the disks finish what the guest asked of them.
+    pub fn stop(&self) -> Result<(), LinkError> {
+        self.vmm.request(VmmRequest::Stop, &[])?;
+        self.block.drain();
+        Ok(())
+    }
+
     pub fn cont(&self) -> Result<(), LinkError> {
         self.vmm.request(VmmRequest::Cont, &[])?;
         self.status.lock().io_error = false;

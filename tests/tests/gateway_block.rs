@@ -208,6 +208,31 @@ fn bandwidth_limit_holds() {
 }
 
 #[test]
+fn stop_returns_with_the_guests_requests_done_whatever_the_limits() {
+    let dir = TempDir::new("gw-blk-stop-drain");
+    let gw = verify_loop_gateway(&dir, NO_FLUSH);
+    let mut c = gw.client();
+    // 20 operations/s: the guest's next request always waits in the daemon.
+    throttle(&mut c, json!({"iops": 20}));
+    std::thread::sleep(Duration::from_millis(300));
+    c.ok("stop", json!({}));
+    let at_stop = io_counts(&mut c).1;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        io_counts(&mut c).1,
+        at_stop,
+        "requests completed after stop returned"
+    );
+    // The limits hold again once the VM runs.
+    c.ok("cont", json!({}));
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, iops) = rates(&mut c, Duration::from_secs(2));
+    assert!(iops < 30.0, "{iops:.0} operations/s against a limit of 20");
+    let t = gw.vm.transcript();
+    assert!(!t.contains("FAILED") && !t.contains("GUEST ERROR"), "{t}");
+}
+
+#[test]
 fn iops_limit_with_a_burst() {
     let dir = TempDir::new("gw-blk-iops");
     let gw = verify_loop_gateway(&dir, NO_FLUSH);

@@ -119,6 +119,9 @@ pub enum BlockRequest {
     SetWriteThreshold { node_name: String, bytes: u64 },
     /// Start again the requests held after a failure whose action was `Stop` (QMP cont).
     Resume,
+    /// Serve what the guest made available, wait for every request to finish and
+    /// flush (QMP stop, once the vCPUs stopped; I/O limits hold nothing meanwhile).
+    Drain,
     /// Quiesce, make internal snapshot `name` of the top image, resume. Answered with
     /// `Snapshot`.
     SnapshotCreate { name: String },

@@ -543,6 +543,28 @@ impl BlockLayer {
         Ok(())
     }
 
+    /// QMP stop, once the vCPUs stopped: every daemon serves what its guest device
+    /// made available and flushes (QEMU drains and flushes every disk before stop
+    /// returns), all at once. A daemon that fails to is logged; the VM stays stopped.
+    pub fn drain(&self) {
+        let links: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = self
+            .state
+            .lock()
+            .disks
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), d.daemon.as_ref()?.link.clone())))
+            .collect();
+        std::thread::scope(|scope| {
+            for (id, link) in &links {
+                scope.spawn(move || {
+                    if let Err(e) = link.request(BlockRequest::Drain, &[]) {
+                        log::warn!("disk {id}: draining its requests at stop: {e}");
+                    }
+                });
+            }
+        });
+    }
+
     /// QMP cont: every disk's I/O status is ok again, and the daemons that hold
     /// requests after a failure start them again (after vmm-core resumed the vCPUs, as
     /// QEMU restarts them once the VM runs: one that fails again stops the VM again).

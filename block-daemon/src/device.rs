@@ -1609,9 +1609,9 @@ mod tests {
         assert!(unsafe { libc::dup2(writable.as_raw_fd(), fd) } >= 0);
         dev.resume();
         let watch = HostWatch::for_testing(dev.host_fds()).unwrap();
-        // The sync engine has no completion source: the timer, the retry, then the
-        // end of a quiesce.
-        assert_eq!(dev.host_fds().len(), 3);
+        // The sync engine has no completion source: the timer, the retry, the end of
+        // a quiesce, then a drain's ask.
+        assert_eq!(dev.host_fds().len(), 4);
         dev.host_ready(1, &rings, Some(&mem), &watch).unwrap();
         assert_eq!(used_idx(&mem), 1);
         assert_eq!(status(&mem), blk::S_OK);

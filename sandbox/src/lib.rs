@@ -46,6 +46,7 @@ pub fn enter(
         probe::from_env(process);
         return Ok(());
     }
+    keep_thread_heaps();
     let applied = jail::lockdown(process, limits)?;
     if !applied.landlock_full {
         log::warn!("{process}: this kernel enforces Landlock only partly");
@@ -56,4 +57,21 @@ pub fn enter(
     #[cfg(feature = "probe")]
     probe::from_env(process);
     Ok(())
+}
+
+/// glibc reads /proc/sys/vm/overcommit_memory the first time it gives part of a thread's
+/// heap back (shrink_heap), and no process here may open a file once sandboxed: a
+/// backup's compression freeing its buffers on the job's thread killed the block
+/// daemon. Heaps are no longer trimmed (a heap at most 64 MiB is kept, or unmapped
+/// whole); the threshold fixed, large buffers are mapped and unmapped on their own.
+fn keep_thread_heaps() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt changes allocator settings only; called before any other
+        // thread runs.
+        let set = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20) };
+        if set != 1 {
+            log::warn!("setting the heap trim threshold failed");
+        }
+    }
 }

@@ -572,6 +572,7 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
         json!({"job-id": "b4", "sync": "full", "speed": -1}),
         json!({"job-id": "1bad", "sync": "full"}),
         json!({"job-id": "b5", "sync": "none"}),
+        json!({"job-id": "b6", "sync": "full", "compress": true}),
     ] {
         both("drive-backup", with(backup.clone(), extra));
     }

@@ -255,6 +255,15 @@ pub trait Format: Send + Sync {
     /// These bytes read as zeroes from now on; `unmap`: their space may be freed.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), FormatError>;
 
+    /// Writes whole clusters compressed (a backup's compress), into clusters that hold
+    /// nothing yet. Formats without compression refuse it.
+    fn write_compressed(&self, _offset: u64, _buf: &[u8]) -> Result<(), FormatError> {
+        Err(FormatError::Unsupported(format!(
+            "{} images cannot hold compressed data",
+            self.name()
+        )))
+    }
+
     /// Changes the size the guest sees (block_resize).
     fn resize(&self, size: u64) -> Result<(), FormatError>;
 

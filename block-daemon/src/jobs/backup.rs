@@ -80,7 +80,7 @@ impl Copier {
             let offset = c * g;
             let len = (run * g).min(size.saturating_sub(offset));
             let source = self.device.disk().served().format;
-            if kernel_copy::copy(&*source, &*self.target.top, offset, len) {
+            if !self.spec.compress && kernel_copy::copy(&*source, &*self.target.top, offset, len) {
                 self.done.mark(offset, len);
                 copied += len;
                 c += run;
@@ -94,6 +94,8 @@ impl Copier {
             if !(zero && self.spec.fresh_target) {
                 let written = if zero {
                     self.target.top.write_zeroes(offset, len, true)
+                } else if self.spec.compress {
+                    self.target.top.write_compressed(offset, &buf)
                 } else {
                     self.target.top.write(offset, &buf)
                 };

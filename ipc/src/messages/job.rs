@@ -55,6 +55,9 @@ pub struct BackupSpec {
     pub granularity: u64,
     /// The gateway created the target: it reads as zeroes, so zeroes need no write.
     pub fresh_target: bool,
+    /// Data goes into the target compressed (a qcow2 target; `granularity` is a whole
+    /// number of its clusters).
+    pub compress: bool,
 }
 
 /// A stream: the data of the backing images above `base` copied into the top image

@@ -272,6 +272,9 @@ pub enum JobError {
     NoReplaceNode(String),
     #[error("Cannot replace '{node}' by a node mirrored from '{from}', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data")]
     CannotReplace { node: String, from: String },
+    // QEMU names the target's device here, which a job's target node has not.
+    #[error("Compression is not supported for this drive ")]
+    NoCompression,
     #[error("Backing file not supported for file format '{0}'")]
     NoBackingFiles(String),
     #[error("'base' and 'base-node' cannot be specified at the same time")]
@@ -299,8 +302,6 @@ pub enum JobError {
     ReadOnly(String),
     #[error("base '{0}' is smaller than the disk: growing base for a commit is not supported yet")]
     BaseSmaller(String),
-    #[error("compress: compressed backups are not supported yet")]
-    Compress,
     #[error(transparent)]
     Bitmap(#[from] ipc::dirty_bitmap::BitmapError),
 }

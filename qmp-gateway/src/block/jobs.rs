@@ -269,6 +269,26 @@ impl BlockLayer {
         }
     }
 
+    /// The format of a job's target: a node's, or a drive's (its format, else the
+    /// source's).
+    fn target_driver(
+        state: &State,
+        root: &str,
+        target: &MirrorTarget,
+    ) -> Result<Driver, BlockError> {
+        let of_node = |name: &str| state.graph.image_node(name).map(|n| n.driver);
+        match target {
+            MirrorTarget::Node(name) => of_node(name).ok_or_else(|| BlockError::NoDeviceNorNode {
+                device: name.clone(),
+                node: name.clone(),
+            }),
+            MirrorTarget::Drive {
+                format: Some(f), ..
+            } => Driver::format(f).ok_or_else(|| JobError::UnknownFormat(f.clone()).into()),
+            MirrorTarget::Drive { format: None, .. } => Ok(of_node(root).unwrap_or(Driver::Raw)),
+        }
+    }
+
     /// Records a job whose target node is open: locks the target, creates the job's
     /// bitmaps. Returns its id.
     #[allow(clippy::too_many_arguments)]
@@ -364,9 +384,6 @@ impl BlockLayer {
             }
             None => default_granularity(&state.graph, &root),
         };
-        if r.compress {
-            return Err(JobError::Compress.into());
-        }
         let (disk_index, root, id) =
             Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
         let sync = effective_sync(
@@ -378,12 +395,16 @@ impl BlockLayer {
                 BackupSync::Full | BackupSync::Incremental => SyncMode::Full,
             },
         );
+        if r.compress && Self::target_driver(state, &root, &r.target)? != Driver::Qcow2 {
+            return Err(JobError::NoCompression.into());
+        }
         let size = super::bitmaps::node_size(&state.graph, &root);
         let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, sync)?;
         // A target over a backing file is written in whole clusters (QEMU's backup
         // copies so): the daemon does not read its backing file for a copy on write.
+        // Compressed data goes in whole clusters too.
         let granularity = match state.graph.image_node(&node).and_then(|n| n.qcow2.as_ref()) {
-            Some(q) if q.backing_file.is_some() => granularity.max(q.cluster_size),
+            Some(q) if q.backing_file.is_some() || r.compress => granularity.max(q.cluster_size),
             _ => granularity,
         };
         self.record_job(
@@ -402,6 +423,7 @@ impl BlockLayer {
                     // An incremental's (or sync top's or none's) target goes over a
                     // backing image: its zeroes are written, or the backing's data shows.
                     fresh_target: fresh && r.bitmap.is_none() && sync == SyncMode::Full,
+                    compress: r.compress,
                 }),
                 speed: r.speed as u64,
                 on_source_error: r.on_source_error,

@@ -167,6 +167,7 @@ impl Qcow2 {
             header,
             block_device: host_file::is_block_device(file_ref)?,
             unmap: Unmap::default(),
+            compressed_tail: None,
             #[cfg(test)]
             crash: Default::default(),
         };
@@ -459,6 +460,52 @@ impl Meta {
         }
         self.set_l2_entry(table, gc, new | OFLAG_COPIED)?;
         self.release_entry(old)
+    }
+
+    /// Writes guest cluster `gc` (at `offset`) compressed, as QEMU's compressed writes
+    /// do: a whole cluster (the image's last, partial one padded with zeroes) into a
+    /// cluster that holds nothing yet; one that does not shrink goes in uncompressed.
+    /// Compressed clusters are packed one after the other into host clusters, each
+    /// host cluster counting one reference per compressed cluster in it.
+    pub fn write_compressed(&mut self, offset: u64, data: &[u8]) -> Result<(), FormatError> {
+        let cs = self.cluster_size();
+        let len = data.len() as u64;
+        if !offset.is_multiple_of(cs) || len > cs || (len < cs && offset + len != self.size) {
+            return Err(FormatError::Invalid(
+                "qcow2: compressed writes are of whole clusters".into(),
+            ));
+        }
+        let gc = self.cluster_of(offset);
+        match self.lookup(gc)? {
+            Cluster::Unallocated | Cluster::Zero => {}
+            // QEMU's words for it are an EIO too: compression overwrites nothing.
+            _ => return Err(std::io::Error::from_raw_os_error(libc::EIO).into()),
+        }
+        let mut whole = data.to_vec();
+        whole.resize(cs as usize, 0);
+        let Some(z) = compressed::compress(&whole, cs as usize - 1) else {
+            return self.write_chunk(offset, data);
+        };
+        let zlen = z.len() as u64;
+        let table = self.l2_for_write(gc)?;
+        let at = match self.compressed_tail {
+            // Room left in the host cluster the last one went into.
+            Some(tail) if (tail & (cs - 1)) + zlen <= cs => {
+                self.add_refcount(tail >> self.cluster_bits, 1)?;
+                tail
+            }
+            // A new host cluster (reused or not: only the bytes written are read).
+            _ => self.take_data_cluster()?.0,
+        };
+        self.check_overlap(at, zlen)?;
+        self.write(at, &z)?;
+        let end = at + zlen;
+        self.compressed_tail = (end & (cs - 1) != 0).then_some(end);
+        self.set_l2_entry(
+            table,
+            gc,
+            compressed::descriptor(at, zlen, self.cluster_bits),
+        )
     }
 
     /// Sets guest cluster `gc`'s entry to `new` (releasing what the old one held when
@@ -829,6 +876,17 @@ impl Format for Qcow2 {
 
     fn backing(&self) -> Option<Arc<dyn Format>> {
         self.meta.lock().backing.clone()
+    }
+
+    fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {
+        let mut m = self.meta.lock();
+        m.check_range(offset, buf.len() as u64)?;
+        m.begin_change()?;
+        let cs = m.cluster_size() as usize;
+        for (i, cluster) in buf.chunks(cs).enumerate() {
+            m.write_compressed(offset + (i * cs) as u64, cluster)?;
+        }
+        Ok(())
     }
 
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FormatError> {

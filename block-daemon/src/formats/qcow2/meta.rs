@@ -99,6 +99,9 @@ pub struct Meta {
     pub block_device: bool,
     /// Frees passed down to the file (see `unmap`).
     pub unmap: Unmap,
+    /// Where the next compressed cluster may go: the byte past the last one written,
+    /// inside a host cluster that still holds it (forgotten when that cluster is freed).
+    pub compressed_tail: Option<u64>,
     #[cfg(test)]
     pub crash: CrashAfter,
 }

@@ -102,6 +102,13 @@ impl Meta {
         refcount_set(block, idx, order, value);
         if value == 0 {
             self.free_hint = self.free_hint.min(c);
+            if self
+                .compressed_tail
+                .is_some_and(|t| t >> self.cluster_bits == c)
+            {
+                // Free for any use now: no more compressed clusters go into it.
+                self.compressed_tail = None;
+            }
         } else {
             self.alloc_end = self.alloc_end.max(c + 1);
         }

@@ -400,3 +400,58 @@ fn caches_stay_within_their_size() {
     drop(q);
     compare_with_raw(&d, &p, &mirror);
 }
+
+#[test]
+fn compressed_writes_read_back_here_and_in_qemu() {
+    // 4 KiB clusters and a size that ends inside one: 20 clusters and 1 KiB.
+    let d = TempDir::new();
+    let p = d.path("c.qcow2");
+    let size = 20 * 4096 + 1024;
+    img_create(&p, "cluster_size=4096", &size.to_string());
+    let q = open(&p, None, true);
+    let mut mirror = vec![0u8; size as usize];
+    let mut rng = Rng(7);
+    let mut put = |q: &Qcow2, at: usize, data: &[u8]| {
+        q.write_compressed(at as u64, data).unwrap();
+        mirror[at..at + data.len()].copy_from_slice(data);
+    };
+    // Compressible clusters pack into shared host clusters; noise does not shrink
+    // and goes in uncompressed; the last, partial cluster is padded.
+    for c in [0usize, 1, 2, 5, 9] {
+        let text: Vec<u8> = (0..4096).map(|i| ((i / 7 + c) % 26) as u8 + b'a').collect();
+        put(&q, c * 4096, &text);
+    }
+    let noise: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+    put(&q, 3 * 4096, &noise);
+    put(&q, 20 * 4096, &[0x5a; 1024]);
+    // What it refuses: a part of a cluster, a cluster that holds data.
+    assert!(q.write_compressed(6 * 4096 + 512, &[1; 512]).is_err());
+    let again = q.write_compressed(0, &[1; 4096]).unwrap_err();
+    assert_eq!(again.errno(), libc::EIO);
+    assert_eq!(read_all(&q), mirror);
+    q.close().unwrap();
+    drop(q);
+    compare_with_raw(&d, &p, &mirror);
+    let map = ok("qemu-img", &["map", "--output=json", s(&p)]);
+    let compressed: Vec<&str> = map
+        .lines()
+        .filter(|l| l.contains("\"data\": true") && !l.contains("\"offset\""))
+        .collect();
+    assert!(
+        !compressed.is_empty(),
+        "qemu-img maps compressed clusters (no offset): {map}"
+    );
+    assert!(
+        map.lines()
+            .any(|l| l.contains("\"start\": 12288,") && l.contains("\"offset\"")),
+        "the noise went in uncompressed: {map}"
+    );
+    let check = ok("qemu-img", &["check", s(&p)]);
+    assert!(check.contains("compressed clusters"), "{check}");
+    // QEMU writes into the image after us and reads both back.
+    io(&p, "write -P 0x77 8192 4096");
+    mirror[8192..12288].fill(0x77);
+    compare_with_raw(&d, &p, &mirror);
+    let q = open(&p, None, false);
+    assert_eq!(read_all(&q), mirror);
+}

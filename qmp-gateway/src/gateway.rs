@@ -48,7 +48,12 @@ struct Status {
 }
 
 /// Stops the VM for a disk's error, each time the block layer asks, if it runs.
-fn stop_for_io_errors(requests: mpsc::Receiver<()>, status: Arc<Mutex<Status>>, vmm: Arc<VmmLink>) {
+fn stop_for_io_errors(
+    requests: mpsc::Receiver<()>,
+    status: Arc<Mutex<Status>>,
+    vmm: Arc<VmmLink>,
+    block: std::sync::Weak<BlockLayer>,
+) {
     for () in requests {
         {
             let mut s = status.lock();
@@ -61,6 +66,11 @@ fn stop_for_io_errors(requests: mpsc::Receiver<()>, status: Arc<Mutex<Status>>, 
         }
         if let Err(e) = vmm.request(VmmRequest::Stop, &[]) {
             log::error!("stopping the VM after a disk error: {e}");
+            continue;
+        }
+        // As a client's stop (and QEMU's on an error): the other requests finish.
+        if let Some(block) = block.upgrade() {
+            block.drain();
         }
     }
 }
@@ -98,23 +108,24 @@ impl Gateway {
             vcpus: Vec::new(),
         }));
         let (stop_vm, stop_requests) = mpsc::channel();
+        let block = Arc::new(BlockLayer::new(
+            events.clone(),
+            vmm.clone(),
+            block_daemon,
+            policy.clone(),
+            stop_vm,
+        )?);
         {
-            let (status, vmm) = (status.clone(), vmm.clone());
+            let (status, vmm, block) = (status.clone(), vmm.clone(), Arc::downgrade(&block));
             // Ends when the block layer (which holds the sender) goes.
             std::thread::Builder::new()
                 .name("io-error-stop".into())
-                .spawn(move || stop_for_io_errors(stop_requests, status, vmm))?;
+                .spawn(move || stop_for_io_errors(stop_requests, status, vmm, block))?;
         }
         Ok(Gateway {
             identity,
             status,
-            block: Arc::new(BlockLayer::new(
-                events.clone(),
-                vmm.clone(),
-                block_daemon,
-                policy.clone(),
-                stop_vm,
-            )?),
+            block,
             net: Arc::new(NetLayer::new(
                 events.clone(),
                 vmm.clone(),

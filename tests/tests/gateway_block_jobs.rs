@@ -371,6 +371,70 @@ fn a_compressed_backup_holds_its_point_in_time_in_compressed_clusters() {
 }
 
 #[test]
+fn an_incremental_with_a_fine_bitmap_writes_whole_clusters_over_the_last_backup() {
+    let dir = TempDir::new("jobs-backup-fine");
+    let source = dir.path().join("d0.raw");
+    pattern_image(&source, SEED, SECTORS);
+    // Random 4 KiB writes (blk-bench's third workload), held to 200 a second: a few
+    // hundred scattered writes, each a part of a 64 KiB cluster.
+    let mut gw = Gateway::start_with(
+        1,
+        "scenario=blk-bench bench_ms=20000 workload=3",
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=raw,id=d0", p(&source)),
+        ],
+    );
+    let mut c = gw.client();
+    let full = dir.path().join("full.qcow2");
+    let action = |kind: &str, data: Value| json!({"type": kind, "data": data});
+    c.ok(
+        "transaction",
+        json!({"actions": [
+            action("block-dirty-bitmap-add", json!({"node": "d0", "name": "b0", "granularity": 4096})),
+            action("drive-backup", json!({"device": "d0", "job-id": "full", "target": p(&full), "format": "qcow2", "sync": "full"})),
+        ]}),
+    );
+    completed(&mut c, "full");
+    c.ok(
+        "block_set_io_throttle",
+        json!({"device": "d0", "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 200, "iops_rd": 0, "iops_wr": 0}),
+    );
+    c.ok("cont", json!({}));
+    gw.vm.expect_prefix("GUEST READY", TIMEOUT);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop_settled(&mut c);
+    let written = c.ok("query-blockstats", json!({}))[0]["stats"]["wr_operations"]
+        .as_u64()
+        .unwrap();
+    assert!(written > 20, "the guest wrote {written} times");
+    let reference = copy_aside(&source, &dir.path().join("ref.raw"));
+    // The incremental goes over the full backup (64 KiB clusters): each 4 KiB chunk
+    // the bitmap names is in a cluster the target writes whole, or its other 60 KiB
+    // would read as zeroes instead of the full backup's data.
+    let inc = dir.path().join("inc.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &p(&full),
+        "-F",
+        "qcow2",
+        &p(&inc),
+    ]);
+    c.ok(
+        "drive-backup",
+        json!({"device": "d0", "job-id": "inc", "target": p(&inc), "format": "qcow2",
+               "mode": "existing", "sync": "incremental", "bitmap": "b0"}),
+    );
+    completed(&mut c, "inc");
+    holds(&inc, &reference);
+}
+
+#[test]
 fn backups_hold_their_point_in_time_and_incrementals_chain() {
     let dir = TempDir::new("jobs-backup");
     let (mut gw, source) = verifying(dir.path());

@@ -519,6 +519,29 @@ fn a_top_backup_holds_what_top_held_at_its_start_over_the_same_backing_file() {
     assert_eq!(qemus.0, Some(p(&c0.mid)), "the source's backing file");
     let listed = c.ok("query-block-jobs", json!({}));
     assert_eq!(listed[0]["len"], 2 << 20, "what top holds: {listed}");
+    // The job holds its target (QEMU 7.2's words, seen live for a backup's target).
+    let nodes = c.ok("query-named-block-nodes", json!({}));
+    let node = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["drv"] == "qcow2" && n["file"].as_str().unwrap().contains("bt.qcow2"))
+        .unwrap_or_else(|| panic!("the target's node: {nodes}"))["node-name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        c.err("blockdev-del", json!({"node-name": node})),
+        (
+            "GenericError".to_string(),
+            format!("Node '{node}' is busy: block device is in use by block job: backup")
+        )
+    );
+    assert_eq!(
+        c.err("block_resize", json!({"node-name": node, "size": 32 << 20}))
+            .1,
+        "Device '(null)' is in use"
+    );
     c.ok("cont", json!({}));
     gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", TIMEOUT);
     c.ok("block-job-set-speed", json!({"device": "b", "speed": 0}));

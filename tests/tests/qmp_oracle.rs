@@ -659,6 +659,20 @@ fn job_exchanges(add: &mut impl FnMut(&str, Value, Compare, bool), spare: &str) 
         "blockdev-snapshot-sync",
         json!({"device": "d0", "snapshot-file": target("over"), "format": "qcow2"}),
     );
+    // ... and what its target refuses.
+    both(
+        "block_resize",
+        json!({"node-name": "j1t", "size": 64 << 20}),
+    );
+    both(
+        "blockdev-snapshot-sync",
+        json!({"node-name": "j1t", "snapshot-file": target("over2"), "format": "qcow2"}),
+    );
+    both(
+        "blockdev-snapshot-internal-sync",
+        json!({"device": "j1t", "name": "s"}),
+    );
+    both("blockdev-del", json!({"node-name": "j1t"}));
     both("block-job-pause", json!({"device": "j1"}));
     both("block-job-cancel", json!({"device": "j1"}));
     both("block-job-set-speed", json!({"device": "j1", "speed": -1}));

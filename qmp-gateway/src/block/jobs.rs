@@ -109,22 +109,60 @@ impl State {
     }
 
     /// The job of the disk whose chain has node `node`, if one runs (QEMU's job holds
-    /// every node of the chain it works on).
+    /// every node of the chain it works on), or the job that writes into `node` (a
+    /// mirror's or backup's target, its file child too).
     pub fn job_holding(&self, node: &str) -> Option<&BlockJob> {
-        let disk = self.disk_of_node(node)?;
-        self.job_of_disk(&disk.id)
+        if let Some(disk) = self.disk_of_node(node) {
+            if let Some(job) = self.job_of_disk(&disk.id) {
+                return Some(job);
+            }
+        }
+        self.job_writing_into(node)
+    }
+
+    /// The mirror or backup whose target tree has node `node`.
+    fn job_writing_into(&self, node: &str) -> Option<&BlockJob> {
+        self.jobs.iter().find(|j| {
+            !matches!(j.spec.kind, JobKind::Stream(_) | JobKind::Commit(_))
+                && j.target_node
+                    .as_deref()
+                    .is_some_and(|t| self.graph.tree(t).iter().any(|n| n == node))
+        })
     }
 
     /// Refuses what would change the chain of the disk whose root is `root` while a job
     /// runs on it (an external snapshot, a new backing file name), in QEMU's words for
-    /// a node a job holds (named by its disk, as QEMU's device-or-node name).
+    /// a node a job holds (named by its disk, as QEMU's device-or-node name); also of a
+    /// job's target node (named by itself).
     pub(super) fn job_busy(&self, root: &str) -> Result<(), BlockError> {
+        let busy = |node: &str, job: &BlockJob| -> Result<(), BlockError> {
+            Err(JobError::Busy {
+                node: node.to_string(),
+                kind: job.kind,
+            }
+            .into())
+        };
+        if let Some(job) = self.job_writing_into(root) {
+            return busy(root, job);
+        }
         let Some(disk) = self.disks.iter().find(|d| d.root == root) else {
             return Ok(());
         };
         match self.job_of_disk(&disk.id) {
+            Some(job) => busy(&disk.id, job),
+            None => Ok(()),
+        }
+    }
+
+    /// blockdev-del of a job's target, refused as QEMU does: a mirror's has the job's
+    /// own user ("in use"), a backup's is blocked by the job.
+    pub(super) fn job_target_in_use(&self, node: &str) -> Result<(), BlockError> {
+        match self.job_writing_into(node) {
+            Some(job) if matches!(job.spec.kind, JobKind::Mirror(_)) => {
+                Err(BlockError::Attached(node.to_string()))
+            }
             Some(job) => Err(JobError::Busy {
-                node: disk.id.clone(),
+                node: node.to_string(),
                 kind: job.kind,
             }
             .into()),

@@ -81,6 +81,7 @@ impl BlockLayer {
     /// blockdev-del: a node blockdev-add made, unless something uses it.
     pub fn blockdev_del(&self, name: &str) -> Result<(), BlockError> {
         let mut state = self.state.lock();
+        state.job_target_in_use(name)?;
         let roots: Vec<String> = state.disks.iter().map(|d| d.root.clone()).collect();
         state
             .graph

@@ -362,6 +362,8 @@ impl ExternalSnapshot {
     /// blockdev-snapshot-sync's checks before anything is created (QEMU's order).
     fn check_new(state: &State, r: &ExternalRequest) -> Result<String, BlockError> {
         let name = state.lookup_node(r.device.as_deref(), r.node_name.as_deref())?;
+        // A job's node is blocked before anything else is asked (QEMU's op blocker).
+        state.job_busy(&name)?;
         if r.node_name.is_some() && r.snapshot_node_name.is_none() {
             return Err(fail("New overlay node-name missing"));
         }
@@ -380,6 +382,7 @@ impl ExternalSnapshot {
     /// blockdev-snapshot's checks of its overlay node (QEMU's order and words).
     fn check_existing(state: &State, node: &str, overlay: &str) -> Result<String, BlockError> {
         let name = state.lookup_node(Some(node), Some(node))?;
+        state.job_busy(&name)?;
         let over = state.lookup_node(Some(overlay), Some(overlay))?;
         if state.disk_of_node(&over).is_some() {
             return Err(fail("The overlay is already in use"));
@@ -410,7 +413,6 @@ impl ExternalSnapshot {
                 max: graph::MAX_CHAIN,
             });
         }
-        state.job_busy(&name)?;
         let disk = state.disks.iter().find(|d| d.root == name);
         let used_below = disk.is_none()
             && (state.disk_of_node(&name).is_some()

@@ -260,9 +260,9 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("transaction", &Typed(snapshot::transaction), EMPTY, B),
     cmd("drive-mirror", &Typed(jobs::drive_mirror), EMPTY, B),
-    partly("blockdev-mirror", &Typed(jobs::blockdev_mirror), EMPTY, B),
+    cmd("blockdev-mirror", &Typed(jobs::blockdev_mirror), EMPTY, B),
     cmd("drive-backup", &Typed(jobs::drive_backup), EMPTY, B),
-    partly("blockdev-backup", &Typed(jobs::blockdev_backup), EMPTY, B),
+    cmd("blockdev-backup", &Typed(jobs::blockdev_backup), EMPTY, B),
     partly("block-stream", &Typed(jobs::block_stream), EMPTY, B),
     partly("block-commit", &Typed(jobs::block_commit), EMPTY, B),
     cmd(

@@ -170,6 +170,15 @@ pub fn qemu_img_ok(args: &[&str]) -> String {
     out
 }
 
+/// A new qcow2 image at `image` over the qcow2 image `backing` (named as given: a
+/// relative name is relative to `image`'s directory), of its size.
+pub fn qcow2_over(image: &Path, backing: &str) {
+    let path = image.to_str().expect("a UTF-8 path");
+    qemu_img_ok(&[
+        "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", path,
+    ]);
+}
+
 /// What qemu-img says about opening `image` as `format` when it refuses it: its error
 /// without the "qemu-img: Could not open 'PATH': " prefix (QEMU's words for the damage).
 pub fn qemu_img_refusal(image: &Path, format: &str) -> String {

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{md5_hex, pattern_image, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{md5_hex, pattern_image, qcow2_over, qemu_img, qemu_img_ok};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::{json, Value};
@@ -414,17 +414,7 @@ fn an_incremental_with_a_fine_bitmap_writes_whole_clusters_over_the_last_backup(
     // the bitmap names is in a cluster the target writes whole, or its other 60 KiB
     // would read as zeroes instead of the full backup's data.
     let inc = dir.path().join("inc.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &p(&full),
-        "-F",
-        "qcow2",
-        &p(&inc),
-    ]);
+    qcow2_over(&inc, &p(&full));
     c.ok(
         "drive-backup",
         json!({"device": "d0", "job-id": "inc", "target": p(&inc), "format": "qcow2",

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{pattern_image, qcow2_over, qemu_img, qemu_img_ok};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
@@ -68,17 +68,7 @@ fn chain(dir: &Path) -> Chain {
     ]);
     let data = std::fs::read(&c.pattern).unwrap();
     for (image, backing, (a, b)) in [(&c.mid, &c.base, (4, 8)), (&c.top, &c.mid, (10, 12))] {
-        qemu_img_ok(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &p(backing),
-            "-F",
-            "qcow2",
-            &p(image),
-        ]);
+        qcow2_over(image, &p(backing));
         // P(SEED)'s bytes of [a, b) MiB, written there.
         let slice = dir.join("slice.bin");
         std::fs::write(&slice, &data[a * MIB..b * MIB]).unwrap();

@@ -11,7 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{block_daemon, md5_hex, pattern_image, qemu_img, qemu_img_ok, SECTOR};
+use flotilla_tests::blk::{
+    block_daemon, md5_hex, pattern_image, qcow2_over, qemu_img, qemu_img_ok, SECTOR,
+};
 use flotilla_tests::linux::{
     expect_filesystem_checked, linux_on_vhost_user_blk, reported, FILL_AND_CHECK_FS,
 };
@@ -76,17 +78,7 @@ fn linux_on_a_qcow2_chain() {
         .output()
         .unwrap();
     assert!(io.status.success(), "{io:?}");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-    ]);
+    qcow2_over(&top, "mid.qcow2");
     let expected = dir.path().join("expected.raw");
     qemu_img_ok(&["convert", "-O", "raw", s(&top), s(&expected)]);
     let expected = std::fs::read(&expected).unwrap();

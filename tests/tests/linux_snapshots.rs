@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::blk::{block_daemon_under_control, open_call, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{
+    block_daemon_under_control, open_call, qcow2_over, qemu_img, qemu_img_ok,
+};
 use flotilla_tests::linux::{
     expect_ext4_writer_clean, ext4_writer_script, linux_on_vhost_user_blk,
 };
@@ -63,17 +65,7 @@ fn linux_keeps_writing_through_snapshots() {
     let base = dir.path().join("base.qcow2");
     let top = dir.path().join("top.qcow2");
     qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&base), "64M"]);
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&base),
-        "-F",
-        "qcow2",
-        s(&top),
-    ]);
+    qcow2_over(&top, s(&base));
 
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut daemon = block_daemon_under_control(theirs);

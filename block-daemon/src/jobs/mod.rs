@@ -275,36 +275,28 @@ impl Jobs {
         });
         let bitmap = |i: usize| bitmaps[i].clone();
         let nice = nice_of(&spec.kind);
-        let run: Box<dyn FnOnce() + Send> = match (spec.kind.clone(), target) {
-            (JobKind::Mirror(mirror), Some((target, _))) => {
-                if mirror.sync == SyncMode::Top && !spec.resume {
-                    // What the top holds (QEMU's sync top copies that).
-                    mark_allocated(&device.disk().format(), 1, &bitmaps[0])?;
-                }
-                self.mirror(
-                    device,
-                    spec,
-                    mirror,
-                    target,
-                    &bitmaps,
-                    shared.clone(),
-                    events,
-                )
-            }
-            (JobKind::Commit(c), Some((target, _))) if c.active() => {
-                if !spec.resume {
-                    // What the images above base hold (QEMU's active commit copies that).
-                    let served = device.disk().format();
-                    mark_allocated(&served, c.base_depth, &bitmaps[0])?;
-                }
-                let mirror = MirrorSpec {
+        // A mirror, or an active commit (a mirror into base), and the depth above which
+        // what the images hold is to copy (sync top: the top's; a commit: down to base).
+        let as_mirror = match &spec.kind {
+            JobKind::Mirror(m) => Some((m.clone(), (m.sync == SyncMode::Top).then_some(1))),
+            JobKind::Commit(c) if c.active() => Some((
+                MirrorSpec {
                     target: c.base.clone(),
                     sync: SyncMode::Top,
                     granularity: c.granularity,
                     buf_size: c.buf_size,
                     unmap: true,
                     fresh_target: false,
-                };
+                },
+                Some(c.base_depth),
+            )),
+            _ => None,
+        };
+        let run: Box<dyn FnOnce() + Send> = match (spec.kind.clone(), target, as_mirror) {
+            (_, Some((target, _)), Some((mirror, held_above))) => {
+                if let (Some(depth), false) = (held_above, spec.resume) {
+                    mark_allocated(&device.disk().format(), depth, &bitmaps[0])?;
+                }
                 self.mirror(
                     device,
                     spec,
@@ -315,7 +307,7 @@ impl Jobs {
                     events,
                 )
             }
-            (JobKind::Commit(c), Some((target, Some(base_file)))) => {
+            (JobKind::Commit(c), Some((target, Some(base_file))), None) => {
                 let served = device.disk().format();
                 let top =
                     layer_at(&served, c.top_depth).ok_or(JobError::NotInChain(c.top_depth))?;
@@ -333,7 +325,7 @@ impl Jobs {
                 };
                 Box::new(move || job.run())
             }
-            (JobKind::Stream(stream), None) => {
+            (JobKind::Stream(stream), None, None) => {
                 let settled = Arc::new(stream::Settled::new(bitmap(0)));
                 // Marked from now on, before a request the daemon serves after this call.
                 device
@@ -349,7 +341,7 @@ impl Jobs {
                 };
                 Box::new(move || job.run())
             }
-            (JobKind::Backup(backup), Some((target, _))) => {
+            (JobKind::Backup(backup), Some((target, _)), None) => {
                 let (to_copy, done) = (bitmap(0), bitmap(1));
                 // The point in time: nothing in flight, every later write copies first.
                 let _quiesced = device.quiesce(QUIESCE_TIMEOUT)?;

@@ -352,6 +352,127 @@ fn a_commit_of_mid_into_base_leaves_top_over_base() {
     no_check_errors(&c0.top);
 }
 
+/// A chain whose base is half the disk: base (8 MiB) holds P(SEED)'s first 8 MiB, top
+/// (16 MiB, over base) the rest. Returns (base, top, pattern).
+fn small_base_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let pattern = dir.join("pattern.raw");
+    pattern_image(&pattern, SEED, SECTORS);
+    let data = std::fs::read(&pattern).unwrap();
+    let half = dir.join("half.raw");
+    std::fs::write(&half, &data[..8 * MIB]).unwrap();
+    let (base, top) = (dir.join("base.qcow2"), dir.join("top.qcow2"));
+    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&half), &p(&base)]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &p(&base),
+        "-F",
+        "qcow2",
+        &p(&top),
+        "16M",
+    ]);
+    let slice = dir.join("slice.bin");
+    std::fs::write(&slice, &data[8 * MIB..]).unwrap();
+    let out = std::process::Command::new(flotilla_tests::require_tool("qemu-io", "qemu-utils"))
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -q -s {} 8M 8M", p(&slice)))
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-io: {out:?}");
+    (base, top, pattern)
+}
+
+/// The virtual size qemu-img reads from `image`'s header.
+fn virtual_size(image: &Path) -> u64 {
+    let info: Value =
+        serde_json::from_str(&qemu_img_ok(&["info", "--output=json", "-U", &p(image)])).unwrap();
+    info["virtual-size"].as_u64().unwrap()
+}
+
+#[test]
+fn an_active_commit_into_a_smaller_base_grows_it_first() {
+    let dir = TempDir::new("chain-small-base");
+    let (base, top, _) = small_base_chain(dir.path());
+    assert_eq!(virtual_size(&base), 8 << 20);
+    let mut gw = Gateway::start_with(
+        1,
+        &format!("scenario=blk-pattern seed={SEED:#x}"),
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=qcow2,id=d0", p(&top)),
+        ],
+    );
+    let mut c = gw.client();
+    c.ok("block-commit", json!({"device": "d0"}));
+    c.job_statuses_until("d0", "ready");
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    c.job_statuses_until("d0", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(disk["file"], p(&base), "the disk serves base: {disk}");
+    assert_eq!(disk["image"]["virtual-size"], 16 << 20, "{disk}");
+    assert_eq!(
+        virtual_size(&base),
+        16 << 20,
+        "base grew to the disk's size"
+    );
+    // Base alone reads P(SEED), its second half too, also under a new daemon.
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&base);
+}
+
+#[test]
+fn a_commit_below_the_top_into_a_smaller_base_grows_it_first() {
+    let dir = TempDir::new("chain-small-base-below");
+    let (base, mid, _) = small_base_chain(dir.path());
+    // An empty overlay over it: the commit takes mid (its second half) into base.
+    let top = dir.path().join("over.qcow2");
+    qcow2_over(&top, &p(&mid));
+    let mut gw = Gateway::start_with(
+        1,
+        &format!("scenario=blk-pattern seed={SEED:#x}"),
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=qcow2,id=d0", p(&top)),
+        ],
+    );
+    let mut c = gw.client();
+    c.ok(
+        "block-commit",
+        json!({"device": "d0", "job-id": "c", "top": p(&mid), "base": p(&base)}),
+    );
+    c.job_statuses_until("c", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    assert_eq!(
+        virtual_size(&base),
+        16 << 20,
+        "base grew to the disk's size"
+    );
+    let disk = inserted(&mut c);
+    assert_eq!(disk["backing_file_depth"], 1, "{disk}");
+    assert_eq!(
+        disk["image"]["backing-image"]["virtual-size"],
+        16 << 20,
+        "{disk}"
+    );
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&base);
+}
+
 #[test]
 fn an_active_commit_becomes_ready_and_completes_onto_base() {
     let dir = TempDir::new("chain-active-commit");

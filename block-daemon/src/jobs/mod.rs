@@ -62,6 +62,8 @@ pub enum JobError {
     NotInChain(usize),
     #[error("looking at what the images above base hold: {0}")]
     Allocation(FormatError),
+    #[error("growing base to the disk's size: {0}")]
+    GrowBase(FormatError),
 }
 
 /// How much lower a job's thread runs than the queues' (nice): when the CPUs are busy the
@@ -248,6 +250,13 @@ impl Jobs {
             }
             (None, _) => None,
         };
+        if let (Some((t, _)), JobKind::Commit(_), false) = (&target, &spec.kind, spec.resume) {
+            if t.top.virtual_size() < disk_size {
+                // A base smaller than the disk grows to its size first (QEMU's commit
+                // truncates base up too); the gateway holds resize on its fd.
+                t.top.resize(disk_size).map_err(JobError::GrowBase)?;
+            }
+        }
         if let Some((t, _)) = &target {
             if t.top.virtual_size() != disk_size && matches!(spec.kind, JobKind::Mirror(_)) {
                 // Taken, and over at once (QEMU's words).

@@ -270,10 +270,6 @@ impl BlockLayer {
         let (disk_index, root, id) =
             Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
         let base = &chain[base_depth];
-        let size = super::bitmaps::node_size(&state.graph, &root);
-        if super::bitmaps::node_size(&state.graph, &base.node) < size {
-            return Err(JobError::BaseSmaller(base.node.clone()).into());
-        }
         let rw = graph::open_path(&base.filename, Driver::File, true)?;
         let locked = lock_base(base, &rw)?;
         let base_layer = ipc::ImageLayer {
@@ -378,6 +374,10 @@ impl BlockLayer {
         };
         let to = to.min(chain.len());
         let base = chain.get(to).map(|l| l.node.clone());
+        if let Some(image) = chain.get(to).map(|l| l.image.clone()) {
+            // Its header again: the job may have grown it to the disk's size.
+            state.refresh_image(&image);
+        }
         let gone: Vec<String> = chain[from..to].iter().map(|l| l.node.clone()).collect();
         if pivot {
             let Some(base) = base else {

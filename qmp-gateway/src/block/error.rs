@@ -300,8 +300,6 @@ pub enum JobError {
     // Ours: where we do not (yet) do what QEMU does.
     #[error("'{0}' is read-only: a stream writes the disk's top image")]
     ReadOnly(String),
-    #[error("base '{0}' is smaller than the disk: growing base for a commit is not supported yet")]
-    BaseSmaller(String),
     #[error(transparent)]
     Bitmap(#[from] ipc::dirty_bitmap::BitmapError),
 }

@@ -264,7 +264,7 @@ pub const COMMANDS: &[Command] = &[
     cmd("drive-backup", &Typed(jobs::drive_backup), EMPTY, B),
     cmd("blockdev-backup", &Typed(jobs::blockdev_backup), EMPTY, B),
     partly("block-stream", &Typed(jobs::block_stream), EMPTY, B),
-    partly("block-commit", &Typed(jobs::block_commit), EMPTY, B),
+    cmd("block-commit", &Typed(jobs::block_commit), EMPTY, B),
     cmd(
         "query-block-jobs",
         &Typed(jobs::query_block_jobs),

@@ -267,6 +267,58 @@ fn a_stream_copies_mid_into_top_across_a_daemon_restart_and_top_reads_through_ba
 }
 
 #[test]
+fn a_stream_of_a_read_only_disk_writes_its_top_and_serves_it_read_only_again() {
+    let dir = TempDir::new("chain-stream-ro");
+    let c0 = chain(dir.path());
+    let mut gw = Gateway::start_with(
+        1,
+        &format!("scenario=blk-pattern seed={SEED:#x} check_only=1"),
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=qcow2,id=d0,readonly=on", p(&c0.top)),
+        ],
+    );
+    let mut c = gw.client();
+    assert_eq!(inserted(&mut c)["ro"], true);
+    // As QEMU does for a drive opened read-only: the top is written for the job.
+    c.ok(
+        "block-stream",
+        json!({"device": "d0", "base": p(&c0.base), "speed": 2 << 20}),
+    );
+    c.job_statuses_until("d0", "running");
+    std::thread::sleep(Duration::from_millis(500));
+    // The next daemon is given the top's read-write fd again.
+    kill_daemon(&gw, &mut c);
+    c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
+    c.job_statuses_until("d0", "null");
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let disk = inserted(&mut c);
+    assert_eq!(
+        (&disk["ro"], &disk["backing_file_depth"]),
+        (&json!(true), &json!(1)),
+        "{disk}"
+    );
+    assert_eq!(
+        backing_of(&c0.top),
+        Some(p(&c0.base)),
+        "top's header names base"
+    );
+    assert_eq!(
+        allocated(&c0.top),
+        6 << 20,
+        "top holds mid's [4, 8) MiB and its own"
+    );
+    // The daemon that ran it serves the top read-only again, through base: the guest
+    // reads P(SEED) (and cannot write: check_only).
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    no_check_errors(&c0.top);
+}
+
+#[test]
 fn a_stream_beside_a_guest_writing_the_whole_disk_loses_none_of_its_writes() {
     let dir = TempDir::new("chain-stream-writes");
     let c0 = chain(dir.path());

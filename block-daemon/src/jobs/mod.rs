@@ -232,6 +232,31 @@ impl Jobs {
                     None,
                 ))
             }
+            // A read-only disk's top, read-write for a stream: over the chain below it,
+            // the file kept to open it read-only again at the end.
+            (Some((layer, fd)), JobKind::Stream(_)) => {
+                let served = device.disk().format();
+                let file = File::from(fd);
+                let again = file.try_clone().map_err(|error| JobError::Target {
+                    filename: layer.filename.clone(),
+                    error: chain::ChainError::Io {
+                        filename: layer.filename.clone(),
+                        error,
+                    },
+                })?;
+                let top = chain::open_over(&layer, file, served.backing(), &options(false))
+                    .map_err(|error| JobError::Target {
+                        filename: layer.filename.clone(),
+                        error,
+                    })?;
+                Some((
+                    Chain {
+                        top,
+                        flush_fd: None,
+                    },
+                    Some(again),
+                ))
+            }
             (Some((layer, fd)), kind) => {
                 let unmap = match kind {
                     JobKind::Mirror(m) => m.unmap,
@@ -334,7 +359,21 @@ impl Jobs {
                 };
                 Box::new(move || job.run())
             }
-            (JobKind::Stream(stream), None, None) => {
+            (JobKind::Stream(stream), target, None) => {
+                let writable_top = match (target, &stream.writable_top) {
+                    (Some((top, Some(file))), Some(layer)) => {
+                        // Served from now on (the guest still may not write: its
+                        // device is read-only); read-only again at the job's end.
+                        let _quiesced = device.quiesce(QUIESCE_TIMEOUT)?;
+                        device.disk().replace_served(crate::disk::Served {
+                            format: top.top,
+                            flush_fd: None,
+                        });
+                        Some((layer.clone(), file))
+                    }
+                    (None, None) => None,
+                    _ => return Err(JobError::MissingFds),
+                };
                 let settled = Arc::new(stream::Settled::new(bitmap(0)));
                 // Marked from now on, before a request the daemon serves after this call.
                 device
@@ -344,6 +383,7 @@ impl Jobs {
                     device: device.clone(),
                     spec,
                     stream,
+                    writable_top,
                     settled,
                     shared: shared.clone(),
                     events,

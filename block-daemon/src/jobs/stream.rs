@@ -10,16 +10,22 @@
 //! that failed marked a chunk it did not fill) and what is left is copied; then the top
 //! names base as its backing file and reads through it: the images between are out of
 //! the chain.
+//!
+//! A read-only disk's top is served read-write while the job runs (the gateway opened
+//! it so; the guest's device stays read-only), and read-only again at the end.
 
+use std::fs::File;
 use std::sync::Arc;
 
-use ipc::{errno_text, IoOperation, JobSpec, SharedBitmap, StreamSpec};
+use ipc::{errno_text, ImageLayer, IoOperation, JobSpec, SharedBitmap, StreamSpec};
 use parking_lot::Mutex;
 
 use super::control::{report, walk_in_order, End, Events, Shared};
 use super::layers::{allocated_between, layer_at};
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::dirty::WriteHook;
+use crate::disk::Served;
+use crate::formats::chain::{self, ChainOptions};
 use crate::formats::qcow2::Qcow2;
 use crate::formats::FormatError;
 
@@ -78,6 +84,8 @@ pub struct Stream {
     pub device: BlkDevice,
     pub spec: JobSpec,
     pub stream: StreamSpec,
+    /// A read-only disk's top, served read-write for the job: its layer and file.
+    pub writable_top: Option<(ImageLayer, File)>,
     pub settled: Arc<Settled>,
     pub shared: Arc<Shared>,
     pub events: Events,
@@ -89,7 +97,40 @@ impl Stream {
     pub fn run(self) {
         let end = self.copy_all();
         self.device.dirty_bitmaps().set_job(None);
+        if let Err(e) = self.read_only_again() {
+            log::warn!("job {}: the top stays read-write here: {e}", self.spec.id);
+        }
         report(&self.shared, &self.events, end);
+    }
+
+    /// A read-only disk's top, served read-write for the job: closed clean and opened
+    /// read-only again over what it reads through now.
+    fn read_only_again(&self) -> Result<(), String> {
+        let Some((layer, file)) = &self.writable_top else {
+            return Ok(());
+        };
+        let disk = self.device.disk();
+        let _quiesced = self
+            .device
+            .quiesce(QUIESCE_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let top = disk.format();
+        top.close().map_err(|e| e.to_string())?;
+        let file = file.try_clone().map_err(|e| e.to_string())?;
+        let options = ChainOptions {
+            writable: false,
+            direct: disk.cache().direct(),
+            counters: None,
+            discard_unmap: false,
+            keep_bitmaps: false,
+        };
+        let read_only =
+            chain::open_over(layer, file, top.backing(), &options).map_err(|e| e.to_string())?;
+        disk.replace_served(Served {
+            format: read_only,
+            flush_fd: None,
+        });
+        Ok(())
     }
 
     fn copy_all(&self) -> Result<End, String> {
@@ -159,7 +200,7 @@ impl Stream {
         let Some(qcow2) = top.as_any().and_then(|a| a.downcast_ref::<Qcow2>()) else {
             return Err(format!("a {} image has no backing file", top.name()));
         };
-        if !self.device.disk().read_only() {
+        if !self.device.disk().read_only() || self.writable_top.is_some() {
             qcow2
                 .name_backing(
                     &self.stream.backing_file,

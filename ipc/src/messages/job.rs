@@ -73,6 +73,9 @@ pub struct StreamSpec {
     pub backing_format: Option<String>,
     /// Disk bytes per bit of the job's bitmap, and the unit of copying.
     pub granularity: u64,
+    /// A read-only disk's top, opened read-write for the job (its fd comes with the
+    /// call): the daemon writes the stream through it, the guest still cannot.
+    pub writable_top: Option<ImageLayer>,
 }
 
 /// A commit: the data of the images from `top` down to just above `base` copied into
@@ -128,7 +131,7 @@ impl JobKind {
         match self {
             JobKind::Mirror(m) => Some(&m.target),
             JobKind::Backup(b) => Some(&b.target),
-            JobKind::Stream(_) => None,
+            JobKind::Stream(s) => s.writable_top.as_ref(),
             JobKind::Commit(c) => Some(&c.base),
         }
     }

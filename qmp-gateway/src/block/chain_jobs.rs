@@ -113,23 +113,28 @@ fn format_name(driver: Driver) -> Option<String> {
 /// A commit's base fd, opened read-write: the read-only fd the chain holds lets others
 /// write from now on, the new one takes writing. Returns the locks the new fd took.
 fn lock_base(base: &Link, rw: &OwnedFd) -> Result<Option<(Perms, Perms)>, BlockError> {
-    let (Some(ro), true) = (&base.fd, base.locking) else {
+    lock_for_writing(base, rw, Perms::for_backing())
+}
+
+/// Takes write and resize on `rw`, a second fd of `image` for a job, after relaxing
+/// what its read-only fd holds (`held`) to share them.
+fn lock_for_writing(
+    image: &Link,
+    rw: &OwnedFd,
+    held: (Perms, Perms),
+) -> Result<Option<(Perms, Perms)>, BlockError> {
+    let (Some(ro), true) = (&image.fd, image.locking) else {
         return Ok(None);
     };
-    let (take, share) = Perms::for_backing();
-    lock::unlock(ro.as_fd(), take, share);
+    lock::unlock(ro.as_fd(), held.0, held.1);
     let relaxed = lock::lock(ro.as_fd(), Perms::CONSISTENT_READ, Perms::ALL);
-    let wanted = if base.driver == Driver::Qcow2 {
-        Perms::for_qcow2_disk(false)
-    } else {
-        Perms::for_disk(false)
-    };
+    let wanted = Perms::for_top(image.driver == Driver::Qcow2, false);
     let taken = relaxed.and_then(|()| lock::lock(rw.as_fd(), wanted.0, wanted.1));
     if let Err(error) = taken {
-        unlock_base_ro(ro);
+        relock_ro(ro, held);
         return Err(BlockError::Locked {
             error,
-            path: base.filename.clone(),
+            path: image.filename.clone(),
         });
     }
     Ok(Some(wanted))
@@ -137,10 +142,14 @@ fn lock_base(base: &Link, rw: &OwnedFd) -> Result<Option<(Perms, Perms)>, BlockE
 
 /// Puts a base's read-only fd back to a backing file's locks.
 fn unlock_base_ro(ro: &OwnedFd) {
+    relock_ro(ro, Perms::for_backing());
+}
+
+/// Puts a read-only fd that shared everything for a job back to `held`.
+fn relock_ro(ro: &OwnedFd, held: (Perms, Perms)) {
     lock::unlock(ro.as_fd(), Perms::CONSISTENT_READ, Perms::ALL);
-    let (take, share) = Perms::for_backing();
-    if let Err(e) = lock::lock(ro.as_fd(), take, share) {
-        log::warn!("locking a base image again as a backing file: {e}");
+    if let Err(e) = lock::lock(ro.as_fd(), held.0, held.1) {
+        log::warn!("locking an image's read-only fd again after a job: {e}");
     }
 }
 
@@ -188,9 +197,17 @@ impl BlockLayer {
         }
         let (disk_index, root, id) =
             Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
-        if state.disks[disk_index].config.read_only {
-            return Err(JobError::ReadOnly(r.device.clone()).into());
-        }
+        // A read-only disk's top is opened read-write for the job (QEMU reopens it so for
+        // a drive opened read-only): the daemon writes the stream, the guest cannot.
+        let writable_top = match (state.disks[disk_index].config.read_only, chain.first()) {
+            (true, Some(top)) => {
+                let rw = graph::open_path(&top.filename, Driver::File, true)?;
+                let held = Perms::for_top(top.driver == Driver::Qcow2, true);
+                let locked = lock_for_writing(top, &rw, held)?;
+                Some((top, Arc::new(rw), locked))
+            }
+            _ => None,
+        };
         let base = base_depth.and_then(|d| chain.get(d));
         let spec = JobSpec {
             id,
@@ -204,6 +221,11 @@ impl BlockLayer {
                 backing_format: base.and_then(|b| format_name(b.driver)),
                 // A chunk is at most one cluster of the top (see the daemon's stream).
                 granularity: default_granularity(&state.graph, &root),
+                writable_top: writable_top.as_ref().map(|(top, _, _)| ipc::ImageLayer {
+                    node_name: top.image.clone(),
+                    format: state.disks[disk_index].config.layers[0].format.clone(),
+                    filename: top.filename.clone(),
+                }),
             }),
             speed: r.speed as u64,
             on_source_error: r.on_error,
@@ -212,7 +234,16 @@ impl BlockLayer {
             ready: false,
             offset: 0,
         };
-        self.record_chain_job(state, disk_index, &root, spec, None)
+        let target = writable_top
+            .as_ref()
+            .map(|(top, rw, locked)| (top.node.clone(), rw.clone(), *locked));
+        let recorded = self.record_chain_job(state, disk_index, &root, spec, target);
+        if let (Err(_), Some((top, _, Some(_)))) = (&recorded, &writable_top) {
+            if let Some(ro) = &top.fd {
+                relock_ro(ro, Perms::for_top(top.driver == Driver::Qcow2, true));
+            }
+        }
+        recorded
     }
 
     /// QEMU 7.2's qmp_block_commit checks, in its order; opens base read-write and
@@ -352,10 +383,20 @@ impl BlockLayer {
             .and_then(|n| state.graph.protocol_of(n))
             .and_then(|p| p.image.clone());
         if let (Some(rw), Some((take, share)), false) = (&base_fd, job.locked, pivot) {
-            // Nothing writes base now: its read-only fd locks as a backing file again.
+            // Nothing writes base (or a read-only disk's top) now: its read-only fd
+            // locks as a backing file (or a read-only top) again.
             lock::unlock(rw.as_fd(), take, share);
             if let Some(ro) = &base_ro {
-                unlock_base_ro(ro);
+                match &job.spec.kind {
+                    JobKind::Stream(s) => {
+                        let qcow2 = matches!(
+                            s.writable_top.as_ref().map(|l| &l.format),
+                            Some(ipc::ImageFormat::Qcow2(_))
+                        );
+                        relock_ro(ro, Perms::for_top(qcow2, true))
+                    }
+                    _ => unlock_base_ro(ro),
+                }
             }
         }
         if !completed {
@@ -411,7 +452,11 @@ impl BlockLayer {
             state.disks[index].bitmaps.retain(|b| b.node == image);
         } else {
             let overlay = chain[above].image.clone();
-            let served_top = above == 0 && !state.disks[index].config.read_only;
+            // A stream's daemon names base in the top (a read-only disk's top was opened
+            // read-write for it).
+            let served_top = above == 0
+                && (!state.disks[index].config.read_only
+                    || matches!(job.spec.kind, JobKind::Stream(_)));
             if !served_top {
                 // The daemon reads this image only: its header is rewritten here.
                 let (name, format) = match &job.spec.kind {

@@ -297,9 +297,6 @@ pub enum JobError {
     BackingFileActive,
     #[error("cannot commit an image into itself")]
     CommitIntoItself,
-    // Ours: where we do not (yet) do what QEMU does.
-    #[error("'{0}' is read-only: a stream writes the disk's top image")]
-    ReadOnly(String),
     #[error(transparent)]
     Bitmap(#[from] ipc::dirty_bitmap::BitmapError),
 }

@@ -263,7 +263,7 @@ pub const COMMANDS: &[Command] = &[
     cmd("blockdev-mirror", &Typed(jobs::blockdev_mirror), EMPTY, B),
     cmd("drive-backup", &Typed(jobs::drive_backup), EMPTY, B),
     cmd("blockdev-backup", &Typed(jobs::blockdev_backup), EMPTY, B),
-    partly("block-stream", &Typed(jobs::block_stream), EMPTY, B),
+    cmd("block-stream", &Typed(jobs::block_stream), EMPTY, B),
     cmd("block-commit", &Typed(jobs::block_commit), EMPTY, B),
     cmd(
         "query-block-jobs",

@@ -1,6 +1,7 @@
 //! The data-integrity scenarios, both whole-disk sweeps over every queue:
-//! - `blk-pattern seed=<hex>`: the disk must hold P(seed); then P(seed + 1) is written over it
-//!   and flushed, then DISCARD [8, 16) and WRITE_ZEROES [16, 24) where negotiated;
+//! - `blk-pattern seed=<hex> [check_only=1]`: the disk must hold P(seed); then (unless
+//!   check_only, which a read-only disk takes) P(seed + 1) is written over it and flushed,
+//!   then DISCARD [8, 16) and WRITE_ZEROES [16, 24) where negotiated;
 //! - `blk-verify-loop seed=<hex> [rounds=R] [stall_ms=T]`: rounds of write P(seed + round),
 //!   flush, read back and check, riding out stalls (a daemon restart) instead of failing.
 
@@ -19,7 +20,8 @@ pub fn pattern(dev: &mut BlkDevice, cmdline: &[u8]) {
     let Some(seed) = seed(cmdline) else {
         return;
     };
-    if !usable(dev, true) {
+    let check_only = param(cmdline, "check_only", 0) != 0;
+    if !usable(dev, !check_only) {
         return;
     }
     let capacity = dev.capacity;
@@ -32,6 +34,23 @@ pub fn pattern(dev: &mut BlkDevice, cmdline: &[u8]) {
     let read = sweep(&mut plan, false, seed);
     if let Some(m) = read.first_mismatch {
         m.print(console::error("blk pattern mismatch")).end();
+    }
+    if check_only {
+        if read.errors() == 0 {
+            console::line("GUEST BLK PATTERN OK sectors=")
+                .dec(capacity)
+                .s(" read_mib_s=")
+                .tenths(tsc::mib_s_tenths(read.bytes, read.ticks))
+                .s(" check_only")
+                .end();
+        } else {
+            console::error("blk pattern failed mismatched_sectors=")
+                .dec(read.bad_sectors)
+                .s(" io_errors=")
+                .dec(read.io_errors)
+                .end();
+        }
+        return;
     }
     // (b) P(seed + 1) over the whole disk, flushed.
     let write = sweep(&mut plan, true, seed.wrapping_add(1));

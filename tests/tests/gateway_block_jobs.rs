@@ -305,6 +305,40 @@ fn a_mirror_goes_on_under_a_new_daemon_after_a_sigkill() {
     no_guest_errors(&gw);
 }
 
+#[test]
+fn a_job_whose_disk_has_no_daemon_is_cancelled_by_the_gateway() {
+    let dir = TempDir::new("jobs-no-daemon");
+    let (gw, _source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&dir.path().join("t.raw")), "format": "raw",
+               "sync": "full", "speed": 1 << 20}),
+    );
+    c.job_statuses_until("d0", "running");
+    // A restart with a binary that does not start: the disk has no daemon (until one
+    // is started over QMP), and a cancel must not wait for one.
+    let (class, _) = c.err(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0", "binary": "/bin/false"}),
+    );
+    assert_eq!(class, "GenericError");
+    c.ok("block-job-cancel", json!({"device": "d0"}));
+    assert_eq!(
+        c.job_statuses_until("d0", "null"),
+        ["aborting", "concluded", "null"]
+    );
+    let cancelled = c.event("BLOCK_JOB_CANCELLED");
+    assert_eq!(cancelled["data"]["device"], "d0", "{cancelled}");
+    assert!(jobs(&mut c).is_empty());
+    // A good daemon again: it is not given the job back.
+    c.ok(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0", "binary": flotilla_tests::bin("block-daemon").to_string_lossy()}),
+    );
+    assert!(jobs(&mut c).is_empty());
+}
+
 /// The guest's disk now, copied aside (the VM is stopped).
 fn copy_aside(source: &Path, to: &Path) -> PathBuf {
     std::fs::copy(source, to).unwrap();

@@ -698,10 +698,19 @@ impl BlockLayer {
                 job.last.speed = speed;
             }
             let disk = job.disk.clone();
+            let progress = (job.last.offset, job.last.len);
             let link = state
                 .disk_by_id(&disk)
                 .and_then(|d| d.daemon.as_ref())
                 .map(|d| d.link.clone());
+            if let (None, JobControl::Cancel { .. }) = (&link, control) {
+                // No daemon runs the job (it died, or the supervisor gave up on it): it
+                // ends here, or a new daemon would carry it on after all. What it wrote
+                // stays as it is (not a consistent copy, even of a ready mirror).
+                drop(state);
+                self.end_job(&disk, id, progress.0, progress.1, true, None);
+                return Ok(());
+            }
             (link, new_state)
         };
         if let Some(link) = link {
@@ -810,6 +819,20 @@ impl BlockLayer {
         error: Option<String>,
     ) {
         let _changes = self.changes.lock();
+        self.end_job(disk, id, offset, len, cancelled, error);
+    }
+
+    /// Job `id` is over: the disk follows (a pivot, a shortened chain), the job goes and
+    /// its events are sent. The caller holds `changes`.
+    fn end_job(
+        &self,
+        disk: &str,
+        id: &str,
+        offset: u64,
+        len: u64,
+        cancelled: bool,
+        error: Option<String>,
+    ) {
         let (pivot, chain_job) = match self.state.lock().job(id) {
             Some(j) => (
                 j.completing && !cancelled && error.is_none(),

@@ -339,6 +339,67 @@ fn a_job_whose_disk_has_no_daemon_is_cancelled_by_the_gateway() {
     assert!(jobs(&mut c).is_empty());
 }
 
+#[test]
+fn a_completion_asked_while_no_daemon_runs_is_carried_out_by_the_next() {
+    let dir = TempDir::new("jobs-complete-no-daemon");
+    let (gw, source) = verifying(dir.path());
+    let mut c = gw.client();
+    let target = dir.path().join("t.raw");
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&target), "format": "raw", "sync": "full"}),
+    );
+    c.job_statuses_until("d0", "ready");
+    let (class, _) = c.err(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0", "binary": "/bin/false"}),
+    );
+    assert_eq!(class, "GenericError");
+    c.ok("block-job-complete", json!({"device": "d0"}));
+    c.ok(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0", "binary": flotilla_tests::bin("block-daemon").to_string_lossy()}),
+    );
+    let done = c.event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    let inserted = &c.ok("query-block", json!({}))[0]["inserted"];
+    assert_eq!(inserted["file"], p(&target), "{inserted}");
+    identical(&source, &target);
+}
+
+#[test]
+fn a_paused_job_stays_paused_under_a_new_daemon() {
+    let dir = TempDir::new("jobs-paused-restart");
+    let (gw, _source) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&dir.path().join("t.raw")), "format": "raw",
+               "sync": "full", "speed": 1 << 20}),
+    );
+    c.job_statuses_until("d0", "running");
+    c.ok("block-job-pause", json!({"device": "d0"}));
+    assert_eq!(c.job_statuses_until("d0", "paused"), ["paused"]);
+    let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
+    // The new daemon holds the job where it was: no byte copied in half a second at
+    // 1 MiB/s.
+    let before = jobs(&mut c).remove(0);
+    assert_eq!(before["paused"], true, "{before}");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = jobs(&mut c).remove(0);
+    assert_eq!(after["offset"], before["offset"], "{before} then {after}");
+    c.ok("block-job-resume", json!({"device": "d0"}));
+    c.ok("block-job-set-speed", json!({"device": "d0", "speed": 0}));
+    c.job_statuses_until("d0", "ready");
+    c.ok("block-job-cancel", json!({"device": "d0"}));
+    c.event("BLOCK_JOB_COMPLETED");
+}
+
 /// The guest's disk now, copied aside (the VM is stopped).
 fn copy_aside(source: &Path, to: &Path) -> PathBuf {
     std::fs::copy(source, to).unwrap();

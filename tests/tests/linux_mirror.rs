@@ -161,6 +161,8 @@ fn linux_writes_on_while_a_mirror_moves_its_disk() {
         resume: false,
         ready: false,
         offset: 0,
+        paused: false,
+        completing: false,
     };
     assert_eq!(
         link.call(

@@ -302,6 +302,8 @@ impl Jobs {
                 speed: spec.speed,
                 ready: spec.ready,
                 offset: spec.offset,
+                paused: spec.paused,
+                complete: spec.completing && spec.ready,
                 ..State::default()
             }),
             wake: Condvar::new(),

@@ -189,6 +189,10 @@ pub struct JobSpec {
     pub ready: bool,
     /// Bytes a previous daemon copied (the job's progress goes on from there).
     pub offset: u64,
+    /// Paused (block-job-pause) while no daemon ran it: it starts paused.
+    pub paused: bool,
+    /// block-job-complete was asked of it, ready, while no daemon ran it.
+    pub completing: bool,
 }
 
 impl JobSpec {

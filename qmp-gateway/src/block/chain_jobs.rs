@@ -233,6 +233,8 @@ impl BlockLayer {
             resume: false,
             ready: false,
             offset: 0,
+            paused: false,
+            completing: false,
         };
         let target = writable_top
             .as_ref()
@@ -328,6 +330,8 @@ impl BlockLayer {
             resume: false,
             ready: false,
             offset: 0,
+            paused: false,
+            completing: false,
         };
         let recorded = self.record_chain_job(
             state,

@@ -110,6 +110,9 @@ impl BlockJob {
             ready: self.last.ready,
             offset: self.last.offset,
             speed: self.last.speed,
+            // What was asked of it while no daemon ran it (a new daemon's job starts so).
+            paused: matches!(self.state, JobState::Paused | JobState::Standby),
+            completing: self.completing,
             ..self.spec.clone()
         };
         Ok((spec, fds))

@@ -469,6 +469,8 @@ impl BlockLayer {
                 resume: false,
                 ready: false,
                 offset: 0,
+                paused: false,
+                completing: false,
             },
             charge,
         )
@@ -547,6 +549,8 @@ impl BlockLayer {
                 resume: false,
                 ready: false,
                 offset: 0,
+                paused: false,
+                completing: false,
             },
             charge,
         )

@@ -196,6 +196,8 @@ pub struct QuiesceTimeout(pub Duration);
 pub enum DrainError {
     #[error("requests still in the rings or in flight after {0:?}")]
     Timeout(Duration),
+    #[error("waking the queues' worker: {0}")]
+    Wake(std::io::Error),
     #[error("flushing the image: {0}")]
     Flush(std::io::Error),
 }
@@ -407,10 +409,7 @@ impl BlkDevice {
         inner.draining.store(true, Ordering::SeqCst);
         let asked = inner.drains_asked.fetch_add(1, Ordering::SeqCst) + 1;
         let ended = (|| {
-            inner
-                .drain
-                .write(1)
-                .map_err(|_| DrainError::Timeout(Duration::ZERO))?;
+            inner.drain.write(1).map_err(DrainError::Wake)?;
             let deadline = Instant::now() + timeout;
             loop {
                 let served = inner.drains_served.load(Ordering::SeqCst) >= asked;

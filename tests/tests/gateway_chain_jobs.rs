@@ -319,6 +319,41 @@ fn a_stream_of_a_read_only_disk_writes_its_top_and_serves_it_read_only_again() {
 }
 
 #[test]
+fn a_stream_that_cannot_start_leaves_the_read_only_top_locked_as_before() {
+    let dir = TempDir::new("chain-stream-ro-fails");
+    let c0 = chain(dir.path());
+    let gw = Gateway::start_with(
+        1,
+        "",
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=qcow2,id=d0,readonly=on", p(&c0.top)),
+        ],
+    );
+    let mut c = gw.client();
+    // No daemon to start the job on.
+    let (class, _) = c.err(
+        "__io.flotilla_block-daemon-restart",
+        json!({"device": "d0", "binary": "/bin/false"}),
+    );
+    assert_eq!(class, "GenericError");
+    let (class, _) = c.err("block-stream", json!({"device": "d0", "base": p(&c0.base)}));
+    assert_eq!(class, "GenericError");
+    // The top's read-only fd shares no writing again: qemu-io cannot open it to write.
+    let out = std::process::Command::new(flotilla_tests::require_tool("qemu-io", "qemu-utils"))
+        .args(["-f", "qcow2", "-c", "read 0 512"])
+        .arg(&c0.top)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("lock"),
+        "qemu-io opened the read-only disk's top to write: {out:?}"
+    );
+}
+
+#[test]
 fn a_stream_beside_a_guest_writing_the_whole_disk_loses_none_of_its_writes() {
     let dir = TempDir::new("chain-stream-writes");
     let c0 = chain(dir.path());

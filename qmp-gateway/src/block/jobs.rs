@@ -199,7 +199,13 @@ impl BlockLayer {
             Ok::<(), BlockError>(())
         })();
         if let Err(e) = sent {
-            self.drop_job(id, false);
+            if let Some(job) = self.drop_job(id, false) {
+                if matches!(job.spec.kind, JobKind::Stream(_) | JobKind::Commit(_)) {
+                    // The read-only fd it relaxed (base's, a read-only top's) locks
+                    // again as before.
+                    self.chain_job_ended(&job, false, false);
+                }
+            }
             return Err(e);
         }
         let events = &self.hooks.events;

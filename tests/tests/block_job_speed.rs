@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img_ok};
+use flotilla_tests::blk::{pattern_image, qcow2_over, qemu_img_ok};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::json;
@@ -96,16 +96,7 @@ fn a_stream_keeps_to_its_speed() {
     let base = dir.path().join("base.qcow2");
     let top = dir.path().join("top.qcow2");
     qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&base)]);
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        &p(&base),
-        "-F",
-        "qcow2",
-        &p(&top),
-    ]);
+    qcow2_over(&top, &p(&base));
     let gw = Gateway::start(&[
         "-S",
         "--drive",

@@ -310,12 +310,7 @@ fn a_job_whose_disk_has_no_daemon_is_cancelled_by_the_gateway() {
     let dir = TempDir::new("jobs-no-daemon");
     let (gw, _source) = verifying(dir.path());
     let mut c = gw.client();
-    c.ok(
-        "drive-mirror",
-        json!({"device": "d0", "target": p(&dir.path().join("t.raw")), "format": "raw",
-               "sync": "full", "speed": 1 << 20}),
-    );
-    c.job_statuses_until("d0", "running");
+    slow_mirror(&mut c, dir.path());
     // A restart with a binary that does not start: the disk has no daemon (until one
     // is started over QMP), and a cancel must not wait for one.
     let (class, _) = c.err(
@@ -372,12 +367,7 @@ fn a_paused_job_stays_paused_under_a_new_daemon() {
     let dir = TempDir::new("jobs-paused-restart");
     let (gw, _source) = verifying(dir.path());
     let mut c = gw.client();
-    c.ok(
-        "drive-mirror",
-        json!({"device": "d0", "target": p(&dir.path().join("t.raw")), "format": "raw",
-               "sync": "full", "speed": 1 << 20}),
-    );
-    c.job_statuses_until("d0", "running");
+    slow_mirror(&mut c, dir.path());
     c.ok("block-job-pause", json!({"device": "d0"}));
     assert_eq!(c.job_statuses_until("d0", "paused"), ["paused"]);
     let daemon = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
@@ -398,6 +388,16 @@ fn a_paused_job_stays_paused_under_a_new_daemon() {
     c.job_statuses_until("d0", "ready");
     c.ok("block-job-cancel", json!({"device": "d0"}));
     c.event("BLOCK_JOB_COMPLETED");
+}
+
+/// Starts a mirror of d0 to t.raw in `dir` at 1 MiB/s and waits until it runs.
+fn slow_mirror(c: &mut QmpClient, dir: &Path) {
+    c.ok(
+        "drive-mirror",
+        json!({"device": "d0", "target": p(&dir.join("t.raw")), "format": "raw",
+               "sync": "full", "speed": 1 << 20}),
+    );
+    c.job_statuses_until("d0", "running");
 }
 
 /// The guest's disk now, copied aside (the VM is stopped).

@@ -100,13 +100,19 @@ fn allocated(image: &Path) -> u64 {
 
 /// The gateway, stopped (-S), serving top.qcow2 as d0 to `scenario`.
 fn serving(c: &Chain, scenario: &str) -> Gateway {
+    serving_with(&c.top, scenario, "")
+}
+
+/// The gateway, stopped (-S), serving qcow2 image `top` as d0 (with drive options
+/// `options`: `,key=value...`) to `scenario`.
+fn serving_with(top: &Path, scenario: &str, options: &str) -> Gateway {
     Gateway::start_with(
         1,
         scenario,
         &[
             "-S",
             "--drive",
-            &format!("file={},format=qcow2,id=d0", p(&c.top)),
+            &format!("file={},format=qcow2,id=d0{options}", p(top)),
         ],
     )
 }
@@ -152,6 +158,24 @@ fn qemu_names_as_backing(c: &Chain, command: &str, sync: &str) -> (Option<String
     drop(q);
     drop(qemu);
     header_backing(&target)
+}
+
+/// `image` (through its chain) holds what blk-pattern wrote: P(SEED + 1), but for the
+/// sectors [8, 24) it then discarded and zeroed (left out here).
+fn holds_the_guests_writes(dir: &Path, image: &Path) {
+    let written = dir.join("written.raw");
+    pattern_image(&written, SEED + 1, SECTORS);
+    let now = dir.join("image-now.raw");
+    qemu_img_ok(&["convert", "-O", "raw", &p(image), &p(&now)]);
+    let (a, b) = (
+        std::fs::read(&now).unwrap(),
+        std::fs::read(&written).unwrap(),
+    );
+    assert!(
+        a[24 * 512..] == b[24 * 512..],
+        "{} holds the guest's writes",
+        image.display()
+    );
 }
 
 /// SIGKILLs the disk's daemon and waits for the new one.
@@ -270,14 +294,10 @@ fn a_stream_copies_mid_into_top_across_a_daemon_restart_and_top_reads_through_ba
 fn a_stream_of_a_read_only_disk_writes_its_top_and_serves_it_read_only_again() {
     let dir = TempDir::new("chain-stream-ro");
     let c0 = chain(dir.path());
-    let mut gw = Gateway::start_with(
-        1,
+    let mut gw = serving_with(
+        &c0.top,
         &format!("scenario=blk-pattern seed={SEED:#x} check_only=1"),
-        &[
-            "-S",
-            "--drive",
-            &format!("file={},format=qcow2,id=d0,readonly=on", p(&c0.top)),
-        ],
+        ",readonly=on",
     );
     let mut c = gw.client();
     assert_eq!(inserted(&mut c)["ro"], true);
@@ -322,15 +342,7 @@ fn a_stream_of_a_read_only_disk_writes_its_top_and_serves_it_read_only_again() {
 fn a_stream_that_cannot_start_leaves_the_read_only_top_locked_as_before() {
     let dir = TempDir::new("chain-stream-ro-fails");
     let c0 = chain(dir.path());
-    let gw = Gateway::start_with(
-        1,
-        "",
-        &[
-            "-S",
-            "--drive",
-            &format!("file={},format=qcow2,id=d0,readonly=on", p(&c0.top)),
-        ],
-    );
+    let gw = serving_with(&c0.top, "", ",readonly=on");
     let mut c = gw.client();
     // No daemon to start the job on.
     let (class, _) = c.err(
@@ -485,15 +497,7 @@ fn an_active_commit_into_a_smaller_base_grows_it_first() {
     let dir = TempDir::new("chain-small-base");
     let (base, top, _) = small_base_chain(dir.path());
     assert_eq!(virtual_size(&base), 8 << 20);
-    let mut gw = Gateway::start_with(
-        1,
-        &format!("scenario=blk-pattern seed={SEED:#x}"),
-        &[
-            "-S",
-            "--drive",
-            &format!("file={},format=qcow2,id=d0", p(&top)),
-        ],
-    );
+    let mut gw = serving_with(&top, &format!("scenario=blk-pattern seed={SEED:#x}"), "");
     let mut c = gw.client();
     c.ok("block-commit", json!({"device": "d0"}));
     c.job_statuses_until("d0", "ready");
@@ -524,15 +528,7 @@ fn a_commit_below_the_top_into_a_smaller_base_grows_it_first() {
     // An empty overlay over it: the commit takes mid (its second half) into base.
     let top = dir.path().join("over.qcow2");
     qcow2_over(&top, &p(&mid));
-    let mut gw = Gateway::start_with(
-        1,
-        &format!("scenario=blk-pattern seed={SEED:#x}"),
-        &[
-            "-S",
-            "--drive",
-            &format!("file={},format=qcow2,id=d0", p(&top)),
-        ],
-    );
+    let mut gw = serving_with(&top, &format!("scenario=blk-pattern seed={SEED:#x}"), "");
     let mut c = gw.client();
     c.ok(
         "block-commit",
@@ -586,20 +582,7 @@ fn an_active_commit_becomes_ready_and_completes_onto_base() {
     drop(c);
     drop(gw);
     no_check_errors(&c0.base);
-    // The guest wrote P(SEED + 1) into base (then discarded and zeroed its sectors
-    // [8, 24), left out here).
-    let written = dir.path().join("written.raw");
-    pattern_image(&written, SEED + 1, SECTORS);
-    let now = dir.path().join("base-now.raw");
-    qemu_img_ok(&["convert", "-O", "raw", &p(&c0.base), &p(&now)]);
-    let (a, b) = (
-        std::fs::read(&now).unwrap(),
-        std::fs::read(&written).unwrap(),
-    );
-    assert!(
-        a[24 * 512..] == b[24 * 512..],
-        "base holds the guest's writes"
-    );
+    holds_the_guests_writes(dir.path(), &c0.base);
 }
 
 #[test]
@@ -680,18 +663,7 @@ fn a_none_mirror_completes_onto_an_overlay_of_the_source() {
     no_check_errors(&target);
     no_check_errors(&c0.top);
     qemu_img_ok(&["compare", &p(&c0.top), &p(&c0.pattern)]);
-    let written = dir.path().join("written.raw");
-    pattern_image(&written, SEED + 1, SECTORS);
-    let now = dir.path().join("over-now.raw");
-    qemu_img_ok(&["convert", "-O", "raw", &p(&target), &p(&now)]);
-    let (a, b) = (
-        std::fs::read(&now).unwrap(),
-        std::fs::read(&written).unwrap(),
-    );
-    assert!(
-        a[24 * 512..] == b[24 * 512..],
-        "the overlay holds the guest's writes"
-    );
+    holds_the_guests_writes(dir.path(), &target);
 }
 
 #[test]

@@ -120,6 +120,17 @@ fn mark_allocated(
     Ok(())
 }
 
+/// Another handle on a job's image file (`layer`'s), kept to open it again later.
+fn second_handle(layer: &ipc::ImageLayer, file: &File) -> Result<File, JobError> {
+    file.try_clone().map_err(|error| JobError::Target {
+        filename: layer.filename.clone(),
+        error: chain::ChainError::Io {
+            filename: layer.filename.clone(),
+            error,
+        },
+    })
+}
+
 /// The job that runs, if any.
 pub struct Jobs {
     current: Mutex<Option<(Arc<Shared>, JoinHandle<()>)>>,
@@ -187,13 +198,7 @@ impl Jobs {
                     .ok_or(JobError::NotInChain(c.base_depth))?
                     .backing();
                 let file = File::from(fd);
-                let again = file.try_clone().map_err(|error| JobError::Target {
-                    filename: layer.filename.clone(),
-                    error: chain::ChainError::Io {
-                        filename: layer.filename.clone(),
-                        error,
-                    },
-                })?;
+                let again = second_handle(&layer, &file)?;
                 let base =
                     chain::open_over(&layer, file, below, &options(true)).map_err(|error| {
                         JobError::Target {
@@ -237,13 +242,7 @@ impl Jobs {
             (Some((layer, fd)), JobKind::Stream(_)) => {
                 let served = device.disk().format();
                 let file = File::from(fd);
-                let again = file.try_clone().map_err(|error| JobError::Target {
-                    filename: layer.filename.clone(),
-                    error: chain::ChainError::Io {
-                        filename: layer.filename.clone(),
-                        error,
-                    },
-                })?;
+                let again = second_handle(&layer, &file)?;
                 let top = chain::open_over(&layer, file, served.backing(), &options(false))
                     .map_err(|error| JobError::Target {
                         filename: layer.filename.clone(),

@@ -179,6 +179,20 @@ pub fn qcow2_over(image: &Path, backing: &str) {
     ]);
 }
 
+/// `raw` converted into a new qcow2 image at `image`, with `-o options` if any.
+pub fn qcow2_from_raw(raw: &Path, image: &Path, options: Option<&str>) {
+    let (raw, image) = (
+        raw.to_str().expect("a UTF-8 path"),
+        image.to_str().expect("a UTF-8 path"),
+    );
+    let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+    if let Some(o) = options {
+        args.extend(["-o", o]);
+    }
+    args.extend([raw, image]);
+    qemu_img_ok(&args);
+}
+
 /// What qemu-img says about opening `image` as `format` when it refuses it: its error
 /// without the "qemu-img: Could not open 'PATH': " prefix (QEMU's words for the damage).
 pub fn qemu_img_refusal(image: &Path, format: &str) -> String {

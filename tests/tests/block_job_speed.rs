@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qcow2_over, qemu_img_ok};
+use flotilla_tests::blk::{pattern_image, qcow2_from_raw, qcow2_over};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::json;
@@ -95,7 +95,7 @@ fn a_stream_keeps_to_its_speed() {
     pattern_image(&raw, SEED, SECTORS);
     let base = dir.path().join("base.qcow2");
     let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&base)]);
+    qcow2_from_raw(&raw, &base, None);
     qcow2_over(&top, &p(&base));
     let gw = Gateway::start(&[
         "-S",

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qcow2_over, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{pattern_image, qcow2_from_raw, qcow2_over, qemu_img, qemu_img_ok};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
@@ -57,15 +57,7 @@ fn chain(dir: &Path) -> Chain {
         top: dir.join("top.qcow2"),
         pattern,
     };
-    qemu_img_ok(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        &p(&base_src),
-        &p(&c.base),
-    ]);
+    qcow2_from_raw(&base_src, &c.base, None);
     let data = std::fs::read(&c.pattern).unwrap();
     for (image, backing, (a, b)) in [(&c.mid, &c.base, (4, 8)), (&c.top, &c.mid, (10, 12))] {
         qcow2_over(image, &p(backing));
@@ -201,6 +193,19 @@ fn guest_reads_the_pattern(gw: &mut Gateway, c: &mut QmpClient) {
     );
 }
 
+/// A new daemon opens the disk's chain from the gateway's layers and the guest reads
+/// P(SEED) through it (blk-pattern: it then writes P(SEED + 1) and powers off); then
+/// `images` check clean.
+fn a_new_daemon_serves_the_pattern(mut gw: Gateway, mut c: QmpClient, images: &[&Path]) {
+    kill_daemon(&gw, &mut c);
+    guest_reads_the_pattern(&mut gw, &mut c);
+    drop(c);
+    drop(gw);
+    for image in images {
+        no_check_errors(image);
+    }
+}
+
 /// qemu-img check finds no corruption (clusters a SIGKILLed daemon had set aside for
 /// allocation are leaks, as after a crash of QEMU's).
 fn no_check_errors(image: &Path) {
@@ -217,7 +222,7 @@ fn no_check_errors(image: &Path) {
 fn a_stream_copies_mid_into_top_across_a_daemon_restart_and_top_reads_through_base() {
     let dir = TempDir::new("chain-stream");
     let c0 = chain(dir.path());
-    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
     let mut c = gw.client();
     c.ok(
         "block-stream",
@@ -283,11 +288,7 @@ fn a_stream_copies_mid_into_top_across_a_daemon_restart_and_top_reads_through_ba
         "top's header names base"
     );
     // A new daemon opens the shortened chain: the disk still reads P(SEED).
-    kill_daemon(&gw, &mut c);
-    guest_reads_the_pattern(&mut gw, &mut c);
-    drop(c);
-    drop(gw);
-    no_check_errors(&c0.top);
+    a_new_daemon_serves_the_pattern(gw, c, &[&c0.top]);
 }
 
 #[test]
@@ -403,7 +404,7 @@ fn a_stream_beside_a_guest_writing_the_whole_disk_loses_none_of_its_writes() {
 fn a_commit_of_mid_into_base_leaves_top_over_base() {
     let dir = TempDir::new("chain-commit");
     let c0 = chain(dir.path());
-    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
     let mut c = gw.client();
     c.ok(
         "block-commit",
@@ -443,12 +444,7 @@ fn a_commit_of_mid_into_base_leaves_top_over_base() {
         data[4 * MIB..8 * MIB] == pattern[4 * MIB..8 * MIB],
         "base holds mid's [4, 8) MiB"
     );
-    kill_daemon(&gw, &mut c);
-    guest_reads_the_pattern(&mut gw, &mut c);
-    drop(c);
-    drop(gw);
-    no_check_errors(&c0.base);
-    no_check_errors(&c0.top);
+    a_new_daemon_serves_the_pattern(gw, c, &[&c0.base, &c0.top]);
 }
 
 /// A chain whose base is half the disk: base (8 MiB) holds P(SEED)'s first 8 MiB, top
@@ -460,7 +456,7 @@ fn small_base_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let half = dir.join("half.raw");
     std::fs::write(&half, &data[..8 * MIB]).unwrap();
     let (base, top) = (dir.join("base.qcow2"), dir.join("top.qcow2"));
-    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&half), &p(&base)]);
+    qcow2_from_raw(&half, &base, None);
     qemu_img_ok(&[
         "create",
         "-q",
@@ -497,7 +493,7 @@ fn an_active_commit_into_a_smaller_base_grows_it_first() {
     let dir = TempDir::new("chain-small-base");
     let (base, top, _) = small_base_chain(dir.path());
     assert_eq!(virtual_size(&base), 8 << 20);
-    let mut gw = serving_with(&top, &format!("scenario=blk-pattern seed={SEED:#x}"), "");
+    let gw = serving_with(&top, &format!("scenario=blk-pattern seed={SEED:#x}"), "");
     let mut c = gw.client();
     c.ok("block-commit", json!({"device": "d0"}));
     c.job_statuses_until("d0", "ready");
@@ -514,11 +510,7 @@ fn an_active_commit_into_a_smaller_base_grows_it_first() {
         "base grew to the disk's size"
     );
     // Base alone reads P(SEED), its second half too, also under a new daemon.
-    kill_daemon(&gw, &mut c);
-    guest_reads_the_pattern(&mut gw, &mut c);
-    drop(c);
-    drop(gw);
-    no_check_errors(&base);
+    a_new_daemon_serves_the_pattern(gw, c, &[&base]);
 }
 
 #[test]
@@ -528,7 +520,7 @@ fn a_commit_below_the_top_into_a_smaller_base_grows_it_first() {
     // An empty overlay over it: the commit takes mid (its second half) into base.
     let top = dir.path().join("over.qcow2");
     qcow2_over(&top, &p(&mid));
-    let mut gw = serving_with(&top, &format!("scenario=blk-pattern seed={SEED:#x}"), "");
+    let gw = serving_with(&top, &format!("scenario=blk-pattern seed={SEED:#x}"), "");
     let mut c = gw.client();
     c.ok(
         "block-commit",
@@ -549,18 +541,14 @@ fn a_commit_below_the_top_into_a_smaller_base_grows_it_first() {
         16 << 20,
         "{disk}"
     );
-    kill_daemon(&gw, &mut c);
-    guest_reads_the_pattern(&mut gw, &mut c);
-    drop(c);
-    drop(gw);
-    no_check_errors(&base);
+    a_new_daemon_serves_the_pattern(gw, c, &[&base]);
 }
 
 #[test]
 fn an_active_commit_becomes_ready_and_completes_onto_base() {
     let dir = TempDir::new("chain-active-commit");
     let c0 = chain(dir.path());
-    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
     let mut c = gw.client();
     c.ok("block-commit", json!({"device": "d0"}));
     assert_eq!(
@@ -577,11 +565,7 @@ fn an_active_commit_becomes_ready_and_completes_onto_base() {
     assert_eq!(disk["backing_file_depth"], 0, "{disk}");
     assert_eq!(disk["file"], p(&c0.base), "the disk serves base: {disk}");
     // Base alone reads P(SEED) now, also for a new daemon.
-    kill_daemon(&gw, &mut c);
-    guest_reads_the_pattern(&mut gw, &mut c);
-    drop(c);
-    drop(gw);
-    no_check_errors(&c0.base);
+    a_new_daemon_serves_the_pattern(gw, c, &[&c0.base]);
     holds_the_guests_writes(dir.path(), &c0.base);
 }
 
@@ -634,7 +618,7 @@ fn a_none_mirror_completes_onto_an_overlay_of_the_source() {
     let dir = TempDir::new("chain-mirror-none");
     let c0 = chain(dir.path());
     let qemus = qemu_names_as_backing(&c0, "drive-mirror", "none");
-    let mut gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
+    let gw = serving(&c0, &format!("scenario=blk-pattern seed={SEED:#x}"));
     let mut c = gw.client();
     let target = dir.path().join("over.qcow2");
     c.ok(
@@ -656,12 +640,7 @@ fn a_none_mirror_completes_onto_an_overlay_of_the_source() {
     assert_eq!(disk["backing_file_depth"], 3, "{disk}");
     // The guest reads P(SEED) through the overlay, also under a new daemon, and
     // writes P(SEED + 1) into it.
-    kill_daemon(&gw, &mut c);
-    guest_reads_the_pattern(&mut gw, &mut c);
-    drop(c);
-    drop(gw);
-    no_check_errors(&target);
-    no_check_errors(&c0.top);
+    a_new_daemon_serves_the_pattern(gw, c, &[&target, &c0.top]);
     qemu_img_ok(&["compare", &p(&c0.top), &p(&c0.pattern)]);
     holds_the_guests_writes(dir.path(), &target);
 }

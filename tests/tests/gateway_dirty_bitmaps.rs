@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img_ok, two_more_rounds};
+use flotilla_tests::blk::{pattern_image, qcow2_from_raw, two_more_rounds};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use serde_json::{json, Value};
@@ -189,17 +189,7 @@ fn qcow2_disk(dir: &Path) -> PathBuf {
     let raw = dir.join("d0.raw");
     pattern_image(&raw, SEED, SECTORS);
     let image = dir.join("d0.qcow2");
-    qemu_img_ok(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        &p(&raw),
-        &p(&image),
-    ]);
+    qcow2_from_raw(&raw, &image, Some("cluster_size=4096"));
     image
 }
 

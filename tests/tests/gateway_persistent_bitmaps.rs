@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{pattern_image, qemu_img_ok, two_more_rounds, verifying_gateway};
+use flotilla_tests::blk::{
+    pattern_image, qcow2_from_raw, qemu_img_ok, two_more_rounds, verifying_gateway,
+};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
@@ -31,7 +33,7 @@ fn qcow2_disk(dir: &Path, name: &str) -> PathBuf {
     let raw = dir.join("pattern.raw");
     pattern_image(&raw, SEED, SECTORS);
     let image = dir.join(name);
-    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&image)]);
+    qcow2_from_raw(&raw, &image, None);
     image
 }
 
@@ -313,17 +315,7 @@ fn persistent_bitmaps_are_refused_where_they_cannot_be_stored() {
     let dir = TempDir::new("bitmaps-persistent-refused");
     let v2 = dir.path().join("v2.qcow2");
     pattern_image(&dir.path().join("pattern.raw"), SEED, SECTORS);
-    qemu_img_ok(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "compat=0.10",
-        &p(&dir.path().join("pattern.raw")),
-        &p(&v2),
-    ]);
+    qcow2_from_raw(&dir.path().join("pattern.raw"), &v2, Some("compat=0.10"));
     let copy = dir.path().join("v2-copy.qcow2");
     std::fs::copy(&v2, &copy).unwrap();
     let long = "x".repeat(1024);

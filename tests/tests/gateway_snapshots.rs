@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::blk::{first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok};
+use flotilla_tests::blk::{
+    first_mismatch, pattern_image, pattern_sector, qcow2_from_raw, qemu_img, qemu_img_ok,
+};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
@@ -32,7 +34,7 @@ fn disk(dir: &Path, name: &str, qcow2: bool) -> PathBuf {
         return raw;
     }
     let image = dir.join(format!("{name}.qcow2"));
-    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&image)]);
+    qcow2_from_raw(&raw, &image, None);
     std::fs::remove_file(&raw).unwrap();
     image
 }

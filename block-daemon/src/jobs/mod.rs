@@ -131,6 +131,24 @@ fn second_handle(layer: &ipc::ImageLayer, file: &File) -> Result<File, JobError>
     })
 }
 
+/// A job's image `layer` (its `file`) opened alone over `below`, an image of the chain
+/// the daemon serves.
+fn open_target_over(
+    layer: &ipc::ImageLayer,
+    file: File,
+    below: Option<Arc<dyn Format>>,
+    options: &ChainOptions,
+) -> Result<Chain, JobError> {
+    let top = chain::open_over(layer, file, below, options).map_err(|error| JobError::Target {
+        filename: layer.filename.clone(),
+        error,
+    })?;
+    Ok(Chain {
+        top,
+        flush_fd: None,
+    })
+}
+
 /// The job that runs, if any.
 pub struct Jobs {
     current: Mutex<Option<(Arc<Shared>, JoinHandle<()>)>>,
@@ -199,20 +217,8 @@ impl Jobs {
                     .backing();
                 let file = File::from(fd);
                 let again = second_handle(&layer, &file)?;
-                let base =
-                    chain::open_over(&layer, file, below, &options(true)).map_err(|error| {
-                        JobError::Target {
-                            filename: layer.filename.clone(),
-                            error,
-                        }
-                    })?;
-                Some((
-                    Chain {
-                        top: base,
-                        flush_fd: None,
-                    },
-                    Some(again),
-                ))
+                let base = open_target_over(&layer, file, below, &options(true))?;
+                Some((base, Some(again)))
             }
             // A mirror of the top alone (sync top) or of what the guest writes (none)
             // reads through to what its target goes over when it completes: the
@@ -224,18 +230,8 @@ impl Jobs {
                     SyncMode::Top => served.backing(),
                     _ => Some(served),
                 };
-                let opened = chain::open_over(&layer, File::from(fd), below, &options(m.unmap))
-                    .map_err(|error| JobError::Target {
-                        filename: layer.filename.clone(),
-                        error,
-                    })?;
-                Some((
-                    Chain {
-                        top: opened,
-                        flush_fd: None,
-                    },
-                    None,
-                ))
+                let opened = open_target_over(&layer, File::from(fd), below, &options(m.unmap))?;
+                Some((opened, None))
             }
             // A read-only disk's top, read-write for a stream: over the chain below it,
             // the file kept to open it read-only again at the end.
@@ -243,18 +239,8 @@ impl Jobs {
                 let served = device.disk().format();
                 let file = File::from(fd);
                 let again = second_handle(&layer, &file)?;
-                let top = chain::open_over(&layer, file, served.backing(), &options(false))
-                    .map_err(|error| JobError::Target {
-                        filename: layer.filename.clone(),
-                        error,
-                    })?;
-                Some((
-                    Chain {
-                        top,
-                        flush_fd: None,
-                    },
-                    Some(again),
-                ))
+                let top = open_target_over(&layer, file, served.backing(), &options(false))?;
+                Some((top, Some(again)))
             }
             (Some((layer, fd)), kind) => {
                 let unmap = match kind {

@@ -815,21 +815,11 @@ impl BlockLayer {
                 len,
                 cancelled,
                 error,
-            } => self.job_ended(disk, &id, offset, len, cancelled, error),
+            } => {
+                let _changes = self.changes.lock();
+                self.end_job(disk, &id, offset, len, cancelled, error)
+            }
         }
-    }
-
-    fn job_ended(
-        &self,
-        disk: &str,
-        id: &str,
-        offset: u64,
-        len: u64,
-        cancelled: bool,
-        error: Option<String>,
-    ) {
-        let _changes = self.changes.lock();
-        self.end_job(disk, id, offset, len, cancelled, error);
     }
 
     /// Job `id` is over: the disk follows (a pivot, a shortened chain), the job goes and

@@ -105,6 +105,7 @@ mod tests {
                 start_paused: true,
                 disks: vec![],
                 nics: vec![],
+                incoming: false,
             }),
         }
     }

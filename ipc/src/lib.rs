@@ -8,7 +8,7 @@
 //! do not match what its message declares is rejected with its fds closed.
 //!
 //! Beside the messages: a disk's I/O counters and dirty bitmaps in shared memory
-//! (`block_counters`, `dirty_bitmap`), a child's end of its control link (`child`), what
+//! (`block_counters`, `dirty_bitmap`), guest RAM's dirty-page log (`page_log`), a child's end of its control link (`child`), what
 //! every process does as it starts (`process`: its log, its terminating signals, its
 //! inherited fds), and what two processes both name or open on the host (`host`: the VM
 //! options, the serial spec, MAC addresses, a NIC's tap or datagram socket), so that no
@@ -23,6 +23,7 @@ pub mod fds;
 pub mod frame;
 pub mod host;
 pub mod messages;
+pub mod page_log;
 pub mod process;
 pub mod shm;
 
@@ -31,3 +32,4 @@ pub use connection::{Connection, Received};
 pub use dirty_bitmap::SharedBitmap;
 pub use error::IpcError;
 pub use messages::*;
+pub use page_log::PageLog;

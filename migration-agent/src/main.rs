@@ -1,9 +1,168 @@
-//! migration-agent: live migration of a running VM.
-//! Not built yet: the binary says so and fails rather than pretend to run.
+//! migration-agent's command line: it runs under the gateway only (`--control-fd`),
+//! which hands it everything it works on.
 
+use std::fs::File;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ipc::child::ChildLink;
+use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
+use ipc::{
+    AgentEvent, AgentReply, AgentRequest, Channel, IncomingStart, OutgoingStart, PageLog,
+    RemoteError,
+};
+use migration_agent::incoming::{Answer, Receiver};
+use migration_agent::outgoing::Outgoing;
+use migration_agent::ram::GuestRam;
+
+type Link = ChildLink<AgentRequest, AgentReply, AgentEvent>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "migration-agent",
+    about = "Flotilla's live migration of one VM (started by the gateway)"
+)]
+struct Args {
+    /// The control channel: this inherited socket.
+    #[arg(long)]
+    control_fd: RawFd,
+    /// Sandbox this process (`enforce`, `log`, `off`; see the sandbox crate).
+    #[arg(long, value_parser = |s: &str| s.parse::<sandbox::Mode>())]
+    sandbox: Option<sandbox::Mode>,
+}
+
+fn remote(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::generic(e.to_string())
+}
+
+fn take(fds: &mut std::vec::IntoIter<OwnedFd>, what: &str) -> Result<OwnedFd, RemoteError> {
+    fds.next()
+        .ok_or_else(|| RemoteError::generic(format!("the request lacks the {what} fd")))
+}
+
+fn start_outgoing(s: &OutgoingStart, fds: Vec<OwnedFd>) -> Result<Outgoing, RemoteError> {
+    let mut fds = fds.into_iter();
+    let ram = GuestRam::map(take(&mut fds, "guest RAM")?, &s.windows, false).map_err(remote)?;
+    let log = PageLog::from_fd(take(&mut fds, "dirty log")?, s.log_len).map_err(remote)?;
+    let channel = File::from(take(&mut fds, "connection")?);
+    let two_way = match s.channel {
+        Channel::Socket => true,
+        Channel::OneWay => false,
+        Channel::Listener => return Err(RemoteError::generic("a source does not listen")),
+    };
+    Outgoing::start(ram, log, channel, two_way, s).map_err(remote)
+}
+
+fn start_incoming(
+    link: &Link,
+    s: &IncomingStart,
+    fds: Vec<OwnedFd>,
+) -> Result<Answer, RemoteError> {
+    let mut fds = fds.into_iter();
+    let ram = GuestRam::map(take(&mut fds, "guest RAM")?, &s.windows, true).map_err(remote)?;
+    let fd = take(&mut fds, "connection")?;
+    let page_end = s
+        .windows
+        .iter()
+        .map(|w| (w.guest_addr + w.size) / ipc::page_log::PAGE_SIZE)
+        .max()
+        .unwrap_or(0);
+    let answer = Answer::default();
+    let receiver = Receiver {
+        ram,
+        shape: s.shape.clone(),
+        answer: answer.clone(),
+        page_end,
+    };
+    let (events, channel) = (link.clone(), s.channel);
+    std::thread::Builder::new()
+        .name("receive".into())
+        .spawn(move || {
+            if let Err(e) = receiver.run(channel, fd, |ev| events.event(ev)) {
+                events.event(AgentEvent::Failed(e.to_string()));
+            }
+        })
+        .map_err(remote)?;
+    Ok(answer)
+}
+
+/// The agent's one migration: the first request says which side, the rest drive it.
+fn serve(link: &Link) -> anyhow::Result<()> {
+    let mut outgoing: Option<Outgoing> = None;
+    let mut answer: Option<Answer> = None;
+    while let Some(call) = link.recv()? {
+        let result = match call.request {
+            AgentRequest::Outgoing(s) if outgoing.is_none() && answer.is_none() => {
+                start_outgoing(&s, call.fds).map(|o| {
+                    outgoing = Some(o);
+                    AgentReply::Done
+                })
+            }
+            AgentRequest::Incoming(s) if outgoing.is_none() && answer.is_none() => {
+                start_incoming(link, &s, call.fds).map(|a| {
+                    answer = Some(a);
+                    AgentReply::Done
+                })
+            }
+            AgentRequest::SendPass {
+                first,
+                budget_ms,
+                max_bandwidth,
+            } => match outgoing.as_mut() {
+                Some(o) => o
+                    .send(
+                        first,
+                        Duration::from_millis(budget_ms.into()),
+                        max_bandwidth,
+                    )
+                    .map(AgentReply::Pass)
+                    .map_err(remote),
+                None => Err(RemoteError::generic("no outgoing migration")),
+            },
+            AgentRequest::Finish { state, running } => match outgoing.as_mut() {
+                Some(o) => o
+                    .finish(&state, running)
+                    .map(|_| AgentReply::Done)
+                    .map_err(remote),
+                None => Err(RemoteError::generic("no outgoing migration")),
+            },
+            AgentRequest::Resumed(outcome) => match &answer {
+                Some(a) => a
+                    .send(outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()))
+                    .map(|()| AgentReply::Done)
+                    .map_err(remote),
+                None => Err(RemoteError::generic("no incoming migration")),
+            },
+            other => Err(RemoteError::generic(format!(
+                "{other:?}: this agent already serves a migration"
+            ))),
+        };
+        link.reply(call.id, result);
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(mode) = args.sandbox {
+        migration_agent::seccomp::enter(mode).context("sandbox")?;
+    }
+    // Signals end the agent only through the gateway (which kills it to cancel).
+    let _signals = block_terminating_signals()?;
+    let stream = UnixStream::from(take_inherited_fd("--control-fd", args.control_fd)?);
+    serve(&Link::new(stream))
+}
 
 fn main() -> ExitCode {
-    eprintln!("migration-agent: not implemented yet: live migration of a running VM");
-    ExitCode::from(2)
+    init_logging();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("migration-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

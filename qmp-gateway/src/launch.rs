@@ -103,6 +103,7 @@ impl OpenedVm {
                 start_paused: o.start_paused,
                 disks: Vec::new(),
                 nics: Vec::new(),
+                incoming: false,
             },
             fds,
             console_socket,

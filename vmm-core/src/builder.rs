@@ -9,9 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
@@ -35,7 +33,8 @@ use crate::layout::{
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Vcpu;
 use crate::vhost_user::{
-    Blk, ConfigChangeHandle, DeviceModel, Handover, LinkHandle, Net, Reconnect, VhostUserDevice,
+    Blk, ConfigChangeHandle, DeviceModel, Handover, Link, LinkHandle, Net, Reconnect,
+    VhostUserDevice,
 };
 use crate::vm::{DiskHandle, NicHandle, PowerOnChips, Vm};
 
@@ -45,6 +44,8 @@ pub struct VmConfig {
     pub cpus: usize,
     /// Keep the vCPUs stopped until a `Cont` request (run state "prelaunch").
     pub start_paused: bool,
+    /// Memory and state come by migration: nothing is loaded into RAM.
+    pub incoming: bool,
 }
 
 /// A vhost-user backend over an already connected socket.
@@ -106,13 +107,24 @@ pub fn build_vm(
         .map(|(i, nic)| transports.attach_nic(i, nic))
         .collect::<Result<Vec<_>, _>>()?;
     let vcpus = create_vcpus(&kvm, &vm, config.cpus)?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("reading the MSR index list"))?
+        .as_slice()
+        .to_vec();
+    // An incoming VM's RAM is the source's; what the loader would write is computed
+    // all the same (a later reset loads the kernel again).
     let loaded = boot.load(&ram, config.cpus)?;
+    if config.incoming {
+        ram.clear()?;
+    }
     let vm = Vm {
         vm,
         ram,
         boot,
         loaded,
         vcpus,
+        msr_list,
         chips,
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -121,10 +133,13 @@ pub fn build_vm(
         events_rx,
         console: Some((console, platform.serial)),
         start_paused: config.start_paused,
+        incoming: config.incoming,
         disks,
         nics,
     };
-    vm.reset_vcpus()?;
+    if !config.incoming {
+        vm.reset_vcpus()?;
+    }
     Ok(vm)
 }
 
@@ -158,7 +173,16 @@ fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, VmError> {
         .map_err(kvm_err("setting the TSS address"))?;
     vm.set_identity_map_address(KVM_IDENTITY_MAP)
         .map_err(kvm_err("setting the identity map address"))?;
-    register_ram(&vm, ram)?;
+    ram.regions()
+        .iter()
+        .try_for_each(|r| match ram.host_addr(r) {
+            Some(_) => Ok(()),
+            None => Err(MemoryError::Mmap(format!(
+                "no host mapping for {:#x}",
+                r.guest_addr
+            ))),
+        })?;
+    crate::dirty_log::register_ram(&vm, ram, false)?;
     vm.create_irq_chip()
         .map_err(kvm_err("creating the in-kernel irqchip"))?;
     vm.create_pit2(kvm_pit_config {
@@ -167,25 +191,6 @@ fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, VmError> {
     })
     .map_err(kvm_err("creating the in-kernel PIT"))?;
     Ok(vm)
-}
-
-fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
-    for (slot, region) in ram.regions().iter().enumerate() {
-        let host = ram.host_addr(region).ok_or_else(|| {
-            MemoryError::Mmap(format!("no host mapping for {:#x}", region.guest_addr))
-        })?;
-        let mr = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.guest_addr,
-            memory_size: region.size,
-            userspace_addr: host,
-        };
-        // SAFETY: the mapping behind `host` lives as long as `ram`, which the Vm owns
-        // for as long as the KVM VM exists.
-        unsafe { vm.set_user_memory_region(mr) }.map_err(kvm_err("registering guest RAM"))?;
-    }
-    Ok(())
 }
 
 /// The platform devices the control loop reaches again later.
@@ -258,6 +263,13 @@ fn attach_pci_root(
     Ok(pci)
 }
 
+/// A vhost-user device as attached: what the VM's control loop keeps of it.
+struct Attached {
+    config: ConfigChangeHandle,
+    handover: Option<Handover>,
+    link: Arc<Mutex<Link>>,
+}
+
 /// What a vhost-user device needs to sit behind a virtio-pci transport on bus 0.
 struct Transports<'a> {
     pci: &'a Mutex<PciRoot>,
@@ -268,21 +280,26 @@ struct Transports<'a> {
 
 impl Transports<'_> {
     fn attach_disk(&self, index: usize, disk: DiskConnection) -> Result<DiskHandle, VmError> {
-        let (config, handover) = self.attach(
+        let a = self.attach(
             format!("disk {index}"),
             Blk::new(disk.max_queues),
             disk.backend,
         )?;
-        Ok(DiskHandle { config, handover })
+        Ok(DiskHandle {
+            config: a.config,
+            handover: a.handover,
+            link: a.link,
+        })
     }
 
     fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, VmError> {
         let net = Net::new(nic.mac, nic.queue_pairs);
         let link_up = net.link_up();
-        let (config, handover) = self.attach(format!("nic {index}"), net, nic.backend)?;
+        let a = self.attach(format!("nic {index}"), net, nic.backend)?;
         Ok(NicHandle {
-            link: LinkHandle::new(link_up, config),
-            handover,
+            link_state: LinkHandle::new(link_up, a.config),
+            handover: a.handover,
+            link: a.link,
         })
     }
 
@@ -292,7 +309,7 @@ impl Transports<'_> {
         name: String,
         model: impl DeviceModel,
         backend: BackendConnection,
-    ) -> Result<(ConfigChangeHandle, Option<Handover>), VmError> {
+    ) -> Result<Attached, VmError> {
         let (reconnect, handover) = Reconnect::new(backend.path);
         let device = VhostUserDevice::new(name.clone(), model, backend.stream, reconnect, self.ram)
             .map_err(|error| VmError::Frontend {
@@ -300,6 +317,7 @@ impl Transports<'_> {
                 error,
             })?;
         let config = device.config_change_handle();
+        let link = device.link();
         let bar = self.pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
         let transport = VirtioPci::new(
             Box::new(device),
@@ -309,7 +327,11 @@ impl Transports<'_> {
         )
         .map_err(|error| VmError::Transport { name, error })?;
         self.pci.lock().add(Arc::new(Mutex::new(transport)))?;
-        Ok((config, handover))
+        Ok(Attached {
+            config,
+            handover,
+            link,
+        })
     }
 }
 

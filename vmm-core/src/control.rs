@@ -47,6 +47,16 @@ impl Control {
         self.link.reply(id, result);
     }
 
+    /// Answers with the fds the reply declares (guest memory for a migration).
+    pub fn reply_with_fds(
+        &self,
+        id: u64,
+        result: Result<VmmReply, RemoteError>,
+        fds: &[std::os::fd::BorrowedFd],
+    ) {
+        self.link.reply_with_fds(id, result, fds);
+    }
+
     pub fn event(&self, event: VmmEvent) {
         self.link.event(event);
     }

@@ -139,6 +139,7 @@ fn run_standalone(
         memory_mib: args.memory,
         cpus: args.cpus,
         start_paused: args.start_paused,
+        incoming: false,
     };
     let disks = disks
         .into_iter()
@@ -195,6 +196,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         memory_mib: config.memory_mib,
         cpus: config.cpus as usize,
         start_paused: config.start_paused,
+        incoming: config.incoming,
     };
     let nic_pairs = |n: &ipc::NicLaunch| n.queue_pairs.clamp(1, 7) as usize;
     // Before anything is built: a VM that would run out of descriptors half-way says so.

@@ -3,7 +3,7 @@
 //! reset requests, vCPU failures, signals, the gateway's requests) and is handled here,
 //! in one place; the run state and the events the gateway sees follow from it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use ipc::{
 use crate::control::Control;
 use crate::error::VmError;
 use crate::events::VmEvent;
+use crate::migration::{self, Answer, Outgoing};
 use crate::vcpu::{self, Request, VcpuControl, VcpuError, VcpuThread};
 use crate::vhost_user::Handover;
 use crate::vm::Vm;
@@ -66,10 +67,13 @@ impl Vm {
             vcpus: threads.control.clone(),
             thread_ids: threads.thread_ids.clone(),
             state: RunState::Prelaunch,
+            outgoing: Outgoing::default(),
         };
         // Started before the launch reply, so the gateway knows the run state by the time
         // it has that reply (the RunState event travels first on the same channel).
-        if !runner.vm.start_paused {
+        if runner.vm.incoming {
+            runner.set_state(RunState::InMigrate);
+        } else if !runner.vm.start_paused {
             runner.cont_vcpus();
         }
         if let Some((control, launch_id)) = control {
@@ -155,6 +159,8 @@ struct Runner<'a> {
     vcpus: Arc<VcpuControl>,
     thread_ids: Vec<i32>,
     state: RunState,
+    /// Dirty logging while this VM migrates away.
+    outgoing: Outgoing,
 }
 
 impl Runner<'_> {
@@ -192,12 +198,18 @@ impl Runner<'_> {
     fn cont(&mut self) -> Result<(), RemoteError> {
         match self.state {
             RunState::Running => Ok(()),
-            RunState::Paused | RunState::Prelaunch => {
+            RunState::Paused
+            | RunState::Prelaunch
+            | RunState::FinishMigrate
+            | RunState::PostMigrate => {
                 self.cont_vcpus();
                 Ok(())
             }
             RunState::InternalError | RunState::Shutdown => Err(RemoteError::generic(
                 "Resetting the Virtual Machine is required",
+            )),
+            RunState::InMigrate => Err(RemoteError::generic(
+                "the VM has not arrived yet (its migration is not complete)",
             )),
         }
     }
@@ -220,7 +232,11 @@ impl Runner<'_> {
                 self.vcpus.request(Request::Run);
             }
             RunState::InternalError | RunState::Shutdown => self.set_state(RunState::Prelaunch),
-            RunState::Paused | RunState::Prelaunch => {}
+            RunState::Paused
+            | RunState::Prelaunch
+            | RunState::InMigrate
+            | RunState::FinishMigrate
+            | RunState::PostMigrate => {}
         }
         Ok(())
     }
@@ -269,12 +285,94 @@ impl Runner<'_> {
         result
     }
 
+    /// A migration's requests, which may answer with fds.
+    fn handle_migration(&mut self, request: VmmRequest) -> Answer {
+        let done = || (Ok(VmmReply::Done), Vec::new());
+        match request {
+            VmmRequest::MigrationStart => self.outgoing.start(&self.vm),
+            VmmRequest::DirtyLogSync => self.outgoing.sync(&self.vm),
+            VmmRequest::MigrationEnd => self.outgoing.end(&self.vm),
+            VmmRequest::MigrationStop => {
+                if self.state == RunState::Running {
+                    self.pause_vcpus();
+                }
+                self.set_state(RunState::FinishMigrate);
+                done()
+            }
+            VmmRequest::SaveState => match self.state {
+                RunState::Running => (
+                    Err(RemoteError::generic(
+                        "the VM must be stopped to save its state",
+                    )),
+                    Vec::new(),
+                ),
+                _ => match self.vm.save_state() {
+                    Ok(state) => (Ok(VmmReply::State(state)), Vec::new()),
+                    Err(e) => (Err(RemoteError::generic(e.to_string())), Vec::new()),
+                },
+            },
+            VmmRequest::MigrationCompleted => {
+                self.set_state(RunState::PostMigrate);
+                done()
+            }
+            VmmRequest::IncomingMemory => migration::incoming_memory(&self.vm),
+            VmmRequest::RestoreState(state) => match self.state {
+                RunState::InMigrate => match self.vm.restore_state(&state) {
+                    Ok(()) => done(),
+                    Err(e) => (Err(RemoteError::generic(e.to_string())), Vec::new()),
+                },
+                _ => (
+                    Err(RemoteError::generic(
+                        "the VM is not waiting for a migration",
+                    )),
+                    Vec::new(),
+                ),
+            },
+            VmmRequest::IncomingCompleted { run } => {
+                if self.state != RunState::InMigrate {
+                    return (
+                        Err(RemoteError::generic(
+                            "the VM is not waiting for a migration",
+                        )),
+                        Vec::new(),
+                    );
+                }
+                if run {
+                    self.cont_vcpus();
+                } else {
+                    self.set_state(RunState::Paused);
+                }
+                done()
+            }
+            other => (
+                Err(RemoteError::generic(format!(
+                    "{other:?} is not a migration request"
+                ))),
+                Vec::new(),
+            ),
+        }
+    }
+
     fn handle_request(
         &mut self,
         request: VmmRequest,
         fds: Vec<OwnedFd>,
-    ) -> Result<Result<VmmReply, RemoteError>, VmError> {
-        Ok(match request {
+    ) -> Result<Answer, VmError> {
+        if matches!(
+            request,
+            VmmRequest::MigrationStart
+                | VmmRequest::DirtyLogSync
+                | VmmRequest::MigrationEnd
+                | VmmRequest::MigrationStop
+                | VmmRequest::SaveState
+                | VmmRequest::MigrationCompleted
+                | VmmRequest::IncomingMemory
+                | VmmRequest::RestoreState(_)
+                | VmmRequest::IncomingCompleted { .. }
+        ) {
+            return Ok(self.handle_migration(request));
+        }
+        let reply = match request {
             VmmRequest::Launch(_) => Err(RemoteError::generic("the VM is already launched")),
             VmmRequest::Stop => {
                 self.stop();
@@ -300,7 +398,7 @@ impl Runner<'_> {
                 None => Err(RemoteError::generic(format!("no disk {disk}"))),
             },
             VmmRequest::NicSetLink { nic, up } => {
-                match self.vm.nics.get(nic as usize).map(|n| &n.link) {
+                match self.vm.nics.get(nic as usize).map(|n| &n.link_state) {
                     Some(l) => {
                         l.set(up);
                         Ok(VmmReply::Done)
@@ -326,7 +424,9 @@ impl Runner<'_> {
             }
             // Quit is answered by the event loop, which then ends.
             VmmRequest::Quit(_) => Ok(VmmReply::Done),
-        })
+            _ => Err(RemoteError::generic("a migration request out of place")),
+        };
+        Ok((reply, Vec::new()))
     }
 
     fn event_loop(&mut self) -> Result<VmExit, VmError> {
@@ -365,9 +465,10 @@ impl Runner<'_> {
                     if let VmmRequest::Quit(cause) = request {
                         self.notify(VmmEvent::Shutdown(cause));
                     }
-                    let result = self.handle_request(request, fds)?;
+                    let (result, reply_fds) = self.handle_request(request, fds)?;
                     if let Some(c) = self.control {
-                        c.reply(id, result);
+                        let fds: Vec<_> = reply_fds.iter().map(|f| f.as_fd()).collect();
+                        c.reply_with_fds(id, result, &fds);
                     }
                     if quit {
                         return Ok(VmExit::Quit);

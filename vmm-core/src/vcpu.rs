@@ -151,6 +151,11 @@ impl Vcpu {
         Ok((rip, mp.mp_state == KVM_MP_STATE_HALTED))
     }
 
+    /// The KVM vCPU, for reading and writing its state while its thread is parked.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Queues an NMI (delivered when the vCPU next runs).
     pub fn nmi(&self) -> Result<(), VcpuError> {
         self.fd.nmi().map_err(self.err("injecting an NMI"))

@@ -17,11 +17,12 @@ use crate::boot::{BootImage, LoadedKernel};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::serial::{Console, SerialDevice};
+use crate::dirty_log::DirtyLog;
 use crate::error::{kvm_err, KvmError, VmError};
 use crate::events::{EventSender, VmEvent};
 use crate::memory::GuestRam;
 use crate::vcpu::{Vcpu, VcpuError};
-use crate::vhost_user::{ConfigChangeHandle, Handover, LinkHandle};
+use crate::vhost_user::{ConfigChangeHandle, Handover, Link, LinkHandle};
 
 /// Presses the fixed-feature ACPI power button (what QMP system_powerdown does).
 #[derive(Clone)]
@@ -38,12 +39,15 @@ pub struct DiskHandle {
     pub config: ConfigChangeHandle,
     /// Connections the gateway hands over after restarting the disk's daemon.
     pub handover: Option<Handover>,
+    pub link: Arc<Mutex<Link>>,
 }
 
 /// A NIC as the VM's control loop sees it.
 pub struct NicHandle {
-    pub link: LinkHandle,
+    /// The NIC's link status (QMP set_link).
+    pub link_state: LinkHandle,
     pub handover: Option<Handover>,
+    pub link: Arc<Mutex<Link>>,
 }
 
 /// The in-kernel interrupt controllers and PIT as created, restored on reset.
@@ -88,6 +92,8 @@ pub struct Vm {
     pub(crate) boot: BootImage,
     pub(crate) loaded: LoadedKernel,
     pub(crate) vcpus: Vec<Arc<Mutex<Vcpu>>>,
+    /// KVM_GET_MSR_INDEX_LIST: the MSRs a migration reads from each vCPU.
+    pub(crate) msr_list: Vec<u32>,
     pub(crate) chips: PowerOnChips,
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
@@ -97,6 +103,8 @@ pub struct Vm {
     /// Taken when the VM starts, which starts the console's input.
     pub(crate) console: Option<(Console, Arc<Mutex<SerialDevice>>)>,
     pub(crate) start_paused: bool,
+    /// Memory and state come by migration: nothing was loaded (run state "inmigrate").
+    pub(crate) incoming: bool,
     /// Per disk, in launch order.
     pub(crate) disks: Vec<DiskHandle>,
     /// Per NIC, in launch order.
@@ -120,6 +128,31 @@ impl Vm {
     /// A handle that presses the ACPI power button while the VM runs.
     pub fn power_button(&self) -> PowerButton {
         PowerButton(self.pm.clone())
+    }
+
+    /// Every vhost-user backend logs its writes into `log` from now on (a migration
+    /// starts), or stops logging (`None`). On an error, none logs.
+    pub(crate) fn set_backends_dirty_log(&self, log: Option<&DirtyLog>) -> Result<(), String> {
+        let links = (self.disks.iter().map(|d| &d.link)).chain(self.nics.iter().map(|n| &n.link));
+        for link in links.clone() {
+            let handed = match log {
+                Some(log) => match log.file() {
+                    Ok(f) => Some((f, log.log().len())),
+                    Err(e) => return Err(format!("the dirty log for a backend: {e}")),
+                },
+                None => None,
+            };
+            let mut link = link.lock();
+            if let Err(e) = link.set_dirty_log(handed) {
+                let name = link.name().to_string();
+                drop(link);
+                if log.is_some() {
+                    let _ = self.set_backends_dirty_log(None);
+                }
+                return Err(format!("{name}: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// Every vCPU to its power-on state, the boot vCPU at the kernel's entry.

@@ -7,12 +7,14 @@
 
 pub mod block;
 pub mod job;
+pub mod migration;
 pub mod net;
 pub mod node;
 pub mod vmm;
 
 pub use block::*;
 pub use job::*;
+pub use migration::*;
 pub use net::*;
 pub use node::*;
 pub use vmm::*;

@@ -33,6 +33,18 @@ pub struct LaunchConfig {
     /// virtio-net NICs, each with a connected socket to its vhost-user backend (after
     /// the disks' fds).
     pub nics: Vec<NicLaunch>,
+    /// The VM arrives by migration: memory and device state come from the source
+    /// (`IncomingMemory`, `RestoreState`); nothing is loaded and nothing runs until
+    /// then (run state "inmigrate").
+    pub incoming: bool,
+}
+
+/// One window of guest RAM: its guest physical address, size and offset in the memfd.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamWindow {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub file_offset: u64,
 }
 
 /// A NIC as vmm-core sees it: a vhost-user-net frontend on a socket the gateway
@@ -96,6 +108,30 @@ pub enum VmmRequest {
     },
     /// Stop the VM and exit; the cause goes into the SHUTDOWN event.
     Quit(ShutdownCause),
+    /// A migration starts on the source: dirty logging on (KVM's, and the vhost-user
+    /// backends' into the same bitmap); the answer brings guest RAM's memfd and the
+    /// dirty bitmap's.
+    MigrationStart,
+    /// Gathers what was dirtied since the last sync into the shared bitmap.
+    DirtyLogSync,
+    /// The migration is over (done, failed or cancelled): dirty logging off.
+    MigrationEnd,
+    /// The stop-and-copy: the vCPUs stop (run state "finish-migrate").
+    MigrationStop,
+    /// The whole device state of the stopped VM (vCPUs, interrupt controllers, clock,
+    /// devices), opaque to everyone but vmm-core.
+    SaveState,
+    /// The destination has the VM: the source stays stopped ("postmigrate").
+    MigrationCompleted,
+    /// On the destination: guest RAM's memfd, to receive memory into.
+    IncomingMemory,
+    /// On the destination: the source's `SaveState` (after all of memory arrived).
+    RestoreState(Vec<u8>),
+    /// On the destination: the migration is complete; the VM runs if `run`, otherwise
+    /// it waits in "paused".
+    IncomingCompleted {
+        run: bool,
+    },
 }
 
 impl Message for VmmRequest {
@@ -128,8 +164,25 @@ pub struct CpuState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum VmmReply {
     Done,
-    Launched { vcpus: Vec<VcpuInfo> },
+    Launched {
+        vcpus: Vec<VcpuInfo>,
+    },
     Cpus(Vec<CpuState>),
+    /// Guest RAM's layout; the frame carries its memfd, then the dirty bitmap's (one bit
+    /// per 4 KiB page by guest physical address, `bitmap_len` bytes).
+    Migration {
+        windows: Vec<RamWindow>,
+        bitmap_len: u64,
+    },
+    /// Pages marked in the bitmap after a sync.
+    Dirty {
+        pages: u64,
+    },
+    State(Vec<u8>),
+    /// Guest RAM's layout; the frame carries its memfd.
+    Memory {
+        windows: Vec<RamWindow>,
+    },
 }
 
 /// The VM's run states (QMP's RunState, the subset that applies).
@@ -140,6 +193,12 @@ pub enum RunState {
     Paused,
     InternalError,
     Shutdown,
+    /// A destination waiting for its migration.
+    InMigrate,
+    /// A source in its stop-and-copy.
+    FinishMigrate,
+    /// A source whose VM now runs on the destination.
+    PostMigrate,
 }
 
 impl RunState {
@@ -150,6 +209,9 @@ impl RunState {
             RunState::Paused => "paused",
             RunState::InternalError => "internal-error",
             RunState::Shutdown => "shutdown",
+            RunState::InMigrate => "inmigrate",
+            RunState::FinishMigrate => "finish-migrate",
+            RunState::PostMigrate => "postmigrate",
         }
     }
 }
@@ -200,7 +262,15 @@ pub enum VmmEvent {
     },
 }
 
-impl Message for VmmReply {}
+impl Message for VmmReply {
+    fn fd_count(&self) -> usize {
+        match self {
+            VmmReply::Migration { .. } => 2,
+            VmmReply::Memory { .. } => 1,
+            _ => 0,
+        }
+    }
+}
 
 pub type FromVmm = Upcall<VmmReply, VmmEvent>;
 
@@ -220,6 +290,7 @@ mod tests {
             start_paused: false,
             disks: vec![],
             nics: vec![],
+            incoming: false,
         };
         assert_eq!(c.fd_count(), 2);
         c.initrd_path = Some("i".into());

@@ -3,7 +3,10 @@
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::bus::BusDevice;
+use super::state;
 use super::IrqLine;
 use crate::boot::acpi::SLP_TYP_S5;
 use crate::events::{EventSender, VmEvent};
@@ -132,6 +135,37 @@ impl BusDevice for AcpiPm {
         self.cnt = SCI_EN;
         self.update_sci();
     }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        Some(state::encode(&PmState {
+            sts: self.sts,
+            en: self.en,
+            cnt: self.cnt,
+            timer_ns: self.timer_start.elapsed().as_nanos() as u64,
+        }))
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s: PmState = state::decode("ACPI PM", bytes)?;
+        self.sts = s.sts;
+        self.en = s.en;
+        self.cnt = (s.cnt & CNT_STORED) | SCI_EN;
+        // The PM timer goes on from where it was, as if no time passed in between.
+        self.timer_start = Instant::now()
+            .checked_sub(std::time::Duration::from_nanos(s.timer_ns))
+            .unwrap_or_else(Instant::now);
+        // The SCI line's level lives in the in-kernel IOAPIC state, restored with it.
+        self.sci_level = self.cnt & SCI_EN != 0 && self.sts & self.en & SCI_EVENTS != 0;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PmState {
+    sts: u16,
+    en: u16,
+    cnt: u16,
+    timer_ns: u64,
 }
 
 #[cfg(test)]

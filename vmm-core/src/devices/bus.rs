@@ -10,6 +10,14 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
     /// Return to power-on state (a VM reset).
     fn reset(&mut self) {}
+    /// The state the guest can see, for a migration (None: the device keeps none).
+    fn save_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Takes the state `save_state` gave on the source.
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err("this device keeps no state".into())
+    }
 }
 
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
@@ -92,6 +100,40 @@ impl Bus {
         for r in &self.ranges {
             r.device.lock().reset();
         }
+    }
+
+    /// Each device's state, keyed by its base address.
+    pub fn save_states(&self) -> Vec<(u64, Vec<u8>)> {
+        self.ranges
+            .iter()
+            .filter_map(|r| r.device.lock().save_state().map(|s| (r.base, s)))
+            .collect()
+    }
+
+    /// Gives each device its saved state. The saved devices must be exactly the ones
+    /// here that keep state: anything else is another VM shape.
+    pub fn restore_states(&self, states: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let here: Vec<u64> = self
+            .ranges
+            .iter()
+            .filter(|r| r.device.lock().save_state().is_some())
+            .map(|r| r.base)
+            .collect();
+        let there: Vec<u64> = states.iter().map(|(base, _)| *base).collect();
+        if here != there {
+            return Err(format!(
+                "the devices differ: state for {there:x?}, devices with state at {here:x?}"
+            ));
+        }
+        for (base, state) in states {
+            if let Some(r) = self.ranges.iter().find(|r| r.base == *base) {
+                r.device
+                    .lock()
+                    .restore_state(state)
+                    .map_err(|e| format!("device at {base:#x}: {e}"))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod i8042;
 pub mod pci;
 pub mod reset_control;
 pub mod serial;
+pub mod state;
 pub mod virtio_pci;
 
 /// A level-triggered interrupt line into the guest's interrupt controllers.

@@ -38,6 +38,20 @@ impl BusDevice for ResetControl {
     fn reset(&mut self) {
         self.value = 0;
     }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        Some(vec![self.value])
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        match state {
+            [v] => {
+                self.value = v & SYS_RST;
+                Ok(())
+            }
+            _ => Err("reset control: malformed state".into()),
+        }
+    }
 }
 
 #[cfg(test)]

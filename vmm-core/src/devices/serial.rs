@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use ipc::host::SerialConfig;
 use parking_lot::Mutex;
-use vm_superio::serial::{Error as UartError, NoEvents};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{Error as UartError, NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
+use super::state;
 
 /// Where the guest's serial output goes. Cloneable so a reset can rebuild the UART
 /// around the same console.
@@ -107,6 +109,67 @@ impl BusDevice for SerialDevice {
         match self.irq.try_clone() {
             Ok(irq) => self.uart = Serial::new(IrqEvent(irq), self.out.clone()),
             Err(e) => log::error!("serial reset: cloning the interrupt eventfd: {e}"),
+        }
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        Some(state::encode(&UartState::from(self.uart.state())))
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let saved: UartState = state::decode("UART", bytes)?;
+        let irq = self
+            .irq
+            .try_clone()
+            .map_err(|e| format!("UART interrupt eventfd: {e}"))?;
+        self.uart = Serial::from_state(&saved.into(), IrqEvent(irq), NoEvents, self.out.clone())
+            .map_err(|e| format!("UART: {e}"))?;
+        Ok(())
+    }
+}
+
+/// The UART's registers and receive FIFO (vm-superio's SerialState, which has no serde
+/// form of its own).
+#[derive(Serialize, Deserialize)]
+struct UartState {
+    registers: [u8; 9],
+    in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for UartState {
+    fn from(s: SerialState) -> Self {
+        UartState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<UartState> for SerialState {
+    fn from(s: UartState) -> Self {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            s.registers;
+        SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: s.in_buffer,
         }
     }
 }

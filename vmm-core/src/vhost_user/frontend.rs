@@ -43,6 +43,12 @@ impl VhostUserDevice {
         Ok(VhostUserDevice { link, requests })
     }
 
+    /// The link itself, for what the VM's control loop does to every backend at once
+    /// (a migration's dirty log).
+    pub fn link(&self) -> Arc<Mutex<Link>> {
+        self.link.clone()
+    }
+
     pub fn config_change_handle(&self) -> ConfigChangeHandle {
         ConfigChangeHandle::new(self.requests.clone())
     }
@@ -93,5 +99,17 @@ impl VirtioDevice for VhostUserDevice {
 
     fn set_config_changed(&mut self, notify: ConfigChanged) {
         self.requests.set_notify(notify);
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        self.link.lock().model().save_state()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.link.lock().model_mut().restore_state(state)
+    }
+
+    fn resume(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
+        self.link.lock().resume(features, queues)
     }
 }

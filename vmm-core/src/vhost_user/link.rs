@@ -18,7 +18,7 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, FrontendReqHandler, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio::features::{ACCESS_PLATFORM, NOTIFICATION_DATA, RING_PACKED};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -44,7 +44,13 @@ fn wanted_protocol() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
+
+/// VHOST_F_LOG_ALL: the backend logs its writes to guest memory (a migration runs).
+const F_LOG_ALL: u64 = 1 << 26;
+/// SET_VRING_ADDR's flag: log the used ring's writes at its log address.
+const VRING_F_LOG: u32 = 1 << 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {
@@ -76,6 +82,33 @@ struct RingSetup {
     call: EventFd,
 }
 
+impl RingSetup {
+    /// SET_VRING_ADDR's payload for host addresses (desc, used, avail); while logging,
+    /// the used ring's writes are logged at its guest address.
+    fn addresses(&self, (desc, used, avail): (u64, u64, u64), logging: bool) -> VringConfigData {
+        VringConfigData {
+            queue_max_size: QUEUE_MAX_SIZE,
+            queue_size: self.size,
+            flags: if logging { VRING_F_LOG } else { 0 },
+            desc_table_addr: desc,
+            used_ring_addr: used,
+            avail_ring_addr: avail,
+            log_addr: logging.then_some(self.used),
+        }
+    }
+}
+
+/// SET_LOG_BASE with the log's memfd.
+fn send_log_base(f: &mut Frontend, log: &File, len: u64) -> Result<(), VhostUserError> {
+    let region = VhostUserDirtyLogRegion {
+        mmap_size: len,
+        mmap_offset: 0,
+        mmap_handle: log.as_raw_fd(),
+    };
+    f.set_log_base(0, Some(region))
+        .map_err(proto("SET_LOG_BASE"))
+}
+
 /// One connection to the backend.
 struct Session {
     frontend: Frontend,
@@ -105,6 +138,8 @@ pub struct Link {
     regions: Vec<(u64, u64, u64, u64)>,
     memfd: File,
     requests: Arc<BackendRequests>,
+    /// The dirty log (memfd, length) while a migration runs.
+    dirty_log: Option<(File, u64)>,
 }
 
 impl Link {
@@ -145,6 +180,7 @@ impl Link {
                 .try_clone()
                 .map_err(VhostUserError::BackendChannel)?,
             requests,
+            dirty_log: None,
         })
     }
 
@@ -154,6 +190,10 @@ impl Link {
 
     pub fn model(&self) -> &dyn DeviceModel {
         self.model.as_ref()
+    }
+
+    pub fn model_mut(&mut self) -> &mut dyn DeviceModel {
+        self.model.as_mut()
     }
 
     pub fn num_queues(&self) -> usize {
@@ -258,10 +298,7 @@ impl Link {
         let Some(features) = self.acked_features else {
             return Ok(());
         };
-        let mut acked = features & self.backend_features;
-        if !self.protocol.is_empty() {
-            acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        }
+        let acked = self.backend_acked(features);
         let regions: Vec<VhostUserMemoryRegionInfo> = self
             .regions
             .iter()
@@ -302,12 +339,16 @@ impl Link {
             && !self.rings.is_empty();
         let queue_size = self.rings.first().map_or(QUEUE_MAX_SIZE, |r| r.size);
         let num_queues = self.num_queues as u16;
+        let logging = self.dirty_log.is_some();
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
         let f = &mut session.frontend;
         f.set_features(acked).map_err(proto("SET_FEATURES"))?;
         f.set_mem_table(&regions).map_err(proto("SET_MEM_TABLE"))?;
+        if let Some((log, len)) = &self.dirty_log {
+            send_log_base(f, log, *len)?;
+        }
         if inflight_wanted {
             if self.inflight.is_none() {
                 let ask = VhostUserInflight {
@@ -324,18 +365,9 @@ impl Link {
             }
         }
         for ((r, (desc, used, avail)), base) in self.rings.iter().zip(ring_addrs).zip(bases) {
-            let config = VringConfigData {
-                queue_max_size: QUEUE_MAX_SIZE,
-                queue_size: r.size,
-                flags: 0,
-                desc_table_addr: desc,
-                used_ring_addr: used,
-                avail_ring_addr: avail,
-                log_addr: None,
-            };
             f.set_vring_num(r.index, r.size)
                 .map_err(proto("SET_VRING_NUM"))?;
-            f.set_vring_addr(r.index, &config)
+            f.set_vring_addr(r.index, &r.addresses((desc, used, avail), logging))
                 .map_err(proto("SET_VRING_ADDR"))?;
             f.set_vring_base(r.index, base)
                 .map_err(proto("SET_VRING_BASE"))?;
@@ -355,6 +387,65 @@ impl Link {
             let _ = r.kick.write(1);
         }
         Ok(())
+    }
+
+    /// What SET_FEATURES tells the backend for a driver that acked `features`.
+    fn backend_acked(&self, features: u64) -> u64 {
+        let mut acked = features & self.backend_features;
+        if !self.protocol.is_empty() {
+            acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        }
+        if self.dirty_log.is_some() {
+            acked |= F_LOG_ALL;
+        }
+        acked
+    }
+
+    /// A migration starts (`Some(log)`: its memfd and length) or ends (`None`): the
+    /// backend logs its writes to guest memory into the log from now on, or stops. A
+    /// backend that cannot log makes the migration impossible.
+    pub fn set_dirty_log(&mut self, log: Option<(File, u64)>) -> Result<(), VhostUserError> {
+        if log.is_some() && self.backend_features & F_LOG_ALL == 0 {
+            return Err(VhostUserError::Setup(format!(
+                "{}: the vhost-user backend cannot log dirty pages (no VHOST_F_LOG_ALL)",
+                self.name
+            )));
+        }
+        if log.is_some() && !self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD) {
+            return Err(VhostUserError::Setup(format!(
+                "{}: the vhost-user backend takes no shared dirty log (no LOG_SHMFD)",
+                self.name
+            )));
+        }
+        self.dirty_log = log;
+        let Some(features) = self.acked_features else {
+            // Nothing runs yet: the log goes with the setup when the driver starts.
+            return Ok(());
+        };
+        let acked = self.backend_acked(features);
+        let logging = self.dirty_log.is_some();
+        let mut ring_addrs = Vec::new();
+        for r in &self.rings {
+            ring_addrs.push((
+                self.host(r.desc, "descriptor table")?,
+                self.host(r.used, "used ring")?,
+                self.host(r.avail, "available ring")?,
+            ));
+        }
+        let Some(session) = self.session.as_mut() else {
+            // The next backend gets it with the replay.
+            return Ok(());
+        };
+        let f = &mut session.frontend;
+        // The log first, then the features that turn logging on (QEMU's order).
+        if let Some((log, len)) = &self.dirty_log {
+            send_log_base(f, log, *len)?;
+        }
+        for (r, addrs) in self.rings.iter().zip(ring_addrs) {
+            f.set_vring_addr(r.index, &r.addresses(addrs, logging))
+                .map_err(proto("SET_VRING_ADDR"))?;
+        }
+        f.set_features(acked).map_err(proto("SET_FEATURES"))
     }
 
     /// The features the driver is offered: the first backend's, less what the transport
@@ -406,6 +497,21 @@ impl Link {
     /// The driver set DRIVER_OK: records its setup, then hands it to the backend. If the
     /// backend is away, it gets all this when it is back.
     pub fn activate(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
+        self.take_setup(features, queues, false)
+    }
+
+    /// The driver's setup from before a migration: the backend continues each ring from
+    /// its used index in guest memory (the source drained them, nothing is in flight).
+    pub fn resume(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String> {
+        self.take_setup(features, queues, true)
+    }
+
+    fn take_setup(
+        &mut self,
+        features: u64,
+        queues: &[ActiveQueue],
+        started: bool,
+    ) -> Result<(), String> {
         let mut rings = Vec::new();
         for q in queues.iter().filter(|q| q.index < self.num_queues) {
             rings.push(RingSetup {
@@ -426,7 +532,7 @@ impl Link {
         }
         self.acked_features = Some(features);
         self.rings = rings;
-        self.rings_started = false;
+        self.rings_started = started;
         self.inflight = None;
         if let Err(e) = self.apply() {
             match e {

@@ -20,7 +20,7 @@ pub mod reconnect;
 pub use backend_requests::ConfigChangeHandle;
 pub use blk::Blk;
 pub use frontend::VhostUserDevice;
-pub use link::{VhostUserError, MAX_QUEUES};
+pub use link::{Link, VhostUserError, MAX_QUEUES};
 pub use model::DeviceModel;
 pub use net::{LinkHandle, Net};
 pub use reconnect::{Handover, Reconnect};

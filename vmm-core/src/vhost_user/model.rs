@@ -32,4 +32,16 @@ pub trait DeviceModel: Send + 'static {
     /// The configuration space as the driver reads it now. `from_backend` holds the
     /// backend's, when it changed since the last read.
     fn config_space(&mut self, num_queues: usize, from_backend: Option<Vec<u8>>) -> &[u8];
+
+    /// State of its own the guest can see (a NIC's link status), for a migration.
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        match state {
+            [] => Ok(()),
+            _ => Err("state for a device type that keeps none".into()),
+        }
+    }
 }

@@ -88,6 +88,20 @@ impl DeviceModel for Net {
         self.config[8..10].copy_from_slice(&pairs(num_queues).max(1).to_le_bytes());
         &self.config
     }
+
+    fn save_state(&self) -> Vec<u8> {
+        vec![u8::from(self.link_up.load(Ordering::Acquire))]
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        match state {
+            [up @ (0 | 1)] => {
+                self.link_up.store(*up == 1, Ordering::Release);
+                Ok(())
+            }
+            _ => Err("virtio-net: malformed state".into()),
+        }
+    }
 }
 
 /// Queue pairs in `num_queues` (a control queue, if any, is the odd one out).

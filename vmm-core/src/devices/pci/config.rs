@@ -167,6 +167,35 @@ impl PciConfig {
         }
     }
 
+    /// The configuration space as the guest left it, for a migration.
+    pub fn save(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    /// Takes a saved configuration space. What the guest cannot write (ids, capability
+    /// layout, BAR sizes) must be ours byte for byte: otherwise it is another device.
+    pub fn restore(&mut self, saved: &[u8]) -> Result<(), String> {
+        if saved.len() != self.bytes.len() {
+            return Err(format!(
+                "configuration space of {} bytes, expected {}",
+                saved.len(),
+                self.bytes.len()
+            ));
+        }
+        let differs = saved
+            .iter()
+            .zip(&self.bytes)
+            .zip(&self.writable)
+            .position(|((s, o), w)| s & !w != o & !w);
+        if let Some(at) = differs {
+            return Err(format!(
+                "another device: read-only configuration byte {at:#x} differs"
+            ));
+        }
+        self.bytes.copy_from_slice(saved);
+        Ok(())
+    }
+
     /// Raw bytes of a capability (for the device that owns it).
     pub fn bytes_mut(&mut self, off: usize, len: usize) -> &mut [u8] {
         &mut self.bytes[off..off + len]

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use config::{Bar, Ids, PciConfig, COMMAND_MEMORY};
 use parking_lot::Mutex;
 
+use serde::{Deserialize, Serialize};
+
 use super::bus::{BusDevice, SharedDevice};
+use super::state;
 use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
 
 /// A PCI function as the bus sees it.
@@ -23,6 +26,11 @@ pub trait PciFunction: Send {
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// Back to power-on state (a VM reset).
     fn reset(&mut self) {}
+    /// The state the guest can see (configuration space and the device's own), for a
+    /// migration.
+    fn save_state(&self) -> Vec<u8>;
+    /// Takes the state `save_state` gave on the source.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String>;
 }
 
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
@@ -41,6 +49,12 @@ impl PciFunction for HostBridge {
         data.fill(0xff);
     }
     fn write_bar(&mut self, _: usize, _: u64, _: &[u8]) {}
+    fn save_state(&self) -> Vec<u8> {
+        self.0.save()
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.0.restore(state)
+    }
 }
 
 pub const SLOTS: usize = 32;
@@ -127,6 +141,35 @@ impl PciRoot {
         for f in self.slots.iter().flatten() {
             f.lock().reset();
         }
+    }
+
+    /// Each function's state, by slot.
+    pub fn save_states(&self) -> Vec<(u8, Vec<u8>)> {
+        (self.slots.iter().enumerate())
+            .filter_map(|(slot, f)| f.as_ref().map(|f| (slot as u8, f.lock().save_state())))
+            .collect()
+    }
+
+    /// Gives each function its saved state; the slots in use must be the same.
+    pub fn restore_states(&self, states: &[(u8, Vec<u8>)]) -> Result<(), String> {
+        let here: Vec<u8> = (self.slots.iter().enumerate())
+            .filter(|(_, f)| f.is_some())
+            .map(|(slot, _)| slot as u8)
+            .collect();
+        let there: Vec<u8> = states.iter().map(|(slot, _)| *slot).collect();
+        if here != there {
+            return Err(format!(
+                "the PCI devices differ: slots {there:?} saved, {here:?} here"
+            ));
+        }
+        for (slot, state) in states {
+            if let Some(Some(f)) = self.slots.get(usize::from(*slot)) {
+                f.lock()
+                    .restore_state(state)
+                    .map_err(|e| format!("PCI slot {slot}: {e}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The function and BAR whose range holds `addr` (memory decoding on).
@@ -220,6 +263,31 @@ impl BusDevice for PciConfigIo {
         self.reset_control.lock().reset();
         self.root.lock().reset();
     }
+
+    /// The configuration address latch, the reset control register and every function
+    /// on the bus (whichever access path the guest uses, the functions are these).
+    fn save_state(&self) -> Option<Vec<u8>> {
+        Some(state::encode(&RootState {
+            address: self.address,
+            reset_control: self.reset_control.lock().save_state().unwrap_or_default(),
+            functions: self.root.lock().save_states(),
+        }))
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s: RootState = state::decode("PCI root", bytes)?;
+        self.root.lock().restore_states(&s.functions)?;
+        self.reset_control.lock().restore_state(&s.reset_control)?;
+        self.address = s.address;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RootState {
+    address: u32,
+    reset_control: Vec<u8>,
+    functions: Vec<(u8, Vec<u8>)>,
 }
 
 /// ECAM: bus << 20 | device << 15 | function << 12 | register.

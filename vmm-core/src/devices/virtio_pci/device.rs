@@ -76,6 +76,21 @@ impl ConfigChanged {
         self.isr.swap(0, Ordering::AcqRel)
     }
 
+    /// (generation, vector, ISR), for a migration.
+    pub fn save(&self) -> (u8, u16, u8) {
+        (
+            self.generation.load(Ordering::Acquire),
+            self.vector(),
+            self.isr.load(Ordering::Acquire),
+        )
+    }
+
+    pub fn restore(&self, (generation, vector, isr): (u8, u16, u8)) {
+        self.generation.store(generation, Ordering::Release);
+        self.set_vector(vector);
+        self.isr.store(isr, Ordering::Release);
+    }
+
     /// A device reset: no vector, nothing pending in the ISR.
     pub fn reset(&self) {
         self.set_vector(NO_VECTOR);
@@ -100,4 +115,10 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Hands the device the handle it uses when its configuration changes by itself.
     fn set_config_changed(&mut self, _notify: ConfigChanged) {}
+    /// The device's own state the guest can see, for a migration.
+    fn save_state(&self) -> Vec<u8>;
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String>;
+    /// The driver had set DRIVER_OK before a migration: the device continues the rings
+    /// from where they are in guest memory, as laid out in `queues`.
+    fn resume(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String>;
 }

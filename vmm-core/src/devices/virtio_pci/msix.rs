@@ -118,6 +118,37 @@ impl MsixTable {
         }
     }
 
+    /// Every entry as the guest wrote it, for a migration.
+    pub fn entries(&self) -> Vec<[u32; 4]> {
+        self.vectors.iter().map(|v| v.entry).collect()
+    }
+
+    /// Takes saved entries (as many as this table has); `sync_all` applies them.
+    pub fn restore_entries(&mut self, entries: &[[u32; 4]]) -> Result<(), String> {
+        if entries.len() != self.vectors.len() {
+            return Err(format!(
+                "{} MSI-X vectors saved, {} here",
+                entries.len(),
+                self.vectors.len()
+            ));
+        }
+        for (v, e) in self.vectors.iter_mut().zip(entries) {
+            v.entry = *e;
+        }
+        Ok(())
+    }
+
+    /// Raises again the interrupts that were pending (`pending_bits`) on the source.
+    pub fn raise_pending(&self, bits: u64) {
+        for (i, fd) in self.eventfds.iter().enumerate().take(64) {
+            if bits & (1 << i) != 0 {
+                if let Err(e) = fd.write(1) {
+                    log::warn!("MSI-X vector {i}: raising a pending interrupt: {e}");
+                }
+            }
+        }
+    }
+
     /// A guest read of the table at `offset`.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         let Some(vec) = self.vectors.get((offset / ENTRY_SIZE) as usize) else {

@@ -12,10 +12,13 @@ use virtio::features::VERSION_1;
 use virtio::status::{DRIVER_OK, FEATURES_OK, NEEDS_RESET};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use serde::{Deserialize, Serialize};
+
 use super::device::{ActiveQueue, ConfigChanged, VirtioDevice, NO_VECTOR};
 use super::msix::MsixTable;
 use crate::devices::pci::config::{Bar, Ids, PciConfig};
 use crate::devices::pci::PciFunction;
+use crate::devices::state;
 use crate::interrupts::MsiRouter;
 
 /// PCI ids of a modern virtio device (virtio 1.2, 4.1.2.1): the vendor, and the device
@@ -43,7 +46,7 @@ const CAP_DEVICE: u8 = 4;
 
 // Device status bits (virtio 1.2, 2.1).
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
 struct QueueState {
     size: u16,
     enabled: bool,
@@ -217,10 +220,13 @@ impl VirtioPci {
         self.config_changed.reset();
     }
 
-    fn activate(&mut self) {
+    /// The enabled queues as the driver laid them out, with their eventfds; and the
+    /// device they go to.
+    fn active_queues(&mut self) -> (Vec<ActiveQueue<'_>>, &mut dyn VirtioDevice) {
         let eventfds = self.msix.eventfds();
         let nvec = eventfds.len();
-        let active: Vec<ActiveQueue> = self
+        let kicks = &self.kicks;
+        let active = self
             .queues
             .iter()
             .enumerate()
@@ -231,7 +237,7 @@ impl VirtioPci {
                 desc: q.desc,
                 avail: q.avail,
                 used: q.used,
-                kick: &self.kicks[i],
+                kick: &kicks[i],
                 // A queue without a vector still needs a call fd; nobody listens to it.
                 call: &eventfds[if usize::from(q.vector) < nvec {
                     usize::from(q.vector)
@@ -240,15 +246,23 @@ impl VirtioPci {
                 }],
             })
             .collect();
+        (active, self.device.as_mut())
+    }
+
+    fn activate(&mut self) {
+        let features = self.driver_features;
+        let (active, device) = self.active_queues();
         log::debug!(
             "virtio activate: features {:#x}, queues {:?}",
-            self.driver_features,
+            features,
             active
                 .iter()
                 .map(|q| (q.index, q.size, q.desc, q.avail, q.used))
                 .collect::<Vec<_>>()
         );
-        match self.device.activate(self.driver_features, &active) {
+        let result = device.activate(features, &active);
+        drop(active);
+        match result {
             Ok(()) => self.activated = true,
             Err(e) => {
                 log::error!("virtio device activation failed: {e}");
@@ -383,6 +397,25 @@ impl VirtioPci {
     }
 }
 
+/// The transport as the driver left it, for a migration.
+#[derive(Serialize, Deserialize)]
+struct TransportState {
+    config: Vec<u8>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    queue_select: u16,
+    queues: Vec<QueueState>,
+    msix_entries: Vec<[u32; 4]>,
+    /// Vectors whose interrupt waited (masked) in its eventfd.
+    msix_pending: u64,
+    /// The configuration-change generation, vector and ISR.
+    config_changed: (u8, u16, u8),
+    activated: bool,
+    device: Vec<u8>,
+}
+
 fn to_u64(data: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = data.len().min(8);
@@ -422,6 +455,54 @@ impl PciFunction for VirtioPci {
         if let Err(e) = self.register_kicks() {
             log::error!("virtio reset: {e}");
         }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        state::encode(&TransportState {
+            config: self.config.save(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            queue_select: self.queue_select,
+            queues: self.queues.clone(),
+            msix_entries: self.msix.entries(),
+            msix_pending: self.msix.pending_bits(),
+            config_changed: self.config_changed.save(),
+            activated: self.activated,
+            device: self.device.save_state(),
+        })
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s: TransportState = state::decode("virtio-pci", bytes)?;
+        if s.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues saved, the device here has {}",
+                s.queues.len(),
+                self.queues.len()
+            ));
+        }
+        self.config.restore(&s.config)?;
+        self.register_kicks()?;
+        self.msix.restore_entries(&s.msix_entries)?;
+        self.device.restore_state(&s.device)?;
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.queue_select = s.queue_select;
+        self.queues = s.queues;
+        self.config_changed.restore(s.config_changed);
+        self.sync_vectors();
+        self.msix.raise_pending(s.msix_pending);
+        if s.activated {
+            let features = self.driver_features;
+            let (active, device) = self.active_queues();
+            device.resume(features, &active)?;
+            self.activated = true;
+        }
+        Ok(())
     }
 
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {

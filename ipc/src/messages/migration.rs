@@ -1,0 +1,128 @@
+//! gateway <-> migration-agent: the agent of one migration, on the source or on the
+//! destination. The gateway makes the connection (it connects or listens; the agent's
+//! sandbox creates no socket) and hands it over with guest memory; the agent does every
+//! byte of the migration stream. On the source the gateway paces the passes (each
+//! `SendPass` works for a bounded time and reports), on the destination the agent
+//! receives on its own thread and reports by events.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Call, Message, Upcall};
+use crate::messages::vmm::RamWindow;
+
+/// How the migration stream is carried: the fd in the frame after guest memory's.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// A connected stream socket (tcp:, unix:, fd: of a socket): the destination answers
+    /// on it.
+    Socket,
+    /// A pipe or a file (exec:, fd: of a pipe): one way only, no answer.
+    OneWay,
+    /// A listening socket (destination): the agent accepts one connection.
+    Listener,
+}
+
+/// What source and destination must agree on before any memory moves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MachineShape {
+    pub memory: u64,
+    pub vcpus: u32,
+    /// Each disk's queue count, in launch order.
+    pub disks: Vec<u32>,
+    /// Each NIC's queue pairs, in launch order.
+    pub nics: Vec<u32>,
+}
+
+/// The source's migration: guest RAM (memfd), the dirty log (memfd), then the channel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingStart {
+    pub channel: Channel,
+    pub windows: Vec<RamWindow>,
+    pub log_len: u64,
+    pub shape: MachineShape,
+    /// Zero pages are sent as such (always); this adds run-length zero records.
+    pub xbzrle_cache: Option<u64>,
+}
+
+/// The destination's migration: guest RAM (memfd), then the channel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IncomingStart {
+    pub channel: Channel,
+    pub windows: Vec<RamWindow>,
+    pub shape: MachineShape,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AgentRequest {
+    Outgoing(OutgoingStart),
+    /// Sends the pages the dirty log marks (the first pass: every page) for at most
+    /// `budget_ms`, at most `max_bandwidth` bytes per second (0: unlimited).
+    SendPass {
+        first: bool,
+        budget_ms: u32,
+        max_bandwidth: u64,
+    },
+    /// The VM is stopped and every dirty page sent: the device state goes, the stream
+    /// ends, and (two-way channels) the destination's answer is awaited.
+    Finish {
+        state: Vec<u8>,
+        /// The VM ran before the stop-and-copy (the destination starts it).
+        running: bool,
+    },
+    Incoming(IncomingStart),
+    /// The destination's vmm-core took the state: the source may let go (or not).
+    Resumed(Result<(), String>),
+}
+
+impl Message for AgentRequest {
+    fn fd_count(&self) -> usize {
+        match self {
+            AgentRequest::Outgoing(_) => 3,
+            AgentRequest::Incoming(_) => 2,
+            _ => 0,
+        }
+    }
+}
+
+pub type ToAgent = Call<AgentRequest>;
+
+/// What one pass (or the part of it a `SendPass` did) moved.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Bytes written to the channel.
+    pub bytes: u64,
+    /// Pages sent whole.
+    pub normal_pages: u64,
+    /// Pages sent as zero pages.
+    pub zero_pages: u64,
+    /// Pages sent as XBZRLE deltas.
+    pub xbzrle_pages: u64,
+    pub xbzrle_bytes: u64,
+    pub xbzrle_cache_miss: u64,
+    pub xbzrle_overflow: u64,
+    /// Pages of this pass not sent yet (0: the pass is complete).
+    pub remaining_pages: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AgentReply {
+    Done,
+    Pass(PassReport),
+}
+
+impl Message for AgentReply {}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// Destination: the source connected and its machine shape matches.
+    Connected,
+    /// Destination: bytes received so far.
+    Progress { bytes: u64, pages: u64 },
+    /// Destination: all of memory and the device state arrived.
+    StateArrived { state: Vec<u8>, running: bool },
+    /// Either side: the migration failed (the peer went away, an incompatible
+    /// destination, a malformed stream); the text says why.
+    Failed(String),
+}
+
+pub type FromAgent = Upcall<AgentReply, AgentEvent>;

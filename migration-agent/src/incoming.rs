@@ -1,0 +1,227 @@
+//! The destination's side: one connection (accepted on the listener the gateway made,
+//! or the one it handed over), the header checked against this VM's shape, then records
+//! written straight into guest RAM until the device state and the end mark arrive. It
+//! runs on a thread of its own and reports by events; the gateway answers the source
+//! through `Answer` once vmm-core has taken the state.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+use ipc::{AgentEvent, Channel, MachineShape};
+use parking_lot::Mutex;
+
+use crate::ram::GuestRam;
+use crate::stream::{self, Record, StreamError, PAGE};
+use crate::xbzrle;
+
+/// Progress is reported at least this often (in bytes received).
+const PROGRESS_EVERY: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the migration connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the source is not compatible: {0}")]
+    Incompatible(String),
+    #[error("malformed migration stream: {0}")]
+    Malformed(String),
+}
+
+impl From<IncomingError> for String {
+    fn from(e: IncomingError) -> String {
+        e.to_string()
+    }
+}
+
+/// Where the destination's final answer goes (two-way channels).
+#[derive(Clone, Default)]
+pub struct Answer(Arc<Mutex<Option<File>>>);
+
+impl Answer {
+    pub fn send(&self, outcome: Result<(), &str>) -> std::io::Result<()> {
+        match self.0.lock().as_mut() {
+            Some(f) => stream::write_outcome(f, outcome),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Pages this migration has written (a zero page for one never written needs nothing:
+/// a fresh memfd reads as zeros).
+struct Written(Vec<u64>);
+
+impl Written {
+    fn set(&mut self, page: u64) {
+        if let Some(w) = self.0.get_mut((page / 64) as usize) {
+            *w |= 1 << (page % 64);
+        }
+    }
+
+    fn get(&self, page: u64) -> bool {
+        self.0
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+}
+
+pub struct Receiver {
+    pub ram: GuestRam,
+    pub shape: MachineShape,
+    pub answer: Answer,
+    /// The highest guest page number + 1.
+    pub page_end: u64,
+}
+
+impl Receiver {
+    /// Takes the connection (accepting it on a listener first) and receives the whole
+    /// migration; every step is reported through `event`.
+    pub fn run(
+        self,
+        channel: Channel,
+        fd: OwnedFd,
+        event: impl Fn(AgentEvent),
+    ) -> Result<(), IncomingError> {
+        let conn: OwnedFd = match channel {
+            Channel::Listener => {
+                let listener = UnixListener::from(fd);
+                // The listener may be a TCP or a Unix socket: accept4 works on both.
+                let (stream, _) = accept(&listener)?;
+                drop(listener);
+                stream
+            }
+            Channel::Socket | Channel::OneWay => fd,
+        };
+        let file = File::from(conn);
+        let two_way = channel != Channel::OneWay;
+        if two_way {
+            *self.answer.0.lock() = Some(file.try_clone()?);
+        }
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let there = stream::read_header(&mut input)?;
+        let verdict = stream::shape_mismatch(&there, &self.shape);
+        if two_way {
+            if let Some(f) = self.answer.0.lock().as_mut() {
+                stream::write_verdict(f, verdict.as_deref().map_or(Ok(()), Err))?;
+            }
+        }
+        if let Some(why) = verdict {
+            return Err(IncomingError::Incompatible(why));
+        }
+        event(AgentEvent::Connected);
+        self.receive(&mut input, event)
+    }
+
+    fn receive(
+        &self,
+        input: &mut impl Read,
+        event: impl Fn(AgentEvent),
+    ) -> Result<(), IncomingError> {
+        let mut written = Written(vec![0; self.page_end.div_ceil(64) as usize]);
+        let (mut bytes, mut pages, mut reported) = (0u64, 0u64, 0u64);
+        let mut delta = vec![0u8; PAGE];
+        loop {
+            match stream::read_record(input)? {
+                Record::Pages { first, count } => {
+                    let dst = self.ram.pages_mut(first, count as usize).ok_or_else(|| {
+                        IncomingError::Malformed(format!(
+                            "pages {first:#x}+{count} are not guest RAM here"
+                        ))
+                    })?;
+                    input.read_exact(dst)?;
+                    (first..first + u64::from(count)).for_each(|p| written.set(p));
+                    bytes += u64::from(count) * PAGE as u64 + 13;
+                    pages += u64::from(count);
+                }
+                Record::Zero { first, count } => {
+                    if self.ram.run_in_window(first) < u64::from(count) {
+                        return Err(IncomingError::Malformed(format!(
+                            "zero pages {first:#x}+{count} are not guest RAM here"
+                        )));
+                    }
+                    for p in first..first + u64::from(count) {
+                        if written.get(p) {
+                            if let Some(page) = self.ram.pages_mut(p, 1) {
+                                page.fill(0);
+                            }
+                        }
+                    }
+                    bytes += 13;
+                    pages += u64::from(count);
+                }
+                Record::Xbzrle { page, len } => {
+                    let d = &mut delta[..usize::from(len)];
+                    input.read_exact(d)?;
+                    let dst = self.ram.pages_mut(page, 1).ok_or_else(|| {
+                        IncomingError::Malformed(format!(
+                            "XBZRLE page {page:#x} is not guest RAM here"
+                        ))
+                    })?;
+                    if !xbzrle::decode(d, dst) {
+                        return Err(IncomingError::Malformed(format!(
+                            "a malformed XBZRLE delta for page {page:#x}"
+                        )));
+                    }
+                    written.set(page);
+                    bytes += 11 + u64::from(len);
+                    pages += 1;
+                }
+                Record::PassEnd(_) => {
+                    event(AgentEvent::Progress { bytes, pages });
+                    reported = bytes;
+                }
+                Record::State { running, len } => {
+                    let mut state = vec![0u8; len as usize];
+                    input.read_exact(&mut state)?;
+                    match stream::read_record(input)? {
+                        Record::End => {
+                            event(AgentEvent::StateArrived { state, running });
+                            return Ok(());
+                        }
+                        other => {
+                            return Err(IncomingError::Malformed(format!(
+                                "{other:?} after the device state"
+                            )))
+                        }
+                    }
+                }
+                Record::End => {
+                    return Err(IncomingError::Malformed(
+                        "the stream ended without the device state".into(),
+                    ))
+                }
+            }
+            if bytes - reported >= PROGRESS_EVERY {
+                event(AgentEvent::Progress { bytes, pages });
+                reported = bytes;
+            }
+        }
+    }
+}
+
+fn accept(listener: &UnixListener) -> std::io::Result<(OwnedFd, ())> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    loop {
+        // SAFETY: accept4 on a listening socket we hold, without an address buffer.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a new descriptor that nobody else owns.
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, ()));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The source's side: the header and the destination's verdict, then passes over guest
+//! RAM (the first over every page, the next ones over what the dirty log marks), each
+//! page sent whole, as part of a zero run, or as an XBZRLE delta; then the device state,
+//! the end mark, and the destination's answer. The gateway paces the passes: each
+//! `send` works for a bounded time, so the gateway can report progress, change the
+//! bandwidth and cancel between calls.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use ipc::{OutgoingStart, PageLog, PassReport};
+
+use crate::pacer::Pacer;
+use crate::ram::{is_zero, GuestRam};
+use crate::stream::{self, StreamError, MAX_PAGES_PER_RECORD, MAX_ZERO_RUN, PAGE};
+use crate::xbzrle::{Encoded, Xbzrle};
+
+/// How long the destination has to check the header, and to start the VM at the end.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pages looked at between checks of the time budget.
+const BUDGET_STRIDE: u64 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutgoingError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the migration connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    State(&'static str),
+}
+
+/// Where the current pass is.
+enum Cursor {
+    /// The first pass: every page of these ranges, in order (holes of the memfd are
+    /// known zero).
+    First {
+        segments: Vec<(Range<u64>, bool)>,
+        index: usize,
+        at: u64,
+    },
+    /// A later pass: the dirty log's words from `word` on.
+    Dirty {
+        word: usize,
+    },
+    Done,
+}
+
+pub struct Outgoing {
+    ram: GuestRam,
+    log: PageLog,
+    out: BufWriter<File>,
+    /// The destination's answers (two-way channels only).
+    answers: Option<File>,
+    pass: u32,
+    cursor: Cursor,
+    pacer: Pacer,
+    xbzrle: Option<Xbzrle>,
+}
+
+impl Outgoing {
+    /// Sends the header and, on a two-way channel, waits for the destination to accept
+    /// the machine's shape.
+    pub fn start(
+        ram: GuestRam,
+        log: PageLog,
+        channel: File,
+        two_way: bool,
+        start: &OutgoingStart,
+    ) -> Result<Outgoing, OutgoingError> {
+        let answers = match two_way {
+            true => Some(channel.try_clone()?),
+            false => None,
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, channel);
+        stream::write_header(&mut out, &start.shape)?;
+        out.flush()?;
+        if let Some(a) = &answers {
+            set_read_timeout(a, ANSWER_TIMEOUT);
+            let mut a = a;
+            stream::read_verdict(&mut a)?;
+        }
+        Ok(Outgoing {
+            ram,
+            log,
+            out,
+            answers,
+            pass: 0,
+            cursor: Cursor::Done,
+            pacer: Pacer::new(0),
+            xbzrle: start.xbzrle_cache.map(Xbzrle::new),
+        })
+    }
+
+    /// Sends pages for at most `budget`: the first pass (`first`) or the next dirty pass
+    /// (started when the previous one is done).
+    pub fn send(
+        &mut self,
+        first: bool,
+        budget: Duration,
+        max_bandwidth: u64,
+    ) -> Result<PassReport, OutgoingError> {
+        self.pacer.set_limit(max_bandwidth);
+        if matches!(self.cursor, Cursor::Done) {
+            self.cursor = if first {
+                Cursor::First {
+                    segments: self.first_pass_segments()?,
+                    index: 0,
+                    at: 0,
+                }
+            } else {
+                Cursor::Dirty { word: 0 }
+            };
+        }
+        let deadline = Instant::now() + budget;
+        let mut report = PassReport::default();
+        loop {
+            let more = match &mut self.cursor {
+                Cursor::First { .. } => self.first_step(&mut report)?,
+                Cursor::Dirty { .. } => self.dirty_step(&mut report)?,
+                Cursor::Done => false,
+            };
+            if !more {
+                report.bytes += stream::write_pass_end(&mut self.out, self.pass)? as u64;
+                self.pass += 1;
+                self.cursor = Cursor::Done;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.out.flush()?;
+        report.remaining_pages = self.remaining();
+        if let Some(x) = &mut self.xbzrle {
+            x.take_counters(&mut report);
+        }
+        Ok(report)
+    }
+
+    /// Every page of guest RAM as segments, marked with whether they may hold data.
+    fn first_pass_segments(&self) -> Result<Vec<(Range<u64>, bool)>, OutgoingError> {
+        let data = self.ram.data_pages()?;
+        let mut segments = Vec::new();
+        let mut pages = self.ram.page_numbers().peekable();
+        // Walk the windows' pages as runs, split by the data ranges.
+        while let Some(start) = pages.next() {
+            let mut end = start + 1;
+            while pages.peek() == Some(&end) {
+                pages.next();
+                end += 1;
+            }
+            let mut at = start;
+            for d in data.iter().filter(|d| d.start < end && d.end > start) {
+                let (s, e) = (d.start.max(start), d.end.min(end));
+                if at < s {
+                    segments.push((at..s, false));
+                }
+                segments.push((s..e, true));
+                at = e;
+            }
+            if at < end {
+                segments.push((at..end, false));
+            }
+        }
+        Ok(segments)
+    }
+
+    /// Sends up to BUDGET_STRIDE pages of the first pass; false once it is complete.
+    fn first_step(&mut self, report: &mut PassReport) -> Result<bool, OutgoingError> {
+        let Cursor::First {
+            segments,
+            index,
+            at,
+        } = &mut self.cursor
+        else {
+            return Ok(false);
+        };
+        let Some((range, data)) = segments.get(*index).cloned() else {
+            return Ok(false);
+        };
+        let from = range.start + *at;
+        let count = (range.end - from).min(if data {
+            BUDGET_STRIDE
+        } else {
+            u64::from(MAX_ZERO_RUN)
+        });
+        *at += count;
+        if range.start + *at >= range.end {
+            *index += 1;
+            *at = 0;
+        }
+        if data {
+            self.send_run(from, count, report)?;
+        } else {
+            report.bytes += stream::write_zero(&mut self.out, from, count as u32)? as u64;
+            report.zero_pages += count;
+        }
+        Ok(true)
+    }
+
+    /// Sends the pages of up to BUDGET_STRIDE / 64 words of the dirty log; false once
+    /// the log has been walked to its end.
+    fn dirty_step(&mut self, report: &mut PassReport) -> Result<bool, OutgoingError> {
+        let Cursor::Dirty { word } = &mut self.cursor else {
+            return Ok(false);
+        };
+        let end = (*word + (BUDGET_STRIDE / 64) as usize).min(self.log.word_count());
+        let start = *word;
+        *word = end;
+        for w in start..end {
+            let mut bits = self.log.take_word(w);
+            while bits != 0 {
+                let first_bit = bits.trailing_zeros() as u64;
+                let run = (bits >> first_bit).trailing_ones() as u64;
+                let first = w as u64 * 64 + first_bit;
+                bits &= !(((1u128 << run) - 1) as u64) << first_bit;
+                // Pages of the log outside guest RAM (the MMIO gap) have nothing to
+                // send; a run may also end a window.
+                let mut page = first;
+                while page < first + run {
+                    let in_window = self.ram.run_in_window(page).min(first + run - page);
+                    if in_window == 0 {
+                        page += 1;
+                        continue;
+                    }
+                    self.send_run(page, in_window, report)?;
+                    page += in_window;
+                }
+            }
+        }
+        Ok(end < self.log.word_count())
+    }
+
+    /// Sends `count` pages from `first` (all in one window), zero pages as zero runs.
+    fn send_run(
+        &mut self,
+        first: u64,
+        count: u64,
+        report: &mut PassReport,
+    ) -> Result<(), OutgoingError> {
+        let mut page = first;
+        let end = first + count;
+        while page < end {
+            let zero = self.ram.page(page).is_some_and(is_zero);
+            let mut n = 1;
+            while page + n < end
+                && n < u64::from(MAX_PAGES_PER_RECORD)
+                && self.ram.page(page + n).is_some_and(is_zero) == zero
+            {
+                n += 1;
+            }
+            let bytes = if zero {
+                report.zero_pages += n;
+                if let Some(x) = &mut self.xbzrle {
+                    x.forget(page, n);
+                }
+                stream::write_zero(&mut self.out, page, n as u32)?
+            } else {
+                self.send_data(page, n, report)?
+            };
+            report.bytes += bytes as u64;
+            self.pacer.sent(bytes as u64);
+            page += n;
+        }
+        Ok(())
+    }
+
+    /// Non-zero pages: whole, or (XBZRLE) each as a delta from the cached copy where
+    /// that is smaller, whole (the cached copy) otherwise.
+    fn send_data(
+        &mut self,
+        first: u64,
+        count: u64,
+        report: &mut PassReport,
+    ) -> Result<usize, OutgoingError> {
+        let data = self
+            .ram
+            .pages(first, count as usize)
+            .ok_or(OutgoingError::State("a run of pages outside guest RAM"))?;
+        let Some(x) = &mut self.xbzrle else {
+            report.normal_pages += count;
+            return Ok(stream::write_pages(&mut self.out, first, data)?);
+        };
+        let mut bytes = 0;
+        for (i, content) in data.chunks_exact(PAGE).enumerate() {
+            let page = first + i as u64;
+            bytes += match x.encode(page, content) {
+                Encoded::Delta(delta) => stream::write_xbzrle(&mut self.out, page, delta)?,
+                Encoded::Whole(copy) => {
+                    report.normal_pages += 1;
+                    stream::write_pages(&mut self.out, page, copy)?
+                }
+            };
+        }
+        Ok(bytes)
+    }
+
+    /// Pages of the current pass not sent yet.
+    fn remaining(&self) -> u64 {
+        match &self.cursor {
+            Cursor::First {
+                segments,
+                index,
+                at,
+            } => segments
+                .iter()
+                .skip(*index)
+                .map(|(r, _)| r.end - r.start)
+                .sum::<u64>()
+                .saturating_sub(*at),
+            Cursor::Dirty { word } => self.log.count_from(*word),
+            Cursor::Done => 0,
+        }
+    }
+
+    /// The device state and the end mark; on a two-way channel, the destination's
+    /// answer (its VM runs, or why not).
+    pub fn finish(&mut self, state: &[u8], running: bool) -> Result<u64, OutgoingError> {
+        if !matches!(self.cursor, Cursor::Done) {
+            return Err(OutgoingError::State("a pass is still under way"));
+        }
+        let mut bytes = stream::write_state(&mut self.out, running, state)? as u64;
+        bytes += stream::write_end(&mut self.out)? as u64;
+        self.out.flush()?;
+        if let Some(a) = &self.answers {
+            let mut a = a;
+            stream::read_outcome(&mut a)?;
+        }
+        Ok(bytes)
+    }
+}
+
+fn set_read_timeout(f: &File, timeout: Duration) {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a timeval on a descriptor we hold; on a pipe it fails
+    // with ENOTSOCK, which leaves the read without a timeout (the gateway's own timeout
+    // still applies).
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}

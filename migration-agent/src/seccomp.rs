@@ -1,0 +1,35 @@
+//! migration-agent's sandbox: the jail, and the one system call it makes beyond the base
+//! set every process has (sandbox::seccomp::BASE). Its connection (or the listener to
+//! accept it on), guest RAM and the dirty log arrive as fds: it creates no socket,
+//! connects nowhere and opens no file.
+
+use sandbox::limits::Limits;
+use sandbox::seccomp::Allow::{self, Any, Ioctls};
+use sandbox::seccomp::TCGETS;
+
+const ALLOWED: &[Allow] = &[
+    // The destination's one connection, on the listener the gateway made.
+    Any(libc::SYS_accept4),
+    // The send timeout on the connection (SO_RCVTIMEO), so a peer that stops answering
+    // fails the migration instead of holding it.
+    Any(libc::SYS_setsockopt),
+    // The logger's terminal check.
+    Ioctls(&[TCGETS]),
+];
+
+/// Open files the agent needs: stdio, its control channel and violation pipe, guest
+/// RAM, the dirty log, the connection and its listener, the logger: 16 leaves room.
+const OPEN_FILES_NEEDED: u64 = 16;
+
+pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
+    sandbox::enter(
+        mode,
+        "migration-agent",
+        Limits {
+            open_files: 64,
+            open_files_needed: OPEN_FILES_NEEDED,
+            processes: 64,
+        },
+        &[ALLOWED],
+    )
+}

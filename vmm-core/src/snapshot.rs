@@ -1,0 +1,173 @@
+//! The whole state of a stopped VM except guest RAM: every vCPU, the in-kernel
+//! interrupt controllers and PIT, the KVM clock, and the devices on both buses. The
+//! source's vmm-core writes it (`Vm::save_state`) and the destination's, built with the
+//! same shape, takes it (`Vm::restore_state`); nobody in between looks inside. It is
+//! versioned, and the shape (memory size, vCPUs, devices) is checked before anything is
+//! written, so that a destination built otherwise refuses it with a clear error.
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::{Cap, VmFd};
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::state::{StateError, VcpuCaps, VcpuState};
+use crate::vm::Vm;
+
+/// Bumped whenever what is saved changes shape; a vmm-core takes only its own version.
+pub const STATE_VERSION: u32 = 1;
+const KVM_CAP_DEBUGREGS: libc::c_ulong = 50;
+/// KVM_CLOCK_TSC_STABLE: a flag KVM_GET_CLOCK reports and KVM_SET_CLOCK refuses.
+const CLOCK_FLAGS_SETTABLE: u32 = 0;
+
+#[derive(Serialize, Deserialize)]
+struct VmState {
+    version: u32,
+    memory: u64,
+    vcpus: Vec<VcpuState>,
+    irqchips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+    clock: kvm_clock_data,
+    pio: Vec<(u64, Vec<u8>)>,
+    mmio: Vec<(u64, Vec<u8>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Vcpu(#[from] StateError),
+    #[error("{what}: {error}")]
+    Kvm {
+        what: &'static str,
+        error: kvm_ioctls::Error,
+    },
+    #[error("the VM state is malformed: {0}")]
+    Malformed(String),
+    #[error("the VM state is version {0}; this vmm-core takes version {STATE_VERSION}")]
+    Version(u32),
+    #[error("the source VM differs from this one: {0}")]
+    Shape(String),
+    #[error("devices: {0}")]
+    Device(String),
+}
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
+    move |error| SnapshotError::Kvm { what, error }
+}
+
+/// What this host's KVM offers for vCPU state.
+pub fn vcpu_caps(vm: &VmFd) -> VcpuCaps {
+    VcpuCaps {
+        xsave: vm.check_extension(Cap::Xsave),
+        xcrs: vm.check_extension(Cap::Xcrs),
+        debugregs: vm.check_extension_raw(KVM_CAP_DEBUGREGS) > 0,
+    }
+}
+
+const CHIPS: [u32; 3] = [
+    KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQCHIP_IOAPIC,
+];
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+impl Vm {
+    /// The state of the VM, whose vCPUs must be parked.
+    pub fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+        let caps = vcpu_caps(&self.vm);
+        let vcpus = self
+            .vcpus
+            .iter()
+            .map(|v| {
+                let v = v.lock();
+                VcpuState::save(v.fd(), v.id as u32, caps, &self.msr_list)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut irqchips = Vec::new();
+        for chip_id in CHIPS {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.vm
+                .get_irqchip(&mut chip)
+                .map_err(kvm("reading the irqchip"))?;
+            irqchips.push(chip);
+        }
+        let state = VmState {
+            version: STATE_VERSION,
+            memory: self.ram.size(),
+            vcpus,
+            irqchips,
+            pit: self.vm.get_pit2().map_err(kvm("reading the PIT"))?,
+            clock: self.vm.get_clock().map_err(kvm("reading the KVM clock"))?,
+            pio: self.pio.save_states(),
+            mmio: self.mmio.save_states(),
+        };
+        bincode::serde::encode_to_vec(&state, config())
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))
+    }
+
+    /// Takes a source's state into this VM (built with the same shape, vCPUs parked,
+    /// guest RAM already holding the source's memory: the devices resume their rings
+    /// from it).
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        // The version comes first, so an unknown one is named as such rather than as
+        // garbage.
+        let version: (u32, usize) = bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if version.0 != STATE_VERSION {
+            return Err(SnapshotError::Version(version.0));
+        }
+        let (state, used): (VmState, usize) = bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(SnapshotError::Malformed("trailing bytes".into()));
+        }
+        if state.memory != self.ram.size() {
+            return Err(SnapshotError::Shape(format!(
+                "{} MiB of memory there, {} MiB here",
+                state.memory >> 20,
+                self.ram.size() >> 20
+            )));
+        }
+        if state.vcpus.len() != self.vcpus.len() {
+            return Err(SnapshotError::Shape(format!(
+                "{} vCPUs there, {} here",
+                state.vcpus.len(),
+                self.vcpus.len()
+            )));
+        }
+        let caps = vcpu_caps(&self.vm);
+        let mut clock = state.clock;
+        clock.flags &= CLOCK_FLAGS_SETTABLE;
+        self.vm
+            .set_clock(&clock)
+            .map_err(kvm("setting the KVM clock"))?;
+        for chip in &state.irqchips {
+            self.vm
+                .set_irqchip(chip)
+                .map_err(kvm("setting the irqchip"))?;
+        }
+        self.vm
+            .set_pit2(&state.pit)
+            .map_err(kvm("setting the PIT"))?;
+        for (vcpu, saved) in self.vcpus.iter().zip(&state.vcpus) {
+            saved.restore(vcpu.lock().fd(), caps)?;
+        }
+        // Devices last: a virtio device resumes its rings here, and the interrupts its
+        // backend raises from then on must land in the interrupt controllers' restored
+        // state, not be overwritten by it.
+        self.pio
+            .restore_states(&state.pio)
+            .map_err(SnapshotError::Device)?;
+        self.mmio
+            .restore_states(&state.mmio)
+            .map_err(SnapshotError::Device)?;
+        Ok(())
+    }
+}

@@ -18,7 +18,10 @@
 //! `GUEST POWER BUTTON`, `GUEST POWEROFF`, `GUEST REBOOT`, `GUEST RING3 OK ...`,
 //! `GUEST PANIC ...`, `GUEST ERROR ...`, and the block scenarios' `GUEST BLK ...`,
 //! `GUEST BENCH ...` and `GUEST PCI ...` (scenarios/blk/, scenarios/pci.rs), the network
-//! scenarios' `GUEST NET ...` (scenarios/net/); `GUEST INFO ...` lines are diagnostics.
+//! scenarios' `GUEST NET ...` (scenarios/net/), and migrate-dirty's `GUEST MIG ready ...`,
+//! `GUEST MIG round R ok ...`, `GUEST MIG blk N ok ...`, `GUEST MIG net N ok ...`,
+//! `GUEST MIG selftest ...`, `GUEST MIG done ...` and `GUEST ERROR mig ...`
+//! (scenarios/migrate/); `GUEST INFO ...` lines are diagnostics.
 
 #![no_std]
 #![no_main]

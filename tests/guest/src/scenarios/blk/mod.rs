@@ -17,7 +17,7 @@ mod info;
 mod integrity;
 mod io;
 mod params;
-mod pattern;
+pub(super) mod pattern;
 mod queues;
 mod resize;
 mod sweep;

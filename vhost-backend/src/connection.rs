@@ -23,6 +23,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::device::Device;
+use crate::dirty_log::LogMap;
 use crate::inflight::InflightRegion;
 use crate::shared::Shared;
 use crate::worker::Worker;
@@ -32,6 +33,7 @@ fn handler_error(e: impl std::fmt::Display) -> VhostError {
 }
 
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
 /// Where one memory region of the frontend's address space lies in guest memory.
 struct Mapping {
@@ -103,7 +105,7 @@ impl<D: Device> Connection<D> {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | PROTOCOL_FEATURES
+        self.device.features() | PROTOCOL_FEATURES | LOG_ALL
     }
 
     fn worker(&self) -> VhostResult<&Worker> {
@@ -175,6 +177,7 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
     fn reset_owner(&mut self) -> VhostResult<()> {
         self.owned = false;
         self.acked_features = 0;
+        self.shared.log.set_log_all(false);
         self.acked_protocol = 0;
         self.early_enables.clear();
         Ok(())
@@ -185,6 +188,7 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
             self.enable_ring(q, false)?;
         }
         self.acked_features = 0;
+        self.shared.log.set_log_all(false);
         self.device.reset();
         Ok(())
     }
@@ -198,6 +202,8 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
             return Err(VhostError::InvalidParam);
         }
         self.acked_features = features;
+        // Migration turns logging on and off with F_LOG_ALL alone, rings running.
+        self.shared.log.set_log_all(features & LOG_ALL != 0);
         self.device.features_acked(features);
         let event_idx = features & virtio::features::EVENT_IDX != 0;
         for q in 0..self.shared.rings.len() {
@@ -261,11 +267,11 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VhostResult<()> {
         let q = self.ring_index(index)?;
         let (desc, used, avail) = (
@@ -273,10 +279,16 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
             self.guest_addr(used)?,
             self.guest_addr(available)?,
         );
-        match self.shared.rings.lock_for_setup(q) {
-            Some(mut ring) => ring.set_addresses(desc, avail, used).map_err(handler_error),
-            None => Err(VhostError::InvalidParam),
-        }
+        let Some(mut ring) = self.shared.rings.lock_for_setup(q) else {
+            return Err(VhostError::InvalidParam);
+        };
+        ring.set_addresses(desc, avail, used)
+            .map_err(handler_error)?;
+        // QEMU sends this again with the flag set (or clear) when migration starts (or
+        // ends), on a running ring.
+        let logged = flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG);
+        ring.set_used_log_addr(logged.then_some(log));
+        Ok(())
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
@@ -342,7 +354,9 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
     }
 
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
-        let mut features = self.device.protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
+        let mut features = self.device.protocol_features()
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         if self.device.tracks_inflight() {
             features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         }
@@ -459,8 +473,21 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         Err(VhostError::InvalidOperation("no shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> VhostResult<()> {
-        // Not offered yet (LOG_SHMFD, F_LOG_ALL): see the crate doc for where it goes.
-        Err(VhostError::InvalidOperation("dirty logging is not offered"))
+    /// A log that cannot be mapped fails the message, which ends the connection (the
+    /// vhost crate has no failed reply for it): acking it would have the frontend migrate
+    /// pages nobody marks.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostResult<()> {
+        let map = LogMap::map(&file, log.mmap_size, log.mmap_offset).map_err(handler_error)?;
+        if let Some(short) = self.shared.memory().map(|mem| map.short_of(&mem)) {
+            if short > 0 {
+                log::warn!(
+                    "the dirty log of {} pages misses the last {short} pages of guest memory: \
+                     writes there will not be logged",
+                    map.pages()
+                );
+            }
+        }
+        self.shared.log.set_map(map);
+        Ok(())
     }
 }

@@ -25,11 +25,12 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// The largest ring a frontend may set up (a power of two).
     fn max_queue_size(&self) -> u16;
 
-    /// The virtio features it offers (the framework adds VHOST_USER_F_PROTOCOL_FEATURES).
+    /// The virtio features it offers (the framework adds VHOST_USER_F_PROTOCOL_FEATURES
+    /// and VHOST_F_LOG_ALL).
     fn features(&self) -> u64;
 
-    /// The protocol features it needs (the framework adds REPLY_ACK, and INFLIGHT_SHMFD
-    /// when `tracks_inflight`).
+    /// The protocol features it needs (the framework adds REPLY_ACK, LOG_SHMFD, and
+    /// INFLIGHT_SHMFD when `tracks_inflight`).
     fn protocol_features(&self) -> VhostUserProtocolFeatures;
 
     /// Requests it has taken but not completed are tracked in the inflight region, so
@@ -47,7 +48,10 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// The position in this list names the source in `host_ready` and `HostWatch`.
     fn host_fds(&self) -> Vec<RawFd>;
 
-    /// The driver's features, accepted (SET_FEATURES; a subset of what was offered).
+    /// The driver's features, accepted (SET_FEATURES; a subset of what was offered, with
+    /// the framework's VHOST_F_LOG_ALL among them while the frontend logs dirty pages).
+    /// A frontend starting or ending a migration sends them again with only F_LOG_ALL
+    /// changed, rings running: that is no new driver.
     fn features_acked(&self, _features: u64) {}
 
     /// Ring `q` was kicked (or just went live): serve it.

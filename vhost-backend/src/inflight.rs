@@ -18,9 +18,10 @@
 //! other head still marked in flight is started again, oldest first.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, Ordering};
+
+use crate::shared_mapping::SharedMapping;
 
 const VERSION: u16 = 1;
 const HEADER: usize = 16;
@@ -46,20 +47,14 @@ pub enum InflightError {
     },
 }
 
-/// The whole shared region, mapped.
+/// The whole shared region, mapped. It is accessed with volatile operations; the daemon
+/// touches each queue's part from the one thread that serves that queue.
 pub struct InflightRegion {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: SharedMapping,
     num_queues: u16,
     queue_size: u16,
     file: File,
 }
-
-// SAFETY: the mapping is shared memory accessed with volatile operations; the daemon
-// touches each queue's part from the one thread that serves that queue.
-unsafe impl Send for InflightRegion {}
-// SAFETY: as for Send: nothing here hands out references into the mapping.
-unsafe impl Sync for InflightRegion {}
 
 impl InflightRegion {
     /// A new, zeroed region (GET_INFLIGHT_FD) with every queue's header written.
@@ -98,24 +93,8 @@ impl InflightRegion {
                 size: queue_size,
             });
         }
-        // SAFETY: a fresh shared mapping of `need` bytes inside the file (checked above).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                need as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave 0"))?;
         Ok(InflightRegion {
-            ptr,
-            len: need as usize,
+            map: SharedMapping::new(&file, offset, need as usize)?,
             num_queues,
             queue_size,
             file,
@@ -127,7 +106,7 @@ impl InflightRegion {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Queue `q`'s part (q < num_queues).
@@ -136,16 +115,9 @@ impl InflightRegion {
         let offset = usize::from(q) * queue_region_size(self.queue_size);
         InflightQueue {
             // SAFETY: offset + region size <= len (the mapping's length).
-            base: unsafe { self.ptr.as_ptr().add(offset) },
+            base: unsafe { self.map.ptr().add(offset) },
             desc_num: self.queue_size,
         }
-    }
-}
-
-impl Drop for InflightRegion {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -157,7 +129,8 @@ pub struct InflightQueue {
     desc_num: u16,
 }
 
-// SAFETY: see InflightRegion.
+// SAFETY: `base` points into shared memory reached with volatile operations only, from
+// the one thread that serves the queue (see InflightRegion).
 unsafe impl Send for InflightQueue {}
 
 /// What recovery found: heads to start again, oldest first.

@@ -9,7 +9,7 @@
 //!   state and its own worker (`serve_frontends`, `serve_forever`), or one connection
 //!   (`serve_one`, `serve_stream`: the daemons' `--once`);
 //! - `connection`: the vhost-user messages (features, protocol features, memory table,
-//!   rings, config, inflight region), per connection;
+//!   rings, config, inflight region, dirty log), per connection;
 //! - `early_enable`: QEMU's SET_VRING_ENABLE before SET_FEATURES, accepted here, with no
 //!   process or socket in between;
 //! - `vring`, `rings`, `shared`: the rings (split rings on virtio-queue, kick and call
@@ -18,6 +18,18 @@
 //! - `inflight`: the INFLIGHT_SHMFD region for any device that tracks in flight, and
 //!   recovery on the first look at a live ring after a reconnection
 //!   (`Vring::recover_once`): what a previous daemon left in flight is taken again first;
+//! - `dirty_log`: dirty-page logging for live migration (F_LOG_ALL and the protocol
+//!   feature LOG_SHMFD, both offered). While the frontend has F_LOG_ALL acked and has
+//!   given a log (SET_LOG_BASE: a memfd, mapped shared), every page the framework or a
+//!   device writes in guest memory is marked in it (bit N: the 4 KiB page at guest
+//!   address N * 4096, set with an atomic OR, as the frontend clears the log meanwhile).
+//!   Those writes all go through `Vring`: the used ring in `add_used`,
+//!   `enable_notification` and `disable_notification` (logged at log_guest_addr when the
+//!   ring has VHOST_VRING_F_LOG, else at the ring's own guest address), and a chain's
+//!   device-writable buffers, which `add_used` marks by walking the chain again before
+//!   giving it back, so a device needs no code of its own for it. A log that cannot be
+//!   mapped ends the connection with the reason; a write beyond a log too small for it
+//!   is left unmarked, with a warning;
 //! - `worker`, `watch`: one thread per connection on an epoll set of the kicks, the
 //!   device's host-side descriptors (which it may stop and resume watching) and stop.
 //!
@@ -25,20 +37,16 @@
 //! `VhostUserBackendReqHandlerMut`), not on vhost-user-backend 0.24, which has no
 //! inflight support, keeps its `owned` flag from one connection to the next, and cannot
 //! take QEMU's early enable.
-//!
-//! Dirty logging (migration) is not offered yet: F_LOG_ALL is not among the features and
-//! SET_LOG_BASE is refused with a clear error. When it comes, the framework's writes to
-//! guest memory on a device's behalf are all in one place: the used ring, written only by
-//! `Vring::add_used`, `Vring::enable_notification` and `Vring::disable_notification`
-//! (vring.rs); that is where pages will be marked in the log.
 
 mod connection;
 mod device;
+mod dirty_log;
 mod early_enable;
 mod inflight;
 mod rings;
 mod serve;
 mod shared;
+mod shared_mapping;
 mod vring;
 mod watch;
 mod worker;

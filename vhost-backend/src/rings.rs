@@ -2,9 +2,12 @@
 //! timer): each behind its own lock, and a live ring seen for the first time on this
 //! connection recovered before the device touches it.
 
+use std::sync::Arc;
+
 use parking_lot::{Mutex, MutexGuard};
 use vm_memory::GuestMemoryMmap;
 
+use crate::dirty_log::DirtyLog;
 use crate::vring::Vring;
 
 pub struct Rings {
@@ -12,10 +15,11 @@ pub struct Rings {
 }
 
 impl Rings {
-    pub(crate) fn new(count: usize, max_size: u16) -> Rings {
+    /// `count` rings, all logging their writes in `log`.
+    pub(crate) fn new(count: usize, max_size: u16, log: &Arc<DirtyLog>) -> Rings {
         Rings {
             rings: (0..count)
-                .map(|_| Mutex::new(Vring::new(max_size)))
+                .map(|_| Mutex::new(Vring::new(max_size, log.clone())))
                 .collect(),
         }
     }
@@ -50,7 +54,7 @@ impl Rings {
         size: u16,
         event_idx: bool,
     ) -> std::io::Result<Rings> {
-        let rings = Rings::new(layout.len(), size);
+        let rings = Rings::new(layout.len(), size, &Arc::default());
         for (q, &addresses) in layout.iter().enumerate() {
             if let Some(mut ring) = rings.lock_for_setup(q) {
                 ring.set_up_for_testing(size, addresses, event_idx)?;

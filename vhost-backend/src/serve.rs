@@ -139,4 +139,4 @@ pub fn serve_forever<D: Device>(device: D, listener: UnixListener) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,10 +3,10 @@
 //! tracking. A device takes chains from it and completes them through it.
 //!
 //! Every write the framework makes to guest memory on a device's behalf is a write to a
-//! used ring (entries, index, and with EVENT_IDX the avail_event / flags fields), and all
-//! of them happen in this file: `add_used`, `enable_notification`,
-//! `disable_notification`. That is where the dirty log (SET_LOG_BASE, F_LOG_ALL) will
-//! record the pages they touch.
+//! used ring (entries, index, and the avail_event or flags field), and all of them happen
+//! in this file: `add_used`, `enable_notification`, `disable_notification`. They are
+//! marked in the dirty log there, and so are a chain's device-writable buffers when
+//! `add_used` completes it: a device writes into a chain only before completing it.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -19,7 +19,15 @@ use virtio::{ChainError, Desc};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::dirty_log::DirtyLog;
 use crate::inflight::{InflightQueue, InflightRegion};
+
+/// Where a used ring's fields are (virtio 1.2, 2.7.8): flags, idx, then the elements,
+/// then avail_event.
+const USED_FLAGS: u64 = 0;
+const USED_IDX: u64 = 2;
+const USED_RING: u64 = 4;
+const USED_ELEM: u64 = 8;
 
 /// A queue's part of the inflight region, and the counter for the next head taken.
 struct Tracking {
@@ -41,6 +49,11 @@ pub struct Vring {
     resubmit: VecDeque<u16>,
     /// How many requests recovery found in flight, until the worker tells the device.
     resumed_unreported: usize,
+    /// The connection's dirty log.
+    log: Arc<DirtyLog>,
+    /// SET_VRING_ADDR's log_guest_addr, when its flags have VHOST_VRING_F_LOG: where
+    /// used ring writes are logged (at the ring's own guest address without it).
+    used_log_addr: Option<u64>,
 }
 
 fn ring_error(e: virtio_queue::Error) -> io::Error {
@@ -49,7 +62,7 @@ fn ring_error(e: virtio_queue::Error) -> io::Error {
 
 impl Vring {
     /// `max_size`: a power of two within the virtio limit (the device's max queue size).
-    pub(crate) fn new(max_size: u16) -> Vring {
+    pub(crate) fn new(max_size: u16, log: Arc<DirtyLog>) -> Vring {
         Vring {
             queue: Queue::new(max_size).unwrap_or_else(|_| {
                 Queue::new(256).unwrap_or_else(|_| unreachable!("256 is a valid queue size"))
@@ -61,6 +74,8 @@ impl Vring {
             recovered: false,
             resubmit: VecDeque::new(),
             resumed_unreported: 0,
+            log,
+            used_log_addr: None,
         }
     }
 
@@ -121,16 +136,61 @@ impl Vring {
     }
 
     /// Puts a finished chain on the used ring, with `len` bytes written into it (the
-    /// in-flight bookkeeping around it, when tracked).
+    /// in-flight bookkeeping around it, when tracked). With dirty logging on, every
+    /// device-writable buffer of the chain is marked, then the used element and index.
     pub fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) -> io::Result<()> {
         if let Some(t) = &self.tracking {
             t.queue.begin_complete(head);
         }
+        let marker = if self.log.on() {
+            self.log.marker()
+        } else {
+            None
+        };
+        let size = self.queue.size();
+        let slot = self.queue.next_used().checked_rem(size);
+        if let Some(m) = &marker {
+            // Before the used index gives the chain back: from then on the driver may
+            // reuse its descriptors, and the walk would find someone else's buffers.
+            m.mark_chain(mem, self.queue.desc_table(), size, head);
+        }
         self.queue.add_used(mem, head, len).map_err(ring_error)?;
+        if let (Some(m), Some(slot)) = (&marker, slot) {
+            m.mark(
+                self.used_log(USED_RING + USED_ELEM * u64::from(slot)),
+                USED_ELEM,
+            );
+            m.mark(self.used_log(USED_IDX), 2);
+        }
         if let Some(t) = &self.tracking {
             t.queue.end_complete(head, self.queue.next_used());
         }
         Ok(())
+    }
+
+    /// Where the write to byte `offset` of the used ring is logged: from log_guest_addr
+    /// when the frontend set VHOST_VRING_F_LOG (the spec's rule), else from the ring's
+    /// guest address (a frontend that logs without that flag still loses no page).
+    fn used_log(&self, offset: u64) -> u64 {
+        self.used_log_addr
+            .unwrap_or(self.queue.used_ring())
+            .saturating_add(offset)
+    }
+
+    /// Marks the used ring field the notification calls write: avail_event with
+    /// EVENT_IDX (only when asking for kicks), the flags without.
+    fn log_notification(&self, asking: bool) {
+        if !self.log.on() {
+            return;
+        }
+        let offset = match (self.event_idx(), asking) {
+            (true, true) => USED_RING + USED_ELEM * u64::from(self.queue.size()),
+            (true, false) => return,
+            (false, _) => USED_FLAGS,
+        };
+        if let Some(marker) = self.log.marker() {
+            marker.mark(self.used_log(offset), 2);
+        }
     }
 
     /// Interrupts the driver (the call eventfd) if the ring says it wants one.
@@ -149,7 +209,9 @@ impl Vring {
         if !self.live() {
             return Ok(false);
         }
-        self.queue.enable_notification(mem).map_err(ring_error)
+        let more = self.queue.enable_notification(mem).map_err(ring_error)?;
+        self.log_notification(true);
+        Ok(more)
     }
 
     /// Asks the driver not to kick while the device is taking chains anyway.
@@ -157,7 +219,9 @@ impl Vring {
         if !self.live() {
             return Ok(());
         }
-        self.queue.disable_notification(mem).map_err(ring_error)
+        self.queue.disable_notification(mem).map_err(ring_error)?;
+        self.log_notification(false);
+        Ok(())
     }
 
     /// On the first look at the ring, live, on this connection: where its indices really
@@ -250,6 +314,11 @@ impl Vring {
         self.queue.try_set_desc_table_address(desc)?;
         self.queue.try_set_avail_ring_address(avail)?;
         self.queue.try_set_used_ring_address(used)
+    }
+
+    /// SET_VRING_ADDR's log_guest_addr if its flags had VHOST_VRING_F_LOG, else None.
+    pub(crate) fn set_used_log_addr(&mut self, addr: Option<u64>) {
+        self.used_log_addr = addr;
     }
 
     /// SET_VRING_BASE: where the frontend says the ring stands (recovery corrects the
@@ -347,7 +416,7 @@ mod tests {
     }
 
     fn live_ring() -> Vring {
-        let mut v = Vring::new(QSIZE);
+        let mut v = Vring::new(QSIZE, Arc::default());
         v.set_up_for_testing(QSIZE, LAYOUT, false).unwrap();
         v
     }
@@ -443,7 +512,7 @@ mod tests {
             put(&mem, i, 0x4000, 0, 0);
         }
         make_available(&mem, &[0, 1, 2]);
-        let mut v = Vring::new(QSIZE);
+        let mut v = Vring::new(QSIZE, Arc::default());
         v.set_up_for_testing(QSIZE, LAYOUT, true).unwrap();
         // SAFETY: eventfd with integer arguments.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };

@@ -1,6 +1,7 @@
 //! A frontend played byte by byte over a socket pair against `serve_stream`: QEMU's early
 //! SET_VRING_ENABLE (acknowledged, then applied once the features arrive), hang-ups in
 //! the middle of a message, oversized messages, and fresh state for every connection.
+//! The test device, `Recorder`, serves the dirty log's tests too.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -10,6 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::*;
@@ -29,21 +31,38 @@ const PROTOCOL_FEATURES: u64 = 1 << 30;
 const VERSION_1: u64 = 1 << 32;
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Says which rings it was asked to serve, and how often a frontend went away.
+/// Says which rings it was asked to serve, and how often a frontend went away. It
+/// completes every chain it finds, filling its device-writable buffers as a block read
+/// does, and once done with a kick says how many it completed (if any).
 #[derive(Clone)]
-struct Recorder {
+pub(crate) struct Recorder {
     kicks: Arc<parking_lot::Mutex<Sender<usize>>>,
+    completions: Arc<parking_lot::Mutex<Sender<usize>>>,
     disconnects: Arc<AtomicUsize>,
 }
 
 impl Recorder {
+    /// The device, and which rings it was asked to serve.
     fn new() -> (Recorder, Receiver<usize>) {
-        let (tx, rx) = mpsc::channel();
+        let (dev, kicks, _) = Recorder::with_receivers();
+        (dev, kicks)
+    }
+
+    /// The device, and how many chains it completed on each kick that completed some.
+    pub(crate) fn completing() -> (Recorder, Receiver<usize>) {
+        let (dev, _, completions) = Recorder::with_receivers();
+        (dev, completions)
+    }
+
+    fn with_receivers() -> (Recorder, Receiver<usize>, Receiver<usize>) {
+        let (kicks, kicks_rx) = mpsc::channel();
+        let (completions, completions_rx) = mpsc::channel();
         let dev = Recorder {
-            kicks: Arc::new(parking_lot::Mutex::new(tx)),
+            kicks: Arc::new(parking_lot::Mutex::new(kicks)),
+            completions: Arc::new(parking_lot::Mutex::new(completions)),
             disconnects: Arc::new(AtomicUsize::new(0)),
         };
-        (dev, rx)
+        (dev, kicks_rx, completions_rx)
     }
 }
 
@@ -75,10 +94,27 @@ impl Device for Recorder {
     fn queue_kicked(
         &self,
         q: usize,
-        _ring: &mut Vring,
-        _mem: &Arc<vm_memory::GuestMemoryMmap>,
+        ring: &mut Vring,
+        mem: &Arc<vm_memory::GuestMemoryMmap>,
         _watch: &HostWatch,
     ) -> std::io::Result<()> {
+        ring.disable_notification(mem)?;
+        let mut completed = 0;
+        while let Some((head, chain)) = ring.pop_chain(mem) {
+            let mut written = 0;
+            for d in chain.unwrap_or_default().iter().filter(|d| d.writable) {
+                mem.write_slice(&vec![0xab; d.len as usize], GuestAddress(d.addr))
+                    .map_err(std::io::Error::other)?;
+                written += d.len;
+            }
+            ring.add_used(mem, head, written)?;
+            completed += 1;
+        }
+        ring.enable_notification(mem)?;
+        if completed > 0 {
+            ring.notify(mem)?;
+            let _ = self.completions.lock().send(completed);
+        }
         let _ = self.kicks.lock().send(q);
         Ok(())
     }
@@ -240,13 +276,14 @@ impl Frontend {
     }
 }
 
-fn memfd() -> File {
+/// A memfd of `len` bytes (guest memory, a log).
+pub(crate) fn memfd(len: u64) -> File {
     // SAFETY: memfd_create with a valid C string; the fd is ours alone.
     let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC) };
     assert!(fd >= 0);
     // SAFETY: as above.
     let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    f.set_len(MEM_SIZE).unwrap();
+    f.set_len(len).unwrap();
     f
 }
 
@@ -267,7 +304,7 @@ fn an_early_enable_is_acknowledged_and_applied_once_the_features_arrive() {
         front.call(FrontendReq::SET_FEATURES, &features.to_le_bytes(), &[]),
         0
     );
-    let mem = memfd();
+    let mem = memfd(MEM_SIZE);
     front.set_memory(&mem);
     let fds: Vec<(File, File)> = (0..QUEUES).map(|_| (eventfd(), eventfd())).collect();
     for (q, (call, kick)) in fds.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The gateway's shared state: what it knows about the VM (identity, run state, vCPU
-//! threads), the link to vmm-core, the block and network layers, the fd sets, the event bus, and how
-//! the gateway is asked to end. vmm-core's events become QMP events here.
+//! threads), the link to vmm-core, the block and network layers, the migration settings,
+//! the fd sets, the event bus, and how the gateway is asked to end. vmm-core's events
+//! become QMP events here.
 //!
 //! The run state is vmm-core's, with one of the gateway's own on top: io-error, while the
 //! VM is stopped because a disk failed a request whose error policy says stop. The block
@@ -21,6 +22,7 @@ use crate::children::sandbox::{Mode, Policy};
 use crate::children::spawn::host_tid;
 use crate::events::{Event, EventBus};
 use crate::fdstore::FdSets;
+use crate::migration::MigrationSettings;
 use crate::net::NetLayer;
 
 /// Why the gateway is ending.
@@ -81,6 +83,8 @@ pub struct Gateway {
     pub vmm: Arc<VmmLink>,
     pub block: Arc<BlockLayer>,
     pub net: Arc<NetLayer>,
+    /// The migration's capabilities and parameters.
+    pub migration: Arc<Mutex<MigrationSettings>>,
     pub fdsets: FdSets,
     pub events: Arc<EventBus>,
     exit: mpsc::Sender<ExitReason>,
@@ -133,6 +137,7 @@ impl Gateway {
                 policy,
             )?),
             vmm,
+            migration: Arc::default(),
             fdsets: FdSets::default(),
             events,
             exit,

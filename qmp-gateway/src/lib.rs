@@ -5,10 +5,11 @@
 //! in order when the VM ends.
 //!
 //! `qmp` speaks QMP (and maps the layers' typed errors to QMP's); `block` and `net` are
-//! the layers whose devices each have a daemon; `children` starts, links to and
-//! supervises the child processes; `events` is the one event table and its fan-out;
-//! `gateway` the shared state; `launch` opens the VM's files; `fdstore` keeps the fds
-//! clients pass in; `sockets` binds the private sockets. No file imports one that
+//! the layers whose devices each have a daemon; `migration` holds the migration's
+//! settings; `children` starts, links to and supervises the child processes; `events`
+//! is the one event table and its fan-out; `gateway` the shared state; `launch` opens
+//! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
+//! sockets; `ids` is QEMU's rule for the names clients give. No file imports one that
 //! imports it back (scripts/check-imports).
 
 pub mod block;
@@ -16,7 +17,9 @@ pub mod children;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;
+pub mod ids;
 pub mod launch;
+pub mod migration;
 pub mod net;
 pub mod qmp;
 pub mod sockets;

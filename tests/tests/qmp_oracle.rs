@@ -20,6 +20,7 @@ use flotilla_tests::blk::empty_image;
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::TempDir;
+use qmp_gateway::migration::settings::{Capability, MigrationSettings, SUPPORTED_CAPABILITIES};
 use qmp_gateway::qmp::commands::COMMANDS;
 use qmp_gateway::qmp::qapi::{Member, Ty, TypeKind};
 use qmp_gateway::qmp::types::TYPES;
@@ -67,6 +68,23 @@ impl Difference {
             None => label == *l,
         })
     }
+}
+
+/// Whether `replies` refuse turning on a migration capability we do not honour, in our
+/// words (migration/settings.rs).
+fn capability_refused(replies: &[Value]) -> bool {
+    class(replies) == "GenericError"
+        && desc(replies).starts_with("Migration capability '")
+        && desc(replies).ends_with("' is not supported")
+}
+
+/// `replies`' query-migrate-parameters answer without the multifd compression levels,
+/// and those levels.
+fn without_multifd_levels(replies: &[Value]) -> (Value, Value) {
+    let mut rest = ret(replies).clone();
+    let levels = ["multifd-zlib-level", "multifd-zstd-level"]
+        .map(|k| rest.as_object_mut().and_then(|o| o.remove(k)));
+    (rest, json!(levels))
 }
 
 fn ret(replies: &[Value]) -> &Value {
@@ -203,6 +221,57 @@ const DIFFERENCES: &[Difference] = &[
         },
     },
     Difference {
+        labels: &[
+            "migrate-set-cache-size*",
+            "query-migrate-cache-size*",
+            "migrate_set_speed*",
+            "migrate_set_downtime*",
+        ],
+        what: "QEMU 7.2 answers CommandNotFound; we serve the spec's migration settings \
+               commands that set one parameter each",
+        why: "the spec has them (QEMU removed them in 6.0): they set xbzrle-cache-size, \
+              max-bandwidth and downtime-limit (given in seconds) as QEMU 2.11-5.2 did \
+              (tests/tests/gateway_migration_settings.rs checks what they set)",
+        holds: |q, g| class(q) == "CommandNotFound" && class(g) != "CommandNotFound",
+    },
+    Difference {
+        labels: &["migration: capability refused: *"],
+        what: "turning on a migration capability our migration does not honour: QEMU 7.2 \
+               takes it (zero-copy-send and postcopy-preempt it refuses for reasons of its \
+               own); we refuse it, \"Migration capability '...' is not supported\"",
+        why: "a capability taken and then ignored would migrate otherwise than asked; \
+              SUPPORTED_CAPABILITIES (migration/settings.rs) lists the ones we honour, and \
+              each is compared with QEMU as it joins the list",
+        holds: |q, g| (*ret(q) == json!({}) || class(q) == "GenericError") && capability_refused(g),
+    },
+    Difference {
+        labels: &[
+            "migration: multifd-zlib-level 10",
+            "migration: multifd-zstd-level 21",
+        ],
+        what: "a multifd compression level out of its range: QEMU 7.2 answers {}, we refuse \
+               it in the words of QEMU's check",
+        why: "QEMU 7.2 checks the levels but never takes them in (its migrate_params_test_apply \
+              and migrate_params_apply leave them out; fixed in QEMU 9.0): they stay 1 \
+              whatever is set. We check them and keep them",
+        holds: |q, g| {
+            *ret(q) == json!({})
+                && desc(g).starts_with("Parameter 'multifd_z")
+                && desc(g).contains("_level' expects a value between 0 and ")
+        },
+    },
+    Difference {
+        labels: &["migration: query-migrate-parameters after multifd levels 9 and 20"],
+        what: "QEMU 7.2 shows multifd-zlib-level and multifd-zstd-level 1 after they were set \
+               to 9 and 20; we show 9 and 20. Every other parameter is the same",
+        why: "QEMU 7.2 drops the levels it is given (fixed in QEMU 9.0); we keep them",
+        holds: |q, g| {
+            let ((q_rest, q_levels), (g_rest, g_levels)) =
+                (without_multifd_levels(q), without_multifd_levels(g));
+            q_rest == g_rest && q_levels == json!([1, 1]) && g_levels == json!([9, 20])
+        },
+    },
+    Difference {
         labels: &["remove-fd {\"fdset-id\":5} #2"],
         what: "removing an fd set twice while the VM has not run: QEMU answers {} again, we \
                answer that the set is not found",
@@ -248,7 +317,7 @@ fn message(command: &str, arguments: Value, id: &str) -> Vec<u8> {
 fn sample(ty: Ty) -> Value {
     match ty {
         Ty::Str => json!("x"),
-        Ty::Int | Ty::Uint | Ty::U32 => json!(1),
+        Ty::Int | Ty::Uint | Ty::U8 | Ty::U32 => json!(1),
         Ty::Bool => json!(true),
         Ty::Number => json!(1.5),
         Ty::Any | Ty::Null => Value::Null,
@@ -257,6 +326,7 @@ fn sample(ty: Ty) -> Value {
             Some(TypeKind::Enum(values)) => json!(values[0]),
             Some(TypeKind::Object(members)) => Value::Object(required(members)),
             Some(TypeKind::Union(_)) => samples(ty).swap_remove(0).1,
+            Some(TypeKind::Alternate(types)) => sample(types[0]),
             None => panic!("unknown type {name}"),
         },
     }
@@ -330,6 +400,7 @@ fn broken(ty: Ty) -> Vec<(String, Value)> {
         }
         Some(TypeKind::Object(members)) => members.to_vec(),
         Some(TypeKind::Union(u)) => u.base.to_vec(),
+        Some(TypeKind::Alternate(_)) => return out,
         None => panic!("unknown type {name}"),
     };
     // One sample per branch of this union (the first of an object): the branches of
@@ -390,11 +461,15 @@ fn wrong(ty: Ty) -> Option<Value> {
     match ty {
         Ty::Any => None,
         Ty::Str => Some(json!(1)),
-        Ty::Int | Ty::Uint | Ty::U32 | Ty::Bool | Ty::Number | Ty::Null | Ty::Array(_) => {
+        Ty::Int | Ty::Uint | Ty::U8 | Ty::U32 | Ty::Bool | Ty::Number | Ty::Null | Ty::Array(_) => {
             Some(json!("x"))
         }
         Ty::Named(name) => match TYPES.get(name).map(|t| t.kind) {
             Some(TypeKind::Enum(_)) => Some(json!(1)),
+            Some(TypeKind::Alternate(types)) => {
+                assert!(!types.contains(&Ty::Bool), "{name} takes a boolean");
+                Some(json!(true))
+            }
             _ => Some(json!("x")),
         },
     }
@@ -1083,6 +1158,315 @@ fn written_out(spare: &str) -> Vec<Exchange> {
     out
 }
 
+/// The migration settings (labelled "migration: ..."), each change followed by what it
+/// left: every capability turned on (refused where we do not honour it, see
+/// DIFFERENCES) and off, broken capability lists; each integer parameter at the edges of
+/// its range (then back to its default); the checks that see the whole set; the TLS
+/// names, the booleans, multifd's compression, block-bitmap-mapping; HMP's view.
+fn migration_settings() -> Vec<Exchange> {
+    let mut out = Vec::new();
+    let mut add = |label: String, command: &str, arguments: Value| {
+        out.push(Exchange {
+            bytes: message(command, arguments, &label),
+            label: format!("migration: {label}"),
+            with_fd: false,
+            compare: Compare::Value,
+        })
+    };
+    let set_caps = "migrate-set-capabilities";
+    let set = "migrate-set-parameters";
+    let query_caps = |add: &mut dyn FnMut(String, &str, Value), after: &str| {
+        add(
+            format!("query-migrate-capabilities {after}"),
+            "query-migrate-capabilities",
+            json!({}),
+        )
+    };
+    let query = |add: &mut dyn FnMut(String, &str, Value), after: &str| {
+        add(
+            format!("query-migrate-parameters {after}"),
+            "query-migrate-parameters",
+            json!({}),
+        )
+    };
+    let hmp = |add: &mut dyn FnMut(String, &str, Value), what: &str, after: &str| {
+        add(
+            format!("info {what} {after}"),
+            "human-monitor-command",
+            json!({"command-line": format!("info {what}")}),
+        )
+    };
+    query_caps(&mut add, "at first");
+    hmp(&mut add, "migrate_capabilities", "at first");
+    for c in Capability::ALL {
+        let name = c.name();
+        let caps = |state: bool| json!({"capabilities": [{"capability": name, "state": state}]});
+        // Where we refuse it QEMU has it on until the next exchange turns it off.
+        if SUPPORTED_CAPABILITIES.contains(c) {
+            add(format!("capability on: {name}"), set_caps, caps(true));
+            query_caps(&mut add, &format!("after {name} on"));
+        } else {
+            add(format!("capability refused: {name}"), set_caps, caps(true));
+        }
+        add(format!("capability off: {name}"), set_caps, caps(false));
+    }
+    let events = |state: bool| json!({"capability": "events", "state": state});
+    add(
+        "events on".into(),
+        set_caps,
+        json!({"capabilities": [events(true)]}),
+    );
+    hmp(&mut add, "migrate_capabilities", "with events");
+    // The last word on a capability wins.
+    add(
+        "events on and off".into(),
+        set_caps,
+        json!({"capabilities": [events(true), events(false)]}),
+    );
+    query_caps(&mut add, "after events on and off");
+    add("no change".into(), set_caps, json!({"capabilities": []}));
+    let capabilities = Ty::Array(&Ty::Named("MigrationCapabilityStatus"));
+    for (label, bad) in broken(capabilities) {
+        add(
+            format!("capabilities {label}"),
+            set_caps,
+            json!({"capabilities": bad}),
+        );
+    }
+
+    query(&mut add, "at first");
+    hmp(&mut add, "migrate_parameters", "at first");
+    let defaults = serde_json::to_value(MigrationSettings::default().parameters())
+        .expect("the parameters are JSON");
+    let set_members = COMMANDS
+        .iter()
+        .find(|c| c.name == set)
+        .expect("migrate-set-parameters is served")
+        .args();
+    let edges = [
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(9),
+        json!(10),
+        json!(20),
+        json!(21),
+        json!(99),
+        json!(100),
+        json!(101),
+        json!(255),
+        json!(256),
+        json!(1000),
+        json!(1001),
+        json!(4095),
+        json!(4096),
+        json!(10000),
+        json!(10001),
+        json!(100000),
+        json!(100001),
+        json!(2000000),
+        json!(2000001),
+        json!(u64::from(u32::MAX)),
+        json!(1u64 << 32),
+        json!(1u64 << 63),
+        json!(u64::MAX),
+        json!(1.5),
+    ];
+    let integers = set_members
+        .iter()
+        .filter(|m| matches!(m.ty, Ty::Uint | Ty::U8 | Ty::U32))
+        // Their difference is listed; they are set below.
+        .filter(|m| !m.name.starts_with("multifd-z"));
+    for m in integers {
+        for v in &edges {
+            add(format!("{} {v}", m.name), set, json!({m.name: v}));
+        }
+        query(&mut add, &format!("after {}", m.name));
+        add(
+            format!("{} back", m.name),
+            set,
+            json!({m.name: defaults[m.name]}),
+        );
+    }
+    // The checks see the whole set as it would be, in QEMU's order; the first fails it.
+    add(
+        "three, two of them out of range".into(),
+        set,
+        json!({"compress-threads": 0, "compress-level": 10, "downtime-limit": 5}),
+    );
+    for pair in [
+        json!({"cpu-throttle-initial": 50}),
+        json!({"max-cpu-throttle": 40}),
+        json!({"max-cpu-throttle": 40, "cpu-throttle-initial": 30}),
+        json!({"cpu-throttle-initial": 50}),
+    ] {
+        add(format!("throttles {pair}"), set, pair);
+    }
+    query(&mut add, "after the throttles");
+    add(
+        "throttles back".into(),
+        set,
+        json!({"cpu-throttle-initial": 20, "max-cpu-throttle": 99}),
+    );
+    add(
+        "named".into(),
+        set,
+        json!({"tls-creds": "tc", "tls-hostname": "h", "tls-authz": "az",
+               "compress-wait-thread": false, "cpu-throttle-tailslow": true,
+               "block-incremental": true, "multifd-compression": "zstd"}),
+    );
+    query(&mut add, "after named");
+    hmp(&mut add, "migrate_parameters", "after named");
+    for wrong in [json!([]), json!({}), json!(1.5)] {
+        add(
+            format!("tls-creds {wrong}"),
+            set,
+            json!({"tls-creds": wrong}),
+        );
+    }
+    add(
+        "named back".into(),
+        set,
+        json!({"tls-creds": null, "tls-hostname": "", "tls-authz": null,
+               "compress-wait-thread": true, "cpu-throttle-tailslow": false,
+               "block-incremental": false, "multifd-compression": "none"}),
+    );
+    query(&mut add, "after named back");
+    add(
+        "multifd levels 9 and 20".into(),
+        set,
+        json!({"multifd-zlib-level": 9, "multifd-zstd-level": 20}),
+    );
+    query(&mut add, "after multifd levels 9 and 20");
+    add(
+        "multifd-zlib-level 10".into(),
+        set,
+        json!({"multifd-zlib-level": 10}),
+    );
+    add(
+        "multifd-zstd-level 21".into(),
+        set,
+        json!({"multifd-zstd-level": 21}),
+    );
+    add(
+        "multifd levels back".into(),
+        set,
+        json!({"multifd-zlib-level": 1, "multifd-zstd-level": 1}),
+    );
+    for level in [json!(256), json!(-1), json!("x")] {
+        add(
+            format!("multifd-zlib-level {level}"),
+            set,
+            json!({"multifd-zlib-level": level}),
+        );
+    }
+    query(&mut add, "after multifd levels back");
+    let node = |name: &str, alias: &str, bitmaps: &[(&str, &str)]| {
+        let bitmaps: Vec<Value> = bitmaps
+            .iter()
+            .map(|(n, a)| json!({"name": n, "alias": a}))
+            .collect();
+        json!({"node-name": name, "alias": alias, "bitmaps": bitmaps})
+    };
+    let long = |c: &str, n: usize| c.repeat(n);
+    for (label, mapping) in [
+        (
+            "valid",
+            json!([node("n", "a", &[("b", "c")]), node("m", "a.b-c_d", &[])]),
+        ),
+        (
+            "empty names",
+            json!([node("", "a", &[("", ""), ("b", "1 2")])]),
+        ),
+        (
+            "longest",
+            json!([node(
+                &long("n", 31),
+                &long("a", 255),
+                &[(&long("b", 1023), &long("c", 255))]
+            )]),
+        ),
+        ("alias 1a", json!([node("n", "1a", &[])])),
+        ("alias empty", json!([node("n", "", &[])])),
+        ("alias a b", json!([node("n", "a b", &[])])),
+        ("alias too long", json!([node("n", &long("a", 256), &[])])),
+        (
+            "node name too long",
+            json!([node(&long("n", 32), "a", &[])]),
+        ),
+        (
+            "node name and alias bad",
+            json!([node(&long("n", 40), "1", &[])]),
+        ),
+        (
+            "bitmap name too long",
+            json!([node("n", "a", &[(&long("b", 1024), "c")])]),
+        ),
+        (
+            "bitmap alias too long",
+            json!([node("n", "a", &[("b", &long("c", 256))])]),
+        ),
+        (
+            "node twice",
+            json!([
+                node("n", "a", &[("b", "c"), ("e", "c")]),
+                node("n", "x", &[])
+            ]),
+        ),
+        (
+            "bitmap twice",
+            json!([
+                node("n", "a", &[]),
+                node("m", "a", &[("b", "c"), ("b", "d")])
+            ]),
+        ),
+        (
+            "alias twice",
+            json!([
+                node("n", "a", &[]),
+                node("m", "a", &[("b", "c"), ("e", "c")])
+            ]),
+        ),
+        (
+            "bitmap alias twice",
+            json!([node("n", "a", &[("b", "c"), ("e", "c")])]),
+        ),
+        (
+            "transform",
+            json!([{"node-name": "n", "alias": "a", "bitmaps": [
+                {"name": "b", "alias": "c", "transform": {"persistent": true}},
+                {"name": "d", "alias": "e", "transform": {}}]}]),
+        ),
+    ] {
+        add(
+            format!("block-bitmap-mapping {label}"),
+            set,
+            json!({"block-bitmap-mapping": mapping}),
+        );
+        query(&mut add, &format!("after block-bitmap-mapping {label}"));
+    }
+    hmp(
+        &mut add,
+        "migrate_parameters",
+        "with a block-bitmap-mapping",
+    );
+    for (label, bad) in broken(Ty::Array(&Ty::Named("BitmapMigrationNodeAlias"))) {
+        add(
+            format!("block-bitmap-mapping {label}"),
+            set,
+            json!({"block-bitmap-mapping": bad}),
+        );
+    }
+    add(
+        "block-bitmap-mapping none".into(),
+        set,
+        json!({"block-bitmap-mapping": []}),
+    );
+    query(&mut add, "at last");
+    hmp(&mut add, "migrate_parameters", "at last");
+    out
+}
+
 /// Exchanges once both VMs run (after `cont`): what depends on the run state.
 fn while_running() -> Vec<Exchange> {
     let mut out = Vec::new();
@@ -1401,6 +1785,7 @@ fn answers_match_qemu() {
     let mut exchanges = malformed();
     exchanges.extend(from_the_table());
     exchanges.extend(written_out(&spare.display().to_string()));
+    exchanges.extend(migration_settings());
     let (q_ports, g_ports) = (udp_pair(), udp_pair());
     let mut mismatches = Vec::new();
     let mut seen_differences = BTreeSet::new();

@@ -27,6 +27,7 @@ use super::transaction::Action;
 use super::{BlockLayer, State};
 use crate::events::{BlockJobData, Event, JobError as JobErrorEvent, JobStatusChange};
 use crate::fdstore::Charge;
+use crate::ids::well_formed;
 
 /// The buffer a mirror copies through by default (QEMU's default buf-size).
 const DEFAULT_BUF_SIZE: u64 = 10 << 20;
@@ -86,13 +87,6 @@ pub enum BackupSync {
 
 /// A job's target: its image layer and fd, and the locks taken on it.
 type Target = (ImageLayer, Arc<OwnedFd>, Option<(Perms, Perms)>);
-
-/// QEMU's id_wellformed: a letter first, then letters, digits, '-', '.', '_'.
-fn well_formed(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-}
 
 impl State {
     fn job(&self, id: &str) -> Option<&BlockJob> {

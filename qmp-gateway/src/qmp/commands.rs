@@ -6,7 +6,7 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
-use super::handlers::{absent, bitmaps, block, fds, hmp, jobs, machine, net, snapshot};
+use super::handlers::{absent, bitmaps, block, fds, hmp, jobs, machine, migration, net, snapshot};
 use super::qapi::Ty;
 
 const fn cmd(name: &'static str, handler: &'static dyn Handler, ret: Ty, owner: Owner) -> Command {
@@ -399,6 +399,54 @@ pub const COMMANDS: &[Command] = &[
         Ty::Named("NetDaemonInfo"),
         G,
     ),
+    partly(
+        "migrate-set-capabilities",
+        &Typed(migration::migrate_set_capabilities),
+        EMPTY,
+        G,
+    ),
+    cmd(
+        "query-migrate-capabilities",
+        &Typed(migration::query_migrate_capabilities),
+        Ty::Array(&Ty::Named("MigrationCapabilityStatus")),
+        G,
+    ),
+    cmd(
+        "migrate-set-parameters",
+        &Typed(migration::migrate_set_parameters),
+        EMPTY,
+        G,
+    ),
+    cmd(
+        "query-migrate-parameters",
+        &Typed(migration::query_migrate_parameters),
+        Ty::Named("MigrationParameters"),
+        G,
+    ),
+    cmd(
+        "migrate-set-cache-size",
+        &Typed(migration::migrate_set_cache_size),
+        EMPTY,
+        G,
+    ),
+    cmd(
+        "query-migrate-cache-size",
+        &Typed(migration::query_migrate_cache_size),
+        Ty::Int,
+        G,
+    ),
+    cmd(
+        "migrate_set_speed",
+        &Typed(migration::migrate_set_speed),
+        EMPTY,
+        G,
+    ),
+    cmd(
+        "migrate_set_downtime",
+        &Typed(migration::migrate_set_downtime),
+        EMPTY,
+        G,
+    ),
     cmd(
         "human-monitor-command",
         &Typed(hmp::human_monitor_command),
@@ -462,7 +510,7 @@ mod tests {
     fn sample(ty: Ty) -> Value {
         match ty {
             Ty::Str => json!("x"),
-            Ty::Int | Ty::Uint | Ty::U32 => json!(1),
+            Ty::Int | Ty::Uint | Ty::U8 | Ty::U32 => json!(1),
             Ty::Bool => json!(true),
             Ty::Number => json!(1.5),
             Ty::Any | Ty::Null => Value::Null,
@@ -479,6 +527,7 @@ mod tests {
                     }
                     Value::Object(value)
                 }
+                Some(TypeKind::Alternate(types)) => sample(types[0]),
                 None => panic!("unknown type {name}"),
             },
         }

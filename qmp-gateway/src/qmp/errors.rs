@@ -9,6 +9,7 @@ use crate::block::BlockError;
 use crate::children::daemon::DaemonError;
 use crate::children::link::LinkError;
 use crate::fdstore::FdError;
+use crate::migration::SettingsError;
 use crate::net::NetError;
 
 /// QEMU's answer for a device name it does not know.
@@ -66,6 +67,13 @@ impl From<NetError> for QmpError {
 
 impl From<FdError> for QmpError {
     fn from(e: FdError) -> Self {
+        QmpError::generic(e.to_string())
+    }
+}
+
+/// Every refusal of the migration settings is a GenericError, as in QEMU.
+impl From<SettingsError> for QmpError {
+    fn from(e: SettingsError) -> Self {
         QmpError::generic(e.to_string())
     }
 }

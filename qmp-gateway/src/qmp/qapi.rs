@@ -14,8 +14,10 @@ pub enum Ty {
     /// An unsigned QAPI integer (uint8 ... uint64): wrong JSON is answered with QEMU's
     /// "expects uint64", and negative int64s are taken as QEMU takes them.
     Uint,
-    /// A uint32: beyond it (a negative int64 too, taken as a uint64 first) is answered
-    /// with QEMU's "expects uint32_t".
+    /// A uint8: beyond it (a negative int64 too, taken as a uint64 first) is answered
+    /// with QEMU's "expects uint8_t".
+    U8,
+    /// A uint32: the same, with "expects uint32_t".
     U32,
     Bool,
     Number,
@@ -53,6 +55,8 @@ pub enum TypeKind {
     Object(&'static [Member]),
     Enum(&'static [&'static str]),
     Union(Union),
+    /// A QAPI alternate: a value of the first of these types whose JSON type it has.
+    Alternate(&'static [Ty]),
 }
 
 /// A QAPI union as QEMU's introspection shows it (simple unions are flat unions whose
@@ -174,16 +178,25 @@ impl Types {
             Ty::Str => wrong("string"),
             Ty::Int if v.is_i64() || v.is_u64() => Ok(()),
             Ty::Int => wrong("integer"),
-            Ty::Uint | Ty::U32 if !(v.is_i64() || v.is_u64()) => Err(QmpError::generic(format!(
-                "Parameter '{path}' expects uint64"
-            ))),
+            Ty::Uint | Ty::U8 | Ty::U32 if !(v.is_i64() || v.is_u64()) => Err(QmpError::generic(
+                format!("Parameter '{path}' expects uint64"),
+            )),
             Ty::Uint => Ok(()),
-            Ty::U32 if v.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => Ok(()),
-            // QEMU's range check names the member by its own name.
-            Ty::U32 => Err(QmpError::generic(format!(
-                "Parameter '{}' expects uint32_t",
-                at.own.unwrap_or(path)
-            ))),
+            Ty::U8 | Ty::U32 => {
+                let (max, c_type) = match ty {
+                    Ty::U8 => (u64::from(u8::MAX), "uint8_t"),
+                    _ => (u64::from(u32::MAX), "uint32_t"),
+                };
+                if v.as_u64().is_some_and(|n| n <= max) {
+                    Ok(())
+                } else {
+                    // QEMU's range check names the member by its own name.
+                    Err(QmpError::generic(format!(
+                        "Parameter '{}' expects {c_type}",
+                        at.own.unwrap_or(path)
+                    )))
+                }
+            }
             Ty::Bool if v.is_boolean() => Ok(()),
             Ty::Bool => wrong("boolean"),
             Ty::Number if v.is_number() => Ok(()),
@@ -221,9 +234,39 @@ impl Types {
                     Value::Object(obj) => self.check_union(&u, obj, path),
                     _ => wrong("object"),
                 },
+                // An alternate's type error names the member by its own name.
+                Some(TypeKind::Alternate(types)) => {
+                    match types.iter().find(|t| self.json_type_fits(**t, v)) {
+                        Some(t) => self.check_value(*t, v, at),
+                        None => Err(QmpError::generic(format!(
+                            "Invalid parameter type for '{}', expected: {name}",
+                            at.own.unwrap_or("null")
+                        ))),
+                    }
+                }
                 None => Err(QmpError::generic(format!(
                     "internal error: unknown type {name}"
                 ))),
+            },
+        }
+    }
+
+    /// Whether `v` has the JSON type of `ty` (how an alternate picks its branch).
+    fn json_type_fits(&self, ty: Ty, v: &Value) -> bool {
+        match ty {
+            Ty::Any => true,
+            Ty::Str => v.is_string(),
+            Ty::Int | Ty::Uint | Ty::U8 | Ty::U32 | Ty::Number => v.is_number(),
+            Ty::Bool => v.is_boolean(),
+            Ty::Null => v.is_null(),
+            Ty::Array(_) => v.is_array(),
+            Ty::Named(name) => match self.get(name).map(|t| t.kind) {
+                Some(TypeKind::Enum(_)) => v.is_string(),
+                Some(TypeKind::Object(_) | TypeKind::Union(_)) => v.is_object(),
+                Some(TypeKind::Alternate(types)) => {
+                    types.iter().any(|t| self.json_type_fits(*t, v))
+                }
+                None => false,
             },
         }
     }
@@ -290,6 +333,10 @@ mod tests {
             name: "q_empty",
             kind: TypeKind::Object(&[]),
         },
+        TypeDef {
+            name: "StrOrNull",
+            kind: TypeKind::Alternate(&[Ty::Str, Ty::Null]),
+        },
     ]);
 
     fn check(members: &[Member], args: Value) -> Result<(), String> {
@@ -323,6 +370,30 @@ mod tests {
             check(&u, json!({"threshold": "x"})),
             Err("Parameter 'threshold' expects uint64".into())
         );
+    }
+
+    #[test]
+    fn sized_uints_and_alternates() {
+        let m = [opt("level", Ty::U8), opt("creds", Ty::Named("StrOrNull"))];
+        assert_eq!(check(&m, json!({"level": 255})), Ok(()));
+        for too_big in [json!(256), json!(-1)] {
+            assert_eq!(
+                check(&m, json!({"level": too_big})),
+                Err("Parameter 'level' expects uint8_t".into())
+            );
+        }
+        assert_eq!(
+            check(&m, json!({"level": "x"})),
+            Err("Parameter 'level' expects uint64".into())
+        );
+        assert_eq!(check(&m, json!({"creds": "c"})), Ok(()));
+        assert_eq!(check(&m, json!({"creds": null})), Ok(()));
+        for wrong in [json!(1), json!([]), json!({})] {
+            assert_eq!(
+                check(&m, json!({"creds": wrong})),
+                Err("Invalid parameter type for 'creds', expected: StrOrNull".into())
+            );
+        }
     }
 
     #[test]

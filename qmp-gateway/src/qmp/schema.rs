@@ -12,7 +12,7 @@ pub fn schema_name(ty: Ty) -> String {
     match ty {
         Ty::Str => "str".into(),
         // QEMU's introspection names every integer type "int".
-        Ty::Int | Ty::Uint | Ty::U32 => "int".into(),
+        Ty::Int | Ty::Uint | Ty::U8 | Ty::U32 => "int".into(),
         Ty::Bool => "bool".into(),
         Ty::Number => "number".into(),
         Ty::Any => "any".into(),
@@ -25,7 +25,7 @@ pub fn schema_name(ty: Ty) -> String {
 fn builtin_json_type(ty: Ty) -> Option<&'static str> {
     Some(match ty {
         Ty::Str => "string",
-        Ty::Int | Ty::Uint | Ty::U32 => "int",
+        Ty::Int | Ty::Uint | Ty::U8 | Ty::U32 => "int",
         Ty::Bool => "boolean",
         Ty::Number => "number",
         Ty::Any => "value",
@@ -103,6 +103,16 @@ pub fn build(commands: &[Command], events: &[EventDef], types: &Types) -> Value 
                     "tag": u.tag,
                     "variants": u.variants.iter()
                         .map(|(case, ty)| json!({"case": case, "type": ty}))
+                        .collect::<Vec<_>>(),
+                }));
+            }
+            TypeKind::Alternate(types) => {
+                types.iter().for_each(|ty| note(*ty, &mut arrays));
+                out.push(json!({
+                    "name": t.name,
+                    "meta-type": "alternate",
+                    "members": types.iter()
+                        .map(|ty| json!({"type": schema_name(*ty)}))
                         .collect::<Vec<_>>(),
                 }));
             }

@@ -3,6 +3,7 @@
 //! them.
 
 use super::qapi::{opt, req, Member, Ty, TypeDef, TypeKind, Types, Union};
+use crate::migration::Capability;
 
 /// Named types, in the order query-qmp-schema lists them (the events' own argument
 /// types follow them, from events.rs).
@@ -698,7 +699,133 @@ pub const TYPES: Types = Types(&[
         name: "TransactionProperties",
         kind: TypeKind::Object(&[opt("completion-mode", Ty::Named("ActionCompletionMode"))]),
     },
+    // Migration settings (qmp/handlers/migration.rs).
+    TypeDef {
+        name: "MigrationCapability",
+        kind: TypeKind::Enum(Capability::NAMES),
+    },
+    TypeDef {
+        name: "MigrationCapabilityStatus",
+        kind: TypeKind::Object(&[
+            req("capability", Ty::Named("MigrationCapability")),
+            req("state", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "MigrationParameters",
+        kind: TypeKind::Object(&migration_parameters(false)),
+    },
+    TypeDef {
+        name: "StrOrNull",
+        kind: TypeKind::Alternate(&[Ty::Str, Ty::Null]),
+    },
+    TypeDef {
+        name: "MultiFDCompression",
+        kind: TypeKind::Enum(&["none", "zlib", "zstd"]),
+    },
+    TypeDef {
+        name: "BitmapMigrationNodeAlias",
+        kind: TypeKind::Object(&[
+            req("node-name", Ty::Str),
+            req("alias", Ty::Str),
+            req(
+                "bitmaps",
+                Ty::Array(&Ty::Named("BitmapMigrationBitmapAlias")),
+            ),
+        ]),
+    },
+    TypeDef {
+        name: "BitmapMigrationBitmapAlias",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            req("alias", Ty::Str),
+            opt(
+                "transform",
+                Ty::Named("BitmapMigrationBitmapAliasTransform"),
+            ),
+        ]),
+    },
+    TypeDef {
+        name: "BitmapMigrationBitmapAliasTransform",
+        kind: TypeKind::Object(&[opt("persistent", Ty::Bool)]),
+    },
 ]);
+
+/// A migration parameter: its name, its type in migrate-set-parameters and its type in
+/// query-migrate-parameters' answer.
+struct MigrationParameter {
+    name: &'static str,
+    set: Ty,
+    shown: Ty,
+}
+
+const fn parameter(name: &'static str, ty: Ty) -> MigrationParameter {
+    MigrationParameter {
+        name,
+        set: ty,
+        shown: ty,
+    }
+}
+
+/// A TLS name: set as a string or null (none), shown as a string.
+const fn tls(name: &'static str) -> MigrationParameter {
+    MigrationParameter {
+        name,
+        set: Ty::Named("StrOrNull"),
+        shown: Ty::Str,
+    }
+}
+
+/// QEMU 7.2's migration parameters, in its order.
+const MIGRATION_PARAMETERS: [MigrationParameter; 27] = [
+    parameter("announce-initial", Ty::Uint),
+    parameter("announce-max", Ty::Uint),
+    parameter("announce-rounds", Ty::Uint),
+    parameter("announce-step", Ty::Uint),
+    parameter("compress-level", Ty::U8),
+    parameter("compress-threads", Ty::U8),
+    parameter("compress-wait-thread", Ty::Bool),
+    parameter("decompress-threads", Ty::U8),
+    parameter("throttle-trigger-threshold", Ty::U8),
+    parameter("cpu-throttle-initial", Ty::U8),
+    parameter("cpu-throttle-increment", Ty::U8),
+    parameter("cpu-throttle-tailslow", Ty::Bool),
+    tls("tls-creds"),
+    tls("tls-hostname"),
+    tls("tls-authz"),
+    parameter("max-bandwidth", Ty::Uint),
+    parameter("downtime-limit", Ty::Uint),
+    parameter("x-checkpoint-delay", Ty::U32),
+    parameter("block-incremental", Ty::Bool),
+    parameter("multifd-channels", Ty::U8),
+    parameter("xbzrle-cache-size", Ty::Uint),
+    parameter("max-postcopy-bandwidth", Ty::Uint),
+    parameter("max-cpu-throttle", Ty::U8),
+    parameter("multifd-compression", Ty::Named("MultiFDCompression")),
+    parameter("multifd-zlib-level", Ty::U8),
+    parameter("multifd-zstd-level", Ty::U8),
+    parameter(
+        "block-bitmap-mapping",
+        Ty::Array(&Ty::Named("BitmapMigrationNodeAlias")),
+    ),
+];
+
+/// The parameters as members, every one optional: as migrate-set-parameters takes them
+/// (`set`, QEMU's MigrateSetParameters) or as query-migrate-parameters shows them
+/// (MigrationParameters).
+const fn migration_parameters(set: bool) -> [Member; MIGRATION_PARAMETERS.len()] {
+    let mut members = [opt("", Ty::Any); MIGRATION_PARAMETERS.len()];
+    let mut i = 0;
+    while i < members.len() {
+        let p = &MIGRATION_PARAMETERS[i];
+        members[i] = opt(p.name, if set { p.set } else { p.shown });
+        i += 1;
+    }
+    members
+}
+
+/// migrate-set-parameters' arguments.
+pub const SET_MIGRATION_PARAMETERS_MEMBERS: &[Member] = &migration_parameters(true);
 
 /// blockdev-snapshot-sync's arguments, also a transaction action's data.
 pub const SNAPSHOT_SYNC_MEMBERS: &[Member] = &[

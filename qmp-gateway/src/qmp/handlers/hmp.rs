@@ -71,6 +71,18 @@ pub const HMP: &[HmpCommand] = &[
     ),
     info(&["info kvm"], "query-kvm", info_kvm, "show KVM information"),
     info(
+        &["info migrate_capabilities"],
+        "query-migrate-capabilities",
+        info_migrate_capabilities,
+        "show current migration capabilities",
+    ),
+    info(
+        &["info migrate_parameters"],
+        "query-migrate-parameters",
+        info_migrate_parameters,
+        "show current migration parameters",
+    ),
+    info(
         &["info name"],
         "query-name",
         info_name,
@@ -180,6 +192,83 @@ fn info_kvm(kvm: &Value, _: u32) -> String {
     format!("kvm support: {state}\n")
 }
 
+fn on_off(v: &Value) -> &'static str {
+    if v == true {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn info_migrate_capabilities(capabilities: &Value, _: u32) -> String {
+    capabilities
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let name = c["capability"].as_str().unwrap_or_default();
+            format!("{name}: {}\n", on_off(&c["state"]))
+        })
+        .collect()
+}
+
+/// The parameters QEMU 7.2's HMP shows, in its order, with their units.
+const HMP_PARAMETERS: &[(&str, &str)] = &[
+    ("announce-initial", " ms"),
+    ("announce-max", " ms"),
+    ("announce-rounds", ""),
+    ("announce-step", " ms"),
+    ("compress-level", ""),
+    ("compress-threads", ""),
+    ("compress-wait-thread", ""),
+    ("decompress-threads", ""),
+    ("throttle-trigger-threshold", ""),
+    ("cpu-throttle-initial", ""),
+    ("cpu-throttle-increment", ""),
+    ("cpu-throttle-tailslow", ""),
+    ("max-cpu-throttle", ""),
+    ("tls-creds", ""),
+    ("tls-hostname", ""),
+    ("max-bandwidth", " bytes/second"),
+    ("downtime-limit", " ms"),
+    ("x-checkpoint-delay", " ms"),
+    ("block-incremental", ""),
+    ("multifd-channels", ""),
+    ("multifd-compression", ""),
+    ("xbzrle-cache-size", " bytes"),
+    ("max-postcopy-bandwidth", ""),
+    ("tls-authz", ""),
+];
+
+fn info_migrate_parameters(parameters: &Value, _: u32) -> String {
+    let mut text = String::new();
+    for (name, unit) in HMP_PARAMETERS {
+        let value = &parameters[name];
+        let shown = match value {
+            Value::Bool(_) => on_off(value).to_string(),
+            // The TLS names, quoted.
+            Value::String(s) if name.starts_with("tls-") => format!("'{s}'"),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        text.push_str(&format!("{name}: {shown}{unit}\n"));
+    }
+    if let Some(nodes) = parameters["block-bitmap-mapping"].as_array() {
+        text.push_str("block-bitmap-mapping:\n");
+        let pair = |v: &Value, from: &str, to: &str| {
+            let word = |key: &str| v[key].as_str().unwrap_or_default().to_string();
+            format!("'{}' -> '{}'", word(from), word(to))
+        };
+        for node in nodes {
+            text.push_str(&format!("  {}\n", pair(node, "node-name", "alias")));
+            for bitmap in node["bitmaps"].as_array().into_iter().flatten() {
+                text.push_str(&format!("    {}\n", pair(bitmap, "name", "alias")));
+            }
+        }
+    }
+    text
+}
+
 fn info_name(name: &Value, _: u32) -> String {
     name["name"]
         .as_str()
@@ -235,6 +324,8 @@ mod tests {
             info_help(),
             "info cpus  -- show infos for each CPU\n\
              info kvm  -- show KVM information\n\
+             info migrate_capabilities  -- show current migration capabilities\n\
+             info migrate_parameters  -- show current migration parameters\n\
              info name  -- show the current VM name\n\
              info status  -- show the current VM status (running|paused)\n\
              info uuid  -- show the current VM UUID\n\
@@ -253,6 +344,30 @@ mod tests {
             info_kvm(&json!({"enabled": true, "present": true}), 0),
             "kvm support: enabled\n"
         );
+        assert_eq!(
+            info_migrate_capabilities(
+                &json!([{"capability": "xbzrle", "state": false}, {"capability": "events", "state": true}]),
+                0
+            ),
+            "xbzrle: off\nevents: on\n"
+        );
+        let parameters = json!({
+            "announce-initial": 50, "compress-wait-thread": true, "tls-creds": "tc",
+            "multifd-compression": "zstd", "max-bandwidth": 1000,
+            "block-bitmap-mapping": [{"node-name": "n", "alias": "a", "bitmaps": [
+                {"name": "b", "alias": "c", "transform": {"persistent": true}}]}],
+        });
+        let text = info_migrate_parameters(&parameters, 0);
+        for line in [
+            "announce-initial: 50 ms\n",
+            "compress-wait-thread: on\n",
+            "tls-creds: 'tc'\n",
+            "max-bandwidth: 1000 bytes/second\n",
+            "multifd-compression: zstd\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(text.ends_with("block-bitmap-mapping:\n  'n' -> 'a'\n    'b' -> 'c'\n"));
         assert_eq!(info_name(&json!({}), 0), "");
         assert_eq!(info_name(&json!({"name": "vm"}), 0), "vm\n");
         assert_eq!(info_uuid(&json!({"UUID": "u"}), 0), "u\n");

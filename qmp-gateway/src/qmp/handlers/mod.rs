@@ -7,5 +7,6 @@ pub mod fds;
 pub mod hmp;
 pub mod jobs;
 pub mod machine;
+pub mod migration;
 pub mod net;
 pub mod snapshot;

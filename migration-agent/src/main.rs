@@ -95,6 +95,10 @@ fn serve(link: &Link) -> anyhow::Result<()> {
     let mut outgoing: Option<Outgoing> = None;
     let mut answer: Option<Answer> = None;
     while let Some(call) = link.recv()? {
+        if call.request == AgentRequest::Quit {
+            link.reply(call.id, Ok(AgentReply::Done));
+            break;
+        }
         let result = match call.request {
             AgentRequest::Outgoing(s) if outgoing.is_none() && answer.is_none() => {
                 start_outgoing(&s, call.fds).map(|o| {

@@ -134,6 +134,12 @@ const SANDBOX_VIOLATION_ARG: TypeDef = data(
     ],
 );
 
+const MIGRATION_ARG: TypeDef = data(
+    "q_obj_MIGRATION-arg",
+    &[req("status", Ty::Named("MigrationStatus"))],
+);
+const MIGRATION_PASS_ARG: TypeDef = data("q_obj_MIGRATION_PASS-arg", &[req("pass", Ty::Int)]);
+
 const STOP: EventDef = def("STOP", None);
 const RESUME: EventDef = def("RESUME", None);
 const RESET: EventDef = def("RESET", Some(&SHUTDOWN_ARG));
@@ -174,6 +180,8 @@ const SANDBOX_VIOLATION: EventDef = def(
     "__io.flotilla_SANDBOX_VIOLATION",
     Some(&SANDBOX_VIOLATION_ARG),
 );
+const MIGRATION: EventDef = def("MIGRATION", Some(&MIGRATION_ARG));
+const MIGRATION_PASS: EventDef = def("MIGRATION_PASS", Some(&MIGRATION_PASS_ARG));
 
 /// Every event this gateway emits, in the order query-events lists them.
 pub const EVENTS: &[EventDef] = &[
@@ -196,6 +204,8 @@ pub const EVENTS: &[EventDef] = &[
     NET_DAEMON_EXITED,
     NET_DAEMON_RESTARTED,
     SANDBOX_VIOLATION,
+    MIGRATION,
+    MIGRATION_PASS,
 ];
 
 /// SHUTDOWN's and RESET's data.
@@ -318,6 +328,16 @@ pub struct NicRxFilterChanged {
     pub path: String,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationStatusChange {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationPass {
+    pub pass: u64,
+}
+
 /// A child was stopped by its seccomp filter.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxViolation {
@@ -350,6 +370,10 @@ pub enum Event {
     NetDaemonExited(DaemonExited),
     NetDaemonRestarted(DaemonRestarted),
     SandboxViolation(SandboxViolation),
+    /// A migration's status changed (only with the `events` capability, as in QEMU).
+    Migration(MigrationStatusChange),
+    /// A migration's dirty-page pass began (its sync count).
+    MigrationPass(MigrationPass),
 }
 
 impl Event {
@@ -375,6 +399,8 @@ impl Event {
             Event::NetDaemonExited(_) => &NET_DAEMON_EXITED,
             Event::NetDaemonRestarted(_) => &NET_DAEMON_RESTARTED,
             Event::SandboxViolation(_) => &SANDBOX_VIOLATION,
+            Event::Migration(_) => &MIGRATION,
+            Event::MigrationPass(_) => &MIGRATION_PASS,
         }
     }
 
@@ -399,6 +425,8 @@ impl Event {
             Event::BlockJobError(d) => serde_json::to_value(d).ok(),
             Event::NicRxFilterChanged(d) => serde_json::to_value(d).ok(),
             Event::SandboxViolation(d) => serde_json::to_value(d).ok(),
+            Event::Migration(d) => serde_json::to_value(d).ok(),
+            Event::MigrationPass(d) => serde_json::to_value(d).ok(),
         }
     }
 }
@@ -528,6 +556,8 @@ mod tests {
                 number: 41,
                 device: None,
             }),
+            Event::Migration(MigrationStatusChange { status: "active" }),
+            Event::MigrationPass(MigrationPass { pass: 2 }),
         ];
         let emitted: Vec<&str> = samples.iter().map(|e| e.def().name).collect();
         assert_eq!(emitted, names);

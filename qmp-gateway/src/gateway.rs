@@ -22,7 +22,7 @@ use crate::children::sandbox::{Mode, Policy};
 use crate::children::spawn::host_tid;
 use crate::events::{Event, EventBus};
 use crate::fdstore::FdSets;
-use crate::migration::MigrationSettings;
+use crate::migration::{Handles, MigrationSettings, Migrator};
 use crate::net::NetLayer;
 
 /// Why the gateway is ending.
@@ -35,6 +35,25 @@ pub enum ExitReason {
     GuestPoweroff,
     /// vmm-core went away on its own.
     VmmExited(String),
+    /// The VM was to arrive by migration, and that failed (QEMU's destination ends too).
+    IncomingFailed(String),
+}
+
+/// The VM's run state as vmm-core last reported it, for threads that hold no gateway.
+#[derive(Clone)]
+pub struct RunStateView(Arc<Mutex<Status>>);
+
+impl RunStateView {
+    pub fn get(&self) -> RunState {
+        self.0.lock().run_state
+    }
+}
+
+/// The binaries the gateway starts besides vmm-core.
+pub struct Binaries {
+    pub block_daemon: PathBuf,
+    pub net_daemon: PathBuf,
+    pub migration_agent: PathBuf,
 }
 
 pub struct VmIdentity {
@@ -85,6 +104,8 @@ pub struct Gateway {
     pub net: Arc<NetLayer>,
     /// The migration's capabilities and parameters.
     pub migration: Arc<Mutex<MigrationSettings>>,
+    /// Migrations out of and into this VM.
+    pub migrator: Arc<Migrator>,
     pub fdsets: FdSets,
     pub events: Arc<EventBus>,
     exit: mpsc::Sender<ExitReason>,
@@ -97,11 +118,15 @@ impl Gateway {
         identity: VmIdentity,
         vmm: Arc<VmmLink>,
         exit: mpsc::Sender<ExitReason>,
-        block_daemon: PathBuf,
-        net_daemon: PathBuf,
+        binaries: Binaries,
         events: Arc<EventBus>,
         sandbox: Mode,
     ) -> std::io::Result<Gateway> {
+        let Binaries {
+            block_daemon,
+            net_daemon,
+            migration_agent,
+        } = binaries;
         let policy = Policy {
             mode: sandbox,
             events: events.clone(),
@@ -119,6 +144,19 @@ impl Gateway {
             policy.clone(),
             stop_vm,
         )?);
+        let migration = Arc::new(Mutex::new(MigrationSettings::default()));
+        let migrator = Migrator::new(
+            Handles {
+                vmm: vmm.clone(),
+                block: block.clone(),
+                events: events.clone(),
+                policy: policy.clone(),
+                agent_binary: migration_agent,
+                exit: exit.clone(),
+                run_state: RunStateView(status.clone()),
+            },
+            migration.clone(),
+        );
         {
             let (status, vmm, block) = (status.clone(), vmm.clone(), Arc::downgrade(&block));
             // Ends when the block layer (which holds the sender) goes.
@@ -137,7 +175,8 @@ impl Gateway {
                 policy,
             )?),
             vmm,
-            migration: Arc::default(),
+            migration,
+            migrator,
             fdsets: FdSets::default(),
             events,
             exit,
@@ -165,12 +204,22 @@ impl Gateway {
     /// again).
     /// QMP stop: the vCPUs stop, then the disks finish what the guest asked of them.
     pub fn stop(&self) -> Result<(), LinkError> {
+        // A VM still arriving by migration stays paused once here (QEMU's autostart).
+        if self.run_state() == RunState::InMigrate {
+            self.migrator.set_autostart(false);
+            return Ok(());
+        }
         self.vmm.request(VmmRequest::Stop, &[])?;
         self.block.drain();
         Ok(())
     }
 
     pub fn cont(&self) -> Result<(), LinkError> {
+        // A VM still arriving by migration runs once here.
+        if self.run_state() == RunState::InMigrate {
+            self.migrator.set_autostart(true);
+            return Ok(());
+        }
         self.vmm.request(VmmRequest::Cont, &[])?;
         self.status.lock().io_error = false;
         self.block.cont();

@@ -123,6 +123,16 @@ impl OpenedVm {
         self.fds.push(stream);
     }
 
+    /// What a migration's source and destination must agree on.
+    pub fn shape(&self) -> ipc::MachineShape {
+        ipc::MachineShape {
+            memory: self.config.memory_mib << 20,
+            vcpus: self.config.cpus,
+            disks: self.config.disks.iter().map(|d| d.max_queues).collect(),
+            nics: self.config.nics.iter().map(|n| n.queue_pairs).collect(),
+        }
+    }
+
     /// Asks vmm-core to build and start the VM; returns its vCPU threads.
     pub fn launch(&self, vmm: &VmmLink) -> Result<Vec<VcpuInfo>, LaunchError> {
         let fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();

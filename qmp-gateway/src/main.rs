@@ -24,7 +24,7 @@ use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::events::{Event, EventBus};
 use qmp_gateway::fdstore::budget::process_fds;
 use qmp_gateway::fdstore::{FdBudget, FdLimits};
-use qmp_gateway::gateway::{ExitReason, Gateway, VmIdentity};
+use qmp_gateway::gateway::{Binaries, ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
 use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::net::nic::NicSpec;
@@ -90,6 +90,14 @@ struct Args {
     /// The net-daemon binary (default: next to this one).
     #[arg(long)]
     net_daemon: Option<PathBuf>,
+    /// The migration-agent binary (default: next to this one).
+    #[arg(long)]
+    migration_agent: Option<PathBuf>,
+    /// The VM arrives by migration, from URI (`tcp:HOST:PORT`, `unix:PATH`,
+    /// `exec:COMMAND`), or `defer`: from the URI a later migrate-incoming names. It
+    /// waits in run state "inmigrate" until then.
+    #[arg(long)]
+    incoming: Option<String>,
     /// How vmm-core and the daemons are sandboxed: `enforce` (namespaces, an empty root,
     /// no capabilities, Landlock, and a seccomp allowlist whose violation stops the
     /// process), `log` (the same, but the kernel only logs what the allowlist lacks) or
@@ -101,6 +109,13 @@ struct Args {
     /// as long as it lives. Without root they run as the gateway's own user.
     #[arg(long, default_value_t = ids::DEFAULT_RANGE, value_parser = |s: &str| s.parse::<IdRange>())]
     sandbox_ids: IdRange,
+}
+
+impl Args {
+    /// -S with an incoming migration: the VM stays paused once it arrived.
+    fn start_paused_incoming(&self) -> bool {
+        self.incoming.is_some() && self.vm.start_paused
+    }
 }
 
 /// A sibling binary of this one, unless given.
@@ -267,8 +282,11 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             },
             link.clone(),
             exit_tx,
-            sibling(&args.block_daemon, "block-daemon")?,
-            sibling(&args.net_daemon, "net-daemon")?,
+            Binaries {
+                block_daemon: sibling(&args.block_daemon, "block-daemon")?,
+                net_daemon: sibling(&args.net_daemon, "net-daemon")?,
+                migration_agent: sibling(&args.migration_agent, "migration-agent")?,
+            },
             events.clone(),
             args.sandbox,
         )
@@ -285,6 +303,10 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             move |why| on_closed.request_exit(ExitReason::VmmExited(why)),
         )?;
     }
+    if args.incoming.is_some() {
+        // The source holds the images' locks until the switch-over.
+        gw.block.open_inactive();
+    }
     for (i, spec) in args.drive.iter().enumerate() {
         let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets)?;
         vm.add_disk(disk, stream);
@@ -295,6 +317,11 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     for spec in &args.device {
         let (nic, stream) = gw.net.add_nic(spec)?;
         vm.add_nic(nic, stream);
+    }
+    vm.config.incoming = args.incoming.is_some();
+    gw.migrator.set_shape(vm.shape());
+    if args.start_paused_incoming() {
+        gw.migrator.set_autostart(false);
     }
     let vcpus = vm.launch(&link).context("vmm-core")?;
     cleanup.launched = true;
@@ -312,6 +339,15 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
                 signal_gw.request_exit(ExitReason::Signal(sig as i32));
             }
         })?;
+    match args.incoming.as_deref() {
+        None | Some("defer") => {}
+        Some(uri) => gw
+            .migrator
+            .incoming(uri, |_| {
+                Err("fd: needs a client: use --incoming defer".into())
+            })
+            .with_context(|| format!("--incoming {uri}"))?,
+    }
     let budget = fd_budget(&args)?;
     let server = Server::new(
         gw.clone(),
@@ -342,6 +378,10 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             let _ = link.request(VmmRequest::Quit(ShutdownCause::HostSignal), &[]);
         }
         ExitReason::GuestPoweroff => {}
+        ExitReason::IncomingFailed(why) => {
+            eprintln!("qmp-gateway: error: {why}");
+            let _ = link.request(VmmRequest::Quit(ShutdownCause::HostError), &[]);
+        }
         ExitReason::VmmExited(_) => {
             cleanup.reap(Duration::from_secs(5));
             if let Some(nr) = cleanup.child.as_ref().and_then(Process::violation) {
@@ -377,6 +417,7 @@ fn main() -> ExitCode {
             eprintln!("qmp-gateway: error: vmm-core exited unexpectedly: {why}");
             ExitCode::FAILURE
         }
+        Ok(ExitReason::IncomingFailed(_)) => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qmp-gateway: error: {e:#}");

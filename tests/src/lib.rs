@@ -7,6 +7,7 @@
 
 pub mod blk;
 pub mod linux;
+pub mod migration;
 pub mod net;
 pub mod procs;
 pub mod qemu;

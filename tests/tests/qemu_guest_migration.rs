@@ -4,72 +4,21 @@
 //! self-test), and survives a live migration between two QEMU processes over loopback TCP
 //! with its pages, disk writes and network echoes intact.
 
-use std::collections::HashSet;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use flotilla_tests::migration::{
+    count, expect_mig, field, free_port, mib_s, wait_for_status, Reflector, MIGRATION,
+};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::QmpClient;
-use flotilla_tests::{TempDir, Vm};
+use flotilla_tests::TempDir;
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(30);
 /// Between two progress lines (rounds are reported every 100 ms; the block and network lines
 /// about every second).
 const PROGRESS: Duration = Duration::from_secs(15);
-const MIGRATION: Duration = Duration::from_secs(120);
 const PAGE: u64 = 4096;
-
-/// `key=value` of a console line, as a number.
-fn field(line: &str, key: &str) -> u64 {
-    let value = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
-    match value.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => value.parse(),
-    }
-    .unwrap_or_else(|e| panic!("{key}={value} in {line:?}: {e}"))
-}
-
-/// The `mib_s=X.Y` of a round line.
-fn mib_s(line: &str) -> f64 {
-    let value = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mib_s="))
-        .unwrap_or_else(|| panic!("no mib_s= in {line:?}"));
-    value
-        .parse()
-        .unwrap_or_else(|e| panic!("mib_s={value} in {line:?}: {e}"))
-}
-
-/// The N of `GUEST MIG <what> N ok ...`.
-fn count(line: &str, what: &str) -> u64 {
-    let rest = line
-        .strip_prefix(&format!("GUEST MIG {what} "))
-        .unwrap_or_else(|| panic!("not a {what} line: {line:?}"));
-    let (n, tail) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
-    assert!(tail.starts_with("ok"), "{line:?}");
-    n.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
-}
-
-/// Waits for the next line starting with `prefix`; a `GUEST ERROR` line before it fails the
-/// test (the scenario's check found something, or it could not run).
-fn expect_mig(vm: &mut Vm, prefix: &str, timeout: Duration) -> String {
-    let line = vm.expect_line(prefix, timeout, |l| {
-        l.starts_with(prefix) || l.starts_with("GUEST ERROR")
-    });
-    assert!(
-        line.starts_with(prefix),
-        "the guest reported an error while we waited for {prefix:?}: {line}\n{}",
-        vm.transcript()
-    );
-    line
-}
 
 /// The test guest on QEMU (paused), with `extra` devices, and a QMP client.
 fn start(cmdline: &str, extra: &[&str]) -> (Qemu, QmpClient) {
@@ -159,73 +108,6 @@ fn the_self_test_stale_word_is_reported() {
     qemu.vm.expect_prefix("GUEST POWEROFF", PROGRESS);
     let status = qemu.vm.wait(PROGRESS);
     assert!(status.success(), "{status}:\n{}", qemu.vm.transcript());
-}
-
-/// The peer of `mig-net=1` on a UDP socket (QEMU's `-netdev socket,udp=`): every frame of
-/// ethertype 0x88b5 goes back to the address it came from with the source MAC as
-/// destination, our MAC as source and ethertype 0x88b6, payload unchanged (or with the byte
-/// at `corrupt` inverted, to see the guest notice). Stops when dropped.
-struct Reflector {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    senders: Arc<Mutex<HashSet<SocketAddr>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Reflector {
-    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-
-    fn start(corrupt: Option<usize>) -> Reflector {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let port = socket.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let senders = Arc::new(Mutex::new(HashSet::new()));
-        let thread = {
-            let (stop, senders) = (stop.clone(), senders.clone());
-            std::thread::spawn(move || {
-                let mut frame = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((len, from)) = socket.recv_from(&mut frame) else {
-                        continue;
-                    };
-                    if len < 14 || frame[12..14] != [0x88, 0xb5] {
-                        continue; // QEMU's announcements after a migration, for one
-                    }
-                    senders.lock().unwrap().insert(from);
-                    let mut echo = frame[..len].to_vec();
-                    echo.copy_within(6..12, 0);
-                    echo[6..12].copy_from_slice(&Self::MAC);
-                    echo[12..14].copy_from_slice(&[0x88, 0xb6]);
-                    if let Some(byte) = corrupt.and_then(|at| echo.get_mut(14 + at)) {
-                        *byte = !*byte;
-                    }
-                    let _ = socket.send_to(&echo, from);
-                }
-            })
-        };
-        Reflector {
-            port,
-            stop,
-            senders,
-            thread: Some(thread),
-        }
-    }
-
-    fn senders(&self) -> usize {
-        self.senders.lock().unwrap().len()
-    }
-}
-
-impl Drop for Reflector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// `-netdev` and `-device` for a NIC whose frames go to `reflector`. Each QEMU sends from a
@@ -376,15 +258,6 @@ fn a_sector_changed_behind_the_guest_is_reported() {
     qemu.vm.expect_prefix("GUEST POWEROFF", PROGRESS);
 }
 
-/// A free TCP port on the loopback interface for `-incoming`.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `query-migrate` on the source until the migration ends; its last answer. Fails on a
 /// migration that fails or does not end within MIGRATION.
 fn migration_result(client: &mut QmpClient, qemu: &Qemu) -> Value {
@@ -402,22 +275,6 @@ fn migration_result(client: &mut QmpClient, qemu: &Qemu) -> Value {
         assert!(
             Instant::now() < deadline,
             "no end of the migration within {MIGRATION:?}: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `query-status` of `client` until it is `status` (within MIGRATION).
-fn wait_for_status(client: &mut QmpClient, status: &str) {
-    let deadline = Instant::now() + MIGRATION;
-    loop {
-        let now = client.ok("query-status", json!({}));
-        if now["status"] == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {now} after {MIGRATION:?}, waiting for {status}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -35,6 +35,7 @@ fn power_button_powers_off_the_idle_guest() {
         memory_mib: 128,
         cpus: 2,
         start_paused: false,
+        incoming: false,
     };
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
     let vm = build_vm(kvm, &config, boot, output, Vec::new(), Vec::new()).expect("VM");

@@ -285,13 +285,41 @@ impl Runner<'_> {
         result
     }
 
+    /// auto-converge: throttled vCPUs are kicked every timeslice by a thread of its
+    /// own, which ends when the throttle goes back to 0.
+    fn set_throttle(&self, percent: u8) {
+        let was = self.vcpus.set_throttle(percent);
+        if was == 0 && percent > 0 {
+            let vcpus = self.vcpus.clone();
+            let started = std::thread::Builder::new()
+                .name("throttle".into())
+                .spawn(move || {
+                    while vcpus.throttle() > 0 {
+                        std::thread::sleep(vcpu::THROTTLE_TIMESLICE);
+                        vcpus.kick();
+                    }
+                });
+            if let Err(e) = started {
+                log::error!("auto-converge: starting the throttle thread: {e}");
+                self.vcpus.set_throttle(0);
+            }
+        }
+    }
+
     /// A migration's requests, which may answer with fds.
     fn handle_migration(&mut self, request: VmmRequest) -> Answer {
         let done = || (Ok(VmmReply::Done), Vec::new());
         match request {
             VmmRequest::MigrationStart => self.outgoing.start(&self.vm),
             VmmRequest::DirtyLogSync => self.outgoing.sync(&self.vm),
-            VmmRequest::MigrationEnd => self.outgoing.end(&self.vm),
+            VmmRequest::MigrationEnd => {
+                self.set_throttle(0);
+                self.outgoing.end(&self.vm)
+            }
+            VmmRequest::Throttle { percent } => {
+                self.set_throttle(percent);
+                done()
+            }
             VmmRequest::MigrationStop => {
                 if self.state == RunState::Running {
                     self.pause_vcpus();
@@ -364,6 +392,7 @@ impl Runner<'_> {
                 | VmmRequest::DirtyLogSync
                 | VmmRequest::MigrationEnd
                 | VmmRequest::MigrationStop
+                | VmmRequest::Throttle { .. }
                 | VmmRequest::SaveState
                 | VmmRequest::MigrationCompleted
                 | VmmRequest::IncomingMemory

@@ -3,8 +3,9 @@
 //! stops those threads (kicked out of KVM_RUN with a signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, CpuId, Msrs,
@@ -182,7 +183,12 @@ pub struct VcpuControl {
     state: Mutex<ControlState>,
     cv: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
+    /// auto-converge's throttle: the percentage of each timeslice a vCPU sleeps.
+    throttle: AtomicU8,
 }
+
+/// The timeslice a throttled vCPU runs in (QEMU's CPU_THROTTLE_TIMESLICE_NS).
+pub const THROTTLE_TIMESLICE: Duration = Duration::from_millis(10);
 
 impl VcpuControl {
     pub fn new(vcpus: usize) -> Self {
@@ -194,7 +200,39 @@ impl VcpuControl {
             }),
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            throttle: AtomicU8::new(0),
         }
+    }
+
+    /// Sets the throttle (0 to 99 percent); returns the previous one.
+    pub fn set_throttle(&self, percent: u8) -> u8 {
+        self.throttle.swap(percent.min(99), Ordering::AcqRel)
+    }
+
+    pub fn throttle(&self) -> u8 {
+        self.throttle.load(Ordering::Acquire)
+    }
+
+    /// Kicks every vCPU out of KVM_RUN without changing the request (a throttled vCPU
+    /// then sleeps its share of the timeslice).
+    pub fn kick(&self) {
+        for t in self.threads.lock().iter() {
+            // SAFETY: as in `request`: our own live vCPU threads, handler installed.
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
+        }
+    }
+
+    /// A kicked vCPU's share of sleep while throttled: p / (100 - p) of a timeslice
+    /// for each timeslice it ran, as QEMU's cpu_throttle does.
+    /// A request other than Run (pause, exit) ends the sleep at once.
+    fn throttle_sleep(&self) {
+        let p = u32::from(self.throttle());
+        if p == 0 {
+            return;
+        }
+        let until = std::time::Instant::now() + THROTTLE_TIMESLICE * p / (100 - p);
+        let mut st = self.state.lock();
+        while st.request == Request::Run && !self.cv.wait_until(&mut st, until).timed_out() {}
     }
 
     pub fn register_thread(&self, thread: libc::pthread_t) {
@@ -314,9 +352,12 @@ impl VcpuThread {
                 break;
             }
             stopped_at = None;
-            let mut vcpu = self.vcpu.lock();
-            match self.run_until_stop(&mut vcpu) {
-                Outcome::Kicked => {}
+            let outcome = {
+                let mut vcpu = self.vcpu.lock();
+                self.run_until_stop(&mut vcpu)
+            };
+            match outcome {
+                Outcome::Kicked => self.control.throttle_sleep(),
                 Outcome::Stopped => stopped_at = Some(generation),
             }
         }

@@ -72,6 +72,8 @@ pub enum AgentRequest {
     Incoming(IncomingStart),
     /// The destination's vmm-core took the state: the source may let go (or not).
     Resumed(Result<(), String>),
+    /// The migration is over: the agent exits.
+    Quit,
 }
 
 impl Message for AgentRequest {

@@ -116,6 +116,10 @@ pub enum VmmRequest {
     DirtyLogSync,
     /// The migration is over (done, failed or cancelled): dirty logging off.
     MigrationEnd,
+    /// auto-converge: each vCPU spends `percent` of its time stopped (0: none).
+    Throttle {
+        percent: u8,
+    },
     /// The stop-and-copy: the vCPUs stop (run state "finish-migrate").
     MigrationStop,
     /// The whole device state of the stopped VM (vCPUs, interrupt controllers, clock,

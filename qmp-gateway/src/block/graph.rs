@@ -117,9 +117,20 @@ pub struct Graph {
     /// In creation order.
     nodes: Vec<Node>,
     next_auto: u64,
+    /// Images are opened without their locks (a VM arriving by migration, or one that
+    /// left: block/activation.rs).
+    inactive: bool,
 }
 
 impl Graph {
+    pub fn inactive(&self) -> bool {
+        self.inactive
+    }
+
+    pub fn set_inactive(&mut self, inactive: bool) {
+        self.inactive = inactive;
+    }
+
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
@@ -524,7 +535,7 @@ impl Graph {
         let Some(proto) = child.and_then(|c| self.protocol_of(c)) else {
             return Ok(());
         };
-        if !proto.locking {
+        if !proto.locking || self.inactive {
             return Ok(());
         }
         let (take, share) = Perms::for_qcow2_disk(read_only);

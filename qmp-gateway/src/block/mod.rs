@@ -10,6 +10,7 @@
 //! what changes a disk's daemon or asks it to change (restarts, resize, limits,
 //! thresholds) and is held across those calls. `changes` is always taken first.
 
+pub mod activation;
 mod backing_file;
 pub mod bitmaps;
 pub mod chain_jobs;
@@ -341,7 +342,7 @@ impl BlockLayer {
                 0 => Perms::for_disk(read_only),
                 _ => Perms::for_backing(),
             };
-            if p.locking {
+            if p.locking && !state.graph.inactive() {
                 lock::lock(fd.as_fd(), take, share).map_err(|error| {
                     let locked = BlockError::Locked {
                         error,

@@ -204,6 +204,22 @@ impl<K: DaemonKind> Daemon<K> {
     }
 }
 
+impl<K: DaemonKind> Daemon<K> {
+    /// Kills the daemon at once (our child, by pid), without asking: for one that may be
+    /// in the middle of a long call (a migration agent being cancelled).
+    pub fn kill(&self) -> Option<String> {
+        let mut child = self.child.lock().take()?;
+        self.state.store(STOPPING, Ordering::SeqCst);
+        let _ = child.kill();
+        let ended = child
+            .wait()
+            .map(describe)
+            .unwrap_or_else(|e| format!("lost: {e}"));
+        self.link.shutdown();
+        Some(ended)
+    }
+}
+
 impl<K: DaemonKind> Drop for Daemon<K> {
     fn drop(&mut self) {
         self.stop(STOP_GRACE);

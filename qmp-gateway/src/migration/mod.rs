@@ -1,7 +1,16 @@
-//! The gateway's migration layer. For now its settings: the capabilities and parameters
-//! QMP's migrate-set-capabilities and migrate-set-parameters change (QEMU 7.2's, with
-//! its checks), which the migration reads as it runs.
+//! The gateway's migration layer: its settings (the capabilities and parameters QMP's
+//! migrate-set-capabilities and migrate-set-parameters change, QEMU 7.2's with its
+//! checks), and the migrations themselves (`migrator`): out of this VM (`outgoing`) or
+//! into it (`incoming`), each carried by a migration agent (`agent`) on a connection
+//! made from the URI (`uri`), with the progress query-migrate reports (`progress`).
 
+pub mod agent;
+pub mod incoming;
+pub mod migrator;
+pub mod outgoing;
+pub mod progress;
 pub mod settings;
+pub mod uri;
 
+pub use migrator::{Handles, MigrateError, Migrator};
 pub use settings::{Capability, MigrationSettings, SettingsError};

@@ -6,7 +6,9 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
-use super::handlers::{absent, bitmaps, block, fds, hmp, jobs, machine, migration, net, snapshot};
+use super::handlers::{
+    absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, snapshot,
+};
 use super::qapi::Ty;
 
 const fn cmd(name: &'static str, handler: &'static dyn Handler, ret: Ty, owner: Owner) -> Command {
@@ -444,6 +446,28 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "migrate_set_downtime",
         &Typed(migration::migrate_set_downtime),
+        EMPTY,
+        G,
+    ),
+    // migrate: shared storage only (blk/inc refused); migrate-start-postcopy answers as
+    // QEMU does without postcopy (docs/qmp-coverage.md).
+    partly("migrate", &Typed(migrate::migrate), EMPTY, G),
+    cmd(
+        "migrate-incoming",
+        &Typed(migrate::migrate_incoming),
+        EMPTY,
+        G,
+    ),
+    cmd("migrate_cancel", &Typed(migrate::migrate_cancel), EMPTY, G),
+    cmd(
+        "query-migrate",
+        &Typed(migrate::query_migrate),
+        Ty::Named("MigrationInfo"),
+        G,
+    ),
+    partly(
+        "migrate-start-postcopy",
+        &Typed(migrate::migrate_start_postcopy),
         EMPTY,
         G,
     ),

@@ -15,7 +15,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, FrontendReqHandler, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
@@ -34,8 +35,9 @@ pub const MAX_QUEUES: usize = 16;
 pub const QUEUE_MAX_SIZE: u16 = 256;
 
 /// Features the transport cannot carry through: it lays out split rings only, with no
-/// IOMMU and no notification data.
-const TRANSPORT_UNSUPPORTED: u64 = ACCESS_PLATFORM | RING_PACKED | NOTIFICATION_DATA;
+/// IOMMU and no notification data; and VHOST_F_LOG_ALL, which is between vmm-core and
+/// the backend, never the guest's.
+const TRANSPORT_UNSUPPORTED: u64 = ACCESS_PLATFORM | RING_PACKED | NOTIFICATION_DATA | F_LOG_ALL;
 
 /// Protocol features this frontend uses when the backend offers them.
 fn wanted_protocol() -> VhostUserProtocolFeatures {
@@ -437,15 +439,26 @@ impl Link {
             return Ok(());
         };
         let f = &mut session.frontend;
-        // The log first, then the features that turn logging on (QEMU's order).
+        // The log first, then the features that turn logging on (QEMU's order). Each
+        // is acknowledged, so that logging is on in the backend before the migration
+        // reads the log: a completion in between would not be marked.
         if let Some((log, len)) = &self.dirty_log {
             send_log_base(f, log, *len)?;
         }
-        for (r, addrs) in self.rings.iter().zip(ring_addrs) {
-            f.set_vring_addr(r.index, &r.addresses(addrs, logging))
-                .map_err(proto("SET_VRING_ADDR"))?;
+        let acks = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        if acks {
+            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
-        f.set_features(acked).map_err(proto("SET_FEATURES"))
+        let sent = (self.rings.iter().zip(ring_addrs))
+            .try_for_each(|(r, addrs)| {
+                f.set_vring_addr(r.index, &r.addresses(addrs, logging))
+                    .map_err(proto("SET_VRING_ADDR"))
+            })
+            .and_then(|()| f.set_features(acked).map_err(proto("SET_FEATURES")));
+        if acks {
+            f.set_hdr_flags(VhostUserHeaderFlag::empty());
+        }
+        sent
     }
 
     /// The features the driver is offered: the first backend's, less what the transport

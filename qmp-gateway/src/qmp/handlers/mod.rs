@@ -7,6 +7,7 @@ pub mod fds;
 pub mod hmp;
 pub mod jobs;
 pub mod machine;
+pub mod migrate;
 pub mod migration;
 pub mod net;
 pub mod snapshot;

@@ -1,0 +1,114 @@
+//! Image locks around a migration's switch-over, as QEMU's inactivation: the source
+//! holds its disks' locks until the switch-over, then lets go of them (keeping its fds:
+//! a failed switch-over takes them back); the destination opens the same images without
+//! locks while the VM arrives, and takes them at the switch-over, which fails if the
+//! source still holds them (then the VM stays on the source).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use ipc::ImageFormat;
+
+use super::error::BlockError;
+use super::lock::{self, Perms};
+use super::{BlockLayer, State};
+
+/// One image's locks: its fd, what it takes and refuses, its path for errors.
+struct ImageLocks {
+    fd: Arc<OwnedFd>,
+    take: Perms,
+    share: Perms,
+    path: String,
+}
+
+/// The locks every disk's images hold while active (top as a disk's image, backing
+/// files as read-only images), for the images whose protocol node locks at all.
+fn locks(state: &State) -> Vec<ImageLocks> {
+    let mut out = Vec::new();
+    for disk in &state.disks {
+        for (i, (layer, fd)) in disk.config.layers.iter().zip(&disk.images).enumerate() {
+            let locking = state
+                .graph
+                .image_node(&layer.node_name)
+                .and_then(|n| state.graph.protocol_of(&n.name))
+                .is_none_or(|p| p.locking);
+            if !locking {
+                continue;
+            }
+            let qcow2 = matches!(layer.format, ImageFormat::Qcow2(_));
+            let (take, share) = match i {
+                0 => Perms::for_top(qcow2, disk.config.read_only),
+                _ => Perms::for_backing(),
+            };
+            out.push(ImageLocks {
+                fd: fd.clone(),
+                take,
+                share,
+                path: layer.filename.clone(),
+            });
+        }
+    }
+    out
+}
+
+impl BlockLayer {
+    /// Destination: images opened from now on take no locks (the source holds them).
+    pub fn open_inactive(&self) {
+        self.state.lock().graph.set_inactive(true);
+    }
+
+    /// Source, at the switch-over: every disk lets go of its images' locks.
+    pub fn inactivate(&self) {
+        let mut state = self.state.lock();
+        for l in locks(&state) {
+            lock::unlock(l.fd.as_fd(), l.take, l.share);
+        }
+        state.graph.set_inactive(true);
+    }
+
+    /// Destination at the switch-over, or a source whose switch-over failed: every disk
+    /// takes its images' locks; if one cannot, none is held and the error says which.
+    pub fn activate(&self) -> Result<(), BlockError> {
+        let mut state = self.state.lock();
+        let all = locks(&state);
+        for (i, l) in all.iter().enumerate() {
+            if let Err(error) = lock::lock(l.fd.as_fd(), l.take, l.share) {
+                for taken in &all[..i] {
+                    lock::unlock(taken.fd.as_fd(), taken.take, taken.share);
+                }
+                return Err(BlockError::Locked {
+                    error,
+                    path: l.path.clone(),
+                });
+            }
+        }
+        state.graph.set_inactive(false);
+        Ok(())
+    }
+}
+
+impl BlockLayer {
+    /// Destination, after `activate`: a daemon that opened a qcow2 image while the
+    /// source still wrote it holds metadata (tables, refcounts) that may be stale, so
+    /// each such disk gets a new daemon, which reads it afresh (QEMU invalidates its
+    /// caches at the same point). Raw images keep nothing of the kind.
+    pub fn reopen_cached_metadata(&self) -> Result<(), BlockError> {
+        let ids: Vec<String> = self
+            .state
+            .lock()
+            .disks
+            .iter()
+            .filter(|d| {
+                d.config
+                    .layers
+                    .iter()
+                    .any(|l| matches!(l.format, ImageFormat::Qcow2(_)))
+            })
+            .map(|d| d.id.clone())
+            .collect();
+        for id in ids {
+            self.restart(&id, None)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! A migration into this VM: the listener (or the stream) from the URI, guest RAM's
+//! memfd from vmm-core, and an agent that receives on its own; its events drive the
+//! rest on a thread here: the device state into vmm-core, the answer to the source, and
+//! the VM running (or paused) once it is all here. A failure ends the gateway, as it
+//! ends QEMU's destination: there is no VM to keep.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipc::{AgentEvent, AgentRequest, IncomingStart, VmmReply, VmmRequest};
+
+use super::agent::Agent;
+use super::migrator::{MigrateError, Migrator};
+use super::progress::{Progress, Status, PAGE_SIZE};
+use super::uri::{self, MigrationUri};
+
+pub fn start(
+    m: &Arc<Migrator>,
+    uri: &MigrationUri,
+    named: impl FnOnce(&str) -> Result<OwnedFd, String>,
+) -> Result<(), MigrateError> {
+    let opened = uri::listen(uri, named).map_err(MigrateError::Channel)?;
+    let (reply, fds) =
+        m.h.vmm
+            .request_with_fds(VmmRequest::IncomingMemory, &[])
+            .map_err(|e| MigrateError::Agent(e.to_string()))?;
+    let VmmReply::Memory { windows } = reply else {
+        return Err(MigrateError::Agent(format!("vmm-core answered {reply:?}")));
+    };
+    let total: u64 = windows.iter().map(|w| w.size).sum();
+    let start = IncomingStart {
+        channel: opened.channel,
+        windows,
+        shape: m.shape.lock().clone(),
+    };
+    let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    fds.push(opened.fd.as_fd());
+    let (tx, rx) = mpsc::channel();
+    let deaths = {
+        let (dtx, drx) = mpsc::channel::<String>();
+        let tx = tx.clone();
+        // The agent dying is a failure like any other.
+        std::thread::Builder::new()
+            .name("agent-deaths".into())
+            .spawn(move || {
+                if drx.recv().is_ok() {
+                    let _ = tx.send(AgentEvent::Failed("the migration agent exited".into()));
+                }
+            })
+            .map_err(|e| MigrateError::Agent(e.to_string()))?;
+        dtx
+    };
+    let on_event = move |e: AgentEvent| {
+        let _ = tx.send(e);
+    };
+    let (agent, _, _) = Agent::start(
+        &m.h.agent_binary,
+        "the incoming migration",
+        &m.h.policy,
+        on_event,
+        deaths,
+        AgentRequest::Incoming(start),
+        &fds,
+    )
+    .map_err(|e| MigrateError::Agent(e.to_string()))?;
+    let agent = Arc::new(agent);
+    *m.agent.lock() = Some(agent.clone());
+    m.with_progress(|p| {
+        *p = Progress {
+            started: Some(Instant::now()),
+            ..Progress::default()
+        };
+        p.ram.total = total;
+    });
+    m.set_status(Status::Setup);
+    let m = m.clone();
+    std::thread::Builder::new()
+        .name("incoming".into())
+        .spawn(move || {
+            // The listener or stream stays open (and an exec: command alive) while the
+            // agent receives.
+            let _opened = opened;
+            receive(&m, &agent, rx)
+        })
+        .map_err(|e| MigrateError::Agent(e.to_string()))?;
+    Ok(())
+}
+
+fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>) {
+    for event in events {
+        match event {
+            AgentEvent::Connected => m.set_status(Status::Active),
+            AgentEvent::Progress { bytes, pages } => m.with_progress(|p| {
+                p.ram.transferred = bytes;
+                p.ram.remaining = p.ram.total.saturating_sub(pages * PAGE_SIZE);
+            }),
+            AgentEvent::StateArrived { state, running } => {
+                match finish(m, agent, state, running) {
+                    Ok(()) => {
+                        m.with_progress(|p| {
+                            p.ram.remaining = 0;
+                            p.total_ms = p.started.map(|s| s.elapsed().as_millis() as u64);
+                        });
+                        m.set_status(Status::Completed);
+                        m.agent.lock().take();
+                        agent.stop(std::time::Duration::from_secs(2));
+                    }
+                    Err(why) => m.incoming_failed(format!("load of migration failed: {why}")),
+                }
+                return;
+            }
+            AgentEvent::Failed(why) => {
+                m.incoming_failed(format!("load of migration failed: {why}"));
+                return;
+            }
+        }
+    }
+}
+
+/// The state into vmm-core; the source is told; the VM runs if it ran there and is
+/// allowed to here.
+fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<(), String> {
+    // The disks' images are ours now (the source let go of them before it sent the
+    // state); then the VM's state, whose rings continue on the daemons.
+    let taken = (m.h.block.activate())
+        .and_then(|()| m.h.block.reopen_cached_metadata())
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            m.h.vmm
+                .request(VmmRequest::RestoreState(state), &[])
+                .map_err(|e| e.to_string())
+        });
+    if let Err(why) = taken {
+        let _ = agent
+            .link
+            .request(AgentRequest::Resumed(Err(why.clone())), &[]);
+        return Err(why);
+    }
+    agent
+        .link
+        .request(AgentRequest::Resumed(Ok(())), &[])
+        .map_err(|e| e.to_string())?;
+    let run = running && m.autostart.load(Ordering::SeqCst);
+    m.h.vmm
+        .request(VmmRequest::IncomingCompleted { run }, &[])
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

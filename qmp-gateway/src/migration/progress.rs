@@ -1,0 +1,277 @@
+//! A migration's progress as query-migrate reports it: its status (QEMU's
+//! MigrationStatus), the times, and the RAM, disk and XBZRLE counters, built from what
+//! the agent reports after each part of a pass.
+
+use std::time::Instant;
+
+use ipc::PassReport;
+use serde_json::{json, Map, Value};
+
+/// QEMU's MigrationStatus, the values a Flotilla migration goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    None,
+    Setup,
+    Cancelling,
+    Cancelled,
+    Active,
+    Device,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn qmp_name(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Setup => "setup",
+            Status::Cancelling => "cancelling",
+            Status::Cancelled => "cancelled",
+            Status::Active => "active",
+            Status::Device => "device",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Setup, active, device or cancelling: a migration is under way.
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            Status::Setup | Status::Active | Status::Device | Status::Cancelling
+        )
+    }
+}
+
+pub const PAGE_SIZE: u64 = 4096;
+
+/// RAM counters (MigrationStats).
+#[derive(Clone, Debug, Default)]
+pub struct Ram {
+    pub transferred: u64,
+    pub remaining: u64,
+    pub total: u64,
+    pub duplicate: u64,
+    pub normal: u64,
+    pub dirty_sync_count: u64,
+    pub dirty_pages_rate: u64,
+    /// Throughput of the last pass, in bytes per second.
+    pub bandwidth: f64,
+    pub pages_per_second: u64,
+    pub precopy_bytes: u64,
+    pub downtime_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Xbzrle {
+    pub cache_size: u64,
+    pub bytes: u64,
+    pub pages: u64,
+    pub cache_miss: u64,
+    pub overflow: u64,
+}
+
+/// Block migration counters.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    pub transferred: u64,
+    pub remaining: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub status: Status,
+    pub started: Option<Instant>,
+    /// Set when the migration ended: its total time.
+    pub total_ms: Option<u64>,
+    pub setup_ms: u64,
+    pub downtime_ms: Option<u64>,
+    pub expected_downtime_ms: u64,
+    pub ram: Ram,
+    pub disk: Option<Disk>,
+    pub xbzrle: Option<Xbzrle>,
+    pub error: Option<String>,
+    /// CPU throttle of auto-converge, in percent (0: none).
+    pub cpu_throttle: u8,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            status: Status::None,
+            started: None,
+            total_ms: None,
+            setup_ms: 0,
+            downtime_ms: None,
+            expected_downtime_ms: 0,
+            ram: Ram::default(),
+            disk: None,
+            xbzrle: None,
+            error: None,
+            cpu_throttle: 0,
+        }
+    }
+}
+
+impl Progress {
+    /// Adds what the agent reported for part of a pass.
+    pub fn add(&mut self, r: &PassReport, stopped: bool) {
+        self.ram.transferred += r.bytes;
+        self.ram.duplicate += r.zero_pages;
+        self.ram.normal += r.normal_pages;
+        self.ram.remaining = r.remaining_pages * PAGE_SIZE;
+        if stopped {
+            self.ram.downtime_bytes += r.bytes;
+        } else {
+            self.ram.precopy_bytes += r.bytes;
+        }
+        if let Some(x) = &mut self.xbzrle {
+            x.bytes += r.xbzrle_bytes;
+            x.pages += r.xbzrle_pages;
+            x.cache_miss += r.xbzrle_cache_miss;
+            x.overflow += r.xbzrle_overflow;
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        match (self.total_ms, self.started) {
+            (Some(t), _) => t,
+            (None, Some(s)) => s.elapsed().as_millis() as u64,
+            (None, None) => 0,
+        }
+    }
+
+    /// query-migrate's answer (MigrationInfo).
+    pub fn to_qmp(&self) -> Value {
+        let mut m = Map::new();
+        if self.status == Status::None {
+            return Value::Object(m);
+        }
+        m.insert("status".into(), json!(self.status.qmp_name()));
+        let shows_stats = matches!(
+            self.status,
+            Status::Active | Status::Device | Status::Completed | Status::Cancelling
+        );
+        if self.status != Status::Setup {
+            m.insert("total-time".into(), json!(self.elapsed_ms()));
+            m.insert("setup-time".into(), json!(self.setup_ms));
+        }
+        if self.status == Status::Completed {
+            if let Some(d) = self.downtime_ms {
+                m.insert("downtime".into(), json!(d));
+            }
+        } else if shows_stats {
+            m.insert("expected-downtime".into(), json!(self.expected_downtime_ms));
+        }
+        if shows_stats {
+            let r = &self.ram;
+            let mbps = r.bandwidth * 8.0 / 1e6;
+            m.insert(
+                "ram".into(),
+                json!({
+                    "transferred": r.transferred,
+                    "remaining": r.remaining,
+                    "total": r.total,
+                    "duplicate": r.duplicate,
+                    "skipped": 0,
+                    "normal": r.normal,
+                    "normal-bytes": r.normal * PAGE_SIZE,
+                    "dirty-sync-count": r.dirty_sync_count,
+                    "dirty-pages-rate": r.dirty_pages_rate,
+                    "mbps": mbps,
+                    "page-size": PAGE_SIZE,
+                    "pages-per-second": r.pages_per_second,
+                    "postcopy-requests": 0,
+                    "multifd-bytes": 0,
+                    "precopy-bytes": r.precopy_bytes,
+                    "downtime-bytes": r.downtime_bytes,
+                    "postcopy-bytes": 0,
+                    "dirty-sync-missed-zero-copy": 0,
+                }),
+            );
+            if let Some(d) = &self.disk {
+                m.insert(
+                    "disk".into(),
+                    json!({"transferred": d.transferred, "remaining": d.remaining, "total": d.total}),
+                );
+            }
+            if let Some(x) = &self.xbzrle {
+                let looked = x.pages + x.cache_miss;
+                let rate = if looked == 0 {
+                    0.0
+                } else {
+                    x.cache_miss as f64 / looked as f64
+                };
+                m.insert(
+                    "xbzrle-cache".into(),
+                    json!({
+                        "cache-size": x.cache_size,
+                        "bytes": x.bytes,
+                        "pages": x.pages,
+                        "cache-miss": x.cache_miss,
+                        "cache-miss-rate": rate,
+                        "encoding-rate": if x.bytes == 0 { 0.0 } else { (x.pages * PAGE_SIZE) as f64 / x.bytes as f64 },
+                        "overflow": x.overflow,
+                    }),
+                );
+            }
+            if self.cpu_throttle > 0 {
+                m.insert("cpu-throttle-percentage".into(), json!(self.cpu_throttle));
+            }
+        }
+        if let (Status::Failed, Some(e)) = (self.status, &self.error) {
+            m.insert("error-desc".into(), json!(e));
+        }
+        Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_migration_is_an_empty_object_and_failure_carries_its_reason() {
+        assert_eq!(Progress::default().to_qmp(), json!({}));
+        let p = Progress {
+            status: Status::Failed,
+            error: Some("Failed to connect to '127.0.0.1:1': Connection refused".into()),
+            total_ms: Some(1),
+            ..Progress::default()
+        };
+        let v = p.to_qmp();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(
+            v["error-desc"],
+            "Failed to connect to '127.0.0.1:1': Connection refused"
+        );
+        assert!(v.get("ram").is_none());
+    }
+
+    #[test]
+    fn an_active_migration_shows_ram_and_expected_downtime() {
+        let mut p = Progress {
+            status: Status::Active,
+            started: Some(Instant::now()),
+            ..Progress::default()
+        };
+        p.ram.total = 256 << 20;
+        p.add(
+            &PassReport {
+                bytes: 8192 + 26,
+                normal_pages: 2,
+                zero_pages: 10,
+                remaining_pages: 5,
+                ..PassReport::default()
+            },
+            false,
+        );
+        let v = p.to_qmp();
+        assert_eq!(v["ram"]["normal-bytes"], 8192);
+        assert_eq!(v["ram"]["duplicate"], 10);
+        assert_eq!(v["ram"]["remaining"], 5 * 4096);
+        assert!(v.get("expected-downtime").is_some());
+        assert!(v.get("downtime").is_none());
+    }
+}

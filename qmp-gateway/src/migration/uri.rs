@@ -1,0 +1,267 @@
+//! Where a migration goes or comes from, as QMP's `uri` names it: `tcp:HOST:PORT`,
+//! `unix:PATH`, `fd:NAME` (a descriptor a client passed with getfd) and `exec:COMMAND`
+//! (a shell command whose stdin, or stdout on the destination, carries the stream). The
+//! gateway makes the connection or the listener, in its own network namespace and with
+//! its right to open paths; the agent gets the descriptor and does every byte.
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ipc::{errno_text, Channel};
+
+/// How long connecting to a destination may take before the migration fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrationUri {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+    Fd(String),
+    Exec(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UriError {
+    /// QEMU's words for a scheme it does not know.
+    #[error("Parameter 'uri' expects a valid migration protocol")]
+    Protocol,
+    #[error("error parsing address '{0}'")]
+    Address(String),
+}
+
+impl MigrationUri {
+    pub fn parse(uri: &str) -> Result<MigrationUri, UriError> {
+        let (scheme, rest) = uri.split_once(':').ok_or(UriError::Protocol)?;
+        match scheme {
+            "tcp" => {
+                let (host, port) = rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| UriError::Address(rest.to_string()))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port = port
+                    .parse()
+                    .map_err(|_| UriError::Address(rest.to_string()))?;
+                if host.is_empty() {
+                    return Err(UriError::Address(rest.to_string()));
+                }
+                Ok(MigrationUri::Tcp {
+                    host: host.to_string(),
+                    port,
+                })
+            }
+            "unix" if !rest.is_empty() => Ok(MigrationUri::Unix(PathBuf::from(rest))),
+            "fd" if !rest.is_empty() => Ok(MigrationUri::Fd(rest.to_string())),
+            "exec" if !rest.is_empty() => Ok(MigrationUri::Exec(rest.to_string())),
+            _ => Err(UriError::Protocol),
+        }
+    }
+
+    /// How QEMU names the address in "Failed to connect to '...'".
+    fn address(&self) -> String {
+        match self {
+            MigrationUri::Tcp { host, port } => format!("{host}:{port}"),
+            MigrationUri::Unix(p) => p.display().to_string(),
+            MigrationUri::Fd(name) => name.clone(),
+            MigrationUri::Exec(cmd) => cmd.clone(),
+        }
+    }
+}
+
+/// A connection (or listener) ready for the agent, and the process behind an exec: URI.
+pub struct Opened {
+    pub fd: OwnedFd,
+    pub channel: Channel,
+    pub child: Option<Child>,
+}
+
+impl Opened {
+    /// Reaps the exec: command, if there is one (killed if it still runs).
+    pub fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if !matches!(c.try_wait(), Ok(Some(_))) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+/// A socket (two-way) or a pipe or file (one way)?
+fn channel_of(fd: &OwnedFd) -> Channel {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat on a descriptor we hold, into a buffer of the right type.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    // SAFETY: fstat succeeded, so it filled the buffer.
+    if rc == 0 && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+        Channel::Socket
+    } else {
+        Channel::OneWay
+    }
+}
+
+fn exec(cmd: &str, outgoing: bool) -> Result<Opened, String> {
+    let mut command = Command::new("/bin/sh");
+    command.arg("-c").arg(cmd);
+    if outgoing {
+        command.stdin(Stdio::piped()).stdout(Stdio::null());
+    } else {
+        command.stdout(Stdio::piped()).stdin(Stdio::null());
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("Unable to start '{cmd}': {e}"))?;
+    let fd: OwnedFd = match outgoing {
+        true => child.stdin.take().map(OwnedFd::from),
+        false => child.stdout.take().map(OwnedFd::from),
+    }
+    .ok_or_else(|| format!("Unable to start '{cmd}': no pipe"))?;
+    Ok(Opened {
+        fd,
+        channel: Channel::OneWay,
+        child: Some(child),
+    })
+}
+
+/// The source's connection to the destination. `named` gives the fd a client passed
+/// under a name (fd:).
+pub fn connect(
+    uri: &MigrationUri,
+    named: impl FnOnce(&str) -> Result<OwnedFd, String>,
+) -> Result<Opened, String> {
+    let failed = |e: std::io::Error| {
+        format!(
+            "Failed to connect to '{}': {}",
+            uri.address(),
+            errno_text(&e)
+        )
+    };
+    let fd: OwnedFd = match uri {
+        MigrationUri::Tcp { host, port } => {
+            let addrs: Vec<_> = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(failed)?
+                .collect();
+            let mut last = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+            let mut stream = None;
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let stream = stream.ok_or_else(|| failed(last))?;
+            let _ = stream.set_nodelay(true);
+            stream.into()
+        }
+        MigrationUri::Unix(p) => UnixStream::connect(p).map_err(failed)?.into(),
+        MigrationUri::Fd(name) => named(name)?,
+        MigrationUri::Exec(cmd) => return exec(cmd, true),
+    };
+    Ok(Opened {
+        channel: channel_of(&fd),
+        fd,
+        child: None,
+    })
+}
+
+/// The destination's side: a listener (tcp:, unix:), or the stream itself (fd:, exec:).
+pub fn listen(
+    uri: &MigrationUri,
+    named: impl FnOnce(&str) -> Result<OwnedFd, String>,
+) -> Result<Opened, String> {
+    let failed = |e: std::io::Error| {
+        format!(
+            "Failed to bind socket '{}': {}",
+            uri.address(),
+            errno_text(&e)
+        )
+    };
+    let fd: OwnedFd = match uri {
+        MigrationUri::Tcp { host, port } => TcpListener::bind((host.as_str(), *port))
+            .map_err(failed)?
+            .into(),
+        MigrationUri::Unix(p) => UnixListener::bind(p).map_err(failed)?.into(),
+        MigrationUri::Fd(name) => {
+            let fd = named(name)?;
+            return Ok(Opened {
+                channel: channel_of(&fd),
+                fd,
+                child: None,
+            });
+        }
+        MigrationUri::Exec(cmd) => return exec(cmd, false),
+    };
+    Ok(Opened {
+        fd,
+        channel: Channel::Listener,
+        child: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_schemes_qemu_has() {
+        assert_eq!(
+            MigrationUri::parse("tcp:127.0.0.1:4444"),
+            Ok(MigrationUri::Tcp {
+                host: "127.0.0.1".into(),
+                port: 4444
+            })
+        );
+        assert_eq!(
+            MigrationUri::parse("tcp:[::1]:5"),
+            Ok(MigrationUri::Tcp {
+                host: "::1".into(),
+                port: 5
+            })
+        );
+        assert_eq!(
+            MigrationUri::parse("unix:/tmp/m"),
+            Ok(MigrationUri::Unix("/tmp/m".into()))
+        );
+        assert_eq!(
+            MigrationUri::parse("fd:mig"),
+            Ok(MigrationUri::Fd("mig".into()))
+        );
+        assert_eq!(
+            MigrationUri::parse("exec:cat > /dev/null"),
+            Ok(MigrationUri::Exec("cat > /dev/null".into()))
+        );
+        assert_eq!(MigrationUri::parse("bogus:1"), Err(UriError::Protocol));
+        assert_eq!(MigrationUri::parse("nothing"), Err(UriError::Protocol));
+        assert!(matches!(
+            MigrationUri::parse("tcp:host"),
+            Err(UriError::Address(_))
+        ));
+        assert!(matches!(
+            MigrationUri::parse("tcp:h:99999"),
+            Err(UriError::Address(_))
+        ));
+    }
+
+    #[test]
+    fn a_refused_connection_says_where_and_why() {
+        let uri = MigrationUri::parse("tcp:127.0.0.1:1").unwrap();
+        let err = connect(&uri, |_| unreachable!()).err().unwrap();
+        assert_eq!(
+            err,
+            "Failed to connect to '127.0.0.1:1': Connection refused"
+        );
+    }
+}

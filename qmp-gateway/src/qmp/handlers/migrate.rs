@@ -1,0 +1,101 @@
+//! The migration commands themselves: migrate, migrate-incoming, migrate_cancel,
+//! query-migrate and migrate-start-postcopy (the settings' commands are in
+//! migration.rs). The migration runs on its own thread: migrate answers at once, and
+//! its end shows in query-migrate and the MIGRATION event, as in QEMU.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::migration::progress::Status;
+use crate::qmp::args::{serde_arguments, NoArgs};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Ty};
+
+#[derive(Debug, Deserialize)]
+pub struct Migrate {
+    pub uri: String,
+    pub blk: Option<bool>,
+    pub inc: Option<bool>,
+    pub detach: Option<bool>,
+    pub resume: Option<bool>,
+}
+
+serde_arguments!(
+    Migrate,
+    [
+        req("uri", Ty::Str),
+        opt("blk", Ty::Bool),
+        opt("inc", Ty::Bool),
+        opt("detach", Ty::Bool),
+        opt("resume", Ty::Bool),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+pub struct MigrateIncoming {
+    pub uri: String,
+}
+
+serde_arguments!(MigrateIncoming, [req("uri", Ty::Str)]);
+
+/// An fd: URI's descriptor: the client's named fd, which the migration takes (QEMU's
+/// monitor_get_fd removes it from the monitor).
+fn take_named(c: &Ctx, name: &str) -> Result<std::os::fd::OwnedFd, String> {
+    let fd = c.named_fds.dup(name).map_err(|e| e.to_string())?;
+    let _ = c.named_fds.close(name);
+    Ok(fd)
+}
+
+pub fn migrate(c: &mut Ctx, a: Migrate) -> QmpResult {
+    if a.resume == Some(true) {
+        // Resuming needs a postcopy migration that paused; none can here.
+        return Err(QmpError::generic(
+            "Cannot resume if there is no paused migration",
+        ));
+    }
+    let migrator = c.gw.migrator.clone();
+    migrator
+        .migrate(
+            &a.uri,
+            a.blk.unwrap_or(false),
+            a.inc.unwrap_or(false),
+            |name| take_named(c, name),
+        )
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    // detach is the only behaviour there is (QEMU ignores it too).
+    let _ = a.detach;
+    Ok(json!({}))
+}
+
+pub fn migrate_incoming(c: &mut Ctx, a: MigrateIncoming) -> QmpResult {
+    let migrator = c.gw.migrator.clone();
+    migrator
+        .incoming(&a.uri, |name| take_named(c, name))
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    Ok(json!({}))
+}
+
+pub fn migrate_cancel(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    c.gw.migrator.cancel();
+    Ok(json!({}))
+}
+
+pub fn query_migrate(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(c.gw.migrator.query())
+}
+
+pub fn migrate_start_postcopy(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    let status = c.gw.migrator.query();
+    if status.get("status").and_then(Value::as_str).is_none()
+        || status["status"] == Status::None.qmp_name()
+    {
+        return Err(QmpError::generic(
+            "Postcopy must be started after migration has been started",
+        ));
+    }
+    // postcopy-ram cannot be turned on (no userfaultfd postcopy here).
+    Err(QmpError::generic(
+        "Enable postcopy with migrate_set_capability before the start of migration",
+    ))
+}

@@ -1,0 +1,159 @@
+//! What the live-migration tests (and the migration benchmark) share: the
+//! `migrate-dirty` scenario's console lines read back, the echo peer of its network
+//! load, and waiting for a migration's end and a run state, on Flotilla and on QEMU
+//! alike (both speak QMP).
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::qmp::QmpClient;
+use crate::Vm;
+
+/// How long a migration or a run-state change may take in a test.
+pub const MIGRATION: Duration = Duration::from_secs(120);
+
+/// `key=value` of a console line, as a number.
+pub fn field(line: &str, key: &str) -> u64 {
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse(),
+    }
+    .unwrap_or_else(|e| panic!("{key}={value} in {line:?}: {e}"))
+}
+
+/// The `mib_s=X.Y` of a round line.
+pub fn mib_s(line: &str) -> f64 {
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mib_s="))
+        .unwrap_or_else(|| panic!("no mib_s= in {line:?}"));
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("mib_s={value} in {line:?}: {e}"))
+}
+
+/// The N of `GUEST MIG <what> N ok ...`.
+pub fn count(line: &str, what: &str) -> u64 {
+    let rest = line
+        .strip_prefix(&format!("GUEST MIG {what} "))
+        .unwrap_or_else(|| panic!("not a {what} line: {line:?}"));
+    let (n, tail) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+    assert!(tail.starts_with("ok"), "{line:?}");
+    n.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// Waits for the next line starting with `prefix`; a `GUEST ERROR` line before it fails the
+/// test (the scenario's check found something, or it could not run).
+pub fn expect_mig(vm: &mut Vm, prefix: &str, timeout: Duration) -> String {
+    let line = vm.expect_line(prefix, timeout, |l| {
+        l.starts_with(prefix) || l.starts_with("GUEST ERROR")
+    });
+    assert!(
+        line.starts_with(prefix),
+        "the guest reported an error while we waited for {prefix:?}: {line}\n{}",
+        vm.transcript()
+    );
+    line
+}
+
+/// The peer of `mig-net=1` on a UDP socket (QEMU's `-netdev socket,udp=`): every frame of
+/// ethertype 0x88b5 goes back to the address it came from with the source MAC as
+/// destination, our MAC as source and ethertype 0x88b6, payload unchanged (or with the byte
+/// at `corrupt` inverted, to see the guest notice). Stops when dropped.
+pub struct Reflector {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    senders: Arc<Mutex<HashSet<SocketAddr>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reflector {
+    pub const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+    pub fn start(corrupt: Option<usize>) -> Reflector {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders = Arc::new(Mutex::new(HashSet::new()));
+        let thread = {
+            let (stop, senders) = (stop.clone(), senders.clone());
+            std::thread::spawn(move || {
+                let mut frame = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = socket.recv_from(&mut frame) else {
+                        continue;
+                    };
+                    if len < 14 || frame[12..14] != [0x88, 0xb5] {
+                        continue; // QEMU's announcements after a migration, for one
+                    }
+                    senders.lock().unwrap().insert(from);
+                    let mut echo = frame[..len].to_vec();
+                    echo.copy_within(6..12, 0);
+                    echo[6..12].copy_from_slice(&Self::MAC);
+                    echo[12..14].copy_from_slice(&[0x88, 0xb6]);
+                    if let Some(byte) = corrupt.and_then(|at| echo.get_mut(14 + at)) {
+                        *byte = !*byte;
+                    }
+                    let _ = socket.send_to(&echo, from);
+                }
+            })
+        };
+        Reflector {
+            port,
+            stop,
+            senders,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn senders(&self) -> usize {
+        self.senders.lock().unwrap().len()
+    }
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A free TCP port on the loopback interface for `-incoming`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `query-status` of `client` until it is `status` (within MIGRATION).
+pub fn wait_for_status(client: &mut QmpClient, status: &str) {
+    let deadline = Instant::now() + MIGRATION;
+    loop {
+        let now = client.ok("query-status", json!({}));
+        if now["status"] == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {now} after {MIGRATION:?}, waiting for {status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -106,6 +106,7 @@ mod tests {
                 disks: vec![],
                 nics: vec![],
                 incoming: false,
+                upgrade: None,
             }),
         }
     }

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock, Weak};
 
 use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmRequest};
 use parking_lot::Mutex;
@@ -20,6 +20,7 @@ use crate::block::BlockLayer;
 use crate::children::link::{LinkError, VmmLink};
 use crate::children::sandbox::{Mode, Policy};
 use crate::children::spawn::host_tid;
+use crate::children::vmm::VmmChild;
 use crate::events::{Event, EventBus};
 use crate::fdstore::FdSets;
 use crate::migration::{Handles, MigrationSettings, Migrator};
@@ -100,6 +101,12 @@ pub struct Gateway {
     pub identity: VmIdentity,
     status: Arc<Mutex<Status>>,
     pub vmm: Arc<VmmLink>,
+    /// vmm-core's process and what a successor needs (a live upgrade).
+    pub vmm_child: Arc<VmmChild>,
+    /// The gateway itself, for what outlives a call (a live upgrade's new reader).
+    this: OnceLock<Weak<Gateway>>,
+    /// How children are sandboxed.
+    sandbox: Mode,
     pub block: Arc<BlockLayer>,
     pub net: Arc<NetLayer>,
     /// The migration's capabilities and parameters.
@@ -117,6 +124,7 @@ impl Gateway {
     pub fn new(
         identity: VmIdentity,
         vmm: Arc<VmmLink>,
+        vmm_child: Arc<VmmChild>,
         exit: mpsc::Sender<ExitReason>,
         binaries: Binaries,
         events: Arc<EventBus>,
@@ -175,6 +183,9 @@ impl Gateway {
                 policy,
             )?),
             vmm,
+            vmm_child,
+            this: OnceLock::new(),
+            sandbox,
             migration,
             migrator,
             fdsets: FdSets::default(),
@@ -182,6 +193,19 @@ impl Gateway {
             exit,
             vmm_pid: AtomicU32::new(0),
         })
+    }
+
+    /// Records the Arc the gateway lives in (once, right after it is made).
+    pub fn set_self(&self, me: &Arc<Gateway>) {
+        let _ = self.this.set(Arc::downgrade(me));
+    }
+
+    pub fn sandbox_mode(&self) -> Mode {
+        self.sandbox
+    }
+
+    pub fn arc(&self) -> Option<Arc<Gateway>> {
+        self.this.get().and_then(Weak::upgrade)
     }
 
     pub fn run_state(&self) -> RunState {

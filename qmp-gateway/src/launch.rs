@@ -104,6 +104,7 @@ impl OpenedVm {
                 disks: Vec::new(),
                 nics: Vec::new(),
                 incoming: false,
+                upgrade: None,
             },
             fds,
             console_socket,
@@ -121,6 +122,36 @@ impl OpenedVm {
     pub fn add_nic(&mut self, nic: ipc::NicLaunch, stream: OwnedFd) {
         self.config.nics.push(nic);
         self.fds.push(stream);
+    }
+
+    /// After the launch: the backend connections were vmm-core's alone (a dup here
+    /// would keep a backend from seeing its frontend go); the other files stay, for a
+    /// live upgrade's vmm-core.
+    pub fn drop_backend_connections(&mut self) {
+        let backends = self.config.disks.len() + self.config.nics.len();
+        let keep = self.fds.len().saturating_sub(backends);
+        self.fds.truncate(keep);
+    }
+
+    /// The launch of a vmm-core that takes over this VM (a live upgrade): the same
+    /// files, guest RAM's memfd, the devices' shapes and fresh backend connections.
+    pub fn upgrade(
+        &self,
+        vmm: &VmmLink,
+        memfd: &OwnedFd,
+        links: Vec<ipc::LinkShape>,
+        backends: &[OwnedFd],
+    ) -> Result<Vec<VcpuInfo>, LaunchError> {
+        let mut config = self.config.clone();
+        config.incoming = true;
+        config.upgrade = Some(links);
+        let mut fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();
+        fds.push(memfd.as_fd());
+        fds.extend(backends.iter().map(|f| f.as_fd()));
+        match vmm.request(VmmRequest::Launch(config), &fds)? {
+            VmmReply::Launched { vcpus } => Ok(vcpus),
+            other => Err(LaunchError::UnexpectedReply(format!("{other:?}"))),
+        }
     }
 
     /// What a migration's source and destination must agree on.

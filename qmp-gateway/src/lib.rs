@@ -9,7 +9,8 @@
 //! settings; `children` starts, links to and supervises the child processes; `events`
 //! is the one event table and its fan-out; `gateway` the shared state; `launch` opens
 //! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
-//! sockets; `ids` is QEMU's rule for the names clients give. No file imports one that
+//! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
+//! under a running VM. No file imports one that
 //! imports it back (scripts/check-imports).
 
 pub mod block;
@@ -24,3 +25,4 @@ pub mod net;
 pub mod qmp;
 pub mod sockets;
 pub mod startup;
+pub mod upgrade;

@@ -21,6 +21,7 @@ use qmp_gateway::children::link::VmmLink;
 use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
 use qmp_gateway::children::supervise::Supervised;
+use qmp_gateway::children::vmm::VmmChild;
 use qmp_gateway::events::{Event, EventBus};
 use qmp_gateway::fdstore::budget::process_fds;
 use qmp_gateway::fdstore::{FdBudget, FdLimits};
@@ -148,7 +149,8 @@ fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
 /// What must be undone when the gateway ends, whatever the reason.
 struct Cleanup {
     sockets: Vec<PathBuf>,
-    child: Option<Process>,
+    /// vmm-core (the one running now, after any live upgrade).
+    vmm: Option<Arc<VmmChild>>,
     /// Whether vmm-core was handed the VM: before that it holds nothing and is killed
     /// at once (our child, by pid) instead of waited for.
     launched: bool,
@@ -159,7 +161,11 @@ struct Cleanup {
 impl Cleanup {
     /// Waits for vmm-core to exit, killing it (by pid: our child) after `grace`.
     fn reap(&mut self, grace: Duration) {
-        let Some(child) = self.child.as_mut() else {
+        let Some(vmm) = self.vmm.clone() else {
+            return;
+        };
+        let mut process = vmm.process.lock();
+        let Some(child) = process.as_mut() else {
             return;
         };
         if !self.launched {
@@ -242,7 +248,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
 
     let mut cleanup = Cleanup {
         sockets: Vec::new(),
-        child: None,
+        vmm: None,
         launched: false,
         gateway: None,
     };
@@ -267,7 +273,9 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let binary = sibling(&args.vmm_core, "vmm-core")?;
     let (child, conn) = spawn_child(&binary, &[], args.sandbox)
         .with_context(|| format!("starting {}", binary.display()))?;
-    cleanup.child = Some(child);
+    let vmm_child = Arc::new(VmmChild::new(binary));
+    *vmm_child.process.lock() = Some(child);
+    cleanup.vmm = Some(vmm_child.clone());
     let link = VmmLink::new("vmm-core", conn);
     let (exit_tx, exit_rx) = mpsc::channel();
     let events = Arc::new(EventBus::default());
@@ -281,6 +289,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
                     .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
             },
             link.clone(),
+            vmm_child.clone(),
             exit_tx,
             Binaries {
                 block_daemon: sibling(&args.block_daemon, "block-daemon")?,
@@ -293,7 +302,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         .context("runtime directory")?,
     );
     cleanup.gateway = Some(gw.clone());
-    if let Some(pid) = cleanup.child.as_ref().map(Process::id) {
+    gw.set_self(&gw);
+    if let Some(pid) = vmm_child.pid() {
         gw.set_vmm_pid(pid);
     }
     {
@@ -325,6 +335,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     }
     let vcpus = vm.launch(&link).context("vmm-core")?;
     cleanup.launched = true;
+    vm.drop_backend_connections();
+    *vmm_child.launch.lock() = Some(vm);
     gw.set_vcpus(vcpus);
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;
@@ -384,7 +396,12 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         }
         ExitReason::VmmExited(_) => {
             cleanup.reap(Duration::from_secs(5));
-            if let Some(nr) = cleanup.child.as_ref().and_then(Process::violation) {
+            let violation = vmm_child
+                .process
+                .lock()
+                .as_ref()
+                .and_then(Process::violation);
+            if let Some(nr) = violation {
                 Policy {
                     mode: args.sandbox,
                     events: events.clone(),

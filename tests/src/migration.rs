@@ -1,19 +1,20 @@
 //! What the live-migration tests (and the migration benchmark) share: the
 //! `migrate-dirty` scenario's console lines read back, the echo peer of its network
-//! load, and waiting for a migration's end and a run state, on Flotilla and on QEMU
-//! alike (both speak QMP).
+//! load, a destination gateway, and waiting for a migration's end and a run state, on
+//! Flotilla and on QEMU alike (both speak QMP).
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::qmp::QmpClient;
-use crate::Vm;
+use crate::qmp::{Gateway, QmpClient};
+use crate::{bin, test_guest, TempDir, Vm};
 
 /// How long a migration or a run-state change may take in a test.
 pub const MIGRATION: Duration = Duration::from_secs(120);
@@ -154,6 +155,47 @@ pub fn wait_for_status(client: &mut QmpClient, status: &str) {
             Instant::now() < deadline,
             "still {now} after {MIGRATION:?}, waiting for {status}"
         );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A destination gateway (`--incoming incoming`) for a source started with
+/// `Gateway::start_with(cpus, cmdline, extra)`.
+pub fn destination(cpus: usize, cmdline: &str, incoming: &str, extra: &[&str]) -> Gateway {
+    let dir = TempDir::new("destination");
+    let qmp = dir.path().join("qmp.sock");
+    let mut cmd = Command::new(bin("qmp-gateway"));
+    cmd.arg("--kernel")
+        .arg(test_guest())
+        .args(["--memory", "128", "--cpus", &cpus.to_string()])
+        .args(["--cmdline", cmdline])
+        .arg("--qmp")
+        .arg(&qmp)
+        .args(["--incoming", incoming])
+        .args(extra);
+    Gateway::spawn(cmd, dir, qmp)
+}
+
+/// `query-status`'s status.
+pub fn status(c: &mut QmpClient) -> String {
+    c.ok("query-status", json!({}))["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Polls query-migrate until its status is one of `ends` (within MIGRATION); returns the
+/// last answer.
+pub fn wait_migration(c: &mut QmpClient, ends: &[&str]) -> Value {
+    let deadline = Instant::now() + MIGRATION;
+    loop {
+        let info = c.ok("query-migrate", json!({}));
+        if let Some(s) = info["status"].as_str() {
+            if ends.contains(&s) {
+                return info;
+            }
+        }
+        assert!(Instant::now() < deadline, "migration did not end: {info}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

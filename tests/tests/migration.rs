@@ -1,56 +1,19 @@
 //! Live migration between two gateways on this machine: the test guest moves from a
 //! source to a destination started with --incoming, and carries on there.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use flotilla_tests::migration::{count, expect_mig, free_port, wait_for_status, Reflector};
-use flotilla_tests::qmp::{Gateway, QmpClient};
-use flotilla_tests::{bin, test_guest, TempDir};
-use serde_json::{json, Value};
+use flotilla_tests::migration::{
+    count, destination, expect_mig, free_port, status, wait_for_status, wait_migration, Reflector,
+};
+use flotilla_tests::procs::{descendants, ProcId};
+use flotilla_tests::qmp::Gateway;
+use flotilla_tests::TempDir;
+use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(20);
-const MIGRATION: Duration = Duration::from_secs(60);
 /// Between two progress lines of the migrate-dirty scenario.
 const PROGRESS: Duration = Duration::from_secs(15);
-
-/// A destination for a source started with `start_with(cpus, cmdline, extra)`.
-fn destination(cpus: usize, cmdline: &str, incoming: &str, extra: &[&str]) -> Gateway {
-    let dir = TempDir::new("destination");
-    let qmp = dir.path().join("qmp.sock");
-    let mut cmd = Command::new(bin("qmp-gateway"));
-    cmd.arg("--kernel")
-        .arg(test_guest())
-        .args(["--memory", "128", "--cpus", &cpus.to_string()])
-        .args(["--cmdline", cmdline])
-        .arg("--qmp")
-        .arg(&qmp)
-        .args(["--incoming", incoming])
-        .args(extra);
-    Gateway::spawn(cmd, dir, qmp)
-}
-
-fn status(c: &mut QmpClient) -> String {
-    c.ok("query-status", json!({}))["status"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Polls query-migrate until its status is one of `ends`; returns the last answer.
-fn wait_migration(c: &mut QmpClient, ends: &[&str]) -> Value {
-    let deadline = Instant::now() + MIGRATION;
-    loop {
-        let info = c.ok("query-migrate", json!({}));
-        if let Some(s) = info["status"].as_str() {
-            if ends.contains(&s) {
-                return info;
-            }
-        }
-        assert!(Instant::now() < deadline, "migration did not end: {info}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn the_idle_guest_moves_and_answers_its_power_button_there() {
@@ -178,4 +141,75 @@ fn a_guest_that_dirties_memory_and_does_io_moves_intact() {
         dst.vm.transcript()
     );
     assert_eq!(reflector.senders(), 2, "both NICs should have sent frames");
+}
+
+/// The guest's disk and NIC load through a live upgrade of vmm-core, ten times in a row:
+/// the guest never sees an error (its page, disk and network checks keep passing), the
+/// daemons stay, and each upgrade's pause is reported.
+#[test]
+fn vmm_core_is_upgraded_ten_times_under_guest_io() {
+    let dir = TempDir::new("vmm-upgrade");
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let reflector = Reflector::start(None);
+    let opts = dirty_guest_options(&image, &reflector);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let mut gw = Gateway::start_with(2, DIRTY, &opts);
+    expect_mig(&mut gw.vm, "GUEST MIG ready", BOOT);
+    expect_mig(&mut gw.vm, "GUEST MIG blk", PROGRESS);
+    let mut c = gw.client();
+    let daemons_before = daemons(gw.vm.pid());
+    assert_eq!(daemons_before.len(), 2, "{daemons_before:?}");
+    let mut pids = vec![gw.vmm_pid()];
+    let mut pauses = Vec::new();
+    for _ in 0..10 {
+        let done = c.ok("__io.flotilla_vmm-upgrade", json!({}));
+        let pid = done["pid"].as_u64().expect("pid") as i32;
+        assert!(!pids.contains(&pid), "{done}");
+        // The previous vmm-core is gone, not left behind.
+        let previous = *pids.last().expect("a pid");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{previous}")).exists(),
+            "vmm-core {previous} is still there after the upgrade"
+        );
+        pids.push(pid);
+        pauses.push(done["downtime-us"].as_u64().expect("downtime-us"));
+        assert_eq!(status(&mut c), "running");
+        assert_eq!(
+            gw.vmm_pid(),
+            pid,
+            "query-cpus-fast shows the new vmm-core's threads"
+        );
+        // The guest goes on with all three loads between upgrades.
+        expect_mig(&mut gw.vm, "GUEST MIG round", PROGRESS);
+        expect_mig(&mut gw.vm, "GUEST MIG blk", PROGRESS);
+        expect_mig(&mut gw.vm, "GUEST MIG net", PROGRESS);
+    }
+    eprintln!("pauses (us): {pauses:?}");
+    for l in gw
+        .vm
+        .transcript()
+        .lines()
+        .filter(|l| l.contains("upgraded"))
+    {
+        eprintln!("{l}");
+    }
+    assert_eq!(daemons(gw.vm.pid()), daemons_before, "the daemons stayed");
+    // A last check that nothing went stale: the guest powers off cleanly.
+    c.ok("quit", json!({}));
+    let vmm = *pids.last().expect("a pid");
+    gw.expect_clean_exit(vmm, true);
+}
+
+/// The gateway's device daemons (block and net), as processes.
+fn daemons(gateway_pid: i32) -> Vec<ProcId> {
+    descendants(gateway_pid)
+        .into_iter()
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+            matches!(comm.trim(), "block-daemon" | "net-daemon")
+        })
+        .collect()
 }

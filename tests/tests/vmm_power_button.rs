@@ -36,6 +36,7 @@ fn power_button_powers_off_the_idle_guest() {
         cpus: 2,
         start_paused: false,
         incoming: false,
+        ram: None,
     };
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
     let vm = build_vm(kvm, &config, boot, output, Vec::new(), Vec::new()).expect("VM");

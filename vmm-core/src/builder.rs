@@ -38,7 +38,7 @@ use crate::vhost_user::{
 };
 use crate::vm::{DiskHandle, NicHandle, PowerOnChips, Vm};
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct VmConfig {
     pub memory_mib: u64,
     pub cpus: usize,
@@ -46,6 +46,8 @@ pub struct VmConfig {
     pub start_paused: bool,
     /// Memory and state come by migration: nothing is loaded into RAM.
     pub incoming: bool,
+    /// Guest RAM another vmm-core made (a live upgrade; implies `incoming`).
+    pub ram: Option<std::fs::File>,
 }
 
 /// A vhost-user backend over an already connected socket.
@@ -61,6 +63,8 @@ pub struct DiskConnection {
     pub backend: BackendConnection,
     /// Most queues the guest gets (the backend may offer fewer).
     pub max_queues: usize,
+    /// A live upgrade: the device as the previous vmm-core had settled it.
+    pub shape: Option<ipc::LinkShape>,
 }
 
 /// A virtio-net NIC served by a vhost-user backend.
@@ -68,6 +72,8 @@ pub struct NicConnection {
     pub backend: BackendConnection,
     pub mac: [u8; 6],
     pub queue_pairs: u16,
+    /// A live upgrade: the device as the previous vmm-core had settled it.
+    pub shape: Option<ipc::LinkShape>,
 }
 
 /// Builds the VM around an opened /dev/kvm, an already read boot image, an opened
@@ -82,7 +88,14 @@ pub fn build_vm(
     nics: Vec<NicConnection>,
 ) -> Result<Vm, VmError> {
     check_vcpu_count(&kvm, config.cpus)?;
-    let ram = GuestRam::new(config.memory_mib)?;
+    let ram = match &config.ram {
+        Some(memfd) => GuestRam::from_memfd(
+            memfd.try_clone().map_err(MemoryError::Memfd)?,
+            config.memory_mib,
+        )?,
+        None => GuestRam::new(config.memory_mib)?,
+    };
+    let incoming = config.incoming || config.ram.is_some();
     let vm = create_kvm_vm(&kvm, &ram)?;
     let chips = PowerOnChips::capture(&vm)?;
     let (events, events_rx) = EventSender::channel();
@@ -90,10 +103,11 @@ pub fn build_vm(
     let mut mmio = Bus::default();
     let platform = attach_platform_devices(&vm, &events, &console, &mut pio)?;
     let pci = attach_pci_root(&events, &mut pio, &mut mmio)?;
+    let router = MsiRouter::new(vm.clone());
     let transports = Transports {
         pci: &pci,
         vm: &vm,
-        router: MsiRouter::new(vm.clone()),
+        router: router.clone(),
         ram: &ram,
     };
     let disks = disks
@@ -109,35 +123,42 @@ pub fn build_vm(
     let vcpus = create_vcpus(&kvm, &vm, config.cpus)?;
     let msr_list = kvm
         .get_msr_index_list()
-        .map_err(kvm_err("reading the MSR index list"))?
-        .as_slice()
-        .to_vec();
-    // An incoming VM's RAM is the source's; what the loader would write is computed
-    // all the same (a later reset loads the kernel again).
-    let loaded = boot.load(&ram, config.cpus)?;
-    if config.incoming {
-        ram.clear()?;
-    }
+        .map_err(kvm_err("reading the MSR index list"))?;
+    let readable_msrs = match vcpus.first() {
+        Some(v) => {
+            let v = v.lock();
+            crate::cpu::state::readable_msrs(v.fd(), v.id as u32, msr_list.as_slice())
+                .map_err(|e| VmError::Msrs(e.to_string()))?
+        }
+        None => Vec::new(),
+    };
+    // An incoming VM's RAM is the source's (or, upgraded, already the guest's): nothing
+    // is loaded; a later reset loads the kernel.
+    let loaded = match incoming {
+        true => None,
+        false => Some(boot.load(&ram, config.cpus)?),
+    };
     let vm = Vm {
         vm,
         ram,
         boot,
         loaded,
         vcpus,
-        msr_list,
         chips,
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
+        router,
+        readable_msrs,
         pm: platform.pm,
         events,
         events_rx,
         console: Some((console, platform.serial)),
         start_paused: config.start_paused,
-        incoming: config.incoming,
+        incoming,
         disks,
         nics,
     };
-    if !config.incoming {
+    if !incoming {
         vm.reset_vcpus()?;
     }
     Ok(vm)
@@ -268,6 +289,7 @@ struct Attached {
     config: ConfigChangeHandle,
     handover: Option<Handover>,
     link: Arc<Mutex<Link>>,
+    pending: Option<UnixStream>,
 }
 
 /// What a vhost-user device needs to sit behind a virtio-pci transport on bus 0.
@@ -284,22 +306,25 @@ impl Transports<'_> {
             format!("disk {index}"),
             Blk::new(disk.max_queues),
             disk.backend,
+            disk.shape.as_ref(),
         )?;
         Ok(DiskHandle {
             config: a.config,
             handover: a.handover,
             link: a.link,
+            pending: a.pending,
         })
     }
 
     fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, VmError> {
         let net = Net::new(nic.mac, nic.queue_pairs);
         let link_up = net.link_up();
-        let a = self.attach(format!("nic {index}"), net, nic.backend)?;
+        let a = self.attach(format!("nic {index}"), net, nic.backend, nic.shape.as_ref())?;
         Ok(NicHandle {
             link_state: LinkHandle::new(link_up, a.config),
             handover: a.handover,
             link: a.link,
+            pending: a.pending,
         })
     }
 
@@ -309,13 +334,27 @@ impl Transports<'_> {
         name: String,
         model: impl DeviceModel,
         backend: BackendConnection,
+        shape: Option<&ipc::LinkShape>,
     ) -> Result<Attached, VmError> {
         let (reconnect, handover) = Reconnect::new(backend.path);
-        let device = VhostUserDevice::new(name.clone(), model, backend.stream, reconnect, self.ram)
-            .map_err(|error| VmError::Frontend {
-                name: name.clone(),
-                error,
-            })?;
+        let frontend = |error| VmError::Frontend {
+            name: name.clone(),
+            error,
+        };
+        // Upgraded, the backend still serves the previous vmm-core: its connection
+        // waits (`pending`) until the VM's state is in.
+        let (device, pending) = match shape {
+            Some(shape) => (
+                VhostUserDevice::shaped(name.clone(), model, shape, reconnect, self.ram)
+                    .map_err(frontend)?,
+                Some(backend.stream),
+            ),
+            None => (
+                VhostUserDevice::new(name.clone(), model, backend.stream, reconnect, self.ram)
+                    .map_err(frontend)?,
+                None,
+            ),
+        };
         let config = device.config_change_handle();
         let link = device.link();
         let bar = self.pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
@@ -331,6 +370,7 @@ impl Transports<'_> {
             config,
             handover,
             link,
+            pending,
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct MsiMessage {
 struct Routes {
     msi: BTreeMap<u32, MsiMessage>,
     next_gsi: u32,
+    /// Changes wait for `release` (a restore sets many routes: one table then, as each
+    /// KVM_SET_GSI_ROUTING waits for an RCU grace period).
+    held: bool,
 }
 
 pub struct MsiRouter {
@@ -65,6 +68,7 @@ impl MsiRouter {
             routes: Mutex::new(Routes {
                 msi: BTreeMap::new(),
                 next_gsi: FIRST_MSI_GSI,
+                held: false,
             }),
         })
     }
@@ -87,6 +91,20 @@ impl MsiRouter {
                 r.msi.remove(&gsi);
             }
         }
+        if r.held {
+            return Ok(());
+        }
+        self.install(&r)
+    }
+
+    /// Route changes wait until `release`, which installs them at once.
+    pub fn hold(&self) {
+        self.routes.lock().held = true;
+    }
+
+    pub fn release(&self) -> Result<(), InterruptError> {
+        let mut r = self.routes.lock();
+        r.held = false;
         self.install(&r)
     }
 

@@ -140,6 +140,7 @@ fn run_standalone(
         cpus: args.cpus,
         start_paused: args.start_paused,
         incoming: false,
+        ram: None,
     };
     let disks = disks
         .into_iter()
@@ -147,6 +148,7 @@ fn run_standalone(
             Ok(DiskConnection {
                 backend: connect("vhost-user-blk", path)?,
                 max_queues,
+                shape: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -157,6 +159,7 @@ fn run_standalone(
                 backend: connect("vhost-user-net", n.path)?,
                 mac: n.mac,
                 queue_pairs: n.pairs,
+                shape: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -192,11 +195,28 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         SerialSink::File => Console::file(File::from(next("console")?)),
         SerialSink::UnixListener => Console::listener(UnixListener::from(next("console")?)),
     };
+    // A live upgrade's guest RAM comes after the console's fd.
+    let ram = match &config.upgrade {
+        Some(_) => Some(File::from(next("guest RAM")?)),
+        None => None,
+    };
     let vm_config = VmConfig {
         memory_mib: config.memory_mib,
         cpus: config.cpus as usize,
         start_paused: config.start_paused,
         incoming: config.incoming,
+        ram,
+    };
+    let mut shapes = config.upgrade.clone().unwrap_or_default().into_iter();
+    let upgrading = config.upgrade.is_some();
+    let mut shape = |what: &str| -> anyhow::Result<Option<ipc::LinkShape>> {
+        match upgrading {
+            true => shapes
+                .next()
+                .map(Some)
+                .with_context(|| format!("the upgrade lacks the shape of {what}")),
+            false => Ok(None),
+        }
     };
     let nic_pairs = |n: &ipc::NicLaunch| n.queue_pairs.clamp(1, 7) as usize;
     // Before anything is built: a VM that would run out of descriptors half-way says so.
@@ -211,6 +231,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             Ok(DiskConnection {
                 backend: handed(next(&format!("disk {}", d.id))?),
                 max_queues: d.max_queues as usize,
+                shape: shape(&format!("disk {}", d.id))?,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -222,6 +243,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
                 backend: handed(next(&format!("NIC {}", n.id))?),
                 mac: n.mac,
                 queue_pairs: nic_pairs(n) as u16,
+                shape: shape(&format!("NIC {}", n.id))?,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -80,7 +80,30 @@ impl GuestRam {
             return Err(MemoryError::TooLarge(memory_mib));
         }
         let size = memory_mib * MIB;
-        let memfd = create_memfd(size)?;
+        Self::map(create_memfd(size)?, size)
+    }
+
+    /// Guest RAM another vmm-core created (a live upgrade): `memfd` must be exactly
+    /// `memory_mib` long, and its contents are the guest's, untouched.
+    pub fn from_memfd(memfd: File, memory_mib: u64) -> Result<Self, MemoryError> {
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(MemoryError::TooSmall(memory_mib));
+        }
+        if memory_mib > MAX_MEMORY_MIB {
+            return Err(MemoryError::TooLarge(memory_mib));
+        }
+        let size = memory_mib * MIB;
+        let len = memfd.metadata().map_err(MemoryError::Memfd)?.len();
+        if len != size {
+            return Err(MemoryError::Resize {
+                size,
+                error: std::io::Error::other(format!("the memfd handed over holds {len} bytes")),
+            });
+        }
+        Self::map(memfd, size)
+    }
+
+    fn map(memfd: File, size: u64) -> Result<Self, MemoryError> {
         let regions = ram_regions(size);
         let mut mapped = Vec::with_capacity(regions.len());
         for r in &regions {

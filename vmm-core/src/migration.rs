@@ -2,6 +2,8 @@
 //! KVM's log into the shared one, the stop-and-copy's stop and the device state out.
 //! On the destination: guest RAM's memfd for the agent to fill, and the device state in.
 //! Guest memory itself never passes through here: the agent reads and writes the memfd.
+//! A live upgrade uses the same state out and in, with guest RAM's memfd handed over
+//! as it is (`upgrade_info`).
 
 use std::os::fd::OwnedFd;
 
@@ -84,6 +86,20 @@ pub fn incoming_memory(vm: &Vm) -> Answer {
         Ok(ram) => (
             Ok(VmmReply::Memory {
                 windows: dirty_log::windows(&vm.ram),
+            }),
+            vec![OwnedFd::from(ram)],
+        ),
+        Err(e) => fail(format!("handing over guest memory: {e}")),
+    }
+}
+
+/// Before a live upgrade: the devices' shapes, and guest RAM's memfd for the vmm-core
+/// that takes over.
+pub fn upgrade_info(vm: &Vm) -> Answer {
+    match vm.ram.memfd().try_clone() {
+        Ok(ram) => (
+            Ok(VmmReply::Upgrade {
+                links: vm.link_shapes(),
             }),
             vec![OwnedFd::from(ram)],
         ),

@@ -344,9 +344,14 @@ impl Runner<'_> {
                 done()
             }
             VmmRequest::IncomingMemory => migration::incoming_memory(&self.vm),
+            VmmRequest::UpgradeInfo => migration::upgrade_info(&self.vm),
             VmmRequest::RestoreState(state) => match self.state {
                 RunState::InMigrate => match self.vm.restore_state(&state) {
-                    Ok(()) => done(),
+                    Ok(()) => {
+                        // Upgraded: the backends are ours now.
+                        self.vm.connect_pending_backends();
+                        done()
+                    }
                     Err(e) => (Err(RemoteError::generic(e.to_string())), Vec::new()),
                 },
                 _ => (
@@ -398,6 +403,7 @@ impl Runner<'_> {
                 | VmmRequest::IncomingMemory
                 | VmmRequest::RestoreState(_)
                 | VmmRequest::IncomingCompleted { .. }
+                | VmmRequest::UpgradeInfo
         ) {
             return Ok(self.handle_migration(request));
         }
@@ -451,8 +457,8 @@ impl Runner<'_> {
                     .and_then(|n| n.handover.as_ref());
                 hand_over(handover, fds, &format!("NIC {nic}"))
             }
-            // Quit is answered by the event loop, which then ends.
-            VmmRequest::Quit(_) => Ok(VmmReply::Done),
+            // Quit and Retire are answered by the event loop, which then ends.
+            VmmRequest::Quit(_) | VmmRequest::Retire => Ok(VmmReply::Done),
             _ => Err(RemoteError::generic("a migration request out of place")),
         };
         Ok((reply, Vec::new()))
@@ -490,7 +496,7 @@ impl Runner<'_> {
                     self.reset(ShutdownCause::GuestReset)?;
                 }
                 VmEvent::Control { id, request, fds } => {
-                    let quit = matches!(request, VmmRequest::Quit(_));
+                    let quit = matches!(request, VmmRequest::Quit(_) | VmmRequest::Retire);
                     if let VmmRequest::Quit(cause) = request {
                         self.notify(VmmEvent::Shutdown(cause));
                     }

@@ -79,12 +79,13 @@ impl Vm {
     /// The state of the VM, whose vCPUs must be parked.
     pub fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
         let caps = vcpu_caps(&self.vm);
+        let msrs = &self.readable_msrs;
         let vcpus = self
             .vcpus
             .iter()
             .map(|v| {
                 let v = v.lock();
-                VcpuState::save(v.fd(), v.id as u32, caps, &self.msr_list)
+                VcpuState::save(v.fd(), v.id as u32, caps, msrs)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut irqchips = Vec::new();
@@ -161,13 +162,15 @@ impl Vm {
         }
         // Devices last: a virtio device resumes its rings here, and the interrupts its
         // backend raises from then on must land in the interrupt controllers' restored
-        // state, not be overwritten by it.
-        self.pio
-            .restore_states(&state.pio)
-            .map_err(SnapshotError::Device)?;
-        self.mmio
-            .restore_states(&state.mmio)
-            .map_err(SnapshotError::Device)?;
-        Ok(())
+        // state, not be overwritten by it. Their MSI routes go to KVM in one table.
+        self.router.hold();
+        let devices = (self.pio.restore_states(&state.pio))
+            .and_then(|()| self.mmio.restore_states(&state.mmio))
+            .map_err(SnapshotError::Device);
+        let routes = self
+            .router
+            .release()
+            .map_err(|e| SnapshotError::Device(format!("MSI routes: {e}")));
+        devices.and(routes)
     }
 }

@@ -4,6 +4,7 @@
 //! reaches the vhost-user devices. A VM resets itself to power-on state; running it (the
 //! vCPU threads and the control loop) is the runner's (`Vm::run`, runner.rs).
 
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::devices::serial::{Console, SerialDevice};
 use crate::dirty_log::DirtyLog;
 use crate::error::{kvm_err, KvmError, VmError};
 use crate::events::{EventSender, VmEvent};
+use crate::interrupts::MsiRouter;
 use crate::memory::GuestRam;
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vhost_user::{ConfigChangeHandle, Handover, Link, LinkHandle};
@@ -40,6 +42,9 @@ pub struct DiskHandle {
     /// Connections the gateway hands over after restarting the disk's daemon.
     pub handover: Option<Handover>,
     pub link: Arc<Mutex<Link>>,
+    /// A live upgrade's connection to the backend, handed to the link once the VM's
+    /// state is in (the previous vmm-core has let go of the backend by then).
+    pub pending: Option<UnixStream>,
 }
 
 /// A NIC as the VM's control loop sees it.
@@ -48,6 +53,7 @@ pub struct NicHandle {
     pub link_state: LinkHandle,
     pub handover: Option<Handover>,
     pub link: Arc<Mutex<Link>>,
+    pub pending: Option<UnixStream>,
 }
 
 /// The in-kernel interrupt controllers and PIT as created, restored on reset.
@@ -90,13 +96,20 @@ pub struct Vm {
     pub(crate) vm: Arc<VmFd>,
     pub(crate) ram: GuestRam,
     pub(crate) boot: BootImage,
-    pub(crate) loaded: LoadedKernel,
+    /// Where the loader put the kernel; None for a VM that arrived with its memory
+    /// (a migration, an upgrade) until a reset loads it.
+    pub(crate) loaded: Option<LoadedKernel>,
     pub(crate) vcpus: Vec<Arc<Mutex<Vcpu>>>,
-    /// KVM_GET_MSR_INDEX_LIST: the MSRs a migration reads from each vCPU.
-    pub(crate) msr_list: Vec<u32>,
+
     pub(crate) chips: PowerOnChips,
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
+    /// The MSI routes of the devices' vectors (batched while a state is restored).
+    pub(crate) router: Arc<MsiRouter>,
+    /// The MSRs a migration reads from each vCPU: those of KVM_GET_MSR_INDEX_LIST this
+    /// KVM lets us read, found when the VM was built (a vCPU's state can only be read
+    /// while it is out of KVM_RUN).
+    pub(crate) readable_msrs: Vec<u32>,
     pub(crate) pm: Arc<Mutex<AcpiPm>>,
     pub(crate) events: EventSender,
     pub(crate) events_rx: Receiver<VmEvent>,
@@ -121,8 +134,8 @@ impl Vm {
         &self.ram
     }
 
-    pub fn loaded_kernel(&self) -> &LoadedKernel {
-        &self.loaded
+    pub fn loaded_kernel(&self) -> Option<&LoadedKernel> {
+        self.loaded.as_ref()
     }
 
     /// A handle that presses the ACPI power button while the VM runs.
@@ -155,10 +168,36 @@ impl Vm {
         Ok(())
     }
 
+    /// The devices' shapes, for the vmm-core that takes over in a live upgrade.
+    pub(crate) fn link_shapes(&self) -> Vec<ipc::LinkShape> {
+        (self.disks.iter().map(|d| &d.link))
+            .chain(self.nics.iter().map(|n| &n.link))
+            .map(|l| l.lock().shape())
+            .collect()
+    }
+
+    /// A live upgrade's backend connections go to their links (after the state is in).
+    pub(crate) fn connect_pending_backends(&mut self) {
+        let pending = (self
+            .disks
+            .iter_mut()
+            .map(|d| (&d.handover, d.pending.take())))
+        .chain(
+            self.nics
+                .iter_mut()
+                .map(|n| (&n.handover, n.pending.take())),
+        );
+        for (handover, stream) in pending {
+            if let (Some(h), Some(s)) = (handover, stream) {
+                h.hand_over(s);
+            }
+        }
+    }
+
     /// Every vCPU to its power-on state, the boot vCPU at the kernel's entry.
     pub(crate) fn reset_vcpus(&self) -> Result<(), VcpuError> {
         for (i, vcpu) in self.vcpus.iter().enumerate() {
-            let entry = (i == 0).then_some(&self.loaded.entry);
+            let entry = self.loaded.as_ref().filter(|_| i == 0).map(|l| &l.entry);
             vcpu.lock().reset(entry)?;
         }
         Ok(())
@@ -168,7 +207,7 @@ impl Vm {
     /// interrupt controllers, PIT and devices to power-on state, vCPUs to boot state.
     pub(crate) fn reset(&mut self) -> Result<(), VmError> {
         self.ram.clear()?;
-        self.loaded = self.boot.load(&self.ram, self.vcpus.len())?;
+        self.loaded = Some(self.boot.load(&self.ram, self.vcpus.len())?);
         self.chips.restore(&self.vm)?;
         self.pio.reset();
         self.mmio.reset();

@@ -37,6 +37,22 @@ pub struct LaunchConfig {
     /// (`IncomingMemory`, `RestoreState`); nothing is loaded and nothing runs until
     /// then (run state "inmigrate").
     pub incoming: bool,
+    /// A live upgrade: this vmm-core takes over a running VM from another one. Guest
+    /// RAM is the other's memfd (in the frame after the console's), the devices are
+    /// shaped as the other's links were (disks then NICs, in launch order), and their
+    /// backend connections wait until `RestoreState`. Implies `incoming`.
+    pub upgrade: Option<Vec<LinkShape>>,
+}
+
+/// What a vhost-user device had settled with its backend, so that another vmm-core can
+/// present the same device to the guest before it talks to the backend itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LinkShape {
+    pub backend_features: u64,
+    pub protocol_features: u64,
+    pub num_queues: u32,
+    /// The configuration space as the driver last read it.
+    pub config: Vec<u8>,
 }
 
 /// One window of guest RAM: its guest physical address, size and offset in the memfd.
@@ -65,9 +81,11 @@ pub struct DiskLaunch {
 }
 
 impl LaunchConfig {
-    /// /dev/kvm, the kernel, the initrd, the console, the disks' and the NICs' sockets.
+    /// /dev/kvm, the kernel, the initrd, the console, guest RAM (an upgrade), the
+    /// disks' and the NICs' sockets.
     pub fn fd_count(&self) -> usize {
         2 + usize::from(self.initrd_path.is_some())
+            + usize::from(self.upgrade.is_some())
             + usize::from(matches!(
                 self.serial,
                 SerialSink::File | SerialSink::UnixListener
@@ -136,6 +154,10 @@ pub enum VmmRequest {
     IncomingCompleted {
         run: bool,
     },
+    /// Before a live upgrade: the devices' shapes, and guest RAM's memfd.
+    UpgradeInfo,
+    /// A live upgrade's successor has the VM: exit quietly (no SHUTDOWN: the VM lives).
+    Retire,
 }
 
 impl Message for VmmRequest {
@@ -186,6 +208,10 @@ pub enum VmmReply {
     /// Guest RAM's layout; the frame carries its memfd.
     Memory {
         windows: Vec<RamWindow>,
+    },
+    /// The devices' shapes (disks then NICs); the frame carries guest RAM's memfd.
+    Upgrade {
+        links: Vec<LinkShape>,
     },
 }
 
@@ -270,7 +296,7 @@ impl Message for VmmReply {
     fn fd_count(&self) -> usize {
         match self {
             VmmReply::Migration { .. } => 2,
-            VmmReply::Memory { .. } => 1,
+            VmmReply::Memory { .. } | VmmReply::Upgrade { .. } => 1,
             _ => 0,
         }
     }
@@ -295,6 +321,7 @@ mod tests {
             disks: vec![],
             nics: vec![],
             incoming: false,
+            upgrade: None,
         };
         assert_eq!(c.fd_count(), 2);
         c.initrd_path = Some("i".into());

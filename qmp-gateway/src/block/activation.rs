@@ -112,3 +112,17 @@ impl BlockLayer {
         Ok(())
     }
 }
+
+impl BlockLayer {
+    /// A new connection to each disk's daemon, in launch order, for a vmm-core that
+    /// takes over the VM (a live upgrade); each daemon accepts it once the previous
+    /// vmm-core has gone.
+    pub fn frontend_connections(&self) -> Result<Vec<OwnedFd>, BlockError> {
+        let mut disks: Vec<(u32, std::os::unix::net::UnixStream)> = Vec::new();
+        for d in &self.state.lock().disks {
+            disks.push((d.index, d.connect()?));
+        }
+        disks.sort_by_key(|(i, _)| *i);
+        Ok(disks.into_iter().map(|(_, s)| s.into()).collect())
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipc::{
     Call, Connection, IpcError, Message, RemoteError, Upcall, VmmEvent, VmmReply, VmmRequest,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// How long a request may wait for a child before the client gets an error.
@@ -56,11 +56,16 @@ pub type VmmLink = Link<VmmProtocol>;
 /// An answer and the fds it came with (memory a daemon hands over).
 type Waiter<T> = SyncSender<Result<(T, Vec<OwnedFd>), RemoteError>>;
 
-/// The gateway's end of a child's control channel.
+/// The gateway's end of a child's control channel. Its connection may be replaced by
+/// another child's of the same kind (vmm-core's live upgrade): calls go to the current
+/// one, answers from either find their callers by id, and only the current one's end
+/// closes the link.
 pub struct Link<P: Protocol> {
     /// The child's name in errors ("vmm-core", "block-daemon of d0").
     name: String,
-    conn: Connection,
+    conn: RwLock<Arc<Connection>>,
+    /// Bumped by each `replace`; a reader of an older connection ends quietly.
+    generation: AtomicU64,
     pending: Mutex<HashMap<u64, Waiter<P::Answer>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
@@ -70,11 +75,43 @@ impl<P: Protocol> Link<P> {
     pub fn new(name: impl Into<String>, conn: Connection) -> Arc<Self> {
         Arc::new(Link {
             name: name.into(),
-            conn,
+            conn: RwLock::new(Arc::new(conn)),
+            generation: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// The connection calls go to now, and its generation.
+    pub fn current(&self) -> (Arc<Connection>, u64) {
+        let conn = self.conn.read().clone();
+        (conn, self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Calls go to `conn` from now on, read by a reader of its own (the previous
+    /// connection's reader goes on answering its callers, and ends quietly). Returns the
+    /// previous connection and generation, to go back to with `restore`.
+    pub fn replace(
+        self: &Arc<Self>,
+        conn: Connection,
+        on_event: impl Fn(P::Event) + Send + 'static,
+        on_closed: impl FnOnce(String) + Send + 'static,
+    ) -> std::io::Result<(Arc<Connection>, u64)> {
+        let previous = {
+            let mut current = self.conn.write();
+            let previous = std::mem::replace(&mut *current, Arc::new(conn));
+            (previous, self.generation.fetch_add(1, Ordering::SeqCst))
+        };
+        self.start_reader(on_event, on_closed)?;
+        Ok(previous)
+    }
+
+    /// Back to a connection `replace` returned (whose reader still runs).
+    pub fn restore(&self, (conn, generation): (Arc<Connection>, u64)) {
+        let mut current = self.conn.write();
+        *current = conn;
+        self.generation.store(generation, Ordering::SeqCst);
     }
 
     pub fn name(&self) -> &str {
@@ -88,11 +125,12 @@ impl<P: Protocol> Link<P> {
         on_closed: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<()> {
         let link = self.clone();
+        let (conn, generation) = self.current();
         std::thread::Builder::new()
             .name(format!("link {}", self.name))
             .spawn(move || {
                 let why = loop {
-                    match link.conn.recv::<Upcall<P::Answer, P::Event>>() {
+                    match conn.recv::<Upcall<P::Answer, P::Event>>() {
                         Ok(Some(r)) => match r.msg {
                             Upcall::Response { id, result } => {
                                 let waiter = link.pending.lock().remove(&id);
@@ -112,6 +150,11 @@ impl<P: Protocol> Link<P> {
                         Err(e) => break format!("{} control channel: {e}", link.name),
                     }
                 };
+                if link.generation.load(Ordering::SeqCst) != generation {
+                    // A replaced child that ended: the link goes on with its successor.
+                    log::debug!("{} (replaced) ended: {why}", link.name);
+                    return;
+                }
                 link.closed.store(true, Ordering::SeqCst);
                 // Waiters see their sender dropped.
                 link.pending.lock().clear();
@@ -135,10 +178,22 @@ impl<P: Protocol> Link<P> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LinkError::NotRunning(self.name.clone()));
         }
+        let conn = self.current().0;
+        self.request_on(&conn, request, fds)
+    }
+
+    /// A call to the child on `conn` (one `replace` took over from), answered through
+    /// this link.
+    pub fn request_on(
+        &self,
+        conn: &Connection,
+        request: P::Call,
+        fds: &[BorrowedFd],
+    ) -> Result<(P::Answer, Vec<OwnedFd>), LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
         self.pending.lock().insert(id, tx);
-        if let Err(e) = self.conn.send(&Call { id, request }, fds) {
+        if let Err(e) = conn.send(&Call { id, request }, fds) {
             self.pending.lock().remove(&id);
             return Err(LinkError::Send {
                 child: self.name.clone(),
@@ -176,6 +231,6 @@ impl<P: Protocol> Link<P> {
 
     /// Unblocks the reader (used at teardown).
     pub fn shutdown(&self) {
-        self.conn.shutdown();
+        self.current().0.shutdown();
     }
 }

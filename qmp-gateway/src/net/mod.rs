@@ -158,6 +158,15 @@ impl NetLayer {
         Ok(())
     }
 
+    /// A new connection to each NIC's daemon, in launch order, for a vmm-core that takes
+    /// over the VM (a live upgrade).
+    pub fn frontend_connections(&self) -> Result<Vec<OwnedFd>, NetError> {
+        let state = self.state.lock();
+        let mut nics: Vec<&Nic> = state.nics.iter().collect();
+        nics.sort_by_key(|n| n.index);
+        nics.iter().map(|n| Ok(n.connect()?.into())).collect()
+    }
+
     /// `--device virtio-net-pci,...`: the NIC, its daemon, and vmm-core's end of the
     /// vhost-user socket.
     pub fn add_nic(&self, spec: &NicSpec) -> Result<(NicLaunch, OwnedFd), NetError> {

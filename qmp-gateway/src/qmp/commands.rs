@@ -460,6 +460,12 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("migrate_cancel", &Typed(migrate::migrate_cancel), EMPTY, G),
     cmd(
+        "__io.flotilla_vmm-upgrade",
+        &Typed(migrate::vmm_upgrade),
+        Ty::Named("VmmUpgradeInfo"),
+        G,
+    ),
+    cmd(
         "query-migrate",
         &Typed(migrate::query_migrate),
         Ty::Named("MigrationInfo"),

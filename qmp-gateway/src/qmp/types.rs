@@ -576,6 +576,10 @@ pub const TYPES: Types = Types(&[
         name: "NetDaemonInfo",
         kind: TypeKind::Object(&[req("pid", Ty::Int)]),
     },
+    TypeDef {
+        name: "VmmUpgradeInfo",
+        kind: TypeKind::Object(&[req("pid", Ty::Int), req("downtime-us", Ty::Int)]),
+    },
     // Snapshots and transaction (issue 13).
     TypeDef {
         name: "SnapshotInfo",

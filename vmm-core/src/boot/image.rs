@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::{elf::Elf, KernelLoader, PvhBootCapability};
@@ -55,9 +55,12 @@ impl BootImage {
         initrd: Option<(&Path, File)>,
         cmdline: &str,
     ) -> Result<Self, BootError> {
+        // From the start: the file may be shared with a vmm-core that read it before
+        // (a live upgrade hands over the same open file).
         let mut kernel_bytes = Vec::new();
         kernel
-            .read_to_end(&mut kernel_bytes)
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| kernel.read_to_end(&mut kernel_bytes))
             .map_err(|error| BootError::ReadKernel {
                 path: kernel_path.to_owned(),
                 error,
@@ -67,7 +70,8 @@ impl BootImage {
         let initrd = match initrd {
             Some((path, mut file)) => {
                 let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)
+                file.seek(SeekFrom::Start(0))
+                    .and_then(|_| file.read_to_end(&mut bytes))
                     .map_err(|error| BootError::ReadInitrd {
                         path: path.to_owned(),
                         error,

@@ -111,9 +111,13 @@ fn kvm(vcpu: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> State
     move |error| StateError::Kvm { vcpu, what, error }
 }
 
-/// The MSRs of `list` this vCPU lets us read, with their values. KVM's
-/// KVM_GET_MSRS stops at the first MSR it refuses, so refused ones are dropped one at a
-/// time (a handful of reads, not one per MSR).
+/// The MSRs of `list` this vCPU lets us read (KVM's KVM_GET_MSRS stops at the first it
+/// refuses, so refused ones are dropped one at a time); done once, before the VM stops.
+pub fn readable_msrs(fd: &VcpuFd, id: u32, list: &[u32]) -> Result<Vec<u32>, StateError> {
+    Ok(read_msrs(fd, id, list)?.iter().map(|e| e.index).collect())
+}
+
+/// The MSRs of `list` this vCPU lets us read, with their values.
 fn read_msrs(fd: &VcpuFd, id: u32, list: &[u32]) -> Result<Vec<kvm_msr_entry>, StateError> {
     let mut wanted: Vec<u32> = list.to_vec();
     loop {

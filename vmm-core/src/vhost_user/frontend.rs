@@ -49,6 +49,23 @@ impl VhostUserDevice {
         self.link.clone()
     }
 
+    /// A `model` device shaped as another vmm-core's was (a live upgrade), with no
+    /// backend yet: its connection comes through `reconnect` once the VM's state is in.
+    pub fn shaped(
+        name: String,
+        model: impl DeviceModel,
+        shape: &ipc::LinkShape,
+        reconnect: Reconnect,
+        ram: &GuestRam,
+    ) -> Result<VhostUserDevice, VhostUserError> {
+        let requests = BackendRequests::new();
+        let mut link = Link::new(name, Box::new(model), ram, requests.clone())?;
+        link.preset(shape)?;
+        let link = Arc::new(Mutex::new(link));
+        spawn_supervisor(link.clone(), reconnect).map_err(VhostUserError::BackendChannel)?;
+        Ok(VhostUserDevice { link, requests })
+    }
+
     pub fn config_change_handle(&self) -> ConfigChangeHandle {
         ConfigChangeHandle::new(self.requests.clone())
     }

@@ -202,6 +202,35 @@ impl Link {
         self.num_queues
     }
 
+    /// What this link settled with its backend, for another vmm-core (a live upgrade).
+    pub fn shape(&mut self) -> ipc::LinkShape {
+        ipc::LinkShape {
+            backend_features: self.backend_features,
+            protocol_features: self.protocol.bits(),
+            num_queues: self.num_queues as u32,
+            config: self.config_space().to_vec(),
+        }
+    }
+
+    /// Takes what another vmm-core's link settled (a live upgrade): the guest sees the
+    /// same device at once; the backend connection comes later (`connect`), checked
+    /// against it like a reconnection.
+    pub fn preset(&mut self, shape: &ipc::LinkShape) -> Result<(), VhostUserError> {
+        let num_queues = shape.num_queues as usize;
+        if num_queues == 0 || num_queues > MAX_QUEUES {
+            return Err(VhostUserError::Setup(format!(
+                "{} queues handed over",
+                shape.num_queues
+            )));
+        }
+        self.backend_features = shape.backend_features;
+        self.protocol = VhostUserProtocolFeatures::from_bits_truncate(shape.protocol_features);
+        self.num_queues = num_queues;
+        self.model
+            .config_space(num_queues, Some(shape.config.clone()));
+        Ok(())
+    }
+
     /// Takes the backend on `stream` (already connected) and hands it what the driver set
     /// up, if anything. On failure the link is left without a backend.
     pub fn connect(&mut self, stream: UnixStream) -> Result<(), VhostUserError> {

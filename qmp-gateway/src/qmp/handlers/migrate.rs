@@ -85,6 +85,25 @@ pub fn query_migrate(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(c.gw.migrator.query())
 }
 
+/// Our extension's argument: the vmm-core binary to upgrade to (default: the running
+/// one's).
+#[derive(Debug, Deserialize)]
+pub struct VmmUpgrade {
+    pub binary: Option<String>,
+}
+
+serde_arguments!(VmmUpgrade, [opt("binary", Ty::Str)]);
+
+/// Our extension: a new vmm-core process takes over the running VM (upgrade.rs).
+pub fn vmm_upgrade(c: &mut Ctx, a: VmmUpgrade) -> QmpResult {
+    let done = crate::upgrade::upgrade(c.gw, a.binary.map(std::path::PathBuf::from))
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    Ok(json!({
+        "pid": done.pid,
+        "downtime-us": done.downtime.as_micros() as u64,
+    }))
+}
+
 pub fn migrate_start_postcopy(c: &mut Ctx, _: NoArgs) -> QmpResult {
     let status = c.gw.migrator.query();
     if status.get("status").and_then(Value::as_str).is_none()

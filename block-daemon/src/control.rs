@@ -85,11 +85,15 @@ fn open(
         &open.layers,
         images,
         &ChainOptions {
-            writable: !open.read_only,
+            // An inactive node (its VM still arriving) opens its images read-only: the
+            // source still writes them.
+            writable: !open.read_only && !open.inactive,
             direct: cache.direct(),
             counters: Some(counters.clone()),
             discard_unmap: open.discard_unmap,
-            keep_bitmaps: open.stored_bitmaps != StoredBitmaps::NotKept && !open.read_only,
+            keep_bitmaps: open.stored_bitmaps != StoredBitmaps::NotKept
+                && !open.read_only
+                && !open.inactive,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -102,7 +106,10 @@ fn open(
         &open.serial,
     )
     .map_err(|e| e.to_string())?
-    .keeping_bitmaps(open.stored_bitmaps != StoredBitmaps::NotKept);
+    .keeping_bitmaps(open.stored_bitmaps != StoredBitmaps::NotKept && !open.inactive);
+    if open.inactive {
+        disk.set_inactive();
+    }
     let disk = Arc::new(disk);
     let queues = open.queues as usize;
     let engines = match engine::per_queue(engine, &disk, queues, u32::from(QUEUE_SIZE)) {
@@ -177,7 +184,7 @@ fn stored_bitmaps(
         return Ok(Vec::new());
     };
     let load = match open.stored_bitmaps {
-        _ if open.read_only => return Ok(Vec::new()),
+        _ if open.read_only || open.inactive => return Ok(Vec::new()),
         StoredBitmaps::NotKept => return Ok(Vec::new()),
         StoredBitmaps::Load => true,
         StoredBitmaps::Kept => false,
@@ -241,8 +248,12 @@ fn map_bitmaps(
         .collect()
 }
 
-/// Leaves the image clean, its persistent bitmaps stored first.
+/// Leaves the image clean, its persistent bitmaps stored first (an inactive node's
+/// image is not ours to write: it is left as it is).
 fn close(device: &BlkDevice) -> Result<(), FormatError> {
+    if device.disk().inactive() {
+        return Ok(());
+    }
     {
         let _quiesced = device.quiesce(QUIESCE_TIMEOUT);
         device
@@ -361,6 +372,14 @@ fn handle(
             .map_err(|e| RemoteError::generic(e.to_string())),
         // The image is clean (qcow2: nothing left reserved, not dirty) before the
         // gateway hears that we are done.
+        // A migration's switch-over: clean now, then never written again here.
+        BlockRequest::Inactivate => match close(device) {
+            Ok(()) => {
+                device.disk().set_inactive();
+                Ok(BlockReply::Done)
+            }
+            Err(e) => Err(RemoteError::generic(e.to_string())),
+        },
         BlockRequest::Quit => match close(device) {
             Ok(()) => Ok(BlockReply::Done),
             Err(e) => Err(RemoteError::generic(e.to_string())),

@@ -5,6 +5,7 @@
 //! format in guest offsets.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -61,6 +62,9 @@ pub struct Disk {
     keeps_bitmaps: bool,
     cache: CacheMode,
     id: [u8; ID_BYTES],
+    /// The image belongs to another process for now (a migration's other side): nothing
+    /// is written to it, not even at close.
+    inactive: AtomicBool,
 }
 
 impl Disk {
@@ -86,7 +90,17 @@ impl Disk {
             keeps_bitmaps: false,
             cache,
             id: id_bytes,
+            inactive: AtomicBool::new(false),
         })
+    }
+
+    /// From now on nothing is written to the image (see the field).
+    pub fn set_inactive(&self) {
+        self.inactive.store(true, Ordering::Release);
+    }
+
+    pub fn inactive(&self) -> bool {
+        self.inactive.load(Ordering::Acquire)
     }
 
     /// The chain's top image (a request holds it while it runs: a new top takes over

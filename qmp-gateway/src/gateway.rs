@@ -239,10 +239,26 @@ impl Gateway {
     }
 
     pub fn cont(&self) -> Result<(), LinkError> {
-        // A VM still arriving by migration runs once here.
-        if self.run_state() == RunState::InMigrate {
-            self.migrator.set_autostart(true);
-            return Ok(());
+        match self.run_state() {
+            // A VM still arriving by migration runs once here.
+            RunState::InMigrate => {
+                self.migrator.set_autostart(true);
+                return Ok(());
+            }
+            // Its state is on its way out: running it now would fork it.
+            RunState::FinishMigrate => {
+                return Err(LinkError::Remote(ipc::RemoteError::generic(
+                    "the VM is being migrated: it cannot run until the migration ends",
+                )))
+            }
+            // It left: it may run here again only with its disks back, which fails
+            // while the destination holds them (QEMU's "Failed to get \"write\" lock").
+            RunState::PostMigrate => {
+                self.block
+                    .activate()
+                    .map_err(|e| LinkError::Remote(ipc::RemoteError::generic(e.to_string())))?;
+            }
+            _ => {}
         }
         self.vmm.request(VmmRequest::Cont, &[])?;
         self.status.lock().io_error = false;

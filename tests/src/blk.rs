@@ -270,6 +270,7 @@ pub fn open_call(layers: Vec<ipc::ImageLayer>) -> ipc::BlockOpen {
         dirty_bitmaps: vec![],
         stored_bitmaps: ipc::StoredBitmaps::NotKept,
         job: None,
+        inactive: false,
     }
 }
 

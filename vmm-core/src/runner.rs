@@ -189,9 +189,14 @@ impl Runner<'_> {
     }
 
     fn stop(&mut self) {
-        if self.state == RunState::Running {
-            self.pause_vcpus();
-            self.set_state(RunState::Paused);
+        match self.state {
+            RunState::Running => {
+                self.pause_vcpus();
+                self.set_state(RunState::Paused);
+            }
+            // A migration that failed with the VM stopped before it: paused again.
+            RunState::FinishMigrate => self.set_state(RunState::Paused),
+            _ => {}
         }
     }
 

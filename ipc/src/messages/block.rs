@@ -41,6 +41,11 @@ pub struct BlockOpen {
     /// A block job to carry on from the first request on (its fds come last, as
     /// `BlockRequest::StartJob`'s).
     pub job: Option<JobSpec>,
+    /// The images belong to a VM still arriving by migration (its source writes them):
+    /// they are opened read-only and nothing is written to them, at open or at close,
+    /// until a daemon opened without this serves them. The guest still sees the
+    /// device's own read-only setting.
+    pub inactive: bool,
 }
 
 /// What a daemon does with the persistent dirty bitmaps its writable qcow2 top image
@@ -156,6 +161,10 @@ pub enum BlockRequest {
     ControlJob { id: String, control: JobControl },
     /// Answered with `Job`: the running job's progress, if one runs.
     JobStatus,
+    /// A migration's switch-over: the persistent bitmaps are stored and the image left
+    /// clean, and from then on nothing is written to it (the destination owns it), not
+    /// even at close.
+    Inactivate,
     /// Stop serving and exit.
     Quit,
 }
@@ -344,6 +353,7 @@ mod tests {
             }],
             stored_bitmaps: StoredBitmaps::NotKept,
             job: None,
+            inactive: false,
         });
         assert_eq!(
             ToBlock {

@@ -1,16 +1,20 @@
-//! Image locks around a migration's switch-over, as QEMU's inactivation: the source
-//! holds its disks' locks until the switch-over, then lets go of them (keeping its fds:
-//! a failed switch-over takes them back); the destination opens the same images without
-//! locks while the VM arrives, and takes them at the switch-over, which fails if the
-//! source still holds them (then the VM stays on the source).
+//! The disks around a migration's switch-over, as QEMU's inactivation: the source owns
+//! its images until the switch-over, then its daemons leave them clean and write them
+//! no more, and it lets go of their locks (keeping its fds); the destination opens the
+//! same images without locks and with daemons that write nothing while the VM arrives,
+//! and at the switch-over takes the locks (which fails if the source still holds them:
+//! then the VM stays on the source) and starts daemons that serve the images for real,
+//! reading their metadata afresh. A source whose switch-over failed does the same to
+//! take its disks back.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use ipc::ImageFormat;
+use ipc::{BlockRequest, ImageFormat};
 
 use super::error::BlockError;
 use super::lock::{self, Perms};
+use super::disk::BlockProtocol;
 use super::{BlockLayer, State};
 
 /// One image's locks: its fd, what it takes and refuses, its path for errors.
@@ -57,55 +61,54 @@ impl BlockLayer {
         self.state.lock().graph.set_inactive(true);
     }
 
-    /// Source, at the switch-over: every disk lets go of its images' locks.
-    pub fn inactivate(&self) {
-        let mut state = self.state.lock();
+    /// Source, at the switch-over: every disk's daemon leaves its image clean (bitmaps
+    /// stored) and writes it no more; then the images' locks go.
+    pub fn inactivate(&self) -> Result<(), BlockError> {
+        let daemons: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = {
+            let mut state = self.state.lock();
+            state.graph.set_inactive(true);
+            for d in &mut state.disks {
+                d.config.inactive = true;
+            }
+            (state.disks.iter())
+                .filter_map(|d| Some((d.id.clone(), d.daemon.as_ref()?.link.clone())))
+                .collect()
+        };
+        for (id, link) in daemons {
+            link.request(BlockRequest::Inactivate, &[])
+                .map_err(|e| BlockError::Migration(format!("disk {id}: {e}")))?;
+        }
+        let state = self.state.lock();
         for l in locks(&state) {
             lock::unlock(l.fd.as_fd(), l.take, l.share);
         }
-        state.graph.set_inactive(true);
+        Ok(())
     }
 
     /// Destination at the switch-over, or a source whose switch-over failed: every disk
-    /// takes its images' locks; if one cannot, none is held and the error says which.
+    /// takes its images' locks (if one cannot, none is held and the error says which),
+    /// then gets a daemon that serves its images for real.
     pub fn activate(&self) -> Result<(), BlockError> {
-        let mut state = self.state.lock();
-        let all = locks(&state);
-        for (i, l) in all.iter().enumerate() {
-            if let Err(error) = lock::lock(l.fd.as_fd(), l.take, l.share) {
-                for taken in &all[..i] {
-                    lock::unlock(taken.fd.as_fd(), taken.take, taken.share);
+        let ids: Vec<String> = {
+            let mut state = self.state.lock();
+            let all = locks(&state);
+            for (i, l) in all.iter().enumerate() {
+                if let Err(error) = lock::lock(l.fd.as_fd(), l.take, l.share) {
+                    for taken in &all[..i] {
+                        lock::unlock(taken.fd.as_fd(), taken.take, taken.share);
+                    }
+                    return Err(BlockError::Locked {
+                        error,
+                        path: l.path.clone(),
+                    });
                 }
-                return Err(BlockError::Locked {
-                    error,
-                    path: l.path.clone(),
-                });
             }
-        }
-        state.graph.set_inactive(false);
-        Ok(())
-    }
-}
-
-impl BlockLayer {
-    /// Destination, after `activate`: a daemon that opened a qcow2 image while the
-    /// source still wrote it holds metadata (tables, refcounts) that may be stale, so
-    /// each such disk gets a new daemon, which reads it afresh (QEMU invalidates its
-    /// caches at the same point). Raw images keep nothing of the kind.
-    pub fn reopen_cached_metadata(&self) -> Result<(), BlockError> {
-        let ids: Vec<String> = self
-            .state
-            .lock()
-            .disks
-            .iter()
-            .filter(|d| {
-                d.config
-                    .layers
-                    .iter()
-                    .any(|l| matches!(l.format, ImageFormat::Qcow2(_)))
-            })
-            .map(|d| d.id.clone())
-            .collect();
+            state.graph.set_inactive(false);
+            for d in &mut state.disks {
+                d.config.inactive = false;
+            }
+            state.disks.iter().map(|d| d.id.clone()).collect()
+        };
         for id in ids {
             self.restart(&id, None)?;
         }

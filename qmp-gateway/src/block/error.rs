@@ -141,6 +141,9 @@ pub enum BlockError {
     /// with; the hint is QEMU's.
     #[error("{error}\nIs another process using the image [{path}]?")]
     Locked { error: LockError, path: String },
+    /// A migration's switch-over could not hand a disk over.
+    #[error("{0}")]
+    Migration(String),
     /// A lock a resize needs.
     #[error("{0}")]
     ResizeLock(LockError),

@@ -381,6 +381,8 @@ impl BlockLayer {
             dirty_bitmaps: Vec::new(),
             stored_bitmaps: ipc::StoredBitmaps::NotKept,
             job: None,
+            // A VM arriving by migration: its source still writes the images.
+            inactive: state.graph.inactive(),
         };
         let health = Health::new(
             &id,

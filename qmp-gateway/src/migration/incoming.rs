@@ -124,16 +124,20 @@ fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>) {
 /// allowed to here.
 fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<(), String> {
     // The disks' images are ours now (the source let go of them before it sent the
-    // state); then the VM's state, whose rings continue on the daemons.
-    let taken = (m.h.block.activate())
-        .and_then(|()| m.h.block.reopen_cached_metadata())
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            m.h.vmm
-                .request(VmmRequest::RestoreState(state), &[])
-                .map_err(|e| e.to_string())
-        });
-    if let Err(why) = taken {
+    // state): their locks, and daemons that serve them for real.
+    if let Err(e) = m.h.block.activate() {
+        let why = e.to_string();
+        let _ = agent
+            .link
+            .request(AgentRequest::Resumed(Err(why.clone())), &[]);
+        return Err(why);
+    }
+    if let Err(e) = m.h.vmm.request(VmmRequest::RestoreState(state), &[]) {
+        // The source takes its disks back: let go of them first.
+        if let Err(e) = m.h.block.inactivate() {
+            log::error!("migration: handing the disks back: {e}");
+        }
+        let why = e.to_string();
         let _ = agent
             .link
             .request(AgentRequest::Resumed(Err(why.clone())), &[]);

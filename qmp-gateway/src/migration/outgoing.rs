@@ -198,7 +198,7 @@ fn migrate(
     };
     check_cancel(m)?;
     // The destination takes the disks' locks when it has the state: ours go first.
-    m.h.block.inactivate();
+    m.h.block.inactivate()?;
     *inactive = true;
     agent_call(
         m,

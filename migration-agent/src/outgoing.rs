@@ -128,11 +128,17 @@ impl Outgoing {
                 self.cursor = Cursor::Done;
                 break;
             }
-            if Instant::now() >= deadline {
+            // Out of time, but only with pages left to send: the gateway takes
+            // `remaining_pages` 0 for the pass's end, so a pass with nothing left ahead
+            // of its cursor is walked to its end now (the rest of the log is clear, which
+            // takes no time). Otherwise the next call, after the gateway's sync, would go
+            // on from here and miss what the sync marked behind the cursor.
+            if Instant::now() >= deadline && self.remaining() > 0 {
                 break;
             }
         }
         self.out.flush()?;
+        // 0 exactly when the pass is complete: pages are only added to the log meanwhile.
         report.remaining_pages = self.remaining();
         if let Some(x) = &mut self.xbzrle {
             x.take_counters(&mut report);
@@ -350,4 +356,97 @@ fn set_read_timeout(f: &File, timeout: Duration) {
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufReader, Read};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::net::UnixStream;
+
+    use ipc::{shm, Channel, MachineShape, RamWindow};
+
+    use super::*;
+    use crate::stream::Record;
+
+    const PAGES: u64 = 4096;
+
+    /// An outgoing migration of PAGES pages over a one-way socket, its RAM file, a second
+    /// mapping of its dirty log, and the socket's other end.
+    fn outgoing() -> (Outgoing, File, PageLog, UnixStream) {
+        let size = PAGES * PAGE as u64;
+        let memfd = shm::memfd(c"ram", size, false).unwrap();
+        let ram_file = File::from(memfd.try_clone().unwrap());
+        let windows = vec![RamWindow {
+            guest_addr: 0,
+            size,
+            file_offset: 0,
+        }];
+        let ram = GuestRam::map(memfd, &windows, false).unwrap();
+        let log = PageLog::create(size).unwrap();
+        let marks = PageLog::from_fd(log.fd().try_clone_to_owned().unwrap(), log.len()).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let start = OutgoingStart {
+            channel: Channel::OneWay,
+            windows,
+            log_len: log.len(),
+            shape: MachineShape {
+                memory: size,
+                vcpus: 1,
+                disks: vec![],
+                nics: vec![],
+            },
+            xbzrle_cache: None,
+        };
+        let channel = File::from(OwnedFd::from(ours));
+        let out = Outgoing::start(ram, log, channel, false, &start).unwrap();
+        (out, ram_file, marks, theirs)
+    }
+
+    /// The records the stream holds up to its end, page data skipped.
+    fn records(theirs: UnixStream) -> Vec<Record> {
+        let mut input = BufReader::new(theirs);
+        stream::read_header(&mut input).unwrap();
+        let mut out = Vec::new();
+        while let Ok(record) = stream::read_record(&mut input) {
+            if let Record::Pages { count, .. } = record {
+                let mut data = vec![0u8; count as usize * PAGE];
+                input.read_exact(&mut data).unwrap();
+            }
+            out.push(record);
+        }
+        out
+    }
+
+    #[test]
+    fn a_pass_reported_complete_is_complete() {
+        let (mut out, ram, marks, theirs) = outgoing();
+        for page in [3u64, 5] {
+            ram.write_all_at(&[7; PAGE], page * PAGE as u64).unwrap();
+        }
+        let page = |p: u64| (p * PAGE as u64, (p + 1) * PAGE as u64);
+        // A pass whose only dirty page lies in its first steps, with no time to spare:
+        // once nothing is left ahead it says it is complete, and it is.
+        marks.mark_range(page(5).0, page(5).1);
+        let report = out.send(false, Duration::ZERO, 0).unwrap();
+        assert_eq!((report.remaining_pages, report.normal_pages), (0, 1));
+        // The next sync marks a page behind where the first steps ended: the next pass
+        // starts from the beginning and sends it.
+        marks.mark_range(page(3).0, page(3).1);
+        let mut report = out.send(false, Duration::ZERO, 0).unwrap();
+        while report.remaining_pages > 0 {
+            report = out.send(false, Duration::ZERO, 0).unwrap();
+        }
+        drop(out);
+        assert_eq!(
+            records(theirs),
+            [
+                Record::Pages { first: 5, count: 1 },
+                Record::PassEnd(0),
+                Record::Pages { first: 3, count: 1 },
+                Record::PassEnd(1),
+            ]
+        );
+    }
 }

@@ -275,7 +275,7 @@ impl Outgoing {
     }
 
     /// Non-zero pages: whole, or (XBZRLE) each as a delta from the cached copy where
-    /// that is smaller, whole (the cached copy) otherwise.
+    /// that is smaller, whole (the cached copy) otherwise, not at all if unchanged.
     fn send_data(
         &mut self,
         first: u64,
@@ -294,6 +294,7 @@ impl Outgoing {
         for (i, content) in data.chunks_exact(PAGE).enumerate() {
             let page = first + i as u64;
             bytes += match x.encode(page, content) {
+                Encoded::Unchanged => 0,
                 Encoded::Delta(delta) => stream::write_xbzrle(&mut self.out, page, delta)?,
                 Encoded::Whole(copy) => {
                     report.normal_pages += 1;

@@ -3,7 +3,11 @@
 //! difference is a sequence of (unchanged run, changed run + its new bytes), each length
 //! a ULEB128, as QEMU encodes it. The cache is direct-mapped (page number modulo its
 //! slots) and bounded by xbzrle-cache-size; a page sent whole is cached as the very
-//! bytes sent, so a later delta is against exactly what the destination has.
+//! bytes sent, so a later delta is against exactly what the destination has. A page
+//! that did not change since goes not at all (QEMU skips it too). The counters are
+//! QEMU's: `pages` are the cache's hits (deltas, pages unchanged, and overflows: deltas
+//! too long, sent whole), `bytes` what they cost (a delta with its length and type, 3
+//! bytes; a page for an overflow).
 
 use ipc::PassReport;
 
@@ -14,10 +18,15 @@ use crate::stream::PAGE;
 const MAX_DELTA: usize = PAGE - PAGE / 8;
 
 pub enum Encoded<'a> {
+    /// The destination has the page as it is now: nothing to send.
+    Unchanged,
     Delta(&'a [u8]),
     /// Send this copy whole (it is cached).
     Whole(&'a [u8]),
 }
+
+/// What a delta costs in QEMU's count: its bytes, its type and its 16-bit length.
+const DELTA_HEADER: u64 = 3;
 
 struct Slot {
     page: u64,
@@ -59,26 +68,62 @@ fn get_uleb(input: &[u8], at: &mut usize) -> Option<usize> {
     None
 }
 
-/// The delta from `old` to `new` into `out`; None when it would be longer than `max`.
+/// Bytes 0x01 and 0x80 in each byte of a word, to find a zero byte in one.
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_ne_bytes(w)
+}
+
+/// How many bytes from `at` on `old` and `new` have in common (blocks compared whole
+/// first: one memcmp for 64 bytes).
+fn unchanged_run(old: &[u8], new: &[u8], at: usize) -> usize {
+    let (mut i, len) = (at, new.len().min(old.len()));
+    while i + 64 <= len && old[i..i + 64] == new[i..i + 64] {
+        i += 64;
+    }
+    while i + 8 <= len && old[i..i + 8] == new[i..i + 8] {
+        i += 8;
+    }
+    while i < len && old[i] == new[i] {
+        i += 1;
+    }
+    i - at
+}
+
+/// How many bytes from `at` on differ between `old` and `new` (a word at a time while no
+/// byte of their XOR is zero, as QEMU's encoder goes).
+fn changed_run(old: &[u8], new: &[u8], at: usize) -> usize {
+    let (mut i, len) = (at, new.len().min(old.len()));
+    while i + 8 <= len {
+        let x = word(old, i) ^ word(new, i);
+        if x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < len && old[i] != new[i] {
+        i += 1;
+    }
+    i - at
+}
+
+/// The delta from `old` to `new` (pages) into `out`; None when it would be longer than
+/// `max`.
 pub fn encode(old: &[u8], new: &[u8], out: &mut Vec<u8>, max: usize) -> Option<()> {
     out.clear();
     let mut i = 0;
     while i < new.len() {
-        let zrun = old[i..]
-            .iter()
-            .zip(&new[i..])
-            .take_while(|(a, b)| a == b)
-            .count();
+        let zrun = unchanged_run(old, new, i);
         i += zrun;
         if i == new.len() {
             // A trailing unchanged run is implied.
             break;
         }
-        let nzrun = old[i..]
-            .iter()
-            .zip(&new[i..])
-            .take_while(|(a, b)| a != b)
-            .count();
+        let nzrun = changed_run(old, new, i);
         put_uleb(out, zrun);
         put_uleb(out, nzrun);
         out.extend_from_slice(&new[i..i + nzrun]);
@@ -134,11 +179,13 @@ impl Xbzrle {
         // cached must be exactly what is sent.
         self.copy.copy_from_slice(content);
         let s = self.slot(page);
-        let hit = match &self.slots[s] {
+        let delta = match &self.slots[s] {
             Some(slot) if slot.page == page => {
+                self.pages += 1;
                 let fits = encode(&slot.data, &self.copy, &mut self.delta, MAX_DELTA).is_some();
                 if !fits {
                     self.overflow += 1;
+                    self.bytes += PAGE as u64;
                 }
                 fits
             }
@@ -147,18 +194,19 @@ impl Xbzrle {
                 false
             }
         };
+        if delta && self.delta.is_empty() {
+            return Encoded::Unchanged;
+        }
         let entry = self.slots[s].get_or_insert_with(|| Slot {
             page,
             data: vec![0; PAGE].into_boxed_slice(),
         });
-        if hit {
-            entry.data.copy_from_slice(&self.copy);
-            self.pages += 1;
-            self.bytes += self.delta.len() as u64;
+        entry.page = page;
+        entry.data.copy_from_slice(&self.copy);
+        if delta {
+            self.bytes += self.delta.len() as u64 + DELTA_HEADER;
             Encoded::Delta(&self.delta)
         } else {
-            entry.page = page;
-            entry.data.copy_from_slice(&self.copy);
             Encoded::Whole(&entry.data)
         }
     }
@@ -201,6 +249,57 @@ mod tests {
         assert_eq!(page, new);
     }
 
+    /// The delta as the plain byte-by-byte walk makes it.
+    fn bytewise(old: &[u8], new: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < new.len() {
+            let zrun = (i..new.len()).take_while(|&j| old[j] == new[j]).count();
+            i += zrun;
+            if i == new.len() {
+                break;
+            }
+            let nzrun = (i..new.len()).take_while(|&j| old[j] != new[j]).count();
+            put_uleb(&mut out, zrun);
+            put_uleb(&mut out, nzrun);
+            out.extend_from_slice(&new[i..i + nzrun]);
+            i += nzrun;
+        }
+        out
+    }
+
+    #[test]
+    fn word_runs_find_what_bytes_find() {
+        // Pages changed at random places, in runs of random lengths, some bytes changed
+        // to what they were (a changed word with an equal byte inside).
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut delta = Vec::new();
+        for _ in 0..500 {
+            let old: Vec<u8> = (0..PAGE).map(|_| next() as u8).collect();
+            let mut new = old.clone();
+            for _ in 0..next() % 40 {
+                let at = (next() % PAGE as u64) as usize;
+                let len = (next() % 300) as usize;
+                for b in new.iter_mut().skip(at).take(len) {
+                    *b = if next() % 16 == 0 { *b } else { next() as u8 };
+                }
+            }
+            match encode(&old, &new, &mut delta, PAGE * 3) {
+                Some(()) => assert_eq!(delta, bytewise(&old, &new)),
+                None => panic!("a delta longer than three pages"),
+            }
+            let mut page = old.clone();
+            assert!(decode(&delta, &mut page));
+            assert_eq!(page, new);
+        }
+    }
+
     #[test]
     fn big_changes_overflow_and_bad_deltas_are_refused() {
         let old = vec![0u8; PAGE];
@@ -218,21 +317,47 @@ mod tests {
         assert!(!decode(&[0x80, 0x80, 0x80, 0x80], &mut page));
     }
 
+    fn sent(e: Encoded) -> &'static str {
+        match e {
+            Encoded::Unchanged => "nothing",
+            Encoded::Delta(d) if d.len() < 8 => "a delta",
+            Encoded::Delta(_) => "a long delta",
+            Encoded::Whole(_) => "whole",
+        }
+    }
+
     #[test]
     fn the_cache_sends_whole_then_deltas() {
         let mut x = Xbzrle::new(4 * PAGE as u64);
         let mut content = vec![5u8; PAGE];
-        assert!(matches!(x.encode(3, &content), Encoded::Whole(_)));
+        assert_eq!(sent(x.encode(3, &content)), "whole");
         content[7] = 6;
+        assert_eq!(sent(x.encode(3, &content)), "a delta");
+        // The cache holds what was sent: unchanged since, nothing goes.
+        assert_eq!(sent(x.encode(3, &content)), "nothing");
+        content[8] = 6;
         match x.encode(3, &content) {
-            Encoded::Delta(d) => assert!(d.len() < 8),
-            Encoded::Whole(_) => panic!("expected a delta"),
+            Encoded::Delta(d) => assert_eq!(d, [8, 1, 6]),
+            _ => panic!("expected a delta"),
         }
+        // A delta too long: the page goes whole, and is cached.
+        content.fill(9);
+        assert_eq!(sent(x.encode(3, &content)), "whole");
+        assert_eq!(sent(x.encode(3, &content)), "nothing");
         // Page 7 maps to the same slot (4 slots) and evicts page 3.
-        assert!(matches!(x.encode(7, &content), Encoded::Whole(_)));
-        assert!(matches!(x.encode(3, &content), Encoded::Whole(_)));
+        assert_eq!(sent(x.encode(7, &content)), "whole");
+        assert_eq!(sent(x.encode(3, &content)), "whole");
+        // Zero pages are forgotten: the destination has zeros there now.
+        x.forget(2, 2);
+        assert_eq!(sent(x.encode(3, &content)), "whole");
         let mut r = PassReport::default();
         x.take_counters(&mut r);
-        assert_eq!((r.xbzrle_pages, r.xbzrle_cache_miss), (1, 3));
+        // Hits: two deltas (3 bytes and 3 of header each), two unchanged, one overflow
+        // (a page).
+        assert_eq!(
+            (r.xbzrle_pages, r.xbzrle_bytes, r.xbzrle_overflow),
+            (5, 12 + PAGE as u64, 1)
+        );
+        assert_eq!(r.xbzrle_cache_miss, 4);
     }
 }

@@ -40,7 +40,7 @@ pub struct OutgoingStart {
     pub windows: Vec<RamWindow>,
     pub log_len: u64,
     pub shape: MachineShape,
-    /// Zero pages are sent as such (always); this adds run-length zero records.
+    /// XBZRLE's cache size in bytes, when the capability is on.
     pub xbzrle_cache: Option<u64>,
 }
 
@@ -97,7 +97,9 @@ pub struct PassReport {
     pub normal_pages: u64,
     /// Pages sent as zero pages.
     pub zero_pages: u64,
-    /// Pages sent as XBZRLE deltas.
+    /// XBZRLE's cache hits and what they cost, as QEMU counts them: pages sent as
+    /// deltas (their bytes with 3 of header), unchanged ones (nothing sent) and overflows
+    /// (sent whole, a page each).
     pub xbzrle_pages: u64,
     pub xbzrle_bytes: u64,
     pub xbzrle_cache_miss: u64,

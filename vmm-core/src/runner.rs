@@ -290,24 +290,11 @@ impl Runner<'_> {
         result
     }
 
-    /// auto-converge: throttled vCPUs are kicked every timeslice by a thread of its
-    /// own, which ends when the throttle goes back to 0.
+    /// auto-converge: throttled vCPUs are kicked by a thread of their control's, which
+    /// ends when the throttle goes back to 0.
     fn set_throttle(&self, percent: u8) {
-        let was = self.vcpus.set_throttle(percent);
-        if was == 0 && percent > 0 {
-            let vcpus = self.vcpus.clone();
-            let started = std::thread::Builder::new()
-                .name("throttle".into())
-                .spawn(move || {
-                    while vcpus.throttle() > 0 {
-                        std::thread::sleep(vcpu::THROTTLE_TIMESLICE);
-                        vcpus.kick();
-                    }
-                });
-            if let Err(e) = started {
-                log::error!("auto-converge: starting the throttle thread: {e}");
-                self.vcpus.set_throttle(0);
-            }
+        if let Err(e) = self.vcpus.set_throttle(percent) {
+            log::error!("auto-converge: starting the throttle thread: {e}");
         }
     }
 

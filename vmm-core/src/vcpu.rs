@@ -3,7 +3,7 @@
 //! stops those threads (kicked out of KVM_RUN with a signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,8 +183,10 @@ pub struct VcpuControl {
     state: Mutex<ControlState>,
     cv: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
-    /// auto-converge's throttle: the percentage of each timeslice a vCPU sleeps.
+    /// auto-converge's throttle: the percentage of its time a vCPU sleeps.
     throttle: AtomicU8,
+    /// Whether the ticker, the thread that kicks throttled vCPUs, runs.
+    ticking: AtomicBool,
 }
 
 /// The timeslice a throttled vCPU runs in (QEMU's CPU_THROTTLE_TIMESLICE_NS).
@@ -201,12 +203,45 @@ impl VcpuControl {
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
             throttle: AtomicU8::new(0),
+            ticking: AtomicBool::new(false),
         }
     }
 
-    /// Sets the throttle (0 to 99 percent); returns the previous one.
-    pub fn set_throttle(&self, percent: u8) -> u8 {
-        self.throttle.swap(percent.min(99), Ordering::AcqRel)
+    /// Sets the throttle (0 to 99 percent). A throttle starts the ticker if it does not
+    /// run: a thread that kicks every vCPU once a period, a timeslice to run and its
+    /// share of sleep (QEMU's cpu_throttle_timer_tick), until the throttle is 0 again.
+    pub fn set_throttle(self: &Arc<Self>, percent: u8) -> std::io::Result<()> {
+        // SeqCst here and in `tick`: one of the two sees the other's store.
+        self.throttle.store(percent.min(99), Ordering::SeqCst);
+        if percent == 0 || self.ticking.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let control = self.clone();
+        let started = std::thread::Builder::new()
+            .name("throttle".into())
+            .spawn(move || control.tick());
+        if started.is_err() {
+            self.throttle.store(0, Ordering::SeqCst);
+            self.ticking.store(false, Ordering::SeqCst);
+        }
+        started.map(drop)
+    }
+
+    /// The ticker's loop.
+    fn tick(&self) {
+        loop {
+            let p = u32::from(self.throttle.load(Ordering::SeqCst));
+            if p == 0 {
+                self.ticking.store(false, Ordering::SeqCst);
+                // A throttle set meanwhile saw the ticker running and started none.
+                if self.throttle() == 0 || self.ticking.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            std::thread::sleep(THROTTLE_TIMESLICE * 100 / (100 - p));
+            self.kick();
+        }
     }
 
     pub fn throttle(&self) -> u8 {
@@ -223,16 +258,17 @@ impl VcpuControl {
     }
 
     /// A kicked vCPU's share of sleep while throttled: p / (100 - p) of a timeslice
-    /// for each timeslice it ran, as QEMU's cpu_throttle does.
+    /// for each timeslice it ran, as QEMU's cpu_throttle does; false if not throttled.
     /// A request other than Run (pause, exit) ends the sleep at once.
-    fn throttle_sleep(&self) {
+    fn throttle_sleep(&self) -> bool {
         let p = u32::from(self.throttle());
         if p == 0 {
-            return;
+            return false;
         }
         let until = std::time::Instant::now() + THROTTLE_TIMESLICE * p / (100 - p);
         let mut st = self.state.lock();
         while st.request == Request::Run && !self.cv.wait_until(&mut st, until).timed_out() {}
+        true
     }
 
     pub fn register_thread(&self, thread: libc::pthread_t) {
@@ -357,7 +393,16 @@ impl VcpuThread {
                 self.run_until_stop(&mut vcpu)
             };
             match outcome {
-                Outcome::Kicked => self.control.throttle_sleep(),
+                Outcome::Kicked => {
+                    // A kick that came during the sleep was the ticker's (a request is
+                    // seen by wait_runnable, after this): left pending it would end the
+                    // next KVM_RUN at once for another sleep, and a vCPU throttled to
+                    // half its time or more would never run (QEMU too drops the ticks
+                    // of a vCPU that still sleeps).
+                    if self.control.throttle_sleep() {
+                        self.vcpu.lock().fd.set_kvm_immediate_exit(0);
+                    }
+                }
                 Outcome::Stopped => stopped_at = Some(generation),
             }
         }

@@ -21,8 +21,8 @@ use super::uri::{self, MigrationUri, Opened};
 const PASS_BUDGET_MS: u32 = 100;
 /// The final pass runs with the VM stopped: it works in longer calls.
 const FINAL_BUDGET_MS: u32 = 1000;
-/// Passes after which a migration that does not converge is helped by auto-converge.
-const PASSES_BEFORE_THROTTLE: u64 = 2;
+/// auto-converge looks at the migration in periods of at least this long (QEMU's).
+const THROTTLE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why the migration ended early.
 enum Stop {
@@ -288,28 +288,29 @@ fn send_pass(
 }
 
 /// Passes until the dirty pages left would take no longer than the downtime limit to
-/// send at the bandwidth the last pass reached.
+/// send at the bandwidth the last pass reached; with auto-converge, the vCPUs are
+/// throttled meanwhile as QEMU throttles them.
 fn precopy(m: &Migrator, agent: &Agent) -> Result<(), Stop> {
     let mut first = true;
-    let mut passes = 0u64;
-    let mut throttle = 0u8;
+    let mut converge = AutoConverge::new(Instant::now());
     loop {
         let (bytes, took) = send_pass(m, agent, first, PASS_BUDGET_MS, false)?;
         first = false;
-        passes += 1;
         let pass_start = Instant::now();
         let dirty = sync(m)?;
         let bandwidth = bytes as f64 / took.as_secs_f64().max(1e-3);
         let expected_ms = (dirty * PAGE_SIZE) as f64 / bandwidth.max(1.0) * 1000.0;
-        let (limit_ms, auto_converge, initial, increment, max) = {
+        let (limit_ms, knobs) = {
             let s = m.settings.lock();
-            (
-                s.downtime_limit_ms(),
-                s.capability(Capability::AutoConverge),
-                s.cpu_throttle_initial(),
-                s.cpu_throttle_increment(),
-                s.max_cpu_throttle(),
-            )
+            let knobs = ThrottleKnobs {
+                on: s.capability(Capability::AutoConverge),
+                threshold: s.throttle_trigger_threshold(),
+                initial: s.cpu_throttle_initial(),
+                increment: s.cpu_throttle_increment(),
+                tailslow: s.cpu_throttle_tailslow(),
+                max: s.max_cpu_throttle(),
+            };
+            (s.downtime_limit_ms(), knobs)
         };
         m.with_progress(|p| {
             p.ram.bandwidth = bandwidth;
@@ -318,20 +319,93 @@ fn precopy(m: &Migrator, agent: &Agent) -> Result<(), Stop> {
                 (dirty as f64 / (took + pass_start.elapsed()).as_secs_f64().max(1e-3)) as u64;
         });
         if expected_ms <= limit_ms as f64 {
-            if throttle > 0 {
+            if converge.throttle > 0 {
                 set_throttle(m, 0)?;
             }
             return Ok(());
         }
-        // Not converging: auto-converge slows the vCPUs down, more each pass.
-        if auto_converge && passes >= PASSES_BEFORE_THROTTLE {
-            throttle = if throttle == 0 {
-                initial
-            } else {
-                throttle.saturating_add(increment).min(max)
-            };
-            set_throttle(m, throttle)?;
+        if let Some(percent) = converge.after_sync(Instant::now(), bytes, dirty, &knobs) {
+            set_throttle(m, percent)?;
         }
+    }
+}
+
+/// The parameters of auto-converge, read at each sync (they may change meanwhile).
+struct ThrottleKnobs {
+    /// The capability.
+    on: bool,
+    /// throttle-trigger-threshold: a period is "high" when it dirtied more than this
+    /// percentage of the bytes it sent.
+    threshold: u8,
+    initial: u8,
+    increment: u8,
+    tailslow: bool,
+    max: u8,
+}
+
+/// auto-converge's decisions, QEMU 7.2's (migration_trigger_throttle and
+/// mig_throttle_guest_down in migration/ram.c): the migration is looked at in periods of
+/// more than THROTTLE_PERIOD, each ending at a sync; every second "high" period (not
+/// necessarily in a row) starts the throttle at cpu-throttle-initial, or raises it by
+/// cpu-throttle-increment (with cpu-throttle-tailslow, by what would bring the dirtying
+/// down to the threshold if that is less), up to max-cpu-throttle.
+struct AutoConverge {
+    period_start: Instant,
+    /// Bytes sent and pages found dirty in this period.
+    sent: u64,
+    dirty_pages: u64,
+    /// High periods since the throttle last changed.
+    high: u32,
+    /// The throttle now, in percent.
+    throttle: u8,
+}
+
+impl AutoConverge {
+    fn new(now: Instant) -> AutoConverge {
+        AutoConverge {
+            period_start: now,
+            sent: 0,
+            dirty_pages: 0,
+            high: 0,
+            throttle: 0,
+        }
+    }
+
+    /// A sync at `now` found `dirty` pages dirty after a pass that sent `sent` bytes;
+    /// the new throttle if it changes.
+    fn after_sync(&mut self, now: Instant, sent: u64, dirty: u64, k: &ThrottleKnobs) -> Option<u8> {
+        self.sent += sent;
+        self.dirty_pages += dirty;
+        if now.duration_since(self.period_start) <= THROTTLE_PERIOD {
+            return None;
+        }
+        let dirtied = self.dirty_pages * PAGE_SIZE;
+        let threshold = self.sent * u64::from(k.threshold) / 100;
+        (self.period_start, self.sent, self.dirty_pages) = (now, 0, 0);
+        if !k.on || dirtied <= threshold {
+            return None;
+        }
+        self.high += 1;
+        if self.high < 2 {
+            return None;
+        }
+        self.high = 0;
+        self.throttle = if self.throttle == 0 {
+            k.initial
+        } else {
+            let step = if k.tailslow {
+                // The share of its time the guest runs now, and the share at which it
+                // would dirty no more than the threshold (in whole percent, as QEMU's).
+                let cpu_now = 100 - u64::from(self.throttle);
+                let cpu_ideal = (cpu_now as f64 * (threshold as f64 / dirtied as f64)) as u64;
+                (cpu_now - cpu_ideal).min(u64::from(k.increment)) as u8
+            } else {
+                k.increment
+            };
+            self.throttle.saturating_add(step).min(k.max)
+        }
+        .clamp(1, 99);
+        Some(self.throttle)
     }
 }
 
@@ -340,4 +414,121 @@ fn set_throttle(m: &Migrator, percent: u8) -> Result<(), Stop> {
     m.h.vmm.request(VmmRequest::Throttle { percent }, &[])?;
     m.with_progress(|p| p.cpu_throttle = percent);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOBS: ThrottleKnobs = ThrottleKnobs {
+        on: true,
+        threshold: 50,
+        initial: 20,
+        increment: 10,
+        tailslow: false,
+        max: 99,
+    };
+
+    /// Periods of 1.1 s, each sending `sent` bytes and finding `dirty` pages; the
+    /// throttle after each.
+    fn periods(k: &ThrottleKnobs, periods: &[(u64, u64)]) -> Vec<u8> {
+        let start = Instant::now();
+        let mut c = AutoConverge::new(start);
+        let mut at = start;
+        periods
+            .iter()
+            .map(|&(sent, dirty)| {
+                at += Duration::from_millis(1100);
+                c.after_sync(at, sent, dirty, k);
+                c.throttle
+            })
+            .collect()
+    }
+
+    const MIB: u64 = 1 << 20;
+    /// A period that dirtied as many bytes as it sent (high), and one that dirtied a
+    /// tenth (low).
+    const HIGH: (u64, u64) = (64 * MIB, 64 * MIB / PAGE_SIZE);
+    const LOW: (u64, u64) = (64 * MIB, 64 * MIB / PAGE_SIZE / 10);
+
+    #[test]
+    fn every_second_high_period_throttles_more() {
+        assert_eq!(
+            periods(&KNOBS, &[HIGH, HIGH, HIGH, HIGH, HIGH, HIGH]),
+            [0, 20, 20, 30, 30, 40]
+        );
+        // Low periods neither count nor reset the count (QEMU's dirty_rate_high_cnt).
+        assert_eq!(
+            periods(&KNOBS, &[HIGH, LOW, LOW, HIGH, LOW, HIGH, HIGH]),
+            [0, 0, 0, 20, 20, 20, 30]
+        );
+        // Exactly the threshold is not over it.
+        let at_threshold = (64 * MIB, 32 * MIB / PAGE_SIZE);
+        assert_eq!(periods(&KNOBS, &[at_threshold; 4]), [0; 4]);
+        let k = ThrottleKnobs {
+            threshold: 100,
+            ..KNOBS
+        };
+        assert_eq!(periods(&k, &[HIGH; 4]), [0; 4]);
+        let k = ThrottleKnobs { on: false, ..KNOBS };
+        assert_eq!(periods(&k, &[HIGH; 4]), [0; 4]);
+    }
+
+    #[test]
+    fn the_throttle_stops_at_its_maximum() {
+        let k = ThrottleKnobs {
+            initial: 90,
+            increment: 7,
+            max: 95,
+            ..KNOBS
+        };
+        assert_eq!(periods(&k, &[HIGH; 6]), [0, 90, 90, 95, 95, 95]);
+        let k = ThrottleKnobs {
+            initial: 99,
+            increment: 99,
+            ..KNOBS
+        };
+        assert_eq!(periods(&k, &[HIGH; 4]), [0, 99, 99, 99]);
+    }
+
+    #[test]
+    fn tailslow_steps_by_what_the_threshold_needs() {
+        let k = ThrottleKnobs {
+            tailslow: true,
+            ..KNOBS
+        };
+        // At 20 the guest runs 80%; dirtying 1.25 times the threshold, 64% would do: a
+        // step of 16 at most, so the increment (10); then at 30 (70%): 56% would do, 14.
+        let dirty = 64 * MIB * 5 / 8 / PAGE_SIZE;
+        assert_eq!(periods(&k, &[(64 * MIB, dirty); 4]), [0, 20, 20, 30]);
+        // Dirtying just over the threshold: a step of 1 is enough.
+        let dirty = (32 * MIB + 64 * PAGE_SIZE) / PAGE_SIZE;
+        assert_eq!(
+            periods(&k, &[(64 * MIB, dirty); 6]),
+            [0, 20, 20, 21, 21, 22]
+        );
+    }
+
+    #[test]
+    fn short_periods_add_up() {
+        let start = Instant::now();
+        let mut c = AutoConverge::new(start);
+        let mut throttles = Vec::new();
+        // Passes of 400 ms: a period ends at the third sync (1.2 s), with all three.
+        for i in 1..=6 {
+            let at = start + Duration::from_millis(400 * i);
+            c.after_sync(at, 16 * MIB, 16 * MIB / PAGE_SIZE / 3, &KNOBS);
+            throttles.push(c.throttle);
+        }
+        // 16 MiB dirtied over 48 MiB sent is under the threshold: never high.
+        assert_eq!(throttles, [0; 6]);
+        let mut c = AutoConverge::new(start);
+        let mut throttles = Vec::new();
+        for i in 1..=6 {
+            let at = start + Duration::from_millis(400 * i);
+            c.after_sync(at, 16 * MIB, 16 * MIB / PAGE_SIZE, &KNOBS);
+            throttles.push(c.throttle);
+        }
+        assert_eq!(throttles, [0, 0, 0, 0, 0, 20]);
+    }
 }

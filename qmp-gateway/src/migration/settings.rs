@@ -612,6 +612,17 @@ impl MigrationSettings {
     pub fn max_cpu_throttle(&self) -> u8 {
         self.parameters.max_cpu_throttle
     }
+
+    /// auto-converge throttles when a period's dirtied bytes exceed this percentage of
+    /// the bytes sent in it (1 to 100).
+    pub fn throttle_trigger_threshold(&self) -> u8 {
+        self.parameters.throttle_trigger_threshold
+    }
+
+    /// auto-converge steps up by less than cpu-throttle-increment when less would do.
+    pub fn cpu_throttle_tailslow(&self) -> bool {
+        self.parameters.cpu_throttle_tailslow
+    }
 }
 
 #[cfg(test)]
@@ -694,9 +705,11 @@ mod tests {
             (
                 s.cpu_throttle_initial(),
                 s.cpu_throttle_increment(),
-                s.max_cpu_throttle()
+                s.max_cpu_throttle(),
+                s.throttle_trigger_threshold(),
+                s.cpu_throttle_tailslow()
             ),
-            (20, 10, 99)
+            (20, 10, 99, 50, false)
         );
         let shown = serde_json::to_value(s.parameters()).unwrap();
         assert_eq!(shown.as_object().unwrap().len(), 26);

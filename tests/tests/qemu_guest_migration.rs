@@ -161,6 +161,14 @@ fn bad_parameters_and_missing_devices_are_reported() {
             "mig: bad dirty-pages-per-ms=fast (a number from 1 to 4294967296)",
         ),
         (
+            "dirty-words=0",
+            "mig: bad dirty-words=0 (a number from 1 to 512)",
+        ),
+        (
+            "dirty-words=513",
+            "mig: bad dirty-words=513 (a number from 1 to 512)",
+        ),
+        (
             "mig-rounds=0",
             "mig: bad mig-rounds=0 (a number from 1 to 18446744073709551615)",
         ),

@@ -3,7 +3,8 @@
 //! checks every page before each rewrite, so a page that a migration lost or left stale is
 //! caught the next time the walk reaches it. Round r walks the pages in order and, per page,
 //! checks it holds C(r - 1) and writes C(r) (round 0 is the first fill). Optionally it is
-//! rate-limited (`dirty-pages-per-ms=`), and block I/O (`mig-blk=1`, blk.rs) and network echoes
+//! rate-limited (`dirty-pages-per-ms=`), rounds rewrite only the first `dirty-words=` words of
+//! each page (the rest keep round 0's, checked all the same), and block I/O (`mig-blk=1`, blk.rs) and network echoes
 //! (`mig-net=1`, net.rs) go on between pages, checked in the same spirit.
 //!
 //! Output: `GUEST MIG ready ...` once the working set is written; `GUEST MIG round R ok
@@ -148,7 +149,8 @@ pub fn run(acpi: &Acpi, cmdline: &[u8]) -> ! {
         _ => None,
     };
     let mut loads = Loads { blk, net };
-    let Some(set) = WorkingSet::new(params.dirty_mib, seed) else {
+    let rewritten = params.dirty_words.unwrap_or(params::PAGE_WORDS) as usize;
+    let Some(set) = WorkingSet::new(params.dirty_mib, seed, rewritten) else {
         console::error("mig: dirty-mib=")
             .dec(params.dirty_mib)
             .s(" does not fit in the free RAM left (")
@@ -181,8 +183,8 @@ pub fn run(acpi: &Acpi, cmdline: &[u8]) -> ! {
     power::poweroff(acpi)
 }
 
-/// `GUEST MIG ready dirty-mib=N pages=P gpa=0x..-0x.. dirty-pages-per-ms=N|unlimited
-/// seed=0x.. blk=0|1 net=0|1[ blk_sectors=S][ mac=M]`.
+/// `GUEST MIG ready dirty-mib=N pages=P gpa=0x..-0x.. dirty-pages-per-ms=N|unlimited[
+/// dirty-words=W] seed=0x.. blk=0|1 net=0|1[ blk_sectors=S][ mac=M]`.
 fn ready(params: &Params, set: &WorkingSet, loads: &Loads) {
     let line = console::line("GUEST MIG ready dirty-mib=")
         .dec(params.dirty_mib)
@@ -196,6 +198,10 @@ fn ready(params: &Params, set: &WorkingSet, loads: &Loads) {
     let line = match params.pages_per_ms {
         Some(rate) => line.dec(rate),
         None => line.s("unlimited"),
+    };
+    let line = match params.dirty_words {
+        Some(words) => line.s(" dirty-words=").dec(words),
+        None => line,
     }
     .s(" seed=")
     .hex(set.seed())
@@ -234,12 +240,12 @@ fn dirty(set: &WorkingSet, params: &Params, loads: &mut Loads) -> Result<u64, ()
         }
         pages_since_report += set.count;
         if params.selftest && round == SELFTEST_ROUND {
-            let page = set.count / 2;
-            set.make_stale(page, SELFTEST_WORD, round);
+            let (page, word) = (set.count / 2, set.stale_word(SELFTEST_WORD));
+            set.make_stale(page, word, round);
             console::line("GUEST MIG selftest page=")
                 .dec(page)
                 .s(" word=")
-                .dec(SELFTEST_WORD as u64)
+                .dec(word as u64)
                 .s(" round=")
                 .dec(round)
                 .end();

@@ -4,6 +4,9 @@
 //! key = the splitmix64 finaliser of seed ^ r * K1 ^ p * K2. A page that missed its last
 //! write (a dirty page lost by a migration) still holds an older round and fails the check;
 //! one in the wrong place fails on word 1 (and the key); zeroes fail on word 2 at the latest.
+//! With `rewritten` < 512 (`dirty-words=`) only words 0..rewritten follow the round; the
+//! others keep round 0's values, checked every round all the same: two rounds of a page
+//! differ in `rewritten` words, as pages a migration sends as XBZRLE deltas do.
 //! Everything here runs in ring 3 except `new`.
 
 use crate::arch::memory;
@@ -29,6 +32,8 @@ pub struct WorkingSet {
     pub base: u64,
     pub count: u64,
     seed: u64,
+    /// Words 0..rewritten change with the round (1 to WORDS).
+    rewritten: usize,
 }
 
 fn key(seed: u64, round: u64, page: u64) -> u64 {
@@ -48,15 +53,29 @@ pub fn expected(seed: u64, round: u64, page: u64, word: usize) -> u64 {
 }
 
 impl WorkingSet {
-    /// `mib` MiB from the DMA pool (ring 0), not yet written. None if the pool is too small.
-    pub fn new(mib: u64, seed: u64) -> Option<WorkingSet> {
+    /// `mib` MiB from the DMA pool (ring 0), not yet written, whose rounds rewrite words
+    /// 0..`rewritten` of each page (at least word 0, at most all). None if the pool is too
+    /// small.
+    pub fn new(mib: u64, seed: u64, rewritten: usize) -> Option<WorkingSet> {
         let bytes = mib << 20;
         let base = memory::dma_alloc(bytes, PAGE_BYTES)?;
         Some(WorkingSet {
             base,
             count: bytes / PAGE_BYTES,
             seed,
+            rewritten: rewritten.clamp(1, WORDS),
         })
+    }
+
+    /// Word `word` of `page` in round `round`: C(round)'s, or C(0)'s if no round rewrites it.
+    fn expected(&self, round: u64, page: u64, word: usize) -> u64 {
+        let round = if word < self.rewritten { round } else { 0 };
+        expected(self.seed, round, page, word)
+    }
+
+    /// The word the self-test makes stale: `wanted`, or the last one rounds rewrite.
+    pub fn stale_word(&self, wanted: usize) -> usize {
+        wanted.min(self.rewritten - 1)
     }
 
     pub fn seed(&self) -> u64 {
@@ -114,7 +133,7 @@ impl WorkingSet {
         self.write(page, 1, page);
         let mut old = key(self.seed, previous, page).wrapping_add(2u64.wrapping_mul(GOLDEN));
         let mut new = key(self.seed, round, page).wrapping_add(2u64.wrapping_mul(GOLDEN));
-        for word in 2..WORDS {
+        for word in 2..self.rewritten {
             let found = self.read(page, word);
             if found != old {
                 return Err(mismatch(word, old, found, previous));
@@ -123,21 +142,28 @@ impl WorkingSet {
             old = old.wrapping_add(GOLDEN);
             new = new.wrapping_add(GOLDEN);
         }
+        // The words no round rewrites still hold round 0's values.
+        let first_kept = self.rewritten.max(2);
+        let mut kept =
+            key(self.seed, 0, page).wrapping_add((first_kept as u64).wrapping_mul(GOLDEN));
+        for word in first_kept..WORDS {
+            let found = self.read(page, word);
+            if found != kept {
+                return Err(mismatch(word, kept, found, previous));
+            }
+            kept = kept.wrapping_add(GOLDEN);
+        }
         Ok(())
     }
 
     /// Whether `page` holds C(round) exactly (a check that writes nothing).
     pub fn holds(&self, page: u64, round: u64) -> bool {
-        (0..WORDS).all(|word| self.read(page, word) == expected(self.seed, round, page, word))
+        (0..WORDS).all(|word| self.read(page, word) == self.expected(round, page, word))
     }
 
     /// The self-test's stand-in for a lost page: word `word` of `page` (which holds C(round))
-    /// goes back to its value in C(round - 1).
+    /// goes back to its value in C(round - 1) (a word rounds rewrite: see `stale_word`).
     pub fn make_stale(&self, page: u64, word: usize, round: u64) {
-        self.write(
-            page,
-            word,
-            expected(self.seed, round.wrapping_sub(1), page, word),
-        );
+        self.write(page, word, self.expected(round.wrapping_sub(1), page, word));
     }
 }

@@ -11,6 +11,8 @@ const DEFAULT_DIRTY_MIB: u64 = 64;
 const DEFAULT_REPORT_MS: u64 = 100;
 /// Longest `mig-report-ms=` (an hour).
 const MAX_REPORT_MS: u64 = 3_600_000;
+/// The words of a page (`dirty-words=` at most, and by default).
+pub const PAGE_WORDS: u64 = 512;
 
 pub struct Params {
     /// `dirty-mib=`: size of the working set.
@@ -18,6 +20,9 @@ pub struct Params {
     /// `dirty-pages-per-ms=`: the most pages dirtied per millisecond (None: as fast as the CPU
     /// goes).
     pub pages_per_ms: Option<u64>,
+    /// `dirty-words=`: how many words of each page (from word 0) a round rewrites (the
+    /// others keep round 0's values).
+    pub dirty_words: Option<u64>,
     /// `mig-rounds=`: stop after this many rounds (None: never).
     pub rounds: Option<u64>,
     /// `mig-report-ms=`: least time between two `GUEST MIG round` lines.
@@ -80,6 +85,7 @@ impl Params {
             dirty_mib: number(cmdline, "dirty-mib", 1..=MAX_DIRTY_MIB)?
                 .unwrap_or(DEFAULT_DIRTY_MIB),
             pages_per_ms: number(cmdline, "dirty-pages-per-ms", 1..=1 << 32)?,
+            dirty_words: number(cmdline, "dirty-words", 1..=PAGE_WORDS)?,
             rounds: number(cmdline, "mig-rounds", 1..=u64::MAX)?,
             report_ms: number(cmdline, "mig-report-ms", 1..=MAX_REPORT_MS)?
                 .unwrap_or(DEFAULT_REPORT_MS),

@@ -24,7 +24,7 @@ const PROGRESS_EVERY: u64 = 64 << 20;
 pub enum IncomingError {
     #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("the migration connection: {0}")]
+    #[error("{}", stream::connection_error(.0))]
     Io(#[from] std::io::Error),
     #[error("the source is not compatible: {0}")]
     Incompatible(String),

@@ -19,6 +19,9 @@ use crate::xbzrle::{Encoded, Xbzrle};
 
 /// How long the destination has to check the header, and to start the VM at the end.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a socket may take nothing before the connection counts as lost (a peer gone
+/// without a reset, a network gone silent).
+const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pages looked at between checks of the time budget.
 const BUDGET_STRIDE: u64 = 1024;
 
@@ -26,7 +29,8 @@ const BUDGET_STRIDE: u64 = 1024;
 pub enum OutgoingError {
     #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("the migration connection: {0}")]
+    /// The connection's own failures say where (`Labelled`).
+    #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     State(&'static str),
@@ -51,7 +55,7 @@ enum Cursor {
 pub struct Outgoing {
     ram: GuestRam,
     log: PageLog,
-    out: BufWriter<File>,
+    out: BufWriter<Labelled>,
     /// The destination's answers (two-way channels only).
     answers: Option<File>,
     pass: u32,
@@ -74,11 +78,23 @@ impl Outgoing {
             true => Some(channel.try_clone()?),
             false => None,
         };
-        let mut out = BufWriter::with_capacity(1 << 20, channel);
+        let what = match two_way {
+            true => "socket",
+            false => "the migration stream",
+        };
+        set_timeout(&channel, libc::SO_SNDTIMEO, STALL_TIMEOUT);
+        set_tcp_user_timeout(&channel, STALL_TIMEOUT);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            Labelled {
+                file: channel,
+                what,
+            },
+        );
         stream::write_header(&mut out, &start.shape)?;
         out.flush()?;
         if let Some(a) = &answers {
-            set_read_timeout(a, ANSWER_TIMEOUT);
+            set_timeout(a, libc::SO_RCVTIMEO, ANSWER_TIMEOUT);
             let mut a = a;
             stream::read_verdict(&mut a)?;
         }
@@ -340,19 +356,68 @@ impl Outgoing {
     }
 }
 
-fn set_read_timeout(f: &File, timeout: Duration) {
+/// The channel, whose write failures are worded as QEMU's ("Unable to write to socket:
+/// Broken pipe" for a destination gone).
+struct Labelled {
+    file: File,
+    what: &'static str,
+}
+
+impl Labelled {
+    fn failed(&self, e: std::io::Error) -> std::io::Error {
+        let why = match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                "the destination took nothing for {} s",
+                STALL_TIMEOUT.as_secs()
+            ),
+            _ => ipc::errno_text(&e),
+        };
+        std::io::Error::new(e.kind(), format!("Unable to write to {}: {why}", self.what))
+    }
+}
+
+impl Write for Labelled {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.failed(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().map_err(|e| self.failed(e))
+    }
+}
+
+/// How long sent data may stay unacknowledged (a zero window included) before a TCP
+/// connection fails with ETIMEDOUT: a send timeout alone lets a peer that never reads
+/// hold the writes for longer, as the buffers keep taking a little.
+fn set_tcp_user_timeout(f: &File, timeout: Duration) {
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: setsockopt with a c_uint on a descriptor we hold; on a Unix socket or a
+    // pipe it fails, which leaves the send timeout alone.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+}
+
+/// SO_RCVTIMEO or SO_SNDTIMEO.
+fn set_timeout(f: &File, option: libc::c_int, timeout: Duration) {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: 0,
     };
     // SAFETY: setsockopt with a timeval on a descriptor we hold; on a pipe it fails
-    // with ENOTSOCK, which leaves the read without a timeout (the gateway's own timeout
+    // with ENOTSOCK, which leaves the call without a timeout (the gateway's own timeout
     // still applies).
     unsafe {
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(f),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
+            option,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )

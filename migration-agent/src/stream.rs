@@ -36,8 +36,12 @@ const FAILED: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("the migration connection: {0}")]
+    #[error("{}", connection_error(.0))]
     Io(#[from] io::Error),
+    #[error("the destination closed the migration connection")]
+    DestinationGone,
+    #[error("the destination did not answer in time")]
+    NoAnswer,
     #[error("not a Flotilla migration stream")]
     Magic,
     #[error("migration stream version {0}; this agent speaks version {VERSION}")]
@@ -52,6 +56,26 @@ pub enum StreamError {
 
 fn malformed(what: impl Into<String>) -> StreamError {
     StreamError::Malformed(what.into())
+}
+
+/// What failed on the migration connection, said plainly: its end before the stream's
+/// end is the peer gone (or a truncated stream), the rest is the system's word.
+pub fn connection_error(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            "the migration connection closed before the end of the stream".into()
+        }
+        _ => format!("the migration connection: {}", ipc::errno_text(e)),
+    }
+}
+
+/// A failed read of the destination's answer (on the source).
+fn answer_error(e: io::Error) -> StreamError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => StreamError::DestinationGone,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => StreamError::NoAnswer,
+        _ => StreamError::Io(e),
+    }
 }
 
 fn read_u8(r: &mut impl Read) -> io::Result<u8> {
@@ -149,6 +173,22 @@ pub fn shape_mismatch(there: &MachineShape, here: &MachineShape) -> Option<Strin
             there.vcpus, here.vcpus
         ));
     }
+    let count = |n: usize, what: &str| match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    };
+    for (what, there, here) in [
+        ("disk", &there.disks, &here.disks),
+        ("NIC", &there.nics, &here.nics),
+    ] {
+        if there.len() != here.len() {
+            return Some(format!(
+                "the source has {}, this VM {}",
+                count(there.len(), what),
+                here.len()
+            ));
+        }
+    }
     if there.disks != here.disks {
         return Some(format!(
             "the source has disks with {:?} queues, this VM {:?}",
@@ -177,7 +217,7 @@ pub fn write_verdict(w: &mut impl Write, verdict: Result<(), &str>) -> io::Resul
 }
 
 pub fn read_verdict(r: &mut impl Read) -> Result<(), StreamError> {
-    match read_u8(r)? {
+    match read_u8(r).map_err(answer_error)? {
         ACCEPT => Ok(()),
         REJECT => Err(StreamError::Rejected(read_text(r)?)),
         other => Err(malformed(format!("answer {other} to the header"))),
@@ -197,7 +237,7 @@ pub fn write_outcome(w: &mut impl Write, outcome: Result<(), &str>) -> io::Resul
 }
 
 pub fn read_outcome(r: &mut impl Read) -> Result<(), StreamError> {
-    match read_u8(r)? {
+    match read_u8(r).map_err(answer_error)? {
         RESUMED => Ok(()),
         FAILED => Err(StreamError::DestinationFailed(read_text(r)?)),
         other => Err(malformed(format!("answer {other} at the end"))),
@@ -325,7 +365,15 @@ mod tests {
         );
         other = shape();
         other.disks.pop();
-        assert!(shape_mismatch(&shape(), &other).unwrap().contains("disks"));
+        assert_eq!(
+            shape_mismatch(&shape(), &other).unwrap(),
+            "the source has 2 disks, this VM 1"
+        );
+        other.disks.push(2);
+        assert_eq!(
+            shape_mismatch(&shape(), &other).unwrap(),
+            "the source has disks with [1, 4] queues, this VM [1, 2]"
+        );
         assert!(shape_mismatch(&shape(), &shape()).is_none());
     }
 

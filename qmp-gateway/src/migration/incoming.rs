@@ -15,7 +15,7 @@ use ipc::{AgentEvent, AgentRequest, IncomingStart, VmmReply, VmmRequest};
 use super::agent::Agent;
 use super::migrator::{MigrateError, Migrator};
 use super::progress::{Progress, Status, PAGE_SIZE};
-use super::uri::{self, MigrationUri};
+use super::uri::{self, MigrationUri, Opened};
 
 pub fn start(
     m: &Arc<Migrator>,
@@ -79,44 +79,43 @@ pub fn start(
     let m = m.clone();
     std::thread::Builder::new()
         .name("incoming".into())
-        .spawn(move || {
-            // The listener or stream stays open (and an exec: command alive) while the
-            // agent receives.
-            let _opened = opened;
-            receive(&m, &agent, rx)
-        })
+        .spawn(move || receive(&m, &agent, rx, opened))
         .map_err(|e| MigrateError::Agent(e.to_string()))?;
     Ok(())
 }
 
-fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>) {
-    for event in events {
-        match event {
-            AgentEvent::Connected => m.set_status(Status::Active),
-            AgentEvent::Progress { bytes, pages } => m.with_progress(|p| {
+/// The agent's events until the migration arrived or failed. The listener or stream
+/// (`opened`) stays open, and an exec: command alive, while the agent receives; then they
+/// go (a unix: listener's socket file too), before a failure ends the gateway.
+fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>, opened: Opened) {
+    let end = events.iter().find_map(|event| match event {
+        AgentEvent::Connected => {
+            m.set_status(Status::Active);
+            None
+        }
+        AgentEvent::Progress { bytes, pages } => {
+            m.with_progress(|p| {
                 p.ram.transferred = bytes;
                 p.ram.remaining = p.ram.total.saturating_sub(pages * PAGE_SIZE);
-            }),
-            AgentEvent::StateArrived { state, running } => {
-                match finish(m, agent, state, running) {
-                    Ok(()) => {
-                        m.with_progress(|p| {
-                            p.ram.remaining = 0;
-                            p.total_ms = p.started.map(|s| s.elapsed().as_millis() as u64);
-                        });
-                        m.set_status(Status::Completed);
-                        m.agent.lock().take();
-                        agent.stop(std::time::Duration::from_secs(2));
-                    }
-                    Err(why) => m.incoming_failed(format!("load of migration failed: {why}")),
-                }
-                return;
-            }
-            AgentEvent::Failed(why) => {
-                m.incoming_failed(format!("load of migration failed: {why}"));
-                return;
-            }
+            });
+            None
         }
+        AgentEvent::StateArrived { state, running } => Some(finish(m, agent, state, running)),
+        AgentEvent::Failed(why) => Some(Err(why)),
+    });
+    drop(opened);
+    match end {
+        Some(Ok(())) => {
+            m.with_progress(|p| {
+                p.ram.remaining = 0;
+                p.total_ms = p.started.map(|s| s.elapsed().as_millis() as u64);
+            });
+            m.set_status(Status::Completed);
+            m.agent.lock().take();
+            agent.stop(std::time::Duration::from_secs(2));
+        }
+        Some(Err(why)) => m.incoming_failed(format!("load of migration failed: {why}")),
+        None => {}
     }
 }
 

@@ -4,7 +4,7 @@
 //! reports, the MIGRATION events, cancellation and the handles on vmm-core and the
 //! disks the passes and the switch-over need.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -31,6 +31,8 @@ pub enum MigrateError {
     InProgress,
     #[error("Guest is waiting for an incoming migration")]
     Incoming,
+    #[error("Can't migrate the vm that was paused due to previous migration")]
+    Migrated,
     #[error("'-incoming' was not specified on the command line")]
     NotIncoming,
     #[error("The incoming migration has already been started")]
@@ -39,6 +41,9 @@ pub enum MigrateError {
     Block(&'static str),
     #[error("{0}")]
     Uri(#[from] super::uri::UriError),
+    /// migrate-incoming's words for a scheme it does not know.
+    #[error("unknown migration protocol: {0}")]
+    UnknownProtocol(String),
     #[error("{0}")]
     Channel(String),
     #[error("starting the migration agent: {0}")]
@@ -61,7 +66,15 @@ pub struct Migrator {
     /// The gateway's migration settings (shared with the QMP commands that change them).
     pub settings: Arc<Mutex<MigrationSettings>>,
     progress: Mutex<Progress>,
+    /// Held while the status changes (and is announced), and while a cancel and the
+    /// commitment to hand the VM over exclude each other.
+    transitions: Mutex<()>,
     pub(super) cancel: AtomicBool,
+    /// The device state is on its way to the destination: too late to cancel.
+    committed: AtomicBool,
+    /// The outgoing migration's connection, for a cancel to shut down (what the agent
+    /// waits on then ends, before the agent itself is known).
+    pub(super) connection: Mutex<Option<OwnedFd>>,
     /// The agent of the migration under way.
     pub(super) agent: Mutex<Option<Arc<Agent>>>,
     /// The VM's shape, for the destination to check (set at launch).
@@ -78,7 +91,10 @@ impl Migrator {
             h,
             settings,
             progress: Mutex::default(),
+            transitions: Mutex::new(()),
             cancel: AtomicBool::new(false),
+            committed: AtomicBool::new(false),
+            connection: Mutex::new(None),
             agent: Mutex::new(None),
             shape: Mutex::new(MachineShape {
                 memory: 0,
@@ -110,20 +126,31 @@ impl Migrator {
 
     /// A new status, announced when the `events` capability is on (as QEMU does).
     pub(super) fn set_status(&self, status: Status) {
+        let _order = self.transitions.lock();
+        self.change_status(status, |_| true);
+    }
+
+    /// Moves to `status` if the current one is `allowed`, with `transitions` held;
+    /// whether it moved.
+    fn change_status(&self, status: Status, allowed: impl FnOnce(Status) -> bool) -> bool {
         {
             let mut p = self.progress.lock();
-            if p.status == status {
-                return;
+            if p.status == status || !allowed(p.status) {
+                return false;
             }
             p.status = status;
         }
-        let running = status.in_progress() || status == Status::Setup;
+        // Capabilities are fixed while a migration out of this VM runs (QEMU's check
+        // looks at its outgoing migration only).
+        let outgoing = self.h.run_state.get() != RunState::InMigrate;
+        let running = outgoing && (status.in_progress() || status == Status::Setup);
         self.settings.lock().set_running(running);
         if self.settings.lock().capability(Capability::Events) {
             self.h.events.emit(Event::Migration(MigrationStatusChange {
                 status: status.qmp_name(),
             }));
         }
+        true
     }
 
     pub(super) fn pass_event(&self, pass: u64) {
@@ -137,8 +164,13 @@ impl Migrator {
     /// Ends the migration as failed with `why` (query-migrate's error-desc).
     pub(super) fn fail(&self, why: String) {
         log::warn!("migration failed: {why}");
+        self.failed(Some(why));
+    }
+
+    /// Ends the migration as failed, with query-migrate's error-desc if there is one.
+    fn failed(&self, why: Option<String>) {
         self.with_progress(|p| {
-            p.error = Some(why);
+            p.error = why;
             if let Some(s) = p.started {
                 p.total_ms = Some(s.elapsed().as_millis() as u64);
             }
@@ -161,23 +193,42 @@ impl Migrator {
         if self.in_progress() {
             return Err(MigrateError::InProgress);
         }
-        let uri = MigrationUri::parse(uri)?;
+        if self.h.run_state.get() == RunState::PostMigrate {
+            return Err(MigrateError::Migrated);
+        }
         if blk || inc {
             return Err(MigrateError::Block(
                 "copy the disks with drive-mirror, or use storage both hosts share",
             ));
         }
+        {
+            let _order = self.transitions.lock();
+            if self.in_progress() {
+                return Err(MigrateError::InProgress);
+            }
+            self.cancel.store(false, Ordering::SeqCst);
+            self.committed.store(false, Ordering::SeqCst);
+            *self.progress.lock() = Progress {
+                started: Some(std::time::Instant::now()),
+                ..Progress::default()
+            };
+            self.change_status(Status::Setup, |_| true);
+        }
+        // From here on the migration exists, as in QEMU: a URI refused now fails it
+        // (with the reason as error-desc, but for an unknown scheme).
+        let refused = |e: MigrateError| {
+            let desc = !matches!(e, MigrateError::Uri(super::uri::UriError::Protocol));
+            self.failed(desc.then(|| e.to_string()));
+            e
+        };
+        let uri = MigrationUri::parse(uri).map_err(|e| refused(e.into()))?;
         // An fd: URI takes the named fd now, as QEMU does (the name is gone after).
         let named_fd = match &uri {
-            MigrationUri::Fd(name) => Some(named(name).map_err(MigrateError::Channel)?),
+            MigrationUri::Fd(name) => {
+                Some(named(name).map_err(|e| refused(MigrateError::Channel(e)))?)
+            }
             _ => None,
         };
-        self.cancel.store(false, Ordering::SeqCst);
-        *self.progress.lock() = Progress {
-            started: Some(std::time::Instant::now()),
-            ..Progress::default()
-        };
-        self.set_status(Status::Setup);
         let m = self.clone();
         std::thread::Builder::new()
             .name("migration".into())
@@ -186,16 +237,34 @@ impl Migrator {
         Ok(())
     }
 
-    /// QMP migrate_cancel: a migration under way stops, the VM stays here (running as
-    /// before); nothing happens when none runs.
+    /// QMP migrate_cancel: a migration out of this VM stops, the VM stays here (running
+    /// as before). Nothing happens when none runs, on a destination (QEMU 7.2's cancel
+    /// leaves an incoming migration be), or once the device state is on its way: the VM
+    /// may run there already, and must not run here too.
     pub fn cancel(&self) {
-        if !self.in_progress() {
+        if self.h.run_state.get() == RunState::InMigrate {
             return;
         }
-        self.cancel.store(true, Ordering::SeqCst);
-        self.set_status(Status::Cancelling);
-        // The agent may be in the middle of a pass or waiting for the destination:
-        // ending it ends the call the migration thread waits on.
+        {
+            let _order = self.transitions.lock();
+            if self.committed.load(Ordering::SeqCst) {
+                return;
+            }
+            let under_way =
+                |s: Status| matches!(s, Status::Setup | Status::Active | Status::Device);
+            if !self.change_status(Status::Cancelling, under_way) {
+                return;
+            }
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+        // The agent may be in the middle of a pass or waiting for the destination, or
+        // still starting (waiting for the destination's verdict): shutting the
+        // connection down and ending the agent end what the migration thread waits on.
+        if let Some(fd) = self.connection.lock().as_ref() {
+            // SAFETY: shutdown on a socket we hold a descriptor of; on a pipe it fails
+            // with ENOTSOCK, and killing the agent is enough.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         if let Some(agent) = self.agent.lock().clone() {
             agent.kill();
         }
@@ -205,6 +274,17 @@ impl Migrator {
         self.cancel.load(Ordering::SeqCst)
     }
 
+    /// The device state goes to the destination now, which runs the VM as soon as it
+    /// has it: a cancel is too late from here on. False if a cancel came first.
+    pub(super) fn commit(&self) -> bool {
+        let _order = self.transitions.lock();
+        if self.cancelled() {
+            return false;
+        }
+        self.committed.store(true, Ordering::SeqCst);
+        true
+    }
+
     /// migrate-incoming (or --incoming at start): the VM waits in "inmigrate" for a
     /// source on `uri`.
     pub fn incoming(
@@ -212,14 +292,22 @@ impl Migrator {
         uri: &str,
         named: impl FnOnce(&str) -> Result<OwnedFd, String>,
     ) -> Result<(), MigrateError> {
+        // QEMU's order: once started (and after it arrived), that is the answer.
+        if self.incoming_started.load(Ordering::SeqCst) {
+            return Err(MigrateError::IncomingStarted);
+        }
         if self.h.run_state.get() != RunState::InMigrate {
             return Err(MigrateError::NotIncoming);
         }
         if self.incoming_started.swap(true, Ordering::SeqCst) {
             return Err(MigrateError::IncomingStarted);
         }
-        let uri = MigrationUri::parse(uri).inspect_err(|_| {
+        let uri = MigrationUri::parse(uri).map_err(|e| {
             self.incoming_started.store(false, Ordering::SeqCst);
+            match e {
+                super::uri::UriError::Protocol => MigrateError::UnknownProtocol(uri.to_string()),
+                other => other.into(),
+            }
         })?;
         incoming::start(self, &uri, named).inspect_err(|_| {
             self.incoming_started.store(false, Ordering::SeqCst);
@@ -231,8 +319,12 @@ impl Migrator {
         self.autostart.store(run, Ordering::SeqCst);
     }
 
-    /// The destination's migration failed: the gateway ends, as QEMU's does.
+    /// The destination's migration failed: the gateway ends, as QEMU's does (its agent
+    /// first, reaped, so that nothing outlives it).
     pub(super) fn incoming_failed(&self, why: String) {
+        if let Some(agent) = self.agent.lock().take() {
+            agent.kill();
+        }
         self.fail(why.clone());
         let _ = self.h.exit.send(ExitReason::IncomingFailed(why));
     }

@@ -48,7 +48,8 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>) {
         running_before,
         (&mut logging, &mut stopped, &mut inactive),
     );
-    // Whatever happened, the agent goes.
+    // Whatever happened, the agent goes, and the connection with it.
+    m.connection.lock().take();
     if let Some(agent) = m.agent.lock().take() {
         match &result {
             Ok(()) => {
@@ -128,6 +129,7 @@ fn migrate(
             .ok_or_else(|| "the named fd was already taken".to_string())
     })
     .map_err(Stop::Failed)?;
+    *m.connection.lock() = opened.fd.try_clone().ok();
     check_cancel(m)?;
     let (reply, fds) = m.h.vmm.request_with_fds(VmmRequest::MigrationStart, &[])?;
     *logging = true;
@@ -196,7 +198,10 @@ fn migrate(
         VmmReply::State(s) => s,
         other => return Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
     };
-    check_cancel(m)?;
+    // Once the state goes, the VM may run there: no cancel from here on.
+    if !m.commit() {
+        return Err(Stop::Cancelled);
+    }
     // The destination takes the disks' locks when it has the state: ours go first.
     m.h.block.inactivate()?;
     *inactive = true;

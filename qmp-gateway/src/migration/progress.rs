@@ -153,7 +153,8 @@ impl Progress {
             self.status,
             Status::Active | Status::Device | Status::Completed | Status::Cancelling
         );
-        if self.status != Status::Setup {
+        // QEMU shows a failed or cancelled migration by its status (and error-desc) only.
+        if shows_stats {
             m.insert("total-time".into(), json!(self.elapsed_ms()));
             m.insert("setup-time".into(), json!(self.setup_ms));
         }

@@ -31,6 +31,8 @@ pub enum UriError {
     Protocol,
     #[error("error parsing address '{0}'")]
     Address(String),
+    #[error("invalid Unix socket address")]
+    UnixAddress,
 }
 
 impl MigrationUri {
@@ -42,20 +44,22 @@ impl MigrationUri {
                     .rsplit_once(':')
                     .ok_or_else(|| UriError::Address(rest.to_string()))?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
+                // A port is a number here (QEMU would look a service name up). An empty
+                // host is QEMU's "any address" for a listener.
                 let port = port
                     .parse()
                     .map_err(|_| UriError::Address(rest.to_string()))?;
-                if host.is_empty() {
-                    return Err(UriError::Address(rest.to_string()));
-                }
                 Ok(MigrationUri::Tcp {
                     host: host.to_string(),
                     port,
                 })
             }
-            "unix" if !rest.is_empty() => Ok(MigrationUri::Unix(PathBuf::from(rest))),
-            "fd" if !rest.is_empty() => Ok(MigrationUri::Fd(rest.to_string())),
-            "exec" if !rest.is_empty() => Ok(MigrationUri::Exec(rest.to_string())),
+            "unix" if rest.is_empty() => Err(UriError::UnixAddress),
+            "unix" => Ok(MigrationUri::Unix(PathBuf::from(rest))),
+            // An empty name or command fails where QEMU's do: no such fd, a command
+            // that takes nothing.
+            "fd" => Ok(MigrationUri::Fd(rest.to_string())),
+            "exec" => Ok(MigrationUri::Exec(rest.to_string())),
             _ => Err(UriError::Protocol),
         }
     }
@@ -76,6 +80,8 @@ pub struct Opened {
     pub fd: OwnedFd,
     pub channel: Channel,
     pub child: Option<Child>,
+    /// A unix: listener's socket file, removed with it.
+    pub socket: Option<PathBuf>,
 }
 
 impl Opened {
@@ -93,6 +99,9 @@ impl Opened {
 impl Drop for Opened {
     fn drop(&mut self) {
         self.reap();
+        if let Some(path) = self.socket.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -129,6 +138,7 @@ fn exec(cmd: &str, outgoing: bool) -> Result<Opened, String> {
         fd,
         channel: Channel::OneWay,
         child: Some(child),
+        socket: None,
     })
 }
 
@@ -147,10 +157,7 @@ pub fn connect(
     };
     let fd: OwnedFd = match uri {
         MigrationUri::Tcp { host, port } => {
-            let addrs: Vec<_> = (host.as_str(), *port)
-                .to_socket_addrs()
-                .map_err(failed)?
-                .collect();
+            let addrs = resolve(host, *port)?;
             let mut last = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
             let mut stream = None;
             for a in addrs {
@@ -174,7 +181,22 @@ pub fn connect(
         channel: channel_of(&fd),
         fd,
         child: None,
+        socket: None,
     })
+}
+
+/// `host`'s addresses, or QEMU's words for why there are none.
+fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| {
+            let text = errno_text(&e);
+            let text = text
+                .strip_prefix("failed to lookup address information: ")
+                .unwrap_or(&text);
+            format!("address resolution failed for {host}:{port}: {text}")
+        })
 }
 
 /// The destination's side: a listener (tcp:, unix:), or the stream itself (fd:, exec:).
@@ -182,24 +204,42 @@ pub fn listen(
     uri: &MigrationUri,
     named: impl FnOnce(&str) -> Result<OwnedFd, String>,
 ) -> Result<Opened, String> {
-    let failed = |e: std::io::Error| {
-        format!(
-            "Failed to bind socket '{}': {}",
-            uri.address(),
-            errno_text(&e)
-        )
-    };
-    let fd: OwnedFd = match uri {
-        MigrationUri::Tcp { host, port } => TcpListener::bind((host.as_str(), *port))
-            .map_err(failed)?
-            .into(),
-        MigrationUri::Unix(p) => UnixListener::bind(p).map_err(failed)?.into(),
+    // QEMU's words, for a port and for a path.
+    let no_port =
+        |e: std::io::Error| format!("Failed to find an available port: {}", errno_text(&e));
+    let (fd, socket): (OwnedFd, _) = match uri {
+        MigrationUri::Tcp { host, port } => {
+            // No host: every address, IPv6 and IPv4 where the host has both.
+            let hosts = match host.as_str() {
+                "" => vec!["::", "0.0.0.0"],
+                h => vec![h],
+            };
+            let mut last = Err(String::new());
+            for h in hosts {
+                last = TcpListener::bind(resolve(h, *port)?.as_slice()).map_err(no_port);
+                if last.is_ok() {
+                    break;
+                }
+            }
+            (last?.into(), None)
+        }
+        MigrationUri::Unix(p) => {
+            let listener = UnixListener::bind(p).map_err(|e| {
+                format!(
+                    "Failed to bind socket to {}: {}",
+                    p.display(),
+                    errno_text(&e)
+                )
+            })?;
+            (listener.into(), Some(p.clone()))
+        }
         MigrationUri::Fd(name) => {
             let fd = named(name)?;
             return Ok(Opened {
                 channel: channel_of(&fd),
                 fd,
                 child: None,
+                socket: None,
             });
         }
         MigrationUri::Exec(cmd) => return exec(cmd, false),
@@ -208,6 +248,7 @@ pub fn listen(
         fd,
         channel: Channel::Listener,
         child: None,
+        socket,
     })
 }
 
@@ -245,6 +286,14 @@ mod tests {
         );
         assert_eq!(MigrationUri::parse("bogus:1"), Err(UriError::Protocol));
         assert_eq!(MigrationUri::parse("nothing"), Err(UriError::Protocol));
+        assert_eq!(MigrationUri::parse("unix:"), Err(UriError::UnixAddress));
+        assert_eq!(
+            MigrationUri::parse("tcp::5"),
+            Ok(MigrationUri::Tcp {
+                host: String::new(),
+                port: 5
+            })
+        );
         assert!(matches!(
             MigrationUri::parse("tcp:host"),
             Err(UriError::Address(_))

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::fdstore::error::FdError;
 use crate::migration::progress::Status;
 use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
@@ -40,9 +41,12 @@ pub struct MigrateIncoming {
 serde_arguments!(MigrateIncoming, [req("uri", Ty::Str)]);
 
 /// An fd: URI's descriptor: the client's named fd, which the migration takes (QEMU's
-/// monitor_get_fd removes it from the monitor).
+/// monitor_get_fd removes it from the monitor, and words its absence so).
 fn take_named(c: &Ctx, name: &str) -> Result<std::os::fd::OwnedFd, String> {
-    let fd = c.named_fds.dup(name).map_err(|e| e.to_string())?;
+    let fd = c.named_fds.dup(name).map_err(|e| match e {
+        FdError::NameNotFound(_) => format!("File descriptor named '{name}' has not been found"),
+        other => other.to_string(),
+    })?;
     let _ = c.named_fds.close(name);
     Ok(fd)
 }

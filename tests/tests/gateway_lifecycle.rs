@@ -644,3 +644,42 @@ fn bad_command_lines_fail_at_once_with_one_line() {
     }
     drop(taken);
 }
+
+/// vCPU threads of a stopped VM wait without burning host CPU (two parked vCPUs once
+/// woke each other forever, two host CPUs busy while the VM was stopped).
+#[test]
+fn a_stopped_vm_leaves_the_host_cpus_alone() {
+    let gw = Gateway::start(&[]);
+    let mut c = gw.client();
+    let tids: Vec<i64> = c
+        .ok("query-cpus-fast", json!({}))
+        .as_array()
+        .expect("cpus")
+        .iter()
+        .map(|v| v["thread-id"].as_i64().expect("thread-id"))
+        .collect();
+    assert_eq!(tids.len(), 2);
+    let ticks = || -> u64 {
+        tids.iter()
+            .map(|t| {
+                let stat = std::fs::read_to_string(format!("/proc/{t}/stat")).expect("stat");
+                let fields: Vec<u64> = stat
+                    .rsplit_once(')')
+                    .expect("comm")
+                    .1
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .map(|f| f.parse().expect("ticks"))
+                    .collect();
+                fields.iter().sum::<u64>()
+            })
+            .sum()
+    };
+    c.ok("stop", json!({}));
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = ticks() - before;
+    // A busy thread accounts 100 ticks a second; parked ones none.
+    assert!(used < 10, "the stopped vCPUs used {used} ticks in a second");
+}

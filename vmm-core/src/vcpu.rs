@@ -314,8 +314,13 @@ impl VcpuControl {
                 }
                 Request::Run if stopped_at != Some(st.generation) => return (true, st.generation),
                 _ => {
-                    st.parked[id] = st.generation;
-                    self.cv.notify_all();
+                    // Announced once per request: parked vCPUs that woke each other
+                    // again and again would spin (two of them burnt two host CPUs
+                    // while the VM was stopped).
+                    if st.parked[id] != st.generation {
+                        st.parked[id] = st.generation;
+                        self.cv.notify_all();
+                    }
                     self.cv.wait(&mut st);
                 }
             }

@@ -29,6 +29,7 @@ use crate::formats::chain::{self, ChainOptions};
 use crate::formats::qcow2::Qcow2;
 use crate::formats::{Format, FormatError};
 use crate::jobs::{Events, Jobs};
+use crate::migration::Migrations;
 use crate::snapshots::Snapshots;
 use crate::stats::Stats;
 use crate::throttle::{SharedPage, Throttle};
@@ -269,6 +270,7 @@ fn handle(
     snapshots: &Snapshots,
     jobs: &Jobs,
     events: &Events,
+    migrations: &Arc<Migrations>,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
 ) -> Result<BlockReply, RemoteError> {
@@ -380,6 +382,20 @@ fn handle(
             }
             Err(e) => Err(RemoteError::generic(e.to_string())),
         },
+        // A block migration's disk channel (migration.rs).
+        BlockRequest::MigrationSource | BlockRequest::MigrationSink => {
+            let fd = fds
+                .into_iter()
+                .next()
+                .ok_or_else(|| RemoteError::generic("the call came without its disk channel"))?;
+            let started = match request {
+                BlockRequest::MigrationSource => migrations.source(device, fd),
+                _ => migrations.sink(device, fd),
+            };
+            started
+                .map(|()| BlockReply::Done)
+                .map_err(|e| RemoteError::generic(e.to_string()))
+        }
         BlockRequest::Quit => match close(device) {
             Ok(()) => Ok(BlockReply::Done),
             Err(e) => Err(RemoteError::generic(e.to_string())),
@@ -425,17 +441,28 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         &memfds,
     );
     let snapshots = Snapshots::default();
+    let migrations = Arc::new(Migrations::default());
     let served = link.answer_calls(
         |request| *request == BlockRequest::Quit,
         |request, fds| {
             if request == BlockRequest::Quit {
                 // The job ends before the image is closed.
                 jobs.stop();
+                migrations.stop();
             }
-            handle(&device, &snapshots, &jobs, &events, request, fds)
+            handle(
+                &device,
+                &snapshots,
+                &jobs,
+                &events,
+                &migrations,
+                request,
+                fds,
+            )
         },
     );
     jobs.stop();
+    migrations.stop();
     // A gateway that hung up (or said quit) leaves the image clean too.
     if let Err(e) = close(&device) {
         log::error!("closing the image: {e}");

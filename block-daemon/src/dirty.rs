@@ -44,19 +44,21 @@ impl WriteHook for SharedBitmap {
     }
 }
 
-/// What writes mark: the disk's bitmaps that record, and what the running job does;
-/// beside them the set's others (disabled or inconsistent persistent bitmaps), kept
-/// only to be stored.
+/// What writes mark: the disk's bitmaps that record, what the running job does, and a
+/// block migration's marks (`crate::migration`, a bitmap of its own that no query
+/// shows); beside them the set's others (disabled or inconsistent persistent bitmaps),
+/// kept only to be stored.
 #[derive(Default)]
 struct Marked {
     disk: Vec<(String, Arc<SharedBitmap>)>,
     job: Option<Arc<dyn WriteHook>>,
+    migration: Option<Arc<dyn WriteHook>>,
     all: Vec<(DirtyBitmapSpec, Arc<SharedBitmap>)>,
 }
 
 impl Marked {
     fn any(&self) -> bool {
-        !self.disk.is_empty() || self.job.is_some()
+        !self.disk.is_empty() || self.job.is_some() || self.migration.is_some()
     }
 }
 
@@ -144,6 +146,13 @@ impl DirtyBitmaps {
         self.any.store(all.any(), Ordering::SeqCst);
     }
 
+    /// Calls a block migration's hook before each write from now on (None: no more).
+    pub fn set_migration(&self, hook: Option<Arc<dyn WriteHook>>) {
+        let mut all = self.bitmaps.write();
+        all.migration = hook;
+        self.any.store(all.any(), Ordering::SeqCst);
+    }
+
     /// Moves the marks of bitmap `name` into `into` (an incremental backup's start; the
     /// caller quiesced the device); whether there is such a bitmap.
     pub fn take_named(
@@ -169,6 +178,9 @@ impl DirtyBitmaps {
                 b.mark(offset, len);
             }
             if let Some(hook) = &all.job {
+                hook.before_write(offset, len);
+            }
+            if let Some(hook) = &all.migration {
                 hook.before_write(offset, len);
             }
         };

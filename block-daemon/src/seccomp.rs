@@ -56,14 +56,19 @@ const MAX_QUEUES: u64 = 16;
 /// O_DIRECT), and 4 per queue (its kick and call eventfds and its io_uring, which the
 /// worker polls for completions itself, and one spare: the ring had a completion
 /// eventfd when 80 were counted with 16 queues under I/O), the memfds of a set of
-/// dirty bitmaps while they are mapped (they come together, at most 64), and a block
-/// job's (`JOB_FILES`).
+/// dirty bitmaps while they are mapped (they come together, at most 64), a block
+/// job's (`JOB_FILES`), and a block migration's (`MIGRATION_FILES`).
 const OPEN_FILES_NEEDED: u64 = 23
     + crate::paths::MAX_DEPTH as u64
     + EARLY_LINK_RINGS
     + 4 * MAX_QUEUES
     + ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as u64
-    + JOB_FILES;
+    + JOB_FILES
+    + MIGRATION_FILES;
+
+/// A block migration's disk channel (and the second handle kept to end it), and, on a
+/// source, the memfds of its marks and of the marks taken (`crate::migration`).
+const MIGRATION_FILES: u64 = 4;
 
 /// A block job's target image and its early-link ring (an O_DIRECT qcow2 target), and
 /// the memfds of its two bitmaps while they are mapped.

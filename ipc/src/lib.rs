@@ -8,8 +8,10 @@
 //! do not match what its message declares is rejected with its fds closed.
 //!
 //! Beside the messages: a disk's I/O counters and dirty bitmaps in shared memory
-//! (`block_counters`, `dirty_bitmap`), guest RAM's dirty-page log (`page_log`), a child's end of its control link (`child`), what
-//! every process does as it starts (`process`: its log, its terminating signals, its
+//! (`block_counters`, `dirty_bitmap`), a block migration's byte protocol between the
+//! migration agent and a block daemon (`disk_channel`), guest RAM's dirty-page log
+//! (`page_log`), a child's end of its control link (`child`), what every process does
+//! as it starts (`process`: its log, its terminating signals, its
 //! inherited fds), and what two processes both name or open on the host (`host`: the VM
 //! options, the serial spec, MAC addresses, a NIC's tap or datagram socket), so that no
 //! process links another one's crate for them.
@@ -18,6 +20,7 @@ pub mod block_counters;
 pub mod child;
 pub mod connection;
 pub mod dirty_bitmap;
+pub mod disk_channel;
 pub mod error;
 pub mod fds;
 pub mod frame;

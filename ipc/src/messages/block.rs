@@ -165,6 +165,16 @@ pub enum BlockRequest {
     /// clean, and from then on nothing is written to it (the destination owns it), not
     /// even at close.
     Inactivate,
+    /// A block migration's source: from now on the chunks writes reach are marked for
+    /// the migration (beside the disk's dirty bitmaps, and shown nowhere), and the fd,
+    /// a disk channel's end (`crate::disk_channel`), is served on a thread of its own:
+    /// the disk read as the guest sees it, what the top image holds, the marks taken.
+    /// Marking stops when the channel closes. Answered once marking is on.
+    MigrationSource,
+    /// A block migration's destination: the fd, a disk channel's end, is served on a
+    /// thread of its own, its writes and zeroes going through the image's format.
+    /// Refused while the node is inactive or read-only.
+    MigrationSink,
     /// Stop serving and exit.
     Quit,
 }
@@ -199,6 +209,7 @@ impl Message for BlockRequest {
             BlockRequest::PushTop(_) => 1,
             BlockRequest::SetDirtyBitmaps(set) => set.len(),
             BlockRequest::StartJob(spec) => spec.fd_count(),
+            BlockRequest::MigrationSource | BlockRequest::MigrationSink => 1,
             _ => 0,
         }
     }

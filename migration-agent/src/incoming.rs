@@ -13,6 +13,8 @@ use std::sync::Arc;
 use ipc::{AgentEvent, Channel, MachineShape};
 use parking_lot::Mutex;
 
+use crate::disks::records::DiskRecord;
+use crate::disks::sink::{DiskSinks, SinkError};
 use crate::ram::GuestRam;
 use crate::stream::{self, Record, StreamError, PAGE};
 use crate::xbzrle;
@@ -30,6 +32,11 @@ pub enum IncomingError {
     Incompatible(String),
     #[error("malformed migration stream: {0}")]
     Malformed(String),
+    /// Block migration: the disks cannot be written here (the text says why).
+    #[error("{0}")]
+    Disks(String),
+    #[error(transparent)]
+    Disk(#[from] SinkError),
 }
 
 impl From<IncomingError> for String {
@@ -75,6 +82,8 @@ pub struct Receiver {
     pub answer: Answer,
     /// The highest guest page number + 1.
     pub page_end: u64,
+    /// Block migration: the disks written here, once a DISKS record came.
+    pub disks: DiskSinks,
 }
 
 impl Receiver {
@@ -179,6 +188,8 @@ impl Receiver {
                     input.read_exact(&mut state)?;
                     match stream::read_record(input)? {
                         Record::End => {
+                            // What the disks took is durable before the VM may run.
+                            self.disks.flush()?;
                             event(AgentEvent::StateArrived { state, running });
                             return Ok(());
                         }
@@ -193,6 +204,24 @@ impl Receiver {
                     return Err(IncomingError::Malformed(
                         "the stream ended without the device state".into(),
                     ))
+                }
+                // Block migration (`crate::disks`): the disks are readied (and the source
+                // answered as for the header), then written through their daemons.
+                Record::Disk(DiskRecord::Disks(disks)) => {
+                    let verdict = self.disks.arriving(disks, &event);
+                    if let Some(f) = self.answer.0.lock().as_mut() {
+                        let v = verdict.as_ref().map(|_| ()).map_err(String::as_str);
+                        stream::write_verdict(f, v)?;
+                    }
+                    verdict.map_err(IncomingError::Disks)?;
+                }
+                Record::Disk(DiskRecord::Data { disk, offset, len }) => {
+                    self.disks.data(disk, offset, len, input)?;
+                    bytes += 17 + u64::from(len);
+                }
+                Record::Disk(DiskRecord::Zero { disk, offset, len }) => {
+                    self.disks.zero(disk, offset, len)?;
+                    bytes += 21;
                 }
             }
             if bytes - reported >= PROGRESS_EVERY {

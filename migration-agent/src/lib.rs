@@ -10,8 +10,11 @@
 //! - `outgoing`: the source's passes and finish; `pacer`: the bandwidth limit;
 //!   `xbzrle`: the delta encoding and its cache;
 //! - `incoming`: the destination's receiver;
+//! - `disks`: block migration, the disks' content in the stream (source and
+//!   destination);
 //! - `seccomp`: the agent's sandbox.
 
+pub mod disks;
 pub mod incoming;
 pub mod outgoing;
 pub mod pacer;

@@ -15,6 +15,7 @@ use ipc::{
     AgentEvent, AgentReply, AgentRequest, Channel, IncomingStart, OutgoingStart, PageLog,
     RemoteError,
 };
+use migration_agent::disks::sink::{DiskSinks, SinkSlot};
 use migration_agent::incoming::{Answer, Receiver};
 use migration_agent::outgoing::Outgoing;
 use migration_agent::ram::GuestRam;
@@ -61,7 +62,7 @@ fn start_incoming(
     link: &Link,
     s: &IncomingStart,
     fds: Vec<OwnedFd>,
-) -> Result<Answer, RemoteError> {
+) -> Result<(Answer, SinkSlot), RemoteError> {
     let mut fds = fds.into_iter();
     let ram = GuestRam::map(take(&mut fds, "guest RAM")?, &s.windows, true).map_err(remote)?;
     let fd = take(&mut fds, "connection")?;
@@ -72,11 +73,13 @@ fn start_incoming(
         .max()
         .unwrap_or(0);
     let answer = Answer::default();
+    let sinks = SinkSlot::default();
     let receiver = Receiver {
         ram,
         shape: s.shape.clone(),
         answer: answer.clone(),
         page_end,
+        disks: DiskSinks::new(sinks.clone()),
     };
     let (events, channel) = (link.clone(), s.channel);
     std::thread::Builder::new()
@@ -87,13 +90,14 @@ fn start_incoming(
             }
         })
         .map_err(remote)?;
-    Ok(answer)
+    Ok((answer, sinks))
 }
 
 /// The agent's one migration: the first request says which side, the rest drive it.
 fn serve(link: &Link) -> anyhow::Result<()> {
     let mut outgoing: Option<Outgoing> = None;
     let mut answer: Option<Answer> = None;
+    let mut sinks: Option<SinkSlot> = None;
     while let Some(call) = link.recv()? {
         if call.request == AgentRequest::Quit {
             link.reply(call.id, Ok(AgentReply::Done));
@@ -107,8 +111,9 @@ fn serve(link: &Link) -> anyhow::Result<()> {
                 })
             }
             AgentRequest::Incoming(s) if outgoing.is_none() && answer.is_none() => {
-                start_incoming(link, &s, call.fds).map(|a| {
+                start_incoming(link, &s, call.fds).map(|(a, slot)| {
                     answer = Some(a);
+                    sinks = Some(slot);
                     AgentReply::Done
                 })
             }
@@ -133,6 +138,21 @@ fn serve(link: &Link) -> anyhow::Result<()> {
                     .map(|_| AgentReply::Done)
                     .map_err(remote),
                 None => Err(RemoteError::generic("no outgoing migration")),
+            },
+            // Block migration: the source's disks, the destination's disks readied.
+            AgentRequest::Disks(d) => match outgoing.as_mut() {
+                Some(o) => o
+                    .add_disks(&d, call.fds)
+                    .map(|()| AgentReply::Done)
+                    .map_err(remote),
+                None => Err(RemoteError::generic("no outgoing migration")),
+            },
+            AgentRequest::DiskSinks(ready) => match &sinks {
+                Some(slot) => {
+                    slot.fill(ready.map(|_| call.fds));
+                    Ok(AgentReply::Done)
+                }
+                None => Err(RemoteError::generic("no incoming migration")),
             },
             AgentRequest::Resumed(outcome) => match &answer {
                 Some(a) => a

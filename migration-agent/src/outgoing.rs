@@ -10,8 +10,10 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use ipc::{OutgoingStart, PageLog, PassReport};
+use ipc::{MigratedDisks, OutgoingStart, PageLog, PassReport};
 
+use crate::disks::records;
+use crate::disks::source::{DiskError, DiskSender};
 use crate::pacer::Pacer;
 use crate::ram::{is_zero, GuestRam};
 use crate::stream::{self, StreamError, MAX_PAGES_PER_RECORD, MAX_ZERO_RUN, PAGE};
@@ -34,6 +36,8 @@ pub enum OutgoingError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     State(&'static str),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 /// Where the current pass is.
@@ -62,6 +66,8 @@ pub struct Outgoing {
     cursor: Cursor,
     pacer: Pacer,
     xbzrle: Option<Xbzrle>,
+    /// Block migration: the disks whose content goes too (`crate::disks`).
+    disks: Option<DiskSender>,
 }
 
 impl Outgoing {
@@ -107,7 +113,30 @@ impl Outgoing {
             cursor: Cursor::Done,
             pacer: Pacer::new(0),
             xbzrle: start.xbzrle_cache.map(Xbzrle::new),
+            disks: None,
         })
+    }
+
+    /// Block migration, before the first pass: the DISKS record goes and, on a two-way
+    /// channel, the destination's answer (its disks checked and made writable) comes
+    /// back; from then on each pass sends the disks before the pages.
+    pub fn add_disks(
+        &mut self,
+        disks: &MigratedDisks,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(), OutgoingError> {
+        if self.pass > 0 || !matches!(self.cursor, Cursor::Done) || self.disks.is_some() {
+            return Err(OutgoingError::State("the disks come before the first pass"));
+        }
+        let sender = DiskSender::new(disks, fds)?;
+        records::write_disks(&mut self.out, disks)?;
+        self.out.flush()?;
+        if let Some(a) = &self.answers {
+            let mut a = a;
+            stream::read_verdict(&mut a)?;
+        }
+        self.disks = Some(sender);
+        Ok(())
     }
 
     /// Sends pages for at most `budget`: the first pass (`first`) or the next dirty pass
@@ -129,10 +158,21 @@ impl Outgoing {
             } else {
                 Cursor::Dirty { word: 0 }
             };
+            if let Some(d) = &mut self.disks {
+                d.start_pass(first)?;
+            }
         }
         let deadline = Instant::now() + budget;
         let mut report = PassReport::default();
         loop {
+            // A pass's disks go before its pages.
+            if let Some(d) = self.disks.as_mut().filter(|d| d.busy()) {
+                d.step(&mut self.out, &mut report, &mut self.pacer)?;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                continue;
+            }
             let more = match &mut self.cursor {
                 Cursor::First { .. } => self.first_step(&mut report)?,
                 Cursor::Dirty { .. } => self.dirty_step(&mut report)?,
@@ -156,6 +196,9 @@ impl Outgoing {
         self.out.flush()?;
         // 0 exactly when the pass is complete: pages are only added to the log meanwhile.
         report.remaining_pages = self.remaining();
+        if let Some(d) = &self.disks {
+            d.report(&mut report)?;
+        }
         if let Some(x) = &mut self.xbzrle {
             x.take_counters(&mut report);
         }

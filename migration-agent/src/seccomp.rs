@@ -18,8 +18,10 @@ const ALLOWED: &[Allow] = &[
 ];
 
 /// Open files the agent needs: stdio, its control channel and violation pipe, guest
-/// RAM, the dirty log, the connection and its listener, the logger: 16 leaves room.
-const OPEN_FILES_NEEDED: u64 = 16;
+/// RAM, the dirty log, the connection and its listener, the logger: 16 leaves room; and
+/// a block migration's disk channels, one per disk (`crate::disks`), at most one per
+/// PCI slot.
+const OPEN_FILES_NEEDED: u64 = 16 + 32;
 
 pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
     sandbox::enter(

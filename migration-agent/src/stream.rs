@@ -10,6 +10,8 @@ use std::io::{self, Read, Write};
 
 use ipc::MachineShape;
 
+use crate::disks::records::{self, DiskRecord, RecordError, DISKS, DISK_DATA, DISK_ZERO};
+
 pub const MAGIC: &[u8; 8] = b"FLOTMIG\n";
 pub const VERSION: u32 = 1;
 pub const PAGE: usize = 4096;
@@ -245,7 +247,8 @@ pub fn read_outcome(r: &mut impl Read) -> Result<(), StreamError> {
 }
 
 /// One record as the destination reads it; page data is read by the caller straight
-/// into guest memory (`Pages` says how many pages follow).
+/// into guest memory (`Pages` says how many pages follow). `Disk` is block migration's
+/// (`crate::disks::records`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
     Pages { first: u64, count: u32 },
@@ -254,6 +257,7 @@ pub enum Record {
     PassEnd(u32),
     State { running: bool, len: u32 },
     End,
+    Disk(DiskRecord),
 }
 
 pub fn read_record(r: &mut impl Read) -> Result<Record, StreamError> {
@@ -292,6 +296,11 @@ pub fn read_record(r: &mut impl Read) -> Result<Record, StreamError> {
             Record::State { running, len }
         }
         END => Record::End,
+        disk @ (DISKS | DISK_DATA | DISK_ZERO) => match records::read(disk, r) {
+            Ok(record) => Record::Disk(record),
+            Err(RecordError::Io(e)) => return Err(e.into()),
+            Err(RecordError::Malformed(why)) => return Err(malformed(why)),
+        },
         other => return Err(malformed(format!("record type {other}"))),
     })
 }

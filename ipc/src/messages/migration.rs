@@ -52,9 +52,33 @@ pub struct IncomingStart {
     pub shape: MachineShape,
 }
 
+/// A disk a block migration copies: its index in launch order and its size in bytes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigratedDisk {
+    pub index: u32,
+    pub size: u64,
+}
+
+/// A block migration's disks (QMP migrate's `blk`; `inc`: only what each top image
+/// holds goes, over a base both sides have), as the stream's DISKS record lists them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MigratedDisks {
+    pub incremental: bool,
+    pub disks: Vec<MigratedDisk>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum AgentRequest {
     Outgoing(OutgoingStart),
+    /// Source, before the first pass: these disks go too. The DISKS record is sent and
+    /// (two-way channels) the destination's answer awaited. The frame carries one disk
+    /// channel per disk, in order: the agent's end of a socket pair whose other end the
+    /// disk's block daemon serves (`BlockRequest::MigrationSource`, `ipc::disk_channel`).
+    Disks(MigratedDisks),
+    /// Destination: the answer to `AgentEvent::DisksArriving`: the disks it named are
+    /// writable here, with one disk channel each in the frame, in the order named
+    /// (`BlockRequest::MigrationSink`), or why not.
+    DiskSinks(Result<Vec<u32>, String>),
     /// Sends the pages the dirty log marks (the first pass: every page) for at most
     /// `budget_ms`, at most `max_bandwidth` bytes per second (0: unlimited).
     SendPass {
@@ -81,6 +105,8 @@ impl Message for AgentRequest {
         match self {
             AgentRequest::Outgoing(_) => 3,
             AgentRequest::Incoming(_) => 2,
+            AgentRequest::Disks(d) => d.disks.len(),
+            AgentRequest::DiskSinks(Ok(disks)) => disks.len(),
             _ => 0,
         }
     }
@@ -104,8 +130,18 @@ pub struct PassReport {
     pub xbzrle_bytes: u64,
     pub xbzrle_cache_miss: u64,
     pub xbzrle_overflow: u64,
-    /// Pages of this pass not sent yet (0: the pass is complete).
+    /// Pages of this pass not sent yet (0: the RAM part of the pass is complete).
     pub remaining_pages: u64,
+    /// Block migration: the bytes of `bytes` that carried disk records.
+    pub disk_bytes: u64,
+    /// Block migration: how far the first pass's copy of the disks has come, in disk
+    /// bytes (skipped bytes count: QEMU's "transferred").
+    pub disk_transferred: u64,
+    /// Block migration: disk bytes of this pass not sent yet (0: the disks' part of the
+    /// pass is complete; the pass is complete when this and `remaining_pages` are 0).
+    pub disk_remaining: u64,
+    /// Block migration: disk bytes the guest wrote and the next pass sends.
+    pub disk_dirty: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -122,6 +158,10 @@ pub enum AgentEvent {
     Connected,
     /// Destination: bytes received so far.
     Progress { bytes: u64, pages: u64 },
+    /// Destination: the source migrates these disks' content (the DISKS record): the
+    /// gateway checks them against this VM's, makes them writable here and answers with
+    /// `AgentRequest::DiskSinks`; nothing more is read meanwhile.
+    DisksArriving(MigratedDisks),
     /// Destination: all of memory and the device state arrived.
     StateArrived { state: Vec<u8>, running: bool },
     /// Either side: the migration failed (the peer went away, an incompatible

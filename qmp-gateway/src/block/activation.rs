@@ -12,45 +12,52 @@ use std::sync::Arc;
 
 use ipc::{BlockRequest, ImageFormat};
 
+use super::disk::BlockProtocol;
 use super::error::BlockError;
 use super::lock::{self, Perms};
-use super::disk::BlockProtocol;
 use super::{BlockLayer, State};
 
 /// One image's locks: its fd, what it takes and refuses, its path for errors.
-struct ImageLocks {
-    fd: Arc<OwnedFd>,
-    take: Perms,
-    share: Perms,
-    path: String,
+pub(super) struct ImageLocks {
+    pub fd: Arc<OwnedFd>,
+    pub take: Perms,
+    pub share: Perms,
+    pub path: String,
 }
 
 /// The locks every disk's images hold while active (top as a disk's image, backing
 /// files as read-only images), for the images whose protocol node locks at all.
 fn locks(state: &State) -> Vec<ImageLocks> {
+    state
+        .disks
+        .iter()
+        .flat_map(|d| disk_locks(state, d))
+        .collect()
+}
+
+/// The locks disk `disk`'s images hold while active.
+pub(super) fn disk_locks(state: &State, disk: &super::disk::Disk) -> Vec<ImageLocks> {
     let mut out = Vec::new();
-    for disk in &state.disks {
-        for (i, (layer, fd)) in disk.config.layers.iter().zip(&disk.images).enumerate() {
-            let locking = state
-                .graph
-                .image_node(&layer.node_name)
-                .and_then(|n| state.graph.protocol_of(&n.name))
-                .is_none_or(|p| p.locking);
-            if !locking {
-                continue;
-            }
-            let qcow2 = matches!(layer.format, ImageFormat::Qcow2(_));
-            let (take, share) = match i {
-                0 => Perms::for_top(qcow2, disk.config.read_only),
-                _ => Perms::for_backing(),
-            };
-            out.push(ImageLocks {
-                fd: fd.clone(),
-                take,
-                share,
-                path: layer.filename.clone(),
-            });
+    for (i, (layer, fd)) in disk.config.layers.iter().zip(&disk.images).enumerate() {
+        let locking = state
+            .graph
+            .image_node(&layer.node_name)
+            .and_then(|n| state.graph.protocol_of(&n.name))
+            .is_none_or(|p| p.locking);
+        if !locking {
+            continue;
         }
+        let qcow2 = matches!(layer.format, ImageFormat::Qcow2(_));
+        let (take, share) = match i {
+            0 => Perms::for_top(qcow2, disk.config.read_only),
+            _ => Perms::for_backing(),
+        };
+        out.push(ImageLocks {
+            fd: fd.clone(),
+            take,
+            share,
+            path: layer.filename.clone(),
+        });
     }
     out
 }
@@ -62,15 +69,16 @@ impl BlockLayer {
     }
 
     /// Source, at the switch-over: every disk's daemon leaves its image clean (bitmaps
-    /// stored) and writes it no more; then the images' locks go.
+    /// stored) and writes it no more; then the images' locks go. A disk whose content
+    /// a block migration copied keeps both: its images are not the destination's.
     pub fn inactivate(&self) -> Result<(), BlockError> {
         let daemons: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = {
             let mut state = self.state.lock();
             state.graph.set_inactive(true);
-            for d in &mut state.disks {
+            for d in state.disks.iter_mut().filter(|d| !d.block_migrated) {
                 d.config.inactive = true;
             }
-            (state.disks.iter())
+            (state.disks.iter().filter(|d| !d.block_migrated))
                 .filter_map(|d| Some((d.id.clone(), d.daemon.as_ref()?.link.clone())))
                 .collect()
         };
@@ -79,7 +87,8 @@ impl BlockLayer {
                 .map_err(|e| BlockError::Migration(format!("disk {id}: {e}")))?;
         }
         let state = self.state.lock();
-        for l in locks(&state) {
+        let shared = state.disks.iter().filter(|d| !d.block_migrated);
+        for l in shared.flat_map(|d| disk_locks(&state, d)) {
             lock::unlock(l.fd.as_fd(), l.take, l.share);
         }
         Ok(())
@@ -87,7 +96,8 @@ impl BlockLayer {
 
     /// Destination at the switch-over, or a source whose switch-over failed: every disk
     /// takes its images' locks (if one cannot, none is held and the error says which),
-    /// then gets a daemon that serves its images for real.
+    /// then the inactive ones get a daemon that serves their images for real (a disk a
+    /// block migration wrote is active already: see block/migration.rs).
     pub fn activate(&self) -> Result<(), BlockError> {
         let ids: Vec<String> = {
             let mut state = self.state.lock();
@@ -104,10 +114,12 @@ impl BlockLayer {
                 }
             }
             state.graph.set_inactive(false);
+            let inactive = state.disks.iter().filter(|d| d.config.inactive);
+            let ids = inactive.map(|d| d.id.clone()).collect();
             for d in &mut state.disks {
                 d.config.inactive = false;
             }
-            state.disks.iter().map(|d| d.id.clone()).collect()
+            ids
         };
         for id in ids {
             self.restart(&id, None)?;

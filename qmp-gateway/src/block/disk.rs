@@ -118,6 +118,9 @@ pub struct Disk {
     /// The top node whose stored (persistent) bitmaps a daemon loaded and `bitmaps`
     /// holds: the next daemon is told they are kept, not to load them again.
     pub stored_loaded: Option<String>,
+    /// The last outgoing migration copied its content (block migration): its images
+    /// are this side's own, so the switch-over leaves their locks and daemon be.
+    pub block_migrated: bool,
 }
 
 /// What starting a daemon for a disk needs, taken from the disk so that the start (which

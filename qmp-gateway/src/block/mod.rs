@@ -27,6 +27,7 @@ pub mod job;
 pub mod jobs;
 mod limits;
 pub mod lock;
+pub mod migration;
 mod nodes;
 pub mod options;
 pub mod qcow2_options;
@@ -419,6 +420,7 @@ impl BlockLayer {
             stats: Arc::new(StatsCache::new().map_err(BlockError::Counters)?),
             bitmaps: Vec::new(),
             stored_loaded: None,
+            block_migrated: false,
         };
         let pid = disk.start(&state.groups, &self.hooks)?;
         let stream = disk.connect()?;

@@ -100,6 +100,10 @@ fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>, open
             });
             None
         }
+        AgentEvent::DisksArriving(disks) => {
+            super::block::arriving(&m.h.block, agent, disks);
+            None
+        }
         AgentEvent::StateArrived { state, running } => Some(finish(m, agent, state, running)),
         AgentEvent::Failed(why) => Some(Err(why)),
     });

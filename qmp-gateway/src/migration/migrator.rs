@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::agent::Agent;
+use super::block::DiskCopy;
 use super::progress::{Progress, Status};
 use super::settings::{Capability, MigrationSettings};
 use super::uri::MigrationUri;
@@ -37,8 +38,6 @@ pub enum MigrateError {
     NotIncoming,
     #[error("The incoming migration has already been started")]
     IncomingStarted,
-    #[error("Block migration is not supported yet: {0}")]
-    Block(&'static str),
     #[error("{0}")]
     Uri(#[from] super::uri::UriError),
     /// migrate-incoming's words for a scheme it does not know.
@@ -196,11 +195,6 @@ impl Migrator {
         if self.h.run_state.get() == RunState::PostMigrate {
             return Err(MigrateError::Migrated);
         }
-        if blk || inc {
-            return Err(MigrateError::Block(
-                "copy the disks with drive-mirror, or use storage both hosts share",
-            ));
-        }
         {
             let _order = self.transitions.lock();
             if self.in_progress() {
@@ -232,7 +226,7 @@ impl Migrator {
         let m = self.clone();
         std::thread::Builder::new()
             .name("migration".into())
-            .spawn(move || outgoing::run(&m, &uri, named_fd))
+            .spawn(move || outgoing::run(&m, &uri, named_fd, DiskCopy::from_flags(blk, inc)))
             .map_err(|e| MigrateError::Agent(e.to_string()))?;
         Ok(())
     }

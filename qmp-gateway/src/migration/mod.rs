@@ -2,9 +2,11 @@
 //! migrate-set-capabilities and migrate-set-parameters change, QEMU 7.2's with its
 //! checks), and the migrations themselves (`migrator`): out of this VM (`outgoing`) or
 //! into it (`incoming`), each carried by a migration agent (`agent`) on a connection
-//! made from the URI (`uri`), with the progress query-migrate reports (`progress`).
+//! made from the URI (`uri`), with the progress query-migrate reports (`progress`) and
+//! the disks a block migration copies (`block`).
 
 pub mod agent;
+pub mod block;
 pub mod incoming;
 pub mod migrator;
 pub mod outgoing;

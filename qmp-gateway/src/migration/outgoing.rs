@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ipc::{AgentReply, AgentRequest, OutgoingStart, PassReport, RunState, VmmReply, VmmRequest};
 
 use super::agent::Agent;
+use super::block::DiskCopy;
 use super::migrator::Migrator;
 use super::progress::{Status, PAGE_SIZE};
 use super::settings::Capability;
@@ -36,7 +37,7 @@ impl<E: std::fmt::Display> From<E> for Stop {
     }
 }
 
-pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>) {
+pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, copy: DiskCopy) {
     let running_before = m.h.run_state.get() == RunState::Running;
     let mut logging = false;
     let mut stopped = false;
@@ -45,7 +46,7 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>) {
         m,
         uri,
         named_fd,
-        running_before,
+        (running_before, copy),
         (&mut logging, &mut stopped, &mut inactive),
     );
     // Whatever happened, the agent goes, and the connection with it.
@@ -119,7 +120,7 @@ fn migrate(
     m: &Arc<Migrator>,
     uri: &MigrationUri,
     named_fd: Option<OwnedFd>,
-    running_before: bool,
+    (running_before, copy): (bool, DiskCopy),
     (logging, stopped, inactive): (&mut bool, &mut bool, &mut bool),
 ) -> Result<(), Stop> {
     let mut named_fd = named_fd;
@@ -178,6 +179,11 @@ fn migrate(
     })?;
     let agent = Arc::new(agent);
     *m.agent.lock() = Some(agent.clone());
+    check_cancel(m)?;
+    // Block migration: the disks' channels, the DISKS record and its answer.
+    super::block::start_outgoing(&m.h.block, &agent, copy, |d| {
+        m.with_progress(|p| p.disk = Some(d))
+    })?;
     check_cancel(m)?;
     let setup_ms = m.with_progress(|p| p.started.map_or(0, |s| s.elapsed().as_millis() as u64));
     m.with_progress(|p| p.setup_ms = setup_ms);
@@ -286,7 +292,7 @@ fn send_pass(
             let secs = started.elapsed().as_secs_f64().max(1e-3);
             p.ram.pages_per_second = (pages as f64 / secs) as u64;
         });
-        if report.remaining_pages == 0 {
+        if report.remaining_pages == 0 && report.disk_remaining == 0 {
             return Ok((bytes, started.elapsed()));
         }
     }
@@ -304,7 +310,8 @@ fn precopy(m: &Migrator, agent: &Agent) -> Result<(), Stop> {
         let pass_start = Instant::now();
         let dirty = sync(m)?;
         let bandwidth = bytes as f64 / took.as_secs_f64().max(1e-3);
-        let expected_ms = (dirty * PAGE_SIZE) as f64 / bandwidth.max(1.0) * 1000.0;
+        let disk_dirty = m.with_progress(|p| p.disk.as_ref().map_or(0, |d| d.dirty));
+        let expected_ms = (dirty * PAGE_SIZE + disk_dirty) as f64 / bandwidth.max(1.0) * 1000.0;
         let (limit_ms, knobs) = {
             let s = m.settings.lock();
             let knobs = ThrottleKnobs {

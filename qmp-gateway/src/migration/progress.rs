@@ -71,12 +71,16 @@ pub struct Xbzrle {
     pub overflow: u64,
 }
 
-/// Block migration counters.
+/// Block migration counters, as QEMU counts them: how far the first pass's copy of the
+/// disks has come (`transferred`, bytes an incremental copy skips included), the rest
+/// of their bytes, their total.
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     pub transferred: u64,
     pub remaining: u64,
     pub total: u64,
+    /// Bytes the guest wrote that the next pass sends (for the downtime estimate).
+    pub dirty: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +121,15 @@ impl Default for Progress {
 impl Progress {
     /// Adds what the agent reported for part of a pass.
     pub fn add(&mut self, r: &PassReport, stopped: bool) {
+        if let Some(d) = &mut self.disk {
+            d.transferred = r.disk_transferred.min(d.total);
+            d.remaining = d.total - d.transferred;
+            d.dirty = r.disk_dirty;
+        }
+        let r = &PassReport {
+            bytes: r.bytes.saturating_sub(r.disk_bytes),
+            ..*r
+        };
         self.ram.transferred += r.bytes;
         self.ram.duplicate += r.zero_pages;
         self.ram.normal += r.normal_pages;
@@ -191,10 +204,35 @@ impl Progress {
                     "dirty-sync-missed-zero-copy": 0,
                 }),
             );
-            if let Some(d) = &self.disk {
+            // QEMU 7.2 shows it while the disks move, not once completed, and as its
+            // RAM's MigrationStats type (the members block migration does not count 0).
+            if let Some(d) = self
+                .disk
+                .as_ref()
+                .filter(|_| self.status != Status::Completed)
+            {
                 m.insert(
                     "disk".into(),
-                    json!({"transferred": d.transferred, "remaining": d.remaining, "total": d.total}),
+                    json!({
+                        "transferred": d.transferred,
+                        "remaining": d.remaining,
+                        "total": d.total,
+                        "duplicate": 0,
+                        "skipped": 0,
+                        "normal": 0,
+                        "normal-bytes": 0,
+                        "dirty-sync-count": 0,
+                        "dirty-pages-rate": 0,
+                        "mbps": 0,
+                        "page-size": 0,
+                        "pages-per-second": 0,
+                        "postcopy-requests": 0,
+                        "multifd-bytes": 0,
+                        "precopy-bytes": 0,
+                        "downtime-bytes": 0,
+                        "postcopy-bytes": 0,
+                        "dirty-sync-missed-zero-copy": 0,
+                    }),
                 );
             }
             if let Some(x) = &self.xbzrle {
@@ -248,6 +286,43 @@ mod tests {
             "Failed to connect to '127.0.0.1:1': Connection refused"
         );
         assert!(v.get("ram").is_none());
+    }
+
+    #[test]
+    fn block_migration_shows_its_disks_while_they_move() {
+        let mut p = Progress {
+            status: Status::Active,
+            started: Some(Instant::now()),
+            disk: Some(Disk {
+                total: 64 << 20,
+                remaining: 64 << 20,
+                ..Disk::default()
+            }),
+            ..Progress::default()
+        };
+        p.add(
+            &PassReport {
+                bytes: 5000,
+                disk_bytes: 4000,
+                disk_transferred: 16 << 20,
+                disk_dirty: 65536,
+                ..PassReport::default()
+            },
+            false,
+        );
+        let v = p.to_qmp();
+        assert_eq!(v["ram"]["transferred"], 1000, "the disks' bytes are theirs");
+        assert_eq!(v["disk"]["transferred"], 16 << 20);
+        assert_eq!(v["disk"]["remaining"], 48 << 20);
+        assert_eq!(v["disk"]["total"], 64 << 20);
+        // QEMU's MigrationStats, as its RAM's.
+        assert_eq!(v["disk"]["normal-bytes"], 0);
+        assert_eq!(p.disk.as_ref().unwrap().dirty, 65536);
+        p.status = Status::Completed;
+        assert!(
+            p.to_qmp().get("disk").is_none(),
+            "QEMU 7.2 drops it once done"
+        );
     }
 
     #[test]

@@ -1,0 +1,396 @@
+//! Block migration (QMP migrate's `blk` and `inc`): the test guest moves between two
+//! gateways with disks that are not shared: each side has its own image file, the
+//! destination's created empty. The source's image holds data put there beforehand
+//! (qemu-io), which the first pass copies, and the guest (`mig-blk=1`) rewrites the
+//! first MiB all along, which the later passes and the stop-and-copy carry. The
+//! destination is told to stay paused once the VM is there, so its image is compared
+//! with the source's before the guest writes it again (qemu-img compare, through each
+//! side's own chain); then it runs, and the guest's checks of what it wrote before the
+//! move keep passing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::blk::{qemu_img, qemu_img_ok};
+use flotilla_tests::migration::{
+    count, destination, expect_mig, free_port, status, wait_for_status, wait_migration,
+};
+use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::{require_tool, TempDir};
+use serde_json::{json, Value};
+
+const BOOT: Duration = Duration::from_secs(20);
+/// Between two progress lines of the migrate-dirty scenario.
+const PROGRESS: Duration = Duration::from_secs(15);
+const GUEST: &str = "scenario=migrate-dirty dirty-mib=16 mig-blk=1";
+const DISK: u64 = 32 << 20;
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// qemu-io `commands` on `image` (of `format`), which must succeed.
+fn qemu_io(image: &Path, format: &str, commands: &[&str]) {
+    let mut cmd = std::process::Command::new(require_tool("qemu-io", "qemu-utils"));
+    cmd.args(["-f", format]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.arg(image).output().expect("running qemu-io");
+    assert!(
+        out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("error"),
+        "qemu-io {commands:?} on {}: {}{}",
+        image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Data the first pass has to move: 8 MiB in the middle, a MiB further on, the last
+/// sector (none of it where the guest writes).
+fn put_data(image: &Path, format: &str) {
+    qemu_io(
+        image,
+        format,
+        &[
+            "write -P 0x5a 8M 8M",
+            "write -P 0xc3 24M 1M",
+            "write -P 0x11 33553920 512",
+        ],
+    );
+}
+
+fn drive(image: &Path, format: &str) -> Vec<String> {
+    vec![
+        "--drive".into(),
+        format!("file={},format={format},id=d0", image.display()),
+    ]
+}
+
+/// The source's guest, its disk under load.
+fn source(opts: &[String]) -> (Gateway, u64) {
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let mut src = Gateway::start_with(2, GUEST, &opts);
+    expect_mig(&mut src.vm, "GUEST MIG ready", BOOT);
+    expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
+    let round = count(
+        &expect_mig(&mut src.vm, "GUEST MIG round", PROGRESS),
+        "round",
+    );
+    (src, round)
+}
+
+/// A destination on `uri` that stays paused once the VM is there.
+fn paused_destination(uri: &str, opts: &[String]) -> (Gateway, QmpClient) {
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let dst = destination(2, GUEST, uri, &opts);
+    let mut d = dst.client();
+    d.ok("stop", json!({}));
+    (dst, d)
+}
+
+/// Migrates with `flags` (blk/inc), slowly at first so the disks' first pass can be
+/// seen in query-migrate (QEMU 7.2's "disk": its RAM stats' shape, transferred +
+/// remaining = total); then at full speed. Returns the source's last answer.
+fn migrate_watching_the_disks(s: &mut QmpClient, uri: &str, flags: Value) -> Value {
+    s.ok("migrate-set-parameters", json!({"max-bandwidth": 4 << 20}));
+    let mut args = flags;
+    args["uri"] = json!(uri);
+    s.ok("migrate", args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let info = s.ok("query-migrate", json!({}));
+        if info["status"] == "active" && info["disk"]["transferred"].as_u64() > Some(0) {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline && info["status"] != "failed",
+            "no disk progress: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let disk = &seen["disk"];
+    assert_eq!(disk["total"], DISK, "{seen}");
+    assert_eq!(
+        disk["transferred"].as_u64().unwrap() + disk["remaining"].as_u64().unwrap(),
+        DISK,
+        "{seen}"
+    );
+    assert_eq!(disk["normal"], 0, "{seen}");
+    assert_eq!(disk["page-size"], 0, "{seen}");
+    s.ok(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 1u64 << 40}),
+    );
+    let info = wait_migration(s, &["completed", "failed"]);
+    assert_eq!(info["status"], "completed", "{info}");
+    assert!(
+        info.get("disk").is_none(),
+        "QEMU shows no disk once completed: {info}"
+    );
+    info
+}
+
+/// The images hold the same guest-visible bytes (qemu-img compare, read-only beside the
+/// paused destination, which writes nothing).
+fn expect_identical(src: &Path, dst: &Path, format: &str) {
+    let (ok, out, err) = qemu_img(&[
+        "compare",
+        "-U",
+        "-f",
+        format,
+        "-F",
+        format,
+        path(src),
+        path(dst),
+    ]);
+    assert!(ok, "qemu-img compare: {out}{err}");
+    assert!(out.contains("Images are identical"), "{out}{err}");
+}
+
+/// The guest goes on at the destination: its checks of what it wrote before the move
+/// pass, rounds go on past the source's, no boot again.
+fn runs_on_there(dst: &mut Gateway, d: &mut QmpClient, last_round: u64) {
+    d.ok("cont", json!({}));
+    wait_for_status(d, "running");
+    let round = count(
+        &expect_mig(&mut dst.vm, "GUEST MIG round", PROGRESS),
+        "round",
+    );
+    assert!(round > last_round, "round {round} after {last_round}");
+    let first = expect_mig(&mut dst.vm, "GUEST MIG blk", PROGRESS);
+    let second = expect_mig(&mut dst.vm, "GUEST MIG blk", PROGRESS);
+    assert!(
+        count(&second, "blk") > count(&first, "blk"),
+        "{first}\n{second}"
+    );
+    assert!(
+        !dst.vm.transcript().contains("GUEST READY"),
+        "the guest booted again at the destination:\n{}",
+        dst.vm.transcript()
+    );
+}
+
+/// The whole round trip for one format: data in, migrate with `flags`, compare, run on.
+fn moves_intact(tag: &str, format: &str, flags: Value, make: impl Fn(&Path, &Path)) {
+    let dir = TempDir::new(tag);
+    let (src_img, dst_img) = (
+        dir.path().join(format!("src.{format}")),
+        dir.path().join(format!("dst.{format}")),
+    );
+    make(&src_img, &dst_img);
+    let (mut src, last_round) = source(&drive(&src_img, format));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, mut d) = paused_destination(&uri, &drive(&dst_img, format));
+    let mut s = src.client();
+    let info = migrate_watching_the_disks(&mut s, &uri, flags);
+    eprintln!("source: {info}");
+    assert_eq!(status(&mut s), "postmigrate");
+    let dinfo = wait_migration(&mut d, &["completed", "failed"]);
+    assert_eq!(dinfo["status"], "completed", "{dinfo}");
+    assert_eq!(status(&mut d), "paused");
+    // The source lets go of its image (clean, closed) as it quits.
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+    expect_identical(&src_img, &dst_img, format);
+    runs_on_there(&mut dst, &mut d, last_round);
+    d.ok("quit", json!({}));
+    dst.vm.wait(Duration::from_secs(20));
+    if format == "qcow2" {
+        qemu_img_ok(&["check", path(&dst_img)]);
+    }
+}
+
+#[test]
+fn a_raw_disk_moves_with_the_guest() {
+    moves_intact(
+        "migration-blk-raw",
+        "raw",
+        json!({"blk": true}),
+        |src, dst| {
+            for image in [src, dst] {
+                qemu_img_ok(&["create", "-q", "-f", "raw", path(image), &DISK.to_string()]);
+            }
+            put_data(src, "raw");
+        },
+    );
+}
+
+#[test]
+fn a_qcow2_disk_moves_with_the_guest() {
+    moves_intact(
+        "migration-blk-qcow2",
+        "qcow2",
+        json!({"blk": true}),
+        |src, dst| {
+            for image in [src, dst] {
+                qemu_img_ok(&[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    path(image),
+                    &DISK.to_string(),
+                ]);
+            }
+            put_data(src, "qcow2");
+        },
+    );
+}
+
+/// The extents of `image`'s chain as `qemu-img map` lists them: (start, length, depth,
+/// data).
+fn map(image: &Path) -> Vec<(u64, u64, u64, bool)> {
+    let out = qemu_img_ok(&["map", "-U", "--output=json", path(image)]);
+    let v: Value = serde_json::from_str(&out).expect("qemu-img map's JSON");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| {
+            (
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["depth"].as_u64().unwrap(),
+                e["data"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Where byte `at` of `image` comes from: the depth of the chain's image holding it.
+fn depth_at(extents: &[(u64, u64, u64, bool)], at: u64) -> u64 {
+    extents
+        .iter()
+        .find(|(start, len, _, _)| (*start..start + len).contains(&at))
+        .map(|e| e.2)
+        .unwrap_or_else(|| panic!("byte {at} is in no extent: {extents:?}"))
+}
+
+#[test]
+fn an_incremental_copy_moves_only_the_top() {
+    let dir = TempDir::new("migration-blk-inc");
+    let base = dir.path().join("base.raw");
+    qemu_img_ok(&["create", "-q", "-f", "raw", path(&base), &DISK.to_string()]);
+    put_data(&base, "raw");
+    let (src_img, dst_img) = (dir.path().join("src.qcow2"), dir.path().join("dst.qcow2"));
+    for top in [&src_img, &dst_img] {
+        qemu_img_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            path(&base),
+            "-F",
+            "raw",
+            path(top),
+        ]);
+    }
+    // The top's own data, over the base's in part.
+    qemu_io(
+        &src_img,
+        "qcow2",
+        &["write -P 0x77 12M 2M", "write -P 0x99 28M 1M"],
+    );
+    let (mut src, last_round) = source(&drive(&src_img, "qcow2"));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, mut d) = paused_destination(&uri, &drive(&dst_img, "qcow2"));
+    let mut s = src.client();
+    migrate_watching_the_disks(&mut s, &uri, json!({"inc": true}));
+    wait_migration(&mut d, &["completed", "failed"]);
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+    expect_identical(&src_img, &dst_img, "qcow2");
+    // Only the top's data came: the base's stays the base's at the destination.
+    let there = map(&dst_img);
+    for at in [8 << 20, 10 << 20, 24 << 20] {
+        assert_eq!(depth_at(&there, at), 1, "byte {at} was copied: {there:?}");
+    }
+    for at in [0, 12 << 20, (13 << 20) + 4096, 28 << 20] {
+        assert_eq!(depth_at(&there, at), 0, "byte {at} did not come: {there:?}");
+    }
+    runs_on_there(&mut dst, &mut d, last_round);
+    d.ok("quit", json!({}));
+    dst.vm.wait(Duration::from_secs(20));
+    qemu_img_ok(&["check", path(&dst_img)]);
+}
+
+/// A destination disk of another size: the destination refuses before anything is
+/// written, the source says why and its guest goes on; the destination gateway ends
+/// (QEMU's destination ends on a failed migration too), its image untouched.
+#[test]
+fn a_destination_disk_of_another_size_is_refused() {
+    let dir = TempDir::new("migration-blk-size");
+    let (src_img, dst_img) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "raw",
+        path(&src_img),
+        &DISK.to_string(),
+    ]);
+    qemu_img_ok(&["create", "-q", "-f", "raw", path(&dst_img), "16M"]);
+    put_data(&src_img, "raw");
+    let (mut src, _) = source(&drive(&src_img, "raw"));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, _d) = paused_destination(&uri, &drive(&dst_img, "raw"));
+    let mut s = src.client();
+    s.ok("migrate", json!({"uri": uri, "blk": true}));
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(
+        info["error-desc"],
+        "the destination refused the migration: disk d0: the source's is 33554432 bytes, \
+         this one 16777216 bytes",
+        "{info}"
+    );
+    assert_eq!(status(&mut s), "running");
+    let round = count(
+        &expect_mig(&mut src.vm, "GUEST MIG round", PROGRESS),
+        "round",
+    );
+    expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
+    assert!(round > 0);
+    assert!(!dst.vm.wait(Duration::from_secs(20)).success());
+    let bytes = std::fs::read(&dst_img).expect("the destination's image");
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "the destination's image was written"
+    );
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+}
+
+/// Block migration onto the very image the source runs on (storage both hosts share,
+/// taken for a local disk): the destination cannot take the image's locks when the
+/// DISKS record comes, so it refuses before writing anything, in QEMU's words for a
+/// lock held, and the source goes on with its image intact.
+#[test]
+fn a_destination_image_the_source_holds_is_refused() {
+    let dir = TempDir::new("migration-blk-shared");
+    let image = dir.path().join("disk.raw");
+    qemu_img_ok(&["create", "-q", "-f", "raw", path(&image), &DISK.to_string()]);
+    put_data(&image, "raw");
+    let (mut src, _) = source(&drive(&image, "raw"));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, _d) = paused_destination(&uri, &drive(&image, "raw"));
+    let mut s = src.client();
+    s.ok("migrate", json!({"uri": uri, "blk": true}));
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "failed", "{info}");
+    let why = info["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("the destination refused the migration: disk d0: ")
+            && why.contains("Failed to get \"write\" lock"),
+        "{info}"
+    );
+    assert_eq!(status(&mut s), "running");
+    expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
+    assert!(!dst.vm.wait(Duration::from_secs(20)).success());
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+    // The data put there beforehand is still there.
+    let bytes = std::fs::read(&image).expect("the image");
+    assert!(bytes[8 << 20..16 << 20].iter().all(|&b| b == 0x5a));
+}

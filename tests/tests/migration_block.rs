@@ -118,6 +118,14 @@ fn migrate_watching_the_disks(s: &mut QmpClient, uri: &str, flags: Value) -> Val
     );
     assert_eq!(disk["normal"], 0, "{seen}");
     assert_eq!(disk["page-size"], 0, "{seen}");
+    // The marks the migration keeps of the guest's writes are its own: no dirty bitmap
+    // shows for them.
+    let blocks = s.ok("query-block", json!({}));
+    for b in blocks.as_array().expect("a list") {
+        for bitmaps in [&b["dirty-bitmaps"], &b["inserted"]["dirty-bitmaps"]] {
+            assert!(bitmaps.as_array().is_none_or(|l| l.is_empty()), "{blocks}");
+        }
+    }
     s.ok(
         "migrate-set-parameters",
         json!({"max-bandwidth": 1u64 << 40}),
@@ -393,4 +401,45 @@ fn a_destination_image_the_source_holds_is_refused() {
     // The data put there beforehand is still there.
     let bytes = std::fs::read(&image).expect("the image");
     assert!(bytes[8 << 20..16 << 20].iter().all(|&b| b == 0x5a));
+}
+
+/// migrate_cancel while the disks' first pass goes: the source runs on with its disk (the
+/// daemon's marking for the migration ends with the agent), and a block migration to a
+/// new destination afterwards copies the disk whole again and completes.
+#[test]
+fn a_cancelled_block_migration_leaves_the_next_one_be() {
+    let dir = TempDir::new("migration-blk-cancel");
+    let (src_img, dst_img) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
+    for image in [&src_img, &dst_img] {
+        qemu_img_ok(&["create", "-q", "-f", "raw", path(image), &DISK.to_string()]);
+    }
+    put_data(&src_img, "raw");
+    let (mut src, last_round) = source(&drive(&src_img, "raw"));
+    let mut s = src.client();
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut first, _d) = paused_destination(&uri, &drive(&dst_img, "raw"));
+    s.ok("migrate-set-parameters", json!({"max-bandwidth": 1 << 20}));
+    s.ok("migrate", json!({"uri": uri, "blk": true}));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.ok("query-migrate", json!({}))["disk"]["transferred"].as_u64() < Some(1) {
+        assert!(Instant::now() < deadline, "no disk progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.ok("migrate_cancel", json!({}));
+    let info = wait_migration(&mut s, &["cancelled", "completed", "failed"]);
+    assert_eq!(info["status"], "cancelled", "{info}");
+    assert_eq!(status(&mut s), "running");
+    expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
+    assert!(!first.vm.wait(Duration::from_secs(20)).success());
+    // Again, to a new destination (the first left part of the disk in its image).
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, mut d) = paused_destination(&uri, &drive(&dst_img, "raw"));
+    migrate_watching_the_disks(&mut s, &uri, json!({"blk": true}));
+    wait_migration(&mut d, &["completed", "failed"]);
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+    expect_identical(&src_img, &dst_img, "raw");
+    runs_on_there(&mut dst, &mut d, last_round);
+    d.ok("quit", json!({}));
+    dst.vm.wait(Duration::from_secs(20));
 }

@@ -1,7 +1,7 @@
 //! migration-agent's sandbox: the jail, and the one system call it makes beyond the base
 //! set every process has (sandbox::seccomp::BASE). Its connection (or the listener to
-//! accept it on), guest RAM and the dirty log arrive as fds: it creates no socket,
-//! connects nowhere and opens no file.
+//! accept it on), guest RAM, the dirty log and a block migration's disk channels arrive
+//! as fds: it creates no socket, connects nowhere and opens no file.
 
 use sandbox::limits::Limits;
 use sandbox::seccomp::Allow::{self, Any, Ioctls};
@@ -11,7 +11,8 @@ const ALLOWED: &[Allow] = &[
     // The destination's one connection, on the listener the gateway made.
     Any(libc::SYS_accept4),
     // The send timeout on the connection (SO_RCVTIMEO), so a peer that stops answering
-    // fails the migration instead of holding it.
+    // fails the migration instead of holding it; the same on the disk channels, for a
+    // block daemon that stops answering.
     Any(libc::SYS_setsockopt),
     // The logger's terminal check.
     Ioctls(&[TCGETS]),

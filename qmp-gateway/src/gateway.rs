@@ -40,16 +40,6 @@ pub enum ExitReason {
     IncomingFailed(String),
 }
 
-/// The VM's run state as vmm-core last reported it, for threads that hold no gateway.
-#[derive(Clone)]
-pub struct RunStateView(Arc<Mutex<Status>>);
-
-impl RunStateView {
-    pub fn get(&self) -> RunState {
-        self.0.lock().run_state
-    }
-}
-
 /// The binaries the gateway starts besides vmm-core.
 pub struct Binaries {
     pub block_daemon: PathBuf,
@@ -160,8 +150,16 @@ impl Gateway {
                 events: events.clone(),
                 policy: policy.clone(),
                 agent_binary: migration_agent,
-                exit: exit.clone(),
-                run_state: RunStateView(status.clone()),
+                end_gateway: {
+                    let exit = exit.clone();
+                    Box::new(move |why| {
+                        let _ = exit.send(ExitReason::IncomingFailed(why));
+                    })
+                },
+                run_state: {
+                    let status = status.clone();
+                    Box::new(move || status.lock().run_state)
+                },
             },
             migration.clone(),
         );

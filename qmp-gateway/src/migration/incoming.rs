@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipc::{AgentEvent, AgentRequest, IncomingStart, VmmReply, VmmRequest};
+use ipc::{AgentEvent, AgentRequest, IncomingStart, RunState, VmmReply, VmmRequest};
 
 use super::agent::Agent;
 use super::migrator::{MigrateError, Migrator};
@@ -155,4 +155,35 @@ fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<
         .request(VmmRequest::IncomingCompleted { run }, &[])
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+impl Migrator {
+    /// migrate-incoming (or --incoming at start): the VM waits in "inmigrate" for a
+    /// source on `uri`.
+    pub fn incoming(
+        self: &Arc<Self>,
+        uri: &str,
+        named: impl FnOnce(&str) -> Result<OwnedFd, String>,
+    ) -> Result<(), MigrateError> {
+        // QEMU's order: once started (and after it arrived), that is the answer.
+        if self.incoming_started.load(Ordering::SeqCst) {
+            return Err(MigrateError::IncomingStarted);
+        }
+        if (self.h.run_state)() != RunState::InMigrate {
+            return Err(MigrateError::NotIncoming);
+        }
+        if self.incoming_started.swap(true, Ordering::SeqCst) {
+            return Err(MigrateError::IncomingStarted);
+        }
+        let uri = MigrationUri::parse(uri).map_err(|e| {
+            self.incoming_started.store(false, Ordering::SeqCst);
+            match e {
+                super::uri::UriError::Protocol => MigrateError::UnknownProtocol(uri.to_string()),
+                other => other.into(),
+            }
+        })?;
+        start(self, &uri, named).inspect_err(|_| {
+            self.incoming_started.store(false, Ordering::SeqCst);
+        })
+    }
 }

@@ -7,23 +7,19 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use ipc::{MachineShape, RunState};
 use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::agent::Agent;
-use super::block::DiskCopy;
 use super::progress::{Progress, Status};
 use super::settings::{Capability, MigrationSettings};
-use super::uri::MigrationUri;
-use super::{incoming, outgoing};
 use crate::block::BlockLayer;
 use crate::children::link::VmmLink;
 use crate::children::sandbox::Policy;
 use crate::events::{Event, EventBus, MigrationPass, MigrationStatusChange};
-use crate::gateway::{ExitReason, RunStateView};
 
 /// Why a migrate or migrate-incoming command is refused (QEMU's words).
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +52,23 @@ pub struct Handles {
     pub events: Arc<EventBus>,
     pub policy: Policy,
     pub agent_binary: PathBuf,
-    pub exit: mpsc::Sender<ExitReason>,
-    pub run_state: RunStateView,
+    /// Ends the gateway: the VM was to arrive by migration, and that failed.
+    pub end_gateway: Box<dyn Fn(String) + Send + Sync>,
+    /// The VM's run state as vmm-core last reported it.
+    pub run_state: Box<dyn Fn() -> RunState + Send + Sync>,
 }
 
 pub struct Migrator {
     pub(super) h: Handles,
     /// The gateway's migration settings (shared with the QMP commands that change them).
     pub settings: Arc<Mutex<MigrationSettings>>,
-    progress: Mutex<Progress>,
+    pub(super) progress: Mutex<Progress>,
     /// Held while the status changes (and is announced), and while a cancel and the
     /// commitment to hand the VM over exclude each other.
-    transitions: Mutex<()>,
+    pub(super) transitions: Mutex<()>,
     pub(super) cancel: AtomicBool,
     /// The device state is on its way to the destination: too late to cancel.
-    committed: AtomicBool,
+    pub(super) committed: AtomicBool,
     /// The outgoing migration's connection, for a cancel to shut down (what the agent
     /// waits on then ends, before the agent itself is known).
     pub(super) connection: Mutex<Option<OwnedFd>>,
@@ -79,7 +77,7 @@ pub struct Migrator {
     /// The VM's shape, for the destination to check (set at launch).
     pub(super) shape: Mutex<MachineShape>,
     /// Destination: the incoming migration was started (migrate-incoming or --incoming).
-    incoming_started: AtomicBool,
+    pub(super) incoming_started: AtomicBool,
     /// Destination: run the VM once it arrived (no -S, or cont while in "inmigrate").
     pub(super) autostart: AtomicBool,
 }
@@ -131,7 +129,11 @@ impl Migrator {
 
     /// Moves to `status` if the current one is `allowed`, with `transitions` held;
     /// whether it moved.
-    fn change_status(&self, status: Status, allowed: impl FnOnce(Status) -> bool) -> bool {
+    pub(super) fn change_status(
+        &self,
+        status: Status,
+        allowed: impl FnOnce(Status) -> bool,
+    ) -> bool {
         {
             let mut p = self.progress.lock();
             if p.status == status || !allowed(p.status) {
@@ -141,7 +143,7 @@ impl Migrator {
         }
         // Capabilities are fixed while a migration out of this VM runs (QEMU's check
         // looks at its outgoing migration only).
-        let outgoing = self.h.run_state.get() != RunState::InMigrate;
+        let outgoing = (self.h.run_state)() != RunState::InMigrate;
         let running = outgoing && (status.in_progress() || status == Status::Setup);
         self.settings.lock().set_running(running);
         if self.settings.lock().capability(Capability::Events) {
@@ -167,7 +169,7 @@ impl Migrator {
     }
 
     /// Ends the migration as failed, with query-migrate's error-desc if there is one.
-    fn failed(&self, why: Option<String>) {
+    pub(super) fn failed(&self, why: Option<String>) {
         self.with_progress(|p| {
             p.error = why;
             if let Some(s) = p.started {
@@ -177,66 +179,12 @@ impl Migrator {
         self.set_status(Status::Failed);
     }
 
-    /// QMP migrate: checks, then the migration runs on a thread of its own (its
-    /// failures show in query-migrate and the MIGRATION event, as in QEMU).
-    pub fn migrate(
-        self: &Arc<Self>,
-        uri: &str,
-        blk: bool,
-        inc: bool,
-        named: impl FnOnce(&str) -> Result<OwnedFd, String>,
-    ) -> Result<(), MigrateError> {
-        if self.h.run_state.get() == RunState::InMigrate {
-            return Err(MigrateError::Incoming);
-        }
-        if self.in_progress() {
-            return Err(MigrateError::InProgress);
-        }
-        if self.h.run_state.get() == RunState::PostMigrate {
-            return Err(MigrateError::Migrated);
-        }
-        {
-            let _order = self.transitions.lock();
-            if self.in_progress() {
-                return Err(MigrateError::InProgress);
-            }
-            self.cancel.store(false, Ordering::SeqCst);
-            self.committed.store(false, Ordering::SeqCst);
-            *self.progress.lock() = Progress {
-                started: Some(std::time::Instant::now()),
-                ..Progress::default()
-            };
-            self.change_status(Status::Setup, |_| true);
-        }
-        // From here on the migration exists, as in QEMU: a URI refused now fails it
-        // (with the reason as error-desc, but for an unknown scheme).
-        let refused = |e: MigrateError| {
-            let desc = !matches!(e, MigrateError::Uri(super::uri::UriError::Protocol));
-            self.failed(desc.then(|| e.to_string()));
-            e
-        };
-        let uri = MigrationUri::parse(uri).map_err(|e| refused(e.into()))?;
-        // An fd: URI takes the named fd now, as QEMU does (the name is gone after).
-        let named_fd = match &uri {
-            MigrationUri::Fd(name) => {
-                Some(named(name).map_err(|e| refused(MigrateError::Channel(e)))?)
-            }
-            _ => None,
-        };
-        let m = self.clone();
-        std::thread::Builder::new()
-            .name("migration".into())
-            .spawn(move || outgoing::run(&m, &uri, named_fd, DiskCopy::from_flags(blk, inc)))
-            .map_err(|e| MigrateError::Agent(e.to_string()))?;
-        Ok(())
-    }
-
     /// QMP migrate_cancel: a migration out of this VM stops, the VM stays here (running
     /// as before). Nothing happens when none runs, on a destination (QEMU 7.2's cancel
     /// leaves an incoming migration be), or once the device state is on its way: the VM
     /// may run there already, and must not run here too.
     pub fn cancel(&self) {
-        if self.h.run_state.get() == RunState::InMigrate {
+        if (self.h.run_state)() == RunState::InMigrate {
             return;
         }
         {
@@ -279,35 +227,6 @@ impl Migrator {
         true
     }
 
-    /// migrate-incoming (or --incoming at start): the VM waits in "inmigrate" for a
-    /// source on `uri`.
-    pub fn incoming(
-        self: &Arc<Self>,
-        uri: &str,
-        named: impl FnOnce(&str) -> Result<OwnedFd, String>,
-    ) -> Result<(), MigrateError> {
-        // QEMU's order: once started (and after it arrived), that is the answer.
-        if self.incoming_started.load(Ordering::SeqCst) {
-            return Err(MigrateError::IncomingStarted);
-        }
-        if self.h.run_state.get() != RunState::InMigrate {
-            return Err(MigrateError::NotIncoming);
-        }
-        if self.incoming_started.swap(true, Ordering::SeqCst) {
-            return Err(MigrateError::IncomingStarted);
-        }
-        let uri = MigrationUri::parse(uri).map_err(|e| {
-            self.incoming_started.store(false, Ordering::SeqCst);
-            match e {
-                super::uri::UriError::Protocol => MigrateError::UnknownProtocol(uri.to_string()),
-                other => other.into(),
-            }
-        })?;
-        incoming::start(self, &uri, named).inspect_err(|_| {
-            self.incoming_started.store(false, Ordering::SeqCst);
-        })
-    }
-
     /// cont or stop while the VM waits for its migration: whether it runs once here.
     pub fn set_autostart(&self, run: bool) {
         self.autostart.store(run, Ordering::SeqCst);
@@ -320,6 +239,6 @@ impl Migrator {
             agent.kill();
         }
         self.fail(why.clone());
-        let _ = self.h.exit.send(ExitReason::IncomingFailed(why));
+        (self.h.end_gateway)(why);
     }
 }

@@ -6,6 +6,7 @@
 //! gone, the vCPUs running again if they ran.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,8 @@ use ipc::{AgentReply, AgentRequest, OutgoingStart, PassReport, RunState, VmmRepl
 
 use super::agent::Agent;
 use super::block::DiskCopy;
-use super::migrator::Migrator;
-use super::progress::{Status, PAGE_SIZE};
+use super::migrator::{MigrateError, Migrator};
+use super::progress::{Progress, Status, PAGE_SIZE};
 use super::settings::Capability;
 use super::uri::{self, MigrationUri, Opened};
 
@@ -38,7 +39,7 @@ impl<E: std::fmt::Display> From<E> for Stop {
 }
 
 pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, copy: DiskCopy) {
-    let running_before = m.h.run_state.get() == RunState::Running;
+    let running_before = (m.h.run_state)() == RunState::Running;
     let mut logging = false;
     let mut stopped = false;
     let mut inactive = false;
@@ -209,8 +210,8 @@ fn migrate(
         return Err(Stop::Cancelled);
     }
     // The destination takes the disks' locks when it has the state: ours go first.
-    m.h.block.inactivate()?;
     *inactive = true;
+    m.h.block.inactivate()?;
     agent_call(
         m,
         &agent,
@@ -426,6 +427,62 @@ fn set_throttle(m: &Migrator, percent: u8) -> Result<(), Stop> {
     m.h.vmm.request(VmmRequest::Throttle { percent }, &[])?;
     m.with_progress(|p| p.cpu_throttle = percent);
     Ok(())
+}
+
+impl Migrator {
+    /// QMP migrate: checks, then the migration runs on a thread of its own (its
+    /// failures show in query-migrate and the MIGRATION event, as in QEMU).
+    pub fn migrate(
+        self: &Arc<Self>,
+        uri: &str,
+        blk: bool,
+        inc: bool,
+        named: impl FnOnce(&str) -> Result<OwnedFd, String>,
+    ) -> Result<(), MigrateError> {
+        if (self.h.run_state)() == RunState::InMigrate {
+            return Err(MigrateError::Incoming);
+        }
+        if self.in_progress() {
+            return Err(MigrateError::InProgress);
+        }
+        if (self.h.run_state)() == RunState::PostMigrate {
+            return Err(MigrateError::Migrated);
+        }
+        {
+            let _order = self.transitions.lock();
+            if self.in_progress() {
+                return Err(MigrateError::InProgress);
+            }
+            self.cancel.store(false, Ordering::SeqCst);
+            self.committed.store(false, Ordering::SeqCst);
+            *self.progress.lock() = Progress {
+                started: Some(std::time::Instant::now()),
+                ..Progress::default()
+            };
+            self.change_status(Status::Setup, |_| true);
+        }
+        // From here on the migration exists, as in QEMU: a URI refused now fails it
+        // (with the reason as error-desc, but for an unknown scheme).
+        let refused = |e: MigrateError| {
+            let desc = !matches!(e, MigrateError::Uri(super::uri::UriError::Protocol));
+            self.failed(desc.then(|| e.to_string()));
+            e
+        };
+        let uri = MigrationUri::parse(uri).map_err(|e| refused(e.into()))?;
+        // An fd: URI takes the named fd now, as QEMU does (the name is gone after).
+        let named_fd = match &uri {
+            MigrationUri::Fd(name) => {
+                Some(named(name).map_err(|e| refused(MigrateError::Channel(e)))?)
+            }
+            _ => None,
+        };
+        let m = self.clone();
+        std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || run(&m, &uri, named_fd, DiskCopy::from_flags(blk, inc)))
+            .map_err(|e| MigrateError::Agent(e.to_string()))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -199,3 +199,46 @@ pub fn wait_migration(c: &mut QmpClient, ends: &[&str]) -> Value {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What a guest with disk and network load needs around it: a scratch directory with an
+/// 8 MiB raw image, the echo peer of its NIC, and the gateway options of a disk on that
+/// image and a NIC whose frames go to the reflector.
+pub struct IoSetup {
+    pub dir: crate::TempDir,
+    pub image: std::path::PathBuf,
+    pub reflector: Reflector,
+    pub options: Vec<String>,
+}
+
+impl IoSetup {
+    pub fn new(tag: &str) -> IoSetup {
+        let dir = crate::TempDir::new(tag);
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("image");
+        let reflector = Reflector::start(None);
+        let options = vec![
+            "--drive".into(),
+            format!("file={},format=raw,id=d0", image.display()),
+            "--netdev".into(),
+            format!(
+                "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:0",
+                reflector.port
+            ),
+            "--device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+        ];
+        IoSetup {
+            dir,
+            image,
+            reflector,
+            options,
+        }
+    }
+
+    /// The options as a gateway command line takes them.
+    pub fn args(&self) -> Vec<&str> {
+        self.options.iter().map(String::as_str).collect()
+    }
+}

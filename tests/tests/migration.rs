@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use flotilla_tests::migration::{
-    count, destination, expect_mig, free_port, status, wait_for_status, wait_migration, Reflector,
+    count, destination, expect_mig, free_port, status, wait_for_status, wait_migration, IoSetup,
 };
 use flotilla_tests::procs::{descendants, ProcId};
 use flotilla_tests::qmp::Gateway;
-use flotilla_tests::TempDir;
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -48,34 +47,12 @@ fn the_idle_guest_moves_and_answers_its_power_button_there() {
     dst.expect_clean_exit(0, true);
 }
 
-/// The options of a gateway whose guest dirties memory, writes its disk and echoes
-/// frames through `reflector`.
-fn dirty_guest_options(image: &std::path::Path, reflector: &Reflector) -> Vec<String> {
-    vec![
-        "--drive".into(),
-        format!("file={},format=raw,id=d0", image.display()),
-        "--netdev".into(),
-        format!(
-            "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:0",
-            reflector.port
-        ),
-        "--device".into(),
-        "virtio-net-pci,netdev=n0".into(),
-    ]
-}
-
 const DIRTY: &str = "scenario=migrate-dirty dirty-mib=32 mig-blk=1 mig-net=1";
 
 #[test]
 fn a_guest_that_dirties_memory_and_does_io_moves_intact() {
-    let dir = TempDir::new("migration-dirty");
-    let image = dir.path().join("disk.img");
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(8 << 20))
-        .expect("image");
-    let reflector = Reflector::start(None);
-    let opts = dirty_guest_options(&image, &reflector);
-    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let io = IoSetup::new("migration-dirty");
+    let opts = io.args();
     let mut src = Gateway::start_with(2, DIRTY, &opts);
     expect_mig(&mut src.vm, "GUEST MIG ready", BOOT);
     expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
@@ -140,7 +117,11 @@ fn a_guest_that_dirties_memory_and_does_io_moves_intact() {
         "the guest booted again at the destination:\n{}",
         dst.vm.transcript()
     );
-    assert_eq!(reflector.senders(), 2, "both NICs should have sent frames");
+    assert_eq!(
+        io.reflector.senders(),
+        2,
+        "both NICs should have sent frames"
+    );
 }
 
 /// The guest's disk and NIC load through a live upgrade of vmm-core, ten times in a row:
@@ -148,14 +129,8 @@ fn a_guest_that_dirties_memory_and_does_io_moves_intact() {
 /// daemons stay, and each upgrade's pause is reported.
 #[test]
 fn vmm_core_is_upgraded_ten_times_under_guest_io() {
-    let dir = TempDir::new("vmm-upgrade");
-    let image = dir.path().join("disk.img");
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(8 << 20))
-        .expect("image");
-    let reflector = Reflector::start(None);
-    let opts = dirty_guest_options(&image, &reflector);
-    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let io = IoSetup::new("vmm-upgrade");
+    let opts = io.args();
     let mut gw = Gateway::start_with(2, DIRTY, &opts);
     expect_mig(&mut gw.vm, "GUEST MIG ready", BOOT);
     expect_mig(&mut gw.vm, "GUEST MIG blk", PROGRESS);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::migration::{expect_mig, free_port, wait_for_status, Reflector};
+use flotilla_tests::migration::{expect_mig, free_port, wait_for_status, IoSetup};
 use flotilla_tests::procs::{descendants, ProcId};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
@@ -55,46 +55,22 @@ fn destination(memory: u64, cpus: usize, cmdline: &str, incoming: &str, extra: &
 /// network lines seen), and the options a destination for it needs.
 struct Source {
     gw: Gateway,
-    opts: Vec<String>,
-    _reflector: Reflector,
-    _dir: TempDir,
+    io: IoSetup,
 }
 
 impl Source {
     fn start() -> Source {
-        let dir = TempDir::new("migration-source");
-        let image = dir.path().join("disk.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(8 << 20))
-            .expect("image");
-        let reflector = Reflector::start(None);
-        let opts = vec![
-            "--drive".into(),
-            format!("file={},format=raw,id=d0", image.display()),
-            "--netdev".into(),
-            format!(
-                "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:0",
-                reflector.port
-            ),
-            "--device".into(),
-            "virtio-net-pci,netdev=n0".into(),
-        ];
-        let args: Vec<&str> = opts.iter().map(String::as_str).collect();
-        let mut gw = Gateway::start_with(2, DIRTY, &args);
+        let io = IoSetup::new("migration-source");
+        let mut gw = Gateway::start_with(2, DIRTY, &io.args());
         expect_mig(&mut gw.vm, "GUEST MIG ready", BOOT);
         for what in ["round", "blk", "net"] {
             expect_mig(&mut gw.vm, &format!("GUEST MIG {what} "), PROGRESS);
         }
-        Source {
-            gw,
-            opts,
-            _reflector: reflector,
-            _dir: dir,
-        }
+        Source { gw, io }
     }
 
     fn opts(&self) -> Vec<&str> {
-        self.opts.iter().map(String::as_str).collect()
+        self.io.args()
     }
 
     /// A compatible destination on `incoming`.

@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 
+use crate::stream::{read_u32, read_u64, read_u8};
 use ipc::disk_channel::{MAX_IO, MAX_ZERO, SECTOR};
 use ipc::{MigratedDisk, MigratedDisks};
 
@@ -50,24 +51,6 @@ pub enum RecordError {
 
 fn malformed(what: impl Into<String>) -> RecordError {
     RecordError::Malformed(what.into())
-}
-
-fn read_u8(r: &mut impl Read) -> io::Result<u8> {
-    let mut b = [0u8; 1];
-    r.read_exact(&mut b)?;
-    Ok(b[0])
-}
-
-fn read_u32(r: &mut impl Read) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-fn read_u64(r: &mut impl Read) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_le_bytes(b))
 }
 
 pub fn write_disks(w: &mut impl Write, d: &MigratedDisks) -> io::Result<usize> {

@@ -188,3 +188,41 @@ fn daemons(gateway_pid: i32) -> Vec<ProcId> {
         })
         .collect()
 }
+
+/// exec: both ways: the source writes its stream through a command into a file, and a
+/// destination started later reads it back through another: the whole stream (its end
+/// included) went through, and the guest answers its power button there. The source's
+/// command writes its file only at the end of its input (as a compressor would): cut
+/// short when the source has sent the stream, it would write nothing.
+#[test]
+fn the_stream_goes_through_exec_commands_into_a_file_and_back() {
+    let mut src = Gateway::start_with(2, "", &[]);
+    src.vm.expect_prefix("GUEST IDLE", BOOT);
+    let file = src.dir.path().join("stream");
+    let mut s = src.client();
+    s.ok(
+        "migrate",
+        json!({"uri": format!(
+            "exec:exec python3 -c 'import sys; d = sys.stdin.buffer.read(); open(sys.argv[1], \"wb\").write(d)' {}",
+            file.display()
+        )}),
+    );
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(
+        info["status"],
+        "completed",
+        "{info}\n{}",
+        src.vm.transcript()
+    );
+    assert_eq!(status(&mut s), "postmigrate");
+    let written = std::fs::metadata(&file).expect("the stream's file").len();
+    assert!(written > 0, "an empty stream");
+    let mut dst = destination(2, "", &format!("exec:cat {}", file.display()), &[]);
+    let mut d = dst.client();
+    wait_for_status(&mut d, "running");
+    let dinfo = wait_migration(&mut d, &["completed", "failed"]);
+    assert_eq!(dinfo["status"], "completed", "{dinfo}");
+    d.ok("system_powerdown", json!({}));
+    dst.vm.expect_prefix("GUEST POWER BUTTON", BOOT);
+    dst.expect_clean_exit(0, true);
+}

@@ -125,7 +125,7 @@ fn migrate(
     (logging, stopped, inactive): (&mut bool, &mut bool, &mut bool),
 ) -> Result<(), Stop> {
     let mut named_fd = named_fd;
-    let mut opened: Opened = uri::connect(uri, |_| {
+    let opened: Opened = uri::connect(uri, |_| {
         named_fd
             .take()
             .ok_or_else(|| "the named fd was already taken".to_string())
@@ -221,8 +221,14 @@ fn migrate(
         },
     )?;
     // The VM runs there now.
-    opened.reap();
     let downtime = downtime_start.elapsed().as_millis() as u64;
+    // The agent and the gateway's handles on the connection go first, so that an exec:
+    // command sees the end of its input and finishes writing, rather than being cut short.
+    if let Some(agent) = m.agent.lock().take() {
+        agent.stop(Duration::from_secs(2));
+    }
+    m.connection.lock().take();
+    opened.finish();
     if let Err(e) = m.h.vmm.request(VmmRequest::MigrationEnd, &[]) {
         log::warn!("migration: turning dirty logging off: {e}");
     }

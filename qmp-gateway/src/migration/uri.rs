@@ -84,7 +84,30 @@ pub struct Opened {
     pub socket: Option<PathBuf>,
 }
 
+/// How long an exec: command has to finish (write out what it read) once its input ended.
+const EXEC_FINISH: Duration = Duration::from_secs(30);
+
 impl Opened {
+    /// The stream is complete and the agent gone: the connection closes, and an exec:
+    /// command, which sees the end of its input now, is waited for (killed only if it
+    /// does not end within EXEC_FINISH): cut short, it would lose the stream's end.
+    pub fn finish(mut self) {
+        let child = self.child.take();
+        // Closes the connection (and removes a listener's socket file).
+        drop(self);
+        if let Some(mut c) = child {
+            let deadline = std::time::Instant::now() + EXEC_FINISH;
+            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                log::warn!("the migration's exec: command did not end; killing it");
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+
     /// Reaps the exec: command, if there is one (killed if it still runs).
     pub fn reap(&mut self) {
         if let Some(mut c) = self.child.take() {

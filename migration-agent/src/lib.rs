@@ -5,7 +5,7 @@
 //! connection the gateway handed over; device state comes from vmm-core through the
 //! gateway, opaque. The gateway drives it (passes, the stop-and-copy, the answer).
 //!
-//! - `stream`: the wire format (versioned; docs/migration-stream.md);
+//! - `stream`: the wire format (versioned; docs/migration-stream.md); `wire`: its integers;
 //! - `ram`: guest RAM's windows, mapped;
 //! - `outgoing`: the source's passes and finish; `pacer`: the bandwidth limit;
 //!   `xbzrle`: the delta encoding and its cache;
@@ -21,4 +21,5 @@ pub mod pacer;
 pub mod ram;
 pub mod seccomp;
 pub mod stream;
+pub mod wire;
 pub mod xbzrle;

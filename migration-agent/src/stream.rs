@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use ipc::MachineShape;
 
 use crate::disks::records::{self, DiskRecord, RecordError, DISKS, DISK_DATA, DISK_ZERO};
+use crate::wire::{read_u16, read_u32, read_u64, read_u8};
 
 pub const MAGIC: &[u8; 8] = b"FLOTMIG\n";
 pub const VERSION: u32 = 1;
@@ -78,30 +79,6 @@ fn answer_error(e: io::Error) -> StreamError {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => StreamError::NoAnswer,
         _ => StreamError::Io(e),
     }
-}
-
-pub(crate) fn read_u8(r: &mut impl Read) -> io::Result<u8> {
-    let mut b = [0u8; 1];
-    r.read_exact(&mut b)?;
-    Ok(b[0])
-}
-
-pub(crate) fn read_u16(r: &mut impl Read) -> io::Result<u16> {
-    let mut b = [0u8; 2];
-    r.read_exact(&mut b)?;
-    Ok(u16::from_le_bytes(b))
-}
-
-pub(crate) fn read_u32(r: &mut impl Read) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-pub(crate) fn read_u64(r: &mut impl Read) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_le_bytes(b))
 }
 
 fn read_list(r: &mut impl Read, what: &str) -> Result<Vec<u32>, StreamError> {

@@ -12,7 +12,7 @@
 
 use std::io::{self, Read, Write};
 
-use crate::stream::{read_u32, read_u64, read_u8};
+use crate::wire::{read_u32, read_u64, read_u8};
 use ipc::disk_channel::{MAX_IO, MAX_ZERO, SECTOR};
 use ipc::{MigratedDisk, MigratedDisks};
 

@@ -618,6 +618,40 @@ fn a_cancel_after_the_state_went_is_too_late() {
     assert_eq!(run_state(&mut d), "running");
 }
 
+/// The destination runs the VM but the source never hears so (the connection is cut
+/// while its answer is held): the source's migration fails, and since the destination
+/// holds the disks, the source must not run the guest too: it stays paused, saying why.
+#[test]
+fn a_source_that_cannot_take_its_disks_back_stays_paused() {
+    let src = Source::start();
+    let mut s = src.gw.client();
+    events_on(&mut s);
+    let port = free_port();
+    let mut dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
+    let mut d = dst.client();
+    let relay = Relay::start(
+        port,
+        RelayOptions {
+            answers_before_hold: Some(1),
+            ..RelayOptions::default()
+        },
+    );
+    s.ok("migrate", json!({"uri": relay.uri()}));
+    wait_for_status(&mut d, "running");
+    relay.cut();
+    let info = wait_query(&mut s, ENDING, ended);
+    assert_eq!(info["status"], "failed", "{info}");
+    let why = info["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.ends_with("the VM stays paused here: its disks could not be taken back"),
+        "{info}"
+    );
+    assert_eq!(run_state(&mut s), "paused");
+    // The guest goes on at the destination only.
+    expect_progress(&mut dst.vm);
+    assert_eq!(run_state(&mut d), "running");
+}
+
 /// kill -9 of the destination gateway during precopy: the source's migration fails
 /// saying why, the source runs on, its agent is gone; the destination's children end.
 #[test]

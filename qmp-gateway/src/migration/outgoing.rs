@@ -65,11 +65,14 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
     if result.is_ok() {
         return;
     }
-    // The VM stays here: its disks' locks back, logging off, running again if it ran.
+    // The VM stays here: its disks back, logging off, running again if it ran.
+    let mut disks_back = true;
     if inactive {
         if let Err(e) = m.h.block.activate() {
-            // Someone took them meanwhile: the VM cannot safely write its disks.
-            log::error!("migration: taking the disks' locks back: {e}");
+            // Someone took them meanwhile (the destination): the VM must not write them,
+            // so it does not run again here.
+            log::error!("migration: taking the disks back: {e}");
+            disks_back = false;
         }
     }
     if logging {
@@ -77,11 +80,16 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
             log::error!("migration: turning dirty logging off: {e}");
         }
     }
-    if stopped && running_before {
+    if stopped && running_before && disks_back {
         if let Err(e) = m.h.vmm.request(VmmRequest::Cont, &[]) {
             log::error!("migration: resuming the VM: {e}");
         }
         m.h.block.cont();
+    } else if stopped {
+        // Stopped before the migration, or without its disks: paused, not finish-migrate.
+        if let Err(e) = m.h.vmm.request(VmmRequest::Stop, &[]) {
+            log::error!("migration: leaving the VM paused: {e}");
+        }
     }
     if m.cancelled() {
         m.with_progress(|p| {
@@ -92,10 +100,12 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
         m.set_status(Status::Cancelled);
         return;
     }
-    if let Err(Stop::Failed(why)) = result {
-        m.fail(why);
-    } else {
-        m.set_status(Status::Cancelled);
+    match result {
+        Err(Stop::Failed(why)) if !disks_back => m.fail(format!(
+            "{why}; the VM stays paused here: its disks could not be taken back"
+        )),
+        Err(Stop::Failed(why)) => m.fail(why),
+        _ => m.set_status(Status::Cancelled),
     }
 }
 

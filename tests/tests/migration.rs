@@ -226,3 +226,43 @@ fn the_stream_goes_through_exec_commands_into_a_file_and_back() {
     dst.vm.expect_prefix("GUEST POWER BUTTON", BOOT);
     dst.expect_clean_exit(0, true);
 }
+
+/// A VM stopped while its migration runs arrives paused, as QEMU's does (the run state
+/// goes with the state at the end), and runs at the destination once told to.
+#[test]
+fn a_vm_stopped_during_its_migration_arrives_paused() {
+    let io = IoSetup::new("migration-stopped");
+    let opts = io.args();
+    let mut src = Gateway::start_with(2, DIRTY, &opts);
+    expect_mig(&mut src.vm, "GUEST MIG ready", BOOT);
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let mut dst = destination(2, DIRTY, &uri, &opts);
+    let mut d = dst.client();
+    let mut s = src.client();
+    // Slow enough that the passes are still going when the VM is stopped.
+    s.ok("migrate-set-parameters", json!({"max-bandwidth": 4 << 20}));
+    s.ok("migrate", json!({"uri": uri}));
+    wait_for_status(&mut s, "running");
+    let deadline = std::time::Instant::now() + PROGRESS;
+    while s.ok("query-migrate", json!({}))["status"] != "active" {
+        assert!(std::time::Instant::now() < deadline, "no active migration");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.ok("stop", json!({}));
+    s.ok(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 10u64 << 30}),
+    );
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(
+        info["status"],
+        "completed",
+        "{info}\n{}",
+        src.vm.transcript()
+    );
+    let dinfo = wait_migration(&mut d, &["completed", "failed"]);
+    assert_eq!(dinfo["status"], "completed", "{dinfo}");
+    assert_eq!(status(&mut d), "paused");
+    d.ok("cont", json!({}));
+    expect_mig(&mut dst.vm, "GUEST MIG round", PROGRESS);
+}

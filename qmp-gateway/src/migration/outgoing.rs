@@ -39,15 +39,15 @@ impl<E: std::fmt::Display> From<E> for Stop {
 }
 
 pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, copy: DiskCopy) {
-    let running_before = (m.h.run_state)() == RunState::Running;
     let mut logging = false;
-    let mut stopped = false;
+    // Set at the stop-and-copy: whether the VM ran then.
+    let mut stopped: Option<bool> = None;
     let mut inactive = false;
     let result = migrate(
         m,
         uri,
         named_fd,
-        (running_before, copy),
+        copy,
         (&mut logging, &mut stopped, &mut inactive),
     );
     // Whatever happened, the agent goes, and the connection with it.
@@ -80,12 +80,12 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
             log::error!("migration: turning dirty logging off: {e}");
         }
     }
-    if stopped && running_before && disks_back {
+    if stopped == Some(true) && disks_back {
         if let Err(e) = m.h.vmm.request(VmmRequest::Cont, &[]) {
             log::error!("migration: resuming the VM: {e}");
         }
         m.h.block.cont();
-    } else if stopped {
+    } else if stopped.is_some() {
         // Stopped before the migration, or without its disks: paused, not finish-migrate.
         if let Err(e) = m.h.vmm.request(VmmRequest::Stop, &[]) {
             log::error!("migration: leaving the VM paused: {e}");
@@ -131,8 +131,8 @@ fn migrate(
     m: &Arc<Migrator>,
     uri: &MigrationUri,
     named_fd: Option<OwnedFd>,
-    (running_before, copy): (bool, DiskCopy),
-    (logging, stopped, inactive): (&mut bool, &mut bool, &mut bool),
+    copy: DiskCopy,
+    (logging, stopped, inactive): (&mut bool, &mut Option<bool>, &mut bool),
 ) -> Result<(), Stop> {
     let mut named_fd = named_fd;
     let opened: Opened = uri::connect(uri, |_| {
@@ -202,10 +202,13 @@ fn migrate(
 
     precopy(m, &agent)?;
 
-    // The stop-and-copy.
+    // The stop-and-copy. Whether the VM runs is read now, as QEMU takes the run state it
+    // sends at the completion: one stopped during the passes stays paused at the
+    // destination (and here, should the migration fail).
+    let running_before = (m.h.run_state)() == RunState::Running;
     let downtime_start = Instant::now();
     m.h.vmm.request(VmmRequest::MigrationStop, &[])?;
-    *stopped = true;
+    *stopped = Some(running_before);
     m.h.block.drain();
     check_cancel(m)?;
     m.set_status(Status::Device);

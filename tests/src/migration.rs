@@ -242,3 +242,19 @@ impl IoSetup {
         self.options.iter().map(String::as_str).collect()
     }
 }
+
+/// Turns on the MIGRATION events (the `events` capability) for `c`'s VM.
+pub fn events_on(c: &mut QmpClient) {
+    c.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
+}
+
+/// Waits for the migration `c`'s VM runs to end, which must be a completion (the source's
+/// console `vm` says what the guest did otherwise); query-migrate's last answer.
+pub fn expect_completed(c: &mut QmpClient, vm: &Vm) -> Value {
+    let info = wait_migration(c, &["completed", "failed"]);
+    assert_eq!(info["status"], "completed", "{info}\n{}", vm.transcript());
+    info
+}

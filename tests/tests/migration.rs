@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use flotilla_tests::migration::{
-    count, destination, expect_mig, free_port, status, wait_for_status, wait_migration, IoSetup,
+    count, destination, events_on, expect_completed, expect_mig, free_port, status,
+    wait_for_status, wait_migration, IoSetup,
 };
 use flotilla_tests::procs::{descendants, ProcId};
 use flotilla_tests::qmp::Gateway;
@@ -24,18 +25,9 @@ fn the_idle_guest_moves_and_answers_its_power_button_there() {
     let mut d = dst.client();
     assert_eq!(status(&mut d), "inmigrate");
     let mut s = src.client();
-    s.ok(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "events", "state": true}]}),
-    );
+    events_on(&mut s);
     s.ok("migrate", json!({"uri": uri}));
-    let info = wait_migration(&mut s, &["completed", "failed"]);
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\n{}",
-        src.vm.transcript()
-    );
+    let info = expect_completed(&mut s, &src.vm);
     assert_eq!(status(&mut s), "postmigrate");
     let dinfo = wait_migration(&mut d, &["completed", "failed"]);
     assert_eq!(dinfo["status"], "completed", "{dinfo}");
@@ -66,18 +58,9 @@ fn a_guest_that_dirties_memory_and_does_io_moves_intact() {
     let mut dst = destination(2, DIRTY, &uri, &opts);
     let mut d = dst.client();
     let mut s = src.client();
-    s.ok(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "events", "state": true}]}),
-    );
+    events_on(&mut s);
     s.ok("migrate", json!({"uri": uri}));
-    let info = wait_migration(&mut s, &["completed", "failed"]);
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\n{}",
-        src.vm.transcript()
-    );
+    let info = expect_completed(&mut s, &src.vm);
     eprintln!("source: {info}");
     assert!(
         info["ram"]["dirty-sync-count"].as_u64() >= Some(2),
@@ -207,13 +190,7 @@ fn the_stream_goes_through_exec_commands_into_a_file_and_back() {
             file.display()
         )}),
     );
-    let info = wait_migration(&mut s, &["completed", "failed"]);
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\n{}",
-        src.vm.transcript()
-    );
+    expect_completed(&mut s, &src.vm);
     assert_eq!(status(&mut s), "postmigrate");
     let written = std::fs::metadata(&file).expect("the stream's file").len();
     assert!(written > 0, "an empty stream");
@@ -253,13 +230,7 @@ fn a_vm_stopped_during_its_migration_arrives_paused() {
         "migrate-set-parameters",
         json!({"max-bandwidth": 10u64 << 30}),
     );
-    let info = wait_migration(&mut s, &["completed", "failed"]);
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\n{}",
-        src.vm.transcript()
-    );
+    expect_completed(&mut s, &src.vm);
     let dinfo = wait_migration(&mut d, &["completed", "failed"]);
     assert_eq!(dinfo["status"], "completed", "{dinfo}");
     assert_eq!(status(&mut d), "paused");

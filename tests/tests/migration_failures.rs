@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::migration::{expect_mig, free_port, wait_for_status, IoSetup};
+use flotilla_tests::migration::{events_on, expect_mig, free_port, wait_for_status, IoSetup};
 use flotilla_tests::procs::{descendants, ProcId};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
@@ -125,13 +125,6 @@ fn run_state(c: &mut QmpClient) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn events_on(c: &mut QmpClient) {
-    c.ok(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "events", "state": true}]}),
-    );
 }
 
 /// The statuses of the MIGRATION events until (and with) one in `last`.
@@ -703,16 +696,26 @@ fn alive(p: &ProcId) -> bool {
             == Some(false)
 }
 
-/// A lost connection mid-way is a failed migration on both sides: the source runs on
-/// and can migrate again, the destination ends.
-#[test]
-fn a_lost_connection_fails_the_migration_on_both_sides() {
-    let mut src = Source::start();
+/// A migration under way through a slow relay (a MiB through already): the source and
+/// its client (MIGRATION events on), the destination, the relay and the source's agent.
+struct Relayed {
+    src: Source,
+    s: QmpClient,
+    dst: Gateway,
+    /// A client of the destination's, kept as the tests keep theirs.
+    d: QmpClient,
+    watched: Watched,
+    relay: Relay,
+    agent: ProcId,
+}
+
+fn relayed_midway() -> Relayed {
+    let src = Source::start();
     let mut s = src.gw.client();
     events_on(&mut s);
     let port = free_port();
-    let mut dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
-    let _d = dst.client();
+    let dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
+    let d = dst.client();
     let watched = Watched::of(&dst);
     let relay = Relay::start(
         port,
@@ -724,6 +727,30 @@ fn a_lost_connection_fails_the_migration_on_both_sides() {
     s.ok("migrate", json!({"uri": relay.uri()}));
     relay.wait_forwarded(1 << 20, ENDING);
     let agent = the_agent(&src.gw);
+    Relayed {
+        src,
+        s,
+        dst,
+        d,
+        watched,
+        relay,
+        agent,
+    }
+}
+
+/// A lost connection mid-way is a failed migration on both sides: the source runs on
+/// and can migrate again, the destination ends.
+#[test]
+fn a_lost_connection_fails_the_migration_on_both_sides() {
+    let Relayed {
+        mut src,
+        mut s,
+        mut dst,
+        d: _d,
+        watched,
+        relay,
+        agent,
+    } = relayed_midway();
     relay.cut();
     let info = wait_query(&mut s, ENDING, ended);
     assert_eq!(info["status"], "failed", "{info}");
@@ -751,23 +778,15 @@ fn a_lost_connection_fails_the_migration_on_both_sides() {
 /// on, and its agent is gone.
 #[test]
 fn a_silent_connection_fails_the_migration() {
-    let mut src = Source::start();
-    let mut s = src.gw.client();
-    events_on(&mut s);
-    let port = free_port();
-    let mut dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
-    let _d = dst.client();
-    let watched = Watched::of(&dst);
-    let relay = Relay::start(
-        port,
-        RelayOptions {
-            rate: Some(SLOW),
-            ..RelayOptions::default()
-        },
-    );
-    s.ok("migrate", json!({"uri": relay.uri()}));
-    relay.wait_forwarded(1 << 20, ENDING);
-    let agent = the_agent(&src.gw);
+    let Relayed {
+        mut src,
+        mut s,
+        mut dst,
+        d: _d,
+        watched,
+        relay,
+        agent,
+    } = relayed_midway();
     relay.freeze();
     let info = wait_query(&mut s, ENDING, ended);
     assert_eq!(

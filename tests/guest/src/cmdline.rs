@@ -2,6 +2,9 @@
 //! scenarios' parameters (`seed=`, `rounds=`, `bench_ms=`...). Unknown words are ignored
 //! (QEMU microvm, for one, appends its own).
 
+use crate::console;
+use core::ops::RangeInclusive;
+
 /// The value of the first `scenario=` word, if any.
 pub fn scenario(cmdline: &[u8]) -> Option<&[u8]> {
     param(cmdline, "scenario")
@@ -41,4 +44,35 @@ pub fn parse_u64(text: &[u8]) -> Option<u64> {
         let digit = (c as char).to_digit(10)?;
         value.checked_mul(10)?.checked_add(u64::from(digit))
     })
+}
+
+/// A numeric parameter (decimal, or hex with 0x): Ok(None) if absent; Err after a
+/// `GUEST ERROR <scenario>: bad KEY=VALUE (a number from A to B)` line if it does not
+/// parse or is outside `range`.
+pub fn number_in(
+    cmdline: &[u8],
+    key: &str,
+    range: RangeInclusive<u64>,
+    scenario: &str,
+) -> Result<Option<u64>, ()> {
+    let Some(text) = param(cmdline, key) else {
+        return Ok(None);
+    };
+    match parse_u64(text) {
+        Some(value) if range.contains(&value) => Ok(Some(value)),
+        _ => {
+            console::error(scenario)
+                .s(": bad ")
+                .s(key)
+                .s("=")
+                .ascii(text)
+                .s(" (a number from ")
+                .dec(*range.start())
+                .s(" to ")
+                .dec(*range.end())
+                .s(")")
+                .end();
+            Err(())
+        }
+    }
 }

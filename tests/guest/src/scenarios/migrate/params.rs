@@ -46,22 +46,7 @@ fn bad(key: &str, text: &[u8]) -> console::Line {
 }
 
 fn number(cmdline: &[u8], key: &str, range: RangeInclusive<u64>) -> Result<Option<u64>, ()> {
-    let Some(text) = cmdline::param(cmdline, key) else {
-        return Ok(None);
-    };
-    match cmdline::parse_u64(text) {
-        Some(value) if range.contains(&value) => Ok(Some(value)),
-        _ => {
-            bad(key, text)
-                .s("a number from ")
-                .dec(*range.start())
-                .s(" to ")
-                .dec(*range.end())
-                .s(")")
-                .end();
-            Err(())
-        }
-    }
+    cmdline::number_in(cmdline, key, range, "mig")
 }
 
 fn flag(cmdline: &[u8], key: &str) -> Result<bool, ()> {

@@ -17,25 +17,7 @@ pub fn number_opt(
     key: &str,
     range: RangeInclusive<u64>,
 ) -> Result<Option<u64>, ()> {
-    let Some(text) = cmdline::param(cmdline, key) else {
-        return Ok(None);
-    };
-    match cmdline::parse_u64(text) {
-        Some(value) if range.contains(&value) => Ok(Some(value)),
-        _ => {
-            console::error("net: bad ")
-                .s(key)
-                .s("=")
-                .ascii(text)
-                .s(" (a number from ")
-                .dec(*range.start())
-                .s(" to ")
-                .dec(*range.end())
-                .s(")")
-                .end();
-            Err(())
-        }
-    }
+    cmdline::number_in(cmdline, key, range, "net")
 }
 
 /// As [`number_opt`], `default` if absent.

@@ -4,7 +4,8 @@
 //! chain, top first, which `formats::chain` opens bottom up, then one memfd per dirty
 //! bitmap); later calls
 //! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
-//! after a failure) while a serving thread answers the frontend. Events (the write
+//! after a failure, a migration's inactivation and activation in place) while a serving
+//! thread answers the frontend. Events (the write
 //! threshold, failed requests) go back on the same socket. Snapshots (internal, or a new
 //! top image over the chain) are `snapshots`'; dirty bitmaps (shared memory the gateway
 //! keeps) are mapped here and marked by the device.
@@ -23,7 +24,7 @@ use ipc::{
 
 use crate::device::{BlkDevice, Policy, DRAIN_TIMEOUT, QUEUE_SIZE, QUIESCE_TIMEOUT};
 use crate::dirty::Bitmap;
-use crate::disk::{CacheMode, Disk};
+use crate::disk::{CacheMode, Disk, Served};
 use crate::engine::{self, EngineKind};
 use crate::formats::chain::{self, ChainOptions};
 use crate::formats::qcow2::Qcow2;
@@ -72,32 +73,12 @@ fn open(
         return Err(format!("{} queues: 1 to 64", open.queues));
     }
     let cache = cache_mode(open.cache.direct, open.cache.no_flush);
-    let images: Vec<File> = fds
-        .by_ref()
-        .take(open.layers.len())
-        .map(File::from)
-        .collect();
-    let bitmaps = map_bitmaps(
-        &open.dirty_bitmaps,
-        fds.by_ref().take(open.dirty_bitmaps.len()),
-    )?;
-    let job_fds: Vec<OwnedFd> = fds.collect();
-    let chain = chain::open(
-        &open.layers,
+    let NodeFiles {
         images,
-        &ChainOptions {
-            // An inactive node (its VM still arriving) opens its images read-only: the
-            // source still writes them.
-            writable: !open.read_only && !open.inactive,
-            direct: cache.direct(),
-            counters: Some(counters.clone()),
-            discard_unmap: open.discard_unmap,
-            keep_bitmaps: open.stored_bitmaps != StoredBitmaps::NotKept
-                && !open.read_only
-                && !open.inactive,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+        bitmaps,
+        job: job_fds,
+    } = NodeFiles::take(open, fds)?;
+    let chain = open_chain(open, images, &counters)?;
     let loaded = stored_bitmaps(&chain.top, open, bitmaps.len())?;
     let disk = Disk::new(
         chain.top,
@@ -107,7 +88,7 @@ fn open(
         &open.serial,
     )
     .map_err(|e| e.to_string())?
-    .keeping_bitmaps(open.stored_bitmaps != StoredBitmaps::NotKept && !open.inactive);
+    .keeping_bitmaps(keeps_bitmaps(open));
     if open.inactive {
         disk.set_inactive();
     }
@@ -134,6 +115,83 @@ fn open(
     let device = BlkDevice::new(disk, engines, stats, policy).map_err(|e| format!("timer: {e}"))?;
     // Marked from the first request on: a restarted daemon loses no write to a bitmap,
     // nor its job any it has to copy.
+    let handed = carry_on(&device, open, (bitmaps, loaded), job_fds, jobs, job_events)?;
+    let serving = device.clone();
+    let listener = UnixListener::from(listener);
+    std::thread::Builder::new()
+        .name("vhost-user".into())
+        .spawn(move || vhost_backend::serve_forever(serving, listener))
+        .map_err(|e| format!("serving thread: {e}"))?;
+    Ok((device, handed))
+}
+
+/// A node's files as `Open` and `Activate` carry them after their own fds: its images
+/// (top first), its dirty bitmaps' memory, its job's fds.
+struct NodeFiles {
+    images: Vec<File>,
+    bitmaps: Vec<Bitmap>,
+    job: Vec<OwnedFd>,
+}
+
+impl NodeFiles {
+    fn take(open: &BlockOpen, fds: impl Iterator<Item = OwnedFd>) -> Result<NodeFiles, String> {
+        let mut fds = fds;
+        let images: Vec<File> = fds
+            .by_ref()
+            .take(open.layers.len())
+            .map(File::from)
+            .collect();
+        let bitmaps = map_bitmaps(
+            &open.dirty_bitmaps,
+            fds.by_ref().take(open.dirty_bitmaps.len()),
+        )?;
+        Ok(NodeFiles {
+            images,
+            bitmaps,
+            job: fds.collect(),
+        })
+    }
+}
+
+/// The node's image chain, from its images' fds.
+fn open_chain(
+    open: &BlockOpen,
+    images: Vec<File>,
+    counters: &Arc<BlockCounters>,
+) -> Result<chain::Chain, String> {
+    let cache = cache_mode(open.cache.direct, open.cache.no_flush);
+    chain::open(
+        &open.layers,
+        images,
+        &ChainOptions {
+            // An inactive node (its VM still arriving) opens its images read-only: the
+            // source still writes them.
+            writable: !open.read_only && !open.inactive,
+            direct: cache.direct(),
+            counters: Some(counters.clone()),
+            discard_unmap: open.discard_unmap,
+            keep_bitmaps: keeps_bitmaps(open),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Whether a writable qcow2 top keeps its persistent bitmaps (see `ChainOptions`).
+fn keeps_bitmaps(open: &BlockOpen) -> bool {
+    open.stored_bitmaps != StoredBitmaps::NotKept && !open.read_only && !open.inactive
+}
+
+/// Gives the device its dirty bitmaps (the gateway's, then those loaded from the
+/// image) and carries on the disk's job; returns the loaded bitmaps' memory, which
+/// the gateway keeps from then on.
+fn carry_on(
+    device: &BlkDevice,
+    open: &BlockOpen,
+    (bitmaps, loaded): (Vec<Bitmap>, Vec<Bitmap>),
+    job_fds: Vec<OwnedFd>,
+    jobs: &Jobs,
+    job_events: &Events,
+) -> Result<Vec<(DirtyBitmapSpec, OwnedFd)>, String> {
     let mut bitmaps = bitmaps;
     let mut handed = Vec::new();
     for (spec, memory) in loaded {
@@ -151,7 +209,7 @@ fn open(
         .map_err(|e| e.to_string())?;
     if let Some(spec) = &open.job {
         let id = spec.id.clone();
-        if let Err(e) = jobs.start(&device, spec.clone(), job_fds, job_events.clone()) {
+        if let Err(e) = jobs.start(device, spec.clone(), job_fds, job_events.clone()) {
             // The node serves anyway; the job ends, and the gateway hears why.
             log::error!("job {id}: carrying it on: {e}");
             job_events(BlockEvent::Job(ipc::JobEvent::Ended {
@@ -163,13 +221,42 @@ fn open(
             }));
         }
     }
-    let serving = device.clone();
-    let listener = UnixListener::from(listener);
-    std::thread::Builder::new()
-        .name("vhost-user".into())
-        .spawn(move || vhost_backend::serve_forever(serving, listener))
-        .map_err(|e| format!("serving thread: {e}"))?;
-    Ok((device, handed))
+    Ok(handed)
+}
+
+/// The node serves its images for real again, in place (`BlockRequest::Activate`):
+/// the chain opened afresh from the fds, as the other side left it, served once
+/// nothing is in flight; then its bitmaps and job as at an open.
+fn activate(
+    device: &BlkDevice,
+    open: &BlockOpen,
+    fds: Vec<OwnedFd>,
+    jobs: &Jobs,
+    job_events: &Events,
+) -> Result<Vec<(DirtyBitmapSpec, OwnedFd)>, String> {
+    let disk = device.disk();
+    if !disk.inactive() {
+        return Err("the node is active already".into());
+    }
+    if open.inactive {
+        return Err("the activation's configuration says inactive".into());
+    }
+    let NodeFiles {
+        images,
+        bitmaps,
+        job: job_fds,
+    } = NodeFiles::take(open, fds.into_iter())?;
+    let chain = open_chain(open, images, device.stats().counters())?;
+    let loaded = stored_bitmaps(&chain.top, open, bitmaps.len())?;
+    {
+        let _quiesced = device.quiesce(QUIESCE_TIMEOUT).map_err(|e| e.to_string())?;
+        disk.replace_served(Served {
+            format: chain.top,
+            flush_fd: chain.flush_fd,
+        });
+        disk.set_active(keeps_bitmaps(open));
+    }
+    carry_on(device, open, (bitmaps, loaded), job_fds, jobs, job_events)
 }
 
 /// The persistent bitmaps `top` stores, loaded into new memory when the open says
@@ -277,6 +364,8 @@ fn handle(
     let disk = device.disk();
     match request {
         BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
+        // Answered by `run`, which hands the loaded bitmaps' memory over with it.
+        BlockRequest::Activate(_) => Err(RemoteError::generic("activation is not a plain call")),
         BlockRequest::Stats => {
             let stats = device.stats().snapshot(disk.size());
             Ok(BlockReply::Stats(Box::new(stats)))
@@ -318,8 +407,8 @@ fn handle(
             device.resume();
             Ok(BlockReply::Done)
         }
-        BlockRequest::Drain => device
-            .drain(DRAIN_TIMEOUT)
+        BlockRequest::Drain { flush } => device
+            .drain(DRAIN_TIMEOUT, flush)
             .map(|()| BlockReply::Done)
             .map_err(|e| RemoteError::generic(e.to_string())),
         BlockRequest::SnapshotCreate { name } => snapshots
@@ -442,7 +531,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
     );
     let snapshots = Snapshots::default();
     let migrations = Arc::new(Migrations::default());
-    let served = link.answer_calls(
+    let served = link.answer_calls_with_fds(
         |request| *request == BlockRequest::Quit,
         |request, fds| {
             if request == BlockRequest::Quit {
@@ -450,7 +539,21 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
                 jobs.stop();
                 migrations.stop();
             }
-            handle(
+            if let BlockRequest::Activate(config) = request {
+                let loaded = activate(&device, &config, fds, &jobs, &events)
+                    .map_err(RemoteError::generic)?;
+                let (loaded_bitmaps, memfds) = loaded.into_iter().unzip();
+                let size = device.disk().size();
+                log::info!("node {}: active, {size} bytes", config.node_name);
+                return Ok((
+                    BlockReply::Opened {
+                        size,
+                        loaded_bitmaps,
+                    },
+                    memfds,
+                ));
+            }
+            let reply = handle(
                 &device,
                 &snapshots,
                 &jobs,
@@ -458,7 +561,8 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
                 &migrations,
                 request,
                 fds,
-            )
+            )?;
+            Ok((reply, Vec::new()))
         },
     );
     jobs.stop();
@@ -469,4 +573,107 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
     }
     served.map_err(ChildError::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Policy;
+    use crate::testing::Scratch;
+    use ipc::{CacheFlags, DetectZeroes, ImageFormat, ImageLayer, OnError};
+    use std::os::unix::fs::FileExt;
+
+    fn config(inactive: bool) -> BlockOpen {
+        BlockOpen {
+            node_name: "n0".into(),
+            serial: "s".into(),
+            read_only: false,
+            cache: CacheFlags::default(),
+            discard_unmap: true,
+            detect_zeroes: DetectZeroes::Off,
+            queues: 1,
+            stats_intervals: vec![],
+            on_read_error: OnError::Report,
+            on_write_error: OnError::Enospc,
+            layers: vec![ImageLayer {
+                node_name: "n0".into(),
+                format: ImageFormat::Raw,
+                filename: "image".into(),
+            }],
+            dirty_bitmaps: vec![],
+            stored_bitmaps: StoredBitmaps::NotKept,
+            job: None,
+            inactive,
+        }
+    }
+
+    /// A node opened inactive (a migration's destination) over `scratch`, as `open`
+    /// builds it.
+    fn inactive_device(scratch: &Scratch) -> BlkDevice {
+        let open = config(true);
+        let counters = Arc::new(BlockCounters::create().unwrap());
+        let file = File::from(OwnedFd::from(scratch.file.try_clone().unwrap()));
+        let chain = open_chain(&open, vec![file], &counters).unwrap();
+        let disk = Disk::new(chain.top, chain.flush_fd, false, CacheMode::Writeback, "n0")
+            .unwrap()
+            .keeping_bitmaps(keeps_bitmaps(&open));
+        disk.set_inactive();
+        let disk = Arc::new(disk);
+        let engines = engine::per_queue(EngineKind::Sync, &disk, 1, u32::from(QUEUE_SIZE)).unwrap();
+        let stats = Arc::new(Stats::new(&[], counters));
+        BlkDevice::new(disk, engines, stats, Policy::default()).unwrap()
+    }
+
+    fn image_fd(scratch: &Scratch) -> Vec<OwnedFd> {
+        vec![OwnedFd::from(scratch.file.try_clone().unwrap())]
+    }
+
+    #[test]
+    fn an_inactive_node_is_activated_in_place() {
+        let scratch = Scratch::new("control-activate", 1 << 20);
+        let device = inactive_device(&scratch);
+        let (jobs, events): (Jobs, Events) = (Jobs::default(), Arc::new(|_| {}));
+        // Inactive: its chain was opened read-only, while the other side writes.
+        assert!(device.disk().format().write(0, &[0xcd; 512]).is_err());
+        scratch.file.write_all_at(&[0xab; 4096], 4096).unwrap();
+
+        let said_inactive = activate(&device, &config(true), image_fd(&scratch), &jobs, &events);
+        assert!(
+            said_inactive
+                .as_ref()
+                .is_err_and(|e| e.contains("says inactive")),
+            "{said_inactive:?}"
+        );
+        assert!(device.disk().inactive());
+
+        let loaded = activate(&device, &config(false), image_fd(&scratch), &jobs, &events);
+        assert_eq!(loaded.map(|l| l.len()), Ok(0));
+        let disk = device.disk();
+        assert!(!disk.inactive());
+        disk.format().write(0, &[0xcd; 512]).unwrap();
+        let mut buf = [0u8; 4096];
+        disk.format().read(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0xab), "what the other side wrote");
+        scratch.file.read_exact_at(&mut buf[..512], 0).unwrap();
+        assert!(
+            buf[..512].iter().all(|b| *b == 0xcd),
+            "written through the new chain"
+        );
+
+        let again = activate(&device, &config(false), image_fd(&scratch), &jobs, &events);
+        assert!(
+            again.as_ref().is_err_and(|e| e.contains("active already")),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn an_activation_short_of_its_image_fd_is_refused() {
+        let scratch = Scratch::new("control-activate-short", 1 << 20);
+        let device = inactive_device(&scratch);
+        let (jobs, events): (Jobs, Events) = (Jobs::default(), Arc::new(|_| {}));
+        let refused = activate(&device, &config(false), Vec::new(), &jobs, &events);
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(device.disk().inactive(), "still inactive");
+    }
 }

@@ -58,8 +58,9 @@ pub struct Disk {
     served: RwLock<Served>,
     read_only: bool,
     /// Its qcow2 top's persistent bitmaps are kept up to date here (loaded or carried
-    /// on, stored at a clean close: see `formats::qcow2::bitmaps`).
-    keeps_bitmaps: bool,
+    /// on, stored at a clean close: see `formats::qcow2::bitmaps`). Decided again when
+    /// an inactive node becomes active.
+    keeps_bitmaps: AtomicBool,
     cache: CacheMode,
     id: [u8; ID_BYTES],
     /// The image belongs to another process for now (a migration's other side): nothing
@@ -87,7 +88,7 @@ impl Disk {
         Ok(Disk {
             served: RwLock::new(Served { format, flush_fd }),
             read_only,
-            keeps_bitmaps: false,
+            keeps_bitmaps: AtomicBool::new(false),
             cache,
             id: id_bytes,
             inactive: AtomicBool::new(false),
@@ -101,6 +102,14 @@ impl Disk {
 
     pub fn inactive(&self) -> bool {
         self.inactive.load(Ordering::Acquire)
+    }
+
+    /// The image is ours again (see `inactive`); `keeps_bitmaps` as `keeping_bitmaps`.
+    /// The caller serves the chain opened afresh first, with the device quiesced.
+    pub fn set_active(&self, keeps_bitmaps: bool) {
+        let keeps = keeps_bitmaps && !self.read_only;
+        self.keeps_bitmaps.store(keeps, Ordering::Release);
+        self.inactive.store(false, Ordering::Release);
     }
 
     /// The chain's top image (a request holds it while it runs: a new top takes over
@@ -137,13 +146,14 @@ impl Disk {
     }
 
     /// The same disk, keeping its top's persistent bitmaps (see the field).
-    pub fn keeping_bitmaps(mut self, keeps: bool) -> Disk {
-        self.keeps_bitmaps = keeps && !self.read_only;
+    pub fn keeping_bitmaps(self, keeps: bool) -> Disk {
+        let keeps = keeps && !self.read_only;
+        self.keeps_bitmaps.store(keeps, Ordering::Release);
         self
     }
 
     pub fn keeps_bitmaps(&self) -> bool {
-        self.keeps_bitmaps
+        self.keeps_bitmaps.load(Ordering::Acquire)
     }
 
     pub fn cache(&self) -> CacheMode {

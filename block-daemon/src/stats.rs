@@ -146,6 +146,11 @@ impl Stats {
         }
     }
 
+    /// The disk's counters page (a chain opened again counts into it too).
+    pub fn counters(&self) -> &Arc<BlockCounters> {
+        &self.counters
+    }
+
     /// The shared counters of `slot` (see `slot`).
     fn shared(&self, slot: usize) -> &SharedOpCounters {
         let page = self.counters.page();

@@ -4,7 +4,7 @@
 //! in qmp-gateway; the message types of each child are in `messages`.
 
 use std::marker::PhantomData;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -96,9 +96,26 @@ where
         is_quit: impl Fn(&R) -> bool,
         mut handle: impl FnMut(R, Vec<OwnedFd>) -> Result<T, RemoteError>,
     ) -> Result<(), IpcError> {
+        self.answer_calls_with_fds(is_quit, |request, fds| {
+            handle(request, fds).map(|answer| (answer, Vec::new()))
+        })
+    }
+
+    /// `answer_calls`, where an answer may hand fds over (as `reply_with_fds`).
+    pub fn answer_calls_with_fds(
+        &self,
+        is_quit: impl Fn(&R) -> bool,
+        mut handle: impl FnMut(R, Vec<OwnedFd>) -> Result<(T, Vec<OwnedFd>), RemoteError>,
+    ) -> Result<(), IpcError> {
         while let Some(call) = self.recv()? {
             let quit = is_quit(&call.request);
-            self.reply(call.id, handle(call.request, call.fds));
+            match handle(call.request, call.fds) {
+                Ok((answer, fds)) => {
+                    let fds: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
+                    self.reply_with_fds(call.id, Ok(answer), &fds);
+                }
+                Err(e) => self.reply(call.id, Err(e)),
+            }
             if quit {
                 break;
             }

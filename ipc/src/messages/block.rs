@@ -124,9 +124,10 @@ pub enum BlockRequest {
     SetWriteThreshold { node_name: String, bytes: u64 },
     /// Start again the requests held after a failure whose action was `Stop` (QMP cont).
     Resume,
-    /// Serve what the guest made available, wait for every request to finish and
-    /// flush (QMP stop, once the vCPUs stopped; I/O limits hold nothing meanwhile).
-    Drain,
+    /// Serve what the guest made available, wait for every request to finish, and
+    /// flush if asked (QMP stop, once the vCPUs stopped; I/O limits hold nothing
+    /// meanwhile). A migration's stop does not ask: its `Inactivate` flushes.
+    Drain { flush: bool },
     /// Quiesce, make internal snapshot `name` of the top image, resume. Answered with
     /// `Snapshot`.
     SnapshotCreate { name: String },
@@ -165,6 +166,13 @@ pub enum BlockRequest {
     /// clean, and from then on nothing is written to it (the destination owns it), not
     /// even at close.
     Inactivate,
+    /// The other way (the VM arrived here, or its migration failed and it stays): the
+    /// node serves its images for real again, in place, without a new daemon. Carries
+    /// the node's configuration as `Open` would for a daemon started now (`inactive`
+    /// false, the bitmaps and job to carry on) and its fds from the images on (no
+    /// listener, no counters). The chain is opened afresh (the other side wrote it);
+    /// answered with `Opened`, and refused unless the node is inactive.
+    Activate(Box<BlockOpen>),
     /// A block migration's source: from now on the chunks writes reach are marked for
     /// the migration (beside the disk's dirty bitmaps, and shown nowhere), and the fd,
     /// a disk channel's end (`crate::disk_channel`), is served on a thread of its own:
@@ -202,6 +210,11 @@ impl Message for BlockRequest {
         match self {
             BlockRequest::Open(open) => {
                 2 + open.layers.len()
+                    + open.dirty_bitmaps.len()
+                    + open.job.as_ref().map_or(0, JobSpec::fd_count)
+            }
+            BlockRequest::Activate(open) => {
+                open.layers.len()
                     + open.dirty_bitmaps.len()
                     + open.job.as_ref().map_or(0, JobSpec::fd_count)
             }

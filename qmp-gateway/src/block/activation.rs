@@ -3,9 +3,10 @@
 //! no more, and it lets go of their locks (keeping its fds); the destination opens the
 //! same images without locks and with daemons that write nothing while the VM arrives,
 //! and at the switch-over takes the locks (which fails if the source still holds them:
-//! then the VM stays on the source) and starts daemons that serve the images for real,
-//! reading their metadata afresh. A source whose switch-over failed does the same to
-//! take its disks back.
+//! then the VM stays on the source) and has its daemons serve the images for real, in
+//! place: each opens the image chain again, writable, from fds sent with the call, and
+//! reads the metadata afresh (a new daemon only where none runs or that fails). A
+//! source whose switch-over failed does the same to take its disks back.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -122,9 +123,40 @@ impl BlockLayer {
             ids
         };
         for id in ids {
-            self.restart(&id, None)?;
+            self.activate_daemon(&id)?;
         }
         Ok(())
+    }
+
+    /// Disk `id`'s daemon serves its images for real from now on: the running one, in
+    /// place (no new process, no new connection for vmm-core: most of a switch-over's
+    /// downtime otherwise), or a new daemon if none runs or that fails.
+    pub(super) fn activate_daemon(&self, id: &str) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        let running = {
+            let state = self.state.lock();
+            let disk = state
+                .disk_by_id(id)
+                .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
+            let job = state.jobs.iter().find(|j| j.disk == disk.id);
+            match &disk.daemon {
+                Some(d) => Some((d.link.clone(), disk.launch(&state.groups, job)?)),
+                None => None,
+            }
+        };
+        if let Some((link, launch)) = running {
+            match launch.activate(&link) {
+                Ok(loaded) => {
+                    let mut state = self.state.lock();
+                    if let Some(d) = state.disks.iter_mut().find(|d| d.id == id) {
+                        d.adopt_loaded(loaded);
+                    }
+                    return Ok(());
+                }
+                Err(e) => log::warn!("disk {id}: activating its daemon in place: {e}"),
+            }
+        }
+        self.replace_daemon(id, None).map(drop)
     }
 }
 

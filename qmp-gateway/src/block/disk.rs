@@ -202,25 +202,7 @@ impl Disk {
     /// `daemon` serves the disk from now on; `loaded`: the persistent bitmaps it loaded
     /// from the top image, if it was told to load them.
     pub fn install(&mut self, (daemon, loaded): Started) -> u32 {
-        if let Some(loaded) = loaded {
-            self.stored_loaded = Some(self.root.clone());
-            for b in loaded {
-                if self
-                    .bitmaps
-                    .iter()
-                    .any(|o| o.node == b.node && o.name == b.name)
-                {
-                    log::warn!(
-                        "disk {}: bitmap '{}' is already on {}",
-                        self.id,
-                        b.name,
-                        b.node
-                    );
-                    continue;
-                }
-                self.bitmaps.push(b);
-            }
-        }
+        self.adopt_loaded(loaded);
         let pid = daemon.pid().unwrap_or(0);
         self.daemon = Some(daemon);
         self.started = Instant::now();
@@ -228,6 +210,30 @@ impl Disk {
         self.stats.new_daemon();
         self.health.daemon_back();
         pid
+    }
+
+    /// The persistent bitmaps a daemon loaded from the top image, if it was told to.
+    pub fn adopt_loaded(&mut self, loaded: Option<Vec<DirtyBitmap>>) {
+        let Some(loaded) = loaded else {
+            return;
+        };
+        self.stored_loaded = Some(self.root.clone());
+        for b in loaded {
+            if self
+                .bitmaps
+                .iter()
+                .any(|o| o.node == b.node && o.name == b.name)
+            {
+                log::warn!(
+                    "disk {}: bitmap '{}' is already on {}",
+                    self.id,
+                    b.name,
+                    b.node
+                );
+                continue;
+            }
+            self.bitmaps.push(b);
+        }
     }
 
     /// Starts a daemon for this disk (at its attach, before anything else can reach
@@ -320,7 +326,34 @@ impl Launch {
                 .link
                 .request(BlockRequest::SetWriteThreshold { node_name, bytes }, &[])?;
         }
-        let loaded = match (self.config.stored_bitmaps, answer) {
+        let loaded = self.loaded(answer, memfds)?;
+        Ok((daemon, loaded))
+    }
+
+    /// The running daemon `link` serves the disk's images for real again, in place
+    /// (`BlockRequest::Activate`), as a daemon started now would (the launch says
+    /// active). Returns the persistent bitmaps it loaded, if it was told to.
+    pub fn activate(
+        self,
+        link: &crate::children::link::Link<BlockProtocol>,
+    ) -> Result<Option<Vec<DirtyBitmap>>, BlockError> {
+        let fds: Vec<_> = (self.images.iter().map(|i| i.as_fd()))
+            .chain(self.bitmaps.iter().map(|b| b.as_fd()))
+            .chain(self.job_fds.iter().map(|f| f.as_fd()))
+            .collect();
+        let request = BlockRequest::Activate(Box::new(self.config.clone()));
+        let (answer, memfds) = link.request_with_fds(request, &fds)?;
+        self.loaded(answer, memfds)
+    }
+
+    /// The persistent bitmaps a daemon's `Opened` answer handed over (with `memfds`),
+    /// if the launch told it to load them.
+    fn loaded(
+        &self,
+        answer: BlockReply,
+        memfds: Vec<OwnedFd>,
+    ) -> Result<Option<Vec<DirtyBitmap>>, BlockError> {
+        Ok(match (self.config.stored_bitmaps, answer) {
             (StoredBitmaps::Load, BlockReply::Opened { loaded_bitmaps, .. }) => Some(
                 loaded_bitmaps
                     .into_iter()
@@ -342,7 +375,6 @@ impl Launch {
                     .collect::<Result<Vec<_>, BlockError>>()?,
             ),
             _ => None,
-        };
-        Ok((daemon, loaded))
+        })
     }
 }

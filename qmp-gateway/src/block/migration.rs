@@ -137,7 +137,7 @@ impl BlockLayer {
     }
 
     /// Destination: disk `id` takes its images' locks (none is kept if one fails) and,
-    /// if it was inactive, gets a daemon that serves (and writes) its images for real.
+    /// if it was inactive, its daemon serves (and writes) its images for real.
     fn activate_disk(&self, id: &str) -> Result<(), BlockError> {
         {
             let mut state = self.state.lock();
@@ -166,8 +166,7 @@ impl BlockLayer {
                 d.config.inactive = false;
             }
         }
-        self.restart(id, None)
-            .map(drop)
+        self.activate_daemon(id)
             .map_err(|e| BlockError::Migration(format!("disk {id}: {e}")))
     }
 }

@@ -552,6 +552,19 @@ impl BlockLayer {
     /// made available and flushes (QEMU drains and flushes every disk before stop
     /// returns), all at once. A daemon that fails to is logged; the VM stays stopped.
     pub fn drain(&self) {
+        let drain = BlockRequest::Drain { flush: true };
+        self.on_every_daemon(drain, "draining its requests at stop");
+    }
+
+    /// A migration's stop-and-copy: `drain` without the flush, which the disks'
+    /// inactivation does next (and a VM that stays here does not need).
+    pub fn drain_unflushed(&self) {
+        let drain = BlockRequest::Drain { flush: false };
+        self.on_every_daemon(drain, "draining its requests at the migration's stop");
+    }
+
+    /// `request` to every disk's daemon at once; failures are logged (`doing`).
+    fn on_every_daemon(&self, request: BlockRequest, doing: &str) {
         let links: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = self
             .state
             .lock()
@@ -561,9 +574,10 @@ impl BlockLayer {
             .collect();
         std::thread::scope(|scope| {
             for (id, link) in &links {
+                let request = request.clone();
                 scope.spawn(move || {
-                    if let Err(e) = link.request(BlockRequest::Drain, &[]) {
-                        log::warn!("disk {id}: draining its requests at stop: {e}");
+                    if let Err(e) = link.request(request, &[]) {
+                        log::warn!("disk {id}: {doing}: {e}");
                     }
                 });
             }

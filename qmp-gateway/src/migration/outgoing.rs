@@ -1,7 +1,8 @@
 //! A migration out of this VM, on its own thread: connect, start dirty logging and the
 //! agent, passes until what is left fits the downtime limit (with auto-converge's CPU
 //! throttle when it does not converge), then the stop-and-copy: vCPUs stopped, disks
-//! drained, the last dirty pages, the device state, the destination's answer. Whatever
+//! drained, the last dirty pages and the device state (the disks flushed and let go
+//! meanwhile), the destination's answer. Whatever
 //! fails or is cancelled on the way leaves the VM here as it was: logging off, the agent
 //! gone, the vCPUs running again if they ran.
 
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc::{AgentReply, AgentRequest, OutgoingStart, PassReport, RunState, VmmReply, VmmRequest};
+
+use crate::block::BlockError;
 
 use super::agent::Agent;
 use super::block::DiskCopy;
@@ -116,6 +119,16 @@ fn check_cancel(m: &Migrator) -> Result<(), Stop> {
     }
 }
 
+/// The stop-and-copy's last dirty pages, then the device state (the VM is stopped).
+fn last_pages_and_state(m: &Migrator, agent: &Agent) -> Result<Vec<u8>, Stop> {
+    sync(m)?;
+    send_pass(m, agent, false, FINAL_BUDGET_MS, true)?;
+    match m.h.vmm.request(VmmRequest::SaveState, &[])? {
+        VmmReply::State(s) => Ok(s),
+        other => Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
+    }
+}
+
 /// A failed call to the agent is a cancellation when migrate_cancel killed it.
 fn agent_call(m: &Migrator, agent: &Agent, request: AgentRequest) -> Result<AgentReply, Stop> {
     agent.link.request(request, &[]).map_err(|e| {
@@ -209,22 +222,27 @@ fn migrate(
     let downtime_start = Instant::now();
     m.h.vmm.request(VmmRequest::MigrationStop, &[])?;
     *stopped = Some(running_before);
-    m.h.block.drain();
+    m.h.block.drain_unflushed();
     check_cancel(m)?;
     m.set_status(Status::Device);
-    sync(m)?;
-    send_pass(m, &agent, false, FINAL_BUDGET_MS, true)?;
-    let state = match m.h.vmm.request(VmmRequest::SaveState, &[])? {
-        VmmReply::State(s) => s,
-        other => return Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
-    };
+    // The disks are flushed, left clean and their locks let go (the destination takes
+    // them when it has the state) while the last pages and the state are taken: both
+    // are inside the downtime. A failure or a cancel from here on takes them back.
+    *inactive = true;
+    let (state, inactivated) = std::thread::scope(|scope| {
+        let inactivation = scope.spawn(|| m.h.block.inactivate());
+        let state = last_pages_and_state(m, &agent);
+        let inactivated = inactivation
+            .join()
+            .unwrap_or_else(|_| Err(BlockError::Migration("the inactivation panicked".into())));
+        (state, inactivated)
+    });
+    let state = state?;
+    inactivated?;
     // Once the state goes, the VM may run there: no cancel from here on.
     if !m.commit() {
         return Err(Stop::Cancelled);
     }
-    // The destination takes the disks' locks when it has the state: ours go first.
-    *inactive = true;
-    m.h.block.inactivate()?;
     agent_call(
         m,
         &agent,
@@ -233,8 +251,10 @@ fn migrate(
             running: running_before,
         },
     )?;
-    // The VM runs there now.
+    // The VM runs there now. total-time ends here too, as QEMU's ends at the completion,
+    // before its cleanup (the agent's exit and dirty logging off, here).
     let downtime = downtime_start.elapsed().as_millis() as u64;
+    let total = m.with_progress(|p| p.started.map(|s| s.elapsed().as_millis() as u64));
     // The agent and the gateway's handles on the connection go first, so that an exec:
     // command sees the end of its input and finishes writing, rather than being cut short.
     if let Some(agent) = m.agent.lock().take() {
@@ -252,7 +272,7 @@ fn migrate(
     m.with_progress(|p| {
         p.downtime_ms = Some(downtime);
         p.ram.remaining = 0;
-        p.total_ms = p.started.map(|s| s.elapsed().as_millis() as u64);
+        p.total_ms = total;
     });
     m.set_status(Status::Completed);
     Ok(())

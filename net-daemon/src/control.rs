@@ -1,6 +1,7 @@
 //! Gateway mode: the NIC's configuration and its host side arrive on an inherited
 //! control socket. The first call opens the NIC (backend fds, vhost-user listener);
-//! later calls manage it (link, receive filter, counters). The receive filter's changes
+//! later calls manage it (link, receive filter, counters, the announcement after a
+//! migration). The receive filter's changes
 //! go back as events.
 
 use std::os::fd::OwnedFd;
@@ -68,6 +69,10 @@ fn handle(device: &NetDevice, request: NetRequest) -> Result<NetReply, RemoteErr
         }
         NetRequest::RxFilter => Ok(NetReply::RxFilter(Box::new(device.rx_filter()))),
         NetRequest::Stats => Ok(NetReply::Stats(device.stats())),
+        NetRequest::Announce => device
+            .announce()
+            .map(|()| NetReply::Done)
+            .map_err(|e| RemoteError::generic(format!("announcing the NIC: {e}"))),
         NetRequest::Quit => Ok(NetReply::Done),
     }
 }

@@ -115,6 +115,26 @@ impl NetDevice {
         self.inner.link_up.store(up, Ordering::SeqCst);
     }
 
+    /// Sends the NIC's announcement (`frames::announcement`) on the first queue pair's
+    /// port, so switches learn where its MAC now is; nothing while the link is down.
+    pub fn announce(&self) -> std::io::Result<()> {
+        if !self.inner.link_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(port) = self.inner.ports.first() else {
+            return Ok(());
+        };
+        let mut with_hdr = vec![0u8; HDR_LEN];
+        with_hdr.extend_from_slice(&frames::announcement(self.inner.mac));
+        port.send(&with_hdr)?;
+        count(&self.inner.counters.tx_packets, 1);
+        count(
+            &self.inner.counters.tx_bytes,
+            (with_hdr.len() - HDR_LEN) as u64,
+        );
+        Ok(())
+    }
+
     pub fn rx_filter(&self) -> RxFilterState {
         self.inner.filter.lock().state()
     }

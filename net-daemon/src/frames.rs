@@ -114,6 +114,30 @@ pub fn header_with_buffers(frame: &[u8], num_buffers: u16) -> [u8; HDR_LEN] {
     header
 }
 
+/// The self-announcement a NIC sends after a migration (QEMU's too): a broadcast RARP
+/// "request reverse" frame from `mac` about `mac`, no IPv4 addresses, padded to the
+/// shortest Ethernet frame (60 bytes without the FCS).
+pub fn announcement(mac: [u8; 6]) -> [u8; 60] {
+    const ETHERTYPE_RARP: u16 = 0x8035;
+    const HTYPE_ETHERNET: u16 = 1;
+    const PTYPE_IPV4: u16 = 0x0800;
+    const OP_REQUEST_REVERSE: u16 = 3;
+    let mut f = [0u8; 60];
+    f[..6].fill(0xff);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ETHERTYPE_RARP.to_be_bytes());
+    f[14..16].copy_from_slice(&HTYPE_ETHERNET.to_be_bytes());
+    f[16..18].copy_from_slice(&PTYPE_IPV4.to_be_bytes());
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&OP_REQUEST_REVERSE.to_be_bytes());
+    // Sender hardware address, sender IPv4 0.0.0.0, target hardware address, target
+    // IPv4 0.0.0.0, then padding: zeroes already.
+    f[22..28].copy_from_slice(&mac);
+    f[32..38].copy_from_slice(&mac);
+    f
+}
+
 /// A control command: (class, command, data) from the readable part, and where the
 /// acknowledgement byte goes (the last writable byte).
 pub fn control(mem: &GuestMemoryMmap, descs: &[Desc]) -> Result<(u8, u8, Vec<u8>, u64), Malformed> {

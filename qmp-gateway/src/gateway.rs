@@ -142,6 +142,12 @@ impl Gateway {
             policy.clone(),
             stop_vm,
         )?);
+        let net = Arc::new(NetLayer::new(
+            events.clone(),
+            vmm.clone(),
+            net_daemon,
+            policy.clone(),
+        )?);
         let migration = Arc::new(Mutex::new(MigrationSettings::default()));
         let migrator = Migrator::new(
             Handles {
@@ -160,6 +166,17 @@ impl Gateway {
                     let status = status.clone();
                     Box::new(move || status.lock().run_state)
                 },
+                announce: {
+                    let (net, status) = (Arc::downgrade(&net), status.clone());
+                    Arc::new(move || {
+                        let net = net.upgrade()?;
+                        let running = status.lock().run_state == RunState::Running;
+                        if running {
+                            net.announce();
+                        }
+                        Some(running)
+                    })
+                },
             },
             migration.clone(),
         );
@@ -174,12 +191,7 @@ impl Gateway {
             identity,
             status,
             block,
-            net: Arc::new(NetLayer::new(
-                events.clone(),
-                vmm.clone(),
-                net_daemon,
-                policy,
-            )?),
+            net,
             vmm,
             vmm_child,
             this: OnceLock::new(),

@@ -70,11 +70,13 @@ pub fn expect_mig(vm: &mut Vm, prefix: &str, timeout: Duration) -> String {
 /// The peer of `mig-net=1` on a UDP socket (QEMU's `-netdev socket,udp=`): every frame of
 /// ethertype 0x88b5 goes back to the address it came from with the source MAC as
 /// destination, our MAC as source and ethertype 0x88b6, payload unchanged (or with the byte
-/// at `corrupt` inverted, to see the guest notice). Stops when dropped.
+/// at `corrupt` inverted, to see the guest notice). RARP frames (a NIC's announcement
+/// after a migration) are kept. Stops when dropped.
 pub struct Reflector {
     pub port: u16,
     stop: Arc<AtomicBool>,
     senders: Arc<Mutex<HashSet<SocketAddr>>>,
+    announcements: Arc<Mutex<Vec<Vec<u8>>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -89,16 +91,22 @@ impl Reflector {
         let port = socket.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let senders = Arc::new(Mutex::new(HashSet::new()));
+        let announcements = Arc::new(Mutex::new(Vec::new()));
         let thread = {
             let (stop, senders) = (stop.clone(), senders.clone());
+            let announcements = announcements.clone();
             std::thread::spawn(move || {
                 let mut frame = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((len, from)) = socket.recv_from(&mut frame) else {
                         continue;
                     };
+                    if len >= 14 && frame[12..14] == [0x80, 0x35] {
+                        announcements.lock().unwrap().push(frame[..len].to_vec());
+                        continue;
+                    }
                     if len < 14 || frame[12..14] != [0x88, 0xb5] {
-                        continue; // QEMU's announcements after a migration, for one
+                        continue;
                     }
                     senders.lock().unwrap().insert(from);
                     let mut echo = frame[..len].to_vec();
@@ -116,12 +124,18 @@ impl Reflector {
             port,
             stop,
             senders,
+            announcements,
             thread: Some(thread),
         }
     }
 
     pub fn senders(&self) -> usize {
         self.senders.lock().unwrap().len()
+    }
+
+    /// The RARP frames received so far, in order.
+    pub fn announcements(&self) -> Vec<Vec<u8>> {
+        self.announcements.lock().unwrap().clone()
     }
 }
 

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use flotilla_tests::migration::{
     count, destination, events_on, expect_completed, expect_mig, free_port, status,
-    wait_for_status, wait_migration, IoSetup,
+    wait_for_status, wait_migration, IoSetup, Reflector,
 };
 use flotilla_tests::procs::{descendants, ProcId};
-use flotilla_tests::qmp::Gateway;
+use flotilla_tests::qemu::Qemu;
+use flotilla_tests::qmp::{Gateway, QmpClient};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -150,6 +151,76 @@ fn a_qcow2_image_the_source_grew_is_served_in_place_at_the_destination() {
     dst.expect_clean_exit(0, true);
     let check = flotilla_tests::blk::qemu_img(&["check", "-q", image]);
     assert!(check.0, "qemu-img check: {}{}", check.1, check.2);
+}
+
+/// How long after the switch-over the announcements are collected: QEMU's five rounds
+/// take 800 ms.
+const ANNOUNCING: Duration = Duration::from_millis(2000);
+
+/// The NIC options of a guest whose frames go to `reflector`, with a fixed MAC.
+fn announcing_nic(reflector: &Reflector) -> [String; 2] {
+    [
+        format!(
+            "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:0",
+            reflector.port
+        ),
+        "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56".to_string(),
+    ]
+}
+
+/// After a migration the destination's NIC tells the network where the VM now is, as
+/// QEMU 7.2's does: the same RARP frames, byte for byte, as many, from the destination
+/// only, and none while the VM that came in stays paused (they go once it runs). QEMU
+/// migrating the same idle guest with the same NIC in this test is the reference.
+#[test]
+fn the_nic_announces_the_vm_at_the_destination_as_qemus_does() {
+    let ours = {
+        let reflector = Reflector::start(None);
+        let [netdev, device] = announcing_nic(&reflector);
+        let nic = ["--netdev", &netdev, "--device", &device];
+        let mut src = Gateway::start_with(1, "scenario=idle", &nic);
+        src.vm.expect_prefix("GUEST IDLE", BOOT);
+        let uri = format!("tcp:127.0.0.1:{}", free_port());
+        let dst = destination(1, "scenario=idle", &uri, &nic);
+        let mut d = dst.client();
+        assert_eq!(status(&mut d), "inmigrate");
+        // Paused once there, as QEMU's -S destination below.
+        d.ok("stop", json!({}));
+        let mut s = src.client();
+        s.ok("migrate", json!({"uri": uri}));
+        expect_completed(&mut s, &src.vm);
+        wait_for_status(&mut d, "paused");
+        paused_then_running(&reflector, &mut d)
+    };
+    let qemus = {
+        let reflector = Reflector::start(None);
+        let [netdev, device] = announcing_nic(&reflector);
+        let nic = ["-netdev", &netdev, "-device", &device];
+        let src = Qemu::guest("scenario=idle", &nic);
+        let mut s = src.client();
+        s.ok("cont", json!({}));
+        let uri = format!("tcp:127.0.0.1:{}", free_port());
+        let incoming = [&nic[..], &["-incoming", &uri]].concat();
+        let dst = Qemu::guest("scenario=idle", &incoming);
+        let mut d = dst.client();
+        s.ok("migrate", json!({"uri": uri}));
+        let info = wait_migration(&mut s, &["completed", "failed"]);
+        assert_eq!(info["status"], "completed", "{info}");
+        wait_for_status(&mut d, "paused");
+        paused_then_running(&reflector, &mut d)
+    };
+    assert_eq!(qemus.len(), 5, "QEMU's announcements: {qemus:02x?}");
+    assert_eq!(ours, qemus, "ours, then QEMU's");
+}
+
+/// The announcements `reflector` gets from a destination `d` that came in paused: none
+/// while it stays paused, then those that come once it runs.
+fn paused_then_running(reflector: &Reflector, d: &mut QmpClient) -> Vec<Vec<u8>> {
+    std::thread::sleep(ANNOUNCING);
+    assert_eq!(reflector.announcements(), Vec::<Vec<u8>>::new(), "paused");
+    d.ok("cont", json!({}));
+    std::thread::sleep(ANNOUNCING);
+    reflector.announcements()
 }
 
 /// The guest's disk and NIC load through a live upgrade of vmm-core, ten times in a row:

@@ -44,6 +44,10 @@ pub enum NetRequest {
     RxFilter,
     /// Answered with `Stats`.
     Stats,
+    /// Tell the network where the NIC is now (after a migration came in): one RARP frame
+    /// from its MAC on the host side, as QEMU's self-announcement; nothing while the
+    /// link is down.
+    Announce,
     Quit,
 }
 

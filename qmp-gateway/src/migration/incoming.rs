@@ -1,14 +1,14 @@
 //! A migration into this VM: the listener (or the stream) from the URI, guest RAM's
 //! memfd from vmm-core, and an agent that receives on its own; its events drive the
 //! rest on a thread here: the device state into vmm-core, the answer to the source, and
-//! the VM running (or paused) once it is all here. A failure ends the gateway, as it
-//! ends QEMU's destination: there is no VM to keep.
+//! the VM running (or paused) once it is all here, and the NICs' announcements. A
+//! failure ends the gateway, as it ends QEMU's destination: there is no VM to keep.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipc::{AgentEvent, AgentRequest, IncomingStart, RunState, VmmReply, VmmRequest};
 
@@ -154,7 +154,48 @@ fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<
     m.h.vmm
         .request(VmmRequest::IncomingCompleted { run }, &[])
         .map_err(|e| e.to_string())?;
+    announce(m.h.announce.clone());
     Ok(())
+}
+
+/// The NICs announce the VM's new place, as QEMU's destination does, on a thread of its
+/// own: a round now, then one after each of these pauses (QEMU's defaults:
+/// announce-initial 50 ms, announce-step 100 ms, announce-rounds 5, announce-max 550 ms).
+/// While the VM does not run, the rounds due are held and go once it runs, as QEMU's
+/// NICs queue what they cannot send while the VM is stopped.
+fn announce(round: Arc<dyn Fn() -> Option<bool> + Send + Sync>) {
+    const PAUSES_MS: [u64; 5] = [0, 50, 150, 250, 350];
+    const HELD_POLL: Duration = Duration::from_millis(50);
+    /// The rounds still due after sending what can be; None once the gateway ends.
+    fn send(round: &dyn Fn() -> Option<bool>, due: u32) -> Option<u32> {
+        let mut due = due;
+        while due > 0 && round()? {
+            due -= 1;
+        }
+        Some(due)
+    }
+    let spawned = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            let mut due = 0;
+            for ms in PAUSES_MS {
+                std::thread::sleep(Duration::from_millis(ms));
+                let Some(left) = send(&*round, due + 1) else {
+                    return;
+                };
+                due = left;
+            }
+            while due > 0 {
+                std::thread::sleep(HELD_POLL);
+                let Some(left) = send(&*round, due) else {
+                    return;
+                };
+                due = left;
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("migration: announcing the NICs: {e}");
+    }
 }
 
 impl Migrator {

@@ -56,6 +56,10 @@ pub struct Handles {
     pub end_gateway: Box<dyn Fn(String) + Send + Sync>,
     /// The VM's run state as vmm-core last reported it.
     pub run_state: Box<dyn Fn() -> RunState + Send + Sync>,
+    /// One round of the NICs' self-announcement (a VM that came in is somewhere new):
+    /// true if sent, false if the VM does not run (nothing sent), None once the gateway
+    /// is ending.
+    pub announce: Arc<dyn Fn() -> Option<bool> + Send + Sync>,
 }
 
 pub struct Migrator {

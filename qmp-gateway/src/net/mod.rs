@@ -391,6 +391,22 @@ impl NetLayer {
         Ok(())
     }
 
+    /// One round of the self-announcement after a migration came in: each NIC whose
+    /// daemon runs sends its RARP frame (a NIC whose link is down sends none).
+    pub fn announce(&self) {
+        let nics: Vec<(String, Arc<crate::children::link::Link<NetProtocol>>)> = (self.state)
+            .lock()
+            .nics
+            .iter()
+            .filter_map(|n| Some((n.id.clone(), n.daemon.as_ref()?.link.clone())))
+            .collect();
+        for (id, link) in nics {
+            if let Err(e) = link.request(NetRequest::Announce, &[]) {
+                log::warn!("NIC {id}: announcing it: {e}");
+            }
+        }
+    }
+
     /// query-rx-filter: each NIC's receive filter (or the one `name` names).
     pub fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, NetError> {
         let mut state = self.state.lock();

@@ -40,6 +40,45 @@ fn the_idle_guest_moves_and_answers_its_power_button_there() {
     dst.expect_clean_exit(0, true);
 }
 
+/// `getfd` of `fd` as `name` on `c` (the fd rides with the command's first byte).
+fn getfd(c: &mut QmpClient, fd: std::os::fd::BorrowedFd, name: &str) {
+    c.send_with_fds(b" ", &[fd]);
+    let command = json!({"execute": "getfd", "arguments": {"fdname": name}});
+    c.send_raw(command.to_string().as_bytes());
+    assert_eq!(c.reply(), json!({"return": {}}));
+}
+
+/// fd: on both sides, as a management stack that makes the connection itself does: the
+/// two ends of a socket pair, handed over with getfd, to a source's migrate and to a
+/// destination started with `--incoming defer`'s migrate-incoming. The guest moves and
+/// answers its power button there; the gateways keep no copy of the fds.
+#[test]
+fn the_stream_goes_through_fds_given_with_getfd() {
+    use std::os::fd::AsFd;
+    let mut src = Gateway::start_with(1, "", &[]);
+    src.vm.expect_prefix("GUEST IDLE", BOOT);
+    let mut dst = destination(1, "", "defer", &[]);
+    let (mut s, mut d) = (src.client(), dst.client());
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    getfd(&mut d, theirs.as_fd(), "mig");
+    getfd(&mut s, ours.as_fd(), "mig");
+    drop((ours, theirs));
+    d.ok("migrate-incoming", json!({"uri": "fd:mig"}));
+    s.ok("migrate", json!({"uri": "fd:mig"}));
+    expect_completed(&mut s, &src.vm);
+    wait_for_status(&mut d, "running");
+    // Taken by the migrations: the names are gone.
+    for c in [&mut s, &mut d] {
+        assert_eq!(
+            c.err("closefd", json!({"fdname": "mig"})).1,
+            "File descriptor named 'mig' not found"
+        );
+    }
+    d.ok("system_powerdown", json!({}));
+    dst.vm.expect_prefix("GUEST POWER BUTTON", BOOT);
+    dst.expect_clean_exit(0, true);
+}
+
 const DIRTY: &str = "scenario=migrate-dirty dirty-mib=32 mig-blk=1 mig-net=1";
 
 #[test]

@@ -52,6 +52,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
 }
 
 /// How long a daemon that is asked to quit has before it is killed.
@@ -101,11 +103,32 @@ impl<K: DaemonKind> Daemon<K> {
         open: K::Call,
         fds: &[BorrowedFd],
     ) -> Result<(Self, K::Answer, Vec<OwnedFd>), DaemonError> {
-        let spawned = Self::spawn(binary, device, policy, on_event, deaths);
-        let daemon = spawned.map_err(|error| DaemonError::Start {
+        Self::spawn_ahead(binary, device, policy, on_event, deaths)?.open(open, fds)
+    }
+
+    /// The first half of `start`: the process started and sandboxed, its first call
+    /// still to come (`open`), so that what the call needs can be got ready meanwhile.
+    /// Dropped unopened, it is told to quit (and killed if it does not).
+    pub fn spawn_ahead(
+        binary: &Path,
+        device: &str,
+        policy: &Policy,
+        on_event: impl Fn(K::Event) + Send + 'static,
+        deaths: Sender<String>,
+    ) -> Result<Self, DaemonError> {
+        Self::spawn(binary, device, policy, on_event, deaths).map_err(|error| DaemonError::Start {
             binary: binary.to_path_buf(),
             error,
-        })?;
+        })
+    }
+
+    /// The second half of `start`: the first call, `open` with `fds`.
+    pub fn open(
+        self,
+        open: K::Call,
+        fds: &[BorrowedFd],
+    ) -> Result<(Self, K::Answer, Vec<OwnedFd>), DaemonError> {
+        let daemon = self;
         let (answer, answer_fds) = daemon.link.request_with_fds(open, fds)?;
         if !K::opened(&answer) {
             return Err(daemon.unexpected("open", &answer));

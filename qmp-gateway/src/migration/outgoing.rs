@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ipc::{AgentReply, AgentRequest, OutgoingStart, PassReport, RunState, VmmReply, VmmRequest};
 
 use crate::block::BlockError;
+use crate::children::daemon::DaemonError;
 
 use super::agent::Agent;
 use super::block::DiskCopy;
@@ -147,6 +148,15 @@ fn migrate(
     copy: DiskCopy,
     (logging, stopped, inactive): (&mut bool, &mut Option<bool>, &mut bool),
 ) -> Result<(), Stop> {
+    // The agent's process starts (and is sandboxed) while the connection is made and
+    // dirty logging turned on: most of the setup time otherwise.
+    let spawning = {
+        let (binary, policy) = (m.h.agent_binary.clone(), m.h.policy.clone());
+        let deaths = std::sync::mpsc::channel().0;
+        std::thread::spawn(move || {
+            Agent::spawn_ahead(&binary, "the migration", &policy, |_| {}, deaths)
+        })
+    };
     let mut named_fd = named_fd;
     let opened: Opened = uri::connect(uri, |_| {
         named_fd
@@ -185,22 +195,14 @@ fn migrate(
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());
-    let (events, deaths) = (|_| {}, std::sync::mpsc::channel().0);
-    let (agent, _, _) = Agent::start(
-        &m.h.agent_binary,
-        "the migration",
-        &m.h.policy,
-        events,
-        deaths,
-        AgentRequest::Outgoing(start),
-        &fds,
-    )
-    .map_err(|e| match e {
-        crate::children::daemon::DaemonError::Link(crate::children::link::LinkError::Remote(r)) => {
-            Stop::Failed(r.desc)
-        }
-        other => Stop::Failed(other.to_string()),
-    })?;
+    let spawned = spawning
+        .join()
+        .unwrap_or_else(|_| Err(DaemonError::Panicked("the agent's start")));
+    let (agent, _, _) = (spawned.and_then(|agent| agent.open(AgentRequest::Outgoing(start), &fds)))
+        .map_err(|e| match e {
+            DaemonError::Link(crate::children::link::LinkError::Remote(r)) => Stop::Failed(r.desc),
+            other => Stop::Failed(other.to_string()),
+        })?;
     let agent = Arc::new(agent);
     *m.agent.lock() = Some(agent.clone());
     check_cancel(m)?;

@@ -8,6 +8,8 @@
 //! side's own chain); then it runs, and the guest's checks of what it wrote before the
 //! move keep passing.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use flotilla_tests::blk::{qemu_img, qemu_img_ok};
 use flotilla_tests::migration::{
     count, destination, expect_mig, free_port, status, wait_for_status, wait_migration,
 };
+use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{require_tool, TempDir};
 use serde_json::{json, Value};
@@ -442,4 +445,194 @@ fn a_cancelled_block_migration_leaves_the_next_one_be() {
     runs_on_there(&mut dst, &mut d, last_round);
     d.ok("quit", json!({}));
     dst.vm.wait(Duration::from_secs(20));
+}
+
+/// A TCP relay from a port of its own to a destination's listener that counts the bytes
+/// the source sends: the migration stream's size, measured the same way for Flotilla and
+/// for QEMU.
+struct CountingRelay {
+    port: u16,
+    /// The source's bytes, sent once its side of the connection ended.
+    total: std::sync::mpsc::Receiver<u64>,
+}
+
+impl CountingRelay {
+    fn start(to: u16) -> CountingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a relay port");
+        let port = listener.local_addr().expect("its address").port();
+        listener.set_nonblocking(true).expect("a polled listener");
+        let (done, total) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Polled, so that the thread ends if no source comes.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let source = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => return,
+                }
+            };
+            source.set_nonblocking(false).expect("a blocking socket");
+            let dest = TcpStream::connect(("127.0.0.1", to)).expect("the destination");
+            let (mut from, mut to) = (
+                source.try_clone().expect("a socket"),
+                dest.try_clone().expect("a socket"),
+            );
+            // The destination's answers go back as they come.
+            std::thread::spawn(move || {
+                let (mut dest, mut source) = (dest, source);
+                let _ = std::io::copy(&mut dest, &mut source);
+                let _ = source.shutdown(Shutdown::Write);
+            });
+            let (mut buf, mut forwarded) = (vec![0u8; 64 << 10], 0u64);
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                forwarded += n as u64;
+            }
+            let _ = to.shutdown(Shutdown::Write);
+            let _ = done.send(forwarded);
+        });
+        CountingRelay { port, total }
+    }
+
+    fn uri(&self) -> String {
+        format!("tcp:127.0.0.1:{}", self.port)
+    }
+
+    /// The bytes the source sent, once it closed its connection (after the migration).
+    fn total(&self) -> u64 {
+        self.total
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the source's connection did not end")
+    }
+}
+
+/// The zero-blocks tests' disk: 64 MiB of which 1 MiB is data (the guest rewrites its
+/// first MiB besides).
+const SPARSE_DISK: u64 = 64 << 20;
+/// A small working set, so that the stream is mostly the disk's.
+const SPARSE_GUEST: &str = "scenario=migrate-dirty dirty-mib=1 mig-blk=1";
+
+#[derive(Clone, Copy, Debug)]
+enum Vmm {
+    Flotilla,
+    Qemu,
+}
+
+/// A source or a destination, on either VMM (each ends when dropped).
+enum Running {
+    Flotilla(Gateway),
+    Qemu(Qemu),
+}
+
+impl Running {
+    fn client(&self) -> QmpClient {
+        match self {
+            Running::Flotilla(g) => g.client(),
+            Running::Qemu(q) => q.client(),
+        }
+    }
+}
+
+/// The size of the stream of a block migration (`blk`) of the guest with a mostly-zero
+/// disk from `vmm` to `vmm`, with zero-blocks `zero_blocks`; the destination's image
+/// then reads as the source's.
+fn stream_of_a_sparse_disk(vmm: Vmm, zero_blocks: bool) -> u64 {
+    let dir = TempDir::new("migration-blk-zero-blocks");
+    let (src_img, dst_img) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
+    for image in [&src_img, &dst_img] {
+        qemu_img_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "raw",
+            path(image),
+            &SPARSE_DISK.to_string(),
+        ]);
+    }
+    qemu_io(&src_img, "raw", &["write -P 0x5a 8M 1M"]);
+    let port = free_port();
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    // The destination stays paused once the VM is there (QEMU's: started with -S).
+    let (source, destination, mut d) = match vmm {
+        Vmm::Flotilla => {
+            let opts = drive(&src_img, "raw");
+            let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+            let mut src = Gateway::start_with(2, SPARSE_GUEST, &opts);
+            expect_mig(&mut src.vm, "GUEST MIG ready", BOOT);
+            expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
+            let (dst, d) = paused_destination(&incoming, &drive(&dst_img, "raw"));
+            (Running::Flotilla(src), Running::Flotilla(dst), d)
+        }
+        Vmm::Qemu => {
+            let drive = |image: &Path| format!("file={},format=raw,if=none,id=d0", image.display());
+            let disk = ["-device", "virtio-blk-pci,drive=d0"];
+            let src_drive = drive(&src_img);
+            let mut src = Qemu::guest(SPARSE_GUEST, &[&["-drive", &src_drive], &disk[..]].concat());
+            src.client().ok("cont", json!({}));
+            expect_mig(&mut src.vm, "GUEST MIG ready", BOOT);
+            expect_mig(&mut src.vm, "GUEST MIG blk", PROGRESS);
+            let dst_drive = drive(&dst_img);
+            let dst = Qemu::guest(
+                SPARSE_GUEST,
+                &[
+                    &["-drive", &dst_drive],
+                    &disk[..],
+                    &["-incoming", &incoming],
+                ]
+                .concat(),
+            );
+            let d = dst.client();
+            (Running::Qemu(src), Running::Qemu(dst), d)
+        }
+    };
+    let mut s = source.client();
+    let relay = CountingRelay::start(port);
+    s.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "zero-blocks", "state": zero_blocks}]}),
+    );
+    s.ok(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 1u64 << 40}),
+    );
+    s.ok("migrate", json!({"uri": relay.uri(), "blk": true}));
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "completed", "{vmm:?}: {info}");
+    let dinfo = wait_migration(&mut d, &["completed", "failed"]);
+    assert_eq!(dinfo["status"], "completed", "{vmm:?}: {dinfo}");
+    let bytes = relay.total();
+    eprintln!("{vmm:?}, zero-blocks {zero_blocks}: {bytes} bytes; source: {info}");
+    // Both paused now: neither writes its image.
+    expect_identical(&src_img, &dst_img, "raw");
+    drop((source, destination));
+    bytes
+}
+
+/// zero-blocks, as QEMU 7.2's: off (the default), a disk's chunks that read as zeroes go
+/// as data like the others, so the stream carries the whole disk; on, they go as zero
+/// runs, and the stream of a mostly-zero disk is a fraction of it. The same migrations
+/// on QEMU show the same.
+#[test]
+fn zero_blocks_sends_zero_chunks_without_their_bytes_as_qemu() {
+    for vmm in [Vmm::Flotilla, Vmm::Qemu] {
+        let whole = stream_of_a_sparse_disk(vmm, false);
+        let sparse = stream_of_a_sparse_disk(vmm, true);
+        assert!(
+            whole >= SPARSE_DISK,
+            "{vmm:?}: {whole} bytes without zero-blocks, for a disk of {SPARSE_DISK}"
+        );
+        assert!(
+            sparse < SPARSE_DISK / 4,
+            "{vmm:?}: {sparse} bytes with zero-blocks, for a disk of {SPARSE_DISK}"
+        );
+    }
 }

@@ -64,6 +64,11 @@ pub struct MigratedDisk {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct MigratedDisks {
     pub incremental: bool,
+    /// The `zero-blocks` capability: chunks that read as zeroes go as DISK_ZERO runs;
+    /// off (QEMU's default), as DISK_DATA like any other. The source's choice alone: the
+    /// DISKS record does not carry it (a destination takes either record), so one read
+    /// from the stream says false.
+    pub zero_blocks: bool,
     pub disks: Vec<MigratedDisk>,
 }
 

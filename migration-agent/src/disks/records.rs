@@ -124,6 +124,8 @@ pub fn read(kind: u8, r: &mut impl Read) -> Result<DiskRecord, RecordError> {
             }
             Ok(DiskRecord::Disks(MigratedDisks {
                 incremental: flags & INCREMENTAL != 0,
+                // Not in the record: how the source sends zeroes is its own affair.
+                zero_blocks: false,
                 disks,
             }))
         }
@@ -154,6 +156,7 @@ mod tests {
     fn disks() -> MigratedDisks {
         MigratedDisks {
             incremental: true,
+            zero_blocks: false,
             disks: vec![
                 MigratedDisk {
                     index: 0,

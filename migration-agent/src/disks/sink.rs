@@ -197,6 +197,7 @@ mod tests {
     fn listed(disks: &[(u32, u64)]) -> MigratedDisks {
         MigratedDisks {
             incremental: false,
+            zero_blocks: false,
             disks: disks
                 .iter()
                 .map(|&(index, size)| MigratedDisk { index, size })

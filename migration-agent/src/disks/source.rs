@@ -1,6 +1,7 @@
 //! The source's side of block migration: each disk read through its daemon's disk
-//! channel and sent as DISK_DATA (or, where it reads as zeroes, DISK_ZERO) records. A
-//! pass's disks go before its pages: in the first pass every disk from its first byte
+//! channel and sent as DISK_DATA records (with `zero-blocks` on, what reads as zeroes
+//! as DISK_ZERO records instead, as QEMU's flagged zero blocks). A pass's disks go
+//! before its pages: in the first pass every disk from its first byte
 //! to its last (incremental: only what its top image holds; the rest is the base the
 //! destination has), in each later pass what the guest wrote since the pass before (the
 //! daemon's marks, taken with its device quiesced as the pass starts). Work comes in
@@ -17,8 +18,8 @@ use ipc::{MigratedDisks, PassReport};
 use super::{channel, channel_error, records};
 use crate::pacer::Pacer;
 
-/// Most disk bytes one step of the first pass goes over (runs of zeroes in them are
-/// sent as one record; a step ends after its first data).
+/// Most disk bytes one step of the first pass goes over (with zero-blocks, runs of
+/// zeroes in them are sent as one record; a step ends after its first data).
 const STEP_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,8 @@ impl Sent<'_> {
 pub struct DiskSender {
     disks: Vec<Disk>,
     incremental: bool,
+    /// What reads as zeroes goes as DISK_ZERO (else as DISK_DATA).
+    zero_blocks: bool,
     part: Part,
     /// How far the first pass has come over all disks (skipped bytes included).
     transferred: u64,
@@ -124,6 +127,7 @@ impl DiskSender {
         Ok(DiskSender {
             disks,
             incremental: d.incremental,
+            zero_blocks: d.zero_blocks,
             part: Part::Idle,
             transferred: 0,
             left: 0,
@@ -216,7 +220,8 @@ impl DiskSender {
             }
             self.buf.resize(len as usize, 0);
             let zero = d.client.read(pos, &mut self.buf).map_err(d.failed())?;
-            if zero {
+            let as_run = zero && self.zero_blocks;
+            if as_run {
                 zeroes = match zeroes {
                     Some((o, l)) if l + len <= MAX_ZERO => Some((o, l + len)),
                     Some((o, l)) => {
@@ -229,11 +234,15 @@ impl DiskSender {
                 if let Some((o, l)) = zeroes.take() {
                     sent.zero(d.index, o, l)?;
                 }
+                if zero {
+                    // A read of zeroes leaves the buffer as it was.
+                    self.buf.fill(0);
+                }
                 sent.data(d.index, pos, &self.buf)?;
             }
             pos += len;
             self.transferred += len;
-            if !zero {
+            if !as_run {
                 break;
             }
         }
@@ -287,9 +296,13 @@ impl DiskSender {
         }
         let piece = len.min(u64::from(MAX_IO));
         self.buf.resize(piece as usize, 0);
-        if d.client.read(offset, &mut self.buf).map_err(d.failed())? {
+        let zero = d.client.read(offset, &mut self.buf).map_err(d.failed())?;
+        if zero && self.zero_blocks {
             sent.zero(d.index, offset, piece)?;
         } else {
+            if zero {
+                self.buf.fill(0);
+            }
             sent.data(d.index, offset, &self.buf)?;
         }
         self.left = self.left.saturating_sub(piece);
@@ -327,9 +340,21 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn sender(disks: &[(u32, &Arc<Mutex<FakeDisk>>)], incremental: bool) -> DiskSender {
+    /// How a sender sends what reads as zeroes (the zero-blocks capability).
+    #[derive(Clone, Copy, Debug)]
+    enum Zeroes {
+        AsData,
+        AsRuns,
+    }
+
+    fn sender(
+        disks: &[(u32, &Arc<Mutex<FakeDisk>>)],
+        incremental: bool,
+        zeroes: Zeroes,
+    ) -> DiskSender {
         let list = MigratedDisks {
             incremental,
+            zero_blocks: matches!(zeroes, Zeroes::AsRuns),
             disks: disks
                 .iter()
                 .map(|(index, d)| MigratedDisk {
@@ -345,6 +370,12 @@ mod tests {
     /// Steps the disks' part of a pass to its end; the records it wrote (data skipped)
     /// and the report.
     fn pass(s: &mut DiskSender, first: bool) -> (Vec<Record>, PassReport) {
+        let (records, _, report) = pass_with_data(s, first);
+        (records, report)
+    }
+
+    /// The same, with the bytes each DISK_DATA carried (in the records' order).
+    fn pass_with_data(s: &mut DiskSender, first: bool) -> (Vec<Record>, Vec<Vec<u8>>, PassReport) {
         s.start_pass(first).unwrap();
         let (mut out, mut report, mut pacer) = (Vec::new(), PassReport::default(), Pacer::new(0));
         while s.busy() {
@@ -354,17 +385,18 @@ mod tests {
         assert_eq!(report.bytes, out.len() as u64);
         assert_eq!(report.disk_bytes, out.len() as u64);
         let mut r = out.as_slice();
-        let mut records = Vec::new();
+        let (mut records, mut data) = (Vec::new(), Vec::new());
         while !r.is_empty() {
             let StreamRecord::Disk(record) = read_record(&mut r).unwrap() else {
                 panic!("not a disk record");
             };
             if let Record::Data { len, .. } = record {
+                data.push(r[..len as usize].to_vec());
                 r = &r[len as usize..];
             }
             records.push(record);
         }
-        (records, report)
+        (records, data, report)
     }
 
     fn data(disk: u32, offset: u64, len: u64) -> Record {
@@ -380,12 +412,12 @@ mod tests {
     }
 
     #[test]
-    fn the_first_pass_copies_every_disk_with_zeroes_as_runs() {
+    fn the_first_pass_copies_every_disk_with_zero_blocks_as_runs() {
         let a = FakeDisk::new(4 * MIB as usize);
         a.lock().data[MIB as usize + 7] = 1;
         let b = FakeDisk::new(512);
         b.lock().data[0] = 2;
-        let mut s = sender(&[(0, &a), (3, &b)], false);
+        let mut s = sender(&[(0, &a), (3, &b)], false, Zeroes::AsRuns);
         let (records, report) = pass(&mut s, true);
         assert_eq!(
             records,
@@ -400,25 +432,60 @@ mod tests {
         assert_eq!((report.disk_remaining, report.disk_dirty), (0, 0));
     }
 
+    /// zero-blocks off (QEMU's default): every chunk goes as data, zeroes too, and their
+    /// bytes are zeroes, not what the buffer held from the chunk before.
+    #[test]
+    fn without_zero_blocks_the_first_pass_sends_zeroes_as_data() {
+        let a = FakeDisk::new(4 * MIB as usize);
+        a.lock().data[MIB as usize + 7] = 1;
+        let b = FakeDisk::new(512);
+        let mut s = sender(&[(0, &a), (3, &b)], false, Zeroes::AsData);
+        let (records, payloads, report) = pass_with_data(&mut s, true);
+        assert_eq!(
+            records,
+            [
+                data(0, 0, MIB),
+                data(0, MIB, MIB),
+                data(0, 2 * MIB, MIB),
+                data(0, 3 * MIB, MIB),
+                data(3, 0, 512)
+            ]
+        );
+        let mut expected = a.lock().data.clone();
+        expected.extend_from_slice(&b.lock().data);
+        assert_eq!(payloads.concat(), expected);
+        assert_eq!(report.disk_bytes, 4 * MIB + 512 + 5 * 17);
+        assert_eq!(report.disk_transferred, 4 * MIB + 512);
+    }
+
     #[test]
     fn an_incremental_first_pass_copies_only_what_the_top_holds() {
         let a = FakeDisk::new(4 * MIB as usize);
         {
             let mut d = a.lock();
             d.data[..4 * MIB as usize].fill(9);
+            // Held by the top, and zeroes.
+            d.data[3 * MIB as usize..3 * MIB as usize + 512].fill(0);
             d.allocated = vec![MIB..MIB + 65536, 3 * MIB..3 * MIB + 512];
         }
-        let mut s = sender(&[(1, &a)], true);
-        let (records, report) = pass(&mut s, true);
-        assert_eq!(records, [data(1, MIB, 65536), data(1, 3 * MIB, 512)]);
-        assert_eq!(report.disk_transferred, 4 * MIB, "skipped bytes count");
+        // What the top does not hold is skipped, whatever zero-blocks says; what it
+        // holds goes as zero-blocks says.
+        for (zeroes, held_zeroes) in [
+            (Zeroes::AsData, data(1, 3 * MIB, 512)),
+            (Zeroes::AsRuns, zero(1, 3 * MIB, 512)),
+        ] {
+            let mut s = sender(&[(1, &a)], true, zeroes);
+            let (records, report) = pass(&mut s, true);
+            assert_eq!(records, [data(1, MIB, 65536), held_zeroes], "{zeroes:?}");
+            assert_eq!(report.disk_transferred, 4 * MIB, "skipped bytes count");
+        }
     }
 
     #[test]
     fn later_passes_send_what_the_guest_wrote() {
         let a = FakeDisk::new(4 * MIB as usize);
         let b = FakeDisk::new(MIB as usize);
-        let mut s = sender(&[(0, &a), (1, &b)], false);
+        let mut s = sender(&[(0, &a), (1, &b)], false, Zeroes::AsRuns);
         pass(&mut s, true);
         {
             let mut d = a.lock();
@@ -447,11 +514,39 @@ mod tests {
     }
 
     #[test]
+    fn without_zero_blocks_later_passes_send_written_zeroes_as_data() {
+        let a = FakeDisk::new(4 * MIB as usize);
+        let mut s = sender(&[(0, &a)], false, Zeroes::AsData);
+        pass(&mut s, true);
+        {
+            let mut d = a.lock();
+            d.data[2 * MIB as usize] = 5;
+            d.marks = vec![(0, 65536), (2 * MIB, 2 * MIB)];
+        }
+        let (records, payloads, _) = pass_with_data(&mut s, false);
+        assert_eq!(
+            records,
+            [
+                data(0, 0, 65536),
+                data(0, 2 * MIB, MIB),
+                data(0, 3 * MIB, MIB)
+            ]
+        );
+        let d = a.lock();
+        let (low, high) = (2 * MIB as usize, 4 * MIB as usize);
+        assert_eq!(
+            payloads.concat(),
+            [&d.data[..65536], &d.data[low..high]].concat()
+        );
+    }
+
+    #[test]
     fn a_daemon_gone_fails_with_the_disk_named() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         drop(theirs);
         let list = MigratedDisks {
             incremental: false,
+            zero_blocks: false,
             disks: vec![MigratedDisk {
                 index: 4,
                 size: 512,

@@ -47,11 +47,13 @@ fn link_error(e: LinkError) -> String {
 /// Source, once its agent has the destination's verdict: the disks whose content this
 /// migration copies (none when `copy` is `Shared`) start marking the guest's writes, and
 /// the agent announces them to the destination, which answers before this returns;
-/// `progress` gets the disks' counters (query-migrate's "disk").
+/// `progress` gets the disks' counters (query-migrate's "disk"). `zero_blocks` (the
+/// capability): what reads as zeroes goes as zero runs rather than as data.
 pub fn start_outgoing(
     block: &BlockLayer,
     agent: &Agent,
     copy: DiskCopy,
+    zero_blocks: bool,
     progress: impl FnOnce(Disk),
 ) -> Result<(), String> {
     let sources = block
@@ -69,6 +71,7 @@ pub fn start_outgoing(
     });
     let request = AgentRequest::Disks(MigratedDisks {
         incremental: copy == DiskCopy::Incremental,
+        zero_blocks,
         disks,
     });
     let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();

@@ -207,7 +207,8 @@ fn migrate(
     *m.agent.lock() = Some(agent.clone());
     check_cancel(m)?;
     // Block migration: the disks' channels, the DISKS record and its answer.
-    super::block::start_outgoing(&m.h.block, &agent, copy, |d| {
+    let zero_blocks = settings.capability(Capability::ZeroBlocks);
+    super::block::start_outgoing(&m.h.block, &agent, copy, zero_blocks, |d| {
         m.with_progress(|p| p.disk = Some(d))
     })?;
     check_cancel(m)?;

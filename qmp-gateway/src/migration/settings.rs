@@ -64,10 +64,13 @@ capabilities! {
 
 /// The capabilities Flotilla's migration honours: only these may be turned on. Add one
 /// here when the migration implements it (`xbzrle`: pages sent as deltas from a cache of
-/// xbzrle-cache-size; `auto-converge`: the vCPU throttle; `events`: the MIGRATION events).
+/// xbzrle-cache-size; `auto-converge`: the vCPU throttle; `events`: the MIGRATION events;
+/// `zero-blocks`: block migration sends disk chunks that read as zeroes as DISK_ZERO runs
+/// instead of their bytes).
 pub const SUPPORTED_CAPABILITIES: &[Capability] = &[
     Capability::Xbzrle,
     Capability::AutoConverge,
+    Capability::ZeroBlocks,
     Capability::Events,
 ];
 
@@ -699,7 +702,10 @@ mod tests {
             .filter(|c| s.set_capabilities(&[on(**c)]).is_ok())
             .map(|c| c.name())
             .collect();
-        assert_eq!(honoured, ["xbzrle", "auto-converge", "events"]);
+        assert_eq!(
+            honoured,
+            ["xbzrle", "auto-converge", "zero-blocks", "events"]
+        );
     }
 
     #[test]

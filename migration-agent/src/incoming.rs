@@ -13,10 +13,12 @@ use std::sync::Arc;
 use ipc::{AgentEvent, Channel, MachineShape};
 use parking_lot::Mutex;
 
+use crate::compress::{CompressError, Inflater};
 use crate::disks::records::DiskRecord;
 use crate::disks::sink::{DiskSinks, SinkError};
 use crate::ram::GuestRam;
 use crate::stream::{self, Record, StreamError, PAGE};
+use crate::workers::WorkersError;
 use crate::xbzrle;
 
 /// Progress is reported at least this often (in bytes received).
@@ -37,6 +39,20 @@ pub enum IncomingError {
     Disks(String),
     #[error(transparent)]
     Disk(#[from] SinkError),
+    #[error(transparent)]
+    Workers(#[from] WorkersError),
+}
+
+impl From<CompressError> for IncomingError {
+    fn from(e: CompressError) -> IncomingError {
+        match e {
+            CompressError::Io(e) => IncomingError::Io(e),
+            CompressError::Workers(e) => IncomingError::Workers(e),
+            malformed @ CompressError::Malformed { .. } => {
+                IncomingError::Malformed(malformed.to_string())
+            }
+        }
+    }
 }
 
 impl From<IncomingError> for String {
@@ -84,6 +100,8 @@ pub struct Receiver {
     pub page_end: u64,
     /// Block migration: the disks written here, once a DISKS record came.
     pub disks: DiskSinks,
+    /// Workers for COMPRESSED records (decompress-threads), started at the first.
+    pub decompress_threads: u8,
 }
 
 impl Receiver {
@@ -125,6 +143,14 @@ impl Receiver {
         self.receive(&mut input, event)
     }
 
+    /// An inflated page into guest RAM (its number checked when its record came).
+    fn put(&self, written: &mut Written, page: u64, content: &[u8]) {
+        if let Some(dst) = self.ram.pages_mut(page, 1) {
+            dst.copy_from_slice(content);
+            written.set(page);
+        }
+    }
+
     fn receive(
         &self,
         input: &mut impl Read,
@@ -133,8 +159,25 @@ impl Receiver {
         let mut written = Written(vec![0; self.page_end.div_ceil(64) as usize]);
         let (mut bytes, mut pages, mut reported) = (0u64, 0u64, 0u64);
         let mut delta = vec![0u8; PAGE];
+        let mut inflater: Option<Inflater> = None;
         loop {
-            match stream::read_record(input)? {
+            let record = stream::read_record(input)?;
+            // What the workers hold for the pages a record names goes in before it, and
+            // everything before a pass's end or the state.
+            if let Some(i) = &mut inflater {
+                let inflated = &mut |page, content: &[u8]| self.put(&mut written, page, content);
+                match &record {
+                    Record::Pages { first, count } | Record::Zero { first, count } => {
+                        i.settle(*first, u64::from(*count), inflated)?
+                    }
+                    Record::Xbzrle { page, .. } => i.settle(*page, 1, inflated)?,
+                    Record::PassEnd(_) | Record::State { .. } | Record::End => {
+                        i.finish(inflated)?
+                    }
+                    Record::Compressed { .. } | Record::Disk(_) => {}
+                }
+            }
+            match record {
                 Record::Pages { first, count } => {
                     let dst = self.ram.pages_mut(first, count as usize).ok_or_else(|| {
                         IncomingError::Malformed(format!(
@@ -176,6 +219,22 @@ impl Receiver {
                         )));
                     }
                     written.set(page);
+                    bytes += 11 + u64::from(len);
+                    pages += 1;
+                }
+                Record::Compressed { page, len } => {
+                    if self.ram.run_in_window(page) == 0 {
+                        return Err(IncomingError::Malformed(format!(
+                            "compressed page {page:#x} is not guest RAM here"
+                        )));
+                    }
+                    let i = match &mut inflater {
+                        Some(i) => i,
+                        None => inflater.insert(Inflater::start(self.decompress_threads)?),
+                    };
+                    let inflated =
+                        &mut |page, content: &[u8]| self.put(&mut written, page, content);
+                    i.take(page, len, input, inflated)?;
                     bytes += 11 + u64::from(len);
                     pages += 1;
                 }
@@ -252,5 +311,154 @@ fn accept(listener: &UnixListener) -> std::io::Result<(OwnedFd, ())> {
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use flate2::{Compress, Compression};
+    use ipc::{shm, RamWindow};
+
+    use super::*;
+    use crate::disks::sink::SinkSlot;
+
+    const PAGES: u64 = 64;
+
+    fn deflated(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(crate::compress::deflate_page(
+            &mut Compress::new(Compression::new(6), true),
+            content,
+            &mut out
+        ));
+        out
+    }
+
+    fn filled(byte: u8) -> Vec<u8> {
+        let mut page = vec![byte; PAGE];
+        page[0] = !byte;
+        page
+    }
+
+    /// Receives `records` (a stream after its header) into fresh guest RAM; the RAM's
+    /// file and the outcome.
+    fn receive(records: &[u8]) -> (File, Result<(), String>) {
+        let size = PAGES * PAGE as u64;
+        let fd = shm::memfd(c"ram", size, false).unwrap();
+        let file = File::from(fd.try_clone().unwrap());
+        let windows = [RamWindow {
+            guest_addr: 0,
+            size,
+            file_offset: 0,
+        }];
+        let receiver = Receiver {
+            ram: GuestRam::map(fd, &windows, true).unwrap(),
+            shape: MachineShape {
+                memory: size,
+                vcpus: 1,
+                disks: vec![],
+                nics: vec![],
+            },
+            answer: Answer::default(),
+            page_end: PAGES,
+            disks: DiskSinks::new(SinkSlot::default()),
+            decompress_threads: 2,
+        };
+        let result = receiver.receive(&mut &records[..], |_| {});
+        (file, result.map_err(|e| e.to_string()))
+    }
+
+    fn page(file: &File, page: u64) -> Vec<u8> {
+        let mut content = vec![0u8; PAGE];
+        file.read_exact_at(&mut content, page * PAGE as u64)
+            .unwrap();
+        content
+    }
+
+    #[test]
+    fn a_record_for_a_page_a_worker_holds_comes_after_it() {
+        // Page 5 deflated then zero, 6 deflated then whole, 8 deflated twice, 9 deflated
+        // then changed by a delta: the later record wins each time, though the workers
+        // would apply the earlier one later if nothing held the later back.
+        let mut s = Vec::new();
+        stream::write_compressed(&mut s, 5, &deflated(&filled(1))).unwrap();
+        stream::write_zero(&mut s, 5, 1).unwrap();
+        stream::write_compressed(&mut s, 6, &deflated(&filled(2))).unwrap();
+        stream::write_pages(&mut s, 6, &filled(3)).unwrap();
+        stream::write_compressed(&mut s, 8, &deflated(&filled(4))).unwrap();
+        stream::write_compressed(&mut s, 8, &deflated(&filled(5))).unwrap();
+        stream::write_compressed(&mut s, 9, &deflated(&filled(6))).unwrap();
+        let mut delta = Vec::new();
+        let mut changed = filled(6);
+        changed[10] = 0xee;
+        crate::xbzrle::encode(&filled(6), &changed, &mut delta, PAGE).unwrap();
+        stream::write_xbzrle(&mut s, 9, &delta).unwrap();
+        stream::write_compressed(&mut s, 10, &deflated(&filled(7))).unwrap();
+        stream::write_state(&mut s, true, b"").unwrap();
+        stream::write_end(&mut s).unwrap();
+        let (ram, result) = receive(&s);
+        assert_eq!(result, Ok(()));
+        // (Compared whole, shown by their first bytes.)
+        for (at, expected) in [
+            (5, vec![0; PAGE]),
+            (6, filled(3)),
+            (8, filled(5)),
+            (9, changed),
+        ]
+        .into_iter()
+        .chain([(10, filled(7))])
+        {
+            let found = page(&ram, at);
+            assert!(
+                found == expected,
+                "page {at}: {:?}, expected {:?}",
+                &found[..16],
+                &expected[..16]
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_compressed_records_fail_the_migration() {
+        let record = |page: u64, data: &[u8]| {
+            let mut s = Vec::new();
+            s.push(10);
+            s.extend_from_slice(&page.to_le_bytes());
+            s.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            s.extend_from_slice(data);
+            stream::write_state(&mut s, true, b"").unwrap();
+            stream::write_end(&mut s).unwrap();
+            s
+        };
+        let good = deflated(&filled(1));
+        for (stream, error) in [
+            (
+                record(PAGES, &good),
+                "malformed migration stream: compressed page 0x40 is not guest RAM here",
+            ),
+            (
+                record(3, b"not zlib"),
+                "malformed migration stream: compressed page 0x3: not a zlib stream",
+            ),
+            (
+                record(3, &good[..good.len() - 2]),
+                "malformed migration stream: compressed page 0x3: its zlib stream ends early",
+            ),
+            (
+                record(3, &[0u8; PAGE]),
+                "malformed migration stream: a compressed page of 4096 bytes",
+            ),
+        ] {
+            let got = receive(&stream).1.unwrap_err();
+            assert!(got.starts_with(error), "{got}");
+        }
+        // Cut short inside the record: the connection closed early.
+        let cut = &record(3, &good)[..20];
+        assert_eq!(
+            receive(cut).1.unwrap_err(),
+            "the migration connection closed before the end of the stream"
+        );
     }
 }

@@ -9,11 +9,14 @@
 //! - `ram`: guest RAM's windows, mapped;
 //! - `outgoing`: the source's passes and finish; `pacer`: the bandwidth limit;
 //!   `xbzrle`: the delta encoding and its cache;
+//! - `compress`: pages deflated on the source and inflated at the destination, by
+//!   `workers`, threads whose results come back in order;
 //! - `incoming`: the destination's receiver;
 //! - `disks`: block migration, the disks' content in the stream (source and
 //!   destination);
 //! - `seccomp`: the agent's sandbox.
 
+pub mod compress;
 pub mod disks;
 pub mod incoming;
 pub mod outgoing;
@@ -22,4 +25,5 @@ pub mod ram;
 pub mod seccomp;
 pub mod stream;
 pub mod wire;
+pub mod workers;
 pub mod xbzrle;

@@ -80,6 +80,7 @@ fn start_incoming(
         answer: answer.clone(),
         page_end,
         disks: DiskSinks::new(sinks.clone()),
+        decompress_threads: s.decompress_threads,
     };
     let (events, channel) = (link.clone(), s.channel);
     std::thread::Builder::new()

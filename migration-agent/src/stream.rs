@@ -1,6 +1,6 @@
 //! The migration stream, version 1 (docs/migration-stream.md is its description): a
 //! header with the machine's shape, which the destination accepts or rejects, then
-//! records of guest pages (whole, zero runs, XBZRLE deltas), pass markers, the device
+//! records of guest pages (whole, zero runs, XBZRLE deltas, deflated), pass markers, the device
 //! state and an end mark; on two-way channels the destination's answer at the end.
 //! Integers are little-endian. Everything read is bounded before it is used: a record
 //! that names pages outside guest RAM, a count beyond the limits or a truncated stream
@@ -19,6 +19,8 @@ pub const PAGE: usize = 4096;
 /// Most pages one PAGES record carries (1 MiB), and one ZERO record names.
 pub const MAX_PAGES_PER_RECORD: u32 = 256;
 pub const MAX_ZERO_RUN: u32 = 1 << 20;
+/// Most bytes of one deflated page: a zlib stream no shorter than the page goes whole.
+pub const MAX_COMPRESSED: usize = PAGE - 1;
 /// Most bytes of device state (vCPUs with their XSAVE areas, devices).
 pub const MAX_STATE: u32 = 16 << 20;
 /// Most disks or NICs a shape may list, and the longest rejection text.
@@ -31,6 +33,8 @@ const XBZRLE: u8 = 3;
 const PASS_END: u8 = 4;
 const STATE: u8 = 5;
 const END: u8 = 6;
+// 7 to 9: the disks' records (`crate::disks::records`).
+const COMPRESSED: u8 = 10;
 
 const ACCEPT: u8 = 1;
 const REJECT: u8 = 2;
@@ -228,11 +232,28 @@ pub fn read_outcome(r: &mut impl Read) -> Result<(), StreamError> {
 /// (`crate::disks::records`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
-    Pages { first: u64, count: u32 },
-    Zero { first: u64, count: u32 },
-    Xbzrle { page: u64, len: u16 },
+    Pages {
+        first: u64,
+        count: u32,
+    },
+    Zero {
+        first: u64,
+        count: u32,
+    },
+    Xbzrle {
+        page: u64,
+        len: u16,
+    },
+    /// `len` bytes of a zlib stream follow that inflate to the page (`crate::compress`).
+    Compressed {
+        page: u64,
+        len: u16,
+    },
     PassEnd(u32),
-    State { running: bool, len: u32 },
+    State {
+        running: bool,
+        len: u32,
+    },
     End,
     Disk(DiskRecord),
 }
@@ -262,6 +283,14 @@ pub fn read_record(r: &mut impl Read) -> Result<Record, StreamError> {
                 return Err(malformed(format!("an XBZRLE delta of {len} bytes")));
             }
             Record::Xbzrle { page, len }
+        }
+        COMPRESSED => {
+            let page = read_u64(r)?;
+            let len = read_u16(r)?;
+            if len == 0 || usize::from(len) > MAX_COMPRESSED {
+                return Err(malformed(format!("a compressed page of {len} bytes")));
+            }
+            Record::Compressed { page, len }
         }
         PASS_END => Record::PassEnd(read_u32(r)?),
         STATE => {
@@ -304,6 +333,15 @@ pub fn write_xbzrle(w: &mut impl Write, page: u64, delta: &[u8]) -> io::Result<u
     w.write_all(&(delta.len() as u16).to_le_bytes())?;
     w.write_all(delta)?;
     Ok(11 + delta.len())
+}
+
+/// A page as the zlib stream `deflated` (1 to MAX_COMPRESSED bytes).
+pub fn write_compressed(w: &mut impl Write, page: u64, deflated: &[u8]) -> io::Result<usize> {
+    w.write_all(&[COMPRESSED])?;
+    w.write_all(&page.to_le_bytes())?;
+    w.write_all(&(deflated.len() as u16).to_le_bytes())?;
+    w.write_all(deflated)?;
+    Ok(11 + deflated.len())
 }
 
 pub fn write_pass_end(w: &mut impl Write, pass: u32) -> io::Result<usize> {
@@ -432,6 +470,9 @@ mod tests {
             vec![PAGES, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0],
             vec![STATE, 1, 0xff, 0xff, 0xff, 0xff],
             vec![XBZRLE, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+            vec![COMPRESSED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            vec![COMPRESSED, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x10],
+            vec![COMPRESSED, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
             vec![77],
         ] {
             assert!(matches!(

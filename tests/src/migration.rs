@@ -1,7 +1,8 @@
 //! What the live-migration tests (and the migration benchmark) share: the
 //! `migrate-dirty` scenario's console lines read back, the echo peer of its network
 //! load, a destination gateway, and waiting for a migration's end and a run state, on
-//! Flotilla and on QEMU alike (both speak QMP).
+//! Flotilla and on QEMU alike (both speak QMP); the same guest run and migrated on
+//! either (`Vmm`), to compare them.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -13,11 +14,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::qemu::Qemu;
 use crate::qmp::{Gateway, QmpClient};
 use crate::{bin, test_guest, TempDir, Vm};
 
 /// How long a migration or a run-state change may take in a test.
 pub const MIGRATION: Duration = Duration::from_secs(120);
+/// How long the guest may take to boot and write its working set.
+const BOOT: Duration = Duration::from_secs(30);
+/// Between two progress lines of the guest.
+const ROUND: Duration = Duration::from_secs(15);
 
 /// `key=value` of a console line, as a number.
 pub fn field(line: &str, key: &str) -> u64 {
@@ -271,4 +277,166 @@ pub fn expect_completed(c: &mut QmpClient, vm: &Vm) -> Value {
     let info = wait_migration(c, &["completed", "failed"]);
     assert_eq!(info["status"], "completed", "{info}\n{}", vm.transcript());
     info
+}
+
+/// The VMM the guest runs on; both are driven through QMP alike.
+#[derive(Clone, Copy, Debug)]
+pub enum Vmm {
+    Flotilla,
+    Qemu,
+}
+
+/// A running guest, on either VMM.
+pub enum Running {
+    Flotilla(Gateway),
+    Qemu(Qemu),
+}
+
+impl Running {
+    pub fn vm(&mut self) -> &mut Vm {
+        match self {
+            Running::Flotilla(g) => &mut g.vm,
+            Running::Qemu(q) => &mut q.vm,
+        }
+    }
+
+    pub fn client(&self) -> QmpClient {
+        match self {
+            Running::Flotilla(g) => g.client(),
+            Running::Qemu(q) => q.client(),
+        }
+    }
+
+    /// How many `GUEST MIG round` lines the guest printed so far.
+    pub fn rounds(&mut self) -> usize {
+        self.vm()
+            .transcript()
+            .lines()
+            .filter(|l| l.starts_with("GUEST MIG round "))
+            .count()
+    }
+
+    /// Waits for more than `rounds` round lines.
+    pub fn wait_for_rounds_past(&mut self, rounds: usize) {
+        let deadline = Instant::now() + ROUND;
+        while self.rounds() <= rounds {
+            assert!(
+                Instant::now() < deadline,
+                "no round within {ROUND:?}:\n{}",
+                self.vm().transcript()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Vmm {
+    /// The migrate-dirty guest running with `cmdline`, its working set written.
+    pub fn source(self, cmdline: &str) -> Running {
+        let mut source = self.start(cmdline);
+        expect_mig(source.vm(), "GUEST MIG ready", BOOT);
+        source
+    }
+
+    /// The guest started with `cmdline` (QEMU's continued from -S).
+    pub fn start(self, cmdline: &str) -> Running {
+        match self {
+            Vmm::Flotilla => Running::Flotilla(Gateway::start_with(1, cmdline, &[])),
+            Vmm::Qemu => {
+                let qemu = Qemu::guest(cmdline, &[]);
+                qemu.client().ok("cont", json!({}));
+                Running::Qemu(qemu)
+            }
+        }
+    }
+
+    /// A destination waiting for the source's migration to `uri`.
+    pub fn destination(self, cmdline: &str, uri: &str) -> Running {
+        match self {
+            Vmm::Flotilla => Running::Flotilla(destination(1, cmdline, uri, &[])),
+            Vmm::Qemu => Running::Qemu(Qemu::guest(cmdline, &["-incoming", uri])),
+        }
+    }
+
+    /// Runs the guest that came in (QEMU, started with -S, waits paused for it).
+    pub fn resume(self, destination: &mut QmpClient) {
+        match self {
+            Vmm::Flotilla => wait_for_status(destination, "running"),
+            Vmm::Qemu => {
+                wait_for_status(destination, "paused");
+                destination.ok("cont", json!({}));
+            }
+        }
+    }
+}
+
+/// migrate-set-capabilities: `on` turned on, `off` off.
+pub fn capabilities(c: &mut QmpClient, on: &[&str], off: &[&str]) {
+    let states = on
+        .iter()
+        .map(|name| json!({"capability": name, "state": true}))
+        .chain(
+            off.iter()
+                .map(|name| json!({"capability": name, "state": false})),
+        )
+        .collect::<Vec<_>>();
+    c.ok("migrate-set-capabilities", json!({"capabilities": states}));
+}
+
+/// A migration of `source` to a new destination, started.
+pub fn start_migration(vmm: Vmm, cmdline: &str, s: &mut QmpClient) -> Running {
+    start_migration_prepared(vmm, cmdline, s, |_| {})
+}
+
+/// The same, with `prepare` done on the destination's monitor before the migration
+/// starts (the settings QEMU's destination needs too, such as compress).
+pub fn start_migration_prepared(
+    vmm: Vmm,
+    cmdline: &str,
+    s: &mut QmpClient,
+    prepare: impl FnOnce(&mut QmpClient),
+) -> Running {
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let destination = vmm.destination(cmdline, &uri);
+    // Its monitor answers once it listens.
+    let mut d = destination.client();
+    d.ok("query-status", json!({}));
+    prepare(&mut d);
+    s.ok("migrate", json!({"uri": uri}));
+    destination
+}
+
+/// The guest goes on at the destination: rounds past `last_round` (the last the source
+/// reported), each page checked against what it wrote last; an error line fails.
+pub fn guest_goes_on(vmm: Vmm, destination: &mut Running, last_round: u64) {
+    vmm.resume(&mut destination.client());
+    let first = count(
+        &expect_mig(destination.vm(), "GUEST MIG round ", ROUND),
+        "round",
+    );
+    assert!(first > last_round, "round {first} after {last_round}");
+    // The first one may have ended on the source; the next two ran whole here, every
+    // page checked.
+    let mut last = first;
+    while last < first + 2 {
+        last = count(
+            &expect_mig(destination.vm(), "GUEST MIG round ", ROUND),
+            "round",
+        );
+    }
+    let transcript = destination.vm().transcript();
+    assert!(
+        !transcript.contains("GUEST READY") && !transcript.contains("GUEST ERROR"),
+        "the destination booted or reported an error instead of going on:\n{transcript}"
+    );
+}
+
+/// The last `GUEST MIG round` the source reported.
+pub fn last_round(source: &mut Running) -> u64 {
+    source
+        .vm()
+        .transcript()
+        .lines()
+        .rfind(|l| l.starts_with("GUEST MIG round "))
+        .map_or(0, |l| count(l, "round"))
 }

@@ -9,16 +9,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use flotilla_tests::migration::{
-    count, destination, expect_mig, free_port, wait_for_status, wait_migration, MIGRATION,
+    capabilities, guest_goes_on, last_round, start_migration, wait_for_status, wait_migration,
+    Running, Vmm, MIGRATION,
 };
-use flotilla_tests::qemu::Qemu;
-use flotilla_tests::qmp::{Gateway, QmpClient};
-use flotilla_tests::Vm;
+use flotilla_tests::qmp::QmpClient;
 use serde_json::{json, Value};
 
-const BOOT: Duration = Duration::from_secs(30);
-/// Between two progress lines of the guest.
-const PROGRESS: Duration = Duration::from_secs(15);
 const PAGE: u64 = 4096;
 const MIB: u64 = 1 << 20;
 
@@ -40,149 +36,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The VMM the guest runs on; both are driven through QMP alike.
-#[derive(Clone, Copy, Debug)]
-enum Vmm {
-    Flotilla,
-    Qemu,
-}
-
-/// A running guest, on either VMM.
-enum Running {
-    Flotilla(Gateway),
-    Qemu(Qemu),
-}
-
-impl Running {
-    fn vm(&mut self) -> &mut Vm {
-        match self {
-            Running::Flotilla(g) => &mut g.vm,
-            Running::Qemu(q) => &mut q.vm,
-        }
-    }
-
-    fn client(&self) -> QmpClient {
-        match self {
-            Running::Flotilla(g) => g.client(),
-            Running::Qemu(q) => q.client(),
-        }
-    }
-
-    /// How many `GUEST MIG round` lines the guest printed so far.
-    fn rounds(&mut self) -> usize {
-        self.vm()
-            .transcript()
-            .lines()
-            .filter(|l| l.starts_with("GUEST MIG round "))
-            .count()
-    }
-
-    /// Waits for more than `rounds` round lines.
-    fn wait_for_rounds_past(&mut self, rounds: usize) {
-        let deadline = Instant::now() + PROGRESS;
-        while self.rounds() <= rounds {
-            assert!(
-                Instant::now() < deadline,
-                "no round within {PROGRESS:?}:\n{}",
-                self.vm().transcript()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Vmm {
-    /// The guest running with `cmdline`, its working set written.
-    fn source(self, cmdline: &str) -> Running {
-        let mut source = match self {
-            Vmm::Flotilla => Running::Flotilla(Gateway::start_with(1, cmdline, &[])),
-            Vmm::Qemu => {
-                let qemu = Qemu::guest(cmdline, &[]);
-                qemu.client().ok("cont", json!({}));
-                Running::Qemu(qemu)
-            }
-        };
-        expect_mig(source.vm(), "GUEST MIG ready", BOOT);
-        source
-    }
-
-    /// A destination waiting for the source's migration to `uri`.
-    fn destination(self, cmdline: &str, uri: &str) -> Running {
-        match self {
-            Vmm::Flotilla => Running::Flotilla(destination(1, cmdline, uri, &[])),
-            Vmm::Qemu => Running::Qemu(Qemu::guest(cmdline, &["-incoming", uri])),
-        }
-    }
-
-    /// Runs the guest that came in (QEMU, started with -S, waits paused for it).
-    fn resume(self, destination: &mut QmpClient) {
-        match self {
-            Vmm::Flotilla => wait_for_status(destination, "running"),
-            Vmm::Qemu => {
-                wait_for_status(destination, "paused");
-                destination.ok("cont", json!({}));
-            }
-        }
-    }
-}
-
-fn capabilities(c: &mut QmpClient, on: &[&str], off: &[&str]) {
-    let states = on
-        .iter()
-        .map(|name| json!({"capability": name, "state": true}))
-        .chain(
-            off.iter()
-                .map(|name| json!({"capability": name, "state": false})),
-        )
-        .collect::<Vec<_>>();
-    c.ok("migrate-set-capabilities", json!({"capabilities": states}));
-}
-
-/// A migration of `source` to a new destination, started.
-fn start_migration(vmm: Vmm, cmdline: &str, s: &mut QmpClient) -> Running {
-    let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let destination = vmm.destination(cmdline, &uri);
-    // Its monitor answers once it listens.
-    destination.client().ok("query-status", json!({}));
-    s.ok("migrate", json!({"uri": uri}));
-    destination
-}
-
-/// The guest goes on at the destination: rounds past `last_round` (the last the source
-/// reported), each page checked against what it wrote last; an error line fails.
-fn guest_goes_on(vmm: Vmm, destination: &mut Running, last_round: u64) {
-    vmm.resume(&mut destination.client());
-    let first = count(
-        &expect_mig(destination.vm(), "GUEST MIG round ", PROGRESS),
-        "round",
-    );
-    assert!(first > last_round, "round {first} after {last_round}");
-    // The first one may have ended on the source; the next two ran whole here, every
-    // page checked.
-    let mut last = first;
-    while last < first + 2 {
-        last = count(
-            &expect_mig(destination.vm(), "GUEST MIG round ", PROGRESS),
-            "round",
-        );
-    }
-    let transcript = destination.vm().transcript();
-    assert!(
-        !transcript.contains("GUEST READY") && !transcript.contains("GUEST ERROR"),
-        "the destination booted or reported an error instead of going on:\n{transcript}"
-    );
-}
-
-/// The last `GUEST MIG round` the source reported.
-fn last_round(source: &mut Running) -> u64 {
-    source
-        .vm()
-        .transcript()
-        .lines()
-        .rfind(|l| l.starts_with("GUEST MIG round "))
-        .map_or(0, |l| count(l, "round"))
 }
 
 fn ram(info: &Value, key: &str) -> u64 {

@@ -42,6 +42,20 @@ pub struct OutgoingStart {
     pub shape: MachineShape,
     /// XBZRLE's cache size in bytes, when the capability is on.
     pub xbzrle_cache: Option<u64>,
+    /// The compress capability's parameters, when it is on.
+    pub compress: Option<CompressParams>,
+}
+
+/// How the source deflates pages (QMP's compress-level, compress-threads,
+/// compress-wait-thread).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompressParams {
+    /// zlib's level, 0 (none) to 9.
+    pub level: u8,
+    /// Worker threads, at least 1.
+    pub threads: u8,
+    /// All workers busy: wait for one (true), or send the page whole (false).
+    pub wait_thread: bool,
 }
 
 /// The destination's migration: guest RAM (memfd), then the channel.
@@ -50,6 +64,9 @@ pub struct IncomingStart {
     pub channel: Channel,
     pub windows: Vec<RamWindow>,
     pub shape: MachineShape,
+    /// Threads that inflate compressed pages (QMP's decompress-threads), started at the
+    /// first one.
+    pub decompress_threads: u8,
 }
 
 /// A disk a block migration copies: its index in launch order and its size in bytes.
@@ -135,6 +152,11 @@ pub struct PassReport {
     pub xbzrle_bytes: u64,
     pub xbzrle_cache_miss: u64,
     pub xbzrle_overflow: u64,
+    /// compress, as QEMU counts it: pages sent deflated and their deflated bytes, and
+    /// pages sent whole because every worker was busy (compress-wait-thread off).
+    pub compressed_pages: u64,
+    pub compressed_bytes: u64,
+    pub compress_busy: u64,
     /// Pages of this pass not sent yet (0: the RAM part of the pass is complete).
     pub remaining_pages: u64,
     /// Block migration: the bytes of `bytes` that carried disk records.

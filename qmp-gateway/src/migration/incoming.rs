@@ -35,6 +35,7 @@ pub fn start(
         channel: opened.channel,
         windows,
         shape: m.shape.lock().clone(),
+        decompress_threads: m.settings.lock().decompress_threads(),
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());

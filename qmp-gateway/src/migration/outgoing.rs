@@ -11,7 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipc::{AgentReply, AgentRequest, OutgoingStart, PassReport, RunState, VmmReply, VmmRequest};
+use ipc::{
+    AgentReply, AgentRequest, CompressParams, OutgoingStart, PassReport, RunState, VmmReply,
+    VmmRequest,
+};
 
 use crate::block::BlockError;
 use crate::children::daemon::DaemonError;
@@ -177,6 +180,7 @@ fn migrate(
     };
     let (settings, shape) = (m.settings.lock().clone(), m.shape.lock().clone());
     let xbzrle = settings.capability(Capability::Xbzrle);
+    let compress = settings.capability(Capability::Compress);
     let total: u64 = windows.iter().map(|w| w.size).sum();
     m.with_progress(|p| {
         p.ram.total = total;
@@ -185,6 +189,7 @@ fn migrate(
             cache_size: settings.xbzrle_cache_size(),
             ..Default::default()
         });
+        p.compression = compress.then(Default::default);
     });
     let start = OutgoingStart {
         channel: opened.channel,
@@ -192,6 +197,12 @@ fn migrate(
         log_len: bitmap_len,
         shape,
         xbzrle_cache: xbzrle.then(|| settings.xbzrle_cache_size()),
+        // Read once, as QEMU sets its compression threads up at the start.
+        compress: compress.then(|| CompressParams {
+            level: settings.compress_level(),
+            threads: settings.compress_threads(),
+            wait_thread: settings.compress_wait_thread(),
+        }),
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());
@@ -329,7 +340,8 @@ fn send_pass(
             other => return Err(Stop::Failed(format!("the agent answered {other:?}"))),
         };
         bytes += report.bytes;
-        pages += report.normal_pages + report.zero_pages + report.xbzrle_pages;
+        pages +=
+            report.normal_pages + report.zero_pages + report.xbzrle_pages + report.compressed_pages;
         m.with_progress(|p| {
             p.add(&report, stopped);
             let secs = started.elapsed().as_secs_f64().max(1e-3);

@@ -1,6 +1,6 @@
 //! A migration's progress as query-migrate reports it: its status (QEMU's
-//! MigrationStatus), the times, and the RAM, disk and XBZRLE counters, built from what
-//! the agent reports after each part of a pass.
+//! MigrationStatus), the times, and the RAM, disk, XBZRLE and compression counters, built
+//! from what the agent reports after each part of a pass.
 
 use std::time::Instant;
 
@@ -71,6 +71,48 @@ pub struct Xbzrle {
     pub overflow: u64,
 }
 
+/// The compress capability's counters (QEMU 7.2's CompressionStats): pages sent
+/// deflated and their deflated bytes, pages sent whole because every worker was busy;
+/// the rates are the last complete pass's (QEMU's are the last sync period's): busy
+/// pages per page the pass handled, and page bytes per deflated byte.
+#[derive(Clone, Debug, Default)]
+pub struct Compression {
+    pub pages: u64,
+    pub busy: u64,
+    pub compressed_size: u64,
+    pub busy_rate: f64,
+    pub compression_rate: f64,
+    /// This pass so far: pages handled, busy pages, pages deflated and their bytes.
+    pass_pages: u64,
+    pass_busy: u64,
+    pass_compressed: u64,
+    pass_size: u64,
+}
+
+impl Compression {
+    fn add(&mut self, r: &PassReport) {
+        self.pages += r.compressed_pages;
+        self.busy += r.compress_busy;
+        self.compressed_size += r.compressed_bytes;
+        self.pass_pages += r.normal_pages + r.zero_pages + r.xbzrle_pages + r.compressed_pages;
+        self.pass_busy += r.compress_busy;
+        self.pass_compressed += r.compressed_pages;
+        self.pass_size += r.compressed_bytes;
+        if r.remaining_pages == 0 && r.disk_remaining == 0 {
+            // As QEMU: a period that handled no page, or deflated none, leaves its rate.
+            if self.pass_pages > 0 {
+                self.busy_rate = self.pass_busy as f64 / self.pass_pages as f64;
+            }
+            if self.pass_size > 0 {
+                self.compression_rate =
+                    (self.pass_compressed * PAGE_SIZE) as f64 / self.pass_size as f64;
+            }
+            (self.pass_pages, self.pass_busy) = (0, 0);
+            (self.pass_compressed, self.pass_size) = (0, 0);
+        }
+    }
+}
+
 /// Block migration counters, as QEMU counts them: how far the first pass's copy of the
 /// disks has come (`transferred`, bytes an incremental copy skips included), the rest
 /// of their bytes, their total.
@@ -95,6 +137,8 @@ pub struct Progress {
     pub ram: Ram,
     pub disk: Option<Disk>,
     pub xbzrle: Option<Xbzrle>,
+    /// With the compress capability on.
+    pub compression: Option<Compression>,
     pub error: Option<String>,
     /// CPU throttle of auto-converge, in percent (0: none).
     pub cpu_throttle: u8,
@@ -112,6 +156,7 @@ impl Default for Progress {
             ram: Ram::default(),
             disk: None,
             xbzrle: None,
+            compression: None,
             error: None,
             cpu_throttle: 0,
         }
@@ -144,6 +189,9 @@ impl Progress {
             x.pages += r.xbzrle_pages;
             x.cache_miss += r.xbzrle_cache_miss;
             x.overflow += r.xbzrle_overflow;
+        }
+        if let Some(c) = &mut self.compression {
+            c.add(r);
         }
     }
 
@@ -255,6 +303,18 @@ impl Progress {
                     }),
                 );
             }
+            if let Some(c) = &self.compression {
+                m.insert(
+                    "compression".into(),
+                    json!({
+                        "pages": c.pages,
+                        "busy": c.busy,
+                        "busy-rate": c.busy_rate,
+                        "compressed-size": c.compressed_size,
+                        "compression-rate": c.compression_rate,
+                    }),
+                );
+            }
             if self.cpu_throttle > 0 {
                 m.insert("cpu-throttle-percentage".into(), json!(self.cpu_throttle));
             }
@@ -349,5 +409,47 @@ mod tests {
         assert_eq!(v["ram"]["remaining"], 5 * 4096);
         assert!(v.get("expected-downtime").is_some());
         assert!(v.get("downtime").is_none());
+    }
+
+    #[test]
+    fn compression_counts_and_rates_follow_the_passes() {
+        let mut p = Progress {
+            status: Status::Active,
+            started: Some(Instant::now()),
+            compression: Some(Compression::default()),
+            ..Progress::default()
+        };
+        let part = |compressed_pages, compressed_bytes, busy, remaining_pages| PassReport {
+            normal_pages: busy,
+            zero_pages: 6,
+            compressed_pages,
+            compressed_bytes,
+            compress_busy: busy,
+            remaining_pages,
+            ..PassReport::default()
+        };
+        // A pass in two parts: 10 pages deflated to 4096 bytes, 4 busy, of 26 handled.
+        p.add(&part(6, 2048, 2, 100), false);
+        let v = p.to_qmp();
+        assert_eq!(v["compression"]["pages"], 6);
+        assert_eq!(
+            v["compression"]["compression-rate"], 0.0,
+            "no pass ended yet"
+        );
+        p.add(&part(4, 2048, 2, 0), false);
+        let v = p.to_qmp();
+        assert_eq!(
+            v["compression"],
+            json!({"pages": 10, "busy": 4, "busy-rate": 4.0 / 26.0,
+                   "compressed-size": 4096, "compression-rate": 10.0})
+        );
+        // Deflated pages are not normal ones (QEMU counts them apart too).
+        assert_eq!(v["ram"]["normal"], 4);
+        // A pass that deflated nothing keeps the rate.
+        p.add(&part(0, 0, 0, 0), false);
+        assert_eq!(p.to_qmp()["compression"]["compression-rate"], 10.0);
+        assert_eq!(p.to_qmp()["compression"]["busy-rate"], 0.0);
+        p.compression = None;
+        assert!(p.to_qmp().get("compression").is_none());
     }
 }

@@ -66,11 +66,12 @@ capabilities! {
 /// here when the migration implements it (`xbzrle`: pages sent as deltas from a cache of
 /// xbzrle-cache-size; `auto-converge`: the vCPU throttle; `events`: the MIGRATION events;
 /// `zero-blocks`: block migration sends disk chunks that read as zeroes as DISK_ZERO runs
-/// instead of their bytes).
+/// instead of their bytes; `compress`: pages deflated by compress-threads workers).
 pub const SUPPORTED_CAPABILITIES: &[Capability] = &[
     Capability::Xbzrle,
     Capability::AutoConverge,
     Capability::ZeroBlocks,
+    Capability::Compress,
     Capability::Events,
 ];
 
@@ -631,6 +632,26 @@ impl MigrationSettings {
     pub fn cpu_throttle_tailslow(&self) -> bool {
         self.parameters.cpu_throttle_tailslow
     }
+
+    /// compress: zlib's level, 0 (none) to 9.
+    pub fn compress_level(&self) -> u8 {
+        self.parameters.compress_level
+    }
+
+    /// compress: the source's worker threads (1 to 255).
+    pub fn compress_threads(&self) -> u8 {
+        self.parameters.compress_threads
+    }
+
+    /// compress: with every worker busy, wait for one (else send the page whole).
+    pub fn compress_wait_thread(&self) -> bool {
+        self.parameters.compress_wait_thread
+    }
+
+    /// The destination's threads that inflate compressed pages (1 to 255).
+    pub fn decompress_threads(&self) -> u8 {
+        self.parameters.decompress_threads
+    }
 }
 
 #[cfg(test)]
@@ -663,16 +684,16 @@ mod tests {
     fn capabilities_flotilla_does_not_honour_are_refused_whole() {
         let mut s = MigrationSettings::default();
         assert!(Capability::ALL.iter().all(|c| !s.capability(*c)));
-        // The first refused one in QEMU's order is named (compress before postcopy-ram),
+        // The first refused one in QEMU's order is named (postcopy-ram before x-colo),
         // and the supported ones in the same command are not taken either.
         assert_eq!(
             s.set_capabilities(&[
                 on(Capability::Xbzrle),
+                on(Capability::XColo),
                 on(Capability::PostcopyRam),
-                on(Capability::Compress),
                 on(Capability::Events),
             ]),
-            Err(SettingsError::Unsupported(Capability::Compress))
+            Err(SettingsError::Unsupported(Capability::PostcopyRam))
         );
         assert!(!s.capability(Capability::Events) && !s.capability(Capability::Xbzrle));
         assert_eq!(
@@ -682,12 +703,12 @@ mod tests {
         // Turned on and off again in one command: off, as QEMU checks the outcome.
         let off = CapabilityStatus {
             state: false,
-            ..on(Capability::Compress)
+            ..on(Capability::ReleaseRam)
         };
-        s.set_capabilities(&[on(Capability::Compress), off, on(Capability::Events)])
+        s.set_capabilities(&[on(Capability::ReleaseRam), off, on(Capability::Events)])
             .unwrap();
         assert!(s.capability(Capability::Events));
-        assert!(!s.capability(Capability::Compress));
+        assert!(!s.capability(Capability::ReleaseRam));
         assert_eq!(s.capabilities()[5], on(Capability::Events));
     }
 
@@ -704,7 +725,13 @@ mod tests {
             .collect();
         assert_eq!(
             honoured,
-            ["xbzrle", "auto-converge", "zero-blocks", "events"]
+            [
+                "xbzrle",
+                "auto-converge",
+                "zero-blocks",
+                "compress",
+                "events"
+            ]
         );
     }
 
@@ -742,6 +769,15 @@ mod tests {
                 s.cpu_throttle_tailslow()
             ),
             (20, 10, 99, 50, false)
+        );
+        assert_eq!(
+            (
+                s.compress_level(),
+                s.compress_threads(),
+                s.compress_wait_thread(),
+                s.decompress_threads()
+            ),
+            (1, 8, true, 2)
         );
         let shown = serde_json::to_value(s.parameters()).unwrap();
         assert_eq!(shown.as_object().unwrap().len(), 26);

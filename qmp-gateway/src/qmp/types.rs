@@ -786,6 +786,7 @@ pub const TYPES: Types = Types(&[
             opt("setup-time", Ty::Int),
             opt("cpu-throttle-percentage", Ty::Int),
             opt("error-desc", Ty::Str),
+            opt("compression", Ty::Named("CompressionStats")),
         ]),
     },
     TypeDef {
@@ -821,6 +822,16 @@ pub const TYPES: Types = Types(&[
             req("cache-miss-rate", Ty::Number),
             req("encoding-rate", Ty::Number),
             req("overflow", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "CompressionStats",
+        kind: TypeKind::Object(&[
+            req("pages", Ty::Int),
+            req("busy", Ty::Int),
+            req("busy-rate", Ty::Number),
+            req("compressed-size", Ty::Int),
+            req("compression-rate", Ty::Number),
         ]),
     },
 ]);

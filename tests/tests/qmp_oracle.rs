@@ -237,7 +237,8 @@ const DIFFERENCES: &[Difference] = &[
     Difference {
         labels: &["migration: capability refused: *"],
         what: "turning on a migration capability our migration does not honour (all but \
-               xbzrle, auto-converge, zero-blocks, compress and events): QEMU 7.2 takes it \
+               xbzrle, auto-converge, zero-blocks, compress, events and block): QEMU 7.2 \
+               takes it \
                (zero-copy-send and postcopy-preempt it refuses for reasons of its own); we \
                refuse it, \"Migration capability '...' is not supported\"",
         why: "a capability taken and then ignored would migrate otherwise than asked; \
@@ -245,7 +246,7 @@ const DIFFERENCES: &[Difference] = &[
               each is compared with QEMU as it joins the list (turned on, then \
               query-migrate-capabilities); tests/tests/migration_convergence.rs migrates \
               with xbzrle and auto-converge on both, tests/tests/migration_block.rs with \
-              zero-blocks, tests/tests/migration_compress.rs with compress",
+              zero-blocks and block, tests/tests/migration_compress.rs with compress",
         holds: |q, g| (*ret(q) == json!({}) || class(q) == "GenericError") && capability_refused(g),
     },
     Difference {

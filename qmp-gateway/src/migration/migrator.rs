@@ -43,6 +43,9 @@ pub enum MigrateError {
     Channel(String),
     #[error("starting the migration agent: {0}")]
     Agent(String),
+    /// `migrate`'s blk or inc with the block capability or block-incremental set.
+    #[error("Command options are incompatible with current migration capabilities")]
+    BlockOptions,
 }
 
 /// What the layer reaches: set once when the gateway is built.

@@ -502,6 +502,18 @@ impl Migrator {
         if (self.h.run_state)() == RunState::PostMigrate {
             return Err(MigrateError::Migrated);
         }
+        // A block migration is asked for by the flags or by the settings, not both (as
+        // QEMU 7.2); the flags set the settings for this migration only.
+        let flags = blk || inc;
+        let (block, incremental) = self.settings.lock().block_options();
+        if flags && (block || incremental) {
+            return Err(MigrateError::BlockOptions);
+        }
+        let copy = match flags {
+            true => DiskCopy::from_flags(true, inc),
+            // block-incremental alone copies nothing (QEMU's neither).
+            false => DiskCopy::from_flags(block, block && incremental),
+        };
         {
             let _order = self.transitions.lock();
             if self.in_progress() {
@@ -530,11 +542,24 @@ impl Migrator {
             }
             _ => None,
         };
+        if flags {
+            self.settings.lock().set_block_options(true, inc);
+        }
         let m = self.clone();
         std::thread::Builder::new()
             .name("migration".into())
-            .spawn(move || run(&m, &uri, named_fd, DiskCopy::from_flags(blk, inc)))
-            .map_err(|e| MigrateError::Agent(e.to_string()))?;
+            .spawn(move || {
+                run(&m, &uri, named_fd, copy);
+                if flags {
+                    m.settings.lock().set_block_options(false, false);
+                }
+            })
+            .map_err(|e| {
+                if flags {
+                    self.settings.lock().set_block_options(false, false);
+                }
+                MigrateError::Agent(e.to_string())
+            })?;
         Ok(())
     }
 }

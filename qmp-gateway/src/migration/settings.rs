@@ -66,13 +66,16 @@ capabilities! {
 /// here when the migration implements it (`xbzrle`: pages sent as deltas from a cache of
 /// xbzrle-cache-size; `auto-converge`: the vCPU throttle; `events`: the MIGRATION events;
 /// `zero-blocks`: block migration sends disk chunks that read as zeroes as DISK_ZERO runs
-/// instead of their bytes; `compress`: pages deflated by compress-threads workers).
+/// instead of their bytes; `compress`: pages deflated by compress-threads workers;
+/// `block`: every migrate copies the disks, as its `blk` flag, incremental with the
+/// block-incremental parameter, as `inc`).
 pub const SUPPORTED_CAPABILITIES: &[Capability] = &[
     Capability::Xbzrle,
     Capability::AutoConverge,
     Capability::ZeroBlocks,
     Capability::Compress,
     Capability::Events,
+    Capability::Block,
 ];
 
 /// A capability and whether it is on (QEMU's MigrationCapabilityStatus).
@@ -592,6 +595,22 @@ impl MigrationSettings {
         self.running = running;
     }
 
+    /// The `block` capability and the `block-incremental` parameter: a block migration
+    /// (copy of the disks) with every `migrate`, and whether incremental.
+    pub fn block_options(&self) -> (bool, bool) {
+        (
+            self.capability(Capability::Block),
+            self.parameters.block_incremental,
+        )
+    }
+
+    /// Sets both, as QEMU does for one migration when its `migrate` asks for a block
+    /// migration with its `blk` / `inc` flags (and clears them once it ended).
+    pub fn set_block_options(&mut self, block: bool, incremental: bool) {
+        self.enabled[Capability::Block as usize] = block;
+        self.parameters.block_incremental = incremental;
+    }
+
     /// The most the migration sends, in bytes per second.
     pub fn max_bandwidth(&self) -> u64 {
         self.parameters.max_bandwidth
@@ -713,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn xbzrle_auto_converge_and_events_are_honoured() {
+    fn the_honoured_capabilities_may_be_turned_on() {
         let mut s = MigrationSettings::default();
         s.set_capabilities(&[on(Capability::Xbzrle), on(Capability::AutoConverge)])
             .unwrap();
@@ -730,7 +749,8 @@ mod tests {
                 "auto-converge",
                 "zero-blocks",
                 "compress",
-                "events"
+                "events",
+                "block"
             ]
         );
     }

@@ -29,7 +29,6 @@ const OPEN_FILES_NEEDED: u64 = 16 + 32;
 const THREADS_NEEDED: u64 = 64 + u8::MAX as u64;
 
 pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
-    limit_heap_arenas();
     sandbox::enter(
         mode,
         "migration-agent",
@@ -40,21 +39,4 @@ pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
         },
         &[ALLOWED],
     )
-}
-
-/// glibc gives each thread that allocates a heap arena of its own until there are 8;
-/// for the next it counts the CPUs, reading /sys/devices/system/cpu/online, which the
-/// sandbox forbids (the ninth compress worker to allocate killed the agent). With the
-/// limit set beforehand (glibc's own default: 8 per CPU) it never counts them.
-fn limit_heap_arenas() {
-    #[cfg(target_env = "gnu")]
-    {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt changes allocator settings only; called before any other
-        // thread runs.
-        if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
-            log::warn!("setting the heap arena limit failed");
-        }
-    }
 }

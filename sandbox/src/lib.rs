@@ -47,6 +47,7 @@ pub fn enter(
         return Ok(());
     }
     keep_thread_heaps();
+    limit_heap_arenas();
     let applied = jail::lockdown(process, limits)?;
     if !applied.landlock_full {
         log::warn!("{process}: this kernel enforces Landlock only partly");
@@ -72,6 +73,24 @@ fn keep_thread_heaps() {
         let set = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20) };
         if set != 1 {
             log::warn!("setting the heap trim threshold failed");
+        }
+    }
+}
+
+/// glibc gives each thread that allocates a heap arena of its own until there are 8;
+/// for the next it counts the CPUs, reading /sys/devices/system/cpu/online, which no
+/// sandboxed process may open (the ninth compress worker to allocate killed the
+/// migration agent; a block daemon with many queues and a job could get there too).
+/// With the limit set beforehand (glibc's own default: 8 per CPU) it never counts them.
+fn limit_heap_arenas() {
+    #[cfg(target_env = "gnu")]
+    {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt changes allocator settings only; called before any other
+        // thread runs.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
+            log::warn!("setting the heap arena limit failed");
         }
     }
 }

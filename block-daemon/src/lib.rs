@@ -27,3 +27,4 @@ pub mod stats;
 #[cfg(test)]
 pub mod testing;
 pub mod throttle;
+pub mod writeback;

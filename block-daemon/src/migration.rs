@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::formats::FormatError;
+use crate::writeback::Writeback;
 
 /// Disk bytes per bit of the migration's marks (QEMU's block migration tracks 1 MiB
 /// chunks; finer, a write resends less).
@@ -137,7 +138,12 @@ impl Migrations {
             .name("migration-sink".into())
             .spawn(move || {
                 let mut buf = Vec::new();
-                serve(stream, |r, s| sink_call(&device, r, s, &mut buf));
+                // Written back as it comes: the flush before the VM runs here (inside
+                // the downtime) then has little left to write.
+                let mut writeback = Writeback::new(device.disk().format());
+                serve(stream, |r, s| {
+                    sink_call(&device, r, s, &mut buf, &mut writeback)
+                });
                 if me.current(generation) {
                     me.current.lock().take();
                 }
@@ -240,6 +246,7 @@ fn sink_call(
     request: Request,
     stream: &mut UnixStream,
     buf: &mut Vec<u8>,
+    writeback: &mut Writeback,
 ) -> Result<(), Answer> {
     let disk = device.disk();
     let size = disk.size();
@@ -251,6 +258,7 @@ fn sink_call(
             disk.format()
                 .write(offset, buf)
                 .map_err(|e| Answer::Refused(format_error(e)))?;
+            writeback.wrote(u64::from(len));
         }
         Request::Zero { offset, len } => {
             check_range(offset, len, size).map_err(Answer::Refused)?;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use ipc::{errno_text, BackupSpec, IoOperation, JobSpec, SharedBitmap, SyncMode};
 use parking_lot::Mutex;
 
-use super::control::{on_copy_error, report, End, Events, Next, RateLimit, Shared, Writeback};
+use crate::writeback::Writeback;
+
+use super::control::{on_copy_error, report, End, Events, Next, RateLimit, Shared};
 use super::kernel_copy;
 use crate::device::BlkDevice;
 use crate::dirty::WriteHook;

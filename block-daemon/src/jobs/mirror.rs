@@ -15,7 +15,9 @@ use ipc::{
     SyncMode,
 };
 
-use super::control::{ended, Events, Next, RateLimit, Shared, Writeback};
+use crate::writeback::Writeback;
+
+use super::control::{ended, Events, Next, RateLimit, Shared};
 use super::kernel_copy;
 use crate::device::{BlkDevice, QUIESCE_TIMEOUT};
 use crate::disk::Served;

@@ -146,6 +146,8 @@ fn guest_writes_are_counted_cleared_and_kept_across_daemon_restarts() {
     // A daemon restarted over QMP marks into the same bitmaps from its first request.
     c.ok("block-dirty-bitmap-clear", bitmap("d0", "all"));
     c.ok(RESTART, json!({"device": "d0"}));
+    // Its event, so that the wait after the SIGKILL below is for that daemon.
+    c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
     assert_eq!(count(&mut c, "fine"), DISK, "marks outlive the daemon");
     two_more_rounds(&mut gw, &mut c);
     assert_eq!(count(&mut c, "all"), DISK);

@@ -195,6 +195,9 @@ fn persistent_bitmaps_live_in_the_image_and_qemu_reads_what_we_counted() {
     ];
     assert_eq!(counts(&mut c), expected);
     c.ok(RESTART, json!({"device": "d0"}));
+    // Its event, so that the wait below is for the daemon after the SIGKILL (quitting
+    // while that one still starts would leave the bitmaps in use).
+    c.event("__io.flotilla_BLOCK_DAEMON_RESTARTED");
     assert_eq!(counts(&mut c), expected, "after a restart over QMP");
     let pid = flotilla_tests::procs::live_child(gw.vm.pid(), "block-daemon", TIMEOUT);
     let _ = nix::sys::signal::kill(

@@ -242,6 +242,49 @@ fn a_raw_disk_moves_with_the_guest() {
     );
 }
 
+/// Two disks in one block migration, a raw one (the guest writing it throughout) and a
+/// qcow2 one (idle), each with data put in before: both destination images end up equal
+/// to their source's, and the guest goes on there.
+#[test]
+fn two_disks_move_together() {
+    let dir = TempDir::new("migration-blk-two");
+    let image = |side: &str, format: &str| dir.path().join(format!("{side}.{format}"));
+    for side in ["src", "dst"] {
+        for format in ["raw", "qcow2"] {
+            let disk = image(side, format);
+            qemu_img_ok(&["create", "-q", "-f", format, path(&disk), &DISK.to_string()]);
+        }
+    }
+    put_data(&image("src", "raw"), "raw");
+    put_data(&image("src", "qcow2"), "qcow2");
+    let drives = |side: &str| -> Vec<String> {
+        vec![
+            "--drive".into(),
+            format!("file={},format=raw,id=d0", image(side, "raw").display()),
+            "--drive".into(),
+            format!("file={},format=qcow2,id=d1", image(side, "qcow2").display()),
+        ]
+    };
+    let (mut src, last_round) = source(&drives("src"));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, mut d) = paused_destination(&uri, &drives("dst"));
+    let mut s = src.client();
+    s.ok("migrate", json!({"uri": uri, "blk": true}));
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "completed", "{info}");
+    let dinfo = wait_migration(&mut d, &["completed", "failed"]);
+    assert_eq!(dinfo["status"], "completed", "{dinfo}");
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+    for format in ["raw", "qcow2"] {
+        expect_identical(&image("src", format), &image("dst", format), format);
+    }
+    runs_on_there(&mut dst, &mut d, last_round);
+    d.ok("quit", json!({}));
+    dst.vm.wait(Duration::from_secs(20));
+    qemu_img_ok(&["check", path(&image("dst", "qcow2"))]);
+}
+
 /// The `block` capability alone (no flag) copies the disks, as `blk` does.
 #[test]
 fn the_block_capability_moves_a_raw_disk_as_blk_does() {

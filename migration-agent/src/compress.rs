@@ -303,6 +303,7 @@ impl Inflater {
 mod tests {
     use super::*;
     use crate::stream::Record;
+    use crate::testing::noise;
 
     /// A page that deflates well: a short motif and its page number.
     fn motif(page: u64, round: u8) -> Vec<u8> {
@@ -314,19 +315,6 @@ mod tests {
             .collect();
         p[..8].copy_from_slice(&page.to_le_bytes());
         p
-    }
-
-    /// A page that does not: xorshift bytes.
-    fn noise(seed: u64) -> Vec<u8> {
-        let mut s = seed | 1;
-        (0..PAGE)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
     }
 
     fn zlib(data: &[u8], level: u32) -> Vec<u8> {

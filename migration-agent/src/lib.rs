@@ -24,6 +24,8 @@ pub mod pacer;
 pub mod ram;
 pub mod seccomp;
 pub mod stream;
+#[cfg(test)]
+pub mod testing;
 pub mod wire;
 pub mod workers;
 pub mod xbzrle;

@@ -511,6 +511,7 @@ mod tests {
     use std::os::unix::fs::FileExt;
     use std::os::unix::net::UnixStream;
 
+    use crate::testing::noise;
     use ipc::{shm, AgentEvent, Channel, CompressParams, MachineShape, RamWindow};
 
     use super::*;
@@ -605,7 +606,7 @@ mod tests {
         );
     }
 
-    /// A page that deflates well (a motif, its number and `round`), and one that does not.
+    /// A page that deflates well (a motif, its number and `round`).
     fn motif(page: u64, round: u8) -> Vec<u8> {
         let mut p: Vec<u8> = b"pages of a guest "
             .iter()
@@ -615,18 +616,6 @@ mod tests {
             .collect();
         p[..9].copy_from_slice(&[&page.to_le_bytes()[..], &[round]].concat());
         p
-    }
-
-    fn noise(seed: u64) -> Vec<u8> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..PAGE)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
     }
 
     /// A source with compress on (and xbzrle, if `xbzrle`) sends three passes to a

@@ -227,18 +227,21 @@ fn moves_intact_set(
     }
 }
 
+/// Both sides' raw images, the source's with data put in.
+fn raw_images_with_data(src: &Path, dst: &Path) {
+    for image in [src, dst] {
+        qemu_img_ok(&["create", "-q", "-f", "raw", path(image), &DISK.to_string()]);
+    }
+    put_data(src, "raw");
+}
+
 #[test]
 fn a_raw_disk_moves_with_the_guest() {
     moves_intact(
         "migration-blk-raw",
         "raw",
         json!({"blk": true}),
-        |src, dst| {
-            for image in [src, dst] {
-                qemu_img_ok(&["create", "-q", "-f", "raw", path(image), &DISK.to_string()]);
-            }
-            put_data(src, "raw");
-        },
+        raw_images_with_data,
     );
 }
 
@@ -293,12 +296,7 @@ fn the_block_capability_moves_a_raw_disk_as_blk_does() {
         "raw",
         json!({}),
         &["block"],
-        |src, dst| {
-            for image in [src, dst] {
-                qemu_img_ok(&["create", "-q", "-f", "raw", path(image), &DISK.to_string()]);
-            }
-            put_data(src, "raw");
-        },
+        raw_images_with_data,
     );
 }
 

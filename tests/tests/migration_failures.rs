@@ -1024,6 +1024,12 @@ fn a_source_refuses_what_qemu_refuses() {
         assert_eq!(r, json!({"return": {}}), "{uri}");
         compare_failure(uri, &mut q, &mut g, &mut mismatches);
     }
+    // Each of those started its agent while it connected (spawned ahead): none is left.
+    let deadline = Instant::now() + ENDING;
+    while !agents(src.vm.pid()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(agents(src.vm.pid()), Vec::new(), "agents left behind");
     // An empty command: both fail writing to it (QEMU says "command" where we say
     // "the migration connection").
     for c in [&mut q, &mut g] {

@@ -69,6 +69,10 @@ fn handle(device: &NetDevice, request: NetRequest) -> Result<NetReply, RemoteErr
         }
         NetRequest::RxFilter => Ok(NetReply::RxFilter(Box::new(device.rx_filter()))),
         NetRequest::Stats => Ok(NetReply::Stats(device.stats())),
+        NetRequest::RestoreRxFilter(state) => {
+            device.restore_rx_filter(&state);
+            Ok(NetReply::Done)
+        }
         NetRequest::Announce => device
             .announce()
             .map(|()| NetReply::Done)

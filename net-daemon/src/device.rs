@@ -135,6 +135,13 @@ impl NetDevice {
         Ok(())
     }
 
+    /// The filter a migration's source served (`NetRequest::RestoreRxFilter`).
+    pub fn restore_rx_filter(&self, state: &RxFilterState) {
+        let filter = RxFilter::from_state(state);
+        *self.inner.filter.lock() = filter.clone();
+        *self.inner.restore.lock() = Some(filter);
+    }
+
     pub fn rx_filter(&self) -> RxFilterState {
         self.inner.filter.lock().state()
     }

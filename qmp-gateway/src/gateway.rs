@@ -166,6 +166,17 @@ impl Gateway {
                     let status = status.clone();
                     Box::new(move || status.lock().run_state)
                 },
+                nic_filters: {
+                    let net = Arc::downgrade(&net);
+                    Box::new(move || net.upgrade().map(|n| n.rx_filters()).unwrap_or_default())
+                },
+                restore_nic_filters: {
+                    let net = Arc::downgrade(&net);
+                    Box::new(move |filters| match net.upgrade() {
+                        Some(n) => n.restore_rx_filters(filters).map_err(|e| e.to_string()),
+                        None => Err("the gateway is ending".into()),
+                    })
+                },
                 announce: {
                     let (net, status) = (Arc::downgrade(&net), status.clone());
                     Arc::new(move || {

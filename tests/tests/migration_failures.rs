@@ -871,7 +871,12 @@ fn a_malformed_stream_ends_the_destination_cleanly() {
     let mut huge_state = header.clone();
     huge_state.extend_from_slice(&[5, 1]);
     huge_state.extend_from_slice(&u32::MAX.to_le_bytes());
-    let cases: [(&str, Vec<u8>, bool, &str); 4] = [
+    // A STATE record whose bytes are not a migrated state (then END).
+    let mut bad_state = header.clone();
+    bad_state.extend_from_slice(&[5, 1]);
+    bad_state.extend_from_slice(&4u32.to_le_bytes());
+    bad_state.extend_from_slice(&[9, 9, 9, 9, 6]);
+    let cases: [(&str, Vec<u8>, bool, &str); 5] = [
         (
             "garbage",
             b"GET / HTTP/1.0\r\n\r\n".to_vec(),
@@ -895,6 +900,12 @@ fn a_malformed_stream_ends_the_destination_cleanly() {
             huge_state,
             false,
             "malformed migration stream: device state of 4294967295 bytes",
+        ),
+        (
+            "a device state that is not one",
+            bad_state,
+            false,
+            "the migrated state is malformed: version 9, this destination reads 1",
         ),
     ];
     for (what, bytes, unix, why) in cases {

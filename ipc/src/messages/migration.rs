@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Call, Message, Upcall};
+use crate::messages::net::RxFilterState;
 use crate::messages::vmm::RamWindow;
 
 /// How the migration stream is carried: the fd in the frame after guest memory's.
@@ -197,3 +198,85 @@ pub enum AgentEvent {
 }
 
 pub type FromAgent = Upcall<AgentReply, AgentEvent>;
+
+/// What the stream's STATE record carries (the agent passes it through): vmm-core's
+/// state (`VmmReply::State`) and, per NIC in launch order, the receive filter the guest
+/// programmed (its net daemon's, which vmm-core never sees), so that the destination's
+/// NICs filter as the source's did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MigratedState {
+    pub vmm: Vec<u8>,
+    pub nics: Vec<RxFilterState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the migrated state is malformed: {0}")]
+pub struct MalformedState(String);
+
+impl MigratedState {
+    /// The version of the encoding below, first in it.
+    const VERSION: u8 = 1;
+    /// Far above any VM's state, below what a peer could make us allocate.
+    const MAX_BYTES: usize = 16 << 20;
+
+    fn config() -> impl bincode::config::Config {
+        bincode::config::standard().with_limit::<{ Self::MAX_BYTES }>()
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, MalformedState> {
+        let mut out = vec![Self::VERSION];
+        let body = bincode::serde::encode_to_vec(self, Self::config())
+            .map_err(|e| MalformedState(e.to_string()))?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// The state from the STATE record's bytes (a peer's: checked, bounded).
+    pub fn decode(bytes: &[u8]) -> Result<MigratedState, MalformedState> {
+        let Some((&version, body)) = bytes.split_first() else {
+            return Err(MalformedState("empty".into()));
+        };
+        if version != Self::VERSION {
+            return Err(MalformedState(format!(
+                "version {version}, this destination reads {}",
+                Self::VERSION
+            )));
+        }
+        let (state, used): (MigratedState, usize) =
+            bincode::serde::decode_from_slice(body, Self::config())
+                .map_err(|e| MalformedState(e.to_string()))?;
+        if used != body.len() {
+            return Err(MalformedState(format!(
+                "{} bytes after its end",
+                body.len() - used
+            )));
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod migrated_state_tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bad_input() {
+        let state = MigratedState {
+            vmm: vec![1, 2, 3],
+            nics: vec![RxFilterState::default()],
+        };
+        let bytes = state.encode().unwrap();
+        assert_eq!(MigratedState::decode(&bytes).unwrap(), state);
+        assert!(MigratedState::decode(&[]).is_err());
+        assert!(MigratedState::decode(&[2, 0]).is_err(), "another version");
+        assert!(
+            MigratedState::decode(&bytes[..bytes.len() - 1]).is_err(),
+            "cut"
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(MigratedState::decode(&longer).is_err(), "trailing bytes");
+        // A length far beyond the bytes there: refused, not allocated.
+        assert!(MigratedState::decode(&[1, 0xfc, 0xff, 0xff, 0xff, 0x7f]).is_err());
+    }
+}

@@ -44,6 +44,10 @@ pub enum NetRequest {
     RxFilter,
     /// Answered with `Stats`.
     Stats,
+    /// The filter the guest programmed on the migration's source: served from now on
+    /// and again after the next feature negotiation (vmm-core replays the driver's
+    /// features as it restores the device), as after a restart.
+    RestoreRxFilter(Box<RxFilterState>),
     /// Tell the network where the NIC is now (after a migration came in): one RARP frame
     /// from its MAC on the host side, as QEMU's self-announcement; nothing while the
     /// link is down.

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipc::{AgentEvent, AgentRequest, IncomingStart, RunState, VmmReply, VmmRequest};
+use ipc::{AgentEvent, AgentRequest, IncomingStart, MigratedState, RunState, VmmReply, VmmRequest};
 
 use super::agent::Agent;
 use super::migrator::{MigrateError, Migrator};
@@ -127,25 +127,36 @@ fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>, open
 /// The state into vmm-core; the source is told; the VM runs if it ran there and is
 /// allowed to here.
 fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<(), String> {
-    // The disks' images are ours now (the source let go of them before it sent the
-    // state): their locks, and daemons that serve them for real.
-    if let Err(e) = m.h.block.activate() {
-        let why = e.to_string();
+    let refuse = |why: String| {
         let _ = agent
             .link
             .request(AgentRequest::Resumed(Err(why.clone())), &[]);
-        return Err(why);
+        Err(why)
+    };
+    let state = match MigratedState::decode(&state) {
+        Ok(s) => s,
+        Err(e) => return refuse(e.to_string()),
+    };
+    // The disks' images are ours now (the source let go of them before it sent the
+    // state): their locks, and daemons that serve them for real.
+    if let Err(e) = m.h.block.activate() {
+        return refuse(e.to_string());
     }
-    if let Err(e) = m.h.vmm.request(VmmRequest::RestoreState(state), &[]) {
+    // The NICs filter as the guest had them filter (before vmm-core replays the
+    // driver's features to them as it restores the devices).
+    let restored = (m.h.restore_nic_filters)(state.nics)
+        .map_err(|e| format!("the NICs' receive filters: {e}"))
+        .and_then(|()| {
+            (m.h.vmm.request(VmmRequest::RestoreState(state.vmm), &[]))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(why) = restored {
         // The source takes its disks back: let go of them first.
         if let Err(e) = m.h.block.inactivate() {
             log::error!("migration: handing the disks back: {e}");
         }
-        let why = e.to_string();
-        let _ = agent
-            .link
-            .request(AgentRequest::Resumed(Err(why.clone())), &[]);
-        return Err(why);
+        return refuse(why);
     }
     agent
         .link

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc::{
-    AgentReply, AgentRequest, CompressParams, OutgoingStart, PassReport, RunState, VmmReply,
-    VmmRequest,
+    AgentReply, AgentRequest, CompressParams, MigratedState, OutgoingStart, PassReport, RunState,
+    VmmReply, VmmRequest,
 };
 
 use crate::block::BlockError;
@@ -123,14 +123,17 @@ fn check_cancel(m: &Migrator) -> Result<(), Stop> {
     }
 }
 
-/// The stop-and-copy's last dirty pages, then the device state (the VM is stopped).
+/// The stop-and-copy's last dirty pages, then the device state (the VM is stopped):
+/// vmm-core's and the NICs' receive filters, as the STATE record carries them.
 fn last_pages_and_state(m: &Migrator, agent: &Agent) -> Result<Vec<u8>, Stop> {
     sync(m)?;
     send_pass(m, agent, false, FINAL_BUDGET_MS, true)?;
-    match m.h.vmm.request(VmmRequest::SaveState, &[])? {
-        VmmReply::State(s) => Ok(s),
-        other => Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
-    }
+    let vmm = match m.h.vmm.request(VmmRequest::SaveState, &[])? {
+        VmmReply::State(s) => s,
+        other => return Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
+    };
+    let nics = (m.h.nic_filters)();
+    Ok(MigratedState { vmm, nics }.encode()?)
 }
 
 /// A failed call to the agent is a cancellation when migrate_cancel killed it.

@@ -20,6 +20,9 @@ pub enum NetError {
     NeedDeviceOrId,
     #[error("NIC {0} has no netdev (netdev_del removed it): there is nothing to serve")]
     NoBackend(String),
+    /// A migration's NIC state that does not fit this VM.
+    #[error("{0}")]
+    Migration(String),
 
     /// A netdev's options, as QEMU's Netdev reads them.
     #[error("Parameter '{0}' is missing")]

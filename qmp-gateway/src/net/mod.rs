@@ -407,6 +407,35 @@ impl NetLayer {
         }
     }
 
+    /// Each NIC's receive filter, in launch order (a migration's source, the VM
+    /// stopped).
+    pub fn rx_filters(&self) -> Vec<RxFilterState> {
+        let mut state = self.state.lock();
+        state.nics.iter_mut().map(|n| n.rx_filter()).collect()
+    }
+
+    /// A migration's destination: each NIC takes up the filter the guest programmed at
+    /// the source (`filters`, in launch order), now and after any restart of its daemon.
+    pub fn restore_rx_filters(&self, filters: Vec<RxFilterState>) -> Result<(), NetError> {
+        let mut state = self.state.lock();
+        if filters.len() != state.nics.len() {
+            return Err(NetError::Migration(format!(
+                "the source sent the filters of {} NICs, this VM has {}",
+                filters.len(),
+                state.nics.len()
+            )));
+        }
+        for (nic, filter) in state.nics.iter_mut().zip(filters) {
+            *nic.last_filter.lock() = filter.clone();
+            nic.served = true;
+            if let Some(d) = &nic.daemon {
+                d.link
+                    .request(NetRequest::RestoreRxFilter(Box::new(filter)), &[])?;
+            }
+        }
+        Ok(())
+    }
+
     /// query-rx-filter: each NIC's receive filter (or the one `name` names).
     pub fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, NetError> {
         let mut state = self.state.lock();

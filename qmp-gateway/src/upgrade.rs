@@ -140,6 +140,12 @@ pub fn upgrade(gw: &Gateway, binary: Option<PathBuf>) -> Result<Upgraded, Upgrad
         steps.push(("stop", paused.elapsed()));
         gw.block.drain();
         steps.push(("drain", paused.elapsed()));
+        // The new vmm-core negotiates the driver's features with the NICs' daemons again,
+        // which would otherwise take it for a driver starting over and drop the receive
+        // filters the guest programmed.
+        let filters = gw.net.rx_filters();
+        (gw.net.restore_rx_filters(filters))
+            .map_err(|e| UpgradeError::Other(format!("the NICs' receive filters: {e}")))?;
         let state = match gw.vmm.request_on(&old, VmmRequest::SaveState, &[])?.0 {
             VmmReply::State(s) => s,
             other => return Err(UpgradeError::Other(format!("vmm-core answered {other:?}"))),

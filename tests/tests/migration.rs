@@ -262,22 +262,25 @@ fn paused_then_running(reflector: &Reflector, d: &mut QmpClient) -> Vec<Vec<u8>>
     reflector.announcements()
 }
 
+/// The net-rxfilter scenario: a filter programmed through the control queue, then frames
+/// counted until the power button.
+const FILTERING: &str = "scenario=net-rxfilter promisc=0 allmulti=1 \
+    macs=02:00:00:00:00:01+02:00:00:00:00:02 mcast=01:00:5e:00:00:fb vlan=5+100";
+const FILTERED: &str = "GUEST NET CTRL DONE";
+
 /// The receive filter the guest programs through its NIC's control queue (its net
 /// daemon's state, which vmm-core never sees) moves with the VM: query-rx-filter at the
 /// destination shows what it showed at the source, as QEMU 7.2's does for the same
 /// guest migrated between two QEMUs in this test.
 #[test]
 fn the_nics_receive_filter_moves_with_the_vm_as_in_qemu() {
-    const FILTERING: &str = "scenario=net-rxfilter promisc=0 allmulti=1 \
-        macs=02:00:00:00:00:01+02:00:00:00:00:02 mcast=01:00:5e:00:00:fb vlan=5+100";
-    const DONE: &str = "GUEST NET CTRL DONE";
     let ours = {
         let reflector = Reflector::start(None);
         let [netdev, device] = announcing_nic(&reflector);
         let device = format!("{device},id=nic0");
         let nic = ["--netdev", &netdev, "--device", &device];
         let mut src = Gateway::start_with(1, FILTERING, &nic);
-        src.vm.expect_prefix(DONE, BOOT);
+        src.vm.expect_prefix(FILTERED, BOOT);
         let mut s = src.client();
         let before = s.ok("query-rx-filter", json!({}));
         let uri = format!("tcp:127.0.0.1:{}", free_port());
@@ -297,7 +300,7 @@ fn the_nics_receive_filter_moves_with_the_vm_as_in_qemu() {
         let mut src = Qemu::guest(FILTERING, &nic);
         let mut s = src.client();
         s.ok("cont", json!({}));
-        src.vm.expect_prefix(DONE, BOOT);
+        src.vm.expect_prefix(FILTERED, BOOT);
         let before = s.ok("query-rx-filter", json!({}));
         let uri = format!("tcp:127.0.0.1:{}", free_port());
         let incoming = [&nic[..], &["-incoming", &uri]].concat();
@@ -333,6 +336,22 @@ fn the_nics_receive_filter_moves_with_the_vm_as_in_qemu() {
         ours.0
     );
     assert_eq!(ours.1, ours.0, "ours after the migration");
+}
+
+/// A live upgrade of vmm-core keeps the receive filter the guest programmed (the new
+/// vmm-core replays the driver's features to the NIC's daemon, which must not take them
+/// for a driver starting over).
+#[test]
+fn a_vmm_upgrade_keeps_the_nics_receive_filter() {
+    let reflector = Reflector::start(None);
+    let [netdev, device] = announcing_nic(&reflector);
+    let device = format!("{device},id=nic0");
+    let mut gw = Gateway::start_with(1, FILTERING, &["--netdev", &netdev, "--device", &device]);
+    gw.vm.expect_prefix(FILTERED, BOOT);
+    let mut c = gw.client();
+    let before = c.ok("query-rx-filter", json!({}));
+    c.ok("__io.flotilla_vmm-upgrade", json!({}));
+    assert_eq!(c.ok("query-rx-filter", json!({})), before);
 }
 
 /// The guest's disk and NIC load through a live upgrade of vmm-core, ten times in a row:

@@ -166,14 +166,14 @@ impl Gateway {
                     let status = status.clone();
                     Box::new(move || status.lock().run_state)
                 },
-                nic_filters: {
+                nics: {
                     let net = Arc::downgrade(&net);
-                    Box::new(move || net.upgrade().map(|n| n.rx_filters()).unwrap_or_default())
+                    Box::new(move || net.upgrade().map(|n| n.migrated_nics()).unwrap_or_default())
                 },
-                restore_nic_filters: {
+                restore_nics: {
                     let net = Arc::downgrade(&net);
-                    Box::new(move |filters| match net.upgrade() {
-                        Some(n) => n.restore_rx_filters(filters).map_err(|e| e.to_string()),
+                    Box::new(move |nics| match net.upgrade() {
+                        Some(n) => n.restore_migrated_nics(nics).map_err(|e| e.to_string()),
                         None => Err("the gateway is ending".into()),
                     })
                 },

@@ -905,7 +905,7 @@ fn a_malformed_stream_ends_the_destination_cleanly() {
             "a device state that is not one",
             bad_state,
             false,
-            "the migrated state is malformed: version 9, this destination reads 1",
+            "the migrated state is malformed: version 9, this destination reads 2",
         ),
     ];
     for (what, bytes, unix, why) in cases {
@@ -1040,7 +1040,11 @@ fn a_source_refuses_what_qemu_refuses() {
     while !agents(src.vm.pid()).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(agents(src.vm.pid()), Vec::new(), "agents left behind");
+    let left: Vec<String> = agents(src.vm.pid())
+        .iter()
+        .map(|a| std::fs::read_to_string(format!("/proc/{}/status", a.pid)).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "agents left behind:\n{}", left.join("\n"));
     // An empty command: both fail writing to it (QEMU says "command" where we say
     // "the migration connection").
     for c in [&mut q, &mut g] {

@@ -200,13 +200,21 @@ pub enum AgentEvent {
 pub type FromAgent = Upcall<AgentReply, AgentEvent>;
 
 /// What the stream's STATE record carries (the agent passes it through): vmm-core's
-/// state (`VmmReply::State`) and, per NIC in launch order, the receive filter the guest
-/// programmed (its net daemon's, which vmm-core never sees), so that the destination's
-/// NICs filter as the source's did.
+/// state (`VmmReply::State`) and, per NIC in launch order, what its net daemon keeps and
+/// vmm-core never sees, so that the destination's NICs behave as the source's did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct MigratedState {
     pub vmm: Vec<u8>,
-    pub nics: Vec<RxFilterState>,
+    pub nics: Vec<MigratedNic>,
+}
+
+/// A NIC's host side as it moves: the receive filter the guest programmed, and the link
+/// (QMP set_link: frames stop both ways while it is down; vmm-core's state has the
+/// guest's view of it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MigratedNic {
+    pub filter: RxFilterState,
+    pub link_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,8 +222,8 @@ pub struct MigratedState {
 pub struct MalformedState(String);
 
 impl MigratedState {
-    /// The version of the encoding below, first in it.
-    const VERSION: u8 = 1;
+    /// The version of the encoding below, first in it (1 had the filters only).
+    const VERSION: u8 = 2;
     /// Far above any VM's state, below what a peer could make us allocate.
     const MAX_BYTES: usize = 16 << 20;
 
@@ -263,12 +271,15 @@ mod migrated_state_tests {
     fn round_trip_and_bad_input() {
         let state = MigratedState {
             vmm: vec![1, 2, 3],
-            nics: vec![RxFilterState::default()],
+            nics: vec![MigratedNic {
+                filter: RxFilterState::default(),
+                link_up: false,
+            }],
         };
         let bytes = state.encode().unwrap();
         assert_eq!(MigratedState::decode(&bytes).unwrap(), state);
         assert!(MigratedState::decode(&[]).is_err());
-        assert!(MigratedState::decode(&[2, 0]).is_err(), "another version");
+        assert!(MigratedState::decode(&[1, 0]).is_err(), "another version");
         assert!(
             MigratedState::decode(&bytes[..bytes.len() - 1]).is_err(),
             "cut"
@@ -277,6 +288,6 @@ mod migrated_state_tests {
         longer.push(0);
         assert!(MigratedState::decode(&longer).is_err(), "trailing bytes");
         // A length far beyond the bytes there: refused, not allocated.
-        assert!(MigratedState::decode(&[1, 0xfc, 0xff, 0xff, 0xff, 0x7f]).is_err());
+        assert!(MigratedState::decode(&[2, 0xfc, 0xff, 0xff, 0xff, 0x7f]).is_err());
     }
 }

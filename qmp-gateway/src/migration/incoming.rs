@@ -143,9 +143,9 @@ fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<
         return refuse(e.to_string());
     }
     // The NICs filter as the guest had them filter (before vmm-core replays the
-    // driver's features to them as it restores the devices).
-    let restored = (m.h.restore_nic_filters)(state.nics)
-        .map_err(|e| format!("the NICs' receive filters: {e}"))
+    // driver's features to them as it restores the devices), their links as they were.
+    let restored = (m.h.restore_nics)(state.nics)
+        .map_err(|e| format!("the NICs: {e}"))
         .and_then(|()| {
             (m.h.vmm.request(VmmRequest::RestoreState(state.vmm), &[]))
                 .map(drop)

@@ -63,11 +63,10 @@ pub struct Handles {
     /// true if sent, false if the VM does not run (nothing sent), None once the gateway
     /// is ending.
     pub announce: Arc<dyn Fn() -> Option<bool> + Send + Sync>,
-    /// The NICs' receive filters, in launch order (the source's, the VM stopped).
-    pub nic_filters: Box<dyn Fn() -> Vec<ipc::RxFilterState> + Send + Sync>,
-    /// The destination's NICs take up the source's filters.
-    pub restore_nic_filters:
-        Box<dyn Fn(Vec<ipc::RxFilterState>) -> Result<(), String> + Send + Sync>,
+    /// What the NICs' host sides keep, in launch order (the source's, the VM stopped).
+    pub nics: Box<dyn Fn() -> Vec<ipc::MigratedNic> + Send + Sync>,
+    /// The destination's NICs take up the source's.
+    pub restore_nics: Box<dyn Fn(Vec<ipc::MigratedNic>) -> Result<(), String> + Send + Sync>,
 }
 
 pub struct Migrator {

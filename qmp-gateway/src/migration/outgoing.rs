@@ -123,8 +123,31 @@ fn check_cancel(m: &Migrator) -> Result<(), Stop> {
     }
 }
 
+/// The agent's process while it starts, beside the connection and dirty logging. A
+/// migration that ends before it is opened waits for it and stops it: nothing of the
+/// migration is left once it reports failed.
+struct Spawning(Option<std::thread::JoinHandle<Result<Agent, DaemonError>>>);
+
+impl Spawning {
+    fn join(mut self) -> Result<Agent, DaemonError> {
+        match self.0.take().map(|t| t.join()) {
+            Some(Ok(started)) => started,
+            _ => Err(DaemonError::Panicked("the agent's start")),
+        }
+    }
+}
+
+impl Drop for Spawning {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            // An agent started for nothing quits (Daemon's drop).
+            drop(t.join());
+        }
+    }
+}
+
 /// The stop-and-copy's last dirty pages, then the device state (the VM is stopped):
-/// vmm-core's and the NICs' receive filters, as the STATE record carries them.
+/// vmm-core's and the NICs' host sides' (filters, links), as the STATE record carries them.
 fn last_pages_and_state(m: &Migrator, agent: &Agent) -> Result<Vec<u8>, Stop> {
     sync(m)?;
     send_pass(m, agent, false, FINAL_BUDGET_MS, true)?;
@@ -132,7 +155,7 @@ fn last_pages_and_state(m: &Migrator, agent: &Agent) -> Result<Vec<u8>, Stop> {
         VmmReply::State(s) => s,
         other => return Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
     };
-    let nics = (m.h.nic_filters)();
+    let nics = (m.h.nics)();
     Ok(MigratedState { vmm, nics }.encode()?)
 }
 
@@ -159,9 +182,9 @@ fn migrate(
     let spawning = {
         let (binary, policy) = (m.h.agent_binary.clone(), m.h.policy.clone());
         let deaths = std::sync::mpsc::channel().0;
-        std::thread::spawn(move || {
+        Spawning(Some(std::thread::spawn(move || {
             Agent::spawn_ahead(&binary, "the migration", &policy, |_| {}, deaths)
-        })
+        })))
     };
     let mut named_fd = named_fd;
     let opened: Opened = uri::connect(uri, |_| {
@@ -209,9 +232,7 @@ fn migrate(
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());
-    let spawned = spawning
-        .join()
-        .unwrap_or_else(|_| Err(DaemonError::Panicked("the agent's start")));
+    let spawned = spawning.join();
     let (agent, _, _) = (spawned.and_then(|agent| agent.open(AgentRequest::Outgoing(start), &fds)))
         .map_err(|e| match e {
             DaemonError::Link(crate::children::link::LinkError::Remote(r)) => Stop::Failed(r.desc),

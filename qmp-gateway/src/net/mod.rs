@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipc::{NetRequest, NicLaunch, RxFilterState, VmmRequest};
+use ipc::{MigratedNic, NetRequest, NicLaunch, RxFilterState, VmmRequest};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -431,6 +431,34 @@ impl NetLayer {
             if let Some(d) = &nic.daemon {
                 d.link
                     .request(NetRequest::RestoreRxFilter(Box::new(filter)), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What each NIC's host side keeps, in launch order, for a migration (the source's,
+    /// the VM stopped).
+    pub fn migrated_nics(&self) -> Vec<MigratedNic> {
+        let mut state = self.state.lock();
+        (state.nics.iter_mut())
+            .map(|n| MigratedNic {
+                filter: n.rx_filter(),
+                link_up: n.link_up,
+            })
+            .collect()
+    }
+
+    /// A migration's destination: each NIC takes up the source's filter and link (the
+    /// guest's view of the link comes with vmm-core's state).
+    pub fn restore_migrated_nics(&self, nics: Vec<MigratedNic>) -> Result<(), NetError> {
+        let (filters, links): (Vec<_>, Vec<_>) =
+            nics.into_iter().map(|n| (n.filter, n.link_up)).unzip();
+        self.restore_rx_filters(filters)?;
+        let mut state = self.state.lock();
+        for (nic, up) in state.nics.iter_mut().zip(links) {
+            nic.link_up = up;
+            if let Some(d) = &nic.daemon {
+                d.link.request(NetRequest::SetLink { up }, &[])?;
             }
         }
         Ok(())

@@ -207,6 +207,33 @@ fn announcing_nic(reflector: &Reflector) -> [String; 2] {
     ]
 }
 
+/// The guest with `cmdline` and a NIC to `reflector` (id nic0) moved between two QEMU
+/// 7.2 processes: `prepare` runs on the source's client once the guest runs, before the
+/// migrate. Returns the destination, paused there (-S), its client and what `prepare`
+/// returned.
+fn qemu_moves<T>(
+    cmdline: &str,
+    reflector: &Reflector,
+    prepare: impl FnOnce(&mut Qemu, &mut QmpClient) -> T,
+) -> (Qemu, QmpClient, T) {
+    let [netdev, device] = announcing_nic(reflector);
+    let device = format!("{device},id=nic0");
+    let nic = ["-netdev", &netdev, "-device", &device];
+    let mut src = Qemu::guest(cmdline, &nic);
+    let mut s = src.client();
+    s.ok("cont", json!({}));
+    let prepared = prepare(&mut src, &mut s);
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let incoming = [&nic[..], &["-incoming", &uri]].concat();
+    let dst = Qemu::guest(cmdline, &incoming);
+    let mut d = dst.client();
+    s.ok("migrate", json!({"uri": uri}));
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "completed", "{info}");
+    wait_for_status(&mut d, "paused");
+    (dst, d, prepared)
+}
+
 /// After a migration the destination's NIC tells the network where the VM now is, as
 /// QEMU 7.2's does: the same RARP frames, byte for byte, as many, from the destination
 /// only, and none while the VM that came in stays paused (they go once it runs). QEMU
@@ -233,19 +260,7 @@ fn the_nic_announces_the_vm_at_the_destination_as_qemus_does() {
     };
     let qemus = {
         let reflector = Reflector::start(None);
-        let [netdev, device] = announcing_nic(&reflector);
-        let nic = ["-netdev", &netdev, "-device", &device];
-        let src = Qemu::guest("scenario=idle", &nic);
-        let mut s = src.client();
-        s.ok("cont", json!({}));
-        let uri = format!("tcp:127.0.0.1:{}", free_port());
-        let incoming = [&nic[..], &["-incoming", &uri]].concat();
-        let dst = Qemu::guest("scenario=idle", &incoming);
-        let mut d = dst.client();
-        s.ok("migrate", json!({"uri": uri}));
-        let info = wait_migration(&mut s, &["completed", "failed"]);
-        assert_eq!(info["status"], "completed", "{info}");
-        wait_for_status(&mut d, "paused");
+        let (_dst, mut d, ()) = qemu_moves("scenario=idle", &reflector, |_, _| ());
         paused_then_running(&reflector, &mut d)
     };
     assert_eq!(qemus.len(), 5, "QEMU's announcements: {qemus:02x?}");
@@ -288,21 +303,9 @@ fn a_nic_whose_link_is_down_stays_down_at_the_destination_as_in_qemu() {
     };
     let qemus = {
         let reflector = Reflector::start(None);
-        let [netdev, device] = announcing_nic(&reflector);
-        let device = format!("{device},id=nic0");
-        let nic = ["-netdev", &netdev, "-device", &device];
-        let src = Qemu::guest("scenario=idle", &nic);
-        let mut s = src.client();
-        s.ok("cont", json!({}));
-        s.ok("set_link", json!({"name": "nic0", "up": false}));
-        let uri = format!("tcp:127.0.0.1:{}", free_port());
-        let incoming = [&nic[..], &["-incoming", &uri]].concat();
-        let dst = Qemu::guest("scenario=idle", &incoming);
-        let mut d = dst.client();
-        s.ok("migrate", json!({"uri": uri}));
-        let info = wait_migration(&mut s, &["completed", "failed"]);
-        assert_eq!(info["status"], "completed", "{info}");
-        wait_for_status(&mut d, "paused");
+        let (_dst, mut d, ()) = qemu_moves("scenario=idle", &reflector, |_, s| {
+            s.ok("set_link", json!({"name": "nic0", "up": false}));
+        });
         d.ok("cont", json!({}));
         std::thread::sleep(ANNOUNCING);
         reflector.announcements().len()
@@ -342,22 +345,10 @@ fn the_nics_receive_filter_moves_with_the_vm_as_in_qemu() {
     };
     let qemus = {
         let reflector = Reflector::start(None);
-        let [netdev, device] = announcing_nic(&reflector);
-        let device = format!("{device},id=nic0");
-        let nic = ["-netdev", &netdev, "-device", &device];
-        let mut src = Qemu::guest(FILTERING, &nic);
-        let mut s = src.client();
-        s.ok("cont", json!({}));
-        src.vm.expect_prefix(FILTERED, BOOT);
-        let before = s.ok("query-rx-filter", json!({}));
-        let uri = format!("tcp:127.0.0.1:{}", free_port());
-        let incoming = [&nic[..], &["-incoming", &uri]].concat();
-        let dst = Qemu::guest(FILTERING, &incoming);
-        let mut d = dst.client();
-        s.ok("migrate", json!({"uri": uri}));
-        let info = wait_migration(&mut s, &["completed", "failed"]);
-        assert_eq!(info["status"], "completed", "{info}");
-        wait_for_status(&mut d, "paused");
+        let (_dst, mut d, before) = qemu_moves(FILTERING, &reflector, |src, s| {
+            src.vm.expect_prefix(FILTERED, BOOT);
+            s.ok("query-rx-filter", json!({}))
+        });
         d.ok("cont", json!({}));
         (before, d.ok("query-rx-filter", json!({})))
     };

@@ -578,18 +578,15 @@ fn a_cancel_during_the_stopped_copy_resumes_the_source() {
     cancel_in(Phase::Device);
 }
 
-/// Once the device state went to the destination, the VM may already run there: a
-/// cancel then is too late (as once a migration completed), and the migration completes
-/// when the destination's answer comes; the guest never runs in both places.
-#[test]
-fn a_cancel_after_the_state_went_is_too_late() {
+/// A migration (MIGRATION events on) whose destination runs the VM while the source
+/// has not heard so: the relay passed the verdict (one byte) and holds the outcome.
+fn running_there_unheard() -> (Source, QmpClient, Gateway, QmpClient, Relay) {
     let src = Source::start();
     let mut s = src.gw.client();
     events_on(&mut s);
     let port = free_port();
-    let mut dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
+    let dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
     let mut d = dst.client();
-    // The verdict (one byte) passes; the outcome is held.
     let relay = Relay::start(
         port,
         RelayOptions {
@@ -599,6 +596,15 @@ fn a_cancel_after_the_state_went_is_too_late() {
     );
     s.ok("migrate", json!({"uri": relay.uri()}));
     wait_for_status(&mut d, "running");
+    (src, s, dst, d, relay)
+}
+
+/// Once the device state went to the destination, the VM may already run there: a
+/// cancel then is too late (as once a migration completed), and the migration completes
+/// when the destination's answer comes; the guest never runs in both places.
+#[test]
+fn a_cancel_after_the_state_went_is_too_late() {
+    let (_src, mut s, mut dst, mut d, relay) = running_there_unheard();
     assert_eq!(s.ok("query-migrate", json!({}))["status"], "device");
     s.ok("migrate_cancel", json!({}));
     assert_eq!(s.ok("query-migrate", json!({}))["status"], "device");
@@ -616,21 +622,7 @@ fn a_cancel_after_the_state_went_is_too_late() {
 /// holds the disks, the source must not run the guest too: it stays paused, saying why.
 #[test]
 fn a_source_that_cannot_take_its_disks_back_stays_paused() {
-    let src = Source::start();
-    let mut s = src.gw.client();
-    events_on(&mut s);
-    let port = free_port();
-    let mut dst = src.destination(&format!("tcp:127.0.0.1:{port}"));
-    let mut d = dst.client();
-    let relay = Relay::start(
-        port,
-        RelayOptions {
-            answers_before_hold: Some(1),
-            ..RelayOptions::default()
-        },
-    );
-    s.ok("migrate", json!({"uri": relay.uri()}));
-    wait_for_status(&mut d, "running");
+    let (_src, mut s, mut dst, mut d, relay) = running_there_unheard();
     relay.cut();
     let info = wait_query(&mut s, ENDING, ended);
     assert_eq!(info["status"], "failed", "{info}");

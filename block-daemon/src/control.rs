@@ -366,6 +366,7 @@ fn handle(
         BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
         // Answered by `run`, which hands the loaded bitmaps' memory over with it.
         BlockRequest::Activate(_) => Err(RemoteError::generic("activation is not a plain call")),
+        BlockRequest::Userfault => Err(RemoteError::generic("postcopy is not supported yet")),
         BlockRequest::Stats => {
             let stats = device.stats().snapshot(disk.size());
             Ok(BlockReply::Stats(Box::new(stats)))

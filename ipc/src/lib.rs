@@ -29,6 +29,7 @@ pub mod messages;
 pub mod page_log;
 pub mod process;
 pub mod shm;
+pub mod userfault;
 
 pub use block_counters::{BlockCounters, CountersPage};
 pub use connection::{Connection, Received};

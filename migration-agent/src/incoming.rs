@@ -249,7 +249,11 @@ impl Receiver {
                         Record::End => {
                             // What the disks took is durable before the VM may run.
                             self.disks.flush()?;
-                            event(AgentEvent::StateArrived { state, running });
+                            event(AgentEvent::StateArrived {
+                                state,
+                                running,
+                                postcopy: false,
+                            });
                             return Ok(());
                         }
                         other => {

@@ -554,6 +554,7 @@ mod tests {
             },
             xbzrle_cache,
             compress,
+            postcopy: false,
         };
         let channel = File::from(OwnedFd::from(ours));
         let out = Outgoing::start(ram, log, channel, false, &start).unwrap();

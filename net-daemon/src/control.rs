@@ -77,6 +77,7 @@ fn handle(device: &NetDevice, request: NetRequest) -> Result<NetReply, RemoteErr
             .announce()
             .map(|()| NetReply::Done)
             .map_err(|e| RemoteError::generic(format!("announcing the NIC: {e}"))),
+        NetRequest::Userfault => Err(RemoteError::generic("postcopy is not supported yet")),
         NetRequest::Quit => Ok(NetReply::Done),
     }
 }

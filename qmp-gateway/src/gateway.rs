@@ -341,6 +341,7 @@ impl Gateway {
                 }
             }
             VmmEvent::Powerdown => self.events.emit(Event::Powerdown),
+            VmmEvent::PostcopyRanges { .. } => {}
             VmmEvent::VcpuFailed { vcpu, reason } => {
                 log::error!("vCPU {vcpu} failed: {reason}; the VM is stopped (internal-error)");
             }

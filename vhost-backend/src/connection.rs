@@ -490,4 +490,20 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         self.shared.log.set_map(map);
         Ok(())
     }
+    // Postcopy (TODO in this change: registration with the daemon's userfaultfd).
+    fn postcopy_advice(&mut self) -> VhostResult<File> {
+        Err(VhostError::InvalidOperation("postcopy is not supported"))
+    }
+
+    fn postcopy_listen(&mut self) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation("postcopy is not supported"))
+    }
+
+    fn postcopy_end(&mut self) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation("postcopy is not supported"))
+    }
+
+    fn postcopy_ack_mem_regions(&mut self) -> VhostResult<()> {
+        Err(VhostError::InvalidOperation("postcopy is not supported"))
+    }
 }

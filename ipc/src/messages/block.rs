@@ -183,6 +183,11 @@ pub enum BlockRequest {
     /// thread of its own, its writes and zeroes going through the image's format.
     /// Refused while the node is inactive or read-only.
     MigrationSink,
+    /// A postcopy migration comes in: the frame carries /dev/userfaultfd, with which the
+    /// daemon's vhost-user backend opens its userfaultfd when vmm-core sends
+    /// POSTCOPY_ADVISE (the sandbox lets it make none otherwise). Kept until
+    /// POSTCOPY_END.
+    Userfault,
     /// Stop serving and exit.
     Quit,
 }
@@ -223,6 +228,7 @@ impl Message for BlockRequest {
             BlockRequest::SetDirtyBitmaps(set) => set.len(),
             BlockRequest::StartJob(spec) => spec.fd_count(),
             BlockRequest::MigrationSource | BlockRequest::MigrationSink => 1,
+            BlockRequest::Userfault => 1,
             _ => 0,
         }
     }

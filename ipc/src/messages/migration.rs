@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Call, Message, Upcall};
 use crate::messages::net::RxFilterState;
 use crate::messages::vmm::RamWindow;
+use crate::userfault::MappedRange;
 
 /// How the migration stream is carried: the fd in the frame after guest memory's.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct OutgoingStart {
     pub xbzrle_cache: Option<u64>,
     /// The compress capability's parameters, when it is on.
     pub compress: Option<CompressParams>,
+    /// The postcopy-ram capability: the destination is told at once (the ADVISE
+    /// record) and must have it too; `AgentRequest::Postcopy` may switch later.
+    pub postcopy: bool,
 }
 
 /// How the source deflates pages (QMP's compress-level, compress-threads,
@@ -68,6 +72,9 @@ pub struct IncomingStart {
     /// Threads that inflate compressed pages (QMP's decompress-threads), started at the
     /// first one.
     pub decompress_threads: u8,
+    /// The postcopy-ram capability here: a source that advises postcopy is refused
+    /// without it, as one that does not is with it (QEMU's rule: both sides or neither).
+    pub postcopy: bool,
 }
 
 /// A disk a block migration copies: its index in launch order and its size in bytes.
@@ -119,6 +126,34 @@ pub enum AgentRequest {
     Incoming(IncomingStart),
     /// The destination's vmm-core took the state: the source may let go (or not).
     Resumed(Result<(), String>),
+    /// Source, VM stopped, instead of `Finish`: the switch to postcopy. The pages still
+    /// to send (the pass's unsent ones and those dirtied since they went) are named to
+    /// the destination (DISCARD), the device state goes, and the agent sends those pages
+    /// from then on by itself, the ones the destination asks for first. Answered once
+    /// the destination's vmm-core took the state (or with why not: the VM may then run
+    /// here again).
+    Postcopy {
+        state: Vec<u8>,
+        running: bool,
+    },
+    /// Source, after `Postcopy`: waits up to `wait_ms` for the postcopy phase to end;
+    /// answered with `AgentReply::Postcopy`.
+    PostcopyProgress {
+        wait_ms: u32,
+    },
+    /// Destination, answering `AgentEvent::StateArrived` of a postcopy migration before
+    /// the state is restored: the userfaultfds of the processes that map guest RAM, in
+    /// the frame: vmm-core's first (its mapping: `vmm`, where pages are placed), then
+    /// `backends` more whose mappings follow with `PostcopyRanges`.
+    PostcopyFaults {
+        vmm: Vec<MappedRange>,
+        backends: u32,
+    },
+    /// Destination: where backend `backend` (of `PostcopyFaults`) maps guest RAM.
+    PostcopyRanges {
+        backend: u32,
+        ranges: Vec<MappedRange>,
+    },
     /// The migration is over: the agent exits.
     Quit,
 }
@@ -130,6 +165,7 @@ impl Message for AgentRequest {
             AgentRequest::Incoming(_) => 2,
             AgentRequest::Disks(d) => d.disks.len(),
             AgentRequest::DiskSinks(Ok(disks)) => disks.len(),
+            AgentRequest::PostcopyFaults { backends, .. } => 1 + *backends as usize,
             _ => 0,
         }
     }
@@ -172,10 +208,27 @@ pub struct PassReport {
     pub disk_dirty: u64,
 }
 
+/// The postcopy phase on the source, so far.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PostcopyReport {
+    /// Bytes written to the channel since the switch.
+    pub bytes: u64,
+    /// Pages sent whole and as zero pages since the switch.
+    pub normal_pages: u64,
+    pub zero_pages: u64,
+    /// Page requests the destination made (QEMU's postcopy-requests).
+    pub requests: u64,
+    /// Pages not sent yet.
+    pub remaining_pages: u64,
+    /// Every page went and the destination has them all.
+    pub complete: bool,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum AgentReply {
     Done,
     Pass(PassReport),
+    Postcopy(PostcopyReport),
 }
 
 impl Message for AgentReply {}
@@ -190,8 +243,16 @@ pub enum AgentEvent {
     /// gateway checks them against this VM's, makes them writable here and answers with
     /// `AgentRequest::DiskSinks`; nothing more is read meanwhile.
     DisksArriving(MigratedDisks),
-    /// Destination: all of memory and the device state arrived.
-    StateArrived { state: Vec<u8>, running: bool },
+    /// Destination: all of memory and the device state arrived; or, `postcopy`, the
+    /// device state arrived and the rest of memory follows: the agent waits for
+    /// `AgentRequest::PostcopyFaults` before it reads on.
+    StateArrived {
+        state: Vec<u8>,
+        running: bool,
+        postcopy: bool,
+    },
+    /// Destination, postcopy: every page is here and the source was told.
+    PostcopyDone,
     /// Either side: the migration failed (the peer went away, an incompatible
     /// destination, a malformed stream); the text says why.
     Failed(String),

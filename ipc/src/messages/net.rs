@@ -52,6 +52,8 @@ pub enum NetRequest {
     /// from its MAC on the host side, as QEMU's self-announcement; nothing while the
     /// link is down.
     Announce,
+    /// As `BlockRequest::Userfault`: /dev/userfaultfd for the backend's postcopy.
+    Userfault,
     Quit,
 }
 
@@ -59,6 +61,7 @@ impl Message for NetRequest {
     fn fd_count(&self) -> usize {
         match self {
             NetRequest::Open(o) => o.backend_fds as usize + 1,
+            NetRequest::Userfault => 1,
             _ => 0,
         }
     }

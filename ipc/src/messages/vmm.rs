@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::userfault::MappedRange;
+
 use super::{Call, Message, Upcall};
 
 /// Where the guest's serial console goes. `File` and `UnixListener` come with one fd (an
@@ -158,6 +160,18 @@ pub enum VmmRequest {
     UpgradeInfo,
     /// A live upgrade's successor has the VM: exit quietly (no SHUTDOWN: the VM lives).
     Retire,
+    /// On the destination of a postcopy migration, after the pages the source may still
+    /// change were punched out of guest RAM and before `RestoreState`: vmm-core registers
+    /// its own mapping of guest RAM with a userfaultfd, and has each vhost-user backend
+    /// open one (POSTCOPY_ADVISE, POSTCOPY_LISTEN), so that a touch of a page not here
+    /// yet waits for it. The frame carries /dev/userfaultfd (`crate::userfault`).
+    /// Answered with `Postcopy`; each backend's mapping follows as
+    /// `VmmEvent::PostcopyRanges` when it maps guest RAM. A backend that cannot
+    /// (no VHOST_USER_PROTOCOL_F_PAGEFAULT) makes it fail, nothing registered.
+    PostcopyListen,
+    /// Every page is here: the userfaultfds go (vmm-core's unregistered, POSTCOPY_END to
+    /// the backends); backends that connected meanwhile are set up now.
+    PostcopyEnd,
 }
 
 impl Message for VmmRequest {
@@ -165,6 +179,7 @@ impl Message for VmmRequest {
         match self {
             VmmRequest::Launch(config) => config.fd_count(),
             VmmRequest::DiskReconnect { .. } | VmmRequest::NicReconnect { .. } => 1,
+            VmmRequest::PostcopyListen => 1,
             _ => 0,
         }
     }
@@ -212,6 +227,13 @@ pub enum VmmReply {
     /// The devices' shapes (disks then NICs); the frame carries guest RAM's memfd.
     Upgrade {
         links: Vec<LinkShape>,
+    },
+    /// `PostcopyListen` done: vmm-core's mapping of guest RAM (`ranges`), then one
+    /// userfaultfd per backend, in the order of `backends` (their names, e.g. "disk0");
+    /// the frame carries vmm-core's userfaultfd first, then the backends'.
+    Postcopy {
+        ranges: Vec<MappedRange>,
+        backends: Vec<String>,
     },
 }
 
@@ -290,6 +312,13 @@ pub enum VmmEvent {
         vcpu: u32,
         reason: String,
     },
+    /// Postcopy: backend `backend` (an index into `VmmReply::Postcopy`'s backends) mapped
+    /// guest RAM at these addresses of its own (its SET_MEM_TABLE answer); raised before
+    /// vmm-core lets it run its rings.
+    PostcopyRanges {
+        backend: u32,
+        ranges: Vec<MappedRange>,
+    },
 }
 
 impl Message for VmmReply {
@@ -297,6 +326,7 @@ impl Message for VmmReply {
         match self {
             VmmReply::Migration { .. } => 2,
             VmmReply::Memory { .. } | VmmReply::Upgrade { .. } => 1,
+            VmmReply::Postcopy { backends, .. } => 1 + backends.len(),
             _ => 0,
         }
     }

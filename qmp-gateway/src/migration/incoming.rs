@@ -36,6 +36,7 @@ pub fn start(
         windows,
         shape: m.shape.lock().clone(),
         decompress_threads: m.settings.lock().decompress_threads(),
+        postcopy: false,
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());
@@ -105,7 +106,8 @@ fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>, open
             super::block::arriving(&m.h.block, agent, disks);
             None
         }
-        AgentEvent::StateArrived { state, running } => Some(finish(m, agent, state, running)),
+        AgentEvent::StateArrived { state, running, .. } => Some(finish(m, agent, state, running)),
+        AgentEvent::PostcopyDone => None,
         AgentEvent::Failed(why) => Some(Err(why)),
     });
     drop(opened);

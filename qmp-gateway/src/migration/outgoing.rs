@@ -229,6 +229,7 @@ fn migrate(
             threads: settings.compress_threads(),
             wait_thread: settings.compress_wait_thread(),
         }),
+        postcopy: false,
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());

@@ -2,13 +2,13 @@
 //! socket. The first call opens the node (the vhost-user listener fd, the disk's counters
 //! page, which the gateway keeps across daemons, then one fd per image of the node's
 //! chain, top first, which `formats::chain` opens bottom up, then one memfd per dirty
-//! bitmap); later calls
-//! manage it (statistics, resize, I/O limits, write threshold, retrying the requests held
-//! after a failure, a migration's inactivation and activation in place) while a serving
-//! thread answers the frontend. Events (the write
-//! threshold, failed requests) go back on the same socket. Snapshots (internal, or a new
-//! top image over the chain) are `snapshots`'; dirty bitmaps (shared memory the gateway
-//! keeps) are mapped here and marked by the device.
+//! bitmap); later calls manage it (statistics, resize, I/O limits, write threshold,
+//! retrying the requests held after a failure, a migration's inactivation and activation
+//! in place, /dev/userfaultfd for a postcopy migration's destination) while a serving
+//! thread answers the frontend. Events (the write threshold, failed requests) go back on
+//! the same socket. Snapshots (internal, or a new top image over the chain) are
+//! `snapshots`'; dirty bitmaps (shared memory the gateway keeps) are mapped here and
+//! marked by the device.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -21,6 +21,7 @@ use ipc::{
     errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, DirtyBitmapSpec,
     RemoteError, SharedBitmap, StoredBitmaps,
 };
+use vhost_backend::UserfaultDevice;
 
 use crate::device::{BlkDevice, Policy, DRAIN_TIMEOUT, QUEUE_SIZE, QUIESCE_TIMEOUT};
 use crate::dirty::Bitmap;
@@ -63,6 +64,7 @@ fn open(
     engine: EngineKind,
     jobs: &Jobs,
     job_events: &Events,
+    userfault: &UserfaultDevice,
 ) -> Result<(BlkDevice, Vec<(DirtyBitmapSpec, OwnedFd)>), String> {
     let mut fds = fds.into_iter();
     let (Some(listener), Some(counters)) = (fds.next(), fds.next()) else {
@@ -118,9 +120,10 @@ fn open(
     let handed = carry_on(&device, open, (bitmaps, loaded), job_fds, jobs, job_events)?;
     let serving = device.clone();
     let listener = UnixListener::from(listener);
+    let userfault = userfault.clone();
     std::thread::Builder::new()
         .name("vhost-user".into())
-        .spawn(move || vhost_backend::serve_forever(serving, listener))
+        .spawn(move || vhost_backend::serve_forever_with_userfault(serving, listener, userfault))
         .map_err(|e| format!("serving thread: {e}"))?;
     Ok((device, handed))
 }
@@ -351,13 +354,28 @@ fn close(device: &BlkDevice) -> Result<(), FormatError> {
     device.disk().close()
 }
 
+/// `BlockRequest::Userfault`: /dev/userfaultfd, for the backend's next postcopy
+/// migration (it makes its userfaultfd with it at POSTCOPY_ADVISE).
+fn take_userfault(userfault: &UserfaultDevice, fds: Vec<OwnedFd>) -> Result<(), RemoteError> {
+    let fd = fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| RemoteError::generic("the call came without /dev/userfaultfd"))?;
+    userfault
+        .set(fd)
+        .map_err(|e| RemoteError::generic(e.to_string()))
+}
+
 /// Answers one management call.
+// Each argument is one of the node's parts that `run` owns.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     device: &BlkDevice,
     snapshots: &Snapshots,
     jobs: &Jobs,
     events: &Events,
     migrations: &Arc<Migrations>,
+    userfault: &UserfaultDevice,
     request: BlockRequest,
     fds: Vec<OwnedFd>,
 ) -> Result<BlockReply, RemoteError> {
@@ -366,7 +384,7 @@ fn handle(
         BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
         // Answered by `run`, which hands the loaded bitmaps' memory over with it.
         BlockRequest::Activate(_) => Err(RemoteError::generic("activation is not a plain call")),
-        BlockRequest::Userfault => Err(RemoteError::generic("postcopy is not supported yet")),
+        BlockRequest::Userfault => take_userfault(userfault, fds).map(|()| BlockReply::Done),
         BlockRequest::Stats => {
             let stats = device.stats().snapshot(disk.size());
             Ok(BlockReply::Stats(Box::new(stats)))
@@ -506,7 +524,8 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
         let link = link.clone();
         Arc::new(move |e| link.event(e))
     };
-    let (device, loaded) = match open(&link, &config, fds, engine, &jobs, &events) {
+    let userfault = UserfaultDevice::new();
+    let (device, loaded) = match open(&link, &config, fds, engine, &jobs, &events, &userfault) {
         Ok(b) => b,
         Err(e) => {
             link.reply(id, Err(RemoteError::generic(e.clone())));
@@ -560,6 +579,7 @@ pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
                 &jobs,
                 &events,
                 &migrations,
+                &userfault,
                 request,
                 fds,
             )?;
@@ -666,6 +686,30 @@ mod tests {
             again.as_ref().is_err_and(|e| e.contains("active already")),
             "{again:?}"
         );
+    }
+
+    /// The fd the gateway hands over is kept once it has made a userfaultfd; a call
+    /// without one, or with another file, is refused and keeps nothing. Needs
+    /// /dev/userfaultfd (root here).
+    #[test]
+    fn a_userfault_call_keeps_dev_userfaultfd_and_refuses_anything_else() {
+        let userfault = UserfaultDevice::new();
+        let none = take_userfault(&userfault, Vec::new());
+        assert!(
+            none.as_ref()
+                .is_err_and(|e| e.desc.contains("without /dev/userfaultfd")),
+            "{none:?}"
+        );
+        let null = OwnedFd::from(File::open("/dev/null").unwrap());
+        assert!(take_userfault(&userfault, vec![null]).is_err());
+        assert!(!userfault.is_set());
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(ipc::userfault::DEVICE)
+            .unwrap_or_else(|e| panic!("{} is needed: {e}", ipc::userfault::DEVICE));
+        take_userfault(&userfault, vec![OwnedFd::from(device)]).unwrap();
+        assert!(userfault.is_set());
     }
 
     #[test]

@@ -32,6 +32,10 @@ const ALLOWED: &[Allow] = &[
     // Block devices: size, discard, write-zeroes, logical block size (BLKGETSIZE64,
     // BLKDISCARD, BLKZEROOUT, BLKSSZGET); the logger's terminal check.
     Ioctls(&[0x8008_1272, 0x1277, 0x127f, 0x1268, TCGETS]),
+    // Postcopy at a migration's destination: the vhost-user backend makes its
+    // userfaultfd through the /dev/userfaultfd fd it is handed and registers guest
+    // memory with it (the migration agent reads the faults).
+    Ioctls(ipc::userfault::REGISTER_IOCTLS),
     // The throttle timer.
     Any(libc::SYS_timerfd_create),
     Any(libc::SYS_timerfd_settime),
@@ -57,14 +61,20 @@ const MAX_QUEUES: u64 = 16;
 /// worker polls for completions itself, and one spare: the ring had a completion
 /// eventfd when 80 were counted with 16 queues under I/O), the memfds of a set of
 /// dirty bitmaps while they are mapped (they come together, at most 64), a block
-/// job's (`JOB_FILES`), and a block migration's (`MIGRATION_FILES`).
+/// job's (`JOB_FILES`), a block migration's (`MIGRATION_FILES`) and a postcopy
+/// migration's (`POSTCOPY_FILES`).
 const OPEN_FILES_NEEDED: u64 = 23
     + crate::paths::MAX_DEPTH as u64
     + EARLY_LINK_RINGS
     + 4 * MAX_QUEUES
     + ipc::dirty_bitmap::MAX_BITMAPS_PER_DISK as u64
     + JOB_FILES
-    + MIGRATION_FILES;
+    + MIGRATION_FILES
+    + POSTCOPY_FILES;
+
+/// At a postcopy migration's destination: /dev/userfaultfd, the backend's userfaultfd
+/// and, while ADVISE is answered, its copy for the frontend.
+const POSTCOPY_FILES: u64 = 3;
 
 /// A block migration's disk channel (and the second handle kept to end it), and, on a
 /// source, the memfds of its marks and of the marks taken (`crate::migration`).

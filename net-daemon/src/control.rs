@@ -1,8 +1,8 @@
 //! Gateway mode: the NIC's configuration and its host side arrive on an inherited
 //! control socket. The first call opens the NIC (backend fds, vhost-user listener);
 //! later calls manage it (link, receive filter, counters, the announcement after a
-//! migration). The receive filter's changes
-//! go back as events.
+//! migration, /dev/userfaultfd for a postcopy migration's destination). The receive
+//! filter's changes go back as events.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ipc::child::{ChildError, ChildLink};
 use ipc::{NetEvent, NetOpen, NetReply, NetRequest, RemoteError};
+use vhost_backend::UserfaultDevice;
 
 use crate::device::NetDevice;
 use crate::filter::RxFilter;
@@ -26,7 +27,12 @@ pub enum ControlError {
     Open(String),
 }
 
-fn open(link: &Link, open: &NetOpen, fds: Vec<OwnedFd>) -> Result<NetDevice, String> {
+fn open(
+    link: &Link,
+    open: &NetOpen,
+    fds: Vec<OwnedFd>,
+    userfault: &UserfaultDevice,
+) -> Result<NetDevice, String> {
     let n = open.backend_fds as usize;
     if n == 0 || fds.len() != n + 1 {
         return Err(format!("expected {} fds, got {}", n + 1, fds.len()));
@@ -52,15 +58,33 @@ fn open(link: &Link, open: &NetOpen, fds: Vec<OwnedFd>) -> Result<NetDevice, Str
         Some(Arc::new(move |e: NetEvent| events.event(e))),
     );
     let serving = device.clone();
+    let userfault = userfault.clone();
     std::thread::Builder::new()
         .name("vhost-user".into())
-        .spawn(move || vhost_backend::serve_forever(serving, listener))
+        .spawn(move || vhost_backend::serve_forever_with_userfault(serving, listener, userfault))
         .map_err(|e| format!("serving thread: {e}"))?;
     Ok(device)
 }
 
+/// `NetRequest::Userfault`: /dev/userfaultfd, for the backend's next postcopy migration
+/// (it makes its userfaultfd with it at POSTCOPY_ADVISE).
+fn take_userfault(userfault: &UserfaultDevice, fds: Vec<OwnedFd>) -> Result<(), RemoteError> {
+    let fd = fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| RemoteError::generic("the call came without /dev/userfaultfd"))?;
+    userfault
+        .set(fd)
+        .map_err(|e| RemoteError::generic(e.to_string()))
+}
+
 /// Answers one management call.
-fn handle(device: &NetDevice, request: NetRequest) -> Result<NetReply, RemoteError> {
+fn handle(
+    device: &NetDevice,
+    userfault: &UserfaultDevice,
+    request: NetRequest,
+    fds: Vec<OwnedFd>,
+) -> Result<NetReply, RemoteError> {
     match request {
         NetRequest::Open(_) => Err(RemoteError::generic("the NIC is already open")),
         NetRequest::SetLink { up } => {
@@ -77,7 +101,7 @@ fn handle(device: &NetDevice, request: NetRequest) -> Result<NetReply, RemoteErr
             .announce()
             .map(|()| NetReply::Done)
             .map_err(|e| RemoteError::generic(format!("announcing the NIC: {e}"))),
-        NetRequest::Userfault => Err(RemoteError::generic("postcopy is not supported yet")),
+        NetRequest::Userfault => take_userfault(userfault, fds).map(|()| NetReply::Done),
         NetRequest::Quit => Ok(NetReply::Done),
     }
 }
@@ -94,7 +118,8 @@ pub fn run(stream: UnixStream) -> Result<(), ControlError> {
                 _ => None,
             },
         )?;
-    let device = match open(&link, &config, fds) {
+    let userfault = UserfaultDevice::new();
+    let device = match open(&link, &config, fds, &userfault) {
         Ok(d) => d,
         Err(e) => {
             link.reply(id, Err(RemoteError::generic(e.clone())));
@@ -110,8 +135,38 @@ pub fn run(stream: UnixStream) -> Result<(), ControlError> {
     link.reply(id, Ok(NetReply::Done));
     link.answer_calls(
         |request| *request == NetRequest::Quit,
-        |request, _| handle(&device, request),
+        |request, fds| handle(&device, &userfault, request, fds),
     )
     .map_err(ChildError::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::{File, OpenOptions};
+
+    /// The fd the gateway hands over is kept once it has made a userfaultfd; a call
+    /// without one, or with another file, is refused and keeps nothing. Needs
+    /// /dev/userfaultfd (root here).
+    #[test]
+    fn a_userfault_call_keeps_dev_userfaultfd_and_refuses_anything_else() {
+        let userfault = UserfaultDevice::new();
+        let none = take_userfault(&userfault, Vec::new());
+        assert!(
+            none.as_ref()
+                .is_err_and(|e| e.desc.contains("without /dev/userfaultfd")),
+            "{none:?}"
+        );
+        let null = OwnedFd::from(File::open("/dev/null").unwrap());
+        assert!(take_userfault(&userfault, vec![null]).is_err());
+        assert!(!userfault.is_set());
+        let device = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(ipc::userfault::DEVICE)
+            .unwrap_or_else(|e| panic!("{} is needed: {e}", ipc::userfault::DEVICE));
+        take_userfault(&userfault, vec![OwnedFd::from(device)]).unwrap();
+        assert!(userfault.is_set());
+    }
 }

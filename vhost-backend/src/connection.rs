@@ -1,7 +1,7 @@
 //! One frontend connection: answers its vhost-user messages (features, memory table,
-//! rings, config, inflight region) for the device, and keeps the worker's view of the
-//! rings current. Everything here is per connection and starts fresh with the next one;
-//! the device carries over.
+//! rings, config, inflight region, postcopy) for the device, and keeps the worker's view
+//! of the rings current. Everything here is per connection and starts fresh with the
+//! next one; the device carries over.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -20,11 +20,12 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::device::Device;
 use crate::dirty_log::LogMap;
 use crate::inflight::InflightRegion;
+use crate::postcopy::{Postcopy, PostcopyError, UserfaultDevice};
 use crate::shared::Shared;
 use crate::worker::Worker;
 
@@ -53,10 +54,13 @@ pub(crate) struct Connection<D: Device> {
     /// SET_VRING_ENABLE states that came before the features (see early_enable.rs), the
     /// last one per ring, applied when the features arrive.
     early_enables: Vec<(usize, bool)>,
+    /// The daemon's /dev/userfaultfd, for POSTCOPY_ADVISE.
+    userfault: UserfaultDevice,
+    postcopy: Option<Postcopy>,
 }
 
 impl<D: Device> Connection<D> {
-    pub fn new(device: D) -> std::io::Result<Connection<D>> {
+    pub fn new(device: D, userfault: UserfaultDevice) -> std::io::Result<Connection<D>> {
         let shared = Arc::new(Shared::new(device.num_queues(), device.max_queue_size()));
         let worker = Worker::start(device.clone(), shared.clone())?;
         Ok(Connection {
@@ -68,6 +72,8 @@ impl<D: Device> Connection<D> {
             acked_protocol: 0,
             mappings: Vec::new(),
             early_enables: Vec::new(),
+            userfault,
+            postcopy: None,
         })
     }
 
@@ -156,6 +162,16 @@ impl<D: Device> Connection<D> {
         Ok(())
     }
 
+    /// The rings may reach `mem` from now on. Kicks that came while memory was held back
+    /// were drained without serving anything: every live ring is looked at again.
+    fn release_memory(&self, mem: Arc<GuestMemoryMmap>) -> VhostResult<()> {
+        self.shared.set_memory(mem);
+        for q in 0..self.shared.rings.len() {
+            self.update_watch(q, None)?;
+        }
+        Ok(())
+    }
+
     /// Sets ring `q`'s enable state and its watch to match.
     fn enable_ring(&self, q: usize, enabled: bool) -> VhostResult<()> {
         if let Some(mut ring) = self.shared.rings.lock_for_setup(q) {
@@ -229,11 +245,8 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         &mut self,
         ctx: &[VhostUserMemoryRegion],
         files: Vec<File>,
-        postcopy: Option<bool>,
+        postcopy_listening: Option<bool>,
     ) -> VhostResult<Option<Vec<VhostUserMemoryRegionBase>>> {
-        if postcopy.is_some() {
-            return Err(VhostError::InvalidOperation("postcopy is not supported"));
-        }
         let mut regions = Vec::new();
         let mut mappings = Vec::new();
         for (region, file) in ctx.iter().zip(files) {
@@ -247,10 +260,32 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
             });
             regions.push(guest);
         }
-        let mem = GuestMemoryMmap::from_regions(regions).map_err(handler_error)?;
-        self.shared.set_memory(mem);
+        let mem = Arc::new(GuestMemoryMmap::from_regions(regions).map_err(handler_error)?);
+        if postcopy_listening != Some(true) {
+            self.shared.set_memory(mem);
+            self.mappings = mappings;
+            return Ok(None);
+        }
+        // Where this process maps each region, in the frontend's order: it turns the
+        // faults of our userfaultfd into guest addresses.
+        let bases = ctx
+            .iter()
+            .map(|r| {
+                mem.find_region(GuestAddress(r.guest_phys_addr))
+                    .map(|m| m.as_ptr() as u64)
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or(VhostError::InvalidParam)?;
+        let postcopy = self
+            .postcopy
+            .as_mut()
+            .ok_or_else(|| handler_error(PostcopyError::NotListening))?;
+        postcopy.register(mem).map_err(handler_error)?;
+        // Until the frontend acknowledges the table (it can resolve faults in it from
+        // then on), the rings reach no guest memory, the old table's included.
+        drop(self.shared.take_memory());
         self.mappings = mappings;
-        Ok(None)
+        Ok(Some(bases))
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
@@ -354,9 +389,12 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
     }
 
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
+        // PAGEFAULT (postcopy) is offered whether or not the daemon holds a
+        // /dev/userfaultfd: without one, ADVISE fails and the migration with it.
         let mut features = self.device.protocol_features()
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::LOG_SHMFD;
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::PAGEFAULT;
         if self.device.tracks_inflight() {
             features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         }
@@ -435,6 +473,9 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         Ok(())
     }
 
+    // Memory slots (ADD_MEM_REG, REM_MEM_REG) are not offered (no CONFIGURE_MEM_SLOTS):
+    // the vhost crate refuses them, postcopy's included; the whole table comes in
+    // SET_MEM_TABLE.
     fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
         Err(VhostError::InvalidOperation("memory slots are not offered"))
     }
@@ -490,20 +531,65 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         self.shared.log.set_map(map);
         Ok(())
     }
-    // Postcopy (TODO in this change: registration with the daemon's userfaultfd).
+
+    /// A failure is answered without a userfaultfd (the vhost crate's reply), which fails
+    /// the frontend's migration; the connection goes on. Said here, as the reply cannot.
     fn postcopy_advice(&mut self) -> VhostResult<File> {
-        Err(VhostError::InvalidOperation("postcopy is not supported"))
+        let advised = if self.postcopy.is_some() {
+            Err(PostcopyError::Advised)
+        } else {
+            Postcopy::advise(&self.userfault)
+        };
+        match advised {
+            Ok((postcopy, file)) => {
+                self.postcopy = Some(postcopy);
+                Ok(file)
+            }
+            Err(e) => {
+                log::warn!("postcopy refused: {e}");
+                Err(handler_error(e))
+            }
+        }
     }
 
     fn postcopy_listen(&mut self) -> VhostResult<()> {
-        Err(VhostError::InvalidOperation("postcopy is not supported"))
+        let postcopy = self
+            .postcopy
+            .as_mut()
+            .ok_or_else(|| handler_error(PostcopyError::NotAdvised))?;
+        // Memory mapped before is registered nowhere: the rings keep off it until the
+        // frontend's next table (which it sends after LISTEN) is registered and acked.
+        postcopy.listen(self.shared.take_memory());
+        Ok(())
+    }
+
+    /// The frontend sends no reply to wait for, and a failure here would end the
+    /// connection: an ack with nothing waiting for it is only noted.
+    fn postcopy_ack_mem_regions(&mut self) -> VhostResult<()> {
+        let acked = self
+            .postcopy
+            .as_mut()
+            .filter(|p| p.listening())
+            .and_then(Postcopy::acknowledged);
+        match acked {
+            Some(mem) => self.release_memory(mem),
+            None => {
+                log::warn!("a postcopy memory table ack with no table waiting for it");
+                Ok(())
+            }
+        }
     }
 
     fn postcopy_end(&mut self) -> VhostResult<()> {
-        Err(VhostError::InvalidOperation("postcopy is not supported"))
-    }
-
-    fn postcopy_ack_mem_regions(&mut self) -> VhostResult<()> {
-        Err(VhostError::InvalidOperation("postcopy is not supported"))
+        let postcopy = self
+            .postcopy
+            .take()
+            .ok_or_else(|| handler_error(PostcopyError::NotAdvised))?;
+        let (held, unregistered) = postcopy.end();
+        // Every page has arrived: memory still held back (a table never acked) is safe.
+        if let Some(mem) = held {
+            self.release_memory(mem)?;
+        }
+        unregistered.map_err(handler_error)
     }
 }

@@ -18,6 +18,11 @@
 //! - `inflight`: the INFLIGHT_SHMFD region for any device that tracks in flight, and
 //!   recovery on the first look at a live ring after a reconnection
 //!   (`Vring::recover_once`): what a previous daemon left in flight is taken again first;
+//! - `postcopy`: postcopy migration at the destination (the protocol feature PAGEFAULT,
+//!   offered): a userfaultfd of the backend's own, made through the /dev/userfaultfd fd
+//!   the daemon puts in a `UserfaultDevice` (`serve_forever_with_userfault`), with every
+//!   memory table the frontend sends while it listens registered on it, and the rings
+//!   kept off guest memory from LISTEN until the frontend acknowledges that table;
 //! - `dirty_log`: dirty-page logging for live migration (F_LOG_ALL and the protocol
 //!   feature LOG_SHMFD, both offered). While the frontend has F_LOG_ALL acked and has
 //!   given a log (SET_LOG_BASE: a memfd, mapped shared), every page the framework or a
@@ -43,6 +48,7 @@ mod device;
 mod dirty_log;
 mod early_enable;
 mod inflight;
+mod postcopy;
 mod rings;
 mod serve;
 mod shared;
@@ -52,7 +58,11 @@ mod watch;
 mod worker;
 
 pub use device::Device;
+pub use postcopy::{PostcopyError, UserfaultDevice};
 pub use rings::Rings;
-pub use serve::{serve_forever, serve_frontends, serve_one, serve_stream, ServeError};
+pub use serve::{
+    serve_forever, serve_forever_with_userfault, serve_frontends, serve_one, serve_stream,
+    ServeError,
+};
 pub use vring::Vring;
 pub use watch::HostWatch;

@@ -12,6 +12,7 @@ use vhost::vhost_user::{BackendReqHandler, Error as VhostError, Listener};
 use crate::connection::Connection;
 use crate::device::Device;
 use crate::early_enable;
+use crate::postcopy::UserfaultDevice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -31,10 +32,20 @@ fn locked<D: Device>(conn: &Mutex<Connection<D>>) -> MutexGuard<'_, Connection<D
 }
 
 /// Serves one frontend on a connected `stream` until it ends. A frontend that hangs up
-/// (its VM ended, or it will reconnect) is a normal end.
+/// (its VM ended, or it will reconnect) is a normal end. Postcopy is refused (no
+/// /dev/userfaultfd: see `serve_forever_with_userfault`).
 pub fn serve_stream<D: Device>(device: &D, stream: UnixStream) -> Result<(), ServeError> {
+    serve_stream_with(device, stream, &UserfaultDevice::new())
+}
+
+/// `serve_stream`, postcopy through `userfault`.
+pub(crate) fn serve_stream_with<D: Device>(
+    device: &D,
+    stream: UnixStream,
+    userfault: &UserfaultDevice,
+) -> Result<(), ServeError> {
     let conn = Arc::new(Mutex::new(
-        Connection::new(device.clone()).map_err(ServeError::Worker)?,
+        Connection::new(device.clone(), userfault.clone()).map_err(ServeError::Worker)?,
     ));
     let result = match stream.try_clone() {
         Ok(peer) => {
@@ -94,6 +105,14 @@ fn next_message<D: Device>(
 
 /// Accepts the next frontend on `listener` and serves it until it ends.
 pub fn serve_one<D: Device>(device: &D, listener: &mut Listener) -> Result<(), ServeError> {
+    serve_one_with(device, listener, &UserfaultDevice::new())
+}
+
+fn serve_one_with<D: Device>(
+    device: &D,
+    listener: &mut Listener,
+    userfault: &UserfaultDevice,
+) -> Result<(), ServeError> {
     let stream = loop {
         match listener.accept() {
             Ok(Some(s)) => break s,
@@ -101,7 +120,7 @@ pub fn serve_one<D: Device>(device: &D, listener: &mut Listener) -> Result<(), S
             Err(e) => return Err(ServeError::Accept(e)),
         }
     };
-    serve_stream(device, stream)
+    serve_stream_with(device, stream, userfault)
 }
 
 /// Serves frontends from `listener` one after another; with `once`, only the first (its
@@ -112,13 +131,23 @@ pub fn serve_frontends<D: Device>(
     once: bool,
     label: &str,
 ) -> Result<(), ServeError> {
+    serve_frontends_with(device, listener, once, label, &UserfaultDevice::new())
+}
+
+fn serve_frontends_with<D: Device>(
+    device: &D,
+    listener: &mut Listener,
+    once: bool,
+    label: &str,
+    userfault: &UserfaultDevice,
+) -> Result<(), ServeError> {
     let prefix = if label.is_empty() {
         String::new()
     } else {
         format!("{label}: ")
     };
     loop {
-        let result = serve_one(device, listener);
+        let result = serve_one_with(device, listener, userfault);
         if once {
             return result;
         }
@@ -135,8 +164,26 @@ pub fn serve_frontends<D: Device>(
 
 /// Serves frontends from `listener` one after another for as long as the process lives.
 pub fn serve_forever<D: Device>(device: D, listener: UnixListener) {
-    let _ = serve_frontends(&device, &mut Listener::from(listener), false, "");
+    serve_forever_with_userfault(device, listener, UserfaultDevice::new());
 }
 
+/// `serve_forever`, with postcopy migration through the /dev/userfaultfd fd the daemon
+/// puts in `userfault` (its control thread keeps a clone to do so).
+pub fn serve_forever_with_userfault<D: Device>(
+    device: D,
+    listener: UnixListener,
+    userfault: UserfaultDevice,
+) {
+    let _ = serve_frontends_with(
+        &device,
+        &mut Listener::from(listener),
+        false,
+        "",
+        &userfault,
+    );
+}
+
+#[cfg(test)]
+mod postcopy_tests;
 #[cfg(test)]
 pub(crate) mod tests;

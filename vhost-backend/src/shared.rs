@@ -1,6 +1,7 @@
 //! What one connection's request handler and its worker share: the rings, the guest
-//! memory the frontend mapped (replaced whole by SET_MEM_TABLE; a worker holds the map it
-//! works on until it is done with it) and the dirty log the rings mark.
+//! memory the frontend mapped (replaced whole by SET_MEM_TABLE, held back during part of
+//! a postcopy migration; a worker holds the map it works on until it is done with it)
+//! and the dirty log the rings mark.
 
 use std::sync::Arc;
 
@@ -30,7 +31,13 @@ impl Shared {
         self.memory.read().clone()
     }
 
-    pub fn set_memory(&self, mem: GuestMemoryMmap) {
-        *self.memory.write() = Some(Arc::new(mem));
+    pub fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
+        *self.memory.write() = Some(mem);
+    }
+
+    /// Nothing reaches guest memory through here until `set_memory` (postcopy holds it
+    /// back until its pages can be waited for).
+    pub fn take_memory(&self) -> Option<Arc<GuestMemoryMmap>> {
+        self.memory.write().take()
     }
 }

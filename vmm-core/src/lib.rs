@@ -17,6 +17,7 @@ pub mod interrupts;
 pub mod layout;
 pub mod memory;
 pub mod migration;
+pub mod postcopy;
 pub mod runner;
 pub mod seccomp;
 pub mod snapshot;

@@ -17,6 +17,7 @@ use crate::control::Control;
 use crate::error::VmError;
 use crate::events::VmEvent;
 use crate::migration::{self, Answer, Outgoing};
+use crate::postcopy;
 use crate::vcpu::{self, Request, VcpuControl, VcpuError, VcpuThread};
 use crate::vhost_user::Handover;
 use crate::vm::Vm;
@@ -68,6 +69,7 @@ impl Vm {
             thread_ids: threads.thread_ids.clone(),
             state: RunState::Prelaunch,
             outgoing: Outgoing::default(),
+            postcopy: None,
         };
         // Started before the launch reply, so the gateway knows the run state by the time
         // it has that reply (the RunState event travels first on the same channel).
@@ -92,6 +94,8 @@ impl Vm {
             control.reply(launch_id, Ok(VmmReply::Launched { vcpus }));
         }
         let result = runner.event_loop();
+        // Unregistered, guest RAM wakes a vCPU that waits for a page that will not come.
+        drop(runner.postcopy.take());
         threads.stop();
         result
     }
@@ -161,6 +165,8 @@ struct Runner<'a> {
     state: RunState,
     /// Dirty logging while this VM migrates away.
     outgoing: Outgoing,
+    /// vmm-core's registered mapping while postcopy brings this VM's memory in.
+    postcopy: Option<postcopy::Registered>,
 }
 
 impl Runner<'_> {
@@ -298,6 +304,30 @@ impl Runner<'_> {
         }
     }
 
+    /// `VmmRequest::PostcopyListen`, with /dev/userfaultfd in `fds`.
+    fn postcopy_listen(&mut self, fds: Vec<OwnedFd>) -> Answer {
+        let refused = |why: &str| (Err(RemoteError::generic(why)), Vec::new());
+        if self.state != RunState::InMigrate {
+            return refused("postcopy listens only on a VM waiting for its migration");
+        }
+        if self.postcopy.is_some() {
+            return refused("postcopy is listening already");
+        }
+        let control = self.control.cloned();
+        let events: crate::vhost_user::link::PostcopyEvents =
+            Arc::new(move |event| match &control {
+                Some(c) => c.event(event),
+                None => log::debug!("{event:?}"),
+            });
+        match postcopy::listen(&self.vm, fds.into_iter().next(), events) {
+            Ok((reply, fds, registered)) => {
+                self.postcopy = Some(registered);
+                (Ok(reply), fds)
+            }
+            Err(e) => (Err(RemoteError::generic(e.to_string())), Vec::new()),
+        }
+    }
+
     /// A migration's requests, which may answer with fds.
     fn handle_migration(&mut self, request: VmmRequest) -> Answer {
         let done = || (Ok(VmmReply::Done), Vec::new());
@@ -336,6 +366,13 @@ impl Runner<'_> {
                 done()
             }
             VmmRequest::IncomingMemory => migration::incoming_memory(&self.vm),
+            // Harmless when postcopy is not listening (a cleanup after a failure).
+            VmmRequest::PostcopyEnd => {
+                if let Some(registered) = self.postcopy.take() {
+                    postcopy::end(&self.vm, registered);
+                }
+                done()
+            }
             VmmRequest::UpgradeInfo => migration::upgrade_info(&self.vm),
             VmmRequest::RestoreState(state) => match self.state {
                 RunState::InMigrate => match self.vm.restore_state(&state) {
@@ -396,8 +433,12 @@ impl Runner<'_> {
                 | VmmRequest::RestoreState(_)
                 | VmmRequest::IncomingCompleted { .. }
                 | VmmRequest::UpgradeInfo
+                | VmmRequest::PostcopyEnd
         ) {
             return Ok(self.handle_migration(request));
+        }
+        if let VmmRequest::PostcopyListen = request {
+            return Ok(self.postcopy_listen(fds));
         }
         let reply = match request {
             VmmRequest::Launch(_) => Err(RemoteError::generic("the VM is already launched")),

@@ -12,6 +12,9 @@ const ALLOWED: &[Allow] = &[
     // block-device requests.
     IoctlType(0xae),
     Ioctls(&[TCGETS]),
+    // Postcopy at a destination: guest RAM's mapping registered with a userfaultfd made
+    // through /dev/userfaultfd (the syscall is not needed, nor the pages placed here).
+    Ioctls(ipc::userfault::REGISTER_IOCTLS),
     // Guest RAM is a sealed memfd shared with the daemons.
     Any(libc::SYS_memfd_create),
     Any(libc::SYS_ftruncate),

@@ -1,7 +1,7 @@
 //! The link to one vhost-user backend, whatever the device type: the connection
 //! (ownership, virtio and protocol features, queue count, the backend's channel back),
 //! what the driver set up (features, rings and their eventfds), and the replay of that
-//! setup on a new connection.
+//! setup on a new connection, and the backend's part in postcopy at a destination.
 //!
 //! The driver's setup is kept apart from the connection, so that when the backend hangs
 //! up the guest keeps running (its kicks wait in the ioeventfds, nothing completes) until
@@ -14,9 +14,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use ipc::userfault::MappedRange;
+use ipc::VmmEvent;
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
-    VhostUserVirtioFeatures,
+    FrontendReq, VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight,
+    VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, FrontendReqHandler, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
@@ -47,6 +49,7 @@ fn wanted_protocol() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
         | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::PAGEFAULT
 }
 
 /// VHOST_F_LOG_ALL: the backend logs its writes to guest memory (a migration runs).
@@ -67,6 +70,9 @@ pub enum VhostUserError {
     LostFeatures(u64),
     #[error("{0}")]
     Setup(String),
+    /// Postcopy needs this protocol feature ("PAGEFAULT", "REPLY_ACK").
+    #[error("the vhost-user backend cannot take postcopy (no VHOST_USER_PROTOCOL_F_{0})")]
+    NoPostcopy(&'static str),
 }
 
 fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
@@ -100,6 +106,52 @@ impl RingSetup {
     }
 }
 
+/// The backend's mapping of guest RAM from its SET_MEM_TABLE answer while postcopy
+/// listens: one base per region sent (`regions`: guest address, size, host address,
+/// memfd offset), in their order. The answer is the backend's: checked, never trusted.
+fn backend_ranges(
+    regions: &[(u64, u64, u64, u64)],
+    bases: Option<Vec<u64>>,
+) -> Result<Vec<MappedRange>, VhostUserError> {
+    let bases = bases.ok_or_else(|| {
+        VhostUserError::Setup("the backend answered SET_MEM_TABLE without its mapping".into())
+    })?;
+    if bases.len() != regions.len() {
+        return Err(VhostUserError::Setup(format!(
+            "the backend mapped {} region(s) of guest RAM, {} were sent",
+            bases.len(),
+            regions.len()
+        )));
+    }
+    regions
+        .iter()
+        .zip(bases)
+        .map(|(&(guest_addr, size, _, _), host_addr)| {
+            if host_addr.checked_add(size).is_none() {
+                return Err(VhostUserError::Setup(format!(
+                    "the backend maps {size:#x} bytes of guest RAM at {host_addr:#x}"
+                )));
+            }
+            Ok(MappedRange {
+                host_addr,
+                size,
+                guest_addr,
+            })
+        })
+        .collect()
+}
+
+/// `send` with the backend's acknowledgement asked for (REPLY_ACK negotiated).
+fn acknowledged<T>(
+    f: &mut Frontend,
+    send: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+) -> vhost::Result<T> {
+    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let result = send(f);
+    f.set_hdr_flags(VhostUserHeaderFlag::empty());
+    result
+}
+
 /// SET_LOG_BASE with the log's memfd.
 fn send_log_base(f: &mut Frontend, log: &File, len: u64) -> Result<(), VhostUserError> {
     let region = VhostUserDirtyLogRegion {
@@ -111,11 +163,26 @@ fn send_log_base(f: &mut Frontend, log: &File, len: u64) -> Result<(), VhostUser
         .map_err(proto("SET_LOG_BASE"))
 }
 
+/// Where a link raises what the gateway hears from it during postcopy (its backend's
+/// mapping of guest RAM).
+pub type PostcopyEvents = Arc<dyn Fn(VmmEvent) + Send + Sync>;
+
+/// How far one connection went into postcopy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionPostcopy {
+    Off,
+    /// POSTCOPY_ADVISE went but not POSTCOPY_LISTEN: the backend refuses POSTCOPY_END now.
+    Advised,
+    /// Listening, as this index of `VmmReply::Postcopy`'s backends.
+    Listening(u32),
+}
+
 /// One connection to the backend.
 struct Session {
     frontend: Frontend,
     /// A second handle on the socket, watched for the backend hanging up.
     watch: UnixStream,
+    postcopy: SessionPostcopy,
 }
 
 pub struct Link {
@@ -142,6 +209,10 @@ pub struct Link {
     requests: Arc<BackendRequests>,
     /// The dirty log (memfd, length) while a migration runs.
     dirty_log: Option<(File, u64)>,
+    /// While postcopy runs at this destination.
+    postcopy: Option<PostcopyEvents>,
+    /// A backend that was not told of postcopy waits for its setup until it ends.
+    held: bool,
 }
 
 impl Link {
@@ -183,6 +254,8 @@ impl Link {
                 .map_err(VhostUserError::BackendChannel)?,
             requests,
             dirty_log: None,
+            postcopy: None,
+            held: false,
         })
     }
 
@@ -284,7 +357,11 @@ impl Link {
             self.num_queues = num_queues;
         }
         self.protocol = protocol;
-        self.session = Some(Session { frontend, watch });
+        self.session = Some(Session {
+            frontend,
+            watch,
+            postcopy: SessionPostcopy::Off,
+        });
         self.requests.mark_config_stale();
         Ok(())
     }
@@ -374,9 +451,37 @@ impl Link {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
+        let listening = match session.postcopy {
+            SessionPostcopy::Listening(index) => self.postcopy.clone().map(|e| (index, e)),
+            _ => None,
+        };
+        if self.postcopy.is_some() && listening.is_none() {
+            // A backend never told of postcopy would map guest RAM unregistered and read
+            // zeroes where pages have not arrived: it waits (the guest sees latency).
+            if !self.held {
+                log::info!(
+                    "{}: the backend's setup waits for postcopy to end",
+                    self.name
+                );
+            }
+            self.held = true;
+            return Ok(());
+        }
+        self.held = false;
         let f = &mut session.frontend;
         f.set_features(acked).map_err(proto("SET_FEATURES"))?;
-        f.set_mem_table(&regions).map_err(proto("SET_MEM_TABLE"))?;
+        let mapped = f.set_mem_table(&regions).map_err(proto("SET_MEM_TABLE"))?;
+        if let Some((index, events)) = listening {
+            // The agent must know where the backend maps guest RAM before the backend
+            // can fault there, i.e. before the ack lets it run its rings.
+            let ranges = backend_ranges(&self.regions, mapped)?;
+            events(VmmEvent::PostcopyRanges {
+                backend: index,
+                ranges,
+            });
+            f.postcopy_ack_mem_regions(FrontendReq::SET_MEM_TABLE)
+                .map_err(proto("SET_MEM_TABLE's postcopy ack"))?;
+        }
         if let Some((log, len)) = &self.dirty_log {
             send_log_base(f, log, *len)?;
         }
@@ -604,6 +709,82 @@ impl Link {
         self.inflight = None;
     }
 
+    /// Postcopy starts at this destination (before the device state is in): from now on
+    /// a backend never told of it waits for its setup until `postcopy_end`, and the
+    /// current one, if any, opens a userfaultfd (POSTCOPY_ADVISE, POSTCOPY_LISTEN) as
+    /// backend `index` and answers its memory table with its mapping, raised through
+    /// `events`. Returns its userfaultfd; None without a backend now. On an error the
+    /// caller undoes with `postcopy_end`.
+    pub fn postcopy_listen(
+        &mut self,
+        index: u32,
+        events: PostcopyEvents,
+    ) -> Result<Option<File>, VhostUserError> {
+        if self.acked_features.is_some() {
+            // Its memory table went unregistered already.
+            return Err(VhostUserError::Setup(
+                "the device is set up already; postcopy must listen before it is".into(),
+            ));
+        }
+        self.postcopy = Some(events);
+        let Some(session) = self.session.as_mut() else {
+            return Ok(None);
+        };
+        if !self.protocol.contains(VhostUserProtocolFeatures::PAGEFAULT) {
+            return Err(VhostUserError::NoPostcopy("PAGEFAULT"));
+        }
+        // Unacknowledged, a backend's failure to listen would go unseen, and its next
+        // memory table would wait forever for an answer that a backend not listening
+        // does not give.
+        if !self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            return Err(VhostUserError::NoPostcopy("REPLY_ACK"));
+        }
+        let f = &mut session.frontend;
+        let uffd = f.postcopy_advise().map_err(proto("POSTCOPY_ADVISE"))?;
+        session.postcopy = SessionPostcopy::Advised;
+        acknowledged(f, |f| f.postcopy_listen()).map_err(proto("POSTCOPY_LISTEN"))?;
+        session.postcopy = SessionPostcopy::Listening(index);
+        Ok(Some(uffd))
+    }
+
+    /// Postcopy is over (or failed to start): a listening backend is told
+    /// (POSTCOPY_END), and a backend that waited gets its setup now. Errors are logged:
+    /// a backend that is gone gets everything when it is back.
+    pub fn postcopy_end(&mut self) {
+        let name = &self.name;
+        if let Some(s) = self.session.as_mut() {
+            match s.postcopy {
+                SessionPostcopy::Listening(_) => {
+                    if let Err(e) = acknowledged(&mut s.frontend, |f| f.postcopy_end()) {
+                        log::warn!("{name}: vhost-user POSTCOPY_END: {e}");
+                    }
+                }
+                SessionPostcopy::Advised => log::warn!(
+                    "{name}: the backend keeps the userfaultfd it opened (POSTCOPY_END is \
+                     refused before POSTCOPY_LISTEN) until it restarts; none of its memory \
+                     is registered with it"
+                ),
+                SessionPostcopy::Off => {}
+            }
+            s.postcopy = SessionPostcopy::Off;
+        }
+        self.postcopy = None;
+        if std::mem::take(&mut self.held) {
+            match self.apply() {
+                Ok(()) => log::info!("{}: the backend's setup went after postcopy", self.name),
+                Err(e) => self.lost("setting up the backend after postcopy", &e),
+            }
+        }
+    }
+
+    /// Returns once the backend handled what it was sent (most messages are not answered;
+    /// GET_CONFIG is, after those before it), for tests that read what a mock was told.
+    #[cfg(test)]
+    pub(crate) fn sync_backend(&mut self) {
+        self.requests.mark_config_stale();
+        self.config_space();
+    }
+
     /// The backend failed a call: treat it as gone (the watcher reconnects).
     fn lost(&mut self, what: &str, e: &VhostUserError) {
         if self.session.take().is_some() {
@@ -627,5 +808,231 @@ impl Link {
                 self.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MIB;
+    use crate::vhost_user::backend_requests::BackendRequests;
+    use crate::vhost_user::test_backend::{events, mock, mock_refusing_listen, Journal, MOCK_BASE};
+    use crate::vhost_user::Blk;
+
+    #[test]
+    fn postcopy_needs_acknowledgements() {
+        let journal = Journal::default();
+        let mut f = link();
+        f.link
+            .connect(mock(&journal, VhostUserProtocolFeatures::PAGEFAULT))
+            .unwrap();
+        // The vhost crate's backends always offer REPLY_ACK: this one did not.
+        f.link.protocol.remove(VhostUserProtocolFeatures::REPLY_ACK);
+        let e = f.link.postcopy_listen(0, events(&journal)).unwrap_err();
+        assert!(matches!(e, VhostUserError::NoPostcopy("REPLY_ACK")), "{e}");
+        assert_eq!(taken(&mut f, &journal), Vec::<String>::new());
+    }
+
+    /// What the backend was told (and the link raised) so far.
+    fn taken(f: &mut Fixture, journal: &Journal) -> Vec<String> {
+        f.sync();
+        std::mem::take(&mut *journal.lock().unwrap())
+    }
+
+    struct Fixture {
+        _ram: GuestRam,
+        link: Link,
+        kick: EventFd,
+        call: EventFd,
+    }
+
+    fn link() -> Fixture {
+        let ram = GuestRam::new(4).unwrap();
+        let link = Link::new(
+            "disk 0".into(),
+            Box::new(Blk::new(1)),
+            &ram,
+            BackendRequests::new(),
+        );
+        Fixture {
+            _ram: ram,
+            link: link.unwrap(),
+            kick: EventFd::new(0).unwrap(),
+            call: EventFd::new(0).unwrap(),
+        }
+    }
+
+    impl Fixture {
+        fn sync(&mut self) {
+            self.link.sync_backend();
+        }
+
+        /// The driver's setup from the migrated state: one ring.
+        fn resume(&mut self) {
+            let queue = ActiveQueue {
+                index: 0,
+                size: 64,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000,
+                kick: &self.kick,
+                call: &self.call,
+            };
+            self.link.resume(1 << 32, &[queue]).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_listening_backend_is_raised_its_mapping_before_its_rings_run() {
+        let journal = Journal::default();
+        let mut f = link();
+        let stream = mock(&journal, VhostUserProtocolFeatures::PAGEFAULT);
+        f.link.connect(stream).unwrap();
+        let uffd = f.link.postcopy_listen(3, events(&journal)).unwrap();
+        assert!(uffd.is_some());
+        f.resume();
+        let ranges = vec![MappedRange {
+            host_addr: MOCK_BASE,
+            size: 4 * MIB,
+            guest_addr: 0,
+        }];
+        let raised = format!("{:?}", VmmEvent::PostcopyRanges { backend: 3, ranges });
+        assert_eq!(
+            taken(&mut f, &journal),
+            [
+                "POSTCOPY_ADVISE",
+                "POSTCOPY_LISTEN",
+                "SET_MEM_TABLE listening",
+                &raised,
+                "ack",
+                "SET_VRING_NUM 0",
+                "SET_VRING_KICK 0",
+            ]
+        );
+        f.link.postcopy_end();
+        assert_eq!(taken(&mut f, &journal), ["POSTCOPY_END"]);
+    }
+
+    #[test]
+    fn a_backend_connecting_during_postcopy_is_set_up_when_it_ends() {
+        let journal = Journal::default();
+        let mut f = link();
+        f.link
+            .connect(mock(&journal, VhostUserProtocolFeatures::PAGEFAULT))
+            .unwrap();
+        f.link.postcopy_listen(0, events(&journal)).unwrap();
+        f.resume();
+        taken(&mut f, &journal);
+        // The daemon restarts: its new connection was never advised.
+        f.link.hung_up();
+        f.link
+            .connect(mock(&journal, VhostUserProtocolFeatures::PAGEFAULT))
+            .unwrap();
+        // Its handshake went, nothing of guest RAM did.
+        assert_eq!(taken(&mut f, &journal), Vec::<String>::new());
+        f.link.postcopy_end();
+        assert_eq!(
+            taken(&mut f, &journal),
+            ["SET_MEM_TABLE", "SET_VRING_NUM 0", "SET_VRING_KICK 0"]
+        );
+    }
+
+    #[test]
+    fn a_backend_without_pagefault_cannot_take_postcopy() {
+        let journal = Journal::default();
+        let mut f = link();
+        f.link
+            .connect(mock(&journal, VhostUserProtocolFeatures::empty()))
+            .unwrap();
+        let e = f.link.postcopy_listen(0, events(&journal)).unwrap_err();
+        assert!(matches!(e, VhostUserError::NoPostcopy("PAGEFAULT")), "{e}");
+        // Undone: the setup is not held.
+        f.link.postcopy_end();
+        f.resume();
+        assert_eq!(
+            taken(&mut f, &journal),
+            ["SET_MEM_TABLE", "SET_VRING_NUM 0", "SET_VRING_KICK 0"]
+        );
+    }
+
+    #[test]
+    fn without_a_backend_postcopy_holds_the_next_one() {
+        let journal = Journal::default();
+        let mut f = link();
+        assert!(f
+            .link
+            .postcopy_listen(0, events(&journal))
+            .unwrap()
+            .is_none());
+        f.resume();
+        f.link
+            .connect(mock(&journal, VhostUserProtocolFeatures::PAGEFAULT))
+            .unwrap();
+        assert_eq!(taken(&mut f, &journal), Vec::<String>::new());
+        f.link.postcopy_end();
+        assert_eq!(
+            taken(&mut f, &journal),
+            ["SET_MEM_TABLE", "SET_VRING_NUM 0", "SET_VRING_KICK 0"]
+        );
+    }
+
+    /// A failed POSTCOPY_LISTEN is seen (it is acknowledged): unseen, the next memory
+    /// table would wait forever for the answer a listening backend gives.
+    #[test]
+    fn a_backend_failing_to_listen_fails_postcopy() {
+        let journal = Journal::default();
+        let mut f = link();
+        f.link.connect(mock_refusing_listen(&journal)).unwrap();
+        let e = f.link.postcopy_listen(0, events(&journal)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VhostUserError::Protocol {
+                    what: "POSTCOPY_LISTEN",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            taken(&mut f, &journal),
+            ["POSTCOPY_ADVISE", "POSTCOPY_LISTEN"]
+        );
+    }
+
+    #[test]
+    fn postcopy_cannot_listen_once_the_device_is_set_up() {
+        let journal = Journal::default();
+        let mut f = link();
+        f.link
+            .connect(mock(&journal, VhostUserProtocolFeatures::PAGEFAULT))
+            .unwrap();
+        f.resume();
+        let e = f.link.postcopy_listen(0, events(&journal)).unwrap_err();
+        assert!(matches!(e, VhostUserError::Setup(_)), "{e}");
+    }
+
+    #[test]
+    fn the_backends_mapping_is_checked() {
+        let regions = [(0, 0x1000, 0, 0), (0x1_0000_0000, 0x2000, 0, 0x1000)];
+        assert_eq!(
+            backend_ranges(&regions, Some(vec![0x7000_0000, 0x8000_0000])).unwrap(),
+            [
+                MappedRange {
+                    host_addr: 0x7000_0000,
+                    size: 0x1000,
+                    guest_addr: 0
+                },
+                MappedRange {
+                    host_addr: 0x8000_0000,
+                    size: 0x2000,
+                    guest_addr: 0x1_0000_0000
+                },
+            ]
+        );
+        assert!(backend_ranges(&regions, None).is_err());
+        assert!(backend_ranges(&regions, Some(vec![0x7000_0000])).is_err());
+        assert!(backend_ranges(&regions, Some(vec![1, 2, 3])).is_err());
+        assert!(backend_ranges(&regions, Some(vec![0, u64::MAX])).is_err());
     }
 }

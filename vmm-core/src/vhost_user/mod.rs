@@ -16,6 +16,8 @@ pub mod link;
 pub mod model;
 pub mod net;
 pub mod reconnect;
+#[cfg(test)]
+pub(crate) mod test_backend;
 
 pub use backend_requests::ConfigChangeHandle;
 pub use blk::Blk;

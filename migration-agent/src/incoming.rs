@@ -11,11 +11,13 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use ipc::{AgentEvent, Channel, MachineShape};
-use parking_lot::Mutex;
 
+pub use crate::answer::Answer;
 use crate::compress::{CompressError, Inflater};
 use crate::disks::records::DiskRecord;
 use crate::disks::sink::{DiskSinks, SinkError};
+use crate::postcopy::destination::{start_faults_thread, Faults, PlaceError, Placer};
+use crate::postcopy::pages::PageSet;
 use crate::ram::GuestRam;
 use crate::stream::{self, Record, StreamError, PAGE};
 use crate::workers::WorkersError;
@@ -41,6 +43,10 @@ pub enum IncomingError {
     Disk(#[from] SinkError),
     #[error(transparent)]
     Workers(#[from] WorkersError),
+    #[error("postcopy: {0}")]
+    Postcopy(String),
+    #[error("postcopy: {0}")]
+    Place(#[from] PlaceError),
 }
 
 impl From<CompressError> for IncomingError {
@@ -61,34 +67,31 @@ impl From<IncomingError> for String {
     }
 }
 
-/// Where the destination's final answer goes (two-way channels).
-#[derive(Clone, Default)]
-pub struct Answer(Arc<Mutex<Option<File>>>);
-
-impl Answer {
-    pub fn send(&self, outcome: Result<(), &str>) -> std::io::Result<()> {
-        match self.0.lock().as_mut() {
-            Some(f) => stream::write_outcome(f, outcome),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Pages this migration has written (a zero page for one never written needs nothing:
-/// a fresh memfd reads as zeros).
-struct Written(Vec<u64>);
+/// a fresh memfd reads as zeros), and pages it received at all (postcopy asks the
+/// source for the others).
+struct Written {
+    data: PageSet,
+    received: PageSet,
+}
 
 impl Written {
     fn set(&mut self, page: u64) {
-        if let Some(w) = self.0.get_mut((page / 64) as usize) {
-            *w |= 1 << (page % 64);
-        }
+        self.data.insert(page);
+        self.received.insert(page);
     }
 
     fn get(&self, page: u64) -> bool {
-        self.0
-            .get((page / 64) as usize)
-            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+        self.data.contains(page)
+    }
+
+    fn zero(&mut self, page: u64) {
+        self.received.insert(page);
+    }
+
+    fn discard(&mut self, page: u64) {
+        self.data.remove(page);
+        self.received.remove(page);
     }
 }
 
@@ -102,6 +105,9 @@ pub struct Receiver {
     pub disks: DiskSinks,
     /// Workers for COMPRESSED records (decompress-threads), started at the first.
     pub decompress_threads: u8,
+    /// Postcopy: where the gateway's answer to the advice, and its userfaultfds after
+    /// the state, arrive.
+    pub faults: Faults,
 }
 
 impl Receiver {
@@ -126,7 +132,7 @@ impl Receiver {
         let file = File::from(conn);
         let two_way = channel != Channel::OneWay;
         if two_way {
-            *self.answer.0.lock() = Some(file.try_clone()?);
+            self.answer.set(file.try_clone()?);
         }
         let mut input = BufReader::with_capacity(1 << 20, file);
         let there = stream::read_header(&mut input)?;
@@ -151,12 +157,24 @@ impl Receiver {
         }
     }
 
+    fn verdict(&self, verdict: Result<(), &str>) -> Result<(), IncomingError> {
+        if let Some(f) = self.answer.0.lock().as_mut() {
+            stream::write_verdict(f, verdict)?;
+        }
+        Ok(())
+    }
+
     fn receive(
         &self,
         input: &mut impl Read,
         event: impl Fn(AgentEvent),
     ) -> Result<(), IncomingError> {
-        let mut written = Written(vec![0; self.page_end.div_ceil(64) as usize]);
+        let mut written = Written {
+            data: PageSet::new(self.page_end),
+            received: PageSet::new(self.page_end),
+        };
+        // Postcopy: the source advised it (ADVISE), then switched (LISTEN).
+        let (mut advised, mut listening) = (false, false);
         let (mut bytes, mut pages, mut reported) = (0u64, 0u64, 0u64);
         let mut delta = vec![0u8; PAGE];
         let mut inflater: Option<Inflater> = None;
@@ -171,9 +189,12 @@ impl Receiver {
                         i.settle(*first, u64::from(*count), inflated)?
                     }
                     Record::Xbzrle { page, .. } => i.settle(*page, 1, inflated)?,
-                    Record::PassEnd(_) | Record::State { .. } | Record::End => {
-                        i.finish(inflated)?
-                    }
+                    Record::PassEnd(_)
+                    | Record::State { .. }
+                    | Record::End
+                    | Record::Advise
+                    | Record::Listen
+                    | Record::Discard { .. } => i.finish(inflated)?,
                     Record::Compressed { .. } | Record::Disk(_) => {}
                 }
             }
@@ -201,6 +222,7 @@ impl Receiver {
                                 page.fill(0);
                             }
                         }
+                        written.zero(p);
                     }
                     bytes += 13;
                     pages += u64::from(count);
@@ -242,6 +264,17 @@ impl Receiver {
                     event(AgentEvent::Progress { bytes, pages });
                     reported = bytes;
                 }
+                Record::State { running, len } if listening => {
+                    let mut state = vec![0u8; len as usize];
+                    input.read_exact(&mut state)?;
+                    self.disks.flush()?;
+                    event(AgentEvent::StateArrived {
+                        state,
+                        running,
+                        postcopy: true,
+                    });
+                    return self.postcopy(input, written.received, &event, bytes, pages);
+                }
                 Record::State { running, len } => {
                     let mut state = vec![0u8; len as usize];
                     input.read_exact(&mut state)?;
@@ -268,6 +301,32 @@ impl Receiver {
                         "the stream ended without the device state".into(),
                     ))
                 }
+                Record::Advise => {
+                    event(AgentEvent::PostcopyAdvised);
+                    let advice = self.faults.take_advice();
+                    self.verdict(advice.as_ref().map(|_| ()).map_err(String::as_str))?;
+                    advice.map_err(IncomingError::Incompatible)?;
+                    advised = true;
+                }
+                Record::Listen if advised && !listening => listening = true,
+                Record::Listen => {
+                    return Err(IncomingError::Malformed(
+                        "a switch to postcopy that was not advised".into(),
+                    ))
+                }
+                Record::Discard { first, count } if listening => {
+                    self.ram.punch(first, u64::from(count)).map_err(|e| {
+                        IncomingError::Malformed(format!(
+                            "discarding pages {first:#x}+{count}: {e}"
+                        ))
+                    })?;
+                    (first..first + u64::from(count)).for_each(|p| written.discard(p));
+                }
+                Record::Discard { .. } => {
+                    return Err(IncomingError::Malformed(
+                        "a discard outside postcopy".into(),
+                    ))
+                }
                 // Block migration (`crate::disks`): the disks are readied (and the source
                 // answered as for the header), then written through their daemons.
                 Record::Disk(DiskRecord::Disks(disks)) => {
@@ -290,6 +349,119 @@ impl Receiver {
             if bytes - reported >= PROGRESS_EVERY {
                 event(AgentEvent::Progress { bytes, pages });
                 reported = bytes;
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// The postcopy phase: the gateway's userfaultfds, then every page that is not here
+    /// placed as it comes (asked for or not) until END; then the source is told.
+    fn postcopy(
+        &self,
+        input: &mut impl Read,
+        received: PageSet,
+        event: &impl Fn(AgentEvent),
+        mut bytes: u64,
+        mut pages: u64,
+    ) -> Result<(), IncomingError> {
+        let given = self.faults.take().map_err(IncomingError::Postcopy)?;
+        let placer = Arc::new(Placer::new(
+            given,
+            received,
+            self.ram.total_pages(),
+            self.answer.clone(),
+        ));
+        start_faults_thread(&placer)?;
+        self.faults
+            .started(placer.clone())
+            .map_err(IncomingError::Postcopy)?;
+        let result = self.place_pages(input, &placer, event, &mut bytes, &mut pages);
+        if result.is_err() {
+            placer.stop();
+        }
+        result?;
+        self.answer.complete()?;
+        // How the vhost-user backends fared (the operator's view of what postcopy cost
+        // the devices; the tests look at it too).
+        let backends: Vec<String> = placer
+            .backend_faults()
+            .iter()
+            .map(|(faults, waited)| format!("{faults} faults, {waited} waited"))
+            .collect();
+        log::info!(
+            "postcopy complete: the vhost-user backends' faults: [{}]",
+            backends.join("; ")
+        );
+        event(AgentEvent::Progress { bytes, pages });
+        event(AgentEvent::PostcopyDone);
+        // The faults thread goes on until the agent ends: a backend's thread that found
+        // a page missing just before it was placed still waits to be woken.
+        Ok(())
+    }
+
+    fn place_pages(
+        &self,
+        input: &mut impl Read,
+        placer: &Placer,
+        event: &impl Fn(AgentEvent),
+        bytes: &mut u64,
+        pages: &mut u64,
+    ) -> Result<(), IncomingError> {
+        let mut buffer = vec![0u8; stream::MAX_PAGES_PER_RECORD as usize * PAGE];
+        let mut reported = *bytes;
+        loop {
+            if let Some(why) = placer.failure() {
+                return Err(IncomingError::Postcopy(why));
+            }
+            match stream::read_record(input)? {
+                Record::Pages { first, count } => {
+                    if self.ram.run_in_window(first) < u64::from(count) {
+                        return Err(IncomingError::Malformed(format!(
+                            "pages {first:#x}+{count} are not guest RAM here"
+                        )));
+                    }
+                    let data = &mut buffer[..count as usize * PAGE];
+                    input.read_exact(data)?;
+                    for (i, content) in data.chunks_exact(PAGE).enumerate() {
+                        placer.place(first + i as u64, Some(content))?;
+                    }
+                    *bytes += u64::from(count) * PAGE as u64 + 13;
+                    *pages += u64::from(count);
+                }
+                Record::Zero { first, count } => {
+                    if self.ram.run_in_window(first) < u64::from(count) {
+                        return Err(IncomingError::Malformed(format!(
+                            "zero pages {first:#x}+{count} are not guest RAM here"
+                        )));
+                    }
+                    for p in first..first + u64::from(count) {
+                        placer.place(p, None)?;
+                    }
+                    *bytes += 13;
+                    *pages += u64::from(count);
+                }
+                Record::End => {
+                    let missing = placer.missing();
+                    if missing > 0 {
+                        return Err(IncomingError::Malformed(format!(
+                            "the source ended postcopy with {missing} pages not sent"
+                        )));
+                    }
+                    return Ok(());
+                }
+                other => {
+                    return Err(IncomingError::Malformed(format!(
+                        "{other:?} during postcopy"
+                    )))
+                }
+            }
+            if *bytes - reported >= PROGRESS_EVERY {
+                event(AgentEvent::Progress {
+                    bytes: *bytes,
+                    pages: *pages,
+                });
+                reported = *bytes;
             }
         }
     }
@@ -369,6 +541,7 @@ mod tests {
             page_end: PAGES,
             disks: DiskSinks::new(SinkSlot::default()),
             decompress_threads: 2,
+            faults: Default::default(),
         };
         let result = receiver.receive(&mut &records[..], |_| {});
         (file, result.map_err(|e| e.to_string()))

@@ -16,11 +16,14 @@
 //!   destination);
 //! - `seccomp`: the agent's sandbox.
 
+pub mod answer;
+pub mod channel;
 pub mod compress;
 pub mod disks;
 pub mod incoming;
 pub mod outgoing;
 pub mod pacer;
+pub mod postcopy;
 pub mod ram;
 pub mod seccomp;
 pub mod stream;

@@ -11,13 +11,16 @@ use anyhow::Context;
 use clap::Parser;
 use ipc::child::ChildLink;
 use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
+use ipc::userfault::MappedRange;
 use ipc::{
     AgentEvent, AgentReply, AgentRequest, Channel, IncomingStart, OutgoingStart, PageLog,
     RemoteError,
 };
 use migration_agent::disks::sink::{DiskSinks, SinkSlot};
 use migration_agent::incoming::{Answer, Receiver};
-use migration_agent::outgoing::Outgoing;
+use migration_agent::outgoing::{Outgoing, ANSWER_TIMEOUT};
+use migration_agent::postcopy::destination::{Faults, Given};
+use migration_agent::postcopy::source::PostcopySource;
 use migration_agent::ram::GuestRam;
 
 type Link = ChildLink<AgentRequest, AgentReply, AgentEvent>;
@@ -62,7 +65,7 @@ fn start_incoming(
     link: &Link,
     s: &IncomingStart,
     fds: Vec<OwnedFd>,
-) -> Result<(Answer, SinkSlot), RemoteError> {
+) -> Result<(Answer, SinkSlot, Faults), RemoteError> {
     let mut fds = fds.into_iter();
     let ram = GuestRam::map(take(&mut fds, "guest RAM")?, &s.windows, true).map_err(remote)?;
     let fd = take(&mut fds, "connection")?;
@@ -74,6 +77,7 @@ fn start_incoming(
         .unwrap_or(0);
     let answer = Answer::default();
     let sinks = SinkSlot::default();
+    let faults = Faults::default();
     let receiver = Receiver {
         ram,
         shape: s.shape.clone(),
@@ -81,6 +85,7 @@ fn start_incoming(
         page_end,
         disks: DiskSinks::new(sinks.clone()),
         decompress_threads: s.decompress_threads,
+        faults: faults.clone(),
     };
     let (events, channel) = (link.clone(), s.channel);
     std::thread::Builder::new()
@@ -91,14 +96,27 @@ fn start_incoming(
             }
         })
         .map_err(remote)?;
-    Ok((answer, sinks))
+    Ok((answer, sinks, faults))
+}
+
+/// Postcopy's userfaultfds from the gateway: vmm-core's, then the backends'.
+fn given(vmm_ranges: Vec<MappedRange>, fds: Vec<OwnedFd>) -> Result<Given, RemoteError> {
+    let mut fds = fds.into_iter();
+    let vmm = take(&mut fds, "vmm-core's userfaultfd")?;
+    Ok(Given {
+        vmm,
+        vmm_ranges,
+        backends: fds.collect(),
+    })
 }
 
 /// The agent's one migration: the first request says which side, the rest drive it.
 fn serve(link: &Link) -> anyhow::Result<()> {
     let mut outgoing: Option<Outgoing> = None;
+    let mut postcopy: Option<PostcopySource> = None;
     let mut answer: Option<Answer> = None;
     let mut sinks: Option<SinkSlot> = None;
+    let mut faults: Option<Faults> = None;
     while let Some(call) = link.recv()? {
         if call.request == AgentRequest::Quit {
             link.reply(call.id, Ok(AgentReply::Done));
@@ -112,9 +130,10 @@ fn serve(link: &Link) -> anyhow::Result<()> {
                 })
             }
             AgentRequest::Incoming(s) if outgoing.is_none() && answer.is_none() => {
-                start_incoming(link, &s, call.fds).map(|(a, slot)| {
+                start_incoming(link, &s, call.fds).map(|(a, slot, f)| {
                     answer = Some(a);
                     sinks = Some(slot);
+                    faults = Some(f);
                     AgentReply::Done
                 })
             }
@@ -156,10 +175,61 @@ fn serve(link: &Link) -> anyhow::Result<()> {
                 None => Err(RemoteError::generic("no incoming migration")),
             },
             AgentRequest::Resumed(outcome) => match &answer {
-                Some(a) => a
-                    .send(outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()))
+                Some(a) => {
+                    if let (Err(why), Some(f)) = (&outcome, &faults) {
+                        // A receiver waiting for the userfaultfds waits no more.
+                        f.give(Err(why.clone()));
+                    }
+                    a.send(outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()))
+                        .map(|()| AgentReply::Done)
+                        .map_err(remote)
+                }
+                None => Err(RemoteError::generic("no incoming migration")),
+            },
+            // Postcopy, source: the switch, then its progress.
+            AgentRequest::Postcopy {
+                state,
+                running,
+                max_bandwidth,
+            } => match outgoing.take() {
+                Some(o) => o
+                    .into_postcopy(&state, running, max_bandwidth)
+                    .map_err(remote)
+                    .and_then(|source| {
+                        let outcome = source.outcome(ANSWER_TIMEOUT).map_err(remote);
+                        postcopy = Some(source);
+                        outcome.map(|()| AgentReply::Done)
+                    }),
+                None => Err(RemoteError::generic("no outgoing migration")),
+            },
+            AgentRequest::PostcopyProgress { wait_ms } => match &postcopy {
+                Some(p) => p
+                    .progress(Duration::from_millis(wait_ms.into()))
+                    .map(AgentReply::Postcopy)
+                    .map_err(RemoteError::generic),
+                None => Err(RemoteError::generic("no postcopy phase")),
+            },
+            // Postcopy, destination: the advice's answer, the userfaultfds and the
+            // backends' mappings.
+            AgentRequest::PostcopyAdvice(advice) => match &faults {
+                Some(f) => {
+                    f.advise(advice);
+                    Ok(AgentReply::Done)
+                }
+                None => Err(RemoteError::generic("no incoming migration")),
+            },
+            AgentRequest::PostcopyFaults { vmm, .. } => match &faults {
+                Some(f) => given(vmm, call.fds).map(|g| {
+                    f.give(Ok(g));
+                    AgentReply::Done
+                }),
+                None => Err(RemoteError::generic("no incoming migration")),
+            },
+            AgentRequest::PostcopyRanges { backend, ranges } => match &faults {
+                Some(f) => f
+                    .ranges(backend, ranges)
                     .map(|()| AgentReply::Done)
-                    .map_err(remote),
+                    .map_err(RemoteError::generic),
                 None => Err(RemoteError::generic("no incoming migration")),
             },
             other => Err(RemoteError::generic(format!(

@@ -13,19 +13,20 @@ use std::time::{Duration, Instant};
 
 use ipc::{MigratedDisks, OutgoingStart, PageLog, PassReport};
 
+pub use crate::channel::Labelled;
+use crate::channel::STALL_TIMEOUT;
 use crate::compress::{CompressError, Deflater};
 use crate::disks::records;
 use crate::disks::source::{DiskError, DiskSender};
 use crate::pacer::Pacer;
+use crate::postcopy::pages::PageSet;
+use crate::postcopy::source::{PostcopySource, Sending};
 use crate::ram::{is_zero, GuestRam};
 use crate::stream::{self, StreamError, MAX_PAGES_PER_RECORD, MAX_ZERO_RUN, PAGE};
 use crate::xbzrle::{Encoded, Xbzrle};
 
 /// How long the destination has to check the header, and to start the VM at the end.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a socket may take nothing before the connection counts as lost (a peer gone
-/// without a reset, a network gone silent).
-const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pages looked at between checks of the time budget.
 const BUDGET_STRIDE: u64 = 1024;
 
@@ -76,6 +77,8 @@ pub struct Outgoing {
     deflater: Option<Deflater>,
     /// Block migration: the disks whose content goes too (`crate::disks`).
     disks: Option<DiskSender>,
+    /// The destination was told postcopy may follow (the ADVISE record).
+    postcopy: bool,
 }
 
 impl Outgoing {
@@ -98,19 +101,29 @@ impl Outgoing {
         };
         set_timeout(&channel, libc::SO_SNDTIMEO, STALL_TIMEOUT);
         set_tcp_user_timeout(&channel, STALL_TIMEOUT);
-        let mut out = BufWriter::with_capacity(
-            1 << 20,
-            Labelled {
-                file: channel,
-                what,
-            },
-        );
+        let mut out = BufWriter::with_capacity(1 << 20, Labelled::new(channel, what));
+        if start.postcopy && answers.is_none() {
+            return Err(OutgoingError::State(
+                "postcopy needs the destination's requests: a two-way channel (tcp:, unix:, \
+                 or fd: of a socket)",
+            ));
+        }
         stream::write_header(&mut out, &start.shape)?;
         out.flush()?;
         if let Some(a) = &answers {
             set_timeout(a, libc::SO_RCVTIMEO, ANSWER_TIMEOUT);
             let mut a = a;
             stream::read_verdict(&mut a)?;
+        }
+        if start.postcopy {
+            // The destination must be ready for it now, not at the switch: it answers
+            // as it answered the header.
+            stream::write_advise(&mut out)?;
+            out.flush()?;
+            if let Some(a) = &answers {
+                let mut a = a;
+                stream::read_verdict(&mut a)?;
+            }
         }
         Ok(Outgoing {
             ram,
@@ -123,6 +136,7 @@ impl Outgoing {
             xbzrle: start.xbzrle_cache.map(Xbzrle::new),
             deflater: start.compress.as_ref().map(Deflater::start).transpose()?,
             disks: None,
+            postcopy: start.postcopy,
         })
     }
 
@@ -436,33 +450,89 @@ impl Outgoing {
     }
 }
 
-/// The channel, whose write failures are worded as QEMU's ("Unable to write to socket:
-/// Broken pipe" for a destination gone).
-struct Labelled {
-    file: File,
-    what: &'static str,
-}
-
-impl Labelled {
-    fn failed(&self, e: std::io::Error) -> std::io::Error {
-        let why = match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
-                "the destination took nothing for {} s",
-                STALL_TIMEOUT.as_secs()
-            ),
-            _ => ipc::errno_text(&e),
+impl Outgoing {
+    /// The switch to postcopy (the VM stopped, the dirty log synced): the disks' last
+    /// writes go (block migration), then LISTEN, the pages the destination must drop
+    /// (this pass's unsent ones and every one the log marks) as DISCARD runs, and the
+    /// state; from then on those pages go from a thread of their own
+    /// (`crate::postcopy::source`), at most `max_bandwidth` bytes per second (0:
+    /// unlimited).
+    pub fn into_postcopy(
+        mut self,
+        state: &[u8],
+        running: bool,
+        max_bandwidth: u64,
+    ) -> Result<PostcopySource, OutgoingError> {
+        if !self.postcopy {
+            return Err(OutgoingError::State(
+                "postcopy-ram was not on when the migration started",
+            ));
+        }
+        let Some(answers) = self.answers.take() else {
+            return Err(OutgoingError::State("postcopy needs a two-way channel"));
         };
-        std::io::Error::new(e.kind(), format!("Unable to write to {}: {why}", self.what))
-    }
-}
-
-impl Write for Labelled {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf).map_err(|e| self.failed(e))
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush().map_err(|e| self.failed(e))
+        let mut report = PassReport::default();
+        self.write_deflated(&mut report)?;
+        if let Some(d) = &mut self.disks {
+            // What the guest wrote to its disks goes now, with the VM stopped, as at a
+            // precopy's end: the destination's disks are complete before it runs.
+            let mut pacer = Pacer::new(0);
+            while d.busy() {
+                d.step(&mut self.out, &mut report, &mut pacer)?;
+            }
+            d.start_pass(false)?;
+            while d.busy() {
+                d.step(&mut self.out, &mut report, &mut pacer)?;
+            }
+        }
+        let end = self
+            .ram
+            .page_numbers()
+            .max()
+            .map_or(0, |p| p + 1)
+            .max(self.log.word_count() as u64 * 64);
+        let mut pending = PageSet::new(end);
+        if let Cursor::First {
+            segments,
+            index,
+            at,
+        } = &self.cursor
+        {
+            for (i, (range, _)) in segments.iter().enumerate().skip(*index) {
+                let from = if i == *index {
+                    range.start + at
+                } else {
+                    range.start
+                };
+                (from..range.end).for_each(|p| {
+                    pending.insert(p);
+                });
+            }
+        }
+        for w in 0..self.log.word_count() {
+            let mut bits = self.log.take_word(w);
+            while bits != 0 {
+                let page = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                if self.ram.run_in_window(page) > 0 {
+                    pending.insert(page);
+                }
+            }
+        }
+        stream::write_listen(&mut self.out)?;
+        for (first, count) in pending.runs(u64::from(MAX_ZERO_RUN)) {
+            stream::write_discard(&mut self.out, first, count as u32)?;
+        }
+        stream::write_state(&mut self.out, running, state)?;
+        self.out.flush()?;
+        self.cursor = Cursor::Done;
+        let sending = Sending {
+            ram: self.ram,
+            out: self.out,
+            pending,
+            pacer: Pacer::new(max_bandwidth),
+        };
+        Ok(PostcopySource::start(sending, answers)?)
     }
 }
 
@@ -651,6 +721,7 @@ mod tests {
             page_end: PAGES,
             disks: crate::disks::sink::DiskSinks::new(Default::default()),
             decompress_threads: 3,
+            faults: Default::default(),
         };
         let receiving = std::thread::spawn(move || {
             let state = std::sync::Mutex::new(None);

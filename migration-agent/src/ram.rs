@@ -106,6 +106,37 @@ impl GuestRam {
             .flat_map(|w| w.first_page..w.first_page + w.pages)
     }
 
+    /// Takes `count` pages from `first` out of the memfd (holes again: postcopy's
+    /// discarded pages, which every mapping then finds missing). They may span windows;
+    /// a page outside every window is refused.
+    pub fn punch(&self, first: u64, count: u64) -> std::io::Result<()> {
+        let mut page = first;
+        let end = first.saturating_add(count);
+        while page < end {
+            let Some((w, i)) = self.find(page) else {
+                return Err(std::io::Error::other(format!(
+                    "page {page:#x} is not guest RAM here"
+                )));
+            };
+            let n = (w.pages - i as u64).min(end - page);
+            let offset = w.file_offset + i as u64 * PAGE as u64;
+            // SAFETY: fallocate on the memfd we hold, inside the window's bytes.
+            let r = unsafe {
+                libc::fallocate(
+                    self.fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    (n * PAGE as u64) as libc::off_t,
+                )
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            page += n;
+        }
+        Ok(())
+    }
+
     pub fn total_pages(&self) -> u64 {
         self.windows.iter().map(|w| w.pages).sum()
     }

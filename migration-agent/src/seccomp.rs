@@ -16,6 +16,13 @@ const ALLOWED: &[Allow] = &[
     Any(libc::SYS_setsockopt),
     // The logger's terminal check.
     Ioctls(&[TCGETS]),
+    // Postcopy, destination: discarded pages punched out of guest RAM's memfd, the
+    // processes' userfaultfds waited on, their faults resolved (pages placed, waiters
+    // woken); the userfaultfds come made and registered from their owners.
+    Any(libc::SYS_fallocate),
+    Any(libc::SYS_poll),
+    Any(libc::SYS_ppoll),
+    Ioctls(ipc::userfault::RESOLVE_IOCTLS),
 ];
 
 /// Open files the agent needs: stdio, its control channel and violation pipe, guest

@@ -35,11 +35,20 @@ const STATE: u8 = 5;
 const END: u8 = 6;
 // 7 to 9: the disks' records (`crate::disks::records`).
 const COMPRESSED: u8 = 10;
+// Postcopy (`crate::postcopy`): the source may switch (answered as the header is);
+// the switch, then the pages the destination must drop; then the state, and the
+// remaining pages until END.
+const ADVISE: u8 = 11;
+const LISTEN: u8 = 12;
+const DISCARD: u8 = 13;
 
 const ACCEPT: u8 = 1;
 const REJECT: u8 = 2;
 const RESUMED: u8 = 3;
 const FAILED: u8 = 4;
+// Postcopy's return path: a page the destination waits for, and every page placed.
+const REQUEST: u8 = 5;
+const COMPLETE: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -256,6 +265,16 @@ pub enum Record {
     },
     End,
     Disk(DiskRecord),
+    /// Postcopy may follow (the source has postcopy-ram on): answered as the header.
+    Advise,
+    /// The switch to postcopy: DISCARD records, then STATE, then pages until END.
+    Listen,
+    /// Pages the destination received but must not keep (the source has them anew, or
+    /// never sent them): they arrive again in the postcopy phase.
+    Discard {
+        first: u64,
+        count: u32,
+    },
 }
 
 pub fn read_record(r: &mut impl Read) -> Result<Record, StreamError> {
@@ -302,6 +321,16 @@ pub fn read_record(r: &mut impl Read) -> Result<Record, StreamError> {
             Record::State { running, len }
         }
         END => Record::End,
+        ADVISE => Record::Advise,
+        LISTEN => Record::Listen,
+        DISCARD => {
+            let first = read_u64(r)?;
+            let count = read_u32(r)?;
+            if count == 0 || count > MAX_ZERO_RUN {
+                return Err(malformed(format!("a discard of {count} pages")));
+            }
+            Record::Discard { first, count }
+        }
         disk @ (DISKS | DISK_DATA | DISK_ZERO) => match records::read(disk, r) {
             Ok(record) => Record::Disk(record),
             Err(RecordError::Io(e)) => return Err(e.into()),
@@ -360,6 +389,67 @@ pub fn write_state(w: &mut impl Write, running: bool, state: &[u8]) -> io::Resul
 pub fn write_end(w: &mut impl Write) -> io::Result<usize> {
     w.write_all(&[END])?;
     Ok(1)
+}
+
+pub fn write_advise(w: &mut impl Write) -> io::Result<usize> {
+    w.write_all(&[ADVISE])?;
+    Ok(1)
+}
+
+pub fn write_listen(w: &mut impl Write) -> io::Result<usize> {
+    w.write_all(&[LISTEN])?;
+    Ok(1)
+}
+
+pub fn write_discard(w: &mut impl Write, first: u64, count: u32) -> io::Result<usize> {
+    w.write_all(&[DISCARD])?;
+    w.write_all(&first.to_le_bytes())?;
+    w.write_all(&count.to_le_bytes())?;
+    Ok(13)
+}
+
+/// What the destination says on the return path during postcopy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The VM runs there (or failed to start: the source may run it again).
+    Outcome(Result<(), String>),
+    /// These pages are waited for.
+    Request { first: u64, count: u32 },
+    /// Every page is placed: the migration is complete.
+    Complete,
+}
+
+pub fn write_request(w: &mut impl Write, first: u64, count: u32) -> io::Result<()> {
+    let mut b = [0u8; 13];
+    b[0] = REQUEST;
+    b[1..9].copy_from_slice(&first.to_le_bytes());
+    b[9..].copy_from_slice(&count.to_le_bytes());
+    // One write: requests and the outcome come from different threads.
+    w.write_all(&b)?;
+    w.flush()
+}
+
+pub fn write_complete(w: &mut impl Write) -> io::Result<()> {
+    w.write_all(&[COMPLETE])?;
+    w.flush()
+}
+
+/// The next answer on postcopy's return path (the source reads them on a thread).
+pub fn read_answer(r: &mut impl Read) -> Result<Answer, StreamError> {
+    Ok(match read_u8(r).map_err(answer_error)? {
+        RESUMED => Answer::Outcome(Ok(())),
+        FAILED => Answer::Outcome(Err(read_text(r)?)),
+        REQUEST => {
+            let first = read_u64(r)?;
+            let count = read_u32(r)?;
+            if count == 0 || count > MAX_PAGES_PER_RECORD {
+                return Err(malformed(format!("a request for {count} pages")));
+            }
+            Answer::Request { first, count }
+        }
+        COMPLETE => Answer::Complete,
+        other => return Err(malformed(format!("answer {other} during postcopy"))),
+    })
 }
 
 #[cfg(test)]

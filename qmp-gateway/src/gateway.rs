@@ -177,6 +177,13 @@ impl Gateway {
                         None => Err("the gateway is ending".into()),
                     })
                 },
+                userfault_nics: {
+                    let net = Arc::downgrade(&net);
+                    Box::new(move |device| match net.upgrade() {
+                        Some(n) => n.userfault(device),
+                        None => Err("the gateway is ending".into()),
+                    })
+                },
                 announce: {
                     let (net, status) = (Arc::downgrade(&net), status.clone());
                     Arc::new(move || {
@@ -341,7 +348,9 @@ impl Gateway {
                 }
             }
             VmmEvent::Powerdown => self.events.emit(Event::Powerdown),
-            VmmEvent::PostcopyRanges { .. } => {}
+            VmmEvent::PostcopyRanges { backend, ranges } => {
+                self.migrator.postcopy_ranges(backend, ranges)
+            }
             VmmEvent::VcpuFailed { vcpu, reason } => {
                 log::error!("vCPU {vcpu} failed: {reason}; the VM is stopped (internal-error)");
             }

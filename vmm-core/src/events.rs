@@ -3,6 +3,10 @@
 
 use std::sync::mpsc;
 
+/// Where a vhost-user link raises what the gateway hears from it during postcopy (its
+/// backend's mapping of guest RAM).
+pub type PostcopyEvents = std::sync::Arc<dyn Fn(ipc::VmmEvent) + Send + Sync>;
+
 #[derive(Debug)]
 pub enum VmEvent {
     /// The guest entered ACPI S5.

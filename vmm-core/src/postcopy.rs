@@ -11,8 +11,8 @@ use ipc::userfault::{self, MappedRange, UserfaultError};
 use ipc::VmmReply;
 use parking_lot::Mutex;
 
+use crate::events::PostcopyEvents;
 use crate::memory::GuestRam;
-use crate::vhost_user::link::PostcopyEvents;
 use crate::vhost_user::{Link, VhostUserError};
 use crate::vm::Vm;
 

@@ -314,11 +314,10 @@ impl Runner<'_> {
             return refused("postcopy is listening already");
         }
         let control = self.control.cloned();
-        let events: crate::vhost_user::link::PostcopyEvents =
-            Arc::new(move |event| match &control {
-                Some(c) => c.event(event),
-                None => log::debug!("{event:?}"),
-            });
+        let events: crate::events::PostcopyEvents = Arc::new(move |event| match &control {
+            Some(c) => c.event(event),
+            None => log::debug!("{event:?}"),
+        });
         match postcopy::listen(&self.vm, fds.into_iter().next(), events) {
             Ok((reply, fds, registered)) => {
                 self.postcopy = Some(registered);

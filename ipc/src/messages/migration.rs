@@ -72,9 +72,6 @@ pub struct IncomingStart {
     /// Threads that inflate compressed pages (QMP's decompress-threads), started at the
     /// first one.
     pub decompress_threads: u8,
-    /// The postcopy-ram capability here: a source that advises postcopy is refused
-    /// without it, as one that does not is with it (QEMU's rule: both sides or neither).
-    pub postcopy: bool,
 }
 
 /// A disk a block migration copies: its index in launch order and its size in bytes.
@@ -135,12 +132,17 @@ pub enum AgentRequest {
     Postcopy {
         state: Vec<u8>,
         running: bool,
+        /// max-postcopy-bandwidth, bytes per second (0: unlimited).
+        max_bandwidth: u64,
     },
     /// Source, after `Postcopy`: waits up to `wait_ms` for the postcopy phase to end;
     /// answered with `AgentReply::Postcopy`.
     PostcopyProgress {
         wait_ms: u32,
     },
+    /// Destination, answering `AgentEvent::PostcopyAdvised`: whether this side can
+    /// take postcopy (the capability is on, the host has what it needs), or why not.
+    PostcopyAdvice(Result<(), String>),
     /// Destination, answering `AgentEvent::StateArrived` of a postcopy migration before
     /// the state is restored: the userfaultfds of the processes that map guest RAM, in
     /// the frame: vmm-core's first (its mapping: `vmm`, where pages are placed), then
@@ -237,6 +239,10 @@ impl Message for AgentReply {}
 pub enum AgentEvent {
     /// Destination: the source connected and its machine shape matches.
     Connected,
+    /// Destination: the source may switch to postcopy (its ADVISE record); nothing more
+    /// is read until `AgentRequest::PostcopyAdvice` answers (QEMU's destination, too,
+    /// looks at its postcopy-ram capability when the source's advice comes).
+    PostcopyAdvised,
     /// Destination: bytes received so far.
     Progress { bytes: u64, pages: u64 },
     /// Destination: the source migrates these disks' content (the DISKS record): the

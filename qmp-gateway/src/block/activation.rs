@@ -69,6 +69,23 @@ impl BlockLayer {
         self.state.lock().graph.set_inactive(true);
     }
 
+    /// Destination, before a postcopy migration's switch: each running disk daemon gets
+    /// /dev/userfaultfd (`device`), for its vhost-user backend to register guest RAM
+    /// with when vmm-core advises postcopy.
+    pub fn userfault(&self, device: std::os::fd::BorrowedFd<'_>) -> Result<(), BlockError> {
+        let daemons: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = {
+            let state = self.state.lock();
+            (state.disks.iter())
+                .filter_map(|d| Some((d.id.clone(), d.daemon.as_ref()?.link.clone())))
+                .collect()
+        };
+        for (id, link) in daemons {
+            link.request(BlockRequest::Userfault, &[device])
+                .map_err(|e| BlockError::Migration(format!("disk {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Source, at the switch-over: every disk's daemon leaves its image clean (bitmaps
     /// stored) and writes it no more; then the images' locks go. A disk whose content
     /// a block migration copied keeps both: its images are not the destination's.

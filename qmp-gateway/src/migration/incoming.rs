@@ -15,6 +15,7 @@ use ipc::{AgentEvent, AgentRequest, IncomingStart, MigratedState, RunState, VmmR
 use super::agent::Agent;
 use super::migrator::{MigrateError, Migrator};
 use super::progress::{Progress, Status, PAGE_SIZE};
+use super::settings::Capability;
 use super::uri::{self, MigrationUri, Opened};
 
 pub fn start(
@@ -36,7 +37,6 @@ pub fn start(
         windows,
         shape: m.shape.lock().clone(),
         decompress_threads: m.settings.lock().decompress_threads(),
-        postcopy: false,
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());
@@ -102,12 +102,36 @@ fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>, open
             });
             None
         }
+        AgentEvent::PostcopyAdvised => {
+            let advice = postcopy_advice(m);
+            if let Err(e) = agent
+                .link
+                .request(AgentRequest::PostcopyAdvice(advice), &[])
+            {
+                log::warn!("migration: answering the source's postcopy advice: {e}");
+            }
+            None
+        }
         AgentEvent::DisksArriving(disks) => {
             super::block::arriving(&m.h.block, agent, disks);
             None
         }
-        AgentEvent::StateArrived { state, running, .. } => Some(finish(m, agent, state, running)),
-        AgentEvent::PostcopyDone => None,
+        AgentEvent::StateArrived {
+            state,
+            running,
+            postcopy: false,
+        } => Some(finish(m, agent, state, running, false)),
+        // Postcopy: the VM runs, the rest of its memory follows.
+        AgentEvent::StateArrived {
+            state,
+            running,
+            postcopy: true,
+        } => finish(m, agent, state, running, true).err().map(Err),
+        AgentEvent::PostcopyDone => Some(
+            (m.h.vmm.request(VmmRequest::PostcopyEnd, &[]))
+                .map(drop)
+                .map_err(|e| format!("ending postcopy: {e}")),
+        ),
         AgentEvent::Failed(why) => Some(Err(why)),
     });
     drop(opened);
@@ -126,9 +150,66 @@ fn receive(m: &Migrator, agent: &Agent, events: mpsc::Receiver<AgentEvent>, open
     }
 }
 
+/// Whether this side takes a postcopy migration the source advises: the capability
+/// must be on (QEMU's rule: both sides or neither) and /dev/userfaultfd there.
+fn postcopy_advice(m: &Migrator) -> Result<(), String> {
+    if !m.settings.lock().capability(Capability::PostcopyRam) {
+        return Err(
+            "the source may switch to postcopy, but postcopy-ram is off at the destination".into(),
+        );
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ipc::userfault::DEVICE)
+        .map(drop)
+        .map_err(|e| format!("postcopy needs {}: {e}", ipc::userfault::DEVICE))
+}
+
+/// Postcopy, before the state is restored: the daemons get /dev/userfaultfd, vmm-core
+/// registers guest RAM and has the backends do the same, and the agent gets every
+/// userfaultfd (the backends' mappings follow as vmm-core's events, `postcopy_ranges`).
+fn listen(m: &Migrator, agent: &Agent) -> Result<(), String> {
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ipc::userfault::DEVICE)
+        .map_err(|e| format!("postcopy needs {}: {e}", ipc::userfault::DEVICE))?;
+    m.h.block
+        .userfault(device.as_fd())
+        .map_err(|e| e.to_string())?;
+    (m.h.userfault_nics)(device.as_fd())?;
+    let (reply, fds) =
+        m.h.vmm
+            .request_with_fds(VmmRequest::PostcopyListen, &[device.as_fd()])
+            .map_err(|e| e.to_string())?;
+    let VmmReply::Postcopy { ranges, backends } = reply else {
+        return Err(format!("vmm-core answered {reply:?}"));
+    };
+    let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    agent
+        .link
+        .request(
+            AgentRequest::PostcopyFaults {
+                vmm: ranges,
+                backends: backends.len() as u32,
+            },
+            &fds,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// The state into vmm-core; the source is told; the VM runs if it ran there and is
-/// allowed to here.
-fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<(), String> {
+/// allowed to here. With `postcopy`, the pages still missing are waited for as they are
+/// touched (`listen`), and the migration goes on (postcopy-active).
+fn finish(
+    m: &Migrator,
+    agent: &Agent,
+    state: Vec<u8>,
+    running: bool,
+    postcopy: bool,
+) -> Result<(), String> {
     let refuse = |why: String| {
         let _ = agent
             .link
@@ -148,12 +229,21 @@ fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<
     // driver's features to them as it restores the devices), their links as they were.
     let restored = (m.h.restore_nics)(state.nics)
         .map_err(|e| format!("the NICs: {e}"))
+        .and_then(|()| match postcopy {
+            true => listen(m, agent),
+            false => Ok(()),
+        })
         .and_then(|()| {
             (m.h.vmm.request(VmmRequest::RestoreState(state.vmm), &[]))
                 .map(drop)
                 .map_err(|e| e.to_string())
         });
     if let Err(why) = restored {
+        if postcopy {
+            if let Err(e) = m.h.vmm.request(VmmRequest::PostcopyEnd, &[]) {
+                log::error!("migration: ending postcopy: {e}");
+            }
+        }
         // The source takes its disks back: let go of them first.
         if let Err(e) = m.h.block.inactivate() {
             log::error!("migration: handing the disks back: {e}");
@@ -164,6 +254,10 @@ fn finish(m: &Migrator, agent: &Agent, state: Vec<u8>, running: bool) -> Result<
         .link
         .request(AgentRequest::Resumed(Ok(())), &[])
         .map_err(|e| e.to_string())?;
+    if postcopy {
+        // QEMU's order: the status, then the VM running.
+        m.set_status(Status::PostcopyActive);
+    }
     let run = running && m.autostart.load(Ordering::SeqCst);
     m.h.vmm
         .request(VmmRequest::IncomingCompleted { run }, &[])

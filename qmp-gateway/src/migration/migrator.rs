@@ -46,6 +46,10 @@ pub enum MigrateError {
     /// `migrate`'s blk or inc with the block capability or block-incremental set.
     #[error("Command options are incompatible with current migration capabilities")]
     BlockOptions,
+    #[error("Enable postcopy with migrate_set_capability before the start of migration")]
+    PostcopyOff,
+    #[error("Postcopy must be started after migration has been started")]
+    PostcopyNotStarted,
 }
 
 /// What the layer reaches: set once when the gateway is built.
@@ -67,7 +71,11 @@ pub struct Handles {
     pub nics: Box<dyn Fn() -> Vec<ipc::MigratedNic> + Send + Sync>,
     /// The destination's NICs take up the source's.
     pub restore_nics: Box<dyn Fn(Vec<ipc::MigratedNic>) -> Result<(), String> + Send + Sync>,
+    /// Postcopy's destination: the NICs' daemons get /dev/userfaultfd.
+    pub userfault_nics: Box<UserfaultNics>,
 }
+
+pub type UserfaultNics = dyn Fn(std::os::fd::BorrowedFd<'_>) -> Result<(), String> + Send + Sync;
 
 pub struct Migrator {
     pub(super) h: Handles,
@@ -91,6 +99,9 @@ pub struct Migrator {
     pub(super) incoming_started: AtomicBool,
     /// Destination: run the VM once it arrived (no -S, or cont while in "inmigrate").
     pub(super) autostart: AtomicBool,
+    /// migrate-start-postcopy came: the migration under way switches to postcopy at
+    /// its next chance.
+    pub(super) start_postcopy: AtomicBool,
 }
 
 impl Migrator {
@@ -112,6 +123,7 @@ impl Migrator {
             }),
             incoming_started: AtomicBool::new(false),
             autostart: AtomicBool::new(true),
+            start_postcopy: AtomicBool::new(false),
         })
     }
 
@@ -236,6 +248,46 @@ impl Migrator {
         }
         self.committed.store(true, Ordering::SeqCst);
         true
+    }
+
+    /// migrate-start-postcopy, checked as QEMU 7.2 checks it (the capability first); it
+    /// is not an error once the migration ended or switched already (QEMU's either).
+    pub fn start_postcopy(&self) -> Result<(), MigrateError> {
+        if !self.settings.lock().capability(Capability::PostcopyRam) {
+            return Err(MigrateError::PostcopyOff);
+        }
+        if self.progress.lock().status == Status::None {
+            return Err(MigrateError::PostcopyNotStarted);
+        }
+        self.start_postcopy.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the migration under way should switch to postcopy now.
+    pub(super) fn postcopy_requested(&self) -> bool {
+        self.start_postcopy.load(Ordering::SeqCst)
+    }
+
+    /// Postcopy's destination: a vhost-user backend's mapping of guest RAM, which the
+    /// agent needs to make its faults guest pages (vmm-core raises it while it restores
+    /// the state, before the backend may touch memory: handed over on a thread of its
+    /// own, as vmm-core's reader must not wait).
+    pub fn postcopy_ranges(&self, backend: u32, ranges: Vec<ipc::userfault::MappedRange>) {
+        let Some(agent) = self.agent.lock().clone() else {
+            log::warn!("postcopy: backend {backend}'s mapping came without a migration");
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("postcopy-ranges".into())
+            .spawn(move || {
+                let request = ipc::AgentRequest::PostcopyRanges { backend, ranges };
+                if let Err(e) = agent.link.request(request, &[]) {
+                    log::error!("postcopy: backend {backend}'s mapping to the agent: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("postcopy: backend {backend}'s mapping to the agent: {e}");
+        }
     }
 
     /// cont or stop while the VM waits for its migration: whether it runs once here.

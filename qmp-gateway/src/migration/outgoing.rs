@@ -45,18 +45,30 @@ impl<E: std::fmt::Display> From<E> for Stop {
     }
 }
 
+/// What a migration that fails must undo here.
+#[derive(Default)]
+struct Undo {
+    /// Dirty logging is on.
+    logging: bool,
+    /// Set at the stop-and-copy (or the switch to postcopy): whether the VM ran then.
+    stopped: Option<bool>,
+    /// The disks were let go of.
+    inactive: bool,
+    /// Postcopy: the VM runs at the destination. Nothing can be undone then: it must
+    /// not run here again (its disks changed there), and it cannot go on there
+    /// without the pages still here.
+    ran_there: bool,
+}
+
 pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, copy: DiskCopy) {
-    let mut logging = false;
-    // Set at the stop-and-copy: whether the VM ran then.
-    let mut stopped: Option<bool> = None;
-    let mut inactive = false;
-    let result = migrate(
-        m,
-        uri,
-        named_fd,
-        copy,
-        (&mut logging, &mut stopped, &mut inactive),
-    );
+    let mut undo = Undo::default();
+    let result = migrate(m, uri, named_fd, copy, &mut undo);
+    let Undo {
+        logging,
+        stopped,
+        inactive,
+        ran_there,
+    } = undo;
     // Whatever happened, the agent goes, and the connection with it.
     m.connection.lock().take();
     if let Some(agent) = m.agent.lock().take() {
@@ -70,6 +82,20 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
         }
     }
     if result.is_ok() {
+        return;
+    }
+    if ran_there {
+        if let Err(e) = m.h.vmm.request(VmmRequest::MigrationEnd, &[]) {
+            log::error!("migration: turning dirty logging off: {e}");
+        }
+        let why = match result {
+            Err(Stop::Failed(why)) => why,
+            _ => "cancelled".into(),
+        };
+        m.fail(format!(
+            "{why}; postcopy had switched: the VM ran at the destination without all of \
+             its memory, and stays stopped here"
+        ));
         return;
     }
     // The VM stays here: its disks back, logging off, running again if it ran.
@@ -148,9 +174,11 @@ impl Drop for Spawning {
 
 /// The stop-and-copy's last dirty pages, then the device state (the VM is stopped):
 /// vmm-core's and the NICs' host sides' (filters, links), as the STATE record carries them.
-fn last_pages_and_state(m: &Migrator, agent: &Agent) -> Result<Vec<u8>, Stop> {
+fn last_pages_and_state(m: &Migrator, agent: &Agent, last_pages: bool) -> Result<Vec<u8>, Stop> {
     sync(m)?;
-    send_pass(m, agent, false, FINAL_BUDGET_MS, true)?;
+    if last_pages {
+        send_pass(m, agent, false, FINAL_BUDGET_MS, true)?;
+    }
     let vmm = match m.h.vmm.request(VmmRequest::SaveState, &[])? {
         VmmReply::State(s) => s,
         other => return Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
@@ -175,7 +203,7 @@ fn migrate(
     uri: &MigrationUri,
     named_fd: Option<OwnedFd>,
     copy: DiskCopy,
-    (logging, stopped, inactive): (&mut bool, &mut Option<bool>, &mut bool),
+    undo: &mut Undo,
 ) -> Result<(), Stop> {
     // The agent's process starts (and is sandboxed) while the connection is made and
     // dirty logging turned on: most of the setup time otherwise.
@@ -196,7 +224,7 @@ fn migrate(
     *m.connection.lock() = opened.fd.try_clone().ok();
     check_cancel(m)?;
     let (reply, fds) = m.h.vmm.request_with_fds(VmmRequest::MigrationStart, &[])?;
-    *logging = true;
+    undo.logging = true;
     let VmmReply::Migration {
         windows,
         bitmap_len,
@@ -229,7 +257,7 @@ fn migrate(
             threads: settings.compress_threads(),
             wait_thread: settings.compress_wait_thread(),
         }),
-        postcopy: false,
+        postcopy: settings.capability(Capability::PostcopyRam),
     };
     let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     fds.push(opened.fd.as_fd());
@@ -252,47 +280,12 @@ fn migrate(
     m.with_progress(|p| p.setup_ms = setup_ms);
     m.set_status(Status::Active);
 
-    precopy(m, &agent)?;
-
-    // The stop-and-copy. Whether the VM runs is read now, as QEMU takes the run state it
-    // sends at the completion: one stopped during the passes stays paused at the
-    // destination (and here, should the migration fail).
-    let running_before = (m.h.run_state)() == RunState::Running;
-    let downtime_start = Instant::now();
-    m.h.vmm.request(VmmRequest::MigrationStop, &[])?;
-    *stopped = Some(running_before);
-    m.h.block.drain_unflushed();
-    check_cancel(m)?;
-    m.set_status(Status::Device);
-    // The disks are flushed, left clean and their locks let go (the destination takes
-    // them when it has the state) while the last pages and the state are taken: both
-    // are inside the downtime. A failure or a cancel from here on takes them back.
-    *inactive = true;
-    let (state, inactivated) = std::thread::scope(|scope| {
-        let inactivation = scope.spawn(|| m.h.block.inactivate());
-        let state = last_pages_and_state(m, &agent);
-        let inactivated = inactivation
-            .join()
-            .unwrap_or_else(|_| Err(BlockError::Migration("the inactivation panicked".into())));
-        (state, inactivated)
-    });
-    let state = state?;
-    inactivated?;
-    // Once the state goes, the VM may run there: no cancel from here on.
-    if !m.commit() {
-        return Err(Stop::Cancelled);
-    }
-    agent_call(
-        m,
-        &agent,
-        AgentRequest::Finish {
-            state,
-            running: running_before,
-        },
-    )?;
-    // The VM runs there now. total-time ends here too, as QEMU's ends at the completion,
-    // before its cleanup (the agent's exit and dirty logging off, here).
-    let downtime = downtime_start.elapsed().as_millis() as u64;
+    let downtime = match precopy(m, &agent)? {
+        Switch::StopAndCopy => stop_and_copy(m, &agent, undo)?,
+        Switch::Postcopy => postcopy(m, &agent, undo)?,
+    };
+    // total-time ends here, as QEMU's ends at the completion, before its cleanup (the
+    // agent's exit and dirty logging off, here).
     let total = m.with_progress(|p| p.started.map(|s| s.elapsed().as_millis() as u64));
     // The agent and the gateway's handles on the connection go first, so that an exec:
     // command sees the end of its input and finishes writing, rather than being cut short.
@@ -304,7 +297,7 @@ fn migrate(
     if let Err(e) = m.h.vmm.request(VmmRequest::MigrationEnd, &[]) {
         log::warn!("migration: turning dirty logging off: {e}");
     }
-    *logging = false;
+    undo.logging = false;
     if let Err(e) = m.h.vmm.request(VmmRequest::MigrationCompleted, &[]) {
         log::warn!("migration: marking the VM postmigrate: {e}");
     }
@@ -315,6 +308,97 @@ fn migrate(
     });
     m.set_status(Status::Completed);
     Ok(())
+}
+
+/// The VM stops, the disks are drained and let go of while the last dirty pages (unless
+/// `last_pages` is false: postcopy sends them later) and the device state are taken;
+/// the state, encoded. Whether the VM runs is read at the stop, as QEMU takes the run
+/// state it sends at the completion: one stopped during the passes stays paused at the
+/// destination (and here, should the migration fail).
+fn stop_and_take_state(
+    m: &Migrator,
+    agent: &Agent,
+    undo: &mut Undo,
+    last_pages: bool,
+) -> Result<(Vec<u8>, bool), Stop> {
+    let running_before = (m.h.run_state)() == RunState::Running;
+    m.h.vmm.request(VmmRequest::MigrationStop, &[])?;
+    undo.stopped = Some(running_before);
+    m.h.block.drain_unflushed();
+    check_cancel(m)?;
+    if last_pages {
+        m.set_status(Status::Device);
+    }
+    // The disks are flushed, left clean and their locks let go (the destination takes
+    // them when it has the state) while the last pages and the state are taken: both
+    // are inside the downtime. A failure or a cancel from here on takes them back.
+    undo.inactive = true;
+    let (state, inactivated) = std::thread::scope(|scope| {
+        let inactivation = scope.spawn(|| m.h.block.inactivate());
+        let state = last_pages_and_state(m, agent, last_pages);
+        let inactivated = inactivation
+            .join()
+            .unwrap_or_else(|_| Err(BlockError::Migration("the inactivation panicked".into())));
+        (state, inactivated)
+    });
+    let state = state?;
+    inactivated?;
+    Ok((state, running_before))
+}
+
+/// The stop-and-copy: the last pages, the state, the destination's answer. Returns
+/// the downtime in milliseconds.
+fn stop_and_copy(m: &Migrator, agent: &Agent, undo: &mut Undo) -> Result<u64, Stop> {
+    let downtime_start = Instant::now();
+    let (state, running) = stop_and_take_state(m, agent, undo, true)?;
+    // Once the state goes, the VM may run there: no cancel from here on.
+    if !m.commit() {
+        return Err(Stop::Cancelled);
+    }
+    agent_call(m, agent, AgentRequest::Finish { state, running })?;
+    Ok(downtime_start.elapsed().as_millis() as u64)
+}
+
+/// The switch to postcopy (migrate-start-postcopy came): the VM stops, the state goes
+/// without the pages still dirty, and the VM runs at the destination while the agent
+/// sends those (the ones the destination waits for first). Returns the downtime (the
+/// stop until the destination runs the VM), once every page went.
+fn postcopy(m: &Migrator, agent: &Agent, undo: &mut Undo) -> Result<u64, Stop> {
+    // The VM will run there before everything is there: no cancel from here on (QEMU's
+    // migrate_cancel cannot take a postcopy migration back either).
+    if !m.commit() {
+        return Err(Stop::Cancelled);
+    }
+    // QEMU's order: the status, then the stop.
+    m.set_status(Status::PostcopyActive);
+    let downtime_start = Instant::now();
+    let (state, running) = stop_and_take_state(m, agent, undo, false)?;
+    let max_bandwidth = m.settings.lock().max_postcopy_bandwidth();
+    // Answered once the destination's vmm-core took the state; if it could not, the VM
+    // never ran there and runs here again (the failure path).
+    agent_call(
+        m,
+        agent,
+        AgentRequest::Postcopy {
+            state,
+            running,
+            max_bandwidth,
+        },
+    )?;
+    undo.ran_there = true;
+    let downtime = downtime_start.elapsed().as_millis() as u64;
+    let mut before = ipc::PostcopyReport::default();
+    loop {
+        let report = match agent_call(m, agent, AgentRequest::PostcopyProgress { wait_ms: 100 })? {
+            AgentReply::Postcopy(r) => r,
+            other => return Err(Stop::Failed(format!("the agent answered {other:?}"))),
+        };
+        m.with_progress(|p| p.add_postcopy(&report, &before));
+        before = report;
+        if report.complete {
+            return Ok(downtime);
+        }
+    }
 }
 
 /// Moves KVM's dirty log into the shared one; counts the sync; returns the dirty pages.
@@ -332,14 +416,37 @@ fn sync(m: &Migrator) -> Result<u64, Stop> {
     Ok(pages)
 }
 
-/// One whole pass, in calls of `budget_ms`; returns its bytes and how long it took.
+/// How the precopy passes end.
+enum Switch {
+    /// What is left fits the downtime limit.
+    StopAndCopy,
+    /// migrate-start-postcopy came.
+    Postcopy,
+}
+
+/// How a pass ended.
+enum Pass {
+    /// Its bytes and how long it took.
+    Complete(u64, Duration),
+    /// Cut short: postcopy was asked for.
+    Postcopy,
+}
+
+/// Whether to switch to postcopy now, in the middle of a pass. A block migration's
+/// disks are not postcopied (nor are QEMU's): with them, the switch waits for a pass's
+/// end, after the disks' first copy.
+fn postcopy_now(m: &Migrator, stopped: bool) -> bool {
+    !stopped && m.postcopy_requested() && m.with_progress(|p| p.disk.is_none())
+}
+
+/// One whole pass, in calls of `budget_ms` (cut short when postcopy is asked for).
 fn send_pass(
     m: &Migrator,
     agent: &Agent,
     first: bool,
     budget_ms: u32,
     stopped: bool,
-) -> Result<(u64, Duration), Stop> {
+) -> Result<Pass, Stop> {
     let started = Instant::now();
     let mut bytes = 0;
     let mut pages = 0;
@@ -373,7 +480,10 @@ fn send_pass(
             p.ram.pages_per_second = (pages as f64 / secs) as u64;
         });
         if report.remaining_pages == 0 && report.disk_remaining == 0 {
-            return Ok((bytes, started.elapsed()));
+            return Ok(Pass::Complete(bytes, started.elapsed()));
+        }
+        if postcopy_now(m, stopped) {
+            return Ok(Pass::Postcopy);
         }
     }
 }
@@ -381,11 +491,21 @@ fn send_pass(
 /// Passes until the dirty pages left would take no longer than the downtime limit to
 /// send at the bandwidth the last pass reached; with auto-converge, the vCPUs are
 /// throttled meanwhile as QEMU throttles them.
-fn precopy(m: &Migrator, agent: &Agent) -> Result<(), Stop> {
+fn precopy(m: &Migrator, agent: &Agent) -> Result<Switch, Stop> {
     let mut first = true;
     let mut converge = AutoConverge::new(Instant::now());
     loop {
-        let (bytes, took) = send_pass(m, agent, first, PASS_BUDGET_MS, false)?;
+        let pass = send_pass(m, agent, first, PASS_BUDGET_MS, false)?;
+        let (bytes, took) = match pass {
+            Pass::Complete(bytes, took) if !m.postcopy_requested() => (bytes, took),
+            _ => {
+                // The VM stops at the switch: auto-converge's throttle is over.
+                if converge.throttle > 0 {
+                    set_throttle(m, 0)?;
+                }
+                return Ok(Switch::Postcopy);
+            }
+        };
         first = false;
         let pass_start = Instant::now();
         let dirty = sync(m)?;
@@ -414,7 +534,7 @@ fn precopy(m: &Migrator, agent: &Agent) -> Result<(), Stop> {
             if converge.throttle > 0 {
                 set_throttle(m, 0)?;
             }
-            return Ok(());
+            return Ok(Switch::StopAndCopy);
         }
         if let Some(percent) = converge.after_sync(Instant::now(), bytes, dirty, &knobs) {
             set_throttle(m, percent)?;
@@ -546,6 +666,7 @@ impl Migrator {
             }
             self.cancel.store(false, Ordering::SeqCst);
             self.committed.store(false, Ordering::SeqCst);
+            self.start_postcopy.store(false, Ordering::SeqCst);
             *self.progress.lock() = Progress {
                 started: Some(std::time::Instant::now()),
                 ..Progress::default()

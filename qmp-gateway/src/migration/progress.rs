@@ -16,6 +16,8 @@ pub enum Status {
     Cancelled,
     Active,
     Device,
+    /// The VM runs at the destination; the pages it lacks follow.
+    PostcopyActive,
     Completed,
     Failed,
 }
@@ -29,16 +31,21 @@ impl Status {
             Status::Cancelled => "cancelled",
             Status::Active => "active",
             Status::Device => "device",
+            Status::PostcopyActive => "postcopy-active",
             Status::Completed => "completed",
             Status::Failed => "failed",
         }
     }
 
-    /// Setup, active, device or cancelling: a migration is under way.
+    /// Setup, active, device, postcopy-active or cancelling: a migration is under way.
     pub fn in_progress(self) -> bool {
         matches!(
             self,
-            Status::Setup | Status::Active | Status::Device | Status::Cancelling
+            Status::Setup
+                | Status::Active
+                | Status::Device
+                | Status::PostcopyActive
+                | Status::Cancelling
         )
     }
 }
@@ -60,6 +67,9 @@ pub struct Ram {
     pub pages_per_second: u64,
     pub precopy_bytes: u64,
     pub downtime_bytes: u64,
+    /// Postcopy: bytes sent after the switch, and the destination's page requests.
+    pub postcopy_bytes: u64,
+    pub postcopy_requests: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -195,6 +205,18 @@ impl Progress {
         }
     }
 
+    /// What the agent reported of the postcopy phase so far (totals since the switch;
+    /// `before`: the previous report).
+    pub fn add_postcopy(&mut self, r: &ipc::PostcopyReport, before: &ipc::PostcopyReport) {
+        let bytes = r.bytes.saturating_sub(before.bytes);
+        self.ram.transferred += bytes;
+        self.ram.postcopy_bytes += bytes;
+        self.ram.normal += r.normal_pages.saturating_sub(before.normal_pages);
+        self.ram.duplicate += r.zero_pages.saturating_sub(before.zero_pages);
+        self.ram.postcopy_requests = r.requests;
+        self.ram.remaining = r.remaining_pages * PAGE_SIZE;
+    }
+
     fn elapsed_ms(&self) -> u64 {
         match (self.total_ms, self.started) {
             (Some(t), _) => t,
@@ -212,7 +234,11 @@ impl Progress {
         m.insert("status".into(), json!(self.status.qmp_name()));
         let shows_stats = matches!(
             self.status,
-            Status::Active | Status::Device | Status::Completed | Status::Cancelling
+            Status::Active
+                | Status::Device
+                | Status::PostcopyActive
+                | Status::Completed
+                | Status::Cancelling
         );
         // QEMU shows a failed or cancelled migration by its status (and error-desc) only.
         if shows_stats {
@@ -244,11 +270,11 @@ impl Progress {
                     "mbps": mbps,
                     "page-size": PAGE_SIZE,
                     "pages-per-second": r.pages_per_second,
-                    "postcopy-requests": 0,
+                    "postcopy-requests": r.postcopy_requests,
                     "multifd-bytes": 0,
                     "precopy-bytes": r.precopy_bytes,
                     "downtime-bytes": r.downtime_bytes,
-                    "postcopy-bytes": 0,
+                    "postcopy-bytes": r.postcopy_bytes,
                     "dirty-sync-missed-zero-copy": 0,
                 }),
             );

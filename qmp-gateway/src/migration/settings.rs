@@ -68,13 +68,15 @@ capabilities! {
 /// `zero-blocks`: block migration sends disk chunks that read as zeroes as DISK_ZERO runs
 /// instead of their bytes; `compress`: pages deflated by compress-threads workers;
 /// `block`: every migrate copies the disks, as its `blk` flag, incremental with the
-/// block-incremental parameter, as `inc`).
+/// block-incremental parameter, as `inc`; `postcopy-ram`: migrate-start-postcopy
+/// switches a migration under way to postcopy, both sides having it on).
 pub const SUPPORTED_CAPABILITIES: &[Capability] = &[
     Capability::Xbzrle,
     Capability::AutoConverge,
     Capability::ZeroBlocks,
     Capability::Compress,
     Capability::Events,
+    Capability::PostcopyRam,
     Capability::Block,
 ];
 
@@ -616,6 +618,11 @@ impl MigrationSettings {
         self.parameters.max_bandwidth
     }
 
+    /// The most the postcopy phase sends, in bytes per second (0: no limit).
+    pub fn max_postcopy_bandwidth(&self) -> u64 {
+        self.parameters.max_postcopy_bandwidth
+    }
+
     /// The longest the guest may stand still at the switch-over, in milliseconds.
     pub fn downtime_limit_ms(&self) -> u64 {
         self.parameters.downtime_limit
@@ -703,21 +710,21 @@ mod tests {
     fn capabilities_flotilla_does_not_honour_are_refused_whole() {
         let mut s = MigrationSettings::default();
         assert!(Capability::ALL.iter().all(|c| !s.capability(*c)));
-        // The first refused one in QEMU's order is named (postcopy-ram before x-colo),
+        // The first refused one in QEMU's order is named (x-colo before release-ram),
         // and the supported ones in the same command are not taken either.
         assert_eq!(
             s.set_capabilities(&[
                 on(Capability::Xbzrle),
                 on(Capability::XColo),
-                on(Capability::PostcopyRam),
+                on(Capability::ReleaseRam),
                 on(Capability::Events),
             ]),
-            Err(SettingsError::Unsupported(Capability::PostcopyRam))
+            Err(SettingsError::Unsupported(Capability::XColo))
         );
         assert!(!s.capability(Capability::Events) && !s.capability(Capability::Xbzrle));
         assert_eq!(
-            SettingsError::Unsupported(Capability::PostcopyRam).to_string(),
-            "Migration capability 'postcopy-ram' is not supported"
+            SettingsError::Unsupported(Capability::ReleaseRam).to_string(),
+            "Migration capability 'release-ram' is not supported"
         );
         // Turned on and off again in one command: off, as QEMU checks the outcome.
         let off = CapabilityStatus {
@@ -750,6 +757,7 @@ mod tests {
                 "zero-blocks",
                 "compress",
                 "events",
+                "postcopy-ram",
                 "block"
             ]
         );

@@ -407,6 +407,21 @@ impl NetLayer {
         }
     }
 
+    /// As `BlockLayer::userfault`, for each NIC's daemon.
+    pub fn userfault(&self, device: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+        let nics: Vec<(String, Arc<crate::children::link::Link<NetProtocol>>)> = (self.state)
+            .lock()
+            .nics
+            .iter()
+            .filter_map(|n| Some((n.id.clone(), n.daemon.as_ref()?.link.clone())))
+            .collect();
+        for (id, link) in nics {
+            link.request(NetRequest::Userfault, &[device])
+                .map_err(|e| format!("NIC {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Each NIC's receive filter, in launch order (a migration's source, the VM
     /// stopped).
     pub fn rx_filters(&self) -> Vec<RxFilterState> {

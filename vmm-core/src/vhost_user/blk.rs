@@ -5,8 +5,7 @@
 use virtio::blk::F_MQ;
 use virtio::ids;
 
-use super::link::MAX_QUEUES;
-use super::model::DeviceModel;
+use super::model::{DeviceModel, MAX_QUEUES};
 
 /// PCI class of QEMU's virtio-blk-pci: mass storage, SCSI.
 const PCI_CLASS_STORAGE: u32 = 0x010000;

@@ -27,12 +27,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_requests::BackendRequests;
-use super::model::DeviceModel;
+use super::model::{DeviceModel, MAX_QUEUES};
 use crate::devices::virtio_pci::ActiveQueue;
+use crate::events::PostcopyEvents;
 use crate::memory::GuestRam;
 
-/// Most queues any device gets.
-pub const MAX_QUEUES: usize = 16;
 /// The largest ring the driver may lay out for a queue.
 pub const QUEUE_MAX_SIZE: u16 = 256;
 
@@ -162,10 +161,6 @@ fn send_log_base(f: &mut Frontend, log: &File, len: u64) -> Result<(), VhostUser
     f.set_log_base(0, Some(region))
         .map_err(proto("SET_LOG_BASE"))
 }
-
-/// Where a link raises what the gateway hears from it during postcopy (its backend's
-/// mapping of guest RAM).
-pub type PostcopyEvents = Arc<dyn Fn(VmmEvent) + Send + Sync>;
 
 /// How far one connection went into postcopy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

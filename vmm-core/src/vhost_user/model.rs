@@ -3,6 +3,9 @@
 //! `blk` and `net` implement it; the link and the frontend call it and know no device type.
 
 /// A device type behind a vhost-user frontend.
+/// Most queues any device gets.
+pub const MAX_QUEUES: usize = 16;
+
 pub trait DeviceModel: Send + 'static {
     /// The virtio device id (`virtio::ids`).
     fn device_type(&self) -> u16;

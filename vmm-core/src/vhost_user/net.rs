@@ -10,8 +10,7 @@ use virtio::ids;
 use virtio::net::{F_CTRL_VQ, F_MAC, F_MQ, F_STATUS, S_LINK_UP};
 
 use super::backend_requests::ConfigChangeHandle;
-use super::link::MAX_QUEUES;
-use super::model::DeviceModel;
+use super::model::{DeviceModel, MAX_QUEUES};
 
 /// PCI class of QEMU's virtio-net-pci: network, Ethernet.
 const PCI_CLASS_NETWORK: u32 = 0x020000;

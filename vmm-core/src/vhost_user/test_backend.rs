@@ -15,7 +15,7 @@ use vhost::vhost_user::{
     Backend, BackendReqHandler, Error as BackendError, GpuBackend, VhostUserBackendReqHandlerMut,
 };
 
-use super::link::PostcopyEvents;
+use crate::events::PostcopyEvents;
 
 pub type Journal = Arc<StdMutex<Vec<String>>>;
 type Answer<T> = vhost::vhost_user::Result<T>;

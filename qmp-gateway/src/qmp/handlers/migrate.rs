@@ -4,10 +4,9 @@
 //! its end shows in query-migrate and the MIGRATION event, as in QEMU.
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::fdstore::error::FdError;
-use crate::migration::progress::Status;
 use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -109,16 +108,8 @@ pub fn vmm_upgrade(c: &mut Ctx, a: VmmUpgrade) -> QmpResult {
 }
 
 pub fn migrate_start_postcopy(c: &mut Ctx, _: NoArgs) -> QmpResult {
-    let status = c.gw.migrator.query();
-    if status.get("status").and_then(Value::as_str).is_none()
-        || status["status"] == Status::None.qmp_name()
-    {
-        return Err(QmpError::generic(
-            "Postcopy must be started after migration has been started",
-        ));
-    }
-    // postcopy-ram cannot be turned on (no userfaultfd postcopy here).
-    Err(QmpError::generic(
-        "Enable postcopy with migrate_set_capability before the start of migration",
-    ))
+    c.gw.migrator
+        .start_postcopy()
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    Ok(json!({}))
 }

@@ -10,6 +10,7 @@ use flotilla_tests::migration::{
     capabilities, count, destination, expect_mig, free_port, guest_goes_on, last_round, status,
     wait_for_status, wait_migration, IoSetup, Running, Vmm, MIGRATION,
 };
+use flotilla_tests::procs::{descendants, ProcId};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use serde_json::{json, Value};
 
@@ -295,4 +296,107 @@ fn postcopy_refusals_are_qemus() {
     assert_eq!(answers[1], answers[0], "ours, then QEMU's");
     assert_eq!(answers[1][2], "failed");
     assert_eq!(answers[1][3], "running");
+}
+
+/// The descendants of `pid` that still run (zombies aside).
+fn running(of: &[ProcId]) -> Vec<&ProcId> {
+    of.iter()
+        .filter(|p| {
+            p.exists()
+                && std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
+                    .ok()
+                    .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+                    == Some(false)
+        })
+        .collect()
+}
+
+/// A migration of the dirtying guest switched to postcopy and under way (its postcopy
+/// phase slow: seconds), between two gateways; the destination runs the VM.
+fn in_postcopy() -> (Gateway, QmpClient, Gateway, QmpClient) {
+    let src = Gateway::start_with(1, DIRTY, &[]);
+    let mut src = src;
+    expect_mig(&mut src.vm, "GUEST MIG ready", BOOT);
+    let mut s = src.client();
+    capabilities(&mut s, &["postcopy-ram", "events"], &[]);
+    s.ok(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 32 * MIB, "max-postcopy-bandwidth": 8 * MIB}),
+    );
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let dst = destination(1, DIRTY, &uri, &[]);
+    let mut d = dst.client();
+    capabilities(&mut d, &["postcopy-ram"], &[]);
+    s.ok("migrate", json!({"uri": uri}));
+    wait_transferred(&mut s, MIB);
+    s.ok("migrate-start-postcopy", json!({}));
+    wait_for_status(&mut d, "running");
+    let info = s.ok("query-migrate", json!({}));
+    assert_eq!(info["status"], "postcopy-active", "{info}");
+    (src, s, dst, d)
+}
+
+/// kill -9 of the destination in the middle of postcopy: the source's migration fails
+/// saying the VM is lost, and the VM does not run again here (its memory at the
+/// destination is gone, its disks may have changed there); the source's agent is gone.
+#[test]
+fn a_destination_lost_in_postcopy_fails_the_migration_and_the_vm_stays_stopped() {
+    let (src, mut s, mut dst, _d) = in_postcopy();
+    let agent = descendants(src.vm.pid())
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                .is_ok_and(|c| c.trim() == "migration-agent")
+        })
+        .expect("the source's migration agent");
+    dst.vm.signal(nix::sys::signal::Signal::SIGKILL);
+    dst.vm.wait(BOOT);
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "failed", "{info}");
+    let why = info["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.ends_with(
+            "postcopy had switched: the VM ran at the destination without all of its \
+             memory, and stays stopped here"
+        ),
+        "{info}"
+    );
+    assert_eq!(status(&mut s), "postmigrate");
+    // cont would run a VM that ran elsewhere meanwhile: the guest's own checks would
+    // not know. It stays stopped; the rounds it printed end.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&mut s), "postmigrate");
+    let deadline = Instant::now() + BOOT;
+    while !running(std::slice::from_ref(&agent)).is_empty() {
+        assert!(Instant::now() < deadline, "the source's agent runs on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// kill -9 of the source in the middle of postcopy: the destination cannot go on (the
+/// pages it lacks are gone); it fails and ends, and nothing it started runs on, its
+/// vmm-core included, whose vCPUs wait for pages that will never come.
+#[test]
+fn a_source_lost_in_postcopy_ends_the_destination_with_nothing_left() {
+    let (mut src, _s, mut dst, _d) = in_postcopy();
+    let children = descendants(dst.vm.pid());
+    assert!(children.len() >= 2, "{children:?}");
+    src.vm.signal(nix::sys::signal::Signal::SIGKILL);
+    src.vm.wait(BOOT);
+    let status = dst.vm.wait(BOOT);
+    assert!(!status.success(), "{status}\n{}", dst.vm.transcript());
+    assert!(
+        dst.vm.transcript().contains("load of migration failed"),
+        "{}",
+        dst.vm.transcript()
+    );
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let left = running(&children);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

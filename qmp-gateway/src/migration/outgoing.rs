@@ -88,6 +88,10 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
         if let Err(e) = m.h.vmm.request(VmmRequest::MigrationEnd, &[]) {
             log::error!("migration: turning dirty logging off: {e}");
         }
+        // The VM is not this side's any more: "postmigrate", as after a completion.
+        if let Err(e) = m.h.vmm.request(VmmRequest::MigrationCompleted, &[]) {
+            log::error!("migration: marking the VM postmigrate: {e}");
+        }
         let why = match result {
             Err(Stop::Failed(why)) => why,
             _ => "cancelled".into(),

@@ -767,3 +767,52 @@ fn zero_blocks_sends_zero_chunks_without_their_bytes_as_qemu() {
         );
     }
 }
+
+/// A block migration asked to switch to postcopy at once: disks are not postcopied (nor
+/// are QEMU's), so the switch waits for the end of a pass, after the disks' first copy;
+/// what the guest wrote to its disk since goes with the VM stopped, then RAM in
+/// postcopy. The destination's image equals the source's, and the guest goes on there.
+#[test]
+fn a_block_migration_switches_to_postcopy_after_the_disks_copy() {
+    let dir = TempDir::new("migration-blk-postcopy");
+    let (src_img, dst_img) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
+    raw_images_with_data(&src_img, &dst_img);
+    let (mut src, last_round) = source(&drive(&src_img, "raw"));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut dst, mut d) = paused_destination(&uri, &drive(&dst_img, "raw"));
+    let on = json!({"capabilities": [{"capability": "postcopy-ram", "state": true}]});
+    d.ok("migrate-set-capabilities", on.clone());
+    let mut s = src.client();
+    s.ok("migrate-set-capabilities", on);
+    // The disk's 32 MiB take about two seconds.
+    s.ok("migrate-set-parameters", json!({"max-bandwidth": 16 << 20}));
+    s.ok("migrate", json!({"uri": uri, "blk": true}));
+    s.ok("migrate-start-postcopy", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let switched = loop {
+        let info = s.ok("query-migrate", json!({}));
+        match info["status"].as_str() {
+            Some("postcopy-active" | "completed") => break info,
+            Some("failed") => panic!("{info}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no switch: {info}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if switched["status"] == "postcopy-active" {
+        assert_eq!(switched["disk"]["remaining"], 0, "{switched}");
+        assert_eq!(switched["disk"]["transferred"], DISK, "{switched}");
+    }
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(info["status"], "completed", "{info}");
+    assert!(info["ram"]["postcopy-bytes"].as_u64() > Some(0), "{info}");
+    assert_eq!(status(&mut s), "postmigrate");
+    let dinfo = wait_migration(&mut d, &["completed", "failed"]);
+    assert_eq!(dinfo["status"], "completed", "{dinfo}");
+    s.ok("quit", json!({}));
+    src.vm.wait(Duration::from_secs(20));
+    expect_identical(&src_img, &dst_img, "raw");
+    runs_on_there(&mut dst, &mut d, last_round);
+    d.ok("quit", json!({}));
+    dst.vm.wait(Duration::from_secs(20));
+}

@@ -397,7 +397,14 @@ fn postcopy(m: &Migrator, agent: &Agent, undo: &mut Undo) -> Result<u64, Stop> {
             AgentReply::Postcopy(r) => r,
             other => return Err(Stop::Failed(format!("the agent answered {other:?}"))),
         };
-        m.with_progress(|p| p.add_postcopy(&report, &before));
+        let secs = downtime_start.elapsed().as_secs_f64().max(1e-3);
+        m.with_progress(|p| {
+            p.add_postcopy(&report, &before);
+            // The postcopy phase's throughput so far, as query-migrate's mbps.
+            p.ram.bandwidth = report.bytes as f64 / secs;
+            p.ram.pages_per_second =
+                ((report.normal_pages + report.zero_pages) as f64 / secs) as u64;
+        });
         before = report;
         if report.complete {
             return Ok(downtime);

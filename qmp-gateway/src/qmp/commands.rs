@@ -449,9 +449,9 @@ pub const COMMANDS: &[Command] = &[
         EMPTY,
         G,
     ),
-    // migrate: shared storage only (blk/inc refused); migrate-start-postcopy answers as
-    // QEMU does without postcopy (docs/qmp-coverage.md).
-    partly("migrate", &Typed(migrate::migrate), EMPTY, G),
+    // migrate (uri, blk, inc, detach: all of the spec's) and migrate-start-postcopy
+    // (docs/qmp-coverage.md, docs/migration-stream.md).
+    cmd("migrate", &Typed(migrate::migrate), EMPTY, G),
     cmd(
         "migrate-incoming",
         &Typed(migrate::migrate_incoming),
@@ -471,7 +471,7 @@ pub const COMMANDS: &[Command] = &[
         Ty::Named("MigrationInfo"),
         G,
     ),
-    partly(
+    cmd(
         "migrate-start-postcopy",
         &Typed(migrate::migrate_start_postcopy),
         EMPTY,

@@ -150,10 +150,18 @@ impl Drop for PostcopySource {
 }
 
 /// The return path: requests queue for the sender; the outcome and the completion are
-/// noted. A read timeout is only a quiet destination, unless it owes the completion.
+/// noted, in either order (a small VM's last page may be placed before the destination
+/// has restored the state and said so). A read timeout is only a quiet destination,
+/// unless it owes the completion. Ends once both came, or at a failure.
 fn read_answers(shared: &Shared, answers: File) {
     let mut r = std::io::BufReader::new(answers);
     loop {
+        {
+            let i = shared.inner.lock();
+            if i.report.complete && i.outcome.is_some() {
+                return;
+            }
+        }
         match stream::read_answer(&mut r) {
             Ok(Answer::Request { first, count }) => {
                 let mut i = shared.inner.lock();
@@ -175,7 +183,6 @@ fn read_answers(shared: &Shared, answers: File) {
                 }
                 i.report.complete = true;
                 shared.changed.notify_all();
-                return;
             }
             Err(StreamError::NoAnswer) => {
                 let i = shared.inner.lock();

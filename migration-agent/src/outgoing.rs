@@ -492,6 +492,14 @@ impl Outgoing {
             .map_or(0, |p| p + 1)
             .max(self.log.word_count() as u64 * 64);
         let mut pending = PageSet::new(end);
+        if self.pass == 0 && matches!(self.cursor, Cursor::Done) {
+            // Switched before the first pass began: every page is still to send.
+            self.cursor = Cursor::First {
+                segments: self.first_pass_segments()?,
+                index: 0,
+                at: 0,
+            };
+        }
         if let Cursor::First {
             segments,
             index,

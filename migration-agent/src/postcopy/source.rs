@@ -215,6 +215,7 @@ fn read_answers(shared: &Shared, answers: File) {
 /// Sends every pending page, requested ones first; then END, and waits for the word
 /// that all were placed.
 fn send_pages(shared: &Shared, mut s: Sending) -> Result<(), std::io::Error> {
+    let started = Instant::now();
     let mut cursor = 0;
     loop {
         let request = {
@@ -257,6 +258,15 @@ fn send_pages(shared: &Shared, mut s: Sending) -> Result<(), std::io::Error> {
     s.out.flush()?;
     let mut i = shared.inner.lock();
     i.report.bytes += end;
+    // What the phase cost, for whoever tunes it: its rate and the limit's share of it.
+    log::info!(
+        "postcopy: {} bytes sent in {} ms ({} ms of it held back by max-postcopy-bandwidth), \
+         {} requests",
+        i.report.bytes,
+        started.elapsed().as_millis(),
+        s.pacer.waited().as_millis(),
+        i.report.requests
+    );
     i.all_sent = Some(Instant::now());
     shared.changed.notify_all();
     Ok(())

@@ -463,6 +463,11 @@ fn send_pass(
     let mut pages = 0;
     loop {
         check_cancel(m)?;
+        // Asked for before this call (even before the first): switch now, as QEMU does
+        // at its next iteration.
+        if postcopy_now(m, stopped) {
+            return Ok(Pass::Postcopy);
+        }
         let max_bandwidth = if stopped {
             // The VM is stopped: the downtime is what counts now (QEMU lifts the
             // limit for the last pass too).
@@ -492,9 +497,6 @@ fn send_pass(
         });
         if report.remaining_pages == 0 && report.disk_remaining == 0 {
             return Ok(Pass::Complete(bytes, started.elapsed()));
-        }
-        if postcopy_now(m, stopped) {
-            return Ok(Pass::Postcopy);
         }
     }
 }

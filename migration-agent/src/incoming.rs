@@ -436,7 +436,7 @@ impl Receiver {
                         )));
                     }
                     for p in first..first + u64::from(count) {
-                        placer.place(p, None)?;
+                        placer.zero_arrived(p)?;
                     }
                     *bytes += 13;
                     *pages += u64::from(count);

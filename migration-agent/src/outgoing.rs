@@ -492,6 +492,9 @@ impl Outgoing {
             .map_or(0, |p| p + 1)
             .max(self.log.word_count() as u64 * 64);
         let mut pending = PageSet::new(end);
+        // Pending pages that are holes of the memfd (never written): they go as zero
+        // runs without being read (a read would allocate them here).
+        let mut holes = PageSet::new(end);
         if self.pass == 0 && matches!(self.cursor, Cursor::Done) {
             // Switched before the first pass began: every page is still to send.
             self.cursor = Cursor::First {
@@ -506,7 +509,7 @@ impl Outgoing {
             at,
         } = &self.cursor
         {
-            for (i, (range, _)) in segments.iter().enumerate().skip(*index) {
+            for (i, (range, data)) in segments.iter().enumerate().skip(*index) {
                 let from = if i == *index {
                     range.start + at
                 } else {
@@ -514,6 +517,9 @@ impl Outgoing {
                 };
                 (from..range.end).for_each(|p| {
                     pending.insert(p);
+                    if !data {
+                        holes.insert(p);
+                    }
                 });
             }
         }
@@ -524,6 +530,8 @@ impl Outgoing {
                 bits &= bits - 1;
                 if self.ram.run_in_window(page) > 0 {
                     pending.insert(page);
+                    // Written since the pass began: no longer known to be a hole.
+                    holes.remove(page);
                 }
             }
         }
@@ -538,6 +546,7 @@ impl Outgoing {
             ram: self.ram,
             out: self.out,
             pending,
+            holes,
             pacer: Pacer::new(max_bandwidth),
         };
         Ok(PostcopySource::start(sending, answers)?)

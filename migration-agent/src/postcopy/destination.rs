@@ -229,6 +229,31 @@ impl Placer {
         Ok(())
     }
 
+    /// Page `page` arrived as a zero page. The memfd holds a hole there (it was never
+    /// written here, or was discarded): nothing needs placing, unless someone waits for
+    /// it (asked for: a zero page is placed, which wakes vmm-core's threads; the
+    /// backends' are woken by hand). A later touch finds it received and gets a zero
+    /// page then (`fault`); one never touched costs no memory.
+    pub fn zero_arrived(&self, page: u64) -> Result<(), PlaceError> {
+        let host = self.vmm_host(page)?;
+        let waiters = {
+            let mut st = self.state.lock();
+            if st.received.contains(page) {
+                return Ok(());
+            }
+            if st.requested.contains(page) {
+                userfault::zero(self.vmm.as_fd(), host, PAGE as u64)?;
+            }
+            st.received.insert(page);
+            st.missing = st.missing.saturating_sub(1);
+            st.waiters.remove(&page)
+        };
+        for (backend, addr) in waiters.into_iter().flatten() {
+            self.wake(backend, addr);
+        }
+        Ok(())
+    }
+
     fn wake(&self, backend: usize, addr: u64) {
         let backends = self.backends.lock();
         if let Some(b) = backends.get(backend) {
@@ -458,6 +483,20 @@ mod tests {
         placer.place(first + 3, None).unwrap();
         assert_eq!(placer.missing(), pages - 2);
         assert!(placer.place(first + 8, None).is_err(), "outside");
+        // A zero page nobody asked for is only noted: the memfd keeps its hole (no
+        // memory spent); a later touch gets a zero page from the faults thread.
+        let data_before = ipc::shm::data_ranges(memfd.as_fd(), len).unwrap();
+        placer.zero_arrived(first + 5).unwrap();
+        assert_eq!(placer.missing(), pages - 3);
+        assert_eq!(
+            ipc::shm::data_ranges(memfd.as_fd(), len).unwrap(),
+            data_before
+        );
+        // SAFETY: inside the mapping, which outlives the thread (joined below).
+        let touch = std::thread::spawn(move || unsafe {
+            ((base + 5 * 4096) as *const u64).read_volatile()
+        });
+        assert_eq!(touch.join().unwrap(), 0);
         placer.stop();
         assert_eq!(placer.failure(), None);
     }

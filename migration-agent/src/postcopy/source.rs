@@ -18,10 +18,12 @@ use super::pages::PageSet;
 use crate::channel::Labelled;
 use crate::pacer::Pacer;
 use crate::ram::{is_zero, GuestRam};
-use crate::stream::{self, Answer, StreamError, MAX_PAGES_PER_RECORD};
+use crate::stream::{self, Answer, StreamError, MAX_PAGES_PER_RECORD, MAX_ZERO_RUN};
 
 /// Pages sent between looks at the requests: small, so a request waits behind little.
 const BACKGROUND_RUN: u64 = 16;
+/// Pages of holes named in one go (zero runs cost no bandwidth to speak of).
+const HOLE_RUN: u64 = 1 << 16;
 /// How long the destination may take to say it placed everything, once all went.
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -65,6 +67,8 @@ pub struct Sending {
     pub ram: GuestRam,
     pub out: BufWriter<Labelled>,
     pub pending: PageSet,
+    /// Pending pages known to be holes of the memfd: zero pages, not read.
+    pub holes: PageSet,
     pub pacer: Pacer,
 }
 
@@ -235,9 +239,14 @@ fn send_pages(shared: &Shared, mut s: Sending) -> Result<(), std::io::Error> {
             }
             None => match s.pending.next_from(cursor) {
                 Some(first) => {
+                    // Holes go as long zero runs (13 bytes a record); pages with data
+                    // in short runs, so a request waits behind little.
+                    let hole = s.holes.contains(first);
+                    let most = if hole { HOLE_RUN } else { BACKGROUND_RUN };
                     let mut count = 1;
-                    while count < BACKGROUND_RUN
+                    while count < most
                         && s.pending.contains(first + count)
+                        && s.holes.contains(first + count) == hole
                         && s.ram.run_in_window(first) > count
                     {
                         count += 1;
@@ -283,11 +292,17 @@ fn send_listed(s: &mut Sending, first: u64, count: u64) -> std::io::Result<(u64,
             page += 1;
             continue;
         }
-        let is_zero_page = |p: u64| s.ram.page(p).is_some_and(is_zero);
+        let is_zero_page = |p: u64| s.holes.contains(p) || s.ram.page(p).is_some_and(is_zero);
         let kind = is_zero_page(page);
+        // A run of holes may be long (a ZERO record names up to MAX_ZERO_RUN pages).
+        let most = if s.holes.contains(page) {
+            u64::from(MAX_ZERO_RUN)
+        } else {
+            u64::from(MAX_PAGES_PER_RECORD)
+        };
         let mut n = 1;
         while page + n < end
-            && n < u64::from(MAX_PAGES_PER_RECORD)
+            && n < most
             && s.pending.contains(page + n)
             && s.ram.run_in_window(page) > n
             && is_zero_page(page + n) == kind
@@ -296,6 +311,7 @@ fn send_listed(s: &mut Sending, first: u64, count: u64) -> std::io::Result<(u64,
         }
         for p in page..page + n {
             s.pending.remove(p);
+            s.holes.remove(p);
         }
         let written = if kind {
             zero += n;

@@ -354,18 +354,6 @@ fn close(device: &BlkDevice) -> Result<(), FormatError> {
     device.disk().close()
 }
 
-/// `BlockRequest::Userfault`: /dev/userfaultfd, for the backend's next postcopy
-/// migration (it makes its userfaultfd with it at POSTCOPY_ADVISE).
-fn take_userfault(userfault: &UserfaultDevice, fds: Vec<OwnedFd>) -> Result<(), RemoteError> {
-    let fd = fds
-        .into_iter()
-        .next()
-        .ok_or_else(|| RemoteError::generic("the call came without /dev/userfaultfd"))?;
-    userfault
-        .set(fd)
-        .map_err(|e| RemoteError::generic(e.to_string()))
-}
-
 /// Answers one management call.
 // Each argument is one of the node's parts that `run` owns.
 #[allow(clippy::too_many_arguments)]
@@ -384,7 +372,10 @@ fn handle(
         BlockRequest::Open(_) => Err(RemoteError::generic("the node is already open")),
         // Answered by `run`, which hands the loaded bitmaps' memory over with it.
         BlockRequest::Activate(_) => Err(RemoteError::generic("activation is not a plain call")),
-        BlockRequest::Userfault => take_userfault(userfault, fds).map(|()| BlockReply::Done),
+        BlockRequest::Userfault => userfault
+            .take_from(fds)
+            .map_err(|e| RemoteError::generic(e.to_string()))
+            .map(|()| BlockReply::Done),
         BlockRequest::Stats => {
             let stats = device.stats().snapshot(disk.size());
             Ok(BlockReply::Stats(Box::new(stats)))
@@ -686,30 +677,6 @@ mod tests {
             again.as_ref().is_err_and(|e| e.contains("active already")),
             "{again:?}"
         );
-    }
-
-    /// The fd the gateway hands over is kept once it has made a userfaultfd; a call
-    /// without one, or with another file, is refused and keeps nothing. Needs
-    /// /dev/userfaultfd (root here).
-    #[test]
-    fn a_userfault_call_keeps_dev_userfaultfd_and_refuses_anything_else() {
-        let userfault = UserfaultDevice::new();
-        let none = take_userfault(&userfault, Vec::new());
-        assert!(
-            none.as_ref()
-                .is_err_and(|e| e.desc.contains("without /dev/userfaultfd")),
-            "{none:?}"
-        );
-        let null = OwnedFd::from(File::open("/dev/null").unwrap());
-        assert!(take_userfault(&userfault, vec![null]).is_err());
-        assert!(!userfault.is_set());
-        let device = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(ipc::userfault::DEVICE)
-            .unwrap_or_else(|e| panic!("{} is needed: {e}", ipc::userfault::DEVICE));
-        take_userfault(&userfault, vec![OwnedFd::from(device)]).unwrap();
-        assert!(userfault.is_set());
     }
 
     #[test]

@@ -66,18 +66,6 @@ fn open(
     Ok(device)
 }
 
-/// `NetRequest::Userfault`: /dev/userfaultfd, for the backend's next postcopy migration
-/// (it makes its userfaultfd with it at POSTCOPY_ADVISE).
-fn take_userfault(userfault: &UserfaultDevice, fds: Vec<OwnedFd>) -> Result<(), RemoteError> {
-    let fd = fds
-        .into_iter()
-        .next()
-        .ok_or_else(|| RemoteError::generic("the call came without /dev/userfaultfd"))?;
-    userfault
-        .set(fd)
-        .map_err(|e| RemoteError::generic(e.to_string()))
-}
-
 /// Answers one management call.
 fn handle(
     device: &NetDevice,
@@ -101,7 +89,10 @@ fn handle(
             .announce()
             .map(|()| NetReply::Done)
             .map_err(|e| RemoteError::generic(format!("announcing the NIC: {e}"))),
-        NetRequest::Userfault => take_userfault(userfault, fds).map(|()| NetReply::Done),
+        NetRequest::Userfault => userfault
+            .take_from(fds)
+            .map_err(|e| RemoteError::generic(e.to_string()))
+            .map(|()| NetReply::Done),
         NetRequest::Quit => Ok(NetReply::Done),
     }
 }
@@ -139,34 +130,4 @@ pub fn run(stream: UnixStream) -> Result<(), ControlError> {
     )
     .map_err(ChildError::from)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs::{File, OpenOptions};
-
-    /// The fd the gateway hands over is kept once it has made a userfaultfd; a call
-    /// without one, or with another file, is refused and keeps nothing. Needs
-    /// /dev/userfaultfd (root here).
-    #[test]
-    fn a_userfault_call_keeps_dev_userfaultfd_and_refuses_anything_else() {
-        let userfault = UserfaultDevice::new();
-        let none = take_userfault(&userfault, Vec::new());
-        assert!(
-            none.as_ref()
-                .is_err_and(|e| e.desc.contains("without /dev/userfaultfd")),
-            "{none:?}"
-        );
-        let null = OwnedFd::from(File::open("/dev/null").unwrap());
-        assert!(take_userfault(&userfault, vec![null]).is_err());
-        assert!(!userfault.is_set());
-        let device = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(ipc::userfault::DEVICE)
-            .unwrap_or_else(|e| panic!("{} is needed: {e}", ipc::userfault::DEVICE));
-        take_userfault(&userfault, vec![OwnedFd::from(device)]).unwrap();
-        assert!(userfault.is_set());
-    }
 }

@@ -23,6 +23,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 pub enum PostcopyError {
     #[error("no {DEVICE} fd was handed to this daemon (the gateway gives it before a postcopy migration)")]
     NoDevice,
+    #[error("the call came without {DEVICE}")]
+    NoFd,
     #[error(transparent)]
     Userfault(#[from] UserfaultError),
     #[error("a copy of the userfaultfd for the frontend: {0}")]
@@ -57,6 +59,11 @@ impl UserfaultDevice {
         drop(userfault::create(fd.as_fd())?);
         *self.fd.lock() = Some(fd);
         Ok(())
+    }
+
+    /// The gateway's Userfault call: its one fd, kept as `set` keeps it.
+    pub fn take_from(&self, fds: Vec<OwnedFd>) -> Result<(), PostcopyError> {
+        self.set(fds.into_iter().next().ok_or(PostcopyError::NoFd)?)
     }
 
     /// A device fd is kept.
@@ -183,5 +190,31 @@ impl Postcopy {
         }
         self.device.clear();
         (self.held, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::{File, OpenOptions};
+
+    /// The fd the gateway hands over (a daemon's Userfault call) is kept once it has made
+    /// a userfaultfd; a call without one, or with another file, is refused and keeps
+    /// nothing. Needs /dev/userfaultfd (root here).
+    #[test]
+    fn a_userfault_call_keeps_dev_userfaultfd_and_refuses_anything_else() {
+        let userfault = UserfaultDevice::new();
+        let none = userfault.take_from(Vec::new());
+        assert!(matches!(none, Err(PostcopyError::NoFd)), "{none:?}");
+        let null = OwnedFd::from(File::open("/dev/null").unwrap());
+        assert!(userfault.take_from(vec![null]).is_err());
+        assert!(!userfault.is_set());
+        let device = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(DEVICE)
+            .unwrap_or_else(|e| panic!("{DEVICE} is needed: {e}"));
+        userfault.take_from(vec![OwnedFd::from(device)]).unwrap();
+        assert!(userfault.is_set());
     }
 }

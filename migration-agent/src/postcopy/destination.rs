@@ -209,24 +209,13 @@ impl Placer {
     /// Page `page` arrived (`content`; None: a zero page): placed unless it is here
     /// already; the backends' threads that wait for it are woken.
     pub fn place(&self, page: u64, content: Option<&[u8]>) -> Result<(), PlaceError> {
-        let host = self.vmm_host(page)?;
-        let waiters = {
-            let mut st = self.state.lock();
-            if st.received.contains(page) {
-                return Ok(());
-            }
+        self.arrived(page, |_, host| {
             match content {
                 Some(c) => userfault::copy(self.vmm.as_fd(), host, c)?,
                 None => userfault::zero(self.vmm.as_fd(), host, PAGE as u64)?,
             };
-            st.received.insert(page);
-            st.missing = st.missing.saturating_sub(1);
-            st.waiters.remove(&page)
-        };
-        for (backend, addr) in waiters.into_iter().flatten() {
-            self.wake(backend, addr);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Page `page` arrived as a zero page. The memfd holds a hole there (it was never
@@ -235,15 +224,28 @@ impl Placer {
     /// backends' are woken by hand). A later touch finds it received and gets a zero
     /// page then (`fault`); one never touched costs no memory.
     pub fn zero_arrived(&self, page: u64) -> Result<(), PlaceError> {
+        self.arrived(page, |asked, host| {
+            if asked {
+                userfault::zero(self.vmm.as_fd(), host, PAGE as u64)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Page `page` is here once `put` (told whether it was asked for, and where vmm-core
+    /// maps it) is done, unless it was already: counted, and its waiters woken.
+    fn arrived(
+        &self,
+        page: u64,
+        put: impl FnOnce(bool, u64) -> Result<(), PlaceError>,
+    ) -> Result<(), PlaceError> {
         let host = self.vmm_host(page)?;
         let waiters = {
             let mut st = self.state.lock();
             if st.received.contains(page) {
                 return Ok(());
             }
-            if st.requested.contains(page) {
-                userfault::zero(self.vmm.as_fd(), host, PAGE as u64)?;
-            }
+            put(st.requested.contains(page), host)?;
             st.received.insert(page);
             st.missing = st.missing.saturating_sub(1);
             st.waiters.remove(&page)

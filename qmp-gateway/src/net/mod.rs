@@ -394,28 +394,24 @@ impl NetLayer {
     /// One round of the self-announcement after a migration came in: each NIC whose
     /// daemon runs sends its RARP frame (a NIC whose link is down sends none).
     pub fn announce(&self) {
-        let nics: Vec<(String, Arc<crate::children::link::Link<NetProtocol>>)> = (self.state)
-            .lock()
-            .nics
-            .iter()
-            .filter_map(|n| Some((n.id.clone(), n.daemon.as_ref()?.link.clone())))
-            .collect();
-        for (id, link) in nics {
+        for (id, link) in self.daemon_links() {
             if let Err(e) = link.request(NetRequest::Announce, &[]) {
                 log::warn!("NIC {id}: announcing it: {e}");
             }
         }
     }
 
+    /// Each NIC whose daemon runs, with its link (taken out of the lock: the calls on it
+    /// wait for the daemon).
+    fn daemon_links(&self) -> Vec<(String, Arc<crate::children::link::Link<NetProtocol>>)> {
+        (self.state.lock().nics.iter())
+            .filter_map(|n| Some((n.id.clone(), n.daemon.as_ref()?.link.clone())))
+            .collect()
+    }
+
     /// As `BlockLayer::userfault`, for each NIC's daemon.
     pub fn userfault(&self, device: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
-        let nics: Vec<(String, Arc<crate::children::link::Link<NetProtocol>>)> = (self.state)
-            .lock()
-            .nics
-            .iter()
-            .filter_map(|n| Some((n.id.clone(), n.daemon.as_ref()?.link.clone())))
-            .collect();
-        for (id, link) in nics {
+        for (id, link) in self.daemon_links() {
             link.request(NetRequest::Userfault, &[device])
                 .map_err(|e| format!("NIC {id}: {e}"))?;
         }

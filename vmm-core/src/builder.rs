@@ -61,6 +61,8 @@ pub struct BackendConnection {
 /// A virtio-blk disk served by a vhost-user backend.
 pub struct DiskConnection {
     pub backend: BackendConnection,
+    /// The guest device's qdev id ("" without one).
+    pub qdev_id: String,
     /// Most queues the guest gets (the backend may offer fewer).
     pub max_queues: usize,
     /// A live upgrade: the device as the previous vmm-core had settled it.
@@ -70,6 +72,8 @@ pub struct DiskConnection {
 /// A virtio-net NIC served by a vhost-user backend.
 pub struct NicConnection {
     pub backend: BackendConnection,
+    /// The guest device's qdev id ("" without one).
+    pub qdev_id: String,
     pub mac: [u8; 6],
     pub queue_pairs: u16,
     /// A live upgrade: the device as the previous vmm-core had settled it.
@@ -153,6 +157,7 @@ pub fn build_vm(
         events,
         events_rx,
         console: Some((console, platform.serial)),
+        pci,
         start_paused: config.start_paused,
         incoming,
         disks,
@@ -304,6 +309,7 @@ impl Transports<'_> {
     fn attach_disk(&self, index: usize, disk: DiskConnection) -> Result<DiskHandle, VmError> {
         let a = self.attach(
             format!("disk {index}"),
+            disk.qdev_id,
             Blk::new(disk.max_queues),
             disk.backend,
             disk.shape.as_ref(),
@@ -319,7 +325,13 @@ impl Transports<'_> {
     fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, VmError> {
         let net = Net::new(nic.mac, nic.queue_pairs);
         let link_up = net.link_up();
-        let a = self.attach(format!("nic {index}"), net, nic.backend, nic.shape.as_ref())?;
+        let a = self.attach(
+            format!("nic {index}"),
+            nic.qdev_id,
+            net,
+            nic.backend,
+            nic.shape.as_ref(),
+        )?;
         Ok(NicHandle {
             link_state: LinkHandle::new(link_up, a.config),
             handover: a.handover,
@@ -332,6 +344,7 @@ impl Transports<'_> {
     fn attach(
         &self,
         name: String,
+        qdev_id: String,
         model: impl DeviceModel,
         backend: BackendConnection,
         shape: Option<&ipc::LinkShape>,
@@ -364,7 +377,8 @@ impl Transports<'_> {
             self.vm.clone(),
             self.router.clone(),
         )
-        .map_err(|error| VmError::Transport { name, error })?;
+        .map_err(|error| VmError::Transport { name, error })?
+        .with_qdev_id(qdev_id);
         self.pci.lock().add(Arc::new(Mutex::new(transport)))?;
         Ok(Attached {
             config,

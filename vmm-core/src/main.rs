@@ -147,6 +147,8 @@ fn run_standalone(
         .map(|(path, max_queues)| {
             Ok(DiskConnection {
                 backend: connect("vhost-user-blk", path)?,
+                // Standalone, nobody names devices (there is no QMP).
+                qdev_id: String::new(),
                 max_queues,
                 shape: None,
             })
@@ -157,6 +159,7 @@ fn run_standalone(
         .map(|n| {
             Ok(NicConnection {
                 backend: connect("vhost-user-net", n.path)?,
+                qdev_id: String::new(),
                 mac: n.mac,
                 queue_pairs: n.pairs,
                 shape: None,
@@ -230,6 +233,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         .map(|d| {
             Ok(DiskConnection {
                 backend: handed(next(&format!("disk {}", d.id))?),
+                qdev_id: d.qdev_id.clone(),
                 max_queues: d.max_queues as usize,
                 shape: shape(&format!("disk {}", d.id))?,
             })
@@ -241,6 +245,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         .map(|n| {
             Ok(NicConnection {
                 backend: handed(next(&format!("NIC {}", n.id))?),
+                qdev_id: n.qdev_id.clone(),
                 mac: n.mac,
                 queue_pairs: nic_pairs(n) as u16,
                 shape: shape(&format!("NIC {}", n.id))?,

@@ -456,6 +456,7 @@ impl Runner<'_> {
                 Ok(VmmReply::Done)
             }
             VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
+            VmmRequest::QueryPci => Ok(VmmReply::Pci(self.vm.pci.lock().describe())),
             VmmRequest::InjectNmi => self.inject_nmi().map(|()| VmmReply::Done),
             VmmRequest::DiskConfigChanged { disk } => match self.vm.disks.get(disk as usize) {
                 Some(d) => {

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use crate::boot::{BootImage, LoadedKernel};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
+use crate::devices::pci::PciRoot;
 use crate::devices::serial::{Console, SerialDevice};
 use crate::dirty_log::DirtyLog;
 use crate::error::{kvm_err, KvmError, VmError};
@@ -115,6 +116,8 @@ pub struct Vm {
     pub(crate) events_rx: Receiver<VmEvent>,
     /// Taken when the VM starts, which starts the console's input.
     pub(crate) console: Option<(Console, Arc<Mutex<SerialDevice>>)>,
+    /// PCI bus 0 (what query-pci describes).
+    pub(crate) pci: Arc<Mutex<PciRoot>>,
     pub(crate) start_paused: bool,
     /// Memory and state come by migration: nothing was loaded (run state "inmigrate").
     pub(crate) incoming: bool,

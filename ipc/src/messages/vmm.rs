@@ -70,6 +70,8 @@ pub struct RamWindow {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct NicLaunch {
     pub id: String,
+    /// The guest device's qdev id (its id=, "" without one), as query-pci reports it.
+    pub qdev_id: String,
     pub mac: [u8; 6],
     pub queue_pairs: u32,
 }
@@ -79,6 +81,8 @@ pub struct NicLaunch {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DiskLaunch {
     pub id: String,
+    /// The guest device's qdev id (its id=, "" without one), as query-pci reports it.
+    pub qdev_id: String,
     pub max_queues: u32,
 }
 
@@ -172,6 +176,9 @@ pub enum VmmRequest {
     /// Every page is here: the userfaultfds go (vmm-core's unregistered, POSTCOPY_END to
     /// the backends); backends that connected meanwhile are set up now.
     PostcopyEnd,
+    /// Every PCI function as its configuration space reads now (QMP query-pci),
+    /// answered with `Pci`.
+    QueryPci,
 }
 
 impl Message for VmmRequest {
@@ -200,6 +207,48 @@ pub struct CpuState {
     pub thread_id: i32,
     pub pc: u64,
     pub halted: bool,
+}
+
+/// One PCI function as the guest sees it now (`VmmRequest::QueryPci`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PciFunctionInfo {
+    pub bus: u8,
+    pub slot: u8,
+    pub function: u8,
+    pub vendor: u16,
+    pub device: u16,
+    /// (subsystem vendor, subsystem id); None for a header type without them (a bridge).
+    pub subsystem: Option<(u16, u16)>,
+    /// Base class, subclass and programming interface (the 24-bit class code).
+    pub class_code: u32,
+    pub revision: u8,
+    /// The interrupt line register, as the guest last wrote it.
+    pub interrupt_line: u8,
+    /// The interrupt pin register: 0 for none (MSI-X only), 1-4 for INTA-INTD.
+    pub interrupt_pin: u8,
+    /// The device's qdev id ("" without one).
+    pub qdev_id: String,
+    /// The implemented BARs, by index.
+    pub bars: Vec<PciBarInfo>,
+}
+
+/// One base address register as the guest has programmed it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciBarInfo {
+    pub index: u8,
+    pub kind: PciBarKind,
+    /// Where the BAR decodes now; None while it decodes nothing (its decoding is off in
+    /// the command register, it is at 0, or it wraps past the end of its address space):
+    /// what QEMU calls unmapped.
+    pub address: Option<u64>,
+    /// Its size, from the bits its mask keeps.
+    pub size: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciBarKind {
+    Io,
+    Memory { is_64: bool, prefetchable: bool },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -235,6 +284,8 @@ pub enum VmmReply {
         ranges: Vec<MappedRange>,
         backends: Vec<String>,
     },
+    /// `QueryPci`: every function, in bus, slot and function order.
+    Pci(Vec<PciFunctionInfo>),
 }
 
 /// The VM's run states (QMP's RunState, the subset that applies).

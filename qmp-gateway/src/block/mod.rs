@@ -285,6 +285,9 @@ impl BlockLayer {
             Ok(stream) => Ok((
                 DiskLaunch {
                     id: id.clone(),
+                    // An anonymous device, as QEMU's -drive if=virtio makes (its QOM
+                    // path is under peripheral-anon): no qdev id.
+                    qdev_id: String::new(),
                     max_queues: spec.queues,
                 },
                 stream,

@@ -224,6 +224,9 @@ impl NetLayer {
         log::info!("NIC {id}: {}, net daemon pid {pid}", nic.describe);
         let launch = NicLaunch {
             id,
+            // `id` defaults to QEMU's net client name (virtio-net-pci.N); the device
+            // itself has a qdev id only if given one, as in QEMU.
+            qdev_id: spec.id.clone().unwrap_or_default(),
             mac,
             queue_pairs: nic.queue_pairs,
         };

@@ -7,7 +7,7 @@ use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
 use super::handlers::{
-    absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, snapshot,
+    absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, pci, snapshot,
 };
 use super::qapi::Ty;
 
@@ -117,6 +117,12 @@ pub const COMMANDS: &[Command] = &[
         &Typed(machine::query_cpus_fast),
         Ty::Array(&Ty::Named("CpuInfoFast")),
         G,
+    ),
+    cmd(
+        "query-pci",
+        &Typed(pci::query_pci),
+        Ty::Array(&Ty::Named("PciInfo")),
+        V,
     ),
     oob(
         "query-name",

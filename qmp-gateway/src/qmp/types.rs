@@ -113,6 +113,76 @@ pub const TYPES: Types = Types(&[
             req("target", Ty::Str),
         ]),
     },
+    // query-pci, as QEMU 7.2's schema has it (PciBridgeInfo for completeness: bus 0
+    // has no bridges).
+    TypeDef {
+        name: "PciInfo",
+        kind: TypeKind::Object(&[
+            req("bus", Ty::Int),
+            req("devices", Ty::Array(&Ty::Named("PciDeviceInfo"))),
+        ]),
+    },
+    TypeDef {
+        name: "PciDeviceInfo",
+        kind: TypeKind::Object(&[
+            req("bus", Ty::Int),
+            req("slot", Ty::Int),
+            req("function", Ty::Int),
+            req("class_info", Ty::Named("PciDeviceClass")),
+            req("id", Ty::Named("PciDeviceId")),
+            opt("irq", Ty::Int),
+            req("irq_pin", Ty::Int),
+            req("qdev_id", Ty::Str),
+            opt("pci_bridge", Ty::Named("PciBridgeInfo")),
+            req("regions", Ty::Array(&Ty::Named("PciMemoryRegion"))),
+        ]),
+    },
+    TypeDef {
+        name: "PciDeviceClass",
+        kind: TypeKind::Object(&[opt("desc", Ty::Str), req("class", Ty::Int)]),
+    },
+    TypeDef {
+        name: "PciDeviceId",
+        kind: TypeKind::Object(&[
+            req("device", Ty::Int),
+            req("vendor", Ty::Int),
+            opt("subsystem", Ty::Int),
+            opt("subsystem-vendor", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "PciBridgeInfo",
+        kind: TypeKind::Object(&[
+            req("bus", Ty::Named("PciBusInfo")),
+            opt("devices", Ty::Array(&Ty::Named("PciDeviceInfo"))),
+        ]),
+    },
+    TypeDef {
+        name: "PciBusInfo",
+        kind: TypeKind::Object(&[
+            req("number", Ty::Int),
+            req("secondary", Ty::Int),
+            req("subordinate", Ty::Int),
+            req("io_range", Ty::Named("PciMemoryRange")),
+            req("memory_range", Ty::Named("PciMemoryRange")),
+            req("prefetchable_range", Ty::Named("PciMemoryRange")),
+        ]),
+    },
+    TypeDef {
+        name: "PciMemoryRange",
+        kind: TypeKind::Object(&[req("base", Ty::Int), req("limit", Ty::Int)]),
+    },
+    TypeDef {
+        name: "PciMemoryRegion",
+        kind: TypeKind::Object(&[
+            req("bar", Ty::Int),
+            req("type", Ty::Str),
+            req("address", Ty::Int),
+            req("size", Ty::Int),
+            opt("prefetch", Ty::Bool),
+            opt("mem_type_64", Ty::Bool),
+        ]),
+    },
     TypeDef {
         name: "NameInfo",
         kind: TypeKind::Object(&[opt("name", Ty::Str)]),

@@ -89,6 +89,12 @@ pub const HMP: &[HmpCommand] = &[
         "show the current VM name",
     ),
     info(
+        &["info pci"],
+        "query-pci",
+        |buses, _| super::pci::info_pci(buses),
+        "show PCI info",
+    ),
+    info(
         &["info status"],
         "query-status",
         info_status,
@@ -327,6 +333,7 @@ mod tests {
              info migrate_capabilities  -- show current migration capabilities\n\
              info migrate_parameters  -- show current migration parameters\n\
              info name  -- show the current VM name\n\
+             info pci  -- show PCI info\n\
              info status  -- show the current VM status (running|paused)\n\
              info uuid  -- show the current VM UUID\n\
              info version  -- show the version of QEMU\n"

@@ -10,4 +10,5 @@ pub mod machine;
 pub mod migrate;
 pub mod migration;
 pub mod net;
+pub mod pci;
 pub mod snapshot;

@@ -7,6 +7,14 @@ pub const STATUS: usize = 0x06;
 pub const BAR0: usize = 0x10;
 pub const CAP_PTR: usize = 0x34;
 pub const INTERRUPT_LINE: usize = 0x3c;
+pub const VENDOR_ID: usize = 0x00;
+pub const DEVICE_ID: usize = 0x02;
+/// Revision in the low byte, the class code above it.
+pub const CLASS_REVISION: usize = 0x08;
+pub const HEADER_TYPE: usize = 0x0e;
+pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
+pub const SUBSYSTEM_ID: usize = 0x2e;
+pub const INTERRUPT_PIN: usize = 0x3d;
 
 pub const COMMAND_IO: u16 = 1 << 0;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -14,7 +22,9 @@ pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const STATUS_CAP_LIST: u16 = 1 << 4;
 
+const BAR_IO: u32 = 0b1;
 const BAR_MEM64: u32 = 0b100;
+const BAR_PREFETCHABLE: u32 = 0b1000;
 
 /// A memory BAR: its current address and size (a power of two).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +214,58 @@ impl PciConfig {
     pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
         &self.bytes[off..off + len]
     }
+
+    /// BAR `index` as the guest has programmed it (None if not implemented, or the
+    /// upper half of a 64-bit BAR): its kind from the register's low bits, its size from
+    /// the bits its mask keeps, and where it decodes. That is nowhere while its decoding
+    /// is off, at 0, or wrapping past the end of its address space, as QEMU's
+    /// pci_bar_address has it, so that query-pci reads the same on both.
+    pub fn bar_info(&self, index: usize) -> Option<ipc::PciBarInfo> {
+        let implemented = self.bars.get(index).copied().flatten()?;
+        let off = BAR0 + index * 4;
+        let low = self.get32(off);
+        let mask_at = |at: usize| {
+            let m = &self.writable[at..at + 4];
+            u32::from_le_bytes([m[0], m[1], m[2], m[3]])
+        };
+        let (kind, flag_bits, enable) = match low & BAR_IO {
+            0 => (
+                ipc::PciBarKind::Memory {
+                    is_64: implemented.is_64,
+                    prefetchable: low & BAR_PREFETCHABLE != 0,
+                },
+                0xf,
+                COMMAND_MEMORY,
+            ),
+            _ => (ipc::PciBarKind::Io, 0x3, COMMAND_IO),
+        };
+        // The upper half's mask for a 64-bit BAR; a 32-bit one cannot reach above 4 GiB.
+        let high_mask = match implemented.is_64 {
+            true => mask_at(off + 4),
+            false => u32::MAX,
+        };
+        let mask = (u64::from(high_mask) << 32) | u64::from(mask_at(off) & !flag_bits);
+        let size = (!mask).wrapping_add(1);
+        let high = match implemented.is_64 {
+            true => u64::from(self.get32(off + 4)) << 32,
+            false => 0,
+        };
+        let addr = high | u64::from(low & !flag_bits);
+        let limit = match implemented.is_64 {
+            true => u64::MAX,
+            false => u64::from(u32::MAX),
+        };
+        let decodes = self.command() & enable != 0
+            && addr != 0
+            && size != 0
+            && addr.checked_add(size - 1).is_some_and(|last| last < limit);
+        Some(ipc::PciBarInfo {
+            index: index as u8,
+            kind,
+            address: decodes.then_some(addr),
+            size,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +311,42 @@ mod tests {
         assert_eq!(c.bytes(a + 1, 1)[0] as usize, b);
         assert_eq!(c.bytes(b + 1, 1)[0], 0);
         assert_ne!(c.get16(STATUS) & STATUS_CAP_LIST, 0);
+    }
+
+    #[test]
+    fn bar_info_reads_the_bar_as_the_guest_left_it() {
+        let mut c = config();
+        let bar = |addr, size, is_64| Bar { addr, size, is_64 };
+        c.add_bar(0, bar(0xc000_0000, 0x8000, false));
+        c.add_bar(2, bar(0x1_0000_0000, 0x4000, true));
+        let info = |c: &PciConfig, i| c.bar_info(i).unwrap();
+        let memory = |is_64| ipc::PciBarKind::Memory {
+            is_64,
+            prefetchable: false,
+        };
+        // Power-on: memory decoding off, so nothing decodes (QEMU's "unmapped").
+        assert_eq!(
+            info(&c, 0),
+            ipc::PciBarInfo {
+                index: 0,
+                kind: memory(false),
+                address: None,
+                size: 0x8000
+            }
+        );
+        assert_eq!(c.bar_info(1), None);
+        assert_eq!(c.bar_info(3), None, "the upper half of BAR 2");
+        c.write(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+        assert_eq!(info(&c, 0).address, Some(0xc000_0000));
+        assert_eq!(info(&c, 2).address, Some(0x1_0000_0000));
+        assert_eq!((info(&c, 2).kind, info(&c, 2).size), (memory(true), 0x4000));
+        // Moved by the guest, then sized: all ones wrap past 4 GiB, so nothing decodes.
+        c.write(BAR0, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(info(&c, 0).address, Some(0xd000_0000));
+        c.write(BAR0, &u32::MAX.to_le_bytes());
+        assert_eq!((info(&c, 0).address, info(&c, 0).size), (None, 0x8000));
+        c.write(BAR0, &0u32.to_le_bytes());
+        assert_eq!(info(&c, 0).address, None, "a BAR at 0 decodes nothing");
     }
 
     #[test]

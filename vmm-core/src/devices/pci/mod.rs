@@ -31,6 +31,10 @@ pub trait PciFunction: Send {
     fn save_state(&self) -> Vec<u8>;
     /// Takes the state `save_state` gave on the source.
     fn restore_state(&mut self, state: &[u8]) -> Result<(), String>;
+    /// The device's qdev id, its id= ("" without one), which query-pci reports.
+    fn qdev_id(&self) -> &str {
+        ""
+    }
 }
 
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
@@ -189,6 +193,39 @@ impl PciRoot {
             }
         }
         None
+    }
+
+    /// Every function as the guest sees it now (QMP query-pci), read from its
+    /// configuration space.
+    pub fn describe(&self) -> Vec<ipc::PciFunctionInfo> {
+        (self.slots.iter().enumerate())
+            .filter_map(|(slot, f)| {
+                let f = f.as_ref()?.lock();
+                let c = f.config();
+                let byte = |off| c.bytes(off, 1)[0];
+                let class_revision = c.get32(config::CLASS_REVISION);
+                let subsystem = (byte(config::HEADER_TYPE) & 0x7f == 0).then(|| {
+                    (
+                        c.get16(config::SUBSYSTEM_VENDOR_ID),
+                        c.get16(config::SUBSYSTEM_ID),
+                    )
+                });
+                Some(ipc::PciFunctionInfo {
+                    bus: 0,
+                    slot: slot as u8,
+                    function: 0,
+                    vendor: c.get16(config::VENDOR_ID),
+                    device: c.get16(config::DEVICE_ID),
+                    subsystem,
+                    class_code: class_revision >> 8,
+                    revision: class_revision as u8,
+                    interrupt_line: byte(config::INTERRUPT_LINE),
+                    interrupt_pin: byte(config::INTERRUPT_PIN),
+                    qdev_id: f.qdev_id().to_string(),
+                    bars: (0..6).filter_map(|i| c.bar_info(i)).collect(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -86,6 +86,8 @@ pub struct VirtioPci {
     kicks_at: Option<u64>,
     config_changed: ConfigChanged,
     activated: bool,
+    /// The device's qdev id ("" without one).
+    qdev_id: String,
 }
 
 fn cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -159,12 +161,19 @@ impl VirtioPci {
             config_changed,
             activated: false,
             device,
+            qdev_id: String::new(),
         };
         dev.config.seal();
         let notifier = dev.config_changed.clone();
         dev.device.set_config_changed(notifier);
         dev.register_kicks()?;
         Ok(dev)
+    }
+
+    /// Names the device as its id= did (query-pci's qdev_id).
+    pub fn with_qdev_id(mut self, id: String) -> VirtioPci {
+        self.qdev_id = id;
+        self
     }
 
     fn bar_addr(&self) -> u64 {
@@ -432,6 +441,10 @@ fn from_u64(value: u64, data: &mut [u8]) {
 impl PciFunction for VirtioPci {
     fn config(&self) -> &PciConfig {
         &self.config
+    }
+
+    fn qdev_id(&self) -> &str {
+        &self.qdev_id
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {

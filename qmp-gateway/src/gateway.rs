@@ -354,6 +354,10 @@ impl Gateway {
             VmmEvent::VcpuFailed { vcpu, reason } => {
                 log::error!("vCPU {vcpu} failed: {reason}; the VM is stopped (internal-error)");
             }
+            // device_del will finish the device and emit DEVICE_DELETED from here.
+            VmmEvent::DeviceEjected { slot } => {
+                log::info!("the guest ejected the PCI device in slot {slot}");
+            }
         }
     }
 }

@@ -19,9 +19,12 @@ use crate::boot::BootImage;
 use crate::cpu::{cpuid, msrs};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
+use crate::devices::gpe::{Gpe0, SharedGpe};
 use crate::devices::i8042::I8042;
+use crate::devices::pci::hotplug::PciHotplugIo;
 use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
+use crate::devices::sci::SharedLine;
 use crate::devices::serial::{Console, SerialDevice};
 use crate::devices::virtio_pci::{self, VirtioPci};
 use crate::error::{kvm_err, VmError};
@@ -106,7 +109,7 @@ pub fn build_vm(
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
     let platform = attach_platform_devices(&vm, &events, &console, &mut pio)?;
-    let pci = attach_pci_root(&events, &mut pio, &mut mmio)?;
+    let pci = attach_pci_root(&events, platform.gpe.clone(), &mut pio, &mut mmio)?;
     let router = MsiRouter::new(vm.clone());
     let transports = Transports {
         pci: &pci,
@@ -223,10 +226,11 @@ fn create_kvm_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, VmError> {
 struct Platform {
     serial: Arc<Mutex<SerialDevice>>,
     pm: Arc<Mutex<AcpiPm>>,
+    gpe: SharedGpe,
 }
 
-/// COM1 (its interrupt an irqfd), the ACPI PM block (its SCI a KVM IRQ line) and the
-/// i8042's reset line, on the port bus.
+/// COM1 (its interrupt an irqfd), the ACPI PM and GPE blocks (sharing the SCI, a KVM IRQ
+/// line) and the i8042's reset line, on the port bus.
 fn attach_platform_devices(
     vm: &Arc<VmFd>,
     events: &EventSender,
@@ -239,15 +243,19 @@ fn attach_platform_devices(
     let serial = Arc::new(Mutex::new(
         SerialDevice::new(serial_irq, console.out.clone()).map_err(VmError::Serial)?,
     ));
-    let pm = Arc::new(Mutex::new(AcpiPm::new(
-        Box::new(KvmIrqLine::new(vm.clone(), ports::SCI_IRQ)),
-        events.clone(),
-    )));
+    let sci = SharedLine::new(Box::new(KvmIrqLine::new(vm.clone(), ports::SCI_IRQ)));
+    let pm = Arc::new(Mutex::new(AcpiPm::new(sci.source(), events.clone())));
+    let gpe = Arc::new(Mutex::new(Gpe0::new(sci.source())));
     pio.insert(u64::from(ports::COM1), 8, serial.clone())?;
     pio.insert(
         u64::from(ports::PM_BASE),
         u64::from(ports::PM_BLOCK_LEN),
         pm.clone(),
+    )?;
+    pio.insert(
+        u64::from(ports::GPE0_BLK),
+        u64::from(ports::GPE0_BLK_LEN),
+        gpe.clone(),
     )?;
     pio.insert(
         u64::from(ports::I8042_DATA),
@@ -259,17 +267,24 @@ fn attach_platform_devices(
         1,
         Arc::new(Mutex::new(I8042::new(events.clone(), true))),
     )?;
-    Ok(Platform { serial, pm })
+    Ok(Platform { serial, pm, gpe })
 }
 
 /// PCI bus 0: the configuration ports (which also hold the reset control register), ECAM,
-/// and the window BARs are assigned from.
+/// the window BARs are assigned from, and the ACPI hotplug controller (raising `gpe`).
 fn attach_pci_root(
     events: &EventSender,
+    gpe: SharedGpe,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<Arc<Mutex<PciRoot>>, VmError> {
     let pci = Arc::new(Mutex::new(PciRoot::default()));
+    pci.lock().connect_hotplug(gpe, events.clone());
+    pio.insert(
+        u64::from(ports::PCI_HOTPLUG),
+        u64::from(ports::PCI_HOTPLUG_LEN),
+        Arc::new(Mutex::new(PciHotplugIo::new(pci.clone()))),
+    )?;
     let reset_control = Arc::new(Mutex::new(ResetControl::new(events.clone())));
     pio.insert(
         u64::from(ports::PCI_CONFIG_ADDRESS),

@@ -13,6 +13,9 @@ pub enum VmEvent {
     PowerOff,
     /// The guest asked for a reset; the string names the mechanism.
     Reset(&'static str),
+    /// The guest ejected a PCI function; the PCI root holds it until it is taken
+    /// (`PciRoot::take_ejected`).
+    DeviceEjected,
     /// A vCPU stopped in a way the VM cannot continue from.
     VcpuFailed { vcpu: usize, reason: String },
     /// vmm-core received a terminating signal.

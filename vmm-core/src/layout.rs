@@ -67,4 +67,12 @@ pub mod ports {
     pub const PM_BLOCK_LEN: u16 = 12;
     /// The SCI is ISA IRQ 9, level triggered, active high (MADT override).
     pub const SCI_IRQ: u32 = 9;
+    /// The GPE0 block (status then enable, 2 bytes each), where QEMU's pc machine has
+    /// it, so that the same guest AML and drivers work on both.
+    pub const GPE0_BLK: u16 = 0xafe0;
+    pub const GPE0_BLK_LEN: u8 = 4;
+    /// QEMU's ACPI PCI hotplug registers (its PIIX4 interface): PCIU, PCID, B0EJ, PCIRMV
+    /// and PCSEL, 32 bits each.
+    pub const PCI_HOTPLUG: u16 = 0xae00;
+    pub const PCI_HOTPLUG_LEN: u16 = 0x14;
 }

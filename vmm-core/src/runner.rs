@@ -543,6 +543,14 @@ impl Runner<'_> {
                     }
                 }
                 VmEvent::ControlClosed => return Ok(VmExit::ControlClosed),
+                VmEvent::DeviceEjected => {
+                    let ejected = self.vm.pci.lock().take_ejected();
+                    // The functions are dropped here, off the vCPU that ejected them.
+                    for e in ejected {
+                        log::info!("the guest ejected the PCI function in slot {}", e.slot);
+                        self.notify(VmmEvent::DeviceEjected { slot: e.slot });
+                    }
+                }
             }
         }
     }

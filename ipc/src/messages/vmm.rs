@@ -370,6 +370,11 @@ pub enum VmmEvent {
         backend: u32,
         ranges: Vec<MappedRange>,
     },
+    /// The guest ejected the PCI function in bus 0's `slot` (ACPI hotplug): it is off
+    /// the bus, for its owner to finish removing.
+    DeviceEjected {
+        slot: u8,
+    },
 }
 
 impl Message for VmmReply {

@@ -5,6 +5,10 @@
 //! PM1a_CNT, the power button is the fixed-feature one, and reset goes through the FADT
 //! reset register (port 0xCF9). That is the model Linux and every other ACPI OS handle
 //! without any AML interpreter help, and the one our test guest drives.
+//!
+//! PCI hotplug of bus 0 is QEMU's pc machine's, so that Linux's acpiphp takes it as it
+//! does there: GPE0 at QEMU's ports, whose event 1 runs \_GPE._E01, which reads the
+//! hotplug controller (devices/pci/hotplug.rs) and notifies the slots' devices.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -13,9 +17,12 @@ use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
-use acpi_tables::Aml;
+use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::devices::gpe;
+use crate::devices::pci::hotplug::FIXED_SLOTS;
+use crate::devices::pci::SLOTS;
 use crate::layout::{
     ports, ACPI_TABLES, ACPI_TABLES_END, IOAPIC, LAPIC, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END,
     PCI_MMIO_START,
@@ -159,6 +166,10 @@ fn fadt(facs: u64, dsdt: u64) -> acpi_tables::fadt::FADT {
     f.x_pm1a_evt_blk = io_gas(ports::PM1A_EVT, ports::PM1_EVT_LEN);
     f.x_pm1a_cnt_blk = io_gas(ports::PM1A_CNT, ports::PM1_CNT_LEN);
     f.x_pm_tmr_blk = io_gas(ports::PM_TMR, ports::PM_TMR_LEN);
+    // GPE0: PCI hotplug's event (bit 1), at QEMU's pc machine's ports.
+    f.gpe0_blk = u32::from(ports::GPE0_BLK).into();
+    f.gpe0_blk_len = ports::GPE0_BLK_LEN;
+    f.x_gpe0_blk = io_gas(ports::GPE0_BLK, ports::GPE0_BLK_LEN);
     // C2/C3 not supported (latencies above the spec's limits).
     f.p_lvl2_lat = 101.into();
     f.p_lvl3_lat = 1001.into();
@@ -255,7 +266,136 @@ fn pci_root() -> Vec<u8> {
             &aml::Name::new("_UID".into(), &aml::ZERO),
             &aml::Name::new("_BBN".into(), &aml::ZERO),
             &aml::Name::new("_CRS".into(), &crs),
+            &Raw(pci_hotplug()),
         ],
+    ))
+}
+
+/// AML already serialised, as a child of another object.
+struct Raw(Vec<u8>);
+
+impl Aml for Raw {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// The name QEMU gives the device of a bus-0 slot: S, then its devfn in hex ("S08" for
+/// slot 1; AML pads names to 4 characters).
+fn slot_name(slot: usize) -> String {
+    format!("S{:02X}_", slot << 3)
+}
+
+fn slot_hotpluggable(slot: usize) -> bool {
+    FIXED_SLOTS & (1 << slot) == 0
+}
+
+/// ACPI PCI hotplug of bus 0, as QEMU's pc machine describes it (inside PCI0): the
+/// controller's registers (devices/pci/hotplug.rs), a device per slot that ejects
+/// through PCEJ, and PCNT, which \_GPE._E01 runs: it notifies each slot PCIU names
+/// with "device check" (1) and each PCID names with "eject request" (3).
+fn pci_hotplug() -> Vec<u8> {
+    use aml::{FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, OpRegionSpace};
+    let mut out = Vec::new();
+    let base = u32::from(ports::PCI_HOTPLUG);
+    let len = u32::from(ports::PCI_HOTPLUG_LEN);
+    aml::OpRegion::new("PCHP".into(), OpRegionSpace::SystemIO, &base, &len).to_aml_bytes(&mut out);
+    let fields = [*b"PCIU", *b"PCID", *b"B0EJ", *b"PCRM", *b"BNUM"];
+    aml::Field::new(
+        "PCHP".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        fields.iter().map(|f| FieldEntry::Named(*f, 32)).collect(),
+    )
+    .to_aml_bytes(&mut out);
+    // BNUM then B0EJ is one eject: the lock keeps two apart.
+    aml::Mutex::new("BLCK".into(), 0).to_aml_bytes(&mut out);
+    // PCEJ(bus, slot): eject `slot` of `bus`.
+    let b0ej = aml::Path::new("B0EJ");
+    let bnum = aml::Path::new("BNUM");
+    let slot_mask = aml::ShiftLeft::new(&b0ej, &aml::ONE, &aml::Arg(1));
+    let select = aml::Store::new(&bnum, &aml::Arg(0));
+    aml::Method::new(
+        "PCEJ".into(),
+        2,
+        false,
+        vec![
+            &aml::Acquire::new("BLCK".into(), 0xffff),
+            &select,
+            &slot_mask,
+            &aml::Release::new("BLCK".into()),
+            &aml::Return::new(&aml::ZERO),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    let sun_path = aml::Path::new("_SUN");
+    for slot in 0..SLOTS {
+        let adr = (slot as u32) << 16;
+        let sun = slot as u8;
+        let adr = aml::Name::new("_ADR".into(), &adr);
+        let sun = aml::Name::new("_SUN".into(), &sun);
+        let eject_call = aml::MethodCall::new("PCEJ".into(), vec![&aml::ZERO, &sun_path]);
+        let ej0 = aml::Method::new("_EJ0".into(), 1, false, vec![&eject_call]);
+        let children: Vec<&dyn Aml> = match slot_hotpluggable(slot) {
+            true => vec![&adr, &sun, &ej0],
+            // Part of the machine: described, never ejected.
+            false => vec![&adr],
+        };
+        aml::Device::new(slot_name(slot).as_str().into(), children).to_aml_bytes(&mut out);
+    }
+    // DVNT(slots, event): Notify(Sxx, event) for each slot in the bitmap.
+    let slots: Vec<(u32, aml::Path)> = (0..SLOTS)
+        .filter(|&s| slot_hotpluggable(s))
+        .map(|s| (1u32 << s, aml::Path::new(&slot_name(s))))
+        .collect();
+    let tests: Vec<(aml::And, aml::Notify)> = slots
+        .iter()
+        .map(|(mask, name)| {
+            (
+                aml::And::new(&aml::ZERO, &aml::Arg(0), mask),
+                aml::Notify::new(name, &aml::Arg(1)),
+            )
+        })
+        .collect();
+    let ifs: Vec<aml::If> = tests
+        .iter()
+        .map(|(and, notify)| aml::If::new(and, vec![notify]))
+        .collect();
+    aml::Method::new(
+        "DVNT".into(),
+        2,
+        false,
+        ifs.iter().map(|i| i as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(&mut out);
+    const DEVICE_CHECK: u8 = 1;
+    const EJECT_REQUEST: u8 = 3;
+    let (pciu, pcid) = (aml::Path::new("PCIU"), aml::Path::new("PCID"));
+    let up = aml::MethodCall::new("DVNT".into(), vec![&pciu, &DEVICE_CHECK]);
+    let down = aml::MethodCall::new("DVNT".into(), vec![&pcid, &EJECT_REQUEST]);
+    let bus0 = aml::Store::new(&bnum, &aml::ZERO);
+    aml::Method::new("PCNT".into(), 0, false, vec![&bus0, &up, &down]).to_aml_bytes(&mut out);
+    out
+}
+
+/// \_GPE: the methods ACPICA runs for general-purpose events, \_E01 for PCI hotplug
+/// (the event the controller raises).
+fn gpe_scope() -> Vec<u8> {
+    let name = format!("_E{:02X}", gpe::PCI_HOTPLUG);
+    let pcnt = aml::MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
+    to_bytes(&aml::Scope::new(
+        "\\_GPE".into(),
+        vec![&aml::Method::new(
+            name.as_str().into(),
+            0,
+            false,
+            vec![
+                &aml::Acquire::new("\\_SB_.PCI0.BLCK".into(), 0xffff),
+                &pcnt,
+                &aml::Release::new("\\_SB_.PCI0.BLCK".into()),
+            ],
+        )],
     ))
 }
 
@@ -279,11 +419,19 @@ fn dsdt() -> Sdt {
         vec![
             &aml::IO::new(ports::PM_BASE, ports::PM_BASE, 1, ports::PM_BLOCK_LEN as u8),
             &aml::IO::new(ports::RESET_CONTROL, ports::RESET_CONTROL, 1, 1),
+            &aml::IO::new(ports::GPE0_BLK, ports::GPE0_BLK, 1, ports::GPE0_BLK_LEN),
+            &aml::IO::new(
+                ports::PCI_HOTPLUG,
+                ports::PCI_HOTPLUG,
+                1,
+                ports::PCI_HOTPLUG_LEN as u8,
+            ),
             &aml::Memory32Fixed::new(false, PCI_ECAM as u32, PCI_ECAM_SIZE as u32),
         ],
     ));
     devices.extend(pci_root());
     t.append_slice(&aml::Scope::raw("\\_SB_".into(), devices));
+    t.append_slice(&gpe_scope());
     // \_S5: SLP_TYPa, SLP_TYPb, reserved, reserved.
     aml::Name::new(
         "\\_S5_".into(),
@@ -338,5 +486,136 @@ mod tests {
             AcpiTables::build(256),
             Err(AcpiError::TooManyCpus(256))
         ));
+    }
+
+    #[test]
+    fn the_fadt_announces_the_gpe0_block() {
+        let f = to_bytes(&fadt(0, 0));
+        let u32_at = |off: usize| u32::from_le_bytes(f[off..off + 4].try_into().unwrap());
+        // GPE0_BLK, GPE0_BLK_LEN, and X_GPE0_BLK: system I/O, 32 bits, at the same port.
+        assert_eq!(u32_at(80), 0xafe0);
+        assert_eq!(f[92], 4);
+        assert_eq!((f[220], f[221]), (1, 32));
+        assert_eq!(u64::from_le_bytes(f[224..232].try_into().unwrap()), 0xafe0);
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn iasl() -> std::path::PathBuf {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join("iasl"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "missing `iasl`: install the Debian package acpica-tools (scripts/setup does)"
+                )
+            })
+    }
+
+    /// Runs iasl in `dir`; its output, which must say it succeeded.
+    fn run_iasl(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new(iasl())
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running iasl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "iasl {args:?}: {text}");
+        text
+    }
+
+    /// The AML of one `Device (name)` as iasl prints it, up to the next device.
+    fn device<'a>(dsl: &'a str, name: &str) -> &'a str {
+        let at = dsl
+            .find(&format!("Device ({name})"))
+            .unwrap_or_else(|| panic!("no Device ({name}) in:\n{dsl}"));
+        let rest = &dsl[at + 1..];
+        &dsl[at..at + 1 + rest.find("Device (").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn the_dsdt_describes_pci_hotplug_as_qemu_does_and_iasl_takes_it() {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            Scratch(std::env::temp_dir().join(format!("flotilla-dsdt-{}-{n}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), dsdt().as_slice()).unwrap();
+        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
+        for bad in ["error", "warning", "invalid", "checksum"] {
+            assert!(
+                !text.to_lowercase().contains(bad),
+                "iasl -d says {bad}: {text}"
+            );
+        }
+        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        assert!(
+            dsl.contains("OperationRegion (PCHP, SystemIO, 0xAE00, 0x14)"),
+            "{dsl}"
+        );
+        for field in [
+            "PCIU,   32",
+            "PCID,   32",
+            "B0EJ,   32",
+            "PCRM,   32",
+            "BNUM,   32",
+        ] {
+            assert!(dsl.contains(field), "{field} missing:\n{dsl}");
+        }
+        // The host bridge's slot is described but cannot be ejected or notified.
+        let s00 = device(&dsl, "S00");
+        assert!(
+            s00.contains("Name (_ADR, Zero)") && !s00.contains("_EJ0"),
+            "{s00}"
+        );
+        assert!(!dsl.contains("Notify (S00"), "{dsl}");
+        // QEMU's names and numbers: S08 is slot 1, SF8 slot 31.
+        let s08 = device(&dsl, "S08");
+        for want in [
+            "_ADR, 0x00010000",
+            "_SUN, One",
+            "Method (_EJ0, 1",
+            "PCEJ (Zero, _SUN)",
+        ] {
+            assert!(s08.contains(want), "{want} missing from {s08}");
+        }
+        let sf8 = device(&dsl, "SF8");
+        assert!(
+            sf8.contains("_ADR, 0x001F0000") && sf8.contains("_SUN, 0x1F"),
+            "{sf8}"
+        );
+        assert_eq!(dsl.matches("Method (_EJ0, 1").count(), 31);
+        assert_eq!(dsl.matches("Notify (S").count(), 31);
+        assert!(dsl.contains("If ((Arg0 & 0x80000000))\n"), "{dsl}");
+        for want in [
+            "B0EJ = (One << Arg1)",
+            "DVNT (PCIU, One)",
+            "DVNT (PCID, 0x03)",
+            "Method (_E01, 0",
+            "\\_SB.PCI0.PCNT ()",
+        ] {
+            assert!(dsl.contains(want), "{want} missing:\n{dsl}");
+        }
+        // Compiled back, every name the methods use resolves. The one warning iasl
+        // gives is about PCI0 having both _HID and _ADR (as QEMU's has).
+        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
+        assert!(text.contains(" 0 Errors"), "{text}");
+        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
+        assert!(
+            warnings.iter().all(|w| w.contains("_HID or _ADR")),
+            "{text}"
+        );
     }
 }

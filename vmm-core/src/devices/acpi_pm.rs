@@ -156,6 +156,7 @@ impl BusDevice for AcpiPm {
             .unwrap_or_else(Instant::now);
         // The SCI line's level lives in the in-kernel IOAPIC state, restored with it.
         self.sci_level = self.cnt & SCI_EN != 0 && self.sts & self.en & SCI_EVENTS != 0;
+        self.sci.restore_level(self.sci_level);
         Ok(())
     }
 }
@@ -226,6 +227,27 @@ mod tests {
         let s5 = (u16::from(SLP_TYP_S5) << SLP_TYP_SHIFT) | SLP_EN;
         pm.write(CNT + 1, &[(s5 >> 8) as u8]);
         assert!(matches!(rx.try_recv(), Ok(VmEvent::PowerOff)));
+    }
+
+    #[test]
+    fn a_restored_sci_level_is_known_to_the_shared_line_but_not_driven() {
+        use crate::devices::sci::SharedLine;
+        let (tx, _rx) = EventSender::channel();
+        let (mut source, _line, _) = pm();
+        source.write(EN, &PWRBTN.to_le_bytes());
+        source.press_power_button();
+        let saved = source.save_state().unwrap();
+        let line = Line::default();
+        let shared = SharedLine::new(Box::new(line.clone()));
+        let mut pm = AcpiPm::new(shared.source(), tx);
+        let gpe = shared.source();
+        pm.restore_state(&saved).unwrap();
+        // The other source comes and goes while the PM block holds the line.
+        gpe.set_level(true);
+        gpe.set_level(false);
+        assert!(line.0.lock().is_empty());
+        pm.write(STS, &PWRBTN.to_le_bytes());
+        assert_eq!(*line.0.lock(), vec![false]);
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! Platform devices emulated in vmm-core: the UART, the ACPI PM block, and the reset
-//! paths (i8042 and the reset control register), plus the buses that route vCPU port
-//! and MMIO exits to them. Interrupt controllers and the PIT are KVM's.
+//! Platform devices emulated in vmm-core: the UART, the ACPI PM and GPE blocks (sharing
+//! the SCI), the PCI root with its hotplug controller, and the reset paths (i8042 and
+//! the reset control register), plus the buses that route vCPU port and MMIO exits to
+//! them. Interrupt controllers and the PIT are KVM's.
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod gpe;
 pub mod i8042;
 pub mod pci;
 pub mod reset_control;
+pub mod sci;
 pub mod serial;
 pub mod state;
 pub mod virtio_pci;
@@ -14,4 +17,7 @@ pub mod virtio_pci;
 /// A level-triggered interrupt line into the guest's interrupt controllers.
 pub trait IrqLine: Send {
     fn set_level(&self, high: bool);
+    /// The level a restore left the line at (the interrupt controllers' state carries
+    /// it): lines that several devices share note it, nothing is driven.
+    fn restore_level(&self, _high: bool) {}
 }

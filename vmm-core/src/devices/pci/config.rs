@@ -122,6 +122,12 @@ impl PciConfig {
         Some(Bar { addr: hi | lo, ..b })
     }
 
+    /// BAR `index` as the VMM assigned it (where the guest moved it since aside): the
+    /// range the bus gets back when the function goes.
+    pub fn assigned_bar(&self, index: usize) -> Option<Bar> {
+        self.bars.get(index).copied().flatten()
+    }
+
     /// Appends a capability (`body` starts with its id byte; the next pointer is filled
     /// in); returns its offset.
     pub fn add_capability(&mut self, body: &[u8], writable: &[u8]) -> usize {

@@ -4,7 +4,9 @@
 //! accesses in the window go to whichever function's BAR covers them.
 
 pub mod config;
+pub mod hotplug;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use config::{Bar, Ids, PciConfig, COMMAND_MEMORY};
@@ -69,11 +71,25 @@ pub enum PciError {
     NoSlot,
     #[error("the PCI MMIO window is full ({0:#x} bytes requested)")]
     NoMmio(u64),
+    #[error("a BAR of {0:#x} bytes: BAR sizes are powers of two")]
+    BarSize(u64),
+    #[error("PCI slot {0} does not exist (bus 0 has slots 0 to 31)")]
+    NoSuchSlot(u8),
+    #[error("PCI slot {0} is in use")]
+    SlotTaken(u8),
+    #[error("PCI slot {0} is empty")]
+    EmptySlot(u8),
+    #[error("PCI slot {0} holds part of the machine, which cannot be hot-plugged")]
+    NotHotpluggable(u8),
+    #[error("this PCI bus has no hotplug controller")]
+    NoHotplug,
 }
 
 pub struct PciRoot {
     slots: Vec<Option<SharedFunction>>,
-    next_mmio: u64,
+    /// The MMIO window's ranges assigned to BARs: address to size.
+    allocated: BTreeMap<u64, u64>,
+    hotplug: hotplug::Hotplug,
 }
 
 impl Default for PciRoot {
@@ -90,24 +106,45 @@ impl Default for PciRoot {
         slots[0] = Some(Arc::new(Mutex::new(bridge)));
         PciRoot {
             slots,
-            next_mmio: PCI_MMIO_START,
+            allocated: BTreeMap::new(),
+            hotplug: hotplug::Hotplug::default(),
         }
     }
 }
 
 impl PciRoot {
-    /// Reserves a naturally aligned range for a BAR of `size` (a power of two).
+    /// Reserves a naturally aligned range for a BAR of `size` (a power of two): the
+    /// lowest free one, so that ranges functions gave back (hot-unplugged) are reused.
     pub fn allocate_bar(&mut self, size: u64) -> Result<Bar, PciError> {
-        let addr = self.next_mmio.next_multiple_of(size);
-        if addr + size > PCI_MMIO_END {
+        if !size.is_power_of_two() {
+            return Err(PciError::BarSize(size));
+        }
+        if size > PCI_MMIO_END - PCI_MMIO_START {
             return Err(PciError::NoMmio(size));
         }
-        self.next_mmio = addr + size;
+        let mut addr = PCI_MMIO_START.next_multiple_of(size);
+        for (&start, &len) in &self.allocated {
+            if addr + size <= start {
+                break;
+            }
+            addr = addr.max((start + len).next_multiple_of(size));
+        }
+        if addr.checked_add(size).is_none_or(|end| end > PCI_MMIO_END) {
+            return Err(PciError::NoMmio(size));
+        }
+        self.allocated.insert(addr, size);
         Ok(Bar {
             addr,
             size,
             is_64: false,
         })
+    }
+
+    /// Gives a range `allocate_bar` returned back to the window.
+    pub fn release_bar(&mut self, bar: Bar) {
+        if self.allocated.get(&bar.addr) == Some(&bar.size) {
+            self.allocated.remove(&bar.addr);
+        }
     }
 
     /// Puts a function in the first free slot; returns its device number.

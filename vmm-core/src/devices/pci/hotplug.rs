@@ -22,7 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{PciError, PciRoot, SharedFunction, SLOTS};
+use super::{Ejected, PciError, PciRoot, SharedFunction, Wiring, SLOTS};
 use crate::devices::bus::BusDevice;
 use crate::devices::gpe::{self, SharedGpe};
 use crate::devices::state;
@@ -40,28 +40,6 @@ const PCSEL: u64 = 0x10;
 pub const FIXED_SLOTS: u32 = 1 << 0;
 /// Selectors QEMU keeps a bus status for; past them every register, PCSEL too, reads 0.
 const SELECTORS: u32 = 256;
-
-/// Where hotplug events go: the GPE for the guest, the control loop for the VMM.
-struct Wiring {
-    gpe: SharedGpe,
-    events: EventSender,
-}
-
-/// The controller's state, inside `PciRoot` (whose slots it is about).
-#[derive(Default)]
-pub(super) struct Hotplug {
-    up: u32,
-    down: u32,
-    select: u32,
-    wiring: Option<Wiring>,
-    ejected: Vec<Ejected>,
-}
-
-/// A function the guest ejected, and the slot it was in.
-pub struct Ejected {
-    pub slot: u8,
-    pub function: SharedFunction,
-}
 
 fn slot_bit(slot: usize) -> u32 {
     1 << slot

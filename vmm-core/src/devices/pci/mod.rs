@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::bus::{BusDevice, SharedDevice};
 use super::state;
+use crate::devices::gpe::SharedGpe;
+use crate::events::EventSender;
 use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
 
 /// A PCI function as the bus sees it.
@@ -89,7 +91,30 @@ pub struct PciRoot {
     slots: Vec<Option<SharedFunction>>,
     /// The MMIO window's ranges assigned to BARs: address to size.
     allocated: BTreeMap<u64, u64>,
-    hotplug: hotplug::Hotplug,
+    hotplug: Hotplug,
+}
+
+/// Where hotplug events go: the GPE for the guest, the control loop for the VMM.
+struct Wiring {
+    gpe: SharedGpe,
+    events: EventSender,
+}
+
+/// The hotplug controller's state (`hotplug.rs` serves it), inside `PciRoot`, whose
+/// slots it is about.
+#[derive(Default)]
+struct Hotplug {
+    up: u32,
+    down: u32,
+    select: u32,
+    wiring: Option<Wiring>,
+    ejected: Vec<Ejected>,
+}
+
+/// A function the guest ejected, and the slot it was in.
+pub struct Ejected {
+    pub slot: u8,
+    pub function: SharedFunction,
 }
 
 impl Default for PciRoot {
@@ -107,7 +132,7 @@ impl Default for PciRoot {
         PciRoot {
             slots,
             allocated: BTreeMap::new(),
-            hotplug: hotplug::Hotplug::default(),
+            hotplug: Hotplug::default(),
         }
     }
 }

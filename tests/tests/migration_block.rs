@@ -757,9 +757,21 @@ fn zero_blocks_sends_zero_chunks_without_their_bytes_as_qemu() {
     for vmm in [Vmm::Flotilla, Vmm::Qemu] {
         let whole = stream_of_a_sparse_disk(vmm, false);
         let sparse = stream_of_a_sparse_disk(vmm, true);
+        // Ours carries every chunk (70.7 MB each run). QEMU 7.2's stream without
+        // zero-blocks varied from 58.5 to 72.4 MB for this 64 MiB disk across runs (58.5
+        // in a CI run: it does not always send every chunk), so QEMU is held only to most
+        // of the disk.
+        let least = match vmm {
+            Vmm::Flotilla => SPARSE_DISK,
+            Vmm::Qemu => SPARSE_DISK / 2,
+        };
         assert!(
-            whole >= SPARSE_DISK,
+            whole >= least,
             "{vmm:?}: {whole} bytes without zero-blocks, for a disk of {SPARSE_DISK}"
+        );
+        assert!(
+            whole > 4 * sparse,
+            "{vmm:?}: {whole} bytes without zero-blocks, {sparse} with"
         );
         assert!(
             sparse < SPARSE_DISK / 4,

@@ -6,14 +6,14 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::bus::BusDevice;
+use super::sci::EventRegisters;
 use super::state;
 use super::IrqLine;
 use crate::boot::acpi::SLP_TYP_S5;
 use crate::events::{EventSender, VmEvent};
 
-// Register offsets inside the block.
+// Register offsets inside the block (PM1 enable, at 2, is `EventRegisters`' too).
 const STS: u64 = 0;
-const EN: u64 = 2;
 const CNT: u64 = 4;
 const TMR: u64 = 8;
 
@@ -35,11 +35,9 @@ const CNT_STORED: u16 = 0x1c06;
 const PM_TIMER_HZ: u128 = 3_579_545;
 
 pub struct AcpiPm {
-    sts: u16,
-    en: u16,
+    /// PM1a status and enable, and the SCI they hold.
+    regs: EventRegisters,
     cnt: u16,
-    sci: Box<dyn IrqLine>,
-    sci_level: bool,
     events: EventSender,
     timer_start: Instant,
 }
@@ -47,11 +45,8 @@ pub struct AcpiPm {
 impl AcpiPm {
     pub fn new(sci: Box<dyn IrqLine>, events: EventSender) -> Self {
         AcpiPm {
-            sts: 0,
-            en: 0,
+            regs: EventRegisters::new(sci),
             cnt: SCI_EN,
-            sci,
-            sci_level: false,
             events,
             timer_start: Instant::now(),
         }
@@ -59,16 +54,16 @@ impl AcpiPm {
 
     /// A press of the fixed-feature power button (what QMP system_powerdown does).
     pub fn press_power_button(&mut self) {
-        self.sts |= PWRBTN;
+        self.regs.sts |= PWRBTN;
         self.update_sci();
     }
 
+    fn level(&self) -> bool {
+        self.cnt & SCI_EN != 0 && self.regs.sts & self.regs.en & SCI_EVENTS != 0
+    }
+
     fn update_sci(&mut self) {
-        let level = self.cnt & SCI_EN != 0 && self.sts & self.en & SCI_EVENTS != 0;
-        if level != self.sci_level {
-            self.sci_level = level;
-            self.sci.set_level(level);
-        }
+        self.regs.drive(self.level());
     }
 
     fn timer(&self) -> u32 {
@@ -77,11 +72,9 @@ impl AcpiPm {
     }
 
     fn read_byte(&self, offset: u64) -> u8 {
-        let reg = |v: u16, lo: u64| (v >> ((offset - lo) * 8)) as u8;
         match offset {
-            0..=1 => reg(self.sts, STS),
-            2..=3 => reg(self.en, EN),
-            4..=5 => reg(self.cnt, CNT),
+            0..=3 => self.regs.read_byte(offset - STS),
+            4..=5 => (self.cnt >> ((offset - CNT) * 8)) as u8,
             8..=11 => (self.timer() >> ((offset - TMR) * 8)) as u8,
             _ => 0,
         }
@@ -92,8 +85,7 @@ impl AcpiPm {
         let bits = u16::from(value) << shift;
         let byte_mask = 0xffu16 << shift;
         match offset {
-            0..=1 => self.sts &= !bits,
-            2..=3 => self.en = (self.en & !byte_mask) | bits,
+            0..=3 => self.regs.write_byte(offset - STS, value),
             4..=5 => {
                 self.cnt = (self.cnt & !byte_mask) | (bits & CNT_STORED) | SCI_EN;
                 if bits & SLP_EN != 0 {
@@ -110,7 +102,7 @@ impl AcpiPm {
         } else {
             // Only \_S5 is in the DSDT; an OS has no business asking for another state.
             log::warn!("guest requested unsupported sleep type {slp_typ}; ignored");
-            self.sts |= WAK_STS;
+            self.regs.sts |= WAK_STS;
         }
     }
 }
@@ -130,16 +122,16 @@ impl BusDevice for AcpiPm {
     }
 
     fn reset(&mut self) {
-        self.sts = 0;
-        self.en = 0;
+        self.regs.sts = 0;
+        self.regs.en = 0;
         self.cnt = SCI_EN;
         self.update_sci();
     }
 
     fn save_state(&self) -> Option<Vec<u8>> {
         Some(state::encode(&PmState {
-            sts: self.sts,
-            en: self.en,
+            sts: self.regs.sts,
+            en: self.regs.en,
             cnt: self.cnt,
             timer_ns: self.timer_start.elapsed().as_nanos() as u64,
         }))
@@ -147,16 +139,16 @@ impl BusDevice for AcpiPm {
 
     fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: PmState = state::decode("ACPI PM", bytes)?;
-        self.sts = s.sts;
-        self.en = s.en;
+        self.regs.sts = s.sts;
+        self.regs.en = s.en;
         self.cnt = (s.cnt & CNT_STORED) | SCI_EN;
         // The PM timer goes on from where it was, as if no time passed in between.
         self.timer_start = Instant::now()
             .checked_sub(std::time::Duration::from_nanos(s.timer_ns))
             .unwrap_or_else(Instant::now);
         // The SCI line's level lives in the in-kernel IOAPIC state, restored with it.
-        self.sci_level = self.cnt & SCI_EN != 0 && self.sts & self.en & SCI_EVENTS != 0;
-        self.sci.restore_level(self.sci_level);
+        let level = self.level();
+        self.regs.restored(level);
         Ok(())
     }
 }
@@ -172,16 +164,10 @@ struct PmState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
-    use std::sync::Arc;
 
-    #[derive(Clone, Default)]
-    struct Line(Arc<Mutex<Vec<bool>>>);
-    impl IrqLine for Line {
-        fn set_level(&self, high: bool) {
-            self.0.lock().push(high);
-        }
-    }
+    type Line = crate::devices::sci::RecordedLine;
+
+    const EN: u64 = 2;
 
     fn pm() -> (AcpiPm, Line, std::sync::mpsc::Receiver<VmEvent>) {
         let line = Line::default();

@@ -10,21 +10,15 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::bus::BusDevice;
+use super::sci::EventRegisters;
 use super::state;
 use super::IrqLine;
 
 /// GPE bits this machine raises.
 pub const PCI_HOTPLUG: u8 = 1;
 
-// Register offsets inside the block (each register is GPE0_BLK_LEN / 2 bytes).
-const STS: u64 = 0;
-const EN: u64 = 2;
-
 pub struct Gpe0 {
-    sts: u16,
-    en: u16,
-    sci: Box<dyn IrqLine>,
-    sci_level: bool,
+    regs: EventRegisters,
 }
 
 pub type SharedGpe = Arc<Mutex<Gpe0>>;
@@ -32,88 +26,61 @@ pub type SharedGpe = Arc<Mutex<Gpe0>>;
 impl Gpe0 {
     pub fn new(sci: Box<dyn IrqLine>) -> Self {
         Gpe0 {
-            sts: 0,
-            en: 0,
-            sci,
-            sci_level: false,
+            regs: EventRegisters::new(sci),
         }
     }
 
     /// Raises event `bit` (0..16): its status bit is set, and the SCI goes high if the
     /// OS enabled it.
     pub fn raise(&mut self, bit: u8) {
-        self.sts |= 1u16.checked_shl(bit.into()).unwrap_or(0);
+        self.regs.sts |= 1u16.checked_shl(bit.into()).unwrap_or(0);
         self.update_sci();
     }
 
     fn level(&self) -> bool {
-        self.sts & self.en != 0
+        self.regs.sts & self.regs.en != 0
     }
 
     fn update_sci(&mut self) {
-        let level = self.level();
-        if level != self.sci_level {
-            self.sci_level = level;
-            self.sci.set_level(level);
-        }
-    }
-
-    fn read_byte(&self, offset: u64) -> u8 {
-        let reg = |v: u16, lo: u64| (v >> ((offset - lo) * 8)) as u8;
-        match offset {
-            0..=1 => reg(self.sts, STS),
-            2..=3 => reg(self.en, EN),
-            _ => 0,
-        }
-    }
-
-    fn write_byte(&mut self, offset: u64, value: u8) {
-        let shift = (offset & 1) * 8;
-        let bits = u16::from(value) << shift;
-        match offset {
-            // Status bits clear where 1 is written.
-            0..=1 => self.sts &= !bits,
-            2..=3 => self.en = (self.en & !(0xff << shift)) | bits,
-            _ => {}
-        }
+        self.regs.drive(self.level());
     }
 }
 
 impl BusDevice for Gpe0 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
-            *b = self.read_byte(offset + i as u64);
+            *b = self.regs.read_byte(offset + i as u64);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
-            self.write_byte(offset + i as u64, *b);
+            self.regs.write_byte(offset + i as u64, *b);
         }
         self.update_sci();
     }
 
     fn reset(&mut self) {
-        self.sts = 0;
-        self.en = 0;
+        self.regs.sts = 0;
+        self.regs.en = 0;
         self.update_sci();
     }
 
     fn save_state(&self) -> Option<Vec<u8>> {
         Some(state::encode(&GpeState {
-            sts: self.sts,
-            en: self.en,
+            sts: self.regs.sts,
+            en: self.regs.en,
         }))
     }
 
     fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: GpeState = state::decode("ACPI GPE0", bytes)?;
-        self.sts = s.sts;
-        self.en = s.en;
+        self.regs.sts = s.sts;
+        self.regs.en = s.en;
         // The SCI's level lives in the in-kernel interrupt controllers, restored with
         // them; the shared line only notes this block's part of it.
-        self.sci_level = self.level();
-        self.sci.restore_level(self.sci_level);
+        let level = self.level();
+        self.regs.restored(level);
         Ok(())
     }
 }
@@ -128,13 +95,11 @@ struct GpeState {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Line(Arc<Mutex<Vec<bool>>>);
-    impl IrqLine for Line {
-        fn set_level(&self, high: bool) {
-            self.0.lock().push(high);
-        }
-    }
+    type Line = crate::devices::sci::RecordedLine;
+
+    // Register offsets inside the block (each register is GPE0_BLK_LEN / 2 bytes).
+    const STS: u64 = 0;
+    const EN: u64 = 2;
 
     fn gpe() -> (Gpe0, Line) {
         let line = Line::default();

@@ -1,7 +1,8 @@
 //! The SCI as several devices drive it: the PM1 block and the GPE block each hold the
 //! line high for their own events, and the line is high while any of them does. KVM's
 //! KVM_IRQ_LINE keeps one level per GSI for all of userspace, so two devices setting it
-//! directly would undo each other; this is the OR in front of it.
+//! directly would undo each other; this is the OR in front of it. Both blocks keep their
+//! events in the same pair of registers (`EventRegisters`).
 
 use std::sync::Arc;
 
@@ -48,6 +49,62 @@ impl SharedLine {
     }
 }
 
+/// An ACPI event register pair (PM1's, GPE0's): 16 status bits, which a write of 1
+/// clears, then 16 enable bits, byte-addressed (ACPICA writes them a byte at a time);
+/// and the SCI the device holds for them, driven only when its level changes.
+pub struct EventRegisters {
+    pub sts: u16,
+    pub en: u16,
+    sci: Box<dyn IrqLine>,
+    level: bool,
+}
+
+impl EventRegisters {
+    pub fn new(sci: Box<dyn IrqLine>) -> Self {
+        EventRegisters {
+            sts: 0,
+            en: 0,
+            sci,
+            level: false,
+        }
+    }
+
+    /// Byte `offset` of status (0, 1) then enable (2, 3); 0 beyond.
+    pub fn read_byte(&self, offset: u64) -> u8 {
+        match offset {
+            0..=1 => (self.sts >> (offset * 8)) as u8,
+            2..=3 => (self.en >> ((offset - 2) * 8)) as u8,
+            _ => 0,
+        }
+    }
+
+    /// A write of byte `offset`, as `read_byte` lays them out.
+    pub fn write_byte(&mut self, offset: u64, value: u8) {
+        let shift = (offset & 1) * 8;
+        let bits = u16::from(value) << shift;
+        match offset {
+            0..=1 => self.sts &= !bits,
+            2..=3 => self.en = (self.en & !(0xff << shift)) | bits,
+            _ => {}
+        }
+    }
+
+    /// The device's SCI goes to `level` (nothing is driven if it is there already).
+    pub fn drive(&mut self, level: bool) {
+        if level != self.level {
+            self.level = level;
+            self.sci.set_level(level);
+        }
+    }
+
+    /// After a restore: the SCI is at `level` already (the interrupt controllers' state
+    /// carries it); noted, not driven.
+    pub fn restored(&mut self, level: bool) {
+        self.level = level;
+        self.sci.restore_level(level);
+    }
+}
+
 struct Source {
     shared: Arc<SharedLine>,
     bit: u32,
@@ -82,17 +139,23 @@ impl IrqLine for Source {
     }
 }
 
+/// A line that records every level driven on it, for the devices' tests.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct RecordedLine(pub Arc<Mutex<Vec<bool>>>);
+
+#[cfg(test)]
+impl IrqLine for RecordedLine {
+    fn set_level(&self, high: bool) {
+        self.0.lock().push(high);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Line(Arc<Mutex<Vec<bool>>>);
-    impl IrqLine for Line {
-        fn set_level(&self, high: bool) {
-            self.0.lock().push(high);
-        }
-    }
+    type Line = RecordedLine;
 
     #[test]
     fn the_line_is_high_while_any_source_holds_it() {

@@ -69,6 +69,11 @@ pub struct RamWindow {
 /// connected to the NIC's net daemon (one fd in the launch frame).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct NicLaunch {
+    /// The NIC's number in every later request about it (`NicReconnect`, `NicSetLink`):
+    /// the gateway's, never reused while the VM lives (a hot-removed NIC leaves a gap).
+    pub index: u32,
+    /// Its slot on bus 0; None for the lowest free one (launch only).
+    pub slot: Option<u8>,
     pub id: String,
     /// The guest device's qdev id (its id=, "" without one), as query-pci reports it.
     pub qdev_id: String,
@@ -80,6 +85,11 @@ pub struct NicLaunch {
 /// connected to the disk's block daemon (one fd in the launch frame).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DiskLaunch {
+    /// The disk's number in every later request about it (`DiskReconnect`,
+    /// `DiskConfigChanged`): the gateway's, never reused while the VM lives.
+    pub index: u32,
+    /// Its slot on bus 0; None for the lowest free one (launch only).
+    pub slot: Option<u8>,
     pub id: String,
     /// The guest device's qdev id (its id=, "" without one), as query-pci reports it.
     pub qdev_id: String,
@@ -179,6 +189,19 @@ pub enum VmmRequest {
     /// Every PCI function as its configuration space reads now (QMP query-pci),
     /// answered with `Pci`.
     QueryPci,
+    /// device_add of a virtio-blk-pci: the disk goes into bus 0's `disk.slot` (which
+    /// must be given and free) while the VM runs or not, and the guest learns of it by
+    /// ACPI hotplug. The frame carries vmm-core's connection to its block daemon.
+    /// Answered `Done` once the function is on the bus.
+    DiskAttach(DiskLaunch),
+    /// device_add of a virtio-net-pci, as `DiskAttach`.
+    NicAttach(NicLaunch),
+    /// device_del: asks the guest to release the function in bus 0's `slot` (ACPI
+    /// hotplug). Answered `Done` once asked; `VmmEvent::DeviceEjected` follows when (if
+    /// ever) the guest ejects it.
+    RequestUnplug {
+        slot: u8,
+    },
 }
 
 impl Message for VmmRequest {
@@ -186,6 +209,7 @@ impl Message for VmmRequest {
         match self {
             VmmRequest::Launch(config) => config.fd_count(),
             VmmRequest::DiskReconnect { .. } | VmmRequest::NicReconnect { .. } => 1,
+            VmmRequest::DiskAttach(_) | VmmRequest::NicAttach(_) => 1,
             VmmRequest::PostcopyListen => 1,
             _ => 0,
         }
@@ -371,7 +395,8 @@ pub enum VmmEvent {
         ranges: Vec<MappedRange>,
     },
     /// The guest ejected the PCI function in bus 0's `slot` (ACPI hotplug): it is off
-    /// the bus, for its owner to finish removing.
+    /// the bus and vmm-core let go of it (its vhost-user connection is closed, its
+    /// doorbells out of KVM); its daemon is the gateway's to stop.
     DeviceEjected {
         slot: u8,
     },

@@ -281,9 +281,12 @@ impl BlockLayer {
             on_read_error: spec.on_read_error,
             on_write_error: spec.on_write_error,
         };
+        let disk_index = state.disks.len() as u32;
         match self.attach(&mut state, disk) {
             Ok(stream) => Ok((
                 DiskLaunch {
+                    index: disk_index,
+                    slot: None,
                     id: id.clone(),
                     // An anonymous device, as QEMU's -drive if=virtio makes (its QOM
                     // path is under peripheral-anon): no qdev id.

@@ -223,6 +223,8 @@ impl NetLayer {
         let stream = nic.connect().map_err(failed)?;
         log::info!("NIC {id}: {}, net daemon pid {pid}", nic.describe);
         let launch = NicLaunch {
+            index,
+            slot: None,
             id,
             // `id` defaults to QEMU's net client name (virtio-net-pci.N); the device
             // itself has a qdev id only if given one, as in QEMU.

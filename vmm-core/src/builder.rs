@@ -394,7 +394,9 @@ impl Transports<'_> {
         )
         .map_err(|error| VmError::Transport { name, error })?
         .with_qdev_id(qdev_id);
-        self.pci.lock().add(Arc::new(Mutex::new(transport)))?;
+        let mut pci = self.pci.lock();
+        let slot = pci.plan_slots(&[None])?[0];
+        pci.add(Arc::new(Mutex::new(transport)), slot)?;
         Ok(Attached {
             config,
             handover,

@@ -21,7 +21,7 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::gpe;
-use crate::devices::pci::hotplug::FIXED_SLOTS;
+use crate::devices::pci::FIXED_SLOTS;
 use crate::devices::pci::SLOTS;
 use crate::layout::{
     ports, ACPI_TABLES, ACPI_TABLES_END, IOAPIC, LAPIC, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END,

@@ -209,7 +209,36 @@ impl PciConfig {
             ));
         }
         self.bytes.copy_from_slice(saved);
+        self.adopt_bars();
         Ok(())
+    }
+
+    /// After a restore, each BAR's home is where the source had it (if at a real
+    /// address: not 0, not mid-sizing): a reset brings it back there, and the bus's
+    /// window counts it there. Which BARs the source's functions got depends on its
+    /// history of hot-plugs, not on how this VM was built.
+    fn adopt_bars(&mut self) {
+        for index in 0..self.bars.len() {
+            let (Some(home), Some(now)) = (self.bars[index], self.bar(index)) else {
+                continue;
+            };
+            let limit = match home.is_64 {
+                true => u64::MAX,
+                false => u64::from(u32::MAX),
+            };
+            let real = now.addr != 0
+                && (now.addr.checked_add(now.size.saturating_sub(1)))
+                    .is_some_and(|last| last < limit);
+            if !real || now.addr == home.addr {
+                continue;
+            }
+            self.bars[index] = Some(now);
+            if let Some(power_on) = self.power_on.as_mut() {
+                let off = BAR0 + index * 4;
+                let len = if home.is_64 { 8 } else { 4 };
+                power_on[off..off + len].copy_from_slice(&self.bytes[off..off + len]);
+            }
+        }
     }
 
     /// Raw bytes of a capability (for the device that owns it).
@@ -353,6 +382,40 @@ mod tests {
         assert_eq!((info(&c, 0).address, info(&c, 0).size), (None, 0x8000));
         c.write(BAR0, &0u32.to_le_bytes());
         assert_eq!(info(&c, 0).address, None, "a BAR at 0 decodes nothing");
+    }
+
+    #[test]
+    fn a_restored_bar_is_its_home_unless_it_was_being_sized() {
+        let bar = |addr| Bar {
+            addr,
+            size: 0x8000,
+            is_64: false,
+        };
+        let built = || {
+            let mut c = config();
+            c.add_bar(0, bar(0xc000_0000));
+            c.seal();
+            c
+        };
+        let mut source = built();
+        source.write(BAR0, &0xc000_8000u32.to_le_bytes());
+        let mut here = built();
+        here.restore(&source.save()).unwrap();
+        assert_eq!(here.assigned_bar(0), Some(bar(0xc000_8000)));
+        here.write(BAR0, &0xd000_0000u32.to_le_bytes());
+        here.reset();
+        assert_eq!(
+            here.bar(0),
+            Some(bar(0xc000_8000)),
+            "a reset brings it home"
+        );
+        // Saved mid-sizing (all ones), or at 0: this VM's own assignment stays.
+        for value in [u32::MAX, 0] {
+            source.write(BAR0, &value.to_le_bytes());
+            let mut here = built();
+            here.restore(&source.save()).unwrap();
+            assert_eq!(here.assigned_bar(0), Some(bar(0xc000_0000)));
+        }
     }
 
     #[test]

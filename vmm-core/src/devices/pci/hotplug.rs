@@ -22,7 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{Ejected, PciError, PciRoot, SharedFunction, Wiring, SLOTS};
+use super::{slot_bit, Ejected, PciError, PciRoot, SharedFunction, Wiring, FIXED_SLOTS, SLOTS};
 use crate::devices::bus::BusDevice;
 use crate::devices::gpe::{self, SharedGpe};
 use crate::devices::state;
@@ -35,15 +35,8 @@ const B0EJ: u64 = 0x08;
 const PCIRMV: u64 = 0x0c;
 const PCSEL: u64 = 0x10;
 
-/// Slots whose function is part of the machine (the host bridge): never hot-plugged,
-/// left out of PCIRMV, not ejected. The DSDT gives them no _EJ0.
-pub const FIXED_SLOTS: u32 = 1 << 0;
 /// Selectors QEMU keeps a bus status for; past them every register, PCSEL too, reads 0.
 const SELECTORS: u32 = 256;
-
-fn slot_bit(slot: usize) -> u32 {
-    1 << slot
-}
 
 impl PciRoot {
     /// Gives the bus its hotplug controller's outlets: the GPE block it raises events
@@ -60,13 +53,7 @@ impl PciRoot {
             return Err(PciError::NoHotplug);
         }
         let slot = match slot {
-            Some(s) => {
-                let at = self.hotpluggable(s)?;
-                if self.slots[at].is_some() {
-                    return Err(PciError::SlotTaken(s));
-                }
-                at
-            }
+            Some(s) => self.free_slot(s)?,
             None => (0..SLOTS)
                 .find(|&s| FIXED_SLOTS & slot_bit(s) == 0 && self.slots[s].is_none())
                 .ok_or(PciError::NoSlot)?,
@@ -83,7 +70,7 @@ impl PciRoot {
         if self.hotplug.wiring.is_none() {
             return Err(PciError::NoHotplug);
         }
-        let at = self.hotpluggable(slot)?;
+        let at = self.device_slot(slot)?;
         if self.slots[at].is_none() {
             return Err(PciError::EmptySlot(slot));
         }
@@ -95,17 +82,6 @@ impl PciRoot {
     /// The functions the guest ejected since the last call, for their owners to finish.
     pub fn take_ejected(&mut self) -> Vec<Ejected> {
         std::mem::take(&mut self.hotplug.ejected)
-    }
-
-    fn hotpluggable(&self, slot: u8) -> Result<usize, PciError> {
-        let at = usize::from(slot);
-        if at >= SLOTS {
-            return Err(PciError::NoSuchSlot(slot));
-        }
-        if FIXED_SLOTS & slot_bit(at) != 0 {
-            return Err(PciError::NotHotpluggable(slot));
-        }
-        Ok(at)
     }
 
     fn raise_hotplug_event(&self) {

@@ -39,6 +39,14 @@ pub trait PciFunction: Send {
     fn qdev_id(&self) -> &str {
         ""
     }
+    /// The function left the bus for good (the guest ejected it, or it never made it
+    /// on): it lets go of what it holds outside itself (KVM's doorbells and interrupt
+    /// routes, its backend). Calling it again does nothing.
+    fn unplug(&mut self) {}
+    /// A restore is about to move the functions' BARs to where the source had them:
+    /// anything registered at this function's BAR goes first, as another function's
+    /// saved BAR may be where this one's is now.
+    fn before_restore(&mut self) {}
 }
 
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
@@ -66,6 +74,14 @@ impl PciFunction for HostBridge {
 }
 
 pub const SLOTS: usize = 32;
+/// Slots whose function is part of the machine (the host bridge): no device goes there
+/// or leaves. The hotplug controller leaves them out of PCIRMV and the DSDT gives them
+/// no _EJ0.
+pub const FIXED_SLOTS: u32 = 1 << 0;
+
+fn slot_bit(slot: usize) -> u32 {
+    1 << slot
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciError {
@@ -81,7 +97,7 @@ pub enum PciError {
     SlotTaken(u8),
     #[error("PCI slot {0} is empty")]
     EmptySlot(u8),
-    #[error("PCI slot {0} holds part of the machine, which cannot be hot-plugged")]
+    #[error("PCI slot {0} holds part of the machine (the host bridge)")]
     NotHotpluggable(u8),
     #[error("this PCI bus has no hotplug controller")]
     NoHotplug,
@@ -147,12 +163,25 @@ impl PciRoot {
         if size > PCI_MMIO_END - PCI_MMIO_START {
             return Err(PciError::NoMmio(size));
         }
+        // Besides the ranges handed out, the BARs as the functions have them now: a
+        // restore brings them where the source had them, which need not be where this
+        // bus put them.
+        let mut taken: Vec<(u64, u64)> = self.allocated.iter().map(|(&a, &l)| (a, l)).collect();
+        for f in self.slots.iter().flatten() {
+            let f = f.lock();
+            taken.extend(
+                (0..6)
+                    .filter_map(|i| f.config().bar(i))
+                    .map(|b| (b.addr, b.size)),
+            );
+        }
+        taken.sort_unstable();
         let mut addr = PCI_MMIO_START.next_multiple_of(size);
-        for (&start, &len) in &self.allocated {
+        for (start, len) in taken {
             if addr + size <= start {
                 break;
             }
-            addr = addr.max((start + len).next_multiple_of(size));
+            addr = addr.max(start.saturating_add(len).next_multiple_of(size));
         }
         if addr.checked_add(size).is_none_or(|end| end > PCI_MMIO_END) {
             return Err(PciError::NoMmio(size));
@@ -172,15 +201,70 @@ impl PciRoot {
         }
     }
 
-    /// Puts a function in the first free slot; returns its device number.
-    pub fn add(&mut self, function: SharedFunction) -> Result<u8, PciError> {
-        let slot = self
-            .slots
+    /// Puts a function in `slot` before the guest runs (it finds it when it scans the
+    /// bus; `hotplug` tells a running guest). Its BARs come from `allocate_bar`; on an
+    /// error they are the caller's to release.
+    pub fn add(&mut self, function: SharedFunction, slot: u8) -> Result<(), PciError> {
+        let at = self.free_slot(slot)?;
+        self.slots[at] = Some(function);
+        Ok(())
+    }
+
+    /// `slot` as an index into `slots`, if a device may go there or leave it: it exists
+    /// and is not the machine's.
+    fn device_slot(&self, slot: u8) -> Result<usize, PciError> {
+        let at = usize::from(slot);
+        if at >= SLOTS {
+            return Err(PciError::NoSuchSlot(slot));
+        }
+        if FIXED_SLOTS & slot_bit(at) != 0 {
+            return Err(PciError::NotHotpluggable(slot));
+        }
+        Ok(at)
+    }
+
+    /// `slot` as an index into `slots`, if a device may go there now.
+    pub fn free_slot(&self, slot: u8) -> Result<usize, PciError> {
+        let at = self.device_slot(slot)?;
+        match self.slots[at] {
+            Some(_) => Err(PciError::SlotTaken(slot)),
+            None => Ok(at),
+        }
+    }
+
+    /// The slots of functions that ask for `wanted`, in their order: a slot asked for is
+    /// that function's (it must be free, and asked for once); the others get the lowest
+    /// slots left, in their order. Without slots asked for, the functions take slots 1,
+    /// 2, 3, ... as they come.
+    pub fn plan_slots(&self, wanted: &[Option<u8>]) -> Result<Vec<u8>, PciError> {
+        let mut taken = (self.slots.iter().enumerate())
+            .filter(|(_, f)| f.is_some())
+            .fold(0u32, |bits, (slot, _)| bits | slot_bit(slot));
+        for &slot in wanted.iter().flatten() {
+            let at = self.free_slot(slot)?;
+            if taken & slot_bit(at) != 0 {
+                return Err(PciError::SlotTaken(slot));
+            }
+            taken |= slot_bit(at);
+        }
+        wanted
             .iter()
-            .position(Option::is_none)
-            .ok_or(PciError::NoSlot)?;
-        self.slots[slot] = Some(function);
-        Ok(slot as u8)
+            .map(|w| match w {
+                Some(slot) => Ok(*slot),
+                None => {
+                    let at = (0..SLOTS)
+                        .find(|&s| taken & slot_bit(s) == 0)
+                        .ok_or(PciError::NoSlot)?;
+                    taken |= slot_bit(at);
+                    Ok(at as u8)
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a function sits in `slot`.
+    pub fn occupied(&self, slot: u8) -> bool {
+        matches!(self.slots.get(usize::from(slot)), Some(Some(_)))
     }
 
     fn function(&self, bus: u8, dev: u8, func: u8) -> Option<&SharedFunction> {
@@ -217,7 +301,7 @@ impl PciRoot {
     }
 
     /// Gives each function its saved state; the slots in use must be the same.
-    pub fn restore_states(&self, states: &[(u8, Vec<u8>)]) -> Result<(), String> {
+    pub fn restore_states(&mut self, states: &[(u8, Vec<u8>)]) -> Result<(), String> {
         let here: Vec<u8> = (self.slots.iter().enumerate())
             .filter(|(_, f)| f.is_some())
             .map(|(slot, _)| slot as u8)
@@ -228,6 +312,11 @@ impl PciRoot {
                 "the PCI devices differ: slots {there:?} saved, {here:?} here"
             ));
         }
+        // Everything registered at a BAR goes before any BAR moves: the source's history
+        // of hot-plugs may have put two functions' BARs the other way round from here.
+        for f in self.slots.iter().flatten() {
+            f.lock().before_restore();
+        }
         for (slot, state) in states {
             if let Some(Some(f)) = self.slots.get(usize::from(*slot)) {
                 f.lock()
@@ -235,6 +324,15 @@ impl PciRoot {
                     .map_err(|e| format!("PCI slot {slot}: {e}"))?;
             }
         }
+        // The window's ranges are where the functions are now (their restored BARs).
+        self.allocated = (self.slots.iter().flatten())
+            .flat_map(|f| {
+                let f = f.lock();
+                let bars: Vec<Bar> = (0..6).filter_map(|i| f.config().assigned_bar(i)).collect();
+                bars
+            })
+            .map(|b| (b.addr, b.size))
+            .collect();
         Ok(())
     }
 
@@ -446,5 +544,223 @@ impl BusDevice for PciMmioWindow {
         if let Some((f, bar, off)) = target {
             f.lock().write_bar(bar, off, data);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio_pci::BAR_SIZE;
+
+    /// A function with BAR 0, noting what the bus asks of it in `log`.
+    struct Function {
+        config: PciConfig,
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl PciFunction for Function {
+        fn config(&self) -> &PciConfig {
+            &self.config
+        }
+        fn write_config(&mut self, offset: usize, data: &[u8]) {
+            self.config.write(offset, data);
+        }
+        fn read_bar(&mut self, _: usize, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_bar(&mut self, _: usize, _: u64, _: &[u8]) {}
+        fn save_state(&self) -> Vec<u8> {
+            self.config.save()
+        }
+        fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+            self.log.lock().push(format!("restore {}", self.name));
+            self.config.restore(state)
+        }
+        fn before_restore(&mut self) {
+            self.log.lock().push(format!("before {}", self.name));
+        }
+    }
+
+    fn function(
+        root: &mut PciRoot,
+        name: &'static str,
+        log: &Arc<Mutex<Vec<String>>>,
+    ) -> (Arc<Mutex<Function>>, Bar) {
+        let bar = root.allocate_bar(BAR_SIZE).unwrap();
+        let mut config = PciConfig::new(&Ids {
+            vendor: 0x1af4,
+            device: 0x1042,
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x40,
+            revision: 1,
+            class: 0x010000,
+        });
+        config.add_bar(0, bar);
+        config.seal();
+        let f = Function {
+            config,
+            name,
+            log: log.clone(),
+        };
+        (Arc::new(Mutex::new(f)), bar)
+    }
+
+    #[test]
+    fn slots_asked_for_are_kept_and_the_others_fill_in_from_the_lowest() {
+        let root = PciRoot::default();
+        assert_eq!(root.plan_slots(&[None, None, None]).unwrap(), [1, 2, 3]);
+        assert_eq!(
+            root.plan_slots(&[None, Some(1), None, Some(3)]).unwrap(),
+            [2, 1, 4, 3],
+            "a slot asked for later is kept for it"
+        );
+        assert_eq!(root.plan_slots(&[Some(31), None]).unwrap(), [31, 1]);
+        let err = |wanted: &[Option<u8>]| root.plan_slots(wanted).unwrap_err().to_string();
+        assert_eq!(
+            err(&[Some(0)]),
+            "PCI slot 0 holds part of the machine (the host bridge)"
+        );
+        assert_eq!(
+            err(&[Some(32)]),
+            "PCI slot 32 does not exist (bus 0 has slots 0 to 31)"
+        );
+        assert_eq!(err(&[Some(4), None, Some(4)]), "PCI slot 4 is in use");
+        assert_eq!(err(&[None; 32]), "no free PCI slot");
+        assert_eq!(root.plan_slots(&[None; 31]).unwrap().last(), Some(&31));
+    }
+
+    #[test]
+    fn functions_present_keep_their_slots() {
+        let log = Arc::default();
+        let mut root = PciRoot::default();
+        let (f, _) = function(&mut root, "a", &log);
+        root.add(f.clone(), 2).unwrap();
+        assert!(root.occupied(2) && root.occupied(0) && !root.occupied(1));
+        assert!(!root.occupied(200));
+        assert_eq!(root.plan_slots(&[None, None]).unwrap(), [1, 3]);
+        assert!(matches!(
+            root.plan_slots(&[Some(2)]),
+            Err(PciError::SlotTaken(2))
+        ));
+        assert!(matches!(
+            root.add(f.clone(), 2),
+            Err(PciError::SlotTaken(2))
+        ));
+        assert!(matches!(
+            root.add(f.clone(), 0),
+            Err(PciError::NotHotpluggable(0))
+        ));
+        assert!(matches!(root.add(f, 40), Err(PciError::NoSuchSlot(40))));
+    }
+
+    #[test]
+    fn a_bar_the_guest_moved_is_not_handed_out_again() {
+        let log = Arc::default();
+        let mut root = PciRoot::default();
+        let (f, bar) = function(&mut root, "a", &log);
+        assert_eq!(bar.addr, PCI_MMIO_START);
+        root.add(f.clone(), 1).unwrap();
+        // The guest moves it to where the next BAR would have gone.
+        let moved = PCI_MMIO_START + BAR_SIZE;
+        f.lock()
+            .write_config(config::BAR0, &(moved as u32).to_le_bytes());
+        let next = root.allocate_bar(BAR_SIZE).unwrap();
+        assert_eq!(next.addr, PCI_MMIO_START + 2 * BAR_SIZE);
+    }
+
+    /// The source's hot-plugs left its two functions' BARs the other way round from
+    /// where this bus, built in launch order, put them.
+    #[test]
+    fn a_restore_takes_the_sources_bars_as_the_functions_homes() {
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut source = PciRoot::default();
+        let (a, _) = function(&mut source, "a", &log);
+        let (b, _) = function(&mut source, "b", &log);
+        let (c, _) = function(&mut source, "c", &log);
+        source.add(a.clone(), 1).unwrap();
+        source.add(b, 2).unwrap();
+        source.add(c, 3).unwrap();
+        // a leaves; a new function in slot 4 gets its range.
+        source.slots[1] = None;
+        for bar in (0..6).filter_map(|i| a.lock().config().assigned_bar(i)) {
+            source.release_bar(bar);
+        }
+        let (d, d_bar) = function(&mut source, "d", &log);
+        assert_eq!(d_bar.addr, PCI_MMIO_START);
+        source.add(d, 4).unwrap();
+        let saved = source.save_states();
+
+        let mut here = PciRoot::default();
+        let mut bars = Vec::new();
+        for (slot, name) in [(2, "b"), (3, "c"), (4, "d")] {
+            let (f, bar) = function(&mut here, name, &log);
+            here.add(f, slot).unwrap();
+            bars.push(bar.addr);
+        }
+        assert_eq!(
+            here.function(0, 4, 0)
+                .unwrap()
+                .lock()
+                .config()
+                .bar(0)
+                .unwrap()
+                .addr,
+            bars[2]
+        );
+        log.lock().clear();
+        here.restore_states(&saved).unwrap();
+        assert_eq!(
+            *log.lock(),
+            [
+                "before b",
+                "before c",
+                "before d",
+                "restore b",
+                "restore c",
+                "restore d"
+            ],
+            "every BAR is let go of before any moves"
+        );
+        let bar_of = |root: &PciRoot, slot| {
+            let f = root.function(0, slot, 0).unwrap().lock();
+            (
+                f.config().bar(0).unwrap().addr,
+                f.config().assigned_bar(0).unwrap().addr,
+            )
+        };
+        let d_home = (PCI_MMIO_START, PCI_MMIO_START);
+        assert_eq!(bar_of(&here, 4), d_home);
+        assert_eq!(
+            bar_of(&here, 2),
+            (PCI_MMIO_START + BAR_SIZE, PCI_MMIO_START + BAR_SIZE)
+        );
+        // A reset keeps them there; a new BAR goes past all three.
+        here.reset();
+        assert_eq!(bar_of(&here, 4), d_home);
+        assert_eq!(
+            here.allocate_bar(BAR_SIZE).unwrap().addr,
+            PCI_MMIO_START + 3 * BAR_SIZE
+        );
+    }
+
+    /// The source's first function left: the range it had is free here too after a
+    /// restore, though this bus had given it to another function when it was built.
+    #[test]
+    fn after_a_restore_the_window_counts_the_bars_where_they_are() {
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut source = PciRoot::default();
+        let (a, _) = function(&mut source, "a", &log);
+        let (b, _) = function(&mut source, "b", &log);
+        source.add(a, 1).unwrap();
+        source.add(b, 2).unwrap();
+        source.slots[1] = None;
+        let saved = source.save_states();
+        let mut here = PciRoot::default();
+        let (b, bar) = function(&mut here, "b", &log);
+        assert_eq!(bar.addr, PCI_MMIO_START);
+        here.add(b, 2).unwrap();
+        here.restore_states(&saved).unwrap();
+        assert_eq!(here.allocate_bar(BAR_SIZE).unwrap().addr, PCI_MMIO_START);
     }
 }

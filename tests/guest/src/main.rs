@@ -6,7 +6,8 @@
 //! - `arch/`: the CPU and platform (PVH entry, GDT/TSS, IDT, APICs, PIC, PIT, TSC, SMP, ring 3,
 //!   timed halts, memory);
 //! - `acpi/`: the firmware tables, and power management driven by them;
-//! - `drivers/`: PCI, the virtio transport and virtqueues, virtio-blk, virtio-net;
+//! - `drivers/`: PCI, the virtio transport and virtqueues, virtio-blk, virtio-net,
+//!   virtio-balloon;
 //! - `scenarios/`: the dispatcher and the scenarios (`blk/` and `net/` for the device ones);
 //! - support: `console` (output lines), `cmdline`, `sync`, `netproto` (Ethernet to UDP).
 //!
@@ -21,7 +22,8 @@
 //! scenarios' `GUEST NET ...` (scenarios/net/), and migrate-dirty's `GUEST MIG ready ...`,
 //! `GUEST MIG round R ok ...`, `GUEST MIG blk N ok ...`, `GUEST MIG net N ok ...`,
 //! `GUEST MIG selftest ...`, `GUEST MIG done ...` and `GUEST ERROR mig ...`
-//! (scenarios/migrate/); `GUEST INFO ...` lines are diagnostics.
+//! (scenarios/migrate/), and the balloon scenario's `GUEST BALLOON ...` (scenarios/balloon.rs);
+//! `GUEST INFO ...` lines are diagnostics.
 
 #![no_std]
 #![no_main]

@@ -7,12 +7,14 @@
 //! - `ring3-checks`, `fault` and `panic` exercise the guest's own failure reporting,
 //!   `triple-fault` and `cmpxchg16b` the VMM's (ring3.rs, failures.rs);
 //! - `pci-list` (pci.rs, with the PCI set-up every device scenario starts with);
-//! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/;
+//! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
+//!   `balloon` (virtio-balloon) in balloon.rs;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
 //!   working set in ring 3 and checks every page before each rewrite, so a page a migration
 //!   lost or left stale is reported; optionally rate-limited, with block I/O and network
 //!   echoes checked alongside.
 
+mod balloon;
 mod blk;
 mod failures;
 mod idle;
@@ -31,6 +33,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(name) if blk::handles(name) => blk::run(name, acpi, cmdline),
         Some(name) if net::handles(name) => net::run(name, acpi, cmdline),
         Some(b"pci-list") => pci::list(acpi, cmdline),
+        Some(b"balloon") => balloon::run(acpi, cmdline),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),
         Some(b"poweroff") => power::poweroff(acpi),

@@ -5,7 +5,7 @@
 //! ACCESS_PLATFORM and ORDER_PLATFORM taken when offered, plus what the device driver asks
 //! for), MSI-X (one vector for configuration changes, one per queue when the table is big
 //! enough, else one shared by the queues), queue set-up ([`Virtqueue`]s, sizes from the device
-//! capped at [`MAX_QUEUE_SIZE`]), DRIVER_OK and device configuration reads.
+//! capped at [`MAX_QUEUE_SIZE`]), DRIVER_OK and device configuration reads (and 32-bit writes).
 
 use super::virtqueue::{Virtqueue, MAX_QUEUE_SIZE, USED_OFFSET};
 use crate::arch::phys::{mmio_read, mmio_write};
@@ -506,6 +506,15 @@ impl Transport {
         }
         // SAFETY: inside the mapped device configuration.
         unsafe { mmio_read::<u32>(self.device_cfg + offset) }
+    }
+
+    /// Writes a 32-bit device configuration field (ignored beyond the structure's length).
+    pub fn write_config32(&self, offset: u64, value: u32) {
+        if offset + 4 > u64::from(self.device_cfg_len) {
+            return;
+        }
+        // SAFETY: inside the mapped device configuration.
+        unsafe { mmio_write::<u32>(self.device_cfg + offset, value) }
     }
 
     pub fn config8(&self, offset: u64) -> u8 {

@@ -550,7 +550,9 @@ impl BusDevice for PciMmioWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio_pci::BAR_SIZE;
+
+    /// A virtio-pci function's BAR size (not imported: the transport imports this).
+    const BAR_SIZE: u64 = 0x8000;
 
     /// A function with BAR 0, noting what the bus asks of it in `log`.
     struct Function {

@@ -4,7 +4,7 @@
 //! VM-wide and replaced as a whole, so it is rebuilt from the default PIC/IOAPIC routes
 //! plus every MSI route. Level-triggered lines (the ACPI SCI): KVM_IRQ_LINE on a GSI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -40,6 +40,9 @@ pub struct MsiMessage {
 struct Routes {
     msi: BTreeMap<u32, MsiMessage>,
     next_gsi: u32,
+    /// GSIs of functions that left (hot-unplugged), handed out again first: KVM's
+    /// routing table has room for a few thousand.
+    free: BTreeSet<u32>,
     /// Changes wait for `release` (a restore sets many routes: one table then, as each
     /// KVM_SET_GSI_ROUTING waits for an RCU grace period).
     held: bool,
@@ -68,6 +71,7 @@ impl MsiRouter {
             routes: Mutex::new(Routes {
                 msi: BTreeMap::new(),
                 next_gsi: FIRST_MSI_GSI,
+                free: BTreeSet::new(),
                 held: false,
             }),
         })
@@ -75,9 +79,29 @@ impl MsiRouter {
 
     pub fn allocate_gsi(&self) -> u32 {
         let mut r = self.routes.lock();
+        if let Some(gsi) = r.free.pop_first() {
+            return gsi;
+        }
         let gsi = r.next_gsi;
         r.next_gsi += 1;
         gsi
+    }
+
+    /// The GSIs of a function that left (their irqfds unregistered already): their
+    /// routes go, in one table, and they can be allocated again.
+    pub fn release_gsis(&self, gsis: &[u32]) -> Result<(), InterruptError> {
+        let mut r = self.routes.lock();
+        let mut routed = false;
+        for &gsi in gsis {
+            routed |= r.msi.remove(&gsi).is_some();
+            if gsi >= FIRST_MSI_GSI && gsi < r.next_gsi {
+                r.free.insert(gsi);
+            }
+        }
+        if r.held || !routed {
+            return Ok(());
+        }
+        self.install(&r)
     }
 
     /// Routes `gsi` to `msg`, or removes its route (None), and installs the table.
@@ -148,6 +172,12 @@ impl MsiRouter {
     pub fn vm(&self) -> &Arc<VmFd> {
         &self.vm
     }
+
+    /// The GSIs with an MSI route now.
+    #[cfg(test)]
+    pub(crate) fn routed(&self) -> Vec<u32> {
+        self.routes.lock().msi.keys().copied().collect()
+    }
 }
 
 /// A level-triggered ISA/GSI line driven through KVM_IRQ_LINE.
@@ -167,5 +197,32 @@ impl IrqLine for KvmIrqLine {
         if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
             log::error!("setting GSI {} to {high}: {e}", self.gsi);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_gsis_lose_their_routes_and_are_handed_out_again_first() {
+        let router = MsiRouter::new(crate::test_kvm::vm());
+        let gsis: Vec<u32> = (0..3).map(|_| router.allocate_gsi()).collect();
+        assert_eq!(gsis, [24, 25, 26]);
+        let msg = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        router.set(24, Some(msg)).unwrap();
+        router.set(26, Some(msg)).unwrap();
+        router.release_gsis(&[25, 26]).unwrap();
+        assert_eq!(router.routed(), [24]);
+        assert_eq!(
+            (0..3).map(|_| router.allocate_gsi()).collect::<Vec<_>>(),
+            [25, 26, 27]
+        );
+        // A number never handed out is not taken back.
+        router.release_gsis(&[500, 3]).unwrap();
+        assert_eq!(router.allocate_gsi(), 28);
     }
 }

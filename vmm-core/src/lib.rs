@@ -21,6 +21,8 @@ pub mod postcopy;
 pub mod runner;
 pub mod seccomp;
 pub mod snapshot;
+#[cfg(test)]
+pub(crate) mod test_kvm;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;

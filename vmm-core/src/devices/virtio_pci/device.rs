@@ -121,4 +121,6 @@ pub trait VirtioDevice: Send {
     /// The driver had set DRIVER_OK before a migration: the device continues the rings
     /// from where they are in guest memory, as laid out in `queues`.
     fn resume(&mut self, features: u64, queues: &[ActiveQueue]) -> Result<(), String>;
+    /// The function left the bus for good: the device lets go of its backend.
+    fn unplug(&mut self) {}
 }

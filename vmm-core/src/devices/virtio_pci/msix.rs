@@ -111,6 +111,23 @@ impl MsixTable {
         }
     }
 
+    /// The function left for good: the irqfds go, then the GSIs with their routes
+    /// (one routing table for them all). The table has no vectors afterwards.
+    pub fn release(&mut self) {
+        for (v, vec) in self.vectors.iter_mut().enumerate() {
+            if vec.irqfd_on {
+                if let Err(e) = self.router.unregister_irqfd(&self.eventfds[v], vec.gsi) {
+                    log::error!("irqfd for vector {v}: {e}");
+                }
+                vec.irqfd_on = false;
+            }
+        }
+        let gsis: Vec<u32> = self.vectors.drain(..).map(|v| v.gsi).collect();
+        if let Err(e) = self.router.release_gsis(&gsis) {
+            log::error!("MSI routes of an unplugged function: {e}");
+        }
+    }
+
     /// Every entry back to its power-on state (masked, no message); `sync_all` applies it.
     pub fn reset_entries(&mut self) {
         for v in &mut self.vectors {

@@ -88,6 +88,13 @@ pub struct VirtioPci {
     activated: bool,
     /// The device's qdev id ("" without one).
     qdev_id: String,
+    /// Off the bus for good: nothing is registered with KVM again.
+    unplugged: bool,
+}
+
+/// Where queue `q`'s kicks land for BAR 0 at `bar`.
+fn kick_at(bar: u64, q: usize) -> IoEventAddress {
+    IoEventAddress::Mmio(bar + NOTIFY + q as u64 * NOTIFY_MULTIPLIER)
 }
 
 fn cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -162,11 +169,16 @@ impl VirtioPci {
             activated: false,
             device,
             qdev_id: String::new(),
+            unplugged: false,
         };
         dev.config.seal();
         let notifier = dev.config_changed.clone();
         dev.device.set_config_changed(notifier);
-        dev.register_kicks()?;
+        if let Err(e) = dev.register_kicks() {
+            // Its GSIs go back; the device is the caller's to let go of.
+            dev.msix.release();
+            return Err(e);
+        }
         Ok(dev)
     }
 
@@ -180,26 +192,45 @@ impl VirtioPci {
         self.config.bar(0).map(|b| b.addr).unwrap_or(0)
     }
 
-    /// (Re-)registers each queue's kick ioeventfd at its notify address in BAR 0.
+    /// (Re-)registers each queue's kick ioeventfd at its notify address in BAR 0. On an
+    /// error none is registered: a function half registered would hold addresses that
+    /// another BAR may take.
     fn register_kicks(&mut self) -> Result<(), String> {
         let addr = self.bar_addr();
-        if self.kicks_at == Some(addr) {
+        if self.kicks_at == Some(addr) || self.unplugged {
+            return Ok(());
+        }
+        self.unregister_kicks();
+        if addr == 0 {
             return Ok(());
         }
         for (q, fd) in self.kicks.iter().enumerate() {
-            if let Some(old) = self.kicks_at {
-                let at = IoEventAddress::Mmio(old + NOTIFY + q as u64 * NOTIFY_MULTIPLIER);
-                let _ = self.vm.unregister_ioevent(fd, &at, NoDatamatch);
-            }
-            if addr != 0 {
-                let at = IoEventAddress::Mmio(addr + NOTIFY + q as u64 * NOTIFY_MULTIPLIER);
-                self.vm
-                    .register_ioevent(fd, &at, NoDatamatch)
-                    .map_err(|e| format!("kick ioeventfd: {e}"))?;
+            if let Err(e) = self.vm.register_ioevent(fd, &kick_at(addr, q), NoDatamatch) {
+                for (p, fd) in self.kicks.iter().enumerate().take(q) {
+                    let _ = self
+                        .vm
+                        .unregister_ioevent(fd, &kick_at(addr, p), NoDatamatch);
+                }
+                return Err(format!("kick ioeventfd: {e}"));
             }
         }
-        self.kicks_at = (addr != 0).then_some(addr);
+        self.kicks_at = Some(addr);
         Ok(())
+    }
+
+    /// Takes the kick ioeventfds out of KVM.
+    fn unregister_kicks(&mut self) {
+        let Some(addr) = self.kicks_at.take() else {
+            return;
+        };
+        for (q, fd) in self.kicks.iter().enumerate() {
+            if let Err(e) = self
+                .vm
+                .unregister_ioevent(fd, &kick_at(addr, q), NoDatamatch)
+            {
+                log::error!("unregistering the kick ioeventfd of queue {q}: {e}");
+            }
+        }
     }
 
     fn msix_control(&self) -> u16 {
@@ -470,6 +501,17 @@ impl PciFunction for VirtioPci {
         }
     }
 
+    fn unplug(&mut self) {
+        self.unplugged = true;
+        self.unregister_kicks();
+        self.msix.release();
+        self.device.unplug();
+    }
+
+    fn before_restore(&mut self) {
+        self.unregister_kicks();
+    }
+
     fn save_state(&self) -> Vec<u8> {
         state::encode(&TransportState {
             config: self.config.save(),
@@ -569,5 +611,148 @@ impl PciFunction for VirtioPci {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio_pci::msix::{MSIX_ENABLE, MSIX_FUNCTION_MASK};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A device of two queues that notes being unplugged.
+    struct Device(Arc<AtomicBool>);
+
+    impl VirtioDevice for Device {
+        fn device_type(&self) -> u16 {
+            2
+        }
+        fn pci_class(&self) -> u32 {
+            0x010000
+        }
+        fn num_queues(&self) -> usize {
+            2
+        }
+        fn queue_max_size(&self) -> u16 {
+            256
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, _: u64, _: &[ActiveQueue]) -> Result<(), String> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+        fn save_state(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore_state(&mut self, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn resume(&mut self, _: u64, _: &[ActiveQueue]) -> Result<(), String> {
+            Ok(())
+        }
+        fn unplug(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    const BAR: u64 = 0xc000_0000;
+
+    /// Whether KVM has an ioeventfd at queue `q`'s kick address (it refuses another).
+    fn kick_registered(vm: &VmFd, q: usize) -> bool {
+        let probe = EventFd::new(EFD_NONBLOCK).unwrap();
+        match vm.register_ioevent(&probe, &kick_at(BAR, q), NoDatamatch) {
+            Ok(()) => {
+                vm.unregister_ioevent(&probe, &kick_at(BAR, q), NoDatamatch)
+                    .unwrap();
+                false
+            }
+            Err(e) if e.errno() == libc::EEXIST => true,
+            Err(e) => panic!("probing kick {q}: {e}"),
+        }
+    }
+
+    /// Whether KVM has vector `v`'s eventfd as an irqfd (it refuses it a second time).
+    fn irqfd_registered(t: &VirtioPci, v: usize) -> bool {
+        let fd = &t.msix.eventfds()[v];
+        match t.vm.register_irqfd(fd, 1000) {
+            Ok(()) => {
+                t.vm.unregister_irqfd(fd, 1000).unwrap();
+                false
+            }
+            Err(e) if e.errno() == libc::EBUSY => true,
+            Err(e) => panic!("probing vector {v}: {e}"),
+        }
+    }
+
+    #[test]
+    fn an_unplugged_function_leaves_nothing_in_kvm() {
+        let vm = crate::test_kvm::vm();
+        let router = MsiRouter::new(vm.clone());
+        let unplugged = Arc::new(AtomicBool::new(false));
+        let device = Box::new(Device(unplugged.clone()));
+        let mut t = VirtioPci::new(device, BAR, vm.clone(), router.clone()).unwrap();
+        assert!(kick_registered(&vm, 0) && kick_registered(&vm, 1));
+        // The driver turns vector 0 on: a route and an irqfd.
+        t.write_bar(0, MSIX_TABLE, &0xfee0_0000u32.to_le_bytes());
+        t.write_bar(0, MSIX_TABLE + 8, &0x41u32.to_le_bytes());
+        t.write_bar(0, MSIX_TABLE + 12, &0u32.to_le_bytes());
+        let control = MSIX_ENABLE.to_le_bytes();
+        t.write_config(t.msix_cap + 2, &control);
+        assert!(irqfd_registered(&t, 0));
+        assert!(!irqfd_registered(&t, 1));
+        assert_eq!(router.routed().len(), 1);
+        t.unplug();
+        assert!(!kick_registered(&vm, 0) && !kick_registered(&vm, 1));
+        assert!(!irqfd_registered(&t, 0));
+        assert!(router.routed().is_empty());
+        assert!(
+            unplugged.load(Ordering::SeqCst),
+            "the device let go of its backend"
+        );
+        // Its three GSIs are the next ones handed out.
+        let next: Vec<u32> = (0..4).map(|_| router.allocate_gsi()).collect();
+        assert_eq!(next, [24, 25, 26, 27]);
+        // Nothing comes back: a BAR write or a reset registers nothing.
+        let masked = (MSIX_ENABLE | MSIX_FUNCTION_MASK).to_le_bytes();
+        t.write_config(t.msix_cap + 2, &masked);
+        PciFunction::reset(&mut t);
+        assert!(!kick_registered(&vm, 0));
+        t.unplug();
+    }
+
+    #[test]
+    fn a_function_whose_kicks_cannot_all_be_registered_registers_none() {
+        let vm = crate::test_kvm::vm();
+        let router = MsiRouter::new(vm.clone());
+        let taken = EventFd::new(EFD_NONBLOCK).unwrap();
+        vm.register_ioevent(&taken, &kick_at(BAR, 1), NoDatamatch)
+            .unwrap();
+        let device = Box::new(Device(Arc::default()));
+        let e = VirtioPci::new(device, BAR, vm.clone(), router.clone())
+            .err()
+            .unwrap();
+        assert!(e.starts_with("kick ioeventfd"), "{e}");
+        assert!(!kick_registered(&vm, 0), "queue 0's kick was taken back");
+        assert_eq!(router.allocate_gsi(), 24, "its GSIs went back");
+    }
+
+    #[test]
+    fn a_restore_lets_go_of_the_kicks_before_the_bar_moves() {
+        let vm = crate::test_kvm::vm();
+        let router = MsiRouter::new(vm.clone());
+        let mut t =
+            VirtioPci::new(Box::new(Device(Arc::default())), BAR, vm.clone(), router).unwrap();
+        t.before_restore();
+        assert!(!kick_registered(&vm, 0) && !kick_registered(&vm, 1));
+        // The state puts them back (at the saved BAR, here the same).
+        let saved = t.save_state();
+        t.restore_state(&saved).unwrap();
+        assert!(kick_registered(&vm, 0) && kick_registered(&vm, 1));
     }
 }

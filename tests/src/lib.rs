@@ -5,6 +5,7 @@
 //! Anything a test needs that the machine lacks is a test failure naming what is
 //! missing, never a skip.
 
+pub mod balloon;
 pub mod blk;
 pub mod linux;
 pub mod migration;

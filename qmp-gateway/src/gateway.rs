@@ -23,6 +23,7 @@ use crate::children::spawn::host_tid;
 use crate::children::vmm::VmmChild;
 use crate::events::{Event, EventBus};
 use crate::fdstore::FdSets;
+use crate::objects::Objects;
 use crate::migration::{Handles, MigrationSettings, Migrator};
 use crate::net::NetLayer;
 
@@ -104,6 +105,8 @@ pub struct Gateway {
     /// Migrations out of and into this VM.
     pub migrator: Arc<Migrator>,
     pub fdsets: FdSets,
+    /// What object-add created.
+    pub objects: Objects,
     pub events: Arc<EventBus>,
     exit: mpsc::Sender<ExitReason>,
     vmm_pid: AtomicU32,
@@ -217,6 +220,7 @@ impl Gateway {
             migration,
             migrator,
             fdsets: FdSets::default(),
+            objects: Objects::default(),
             events,
             exit,
             vmm_pid: AtomicU32::new(0),

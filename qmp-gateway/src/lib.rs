@@ -22,6 +22,7 @@ pub mod ids;
 pub mod launch;
 pub mod migration;
 pub mod net;
+pub mod objects;
 pub mod qmp;
 pub mod sockets;
 pub mod startup;

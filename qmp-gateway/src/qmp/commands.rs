@@ -7,7 +7,8 @@ use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
 use super::handlers::{
-    absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, pci, snapshot,
+    absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
+    snapshot,
 };
 use super::qapi::Ty;
 
@@ -354,6 +355,14 @@ pub const COMMANDS: &[Command] = &[
         "blockdev-close-tray",
         &Typed(block::not_removable::<block::DeviceOrId>),
         EMPTY,
+        G,
+    ),
+    partly("object-add", &Typed(objects::object_add), EMPTY, G),
+    cmd("object-del", &Typed(objects::object_del), EMPTY, G),
+    cmd(
+        "query-memdev",
+        &Typed(objects::query_memdev),
+        Ty::Array(&Ty::Named("Memdev")),
         G,
     ),
     cmd("netdev_add", &Typed(net::netdev_add), EMPTY, N),

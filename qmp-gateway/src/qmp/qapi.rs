@@ -135,6 +135,18 @@ impl Types {
         Ok(())
     }
 
+    /// `args` as the named union or object type `name`: a boxed command's arguments
+    /// (object-add's ObjectOptions).
+    pub fn check_boxed(&self, name: &str, args: &Map<String, Value>) -> Result<(), QmpError> {
+        match self.get(name).map(|t| t.kind) {
+            Some(TypeKind::Union(u)) => self.check_union(&u, args, ""),
+            Some(TypeKind::Object(members)) => self.check_members(members, args, ""),
+            _ => Err(QmpError::generic(format!(
+                "internal error: {name} is not an object or union type"
+            ))),
+        }
+    }
+
     /// A union's base members, then its branch's, then nothing else.
     fn check_union(
         &self,

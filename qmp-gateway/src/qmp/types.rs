@@ -904,6 +904,109 @@ pub const TYPES: Types = Types(&[
             req("compression-rate", Ty::Number),
         ]),
     },
+    // object-add's arguments: QEMU 7.2's ObjectOptions, with branches for the types
+    // Flotilla creates (objects/spec.rs refuses the others by name).
+    TypeDef {
+        name: "ObjectOptions",
+        kind: TypeKind::Union(Union {
+            base: &[req("qom-type", Ty::Named("ObjectType")), req("id", Ty::Str)],
+            tag: "qom-type",
+            variants: &[
+                ("iothread", "IothreadProperties"),
+                ("memory-backend-file", "MemoryBackendFileProperties"),
+                ("memory-backend-memfd", "MemoryBackendMemfdProperties"),
+                ("memory-backend-ram", "MemoryBackendProperties"),
+            ],
+        }),
+    },
+    TypeDef {
+        name: "ObjectType",
+        kind: TypeKind::Enum(super::object_add::QEMU_OBJECT_TYPES),
+    },
+    TypeDef {
+        name: "IothreadProperties",
+        kind: TypeKind::Object(&[
+            opt("aio-max-batch", Ty::Int),
+            opt("thread-pool-min", Ty::Int),
+            opt("thread-pool-max", Ty::Int),
+            opt("poll-max-ns", Ty::Int),
+            opt("poll-grow", Ty::Int),
+            opt("poll-shrink", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "MemoryBackendProperties",
+        kind: TypeKind::Object(MEMORY_BACKEND),
+    },
+    TypeDef {
+        name: "MemoryBackendMemfdProperties",
+        kind: TypeKind::Object(&[
+            MEMORY_BACKEND[0],
+            MEMORY_BACKEND[1],
+            MEMORY_BACKEND[2],
+            MEMORY_BACKEND[3],
+            MEMORY_BACKEND[4],
+            MEMORY_BACKEND[5],
+            MEMORY_BACKEND[6],
+            MEMORY_BACKEND[7],
+            MEMORY_BACKEND[8],
+            MEMORY_BACKEND[9],
+            MEMORY_BACKEND[10],
+            opt("hugetlb", Ty::Bool),
+            opt("hugetlbsize", Ty::Uint),
+            opt("seal", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "MemoryBackendFileProperties",
+        kind: TypeKind::Object(&[
+            MEMORY_BACKEND[0],
+            MEMORY_BACKEND[1],
+            MEMORY_BACKEND[2],
+            MEMORY_BACKEND[3],
+            MEMORY_BACKEND[4],
+            MEMORY_BACKEND[5],
+            MEMORY_BACKEND[6],
+            MEMORY_BACKEND[7],
+            MEMORY_BACKEND[8],
+            MEMORY_BACKEND[9],
+            MEMORY_BACKEND[10],
+            opt("align", Ty::Uint),
+            opt("discard-data", Ty::Bool),
+            req("mem-path", Ty::Str),
+            opt("pmem", Ty::Bool),
+            opt("readonly", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "HostMemPolicy",
+        kind: TypeKind::Enum(&["default", "preferred", "bind", "interleave"]),
+    },
+    TypeDef {
+        name: "IOThreadInfo",
+        kind: TypeKind::Object(&[
+            req("id", Ty::Str),
+            req("thread-id", Ty::Int),
+            req("poll-max-ns", Ty::Int),
+            req("poll-grow", Ty::Int),
+            req("poll-shrink", Ty::Int),
+            req("aio-max-batch", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "Memdev",
+        kind: TypeKind::Object(&[
+            opt("id", Ty::Str),
+            req("size", Ty::Int),
+            req("merge", Ty::Bool),
+            req("dump", Ty::Bool),
+            req("prealloc", Ty::Bool),
+            req("share", Ty::Bool),
+            opt("reserve", Ty::Bool),
+            req("host-nodes", Ty::Array(&Ty::Int)),
+            req("policy", Ty::Named("HostMemPolicy")),
+        ]),
+    },
 ]);
 
 /// A migration parameter: its name, its type in migrate-set-parameters and its type in
@@ -1036,4 +1139,20 @@ pub const BLOCKDEV_BACKUP_MEMBERS: &[Member] = &[
     opt("compress", Ty::Bool),
     opt("on-source-error", Ty::Named("BlockdevOnError")),
     opt("on-target-error", Ty::Named("BlockdevOnError")),
+];
+
+/// QEMU 7.2's MemoryBackendProperties, in its order (the memfd and file backends start
+/// with the same members).
+const MEMORY_BACKEND: &[Member] = &[
+    opt("dump", Ty::Bool),
+    opt("host-nodes", Ty::Array(&Ty::Int)),
+    opt("merge", Ty::Bool),
+    opt("policy", Ty::Named("HostMemPolicy")),
+    opt("prealloc", Ty::Bool),
+    opt("prealloc-threads", Ty::Int),
+    opt("prealloc-context", Ty::Str),
+    opt("share", Ty::Bool),
+    opt("reserve", Ty::Bool),
+    req("size", Ty::Uint),
+    opt("x-use-canonical-path-for-ramblock-id", Ty::Bool),
 ];

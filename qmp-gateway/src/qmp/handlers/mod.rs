@@ -10,5 +10,6 @@ pub mod machine;
 pub mod migrate;
 pub mod migration;
 pub mod net;
+pub mod objects;
 pub mod pci;
 pub mod snapshot;

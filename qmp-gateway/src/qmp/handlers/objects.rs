@@ -1,0 +1,79 @@
+//! object-add, object-del and query-memdev: the objects clients create (objects/), and
+//! guest RAM's own backend, which query-memdev lists after them as QEMU lists its
+//! machine's.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::objects::{Object, ObjectError};
+use crate::qmp::args::{serde_arguments, NoArgs};
+use crate::qmp::context::Ctx;
+use crate::qmp::object_add::ObjectAdd;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{req, Ty};
+
+/// The id of guest RAM's backend in query-memdev. QEMU names it after its machine
+/// ("pc.ram", "microvm.ram"); ours is the memfd vmm-core maps and the daemons share.
+pub const MACHINE_RAM_ID: &str = "flotilla.ram";
+
+impl From<ObjectError> for QmpError {
+    fn from(e: ObjectError) -> QmpError {
+        QmpError::generic(e.to_string())
+    }
+}
+
+pub fn object_add(c: &mut Ctx, a: ObjectAdd) -> QmpResult {
+    c.gw.objects.add(a.0)?;
+    Ok(json!({}))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ObjectDel {
+    pub id: String,
+}
+
+serde_arguments!(ObjectDel, [req("id", Ty::Str)]);
+
+pub fn object_del(c: &mut Ctx, a: ObjectDel) -> QmpResult {
+    c.gw.objects.del(&a.id)?;
+    Ok(json!({}))
+}
+
+/// Memdev entries, newest object first, then guest RAM's.
+pub fn query_memdev(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    let mut list = c.gw.objects.each(|id, o| match o {
+        Object::MemoryBackend(m) => Some(json!({
+            "id": id,
+            "size": m.spec.size,
+            "merge": m.spec.merge,
+            "dump": m.spec.dump,
+            "prealloc": m.spec.prealloc,
+            "share": m.share(),
+            "reserve": m.spec.reserve,
+            "host-nodes": [],
+            "policy": "default",
+        })),
+        Object::IoThread(_) => None,
+    });
+    let ram =
+        c.gw.vmm_child
+            .launch
+            .lock()
+            .as_ref()
+            .map(|l| l.config.memory_mib << 20);
+    if let Some(size) = ram {
+        // Shared with the daemons; never madvise()d mergeable; dumped; not preallocated.
+        list.push(json!({
+            "id": MACHINE_RAM_ID,
+            "size": size,
+            "merge": false,
+            "dump": true,
+            "prealloc": false,
+            "share": true,
+            "reserve": true,
+            "host-nodes": [],
+            "policy": "default",
+        }));
+    }
+    Ok(Value::Array(list))
+}

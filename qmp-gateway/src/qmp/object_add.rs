@@ -1,0 +1,306 @@
+//! object-add's arguments: QEMU 7.2's ObjectOptions (flat, as today's QEMU takes them,
+//! or with the properties in "props", as the spec's older form has them), checked with
+//! QEMU's messages and read into what the registry creates.
+
+use serde_json::{Map, Value};
+
+use super::args::Arguments;
+use super::protocol::QmpError;
+use super::qapi::{opt, req, Member, Ty};
+use super::types::TYPES;
+use crate::ids;
+use crate::objects::iothread::IoThread;
+use crate::objects::memory_backend::{BackendKind, MemoryBackendSpec};
+use crate::objects::ObjectSpec;
+
+/// object-add's arguments: the object to create.
+pub struct ObjectAdd(pub ObjectSpec);
+
+impl Arguments for ObjectAdd {
+    /// The base members and the spec's `props`; `decode` checks the rest as QEMU's
+    /// ObjectOptions union.
+    const MEMBERS: &'static [Member] = &[
+        req("qom-type", Ty::Named("ObjectType")),
+        req("id", Ty::Str),
+        opt("props", Ty::Any),
+    ];
+
+    fn decode(args: Map<String, Value>) -> Result<Self, QmpError> {
+        from_args(args).map(ObjectAdd)
+    }
+
+    #[cfg(test)]
+    fn serde_fields() -> Option<&'static [&'static str]> {
+        None
+    }
+}
+
+/// QEMU 7.2's ObjectType values, in its order: a type outside them is "not accepted";
+/// one of them that Flotilla does not create is refused by name.
+pub const QEMU_OBJECT_TYPES: &[&str] = &[
+    "authz-list",
+    "authz-listfile",
+    "authz-pam",
+    "authz-simple",
+    "can-bus",
+    "can-host-socketcan",
+    "colo-compare",
+    "cryptodev-backend",
+    "cryptodev-backend-builtin",
+    "cryptodev-backend-lkcf",
+    "cryptodev-vhost-user",
+    "dbus-vmstate",
+    "filter-buffer",
+    "filter-dump",
+    "filter-mirror",
+    "filter-redirector",
+    "filter-replay",
+    "filter-rewriter",
+    "input-barrier",
+    "input-linux",
+    "iothread",
+    "main-loop",
+    "memory-backend-epc",
+    "memory-backend-file",
+    "memory-backend-memfd",
+    "memory-backend-ram",
+    "pef-guest",
+    "pr-manager-helper",
+    "qtest",
+    "rng-builtin",
+    "rng-egd",
+    "rng-random",
+    "secret",
+    "secret_keyring",
+    "sev-guest",
+    "thread-context",
+    "s390-pv-guest",
+    "throttle-group",
+    "tls-creds-anon",
+    "tls-creds-psk",
+    "tls-creds-x509",
+    "tls-cipher-suites",
+    "x-remote-object",
+    "x-vfio-user-server",
+];
+
+/// From object-add's arguments.
+pub fn from_args(mut args: Map<String, Value>) -> Result<ObjectSpec, QmpError> {
+    // The spec's form: the properties in "props" (QEMU before 6.0). Merged into the
+    // flat form, where a property given twice is an error.
+    if let Some(props) = args.remove("props") {
+        let Value::Object(props) = props else {
+            return Err(QmpError::generic(
+                "Invalid parameter type for 'props', expected: object",
+            ));
+        };
+        for (k, v) in props {
+            if k == "qom-type" || k == "id" || args.contains_key(&k) {
+                return Err(QmpError::generic(format!(
+                    "Parameter '{k}' is given twice (in props and outside)"
+                )));
+            }
+            args.insert(k, v);
+        }
+    }
+    TYPES.check_boxed("ObjectOptions", &args)?;
+    let kind = args.get("qom-type").and_then(Value::as_str).unwrap_or("");
+    let id = args.get("id").and_then(Value::as_str).unwrap_or("");
+    if !ids::well_formed(id) {
+        return Err(QmpError::generic("Parameter 'id' expects an identifier"));
+    }
+    match kind {
+        "iothread" => iothread(id, &args).map(ObjectSpec::IoThread),
+        "memory-backend-ram" => memory_backend(id, BackendKind::Ram, &args),
+        "memory-backend-memfd" => memory_backend(id, BackendKind::Memfd, &args),
+        "memory-backend-file" => {
+            let mem_path = str_arg(&args, "mem-path").unwrap_or_default();
+            memory_backend(id, BackendKind::File { mem_path }, &args)
+        }
+        other => Err(QmpError::generic(format!(
+            "Flotilla does not create objects of type '{other}' (it creates iothread, \
+             memory-backend-ram, memory-backend-memfd and memory-backend-file)"
+        ))),
+    }
+}
+
+fn str_arg(args: &Map<String, Value>, key: &str) -> Option<String> {
+    args.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn bool_arg(args: &Map<String, Value>, key: &str, default: bool) -> bool {
+    args.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn iothread(id: &str, args: &Map<String, Value>) -> Result<IoThread, QmpError> {
+    let mut t = IoThread::new(id);
+    // QEMU's iothread_set_param: each is an int64 that must not be negative.
+    for (key, field) in [
+        ("poll-max-ns", &mut t.poll_max_ns),
+        ("poll-grow", &mut t.poll_grow),
+        ("poll-shrink", &mut t.poll_shrink),
+        ("aio-max-batch", &mut t.aio_max_batch),
+    ] {
+        if let Some(v) = args.get(key).and_then(Value::as_i64) {
+            if v < 0 {
+                return Err(QmpError::generic(format!(
+                    "{key} value must be in range [0, {}]",
+                    i64::MAX
+                )));
+            }
+            *field = v;
+        }
+    }
+    for (key, field) in [
+        ("thread-pool-min", &mut t.thread_pool_min),
+        ("thread-pool-max", &mut t.thread_pool_max),
+    ] {
+        if let Some(v) = args.get(key).and_then(Value::as_i64) {
+            *field = v;
+        }
+    }
+    Ok(t)
+}
+
+fn memory_backend(
+    id: &str,
+    kind: BackendKind,
+    args: &Map<String, Value>,
+) -> Result<ObjectSpec, QmpError> {
+    let qom_type = kind.qom_type();
+    // Checked as a uint64 already.
+    let size = args.get("size").and_then(Value::as_u64).unwrap_or(0);
+    if size == 0 {
+        return Err(QmpError::generic(format!(
+            "property 'size' of {qom_type} doesn't take value '0'"
+        )));
+    }
+    // NUMA placement would be applied where the memory is mapped (vmm-core), which
+    // has no NUMA topology to place it by: refused rather than ignored.
+    let policy = args
+        .get("policy")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let nodes = args
+        .get("host-nodes")
+        .and_then(Value::as_array)
+        .is_some_and(|n| !n.is_empty());
+    if policy != "default" || nodes {
+        return Err(QmpError::generic(
+            "Flotilla does not apply NUMA policies to memory backends: \
+             give neither policy nor host-nodes",
+        ));
+    }
+    if bool_arg(args, "hugetlb", false) {
+        return Err(QmpError::generic(
+            "Flotilla does not create hugetlb memfds: give hugetlb=false",
+        ));
+    }
+    if bool_arg(args, "readonly", false) || bool_arg(args, "pmem", false) {
+        return Err(QmpError::generic(
+            "Flotilla does not map read-only or persistent memory backends",
+        ));
+    }
+    let mut spec = MemoryBackendSpec::new(id, kind, size);
+    spec.share = args.get("share").and_then(Value::as_bool);
+    spec.prealloc = bool_arg(args, "prealloc", false);
+    spec.merge = bool_arg(args, "merge", true);
+    spec.dump = bool_arg(args, "dump", true);
+    spec.reserve = bool_arg(args, "reserve", true);
+    Ok(ObjectSpec::MemoryBackend(spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ObjectSpec, String> {
+        let Value::Object(m) = v else { unreachable!() };
+        from_args(m).map_err(|e| e.desc)
+    }
+
+    #[test]
+    fn qemus_messages_for_what_is_missing_or_wrong() {
+        for (args, want) in [
+            (json!({"id": "z"}), "Parameter 'qom-type' is missing"),
+            (json!({"qom-type": "iothread"}), "Parameter 'id' is missing"),
+            (
+                json!({"qom-type": "nosuch", "id": "x"}),
+                "Parameter 'qom-type' does not accept value 'nosuch'",
+            ),
+            (
+                json!({"qom-type": "iothread", "id": "bad id"}),
+                "Parameter 'id' expects an identifier",
+            ),
+            (
+                json!({"qom-type": "iothread", "id": "i", "bogus": 1}),
+                "Parameter 'bogus' is unexpected",
+            ),
+            (
+                json!({"qom-type": "iothread", "id": "i", "poll-max-ns": "x"}),
+                "Invalid parameter type for 'poll-max-ns', expected: integer",
+            ),
+            (
+                json!({"qom-type": "iothread", "id": "i", "poll-max-ns": -1}),
+                "poll-max-ns value must be in range [0, 9223372036854775807]",
+            ),
+            (
+                json!({"qom-type": "memory-backend-ram", "id": "m"}),
+                "Parameter 'size' is missing",
+            ),
+            (
+                json!({"qom-type": "memory-backend-ram", "id": "m", "size": "1M"}),
+                "Parameter 'size' expects uint64",
+            ),
+            (
+                json!({"qom-type": "memory-backend-ram", "id": "m", "size": 0}),
+                "property 'size' of memory-backend-ram doesn't take value '0'",
+            ),
+            (
+                json!({"qom-type": "memory-backend-file", "id": "m", "size": 4096}),
+                "Parameter 'mem-path' is missing",
+            ),
+        ] {
+            assert_eq!(parse(args.clone()).unwrap_err(), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn types_qemu_has_and_we_do_not_are_refused_by_name() {
+        let e = parse(json!({"qom-type": "secret", "id": "s"})).unwrap_err();
+        assert!(
+            e.starts_with("Flotilla does not create objects of type 'secret'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_flat_and_the_props_forms_are_the_same() {
+        let flat = parse(json!({"qom-type": "iothread", "id": "io0", "poll-max-ns": 100}));
+        let props =
+            parse(json!({"qom-type": "iothread", "id": "io0", "props": {"poll-max-ns": 100}}));
+        assert_eq!(flat, props);
+        let Ok(ObjectSpec::IoThread(t)) = flat else {
+            panic!("{flat:?}")
+        };
+        assert_eq!((t.poll_max_ns, t.poll_grow), (100, 0));
+        let twice = parse(json!({"qom-type": "iothread", "id": "io0", "poll-grow": 1,
+            "props": {"poll-grow": 2}}));
+        assert!(twice.is_err());
+    }
+
+    #[test]
+    fn memory_backend_defaults_are_qemus() {
+        let Ok(ObjectSpec::MemoryBackend(m)) =
+            parse(json!({"qom-type": "memory-backend-memfd", "id": "m", "size": 4096}))
+        else {
+            panic!()
+        };
+        assert_eq!(m.kind, BackendKind::Memfd);
+        assert_eq!(
+            (m.size, m.share, m.prealloc, m.merge, m.dump),
+            (4096, None, false, true, true)
+        );
+    }
+}

@@ -378,8 +378,15 @@ impl Transports<'_> {
                 Some(backend.stream),
             ),
             None => (
-                VhostUserDevice::new(name.clone(), model, backend.stream, reconnect, self.ram)
-                    .map_err(frontend)?,
+                VhostUserDevice::new(
+                    name.clone(),
+                    model,
+                    backend.stream,
+                    reconnect,
+                    self.ram,
+                    crate::vhost_user::deadline::FIRST_CONNECTION,
+                )
+                .map_err(frontend)?,
                 None,
             ),
         };

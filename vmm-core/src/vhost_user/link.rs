@@ -10,9 +10,11 @@
 //! what was in flight), and each ring from the used index in guest memory.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipc::userfault::MappedRange;
 use ipc::VmmEvent;
@@ -72,6 +74,12 @@ pub enum VhostUserError {
     /// Postcopy needs this protocol feature ("PAGEFAULT", "REPLY_ACK").
     #[error("the vhost-user backend cannot take postcopy (no VHOST_USER_PROTOCOL_F_{0})")]
     NoPostcopy(&'static str),
+    /// The device's first connection took longer than this (`deadline`).
+    #[error("the vhost-user backend did not answer within {0:?}; its connection is closed")]
+    NoAnswer(Duration),
+    /// The device was unplugged: its link takes no backend again.
+    #[error("the device was unplugged")]
+    Unplugged,
 }
 
 fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
@@ -177,7 +185,21 @@ struct Session {
     frontend: Frontend,
     /// A second handle on the socket, watched for the backend hanging up.
     watch: UnixStream,
+    /// A handle on our end of the backend's channel to us, when it has one.
+    requests: Option<UnixStream>,
     postcopy: SessionPostcopy,
+}
+
+impl Session {
+    /// Shuts both sockets down: the backend sees the hang-up at once (other handles on
+    /// them, the watcher's, do not keep them open), and the thread serving the
+    /// backend's channel ends.
+    fn shut(&self) {
+        let _ = self.watch.shutdown(Shutdown::Both);
+        if let Some(r) = &self.requests {
+            let _ = r.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 pub struct Link {
@@ -208,6 +230,8 @@ pub struct Link {
     postcopy: Option<PostcopyEvents>,
     /// A backend that was not told of postcopy waits for its setup until it ends.
     held: bool,
+    /// The device was unplugged: no backend again.
+    closed: bool,
 }
 
 impl Link {
@@ -251,6 +275,7 @@ impl Link {
             dirty_log: None,
             postcopy: None,
             held: false,
+            closed: false,
         })
     }
 
@@ -302,11 +327,66 @@ impl Link {
     /// Takes the backend on `stream` (already connected) and hands it what the driver set
     /// up, if anything. On failure the link is left without a backend.
     pub fn connect(&mut self, stream: UnixStream) -> Result<(), VhostUserError> {
+        if self.closed {
+            return Err(VhostUserError::Unplugged);
+        }
         let result = self.handshake(stream).and_then(|()| self.apply());
         if result.is_err() {
-            self.session = None;
+            if let Some(s) = self.session.take() {
+                s.shut();
+            }
         }
         result
+    }
+
+    /// The device was unplugged: the backend's connection is shut down (its daemon sees
+    /// the hang-up) and the link takes no other. The supervisor thread ends on this.
+    pub fn close(&mut self) {
+        self.closed = true;
+        if let Some(s) = self.session.take() {
+            s.shut();
+            log::info!(
+                "{}: the device is unplugged; its backend is let go",
+                self.name
+            );
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Reads the backend's configuration space now, as the device's first connection
+    /// must: a device whose configuration cannot be read (a disk's capacity) is no
+    /// device. Later reads follow the backend's changes (`config_space`).
+    pub fn read_config_now(&mut self) -> Result<(), VhostUserError> {
+        let wanted = self.model.backend_config_len();
+        if let (Some(len), true) = (
+            wanted,
+            self.protocol.contains(VhostUserProtocolFeatures::CONFIG),
+        ) {
+            let session = self.session.as_mut().ok_or_else(|| {
+                VhostUserError::Setup("no backend to read the configuration from".into())
+            })?;
+            self.requests.take_config_stale();
+            let read = session.frontend.get_config(
+                0,
+                len,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0; len as usize],
+            );
+            match read {
+                Ok((_, bytes)) => {
+                    self.model.config_space(self.num_queues, Some(bytes));
+                }
+                Err(e) => {
+                    self.requests.mark_config_stale();
+                    return Err(proto("GET_CONFIG")(e));
+                }
+            }
+        }
+        self.config_space();
+        Ok(())
     }
 
     /// Ownership, features, protocol features and the backend channel on a fresh socket.
@@ -343,9 +423,10 @@ impl Link {
                 self.num_queues
             )));
         }
-        if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
-            self.serve_backend_requests(&mut frontend, protocol)?;
-        }
+        let requests = match protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            true => Some(self.serve_backend_requests(&mut frontend, protocol)?),
+            false => None,
+        };
         if self.backend_features == 0 {
             // The first backend decides what the guest is offered.
             self.backend_features = features;
@@ -355,18 +436,20 @@ impl Link {
         self.session = Some(Session {
             frontend,
             watch,
+            requests,
             postcopy: SessionPostcopy::Off,
         });
         self.requests.mark_config_stale();
         Ok(())
     }
 
-    /// Gives the backend its channel back to us, served by a thread of its own.
+    /// Gives the backend its channel back to us, served by a thread of its own; returns
+    /// a handle on our end of it (shut down, it ends the thread).
     fn serve_backend_requests(
         &self,
         frontend: &mut Frontend,
         protocol: VhostUserProtocolFeatures,
-    ) -> Result<(), VhostUserError> {
+    ) -> Result<UnixStream, VhostUserError> {
         let mut handler = FrontendReqHandler::new(self.requests.clone()).map_err(|e| {
             VhostUserError::Protocol {
                 what: "backend channel",
@@ -376,6 +459,10 @@ impl Link {
         if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             handler.set_reply_ack_flag(true);
         }
+        // SAFETY: the handler owns this descriptor and lives through the call.
+        let ours = unsafe { BorrowedFd::borrow_raw(handler.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(VhostUserError::BackendChannel)?;
         frontend
             .set_backend_request_fd(&handler.get_tx_raw_fd())
             .map_err(proto("SET_BACKEND_REQ_FD"))?;
@@ -383,7 +470,7 @@ impl Link {
             .name(format!("{} requests", self.name))
             .spawn(move || while handler.handle_request().is_ok() {})
             .map_err(VhostUserError::BackendChannel)?;
-        Ok(())
+        Ok(UnixStream::from(ours))
     }
 
     fn host(&self, addr: u64, what: &str) -> Result<u64, VhostUserError> {

@@ -5,12 +5,14 @@
 //! - `frontend`: the virtio device the transport sees, common to every device type;
 //! - `link`: the connection to the backend, the driver's setup and its replay;
 //! - `reconnect`: where the next connection comes from when the backend hangs up;
+//! - `deadline`: a bound on a device's first connection;
 //! - `backend_requests`: the backend's own messages (a configuration change);
 //! - `model`: the trait a device type implements: `blk` (configuration space from the
 //!   backend) and `net` (vmm-core's own: MAC, link status, queue pairs).
 
 pub mod backend_requests;
 pub mod blk;
+pub mod deadline;
 pub mod frontend;
 pub mod link;
 pub mod model;

@@ -47,16 +47,13 @@ impl Reconnect {
         }
     }
 
-    fn next(&self, backoff: &mut Backoff) -> Option<UnixStream> {
+    /// The next connection, or an attempt at one that failed (a socket path nobody
+    /// listens on yet); None when none will come again (the device was removed, or
+    /// vmm-core is ending: nobody hands over a connection).
+    fn next(&self) -> Option<std::io::Result<UnixStream>> {
         match self {
-            Reconnect::Path(p) => loop {
-                match UnixStream::connect(p) {
-                    Ok(s) => return Some(s),
-                    Err(_) => backoff.wait(),
-                }
-            },
-            // None: vmm-core is ending, nobody will hand over a connection again.
-            Reconnect::Handed(rx) => rx.recv().ok(),
+            Reconnect::Path(p) => Some(UnixStream::connect(p)),
+            Reconnect::Handed(rx) => rx.recv().ok().map(Ok),
         }
     }
 }
@@ -84,6 +81,8 @@ pub fn spawn_supervisor(link: Arc<Mutex<Link>>, reconnect: Reconnect) -> std::io
     Ok(())
 }
 
+/// Until the device is unplugged (`Link::close`, which also wakes the wait for a
+/// hang-up) or vmm-core ends.
 fn supervise(link: &Mutex<Link>, reconnect: &Reconnect) {
     loop {
         let watch = link.lock().watch();
@@ -93,10 +92,21 @@ fn supervise(link: &Mutex<Link>, reconnect: &Reconnect) {
         }
         let mut backoff = Backoff::new();
         loop {
-            let Some(stream) = reconnect.next(&mut backoff) else {
+            if link.lock().is_closed() {
                 return;
+            }
+            let stream = match reconnect.next() {
+                None => return,
+                Some(Ok(stream)) => stream,
+                Some(Err(_)) => {
+                    backoff.wait();
+                    continue;
+                }
             };
             let mut l = link.lock();
+            if l.is_closed() {
+                return;
+            }
             match l.connect(stream) {
                 Ok(()) => {
                     log::info!("{}: the vhost-user backend is back", l.name());

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use vhost::vhost_user::message::{
@@ -30,6 +31,10 @@ pub struct MockBackend {
     protocol: VhostUserProtocolFeatures,
     /// POSTCOPY_LISTEN fails (a daemon that cannot register its mapping).
     refuse_listen: bool,
+    /// GET_CONFIG fails.
+    refuse_config: bool,
+    /// Its end of the channel to the frontend, kept open while it serves.
+    channel: Option<Backend>,
 }
 
 impl MockBackend {
@@ -123,6 +128,9 @@ impl VhostUserBackendReqHandlerMut for MockBackend {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> Answer<Vec<u8>> {
+        if self.refuse_config {
+            return refused();
+        }
         Ok(vec![0; size as usize])
     }
     fn set_config(
@@ -133,7 +141,9 @@ impl VhostUserBackendReqHandlerMut for MockBackend {
     ) -> Answer<()> {
         refused()
     }
-    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+    fn set_backend_req_fd(&mut self, backend: Backend) {
+        self.channel = Some(backend);
+    }
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> Answer<()> {
         refused()
     }
@@ -206,10 +216,20 @@ impl VhostUserBackendReqHandlerMut for MockBackend {
 /// CONFIG besides `protocol`, for `Link::sync_backend`, and REPLY_ACK (the vhost crate
 /// always does).
 pub fn mock(journal: &Journal, protocol: VhostUserProtocolFeatures) -> UnixStream {
+    mock_watched(journal, protocol).0
+}
+
+/// `mock`, and what says when the backend's connection ended (the frontend hung up).
+pub fn mock_watched(
+    journal: &Journal,
+    protocol: VhostUserProtocolFeatures,
+) -> (UnixStream, Receiver<()>) {
     serve(MockBackend {
         journal: journal.clone(),
         protocol: protocol | VhostUserProtocolFeatures::CONFIG,
         refuse_listen: false,
+        refuse_config: false,
+        channel: None,
     })
 }
 
@@ -219,14 +239,32 @@ pub fn mock_refusing_listen(journal: &Journal) -> UnixStream {
         journal: journal.clone(),
         protocol: VhostUserProtocolFeatures::PAGEFAULT | VhostUserProtocolFeatures::CONFIG,
         refuse_listen: true,
+        refuse_config: false,
+        channel: None,
+    })
+    .0
+}
+
+/// A mock backend whose GET_CONFIG fails, and what says when its connection ended.
+pub fn mock_refusing_config(journal: &Journal) -> (UnixStream, Receiver<()>) {
+    serve(MockBackend {
+        journal: journal.clone(),
+        protocol: VhostUserProtocolFeatures::CONFIG,
+        refuse_listen: false,
+        refuse_config: true,
+        channel: None,
     })
 }
 
-fn serve(backend: MockBackend) -> UnixStream {
+fn serve(backend: MockBackend) -> (UnixStream, Receiver<()>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut handler = BackendReqHandler::from_stream(theirs, Arc::new(StdMutex::new(backend)));
-    std::thread::spawn(move || while handler.handle_request().is_ok() {});
-    ours
+    let (ended, watch) = mpsc::channel();
+    std::thread::spawn(move || {
+        while handler.handle_request().is_ok() {}
+        let _ = ended.send(());
+    });
+    (ours, watch)
 }
 
 /// The link raises its events into the same journal.

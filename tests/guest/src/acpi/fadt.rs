@@ -1,5 +1,6 @@
-//! FADT ("FACP") parsing: the fixed hardware registers (PM1 event/control blocks, reset
-//! register, hardware-reduced sleep registers), the SCI, SMI_CMD/ACPI_ENABLE and the DSDT.
+//! FADT ("FACP") parsing: the fixed hardware registers (PM1 event/control blocks, the GPE0
+//! block, reset register, hardware-reduced sleep registers), the SCI, SMI_CMD/ACPI_ENABLE and
+//! the DSDT.
 //! 64-bit X_ fields win over the legacy 32-bit ones when non-zero; fields beyond the table's
 //! length (older revisions) read as zero.
 
@@ -22,6 +23,10 @@ pub struct Fadt {
     pub pm1b_cnt: Option<Gas>,
     /// Length in bytes of each PM1 event block (status half, then enable half).
     pub pm1_evt_len: u8,
+    /// General-purpose event block 0 (status half, then enable half).
+    pub gpe0: Option<Gas>,
+    /// Length in bytes of the GPE0 block (GPE0_BLK_LEN).
+    pub gpe0_len: u8,
     pub reset_reg: Option<Gas>,
     pub reset_value: u8,
     /// Hardware-reduced ACPI's sleep control register (S5 is written here).
@@ -55,6 +60,13 @@ impl Fadt {
             (0, Some(gas)) => gas.bit_width / 8,
             (len, _) => len,
         };
+        let gpe0_len_field = le_u8(table, 92);
+        let gpe0 = block(table, 220, 80, gpe0_len_field);
+        // As for PM1: an X_ block's bit width stands in for a zero GPE0_BLK_LEN.
+        let gpe0_len = match (gpe0_len_field, gpe0) {
+            (0, Some(gas)) => gas.bit_width / 8,
+            (len, _) => len,
+        };
         let x_dsdt = le_u64(table, 140);
         Self {
             flags: le_u32(table, 112),
@@ -66,6 +78,8 @@ impl Fadt {
             pm1a_cnt: block(table, 172, 64, pm1_cnt_len),
             pm1b_cnt: block(table, 184, 68, pm1_cnt_len),
             pm1_evt_len,
+            gpe0,
+            gpe0_len,
             reset_reg: register(table, 116),
             reset_value: le_u8(table, 128),
             sleep_control: register(table, 244),

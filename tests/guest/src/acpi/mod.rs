@@ -1,17 +1,22 @@
 //! ACPI discovery: finds the RSDP (start_info.rsdp_paddr, else the EBDA and BIOS area scan),
 //! walks the XSDT (RSDT for revision 0), checks every table's checksum and parses what the
-//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for drivers/pci/) and the DSDT's `\_S5_`.
-//! The result is a write-once static that the rest of the kernel reads; power.rs acts on it
-//! (ACPI mode, soft-off, reset, the power button).
+//! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for drivers/pci/) and the DSDT's `\_S5_`;
+//! the DSDT and SSDTs are kept for the AML scans of pcihp.rs. The result is a write-once static
+//! that the rest of the kernel reads; power.rs acts on it (ACPI mode, soft-off, reset, the
+//! power button and the SCI), gpe.rs and pcihp.rs on the general-purpose events and ACPI PCI
+//! hotplug.
 //!
 //! A table with a bad checksum is reported (`GUEST ERROR acpi checksum ...`) and still used,
 //! as Linux does, so that one bad byte does not also take power-off away.
 
+pub mod aml_fields;
 pub mod aml_s5;
 pub mod fadt;
 pub mod gas;
+pub mod gpe;
 pub mod madt;
 pub mod mcfg;
+pub mod pcihp;
 pub mod power;
 
 use crate::arch::phys::{le_u32, le_u64, le_u8, range_ok, read, slice};
@@ -26,6 +31,8 @@ const HEADER_LEN: usize = 36;
 /// Sanity bound for a table's length field (a garbage length must not make us sum GiBs).
 const MAX_TABLE_LEN: u32 = 1 << 24;
 const RSDP_SIGNATURE: u64 = u64::from_le_bytes(*b"RSD PTR ");
+/// SSDTs kept (more are reported and left out).
+pub const MAX_SSDTS: usize = 8;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum RsdpSource {
@@ -58,6 +65,10 @@ pub struct Acpi {
     pub s5: Option<SleepTypes>,
     /// Segment 0's ECAM allocation, if there is an MCFG.
     pub mcfg: Option<Mcfg>,
+    /// The DSDT, header included.
+    pub dsdt: Option<&'static [u8]>,
+    /// The SSDTs in root-table order, headers included.
+    pub ssdts: [Option<&'static [u8]>; MAX_SSDTS],
 }
 
 static ACPI: Global<Acpi> = Global::new(Acpi {
@@ -70,6 +81,8 @@ static ACPI: Global<Acpi> = Global::new(Acpi {
     madt: Madt::EMPTY,
     s5: None,
     mcfg: None,
+    dsdt: None,
+    ssdts: [None; MAX_SSDTS],
 });
 
 /// Byte sum of `bytes` modulo 256, eight bytes per step (ring 0 is emulated: a DSDT of several
@@ -259,6 +272,14 @@ fn parse(acpi: &mut Acpi, hint: u64) {
                 acpi.madt_present = true;
                 acpi.madt.parse_into(table);
             }
+            b"SSDT" => match acpi.ssdts.iter_mut().find(|s| s.is_none()) {
+                Some(free) => *free = Some(table),
+                None => console::error("acpi: more than ")
+                    .dec(MAX_SSDTS as u64)
+                    .s(" SSDTs, ignoring the one at ")
+                    .hex(addr)
+                    .end(),
+            },
             _ => {}
         }
     }
@@ -276,6 +297,7 @@ fn parse(acpi: &mut Acpi, hint: u64) {
     let Some(dsdt) = load_table(fadt.dsdt, "DSDT") else {
         return;
     };
+    acpi.dsdt = Some(dsdt);
     match aml_s5::find_s5(&dsdt[HEADER_LEN..]) {
         Ok(types) => acpi.s5 = Some(types),
         Err(err) => console::error("acpi: ").s(err.describe()).end(),

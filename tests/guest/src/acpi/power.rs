@@ -1,9 +1,11 @@
 //! ACPI fixed-hardware power management: switching the platform into ACPI mode (SMI_CMD),
-//! soft-off through S5, reset, and the fixed power-button event delivered by the SCI.
+//! soft-off through S5, reset, routing the SCI, and the fixed power-button event it delivers
+//! (general-purpose events share the SCI: gpe.rs).
 //! Everything is driven by the FADT/DSDT values that acpi/mod.rs found; no VMM's values are assumed.
 
 use crate::acpi::fadt::Fadt;
 use crate::acpi::gas::Gas;
+use crate::acpi::gpe;
 use crate::acpi::Acpi;
 use crate::arch::ioapic::{self, Mode};
 use crate::arch::vectors::SCI_VECTOR;
@@ -223,6 +225,16 @@ pub fn setup_power_button(acpi: &Acpi) -> bool {
             return false;
         }
     }
+    route_sci(acpi)
+}
+
+/// Routes the SCI (FADT SCI_INT, through the MADT's interrupt source override if there is one)
+/// to the BSP. False after an error line if it cannot be.
+pub fn route_sci(acpi: &Acpi) -> bool {
+    let Some(fadt) = acpi.fadt else {
+        console::error("acpi: no FADT, so no SCI").end();
+        return false;
+    };
     let Ok(irq) = u8::try_from(fadt.sci_int) else {
         console::error("acpi: SCI_INT=")
             .dec(u64::from(fadt.sci_int))
@@ -238,7 +250,8 @@ pub fn setup_power_button(acpi: &Acpi) -> bool {
 }
 
 /// SCI handler: acknowledges every PM1 status bit it sees (write 1 to clear) before the EOI,
-/// since the SCI is level-triggered, and flags a power-button press for the BSP's idle loop.
+/// since the SCI is level-triggered, and flags a power-button press for the BSP's idle loop;
+/// then does the same for the enabled general-purpose events (gpe.rs).
 pub fn sci_interrupt() {
     // SAFETY: written once before the SCI was routed; read-only since.
     let status = unsafe { SCI_STATUS.get() };
@@ -252,5 +265,6 @@ pub fn sci_interrupt() {
             }
         }
     }
+    gpe::sci_event();
     apic::eoi();
 }

@@ -142,6 +142,19 @@ pub fn alloc_vector() -> Option<u8> {
     Some(vector)
 }
 
+/// `count` consecutive fresh counted vectors with their gates filled (BSP, ring 0): the
+/// first one, or None when not that many are left.
+pub fn alloc_vectors(count: u8) -> Option<u8> {
+    let first = NEXT_COUNTED.load(Ordering::Relaxed);
+    if count == 0 || u16::from(first) + u16::from(count) > u16::from(COUNTED_END) {
+        return None;
+    }
+    for _ in 0..count {
+        alloc_vector()?;
+    }
+    Some(first)
+}
+
 /// How many times the counted `vector` arrived (0 for other vectors).
 pub fn count(vector: u8) -> u32 {
     vector

@@ -8,8 +8,11 @@
 //!
 //! DMA pool: virtqueues, request headers and data buffers come from one bump allocator over
 //! free RAM (memory map type 1) above the kernel image and below 4 GiB, set up on first use.
-//! Nothing is freed. Guest physical == virtual (identity map), so these addresses go to
-//! devices as they are. Only the BSP uses this module, from ring 0.
+//! Nothing is freed; a user that brings devices up again and again (a hotplug slot) takes an
+//! [`Arena`] from the pool once and has the allocations of each bring-up served from it
+//! ([`begin_arena`]), from its start again every time. Guest physical == virtual (identity
+//! map), so these addresses go to devices as they are. Only the BSP uses this module, from
+//! ring 0.
 
 use crate::arch::start_info::{BootInfo, MEMORY_RAM};
 use crate::arch::user;
@@ -59,6 +62,8 @@ struct State {
     dma_next: u64,
     dma_end: u64,
     dma_ready: bool,
+    /// The arena `dma_alloc` serves from while one is in use: (next, end).
+    arena: Option<(u64, u64)>,
 }
 
 static STATE: Global<State> = Global::new(State {
@@ -68,6 +73,7 @@ static STATE: Global<State> = Global::new(State {
     dma_next: 0,
     dma_end: 0,
     dma_ready: false,
+    arena: None,
 });
 
 fn state() -> &'static mut State {
@@ -256,12 +262,19 @@ fn dma_setup() {
     state.dma_end = best.1.min(best.0 + DMA_MAX);
 }
 
-/// `size` bytes aligned to `align` (a power of two), not zeroed; None when the pool is used up.
+/// `size` bytes aligned to `align` (a power of two), not zeroed; None when the pool (or the
+/// arena in use) is used up.
 pub fn dma_alloc(size: u64, align: u64) -> Option<u64> {
     if !state().dma_ready {
         dma_setup();
     }
     let state = state();
+    if let Some((next, end)) = state.arena {
+        let start = align_up(next, align.max(16))?;
+        let stop = start.checked_add(size).filter(|&stop| stop <= end)?;
+        state.arena = Some((stop, end));
+        return Some(start);
+    }
     let start = align_up(state.dma_next, align.max(16))?;
     let end = start.checked_add(size)?;
     if end > state.dma_end {
@@ -276,6 +289,34 @@ pub fn dma_alloc_zeroed(size: u64, align: u64) -> Option<u64> {
     let addr = dma_alloc(size, align)?;
     zero(addr, size);
     Some(addr)
+}
+
+/// A part of the DMA pool set aside for one user, whose allocations it serves again and again.
+#[derive(Clone, Copy)]
+pub struct Arena {
+    start: u64,
+    end: u64,
+}
+
+/// An arena of `size` bytes (2 MiB aligned) from the pool; None when the pool is used up.
+pub fn dma_arena(size: u64) -> Option<Arena> {
+    end_arena();
+    let start = dma_alloc(size, LARGE)?;
+    Some(Arena {
+        start,
+        end: start + size,
+    })
+}
+
+/// Serves `dma_alloc` from `arena`, from its start (whatever it held before is given up),
+/// until [`end_arena`].
+pub fn begin_arena(arena: Arena) {
+    state().arena = Some((arena.start, arena.end));
+}
+
+/// Back to serving `dma_alloc` from the pool.
+pub fn end_arena() {
+    state().arena = None;
 }
 
 /// The DMA pool's range `[start, end)` (empty if there is no free RAM).

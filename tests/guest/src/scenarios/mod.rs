@@ -7,6 +7,8 @@
 //! - `ring3-checks`, `fault` and `panic` exercise the guest's own failure reporting,
 //!   `triple-fault` and `cmpxchg16b` the VMM's (ring3.rs, failures.rs);
 //! - `pci-list` (pci.rs, with the PCI set-up every device scenario starts with);
+//! - `pci-hotplug` (hotplug/): ACPI PCI hotplug of bus 0, virtio-blk and virtio-net devices
+//!   added and removed while it runs;
 //! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
 //!   `balloon` (virtio-balloon) in balloon.rs;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
@@ -17,6 +19,7 @@
 mod balloon;
 mod blk;
 mod failures;
+mod hotplug;
 mod idle;
 mod migrate;
 mod net;
@@ -33,6 +36,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(name) if blk::handles(name) => blk::run(name, acpi, cmdline),
         Some(name) if net::handles(name) => net::run(name, acpi, cmdline),
         Some(b"pci-list") => pci::list(acpi, cmdline),
+        Some(b"pci-hotplug") => hotplug::run(acpi, cmdline),
         Some(b"balloon") => balloon::run(acpi, cmdline),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),

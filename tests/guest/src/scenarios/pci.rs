@@ -20,20 +20,9 @@ pub fn setup(acpi: &Acpi, cmdline: &[u8]) -> Functions {
     let ecam = cmdline::param(cmdline, "pci_ecam").and_then(cmdline::parse_hex);
     let access = config::init(acpi, ecam);
     let functions = scan::scan();
-    let assigned = match cmdline::param(cmdline, "pci_assign") {
-        Some(window) => {
-            let mut parts = window.splitn(2, |&b| b == b',');
-            let base = parts.next().and_then(cmdline::parse_hex);
-            let size = parts.next().map_or(Some(0x2000_0000), cmdline::parse_hex);
-            match (base, size) {
-                (Some(base), Some(size)) => bar::assign_bars(&functions, base, size),
-                _ => {
-                    console::error("pci_assign= wants <hex base>[,<hex size>]").end();
-                    0
-                }
-            }
-        }
-        None => 0,
+    let assigned = match assign_window(cmdline) {
+        Ok(Some((base, size))) => bar::assign_bars(&functions, base, size),
+        _ => 0,
     };
     let line = console::line("GUEST INFO pci access=")
         .s(access)
@@ -46,6 +35,24 @@ pub fn setup(acpi: &Acpi, cmdline: &[u8]) -> Functions {
     };
     line.s(" tsc_khz=").dec(tsc::hz() / 1000).end();
     functions
+}
+
+/// The `pci_assign=<hex base>[,<hex size>]` window (size 0x20000000 by default): Ok(None)
+/// without one, Err after an error line if it does not parse.
+pub fn assign_window(cmdline: &[u8]) -> Result<Option<(u64, u64)>, ()> {
+    let Some(window) = cmdline::param(cmdline, "pci_assign") else {
+        return Ok(None);
+    };
+    let mut parts = window.splitn(2, |&b| b == b',');
+    let base = parts.next().and_then(cmdline::parse_hex);
+    let size = parts.next().map_or(Some(0x2000_0000), cmdline::parse_hex);
+    match (base, size) {
+        (Some(base), Some(size)) => Ok(Some((base, size))),
+        _ => {
+            console::error("pci_assign= wants <hex base>[,<hex size>]").end();
+            Err(())
+        }
+    }
 }
 
 /// `GUEST INFO dma pool=<start>-<end>`.

@@ -1,5 +1,7 @@
 //! Base address registers: reading them as assigned, mapping a memory BAR's range for a
-//! driver, and the `pci_assign=` test aid that assigns the ones firmware left at 0.
+//! driver, and the `pci_assign=` test aid that assigns the ones firmware left at 0 (for the
+//! functions found at boot, [`assign_bars`]; for a hot-added one, [`assign_in_window`], which
+//! keeps clear of the ranges other functions decode, found by [`memory_ranges`]).
 
 use super::config::{
     read16, read32, write16, write32, Address, COMMAND_MEMORY, REG_BAR0, REG_COMMAND,
@@ -153,4 +155,140 @@ pub fn assign_bars(functions: &Functions, base: u64, size: u64) -> u32 {
         write16(at, REG_COMMAND, command);
     }
     assigned
+}
+
+/// A memory range a BAR decodes: start and size (a power of two).
+#[derive(Clone, Copy, Default)]
+pub struct MemRange {
+    pub start: u64,
+    pub size: u64,
+}
+
+impl MemRange {
+    fn overlaps(&self, start: u64, size: u64) -> bool {
+        start < self.start.saturating_add(self.size) && self.start < start.saturating_add(size)
+    }
+}
+
+/// Why [`assign_in_window`] could not give a BAR an address.
+#[derive(Clone, Copy)]
+pub enum AssignError {
+    /// BAR `index` reads 0 and there is no window to assign from.
+    NoWindow { index: u8 },
+    /// The window has no free, aligned room for BAR `index` of `size` bytes.
+    NoRoom { index: u8, size: u64 },
+}
+
+/// Size of the memory BAR at `offset` by the write-ones method (memory decoding must be off);
+/// its value is put back. None if it is not implemented (reads back 0).
+fn size_memory_bar(at: Address, offset: u16, is64: bool) -> Option<u64> {
+    let low = read32(at, offset);
+    let high = if is64 { read32(at, offset + 4) } else { 0 };
+    write32(at, offset, u32::MAX);
+    let mut mask = u64::from(read32(at, offset) & !0xf);
+    if is64 {
+        write32(at, offset + 4, u32::MAX);
+        mask |= u64::from(read32(at, offset + 4)) << 32;
+        write32(at, offset + 4, high);
+    }
+    write32(at, offset, low);
+    // The lowest writable address bit is the size (a device returning holes cannot make it
+    // anything but a power of two).
+    (mask != 0).then(|| 1u64 << mask.trailing_zeros())
+}
+
+/// Calls `each(index, register offset, address, is64, size)` for every implemented memory BAR
+/// of the type-0 function `at`, with memory decoding off meanwhile (so only before a driver
+/// uses the function). Stops at the first Err.
+fn walk_memory_bars<E>(
+    at: Address,
+    mut each: impl FnMut(u8, u16, u64, bool, u64) -> Result<(), E>,
+) -> Result<(), E> {
+    let command = read16(at, REG_COMMAND);
+    write16(at, REG_COMMAND, command & !COMMAND_MEMORY);
+    let mut result = Ok(());
+    let mut index = 0;
+    while index < 6 && result.is_ok() {
+        let Bar::Memory { addr, is64, .. } = bar(at, index) else {
+            index += 1;
+            continue;
+        };
+        let offset = REG_BAR0 + 4 * u16::from(index);
+        if let Some(size) = size_memory_bar(at, offset, is64) {
+            result = each(index, offset, addr, is64, size);
+        }
+        index += if is64 { 2 } else { 1 };
+    }
+    write16(at, REG_COMMAND, command);
+    result
+}
+
+/// The memory ranges the type-0 function `at` decodes (BARs with an address), sized with
+/// memory decoding off for the while: only before a driver uses the function. Returns how many
+/// were put in `out`.
+pub fn memory_ranges(at: Address, out: &mut [MemRange; 6]) -> usize {
+    let mut count = 0;
+    let _ = walk_memory_bars::<()>(at, |_, _, addr, _, size| {
+        if addr != 0 {
+            out[count] = MemRange { start: addr, size };
+            count += 1;
+        }
+        Ok(())
+    });
+    count
+}
+
+/// The lowest start in `[base, limit)` aligned to `size` where `size` bytes overlap none of
+/// `used` and `mine`. Each step moves past the end of a range it hit, so it takes at most one
+/// step per range.
+fn place(base: u64, limit: u64, size: u64, used: &[MemRange], mine: &[MemRange]) -> Option<u64> {
+    let align = |value: u64| value.checked_add(size - 1).map(|v| v & !(size - 1));
+    let mut start = align(base)?;
+    loop {
+        if start.checked_add(size)? > limit {
+            return None;
+        }
+        match used.iter().chain(mine).find(|r| r.overlaps(start, size)) {
+            Some(hit) => start = align(hit.start.saturating_add(hit.size))?,
+            None => return Some(start),
+        }
+    }
+}
+
+/// For a function that appeared after boot (hotplug): gives each memory BAR of the type-0
+/// function `at` that reads 0 an address from `window` (base, size), naturally aligned, the
+/// lowest that overlaps neither `used` (what other functions decode) nor its other BARs; BARs
+/// already assigned are kept. Fills `out` with every range the function then decodes and
+/// returns how many, or the first BAR that could not be given one (left at 0).
+pub fn assign_in_window(
+    at: Address,
+    window: Option<(u64, u64)>,
+    used: &[MemRange],
+    out: &mut [MemRange; 6],
+) -> Result<usize, AssignError> {
+    let mut count = 0;
+    walk_memory_bars(at, |index, offset, addr, is64, size| {
+        let start = if addr != 0 {
+            addr
+        } else {
+            let Some((base, len)) = window else {
+                return Err(AssignError::NoWindow { index });
+            };
+            let end = base.saturating_add(len);
+            let limit = if is64 { end } else { end.min(1 << 32) };
+            let Some(start) = place(base, limit, size, used, &out[..count]) else {
+                return Err(AssignError::NoRoom { index, size });
+            };
+            let low = read32(at, offset);
+            write32(at, offset, (start as u32) | (low & 0xf));
+            if is64 {
+                write32(at, offset + 4, (start >> 32) as u32);
+            }
+            start
+        };
+        out[count] = MemRange { start, size };
+        count += 1;
+        Ok(())
+    })?;
+    Ok(count)
 }

@@ -95,6 +95,13 @@ impl MsiX {
         write16(self.at, self.cap + 2, control & !MSIX_FUNCTION_MASK);
     }
 
+    /// Disables MSI-X (the function may then only use INTx, which the command register keeps
+    /// disabled).
+    pub fn disable(&self) {
+        let control = read16(self.at, self.cap + 2);
+        write16(self.at, self.cap + 2, control & !MSIX_ENABLE);
+    }
+
     /// Points table entry `index` at `vector` on the CPU with local APIC ID `apic_id` (fixed
     /// delivery, edge) and unmasks it.
     pub fn set_entry(&self, index: u16, apic_id: u32, vector: u8) {

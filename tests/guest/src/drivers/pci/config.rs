@@ -193,6 +193,13 @@ pub fn write16(at: Address, offset: u16, value: u16) {
     }
 }
 
+/// Clears memory space and bus mastering in the command register: the function neither
+/// decodes its memory BARs nor reaches memory any more (before it is ejected).
+pub fn disable(at: Address) {
+    let command = read16(at, REG_COMMAND);
+    write16(at, REG_COMMAND, command & !(COMMAND_MEMORY | COMMAND_BUS_MASTER));
+}
+
 /// Sets memory space, bus mastering and INTx disable in the command register.
 pub fn enable(at: Address) {
     let command = read16(at, REG_COMMAND);

@@ -35,7 +35,8 @@ impl Functions {
     }
 }
 
-fn probe(at: Address) -> Option<Function> {
+/// The function at `at`, if one answers there.
+pub fn probe(at: Address) -> Option<Function> {
     let id = read32(at, 0);
     let vendor = id as u16;
     if vendor == 0xffff || vendor == 0 {

@@ -77,6 +77,9 @@ pub struct Transport {
     pub config_vector: Option<u8>,
     /// MSI-X entry and IDT vector for each queue (None: polled only).
     queue_vectors: QueueVectors,
+    /// Consecutive IDT vectors (first, count) to take MSI-X vectors from instead of
+    /// allocating fresh ones (a hotplug slot reuses its own).
+    vector_block: Option<(u8, u8)>,
     pub offered: u64,
     pub features: u64,
 }
@@ -176,6 +179,7 @@ impl Transport {
             msix: None,
             config_vector: None,
             queue_vectors: QueueVectors::None,
+            vector_block: None,
             offered: 0,
             features: 0,
         })
@@ -307,11 +311,17 @@ impl Transport {
         msix.enable_masked();
         let apic_id = apic::id();
         let mut next_entry = 0u16;
+        let block = self.vector_block;
         let mut take = |msix: &MsiX| -> Option<(u16, u8)> {
             if next_entry >= msix.table_size {
                 return None;
             }
-            let vector = interrupts::alloc_vector()?;
+            let vector = match block {
+                Some((first, count)) => {
+                    (next_entry < u16::from(count)).then(|| first + next_entry as u8)?
+                }
+                None => interrupts::alloc_vector()?,
+            };
             msix.set_entry(next_entry, apic_id, vector);
             next_entry += 1;
             Some((next_entry - 1, vector))
@@ -477,6 +487,43 @@ impl Transport {
     /// DRIVER_OK: the device is live.
     pub fn driver_ok(&self) {
         self.add_status(STATUS_DRIVER_OK);
+    }
+
+    /// Makes [`setup_msix`](Self::setup_msix) take its vectors from the `count` consecutive
+    /// vectors from `first` (allocated by the caller, who reuses them for the next device)
+    /// rather than allocate fresh ones; entries beyond them stay without a vector.
+    pub fn use_vectors(&mut self, first: u8, count: u8) {
+        self.vector_block = Some((first, count));
+    }
+
+    /// Quiesces the device for good (before it is ejected): resets it (device_status 0; the
+    /// device then uses no buffer of ours), disables MSI-X and clears memory decoding and bus
+    /// mastering. False after an error line if the reset did not complete, the rest is done
+    /// all the same.
+    pub fn shut_down(&mut self) -> bool {
+        self.write8(DEVICE_STATUS, 0);
+        let mut polls = 0;
+        let reset = loop {
+            if self.status() == 0 {
+                break true;
+            }
+            polls += 1;
+            if polls == RESET_POLLS {
+                error(self.pci)
+                    .s("device status stays ")
+                    .hex(u64::from(self.status()))
+                    .s(" after reset")
+                    .end();
+                break false;
+            }
+        };
+        if let Some(msix) = self.msix.take() {
+            msix.disable();
+        }
+        self.config_vector = None;
+        self.queue_vectors = QueueVectors::None;
+        config::disable(self.pci);
+        reset
     }
 
     fn generation(&self) -> u8 {

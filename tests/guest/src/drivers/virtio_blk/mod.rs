@@ -85,7 +85,9 @@ pub fn probe_all(functions: &Functions) -> BlkDevices {
     found
 }
 
-fn bring_up(mut transport: Transport, number: usize) -> Option<BlkDevice> {
+/// Brings the device behind `transport` to DRIVER_OK as device `number` (negotiation,
+/// configuration, MSI-X, queues); None after an error line.
+pub fn bring_up(mut transport: Transport, number: usize) -> Option<BlkDevice> {
     let at = transport.pci;
     if !transport.negotiate(WANTED) {
         return None;

@@ -176,7 +176,9 @@ fn generated_mac(number: usize) -> Mac {
     ]
 }
 
-fn bring_up(mut transport: Transport, number: usize, options: &Options) -> Option<NetDevice> {
+/// Brings the device behind `transport` up as device `number` (negotiation, MSI-X, queues
+/// with every receive buffer posted, DRIVER_OK, queue pairs, MAC); None after an error line.
+pub fn bring_up(mut transport: Transport, number: usize, options: &Options) -> Option<NetDevice> {
     let at = transport.pci;
     let negotiated = transport.negotiate_with(|offered| {
         if offered & F_CTRL_VQ == 0 {

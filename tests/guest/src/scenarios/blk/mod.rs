@@ -15,7 +15,7 @@
 mod bench;
 mod info;
 mod integrity;
-mod io;
+pub(super) mod io;
 mod params;
 pub(super) mod pattern;
 mod queues;

@@ -17,9 +17,9 @@
 
 mod bench;
 mod echo;
-mod host;
+pub(super) mod host;
 mod info;
-mod params;
+pub(super) mod params;
 mod peer;
 mod rxfilter;
 mod serve;

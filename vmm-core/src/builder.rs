@@ -5,8 +5,7 @@
 //! result is a `Vm` (vm.rs), which the runner runs. The builder imports the VM, never the
 //! reverse.
 
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -14,6 +13,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::attach::{DiskConnection, NicConnection, Plug, Transports};
 use crate::boot::acpi::MAX_XAPIC_CPUS;
 use crate::boot::BootImage;
 use crate::cpu::{cpuid, msrs};
@@ -26,7 +26,6 @@ use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
 use crate::devices::sci::SharedLine;
 use crate::devices::serial::{Console, SerialDevice};
-use crate::devices::virtio_pci::{self, VirtioPci};
 use crate::error::{kvm_err, VmError};
 use crate::events::EventSender;
 use crate::interrupts::{KvmIrqLine, MsiRouter};
@@ -35,10 +34,7 @@ use crate::layout::{
 };
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Vcpu;
-use crate::vhost_user::{
-    Blk, ConfigChangeHandle, DeviceModel, Handover, Link, LinkHandle, Net, Reconnect,
-    VhostUserDevice,
-};
+use crate::vhost_user::deadline::FIRST_CONNECTION;
 use crate::vm::{DiskHandle, NicHandle, PowerOnChips, Vm};
 
 #[derive(Debug)]
@@ -51,36 +47,6 @@ pub struct VmConfig {
     pub incoming: bool,
     /// Guest RAM another vmm-core made (a live upgrade; implies `incoming`).
     pub ram: Option<std::fs::File>,
-}
-
-/// A vhost-user backend over an already connected socket.
-pub struct BackendConnection {
-    pub stream: UnixStream,
-    /// The backend's socket, to connect to again if it hangs up (vmm-core on its own);
-    /// None under the gateway, which hands over a new connection instead.
-    pub path: Option<PathBuf>,
-}
-
-/// A virtio-blk disk served by a vhost-user backend.
-pub struct DiskConnection {
-    pub backend: BackendConnection,
-    /// The guest device's qdev id ("" without one).
-    pub qdev_id: String,
-    /// Most queues the guest gets (the backend may offer fewer).
-    pub max_queues: usize,
-    /// A live upgrade: the device as the previous vmm-core had settled it.
-    pub shape: Option<ipc::LinkShape>,
-}
-
-/// A virtio-net NIC served by a vhost-user backend.
-pub struct NicConnection {
-    pub backend: BackendConnection,
-    /// The guest device's qdev id ("" without one).
-    pub qdev_id: String,
-    pub mac: [u8; 6],
-    pub queue_pairs: u16,
-    /// A live upgrade: the device as the previous vmm-core had settled it.
-    pub shape: Option<ipc::LinkShape>,
 }
 
 /// Builds the VM around an opened /dev/kvm, an already read boot image, an opened
@@ -116,17 +82,9 @@ pub fn build_vm(
         vm: &vm,
         router: router.clone(),
         ram: &ram,
+        within: FIRST_CONNECTION,
     };
-    let disks = disks
-        .into_iter()
-        .enumerate()
-        .map(|(i, disk)| transports.attach_disk(i, disk))
-        .collect::<Result<Vec<_>, _>>()?;
-    let nics = nics
-        .into_iter()
-        .enumerate()
-        .map(|(i, nic)| transports.attach_nic(i, nic))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (disks, nics) = attach_devices(&transports, disks, nics)?;
     let vcpus = create_vcpus(&kvm, &vm, config.cpus)?;
     let msr_list = kvm
         .get_msr_index_list()
@@ -304,113 +262,49 @@ fn attach_pci_root(
     Ok(pci)
 }
 
-/// A vhost-user device as attached: what the VM's control loop keeps of it.
-struct Attached {
-    config: ConfigChangeHandle,
-    handover: Option<Handover>,
-    link: Arc<Mutex<Link>>,
-    pending: Option<UnixStream>,
+/// The VM's disks and NICs, each by its index.
+type Devices = (BTreeMap<u32, DiskHandle>, BTreeMap<u32, NicHandle>);
+
+/// The disks and NICs in their slots (`PciRoot::plan_slots`, disks then NICs in
+/// their order: without slots asked for, slots 1, 2, 3, ... as they come).
+fn attach_devices(
+    transports: &Transports,
+    disks: Vec<DiskConnection>,
+    nics: Vec<NicConnection>,
+) -> Result<Devices, VmError> {
+    once_each("disk", disks.iter().map(|d| d.index))?;
+    once_each("NIC", nics.iter().map(|n| n.index))?;
+    let wanted: Vec<Option<u8>> = (disks.iter().map(|d| d.slot))
+        .chain(nics.iter().map(|n| n.slot))
+        .collect();
+    let slots = transports
+        .pci
+        .lock()
+        .plan_slots(&wanted)
+        .map_err(VmError::Slots)?;
+    let (disk_slots, nic_slots) = slots.split_at(disks.len());
+    let mut disk_handles = BTreeMap::new();
+    for (disk, &slot) in disks.into_iter().zip(disk_slots) {
+        let index = disk.index;
+        disk_handles.insert(index, transports.attach_disk(disk, Plug::AtBoot(slot))?);
+    }
+    let mut nic_handles = BTreeMap::new();
+    for (nic, &slot) in nics.into_iter().zip(nic_slots) {
+        let index = nic.index;
+        nic_handles.insert(index, transports.attach_nic(nic, Plug::AtBoot(slot))?);
+    }
+    Ok((disk_handles, nic_handles))
 }
 
-/// What a vhost-user device needs to sit behind a virtio-pci transport on bus 0.
-struct Transports<'a> {
-    pci: &'a Mutex<PciRoot>,
-    vm: &'a Arc<VmFd>,
-    router: Arc<MsiRouter>,
-    ram: &'a GuestRam,
-}
-
-impl Transports<'_> {
-    fn attach_disk(&self, index: usize, disk: DiskConnection) -> Result<DiskHandle, VmError> {
-        let a = self.attach(
-            format!("disk {index}"),
-            disk.qdev_id,
-            Blk::new(disk.max_queues),
-            disk.backend,
-            disk.shape.as_ref(),
-        )?;
-        Ok(DiskHandle {
-            config: a.config,
-            handover: a.handover,
-            link: a.link,
-            pending: a.pending,
-        })
+/// Refuses an index given twice (requests name the devices by it).
+fn once_each(kind: &'static str, indexes: impl Iterator<Item = u32>) -> Result<(), VmError> {
+    let mut seen = BTreeSet::new();
+    for index in indexes {
+        if !seen.insert(index) {
+            return Err(VmError::IndexTwice { kind, index });
+        }
     }
-
-    fn attach_nic(&self, index: usize, nic: NicConnection) -> Result<NicHandle, VmError> {
-        let net = Net::new(nic.mac, nic.queue_pairs);
-        let link_up = net.link_up();
-        let a = self.attach(
-            format!("nic {index}"),
-            nic.qdev_id,
-            net,
-            nic.backend,
-            nic.shape.as_ref(),
-        )?;
-        Ok(NicHandle {
-            link_state: LinkHandle::new(link_up, a.config),
-            handover: a.handover,
-            link: a.link,
-            pending: a.pending,
-        })
-    }
-
-    /// A `model` device served by `backend`, in a slot of its own with its BAR assigned.
-    fn attach(
-        &self,
-        name: String,
-        qdev_id: String,
-        model: impl DeviceModel,
-        backend: BackendConnection,
-        shape: Option<&ipc::LinkShape>,
-    ) -> Result<Attached, VmError> {
-        let (reconnect, handover) = Reconnect::new(backend.path);
-        let frontend = |error| VmError::Frontend {
-            name: name.clone(),
-            error,
-        };
-        // Upgraded, the backend still serves the previous vmm-core: its connection
-        // waits (`pending`) until the VM's state is in.
-        let (device, pending) = match shape {
-            Some(shape) => (
-                VhostUserDevice::shaped(name.clone(), model, shape, reconnect, self.ram)
-                    .map_err(frontend)?,
-                Some(backend.stream),
-            ),
-            None => (
-                VhostUserDevice::new(
-                    name.clone(),
-                    model,
-                    backend.stream,
-                    reconnect,
-                    self.ram,
-                    crate::vhost_user::deadline::FIRST_CONNECTION,
-                )
-                .map_err(frontend)?,
-                None,
-            ),
-        };
-        let config = device.config_change_handle();
-        let link = device.link();
-        let bar = self.pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
-        let transport = VirtioPci::new(
-            Box::new(device),
-            bar.addr,
-            self.vm.clone(),
-            self.router.clone(),
-        )
-        .map_err(|error| VmError::Transport { name, error })?
-        .with_qdev_id(qdev_id);
-        let mut pci = self.pci.lock();
-        let slot = pci.plan_slots(&[None])?[0];
-        pci.add(Arc::new(Mutex::new(transport)), slot)?;
-        Ok(Attached {
-            config,
-            handover,
-            link,
-            pending,
-        })
-    }
+    Ok(())
 }
 
 /// One vCPU per `cpus`, each with its CPUID (topology) and boot MSRs.

@@ -49,10 +49,25 @@ pub enum VmError {
     Msrs(String),
     #[error("vCPU {vcpu}: {reason}")]
     VcpuFailed { vcpu: usize, reason: String },
-    /// A vhost-user device (`name`: "disk 0", "nic 0") could not be set up.
+    /// A disk or NIC could not be attached.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("two {kind}s have index {index}")]
+    IndexTwice { kind: &'static str, index: u32 },
+    #[error("placing the devices on PCI bus 0: {0}")]
+    Slots(PciError),
+}
+
+/// A disk or NIC that could not be attached (attach.rs), at launch or hot-plugged.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The vhost-user device (`name`: "disk 0", "nic 1") could not be set up.
     #[error("{name}: {error}")]
     Frontend { name: String, error: VhostUserError },
     /// Its virtio-pci transport could not be set up.
     #[error("{name}: {error}")]
     Transport { name: String, error: String },
+    /// It found no place on the bus.
+    #[error("{name}: {error}")]
+    Pci { name: String, error: PciError },
 }

@@ -5,6 +5,7 @@
 //!
 //! `builder` assembles a `Vm` (`vm`) from its parts; `runner` runs it (`Vm::run`).
 
+pub mod attach;
 pub mod boot;
 pub mod builder;
 pub mod control;
@@ -13,6 +14,7 @@ pub mod devices;
 pub mod dirty_log;
 pub mod error;
 pub mod events;
+pub mod hotplug;
 pub mod interrupts;
 pub mod layout;
 pub mod memory;
@@ -27,7 +29,8 @@ pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;
 
-pub use builder::{build_vm, BackendConnection, DiskConnection, NicConnection, VmConfig};
+pub use attach::{BackendConnection, DiskConnection, NicConnection};
+pub use builder::{build_vm, VmConfig};
 pub use error::VmError;
 pub use runner::VmExit;
 pub use vm::{PowerButton, Vm};

@@ -3,7 +3,7 @@
 //! gateway opened from the control channel, and answers the gateway's requests.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ use vmm_core::boot::BootImage;
 use vmm_core::control::{Control, Launch};
 use vmm_core::devices::serial::Console;
 use vmm_core::events::{EventSender, VmEvent};
+use vmm_core::migration::upgrade_shapes;
 use vmm_core::vhost_user::MAX_QUEUES;
 use vmm_core::{build_vm, BackendConnection, DiskConnection, NicConnection, Vm, VmConfig, VmExit};
 
@@ -142,10 +143,13 @@ fn run_standalone(
         incoming: false,
         ram: None,
     };
-    let disks = disks
-        .into_iter()
-        .map(|(path, max_queues)| {
+    // Standalone, a device's index is its place among its kind on the command line.
+    let disks = (0..)
+        .zip(disks)
+        .map(|(index, (path, max_queues))| {
             Ok(DiskConnection {
+                index,
+                slot: None,
                 backend: connect("vhost-user-blk", path)?,
                 // Standalone, nobody names devices (there is no QMP).
                 qdev_id: String::new(),
@@ -154,10 +158,12 @@ fn run_standalone(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nics = nets
-        .into_iter()
-        .map(|n| {
+    let nics = (0..)
+        .zip(nets)
+        .map(|(index, n)| {
             Ok(NicConnection {
+                index,
+                slot: None,
                 backend: connect("vhost-user-net", n.path)?,
                 qdev_id: String::new(),
                 mac: n.mac,
@@ -210,57 +216,37 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         incoming: config.incoming,
         ram,
     };
-    let mut shapes = config.upgrade.clone().unwrap_or_default().into_iter();
-    let upgrading = config.upgrade.is_some();
-    let mut shape = |what: &str| -> anyhow::Result<Option<ipc::LinkShape>> {
-        match upgrading {
-            true => shapes
-                .next()
-                .map(Some)
-                .with_context(|| format!("the upgrade lacks the shape of {what}")),
-            false => Ok(None),
-        }
-    };
-    let nic_pairs = |n: &ipc::NicLaunch| n.queue_pairs.clamp(1, 7) as usize;
     // Before anything is built: a VM that would run out of descriptors half-way says so.
     let queues: Vec<usize> = (config.disks.iter().map(|d| d.max_queues as usize))
-        .chain(config.nics.iter().map(|n| 2 * nic_pairs(n) + 1))
+        .chain((config.nics.iter()).map(|n| 2 * usize::from(NicConnection::queue_pairs(n)) + 1))
         .collect();
     vmm_core::seccomp::ensure_open_files(vm_config.cpus, &queues)?;
-    let disks = config
-        .disks
-        .iter()
-        .map(|d| {
-            Ok(DiskConnection {
-                backend: handed(next(&format!("disk {}", d.id))?),
-                qdev_id: d.qdev_id.clone(),
-                max_queues: d.max_queues as usize,
-                shape: shape(&format!("disk {}", d.id))?,
-            })
+    let (disk_shapes, nic_shapes) = match config.upgrade.clone() {
+        Some(shapes) => {
+            let (disks, nics) = upgrade_shapes(&config.disks, &config.nics, shapes)?;
+            (
+                disks.into_iter().map(Some).collect(),
+                nics.into_iter().map(Some).collect(),
+            )
+        }
+        None => (
+            vec![None; config.disks.len()],
+            vec![None; config.nics.len()],
+        ),
+    };
+    let disks = (config.disks.iter().zip(disk_shapes))
+        .map(|(d, shape)| {
+            let stream = UnixStream::from(next(&format!("disk {}", d.id))?);
+            Ok(DiskConnection::handed(d, stream, shape))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nics = config
-        .nics
-        .iter()
-        .map(|n| {
-            Ok(NicConnection {
-                backend: handed(next(&format!("NIC {}", n.id))?),
-                qdev_id: n.qdev_id.clone(),
-                mac: n.mac,
-                queue_pairs: nic_pairs(n) as u16,
-                shape: shape(&format!("NIC {}", n.id))?,
-            })
+    let nics = (config.nics.iter().zip(nic_shapes))
+        .map(|(n, shape)| {
+            let stream = UnixStream::from(next(&format!("NIC {}", n.id))?);
+            Ok(NicConnection::handed(n, stream, shape))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(build_vm(kvm, &vm_config, boot, console, disks, nics)?)
-}
-
-/// A backend connection the gateway opened; the gateway hands over the next one too.
-fn handed(fd: OwnedFd) -> BackendConnection {
-    BackendConnection {
-        stream: UnixStream::from(fd),
-        path: None,
-    }
 }
 
 fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {

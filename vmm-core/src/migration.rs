@@ -7,7 +7,7 @@
 
 use std::os::fd::OwnedFd;
 
-use ipc::{RemoteError, VmmReply};
+use ipc::{DiskLaunch, LinkShape, NicLaunch, RemoteError, VmmReply};
 
 use crate::dirty_log::{self, DirtyLog};
 use crate::vm::Vm;
@@ -57,6 +57,11 @@ impl Outgoing {
         (Ok(reply), fds)
     }
 
+    /// Whether a migration runs (dirty logging is on).
+    pub fn is_active(&self) -> bool {
+        self.log.is_some()
+    }
+
     pub fn sync(&self, vm: &Vm) -> Answer {
         match &self.log {
             Some(log) => match log.sync(&vm.vm, &vm.ram) {
@@ -104,5 +109,104 @@ pub fn upgrade_info(vm: &Vm) -> Answer {
             vec![OwnedFd::from(ram)],
         ),
         Err(e) => fail(format!("handing over guest memory: {e}")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the live upgrade hands over {shapes} device shape(s) for {devices} device(s)")]
+pub struct ShapeCount {
+    shapes: usize,
+    devices: usize,
+}
+
+/// A live upgrade's device shapes, as the previous vmm-core gave them (`upgrade_info`:
+/// the disks then the NICs, each by ascending index), for the disks and the NICs of
+/// the new vmm-core's launch, in the launch's order (whatever that is).
+pub fn upgrade_shapes(
+    disks: &[DiskLaunch],
+    nics: &[NicLaunch],
+    shapes: Vec<LinkShape>,
+) -> Result<(Vec<LinkShape>, Vec<LinkShape>), ShapeCount> {
+    if shapes.len() != disks.len() + nics.len() {
+        return Err(ShapeCount {
+            shapes: shapes.len(),
+            devices: disks.len() + nics.len(),
+        });
+    }
+    // Each device's place among its kind by index.
+    let ranks = |indexes: Vec<u32>| {
+        let mut sorted = indexes.clone();
+        sorted.sort_unstable();
+        (indexes.iter())
+            .map(|i| sorted.partition_point(|s| s < i))
+            .collect::<Vec<_>>()
+    };
+    let disk_ranks = ranks(disks.iter().map(|d| d.index).collect());
+    let nic_ranks = ranks(nics.iter().map(|n| n.index).collect());
+    let pick = |at: usize| shapes[at].clone();
+    Ok((
+        disk_ranks.into_iter().map(pick).collect(),
+        nic_ranks
+            .into_iter()
+            .map(|r| pick(disks.len() + r))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(index: u32) -> DiskLaunch {
+        DiskLaunch {
+            index,
+            slot: None,
+            id: format!("d{index}"),
+            qdev_id: String::new(),
+            max_queues: 1,
+        }
+    }
+
+    fn nic(index: u32) -> NicLaunch {
+        NicLaunch {
+            index,
+            slot: None,
+            id: format!("n{index}"),
+            qdev_id: String::new(),
+            mac: [0; 6],
+            queue_pairs: 1,
+        }
+    }
+
+    /// Shape `n`, told apart by its queue count.
+    fn shape(n: u32) -> LinkShape {
+        LinkShape {
+            backend_features: 0,
+            protocol_features: 0,
+            num_queues: n,
+            config: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_device_gets_the_shape_of_its_index_whatever_the_launch_order() {
+        // The old vmm-core had disks 0, 3, 5 (1, 2, 4 removed) and NICs 2, 7.
+        let shapes = (0..5).map(shape).collect();
+        let (disks, nics) =
+            upgrade_shapes(&[disk(5), disk(0), disk(3)], &[nic(7), nic(2)], shapes).unwrap();
+        let queues = |s: Vec<LinkShape>| s.iter().map(|s| s.num_queues).collect::<Vec<_>>();
+        assert_eq!(queues(disks), [2, 0, 1]);
+        assert_eq!(queues(nics), [4, 3]);
+    }
+
+    #[test]
+    fn a_shape_for_each_device() {
+        let e = upgrade_shapes(&[disk(0)], &[nic(0)], vec![shape(1)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the live upgrade hands over 1 device shape(s) for 2 device(s)"
+        );
+        assert!(upgrade_shapes(&[disk(0)], &[], vec![shape(1), shape(2)]).is_err());
+        assert!(upgrade_shapes(&[], &[], Vec::new()).unwrap().0.is_empty());
     }
 }

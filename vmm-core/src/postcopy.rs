@@ -90,8 +90,8 @@ type NamedLink = (String, Arc<Mutex<Link>>);
 
 /// The links in the order of `VmmReply::Postcopy`'s backends: disks, then NICs.
 fn links(vm: &Vm) -> Vec<NamedLink> {
-    let disks = (vm.disks.iter().enumerate()).map(|(i, d)| (format!("disk{i}"), d.link.clone()));
-    let nics = (vm.nics.iter().enumerate()).map(|(i, n)| (format!("nic{i}"), n.link.clone()));
+    let disks = (vm.disks.iter()).map(|(i, d)| (format!("disk{i}"), d.link.clone()));
+    let nics = (vm.nics.iter()).map(|(i, n)| (format!("nic{i}"), n.link.clone()));
     disks.chain(nics).collect()
 }
 

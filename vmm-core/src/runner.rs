@@ -16,6 +16,7 @@ use ipc::{
 use crate::control::Control;
 use crate::error::VmError;
 use crate::events::VmEvent;
+use crate::hotplug::HotplugError;
 use crate::migration::{self, Answer, Outgoing};
 use crate::postcopy;
 use crate::vcpu::{self, Request, VcpuControl, VcpuError, VcpuThread};
@@ -31,6 +32,10 @@ pub enum VmExit {
     Quit,
     /// The gateway hung up.
     ControlClosed,
+}
+
+fn remote(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::generic(e.to_string())
 }
 
 /// Gives a device's link thread the connection the gateway sent.
@@ -230,6 +235,9 @@ impl Runner<'_> {
     fn reset(&mut self, cause: ShutdownCause) -> Result<(), VmError> {
         self.pause_vcpus();
         self.vm.reset()?;
+        // The reset finished the removals the guest had not (as QEMU's, before its
+        // RESET event).
+        self.let_go_ejected();
         // Reset requests raised by the old boot (a second write to the reset register,
         // say) are stale; anything else still matters.
         let pending: Vec<VmEvent> = self.vm.events_rx.try_iter().collect();
@@ -250,6 +258,41 @@ impl Runner<'_> {
             | RunState::PostMigrate => {}
         }
         Ok(())
+    }
+
+    /// Devices neither come nor go while the VM migrates (the destination is built with
+    /// the devices the migration started with); QEMU's words.
+    fn devices_may_change(&self, command: &str) -> Result<(), RemoteError> {
+        match self.outgoing.is_active() || self.state == RunState::InMigrate {
+            true => Err(RemoteError::generic(format!(
+                "{command} not allowed while migrating"
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    /// `DiskAttach` / `NicAttach`, running or not: the VM takes the device, and the
+    /// guest learns of it when it runs.
+    fn hot_attach(
+        &mut self,
+        attach: impl FnOnce(&mut Vm) -> Result<u8, HotplugError>,
+    ) -> Result<VmmReply, RemoteError> {
+        self.devices_may_change("device_add")?;
+        // A device the guest ejected goes first: its slot, its BAR's range and the
+        // addresses of its doorbells may be the new one's.
+        self.let_go_ejected();
+        let slot = attach(&mut self.vm).map_err(remote)?;
+        log::info!("a device was hot-plugged into PCI slot {slot}");
+        Ok(VmmReply::Done)
+    }
+
+    /// The devices the guest ejected (or a reset removed) are let go of, and only then
+    /// does the gateway hear of them: their daemons are its to stop.
+    fn let_go_ejected(&mut self) {
+        for slot in self.vm.let_go_ejected() {
+            log::info!("the guest ejected the PCI function in slot {slot}; its device is gone");
+            self.notify(VmmEvent::DeviceEjected { slot });
+        }
     }
 
     fn query_cpus(&self) -> Result<Vec<CpuState>, RemoteError> {
@@ -458,7 +501,7 @@ impl Runner<'_> {
             VmmRequest::QueryCpus => self.query_cpus().map(VmmReply::Cpus),
             VmmRequest::QueryPci => Ok(VmmReply::Pci(self.vm.pci.lock().describe())),
             VmmRequest::InjectNmi => self.inject_nmi().map(|()| VmmReply::Done),
-            VmmRequest::DiskConfigChanged { disk } => match self.vm.disks.get(disk as usize) {
+            VmmRequest::DiskConfigChanged { disk } => match self.vm.disks.get(&disk) {
                 Some(d) => {
                     d.config.raise();
                     Ok(VmmReply::Done)
@@ -466,7 +509,7 @@ impl Runner<'_> {
                 None => Err(RemoteError::generic(format!("no disk {disk}"))),
             },
             VmmRequest::NicSetLink { nic, up } => {
-                match self.vm.nics.get(nic as usize).map(|n| &n.link_state) {
+                match self.vm.nics.get(&nic).map(|n| &n.link_state) {
                     Some(l) => {
                         l.set(up);
                         Ok(VmmReply::Done)
@@ -475,21 +518,18 @@ impl Runner<'_> {
                 }
             }
             VmmRequest::DiskReconnect { disk } => {
-                let handover = self
-                    .vm
-                    .disks
-                    .get(disk as usize)
-                    .and_then(|d| d.handover.as_ref());
+                let handover = self.vm.disks.get(&disk).and_then(|d| d.handover.as_ref());
                 hand_over(handover, fds, &format!("disk {disk}"))
             }
             VmmRequest::NicReconnect { nic } => {
-                let handover = self
-                    .vm
-                    .nics
-                    .get(nic as usize)
-                    .and_then(|n| n.handover.as_ref());
+                let handover = self.vm.nics.get(&nic).and_then(|n| n.handover.as_ref());
                 hand_over(handover, fds, &format!("NIC {nic}"))
             }
+            VmmRequest::DiskAttach(disk) => self.hot_attach(|vm| vm.hot_attach_disk(&disk, fds)),
+            VmmRequest::NicAttach(nic) => self.hot_attach(|vm| vm.hot_attach_nic(&nic, fds)),
+            VmmRequest::RequestUnplug { slot } => (self.devices_may_change("device_del"))
+                .and_then(|()| self.vm.request_unplug(slot).map_err(remote))
+                .map(|()| VmmReply::Done),
             // Quit and Retire are answered by the event loop, which then ends.
             VmmRequest::Quit(_) | VmmRequest::Retire => Ok(VmmReply::Done),
             _ => Err(RemoteError::generic("a migration request out of place")),
@@ -543,14 +583,7 @@ impl Runner<'_> {
                     }
                 }
                 VmEvent::ControlClosed => return Ok(VmExit::ControlClosed),
-                VmEvent::DeviceEjected => {
-                    let ejected = self.vm.pci.lock().take_ejected();
-                    // The functions are dropped here, off the vCPU that ejected them.
-                    for e in ejected {
-                        log::info!("the guest ejected the PCI function in slot {}", e.slot);
-                        self.notify(VmmEvent::DeviceEjected { slot: e.slot });
-                    }
-                }
+                VmEvent::DeviceEjected => self.let_go_ejected(),
             }
         }
     }

@@ -4,6 +4,7 @@
 //! reaches the vhost-user devices. A VM resets itself to power-on state; running it (the
 //! vCPU threads and the control loop) is the runner's (`Vm::run`, runner.rs).
 
+use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ impl PowerButton {
 
 /// A disk as the VM's control loop sees it.
 pub struct DiskHandle {
+    /// Its slot on bus 0 (an eject names the slot).
+    pub slot: u8,
     pub config: ConfigChangeHandle,
     /// Connections the gateway hands over after restarting the disk's daemon.
     pub handover: Option<Handover>,
@@ -50,6 +53,7 @@ pub struct DiskHandle {
 
 /// A NIC as the VM's control loop sees it.
 pub struct NicHandle {
+    pub slot: u8,
     /// The NIC's link status (QMP set_link).
     pub link_state: LinkHandle,
     pub handover: Option<Handover>,
@@ -121,10 +125,11 @@ pub struct Vm {
     pub(crate) start_paused: bool,
     /// Memory and state come by migration: nothing was loaded (run state "inmigrate").
     pub(crate) incoming: bool,
-    /// Per disk, in launch order.
-    pub(crate) disks: Vec<DiskHandle>,
-    /// Per NIC, in launch order.
-    pub(crate) nics: Vec<NicHandle>,
+    /// The disks by index (the gateway's number for each, which requests name; a
+    /// removed disk leaves a gap).
+    pub(crate) disks: BTreeMap<u32, DiskHandle>,
+    /// The NICs by index.
+    pub(crate) nics: BTreeMap<u32, NicHandle>,
 }
 
 impl Vm {
@@ -149,7 +154,8 @@ impl Vm {
     /// Every vhost-user backend logs its writes into `log` from now on (a migration
     /// starts), or stops logging (`None`). On an error, none logs.
     pub(crate) fn set_backends_dirty_log(&self, log: Option<&DirtyLog>) -> Result<(), String> {
-        let links = (self.disks.iter().map(|d| &d.link)).chain(self.nics.iter().map(|n| &n.link));
+        let links =
+            (self.disks.values().map(|d| &d.link)).chain(self.nics.values().map(|n| &n.link));
         for link in links.clone() {
             let handed = match log {
                 Some(log) => match log.file() {
@@ -171,10 +177,11 @@ impl Vm {
         Ok(())
     }
 
-    /// The devices' shapes, for the vmm-core that takes over in a live upgrade.
+    /// The devices' shapes, for the vmm-core that takes over in a live upgrade: the
+    /// disks then the NICs, each by ascending index (`migration::upgrade_shapes`).
     pub(crate) fn link_shapes(&self) -> Vec<ipc::LinkShape> {
-        (self.disks.iter().map(|d| &d.link))
-            .chain(self.nics.iter().map(|n| &n.link))
+        (self.disks.values().map(|d| &d.link))
+            .chain(self.nics.values().map(|n| &n.link))
             .map(|l| l.lock().shape())
             .collect()
     }
@@ -183,11 +190,11 @@ impl Vm {
     pub(crate) fn connect_pending_backends(&mut self) {
         let pending = (self
             .disks
-            .iter_mut()
+            .values_mut()
             .map(|d| (&d.handover, d.pending.take())))
         .chain(
             self.nics
-                .iter_mut()
+                .values_mut()
                 .map(|n| (&n.handover, n.pending.take())),
         );
         for (handover, stream) in pending {

@@ -61,6 +61,29 @@ impl Qemu {
         Qemu { vm, qmp, _dir: dir }
     }
 
+    /// The test guest with `cmdline` (as given: no PCI aids) on QEMU's `-M pc` (i440FX and
+    /// PIIX4, whose ACPI PCI hotplug covers bus 0: microvm and q35's root bus have none),
+    /// `extra` arguments, started paused (-S). SeaBIOS runs first, emulated on kvm-pvm hosts:
+    /// the guest's first line takes a few seconds.
+    pub fn pc_guest(cmdline: &str, extra: &[&str]) -> Qemu {
+        let dir = TempDir::new("qemu-pc");
+        let qmp = dir.path().join("qmp.sock");
+        let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
+        // -cpu: see base_command.
+        cmd.args(["-M", "pc", "-accel", "kvm"])
+            .args(["-cpu", "host,-arch-capabilities", "-m", "128", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "stdio", "-S", "-append", cmdline])
+            .arg("-kernel")
+            .arg(test_guest())
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(extra);
+        let vm = Vm::spawn(cmd);
+        wait_for_socket(&qmp, &vm);
+        Qemu { vm, qmp, _dir: dir }
+    }
+
     /// QEMU with no guest to run (-S), to see whether it takes `extra` (drives): Ok
     /// with it running, or Err with what it printed when it refused.
     pub fn try_start(extra: &[&str]) -> Result<Qemu, String> {

@@ -22,8 +22,9 @@
 //! scenarios' `GUEST NET ...` (scenarios/net/), and migrate-dirty's `GUEST MIG ready ...`,
 //! `GUEST MIG round R ok ...`, `GUEST MIG blk N ok ...`, `GUEST MIG net N ok ...`,
 //! `GUEST MIG selftest ...`, `GUEST MIG done ...` and `GUEST ERROR mig ...`
-//! (scenarios/migrate/), and the balloon scenario's `GUEST BALLOON ...` (scenarios/balloon.rs);
-//! `GUEST INFO ...` lines are diagnostics.
+//! (scenarios/migrate/), the balloon scenario's `GUEST BALLOON ...` (scenarios/balloon.rs),
+//! and pci-hotplug's `GUEST HOTPLUG ...` (scenarios/hotplug/); `GUEST INFO ...` lines are
+//! diagnostics.
 
 #![no_std]
 #![no_main]

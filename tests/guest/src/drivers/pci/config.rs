@@ -197,7 +197,11 @@ pub fn write16(at: Address, offset: u16, value: u16) {
 /// decodes its memory BARs nor reaches memory any more (before it is ejected).
 pub fn disable(at: Address) {
     let command = read16(at, REG_COMMAND);
-    write16(at, REG_COMMAND, command & !(COMMAND_MEMORY | COMMAND_BUS_MASTER));
+    write16(
+        at,
+        REG_COMMAND,
+        command & !(COMMAND_MEMORY | COMMAND_BUS_MASTER),
+    );
 }
 
 /// Sets memory space, bus mastering and INTx disable in the command register.

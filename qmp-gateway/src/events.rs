@@ -139,6 +139,10 @@ const MIGRATION_ARG: TypeDef = data(
     &[req("status", Ty::Named("MigrationStatus"))],
 );
 const MIGRATION_PASS_ARG: TypeDef = data("q_obj_MIGRATION_PASS-arg", &[req("pass", Ty::Int)]);
+const DEVICE_DELETED_ARG: TypeDef = data(
+    "q_obj_DEVICE_DELETED-arg",
+    &[opt("device", Ty::Str), req("path", Ty::Str)],
+);
 
 const STOP: EventDef = def("STOP", None);
 const RESUME: EventDef = def("RESUME", None);
@@ -182,6 +186,7 @@ const SANDBOX_VIOLATION: EventDef = def(
 );
 const MIGRATION: EventDef = def("MIGRATION", Some(&MIGRATION_ARG));
 const MIGRATION_PASS: EventDef = def("MIGRATION_PASS", Some(&MIGRATION_PASS_ARG));
+const DEVICE_DELETED: EventDef = def("DEVICE_DELETED", Some(&DEVICE_DELETED_ARG));
 
 /// Every event this gateway emits, in the order query-events lists them.
 pub const EVENTS: &[EventDef] = &[
@@ -206,6 +211,7 @@ pub const EVENTS: &[EventDef] = &[
     SANDBOX_VIOLATION,
     MIGRATION,
     MIGRATION_PASS,
+    DEVICE_DELETED,
 ];
 
 /// SHUTDOWN's and RESET's data.
@@ -338,6 +344,14 @@ pub struct MigrationPass {
     pub pass: u64,
 }
 
+/// A device (or its virtio backend, which has no id) left the guest for good.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceDeleted {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub path: String,
+}
+
 /// A child was stopped by its seccomp filter.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxViolation {
@@ -374,6 +388,7 @@ pub enum Event {
     Migration(MigrationStatusChange),
     /// A migration's dirty-page pass began (its sync count).
     MigrationPass(MigrationPass),
+    DeviceDeleted(DeviceDeleted),
 }
 
 impl Event {
@@ -401,6 +416,7 @@ impl Event {
             Event::SandboxViolation(_) => &SANDBOX_VIOLATION,
             Event::Migration(_) => &MIGRATION,
             Event::MigrationPass(_) => &MIGRATION_PASS,
+            Event::DeviceDeleted(_) => &DEVICE_DELETED,
         }
     }
 
@@ -427,6 +443,7 @@ impl Event {
             Event::SandboxViolation(d) => serde_json::to_value(d).ok(),
             Event::Migration(d) => serde_json::to_value(d).ok(),
             Event::MigrationPass(d) => serde_json::to_value(d).ok(),
+            Event::DeviceDeleted(d) => serde_json::to_value(d).ok(),
         }
     }
 }
@@ -558,6 +575,10 @@ mod tests {
             }),
             Event::Migration(MigrationStatusChange { status: "active" }),
             Event::MigrationPass(MigrationPass { pass: 2 }),
+            Event::DeviceDeleted(DeviceDeleted {
+                device: Some("vb".into()),
+                path: "/machine/peripheral/vb".into(),
+            }),
         ];
         let emitted: Vec<&str> = samples.iter().map(|e| e.def().name).collect();
         assert_eq!(emitted, names);
@@ -617,6 +638,14 @@ mod tests {
             })
             .data(),
             Some(json!({"device": "d0", "queue": 1, "requests": 16}))
+        );
+        assert_eq!(
+            Event::DeviceDeleted(DeviceDeleted {
+                device: None,
+                path: "/machine/peripheral-anon/device[0]/virtio-backend".into(),
+            })
+            .data(),
+            Some(json!({"path": "/machine/peripheral-anon/device[0]/virtio-backend"}))
         );
         assert_eq!(
             Event::SandboxViolation(SandboxViolation {

@@ -21,11 +21,12 @@ use crate::children::link::{LinkError, VmmLink};
 use crate::children::sandbox::{Mode, Policy};
 use crate::children::spawn::host_tid;
 use crate::children::vmm::VmmChild;
+use crate::devices::Devices;
 use crate::events::{Event, EventBus};
 use crate::fdstore::FdSets;
-use crate::objects::Objects;
 use crate::migration::{Handles, MigrationSettings, Migrator};
 use crate::net::NetLayer;
+use crate::objects::Objects;
 
 /// Why the gateway is ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct Gateway {
     sandbox: Mode,
     pub block: Arc<BlockLayer>,
     pub net: Arc<NetLayer>,
+    /// The PCI devices on bus 0: slots, ids, what vmm-core has of each.
+    pub devices: Mutex<Devices>,
     /// The migration's capabilities and parameters.
     pub migration: Arc<Mutex<MigrationSettings>>,
     /// Migrations out of and into this VM.
@@ -213,6 +216,7 @@ impl Gateway {
             status,
             block,
             net,
+            devices: Mutex::new(Devices::default()),
             vmm,
             vmm_child,
             this: OnceLock::new(),
@@ -358,10 +362,19 @@ impl Gateway {
             VmmEvent::VcpuFailed { vcpu, reason } => {
                 log::error!("vCPU {vcpu} failed: {reason}; the VM is stopped (internal-error)");
             }
-            // device_del will finish the device and emit DEVICE_DELETED from here.
-            VmmEvent::DeviceEjected { slot } => {
-                log::info!("the guest ejected the PCI device in slot {slot}");
-            }
+            // Finished away from this reader: the removal waits for a daemon, and for
+            // locks held across calls to vmm-core, whose answers this reader brings.
+            VmmEvent::DeviceEjected { slot } => match self.arc() {
+                Some(gw) => {
+                    let spawned = std::thread::Builder::new()
+                        .name("device-ejected".into())
+                        .spawn(move || gw.device_ejected(slot));
+                    if let Err(e) = spawned {
+                        log::error!("slot {slot} was ejected, but it cannot be removed: {e}");
+                    }
+                }
+                None => log::info!("the guest ejected the PCI device in slot {slot}"),
+            },
         }
     }
 }

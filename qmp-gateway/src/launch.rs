@@ -124,6 +124,14 @@ impl OpenedVm {
         self.fds.push(stream);
     }
 
+    /// The devices there are now (after device_add and device_del), each in its slot,
+    /// for the next vmm-core's launch and the migration's shape. Only after the launch,
+    /// once the backend connections were dropped.
+    pub fn set_devices(&mut self, disks: Vec<ipc::DiskLaunch>, nics: Vec<ipc::NicLaunch>) {
+        self.config.disks = disks;
+        self.config.nics = nics;
+    }
+
     /// After the launch: the backend connections were vmm-core's alone (a dup here
     /// would keep a backend from seeing its frontend go); the other files stay, for a
     /// live upgrade's vmm-core.

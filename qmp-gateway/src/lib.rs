@@ -10,11 +10,13 @@
 //! is the one event table and its fan-out; `gateway` the shared state; `launch` opens
 //! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
 //! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
-//! under a running VM. No file imports one that
+//! under a running VM; `devices` places the guest's PCI devices (device_add, device_del).
+//! No file imports one that
 //! imports it back (scripts/check-imports).
 
 pub mod block;
 pub mod children;
+pub mod devices;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;

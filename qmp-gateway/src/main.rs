@@ -22,6 +22,8 @@ use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
 use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::children::vmm::VmmChild;
+use qmp_gateway::devices::spec::Model;
+use qmp_gateway::devices::Backend;
 use qmp_gateway::events::{Event, EventBus};
 use qmp_gateway::fdstore::budget::process_fds;
 use qmp_gateway::fdstore::{FdBudget, FdLimits};
@@ -317,15 +319,24 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         // The source holds the images' locks until the switch-over.
         gw.block.open_inactive();
     }
+    // Bus 0's slots from 1, in launch order: the disks, then the NICs.
     for (i, spec) in args.drive.iter().enumerate() {
-        let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets)?;
+        let (ticket, slot) = gw.devices.lock().launch(Model::Blk, None)?;
+        let placed = (slot, ticket.qom_path.clone());
+        let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets, placed)?;
+        gw.devices
+            .lock()
+            .added(&ticket, Backend::Disk(disk.clone()));
         vm.add_disk(disk, stream);
     }
     for netdev in netdevs {
         gw.net.add_netdev(netdev)?;
     }
     for spec in &args.device {
-        let (nic, stream) = gw.net.add_nic(spec)?;
+        let (ticket, slot) = gw.devices.lock().launch(Model::Net, spec.id.as_deref())?;
+        let placed = (slot, ticket.qom_path.clone());
+        let (nic, stream) = gw.net.add_nic(spec, placed)?;
+        gw.devices.lock().added(&ticket, Backend::Nic(nic.clone()));
         vm.add_nic(nic, stream);
     }
     vm.config.incoming = args.incoming.is_some();

@@ -24,8 +24,9 @@ use crate::launch::LaunchError;
 /// How long a retired vmm-core has to exit before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(5);
 
-/// One upgrade at a time.
-static UPGRADING: Mutex<()> = Mutex::new(());
+/// One upgrade or device change (device_add, device_del, an ejection) at a time: an
+/// upgrade launches the devices there are.
+pub(crate) static CHANGING: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -58,7 +59,7 @@ pub struct Upgraded {
 
 /// Replaces vmm-core with a new process of `binary` (the running one's when None).
 pub fn upgrade(gw: &Gateway, binary: Option<PathBuf>) -> Result<Upgraded, UpgradeError> {
-    let _one = UPGRADING.lock();
+    let _one = CHANGING.lock();
     let gw = gw.arc().ok_or(UpgradeError::Ending)?;
     let running = match gw.run_state() {
         RunState::Running => true,

@@ -225,7 +225,7 @@ impl BlockLayer {
             // QEMU names the device where the node is a disk's root.
             let shown = index
                 .map(|i| &state.disks[i])
-                .filter(|d| d.root == node)
+                .filter(|d| d.root == node && d.drive)
                 .map_or(node.clone(), |d| d.id.clone());
             if new.persistent && !qcow2 {
                 return Err(BitmapError::PersistentUnsupported(shown).into());

@@ -81,8 +81,15 @@ pub type BlockDaemon = Daemon<BlockProtocol>;
 pub struct Disk {
     /// The disk's index in vmm-core's launch request.
     pub index: u32,
-    /// The BlockBackend's name (query-block's "device").
+    /// The block layer's name for it: the BlockBackend's name (query-block's "device")
+    /// of a --drive disk, the device's QOM path for one device_add put over a node
+    /// (whose BlockBackend is anonymous, as in QEMU).
     pub id: String,
+    /// Made by --drive: its BlockBackend is named, and goes with its nodes when its
+    /// device goes (QEMU's auto-del of a drive).
+    pub drive: bool,
+    /// The guest device's id ("" without one).
+    pub qdev_id: String,
     /// The guest device's id or QOM path (query-block's "qdev").
     pub qdev: String,
     /// The device's QOM path (what `id` arguments may also name).
@@ -145,6 +152,20 @@ pub struct Launch {
 }
 
 impl Disk {
+    /// query-block's "device": the drive's name, "" for an anonymous BlockBackend.
+    pub fn device_name(&self) -> &str {
+        if self.drive {
+            &self.id
+        } else {
+            ""
+        }
+    }
+
+    /// Whether `name` is its BlockBackend's name (an anonymous one has none).
+    pub fn named(&self, name: &str) -> bool {
+        self.drive && self.id == name
+    }
+
     pub fn daemon(&self) -> Result<&BlockDaemon, BlockError> {
         self.daemon
             .as_ref()

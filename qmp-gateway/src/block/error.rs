@@ -26,6 +26,25 @@ pub enum BlockError {
     #[error("Failed to find node with node-name='{0}'")]
     NoNodeToDelete(String),
 
+    /// device_add's drive=, as QEMU's drive property takes it.
+    #[error("Property 'virtio-blk-device.drive' can't find value '{0}'")]
+    DriveNotFound(String),
+    #[error("Drive '{0}' is already in use by another device")]
+    DriveInUse(String),
+    /// Two writers of one node (QEMU's permission check, for 'write').
+    #[error(
+        "Permission conflict on node '{node}': permissions 'write' are both required by \
+         {required} (uses node '{node}' as '{required_role}' child) and unshared by \
+         {unshared} (uses node '{node}' as '{unshared_role}' child)."
+    )]
+    PermissionConflict {
+        node: String,
+        required: String,
+        required_role: &'static str,
+        unshared: String,
+        unshared_role: &'static str,
+    },
+
     #[error("'node-name' must be specified for the root node")]
     RootNeedsName,
     #[error("Duplicate nodes with node-name='{0}'")]

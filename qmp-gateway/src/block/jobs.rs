@@ -229,7 +229,9 @@ impl BlockLayer {
             return Err(JobError::NotRoot.into());
         }
         // QEMU's default id: the disk's drive id, whatever names it here.
-        let id = job_id.unwrap_or(&state.disks[disk_index].id).to_string();
+        let id = job_id
+            .unwrap_or(state.disks[disk_index].device_name())
+            .to_string();
         if !well_formed(&id) {
             return Err(JobError::BadId(id).into());
         }

@@ -21,7 +21,7 @@ type DaemonCall = (
 
 impl State {
     /// The disks in throttle group `group`.
-    fn group_members(&self, group: &str) -> Vec<usize> {
+    pub(super) fn group_members(&self, group: &str) -> Vec<usize> {
         (0..self.disks.len())
             .filter(|i| {
                 self.disks[*i]
@@ -67,8 +67,10 @@ impl BlockLayer {
             .disks
             .iter()
             .position(|d| match disk {
-                DiskRef::Qdev(name) => d.qdev == name || d.qom_path == name,
-                DiskRef::Device(name) => d.id == name,
+                DiskRef::Qdev(name) => {
+                    d.qdev == name || d.qom_path == name || (!name.is_empty() && d.qdev_id == name)
+                }
+                DiskRef::Device(name) => d.named(name),
             })
             .ok_or_else(|| BlockError::DeviceNotFound(disk.name().to_string()))?;
         let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());

@@ -21,6 +21,7 @@ pub mod drive;
 pub mod error;
 pub mod graph;
 pub mod health;
+pub mod hotplug;
 pub mod image_info;
 pub mod info;
 pub mod job;
@@ -88,6 +89,8 @@ struct State {
     groups: BTreeMap<String, Group>,
     /// The block jobs that run.
     jobs: Vec<job::BlockJob>,
+    /// The next disk's index (in vmm-core's requests): never reused while the VM lives.
+    next_index: u32,
 }
 
 impl State {
@@ -104,14 +107,18 @@ impl State {
         )
     }
 
+    /// The disk whose BlockBackend is named `id` (QMP's "device").
     fn disk_by_id(&self, id: &str) -> Option<&Disk> {
-        self.disks.iter().find(|d| d.id == id)
+        self.disks.iter().find(|d| d.named(id))
     }
 
     fn disk_by_qdev(&self, id: &str) -> Option<&Disk> {
-        self.disks
-            .iter()
-            .find(|d| d.qdev == id || d.qom_path == id || (!d.id.is_empty() && d.id == id))
+        self.disks.iter().find(|d| {
+            d.qdev == id
+                || d.qom_path == id
+                || (!d.qdev_id.is_empty() && d.qdev_id == id)
+                || (!d.id.is_empty() && d.named(id))
+        })
     }
 
     /// The disk a command names, by QEMU's rules for "device" and "id".
@@ -147,6 +154,9 @@ impl State {
 /// A disk about to be attached to a node tree.
 struct NewDisk {
     id: String,
+    /// Made by --drive (see `Disk::drive`).
+    drive: bool,
+    qdev_id: String,
     root: String,
     queues: u32,
     serial: String,
@@ -230,12 +240,14 @@ impl BlockLayer {
         }
     }
 
-    /// `--drive`: the nodes, the daemon, and vmm-core's end of the vhost-user socket.
+    /// `--drive` number `index`, its device in bus 0's `slot` at `qom_path`: the nodes,
+    /// the daemon, and vmm-core's end of the vhost-user socket.
     pub fn add_drive(
         &self,
         index: usize,
         spec: &DriveSpec,
         fdsets: &FdSets,
+        (slot, qom_path): (u8, String),
     ) -> Result<(DiskLaunch, OwnedFd), BlockError> {
         let id = spec.id.clone().unwrap_or_else(|| format!("virtio{index}"));
         let file = NodeOptions {
@@ -273,20 +285,21 @@ impl BlockLayer {
             .map_err(failed)?;
         let disk = NewDisk {
             id: id.clone(),
+            drive: true,
+            qdev_id: String::new(),
             root: root.clone(),
             queues: spec.queues,
             serial: spec.serial.clone().unwrap_or_else(|| id.clone()),
             stats_intervals: spec.stats_intervals.clone(),
-            qom_path: format!("/machine/peripheral-anon/device[{index}]"),
+            qom_path,
             on_read_error: spec.on_read_error,
             on_write_error: spec.on_write_error,
         };
-        let disk_index = state.disks.len() as u32;
         match self.attach(&mut state, disk) {
-            Ok(stream) => Ok((
+            Ok((disk_index, stream)) => Ok((
                 DiskLaunch {
                     index: disk_index,
-                    slot: None,
+                    slot: Some(slot),
                     id: id.clone(),
                     // An anonymous device, as QEMU's -drive if=virtio makes (its QOM
                     // path is under peripheral-anon): no qdev id.
@@ -303,11 +316,13 @@ impl BlockLayer {
         }
     }
 
-    /// Starts the daemon for a disk over its root node; returns vmm-core's end of its
-    /// socket.
-    fn attach(&self, state: &mut State, new: NewDisk) -> Result<OwnedFd, BlockError> {
+    /// Starts the daemon for a disk over its root node; returns the disk's index and
+    /// vmm-core's end of its socket.
+    fn attach(&self, state: &mut State, new: NewDisk) -> Result<(u32, OwnedFd), BlockError> {
         let NewDisk {
             id,
+            drive,
+            qdev_id,
             root,
             queues,
             serial,
@@ -392,21 +407,23 @@ impl BlockLayer {
             inactive: state.graph.inactive(),
         };
         let health = Health::new(
-            &id,
+            if drive { &id } else { "" },
             &root,
             on_read_error,
             on_write_error,
             self.hooks.events.clone(),
             self.hooks.stop_vm.clone(),
         );
-        let socket = self
-            .runtime
-            .path()
-            .join(format!("disk{}.sock", state.disks.len()));
+        let index = state.next_index;
+        // Taken even if the start fails: an index is never given twice.
+        state.next_index += 1;
+        let socket = self.runtime.path().join(format!("disk{index}.sock"));
         let listener = bind_private(&socket)?;
         let mut disk = Disk {
-            index: state.disks.len() as u32,
+            index,
             id,
+            drive,
+            qdev_id,
             qdev: format!("{qom_path}/virtio-backend"),
             qom_path,
             nodes: state.graph.tree(&root),
@@ -436,7 +453,7 @@ impl BlockLayer {
             disk.root
         );
         state.disks.push(disk);
-        Ok(stream.into())
+        Ok((index, stream.into()))
     }
 
     /// Replaces disk `id`'s daemon (stopping it if it runs) with a new one, from

@@ -42,7 +42,7 @@ impl BlockLayer {
                     info::node_info(&state.graph, node, throttle, self.threshold(&d.root));
                 with_bitmaps(&mut inserted, state.bitmap_infos(&d.root));
                 let mut info = json!({
-                    "device": d.id,
+                    "device": d.device_name(),
                     "qdev": d.qdev,
                     "type": "unknown",
                     "removable": false,
@@ -188,7 +188,7 @@ impl BlockLayer {
                 .map(|d| {
                     let s = stats_of.get(&d.id).cloned().unwrap_or_default();
                     let mut v = with_backing(&d.root, node_entry(&d.root, info::device_stats(&s)));
-                    v["device"] = json!(d.id);
+                    v["device"] = json!(d.device_name());
                     v["qdev"] = json!(d.qdev);
                     v
                 })

@@ -20,6 +20,11 @@ pub enum NetError {
     NeedDeviceOrId,
     #[error("NIC {0} has no netdev (netdev_del removed it): there is nothing to serve")]
     NoBackend(String),
+    /// device_add's netdev=, as QEMU's netdev property takes it.
+    #[error("Property 'virtio-net-device.netdev' can't find value '{0}'")]
+    NetdevNotFound(String),
+    #[error("Property 'virtio-net-device.netdev' can't take value '{0}', it's in use")]
+    NetdevInUse(String),
     /// A migration's NIC state that does not fit this VM.
     #[error("{0}")]
     Migration(String),

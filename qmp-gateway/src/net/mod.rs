@@ -6,6 +6,7 @@
 //! sees frames pause.
 
 pub mod error;
+pub mod hotplug;
 pub mod netdev;
 pub mod nic;
 
@@ -62,6 +63,16 @@ impl<'a> NicRef<'a> {
     }
 }
 
+/// A NIC about to be made over a netdev.
+struct NewNic {
+    /// Its net client name.
+    id: String,
+    qdev_id: String,
+    qom_path: String,
+    mac: Option<[u8; 6]>,
+    slot: u8,
+}
+
 /// QEMU's first automatic MAC; NIC n without mac= gets this plus n.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
@@ -70,6 +81,8 @@ struct State {
     /// Backends no NIC uses (added by netdev_add, or given without a NIC).
     spare: Vec<Netdev>,
     nics: Vec<Nic>,
+    /// The next NIC's index (in vmm-core's requests): never reused while the VM lives.
+    next_index: u32,
 }
 
 impl State {
@@ -167,12 +180,15 @@ impl NetLayer {
         nics.iter().map(|n| Ok(n.connect()?.into())).collect()
     }
 
-    /// `--device virtio-net-pci,...`: the NIC, its daemon, and vmm-core's end of the
-    /// vhost-user socket.
-    pub fn add_nic(&self, spec: &NicSpec) -> Result<(NicLaunch, OwnedFd), NetError> {
+    /// `--device virtio-net-pci,...`, its device in bus 0's `slot` at `qom_path`: the
+    /// NIC, its daemon, and vmm-core's end of the vhost-user socket.
+    pub fn add_nic(
+        &self,
+        spec: &NicSpec,
+        (slot, qom_path): (u8, String),
+    ) -> Result<(NicLaunch, OwnedFd), NetError> {
         let mut state = self.state.lock();
-        let index = state.nics.len() as u32;
-        let id = spec.id_at(index as usize);
+        let id = spec.id_at(state.next_index as usize);
         if state.nics.iter().any(|n| n.id == id) {
             return Err(NetError::NicIdTaken(id));
         }
@@ -185,21 +201,58 @@ impl NetLayer {
                 netdev: spec.netdev.clone(),
             })?;
         let netdev = state.spare.remove(pos);
-        let mut mac = spec.mac.unwrap_or(DEFAULT_MAC);
-        if spec.mac.is_none() {
+        let new = NewNic {
+            id,
+            qdev_id: spec.id.clone().unwrap_or_default(),
+            qom_path,
+            mac: spec.mac,
+            slot,
+        };
+        self.attach(&mut state, netdev, new)
+    }
+
+    /// Starts the daemon of a new NIC over `netdev` (which goes back to the spare ones
+    /// if it fails).
+    fn attach(
+        &self,
+        state: &mut State,
+        netdev: Netdev,
+        new: NewNic,
+    ) -> Result<(NicLaunch, OwnedFd), NetError> {
+        let NewNic {
+            id,
+            qdev_id,
+            qom_path,
+            mac,
+            slot,
+        } = new;
+        let index = state.next_index;
+        // Taken even if the start fails: an index is never given twice.
+        state.next_index += 1;
+        let mac = mac.unwrap_or_else(|| {
+            let mut mac = DEFAULT_MAC;
             mac[5] = mac[5].wrapping_add(index as u8);
-        }
+            mac
+        });
         let socket = self.runtime.path().join(format!("nic{index}.sock"));
-        let listener = bind_private(&socket)?;
+        let listener = match bind_private(&socket) {
+            Ok(l) => l,
+            Err(e) => {
+                state.spare.push(netdev);
+                return Err(e.into());
+            }
+        };
         let mut nic = Nic {
             index,
             id: id.clone(),
+            qom_path,
             netdev: Some(netdev.id.clone()),
             describe: netdev.describe.clone(),
             mac,
             queue_pairs: netdev.fds.len() as u32,
             kind: netdev.kind,
             backend_fds: netdev.fds,
+            charge: netdev.charge,
             listener,
             socket,
             binary: self.binary.clone(),
@@ -215,20 +268,28 @@ impl NetLayer {
             failures: 0,
             hold: false,
         };
-        let failed = |error| NetError::Nic {
-            id: id.clone(),
-            error: Box::new(error),
+        let started = nic
+            .start(&self.hooks)
+            .and_then(|pid| Ok((pid, nic.connect()?)));
+        let (pid, stream) = match started {
+            Ok(s) => s,
+            Err(error) => {
+                nic.stop();
+                state.spare.push(nic.into_netdev());
+                return Err(NetError::Nic {
+                    id,
+                    error: Box::new(error),
+                });
+            }
         };
-        let pid = nic.start(&self.hooks).map_err(failed)?;
-        let stream = nic.connect().map_err(failed)?;
         log::info!("NIC {id}: {}, net daemon pid {pid}", nic.describe);
         let launch = NicLaunch {
             index,
-            slot: None,
+            slot: Some(slot),
             id,
             // `id` defaults to QEMU's net client name (virtio-net-pci.N); the device
             // itself has a qdev id only if given one, as in QEMU.
-            qdev_id: spec.id.clone().unwrap_or_default(),
+            qdev_id,
             mac,
             queue_pairs: nic.queue_pairs,
         };

@@ -16,10 +16,12 @@ use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState
 use parking_lot::Mutex;
 
 use super::error::NetError;
+use super::netdev::Netdev;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
 use crate::events::{Event, EventBus, NicRxFilterChanged};
+use crate::fdstore::Charge;
 
 /// A net daemon's control channel.
 pub struct NetProtocol;
@@ -113,8 +115,10 @@ pub struct Hooks {
 pub struct Nic {
     /// The NIC's index in vmm-core's launch request.
     pub index: u32,
-    /// Its name in QMP (set_link, query-rx-filter).
+    /// Its name in QMP (set_link, query-rx-filter): its net client's name.
     pub id: String,
+    /// Its device's QOM path (/machine/peripheral/ID, or peripheral-anon).
+    pub qom_path: String,
     /// The netdev behind it; None once netdev_del removed it.
     pub netdev: Option<String>,
     pub describe: String,
@@ -122,6 +126,9 @@ pub struct Nic {
     pub queue_pairs: u32,
     pub kind: NetBackendKind,
     pub backend_fds: Vec<OwnedFd>,
+    /// The netdev's charge to its client's fd budget (netdev_add's), kept while the NIC
+    /// uses it: the netdev is spare again when the NIC goes.
+    pub charge: Option<Charge>,
     /// Bound by the gateway, kept across daemons: vmm-core's reconnections land here.
     pub listener: UnixListener,
     pub socket: PathBuf,
@@ -150,12 +157,23 @@ impl Nic {
 
     /// The device's QOM path.
     pub fn qom_path(&self) -> String {
-        format!("/machine/peripheral/{}", self.id)
+        self.qom_path.clone()
     }
 
     /// Whether `name` is its id or one of its QOM paths (QMP's "id").
     pub fn is_named(&self, name: &str) -> bool {
-        self.id == name || self.qom_path() == name || self.path() == name
+        self.id == name || self.qom_path == name || self.path() == name
+    }
+
+    /// Its netdev again, as a spare one (the NIC is gone; a daemon no longer runs).
+    pub fn into_netdev(self) -> Netdev {
+        Netdev {
+            id: self.netdev.unwrap_or_default(),
+            kind: self.kind,
+            fds: self.backend_fds,
+            describe: self.describe,
+            charge: self.charge,
+        }
     }
 
     /// Starts a daemon for this NIC with its backend and listening socket; returns its

@@ -6,6 +6,7 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
+use super::handlers::devices;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
     snapshot,
@@ -125,6 +126,8 @@ pub const COMMANDS: &[Command] = &[
         Ty::Array(&Ty::Named("PciInfo")),
         V,
     ),
+    partly("device_add", &devices::DeviceAdd, EMPTY, G),
+    partly("device_del", &Typed(devices::device_del), EMPTY, G),
     oob(
         "query-name",
         &Typed(machine::query_name),

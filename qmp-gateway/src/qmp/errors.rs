@@ -8,6 +8,7 @@ use crate::block::jobs::JobError;
 use crate::block::BlockError;
 use crate::children::daemon::DaemonError;
 use crate::children::link::LinkError;
+use crate::devices::DeviceError;
 use crate::fdstore::FdError;
 use crate::migration::SettingsError;
 use crate::net::NetError;
@@ -65,6 +66,19 @@ impl From<NetError> for QmpError {
     }
 }
 
+impl From<DeviceError> for QmpError {
+    fn from(e: DeviceError) -> Self {
+        match e {
+            DeviceError::Block(block) => block.into(),
+            DeviceError::Net(net) => net.into(),
+            DeviceError::Link(link) => link.into(),
+            // QEMU's DeviceNotFound: an id or bus path naming nothing.
+            e @ (DeviceError::NotFound(_) | DeviceError::NoBusDevice(_)) => device_not_found(e),
+            e => QmpError::generic(e.to_string()),
+        }
+    }
+}
+
 impl From<FdError> for QmpError {
     fn from(e: FdError) -> Self {
         QmpError::generic(e.to_string())
@@ -115,6 +129,23 @@ mod tests {
             (e.class, e.desc.as_str()),
             (ErrorClass::GenericError, "Device 'n' not found")
         );
+        let e = QmpError::from(DeviceError::NotFound("vb".into()));
+        assert_eq!(
+            (e.class, e.desc.as_str()),
+            (ErrorClass::DeviceNotFound, "Device 'vb' not found")
+        );
+        let e = QmpError::from(DeviceError::NoBusDevice("x".into()));
+        assert_eq!(e.class, ErrorClass::DeviceNotFound);
+        let e = QmpError::from(DeviceError::UnplugPending("vb".into()));
+        assert_eq!(
+            (e.class, e.desc.as_str()),
+            (
+                ErrorClass::GenericError,
+                "Device vb is already in the process of unplug"
+            )
+        );
+        let e = QmpError::from(DeviceError::Block(BlockError::DeviceNotFound("d".into())));
+        assert_eq!(e.class, ErrorClass::DeviceNotFound);
         let e = QmpError::from(BlockError::Link(LinkError::Remote(ipc::RemoteError {
             class: ErrorClass::DeviceNotActive,
             desc: "x".into(),

@@ -3,6 +3,7 @@
 pub mod absent;
 pub mod bitmaps;
 pub mod block;
+pub mod devices;
 pub mod fds;
 pub mod hmp;
 pub mod jobs;

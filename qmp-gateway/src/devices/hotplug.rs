@@ -1,0 +1,195 @@
+//! device_add and device_del, in QEMU 7.2's order of checks: the options (id, driver,
+//! bus), the id taken, the properties (the drive or netdev they name), the slot, then
+//! the model's own checks; the disk or NIC made by its layer (its daemon started,
+//! sandboxed and supervised) and handed to vmm-core, which puts it on bus 0 and tells
+//! the guest (ACPI hotplug). Any failure undoes it all. device_del asks vmm-core to ask
+//! the guest; when (if ever) the guest ejects the device, vmm-core says so
+//! (`VmmEvent::DeviceEjected`) and `device_ejected` stops its daemon, removes it from its
+//! layer and sends DEVICE_DELETED as QEMU does: first for its virtio backend, then for
+//! the device. After each change the devices a new vmm-core is launched with (a live
+//! upgrade) and the shape a migration checks are the current ones.
+
+use std::os::fd::AsFd;
+
+use ipc::{VmmReply, VmmRequest};
+use serde_json::{Map, Value};
+
+use super::spec::{DeviceSpec, Props, MAX_QUEUES};
+use super::{Backend, DeviceError, Ticket};
+use crate::block::hotplug::DeviceDisk;
+use crate::events::{DeviceDeleted, Event};
+use crate::gateway::Gateway;
+use crate::net::hotplug::DeviceNic;
+use crate::upgrade::CHANGING;
+
+impl Gateway {
+    /// device_add.
+    pub fn device_add(&self, args: &Map<String, Value>) -> Result<(), DeviceError> {
+        let spec = DeviceSpec::read(args)?;
+        if self.migrator.in_progress() {
+            return Err(DeviceError::AddMigrating);
+        }
+        // One device change (or live upgrade) at a time: each ends with the device list
+        // a new vmm-core gets.
+        let _one = CHANGING.lock();
+        let ticket = self
+            .devices
+            .lock()
+            .reserve(spec.model, spec.id.as_deref())?;
+        let added = self.add_reserved(&spec, &ticket);
+        match &added {
+            Ok(backend) => {
+                self.devices.lock().added(&ticket, backend.clone());
+                self.devices_changed();
+            }
+            Err(_) => self.devices.lock().abandon(&ticket),
+        }
+        added.map(drop)
+    }
+
+    /// The rest of device_add, once the id is taken.
+    fn add_reserved(&self, spec: &DeviceSpec, ticket: &Ticket) -> Result<Backend, DeviceError> {
+        let props = spec.properties()?;
+        // What the properties name is looked up when they are set, before the slot.
+        match &props {
+            Props::Blk(b) => {
+                if let Some(drive) = &b.drive {
+                    let backend = format!("{}/virtio-backend", ticket.qom_path);
+                    self.block.check_drive(drive, &backend)?;
+                }
+            }
+            Props::Net(n) => {
+                if let Some(netdev) = &n.netdev {
+                    self.net.check_netdev(netdev)?;
+                }
+            }
+        }
+        let slot = self.devices.lock().place(ticket, props.addr())?;
+        let qdev_id = spec.id.clone();
+        let (backend, stream) = match props {
+            Props::Blk(b) => {
+                let drive = b.drive.ok_or(DeviceError::DriveNotSet)?;
+                // QEMU's default: a queue per vCPU.
+                let queues = b.num_queues.unwrap_or_else(|| self.cpus().min(MAX_QUEUES));
+                if queues == 0 {
+                    return Err(DeviceError::NoQueues);
+                }
+                if queues > MAX_QUEUES {
+                    return Err(DeviceError::TooManyQueues(MAX_QUEUES));
+                }
+                let disk = DeviceDisk {
+                    drive,
+                    qdev_id,
+                    qom_path: ticket.qom_path.clone(),
+                    serial: b.serial,
+                    queues,
+                };
+                let (launch, stream) = self.block.add_device_disk(disk, slot)?;
+                (Backend::Disk(launch), stream)
+            }
+            Props::Net(n) => {
+                let netdev = n.netdev.ok_or(DeviceError::NoNetdev)?;
+                let nic = DeviceNic {
+                    netdev,
+                    qdev_id,
+                    qom_path: ticket.qom_path.clone(),
+                    mac: n.mac,
+                };
+                let (launch, stream) = self.net.add_device_nic(nic, slot)?;
+                (Backend::Nic(launch), stream)
+            }
+        };
+        let request = match &backend {
+            Backend::Disk(l) => VmmRequest::DiskAttach(l.clone()),
+            Backend::Nic(l) => VmmRequest::NicAttach(l.clone()),
+        };
+        // The connection is vmm-core's alone once sent (`stream` is closed here).
+        let attached = match self.vmm.request(request, &[stream.as_fd()]) {
+            Ok(VmmReply::Done) => Ok(()),
+            Ok(other) => Err(DeviceError::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e.into()),
+        };
+        drop(stream);
+        if let Err(e) = attached {
+            self.remove_backend(&backend);
+            return Err(e);
+        }
+        log::info!(
+            "{} {} added in slot {slot}",
+            spec.model.typename(),
+            ticket.qom_path
+        );
+        Ok(backend)
+    }
+
+    /// device_del: the guest is asked to let the device go.
+    pub fn device_del(&self, id: &str) -> Result<(), DeviceError> {
+        let _one = CHANGING.lock();
+        let (slot, path) = self.devices.lock().begin_removal(id)?;
+        let asked = if self.migrator.in_progress() {
+            Err(DeviceError::DelMigrating)
+        } else {
+            match self.vmm.request(VmmRequest::RequestUnplug { slot }, &[]) {
+                Ok(VmmReply::Done) => Ok(()),
+                Ok(other) => Err(DeviceError::Unexpected(format!("{other:?}"))),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if asked.is_err() {
+            self.devices.lock().removal_failed(&path);
+        }
+        asked
+    }
+
+    /// The guest ejected the device in `slot` (asked to or not) and vmm-core let go of
+    /// it: its daemon stops, it leaves its layer, and DEVICE_DELETED goes out. Runs on
+    /// a thread of its own, not vmm-core's reader (it waits for daemons and locks held
+    /// across calls to vmm-core).
+    pub fn device_ejected(&self, slot: u8) {
+        let _one = CHANGING.lock();
+        let Some(device) = self.devices.lock().ejected(slot) else {
+            log::warn!("vmm-core ejected slot {slot}, which holds no device of ours");
+            return;
+        };
+        if let Some(backend) = &device.backend {
+            self.remove_backend(backend);
+        }
+        self.devices_changed();
+        log::info!("{} removed from slot {slot}", device.qom_path);
+        // QEMU unparents the virtio backend (no id) before the device itself.
+        self.events.emit(Event::DeviceDeleted(DeviceDeleted {
+            device: None,
+            path: device.backend_path(),
+        }));
+        self.events.emit(Event::DeviceDeleted(DeviceDeleted {
+            device: device.qdev_id.clone(),
+            path: device.qom_path,
+        }));
+    }
+
+    fn remove_backend(&self, backend: &Backend) {
+        match backend {
+            Backend::Disk(l) => {
+                self.block.remove_disk(&l.id);
+            }
+            Backend::Nic(l) => {
+                self.net.remove_nic(&l.id);
+            }
+        }
+    }
+
+    /// The VM's vCPUs, as launched.
+    fn cpus(&self) -> u32 {
+        (self.vmm_child.launch.lock().as_ref()).map_or(1, |vm| vm.config.cpus.max(1))
+    }
+
+    /// A new vmm-core (live upgrade) recreates the devices there are now, in their
+    /// slots; a migration's destination must have the same.
+    fn devices_changed(&self) {
+        let (disks, nics) = self.devices.lock().launch_lists();
+        if let Some(vm) = self.vmm_child.launch.lock().as_mut() {
+            vm.set_devices(disks, nics);
+            self.migrator.set_shape(vm.shape());
+        }
+    }
+}

@@ -393,6 +393,18 @@ fn the_aml_scanner_finds_the_registers_and_survives_broken_tables() {
         problem.what.describe()
     );
 
+    // Another region whose offset is computed at run time (a name here) is no concern;
+    // the region looked for with one is refused.
+    let mut other = b"\x5b\x80OTHR\x00FOO_\x0a\x10".to_vec();
+    other.extend_from_slice(&hotplug_aml());
+    let search = find_region(&table(&other), *b"PCST");
+    assert!(search.found.is_some() && search.malformed.is_none());
+    let search = find_region(&table(b"\x5b\x80PCST\x01FOO_\x0a\x08"), *b"PCST");
+    assert_eq!(
+        search.malformed.map(|p| p.what),
+        Some(Malformed::NotConstant)
+    );
+
     // Every truncation and every single-byte change decodes or is refused, never panics.
     for len in 0..=good.len() {
         let t = &good[..len];

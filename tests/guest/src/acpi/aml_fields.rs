@@ -280,25 +280,25 @@ fn field(aml: &[u8], at: usize, mut unit: impl FnMut(NameSeg, FieldUnit)) -> Res
     Ok(())
 }
 
-/// Decodes the OperationRegion definition at `at` (its ExtOpPrefix).
-fn region(aml: &[u8], at: usize) -> Result<(NameSeg, Region), Malformed> {
-    let mut i = at + 2;
-    let (name, taken) = name_string(aml, i)?;
-    let name = name.ok_or(Malformed::Name)?;
-    i += taken;
+/// The name of the OperationRegion definition at `at` (its ExtOpPrefix), and where the rest
+/// of it starts.
+fn region_name(aml: &[u8], at: usize) -> Result<(NameSeg, usize), Malformed> {
+    let (name, taken) = name_string(aml, at + 2)?;
+    Ok((name.ok_or(Malformed::Name)?, at + 2 + taken))
+}
+
+/// Decodes the rest of an OperationRegion definition (at `at`), from `i`.
+fn region(aml: &[u8], at: usize, mut i: usize) -> Result<Region, Malformed> {
     let space = *aml.get(i).ok_or(Malformed::Truncated)?;
     i += 1;
     let offset = integer(aml, &mut i)?;
     let len = integer(aml, &mut i)?;
-    Ok((
-        name,
-        Region {
-            space,
-            offset,
-            len,
-            at,
-        },
-    ))
+    Ok(Region {
+        space,
+        offset,
+        len,
+        at,
+    })
 }
 
 /// Offsets of the two-byte extended opcode `0x5b op` in the table's AML.
@@ -364,14 +364,17 @@ pub fn find_region(table: &[u8], name: NameSeg) -> Search<Region> {
         malformed: None,
     };
     for at in extended_ops(table, OP_REGION_OP) {
-        match region(table, at) {
-            Ok((region_name, region)) if region_name == name => {
-                record(&mut search, region, at, |a, b| {
-                    (a.space, a.offset, a.len) == (b.space, b.offset, b.len)
-                });
-            }
-            Ok(_) => {}
-            // A region that does not decode may be the one looked for: keep why.
+        // Other regions may well have offsets computed at run time: only this one's count.
+        let decoded = match region_name(table, at) {
+            Ok((found, _)) if found != name => continue,
+            Ok((_, rest)) => region(table, at, rest),
+            Err(what) => Err(what),
+        };
+        match decoded {
+            Ok(region) => record(&mut search, region, at, |a, b| {
+                (a.space, a.offset, a.len) == (b.space, b.offset, b.len)
+            }),
+            // A region whose name does not decode may be the one looked for: keep why.
             Err(what) => {
                 search.malformed.get_or_insert(Problem { at, what });
             }

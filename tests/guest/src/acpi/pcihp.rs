@@ -175,9 +175,9 @@ fn problem(line: Line, table: Table, problem: Option<Problem>, what: &str) -> Li
     }
 }
 
-/// The Field unit `name` (first table that has it) and the table it is in; None after an
-/// error line (`required`) or quietly.
-fn unit(tables: &[Table], name: NameSeg, required: bool) -> Option<(FieldUnit, Table)> {
+/// The Field unit `name` (first table that has it) and the table it is in; Ok(None) if there
+/// is none and it is not `required`, Err after an error line.
+fn unit(tables: &[Table], name: NameSeg, required: bool) -> Result<Option<(FieldUnit, Table)>, ()> {
     let mut first_bad: Option<(Table, Problem)> = None;
     for &table in tables {
         let search: Search<FieldUnit> = find_field(table.bytes, name);
@@ -192,31 +192,35 @@ fn unit(tables: &[Table], name: NameSeg, required: bool) -> Option<(FieldUnit, T
                     .s(" and +")
                     .hex(at as u64)
                     .end();
-                return None;
+                return Err(());
             }
-            return Some((found, table));
+            return Ok(Some((found, table)));
         }
         if let (None, Some(p)) = (first_bad, search.malformed) {
             first_bad = Some((table, p));
         }
     }
-    if required {
-        let line = error()
-            .s("no Field unit ")
-            .ascii(&name)
-            .s(" in the DSDT or SSDTs");
-        match first_bad {
-            Some((table, p)) => problem(line, table, Some(p), "Field"),
-            None => line,
-        }
-        .end();
+    if !required {
+        return Ok(None);
     }
-    None
+    let line = error()
+        .s("no Field unit ")
+        .ascii(&name)
+        .s(" in the DSDT or SSDTs");
+    match first_bad {
+        Some((table, p)) => problem(line, table, Some(p), "Field"),
+        None => line,
+    }
+    .end();
+    Err(())
 }
 
-/// Where the field unit `name` is in I/O space; None after an error line.
-fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> {
-    let (field, table) = unit(tables, name, required)?;
+/// Where the field unit `name` is in I/O space: Ok(None) if there is none and it is not
+/// `required`, Err after an error line (also when an optional one is there but unusable).
+fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Result<Option<IoField>, ()> {
+    let Some((field, table)) = unit(tables, name, required)? else {
+        return Ok(None);
+    };
     let search = find_region(table.bytes, field.region);
     let Some(region) = search.found else {
         let line = error()
@@ -227,7 +231,7 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> 
             .s(") in ")
             .s(table.name);
         problem(line, table, search.malformed, "OperationRegion").end();
-        return None;
+        return Err(());
     };
     let about = |line: Line| {
         line.s("region ")
@@ -245,7 +249,7 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> 
             .s(" is defined differently again at +")
             .hex(at as u64)
             .end();
-        return None;
+        return Err(());
     }
     if region.space != SPACE_SYSTEM_IO {
         about(error())
@@ -253,7 +257,7 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> 
             .dec(u64::from(region.space))
             .s(", not SystemIO")
             .end();
-        return None;
+        return Err(());
     }
     let access_bytes: u64 = match field.access {
         0 => field.bit_width / 8,
@@ -275,7 +279,7 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> 
             .dec(u64::from(field.access))
             .s(") is not an 8/16/32-bit register reachable by port I/O")
             .end();
-        return None;
+        return Err(());
     }
     // Aligned units of the access width that cover the field.
     let start = field.bit_offset / 8 / access_bytes * access_bytes;
@@ -302,7 +306,7 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> 
             .hex(region.at as u64)
             .s(")")
             .end();
-        return None;
+        return Err(());
     }
     let port = region.offset.checked_add(start);
     let Some(port) = port
@@ -316,16 +320,16 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Option<IoField> 
             .ascii(&name)
             .s(" beyond port 0xffff")
             .end();
-        return None;
+        return Err(());
     };
-    Some(IoField {
+    Ok(Some(IoField {
         port,
         access: access_bytes as u8,
         units: ((end - start) / access_bytes) as u8,
         shift: (field.bit_offset - 8 * start) as u32,
         width: field.bit_width as u32,
         update: field.update,
-    })
+    }))
 }
 
 fn find_in(acpi: &Acpi) -> Option<Hotplug> {
@@ -359,11 +363,15 @@ fn find_in(acpi: &Acpi) -> Option<Hotplug> {
             .end();
         return None;
     }
+    let (Ok(Some(up)), Ok(Some(down)), Ok(Some(eject)), Ok(select)) = (up, down, eject, select)
+    else {
+        return None;
+    };
     Some(Hotplug {
         registers: Registers {
-            up: up?,
-            down: down?,
-            eject: eject?,
+            up,
+            down,
+            eject,
             select,
         },
         gpes,

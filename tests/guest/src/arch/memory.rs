@@ -298,10 +298,10 @@ pub struct Arena {
     end: u64,
 }
 
-/// An arena of `size` bytes (2 MiB aligned) from the pool; None when the pool is used up.
+/// An arena of `size` bytes (page aligned) from the pool; None when the pool is used up.
 pub fn dma_arena(size: u64) -> Option<Arena> {
     end_arena();
-    let start = dma_alloc(size, LARGE)?;
+    let start = dma_alloc(size, PAGE)?;
     Some(Arena {
         start,
         end: start + size,

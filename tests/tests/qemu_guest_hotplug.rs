@@ -14,9 +14,11 @@
 //!   first `{"path": "/machine/peripheral/ID/virtio-backend"}` (the virtio device inside
 //!   the proxy, no "device" member), then `{"device": "ID", "path": "/machine/peripheral/ID"}`.
 //! - A guest that never ejects: no DEVICE_DELETED, query-pci keeps listing the device, and a
-//!   second device_del answers {} again (no "already in the process of unplug" error: QEMU
-//!   7.2 lets a request be repeated once a millisecond has passed) and raises the event
-//!   again, so the guest sees the slot in PCID once more.
+//!   second device_del (3 s later) answers {} again, not "Device disk1 is already in the
+//!   process of unplug", and raises GPE 1 again: the guest sees the slot in PCID once more
+//!   (two sent back to back both answer {}, and the guest may see one event for both).
+//!   device_add into the slot meanwhile: "PCI: slot 2 function 0 not available for
+//!   virtio-blk-pci, in use by virtio-blk-pci,id=disk1".
 
 #[allow(dead_code)]
 #[path = "../guest/src/acpi/aml_fields.rs"]

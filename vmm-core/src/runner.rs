@@ -261,9 +261,13 @@ impl Runner<'_> {
     }
 
     /// Devices neither come nor go while the VM migrates (the destination is built with
-    /// the devices the migration started with); QEMU's words.
+    /// the devices the migration started with; a device added while postcopy brings the
+    /// pages in would map guest RAM without waiting for them); QEMU's words.
     fn devices_may_change(&self, command: &str) -> Result<(), RemoteError> {
-        match self.outgoing.is_active() || self.state == RunState::InMigrate {
+        let migrating = self.outgoing.is_active()
+            || self.state == RunState::InMigrate
+            || self.postcopy.is_some();
+        match migrating {
             true => Err(RemoteError::generic(format!(
                 "{command} not allowed while migrating"
             ))),
@@ -517,14 +521,15 @@ impl Runner<'_> {
                     None => Err(RemoteError::generic(format!("no NIC {nic}"))),
                 }
             }
-            VmmRequest::DiskReconnect { disk } => {
-                let handover = self.vm.disks.get(&disk).and_then(|d| d.handover.as_ref());
-                hand_over(handover, fds, &format!("disk {disk}"))
-            }
-            VmmRequest::NicReconnect { nic } => {
-                let handover = self.vm.nics.get(&nic).and_then(|n| n.handover.as_ref());
-                hand_over(handover, fds, &format!("NIC {nic}"))
-            }
+            // A removed device's index finds nothing: nothing reconnects it.
+            VmmRequest::DiskReconnect { disk } => match self.vm.disks.get(&disk) {
+                Some(d) => hand_over(d.handover.as_ref(), fds, &format!("disk {disk}")),
+                None => Err(RemoteError::generic(format!("no disk {disk}"))),
+            },
+            VmmRequest::NicReconnect { nic } => match self.vm.nics.get(&nic) {
+                Some(n) => hand_over(n.handover.as_ref(), fds, &format!("NIC {nic}")),
+                None => Err(RemoteError::generic(format!("no NIC {nic}"))),
+            },
             VmmRequest::DiskAttach(disk) => self.hot_attach(|vm| vm.hot_attach_disk(&disk, fds)),
             VmmRequest::NicAttach(nic) => self.hot_attach(|vm| vm.hot_attach_nic(&nic, fds)),
             VmmRequest::RequestUnplug { slot } => (self.devices_may_change("device_del"))

@@ -107,6 +107,7 @@ mod tests {
                 nics: vec![],
                 incoming: false,
                 upgrade: None,
+                balloon: None,
             }),
         }
     }

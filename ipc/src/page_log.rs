@@ -18,6 +18,12 @@ pub struct PageLog {
     words: usize,
 }
 
+// SAFETY: the mapping is only ever accessed through atomics (`words`), by any thread or
+// process; the fd and the mapping's address and length never change.
+unsafe impl Send for PageLog {}
+// SAFETY: as for Send.
+unsafe impl Sync for PageLog {}
+
 impl PageLog {
     /// Bytes of log covering guest physical addresses below `end`, rounded to whole
     /// 64-bit words.

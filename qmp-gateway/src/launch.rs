@@ -105,6 +105,7 @@ impl OpenedVm {
                 nics: Vec::new(),
                 incoming: false,
                 upgrade: None,
+                balloon: None,
             },
             fds,
             console_socket,

@@ -21,6 +21,7 @@ pub mod ids {
 
     pub const NET: u16 = ids::VIRTIO_ID_NET as u16;
     pub const BLOCK: u16 = ids::VIRTIO_ID_BLOCK as u16;
+    pub const BALLOON: u16 = ids::VIRTIO_ID_BALLOON as u16;
 }
 
 /// The device status register's bits (virtio 1.2, 2.1).

@@ -13,7 +13,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::attach::{DiskConnection, NicConnection, Plug, Transports};
+use crate::attach::{AttachError, DiskConnection, NicConnection, Plug, Transports};
 use crate::boot::acpi::MAX_XAPIC_CPUS;
 use crate::boot::BootImage;
 use crate::cpu::{cpuid, msrs};
@@ -26,6 +26,8 @@ use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
 use crate::devices::sci::SharedLine;
 use crate::devices::serial::{Console, SerialDevice};
+use crate::devices::virtio_balloon::Balloon;
+use crate::devices::virtio_pci::{self, VirtioPci};
 use crate::error::{kvm_err, VmError};
 use crate::events::EventSender;
 use crate::interrupts::{KvmIrqLine, MsiRouter};
@@ -123,6 +125,7 @@ pub fn build_vm(
         incoming,
         disks,
         nics,
+        balloon: None,
     };
     if !incoming {
         vm.reset_vcpus()?;
@@ -304,6 +307,35 @@ fn once_each(kind: &'static str, indexes: impl Iterator<Item = u32>) -> Result<(
             return Err(VmError::IndexTwice { kind, index });
         }
     }
+    Ok(())
+}
+
+/// The virtio-balloon device (served by vmm-core itself: devices/virtio_balloon/) on bus
+/// 0, in the slot `launch` asks for or the lowest free one, after the devices the VM was
+/// built with, before it runs.
+pub fn attach_balloon(vm: &mut Vm, launch: &ipc::BalloonLaunch) -> Result<(), VmError> {
+    let transport = |error: String| {
+        VmError::Attach(AttachError::Transport {
+            name: "balloon".into(),
+            error,
+        })
+    };
+    let balloon = Balloon::new(&vm.ram, vm.events.clone()).map_err(|e| transport(e.to_string()))?;
+    let handle = balloon.handle();
+    let bar = vm.pci.lock().allocate_bar(virtio_pci::BAR_SIZE)?;
+    let function = VirtioPci::new(
+        Box::new(balloon),
+        bar.addr,
+        vm.vm.clone(),
+        vm.router.clone(),
+    )
+    .map_err(transport)?
+    .with_qdev_id(launch.qdev_id.clone());
+    let mut pci = vm.pci.lock();
+    let slot = pci.plan_slots(&[launch.slot])?[0];
+    pci.add(Arc::new(Mutex::new(function)), slot)?;
+    drop(pci);
+    vm.balloon = Some(handle);
     Ok(())
 }
 

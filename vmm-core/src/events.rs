@@ -28,6 +28,9 @@ pub enum VmEvent {
     },
     /// The gateway hung up.
     ControlClosed,
+    /// The guest wrote another `actual` into the balloon's configuration: guest RAM less
+    /// the pages it says the balloon holds.
+    BalloonChanged { actual_bytes: u64 },
 }
 
 /// A cloneable handle that devices and vCPU threads use to post events.

@@ -219,6 +219,8 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
     // Before anything is built: a VM that would run out of descriptors half-way says so.
     let queues: Vec<usize> = (config.disks.iter().map(|d| d.max_queues as usize))
         .chain((config.nics.iter()).map(|n| 2 * usize::from(NicConnection::queue_pairs(n)) + 1))
+        // The balloon: inflateq and deflateq.
+        .chain(config.balloon.iter().map(|_| 2))
         .collect();
     vmm_core::seccomp::ensure_open_files(vm_config.cpus, &queues)?;
     let (disk_shapes, nic_shapes) = match config.upgrade.clone() {
@@ -246,7 +248,11 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             Ok(NicConnection::handed(n, stream, shape))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(build_vm(kvm, &vm_config, boot, console, disks, nics)?)
+    let mut vm = build_vm(kvm, &vm_config, boot, console, disks, nics)?;
+    if let Some(balloon) = &config.balloon {
+        vmm_core::builder::attach_balloon(&mut vm, balloon)?;
+    }
+    Ok(vm)
 }
 
 fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {

@@ -49,6 +49,21 @@ impl Outgoing {
             let _ = log.stop(&vm.vm, &vm.ram);
             return fail(e);
         }
+        // The balloon marks the pages it gives back (and its used rings), through a
+        // mapping of its own of the same log.
+        if let Some(balloon) = &vm.balloon {
+            let mapped = log
+                .file()
+                .and_then(|f| ipc::PageLog::from_fd(OwnedFd::from(f), log.log().len()));
+            match mapped {
+                Ok(mapped) => balloon.set_dirty_log(Some(mapped)),
+                Err(e) => {
+                    let _ = vm.set_backends_dirty_log(None);
+                    let _ = log.stop(&vm.vm, &vm.ram);
+                    return fail(format!("the dirty log for the balloon: {e}"));
+                }
+            }
+        }
         let reply = VmmReply::Migration {
             windows: dirty_log::windows(&vm.ram),
             bitmap_len: log.log().len(),
@@ -75,6 +90,9 @@ impl Outgoing {
     /// Logging off (the migration ended one way or another); harmless when it is off.
     pub fn end(&mut self, vm: &Vm) -> Answer {
         if let Some(log) = self.log.take() {
+            if let Some(balloon) = &vm.balloon {
+                balloon.set_dirty_log(None);
+            }
             let backends = vm.set_backends_dirty_log(None);
             let kvm = log.stop(&vm.vm, &vm.ram).map_err(|e| e.to_string());
             if let Err(e) = backends.and(kvm) {

@@ -104,7 +104,13 @@ pub fn listen(
     device: Option<OwnedFd>,
     events: PostcopyEvents,
 ) -> Result<(VmmReply, Vec<OwnedFd>, Registered), PostcopyError> {
-    listen_with(&vm.ram, &links(vm), device, events)
+    let listening = listen_with(&vm.ram, &links(vm), device, events)?;
+    // A page the balloon punched now would fault to the migration, which may have
+    // placed it already: the balloon keeps what it is given until the end.
+    if let Some(balloon) = &vm.balloon {
+        balloon.set_punch(false);
+    }
+    Ok(listening)
 }
 
 fn listen_with(
@@ -150,6 +156,9 @@ fn listen_with(
 pub fn end(vm: &Vm, registered: Registered) {
     drop(registered);
     end_links(&links(vm));
+    if let Some(balloon) = &vm.balloon {
+        balloon.set_punch(true);
+    }
 }
 
 fn end_links(links: &[NamedLink]) {

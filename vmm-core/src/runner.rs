@@ -56,6 +56,11 @@ fn hand_over(
     }
 }
 
+/// QEMU's words for a VM without a balloon (the gateway answers them first).
+fn no_balloon() -> RemoteError {
+    RemoteError::generic("No balloon device has been activated")
+}
+
 impl Vm {
     /// Runs the guest until it powers off, a signal arrives, the gateway says quit or
     /// hangs up, or (without a gateway) something fails. With a gateway (`control`), the
@@ -185,6 +190,10 @@ impl Runner<'_> {
     fn set_state(&mut self, state: RunState) {
         if self.state != state {
             self.state = state;
+            // The balloon serves its rings only while the VM runs, as the vCPUs do.
+            if let Some(balloon) = &self.vm.balloon {
+                balloon.set_running(state == RunState::Running);
+            }
             self.notify(VmmEvent::RunState(state));
         }
     }
@@ -530,6 +539,19 @@ impl Runner<'_> {
                 Some(n) => hand_over(n.handover.as_ref(), fds, &format!("NIC {nic}")),
                 None => Err(RemoteError::generic(format!("no NIC {nic}"))),
             },
+            VmmRequest::BalloonTarget { pages } => match &self.vm.balloon {
+                Some(balloon) => {
+                    balloon.set_target(pages);
+                    Ok(VmmReply::Done)
+                }
+                None => Err(no_balloon()),
+            },
+            VmmRequest::QueryBalloon => match &self.vm.balloon {
+                Some(balloon) => Ok(VmmReply::Balloon {
+                    actual_bytes: balloon.actual_bytes(),
+                }),
+                None => Err(no_balloon()),
+            },
             VmmRequest::DiskAttach(disk) => self.hot_attach(|vm| vm.hot_attach_disk(&disk, fds)),
             VmmRequest::NicAttach(nic) => self.hot_attach(|vm| vm.hot_attach_nic(&nic, fds)),
             VmmRequest::RequestUnplug { slot } => (self.devices_may_change("device_del"))
@@ -588,6 +610,9 @@ impl Runner<'_> {
                     }
                 }
                 VmEvent::ControlClosed => return Ok(VmExit::ControlClosed),
+                VmEvent::BalloonChanged { actual_bytes } => {
+                    self.notify(VmmEvent::BalloonChanged { actual_bytes })
+                }
                 VmEvent::DeviceEjected => self.let_go_ejected(),
             }
         }

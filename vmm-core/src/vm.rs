@@ -20,6 +20,7 @@ use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::pci::PciRoot;
 use crate::devices::serial::{Console, SerialDevice};
+use crate::devices::virtio_balloon::BalloonHandle;
 use crate::dirty_log::DirtyLog;
 use crate::error::{kvm_err, KvmError, VmError};
 use crate::events::{EventSender, VmEvent};
@@ -130,6 +131,8 @@ pub struct Vm {
     pub(crate) disks: BTreeMap<u32, DiskHandle>,
     /// The NICs by index.
     pub(crate) nics: BTreeMap<u32, NicHandle>,
+    /// The virtio-balloon device, if the VM has one (`builder::attach_balloon`).
+    pub(crate) balloon: Option<BalloonHandle>,
 }
 
 impl Vm {

@@ -44,6 +44,19 @@ pub struct LaunchConfig {
     /// shaped as the other's links were (disks then NICs, in launch order), and their
     /// backend connections wait until `RestoreState`. Implies `incoming`.
     pub upgrade: Option<Vec<LinkShape>>,
+    /// A virtio-balloon device, served by vmm-core itself (no fd), on bus 0 after the
+    /// disks and NICs.
+    pub balloon: Option<BalloonLaunch>,
+}
+
+/// The virtio-balloon device (`--device virtio-balloon-pci`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BalloonLaunch {
+    /// Its slot on bus 0; None for the lowest free one once the disks and NICs have
+    /// theirs.
+    pub slot: Option<u8>,
+    /// The guest device's qdev id (its id=, "" without one), as query-pci reports it.
+    pub qdev_id: String,
 }
 
 /// What a vhost-user device had settled with its backend, so that another vmm-core can
@@ -202,6 +215,13 @@ pub enum VmmRequest {
     RequestUnplug {
         slot: u8,
     },
+    /// QMP balloon: the balloon should hold `pages` 4 KiB pages (num_pages); the guest
+    /// is told by a configuration change. Answered `Done` (refused without a balloon).
+    BalloonTarget {
+        pages: u32,
+    },
+    /// QMP query-balloon: answered with `Balloon`.
+    QueryBalloon,
 }
 
 impl Message for VmmRequest {
@@ -310,6 +330,10 @@ pub enum VmmReply {
     },
     /// `QueryPci`: every function, in bus, slot and function order.
     Pci(Vec<PciFunctionInfo>),
+    /// `QueryBalloon`: guest RAM less the pages the guest says are in the balloon.
+    Balloon {
+        actual_bytes: u64,
+    },
 }
 
 /// The VM's run states (QMP's RunState, the subset that applies).
@@ -400,6 +424,12 @@ pub enum VmmEvent {
     DeviceEjected {
         slot: u8,
     },
+    /// The guest wrote another `actual` into the balloon's configuration: guest RAM less
+    /// the pages it now says are in the balloon (QMP's BALLOON_CHANGE, which the gateway
+    /// rate-limits).
+    BalloonChanged {
+        actual_bytes: u64,
+    },
 }
 
 impl Message for VmmReply {
@@ -433,7 +463,12 @@ mod tests {
             nics: vec![],
             incoming: false,
             upgrade: None,
+            balloon: Some(BalloonLaunch {
+                slot: None,
+                qdev_id: "b".into(),
+            }),
         };
+        // The balloon is vmm-core's own: no fd.
         assert_eq!(c.fd_count(), 2);
         c.initrd_path = Some("i".into());
         c.serial = SerialSink::UnixListener;

@@ -1,7 +1,8 @@
 //! Platform devices emulated in vmm-core: the UART, the ACPI PM and GPE blocks (sharing
 //! the SCI), the PCI root with its hotplug controller, and the reset paths (i8042 and
 //! the reset control register), plus the buses that route vCPU port and MMIO exits to
-//! them. Interrupt controllers and the PIT are KVM's.
+//! them; the virtio-pci transport, and the one virtio device vmm-core serves itself, the
+//! balloon (`virtio_balloon`). Interrupt controllers and the PIT are KVM's.
 
 pub mod acpi_pm;
 pub mod bus;
@@ -12,6 +13,7 @@ pub mod reset_control;
 pub mod sci;
 pub mod serial;
 pub mod state;
+pub mod virtio_balloon;
 pub mod virtio_pci;
 
 /// A level-triggered interrupt line into the guest's interrupt controllers.

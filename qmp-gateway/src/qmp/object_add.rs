@@ -17,12 +17,37 @@ use crate::objects::ObjectSpec;
 pub struct ObjectAdd(pub ObjectSpec);
 
 impl Arguments for ObjectAdd {
-    /// The base members and the spec's `props`; `decode` checks the rest as QEMU's
-    /// ObjectOptions union.
+    /// The base members, the spec's `props`, and every member of the branches Flotilla
+    /// creates; `decode` checks them as QEMU's ObjectOptions union, by branch.
     const MEMBERS: &'static [Member] = &[
         req("qom-type", Ty::Named("ObjectType")),
         req("id", Ty::Str),
         opt("props", Ty::Any),
+        opt("aio-max-batch", Ty::Any),
+        opt("thread-pool-min", Ty::Any),
+        opt("thread-pool-max", Ty::Any),
+        opt("poll-max-ns", Ty::Any),
+        opt("poll-grow", Ty::Any),
+        opt("poll-shrink", Ty::Any),
+        opt("dump", Ty::Any),
+        opt("host-nodes", Ty::Any),
+        opt("merge", Ty::Any),
+        opt("policy", Ty::Any),
+        opt("prealloc", Ty::Any),
+        opt("prealloc-threads", Ty::Any),
+        opt("prealloc-context", Ty::Any),
+        opt("share", Ty::Any),
+        opt("reserve", Ty::Any),
+        opt("size", Ty::Any),
+        opt("x-use-canonical-path-for-ramblock-id", Ty::Any),
+        opt("hugetlb", Ty::Any),
+        opt("hugetlbsize", Ty::Any),
+        opt("seal", Ty::Any),
+        opt("align", Ty::Any),
+        opt("discard-data", Ty::Any),
+        opt("mem-path", Ty::Any),
+        opt("pmem", Ty::Any),
+        opt("readonly", Ty::Any),
     ];
 
     fn decode(args: Map<String, Value>) -> Result<Self, QmpError> {

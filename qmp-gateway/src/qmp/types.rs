@@ -5,6 +5,27 @@
 use super::qapi::{opt, req, Member, Ty, TypeDef, TypeKind, Types, Union};
 use crate::migration::Capability;
 
+/// QEMU 7.2's MemoryBackendProperties, in its order, then a backend type's own members
+/// (the memfd and file backends start with the same members).
+macro_rules! memory_backend_members {
+    ($($own:expr),* $(,)?) => {
+        &[
+            opt("dump", Ty::Bool),
+            opt("host-nodes", Ty::Array(&Ty::Int)),
+            opt("merge", Ty::Bool),
+            opt("policy", Ty::Named("HostMemPolicy")),
+            opt("prealloc", Ty::Bool),
+            opt("prealloc-threads", Ty::Int),
+            opt("prealloc-context", Ty::Str),
+            opt("share", Ty::Bool),
+            opt("reserve", Ty::Bool),
+            req("size", Ty::Uint),
+            opt("x-use-canonical-path-for-ramblock-id", Ty::Bool),
+            $($own),*
+        ]
+    };
+}
+
 /// Named types, in the order query-qmp-schema lists them (the events' own argument
 /// types follow them, from events.rs).
 pub const TYPES: Types = Types(&[
@@ -936,47 +957,25 @@ pub const TYPES: Types = Types(&[
     },
     TypeDef {
         name: "MemoryBackendProperties",
-        kind: TypeKind::Object(MEMORY_BACKEND),
+        kind: TypeKind::Object(memory_backend_members!()),
     },
     TypeDef {
         name: "MemoryBackendMemfdProperties",
-        kind: TypeKind::Object(&[
-            MEMORY_BACKEND[0],
-            MEMORY_BACKEND[1],
-            MEMORY_BACKEND[2],
-            MEMORY_BACKEND[3],
-            MEMORY_BACKEND[4],
-            MEMORY_BACKEND[5],
-            MEMORY_BACKEND[6],
-            MEMORY_BACKEND[7],
-            MEMORY_BACKEND[8],
-            MEMORY_BACKEND[9],
-            MEMORY_BACKEND[10],
+        kind: TypeKind::Object(memory_backend_members!(
             opt("hugetlb", Ty::Bool),
             opt("hugetlbsize", Ty::Uint),
             opt("seal", Ty::Bool),
-        ]),
+        )),
     },
     TypeDef {
         name: "MemoryBackendFileProperties",
-        kind: TypeKind::Object(&[
-            MEMORY_BACKEND[0],
-            MEMORY_BACKEND[1],
-            MEMORY_BACKEND[2],
-            MEMORY_BACKEND[3],
-            MEMORY_BACKEND[4],
-            MEMORY_BACKEND[5],
-            MEMORY_BACKEND[6],
-            MEMORY_BACKEND[7],
-            MEMORY_BACKEND[8],
-            MEMORY_BACKEND[9],
-            MEMORY_BACKEND[10],
+        kind: TypeKind::Object(memory_backend_members!(
             opt("align", Ty::Uint),
             opt("discard-data", Ty::Bool),
             req("mem-path", Ty::Str),
             opt("pmem", Ty::Bool),
             opt("readonly", Ty::Bool),
-        ]),
+        )),
     },
     TypeDef {
         name: "HostMemPolicy",
@@ -1139,20 +1138,4 @@ pub const BLOCKDEV_BACKUP_MEMBERS: &[Member] = &[
     opt("compress", Ty::Bool),
     opt("on-source-error", Ty::Named("BlockdevOnError")),
     opt("on-target-error", Ty::Named("BlockdevOnError")),
-];
-
-/// QEMU 7.2's MemoryBackendProperties, in its order (the memfd and file backends start
-/// with the same members).
-const MEMORY_BACKEND: &[Member] = &[
-    opt("dump", Ty::Bool),
-    opt("host-nodes", Ty::Array(&Ty::Int)),
-    opt("merge", Ty::Bool),
-    opt("policy", Ty::Named("HostMemPolicy")),
-    opt("prealloc", Ty::Bool),
-    opt("prealloc-threads", Ty::Int),
-    opt("prealloc-context", Ty::Str),
-    opt("share", Ty::Bool),
-    opt("reserve", Ty::Bool),
-    req("size", Ty::Uint),
-    opt("x-use-canonical-path-for-ramblock-id", Ty::Bool),
 ];

@@ -335,6 +335,7 @@ impl Gateway {
     pub fn on_vmm_event(&self, event: VmmEvent) {
         match event {
             VmmEvent::RunState(new) => {
+                self.devices.lock().set_running(new == RunState::Running);
                 let old = {
                     let mut s = self.status.lock();
                     if new == RunState::Running {

@@ -1,23 +1,32 @@
-//! device_add and device_del through the gateway, against a live QEMU 7.2 (`-M pc`,
+//! device_add and device_del through the gateway. Against a live QEMU 7.2 (`-M pc`,
 //! TCG, paused, no default devices: its hotplug handler runs all the same) with the
-//! same devices: a disk d0 (node disk0), the NIC nic0 on netdev n0, a spare node and a
-//! spare netdev. Every refusal is compared whole (class and text): unknown and missing
+//! same devices (a disk d0 on node disk0, the NIC nic0 on netdev n0, a spare node and a
+//! spare netdev), every refusal compared whole (class and text): unknown and missing
 //! driver, a bad id, a duplicate id, a bus that does not exist, unknown properties and
-//! bad values, a drive that does not exist or is in use (by its name and by its node),
-//! a netdev missing or in use, a slot in use (ours are one lower: QEMU's pc has its
-//! PIIX3 in slot 1), bad addresses, a disk without a drive; device_del of an unknown id,
-//! of a container, of a device's virtio backend. Then a failed device_add undoes itself
-//! (its daemon could not start): the node is free, the slot too. What needs vmm-core's
-//! hotplug (a device on the bus, DEVICE_DELETED) waits for it (the ignored tests).
+//! bad values, a drive that does not exist or is in use (by its name, by its node, by a
+//! hot-added disk), a netdev missing or in use, a slot in use (ours are one lower: QEMU's
+//! pc has its PIIX3 in slot 1), bad addresses, a disk without a drive; device_del of an
+//! unknown id, of a container, of a device's virtio backend, of a device whose removal
+//! is pending; and the hot-added disk as query-block shows it. A failed device_add
+//! undoes itself (its daemon could not start): image unlocked, node, id and slot free.
+//! With the test guest's pci-hotplug scenario: a disk added, read and written, removed
+//! (DEVICE_DELETED as QEMU 7.2 sends it) and added again, a launch disk removed with its
+//! drive; a NIC passing traffic, removed, its netdev serving the next one; a hot-added
+//! disk's daemon SIGKILLed while the guest brings the disk up; a guest that ignores the
+//! eject; a live upgrade after an add and a removal.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use flotilla_tests::blk::empty_image;
+use flotilla_tests::blk::{empty_image, pattern_sector};
+use flotilla_tests::procs::live_child;
 use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
-use flotilla_tests::{require_tool, TempDir, Vm};
+use flotilla_tests::{path_arg, require_tool, TempDir, Vm};
 use serde_json::{json, Value};
 
 const DISK_BYTES: u64 = 16 << 20;
@@ -377,4 +386,440 @@ fn a_failed_device_add_leaves_nothing() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !said.contains("lock"), "{said}");
     g.ok("blockdev-del", json!({"node-name": "spare"}));
+}
+
+/// Devices added and removed on a paused VM on both peers: the add answers {} alike, the
+/// refusals that need a hot-added device (its node, its netdev, its id in use), the
+/// disk as query-block shows it, and a removal that stays pending (the VM never ran, so
+/// QEMU's request never expires).
+#[test]
+fn added_devices_match_qemu() {
+    let mut p = peers();
+    for c in [&mut p.qemu, &mut p.ours] {
+        let disk = json!({"driver": "virtio-blk-pci", "drive": "spare", "id": "hb",
+                          "serial": "s1"});
+        assert_eq!(c.ok("device_add", disk), json!({}));
+        let nic = json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "hn"});
+        assert_eq!(c.ok("device_add", nic), json!({}));
+    }
+    for (label, command, args) in [
+        (
+            "a hot-added disk's node",
+            "device_add",
+            json!({"driver": "virtio-blk-pci", "drive": "spare", "id": "hb2"}),
+        ),
+        (
+            "a hot-added disk's id",
+            "device_add",
+            json!({"driver": "virtio-net-pci", "netdev": "zz", "id": "hb"}),
+        ),
+        (
+            "a hot-added NIC's netdev",
+            "device_add",
+            json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "hn2"}),
+        ),
+        (
+            "device_del of an unknown id",
+            "device_del",
+            json!({"id": "hb3"}),
+        ),
+    ] {
+        let q = error(&p.qemu.execute(command, args.clone()));
+        let g = error(&p.ours.execute(command, args.clone()));
+        assert_eq!(g, q, "{label}: {args}");
+    }
+    // The disk over the node: an anonymous BlockBackend with the device's backend path.
+    let shown = |c: &mut QmpClient| {
+        let block = c.ok("query-block", json!({}));
+        let hb = block
+            .as_array()
+            .and_then(|b| b.iter().find(|d| d["inserted"]["node-name"] == "spare"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no disk over node spare: {block}"));
+        (hb["device"].clone(), hb["qdev"].clone())
+    };
+    assert_eq!(shown(&mut p.ours), shown(&mut p.qemu));
+    assert_eq!(
+        shown(&mut p.ours),
+        (json!(""), json!("/machine/peripheral/hb/virtio-backend"))
+    );
+    // In query-pci with its id, in the lowest free slot (ours 3: the launch's take 1, 2).
+    let pci = p.ours.ok("query-pci", json!({}));
+    let slot_of = |id: &str| {
+        pci[0]["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|f| f["qdev_id"] == id))
+            .map(|f| f["slot"].clone())
+    };
+    assert_eq!(
+        (slot_of("hb"), slot_of("hn")),
+        (Some(json!(3)), Some(json!(4))),
+        "{pci}"
+    );
+    for c in [&mut p.qemu, &mut p.ours] {
+        assert_eq!(c.ok("device_del", json!({"id": "hb"})), json!({}));
+    }
+    for id in ["hb", "/machine/peripheral/hb"] {
+        let q = error(&p.qemu.execute("device_del", json!({"id": id})));
+        let g = error(&p.ours.execute("device_del", json!({"id": id})));
+        assert_eq!(g, q, "device_del {id} again");
+        assert_eq!(
+            g.1,
+            format!("Device {id} is already in the process of unplug")
+        );
+    }
+}
+
+/// How long one add or removal may take, the guest's checks included.
+const STEP: Duration = Duration::from_secs(30);
+/// How long a guest that ignores the eject is given to eject all the same.
+const NO_EJECT: Duration = Duration::from_secs(3);
+
+/// The gateway running the test guest's pci-hotplug scenario (`more` on its command
+/// line) with `extra` arguments; READY seen (the registers where QEMU's pc has them).
+fn hotplug_guest(cmdline: &str, extra: &[&str]) -> (Gateway, QmpClient) {
+    let mut gateway = Gateway::start_with(
+        1,
+        &format!("scenario=pci-hotplug {cmdline}"),
+        &[&["-S"], extra].concat(),
+    );
+    let mut client = gateway.client();
+    client.ok("cont", json!({}));
+    let ready = gateway.vm.expect_prefix("GUEST HOTPLUG READY", STEP);
+    assert!(
+        ready.contains(" pciu=0xae00 pcid=0xae04 b0ej=0xae08 "),
+        "{ready}"
+    );
+    (gateway, client)
+}
+
+/// The value of ` key=` in a guest line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// Waits for the guest's line starting with `prefix` about `slot`.
+fn expect_slot(gateway: &mut Gateway, prefix: &str, slot: &str) -> String {
+    let want = format!("slot={slot}");
+    gateway
+        .vm
+        .expect_line(&format!("{prefix} {want}"), STEP, |l| {
+            l.starts_with(prefix) && l.split_whitespace().any(|w| w == want)
+        })
+}
+
+/// device_add of `device`, then the guest's ADDED line: the slot. Ours are modern-only
+/// virtio functions (0x1040 + the device type).
+fn add(gateway: &mut Gateway, client: &mut QmpClient, device: Value, pci_device: &str) -> String {
+    assert_eq!(client.ok("device_add", device), json!({}));
+    let added = gateway.vm.expect_prefix("GUEST HOTPLUG ADDED slot=", STEP);
+    assert!(
+        added.contains(&format!(" vendor=0x1af4 device={pci_device} ")),
+        "{added}"
+    );
+    field(&added, "slot").to_string()
+}
+
+/// device_del of `id` (at QOM path `path`, "device" in the event if `named`), the
+/// guest's REMOVED line, and DEVICE_DELETED as QEMU 7.2 sends it.
+fn remove(gateway: &mut Gateway, client: &mut QmpClient, id: &str, path: &str, slot: &str) {
+    assert_eq!(client.ok("device_del", json!({"id": id})), json!({}));
+    expect_slot(gateway, "GUEST HOTPLUG REMOVED", slot);
+    let mut deleted = || {
+        client
+            .event_within("DEVICE_DELETED", STEP)
+            .unwrap_or_else(|| panic!("no DEVICE_DELETED for {id}"))
+    };
+    let backend = deleted();
+    assert_eq!(
+        backend["data"],
+        json!({"path": format!("{path}/virtio-backend")})
+    );
+    let device = deleted();
+    let mut data = json!({"path": path});
+    if path.starts_with("/machine/peripheral/") {
+        data["device"] = json!(id);
+    }
+    assert_eq!(device["data"], data);
+}
+
+/// The qdev ids query-pci lists on bus 0, with their slots.
+fn pci_ids(client: &mut QmpClient) -> Vec<(u64, String)> {
+    let buses = client.ok("query-pci", json!({}));
+    (buses[0]["devices"].as_array().expect("devices").iter())
+        .map(|d| {
+            let id = d["qdev_id"].as_str().unwrap_or_default().to_string();
+            (d["slot"].as_u64().unwrap_or_default(), id)
+        })
+        .collect()
+}
+
+/// A 1 MiB raw image and its node `hp0`.
+fn hot_disk(client: &mut QmpClient, dir: &Path) -> PathBuf {
+    let image = dir.join("hot.img");
+    empty_image(&image, 1 << 20);
+    let file = json!({"driver": "file", "filename": path_arg(&image)});
+    client.ok(
+        "blockdev-add",
+        json!({"driver": "raw", "node-name": "hp0", "file": file}),
+    );
+    image
+}
+
+/// Whether the image's first 128 sectors hold the guest's P(seed).
+fn holds_pattern(image: &Path, seed: u64) -> bool {
+    let data = std::fs::read(image).expect("image");
+    (0..128u64).all(|s| data[(s * 512) as usize..][..512] == pattern_sector(seed, s))
+}
+
+#[test]
+fn a_disk_is_added_used_removed_and_added_again() {
+    let dir = TempDir::new("hotplug-disk");
+    let launch = dir.path().join("launch.img");
+    empty_image(&launch, DISK_BYTES);
+    let drive = format!("file={},format=raw,id=d0", launch.display());
+    let (mut gw, mut c) = hotplug_guest("", &["--drive", &drive]);
+    let image = hot_disk(&mut c, dir.path());
+    let device =
+        json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1", "serial": "hot1"});
+    let mut seeds = Vec::new();
+    for _ in 0..2 {
+        let slot = add(&mut gw, &mut c, device.clone(), "0x1042");
+        // The lowest free slot: the launch disk has 1.
+        assert_eq!(slot, "2");
+        let ok = expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+        assert_eq!(field(&ok, "capacity"), "2048", "{ok}");
+        assert!(ok.ends_with(" serial=hot1"), "{ok}");
+        let seed = u64::from_str_radix(field(&ok, "seed").trim_start_matches("0x"), 16).unwrap();
+        assert!(holds_pattern(&image, seed), "no P({seed:#x}) in the image");
+        assert!(pci_ids(&mut c).contains(&(2, "disk1".into())));
+        let block = c.ok("query-block", json!({}));
+        assert_eq!(block.as_array().map(Vec::len), Some(2), "{block}");
+        assert_eq!(block[1]["device"], "");
+        assert_eq!(block[1]["qdev"], "/machine/peripheral/disk1/virtio-backend");
+        remove(&mut gw, &mut c, "disk1", "/machine/peripheral/disk1", &slot);
+        assert!(!pci_ids(&mut c).iter().any(|(_, id)| id == "disk1"));
+        seeds.push(seed);
+    }
+    assert_ne!(seeds[0], seeds[1], "the second add wrote the same data");
+    // The node stayed (QEMU's: blockdev-del removes it); the launch disk is alone.
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(block.as_array().map(Vec::len), Some(1), "{block}");
+    c.ok("blockdev-del", json!({"node-name": "hp0"}));
+    // The launch disk's device goes too, and its drive with it (QEMU's auto-del).
+    let path = "/machine/peripheral-anon/device[0]";
+    remove(&mut gw, &mut c, path, path, "1");
+    assert_eq!(c.ok("query-block", json!({})), json!([]));
+    assert_eq!(c.ok("query-named-block-nodes", json!({})), json!([]));
+    assert!(!gw.vm.transcript().contains("GUEST ERROR"));
+}
+
+/// The IPv4 peer the guest sends to (the NIC's netdev leads to the reflector).
+const PEER_IP: [u8; 4] = [10, 0, 2, 1];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const GUEST_IP: &str = "10.0.2.15/24";
+const PORT: u16 = 7777;
+
+/// The peer on the far side of a `dgram` netdev (whole Ethernet frames in UDP
+/// datagrams): it answers ARP requests for PEER_IP and sends UDP datagrams to PEER_IP
+/// back (addresses and ports swapped). The same peer as qemu_guest_hotplug's.
+struct Reflector {
+    port: u16,
+    udp: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reflector {
+    fn start() -> Reflector {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let udp = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (udp, stop) = (udp.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut frame = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = socket.recv_from(&mut frame) else {
+                        continue;
+                    };
+                    if let Some(reply) = Self::answer(&frame[..len]) {
+                        if reply[12..14] == [0x08, 0x00] {
+                            udp.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let _ = socket.send_to(&reply, from);
+                    }
+                }
+            })
+        };
+        Reflector {
+            port,
+            udp,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn answer(f: &[u8]) -> Option<Vec<u8>> {
+        if f.len() < 42 {
+            return None;
+        }
+        match f[12..14] {
+            [0x08, 0x06] if f[20..22] == [0, 1] && f[38..42] == PEER_IP => {
+                let mut r = Vec::with_capacity(60);
+                r.extend_from_slice(&f[6..12]);
+                r.extend_from_slice(&PEER_MAC);
+                r.extend_from_slice(&[0x08, 0x06]);
+                r.extend_from_slice(&f[14..20]);
+                r.extend_from_slice(&[0, 2]);
+                r.extend_from_slice(&PEER_MAC);
+                r.extend_from_slice(&PEER_IP);
+                r.extend_from_slice(&f[22..32]);
+                r.resize(60, 0);
+                Some(r)
+            }
+            [0x08, 0x00] if f[14] == 0x45 && f[23] == 17 && f[30..34] == PEER_IP => {
+                let mut r = f.to_vec();
+                r[0..6].copy_from_slice(&f[6..12]);
+                r[6..12].copy_from_slice(&PEER_MAC);
+                r[26..30].copy_from_slice(&f[30..34]);
+                r[30..34].copy_from_slice(&f[26..30]);
+                r[34..36].copy_from_slice(&f[36..38]);
+                r[36..38].copy_from_slice(&f[34..36]);
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_nic_is_added_carries_traffic_and_its_netdev_serves_again() {
+    let reflector = Reflector::start();
+    let peer = PEER_IP.map(|b| b.to_string()).join(".");
+    let (mut gw, mut c) = hotplug_guest(&format!("ip={GUEST_IP} peer={peer} port={PORT}"), &[]);
+    let mut local = netdev("x");
+    local = json!({"type": "inet", "host": "127.0.0.1",
+                   "port": local["localaddr"].as_str().unwrap().rsplit(':').next()});
+    let remote = json!({"type": "inet", "host": "127.0.0.1", "port": reflector.port.to_string()});
+    c.ok(
+        "netdev_add",
+        json!({"type": "dgram", "id": "hn1", "local": local, "remote": remote}),
+    );
+    let mac = "52:54:00:12:34:99";
+    let device = json!({"driver": "virtio-net-pci", "netdev": "hn1", "id": "nic1", "mac": mac});
+    for round in 0..2 {
+        let slot = add(&mut gw, &mut c, device.clone(), "0x1041");
+        let ok = expect_slot(&mut gw, "GUEST HOTPLUG NET OK", &slot);
+        assert_eq!(field(&ok, "mac"), mac, "{ok}");
+        let traffic = expect_slot(&mut gw, "GUEST HOTPLUG NET TRAFFIC OK", &slot);
+        assert_eq!(field(&traffic, "echoed"), "16", "{traffic}");
+        assert!(reflector.udp.load(Ordering::Relaxed) >= 16 * (round + 1));
+        // The NIC's name is its id (set_link, query-rx-filter).
+        let filters = c.ok("query-rx-filter", json!({"name": "nic1"}));
+        assert_eq!(filters[0]["main-mac"], mac);
+        remove(&mut gw, &mut c, "nic1", "/machine/peripheral/nic1", &slot);
+        // Its netdev is free again, for the same device_add (as in QEMU).
+    }
+    assert!(!gw.vm.transcript().contains("GUEST ERROR"));
+}
+
+/// A hot-added disk's daemon killed while the guest brings the disk up: the supervisor
+/// starts another, vmm-core reconnects it (DiskReconnect with the disk's index), and the
+/// guest's check of the disk completes.
+#[test]
+fn a_hot_added_disks_daemon_survives_sigkill() {
+    let dir = TempDir::new("hotplug-kill");
+    let (mut gw, mut c) = hotplug_guest("", &[]);
+    let image = hot_disk(&mut c, dir.path());
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1"});
+    let gateway_pid = gw.vm.pid();
+    assert_eq!(c.ok("device_add", device), json!({}));
+    // The only block daemon: the hot-added disk's.
+    let daemon = live_child(gateway_pid, "block-daemon", STEP);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let restarted = c
+        .event_within("__io.flotilla_BLOCK_DAEMON_RESTARTED", STEP)
+        .expect("no restart");
+    assert_eq!(restarted["data"]["device"], "/machine/peripheral/disk1");
+    let added = gw.vm.expect_prefix("GUEST HOTPLUG ADDED slot=", STEP);
+    let slot = field(&added, "slot").to_string();
+    let ok = expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    let seed = u64::from_str_radix(field(&ok, "seed").trim_start_matches("0x"), 16).unwrap();
+    assert!(holds_pattern(&image, seed), "no P({seed:#x}) in the image");
+    assert_ne!(live_child(gateway_pid, "block-daemon", STEP), daemon);
+    remove(&mut gw, &mut c, "disk1", "/machine/peripheral/disk1", &slot);
+    assert!(!gw.vm.transcript().contains("GUEST ERROR"));
+}
+
+/// A guest that never ejects: the device stays (query-pci, query-block), no
+/// DEVICE_DELETED, and device_del asks again (the VM has run: QEMU's request expired).
+#[test]
+fn a_guest_that_never_ejects_keeps_the_device() {
+    let dir = TempDir::new("hotplug-ignore");
+    let (mut gw, mut c) = hotplug_guest("hotplug-ignore-eject=1", &[]);
+    hot_disk(&mut c, dir.path());
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1"});
+    let slot = add(&mut gw, &mut c, device, "0x1042");
+    expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    for _ in 0..2 {
+        assert_eq!(c.ok("device_del", json!({"id": "disk1"})), json!({}));
+        expect_slot(&mut gw, "GUEST HOTPLUG IGNORED", &slot);
+        let deleted = c.event_within("DEVICE_DELETED", NO_EJECT);
+        assert!(deleted.is_none(), "deleted without an eject: {deleted:?}");
+        assert!(pci_ids(&mut c).iter().any(|(_, id)| id == "disk1"));
+        assert_eq!(
+            c.ok("query-block", json!({})).as_array().map(Vec::len),
+            Some(1)
+        );
+    }
+    assert!(!gw.vm.transcript().contains("GUEST HOTPLUG REMOVED"));
+}
+
+/// A live upgrade after an add and a removal: the new vmm-core gets the devices there
+/// are, in their slots (the launch disk gone from slot 1, the added one in slot 2), and
+/// serves them: the added disk is removed through it, and the next add takes slot 1.
+#[test]
+fn a_live_upgrade_keeps_the_devices_where_they_are() {
+    let dir = TempDir::new("hotplug-upgrade");
+    let launch = dir.path().join("launch.img");
+    empty_image(&launch, DISK_BYTES);
+    let drive = format!("file={},format=raw,id=d0", launch.display());
+    let (mut gw, mut c) = hotplug_guest("", &["--drive", &drive]);
+    hot_disk(&mut c, dir.path());
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1"});
+    let slot = add(&mut gw, &mut c, device.clone(), "0x1042");
+    assert_eq!(slot, "2");
+    expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    let path = "/machine/peripheral-anon/device[0]";
+    remove(&mut gw, &mut c, path, path, "1");
+    let before = pci_ids(&mut c);
+    let upgraded = c.ok("__io.flotilla_vmm-upgrade", json!({}));
+    assert!(upgraded["pid"].as_u64().is_some(), "{upgraded}");
+    assert_eq!(pci_ids(&mut c), before);
+    assert!(before.contains(&(2, "disk1".into())), "{before:?}");
+    remove(&mut gw, &mut c, "disk1", "/machine/peripheral/disk1", "2");
+    let slot = add(&mut gw, &mut c, device, "0x1042");
+    assert_eq!(slot, "1");
+    expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    assert!(!gw.vm.transcript().contains("GUEST ERROR"));
 }

@@ -125,7 +125,8 @@ impl Gateway {
     /// device_del: the guest is asked to let the device go.
     pub fn device_del(&self, id: &str) -> Result<(), DeviceError> {
         let _one = CHANGING.lock();
-        let (slot, path) = self.devices.lock().begin_removal(id)?;
+        let removal = self.devices.lock().begin_removal(id)?;
+        let slot = removal.slot;
         let asked = if self.migrator.in_progress() {
             Err(DeviceError::DelMigrating)
         } else {
@@ -136,7 +137,7 @@ impl Gateway {
             }
         };
         if asked.is_err() {
-            self.devices.lock().removal_failed(&path);
+            self.devices.lock().removal_failed(&removal);
         }
         asked
     }

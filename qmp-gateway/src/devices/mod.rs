@@ -12,6 +12,8 @@ pub mod error;
 pub mod hotplug;
 pub mod spec;
 
+use std::time::{Duration, Instant};
+
 use ipc::{DiskLaunch, NicLaunch};
 
 pub use error::DeviceError;
@@ -63,6 +65,8 @@ pub struct Device {
     pub phase: Phase,
     /// None while being added.
     pub backend: Option<Backend>,
+    /// When device_del last asked the guest, on the VM's virtual clock (ms).
+    requested_ms: u64,
 }
 
 impl Device {
@@ -78,12 +82,50 @@ pub struct Ticket {
     pub qom_path: String,
 }
 
+/// QEMU's virtual clock, as far as device_del cares: it starts at 0 with the VM and
+/// runs only while the VM runs.
+#[derive(Debug, Default)]
+struct VirtualClock {
+    ran: Duration,
+    running_since: Option<Instant>,
+}
+
+impl VirtualClock {
+    fn set_running(&mut self, running: bool, now: Instant) {
+        match (running, self.running_since) {
+            (true, None) => self.running_since = Some(now),
+            (false, Some(since)) => {
+                self.ran += now.saturating_duration_since(since);
+                self.running_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        let running = self
+            .running_since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        (self.ran + running).as_millis() as u64
+    }
+}
+
+/// What device_del did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub slot: u8,
+    pub qom_path: String,
+    /// The guest had been asked already (the request is made again).
+    pub repeated: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Devices {
     devices: Vec<Device>,
     /// QEMU's anon_count: each anonymous device takes the next number, even one whose
     /// device_add fails after its id was set.
     next_anon: u32,
+    clock: VirtualClock,
 }
 
 impl Devices {
@@ -113,6 +155,7 @@ impl Devices {
             slot: None,
             phase: Phase::Adding,
             backend: None,
+            requested_ms: 0,
         });
         Ok(Ticket { qom_path })
     }
@@ -221,23 +264,42 @@ impl Devices {
         }
     }
 
-    /// device_del: the device `id` names is asked to leave; returns its slot and path.
-    pub fn begin_removal(&mut self, id: &str) -> Result<(u8, String), DeviceError> {
-        let device = self.find(id)?;
-        if device.phase == Phase::Removing {
-            return Err(DeviceError::UnplugPending(id.to_string()));
-        }
-        let (path, slot) = (device.qom_path.clone(), device.slot);
-        let slot = slot.ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
-        if let Some(d) = self.devices.iter_mut().find(|d| d.qom_path == path) {
-            d.phase = Phase::Removing;
-        }
-        Ok((slot, path))
+    /// The VM runs or stops (vmm-core's run state): the virtual clock with it.
+    pub fn set_running(&mut self, running: bool) {
+        self.clock.set_running(running, Instant::now());
     }
 
-    /// The guest was not asked after all (vmm-core refused): the device stays as it was.
-    pub fn removal_failed(&mut self, path: &str) {
-        if let Some(d) = self.devices.iter_mut().find(|d| d.qom_path == path) {
+    /// device_del: the device `id` names is asked to leave. Asked already, it is asked
+    /// again, unless that was before the VM's virtual clock had run a millisecond: QEMU
+    /// 7.2's ACPI hotplug lets a request expire at once (so a guest that booted after it
+    /// can be asked again), but an expiry time of 0 means never.
+    pub fn begin_removal(&mut self, id: &str) -> Result<Removal, DeviceError> {
+        let now = self.clock.ms(Instant::now());
+        let device = self.find(id)?;
+        let repeated = device.phase == Phase::Removing;
+        if repeated && device.requested_ms == 0 {
+            return Err(DeviceError::UnplugPending(id.to_string()));
+        }
+        let (qom_path, slot) = (device.qom_path.clone(), device.slot);
+        let slot = slot.ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
+        if let Some(d) = self.devices.iter_mut().find(|d| d.qom_path == qom_path) {
+            d.phase = Phase::Removing;
+            d.requested_ms = now;
+        }
+        Ok(Removal {
+            slot,
+            qom_path,
+            repeated,
+        })
+    }
+
+    /// The guest was not asked after all (vmm-core refused): the device stays as it was
+    /// (still to leave if it had been asked before).
+    pub fn removal_failed(&mut self, removal: &Removal) {
+        if removal.repeated {
+            return;
+        }
+        if let Some(d) = (self.devices.iter_mut()).find(|d| d.qom_path == removal.qom_path) {
             d.phase = Phase::Present;
         }
     }
@@ -430,10 +492,16 @@ mod tests {
     #[test]
     fn removals_pend_until_the_guest_ejects() {
         let mut d = launched();
+        let first = d.begin_removal("nic0").unwrap();
         assert_eq!(
-            d.begin_removal("nic0").unwrap(),
-            (3, "/machine/peripheral/nic0".to_string())
+            first,
+            Removal {
+                slot: 3,
+                qom_path: "/machine/peripheral/nic0".into(),
+                repeated: false
+            }
         );
+        // The VM never ran: the request does not expire.
         assert_eq!(
             d.begin_removal("nic0").unwrap_err().to_string(),
             "Device nic0 is already in the process of unplug"
@@ -446,8 +514,8 @@ mod tests {
         );
         // Still on the bus meanwhile: a new vmm-core gets it.
         assert_eq!(d.launch_lists().1.len(), 1);
-        d.removal_failed("/machine/peripheral/nic0");
-        assert_eq!(d.begin_removal("nic0").unwrap().0, 3);
+        d.removal_failed(&first);
+        assert_eq!(d.begin_removal("nic0").unwrap().slot, 3);
         let gone = d.ejected(3).unwrap();
         assert_eq!(
             gone.backend_path(),
@@ -468,6 +536,17 @@ mod tests {
             nics.iter().map(|l| (l.index, l.slot)).collect::<Vec<_>>(),
             [(1, Some(3))]
         );
+        // Once the VM has run, a request expires: device_del asks again.
+        d.set_running(true);
+        std::thread::sleep(Duration::from_millis(3));
+        d.set_running(false);
+        let asked = d.begin_removal("nic1").unwrap();
+        assert!(!asked.repeated);
+        let again = d.begin_removal("nic1").unwrap();
+        assert_eq!((again.slot, again.repeated), (3, true));
+        // A repeat vmm-core refused leaves it still to leave.
+        d.removal_failed(&again);
+        assert!(d.begin_removal("nic1").unwrap().repeated);
         // A launch device removed leaves a gap in the disks' indices too.
         d.begin_removal("/machine/peripheral-anon/device[0]")
             .unwrap();

@@ -127,7 +127,7 @@ pub const COMMANDS: &[Command] = &[
         V,
     ),
     partly("device_add", &devices::DeviceAdd, EMPTY, G),
-    partly("device_del", &Typed(devices::device_del), EMPTY, G),
+    cmd("device_del", &Typed(devices::device_del), EMPTY, G),
     oob(
         "query-name",
         &Typed(machine::query_name),

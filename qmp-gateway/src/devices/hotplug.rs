@@ -66,7 +66,7 @@ impl Gateway {
         }
         let slot = self.devices.lock().place(ticket, props.addr())?;
         let qdev_id = spec.id.clone();
-        let (backend, stream) = match props {
+        let (backend, stream, request) = match props {
             Props::Blk(b) => {
                 let drive = b.drive.ok_or(DeviceError::DriveNotSet)?;
                 // QEMU's default: a queue per vCPU.
@@ -85,7 +85,8 @@ impl Gateway {
                     queues,
                 };
                 let (launch, stream) = self.block.add_device_disk(disk, slot)?;
-                (Backend::Disk(launch), stream)
+                let request = VmmRequest::DiskAttach(launch.clone());
+                (Backend::Disk(launch), stream, request)
             }
             Props::Net(n) => {
                 let netdev = n.netdev.ok_or(DeviceError::NoNetdev)?;
@@ -96,12 +97,9 @@ impl Gateway {
                     mac: n.mac,
                 };
                 let (launch, stream) = self.net.add_device_nic(nic, slot)?;
-                (Backend::Nic(launch), stream)
+                let request = VmmRequest::NicAttach(launch.clone());
+                (Backend::Nic(launch), stream, request)
             }
-        };
-        let request = match &backend {
-            Backend::Disk(l) => VmmRequest::DiskAttach(l.clone()),
-            Backend::Nic(l) => VmmRequest::NicAttach(l.clone()),
         };
         // The connection is vmm-core's alone once sent (`stream` is closed here).
         let attached = match self.vmm.request(request, &[stream.as_fd()]) {
@@ -176,6 +174,8 @@ impl Gateway {
             Backend::Nic(l) => {
                 self.net.remove_nic(&l.id);
             }
+            // vmm-core's own: nothing of it runs here.
+            Backend::Balloon(_) => {}
         }
     }
 

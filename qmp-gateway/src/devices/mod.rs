@@ -43,6 +43,8 @@ pub enum Phase {
 pub enum Backend {
     Disk(DiskLaunch),
     Nic(NicLaunch),
+    /// vmm-core's own balloon (no daemon): launched with the VM (LaunchConfig.balloon).
+    Balloon(ipc::BalloonLaunch),
 }
 
 impl Backend {
@@ -51,6 +53,7 @@ impl Backend {
         match self {
             Backend::Disk(d) => &d.id,
             Backend::Nic(n) => &n.id,
+            Backend::Balloon(_) => "",
         }
     }
 }
@@ -318,7 +321,8 @@ impl Devices {
             match &d.backend {
                 Some(Backend::Disk(l)) => disks.push(l.clone()),
                 Some(Backend::Nic(l)) => nics.push(l.clone()),
-                None => {}
+                // The launch's LaunchConfig.balloon keeps it.
+                Some(Backend::Balloon(_)) | None => {}
             }
         }
         disks.sort_by_key(|d: &DiskLaunch| d.index);

@@ -3,7 +3,9 @@
 //! every event out to each client that completed capabilities negotiation, through its
 //! own bounded outbox, so a stuck client only loses itself.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -149,6 +151,8 @@ const RESUME: EventDef = def("RESUME", None);
 const RESET: EventDef = def("RESET", Some(&SHUTDOWN_ARG));
 const SHUTDOWN: EventDef = def("SHUTDOWN", Some(&SHUTDOWN_ARG));
 const POWERDOWN: EventDef = def("POWERDOWN", None);
+const BALLOON_CHANGE_ARG: TypeDef = data("q_obj_BALLOON_CHANGE-arg", &[req("actual", Ty::Int)]);
+const BALLOON_CHANGE: EventDef = def("BALLOON_CHANGE", Some(&BALLOON_CHANGE_ARG));
 const BLOCK_WRITE_THRESHOLD: EventDef = def("BLOCK_WRITE_THRESHOLD", Some(&WRITE_THRESHOLD_ARG));
 const BLOCK_IO_ERROR: EventDef = def("BLOCK_IO_ERROR", Some(&BLOCK_IO_ERROR_ARG));
 // Events of our own are named by QMP's rule for downstream extensions: a reverse-domain
@@ -195,6 +199,7 @@ pub const EVENTS: &[EventDef] = &[
     RESET,
     SHUTDOWN,
     POWERDOWN,
+    BALLOON_CHANGE,
     BLOCK_WRITE_THRESHOLD,
     BLOCK_IO_ERROR,
     BLOCK_DAEMON_EXITED,
@@ -228,6 +233,12 @@ impl From<ipc::ShutdownCause> for ShutdownInfo {
             reason: cause.qmp_name(),
         }
     }
+}
+
+/// What the guest's balloon driver says the VM has now: RAM less the ballooned pages.
+#[derive(Debug, Clone, Serialize)]
+pub struct BalloonChange {
+    pub actual: u64,
 }
 
 /// A node's write threshold was crossed (and is now cleared).
@@ -370,6 +381,8 @@ pub enum Event {
     Reset(ShutdownInfo),
     Shutdown(ShutdownInfo),
     Powerdown,
+    /// Rate-limited, as in QEMU (`THROTTLED`).
+    BalloonChange(BalloonChange),
     BlockWriteThreshold(WriteThreshold),
     BlockIoError(BlockIoError),
     BlockDaemonExited(DaemonExited),
@@ -400,6 +413,7 @@ impl Event {
             Event::Reset(_) => &RESET,
             Event::Shutdown(_) => &SHUTDOWN,
             Event::Powerdown => &POWERDOWN,
+            Event::BalloonChange(_) => &BALLOON_CHANGE,
             Event::BlockWriteThreshold(_) => &BLOCK_WRITE_THRESHOLD,
             Event::BlockIoError(_) => &BLOCK_IO_ERROR,
             Event::BlockDaemonExited(_) => &BLOCK_DAEMON_EXITED,
@@ -426,6 +440,7 @@ impl Event {
         match self {
             Event::Stop | Event::Resume | Event::Powerdown => None,
             Event::Reset(d) | Event::Shutdown(d) => serde_json::to_value(d).ok(),
+            Event::BalloonChange(d) => serde_json::to_value(d).ok(),
             Event::BlockWriteThreshold(d) => serde_json::to_value(d).ok(),
             Event::BlockIoError(d) => serde_json::to_value(d).ok(),
             Event::BlockDaemonExited(d) | Event::NetDaemonExited(d) => serde_json::to_value(d).ok(),
@@ -448,9 +463,48 @@ impl Event {
     }
 }
 
+/// The events the guest can make as often as it likes, and how often each may go out, as
+/// QEMU 7.2 limits them (monitor_qapi_event_conf; of its list, only these are ours): the
+/// first goes out at once; then, until the period is over, later ones wait, each
+/// replacing the one before, and the last goes out when the period ends (starting
+/// another).
+const THROTTLED: &[(&str, Duration)] = &[("BALLOON_CHANGE", Duration::from_secs(1))];
+
+type Clients = Arc<Mutex<Vec<Weak<Outbox>>>>;
+/// Per throttled event whose period runs: the line waiting for its end, if any.
+type Held = Arc<Mutex<HashMap<&'static str, Option<Vec<u8>>>>>;
+
 #[derive(Default)]
 pub struct EventBus {
-    clients: Mutex<Vec<Weak<Outbox>>>,
+    clients: Clients,
+    held: Held,
+}
+
+/// Puts `line` in every subscriber's outbox (dropping those gone).
+fn send(clients: &Clients, line: Vec<u8>) {
+    clients.lock().retain(|c| match c.upgrade() {
+        Some(outbox) => outbox.push(line.clone()),
+        None => false,
+    });
+}
+
+/// The end of `name`'s periods: what waited goes out and starts another, until a period
+/// passes with nothing.
+fn throttle_periods(clients: Clients, held: Held, name: &'static str, period: Duration) {
+    loop {
+        std::thread::sleep(period);
+        let waiting = {
+            let mut held = held.lock();
+            match held.get_mut(name).and_then(Option::take) {
+                Some(line) => line,
+                None => {
+                    held.remove(name);
+                    return;
+                }
+            }
+        };
+        send(&clients, waiting);
+    }
 }
 
 impl EventBus {
@@ -465,11 +519,28 @@ impl EventBus {
     }
 
     pub fn emit(&self, event: Event) {
-        let line = protocol::event(event.def().name, event.data());
-        self.clients.lock().retain(|c| match c.upgrade() {
-            Some(outbox) => outbox.push(line.clone()),
-            None => false,
-        });
+        let name = event.def().name;
+        let line = protocol::event(name, event.data());
+        let Some(&(_, period)) = THROTTLED.iter().find(|(n, _)| *n == name) else {
+            return send(&self.clients, line);
+        };
+        {
+            let mut held = self.held.lock();
+            if let Some(waiting) = held.get_mut(name) {
+                *waiting = Some(line);
+                return;
+            }
+            held.insert(name, None);
+        }
+        send(&self.clients, line);
+        let (clients, held) = (self.clients.clone(), self.held.clone());
+        let timer = std::thread::Builder::new()
+            .name("event-throttle".into())
+            .spawn(move || throttle_periods(clients, held, name, period));
+        if let Err(e) = timer {
+            log::error!("{name}: no thread for its rate limit ({e}): sent unlimited");
+            self.held.lock().remove(name);
+        }
     }
 
     /// Lets every subscriber's writer flush what it has, then close.
@@ -521,6 +592,49 @@ mod tests {
     }
 
     #[test]
+    fn balloon_change_goes_out_at_most_once_a_second_the_latest_last() {
+        use crate::qmp::conn::Conn;
+        use std::io::BufRead;
+        use std::os::unix::net::UnixStream;
+        use std::time::Instant;
+
+        let bus = EventBus::default();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let outbox = Arc::new(Outbox::new(Conn::Unix(ours)));
+        bus.subscribe(&outbox, b"{}\r\n".to_vec());
+        let writer = outbox.clone();
+        std::thread::spawn(move || writer.run_writer());
+        let mut lines = std::io::BufReader::new(theirs).lines();
+        let mut next = || -> (Value, Instant) {
+            let line = lines.next().unwrap().unwrap();
+            (serde_json::from_str(&line).unwrap(), Instant::now())
+        };
+        next();
+        let start = Instant::now();
+        let change = |actual| Event::BalloonChange(BalloonChange { actual });
+        for actual in [3, 2, 1] {
+            bus.emit(change(actual));
+        }
+        bus.emit(Event::Stop);
+        let (first, at) = next();
+        assert_eq!(first["data"], json!({"actual": 3}));
+        assert!(at - start < Duration::from_millis(500));
+        // Others are not held.
+        assert_eq!(next().0["event"], "STOP");
+        let (last, at) = next();
+        assert_eq!(last["data"], json!({"actual": 1}), "2 was replaced");
+        assert!(at - start >= Duration::from_millis(950), "{:?}", at - start);
+        // A second later with nothing waiting, the next goes out at once again.
+        std::thread::sleep(Duration::from_millis(2100));
+        let start = Instant::now();
+        bus.emit(change(5));
+        let (again, at) = next();
+        assert_eq!(again["data"], json!({"actual": 5}));
+        assert!(at - start < Duration::from_millis(500));
+        outbox.close();
+    }
+
+    #[test]
     fn every_event_is_in_the_table_once() {
         let names: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
         let mut unique = names.clone();
@@ -533,6 +647,7 @@ mod tests {
             Event::Reset(ipc::ShutdownCause::GuestReset.into()),
             Event::Shutdown(ipc::ShutdownCause::HostQmpQuit.into()),
             Event::Powerdown,
+            Event::BalloonChange(BalloonChange { actual: 1 << 20 }),
             Event::BlockWriteThreshold(WriteThreshold {
                 node_name: "n".into(),
                 amount_exceeded: 1,

@@ -357,6 +357,12 @@ impl Gateway {
                 }
             }
             VmmEvent::Powerdown => self.events.emit(Event::Powerdown),
+            VmmEvent::BalloonChanged { actual_bytes } => {
+                self.events
+                    .emit(Event::BalloonChange(crate::events::BalloonChange {
+                        actual: actual_bytes,
+                    }))
+            }
             VmmEvent::PostcopyRanges { backend, ranges } => {
                 self.migrator.postcopy_ranges(backend, ranges)
             }

@@ -10,10 +10,12 @@
 //! is the one event table and its fan-out; `gateway` the shared state; `launch` opens
 //! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
 //! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
-//! under a running VM; `devices` places the guest's PCI devices (device_add, device_del).
+//! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
+//! `balloon` is the balloon's command line and QEMU's rules for its target.
 //! No file imports one that
 //! imports it back (scripts/check-imports).
 
+pub mod balloon;
 pub mod block;
 pub mod children;
 pub mod devices;

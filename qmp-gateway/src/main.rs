@@ -15,6 +15,7 @@ use clap::Parser;
 use ipc::host::VmArgs;
 use ipc::process::{block_terminating_signals, init_logging};
 use ipc::{ShutdownCause, VmmRequest};
+use qmp_gateway::balloon::{self, DeviceSpec};
 use qmp_gateway::block::drive::DriveSpec;
 use qmp_gateway::children::ids::{self, IdRange};
 use qmp_gateway::children::link::VmmLink;
@@ -30,7 +31,6 @@ use qmp_gateway::fdstore::{FdBudget, FdLimits};
 use qmp_gateway::gateway::{Binaries, ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
 use qmp_gateway::net::netdev::NetdevSpec;
-use qmp_gateway::net::nic::NicSpec;
 use qmp_gateway::qmp::server::{Server, ServerOptions};
 use qmp_gateway::sockets::bind_private;
 use qmp_gateway::startup;
@@ -80,10 +80,11 @@ struct Args {
     /// several times.
     #[arg(long, value_parser = |s: &str| NetdevSpec::parse_cli(s))]
     netdev: Vec<NetdevSpec>,
-    /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56]`; its queue
-    /// pairs are the netdev's queues. May be given several times.
-    #[arg(long, value_parser = |s: &str| s.parse::<NicSpec>())]
-    device: Vec<NicSpec>,
+    /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56]`, its queue
+    /// pairs the netdev's queues; or the balloon (one at most):
+    /// `virtio-balloon-pci[,id=NAME]`. May be given several times.
+    #[arg(long, value_parser = |s: &str| s.parse::<DeviceSpec>())]
+    device: Vec<DeviceSpec>,
     /// The vmm-core binary (default: next to this one).
     #[arg(long)]
     vmm_core: Option<PathBuf>,
@@ -267,7 +268,9 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let mut vm = OpenedVm::open(&args.vm)?;
     cleanup.sockets.extend(vm.console_socket.clone());
     // Every device is checked before any process starts (the netdevs are opened).
-    let netdevs = startup::check(&args.drive, &args.netdev, &args.device)?;
+    let (nics, balloon) =
+        balloon::split(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let netdevs = startup::check(&args.drive, &args.netdev, &nics)?;
 
     if args.sandbox != Mode::Off {
         ids::configure(args.sandbox_ids)?;
@@ -332,12 +335,24 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     for netdev in netdevs {
         gw.net.add_netdev(netdev)?;
     }
-    for spec in &args.device {
+    for spec in &nics {
         let (ticket, slot) = gw.devices.lock().launch(Model::Net, spec.id.as_deref())?;
         let placed = (slot, ticket.qom_path.clone());
         let (nic, stream) = gw.net.add_nic(spec, placed)?;
         gw.devices.lock().added(&ticket, Backend::Nic(nic.clone()));
         vm.add_nic(nic, stream);
+    }
+    // The balloon is vmm-core's own device, in the next slot.
+    if let Some(b) = balloon {
+        let (ticket, slot) = gw.devices.lock().launch(Model::Balloon, b.id.as_deref())?;
+        let launch = ipc::BalloonLaunch {
+            slot: Some(slot),
+            qdev_id: b.id.unwrap_or_default(),
+        };
+        gw.devices
+            .lock()
+            .added(&ticket, Backend::Balloon(launch.clone()));
+        vm.config.balloon = Some(launch);
     }
     vm.config.incoming = args.incoming.is_some();
     gw.migrator.set_shape(vm.shape());

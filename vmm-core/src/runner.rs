@@ -14,6 +14,7 @@ use ipc::{
 };
 
 use crate::control::Control;
+use crate::devices::virtio_balloon::BalloonHandle;
 use crate::error::VmError;
 use crate::events::VmEvent;
 use crate::hotplug::HotplugError;
@@ -185,6 +186,11 @@ impl Runner<'_> {
             Some(c) => c.event(event),
             None => log::debug!("{event:?}"),
         }
+    }
+
+    /// The balloon, unless the VM has none (or the guest ejected it).
+    fn balloon(&self) -> Option<&BalloonHandle> {
+        self.vm.balloon.as_ref().filter(|b| b.present())
     }
 
     fn set_state(&mut self, state: RunState) {
@@ -539,14 +545,14 @@ impl Runner<'_> {
                 Some(n) => hand_over(n.handover.as_ref(), fds, &format!("NIC {nic}")),
                 None => Err(RemoteError::generic(format!("no NIC {nic}"))),
             },
-            VmmRequest::BalloonTarget { pages } => match &self.vm.balloon {
+            VmmRequest::BalloonTarget { pages } => match self.balloon() {
                 Some(balloon) => {
                     balloon.set_target(pages);
                     Ok(VmmReply::Done)
                 }
                 None => Err(no_balloon()),
             },
-            VmmRequest::QueryBalloon => match &self.vm.balloon {
+            VmmRequest::QueryBalloon => match self.balloon() {
                 Some(balloon) => Ok(VmmReply::Balloon {
                     actual_bytes: balloon.actual_bytes(),
                 }),

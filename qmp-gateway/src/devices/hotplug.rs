@@ -174,8 +174,13 @@ impl Gateway {
             Backend::Nic(l) => {
                 self.net.remove_nic(&l.id);
             }
-            // vmm-core's own: nothing of it runs here.
-            Backend::Balloon(_) => {}
+            // vmm-core's own: nothing of it runs here. The VM has no balloon any more:
+            // balloon and query-balloon say so, and a new vmm-core makes none.
+            Backend::Balloon(_) => {
+                if let Some(vm) = self.vmm_child.launch.lock().as_mut() {
+                    vm.config.balloon = None;
+                }
+            }
         }
     }
 

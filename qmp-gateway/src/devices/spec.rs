@@ -20,6 +20,9 @@ pub const MAX_QUEUES: u32 = 16;
 pub enum Model {
     Blk,
     Net,
+    /// The balloon: only from the command line (vmm-core's own device, no backend to
+    /// start); device_add does not make one.
+    Balloon,
 }
 
 impl Model {
@@ -28,6 +31,7 @@ impl Model {
         match self {
             Model::Blk => "virtio-blk-pci",
             Model::Net => "virtio-net-pci",
+            Model::Balloon => "virtio-balloon-pci",
         }
     }
 
@@ -37,6 +41,7 @@ impl Model {
         match self {
             Model::Blk => "virtio-blk-device",
             Model::Net => "virtio-net-device",
+            Model::Balloon => "virtio-balloon-device",
         }
     }
 
@@ -201,6 +206,8 @@ impl DeviceSpec {
                 }
                 Ok(Props::Net(p))
             }
+            // Not a driver device_add knows (by_name): never read.
+            Model::Balloon => Err(DeviceError::UnknownDriver(model.typename().into())),
         }
     }
 }

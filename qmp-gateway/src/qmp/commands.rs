@@ -6,6 +6,7 @@
 use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
+use super::handlers::balloon;
 use super::handlers::devices;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
@@ -163,11 +164,12 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::client_migrate_info),
         EMPTY,
     ),
-    absent("balloon", &Typed(absent::balloon::<absent::Balloon>), EMPTY),
-    absent(
+    cmd("balloon", &Typed(balloon::balloon), EMPTY, V),
+    cmd(
         "query-balloon",
-        &Typed(absent::balloon::<NoArgs>),
+        &Typed(balloon::query_balloon),
         Ty::Named("BalloonInfo"),
+        V,
     ),
     absent("query-tpm", &Typed(absent::empty_list), ANY_LIST),
     absent(

@@ -64,6 +64,12 @@ const fn action(names: &'static [&'static str], qmp: &'static str) -> HmpCommand
 /// subcommands in this order).
 pub const HMP: &[HmpCommand] = &[
     info(
+        &["info balloon"],
+        "query-balloon",
+        super::balloon::info_balloon,
+        "show balloon information",
+    ),
+    info(
         &["info cpus"],
         "query-cpus-fast",
         info_cpus,
@@ -131,6 +137,15 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
             ))
         }
     };
+    // `balloon` takes its argument (MiB): handlers/balloon.rs reads it as QEMU does.
+    if let Some(("balloon", arguments)) =
+        a.command_line.trim_start().split_once(char::is_whitespace)
+    {
+        return Ok(hmp_text(super::balloon::hmp_balloon(c, arguments)));
+    }
+    if a.command_line.trim() == "balloon" {
+        return Ok(hmp_text(super::balloon::hmp_balloon(c, "")));
+    }
     let mut words = a.command_line.split_whitespace();
     // Words after the command's own are ignored, as QEMU ignores them.
     let name = match (words.next(), words.next()) {
@@ -328,7 +343,8 @@ mod tests {
     fn info_lists_its_commands_as_qemu_does() {
         assert_eq!(
             info_help(),
-            "info cpus  -- show infos for each CPU\n\
+            "info balloon  -- show balloon information\n\
+             info cpus  -- show infos for each CPU\n\
              info kvm  -- show KVM information\n\
              info migrate_capabilities  -- show current migration capabilities\n\
              info migrate_parameters  -- show current migration parameters\n\

@@ -1,6 +1,7 @@
 //! The commands' handlers, by area; each takes its command's typed arguments.
 
 pub mod absent;
+pub mod balloon;
 pub mod bitmaps;
 pub mod block;
 pub mod devices;

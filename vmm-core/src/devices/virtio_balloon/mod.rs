@@ -286,10 +286,16 @@ impl VirtioDevice for Balloon {
 
     fn unplug(&mut self) {
         self.stop();
+        self.shared.state.lock().unplugged = true;
     }
 }
 
 impl BalloonHandle {
+    /// Whether the device is still there (the guest has not ejected it).
+    pub fn present(&self) -> bool {
+        !self.shared.state.lock().unplugged
+    }
+
     /// QMP balloon: the balloon should hold `pages`; the driver hears of it by a
     /// configuration change (once it is up: before, it reads num_pages when it comes).
     pub fn set_target(&self, pages: u32) {
@@ -549,10 +555,13 @@ mod tests {
     fn a_stopped_vm_leaves_requests_in_the_ring_and_a_restore_resumes_them() {
         let mut rig = Rig::new();
         let handle = rig.balloon.handle();
+        // One request served, then the VM stops and another waits.
+        rig.request(INFLATEQ, &pfn_bytes(&[399]), 4);
+        rig.wait_used(INFLATEQ);
         handle.set_running(false);
         rig.request(INFLATEQ, &pfn_bytes(&[400]), 4);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(rig.used(INFLATEQ), 0, "served while stopped");
+        assert_eq!(rig.used(INFLATEQ), 1, "served while stopped");
         // The state as saved now: nothing taken yet.
         handle.set_target(7);
         rig.balloon.write_config(ACTUAL, &5u32.to_le_bytes());
@@ -569,10 +578,11 @@ mod tests {
         there.resume(0, &queues).unwrap();
         there.handle().set_running(true);
         rig.wait_used(INFLATEQ);
+        // Only the waiting one: the first is not served again.
         assert_eq!(there.handle().counters().given_back, 1);
         // Its state says where the rings are now.
         let again: BalloonState = state::decode("t", &there.save_state()).unwrap();
-        assert_eq!(again.rings, Some([(1, 1), (0, 0)]));
+        assert_eq!(again.rings, Some([(2, 2), (0, 0)]));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct State {
     pub warned: Warned,
     /// Raises the configuration-change interrupt.
     pub config_changed: Option<ConfigChanged>,
+    /// The guest ejected the device: the VM has no balloon any more.
+    pub unplugged: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,6 +90,7 @@ impl Shared {
                 counters: Counters::default(),
                 warned: Warned::default(),
                 config_changed: None,
+                unplugged: false,
             }),
             wake: EventFd::new(EFD_NONBLOCK)?,
             ram_size,

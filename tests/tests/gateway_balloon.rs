@@ -254,3 +254,37 @@ fn a_vmm_upgrade_keeps_the_balloon() {
     assert_eq!(free(&back), free(&ready), "{inflated}");
     assert_eq!(qmp.ok("query-balloon", json!({})), json!({"actual": RAM}));
 }
+
+/// A migration with pages in the balloon: the destination's device has the target and the
+/// actual, its guest RAM holds none of the ballooned pages (the source sent them as
+/// zeroes, which a destination does not write), and it serves the guest's deflate.
+#[test]
+fn a_migration_carries_the_balloon_and_not_its_pages() {
+    use flotilla_tests::migration::{destination, expect_completed, free_port, wait_for_status};
+    let step = Duration::from_secs(30);
+    let mut source = Gateway::start_with(1, CMDLINE, &["--device", BALLOON]);
+    let mut s = source.client();
+    source.vm.expect_prefix("GUEST BALLOON READY", step);
+    s.ok("balloon", json!({"value": RAM - 32 * MIB as i64}));
+    source.vm.expect_prefix("GUEST BALLOON actual=8192", step);
+    let held = guest_ram_held(source.vmm_pid());
+    let port = free_port();
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let mut dest = destination(1, CMDLINE, &incoming, &["--device", BALLOON]);
+    let mut d = dest.client();
+    s.ok("migrate", json!({"uri": incoming}));
+    expect_completed(&mut s, &source.vm);
+    wait_for_status(&mut d, "running");
+    let actual = json!({"actual": RAM - 32 * MIB as i64});
+    assert_eq!(d.ok("query-balloon", json!({})), actual);
+    let there = guest_ram_held(dest.vmm_pid());
+    assert!(
+        there <= held + MIB,
+        "the destination holds {there} bytes of guest RAM, the source {held}"
+    );
+    d.ok("balloon", json!({"value": RAM}));
+    let deflated = dest.vm.expect_prefix("GUEST BALLOON DEFLATED", step);
+    assert!(deflated.ends_with("pages=8192 zeroed=8192"), "{deflated}");
+    dest.vm.expect_prefix("GUEST BALLOON actual=0", step);
+    assert_eq!(d.ok("query-balloon", json!({})), json!({"actual": RAM}));
+}

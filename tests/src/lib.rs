@@ -7,6 +7,7 @@
 
 pub mod balloon;
 pub mod blk;
+pub mod cpu_hotplug;
 pub mod linux;
 pub mod migration;
 pub mod net;

@@ -23,8 +23,8 @@
 //! `GUEST MIG round R ok ...`, `GUEST MIG blk N ok ...`, `GUEST MIG net N ok ...`,
 //! `GUEST MIG selftest ...`, `GUEST MIG done ...` and `GUEST ERROR mig ...`
 //! (scenarios/migrate/), the balloon scenario's `GUEST BALLOON ...` (scenarios/balloon.rs),
-//! and pci-hotplug's `GUEST HOTPLUG ...` (scenarios/hotplug/); `GUEST INFO ...` lines are
-//! diagnostics.
+//! pci-hotplug's `GUEST HOTPLUG ...` (scenarios/hotplug/) and cpu-hotplug's `GUEST CPU ...`
+//! (scenarios/cpu_hotplug.rs); `GUEST INFO ...` lines are diagnostics.
 
 #![no_std]
 #![no_main]

@@ -400,12 +400,24 @@ pub fn edge_gpe(name: NameSeg) -> Option<u8> {
 /// whole ACPI table, header included). MethodOp is a common byte in AML data, so candidates
 /// that do not decode are not reported.
 pub fn edge_gpe_methods(table: &[u8], gpes: &mut [u64; 4]) {
+    gpe_methods(table, None, gpes);
+}
+
+/// As [`edge_gpe_methods`], only the methods whose body names `callee` (the method the
+/// event runs: QEMU's `\_GPE._E02` is `\_SB.CPUS.CSCN ()`).
+pub fn edge_gpe_methods_calling(table: &[u8], callee: NameSeg, gpes: &mut [u64; 4]) {
+    gpe_methods(table, Some(callee), gpes);
+}
+
+fn gpe_methods(table: &[u8], callee: Option<NameSeg>, gpes: &mut [u64; 4]) {
     for at in (TABLE_HEADER..table.len()).filter(|&i| table[i] == METHOD_OP) {
         let Ok((end, name_at)) = package(table, at + 1) else {
             continue;
         };
-        if let Ok((Some(name), _)) = name_string(&table[..end], name_at) {
-            if let Some(gpe) = edge_gpe(name) {
+        if let Ok((Some(name), taken)) = name_string(&table[..end], name_at) {
+            let body = table.get(name_at + taken..end).unwrap_or_default();
+            let calls = callee.is_none_or(|c| body.windows(4).any(|w| w == c));
+            if let (Some(gpe), true) = (edge_gpe(name), calls) {
                 gpes[usize::from(gpe / 64)] |= 1 << (gpe % 64);
             }
         }

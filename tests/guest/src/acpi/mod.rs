@@ -3,14 +3,15 @@
 //! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for drivers/pci/) and the DSDT's `\_S5_`;
 //! the DSDT and SSDTs are kept for the AML scans of pcihp.rs. The result is a write-once static
 //! that the rest of the kernel reads; power.rs acts on it (ACPI mode, soft-off, reset, the
-//! power button and the SCI), gpe.rs and pcihp.rs on the general-purpose events and ACPI PCI
-//! hotplug.
+//! power button and the SCI), gpe.rs, pcihp.rs and cpuhp.rs on the general-purpose events
+//! and ACPI PCI and CPU hotplug.
 //!
 //! A table with a bad checksum is reported (`GUEST ERROR acpi checksum ...`) and still used,
 //! as Linux does, so that one bad byte does not also take power-off away.
 
 pub mod aml_fields;
 pub mod aml_s5;
+pub mod cpuhp;
 pub mod fadt;
 pub mod gas;
 pub mod gpe;

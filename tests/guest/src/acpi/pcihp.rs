@@ -146,9 +146,9 @@ pub struct Hotplug {
 
 /// One table with its name for messages (`DSDT`, `SSDT1`...).
 #[derive(Clone, Copy)]
-struct Table {
-    bytes: &'static [u8],
-    name: &'static str,
+pub(super) struct Table {
+    pub(super) bytes: &'static [u8],
+    pub(super) name: &'static str,
 }
 
 const SSDT_NAMES: [&str; MAX_SSDTS] = [
@@ -217,7 +217,30 @@ fn unit(tables: &[Table], name: NameSeg, required: bool) -> Result<Option<(Field
 
 /// Where the field unit `name` is in I/O space: Ok(None) if there is none and it is not
 /// `required`, Err after an error line (also when an optional one is there but unusable).
-fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Result<Option<IoField>, ()> {
+pub(super) fn io_field(
+    tables: &[Table],
+    name: NameSeg,
+    required: bool,
+) -> Result<Option<IoField>, ()> {
+    locate(tables, name, required, false)
+}
+
+/// As [`io_field`], for a field that may also be a few bits of its units (cpuhp.rs's
+/// flags: CINS is one bit of a byte), at most 32 bits in at most 4 bytes.
+pub(super) fn io_bits(
+    tables: &[Table],
+    name: NameSeg,
+    required: bool,
+) -> Result<Option<IoField>, ()> {
+    locate(tables, name, required, true)
+}
+
+fn locate(
+    tables: &[Table],
+    name: NameSeg,
+    required: bool,
+    bits: bool,
+) -> Result<Option<IoField>, ()> {
     let Some((field, table)) = unit(tables, name, required)? else {
         return Ok(None);
     };
@@ -267,7 +290,12 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Result<Option<Io
         _ => 0,
     };
     let whole = field.bit_offset % 8 == 0 && matches!(field.bit_width, 8 | 16 | 32);
-    if !whole || !matches!(access_bytes, 1 | 2 | 4) {
+    let some_bits = bits && (1..=32).contains(&field.bit_width) && {
+        let first = field.bit_offset / 8 / access_bytes.max(1);
+        let last = (field.bit_offset + field.bit_width - 1) / 8 / access_bytes.max(1);
+        (last - first + 1) * access_bytes <= 4
+    };
+    if !(whole || some_bits) || !matches!(access_bytes, 1 | 2 | 4) {
         error()
             .s("field ")
             .ascii(&name)
@@ -332,7 +360,8 @@ fn io_field(tables: &[Table], name: NameSeg, required: bool) -> Result<Option<Io
     }))
 }
 
-fn find_in(acpi: &Acpi) -> Option<Hotplug> {
+/// The DSDT and the SSDTs, and how many there are; None after an error line without a DSDT.
+pub(super) fn tables(acpi: &Acpi) -> Option<([Table; 1 + MAX_SSDTS], usize)> {
     let Some(dsdt) = acpi.dsdt else {
         error().s("no DSDT").end();
         return None;
@@ -348,6 +377,11 @@ fn find_in(acpi: &Acpi) -> Option<Hotplug> {
             count += 1;
         }
     }
+    Some((tables, count))
+}
+
+fn find_in(acpi: &Acpi) -> Option<Hotplug> {
+    let (tables, count) = tables(acpi)?;
     let tables = &tables[..count];
     let up = io_field(tables, *b"PCIU", true);
     let down = io_field(tables, *b"PCID", true);

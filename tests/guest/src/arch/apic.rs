@@ -1,5 +1,5 @@
-//! The local APIC in xAPIC (MMIO) mode: enabling it, EOI, and the INIT/SIPI inter-processor
-//! interrupts that start the APs. The register base comes from the MADT (default 0xfee00000).
+//! The local APIC in xAPIC (MMIO) mode: enabling it, EOI, the INIT/SIPI inter-processor
+//! interrupts that start the APs, and a fixed one that wakes an AP. The register base comes from the MADT (default 0xfee00000).
 
 use crate::arch::cpu::{rdmsr, wrmsr};
 use crate::arch::phys::{mmio_read, mmio_write};
@@ -108,6 +108,11 @@ fn send_ipi(apic_id: u32, low: u32) -> bool {
 /// INIT IPI (level assert): puts the target in wait-for-SIPI.
 pub fn send_init(apic_id: u32) -> bool {
     send_ipi(apic_id, ICR_INIT | ICR_LEVEL_ASSERT)
+}
+
+/// A fixed interrupt on `vector` to the CPU with `apic_id` (wakes it from HLT).
+pub fn send_fixed(apic_id: u32, vector: u8) -> bool {
+    send_ipi(apic_id, ICR_LEVEL_ASSERT | u32::from(vector))
 }
 
 /// STARTUP IPI: the target starts in real mode at `page << 12`.

@@ -39,6 +39,24 @@ pub fn assign(index: usize, apic_id: u32) {
     APIC_IDS[index].store(apic_id, Ordering::Relaxed);
 }
 
+/// The lowest index (not the BSP's) with no APIC ID yet, for a CPU started later.
+pub fn free_index() -> Option<usize> {
+    (1..MAX_CPUS).find(|&i| APIC_IDS[i].load(Ordering::Relaxed) == NO_APIC_ID)
+}
+
+/// The APIC ID of CPU `index`, if it has one.
+pub fn apic_id(index: usize) -> Option<u32> {
+    let id = APIC_IDS.get(index)?.load(Ordering::Relaxed);
+    (id != NO_APIC_ID).then_some(id)
+}
+
+/// The index of the CPU with this APIC ID, if it has one.
+pub fn index_of(apic_id: u32) -> Option<usize> {
+    APIC_IDS
+        .iter()
+        .position(|slot| slot.load(Ordering::Relaxed) == apic_id)
+}
+
 /// Forgets the APIC ID of CPU `index` (an AP that never started).
 pub fn unassign(index: usize) {
     APIC_IDS[index].store(NO_APIC_ID, Ordering::Relaxed);

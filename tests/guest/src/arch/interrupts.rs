@@ -1,13 +1,14 @@
 //! The IDT, one entry stub per vector, and the common dispatcher: CPU exceptions (ring 0 ->
 //! `GUEST PANIC` and halt; ring 3 -> handed to user.rs), the ACPI SCI, the local APIC timer
-//! (a wake-up source for timed halts), the counted vectors handed out by [`alloc_vector`]
-//! (MSI-X), the APIC's spurious vector, and anything unexpected (error line, EOI, carry on).
+//! (a wake-up source for timed halts), the wake-up IPI (ap_work.rs), the counted vectors
+//! handed out by [`alloc_vector`] (MSI-X), the APIC's spurious vector, and anything
+//! unexpected (error line, EOI, carry on).
 //! The fixed vectors are in vectors.rs, the saved registers in frame.rs.
 
 use crate::acpi::power;
 use crate::arch::frame::Frame;
 use crate::arch::gdt::KERNEL_CS;
-use crate::arch::vectors::{SCI_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::arch::vectors::{SCI_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR, WAKE_VECTOR};
 use crate::arch::{apic, cpu, user};
 use crate::console;
 use crate::sync::Global;
@@ -27,6 +28,7 @@ const STUB_SIZE: u64 = 16;
 const FILLED_VECTORS: usize = 0x40;
 const _: () = assert!((SCI_VECTOR as usize) < FILLED_VECTORS);
 const _: () = assert!((TIMER_VECTOR as usize) < FILLED_VECTORS);
+const _: () = assert!((WAKE_VECTOR as usize) < FILLED_VECTORS);
 const _: () = assert!(COUNTED_FIRST as usize >= FILLED_VECTORS);
 
 static NEXT_COUNTED: AtomicU8 = AtomicU8::new(COUNTED_FIRST);
@@ -187,7 +189,8 @@ extern "C" fn dispatch(frame: &mut Frame) {
             exception_panic(frame);
         }
         v if v == u64::from(SCI_VECTOR) => power::sci_interrupt(),
-        v if v == u64::from(TIMER_VECTOR) => apic::eoi(),
+        // Both only wake a halted CPU.
+        v if v == u64::from(TIMER_VECTOR) || v == u64::from(WAKE_VECTOR) => apic::eoi(),
         v if (u64::from(COUNTED_FIRST)..u64::from(COUNTED_END)).contains(&v) => {
             COUNTS[(v - u64::from(COUNTED_FIRST)) as usize].fetch_add(1, Ordering::AcqRel);
             apic::eoi();

@@ -6,12 +6,16 @@
 //! image) -> long mode on the BSP's page tables -> claims its stack from `AP_BOOT_SLOT` ->
 //! `ap_main`. The slot is claimed with an atomic exchange, so an AP that starts after the BSP
 //! gave up on it finds the slot empty and parks instead of sharing another AP's stack.
+//!
+//! A CPU that appears later (ACPI CPU hotplug) starts the same way ([`start_later`]), with the
+//! next free index of the CPU table (its own stack, TSS and GDT entries) and the trampoline
+//! page chosen at boot. An AP's idle loop serves its mailbox (ap_work.rs) whenever woken.
 
 use crate::acpi::Acpi;
 use crate::arch::cpus::{self, MAX_CPUS};
 use crate::arch::gdt::{GDT, GDT_LIMIT, KERNEL_CS32};
 use crate::arch::start_info::BootInfo;
-use crate::arch::{apic, cpu, gdt, interrupts, pit, topology};
+use crate::arch::{ap_work, apic, cpu, gdt, interrupts, pit, topology};
 use crate::console;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +29,9 @@ const AP_ONLINE_TIMEOUT_US: u64 = 1_000_000;
 
 /// Index of the AP allowed to start next (0 = none): taken by the AP with `xchg`.
 static AP_BOOT_SLOT: AtomicU64 = AtomicU64::new(0);
+/// The trampoline's page (0: there is none), chosen at boot, kept for CPUs started later
+/// (nothing else uses RAM below 1 MiB).
+static TRAMPOLINE_PAGE: AtomicU64 = AtomicU64::new(0);
 
 global_asm!(
     // --- Real-mode trampoline: copied to a page below 1 MiB; CS = page, IP = 0.
@@ -100,6 +107,8 @@ extern "C" fn ap_main(index: u64) -> ! {
     topology::check_this_cpu(index);
     cpus::mark_online(index);
     loop {
+        cpu::disable_interrupts();
+        ap_work::serve(index);
         cpu::enable_interrupts_and_halt();
     }
 }
@@ -142,24 +151,16 @@ pub fn start_aps(acpi: &Acpi, boot: &BootInfo) -> u32 {
         apic_ids[count] = entry.apic_id;
         cpus::assign(count, entry.apic_id);
     }
+    let page = trampoline_page(boot, trampoline().1);
+    TRAMPOLINE_PAGE.store(page.unwrap_or(0), Ordering::Relaxed);
     if count == 0 {
         return cpus::online_count();
     }
-
-    let (start, end) = (
-        &raw const flotilla_ap_trampoline as u64,
-        &raw const flotilla_ap_trampoline_end as u64,
-    );
-    let len = end - start;
-    let Some(page) = trampoline_page(boot, len) else {
+    let Some(page) = page else {
         console::error("no free RAM page below 1 MiB for the AP trampoline").end();
         return cpus::online_count();
     };
-    // SAFETY: `page` is free RAM (memory map) below 1 MiB, identity mapped; the source is the
-    // trampoline in .rodata.
-    unsafe {
-        core::ptr::copy_nonoverlapping(start as *const u8, page as usize as *mut u8, len as usize);
-    }
+    copy_trampoline(page);
 
     // INIT every AP, one wait, then SIPI them one at a time.
     for &apic_id in &apic_ids[1..=count] {
@@ -176,6 +177,67 @@ pub fn start_aps(acpi: &Acpi, boot: &BootInfo) -> u32 {
         start_one(index, apic_id, vector);
     }
     cpus::online_count()
+}
+
+/// The trampoline's address in the image and its length.
+fn trampoline() -> (u64, u64) {
+    let (start, end) = (
+        &raw const flotilla_ap_trampoline as u64,
+        &raw const flotilla_ap_trampoline_end as u64,
+    );
+    (start, end - start)
+}
+
+fn copy_trampoline(page: u64) {
+    let (start, len) = trampoline();
+    // SAFETY: `page` is free RAM (memory map) below 1 MiB, identity mapped, kept for the
+    // trampoline; the source is the trampoline in .rodata.
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, page as usize as *mut u8, len as usize);
+    }
+}
+
+/// Starts the CPU with `apic_id` now (one that appeared after boot): INIT, SIPI, SIPI with
+/// the next free index. Its index once online; None after an error line.
+pub fn start_later(apic_id: u32) -> Option<usize> {
+    let fail = |what: &str| {
+        console::error("cpu apic_id=")
+            .dec(u64::from(apic_id))
+            .s(" ")
+            .s(what)
+            .end();
+        None
+    };
+    if apic_id > 0xfe {
+        return fail("cannot be started in xAPIC mode");
+    }
+    if apic::in_x2apic_mode() {
+        return fail("cannot be started: the BSP's APIC is in x2APIC mode");
+    }
+    let page = TRAMPOLINE_PAGE.load(Ordering::Relaxed);
+    if page == 0 {
+        return fail("cannot be started: no free RAM page below 1 MiB for the AP trampoline");
+    }
+    let Some(index) = cpus::free_index() else {
+        console::error("cpu apic_id=")
+            .dec(u64::from(apic_id))
+            .s(" exceeds MAX_CPUS=")
+            .dec(MAX_CPUS as u64)
+            .end();
+        return None;
+    };
+    // Written again: the page is ours, but a fresh copy costs nothing.
+    copy_trampoline(page);
+    cpus::assign(index, apic_id);
+    if !apic::send_init(apic_id) {
+        console::error("INIT to apic_id=")
+            .dec(u64::from(apic_id))
+            .s(" not delivered")
+            .end();
+    }
+    pit::delay_us(INIT_DELAY_US);
+    start_one(index, apic_id, (page >> 12) as u8);
+    cpus::is_online(index).then_some(index)
 }
 
 fn start_one(index: usize, apic_id: u32, vector: u8) {

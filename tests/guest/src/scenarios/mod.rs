@@ -8,7 +8,8 @@
 //!   `triple-fault` and `cmpxchg16b` the VMM's (ring3.rs, failures.rs);
 //! - `pci-list` (pci.rs, with the PCI set-up every device scenario starts with);
 //! - `pci-hotplug` (hotplug/): ACPI PCI hotplug of bus 0, virtio-blk and virtio-net devices
-//!   added and removed while it runs;
+//!   added and removed while it runs; `cpu-hotplug` (cpu_hotplug.rs): ACPI CPU hotplug, the
+//!   CPUs added started and given work;
 //! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
 //!   `balloon` (virtio-balloon) in balloon.rs;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
@@ -18,6 +19,7 @@
 
 mod balloon;
 mod blk;
+mod cpu_hotplug;
 mod failures;
 mod hotplug;
 mod idle;
@@ -37,6 +39,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(name) if net::handles(name) => net::run(name, acpi, cmdline),
         Some(b"pci-list") => pci::list(acpi, cmdline),
         Some(b"pci-hotplug") => hotplug::run(acpi, cmdline),
+        Some(b"cpu-hotplug") => cpu_hotplug::run(acpi, cmdline),
         Some(b"balloon") => balloon::run(acpi, cmdline),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),

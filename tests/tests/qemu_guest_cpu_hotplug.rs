@@ -1,0 +1,30 @@
+//! ACPI CPU hotplug of the test guest's `cpu-hotplug` scenario (tests/guest/src/scenarios/
+//! cpu_hotplug.rs) under QEMU 7.2's `-M pc -smp 1,maxcpus=4`, the machine whose register
+//! interface vmm-core follows; gateway_cpu_hotplug.rs runs the same scenario on Flotilla.
+//!
+//! What QEMU 7.2 does (seen here, with `-cpu host,-arch-capabilities`):
+//! - query-hotpluggable-cpus lists every possible CPU, newest first: props socket-id 0,
+//!   core-id 3..0, thread-id 0 (one socket of four cores: QEMU prefers cores since 6.2),
+//!   "vcpus-count": 1, "type": "host-x86_64-cpu", and "qom-path" for the ones there
+//!   (CPU 0: /machine/unattached/device[0]; added ones: /machine/peripheral/ID or
+//!   /machine/peripheral-anon/device[N]). With maxcpus equal to the CPUs, only those.
+//! - device_add answers {} at once; the CPU's insert event (CINS) and GPE 2 are set and the
+//!   SCI raised; the guest finds it with command 0, its APIC ID (= core-id) with command 3,
+//!   and starts it with INIT/SIPI/SIPI. query-cpus-fast lists it at once, with its own
+//!   thread. cpu-add, cpu and query-cpus are CommandNotFound there (gone since QEMU 5/6).
+//! - The register block starts in legacy mode: the guest's write of 0 to the selector
+//!   switches it (without it no event is ever found).
+
+use flotilla_tests::cpu_hotplug::{self, CMDLINE};
+use flotilla_tests::qemu::Qemu;
+use serde_json::json;
+
+#[test]
+fn cpus_added_come_online_and_run_work() {
+    let smp = format!("1,maxcpus={}", cpu_hotplug::MAX_CPUS);
+    let mut qemu = Qemu::pc_guest(CMDLINE, &["-smp", &smp]);
+    let mut qmp = qemu.client();
+    qmp.ok("cont", json!({}));
+    cpu_hotplug::scenario(&mut qemu.vm, &mut qmp);
+    cpu_hotplug::no_errors(&qemu.vm);
+}

@@ -942,7 +942,7 @@ pub const TYPES: Types = Types(&[
     },
     TypeDef {
         name: "ObjectType",
-        kind: TypeKind::Enum(super::object_add::QEMU_OBJECT_TYPES),
+        kind: TypeKind::Enum(crate::objects::QEMU_OBJECT_TYPES),
     },
     TypeDef {
         name: "IothreadProperties",

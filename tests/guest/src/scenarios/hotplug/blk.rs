@@ -86,9 +86,13 @@ fn transfer(dev: &mut BlkDevice, slot: u8, op: Op, addr: u64) -> bool {
     true
 }
 
-/// One FLUSH or GET_ID; false after an error line.
+/// One FLUSH, GET_ID or (`len` bytes from sector 0) read; false after an error line.
 fn request(dev: &mut BlkDevice, slot: u8, op: Op, addr: u64) -> bool {
-    let len = if op == Op::GetId { ID_BYTES } else { 0 };
+    let len = match op {
+        Op::GetId => ID_BYTES,
+        Op::Read => SECTOR as u32,
+        _ => 0,
+    };
     let request = Request {
         op,
         sector: 0,
@@ -126,6 +130,14 @@ fn check(dev: &mut BlkDevice, slot: u8, seed: u64, buffer: u64) -> Option<&'stat
     if dev.has(F_RO) {
         return refuse("is read-only (VIRTIO_BLK_F_RO)");
     }
+    // The first I/O on the new disk, on its own line: the hotplug benchmark times
+    // device_add to here.
+    if !request(dev, slot, Op::Read, buffer) {
+        return None;
+    }
+    console::line("GUEST HOTPLUG BLK FIRST IO slot=")
+        .dec(u64::from(slot))
+        .end();
     in_ring3("pattern fill", || pattern::fill(buffer, 0, SECTORS, seed))?;
     if !transfer(dev, slot, Op::Write, buffer) {
         return None;

@@ -1,7 +1,13 @@
-//! One frontend connection: answers its vhost-user messages (features, memory table,
-//! rings, config, inflight region, postcopy) for the device, and keeps the worker's view
-//! of the rings current. Everything here is per connection and starts fresh with the
-//! next one; the device carries over.
+//! One frontend connection: answers its vhost-user messages (features, memory table and
+//! memory slots, rings, config, inflight region, postcopy) for the device, and keeps the
+//! worker's view of the rings current. Everything here is per connection and starts fresh
+//! with the next one; the device carries over.
+//!
+//! Guest memory is replaced whole by SET_MEM_TABLE, or a region at a time by ADD_MEM_REG and
+//! REM_MEM_REG (CONFIGURE_MEM_SLOTS: memory hot-added or removed while the rings run). Each
+//! change makes a new map: the worker picks it up at its next wake-up, and a request in
+//! flight keeps the map it was started with (an Arc), so its buffers stay mapped until it
+//! completes, whatever the frontend changed meanwhile.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -34,6 +40,8 @@ fn handler_error(e: impl std::fmt::Display) -> VhostError {
 }
 
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// Memory regions a frontend may give with memory slots (QEMU's VHOST_USER_MAX_RAM_SLOTS).
+pub(crate) const MAX_MEM_SLOTS: u64 = 512;
 const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
 /// Where one memory region of the frontend's address space lies in guest memory.
@@ -394,7 +402,8 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         let mut features = self.device.protocol_features()
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::LOG_SHMFD
-            | VhostUserProtocolFeatures::PAGEFAULT;
+            | VhostUserProtocolFeatures::PAGEFAULT
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
         if self.device.tracks_inflight() {
             features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         }
@@ -473,24 +482,80 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
         Ok(())
     }
 
-    // Memory slots (ADD_MEM_REG, REM_MEM_REG) are not offered (no CONFIGURE_MEM_SLOTS):
-    // the vhost crate refuses them, postcopy's included; the whole table comes in
-    // SET_MEM_TABLE.
     fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
-        Err(VhostError::InvalidOperation("memory slots are not offered"))
+        Ok(MAX_MEM_SLOTS)
     }
 
+    /// ADD_MEM_REG: one more region joins the current map (a region that overlaps one
+    /// there, in guest or frontend addresses, is refused). Not while postcopy listens: its
+    /// regions would have to be registered one by one, which is not done here (a frontend
+    /// that changes memory then gets an error).
     fn add_mem_region(
         &mut self,
-        _: &VhostUserSingleMemoryRegion,
-        _: File,
-        _: Option<bool>,
+        region: &VhostUserSingleMemoryRegion,
+        file: File,
+        postcopy_listening: Option<bool>,
     ) -> VhostResult<Option<VhostUserMemoryRegionBase>> {
-        Err(VhostError::InvalidOperation("memory slots are not offered"))
+        if postcopy_listening == Some(true)
+            || self.postcopy.as_ref().is_some_and(Postcopy::listening)
+        {
+            return Err(handler_error(
+                "memory slots are not taken while postcopy listens",
+            ));
+        }
+        if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
+            return Err(VhostError::InvalidParam);
+        }
+        let (guest, frontend, size) =
+            (region.guest_phys_addr, region.user_addr, region.memory_size);
+        let overlaps =
+            |a: u64, b: u64, len: u64| a < b.saturating_add(len) && b < a.saturating_add(size);
+        if size == 0
+            || self.mappings.iter().any(|m| {
+                overlaps(guest, m.guest_addr, m.size) || overlaps(frontend, m.frontend_addr, m.size)
+            })
+        {
+            return Err(VhostError::InvalidParam);
+        }
+        let mmap = region.mmap_region::<()>(file)?;
+        let added = Arc::new(
+            GuestRegionMmap::new(mmap, GuestAddress(guest)).ok_or(VhostError::InvalidParam)?,
+        );
+        let mem = match self.shared.memory() {
+            Some(mem) => mem.insert_region(added),
+            None => GuestMemoryMmap::from_arc_regions(vec![added]),
+        }
+        .map_err(handler_error)?;
+        self.mappings.push(Mapping {
+            frontend_addr: frontend,
+            size,
+            guest_addr: guest,
+        });
+        self.release_memory(Arc::new(mem))?;
+        Ok(None)
     }
 
-    fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
-        Err(VhostError::InvalidOperation("memory slots are not offered"))
+    /// REM_MEM_REG: the region at that guest address and of that size leaves the map (a
+    /// request in flight in it keeps the old map until it completes).
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        if self.postcopy.as_ref().is_some_and(Postcopy::listening) {
+            return Err(handler_error(
+                "memory slots are not taken while postcopy listens",
+            ));
+        }
+        let (guest, size) = (region.guest_phys_addr, region.memory_size);
+        let at = self
+            .mappings
+            .iter()
+            .position(|m| m.guest_addr == guest && m.size == size)
+            .ok_or(VhostError::InvalidParam)?;
+        let mem = self.shared.memory().ok_or(VhostError::InvalidParam)?;
+        let (mem, _) = mem
+            .remove_region(GuestAddress(guest), size)
+            .map_err(handler_error)?;
+        self.mappings.remove(at);
+        self.shared.set_memory(Arc::new(mem));
+        Ok(())
     }
 
     fn set_device_state_fd(

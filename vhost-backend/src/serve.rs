@@ -184,6 +184,8 @@ pub fn serve_forever_with_userfault<D: Device>(
 }
 
 #[cfg(test)]
+mod mem_slots_tests;
+#[cfg(test)]
 mod postcopy_tests;
 #[cfg(test)]
 pub(crate) mod tests;

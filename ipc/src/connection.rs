@@ -98,6 +98,8 @@ mod tests {
             request: VmmRequest::Launch(LaunchConfig {
                 memory_mib: 256,
                 cpus: 2,
+                max_cpus: 4,
+                added_cpus: vec![3],
                 cmdline: "scenario=poweroff".into(),
                 kernel_path: "/k".into(),
                 initrd_path: initrd.then(|| "/i".into()),

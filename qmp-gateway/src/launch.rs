@@ -54,6 +54,10 @@ impl OpenedVm {
     pub fn open(o: &VmArgs) -> Result<OpenedVm, LaunchError> {
         let kernel_path = o.kernel.as_deref().ok_or(LaunchError::NoKernel)?;
         let cpus = u32::try_from(o.cpus).map_err(LaunchError::Cpus)?;
+        let max_cpus = match o.max_cpus {
+            Some(max) => u32::try_from(max).map_err(LaunchError::Cpus)?,
+            None => cpus,
+        };
         let mut fds: Vec<OwnedFd> = Vec::new();
         let kvm = std::fs::OpenOptions::new()
             .read(true)
@@ -96,6 +100,8 @@ impl OpenedVm {
             config: LaunchConfig {
                 memory_mib: o.memory,
                 cpus,
+                max_cpus,
+                added_cpus: Vec::new(),
                 cmdline: o.cmdline.clone(),
                 kernel_path: path(kernel_path),
                 initrd_path: o.initrd.as_deref().map(path),

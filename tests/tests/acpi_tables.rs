@@ -6,6 +6,7 @@ use std::process::Command;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_core::boot::BootImage;
+use vmm_core::cpu::layout::CpuLayout;
 use vmm_core::memory::GuestRam;
 
 use flotilla_tests::{require_tool, test_guest, TempDir};
@@ -34,7 +35,7 @@ fn tables_in_memory(cpus: usize) -> Vec<(String, Vec<u8>)> {
     let ram = GuestRam::new(128).unwrap();
     let loaded = BootImage::open(&test_guest(), None, "")
         .unwrap()
-        .load(&ram, cpus)
+        .load(&ram, &CpuLayout::all(cpus as u32))
         .unwrap();
     let mem = ram.memory();
     let rsdp = read(mem, loaded.rsdp.0, 36);

@@ -6,6 +6,7 @@
 use linux_loader::bootparam::boot_params;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::{BootEntry, BootImage, KernelFormat};
+use vmm_core::cpu::layout::CpuLayout;
 use vmm_core::layout::{
     CMDLINE, EBDA_START, HIGH_RAM_START, MMIO_GAP_END, MMIO_GAP_START, PCI_ECAM, PCI_ECAM_SIZE,
     PML4, ZERO_PAGE,
@@ -26,7 +27,7 @@ fn load(memory_mib: u64, initrd: &[u8]) -> (GuestRam, vmm_core::boot::LoadedKern
     let image = BootImage::open(&kernel, Some(&initrd_path), CMDLINE_TEXT).unwrap();
     assert_eq!(image.format(), KernelFormat::BzImage);
     let ram = GuestRam::new(memory_mib).unwrap();
-    let loaded = image.load(&ram, 2).unwrap();
+    let loaded = image.load(&ram, &CpuLayout::all(2)).unwrap();
     (ram, loaded, std::fs::read(kernel).unwrap())
 }
 

@@ -34,6 +34,8 @@ fn power_button_powers_off_the_idle_guest() {
     let config = VmConfig {
         memory_mib: 128,
         cpus: 2,
+        max_cpus: 2,
+        added_cpus: Vec::new(),
         start_paused: false,
         incoming: false,
         ram: None,

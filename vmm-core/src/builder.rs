@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
@@ -16,9 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::attach::{AttachError, DiskConnection, NicConnection, Plug, Transports};
 use crate::boot::acpi::MAX_XAPIC_CPUS;
 use crate::boot::BootImage;
-use crate::cpu::{cpuid, msrs};
+use crate::cpu::layout::CpuLayout;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
+use crate::devices::cpu_hotplug::{CpuHotplug, SharedCpuHotplug};
 use crate::devices::gpe::{Gpe0, SharedGpe};
 use crate::devices::i8042::I8042;
 use crate::devices::pci::hotplug::PciHotplugIo;
@@ -35,14 +36,19 @@ use crate::layout::{
     ports, KVM_IDENTITY_MAP, KVM_TSS, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START,
 };
 use crate::memory::{GuestRam, MemoryError};
-use crate::vcpu::Vcpu;
+use crate::vcpu::{RecipeError, Vcpu, VcpuRecipe};
 use crate::vhost_user::deadline::FIRST_CONNECTION;
 use crate::vm::{DiskHandle, NicHandle, PowerOnChips, Vm};
 
 #[derive(Debug)]
 pub struct VmConfig {
     pub memory_mib: u64,
+    /// vCPUs 0 to cpus - 1 are there at boot.
     pub cpus: usize,
+    /// The most vCPUs the VM may have (CPU hotplug); at least `cpus`.
+    pub max_cpus: usize,
+    /// vCPUs added since the VM first booted (a live upgrade recreates them).
+    pub added_cpus: Vec<u32>,
     /// Keep the vCPUs stopped until a `Cont` request (run state "prelaunch").
     pub start_paused: bool,
     /// Memory and state come by migration: nothing is loaded into RAM.
@@ -62,7 +68,7 @@ pub fn build_vm(
     disks: Vec<DiskConnection>,
     nics: Vec<NicConnection>,
 ) -> Result<Vm, VmError> {
-    check_vcpu_count(&kvm, config.cpus)?;
+    let cpus = cpu_layout(&kvm, config)?;
     let ram = match &config.ram {
         Some(memfd) => GuestRam::from_memfd(
             memfd.try_clone().map_err(MemoryError::Memfd)?,
@@ -76,7 +82,7 @@ pub fn build_vm(
     let (events, events_rx) = EventSender::channel();
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
-    let platform = attach_platform_devices(&vm, &events, &console, &mut pio)?;
+    let platform = attach_platform_devices(&vm, &events, &console, &cpus, &mut pio)?;
     let pci = attach_pci_root(&events, platform.gpe.clone(), &mut pio, &mut mmio)?;
     let router = MsiRouter::new(vm.clone());
     let transports = Transports {
@@ -87,11 +93,12 @@ pub fn build_vm(
         within: FIRST_CONNECTION,
     };
     let (disks, nics) = attach_devices(&transports, disks, nics)?;
-    let vcpus = create_vcpus(&kvm, &vm, config.cpus)?;
+    let recipe = VcpuRecipe::new(&kvm, cpus.max()).map_err(recipe_error)?;
+    let vcpus = create_vcpus(&recipe, &vm, &cpus)?;
     let msr_list = kvm
         .get_msr_index_list()
         .map_err(kvm_err("reading the MSR index list"))?;
-    let readable_msrs = match vcpus.first() {
+    let readable_msrs = match vcpus.values().next() {
         Some(v) => {
             let v = v.lock();
             crate::cpu::state::readable_msrs(v.fd(), v.id as u32, msr_list.as_slice())
@@ -103,7 +110,7 @@ pub fn build_vm(
     // is loaded; a later reset loads the kernel.
     let loaded = match incoming {
         true => None,
-        false => Some(boot.load(&ram, config.cpus)?),
+        false => Some(boot.load(&ram, &cpus)?),
     };
     let vm = Vm {
         vm,
@@ -111,6 +118,9 @@ pub fn build_vm(
         boot,
         loaded,
         vcpus,
+        max_cpus: cpus.max(),
+        recipe,
+        cpu_hotplug: platform.cpu_hotplug,
         chips,
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -133,27 +143,52 @@ pub fn build_vm(
     Ok(vm)
 }
 
-fn check_vcpu_count(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
+/// The vCPUs the VM has and may have, checked against what KVM and the xAPIC allow.
+fn cpu_layout(kvm: &Kvm, config: &VmConfig) -> Result<CpuLayout, VmError> {
+    let (cpus, max) = (config.cpus, config.max_cpus);
     if cpus == 0 {
         return Err(VmError::NoVcpus);
     }
-    let max = kvm.get_max_vcpus();
-    if cpus > max {
+    if max < cpus {
+        return Err(VmError::MaxBelowCpus { max, cpus });
+    }
+    let kvm_max = kvm.get_max_vcpus();
+    if cpus > kvm_max {
         return Err(VmError::TooManyVcpus {
             requested: cpus,
-            max,
+            max: kvm_max,
         });
     }
-    if cpus > MAX_XAPIC_CPUS {
-        return Err(VmError::TooManyXapicIds(cpus));
+    if max > kvm_max {
+        return Err(VmError::TooManyMaxVcpus {
+            requested: max,
+            max: kvm_max,
+        });
     }
-    if cpus > kvm.get_nr_vcpus() {
+    if max > MAX_XAPIC_CPUS {
+        return Err(VmError::TooManyXapicIds(max));
+    }
+    let mut present: BTreeSet<u32> = (0..cpus as u32).collect();
+    for &index in &config.added_cpus {
+        if index as usize >= max || !present.insert(index) {
+            return Err(VmError::BadAddedCpu { index, cpus, max });
+        }
+    }
+    if max > kvm.get_nr_vcpus() {
         log::warn!(
-            "{cpus} vCPUs is more than the {} KVM recommends on this host; they will share host CPUs",
+            "{max} vCPUs is more than the {} KVM recommends on this host; they will share host CPUs",
             kvm.get_nr_vcpus()
         );
     }
-    Ok(())
+    Ok(CpuLayout::new(max as u32, present))
+}
+
+fn recipe_error(e: RecipeError) -> VmError {
+    match e {
+        RecipeError::Vcpu(e) => VmError::Vcpu(e),
+        RecipeError::Msrs(e) => VmError::Msrs(e),
+        RecipeError::Kvm { what, error } => VmError::Kvm(crate::error::KvmError { what, error }),
+    }
 }
 
 /// The KVM VM with guest RAM registered, the in-kernel irqchip and PIT.
@@ -188,14 +223,17 @@ struct Platform {
     serial: Arc<Mutex<SerialDevice>>,
     pm: Arc<Mutex<AcpiPm>>,
     gpe: SharedGpe,
+    cpu_hotplug: SharedCpuHotplug,
 }
 
 /// COM1 (its interrupt an irqfd), the ACPI PM and GPE blocks (sharing the SCI, a KVM IRQ
-/// line) and the i8042's reset line, on the port bus.
+/// line), the CPU hotplug registers (raising GPE 2) and the i8042's reset line, on the
+/// port bus.
 fn attach_platform_devices(
     vm: &Arc<VmFd>,
     events: &EventSender,
     console: &Console,
+    cpus: &CpuLayout,
     pio: &mut Bus,
 ) -> Result<Platform, VmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Serial)?;
@@ -218,6 +256,16 @@ fn attach_platform_devices(
         u64::from(ports::GPE0_BLK_LEN),
         gpe.clone(),
     )?;
+    let cpu_hotplug = Arc::new(Mutex::new(CpuHotplug::new(
+        cpus.max(),
+        cpus.present(),
+        Some(gpe.clone()),
+    )));
+    pio.insert(
+        u64::from(ports::CPU_HOTPLUG),
+        u64::from(ports::CPU_HOTPLUG_LEN),
+        cpu_hotplug.clone(),
+    )?;
     pio.insert(
         u64::from(ports::I8042_DATA),
         1,
@@ -228,7 +276,12 @@ fn attach_platform_devices(
         1,
         Arc::new(Mutex::new(I8042::new(events.clone(), true))),
     )?;
-    Ok(Platform { serial, pm, gpe })
+    Ok(Platform {
+        serial,
+        pm,
+        gpe,
+        cpu_hotplug,
+    })
 }
 
 /// PCI bus 0: the configuration ports (which also hold the reset control register), ECAM,
@@ -339,20 +392,16 @@ pub fn attach_balloon(vm: &mut Vm, launch: &ipc::BalloonLaunch) -> Result<(), Vm
     Ok(())
 }
 
-/// One vCPU per `cpus`, each with its CPUID (topology) and boot MSRs.
-fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize) -> Result<Vec<Arc<Mutex<Vcpu>>>, VmError> {
-    let supported_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("reading supported CPUID"))?;
-    let msr_list = kvm
-        .get_msr_index_list()
-        .map_err(kvm_err("reading the MSR index list"))?;
-    let mut vcpus = Vec::with_capacity(cpus);
-    for id in 0..cpus {
-        let cpuid = cpuid::for_vcpu(&supported_cpuid, id as u32, cpus as u32);
-        let boot_msrs =
-            msrs::boot_msrs(msr_list.as_slice()).map_err(|e| VmError::Msrs(e.to_string()))?;
-        vcpus.push(Arc::new(Mutex::new(Vcpu::new(vm, id, &cpuid, boot_msrs)?)));
+/// The vCPUs there are, by id, each with its CPUID (topology) and boot MSRs.
+fn create_vcpus(
+    recipe: &VcpuRecipe,
+    vm: &VmFd,
+    cpus: &CpuLayout,
+) -> Result<BTreeMap<u32, Arc<Mutex<Vcpu>>>, VmError> {
+    let mut vcpus = BTreeMap::new();
+    for id in cpus.present() {
+        let vcpu = recipe.make(vm, id).map_err(recipe_error)?;
+        vcpus.insert(id, Arc::new(Mutex::new(vcpu)));
     }
     Ok(vcpus)
 }

@@ -70,7 +70,7 @@ impl Control {
                 match link.recv() {
                     Ok(Some(call)) => events.send(VmEvent::Control {
                         id: call.id,
-                        request: call.request,
+                        request: Box::new(call.request),
                         fds: call.fds,
                     }),
                     Ok(None) => {

@@ -27,7 +27,15 @@ pub enum VmError {
     NoVcpus,
     #[error("--cpus {requested}: KVM on this host allows at most {max} vCPUs per VM")]
     TooManyVcpus { requested: usize, max: usize },
-    #[error("--cpus {0}: at most {MAX_XAPIC_CPUS} vCPUs can have xAPIC ids")]
+    #[error("--max-cpus {requested}: KVM on this host allows at most {max} vCPUs per VM")]
+    TooManyMaxVcpus { requested: usize, max: usize },
+    #[error("--max-cpus {max} is below --cpus {cpus}")]
+    MaxBelowCpus { max: usize, cpus: usize },
+    #[error(
+        "vCPU {index} cannot be added to a VM of {cpus} vCPUs and at most {max} (again, or past the most)"
+    )]
+    BadAddedCpu { index: u32, cpus: usize, max: usize },
+    #[error("{0} vCPUs: at most {MAX_XAPIC_CPUS} can have xAPIC ids (--cpus, --max-cpus)")]
     TooManyXapicIds(usize),
     #[error(transparent)]
     Kvm(#[from] KvmError),

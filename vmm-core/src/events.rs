@@ -20,10 +20,10 @@ pub enum VmEvent {
     VcpuFailed { vcpu: usize, reason: String },
     /// vmm-core received a terminating signal.
     Signal(i32),
-    /// A request from the gateway, with the fds it declares.
+    /// A request from the gateway, with the fds it declares (boxed: a launch's is large).
     Control {
         id: u64,
-        request: ipc::VmmRequest,
+        request: Box<ipc::VmmRequest>,
         fds: Vec<std::os::fd::OwnedFd>,
     },
     /// The gateway hung up.

@@ -141,6 +141,8 @@ mod tests {
         let config = VmConfig {
             memory_mib: 16,
             cpus: 1,
+            max_cpus: 1,
+            added_cpus: Vec::new(),
             start_paused: true,
             incoming: true,
             ram: None,

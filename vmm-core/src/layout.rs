@@ -75,4 +75,8 @@ pub mod ports {
     /// and PCSEL, 32 bits each.
     pub const PCI_HOTPLUG: u16 = 0xae00;
     pub const PCI_HOTPLUG_LEN: u16 = 0x14;
+    /// QEMU's ACPI CPU hotplug registers (its "modern" interface), where its pc machine
+    /// has them.
+    pub const CPU_HOTPLUG: u16 = 0xaf00;
+    pub const CPU_HOTPLUG_LEN: u16 = 12;
 }

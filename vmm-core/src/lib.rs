@@ -10,6 +10,7 @@ pub mod boot;
 pub mod builder;
 pub mod control;
 pub mod cpu;
+pub mod cpu_add;
 pub mod devices;
 pub mod dirty_log;
 pub mod error;

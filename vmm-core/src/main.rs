@@ -139,6 +139,8 @@ fn run_standalone(
     let config = VmConfig {
         memory_mib: args.memory,
         cpus: args.cpus,
+        max_cpus: args.max_cpus.unwrap_or(args.cpus),
+        added_cpus: Vec::new(),
         start_paused: args.start_paused,
         incoming: false,
         ram: None,
@@ -212,6 +214,9 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
     let vm_config = VmConfig {
         memory_mib: config.memory_mib,
         cpus: config.cpus as usize,
+        // A launch from before CPU hotplug (0) has no more than its vCPUs.
+        max_cpus: config.max_cpus.max(config.cpus) as usize,
+        added_cpus: config.added_cpus.clone(),
         start_paused: config.start_paused,
         incoming: config.incoming,
         ram,
@@ -222,7 +227,8 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         // The balloon: inflateq and deflateq.
         .chain(config.balloon.iter().map(|_| 2))
         .collect();
-    vmm_core::seccomp::ensure_open_files(vm_config.cpus, &queues)?;
+    // Every vCPU the VM may have (a hot-added one takes its files too).
+    vmm_core::seccomp::ensure_open_files(vm_config.max_cpus, &queues)?;
     let (disk_shapes, nic_shapes) = match config.upgrade.clone() {
         Some(shapes) => {
             let (disks, nics) = upgrade_shapes(&config.disks, &config.nics, shapes)?;

@@ -3,11 +3,13 @@
 //! reset requests, vCPU failures, signals, the gateway's requests) and is handled here,
 //! in one place; the run state and the events the gateway sees follow from it.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ipc::{
     CpuState, RemoteError, RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmReply, VmmRequest,
@@ -20,7 +22,7 @@ use crate::events::VmEvent;
 use crate::hotplug::HotplugError;
 use crate::migration::{self, Answer, Outgoing};
 use crate::postcopy;
-use crate::vcpu::{self, Request, VcpuControl, VcpuError, VcpuThread};
+use crate::vcpu::{self, Request, Vcpu, VcpuControl, VcpuError, VcpuThread};
 use crate::vhost_user::Handover;
 use crate::vm::Vm;
 
@@ -72,15 +74,16 @@ impl Vm {
         if let Some((console, serial)) = self.console.take() {
             console.start_input(serial).map_err(VmError::Serial)?;
         }
-        let threads = VcpuThreads::start(&self)?;
+        let mut threads = VcpuThreads::start(&self)?;
         let mut runner = Runner {
             vm: self,
             control: control.map(|(c, _)| c),
             vcpus: threads.control.clone(),
-            thread_ids: threads.thread_ids.clone(),
+            threads: &mut threads,
             state: RunState::Prelaunch,
             outgoing: Outgoing::default(),
             postcopy: None,
+            arrived: false,
         };
         // Started before the launch reply, so the gateway knows the run state by the time
         // it has that reply (the RunState event travels first on the same channel).
@@ -94,20 +97,20 @@ impl Vm {
                 .start_reader(runner.vm.events.clone())
                 .map_err(VmError::Thread)?;
             let vcpus = runner
+                .threads
                 .thread_ids
                 .iter()
-                .enumerate()
-                .map(|(index, &thread_id)| VcpuInfo {
-                    index: index as u32,
-                    thread_id,
-                })
+                .map(|(&index, &thread_id)| VcpuInfo { index, thread_id })
                 .collect();
             control.reply(launch_id, Ok(VmmReply::Launched { vcpus }));
         }
         let result = runner.event_loop();
         // Unregistered, guest RAM wakes a vCPU that waits for a page that will not come.
         drop(runner.postcopy.take());
+        // The VM outlives its vCPU threads.
+        let Runner { vm, .. } = runner;
         threads.stop();
+        drop(vm);
         result
     }
 }
@@ -116,45 +119,94 @@ impl Vm {
 struct VcpuThreads {
     control: Arc<VcpuControl>,
     handles: Vec<JoinHandle<()>>,
-    /// Host thread ids, in vCPU order (what query-cpus-fast reports).
-    thread_ids: Vec<i32>,
+    /// Host thread ids by vCPU index (what query-cpus-fast reports).
+    thread_ids: BTreeMap<u32, i32>,
 }
+
+/// How long a new vCPU thread has to say who it is.
+const THREAD_START: Duration = Duration::from_secs(10);
 
 impl VcpuThreads {
     /// Starts the threads and returns once every one is parked and has published its id.
     fn start(vm: &Vm) -> Result<VcpuThreads, VmError> {
-        let control = Arc::new(VcpuControl::new(vm.vcpus.len()));
-        let mut handles = Vec::new();
-        let mut thread_ids = Vec::new();
-        for vcpu in &vm.vcpus {
-            let id = vcpu.lock().id;
-            let thread_id = Arc::new(AtomicI32::new(0));
-            thread_ids.push(thread_id.clone());
-            let thread = VcpuThread {
-                vcpu: vcpu.clone(),
-                thread_id,
-                control: control.clone(),
-                pio: vm.pio.clone(),
-                mmio: vm.mmio.clone(),
-                events: vm.events.clone(),
-            };
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || thread.run())
-                .map_err(VmError::Thread)?;
-            control.register_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
-            handles.push(handle);
+        let ids = vm.vcpus.keys().map(|&id| id as usize);
+        let mut threads = VcpuThreads {
+            control: Arc::new(VcpuControl::new(ids)),
+            handles: Vec::new(),
+            thread_ids: BTreeMap::new(),
+        };
+        let mut published = Vec::new();
+        for (&index, vcpu) in &vm.vcpus {
+            published.push((index, threads.spawn_thread(vm, index, vcpu.clone())?));
         }
-        let generation = control.request(Request::Pause);
-        control.wait_parked(generation);
-        Ok(VcpuThreads {
-            control,
-            handles,
-            thread_ids: thread_ids
-                .iter()
-                .map(|t| t.load(Ordering::Acquire))
-                .collect(),
-        })
+        let generation = threads.control.request(Request::Pause);
+        threads.control.wait_parked(generation);
+        for (index, thread_id) in published {
+            threads
+                .thread_ids
+                .insert(index, thread_id.load(Ordering::Acquire));
+        }
+        Ok(threads)
+    }
+
+    /// The thread of vCPU `index`; it publishes its host thread id into the atomic.
+    fn spawn_thread(
+        &mut self,
+        vm: &Vm,
+        index: u32,
+        vcpu: Arc<parking_lot::Mutex<Vcpu>>,
+    ) -> Result<Arc<AtomicI32>, VmError> {
+        let thread_id = Arc::new(AtomicI32::new(0));
+        let thread = VcpuThread {
+            vcpu,
+            thread_id: thread_id.clone(),
+            control: self.control.clone(),
+            pio: vm.pio.clone(),
+            mmio: vm.mmio.clone(),
+            events: vm.events.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || thread.run())
+            .map_err(VmError::Thread)?;
+        self.control
+            .register_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
+        self.handles.push(handle);
+        Ok(thread_id)
+    }
+
+    /// A vCPU added while the VM lives: its thread parks or runs as the others do (one
+    /// that runs waits in KVM for the guest's INIT/SIPI). Returns its host thread id.
+    fn add(
+        &mut self,
+        vm: &Vm,
+        index: u32,
+        vcpu: Arc<parking_lot::Mutex<Vcpu>>,
+    ) -> Result<i32, VmError> {
+        self.control.add_vcpu(index as usize);
+        let thread_id = match self.spawn_thread(vm, index, vcpu) {
+            Ok(t) => t,
+            Err(e) => {
+                self.control.remove_vcpu(index as usize);
+                return Err(e);
+            }
+        };
+        // Its first act is to publish its id; a thread that never does is stuck for good.
+        let deadline = Instant::now() + THREAD_START;
+        loop {
+            match thread_id.load(Ordering::Acquire) {
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                0 => {
+                    return Err(VmError::Thread(std::io::Error::other(format!(
+                        "vCPU {index}'s thread did not start within {THREAD_START:?}"
+                    ))))
+                }
+                tid => {
+                    self.thread_ids.insert(index, tid);
+                    return Ok(tid);
+                }
+            }
+        }
     }
 
     /// Ends every thread and waits for it.
@@ -172,12 +224,14 @@ struct Runner<'a> {
     vm: Vm,
     control: Option<&'a Control>,
     vcpus: Arc<VcpuControl>,
-    thread_ids: Vec<i32>,
+    threads: &'a mut VcpuThreads,
     state: RunState,
     /// Dirty logging while this VM migrates away.
     outgoing: Outgoing,
     /// vmm-core's registered mapping while postcopy brings this VM's memory in.
     postcopy: Option<postcopy::Registered>,
+    /// A migration's (or live upgrade's) state came into this VM.
+    arrived: bool,
 }
 
 impl Runner<'_> {
@@ -314,6 +368,31 @@ impl Runner<'_> {
         }
     }
 
+    /// cpu-add (or device_add of a CPU): vCPU `index` with its thread, and the guest told.
+    /// Not while the VM migrates away, nor once a migration's state came in (before, a
+    /// destination is given the source's vCPUs this way: the state tells the guest).
+    fn cpu_add(&mut self, index: u32) -> Result<VmmReply, RemoteError> {
+        if self.arrived {
+            return Err(RemoteError::generic("cpu-add not allowed while migrating"));
+        }
+        if self.state != RunState::InMigrate {
+            self.devices_may_change("cpu-add")?;
+        }
+        let vcpu = self.vm.add_vcpu(index).map_err(remote)?;
+        let thread_id = match self.threads.add(&self.vm, index, vcpu) {
+            Ok(t) => t,
+            Err(e) => {
+                self.vm.drop_vcpu(index);
+                return Err(remote(e));
+            }
+        };
+        if self.state != RunState::InMigrate {
+            self.vm.announce_vcpu(index);
+        }
+        log::info!("vCPU {index} added (thread {thread_id})");
+        Ok(VmmReply::VcpuAdded(VcpuInfo { index, thread_id }))
+    }
+
     fn query_cpus(&self) -> Result<Vec<CpuState>, RemoteError> {
         let running = self.state == RunState::Running;
         if running {
@@ -323,11 +402,11 @@ impl Runner<'_> {
             .vm
             .vcpus
             .iter()
-            .zip(&self.thread_ids)
-            .map(|(vcpu, &thread_id)| {
+            .map(|(index, vcpu)| {
+                let thread_id = self.threads.thread_ids.get(index).copied().unwrap_or(0);
                 let vcpu = vcpu.lock();
                 vcpu.sample().map(|(pc, halted)| CpuState {
-                    index: vcpu.id as u32,
+                    index: *index,
                     thread_id,
                     pc,
                     halted,
@@ -349,7 +428,7 @@ impl Runner<'_> {
         let result = self
             .vm
             .vcpus
-            .iter()
+            .values()
             .try_for_each(|v| v.lock().nmi())
             .map_err(|e| RemoteError::generic(e.to_string()));
         if running {
@@ -438,6 +517,7 @@ impl Runner<'_> {
             VmmRequest::RestoreState(state) => match self.state {
                 RunState::InMigrate => match self.vm.restore_state(&state) {
                     Ok(()) => {
+                        self.arrived = true;
                         // Upgraded: the backends are ours now.
                         self.vm.connect_pending_backends();
                         done()
@@ -552,6 +632,7 @@ impl Runner<'_> {
                 }
                 None => Err(no_balloon()),
             },
+            VmmRequest::CpuAdd { index } => self.cpu_add(index),
             VmmRequest::QueryBalloon => match self.balloon() {
                 Some(balloon) => Ok(VmmReply::Balloon {
                     actual_bytes: balloon.actual_bytes(),
@@ -602,6 +683,7 @@ impl Runner<'_> {
                     self.reset(ShutdownCause::GuestReset)?;
                 }
                 VmEvent::Control { id, request, fds } => {
+                    let request = *request;
                     let quit = matches!(request, VmmRequest::Quit(_) | VmmRequest::Retire);
                     if let VmmRequest::Quit(cause) = request {
                         self.notify(VmmEvent::Shutdown(cause));

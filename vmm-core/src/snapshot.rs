@@ -16,7 +16,8 @@ use crate::cpu::state::{StateError, VcpuCaps, VcpuState};
 use crate::vm::Vm;
 
 /// Bumped whenever what is saved changes shape; a vmm-core takes only its own version.
-pub const STATE_VERSION: u32 = 1;
+/// (2: the most vCPUs, and each vCPU by its index: CPU hotplug.)
+pub const STATE_VERSION: u32 = 2;
 const KVM_CAP_DEBUGREGS: libc::c_ulong = 50;
 /// KVM_CLOCK_TSC_STABLE: a flag KVM_GET_CLOCK reports and KVM_SET_CLOCK refuses.
 const CLOCK_FLAGS_SETTABLE: u32 = 0;
@@ -25,6 +26,9 @@ const CLOCK_FLAGS_SETTABLE: u32 = 0;
 struct VmState {
     version: u32,
     memory: u64,
+    /// The most vCPUs the VM may have.
+    max_vcpus: u32,
+    /// The vCPUs there are, by ascending index (`VcpuState::id`).
     vcpus: Vec<VcpuState>,
     irqchips: Vec<kvm_irqchip>,
     pit: kvm_pit_state2,
@@ -82,7 +86,7 @@ impl Vm {
         let msrs = &self.readable_msrs;
         let vcpus = self
             .vcpus
-            .iter()
+            .values()
             .map(|v| {
                 let v = v.lock();
                 VcpuState::save(v.fd(), v.id as u32, caps, msrs)
@@ -102,6 +106,7 @@ impl Vm {
         let state = VmState {
             version: STATE_VERSION,
             memory: self.ram.size(),
+            max_vcpus: self.max_cpus,
             vcpus,
             irqchips,
             pit: self.vm.get_pit2().map_err(kvm("reading the PIT"))?,
@@ -143,6 +148,23 @@ impl Vm {
                 self.vcpus.len()
             )));
         }
+        if state.max_vcpus != self.max_cpus {
+            return Err(SnapshotError::Shape(format!(
+                "at most {} vCPUs there, {} here",
+                state.max_vcpus, self.max_cpus
+            )));
+        }
+        // A vCPU added there must have been added here too (the same index: its APIC ID).
+        let ids = |ids: &mut dyn Iterator<Item = u32>| {
+            ids.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let there = ids(&mut state.vcpus.iter().map(|v| v.id));
+        let here = ids(&mut self.vcpus.keys().copied());
+        if there != here {
+            return Err(SnapshotError::Shape(format!(
+                "vCPUs {there} there, {here} here"
+            )));
+        }
         let caps = vcpu_caps(&self.vm);
         let mut clock = state.clock;
         clock.flags &= CLOCK_FLAGS_SETTABLE;
@@ -157,7 +179,7 @@ impl Vm {
         self.vm
             .set_pit2(&state.pit)
             .map_err(kvm("setting the PIT"))?;
-        for (vcpu, saved) in self.vcpus.iter().zip(&state.vcpus) {
+        for (vcpu, saved) in self.vcpus.values().zip(&state.vcpus) {
             saved.restore(vcpu.lock().fd(), caps)?;
         }
         // Devices last: a virtio device resumes its rings here, and the interrupts its

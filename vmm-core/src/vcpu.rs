@@ -1,8 +1,10 @@
-//! vCPUs: creation with their CPUID, power-on/reset state, the per-vCPU thread's run
-//! loop (exits to the port and MMIO buses), and the control that parks, resumes and
-//! stops those threads (kicked out of KVM_RUN with a signal).
+//! vCPUs: creation with their CPUID (at launch and, hot-added, later: `VcpuRecipe`),
+//! power-on/reset state, the per-vCPU thread's run loop (exits to the port and MMIO
+//! buses), and the control that parks, resumes and stops those threads (kicked out of
+//! KVM_RUN with a signal).
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +14,11 @@ use kvm_bindings::{
     KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use parking_lot::{Condvar, Mutex};
 
 use crate::boot::BootEntry;
-use crate::cpu::boot_regs;
+use crate::cpu::{boot_regs, cpuid, msrs};
 use crate::devices::bus::Bus;
 use crate::events::{EventSender, VmEvent};
 
@@ -26,6 +28,56 @@ pub struct VcpuError {
     pub vcpu: usize,
     pub what: &'static str,
     pub error: kvm_ioctls::Error,
+}
+
+/// What every vCPU of a VM is made from: KVM's supported CPUID (each vCPU's topology
+/// leaves are rewritten for its index among `max` possible ones) and the MSRs KVM lists
+/// (the boot MSRs are those of them it has). Kept, so that a vCPU added later is made as
+/// the first ones were, without /dev/kvm.
+pub struct VcpuRecipe {
+    supported_cpuid: CpuId,
+    msr_list: Vec<u32>,
+    max: u32,
+}
+
+/// Why a vCPU could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("building the boot MSR list: {0}")]
+    Msrs(String),
+    #[error("{what}: {error}")]
+    Kvm {
+        what: &'static str,
+        error: kvm_ioctls::Error,
+    },
+}
+
+impl VcpuRecipe {
+    /// For a VM of at most `max` vCPUs on `kvm`.
+    pub fn new(kvm: &Kvm, max: u32) -> Result<VcpuRecipe, RecipeError> {
+        let kvm_err = |what| move |error| RecipeError::Kvm { what, error };
+        let supported_cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("reading supported CPUID"))?;
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("reading the MSR index list"))?;
+        Ok(VcpuRecipe {
+            supported_cpuid,
+            msr_list: msr_list.as_slice().to_vec(),
+            max,
+        })
+    }
+
+    /// vCPU `id`, in its power-on state.
+    pub fn make(&self, vm: &VmFd, id: u32) -> Result<Vcpu, RecipeError> {
+        let cpuid = cpuid::for_vcpu(&self.supported_cpuid, id, self.max);
+        let boot_msrs =
+            msrs::boot_msrs(&self.msr_list).map_err(|e| RecipeError::Msrs(e.to_string()))?;
+        Ok(Vcpu::new(vm, id as usize, &cpuid, boot_msrs)?)
+    }
 }
 
 /// State captured right after creation, restored on every reset.
@@ -174,8 +226,8 @@ pub enum Request {
 struct ControlState {
     request: Request,
     generation: u64,
-    /// The generation at which each vCPU last parked (or exited).
-    parked: Vec<u64>,
+    /// The generation at which each vCPU (by id) last parked (or exited).
+    parked: BTreeMap<usize, u64>,
 }
 
 /// Shared between the control loop and the vCPU threads.
@@ -193,12 +245,13 @@ pub struct VcpuControl {
 pub const THROTTLE_TIMESLICE: Duration = Duration::from_millis(10);
 
 impl VcpuControl {
-    pub fn new(vcpus: usize) -> Self {
+    /// For the vCPUs with these ids.
+    pub fn new(ids: impl IntoIterator<Item = usize>) -> Self {
         VcpuControl {
             state: Mutex::new(ControlState {
                 request: Request::Pause,
                 generation: 0,
-                parked: vec![0; vcpus],
+                parked: ids.into_iter().map(|id| (id, 0)).collect(),
             }),
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
@@ -271,6 +324,18 @@ impl VcpuControl {
         true
     }
 
+    /// A vCPU added while the others run: requests wait for it too from now on (its
+    /// thread parks or runs as the others do once it starts).
+    pub fn add_vcpu(&self, id: usize) {
+        self.state.lock().parked.insert(id, 0);
+    }
+
+    /// A vCPU whose thread could not be started after all.
+    pub fn remove_vcpu(&self, id: usize) {
+        self.state.lock().parked.remove(&id);
+        self.cv.notify_all();
+    }
+
     pub fn register_thread(&self, thread: libc::pthread_t) {
         self.threads.lock().push(thread);
     }
@@ -295,7 +360,7 @@ impl VcpuControl {
     /// Waits until every vCPU parked (or exited) after request `generation`.
     pub fn wait_parked(&self, generation: u64) {
         let mut st = self.state.lock();
-        while st.parked.iter().any(|g| *g < generation) {
+        while st.parked.values().any(|g| *g < generation) {
             self.cv.wait(&mut st);
         }
     }
@@ -308,7 +373,8 @@ impl VcpuControl {
         loop {
             match st.request {
                 Request::Exit => {
-                    st.parked[id] = st.generation;
+                    let generation = st.generation;
+                    st.parked.insert(id, generation);
                     self.cv.notify_all();
                     return (false, st.generation);
                 }
@@ -317,8 +383,9 @@ impl VcpuControl {
                     // Announced once per request: parked vCPUs that woke each other
                     // again and again would spin (two of them burnt two host CPUs
                     // while the VM was stopped).
-                    if st.parked[id] != st.generation {
-                        st.parked[id] = st.generation;
+                    if st.parked.get(&id) != Some(&st.generation) {
+                        let generation = st.generation;
+                        st.parked.insert(id, generation);
                         self.cv.notify_all();
                     }
                     self.cv.wait(&mut st);

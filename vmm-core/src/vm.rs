@@ -16,8 +16,10 @@ use kvm_ioctls::VmFd;
 use parking_lot::Mutex;
 
 use crate::boot::{BootImage, LoadedKernel};
+use crate::cpu::layout::CpuLayout;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
+use crate::devices::cpu_hotplug::SharedCpuHotplug;
 use crate::devices::pci::PciRoot;
 use crate::devices::serial::{Console, SerialDevice};
 use crate::devices::virtio_balloon::BalloonHandle;
@@ -26,7 +28,7 @@ use crate::error::{kvm_err, KvmError, VmError};
 use crate::events::{EventSender, VmEvent};
 use crate::interrupts::MsiRouter;
 use crate::memory::GuestRam;
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::vcpu::{Vcpu, VcpuError, VcpuRecipe};
 use crate::vhost_user::{ConfigChangeHandle, Handover, Link, LinkHandle};
 
 /// Presses the fixed-feature ACPI power button (what QMP system_powerdown does).
@@ -105,7 +107,14 @@ pub struct Vm {
     /// Where the loader put the kernel; None for a VM that arrived with its memory
     /// (a migration, an upgrade) until a reset loads it.
     pub(crate) loaded: Option<LoadedKernel>,
-    pub(crate) vcpus: Vec<Arc<Mutex<Vcpu>>>,
+    /// The vCPUs there are, by index (0 is the boot vCPU; hot-added ones may leave gaps).
+    pub(crate) vcpus: BTreeMap<u32, Arc<Mutex<Vcpu>>>,
+    /// The most vCPUs it may have (indexes 0 to max_cpus - 1).
+    pub(crate) max_cpus: u32,
+    /// How a vCPU added later is made.
+    pub(crate) recipe: VcpuRecipe,
+    /// ACPI CPU hotplug's registers, which tell the guest of an added vCPU.
+    pub(crate) cpu_hotplug: SharedCpuHotplug,
 
     pub(crate) chips: PowerOnChips,
     pub(crate) pio: Arc<Bus>,
@@ -207,10 +216,15 @@ impl Vm {
         }
     }
 
-    /// Every vCPU to its power-on state, the boot vCPU at the kernel's entry.
+    /// Which vCPUs the VM may have and has.
+    pub(crate) fn cpu_layout(&self) -> CpuLayout {
+        CpuLayout::new(self.max_cpus, self.vcpus.keys().copied())
+    }
+
+    /// Every vCPU to its power-on state, the boot vCPU (0) at the kernel's entry.
     pub(crate) fn reset_vcpus(&self) -> Result<(), VcpuError> {
-        for (i, vcpu) in self.vcpus.iter().enumerate() {
-            let entry = self.loaded.as_ref().filter(|_| i == 0).map(|l| &l.entry);
+        for (&id, vcpu) in &self.vcpus {
+            let entry = self.loaded.as_ref().filter(|_| id == 0).map(|l| &l.entry);
             vcpu.lock().reset(entry)?;
         }
         Ok(())
@@ -220,7 +234,8 @@ impl Vm {
     /// interrupt controllers, PIT and devices to power-on state, vCPUs to boot state.
     pub(crate) fn reset(&mut self) -> Result<(), VmError> {
         self.ram.clear()?;
-        self.loaded = Some(self.boot.load(&self.ram, self.vcpus.len())?);
+        // Added vCPUs are there from now on: enabled in the MADT.
+        self.loaded = Some(self.boot.load(&self.ram, &self.cpu_layout())?);
         self.chips.restore(&self.vm)?;
         self.pio.reset();
         self.mmio.reset();

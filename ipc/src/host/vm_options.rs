@@ -22,6 +22,10 @@ pub struct VmArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: usize,
+    /// The most vCPUs the VM may have (CPU hotplug: cpu-add, device_add of a CPU); the
+    /// default is --cpus (none can be added). QEMU's -smp N,maxcpus=M.
+    #[arg(long)]
+    pub max_cpus: Option<usize>,
     /// Serial console (COM1): stdout, none, file:PATH or unix:PATH (a socket the console
     /// listens on; clients connect to it).
     #[arg(long, default_value = "stdout", value_parser = |s: &str| s.parse::<SerialConfig>())]

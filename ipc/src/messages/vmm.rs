@@ -23,7 +23,14 @@ pub enum SerialSink {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct LaunchConfig {
     pub memory_mib: u64,
+    /// The vCPUs the VM boots with: 0 to cpus - 1.
     pub cpus: u32,
+    /// The most vCPUs it may have (CPU hotplug; at least `cpus`): what the ACPI tables and
+    /// the CPUID topology describe.
+    pub max_cpus: u32,
+    /// vCPUs added since the VM first booted (`CpuAdd`), which a live upgrade's vmm-core
+    /// has too, in the order they were added.
+    pub added_cpus: Vec<u32>,
     pub cmdline: String,
     pub kernel_path: String,
     pub initrd_path: Option<String>,
@@ -222,6 +229,14 @@ pub enum VmmRequest {
     },
     /// QMP query-balloon: answered with `Balloon`.
     QueryBalloon,
+    /// cpu-add / device_add of a CPU: vCPU `index` (its APIC ID too) is created, its
+    /// thread waits for the guest's INIT/SIPI, and the guest learns of it by ACPI CPU
+    /// hotplug (insert event, GPE 2). Answered with `VcpuAdded` once the thread runs;
+    /// refused (QEMU's words) for an index beyond the most vCPUs or one already there, and
+    /// while the VM migrates.
+    CpuAdd {
+        index: u32,
+    },
 }
 
 impl Message for VmmRequest {
@@ -334,6 +349,8 @@ pub enum VmmReply {
     Balloon {
         actual_bytes: u64,
     },
+    /// `CpuAdd` done: the new vCPU and its thread.
+    VcpuAdded(VcpuInfo),
 }
 
 /// The VM's run states (QMP's RunState, the subset that applies).
@@ -454,6 +471,8 @@ mod tests {
         let mut c = LaunchConfig {
             memory_mib: 128,
             cpus: 1,
+            max_cpus: 1,
+            added_cpus: vec![],
             cmdline: String::new(),
             kernel_path: "k".into(),
             initrd_path: None,

@@ -9,6 +9,11 @@
 //! PCI hotplug of bus 0 is QEMU's pc machine's, so that Linux's acpiphp takes it as it
 //! does there: GPE0 at QEMU's ports, whose event 1 runs \_GPE._E01, which reads the
 //! hotplug controller (devices/pci/hotplug.rs) and notifies the slots' devices.
+//!
+//! CPU hotplug is QEMU's too (its build_cpus_aml, modern interface): the MADT lists every
+//! possible vCPU, the absent ones not enabled (Linux counts those as hotpluggable), and
+//! \_SB.CPUS has the register block's fields (devices/cpu_hotplug.rs), a processor device
+//! per possible vCPU, and CSCN, which \_GPE._E02 runs: it notifies each vCPU with an event.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -20,6 +25,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::cpu::layout::CpuLayout;
 use crate::devices::gpe;
 use crate::devices::pci::FIXED_SLOTS;
 use crate::devices::pci::SLOTS;
@@ -55,15 +61,16 @@ pub struct AcpiTables {
 }
 
 impl AcpiTables {
-    /// Lays out every table for `cpus` vCPUs starting at `ACPI_TABLES`.
-    pub fn build(cpus: usize) -> Result<Self, AcpiError> {
-        if cpus > MAX_XAPIC_CPUS {
-            return Err(AcpiError::TooManyCpus(cpus));
+    /// Lays out every table for the vCPUs of `cpus` starting at `ACPI_TABLES`.
+    pub fn build(cpus: &CpuLayout) -> Result<Self, AcpiError> {
+        let max = cpus.max() as usize;
+        if max > MAX_XAPIC_CPUS {
+            return Err(AcpiError::TooManyCpus(max));
         }
         let mut layout = Layout::new(ACPI_TABLES);
         let rsdp_addr = layout.take(Rsdp::len() as u64, 16);
         let facs_addr = layout.take(acpi_tables::facs::FACS::len() as u64, 64);
-        let dsdt = dsdt();
+        let dsdt = dsdt(cpus.max());
         let dsdt_addr = layout.take(dsdt.len() as u64, 16);
         let fadt = to_bytes(&fadt(facs_addr, dsdt_addr));
         let fadt_addr = layout.take(fadt.len() as u64, 16);
@@ -199,13 +206,29 @@ const MADT_LOCAL_APIC_NMI: u8 = 4;
 /// MPS INTI flags: active high (01), level triggered (11 << 2).
 const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
 
-fn madt(cpus: usize) -> Sdt {
+/// A vCPU's Processor Local APIC entry: UID and APIC ID are both its index; flags bit 0
+/// enabled. (Also its processor device's _MAT.)
+fn local_apic(index: u32, enabled: bool) -> [u8; 8] {
+    [
+        MADT_LOCAL_APIC,
+        8,
+        index as u8,
+        index as u8,
+        u8::from(enabled),
+        0,
+        0,
+        0,
+    ]
+}
+
+fn madt(cpus: &CpuLayout) -> Sdt {
     let mut t = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     t.write_u32(36, LAPIC as u32);
     t.write_u32(40, MADT_PCAT_COMPAT);
-    for id in 0..cpus {
-        // Processor UID and APIC id are both the vCPU index; flags: enabled.
-        t.append_slice(&[MADT_LOCAL_APIC, 8, id as u8, id as u8, 1, 0, 0, 0]);
+    // Every possible vCPU, as QEMU lists them: one left out could never be hot-added to
+    // Linux, which sizes its CPU masks from the MADT.
+    for index in 0..cpus.max() {
+        t.append_slice(&local_apic(index, cpus.is_present(index)));
     }
     let mut ioapic = vec![MADT_IO_APIC, 12, 0, 0];
     ioapic.extend_from_slice(&(IOAPIC as u32).to_le_bytes());
@@ -379,27 +402,241 @@ fn pci_hotplug() -> Vec<u8> {
     out
 }
 
-/// \_GPE: the methods ACPICA runs for general-purpose events, \_E01 for PCI hotplug
-/// (the event the controller raises).
-fn gpe_scope() -> Vec<u8> {
-    let name = format!("_E{:02X}", gpe::PCI_HOTPLUG);
-    let pcnt = aml::MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
-    to_bytes(&aml::Scope::new(
-        "\\_GPE".into(),
-        vec![&aml::Method::new(
-            name.as_str().into(),
-            0,
-            false,
+/// The name QEMU gives a vCPU's processor device: C and its index in hex ("C000").
+fn cpu_name(index: u32) -> String {
+    format!("C{index:03X}")
+}
+
+/// ACPI CPU hotplug, as QEMU's build_cpus_aml describes it (modern interface, its names):
+/// \_SB.CPUS, a processor container with the register block (PRST: CPEN, CINS, CRMV, CEJ0,
+/// CEJF, CCMD as bits and a byte of a ByteAcc field; CSEL and CDAT dwords), its lock CPLK,
+/// CSTA (a vCPU's _STA from CPEN), CTFY (Notify a vCPU by index), COST (a vCPU's _OST into
+/// the OST registers), CSCN (what \_GPE._E02 runs: every vCPU with an insert event gets
+/// "device check", one with a remove event "eject request", each event cleared), and a
+/// processor device (ACPI0007) per possible vCPU with _UID, _STA, _MAT (its MADT entry,
+/// enabled as CPEN says) and _OST. No _EJ0: vCPUs are not removed here.
+fn cpus_device(max: u32) -> Vec<u8> {
+    use aml::{FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, OpRegionSpace};
+    let mut body = Vec::new();
+    aml::Name::new("_HID".into(), &"ACPI0010").to_aml_bytes(&mut body);
+    aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")).to_aml_bytes(&mut body);
+    let base = u32::from(ports::CPU_HOTPLUG);
+    let len = u32::from(ports::CPU_HOTPLUG_LEN);
+    aml::OpRegion::new("PRST".into(), OpRegionSpace::SystemIO, &base, &len).to_aml_bytes(&mut body);
+    aml::Field::new(
+        "PRST".into(),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        vec![
+            FieldEntry::Reserved(32),
+            FieldEntry::Named(*b"CPEN", 1),
+            FieldEntry::Named(*b"CINS", 1),
+            FieldEntry::Named(*b"CRMV", 1),
+            FieldEntry::Named(*b"CEJ0", 1),
+            FieldEntry::Named(*b"CEJF", 1),
+            FieldEntry::Reserved(3),
+            FieldEntry::Named(*b"CCMD", 8),
+        ],
+    )
+    .to_aml_bytes(&mut body);
+    aml::Field::new(
+        "PRST".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Named(*b"CSEL", 32),
+            FieldEntry::Reserved(32),
+            FieldEntry::Named(*b"CDAT", 32),
+        ],
+    )
+    .to_aml_bytes(&mut body);
+    aml::Mutex::new("CPLK".into(), 0).to_aml_bytes(&mut body);
+    let (cpen, cins, crmv) = (
+        aml::Path::new("CPEN"),
+        aml::Path::new("CINS"),
+        aml::Path::new("CRMV"),
+    );
+    let (csel, ccmd, cdat) = (
+        aml::Path::new("CSEL"),
+        aml::Path::new("CCMD"),
+        aml::Path::new("CDAT"),
+    );
+    let acquire = aml::Acquire::new("CPLK".into(), 0xffff);
+    let release = aml::Release::new("CPLK".into());
+    // CSTA(index): 0xF if the vCPU is there, else 0.
+    let present: u8 = 0x0f;
+    aml::Method::new(
+        "CSTA".into(),
+        1,
+        true,
+        vec![
+            &acquire,
+            &aml::Store::new(&csel, &aml::Arg(0)),
+            &aml::Store::new(&aml::Local(0), &aml::ZERO),
+            &aml::If::new(
+                &aml::Equal::new(&cpen, &aml::ONE),
+                vec![&aml::Store::new(&aml::Local(0), &present)],
+            ),
+            &release,
+            &aml::Return::new(&aml::Local(0)),
+        ],
+    )
+    .to_aml_bytes(&mut body);
+    // CTFY(index, event): Notify the vCPU's device.
+    let paths: Vec<(u32, aml::Path)> = (0..max)
+        .map(|i| (i, aml::Path::new(&cpu_name(i))))
+        .collect();
+    let tests: Vec<(aml::Equal, aml::Notify)> = paths
+        .iter()
+        .map(|(i, path)| {
+            (
+                aml::Equal::new(&aml::Arg(0), i),
+                aml::Notify::new(path, &aml::Arg(1)),
+            )
+        })
+        .collect();
+    let ifs: Vec<aml::If> = tests
+        .iter()
+        .map(|(test, notify)| aml::If::new(test, vec![notify]))
+        .collect();
+    aml::Method::new(
+        "CTFY".into(),
+        2,
+        false,
+        ifs.iter().map(|i| i as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(&mut body);
+    // COST(index, event, status, buffer): the guest's _OST into the OST registers.
+    let (ost_event, ost_status): (u8, u8) = (1, 2);
+    aml::Method::new(
+        "COST".into(),
+        4,
+        true,
+        vec![
+            &acquire,
+            &aml::Store::new(&csel, &aml::Arg(0)),
+            &aml::Store::new(&ccmd, &ost_event),
+            &aml::Store::new(&cdat, &aml::Arg(1)),
+            &aml::Store::new(&ccmd, &ost_status),
+            &aml::Store::new(&cdat, &aml::Arg(2)),
+            &release,
+        ],
+    )
+    .to_aml_bytes(&mut body);
+    // CSCN: command 0 (the next vCPU with an event) until none has one; at most one round
+    // per possible vCPU and one more (Local1), Local0 saying whether this one had an event.
+    const DEVICE_CHECK: u8 = 1;
+    const EJECT_REQUEST: u8 = 3;
+    let rounds = max + 1;
+    let (had, round, selected) = (aml::Local(0), aml::Local(1), aml::Local(2));
+    // Serialised at once: the AML objects only borrow their parts.
+    let insert = Raw(to_bytes(&aml::If::new(
+        &aml::Equal::new(&cins, &aml::ONE),
+        vec![
+            &aml::MethodCall::new("CTFY".into(), vec![&selected, &DEVICE_CHECK]),
+            &aml::Store::new(&cins, &aml::ONE),
+            &aml::Store::new(&had, &aml::ONE),
+        ],
+    )));
+    let remove = Raw(to_bytes(&aml::If::new(
+        &aml::Equal::new(&had, &aml::ZERO),
+        vec![&aml::If::new(
+            &aml::Equal::new(&crmv, &aml::ONE),
             vec![
-                &aml::Acquire::new("\\_SB_.PCI0.BLCK".into(), 0xffff),
-                &pcnt,
-                &aml::Release::new("\\_SB_.PCI0.BLCK".into()),
+                &aml::MethodCall::new("CTFY".into(), vec![&selected, &EJECT_REQUEST]),
+                &aml::Store::new(&crmv, &aml::ONE),
+                &aml::Store::new(&had, &aml::ONE),
             ],
         )],
+    )));
+    let done = Raw(to_bytes(&aml::If::new(
+        &aml::Equal::new(&had, &aml::ZERO),
+        vec![&aml::Store::new(&round, &rounds)],
+    )));
+    aml::Method::new(
+        "CSCN".into(),
+        0,
+        true,
+        vec![
+            &acquire,
+            // A selector out of range would make the block ignore the commands.
+            &aml::Store::new(&csel, &aml::ZERO),
+            &aml::Store::new(&round, &aml::ZERO),
+            &aml::While::new(
+                &aml::LessThan::new(&round, &rounds),
+                vec![
+                    &aml::Store::new(&had, &aml::ZERO),
+                    &aml::Store::new(&ccmd, &aml::ZERO),
+                    &aml::Store::new(&selected, &cdat),
+                    &insert,
+                    &remove,
+                    &aml::Add::new(&round, &round, &aml::ONE),
+                    &done,
+                ],
+            ),
+            &release,
+        ],
+    )
+    .to_aml_bytes(&mut body);
+    for index in 0..max {
+        let sta = aml::MethodCall::new("CSTA".into(), vec![&index]);
+        let there = aml::BufferData::new(local_apic(index, true).to_vec());
+        let absent = aml::BufferData::new(local_apic(index, false).to_vec());
+        let ost = aml::MethodCall::new(
+            "COST".into(),
+            vec![&index, &aml::Arg(0), &aml::Arg(1), &aml::Arg(2)],
+        );
+        aml::Device::new(
+            cpu_name(index).as_str().into(),
+            vec![
+                &aml::Name::new("_HID".into(), &"ACPI0007"),
+                &aml::Name::new("_UID".into(), &index),
+                &aml::Method::new("_STA".into(), 0, true, vec![&aml::Return::new(&sta)]),
+                &aml::Method::new(
+                    "_MAT".into(),
+                    0,
+                    true,
+                    vec![
+                        &aml::If::new(&sta, vec![&aml::Return::new(&there)]),
+                        &aml::Return::new(&absent),
+                    ],
+                ),
+                &aml::Method::new("_OST".into(), 3, true, vec![&ost]),
+            ],
+        )
+        .to_aml_bytes(&mut body);
+    }
+    to_bytes(&aml::Device::new("CPUS".into(), vec![&Raw(body)]))
+}
+
+/// \_GPE: the methods ACPICA runs for general-purpose events, \_E01 for PCI hotplug and
+/// \_E02 for CPU hotplug (the events the controllers raise).
+fn gpe_scope() -> Vec<u8> {
+    let pci = format!("_E{:02X}", gpe::PCI_HOTPLUG);
+    let cpu = format!("_E{:02X}", gpe::CPU_HOTPLUG);
+    let pcnt = aml::MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
+    let cscn = aml::MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]);
+    to_bytes(&aml::Scope::new(
+        "\\_GPE".into(),
+        vec![
+            &aml::Method::new(
+                pci.as_str().into(),
+                0,
+                false,
+                vec![
+                    &aml::Acquire::new("\\_SB_.PCI0.BLCK".into(), 0xffff),
+                    &pcnt,
+                    &aml::Release::new("\\_SB_.PCI0.BLCK".into()),
+                ],
+            ),
+            &aml::Method::new(cpu.as_str().into(), 0, false, vec![&cscn]),
+        ],
     ))
 }
 
-fn dsdt() -> Sdt {
+fn dsdt(max_cpus: u32) -> Sdt {
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut devices = pnp_device(
         "COM1",
@@ -426,10 +663,17 @@ fn dsdt() -> Sdt {
                 1,
                 ports::PCI_HOTPLUG_LEN as u8,
             ),
+            &aml::IO::new(
+                ports::CPU_HOTPLUG,
+                ports::CPU_HOTPLUG,
+                1,
+                ports::CPU_HOTPLUG_LEN as u8,
+            ),
             &aml::Memory32Fixed::new(false, PCI_ECAM as u32, PCI_ECAM_SIZE as u32),
         ],
     ));
     devices.extend(pci_root());
+    devices.extend(cpus_device(max_cpus));
     t.append_slice(&aml::Scope::raw("\\_SB_".into(), devices));
     t.append_slice(&gpe_scope());
     // \_S5: SLP_TYPa, SLP_TYPb, reserved, reserved.
@@ -451,7 +695,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_and_fits() {
-        let t = AcpiTables::build(2).unwrap();
+        let t = AcpiTables::build(&CpuLayout::all(2)).unwrap();
         for (addr, bytes) in &t.tables {
             match &bytes[..4] {
                 // The FACS has no checksum.
@@ -468,22 +712,39 @@ mod tests {
         assert_eq!(t.rsdp, GuestAddress(ACPI_TABLES));
     }
 
+    /// The MADT's Local APIC entries: (UID, APIC ID, flags).
+    fn lapics(cpus: &CpuLayout) -> Vec<(u8, u8, u32)> {
+        let madt = madt(cpus);
+        let body = &madt.as_slice()[44..];
+        body.chunks(8)
+            .take_while(|c| c[0] == MADT_LOCAL_APIC && c[1] == 8)
+            .map(|c| (c[2], c[3], u32::from_le_bytes(c[4..8].try_into().unwrap())))
+            .collect()
+    }
+
     #[test]
     fn madt_lists_every_cpu() {
-        let madt = madt(4);
-        let body = &madt.as_slice()[44..];
-        let lapics = body
-            .chunks(8)
-            .take_while(|c| c[0] == MADT_LOCAL_APIC)
-            .map(|c| c[3])
-            .collect::<Vec<_>>();
-        assert_eq!(lapics, vec![0, 1, 2, 3]);
+        assert_eq!(
+            lapics(&CpuLayout::all(4)),
+            vec![(0, 0, 1), (1, 1, 1), (2, 2, 1), (3, 3, 1)]
+        );
+    }
+
+    #[test]
+    fn madt_lists_every_possible_cpu_the_absent_ones_not_enabled() {
+        // Two at boot, CPU 3 added: CPU 2 is possible but not there (flags 0, as QEMU's).
+        assert_eq!(
+            lapics(&CpuLayout::new(4, [0, 1, 3])),
+            vec![(0, 0, 1), (1, 1, 1), (2, 2, 0), (3, 3, 1)]
+        );
+        // The tables have room for the most xAPIC ids.
+        assert!(AcpiTables::build(&CpuLayout::new(255, [0])).is_ok());
     }
 
     #[test]
     fn too_many_cpus_is_an_error() {
         assert!(matches!(
-            AcpiTables::build(256),
+            AcpiTables::build(&CpuLayout::all(256)),
             Err(AcpiError::TooManyCpus(256))
         ));
     }
@@ -552,7 +813,7 @@ mod tests {
         let dir =
             Scratch(std::env::temp_dir().join(format!("flotilla-dsdt-{}-{n}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
-        std::fs::write(dir.0.join("dsdt.dat"), dsdt().as_slice()).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), dsdt(2).as_slice()).unwrap();
         let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
         for bad in ["error", "warning", "invalid", "checksum"] {
             assert!(
@@ -617,5 +878,107 @@ mod tests {
             warnings.iter().all(|w| w.contains("_HID or _ADR")),
             "{text}"
         );
+    }
+
+    /// `text` without iasl's comments, its runs of blanks made one space (iasl aligns with
+    /// several).
+    fn squeezed(text: &str) -> String {
+        let mut plain = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("/*") {
+            plain.push_str(&rest[..at]);
+            rest = rest[at..]
+                .find("*/")
+                .map_or("", |end| &rest[at + end + 2..]);
+        }
+        plain.push_str(rest);
+        let lines = plain
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or_default());
+        lines
+            .flat_map(str::split_whitespace)
+            .collect::<Vec<_>>()
+            .join(" ")
+            // Where a comment was, before a closing parenthesis.
+            .replace(" )", ")")
+    }
+
+    #[test]
+    fn the_dsdt_describes_cpu_hotplug_as_qemu_does_and_iasl_takes_it() {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            Scratch(std::env::temp_dir().join(format!("flotilla-cpus-{}-{n}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), dsdt(4).as_slice()).unwrap();
+        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
+        for bad in ["error", "warning", "invalid", "checksum"] {
+            assert!(
+                !text.to_lowercase().contains(bad),
+                "iasl -d says {bad}: {text}"
+            );
+        }
+        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        let cpus = squeezed(device(&dsl, "CPUS"));
+        // QEMU's register block and field names, where QEMU has them.
+        for want in [
+            "Name (_HID, \"ACPI0010\")",
+            "Name (_CID, EisaId (\"PNP0A05\"))",
+            "OperationRegion (PRST, SystemIO, 0xAF00, 0x0C)",
+            "Field (PRST, ByteAcc, NoLock, WriteAsZeros) { Offset (0x04), CPEN, 1, CINS, 1, \
+             CRMV, 1, CEJ0, 1, CEJF, 1, Offset (0x05), CCMD, 8 }",
+            "Field (PRST, DWordAcc, NoLock, Preserve) { CSEL, 32, Offset (0x08), CDAT, 32 }",
+            "Mutex (CPLK, 0x00)",
+            "Method (CSTA, 1, Serialized) { Acquire (CPLK, 0xFFFF) CSEL = Arg0 Local0 = Zero \
+             If ((CPEN == One)) { Local0 = 0x0F } Release (CPLK) Return (Local0) }",
+            "Method (COST, 4, Serialized) { Acquire (CPLK, 0xFFFF) CSEL = Arg0 CCMD = One \
+             CDAT = Arg1 CCMD = 0x02 CDAT = Arg2 Release (CPLK) }",
+            "Method (CSCN, 0, Serialized) { Acquire (CPLK, 0xFFFF) CSEL = Zero Local1 = Zero \
+             While ((Local1 < 0x05)) { Local0 = Zero CCMD = Zero Local2 = CDAT \
+             If ((CINS == One)) { CTFY (Local2, One) CINS = One Local0 = One } \
+             If ((Local0 == Zero)) { If ((CRMV == One)) { CTFY (Local2, 0x03) CRMV = One \
+             Local0 = One } } Local1 += One If ((Local0 == Zero)) { Local1 = 0x05 } } \
+             Release (CPLK) }",
+        ] {
+            assert!(cpus.contains(want), "{want} missing:\n{dsl}");
+        }
+        for i in 0..4 {
+            let name = format!("C{i:03X}");
+            let cpu = squeezed(device(&dsl, &name));
+            let uid = match i {
+                0 => "Zero".to_string(),
+                1 => "One".to_string(),
+                i => format!("0x{i:02X}"),
+            };
+            for want in [
+                "Name (_HID, \"ACPI0007\")".to_string(),
+                format!("Name (_UID, {uid})"),
+                format!("Method (_STA, 0, Serialized) {{ Return (CSTA ({uid})) }}"),
+                format!("If (CSTA ({uid})) {{ Return (Buffer (0x08) {{ 0x00, 0x08, 0x0{i}, 0x0{i}, 0x01, 0x00, 0x00, 0x00"),
+                format!("Return (Buffer (0x08) {{ 0x00, 0x08, 0x0{i}, 0x0{i}, 0x00, 0x00, 0x00, 0x00"),
+                format!("Method (_OST, 3, Serialized) {{ COST ({uid}, Arg0, Arg1, Arg2) }}"),
+            ] {
+                assert!(cpu.contains(&want), "{want} missing from {cpu}");
+            }
+            assert!(!cpu.contains("_EJ0"), "{cpu}");
+            assert!(
+                dsl.contains(&format!("Notify ({name}, Arg1)")),
+                "CTFY notifies {name}"
+            );
+        }
+        assert!(!dsl.contains("Device (C004)"), "{dsl}");
+        let gpe = squeezed(&dsl[dsl.find("Scope (\\_GPE)").expect("\\_GPE")..]);
+        assert!(
+            gpe.contains("Method (_E02, 0, NotSerialized) { \\_SB.CPUS.CSCN () }"),
+            "{gpe}"
+        );
+        // The ports are claimed.
+        assert!(
+            squeezed(device(&dsl, "MBRD")).contains("IO (Decode16, 0xAF00, 0xAF00, 0x01, 0x0C,)"),
+            "{dsl}"
+        );
+        // Compiled back, every name the methods use resolves.
+        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
+        assert!(text.contains(" 0 Errors"), "{text}");
     }
 }

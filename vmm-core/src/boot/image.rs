@@ -15,6 +15,7 @@ use super::error::BootError;
 use super::format::{check_elf_extent, detect_format, KernelFormat};
 use super::{acpi, bzimage, memmap, paging, pvh};
 use crate::cpu::boot_regs;
+use crate::cpu::layout::CpuLayout;
 use crate::layout::{CMDLINE, CMDLINE_MAX, HIGH_RAM_START};
 use crate::memory::GuestRam;
 
@@ -102,9 +103,9 @@ impl BootImage {
         self.format
     }
 
-    /// Writes kernel, initrd, command line, boot structures and ACPI tables for `cpus`
-    /// vCPUs into `ram`, which must be zeroed (fresh, or cleared by a reset).
-    pub fn load(&self, ram: &GuestRam, cpus: usize) -> Result<LoadedKernel, BootError> {
+    /// Writes kernel, initrd, command line, boot structures and ACPI tables for the vCPUs
+    /// of `cpus` into `ram`, which must be zeroed (fresh, or cleared by a reset).
+    pub fn load(&self, ram: &GuestRam, cpus: &CpuLayout) -> Result<LoadedKernel, BootError> {
         let mem = ram.memory();
         let low_ram_end = ram.regions()[0].end();
         let tables = acpi::AcpiTables::build(cpus)?;

@@ -1,7 +1,9 @@
 //! Per-vCPU architectural setup: CPUID topology, boot MSRs, and the register state each
-//! boot protocol starts a vCPU in, and the whole state a migration carries (`state`).
+//! boot protocol starts a vCPU in, and the whole state a migration carries (`state`); which
+//! vCPUs a VM may have and has (`layout`).
 
 pub mod boot_regs;
 pub mod cpuid;
+pub mod layout;
 pub mod msrs;
 pub mod state;

@@ -2,7 +2,7 @@
 //! on I/O ports (FADT GPE0_BLK) as on QEMU's pc machine. A device raises an event by
 //! setting its status bit; the OS runs the DSDT's \_GPE._Exx method for it and clears
 //! the bit by writing 1 to it. The SCI is held high while any event is both raised and
-//! enabled. Bit 1 is PCI hotplug, as on QEMU.
+//! enabled. Bit 1 is PCI hotplug, bit 2 CPU hotplug, as on QEMU.
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use super::IrqLine;
 
 /// GPE bits this machine raises.
 pub const PCI_HOTPLUG: u8 = 1;
+pub const CPU_HOTPLUG: u8 = 2;
 
 pub struct Gpe0 {
     regs: EventRegisters,

@@ -160,6 +160,10 @@ fn peers() -> Peers {
     for (c, image) in [(&mut q, &q1), (&mut g, &g1)] {
         c.ok("blockdev-add", raw_node("spare", image));
         c.ok("netdev_add", netdev("n1"));
+        c.ok(
+            "object-add",
+            json!({"qom-type": "memory-backend-ram", "id": "m0", "size": 4096}),
+        );
     }
     Peers {
         _dir: dir,
@@ -257,6 +261,21 @@ fn refusals_match_qemu() {
             "queues not a number",
             "device_add",
             blk(json!({"drive": "spare", "id": "x9", "num-queues": "two"})),
+        ),
+        (
+            "iothread that does not exist",
+            "device_add",
+            blk(json!({"drive": "spare", "id": "x14", "iothread": "nosuch"})),
+        ),
+        (
+            "iothread that is another object",
+            "device_add",
+            blk(json!({"drive": "spare", "id": "x14", "iothread": "m0"})),
+        ),
+        (
+            "iothread on a NIC",
+            "device_add",
+            net(json!({"netdev": "n1", "id": "x14", "iothread": "m0"})),
         ),
         (
             "netdev that does not exist",
@@ -821,5 +840,86 @@ fn a_live_upgrade_keeps_the_devices_where_they_are() {
     let slot = add(&mut gw, &mut c, device, "0x1042");
     assert_eq!(slot, "1");
     expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    assert!(!gw.vm.transcript().contains("GUEST ERROR"));
+}
+
+/// A disk placed on an iothread (device_add iothread=): query-iothreads shows the iothread
+/// with the thread that serves the disk's rings, its block daemon's I/O thread (a new one
+/// after the daemon is killed and restarted); the iothread is held while the disk uses it
+/// (QEMU lets object-del take it away from its device); once the guest let the disk go,
+/// the iothread has no thread (not listed) and can be deleted.
+#[test]
+fn an_iothread_shows_the_thread_that_serves_its_disk() {
+    let dir = TempDir::new("hotplug-iothread");
+    let (mut gw, mut c) = hotplug_guest("", &[]);
+    hot_disk(&mut c, dir.path());
+    c.ok(
+        "object-add",
+        json!({"qom-type": "iothread", "id": "io0", "poll-max-ns": 100, "poll-grow": 2}),
+    );
+    assert_eq!(c.ok("query-iothreads", json!({})), json!([]));
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1",
+                        "iothread": "io0"});
+    let slot = add(&mut gw, &mut c, device, "0x1042");
+    expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    let gateway_pid = gw.vm.pid();
+    let daemon = live_child(gateway_pid, "block-daemon", STEP);
+    let serving = |c: &mut QmpClient| {
+        let list = c.ok("query-iothreads", json!({}));
+        let [entry] = list.as_array().expect("a list").as_slice() else {
+            panic!("one iothread expected: {list}")
+        };
+        assert_eq!(
+            (&entry["id"], &entry["poll-max-ns"], &entry["poll-grow"]),
+            (&json!("io0"), &json!(100), &json!(2))
+        );
+        assert_eq!(
+            (&entry["poll-shrink"], &entry["aio-max-batch"]),
+            (&json!(0), &json!(0))
+        );
+        entry["thread-id"].as_u64().expect("thread-id") as i32
+    };
+    let tid = serving(&mut c);
+    let in_daemon = |tid: i32, daemon: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+        let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+        status.lines().any(|l| l == format!("Tgid:\t{daemon}")) && comm.trim() == "vhost-worker"
+    };
+    assert!(
+        in_daemon(tid, daemon),
+        "thread {tid} is not daemon {daemon}'s I/O thread"
+    );
+    let (class, desc) = error(&c.execute("object-del", json!({"id": "io0"})));
+    assert_eq!(
+        (class.as_str(), desc.as_str()),
+        ("GenericError", "object 'io0' is in use, can not be deleted")
+    );
+    // A restarted daemon serves the disk on a thread of its own.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    c.event_within("__io.flotilla_BLOCK_DAEMON_RESTARTED", STEP)
+        .expect("no restart");
+    let restarted = live_child(gateway_pid, "block-daemon", STEP);
+    assert_ne!(restarted, daemon);
+    let deadline = std::time::Instant::now() + STEP;
+    let tid = loop {
+        // The new daemon's worker starts once vmm-core is connected again.
+        let tid = serving(&mut c);
+        if in_daemon(tid, restarted) {
+            break tid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no I/O thread in {restarted}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(tid > 0);
+    remove(&mut gw, &mut c, "disk1", "/machine/peripheral/disk1", &slot);
+    assert_eq!(c.ok("query-iothreads", json!({})), json!([]));
+    assert_eq!(c.ok("object-del", json!({"id": "io0"})), json!({}));
     assert!(!gw.vm.transcript().contains("GUEST ERROR"));
 }

@@ -21,6 +21,24 @@ use super::link::{Link, LinkError, Protocol};
 use super::sandbox::{syscall_name, Policy};
 use super::spawn::{spawn_child, Process, SpawnError};
 
+/// The host thread ids of process `pid`'s threads named `name` (their comm), lowest
+/// first; none if the process is gone.
+pub fn threads_named(pid: u32, name: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
 /// A daemon's control protocol and what the gateway needs to run one.
 pub trait DaemonKind: Protocol {
     /// Its binary's name, in logs, errors and violation reports ("block-daemon").

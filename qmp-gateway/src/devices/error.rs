@@ -58,6 +58,11 @@ pub enum DeviceError {
     DriveNotSet,
     #[error("num-queues property must be larger than 0")]
     NoQueues,
+    /// iothread= names no object (QMP's DeviceNotFound, as QEMU's link lookup says).
+    #[error("Device '{0}' not found")]
+    NoIothread(String),
+    #[error("Invalid parameter type for 'iothread', expected: iothread")]
+    NotAnIothread,
 
     // Ours: what QEMU takes and Flotilla does not.
     #[error(

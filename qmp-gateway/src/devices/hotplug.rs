@@ -20,6 +20,7 @@ use crate::block::hotplug::DeviceDisk;
 use crate::events::{DeviceDeleted, Event};
 use crate::gateway::Gateway;
 use crate::net::hotplug::DeviceNic;
+use crate::objects::Object;
 use crate::upgrade::CHANGING;
 
 impl Gateway {
@@ -38,8 +39,11 @@ impl Gateway {
             .reserve(spec.model, spec.id.as_deref())?;
         let added = self.add_reserved(&spec, &ticket);
         match &added {
-            Ok(backend) => {
-                self.devices.lock().added(&ticket, backend.clone());
+            Ok((backend, iothread)) => {
+                let mut devices = self.devices.lock();
+                devices.added(&ticket, backend.clone());
+                devices.set_iothread(&ticket, iothread.clone());
+                drop(devices);
                 self.devices_changed();
             }
             Err(_) => self.devices.lock().abandon(&ticket),
@@ -47,9 +51,50 @@ impl Gateway {
         added.map(drop)
     }
 
-    /// The rest of device_add, once the id is taken.
-    fn add_reserved(&self, spec: &DeviceSpec, ticket: &Ticket) -> Result<Backend, DeviceError> {
+    /// The rest of device_add, once the id is taken: the device's backend and the
+    /// iothread it holds (released here if the add fails).
+    fn add_reserved(
+        &self,
+        spec: &DeviceSpec,
+        ticket: &Ticket,
+    ) -> Result<(Backend, Option<String>), DeviceError> {
         let props = spec.properties()?;
+        let iothread = match &props {
+            Props::Blk(b) => b.iothread.clone(),
+            Props::Net(_) => None,
+        };
+        if let Some(name) = &iothread {
+            self.hold_iothread(name)?;
+        }
+        let added = self.add_with_props(spec, ticket, props);
+        if let (Err(_), Some(name)) = (&added, &iothread) {
+            self.objects.release(name);
+        }
+        added.map(|backend| (backend, iothread))
+    }
+
+    /// An iothread object held for a device placed on it, as QEMU's link property looks
+    /// it up.
+    fn hold_iothread(&self, name: &str) -> Result<(), DeviceError> {
+        if self
+            .objects
+            .hold(name, |o| matches!(o, Object::IoThread(_)))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self.objects.exists(name) {
+            true => Err(DeviceError::NotAnIothread),
+            false => Err(DeviceError::NoIothread(name.to_string())),
+        }
+    }
+
+    fn add_with_props(
+        &self,
+        spec: &DeviceSpec,
+        ticket: &Ticket,
+        props: Props,
+    ) -> Result<Backend, DeviceError> {
         // What the properties name is looked up when they are set, before the slot.
         match &props {
             Props::Blk(b) => {
@@ -152,6 +197,9 @@ impl Gateway {
         };
         if let Some(backend) = &device.backend {
             self.remove_backend(backend);
+        }
+        if let Some(name) = &device.iothread {
+            self.objects.release(name);
         }
         self.devices_changed();
         log::info!("{} removed from slot {slot}", device.qom_path);

@@ -70,6 +70,9 @@ pub struct Device {
     pub backend: Option<Backend>,
     /// When device_del last asked the guest, on the VM's virtual clock (ms).
     requested_ms: u64,
+    /// The iothread object it was placed on (iothread=): its daemon's I/O thread is
+    /// that iothread's in query-iothreads.
+    pub iothread: Option<String>,
 }
 
 impl Device {
@@ -159,6 +162,7 @@ impl Devices {
             phase: Phase::Adding,
             backend: None,
             requested_ms: 0,
+            iothread: None,
         });
         Ok(Ticket { qom_path })
     }
@@ -217,6 +221,26 @@ impl Devices {
             self.devices[at].phase = Phase::Present;
             self.devices[at].backend = Some(backend);
         }
+    }
+
+    /// Notes the iothread object `ticket`'s device is placed on.
+    pub fn set_iothread(&mut self, ticket: &Ticket, iothread: Option<String>) {
+        if let Some(at) = self.position(ticket) {
+            self.devices[at].iothread = iothread;
+        }
+    }
+
+    /// The block layer's ids of the disks placed on iothread `name`, in the order they
+    /// were added.
+    pub fn disks_on(&self, name: &str) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|d| d.phase != Phase::Adding && d.iothread.as_deref() == Some(name))
+            .filter_map(|d| match &d.backend {
+                Some(Backend::Disk(l)) => Some(l.id.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A device_add that failed: its id and slot are free again (not its anonymous

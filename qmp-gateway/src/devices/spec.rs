@@ -78,6 +78,8 @@ pub struct BlkProps {
     pub serial: Option<String>,
     pub num_queues: Option<u32>,
     pub addr: Option<Addr>,
+    /// iothread=: the iothread object whose thread serves it ("" for none, as QEMU).
+    pub iothread: Option<String>,
 }
 
 /// A virtio-net-pci's properties.
@@ -175,6 +177,7 @@ impl DeviceSpec {
                             p.num_queues = Some(uint(v, "num-queues", u16::MAX.into())?)
                         }
                         "addr" => p.addr = Some(addr(model, v)?),
+                        "iothread" => p.iothread = Some(v.clone()).filter(|t| !t.is_empty()),
                         // The transport's MSI-X vectors: ours has its own count.
                         "vectors" => drop(uint(v, "vectors", u32::MAX.into())?),
                         _ => return Err(no_property(model, k)),
@@ -419,7 +422,7 @@ mod tests {
         assert_eq!(
             props(
                 json!({"driver": "virtio-blk-pci", "drive": "d0", "serial": 5,
-                          "num-queues": "0x2", "addr": "3"})
+                          "num-queues": "0x2", "addr": "3", "iothread": "io0"})
             ),
             Ok(Props::Blk(BlkProps {
                 drive: Some("d0".into()),
@@ -429,11 +432,12 @@ mod tests {
                     slot: 3,
                     function: 0
                 }),
+                iothread: Some("io0".into()),
             }))
         );
-        // drive= "" is no drive.
+        // drive= "" is no drive, iothread= "" no iothread.
         assert_eq!(
-            props(json!({"driver": "virtio-blk-pci", "drive": ""})),
+            props(json!({"driver": "virtio-blk-pci", "drive": "", "iothread": ""})),
             Ok(Props::Blk(BlkProps::default()))
         );
         for (args, err) in [

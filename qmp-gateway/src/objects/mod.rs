@@ -188,6 +188,11 @@ impl Objects {
         }
     }
 
+    /// Whether object `id` exists.
+    pub fn exists(&self, id: &str) -> bool {
+        self.inner.lock().entries.contains_key(id)
+    }
+
     /// Whether object `id` exists and is used by something.
     pub fn in_use(&self, id: &str) -> bool {
         self.inner

@@ -184,7 +184,12 @@ pub const COMMANDS: &[Command] = &[
     ),
     absent("query-mice", &Typed(absent::empty_list), ANY_LIST),
     absent("query-memory-devices", &Typed(absent::empty_list), ANY_LIST),
-    absent("query-iothreads", &Typed(absent::empty_list), ANY_LIST),
+    partly(
+        "query-iothreads",
+        &Typed(objects::query_iothreads),
+        Ty::Array(&Ty::Named("IOThreadInfo")),
+        G,
+    ),
     absent(
         "query-rocker",
         &Typed(absent::rocker::<absent::Rocker>),

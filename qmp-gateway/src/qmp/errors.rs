@@ -73,7 +73,9 @@ impl From<DeviceError> for QmpError {
             DeviceError::Net(net) => net.into(),
             DeviceError::Link(link) => link.into(),
             // QEMU's DeviceNotFound: an id or bus path naming nothing.
-            e @ (DeviceError::NotFound(_) | DeviceError::NoBusDevice(_)) => device_not_found(e),
+            e @ (DeviceError::NotFound(_)
+            | DeviceError::NoBusDevice(_)
+            | DeviceError::NoIothread(_)) => device_not_found(e),
             e => QmpError::generic(e.to_string()),
         }
     }

@@ -122,6 +122,21 @@ impl PciConfig {
         Some(Bar { addr: hi | lo, ..b })
     }
 
+    /// BAR `index` where the guest has it, if that is an address it can decode at (with
+    /// decoding on or off): not 0, and not wrapping past the end of its address space, as
+    /// QEMU's pci_bar_address has it. All ones, written to size the BAR, read back as
+    /// such a wrapping address.
+    pub fn placed_bar(&self, index: usize) -> Option<Bar> {
+        let now = self.bar(index)?;
+        let limit = match now.is_64 {
+            true => u64::MAX,
+            false => u64::from(u32::MAX),
+        };
+        let real = now.addr != 0
+            && (now.addr.checked_add(now.size.saturating_sub(1))).is_some_and(|last| last < limit);
+        real.then_some(now)
+    }
+
     /// BAR `index` as the VMM assigned it (where the guest moved it since aside): the
     /// range the bus gets back when the function goes.
     pub fn assigned_bar(&self, index: usize) -> Option<Bar> {
@@ -219,17 +234,10 @@ impl PciConfig {
     /// history of hot-plugs, not on how this VM was built.
     fn adopt_bars(&mut self) {
         for index in 0..self.bars.len() {
-            let (Some(home), Some(now)) = (self.bars[index], self.bar(index)) else {
+            let (Some(home), Some(now)) = (self.bars[index], self.placed_bar(index)) else {
                 continue;
             };
-            let limit = match home.is_64 {
-                true => u64::MAX,
-                false => u64::from(u32::MAX),
-            };
-            let real = now.addr != 0
-                && (now.addr.checked_add(now.size.saturating_sub(1)))
-                    .is_some_and(|last| last < limit);
-            if !real || now.addr == home.addr {
+            if now.addr == home.addr {
                 continue;
             }
             self.bars[index] = Some(now);

@@ -194,10 +194,16 @@ impl VirtioPci {
 
     /// (Re-)registers each queue's kick ioeventfd at its notify address in BAR 0. On an
     /// error none is registered: a function half registered would hold addresses that
-    /// another BAR may take.
+    /// another BAR may take. A BAR being sized (all ones, which decode nowhere) leaves
+    /// them where they are: the guest writes an address back next, mostly the same one,
+    /// and each ioeventfd KVM lets go of costs the vCPU thread milliseconds here (two
+    /// per BAR sizing were most of a hot-added disk's set-up in the guest).
     fn register_kicks(&mut self) -> Result<(), String> {
         let addr = self.bar_addr();
         if self.kicks_at == Some(addr) || self.unplugged {
+            return Ok(());
+        }
+        if addr != 0 && self.config.placed_bar(0).is_none() {
             return Ok(());
         }
         self.unregister_kicks();
@@ -740,6 +746,34 @@ mod tests {
         assert!(e.starts_with("kick ioeventfd"), "{e}");
         assert!(!kick_registered(&vm, 0), "queue 0's kick was taken back");
         assert_eq!(router.allocate_gsi(), 24, "its GSIs went back");
+    }
+
+    #[test]
+    fn sizing_bar_0_leaves_the_kicks_and_moving_it_takes_them_along() {
+        use crate::devices::pci::config::BAR0;
+        let vm = crate::test_kvm::vm();
+        let router = MsiRouter::new(vm.clone());
+        let mut t =
+            VirtioPci::new(Box::new(Device(Arc::default())), BAR, vm.clone(), router).unwrap();
+        let at = |bar: u64| crate::test_kvm::ioevent_at(&vm, bar + NOTIFY);
+        // As the guest sizes it: all ones (read back as 0xffff8000, decoding nowhere),
+        // then its address again.
+        t.write_config(BAR0, &u32::MAX.to_le_bytes());
+        assert_eq!(t.config().get32(BAR0), 0xffff_8000);
+        assert!(at(BAR), "the kicks stay while the BAR is sized");
+        assert!(!at(0xffff_8000));
+        t.write_config(BAR0, &(BAR as u32).to_le_bytes());
+        assert!(at(BAR));
+        // Sized, then put elsewhere: the kicks follow, as for a plain move.
+        t.write_config(BAR0, &u32::MAX.to_le_bytes());
+        t.write_config(BAR0, &0xd000_0000u32.to_le_bytes());
+        assert!(at(0xd000_0000) && !at(BAR));
+        t.write_config(BAR0, &(BAR as u32).to_le_bytes());
+        assert!(at(BAR) && !at(0xd000_0000));
+        // At 0 the BAR decodes nothing: the kicks go.
+        t.write_config(BAR0, &0u32.to_le_bytes());
+        assert!(!at(BAR) && !at(0));
+        t.unplug();
     }
 
     #[test]

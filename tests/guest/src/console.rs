@@ -5,7 +5,7 @@
 //! Numbers are formatted by hand instead of through `core::fmt`: ring 0 is emulated on the
 //! kvm-pvm hosts (about 2 M instructions/s) and every output byte is already two VM exits.
 
-use crate::arch::cpu::{inb, outb};
+use crate::arch::cpu::{inb, outb, outsb};
 use crate::sync::SpinLock;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -40,29 +40,41 @@ pub fn init() {
     }
 }
 
-fn put_byte(byte: u8) {
-    // With the FIFO on, THRE means "FIFO empty": then FIFO_SIZE bytes fit without polling,
-    // which halves the VM exits per byte (each costs tens of microseconds on kvm-pvm).
+/// Bytes that may be written now (at least 1), polling LSR first if none were left. With
+/// the FIFO on, THRE means "FIFO empty": then FIFO_SIZE bytes fit without polling, which
+/// halves the VM exits per byte (each costs tens of microseconds on kvm-pvm).
+fn room() -> u32 {
     let room = ROOM.load(Ordering::Relaxed);
-    if room == 0 {
-        // Bounded: a missing UART reads 0xff (THRE set) and a wedged one must not hang us.
-        for _ in 0..100_000 {
-            // SAFETY: COM1 belongs to the console.
-            if unsafe { inb(COM1 + 5) } & LSR_THRE != 0 {
-                break;
-            }
-        }
-        ROOM.store(BURST.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-    } else {
-        ROOM.store(room - 1, Ordering::Relaxed);
+    if room != 0 {
+        return room;
     }
-    // SAFETY: as above.
+    // Bounded: a missing UART reads 0xff (THRE set) and a wedged one must not hang us.
+    for _ in 0..100_000 {
+        // SAFETY: COM1 belongs to the console.
+        if unsafe { inb(COM1 + 5) } & LSR_THRE != 0 {
+            break;
+        }
+    }
+    BURST.load(Ordering::Relaxed)
+}
+
+fn put_byte(byte: u8) {
+    ROOM.store(room() - 1, Ordering::Relaxed);
+    // SAFETY: COM1 belongs to the console.
     unsafe { outb(COM1, byte) }
 }
 
-fn put_str(text: &[u8]) {
-    for &byte in text {
-        put_byte(byte);
+/// As many bytes as fit in the FIFO at a time, by `rep outsb`: still one VM exit per byte,
+/// but the byte loop is the emulator's, not ring-0 code that kvm-pvm emulates instruction
+/// by instruction (7 instead of 17 us per byte between exits, measured).
+fn put_str(mut text: &[u8]) {
+    while !text.is_empty() {
+        let room = room();
+        let count = text.len().min(room as usize);
+        // SAFETY: COM1 belongs to the console.
+        unsafe { outsb(COM1, &text[..count]) }
+        ROOM.store(room - count as u32, Ordering::Relaxed);
+        text = &text[count..];
     }
 }
 

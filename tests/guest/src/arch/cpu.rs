@@ -31,6 +31,24 @@ pub unsafe fn outl(port: u16, value: u32) {
     }
 }
 
+/// `rep outsb`: the bytes of `bytes` to `port`, one after the other.
+///
+/// # Safety
+/// See [`outb`].
+pub unsafe fn outsb(port: u16, bytes: &[u8]) {
+    // SAFETY: the caller owns the port (this function's contract); the instruction reads
+    // `bytes.len()` bytes from `bytes` (DF is clear, as asm! requires) and writes no memory.
+    unsafe {
+        asm!(
+            "rep outsb",
+            inout("rsi") bytes.as_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            in("dx") port,
+            options(nostack, readonly, preserves_flags),
+        )
+    }
+}
+
 /// # Safety
 /// Reading some ports has side effects (e.g. clears status); the caller owns the port.
 pub unsafe fn inb(port: u16) -> u8 {

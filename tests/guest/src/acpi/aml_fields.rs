@@ -423,3 +423,34 @@ fn gpe_methods(table: &[u8], callee: Option<NameSeg>, gpes: &mut [u64; 4]) {
         }
     }
 }
+
+/// NameOp: `Name (NAME, object)`.
+const NAME_OP: u8 = 0x08;
+
+/// The integer constant of a `Name (name, value)` definition in `table` (a whole ACPI table,
+/// header included): QEMU's MDNR, the number of memory slots. NameOp is a common byte in AML
+/// data, so only candidates with this name count; one whose value is not an integer constant
+/// is kept as the reason the name was not found.
+pub fn find_integer_name(table: &[u8], name: NameSeg) -> Search<u64> {
+    let mut search = Search {
+        found: None,
+        conflict: None,
+        malformed: None,
+    };
+    for at in (TABLE_HEADER..table.len()).filter(|&i| table[i] == NAME_OP) {
+        let Ok((Some(found), taken)) = name_string(table, at + 1) else {
+            continue;
+        };
+        if found != name {
+            continue;
+        }
+        let mut i = at + 1 + taken;
+        match integer(table, &mut i) {
+            Ok(value) => record(&mut search, value, at, |a, b| a == b),
+            Err(what) => {
+                search.malformed.get_or_insert(Problem { at, what });
+            }
+        }
+    }
+    search
+}

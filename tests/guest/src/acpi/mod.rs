@@ -3,8 +3,8 @@
 //! guest acts on: MADT, FADT, MCFG (PCI Express ECAM, for drivers/pci/) and the DSDT's `\_S5_`;
 //! the DSDT and SSDTs are kept for the AML scans of pcihp.rs. The result is a write-once static
 //! that the rest of the kernel reads; power.rs acts on it (ACPI mode, soft-off, reset, the
-//! power button and the SCI), gpe.rs, pcihp.rs and cpuhp.rs on the general-purpose events
-//! and ACPI PCI and CPU hotplug.
+//! power button and the SCI), gpe.rs, pcihp.rs, cpuhp.rs and memhp.rs on the general-purpose
+//! events and ACPI PCI, CPU and memory hotplug.
 //!
 //! A table with a bad checksum is reported (`GUEST ERROR acpi checksum ...`) and still used,
 //! as Linux does, so that one bad byte does not also take power-off away.
@@ -17,6 +17,7 @@ pub mod gas;
 pub mod gpe;
 pub mod madt;
 pub mod mcfg;
+pub mod memhp;
 pub mod pcihp;
 pub mod power;
 

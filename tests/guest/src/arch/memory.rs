@@ -5,6 +5,7 @@
 //! below the CPU's physical address width) on demand, one page directory of 2 MiB uncached,
 //! user-accessible pages per GiB touched, with page-table pages from a static pool. Below
 //! 4 GiB it marks the 2 MiB pages holding the range uncached, unless they also hold RAM.
+//! [`map_ram`] does the same for RAM added at run time (ACPI memory hotplug), write-back.
 //!
 //! DMA pool: virtqueues, request headers and data buffers come from one bump allocator over
 //! free RAM (memory map type 1) above the kernel image and below 4 GiB, set up on first use.
@@ -37,6 +38,7 @@ const PCD: u64 = 1 << 4;
 const HUGE: u64 = 1 << 7;
 const TABLE_FLAGS: u64 = PRESENT | WRITABLE | USER;
 const DEVICE_PAGE_FLAGS: u64 = PRESENT | WRITABLE | USER | PWT | PCD | HUGE;
+const RAM_PAGE_FLAGS: u64 = PRESENT | WRITABLE | USER | HUGE;
 /// Upper bound on the DMA pool (more is never needed and keeps the sizing loops short).
 const DMA_MAX: u64 = 1 << 30;
 
@@ -185,18 +187,33 @@ fn holds_ram(start: u64, end: u64) -> bool {
 /// Makes `[addr, addr + len)` accessible as device memory (identity mapped, uncached, ring 3
 /// too). False, after an error line, if the range is empty, starts at 0, or is not mappable.
 pub fn map_mmio(addr: u64, len: u64) -> bool {
+    map(addr, len, false)
+}
+
+/// Makes `[addr, addr + len)` accessible as RAM (identity mapped, write-back, ring 3 too): the
+/// 2 MiB pages holding it, whatever was mapped there. For memory the VMM added at run time;
+/// false, after an error line, as for [`map_mmio`].
+pub fn map_ram(addr: u64, len: u64) -> bool {
+    map(addr, len, true)
+}
+
+fn map(addr: u64, len: u64, ram: bool) -> bool {
     let limit = MAP_LIMIT.min(phys_limit());
     let end = match addr.checked_add(len) {
         Some(end) if addr != 0 && len != 0 && end <= limit => end,
         _ => {
-            console::error("memory: cannot map device range ")
-                .hex(addr)
-                .s("+")
-                .hex(len)
-                .s(" (limit ")
-                .hex(limit)
-                .s(")")
-                .end();
+            console::error(if ram {
+                "memory: cannot map RAM range "
+            } else {
+                "memory: cannot map device range "
+            })
+            .hex(addr)
+            .s("+")
+            .hex(len)
+            .s(" (limit ")
+            .hex(limit)
+            .s(")")
+            .end();
             return false;
         }
     };
@@ -208,7 +225,12 @@ pub fn map_mmio(addr: u64, len: u64) -> bool {
         };
         let entry_addr = pd + ((page >> 21) & (ENTRIES - 1)) * 8;
         let entry = read_entry(entry_addr);
-        if entry & PRESENT == 0 {
+        if ram {
+            if entry != page | RAM_PAGE_FLAGS {
+                write_entry(entry_addr, page | RAM_PAGE_FLAGS);
+                changed = true;
+            }
+        } else if entry & PRESENT == 0 {
             write_entry(entry_addr, page | DEVICE_PAGE_FLAGS);
             changed = true;
         } else if entry & HUGE != 0
@@ -224,6 +246,11 @@ pub fn map_mmio(addr: u64, len: u64) -> bool {
         flush_tlb();
     }
     true
+}
+
+/// Whether `[start, end)` overlaps RAM of the boot memory map.
+pub fn overlaps_boot_ram(start: u64, end: u64) -> bool {
+    holds_ram(start, end)
 }
 
 fn align_up(value: u64, align: u64) -> Option<u64> {

@@ -9,7 +9,8 @@
 //! - `pci-list` (pci.rs, with the PCI set-up every device scenario starts with);
 //! - `pci-hotplug` (hotplug/): ACPI PCI hotplug of bus 0, virtio-blk and virtio-net devices
 //!   added and removed while it runs; `cpu-hotplug` (cpu_hotplug.rs): ACPI CPU hotplug, the
-//!   CPUs added started and given work;
+//!   CPUs added started and given work; `mem-hotplug` (mem_hotplug.rs): ACPI memory hotplug,
+//!   the DIMMs added checked (and used for disk I/O) and the ones asked for ejected;
 //! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
 //!   `balloon` (virtio-balloon) in balloon.rs;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
@@ -23,6 +24,7 @@ mod cpu_hotplug;
 mod failures;
 mod hotplug;
 mod idle;
+mod mem_hotplug;
 mod migrate;
 mod net;
 mod pci;
@@ -40,6 +42,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(b"pci-list") => pci::list(acpi, cmdline),
         Some(b"pci-hotplug") => hotplug::run(acpi, cmdline),
         Some(b"cpu-hotplug") => cpu_hotplug::run(acpi, cmdline),
+        Some(b"mem-hotplug") => mem_hotplug::run(acpi, cmdline),
         Some(b"balloon") => balloon::run(acpi, cmdline),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),

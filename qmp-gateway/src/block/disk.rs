@@ -27,6 +27,7 @@ use super::job::BlockJob;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
+use crate::children::spare::Spares;
 use crate::events::{Event, EventBus, InflightResumed, WriteThreshold};
 
 /// A throttle group: the state page its members share, and its limits.
@@ -48,6 +49,8 @@ pub struct Hooks {
     pub stop_vm: Sender<()>,
     /// Where the daemons' job events go (disk id, event), to `BlockLayer::job_event`.
     pub jobs: Sender<(String, JobEvent)>,
+    /// A daemon started ahead, once a disk was hot-added: a start takes it if it is there.
+    pub spares: Arc<Spares>,
 }
 
 /// A daemon started, and the persistent bitmaps it loaded if it was told to load them.
@@ -287,41 +290,42 @@ impl Launch {
         let jobs = hooks.jobs.clone();
         let health = self.health.clone();
         let device = self.id.clone();
-        let (daemon, answer, memfds) = BlockDaemon::start(
-            &self.binary,
-            &self.id,
-            &hooks.sandbox,
-            move |e| match e {
-                BlockEvent::WriteThreshold {
+        let on_event = move |e| match e {
+            BlockEvent::WriteThreshold {
+                node_name,
+                amount_exceeded,
+                threshold,
+            } => {
+                thresholds.lock().remove(&node_name);
+                events.emit(Event::BlockWriteThreshold(WriteThreshold {
                     node_name,
                     amount_exceeded,
-                    threshold,
-                } => {
-                    thresholds.lock().remove(&node_name);
-                    events.emit(Event::BlockWriteThreshold(WriteThreshold {
-                        node_name,
-                        amount_exceeded,
-                        write_threshold: threshold,
-                    }));
-                }
-                BlockEvent::IoError {
-                    operation,
-                    action,
-                    errno,
-                } => health.io_error(operation, action, errno),
-                BlockEvent::InflightResumed { queue, requests } => {
-                    events.emit(Event::BlockInflightResumed(InflightResumed {
-                        device: device.clone(),
-                        queue,
-                        requests,
-                    }))
-                }
-                BlockEvent::Job(e) => {
-                    // Handled away from this reader: it may change the disk.
-                    let _ = jobs.send((device.clone(), e));
-                }
-            },
-            hooks.deaths.clone(),
+                    write_threshold: threshold,
+                }));
+            }
+            BlockEvent::IoError {
+                operation,
+                action,
+                errno,
+            } => health.io_error(operation, action, errno),
+            BlockEvent::InflightResumed { queue, requests } => {
+                events.emit(Event::BlockInflightResumed(InflightResumed {
+                    device: device.clone(),
+                    queue,
+                    requests,
+                }))
+            }
+            BlockEvent::Job(e) => {
+                // Handled away from this reader: it may change the disk.
+                let _ = jobs.send((device.clone(), e));
+            }
+        };
+        let (sandbox, deaths) = (&hooks.sandbox, hooks.deaths.clone());
+        let daemon = match hooks.spares.take(&self.binary, sandbox.mode) {
+            Some(spare) => BlockDaemon::from_spare(spare, &self.id, sandbox, on_event, deaths),
+            None => BlockDaemon::spawn_ahead(&self.binary, &self.id, sandbox, on_event, deaths),
+        }?;
+        let (daemon, answer, memfds) = daemon.open(
             BlockRequest::Open(self.config.clone()),
             &[self.listener.as_fd(), self.counters.as_fd()]
                 .into_iter()

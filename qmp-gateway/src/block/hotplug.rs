@@ -132,16 +132,22 @@ impl BlockLayer {
             on_write_error: OnError::Enospc,
         };
         match self.attach(&mut state, new) {
-            Ok((index, stream)) => Ok((
-                DiskLaunch {
-                    index,
-                    slot: Some(slot),
-                    id: d.qom_path,
-                    qdev_id,
-                    max_queues: d.queues,
-                },
-                stream,
-            )),
+            // A VM that had a disk hot-added may get more: the next one's daemon is
+            // started ahead (a start is most of a device_add's time otherwise).
+            Ok((index, stream)) => {
+                let spares = &self.hooks.spares;
+                spares.keep_one(&self.daemon_binary, self.hooks.sandbox.mode);
+                Ok((
+                    DiskLaunch {
+                        index,
+                        slot: Some(slot),
+                        id: d.qom_path,
+                        qdev_id,
+                        max_queues: d.queues,
+                    },
+                    stream,
+                ))
+            }
             Err(e) => {
                 let read_only = state.graph.node(&d.drive).is_some_and(|n| n.read_only);
                 state.release_top(&d.drive, read_only);

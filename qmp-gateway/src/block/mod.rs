@@ -210,6 +210,7 @@ impl BlockLayer {
                 sandbox,
                 stop_vm,
                 jobs,
+                spares: Arc::default(),
             },
             thresholds,
             job_events: Mutex::new(Some(job_events)),
@@ -637,6 +638,7 @@ impl BlockLayer {
     /// Stops every daemon (after vmm-core, their frontend, has gone) and removes their
     /// sockets' directory.
     pub fn shutdown(&self) {
+        self.hooks.spares.close();
         self.supervision.stop();
         // A restart under way finishes first and its daemon is stopped with the others
         // (cleanly: stored bitmaps, a clean image), rather than being cut off as the

@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use ipc::Connection;
+
 use super::link::{Link, LinkError, Protocol};
 use super::sandbox::{syscall_name, Policy};
+use super::spare::Spare;
 use super::spawn::{spawn_child, Process, SpawnError};
 
 /// The host thread ids of process `pid`'s threads named `name` (their comm), lowest
@@ -162,6 +165,21 @@ impl<K: DaemonKind> Daemon<K> {
         Ok((daemon, answer, answer_fds))
     }
 
+    /// `spawn_ahead` with the process of `spare` (`Spares::take` gave it for this binary
+    /// and sandbox mode) instead of a new one: `device`'s daemon from now on, its first
+    /// call still to come.
+    pub fn from_spare(
+        spare: Spare,
+        device: &str,
+        policy: &Policy,
+        on_event: impl Fn(K::Event) + Send + 'static,
+        deaths: Sender<String>,
+    ) -> Result<Self, DaemonError> {
+        let (child, conn, binary) = spare.into_parts();
+        Self::adopt(child, conn, device, policy, on_event, deaths)
+            .map_err(|error| DaemonError::Start { binary, error })
+    }
+
     fn spawn(
         binary: &Path,
         device: &str,
@@ -170,6 +188,18 @@ impl<K: DaemonKind> Daemon<K> {
         deaths: Sender<String>,
     ) -> Result<Self, SpawnError> {
         let (child, conn) = spawn_child(binary, &[], policy.mode)?;
+        Self::adopt(child, conn, device, policy, on_event, deaths)
+    }
+
+    /// A started child as `device`'s daemon: its control channel read from now on.
+    fn adopt(
+        child: Process,
+        conn: Connection,
+        device: &str,
+        policy: &Policy,
+        on_event: impl Fn(K::Event) + Send + 'static,
+        deaths: Sender<String>,
+    ) -> Result<Self, SpawnError> {
         let link = Link::new(format!("{} of {device}", K::PROCESS), conn);
         let state = Arc::new(AtomicU8::new(STARTING));
         let seen = state.clone();

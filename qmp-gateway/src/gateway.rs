@@ -9,6 +9,7 @@
 //! vCPUs as for QMP stop), so that no daemon's event reader waits for vmm-core. `cont`
 //! clears it and has the disks retry what they hold.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, OnceLock, Weak};
@@ -58,7 +59,10 @@ struct Status {
     run_state: RunState,
     /// The VM was stopped for a disk's error (shown as io-error while it is paused).
     io_error: bool,
+    /// In the order they came: the launch's by index, then the added ones (cpus.rs).
     vcpus: Vec<VcpuInfo>,
+    /// The QOM paths of vCPUs added by device_add (others have the launch's kind).
+    vcpu_paths: BTreeMap<u32, String>,
 }
 
 /// Stops the VM for a disk's error, each time the block layer asks, if it runs.
@@ -139,6 +143,7 @@ impl Gateway {
             run_state: RunState::Prelaunch,
             io_error: false,
             vcpus: Vec::new(),
+            vcpu_paths: BTreeMap::new(),
         }));
         let (stop_vm, stop_requests) = mpsc::channel();
         let block = Arc::new(BlockLayer::new(
@@ -323,7 +328,30 @@ impl Gateway {
         for v in &mut vcpus {
             v.thread_id = self.host_tid(v.thread_id);
         }
-        self.status.lock().vcpus = vcpus;
+        let mut status = self.status.lock();
+        // A new vmm-core (a live upgrade) lists them by index: the order they came stays.
+        let place = |index: u32| status.vcpus.iter().position(|v| v.index == index);
+        vcpus.sort_by_key(|v| place(v.index).unwrap_or(usize::MAX));
+        status.vcpus = vcpus;
+    }
+
+    /// A vCPU added while the VM lives (its thread id as vmm-core reports it), with the
+    /// QOM path device_add gave it.
+    pub fn push_vcpu(&self, mut vcpu: VcpuInfo, qom_path: Option<String>) {
+        vcpu.thread_id = self.host_tid(vcpu.thread_id);
+        let mut status = self.status.lock();
+        status.vcpus.push(vcpu);
+        if let Some(path) = qom_path {
+            status.vcpu_paths.insert(vcpu.index, path);
+        }
+    }
+
+    /// A vCPU's QOM path: device_add's, or the launch's kind (/machine/unattached/...).
+    pub fn vcpu_qom_path(&self, index: u32) -> String {
+        match self.status.lock().vcpu_paths.get(&index) {
+            Some(path) => path.clone(),
+            None => format!("/machine/unattached/device[{index}]"),
+        }
     }
 
     pub fn request_exit(&self, reason: ExitReason) {

@@ -173,7 +173,8 @@ impl OpenedVm {
     pub fn shape(&self) -> ipc::MachineShape {
         ipc::MachineShape {
             memory: self.config.memory_mib << 20,
-            vcpus: self.config.cpus,
+            // The vCPUs there are: a destination must have the added ones too.
+            vcpus: self.config.cpus + self.config.added_cpus.len() as u32,
             disks: self.config.disks.iter().map(|d| d.max_queues).collect(),
             nics: self.config.nics.iter().map(|n| n.queue_pairs).collect(),
         }

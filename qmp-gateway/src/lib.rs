@@ -11,13 +11,15 @@
 //! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
 //! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
 //! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
-//! `balloon` is the balloon's command line and QEMU's rules for its target.
+//! `balloon` is the balloon's command line and QEMU's rules for its target; `cpus` adds
+//! vCPUs (cpu-add, device_add of a CPU).
 //! No file imports one that
 //! imports it back (scripts/check-imports).
 
 pub mod balloon;
 pub mod block;
 pub mod children;
+pub mod cpus;
 pub mod devices;
 pub mod events;
 pub mod fdstore;

@@ -14,6 +14,8 @@ pub enum DeviceError {
     BadId,
     #[error("'{0}' is not a valid device model name")]
     UnknownDriver(String),
+    #[error("Parameter 'driver' expects a non-abstract device type")]
+    AbstractDriver,
     #[error("Bus '{0}' not found")]
     NoBus(String),
     /// A bus path whose device is not there (QMP's DeviceNotFound).
@@ -58,12 +60,24 @@ pub enum DeviceError {
     DriveNotSet,
     #[error("num-queues property must be larger than 0")]
     NoQueues,
+    /// A CPU's checks (devices/cpu.rs).
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// device_del of a CPU: vCPUs are not removed here (QEMU's words for a machine whose
+    /// ACPI does not take the request).
+    #[error("acpi: device unplug request for not supported device type: {0}")]
+    CpuUnplug(&'static str),
     /// iothread= names no object (QMP's DeviceNotFound, as QEMU's link lookup says).
     #[error("Device '{0}' not found")]
     NoIothread(String),
     #[error("Invalid parameter type for 'iothread', expected: iothread")]
     NotAnIothread,
 
+    #[error("Device '{driver}' can't go on {bus} bus")]
+    CannotGoOnBus {
+        driver: &'static str,
+        bus: &'static str,
+    },
     // Ours: what QEMU takes and Flotilla does not.
     #[error(
         "PCI: slot {slot} function {function}: only function 0 of a slot can be hot-plugged \
@@ -97,4 +111,42 @@ pub enum DeviceError {
     Link(#[from] LinkError),
     #[error("vmm-core answered {0}")]
     Unexpected(String),
+}
+
+/// Why a CPU cannot be added (devices/cpu.rs): QEMU 7.2's pc_cpu_pre_plug and
+/// numa_cpu_pre_plug words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuError {
+    /// The VM's CPU type is devices/cpu.rs's CPU_TYPE.
+    #[error("Invalid CPU type, expected cpu type: 'host-x86_64-cpu'")]
+    InvalidType,
+    #[error("CPU {0} is not set")]
+    NotSet(&'static str),
+    #[error("Invalid CPU {name}: {value} must be in range 0:{max}")]
+    OutOfRange {
+        name: &'static str,
+        value: u32,
+        max: u32,
+    },
+    #[error(
+        "Invalid CPU [socket: {socket}, die: 0, core: {core}, thread: 0] with APIC ID {apic_id}, \
+         valid index range 0:{last}"
+    )]
+    NoSuchApicId {
+        socket: u32,
+        core: u32,
+        apic_id: u32,
+        last: u32,
+    },
+    #[error("CPU[{index}] with APIC ID {index} exists")]
+    Exists { index: u32 },
+    #[error("property {name}: {value} doesn't match set apic-id: {apic_id:#x} ({name}: {topo})")]
+    Mismatch {
+        name: &'static str,
+        value: u32,
+        apic_id: u32,
+        topo: u32,
+    },
+    #[error("invalid node-id, must be 0")]
+    NodeId,
 }

@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use ipc::{VmmReply, VmmRequest};
 use serde_json::{Map, Value};
 
-use super::spec::{DeviceSpec, Props, MAX_QUEUES};
+use super::spec::{DeviceSpec, Model, Props, MAX_QUEUES};
 use super::{Backend, DeviceError, Ticket};
 use crate::block::hotplug::DeviceDisk;
 use crate::events::{DeviceDeleted, Event};
@@ -29,6 +29,9 @@ impl Gateway {
         let spec = DeviceSpec::read(args)?;
         if self.migrator.in_progress() {
             return Err(DeviceError::AddMigrating);
+        }
+        if let Model::Cpu(_) = spec.model {
+            return self.cpu_device_add(&spec);
         }
         // One device change (or live upgrade) at a time: each ends with the device list
         // a new vmm-core gets.

@@ -8,6 +8,7 @@
 //! up here by id or QOM path, as QEMU's find_device_state does. hotplug.rs runs
 //! device_add and device_del with the layers and vmm-core.
 
+pub mod cpu;
 pub mod error;
 pub mod hotplug;
 pub mod spec;
@@ -243,6 +244,13 @@ impl Devices {
             .collect()
     }
 
+    /// A device vmm-core keeps no backend of ours for (a CPU) is on the machine.
+    pub fn added_without_backend(&mut self, ticket: &Ticket) {
+        if let Some(at) = self.position(ticket) {
+            self.devices[at].phase = Phase::Present;
+        }
+    }
+
     /// A device_add that failed: its id and slot are free again (not its anonymous
     /// number, as in QEMU).
     pub fn abandon(&mut self, ticket: &Ticket) {
@@ -303,6 +311,9 @@ impl Devices {
     pub fn begin_removal(&mut self, id: &str) -> Result<Removal, DeviceError> {
         let now = self.clock.ms(Instant::now());
         let device = self.find(id)?;
+        if let Model::Cpu(typename) = device.model {
+            return Err(DeviceError::CpuUnplug(typename));
+        }
         let repeated = device.phase == Phase::Removing;
         if repeated && device.requested_ms == 0 {
             return Err(DeviceError::UnplugPending(id.to_string()));

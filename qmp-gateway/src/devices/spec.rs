@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use super::cpu;
 use super::error::DeviceError;
 use crate::ids::well_formed;
 
@@ -23,6 +24,8 @@ pub enum Model {
     /// The balloon: only from the command line (vmm-core's own device, no backend to
     /// start); device_add does not make one.
     Balloon,
+    /// A CPU of this type (devices/cpu.rs: only the VM's own type is added).
+    Cpu(&'static str),
 }
 
 impl Model {
@@ -32,6 +35,7 @@ impl Model {
             Model::Blk => "virtio-blk-pci",
             Model::Net => "virtio-net-pci",
             Model::Balloon => "virtio-balloon-pci",
+            Model::Cpu(typename) => typename,
         }
     }
 
@@ -42,6 +46,7 @@ impl Model {
             Model::Blk => "virtio-blk-device",
             Model::Net => "virtio-net-device",
             Model::Balloon => "virtio-balloon-device",
+            Model::Cpu(typename) => typename,
         }
     }
 
@@ -151,9 +156,17 @@ impl DeviceSpec {
             .get("driver")
             .and_then(opt_string)
             .ok_or(DeviceError::NoDriver)?;
-        let model = Model::by_name(&driver).ok_or(DeviceError::UnknownDriver(driver))?;
+        let model = match cpu::cpu_type(&driver) {
+            Some(Ok(typename)) => Model::Cpu(typename),
+            Some(Err(())) => return Err(DeviceError::AbstractDriver),
+            None => Model::by_name(&driver).ok_or(DeviceError::UnknownDriver(driver))?,
+        };
         if let Some(bus) = args.get("bus").and_then(opt_string) {
             check_bus(&bus)?;
+            // A CPU plugs into the machine, on no bus.
+            if let Model::Cpu(driver) = model {
+                return Err(DeviceError::CannotGoOnBus { driver, bus: "PCI" });
+            }
         }
         let props = args
             .iter()
@@ -211,7 +224,16 @@ impl DeviceSpec {
             }
             // Not a driver device_add knows (by_name): never read.
             Model::Balloon => Err(DeviceError::UnknownDriver(model.typename().into())),
+            // Read by devices/cpu.rs.
+            Model::Cpu(_) => Err(DeviceError::UnknownDriver(model.typename().into())),
         }
+    }
+}
+
+impl DeviceSpec {
+    /// The options after id, driver and bus, as QemuOpts keeps them (strings, in order).
+    pub fn options(&self) -> &[(String, String)] {
+        &self.props
     }
 }
 

@@ -7,6 +7,7 @@ use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
 use super::handlers::balloon;
+use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
@@ -128,6 +129,8 @@ pub const COMMANDS: &[Command] = &[
         V,
     ),
     partly("device_add", &devices::DeviceAdd, EMPTY, G),
+    cmd("cpu-add", &Typed(cpus::cpu_add), EMPTY, V),
+    cmd("cpu", &Typed(cpus::cpu), EMPTY, G),
     cmd("device_del", &Typed(devices::device_del), EMPTY, G),
     oob(
         "query-name",
@@ -226,10 +229,11 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::acpi_ospm_status),
         ANY_LIST,
     ),
-    absent(
+    cmd(
         "query-hotpluggable-cpus",
-        &Typed(absent::hotpluggable_cpus),
-        ANY_LIST,
+        &Typed(cpus::query_hotpluggable_cpus),
+        Ty::Array(&Ty::Named("HotpluggableCPU")),
+        G,
     ),
     cmd(
         "query-block",

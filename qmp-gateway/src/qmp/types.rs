@@ -125,6 +125,15 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
+        name: "HotpluggableCPU",
+        kind: TypeKind::Object(&[
+            req("type", Ty::Str),
+            req("vcpus-count", Ty::Int),
+            req("props", Ty::Named("CpuInstanceProperties")),
+            opt("qom-path", Ty::Str),
+        ]),
+    },
+    TypeDef {
         name: "CpuInfoFast",
         kind: TypeKind::Object(&[
             req("cpu-index", Ty::Int),

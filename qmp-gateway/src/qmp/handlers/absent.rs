@@ -1,5 +1,5 @@
 //! Commands for devices this VM does not have (no display, VNC, SPICE, TPM, rocker
-//! switch, input devices, CPU hotplug...), answered exactly as QEMU 7.2 answers them when
+//! switch, input devices...), answered exactly as QEMU 7.2 answers them when
 //! the device is absent, so management tools see a coherent machine. (A VM without a
 //! balloon answers balloon's commands as QEMU does too: handlers/balloon.rs.)
 
@@ -243,8 +243,3 @@ pub fn acpi_ospm_status(_: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(json!([]))
 }
 
-pub fn hotpluggable_cpus(_: &mut Ctx, _: NoArgs) -> QmpResult {
-    Err(QmpError::generic(
-        "The feature 'query-hotpluggable-cpus' is not enabled",
-    ))
-}

@@ -126,11 +126,11 @@ pub const HMP: &[HmpCommand] = &[
 ];
 
 pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
-    let cpus = c.gw.vcpus().len() as i64;
-    // An index beyond int64 counts as none given.
+    let present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
+    // An index beyond int64 counts as none given; an added vCPU may leave a gap.
     let current = match a.cpu_index.and_then(Int::as_i64) {
         None => 0,
-        Some(i) if (0..cpus).contains(&i) => i as u32,
+        Some(i) if u32::try_from(i).is_ok_and(|i| present.contains(&i)) => i as u32,
         Some(_) => {
             return Err(QmpError::generic(
                 "Parameter 'cpu-index' expects a CPU number",
@@ -145,6 +145,12 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
     }
     if a.command_line.trim() == "balloon" {
         return Ok(hmp_text(super::balloon::hmp_balloon(c, "")));
+    }
+    // `cpu N`: handlers/cpus.rs.
+    match a.command_line.trim_start().split_once(char::is_whitespace) {
+        Some(("cpu", arguments)) => return Ok(hmp_text(super::cpus::hmp_cpu(c, arguments))),
+        None if a.command_line.trim() == "cpu" => return Ok(hmp_text(super::cpus::hmp_cpu(c, ""))),
+        _ => {}
     }
     let mut words = a.command_line.split_whitespace();
     // Words after the command's own are ignored, as QEMU ignores them.

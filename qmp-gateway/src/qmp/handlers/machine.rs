@@ -120,10 +120,6 @@ pub fn query_kvm(_: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(json!({"enabled": true, "present": true}))
 }
 
-pub fn qom_path(index: u32) -> String {
-    format!("/machine/unattached/device[{index}]")
-}
-
 pub fn query_cpus(c: &mut Ctx, _: NoArgs) -> QmpResult {
     let VmmReply::Cpus(cpus) = c.vmm(VmmRequest::QueryCpus)? else {
         return Err(QmpError::generic(
@@ -137,7 +133,7 @@ pub fn query_cpus(c: &mut Ctx, _: NoArgs) -> QmpResult {
                 "CPU": cpu.index,
                 "current": cpu.index == 0,
                 "halted": cpu.halted,
-                "qom_path": qom_path(cpu.index),
+                "qom_path": c.gw.vcpu_qom_path(cpu.index),
                 "thread_id": c.gw.host_tid(cpu.thread_id),
                 "arch": "x86",
                 "pc": cpu.pc,
@@ -154,7 +150,7 @@ pub fn query_cpus_fast(c: &mut Ctx, _: NoArgs) -> QmpResult {
         .map(|v| {
             json!({
                 "cpu-index": v.index,
-                "qom-path": qom_path(v.index),
+                "qom-path": c.gw.vcpu_qom_path(v.index),
                 "thread-id": v.thread_id,
                 "props": {"socket-id": 0, "core-id": v.index, "thread-id": 0},
                 "target": "x86_64",

@@ -1,0 +1,126 @@
+//! The VM's vCPUs beyond the ones it booted with: cpu-add (the spec's, with QEMU 4.x's
+//! words: QEMU 7.2 has no cpu-add) and device_add of a CPU (QEMU 7.2's checks,
+//! devices/cpu.rs), both vmm-core's `CpuAdd`; what a live upgrade's vmm-core is launched
+//! with (LaunchConfig.added_cpus) and what a migration's destination must have (the
+//! shape's vCPU count) follow each add; query-hotpluggable-cpus' list. vCPUs are not
+//! removed (device_del of a CPU is refused).
+
+use ipc::{VmmReply, VmmRequest};
+use serde_json::{json, Value};
+
+use crate::children::link::LinkError;
+use crate::devices::cpu::{CpuProps, CPU_TYPE};
+use crate::devices::spec::{DeviceSpec, Model};
+use crate::devices::DeviceError;
+use crate::gateway::Gateway;
+use crate::upgrade::CHANGING;
+
+/// Why cpu-add refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuAddError {
+    #[error("Invalid CPU id: {0}")]
+    InvalidId(i64),
+    #[error("Unable to add CPU: {id}, max allowed: {max_allowed}")]
+    TooHigh { id: i64, max_allowed: i64 },
+    #[error("cpu-add not allowed while migrating")]
+    Migrating,
+    /// vmm-core's refusal (its words are QEMU's) or the link's failure.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+impl Gateway {
+    /// The most vCPUs the VM may have, and the indexes of those it has.
+    fn cpu_limits(&self) -> (u32, Vec<u32>) {
+        let max = (self.vmm_child.launch.lock().as_ref()).map_or(1, |vm| vm.config.max_cpus);
+        let present = self.vcpus().iter().map(|v| v.index).collect();
+        (max, present)
+    }
+
+    /// cpu-add: vCPU `id` (QEMU 4.x's pc_hot_add_cpu words; vmm-core checks the rest).
+    pub fn cpu_add(&self, id: i64) -> Result<(), CpuAddError> {
+        if id < 0 {
+            return Err(CpuAddError::InvalidId(id));
+        }
+        if self.migrator.in_progress() {
+            return Err(CpuAddError::Migrating);
+        }
+        let _one = CHANGING.lock();
+        let index = match u32::try_from(id) {
+            Ok(index) => index,
+            Err(_) => {
+                let (max, _) = self.cpu_limits();
+                return Err(CpuAddError::TooHigh {
+                    id,
+                    max_allowed: i64::from(max) - 1,
+                });
+            }
+        };
+        self.add_vcpu(index, None)?;
+        Ok(())
+    }
+
+    /// device_add of a CPU, after its options (id, driver, bus) and the migration check:
+    /// its id taken, its properties read, QEMU's checks, then vmm-core.
+    pub fn cpu_device_add(&self, spec: &DeviceSpec) -> Result<(), DeviceError> {
+        let Model::Cpu(typename) = spec.model else {
+            return Err(DeviceError::UnknownDriver(spec.model.typename().into()));
+        };
+        let _one = CHANGING.lock();
+        let ticket = self
+            .devices
+            .lock()
+            .reserve(spec.model, spec.id.as_deref())?;
+        let added = CpuProps::read(typename, spec.options()).and_then(|props| {
+            let (max, present) = self.cpu_limits();
+            let index = props.resolve(typename, max, |i| present.contains(&i))?;
+            Ok(self.add_vcpu(index, Some(ticket.qom_path.clone()))?)
+        });
+        match &added {
+            Ok(()) => self.devices.lock().added_without_backend(&ticket),
+            Err(_) => self.devices.lock().abandon(&ticket),
+        }
+        added
+    }
+
+    /// vmm-core makes vCPU `index` and its thread, and tells the guest; it joins the
+    /// vCPUs query-cpus-fast lists, the launch a new vmm-core gets and the migration's
+    /// shape.
+    fn add_vcpu(&self, index: u32, qom_path: Option<String>) -> Result<(), LinkError> {
+        let info = match self.vmm.request(VmmRequest::CpuAdd { index }, &[])? {
+            VmmReply::VcpuAdded(info) => info,
+            other => {
+                return Err(LinkError::Remote(ipc::RemoteError::generic(format!(
+                    "vmm-core answered cpu-add with {other:?}"
+                ))))
+            }
+        };
+        self.push_vcpu(info, qom_path);
+        if let Some(vm) = self.vmm_child.launch.lock().as_mut() {
+            vm.config.added_cpus.push(index);
+            self.migrator.set_shape(vm.shape());
+        }
+        log::info!("vCPU {index} added");
+        Ok(())
+    }
+
+    /// query-hotpluggable-cpus as QEMU 7.2's pc machine answers it: every possible vCPU,
+    /// the highest index first, with the QOM path of those there.
+    pub fn hotpluggable_cpus(&self) -> Value {
+        let (max, present) = self.cpu_limits();
+        (0..max)
+            .rev()
+            .map(|index| {
+                let mut cpu = json!({
+                    "props": {"core-id": index, "thread-id": 0, "socket-id": 0},
+                    "vcpus-count": 1,
+                    "type": CPU_TYPE,
+                });
+                if present.contains(&index) {
+                    cpu["qom-path"] = json!(self.vcpu_qom_path(index));
+                }
+                cpu
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,130 @@
+//! vCPU hotplug's commands: cpu-add and cpu (the spec's; QEMU 7.2 has neither: cpu-add
+//! answers in QEMU 4.x's words, cpu did nothing there), query-hotpluggable-cpus (QEMU
+//! 7.2 pc's list), and HMP's `cpu N`. device_add of a CPU is device_add's (devices/).
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cpus::CpuAddError;
+use crate::qmp::args::{serde_arguments, Int, NoArgs};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{req, Ty};
+
+#[derive(Debug, Deserialize)]
+pub struct CpuAdd {
+    pub id: Int,
+}
+
+serde_arguments!(CpuAdd, [req("id", Ty::Int)]);
+
+pub fn cpu_add(c: &mut Ctx, a: CpuAdd) -> QmpResult {
+    // The checker took only an int64.
+    let id = a.id.as_i64().unwrap_or(i64::MAX);
+    match c.gw.cpu_add(id) {
+        Ok(()) => Ok(json!({})),
+        Err(CpuAddError::Link(e)) => Err(e.into()),
+        Err(e) => Err(QmpError::generic(e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Cpu {
+    pub index: Int,
+}
+
+serde_arguments!(Cpu, [req("index", Ty::Int)]);
+
+/// QMP's cpu: "Set the default CPU", which QEMU's qmp_cpu never did (it did nothing and
+/// answered {}); the default CPU is the monitor's, and QMP has none.
+pub fn cpu(_: &mut Ctx, _: Cpu) -> QmpResult {
+    Ok(json!({}))
+}
+
+pub fn query_hotpluggable_cpus(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(c.gw.hotpluggable_cpus())
+}
+
+/// HMP `cpu N`: nothing to print for a vCPU there (human-monitor-command's monitor is a
+/// new one each time, so the choice does not last, as in QEMU); QEMU 7.2's words for the
+/// rest. N is read as a number (QEMU's monitor takes expressions too).
+pub fn hmp_cpu(c: &mut Ctx, arguments: &str) -> String {
+    let fail = |why: &str| format!("{why}\nTry \"help cpu\" for more information\n");
+    let arg = arguments.trim_start();
+    let (number, rest) = match arg.find(char::is_whitespace) {
+        Some(end) => arg.split_at(end),
+        None => (arg, ""),
+    };
+    let value = match monitor_number(number) {
+        Ok(v) => v,
+        Err(why) => return fail(&why),
+    };
+    if !rest.trim().is_empty() {
+        return fail("cpu: extraneous characters at the end of line");
+    }
+    // An 'i' argument: the upper half must be clear.
+    if (value >> 32) != 0 {
+        return fail("'cpu' has failed: integer is for 32-bit values");
+    }
+    let index = value as u32;
+    if c.gw.vcpus().iter().any(|v| v.index == index) {
+        String::new()
+    } else {
+        "invalid CPU index\n".into()
+    }
+}
+
+/// A number as QEMU's monitor reads one (strtoull, base 0, an optional minus: kept as the
+/// 64 bits it wraps to), or its words for what is not one.
+fn monitor_number(text: &str) -> Result<u64, String> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    match digits.chars().next() {
+        None => return Err("unexpected end of expression".into()),
+        Some(first) if !first.is_ascii_digit() => {
+            return Err(format!("invalid char '{first}' in expression"))
+        }
+        Some(_) => {}
+    }
+    let (radix, body) = match digits.strip_prefix("0x").or(digits.strip_prefix("0X")) {
+        Some(hex) => (16, hex),
+        None if digits.len() > 1 && digits.starts_with('0') => (8, &digits[1..]),
+        None => (10, digits),
+    };
+    if body.is_empty() || !body.chars().all(|ch| ch.is_digit(radix)) {
+        return Err("cpu: extraneous characters at the end of line".into());
+    }
+    let value = u64::from_str_radix(body, radix).map_err(|_| "number too large".to_string())?;
+    Ok(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_numbers_read_as_qemus() {
+        assert_eq!(monitor_number("3"), Ok(3));
+        assert_eq!(monitor_number("0x10"), Ok(16));
+        assert_eq!(monitor_number("010"), Ok(8));
+        assert_eq!(monitor_number("-1"), Ok(u64::MAX));
+        assert_eq!(
+            monitor_number(""),
+            Err("unexpected end of expression".into())
+        );
+        assert_eq!(
+            monitor_number("x"),
+            Err("invalid char 'x' in expression".into())
+        );
+        assert_eq!(
+            monitor_number("1x"),
+            Err("cpu: extraneous characters at the end of line".into())
+        );
+    }
+}

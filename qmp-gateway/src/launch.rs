@@ -18,6 +18,8 @@ pub enum LaunchError {
     NoKernel,
     #[error("--cpus: {0}")]
     Cpus(std::num::TryFromIntError),
+    #[error("--max-cpus {max} is below --cpus {cpus}")]
+    MaxCpus { max: u32, cpus: u32 },
     #[error("/dev/kvm: {0}")]
     Kvm(std::io::Error),
     #[error("kernel {}: {error}", path.display())]
@@ -58,6 +60,12 @@ impl OpenedVm {
             Some(max) => u32::try_from(max).map_err(LaunchError::Cpus)?,
             None => cpus,
         };
+        if max_cpus < cpus {
+            return Err(LaunchError::MaxCpus {
+                max: max_cpus,
+                cpus,
+            });
+        }
         let mut fds: Vec<OwnedFd> = Vec::new();
         let kvm = std::fs::OpenOptions::new()
             .read(true)

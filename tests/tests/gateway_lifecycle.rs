@@ -634,6 +634,10 @@ fn bad_command_lines_fail_at_once_with_one_line() {
              already in use (os error 98)"
                 .into(),
         ),
+        (
+            vec!["--cpus".into(), "2".into(), "--max-cpus".into(), "1".into()],
+            "--max-cpus 1 is below --cpus 2".into(),
+        ),
     ];
     for (args, want) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -214,8 +214,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
     let vm_config = VmConfig {
         memory_mib: config.memory_mib,
         cpus: config.cpus as usize,
-        // A launch from before CPU hotplug (0) has no more than its vCPUs.
-        max_cpus: config.max_cpus.max(config.cpus) as usize,
+        max_cpus: config.max_cpus as usize,
         added_cpus: config.added_cpus.clone(),
         start_paused: config.start_paused,
         incoming: config.incoming,

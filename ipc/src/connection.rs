@@ -110,6 +110,7 @@ mod tests {
                 incoming: false,
                 upgrade: None,
                 balloon: None,
+                memory_hotplug: None,
             }),
         }
     }

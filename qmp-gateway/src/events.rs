@@ -191,6 +191,11 @@ const SANDBOX_VIOLATION: EventDef = def(
 const MIGRATION: EventDef = def("MIGRATION", Some(&MIGRATION_ARG));
 const MIGRATION_PASS: EventDef = def("MIGRATION_PASS", Some(&MIGRATION_PASS_ARG));
 const DEVICE_DELETED: EventDef = def("DEVICE_DELETED", Some(&DEVICE_DELETED_ARG));
+const ACPI_DEVICE_OST_ARG: TypeDef = data(
+    "q_obj_ACPI_DEVICE_OST-arg",
+    &[req("info", Ty::Named("ACPIOSTInfo"))],
+);
+const ACPI_DEVICE_OST: EventDef = def("ACPI_DEVICE_OST", Some(&ACPI_DEVICE_OST_ARG));
 
 /// Every event this gateway emits, in the order query-events lists them.
 pub const EVENTS: &[EventDef] = &[
@@ -217,6 +222,7 @@ pub const EVENTS: &[EventDef] = &[
     MIGRATION,
     MIGRATION_PASS,
     DEVICE_DELETED,
+    ACPI_DEVICE_OST,
 ];
 
 /// SHUTDOWN's and RESET's data.
@@ -363,6 +369,18 @@ pub struct DeviceDeleted {
     pub path: String,
 }
 
+/// What the guest's _OST said about a hotplug slot (QMP's ACPIOSTInfo).
+#[derive(Debug, Clone, Serialize)]
+pub struct AcpiOstInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub slot: String,
+    #[serde(rename = "slot-type")]
+    pub slot_type: &'static str,
+    pub source: i64,
+    pub status: i64,
+}
+
 /// A child was stopped by its seccomp filter.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxViolation {
@@ -402,6 +420,7 @@ pub enum Event {
     /// A migration's dirty-page pass began (its sync count).
     MigrationPass(MigrationPass),
     DeviceDeleted(DeviceDeleted),
+    AcpiDeviceOst(AcpiOstInfo),
 }
 
 impl Event {
@@ -431,6 +450,7 @@ impl Event {
             Event::Migration(_) => &MIGRATION,
             Event::MigrationPass(_) => &MIGRATION_PASS,
             Event::DeviceDeleted(_) => &DEVICE_DELETED,
+            Event::AcpiDeviceOst(_) => &ACPI_DEVICE_OST,
         }
     }
 
@@ -459,6 +479,7 @@ impl Event {
             Event::Migration(d) => serde_json::to_value(d).ok(),
             Event::MigrationPass(d) => serde_json::to_value(d).ok(),
             Event::DeviceDeleted(d) => serde_json::to_value(d).ok(),
+            Event::AcpiDeviceOst(d) => Some(serde_json::json!({ "info": d })),
         }
     }
 }
@@ -693,6 +714,13 @@ mod tests {
             Event::DeviceDeleted(DeviceDeleted {
                 device: Some("vb".into()),
                 path: "/machine/peripheral/vb".into(),
+            }),
+            Event::AcpiDeviceOst(AcpiOstInfo {
+                device: Some("d1".into()),
+                slot: "0".into(),
+                slot_type: "DIMM",
+                source: 1,
+                status: 0,
             }),
         ];
         let emitted: Vec<&str> = samples.iter().map(|e| e.def().name).collect();

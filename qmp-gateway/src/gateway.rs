@@ -410,6 +410,25 @@ impl Gateway {
                 }
                 None => log::info!("the guest ejected the PCI device in slot {slot}"),
             },
+            VmmEvent::MemoryOst {
+                slot,
+                source,
+                status,
+            } => self.memory_ost(slot, source, status),
+            // As DeviceEjected: the DIMM's backend and its event, away from this reader.
+            VmmEvent::MemoryEjected { slot } => match self.arc() {
+                Some(gw) => {
+                    let spawned = std::thread::Builder::new()
+                        .name("dimm-ejected".into())
+                        .spawn(move || gw.dimm_ejected(slot));
+                    if let Err(e) = spawned {
+                        log::error!(
+                            "memory slot {slot} was ejected, but it cannot be removed: {e}"
+                        );
+                    }
+                }
+                None => log::info!("the guest ejected the DIMM in memory slot {slot}"),
+            },
         }
     }
 }

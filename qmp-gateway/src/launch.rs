@@ -106,7 +106,7 @@ impl OpenedVm {
         let path = |p: &Path| p.to_string_lossy().into_owned();
         Ok(OpenedVm {
             config: LaunchConfig {
-                memory_mib: o.memory,
+                memory_mib: o.memory.mib,
                 cpus,
                 max_cpus,
                 added_cpus: Vec::new(),
@@ -120,6 +120,7 @@ impl OpenedVm {
                 incoming: false,
                 upgrade: None,
                 balloon: None,
+                memory_hotplug: o.memory.hotplug(),
             },
             fds,
             console_socket,

@@ -17,11 +17,13 @@ use crate::attach::{AttachError, DiskConnection, NicConnection, Plug, Transports
 use crate::boot::acpi::MAX_XAPIC_CPUS;
 use crate::boot::BootImage;
 use crate::cpu::layout::CpuLayout;
+use crate::device_memory::DeviceMemory;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::cpu_hotplug::{CpuHotplug, SharedCpuHotplug};
 use crate::devices::gpe::{Gpe0, SharedGpe};
 use crate::devices::i8042::I8042;
+use crate::devices::memory_hotplug::{MemoryHotplug, MAX_SLOTS};
 use crate::devices::pci::hotplug::PciHotplugIo;
 use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use crate::devices::reset_control::ResetControl;
@@ -55,6 +57,8 @@ pub struct VmConfig {
     pub incoming: bool,
     /// Guest RAM another vmm-core made (a live upgrade; implies `incoming`).
     pub ram: Option<std::fs::File>,
+    /// ACPI memory hotplug's slots and maximum (None: no DIMM can be added).
+    pub memory_hotplug: Option<ipc::MemoryHotplug>,
 }
 
 /// Builds the VM around an opened /dev/kvm, an already read boot image, an opened
@@ -63,12 +67,13 @@ pub struct VmConfig {
 pub fn build_vm(
     kvm: Kvm,
     config: &VmConfig,
-    boot: BootImage,
+    mut boot: BootImage,
     console: Console,
     disks: Vec<DiskConnection>,
     nics: Vec<NicConnection>,
 ) -> Result<Vm, VmError> {
     let cpus = cpu_layout(&kvm, config)?;
+    let memory_plan = device_memory_plan(config)?;
     let ram = match &config.ram {
         Some(memfd) => GuestRam::from_memfd(
             memfd.try_clone().map_err(MemoryError::Memfd)?,
@@ -84,6 +89,9 @@ pub fn build_vm(
     let mut mmio = Bus::default();
     let platform = attach_platform_devices(&vm, &events, &console, &cpus, &mut pio)?;
     let pci = attach_pci_root(&events, platform.gpe.clone(), &mut pio, &mut mmio)?;
+    let device_memory =
+        attach_memory_hotplug(memory_plan, &events, platform.gpe.clone(), &mut pio)?;
+    boot.set_memory_slots(memory_plan.map_or(0, |p| p.slots));
     let router = MsiRouter::new(vm.clone());
     let transports = Transports {
         pci: &pci,
@@ -136,11 +144,80 @@ pub fn build_vm(
         disks,
         nics,
         balloon: None,
+        device_memory,
     };
     if !incoming {
         vm.reset_vcpus()?;
     }
     Ok(vm)
+}
+
+/// Where device memory must end: 40 address bits, what every x86-64 CPU of a host (and
+/// QEMU's TCG default) offers a guest.
+const DEVICE_MEMORY_LIMIT: u64 = 1 << 40;
+
+/// Memory hotplug's shape: its slots and the device memory region DIMMs go in.
+#[derive(Clone, Copy)]
+struct MemoryPlan {
+    slots: u32,
+    base: u64,
+    size: u64,
+}
+
+/// The device memory region for the launch's memory hotplug (none without slots),
+/// checked: at most QEMU's 256 slots, above RAM and within what 4-level paging and KVM
+/// reach (1 << 46).
+fn device_memory_plan(config: &VmConfig) -> Result<Option<MemoryPlan>, VmError> {
+    let Some(hp) = config.memory_hotplug.filter(|hp| hp.slots > 0) else {
+        return Ok(None);
+    };
+    let bad = |why: String| VmError::MemoryHotplug(why);
+    if hp.slots > MAX_SLOTS {
+        return Err(bad(format!(
+            "{} memory slots (at most {MAX_SLOTS})",
+            hp.slots
+        )));
+    }
+    let ram = config.memory_mib << 20;
+    let (base, size) = hp.region(ram).ok_or_else(|| {
+        bad(format!(
+            "maxmem {:#x} does not fit with {ram:#x} bytes of RAM and {} slots",
+            hp.max_bytes, hp.slots
+        ))
+    })?;
+    if base + size > DEVICE_MEMORY_LIMIT {
+        return Err(bad(format!(
+            "device memory [{base:#x}+{size:#x}] ends beyond {DEVICE_MEMORY_LIMIT:#x}"
+        )));
+    }
+    Ok(Some(MemoryPlan {
+        slots: hp.slots,
+        base,
+        size,
+    }))
+}
+
+/// ACPI memory hotplug's register block (raising `gpe`), for a plan.
+fn attach_memory_hotplug(
+    plan: Option<MemoryPlan>,
+    events: &EventSender,
+    gpe: SharedGpe,
+    pio: &mut Bus,
+) -> Result<Option<DeviceMemory>, VmError> {
+    let Some(plan) = plan else {
+        return Ok(None);
+    };
+    let block = Arc::new(Mutex::new(MemoryHotplug::new(
+        plan.slots,
+        gpe,
+        events.clone(),
+    )));
+    pio.insert(
+        u64::from(ports::MEMORY_HOTPLUG),
+        u64::from(ports::MEMORY_HOTPLUG_LEN),
+        block.clone(),
+    )?;
+    Ok(Some(DeviceMemory::new(block, plan.base, plan.size)))
 }
 
 /// The vCPUs the VM has and may have, checked against what KVM and the xAPIC allow.

@@ -85,6 +85,7 @@ mod tests {
             start_paused: true,
             incoming: true,
             ram: None,
+            memory_hotplug: None,
         };
         // SAFETY: memfd_create with a valid name; the descriptor is ours.
         let fd = unsafe { libc::memfd_create(c"kernel".as_ptr(), libc::MFD_CLOEXEC) };

@@ -64,6 +64,8 @@ pub enum VmError {
     IndexTwice { kind: &'static str, index: u32 },
     #[error("placing the devices on PCI bus 0: {0}")]
     Slots(PciError),
+    #[error("memory hotplug: {0}")]
+    MemoryHotplug(String),
 }
 
 /// A disk or NIC that could not be attached (attach.rs), at launch or hot-plugged.

@@ -31,6 +31,11 @@ pub enum VmEvent {
     /// The guest wrote another `actual` into the balloon's configuration: guest RAM less
     /// the pages it says the balloon holds.
     BalloonChanged { actual_bytes: u64 },
+    /// The guest ejected a DIMM; the memory hotplug block holds its slot until it is taken
+    /// (`MemoryHotplug::take_ejected`).
+    MemoryEjected,
+    /// The guest's _OST about a memory slot.
+    MemoryOst { slot: u32, source: u32, status: u32 },
 }
 
 /// A cloneable handle that devices and vCPU threads use to post events.

@@ -113,7 +113,7 @@ fn connection(fds: Vec<OwnedFd>) -> Result<UnixStream, HotplugError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     use std::path::Path;
@@ -138,6 +138,15 @@ mod tests {
     /// destination: nothing is loaded into it, so its "kernel" need only look like one
     /// (its vCPUs never run).
     pub fn built_vm(disks: Vec<DiskConnection>, nics: Vec<NicConnection>) -> Result<Vm, VmError> {
+        built_vm_with(None, disks, nics)
+    }
+
+    /// `built_vm`, with memory hotplug's shape.
+    pub fn built_vm_with(
+        memory_hotplug: Option<ipc::MemoryHotplug>,
+        disks: Vec<DiskConnection>,
+        nics: Vec<NicConnection>,
+    ) -> Result<Vm, VmError> {
         let config = VmConfig {
             memory_mib: 16,
             cpus: 1,
@@ -146,6 +155,7 @@ mod tests {
             start_paused: true,
             incoming: true,
             ram: None,
+            memory_hotplug,
         };
         // SAFETY: memfd_create with a valid name; the descriptor is ours.
         let fd = unsafe { libc::memfd_create(c"kernel".as_ptr(), libc::MFD_CLOEXEC) };

@@ -79,4 +79,7 @@ pub mod ports {
     /// has them.
     pub const CPU_HOTPLUG: u16 = 0xaf00;
     pub const CPU_HOTPLUG_LEN: u16 = 12;
+    /// QEMU's ACPI memory hotplug registers, where its pc machine has them.
+    pub const MEMORY_HOTPLUG: u16 = 0x0a00;
+    pub const MEMORY_HOTPLUG_LEN: u16 = 0x18;
 }

@@ -137,13 +137,14 @@ fn run_standalone(
     let boot = BootImage::open(kernel, args.initrd.as_deref(), &args.cmdline)?;
     let (console, _socket) = Console::open(&args.serial).context("serial console")?;
     let config = VmConfig {
-        memory_mib: args.memory,
+        memory_mib: args.memory.mib,
         cpus: args.cpus,
         max_cpus: args.max_cpus.unwrap_or(args.cpus),
         added_cpus: Vec::new(),
         start_paused: args.start_paused,
         incoming: false,
         ram: None,
+        memory_hotplug: args.memory.hotplug(),
     };
     // Standalone, a device's index is its place among its kind on the command line.
     let disks = (0..)
@@ -219,6 +220,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         start_paused: config.start_paused,
         incoming: config.incoming,
         ram,
+        memory_hotplug: config.memory_hotplug,
     };
     // Before anything is built: a VM that would run out of descriptors half-way says so.
     let queues: Vec<usize> = (config.disks.iter().map(|d| d.max_queues as usize))

@@ -1,10 +1,13 @@
 //! Guest RAM: one memfd, mapped MAP_SHARED, split around the 32-bit MMIO gap.
 //!
 //! The memfd is what later gets handed to device daemons (vhost-user SET_MEM_TABLE) and
-//! to the migration agent, so every region is a window into that one file.
+//! to the migration agent, so every region is a window into that one file. Memory added
+//! while the VM lives (a DIMM: ACPI memory hotplug, dimms.rs) is a file of its own, mapped
+//! into the same guest memory map (`add_hot`) and handed to the daemons with its own fd.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -30,6 +33,31 @@ pub enum MemoryError {
     Mmap(String),
     #[error("clearing guest RAM: {0}")]
     Clear(std::io::Error),
+    #[error("the memory backend holds {len} bytes, {size} are needed")]
+    ShortBackend { len: u64, size: u64 },
+    #[error("reading the memory backend's size: {0}")]
+    Backend(std::io::Error),
+}
+
+/// Memory added while the VM lives: `size` bytes of `file` from its start, at `guest_addr`.
+#[derive(Clone)]
+pub struct HotRegion {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub file: Arc<File>,
+    /// This process's mapping (in the guest memory map too).
+    pub mapping: Arc<GuestRegionMmap>,
+}
+
+/// One region of guest memory as a vhost-user backend maps it: guest address, size, where
+/// this process has it, and which file at which offset.
+#[derive(Clone)]
+pub struct SharedRegion {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub host_addr: u64,
+    pub file: Arc<File>,
+    pub file_offset: u64,
 }
 
 /// One contiguous window of guest RAM: guest address, length, offset in the memfd.
@@ -65,10 +93,12 @@ pub fn ram_regions(size: u64) -> Vec<RamRegion> {
 }
 
 pub struct GuestRam {
-    memfd: File,
+    memfd: Arc<File>,
     size: u64,
     regions: Vec<RamRegion>,
     memory: GuestMemoryMmap,
+    /// Memory added since (not RAM of the memory map; not cleared by a reset).
+    hot: Vec<HotRegion>,
 }
 
 impl GuestRam {
@@ -117,10 +147,11 @@ impl GuestRam {
         let memory =
             GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Mmap(e.to_string()))?;
         Ok(GuestRam {
-            memfd,
+            memfd: Arc::new(memfd),
             size,
             regions,
             memory,
+            hot: Vec::new(),
         })
     }
 
@@ -138,6 +169,69 @@ impl GuestRam {
 
     pub fn memfd(&self) -> &File {
         &self.memfd
+    }
+
+    /// Maps `size` bytes of `file` (from offset 0, shared) at `guest_addr` into the guest
+    /// memory map. The caller checked the range is free.
+    pub fn add_hot(
+        &mut self,
+        file: File,
+        guest_addr: u64,
+        size: u64,
+    ) -> Result<HotRegion, MemoryError> {
+        let len = file.metadata().map_err(MemoryError::Backend)?.len();
+        if len < size {
+            return Err(MemoryError::ShortBackend { len, size });
+        }
+        let file = Arc::new(file);
+        let mapped_file = file.try_clone().map_err(MemoryError::Backend)?;
+        let mmap = MmapRegion::from_file(FileOffset::new(mapped_file, 0), size as usize)
+            .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+        let region = GuestRegionMmap::new(mmap, GuestAddress(guest_addr))
+            .ok_or_else(|| MemoryError::Mmap("region overflows the address space".into()))?;
+        let mapping = Arc::new(region);
+        self.memory = self
+            .memory
+            .insert_region(mapping.clone())
+            .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+        let hot = HotRegion {
+            guest_addr,
+            size,
+            file,
+            mapping,
+        };
+        self.hot.push(hot.clone());
+        Ok(hot)
+    }
+
+    /// Takes the memory at `guest_addr` out of the guest memory map; its mapping goes when
+    /// the last holder lets go of it (a daemon's request in flight, say).
+    pub fn remove_hot(&mut self, guest_addr: u64) -> Option<HotRegion> {
+        let at = self.hot.iter().position(|h| h.guest_addr == guest_addr)?;
+        let hot = self.hot.remove(at);
+        if let Ok((memory, _)) = self
+            .memory
+            .remove_region(GuestAddress(guest_addr), hot.size)
+        {
+            self.memory = memory;
+        }
+        Some(hot)
+    }
+
+    pub fn hot_regions(&self) -> &[HotRegion] {
+        &self.hot
+    }
+
+    /// Every region a vhost-user backend maps: RAM's, then the memory added since.
+    pub fn shared_regions(&self) -> Vec<SharedRegion> {
+        let ram = self.regions.iter().map(|r| SharedRegion {
+            guest_addr: r.guest_addr,
+            size: r.size,
+            host_addr: self.host_addr(r).unwrap_or(0),
+            file: self.memfd.clone(),
+            file_offset: r.file_offset,
+        });
+        ram.chain(self.hot.iter().map(HotRegion::shared)).collect()
     }
 
     /// Host address of the start of a region, for KVM_SET_USER_MEMORY_REGION.
@@ -165,6 +259,19 @@ impl GuestRam {
             return Err(MemoryError::Clear(std::io::Error::last_os_error()));
         }
         Ok(())
+    }
+}
+
+impl HotRegion {
+    /// As a vhost-user backend maps it.
+    pub fn shared(&self) -> SharedRegion {
+        SharedRegion {
+            guest_addr: self.guest_addr,
+            size: self.size,
+            host_addr: self.mapping.as_ptr() as u64,
+            file: self.file.clone(),
+            file_offset: 0,
+        }
     }
 }
 

@@ -359,6 +359,35 @@ impl Runner<'_> {
         Ok(VmmReply::Done)
     }
 
+    /// `MemoryAttach`, running or not: the DIMM is mapped, in KVM and in every backend
+    /// before the guest is told.
+    fn attach_dimm(
+        &mut self,
+        dimm: &ipc::DimmLaunch,
+        fds: Vec<OwnedFd>,
+    ) -> Result<VmmReply, RemoteError> {
+        self.devices_may_change("device_add")?;
+        // A DIMM the guest ejected goes first: its slot and range may be the new one's.
+        self.let_go_ejected_dimms();
+        self.vm.attach_dimm(dimm, fds).map_err(remote)?;
+        log::info!(
+            "a DIMM of {:#x} bytes was hot-plugged into memory slot {} at {:#x}",
+            dimm.size,
+            dimm.slot,
+            dimm.addr
+        );
+        Ok(VmmReply::Done)
+    }
+
+    /// The DIMMs the guest ejected are let go of (out of the backends and KVM,
+    /// unmapped), and only then does the gateway hear of them: their backends are free.
+    fn let_go_ejected_dimms(&mut self) {
+        for slot in self.vm.let_go_ejected_dimms() {
+            log::info!("the guest ejected the DIMM in memory slot {slot}; its memory is gone");
+            self.notify(VmmEvent::MemoryEjected { slot });
+        }
+    }
+
     /// The devices the guest ejected (or a reset removed) are let go of, and only then
     /// does the gateway hear of them: their daemons are its to stop.
     fn let_go_ejected(&mut self) {
@@ -472,6 +501,14 @@ impl Runner<'_> {
     fn handle_migration(&mut self, request: VmmRequest) -> Answer {
         let done = || (Ok(VmmReply::Done), Vec::new());
         match request {
+            // A DIMM's memory is not in the stream, and the destination would not have it.
+            VmmRequest::MigrationStart | VmmRequest::UpgradeInfo if self.vm.has_dimms() => (
+                Err(RemoteError::generic(
+                    "the VM has hot-added memory (pc-dimm devices), which cannot be \
+                     migrated here: device_del them first",
+                )),
+                Vec::new(),
+            ),
             VmmRequest::MigrationStart => self.outgoing.start(&self.vm),
             VmmRequest::DirtyLogSync => self.outgoing.sync(&self.vm),
             VmmRequest::MigrationEnd => {
@@ -644,6 +681,11 @@ impl Runner<'_> {
             VmmRequest::RequestUnplug { slot } => (self.devices_may_change("device_del"))
                 .and_then(|()| self.vm.request_unplug(slot).map_err(remote))
                 .map(|()| VmmReply::Done),
+            VmmRequest::MemoryAttach(dimm) => self.attach_dimm(&dimm, fds),
+            VmmRequest::MemoryUnplug { slot } => (self.devices_may_change("device_del"))
+                .and_then(|()| self.vm.request_dimm_unplug(slot).map_err(remote))
+                .map(|()| VmmReply::Done),
+            VmmRequest::QueryMemorySlots => Ok(VmmReply::MemorySlots(self.vm.memory_slots_ost())),
             // Quit and Retire are answered by the event loop, which then ends.
             VmmRequest::Quit(_) | VmmRequest::Retire => Ok(VmmReply::Done),
             _ => Err(RemoteError::generic("a migration request out of place")),
@@ -702,6 +744,16 @@ impl Runner<'_> {
                     self.notify(VmmEvent::BalloonChanged { actual_bytes })
                 }
                 VmEvent::DeviceEjected => self.let_go_ejected(),
+                VmEvent::MemoryEjected => self.let_go_ejected_dimms(),
+                VmEvent::MemoryOst {
+                    slot,
+                    source,
+                    status,
+                } => self.notify(VmmEvent::MemoryOst {
+                    slot,
+                    source,
+                    status,
+                }),
             }
         }
     }

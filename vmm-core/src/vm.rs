@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use crate::boot::{BootImage, LoadedKernel};
 use crate::cpu::layout::CpuLayout;
+use crate::device_memory::DeviceMemory;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::cpu_hotplug::SharedCpuHotplug;
@@ -142,6 +143,8 @@ pub struct Vm {
     pub(crate) nics: BTreeMap<u32, NicHandle>,
     /// The virtio-balloon device, if the VM has one (`builder::attach_balloon`).
     pub(crate) balloon: Option<BalloonHandle>,
+    /// ACPI memory hotplug and the DIMMs, if the VM has memory slots (dimms.rs).
+    pub(crate) device_memory: Option<DeviceMemory>,
 }
 
 impl Vm {

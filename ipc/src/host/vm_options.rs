@@ -16,9 +16,10 @@ pub struct VmArgs {
     /// Kernel command line.
     #[arg(long, default_value = "")]
     pub cmdline: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256)]
-    pub memory: u64,
+    /// Guest RAM (MiB without a suffix), and memory hotplug's DIMM slots and most memory,
+    /// as QEMU's -m reads them: `[size=]SIZE[,slots=N,maxmem=SIZE]`.
+    #[arg(long, default_value = "256", value_parser = |s: &str| s.parse::<MemoryConfig>())]
+    pub memory: MemoryConfig,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: usize,
@@ -33,6 +34,162 @@ pub struct VmArgs {
     /// Start with the vCPUs stopped (run state "prelaunch") until `cont`.
     #[arg(short = 'S')]
     pub start_paused: bool,
+}
+
+/// `--memory`: RAM, and memory hotplug's shape (QEMU's -m).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// RAM in MiB.
+    pub mib: u64,
+    /// DIMM slots (0: no memory hotplug).
+    pub slots: u64,
+    /// RAM and DIMMs together at most (maxmem).
+    pub max_bytes: Option<u64>,
+}
+
+/// QEMU's ACPI_MAX_RAM_SLOTS.
+pub const MAX_MEMORY_SLOTS: u64 = 256;
+const MIB: u64 = 1 << 20;
+
+/// A size as QEMU's qemu_strtosz reads it: a number (a fraction too) and an optional suffix
+/// B, K, M, G, T, P or E (any case, powers of 1024); without one, `default_unit` bytes.
+fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
+    let digits_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let unit: u64 = match suffix.to_ascii_lowercase().as_str() {
+        "" => default_unit,
+        "b" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        "p" => 1 << 50,
+        "e" => 1 << 60,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.contains('.') {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let mut bytes = whole.checked_mul(unit)?;
+    if !fraction.is_empty() {
+        let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+        let part = fraction.parse::<u128>().ok()? * u128::from(unit) / scale;
+        bytes = bytes.checked_add(u64::try_from(part).ok()?)?;
+    }
+    Some(bytes)
+}
+
+impl MemoryConfig {
+    /// Memory hotplug's shape, with slots (and so a maxmem above RAM); None without.
+    pub fn hotplug(&self) -> Option<crate::MemoryHotplug> {
+        let max_bytes = self.max_bytes?;
+        let slots = u32::try_from(self.slots).ok().filter(|&s| s > 0)?;
+        Some(crate::MemoryHotplug { slots, max_bytes })
+    }
+}
+
+impl FromStr for MemoryConfig {
+    type Err = String;
+
+    /// QEMU 7.2's -m: its options (the first may leave out `size=`), then its checks, with
+    /// its words; and RAM in whole MiB, Flotilla's own rule.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad_size = |name: &str| {
+            format!(
+                "Parameter '{name}' expects a non-negative number below 2^64 (optional suffix \
+                 k, M, G, T, P or E)"
+            )
+        };
+        let (mut size, mut slots, mut maxmem) = (None, None, None);
+        // QemuOpts' ",," is a comma inside a value.
+        let unescaped = s.replace(",,", "\0");
+        let parts: Vec<String> = unescaped.split(',').map(|p| p.replace('\0', ",")).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let part = part.as_str();
+            let (key, value) = match part.split_once('=') {
+                // An escaped comma before the '=' is part of the first option's value.
+                Some((key, _)) if i == 0 && key.contains(',') => ("size", part),
+                Some(kv) => kv,
+                None if i == 0 => ("size", part),
+                None => (part, ""),
+            };
+            match key {
+                "size" => size = Some(value),
+                "slots" => slots = Some(value),
+                "maxmem" => maxmem = Some(value),
+                _ => return Err(format!("Invalid parameter '{key}'")),
+            }
+        }
+        // A size ending in a digit is in MiB (QEMU's legacy suffix-less -m).
+        let ram = match size {
+            Some(text) => {
+                let unit = if text.ends_with(|c: char| c.is_ascii_digit()) {
+                    MIB
+                } else {
+                    1
+                };
+                parse_size(text, unit).ok_or_else(|| bad_size("size"))?
+            }
+            None => 256 * MIB,
+        };
+        let max_bytes = match maxmem {
+            Some(text) => Some(parse_size(text, 1).ok_or_else(|| bad_size("maxmem"))?),
+            None => None,
+        };
+        let slots = match slots {
+            // strtoull's way: a minus sign wraps.
+            Some(text) => {
+                let (digits, negative) = match text.strip_prefix('-') {
+                    Some(rest) => (rest, true),
+                    None => (text, false),
+                };
+                let n: u64 = digits
+                    .parse()
+                    .map_err(|_| "Parameter 'slots' expects a number".to_string())?;
+                Some(if negative { n.wrapping_neg() } else { n })
+            }
+            None => None,
+        };
+        match (max_bytes, slots) {
+            (Some(max), _) if max < ram => {
+                return Err(format!(
+                    "invalid value of maxmem: maximum memory size ({max:#x}) must be at least \
+                     the initial memory size ({ram:#x})"
+                ))
+            }
+            (Some(max), Some(n)) if n > 0 && max == ram => {
+                return Err(format!(
+                    "invalid value of maxmem: memory slots were specified but maximum memory \
+                     size ({max:#x}) is equal to the initial memory size ({ram:#x})"
+                ))
+            }
+            (None, Some(_)) => return Err("slots specified but no max-size".into()),
+            _ => {}
+        }
+        let slots = slots.unwrap_or(0);
+        if max_bytes.is_some_and(|max| max > ram) {
+            if slots > MAX_MEMORY_SLOTS {
+                return Err(format!("unsupported amount of memory slots: {slots}"));
+            }
+            if max_bytes.is_some_and(|max| max % 4096 != 0) {
+                return Err("maximum memory size must by aligned to multiple of 4096 bytes".into());
+            }
+        }
+        if ram % MIB != 0 {
+            return Err(format!(
+                "the RAM size ({ram:#x} bytes) must be a whole number of MiB here"
+            ));
+        }
+        Ok(MemoryConfig {
+            mib: ram / MIB,
+            slots,
+            max_bytes,
+        })
+    }
 }
 
 /// Where the serial console goes, as `--serial` names it.
@@ -87,5 +244,49 @@ mod tests {
         );
         assert!("file:".parse::<SerialConfig>().is_err());
         assert!("tcp:1".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn memory_reads_as_qemus_m() {
+        let m = |s: &str| s.parse::<MemoryConfig>();
+        let ok = |mib, slots, max_bytes| {
+            Ok(MemoryConfig {
+                mib,
+                slots,
+                max_bytes,
+            })
+        };
+        assert_eq!(m("128"), ok(128, 0, None));
+        assert_eq!(m("128,slots=4,maxmem=1G"), ok(128, 4, Some(1 << 30)));
+        assert_eq!(
+            m("size=1G,maxmem=2g,slots=0x2"),
+            Err("Parameter 'slots' expects a number".into())
+        );
+        assert_eq!(m("size=1G,maxmem=2g,slots=2"), ok(1024, 2, Some(2 << 30)));
+        assert_eq!(m("1.5G,slots=1,maxmem=2G"), ok(1536, 1, Some(2 << 30)));
+        assert_eq!(m("134217728B"), ok(128, 0, None));
+        // A maxmem without a suffix is in bytes; repeated options: the last one counts.
+        assert_eq!(
+            m("128,maxmem=1073741824,slots=1,slots=2"),
+            ok(128, 2, Some(1 << 30))
+        );
+        // QEMU's words (as QEMU 7.2 prints them, its two-line hint on one line).
+        for (text, error) in [
+            ("128,slots=4", "slots specified but no max-size"),
+            ("128,slots=300,maxmem=1G", "unsupported amount of memory slots: 300"),
+            ("128,slots=-1,maxmem=1G", "unsupported amount of memory slots: 18446744073709551615"),
+            ("128,maxmem=64M", "invalid value of maxmem: maximum memory size (0x4000000) must be at least the initial memory size (0x8000000)"),
+            ("128,slots=2,maxmem=128M", "invalid value of maxmem: memory slots were specified but maximum memory size (0x8000000) is equal to the initial memory size (0x8000000)"),
+            ("128,slots=x,maxmem=1G", "Parameter 'slots' expects a number"),
+            ("128,maxmem=1G,foo=1", "Invalid parameter 'foo'"),
+            ("128,maxmem=1073741825", "maximum memory size must by aligned to multiple of 4096 bytes"),
+            ("x", "Parameter 'size' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)"),
+            ("128,maxmem=x", "Parameter 'maxmem' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)"),
+            ("128,,slots=1", "Parameter 'size' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)"),
+            ("128,slots", "Parameter 'slots' expects a number"),
+            ("1025K", "the RAM size (0x100400 bytes) must be a whole number of MiB here"),
+        ] {
+            assert_eq!(m(text), Err(error.to_string()), "{text}");
+        }
     }
 }

@@ -54,6 +54,55 @@ pub struct LaunchConfig {
     /// A virtio-balloon device, served by vmm-core itself (no fd), on bus 0 after the
     /// disks and NICs.
     pub balloon: Option<BalloonLaunch>,
+    /// ACPI memory hotplug's slots and device memory (QEMU's -m SIZE,slots=N,maxmem=MAX);
+    /// None: no DIMM can be added.
+    pub memory_hotplug: Option<MemoryHotplug>,
+}
+
+/// The shape of ACPI memory hotplug: `slots` DIMM slots (1 to 256), and at most
+/// `max_bytes` of memory with the DIMMs (maxmem, at least the RAM).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryHotplug {
+    pub slots: u32,
+    pub max_bytes: u64,
+}
+
+/// Where RAM above 4 GiB starts in vmm-core's layout: RAM past 3 GiB goes above 4 GiB.
+const LOW_RAM_MAX: u64 = 0xc000_0000;
+const GIB: u64 = 1 << 30;
+
+impl MemoryHotplug {
+    /// The device memory region DIMMs go in, for a VM of `ram_bytes` of RAM, as QEMU's pc
+    /// machine lays it out: from 4 GiB, past the RAM there rounded up to a GiB, sized
+    /// maxmem - RAM plus a GiB per slot (QEMU's room for each DIMM's alignment). (base,
+    /// size); None if it does not fit the 64-bit address space.
+    pub fn region(&self, ram_bytes: u64) -> Option<(u64, u64)> {
+        let high = ram_bytes.saturating_sub(LOW_RAM_MAX);
+        let base = (4 * GIB).checked_add(high)?.checked_next_multiple_of(GIB)?;
+        let size = self
+            .max_bytes
+            .checked_sub(ram_bytes)?
+            .checked_add(GIB.checked_mul(u64::from(self.slots))?)?;
+        base.checked_add(size)?;
+        Some((base, size))
+    }
+}
+
+/// A DIMM (device_add of a pc-dimm): `size` bytes of its memory backend, the fd in the
+/// frame, from offset 0, at guest address `addr`, in memory slot `slot`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DimmLaunch {
+    pub slot: u32,
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// What the guest's _OST last said about a memory slot (QMP's ACPIOSTInfo source and
+/// status).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotOst {
+    pub source: u32,
+    pub status: u32,
 }
 
 /// The virtio-balloon device (`--device virtio-balloon-pci`).
@@ -229,6 +278,20 @@ pub enum VmmRequest {
     },
     /// QMP query-balloon: answered with `Balloon`.
     QueryBalloon,
+    /// device_add of a pc-dimm: the DIMM is mapped, registered with KVM and handed to
+    /// every vhost-user backend, then the guest learns of it by ACPI memory hotplug
+    /// (insert event, GPE 3). The frame carries its memory backend's fd. Answered `Done`;
+    /// refused without memory hotplug, for a slot that is taken or a range that is not
+    /// free, and while the VM migrates. Running, paused or prelaunch.
+    MemoryAttach(DimmLaunch),
+    /// device_del of a pc-dimm: the guest is asked to let go of the DIMM in `slot` (remove
+    /// event, GPE 3). Answered `Done` once asked; `VmmEvent::MemoryEjected` follows when
+    /// (if ever) the guest ejects it.
+    MemoryUnplug {
+        slot: u32,
+    },
+    /// query-acpi-ospm-status's memory slots: answered with `MemorySlots`.
+    QueryMemorySlots,
     /// cpu-add / device_add of a CPU: vCPU `index` (its APIC ID too) is created, its
     /// thread waits for the guest's INIT/SIPI, and the guest learns of it by ACPI CPU
     /// hotplug (insert event, GPE 2). Answered with `VcpuAdded` once the thread runs;
@@ -245,6 +308,7 @@ impl Message for VmmRequest {
             VmmRequest::Launch(config) => config.fd_count(),
             VmmRequest::DiskReconnect { .. } | VmmRequest::NicReconnect { .. } => 1,
             VmmRequest::DiskAttach(_) | VmmRequest::NicAttach(_) => 1,
+            VmmRequest::MemoryAttach(_) => 1,
             VmmRequest::PostcopyListen => 1,
             _ => 0,
         }
@@ -349,6 +413,9 @@ pub enum VmmReply {
     Balloon {
         actual_bytes: u64,
     },
+    /// `QueryMemorySlots`: each memory slot's last _OST, by slot (none without memory
+    /// hotplug).
+    MemorySlots(Vec<SlotOst>),
     /// `CpuAdd` done: the new vCPU and its thread.
     VcpuAdded(VcpuInfo),
 }
@@ -447,6 +514,17 @@ pub enum VmmEvent {
     BalloonChanged {
         actual_bytes: u64,
     },
+    /// The guest's _OST about memory slot `slot` (QMP's ACPI_DEVICE_OST).
+    MemoryOst {
+        slot: u32,
+        source: u32,
+        status: u32,
+    },
+    /// The guest ejected the DIMM in memory slot `slot` and vmm-core let go of its memory
+    /// (out of KVM and every backend): its backend object is free again.
+    MemoryEjected {
+        slot: u32,
+    },
 }
 
 impl Message for VmmReply {
@@ -465,6 +543,33 @@ pub type FromVmm = Upcall<VmmReply, VmmEvent>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_memory_is_placed_as_qemu_pc_places_it() {
+        let mib = 1 << 20;
+        let hp = MemoryHotplug {
+            slots: 4,
+            max_bytes: 1 << 30,
+        };
+        // QEMU 7.2 pc, -m 128,slots=4,maxmem=1G: [0x100000000, +0x138000000).
+        assert_eq!(hp.region(128 * mib), Some((1 << 32, 0x1_3800_0000)));
+        // RAM above 4 GiB pushes it up to the next GiB past it.
+        let big = MemoryHotplug {
+            slots: 1,
+            max_bytes: 8 << 30,
+        };
+        assert_eq!(
+            big.region((3 << 30) + 1),
+            Some((5 << 30, (5 << 30) - 1 + (1 << 30)))
+        );
+        // maxmem below RAM, or past the address space.
+        assert_eq!(hp.region(2 << 30), None);
+        let huge = MemoryHotplug {
+            slots: 256,
+            max_bytes: u64::MAX,
+        };
+        assert_eq!(huge.region(128 * mib), None);
+    }
 
     #[test]
     fn launch_declares_its_fds() {
@@ -486,6 +591,7 @@ mod tests {
                 slot: None,
                 qdev_id: "b".into(),
             }),
+            memory_hotplug: None,
         };
         // The balloon is vmm-core's own: no fd.
         assert_eq!(c.fd_count(), 2);

@@ -73,11 +73,66 @@ pub enum DeviceError {
     #[error("Invalid parameter type for 'iothread', expected: iothread")]
     NotAnIothread,
 
+    // A pc-dimm's, as QEMU 7.2's qdev, pc_dimm_pre_plug, memory_device_pre_plug and
+    // pc_dimm_realize say them.
     #[error("Device '{driver}' can't go on {bus} bus")]
     CannotGoOnBus {
         driver: &'static str,
         bus: &'static str,
     },
+    #[error("Property '{owner}.{property}' is not writable")]
+    NotWritable {
+        owner: &'static str,
+        property: &'static str,
+    },
+    /// memdev= names no object (QMP's DeviceNotFound).
+    #[error("Device '{0}' not found")]
+    NoMemdev(String),
+    #[error("Invalid parameter type for 'memdev', expected: memory-backend")]
+    NotAMemdev,
+    /// `last` is the slot count less one, as QEMU computes it unsigned.
+    #[error("invalid slot number {slot}, valid range is [0-{last}]")]
+    BadMemorySlot { slot: i64, last: u64 },
+    #[error("no slots where allocated, please specify the 'slots' option")]
+    NoMemorySlots,
+    #[error("slot {0} is busy")]
+    MemorySlotBusy(i64),
+    #[error("no free slots available")]
+    NoFreeMemorySlot,
+    #[error("'memdev' property must be set")]
+    MemdevNotSet,
+    #[error(
+        "not enough space, currently {used:#x} in use of total space for memory devices {total:#x}"
+    )]
+    NotEnoughSpace { used: u64, total: u64 },
+    #[error("address must be aligned to {0:#x} bytes")]
+    AddrAlignment(u64),
+    #[error("backend memory size must be multiple of {0:#x}")]
+    SizeAlignment(u64),
+    #[error(
+        "can't add memory device [{addr:#x}:{size:#x}], usable range for memory devices \
+         [{base:#x}:{region:#x}]"
+    )]
+    OutsideDeviceMemory {
+        addr: u64,
+        size: u64,
+        base: u64,
+        region: u64,
+    },
+    #[error("can't add memory device, device too big")]
+    DimmTooBig,
+    #[error("address range conflicts with memory device id='{0}'")]
+    DimmConflict(String),
+    #[error(
+        "could not find position in guest address space for memory device - memory \
+         fragmented due to alignments"
+    )]
+    Fragmented,
+    #[error("can't use already busy memdev: {0}")]
+    MemdevBusy(String),
+    #[error("'DIMM property node has value {0}' which exceeds the number of numa nodes: 1")]
+    NoNumaNode(u64),
+
     // Ours: what QEMU takes and Flotilla does not.
     #[error(
         "PCI: slot {slot} function {function}: only function 0 of a slot can be hot-plugged \

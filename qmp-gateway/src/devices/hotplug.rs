@@ -40,7 +40,10 @@ impl Gateway {
             .devices
             .lock()
             .reserve(spec.model, spec.id.as_deref())?;
-        let added = self.add_reserved(&spec, &ticket);
+        let added = match spec.model {
+            Model::Dimm => self.dimm_add(&spec, &ticket).map(|b| (b, None)),
+            _ => self.add_reserved(&spec, &ticket),
+        };
         match &added {
             Ok((backend, iothread)) => {
                 let mut devices = self.devices.lock();
@@ -171,6 +174,10 @@ impl Gateway {
     /// device_del: the guest is asked to let the device go.
     pub fn device_del(&self, id: &str) -> Result<(), DeviceError> {
         let _one = CHANGING.lock();
+        let dimm = self.devices.lock().begin_dimm_removal(id)?;
+        if let Some(slot) = dimm {
+            return self.dimm_del(slot);
+        }
         let removal = self.devices.lock().begin_removal(id)?;
         let slot = removal.slot;
         let asked = if self.migrator.in_progress() {
@@ -232,6 +239,9 @@ impl Gateway {
                     vm.config.balloon = None;
                 }
             }
+            // Never in a PCI slot: its memory goes with the eject of its memory slot
+            // (dimm.rs).
+            Backend::Dimm(d) => self.objects.release(&d.memdev),
         }
     }
 

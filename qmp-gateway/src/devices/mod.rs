@@ -6,11 +6,14 @@
 //! the host bridge; the launch's devices take slots 1.. in launch order (disks, then
 //! NICs), device_add the lowest free one or the one asked for. device_del looks devices
 //! up here by id or QOM path, as QEMU's find_device_state does. hotplug.rs runs
-//! device_add and device_del with the layers and vmm-core.
+//! device_add and device_del with the layers and vmm-core. DIMMs (pc-dimm) share the ids
+//! and paths but sit on no bus: each holds a memory slot (dimm.rs).
 
 pub mod cpu;
+pub mod dimm;
 pub mod error;
 pub mod hotplug;
+pub mod placement;
 pub mod spec;
 
 use std::time::{Duration, Instant};
@@ -46,6 +49,8 @@ pub enum Backend {
     Nic(NicLaunch),
     /// vmm-core's own balloon (no daemon): launched with the VM (LaunchConfig.balloon).
     Balloon(ipc::BalloonLaunch),
+    /// A DIMM: its memory backend object and where vmm-core put it.
+    Dimm(placement::Dimm),
 }
 
 impl Backend {
@@ -54,7 +59,7 @@ impl Backend {
         match self {
             Backend::Disk(d) => &d.id,
             Backend::Nic(n) => &n.id,
-            Backend::Balloon(_) => "",
+            Backend::Balloon(_) | Backend::Dimm(_) => "",
         }
     }
 }
@@ -348,6 +353,64 @@ impl Devices {
         Some(self.devices.remove(at))
     }
 
+    /// The DIMMs there are (being added or removed too), as placement sees them.
+    pub fn dimms(&self) -> Vec<placement::Placed> {
+        self.dimm_devices()
+            .into_iter()
+            .map(|(id, d)| placement::Placed {
+                id,
+                slot: d.launch.slot,
+                addr: d.launch.addr,
+                size: d.launch.size,
+            })
+            .collect()
+    }
+
+    /// Each DIMM on the machine, with its id.
+    pub fn dimm_devices(&self) -> Vec<(Option<String>, placement::Dimm)> {
+        self.devices
+            .iter()
+            .filter_map(|d| match &d.backend {
+                Some(Backend::Dimm(m)) => Some((d.qdev_id.clone(), m.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The id of the DIMM in memory slot `slot`, if it has one.
+    pub fn dimm_id(&self, slot: u32) -> Option<String> {
+        self.devices
+            .iter()
+            .find(|d| matches!(&d.backend, Some(Backend::Dimm(m)) if m.launch.slot == slot))
+            .and_then(|d| d.qdev_id.clone())
+    }
+
+    /// device_del's DIMM: the memory slot of the DIMM `id` names, if it names one (asked to
+    /// leave from now on; asking again asks again, as QEMU does for DIMMs).
+    pub fn begin_dimm_removal(&mut self, id: &str) -> Result<Option<u32>, DeviceError> {
+        let qom_path = match self.find(id) {
+            Ok(d) if matches!(d.backend, Some(Backend::Dimm(_))) => d.qom_path.clone(),
+            _ => return Ok(None),
+        };
+        let device = self.devices.iter_mut().find(|d| d.qom_path == qom_path);
+        Ok(device.and_then(|d| {
+            d.phase = Phase::Removing;
+            match &d.backend {
+                Some(Backend::Dimm(m)) => Some(m.launch.slot),
+                _ => None,
+            }
+        }))
+    }
+
+    /// The guest ejected the DIMM in memory slot `slot`: it leaves the registry.
+    pub fn ejected_dimm(&mut self, slot: u32) -> Option<Device> {
+        let at = self
+            .devices
+            .iter()
+            .position(|d| matches!(&d.backend, Some(Backend::Dimm(m)) if m.launch.slot == slot))?;
+        Some(self.devices.remove(at))
+    }
+
     /// What a new vmm-core recreates: the disks, then the NICs, each in index order
     /// (the order of the backends' connections), every one on the bus with its slot.
     pub fn launch_lists(&self) -> (Vec<DiskLaunch>, Vec<NicLaunch>) {
@@ -356,8 +419,9 @@ impl Devices {
             match &d.backend {
                 Some(Backend::Disk(l)) => disks.push(l.clone()),
                 Some(Backend::Nic(l)) => nics.push(l.clone()),
-                // The launch's LaunchConfig.balloon keeps it.
-                Some(Backend::Balloon(_)) | None => {}
+                // The launch's LaunchConfig.balloon keeps it; a VM with DIMMs is not
+                // upgraded.
+                Some(Backend::Balloon(_) | Backend::Dimm(_)) | None => {}
             }
         }
         disks.sort_by_key(|d: &DiskLaunch| d.index);

@@ -2,8 +2,8 @@
 //! a string (numbers as written, booleans as on/off; arrays, objects and null are
 //! dropped), `id` must be an identifier, `driver` names a model (or its alias), `bus` a
 //! bus; the rest are the model's properties, each checked by the property's own parser
-//! with its own error. Only the models Flotilla serves exist here: virtio-blk-pci and
-//! virtio-net-pci.
+//! with its own error. Only the models Flotilla serves exist here: virtio-blk-pci,
+//! virtio-net-pci and pc-dimm (whose properties dimm.rs reads).
 
 use serde_json::{Map, Value};
 
@@ -26,6 +26,8 @@ pub enum Model {
     Balloon,
     /// A CPU of this type (devices/cpu.rs: only the VM's own type is added).
     Cpu(&'static str),
+    /// A DIMM (ACPI memory hotplug): no bus, a memory slot of its own.
+    Dimm,
 }
 
 impl Model {
@@ -36,6 +38,7 @@ impl Model {
             Model::Net => "virtio-net-pci",
             Model::Balloon => "virtio-balloon-pci",
             Model::Cpu(typename) => typename,
+            Model::Dimm => "pc-dimm",
         }
     }
 
@@ -47,6 +50,7 @@ impl Model {
             Model::Net => "virtio-net-device",
             Model::Balloon => "virtio-balloon-device",
             Model::Cpu(typename) => typename,
+            Model::Dimm => "pc-dimm",
         }
     }
 
@@ -55,6 +59,7 @@ impl Model {
         match name {
             "virtio-blk-pci" | "virtio-blk" => Some(Model::Blk),
             "virtio-net-pci" | "virtio-net" => Some(Model::Net),
+            "pc-dimm" => Some(Model::Dimm),
             _ => None,
         }
     }
@@ -167,6 +172,13 @@ impl DeviceSpec {
             if let Model::Cpu(driver) = model {
                 return Err(DeviceError::CannotGoOnBus { driver, bus: "PCI" });
             }
+            // The only bus there is: a DIMM has no bus type, QEMU's qdev_device_add says.
+            if model == Model::Dimm {
+                return Err(DeviceError::CannotGoOnBus {
+                    driver: model.typename(),
+                    bus: "PCI",
+                });
+            }
         }
         let props = args
             .iter()
@@ -226,6 +238,8 @@ impl DeviceSpec {
             Model::Balloon => Err(DeviceError::UnknownDriver(model.typename().into())),
             // Read by devices/cpu.rs.
             Model::Cpu(_) => Err(DeviceError::UnknownDriver(model.typename().into())),
+            // Its own (dimm.rs).
+            Model::Dimm => Err(DeviceError::UnknownDriver(model.typename().into())),
         }
     }
 }
@@ -237,7 +251,7 @@ impl DeviceSpec {
     }
 }
 
-fn no_property(model: Model, property: &str) -> DeviceError {
+pub fn no_property(model: Model, property: &str) -> DeviceError {
     DeviceError::NoProperty {
         owner: model.typename(),
         property: property.to_string(),

@@ -9,6 +9,7 @@ use super::context::{Handler, Typed};
 use super::handlers::balloon;
 use super::handlers::cpus;
 use super::handlers::devices;
+use super::handlers::memory;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
     snapshot,
@@ -186,7 +187,12 @@ pub const COMMANDS: &[Command] = &[
         Ty::Array(&Ty::Str),
     ),
     absent("query-mice", &Typed(absent::empty_list), ANY_LIST),
-    absent("query-memory-devices", &Typed(absent::empty_list), ANY_LIST),
+    cmd(
+        "query-memory-devices",
+        &Typed(memory::query_memory_devices),
+        Ty::Array(&Ty::Named("MemoryDeviceInfo")),
+        G,
+    ),
     partly(
         "query-iothreads",
         &Typed(objects::query_iothreads),
@@ -224,10 +230,11 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::nothing_to_do::<absent::XenSetGlobalDirtyLog>),
         EMPTY,
     ),
-    absent(
+    cmd(
         "query-acpi-ospm-status",
-        &Typed(absent::acpi_ospm_status),
-        ANY_LIST,
+        &Typed(memory::query_acpi_ospm_status),
+        Ty::Array(&Ty::Named("ACPIOSTInfo")),
+        V,
     ),
     cmd(
         "query-hotpluggable-cpus",

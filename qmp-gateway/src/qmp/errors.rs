@@ -75,7 +75,8 @@ impl From<DeviceError> for QmpError {
             // QEMU's DeviceNotFound: an id or bus path naming nothing.
             e @ (DeviceError::NotFound(_)
             | DeviceError::NoBusDevice(_)
-            | DeviceError::NoIothread(_)) => device_not_found(e),
+            | DeviceError::NoIothread(_)
+            | DeviceError::NoMemdev(_)) => device_not_found(e),
             e => QmpError::generic(e.to_string()),
         }
     }

@@ -1015,6 +1015,50 @@ pub const TYPES: Types = Types(&[
             req("policy", Ty::Named("HostMemPolicy")),
         ]),
     },
+    // query-memory-devices and query-acpi-ospm-status (ACPI_DEVICE_OST too), QEMU 7.2's.
+    TypeDef {
+        name: "MemoryDeviceInfo",
+        kind: TypeKind::Union(Union {
+            base: &[req("type", Ty::Named("MemoryDeviceInfoKind"))],
+            tag: "type",
+            variants: &[("dimm", "PCDIMMDeviceInfoWrapper")],
+        }),
+    },
+    TypeDef {
+        name: "MemoryDeviceInfoKind",
+        kind: TypeKind::Enum(&["dimm", "nvdimm", "virtio-pmem", "virtio-mem", "sgx-epc"]),
+    },
+    TypeDef {
+        name: "PCDIMMDeviceInfoWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("PCDIMMDeviceInfo"))]),
+    },
+    TypeDef {
+        name: "PCDIMMDeviceInfo",
+        kind: TypeKind::Object(&[
+            opt("id", Ty::Str),
+            req("addr", Ty::Int),
+            req("size", Ty::Int),
+            req("slot", Ty::Int),
+            req("node", Ty::Int),
+            req("memdev", Ty::Str),
+            req("hotplugged", Ty::Bool),
+            req("hotpluggable", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "ACPIOSTInfo",
+        kind: TypeKind::Object(&[
+            opt("device", Ty::Str),
+            req("slot", Ty::Str),
+            req("slot-type", Ty::Named("ACPISlotType")),
+            req("source", Ty::Int),
+            req("status", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "ACPISlotType",
+        kind: TypeKind::Enum(&["DIMM", "CPU"]),
+    },
 ]);
 
 /// A migration parameter: its name, its type in migrate-set-parameters and its type in

@@ -25,6 +25,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::acpi_memory;
 use crate::cpu::layout::CpuLayout;
 use crate::devices::gpe;
 use crate::devices::pci::FIXED_SLOTS;
@@ -61,8 +62,9 @@ pub struct AcpiTables {
 }
 
 impl AcpiTables {
-    /// Lays out every table for the vCPUs of `cpus` starting at `ACPI_TABLES`.
-    pub fn build(cpus: &CpuLayout) -> Result<Self, AcpiError> {
+    /// Lays out every table for the vCPUs of `cpus` and `memory_slots` DIMM slots (ACPI
+    /// memory hotplug, none for 0) starting at `ACPI_TABLES`.
+    pub fn build(cpus: &CpuLayout, memory_slots: u32) -> Result<Self, AcpiError> {
         let max = cpus.max() as usize;
         if max > MAX_XAPIC_CPUS {
             return Err(AcpiError::TooManyCpus(max));
@@ -70,7 +72,7 @@ impl AcpiTables {
         let mut layout = Layout::new(ACPI_TABLES);
         let rsdp_addr = layout.take(Rsdp::len() as u64, 16);
         let facs_addr = layout.take(acpi_tables::facs::FACS::len() as u64, 64);
-        let dsdt = dsdt(cpus.max());
+        let dsdt = dsdt(cpus.max(), memory_slots);
         let dsdt_addr = layout.take(dsdt.len() as u64, 16);
         let fadt = to_bytes(&fadt(facs_addr, dsdt_addr));
         let fadt_addr = layout.take(fadt.len() as u64, 16);
@@ -636,7 +638,7 @@ fn gpe_scope() -> Vec<u8> {
     ))
 }
 
-fn dsdt(max_cpus: u32) -> Sdt {
+fn dsdt(max_cpus: u32, memory_slots: u32) -> Sdt {
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut devices = pnp_device(
         "COM1",
@@ -676,6 +678,10 @@ fn dsdt(max_cpus: u32) -> Sdt {
     devices.extend(cpus_device(max_cpus));
     t.append_slice(&aml::Scope::raw("\\_SB_".into(), devices));
     t.append_slice(&gpe_scope());
+    // QEMU's pc machine describes memory hotplug only when it has slots.
+    if memory_slots > 0 {
+        t.append_slice(&acpi_memory::memory_hotplug_aml(memory_slots));
+    }
     // \_S5: SLP_TYPa, SLP_TYPb, reserved, reserved.
     aml::Name::new(
         "\\_S5_".into(),
@@ -695,7 +701,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_and_fits() {
-        let t = AcpiTables::build(&CpuLayout::all(2)).unwrap();
+        let t = AcpiTables::build(&CpuLayout::all(2), 256).unwrap();
         for (addr, bytes) in &t.tables {
             match &bytes[..4] {
                 // The FACS has no checksum.
@@ -738,13 +744,13 @@ mod tests {
             vec![(0, 0, 1), (1, 1, 1), (2, 2, 0), (3, 3, 1)]
         );
         // The tables have room for the most xAPIC ids.
-        assert!(AcpiTables::build(&CpuLayout::new(255, [0])).is_ok());
+        assert!(AcpiTables::build(&CpuLayout::new(255, [0]), 0).is_ok());
     }
 
     #[test]
     fn too_many_cpus_is_an_error() {
         assert!(matches!(
-            AcpiTables::build(&CpuLayout::all(256)),
+            AcpiTables::build(&CpuLayout::all(256), 0),
             Err(AcpiError::TooManyCpus(256))
         ));
     }
@@ -813,7 +819,7 @@ mod tests {
         let dir =
             Scratch(std::env::temp_dir().join(format!("flotilla-dsdt-{}-{n}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
-        std::fs::write(dir.0.join("dsdt.dat"), dsdt(2).as_slice()).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), dsdt(2, 0).as_slice()).unwrap();
         let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
         for bad in ["error", "warning", "invalid", "checksum"] {
             assert!(
@@ -910,7 +916,7 @@ mod tests {
         let dir =
             Scratch(std::env::temp_dir().join(format!("flotilla-cpus-{}-{n}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
-        std::fs::write(dir.0.join("dsdt.dat"), dsdt(4).as_slice()).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), dsdt(4, 0).as_slice()).unwrap();
         let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
         for bad in ["error", "warning", "invalid", "checksum"] {
             assert!(
@@ -980,5 +986,82 @@ mod tests {
         // Compiled back, every name the methods use resolves.
         let text = run_iasl(&dir.0, &["dsdt.dsl"]);
         assert!(text.contains(" 0 Errors"), "{text}");
+    }
+
+    #[test]
+    fn the_dsdt_describes_memory_hotplug_as_qemu_does_and_iasl_takes_it() {
+        // Without slots there is nothing of it, as on QEMU's pc.
+        let none = dsdt(1, 0);
+        assert!(!none.as_slice().windows(4).any(|w| w == b"MHPC"));
+        let dir =
+            Scratch(std::env::temp_dir().join(format!("flotilla-memhp-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), dsdt(1, 4).as_slice()).unwrap();
+        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
+        for bad in ["error", "warning", "invalid", "checksum"] {
+            assert!(
+                !text.to_lowercase().contains(bad),
+                "iasl -d says {bad}: {text}"
+            );
+        }
+        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        let mhpd = squeezed(device(&dsl, "\\_SB.PCI0.MHPD"));
+        for want in [
+            "Name (_HID, \"PNP0A06\"",
+            "IO (Decode16, 0x0A00, 0x0A00, 0x00, 0x18,)",
+            "OperationRegion (HPMR, SystemIO, 0x0A00, 0x18)",
+        ] {
+            assert!(mhpd.contains(want), "{want} missing:\n{mhpd}");
+        }
+        // QEMU 7.2's names, fields and scan, as its pc DSDT has them.
+        let mhpc = squeezed(device(&dsl, "\\_SB.MHPC"));
+        for want in [
+            "Name (MDNR, 0x04)",
+            "Field (\\_SB.PCI0.MHPD.HPMR, DWordAcc, NoLock, Preserve) { MRBL, 32, MRBH, 32, \
+             MRLL, 32, MRLH, 32, MPX, 32 }",
+            "Field (\\_SB.PCI0.MHPD.HPMR, ByteAcc, NoLock, WriteAsZeros) { Offset (0x14), \
+             MES, 1, MINS, 1, MRMV, 1, MEJ, 1 }",
+            "Field (\\_SB.PCI0.MHPD.HPMR, DWordAcc, NoLock, Preserve) { MSEL, 32, MOEV, 32, \
+             MOSC, 32 }",
+            "Mutex (MLCK, 0x00)",
+            "Method (MSCN, 0, NotSerialized) { Local0 = Zero Acquire (MLCK, 0xFFFF) \
+             While ((Local0 < MDNR)) { MSEL = Local0 If ((MINS == One)) { MTFY (Local0, One) \
+             MINS = One } ElseIf ((MRMV == One)) { MTFY (Local0, 0x03) MRMV = One } \
+             Local0 += One } Release (MLCK) Return (One) }",
+            "If ((MES == One)) { Local0 = 0x0F }",
+            "MOEV = Arg1 MOSC = Arg2",
+            "MEJ = One",
+            "QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, Cacheable, ReadWrite,",
+        ] {
+            assert!(mhpc.contains(want), "{want} missing:\n{mhpc}");
+        }
+        for slot in 0..4 {
+            let name = format!("MP{slot:02X}");
+            let dimm = squeezed(device(&dsl, &name));
+            for want in [
+                format!("Name (_UID, \"0x{slot:02X}\")"),
+                "Name (_HID, EisaId (\"PNP0C80\")".to_string(),
+                "Return (MCRS (_UID))".to_string(),
+                "Return (MRST (_UID))".to_string(),
+                "MOST (_UID, Arg0, Arg1, Arg2)".to_string(),
+                "MEJ0 (_UID, Arg0)".to_string(),
+            ] {
+                assert!(dimm.contains(&want), "{want} missing from {name}:\n{dimm}");
+            }
+            assert!(dsl.contains(&format!("Notify ({name}, Arg1)")), "{name}");
+        }
+        assert!(
+            squeezed(&dsl)
+                .contains("Method (\\_GPE._E03, 0, NotSerialized) { \\_SB.MHPC.MSCN () }"),
+            "{dsl}"
+        );
+        // Compiled back, every name resolves (the one warning: PCI0's _HID and _ADR).
+        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
+        assert!(text.contains(" 0 Errors"), "{text}");
+        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
+        assert!(
+            warnings.iter().all(|w| w.contains("_HID or _ADR")),
+            "{text}"
+        );
     }
 }

@@ -28,6 +28,8 @@ pub struct BootImage {
     format: KernelFormat,
     initrd: Option<(PathBuf, Vec<u8>)>,
     cmdline: CString,
+    /// DIMM slots the ACPI tables describe (memory hotplug; 0: none).
+    memory_slots: u32,
 }
 
 impl BootImage {
@@ -96,7 +98,13 @@ impl BootImage {
             format,
             initrd,
             cmdline,
+            memory_slots: 0,
         })
+    }
+
+    /// The ACPI tables of every boot describe `slots` DIMM slots.
+    pub fn set_memory_slots(&mut self, slots: u32) {
+        self.memory_slots = slots;
     }
 
     pub fn format(&self) -> KernelFormat {
@@ -108,7 +116,7 @@ impl BootImage {
     pub fn load(&self, ram: &GuestRam, cpus: &CpuLayout) -> Result<LoadedKernel, BootError> {
         let mem = ram.memory();
         let low_ram_end = ram.regions()[0].end();
-        let tables = acpi::AcpiTables::build(cpus)?;
+        let tables = acpi::AcpiTables::build(cpus, self.memory_slots)?;
         tables.write(mem)?;
         boot_regs::write_gdt(mem)?;
         mem.write_slice(self.cmdline.as_bytes_with_nul(), GuestAddress(CMDLINE))?;

@@ -3,10 +3,11 @@
 //! tables into guest RAM, returning where and how the boot vCPU must start.
 //!
 //! `image` drives a boot through the protocol files (`bzimage`, `pvh`) and the shared
-//! pieces (`memmap`, `paging`, `acpi`); the types every part uses live in `entry` and
+//! pieces (`memmap`, `paging`, `acpi` with `acpi_memory`); the types every part uses live in `entry` and
 //! `error`, so that no file here imports the one that calls it.
 
 pub mod acpi;
+pub mod acpi_memory;
 pub mod bzimage;
 pub mod entry;
 pub mod error;

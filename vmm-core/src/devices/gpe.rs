@@ -17,6 +17,7 @@ use super::IrqLine;
 /// GPE bits this machine raises.
 pub const PCI_HOTPLUG: u8 = 1;
 pub const CPU_HOTPLUG: u8 = 2;
+pub const MEMORY_HOTPLUG: u8 = 3;
 
 pub struct Gpe0 {
     regs: EventRegisters,

@@ -1,6 +1,6 @@
 //! Platform devices emulated in vmm-core: the UART, the ACPI PM and GPE blocks (sharing
 //! the SCI), the PCI root with its hotplug controller, ACPI CPU hotplug's registers
-//! (`cpu_hotplug`), and the reset paths (i8042 and the reset control register), plus the
+//! (`cpu_hotplug`) and memory hotplug's (`memory_hotplug`), and the reset paths (i8042 and the reset control register), plus the
 //! buses that route vCPU port and MMIO exits to them; the virtio-pci transport, and the
 //! one virtio device vmm-core serves itself, the balloon (`virtio_balloon`). Interrupt
 //! controllers and the PIT are KVM's.
@@ -10,6 +10,7 @@ pub mod bus;
 pub mod cpu_hotplug;
 pub mod gpe;
 pub mod i8042;
+pub mod memory_hotplug;
 pub mod pci;
 pub mod reset_control;
 pub mod sci;

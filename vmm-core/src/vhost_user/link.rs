@@ -1,7 +1,11 @@
 //! The link to one vhost-user backend, whatever the device type: the connection
 //! (ownership, virtio and protocol features, queue count, the backend's channel back),
 //! what the driver set up (features, rings and their eventfds), and the replay of that
-//! setup on a new connection, and the backend's part in postcopy at a destination.
+//! setup on a new connection, and the backend's part in postcopy at a destination. Memory
+//! added or removed while the device runs (a DIMM) goes to the backend as one region
+//! (ADD_MEM_REG / REM_MEM_REG) where it offers memory slots, else as the whole table again
+//! (SET_MEM_TABLE), as QEMU's frontend does; in both cases acknowledged before the guest
+//! hears of the memory.
 //!
 //! The driver's setup is kept apart from the connection, so that when the backend hangs
 //! up the guest keeps running (its kicks wait in the ioeventfds, nothing completes) until
@@ -32,7 +36,7 @@ use super::backend_requests::BackendRequests;
 use super::model::{DeviceModel, MAX_QUEUES};
 use crate::devices::virtio_pci::ActiveQueue;
 use crate::events::PostcopyEvents;
-use crate::memory::GuestRam;
+use crate::memory::{GuestRam, HotRegion, SharedRegion};
 
 /// The largest ring the driver may lay out for a queue.
 pub const QUEUE_MAX_SIZE: u16 = 256;
@@ -51,7 +55,12 @@ fn wanted_protocol() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
         | VhostUserProtocolFeatures::LOG_SHMFD
         | VhostUserProtocolFeatures::PAGEFAULT
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
+
+/// The regions a backend takes in SET_MEM_TABLE without memory slots (the protocol's
+/// VHOST_MEMORY_BASELINE_NREGIONS).
+const BASELINE_REGIONS: usize = 8;
 
 /// VHOST_F_LOG_ALL: the backend logs its writes to guest memory (a migration runs).
 const F_LOG_ALL: u64 = 1 << 26;
@@ -114,10 +123,10 @@ impl RingSetup {
 }
 
 /// The backend's mapping of guest RAM from its SET_MEM_TABLE answer while postcopy
-/// listens: one base per region sent (`regions`: guest address, size, host address,
-/// memfd offset), in their order. The answer is the backend's: checked, never trusted.
+/// listens: one base per region sent (`regions`: guest address, size), in their order.
+/// The answer is the backend's: checked, never trusted.
 fn backend_ranges(
-    regions: &[(u64, u64, u64, u64)],
+    regions: &[(u64, u64)],
     bases: Option<Vec<u64>>,
 ) -> Result<Vec<MappedRange>, VhostUserError> {
     let bases = bases.ok_or_else(|| {
@@ -133,7 +142,7 @@ fn backend_ranges(
     regions
         .iter()
         .zip(bases)
-        .map(|(&(guest_addr, size, _, _), host_addr)| {
+        .map(|(&(guest_addr, size), host_addr)| {
             if host_addr.checked_add(size).is_none() {
                 return Err(VhostUserError::Setup(format!(
                     "the backend maps {size:#x} bytes of guest RAM at {host_addr:#x}"
@@ -157,6 +166,17 @@ fn acknowledged<T>(
     let result = send(f);
     f.set_hdr_flags(VhostUserHeaderFlag::empty());
     result
+}
+
+/// A region as vhost-user describes it.
+fn region_info(r: &SharedRegion) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: r.guest_addr,
+        memory_size: r.size,
+        userspace_addr: r.host_addr,
+        mmap_offset: r.file_offset,
+        mmap_handle: r.file.as_raw_fd(),
+    }
 }
 
 /// SET_LOG_BASE with the log's memfd.
@@ -188,6 +208,10 @@ struct Session {
     /// A handle on our end of the backend's channel to us, when it has one.
     requests: Option<UnixStream>,
     postcopy: SessionPostcopy,
+    /// The regions this backend takes (GET_MAX_MEM_SLOTS with memory slots).
+    max_regions: usize,
+    /// It has a memory table (from `apply`): memory added or removed must reach it.
+    has_table: bool,
 }
 
 impl Session {
@@ -220,9 +244,8 @@ pub struct Link {
     /// The inflight region the first backend of this activation created.
     inflight: Option<(VhostUserInflight, File)>,
     mem: GuestMemoryMmap,
-    /// Guest RAM as the backend maps it: guest address, size, host address, memfd offset.
-    regions: Vec<(u64, u64, u64, u64)>,
-    memfd: File,
+    /// Guest memory as the backend maps it: RAM's regions, then memory added since.
+    regions: Vec<SharedRegion>,
     requests: Arc<BackendRequests>,
     /// The dirty log (memfd, length) while a migration runs.
     dirty_log: Option<(File, u64)>,
@@ -242,18 +265,7 @@ impl Link {
         ram: &GuestRam,
         requests: Arc<BackendRequests>,
     ) -> Result<Link, VhostUserError> {
-        let regions = ram
-            .regions()
-            .iter()
-            .map(|r| {
-                (
-                    r.guest_addr,
-                    r.size,
-                    ram.host_addr(r).unwrap_or(0),
-                    r.file_offset,
-                )
-            })
-            .collect();
+        let regions = ram.shared_regions();
         Ok(Link {
             name,
             model,
@@ -267,10 +279,6 @@ impl Link {
             inflight: None,
             mem: ram.memory().clone(),
             regions,
-            memfd: ram
-                .memfd()
-                .try_clone()
-                .map_err(VhostUserError::BackendChannel)?,
             requests,
             dirty_log: None,
             postcopy: None,
@@ -423,6 +431,21 @@ impl Link {
                 self.num_queues
             )));
         }
+        let max_regions = match protocol.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS) {
+            true => usize::try_from(
+                frontend
+                    .get_max_mem_slots()
+                    .map_err(proto("GET_MAX_MEM_SLOTS"))?,
+            )
+            .unwrap_or(usize::MAX),
+            false => BASELINE_REGIONS,
+        };
+        if self.regions.len() > max_regions {
+            return Err(VhostUserError::Setup(format!(
+                "the backend takes {max_regions} memory regions, guest memory has {}",
+                self.regions.len()
+            )));
+        }
         let requests = match protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             true => Some(self.serve_backend_requests(&mut frontend, protocol)?),
             false => None,
@@ -438,6 +461,8 @@ impl Link {
             watch,
             requests,
             postcopy: SessionPostcopy::Off,
+            max_regions,
+            has_table: false,
         });
         self.requests.mark_config_stale();
         Ok(())
@@ -489,17 +514,8 @@ impl Link {
             return Ok(());
         };
         let acked = self.backend_acked(features);
-        let regions: Vec<VhostUserMemoryRegionInfo> = self
-            .regions
-            .iter()
-            .map(|&(gpa, size, host, offset)| VhostUserMemoryRegionInfo {
-                guest_phys_addr: gpa,
-                memory_size: size,
-                userspace_addr: host,
-                mmap_offset: offset,
-                mmap_handle: self.memfd.as_raw_fd(),
-            })
-            .collect();
+        let regions: Vec<VhostUserMemoryRegionInfo> =
+            self.regions.iter().map(region_info).collect();
         let mut ring_addrs = Vec::new();
         for r in &self.rings {
             ring_addrs.push((
@@ -553,10 +569,16 @@ impl Link {
         let f = &mut session.frontend;
         f.set_features(acked).map_err(proto("SET_FEATURES"))?;
         let mapped = f.set_mem_table(&regions).map_err(proto("SET_MEM_TABLE"))?;
+        session.has_table = true;
         if let Some((index, events)) = listening {
             // The agent must know where the backend maps guest RAM before the backend
             // can fault there, i.e. before the ack lets it run its rings.
-            let ranges = backend_ranges(&self.regions, mapped)?;
+            let sent: Vec<(u64, u64)> = self
+                .regions
+                .iter()
+                .map(|r| (r.guest_addr, r.size))
+                .collect();
+            let ranges = backend_ranges(&sent, mapped)?;
             events(VmmEvent::PostcopyRanges {
                 backend: index,
                 ranges,
@@ -605,6 +627,99 @@ impl Link {
             let _ = r.kick.write(1);
         }
         Ok(())
+    }
+
+    /// Whether the current backend (if any) takes one more memory region.
+    pub fn has_room_for_memory(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_none_or(|s| self.regions.len() < s.max_regions)
+    }
+
+    /// Memory was added (a DIMM): it joins the guest memory this link knows (its rings may
+    /// lie there) and, if the backend has a memory table, the backend's: ADD_MEM_REG with
+    /// memory slots, else the whole table in SET_MEM_TABLE; acknowledged (or followed by a
+    /// round trip) so that the backend maps it before the guest hears of it. Rings run on
+    /// meanwhile: a backend keeps what it mapped before. A backend that fails it is taken as
+    /// gone (the next one gets the whole table).
+    pub fn add_memory(&mut self, hot: &HotRegion) {
+        match self.mem.insert_region(hot.mapping.clone()) {
+            Ok(mem) => self.mem = mem,
+            Err(e) => log::warn!("{}: guest memory map: {e}", self.name),
+        }
+        let region = hot.shared();
+        let info = region_info(&region);
+        self.regions.push(region);
+        let slots = self
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        let result = self.update_table(|f, all| match slots {
+            true => f
+                .add_mem_region(&info)
+                .map(drop)
+                .map_err(proto("ADD_MEM_REG")),
+            false => f
+                .set_mem_table(all)
+                .map(drop)
+                .map_err(proto("SET_MEM_TABLE")),
+        });
+        if let Err(e) = result {
+            self.lost("adding guest memory", &e);
+        }
+    }
+
+    /// Memory at `guest_addr` went (the guest ejected a DIMM): out of this link's guest
+    /// memory and the backend's (REM_MEM_REG, or the whole table again).
+    pub fn remove_memory(&mut self, guest_addr: u64) {
+        let Some(at) = self.regions.iter().position(|r| r.guest_addr == guest_addr) else {
+            return;
+        };
+        let region = self.regions.remove(at);
+        if let Ok((mem, _)) = self
+            .mem
+            .remove_region(GuestAddress(guest_addr), region.size)
+        {
+            self.mem = mem;
+        }
+        let info = region_info(&region);
+        let slots = self
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        let result = self.update_table(|f, all| match slots {
+            true => f.remove_mem_region(&info).map_err(proto("REM_MEM_REG")),
+            false => f
+                .set_mem_table(all)
+                .map(drop)
+                .map_err(proto("SET_MEM_TABLE")),
+        });
+        if let Err(e) = result {
+            self.lost("removing guest memory", &e);
+        }
+    }
+
+    /// Sends a change of the memory table (`send` gets the frontend and the whole new
+    /// table) to a backend that has one, and waits until it took it.
+    fn update_table(
+        &mut self,
+        send: impl FnOnce(&mut Frontend, &[VhostUserMemoryRegionInfo]) -> Result<(), VhostUserError>,
+    ) -> Result<(), VhostUserError> {
+        let all: Vec<VhostUserMemoryRegionInfo> = self.regions.iter().map(region_info).collect();
+        let acks = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let Some(session) = self.session.as_mut().filter(|s| s.has_table) else {
+            // No table yet: the setup will send all of it.
+            return Ok(());
+        };
+        let f = &mut session.frontend;
+        if acks {
+            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let sent = send(f, &all);
+        if acks {
+            f.set_hdr_flags(VhostUserHeaderFlag::empty());
+            return sent;
+        }
+        // Without acknowledgements, a request the backend answers comes after it.
+        sent.and_then(|()| f.get_features().map(drop).map_err(proto("GET_FEATURES")))
     }
 
     /// What SET_FEATURES tells the backend for a driver that acked `features`.
@@ -1096,7 +1211,7 @@ mod tests {
 
     #[test]
     fn the_backends_mapping_is_checked() {
-        let regions = [(0, 0x1000, 0, 0), (0x1_0000_0000, 0x2000, 0, 0x1000)];
+        let regions = [(0, 0x1000), (0x1_0000_0000, 0x2000)];
         assert_eq!(
             backend_ranges(&regions, Some(vec![0x7000_0000, 0x8000_0000])).unwrap(),
             [
@@ -1116,5 +1231,128 @@ mod tests {
         assert!(backend_ranges(&regions, Some(vec![0x7000_0000])).is_err());
         assert!(backend_ranges(&regions, Some(vec![1, 2, 3])).is_err());
         assert!(backend_ranges(&regions, Some(vec![0, u64::MAX])).is_err());
+    }
+
+    /// 2 MiB of a memfd at 4 GiB + `n` MiB in `ram`, as a DIMM is added.
+    fn dimm(ram: &mut GuestRam, n: u64) -> HotRegion {
+        // SAFETY: memfd_create with a valid name; the fd is checked and ours alone.
+        let fd = unsafe { libc::memfd_create(c"dimm".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: as above.
+        let file = File::from(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        file.set_len(2 * MIB).unwrap();
+        ram.add_hot(file, (1 << 32) + n * MIB, 2 * MIB).unwrap()
+    }
+
+    /// A link on `ram` to a mock backend offering `protocol`, its driver set up.
+    fn running(ram: &GuestRam, journal: &Journal, protocol: VhostUserProtocolFeatures) -> Fixture {
+        let link = Link::new(
+            "disk 0".into(),
+            Box::new(Blk::new(1)),
+            ram,
+            BackendRequests::new(),
+        );
+        let mut f = Fixture {
+            _ram: GuestRam::new(2).unwrap(),
+            link: link.unwrap(),
+            kick: EventFd::new(0).unwrap(),
+            call: EventFd::new(0).unwrap(),
+        };
+        f.link.connect(mock(journal, protocol)).unwrap();
+        f.resume();
+        let setup = taken(&mut f, journal);
+        assert_eq!(
+            setup.first().map(String::as_str),
+            Some("SET_MEM_TABLE"),
+            "{setup:?}"
+        );
+        f
+    }
+
+    #[test]
+    fn memory_added_goes_to_a_backend_with_memory_slots_as_one_region() {
+        let journal = Journal::default();
+        let mut ram = GuestRam::new(4).unwrap();
+        let mut f = running(
+            &ram,
+            &journal,
+            VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+        );
+        let first = dimm(&mut ram, 0);
+        f.link.add_memory(&first);
+        assert_eq!(
+            taken(&mut f, &journal),
+            ["ADD_MEM_REG 0x100000000+0x200000"]
+        );
+        // The link reaches the new memory too (a ring may be laid out there).
+        assert!(f.link.host(0x1_0010_0000, "a ring").is_ok());
+        // The mock takes 3 regions: RAM and two DIMMs.
+        assert!(f.link.has_room_for_memory());
+        let second = dimm(&mut ram, 2);
+        f.link.add_memory(&second);
+        assert!(!f.link.has_room_for_memory());
+        f.link.remove_memory(first.guest_addr);
+        assert_eq!(
+            taken(&mut f, &journal),
+            [
+                "ADD_MEM_REG 0x100200000+0x200000",
+                "REM_MEM_REG 0x100000000+0x200000"
+            ]
+        );
+        assert!(f.link.host(0x1_0010_0000, "a ring").is_err());
+        assert!(f.link.has_room_for_memory());
+        // Memory that is not there is not removed.
+        f.link.remove_memory(7 << 32);
+        assert_eq!(taken(&mut f, &journal), Vec::<String>::new());
+    }
+
+    #[test]
+    fn without_memory_slots_the_backend_gets_the_whole_table_again() {
+        let journal = Journal::default();
+        let mut ram = GuestRam::new(4).unwrap();
+        let mut f = running(&ram, &journal, VhostUserProtocolFeatures::empty());
+        let hot = dimm(&mut ram, 0);
+        f.link.add_memory(&hot);
+        assert_eq!(
+            taken(&mut f, &journal),
+            ["SET_MEM_TABLE", "SET_MEM_TABLE regions=2"]
+        );
+        f.link.remove_memory(hot.guest_addr);
+        assert_eq!(taken(&mut f, &journal), ["SET_MEM_TABLE"]);
+    }
+
+    #[test]
+    fn memory_added_before_the_driver_starts_comes_with_its_table() {
+        let journal = Journal::default();
+        let mut ram = GuestRam::new(4).unwrap();
+        let hot = dimm(&mut ram, 0);
+        let link = Link::new(
+            "disk 0".into(),
+            Box::new(Blk::new(1)),
+            &ram,
+            BackendRequests::new(),
+        );
+        let mut f = Fixture {
+            _ram: GuestRam::new(2).unwrap(),
+            link: link.unwrap(),
+            kick: EventFd::new(0).unwrap(),
+            call: EventFd::new(0).unwrap(),
+        };
+        f.link
+            .connect(mock(
+                &journal,
+                VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+            ))
+            .unwrap();
+        // No table yet: nothing goes now.
+        let later = dimm(&mut ram, 2);
+        f.link.add_memory(&later);
+        assert_eq!(taken(&mut f, &journal), Vec::<String>::new());
+        drop(hot);
+        f.resume();
+        let setup = taken(&mut f, &journal);
+        assert_eq!(setup[..2], ["SET_MEM_TABLE", "SET_MEM_TABLE regions=3"]);
     }
 }

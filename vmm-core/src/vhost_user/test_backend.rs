@@ -23,6 +23,8 @@ type Answer<T> = vhost::vhost_user::Result<T>;
 
 /// Where the mock backend says it maps guest RAM, above the guest address.
 pub const MOCK_BASE: u64 = 0x7e00_0000_0000;
+/// The memory regions the mock takes with memory slots.
+pub const MOCK_MEM_SLOTS: u64 = 3;
 
 /// A vhost-user backend in this process that writes what it is told into a journal
 /// the test reads (with the events the link raises, in the order they happen).
@@ -76,6 +78,9 @@ impl VhostUserBackendReqHandlerMut for MockBackend {
             ))
         } else {
             self.note("SET_MEM_TABLE");
+            if ctx.len() > 1 {
+                self.note(format!("SET_MEM_TABLE regions={}", ctx.len()));
+            }
             Ok(None)
         }
     }
@@ -160,18 +165,22 @@ impl VhostUserBackendReqHandlerMut for MockBackend {
         refused()
     }
     fn get_max_mem_slots(&mut self) -> Answer<u64> {
-        refused()
+        Ok(MOCK_MEM_SLOTS)
     }
     fn add_mem_region(
         &mut self,
-        _region: &VhostUserSingleMemoryRegion,
+        region: &VhostUserSingleMemoryRegion,
         _fd: File,
         _postcopy_listening: Option<bool>,
     ) -> Answer<Option<u64>> {
-        refused()
+        let (addr, size) = (region.guest_phys_addr, region.memory_size);
+        self.note(format!("ADD_MEM_REG {addr:#x}+{size:#x}"));
+        Ok(None)
     }
-    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> Answer<()> {
-        refused()
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> Answer<()> {
+        let (addr, size) = (region.guest_phys_addr, region.memory_size);
+        self.note(format!("REM_MEM_REG {addr:#x}+{size:#x}"));
+        Ok(())
     }
     fn set_device_state_fd(
         &mut self,

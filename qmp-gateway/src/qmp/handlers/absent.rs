@@ -235,11 +235,3 @@ pub fn input_send_event(c: &mut Ctx, a: InputSendEvent) -> QmpResult {
 pub fn nothing_to_do<A: Arguments>(_: &mut Ctx, _: A) -> QmpResult {
     Ok(json!({}))
 }
-
-/// The machine has an ACPI PM device (PM1a event and control blocks, the fixed power
-/// button: vmm-core's FADT) but no memory or CPU hotplug slots whose OSPM status it could
-/// report: an empty list, as QEMU 7.2 answers with its ACPI device and no such slots.
-pub fn acpi_ospm_status(_: &mut Ctx, _: NoArgs) -> QmpResult {
-    Ok(json!([]))
-}
-

@@ -10,6 +10,7 @@ pub mod fds;
 pub mod hmp;
 pub mod jobs;
 pub mod machine;
+pub mod memory;
 pub mod migrate;
 pub mod migration;
 pub mod net;

@@ -247,21 +247,15 @@ impl<K: DaemonKind> Daemon<K> {
         if !self.link.is_closed() {
             let _ = self.link.request(K::quit(), &[]);
         }
-        let deadline = Instant::now() + grace;
-        let ended = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break describe(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    log::warn!("{} did not exit; killing it", self.link.name());
-                    let _ = child.kill();
-                    break child
-                        .wait()
-                        .map(describe)
-                        .unwrap_or_else(|e| format!("lost: {e}"));
-                }
+        let ended = match child.wait_until(Instant::now() + grace) {
+            Ok(Some(status)) => describe(status),
+            _ => {
+                log::warn!("{} did not exit; killing it", self.link.name());
+                let _ = child.kill();
+                child
+                    .wait()
+                    .map(describe)
+                    .unwrap_or_else(|e| format!("lost: {e}"))
             }
         };
         self.link.shutdown();

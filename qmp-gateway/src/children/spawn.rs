@@ -20,6 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
+use std::time::{Duration, Instant};
 
 use ipc::Connection;
 
@@ -397,6 +398,43 @@ impl Process {
         }
     }
 
+    /// Waits for it to end until `deadline` (None if it still runs then). It is woken by
+    /// the end itself (a pidfd, which polls readable then), not by a timer: a daemon that
+    /// quits is gone a few hundred microseconds after its answer, and each millisecond
+    /// counts in a device_del. Without pidfds (Linux before 5.3) it looks every
+    /// millisecond.
+    pub fn wait_until(&mut self, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+        if let Some(s) = self.try_wait()? {
+            return Ok(Some(s));
+        }
+        // SAFETY: pidfd_open on our own unreaped child; a descriptor we then own, or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        // SAFETY: a fresh descriptor, ours alone.
+        let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match &pidfd {
+                Some(fd) => {
+                    let mut ended = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = left.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+                    // SAFETY: polls one descriptor we own; EINTR only means look again.
+                    unsafe { libc::poll(&mut ended, 1, ms.max(1)) };
+                }
+                None => std::thread::sleep(left.min(Duration::from_millis(1))),
+            }
+            if let Some(s) = self.try_wait()? {
+                return Ok(Some(s));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
     /// SIGKILL, unless it has been reaped already (its pid may be someone else's now).
     pub fn kill(&mut self) -> std::io::Result<()> {
         if self.status.is_some() {
@@ -449,4 +487,40 @@ pub fn host_tid(pid: u32, tid: i32) -> i32 {
         }
     }
     tid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn waiting_for_a_child_ends_with_it_or_at_the_deadline() {
+        let dir = std::env::temp_dir().join(format!("flotilla-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = |seconds: &str| {
+            let path = dir.join(format!("sleep-{seconds}"));
+            std::fs::write(&path, format!("#!/bin/sh\nexec sleep {seconds}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            spawn_child(&path, &[], Mode::Off).unwrap().0
+        };
+        let mut short = child("0.05");
+        let start = Instant::now();
+        let status = short.wait_until(start + Duration::from_secs(10)).unwrap();
+        assert!(status.is_some_and(|s| s.success()));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let mut long = child("60");
+        let start = Instant::now();
+        assert!(long
+            .wait_until(start + Duration::from_millis(50))
+            .unwrap()
+            .is_none());
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        long.kill().unwrap();
+        let status = long
+            .wait_until(Instant::now() + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGKILL));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -127,6 +127,10 @@ fn dimms_are_added_used_refused_and_removed_as_on_qemu() {
     };
     assert!(why.contains("hot-added memory (pc-dimm devices)"), "{why}");
     assert_eq!(qmp.ok("query-status", json!({}))["status"], "running");
+    // So would a new vmm-core (a live upgrade): refused, the old one running on.
+    let (_, why) = qmp.err("__io.flotilla_vmm-upgrade", json!({}));
+    assert!(why.contains("hot-added memory (pc-dimm devices)"), "{why}");
+    assert_eq!(qmp.ok("query-status", json!({}))["status"], "running");
     // Every answer and event as QEMU 7.2's.
     let theirs = on_qemu();
     assert_eq!(replies(&ours), replies(&theirs), "ours, then QEMU's");

@@ -263,6 +263,27 @@ pub fn scenario(vm: &mut Vm, qmp: &mut QmpClient, dir: &Path, disk: Option<&Path
     ]);
     // The first free slot and the first free range again.
     run.add(json!({"id": "d5", "memdev": "m7"}), 0, BASE, 64);
+    // A reset keeps the DIMMs: the new boot finds each present, without an event.
+    assert_eq!(run.ok("system_reset", json!({})), json!({}));
+    for (slot, base, mib) in [
+        (0, BASE, 64),
+        (1, BASE + 128 * MIB, 128),
+        (2, BASE + 320 * MIB, 64),
+        (3, BASE + 256 * MIB, 64),
+    ] {
+        let prefix = format!("GUEST INFO mem hotplug slot={slot} present at boot");
+        assert_eq!(
+            run.line(&prefix),
+            format!("{prefix} base={base:#x} size={:#x}", mib * MIB)
+        );
+    }
+    assert_eq!(run.line("GUEST MEM HOTPLUG READY"), READY);
+    run.expect_dimms(&[
+        ("d5", "m7", 0, BASE, 64),
+        ("d2", "m2", 1, BASE + 128 * MIB, 128),
+        ("d3", "m3", 3, BASE + 256 * MIB, 64),
+        ("d4", "m4", 2, BASE + 320 * MIB, 64),
+    ]);
     run.seen
 }
 

@@ -26,7 +26,7 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::device::Device;
 use crate::dirty_log::LogMap;
@@ -268,6 +268,9 @@ impl<D: Device> VhostUserBackendReqHandlerMut for Connection<D> {
             });
             regions.push(guest);
         }
+        // A frontend lists its regions in its own order (memory added later, a DIMM below
+        // one added before, comes last); the map wants them by address.
+        regions.sort_by_key(|r| r.start_addr());
         let mem = Arc::new(GuestMemoryMmap::from_regions(regions).map_err(handler_error)?);
         if postcopy_listening != Some(true) {
             self.shared.set_memory(mem);

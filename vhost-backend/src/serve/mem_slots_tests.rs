@@ -241,3 +241,22 @@ fn a_region_that_cannot_be_added_or_removed_is_refused() {
         assert!(served.is_err(), "{served:?}");
     }
 }
+
+/// A whole table whose regions are not in address order (a frontend lists memory added
+/// later last, a DIMM below one added before too) is taken as it is.
+#[test]
+fn a_table_out_of_address_order_is_taken() {
+    let mut s = connect();
+    let (dimm, above) = (memfd(DIMM_SIZE), memfd(DIMM_SIZE));
+    let table = [
+        region(DIMM + DIMM_SIZE, DIMM_SIZE, 0xa000_0000, &above),
+        region(0, RAM, RAM_BASE, &s.ram),
+        region(DIMM, DIMM_SIZE, DIMM_BASE, &dimm),
+    ];
+    s.front.set_mem_table(&table).unwrap();
+    assert_eq!(s.fill(DIMM + 0x2000, 0x100), Some(0x100));
+    let mut data = [0u8; 0x100];
+    dimm.read_exact_at(&mut data, 0x2000).unwrap();
+    assert!(data.iter().all(|&b| b == 0xab));
+    assert_eq!(s.fill(0x8000, 0x100), Some(0x100));
+}

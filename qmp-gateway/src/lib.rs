@@ -12,9 +12,8 @@
 //! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
 //! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
 //! `balloon` is the balloon's command line and QEMU's rules for its target; `cpus` adds
-//! vCPUs (cpu-add, device_add of a CPU).
-//! No file imports one that
-//! imports it back (scripts/check-imports).
+//! vCPUs (cpu-add, device_add of a CPU); `objects` holds object-add's iothreads and
+//! memory backends. No file imports one that imports it back (scripts/check-imports).
 
 pub mod balloon;
 pub mod block;

@@ -71,7 +71,9 @@ struct Args {
     uuid: Option<String>,
     /// A virtio-blk disk: `file=PATH,format=raw[,id=ID][,readonly=on][,cache=writeback|
     /// none|unsafe][,discard=ignore|unmap][,detect-zeroes=off|on|unmap][,serial=S]
-    /// [,queues=N][,node-name=NAME][,stats-intervals.N=SECS]`. May be given several times.
+    /// [,queues=N][,node-name=NAME][,stats-intervals.N=SECS][,addr=SLOT]`
+    /// (addr=: its slot on PCI bus 0, hex; default the lowest free). May be given several
+    /// times.
     #[arg(long, value_parser = |s: &str| s.parse::<DriveSpec>())]
     drive: Vec<DriveSpec>,
     /// A host network backend: `tap,id=ID,ifname=NAME[,queues=N]`, `tap,id=ID,fd=N`
@@ -80,8 +82,8 @@ struct Args {
     /// several times.
     #[arg(long, value_parser = |s: &str| NetdevSpec::parse_cli(s))]
     netdev: Vec<NetdevSpec>,
-    /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56]`, its queue
-    /// pairs the netdev's queues; or the balloon (one at most):
+    /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56][,addr=SLOT]`,
+    /// its queue pairs the netdev's queues; or the balloon (one at most):
     /// `virtio-balloon-pci[,id=NAME]`. May be given several times.
     #[arg(long, value_parser = |s: &str| s.parse::<DeviceSpec>())]
     device: Vec<DeviceSpec>,
@@ -324,7 +326,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     }
     // Bus 0's slots from 1, in launch order: the disks, then the NICs.
     for (i, spec) in args.drive.iter().enumerate() {
-        let (ticket, slot) = gw.devices.lock().launch(Model::Blk, None)?;
+        let (ticket, slot) = gw.devices.lock().launch(Model::Blk, None, spec.slot)?;
         let placed = (slot, ticket.qom_path.clone());
         let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets, placed)?;
         gw.devices
@@ -336,7 +338,10 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         gw.net.add_netdev(netdev)?;
     }
     for spec in &nics {
-        let (ticket, slot) = gw.devices.lock().launch(Model::Net, spec.id.as_deref())?;
+        let (ticket, slot) = gw
+            .devices
+            .lock()
+            .launch(Model::Net, spec.id.as_deref(), spec.slot)?;
         let placed = (slot, ticket.qom_path.clone());
         let (nic, stream) = gw.net.add_nic(spec, placed)?;
         gw.devices.lock().added(&ticket, Backend::Nic(nic.clone()));
@@ -344,7 +349,10 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     }
     // The balloon is vmm-core's own device, in the next slot.
     if let Some(b) = balloon {
-        let (ticket, slot) = gw.devices.lock().launch(Model::Balloon, b.id.as_deref())?;
+        let (ticket, slot) = gw
+            .devices
+            .lock()
+            .launch(Model::Balloon, b.id.as_deref(), None)?;
         let launch = ipc::BalloonLaunch {
             slot: Some(slot),
             qdev_id: b.id.unwrap_or_default(),

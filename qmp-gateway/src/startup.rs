@@ -2,7 +2,8 @@
 //! each drive's id and node name against the others' (QEMU's naming rules), each drive's
 //! image opened with the access it asks for (and closed again: the block layer opens it
 //! for good), each netdev's and NIC's id, each NIC's netdev (one NIC per netdev), and each
-//! netdev opened (kept, for the network layer). An error here is the one line the gateway
+//! netdev opened (kept, for the network layer), and the devices' places on PCI bus 0
+//! (addr=, as the launch will place them). An error here is the one line the gateway
 //! prints, and nothing was started, so nothing needs stopping. The texts are the ones the
 //! block and network layers give for the same mistakes, which they still check when the
 //! devices are added.
@@ -11,6 +12,8 @@ use crate::block::drive::DriveSpec;
 use crate::block::graph::open_path;
 use crate::block::options::{check_node_name, Driver};
 use crate::block::BlockError;
+use crate::devices::spec::Model;
+use crate::devices::{DeviceError, Devices};
 use crate::net::netdev::{Netdev, NetdevSpec};
 use crate::net::nic::NicSpec;
 use crate::net::NetError;
@@ -22,6 +25,8 @@ pub enum StartupError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// Checks the drives, opens the netdevs, checks the NICs; returns the netdevs, opened.
@@ -33,7 +38,22 @@ pub fn check(
     check_drives(drives)?;
     let opened = open_netdevs(netdevs)?;
     check_nics(nics, netdevs)?;
+    check_slots(drives, nics)?;
     Ok(opened)
+}
+
+/// The drives' and NICs' slots as the launch places them (disks, then NICs; addr= kept,
+/// the others the lowest free), in a registry of their own: a slot asked for twice, or
+/// taken by a device placed before, is refused as device_add refuses it.
+fn check_slots(drives: &[DriveSpec], nics: &[NicSpec]) -> Result<(), DeviceError> {
+    let mut devices = Devices::default();
+    for d in drives {
+        devices.launch(Model::Blk, None, d.slot)?;
+    }
+    for n in nics {
+        devices.launch(Model::Net, n.id.as_deref(), n.slot)?;
+    }
+    Ok(())
 }
 
 /// A drive's id (QMP's "device"): its own, or virtioN after its place on the command line
@@ -180,6 +200,21 @@ mod tests {
             ),
             // No fd set exists yet: the block layer says so itself.
             (vec!["file=/dev/fdset/3,format=raw".to_string()], "accepted"),
+            // addr=: kept; the others take the lowest free slot, in order.
+            (
+                vec![format!("{file},id=a,addr=2"), format!("{file},id=b")],
+                "accepted",
+            ),
+            (
+                vec![format!("{file},id=a,addr=5"), format!("{file},id=b,addr=5")],
+                "PCI: slot 5 function 0 not available for virtio-blk-pci, in use by \
+                 virtio-blk-pci,id=(null)",
+            ),
+            (
+                vec![format!("{file},id=a"), format!("{file},id=b,addr=1")],
+                "PCI: slot 1 function 0 not available for virtio-blk-pci, in use by \
+                 virtio-blk-pci,id=(null)",
+            ),
         ];
         for (specs, want) in cases {
             let specs: Vec<&str> = specs.iter().map(String::as_str).collect();

@@ -923,3 +923,64 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
     assert_eq!(c.ok("object-del", json!({"id": "io0"})), json!({}));
     assert!(!gw.vm.transcript().contains("GUEST ERROR"));
 }
+
+/// addr= on the command line: a launch can put its devices where a source that
+/// hot-plugged has them (a migration's destination). Devices with addr= keep their slot,
+/// the others take the lowest free in launch order (disks, then NICs), and device_add
+/// the lowest free after them.
+#[test]
+fn launch_devices_take_the_slots_addr_gives() {
+    let dir = TempDir::new("hotplug-addr");
+    let image = |name: &str| {
+        let p = dir.path().join(name);
+        empty_image(&p, DISK_BYTES);
+        p
+    };
+    let (a, b, c) = (image("a"), image("b"), image("c"));
+    let gateway = Gateway::start_with(
+        1,
+        "",
+        &[
+            "-S",
+            "--drive",
+            &format!("file={},format=raw,id=da,addr=5", a.display()),
+            "--drive",
+            &format!("file={},format=raw,id=db", b.display()),
+            "--netdev",
+            &netdev_arg("n0"),
+            "--device",
+            "virtio-net-pci,netdev=n0,id=nic0,addr=0x3.0",
+        ],
+    );
+    let mut client = gateway.client();
+    client.ok("blockdev-add", raw_node("hp", &c));
+    assert_eq!(
+        client.ok(
+            "device_add",
+            json!({"driver": "virtio-blk-pci", "drive": "hp", "id": "hot"})
+        ),
+        json!({})
+    );
+    let mut slots = pci_ids(&mut client);
+    slots.sort();
+    assert_eq!(
+        slots,
+        [
+            (0, String::new()),
+            (1, String::new()),
+            (2, "hot".to_string()),
+            (3, "nic0".to_string()),
+            (5, String::new()),
+        ]
+    );
+    // The disk in slot 5 is da (query-block names the anonymous device's path).
+    let block = client.ok("query-block", json!({}));
+    let da = block
+        .as_array()
+        .and_then(|b| b.iter().find(|d| d["device"] == "da"))
+        .unwrap_or_else(|| panic!("no da: {block}"));
+    assert_eq!(
+        da["qdev"],
+        "/machine/peripheral-anon/device[0]/virtio-backend"
+    );
+}

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use ipc::{DetectZeroes, OnError};
 
 use super::options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
+use crate::devices::spec::launch_slot;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DriveSpec {
@@ -48,6 +49,8 @@ pub struct DriveSpec {
     pub locking: bool,
     /// A qcow2 drive's `backing` options (default: the backing file its header names).
     pub backing: Backing,
+    /// addr=: its slot on PCI bus 0 (default: the lowest free one, in launch order).
+    pub slot: Option<u8>,
 }
 
 /// QEMU's parse_block_error_action: a read cannot stop on ENOSPC alone.
@@ -117,6 +120,7 @@ impl FromStr for DriveSpec {
             on_write_error: OnError::Enospc,
             locking: true,
             backing: Backing::FromImage,
+            slot: None,
         };
         let mut format = None;
         let mut backing_ref = None;
@@ -134,6 +138,7 @@ impl FromStr for DriveSpec {
                 "file" => d.file = value.to_string(),
                 "format" => format = Some(value.to_string()),
                 "id" => d.id = Some(value.to_string()),
+                "addr" => d.slot = Some(launch_slot(value)?),
                 "node-name" => d.node_name = Some(value.to_string()),
                 "if" if value == "virtio" => {}
                 "if" => return Err(format!("if={value}: only virtio disks exist here")),

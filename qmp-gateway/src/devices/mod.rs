@@ -265,9 +265,15 @@ impl Devices {
     }
 
     /// A device the launch made: reserved, placed in the lowest free slot and present.
-    pub fn launch(&mut self, model: Model, id: Option<&str>) -> Result<(Ticket, u8), DeviceError> {
+    pub fn launch(
+        &mut self,
+        model: Model,
+        id: Option<&str>,
+        slot: Option<u8>,
+    ) -> Result<(Ticket, u8), DeviceError> {
         let ticket = self.reserve(model, id)?;
-        let slot = self.place(&ticket, None)?;
+        let addr = slot.map(|slot| Addr { slot, function: 0 });
+        let slot = self.place(&ticket, addr)?;
         Ok((ticket, slot))
     }
 
@@ -459,12 +465,12 @@ mod tests {
     fn launched() -> Devices {
         let mut d = Devices::default();
         for i in 0..2 {
-            let (t, slot) = d.launch(Model::Blk, None).unwrap();
+            let (t, slot) = d.launch(Model::Blk, None, None).unwrap();
             assert_eq!(slot, i + 1);
             assert_eq!(t.qom_path, format!("/machine/peripheral-anon/device[{i}]"));
             d.added(&t, disk(u32::from(i), slot));
         }
-        let (t, slot) = d.launch(Model::Net, Some("nic0")).unwrap();
+        let (t, slot) = d.launch(Model::Net, Some("nic0"), None).unwrap();
         assert_eq!((t.qom_path.as_str(), slot), ("/machine/peripheral/nic0", 3));
         d.added(&t, nic(0, slot, "nic0"));
         d

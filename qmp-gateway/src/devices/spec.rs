@@ -356,10 +356,31 @@ fn addr(model: Model, v: &str) -> Result<Addr, DeviceError> {
     })
 }
 
+/// `addr=` on the command line (--drive, --device): QEMU's syntax (hex slot, optionally
+/// `.0`), function 0 of slots 1 to 31: a migration's destination is started with its
+/// devices where the source has them.
+pub fn launch_slot(v: &str) -> Result<u8, String> {
+    match addr(Model::Blk, v) {
+        Ok(Addr { slot, function: 0 }) if slot != 0 => Ok(slot),
+        _ => Err(format!(
+            "addr={v}: a slot of PCI bus 0 (hex, 1 to 1f, optionally .0)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn command_line_addresses() {
+        assert_eq!(launch_slot("5"), Ok(5));
+        assert_eq!(launch_slot("0x1f.0"), Ok(31));
+        for bad in ["0", "20", "5.1", "x", ""] {
+            assert!(launch_slot(bad).is_err(), "{bad}");
+        }
+    }
 
     fn read(v: Value) -> Result<DeviceSpec, String> {
         let Value::Object(m) = v else { panic!() };

@@ -20,6 +20,7 @@ use super::netdev::Netdev;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
+use crate::devices::spec::launch_slot;
 use crate::events::{Event, EventBus, NicRxFilterChanged};
 use crate::fdstore::Charge;
 
@@ -54,6 +55,8 @@ pub struct NicSpec {
     pub netdev: String,
     pub id: Option<String>,
     pub mac: Option<[u8; 6]>,
+    /// addr=: its slot on PCI bus 0 (default: the lowest free one, in launch order).
+    pub slot: Option<u8>,
 }
 
 impl FromStr for NicSpec {
@@ -67,7 +70,7 @@ impl FromStr for NicSpec {
                 "'{model}': the NIC model is virtio-net-pci (or virtio-net)"
             ));
         }
-        let (mut netdev, mut id, mut mac) = (None, None, None);
+        let (mut netdev, mut id, mut mac, mut slot) = (None, None, None, None);
         for part in parts {
             let (k, v) = part
                 .split_once('=')
@@ -75,6 +78,7 @@ impl FromStr for NicSpec {
             match k {
                 "netdev" => netdev = Some(v.to_string()),
                 "id" => id = Some(v.to_string()),
+                "addr" => slot = Some(launch_slot(v)?),
                 "mac" => {
                     mac = Some(
                         ipc::host::parse_mac(v)
@@ -90,6 +94,7 @@ impl FromStr for NicSpec {
             netdev: netdev.ok_or("netdev=ID is required")?,
             id,
             mac,
+            slot,
         })
     }
 }
@@ -258,13 +263,14 @@ mod tests {
     #[test]
     fn device_specs() {
         assert_eq!(
-            "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:ab:cd:ef,mq=on"
+            "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:ab:cd:ef,mq=on,addr=6"
                 .parse::<NicSpec>()
                 .unwrap(),
             NicSpec {
                 netdev: "n0".into(),
                 id: Some("nic0".into()),
                 mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+                slot: Some(6),
             }
         );
         for bad in [

@@ -8,6 +8,7 @@
 pub mod balloon;
 pub mod blk;
 pub mod cpu_hotplug;
+pub mod frame_reflector;
 pub mod linux;
 pub mod mem_hotplug;
 pub mod migration;

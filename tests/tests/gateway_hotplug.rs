@@ -770,7 +770,6 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
     let slot = add(&mut gw, &mut c, device, "0x1042");
     expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
     let gateway_pid = gw.vm.pid();
-    let daemon = live_child(gateway_pid, "block-daemon", STEP);
     let serving = |c: &mut QmpClient| {
         let list = c.ok("query-iothreads", json!({}));
         let [entry] = list.as_array().expect("a list").as_slice() else {
@@ -786,16 +785,33 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
         );
         entry["thread-id"].as_u64().expect("thread-id") as i32
     };
-    let tid = serving(&mut c);
-    let in_daemon = |tid: i32, daemon: i32| {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-        let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
-        status.lines().any(|l| l == format!("Tgid:\t{daemon}")) && comm.trim() == "vhost-worker"
+    // The block daemon (a child of the gateway) whose I/O thread `tid` is. The gateway
+    // also keeps a spare daemon started once a disk was hot-added: the thread, not the
+    // first block-daemon child, says which daemon serves the disk.
+    let daemon_of = |tid: i32| -> Option<i32> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).ok()?;
+        let tgid: i32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{tgid}/cmdline")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+        let parent: i32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (comm.trim() == "vhost-worker" && cmdline.contains("block-daemon") && parent == gateway_pid)
+            .then_some(tgid)
     };
-    assert!(
-        in_daemon(tid, daemon),
-        "thread {tid} is not daemon {daemon}'s I/O thread"
-    );
+    let tid = serving(&mut c);
+    let daemon =
+        daemon_of(tid).unwrap_or_else(|| panic!("thread {tid} is no block daemon's I/O thread"));
     let (class, desc) = error(&c.execute("object-del", json!({"id": "io0"})));
     assert_eq!(
         (class.as_str(), desc.as_str()),
@@ -809,18 +825,16 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
     .expect("kill");
     c.event_within("__io.flotilla_BLOCK_DAEMON_RESTARTED", STEP)
         .expect("no restart");
-    let restarted = live_child(gateway_pid, "block-daemon", STEP);
-    assert_ne!(restarted, daemon);
     let deadline = std::time::Instant::now() + STEP;
     let tid = loop {
         // The new daemon's worker starts once vmm-core is connected again.
         let tid = serving(&mut c);
-        if in_daemon(tid, restarted) {
+        if daemon_of(tid).is_some_and(|d| d != daemon) {
             break tid;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no I/O thread in {restarted}"
+            "no new daemon's I/O thread (thread {tid})"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };

@@ -9,6 +9,7 @@ pub mod context;
 pub mod errors;
 pub mod handlers;
 pub mod json_stream;
+pub mod monitor_number;
 pub mod object_add;
 pub mod outbox;
 pub mod protocol;

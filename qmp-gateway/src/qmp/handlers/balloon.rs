@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::balloon::{target_pages, NOT_ACTIVE};
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::context::Ctx;
+use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{req, Ty};
 
@@ -72,7 +73,8 @@ pub fn hmp_balloon(c: &mut Ctx, arguments: &str) -> String {
         Some(end) => arg.split_at(end),
         None => (arg, ""),
     };
-    let value = match parse_number(number) {
+    // Kept as an int64, as QEMU does.
+    let value = match monitor_number("balloon", number).map(|v| v as i64) {
         Ok(v) => v,
         Err(why) => return fail(&why),
     };
@@ -89,59 +91,9 @@ pub fn hmp_balloon(c: &mut Ctx, arguments: &str) -> String {
     }
 }
 
-/// A number as QEMU's monitor reads one (strtoull, base 0, optional minus), or its words
-/// for what is not one.
-fn parse_number(text: &str) -> Result<i64, String> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    match digits.chars().next() {
-        None => return Err("unexpected end of expression".into()),
-        Some(first) if !first.is_ascii_digit() => {
-            return Err(format!("invalid char '{first}' in expression"))
-        }
-        Some(_) => {}
-    }
-    let (radix, body) = match digits.strip_prefix("0x").or(digits.strip_prefix("0X")) {
-        Some(hex) => (16, hex),
-        None if digits.len() > 1 && digits.starts_with('0') => (8, &digits[1..]),
-        None => (10, digits),
-    };
-    if body.is_empty() || !body.chars().all(|ch| ch.is_digit(radix)) {
-        return Err("balloon: extraneous characters at the end of line".into());
-    }
-    let value = u64::from_str_radix(body, radix).map_err(|_| "number too large".to_string())?;
-    // Kept as an int64, as QEMU does.
-    let value = value as i64;
-    Ok(if negative {
-        value.wrapping_neg()
-    } else {
-        value
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_read_as_qemus_monitor_reads_them() {
-        assert_eq!(parse_number("64"), Ok(64));
-        assert_eq!(parse_number("0x40"), Ok(64));
-        assert_eq!(parse_number("010"), Ok(8));
-        assert_eq!(parse_number("0"), Ok(0));
-        assert_eq!(parse_number("-1"), Ok(-1));
-        let err = |s: &str| parse_number(s).unwrap_err();
-        assert_eq!(err(""), "unexpected end of expression");
-        assert_eq!(err("abc"), "invalid char 'a' in expression");
-        assert_eq!(
-            err("64M"),
-            "balloon: extraneous characters at the end of line"
-        );
-        assert_eq!(err("9999999999999999999999"), "number too large");
-        assert!(parse_number("9223372036854775808").unwrap() < 0);
-    }
 
     #[test]
     fn info_balloon_is_in_whole_mib() {

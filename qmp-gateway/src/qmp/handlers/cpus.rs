@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::cpus::CpuAddError;
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::context::Ctx;
+use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{req, Ty};
 
@@ -55,7 +56,7 @@ pub fn hmp_cpu(c: &mut Ctx, arguments: &str) -> String {
         Some(end) => arg.split_at(end),
         None => (arg, ""),
     };
-    let value = match monitor_number(number) {
+    let value = match monitor_number("cpu", number) {
         Ok(v) => v,
         Err(why) => return fail(&why),
     };
@@ -71,60 +72,5 @@ pub fn hmp_cpu(c: &mut Ctx, arguments: &str) -> String {
         String::new()
     } else {
         "invalid CPU index\n".into()
-    }
-}
-
-/// A number as QEMU's monitor reads one (strtoull, base 0, an optional minus: kept as the
-/// 64 bits it wraps to), or its words for what is not one.
-fn monitor_number(text: &str) -> Result<u64, String> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    match digits.chars().next() {
-        None => return Err("unexpected end of expression".into()),
-        Some(first) if !first.is_ascii_digit() => {
-            return Err(format!("invalid char '{first}' in expression"))
-        }
-        Some(_) => {}
-    }
-    let (radix, body) = match digits.strip_prefix("0x").or(digits.strip_prefix("0X")) {
-        Some(hex) => (16, hex),
-        None if digits.len() > 1 && digits.starts_with('0') => (8, &digits[1..]),
-        None => (10, digits),
-    };
-    if body.is_empty() || !body.chars().all(|ch| ch.is_digit(radix)) {
-        return Err("cpu: extraneous characters at the end of line".into());
-    }
-    let value = u64::from_str_radix(body, radix).map_err(|_| "number too large".to_string())?;
-    Ok(if negative {
-        value.wrapping_neg()
-    } else {
-        value
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn monitor_numbers_read_as_qemus() {
-        assert_eq!(monitor_number("3"), Ok(3));
-        assert_eq!(monitor_number("0x10"), Ok(16));
-        assert_eq!(monitor_number("010"), Ok(8));
-        assert_eq!(monitor_number("-1"), Ok(u64::MAX));
-        assert_eq!(
-            monitor_number(""),
-            Err("unexpected end of expression".into())
-        );
-        assert_eq!(
-            monitor_number("x"),
-            Err("invalid char 'x' in expression".into())
-        );
-        assert_eq!(
-            monitor_number("1x"),
-            Err("cpu: extraneous characters at the end of line".into())
-        );
     }
 }

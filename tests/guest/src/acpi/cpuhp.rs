@@ -17,7 +17,7 @@
 
 use super::aml_fields::{edge_gpe_methods_calling, NameSeg};
 use super::gpe::GpeSet;
-use super::pcihp::{io_bits, io_field, tables, IoField, Table};
+use super::pcihp::{required_field as field, tables, IoField};
 use super::Acpi;
 use crate::arch::user;
 use crate::console;
@@ -91,15 +91,6 @@ pub struct CpuHotplug {
     pub gpes: GpeSet,
 }
 
-fn field(tables: &[Table], name: NameSeg, bits: bool) -> Option<IoField> {
-    let found = if bits {
-        io_bits(tables, name, true)
-    } else {
-        io_field(tables, name, true)
-    };
-    found.ok().flatten()
-}
-
 fn find_in(acpi: &Acpi) -> Option<CpuHotplug> {
     let (tables, count) = tables(acpi)?;
     let tables = &tables[..count];
@@ -142,9 +133,6 @@ pub fn find(acpi: &Acpi) -> Option<CpuHotplug> {
         found = find_in(acpi);
         0
     };
-    if let Err(fault) = user::call(&mut scan) {
-        fault.report("hotplug", "the AML scan");
-        return None;
-    }
+    user::call_reported("hotplug", "the AML scan", &mut scan)?;
     found
 }

@@ -20,7 +20,7 @@
 
 use super::aml_fields::{edge_gpe_methods_calling, find_integer_name, NameSeg};
 use super::gpe::GpeSet;
-use super::pcihp::{io_bits, io_field, tables, IoField, Table};
+use super::pcihp::{required_field as field, tables, IoField, Table};
 use super::Acpi;
 use crate::arch::user;
 use crate::console;
@@ -107,15 +107,6 @@ pub struct MemHotplug {
     pub slots: u32,
     /// The GPEs whose `_Exx` method runs MSCN.
     pub gpes: GpeSet,
-}
-
-fn field(tables: &[Table], name: NameSeg, bits: bool) -> Option<IoField> {
-    let found = if bits {
-        io_bits(tables, name, true)
-    } else {
-        io_field(tables, name, true)
-    };
-    found.ok().flatten()
 }
 
 /// MDNR's value, from the first table that has it; None after an error line.
@@ -209,9 +200,6 @@ pub fn find(acpi: &Acpi) -> Option<MemHotplug> {
         found = find_in(acpi);
         0
     };
-    if let Err(fault) = user::call(&mut scan) {
-        fault.report("hotplug", "the AML scan");
-        return None;
-    }
+    user::call_reported("hotplug", "the AML scan", &mut scan)?;
     found
 }

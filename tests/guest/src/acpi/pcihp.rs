@@ -225,14 +225,10 @@ pub(super) fn io_field(
     locate(tables, name, required, false)
 }
 
-/// As [`io_field`], for a field that may also be a few bits of its units (cpuhp.rs's
-/// flags: CINS is one bit of a byte), at most 32 bits in at most 4 bytes.
-pub(super) fn io_bits(
-    tables: &[Table],
-    name: NameSeg,
-    required: bool,
-) -> Result<Option<IoField>, ()> {
-    locate(tables, name, required, true)
+/// A field that must be there, whole units (`io_field`) or, with `bits`, a few bits of
+/// them (cpuhp.rs's flags: CINS is one bit of a byte; at most 32 bits in at most 4 bytes); None after an error line.
+pub(super) fn required_field(tables: &[Table], name: NameSeg, bits: bool) -> Option<IoField> {
+    locate(tables, name, true, bits).ok().flatten()
 }
 
 fn locate(
@@ -420,9 +416,6 @@ pub fn find(acpi: &Acpi) -> Option<Hotplug> {
         found = find_in(acpi);
         0
     };
-    if let Err(fault) = user::call(&mut scan) {
-        fault.report("hotplug", "the AML scan");
-        return None;
-    }
+    user::call_reported("hotplug", "the AML scan", &mut scan)?;
     found
 }

@@ -194,6 +194,18 @@ pub fn call<F: FnMut() -> u64>(f: &mut F) -> Result<u64, UserFault> {
     run(trampoline::<F>, f as *mut F as u64)
 }
 
+/// [`call`], with a fault reported as `GUEST ERROR <area>: <what> faulted in ring 3 ...`:
+/// the closure's value, or None after that line.
+pub fn call_reported<F: FnMut() -> u64>(area: &str, what: &str, f: &mut F) -> Option<u64> {
+    match call(f) {
+        Ok(value) => Some(value),
+        Err(fault) => {
+            fault.report(area, what);
+            None
+        }
+    }
+}
+
 /// Called for every exception taken in ring 3. Rewrites `frame` so that the IRETQ resumes
 /// the kernel in `run` (exit gate: Ok; anything else: the fault). Returns false if no `run`
 /// is active on this CPU (then it is an ordinary panic).

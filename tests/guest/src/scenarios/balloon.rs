@@ -57,10 +57,7 @@ impl Pool {
             }
             0
         };
-        if let Err(fault) = user::call(&mut touch) {
-            fault.report("balloon", "writing the pool");
-            return None;
-        }
+        user::call_reported("balloon", "writing the pool", &mut touch)?;
         Some(pool)
     }
 
@@ -245,8 +242,7 @@ fn check_returned(pfns: &[u32], returned: &mut Returned) {
         }
         0
     };
-    if let Err(fault) = user::call(&mut work) {
-        fault.report("balloon", "checking the deflated pages");
+    if user::call_reported("balloon", "checking the deflated pages", &mut work).is_none() {
         return;
     }
     returned.pages += pfns.len() as u64;

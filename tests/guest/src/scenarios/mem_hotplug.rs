@@ -224,8 +224,7 @@ fn pattern_ok(slot: u32, base: u64, size: u64, seed: u64) -> bool {
         }
         0
     };
-    if let Err(fault) = user::call(&mut work) {
-        fault.report("mem hotplug", "the DIMM's check");
+    if user::call_reported("mem hotplug", "the DIMM's check", &mut work).is_none() {
         return false;
     }
     match first {
@@ -266,8 +265,7 @@ fn blk_ok(dev: &mut BlkDevice, slot: u32, base: u64, size: u64) -> bool {
         unsafe { core::ptr::write_bytes(read_at as usize as *mut u8, 0, bytes as usize) };
         0
     };
-    if let Err(fault) = user::call(&mut prepared) {
-        fault.report("mem hotplug", "the disk buffers");
+    if user::call_reported("mem hotplug", "the disk buffers", &mut prepared).is_none() {
         return false;
     }
     if !transfer(dev, slot, Op::Write, base) || !transfer(dev, slot, Op::Read, read_at) {
@@ -278,8 +276,7 @@ fn blk_ok(dev: &mut BlkDevice, slot: u32, base: u64, size: u64) -> bool {
         result = pattern::check(read_at, 0, BLK_SECTORS, seed);
         0
     };
-    if let Err(fault) = user::call(&mut checked) {
-        fault.report("mem hotplug", "the disk data's check");
+    if user::call_reported("mem hotplug", "the disk data's check", &mut checked).is_none() {
         return false;
     }
     match result {

@@ -44,13 +44,7 @@ fn in_ring3(what: &str, mut work: impl FnMut()) -> Option<()> {
         work();
         0
     };
-    match user::call(&mut call) {
-        Ok(_) => Some(()),
-        Err(fault) => {
-            fault.report("hotplug blk", what);
-            None
-        }
-    }
+    user::call_reported("hotplug blk", what, &mut call).map(drop)
 }
 
 /// One request at a time over [0, SECTORS), in chunks the device takes; false after an

@@ -136,8 +136,7 @@ pub fn exercise(dev: &mut NetDevice, slot: u8, seed: u64, check: Option<Traffic>
         result = traffic(dev, &check, seed);
         0
     };
-    if let Err(fault) = user::call(&mut work) {
-        fault.report("hotplug net", "the traffic check");
+    if user::call_reported("hotplug net", "the traffic check", &mut work).is_none() {
         return;
     }
     match result {
@@ -176,9 +175,8 @@ pub fn quiesce(dev: &mut NetDevice, slot: u8) {
         }
         0
     };
-    if let Err(fault) = user::call(&mut drain) {
-        fault.report("hotplug net", "draining the transmit queues");
-    }
+    // A fault is reported; the device is reset below all the same.
+    let _ = user::call_reported("hotplug net", "draining the transmit queues", &mut drain);
     if left != 0 {
         console::line("GUEST INFO hotplug net slot=")
             .dec(u64::from(slot))

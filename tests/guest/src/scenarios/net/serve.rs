@@ -25,13 +25,7 @@ pub fn in_ring3(what: &str, mut work: impl FnMut()) -> bool {
         work();
         0
     };
-    match user::call(&mut call) {
-        Ok(_) => true,
-        Err(fault) => {
-            fault.report("net", what);
-            false
-        }
-    }
+    user::call_reported("net", what, &mut call).is_some()
 }
 
 /// Serves (ARP, ICMP echo, UDP echo if the host has it on; other frames counted as dropped)

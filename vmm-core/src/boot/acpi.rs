@@ -803,6 +803,38 @@ mod tests {
         text
     }
 
+    /// The DSDT `table` disassembled by iasl in a scratch directory of its own (kept for
+    /// [`recompiles`]); iasl must say nothing bad of it.
+    fn disassembled(table: &[u8]) -> (Scratch, String) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            Scratch(std::env::temp_dir().join(format!("flotilla-dsdt-{}-{n}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("dsdt.dat"), table).unwrap();
+        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
+        for bad in ["error", "warning", "invalid", "checksum"] {
+            assert!(
+                !text.to_lowercase().contains(bad),
+                "iasl -d says {bad}: {text}"
+            );
+        }
+        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        (dir, dsl)
+    }
+
+    /// The disassembly in `dir` compiled back: every name the methods use resolves, and
+    /// the one warning iasl gives is about PCI0 having both _HID and _ADR (as QEMU's has).
+    fn recompiles(dir: &Scratch) {
+        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
+        assert!(text.contains(" 0 Errors"), "{text}");
+        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
+        assert!(
+            warnings.iter().all(|w| w.contains("_HID or _ADR")),
+            "{text}"
+        );
+    }
+
     /// The AML of one `Device (name)` as iasl prints it, up to the next device.
     fn device<'a>(dsl: &'a str, name: &str) -> &'a str {
         let at = dsl
@@ -814,20 +846,7 @@ mod tests {
 
     #[test]
     fn the_dsdt_describes_pci_hotplug_as_qemu_does_and_iasl_takes_it() {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            Scratch(std::env::temp_dir().join(format!("flotilla-dsdt-{}-{n}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        std::fs::write(dir.0.join("dsdt.dat"), dsdt(2, 0).as_slice()).unwrap();
-        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
-        for bad in ["error", "warning", "invalid", "checksum"] {
-            assert!(
-                !text.to_lowercase().contains(bad),
-                "iasl -d says {bad}: {text}"
-            );
-        }
-        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        let (dir, dsl) = disassembled(dsdt(2, 0).as_slice());
         assert!(
             dsl.contains("OperationRegion (PCHP, SystemIO, 0xAE00, 0x14)"),
             "{dsl}"
@@ -875,15 +894,7 @@ mod tests {
         ] {
             assert!(dsl.contains(want), "{want} missing:\n{dsl}");
         }
-        // Compiled back, every name the methods use resolves. The one warning iasl
-        // gives is about PCI0 having both _HID and _ADR (as QEMU's has).
-        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
-        assert!(text.contains(" 0 Errors"), "{text}");
-        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
-        assert!(
-            warnings.iter().all(|w| w.contains("_HID or _ADR")),
-            "{text}"
-        );
+        recompiles(&dir);
     }
 
     /// `text` without iasl's comments, its runs of blanks made one space (iasl aligns with
@@ -911,20 +922,7 @@ mod tests {
 
     #[test]
     fn the_dsdt_describes_cpu_hotplug_as_qemu_does_and_iasl_takes_it() {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            Scratch(std::env::temp_dir().join(format!("flotilla-cpus-{}-{n}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        std::fs::write(dir.0.join("dsdt.dat"), dsdt(4, 0).as_slice()).unwrap();
-        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
-        for bad in ["error", "warning", "invalid", "checksum"] {
-            assert!(
-                !text.to_lowercase().contains(bad),
-                "iasl -d says {bad}: {text}"
-            );
-        }
-        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        let (dir, dsl) = disassembled(dsdt(4, 0).as_slice());
         let cpus = squeezed(device(&dsl, "CPUS"));
         // QEMU's register block and field names, where QEMU has them.
         for want in [
@@ -983,9 +981,7 @@ mod tests {
             squeezed(device(&dsl, "MBRD")).contains("IO (Decode16, 0xAF00, 0xAF00, 0x01, 0x0C,)"),
             "{dsl}"
         );
-        // Compiled back, every name the methods use resolves.
-        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
-        assert!(text.contains(" 0 Errors"), "{text}");
+        recompiles(&dir);
     }
 
     #[test]
@@ -993,18 +989,7 @@ mod tests {
         // Without slots there is nothing of it, as on QEMU's pc.
         let none = dsdt(1, 0);
         assert!(!none.as_slice().windows(4).any(|w| w == b"MHPC"));
-        let dir =
-            Scratch(std::env::temp_dir().join(format!("flotilla-memhp-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        std::fs::write(dir.0.join("dsdt.dat"), dsdt(1, 4).as_slice()).unwrap();
-        let text = run_iasl(&dir.0, &["-d", "dsdt.dat"]);
-        for bad in ["error", "warning", "invalid", "checksum"] {
-            assert!(
-                !text.to_lowercase().contains(bad),
-                "iasl -d says {bad}: {text}"
-            );
-        }
-        let dsl = std::fs::read_to_string(dir.0.join("dsdt.dsl")).unwrap();
+        let (dir, dsl) = disassembled(dsdt(1, 4).as_slice());
         let mhpd = squeezed(device(&dsl, "\\_SB.PCI0.MHPD"));
         for want in [
             "Name (_HID, \"PNP0A06\"",
@@ -1055,13 +1040,6 @@ mod tests {
                 .contains("Method (\\_GPE._E03, 0, NotSerialized) { \\_SB.MHPC.MSCN () }"),
             "{dsl}"
         );
-        // Compiled back, every name resolves (the one warning: PCI0's _HID and _ADR).
-        let text = run_iasl(&dir.0, &["dsdt.dsl"]);
-        assert!(text.contains(" 0 Errors"), "{text}");
-        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
-        assert!(
-            warnings.iter().all(|w| w.contains("_HID or _ADR")),
-            "{text}"
-        );
+        recompiles(&dir);
     }
 }

@@ -230,7 +230,7 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::nothing_to_do::<absent::XenSetGlobalDirtyLog>),
         EMPTY,
     ),
-    cmd(
+    partly(
         "query-acpi-ospm-status",
         &Typed(memory::query_acpi_ospm_status),
         Ty::Array(&Ty::Named("ACPIOSTInfo")),

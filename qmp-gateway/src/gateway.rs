@@ -18,6 +18,7 @@ use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmRequest};
 use parking_lot::Mutex;
 
 use crate::block::BlockLayer;
+use crate::chardev::Chardevs;
 use crate::children::link::{LinkError, VmmLink};
 use crate::children::sandbox::{Mode, Policy};
 use crate::children::spawn::host_tid;
@@ -112,6 +113,8 @@ pub struct Gateway {
     /// Migrations out of and into this VM.
     pub migrator: Arc<Migrator>,
     pub fdsets: FdSets,
+    /// The character devices (chardev-add, --chardev) and the frontends they serve.
+    pub chardevs: Chardevs,
     /// What object-add created.
     pub objects: Objects,
     pub events: Arc<EventBus>,
@@ -229,6 +232,7 @@ impl Gateway {
             migration,
             migrator,
             fdsets: FdSets::default(),
+            chardevs: Chardevs::default(),
             objects: Objects::default(),
             events,
             exit,

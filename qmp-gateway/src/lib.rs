@@ -17,6 +17,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod chardev;
 pub mod children;
 pub mod cpus;
 pub mod devices;

@@ -7,6 +7,7 @@ use super::args::NoArgs;
 pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
 use super::handlers::balloon;
+use super::handlers::chardev;
 use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::memory;
@@ -106,6 +107,27 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("system_wakeup", &Typed(machine::system_wakeup), EMPTY, G),
     cmd("quit", &Typed(machine::quit), EMPTY, G),
+    cmd(
+        "chardev-add",
+        &Typed(chardev::chardev_add),
+        Ty::Named("ChardevReturn"),
+        G,
+    ),
+    cmd("chardev-remove", &Typed(chardev::chardev_remove), EMPTY, G),
+    cmd(
+        "query-chardev",
+        &Typed(chardev::query_chardev),
+        Ty::Array(&Ty::Named("ChardevInfo")),
+        G,
+    ),
+    cmd(
+        "query-chardev-backends",
+        &Typed(chardev::query_chardev_backends),
+        Ty::Array(&Ty::Named("ChardevBackendInfo")),
+        G,
+    ),
+    cmd("ringbuf-write", &Typed(chardev::ringbuf_write), EMPTY, G),
+    cmd("ringbuf-read", &Typed(chardev::ringbuf_read), Ty::Str, G),
     oob(
         "query-kvm",
         &Typed(machine::query_kvm),

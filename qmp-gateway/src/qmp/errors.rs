@@ -6,6 +6,7 @@ use ipc::ErrorClass;
 use super::protocol::QmpError;
 use crate::block::jobs::JobError;
 use crate::block::BlockError;
+use crate::chardev::ChardevError;
 use crate::children::daemon::DaemonError;
 use crate::children::link::LinkError;
 use crate::devices::DeviceError;
@@ -18,6 +19,13 @@ fn device_not_found(e: impl std::fmt::Display) -> QmpError {
     QmpError {
         class: ErrorClass::DeviceNotFound,
         desc: e.to_string(),
+    }
+}
+
+/// Every chardev error is QEMU's GenericError.
+impl From<ChardevError> for QmpError {
+    fn from(e: ChardevError) -> Self {
+        QmpError::generic(e.to_string())
     }
 }
 

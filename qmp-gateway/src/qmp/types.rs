@@ -55,6 +55,160 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
+        name: "ChardevInfo",
+        kind: TypeKind::Object(&[
+            req("label", Ty::Str),
+            req("filename", Ty::Str),
+            req("frontend-open", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "ChardevBackendInfo",
+        kind: TypeKind::Object(&[req("name", Ty::Str)]),
+    },
+    TypeDef {
+        name: "ChardevReturn",
+        kind: TypeKind::Object(&[opt("pty", Ty::Str)]),
+    },
+    TypeDef {
+        name: "DataFormat",
+        kind: TypeKind::Enum(&["utf8", "base64"]),
+    },
+    // chardev-add's backends: QEMU 7.2's ChardevBackend, with the kinds and members the
+    // gateway serves (chardev/spec.rs).
+    TypeDef {
+        name: "ChardevBackend",
+        kind: TypeKind::Union(Union {
+            base: &[req("type", Ty::Named("ChardevBackendKind"))],
+            tag: "type",
+            variants: &[
+                ("file", "ChardevFileWrapper"),
+                ("pipe", "ChardevHostdevWrapper"),
+                ("socket", "ChardevSocketWrapper"),
+                ("udp", "ChardevUdpWrapper"),
+                ("pty", "ChardevCommonWrapper"),
+                ("null", "ChardevCommonWrapper"),
+                ("stdio", "ChardevCommonWrapper"),
+                ("ringbuf", "ChardevRingbufWrapper"),
+                ("memory", "ChardevRingbufWrapper"),
+            ],
+        }),
+    },
+    TypeDef {
+        name: "ChardevBackendKind",
+        kind: TypeKind::Enum(crate::chardev::spec::KINDS),
+    },
+    TypeDef {
+        name: "ChardevFileWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("ChardevFile"))]),
+    },
+    TypeDef {
+        name: "ChardevHostdevWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("ChardevHostdev"))]),
+    },
+    TypeDef {
+        name: "ChardevSocketWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("ChardevSocket"))]),
+    },
+    TypeDef {
+        name: "ChardevUdpWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("ChardevUdp"))]),
+    },
+    TypeDef {
+        name: "ChardevCommonWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("ChardevCommon"))]),
+    },
+    TypeDef {
+        name: "ChardevRingbufWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("ChardevRingbuf"))]),
+    },
+    TypeDef {
+        name: "ChardevCommon",
+        kind: TypeKind::Object(&[opt("logfile", Ty::Str), opt("logappend", Ty::Bool)]),
+    },
+    TypeDef {
+        name: "ChardevFile",
+        kind: TypeKind::Object(&[
+            opt("logfile", Ty::Str),
+            opt("logappend", Ty::Bool),
+            opt("in", Ty::Str),
+            req("out", Ty::Str),
+            opt("append", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "ChardevHostdev",
+        kind: TypeKind::Object(&[
+            opt("logfile", Ty::Str),
+            opt("logappend", Ty::Bool),
+            req("device", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "ChardevSocket",
+        kind: TypeKind::Object(&[
+            opt("logfile", Ty::Str),
+            opt("logappend", Ty::Bool),
+            req("addr", Ty::Named("SocketAddressLegacy")),
+            opt("tls-creds", Ty::Str),
+            opt("server", Ty::Bool),
+            opt("wait", Ty::Bool),
+            opt("nodelay", Ty::Bool),
+            opt("telnet", Ty::Bool),
+            opt("tn3270", Ty::Bool),
+            opt("websocket", Ty::Bool),
+            opt("reconnect", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "ChardevUdp",
+        kind: TypeKind::Object(&[
+            opt("logfile", Ty::Str),
+            opt("logappend", Ty::Bool),
+            req("remote", Ty::Named("SocketAddressLegacy")),
+            opt("local", Ty::Named("SocketAddressLegacy")),
+        ]),
+    },
+    TypeDef {
+        name: "ChardevRingbuf",
+        kind: TypeKind::Object(&[
+            opt("logfile", Ty::Str),
+            opt("logappend", Ty::Bool),
+            opt("size", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "SocketAddressLegacy",
+        kind: TypeKind::Union(Union {
+            base: &[req("type", Ty::Named("SocketAddressLegacyKind"))],
+            tag: "type",
+            variants: &[
+                ("inet", "InetSocketAddressWrapper"),
+                ("unix", "UnixSocketAddressWrapper"),
+            ],
+        }),
+    },
+    TypeDef {
+        name: "SocketAddressLegacyKind",
+        kind: TypeKind::Enum(&["inet", "unix"]),
+    },
+    TypeDef {
+        name: "InetSocketAddressWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("InetSocketAddress"))]),
+    },
+    TypeDef {
+        name: "UnixSocketAddressWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("UnixSocketAddress"))]),
+    },
+    TypeDef {
+        name: "InetSocketAddress",
+        kind: TypeKind::Object(&[req("host", Ty::Str), req("port", Ty::Str)]),
+    },
+    TypeDef {
+        name: "UnixSocketAddress",
+        kind: TypeKind::Object(&[req("path", Ty::Str), opt("abstract", Ty::Bool)]),
+    },
+    TypeDef {
         name: "QMPCapability",
         kind: TypeKind::Enum(&["oob"]),
     },

@@ -4,6 +4,7 @@ pub mod absent;
 pub mod balloon;
 pub mod bitmaps;
 pub mod block;
+pub mod chardev;
 pub mod cpus;
 pub mod devices;
 pub mod fds;

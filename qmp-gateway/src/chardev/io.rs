@@ -1,0 +1,644 @@
+//! A chardev's open backend and the thread that moves its bytes: the frontend's output
+//! (a UART's, read from its end of a socketpair) to the backend, and the backend's input
+//! to the frontend. Each direction holds at most one read's worth of bytes: while they
+//! wait (a socket client that does not read, a guest that does not drain its UART), that
+//! side is not read, so the peer waits, as with QEMU's chardevs. Without a frontend the
+//! backend's input is left where it is (QEMU reads none either). A socket server takes
+//! one client at a time (later ones wait in the backlog) and drops output while it has
+//! none; a client connects again `reconnect` seconds after it lost its server.
+
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::ringbuf::Ring;
+use super::spec::Address;
+
+/// Bytes read at a time from either side.
+const CHUNK: usize = 4096;
+
+pub(super) enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+pub(super) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn file(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
+/// The backend, opened (by chardev/open.rs).
+pub(super) enum Opened {
+    Null,
+    Ring(Arc<Mutex<Ring>>),
+    /// file and pipe: where output goes, where input comes from (the same fd for a pipe
+    /// opened as one path).
+    Files {
+        out: File,
+        input: Option<File>,
+    },
+    Stdio,
+    Server {
+        listener: Listener,
+        conn: Option<Stream>,
+        nodelay: bool,
+    },
+    Client {
+        addr: Address,
+        conn: Option<Stream>,
+        reconnect: u64,
+        nodelay: bool,
+        /// When to try again (a client with reconnect and no server).
+        retry: Option<Instant>,
+    },
+    Udp(UdpSocket),
+    /// The master side; connected while a slave is open (QEMU's pty drops output
+    /// otherwise, and looks again every second).
+    Pty {
+        master: File,
+        connected: bool,
+    },
+}
+
+/// What the registry and the thread share: the filename query-chardev shows (it
+/// changes as sockets connect), and the thread's orders.
+pub(super) struct Live {
+    pub filename: Mutex<String>,
+    orders: Mutex<Orders>,
+    /// Written to wake the thread for its orders.
+    wake: UnixStream,
+}
+
+#[derive(Default)]
+struct Orders {
+    stop: bool,
+    /// A frontend to take (Some(None): the frontend left).
+    frontend: Option<Option<OwnedFd>>,
+}
+
+impl Live {
+    fn order(&self, f: impl FnOnce(&mut Orders)) {
+        f(&mut self.orders.lock());
+        let _ = (&self.wake).write(&[1]);
+    }
+
+    pub fn stop(&self) {
+        self.order(|o| o.stop = true);
+    }
+
+    pub fn set_frontend(&self, fd: Option<OwnedFd>) {
+        self.order(|o| o.frontend = Some(fd));
+    }
+}
+
+/// The thread of a chardev, ended when this is dropped.
+pub(super) struct Worker {
+    pub live: Arc<Live>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.live.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_nonblocking(fd: BorrowedFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we hold, with no pointers.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads or writes an fd without taking it over.
+fn fd_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn fd_write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The filename QEMU 7.2 shows for a socket chardev (char-socket.c's
+/// qemu_chr_compute_filename when connected, qemu_chr_socket_address when not).
+fn socket_filename(opened: &Opened) -> Option<String> {
+    fn inet(a: std::net::SocketAddr) -> String {
+        match a {
+            std::net::SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
+            std::net::SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+        }
+    }
+    Some(match opened {
+        Opened::Server { listener, conn, .. } => match (listener, conn) {
+            (Listener::Unix(_, p), Some(_)) => format!("unix:{},server=on", p.display()),
+            (Listener::Unix(_, p), None) => {
+                format!("disconnected:unix:{},server=on", p.display())
+            }
+            (Listener::Tcp(l), None) => {
+                let a = l.local_addr().ok()?;
+                format!("disconnected:tcp:{}:{},server=on", a.ip(), a.port())
+            }
+            (Listener::Tcp(_), Some(Stream::Tcp(s))) => format!(
+                "tcp:{},server=on <-> {}",
+                inet(s.local_addr().ok()?),
+                inet(s.peer_addr().ok()?)
+            ),
+            (Listener::Tcp(_), Some(Stream::Unix(_))) => return None,
+        },
+        Opened::Client { addr, conn, .. } => match (addr, conn) {
+            // A client's own address has no path: QEMU shows "unix:".
+            (Address::Unix(_), Some(_)) => "unix:".into(),
+            (Address::Unix(p), None) => format!("disconnected:unix:{}", p.display()),
+            (Address::Inet { host, port }, None) => format!("disconnected:tcp:{host}:{port}"),
+            (Address::Inet { .. }, Some(Stream::Tcp(s))) => format!(
+                "tcp:{} <-> {}",
+                inet(s.local_addr().ok()?),
+                inet(s.peer_addr().ok()?)
+            ),
+            (Address::Inet { .. }, Some(Stream::Unix(_))) => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Connects a client socket (QEMU's words on failure).
+pub(super) fn connect(addr: &Address, nodelay: bool) -> Result<Stream, String> {
+    match addr {
+        Address::Unix(p) => UnixStream::connect(p).map(Stream::Unix).map_err(|e| {
+            format!(
+                "Failed to connect to '{}': {}",
+                p.display(),
+                ipc::errno_text(&e)
+            )
+        }),
+        Address::Inet { host, port } => {
+            let failed = |e: io::Error| {
+                format!(
+                    "Failed to connect to '{host}:{port}': {}",
+                    ipc::errno_text(&e)
+                )
+            };
+            let target = format!("{host}:{port}");
+            let addrs = target.to_socket_addrs().map_err(|e| {
+                format!(
+                    "address resolution failed for {target}: {}",
+                    ipc::errno_text(&e)
+                )
+            })?;
+            let mut last = io::Error::from(ErrorKind::NotFound);
+            for a in addrs {
+                match TcpStream::connect(a) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(nodelay);
+                        return Ok(Stream::Tcp(s));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(failed(last))
+        }
+    }
+}
+
+impl Opened {
+    /// Makes the fds the thread polls non-blocking.
+    fn prepare(&self) -> io::Result<()> {
+        match self {
+            Opened::Files { out, input } => {
+                set_nonblocking(out.as_fd())?;
+                if let Some(i) = input {
+                    set_nonblocking(i.as_fd())?;
+                }
+            }
+            Opened::Server { listener, conn, .. } => {
+                match listener {
+                    Listener::Unix(l, _) => l.set_nonblocking(true)?,
+                    Listener::Tcp(l) => l.set_nonblocking(true)?,
+                }
+                if let Some(c) = conn {
+                    set_nonblocking(c.file())?;
+                }
+            }
+            Opened::Client { conn: Some(c), .. } => set_nonblocking(c.file())?,
+            Opened::Udp(s) => s.set_nonblocking(true)?,
+            Opened::Pty { master, .. } => set_nonblocking(master.as_fd())?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Where input comes from now.
+    fn input_fd(&self) -> Option<RawFd> {
+        match self {
+            Opened::Files { input, .. } => input.as_ref().map(|f| f.as_raw_fd()),
+            Opened::Stdio => Some(0),
+            Opened::Server { conn, .. } | Opened::Client { conn, .. } => {
+                conn.as_ref().map(|c| c.file().as_raw_fd())
+            }
+            Opened::Udp(s) => Some(s.as_raw_fd()),
+            Opened::Pty { master, connected } => connected.then(|| master.as_raw_fd()),
+            Opened::Null | Opened::Ring(_) => None,
+        }
+    }
+
+    /// Where output goes now (None: it is dropped, or kept in the ring).
+    fn output_fd(&self) -> Option<RawFd> {
+        match self {
+            Opened::Files { out, .. } => Some(out.as_raw_fd()),
+            Opened::Stdio => Some(1),
+            Opened::Server { conn, .. } | Opened::Client { conn, .. } => {
+                conn.as_ref().map(|c| c.file().as_raw_fd())
+            }
+            Opened::Udp(s) => Some(s.as_raw_fd()),
+            Opened::Pty { master, connected } => connected.then(|| master.as_raw_fd()),
+            Opened::Null | Opened::Ring(_) => None,
+        }
+    }
+
+    /// The connection (or input) ended: a socket waits for its next client, or connects
+    /// again later; a file's input ends.
+    fn lost_input(&mut self) {
+        match self {
+            Opened::Server { conn, .. } => *conn = None,
+            Opened::Client {
+                conn,
+                reconnect,
+                retry,
+                ..
+            } => {
+                *conn = None;
+                if *reconnect > 0 {
+                    *retry = Some(Instant::now() + Duration::from_secs(*reconnect));
+                }
+            }
+            Opened::Files { input, .. } => *input = None,
+            Opened::Pty { connected, .. } => *connected = false,
+            _ => {}
+        }
+    }
+
+    /// A pty's slave is open when its master does not hang up.
+    fn check_pty(&mut self) {
+        if let Opened::Pty { master, connected } = self {
+            let mut p = libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, no wait.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            *connected = n > 0 && p.revents & libc::POLLHUP == 0;
+        }
+    }
+}
+
+/// Starts the thread of a chardev whose backend is `opened`.
+pub(super) fn start(name: &str, mut opened: Opened, filename: String) -> io::Result<Worker> {
+    opened.prepare()?;
+    opened.check_pty();
+    let (wake, woken) = UnixStream::pair()?;
+    wake.set_nonblocking(true)?;
+    woken.set_nonblocking(true)?;
+    let live = Arc::new(Live {
+        filename: Mutex::new(socket_filename(&opened).unwrap_or(filename)),
+        orders: Mutex::new(Orders::default()),
+        wake,
+    });
+    let shared = live.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("chardev-{name}"))
+        .spawn(move || Pump::new(opened, shared, woken).run())?;
+    Ok(Worker {
+        live,
+        thread: Some(thread),
+    })
+}
+
+/// The thread's state: the backend, the frontend, and what waits for each.
+struct Pump {
+    opened: Opened,
+    live: Arc<Live>,
+    woken: UnixStream,
+    frontend: Option<OwnedFd>,
+    /// The frontend's output not yet taken by the backend.
+    to_backend: Vec<u8>,
+    /// The backend's input not yet taken by the frontend.
+    to_frontend: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Wake,
+    FrontIn,
+    FrontOut,
+    BackIn,
+    BackOut,
+    Accept,
+}
+
+impl Pump {
+    fn new(opened: Opened, live: Arc<Live>, woken: UnixStream) -> Pump {
+        Pump {
+            opened,
+            live,
+            woken,
+            frontend: None,
+            to_backend: Vec::new(),
+            to_frontend: Vec::new(),
+        }
+    }
+
+    fn refresh_filename(&self) {
+        if let Some(f) = socket_filename(&self.opened) {
+            *self.live.filename.lock() = f;
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            {
+                let mut orders = self.live.orders.lock();
+                if orders.stop {
+                    return;
+                }
+                if let Some(fe) = orders.frontend.take() {
+                    if let Some(fd) = &fe {
+                        if let Err(e) = set_nonblocking(fd.as_fd()) {
+                            log::warn!("chardev frontend: {e}");
+                        }
+                    }
+                    self.frontend = fe;
+                    self.to_frontend.clear();
+                }
+            }
+            let mut fds: Vec<libc::pollfd> = Vec::new();
+            let mut slots: Vec<Slot> = Vec::new();
+            let mut add = |fd: RawFd, events: i16, slot: Slot| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+                slots.push(slot);
+            };
+            add(self.woken.as_raw_fd(), libc::POLLIN, Slot::Wake);
+            if let Some(fe) = &self.frontend {
+                if self.to_backend.is_empty() {
+                    add(fe.as_raw_fd(), libc::POLLIN, Slot::FrontIn);
+                }
+                if !self.to_frontend.is_empty() {
+                    add(fe.as_raw_fd(), libc::POLLOUT, Slot::FrontOut);
+                } else if let Some(i) = self.opened.input_fd() {
+                    add(i, libc::POLLIN, Slot::BackIn);
+                }
+            }
+            if !self.to_backend.is_empty() {
+                match self.opened.output_fd() {
+                    Some(o) => add(o, libc::POLLOUT, Slot::BackOut),
+                    None => self.to_backend.clear(),
+                }
+            }
+            if let Opened::Server {
+                listener,
+                conn: None,
+                ..
+            } = &self.opened
+            {
+                let fd = match listener {
+                    Listener::Unix(l, _) => l.as_raw_fd(),
+                    Listener::Tcp(l) => l.as_raw_fd(),
+                };
+                add(fd, libc::POLLIN, Slot::Accept);
+            }
+            let timeout = match &self.opened {
+                Opened::Client {
+                    retry: Some(at), ..
+                } => at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(1000) as i32,
+                Opened::Pty {
+                    connected: false, ..
+                } => 1000,
+                _ => -1,
+            };
+            // SAFETY: fds is a valid array of its length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("chardev poll: {e}");
+                return;
+            }
+            self.on_timer();
+            for (p, slot) in fds.iter().zip(&slots) {
+                if p.revents == 0 {
+                    continue;
+                }
+                match slot {
+                    Slot::Wake => {
+                        let mut b = [0u8; 64];
+                        while matches!((&self.woken).read(&mut b), Ok(n) if n > 0) {}
+                    }
+                    Slot::FrontIn => self.read_frontend(),
+                    Slot::FrontOut => self.flush_frontend(),
+                    Slot::BackIn => self.read_backend(),
+                    Slot::BackOut => self.flush_backend(),
+                    Slot::Accept => self.accept(),
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        match &mut self.opened {
+            Opened::Pty {
+                connected: false, ..
+            } => self.opened.check_pty(),
+            Opened::Client {
+                addr,
+                conn,
+                retry,
+                reconnect,
+                nodelay,
+            } if retry.is_some_and(|at| at <= Instant::now()) => {
+                match connect(addr, *nodelay) {
+                    Ok(c) => {
+                        if let Err(e) = set_nonblocking(c.file()) {
+                            log::warn!("chardev: {e}");
+                        }
+                        *conn = Some(c);
+                        *retry = None;
+                    }
+                    Err(_) => *retry = Some(Instant::now() + Duration::from_secs(*reconnect)),
+                }
+                self.refresh_filename();
+            }
+            _ => {}
+        }
+    }
+
+    fn accept(&mut self) {
+        let Opened::Server {
+            listener,
+            conn,
+            nodelay,
+        } = &mut self.opened
+        else {
+            return;
+        };
+        let accepted = match listener {
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(*nodelay);
+                Stream::Tcp(s)
+            }),
+        };
+        match accepted {
+            Ok(s) => {
+                if let Err(e) = set_nonblocking(s.file()) {
+                    log::warn!("chardev client: {e}");
+                    return;
+                }
+                *conn = Some(s);
+                self.refresh_filename();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => log::warn!("chardev accept: {e}"),
+        }
+    }
+
+    fn read_frontend(&mut self) {
+        let Some(fe) = &self.frontend else { return };
+        let mut buf = [0u8; CHUNK];
+        match fd_read(fe.as_raw_fd(), &mut buf) {
+            Ok(0) => {
+                // The frontend's process is gone; a new one comes with set_frontend.
+                self.frontend = None;
+            }
+            Ok(n) => match &self.opened {
+                Opened::Ring(r) => r.lock().write(&buf[..n]),
+                _ if self.opened.output_fd().is_none() => {}
+                _ => {
+                    self.to_backend.extend_from_slice(&buf[..n]);
+                    self.flush_backend();
+                }
+            },
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => self.frontend = None,
+        }
+    }
+
+    fn flush_backend(&mut self) {
+        let Some(fd) = self.opened.output_fd() else {
+            self.to_backend.clear();
+            return;
+        };
+        while !self.to_backend.is_empty() {
+            match fd_write(fd, &self.to_backend) {
+                Ok(n) => {
+                    self.to_backend.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // A socket whose client left, a udp peer that refuses: the output
+                    // is dropped, as QEMU drops it.
+                    self.to_backend.clear();
+                    if matches!(self.opened, Opened::Server { .. } | Opened::Client { .. }) {
+                        self.opened.lost_input();
+                        self.refresh_filename();
+                    } else if !matches!(self.opened, Opened::Udp(_)) {
+                        log::warn!("chardev output: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_backend(&mut self) {
+        let Some(fd) = self.opened.input_fd() else {
+            return;
+        };
+        let mut buf = [0u8; CHUNK];
+        match fd_read(fd, &mut buf) {
+            Ok(0) => {
+                self.opened.lost_input();
+                self.refresh_filename();
+            }
+            Ok(n) => {
+                self.to_frontend.extend_from_slice(&buf[..n]);
+                self.flush_frontend();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            // A udp peer's ICMP error: nothing to read this time.
+            Err(_) if matches!(self.opened, Opened::Udp(_)) => {}
+            Err(_) => {
+                // A pty whose slave closed reads EIO; a reset connection: gone.
+                self.opened.lost_input();
+                self.refresh_filename();
+            }
+        }
+    }
+
+    fn flush_frontend(&mut self) {
+        let Some(fe) = &self.frontend else {
+            self.to_frontend.clear();
+            return;
+        };
+        while !self.to_frontend.is_empty() {
+            match fd_write(fe.as_raw_fd(), &self.to_frontend) {
+                Ok(n) => {
+                    self.to_frontend.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.frontend = None;
+                    self.to_frontend.clear();
+                    return;
+                }
+            }
+        }
+    }
+}

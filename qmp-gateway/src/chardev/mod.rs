@@ -1,0 +1,384 @@
+//! Character devices: the gateway opens each chardev's backend (null, file, pipe,
+//! ringbuf/memory, socket, udp, pty, stdio) and moves its bytes; a frontend (the guest's
+//! UART in vmm-core) is connected to one by a socketpair that carries the byte stream both
+//! ways. The registry holds them by id (QEMU's chardev-add / chardev-remove /
+//! query-chardev), with which frontend holds each, bounded in number and in the bytes
+//! their ring buffers may hold.
+
+mod io;
+mod open;
+pub mod ringbuf;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use ringbuf::{Base64Error, Ring};
+use spec::Backend;
+
+/// Most chardevs at once (each has a thread and a few fds).
+pub const MAX_CHARDEVS: usize = 64;
+/// Most bytes all ring buffers together may hold.
+pub const MAX_RING_BYTES: usize = 64 << 20;
+
+/// Why a chardev command failed; the texts are QEMU 7.2's where it has them.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChardevError {
+    #[error("Chardev with id '{0}' already exists")]
+    Duplicate(String),
+    #[error("Chardev '{0}' not found")]
+    NotFound(String),
+    #[error("Chardev '{0}' is busy")]
+    Busy(String),
+    #[error("Device '{0}' not found")]
+    DeviceNotFound(String),
+    #[error("{0} is not a ringbuf device")]
+    NotRingbuf(String),
+    #[error("size must be greater than zero")]
+    ReadSize,
+    #[error("size of ringbuf chardev must be power of two")]
+    RingbufSize,
+    #[error("{0} is not supported by Flotilla's chardevs")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot use stdio by multiple character devices")]
+    StdioTaken,
+    #[error("Failed to add chardev '{id}': {why}")]
+    Open { id: String, why: String },
+    #[error("Failed to add chardev '{0}': the gateway holds at most {MAX_CHARDEVS} chardevs")]
+    TooMany(String),
+    #[error(
+        "Failed to add chardev '{id}': ring buffers may hold {MAX_RING_BYTES} bytes in all, \
+         {taken} are taken"
+    )]
+    RingBytes { id: String, taken: usize },
+    #[error(transparent)]
+    Base64(#[from] Base64Error),
+}
+
+/// One chardev.
+struct Chardev {
+    backend: Backend,
+    worker: io::Worker,
+    ring: Option<Arc<Mutex<Ring>>>,
+    /// The frontend that holds it (e.g. "serial0", the UART), if any.
+    frontend: Option<String>,
+    /// A socket the gateway bound for it, removed with it.
+    socket_path: Option<PathBuf>,
+}
+
+impl Drop for Chardev {
+    fn drop(&mut self) {
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A row of query-chardev.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+    #[serde(rename = "frontend-open")]
+    pub frontend_open: bool,
+}
+
+/// What chardev-add made: a pty's slave path, if it made a pty.
+#[derive(Debug)]
+pub struct Added {
+    pub pty: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Chardevs {
+    map: Mutex<BTreeMap<String, Chardev>>,
+}
+
+impl Chardevs {
+    /// Opens `backend` as chardev `id`. `waits`: a socket server waits for its first
+    /// client (the command line's wait=on; chardev-add never waits, as in QEMU).
+    pub fn add(&self, id: &str, backend: Backend, waits: bool) -> Result<Added, ChardevError> {
+        let mut map = self.map.lock();
+        if map.contains_key(id) {
+            return Err(ChardevError::Duplicate(id.into()));
+        }
+        if map.len() >= MAX_CHARDEVS {
+            return Err(ChardevError::TooMany(id.into()));
+        }
+        if backend == Backend::Stdio && map.values().any(|c| c.backend == Backend::Stdio) {
+            return Err(ChardevError::StdioTaken);
+        }
+        if let Backend::Ringbuf { size, .. } = backend {
+            let taken: usize = map
+                .values()
+                .filter_map(|c| c.ring.as_ref().map(|r| r.lock().size()))
+                .sum();
+            if taken + size > MAX_RING_BYTES {
+                return Err(ChardevError::RingBytes {
+                    id: id.into(),
+                    taken,
+                });
+            }
+        }
+        let failed = |why: String| ChardevError::Open { id: id.into(), why };
+        let made = open::open(&backend, waits).map_err(failed)?;
+        let socket_path = made.socket_path;
+        let worker =
+            io::start(id, made.opened, made.filename).map_err(|e| failed(e.to_string()))?;
+        map.insert(
+            id.into(),
+            Chardev {
+                backend,
+                worker,
+                ring: made.ring,
+                frontend: None,
+                socket_path,
+            },
+        );
+        Ok(Added { pty: made.pty })
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), ChardevError> {
+        let mut map = self.map.lock();
+        match map.get(id) {
+            None => Err(ChardevError::NotFound(id.into())),
+            Some(c) if c.frontend.is_some() => Err(ChardevError::Busy(id.into())),
+            Some(_) => {
+                // Its thread ends and its files close as it drops.
+                map.remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn query(&self) -> Vec<ChardevInfo> {
+        self.map
+            .lock()
+            .iter()
+            .map(|(id, c)| ChardevInfo {
+                label: id.clone(),
+                filename: c.worker.live.filename.lock().clone(),
+                frontend_open: c.frontend.is_some(),
+            })
+            .collect()
+    }
+
+    /// Connects `frontend` (e.g. "serial0") to chardev `id`: the frontend's end of a new
+    /// socketpair, which the chardev's other end serves.
+    pub fn attach(&self, id: &str, frontend: &str) -> Result<OwnedFd, ChardevError> {
+        let mut map = self.map.lock();
+        let c = map
+            .get_mut(id)
+            .ok_or_else(|| ChardevError::NotFound(id.into()))?;
+        if c.frontend.is_some() {
+            return Err(ChardevError::Busy(id.into()));
+        }
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| ChardevError::Invalid(format!("socketpair: {e}")))?;
+        c.worker.live.set_frontend(Some(ours.into()));
+        c.frontend = Some(frontend.into());
+        Ok(theirs.into())
+    }
+
+    /// The ringbuf chardev `id`'s buffer (QEMU's lookup and words).
+    fn ring(&self, id: &str) -> Result<Arc<Mutex<Ring>>, ChardevError> {
+        let map = self.map.lock();
+        let c = map
+            .get(id)
+            .ok_or_else(|| ChardevError::DeviceNotFound(id.into()))?;
+        c.ring
+            .clone()
+            .ok_or_else(|| ChardevError::NotRingbuf(id.into()))
+    }
+
+    /// ringbuf-write: `bytes` join the buffer, as the frontend's output does.
+    pub fn ring_write(&self, id: &str, bytes: &[u8]) -> Result<(), ChardevError> {
+        self.ring(id)?.lock().write(bytes);
+        Ok(())
+    }
+
+    /// ringbuf-read: takes up to `size` bytes.
+    pub fn ring_read(&self, id: &str, size: i64) -> Result<Vec<u8>, ChardevError> {
+        let ring = self.ring(id)?;
+        if size <= 0 {
+            return Err(ChardevError::ReadSize);
+        }
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let bytes = ring.lock().read(size);
+        Ok(bytes)
+    }
+
+    /// Every chardev ends (the gateway is ending): sockets it bound are removed.
+    pub fn shutdown(&self) {
+        std::mem::take(&mut *self.map.lock());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("flotilla-chardev-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_registry_refuses_as_qemu_and_stays_bounded() {
+        let c = Chardevs::default();
+        c.add("a", Backend::Null, false).unwrap();
+        assert_eq!(
+            c.add("a", Backend::Null, false).unwrap_err().to_string(),
+            "Chardev with id 'a' already exists"
+        );
+        let fe = c.attach("a", "serial0").unwrap();
+        assert_eq!(
+            c.remove("a").unwrap_err().to_string(),
+            "Chardev 'a' is busy"
+        );
+        assert_eq!(
+            c.remove("b").unwrap_err().to_string(),
+            "Chardev 'b' not found"
+        );
+        assert_eq!(
+            c.ring_read("a", 1).unwrap_err().to_string(),
+            "a is not a ringbuf device"
+        );
+        assert_eq!(
+            c.ring_read("zz", 1).unwrap_err().to_string(),
+            "Device 'zz' not found"
+        );
+        let err = c
+            .add(
+                "f",
+                Backend::File {
+                    out: "/nonexistent/x".into(),
+                    input: None,
+                    append: false,
+                },
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Failed to add chardev 'f': Could not open '/nonexistent/x': No such file or directory"
+        );
+        for i in 1..MAX_CHARDEVS {
+            c.add(&format!("n{i}"), Backend::Null, false).unwrap();
+        }
+        assert!(matches!(
+            c.add("over", Backend::Null, false),
+            Err(ChardevError::TooMany(_))
+        ));
+        drop(fe);
+        c.shutdown();
+        let big = Backend::Ringbuf {
+            size: MAX_RING_BYTES / 2,
+            memory: false,
+        };
+        c.add("r1", big.clone(), false).unwrap();
+        c.add("r2", big.clone(), false).unwrap();
+        assert!(matches!(
+            c.add(
+                "r3",
+                Backend::Ringbuf {
+                    size: 1,
+                    memory: false
+                },
+                false
+            ),
+            Err(ChardevError::RingBytes { .. })
+        ));
+        assert_eq!(
+            c.ring_read("r1", 0).unwrap_err().to_string(),
+            "size must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn a_frontend_output_reaches_a_ring_and_a_socket_client_both_ways() {
+        let c = Chardevs::default();
+        c.add(
+            "r",
+            Backend::Ringbuf {
+                size: 16,
+                memory: false,
+            },
+            false,
+        )
+        .unwrap();
+        let mut fe = UnixStream::from(c.attach("r", "serial0").unwrap());
+        fe.write_all(b"0123456789abcdefXY").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < 16 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            got.extend(c.ring_read("r", 100).unwrap());
+        }
+        // The ring kept the newest 16 (or fewer, if read between the writes).
+        assert!(b"0123456789abcdefXY".ends_with(&got[got.len().saturating_sub(2)..]));
+
+        let dir = scratch("sock");
+        let path = dir.join("s");
+        let server = Backend::Socket {
+            addr: spec::Address::Unix(path.clone()),
+            server: true,
+            wait: false,
+            reconnect: 0,
+            nodelay: false,
+        };
+        c.add("s", server, false).unwrap();
+        assert_eq!(
+            c.query().iter().find(|i| i.label == "s").unwrap().filename,
+            format!("disconnected:unix:{},server=on", path.display())
+        );
+        let mut fe = UnixStream::from(c.attach("s", "serial0").unwrap());
+        for round in 0..2 {
+            let mut client = UnixStream::connect(&path).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            // Once accepted, output reaches the client.
+            let want = format!("line {round}\n");
+            let mut buf = vec![0u8; want.len()];
+            loop {
+                fe.write_all(want.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                let mut b = [0u8; 256];
+                client.set_nonblocking(true).unwrap();
+                if let Ok(n) = client.read(&mut b) {
+                    buf = b[..n].to_vec();
+                    break;
+                }
+            }
+            assert!(String::from_utf8_lossy(&buf).contains(&want));
+            assert_eq!(
+                c.query().iter().find(|i| i.label == "s").unwrap().filename,
+                format!("unix:{},server=on", path.display())
+            );
+            client.set_nonblocking(false).unwrap();
+            client.write_all(b"in").unwrap();
+            let mut b = [0u8; 2];
+            fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            fe.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"in");
+            // The client leaves; the next one is served.
+        }
+        drop(fe);
+        c.shutdown();
+        assert!(!path.exists(), "the socket is removed with its chardev");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

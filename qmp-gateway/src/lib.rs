@@ -25,6 +25,7 @@ pub mod events;
 pub mod fdstore;
 pub mod gateway;
 pub mod ids;
+pub mod keyval;
 pub mod launch;
 pub mod migration;
 pub mod net;

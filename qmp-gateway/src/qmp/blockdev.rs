@@ -11,6 +11,7 @@ use super::args::Arguments;
 use super::protocol::QmpError;
 use super::qapi::{opt, Member, Ty};
 use crate::block::options::{Backing, ChildRef, Driver, NodeOptions, Qcow2Settings, Source};
+use crate::keyval;
 
 /// blockdev-add's arguments: the node tree to add.
 pub struct BlockdevAdd(pub NodeOptions);
@@ -165,6 +166,9 @@ const QCOW2_NOT_IMPLEMENTED: &[&str] = &[
 struct Reader<'a> {
     obj: &'a Map<String, Value>,
     prefix: String,
+    /// From the command line's key=value form: every value is a string, read as the
+    /// member's type as QEMU's keyval visitor reads it.
+    keyval: bool,
 }
 
 impl Reader<'_> {
@@ -187,10 +191,18 @@ impl Reader<'_> {
         }
     }
 
+    /// QEMU's keyval words: "Parameter 'x' expects <what>".
+    fn expects(&self, key: &str, what: &str) -> QmpError {
+        QmpError::generic(format!("Parameter '{}' expects {what}", self.path(key)))
+    }
+
     fn bool(&self, key: &str) -> Result<Option<bool>, QmpError> {
         match self.obj.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if self.keyval => keyval::boolean(s)
+                .map(Some)
+                .ok_or_else(|| self.expects(key, "'on' or 'off'")),
             Some(_) => Err(self.wrong(key, "boolean")),
         }
     }
@@ -198,6 +210,9 @@ impl Reader<'_> {
     fn int(&self, key: &str) -> Result<Option<i64>, QmpError> {
         match self.obj.get(key) {
             None => Ok(None),
+            Some(Value::String(s)) if self.keyval => keyval::integer(s)
+                .map(Some)
+                .ok_or_else(|| self.expects(key, "integer")),
             Some(v) => v
                 .as_i64()
                 .map(Some)
@@ -207,14 +222,17 @@ impl Reader<'_> {
 
     /// QAPI's `size`: a non-negative integer below 2^64.
     fn size(&self, key: &str) -> Result<Option<u64>, QmpError> {
+        const BELOW_2_64: &str = "a non-negative number below 2^64";
         match self.obj.get(key) {
             None => Ok(None),
+            Some(Value::String(s)) if self.keyval => match keyval::unsigned(s) {
+                Some(Ok(n)) => Ok(Some(n)),
+                Some(Err(())) => Err(self.expects(key, BELOW_2_64)),
+                None => Err(self.expects(key, "integer")),
+            },
             Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
                 (Some(v), _) => Ok(Some(v)),
-                (None, Some(_)) => Err(QmpError::generic(format!(
-                    "Parameter '{}' expects a non-negative number below 2^64",
-                    self.path(key)
-                ))),
+                (None, Some(_)) => Err(self.expects(key, BELOW_2_64)),
                 _ => Err(self.wrong(key, "integer")),
             },
             Some(_) => Err(self.wrong(key, "integer")),
@@ -225,9 +243,10 @@ impl Reader<'_> {
     fn child(&self, key: &str, value: &Value) -> Result<ChildRef, QmpError> {
         match value {
             Value::String(name) => Ok(ChildRef::Node(name.clone())),
-            Value::Object(child) => Ok(ChildRef::Inline(Box::new(parse(
+            Value::Object(child) => Ok(ChildRef::Inline(Box::new(read(
                 child,
                 &self.path(&format!("{key}.")),
+                self.keyval,
             )?))),
             _ => Err(self.wrong(key, "BlockdevRef")),
         }
@@ -252,9 +271,25 @@ impl Reader<'_> {
 
 /// Reads blockdev-add's arguments (or an inline child at `prefix`, e.g. "file.").
 pub fn parse(obj: &Map<String, Value>, prefix: &str) -> Result<NodeOptions, QmpError> {
+    read(obj, prefix, false)
+}
+
+/// A `--blockdev` option, as QEMU's -blockdev takes it: JSON (what libvirt writes) or
+/// QEMU's key=value form, whose first part may be the driver alone.
+pub fn parse_cli(option: &str) -> Result<NodeOptions, String> {
+    if option.trim_start().starts_with('{') {
+        let obj: Map<String, Value> = serde_json::from_str(option).map_err(|e| e.to_string())?;
+        return parse(&obj, "").map_err(|e| e.desc);
+    }
+    let obj = keyval::parse(option, Some("driver")).map_err(|e| e.to_string())?;
+    read(&obj, "", true).map_err(|e| e.desc)
+}
+
+fn read(obj: &Map<String, Value>, prefix: &str, keyval: bool) -> Result<NodeOptions, QmpError> {
     let r = Reader {
         obj,
         prefix: prefix.to_string(),
+        keyval,
     };
     let driver_name = r
         .str("driver")?
@@ -304,6 +339,7 @@ pub fn parse(obj: &Map<String, Value>, prefix: &str) -> Result<NodeOptions, QmpE
             let c = Reader {
                 obj: cache,
                 prefix: r.path("cache."),
+                keyval,
             };
             if let Some(extra) = cache.keys().find(|k| *k != "direct" && *k != "no-flush") {
                 return Err(QmpError::generic(format!(
@@ -354,6 +390,8 @@ pub fn parse(obj: &Map<String, Value>, prefix: &str) -> Result<NodeOptions, QmpE
         backing = match obj.get("backing") {
             None => Backing::FromImage,
             Some(Value::Null) => Backing::None,
+            // The command line has no null: QEMU still takes "" for it.
+            Some(Value::String(s)) if keyval && s.is_empty() => Backing::None,
             Some(v @ (Value::String(_) | Value::Object(_))) => {
                 Backing::Node(r.child("backing", v)?)
             }
@@ -403,6 +441,56 @@ mod tests {
 
     fn parse_json(v: Value) -> Result<NodeOptions, String> {
         parse(v.as_object().unwrap(), "").map_err(|e| e.desc)
+    }
+
+    /// -blockdev as QEMU 7.2 reads it (its words checked with qemu-system-x86_64).
+    #[test]
+    fn command_line_forms() {
+        let keyval = parse_cli(
+            "qcow2,node-name=q,file.driver=file,file.filename=/i,,x,read-only=on,\
+             cache-size=0x10000,lazy-refcounts=off,backing=,cache.direct=yes",
+        )
+        .unwrap();
+        let json = parse_cli(
+            r#"{"driver":"qcow2","node-name":"q","read-only":true,"cache-size":65536,
+                "lazy-refcounts":false,"backing":null,"cache":{"direct":true},
+                "file":{"driver":"file","filename":"/i,x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(keyval, json);
+        assert!(matches!(keyval.backing, Backing::None));
+        let e = |s: &str| parse_cli(s).unwrap_err();
+        let file = "file,node-name=f,filename=/i";
+        assert_eq!(
+            e(&format!("{file},read-only=maybe")),
+            "Parameter 'read-only' expects 'on' or 'off'"
+        );
+        assert_eq!(
+            e(&format!("{file},aio-max-batch=1x")),
+            "Parameter 'aio-max-batch' expects integer"
+        );
+        let qcow2 = "qcow2,node-name=q,file=f";
+        assert_eq!(
+            e(&format!("{qcow2},cache-size=-1")),
+            "Parameter 'cache-size' expects a non-negative number below 2^64"
+        );
+        assert_eq!(
+            e(&format!("{qcow2},cache-size=1M")),
+            "Parameter 'cache-size' expects integer"
+        );
+        assert_eq!(
+            e("raw,file.driver=file,file.filename=/i,file.locking=perhaps"),
+            "Parameter 'file.locking' does not accept value 'perhaps'"
+        );
+        assert_eq!(
+            e("file=x,file.driver=file"),
+            "Parameters 'file.*' used inconsistently"
+        );
+        assert_eq!(
+            e("file,filename"),
+            "Expected '=' after parameter 'filename'"
+        );
+        assert!(e(r#"{"driver":"#).contains("EOF"), "{}", e(r#"{"driver":"#));
     }
 
     #[test]

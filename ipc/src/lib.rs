@@ -25,6 +25,7 @@ pub mod error;
 pub mod fds;
 pub mod frame;
 pub mod host;
+pub mod input;
 pub mod messages;
 pub mod page_log;
 pub mod process;

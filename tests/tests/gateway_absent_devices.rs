@@ -33,7 +33,6 @@ fn absent_devices_answer_the_same_paused_or_running() {
         ("query-tpm", json!({})),
         ("query-tpm-models", json!({})),
         ("query-tpm-types", json!({})),
-        ("query-mice", json!({})),
         ("query-memory-devices", json!({})),
         ("query-iothreads", json!({})),
         ("query-acpi-ospm-status", json!({})),

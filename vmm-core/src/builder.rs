@@ -22,7 +22,7 @@ use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::cpu_hotplug::{CpuHotplug, SharedCpuHotplug};
 use crate::devices::gpe::{Gpe0, SharedGpe};
-use crate::devices::i8042::I8042;
+use crate::devices::i8042::{I8042Port, I8042};
 use crate::devices::memory_hotplug::{MemoryHotplug, MAX_SLOTS};
 use crate::devices::pci::hotplug::PciHotplugIo;
 use crate::devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
@@ -33,6 +33,7 @@ use crate::devices::virtio_balloon::Balloon;
 use crate::devices::virtio_pci::{self, VirtioPci};
 use crate::error::{kvm_err, VmError};
 use crate::events::EventSender;
+use crate::input::InputPlayer;
 use crate::interrupts::{KvmIrqLine, MsiRouter};
 use crate::layout::{
     ports, KVM_IDENTITY_MAP, KVM_TSS, PCI_ECAM, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START,
@@ -145,6 +146,7 @@ pub fn build_vm(
         nics,
         balloon: None,
         device_memory,
+        input: InputPlayer::start(platform.i8042).map_err(VmError::Thread)?,
     };
     if !incoming {
         vm.reset_vcpus()?;
@@ -301,11 +303,12 @@ struct Platform {
     pm: Arc<Mutex<AcpiPm>>,
     gpe: SharedGpe,
     cpu_hotplug: SharedCpuHotplug,
+    i8042: Arc<Mutex<I8042>>,
 }
 
 /// COM1 (its interrupt an irqfd), the ACPI PM and GPE blocks (sharing the SCI, a KVM IRQ
-/// line), the CPU hotplug registers (raising GPE 2) and the i8042's reset line, on the
-/// port bus.
+/// line), the CPU hotplug registers (raising GPE 2) and the i8042 keyboard controller
+/// (IRQ 1 and 12, KVM IRQ lines), on the port bus.
 fn attach_platform_devices(
     vm: &Arc<VmFd>,
     events: &EventSender,
@@ -343,17 +346,24 @@ fn attach_platform_devices(
         u64::from(ports::CPU_HOTPLUG_LEN),
         cpu_hotplug.clone(),
     )?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        events.clone(),
+        Box::new(KvmIrqLine::new(vm.clone(), ports::I8042_KBD_IRQ)),
+        Box::new(KvmIrqLine::new(vm.clone(), ports::I8042_AUX_IRQ)),
+    )));
+    let (data_port, command_port) = I8042Port::pair(i8042.clone());
     pio.insert(
         u64::from(ports::I8042_DATA),
         1,
-        Arc::new(Mutex::new(I8042::new(events.clone(), false))),
+        Arc::new(Mutex::new(data_port)),
     )?;
     pio.insert(
         u64::from(ports::I8042_COMMAND),
         1,
-        Arc::new(Mutex::new(I8042::new(events.clone(), true))),
+        Arc::new(Mutex::new(command_port)),
     )?;
     Ok(Platform {
+        i8042,
         serial,
         pm,
         gpe,

@@ -53,18 +53,3 @@ impl EventSender {
         let _ = self.0.send(event);
     }
 }
-
-/// Lets vm-superio devices (i8042) request a reset through the event channel.
-pub struct ResetTrigger {
-    pub events: EventSender,
-    pub source: &'static str,
-}
-
-impl vm_superio::Trigger for ResetTrigger {
-    type E = std::convert::Infallible;
-
-    fn trigger(&self) -> Result<(), Self::E> {
-        self.events.send(VmEvent::Reset(self.source));
-        Ok(())
-    }
-}

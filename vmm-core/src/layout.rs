@@ -53,6 +53,9 @@ pub mod ports {
     pub const COM1_IRQ: u32 = 4;
     pub const I8042_DATA: u16 = 0x60;
     pub const I8042_COMMAND: u16 = 0x64;
+    /// The keyboard's and the mouse's ISA interrupts.
+    pub const I8042_KBD_IRQ: u32 = 1;
+    pub const I8042_AUX_IRQ: u32 = 12;
     pub const RESET_CONTROL: u16 = 0xcf9;
     pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
     pub const PCI_CONFIG_LEN: u16 = 8;

@@ -18,6 +18,7 @@ pub mod dirty_log;
 pub mod error;
 pub mod events;
 pub mod hotplug;
+pub mod input;
 pub mod interrupts;
 pub mod layout;
 pub mod memory;

@@ -670,6 +670,13 @@ impl Runner<'_> {
                 None => Err(no_balloon()),
             },
             VmmRequest::CpuAdd { index } => self.cpu_add(index),
+            VmmRequest::Input(steps) => {
+                let dropped = self.vm.input.push(steps);
+                if dropped > 0 {
+                    log::debug!("input: {dropped} steps dropped, the queue is full");
+                }
+                Ok(VmmReply::Done)
+            }
             VmmRequest::QueryBalloon => match self.balloon() {
                 Some(balloon) => Ok(VmmReply::Balloon {
                     actual_bytes: balloon.actual_bytes(),

@@ -143,6 +143,8 @@ pub struct Vm {
     pub(crate) nics: BTreeMap<u32, NicHandle>,
     /// The virtio-balloon device, if the VM has one (`builder::attach_balloon`).
     pub(crate) balloon: Option<BalloonHandle>,
+    /// Plays send-key's and input-send-event's steps into the i8042.
+    pub(crate) input: crate::input::InputPlayer,
     /// ACPI memory hotplug and the DIMMs, if the VM has memory slots (dimms.rs).
     pub(crate) device_memory: Option<DeviceMemory>,
 }

@@ -292,6 +292,11 @@ pub enum VmmRequest {
     },
     /// query-acpi-ospm-status's memory slots: answered with `MemorySlots`.
     QueryMemorySlots,
+    /// send-key / input-send-event: steps for the PS/2 keyboard and mouse, played in
+    /// order after those already waiting (at most `input::MAX_PENDING_STEPS` wait; the
+    /// rest are dropped, as QEMU drops them). Answered `Done` at once, as QEMU answers
+    /// before its hold times pass.
+    Input(Vec<crate::input::InputStep>),
     /// cpu-add / device_add of a CPU: vCPU `index` (its APIC ID too) is created, its
     /// thread waits for the guest's INIT/SIPI, and the guest learns of it by ACPI CPU
     /// hotplug (insert event, GPE 2). Answered with `VcpuAdded` once the thread runs;

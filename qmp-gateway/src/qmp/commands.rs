@@ -10,6 +10,7 @@ use super::handlers::balloon;
 use super::handlers::chardev;
 use super::handlers::cpus;
 use super::handlers::devices;
+use super::handlers::input;
 use super::handlers::memory;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
@@ -208,7 +209,13 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::empty_list),
         Ty::Array(&Ty::Str),
     ),
-    absent("query-mice", &Typed(absent::empty_list), ANY_LIST),
+    cmd(
+        "query-mice",
+        &Typed(input::query_mice),
+        Ty::Array(&Ty::Named("MouseInfo")),
+        G,
+    ),
+    cmd("send-key", &Typed(input::send_key), EMPTY, V),
     cmd(
         "query-memory-devices",
         &Typed(memory::query_memory_devices),
@@ -241,7 +248,12 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::rocker::<absent::RockerGroups>),
         ANY_LIST,
     ),
-    absent("input-send-event", &Typed(absent::input_send_event), EMPTY),
+    cmd(
+        "input-send-event",
+        &Typed(input::input_send_event),
+        EMPTY,
+        V,
+    ),
     absent(
         "rtc-reset-reinjection",
         &Typed(absent::nothing_to_do::<NoArgs>),

@@ -410,6 +410,15 @@ pub const TYPES: Types = Types(&[
         name: "BalloonInfo",
         kind: TypeKind::Object(&[req("actual", Ty::Int)]),
     },
+    TypeDef {
+        name: "MouseInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            req("index", Ty::Int),
+            req("current", Ty::Bool),
+            req("absolute", Ty::Bool),
+        ]),
+    },
     // input-send-event's events: QEMU 7.2's (simple) unions and the types they carry,
     // under QEMU's names.
     TypeDef {

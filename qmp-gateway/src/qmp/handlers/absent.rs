@@ -1,11 +1,11 @@
 //! Commands for devices this VM does not have (no display, VNC, SPICE, TPM, rocker
-//! switch, input devices...), answered exactly as QEMU 7.2 answers them when
+//! switch...), answered exactly as QEMU 7.2 answers them when
 //! the device is absent, so management tools see a coherent machine. (A VM without a
 //! balloon answers balloon's commands as QEMU does too: handlers/balloon.rs.)
 
-use ipc::{ErrorClass, RunState};
+use ipc::ErrorClass;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::qmp::args::{serde_arguments, Arguments, Int, NoArgs};
 use crate::qmp::context::Ctx;
@@ -145,30 +145,6 @@ impl RockerSwitch for RockerGroups {
     }
 }
 
-/// InputEvent: its kind, and data that depends on it.
-#[derive(Debug, Deserialize)]
-pub struct InputEvent {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub data: Value,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct InputSendEvent {
-    pub device: Option<String>,
-    pub head: Option<Int>,
-    pub events: Vec<InputEvent>,
-}
-
-serde_arguments!(
-    InputSendEvent,
-    [
-        opt("device", Ty::Str),
-        opt("head", Ty::Int),
-        req("events", Ty::Array(&Ty::Named("InputEvent"))),
-    ]
-);
-
 #[derive(Debug, Deserialize)]
 pub struct XenSetGlobalDirtyLog {
     pub enable: bool,
@@ -214,21 +190,6 @@ pub fn empty_list(_: &mut Ctx, _: NoArgs) -> QmpResult {
 
 pub fn rocker<A: RockerSwitch>(_: &mut Ctx, a: A) -> QmpResult {
     Err(QmpError::generic(format!("rocker {} not found", a.name())))
-}
-
-pub fn input_send_event(c: &mut Ctx, a: InputSendEvent) -> QmpResult {
-    // QEMU asks for a running (or suspended: we have no such state) VM before it looks
-    // for a handler.
-    if c.gw.run_state() != RunState::Running {
-        return Err(QmpError::generic("VM not running"));
-    }
-    match a.events.first() {
-        Some(event) => Err(QmpError::generic(format!(
-            "Input handler not found for event type {}",
-            event.kind
-        ))),
-        None => Ok(json!({})),
-    }
 }
 
 /// No RTC, no Xen: QEMU's answer when there is nothing to act on.

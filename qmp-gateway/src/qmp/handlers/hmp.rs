@@ -77,6 +77,12 @@ pub const HMP: &[HmpCommand] = &[
     ),
     info(&["info kvm"], "query-kvm", info_kvm, "show KVM information"),
     info(
+        &["info mice"],
+        "query-mice",
+        super::input::info_mice,
+        "show which guest mouse is receiving events",
+    ),
+    info(
         &["info migrate_capabilities"],
         "query-migrate-capabilities",
         info_migrate_capabilities,
@@ -151,6 +157,12 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
         Some(("cpu", arguments)) => return Ok(hmp_text(super::cpus::hmp_cpu(c, arguments))),
         None if a.command_line.trim() == "cpu" => return Ok(hmp_text(super::cpus::hmp_cpu(c, ""))),
         _ => {}
+    }
+    // `sendkey`, `mouse_move` and `mouse_button` take arguments: handlers/input.rs.
+    let line = a.command_line.trim_start();
+    let (word, arguments) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    if let Some(text) = super::input::hmp(c, word, arguments) {
+        return Ok(hmp_text(text));
     }
     let mut words = a.command_line.split_whitespace();
     // Words after the command's own are ignored, as QEMU ignores them.
@@ -352,6 +364,7 @@ mod tests {
             "info balloon  -- show balloon information\n\
              info cpus  -- show infos for each CPU\n\
              info kvm  -- show KVM information\n\
+             info mice  -- show which guest mouse is receiving events\n\
              info migrate_capabilities  -- show current migration capabilities\n\
              info migrate_parameters  -- show current migration parameters\n\
              info name  -- show the current VM name\n\

@@ -9,6 +9,7 @@ pub mod cpus;
 pub mod devices;
 pub mod fds;
 pub mod hmp;
+pub mod input;
 pub mod jobs;
 pub mod machine;
 pub mod memory;

@@ -13,6 +13,7 @@
 //!   the DIMMs added checked (and used for disk I/O) and the ones asked for ejected;
 //! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
 //!   `balloon` (virtio-balloon) in balloon.rs;
+//! - `input` (input.rs): an i8042 driver, the keyboard's and mouse's bytes printed;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
 //!   working set in ring 3 and checks every page before each rewrite, so a page a migration
 //!   lost or left stale is reported; optionally rate-limited, with block I/O and network
@@ -24,6 +25,7 @@ mod cpu_hotplug;
 mod failures;
 mod hotplug;
 mod idle;
+mod input;
 mod mem_hotplug;
 mod migrate;
 mod net;
@@ -44,6 +46,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(b"cpu-hotplug") => cpu_hotplug::run(acpi, cmdline),
         Some(b"mem-hotplug") => mem_hotplug::run(acpi, cmdline),
         Some(b"balloon") => balloon::run(acpi, cmdline),
+        Some(b"input") => input::run(acpi, cmdline),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),
         Some(b"poweroff") => power::poweroff(acpi),

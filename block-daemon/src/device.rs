@@ -518,6 +518,13 @@ impl BlkDevice {
     /// Hands `req` to `engine`, marking the dirty bitmaps first (see `dirty`).
     fn start(&self, engine: &mut dyn Engine, head: u16, req: Request, mem: Arc<GuestMemoryMmap>) {
         self.inner.dirty.mark(&req);
+        ipc::tracepoint!(
+            VirtioBlkReqSubmit,
+            "head={head} type={:?} sector={} len={}",
+            Op::of(&req.kind),
+            req.sector,
+            req.image_bytes()
+        );
         engine.submit(head, req, mem);
     }
 
@@ -911,6 +918,14 @@ impl BlkDevice {
         let mut stats = self.inner.stats.recorder(Instant::now());
         for d in done.iter() {
             stats.record(d.op, d.bytes, d.code == blk::S_OK, d.started);
+            ipc::tracepoint!(
+                VirtioBlkReqComplete,
+                "queue={q} head={} type={:?} len={} status={}",
+                d.head,
+                d.op,
+                d.bytes,
+                d.code
+            );
         }
         drop(stats);
         if done.is_empty() {

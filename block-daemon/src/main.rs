@@ -21,6 +21,8 @@ use ipc::process::{block_terminating_signals, init_logging, take_inherited_fd};
 #[derive(Parser, Debug)]
 #[command(name = "block-daemon", about = "Flotilla's vhost-user-blk backend")]
 struct Args {
+    #[command(flatten)]
+    trace: ipc::trace::TraceArgs,
     /// Run under the gateway: the control channel is this inherited socket, and the node
     /// to serve arrives on it (only --engine may be given with it).
     #[arg(long, conflicts_with_all = ["socket", "image", "export"])]
@@ -167,6 +169,11 @@ fn run_controlled(
 fn main() -> ExitCode {
     init_logging();
     let args = Args::parse();
+    // Before the sandbox: the trace page and log come from the gateway's descriptors.
+    if let Err(e) = ipc::trace::start_child(ipc::trace::Process::BlockDaemon, &args.trace) {
+        eprintln!("block-daemon: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd, args.engine, args.sandbox),
         None => run_standalone(args),

@@ -12,7 +12,7 @@
 //! migration agent and a block daemon (`disk_channel`), guest RAM's dirty-page log
 //! (`page_log`), a child's end of its control link (`child`), what every process does
 //! as it starts (`process`: its log, its terminating signals, its
-//! inherited fds), and what two processes both name or open on the host (`host`: the VM
+//! inherited fds), trace points and their log (`trace`), and what two processes both name or open on the host (`host`: the VM
 //! options, the serial spec, MAC addresses, a NIC's tap or datagram socket), so that no
 //! process links another one's crate for them.
 
@@ -30,6 +30,7 @@ pub mod messages;
 pub mod page_log;
 pub mod process;
 pub mod shm;
+pub mod trace;
 pub mod userfault;
 
 pub use block_counters::{BlockCounters, CountersPage};

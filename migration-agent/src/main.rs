@@ -31,6 +31,8 @@ type Link = ChildLink<AgentRequest, AgentReply, AgentEvent>;
     about = "Flotilla's live migration of one VM (started by the gateway)"
 )]
 struct Args {
+    #[command(flatten)]
+    trace: ipc::trace::TraceArgs,
     /// The control channel: this inherited socket.
     #[arg(long)]
     control_fd: RawFd,
@@ -253,7 +255,13 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     init_logging();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    // Before the sandbox: the trace page and log come from the gateway's descriptors.
+    if let Err(e) = ipc::trace::start_child(ipc::trace::Process::MigrationAgent, &args.trace) {
+        eprintln!("migration-agent: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("migration-agent: error: {e:#}");

@@ -206,10 +206,14 @@ impl NetDevice {
                             Some(Ok(())) => {
                                 count(&c.tx_packets, 1);
                                 count(&c.tx_bytes, len);
+                                ipc::tracepoint!(VirtioNetTx, "pair={p} len={len} result=sent");
                             }
                             // A full tap queue or a peer not listening: the frame is lost,
                             // as on a wire.
-                            _ => count(&c.tx_dropped, 1),
+                            _ => {
+                                count(&c.tx_dropped, 1);
+                                ipc::tracepoint!(VirtioNetTx, "pair={p} len={len} result=dropped");
+                            }
                         }
                     }
                     Ok(_) => count(&c.rx_filtered, 1),
@@ -270,6 +274,7 @@ impl NetDevice {
                     placed += 1;
                     count(&c.rx_packets, 1);
                     count(&c.rx_bytes, (frame.len() - HDR_LEN) as u64);
+                    ipc::tracepoint!(VirtioNetRx, "pair={p} len={}", frame.len() - HDR_LEN);
                 }
                 Placed::Dropped => count(&c.rx_no_buffer, 1),
                 Placed::NoRoom => {

@@ -18,6 +18,8 @@ use net_daemon::port::Port;
 #[derive(Parser, Debug)]
 #[command(name = "net-daemon", about = "Flotilla's vhost-user-net backend")]
 struct Args {
+    #[command(flatten)]
+    trace: ipc::trace::TraceArgs,
     /// Run under the gateway: the control channel is this inherited socket.
     #[arg(long, conflicts_with_all = ["socket", "tap", "udp"])]
     control_fd: Option<RawFd>,
@@ -97,6 +99,11 @@ fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<()> 
 fn main() -> ExitCode {
     init_logging();
     let args = Args::parse();
+    // Before the sandbox: the trace page and log come from the gateway's descriptors.
+    if let Err(e) = ipc::trace::start_child(ipc::trace::Process::NetDaemon, &args.trace) {
+        eprintln!("net-daemon: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd, args.sandbox),
         None => run_standalone(args),

@@ -13,7 +13,8 @@
 //! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
 //! `balloon` is the balloon's command line and QEMU's rules for its target; `cpus` adds
 //! vCPUs (cpu-add, device_add of a CPU); `objects` holds object-add's iothreads and
-//! memory backends. No file imports one that imports it back (scripts/check-imports).
+//! memory backends; `trace` is `--trace` and the trace event states' rules. No file
+//! imports one that imports it back (scripts/check-imports).
 
 pub mod balloon;
 pub mod block;
@@ -33,4 +34,5 @@ pub mod objects;
 pub mod qmp;
 pub mod sockets;
 pub mod startup;
+pub mod trace;
 pub mod upgrade;

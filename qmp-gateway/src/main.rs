@@ -115,6 +115,11 @@ struct Args {
     /// as long as it lives. Without root they run as the gateway's own user.
     #[arg(long, default_value_t = ids::DEFAULT_RANGE, value_parser = |s: &str| s.parse::<IdRange>())]
     sandbox_ids: IdRange,
+    /// Trace events, as QEMU's -trace: `[enable=]PATTERN` (`*` and `?` wildcards; a
+    /// leading `-` turns off), `events=FILE` (a pattern a line), `file=FILE` (where the
+    /// lines of every process go; default stderr). May be given several times.
+    #[arg(long)]
+    trace: Vec<String>,
 }
 
 impl Args {
@@ -250,6 +255,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         }
     }
     let signals = block_terminating_signals()?;
+    // Before any child starts: each gets the trace state page and log at its start.
+    qmp_gateway::trace::start(&args.trace)?;
 
     let mut cleanup = Cleanup {
         sockets: Vec::new(),

@@ -64,6 +64,18 @@ fn peek_header(stream: &UnixStream) -> Option<[u8; HEADER]> {
     }
 }
 
+/// The next message's request (its name, or its number when it is none we know) and
+/// body size, as it waits in the socket (None: no whole header there yet).
+pub(crate) fn peek_request(stream: &UnixStream) -> Option<(String, u32)> {
+    let header = peek_header(stream)?;
+    let code = word(&header, 0);
+    let name = match FrontendReq::try_from(code) {
+        Ok(request) => format!("{request:?}"),
+        Err(_) => code.to_string(),
+    };
+    Some((name, word(&header, 8)))
+}
+
 fn read_error(e: io::Error) -> VhostError {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => VhostError::PartialMessage,

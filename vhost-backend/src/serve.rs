@@ -68,12 +68,18 @@ pub(crate) fn serve_stream_with<D: Device>(
 }
 
 /// Handles the frontend's next message: an early enable here, anything else through the
-/// vhost crate.
+/// vhost crate. Traced (vhost_user_backend_msg) from its header, looked at in the socket
+/// only while the event is on.
 fn next_message<D: Device>(
     peer: &UnixStream,
     handler: &mut BackendReqHandler<Mutex<Connection<D>>>,
     conn: &Mutex<Connection<D>>,
 ) -> Result<(), VhostError> {
+    if ipc::trace::enabled(ipc::trace::Event::VhostUserBackendMsg) {
+        if let Some((request, size)) = early_enable::peek_request(peer) {
+            ipc::tracepoint!(VhostUserBackendMsg, "request={request} size={size}");
+        }
+    }
     if !locked(conn).protocol_features_acked() {
         if let Some(enable) = early_enable::take(peer)? {
             let (taken, reply) = {

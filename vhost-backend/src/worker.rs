@@ -122,6 +122,7 @@ fn run<D: Device>(device: &D, shared: &Shared, epoll: &Epoll, watch: &HostWatch,
                 continue;
             };
             ring.drain_kick();
+            ipc::tracepoint!(VirtqueueKick, "queue={q}");
             let Some(mem) = mem else {
                 continue;
             };

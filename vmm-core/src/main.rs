@@ -29,6 +29,8 @@ use vmm_core::{build_vm, BackendConnection, DiskConnection, NicConnection, Vm, V
 )]
 struct Args {
     #[command(flatten)]
+    trace: ipc::trace::TraceArgs,
+    #[command(flatten)]
     vm: VmArgs,
     /// A virtio-blk disk served by a vhost-user backend listening on PATH:
     /// `PATH[,queues=N]`. May be given several times.
@@ -286,6 +288,11 @@ fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmEx
 fn main() -> ExitCode {
     init_logging();
     let args = Args::parse();
+    // Before the sandbox: the trace page and log come from the gateway's descriptors.
+    if let Err(e) = ipc::trace::start_child(ipc::trace::Process::VmmCore, &args.trace) {
+        eprintln!("vmm-core: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.control_fd {
         Some(fd) => run_controlled(fd, args.sandbox),
         None => run_standalone(args.vm, args.vhost_user_blk, args.vhost_user_net),

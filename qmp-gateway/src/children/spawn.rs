@@ -1,9 +1,11 @@
 //! Starting a child: a raw clone(2), sandboxed into new user, mount, PID, IPC, UTS and
 //! network namespaces (std's Command cannot ask for a PID namespace), always from the
 //! spawner thread (spawner.rs: the parent-death signal follows the thread that started
-//! the child). The child gets its control socket as fd 3 and the write end of a
-//! violation pipe as fd 4, and nothing else the gateway holds: every other descriptor
-//! above stdio is closed at exec (close_range), whatever the gateway inherited. Then its
+//! the child). The child gets its control socket as fd 3, the write end of a violation
+//! pipe as fd 4, the trace state page as fd 5 and the trace log (if `--trace file=` gave
+//! one) as fd 6 (`ipc::trace`), and nothing else the gateway holds: every other
+//! descriptor above stdio is closed at exec (close_range), whatever the gateway
+//! inherited. Then its
 //! own process group, the parent-death signal (so none outlives the gateway) and exec
 //! with `--sandbox MODE`. Sandboxed, it is root in its user namespace and, outside, an id
 //! leased for it alone (ids.rs) when the gateway is root, or the gateway's own user when
@@ -70,6 +72,10 @@ pub fn spawn_child(
 pub const CONTROL_FD: RawFd = 3;
 /// Where the child reports a seccomp violation.
 pub const VIOLATION_FD: RawFd = 4;
+/// The trace state page (`--trace-state-fd`), when the gateway traces.
+pub const TRACE_STATE_FD: RawFd = 5;
+/// The trace log (`--trace-log-fd`), when `--trace file=` named one.
+pub const TRACE_LOG_FD: RawFd = 6;
 
 /// A child process started by `spawn`, ours to wait for and kill (by pid).
 pub struct Process {
@@ -133,6 +139,26 @@ fn spawn(
         argv.push(c_string("--sandbox")?);
         argv.push(c_string(mode.as_str())?);
     }
+    let (trace_state_fd, trace_log_fd) = match ipc::trace::for_children() {
+        Some((page, log)) => {
+            argv.push(c_string("--trace-state-fd")?);
+            argv.push(c_string(TRACE_STATE_FD.to_string())?);
+            if log.is_some() {
+                argv.push(c_string("--trace-log-fd")?);
+                argv.push(c_string(TRACE_LOG_FD.to_string())?);
+            }
+            (page.as_raw_fd(), log.map_or(-1, |l| l.as_raw_fd()))
+        }
+        None => (-1, -1),
+    };
+    // The first descriptor the child must not keep.
+    let first_closed = if trace_log_fd >= 0 {
+        TRACE_LOG_FD + 1
+    } else if trace_state_fd >= 0 {
+        TRACE_STATE_FD + 1
+    } else {
+        VIOLATION_FD + 1
+    };
     for a in args {
         argv.push(c_string(a.as_str())?);
     }
@@ -234,21 +260,35 @@ fn spawn(
                     fail(7);
                 }
             }
-            // Move the two descriptors into place without one clobbering the other.
+            // Move the descriptors into place without one clobbering another.
             let control_tmp = libc::fcntl(control_fd, libc::F_DUPFD_CLOEXEC, 10);
             let report_tmp = libc::fcntl(report_fd, libc::F_DUPFD_CLOEXEC, 10);
             if control_tmp < 0 || report_tmp < 0 {
                 fail(1);
             }
+            let mut trace_tmp = [-1; 2];
+            for (tmp, fd) in trace_tmp.iter_mut().zip([trace_state_fd, trace_log_fd]) {
+                if fd >= 0 {
+                    *tmp = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if *tmp < 0 {
+                        fail(1);
+                    }
+                }
+            }
             if libc::dup2(control_tmp, CONTROL_FD) < 0 || libc::dup2(report_tmp, VIOLATION_FD) < 0 {
                 fail(2);
+            }
+            for (tmp, fd) in trace_tmp.iter().zip([TRACE_STATE_FD, TRACE_LOG_FD]) {
+                if *tmp >= 0 && libc::dup2(*tmp, fd) < 0 {
+                    fail(2);
+                }
             }
             // Nothing else crosses exec: not what the gateway opened without CLOEXEC, nor
             // what it inherited itself (`exec 77</etc/shadow`). Marked rather than closed:
             // the error and go pipes are still needed until exec.
             if libc::syscall(
                 libc::SYS_close_range,
-                VIOLATION_FD + 1,
+                first_closed,
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             ) < 0
@@ -262,7 +302,7 @@ fn spawn(
                     fail(8);
                 }
                 let top = lim.rlim_cur.min(libc::c_int::MAX as u64) as libc::c_int;
-                for fd in VIOLATION_FD + 1..top {
+                for fd in first_closed..top {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }

@@ -179,7 +179,19 @@ fn on_death<L: Supervised>(layer: &L, id: &str) {
         if supervision.stopping() {
             return;
         }
-        let error = match layer.restart(id) {
+        let restarted = layer.restart(id);
+        ipc::tracepoint!(
+            ChildRestart,
+            "daemon={} device={id} failures={} result={}",
+            L::Daemon::NAME,
+            death.failures,
+            match &restarted {
+                Ok(Some(pid)) => format!("pid {pid}"),
+                Ok(None) => "restarted over QMP first".into(),
+                Err(e) => format!("failed: {e}"),
+            }
+        );
+        let error = match restarted {
             Ok(None) => {
                 log::info!(
                     "{} {id}: a restart asked for over QMP came first; leaving its {} be",

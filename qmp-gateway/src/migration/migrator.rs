@@ -164,6 +164,7 @@ impl Migrator {
             }
             p.status = status;
         }
+        ipc::tracepoint!(MigrateSetState, "state={}", status.qmp_name());
         // Capabilities are fixed while a migration out of this VM runs (QEMU's check
         // looks at its outgoing migration only).
         let outgoing = (self.h.run_state)() != RunState::InMigrate;

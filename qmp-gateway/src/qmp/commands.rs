@@ -14,7 +14,7 @@ use super::handlers::input;
 use super::handlers::memory;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
-    snapshot,
+    snapshot, trace,
 };
 use super::qapi::Ty;
 
@@ -551,6 +551,18 @@ pub const COMMANDS: &[Command] = &[
         "human-monitor-command",
         &Typed(hmp::human_monitor_command),
         Ty::Str,
+        G,
+    ),
+    cmd(
+        "trace-event-get-state",
+        &Typed(trace::trace_event_get_state),
+        Ty::Array(&Ty::Named("TraceEventInfo")),
+        G,
+    ),
+    cmd(
+        "trace-event-set-state",
+        &Typed(trace::trace_event_set_state),
+        EMPTY,
         G,
     ),
 ];

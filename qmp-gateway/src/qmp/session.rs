@@ -3,9 +3,10 @@
 //! to a worker through a short queue (a client that floods it stops being read) while
 //! exec-oob commands run at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::args;
 use super::commands::{self, COMMANDS};
@@ -13,12 +14,15 @@ use super::context::{Ctx, ReceivedFd};
 use super::handlers::machine::QmpCapabilities;
 use super::json_stream::Item;
 use super::outbox::Outbox;
-use super::protocol::{self, parse_request, QmpError, Request};
+use super::protocol::{self, parse_request, QmpError, QmpResult, Request};
 use crate::fdstore::{Account, NamedFds};
-use crate::gateway::Gateway;
+use crate::gateway::{ExitReason, Gateway};
 
 /// In-band requests queued per client (QEMU's limit too).
 pub const INBAND_QUEUE: usize = 8;
+
+/// Numbers clients in trace lines, in the order they came.
+static CLIENTS: AtomicU64 = AtomicU64::new(1);
 
 enum Job {
     Execute(Request, Vec<ReceivedFd>),
@@ -40,6 +44,8 @@ pub struct Session {
     negotiated: Arc<AtomicBool>,
     oob: bool,
     inband: Option<SyncSender<Job>>,
+    /// Its number in trace lines.
+    number: u64,
 }
 
 impl Session {
@@ -59,6 +65,7 @@ impl Session {
             negotiated,
             oob: false,
             inband: None,
+            number: CLIENTS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -99,7 +106,13 @@ impl Session {
                 // Blocks when the queue is full: the reader stops reading this client.
                 let _ = queue.send(Job::Execute(request, fds));
             }
-            _ => execute(&self.gw, &self.fds, &self.outbox, request, fds),
+            _ => execute(
+                &self.gw,
+                (&self.fds, self.number),
+                &self.outbox,
+                request,
+                fds,
+            ),
         }
     }
 
@@ -142,6 +155,7 @@ impl Session {
     fn start_inband_worker(&mut self) {
         let (tx, rx) = mpsc::sync_channel::<Job>(INBAND_QUEUE);
         let (gw, outbox, client) = (self.gw.clone(), self.outbox.clone(), self.fds.clone());
+        let number = self.number;
         let spawned = std::thread::Builder::new()
             .name("qmp-inband".into())
             .spawn(move || {
@@ -151,7 +165,9 @@ impl Session {
                         continue;
                     }
                     match job {
-                        Job::Execute(request, fds) => execute(&gw, &client, &outbox, request, fds),
+                        Job::Execute(request, fds) => {
+                            execute(&gw, (&client, number), &outbox, request, fds)
+                        }
                         Job::Reply(line) => {
                             outbox.push(line);
                         }
@@ -169,30 +185,64 @@ fn error_line(desc: &str) -> Vec<u8> {
     protocol::response(Err(QmpError::generic(desc)), None)
 }
 
-/// Runs one negotiated command and queues its reply.
+/// Runs one negotiated command of client `number` and queues its reply (traced:
+/// qmp_command_enter, qmp_command_exit).
 fn execute(
     gw: &Gateway,
-    client: &ClientFds,
+    (client, number): (&ClientFds, u64),
     outbox: &Outbox,
     request: Request,
     fds: Vec<ReceivedFd>,
 ) {
+    let started = Instant::now();
+    ipc::tracepoint!(
+        QmpCommandEnter,
+        "client={number} command={}",
+        request.command
+    );
+    let Request {
+        command: name,
+        arguments,
+        id,
+        oob,
+    } = request;
+    let (result, exit_after) = run_command(gw, client, &name, arguments, oob, fds);
+    ipc::tracepoint!(
+        QmpCommandExit,
+        "client={number} command={name} result={} duration_us={}",
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => e.class.as_str(),
+        },
+        started.elapsed().as_micros()
+    );
+    outbox.push(protocol::response(result, id));
+    if let Some(reason) = exit_after {
+        gw.request_exit(reason);
+    }
+}
+
+/// Runs command `name` (`execute` answers it), and says whether the gateway ends after
+/// the answer.
+fn run_command(
+    gw: &Gateway,
+    client: &ClientFds,
+    name: &str,
+    arguments: serde_json::Map<String, serde_json::Value>,
+    oob: bool,
+    fds: Vec<ReceivedFd>,
+) -> (QmpResult, Option<ExitReason>) {
     // Fds the command does not keep are closed before its reply goes out, so a client
     // that sees the reply sees them closed.
-    let Some(command) = commands::find(&request.command) else {
+    let Some(command) = commands::find(name) else {
         drop(fds);
-        let e = QmpError::not_found(format!(
-            "The command {} has not been found",
-            request.command
-        ));
-        outbox.push(protocol::response(Err(e), request.id));
-        return;
+        let e = QmpError::not_found(format!("The command {name} has not been found"));
+        return (Err(e), None);
     };
-    if request.oob && !command.allow_oob {
+    if oob && !command.allow_oob {
         drop(fds);
         let e = QmpError::generic(format!("The command {} does not support OOB", command.name));
-        outbox.push(protocol::response(Err(e), request.id));
-        return;
+        return (Err(e), None);
     }
     let mut ctx = Ctx {
         gw,
@@ -202,10 +252,7 @@ fn execute(
         exit_after_reply: None,
         commands: COMMANDS,
     };
-    let result = command.handler.run(&mut ctx, request.arguments);
+    let result = command.handler.run(&mut ctx, arguments);
     ctx.fds.clear();
-    outbox.push(protocol::response(result, request.id));
-    if let Some(reason) = ctx.exit_after_reply.take() {
-        gw.request_exit(reason);
-    }
+    (result, ctx.exit_after_reply.take())
 }

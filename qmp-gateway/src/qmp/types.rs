@@ -259,6 +259,18 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Object(&[req("enabled", Ty::Bool), req("present", Ty::Bool)]),
     },
     TypeDef {
+        name: "TraceEventState",
+        kind: TypeKind::Enum(&["unavailable", "disabled", "enabled"]),
+    },
+    TypeDef {
+        name: "TraceEventInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            req("state", Ty::Named("TraceEventState")),
+            req("vcpu", Ty::Bool),
+        ]),
+    },
+    TypeDef {
         name: "CpuInfo",
         kind: TypeKind::Object(&[
             req("CPU", Ty::Int),

@@ -91,7 +91,10 @@ pub enum VhostUserError {
     Unplugged,
 }
 
+/// Named after each message the frontend sends (`f.set_owner().map_err(proto(..))`), so
+/// also where the message is traced (vhost_user_frontend_msg), once it went.
 fn proto(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
+    ipc::tracepoint!(VhostUserFrontendMsg, "request={what}");
     move |error| VhostUserError::Protocol { what, error }
 }
 

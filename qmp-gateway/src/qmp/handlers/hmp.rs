@@ -164,6 +164,20 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
     if let Some(text) = super::input::hmp(c, word, arguments) {
         return Ok(hmp_text(text));
     }
+    // `trace-event` and `info trace-events` take arguments: handlers/trace.rs.
+    let split = |line: &'_ str| -> (String, String) {
+        let line = line.trim_start();
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        (word.to_string(), rest.to_string())
+    };
+    let (first, rest) = split(&a.command_line);
+    if first == "trace-event" {
+        return Ok(hmp_text(super::trace::hmp_trace_event(c, &rest)));
+    }
+    if first == "info" && split(&rest).0 == "trace-events" {
+        let arguments = split(&rest).1;
+        return Ok(hmp_text(super::trace::hmp_info_trace_events(c, &arguments)));
+    }
     let mut words = a.command_line.split_whitespace();
     // Words after the command's own are ignored, as QEMU ignores them.
     let name = match (words.next(), words.next()) {

@@ -19,3 +19,4 @@ pub mod net;
 pub mod objects;
 pub mod pci;
 pub mod snapshot;
+pub mod trace;

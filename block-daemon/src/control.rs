@@ -45,6 +45,8 @@ pub enum ControlError {
     Link(#[from] ChildError),
     #[error("opening the node: {0}")]
     Open(String),
+    #[error("starting the I/O thread: {0}")]
+    Thread(std::io::Error),
 }
 
 fn cache_mode(direct: bool, no_flush: bool) -> CacheMode {
@@ -504,6 +506,9 @@ fn handle(
 
 /// Runs the daemon under the gateway until it says quit or hangs up.
 pub fn run(stream: UnixStream, engine: EngineKind) -> Result<(), ControlError> {
+    // The thread that will serve the node's rings, there before the node: the gateway
+    // names it as an iothread's thread while this daemon waits for its disk.
+    vhost_backend::start_resident_thread().map_err(ControlError::Thread)?;
     let link = Link::new(stream);
     let (id, config, fds) =
         link.recv_first("the open call", "opening a node", |request| match request {

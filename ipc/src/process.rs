@@ -46,6 +46,11 @@ pub fn take_inherited_fd(flag: &'static str, fd: RawFd) -> Result<OwnedFd, NotAn
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The name (comm) of a device daemon's resident I/O thread, the one that serves its
+/// rings (vhost-backend's `start_resident_thread`): the gateway finds it by this name
+/// (an iothread's thread-id).
+pub const IO_THREAD_NAME: &str = "vhost-iothread";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,6 +219,8 @@ impl Gateway {
                 .name("io-error-stop".into())
                 .spawn(move || stop_for_io_errors(stop_requests, status, vmm, block))?;
         }
+        // An iothread's thread is a block daemon's.
+        let objects = Objects::new(block.clone());
         Ok(Gateway {
             identity,
             status,
@@ -233,7 +235,7 @@ impl Gateway {
             migrator,
             fdsets: FdSets::default(),
             chardevs: Chardevs::default(),
-            objects: Objects::default(),
+            objects,
             events,
             exit,
             vmm_pid: AtomicU32::new(0),

@@ -92,3 +92,43 @@ pub fn live_child(parent: i32, command: &str, timeout: std::time::Duration) -> i
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Thread `tid` (any process's) while it lives and is no zombie: its process (thread
+/// group) and its name.
+pub fn thread(tid: i32) -> Option<(i32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    if field("State:")?.starts_with('Z') {
+        return None;
+    }
+    let tgid = field("Tgid:")?.parse().ok()?;
+    Some((tgid, field("Name:")?.to_string()))
+}
+
+/// The block daemon (a live child of `gateway` run from its block-daemon binary) whose
+/// resident I/O thread (the one named `vhost-iothread`, which serves its rings) is
+/// `tid`.
+pub fn block_daemon_io_thread(gateway: i32, tid: i32) -> Option<i32> {
+    let (pid, name) = thread(tid)?;
+    let (_, parent, _) = stat(pid)?;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+    let binary = cmdline.split('\0').next()?;
+    (name == "vhost-iothread" && binary.contains("block-daemon") && parent == gateway)
+        .then_some(pid)
+}
+
+/// How many times thread `tid` gave up the CPU to wait (voluntary_ctxt_switches): each
+/// wake-up of an event loop that then waits again counts one.
+pub fn thread_waits(tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use flotilla_tests::blk::{empty_image, pattern_sector};
 use flotilla_tests::frame_reflector::{Reflector, GUEST_IP, PEER_IP, PORT};
-use flotilla_tests::procs::live_child;
+use flotilla_tests::procs::{block_daemon_io_thread, live_child, thread_waits, ProcId};
 use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
 use flotilla_tests::{path_arg, require_tool, TempDir, Vm};
 use serde_json::{json, Value};
@@ -750,13 +750,16 @@ fn a_live_upgrade_keeps_the_devices_where_they_are() {
     assert!(!gw.vm.transcript().contains("GUEST ERROR"));
 }
 
-/// A disk placed on an iothread (device_add iothread=): query-iothreads shows the iothread
-/// with the thread that serves the disk's rings, its block daemon's I/O thread (a new one
-/// after the daemon is killed and restarted); the iothread is held while the disk uses it
-/// (QEMU lets object-del take it away from its device); once the guest let the disk go,
-/// the iothread has no thread (not listed) and can be deleted.
+/// An iothread is a block daemon's I/O thread from its object-add on: query-iothreads
+/// lists it at once with the thread of a block daemon (a child of the gateway) that waits
+/// for a disk, and the first disk placed on it (device_add iothread=) is served by that
+/// very thread (the same thread-id, which wakes for the guest's I/O; killing its process
+/// restarts the disk's daemon). A restarted daemon serves the disk on a thread of its
+/// own; the iothread is held while the disk uses it (QEMU lets object-del take it away
+/// from its device); once the guest let the disk go, a new daemon waits on the iothread,
+/// and object-del stops it.
 #[test]
-fn an_iothread_shows_the_thread_that_serves_its_disk() {
+fn an_iothread_is_the_thread_that_serves_its_disk() {
     let dir = TempDir::new("hotplug-iothread");
     let (mut gw, mut c) = hotplug_guest("", &[]);
     hot_disk(&mut c, dir.path());
@@ -764,13 +767,8 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
         "object-add",
         json!({"qom-type": "iothread", "id": "io0", "poll-max-ns": 100, "poll-grow": 2}),
     );
-    assert_eq!(c.ok("query-iothreads", json!({})), json!([]));
-    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1",
-                        "iothread": "io0"});
-    let slot = add(&mut gw, &mut c, device, "0x1042");
-    expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
     let gateway_pid = gw.vm.pid();
-    let serving = |c: &mut QmpClient| {
+    let listed = |c: &mut QmpClient| {
         let list = c.ok("query-iothreads", json!({}));
         let [entry] = list.as_array().expect("a list").as_slice() else {
             panic!("one iothread expected: {list}")
@@ -783,41 +781,33 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
             (&entry["poll-shrink"], &entry["aio-max-batch"]),
             (&json!(0), &json!(0))
         );
-        entry["thread-id"].as_u64().expect("thread-id") as i32
+        let tid = entry["thread-id"].as_u64().expect("thread-id") as i32;
+        let daemon = block_daemon_io_thread(gateway_pid, tid)
+            .unwrap_or_else(|| panic!("thread {tid} is no block daemon's I/O thread"));
+        (tid, daemon)
     };
-    // The block daemon (a child of the gateway) whose I/O thread `tid` is. The gateway
-    // also keeps a spare daemon started once a disk was hot-added: the thread, not the
-    // first block-daemon child, says which daemon serves the disk.
-    let daemon_of = |tid: i32| -> Option<i32> {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).ok()?;
-        let tgid: i32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read_to_string(format!("/proc/{tgid}/cmdline")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-        let parent: i32 = stat
-            .rsplit(')')
-            .next()?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        (comm.trim() == "vhost-worker" && cmdline.contains("block-daemon") && parent == gateway_pid)
-            .then_some(tgid)
-    };
-    let tid = serving(&mut c);
-    let daemon =
-        daemon_of(tid).unwrap_or_else(|| panic!("thread {tid} is no block daemon's I/O thread"));
+    let (waiting, waiting_daemon) = listed(&mut c);
+    let waits = thread_waits(waiting);
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1",
+                        "iothread": "io0"});
+    let slot = add(&mut gw, &mut c, device, "0x1042");
+    expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot);
+    let (tid, daemon) = listed(&mut c);
+    assert_eq!(
+        (tid, daemon),
+        (waiting, waiting_daemon),
+        "the disk is served by the daemon that waited on its iothread"
+    );
+    // It woke for the connection and the guest's requests (the scenario's few reads and
+    // writes): a thread that only waits does not wake.
+    let woke = thread_waits(tid) - waits;
+    assert!(woke >= 3, "the iothread's thread woke {woke} times");
     let (class, desc) = error(&c.execute("object-del", json!({"id": "io0"})));
     assert_eq!(
         (class.as_str(), desc.as_str()),
         ("GenericError", "object 'io0' is in use, can not be deleted")
     );
-    // A restarted daemon serves the disk on a thread of its own.
+    // It is the disk's daemon; restarted, it serves the disk on a thread of its own.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon),
         nix::sys::signal::Signal::SIGKILL,
@@ -826,22 +816,32 @@ fn an_iothread_shows_the_thread_that_serves_its_disk() {
     c.event_within("__io.flotilla_BLOCK_DAEMON_RESTARTED", STEP)
         .expect("no restart");
     let deadline = std::time::Instant::now() + STEP;
-    let tid = loop {
-        // The new daemon's worker starts once vmm-core is connected again.
-        let tid = serving(&mut c);
-        if daemon_of(tid).is_some_and(|d| d != daemon) {
-            break tid;
+    let restarted = loop {
+        let list = c.ok("query-iothreads", json!({}));
+        // Left out while no daemon runs.
+        if list != json!([]) {
+            let (tid, new) = listed(&mut c);
+            if new != daemon {
+                break (tid, new);
+            }
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no new daemon's I/O thread (thread {tid})"
+            "no new daemon's I/O thread ({list})"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert!(tid > 0);
     remove(&mut gw, &mut c, "disk1", "/machine/peripheral/disk1", &slot);
-    assert_eq!(c.ok("query-iothreads", json!({})), json!([]));
+    // The disk's daemon stopped with it; another one waits for the iothread's next disk.
+    let (_, next) = listed(&mut c);
+    assert!(next != restarted.1 && next != daemon, "a new daemon waits");
+    let next = ProcId::of(next);
     assert_eq!(c.ok("object-del", json!({"id": "io0"})), json!({}));
+    assert_eq!(c.ok("query-iothreads", json!({})), json!([]));
+    assert!(
+        !next.exists(),
+        "object-del stops the iothread's daemon: {next}"
+    );
     assert!(!gw.vm.transcript().contains("GUEST ERROR"));
 }
 

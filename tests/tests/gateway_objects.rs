@@ -2,8 +2,11 @@
 //! (microvm, paused) given the same exchanges: the same answers and errors (class and
 //! text) for iothreads and memory backends, the legacy `props` form, ids taken and
 //! freed, and query-memdev's entries; the differences kept on purpose are asserted
-//! where they arise (guest RAM's own entry, types Flotilla does not create).
+//! where they arise (guest RAM's own entry, types Flotilla does not create). Iothreads
+//! made at launch and at run time are listed by query-iothreads as QEMU lists them, each
+//! with a live thread of the right process.
 
+use flotilla_tests::procs::{block_daemon_io_thread, thread, ProcId};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{error_of, Gateway, QmpClient};
 use flotilla_tests::TempDir;
@@ -186,4 +189,130 @@ fn the_specs_props_form_and_types_flotilla_does_not_create() {
                "policy": "bind", "host-nodes": [0]}),
     ));
     assert!(desc.contains("NUMA"), "{desc}");
+}
+
+/// Most iothreads the gateway keeps (qmp-gateway's block/iothreads.rs): each holds a
+/// block daemon.
+const MAX_IOTHREADS: usize = 32;
+
+/// query-iothreads's entries sorted by id (QEMU lists them in its hash table's order),
+/// each thread-id checked to be a live thread that `owns` says is the right process's,
+/// then left out (the ids differ between any two runs).
+fn iothreads(list: &Value, owns: impl Fn(i32) -> bool) -> Vec<Value> {
+    let mut list = list
+        .as_array()
+        .expect("query-iothreads answers a list")
+        .clone();
+    list.sort_by_key(|t| t["id"].as_str().unwrap_or_default().to_string());
+    for t in &mut list {
+        let tid = t["thread-id"].as_i64().expect("a thread-id") as i32;
+        assert!(
+            owns(tid),
+            "thread {tid} of {t} is not a live thread of the right process"
+        );
+        t["thread-id"] = json!("live");
+    }
+    list
+}
+
+/// query-iothreads against QEMU 7.2: iothreads made at launch (QEMU's -object, our
+/// --object) and by object-add are listed from their creation on, with the properties
+/// and fields QEMU gives, and the thread-id of a live thread: QEMU's own there, the I/O
+/// thread of a block daemon the gateway started here (which serves the disks that will
+/// be placed on the iothread). object-del takes the iothread and its thread away. Each
+/// iothread holds a daemon: past MAX_IOTHREADS, object-add is refused until one goes.
+#[test]
+fn iothreads_are_listed_with_a_live_thread_from_their_creation() {
+    let launch = "iothread,id=boot0,poll-max-ns=0,aio-max-batch=8";
+    let qemu = Qemu::guest("", &["-object", launch]);
+    let gw = Gateway::start(&["-S", "--object", launch]);
+    let (mut q, mut c) = (qemu.client(), gw.client());
+    let (qemu_pid, gateway_pid) = (qemu.vm.pid(), gw.vm.pid());
+    let in_qemu = |tid: i32| thread(tid).is_some_and(|(pid, _)| pid == qemu_pid);
+    let in_a_daemon = |tid: i32| block_daemon_io_thread(gateway_pid, tid).is_some();
+    let both = |q: &mut QmpClient, c: &mut QmpClient, cmd: &str, args: Value| {
+        let (theirs, ours) = (q.execute(cmd, args.clone()), c.execute(cmd, args.clone()));
+        assert_eq!(ours, theirs, "{cmd} {args}");
+    };
+    let listed = |q: &mut QmpClient, c: &mut QmpClient| {
+        let theirs = iothreads(&q.ok("query-iothreads", json!({})), in_qemu);
+        let ours_raw = c.ok("query-iothreads", json!({}));
+        let ours = iothreads(&ours_raw, in_a_daemon);
+        assert_eq!(ours, theirs, "query-iothreads");
+        ours_raw
+    };
+    let boot = json!({"id": "boot0", "thread-id": "live", "poll-max-ns": 0, "poll-grow": 0,
+                      "poll-shrink": 0, "aio-max-batch": 8});
+    let at_launch = iothreads(&listed(&mut q, &mut c), in_a_daemon);
+    assert_eq!(at_launch, std::slice::from_ref(&boot));
+    both(
+        &mut q,
+        &mut c,
+        "object-add",
+        json!({"qom-type": "iothread", "id": "io1", "poll-grow": 3, "poll-shrink": 4}),
+    );
+    let io1 = json!({"id": "io1", "thread-id": "live", "poll-max-ns": 32768,
+                     "poll-grow": 3, "poll-shrink": 4, "aio-max-batch": 0});
+    let ours = listed(&mut q, &mut c);
+    assert_eq!(iothreads(&ours, in_a_daemon), [boot.clone(), io1]);
+    // Each its own thread, in a daemon of its own.
+    let tids: Vec<i32> = (ours.as_array().unwrap().iter())
+        .map(|t| t["thread-id"].as_i64().unwrap() as i32)
+        .collect();
+    let daemons: Vec<i32> = (tids.iter())
+        .filter_map(|&t| block_daemon_io_thread(gateway_pid, t))
+        .collect();
+    assert!(tids[0] != tids[1] && daemons.len() == 2 && daemons[0] != daemons[1]);
+    let io1_daemon = ProcId::of(daemons[(ours[0]["id"] != "io1") as usize]);
+    both(&mut q, &mut c, "object-del", json!({"id": "io1"}));
+    assert_eq!(iothreads(&listed(&mut q, &mut c), in_a_daemon), [boot]);
+    assert!(
+        !io1_daemon.exists(),
+        "io1's daemon outlived it: {io1_daemon}"
+    );
+
+    // The bound (QEMU has none: this is ours alone).
+    for i in 1..MAX_IOTHREADS {
+        c.ok(
+            "object-add",
+            json!({"qom-type": "iothread", "id": format!("t{i}")}),
+        );
+    }
+    let (class, desc) = error_of(&c.execute(
+        "object-add",
+        json!({"qom-type": "iothread", "id": "one-more"}),
+    ));
+    assert_eq!(
+        (class.as_str(), desc.as_str()),
+        (
+            "GenericError",
+            "too many iothreads (32): delete some with object-del first"
+        )
+    );
+    let all = c.ok("query-iothreads", json!({}));
+    assert_eq!(iothreads(&all, in_a_daemon).len(), MAX_IOTHREADS);
+    c.ok("object-del", json!({"id": "t1"}));
+    c.ok(
+        "object-add",
+        json!({"qom-type": "iothread", "id": "one-more"}),
+    );
+}
+
+/// An iothread whose daemon cannot be started is not made (the start's error, with
+/// the binary's name, is object-add's).
+#[test]
+fn an_iothread_without_a_daemon_is_refused() {
+    let gw = Gateway::start(&["-S", "--block-daemon", "/nonexistent/block-daemon"]);
+    let mut c = gw.client();
+    let (class, desc) =
+        error_of(&c.execute("object-add", json!({"qom-type": "iothread", "id": "io0"})));
+    assert_eq!(class, "GenericError");
+    assert!(
+        desc.starts_with("starting the block daemon of iothread 'io0': "),
+        "{desc}"
+    );
+    assert_eq!(c.ok("query-iothreads", json!({})), json!([]));
+    // Not made: the id is free.
+    let (_, desc) = error_of(&c.execute("object-del", json!({"id": "io0"})));
+    assert_eq!(desc, "object 'io0' not found");
 }

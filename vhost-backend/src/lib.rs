@@ -36,7 +36,8 @@
 //!   mapped ends the connection with the reason; a write beyond a log too small for it
 //!   is left unmarked, with a warning;
 //! - `worker`, `watch`: one thread per connection on an epoll set of the kicks, the
-//!   device's host-side descriptors (which it may stop and resume watching) and stop.
+//!   device's host-side descriptors (which it may stop and resume watching) and stop;
+//!   the daemon's resident I/O thread (`start_resident_thread`), when it has one.
 //!
 //! It is built by composition on the vhost crate (`BackendReqHandler` driving our
 //! `VhostUserBackendReqHandlerMut`), not on vhost-user-backend 0.24, which has no
@@ -66,3 +67,4 @@ pub use serve::{
 };
 pub use vring::Vring;
 pub use watch::HostWatch;
+pub use worker::start_resident_thread;

@@ -2,10 +2,19 @@
 //! eventfds, the device's own host-side descriptors and a stop eventfd. A kicked ring is
 //! handed to the device locked; a live ring is recovered on the first look at it (see
 //! `Vring::recover_once`).
+//!
+//! A daemon may start its resident I/O thread (`start_resident_thread`) before any
+//! frontend comes: each connection's data path then runs on it (a new thread only while
+//! it is busy with another), so the thread that serves the device is there, with one id,
+//! for the daemon's whole life, and the gateway can name it (an iothread's thread-id)
+//! before the first kick.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -15,12 +24,82 @@ use crate::device::Device;
 use crate::shared::Shared;
 use crate::watch::HostWatch;
 
+/// A data path to run.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The resident thread: where jobs go (each with what its end drops), and whether it
+/// waits for one.
+struct Resident {
+    jobs: Mutex<SyncSender<(Job, SyncSender<()>)>>,
+    idle: AtomicBool,
+}
+
+static RESIDENT: OnceLock<Resident> = OnceLock::new();
+
+/// Starts the process's resident I/O thread (once; later calls do nothing). Started after
+/// the daemon's sandbox, so that its seccomp filter covers it as every other thread.
+pub fn start_resident_thread() -> io::Result<()> {
+    if RESIDENT.get().is_some() {
+        return Ok(());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Job, SyncSender<()>)>(1);
+    std::thread::Builder::new()
+        .name(ipc::process::IO_THREAD_NAME.into())
+        .spawn(move || {
+            for (job, done) in rx {
+                // A data path that panics ends its connection, not the thread.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                // Idle before its `Worker` hears of the end: the next connection's
+                // data path, which may start at once, runs here too.
+                if let Some(r) = RESIDENT.get() {
+                    r.idle.store(true, Ordering::SeqCst);
+                }
+                drop(done);
+            }
+        })?;
+    let _ = RESIDENT.set(Resident {
+        jobs: Mutex::new(tx),
+        idle: AtomicBool::new(true),
+    });
+    Ok(())
+}
+
+/// Runs `job` on the resident thread if there is one and it is idle (the receiver is
+/// disconnected once it is over, it never receives); gives `job` back otherwise.
+fn run_resident(job: Job) -> Result<Receiver<()>, Job> {
+    let Some(r) = RESIDENT.get() else {
+        return Err(job);
+    };
+    if r.idle
+        .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return Err(job);
+    }
+    let (done, ended) = std::sync::mpsc::sync_channel(0);
+    let sent = match r.jobs.lock() {
+        Ok(tx) => tx.send((job, done)).map_err(|e| e.0 .0),
+        Err(_) => Err(job),
+    };
+    if sent.is_err() {
+        r.idle.store(true, Ordering::SeqCst);
+    }
+    sent.map(|()| ended)
+}
+
+/// Where a connection's data path runs.
+enum Running {
+    Spawned(JoinHandle<()>),
+    /// On the resident thread, until this is disconnected.
+    Resident(Receiver<()>),
+}
+
 /// epoll data: ring `q`'s kick is `q`, the device's host source `s` is `queues + s`, and
 /// the stop event comes after them.
 pub(crate) struct Worker {
     epoll: Arc<Epoll>,
     stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Running>,
 }
 
 impl Worker {
@@ -37,9 +116,15 @@ impl Worker {
             EpollEvent::new(EventSet::IN, stop_data),
         )?;
         let thread_epoll = epoll.clone();
-        let thread = std::thread::Builder::new()
-            .name("vhost-worker".into())
-            .spawn(move || run(&device, &shared, &thread_epoll, &watch, stop_data))?;
+        let job: Job = Box::new(move || run(&device, &shared, &thread_epoll, &watch, stop_data));
+        let thread = match run_resident(job) {
+            Ok(ended) => Running::Resident(ended),
+            Err(job) => Running::Spawned(
+                std::thread::Builder::new()
+                    .name("vhost-worker".into())
+                    .spawn(job)?,
+            ),
+        };
         Ok(Worker {
             epoll,
             stop,
@@ -70,8 +155,14 @@ impl Worker {
 
     fn end(&mut self) {
         let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self.thread.take() {
+            Some(Running::Spawned(t)) => {
+                let _ = t.join();
+            }
+            Some(Running::Resident(ended)) => {
+                let _ = ended.recv();
+            }
+            None => {}
         }
     }
 }

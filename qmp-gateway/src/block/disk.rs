@@ -27,7 +27,7 @@ use super::job::BlockJob;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
-use crate::children::spare::Spares;
+use crate::children::spare::{Spare, Spares};
 use crate::events::{Event, EventBus, InflightResumed, WriteThreshold};
 
 /// A throttle group: the state page its members share, and its limits.
@@ -131,6 +131,8 @@ pub struct Disk {
     /// The last outgoing migration copied its content (block migration): its images
     /// are this side's own, so the switch-over leaves their locks and daemon be.
     pub block_migrated: bool,
+    /// The iothread object its device is placed on (iothreads.rs).
+    pub iothread: Option<String>,
 }
 
 /// What starting a daemon for a disk needs, taken from the disk so that the start (which
@@ -261,13 +263,14 @@ impl Disk {
     }
 
     /// Starts a daemon for this disk (at its attach, before anything else can reach
-    /// it); returns its pid.
+    /// it), in `process` if given (the daemon its iothread started); returns its pid.
     pub fn start(
         &mut self,
         groups: &BTreeMap<String, Group>,
         hooks: &Hooks,
+        process: Option<Spare>,
     ) -> Result<u32, BlockError> {
-        let daemon = self.launch(groups, None)?.start(hooks)?;
+        let daemon = self.launch(groups, None)?.start_in(hooks, process)?;
         Ok(self.install(daemon))
     }
 
@@ -286,6 +289,12 @@ impl Launch {
     /// Starts the daemon: the node with its image and listening socket, then the disk's
     /// I/O limits and write thresholds.
     pub fn start(self, hooks: &Hooks) -> Result<Started, BlockError> {
+        self.start_in(hooks, None)
+    }
+
+    /// `start` in `process`, a daemon started ahead for this disk, if given; else in
+    /// the spare daemon if one is ready, or a new one.
+    pub fn start_in(self, hooks: &Hooks, process: Option<Spare>) -> Result<Started, BlockError> {
         let (thresholds, events) = (hooks.thresholds.clone(), hooks.events.clone());
         let jobs = hooks.jobs.clone();
         let health = self.health.clone();
@@ -321,7 +330,8 @@ impl Launch {
             }
         };
         let (sandbox, deaths) = (&hooks.sandbox, hooks.deaths.clone());
-        let daemon = match hooks.spares.take(&self.binary, sandbox.mode) {
+        let process = process.or_else(|| hooks.spares.take(&self.binary, sandbox.mode));
+        let daemon = match process {
             Some(spare) => BlockDaemon::from_spare(spare, &self.id, sandbox, on_event, deaths),
             None => BlockDaemon::spawn_ahead(&self.binary, &self.id, sandbox, on_event, deaths),
         }?;

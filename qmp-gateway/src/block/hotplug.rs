@@ -22,6 +22,9 @@ pub struct DeviceDisk {
     pub qom_path: String,
     pub serial: Option<String>,
     pub queues: u32,
+    /// The iothread object it is placed on (iothread=): the first disk on one is served
+    /// by the daemon the iothread started (iothreads.rs).
+    pub iothread: Option<String>,
 }
 
 /// How QEMU names a disk's BlockBackend as a user of a node in its errors.
@@ -130,6 +133,7 @@ impl BlockLayer {
             // QEMU's defaults for the device's rerror= and werror=.
             on_read_error: OnError::Report,
             on_write_error: OnError::Enospc,
+            iothread: d.iothread.clone(),
         };
         match self.attach(&mut state, new) {
             // A VM that had a disk hot-added may get more: the next one's daemon is
@@ -151,6 +155,11 @@ impl BlockLayer {
             Err(e) => {
                 let read_only = state.graph.node(&d.drive).is_some_and(|n| n.read_only);
                 state.release_top(&d.drive, read_only);
+                drop(state);
+                // The iothread's daemon may have gone with the start that failed.
+                if let Some(t) = &d.iothread {
+                    self.iothread_unused(t);
+                }
                 Err(e)
             }
         }
@@ -193,6 +202,10 @@ impl BlockLayer {
             state.release_top(&disk.root, disk.config.read_only);
         }
         let _ = std::fs::remove_file(&disk.socket);
+        drop(state);
+        if let Some(t) = &disk.iothread {
+            self.iothread_unused(t);
+        }
         log::info!("disk {id}: removed");
         true
     }

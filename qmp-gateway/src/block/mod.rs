@@ -24,6 +24,7 @@ pub mod health;
 pub mod hotplug;
 pub mod image_info;
 pub mod info;
+pub mod iothreads;
 pub mod job;
 pub mod jobs;
 mod limits;
@@ -62,6 +63,7 @@ use drive::DriveSpec;
 pub use error::BlockError;
 use graph::Graph;
 use health::Health;
+use iothreads::IoThreads;
 use lock::Perms;
 use options::{Driver, NodeOptions};
 
@@ -164,6 +166,8 @@ struct NewDisk {
     qom_path: String,
     on_read_error: OnError,
     on_write_error: OnError,
+    /// The iothread object its device is placed on.
+    iothread: Option<String>,
 }
 
 pub struct BlockLayer {
@@ -180,6 +184,8 @@ pub struct BlockLayer {
     vmm: Arc<VmmLink>,
     daemon_binary: PathBuf,
     runtime: RuntimeDir,
+    /// The iothread objects' daemons (iothreads.rs).
+    iothreads: Mutex<IoThreads>,
 }
 
 impl BlockLayer {
@@ -218,6 +224,7 @@ impl BlockLayer {
             vmm,
             daemon_binary,
             runtime: RuntimeDir::create()?,
+            iothreads: Mutex::default(),
         })
     }
 
@@ -302,6 +309,7 @@ impl BlockLayer {
             qom_path,
             on_read_error: spec.on_read_error,
             on_write_error: spec.on_write_error,
+            iothread: None,
         };
         match self.attach(&mut state, disk) {
             Ok((disk_index, stream)) => Ok((
@@ -338,6 +346,7 @@ impl BlockLayer {
             qom_path,
             on_read_error,
             on_write_error,
+            iothread,
         } = new;
         let node = state
             .graph
@@ -452,8 +461,11 @@ impl BlockLayer {
             bitmaps: Vec::new(),
             stored_loaded: None,
             block_migrated: false,
+            iothread,
         };
-        let pid = disk.start(&state.groups, &self.hooks)?;
+        // The first disk on an iothread is served by the daemon the iothread started.
+        let process = (disk.iothread.as_deref()).and_then(|t| self.take_iothread_daemon(t));
+        let pid = disk.start(&state.groups, &self.hooks, process)?;
         let stream = disk.connect()?;
         log::info!(
             "disk {}: node {}, block daemon pid {pid}",
@@ -639,6 +651,7 @@ impl BlockLayer {
     /// sockets' directory.
     pub fn shutdown(&self) {
         self.hooks.spares.close();
+        self.iothreads_shutdown();
         self.supervision.stop();
         // A restart under way finishes first and its daemon is stopped with the others
         // (cleanly: stored bitmaps, a clean image), rather than being cut off as the

@@ -42,9 +42,14 @@ impl Spare {
         self.binary == binary && self.mode == mode
     }
 
+    /// Its host pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it still waits for its first call: running, and nothing on its control
     /// channel (a daemon that ended hung it up).
-    fn waiting(&mut self) -> bool {
+    pub fn waiting(&mut self) -> bool {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return false;
         }

@@ -134,6 +134,7 @@ impl Gateway {
                     qom_path: ticket.qom_path.clone(),
                     serial: b.serial,
                     queues,
+                    iothread: b.iothread,
                 };
                 let (launch, stream) = self.block.add_device_disk(disk, slot)?;
                 let request = VmmRequest::DiskAttach(launch.clone());

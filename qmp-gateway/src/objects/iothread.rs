@@ -1,5 +1,6 @@
-//! An iothread object: a name devices are placed on, with QEMU's event-loop tuning
-//! properties (kept and reported; the daemons' I/O threads poll their own way).
+//! An iothread object's properties: the name disks are placed on, with QEMU's event-loop
+//! tuning properties (kept and reported; the daemons' I/O threads poll their own way).
+//! Its thread is a block daemon's I/O thread (block/iothreads.rs).
 
 /// QEMU's default poll-max-ns for an iothread.
 pub const DEFAULT_POLL_MAX_NS: i64 = 32768;

@@ -2,12 +2,15 @@
 //! `/objects` container): memory backends, which memory hotplug maps into the guest, and
 //! iothreads, which devices are placed on. The gateway holds them (a memory backend's
 //! memory is an fd the gateway opened); what uses one takes a reference, and object-del
-//! refuses while any is held, as QEMU's "in use".
+//! refuses while any is held, as QEMU's "in use". An iothread has a host thread behind
+//! it, started with it and stopped with it by its `IoThreadHost` (the block layer's
+//! daemons, block/iothreads.rs).
 
 pub mod iothread;
 pub mod memory_backend;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -112,10 +115,20 @@ struct Entry {
     serial: u64,
 }
 
+/// What starts and stops the host thread behind each iothread object.
+pub trait IoThreadHost: Send + Sync {
+    /// A thread for new iothread `id`; the error says why there is none.
+    fn start(&self, id: &str) -> Result<(), String>;
+    /// Iothread `id` is deleted: its thread goes.
+    fn stop(&self, id: &str);
+}
+
 /// The `/objects` container.
 #[derive(Default)]
 pub struct Objects {
     inner: Mutex<Registry>,
+    /// None only where no iothread is ever served (the startup checks, unit tests).
+    threads: Option<Arc<dyn IoThreadHost>>,
 }
 
 #[derive(Default)]
@@ -125,8 +138,16 @@ struct Registry {
 }
 
 impl Objects {
+    /// The container whose iothreads' threads `threads` starts and stops.
+    pub fn new(threads: Arc<dyn IoThreadHost>) -> Objects {
+        Objects {
+            inner: Mutex::default(),
+            threads: Some(threads),
+        }
+    }
+
     /// object-add: creates the object `spec` describes (a memory backend's store is
-    /// opened here) under its id.
+    /// opened here, an iothread's thread started) under its id.
     pub fn add(&self, spec: ObjectSpec) -> Result<(), ObjectError> {
         let mut r = self.inner.lock();
         let id = spec.id().to_string();
@@ -137,7 +158,12 @@ impl Objects {
             return Err(ObjectError::TooMany);
         }
         let object = match spec {
-            ObjectSpec::IoThread(t) => Object::IoThread(t),
+            ObjectSpec::IoThread(t) => {
+                if let Some(threads) = &self.threads {
+                    threads.start(&t.id).map_err(ObjectError::Refused)?;
+                }
+                Object::IoThread(t)
+            }
             ObjectSpec::MemoryBackend(m) => {
                 Object::MemoryBackend(MemoryBackend::create(m).map_err(ObjectError::Refused)?)
             }
@@ -162,7 +188,18 @@ impl Objects {
             None => Err(ObjectError::NotFound(id.to_string())),
             Some(e) if e.users > 0 => Err(ObjectError::InUse(id.to_string())),
             Some(_) => {
-                r.entries.remove(id);
+                let gone = r.entries.remove(id);
+                // Under the lock: the id may be taken again as soon as it is free.
+                if let (
+                    Some(Entry {
+                        object: Object::IoThread(_),
+                        ..
+                    }),
+                    Some(threads),
+                ) = (gone, &self.threads)
+                {
+                    threads.stop(id);
+                }
                 Ok(())
             }
         }
@@ -276,6 +313,47 @@ mod tests {
         assert_eq!(o.add(thread("one-more")), Err(ObjectError::TooMany));
         o.del("t0").unwrap();
         o.add(thread("one-more")).unwrap();
+    }
+
+    /// Notes what it was asked; refuses ids starting with "x".
+    #[derive(Default)]
+    struct Host(Mutex<Vec<String>>);
+
+    impl IoThreadHost for Host {
+        fn start(&self, id: &str) -> Result<(), String> {
+            if id.starts_with('x') {
+                return Err(format!("no thread for {id}"));
+            }
+            self.0.lock().push(format!("start {id}"));
+            Ok(())
+        }
+
+        fn stop(&self, id: &str) {
+            self.0.lock().push(format!("stop {id}"));
+        }
+    }
+
+    #[test]
+    fn an_iothreads_thread_comes_and_goes_with_it() {
+        let host = Arc::new(Host::default());
+        let o = Objects::new(host.clone());
+        o.add(thread("io0")).unwrap();
+        o.add(memfd("m0", 4096)).unwrap();
+        assert_eq!(
+            o.add(thread("xio")),
+            Err(ObjectError::Refused("no thread for xio".into()))
+        );
+        assert!(!o.exists("xio"), "a refused iothread is not made");
+        assert_eq!(
+            o.add(thread("io0")),
+            Err(ObjectError::Duplicate("io0".into()))
+        );
+        o.hold("io0", |o| matches!(o, Object::IoThread(_))).unwrap();
+        assert_eq!(o.del("io0"), Err(ObjectError::InUse("io0".into())));
+        o.release("io0");
+        o.del("io0").unwrap();
+        o.del("m0").unwrap();
+        assert_eq!(*host.0.lock(), ["start io0", "stop io0"]);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::children::daemon::threads_named;
 use crate::objects::{Object, ObjectError};
 use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
@@ -40,14 +39,10 @@ pub fn object_del(c: &mut Ctx, a: ObjectDel) -> QmpResult {
     Ok(json!({}))
 }
 
-/// The thread a block daemon serves its rings on (vhost-backend's worker).
-const IO_THREAD_NAME: &str = "vhost-worker";
-
-/// query-iothreads: each iothread object a disk is placed on, newest first, with the
-/// host thread that serves that disk's rings: the I/O thread of the block daemon of the
-/// first disk placed on it (each disk has a daemon, so an iothread serving several has
-/// several threads; the others are not shown, QEMU's answer has room for one). An
-/// iothread no disk is placed on has no thread and is not listed.
+/// query-iothreads: every iothread object, newest first, with its host thread: the I/O
+/// thread of the block daemon that waits for its first disk, or of the daemon of a disk
+/// placed on it (block/iothreads.rs). One whose daemon is not running (dead, being
+/// restarted) has no thread at that moment and is left out rather than given a false one.
 pub fn query_iothreads(c: &mut Ctx, _: NoArgs) -> QmpResult {
     let threads = c.gw.objects.each(|_, o| match o {
         Object::IoThread(t) => Some(t.clone()),
@@ -55,15 +50,10 @@ pub fn query_iothreads(c: &mut Ctx, _: NoArgs) -> QmpResult {
     });
     let mut list = Vec::new();
     for t in threads {
-        let disks = c.gw.devices.lock().disks_on(&t.id);
-        let tid = disks.iter().find_map(|disk| {
-            let pid = c.gw.block.daemon_pid(disk)?;
-            threads_named(pid, IO_THREAD_NAME).first().copied()
-        });
-        if let Some(tid) = tid {
+        if let Some(thread) = c.gw.block.iothread_thread(&t.id) {
             list.push(json!({
                 "id": t.id,
-                "thread-id": tid,
+                "thread-id": thread.tid,
                 "poll-max-ns": t.poll_max_ns,
                 "poll-grow": t.poll_grow,
                 "poll-shrink": t.poll_shrink,

@@ -1,15 +1,15 @@
-//! Starting the VM: the gateway opens the kernel, initrd and console (it is the only
-//! process that opens paths), and hands the fds to vmm-core in the launch request.
+//! Starting the VM: the gateway opens the kernel and initrd (it is the only process that
+//! opens paths; the console is a chardev's, chardev/console.rs), and hands the fds to
+//! vmm-core in the launch request.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use ipc::host::{SerialConfig, VmArgs};
+use ipc::host::VmArgs;
 use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
 
 use crate::children::link::{LinkError, VmmLink};
-use crate::sockets::{bind_private, SocketError};
 
 /// Why the VM could not be launched (the command line reads these).
 #[derive(Debug, thiserror::Error)]
@@ -32,24 +32,16 @@ pub enum LaunchError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("serial {}: {error}", path.display())]
-    Serial {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("serial socket: {0}")]
-    SerialSocket(SocketError),
     #[error("vmm-core answered the launch with {0}")]
     UnexpectedReply(String),
     #[error(transparent)]
     Link(#[from] LinkError),
 }
 
-/// The files of a launch, opened; `socket` is the console socket's path, to remove later.
+/// The files of a launch, opened.
 pub struct OpenedVm {
     pub config: LaunchConfig,
     fds: Vec<OwnedFd>,
-    pub console_socket: Option<PathBuf>,
 }
 
 impl OpenedVm {
@@ -85,24 +77,6 @@ impl OpenedVm {
             })?;
             fds.push(initrd.into());
         }
-        let mut console_socket = None;
-        let serial = match &o.serial {
-            SerialConfig::Stdout => SerialSink::Stdout,
-            SerialConfig::None => SerialSink::None,
-            SerialConfig::File(p) => {
-                let file = File::create(p).map_err(|error| LaunchError::Serial {
-                    path: p.clone(),
-                    error,
-                })?;
-                fds.push(file.into());
-                SerialSink::File
-            }
-            SerialConfig::Unix(p) => {
-                fds.push(bind_private(p).map_err(LaunchError::SerialSocket)?.into());
-                console_socket = Some(p.clone());
-                SerialSink::UnixListener
-            }
-        };
         let path = |p: &Path| p.to_string_lossy().into_owned();
         Ok(OpenedVm {
             config: LaunchConfig {
@@ -113,7 +87,8 @@ impl OpenedVm {
                 cmdline: o.cmdline.clone(),
                 kernel_path: path(kernel_path),
                 initrd_path: o.initrd.as_deref().map(path),
-                serial,
+                // Until set_console connects the UART to its chardev.
+                serial: SerialSink::None,
                 start_paused: o.start_paused,
                 disks: Vec::new(),
                 nics: Vec::new(),
@@ -123,8 +98,14 @@ impl OpenedVm {
                 memory_hotplug: o.memory.hotplug(),
             },
             fds,
-            console_socket,
         })
+    }
+
+    /// The UART's chardev: vmm-core's end of its connection (before any disk or NIC, as
+    /// the launch frame carries the console's fd after the initrd's).
+    pub fn set_console(&mut self, fd: OwnedFd) {
+        self.config.serial = SerialSink::Chardev;
+        self.fds.push(fd);
     }
 
     /// A disk, with vmm-core's end of its vhost-user socket. (Disks are added before

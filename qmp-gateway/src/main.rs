@@ -17,6 +17,7 @@ use ipc::process::{block_terminating_signals, init_logging};
 use ipc::{ShutdownCause, VmmRequest};
 use qmp_gateway::balloon::{self, DeviceSpec};
 use qmp_gateway::block::drive::DriveSpec;
+use qmp_gateway::chardev::{self, Chardevs};
 use qmp_gateway::children::ids::{self, IdRange};
 use qmp_gateway::children::link::VmmLink;
 use qmp_gateway::children::sandbox::{Mode, Policy};
@@ -87,6 +88,14 @@ struct Args {
     /// `virtio-balloon-pci[,id=NAME]`. May be given several times.
     #[arg(long, value_parser = |s: &str| s.parse::<DeviceSpec>())]
     device: Vec<DeviceSpec>,
+    /// A character device, as QEMU's -chardev: `null,id=ID`, `file,id=ID,path=PATH
+    /// [,input-path=PATH][,append=on]`, `pipe,id=ID,path=PATH`, `ringbuf|memory,id=ID
+    /// [,size=SIZE]`, `socket,id=ID,path=PATH|host=HOST,port=PORT[,server=on][,wait=off]
+    /// [,reconnect=SECS][,nodelay=on]`, `udp,id=ID,port=PORT[,host=HOST][,localaddr=A]
+    /// [,localport=P]`, `pty,id=ID`, `stdio,id=ID`; `--serial chardev:ID` puts the UART on
+    /// one. May be given several times.
+    #[arg(long, value_parser = |s: &str| qmp_gateway::chardev::spec::Backend::from_cli(s))]
+    chardev: Vec<(String, qmp_gateway::chardev::spec::Backend)>,
     /// The vmm-core binary (default: next to this one).
     #[arg(long)]
     vmm_core: Option<PathBuf>,
@@ -212,6 +221,7 @@ impl Drop for Cleanup {
         if let Some(gw) = self.gateway.take() {
             gw.block.shutdown();
             gw.net.shutdown();
+            gw.chardevs.shutdown();
         }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
@@ -275,7 +285,15 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         tcp_listeners.push(TcpListener::bind(addr).with_context(|| format!("--qmp-tcp {spec}"))?);
     }
     let mut vm = OpenedVm::open(&args.vm)?;
-    cleanup.sockets.extend(vm.console_socket.clone());
+    // The chardevs, and the UART on its own, before any process starts (the gateway
+    // takes them over once it is made).
+    let chardevs = Chardevs::default();
+    if let Some(console) =
+        chardev::console::open_command_line(&chardevs, &args.chardev, &args.vm.serial)
+            .context("--chardev/--serial")?
+    {
+        vm.set_console(console);
+    }
     // Every device is checked before any process starts (the netdevs are opened).
     let (nics, balloon) =
         balloon::split(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
@@ -316,6 +334,7 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         .context("runtime directory")?,
     );
     cleanup.gateway = Some(gw.clone());
+    gw.chardevs.adopt(chardevs);
     gw.set_self(&gw);
     if let Some(pid) = vmm_child.pid() {
         gw.set_vmm_pid(pid);

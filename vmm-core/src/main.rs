@@ -208,6 +208,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         SerialSink::None => Console::none(),
         SerialSink::File => Console::file(File::from(next("console")?)),
         SerialSink::UnixListener => Console::listener(UnixListener::from(next("console")?)),
+        SerialSink::Chardev => Console::stream(UnixStream::from(next("console")?))?,
     };
     // A live upgrade's guest RAM comes after the console's fd.
     let ram = match &config.upgrade {

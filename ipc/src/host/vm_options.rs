@@ -27,8 +27,8 @@ pub struct VmArgs {
     /// default is --cpus (none can be added). QEMU's -smp N,maxcpus=M.
     #[arg(long)]
     pub max_cpus: Option<usize>,
-    /// Serial console (COM1): stdout, none, file:PATH or unix:PATH (a socket the console
-    /// listens on; clients connect to it).
+    /// Serial console (COM1): stdout, none, file:PATH, unix:PATH (a socket the console
+    /// listens on; clients connect to it) or, with qmp-gateway, chardev:ID (a --chardev).
     #[arg(long, default_value = "stdout", value_parser = |s: &str| s.parse::<SerialConfig>())]
     pub serial: SerialConfig,
     /// Start with the vCPUs stopped (run state "prelaunch") until `cont`.
@@ -198,6 +198,8 @@ pub enum SerialConfig {
     Stdout,
     File(PathBuf),
     Unix(PathBuf),
+    /// A chardev the gateway's command line made (`--chardev ...,id=ID`).
+    Chardev(String),
     None,
 }
 
@@ -218,8 +220,9 @@ impl FromStr for SerialConfig {
             _ => match s.split_once(':') {
                 Some(("file", p)) => Ok(SerialConfig::File(path(p)?)),
                 Some(("unix", p)) => Ok(SerialConfig::Unix(path(p)?)),
+                Some(("chardev", id)) if !id.is_empty() => Ok(SerialConfig::Chardev(id.into())),
                 _ => Err(format!(
-                    "--serial {s}: expected stdout, none, file:PATH or unix:PATH"
+                    "--serial {s}: expected stdout, none, file:PATH, unix:PATH or chardev:ID"
                 )),
             },
         }
@@ -242,6 +245,11 @@ mod tests {
             "unix:/tmp/s".parse(),
             Ok(SerialConfig::Unix("/tmp/s".into()))
         );
+        assert_eq!(
+            "chardev:c0".parse(),
+            Ok(SerialConfig::Chardev("c0".into()))
+        );
+        assert!("chardev:".parse::<SerialConfig>().is_err());
         assert!("file:".parse::<SerialConfig>().is_err());
         assert!("tcp:1".parse::<SerialConfig>().is_err());
     }

@@ -8,13 +8,15 @@ use crate::userfault::MappedRange;
 use super::{Call, Message, Upcall};
 
 /// Where the guest's serial console goes. `File` and `UnixListener` come with one fd (an
-/// open file, a listening socket) that the gateway opened.
+/// open file, a listening socket) that the gateway opened; `Chardev` with a connected
+/// stream socket whose other end is the gateway's chardev (output and input both ways).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SerialSink {
     Stdout,
     None,
     File,
     UnixListener,
+    Chardev,
 }
 
 /// Everything vmm-core needs to build the VM. The frame carries the kernel's fd, then
@@ -173,7 +175,7 @@ impl LaunchConfig {
             + usize::from(self.upgrade.is_some())
             + usize::from(matches!(
                 self.serial,
-                SerialSink::File | SerialSink::UnixListener
+                SerialSink::File | SerialSink::UnixListener | SerialSink::Chardev
             ))
             + self.disks.len()
             + self.nics.len()

@@ -3,7 +3,8 @@
 //! to the frontend. Each direction holds at most one read's worth of bytes: while they
 //! wait (a socket client that does not read, a guest that does not drain its UART), that
 //! side is not read, so the peer waits, as with QEMU's chardevs. Without a frontend the
-//! backend's input is left where it is (QEMU reads none either). A socket server takes
+//! backend's input is left where it is (QEMU reads none either), but a socket's peer
+//! that goes is seen (its filename says disconnected, as QEMU's). A socket server takes
 //! one client at a time (later ones wait in the backlog) and drops output while it has
 //! none; a client connects again `reconnect` seconds after it lost its server.
 
@@ -371,6 +372,8 @@ enum Slot {
     BackIn,
     BackOut,
     Accept,
+    /// A socket's peer, watched for its going while no frontend reads it.
+    Hangup,
 }
 
 impl Pump {
@@ -429,6 +432,13 @@ impl Pump {
                     add(i, libc::POLLIN, Slot::BackIn);
                 }
             }
+            if self.frontend.is_none() {
+                if let Opened::Server { conn: Some(c), .. } | Opened::Client { conn: Some(c), .. } =
+                    &self.opened
+                {
+                    add(c.file().as_raw_fd(), libc::POLLRDHUP, Slot::Hangup);
+                }
+            }
             if !self.to_backend.is_empty() {
                 match self.opened.output_fd() {
                     Some(o) => add(o, libc::POLLOUT, Slot::BackOut),
@@ -484,6 +494,12 @@ impl Pump {
                     Slot::BackIn => self.read_backend(),
                     Slot::BackOut => self.flush_backend(),
                     Slot::Accept => self.accept(),
+                    Slot::Hangup => {
+                        if p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                            self.opened.lost_input();
+                            self.refresh_filename();
+                        }
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! query-chardev), with which frontend holds each, bounded in number and in the bytes
 //! their ring buffers may hold.
 
+pub mod console;
 mod io;
 mod open;
 pub mod ringbuf;
@@ -213,6 +214,14 @@ impl Chardevs {
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         let bytes = ring.lock().read(size);
         Ok(bytes)
+    }
+
+    /// Takes over `other`'s chardevs (those the command line opened before the gateway
+    /// was made).
+    pub fn adopt(&self, other: Chardevs) {
+        self.map
+            .lock()
+            .extend(std::mem::take(&mut *other.map.lock()));
     }
 
     /// Every chardev ends (the gateway is ending): sockets it bound are removed.

@@ -1,7 +1,8 @@
-//! COM1: a 16550A UART (vm-superio) at 0x3f8 / IRQ 4, whose console is stdout (input
-//! from stdin), a file, a Unix socket that vmm-core listens on (one client at a time;
-//! output is dropped while nobody is connected), or nothing. Output goes out a line at a
-//! time (LineOut).
+//! COM1: a 16550A UART (vm-superio) at 0x3f8 / IRQ 4, whose console is, under the
+//! gateway, a chardev (a stream socket to the gateway, both ways), and when vmm-core runs
+//! on its own stdout (input from stdin), a file, a Unix socket that vmm-core listens on
+//! (one client at a time; output is dropped while nobody is connected), or nothing.
+//! Output goes out a line at a time (LineOut).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -294,6 +295,8 @@ pub struct Console {
 enum ConsoleInput {
     Stdin,
     Unix(UnixListener, Arc<Mutex<Option<UnixStream>>>),
+    /// The gateway's chardev: input comes on the same socket output goes to.
+    Chardev(UnixStream),
     None,
 }
 
@@ -319,6 +322,12 @@ impl Console {
             SerialConfig::Unix(p) => {
                 let listener = UnixListener::bind(p).map_err(|e| with_path(e, p))?;
                 (Console::listener(listener), Some(SocketPath(p.clone())))
+            }
+            SerialConfig::Chardev(id) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("chardev:{id}: chardevs are qmp-gateway's (--chardev)"),
+                ))
             }
         })
     }
@@ -355,11 +364,22 @@ impl Console {
         }
     }
 
+    /// The gateway's chardev, connected: output written to `stream` (a failed write is
+    /// dropped, as a socket client's), input read from it.
+    pub fn stream(stream: UnixStream) -> io::Result<Console> {
+        let writer = stream.try_clone()?;
+        Ok(Console {
+            out: SerialOut::Unix(Arc::new(Mutex::new(Some(writer)))),
+            input: ConsoleInput::Chardev(stream),
+        })
+    }
+
     /// Starts the threads that feed console input into `uart`.
     pub fn start_input(self, uart: Arc<Mutex<SerialDevice>>) -> io::Result<()> {
         match self.input {
             ConsoleInput::None => {}
             ConsoleInput::Stdin => spawn_reader("serial-stdin", io::stdin(), uart)?,
+            ConsoleInput::Chardev(stream) => spawn_reader("serial-chardev", stream, uart)?,
             ConsoleInput::Unix(listener, slot) => {
                 std::thread::Builder::new()
                     .name("serial-accept".into())

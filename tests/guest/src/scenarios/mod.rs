@@ -14,6 +14,7 @@
 //! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
 //!   `balloon` (virtio-balloon) in balloon.rs;
 //! - `input` (input.rs): an i8042 driver, the keyboard's and mouse's bytes printed;
+//! - `serial-echo` (serial_echo.rs): the console's input, echoed a line at a time;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
 //!   working set in ring 3 and checks every page before each rewrite, so a page a migration
 //!   lost or left stale is reported; optionally rate-limited, with block I/O and network
@@ -31,6 +32,7 @@ mod migrate;
 mod net;
 mod pci;
 mod ring3;
+mod serial_echo;
 
 use crate::acpi::power;
 use crate::acpi::Acpi;
@@ -46,6 +48,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(b"cpu-hotplug") => cpu_hotplug::run(acpi, cmdline),
         Some(b"mem-hotplug") => mem_hotplug::run(acpi, cmdline),
         Some(b"balloon") => balloon::run(acpi, cmdline),
+        Some(b"serial-echo") => serial_echo::run(acpi, cmdline),
         Some(b"input") => input::run(acpi, cmdline),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),

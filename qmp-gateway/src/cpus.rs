@@ -104,6 +104,19 @@ impl Gateway {
         Ok(())
     }
 
+    /// vCPU `index`'s place, as QEMU 7.2's pc gives its props: one socket of cores, one
+    /// thread each; with memory slots also node 0 (QEMU makes the machine a NUMA node then,
+    /// auto_enable_numa_with_memhp).
+    pub fn cpu_props(&self, index: u32) -> Value {
+        let numa = (self.vmm_child.launch.lock().as_ref())
+            .is_some_and(|vm| vm.config.memory_hotplug.is_some());
+        let mut props = json!({"socket-id": 0, "core-id": index, "thread-id": 0});
+        if numa {
+            props["node-id"] = json!(0);
+        }
+        props
+    }
+
     /// query-hotpluggable-cpus as QEMU 7.2's pc machine answers it: every possible vCPU,
     /// the highest index first, with the QOM path of those there.
     pub fn hotpluggable_cpus(&self) -> Value {
@@ -112,7 +125,7 @@ impl Gateway {
             .rev()
             .map(|index| {
                 let mut cpu = json!({
-                    "props": {"core-id": index, "thread-id": 0, "socket-id": 0},
+                    "props": self.cpu_props(index),
                     "vcpus-count": 1,
                     "type": CPU_TYPE,
                 });

@@ -416,11 +416,7 @@ impl Gateway {
                 }
                 None => log::info!("the guest ejected the PCI device in slot {slot}"),
             },
-            VmmEvent::MemoryOst {
-                slot,
-                source,
-                status,
-            } => self.memory_ost(slot, source, status),
+            VmmEvent::AcpiOst { slot, ost } => self.acpi_ost(slot, ost),
             // As DeviceEjected: the DIMM's backend and its event, away from this reader.
             VmmEvent::MemoryEjected { slot } => match self.arc() {
                 Some(gw) => {

@@ -1,9 +1,10 @@
 //! The CPU hotplug scenario, run the same way on QEMU 7.2 (`-M pc -smp 1,maxcpus=4`) and on
 //! Flotilla (`--cpus 1 --max-cpus 4`): the test guest's `cpu-hotplug` scenario
 //! (tests/guest/README.md), CPUs added with device_add as query-hotpluggable-cpus describes
-//! them, the guest's lines (the CPU came online and ran work), query-cpus-fast and
-//! query-hotpluggable-cpus after each add. What each VMM answered is kept, for a test to
-//! compare one with the other.
+//! them, the guest's lines (the CPU came online and ran work), query-cpus-fast,
+//! query-hotpluggable-cpus and query-acpi-ospm-status after each add, and the
+//! ACPI_DEVICE_OST of the guest's _OST for each added CPU. The answers asserted are QEMU
+//! 7.2's, as seen.
 
 use std::time::Duration;
 
@@ -17,6 +18,13 @@ use crate::Vm;
 pub const CMDLINE: &str = "scenario=cpu-hotplug cpu-work-ms=500";
 /// Possible CPUs (QEMU's maxcpus, the gateway's --max-cpus); one is there at boot.
 pub const MAX_CPUS: usize = 4;
+/// The memory option of both VMMs (QEMU's -m, the gateway's --memory): two DIMM slots,
+/// which query-acpi-ospm-status lists before the CPUs (and which make QEMU's pc a NUMA
+/// node: the CPUs' props have "node-id": 0).
+pub const MEMORY: &str = "128,slots=2,maxmem=1G";
+const DIMM_SLOTS: usize = 2;
+/// The guest's _OST for an added CPU: source 1 (the Device Check), status 0 (success).
+const ADDED_OST: (u64, u64) = (1, 0);
 /// What the guest finds: one CPU, four in the MADT, the register block at QEMU pc's port
 /// and GPE 2 (whose `_E02` runs CSCN).
 pub const READY: &str = "GUEST CPU HOTPLUG READY cpus=1 possible=4 port=0xaf00 gpe=2";
@@ -91,6 +99,48 @@ pub fn add_first_free(qmp: &mut QmpClient, id: Option<&str>) -> u64 {
     slot["props"]["core-id"].as_u64().expect("core-id")
 }
 
+/// One ACPIOSTInfo (QMP's shape: "device" only for a device with an id).
+fn ost_info(
+    slot_type: &str,
+    slot: usize,
+    device: Option<&str>,
+    (source, status): (u64, u64),
+) -> Value {
+    let mut info = json!({"slot": slot.to_string(), "slot-type": slot_type,
+                          "source": source, "status": status});
+    if let Some(id) = device {
+        info["device"] = json!(id);
+    }
+    info
+}
+
+/// query-acpi-ospm-status with the guest out of the legacy CPU hotplug mode: the (empty)
+/// memory slots, then every possible CPU, with `cpus`' (index, id, _OST) for the ones the
+/// guest reported on (source 0 and status 0 for the others, with no id: the boot's CPU).
+pub fn expect_ospm(qmp: &mut QmpClient, cpus: &[(usize, Option<&str>)]) {
+    let dimms = (0..DIMM_SLOTS).map(|slot| ost_info("DIMM", slot, None, (0, 0)));
+    let all_cpus = (0..MAX_CPUS).map(|index| match cpus.iter().find(|c| c.0 == index) {
+        Some((_, device)) => ost_info("CPU", index, *device, ADDED_OST),
+        None => ost_info("CPU", index, None, (0, 0)),
+    });
+    let want: Vec<Value> = dimms.chain(all_cpus).collect();
+    assert_eq!(
+        qmp.ok("query-acpi-ospm-status", json!({})),
+        Value::Array(want)
+    );
+}
+
+/// The ACPI_DEVICE_OST of the guest's _OST for the CPU added at `index` (with `device`).
+pub fn expect_ost_event(qmp: &mut QmpClient, index: usize, device: Option<&str>) {
+    let event = (qmp.event_within("ACPI_DEVICE_OST", STEP))
+        .unwrap_or_else(|| panic!("no ACPI_DEVICE_OST for CPU {index} within {STEP:?}"));
+    assert_eq!(
+        event["data"],
+        json!({"info": ost_info("CPU", index, device, ADDED_OST)}),
+        "{event}"
+    );
+}
+
 /// query-cpus-fast's entries: (cpu-index, qom-path, thread-id, props).
 pub fn cpus_fast(qmp: &mut QmpClient) -> Vec<(u64, String, i64, Value)> {
     let list = qmp.ok("query-cpus-fast", json!({}));
@@ -108,11 +158,15 @@ pub fn cpus_fast(qmp: &mut QmpClient) -> Vec<(u64, String, i64, Value)> {
         .collect()
 }
 
-/// The shared scenario, from a running guest: READY, a CPU added with an id and one
-/// without, each coming online and running work, and what the queries say after each.
-/// Returns the thread ids query-cpus-fast gave the added CPUs.
+/// The shared scenario, from a running guest (of a VM with [`MEMORY`]): READY, a CPU
+/// added with an id and one without, each coming online and running work, and what the
+/// queries and events say after each. Returns the thread ids query-cpus-fast gave the
+/// added CPUs.
 pub fn scenario(vm: &mut Vm, qmp: &mut QmpClient) -> Vec<i64> {
     ready(vm);
+    // The guest left the legacy mode before READY: every possible CPU is listed, after
+    // the memory slots.
+    expect_ospm(qmp, &[]);
     // QEMU 7.2 -smp 1,maxcpus=4 (one socket of four cores, one thread each), newest first:
     // [{"props": {"core-id": 3, "thread-id": 0, "socket-id": 0}, "vcpus-count": 1,
     //   "type": "host-x86_64-cpu"}, ... core-id 2, core-id 1 alike ...,
@@ -137,6 +191,8 @@ pub fn scenario(vm: &mut Vm, qmp: &mut QmpClient) -> Vec<i64> {
     let core = add_first_free(qmp, Some("cpu1"));
     assert_eq!(core, 1);
     expect_added(vm, 1, 2);
+    expect_ost_event(qmp, 1, Some("cpu1"));
+    expect_ospm(qmp, &[(1, Some("cpu1"))]);
     let cpus = cpus_fast(qmp);
     assert_eq!(cpus.len(), 2, "{cpus:?}");
     assert_eq!(
@@ -144,7 +200,7 @@ pub fn scenario(vm: &mut Vm, qmp: &mut QmpClient) -> Vec<i64> {
         (
             1,
             "/machine/peripheral/cpu1",
-            &json!({"core-id": 1, "thread-id": 0, "socket-id": 0})
+            &json!({"core-id": 1, "thread-id": 0, "socket-id": 0, "node-id": 0})
         ),
         "{cpus:?}"
     );
@@ -159,6 +215,8 @@ pub fn scenario(vm: &mut Vm, qmp: &mut QmpClient) -> Vec<i64> {
     let core = add_first_free(qmp, None);
     assert_eq!(core, 2);
     expect_added(vm, 2, 3);
+    expect_ost_event(qmp, 2, None);
+    expect_ospm(qmp, &[(1, Some("cpu1")), (2, None)]);
     let cpus = cpus_fast(qmp);
     assert_eq!(
         cpus.iter().map(|c| c.0).collect::<Vec<_>>(),

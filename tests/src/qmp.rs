@@ -240,16 +240,12 @@ impl Gateway {
         let dir = TempDir::new("gateway");
         let qmp = dir.path().join("qmp.sock");
         let mut cmd = Command::new(bin("qmp-gateway"));
-        cmd.arg("--kernel")
-            .arg(test_guest())
-            .args([
-                "--memory",
-                "128",
-                "--cpus",
-                &cpus.to_string(),
-                "--cmdline",
-                cmdline,
-            ])
+        cmd.arg("--kernel").arg(test_guest());
+        // A --memory in `extra` takes the default's place.
+        if !extra.contains(&"--memory") {
+            cmd.args(["--memory", "128"]);
+        }
+        cmd.args(["--cpus", &cpus.to_string(), "--cmdline", cmdline])
             .arg("--qmp")
             .arg(&qmp)
             .args(extra);

@@ -3,12 +3,14 @@
 //! CPUs as query-hotpluggable-cpus describes them, then cpu-add, each coming online in the
 //! test guest (ACPI CPU hotplug, INIT/SIPI) and running work; their threads are vmm-core's;
 //! a reset, a live upgrade of vmm-core and a migration keep them (a destination without
-//! them is refused). device_add's refusals and query-hotpluggable-cpus are compared with a
-//! live QEMU 7.2 pc (-smp 1,maxcpus=4, -S).
+//! them is refused); query-acpi-ospm-status and ACPI_DEVICE_OST show the guest's _OST for
+//! each (and a live upgrade keeps them). device_add's refusals, query-hotpluggable-cpus and
+//! query-acpi-ospm-status before the guest left the legacy CPU hotplug mode are compared
+//! with a live QEMU 7.2 pc (-smp 1,maxcpus=4, -S).
 
 use std::time::Duration;
 
-use flotilla_tests::cpu_hotplug::{self, expect_added, expect_round, CMDLINE};
+use flotilla_tests::cpu_hotplug::{self, expect_added, expect_ospm, expect_round, CMDLINE};
 use flotilla_tests::migration::{destination, free_port, status, wait_for_status, wait_migration};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{error_of, Gateway, QmpClient};
@@ -43,7 +45,7 @@ fn listed(c: &mut QmpClient) -> Vec<(u64, String)> {
 
 #[test]
 fn added_cpus_come_online_run_work_and_survive_a_reset_and_an_upgrade() {
-    let mut gw = start(&[]);
+    let mut gw = start(&["--memory", cpu_hotplug::MEMORY]);
     let mut c = gw.client();
     let added_threads = cpu_hotplug::scenario(&mut gw.vm, &mut c);
     // Their threads are vmm-core's own, named after their vCPU.
@@ -72,6 +74,10 @@ fn added_cpus_come_online_run_work_and_survive_a_reset_and_an_upgrade() {
         }
     }
     expect_added(&mut gw.vm, 3, 4);
+    // cpu-add's CPU has no id.
+    cpu_hotplug::expect_ost_event(&mut c, 3, None);
+    let reported = [(1, Some("cpu1")), (2, None), (3, None)];
+    expect_ospm(&mut c, &reported);
     assert_eq!(
         listed(&mut c),
         [
@@ -118,6 +124,7 @@ fn added_cpus_come_online_run_work_and_survive_a_reset_and_an_upgrade() {
     let new_vmm = done["pid"].as_i64().expect("pid") as i32;
     assert_ne!(new_vmm, vmm);
     assert_eq!(listed(&mut c), before, "the same vCPUs, in the same order");
+    expect_ospm(&mut c, &reported);
     let tasks = threads(new_vmm);
     for (index, _, tid, _) in cpu_hotplug::cpus_fast(&mut c) {
         assert!(
@@ -165,6 +172,8 @@ fn device_add_of_a_cpu_answers_as_qemu() {
     let at = |core: u32| json!({"socket-id": 0, "core-id": core, "thread-id": 0});
     let exchanges: Vec<(&str, Value)> = vec![
         ("query-hotpluggable-cpus", json!({})),
+        // The guest has not left the legacy CPU hotplug mode: no CPU is listed.
+        ("query-acpi-ospm-status", json!({})),
         ("device_add", cpu(at(0))),
         (
             "device_add",
@@ -265,6 +274,7 @@ fn device_add_of_a_cpu_answers_as_qemu() {
         // Anonymous, by APIC ID (its path's number counts QEMU's anonymous devices).
         ("device_add", cpu(json!({"apic-id": 3, "node-id": 0}))),
         ("query-hotpluggable-cpus", json!({})),
+        ("query-acpi-ospm-status", json!({})),
         ("device_del", json!({"id": "cpu1"})),
     ];
     let same = |g: &mut QmpClient, q: &mut QmpClient, exchanges: Vec<(&str, Value)>| {

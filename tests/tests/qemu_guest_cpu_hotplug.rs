@@ -14,15 +14,22 @@
 //!   thread. cpu-add, cpu and query-cpus are CommandNotFound there (gone since QEMU 5/6).
 //! - The register block starts in legacy mode: the guest's write of 0 to the selector
 //!   switches it (without it no event is ever found).
+//! - query-acpi-ospm-status (with `-m 128,slots=2,maxmem=1G`): the memory slots, then, only
+//!   once the guest left the legacy mode, every possible CPU ({"slot": "N", "slot-type":
+//!   "CPU", "source", "status"}, with "device" for a CPU device_add made with an id, none
+//!   for the boot's or an anonymous one); the guest's _OST of a CPU (COST: selector,
+//!   command 1 and the event, command 2 and the status) sets its source and status, and
+//!   the status write sends ACPI_DEVICE_OST with the same info. Stopped (-S) before the
+//!   switch: no CPU is listed, even one device_add made.
 
-use flotilla_tests::cpu_hotplug::{self, CMDLINE};
+use flotilla_tests::cpu_hotplug::{self, CMDLINE, MEMORY};
 use flotilla_tests::qemu::Qemu;
 use serde_json::json;
 
 #[test]
 fn cpus_added_come_online_and_run_work() {
     let smp = format!("1,maxcpus={}", cpu_hotplug::MAX_CPUS);
-    let mut qemu = Qemu::pc_guest(CMDLINE, &["-smp", &smp]);
+    let mut qemu = Qemu::pc_guest(CMDLINE, &["-smp", &smp, "-m", MEMORY]);
     let mut qmp = qemu.client();
     qmp.ok("cont", json!({}));
     cpu_hotplug::scenario(&mut qemu.vm, &mut qmp);

@@ -340,6 +340,7 @@ fn attach_platform_devices(
         cpus.max(),
         cpus.present(),
         Some(gpe.clone()),
+        events.clone(),
     )));
     pio.insert(
         u64::from(ports::CPU_HOTPLUG),

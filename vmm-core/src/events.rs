@@ -34,8 +34,11 @@ pub enum VmEvent {
     /// The guest ejected a DIMM; the memory hotplug block holds its slot until it is taken
     /// (`MemoryHotplug::take_ejected`).
     MemoryEjected,
-    /// The guest's _OST about a memory slot.
-    MemoryOst { slot: u32, source: u32, status: u32 },
+    /// The guest's _OST about an ACPI hotplug slot (a memory slot or a vCPU).
+    AcpiOst {
+        slot: ipc::AcpiSlot,
+        ost: ipc::SlotOst,
+    },
 }
 
 /// A cloneable handle that devices and vCPU threads use to post events.

@@ -692,7 +692,10 @@ impl Runner<'_> {
             VmmRequest::MemoryUnplug { slot } => (self.devices_may_change("device_del"))
                 .and_then(|()| self.vm.request_dimm_unplug(slot).map_err(remote))
                 .map(|()| VmmReply::Done),
-            VmmRequest::QueryMemorySlots => Ok(VmmReply::MemorySlots(self.vm.memory_slots_ost())),
+            VmmRequest::QueryAcpiSlots => Ok(VmmReply::AcpiSlots {
+                dimms: self.vm.memory_slots_ost(),
+                cpus: self.vm.cpu_hotplug.lock().ospm_status(),
+            }),
             // Quit and Retire are answered by the event loop, which then ends.
             VmmRequest::Quit(_) | VmmRequest::Retire => Ok(VmmReply::Done),
             _ => Err(RemoteError::generic("a migration request out of place")),
@@ -752,15 +755,7 @@ impl Runner<'_> {
                 }
                 VmEvent::DeviceEjected => self.let_go_ejected(),
                 VmEvent::MemoryEjected => self.let_go_ejected_dimms(),
-                VmEvent::MemoryOst {
-                    slot,
-                    source,
-                    status,
-                } => self.notify(VmmEvent::MemoryOst {
-                    slot,
-                    source,
-                    status,
-                }),
+                VmEvent::AcpiOst { slot, ost } => self.notify(VmmEvent::AcpiOst { slot, ost }),
             }
         }
     }

@@ -99,9 +99,17 @@ pub struct DimmLaunch {
     pub size: u64,
 }
 
-/// What the guest's _OST last said about a memory slot (QMP's ACPIOSTInfo source and
-/// status).
+/// An ACPI hotplug slot the guest reports on with _OST (QMP's ACPIOSTInfo slot-type and
+/// slot): a memory slot, or a possible vCPU by index.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcpiSlot {
+    Dimm(u32),
+    Cpu(u32),
+}
+
+/// What the guest's _OST last said about an ACPI hotplug slot (QMP's ACPIOSTInfo source
+/// and status; 0 and 0 until it says something).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotOst {
     pub source: u32,
     pub status: u32,
@@ -292,8 +300,9 @@ pub enum VmmRequest {
     MemoryUnplug {
         slot: u32,
     },
-    /// query-acpi-ospm-status's memory slots: answered with `MemorySlots`.
-    QueryMemorySlots,
+    /// query-acpi-ospm-status: the last _OST of each ACPI hotplug slot, answered with
+    /// `AcpiSlots`.
+    QueryAcpiSlots,
     /// send-key / input-send-event: steps for the PS/2 keyboard and mouse, played in
     /// order after those already waiting (at most `input::MAX_PENDING_STEPS` wait; the
     /// rest are dropped, as QEMU drops them). Answered `Done` at once, as QEMU answers
@@ -420,9 +429,13 @@ pub enum VmmReply {
     Balloon {
         actual_bytes: u64,
     },
-    /// `QueryMemorySlots`: each memory slot's last _OST, by slot (none without memory
-    /// hotplug).
-    MemorySlots(Vec<SlotOst>),
+    /// `QueryAcpiSlots`: each memory slot's last _OST, by slot (none without memory
+    /// hotplug), and each possible vCPU's, by index (none until the guest left QEMU pc's
+    /// legacy CPU hotplug mode, as QEMU lists them).
+    AcpiSlots {
+        dimms: Vec<SlotOst>,
+        cpus: Vec<SlotOst>,
+    },
     /// `CpuAdd` done: the new vCPU and its thread.
     VcpuAdded(VcpuInfo),
 }
@@ -521,11 +534,10 @@ pub enum VmmEvent {
     BalloonChanged {
         actual_bytes: u64,
     },
-    /// The guest's _OST about memory slot `slot` (QMP's ACPI_DEVICE_OST).
-    MemoryOst {
-        slot: u32,
-        source: u32,
-        status: u32,
+    /// The guest's _OST about `slot` (QMP's ACPI_DEVICE_OST).
+    AcpiOst {
+        slot: AcpiSlot,
+        ost: SlotOst,
     },
     /// The guest ejected the DIMM in memory slot `slot` and vmm-core let go of its memory
     /// (out of KVM and every backend): its backend object is free again.

@@ -12,7 +12,7 @@
 
 use std::os::fd::AsFd;
 
-use ipc::{DimmLaunch, SlotOst, VmmReply, VmmRequest};
+use ipc::{DimmLaunch, VmmReply, VmmRequest};
 use serde_json::{json, Value};
 
 use super::placement::{
@@ -20,7 +20,7 @@ use super::placement::{
 };
 use super::spec::DeviceSpec;
 use super::{Backend, DeviceError, Ticket};
-use crate::events::{AcpiOstInfo, DeviceDeleted, Event};
+use crate::events::{DeviceDeleted, Event};
 use crate::gateway::Gateway;
 use crate::objects::memory_backend::BackendKind;
 use crate::objects::Object;
@@ -138,18 +138,6 @@ impl Gateway {
         }));
     }
 
-    /// The guest's _OST about memory slot `slot`: ACPI_DEVICE_OST.
-    pub fn memory_ost(&self, slot: u32, source: u32, status: u32) {
-        let device = self.devices.lock().dimm_id(slot);
-        self.events.emit(Event::AcpiDeviceOst(AcpiOstInfo {
-            device,
-            slot: slot.to_string(),
-            slot_type: "DIMM",
-            source: i64::from(source),
-            status: i64::from(status),
-        }));
-    }
-
     /// query-memory-devices: the DIMMs by address, as QEMU 7.2 lists them.
     pub fn memory_devices(&self) -> Value {
         let devices = self.devices.lock().dimm_devices();
@@ -173,33 +161,5 @@ impl Gateway {
             .collect();
         list.sort_by_key(|(addr, _)| *addr);
         Value::Array(list.into_iter().map(|(_, v)| v).collect())
-    }
-
-    /// query-acpi-ospm-status's memory slots: each slot's last _OST and its DIMM's id.
-    pub fn memory_ospm_status(&self) -> Result<Vec<Value>, DeviceError> {
-        if self.device_memory().slots == 0 {
-            return Ok(Vec::new());
-        }
-        let slots: Vec<SlotOst> = match self.vmm.request(VmmRequest::QueryMemorySlots, &[]) {
-            Ok(VmmReply::MemorySlots(s)) => s,
-            Ok(other) => return Err(DeviceError::Unexpected(format!("{other:?}"))),
-            Err(e) => return Err(e.into()),
-        };
-        let devices = self.devices.lock();
-        Ok((0u32..)
-            .zip(slots)
-            .map(|(slot, ost)| {
-                let mut v = json!({
-                    "slot": slot.to_string(),
-                    "slot-type": "DIMM",
-                    "source": ost.source,
-                    "status": ost.status,
-                });
-                if let Some(id) = devices.dimm_id(slot) {
-                    v["device"] = json!(id);
-                }
-                v
-            })
-            .collect())
     }
 }

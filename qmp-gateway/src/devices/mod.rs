@@ -7,12 +7,14 @@
 //! NICs), device_add the lowest free one or the one asked for. device_del looks devices
 //! up here by id or QOM path, as QEMU's find_device_state does. hotplug.rs runs
 //! device_add and device_del with the layers and vmm-core. DIMMs (pc-dimm) share the ids
-//! and paths but sit on no bus: each holds a memory slot (dimm.rs).
+//! and paths but sit on no bus: each holds a memory slot (dimm.rs); ospm.rs names the
+//! device of each ACPI hotplug slot the guest reports on (_OST).
 
 pub mod cpu;
 pub mod dimm;
 pub mod error;
 pub mod hotplug;
+pub mod ospm;
 pub mod placement;
 pub mod spec;
 

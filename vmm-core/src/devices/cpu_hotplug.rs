@@ -10,14 +10,15 @@
 //! | 0x0 (dword) | command data 2: the upper half of the APIC ID after command 3, else 0 | CPU selector |
 //! | 0x4 (byte) | flags of the selected CPU: bit 0 present, 1 insert event, 2 remove event, 4 eject asked of firmware | bit 1 clears the insert event, else bit 2 the remove event; 3 (eject) and 4 are not acted on: vCPUs are not removed here |
 //! | 0x5 (byte) | 0 | command: 0 selects the next CPU with an event (from the selected one, wrapping; none: the selector stays), 1 / 2 make command data writes the OST event / status, 3 makes command data read the APIC ID |
-//! | 0x8 (dword) | command data: the selector after command 0, the APIC ID after command 3, else 0 | the OST event or status after command 1 or 2 |
+//! | 0x8 (dword) | command data: the selector after command 0, the APIC ID after command 3, else 0 | the OST event or status after command 1 or 2 (the status write reports both: VmEvent::AcpiOst, QMP's ACPI_DEVICE_OST) |
 //!
 //! With the selector out of range reads give 0 and writes other than the selector are
 //! ignored. Adding a vCPU sets its present bit and insert event and raises GPE 2. On QEMU's
 //! pc the block starts in a legacy mode (a bitmap of present CPUs) that the AML leaves by
-//! writing 0 to the selector; here it is modern from the start, the first such write only
-//! noted (QEMU lists CPUs in query-acpi-ospm-status only once it was made). A reset leaves
-//! it all, as QEMU's does: the added vCPUs stay, enabled in the MADT from then on.
+//! writing 0 to the selector; here it is modern from the start, and that first write only
+//! noted: until it, as in QEMU, no _OST is taken (QEMU has no such register then) and
+//! query-acpi-ospm-status lists no CPU. A reset leaves it all, as QEMU's does: the added
+//! vCPUs stay, enabled in the MADT from then on.
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::bus::BusDevice;
 use super::gpe::{self, SharedGpe};
 use super::state;
+use crate::events::{EventSender, VmEvent};
 
 const SELECTOR: u64 = 0x0;
 const DATA2: u64 = 0x0;
@@ -53,9 +55,8 @@ struct Slot {
     present: bool,
     inserting: bool,
     removing: bool,
-    /// What the guest's _OST last said (QMP's ACPIOSTInfo source and status).
-    ost_event: u32,
-    ost_status: u32,
+    /// What the guest's _OST last said.
+    ost: ipc::SlotOst,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -70,24 +71,19 @@ struct Registers {
 pub struct CpuHotplug {
     regs: Registers,
     gpe: Option<SharedGpe>,
+    events: EventSender,
 }
 
 pub type SharedCpuHotplug = Arc<Mutex<CpuHotplug>>;
 
-/// What the guest's _OST said about a vCPU (QMP's ACPIOSTInfo of slot-type CPU).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OstInfo {
-    pub index: u32,
-    pub source: u32,
-    pub status: u32,
-}
-
 impl CpuHotplug {
-    /// The block for `max` possible vCPUs, `present` of them there; events go to `gpe`.
+    /// The block for `max` possible vCPUs, `present` of them there; insert events raise
+    /// `gpe`, _OST reports go to `events`.
     pub fn new(
         max: u32,
         present: impl IntoIterator<Item = u32>,
         gpe: Option<SharedGpe>,
+        events: EventSender,
     ) -> CpuHotplug {
         let mut slots = vec![Slot::default(); max as usize];
         for index in present {
@@ -103,6 +99,7 @@ impl CpuHotplug {
                 modern: false,
             },
             gpe,
+            events,
         }
     }
 
@@ -134,20 +131,13 @@ impl CpuHotplug {
         true
     }
 
-    /// What the guest's _OST said, per possible vCPU (QEMU lists them only once the guest
-    /// left the legacy mode).
-    pub fn ospm_status(&self) -> Vec<OstInfo> {
+    /// What the guest's _OST said, per possible vCPU by index (QEMU lists them only once
+    /// the guest left the legacy mode).
+    pub fn ospm_status(&self) -> Vec<ipc::SlotOst> {
         if !self.regs.modern {
             return Vec::new();
         }
-        (0..)
-            .zip(&self.regs.slots)
-            .map(|(index, s)| OstInfo {
-                index,
-                source: s.ost_event,
-                status: s.ost_status,
-            })
-            .collect()
+        self.regs.slots.iter().map(|s| s.ost).collect()
     }
 
     fn selected(&mut self) -> Option<&mut Slot> {
@@ -213,12 +203,20 @@ impl CpuHotplug {
                     self.select_next_with_event();
                 }
             }
-            DATA => {
-                let command = self.regs.command;
+            // QEMU's legacy block has no _OST register.
+            DATA if self.regs.modern => {
+                let (command, selector) = (self.regs.command, self.regs.selector);
                 let Some(slot) = self.selected() else { return };
                 match command {
-                    CMD_OST_EVENT => slot.ost_event = value,
-                    CMD_OST_STATUS => slot.ost_status = value,
+                    CMD_OST_EVENT => slot.ost.source = value,
+                    CMD_OST_STATUS => {
+                        slot.ost.status = value;
+                        let ost = slot.ost;
+                        self.events.send(VmEvent::AcpiOst {
+                            slot: ipc::AcpiSlot::Cpu(selector),
+                            ost,
+                        });
+                    }
                     _ => {}
                 }
             }
@@ -298,7 +296,8 @@ mod tests {
         let gpe = Arc::new(Mutex::new(Gpe0::new(Box::new(line.clone()))));
         // GPE 2 enabled, as the guest does.
         gpe.lock().write(2, &[1 << gpe::CPU_HOTPLUG]);
-        let b = CpuHotplug::new(max, present.iter().copied(), Some(gpe.clone()));
+        let events = EventSender::channel().0;
+        let b = CpuHotplug::new(max, present.iter().copied(), Some(gpe.clone()), events);
         (b, gpe, line)
     }
 
@@ -391,37 +390,63 @@ mod tests {
         assert_eq!(rd(&mut b, DATA, 4), 1);
     }
 
+    /// Commands 1 and 2 with the data register, as QEMU's COST method writes _OST.
+    fn ost(b: &mut CpuHotplug, selector: u32, source: u32, status: u32) {
+        wr(b, SELECTOR, selector, 4);
+        wr(b, COMMAND, CMD_OST_EVENT.into(), 1);
+        wr(b, DATA, source, 4);
+        wr(b, COMMAND, CMD_OST_STATUS.into(), 1);
+        wr(b, DATA, status, 4);
+    }
+
     #[test]
-    fn ost_and_the_legacy_switch() {
-        let (mut b, _gpe, _line) = block(2, &[0, 1]);
+    fn ost_is_taken_and_reported_once_the_guest_left_the_legacy_mode() {
+        let (events, sent) = EventSender::channel();
+        let mut b = CpuHotplug::new(3, [0, 1], None, events);
+        let sent = || {
+            sent.try_iter()
+                .map(|e| format!("{e:?}"))
+                .collect::<Vec<_>>()
+        };
         assert!(
             b.ospm_status().is_empty(),
             "QEMU lists none before the switch"
         );
-        wr(&mut b, SELECTOR, 1, 4);
+        // QEMU's legacy block has no _OST register: nothing is kept or reported.
+        ost(&mut b, 1, 1, 0x80);
         assert!(b.ospm_status().is_empty());
+        assert!(sent().is_empty());
         wr(&mut b, SELECTOR, 0, 4);
-        wr(&mut b, SELECTOR, 1, 4);
-        wr(&mut b, COMMAND, CMD_OST_EVENT.into(), 1);
-        wr(&mut b, DATA, 1, 4);
-        wr(&mut b, COMMAND, CMD_OST_STATUS.into(), 1);
-        wr(&mut b, DATA, 0x80, 4);
+        let none = ipc::SlotOst {
+            source: 0,
+            status: 0,
+        };
+        assert_eq!(b.ospm_status(), vec![none; 3], "every possible vCPU");
+        ost(&mut b, 2, 1, 0x80);
+        let reported = ipc::SlotOst {
+            source: 1,
+            status: 0x80,
+        };
+        assert_eq!(b.ospm_status(), vec![none, none, reported]);
+        // The status write reports both (the event write alone reports nothing).
         assert_eq!(
-            b.ospm_status(),
-            vec![
-                OstInfo {
-                    index: 0,
-                    source: 0,
-                    status: 0
-                },
-                OstInfo {
-                    index: 1,
-                    source: 1,
-                    status: 0x80
-                }
-            ]
+            sent(),
+            ["AcpiOst { slot: Cpu(2), ost: SlotOst { source: 1, status: 128 } }"]
         );
+        wr(&mut b, COMMAND, CMD_OST_EVENT.into(), 1);
+        wr(&mut b, DATA, 3, 4);
+        assert!(sent().is_empty());
+        assert_eq!(b.ospm_status()[2].source, 3);
+        // Out of range: ignored.
+        ost(&mut b, 3, 1, 0);
+        assert!(sent().is_empty());
+        assert_eq!(b.ospm_status().len(), 3);
+        // The state keeps the mode and the reports.
+        let mut restored = CpuHotplug::new(3, [0, 1], None, EventSender::channel().0);
+        restored.restore_state(&b.save_state().unwrap()).unwrap();
+        assert_eq!(restored.ospm_status(), b.ospm_status());
         // An eject is not acted on: the vCPU stays.
+        wr(&mut b, SELECTOR, 1, 4);
         wr(&mut b, FLAGS, FLAG_EJECT.into(), 1);
         assert_eq!(rd(&mut b, FLAGS, 1), 0b001);
     }
@@ -433,16 +458,16 @@ mod tests {
         wr(&mut b, SELECTOR, 2, 4);
         wr(&mut b, COMMAND, 3, 1);
         let saved = b.save_state().unwrap();
-        let mut same = CpuHotplug::new(4, [0, 2], None);
+        let mut same = CpuHotplug::new(4, [0, 2], None, EventSender::channel().0);
         same.restore_state(&saved).unwrap();
         assert_eq!(rd(&mut same, FLAGS, 1), 0b011);
         assert_eq!(rd(&mut same, DATA, 4), 2);
-        let mut fewer = CpuHotplug::new(4, [0], None);
+        let mut fewer = CpuHotplug::new(4, [0], None, EventSender::channel().0);
         assert_eq!(
             fewer.restore_state(&saved).unwrap_err(),
             "the source has other vCPUs present than this VM"
         );
-        let mut smaller = CpuHotplug::new(3, [0, 2], None);
+        let mut smaller = CpuHotplug::new(3, [0, 2], None, EventSender::channel().0);
         assert_eq!(
             smaller.restore_state(&saved).unwrap_err(),
             "the source has 4 possible vCPUs, this VM 3"

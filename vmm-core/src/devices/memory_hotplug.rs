@@ -10,7 +10,7 @@
 //! |--------|------|-------|
 //! | 0x0 | the selected DIMM's address, low half | slot selector |
 //! | 0x4 | its address, high half | _OST event |
-//! | 0x8 | its size, low half | _OST status (which reports both: VmEvent::MemoryOst) |
+//! | 0x8 | its size, low half | _OST status (which reports both: VmEvent::AcpiOst) |
 //! | 0xc | its size, high half | - |
 //! | 0x10 | its proximity domain (0) | - |
 //! | 0x14 | bit 0 a DIMM is there, 1 insert event, 2 remove event | bit 1 clears the insert event, else bit 2 the remove event, else bit 3 ejects the DIMM |
@@ -63,10 +63,8 @@ struct Slot {
     dimm: Option<DimmRange>,
     inserting: bool,
     removing: bool,
-    /// What the guest's _OST last said (QMP's ACPIOSTInfo source and status); kept when
-    /// the DIMM goes, as QEMU keeps it.
-    ost_event: u32,
-    ost_status: u32,
+    /// What the guest's _OST last said; kept when the DIMM goes, as QEMU keeps it.
+    ost: ipc::SlotOst,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -171,8 +169,8 @@ impl MemoryHotplug {
             .slots
             .iter()
             .map(|s| SlotStatus {
-                source: s.ost_event,
-                status: s.ost_status,
+                source: s.ost.source,
+                status: s.ost.status,
             })
             .collect()
     }
@@ -255,14 +253,13 @@ impl BusDevice for MemoryHotplug {
             return;
         };
         match offset {
-            OST_EVENT => s.ost_event = value,
+            OST_EVENT => s.ost.source = value,
             OST_STATUS => {
-                s.ost_status = value;
-                let (source, status) = (s.ost_event, s.ost_status);
-                self.events.send(VmEvent::MemoryOst {
-                    slot: selector,
-                    source,
-                    status,
+                s.ost.status = value;
+                let ost = s.ost;
+                self.events.send(VmEvent::AcpiOst {
+                    slot: ipc::AcpiSlot::Dimm(selector),
+                    ost,
                 });
             }
             STATUS_OFFSET => self.control(value),
@@ -397,7 +394,10 @@ mod tests {
         b.write(OST_EVENT, 1, 4);
         assert!(b.sent().is_empty(), "the event alone reports nothing");
         b.write(OST_STATUS, 0, 4);
-        assert_eq!(b.sent(), ["MemoryOst { slot: 1, source: 1, status: 0 }"]);
+        assert_eq!(
+            b.sent(),
+            ["AcpiOst { slot: Dimm(1), ost: SlotOst { source: 1, status: 0 } }"]
+        );
         assert_eq!(
             b.mhp.ospm_status(),
             [

@@ -152,7 +152,7 @@ pub fn query_cpus_fast(c: &mut Ctx, _: NoArgs) -> QmpResult {
                 "cpu-index": v.index,
                 "qom-path": c.gw.vcpu_qom_path(v.index),
                 "thread-id": v.thread_id,
-                "props": {"socket-id": 0, "core-id": v.index, "thread-id": 0},
+                "props": c.gw.cpu_props(v.index),
                 "target": "x86_64",
             })
         })

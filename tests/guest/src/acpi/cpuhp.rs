@@ -9,8 +9,8 @@
 //! | CPEN  | bit 0 of byte +4 | the selected CPU is present (read) |
 //! | CINS  | bit 1 of byte +4 | it has an insert event (read); writing 1 clears it |
 //! | CRMV  | bit 2 of byte +4 | it has a remove event (read); writing 1 clears it |
-//! | CCMD  | byte +5 | command: 0 selects the next CPU with an event (from the selected one on, wrapping; none: the selector stays), 3 makes CDAT read the selected CPU's APIC ID |
-//! | CDAT  | dword +8 | after command 0 the selector, after command 3 the APIC ID |
+//! | CCMD  | byte +5 | command: 0 selects the next CPU with an event (from the selected one on, wrapping; none: the selector stays), 1 / 2 make CDAT writes the _OST event / status, 3 makes CDAT read the selected CPU's APIC ID |
+//! | CDAT  | dword +8 | after command 0 the selector, after command 3 the APIC ID (read); the _OST event or status after command 1 or 2 (write) |
 //!
 //! The GPE to enable is the one whose `_Exx` method runs the scan method CSCN (QEMU's
 //! `\_GPE._E02` calls `\_SB.CPUS.CSCN`).
@@ -24,6 +24,8 @@ use crate::console;
 
 /// Commands written to CCMD.
 const CMD_NEXT_WITH_EVENT: u32 = 0;
+const CMD_OST_EVENT: u32 = 1;
+const CMD_OST_STATUS: u32 = 2;
 const CMD_GET_APIC_ID: u32 = 3;
 /// The scan method the CPU hotplug GPE runs.
 const SCAN_METHOD: NameSeg = *b"CSCN";
@@ -70,6 +72,16 @@ impl Registers {
     pub fn apic_id(&self) -> u32 {
         self.command.write(CMD_GET_APIC_ID);
         self.data.read()
+    }
+
+    /// _OST of CPU `selector`: `event` (the notification it answers) and `status`, as QEMU's
+    /// COST method writes them.
+    pub fn ost(&self, selector: u32, event: u32, status: u32) {
+        self.select(selector);
+        self.command.write(CMD_OST_EVENT);
+        self.data.write(event);
+        self.command.write(CMD_OST_STATUS);
+        self.data.write(status);
     }
 
     /// Clears the selected CPU's insert event.

@@ -3,9 +3,10 @@
 //! runs CSCN is enabled, the SCI routed, and `GUEST CPU HOTPLUG READY ...` printed. Then the
 //! guest halts (interrupts on) until an SCI brings the event, and scans as QEMU's CSCN does:
 //! command 0 selects the next CPU with an event; one with an insert event is started (its
-//! APIC ID from command 3; INIT, SIPI, SIPI), its event cleared, `GUEST CPU ADDED ...`
-//! printed, and it runs a fixed integer loop in ring 3 whose result the BSP checks
-//! (`GUEST CPU WORK ... ok`); until command 0 finds no CPU with an event. A remove event is
+//! APIC ID from command 3; INIT, SIPI, SIPI), its event cleared, its _OST written as Linux
+//! answers the Device Check (source 1; status 0, or 1 when it did not come online),
+//! `GUEST CPU ADDED ...` printed, and it runs a fixed integer loop in ring 3 whose result
+//! the BSP checks (`GUEST CPU WORK ... ok`); until command 0 finds no CPU with an event. A remove event is
 //! only cleared (the guest does not give CPUs back). With `cpu-work-ms=N` every AP runs the
 //! loop again every N ms (`GUEST CPU WORK ... round=R`), showing it still runs (after a
 //! migration or a live upgrade, say). Bounded loops only.
@@ -16,6 +17,12 @@ use crate::arch::cpus::{self, MAX_CPUS};
 use crate::arch::{ap_work, cpu, halt, smp, topology, tsc, user};
 use crate::{cmdline, console};
 use core::sync::atomic::Ordering;
+
+/// _OST source: the Device Check notification QEMU's CSCN sends an inserted CPU.
+const OST_DEVICE_CHECK: u32 = 1;
+/// _OST status codes (ACPI 6.5, 6.3.5): success, non-specific failure.
+const OST_SUCCESS: u32 = 0;
+const OST_FAILURE: u32 = 1;
 
 /// Iterations of the work loop: a few milliseconds natively.
 const WORK_ITERATIONS: u64 = 10_000_000;
@@ -141,7 +148,13 @@ fn scan(acpi: &Acpi, registers: &Registers, events: &gpe::GpeSet) {
             }
             add(acpi, apic_id);
             registers.clear_insert();
-            if let Some(index) = cpus::index_of(apic_id).filter(|&i| cpus::is_online(i)) {
+            let online = cpus::index_of(apic_id).filter(|&i| cpus::is_online(i));
+            let status = match online {
+                Some(_) => OST_SUCCESS,
+                None => OST_FAILURE,
+            };
+            registers.ost(selector, OST_DEVICE_CHECK, status);
+            if let Some(index) = online {
                 console::line("GUEST CPU ADDED apic=")
                     .dec(u64::from(apic_id))
                     .s(" cpus=")

@@ -9,6 +9,7 @@ pub mod balloon;
 pub mod blk;
 pub mod cpu_hotplug;
 pub mod frame_reflector;
+pub mod input;
 pub mod linux;
 pub mod mem_hotplug;
 pub mod migration;

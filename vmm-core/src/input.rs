@@ -1,7 +1,8 @@
 //! Plays the gateway's input steps (send-key, input-send-event) into the i8042's keyboard
 //! and mouse on a thread of its own, so that send-key's hold times pass without holding
 //! up the control loop or a vCPU. At most `MAX_PENDING_STEPS` wait; more are dropped, as
-//! QEMU drops events past its input queue's limit.
+//! QEMU drops events past its input queue's limit. Events that come due while the VM
+//! does not run are dropped too, as QEMU drops them (a paused guest gets no keys).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::devices::i8042::I8042;
 struct Pending {
     steps: VecDeque<InputStep>,
     closed: bool,
+    running: bool,
 }
 
 #[derive(Default)]
@@ -43,6 +45,11 @@ impl InputPlayer {
         })
     }
 
+    /// Whether the VM runs (events played meanwhile reach the devices).
+    pub fn set_running(&self, running: bool) {
+        self.shared.pending.lock().running = running;
+    }
+
     /// Queues `steps` after those waiting; returns how many were dropped for want of room.
     pub fn push(&self, steps: Vec<InputStep>) -> usize {
         let mut p = self.shared.pending.lock();
@@ -65,6 +72,7 @@ fn play(shared: &Shared, controller: &Mutex<I8042>) {
             continue;
         };
         match step {
+            InputStep::Event(_) | InputStep::Sync if !p.running => {}
             InputStep::Event(event) => controller.lock().input(event),
             InputStep::Sync => controller.lock().sync(),
             InputStep::Wait { ms } => {
@@ -108,6 +116,14 @@ mod tests {
         )));
         let player = InputPlayer::start(c.clone()).unwrap();
         let a = KeyCode::from_name("a").unwrap();
+        // Not running: events are dropped.
+        player.push(vec![InputStep::Event(InputEvent::Key {
+            key: a,
+            down: true,
+        })]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.lock().read_status() & 1, 0);
+        player.set_running(true);
         let started = Instant::now();
         let key = |down| InputStep::Event(InputEvent::Key { key: a, down });
         assert_eq!(

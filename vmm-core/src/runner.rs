@@ -254,6 +254,8 @@ impl Runner<'_> {
             if let Some(balloon) = &self.vm.balloon {
                 balloon.set_running(state == RunState::Running);
             }
+            // Input reaches the devices only while it runs, as in QEMU.
+            self.vm.input.set_running(state == RunState::Running);
             self.notify(VmmEvent::RunState(state));
         }
     }

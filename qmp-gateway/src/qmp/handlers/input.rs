@@ -295,7 +295,8 @@ fn hmp_mouse_move(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
 }
 
 /// The buttons HMP's mouse_button last set (QEMU keeps them the same way, one VM a
-/// process): an unchanged state sends nothing.
+/// process): only changed buttons are sent (none: a sync without events, which sends no
+/// packet).
 static HMP_BUTTONS: AtomicI64 = AtomicI64::new(0);
 
 /// HMP `mouse_button state`: the buttons held, as bits (1 left, 2 right, 4 middle).
@@ -305,9 +306,6 @@ fn hmp_mouse_button(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     };
     let state = hmp_int("mouse_button", text)?;
     let before = HMP_BUTTONS.swap(state, Ordering::SeqCst);
-    if before == state {
-        return Ok(String::new());
-    }
     let buttons = [
         (1, InputButton::Left),
         (2, InputButton::Right),

@@ -189,13 +189,6 @@ pub struct BlockLayer {
 }
 
 impl BlockLayer {
-    /// The host pid of the block daemon serving disk `id` (the layer's id), if one runs.
-    pub fn daemon_pid(&self, id: &str) -> Option<u32> {
-        let state = self.state.lock();
-        let disk = state.disks.iter().find(|d| d.id == id)?;
-        disk.daemon.as_ref()?.pid()
-    }
-
     pub fn new(
         events: Arc<EventBus>,
         vmm: Arc<VmmLink>,

@@ -78,8 +78,8 @@ pub struct Device {
     pub backend: Option<Backend>,
     /// When device_del last asked the guest, on the VM's virtual clock (ms).
     requested_ms: u64,
-    /// The iothread object it was placed on (iothread=): its daemon's I/O thread is
-    /// that iothread's in query-iothreads.
+    /// The iothread object it was placed on (iothread=), held while it is here (the
+    /// block layer knows its disk's place there: block/iothreads.rs).
     pub iothread: Option<String>,
 }
 
@@ -236,19 +236,6 @@ impl Devices {
         if let Some(at) = self.position(ticket) {
             self.devices[at].iothread = iothread;
         }
-    }
-
-    /// The block layer's ids of the disks placed on iothread `name`, in the order they
-    /// were added.
-    pub fn disks_on(&self, name: &str) -> Vec<String> {
-        self.devices
-            .iter()
-            .filter(|d| d.phase != Phase::Adding && d.iothread.as_deref() == Some(name))
-            .filter_map(|d| match &d.backend {
-                Some(Backend::Disk(l)) => Some(l.id.clone()),
-                _ => None,
-            })
-            .collect()
     }
 
     /// A device vmm-core keeps no backend of ours for (a CPU) is on the machine.

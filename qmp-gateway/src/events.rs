@@ -196,6 +196,14 @@ const ACPI_DEVICE_OST_ARG: TypeDef = data(
     &[req("info", Ty::Named("ACPIOSTInfo"))],
 );
 const ACPI_DEVICE_OST: EventDef = def("ACPI_DEVICE_OST", Some(&ACPI_DEVICE_OST_ARG));
+const DUMP_COMPLETED_ARG: TypeDef = data(
+    "q_obj_DUMP_COMPLETED-arg",
+    &[
+        req("result", Ty::Named("DumpQueryResult")),
+        opt("error", Ty::Str),
+    ],
+);
+const DUMP_COMPLETED: EventDef = def("DUMP_COMPLETED", Some(&DUMP_COMPLETED_ARG));
 
 /// Every event this gateway emits, in the order query-events lists them.
 pub const EVENTS: &[EventDef] = &[
@@ -223,6 +231,7 @@ pub const EVENTS: &[EventDef] = &[
     MIGRATION_PASS,
     DEVICE_DELETED,
     ACPI_DEVICE_OST,
+    DUMP_COMPLETED,
 ];
 
 /// SHUTDOWN's and RESET's data.
@@ -421,6 +430,11 @@ pub enum Event {
     MigrationPass(MigrationPass),
     DeviceDeleted(DeviceDeleted),
     AcpiDeviceOst(AcpiOstInfo),
+    /// dump-guest-memory ended: its progress (query-dump's), and why it failed.
+    DumpCompleted {
+        result: serde_json::Value,
+        error: Option<String>,
+    },
 }
 
 impl Event {
@@ -451,6 +465,7 @@ impl Event {
             Event::MigrationPass(_) => &MIGRATION_PASS,
             Event::DeviceDeleted(_) => &DEVICE_DELETED,
             Event::AcpiDeviceOst(_) => &ACPI_DEVICE_OST,
+            Event::DumpCompleted { .. } => &DUMP_COMPLETED,
         }
     }
 
@@ -480,6 +495,10 @@ impl Event {
             Event::MigrationPass(d) => serde_json::to_value(d).ok(),
             Event::DeviceDeleted(d) => serde_json::to_value(d).ok(),
             Event::AcpiDeviceOst(d) => Some(serde_json::json!({ "info": d })),
+            Event::DumpCompleted { result, error } => Some(match error {
+                Some(e) => serde_json::json!({ "result": result, "error": e }),
+                None => serde_json::json!({ "result": result }),
+            }),
         }
     }
 }
@@ -722,6 +741,10 @@ mod tests {
                 source: 1,
                 status: 0,
             }),
+            Event::DumpCompleted {
+                result: serde_json::json!({"status": "failed", "completed": 0, "total": 4096}),
+                error: Some("dump: failed to write the core: No space left on device".into()),
+            },
         ];
         let emitted: Vec<&str> = samples.iter().map(|e| e.def().name).collect();
         assert_eq!(emitted, names);

@@ -118,6 +118,8 @@ pub struct Gateway {
     /// What object-add created.
     pub objects: Objects,
     pub events: Arc<EventBus>,
+    /// Non-detached dump-guest-memory calls wait here for their dump's end.
+    pub dumps: crate::dump::DumpWaiter,
     exit: mpsc::Sender<ExitReason>,
     vmm_pid: AtomicU32,
 }
@@ -237,6 +239,7 @@ impl Gateway {
             chardevs: Chardevs::default(),
             objects,
             events,
+            dumps: Default::default(),
             exit,
             vmm_pid: AtomicU32::new(0),
         })
@@ -391,6 +394,13 @@ impl Gateway {
                 }
             }
             VmmEvent::Powerdown => self.events.emit(Event::Powerdown),
+            VmmEvent::DumpCompleted { progress, error } => {
+                self.events.emit(Event::DumpCompleted {
+                    result: crate::dump::query_result(&progress),
+                    error: error.clone(),
+                });
+                self.dumps.finished(error);
+            }
             VmmEvent::BalloonChanged { actual_bytes } => {
                 self.events
                     .emit(Event::BalloonChange(crate::events::BalloonChange {

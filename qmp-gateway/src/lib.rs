@@ -22,6 +22,7 @@ pub mod chardev;
 pub mod children;
 pub mod cpus;
 pub mod devices;
+pub mod dump;
 pub mod events;
 pub mod fdstore;
 pub mod gateway;

@@ -39,6 +39,8 @@ pub enum VmEvent {
         slot: ipc::AcpiSlot,
         ost: ipc::SlotOst,
     },
+    /// dump-guest-memory's thread is done writing (its error, if it failed).
+    DumpFinished { error: Option<String> },
 }
 
 /// A cloneable handle that devices and vCPU threads use to post events.

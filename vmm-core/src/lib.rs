@@ -15,6 +15,7 @@ pub mod device_memory;
 pub mod devices;
 pub mod dimms;
 pub mod dirty_log;
+pub mod dump;
 pub mod error;
 pub mod events;
 pub mod hotplug;

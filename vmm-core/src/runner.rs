@@ -12,11 +12,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipc::{
-    CpuState, RemoteError, RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmReply, VmmRequest,
+    CpuState, DumpRequest, DumpStatus, RemoteError, RunState, ShutdownCause, VcpuInfo, VmmEvent,
+    VmmReply, VmmRequest,
 };
 
 use crate::control::Control;
 use crate::devices::virtio_balloon::BalloonHandle;
+use crate::dump;
 use crate::error::VmError;
 use crate::events::VmEvent;
 use crate::hotplug::HotplugError;
@@ -84,6 +86,7 @@ impl Vm {
             outgoing: Outgoing::default(),
             postcopy: None,
             arrived: false,
+            dump: DumpState::default(),
         };
         // Started before the launch reply, so the gateway knows the run state by the time
         // it has that reply (the RunState event travels first on the same channel).
@@ -232,6 +235,9 @@ struct Runner<'a> {
     postcopy: Option<postcopy::Registered>,
     /// A migration's (or live upgrade's) state came into this VM.
     arrived: bool,
+    /// The last dump-guest-memory's progress, and whether the end of the one running
+    /// resumes the vCPUs it paused.
+    dump: DumpState,
 }
 
 impl Runner<'_> {
@@ -623,10 +629,14 @@ impl Runner<'_> {
         let reply = match request {
             VmmRequest::Launch(_) => Err(RemoteError::generic("the VM is already launched")),
             VmmRequest::Stop => {
+                self.dump.resume = false;
                 self.stop();
                 Ok(VmmReply::Done)
             }
-            VmmRequest::Cont => self.cont().map(|()| VmmReply::Done),
+            VmmRequest::Cont => {
+                self.dump.resume = false;
+                self.cont().map(|()| VmmReply::Done)
+            }
             VmmRequest::SystemReset => {
                 self.reset(ShutdownCause::HostQmpSystemReset)?;
                 Ok(VmmReply::Done)
@@ -672,6 +682,13 @@ impl Runner<'_> {
                 None => Err(no_balloon()),
             },
             VmmRequest::CpuAdd { index } => self.cpu_add(index),
+            VmmRequest::MemorySave { addr, size, vcpu } => self
+                .memory_save(addr, size, vcpu, fds)
+                .map(|()| VmmReply::Done),
+            VmmRequest::DumpGuestMemory(request) => {
+                self.dump_start(&request, fds).map(|()| VmmReply::Done)
+            }
+            VmmRequest::QueryDump => Ok(VmmReply::Dump(*self.dump.progress.lock())),
             VmmRequest::Input(steps) => {
                 let dropped = self.vm.input.push(steps);
                 if dropped > 0 {
@@ -757,8 +774,137 @@ impl Runner<'_> {
                 }
                 VmEvent::DeviceEjected => self.let_go_ejected(),
                 VmEvent::MemoryEjected => self.let_go_ejected_dimms(),
+                VmEvent::DumpFinished { error } => self.dump_finished(error),
                 VmEvent::AcpiOst { slot, ost } => self.notify(VmmEvent::AcpiOst { slot, ost }),
             }
+        }
+    }
+}
+
+/// dump-guest-memory's state between requests.
+struct DumpState {
+    progress: dump::Progress,
+    /// The running dump paused the vCPUs, and nothing since said stop or cont.
+    resume: bool,
+}
+
+impl Default for DumpState {
+    fn default() -> DumpState {
+        DumpState {
+            progress: dump::no_dump_yet(),
+            resume: false,
+        }
+    }
+}
+
+/// The file a memsave or dump request carries.
+fn target_file(fds: Vec<OwnedFd>) -> Result<std::fs::File, RemoteError> {
+    fds.into_iter()
+        .next()
+        .map(std::fs::File::from)
+        .ok_or_else(|| RemoteError::generic("no file came with the request"))
+}
+
+impl Runner<'_> {
+    /// The registers of the vCPUs named (all: None), read with their threads parked (a
+    /// running VM is paused for the moment it takes).
+    fn read_cpus(&self, only: Option<u32>) -> Result<Vec<dump::elf::CpuRegs>, RemoteError> {
+        let running = self.state == RunState::Running;
+        if running {
+            self.pause_vcpus();
+        }
+        let read = self
+            .vm
+            .vcpus
+            .iter()
+            .filter(|(index, _)| only.is_none_or(|o| o == **index))
+            .map(|(_, vcpu)| dump::read_cpu(&vcpu.lock()))
+            .collect::<Result<Vec<_>, _>>();
+        if running {
+            self.vcpus.request(Request::Run);
+        }
+        read.map_err(remote)
+    }
+
+    /// memsave (`vcpu` given) or pmemsave, into the file in `fds`.
+    fn memory_save(
+        &self,
+        addr: u64,
+        size: u64,
+        vcpu: Option<u32>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), RemoteError> {
+        let regs = match vcpu {
+            Some(index) if !self.vm.vcpus.contains_key(&index) => {
+                return Err(RemoteError::generic(
+                    "Parameter 'cpu-index' expects a CPU number",
+                ))
+            }
+            Some(index) => self.read_cpus(Some(index))?.first().map(dump::paging_regs),
+            None => None,
+        };
+        let mut file = target_file(fds)?;
+        dump::save(self.vm.ram.memory(), &mut file, addr, size, regs.as_ref()).map_err(remote)
+    }
+
+    /// dump-guest-memory: the vCPUs stop (if they ran) and their registers are read, the
+    /// core is planned, and a thread writes it; its end (`dump_finished`) resumes them.
+    fn dump_start(&mut self, request: &DumpRequest, fds: Vec<OwnedFd>) -> Result<(), RemoteError> {
+        if self.state == RunState::InMigrate {
+            return Err(RemoteError::generic(
+                "Dump not allowed during incoming migration.",
+            ));
+        }
+        if self.dump.progress.lock().status == DumpStatus::Active {
+            return Err(RemoteError::generic(
+                "There is a dump in process, please wait.",
+            ));
+        }
+        let file = target_file(fds)?;
+        let resume = self.state == RunState::Running;
+        if resume {
+            self.pause_vcpus();
+            self.set_state(RunState::Paused);
+        }
+        let started = self.dump_plan_and_start(request, file);
+        match started {
+            Ok(()) => self.dump.resume = resume,
+            Err(_) => {
+                dump::refused(&self.dump.progress);
+                if resume {
+                    self.cont_vcpus();
+                }
+            }
+        }
+        started
+    }
+
+    fn dump_plan_and_start(
+        &mut self,
+        request: &DumpRequest,
+        file: std::fs::File,
+    ) -> Result<(), RemoteError> {
+        let cpus = self.read_cpus(None)?;
+        let memory = self.vm.ram.memory().clone();
+        let plan = dump::plan(&memory, &cpus, request).map_err(RemoteError::generic)?;
+        let events = self.vm.events.clone();
+        dump::start(
+            memory,
+            plan,
+            file,
+            self.dump.progress.clone(),
+            move |error| events.send(VmEvent::DumpFinished { error }),
+        )
+        .map_err(|e| RemoteError::generic(format!("dump: starting its thread: {e}")))
+    }
+
+    /// The dump's thread ended: DUMP_COMPLETED, then the vCPUs run again if it stopped
+    /// them (QEMU's order).
+    fn dump_finished(&mut self, error: Option<String>) {
+        let progress = *self.dump.progress.lock();
+        self.notify(VmmEvent::DumpCompleted { progress, error });
+        if std::mem::take(&mut self.dump.resume) && self.state == RunState::Paused {
+            self.cont_vcpus();
         }
     }
 }

@@ -316,6 +316,22 @@ pub enum VmmRequest {
     CpuAdd {
         index: u32,
     },
+    /// memsave / pmemsave: `size` bytes of guest memory from `addr` written to the file
+    /// the frame carries (opened by the gateway). With `vcpu`, `addr` is a virtual
+    /// address of that vCPU (its page tables are walked); without, a physical one (what
+    /// is not RAM reads as zeroes, as in QEMU). Answered `Done`; the gateway bounds `size`.
+    MemorySave {
+        addr: u64,
+        size: u64,
+        vcpu: Option<u32>,
+    },
+    /// dump-guest-memory into the file (or pipe) the frame carries: the vCPUs are paused
+    /// and their registers read, then a thread writes the core and resumes them (as QEMU
+    /// does). Answered `Done` once the writing started; `VmmEvent::DumpCompleted` follows.
+    /// Refused (QEMU's words) while another dump runs or the VM is arriving.
+    DumpGuestMemory(DumpRequest),
+    /// query-dump: answered with `Dump`.
+    QueryDump,
 }
 
 impl Message for VmmRequest {
@@ -326,12 +342,57 @@ impl Message for VmmRequest {
             VmmRequest::DiskAttach(_) | VmmRequest::NicAttach(_) => 1,
             VmmRequest::MemoryAttach(_) => 1,
             VmmRequest::PostcopyListen => 1,
+            VmmRequest::MemorySave { .. } | VmmRequest::DumpGuestMemory(_) => 1,
             _ => 0,
         }
     }
 }
 
 pub type ToVmm = Call<VmmRequest>;
+
+/// What dump-guest-memory asked for (its checks done by the gateway, the ones needing
+/// guest memory by vmm-core).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpRequest {
+    /// Segments by virtual address, from vCPUs' page tables (QMP `paging`).
+    pub paging: bool,
+    /// Only the physical range `begin`, `length` (QMP's begin/length, as given).
+    pub filter: Option<DumpFilter>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpFilter {
+    pub begin: i64,
+    pub length: i64,
+}
+
+/// QMP's DumpStatus.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpStatus {
+    None,
+    Active,
+    Completed,
+    Failed,
+}
+
+impl DumpStatus {
+    pub fn qmp_name(&self) -> &'static str {
+        match self {
+            DumpStatus::None => "none",
+            DumpStatus::Active => "active",
+            DumpStatus::Completed => "completed",
+            DumpStatus::Failed => "failed",
+        }
+    }
+}
+
+/// QMP's DumpQueryResult: bytes of guest memory written of those to write.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpProgress {
+    pub status: DumpStatus,
+    pub completed: u64,
+    pub total: u64,
+}
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuInfo {
@@ -438,6 +499,8 @@ pub enum VmmReply {
     },
     /// `CpuAdd` done: the new vCPU and its thread.
     VcpuAdded(VcpuInfo),
+    /// `QueryDump`: the last dump's progress (status none before any).
+    Dump(DumpProgress),
 }
 
 /// The VM's run states (QMP's RunState, the subset that applies).
@@ -543,6 +606,11 @@ pub enum VmmEvent {
     /// (out of KVM and every backend): its backend object is free again.
     MemoryEjected {
         slot: u32,
+    },
+    /// A dump ended (QMP's DUMP_COMPLETED), with its error if it failed.
+    DumpCompleted {
+        progress: DumpProgress,
+        error: Option<String>,
     },
 }
 

@@ -10,6 +10,7 @@ use super::handlers::balloon;
 use super::handlers::chardev;
 use super::handlers::cpus;
 use super::handlers::devices;
+use super::handlers::dump;
 use super::handlers::input;
 use super::handlers::memory;
 use super::handlers::{
@@ -177,6 +178,26 @@ pub const COMMANDS: &[Command] = &[
         G,
     ),
     cmd("inject-nmi", &Typed(machine::inject_nmi), EMPTY, V),
+    partly(
+        "dump-guest-memory",
+        &Typed(dump::dump_guest_memory),
+        EMPTY,
+        V,
+    ),
+    cmd(
+        "query-dump",
+        &Typed(dump::query_dump),
+        Ty::Named("DumpQueryResult"),
+        V,
+    ),
+    cmd(
+        "query-dump-guest-memory-capability",
+        &Typed(dump::query_dump_guest_memory_capability),
+        Ty::Named("DumpGuestMemoryCapability"),
+        G,
+    ),
+    cmd("memsave", &Typed(dump::memsave), EMPTY, V),
+    cmd("pmemsave", &Typed(dump::pmemsave), EMPTY, V),
     absent("screendump", &Typed(absent::screendump), EMPTY),
     absent("query-vnc", &Typed(absent::query_vnc), Ty::Named("VncInfo")),
     absent(

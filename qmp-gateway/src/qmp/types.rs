@@ -423,6 +423,29 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Object(&[req("actual", Ty::Int)]),
     },
     TypeDef {
+        name: "DumpGuestMemoryFormat",
+        kind: TypeKind::Enum(&["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp"]),
+    },
+    TypeDef {
+        name: "DumpStatus",
+        kind: TypeKind::Enum(&["none", "active", "completed", "failed"]),
+    },
+    TypeDef {
+        name: "DumpQueryResult",
+        kind: TypeKind::Object(&[
+            req("status", Ty::Named("DumpStatus")),
+            req("completed", Ty::Int),
+            req("total", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "DumpGuestMemoryCapability",
+        kind: TypeKind::Object(&[req(
+            "formats",
+            Ty::Array(&Ty::Named("DumpGuestMemoryFormat")),
+        )]),
+    },
+    TypeDef {
         name: "MouseInfo",
         kind: TypeKind::Object(&[
             req("name", Ty::Str),

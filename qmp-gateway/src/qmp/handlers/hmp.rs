@@ -75,6 +75,12 @@ pub const HMP: &[HmpCommand] = &[
         info_cpus,
         "show infos for each CPU",
     ),
+    info(
+        &["info dump"],
+        "query-dump",
+        super::dump::info_dump,
+        "Display the latest dump status",
+    ),
     info(&["info kvm"], "query-kvm", info_kvm, "show KVM information"),
     info(
         &["info mice"],
@@ -162,6 +168,10 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
     let line = a.command_line.trim_start();
     let (word, arguments) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     if let Some(text) = super::input::hmp(c, word, arguments) {
+        return Ok(hmp_text(text));
+    }
+    // `dump-guest-memory`, `memsave` and `pmemsave` take arguments: handlers/dump.rs.
+    if let Some(text) = super::dump::hmp(c, word, arguments, current) {
         return Ok(hmp_text(text));
     }
     // `trace-event` and `info trace-events` take arguments: handlers/trace.rs.
@@ -377,6 +387,7 @@ mod tests {
             info_help(),
             "info balloon  -- show balloon information\n\
              info cpus  -- show infos for each CPU\n\
+             info dump  -- Display the latest dump status\n\
              info kvm  -- show KVM information\n\
              info mice  -- show which guest mouse is receiving events\n\
              info migrate_capabilities  -- show current migration capabilities\n\

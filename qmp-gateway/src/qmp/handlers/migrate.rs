@@ -41,7 +41,7 @@ serde_arguments!(MigrateIncoming, [req("uri", Ty::Str)]);
 
 /// An fd: URI's descriptor: the client's named fd, which the migration takes (QEMU's
 /// monitor_get_fd removes it from the monitor, and words its absence so).
-fn take_named(c: &Ctx, name: &str) -> Result<std::os::fd::OwnedFd, String> {
+pub fn take_named(c: &Ctx, name: &str) -> Result<std::os::fd::OwnedFd, String> {
     let fd = c.named_fds.dup(name).map_err(|e| match e {
         FdError::NameNotFound(_) => format!("File descriptor named '{name}' has not been found"),
         other => other.to_string(),

@@ -7,6 +7,7 @@ pub mod block;
 pub mod chardev;
 pub mod cpus;
 pub mod devices;
+pub mod dump;
 pub mod fds;
 pub mod hmp;
 pub mod input;

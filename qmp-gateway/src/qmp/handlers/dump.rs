@@ -1,0 +1,378 @@
+//! Guest memory for debugging: dump-guest-memory, query-dump,
+//! query-dump-guest-memory-capability, memsave and pmemsave, with QEMU 7.2's checks in
+//! its order and its words. The gateway opens the file (`file:PATH`, or takes the
+//! client's `fd:NAME` from getfd, which the dump consumes as QEMU's does) and hands it to
+//! vmm-core, which reads guest memory and the vCPUs' registers and writes (vmm-core's
+//! dump module). A dump without `detach` answers once it is written; the VM is paused
+//! while it is written either way, as QEMU's is.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use ipc::{errno_text, DumpFilter, DumpRequest, DumpStatus, RunState, VmmReply, VmmRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::dump::query_result;
+use crate::qmp::args::{serde_arguments, Int, NoArgs};
+use crate::qmp::context::Ctx;
+use crate::qmp::handlers::migrate::take_named;
+use crate::qmp::monitor_number::monitor_number;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Ty};
+
+/// QMP's DumpGuestMemoryFormat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DumpFormat {
+    Elf,
+    KdumpZlib,
+    KdumpLzo,
+    KdumpSnappy,
+    WinDmp,
+}
+
+impl DumpFormat {
+    fn name(self) -> &'static str {
+        match self {
+            DumpFormat::Elf => "elf",
+            DumpFormat::KdumpZlib => "kdump-zlib",
+            DumpFormat::KdumpLzo => "kdump-lzo",
+            DumpFormat::KdumpSnappy => "kdump-snappy",
+            DumpFormat::WinDmp => "win-dmp",
+        }
+    }
+}
+
+/// The formats written here (query-dump-guest-memory-capability lists exactly these):
+/// the kdump formats and win-dmp are not (see docs/qmp-coverage.md).
+const FORMATS: &[DumpFormat] = &[DumpFormat::Elf];
+
+/// memsave and pmemsave write at most this much per call: vmm-core writes it while it
+/// serves nothing else (a whole guest goes with dump-guest-memory, on its own thread).
+pub const SAVE_MAX: i64 = 1 << 30;
+
+#[derive(Debug, Deserialize)]
+pub struct DumpGuestMemory {
+    pub paging: bool,
+    pub protocol: String,
+    pub detach: Option<bool>,
+    pub begin: Option<Int>,
+    pub length: Option<Int>,
+    pub format: Option<DumpFormat>,
+}
+
+serde_arguments!(
+    DumpGuestMemory,
+    [
+        req("paging", Ty::Bool),
+        req("protocol", Ty::Str),
+        opt("detach", Ty::Bool),
+        opt("begin", Ty::Int),
+        opt("length", Ty::Int),
+        opt("format", Ty::Named("DumpGuestMemoryFormat")),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Memsave {
+    pub val: Int,
+    pub size: Int,
+    pub filename: String,
+    pub cpu_index: Option<Int>,
+}
+
+serde_arguments!(
+    Memsave,
+    [
+        req("val", Ty::Int),
+        req("size", Ty::Int),
+        req("filename", Ty::Str),
+        opt("cpu-index", Ty::Int),
+    ]
+);
+
+#[derive(Debug, Deserialize)]
+pub struct Pmemsave {
+    pub val: Int,
+    pub size: Int,
+    pub filename: String,
+}
+
+serde_arguments!(
+    Pmemsave,
+    [
+        req("val", Ty::Int),
+        req("size", Ty::Int),
+        req("filename", Ty::Str),
+    ]
+);
+
+/// An int64 argument (the checker let only int64 values through).
+fn int64(v: Int) -> i64 {
+    v.as_i64().unwrap_or(i64::MAX)
+}
+
+/// Opens `path` for writing as QEMU does (created with `mode`, truncated); its words
+/// when it cannot.
+fn create(path: &str, mode: u32) -> Result<File, QmpError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| QmpError::generic(format!("Could not open '{path}': {}", errno_text(&e))))
+}
+
+fn progress(c: &Ctx) -> Result<ipc::DumpProgress, QmpError> {
+    match c.vmm(VmmRequest::QueryDump)? {
+        VmmReply::Dump(p) => Ok(p),
+        other => Err(QmpError::generic(format!(
+            "vmm-core answered query-dump with {other:?}"
+        ))),
+    }
+}
+
+pub fn dump_guest_memory(c: &mut Ctx, a: DumpGuestMemory) -> QmpResult {
+    if c.gw.run_state() == RunState::InMigrate {
+        return Err(QmpError::generic(
+            "Dump not allowed during incoming migration.",
+        ));
+    }
+    if progress(c)?.status == DumpStatus::Active {
+        return Err(QmpError::generic(
+            "There is a dump in process, please wait.",
+        ));
+    }
+    let format = a.format.unwrap_or(DumpFormat::Elf);
+    if format != DumpFormat::Elf && (a.paging || a.begin.is_some() || a.length.is_some()) {
+        return Err(QmpError::generic(
+            "kdump-compressed format doesn't support paging or filter",
+        ));
+    }
+    let filter = match (a.begin, a.length) {
+        (Some(begin), Some(length)) => Some(DumpFilter {
+            begin: int64(begin),
+            length: int64(length),
+        }),
+        (Some(_), None) => return Err(QmpError::generic("Parameter 'length' is missing")),
+        (None, Some(_)) => return Err(QmpError::generic("Parameter 'begin' is missing")),
+        (None, None) => None,
+    };
+    // QEMU's words for a format it was built without.
+    if !FORMATS.contains(&format) {
+        return Err(QmpError::generic(format!(
+            "{} is not available now",
+            format.name()
+        )));
+    }
+    let fd: OwnedFd = if let Some(name) = a.protocol.strip_prefix("fd:") {
+        take_named(c, name).map_err(QmpError::generic)?
+    } else if let Some(path) = a.protocol.strip_prefix("file:") {
+        create(path, 0o400)?.into()
+    } else {
+        return Err(QmpError::generic("Invalid parameter 'protocol'"));
+    };
+    let seen = c.gw.dumps.ended();
+    let request = DumpRequest {
+        paging: a.paging,
+        filter,
+    };
+    c.gw.vmm
+        .request(VmmRequest::DumpGuestMemory(request), &[fd.as_fd()])?;
+    drop(fd);
+    if a.detach != Some(true) {
+        // vmm-core gone (the link fails) ends the wait too.
+        let alive = || c.gw.vmm.request(VmmRequest::QueryDump, &[]).is_ok();
+        c.gw.dumps
+            .wait_past(seen, alive)
+            .map_err(QmpError::generic)?;
+    }
+    Ok(json!({}))
+}
+
+pub fn query_dump(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(query_result(&progress(c)?))
+}
+
+pub fn query_dump_guest_memory_capability(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    let formats: Vec<Value> = FORMATS.iter().map(|f| json!(f.name())).collect();
+    Ok(json!({ "formats": formats }))
+}
+
+/// memsave's and pmemsave's size: QEMU 7.2 takes any (a negative one crashes it); ours
+/// is bounded.
+fn save_size(size: Int) -> Result<u64, QmpError> {
+    match int64(size) {
+        s @ 0..=SAVE_MAX => Ok(s as u64),
+        _ => Err(QmpError::generic(format!(
+            "Parameter 'size' expects a size from 0 to {SAVE_MAX} (dump-guest-memory writes more)"
+        ))),
+    }
+}
+
+fn save(c: &mut Ctx, addr: Int, size: u64, filename: &str, vcpu: Option<u32>) -> QmpResult {
+    // memsave's and pmemsave's file, as QEMU's fopen("wb") makes it.
+    let file = create(filename, 0o666)?;
+    let request = VmmRequest::MemorySave {
+        addr: int64(addr) as u64,
+        size,
+        vcpu,
+    };
+    c.gw.vmm.request(request, &[file.as_fd()])?;
+    Ok(json!({}))
+}
+
+pub fn memsave(c: &mut Ctx, a: Memsave) -> QmpResult {
+    let index = a.cpu_index.map(int64).unwrap_or(0);
+    let known = c.gw.vcpus().iter().any(|v| i64::from(v.index) == index);
+    if !known {
+        return Err(QmpError::generic(
+            "Parameter 'cpu-index' expects a CPU number",
+        ));
+    }
+    let size = save_size(a.size)?;
+    save(c, a.val, size, &a.filename, Some(index as u32))
+}
+
+pub fn pmemsave(c: &mut Ctx, a: Pmemsave) -> QmpResult {
+    let size = save_size(a.size)?;
+    save(c, a.val, size, &a.filename, None)
+}
+
+/// HMP's words for a command line it cannot read.
+fn hmp_usage(command: &str, why: &str) -> String {
+    format!("{why}\nTry \"help {command}\" for more information\n")
+}
+
+/// What HMP prints for a QMP answer: nothing, or the error.
+fn hmp_answer(result: QmpResult) -> String {
+    match result {
+        Ok(_) => String::new(),
+        Err(e) => format!("Error: {}\n", e.desc),
+    }
+}
+
+/// HMP's `dump-guest-memory [-p] [-d] [-z|-l|-s|-w] filename [begin length]`, `memsave
+/// addr size file` and `pmemsave addr size file`, as QEMU 7.2's monitor reads them (its
+/// numbers: monitor_number.rs; an argument after a number that starts with an operator
+/// is read as QEMU's expressions read it: a refusal). memsave reads the monitor's current
+/// vCPU `cpu`. None for other commands.
+pub fn hmp(c: &mut Ctx, command: &str, arguments: &str, cpu: u32) -> Option<String> {
+    match command {
+        "dump-guest-memory" => Some(hmp_dump(c, arguments)),
+        "memsave" | "pmemsave" => Some(hmp_save(c, command, arguments, cpu)),
+        _ => None,
+    }
+}
+
+fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
+    const NAME: &str = "dump-guest-memory";
+    let mut words = arguments.split_whitespace().peekable();
+    let (mut paging, mut detach, mut formats) = (false, false, Vec::new());
+    while let Some(flag) = words.next_if(|w| w.starts_with('-')) {
+        match flag {
+            "-p" => paging = true,
+            "-d" => detach = true,
+            "-z" => formats.push(DumpFormat::KdumpZlib),
+            "-l" => formats.push(DumpFormat::KdumpLzo),
+            "-s" => formats.push(DumpFormat::KdumpSnappy),
+            "-w" => formats.push(DumpFormat::WinDmp),
+            other => return hmp_usage(NAME, &format!("{NAME}: unsupported option {other}")),
+        }
+    }
+    let Some(file) = words.next() else {
+        return hmp_usage(NAME, &format!("{NAME}: filename expected"));
+    };
+    let mut number = || {
+        words
+            .next()
+            .map(|w| monitor_number(NAME, w).map(|v| Int(i128::from(v as i64))))
+            .transpose()
+    };
+    let (begin, length) = match (number(), number()) {
+        (Ok(b), Ok(l)) => (b, l),
+        (Err(e), _) | (_, Err(e)) => return hmp_usage(NAME, &e),
+    };
+    if formats.len() > 1 {
+        return format!("Error: only one of '-z|-l|-s|-w' can be set\n");
+    }
+    hmp_answer(dump_guest_memory(
+        c,
+        DumpGuestMemory {
+            paging,
+            protocol: format!("file:{file}"),
+            detach: Some(detach),
+            begin,
+            length,
+            format: Some(formats.first().copied().unwrap_or(DumpFormat::Elf)),
+        },
+    ))
+}
+
+fn hmp_save(c: &mut Ctx, command: &str, arguments: &str, cpu: u32) -> String {
+    let words: Vec<&str> = arguments.split_whitespace().collect();
+    let number = |at: usize| -> Result<Int, String> {
+        let text = words.get(at).copied().unwrap_or("");
+        let value = monitor_number(command, text)?;
+        // QEMU's expression goes on across spaces when an operator follows.
+        if let Some(next) = words.get(at + 1) {
+            let mut chars = next.chars();
+            if chars.next().is_some_and(|op| "*/%+-&|^".contains(op)) {
+                return Err(match chars.next() {
+                    Some(ch) => format!("invalid char '{ch}' in expression"),
+                    None => "unexpected end of expression".into(),
+                });
+            }
+        }
+        Ok(Int(i128::from(value as i64)))
+    };
+    let (val, size) = match (number(0), number(1)) {
+        (Ok(v), Ok(s)) => (v, s),
+        (Err(e), _) | (_, Err(e)) => return hmp_usage(command, &e),
+    };
+    let Some(filename) = words.get(2).map(|f| f.to_string()) else {
+        return hmp_usage(command, &format!("{command}: string expected"));
+    };
+    if words.len() > 3 {
+        return hmp_usage(
+            command,
+            &format!("{command}: extraneous characters at the end of line"),
+        );
+    }
+    hmp_answer(match command {
+        "memsave" => memsave(
+            c,
+            Memsave {
+                val,
+                size,
+                filename,
+                cpu_index: Some(Int(i128::from(cpu))),
+            },
+        ),
+        _ => pmemsave(
+            c,
+            Pmemsave {
+                val,
+                size,
+                filename,
+            },
+        ),
+    })
+}
+
+/// HMP `info dump`.
+pub fn info_dump(result: &Value, _: u32) -> String {
+    let status = result["status"].as_str().unwrap_or("none");
+    let mut text = format!("Status: {status}\n");
+    if status == "active" {
+        let (done, total) = (result["completed"].as_f64(), result["total"].as_f64());
+        if let (Some(done), Some(total)) = (done, total.filter(|t| *t > 0.0)) {
+            text += &format!("Finished: {:.2} %\n", 100.0 * done / total);
+        }
+    }
+    text
+}

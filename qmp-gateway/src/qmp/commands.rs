@@ -285,7 +285,7 @@ pub const COMMANDS: &[Command] = &[
         &Typed(absent::nothing_to_do::<absent::XenSetGlobalDirtyLog>),
         EMPTY,
     ),
-    partly(
+    cmd(
         "query-acpi-ospm-status",
         &Typed(memory::query_acpi_ospm_status),
         Ty::Array(&Ty::Named("ACPIOSTInfo")),

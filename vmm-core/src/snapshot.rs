@@ -17,7 +17,7 @@ use crate::vm::Vm;
 
 /// Bumped whenever what is saved changes shape; a vmm-core takes only its own version.
 /// (2: the most vCPUs, and each vCPU by its index: CPU hotplug.)
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 const KVM_CAP_DEBUGREGS: libc::c_ulong = 50;
 /// KVM_CLOCK_TSC_STABLE: a flag KVM_GET_CLOCK reports and KVM_SET_CLOCK refuses.
 const CLOCK_FLAGS_SETTABLE: u32 = 0;

@@ -377,3 +377,40 @@ fn the_uart_on_a_ringbuf_is_read_over_qmp() {
     );
     assert_eq!(chardevs(&mut c)["con"], ("ringbuf".to_string(), true));
 }
+
+/// A bad --chardev or --serial stops the gateway before anything starts, in QEMU's words
+/// where QEMU has them.
+#[test]
+fn bad_chardev_command_lines_are_refused_at_once() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--serial", "chardev:nope"], "Chardev 'nope' not found"),
+        (&["--chardev", "null"], "chardev: no id specified"),
+        (
+            &["--chardev", "ringbuf,id=r,size=1000"],
+            "size of ringbuf chardev must be power of two",
+        ),
+        (
+            &["--chardev", "file,id=f,path=/nonexistent/x"],
+            "Failed to add chardev 'f': Could not open '/nonexistent/x': No such file or directory",
+        ),
+        (
+            &["--chardev", "null,id=a", "--chardev", "null,id=a"],
+            "Chardev with id 'a' already exists",
+        ),
+        (
+            &["--chardev", "vc,id=v"],
+            "'vc' is not a valid char driver name",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = std::process::Command::new(flotilla_tests::bin("qmp-gateway"));
+        cmd.arg("--kernel")
+            .arg(flotilla_tests::test_guest())
+            .args(args);
+        let start = Instant::now();
+        let (status, _, err) = flotilla_tests::run_to_end(cmd, WAIT);
+        assert!(!status.success(), "{args:?} started");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{args:?}");
+    }
+}

@@ -316,6 +316,148 @@ mod tests {
         );
     }
 
+    /// Reads from `r` until `want` came (5 s at most).
+    fn expect(r: &mut impl Read, want: &[u8]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        let mut b = [0u8; 256];
+        while !got.windows(want.len()).any(|w| w == want) {
+            assert!(std::time::Instant::now() < deadline, "got {got:?}");
+            if let Ok(n) = r.read(&mut b) {
+                got.extend_from_slice(&b[..n]);
+            }
+        }
+    }
+
+    /// A frontend's end, reading with a timeout.
+    fn frontend(c: &Chardevs, id: &str) -> UnixStream {
+        let fe = UnixStream::from(c.attach(id, "serial0").unwrap());
+        fe.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        fe
+    }
+
+    #[test]
+    fn file_pipe_udp_pty_and_tcp_carry_a_frontends_bytes_both_ways() {
+        let dir = scratch("both-ways");
+        let c = Chardevs::default();
+        // file: output appended to out, input read from in.
+        let (out, input) = (dir.join("out"), dir.join("in"));
+        std::fs::write(&out, b"kept:").unwrap();
+        std::fs::write(&input, b"from-file").unwrap();
+        let file = Backend::File {
+            out: out.clone(),
+            input: Some(input),
+            append: true,
+        };
+        c.add("f", file, false).unwrap();
+        let mut fe = frontend(&c, "f");
+        fe.write_all(b"to-file").unwrap();
+        expect(&mut fe, b"from-file");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read(&out).unwrap() != b"kept:to-file" {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // pipe: path.in and path.out.
+        let pipe = dir.join("p");
+        for end in ["p.in", "p.out"] {
+            let path = std::ffi::CString::new(dir.join(end).to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        }
+        c.add("p", Backend::Pipe(pipe), false).unwrap();
+        let mut fe = frontend(&c, "p");
+        let mut pin = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("p.in"))
+            .unwrap();
+        let mut pout = std::fs::File::open(dir.join("p.out")).unwrap();
+        pin.write_all(b"into-pipe").unwrap();
+        expect(&mut fe, b"into-pipe");
+        fe.write_all(b"out-of-pipe").unwrap();
+        expect(&mut pout, b"out-of-pipe");
+        // udp: datagrams to and from the remote.
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = peer.local_addr().unwrap().port().to_string();
+        let udp = Backend::Udp {
+            remote: ("127.0.0.1".into(), port),
+            local: Some(("127.0.0.1".into(), "0".into())),
+        };
+        c.add("u", udp, false).unwrap();
+        let mut fe = frontend(&c, "u");
+        fe.write_all(b"datagram").unwrap();
+        let mut b = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut b).unwrap();
+        assert_eq!(&b[..n], b"datagram");
+        peer.send_to(b"reply", from).unwrap();
+        expect(&mut fe, b"reply");
+        // pty: the slave's side, once opened.
+        c.add("t", Backend::Pty, false).unwrap();
+        let path = c
+            .query()
+            .into_iter()
+            .find(|i| i.label == "t")
+            .unwrap()
+            .filename;
+        let slave_path = path.strip_prefix("pty:").unwrap().to_string();
+        let mut fe = frontend(&c, "t");
+        let mut slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&slave_path)
+            .unwrap();
+        slave.write_all(b"typed").unwrap();
+        expect(&mut fe, b"typed");
+        // The master looks for its slave every second.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut slave_in = slave.try_clone().unwrap();
+        let reader = std::thread::spawn(move || expect(&mut slave_in, b"shown"));
+        while !reader.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing reached the pty"
+            );
+            fe.write_all(b"shown").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        reader.join().unwrap();
+        // tcp: a client of a server here.
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = Backend::Socket {
+            addr: spec::Address::Inet {
+                host: "127.0.0.1".into(),
+                port: addr.port().to_string(),
+            },
+            server: false,
+            wait: false,
+            reconnect: 0,
+            nodelay: true,
+        };
+        c.add("c", client, false).unwrap();
+        let (mut conn, peer_addr) = server.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert_eq!(
+            c.query()
+                .into_iter()
+                .find(|i| i.label == "c")
+                .unwrap()
+                .filename,
+            format!("tcp:{peer_addr} <-> {addr}")
+        );
+        let mut fe = frontend(&c, "c");
+        fe.write_all(b"over-tcp").unwrap();
+        expect(&mut conn, b"over-tcp");
+        conn.write_all(b"back").unwrap();
+        expect(&mut fe, b"back");
+        c.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn a_frontend_output_reaches_a_ring_and_a_socket_client_both_ways() {
         let c = Chardevs::default();

@@ -243,7 +243,7 @@ pub const COMMANDS: &[Command] = &[
         Ty::Array(&Ty::Named("MemoryDeviceInfo")),
         G,
     ),
-    partly(
+    cmd(
         "query-iothreads",
         &Typed(objects::query_iothreads),
         Ty::Array(&Ty::Named("IOThreadInfo")),

@@ -182,12 +182,15 @@ fn fadt(facs: u64, dsdt: u64) -> acpi_tables::fadt::FADT {
     // C2/C3 not supported (latencies above the spec's limits).
     f.p_lvl2_lat = 101.into();
     f.p_lvl3_lat = 1001.into();
-    // IA-PC boot architecture: legacy (ISA) devices present (COM1); no 8042 to probe
-    // (only its reset line exists), no VGA, no CMOS RTC.
+    // IA-PC boot architecture: legacy (ISA) devices present (COM1), an 8042 keyboard
+    // controller (Linux probes it only when the FADT or the DSDT says it is there), no
+    // VGA, no CMOS RTC.
     const LEGACY_DEVICES: u16 = 1 << 0;
+    const I8042_PRESENT: u16 = 1 << 1;
     const VGA_NOT_PRESENT: u16 = 1 << 2;
     const CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-    f.iapc_boot_arch = (LEGACY_DEVICES | VGA_NOT_PRESENT | CMOS_RTC_NOT_PRESENT).into();
+    f.iapc_boot_arch =
+        (LEGACY_DEVICES | I8042_PRESENT | VGA_NOT_PRESENT | CMOS_RTC_NOT_PRESENT).into();
     f.reset_reg = GAS::new(
         AddressSpace::SystemIo,
         8,
@@ -649,6 +652,30 @@ fn dsdt(max_cpus: u32, memory_slots: u32) -> Sdt {
             &aml::Interrupt::new(true, true, false, false, ports::COM1_IRQ),
         ],
     );
+    // The i8042 with its keyboard (its ports, IRQ 1) and its PS/2 mouse (IRQ 12), as QEMU's
+    // pc describes them: Linux's i8042 driver takes its ports and IRQs from these.
+    devices.extend(pnp_device(
+        "KBD_",
+        "PNP0303",
+        0,
+        vec![
+            &aml::IO::new(ports::I8042_DATA, ports::I8042_DATA, 1, 1),
+            &aml::IO::new(ports::I8042_COMMAND, ports::I8042_COMMAND, 1, 1),
+            &aml::Interrupt::new(true, true, false, false, ports::I8042_KBD_IRQ),
+        ],
+    ));
+    devices.extend(pnp_device(
+        "MOU_",
+        "PNP0F13",
+        0,
+        vec![&aml::Interrupt::new(
+            true,
+            true,
+            false,
+            false,
+            ports::I8042_AUX_IRQ,
+        )],
+    ));
     // Claims the ports of the PM block and the reset register, and the ECAM window
     // (Linux trusts MMCONFIG only when firmware reserves it), so no OS hands them out.
     devices.extend(pnp_device(
@@ -764,6 +791,28 @@ mod tests {
         assert_eq!(f[92], 4);
         assert_eq!((f[220], f[221]), (1, 32));
         assert_eq!(u64::from_le_bytes(f[224..232].try_into().unwrap()), 0xafe0);
+    }
+
+    #[test]
+    fn the_i8042_is_announced_as_qemu_pc_announces_it() {
+        // IAPC_BOOT_ARCH (offset 109): the 8042 bit, which Linux needs without PNP.
+        let f = to_bytes(&fadt(0, 0));
+        assert_ne!(u16::from_le_bytes([f[109], f[110]]) & (1 << 1), 0);
+        let (dir, dsl) = disassembled(dsdt(1, 0).as_slice());
+        let kbd = device(&dsl, "KBD");
+        for want in [
+            "EisaId (\"PNP0303\")",
+            "0x0060,             // Range Minimum",
+            "0x0064,             // Range Minimum",
+            "0x00000001,",
+        ] {
+            assert!(kbd.contains(want), "{want} missing:\n{kbd}");
+        }
+        let mouse = device(&dsl, "MOU");
+        for want in ["EisaId (\"PNP0F13\")", "0x0000000C,"] {
+            assert!(mouse.contains(want), "{want} missing:\n{mouse}");
+        }
+        recompiles(&dir);
     }
 
     /// A scratch directory, removed when dropped.

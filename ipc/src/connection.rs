@@ -111,6 +111,7 @@ mod tests {
                 upgrade: None,
                 balloon: None,
                 memory_hotplug: None,
+                dimms: vec![],
             }),
         }
     }

@@ -67,9 +67,10 @@ impl From<IncomingError> for String {
     }
 }
 
-/// Pages this migration has written (a zero page for one never written needs nothing:
-/// a fresh memfd reads as zeros), and pages it received at all (postcopy asks the
-/// source for the others).
+/// Pages that may hold data: this migration wrote them, or they held data before it
+/// came (a DIMM's memory-backend-file may); a zero page for any other needs nothing (a
+/// hole reads as zeros). And pages it received at all (postcopy asks the source for the
+/// others).
 struct Written {
     data: PageSet,
     received: PageSet,
@@ -173,6 +174,9 @@ impl Receiver {
             data: PageSet::new(self.page_end),
             received: PageSet::new(self.page_end),
         };
+        for p in self.ram.data_pages()?.into_iter().flatten() {
+            written.data.insert(p);
+        }
         // Postcopy: the source advised it (ADVISE), then switched (LISTEN).
         let (mut advised, mut listening) = (false, false);
         let (mut bytes, mut pages, mut reported) = (0u64, 0u64, 0u64);
@@ -528,14 +532,16 @@ mod tests {
             guest_addr: 0,
             size,
             file_offset: 0,
+            file: 0,
         }];
         let receiver = Receiver {
-            ram: GuestRam::map(fd, &windows, true).unwrap(),
+            ram: GuestRam::map(vec![fd], &windows, true).unwrap(),
             shape: MachineShape {
                 memory: size,
                 vcpus: 1,
                 disks: vec![],
                 nics: vec![],
+                dimms: vec![],
             },
             answer: Answer::default(),
             page_end: PAGES,

@@ -50,9 +50,20 @@ fn take(fds: &mut std::vec::IntoIter<OwnedFd>, what: &str) -> Result<OwnedFd, Re
         .ok_or_else(|| RemoteError::generic(format!("the request lacks the {what} fd")))
 }
 
+/// Guest memory's files (RAM's memfd, then each DIMM's), as the windows name them.
+fn memory_files(
+    fds: &mut std::vec::IntoIter<OwnedFd>,
+    windows: &[ipc::RamWindow],
+) -> Result<Vec<OwnedFd>, RemoteError> {
+    (0..ipc::memory_files(windows))
+        .map(|_| take(fds, "guest memory"))
+        .collect()
+}
+
 fn start_outgoing(s: &OutgoingStart, fds: Vec<OwnedFd>) -> Result<Outgoing, RemoteError> {
     let mut fds = fds.into_iter();
-    let ram = GuestRam::map(take(&mut fds, "guest RAM")?, &s.windows, false).map_err(remote)?;
+    let files = memory_files(&mut fds, &s.windows)?;
+    let ram = GuestRam::map(files, &s.windows, false).map_err(remote)?;
     let log = PageLog::from_fd(take(&mut fds, "dirty log")?, s.log_len).map_err(remote)?;
     let channel = File::from(take(&mut fds, "connection")?);
     let two_way = match s.channel {
@@ -69,7 +80,8 @@ fn start_incoming(
     fds: Vec<OwnedFd>,
 ) -> Result<(Answer, SinkSlot, Faults), RemoteError> {
     let mut fds = fds.into_iter();
-    let ram = GuestRam::map(take(&mut fds, "guest RAM")?, &s.windows, true).map_err(remote)?;
+    let files = memory_files(&mut fds, &s.windows)?;
+    let ram = GuestRam::map(files, &s.windows, true).map_err(remote)?;
     let fd = take(&mut fds, "connection")?;
     let page_end = s
         .windows

@@ -624,8 +624,9 @@ mod tests {
             guest_addr: 0,
             size,
             file_offset: 0,
+            file: 0,
         }];
-        let ram = GuestRam::map(memfd, &windows, false).unwrap();
+        let ram = GuestRam::map(vec![memfd], &windows, false).unwrap();
         let log = PageLog::create(size).unwrap();
         let marks = PageLog::from_fd(log.fd().try_clone_to_owned().unwrap(), log.len()).unwrap();
         let (ours, theirs) = UnixStream::pair().unwrap();
@@ -638,6 +639,7 @@ mod tests {
                 vcpus: 1,
                 disks: vec![],
                 nics: vec![],
+                dimms: vec![],
             },
             xbzrle_cache,
             compress,
@@ -725,14 +727,16 @@ mod tests {
             guest_addr: 0,
             size,
             file_offset: 0,
+            file: 0,
         }];
         let receiver = crate::incoming::Receiver {
-            ram: GuestRam::map(dst_fd, &windows, true).unwrap(),
+            ram: GuestRam::map(vec![dst_fd], &windows, true).unwrap(),
             shape: MachineShape {
                 memory: size,
                 vcpus: 1,
                 disks: vec![],
                 nics: vec![],
+                dimms: vec![],
             },
             answer: crate::incoming::Answer::default(),
             page_end: PAGES,

@@ -1,6 +1,7 @@
-//! Guest RAM as the agent sees it: the windows of vmm-core's memfd, mapped shared
-//! (read-only on the source, writable on the destination), addressed by guest page
-//! number. A page outside every window is refused, never reached.
+//! Guest memory as the agent sees it: the windows of vmm-core's files (RAM's memfd, and
+//! each DIMM's memory), mapped shared (read-only on the source, writable on the
+//! destination), addressed by guest page number. A page outside every window is
+//! refused, never reached.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -16,6 +17,8 @@ pub enum RamError {
     Window { addr: u64, size: u64, why: String },
     #[error("mapping guest RAM: {0}")]
     Map(std::io::Error),
+    #[error("guest RAM window at {addr:#x} names file {file}, of {files}")]
+    NoFile { addr: u64, file: u32, files: usize },
 }
 
 struct Mapped {
@@ -24,10 +27,12 @@ struct Mapped {
     ptr: NonNull<u8>,
     len: usize,
     file_offset: u64,
+    /// Which of `GuestRam::files`.
+    file: usize,
 }
 
 pub struct GuestRam {
-    fd: OwnedFd,
+    files: Vec<OwnedFd>,
     windows: Vec<Mapped>,
 }
 
@@ -39,11 +44,20 @@ unsafe impl Send for GuestRam {}
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
-    /// Maps `windows` of `fd`, checked against the file's size and page alignment.
-    pub fn map(fd: OwnedFd, windows: &[RamWindow], writable: bool) -> Result<GuestRam, RamError> {
-        let file_len = shm::file_len(fd.as_fd()).map_err(RamError::Map)?;
-        let mut mapped = Vec::new();
+    /// Maps `windows` of `files`, checked against their files' sizes and page alignment.
+    pub fn map(
+        files: Vec<OwnedFd>,
+        windows: &[RamWindow],
+        writable: bool,
+    ) -> Result<GuestRam, RamError> {
+        let mut mapped: Vec<Mapped> = Vec::new();
         for w in windows {
+            let fd = files.get(w.file as usize).ok_or(RamError::NoFile {
+                addr: w.guest_addr,
+                file: w.file,
+                files: files.len(),
+            })?;
+            let file_len = shm::file_len(fd.as_fd()).map_err(RamError::Map)?;
             let bad = |why: &str| RamError::Window {
                 addr: w.guest_addr,
                 size: w.size,
@@ -62,6 +76,13 @@ impl GuestRam {
                 .is_none_or(|end| end > file_len)
             {
                 return Err(bad("beyond the memfd"));
+            }
+            let (first, pages) = (w.guest_addr / PAGE as u64, w.size / PAGE as u64);
+            if mapped
+                .iter()
+                .any(|m| first < m.first_page + m.pages && m.first_page < first + pages)
+            {
+                return Err(bad("overlaps another window"));
             }
             let len = usize::try_from(w.size).map_err(|_| bad("too large"))?;
             let prot = if writable {
@@ -91,10 +112,11 @@ impl GuestRam {
                 ptr,
                 len,
                 file_offset: w.file_offset,
+                file: w.file as usize,
             });
         }
         Ok(GuestRam {
-            fd,
+            files,
             windows: mapped,
         })
     }
@@ -106,7 +128,7 @@ impl GuestRam {
             .flat_map(|w| w.first_page..w.first_page + w.pages)
     }
 
-    /// Takes `count` pages from `first` out of the memfd (holes again: postcopy's
+    /// Takes `count` pages from `first` out of their files (holes again: postcopy's
     /// discarded pages, which every mapping then finds missing). They may span windows;
     /// a page outside every window is refused.
     pub fn punch(&self, first: u64, count: u64) -> std::io::Result<()> {
@@ -120,10 +142,10 @@ impl GuestRam {
             };
             let n = (w.pages - i as u64).min(end - page);
             let offset = w.file_offset + i as u64 * PAGE as u64;
-            // SAFETY: fallocate on the memfd we hold, inside the window's bytes.
+            // SAFETY: fallocate on a file we hold, inside the window's bytes.
             let r = unsafe {
                 libc::fallocate(
-                    self.fd.as_raw_fd(),
+                    self.files[w.file].as_raw_fd(),
                     libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                     offset as libc::off_t,
                     (n * PAGE as u64) as libc::off_t,
@@ -191,7 +213,7 @@ impl GuestRam {
         for w in &self.windows {
             let start = w.file_offset;
             let end = start + w.pages * PAGE as u64;
-            for r in shm::data_ranges(self.fd.as_fd(), end)? {
+            for r in shm::data_ranges(self.files[w.file].as_fd(), end)? {
                 let (s, e) = (r.start.max(start), r.end.min(end));
                 if s < e {
                     let first = w.first_page + (s - start) / PAGE as u64;
@@ -240,14 +262,16 @@ mod tests {
                 guest_addr: 0,
                 size: 4 * PAGE as u64,
                 file_offset: 0,
+                file: 0,
             },
             RamWindow {
                 guest_addr: 1 << 32,
                 size: 4 * PAGE as u64,
                 file_offset: 4 * PAGE as u64,
+                file: 0,
             },
         ];
-        let ram = GuestRam::map(fd, &windows, true).unwrap();
+        let ram = GuestRam::map(vec![fd], &windows, true).unwrap();
         assert_eq!(ram.total_pages(), 8);
         ram.pages_mut((1 << 32) / 4096 + 1, 1).unwrap()[0] = 7;
         assert_eq!(ram.page((1 << 32) / 4096 + 1).unwrap()[0], 7);
@@ -268,6 +292,7 @@ mod tests {
             guest_addr,
             size,
             file_offset,
+            file: 0,
         };
         for bad in [
             w(0, 8192, 4096),
@@ -275,7 +300,62 @@ mod tests {
             w(0, 0, 0),
             w(0, 4096, u64::MAX),
         ] {
-            assert!(GuestRam::map(memfd(8192), &[bad], false).is_err());
+            assert!(GuestRam::map(vec![memfd(8192)], &[bad], false).is_err());
         }
+        let two = [w(0, 4096, 0), w(0, 4096, 4096)];
+        assert_eq!(
+            GuestRam::map(vec![memfd(8192)], &two, false)
+                .err()
+                .unwrap()
+                .to_string(),
+            "guest RAM window at 0x0 of 0x1000 bytes: overlaps another window"
+        );
+        let other_file = [RamWindow {
+            file: 1,
+            ..w(0, 4096, 0)
+        }];
+        assert_eq!(
+            GuestRam::map(vec![memfd(8192)], &other_file, false)
+                .err()
+                .unwrap()
+                .to_string(),
+            "guest RAM window at 0x0 names file 1, of 1"
+        );
+    }
+
+    #[test]
+    fn a_dimm_is_a_window_of_its_own_file() {
+        let (ram_fd, dimm_fd) = (memfd(4 * PAGE as u64), memfd(2 * PAGE as u64));
+        let dimm = shm::SharedMapping::new(dimm_fd.as_fd(), 2 * PAGE).unwrap();
+        let windows = [
+            RamWindow {
+                guest_addr: 0,
+                size: 4 * PAGE as u64,
+                file_offset: 0,
+                file: 0,
+            },
+            RamWindow {
+                guest_addr: 1 << 32,
+                size: 2 * PAGE as u64,
+                file_offset: 0,
+                file: 1,
+            },
+        ];
+        let ram = GuestRam::map(vec![ram_fd, dimm_fd], &windows, true).unwrap();
+        assert_eq!(ram.total_pages(), 6);
+        let dimm_page = (1 << 32) / PAGE as u64;
+        ram.pages_mut(dimm_page + 1, 1).unwrap()[5] = 9;
+        // SAFETY: the mapping is 2 pages long.
+        assert_eq!(unsafe { *dimm.ptr().as_ptr().add(PAGE + 5) }, 9);
+        assert_eq!(
+            ram.data_pages().unwrap(),
+            vec![dimm_page + 1..dimm_page + 2]
+        );
+        ram.punch(dimm_page, 2).unwrap();
+        assert!(ram.data_pages().unwrap().is_empty());
+        assert!(
+            ram.pages(4, 1).is_none(),
+            "nothing between RAM and the DIMM"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The migration stream, version 1 (docs/migration-stream.md is its description): a
+//! The migration stream, version 2 (docs/migration-stream.md is its description): a
 //! header with the machine's shape, which the destination accepts or rejects, then
 //! records of guest pages (whole, zero runs, XBZRLE deltas, deflated), pass markers, the device
 //! state and an end mark; on two-way channels the destination's answer at the end.
@@ -8,13 +8,14 @@
 
 use std::io::{self, Read, Write};
 
-use ipc::MachineShape;
+use ipc::{DimmLaunch, MachineShape};
 
 use crate::disks::records::{self, DiskRecord, RecordError, DISKS, DISK_DATA, DISK_ZERO};
 use crate::wire::{read_u16, read_u32, read_u64, read_u8};
 
 pub const MAGIC: &[u8; 8] = b"FLOTMIG\n";
-pub const VERSION: u32 = 1;
+/// 2: the header lists the DIMMs (their memory travels as further windows of pages).
+pub const VERSION: u32 = 2;
 pub const PAGE: usize = 4096;
 /// Most pages one PAGES record carries (1 MiB), and one ZERO record names.
 pub const MAX_PAGES_PER_RECORD: u32 = 256;
@@ -25,6 +26,8 @@ pub const MAX_COMPRESSED: usize = PAGE - 1;
 pub const MAX_STATE: u32 = 16 << 20;
 /// Most disks or NICs a shape may list, and the longest rejection text.
 const MAX_DEVICES: u32 = 1024;
+/// Most DIMMs a shape may list: QEMU's ACPI_MAX_RAM_SLOTS.
+const MAX_DIMMS: u32 = 256;
 const MAX_TEXT: u32 = 4096;
 
 const PAGES: u8 = 1;
@@ -129,7 +132,29 @@ pub fn write_header(w: &mut impl Write, shape: &MachineShape) -> io::Result<()> 
             w.write_all(&q.to_le_bytes())?;
         }
     }
+    w.write_all(&(shape.dimms.len() as u32).to_le_bytes())?;
+    for d in &shape.dimms {
+        w.write_all(&d.slot.to_le_bytes())?;
+        w.write_all(&d.addr.to_le_bytes())?;
+        w.write_all(&d.size.to_le_bytes())?;
+    }
     Ok(())
+}
+
+fn read_dimms(r: &mut impl Read) -> Result<Vec<DimmLaunch>, StreamError> {
+    let n = read_u32(r)?;
+    if n > MAX_DIMMS {
+        return Err(malformed(format!("{n} DIMMs")));
+    }
+    (0..n)
+        .map(|_| {
+            Ok(DimmLaunch {
+                slot: read_u32(r)?,
+                addr: read_u64(r)?,
+                size: read_u64(r)?,
+            })
+        })
+        .collect()
 }
 
 pub fn read_header(r: &mut impl Read) -> Result<MachineShape, StreamError> {
@@ -147,7 +172,39 @@ pub fn read_header(r: &mut impl Read) -> Result<MachineShape, StreamError> {
         vcpus: read_u32(r)?,
         disks: read_list(r, "disks")?,
         nics: read_list(r, "NICs")?,
+        dimms: read_dimms(r)?,
     })
+}
+
+/// Why the source's DIMMs cannot come here (QEMU's rule: the same DIMMs in the same
+/// slots at the same addresses), naming the first slot that differs.
+fn dimms_mismatch(there: &[DimmLaunch], here: &[DimmLaunch]) -> Option<String> {
+    let mut slots: Vec<u32> = there.iter().chain(here).map(|d| d.slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let show = |d: &DimmLaunch| format!("a DIMM of {} MiB at {:#x}", d.size >> 20, d.addr);
+    for slot in slots {
+        let find = |list: &[DimmLaunch]| list.iter().find(|d| d.slot == slot).copied();
+        match (find(there), find(here)) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(a), b) => {
+                return Some(format!(
+                    "the source has {} in memory slot {slot}, this VM {}: launch it with \
+                     the same --object and --device pc-dimm",
+                    show(&a),
+                    b.as_ref().map_or("none".into(), show)
+                ))
+            }
+            (None, Some(b)) => {
+                return Some(format!(
+                    "the source has no DIMM in memory slot {slot}, this VM {}",
+                    show(&b)
+                ))
+            }
+            (None, None) => {}
+        }
+    }
+    None
 }
 
 /// Why `there` (the source) cannot come into `here`, if it cannot.
@@ -193,7 +250,7 @@ pub fn shape_mismatch(there: &MachineShape, here: &MachineShape) -> Option<Strin
             there.nics, here.nics
         ));
     }
-    None
+    dimms_mismatch(&there.dimms, &here.dimms)
 }
 
 /// The destination's answer to the header.
@@ -462,6 +519,11 @@ mod tests {
             vcpus: 2,
             disks: vec![1, 4],
             nics: vec![1],
+            dimms: vec![DimmLaunch {
+                slot: 1,
+                addr: 1 << 32,
+                size: 128 << 20,
+            }],
         }
     }
 
@@ -489,6 +551,36 @@ mod tests {
             "the source has disks with [1, 4] queues, this VM [1, 2]"
         );
         assert!(shape_mismatch(&shape(), &shape()).is_none());
+        // The DIMMs: none here, another address, another slot.
+        other = shape();
+        other.dimms.clear();
+        assert_eq!(
+            shape_mismatch(&shape(), &other).unwrap(),
+            "the source has a DIMM of 128 MiB at 0x100000000 in memory slot 1, this VM none: \
+             launch it with the same --object and --device pc-dimm"
+        );
+        other.dimms = vec![DimmLaunch {
+            addr: 5 << 30,
+            ..shape().dimms[0]
+        }];
+        assert_eq!(
+            shape_mismatch(&shape(), &other).unwrap(),
+            "the source has a DIMM of 128 MiB at 0x100000000 in memory slot 1, this VM a DIMM \
+             of 128 MiB at 0x140000000: launch it with the same --object and --device pc-dimm"
+        );
+        other.dimms = vec![DimmLaunch {
+            slot: 0,
+            ..shape().dimms[0]
+        }];
+        assert_eq!(
+            shape_mismatch(&shape(), &other).unwrap(),
+            "the source has no DIMM in memory slot 0, this VM a DIMM of 128 MiB at 0x100000000"
+        );
+        assert_eq!(
+            shape_mismatch(&other, &shape()).unwrap(),
+            "the source has a DIMM of 128 MiB at 0x100000000 in memory slot 0, this VM none: \
+             launch it with the same --object and --device pc-dimm"
+        );
     }
 
     #[test]
@@ -521,6 +613,17 @@ mod tests {
         assert!(matches!(
             read_header(&mut buf.as_slice()),
             Err(StreamError::Malformed(_))
+        ));
+        // More DIMMs than there are memory slots.
+        let mut buf = Vec::new();
+        let mut none = shape();
+        none.dimms.clear();
+        write_header(&mut buf, &none).unwrap();
+        buf.truncate(buf.len() - 4);
+        buf.extend_from_slice(&257u32.to_le_bytes());
+        assert!(matches!(
+            read_header(&mut buf.as_slice()),
+            Err(StreamError::Malformed(m)) if m.contains("257 DIMMs")
         ));
     }
 

@@ -1,5 +1,5 @@
 //! The balloon as the gateway sees it: `--device virtio-balloon-pci[,id=ID]` on the command
-//! line (`--device` takes a NIC or the balloon: `DeviceSpec`), and QMP balloon's value
+//! line (`--device` takes a NIC, the balloon or a DIMM: `DeviceSpec`), and QMP balloon's value
 //! turned into the target vmm-core's device holds, by QEMU 7.2's rules. vmm-core serves
 //! the device itself (vmm-core/src/devices/virtio_balloon/): it gives the guest's pages
 //! back to the host and reports what the driver says it holds, which the gateway answers
@@ -7,7 +7,10 @@
 
 use std::str::FromStr;
 
+use serde_json::{Map, Value};
+
 use crate::net::nic::NicSpec;
+use crate::qmp::object_add::split_options;
 
 /// QEMU's words when there is no balloon (QERR_DEVICE_NOT_ACTIVE, class DeviceNotActive).
 pub const NOT_ACTIVE: &str = "No balloon device has been activated";
@@ -49,11 +52,13 @@ fn is_balloon(model: &str) -> bool {
     matches!(model, "virtio-balloon-pci" | "virtio-balloon")
 }
 
-/// What `--device` adds: a NIC, or the balloon.
+/// What `--device` adds: a NIC, the balloon, or a DIMM (`pc-dimm,...`: its options as
+/// device_add's arguments, strings as QemuOpts keeps them, read by devices/dimm.rs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
     Nic(NicSpec),
     Balloon(BalloonSpec),
+    Dimm(Map<String, Value>),
 }
 
 impl FromStr for DeviceSpec {
@@ -61,11 +66,32 @@ impl FromStr for DeviceSpec {
 
     fn from_str(s: &str) -> Result<DeviceSpec, String> {
         let model = s.split(',').next().unwrap_or_default();
+        if model == "pc-dimm" {
+            let mut args = Map::new();
+            for part in split_options(s) {
+                match part.split_once('=') {
+                    Some((k, v)) => args.insert(k.to_string(), Value::String(v.to_string())),
+                    None => args.insert("driver".to_string(), Value::String(part)),
+                };
+            }
+            return Ok(DeviceSpec::Dimm(args));
+        }
         match is_balloon(model) {
             true => s.parse().map(DeviceSpec::Balloon),
             false => s.parse().map(DeviceSpec::Nic),
         }
     }
+}
+
+/// The command line's DIMMs, in order.
+pub fn dimms(devices: &[DeviceSpec]) -> Vec<&Map<String, Value>> {
+    devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceSpec::Dimm(args) => Some(args),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The command line's devices sorted: the NICs in order, and the balloon (at most one,
@@ -81,6 +107,7 @@ pub fn split(devices: &[DeviceSpec]) -> Result<(Vec<NicSpec>, Option<BalloonSpec
                 return Err("Only one balloon device is supported".into())
             }
             DeviceSpec::Balloon(b) => balloon = Some(b.clone()),
+            DeviceSpec::Dimm(_) => {}
         }
     }
     if let Some(id) = balloon.as_ref().and_then(|b| b.id.as_deref()) {

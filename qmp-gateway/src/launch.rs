@@ -10,6 +10,8 @@ use ipc::host::VmArgs;
 use ipc::{LaunchConfig, SerialSink, VcpuInfo, VmmReply, VmmRequest};
 
 use crate::children::link::{LinkError, VmmLink};
+use crate::devices::placement::Dimm;
+use crate::devices::LaunchLists;
 
 /// Why the VM could not be launched (the command line reads these).
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,8 @@ pub enum LaunchError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("a DIMM's memory: {0}")]
+    DimmMemory(String),
     #[error("vmm-core answered the launch with {0}")]
     UnexpectedReply(String),
     #[error(transparent)]
@@ -42,6 +46,11 @@ pub enum LaunchError {
 pub struct OpenedVm {
     pub config: LaunchConfig,
     fds: Vec<OwnedFd>,
+    /// The launch's DIMMs' memory, for the launch only (the memory backend objects keep
+    /// theirs).
+    dimm_fds: Vec<OwnedFd>,
+    /// Each DIMM's memory backend object, in the order of `config.dimms`.
+    pub dimm_memdevs: Vec<String>,
 }
 
 impl OpenedVm {
@@ -96,8 +105,11 @@ impl OpenedVm {
                 upgrade: None,
                 balloon: None,
                 memory_hotplug: o.memory.hotplug(),
+                dimms: Vec::new(),
             },
             fds,
+            dimm_fds: Vec::new(),
+            dimm_memdevs: Vec::new(),
         })
     }
 
@@ -121,31 +133,43 @@ impl OpenedVm {
         self.fds.push(stream);
     }
 
+    /// A DIMM (--device pc-dimm), with a handle on its memory backend's memory.
+    pub fn add_dimm(&mut self, dimm: &Dimm, memory: OwnedFd) {
+        self.config.dimms.push(dimm.launch);
+        self.dimm_memdevs.push(dimm.memdev.clone());
+        self.dimm_fds.push(memory);
+    }
+
     /// The devices there are now (after device_add and device_del), each in its slot,
     /// for the next vmm-core's launch and the migration's shape. Only after the launch,
     /// once the backend connections were dropped.
-    pub fn set_devices(&mut self, disks: Vec<ipc::DiskLaunch>, nics: Vec<ipc::NicLaunch>) {
-        self.config.disks = disks;
-        self.config.nics = nics;
+    pub fn set_devices(&mut self, lists: LaunchLists) {
+        self.config.disks = lists.disks;
+        self.config.nics = lists.nics;
+        self.config.dimms = lists.dimms.iter().map(|d| d.launch).collect();
+        self.dimm_memdevs = lists.dimms.into_iter().map(|d| d.memdev).collect();
     }
 
     /// After the launch: the backend connections were vmm-core's alone (a dup here
     /// would keep a backend from seeing its frontend go); the other files stay, for a
-    /// live upgrade's vmm-core.
+    /// live upgrade's vmm-core. The DIMMs' memory stays with their backend objects.
     pub fn drop_backend_connections(&mut self) {
         let backends = self.config.disks.len() + self.config.nics.len();
         let keep = self.fds.len().saturating_sub(backends);
         self.fds.truncate(keep);
+        self.dimm_fds.clear();
     }
 
     /// The launch of a vmm-core that takes over this VM (a live upgrade): the same
-    /// files, guest RAM's memfd, the devices' shapes and fresh backend connections.
+    /// files, guest RAM's memfd, the devices' shapes, fresh backend connections and the
+    /// DIMMs' memory (`dimms`, in the order of `config.dimms`).
     pub fn upgrade(
         &self,
         vmm: &VmmLink,
         memfd: &OwnedFd,
         links: Vec<ipc::LinkShape>,
         backends: &[OwnedFd],
+        dimms: &[OwnedFd],
     ) -> Result<Vec<VcpuInfo>, LaunchError> {
         let mut config = self.config.clone();
         config.incoming = true;
@@ -153,6 +177,7 @@ impl OpenedVm {
         let mut fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();
         fds.push(memfd.as_fd());
         fds.extend(backends.iter().map(|f| f.as_fd()));
+        fds.extend(dimms.iter().map(|f| f.as_fd()));
         match vmm.request(VmmRequest::Launch(config), &fds)? {
             VmmReply::Launched { vcpus } => Ok(vcpus),
             other => Err(LaunchError::UnexpectedReply(format!("{other:?}"))),
@@ -167,12 +192,15 @@ impl OpenedVm {
             vcpus: self.config.cpus + self.config.added_cpus.len() as u32,
             disks: self.config.disks.iter().map(|d| d.max_queues).collect(),
             nics: self.config.nics.iter().map(|n| n.queue_pairs).collect(),
+            dimms: self.config.dimms.clone(),
         }
     }
 
     /// Asks vmm-core to build and start the VM; returns its vCPU threads.
     pub fn launch(&self, vmm: &VmmLink) -> Result<Vec<VcpuInfo>, LaunchError> {
-        let fds: Vec<BorrowedFd> = self.fds.iter().map(|f| f.as_fd()).collect();
+        let fds: Vec<BorrowedFd> = (self.fds.iter().chain(&self.dimm_fds))
+            .map(|f| f.as_fd())
+            .collect();
         match vmm.request(VmmRequest::Launch(self.config.clone()), &fds)? {
             VmmReply::Launched { vcpus } => Ok(vcpus),
             other => Err(LaunchError::UnexpectedReply(format!("{other:?}"))),

@@ -24,6 +24,7 @@ use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
 use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::children::vmm::VmmChild;
+use qmp_gateway::devices::placement::DeviceMemory;
 use qmp_gateway::devices::spec::Model;
 use qmp_gateway::devices::Backend;
 use qmp_gateway::events::{Event, EventBus};
@@ -32,6 +33,7 @@ use qmp_gateway::fdstore::{FdBudget, FdLimits};
 use qmp_gateway::gateway::{Binaries, ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
 use qmp_gateway::net::netdev::NetdevSpec;
+use qmp_gateway::objects::ObjectSpec;
 use qmp_gateway::qmp::server::{Server, ServerOptions};
 use qmp_gateway::sockets::bind_private;
 use qmp_gateway::startup;
@@ -84,8 +86,11 @@ struct Args {
     #[arg(long, value_parser = |s: &str| NetdevSpec::parse_cli(s))]
     netdev: Vec<NetdevSpec>,
     /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56][,addr=SLOT]`,
-    /// its queue pairs the netdev's queues; or the balloon (one at most):
-    /// `virtio-balloon-pci[,id=NAME]`. May be given several times.
+    /// its queue pairs the netdev's queues; the balloon (one at most):
+    /// `virtio-balloon-pci[,id=NAME]`; or a DIMM (QEMU's -device pc-dimm, with --memory's
+    /// slots=): `pc-dimm,memdev=OBJECT[,id=NAME][,slot=N][,addr=GPA]`, there from the
+    /// start (as a migration's destination must have the source's). May be given
+    /// several times.
     #[arg(long, value_parser = |s: &str| s.parse::<DeviceSpec>())]
     device: Vec<DeviceSpec>,
     /// A character device, as QEMU's -chardev: `null,id=ID`, `file,id=ID,path=PATH
@@ -96,6 +101,12 @@ struct Args {
     /// one. May be given several times.
     #[arg(long, value_parser = |s: &str| qmp_gateway::chardev::spec::Backend::from_cli(s))]
     chardev: Vec<(String, qmp_gateway::chardev::spec::Backend)>,
+    /// An object, as QEMU's -object: `memory-backend-ram|memory-backend-memfd,id=ID,
+    /// size=SIZE[,share=on][,prealloc=on]`, `memory-backend-file,id=ID,size=SIZE,
+    /// mem-path=PATH[,share=on][,prealloc=on]` (what object-add takes). May be given
+    /// several times.
+    #[arg(long, value_parser = |s: &str| qmp_gateway::qmp::object_add::from_cli(s))]
+    object: Vec<ObjectSpec>,
     /// The vmm-core binary (default: next to this one).
     #[arg(long)]
     vmm_core: Option<PathBuf>,
@@ -387,6 +398,19 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             .lock()
             .added(&ticket, Backend::Balloon(launch.clone()));
         vm.config.balloon = Some(launch);
+    }
+    // The command line's objects, then its DIMMs on them, placed as device_add places
+    // them (in the launch's device memory).
+    for spec in &args.object {
+        let id = spec.id().to_string();
+        gw.objects
+            .add(spec.clone())
+            .with_context(|| format!("--object {id}"))?;
+    }
+    let memory = DeviceMemory::of(vm.config.memory_mib << 20, vm.config.memory_hotplug);
+    for dimm in balloon::dimms(&args.device) {
+        let (dimm, fd) = gw.launch_dimm(dimm, &memory).context("--device pc-dimm")?;
+        vm.add_dimm(&dimm, fd);
     }
     vm.config.incoming = args.incoming.is_some();
     gw.migrator.set_shape(vm.shape());

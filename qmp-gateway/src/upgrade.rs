@@ -5,8 +5,9 @@
 //! drained, the state saved from the old vmm-core and restored into the new one, the old
 //! one retired, and the guest runs again. The device daemons stay: each accepts the new
 //! vmm-core's connection once the old one has gone, and goes on from the rings in
-//! memory. Until the state is in the new vmm-core, any failure leaves the old one
-//! running the VM.
+//! memory. The DIMMs' memory (pc-dimm) is the gateway's memory backend objects': the
+//! new vmm-core is launched with it, and their slots' state comes with the VM's state.
+//! Until the state is in the new vmm-core, any failure leaves the old one running the VM.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -118,7 +119,10 @@ pub fn upgrade(gw: &Gateway, binary: Option<PathBuf>) -> Result<Upgraded, Upgrad
     let launched = {
         let launch = gw.vmm_child.launch.lock();
         match launch.as_ref() {
-            Some(l) => l.upgrade(&gw.vmm, &memfd, links, &backends),
+            Some(l) => gw
+                .dimm_memory(&l.dimm_memdevs)
+                .map_err(LaunchError::DimmMemory)
+                .and_then(|dimms| l.upgrade(&gw.vmm, &memfd, links, &backends, &dimms)),
             None => Err(LaunchError::UnexpectedReply("no launch to repeat".into())),
         }
     };

@@ -185,9 +185,12 @@ pub fn destination(cpus: usize, cmdline: &str, incoming: &str, extra: &[&str]) -
     let dir = TempDir::new("destination");
     let qmp = dir.path().join("qmp.sock");
     let mut cmd = Command::new(bin("qmp-gateway"));
-    cmd.arg("--kernel")
-        .arg(test_guest())
-        .args(["--memory", "128", "--cpus", &cpus.to_string()])
+    cmd.arg("--kernel").arg(test_guest());
+    // A --memory in `extra` takes the default's place.
+    if !extra.contains(&"--memory") {
+        cmd.args(["--memory", "128"]);
+    }
+    cmd.args(["--cpus", &cpus.to_string()])
         .args(["--cmdline", cmdline])
         .arg("--qmp")
         .arg(&qmp)

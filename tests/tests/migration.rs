@@ -523,3 +523,149 @@ fn a_vm_stopped_during_its_migration_arrives_paused() {
     d.ok("cont", json!({}));
     expect_mig(&mut dst.vm, "GUEST MIG round", PROGRESS);
 }
+
+/// Memory hotplug's shape on both sides (QEMU's -m 128,slots=4,maxmem=1G).
+const HOTPLUG_MEMORY: &str = "128,slots=4,maxmem=1G";
+/// Where the first DIMM goes: the start of device memory (4 GiB), memory slot 0.
+const DIMM_ADDR: u64 = 1 << 32;
+const DIMM_SIZE: u64 = 64 << 20;
+
+/// The names of the processes under `pid` that map memory backend `id`'s memfd.
+fn mapping(pid: i32, id: &str) -> Vec<String> {
+    let name = format!("/memfd:flotilla-mem-{id}");
+    let mut found: Vec<String> = descendants(pid)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{}/maps", p.pid))
+                .is_ok_and(|maps| maps.lines().any(|l| l.contains(&name)))
+        })
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid));
+            comm.unwrap_or_default().trim().to_string()
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// A DIMM hot-added to the running guest (which writes its pattern all over it) moves
+/// with the VM, as QEMU's do: a destination launched without it refuses the migration
+/// (the source runs on), one launched with the same --object and --device pc-dimm takes
+/// it: its memory (RAM blocks beyond guest RAM), its slot's state (the guest's _OST
+/// there) and its daemons' memory tables. Then a live upgrade there keeps it too, and at
+/// the power button the guest finds the pattern intact.
+#[test]
+fn a_hot_added_dimm_moves_with_the_vm_and_survives_a_live_upgrade() {
+    let io = IoSetup::new("migration-dimm");
+    let mut opts = vec!["--memory", HOTPLUG_MEMORY];
+    let disk = io.args();
+    // The disk only (its daemon must map the DIMM at the destination too).
+    opts.extend(disk[..2].iter().copied());
+    // mem-blk=1: the disk carries data through the DIMM, so its daemon maps it.
+    let cmdline = "scenario=mem-hotplug mem-blk=1";
+    let mut src = Gateway::start_with(1, cmdline, &opts);
+    src.vm
+        .expect_prefix("GUEST MEM HOTPLUG READY slots=4 port=0xa00 gpe=3", BOOT);
+    let mut s = src.client();
+    s.ok(
+        "object-add",
+        json!({"qom-type": "memory-backend-ram", "id": "m1", "size": DIMM_SIZE}),
+    );
+    s.ok(
+        "device_add",
+        json!({"driver": "pc-dimm", "id": "dimm1", "memdev": "m1"}),
+    );
+    let added = src.vm.expect_prefix("GUEST MEM ADDED slot=0", PROGRESS);
+    assert_eq!(
+        added,
+        format!("GUEST MEM ADDED slot=0 base={DIMM_ADDR:#x} size={DIMM_SIZE:#x} ok")
+    );
+
+    // A destination without the DIMM cannot take its memory: it refuses at the header.
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let mut bare = destination(1, cmdline, &uri, &opts);
+    let bare_vmm = bare.vmm_pid();
+    s.ok("migrate", json!({"uri": uri}));
+    let why = "the source has a DIMM of 64 MiB at 0x100000000 in memory slot 0, this VM \
+               none: launch it with the same --object and --device pc-dimm";
+    let info = wait_migration(&mut s, &["completed", "failed"]);
+    assert_eq!(
+        info,
+        json!({"status": "failed",
+               "error-desc": format!("the destination refused the migration: {why}")})
+    );
+    assert_eq!(status(&mut s), "running");
+    bare.expect_clean_exit(bare_vmm, false);
+    let said = bare.vm.transcript();
+    assert!(
+        said.contains(&format!(
+            "load of migration failed: the source is not compatible: {why}"
+        )),
+        "{said}"
+    );
+
+    // The destination as libvirt starts it: the same DIMM in the same slot and place.
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let size = format!("size={}M", DIMM_SIZE >> 20);
+    let object = format!("memory-backend-ram,id=m1,{size}");
+    let device = format!("pc-dimm,id=dimm1,memdev=m1,slot=0,addr={DIMM_ADDR:#x}");
+    let mut extra = opts.clone();
+    extra.extend(["--object", &object, "--device", &device]);
+    let mut dst = destination(1, cmdline, &uri, &extra);
+    let mut d = dst.client();
+    s.ok("migrate", json!({"uri": uri}));
+    let info = expect_completed(&mut s, &src.vm);
+    // The DIMM's 64 MiB of pattern went as pages, beside the guest's RAM.
+    assert!(
+        info["ram"]["normal"].as_u64() >= Some(DIMM_SIZE / 4096),
+        "{info}"
+    );
+    wait_for_status(&mut d, "running");
+    assert_eq!(
+        d.ok("query-memory-devices", json!({})),
+        json!([{"type": "dimm", "data": {
+            "id": "dimm1", "addr": DIMM_ADDR, "size": DIMM_SIZE, "slot": 0, "node": 0,
+            "memdev": "/objects/m1", "hotplugged": false, "hotpluggable": true}}])
+    );
+    // The guest's _OST at the source (a device check, done) is the slot's state here.
+    let ospm = d.ok("query-acpi-ospm-status", json!({}));
+    assert_eq!(
+        ospm[0],
+        json!({"device": "dimm1", "slot": "0", "slot-type": "DIMM", "source": 1, "status": 0}),
+        "{ospm}"
+    );
+    // vmm-core and the disk's daemon map the DIMM's memory here.
+    assert_eq!(mapping(dst.vm.pid(), "m1"), ["block-daemon", "vmm-core"]);
+
+    // A new vmm-core takes the VM over with the DIMM's memory and slot.
+    let before = dst.vmm_pid();
+    d.ok("__io.flotilla_vmm-upgrade", json!({}));
+    assert_ne!(dst.vmm_pid(), before);
+    // The daemon maps guest memory again once the new vmm-core connected to it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mapping(dst.vm.pid(), "m1") != ["block-daemon", "vmm-core"]
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mapping(dst.vm.pid(), "m1"), ["block-daemon", "vmm-core"]);
+    assert_eq!(
+        d.ok("query-acpi-ospm-status", json!({}))[0]["device"],
+        "dimm1"
+    );
+
+    // The guest reads its pattern back from the DIMM, here, after both.
+    d.ok("system_powerdown", json!({}));
+    let kept = dst.vm.expect_prefix("GUEST MEM KEPT slot=0", PROGRESS);
+    assert_eq!(
+        kept,
+        format!("GUEST MEM KEPT slot=0 base={DIMM_ADDR:#x} size={DIMM_SIZE:#x} ok")
+    );
+    dst.vm.expect_prefix("GUEST POWER BUTTON", BOOT);
+    assert!(
+        !dst.vm.transcript().contains("GUEST ERROR"),
+        "{}",
+        dst.vm.transcript()
+    );
+}

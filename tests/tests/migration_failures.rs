@@ -847,11 +847,13 @@ fn an_incompatible_destination_is_refused() {
 /// exits and leaves nothing (its unix: listener's socket neither), without a panic.
 #[test]
 fn a_malformed_stream_ends_the_destination_cleanly() {
-    // The header of a 128 MiB, 2-vCPU VM without devices (docs/migration-stream.md).
+    // The header of a 128 MiB, 2-vCPU VM without devices or DIMMs
+    // (docs/migration-stream.md, version 2).
     let mut header = b"FLOTMIG\n".to_vec();
-    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&2u32.to_le_bytes());
     header.extend_from_slice(&(128u64 << 20).to_le_bytes());
     header.extend_from_slice(&2u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     // A PAGES record far outside guest RAM; a STATE record longer than allowed.

@@ -5,8 +5,10 @@
 //! memory (`GuestRam::add_hot`), registered with KVM in a memory slot of its own and handed
 //! to every vhost-user backend (`Link::add_memory`) before the guest hears of it (insert
 //! event, GPE 3); one the guest ejected leaves them in the other order. Whether the VM may
-//! change now is the runner's to say. A VM with DIMMs neither migrates nor is upgraded:
-//! their memory is not in the stream, and a new vmm-core would not have it.
+//! change now is the runner's to say. DIMMs given at launch (QEMU's -device pc-dimm: a
+//! migration's destination, a live upgrade's new vmm-core) go in the same way, present
+//! from the start and without an event; their memory travels in a migration as further
+//! windows of guest memory (`dirty_log::windows`), each its own file.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -31,11 +33,13 @@ impl Vm {
     }
 
     /// `VmmRequest::MemoryAttach`: the DIMM mapped, in KVM, in every backend, then the
-    /// guest told. On an error nothing of it is left.
-    pub(crate) fn attach_dimm(
+    /// guest told (`announce`; a launch's DIMM is simply there, as a boot finds it). On an
+    /// error nothing of it is left.
+    pub fn attach_dimm(
         &mut self,
         dimm: &ipc::DimmLaunch,
         fds: Vec<OwnedFd>,
+        announce: bool,
     ) -> Result<(), DimmError> {
         let memory = self.device_memory.as_ref().ok_or(DimmError::NotEnabled)?;
         memory.check(dimm.slot, dimm.addr, dimm.size)?;
@@ -49,7 +53,7 @@ impl Vm {
             return Err(DimmError::NoBackendRoom(link.lock().name().to_string()));
         }
         let file = File::from(fds.into_iter().next().ok_or(DimmError::NoBackend)?);
-        let hot = self.ram.add_hot(file, dimm.addr, dimm.size)?;
+        let hot = self.ram.add_hot(file, dimm.addr, dimm.size, kvm)?;
         let region = kvm_userspace_memory_region {
             slot: kvm,
             flags: 0,
@@ -71,7 +75,7 @@ impl Vm {
             size: dimm.size,
         };
         let memory = self.device_memory.as_mut().ok_or(DimmError::NotEnabled)?;
-        memory.hotplug.lock().plug(dimm.slot, range)?;
+        memory.hotplug.lock().plug(dimm.slot, range, announce)?;
         memory.dimms.insert(dimm.slot, range);
         Ok(())
     }
@@ -129,7 +133,8 @@ impl Vm {
             .collect()
     }
 
-    /// Whether the VM has DIMMs (it cannot migrate then).
+    /// Whether the VM has DIMMs.
+    #[cfg(test)]
     pub(crate) fn has_dimms(&self) -> bool {
         self.device_memory
             .as_ref()
@@ -194,7 +199,7 @@ mod tests {
         let mut vm = vm();
         let fds = backend(32 * MIB);
         let file = File::from(fds[0].try_clone().unwrap());
-        vm.attach_dimm(&dimm(1, BASE + 32 * MIB, 32 * MIB), fds)
+        vm.attach_dimm(&dimm(1, BASE + 32 * MIB, 32 * MIB), fds, true)
             .unwrap();
         assert_eq!(flags(&vm, 1), ST_ENABLED | ST_INSERT);
         assert_eq!(flags(&vm, 0), 0);
@@ -207,7 +212,7 @@ mod tests {
         let mut word = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut word, 0x1000).unwrap();
         assert_eq!(u32::from_le_bytes(word), 0xfeed);
-        let err = |vm: &mut Vm, d, fds| vm.attach_dimm(&d, fds).unwrap_err().to_string();
+        let err = |vm: &mut Vm, d, fds| vm.attach_dimm(&d, fds, true).unwrap_err().to_string();
         assert_eq!(
             err(&mut vm, dimm(1, BASE, 2 * MIB), backend(2 * MIB)),
             "memory slot 1 holds a DIMM already"
@@ -247,7 +252,7 @@ mod tests {
         );
         // None of these left anything: slot 0 is free, its range too.
         assert_eq!(flags(&vm, 0), 0);
-        vm.attach_dimm(&dimm(0, BASE, 2 * MIB), backend(2 * MIB))
+        vm.attach_dimm(&dimm(0, BASE, 2 * MIB), backend(2 * MIB), true)
             .unwrap();
         // A VM without memory slots takes none.
         let mut plain = built_vm_with(None, vec![], vec![]).unwrap();
@@ -261,7 +266,7 @@ mod tests {
     #[test]
     fn an_ejected_dimm_leaves_kvm_and_guest_memory_and_its_slot_serves_again() {
         let mut vm = vm();
-        vm.attach_dimm(&dimm(0, BASE, 4 * MIB), backend(4 * MIB))
+        vm.attach_dimm(&dimm(0, BASE, 4 * MIB), backend(4 * MIB), true)
             .unwrap();
         // device_del: a remove event for the guest.
         vm.request_dimm_unplug(0).unwrap();
@@ -286,9 +291,9 @@ mod tests {
             "out of guest memory"
         );
         // KVM let go of the range too: another slot may map it again.
-        vm.attach_dimm(&dimm(1, BASE, 4 * MIB), backend(4 * MIB))
+        vm.attach_dimm(&dimm(1, BASE, 4 * MIB), backend(4 * MIB), true)
             .unwrap();
-        vm.attach_dimm(&dimm(0, BASE + 4 * MIB, 2 * MIB), backend(2 * MIB))
+        vm.attach_dimm(&dimm(0, BASE + 4 * MIB, 2 * MIB), backend(2 * MIB), true)
             .unwrap();
         assert_eq!(vm.memory_slots_ost().len(), 2);
     }

@@ -258,9 +258,18 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
             Ok(NicConnection::handed(n, stream, shape))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let dimms = (config.dimms.iter())
+        .map(|d| Ok((d, next(&format!("memory slot {}'s DIMM", d.slot))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut vm = build_vm(kvm, &vm_config, boot, console, disks, nics)?;
     if let Some(balloon) = &config.balloon {
         vmm_core::builder::attach_balloon(&mut vm, balloon)?;
+    }
+    // The launch's DIMMs are there from the start (no insert event), as QEMU's
+    // -device pc-dimm; a migration or an upgrade brings their slots' state.
+    for (dimm, fd) in dimms {
+        vm.attach_dimm(dimm, vec![fd], false)
+            .with_context(|| format!("the DIMM for memory slot {}", dimm.slot))?;
     }
     Ok(vm)
 }

@@ -44,6 +44,8 @@ pub enum MemoryError {
 pub struct HotRegion {
     pub guest_addr: u64,
     pub size: u64,
+    /// Its KVM memory slot (the dirty log is read per slot).
+    pub kvm_slot: u32,
     pub file: Arc<File>,
     /// This process's mapping (in the guest memory map too).
     pub mapping: Arc<GuestRegionMmap>,
@@ -172,12 +174,13 @@ impl GuestRam {
     }
 
     /// Maps `size` bytes of `file` (from offset 0, shared) at `guest_addr` into the guest
-    /// memory map. The caller checked the range is free.
+    /// memory map, for KVM memory slot `kvm_slot`. The caller checked the range is free.
     pub fn add_hot(
         &mut self,
         file: File,
         guest_addr: u64,
         size: u64,
+        kvm_slot: u32,
     ) -> Result<HotRegion, MemoryError> {
         let len = file.metadata().map_err(MemoryError::Backend)?.len();
         if len < size {
@@ -197,6 +200,7 @@ impl GuestRam {
         let hot = HotRegion {
             guest_addr,
             size,
+            kvm_slot,
             file,
             mapping,
         };

@@ -1,7 +1,8 @@
 //! vmm-core's part in a migration. On the source: dirty logging on and off, syncs of
 //! KVM's log into the shared one, the stop-and-copy's stop and the device state out.
-//! On the destination: guest RAM's memfd for the agent to fill, and the device state in.
-//! Guest memory itself never passes through here: the agent reads and writes the memfd.
+//! On the destination: guest memory's files for the agent to fill, and the device state
+//! in. Guest memory itself never passes through here: the agent reads and writes RAM's
+//! memfd and the DIMMs' files (the destination was launched with the same DIMMs).
 //! A live upgrade uses the same state out and in, with guest RAM's memfd handed over
 //! as it is (`upgrade_info`).
 
@@ -26,7 +27,7 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Logging on; the answer carries guest RAM's memfd and the log's.
+    /// Logging on; the answer carries guest memory's files and the log's.
     pub fn start(&mut self, vm: &Vm) -> Answer {
         if self.log.is_some() {
             return fail("a migration is already in progress");
@@ -35,9 +36,10 @@ impl Outgoing {
             Ok(log) => log,
             Err(e) => return fail(e),
         };
-        let fds = (vm.ram.memfd().try_clone())
-            .and_then(|ram| Ok((ram, log.file()?)))
-            .map(|(ram, log)| vec![OwnedFd::from(ram), OwnedFd::from(log)]);
+        let fds = dirty_log::memory_files(&vm.ram).and_then(|mut fds| {
+            fds.push(OwnedFd::from(log.file()?));
+            Ok(fds)
+        });
         let fds = match fds {
             Ok(fds) => fds,
             Err(e) => {
@@ -103,21 +105,21 @@ impl Outgoing {
     }
 }
 
-/// The destination's guest RAM for the agent to write into.
+/// The destination's guest memory for the agent to write into.
 pub fn incoming_memory(vm: &Vm) -> Answer {
-    match vm.ram.memfd().try_clone() {
-        Ok(ram) => (
+    match dirty_log::memory_files(&vm.ram) {
+        Ok(fds) => (
             Ok(VmmReply::Memory {
                 windows: dirty_log::windows(&vm.ram),
             }),
-            vec![OwnedFd::from(ram)],
+            fds,
         ),
         Err(e) => fail(format!("handing over guest memory: {e}")),
     }
 }
 
 /// Before a live upgrade: the devices' shapes, and guest RAM's memfd for the vmm-core
-/// that takes over.
+/// that takes over (the DIMMs' memory the gateway holds, and launches it with).
 pub fn upgrade_info(vm: &Vm) -> Answer {
     match vm.ram.memfd().try_clone() {
         Ok(ram) => (

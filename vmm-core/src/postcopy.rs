@@ -31,8 +31,15 @@ pub enum PostcopyError {
     Backend { name: String, error: VhostUserError },
 }
 
-/// vmm-core's mapping of guest RAM, one range per region.
+/// vmm-core's mapping of guest memory, one range per region: RAM's, then the DIMMs'.
 pub fn ranges(ram: &GuestRam) -> Result<Vec<MappedRange>, PostcopyError> {
+    let dimms = ram.hot_regions().iter().map(|h| {
+        Ok(MappedRange {
+            host_addr: h.mapping.as_ptr() as u64,
+            size: h.size,
+            guest_addr: h.guest_addr,
+        })
+    });
     ram.regions()
         .iter()
         .map(|r| {
@@ -45,6 +52,7 @@ pub fn ranges(ram: &GuestRam) -> Result<Vec<MappedRange>, PostcopyError> {
                 guest_addr: r.guest_addr,
             })
         })
+        .chain(dimms)
         .collect()
 }
 

@@ -377,7 +377,7 @@ impl Runner<'_> {
         self.devices_may_change("device_add")?;
         // A DIMM the guest ejected goes first: its slot and range may be the new one's.
         self.let_go_ejected_dimms();
-        self.vm.attach_dimm(dimm, fds).map_err(remote)?;
+        self.vm.attach_dimm(dimm, fds, true).map_err(remote)?;
         log::info!(
             "a DIMM of {:#x} bytes was hot-plugged into memory slot {} at {:#x}",
             dimm.size,
@@ -509,14 +509,6 @@ impl Runner<'_> {
     fn handle_migration(&mut self, request: VmmRequest) -> Answer {
         let done = || (Ok(VmmReply::Done), Vec::new());
         match request {
-            // A DIMM's memory is not in the stream, and the destination would not have it.
-            VmmRequest::MigrationStart | VmmRequest::UpgradeInfo if self.vm.has_dimms() => (
-                Err(RemoteError::generic(
-                    "the VM has hot-added memory (pc-dimm devices), which cannot be \
-                     migrated here: device_del them first",
-                )),
-                Vec::new(),
-            ),
             VmmRequest::MigrationStart => self.outgoing.start(&self.vm),
             VmmRequest::DirtyLogSync => self.outgoing.sync(&self.vm),
             VmmRequest::MigrationEnd => {

@@ -9,4 +9,4 @@ pub mod vm_options;
 
 pub use mac::{format_mac, parse_mac};
 pub use net_port::{open_datagram, open_tap};
-pub use vm_options::{MemoryConfig, SerialConfig, VmArgs, MAX_MEMORY_SLOTS};
+pub use vm_options::{parse_size, MemoryConfig, SerialConfig, VmArgs, MAX_MEMORY_SLOTS};

@@ -53,7 +53,7 @@ const MIB: u64 = 1 << 20;
 
 /// A size as QEMU's qemu_strtosz reads it: a number (a fraction too) and an optional suffix
 /// B, K, M, G, T, P or E (any case, powers of 1024); without one, `default_unit` bytes.
-fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
+pub fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
     let digits_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());

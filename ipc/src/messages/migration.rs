@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Call, Message, Upcall};
 use crate::messages::net::RxFilterState;
-use crate::messages::vmm::RamWindow;
+use crate::messages::vmm::{memory_files, DimmLaunch, RamWindow};
 use crate::userfault::MappedRange;
 
 /// How the migration stream is carried: the fd in the frame after guest memory's.
@@ -33,9 +33,13 @@ pub struct MachineShape {
     pub disks: Vec<u32>,
     /// Each NIC's queue pairs, in launch order.
     pub nics: Vec<u32>,
+    /// The DIMMs (pc-dimm), by memory slot: QEMU's rule, the destination has the same
+    /// DIMMs in the same slots at the same addresses (their memory goes in the stream).
+    pub dimms: Vec<DimmLaunch>,
 }
 
-/// The source's migration: guest RAM (memfd), the dirty log (memfd), then the channel.
+/// The source's migration: guest memory's files (RAM's memfd, then each DIMM's, as the
+/// windows name them), the dirty log (memfd), then the channel.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct OutgoingStart {
     pub channel: Channel,
@@ -63,7 +67,8 @@ pub struct CompressParams {
     pub wait_thread: bool,
 }
 
-/// The destination's migration: guest RAM (memfd), then the channel.
+/// The destination's migration: guest memory's files (as the windows name them), then
+/// the channel.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct IncomingStart {
     pub channel: Channel,
@@ -163,8 +168,8 @@ pub enum AgentRequest {
 impl Message for AgentRequest {
     fn fd_count(&self) -> usize {
         match self {
-            AgentRequest::Outgoing(_) => 3,
-            AgentRequest::Incoming(_) => 2,
+            AgentRequest::Outgoing(s) => memory_files(&s.windows) + 2,
+            AgentRequest::Incoming(s) => memory_files(&s.windows) + 1,
             AgentRequest::Disks(d) => d.disks.len(),
             AgentRequest::DiskSinks(Ok(disks)) => disks.len(),
             AgentRequest::PostcopyFaults { backends, .. } => 1 + *backends as usize,

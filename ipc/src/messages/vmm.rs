@@ -59,6 +59,10 @@ pub struct LaunchConfig {
     /// ACPI memory hotplug's slots and device memory (QEMU's -m SIZE,slots=N,maxmem=MAX);
     /// None: no DIMM can be added.
     pub memory_hotplug: Option<MemoryHotplug>,
+    /// DIMMs there from the start (QEMU's -device pc-dimm: present at boot, no insert
+    /// event), which a migration's destination and a live upgrade's vmm-core have too;
+    /// each one's memory backend fd in the frame, after the NICs', in this order.
+    pub dimms: Vec<DimmLaunch>,
 }
 
 /// The shape of ACPI memory hotplug: `slots` DIMM slots (1 to 256), and at most
@@ -136,12 +140,25 @@ pub struct LinkShape {
     pub config: Vec<u8>,
 }
 
-/// One window of guest RAM: its guest physical address, size and offset in the memfd.
+/// One window of guest memory: its guest physical address, size, and offset in file
+/// `file` of the frame's memory files (0: guest RAM's memfd; then each DIMM's memory
+/// backend, by memory slot).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamWindow {
     pub guest_addr: u64,
     pub size: u64,
     pub file_offset: u64,
+    pub file: u32,
+}
+
+/// How many memory files a frame carries for `windows`: one past the highest named
+/// (at least guest RAM's).
+pub fn memory_files(windows: &[RamWindow]) -> usize {
+    windows
+        .iter()
+        .map(|w| w.file as usize + 1)
+        .max()
+        .unwrap_or(1)
 }
 
 /// A NIC as vmm-core sees it: a vhost-user-net frontend on a socket the gateway
@@ -177,7 +194,7 @@ pub struct DiskLaunch {
 
 impl LaunchConfig {
     /// /dev/kvm, the kernel, the initrd, the console, guest RAM (an upgrade), the
-    /// disks' and the NICs' sockets.
+    /// disks' and the NICs' sockets, the DIMMs' memory.
     pub fn fd_count(&self) -> usize {
         2 + usize::from(self.initrd_path.is_some())
             + usize::from(self.upgrade.is_some())
@@ -187,9 +204,12 @@ impl LaunchConfig {
             ))
             + self.disks.len()
             + self.nics.len()
+            + self.dimms.len()
     }
 }
 
+// Launch (with its DIMMs) goes once per vmm-core: its size costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum VmmRequest {
     Launch(LaunchConfig),
@@ -458,8 +478,9 @@ pub enum VmmReply {
         vcpus: Vec<VcpuInfo>,
     },
     Cpus(Vec<CpuState>),
-    /// Guest RAM's layout; the frame carries its memfd, then the dirty bitmap's (one bit
-    /// per 4 KiB page by guest physical address, `bitmap_len` bytes).
+    /// Guest memory's layout; the frame carries its files (`memory_files`: RAM's memfd,
+    /// then each DIMM's), then the dirty bitmap's (one bit per 4 KiB page by guest
+    /// physical address, `bitmap_len` bytes, covering the DIMMs too).
     Migration {
         windows: Vec<RamWindow>,
         bitmap_len: u64,
@@ -469,7 +490,7 @@ pub enum VmmReply {
         pages: u64,
     },
     State(Vec<u8>),
-    /// Guest RAM's layout; the frame carries its memfd.
+    /// Guest memory's layout; the frame carries its files (`memory_files`).
     Memory {
         windows: Vec<RamWindow>,
     },
@@ -617,8 +638,9 @@ pub enum VmmEvent {
 impl Message for VmmReply {
     fn fd_count(&self) -> usize {
         match self {
-            VmmReply::Migration { .. } => 2,
-            VmmReply::Memory { .. } | VmmReply::Upgrade { .. } => 1,
+            VmmReply::Migration { windows, .. } => memory_files(windows) + 1,
+            VmmReply::Memory { windows } => memory_files(windows),
+            VmmReply::Upgrade { .. } => 1,
             VmmReply::Postcopy { backends, .. } => 1 + backends.len(),
             _ => 0,
         }
@@ -679,6 +701,7 @@ mod tests {
                 qdev_id: "b".into(),
             }),
             memory_hotplug: None,
+            dimms: vec![],
         };
         // The balloon is vmm-core's own: no fd.
         assert_eq!(c.fd_count(), 2);

@@ -10,7 +10,7 @@
 //! (`MemoryUnplug`); when it ejects the DIMM, vmm-core lets go of the memory
 //! (`VmmEvent::MemoryEjected`), the backend is released and DEVICE_DELETED goes out.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use ipc::{DimmLaunch, VmmReply, VmmRequest};
 use serde_json::{json, Value};
@@ -36,12 +36,87 @@ impl Gateway {
         }
     }
 
+    /// A handle on each memory backend's memory, in the order given (a live upgrade's
+    /// vmm-core maps the DIMMs' memory from them).
+    pub fn dimm_memory(&self, memdevs: &[String]) -> Result<Vec<OwnedFd>, String> {
+        (memdevs.iter())
+            .map(|m| {
+                self.objects
+                    .with_memory_backend(m, |b| b.fd().try_clone_to_owned())
+                    .ok_or_else(|| format!("no memory backend {m}"))?
+                    .map_err(|e| format!("a handle on {m}'s memory: {e}"))
+            })
+            .collect()
+    }
+
     /// The rest of device_add for a pc-dimm, once its id is taken.
     pub(super) fn dimm_add(
         &self,
         spec: &DeviceSpec,
         ticket: &Ticket,
     ) -> Result<Backend, DeviceError> {
+        let (dimm, fd) = self.plan_dimm(spec, &self.device_memory(), true)?;
+        let attached = match self
+            .vmm
+            .request(VmmRequest::MemoryAttach(dimm.launch), &[fd.as_fd()])
+        {
+            Ok(VmmReply::Done) => Ok(()),
+            Ok(other) => Err(DeviceError::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = attached {
+            self.objects.release(&dimm.memdev);
+            return Err(e);
+        }
+        let DimmLaunch { slot, addr, size } = dimm.launch;
+        log::info!(
+            "pc-dimm {} added in memory slot {slot} at {addr:#x} ({size:#x} bytes of {})",
+            ticket.qom_path,
+            dimm.memdev
+        );
+        Ok(Backend::Dimm(dimm))
+    }
+
+    /// A pc-dimm of the command line (`--device pc-dimm,...`, QEMU's -device): placed
+    /// and checked as device_add places it, in `memory` (the launch's), and on the
+    /// machine from the start (vmm-core's launch maps it: `OpenedVm::add_dimm`, with the
+    /// fd returned).
+    pub fn launch_dimm(
+        &self,
+        args: &serde_json::Map<String, Value>,
+        memory: &DeviceMemory,
+    ) -> Result<(Dimm, OwnedFd), DeviceError> {
+        let spec = DeviceSpec::read(args)?;
+        let ticket = self
+            .devices
+            .lock()
+            .reserve(spec.model, spec.id.as_deref())?;
+        match self.plan_dimm(&spec, memory, false) {
+            Ok((dimm, fd)) => {
+                (self.devices.lock()).added(&ticket, Backend::Dimm(dimm.clone()));
+                Ok((dimm, fd))
+            }
+            Err(e) => {
+                self.devices.lock().abandon(&ticket);
+                Err(e)
+            }
+        }
+    }
+
+    /// A new DIMM's place and memory, by QEMU 7.2's checks in its order; its memory
+    /// backend is held from now on (released by the caller if the DIMM does not come).
+    fn plan_dimm(
+        &self,
+        spec: &DeviceSpec,
+        memory: &DeviceMemory,
+        hotplugged: bool,
+    ) -> Result<(Dimm, OwnedFd), DeviceError> {
+        if spec.model != super::spec::Model::Dimm {
+            return Err(DeviceError::Unexpected(format!(
+                "{} is not a pc-dimm",
+                spec.model.typename()
+            )));
+        }
         let props = DimmProps::read(spec)?;
         // The link is resolved when it is set: a missing object, or one of another kind.
         if let Some(memdev) = &props.memdev {
@@ -56,9 +131,8 @@ impl Gateway {
                 Some(true) => {}
             }
         }
-        let memory = self.device_memory();
         let dimms = self.devices.lock().dimms();
-        let slot = choose_slot(&memory, props.slot, &dimms)?;
+        let slot = choose_slot(memory, props.slot, &dimms)?;
         let memdev = props.memdev.clone().ok_or(DeviceError::MemdevNotSet)?;
         let (size, align) = self
             .objects
@@ -70,7 +144,7 @@ impl Gateway {
                 (b.spec.size, align)
             })
             .ok_or_else(|| DeviceError::NoMemdev(memdev.clone()))?;
-        let addr = choose_addr(&memory, props.addr, size, align, &dimms)?;
+        let addr = choose_addr(memory, props.addr, size, align, &dimms)?;
         if self.objects.in_use(&memdev) {
             return Err(DeviceError::MemdevBusy(memdev));
         }
@@ -87,23 +161,14 @@ impl Gateway {
             .hold(&memdev, |o| matches!(o, Object::MemoryBackend(_)))
             .map_err(|_| DeviceError::NoMemdev(memdev.clone()))?;
         let launch = DimmLaunch { slot, addr, size };
-        let attached = match self
-            .vmm
-            .request(VmmRequest::MemoryAttach(launch), &[fd.as_fd()])
-        {
-            Ok(VmmReply::Done) => Ok(()),
-            Ok(other) => Err(DeviceError::Unexpected(format!("{other:?}"))),
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = attached {
-            self.objects.release(&memdev);
-            return Err(e);
-        }
-        log::info!(
-            "pc-dimm {} added in memory slot {slot} at {addr:#x} ({size:#x} bytes of {memdev})",
-            ticket.qom_path
-        );
-        Ok(Backend::Dimm(Dimm { memdev, launch }))
+        Ok((
+            Dimm {
+                memdev,
+                launch,
+                hotplugged,
+            },
+            fd,
+        ))
     }
 
     /// device_del of a pc-dimm in memory slot `slot`: the guest is asked (again, if
@@ -131,6 +196,7 @@ impl Gateway {
         if let Some(Backend::Dimm(d)) = &device.backend {
             self.objects.release(&d.memdev);
         }
+        self.devices_changed();
         log::info!("{} removed from memory slot {slot}", device.qom_path);
         self.events.emit(Event::DeviceDeleted(DeviceDeleted {
             device: device.qdev_id.clone(),
@@ -150,7 +216,7 @@ impl Gateway {
                     "slot": d.launch.slot,
                     "node": 0,
                     "memdev": format!("/objects/{}", d.memdev),
-                    "hotplugged": true,
+                    "hotplugged": d.hotplugged,
                     "hotpluggable": true,
                 });
                 if let Some(id) = id {

@@ -253,10 +253,10 @@ impl Gateway {
 
     /// A new vmm-core (live upgrade) recreates the devices there are now, in their
     /// slots; a migration's destination must have the same.
-    fn devices_changed(&self) {
-        let (disks, nics) = self.devices.lock().launch_lists();
+    pub(super) fn devices_changed(&self) {
+        let lists = self.devices.lock().launch_lists();
         if let Some(vm) = self.vmm_child.launch.lock().as_mut() {
-            vm.set_devices(disks, nics);
+            vm.set_devices(lists);
             self.migrator.set_shape(vm.shape());
         }
     }

@@ -23,6 +23,14 @@ use std::time::{Duration, Instant};
 use ipc::{DiskLaunch, NicLaunch};
 
 pub use error::DeviceError;
+
+/// The devices a vmm-core is launched with (`Devices::launch_lists`).
+#[derive(Debug, Default)]
+pub struct LaunchLists {
+    pub disks: Vec<DiskLaunch>,
+    pub nics: Vec<NicLaunch>,
+    pub dimms: Vec<placement::Dimm>,
+}
 use spec::{Addr, Model};
 
 /// Slots 0 to 31.
@@ -407,21 +415,23 @@ impl Devices {
     }
 
     /// What a new vmm-core recreates: the disks, then the NICs, each in index order
-    /// (the order of the backends' connections), every one on the bus with its slot.
-    pub fn launch_lists(&self) -> (Vec<DiskLaunch>, Vec<NicLaunch>) {
-        let (mut disks, mut nics) = (Vec::new(), Vec::new());
+    /// (the order of the backends' connections), every one on the bus with its slot;
+    /// and the DIMMs by memory slot, each with its memory backend object's id.
+    pub fn launch_lists(&self) -> LaunchLists {
+        let mut lists = LaunchLists::default();
         for d in self.devices.iter().filter(|d| d.phase != Phase::Adding) {
             match &d.backend {
-                Some(Backend::Disk(l)) => disks.push(l.clone()),
-                Some(Backend::Nic(l)) => nics.push(l.clone()),
-                // The launch's LaunchConfig.balloon keeps it; a VM with DIMMs is not
-                // upgraded.
-                Some(Backend::Balloon(_) | Backend::Dimm(_)) | None => {}
+                Some(Backend::Disk(l)) => lists.disks.push(l.clone()),
+                Some(Backend::Nic(l)) => lists.nics.push(l.clone()),
+                Some(Backend::Dimm(m)) => lists.dimms.push(m.clone()),
+                // The launch's LaunchConfig.balloon keeps it.
+                Some(Backend::Balloon(_)) | None => {}
             }
         }
-        disks.sort_by_key(|d: &DiskLaunch| d.index);
-        nics.sort_by_key(|n: &NicLaunch| n.index);
-        (disks, nics)
+        lists.disks.sort_by_key(|d: &DiskLaunch| d.index);
+        lists.nics.sort_by_key(|n: &NicLaunch| n.index);
+        lists.dimms.sort_by_key(|m| m.launch.slot);
+        lists
     }
 }
 
@@ -611,7 +621,7 @@ mod tests {
             "Device /machine/peripheral/nic0 is already in the process of unplug"
         );
         // Still on the bus meanwhile: a new vmm-core gets it.
-        assert_eq!(d.launch_lists().1.len(), 1);
+        assert_eq!(d.launch_lists().nics.len(), 1);
         d.removal_failed(&first);
         assert_eq!(d.begin_removal("nic0").unwrap().slot, 3);
         let gone = d.ejected(3).unwrap();
@@ -628,7 +638,7 @@ mod tests {
         let t = d.reserve(Model::Net, Some("nic1")).unwrap();
         assert_eq!(d.place(&t, None).unwrap(), 3);
         d.added(&t, nic(1, 3, "nic1"));
-        let (disks, nics) = d.launch_lists();
+        let LaunchLists { disks, nics, .. } = d.launch_lists();
         assert_eq!(disks.iter().map(|l| l.index).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(
             nics.iter().map(|l| (l.index, l.slot)).collect::<Vec<_>>(),
@@ -651,7 +661,7 @@ mod tests {
         d.ejected(1).unwrap();
         assert_eq!(
             d.launch_lists()
-                .0
+                .disks
                 .iter()
                 .map(|l| (l.index, l.slot))
                 .collect::<Vec<_>>(),

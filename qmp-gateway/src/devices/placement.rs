@@ -22,6 +22,9 @@ pub struct Dimm {
     /// Its memory backend object's id.
     pub memdev: String,
     pub launch: DimmLaunch,
+    /// Added by device_add (false: given on the command line), as
+    /// query-memory-devices says.
+    pub hotplugged: bool,
 }
 
 /// pc-dimm's properties, as set.

@@ -120,6 +120,7 @@ impl Migrator {
                 vcpus: 0,
                 disks: Vec::new(),
                 nics: Vec::new(),
+                dimms: Vec::new(),
             }),
             incoming_started: AtomicBool::new(false),
             autostart: AtomicBool::new(true),

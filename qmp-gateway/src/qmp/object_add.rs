@@ -1,6 +1,7 @@
 //! object-add's arguments: QEMU 7.2's ObjectOptions (flat, as today's QEMU takes them,
 //! or with the properties in "props", as the spec's older form has them), checked with
-//! QEMU's messages and read into what the registry creates.
+//! QEMU's messages and read into what the registry creates; and `--object`'s, QEMU's
+//! -object, read into the same.
 
 use serde_json::{Map, Value};
 
@@ -98,6 +99,81 @@ pub fn from_args(mut args: Map<String, Value>) -> Result<ObjectSpec, QmpError> {
              memory-backend-ram, memory-backend-memfd and memory-backend-file)"
         ))),
     }
+}
+
+/// Members -object reads as sizes, integers and booleans (QEMU's keyval input visitor
+/// reads each by its QAPI type; the rest are strings).
+const CLI_SIZES: &[&str] = &["size", "align", "hugetlbsize"];
+const CLI_INTS: &[&str] = &[
+    "prealloc-threads",
+    "poll-max-ns",
+    "poll-grow",
+    "poll-shrink",
+    "aio-max-batch",
+    "thread-pool-min",
+    "thread-pool-max",
+];
+const CLI_BOOLS: &[&str] = &[
+    "share",
+    "prealloc",
+    "merge",
+    "dump",
+    "reserve",
+    "hugetlb",
+    "seal",
+    "discard-data",
+    "pmem",
+    "readonly",
+    "x-use-canonical-path-for-ramblock-id",
+];
+
+/// The command line's `--object TYPE,id=ID,KEY=VALUE...` (QEMU's -object): the values
+/// read by their members' types, with QEMU's words, then checked as object-add's.
+pub fn from_cli(text: &str) -> Result<ObjectSpec, String> {
+    let mut args = Map::new();
+    for (i, part) in split_options(text).into_iter().enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None if i == 0 => ("qom-type".to_string(), part),
+            None => return Err(format!("Expected '=' after parameter '{part}'")),
+        };
+        let bad = |what: &str| format!("Parameter '{key}' expects {what}");
+        let value = if CLI_SIZES.contains(&key.as_str()) {
+            let n = ipc::host::parse_size(&value, 1).ok_or_else(|| bad("a size"))?;
+            Value::from(n)
+        } else if CLI_INTS.contains(&key.as_str()) {
+            Value::from(value.parse::<i64>().map_err(|_| bad("integer"))?)
+        } else if CLI_BOOLS.contains(&key.as_str()) {
+            match value.as_str() {
+                "on" | "yes" | "true" => Value::Bool(true),
+                "off" | "no" | "false" => Value::Bool(false),
+                _ => return Err(bad("'on' or 'off'")),
+            }
+        } else {
+            Value::String(value)
+        };
+        args.insert(key, value);
+    }
+    from_args(args).map_err(|e| e.desc)
+}
+
+/// QemuOpts' split: a single comma ends an option, `,,` is a comma inside one.
+pub(crate) fn split_options(text: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                part.push(',');
+            }
+            ',' => parts.push(std::mem::take(&mut part)),
+            c => part.push(c),
+        }
+    }
+    parts.push(part);
+    parts
 }
 
 fn str_arg(args: &Map<String, Value>, key: &str) -> Option<String> {
@@ -264,6 +340,57 @@ mod tests {
         let twice = parse(json!({"qom-type": "iothread", "id": "io0", "poll-grow": 1,
             "props": {"poll-grow": 2}}));
         assert!(twice.is_err());
+    }
+
+    #[test]
+    fn the_command_line_reads_values_by_their_types() {
+        let Ok(ObjectSpec::MemoryBackend(m)) =
+            from_cli("memory-backend-file,id=m1,size=128M,mem-path=/tmp/a,,b,share=on")
+        else {
+            panic!()
+        };
+        assert_eq!(m.id, "m1");
+        assert_eq!(m.size, 128 << 20);
+        assert_eq!(m.share, Some(true));
+        assert_eq!(
+            m.kind,
+            BackendKind::File {
+                mem_path: "/tmp/a,b".into()
+            }
+        );
+        let Ok(ObjectSpec::IoThread(t)) = from_cli("iothread,id=io1,poll-max-ns=7") else {
+            panic!()
+        };
+        assert_eq!(t.poll_max_ns, 7);
+        for (text, want) in [
+            (
+                "memory-backend-ram,id=m,size=12Q",
+                "Parameter 'size' expects a size",
+            ),
+            (
+                "memory-backend-ram,id=m,size=1M,share=maybe",
+                "Parameter 'share' expects 'on' or 'off'",
+            ),
+            (
+                "iothread,id=i,poll-grow=x",
+                "Parameter 'poll-grow' expects integer",
+            ),
+            (
+                "memory-backend-ram,id=m,1M",
+                "Expected '=' after parameter '1M'",
+            ),
+            ("memory-backend-ram,size=1M", "Parameter 'id' is missing"),
+            (
+                "memory-backend-ram,id=m,size=0",
+                "property 'size' of memory-backend-ram doesn't take value '0'",
+            ),
+            (
+                "memory-backend-ram,id=m,size=1M,foo=1",
+                "Parameter 'foo' is unexpected",
+            ),
+        ] {
+            assert_eq!(from_cli(text).unwrap_err(), want, "{text}");
+        }
     }
 
     #[test]

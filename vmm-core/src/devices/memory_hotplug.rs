@@ -135,14 +135,22 @@ impl MemoryHotplug {
         }
     }
 
-    /// A DIMM went into `slot`: there, with an insert event, and GPE 3 raised.
-    pub fn plug(&mut self, slot: u32, dimm: DimmRange) -> Result<(), MemorySlotError> {
+    /// A DIMM went into `slot`: there, and with `announce` an insert event and GPE 3
+    /// raised (without: a DIMM given at launch, which the boot finds present).
+    pub fn plug(
+        &mut self,
+        slot: u32,
+        dimm: DimmRange,
+        announce: bool,
+    ) -> Result<(), MemorySlotError> {
         self.check_free(slot)?;
         let s = self.slot_mut(slot)?;
         s.dimm = Some(dimm);
-        s.inserting = true;
+        s.inserting = announce;
         s.removing = false;
-        self.gpe.lock().raise(gpe::MEMORY_HOTPLUG);
+        if announce {
+            self.gpe.lock().raise(gpe::MEMORY_HOTPLUG);
+        }
         Ok(())
     }
 
@@ -280,9 +288,20 @@ impl BusDevice for MemoryHotplug {
                 self.regs.slots.len()
             ));
         }
-        // A DIMM's memory does not travel: the source refuses to migrate with DIMMs.
-        if regs.slots.iter().any(|s| s.dimm.is_some()) {
-            return Err("ACPI memory hotplug: the source has DIMMs, which do not migrate".into());
+        // The DIMMs' memory came as this VM's own (launched with the same DIMMs): each
+        // slot must hold here what it held there.
+        for (slot, (there, here)) in regs.slots.iter().zip(&self.regs.slots).enumerate() {
+            if there.dimm != here.dimm {
+                let show = |d: Option<DimmRange>| match d {
+                    Some(d) => format!("a DIMM at {:#x} of {:#x} bytes", d.addr, d.size),
+                    None => "none".to_string(),
+                };
+                return Err(format!(
+                    "ACPI memory hotplug: memory slot {slot} holds {} on the source, {} here",
+                    show(there.dimm),
+                    show(here.dimm)
+                ));
+            }
         }
         self.regs = regs;
         Ok(())
@@ -347,7 +366,7 @@ mod tests {
             addr: 16 * GB + 0x20_0000,
             size: 5 * GB,
         };
-        b.mhp.plug(2, dimm).unwrap();
+        b.mhp.plug(2, dimm, true).unwrap();
         assert_eq!(b.gpe_status(), 1 << gpe::MEMORY_HOTPLUG, "GPE 3 raised");
         assert_eq!(b.flags(2), ST_ENABLED | ST_INSERT);
         assert_eq!(b.read(ADDR_LO, 4), 0x20_0000);
@@ -374,8 +393,11 @@ mod tests {
         b.write(OST_STATUS, 7, 4);
         assert!(b.sent().is_empty());
         // A DIMM in a busy slot, or a slot beyond the last, is refused.
-        assert_eq!(b.mhp.plug(2, dimm), Err(MemorySlotError::Busy(2)));
-        assert_eq!(b.mhp.plug(4, dimm), Err(MemorySlotError::NoSlot(4, 4)));
+        assert_eq!(b.mhp.plug(2, dimm, true), Err(MemorySlotError::Busy(2)));
+        assert_eq!(
+            b.mhp.plug(4, dimm, true),
+            Err(MemorySlotError::NoSlot(4, 4))
+        );
     }
 
     #[test]
@@ -385,7 +407,7 @@ mod tests {
             addr: 4 * GB,
             size: 128 << 20,
         };
-        b.mhp.plug(1, dimm).unwrap();
+        b.mhp.plug(1, dimm, true).unwrap();
         b.write(SELECTOR, 1, 4);
         // What MSCN's "MINS = One" writes through a WriteAsZeros byte field.
         b.write(STATUS_OFFSET, u32::from(ST_INSERT), 1);
@@ -454,17 +476,41 @@ mod tests {
             e,
             "ACPI memory hotplug: 3 memory slots on the source, 4 here"
         );
-        b.mhp
+        let dimm = DimmRange {
+            addr: 4 * GB,
+            size: 1 << 21,
+        };
+        b.mhp.plug(0, dimm, true).unwrap();
+        let with_dimm = b.mhp.save_state().unwrap();
+        // A DIMM's slot state goes only where the same DIMM is.
+        assert_eq!(
+            c.mhp.restore_state(&with_dimm).unwrap_err(),
+            "ACPI memory hotplug: memory slot 0 holds a DIMM at 0x100000000 of 0x200000 \
+             bytes on the source, none here"
+        );
+        c.mhp
             .plug(
                 0,
                 DimmRange {
-                    addr: 4 * GB,
-                    size: 1 << 21,
+                    addr: 5 * GB,
+                    ..dimm
                 },
+                false,
             )
             .unwrap();
-        let with_dimm = b.mhp.save_state().unwrap();
-        assert!(c.mhp.restore_state(&with_dimm).is_err());
+        assert_eq!(
+            c.mhp.restore_state(&with_dimm).unwrap_err(),
+            "ACPI memory hotplug: memory slot 0 holds a DIMM at 0x100000000 of 0x200000 \
+             bytes on the source, a DIMM at 0x140000000 of 0x200000 bytes here"
+        );
+        // Launched with it (no event), the slot takes the source's state: the guest
+        // had not yet cleared the insert event there.
+        let mut d = block(3);
+        d.mhp.plug(0, dimm, false).unwrap();
+        assert_eq!(d.flags(0), ST_ENABLED);
+        d.mhp.restore_state(&with_dimm).unwrap();
+        assert_eq!(d.flags(0), ST_ENABLED | ST_INSERT);
+        assert_eq!(d.gpe_status(), 0, "a launch's DIMM raises nothing");
         assert!(c.mhp.restore_state(&saved[..2]).is_err());
     }
 }

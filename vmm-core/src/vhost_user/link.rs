@@ -1246,7 +1246,8 @@ mod tests {
             <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
         });
         file.set_len(2 * MIB).unwrap();
-        ram.add_hot(file, (1 << 32) + n * MIB, 2 * MIB).unwrap()
+        ram.add_hot(file, (1 << 32) + n * MIB, 2 * MIB, 8 + n as u32)
+            .unwrap()
     }
 
     /// A link on `ram` to a mock backend offering `protocol`, its driver set up.

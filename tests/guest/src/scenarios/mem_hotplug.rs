@@ -12,8 +12,11 @@
 //!   events), clears the event and ejects it as its _EJ0 would: `GUEST MEM REMOVED slot=S`.
 //!
 //! A DIMM present before the scenario started without an insert event (cold-plugged) is only
-//! reported. Bounded loops only: a slot count from the AML of at most 256, and every DIMM is
-//! walked twice.
+//! reported. An added DIMM keeps the pattern (with `mem-blk=1` its disk buffers get it back
+//! after the disk check); at the power button each DIMM added and not removed is read again
+//! (`GUEST MEM KEPT slot=S ... ok`), so that a migration or a live upgrade in between shows
+//! whether the DIMM's memory came along. Bounded loops only: a slot count from the AML of at
+//! most 256, and every DIMM is walked twice (three times with the power button).
 
 use super::blk::io::{self, single};
 use super::blk::pattern;
@@ -25,7 +28,7 @@ use crate::drivers::virtio_blk::queue::{Op, Request};
 use crate::drivers::virtio_blk::spec::{SECTOR, S_OK};
 use crate::drivers::virtio_blk::{self, BlkDevice};
 use crate::{cmdline, console};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// _OST codes (ACPI 6.5, 6.3.5): the event is a device check (an insertion), processed with
 /// success or a non-specific failure.
@@ -37,6 +40,18 @@ const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// read back 1 MiB further in.
 const BLK_SECTORS: u64 = 128;
 const BLK_READ_OFFSET: u64 = 1 << 20;
+/// The slots whose DIMM was added, checked and holds the pattern (bit per slot, 256 slots).
+static KEPT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+fn kept(slot: u32, on: bool) {
+    let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+    if let Some(w) = KEPT.get(word) {
+        match on {
+            true => w.fetch_or(bit, Ordering::Relaxed),
+            false => w.fetch_and(!bit, Ordering::Relaxed),
+        };
+    }
+}
 
 fn error() -> console::Line {
     console::error("mem hotplug: ")
@@ -109,6 +124,7 @@ pub fn run(acpi: &Acpi, cmdline: &[u8]) -> ! {
     loop {
         cpu::disable_interrupts();
         if button && power::POWER_BUTTON.load(Ordering::Acquire) {
+            check_kept(&registers, found.slots);
             console::line("GUEST POWER BUTTON").end();
             power::poweroff(acpi)
         }
@@ -128,10 +144,12 @@ fn scan(registers: &Registers, slots: u32, mut disk: Option<&mut BlkDevice>) {
         let status = registers.status();
         if status.insert {
             let ok = added(registers, slot, status.enabled, disk.as_deref_mut());
+            kept(slot, ok);
             registers.clear_insert();
             registers.ost(OST_DEVICE_CHECK, if ok { OST_SUCCESS } else { OST_FAILURE });
         } else if status.remove {
             // Nothing of the DIMM is in use between events: it can go at once.
+            kept(slot, false);
             registers.clear_remove();
             registers.eject();
             console::line("GUEST MEM REMOVED slot=")
@@ -169,13 +187,30 @@ fn added(registers: &Registers, slot: u32, enabled: bool, disk: Option<&mut BlkD
         return false;
     }
     let start = cpu::rdtsc();
-    let seed = GOLDEN ^ (u64::from(slot) << 40) ^ base;
-    if !pattern_ok(slot, base, size, seed) {
+    let seed = seed(slot, base);
+    if !pattern_ok(slot, base, size, seed, true) {
         return false;
     }
     let ticks = cpu::rdtsc() - start;
     if let Some(dev) = disk {
         if !blk_ok(dev, slot, base, size) {
+            return false;
+        }
+        // The disk's buffers hold the pattern again, as the rest of the DIMM.
+        let mut refill = || {
+            for at in [base, base + BLK_READ_OFFSET] {
+                let len = (BLK_SECTORS * SECTOR) as usize / 8;
+                // SAFETY: the disk's buffers in the DIMM (blk_ok checked they fit),
+                // mapped by map_ram, nothing in flight there now.
+                let words =
+                    unsafe { core::slice::from_raw_parts_mut(at as usize as *mut u64, len) };
+                for (i, w) in words.iter_mut().enumerate() {
+                    *w = word(seed, at + 8 * i as u64);
+                }
+            }
+            0
+        };
+        if user::call_reported("mem hotplug", "the disk buffers", &mut refill).is_none() {
             return false;
         }
     }
@@ -195,14 +230,43 @@ fn added(registers: &Registers, slot: u32, enabled: bool, disk: Option<&mut BlkD
     true
 }
 
+/// The pattern's seed for the DIMM in `slot` at `base`.
+fn seed(slot: u32, base: u64) -> u64 {
+    GOLDEN ^ (u64::from(slot) << 40) ^ base
+}
+
+/// The power button: each DIMM added and not removed still holds its pattern (the slot's
+/// range read from the registers again: a migration's destination has it where the
+/// source had it). `GUEST MEM KEPT ...` or an error line per DIMM.
+fn check_kept(registers: &Registers, slots: u32) {
+    for slot in 0..slots.min(256) {
+        let word = KEPT[(slot / 64) as usize].load(Ordering::Relaxed);
+        if word & (1 << (slot % 64)) == 0 {
+            continue;
+        }
+        registers.select(slot);
+        let (base, size) = registers.range();
+        if pattern_ok(slot, base, size, seed(slot, base), false) {
+            console::line("GUEST MEM KEPT slot=")
+                .dec(u64::from(slot))
+                .s(" base=")
+                .hex(base)
+                .s(" size=")
+                .hex(size)
+                .s(" ok")
+                .end();
+        }
+    }
+}
+
 /// The word the pattern puts at `addr`.
 fn word(seed: u64, addr: u64) -> u64 {
     (seed ^ addr).wrapping_mul(GOLDEN)
 }
 
-/// Writes the pattern over `[base, base + size)` and reads it back, in ring 3. False after an
-/// error line.
-fn pattern_ok(slot: u32, base: u64, size: u64, seed: u64) -> bool {
+/// Writes the pattern over `[base, base + size)` (`write`) and reads it back, in ring 3.
+/// False after an error line.
+fn pattern_ok(slot: u32, base: u64, size: u64, seed: u64, write: bool) -> bool {
     let mut bad = 0u64;
     let mut first = None;
     let mut work = || {
@@ -211,8 +275,10 @@ fn pattern_ok(slot: u32, base: u64, size: u64, seed: u64) -> bool {
         let words = unsafe {
             core::slice::from_raw_parts_mut(base as usize as *mut u64, size as usize / 8)
         };
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = word(seed, base + 8 * i as u64);
+        if write {
+            for (i, w) in words.iter_mut().enumerate() {
+                *w = word(seed, base + 8 * i as u64);
+            }
         }
         for (i, w) in words.iter().enumerate() {
             let addr = base + 8 * i as u64;

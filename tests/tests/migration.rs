@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flotilla_tests::migration::{
-    count, destination, events_on, expect_completed, expect_mig, free_port, status,
+    capabilities, count, destination, events_on, expect_completed, expect_mig, free_port, status,
     wait_for_status, wait_migration, IoSetup, Reflector,
 };
 use flotilla_tests::procs::{descendants, ProcId};
@@ -557,6 +557,17 @@ fn mapping(pid: i32, id: &str) -> Vec<String> {
 /// the power button the guest finds the pattern intact.
 #[test]
 fn a_hot_added_dimm_moves_with_the_vm_and_survives_a_live_upgrade() {
+    dimm_moves(false);
+}
+
+/// The same with postcopy: the DIMM's pages that did not go before the switch come
+/// after, registered with the destination's userfaultfds like guest RAM's.
+#[test]
+fn a_hot_added_dimm_moves_in_postcopy() {
+    dimm_moves(true);
+}
+
+fn dimm_moves(postcopy: bool) {
     let io = IoSetup::new("migration-dimm");
     let mut opts = vec!["--memory", HOTPLUG_MEMORY];
     let disk = io.args();
@@ -614,8 +625,24 @@ fn a_hot_added_dimm_moves_with_the_vm_and_survives_a_live_upgrade() {
     extra.extend(["--object", &object, "--device", &device]);
     let mut dst = destination(1, cmdline, &uri, &extra);
     let mut d = dst.client();
+    if postcopy {
+        capabilities(&mut s, &["postcopy-ram"], &[]);
+        capabilities(&mut d, &["postcopy-ram"], &[]);
+        // Slow enough that the switch comes before the DIMM went.
+        s.ok("migrate-set-parameters", json!({"max-bandwidth": 8 << 20}));
+    }
     s.ok("migrate", json!({"uri": uri}));
+    if postcopy {
+        std::thread::sleep(Duration::from_millis(300));
+        s.ok("migrate-start-postcopy", json!({}));
+    }
     let info = expect_completed(&mut s, &src.vm);
+    if postcopy {
+        assert!(
+            info["ram"]["postcopy-bytes"].as_u64() >= Some(DIMM_SIZE / 2),
+            "{info}"
+        );
+    }
     // The DIMM's 64 MiB of pattern went as pages, beside the guest's RAM.
     assert!(
         info["ram"]["normal"].as_u64() >= Some(DIMM_SIZE / 4096),

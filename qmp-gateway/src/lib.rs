@@ -13,13 +13,15 @@
 //! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
 //! `balloon` is the balloon's command line and QEMU's rules for its target; `cpus` adds
 //! vCPUs (cpu-add, device_add of a CPU); `objects` holds object-add's iothreads and
-//! memory backends; `trace` is `--trace` and the trace event states' rules. No file
+//! memory backends; `trace` is `--trace` and the trace event states' rules;
+//! `cli_options` is the table of the command line's keys (query-command-line-options). No file
 //! imports one that imports it back (scripts/check-imports).
 
 pub mod balloon;
 pub mod block;
 pub mod chardev;
 pub mod children;
+pub mod cli_options;
 pub mod cpus;
 pub mod devices;
 pub mod dump;

@@ -117,6 +117,21 @@ fn parse_errors(replies: &[Value]) -> bool {
 
 const DIFFERENCES: &[Difference] = &[
     Difference {
+        labels: &["query-command-line-options"],
+        what: "we list our command line's key=value options, QEMU its own (more of them, with \
+               help texts and defaults)",
+        why: "the answer describes the command line of the program answering: ours is a \
+              subset of QEMU 7.2's, each key typed as QEMU types it, but for the keys \
+              OURS_ONLY_KEYS lists with why",
+        holds: |q, g| {
+            let problems = command_line_problems(ret(q), ret(g));
+            for p in &problems {
+                eprintln!("query-command-line-options: {p}");
+            }
+            problems.is_empty()
+        },
+    },
+    Difference {
         labels: &["query-hotpluggable-cpus", "query-hotpluggable-cpus {}"],
         what: "QEMU's microvm (the oracle's machine) has no CPU hotplug: \"The feature \
                'query-hotpluggable-cpus' is not enabled\"; we list the possible vCPUs",
@@ -362,6 +377,83 @@ const DIFFERENCES: &[Difference] = &[
         },
     },
 ];
+
+/// Keys our command line takes that QEMU 7.2's query-command-line-options does not list
+/// under the same option: (option, key, why).
+const OURS_ONLY_KEYS: &[(&str, &str, &str)] = &[
+    ("drive", "addr", "our --drive is QEMU's -drive and its virtio-blk -device in one: addr= is the device's PCI slot"),
+    ("drive", "serial", "a virtio-blk -device property in QEMU; our --drive is the device too"),
+    ("drive", "queues", "virtio-blk's num-queues, a -device property in QEMU"),
+    ("drive", "num-queues", "virtio-blk's num-queues, a -device property in QEMU"),
+    ("drive", "readonly", "the old spelling of read-only, still taken"),
+    ("drive", "cache", "QEMU takes the cache= shorthand on -drive but does not list it"),
+    ("drive", "l2-cache-size", "a qcow2 option: QEMU hands it to the format driver unlisted"),
+    ("drive", "refcount-cache-size", "a qcow2 option: QEMU hands it to the format driver unlisted"),
+    ("drive", "cache-size", "a qcow2 option: QEMU hands it to the format driver unlisted"),
+    ("drive", "lazy-refcounts", "a qcow2 option: QEMU hands it to the format driver unlisted"),
+    ("drive", "backing", "the format driver's backing reference, handed on unlisted by QEMU"),
+    ("drive", "locking", "the file driver's locking, handed on unlisted by QEMU"),
+    ("drive", "file.locking", "the file driver's locking, handed on unlisted by QEMU"),
+    ("chardev", "input-path", "a file chardev's input file (ChardevFile's `in`), which QEMU 7.2 takes only over QMP"),
+];
+
+/// How our query-command-line-options answer `g` strays from QEMU's `q`: an option QEMU
+/// lacks, a key QEMU lacks (unless in OURS_ONLY_KEYS) or types otherwise, a listed
+/// exception QEMU has after all.
+fn command_line_problems(q: &Value, g: &Value) -> Vec<String> {
+    let options = |v: &Value| -> Vec<(String, Vec<(String, String)>)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                let params = o["parameters"].as_array().into_iter().flatten();
+                let params = params
+                    .map(|p| {
+                        let text = |k: &str| p[k].as_str().unwrap_or("").to_string();
+                        (text("name"), text("type"))
+                    })
+                    .collect();
+                (o["option"].as_str().unwrap_or("").to_string(), params)
+            })
+            .collect()
+    };
+    let (q, g) = (options(q), options(g));
+    let mut problems = Vec::new();
+    if g.is_empty() {
+        problems.push("we list no options".to_string());
+    }
+    for (option, params) in &g {
+        let Some((_, theirs)) = q.iter().find(|(o, _)| o == option) else {
+            problems.push(format!("QEMU has no option {option}"));
+            continue;
+        };
+        for (name, ty) in params {
+            let key = name.as_str();
+            let ours_only = OURS_ONLY_KEYS
+                .iter()
+                .any(|(o, k, _)| o == option && *k == key);
+            match (theirs.iter().find(|(n, _)| n == name), ours_only) {
+                (Some((_, t)), false) if t != ty => {
+                    problems.push(format!("{option} {key}: ours is {ty}, QEMU's {t}"))
+                }
+                (Some(_), true) => {
+                    problems.push(format!("{option} {key} is listed ours only, QEMU has it"))
+                }
+                (None, false) => problems.push(format!("{option} {key}: QEMU lacks it")),
+                _ => {}
+            }
+        }
+    }
+    for (option, key, _) in OURS_ONLY_KEYS {
+        let listed = g
+            .iter()
+            .any(|(o, ps)| o == option && ps.iter().any(|(n, _)| n == key));
+        if !listed {
+            problems.push(format!("{option} {key} is in OURS_ONLY_KEYS but not ours"));
+        }
+    }
+    problems
+}
 
 /// The JSON types of `v`, recursively: objects keep their keys, arrays become the set
 /// of their elements' shapes.
@@ -942,6 +1034,22 @@ fn written_out(spare: &str) -> Vec<Exchange> {
         });
     };
     use Compare::{Shape, Value as Same};
+    // query-command-line-options: where both take the same keys the answers are equal.
+    for option in [
+        "memory",
+        "trace",
+        "device",
+        "netdev",
+        "object",
+        "no-such-option",
+    ] {
+        add(
+            "query-command-line-options",
+            json!({ "option": option }),
+            Same,
+            false,
+        );
+    }
     // Absent devices.
     add("query-vnc", json!({}), Same, false);
     add("query-spice", json!({}), Same, false);

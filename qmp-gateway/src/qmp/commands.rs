@@ -8,6 +8,7 @@ pub use super::context::{Command, Coverage, Owner};
 use super::context::{Handler, Typed};
 use super::handlers::balloon;
 use super::handlers::chardev;
+use super::handlers::command_line;
 use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::dump;
@@ -157,6 +158,12 @@ pub const COMMANDS: &[Command] = &[
     cmd("cpu-add", &Typed(cpus::cpu_add), EMPTY, V),
     cmd("cpu", &Typed(cpus::cpu), EMPTY, G),
     cmd("device_del", &Typed(devices::device_del), EMPTY, G),
+    cmd(
+        "query-command-line-options",
+        &Typed(command_line::query_command_line_options),
+        Ty::Array(&Ty::Named("CommandLineOptionInfo")),
+        G,
+    ),
     oob(
         "query-name",
         &Typed(machine::query_name),

@@ -380,6 +380,26 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
+        name: "CommandLineParameterType",
+        kind: TypeKind::Enum(&["string", "boolean", "number", "size"]),
+    },
+    TypeDef {
+        name: "CommandLineParameterInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            req("type", Ty::Named("CommandLineParameterType")),
+            opt("help", Ty::Str),
+            opt("default", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "CommandLineOptionInfo",
+        kind: TypeKind::Object(&[
+            req("option", Ty::Str),
+            req("parameters", Ty::Array(&Ty::Named("CommandLineParameterInfo"))),
+        ]),
+    },
+    TypeDef {
         name: "NameInfo",
         kind: TypeKind::Object(&[opt("name", Ty::Str)]),
     },

@@ -5,6 +5,7 @@ pub mod balloon;
 pub mod bitmaps;
 pub mod block;
 pub mod chardev;
+pub mod command_line;
 pub mod cpus;
 pub mod devices;
 pub mod dump;

@@ -214,7 +214,18 @@ fn added(registers: &Registers, slot: u32, enabled: bool, disk: Option<&mut BlkD
             return false;
         }
     }
-    console::line("GUEST MEM ADDED slot=")
+    dimm_ok("GUEST MEM ADDED slot=", slot, base, size);
+    console::line("GUEST INFO mem hotplug slot=")
+        .dec(u64::from(slot))
+        .s(" written and read back at mib_s=")
+        .tenths(tsc::mib_s_tenths(2 * size, ticks))
+        .end();
+    true
+}
+
+/// `<prefix>S base=0x.. size=0x.. ok`: the DIMM in slot S passed a check.
+fn dimm_ok(prefix: &str, slot: u32, base: u64, size: u64) {
+    console::line(prefix)
         .dec(u64::from(slot))
         .s(" base=")
         .hex(base)
@@ -222,12 +233,6 @@ fn added(registers: &Registers, slot: u32, enabled: bool, disk: Option<&mut BlkD
         .hex(size)
         .s(" ok")
         .end();
-    console::line("GUEST INFO mem hotplug slot=")
-        .dec(u64::from(slot))
-        .s(" written and read back at mib_s=")
-        .tenths(tsc::mib_s_tenths(2 * size, ticks))
-        .end();
-    true
 }
 
 /// The pattern's seed for the DIMM in `slot` at `base`.
@@ -247,14 +252,7 @@ fn check_kept(registers: &Registers, slots: u32) {
         registers.select(slot);
         let (base, size) = registers.range();
         if pattern_ok(slot, base, size, seed(slot, base), false) {
-            console::line("GUEST MEM KEPT slot=")
-                .dec(u64::from(slot))
-                .s(" base=")
-                .hex(base)
-                .s(" size=")
-                .hex(size)
-                .s(" ok")
-                .end();
+            dimm_ok("GUEST MEM KEPT slot=", slot, base, size);
         }
     }
 }

@@ -182,11 +182,13 @@ mod tests {
     }
 
     /// Each listed key of `option` is known to `parse` after one of `bases` (each a
-    /// valid spec alone), and a key the table lacks is refused after every base as
-    /// `unknown` words it.
+    /// valid spec alone), and a key the table lacks (a made-up one, and each of QEMU
+    /// 7.2's keys for the option in `qemu_keys` that the table leaves out: the keys a
+    /// parser would most likely grow) is refused after every base as `unknown` words it.
     fn check(
         option: &str,
         bases: &[&str],
+        qemu_keys: &[&str],
         parse: impl Fn(&str) -> Result<(), String>,
         unknown: impl Fn(&str) -> String,
     ) {
@@ -205,18 +207,99 @@ mod tests {
                 param.name
             );
         }
-        for base in bases {
-            let spec = format!("{base},bogus-key=1");
-            let e = parse(&spec).expect_err(&spec);
-            assert!(e.contains(&unknown("bogus-key")), "{spec}: {e}");
+        let listed = |k: &str| params(option).iter().any(|p| p.name == k);
+        let unlisted = qemu_keys.iter().filter(|k| !listed(k));
+        for key in std::iter::once(&"bogus-key").chain(unlisted) {
+            for base in bases {
+                let spec = format!("{base},{key}=1");
+                let e = parse(&spec).expect_err(&spec);
+                assert!(
+                    e.contains(&unknown(key)),
+                    "{spec}: the parser takes {key}, which the table lacks ({e})"
+                );
+            }
         }
     }
+
+    /// QEMU 7.2's -drive keys (its query-command-line-options answer).
+    const QEMU_DRIVE: &[&str] = &[
+        "copy-on-read",
+        "werror",
+        "rerror",
+        "read-only",
+        "file",
+        "if",
+        "media",
+        "index",
+        "unit",
+        "bus",
+        "stats-account-failed",
+        "stats-account-invalid",
+        "detect-zeroes",
+        "throttling.group",
+        "throttling.iops-size",
+        "throttling.bps-total",
+        "throttling.iops-total",
+        "format",
+        "cache.writeback",
+        "aio",
+        "snapshot",
+        "force-share",
+        "discard",
+        "auto-read-only",
+        "cache.no-flush",
+        "cache.direct",
+        "driver",
+        "node-name",
+    ];
+
+    /// QEMU 7.2's -chardev keys.
+    const QEMU_CHARDEV: &[&str] = &[
+        "abstract",
+        "tight",
+        "clipboard",
+        "mouse",
+        "logappend",
+        "logfile",
+        "append",
+        "chardev",
+        "size",
+        "debug",
+        "name",
+        "signal",
+        "mux",
+        "rows",
+        "cols",
+        "height",
+        "width",
+        "websocket",
+        "tls-authz",
+        "tls-creds",
+        "tn3270",
+        "telnet",
+        "reconnect",
+        "nodelay",
+        "delay",
+        "server",
+        "wait",
+        "ipv6",
+        "ipv4",
+        "to",
+        "localport",
+        "localaddr",
+        "fd",
+        "port",
+        "host",
+        "path",
+        "backend",
+    ];
 
     #[test]
     fn drive_keys_are_the_parsers() {
         check(
             "drive",
             &["file=/x,format=raw", "file=/x,format=qcow2"],
+            QEMU_DRIVE,
             |s| s.parse::<crate::block::drive::DriveSpec>().map(drop),
             |k| format!("unknown drive option '{k}'"),
         );
@@ -227,6 +310,7 @@ mod tests {
         check(
             "memory",
             &["256"],
+            &["size", "slots", "maxmem"],
             |s| s.parse::<ipc::host::MemoryConfig>().map(drop),
             |k| format!("Invalid parameter '{k}'"),
         );
@@ -244,6 +328,7 @@ mod tests {
                 "socket,id=a,host=127.0.0.1,port=1",
                 "udp,id=a,port=1",
             ],
+            QEMU_CHARDEV,
             |s| crate::chardev::spec::Backend::from_cli(s).map(drop),
             |k| format!("Invalid parameter '{k}'"),
         );
@@ -254,6 +339,7 @@ mod tests {
         check(
             "trace",
             &["enable=x"],
+            &["enable", "events", "file"],
             |s| {
                 crate::trace::TraceOptions::parse(&[s.to_string()])
                     .map(drop)

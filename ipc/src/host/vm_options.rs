@@ -245,10 +245,7 @@ mod tests {
             "unix:/tmp/s".parse(),
             Ok(SerialConfig::Unix("/tmp/s".into()))
         );
-        assert_eq!(
-            "chardev:c0".parse(),
-            Ok(SerialConfig::Chardev("c0".into()))
-        );
+        assert_eq!("chardev:c0".parse(), Ok(SerialConfig::Chardev("c0".into())));
         assert!("chardev:".parse::<SerialConfig>().is_err());
         assert!("file:".parse::<SerialConfig>().is_err());
         assert!("tcp:1".parse::<SerialConfig>().is_err());

@@ -396,7 +396,10 @@ pub const TYPES: Types = Types(&[
         name: "CommandLineOptionInfo",
         kind: TypeKind::Object(&[
             req("option", Ty::Str),
-            req("parameters", Ty::Array(&Ty::Named("CommandLineParameterInfo"))),
+            req(
+                "parameters",
+                Ty::Array(&Ty::Named("CommandLineParameterInfo")),
+            ),
         ]),
     },
     TypeDef {

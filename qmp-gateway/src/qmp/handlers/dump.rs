@@ -298,7 +298,7 @@ fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
         (Err(e), _) | (_, Err(e)) => return hmp_usage(NAME, &e),
     };
     if formats.len() > 1 {
-        return format!("Error: only one of '-z|-l|-s|-w' can be set\n");
+        return "Error: only one of '-z|-l|-s|-w' can be set\n".to_string();
     }
     hmp_answer(dump_guest_memory(
         c,

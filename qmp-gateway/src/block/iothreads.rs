@@ -9,17 +9,15 @@
 //! disk placed on it (a restarted daemon is a new process: a new thread); once no disk
 //! is on it any more, a new daemon is started to wait for the next one. object-del of an
 //! iothread no disk uses stops its daemon. Each iothread holds a process, so there are
-//! at most `MAX_IOTHREADS`.
+//! at most `MAX_IOTHREADS`. What the block layer does for them: iothread_host.rs.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipc::process::IO_THREAD_NAME;
 
-use super::BlockLayer;
 use crate::children::daemon::threads_named;
 use crate::children::spare::Spare;
-use crate::objects::IoThreadHost;
 
 /// Most iothread objects alive at once (each holds a block daemon): one for each disk
 /// bus 0 has room for.
@@ -29,7 +27,7 @@ pub const MAX_IOTHREADS: usize = 32;
 /// while disks are placed on it (their daemons are its threads).
 #[derive(Default)]
 pub struct IoThreads {
-    waiting: BTreeMap<String, Option<Spare>>,
+    pub(super) waiting: BTreeMap<String, Option<Spare>>,
 }
 
 /// Why an iothread's thread could not be made.
@@ -49,7 +47,7 @@ pub enum IoThreadError {
 }
 
 /// How long a new daemon has to start its I/O thread (its exec and sandbox come first).
-const THREAD_START: Duration = Duration::from_secs(10);
+pub(super) const THREAD_START: Duration = Duration::from_secs(10);
 
 /// Where an iothread's thread is: its process and thread ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,109 +57,7 @@ pub struct HostThread {
 }
 
 /// The resident I/O thread of block daemon `pid`, if it runs.
-fn io_thread_of(pid: u32) -> Option<HostThread> {
+pub(super) fn io_thread_of(pid: u32) -> Option<HostThread> {
     let tid = *threads_named(pid, IO_THREAD_NAME).first()?;
     Some(HostThread { pid, tid })
-}
-
-impl BlockLayer {
-    /// A new iothread `id`: its block daemon started, waiting for a disk.
-    pub fn iothread_add(&self, id: &str) -> Result<(), IoThreadError> {
-        let mut threads = self.iothreads.lock();
-        if threads.waiting.len() >= MAX_IOTHREADS {
-            return Err(IoThreadError::TooMany);
-        }
-        let daemon = self.iothread_daemon(id)?;
-        threads.waiting.insert(id.to_string(), Some(daemon));
-        Ok(())
-    }
-
-    /// Iothread `id` is deleted (no disk is on it): its daemon, if one waits, is stopped.
-    pub fn iothread_del(&self, id: &str) {
-        let daemon = self.iothreads.lock().waiting.remove(id);
-        // Killed and reaped (it holds nothing), outside the lock.
-        drop(daemon);
-    }
-
-    /// The thread of iothread `id`: its waiting daemon's I/O thread, or that of the
-    /// daemon of the first disk on it whose daemon runs.
-    pub fn iothread_thread(&self, id: &str) -> Option<HostThread> {
-        if let Some(Some(spare)) = self.iothreads.lock().waiting.get(id) {
-            return io_thread_of(spare.pid());
-        }
-        let state = self.state.lock();
-        state
-            .disks
-            .iter()
-            .filter(|d| d.iothread.as_deref() == Some(id))
-            .find_map(|d| io_thread_of(d.daemon.as_ref()?.pid()?))
-    }
-
-    /// The daemon waiting on iothread `id`, for the disk placed on it now (None: the
-    /// iothread already serves a disk, or its daemon ended; the disk gets one of its own).
-    pub(super) fn take_iothread_daemon(&self, id: &str) -> Option<Spare> {
-        let mut threads = self.iothreads.lock();
-        let mut spare = threads.waiting.get_mut(id)?.take()?;
-        spare.waiting().then_some(spare)
-    }
-
-    /// Iothread `id` has no disk any more (the last one left, or the one that would have
-    /// been the first failed to come): a new daemon waits for the next one.
-    pub(super) fn iothread_unused(&self, id: &str) {
-        let on_it = (self.state.lock().disks.iter()).any(|d| d.iothread.as_deref() == Some(id));
-        if on_it {
-            return;
-        }
-        let mut threads = self.iothreads.lock();
-        let Some(slot) = threads.waiting.get_mut(id) else {
-            return;
-        };
-        if slot.is_some() {
-            return;
-        }
-        match self.iothread_daemon(id) {
-            Ok(daemon) => *slot = Some(daemon),
-            // Not listed until a disk comes: it has no thread.
-            Err(e) => log::warn!("{e}"),
-        }
-    }
-
-    /// Stops every iothread's waiting daemon (the gateway ends).
-    pub(super) fn iothreads_shutdown(&self) {
-        let all = std::mem::take(&mut self.iothreads.lock().waiting);
-        drop(all);
-    }
-
-    /// A daemon for iothread `id`, once its I/O thread is there (the iothread is listed
-    /// from its object-add's answer on).
-    fn iothread_daemon(&self, id: &str) -> Result<Spare, IoThreadError> {
-        let mut spare =
-            Spare::spawn(&self.daemon_binary, self.hooks.sandbox.mode).map_err(|error| {
-                IoThreadError::Start {
-                    id: id.to_string(),
-                    error,
-                }
-            })?;
-        let deadline = Instant::now() + THREAD_START;
-        while io_thread_of(spare.pid()).is_none() {
-            if !spare.waiting() {
-                return Err(IoThreadError::Ended(id.to_string()));
-            }
-            if Instant::now() > deadline {
-                return Err(IoThreadError::NoThread(id.to_string()));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(spare)
-    }
-}
-
-impl IoThreadHost for BlockLayer {
-    fn start(&self, id: &str) -> Result<(), String> {
-        self.iothread_add(id).map_err(|e| e.to_string())
-    }
-
-    fn stop(&self, id: &str) {
-        self.iothread_del(id)
-    }
 }

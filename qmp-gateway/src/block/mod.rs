@@ -24,6 +24,7 @@ pub mod health;
 pub mod hotplug;
 pub mod image_info;
 pub mod info;
+mod iothread_host;
 pub mod iothreads;
 pub mod job;
 pub mod jobs;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::ringbuf::DEFAULT_SIZE;
-use super::ChardevError;
+use super::error::ChardevError;
 
 /// Where a socket or udp chardev's peer (or own end) is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,4 +43,3 @@ pub enum ChardevError {
     #[error(transparent)]
     Base64(#[from] Base64Error),
 }
-

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::ringbuf::DEFAULT_SIZE;
 use super::error::ChardevError;
+use super::ringbuf::DEFAULT_SIZE;
 
 /// Where a socket or udp chardev's peer (or own end) is.
 #[derive(Debug, Clone, PartialEq, Eq)]

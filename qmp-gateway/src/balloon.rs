@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
+use crate::keyval::split_options;
 use crate::net::nic::NicSpec;
-use crate::qmp::object_add::split_options;
 
 /// QEMU's words when there is no balloon (QERR_DEVICE_NOT_ACTIVE, class DeviceNotActive).
 pub const NOT_ACTIVE: &str = "No balloon device has been activated";

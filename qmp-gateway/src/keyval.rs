@@ -26,50 +26,43 @@ pub enum KeyvalError {
     ListHole(String),
 }
 
+/// Splits an option string as QEMU's option parsers do (QemuOpts and keyval alike): a
+/// comma ends a part, `,,` is a comma inside one; a trailing comma ends nothing.
+pub fn split_options(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                part.push(',');
+            }
+            ',' => parts.push(std::mem::take(&mut part)),
+            c => part.push(c),
+        }
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
+
 /// Parses `s` into a JSON object whose leaves are strings. A first part without '='
 /// is the value of `implied`, if given (`-blockdev raw,...` is `driver=raw,...`).
 pub fn parse(s: &str, implied: Option<&str>) -> Result<Map<String, Value>, KeyvalError> {
     let mut root = Map::new();
-    let mut rest = s;
-    if let Some(key) = implied {
-        let first = rest.find([',', '=']);
-        if first.is_none_or(|i| rest.as_bytes()[i] == b',') {
-            let (v, next) = value(rest);
-            put(&mut root, key, v)?;
-            rest = next;
-        }
-    }
-    while !rest.is_empty() {
-        let (key, after) = match rest.find(['=', ',']) {
-            Some(i) if rest.as_bytes()[i] == b'=' => (&rest[..i], &rest[i + 1..]),
-            Some(i) => return Err(KeyvalError::NoValue(rest[..i].to_string())),
-            None => return Err(KeyvalError::NoValue(rest.to_string())),
+    for (i, part) in split_options(s).into_iter().enumerate() {
+        let (key, value) = match (part.split_once('='), implied) {
+            (Some((k, v)), _) => (k.to_string(), v.to_string()),
+            (None, Some(key)) if i == 0 => (key.to_string(), part),
+            (None, _) => return Err(KeyvalError::NoValue(part)),
         };
-        check_key(key)?;
-        let (value, next) = value(after);
-        put(&mut root, key, value)?;
-        rest = next;
+        check_key(&key)?;
+        put(&mut root, &key, value)?;
     }
     listify(&mut root, "")?;
     Ok(root)
-}
-
-/// The value up to the first single comma (`,,` is a comma), and what follows it.
-fn value(s: &str) -> (String, &str) {
-    let mut out = String::new();
-    let mut chars = s.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if c == ',' {
-            if chars.peek().is_some_and(|&(_, n)| n == ',') {
-                chars.next();
-                out.push(',');
-                continue;
-            }
-            return (out, &s[i + 1..]);
-        }
-        out.push(c);
-    }
-    (out, "")
 }
 
 /// QEMU's rule: dot-separated parts of letters, digits, '-' and '_', none empty.
@@ -203,6 +196,8 @@ mod tests {
         assert_eq!(implied("raw,a=1"), json!({"driver": "raw", "a": "1"}));
         assert_eq!(implied("raw"), json!({"driver": "raw"}));
         assert_eq!(implied("a=1"), json!({"a": "1"}));
+        assert_eq!(split_options("a=1,,2,b=,"), ["a=1,2", "b="]);
+        assert_eq!(split_options(""), Vec::<String>::new());
     }
 
     #[test]

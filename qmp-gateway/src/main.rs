@@ -103,8 +103,8 @@ struct Args {
     chardev: Vec<(String, qmp_gateway::chardev::spec::Backend)>,
     /// An object, as QEMU's -object: `memory-backend-ram|memory-backend-memfd,id=ID,
     /// size=SIZE[,share=on][,prealloc=on]`, `memory-backend-file,id=ID,size=SIZE,
-    /// mem-path=PATH[,share=on][,prealloc=on]` (what object-add takes). May be given
-    /// several times.
+    /// mem-path=PATH[,share=on][,prealloc=on]`, `iothread,id=ID[,poll-max-ns=N]...` (what
+    /// object-add takes). May be given several times.
     #[arg(long, value_parser = |s: &str| qmp_gateway::qmp::object_add::from_cli(s))]
     object: Vec<ObjectSpec>,
     /// The vmm-core binary (default: next to this one).

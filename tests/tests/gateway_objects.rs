@@ -223,18 +223,10 @@ fn iothreads(list: &Value, owns: impl Fn(i32) -> bool) -> Vec<Value> {
 /// iothread holds a daemon: past MAX_IOTHREADS, object-add is refused until one goes.
 #[test]
 fn iothreads_are_listed_with_a_live_thread_from_their_creation() {
-    let qemu = Qemu::guest(
-        "",
-        &["-object", "iothread,id=boot0,poll-max-ns=0,aio-max-batch=8"],
-    );
-    let gw = Gateway::start(&["-S"]);
+    const BOOT0: &str = "iothread,id=boot0,poll-max-ns=0,aio-max-batch=8";
+    let qemu = Qemu::guest("", &["-object", BOOT0]);
+    let gw = Gateway::start(&["-S", "--object", BOOT0]);
     let (mut q, mut c) = (qemu.client(), gw.client());
-    // QEMU's made at launch, ours first thing (the gateway's --object is the memory
-    // hotplug work's, still to land: then it takes the same argument as QEMU's here).
-    c.ok(
-        "object-add",
-        json!({"qom-type": "iothread", "id": "boot0", "poll-max-ns": 0, "aio-max-batch": 8}),
-    );
     let (qemu_pid, gateway_pid) = (qemu.vm.pid(), gw.vm.pid());
     let in_qemu = |tid: i32| thread(tid).is_some_and(|(pid, _)| pid == qemu_pid);
     let in_a_daemon = |tid: i32| block_daemon_io_thread(gateway_pid, tid).is_some();

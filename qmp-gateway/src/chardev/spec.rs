@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ChardevError;
 use super::ringbuf::DEFAULT_SIZE;
+use crate::keyval;
 
 /// Where a socket or udp chardev's peer (or own end) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +289,7 @@ impl Backend {
     /// `--chardev BACKEND,id=ID,...` (QEMU's -chardev options for the backends we have):
     /// the id and the backend.
     pub fn from_cli(s: &str) -> Result<(String, Backend), String> {
-        let mut opts = split_opts(s).into_iter();
+        let mut opts = keyval::split_options(s).into_iter();
         let kind = opts.next().unwrap_or_default();
         let mut id = None;
         let mut o = Map::new();
@@ -310,36 +311,11 @@ impl Backend {
     }
 }
 
-/// QemuOpts' split: commas part the options, and ",," is a comma in a value.
-fn split_opts(s: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ',' if chars.peek() == Some(&',') => {
-                chars.next();
-                if let Some(p) = parts.last_mut() {
-                    p.push(',')
-                }
-            }
-            ',' => parts.push(String::new()),
-            c => {
-                if let Some(p) = parts.last_mut() {
-                    p.push(c)
-                }
-            }
-        }
-    }
-    parts
-}
-
 /// A QemuOpts boolean.
 fn cli_bool(k: &str, v: &str) -> Result<Value, String> {
-    match v {
-        "on" | "yes" | "true" | "y" => Ok(Value::Bool(true)),
-        "off" | "no" | "false" | "n" => Ok(Value::Bool(false)),
-        _ => Err(format!("Parameter '{k}' expects 'on' or 'off'")),
-    }
+    keyval::boolean(v)
+        .map(Value::Bool)
+        .ok_or_else(|| format!("Parameter '{k}' expects 'on' or 'off'"))
 }
 
 /// A QemuOpts size (a number with an optional k, M, G suffix).

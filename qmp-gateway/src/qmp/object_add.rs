@@ -9,10 +9,10 @@ use super::args::Arguments;
 use super::protocol::QmpError;
 use super::qapi::{opt, req, Member, Ty};
 use super::types::TYPES;
-use crate::ids;
 use crate::objects::iothread::IoThread;
 use crate::objects::memory_backend::{BackendKind, MemoryBackendSpec};
 use crate::objects::ObjectSpec;
+use crate::{ids, keyval};
 
 /// object-add's arguments: the object to create.
 pub struct ObjectAdd(pub ObjectSpec);
@@ -131,7 +131,7 @@ const CLI_BOOLS: &[&str] = &[
 /// read by their members' types, with QEMU's words, then checked as object-add's.
 pub fn from_cli(text: &str) -> Result<ObjectSpec, String> {
     let mut args = Map::new();
-    for (i, part) in split_options(text).into_iter().enumerate() {
+    for (i, part) in keyval::split_options(text).into_iter().enumerate() {
         let (key, value) = match part.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None if i == 0 => ("qom-type".to_string(), part),
@@ -144,36 +144,13 @@ pub fn from_cli(text: &str) -> Result<ObjectSpec, String> {
         } else if CLI_INTS.contains(&key.as_str()) {
             Value::from(value.parse::<i64>().map_err(|_| bad("integer"))?)
         } else if CLI_BOOLS.contains(&key.as_str()) {
-            match value.as_str() {
-                "on" | "yes" | "true" => Value::Bool(true),
-                "off" | "no" | "false" => Value::Bool(false),
-                _ => return Err(bad("'on' or 'off'")),
-            }
+            Value::Bool(keyval::boolean(&value).ok_or_else(|| bad("'on' or 'off'"))?)
         } else {
             Value::String(value)
         };
         args.insert(key, value);
     }
     from_args(args).map_err(|e| e.desc)
-}
-
-/// QemuOpts' split: a single comma ends an option, `,,` is a comma inside one.
-pub(crate) fn split_options(text: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut part = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ',' if chars.peek() == Some(&',') => {
-                chars.next();
-                part.push(',');
-            }
-            ',' => parts.push(std::mem::take(&mut part)),
-            c => part.push(c),
-        }
-    }
-    parts.push(part);
-    parts
 }
 
 fn str_arg(args: &Map<String, Value>, key: &str) -> Option<String> {

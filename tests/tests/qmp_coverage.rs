@@ -83,7 +83,11 @@ fn coverage_doc_matches_the_command_table() {
                 assert_eq!(row.served_by, owner, "owner of {name}");
             }
             None => {
-                assert_eq!(row.status, "not yet", "{name} is not in the command table");
+                assert!(
+                    ["not yet", "not on x86"].contains(&row.status.as_str()),
+                    "{name} is not in the command table: not yet or not on x86, not {}",
+                    row.status
+                );
                 assert!(row.served_by.is_empty(), "{name} has no owner yet");
             }
         }

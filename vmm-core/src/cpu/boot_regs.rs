@@ -5,6 +5,10 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::control_bits::{
+    CR0_AM, CR0_ET, CR0_MP, CR0_NE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CR4_PGE,
+    EFER_LMA, EFER_LME,
+};
 use crate::boot::entry::BootEntry;
 use crate::layout::{BOOT_GDT, PML4};
 
@@ -22,18 +26,6 @@ const SEL_DATA: u16 = 0x18;
 const SEL_TSS: u16 = 0x20;
 
 const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_AM: u64 = 1 << 18;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PGE: u64 = 1 << 7;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_RESERVED: u64 = 1 << 1;
 /// Stack for the first instructions of a Linux entry (unused below 0x6000).
 const BOOT_STACK_TOP: u64 = 0x6000;

@@ -3,6 +3,7 @@
 //! vCPUs a VM may have and has (`layout`).
 
 pub mod boot_regs;
+pub mod control_bits;
 pub mod cpuid;
 pub mod layout;
 pub mod msrs;

@@ -5,6 +5,8 @@
 //! 4 levels (5 with CR4.LA57). Accessed, dirty and permission bits are ignored: a debugger
 //! reads what is mapped, as QEMU's walk does.
 
+use crate::cpu::control_bits::{CR0_PG, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA};
+
 /// Reads one page-table entry from guest physical memory (None: not RAM).
 pub trait PhysRead {
     fn read_u64(&self, addr: u64) -> Option<u64>;
@@ -19,12 +21,6 @@ pub struct PagingRegs {
     pub cr4: u64,
     pub efer: u64,
 }
-
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
 
 const PRESENT: u64 = 1;
 const LARGE: u64 = 1 << 7;

@@ -254,22 +254,21 @@ mod tests {
         shm::memfd(c"t", len, false).unwrap()
     }
 
+    fn window(guest_addr: u64, size: u64, file_offset: u64, file: u32) -> RamWindow {
+        RamWindow {
+            guest_addr,
+            size,
+            file_offset,
+            file,
+        }
+    }
+
     #[test]
     fn windows_map_by_guest_page_and_refuse_outside() {
         let fd = memfd(8 * PAGE as u64);
         let windows = [
-            RamWindow {
-                guest_addr: 0,
-                size: 4 * PAGE as u64,
-                file_offset: 0,
-                file: 0,
-            },
-            RamWindow {
-                guest_addr: 1 << 32,
-                size: 4 * PAGE as u64,
-                file_offset: 4 * PAGE as u64,
-                file: 0,
-            },
+            window(0, 4 * PAGE as u64, 0, 0),
+            window(1 << 32, 4 * PAGE as u64, 4 * PAGE as u64, 0),
         ];
         let ram = GuestRam::map(vec![fd], &windows, true).unwrap();
         assert_eq!(ram.total_pages(), 8);
@@ -288,12 +287,7 @@ mod tests {
 
     #[test]
     fn windows_beyond_the_file_or_unaligned_are_refused() {
-        let w = |guest_addr, size, file_offset| RamWindow {
-            guest_addr,
-            size,
-            file_offset,
-            file: 0,
-        };
+        let w = |guest_addr, size, file_offset| window(guest_addr, size, file_offset, 0);
         for bad in [
             w(0, 8192, 4096),
             w(1, 4096, 0),
@@ -328,18 +322,8 @@ mod tests {
         let (ram_fd, dimm_fd) = (memfd(4 * PAGE as u64), memfd(2 * PAGE as u64));
         let dimm = shm::SharedMapping::new(dimm_fd.as_fd(), 2 * PAGE).unwrap();
         let windows = [
-            RamWindow {
-                guest_addr: 0,
-                size: 4 * PAGE as u64,
-                file_offset: 0,
-                file: 0,
-            },
-            RamWindow {
-                guest_addr: 1 << 32,
-                size: 2 * PAGE as u64,
-                file_offset: 0,
-                file: 1,
-            },
+            window(0, 4 * PAGE as u64, 0, 0),
+            window(1 << 32, 2 * PAGE as u64, 0, 1),
         ];
         let ram = GuestRam::map(vec![ram_fd, dimm_fd], &windows, true).unwrap();
         assert_eq!(ram.total_pages(), 6);

@@ -46,10 +46,10 @@ pub fn query_hotpluggable_cpus(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(c.gw.hotpluggable_cpus())
 }
 
-/// HMP `cpu N`: nothing to print for a vCPU there (human-monitor-command's monitor is a
-/// new one each time, so the choice does not last, as in QEMU); QEMU 7.2's words for the
-/// rest. N is read as a number (QEMU's monitor takes expressions too).
-pub fn hmp_cpu(c: &mut Ctx, arguments: &str) -> String {
+/// HMP `cpu N`: makes vCPU N the monitor's current one (`current`), printing nothing;
+/// QEMU 7.2's words for the rest. N is read as a number (QEMU's monitor takes
+/// expressions too).
+pub fn hmp_cpu(c: &mut Ctx, arguments: &str, current: &mut u32) -> String {
     let fail = |why: &str| format!("{why}\nTry \"help cpu\" for more information\n");
     let arg = arguments.trim_start();
     let (number, rest) = match arg.find(char::is_whitespace) {
@@ -69,6 +69,7 @@ pub fn hmp_cpu(c: &mut Ctx, arguments: &str) -> String {
     }
     let index = value as u32;
     if c.gw.vcpus().iter().any(|v| v.index == index) {
+        *current = index;
         String::new()
     } else {
         "invalid CPU index\n".into()

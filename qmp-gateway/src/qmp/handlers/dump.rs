@@ -256,20 +256,9 @@ fn hmp_answer(result: QmpResult) -> String {
     }
 }
 
-/// HMP's `dump-guest-memory [-p] [-d] [-z|-l|-s|-w] filename [begin length]`, `memsave
-/// addr size file` and `pmemsave addr size file`, as QEMU 7.2's monitor reads them (its
-/// numbers: monitor_number.rs; an argument after a number that starts with an operator
-/// is read as QEMU's expressions read it: a refusal). memsave reads the monitor's current
-/// vCPU `cpu`. None for other commands.
-pub fn hmp(c: &mut Ctx, command: &str, arguments: &str, cpu: u32) -> Option<String> {
-    match command {
-        "dump-guest-memory" => Some(hmp_dump(c, arguments)),
-        "memsave" | "pmemsave" => Some(hmp_save(c, command, arguments, cpu)),
-        _ => None,
-    }
-}
-
-fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
+/// HMP's `dump-guest-memory [-p] [-d] [-z|-l|-s|-w] filename [begin length]`, as QEMU
+/// 7.2's monitor reads it (its numbers: monitor_number.rs).
+pub fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
     const NAME: &str = "dump-guest-memory";
     let mut words = arguments.split_whitespace().peekable();
     let (mut paging, mut detach, mut formats) = (false, false, Vec::new());
@@ -313,7 +302,11 @@ fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
     ))
 }
 
-fn hmp_save(c: &mut Ctx, command: &str, arguments: &str, cpu: u32) -> String {
+/// HMP's `memsave addr size file` (virtual addresses of the monitor's current vCPU
+/// `cpu`) and `pmemsave addr size file` (`command`), as QEMU 7.2's monitor reads them:
+/// an argument after a number that starts with an operator is read as QEMU's
+/// expressions read it, a refusal.
+pub fn hmp_save(c: &mut Ctx, command: &str, arguments: &str, cpu: u32) -> String {
     let words: Vec<&str> = arguments.split_whitespace().collect();
     let number = |at: usize| -> Result<Int, String> {
         let text = words.get(at).copied().unwrap_or("");

@@ -206,20 +206,33 @@ fn hmp_int(command: &str, text: &str) -> Result<i64, String> {
         .map_err(|e| usage(command, &e))
 }
 
-/// HMP `sendkey keys [hold-time]`: keys joined by '-', each a QKeyCode name, "<" (less),
-/// or a 0x number; QEMU's words for what it does not take. None: not an input command.
-pub fn hmp(c: &mut Ctx, command: &str, rest: &str) -> Option<String> {
-    let args: Vec<&str> = rest.split_whitespace().collect();
-    let text = match command {
-        "sendkey" => hmp_sendkey(c, &args),
-        "mouse_move" => hmp_mouse_move(c, &args),
-        "mouse_button" => hmp_mouse_button(c, &args),
-        _ => return None,
-    };
-    Some(text.unwrap_or_else(|e| e))
+/// Runs an HMP input command on `arguments`: its text, or the error it prints.
+fn hmp(
+    c: &mut Ctx,
+    arguments: &str,
+    command: fn(&mut Ctx, &[&str]) -> Result<String, String>,
+) -> String {
+    let args: Vec<&str> = arguments.split_whitespace().collect();
+    command(c, &args).unwrap_or_else(|e| e)
 }
 
-fn hmp_sendkey(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
+/// HMP `sendkey keys [hold-time]`: keys joined by '-', each a QKeyCode name, "<" (less),
+/// or a 0x number; QEMU's words for what it does not take.
+pub fn hmp_sendkey(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    hmp(c, arguments, sendkey_words)
+}
+
+/// HMP `mouse_move dx dy [dz]`.
+pub fn hmp_mouse_move(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    hmp(c, arguments, mouse_move_words)
+}
+
+/// HMP `mouse_button state`.
+pub fn hmp_mouse_button(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    hmp(c, arguments, mouse_button_words)
+}
+
+fn sendkey_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     let Some(spec) = args.first() else {
         return Err(usage("sendkey", "sendkey: string expected"));
     };
@@ -268,7 +281,7 @@ fn strtol(text: &str) -> i64 {
 }
 
 /// HMP `mouse_move dx dy [dz]`: a relative move, and a wheel notch up (dz > 0) or down.
-fn hmp_mouse_move(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
+fn mouse_move_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     if args.len() < 2 {
         return Err(usage("mouse_move", "mouse_move: string expected"));
     }
@@ -300,7 +313,7 @@ fn hmp_mouse_move(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
 static HMP_BUTTONS: AtomicI64 = AtomicI64::new(0);
 
 /// HMP `mouse_button state`: the buttons held, as bits (1 left, 2 right, 4 middle).
-fn hmp_mouse_button(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
+fn mouse_button_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     let Some(text) = args.first() else {
         return Err(usage("mouse_button", "mouse_button: integer expected"));
     };

@@ -1,0 +1,413 @@
+//! HMP, QEMU's human monitor: one table of the HMP commands that map onto what the
+//! gateway serves, each either an argument-less QMP command of the command table whose
+//! answer it prints, or a function that reads its own arguments. `run_line` runs one
+//! line (human-monitor-command here, a readline monitor on a chardev elsewhere); `help`
+//! and `info` list the table. Unknown commands are answered as QEMU answers them: the
+//! text "unknown command: '...'".
+
+mod info;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::qmp::args::{serde_arguments, Int};
+use crate::qmp::context::Ctx;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{opt, req, Ty};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HumanMonitorCommand {
+    pub command_line: String,
+    pub cpu_index: Option<Int>,
+}
+
+serde_arguments!(
+    HumanMonitorCommand,
+    [req("command-line", Ty::Str), opt("cpu-index", Ty::Int)]
+);
+
+/// What an HMP command does.
+pub enum Run {
+    /// Runs this QMP command of the command table, without arguments (words after the
+    /// command's own are ignored, as QEMU ignores them), and prints its answer with the
+    /// function (`cpu`: the current CPU's index); an error as "Error: ...".
+    Qmp(&'static str, fn(answer: &Value, cpu: u32) -> String),
+    /// Reads the text after the command's words itself; `cpu` is the monitor's current
+    /// CPU (`cpu N` changes it).
+    Line(fn(c: &mut Ctx, arguments: &str, cpu: &mut u32) -> String),
+}
+
+/// One HMP command: its words and its help as QEMU 7.2's `help` shows them, and what it
+/// runs.
+pub struct HmpCommand {
+    /// Its words, short forms after '|' ("stop|s"); an info command's start with "info ".
+    pub name: &'static str,
+    /// Its arguments as `help` shows them ("" for none).
+    pub params: &'static str,
+    pub help: &'static str,
+    pub run: Run,
+}
+
+impl HmpCommand {
+    /// Whether `word` (after "info " for an info command) names it.
+    fn named(&self, word: &str) -> bool {
+        self.name.split('|').any(|n| n == word)
+    }
+
+    /// Its line in `help`.
+    fn help_line(&self) -> String {
+        format!("{} {} -- {}\n", self.name, self.params, self.help)
+    }
+}
+
+const fn qmp(
+    name: &'static str,
+    params: &'static str,
+    help: &'static str,
+    qmp: &'static str,
+    text: fn(&Value, u32) -> String,
+) -> HmpCommand {
+    HmpCommand {
+        name,
+        params,
+        help,
+        run: Run::Qmp(qmp, text),
+    }
+}
+
+/// A QMP command whose success prints nothing.
+const fn action(name: &'static str, help: &'static str, command: &'static str) -> HmpCommand {
+    qmp(name, "", help, command, |_, _| String::new())
+}
+
+const fn line(
+    name: &'static str,
+    params: &'static str,
+    help: &'static str,
+    run: fn(&mut Ctx, &str, &mut u32) -> String,
+) -> HmpCommand {
+    HmpCommand {
+        name,
+        params,
+        help,
+        run: Run::Line(run),
+    }
+}
+
+/// The HMP commands served (`help` and `info` list them sorted, as QEMU does).
+pub const HMP: &[HmpCommand] = &[
+    line(
+        "balloon",
+        "target",
+        "request VM to change its memory allocation (in MB)",
+        |c, a, _| super::balloon::hmp_balloon(c, a),
+    ),
+    action("cont|c", "resume emulation", "cont"),
+    line("cpu", "index", "set the default CPU", |c, a, cpu| {
+        super::cpus::hmp_cpu(c, a, cpu)
+    }),
+    line(
+        "dump-guest-memory",
+        "[-p] [-d] [-z|-l|-s|-w] filename [begin length]",
+        "dump guest memory into file 'filename'.\n\
+         \t\t\t-p: do paging to get guest's memory mapping.\n\
+         \t\t\t-d: return immediately (do not wait for completion).\n\
+         \t\t\t-z: dump in kdump-compressed format, with zlib compression.\n\
+         \t\t\t-l: dump in kdump-compressed format, with lzo compression.\n\
+         \t\t\t-s: dump in kdump-compressed format, with snappy compression.\n\
+         \t\t\t-w: dump in Windows crashdump format (can be used instead of ELF-dump converting),\n\
+         \t\t\t    for Windows x86 and x64 guests with vmcoreinfo driver only.\n\
+         \t\t\tbegin: the starting physical address.\n\
+         \t\t\tlength: the memory size, in bytes.",
+        |c, a, _| super::dump::hmp_dump(c, a),
+    ),
+    line("help|?", "[cmd]", "show the help", |_, a, _| help(a)),
+    line(
+        "info",
+        "[subcommand]",
+        "show various information about the system state",
+        |_, _, _| help("info"),
+    ),
+    qmp(
+        "info balloon",
+        "",
+        "show balloon information",
+        "query-balloon",
+        super::balloon::info_balloon,
+    ),
+    qmp(
+        "info cpus",
+        "",
+        "show infos for each CPU",
+        "query-cpus-fast",
+        info::info_cpus,
+    ),
+    qmp(
+        "info dump",
+        "",
+        "Display the latest dump status",
+        "query-dump",
+        super::dump::info_dump,
+    ),
+    qmp(
+        "info kvm",
+        "",
+        "show KVM information",
+        "query-kvm",
+        info::info_kvm,
+    ),
+    qmp(
+        "info mice",
+        "",
+        "show which guest mouse is receiving events",
+        "query-mice",
+        super::input::info_mice,
+    ),
+    qmp(
+        "info migrate_capabilities",
+        "",
+        "show current migration capabilities",
+        "query-migrate-capabilities",
+        info::info_migrate_capabilities,
+    ),
+    qmp(
+        "info migrate_parameters",
+        "",
+        "show current migration parameters",
+        "query-migrate-parameters",
+        info::info_migrate_parameters,
+    ),
+    qmp(
+        "info name",
+        "",
+        "show the current VM name",
+        "query-name",
+        info::info_name,
+    ),
+    qmp("info pci", "", "show PCI info", "query-pci", |buses, _| {
+        super::pci::info_pci(buses)
+    }),
+    qmp(
+        "info status",
+        "",
+        "show the current VM status (running|paused)",
+        "query-status",
+        info::info_status,
+    ),
+    line(
+        "info trace-events",
+        "[name] [vcpu]",
+        "show available trace-events & their state (name: event name pattern; vcpu: vCPU to query, default is any)",
+        |c, a, _| super::trace::hmp_info_trace_events(c, a),
+    ),
+    qmp(
+        "info uuid",
+        "",
+        "show the current VM UUID",
+        "query-uuid",
+        info::info_uuid,
+    ),
+    qmp(
+        "info version",
+        "",
+        "show the version of QEMU",
+        "query-version",
+        info::info_version,
+    ),
+    line(
+        "memsave",
+        "addr size file",
+        "save to disk virtual memory dump starting at 'addr' of size 'size'",
+        |c, a, cpu| super::dump::hmp_save(c, "memsave", a, *cpu),
+    ),
+    line(
+        "mouse_button",
+        "state",
+        "change mouse button state (1=L, 2=M, 4=R)",
+        super::input::hmp_mouse_button,
+    ),
+    line(
+        "mouse_move",
+        "dx dy [dz]",
+        "send mouse move events",
+        super::input::hmp_mouse_move,
+    ),
+    line(
+        "pmemsave",
+        "addr size file",
+        "save to disk physical memory dump starting at 'addr' of size 'size'",
+        |c, a, cpu| super::dump::hmp_save(c, "pmemsave", a, *cpu),
+    ),
+    action("quit|q", "quit the emulator", "quit"),
+    line(
+        "sendkey",
+        "keys [hold_ms]",
+        "send keys to the VM (e.g. 'sendkey ctrl-alt-f1', default hold time=100 ms)",
+        super::input::hmp_sendkey,
+    ),
+    action("stop|s", "stop emulation", "stop"),
+    action(
+        "system_powerdown",
+        "send system power down event",
+        "system_powerdown",
+    ),
+    action("system_reset", "reset the system", "system_reset"),
+    line(
+        "trace-event",
+        "name on|off [vcpu]",
+        "changes status of a specific trace event (vcpu: vCPU to set, default is all)",
+        |c, a, _| super::trace::hmp_trace_event(c, a),
+    ),
+];
+
+pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
+    let present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
+    // An index beyond int64 counts as none given; an added vCPU may leave a gap.
+    let mut current = match a.cpu_index.and_then(Int::as_i64) {
+        None => 0,
+        Some(i) if u32::try_from(i).is_ok_and(|i| present.contains(&i)) => i as u32,
+        Some(_) => {
+            return Err(QmpError::generic(
+                "Parameter 'cpu-index' expects a CPU number",
+            ))
+        }
+    };
+    // human-monitor-command's monitor is a new one each time: a `cpu N` does not last.
+    Ok(json!(run_line(c, &a.command_line, &mut current)))
+}
+
+/// Runs one HMP command line as QEMU's monitor does and returns what it prints, lines
+/// ending in CRLF as QEMU's monitor ends them. `cpu` is the monitor's current CPU, which
+/// `cpu N` changes.
+pub fn run_line(c: &mut Ctx, line: &str, cpu: &mut u32) -> String {
+    let line = line.trim_start();
+    let (word, rest) = split_word(line);
+    let (command, arguments) = match (word, split_word(rest)) {
+        ("", _) => return String::new(),
+        ("info", (what, arguments)) if !what.is_empty() => {
+            (lookup(&format!("info {what}")), arguments)
+        }
+        _ => (lookup(word), rest),
+    };
+    let text = match command {
+        Err(name) => format!("unknown command: '{name}'\n"),
+        Ok(HmpCommand {
+            run: Run::Qmp(name, text),
+            ..
+        }) => match run_qmp(c, name, Map::new()) {
+            Ok(answer) => text(&answer, *cpu),
+            Err(e) => format!("Error: {}\n", e.desc),
+        },
+        Ok(HmpCommand {
+            run: Run::Line(run),
+            ..
+        }) => run(c, arguments, cpu),
+    };
+    text.replace('\n', "\r\n")
+}
+
+/// The first word of `line` and the text after it (its leading blanks removed).
+fn split_word(line: &str) -> (&str, &str) {
+    let line = line.trim_start();
+    match line.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim_start()),
+        None => (line, ""),
+    }
+}
+
+/// The command `name` names ("info X" for an info command), or the name to report.
+fn lookup(name: &str) -> Result<&'static HmpCommand, String> {
+    let info = name.starts_with("info ");
+    HMP.iter()
+        .find(|h| match name.strip_prefix("info ") {
+            Some(what) => h.name.strip_prefix("info ") == Some(what),
+            None => !info && h.named(name),
+        })
+        .ok_or_else(|| name.to_string())
+}
+
+/// Runs the QMP command `name` of the command table with `arguments`.
+pub fn run_qmp(c: &mut Ctx, name: &str, arguments: Map<String, Value>) -> QmpResult {
+    let command = c
+        .commands
+        .iter()
+        .find(|command| command.name == name)
+        .ok_or_else(|| QmpError::not_found(format!("The command {name} has not been found")))?;
+    command.handler.run(c, arguments)
+}
+
+/// HMP `help [cmd]`: every top-level command, the info commands (`help info`, or `info`
+/// alone), or one command, a line each, sorted by name as QEMU sorts them.
+fn help(arguments: &str) -> String {
+    let (word, rest) = split_word(arguments);
+    let (what, _) = split_word(rest);
+    let mut shown: Vec<&HmpCommand> = match (word, what) {
+        ("", _) => HMP
+            .iter()
+            .filter(|h| !h.name.starts_with("info "))
+            .collect(),
+        ("info", "") => HMP.iter().filter(|h| h.name.starts_with("info ")).collect(),
+        ("info", what) => match lookup(&format!("info {what}")) {
+            Ok(h) => vec![h],
+            Err(name) => return format!("unknown command: '{name}'\n"),
+        },
+        (word, _) => match lookup(word) {
+            Ok(h) => vec![h],
+            Err(name) => return format!("unknown command: '{name}'\n"),
+        },
+    };
+    shown.sort_by_key(|h| h.name);
+    shown.iter().map(|h| h.help_line()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_info_commands_have_one_word() {
+        for (i, h) in HMP.iter().enumerate() {
+            for other in &HMP[i + 1..] {
+                assert!(
+                    !h.name.split('|').any(|n| other.named(n)),
+                    "{} twice",
+                    h.name
+                );
+            }
+            if let Some(what) = h.name.strip_prefix("info ") {
+                assert!(!what.contains([' ', '|']), "{}", h.name);
+            }
+        }
+    }
+
+    #[test]
+    fn help_lists_the_table_as_qemu_does() {
+        assert_eq!(
+            help("info version"),
+            "info version  -- show the version of QEMU\n"
+        );
+        assert_eq!(help("s"), "stop|s  -- stop emulation\n");
+        assert_eq!(help("bogus"), "unknown command: 'bogus'\n");
+        assert_eq!(help("info bogus"), "unknown command: 'info bogus'\n");
+        let all = help("");
+        assert!(all.starts_with("balloon target -- "), "{all}");
+        assert!(all.contains("\ninfo [subcommand] -- show various"));
+        assert!(!all.contains("info status"));
+        let info = help("info");
+        assert!(info.starts_with("info balloon  -- show balloon information\n"));
+        assert_eq!(
+            info.lines().count(),
+            HMP.iter().filter(|h| h.name.starts_with("info ")).count()
+        );
+    }
+
+    #[test]
+    fn a_line_finds_its_command() {
+        assert_eq!(lookup("c").map(|h| h.name), Ok("cont|c"));
+        assert_eq!(lookup("info status").map(|h| h.name), Ok("info status"));
+        assert_eq!(lookup("status").map(|h| h.name), Err("status".into()));
+        assert_eq!(lookup("info stop").map(|h| h.name), Err("info stop".into()));
+        assert_eq!(split_word("  info   block  d0 "), ("info", "block  d0 "));
+    }
+}

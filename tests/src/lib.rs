@@ -10,6 +10,7 @@ pub mod blk;
 pub mod cpu_hotplug;
 pub mod frame_reflector;
 pub mod input;
+pub mod kdump;
 pub mod linux;
 pub mod mem_hotplug;
 pub mod migration;

@@ -4,6 +4,10 @@
 //! thread per vCPU with its registers) and `readelf -n` shows one NT_PRSTATUS per vCPU,
 //! as in QEMU 7.2's core of the same guest; paging and begin/length shape the PT_LOADs;
 //! detach runs in the background (query-dump, DUMP_COMPLETED, a second dump refused);
+//! the kdump formats (zlib, LZO, snappy) hold every RAM page as pmemsave reads it, with
+//! headers field by field as QEMU 7.2's kdump-zlib core of the same guest (read by
+//! tests/src/kdump.rs; makedumpfile rearranges ours as it does QEMU's, crash reads their
+//! headers); win-dmp fails as QEMU's does without a Windows guest's vmcoreinfo note;
 //! bad input answers as a live QEMU 7.2 does, in class and words.
 
 use std::io::Read;
@@ -11,8 +15,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use flotilla_tests::kdump::{self, KdumpCore};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{path_arg, require_tool, test_guest, TempDir};
@@ -179,11 +184,22 @@ fn bad_inputs(dir: &Path) -> Vec<(&'static str, Value)> {
         ),
         (
             "dump-guest-memory",
-            json!({"paging": false, "protocol": proto("d"), "format": "kdump-lzo"}),
+            json!({"paging": false, "protocol": proto("d"), "format": "kdump-lzo",
+                   "begin": 0, "length": 4096}),
         ),
         (
             "dump-guest-memory",
-            json!({"paging": false, "protocol": proto("d"), "format": "kdump-snappy"}),
+            json!({"paging": false, "protocol": proto("d"), "format": "kdump-snappy",
+                   "begin": 0}),
+        ),
+        (
+            "dump-guest-memory",
+            json!({"paging": true, "protocol": proto("d"), "format": "win-dmp"}),
+        ),
+        // Started, then failed (DUMP_COMPLETED with the error): no vmcoreinfo note.
+        (
+            "dump-guest-memory",
+            json!({"paging": false, "protocol": proto("w"), "format": "win-dmp"}),
         ),
         (
             "dump-guest-memory",
@@ -212,7 +228,9 @@ fn hmp_lines(dir: &Path) -> Vec<String> {
     vec![
         "dump-guest-memory".into(),
         format!("dump-guest-memory -q {d}/h"),
-        format!("dump-guest-memory -l {d}/h"),
+        format!("dump-guest-memory -z -p {d}/h"),
+        format!("dump-guest-memory -s {d}/h 0 4096"),
+        format!("dump-guest-memory -w {d}/h"),
         format!("dump-guest-memory -z -s {d}/h"),
         format!("dump-guest-memory {d}/h 4096"),
         format!("dump-guest-memory {d}/h 0x10000000000 4096"),
@@ -271,9 +289,10 @@ fn guest_memory_reaches_files_and_cores_as_on_qemu() {
     );
     assert_eq!(std::fs::read(path("z")).unwrap(), vec![0; 100]);
 
+    let formats = qmp.ok("query-dump-guest-memory-capability", json!({}));
     assert_eq!(
-        qmp.ok("query-dump-guest-memory-capability", json!({})),
-        json!({"formats": ["elf"]})
+        formats,
+        json!({"formats": ["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp"]})
     );
     assert_eq!(
         qmp.ok("query-dump", json!({})),
@@ -403,8 +422,9 @@ fn guest_memory_reaches_files_and_cores_as_on_qemu() {
         "File descriptor named 'core' not found"
     );
 
-    // Our own refusals: a size QEMU 7.2 crashes on, one beyond the bound, and the kdump
-    // formats (not written here).
+    let kdumps = kdump_formats(&mut qmp, dir.path(), at, &whole);
+
+    // Our own refusals: a size QEMU 7.2 crashes on, and one beyond the bound.
     for size in [-1, (1i64 << 30) + 1] {
         let (class, desc) = qmp.err(
             "pmemsave",
@@ -416,17 +436,6 @@ fn guest_memory_reaches_files_and_cores_as_on_qemu() {
             "{desc}"
         );
     }
-    assert_eq!(
-        qmp.err(
-            "dump-guest-memory",
-            json!({"paging": false, "protocol": format!("file:{}", path_arg(&path("z"))),
-                   "format": "kdump-zlib"})
-        ),
-        (
-            "GenericError".into(),
-            "kdump-zlib is not available now".into()
-        )
-    );
     let ours_bad = refusals(&mut qmp, dir.path());
     assert!(
         !path("never").exists(),
@@ -447,6 +456,15 @@ fn guest_memory_reaches_files_and_cores_as_on_qemu() {
     );
     let qemu_notes = notes(&qemu_core);
     assert_eq!(ours, qemu_notes, "ours, then QEMU's");
+    // QEMU 7.2 here is built without LZO and snappy: its formats are ours, less those.
+    let qemu_formats = theirs.ok("query-dump-guest-memory-capability", json!({}));
+    let qemu_formats = qemu_formats["formats"].as_array().unwrap();
+    let mut ours_formats = formats["formats"].as_array().unwrap().iter();
+    assert!(
+        qemu_formats.iter().all(|f| ours_formats.any(|o| o == f)),
+        "QEMU's {qemu_formats:?} in ours, in order: {formats}"
+    );
+    compare_with_qemu_kdump(&mut theirs, qemu_dir.path(), at, &kdumps);
     let mut pipe = pipe_dump(&mut theirs);
     let qemu_second = theirs.err(
         "dump-guest-memory",
@@ -474,4 +492,259 @@ fn guest_memory_reaches_files_and_cores_as_on_qemu() {
         );
         assert_eq!(ours, qemu, "ours, then QEMU's");
     }
+}
+
+/// The memory the test guest's dump covers: 128 MiB of RAM, page after page.
+const RAM_PAGES: u64 = 128 * MIB / kdump::PAGE;
+
+/// Reads the kdump core at `file` (flattened); `makedumpfile -R` puts it in place the
+/// same way, and crash reads the result's headers.
+fn read_kdump(file: &Path) -> KdumpCore {
+    let flat = std::fs::read(file).unwrap();
+    let core = KdumpCore::from_flattened(&flat).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+    let plain = file.with_extension("plain");
+    let out = Command::new(require_tool("makedumpfile", "makedumpfile"))
+        .arg("-R")
+        .arg(&plain)
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "makedumpfile -R: {out:?}");
+    let rearranged = KdumpCore::from_plain(std::fs::read(&plain).unwrap()).unwrap();
+    assert!(
+        rearranged == core,
+        "makedumpfile -R rearranged {file:?} otherwise"
+    );
+    // crash, given no kernel, prints the dump's headers (-d) and stops there.
+    let out = Command::new(require_tool("crash", "crash"))
+        .args(["-d", "4", "--minimal"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let pages = core.pages().unwrap().len();
+    for line in [
+        format!("total_valid_pages: {pages}"),
+        "num_prstatus_notes: 2".into(),
+        format!("status: {} (DUMP_DH_COMPRESSED_", core.status()),
+    ] {
+        assert!(
+            said.contains(&line),
+            "crash on {file:?} lacks {line:?}:\n{said}"
+        );
+    }
+    core
+}
+
+/// Guest memory as `core` holds it, from address 0 to `pages` pages (what it lacks reads
+/// as 0xee), after checking each present page's descriptor: compressed with the core's
+/// method and smaller than a page, or stored as it is.
+fn memory_in(core: &KdumpCore, pages: u64) -> (Vec<u8>, usize) {
+    let mut memory = vec![0xee; (pages * kdump::PAGE) as usize];
+    let descriptors = core.descriptors().unwrap();
+    let mut compressed = 0;
+    for (pfn, d) in core.pages().unwrap().into_iter().zip(descriptors) {
+        let (_, size, flags) = d;
+        match flags {
+            0 => assert_eq!(size, 4096, "pfn {pfn:#x} stored"),
+            f => {
+                assert_eq!(f, core.status(), "pfn {pfn:#x}: the core's compression");
+                assert!(size < 4096, "pfn {pfn:#x} compressed to {size} bytes");
+                compressed += 1;
+            }
+        }
+        let data = core
+            .page_data(d)
+            .unwrap_or_else(|e| panic!("pfn {pfn:#x}: {e}"));
+        if pfn < pages {
+            let at = (pfn * kdump::PAGE) as usize;
+            memory[at..at + data.len()].copy_from_slice(&data);
+        }
+    }
+    (memory, compressed)
+}
+
+/// Each kdump format of the stopped guest: all of RAM, every page as pmemsave reads it
+/// (the pattern among them), the VM left stopped by the dump. Returns the cores.
+fn kdump_formats(qmp: &mut QmpClient, dir: &Path, at: u64, whole: &Value) -> Vec<KdumpCore> {
+    qmp.ok("stop", json!({}));
+    qmp.event("STOP");
+    let ram = dir.join("ram");
+    qmp.ok(
+        "pmemsave",
+        json!({"val": 0, "size": 128 * MIB, "filename": path_arg(&ram)}),
+    );
+    let ram = std::fs::read(&ram).unwrap();
+    let mut cores = Vec::new();
+    for (format, flag) in [
+        ("kdump-zlib", kdump::ZLIB),
+        ("kdump-lzo", kdump::LZO),
+        ("kdump-snappy", kdump::SNAPPY),
+    ] {
+        let file = dir.join(format);
+        let started = Instant::now();
+        qmp.ok(
+            "dump-guest-memory",
+            json!({"paging": false, "protocol": format!("file:{}", path_arg(&file)),
+                   "format": format}),
+        );
+        let took = started.elapsed();
+        let done = qmp.event("DUMP_COMPLETED");
+        assert_eq!(done["data"], json!({ "result": whole }), "{format}");
+        let core = read_kdump(&file);
+        let size = std::fs::metadata(&file).unwrap().len();
+        eprintln!("{format}: {took:?}, {size} bytes");
+        assert_eq!(core.status(), flag, "{format}: the header's compression");
+        let pages = core.pages().unwrap();
+        assert!(
+            pages == (0..RAM_PAGES).collect::<Vec<_>>(),
+            "{format}: every RAM page and no other"
+        );
+        let (memory, compressed) = memory_in(&core, RAM_PAGES);
+        let at = at as usize;
+        assert!(
+            memory[at..at + PATTERN_BYTES as usize] == pattern(),
+            "{format}: the pattern"
+        );
+        let differ = (0..RAM_PAGES as usize)
+            .filter(|p| memory[p * 4096..(p + 1) * 4096] != ram[p * 4096..(p + 1) * 4096])
+            .collect::<Vec<_>>();
+        assert!(
+            differ.is_empty(),
+            "{format}: pages unlike pmemsave's: {differ:x?}"
+        );
+        assert!(compressed > 0, "{format}: no page compressed");
+        cores.push(core);
+    }
+    // A stopped VM stays stopped after a dump (no RESUME), as QEMU's.
+    assert_eq!(qmp.ok("query-status", json!({}))["status"], "paused");
+    qmp.ok("cont", json!({}));
+    qmp.event("RESUME");
+    // win-dmp: started, then failed, as QEMU's without a Windows guest's note.
+    let (class, desc) = qmp.err(
+        "dump-guest-memory",
+        json!({"paging": false, "protocol": format!("file:{}", path_arg(&dir.join("w"))),
+               "format": "win-dmp"}),
+    );
+    assert_eq!(
+        (class.as_str(), desc.as_str()),
+        ("GenericError", "win-dump: invalid vmcoreinfo note size")
+    );
+    let failed = qmp.event("DUMP_COMPLETED")["data"].clone();
+    assert_eq!(failed["error"], "win-dump: invalid vmcoreinfo note size");
+    assert_eq!(failed["result"]["status"], "failed");
+    assert_eq!(failed["result"]["completed"], 0);
+    cores
+}
+
+/// QEMU's RAM and ROM ranges (start, end exclusive, name) as `info mtree -f` shows
+/// the system address space: what its dump covers.
+fn qemu_memory(qemu: &mut QmpClient) -> Vec<(u64, u64, String)> {
+    let tree = qemu.ok(
+        "human-monitor-command",
+        json!({"command-line": "info mtree -f"}),
+    );
+    let tree = tree.as_str().unwrap();
+    let (_, system) = tree
+        .split_once("AS \"memory\"")
+        .expect("the memory address space");
+    let system = system.split("FlatView #").next().unwrap();
+    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+    system
+        .lines()
+        .filter_map(|l| {
+            let (range, rest) = l.trim().split_once(" (prio ")?;
+            let (kind, name) = rest.split_once("): ")?;
+            let kind = kind.split(", ").nth(1)?;
+            let (start, end) = range.split_once('-')?;
+            matches!(kind, "ram" | "rom" | "romd").then(|| {
+                let name = name.split_whitespace().next().unwrap_or_default();
+                (hex(start), hex(end) + 1, name.to_string())
+            })
+        })
+        .collect()
+}
+
+/// QEMU 7.2's kdump-zlib core of the same guest, stopped: the same headers but for the
+/// compression (ours in each format) and the count of page frames (QEMU's firmware ROM
+/// sits just below 4 GiB, so its bitmaps cover 4 GiB, ours 128 MiB); the same notes; the
+/// same pages but QEMU's firmware (pc.bios), which our VM has not (it boots the guest
+/// itself); the pattern page alike.
+fn compare_with_qemu_kdump(qemu: &mut QmpClient, dir: &Path, at: u64, ours: &[KdumpCore]) {
+    qemu.ok("stop", json!({}));
+    let file = dir.join("kdump-zlib");
+    qemu.ok(
+        "dump-guest-memory",
+        json!({"paging": false, "protocol": format!("file:{}", path_arg(&file)),
+               "format": "kdump-zlib"}),
+    );
+    qemu.event("DUMP_COMPLETED");
+    let memory = qemu_memory(qemu);
+    qemu.ok("cont", json!({}));
+    let theirs = read_kdump(&file);
+    let qemu_pages = theirs.pages().unwrap();
+    let last = qemu_pages.last().copied().unwrap();
+    let mapnr = |n: u64| n.to_string();
+    for core in ours {
+        for ((name, mine), (_, qemus)) in core.header().into_iter().zip(theirs.header()) {
+            match name {
+                "status" => {}
+                "max_mapnr" => {
+                    assert_eq!((mine, qemus), (mapnr(RAM_PAGES), mapnr(last + 1)), "{name}")
+                }
+                // Two bitmaps of a bit per page frame, in blocks.
+                "bitmap_blocks" => assert_eq!(
+                    (mine, qemus),
+                    (
+                        mapnr(2 * RAM_PAGES.div_ceil(8 * 4096)),
+                        mapnr(2 * (last + 1).div_ceil(8 * 4096))
+                    ),
+                    "{name}"
+                ),
+                _ => assert_eq!(mine, qemus, "header field {name}: ours, then QEMU's"),
+            }
+        }
+        for ((name, mine), (_, qemus)) in core.sub_header().into_iter().zip(theirs.sub_header()) {
+            match name {
+                "max_mapnr_64" => assert_eq!((mine, qemus), (RAM_PAGES, last + 1), "{name}"),
+                _ => assert_eq!(mine, qemus, "sub-header field {name}: ours, then QEMU's"),
+            }
+        }
+        assert_eq!(core.notes(), theirs.notes(), "notes: ours, then QEMU's");
+    }
+    assert_eq!(ours[0].status(), theirs.status(), "both zlib");
+    let page_set = |ranges: &mut dyn Iterator<Item = (u64, u64)>| {
+        let mut pages: Vec<u64> = ranges
+            .flat_map(|(s, e)| s / 4096..e.div_ceil(4096))
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
+    };
+    let firmware = page_set(
+        &mut memory
+            .iter()
+            .filter(|r| r.2 == "pc.bios")
+            .map(|r| (r.0, r.1)),
+    );
+    assert!(!firmware.is_empty(), "QEMU's firmware in {memory:?}");
+    let expected = page_set(
+        &mut (0..RAM_PAGES)
+            .map(|p| (p * 4096, p * 4096 + 1))
+            .chain(firmware.iter().map(|p| (p * 4096, p * 4096 + 1))),
+    );
+    assert!(
+        qemu_pages == expected,
+        "QEMU's pages are ours and its firmware's: {} pages, {} expected",
+        qemu_pages.len(),
+        expected.len()
+    );
+    let (memory, _) = memory_in(&theirs, RAM_PAGES);
+    let at = at as usize;
+    assert!(
+        memory[at..at + PATTERN_BYTES as usize] == pattern(),
+        "QEMU's core: the pattern"
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    eprintln!("QEMU's kdump-zlib: {size} bytes");
 }

@@ -264,6 +264,10 @@ pub enum VmmRequest {
     IncomingMemory,
     /// On the destination: the source's `SaveState` (after all of memory arrived).
     RestoreState(Vec<u8>),
+    /// xen-load-devices-state: a `SaveState` of this VM's shape into this stopped VM,
+    /// whose guest RAM stays as it is. All or nothing: a state that does not fit leaves
+    /// the VM as it was. Refused while the VM runs or migrates.
+    LoadState(Vec<u8>),
     /// On the destination: the migration is complete; the VM runs if `run`, otherwise
     /// it waits in "paused".
     IncomingCompleted {
@@ -378,6 +382,41 @@ pub struct DumpRequest {
     pub paging: bool,
     /// Only the physical range `begin`, `length` (QMP's begin/length, as given).
     pub filter: Option<DumpFilter>,
+    /// The file's format (QMP `format`; the gateway refuses paging and a filter with
+    /// any but elf, as QEMU does).
+    pub format: DumpFormat,
+}
+
+/// QMP's DumpGuestMemoryFormat (its QMP names in kebab case).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DumpFormat {
+    Elf,
+    KdumpZlib,
+    KdumpLzo,
+    KdumpSnappy,
+    WinDmp,
+}
+
+impl DumpFormat {
+    /// Every format, in QEMU's order (query-dump-guest-memory-capability's).
+    pub const ALL: [DumpFormat; 5] = [
+        DumpFormat::Elf,
+        DumpFormat::KdumpZlib,
+        DumpFormat::KdumpLzo,
+        DumpFormat::KdumpSnappy,
+        DumpFormat::WinDmp,
+    ];
+
+    pub fn qmp_name(self) -> &'static str {
+        match self {
+            DumpFormat::Elf => "elf",
+            DumpFormat::KdumpZlib => "kdump-zlib",
+            DumpFormat::KdumpLzo => "kdump-lzo",
+            DumpFormat::KdumpSnappy => "kdump-snappy",
+            DumpFormat::WinDmp => "win-dmp",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -185,7 +185,7 @@ pub const COMMANDS: &[Command] = &[
         G,
     ),
     cmd("inject-nmi", &Typed(machine::inject_nmi), EMPTY, V),
-    partly(
+    cmd(
         "dump-guest-memory",
         &Typed(dump::dump_guest_memory),
         EMPTY,

@@ -51,8 +51,22 @@ pub fn layout(loads: usize, cpus: usize) -> (u64, u64) {
     (notes, notes + notes_size(cpus))
 }
 
-fn notes_size(cpus: usize) -> u64 {
+/// The size of the vCPUs' notes (`notes`) for `cpus` vCPUs.
+pub fn notes_size(cpus: usize) -> u64 {
     (cpus * (PRSTATUS_NOTE + QEMU_NOTE)) as u64
+}
+
+/// The vCPUs' notes, as QEMU writes them in an ELF core and a kdump-compressed one: an
+/// NT_PRSTATUS note per vCPU, then a "QEMU" note per vCPU.
+pub fn notes(cpus: &[CpuRegs]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(notes_size(cpus.len()) as usize);
+    for c in cpus {
+        note(&mut out, b"CORE\0", NT_PRSTATUS, &prstatus(c));
+    }
+    for c in cpus {
+        note(&mut out, b"QEMU\0", 0, &qemu_cpu_state(c));
+    }
+    out
 }
 
 /// Everything before guest memory: header, program headers and notes. `loads` must be
@@ -80,12 +94,7 @@ pub fn headers(cpus: &[CpuRegs], loads: &[Load]) -> Vec<u8> {
     for l in loads {
         phdr(&mut out, PT_LOAD, l.offset, l.va, l.pa, l.len);
     }
-    for c in cpus {
-        note(&mut out, b"CORE\0", NT_PRSTATUS, &prstatus(c));
-    }
-    for c in cpus {
-        note(&mut out, b"QEMU\0", 0, &qemu_cpu_state(c));
-    }
+    out.extend_from_slice(&notes(cpus));
     out
 }
 

@@ -1,19 +1,21 @@
 //! Guest memory for debugging: QMP pmemsave (physical), memsave (a vCPU's virtual
 //! addresses, through its page tables: `paging`) and dump-guest-memory (an ELF core:
-//! `elf`), each written to a file the gateway opened and handed over. What a dump covers
-//! is planned here (`plan`: RAM blocks, DIMMs included, the begin/length filter and
-//! QEMU's checks of it, the segments by virtual address with `paging`), and written on a
-//! thread of its own (`start`) whose progress query-dump reads; the runner pauses the
-//! vCPUs for it and resumes them after, as QEMU does.
+//! `elf`, or a kdump-compressed one: `kdump`), each written to a file the gateway opened
+//! and handed over. What a dump covers is planned here (`plan`: RAM blocks, DIMMs
+//! included, the begin/length filter and QEMU's checks of it, the segments by virtual
+//! address with `paging`), and written on a thread of its own (`start`) whose progress
+//! query-dump reads; the runner pauses the vCPUs for it and resumes them after, as QEMU
+//! does.
 
 pub mod elf;
+pub mod kdump;
 pub mod paging;
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::sync::Arc;
 
-use ipc::{DumpFilter, DumpProgress, DumpRequest, DumpStatus};
+use ipc::{DumpFilter, DumpFormat, DumpProgress, DumpRequest, DumpStatus};
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use parking_lot::Mutex;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -142,12 +144,27 @@ pub fn save(
     Ok(())
 }
 
-/// What a dump writes: the headers, then the physical `ranges` in order.
+/// What a dump writes, and how many bytes of guest memory it holds.
 pub struct Plan {
-    pub header: Vec<u8>,
-    pub ranges: Vec<(u64, u64)>,
+    pub body: Body,
     pub total: u64,
 }
+
+pub enum Body {
+    /// An ELF core: the headers, then the physical `ranges` in order.
+    Elf {
+        header: Vec<u8>,
+        ranges: Vec<(u64, u64)>,
+    },
+    Kdump(kdump::Kdump),
+    /// win-dmp: QEMU writes it from the header a Windows guest's driver leaves in the
+    /// vmcoreinfo device's note. A VM here has no vmcoreinfo device, so the dump fails
+    /// as QEMU's does for a guest without that note (QEMU's words: `WIN_DMP_NO_NOTE`).
+    WinDmp,
+}
+
+/// QEMU 7.2's words for a win-dmp dump of a guest that left no vmcoreinfo note.
+pub const WIN_DMP_NO_NOTE: &str = "win-dump: invalid vmcoreinfo note size";
 
 /// The physical ranges a dump covers: every RAM block, or its overlap with the filter,
 /// with QEMU's checks (and words) for the filter.
@@ -225,6 +242,31 @@ pub fn plan(
     cpus: &[CpuRegs],
     request: &DumpRequest,
 ) -> Result<Plan, String> {
+    let compression = match request.format {
+        DumpFormat::Elf => return plan_elf(mem, cpus, request),
+        DumpFormat::KdumpZlib => kdump::Compression::Zlib,
+        DumpFormat::KdumpLzo => kdump::Compression::Lzo,
+        DumpFormat::KdumpSnappy => kdump::Compression::Snappy,
+        DumpFormat::WinDmp => {
+            return Ok(Plan {
+                body: Body::WinDmp,
+                total: blocks(mem).iter().map(|b| b.1).sum(),
+            })
+        }
+    };
+    // The gateway refused paging and a filter for these (QEMU's check and words).
+    let core = kdump::plan(&blocks(mem), cpus, compression)?;
+    Ok(Plan {
+        total: core.total(),
+        body: Body::Kdump(core),
+    })
+}
+
+fn plan_elf(
+    mem: &GuestMemoryMmap,
+    cpus: &[CpuRegs],
+    request: &DumpRequest,
+) -> Result<Plan, String> {
     let ranges = ranges(&blocks(mem), request.filter)?;
     let total = ranges.iter().map(|r| r.1).sum();
     // Each range's place among the memory written, from the start of guest memory.
@@ -281,8 +323,10 @@ pub fn plan(
         l.offset += memory_at;
     }
     Ok(Plan {
-        header: elf::headers(cpus, &loads),
-        ranges,
+        body: Body::Elf {
+            header: elf::headers(cpus, &loads),
+            ranges,
+        },
         total,
     })
 }
@@ -348,9 +392,18 @@ fn write(
     progress: &Progress,
 ) -> Result<(), String> {
     let failed = |e: std::io::Error| format!("dump: failed to write the core: {e}");
-    out.write_all(&plan.header).map_err(failed)?;
+    let (header, ranges) = match &plan.body {
+        Body::Elf { header, ranges } => (header, ranges),
+        Body::Kdump(core) => {
+            let out = BufWriter::with_capacity(1 << 16, out);
+            let done = |n| progress.lock().completed += n;
+            return core.write(mem, out, done).map_err(failed);
+        }
+        Body::WinDmp => return Err(WIN_DMP_NO_NOTE.into()),
+    };
+    out.write_all(header).map_err(failed)?;
     let mut buf = vec![0u8; DUMP_CHUNK as usize];
-    for &(start, len) in &plan.ranges {
+    for &(start, len) in ranges {
         let mut at = 0;
         while at < len {
             let n = (len - at).min(DUMP_CHUNK);

@@ -89,9 +89,8 @@ impl BlockLayer {
             }
             return Ok(calls);
         }
-        let group = group
-            .map(str::to_string)
-            .unwrap_or_else(|| state.disks[index].qdev.clone());
+        // No group: QEMU names it by the disk as the command named it.
+        let group = group.unwrap_or(disk.name()).to_string();
         if !state.groups.contains_key(&group) {
             let page = ipc::new_throttle_state().map_err(BlockError::ThrottleGroup)?;
             state.groups.insert(

@@ -1,5 +1,6 @@
 //! The texts of HMP's `info` commands that print a QMP answer of the gateway's own
-//! (vCPUs, KVM, migration settings, name, UUID, version, run state), as QEMU 7.2's.
+//! (vCPUs, KVM, migration settings, name, UUID, version, run state, chardevs), as
+//! QEMU 7.2's.
 
 use ipc::RunState;
 use serde_json::Value;
@@ -139,6 +140,19 @@ pub fn info_status(status: &Value, _: u32) -> String {
     }
     s.push('\n');
     s
+}
+
+/// HMP `info chardev`: each chardev's label and filename, in query-chardev's order.
+pub fn info_chardev(chardevs: &Value, _: u32) -> String {
+    chardevs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let field = |key: &str| c[key].as_str().unwrap_or_default().to_string();
+            format!("{}: filename={}\n", field("label"), field("filename"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! and `info` list the table. Unknown commands are answered as QEMU answers them: the
 //! text "unknown command: '...'".
 
+mod block;
 mod info;
+mod migrate;
+mod reply;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -14,6 +17,7 @@ use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
+use reply::{error, run_qmp, usage};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -129,12 +133,45 @@ pub const HMP: &[HmpCommand] = &[
         "show various information about the system state",
         |_, _, _| help("info"),
     ),
+    line(
+        "device_del",
+        "device",
+        "remove device",
+        |c, a, _| with_word(c, a, "device_del", "device_del", "id"),
+    ),
     qmp(
         "info balloon",
         "",
         "show balloon information",
         "query-balloon",
         super::balloon::info_balloon,
+    ),
+    line(
+        "info block",
+        "[-n] [-v] [device]",
+        "show info of one block device or all block devices (-n: show named nodes; -v: show details)",
+        block::info_block,
+    ),
+    qmp(
+        "info block-jobs",
+        "",
+        "show progress of ongoing block device operations",
+        "query-block-jobs",
+        block::info_block_jobs,
+    ),
+    qmp(
+        "info blockstats",
+        "",
+        "show block device statistics",
+        "query-blockstats",
+        block::info_blockstats,
+    ),
+    qmp(
+        "info chardev",
+        "",
+        "show the character devices",
+        "query-chardev",
+        info::info_chardev,
     ),
     qmp(
         "info cpus",
@@ -163,6 +200,13 @@ pub const HMP: &[HmpCommand] = &[
         "show which guest mouse is receiving events",
         "query-mice",
         super::input::info_mice,
+    ),
+    qmp(
+        "info migrate",
+        "",
+        "show migration status",
+        "query-migrate",
+        migrate::info_migrate,
     ),
     qmp(
         "info migrate_capabilities",
@@ -234,6 +278,13 @@ pub const HMP: &[HmpCommand] = &[
         super::input::hmp_mouse_move,
     ),
     line(
+        "netdev_del",
+        "id",
+        "remove host network device",
+        |c, a, _| with_word(c, a, "netdev_del", "netdev_del", "id"),
+    ),
+    action("nmi", "inject an NMI", "inject-nmi"),
+    line(
         "pmemsave",
         "addr size file",
         "save to disk physical memory dump starting at 'addr' of size 'size'",
@@ -281,30 +332,47 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
 /// ending in CRLF as QEMU's monitor ends them. `cpu` is the monitor's current CPU, which
 /// `cpu N` changes.
 pub fn run_line(c: &mut Ctx, line: &str, cpu: &mut u32) -> String {
-    let line = line.trim_start();
     let (word, rest) = split_word(line);
-    let (command, arguments) = match (word, split_word(rest)) {
+    // What was typed of the command's name (QEMU's usage errors name it).
+    let (typed, arguments) = match (word, split_word(rest)) {
         ("", _) => return String::new(),
-        ("info", (what, arguments)) if !what.is_empty() => {
-            (lookup(&format!("info {what}")), arguments)
-        }
-        _ => (lookup(word), rest),
+        ("info", (what, arguments)) if !what.is_empty() => (format!("info {what}"), arguments),
+        _ => (word.to_string(), rest),
     };
-    let text = match command {
+    let text = match lookup(&typed) {
         Err(name) => format!("unknown command: '{name}'\n"),
-        Ok(HmpCommand {
-            run: Run::Qmp(name, text),
-            ..
-        }) => match run_qmp(c, name, Map::new()) {
-            Ok(answer) => text(&answer, *cpu),
-            Err(e) => format!("Error: {}\n", e.desc),
+        Ok(h) => match h.run {
+            Run::Qmp(..) if !arguments.trim_end().is_empty() => {
+                let name = h.name.strip_prefix("info ").unwrap_or(h.name);
+                usage(name, &typed, "extraneous characters at the end of line")
+            }
+            Run::Qmp(name, text) => match run_qmp(c, name, Map::new()) {
+                Ok(answer) => text(&answer, *cpu),
+                Err(e) => error(&e),
+            },
+            Run::Line(run) => run(c, arguments, cpu),
         },
-        Ok(HmpCommand {
-            run: Run::Line(run),
-            ..
-        }) => run(c, arguments, cpu),
     };
     text.replace('\n', "\r\n")
+}
+
+/// Runs the QMP command `qmp` with its one string member `member` from the HMP
+/// command `name`'s one word, as QEMU's monitor reads an 's' argument; nothing printed
+/// when it works.
+fn with_word(c: &mut Ctx, arguments: &str, name: &str, qmp: &str, member: &str) -> String {
+    let (word, rest) = split_word(arguments);
+    if word.is_empty() {
+        return usage(name, name, "string expected");
+    }
+    if !rest.trim_end().is_empty() {
+        return usage(name, name, "extraneous characters at the end of line");
+    }
+    let mut arguments = Map::new();
+    arguments.insert(member.to_string(), json!(word));
+    match run_qmp(c, qmp, arguments) {
+        Ok(_) => String::new(),
+        Err(e) => error(&e),
+    }
 }
 
 /// The first word of `line` and the text after it (its leading blanks removed).
@@ -325,16 +393,6 @@ fn lookup(name: &str) -> Result<&'static HmpCommand, String> {
             None => !info && h.named(name),
         })
         .ok_or_else(|| name.to_string())
-}
-
-/// Runs the QMP command `name` of the command table with `arguments`.
-pub fn run_qmp(c: &mut Ctx, name: &str, arguments: Map<String, Value>) -> QmpResult {
-    let command = c
-        .commands
-        .iter()
-        .find(|command| command.name == name)
-        .ok_or_else(|| QmpError::not_found(format!("The command {name} has not been found")))?;
-    command.handler.run(c, arguments)
 }
 
 /// HMP `help [cmd]`: every top-level command, the info commands (`help info`, or `info`

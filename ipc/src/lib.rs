@@ -26,6 +26,7 @@ pub mod fds;
 pub mod frame;
 pub mod host;
 pub mod input;
+pub mod machine;
 pub mod messages;
 pub mod page_log;
 pub mod process;

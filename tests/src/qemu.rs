@@ -84,6 +84,27 @@ impl Qemu {
         Qemu { vm, qmp, _dir: dir }
     }
 
+    /// QEMU as libvirt probes it: `-machine none` (no guest, no devices), KVM, a QMP
+    /// socket; what it answers is what a management tool learns of the emulator.
+    pub fn machine_none() -> Qemu {
+        let dir = TempDir::new("qemu-none");
+        let qmp = dir.path().join("qmp.sock");
+        let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
+        cmd.args([
+            "-machine",
+            "none",
+            "-accel",
+            "kvm",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args(["-display", "none", "-S", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        let vm = Vm::spawn(cmd);
+        wait_for_socket(&qmp, &vm);
+        Qemu { vm, qmp, _dir: dir }
+    }
+
     /// QEMU with no guest to run (-S), to see whether it takes `extra` (drives): Ok
     /// with it running, or Err with what it printed when it refused.
     pub fn try_start(extra: &[&str]) -> Result<Qemu, String> {

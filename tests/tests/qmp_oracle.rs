@@ -121,6 +121,21 @@ fn parse_errors(replies: &[Value]) -> bool {
 
 const DIFFERENCES: &[Difference] = &[
     Difference {
+        labels: &["query-machines", "query-cpu-definitions"],
+        what: "one machine type (pc) and one CPU model (host), QEMU 7.2 its dozens (some \
+               with an alias or alias-of, so its list has shapes ours has not)",
+        why: "we list what we are; tests/tests/gateway_probe.rs compares our one entry with \
+              QEMU's entry of the same kind (its pc, its host) by shape and value",
+        holds: |q, g| {
+            ret(g).as_array().is_some_and(|a| a.len() == 1)
+                && ret(q).as_array().is_some_and(|a| a.len() > 1)
+                && ret(q).as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|e| e["name"] == ret(g)[0]["name"] || e["alias"] == ret(g)[0]["name"])
+                })
+        },
+    },
+    Difference {
         labels: &["HMP help", "HMP help info"],
         what: "HMP's help lists the commands we serve, QEMU's all of its own",
         why: "the commands the gateway does not serve answer \"unknown command\"; each line \

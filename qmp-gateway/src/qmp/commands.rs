@@ -9,6 +9,8 @@ use super::context::{Handler, Typed};
 use super::handlers::balloon;
 use super::handlers::chardev;
 use super::handlers::command_line;
+use super::handlers::cpu_models;
+use super::handlers::machine_types;
 use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::dump;
@@ -135,6 +137,34 @@ pub const COMMANDS: &[Command] = &[
         "query-kvm",
         &Typed(machine::query_kvm),
         Ty::Named("KvmInfo"),
+    ),
+    cmd(
+        "query-target",
+        &Typed(machine_types::query_target),
+        Ty::Named("TargetInfo"),
+        G,
+    ),
+    cmd(
+        "query-machines",
+        &Typed(machine_types::query_machines),
+        Ty::Array(&Ty::Named("MachineInfo")),
+        G,
+    ),
+    cmd(
+        "query-cpu-definitions",
+        &Typed(cpu_models::query_cpu_definitions),
+        Ty::Array(&Ty::Named("CpuDefinitionInfo")),
+        G,
+    ),
+    absent(
+        "query-sev-capabilities",
+        &Typed(absent::query_sev_capabilities),
+        Ty::Named("SevCapability"),
+    ),
+    absent(
+        "query-sgx-capabilities",
+        &Typed(absent::query_sgx_capabilities),
+        Ty::Named("SGXInfo"),
     ),
     cmd(
         "query-cpus",

@@ -258,6 +258,101 @@ pub const TYPES: Types = Types(&[
         name: "KvmInfo",
         kind: TypeKind::Object(&[req("enabled", Ty::Bool), req("present", Ty::Bool)]),
     },
+    // What a management tool probes (handlers/machine_types.rs, cpu_models.rs, qom.rs):
+    // QEMU 7.2's types.
+    TypeDef {
+        name: "SysEmuTarget",
+        kind: TypeKind::Enum(&[
+            "aarch64", "alpha", "arm", "avr", "cris", "hppa", "i386", "loongarch64", "m68k",
+            "microblaze", "microblazeel", "mips", "mips64", "mips64el", "mipsel", "nios2",
+            "or1k", "ppc", "ppc64", "riscv32", "riscv64", "rx", "s390x", "sh4", "sh4eb",
+            "sparc", "sparc64", "tricore", "x86_64", "xtensa", "xtensaeb",
+        ]),
+    },
+    TypeDef {
+        name: "TargetInfo",
+        kind: TypeKind::Object(&[req("arch", Ty::Named("SysEmuTarget"))]),
+    },
+    TypeDef {
+        name: "MachineInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            opt("alias", Ty::Str),
+            opt("is-default", Ty::Bool),
+            req("cpu-max", Ty::Int),
+            req("hotpluggable-cpus", Ty::Bool),
+            req("numa-mem-supported", Ty::Bool),
+            req("deprecated", Ty::Bool),
+            opt("default-cpu-type", Ty::Str),
+            opt("default-ram-id", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "SevCapability",
+        kind: TypeKind::Object(&[
+            req("pdh", Ty::Str),
+            req("cert-chain", Ty::Str),
+            req("cpu0-id", Ty::Str),
+            req("cbitpos", Ty::Int),
+            req("reduced-phys-bits", Ty::Int),
+        ]),
+    },
+    TypeDef {
+        name: "SGXEPCSection",
+        kind: TypeKind::Object(&[req("node", Ty::Int), req("size", Ty::Int)]),
+    },
+    TypeDef {
+        name: "SGXInfo",
+        kind: TypeKind::Object(&[
+            req("sgx", Ty::Bool),
+            req("sgx1", Ty::Bool),
+            req("sgx2", Ty::Bool),
+            req("flc", Ty::Bool),
+            req("section-size", Ty::Int),
+            req("sections", Ty::Array(&Ty::Named("SGXEPCSection"))),
+        ]),
+    },
+    TypeDef {
+        name: "CpuDefinitionInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            opt("migration-safe", Ty::Bool),
+            req("static", Ty::Bool),
+            opt("unavailable-features", Ty::Array(&Ty::Str)),
+            req("typename", Ty::Str),
+            opt("alias-of", Ty::Str),
+            req("deprecated", Ty::Bool),
+        ]),
+    },
+    TypeDef {
+        name: "CpuModelInfo",
+        kind: TypeKind::Object(&[req("name", Ty::Str), opt("props", Ty::Any)]),
+    },
+    TypeDef {
+        name: "CpuModelExpansionType",
+        kind: TypeKind::Enum(&["static", "full"]),
+    },
+    TypeDef {
+        name: "CpuModelExpansionInfo",
+        kind: TypeKind::Object(&[req("model", Ty::Named("CpuModelInfo"))]),
+    },
+    TypeDef {
+        name: "ObjectTypeInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            opt("abstract", Ty::Bool),
+            opt("parent", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "ObjectPropertyInfo",
+        kind: TypeKind::Object(&[
+            req("name", Ty::Str),
+            req("type", Ty::Str),
+            opt("description", Ty::Str),
+            opt("default-value", Ty::Any),
+        ]),
+    },
     TypeDef {
         name: "TraceEventState",
         kind: TypeKind::Enum(&["unavailable", "disabled", "enabled"]),

@@ -40,7 +40,7 @@ const OEM_TABLE_ID: [u8; 8] = *b"FLOTILLA";
 const OEM_REVISION: u32 = 1;
 
 /// The most vCPUs the MADT can describe with xAPIC ids (0xff is broadcast).
-pub const MAX_XAPIC_CPUS: usize = 255;
+pub const MAX_XAPIC_CPUS: usize = ipc::machine::MAX_VCPUS;
 
 /// SLP_TYP value the DSDT's \_S5 announces and PM1a_CNT recognises as "power off".
 pub const SLP_TYP_S5: u8 = 5;

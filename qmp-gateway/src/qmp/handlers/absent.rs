@@ -196,3 +196,15 @@ pub fn rocker<A: RockerSwitch>(_: &mut Ctx, a: A) -> QmpResult {
 pub fn nothing_to_do<A: Arguments>(_: &mut Ctx, _: A) -> QmpResult {
     Ok(json!({}))
 }
+
+/// query-sev-capabilities: the VM has no memory encryption; QEMU 7.2's answer where KVM
+/// offers no SEV.
+pub fn query_sev_capabilities(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Err(QmpError::generic("SEV is not enabled in KVM"))
+}
+
+/// query-sgx-capabilities: the VM has no SGX enclaves; QEMU 7.2's answer where KVM
+/// offers no SGX.
+pub fn query_sgx_capabilities(_: &mut Ctx, _: NoArgs) -> QmpResult {
+    Err(QmpError::generic("SGX is not enabled in KVM"))
+}

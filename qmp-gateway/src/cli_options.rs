@@ -3,7 +3,10 @@
 //! feed each parser every key listed here and a key that is not, so the two cannot part).
 //!
 //! As QEMU 7.2: an option whose values are free-form objects (device, netdev, object)
-//! lists no parameters, and `id` is no parameter (QemuOpts keeps it apart). Keys taken as
+//! lists no parameters, and `id` is no parameter (QemuOpts keeps it apart). --blockdev is
+//! not listed at all: QEMU's -blockdev is no QemuOpts option (its keys are
+//! BlockdevOptions', which query-qmp-schema describes), so QEMU answers "invalid option
+//! name: blockdev", and so do we. Keys taken as
 //! a family (`stats-intervals.N`, `backing.*` on --drive) are not listed either, as QEMU
 //! lists none of its own families.
 
@@ -368,6 +371,11 @@ mod tests {
         assert_eq!(
             describe(Some("nope")).unwrap_err().to_string(),
             "invalid option name: nope"
+        );
+        // As QEMU 7.2 (its answer seen live).
+        assert_eq!(
+            describe(Some("blockdev")).unwrap_err().to_string(),
+            "invalid option name: blockdev"
         );
     }
 }

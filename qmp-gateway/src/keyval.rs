@@ -65,6 +65,22 @@ pub fn parse(s: &str, implied: Option<&str>) -> Result<Map<String, Value>, Keyva
     Ok(root)
 }
 
+/// Parses `s` as QEMU's QemuOpts do (-device, -drive): flat keys, every value a string,
+/// a later value for a key winning; a first part without '=' is the value of `implied`,
+/// and any other part without '=' is a flag: `KEY` is KEY=on.
+pub fn qemu_opts(s: &str, implied: &str) -> Map<String, Value> {
+    let mut opts = Map::new();
+    for (i, part) in split_options(s).into_iter().enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None if i == 0 => (implied.to_string(), part),
+            None => (part, "on".to_string()),
+        };
+        opts.insert(key, Value::String(value));
+    }
+    opts
+}
+
 /// QEMU's rule: dot-separated parts of letters, digits, '-' and '_', none empty.
 fn check_key(key: &str) -> Result<(), KeyvalError> {
     if key.len() > MAX_KEY {
@@ -198,6 +214,21 @@ mod tests {
         assert_eq!(implied("a=1"), json!({"a": "1"}));
         assert_eq!(split_options("a=1,,2,b=,"), ["a=1,2", "b="]);
         assert_eq!(split_options(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn qemu_opts_keep_keys_flat() {
+        assert_eq!(
+            Value::Object(qemu_opts(
+                "virtio-blk-pci,drive=a,,b,x.y=1,flag,drive=c",
+                "driver"
+            )),
+            json!({"driver": "virtio-blk-pci", "drive": "c", "x.y": "1", "flag": "on"})
+        );
+        assert_eq!(
+            Value::Object(qemu_opts("id=a,b=", "driver")),
+            json!({"id": "a", "b": ""})
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use ipc::process::{block_terminating_signals, init_logging};
 use ipc::{ShutdownCause, VmmRequest};
 use qmp_gateway::balloon::{self, DeviceSpec};
 use qmp_gateway::block::drive::DriveSpec;
+use qmp_gateway::block::graph;
+use qmp_gateway::block::options::NodeOptions;
 use qmp_gateway::chardev::{self, Chardevs};
 use qmp_gateway::children::ids::{self, IdRange};
 use qmp_gateway::children::link::VmmLink;
@@ -85,14 +87,23 @@ struct Args {
     /// several times.
     #[arg(long, value_parser = |s: &str| NetdevSpec::parse_cli(s))]
     netdev: Vec<NetdevSpec>,
-    /// A NIC: `virtio-net-pci,netdev=ID[,id=NAME][,mac=52:54:00:12:34:56][,addr=SLOT]`,
+    /// A device, as QEMU's -device (key=value with the driver first, or JSON), there from
+    /// the start (as a migration's destination must have the source's): a disk
+    /// `virtio-blk-pci,drive=NODE[,id=NAME][,bus=pci.0][,addr=SLOT][,serial=S]
+    /// [,num-queues=N][,iothread=OBJECT]` over a --blockdev node; a NIC
+    /// `virtio-net-pci,netdev=ID[,id=NAME][,bus=pci.0][,mac=52:54:00:12:34:56][,addr=SLOT]`,
     /// its queue pairs the netdev's queues; the balloon (one at most):
-    /// `virtio-balloon-pci[,id=NAME]`; or a DIMM (QEMU's -device pc-dimm, with --memory's
-    /// slots=): `pc-dimm,memdev=OBJECT[,id=NAME][,slot=N][,addr=GPA]`, there from the
-    /// start (as a migration's destination must have the source's). May be given
-    /// several times.
+    /// `virtio-balloon-pci[,id=NAME]`; or a DIMM (with --memory's slots=):
+    /// `pc-dimm,memdev=OBJECT[,id=NAME][,slot=N][,addr=GPA]`. Disks and NICs take addr='s
+    /// slot, or the lowest free one after the --drive disks, in command-line order. May be
+    /// given several times.
     #[arg(long, value_parser = |s: &str| s.parse::<DeviceSpec>())]
     device: Vec<DeviceSpec>,
+    /// A block node, as QEMU's -blockdev (JSON, as libvirt writes it, or key=value):
+    /// drivers file, host_device, raw and qcow2, with blockdev-add's options; a --device
+    /// virtio-blk-pci's drive= names its node. May be given several times.
+    #[arg(long, value_parser = cli_blockdev)]
+    blockdev: Vec<(String, NodeOptions)>,
     /// A character device, as QEMU's -chardev: `null,id=ID`, `file,id=ID,path=PATH
     /// [,input-path=PATH][,append=on]`, `pipe,id=ID,path=PATH`, `ringbuf|memory,id=ID
     /// [,size=SIZE]`, `socket,id=ID,path=PATH|host=HOST,port=PORT[,server=on][,wait=off]
@@ -147,6 +158,11 @@ impl Args {
     fn start_paused_incoming(&self) -> bool {
         self.incoming.is_some() && self.vm.start_paused
     }
+}
+
+/// A --blockdev: its text (what QEMU's errors quote) and the node tree it describes.
+fn cli_blockdev(s: &str) -> Result<(String, NodeOptions), String> {
+    qmp_gateway::qmp::blockdev::parse_cli(s).map(|opts| (s.to_string(), opts))
 }
 
 /// A sibling binary of this one, unless given.
@@ -306,9 +322,10 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         vm.set_console(console);
     }
     // Every device is checked before any process starts (the netdevs are opened).
-    let (nics, balloon) =
+    let (pci, balloon) =
         balloon::split(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    let netdevs = startup::check(&args.drive, &args.netdev, &nics)?;
+    let specs: Vec<_> = pci.iter().map(|d| d.spec.clone()).collect();
+    let netdevs = startup::check(&args.drive, &args.netdev, &specs)?;
 
     if args.sandbox != Mode::Off {
         ids::configure(args.sandbox_ids)?;
@@ -361,7 +378,23 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         // The source holds the images' locks until the switch-over.
         gw.block.open_inactive();
     }
-    // Bus 0's slots from 1, in launch order: the disks, then the NICs.
+    // The command line's objects (iothreads and memory backends: the devices use them),
+    // as QEMU creates them before its devices.
+    for spec in &args.object {
+        let id = spec.id().to_string();
+        gw.objects
+            .add(spec.clone())
+            .with_context(|| format!("--object {id}"))?;
+    }
+    // The --blockdev nodes, as blockdev-add makes them (the VM's own: charged to no
+    // client), before the --drive disks, as QEMU makes them.
+    for (text, opts) in &args.blockdev {
+        gw.block
+            .blockdev_add(opts, &gw.fdsets, &mut graph::uncharged)
+            .with_context(|| format!("--blockdev {text}"))?;
+    }
+    // Bus 0's slots from 1, in launch order: the --drive disks, then the --device disks
+    // and NICs in their order (addr= keeps its slot).
     for (i, spec) in args.drive.iter().enumerate() {
         let (ticket, slot) = gw.devices.lock().launch(Model::Blk, None, spec.slot)?;
         let placed = (slot, ticket.qom_path.clone());
@@ -374,14 +407,18 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     for netdev in netdevs {
         gw.net.add_netdev(netdev)?;
     }
-    for spec in &nics {
-        let (ticket, slot) = gw
-            .devices
-            .lock()
-            .launch(Model::Net, spec.id.as_deref(), spec.slot)?;
-        let placed = (slot, ticket.qom_path.clone());
-        let (nic, stream) = gw.net.add_nic(spec, placed)?;
-        gw.devices.lock().added(&ticket, Backend::Nic(nic.clone()));
+    // vmm-core takes the disks' connections before the NICs'.
+    let mut nics = Vec::new();
+    for device in &pci {
+        let text = &device.text;
+        let made = gw.launch_device(&device.spec, vm.config.cpus);
+        match made.with_context(|| format!("--device {text}"))? {
+            (Backend::Disk(disk), stream) => vm.add_disk(disk, stream),
+            (Backend::Nic(nic), stream) => nics.push((nic, stream)),
+            (other, _) => bail!("--device {text}: made {other:?}"),
+        }
+    }
+    for (nic, stream) in nics {
         vm.add_nic(nic, stream);
     }
     // The balloon is vmm-core's own device, in the next slot.
@@ -399,14 +436,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             .added(&ticket, Backend::Balloon(launch.clone()));
         vm.config.balloon = Some(launch);
     }
-    // The command line's objects, then its DIMMs on them, placed as device_add places
-    // them (in the launch's device memory).
-    for spec in &args.object {
-        let id = spec.id().to_string();
-        gw.objects
-            .add(spec.clone())
-            .with_context(|| format!("--object {id}"))?;
-    }
+    // The command line's DIMMs, placed as device_add places them (in the launch's
+    // device memory).
     let memory = DeviceMemory::of(vm.config.memory_mib << 20, vm.config.memory_hotplug);
     for dimm in balloon::dimms(&args.device) {
         let (dimm, fd) = gw.launch_dimm(dimm, &memory).context("--device pc-dimm")?;

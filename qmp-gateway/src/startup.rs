@@ -1,9 +1,10 @@
 //! The command line's devices, checked together before the gateway starts any process:
 //! each drive's id and node name against the others' (QEMU's naming rules), each drive's
 //! image opened with the access it asks for (and closed again: the block layer opens it
-//! for good), each netdev's and NIC's id, each NIC's netdev (one NIC per netdev), and each
+//! for good), each netdev's id, each --device NIC's netdev (one NIC per netdev), and each
 //! netdev opened (kept, for the network layer), and the devices' places on PCI bus 0
-//! (addr=, as the launch will place them). An error here is the one line the gateway
+//! (addr=, as the launch will place them). A --device disk's drive= is a node the block
+//! layer makes from --blockdev at the launch, which checks it there, as device_add does. An error here is the one line the gateway
 //! prints, and nothing was started, so nothing needs stopping. The texts are the ones the
 //! block and network layers give for the same mistakes, which they still check when the
 //! devices are added.
@@ -12,10 +13,9 @@ use crate::block::drive::DriveSpec;
 use crate::block::graph::open_path;
 use crate::block::options::{check_node_name, Driver};
 use crate::block::BlockError;
-use crate::devices::spec::Model;
+use crate::devices::spec::{DeviceSpec, Model, Props};
 use crate::devices::{DeviceError, Devices};
 use crate::net::netdev::{Netdev, NetdevSpec};
-use crate::net::nic::NicSpec;
 use crate::net::NetError;
 
 /// What stops the start: the first mistake, in the order the devices are added.
@@ -29,29 +29,33 @@ pub enum StartupError {
     Device(#[from] DeviceError),
 }
 
-/// Checks the drives, opens the netdevs, checks the NICs; returns the netdevs, opened.
+/// Checks the drives, opens the netdevs, checks the --device disks' and NICs' NICs (their
+/// ids were checked as the command line was read: balloon::split); returns the netdevs,
+/// opened.
 pub fn check(
     drives: &[DriveSpec],
     netdevs: &[NetdevSpec],
-    nics: &[NicSpec],
+    devices: &[DeviceSpec],
 ) -> Result<Vec<Netdev>, StartupError> {
     check_drives(drives)?;
     let opened = open_netdevs(netdevs)?;
-    check_nics(nics, netdevs)?;
-    check_slots(drives, nics)?;
+    check_nics(devices, netdevs)?;
+    check_slots(drives, devices)?;
     Ok(opened)
 }
 
-/// The drives' and NICs' slots as the launch places them (disks, then NICs; addr= kept,
-/// the others the lowest free), in a registry of their own: a slot asked for twice, or
-/// taken by a device placed before, is refused as device_add refuses it.
-fn check_slots(drives: &[DriveSpec], nics: &[NicSpec]) -> Result<(), DeviceError> {
-    let mut devices = Devices::default();
+/// The drives' and devices' slots as the launch places them (the --drive disks, then the
+/// --device ones in their order; addr= kept, the others the lowest free), in a registry
+/// of their own: a slot asked for twice, or taken by a device placed before, is refused
+/// as device_add refuses it.
+fn check_slots(drives: &[DriveSpec], devices: &[DeviceSpec]) -> Result<(), DeviceError> {
+    let mut registry = Devices::default();
     for d in drives {
-        devices.launch(Model::Blk, None, d.slot)?;
+        registry.launch(Model::Blk, None, d.slot)?;
     }
-    for n in nics {
-        devices.launch(Model::Net, n.id.as_deref(), n.slot)?;
+    for d in devices {
+        let ticket = registry.reserve(d.model, d.id.as_deref())?;
+        registry.place(&ticket, d.properties()?.addr())?;
     }
     Ok(())
 }
@@ -110,23 +114,22 @@ fn open_netdevs(netdevs: &[NetdevSpec]) -> Result<Vec<Netdev>, NetError> {
     Ok(opened)
 }
 
-fn check_nics(nics: &[NicSpec], netdevs: &[NetdevSpec]) -> Result<(), NetError> {
-    let mut ids: Vec<String> = Vec::new();
-    let mut taken: Vec<&str> = Vec::new();
-    for (index, spec) in nics.iter().enumerate() {
-        let id = spec.id_at(index);
-        if ids.contains(&id) {
-            return Err(NetError::NicIdTaken(id));
+/// Each NIC's netdev= names a --netdev no NIC before it took, as QEMU's netdev property
+/// takes it.
+fn check_nics(devices: &[DeviceSpec], netdevs: &[NetdevSpec]) -> Result<(), StartupError> {
+    let mut taken: Vec<String> = Vec::new();
+    for d in devices {
+        let Props::Net(nic) = d.properties()? else {
+            continue;
+        };
+        let netdev = nic.netdev.ok_or(DeviceError::NoNetdev)?;
+        if !netdevs.iter().any(|n| n.id == netdev) {
+            return Err(NetError::NetdevNotFound(netdev).into());
         }
-        let exists = netdevs.iter().any(|n| n.id == spec.netdev);
-        if !exists || taken.contains(&spec.netdev.as_str()) {
-            return Err(NetError::NoNetdev {
-                nic: id,
-                netdev: spec.netdev.clone(),
-            });
+        if taken.contains(&netdev) {
+            return Err(NetError::NetdevInUse(netdev).into());
         }
-        taken.push(&spec.netdev);
-        ids.push(id);
+        taken.push(netdev);
     }
     Ok(())
 }
@@ -144,7 +147,10 @@ mod tests {
             .iter()
             .map(|s| NetdevSpec::parse_cli(s).unwrap())
             .collect();
-        let nics: Vec<NicSpec> = nics.iter().map(|s| s.parse().unwrap()).collect();
+        let nics: Vec<DeviceSpec> = nics
+            .iter()
+            .map(|s| DeviceSpec::from_cli(&crate::devices::spec::cli_options(s).unwrap()).unwrap())
+            .collect();
         match check(drives, &netdevs, &nics) {
             Ok(_) => "accepted".into(),
             Err(e) => e.to_string(),
@@ -238,7 +244,7 @@ mod tests {
         );
         assert_eq!(
             error(&[], &[&n0], &["virtio-net-pci,netdev=zz"]),
-            "NIC virtio-net-pci.0: no --netdev with id zz (or it is taken)"
+            "Property 'virtio-net-device.netdev' can't find value 'zz'"
         );
         assert_eq!(
             error(
@@ -246,18 +252,24 @@ mod tests {
                 &[&n0],
                 &["virtio-net-pci,netdev=n0", "virtio-net-pci,netdev=n0"]
             ),
-            "NIC virtio-net-pci.1: no --netdev with id n0 (or it is taken)"
+            "Property 'virtio-net-device.netdev' can't take value 'n0', it's in use"
         );
+        assert_eq!(
+            error(&[], &[&n0], &["virtio-net-pci,id=x"]),
+            "virtio-net-pci needs netdev=: a NIC without a host backend is not supported here"
+        );
+        // The --device disks and NICs take their slots after the --drive disks.
         assert_eq!(
             error(
                 &[],
-                &[&n0, &n1],
+                &[&n0],
                 &[
-                    "virtio-net-pci,netdev=n0,id=x",
-                    "virtio-net-pci,netdev=n1,id=x"
+                    "virtio-blk-pci,drive=a,addr=2",
+                    "virtio-net-pci,netdev=n0,addr=2"
                 ]
             ),
-            "NIC id x is used twice"
+            "PCI: slot 2 function 0 not available for virtio-net-pci, in use by \
+             virtio-blk-pci,id=(null)"
         );
         assert_eq!(
             error(

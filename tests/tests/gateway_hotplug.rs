@@ -37,24 +37,30 @@ struct PcQemu {
     _dir: TempDir,
 }
 
+/// qemu-system-x86_64 with QEMU 7.2's pc machine, paused, with no default devices.
+fn pc_qemu() -> Command {
+    let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
+    cmd.args([
+        "-M",
+        "pc",
+        "-accel",
+        "tcg",
+        "-S",
+        "-nodefaults",
+        "-no-user-config",
+    ])
+    .args(["-display", "none", "-m", "128"]);
+    cmd
+}
+
 impl PcQemu {
     fn start(extra: &[&str]) -> PcQemu {
         let dir = TempDir::new("qemu-pc");
         let qmp = dir.path().join("qmp.sock");
-        let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
-        cmd.args([
-            "-M",
-            "pc",
-            "-accel",
-            "tcg",
-            "-S",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args(["-display", "none", "-m", "128"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .args(extra);
+        let mut cmd = pc_qemu();
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(extra);
         let vm = Vm::spawn(cmd);
         wait_for_socket(&qmp, &vm);
         PcQemu { vm, qmp, _dir: dir }
@@ -904,4 +910,333 @@ fn launch_devices_take_the_slots_addr_gives() {
         da["qdev"],
         "/machine/peripheral-anon/device[0]/virtio-backend"
     );
+}
+
+/// The -blockdev pair libvirt 9.0 writes for disk `n` (a file node, a format node over it),
+/// in its JSON.
+fn libvirt_blockdevs(n: u32, image: &Path, format: &str) -> [String; 2] {
+    let storage = format!("libvirt-{n}-storage");
+    [
+        json!({"driver": "file", "filename": path_arg(image), "node-name": storage,
+               "auto-read-only": true, "discard": "unmap"})
+        .to_string(),
+        json!({"node-name": format!("libvirt-{n}-format"), "read-only": false,
+               "driver": format, "file": storage})
+        .to_string(),
+    ]
+}
+
+/// The devices of a VM as libvirt describes it, QEMU's options (ours are the same with
+/// `--`): a qcow2 disk over libvirt's -blockdev pair (bootindex and all), a raw disk over a
+/// key=value -blockdev with an anonymous JSON -device, and a NIC on a datagram netdev;
+/// each in the slot addr= gives.
+fn libvirt_devices(dir: &Path, netdev: &str) -> Vec<String> {
+    let qcow2 = dir.join("disk.qcow2");
+    let raw = dir.join("disk.raw");
+    let [storage, format] = libvirt_blockdevs(1, &qcow2, "qcow2");
+    vec![
+        "-blockdev".into(),
+        storage,
+        "-blockdev".into(),
+        format,
+        "-blockdev".into(),
+        format!(
+            "driver=raw,node-name=rawdisk,file.driver=file,file.filename={}",
+            raw.display()
+        ),
+        "-netdev".into(),
+        netdev.into(),
+        "-device".into(),
+        "virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:4e:e7:01,bus=pci.0,addr=0x3".into(),
+        "-device".into(),
+        "virtio-blk-pci,bus=pci.0,addr=0x4,drive=libvirt-1-format,id=virtio-disk0,bootindex=1"
+            .into(),
+        "-device".into(),
+        json!({"driver": "virtio-blk-pci", "drive": "rawdisk", "addr": "0x5",
+               "serial": "cold2"})
+        .to_string(),
+    ]
+}
+
+/// QEMU's options as ours: `--blockdev` for `-blockdev`.
+fn as_ours(options: &[String]) -> Vec<String> {
+    options
+        .iter()
+        .map(|o| match o.strip_prefix('-') {
+            Some(name) if !o.starts_with("--") && !o.starts_with("-{") => format!("--{name}"),
+            _ => o.clone(),
+        })
+        .collect()
+}
+
+/// The images of `libvirt_devices` in `dir`: a 16 MiB qcow2 and a 16 MiB raw one.
+fn libvirt_images(dir: &Path) {
+    let qcow2 = dir.join("disk.qcow2");
+    flotilla_tests::blk::qemu_img_ok(&["create", "-q", "-f", "qcow2", path_arg(&qcow2), "16M"]);
+    empty_image(&dir.join("disk.raw"), DISK_BYTES);
+}
+
+/// A query's answer with `dir`'s path as DIR.
+fn in_dir(v: &Value, dir: &Path) -> Value {
+    let text = v.to_string().replace(path_arg(dir), "DIR");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// Whether `image` (qcow2) holds the guest's P(seed) in its first 128 sectors.
+fn qcow2_holds_pattern(image: &Path, seed: u64) -> bool {
+    let raw = image.with_extension("check.raw");
+    flotilla_tests::blk::qemu_img_ok(&[
+        "convert",
+        "-U",
+        "-O",
+        "raw",
+        path_arg(image),
+        path_arg(&raw),
+    ]);
+    let held = holds_pattern(&raw, seed);
+    let _ = std::fs::remove_file(raw);
+    held
+}
+
+/// The seed= of a guest line, as a number.
+fn seed_of(line: &str) -> u64 {
+    u64::from_str_radix(field(line, "seed").trim_start_matches("0x"), 16).expect("a hex seed")
+}
+
+/// Disks and a NIC on the command line as libvirt writes them (issue 18: -blockdev JSON and
+/// key=value, -device with bus=, addr=, bootindex=, and JSON): before the guest runs,
+/// query-block and query-pci answer as QEMU 7.2's given the same options (its cold-plugged
+/// devices; the images' directory is all that differs); the guest finds the disks at boot
+/// and does I/O on them (boot-blk=1). Then a disk device_add'ed to the running guest moves
+/// with it (issue 16's hot-plugged devices): the destination is launched with the source's
+/// devices, that disk included, on its command line (--blockdev and --device ... addr=, as
+/// libvirt starts a destination); at the power button there the guest finds every disk's
+/// data and does more I/O on each (BLK KEPT), and the images hold what it wrote last.
+#[test]
+fn command_line_devices_are_qemus_and_a_hot_added_disk_migrates() {
+    use flotilla_tests::migration::{destination, expect_completed, free_port, wait_for_status};
+    let dir = TempDir::new("cold-plug");
+    let (ours_dir, qemu_dir) = (dir.path().join("ours"), dir.path().join("qemu"));
+    for d in [&ours_dir, &qemu_dir] {
+        std::fs::create_dir(d).unwrap();
+        libvirt_images(d);
+    }
+    let netdev = netdev_arg("hostnet0");
+    let theirs = libvirt_devices(&qemu_dir, &netdev);
+    let qemu = PcQemu::start(&theirs.iter().map(String::as_str).collect::<Vec<_>>());
+    let ours = as_ours(&libvirt_devices(&ours_dir, &netdev_arg("hostnet0")));
+    let mut args: Vec<&str> = vec!["-S"];
+    args.extend(ours.iter().map(String::as_str));
+    let mut gw = Gateway::start_with(1, "scenario=pci-hotplug boot-blk=1", &args);
+    let mut c = gw.client();
+    let mut q = QmpClient::negotiated(&qemu.qmp);
+    let block = |c: &mut QmpClient, dir: &Path| in_dir(&c.ok("query-block", json!({})), dir);
+    assert_eq!(
+        block(&mut c, &ours_dir),
+        block(&mut q, &qemu_dir),
+        "query-block: ours, then QEMU's"
+    );
+    // Bus 0 as QEMU's with the same addr= (QEMU's pc has its PIIX3 functions in slot 1,
+    // the slot ours leaves free).
+    let mut slots = pci_ids(&mut c);
+    slots.sort();
+    let mut qemu_slots: Vec<(u64, String)> = pci_ids(&mut q)
+        .into_iter()
+        .filter(|(slot, _)| *slot != 1)
+        .collect();
+    qemu_slots.sort();
+    assert_eq!(slots, qemu_slots);
+    assert_eq!(
+        slots,
+        [
+            (0, String::new()),
+            (3, "net0".into()),
+            (4, "virtio-disk0".into()),
+            (5, String::new())
+        ]
+    );
+    drop(q);
+    drop(qemu);
+
+    // The guest finds both disks at boot and writes, reads back and checks each.
+    c.ok("cont", json!({}));
+    let qcow2_seed = seed_of(&expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", "4"));
+    let raw_ok = expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", "5");
+    assert!(raw_ok.ends_with(" serial=cold2"), "{raw_ok}");
+    gw.vm.expect_prefix("GUEST HOTPLUG READY", STEP);
+    assert!(qcow2_holds_pattern(
+        &ours_dir.join("disk.qcow2"),
+        qcow2_seed
+    ));
+    assert!(holds_pattern(&ours_dir.join("disk.raw"), seed_of(&raw_ok)));
+
+    // A disk added to the running guest, in the lowest free slot.
+    let hot = hot_disk(&mut c, &ours_dir);
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1"});
+    let slot = add(&mut gw, &mut c, device, "0x1042");
+    assert_eq!(slot, "1");
+    let hot_seed = seed_of(&expect_slot(&mut gw, "GUEST HOTPLUG BLK OK", &slot));
+
+    // The destination as libvirt launches it: the source's devices, the added disk too.
+    let hot_node = json!({"driver": "raw", "node-name": "hp0",
+                          "file": {"driver": "file", "filename": path_arg(&hot)}});
+    let mut dst_args = as_ours(&libvirt_devices(&ours_dir, &netdev_arg("hostnet0")));
+    dst_args.extend([
+        "--blockdev".into(),
+        hot_node.to_string(),
+        "--device".into(),
+        "virtio-blk-pci,drive=hp0,id=disk1,addr=0x1".into(),
+    ]);
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let dst_refs: Vec<&str> = dst_args.iter().map(String::as_str).collect();
+    let mut dst = destination(1, "scenario=pci-hotplug boot-blk=1", &uri, &dst_refs);
+    let mut d = dst.client();
+    c.ok("migrate", json!({"uri": uri}));
+    expect_completed(&mut c, &gw.vm);
+    wait_for_status(&mut d, "running");
+    let mut dst_slots = pci_ids(&mut d);
+    dst_slots.sort();
+    assert_eq!(
+        dst_slots,
+        [
+            (0, String::new()),
+            (1, "disk1".into()),
+            (3, "net0".into()),
+            (4, "virtio-disk0".into()),
+            (5, String::new())
+        ]
+    );
+    // At the power button, each disk still holds what the guest wrote at the source, and
+    // takes more I/O here.
+    d.ok("system_powerdown", json!({}));
+    let mut kept = Vec::new();
+    for slot in ["1", "4", "5"] {
+        kept.push(expect_slot(&mut dst, "GUEST HOTPLUG BLK KEPT", slot));
+    }
+    dst.vm.expect_prefix("GUEST POWER BUTTON", STEP);
+    assert_eq!(seed_of(&kept[0]), hot_seed, "{}", kept[0]);
+    assert_eq!(seed_of(&kept[1]), qcow2_seed, "{}", kept[1]);
+    assert!(
+        holds_pattern(&hot, hot_seed + 1),
+        "no P(seed + 1) on the hot disk"
+    );
+    assert!(qcow2_holds_pattern(
+        &ours_dir.join("disk.qcow2"),
+        qcow2_seed + 1
+    ));
+    assert!(!dst.vm.transcript().contains("GUEST ERROR"));
+}
+
+/// What QEMU 7.2 says of a command line it refuses: the message after its
+/// "qemu-system-x86_64: -OPTION VALUE: " prefix.
+fn qemu_refusal(options: &[String]) -> String {
+    let mut cmd = pc_qemu();
+    cmd.args(options);
+    let (status, _, err) = flotilla_tests::run_to_end(cmd, STEP);
+    assert!(!status.success(), "QEMU took {options:?}");
+    let line = err
+        .lines()
+        .find_map(|l| {
+            l.trim_start_matches("[stderr] ")
+                .strip_prefix("qemu-system-x86_64: ")
+        })
+        .unwrap_or_else(|| panic!("no QEMU error in {err}"));
+    // The option quoted ("-device TEXT: "), then the message.
+    let quoted = options
+        .chunks(2)
+        .map(|o| format!("{} {}: ", o[0], o[1]))
+        .find(|q| line.starts_with(q.as_str()))
+        .unwrap_or_else(|| panic!("QEMU's error quotes none of the options: {line}"));
+    line[quoted.len()..].to_string()
+}
+
+/// Bad -blockdev and -device lines: the gateway stops before the VM runs, saying what QEMU
+/// 7.2 says of the same options (images that do not open, node names taken or missing, a
+/// property that is not there or cannot take its value, a bus or netdev that does not
+/// exist, a drive another device uses, an id twice, a slot twice, no drive at all).
+#[test]
+fn bad_command_line_devices_are_refused_in_qemus_words() {
+    let dir = TempDir::new("cold-plug-bad");
+    libvirt_images(dir.path());
+    let qcow2 = dir.path().join("disk.qcow2");
+    let [storage, format] = libvirt_blockdevs(1, &qcow2, "qcow2");
+    let node = |more: &[&str]| -> Vec<String> {
+        let mut o = vec![
+            "-blockdev".to_string(),
+            storage.clone(),
+            "-blockdev".into(),
+            format.clone(),
+        ];
+        o.extend(more.iter().map(|s| s.to_string()));
+        o
+    };
+    let disk = "virtio-blk-pci,drive=libvirt-1-format";
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "-blockdev".into(),
+            json!({"driver": "file", "filename": "/nonexistent/x.qcow2", "node-name": "s"})
+                .to_string(),
+        ],
+        vec![
+            "-blockdev".into(),
+            storage.clone(),
+            "-blockdev".into(),
+            storage.clone(),
+        ],
+        vec![
+            "-blockdev".into(),
+            json!({"driver": "qcow2", "file": "nosuch", "node-name": "f"}).to_string(),
+        ],
+        vec![
+            "-blockdev".into(),
+            json!({"driver": "file", "filename": path_arg(&qcow2)}).to_string(),
+        ],
+        vec![
+            "-blockdev".into(),
+            format!(
+                "driver=file,filename={},node-name=s,bogus=1",
+                path_arg(&qcow2)
+            ),
+        ],
+        node(&["-device", "virtio-blk-pci,drive=nosuch"]),
+        node(&[
+            "-device",
+            &format!("{disk},id=a"),
+            "-device",
+            &format!("{disk},id=b"),
+        ]),
+        node(&["-device", &format!("{disk},id=a,bus=pci.1")]),
+        node(&["-device", &format!("{disk},id=a,bogus=1")]),
+        node(&["-device", &format!("{disk},id=a,bootindex=x")]),
+        node(&["-device", &format!("{disk},id=a,addr=0x20")]),
+        node(&[
+            "-device",
+            &format!("{disk},id=a,addr=5"),
+            "-device",
+            "virtio-blk-pci,drive=libvirt-1-storage,addr=5",
+        ]),
+        node(&[
+            "-device",
+            &format!("{disk},id=a"),
+            "-device",
+            "virtio-blk-pci,drive=libvirt-1-storage,id=a",
+        ]),
+        vec!["-device".into(), "virtio-blk-pci".into()],
+        vec!["-device".into(), "virtio-net-pci,netdev=nn,id=b".into()],
+    ];
+    for options in cases {
+        let want = qemu_refusal(&options);
+        let mut cmd = Command::new(flotilla_tests::bin("qmp-gateway"));
+        cmd.arg("--kernel")
+            .arg(flotilla_tests::test_guest())
+            .args(["--serial", "none"])
+            .args(as_ours(&options));
+        let (status, _, err) = flotilla_tests::run_to_end(cmd, STEP);
+        assert!(!status.success(), "{options:?} started");
+        assert!(
+            err.contains(&want),
+            "{options:?}: QEMU says {want:?}, we {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

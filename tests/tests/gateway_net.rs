@@ -473,11 +473,11 @@ fn bad_network_options_fail_the_start_with_one_line() {
                 "--device",
                 "virtio-net-pci,netdev=nope",
             ],
-            "no --netdev with id nope",
+            "Property 'virtio-net-device.netdev' can't find value 'nope'",
         ),
         (
             vec!["--device", "e1000,netdev=n0"],
-            "the NIC model is virtio-net-pci",
+            "'e1000' is not a valid device model name",
         ),
     ] {
         let mut cmd = Command::new(bin("qmp-gateway"));

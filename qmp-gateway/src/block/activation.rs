@@ -153,7 +153,7 @@ impl BlockLayer {
         let running = {
             let state = self.state.lock();
             let disk = state
-                .disk_by_id(id)
+                .disk_by_layer_id(id)
                 .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
             let job = state.jobs.iter().find(|j| j.disk == disk.id);
             match &disk.daemon {

@@ -1,6 +1,6 @@
 //! The disks device_add and device_del make and remove: a virtio-blk-pci over a node
-//! (blockdev-add's, named by drive=), with its own block daemon started, sandboxed and
-//! supervised as a launch disk's; and any disk leaving once the guest let its device
+//! (blockdev-add's or --blockdev's, named by drive=), with its own block daemon started,
+//! sandboxed and supervised as a --drive disk's (a --device disk is made the same way); and any disk leaving once the guest let its device
 //! go. QEMU's rules: a disk over a node has an anonymous BlockBackend (query-block's
 //! "device" is ""), and the node stays when its device goes (blockdev-del removes it);
 //! a --drive disk's drive goes with its device, nodes and all (QEMU's auto-del).
@@ -107,14 +107,33 @@ impl BlockLayer {
         self.state.lock().check_drive(drive, new_backend)
     }
 
-    /// A disk over the node `d.drive` names, its daemon started; returns what vmm-core
-    /// is told (the device in `slot`) and its end of the daemon's socket. On failure
-    /// nothing stays but the node, as it was.
+    /// device_add's disk: a disk over the node `d.drive` names, its daemon started;
+    /// returns what vmm-core is told (the device in `slot`) and its end of the daemon's
+    /// socket. On failure nothing stays but the node, as it was. A VM that had a disk
+    /// hot-added may get more: the next one's daemon is started ahead (a start is most
+    /// of a device_add's time otherwise).
     pub fn add_device_disk(
         &self,
         d: DeviceDisk,
         slot: u8,
     ) -> Result<(DiskLaunch, OwnedFd), BlockError> {
+        let added = self.add_node_disk(d, slot)?;
+        let spares = &self.hooks.spares;
+        spares.keep_one(&self.daemon_binary, self.hooks.sandbox.mode);
+        Ok(added)
+    }
+
+    /// A --device disk (the launch's): as device_add's, without a daemon started ahead.
+    pub fn add_launch_disk(
+        &self,
+        d: DeviceDisk,
+        slot: u8,
+    ) -> Result<(DiskLaunch, OwnedFd), BlockError> {
+        self.add_node_disk(d, slot)
+    }
+
+    /// A disk over the node `d.drive` names in `slot`, its daemon started.
+    fn add_node_disk(&self, d: DeviceDisk, slot: u8) -> Result<(DiskLaunch, OwnedFd), BlockError> {
         let _changes = self.changes.lock();
         let mut state = self.state.lock();
         state.check_drive(&d.drive, &format!("{}/virtio-backend", d.qom_path))?;
@@ -136,22 +155,16 @@ impl BlockLayer {
             iothread: d.iothread.clone(),
         };
         match self.attach(&mut state, new) {
-            // A VM that had a disk hot-added may get more: the next one's daemon is
-            // started ahead (a start is most of a device_add's time otherwise).
-            Ok((index, stream)) => {
-                let spares = &self.hooks.spares;
-                spares.keep_one(&self.daemon_binary, self.hooks.sandbox.mode);
-                Ok((
-                    DiskLaunch {
-                        index,
-                        slot: Some(slot),
-                        id: d.qom_path,
-                        qdev_id,
-                        max_queues: d.queues,
-                    },
-                    stream,
-                ))
-            }
+            Ok((index, stream)) => Ok((
+                DiskLaunch {
+                    index,
+                    slot: Some(slot),
+                    id: d.qom_path,
+                    qdev_id,
+                    max_queues: d.queues,
+                },
+                stream,
+            )),
             Err(e) => {
                 let read_only = state.graph.node(&d.drive).is_some_and(|n| n.read_only);
                 state.release_top(&d.drive, read_only);

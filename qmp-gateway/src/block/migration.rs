@@ -127,7 +127,7 @@ impl BlockLayer {
             let link = {
                 let state = self.state.lock();
                 let d = state
-                    .disk_by_id(id)
+                    .disk_by_layer_id(id)
                     .ok_or_else(|| BlockError::DeviceNotFound(id.clone()))?;
                 d.daemon()?.link.clone()
             };
@@ -142,7 +142,7 @@ impl BlockLayer {
         {
             let mut state = self.state.lock();
             let d = state
-                .disk_by_id(id)
+                .disk_by_layer_id(id)
                 .ok_or_else(|| BlockError::DeviceNotFound(id.to_string()))?;
             if !d.config.inactive {
                 return Ok(());

@@ -110,6 +110,12 @@ impl State {
         )
     }
 
+    /// The disk the layer knows as `id` (`Disk::id`: its drive's name, or its device's
+    /// QOM path when its BlockBackend is anonymous).
+    fn disk_by_layer_id(&self, id: &str) -> Option<&Disk> {
+        self.disks.iter().find(|d| d.id == id)
+    }
+
     /// The disk whose BlockBackend is named `id` (QMP's "device").
     fn disk_by_id(&self, id: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.named(id))

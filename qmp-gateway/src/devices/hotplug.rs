@@ -7,9 +7,11 @@
 //! (`VmmEvent::DeviceEjected`) and `device_ejected` stops its daemon, removes it from its
 //! layer and sends DEVICE_DELETED as QEMU does: first for its virtio backend, then for
 //! the device. After each change the devices a new vmm-core is launched with (a live
-//! upgrade) and the shape a migration checks are the current ones.
+//! upgrade) and the shape a migration checks are the current ones. The command line's
+//! --device disks and NICs are made the same way (`launch_device`), before vmm-core is
+//! launched with them.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use ipc::{VmmReply, VmmRequest};
 use serde_json::{Map, Value};
@@ -22,6 +24,23 @@ use crate::gateway::Gateway;
 use crate::net::hotplug::DeviceNic;
 use crate::objects::Object;
 use crate::upgrade::CHANGING;
+
+/// How a device arrives: device_add's hot plug (vmm-core puts it on the running
+/// machine), or the launch's cold plug (vmm-core is launched with it) in a VM of `cpus`
+/// vCPUs.
+#[derive(Clone, Copy)]
+enum Plug {
+    Hot,
+    Cold { cpus: u32 },
+}
+
+/// A disk or NIC made: what vmm-core has for it, the iothread it holds, and (cold plug)
+/// vmm-core's end of its backend's socket, for the launch.
+struct Made {
+    backend: Backend,
+    iothread: Option<String>,
+    stream: Option<OwnedFd>,
+}
 
 impl Gateway {
     /// device_add.
@@ -42,7 +61,7 @@ impl Gateway {
             .reserve(spec.model, spec.id.as_deref())?;
         let added = match spec.model {
             Model::Dimm => self.dimm_add(&spec, &ticket).map(|b| (b, None)),
-            _ => self.add_reserved(&spec, &ticket),
+            _ => (self.add_reserved(&spec, &ticket, Plug::Hot)).map(|m| (m.backend, m.iothread)),
         };
         match &added {
             Ok((backend, iothread)) => {
@@ -57,13 +76,47 @@ impl Gateway {
         added.map(drop)
     }
 
+    /// A --device disk or NIC (QEMU's -device): made as device_add makes one, in its slot
+    /// before vmm-core boots, so the guest finds it at boot as QEMU's cold-plugged devices
+    /// (`cpus`: the VM's, for a disk's default queues). Returns what vmm-core is launched
+    /// with and its end of the backend's socket.
+    pub fn launch_device(
+        &self,
+        spec: &DeviceSpec,
+        cpus: u32,
+    ) -> Result<(Backend, OwnedFd), DeviceError> {
+        let ticket = self
+            .devices
+            .lock()
+            .reserve(spec.model, spec.id.as_deref())?;
+        let made = self.add_reserved(spec, &ticket, Plug::Cold { cpus });
+        let mut devices = self.devices.lock();
+        match made {
+            Ok(Made {
+                backend,
+                iothread,
+                stream: Some(stream),
+            }) => {
+                devices.added(&ticket, backend.clone());
+                devices.set_iothread(&ticket, iothread);
+                Ok((backend, stream))
+            }
+            Ok(_) => Err(DeviceError::Unexpected("no backend connection".into())),
+            Err(e) => {
+                devices.abandon(&ticket);
+                Err(e)
+            }
+        }
+    }
+
     /// The rest of device_add, once the id is taken: the device's backend and the
     /// iothread it holds (released here if the add fails).
     fn add_reserved(
         &self,
         spec: &DeviceSpec,
         ticket: &Ticket,
-    ) -> Result<(Backend, Option<String>), DeviceError> {
+        plug: Plug,
+    ) -> Result<Made, DeviceError> {
         let props = spec.properties()?;
         let iothread = match &props {
             Props::Blk(b) => b.iothread.clone(),
@@ -72,11 +125,15 @@ impl Gateway {
         if let Some(name) = &iothread {
             self.hold_iothread(name)?;
         }
-        let added = self.add_with_props(spec, ticket, props);
+        let added = self.add_with_props(spec, ticket, props, plug);
         if let (Err(_), Some(name)) = (&added, &iothread) {
             self.objects.release(name);
         }
-        added.map(|backend| (backend, iothread))
+        added.map(|(backend, stream)| Made {
+            backend,
+            iothread,
+            stream,
+        })
     }
 
     /// An iothread object held for a device placed on it, as QEMU's link property looks
@@ -100,7 +157,8 @@ impl Gateway {
         spec: &DeviceSpec,
         ticket: &Ticket,
         props: Props,
-    ) -> Result<Backend, DeviceError> {
+        plug: Plug,
+    ) -> Result<(Backend, Option<OwnedFd>), DeviceError> {
         // What the properties name is looked up when they are set, before the slot.
         match &props {
             Props::Blk(b) => {
@@ -121,7 +179,11 @@ impl Gateway {
             Props::Blk(b) => {
                 let drive = b.drive.ok_or(DeviceError::DriveNotSet)?;
                 // QEMU's default: a queue per vCPU.
-                let queues = b.num_queues.unwrap_or_else(|| self.cpus().min(MAX_QUEUES));
+                let cpus = match plug {
+                    Plug::Hot => self.cpus(),
+                    Plug::Cold { cpus } => cpus,
+                };
+                let queues = b.num_queues.unwrap_or_else(|| cpus.clamp(1, MAX_QUEUES));
                 if queues == 0 {
                     return Err(DeviceError::NoQueues);
                 }
@@ -136,7 +198,10 @@ impl Gateway {
                     queues,
                     iothread: b.iothread,
                 };
-                let (launch, stream) = self.block.add_device_disk(disk, slot)?;
+                let (launch, stream) = match plug {
+                    Plug::Hot => self.block.add_device_disk(disk, slot)?,
+                    Plug::Cold { .. } => self.block.add_launch_disk(disk, slot)?,
+                };
                 let request = VmmRequest::DiskAttach(launch.clone());
                 (Backend::Disk(launch), stream, request)
             }
@@ -153,6 +218,10 @@ impl Gateway {
                 (Backend::Nic(launch), stream, request)
             }
         };
+        if let Plug::Cold { .. } = plug {
+            // The launch hands it to vmm-core, which boots with it.
+            return Ok((backend, Some(stream)));
+        }
         // The connection is vmm-core's alone once sent (`stream` is closed here).
         let attached = match self.vmm.request(request, &[stream.as_fd()]) {
             Ok(VmmReply::Done) => Ok(()),
@@ -169,7 +238,7 @@ impl Gateway {
             spec.model.typename(),
             ticket.qom_path
         );
-        Ok(backend)
+        Ok((backend, None))
     }
 
     /// device_del: the guest is asked to let the device go.

@@ -205,6 +205,7 @@ impl DeviceSpec {
                         "iothread" => p.iothread = Some(v.clone()).filter(|t| !t.is_empty()),
                         // The transport's MSI-X vectors: ours has its own count.
                         "vectors" => drop(uint(v, "vectors", u32::MAX.into())?),
+                        "bootindex" => boot_index(v)?,
                         _ => return Err(no_property(model, k)),
                     }
                 }
@@ -229,6 +230,7 @@ impl DeviceSpec {
                         // backends; the vectors are the transport's own.
                         "mq" => drop(on_off(v, "mq")?),
                         "vectors" => drop(uint(v, "vectors", u32::MAX.into())?),
+                        "bootindex" => boot_index(v)?,
                         _ => return Err(no_property(model, k)),
                     }
                 }
@@ -244,7 +246,31 @@ impl DeviceSpec {
     }
 }
 
+/// QEMU's -device option as a map of options: JSON (`{"driver": ...}`, as QEMU 7.2 takes
+/// it) or QemuOpts' key=value form with the driver first.
+pub fn cli_options(s: &str) -> Result<Map<String, Value>, String> {
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str(s).map_err(|e| format!("JSON parse error, {e}"));
+    }
+    Ok(crate::keyval::qemu_opts(s, "driver"))
+}
+
 impl DeviceSpec {
+    /// A device on the command line (QEMU's -device), read as device_add reads its
+    /// arguments; a PCI device's properties are read too, so a bad one stops the start
+    /// before anything runs. Only function 0 of a slot takes a device here.
+    pub fn from_cli(opts: &Map<String, Value>) -> Result<DeviceSpec, DeviceError> {
+        let spec = DeviceSpec::read(opts)?;
+        if let Model::Blk | Model::Net = spec.model {
+            if let Some(Addr { slot, function }) = spec.properties()?.addr() {
+                if function != 0 {
+                    return Err(DeviceError::NotFunctionZero { slot, function });
+                }
+            }
+        }
+        Ok(spec)
+    }
+
     /// The options after id, driver and bus, as QemuOpts keeps them (strings, in order).
     pub fn options(&self) -> &[(String, String)] {
         &self.props
@@ -284,6 +310,17 @@ fn uint(v: &str, property: &'static str, max: u64) -> Result<u32, DeviceError> {
         return Err(DeviceError::OutOfRange { property, ty });
     }
     Ok(n as u32)
+}
+
+/// bootindex= (libvirt sets it on its boot disk), checked as QEMU reads it and then
+/// dropped: the VM boots its kernel directly (--kernel), with no firmware to order.
+fn boot_index(v: &str) -> Result<(), DeviceError> {
+    let n = crate::keyval::integer(v).ok_or(DeviceError::NotInteger("bootindex"))?;
+    i32::try_from(n).map_err(|_| DeviceError::OutOfRange {
+        property: "bootindex",
+        ty: "int32_t",
+    })?;
+    Ok(())
 }
 
 /// A keyval boolean (qapi_bool_parse).
@@ -492,9 +529,12 @@ mod tests {
                 iothread: Some("io0".into()),
             }))
         );
-        // drive= "" is no drive, iothread= "" no iothread.
+        // drive= "" is no drive, iothread= "" no iothread; a boot index is taken.
         assert_eq!(
-            props(json!({"driver": "virtio-blk-pci", "drive": "", "iothread": ""})),
+            props(
+                json!({"driver": "virtio-blk-pci", "drive": "", "iothread": "",
+                         "bootindex": 1})
+            ),
             Ok(Props::Blk(BlkProps::default()))
         );
         for (args, err) in [
@@ -533,6 +573,10 @@ mod tests {
             (
                 json!({"driver": "virtio-net-pci", "vectors": "x"}),
                 "Parameter 'vectors' expects integer",
+            ),
+            (
+                json!({"driver": "virtio-blk-pci", "bootindex": "x"}),
+                "Parameter 'bootindex' expects integer",
             ),
         ] {
             assert_eq!(

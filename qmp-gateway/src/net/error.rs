@@ -112,15 +112,11 @@ pub enum NetError {
     #[error(transparent)]
     Socket(#[from] SocketError),
 
-    /// `--netdev` and `--device` errors, for the command line.
+    /// `--netdev` errors, for the command line.
     #[error("netdev id {0} is used twice")]
     NetdevIdTaken(String),
     #[error("netdev {id}: {error}")]
     Netdev { id: String, error: Box<NetError> },
-    #[error("NIC id {0} is used twice")]
-    NicIdTaken(String),
-    #[error("NIC {nic}: no --netdev with id {netdev} (or it is taken)")]
-    NoNetdev { nic: String, netdev: String },
     #[error("NIC {id}: {error}")]
     Nic { id: String, error: Box<NetError> },
 }

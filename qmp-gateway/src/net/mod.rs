@@ -29,7 +29,7 @@ use crate::fdstore::{Charge, NamedFds};
 use crate::sockets::{bind_private, RuntimeDir};
 pub use error::NetError;
 use netdev::{Netdev, NetdevSpec};
-use nic::{Hooks, NetProtocol, Nic, NicSpec};
+use nic::{Hooks, NetProtocol, Nic};
 
 /// How a command names a NIC: by its netdev (QMP's "device", the host side's name), or by
 /// its own id or QOM path (QMP's "id").
@@ -178,37 +178,6 @@ impl NetLayer {
         let mut nics: Vec<&Nic> = state.nics.iter().collect();
         nics.sort_by_key(|n| n.index);
         nics.iter().map(|n| Ok(n.connect()?.into())).collect()
-    }
-
-    /// `--device virtio-net-pci,...`, its device in bus 0's `slot` at `qom_path`: the
-    /// NIC, its daemon, and vmm-core's end of the vhost-user socket.
-    pub fn add_nic(
-        &self,
-        spec: &NicSpec,
-        (slot, qom_path): (u8, String),
-    ) -> Result<(NicLaunch, OwnedFd), NetError> {
-        let mut state = self.state.lock();
-        let id = spec.id_at(state.next_index as usize);
-        if state.nics.iter().any(|n| n.id == id) {
-            return Err(NetError::NicIdTaken(id));
-        }
-        let pos = state
-            .spare
-            .iter()
-            .position(|n| n.id == spec.netdev)
-            .ok_or_else(|| NetError::NoNetdev {
-                nic: id.clone(),
-                netdev: spec.netdev.clone(),
-            })?;
-        let netdev = state.spare.remove(pos);
-        let new = NewNic {
-            id,
-            qdev_id: spec.id.clone().unwrap_or_default(),
-            qom_path,
-            mac: spec.mac,
-            slot,
-        };
-        self.attach(&mut state, netdev, new)
     }
 
     /// Starts the daemon of a new NIC over `netdev` (which goes back to the spare ones

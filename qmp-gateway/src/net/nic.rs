@@ -1,12 +1,11 @@
-//! A NIC: the guest's virtio-net device (`--device virtio-net-pci,netdev=ID,...`), the
-//! backend behind it, and the net daemon serving it. The gateway keeps what a daemon
-//! needs (the backend's fds, the listening socket, the MAC, the link state) so a new
-//! daemon can take over when one dies.
+//! A NIC: the guest's virtio-net device (`--device virtio-net-pci,netdev=ID,...` or
+//! device_add), the backend behind it, and the net daemon serving it. The gateway keeps
+//! what a daemon needs (the backend's fds, the listening socket, the MAC, the link state)
+//! so a new daemon can take over when one dies.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -20,7 +19,6 @@ use super::netdev::Netdev;
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
-use crate::devices::spec::launch_slot;
 use crate::events::{Event, EventBus, NicRxFilterChanged};
 use crate::fdstore::Charge;
 
@@ -48,65 +46,6 @@ impl DaemonKind for NetProtocol {
 
 /// A NIC's net daemon.
 pub type NetDaemon = Daemon<NetProtocol>;
-
-/// `--device virtio-net-pci,netdev=ID[,id=NAME][,mac=MAC][,mq=on|off]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NicSpec {
-    pub netdev: String,
-    pub id: Option<String>,
-    pub mac: Option<[u8; 6]>,
-    /// addr=: its slot on PCI bus 0 (default: the lowest free one, in launch order).
-    pub slot: Option<u8>,
-}
-
-impl FromStr for NicSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<NicSpec, String> {
-        let mut parts = s.split(',');
-        let model = parts.next().unwrap_or_default();
-        if !["virtio-net", "virtio-net-pci"].contains(&model) {
-            return Err(format!(
-                "'{model}': the NIC model is virtio-net-pci (or virtio-net)"
-            ));
-        }
-        let (mut netdev, mut id, mut mac, mut slot) = (None, None, None, None);
-        for part in parts {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("'{part}': expected key=value"))?;
-            match k {
-                "netdev" => netdev = Some(v.to_string()),
-                "id" => id = Some(v.to_string()),
-                "addr" => slot = Some(launch_slot(v)?),
-                "mac" => {
-                    mac = Some(
-                        ipc::host::parse_mac(v)
-                            .ok_or_else(|| format!("mac={v}: expected six hex bytes"))?,
-                    )
-                }
-                // The queue pairs come from the netdev, as with QEMU's vhost backends.
-                "mq" | "vectors" => {}
-                _ => return Err(format!("'{k}': not a virtio-net-pci property we take")),
-            }
-        }
-        Ok(NicSpec {
-            netdev: netdev.ok_or("netdev=ID is required")?,
-            id,
-            mac,
-            slot,
-        })
-    }
-}
-
-impl NicSpec {
-    /// Its id: the one given, or virtio-net-pci.N after its place among the NICs.
-    pub fn id_at(&self, index: usize) -> String {
-        self.id
-            .clone()
-            .unwrap_or_else(|| format!("virtio-net-pci.{index}"))
-    }
-}
 
 /// Where a NIC's daemon reports to.
 #[derive(Clone)]
@@ -253,35 +192,5 @@ impl Nic {
     /// Stops the daemon if one runs; says how it ended.
     pub fn stop(&mut self) -> Option<String> {
         stop_slot(&mut self.daemon)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_specs() {
-        assert_eq!(
-            "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:ab:cd:ef,mq=on,addr=6"
-                .parse::<NicSpec>()
-                .unwrap(),
-            NicSpec {
-                netdev: "n0".into(),
-                id: Some("nic0".into()),
-                mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
-                slot: Some(6),
-            }
-        );
-        for bad in [
-            "e1000,netdev=n0",
-            "virtio-net-pci,id=x",
-            "virtio-net-pci,netdev=n0,mac=52:54:00",
-            "virtio-net-pci,netdev=n0,mac=zz:54:00:00:00:00",
-            "virtio-net-pci,netdev=n0,speed=10",
-            "virtio-net-pci,netdev",
-        ] {
-            assert!(bad.parse::<NicSpec>().is_err(), "{bad} was accepted");
-        }
     }
 }

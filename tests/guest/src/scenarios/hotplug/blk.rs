@@ -3,6 +3,7 @@
 //! `GUEST HOTPLUG BLK OK ...` or `GUEST ERROR hotplug blk slot=S <what>`. Requests go one at a
 //! time on queue 0, polled from ring 3 (blk/io.rs), each given up on after 10 s. Before the
 //! eject, [`quiesce`] waits (1 s at most) for anything still in flight and resets the device.
+//! At the power button, [`kept`] checks a disk again: its data still there, more I/O taken.
 
 use super::super::blk::io::single;
 use super::super::blk::pattern;
@@ -136,20 +137,7 @@ fn check(dev: &mut BlkDevice, slot: u8, seed: u64, buffer: u64) -> Option<&'stat
     if !transfer(dev, slot, Op::Write, buffer) {
         return None;
     }
-    memory::zero(buffer, SECTORS * SECTOR);
-    if !transfer(dev, slot, Op::Read, buffer) {
-        return None;
-    }
-    let mut outcome = (0, None);
-    in_ring3("pattern check", || {
-        outcome = pattern::check(buffer, 0, SECTORS, seed)
-    })?;
-    if let (bad, Some(first)) = outcome {
-        first
-            .print(error(slot).s("pattern mismatch"))
-            .s(" bad_sectors=")
-            .dec(bad)
-            .end();
+    if !read_check(dev, slot, seed, buffer, "pattern mismatch") {
         return None;
     }
     if dev.has(F_FLUSH) && !request(dev, slot, Op::Flush, 0) {
@@ -166,23 +154,82 @@ fn check(dev: &mut BlkDevice, slot: u8, seed: u64, buffer: u64) -> Option<&'stat
     Some(&id[..id.iter().position(|&b| b == 0).unwrap_or(id.len())])
 }
 
-/// The hot-add check of a virtio-blk device in `slot`, data from P(`seed`).
-pub fn exercise(dev: &mut BlkDevice, slot: u8, seed: u64) {
+/// The hot-add check of a virtio-blk device in `slot`, data from P(`seed`); whether it
+/// passed.
+pub fn exercise(dev: &mut BlkDevice, slot: u8, seed: u64) -> bool {
+    let Some(buffer) = buffer() else {
+        error(slot).s("no DMA memory for the data buffer").end();
+        return false;
+    };
+    let Some(serial) = check(dev, slot, seed, buffer) else {
+        return false;
+    };
+    console::line("GUEST HOTPLUG BLK OK slot=")
+        .dec(u64::from(slot))
+        .s(" capacity=")
+        .dec(dev.capacity)
+        .s(" seed=")
+        .hex(seed)
+        .s(" serial=")
+        .ascii(serial)
+        .end();
+    true
+}
+
+/// Reads [0, SECTORS) and checks P(seed) there; false after an error line (`what` names
+/// the check).
+fn read_check(dev: &mut BlkDevice, slot: u8, seed: u64, buffer: u64, what: &str) -> bool {
+    memory::zero(buffer, SECTORS * SECTOR);
+    if !transfer(dev, slot, Op::Read, buffer) {
+        return false;
+    }
+    let mut outcome = (0, None);
+    if in_ring3("pattern check", || {
+        outcome = pattern::check(buffer, 0, SECTORS, seed)
+    })
+    .is_none()
+    {
+        return false;
+    }
+    if let (bad, Some(first)) = outcome {
+        first
+            .print(error(slot).s(what))
+            .s(" bad_sectors=")
+            .dec(bad)
+            .end();
+        return false;
+    }
+    true
+}
+
+/// At the power button, a disk whose check passed (`seed`: its data): it still holds
+/// P(seed), and takes more I/O: P(seed + 1) written, read back and checked, flushed.
+/// `GUEST HOTPLUG BLK KEPT ...` says a migration or live upgrade in between kept the disk's
+/// data and its queue.
+pub fn kept(dev: &mut BlkDevice, slot: u8, seed: u64) {
     let Some(buffer) = buffer() else {
         error(slot).s("no DMA memory for the data buffer").end();
         return;
     };
-    if let Some(serial) = check(dev, slot, seed, buffer) {
-        console::line("GUEST HOTPLUG BLK OK slot=")
-            .dec(u64::from(slot))
-            .s(" capacity=")
-            .dec(dev.capacity)
-            .s(" seed=")
-            .hex(seed)
-            .s(" serial=")
-            .ascii(serial)
-            .end();
+    if !read_check(dev, slot, seed, buffer, "kept pattern mismatch") {
+        return;
     }
+    let next = seed.wrapping_add(1);
+    if in_ring3("pattern fill", || pattern::fill(buffer, 0, SECTORS, next)).is_none()
+        || !transfer(dev, slot, Op::Write, buffer)
+        || !read_check(dev, slot, next, buffer, "pattern mismatch")
+        || (dev.has(F_FLUSH) && !request(dev, slot, Op::Flush, 0))
+    {
+        return;
+    }
+    console::line("GUEST HOTPLUG BLK KEPT slot=")
+        .dec(u64::from(slot))
+        .s(" seed=")
+        .hex(seed)
+        .s(" next=")
+        .hex(next)
+        .s(" ok")
+        .end();
 }
 
 /// Before the eject: lets requests still in flight complete (QUIESCE_MS at most), then shuts

@@ -68,6 +68,8 @@ struct Slot {
     arena: Option<Arena>,
     /// First of the slot's SLOT_VECTORS vectors (None: not taken yet, or none were left).
     vectors: Option<u8>,
+    /// The data its virtio-blk device's check wrote (P(seed)), once the check passed.
+    checked: Option<u64>,
 }
 
 struct State {
@@ -88,6 +90,7 @@ static STATE: Global<State> = Global::new(State {
             driver: Driver::None,
             arena: None,
             vectors: None,
+            checked: None,
         }
     }; SLOTS],
     ranges: [MemRange { start: 0, size: 0 }; MAX_RANGES],
@@ -137,8 +140,10 @@ pub fn run(acpi: &Acpi, cmdline: &[u8]) -> ! {
     {
         let slot = f.addr.dev;
         state.slots[usize::from(slot)].present = true;
+        // With boot-blk=1 a disk there at boot is checked as a hot-added one.
+        let seed = (params.boot_blk && BLK.matches(f)).then(|| state.next_seed(slot));
         if BLK.matches(f) || NET.matches(f) {
-            state.bring_up(f, &params, None);
+            state.bring_up(f, &params, seed);
         }
     }
     let button = power::setup_power_button(acpi);
@@ -153,6 +158,7 @@ pub fn run(acpi: &Acpi, cmdline: &[u8]) -> ! {
     loop {
         cpu::disable_interrupts();
         if button && power::POWER_BUTTON.load(Ordering::Acquire) {
+            state.check_kept();
             console::line("GUEST POWER BUTTON").end();
             power::poweroff(acpi)
         }
@@ -229,6 +235,21 @@ fn print_ready(state: &State, registers: &Registers, gpes: &gpe::GpeSet, params:
 }
 
 impl State {
+    /// The data seed of the next device checked: its slot and how many were checked before.
+    fn next_seed(&mut self, slot: u8) -> u64 {
+        self.adds += 1;
+        (u64::from(slot) << 32) | self.adds
+    }
+
+    /// Each disk whose check passed, checked again (its data kept, more I/O taken).
+    fn check_kept(&mut self) {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if let (Driver::Blk(dev), Some(seed)) = (&mut entry.driver, entry.checked) {
+                blk::kept(dev, slot as u8, seed);
+            }
+        }
+    }
+
     fn add_ranges(&mut self, owner: u8, ranges: &[MemRange]) {
         for &range in ranges {
             if self.range_count == MAX_RANGES {
@@ -313,9 +334,12 @@ impl State {
         };
         let entry = &mut self.slots[usize::from(slot)];
         entry.driver = driver;
+        entry.checked = None;
         if let Some(seed) = seed {
             match &mut entry.driver {
-                Driver::Blk(dev) => blk::exercise(dev, slot, seed),
+                Driver::Blk(dev) => {
+                    entry.checked = blk::exercise(dev, slot, seed).then_some(seed);
+                }
                 Driver::Net(dev) => net::exercise(dev, slot, seed, params.traffic),
                 Driver::None => {}
             }
@@ -407,8 +431,7 @@ impl State {
                 .end();
             return;
         }
-        self.adds += 1;
-        let seed = (u64::from(slot) << 32) | self.adds;
+        let seed = self.next_seed(slot);
         self.bring_up(&function, params, Some(seed));
     }
 

@@ -1,7 +1,7 @@
 //! The `pci-hotplug` scenario's parameters: the `pci_assign=` window, `hotplug-ignore-eject=`,
-//! the traffic check's `ip=`, `peer=` and `port=` (all or none), and the virtio-net
-//! set-up's `queue_pairs=` (default 1 here: a slot's DMA arena holds about three) and
-//! `rx_buf=`. A bad value is an error line and the scenario runs nothing.
+//! `boot-blk=`, the traffic check's `ip=`, `peer=` and `port=` (all or none), and the
+//! virtio-net set-up's `queue_pairs=` (default 1 here: a slot's DMA arena holds about three)
+//! and `rx_buf=`. A bad value is an error line and the scenario runs nothing.
 
 use super::super::net::params::{addresses, parsed, port};
 use super::super::pci;
@@ -22,6 +22,8 @@ pub struct Traffic {
 pub struct Params {
     pub window: Option<(u64, u64)>,
     pub ignore_eject: bool,
+    /// `boot-blk=1`: the virtio-blk devices there at boot are checked as hot-added ones.
+    pub boot_blk: bool,
     pub traffic: Option<Traffic>,
     pub net: Options,
 }
@@ -30,6 +32,7 @@ pub struct Params {
 pub fn parse(cmdline: &[u8]) -> Result<Params, ()> {
     let window = pci::assign_window(cmdline)?;
     let ignore_eject = cmdline::number_in(cmdline, "hotplug-ignore-eject", 0..=1, "hotplug")?;
+    let boot_blk = cmdline::number_in(cmdline, "boot-blk", 0..=1, "hotplug")?;
     let (ip, peer) = addresses(cmdline)?;
     let udp_port = parsed(cmdline, "port", "UDP port 1-65535", port)?;
     let traffic = match (ip, peer, udp_port) {
@@ -50,6 +53,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, ()> {
     Ok(Params {
         window,
         ignore_eject: ignore_eject == Some(1),
+        boot_blk: boot_blk == Some(1),
         traffic,
         net: Options {
             // One pair by default: a slot's DMA arena holds about three.

@@ -853,8 +853,9 @@ fn an_iothread_is_the_thread_that_serves_its_disk() {
 
 /// addr= on the command line: a launch can put its devices where a source that
 /// hot-plugged has them (a migration's destination). Devices with addr= keep their slot,
-/// the others take the lowest free in launch order (disks, then NICs), and device_add
-/// the lowest free after them.
+/// the others take the lowest free in launch order (the --drive disks, then the --device
+/// disks and NICs in their order: a --drive is QEMU's -drive if=none and its -device, as
+/// if written first), and device_add the lowest free after them.
 #[test]
 fn launch_devices_take_the_slots_addr_gives() {
     let dir = TempDir::new("hotplug-addr");
@@ -863,7 +864,9 @@ fn launch_devices_take_the_slots_addr_gives() {
         empty_image(&p, DISK_BYTES);
         p
     };
-    let (a, b, c) = (image("a"), image("b"), image("c"));
+    let (a, b, c, d) = (image("a"), image("b"), image("c"), image("d"));
+    let cold_node = json!({"driver": "raw", "node-name": "cb",
+                           "file": {"driver": "file", "filename": path_arg(&d)}});
     let gateway = Gateway::start_with(
         1,
         "",
@@ -877,6 +880,10 @@ fn launch_devices_take_the_slots_addr_gives() {
             &netdev_arg("n0"),
             "--device",
             "virtio-net-pci,netdev=n0,id=nic0,addr=0x3.0",
+            "--blockdev",
+            &cold_node.to_string(),
+            "--device",
+            "virtio-blk-pci,drive=cb,id=cold",
         ],
     );
     let mut client = gateway.client();
@@ -895,8 +902,9 @@ fn launch_devices_take_the_slots_addr_gives() {
         [
             (0, String::new()),
             (1, String::new()),
-            (2, "hot".to_string()),
+            (2, "cold".to_string()),
             (3, "nic0".to_string()),
+            (4, "hot".to_string()),
             (5, String::new()),
         ]
     );

@@ -219,6 +219,28 @@ fn the_uart_on_a_socket_chardev_and_every_backend_over_qmp() {
         }
         assert_eq!((&ours.0, ours.1), (&their_name, their.1), "{id}");
     }
+    // HMP's info chardev: each of these chardevs' line as QEMU's (compared by label:
+    // QEMU lists its chardevs in its hash table's order, and has its monitor's too).
+    let info = |c: &mut QmpClient, own_dir: &str| -> BTreeMap<String, String> {
+        let text = c.ok(
+            "human-monitor-command",
+            json!({"command-line": "info chardev"}),
+        );
+        let text = text.as_str().expect("HMP answers text").to_string();
+        assert!(text.ends_with("\r\n"), "{text:?}");
+        text.split_terminator("\r\n")
+            .map(|line| {
+                let (label, rest) = line.split_once(": ").expect("LABEL: filename=...");
+                (label.to_string(), rest.replace(own_dir, &dir_text))
+            })
+            .collect()
+    };
+    let (ours_info, their_info) = (info(&mut c, &dir_text), info(&mut q, &qdir_text));
+    for (id, _) in &backends {
+        assert_eq!(ours_info.get(*id), their_info.get(*id), "info chardev {id}");
+    }
+    assert!(their_info["t0"].starts_with("filename=pty:/dev/pts/"));
+    assert_eq!(ours_info["t0"], format!("filename=pty:{pty_path}"));
     // The client's server goes: both say so.
     drop((peer, qpeer));
     let deadline = Instant::now() + WAIT;

@@ -301,6 +301,10 @@ fn device_add_of_a_cpu_answers_as_qemu() {
             ("device_add", cpu(at(2))),
             ("device_add", cpu(at(2))),
             ("query-hotpluggable-cpus", json!({})),
+            (
+                "human-monitor-command",
+                json!({"command-line": "info hotpluggable-cpus"}),
+            ),
         ],
     );
     // query-cpus-fast but the thread ids (QEMU lists them as added, and so do we).

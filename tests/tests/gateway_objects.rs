@@ -147,6 +147,26 @@ fn objects_are_created_refused_and_listed_as_qemu_does() {
             .replace(&*gdir.path().to_string_lossy(), "DIR");
         assert_eq!(g, q, "step {i}: {cmd} {args}");
     }
+    // HMP's info memdev: each object's block as QEMU's (by id: QEMU lists them in its
+    // hash table's order), the machine's own RAM left out as above.
+    let blocks = |c: &mut QmpClient, ram: &str| -> Vec<String> {
+        let text = c.ok(
+            "human-monitor-command",
+            json!({"command-line": "info memdev"}),
+        );
+        let text = text.as_str().expect("HMP answers text");
+        // An empty line after them all.
+        let text = text.strip_suffix("\r\n").expect("an empty line at the end");
+        let mut blocks: Vec<String> = (text.split("memory backend: "))
+            .filter(|b| !b.is_empty() && !b.starts_with(&format!("{ram}\r\n")))
+            .map(|b| format!("memory backend: {b}"))
+            .collect();
+        blocks.sort();
+        blocks
+    };
+    let theirs = blocks(&mut qemu.client(), "microvm.ram");
+    assert!(!theirs.is_empty());
+    assert_eq!(blocks(&mut c, "flotilla.ram"), theirs, "info memdev");
     // The file backend made its file at the size asked for.
     assert_eq!(
         std::fs::metadata(gdir.path().join("mem-file"))
@@ -245,6 +265,23 @@ fn iothreads_are_listed_with_a_live_thread_from_their_creation() {
                       "poll-shrink": 0, "aio-max-batch": 8});
     let at_launch = iothreads(&listed(&mut q, &mut c), in_a_daemon);
     assert_eq!(at_launch, std::slice::from_ref(&boot));
+    // HMP's info iothreads: QEMU's text but for the thread's id.
+    let info = |c: &mut QmpClient| {
+        let text = c.ok(
+            "human-monitor-command",
+            json!({"command-line": "info iothreads"}),
+        );
+        let text = text.as_str().expect("HMP answers text");
+        let lines: Vec<&str> = text
+            .split_inclusive("\r\n")
+            .map(|l| match l.starts_with("  thread_id=") {
+                true => "  thread_id=N\r\n",
+                false => l,
+            })
+            .collect();
+        lines.concat()
+    };
+    assert_eq!(info(&mut c), info(&mut q), "info iothreads");
     both(
         &mut q,
         &mut c,

@@ -977,6 +977,32 @@ fn compare_failure(
             "{label}: query-migrate and events\n  QEMU: {qi} {qe:?}\n  ours: {gi} {ge:?}"
         ));
     }
+    let (qt, gt) = (info_migrate(q), info_migrate(g));
+    if without_globals(&qt) != gt {
+        mismatches.push(format!(
+            "{label}: HMP info migrate\n  QEMU: {qt:?}\n  ours: {gt:?}"
+        ));
+    }
+}
+
+fn info_migrate(c: &mut QmpClient) -> String {
+    let text = c.ok(
+        "human-monitor-command",
+        json!({"command-line": "info migrate"}),
+    );
+    text.as_str().expect("HMP answers text").to_string()
+}
+
+/// QEMU's `info migrate` without its "globals:" block (its migration object's -global
+/// properties, which the gateway does not have: it prints the rest).
+fn without_globals(text: &str) -> String {
+    let lines: Vec<&str> = text.split_inclusive("\r\n").collect();
+    assert_eq!(lines.first(), Some(&"globals:\r\n"), "{text:?}");
+    let globals = lines[1..]
+        .iter()
+        .take_while(|l| !l.starts_with("Migration status:") && !l.starts_with("Outgoing"))
+        .count();
+    lines[1 + globals..].concat()
 }
 
 /// What QEMU 7.2 and the gateway answer on a source: bad URIs, and the commands refused

@@ -1000,6 +1000,7 @@ fn hmp_lines() -> Vec<Exchange> {
             "info block -n disk0",
             "info block disk0",
             "info block -v -n",
+            "info block -v d0",
             "info block nope",
             "info block -x",
             "info block d0 extra",

@@ -1,6 +1,6 @@
 //! The texts of HMP's `info` commands that print a QMP answer of the gateway's own
-//! (vCPUs, KVM, migration settings, name, UUID, version, run state, chardevs), as
-//! QEMU 7.2's.
+//! (vCPUs, KVM, migration settings, name, UUID, version, run state, chardevs,
+//! iothreads, memory backends, hotpluggable CPUs), as QEMU 7.2's.
 
 use ipc::RunState;
 use serde_json::Value;
@@ -155,6 +155,110 @@ pub fn info_chardev(chardevs: &Value, _: u32) -> String {
         .collect()
 }
 
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+fn true_false(v: &Value) -> &'static str {
+    if v == true {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// HMP `info iothreads`.
+pub fn info_iothreads(threads: &Value, _: u32) -> String {
+    items(threads)
+        .map(|t| {
+            let mut text = format!("{}:\n", t["id"].as_str().unwrap_or_default());
+            for (key, label) in [
+                ("thread-id", "thread_id"),
+                ("poll-max-ns", "poll-max-ns"),
+                ("poll-grow", "poll-grow"),
+                ("poll-shrink", "poll-shrink"),
+                ("aio-max-batch", "aio-max-batch"),
+            ] {
+                text += &format!("  {label}={}\n", t[key].as_i64().unwrap_or_default());
+            }
+            text
+        })
+        .collect()
+}
+
+/// QEMU's string output visitor on a list of numbers: runs of consecutive numbers as
+/// "first-last", joined by ','.
+fn number_ranges(numbers: &Value) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for n in items(numbers).filter_map(Value::as_u64) {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == n => *last = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    let shown: Vec<String> = runs
+        .iter()
+        .map(|&(a, b)| match a == b {
+            true => a.to_string(),
+            false => format!("{a}-{b}"),
+        })
+        .collect();
+    shown.join(",")
+}
+
+/// HMP `info memdev`: each memory backend, then an empty line.
+pub fn info_memdev(backends: &Value, _: u32) -> String {
+    items(backends)
+        .map(|m| {
+            let mut text = format!(
+                "memory backend: {}\n  size:  {}\n",
+                m["id"].as_str().unwrap_or_default(),
+                m["size"].as_u64().unwrap_or_default()
+            );
+            for key in ["merge", "dump", "prealloc", "share"] {
+                text += &format!("  {key}: {}\n", true_false(&m[key]));
+            }
+            if m.get("reserve").is_some() {
+                text += &format!("  reserve: {}\n", true_false(&m["reserve"]));
+            }
+            text += &format!(
+                "  policy: {}\n  host nodes: {}\n",
+                m["policy"].as_str().unwrap_or_default(),
+                number_ranges(&m["host-nodes"])
+            );
+            text
+        })
+        .chain(["\n".to_string()])
+        .collect()
+}
+
+/// HMP `info hotpluggable-cpus`.
+pub fn info_hotpluggable_cpus(cpus: &Value, _: u32) -> String {
+    let mut text = String::from("Hotpluggable CPUs:\n");
+    for cpu in items(cpus) {
+        text += &format!("  type: \"{}\"\n", cpu["type"].as_str().unwrap_or_default());
+        text += &format!("  vcpus_count: \"{}\"\n", cpu["vcpus-count"]);
+        if let Some(path) = cpu["qom-path"].as_str() {
+            text += &format!("  qom_path: \"{path}\"\n");
+        }
+        text += "  CPUInstance Properties:\n";
+        let props = &cpu["props"];
+        for key in [
+            "node-id",
+            "socket-id",
+            "die-id",
+            "cluster-id",
+            "core-id",
+            "thread-id",
+        ] {
+            if let Some(n) = props[key].as_u64() {
+                text += &format!("    {key}: \"{n}\"\n");
+            }
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +274,12 @@ mod tests {
             line(false, "internal-error"),
             "VM status: paused (internal-error)\n"
         );
+    }
+
+    #[test]
+    fn host_nodes_read_as_qemus_ranges() {
+        assert_eq!(number_ranges(&json!([])), "");
+        assert_eq!(number_ranges(&json!([0, 1, 2, 5, 7, 8])), "0-2,5,7-8");
     }
 
     #[test]

@@ -188,11 +188,32 @@ pub const HMP: &[HmpCommand] = &[
         super::dump::info_dump,
     ),
     qmp(
+        "info hotpluggable-cpus",
+        "",
+        "Show information about hotpluggable CPUs",
+        "query-hotpluggable-cpus",
+        info::info_hotpluggable_cpus,
+    ),
+    qmp(
+        "info iothreads",
+        "",
+        "show iothreads",
+        "query-iothreads",
+        info::info_iothreads,
+    ),
+    qmp(
         "info kvm",
         "",
         "show KVM information",
         "query-kvm",
         info::info_kvm,
+    ),
+    qmp(
+        "info memdev",
+        "",
+        "show memory backends",
+        "query-memdev",
+        info::info_memdev,
     ),
     qmp(
         "info mice",

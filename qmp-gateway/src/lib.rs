@@ -35,6 +35,7 @@ pub mod migration;
 pub mod net;
 pub mod objects;
 pub mod qmp;
+pub mod qom_types;
 pub mod sockets;
 pub mod startup;
 pub mod trace;

@@ -113,3 +113,99 @@ fn probe_answers_have_qemus_shape_and_errors() {
         p.same_error(c, json!({"no-such-member": 1}));
     }
 }
+
+/// The entries of a list of objects, by name (each must be there once).
+fn by_name(list: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    for e in list
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+    {
+        let name = e["name"].as_str().expect("a name").to_string();
+        assert!(out.insert(name, e.clone()).is_none(), "twice in {list}");
+    }
+    out
+}
+
+#[test]
+fn qom_types_and_properties_are_qemus() {
+    let mut p = Peers::start();
+
+    // Types: the memory backends exactly as QEMU's; every type of ours is one of QEMU's
+    // with its parent, but for the CPU (QEMU's host model descends from max, which we do
+    // not have) and the machine (QEMU's pc is pc-i440fx-7.2-machine).
+    let args = json!({"implements": "memory-backend", "abstract": true});
+    let (q, g) = p.both("qom-list-types", args);
+    assert_eq!(by_name(&g), by_name(&q));
+    let (q, g) = p.both("qom-list-types", json!({"abstract": true}));
+    let theirs = by_name(&q);
+    for (name, t) in by_name(&g) {
+        if name == "host-x86_64-cpu" {
+            assert_eq!(t["parent"], "x86_64-cpu");
+            assert_eq!(theirs[&name]["parent"], "max-x86_64-cpu");
+        } else if name == "pc-machine" {
+            assert!(!theirs.contains_key(&name));
+            assert_eq!(t["parent"], "machine");
+        } else {
+            assert_eq!(Some(&t), theirs.get(&name), "{name}");
+        }
+    }
+    // Without abstract, and filtered by what they implement.
+    let (q, g) = p.both("qom-list-types", json!({"implements": "virtio-pci"}));
+    let theirs = by_name(&q);
+    let ours = by_name(&g);
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        ["virtio-balloon-pci", "virtio-blk-pci", "virtio-net-pci"]
+    );
+    ours.iter()
+        .for_each(|(n, t)| assert_eq!(Some(t), theirs.get(n), "{n}"));
+    let (q, g) = p.both("qom-list-types", json!({"implements": "no-such-type"}));
+    assert_eq!((q, g), (json!([]), json!([])));
+
+    // Devices: each property we take is QEMU's, with its type, description and default
+    // (but virtio-blk's num-queues, whose QEMU default 65535 means "as many as vCPUs":
+    // ours is one queue unless given).
+    for (device, count) in [
+        ("virtio-blk-pci", 6),
+        ("virtio-net-pci", 5),
+        ("pc-dimm", 5),
+        ("host-x86_64-cpu", 6),
+        ("virtio-balloon-pci", 0),
+    ] {
+        let (q, g) = p.both("device-list-properties", json!({"typename": device}));
+        let theirs = by_name(&q);
+        let ours = by_name(&g);
+        assert_eq!(ours.len(), count, "{device}: {g}");
+        for (name, prop) in ours {
+            let mut q_prop = theirs[&name].clone();
+            if (device, name.as_str()) == ("virtio-blk-pci", "num-queues") {
+                q_prop.as_object_mut().unwrap().remove("default-value");
+            }
+            assert_eq!(prop, q_prop, "{device}.{name}");
+        }
+    }
+    // Objects: each member object-add takes is a property of QEMU's type, of its type
+    // (QEMU adds descriptions).
+    for object in [
+        "iothread",
+        "memory-backend",
+        "memory-backend-ram",
+        "memory-backend-memfd",
+        "memory-backend-file",
+    ] {
+        let (q, g) = p.both("qom-list-properties", json!({"typename": object}));
+        let theirs = by_name(&q);
+        for (name, prop) in by_name(&g) {
+            let q_prop = without(&theirs[&name], &["description"]);
+            assert_eq!(prop, q_prop, "{object}.{name}");
+        }
+    }
+
+    // QEMU's refusals: unknown types, abstract ones, objects that are no devices.
+    for t in ["no-such-type", "virtio-pci", "memory-backend-ram", "device"] {
+        p.same_error("device-list-properties", json!({"typename": t}));
+    }
+    p.same_error("qom-list-properties", json!({"typename": "no-such-type"}));
+    p.same_error("qom-list-types", json!({"abstract": "yes"}));
+}

@@ -11,6 +11,7 @@ use super::handlers::chardev;
 use super::handlers::command_line;
 use super::handlers::cpu_models;
 use super::handlers::machine_types;
+use super::handlers::qom;
 use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::dump;
@@ -165,6 +166,24 @@ pub const COMMANDS: &[Command] = &[
         "query-sgx-capabilities",
         &Typed(absent::query_sgx_capabilities),
         Ty::Named("SGXInfo"),
+    ),
+    cmd(
+        "qom-list-types",
+        &Typed(qom::qom_list_types),
+        Ty::Array(&Ty::Named("ObjectTypeInfo")),
+        G,
+    ),
+    cmd(
+        "device-list-properties",
+        &Typed(qom::device_list_properties),
+        Ty::Array(&Ty::Named("ObjectPropertyInfo")),
+        G,
+    ),
+    cmd(
+        "qom-list-properties",
+        &Typed(qom::qom_list_properties),
+        Ty::Array(&Ty::Named("ObjectPropertyInfo")),
+        G,
     ),
     cmd(
         "query-cpus",

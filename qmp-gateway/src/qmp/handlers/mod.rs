@@ -22,5 +22,6 @@ pub mod migration;
 pub mod net;
 pub mod objects;
 pub mod pci;
+pub mod qom;
 pub mod snapshot;
 pub mod trace;

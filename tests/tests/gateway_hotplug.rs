@@ -880,10 +880,12 @@ fn launch_devices_take_the_slots_addr_gives() {
             &netdev_arg("n0"),
             "--device",
             "virtio-net-pci,netdev=n0,id=nic0,addr=0x3.0",
+            "--object",
+            "iothread,id=io0",
             "--blockdev",
             &cold_node.to_string(),
             "--device",
-            "virtio-blk-pci,drive=cb,id=cold",
+            "virtio-blk-pci,drive=cb,id=cold,iothread=io0",
         ],
     );
     let mut client = gateway.client();
@@ -917,6 +919,18 @@ fn launch_devices_take_the_slots_addr_gives() {
     assert_eq!(
         da["qdev"],
         "/machine/peripheral-anon/device[0]/virtio-backend"
+    );
+    // The --device disk on the --object iothread holds it; its thread is a block daemon's.
+    let (class, desc) = error(&client.execute("object-del", json!({"id": "io0"})));
+    assert_eq!(
+        (class.as_str(), desc.as_str()),
+        ("GenericError", "object 'io0' is in use, can not be deleted")
+    );
+    let threads = client.ok("query-iothreads", json!({}));
+    let tid = threads[0]["thread-id"].as_u64().expect("an iothread") as i32;
+    assert!(
+        block_daemon_io_thread(gateway.vm.pid(), tid).is_some(),
+        "{threads}"
     );
 }
 

@@ -305,3 +305,25 @@ impl Drop for Gateway {
         self.vm.terminate(Duration::from_secs(10));
     }
 }
+
+/// The JSON types of `v`, recursively: objects keep their keys, arrays become the set
+/// of their elements' shapes (QEMU's answers and ours compared by form, not content).
+pub fn shape(v: &Value) -> Value {
+    match v {
+        Value::Null => json!("null"),
+        Value::Bool(_) => json!("bool"),
+        Value::Number(n) if n.is_f64() => json!("number"),
+        Value::Number(_) => json!("int"),
+        Value::String(_) => json!("string"),
+        Value::Array(items) => {
+            let set: std::collections::BTreeSet<String> =
+                items.iter().map(|i| shape(i).to_string()).collect();
+            Value::Array(
+                set.iter()
+                    .map(|s| serde_json::from_str(s).expect("a shape is JSON"))
+                    .collect(),
+            )
+        }
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+    }
+}

@@ -7,21 +7,8 @@
 //! compared exactly (class and words).
 
 use flotilla_tests::qemu::Qemu;
-use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::qmp::{shape, Gateway, QmpClient};
 use serde_json::{json, Map, Value};
-
-/// The JSON types of `v`, recursively (objects keep their keys).
-fn shape(v: &Value) -> Value {
-    match v {
-        Value::Null => json!("null"),
-        Value::Bool(_) => json!("bool"),
-        Value::Number(n) if n.is_f64() => json!("number"),
-        Value::Number(_) => json!("int"),
-        Value::String(_) => json!("string"),
-        Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-    }
-}
 
 /// The element of `list` whose `key` is `value`.
 fn named<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {

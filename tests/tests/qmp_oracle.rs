@@ -18,7 +18,7 @@ use std::os::fd::AsFd;
 
 use flotilla_tests::blk::empty_image;
 use flotilla_tests::qemu::Qemu;
-use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::qmp::{shape, Gateway, QmpClient};
 use flotilla_tests::TempDir;
 use qmp_gateway::migration::settings::{Capability, MigrationSettings, SUPPORTED_CAPABILITIES};
 use qmp_gateway::qmp::commands::COMMANDS;
@@ -487,27 +487,6 @@ fn command_line_problems(q: &Value, g: &Value) -> Vec<String> {
         }
     }
     problems
-}
-
-/// The JSON types of `v`, recursively: objects keep their keys, arrays become the set
-/// of their elements' shapes.
-fn shape(v: &Value) -> Value {
-    match v {
-        Value::Null => json!("null"),
-        Value::Bool(_) => json!("bool"),
-        Value::Number(n) if n.is_f64() => json!("number"),
-        Value::Number(_) => json!("int"),
-        Value::String(_) => json!("string"),
-        Value::Array(items) => {
-            let set: BTreeSet<String> = items.iter().map(|i| shape(i).to_string()).collect();
-            Value::Array(
-                set.iter()
-                    .map(|s| serde_json::from_str(s).expect("a shape is JSON"))
-                    .collect(),
-            )
-        }
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-    }
 }
 
 /// A command as a message with an id.

@@ -435,4 +435,22 @@ fn bad_chardev_command_lines_are_refused_at_once() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(start.elapsed() < Duration::from_secs(5), "{args:?}");
     }
+    // A ringbuf's size= in QEMU's own words: qemu-system-x86_64 -chardev refuses each.
+    for chardev in [
+        "ringbuf,id=r,size=1.5",
+        "ringbuf,id=r,size=16E",
+        "ringbuf,id=r,size=100",
+    ] {
+        let want = flotilla_tests::qemu::qemu_whole_refusal(&["-chardev", chardev]);
+        let mut cmd = std::process::Command::new(flotilla_tests::bin("qmp-gateway"));
+        cmd.arg("--kernel")
+            .arg(flotilla_tests::test_guest())
+            .args(["--chardev", chardev]);
+        let (status, _, err) = flotilla_tests::run_to_end(cmd, WAIT);
+        assert!(!status.success(), "{chardev} started");
+        assert!(
+            err.contains(&want),
+            "{chardev}: QEMU says {want:?}, we {err}"
+        );
+    }
 }

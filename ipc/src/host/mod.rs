@@ -5,8 +5,10 @@
 
 pub mod mac;
 pub mod net_port;
+pub mod size;
 pub mod vm_options;
 
 pub use mac::{format_mac, parse_mac};
 pub use net_port::{open_datagram, open_tap};
-pub use vm_options::{parse_size, MemoryConfig, SerialConfig, VmArgs, MAX_MEMORY_SLOTS};
+pub use size::{parse_size, SizeError};
+pub use vm_options::{MemoryConfig, SerialConfig, VmArgs, MAX_MEMORY_SLOTS};

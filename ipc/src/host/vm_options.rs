@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::size::parse_size;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmArgs {
     /// Kernel to boot: a Linux bzImage or an ELF with a PVH entry note.
@@ -50,38 +52,6 @@ pub struct MemoryConfig {
 /// QEMU's ACPI_MAX_RAM_SLOTS.
 pub const MAX_MEMORY_SLOTS: u64 = 256;
 const MIB: u64 = 1 << 20;
-
-/// A size as QEMU's qemu_strtosz reads it: a number (a fraction too) and an optional suffix
-/// B, K, M, G, T, P or E (any case, powers of 1024); without one, `default_unit` bytes.
-pub fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
-    let digits_end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(digits_end);
-    let unit: u64 = match suffix.to_ascii_lowercase().as_str() {
-        "" => default_unit,
-        "b" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        "p" => 1 << 50,
-        "e" => 1 << 60,
-        _ => return None,
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || fraction.contains('.') {
-        return None;
-    }
-    let whole: u64 = whole.parse().ok()?;
-    let mut bytes = whole.checked_mul(unit)?;
-    if !fraction.is_empty() {
-        let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
-        let part = fraction.parse::<u128>().ok()? * u128::from(unit) / scale;
-        bytes = bytes.checked_add(u64::try_from(part).ok()?)?;
-    }
-    Some(bytes)
-}
 
 impl MemoryConfig {
     /// Memory hotplug's shape, with slots (and so a maxmem above RAM); None without.
@@ -132,12 +102,12 @@ impl FromStr for MemoryConfig {
                 } else {
                     1
                 };
-                parse_size(text, unit).ok_or_else(|| bad_size("size"))?
+                parse_size(text, unit).map_err(|_| bad_size("size"))?
             }
             None => 256 * MIB,
         };
         let max_bytes = match maxmem {
-            Some(text) => Some(parse_size(text, 1).ok_or_else(|| bad_size("maxmem"))?),
+            Some(text) => Some(parse_size(text, 1).map_err(|_| bad_size("maxmem"))?),
             None => None,
         };
         let slots = match slots {

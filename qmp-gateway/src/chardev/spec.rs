@@ -164,14 +164,14 @@ enum BackendData {
     Memory(RingbufData),
 }
 
-/// A ringbuf's size: QEMU's power of two. (QEMU takes 0 and then fails on the first
-/// write; it is refused here with the same words.)
+/// A ringbuf's size: QEMU's power of two, of the int64 read as QEMU's size_t (so a
+/// size of 2^63 and more from the command line is a power of two, then too big for the
+/// registry's bound). (QEMU takes 0 and then fails on the first write; it is refused
+/// here with the same words.)
 fn ring_size(size: Option<i64>) -> Result<usize, ChardevError> {
-    match size {
+    match size.map(|s| s as u64) {
         None => Ok(DEFAULT_SIZE),
-        Some(s) if s > 0 && s & (s - 1) == 0 => {
-            usize::try_from(s).map_err(|_| ChardevError::RingbufSize)
-        }
+        Some(s) if s.is_power_of_two() => usize::try_from(s).map_err(|_| ChardevError::RingbufSize),
         Some(_) => Err(ChardevError::RingbufSize),
     }
 }
@@ -318,22 +318,6 @@ fn cli_bool(k: &str, v: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("Parameter '{k}' expects 'on' or 'off'"))
 }
 
-/// A QemuOpts size (a number with an optional k, M, G suffix).
-fn cli_size(k: &str, v: &str) -> Result<Value, String> {
-    let (digits, shift) = match v.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&v[..i], 10),
-        Some((i, 'M')) => (&v[..i], 20),
-        Some((i, 'G')) => (&v[..i], 30),
-        _ => (v, 0),
-    };
-    digits
-        .parse::<i64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .map(Value::from)
-        .ok_or_else(|| format!("Parameter '{k}' expects a non-negative number below 2^64"))
-}
-
 /// The ChardevBackend data of a -chardev's options (QEMU's qemu_chr_parse_* for each
 /// kind): every option must be one the kind takes.
 fn cli_data(kind: &str, mut o: Map<String, Value>) -> Result<Value, String> {
@@ -352,8 +336,14 @@ fn cli_data(kind: &str, mut o: Map<String, Value>) -> Result<Value, String> {
             d
         }
         "pipe" => json!({"device": take("path").ok_or("chardev: pipe: no device path given")?}),
+        // QEMU's qemu_chr_parse_ringbuf: a QemuOpts size, 0 meaning none given, into
+        // ChardevRingbuf's int64 (where 2^63 and above wrap).
         "ringbuf" | "memory" => match take("size") {
-            Some(s) => json!({"size": cli_size("size", &s)?}),
+            Some(s) => match ipc::host::parse_size(&s, 1) {
+                Ok(0) => json!({}),
+                Ok(n) => json!({"size": n as i64}),
+                Err(e) => return Err(e.option_message("size", &s)),
+            },
             None => json!({}),
         },
         "socket" => {
@@ -468,6 +458,57 @@ mod tests {
             ("file,id=a", "chardev: file: no filename given"),
         ] {
             assert_eq!(Backend::from_cli(bad).unwrap_err(), why, "{bad}");
+        }
+    }
+
+    /// `size=` as qemu-system-x86_64 7.2's -chardev ringbuf reads it (every form probed
+    /// there; ipc::host::size's tests have the parser's own cases).
+    #[test]
+    fn ringbuf_sizes_read_as_qemus() {
+        let size = |text: &str| match Backend::from_cli(&format!("ringbuf,id=r,size={text}")) {
+            Ok((_, Backend::Ringbuf { size, .. })) => Ok(size),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        let expects = "Parameter 'size' expects a non-negative number below 2^64";
+        let two = "size of ringbuf chardev must be power of two";
+        for (text, want) in [
+            ("64k", Ok(64 << 10)),
+            ("64K", Ok(64 << 10)),
+            ("64m", Ok(64 << 20)),
+            ("0.5k", Ok(512)),
+            ("1.", Ok(1)),
+            ("0x1000", Ok(0x1000)),
+            ("64b", Ok(64)),
+            ("64B", Ok(64)),
+            (" 64", Ok(64)),
+            ("+4", Ok(4)),
+            // 0 is QEMU's "no size": the default.
+            ("0", Ok(DEFAULT_SIZE)),
+            // QEMU's int64 and then size_t: a power of two (too big for the registry).
+            ("1T", Ok(1 << 40)),
+            ("1E", Ok(1 << 60)),
+            ("8E", Ok(1 << 63)),
+            ("1.5M", Err(two.to_string())),
+            ("100", Err(two.to_string())),
+            ("18446744073709551615", Err(two.to_string())),
+            ("1.5", Err(expects.to_string())),
+            ("-1", Err(expects.to_string())),
+            ("", Err(expects.to_string())),
+            (".5k", Err(expects.to_string())),
+            ("1e3", Err(expects.to_string())),
+            ("64KiB", Err(expects.to_string())),
+            ("0x1.8k", Err(expects.to_string())),
+            (
+                "18446744073709551616",
+                Err("Value '18446744073709551616' is out of range for parameter 'size'".into()),
+            ),
+            (
+                "16E",
+                Err("Value '16E' is out of range for parameter 'size'".into()),
+            ),
+        ] {
+            assert_eq!(size(text), want, "size={text}");
         }
     }
 

@@ -139,7 +139,7 @@ pub fn from_cli(text: &str) -> Result<ObjectSpec, String> {
         };
         let bad = |what: &str| format!("Parameter '{key}' expects {what}");
         let value = if CLI_SIZES.contains(&key.as_str()) {
-            let n = ipc::host::parse_size(&value, 1).ok_or_else(|| bad("a size"))?;
+            let n = ipc::host::parse_size(&value, 1).map_err(|_| bad("a size"))?;
             Value::from(n)
         } else if CLI_INTS.contains(&key.as_str()) {
             Value::from(value.parse::<i64>().map_err(|_| bad("integer"))?)

@@ -98,7 +98,11 @@ const CHARDEV: &[Param] = &[
     p("reconnect", N),
     p("localaddr", S),
     p("localport", S),
+    p("fd", S),
 ];
+
+/// --mon (monitor/spec.rs), in QEMU's order.
+const MON: &[Param] = &[p("pretty", B), p("chardev", S), p("mode", S)];
 
 /// --trace (trace.rs), in QEMU's order.
 const TRACE: &[Param] = &[p("file", S), p("events", S), p("enable", S)];
@@ -120,6 +124,10 @@ pub const OPTIONS: &[CliOption] = &[
     CliOption {
         name: "trace",
         params: TRACE,
+    },
+    CliOption {
+        name: "mon",
+        params: MON,
     },
     CliOption {
         name: "netdev",
@@ -333,6 +341,17 @@ mod tests {
             ],
             QEMU_CHARDEV,
             |s| crate::chardev::spec::Backend::from_cli(s).map(drop),
+            |k| format!("Invalid parameter '{k}'"),
+        );
+    }
+
+    #[test]
+    fn mon_keys_are_the_parsers() {
+        check(
+            "mon",
+            &["chardev=c", "chardev=c,mode=control"],
+            &["pretty", "chardev", "mode"],
+            |s| crate::monitor::spec::MonSpec::from_cli(s).map(drop),
             |k| format!("Invalid parameter '{k}'"),
         );
     }

@@ -32,6 +32,7 @@ pub mod ids;
 pub mod keyval;
 pub mod launch;
 pub mod migration;
+pub mod monitor;
 pub mod net;
 pub mod objects;
 pub mod qmp;

@@ -112,6 +112,11 @@ struct Args {
     /// one. May be given several times.
     #[arg(long, value_parser = |s: &str| qmp_gateway::chardev::spec::Backend::from_cli(s))]
     chardev: Vec<(String, qmp_gateway::chardev::spec::Backend)>,
+    /// A monitor on a chardev, as QEMU's -mon: `chardev=ID[,mode=control|readline]
+    /// [,id=NAME][,pretty=on|off]` (readline, HMP, is the default); on a socket chardev
+    /// each client that connects gets a session of its own. May be given several times.
+    #[arg(long, value_parser = |s: &str| qmp_gateway::monitor::MonSpec::from_cli(s))]
+    mon: Vec<qmp_gateway::monitor::MonSpec>,
     /// An object, as QEMU's -object: `memory-backend-ram|memory-backend-memfd,id=ID,
     /// size=SIZE[,share=on][,prealloc=on]`, `memory-backend-file,id=ID,size=SIZE,
     /// mem-path=PATH[,share=on][,prealloc=on]`, `iothread,id=ID[,poll-max-ns=N]...` (what
@@ -321,6 +326,8 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     {
         vm.set_console(console);
     }
+    // Each monitor's chardev is its own from now on.
+    qmp_gateway::monitor::claim(&chardevs, &args.mon).context("--mon")?;
     // Every device is checked before any process starts (the netdevs are opened).
     let (pci, balloon) =
         balloon::split(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
@@ -485,12 +492,28 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             budget,
         },
     );
-    for l in unix_listeners {
-        server.serve_unix(l)?;
+    // Each listener is a chardev too, under QEMU's label for a -qmp's.
+    let mut labels = (0..).map(chardev::listeners::compat_label);
+    for (l, path) in unix_listeners.into_iter().zip(&args.qmp) {
+        let filename = format!("disconnected:unix:{},server=on", path.display());
+        let label = labels.next().unwrap_or_default();
+        let chardev = gw
+            .chardevs
+            .add_qmp_listener(&label, filename, server.handoff())
+            .context("--qmp")?;
+        server.serve_unix(l, chardev)?;
     }
     for l in tcp_listeners {
-        server.serve_tcp(l)?;
+        let a = l.local_addr()?;
+        let filename = format!("disconnected:tcp:{}:{},server=on", a.ip(), a.port());
+        let label = labels.next().unwrap_or_default();
+        let chardev = gw
+            .chardevs
+            .add_qmp_listener(&label, filename, server.handoff())
+            .context("--qmp-tcp")?;
+        server.serve_tcp(l, chardev)?;
     }
+    qmp_gateway::monitor::start(&server, &args.mon).context("--mon")?;
 
     let reason = exit_rx
         .recv()

@@ -38,6 +38,12 @@ impl QmpClient {
                 Err(e) => panic!("{}: {e}", path.display()),
             }
         };
+        QmpClient::over(stream)
+    }
+
+    /// A client on a connection made otherwise (a socketpair given with add_client):
+    /// the greeting is read first.
+    pub fn over(stream: UnixStream) -> QmpClient {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut c = QmpClient {

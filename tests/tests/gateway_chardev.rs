@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use flotilla_tests::qemu::Qemu;
-use flotilla_tests::qmp::{Gateway, QmpClient};
+use flotilla_tests::qmp::{error_of, Gateway, QmpClient};
 use flotilla_tests::{path_arg, TempDir};
 use serde_json::{json, Value};
 
@@ -452,5 +452,427 @@ fn bad_chardev_command_lines_are_refused_at_once() {
             err.contains(&want),
             "{chardev}: QEMU says {want:?}, we {err}"
         );
+    }
+}
+
+/// A listening Unix socket at `path` as an inheritable fd (no close-on-exec), as libvirt
+/// hands QEMU its monitor's socket: the fd number, and the fd to close once the child
+/// has it.
+fn inheritable_listener(path: &std::path::Path) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let l = UnixListener::bind(path).unwrap();
+    // SAFETY: dup of an fd we hold; the copy has no FD_CLOEXEC.
+    let fd = unsafe { libc::dup(l.as_raw_fd()) };
+    assert!(fd >= 0);
+    // SAFETY: fd is ours alone.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// One VM's monitors (the gateway's or QEMU's), given the same chardevs and -mon/--mon.
+struct Monitors {
+    dir: std::path::PathBuf,
+    /// The command line's own client.
+    qmp: QmpClient,
+}
+
+impl Monitors {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// query-chardev with this VM's directory written DIR, as (label, filename, open).
+    fn chardevs(&mut self) -> Vec<(String, String, bool)> {
+        let dir = self.dir.display().to_string();
+        let mut rows: Vec<_> = chardevs(&mut self.qmp)
+            .into_iter()
+            .map(|(l, (f, open))| (l, f.replace(&dir, "DIR"), open))
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// getfd of `fd` on the command line's client, then add_client; the reply.
+    fn add_client(&mut self, protocol: &str, fd: std::os::fd::BorrowedFd) -> Value {
+        self.qmp
+            .send_with_fds(br#"{"execute":"getfd","arguments":{"fdname":"cl"}}"#, &[fd]);
+        assert_eq!(self.qmp.reply(), json!({"return": {}}));
+        self.qmp
+            .execute("add_client", json!({"protocol": protocol, "fdname": "cl"}))
+    }
+}
+
+/// Reads an HMP monitor until its prompt; returns what came.
+fn hmp_until_prompt(s: &mut UnixStream) -> String {
+    read_until(s, "(qemu) ")
+}
+
+/// Bytes an HMP monitor writes back for `typed`, up to and with its next prompt.
+fn hmp(s: &mut UnixStream, typed: &[u8]) -> String {
+    s.write_all(typed).unwrap();
+    hmp_until_prompt(s)
+}
+
+/// Whether the peer of `s` closed it (within a moment).
+fn closed(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 512];
+    matches!(s.read(&mut b), Ok(0))
+}
+
+fn pair() -> (UnixStream, UnixStream) {
+    UnixStream::pair().unwrap()
+}
+
+/// --mon, as QEMU's -mon: a QMP monitor and an HMP monitor on socket chardevs (clients
+/// come and go; each gets its own session), libvirt's monitor on a listening socket it
+/// passes as fd=N, the chardevs in query-chardev beside the --qmp socket's
+/// compat_monitor0, and add_client: every answer, error and what the peer of the fd sees
+/// compared with a live QEMU 7.2 given the same command line.
+#[test]
+fn monitors_on_chardevs_and_add_client_as_qemu() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let gw_dir = TempDir::new("monitors");
+    let q_dir = TempDir::new("monitors-qemu");
+    // The same chardevs and monitors for both; `dash` is "--" (ours) or "-" (QEMU's).
+    let args = |dir: &std::path::Path, fd: i32, dash: &str| -> Vec<String> {
+        let sock = |n: &str| format!("{},server=on,wait=off", path_arg(&dir.join(n)));
+        [
+            ("chardev", format!("socket,id=qm,path={}", sock("qm.sock"))),
+            ("mon", "chardev=qm,mode=control,id=qmpmon".into()),
+            ("chardev", format!("socket,id=qp,path={}", sock("qp.sock"))),
+            ("mon", "chardev=qp,mode=control,pretty=on".into()),
+            ("chardev", format!("socket,id=hm,path={}", sock("hm.sock"))),
+            ("mon", "chardev=hm".into()),
+            (
+                "chardev",
+                format!("socket,id=plain,path={}", sock("plain.sock")),
+            ),
+            ("chardev", "null,id=nul".into()),
+            // libvirt's monitor, on the listening socket it passes.
+            (
+                "chardev",
+                format!("socket,id=charmonitor,fd={fd},server=on,wait=off"),
+            ),
+            ("mon", "chardev=charmonitor,id=monitor,mode=control".into()),
+        ]
+        .into_iter()
+        .flat_map(|(opt, value)| [format!("{dash}{opt}"), value])
+        .collect()
+    };
+    let gw_fd = inheritable_listener(&gw_dir.path().join("libvirt.sock"));
+    let gw_args = args(gw_dir.path(), gw_fd.as_raw_fd(), "--");
+    let gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
+    let gw = Gateway::start_with(1, "", &gw_args);
+    drop(gw_fd);
+    let q_fd = inheritable_listener(&q_dir.path().join("libvirt.sock"));
+    let q_args = args(q_dir.path(), q_fd.as_raw_fd(), "-");
+    let mut q_args: Vec<&str> = q_args.iter().map(String::as_str).collect();
+    // The gateway's UART is on its stdout by default: QEMU's serial0 too.
+    q_args.extend(["-serial", "stdio"]);
+    let qemu = Qemu::try_start(&q_args).unwrap_or_else(|e| panic!("QEMU refused: {e}"));
+    drop(q_fd);
+    let mut vms = [
+        Monitors {
+            dir: gw_dir.path().to_path_buf(),
+            qmp: gw.client(),
+        },
+        Monitors {
+            dir: q_dir.path().to_path_buf(),
+            qmp: qemu.client(),
+        },
+    ];
+    // The gateway's --qmp socket is in its own scratch directory: seen as QEMU's -qmp.
+    let gw_qmp = gw.qmp.display().to_string();
+    let q_qmp = qemu.qmp.display().to_string();
+    let both = |vms: &mut [Monitors; 2], f: &dyn Fn(&mut Monitors) -> Value| {
+        let ours = f(&mut vms[0]);
+        let theirs = f(&mut vms[1]);
+        assert_eq!(ours, theirs, "the gateway vs QEMU 7.2");
+        ours
+    };
+    let listed = |vms: &mut [Monitors; 2]| {
+        let ours = vms[0].chardevs();
+        let theirs = vms[1].chardevs();
+        let fix = |rows: Vec<(String, String, bool)>, qmp: &str| -> Vec<_> {
+            rows.into_iter()
+                .map(|(l, f, o)| (l, f.replace(qmp, "QMP"), o))
+                .collect()
+        };
+        assert_eq!(fix(ours, &gw_qmp), fix(theirs, &q_qmp));
+    };
+    listed(&mut vms);
+
+    // The QMP monitor: a greeting per client, negotiation, commands; busy while held.
+    for _round in 0..2 {
+        let mut mons: Vec<QmpClient> = vms
+            .iter()
+            .map(|v| QmpClient::connect(&v.path("qm.sock")))
+            .collect();
+        for m in &mut mons {
+            assert_eq!(
+                m.err("query-status", json!({})),
+                (
+                    "CommandNotFound".into(),
+                    "Expecting capabilities negotiation with 'qmp_capabilities'".into()
+                )
+            );
+            assert_eq!(m.ok("qmp_capabilities", json!({})), json!({}));
+            assert!(m.ok("query-status", json!({}))["status"].is_string());
+        }
+        listed(&mut vms);
+        both(&mut vms, &|v| {
+            v.qmp.execute("chardev-remove", json!({"id": "qm"}))
+        });
+        // add_client to a monitor chardev that has its client: refused, the fd closed.
+        for v in vms.iter_mut() {
+            let (mut a, b) = pair();
+            assert_eq!(
+                error_of(&v.add_client("qm", b.as_fd())),
+                generic("failed to add client")
+            );
+            drop(b);
+            assert!(closed(&mut a));
+        }
+        drop(mons);
+        // The chardev sees its client go before it takes the next.
+        let deadline = Instant::now() + WAIT;
+        while vms[0]
+            .chardevs()
+            .iter()
+            .any(|r| r.0 == "qm" && !r.1.starts_with("disconnected"))
+        {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // pretty=on: QEMU's pretty form, byte for byte (its greeting names its version).
+    let pretty: Vec<String> = vms
+        .iter()
+        .map(|v| {
+            let mut s = UnixStream::connect(v.path("qp.sock")).unwrap();
+            assert!(read_until(&mut s, "\r\n}\r\n").starts_with("{\r\n    \"QMP\": {\r\n"));
+            let mut replies = String::new();
+            for command in ["qmp_capabilities", "nope", "query-fdsets", "query-name"] {
+                s.write_all(json!({ "execute": command }).to_string().as_bytes())
+                    .unwrap();
+                replies += &read_until(&mut s, "\r\n}\r\n");
+            }
+            replies
+        })
+        .collect();
+    assert_eq!(pretty[0], pretty[1]);
+
+    // The HMP monitor: banner and prompt, QEMU's echo, help-less commands.
+    let mut hmps: Vec<UnixStream> = vms
+        .iter()
+        .map(|v| UnixStream::connect(v.path("hm.sock")).unwrap())
+        .collect();
+    let banners: Vec<String> = hmps.iter_mut().map(hmp_until_prompt).collect();
+    let version = |b: &str| b.replace("7.2.0", "7.2.x").replace("7.2.22", "7.2.x");
+    assert_eq!(version(&banners[0]), version(&banners[1]));
+    assert_eq!(
+        version(&banners[0]),
+        "QEMU 7.2.x monitor - type 'help' for more information\r\n(qemu) "
+    );
+    for typed in [
+        &b"info name\n"[..],
+        b"foo bar\r",
+        b"infx\x7fo nam\x1b[De\x1b[Ce\n",
+        b"info st\x1b[1~\x1b[3~\x05 x\x17\x17\x17\n",
+        b"\n",
+        b"info status\r\n",
+    ] {
+        let ours = hmp(&mut hmps[0], typed);
+        let theirs = hmp(&mut hmps[1], typed);
+        if typed.starts_with(b"info status") {
+            // QEMU waits in prelaunch, the gateway's guest runs: the echo is the same.
+            let echo = |s: &str| s.split("\r\n").next().unwrap_or_default().to_string();
+            assert_eq!(echo(&ours), echo(&theirs));
+            assert!(
+                ours.contains("\r\nVM status: running\r\n(qemu) "),
+                "{ours:?}"
+            );
+        } else {
+            assert_eq!(ours, theirs, "typed {typed:?}");
+        }
+    }
+    // A second client waits while the first is served; the first goes, it is served.
+    let mut waiting: Vec<UnixStream> = vms
+        .iter()
+        .map(|v| UnixStream::connect(v.path("hm.sock")).unwrap())
+        .collect();
+    drop(hmps);
+    for w in &mut waiting {
+        assert!(version(&hmp_until_prompt(w)).starts_with("QEMU 7.2.x monitor"));
+    }
+    drop(waiting);
+
+    // add_client's errors, in QEMU's words; the fd is closed after each.
+    both(&mut vms, &|v| {
+        v.qmp
+            .execute("add_client", json!({"protocol": "vnc", "fdname": "none"}))
+    });
+    for protocol in ["spice", "foo", "nul"] {
+        let mut replies = Vec::new();
+        for v in vms.iter_mut() {
+            let (mut a, b) = pair();
+            replies.push(v.add_client(protocol, b.as_fd()));
+            drop(b);
+            assert!(closed(&mut a), "{protocol}: the fd stays open");
+            // Taken even so: the name is gone.
+            assert_eq!(
+                error_of(&v.qmp.execute("closefd", json!({"fdname": "cl"}))).1,
+                "File descriptor named 'cl' not found"
+            );
+        }
+        assert_eq!(replies[0], replies[1], "{protocol}");
+    }
+    // An fd that is no socket, to a socket chardev with no client.
+    both(&mut vms, &|v| {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        v.add_client("plain", r.as_fd())
+    });
+    // vnc: {} (QEMU has no display either: it keeps the fd unused).
+    both(&mut vms, &|v| {
+        let (_a, b) = pair();
+        v.add_client("vnc", b.as_fd())
+    });
+
+    // add_client's connections: a new QMP session on the monitor's chardev, an HMP
+    // session, a plain socket chardev's client.
+    for v in vms.iter_mut() {
+        let (a, b) = pair();
+        assert_eq!(v.add_client("qm", b.as_fd()), json!({"return": {}}));
+        drop(b);
+        let mut m = QmpClient::over(a);
+        assert_eq!(m.ok("qmp_capabilities", json!({})), json!({}));
+        assert!(m.ok("query-chardev", json!({})).is_array());
+        let (mut a, b) = pair();
+        assert_eq!(v.add_client("hm", b.as_fd()), json!({"return": {}}));
+        drop(b);
+        assert!(version(&hmp_until_prompt(&mut a)).starts_with("QEMU 7.2.x monitor"));
+        let (_a, b) = pair();
+        assert_eq!(v.add_client("plain", b.as_fd()), json!({"return": {}}));
+        // The monitor's chardev has a client with no path now, as QEMU shows it.
+        let rows = v.chardevs();
+        let row = rows.iter().find(|r| r.0 == "qm").unwrap();
+        assert_eq!(row.1, "unix:,server=on");
+        drop(m);
+    }
+    listed(&mut vms);
+
+    // libvirt's monitor on the socket it passed as fd=N: QMP, with fds over it.
+    for v in vms.iter_mut() {
+        let mut m = QmpClient::negotiated(&v.path("libvirt.sock"));
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        m.send_with_fds(
+            br#"{"execute":"getfd","arguments":{"fdname":"lv"}}"#,
+            &[r.as_fd()],
+        );
+        assert_eq!(m.reply(), json!({"return": {}}));
+        assert_eq!(m.ok("closefd", json!({"fdname": "lv"})), json!({}));
+    }
+
+    // Ours alone: a --qmp socket serves many clients at once, so add_client to its
+    // chardev makes one more (QEMU's takes one client, and refuses a second).
+    let (a, b) = pair();
+    assert_eq!(
+        vms[0].add_client("compat_monitor0", b.as_fd()),
+        json!({"return": {}})
+    );
+    let mut extra = QmpClient::over(a);
+    assert_eq!(extra.ok("qmp_capabilities", json!({})), json!({}));
+    let (_a, b) = pair();
+    assert_eq!(
+        error_of(&vms[1].add_client("compat_monitor0", b.as_fd())),
+        generic("failed to add client")
+    );
+}
+
+/// The gateway with `args` must stop at once: what it wrote on stderr.
+fn refused(args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(flotilla_tests::bin("qmp-gateway"));
+    cmd.arg("--kernel")
+        .arg(flotilla_tests::test_guest())
+        .args(args);
+    let (status, _, err) = flotilla_tests::run_to_end(cmd, WAIT);
+    assert!(!status.success(), "{args:?} started");
+    err
+}
+
+/// A bad --mon stops the gateway at once with qemu-system-x86_64 -mon's words; so does
+/// a --chardev fd= that is no inherited socket.
+#[test]
+fn bad_mon_arguments_are_refused_as_qemu_refuses_them() {
+    use flotilla_tests::qemu::{qemu_refusal, qemu_whole_refusal};
+    for mon in [
+        "chardev=c,mode=foo",
+        "mode=control",
+        "chardev=zz",
+        "chardev=c,pretty=maybe",
+        "chardev=c,bogus=1",
+        "chardev=c,id=",
+        "chardev=c,mode=readline,pretty=on",
+    ] {
+        let want = qemu_whole_refusal(&["-chardev", "null,id=c", "-mon", mon]);
+        let err = refused(&["--chardev", "null,id=c", "--mon", mon]);
+        assert!(err.contains(&want), "{mon}: QEMU says {want:?}, we {err}");
+    }
+    // Twice on one chardev; one id twice.
+    for args in [
+        &[
+            "chardev",
+            "null,id=c",
+            "mon",
+            "chardev=c",
+            "mon",
+            "chardev=c",
+        ][..],
+        &[
+            "chardev",
+            "null,id=c",
+            "chardev",
+            "null,id=d",
+            "mon",
+            "c,id=m",
+            "mon",
+            "d,id=m",
+        ],
+    ] {
+        let with = |dash: &str| -> Vec<String> {
+            let flag = |(i, a): (usize, &&str)| match i % 2 {
+                0 => format!("{dash}{a}"),
+                _ => a.to_string(),
+            };
+            args.iter().enumerate().map(flag).collect()
+        };
+        let (ours, theirs) = (with("--"), with("-"));
+        let want = qemu_refusal(&theirs.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = refused(&ours.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            err.contains(&want),
+            "{args:?}: QEMU says {want:?}, we {err}"
+        );
+    }
+    // A chardev the UART has (QEMU takes -mon first, then aborts on -serial's).
+    let err = refused(&[
+        "--chardev",
+        "null,id=c",
+        "--serial",
+        "chardev:c",
+        "--mon",
+        "c",
+    ]);
+    assert!(err.contains("Device 'c' is in use"), "{err}");
+    // fd= must be an inherited socket, in QEMU's words.
+    for (fd, want) in [
+        ("abc", "Unable to parse FD number abc"),
+        ("99", "File descriptor '99' is not a socket"),
+    ] {
+        let chardev = format!("socket,id=s,fd={fd},server=on,wait=off");
+        assert!(qemu_whole_refusal(&["-chardev", &chardev]).contains(want));
+        let err = refused(&["--chardev", &chardev]);
+        assert!(err.contains(want), "{chardev}: {err}");
     }
 }

@@ -40,6 +40,9 @@ pub enum ChardevError {
          {taken} are taken"
     )]
     RingBytes { id: String, taken: usize },
+    /// add_client to a chardev that cannot take the connection (QEMU's words).
+    #[error("failed to add client")]
+    AddClient,
     #[error(transparent)]
     Base64(#[from] Base64Error),
 }

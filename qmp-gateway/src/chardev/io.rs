@@ -6,7 +6,10 @@
 //! backend's input is left where it is (QEMU reads none either), but a socket's peer
 //! that goes is seen (its filename says disconnected, as QEMU's). A socket server takes
 //! one client at a time (later ones wait in the backlog) and drops output while it has
-//! none; a client connects again `reconnect` seconds after it lost its server.
+//! none; a client connects again `reconnect` seconds after it lost its server. A socket
+//! chardev whose frontend is a monitor hands each connection it gets to the monitor
+//! (the handoff) instead of moving its bytes, and watches it only for its end, so the
+//! monitor reads the socket itself (fds sent with SCM_RIGHTS included).
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
@@ -14,13 +17,16 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::listeners::Handoff;
 use super::ringbuf::Ring;
 use super::spec::Address;
+use super::stream::{inet, Stream};
 
 /// Bytes read at a time from either side.
 const CHUNK: usize = 4096;
@@ -28,20 +34,6 @@ const CHUNK: usize = 4096;
 pub(super) enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
-}
-
-pub(super) enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn file(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Unix(s) => s.as_fd(),
-            Stream::Tcp(s) => s.as_fd(),
-        }
-    }
 }
 
 /// The backend, opened (by chardev/open.rs).
@@ -91,6 +83,11 @@ struct Orders {
     stop: bool,
     /// A frontend to take (Some(None): the frontend left).
     frontend: Option<Option<OwnedFd>>,
+    /// A monitor to hand connections to.
+    handoff: Option<Handoff>,
+    /// A connection to take if there is none (add_client), and where to say whether it
+    /// was taken.
+    client: Option<(Stream, SyncSender<bool>)>,
 }
 
 impl Live {
@@ -105,6 +102,19 @@ impl Live {
 
     pub fn set_frontend(&self, fd: Option<OwnedFd>) {
         self.order(|o| o.frontend = Some(fd));
+    }
+
+    pub fn set_handoff(&self, handoff: Handoff) {
+        self.order(|o| o.handoff = Some(handoff));
+    }
+
+    /// Makes `stream` the chardev's connection if it has none (QEMU's add_client to a
+    /// socket chardev); false if it has one, or is no socket chardev, or its thread did
+    /// not answer.
+    pub fn add_client(&self, stream: Stream) -> bool {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.order(|o| o.client = Some((stream, tx)));
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false)
     }
 }
 
@@ -160,15 +170,12 @@ fn fd_write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 /// The filename QEMU 7.2 shows for a socket chardev (char-socket.c's
 /// qemu_chr_compute_filename when connected, qemu_chr_socket_address when not).
 fn socket_filename(opened: &Opened) -> Option<String> {
-    fn inet(a: std::net::SocketAddr) -> String {
-        match a {
-            std::net::SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
-            std::net::SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
-        }
-    }
     Some(match opened {
         Opened::Server { listener, conn, .. } => match (listener, conn) {
-            (Listener::Unix(_, p), Some(_)) => format!("unix:{},server=on", p.display()),
+            // A connection's own address: the socket's path, or none for one that
+            // add_client brought.
+            (Listener::Unix(_, p), Some(c)) => c.filename(true, Some(p))?,
+            (Listener::Tcp(_), Some(c)) => c.filename(true, None)?,
             (Listener::Unix(_, p), None) => {
                 format!("disconnected:unix:{},server=on", p.display())
             }
@@ -176,12 +183,6 @@ fn socket_filename(opened: &Opened) -> Option<String> {
                 let a = l.local_addr().ok()?;
                 format!("disconnected:tcp:{}:{},server=on", a.ip(), a.port())
             }
-            (Listener::Tcp(_), Some(Stream::Tcp(s))) => format!(
-                "tcp:{},server=on <-> {}",
-                inet(s.local_addr().ok()?),
-                inet(s.peer_addr().ok()?)
-            ),
-            (Listener::Tcp(_), Some(Stream::Unix(_))) => return None,
         },
         Opened::Client { addr, conn, .. } => match (addr, conn) {
             // A client's own address has no path: QEMU shows "unix:".
@@ -194,6 +195,8 @@ fn socket_filename(opened: &Opened) -> Option<String> {
                 inet(s.peer_addr().ok()?)
             ),
             (Address::Inet { .. }, Some(Stream::Unix(_))) => return None,
+            (Address::Fd(_), Some(c)) => c.filename(false, None)?,
+            (Address::Fd(n), None) => format!("disconnected:fd:{n}"),
         },
         _ => return None,
     })
@@ -209,6 +212,8 @@ pub(super) fn connect(addr: &Address, nodelay: bool) -> Result<Stream, String> {
                 ipc::errno_text(&e)
             )
         }),
+        // An inherited socket is connected once, by whoever passed it.
+        Address::Fd(n) => Err(format!("File descriptor '{n}' is no longer connected")),
         Address::Inet { host, port } => {
             let failed = |e: io::Error| {
                 format!(
@@ -358,6 +363,8 @@ struct Pump {
     live: Arc<Live>,
     woken: UnixStream,
     frontend: Option<OwnedFd>,
+    /// A monitor that takes the connections (instead of a byte frontend).
+    handoff: Option<Handoff>,
     /// The frontend's output not yet taken by the backend.
     to_backend: Vec<u8>,
     /// The backend's input not yet taken by the frontend.
@@ -383,6 +390,7 @@ impl Pump {
             live,
             woken,
             frontend: None,
+            handoff: None,
             to_backend: Vec::new(),
             to_frontend: Vec::new(),
         }
@@ -409,6 +417,17 @@ impl Pump {
                     }
                     self.frontend = fe;
                     self.to_frontend.clear();
+                }
+                let handoff = orders.handoff.take();
+                let client = orders.client.take();
+                drop(orders);
+                if let Some(h) = handoff {
+                    self.handoff = Some(h);
+                    // A connection that came first (wait=on, a client chardev) goes now.
+                    self.hand_over();
+                }
+                if let Some((stream, answer)) = client {
+                    let _ = answer.send(self.take_client(stream));
                 }
             }
             let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -528,9 +547,59 @@ impl Pump {
                     Err(_) => *retry = Some(Instant::now() + Duration::from_secs(*reconnect)),
                 }
                 self.refresh_filename();
+                self.hand_over();
             }
             _ => {}
         }
+    }
+
+    /// The connection just made goes to the monitor, if one takes them; the chardev
+    /// keeps a handle to see its end.
+    fn hand_over(&mut self) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        let (Opened::Server { conn, .. } | Opened::Client { conn, .. }) = &mut self.opened else {
+            return;
+        };
+        let Some(c) = conn.as_ref() else { return };
+        match c.try_clone() {
+            Ok(theirs) => {
+                // The monitor reads it blocking; this side only polls.
+                if let Stream::Unix(s) = &theirs {
+                    let _ = s.set_nonblocking(false);
+                } else if let Stream::Tcp(s) = &theirs {
+                    let _ = s.set_nonblocking(false);
+                }
+                handoff(theirs, None);
+            }
+            Err(e) => {
+                log::warn!("chardev: handing a connection to its monitor: {e}");
+                self.opened.lost_input();
+                self.refresh_filename();
+            }
+        }
+    }
+
+    /// add_client: `stream` becomes the connection of a socket chardev that has none.
+    fn take_client(&mut self, stream: Stream) -> bool {
+        let (Opened::Server { conn, .. } | Opened::Client { conn, .. }) = &mut self.opened else {
+            return false;
+        };
+        if conn.is_some() {
+            return false;
+        }
+        if let Err(e) = set_nonblocking(stream.file()) {
+            log::warn!("chardev client: {e}");
+            return false;
+        }
+        *conn = Some(stream);
+        if let Opened::Client { retry, .. } = &mut self.opened {
+            *retry = None;
+        }
+        self.refresh_filename();
+        self.hand_over();
+        true
     }
 
     fn accept(&mut self) {
@@ -557,6 +626,7 @@ impl Pump {
                 }
                 *conn = Some(s);
                 self.refresh_filename();
+                self.hand_over();
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => log::warn!("chardev accept: {e}"),

@@ -3,14 +3,19 @@
 //! UART in vmm-core) is connected to one by a socketpair that carries the byte stream both
 //! ways. The registry holds them by id (QEMU's chardev-add / chardev-remove /
 //! query-chardev), with which frontend holds each, bounded in number and in the bytes
-//! their ring buffers may hold.
+//! their ring buffers may hold. A monitor (--mon) is a frontend too: a socket chardev
+//! hands it each connection, any other kind carries its bytes as for the UART. The QMP
+//! listeners are listed beside them under QEMU's labels (listeners.rs), and add_client
+//! gives either kind a connection.
 
 pub mod console;
 mod error;
 mod io;
+pub mod listeners;
 mod open;
 pub mod ringbuf;
 pub mod spec;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -21,8 +26,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 pub use error::{ChardevError, MAX_CHARDEVS, MAX_RING_BYTES};
+pub use listeners::{Handoff, Presence, QmpListener};
 use ringbuf::Ring;
 use spec::Backend;
+pub use stream::Stream;
 
 /// One chardev.
 struct Chardev {
@@ -61,6 +68,16 @@ pub struct Added {
 #[derive(Default)]
 pub struct Chardevs {
     map: Mutex<BTreeMap<String, Chardev>>,
+    /// The QMP listeners (compat_monitorN), apart: they have no backend of their own.
+    listeners: Mutex<Vec<Arc<QmpListener>>>,
+}
+
+/// How a monitor reads its chardev.
+pub enum MonitorLink {
+    /// A socket chardev: each connection goes to the handoff given.
+    Connections,
+    /// Any other: its bytes, through this end of a socketpair.
+    Bytes(OwnedFd),
 }
 
 impl Chardevs {
@@ -68,7 +85,7 @@ impl Chardevs {
     /// client (the command line's wait=on; chardev-add never waits, as in QEMU).
     pub fn add(&self, id: &str, backend: Backend, waits: bool) -> Result<Added, ChardevError> {
         let mut map = self.map.lock();
-        if map.contains_key(id) {
+        if map.contains_key(id) || self.listener(id).is_some() {
             return Err(ChardevError::Duplicate(id.into()));
         }
         if map.len() >= MAX_CHARDEVS {
@@ -110,6 +127,8 @@ impl Chardevs {
     pub fn remove(&self, id: &str) -> Result<(), ChardevError> {
         let mut map = self.map.lock();
         match map.get(id) {
+            // A QMP listener's monitor holds it for good.
+            None if self.listener(id).is_some() => Err(ChardevError::Busy(id.into())),
             None => Err(ChardevError::NotFound(id.into())),
             Some(c) if c.frontend.is_some() => Err(ChardevError::Busy(id.into())),
             Some(_) => {
@@ -121,7 +140,8 @@ impl Chardevs {
     }
 
     pub fn query(&self) -> Vec<ChardevInfo> {
-        self.map
+        let mut rows: Vec<ChardevInfo> = self
+            .map
             .lock()
             .iter()
             .map(|(id, c)| ChardevInfo {
@@ -129,12 +149,43 @@ impl Chardevs {
                 filename: c.worker.live.filename.lock().clone(),
                 frontend_open: c.frontend.is_some(),
             })
-            .collect()
+            .collect();
+        rows.extend(self.listeners.lock().iter().map(|l| ChardevInfo {
+            label: l.label.clone(),
+            filename: l.filename(),
+            frontend_open: true,
+        }));
+        rows.sort_by(|a, b| a.label.cmp(&b.label));
+        rows
     }
 
-    /// Connects `frontend` (e.g. "serial0") to chardev `id`: the frontend's end of a new
-    /// socketpair, which the chardev's other end serves.
-    pub fn attach(&self, id: &str, frontend: &str) -> Result<OwnedFd, ChardevError> {
+    fn listener(&self, label: &str) -> Option<Arc<QmpListener>> {
+        self.listeners
+            .lock()
+            .iter()
+            .find(|l| l.label == label)
+            .cloned()
+    }
+
+    /// Lists a QMP listener as chardev `label` (its filename `disconnected` while no
+    /// client is connected); add_client's connections to it go to `handoff`.
+    pub fn add_qmp_listener(
+        &self,
+        label: &str,
+        disconnected: String,
+        handoff: Handoff,
+    ) -> Result<Arc<QmpListener>, ChardevError> {
+        if self.map.lock().contains_key(label) || self.listener(label).is_some() {
+            return Err(ChardevError::Duplicate(label.into()));
+        }
+        let l = Arc::new(QmpListener::new(label.into(), disconnected, handoff));
+        self.listeners.lock().push(l.clone());
+        Ok(l)
+    }
+
+    /// Reserves chardev `id` for monitor `frontend` (QEMU's -mon: before anything else
+    /// takes it); `connect_monitor` connects it once the monitor can serve.
+    pub fn claim(&self, id: &str, frontend: &str) -> Result<(), ChardevError> {
         let mut map = self.map.lock();
         let c = map
             .get_mut(id)
@@ -142,10 +193,68 @@ impl Chardevs {
         if c.frontend.is_some() {
             return Err(ChardevError::Busy(id.into()));
         }
+        c.frontend = Some(frontend.into());
+        Ok(())
+    }
+
+    /// Connects the monitor that claimed chardev `id`: a socket chardev hands it each
+    /// connection through `handoff`; any other gives it a byte stream.
+    pub fn connect_monitor(&self, id: &str, handoff: Handoff) -> Result<MonitorLink, ChardevError> {
+        {
+            let map = self.map.lock();
+            let c = map
+                .get(id)
+                .ok_or_else(|| ChardevError::NotFound(id.into()))?;
+            if matches!(c.backend, Backend::Socket { .. }) {
+                c.worker.live.set_handoff(handoff);
+                return Ok(MonitorLink::Connections);
+            }
+        }
+        self.connect_bytes(id).map(MonitorLink::Bytes)
+    }
+
+    /// add_client: `fd` becomes a connection of chardev `id`: one more client of a QMP
+    /// listener, or the connection of a socket chardev that has none (QEMU's
+    /// qemu_chr_add_client). NotFound: there is no such chardev.
+    pub fn add_client(&self, id: &str, fd: OwnedFd) -> Result<(), ChardevError> {
+        if let Some(l) = self.listener(id) {
+            let stream = Stream::from_fd(fd).map_err(|_| ChardevError::AddClient)?;
+            l.add_client(stream);
+            return Ok(());
+        }
+        let live = match self.map.lock().get(id) {
+            Some(c) if matches!(c.backend, Backend::Socket { .. }) => c.worker.live.clone(),
+            Some(_) => return Err(ChardevError::AddClient),
+            None => return Err(ChardevError::NotFound(id.into())),
+        };
+        let stream = Stream::from_fd(fd).map_err(|_| ChardevError::AddClient)?;
+        if live.add_client(stream) {
+            Ok(())
+        } else {
+            Err(ChardevError::AddClient)
+        }
+    }
+
+    /// Connects `frontend` (e.g. "serial0") to chardev `id`: the frontend's end of a new
+    /// socketpair, which the chardev's other end serves.
+    pub fn attach(&self, id: &str, frontend: &str) -> Result<OwnedFd, ChardevError> {
+        self.claim(id, frontend)?;
+        self.connect_bytes(id).inspect_err(|_| {
+            if let Some(c) = self.map.lock().get_mut(id) {
+                c.frontend = None;
+            }
+        })
+    }
+
+    /// The frontend's end of a new socketpair whose other end chardev `id` serves.
+    fn connect_bytes(&self, id: &str) -> Result<OwnedFd, ChardevError> {
+        let map = self.map.lock();
+        let c = map
+            .get(id)
+            .ok_or_else(|| ChardevError::NotFound(id.into()))?;
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| ChardevError::Invalid(format!("socketpair: {e}")))?;
         c.worker.live.set_frontend(Some(ours.into()));
-        c.frontend = Some(frontend.into());
         Ok(theirs.into())
     }
 
@@ -188,6 +297,7 @@ impl Chardevs {
     /// Every chardev ends (the gateway is ending): sockets it bound are removed.
     pub fn shutdown(&self) {
         std::mem::take(&mut *self.map.lock());
+        std::mem::take(&mut *self.listeners.lock());
     }
 }
 

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use ipc::errno_text;
 use parking_lot::Mutex;
 
 use super::io::{connect, Listener, Opened};
+use super::stream::{is_listening, is_stream_socket, Stream};
 use super::ringbuf::Ring;
 use super::spec::{Address, Backend};
 use crate::sockets::bind_private;
@@ -80,6 +82,48 @@ fn open_pty() -> std::io::Result<(File, String)> {
         }
     }
     Ok((master, path))
+}
+
+/// The inherited fds chardevs took (each may be taken once: the chardev owns it).
+static INHERITED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Takes inherited socket fd `n` (QEMU's fd=N): it must be an open socket no chardev
+/// took yet; it is closed on exec from then on (no child inherits it).
+fn inherited(n: i32) -> Result<Stream, String> {
+    let not_socket = || format!("File descriptor '{n}' is not a socket");
+    let mut taken = INHERITED.lock();
+    if taken.contains(&n) {
+        return Err(not_socket());
+    }
+    if !is_stream_socket(n) {
+        return Err(not_socket());
+    }
+    // SAFETY: n is an open socket that nothing else in the gateway owns: it was open
+    // when the command line was read (spec.rs checks), before the gateway opened any
+    // file of its own, and each inherited one is taken once, above.
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    // SAFETY: fcntl on an fd we own, no pointers.
+    unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) };
+    taken.push(n);
+    Stream::from_fd(fd).map_err(|_| not_socket())
+}
+
+/// An inherited listening socket (fd=N with server=on).
+fn inherited_listener(n: i32) -> Result<Listener, String> {
+    if !is_listening(n) {
+        return Err(format!("File descriptor '{n}' is not a listening socket"));
+    }
+    match inherited(n)? {
+        Stream::Unix(s) => {
+            let path = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_default();
+            Ok(Listener::Unix(UnixListener::from(OwnedFd::from(s)), path))
+        }
+        Stream::Tcp(s) => Ok(Listener::Tcp(TcpListener::from(OwnedFd::from(s)))),
+    }
 }
 
 /// What was opened, the filename it starts with, and the path to remove with it (a
@@ -173,6 +217,7 @@ pub(super) fn open(backend: &Backend, waits: bool) -> Result<Made, String> {
                         .map_err(|e| format!("Failed to bind socket to {}: {e}", p.display()))?;
                     (Listener::Unix(l, p.clone()), Some(p.clone()))
                 }
+                Address::Fd(n) => (inherited_listener(*n)?, None),
                 Address::Inet { host, port } => {
                     let a = resolve(host, port)?;
                     let l = TcpListener::bind(a).map_err(|e| {
@@ -186,11 +231,11 @@ pub(super) fn open(backend: &Backend, waits: bool) -> Result<Made, String> {
                 Some(match &listener {
                     Listener::Unix(l, _) => l
                         .accept()
-                        .map(|(s, _)| super::io::Stream::Unix(s))
+                        .map(|(s, _)| super::stream::Stream::Unix(s))
                         .map_err(|e| format!("accept: {}", errno_text(&e)))?,
                     Listener::Tcp(l) => l
                         .accept()
-                        .map(|(s, _)| super::io::Stream::Tcp(s))
+                        .map(|(s, _)| super::stream::Stream::Tcp(s))
                         .map_err(|e| format!("accept: {}", errno_text(&e)))?,
                 })
             } else {
@@ -215,7 +260,9 @@ pub(super) fn open(backend: &Backend, waits: bool) -> Result<Made, String> {
             nodelay,
             ..
         } => {
-            let (conn, retry) = match connect(addr, *nodelay) {
+            let (conn, retry) = match addr {
+                Address::Fd(n) => (Some(inherited(*n)?), None),
+                _ => match connect(addr, *nodelay) {
                 Ok(c) => (Some(c), None),
                 // With reconnect, a client whose server is not there yet tries again.
                 Err(_) if *reconnect > 0 => (
@@ -223,6 +270,7 @@ pub(super) fn open(backend: &Backend, waits: bool) -> Result<Made, String> {
                     Some(std::time::Instant::now() + std::time::Duration::from_secs(*reconnect)),
                 ),
                 Err(e) => return Err(e),
+                },
             };
             made(
                 Opened::Client {

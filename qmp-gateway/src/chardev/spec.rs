@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ChardevError;
 use super::ringbuf::DEFAULT_SIZE;
+use super::stream::is_stream_socket;
 use crate::keyval;
 
 /// Where a socket or udp chardev's peer (or own end) is.
@@ -17,6 +18,9 @@ use crate::keyval;
 pub enum Address {
     Unix(PathBuf),
     Inet { host: String, port: String },
+    /// A socket the gateway inherited as this fd number (the command line's fd=N, as
+    /// libvirt passes its monitor's listening socket): the chardev owns it from then on.
+    Fd(i32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +108,12 @@ struct HostdevData {
 enum AddressData {
     Inet(InetData),
     Unix(UnixData),
+    Fd(FdData),
+}
+
+#[derive(Debug, Deserialize)]
+struct FdData {
+    str: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +189,7 @@ fn ring_size(size: Option<i64>) -> Result<usize, ChardevError> {
 fn inet(addr: AddressData, what: &str) -> Result<(String, String), ChardevError> {
     match addr {
         AddressData::Inet(i) => Ok((i.host, i.port)),
-        AddressData::Unix(_) => Err(ChardevError::Unsupported(format!(
+        AddressData::Unix(_) | AddressData::Fd(_) => Err(ChardevError::Unsupported(format!(
             "a udp chardev's {what} address must be inet"
         ))),
     }
@@ -233,6 +243,9 @@ impl Backend {
                         return Err(ChardevError::Unsupported("abstract".into()))
                     }
                     AddressData::Unix(u) => Address::Unix(u.path.into()),
+                    AddressData::Fd(f) => Address::Fd(f.str.parse().map_err(|_| {
+                        ChardevError::Invalid(format!("Unable to parse FD number {}", f.str))
+                    })?),
                 };
                 let server = s.server.unwrap_or(true);
                 let reconnect = s.reconnect.unwrap_or(0);
@@ -347,7 +360,23 @@ fn cli_data(kind: &str, mut o: Map<String, Value>) -> Result<Value, String> {
             None => json!({}),
         },
         "socket" => {
+            let fd = take("fd");
             let addr = match (take("path"), take("host"), take("port")) {
+                (None, None, None) if fd.is_some() => {
+                    let text = fd.unwrap_or_default();
+                    // Checked now, before the gateway opens files of its own: fd N is
+                    // then one it inherited, never one of its own.
+                    let n: i32 = text
+                        .parse()
+                        .map_err(|_| format!("Unable to parse FD number {text}"))?;
+                    if !is_stream_socket(n) {
+                        return Err(format!("File descriptor '{n}' is not a socket"));
+                    }
+                    json!({"type": "fd", "data": {"str": text}})
+                }
+                _ if fd.is_some() => {
+                    return Err("None or one of 'path', 'fd' or 'host' option required.".into())
+                }
                 (Some(path), None, None) => json!({"type": "unix", "data": {"path": path}}),
                 (None, host, Some(port)) => json!({"type": "inet",
                     "data": {"host": host.unwrap_or_default(), "port": port}}),

@@ -293,6 +293,12 @@ pub struct HeldFd {
 }
 
 impl HeldFd {
+    /// The fd itself, its charge given back (it becomes something bounded otherwise:
+    /// a QMP client's connection).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// A duplicate, for another process (not charged: it is sent and closed at once).
     pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
         self.fd.try_clone()

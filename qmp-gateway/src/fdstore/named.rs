@@ -30,6 +30,14 @@ impl NamedFds {
             .ok_or_else(|| FdError::NameNotFound(name.to_string()))
     }
 
+    /// Takes a named fd out (add_client: it becomes a connection).
+    pub fn take(&self, name: &str) -> Result<HeldFd, FdError> {
+        self.0
+            .lock()
+            .remove(name)
+            .ok_or_else(|| FdError::NameNotFound(name.to_string()))
+    }
+
     /// A duplicate of a named fd, to send to another process.
     pub fn dup(&self, name: &str) -> Result<OwnedFd, FdError> {
         let map = self.0.lock();

@@ -134,6 +134,7 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("ringbuf-write", &Typed(chardev::ringbuf_write), EMPTY, G),
     cmd("ringbuf-read", &Typed(chardev::ringbuf_read), Ty::Str, G),
+    cmd("add_client", &Typed(chardev::add_client), EMPTY, G),
     oob(
         "query-kvm",
         &Typed(machine::query_kvm),

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use ipc::fds::recv_with_fds;
 
+use crate::chardev::Stream;
+
 /// What one read brought.
 pub struct Received {
     pub bytes: usize,
@@ -19,6 +21,16 @@ pub struct Received {
 pub enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
+}
+
+/// A chardev's connection (a listener's client, or one a monitor chardev hands over).
+impl From<Stream> for Conn {
+    fn from(s: Stream) -> Conn {
+        match s {
+            Stream::Unix(s) => Conn::Unix(s),
+            Stream::Tcp(s) => Conn::Tcp(s),
+        }
+    }
 }
 
 impl Conn {
@@ -57,6 +69,14 @@ impl Conn {
             Conn::Unix(s) => s.try_clone().ok().map(|s| Box::new(s) as _),
             Conn::Tcp(s) => s.try_clone().ok().map(|s| Box::new(s) as _),
         }
+    }
+
+    /// How long a write may wait for a peer that does not read (None: for ever).
+    pub fn set_write_timeout(&self, limit: Option<Duration>) {
+        let _ = match self {
+            Conn::Unix(s) => s.set_write_timeout(limit),
+            Conn::Tcp(s) => s.set_write_timeout(limit),
+        };
     }
 
     pub fn shutdown(&self) {

@@ -12,6 +12,7 @@ pub mod json_stream;
 pub mod monitor_number;
 pub mod object_add;
 pub mod outbox;
+pub mod pretty;
 pub mod protocol;
 pub mod qapi;
 pub mod schema;

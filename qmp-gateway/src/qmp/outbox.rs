@@ -8,6 +8,7 @@ use std::io::Write;
 use parking_lot::{Condvar, Mutex};
 
 use super::conn::Conn;
+use super::pretty::pretty_line;
 
 /// Most bytes queued for one client.
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;
@@ -27,14 +28,22 @@ pub struct Outbox {
     state: Mutex<State>,
     cv: Condvar,
     conn: Conn,
+    /// Messages go out in QMP's pretty form (a monitor's pretty=on).
+    pretty: bool,
 }
 
 impl Outbox {
     pub fn new(conn: Conn) -> Outbox {
+        Outbox::with_form(conn, false)
+    }
+
+    /// An outbox whose messages go out pretty if `pretty`.
+    pub fn with_form(conn: Conn, pretty: bool) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             conn,
+            pretty,
         }
     }
 
@@ -98,7 +107,10 @@ impl Outbox {
                     self.cv.wait(&mut st);
                 }
             };
-            let Some(msg) = msg else { break };
+            let Some(mut msg) = msg else { break };
+            if self.pretty {
+                msg = pretty_line(&msg);
+            }
             if writer
                 .as_mut()
                 .map(|w| w.write_all(&msg))

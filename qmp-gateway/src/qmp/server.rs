@@ -5,6 +5,9 @@
 //! when the last client leaves while the VM runs, the fd sets nothing opened are closed,
 //! as QEMU does. A listener that runs out of fds (the budget should prevent it) takes the
 //! waiting connection with a spare fd and turns it away instead of spinning on it.
+//! Each listener is a chardev too (compat_monitorN, chardev/listeners.rs), whose
+//! clients are counted there; a monitor on a chardev (--mon, add_client) brings its
+//! connections to `accept`, under the same slots and handshake time.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -16,6 +19,7 @@ use ipc::RunState;
 use parking_lot::Mutex;
 
 use super::conn::Conn;
+use crate::chardev::{Handoff, Presence, QmpListener, Stream};
 use super::context::ReceivedFd;
 use super::json_stream::JsonStream;
 use super::outbox::Outbox;
@@ -43,6 +47,8 @@ pub struct ServerOptions {
 pub struct Server {
     gw: Arc<Gateway>,
     slots: Arc<Slots>,
+    /// The slots of monitors on chardevs that are no sockets (one per chardev at most).
+    byte_monitors: Arc<Slots>,
     handshake: Option<Duration>,
     budget: Arc<FdBudget>,
     /// Given up to take a connection when the gateway is out of fds.
@@ -52,13 +58,14 @@ pub struct Server {
 }
 
 /// How a connection is accepted, for either kind of listener.
-type Accept = dyn Fn() -> std::io::Result<Conn> + Send;
+type Accept = dyn Fn() -> std::io::Result<Stream> + Send;
 
 impl Server {
     pub fn new(gw: Arc<Gateway>, options: ServerOptions) -> Server {
         Server {
             gw,
             slots: Slots::new(options.max_clients),
+            byte_monitors: Slots::new(crate::chardev::MAX_CHARDEVS),
             handshake: options.handshake,
             budget: options.budget,
             spare: Arc::new(Mutex::new(File::open("/dev/null").ok())),
@@ -66,31 +73,50 @@ impl Server {
         }
     }
 
-    pub fn serve_unix(&self, listener: UnixListener) -> std::io::Result<()> {
+    /// Serves `listener`, whose clients `chardev` (its compat_monitorN) counts.
+    pub fn serve_unix(
+        &self,
+        listener: UnixListener,
+        chardev: Arc<QmpListener>,
+    ) -> std::io::Result<()> {
         self.listen(
             "qmp-accept",
-            Box::new(move || listener.accept().map(|(s, _)| Conn::Unix(s))),
+            Box::new(move || listener.accept().map(|(s, _)| Stream::Unix(s))),
+            chardev,
         )
     }
 
-    pub fn serve_tcp(&self, listener: TcpListener) -> std::io::Result<()> {
+    pub fn serve_tcp(
+        &self,
+        listener: TcpListener,
+        chardev: Arc<QmpListener>,
+    ) -> std::io::Result<()> {
         self.listen(
             "qmp-accept-tcp",
             Box::new(move || {
                 let (s, _) = listener.accept()?;
                 let _ = s.set_nodelay(true);
-                Ok(Conn::Tcp(s))
+                Ok(Stream::Tcp(s))
             }),
+            chardev,
         )
     }
 
-    fn listen(&self, name: &str, accept: Box<Accept>) -> std::io::Result<()> {
+    fn listen(
+        &self,
+        name: &str,
+        accept: Box<Accept>,
+        chardev: Arc<QmpListener>,
+    ) -> std::io::Result<()> {
         let server = self.clone();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || loop {
                 match accept() {
-                    Ok(conn) => server.accept(conn),
+                    Ok(stream) => {
+                        let presence = chardev.arrive(&stream);
+                        server.accept(stream.into(), Some(presence));
+                    }
                     Err(e) => server.accept_failed(&e, &*accept),
                 }
             })?;
@@ -102,9 +128,9 @@ impl Server {
             Some(libc::EMFILE | libc::ENFILE) => {
                 let mut spare = self.spare.lock();
                 spare.take();
-                if let Ok(conn) = accept() {
+                if let Ok(stream) = accept() {
                     let e = QmpError::generic("The gateway is out of file descriptors");
-                    conn.refuse(&protocol::response(Err(e), None));
+                    Conn::from(stream).refuse(&protocol::response(Err(e), None));
                 }
                 *spare = File::open("/dev/null").ok();
                 let mut last = self.out_of_fds.lock();
@@ -121,21 +147,61 @@ impl Server {
         }
     }
 
-    fn accept(&self, conn: Conn) {
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
+    /// A new account with the fd budget (an HMP monitor's).
+    pub fn fd_account(&self) -> crate::fdstore::Account {
+        self.budget.account()
+    }
+
+    /// Where a listener's chardev sends the connections add_client brings: here.
+    pub fn handoff(&self) -> Handoff {
+        let server = self.clone();
+        Arc::new(move |stream, presence| server.accept(Conn::from(stream), presence))
+    }
+
+    /// Serves a new client on `conn` (`presence` counts it on its listener while it
+    /// stays).
+    pub fn accept(&self, conn: Conn, presence: Option<Presence>) {
+        self.accept_pretty(conn, presence, false);
+    }
+
+    /// The same, its messages in the pretty form if `pretty` (a monitor's pretty=on).
+    pub fn accept_pretty(&self, conn: Conn, presence: Option<Presence>, pretty: bool) {
+        self.start_client(conn, presence, &self.slots, (self.handshake, pretty));
+    }
+
+    /// Serves a QMP monitor on a chardev that is no socket (a pty, stdio...): one
+    /// session for as long as the chardev lives, its own slot, no handshake time (QEMU's
+    /// greeting goes out once, when the monitor starts).
+    pub fn serve_byte_monitor(&self, conn: Conn, pretty: bool) {
+        let slots = self.byte_monitors.clone();
+        self.start_client(conn, None, &slots, (None, pretty));
+    }
+
+    fn start_client(
+        &self,
+        conn: Conn,
+        presence: Option<Presence>,
+        slots: &Arc<Slots>,
+        (handshake, pretty): (Option<Duration>, bool),
+    ) {
         let outbox = match conn.try_clone() {
-            Ok(c) => Arc::new(Outbox::new(c)),
+            Ok(c) => Arc::new(Outbox::with_form(c, pretty)),
             Err(e) => {
                 log::warn!("QMP client: {e}");
                 conn.shutdown();
                 return;
             }
         };
-        let ticket = match self.slots.admit(&outbox) {
+        let ticket = match slots.admit(&outbox) {
             Admission::Admitted(ticket) => ticket,
             Admission::Full(line) => {
                 log::warn!(
                     "QMP: {} clients already connected; turning one away",
-                    self.slots.max()
+                    slots.max()
                 );
                 conn.refuse(&line);
                 return;
@@ -145,8 +211,9 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("qmp-client".into())
             .spawn(move || {
-                server.client(conn, outbox, &ticket);
+                server.client(conn, outbox, &ticket, handshake);
                 drop(ticket);
+                drop(presence);
                 server.left();
             });
         if let Err(e) = spawned {
@@ -157,7 +224,8 @@ impl Server {
     /// A client has gone. Once none is left while the VM runs, the fd sets nothing
     /// opened are closed (QEMU 7.2's monitor_fdsets_cleanup).
     fn left(&self) {
-        if self.slots.connected() == 0 && self.gw.run_state() == RunState::Running {
+        let connected = self.slots.connected() + self.byte_monitors.connected();
+        if connected == 0 && self.gw.run_state() == RunState::Running {
             let closed = self.gw.fdsets.close_unopened();
             if closed > 0 {
                 log::info!("QMP: the last client left; closed the {closed} fds of its fd sets");
@@ -165,7 +233,13 @@ impl Server {
         }
     }
 
-    fn client(&self, conn: Conn, outbox: Arc<Outbox>, ticket: &Ticket) {
+    fn client(
+        &self,
+        conn: Conn,
+        outbox: Arc<Outbox>,
+        ticket: &Ticket,
+        handshake: Option<Duration>,
+    ) {
         let writer = outbox.clone();
         if std::thread::Builder::new()
             .name("qmp-writer".into())
@@ -184,7 +258,7 @@ impl Server {
         let mut stream = JsonStream::default();
         let mut pending: Vec<ReceivedFd> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let deadline = self.handshake.map(|h| Instant::now() + h);
+        let deadline = handshake.map(|h| Instant::now() + h);
         // Said once per client: a client that floods fds does not flood the log.
         let mut warned = false;
         loop {

@@ -217,11 +217,11 @@ fn put16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put32(out: &mut Vec<u8>, v: u32) {
+pub(super) fn put32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put64(out: &mut Vec<u8>, v: u64) {
+pub(super) fn put64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 

@@ -11,9 +11,9 @@
 
 use std::io::Write;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use super::elf::{self, CpuRegs};
+use super::elf::{self, put32, put64, CpuRegs};
 
 pub const PAGE: u64 = 4096;
 const BITS_PER_BLOCK: u64 = PAGE * 8;
@@ -282,33 +282,24 @@ impl Kdump {
         let mut compressor = Compressor::new(self.compression);
         let mut packed = vec![0u8; Compressor::room(self.compression)];
         let mut chunk = vec![0u8; CHUNK as usize];
-        for &(start, len) in &self.blocks {
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(CHUNK);
-                let buf = &mut chunk[..n as usize];
-                // Blocks are RAM; one the guest ejected meanwhile reads as zeroes.
-                if mem.read_slice(buf, GuestAddress(start + at)).is_err() {
-                    buf.fill(0);
+        super::each_chunk(mem, &self.blocks, &mut chunk, |buf| {
+            for page in buf.chunks(PAGE as usize) {
+                if page == zero {
+                    descriptors.add(&mut flat, &zero_descriptor)?;
+                    continue;
                 }
-                for page in buf.chunks(PAGE as usize) {
-                    if page == zero {
-                        descriptors.add(&mut flat, &zero_descriptor)?;
-                        continue;
-                    }
-                    let (stored, flags) = match compressor.compress(page, &mut packed) {
-                        Some(len) => (&packed[..len], self.compression.flag()),
-                        None => (page, 0),
-                    };
-                    data.add(&mut flat, stored)?;
-                    let d = descriptor(next_data, stored.len() as u32, flags);
-                    descriptors.add(&mut flat, &d)?;
-                    next_data += stored.len() as u64;
-                }
-                at += n;
-                done(n);
+                let (stored, flags) = match compressor.compress(page, &mut packed) {
+                    Some(len) => (&packed[..len], self.compression.flag()),
+                    None => (page, 0),
+                };
+                data.add(&mut flat, stored)?;
+                let d = descriptor(next_data, stored.len() as u32, flags);
+                descriptors.add(&mut flat, &d)?;
+                next_data += stored.len() as u64;
             }
-        }
+            done(buf.len() as u64);
+            Ok(())
+        })?;
         descriptors.flush(&mut flat)?;
         data.flush(&mut flat)?;
         flat.end()
@@ -342,14 +333,6 @@ fn descriptor(offset: u64, size: u32, flags: u32) -> [u8; DESCRIPTOR_SIZE as usi
     d[8..12].copy_from_slice(&size.to_le_bytes());
     d[12..16].copy_from_slice(&flags.to_le_bytes());
     d
-}
-
-fn put32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
 }
 
 #[cfg(test)]

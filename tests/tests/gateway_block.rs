@@ -210,7 +210,7 @@ fn bandwidth_limit_holds() {
 #[test]
 fn stop_returns_with_the_guests_requests_done_whatever_the_limits() {
     let dir = TempDir::new("gw-blk-stop-drain");
-    let gw = verify_loop_gateway(&dir, NO_FLUSH);
+    let mut gw = verify_loop_gateway(&dir, NO_FLUSH);
     let mut c = gw.client();
     // 20 operations/s: the guest's next request always waits in the daemon.
     throttle(&mut c, json!({"iops": 20}));
@@ -228,6 +228,22 @@ fn stop_returns_with_the_guests_requests_done_whatever_the_limits() {
     std::thread::sleep(Duration::from_millis(300));
     let (_, iops) = rates(&mut c, Duration::from_secs(2));
     assert!(iops < 30.0, "{iops:.0} operations/s against a limit of 20");
+
+    // The device state saved and loaded back into the stopped VM (xen-save-devices-
+    // state, xen-load-devices-state): the disk, whose rings run as the state lays them
+    // out, keeps them, and the guest's rounds go on.
+    throttle(&mut c, json!({}));
+    c.ok("stop", json!({}));
+    let state = dir.path().join("devices.state").display().to_string();
+    c.ok("xen-save-devices-state", json!({"filename": state}));
+    c.ok("xen-load-devices-state", json!({"filename": state}));
+    let rounds = gw.vm.transcript().matches("GUEST BLK ROUND").count();
+    c.ok("cont", json!({}));
+    // The round after the one the load interrupted is the guest's work since.
+    let round = gw
+        .vm
+        .expect_prefix(&format!("GUEST BLK ROUND {} ", rounds + 2), TIMEOUT);
+    assert!(round.ends_with(" OK errors=0"), "{round}");
     let t = gw.vm.transcript();
     assert!(!t.contains("FAILED") && !t.contains("GUEST ERROR"), "{t}");
 }

@@ -505,6 +505,20 @@ impl Runner<'_> {
         }
     }
 
+    /// xen-load-devices-state: a saved state into the stopped VM (QEMU's words while it
+    /// runs). Not while it migrates: the stream's own state goes in (or out) then.
+    fn load_state(&mut self, state: &[u8]) -> Result<(), RemoteError> {
+        match self.state {
+            RunState::Running => Err(RemoteError::generic(
+                "Cannot update device state while vm is running",
+            )),
+            RunState::InMigrate | RunState::FinishMigrate => Err(RemoteError::generic(
+                "Cannot update device state while the VM is migrating",
+            )),
+            _ => (self.vm.load_state(state)).map_err(|e| RemoteError::generic(e.to_string())),
+        }
+    }
+
     /// A migration's requests, which may answer with fds.
     fn handle_migration(&mut self, request: VmmRequest) -> Answer {
         let done = || (Ok(VmmReply::Done), Vec::new());
@@ -681,6 +695,7 @@ impl Runner<'_> {
                 self.dump_start(&request, fds).map(|()| VmmReply::Done)
             }
             VmmRequest::QueryDump => Ok(VmmReply::Dump(*self.dump.progress.lock())),
+            VmmRequest::LoadState(state) => self.load_state(&state).map(|()| VmmReply::Done),
             VmmRequest::Input(steps) => {
                 let dropped = self.vm.input.push(steps);
                 if dropped > 0 {

@@ -118,6 +118,23 @@ impl Vm {
             .map_err(|e| SnapshotError::Malformed(e.to_string()))
     }
 
+    /// xen-load-devices-state: a state saved from a VM of this shape into this one, which
+    /// may have run (vCPUs parked, guest RAM left as it is). All or nothing: when a part
+    /// is refused (a device that differs) after others went in, the VM's own state from
+    /// just before goes back in.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let before = self.save_state()?;
+        match self.restore_state(bytes) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(undo) = self.restore_state(&before) {
+                    log::error!("putting the VM's state back after a failed load: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Takes a source's state into this VM (built with the same shape, vCPUs parked,
     /// guest RAM already holding the source's memory: the devices resume their rings
     /// from it).

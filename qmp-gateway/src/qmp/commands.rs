@@ -626,6 +626,18 @@ pub const COMMANDS: &[Command] = &[
         G,
     ),
     cmd(
+        "xen-save-devices-state",
+        &Typed(migrate::xen_save_devices_state),
+        EMPTY,
+        V,
+    ),
+    cmd(
+        "xen-load-devices-state",
+        &Typed(migrate::xen_load_devices_state),
+        EMPTY,
+        V,
+    ),
+    cmd(
         "human-monitor-command",
         &Typed(hmp::human_monitor_command),
         Ty::Str,

@@ -1,12 +1,19 @@
 //! The migration commands themselves: migrate, migrate-incoming, migrate_cancel,
 //! query-migrate and migrate-start-postcopy (the settings' commands are in
-//! migration.rs). The migration runs on its own thread: migrate answers at once, and
+//! migration.rs); and xen-save-devices-state / xen-load-devices-state, the device state
+//! alone to and from a file. The migration runs on its own thread: migrate answers at once, and
 //! its end shows in query-migrate and the MIGRATION event, as in QEMU.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use ipc::{MigratedState, RunState, VmmReply, VmmRequest};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::fdstore::error::FdError;
+use crate::migration::device_file;
 use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -111,5 +118,129 @@ pub fn migrate_start_postcopy(c: &mut Ctx, _: NoArgs) -> QmpResult {
     c.gw.migrator
         .start_postcopy()
         .map_err(|e| QmpError::generic(e.to_string()))?;
+    Ok(json!({}))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct XenSaveDevicesState {
+    pub filename: String,
+    pub live: Option<bool>,
+}
+
+serde_arguments!(
+    XenSaveDevicesState,
+    [req("filename", Ty::Str), opt("live", Ty::Bool)]
+);
+
+#[derive(Debug, Deserialize)]
+pub struct XenLoadDevicesState {
+    pub filename: String,
+}
+
+serde_arguments!(XenLoadDevicesState, [req("filename", Ty::Str)]);
+
+/// QEMU's words for a device state file it cannot open.
+fn unable_to_open(path: &str, e: &std::io::Error) -> QmpError {
+    QmpError::generic(format!("Unable to open {path}: {}", ipc::errno_text(e)))
+}
+
+/// xen-save-devices-state: what a migration carries for the devices (vmm-core's state,
+/// the NICs' host sides), without guest RAM or disks, into a file the gateway makes
+/// (0660, as QEMU's). A running VM is stopped for it and runs again, as in QEMU (STOP
+/// and RESUME). QEMU's `live` hands a stopped VM's images to another host (libxl's
+/// migration); here they stay this VM's, with their locks, whatever `live` says.
+pub fn xen_save_devices_state(c: &mut Ctx, a: XenSaveDevicesState) -> QmpResult {
+    let _ = a.live;
+    match c.gw.run_state() {
+        RunState::InMigrate => {
+            return Err(QmpError::generic(
+                "The VM is waiting for an incoming migration: it has no device state yet",
+            ))
+        }
+        _ if c.gw.migrator.in_progress() => {
+            return Err(QmpError::generic(
+                "Cannot save the device state while a migration is in progress",
+            ))
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o660)
+        .open(&a.filename)
+        .map_err(|e| unable_to_open(&a.filename, &e))?;
+    let running = c.gw.run_state() == RunState::Running;
+    if running {
+        c.gw.stop()?;
+    }
+    let saved = c.gw.vmm.request(VmmRequest::SaveState, &[]);
+    let nics = c.gw.net.migrated_nics();
+    if running {
+        c.gw.cont()?;
+    }
+    let vmm = match saved? {
+        VmmReply::State(s) => s,
+        other => {
+            return Err(QmpError::generic(format!(
+                "vmm-core answered the state's request with {other:?}"
+            )))
+        }
+    };
+    let bytes = device_file::encode(&MigratedState { vmm, nics })
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    // QEMU's QERR_IO_ERROR for a write that fails (a full disk).
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|_| QmpError::generic("An IO error has occurred"))?;
+    Ok(json!({}))
+}
+
+/// xen-load-devices-state: a file of xen-save-devices-state into this VM, stopped, with
+/// its guest RAM as it is (QEMU's Xen flow brings RAM on its own; here the VM's own RAM
+/// is the one the state goes with). vmm-core takes the state all or nothing; a file
+/// from a VM of another shape (memory, vCPUs, devices, NICs) is refused saying how it
+/// differs, and the VM is left as it was. `cont` runs it.
+pub fn xen_load_devices_state(c: &mut Ctx, a: XenLoadDevicesState) -> QmpResult {
+    match c.gw.run_state() {
+        RunState::Running => {
+            return Err(QmpError::generic(
+                "Cannot update device state while vm is running",
+            ))
+        }
+        RunState::InMigrate | RunState::FinishMigrate => {
+            return Err(QmpError::generic(
+                "Cannot update device state while the VM is migrating",
+            ))
+        }
+        _ if c.gw.migrator.in_progress() => {
+            return Err(QmpError::generic(
+                "Cannot update device state while a migration is in progress",
+            ))
+        }
+        _ => {}
+    }
+    let mut file = File::open(&a.filename).map_err(|e| unable_to_open(&a.filename, &e))?;
+    let cannot = |why: String| {
+        QmpError::generic(format!(
+            "Cannot load the device state from {}: {why}",
+            a.filename
+        ))
+    };
+    let state = device_file::read(&mut file).map_err(|e| cannot(e.to_string()))?;
+    let here = c.gw.net.migrated_nics().len();
+    if state.nics.len() != here {
+        return Err(cannot(format!(
+            "its VM has {} NICs, this one {here}",
+            state.nics.len()
+        )));
+    }
+    c.gw.vmm
+        .request(VmmRequest::LoadState(state.vmm), &[])
+        .map_err(|e| cannot(QmpError::from(e).desc))?;
+    c.gw.net
+        .restore_migrated_nics(state.nics)
+        .map_err(|e| cannot(format!("the NICs: {e}")))?;
     Ok(json!({}))
 }

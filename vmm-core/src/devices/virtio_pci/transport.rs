@@ -46,7 +46,7 @@ const CAP_DEVICE: u8 = 4;
 
 // Device status bits (virtio 1.2, 2.1).
 
-#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct QueueState {
     size: u16,
     enabled: bool,
@@ -544,6 +544,18 @@ impl PciFunction for VirtioPci {
                 self.queues.len()
             ));
         }
+        // A device that runs its rings already (a state loaded into a VM that ran:
+        // xen-load-devices-state, guest RAM left as it is) keeps them running if the
+        // state lays them out as they are, since the rings' progress is in guest RAM and
+        // the backend; otherwise they stop first, as when the driver resets the device.
+        let keep_rings = self.activated
+            && s.activated
+            && s.driver_features == self.driver_features
+            && s.queues == self.queues;
+        if self.activated && !keep_rings {
+            self.device.reset();
+            self.activated = false;
+        }
         self.config.restore(&s.config)?;
         self.register_kicks()?;
         self.msix.restore_entries(&s.msix_entries)?;
@@ -557,7 +569,7 @@ impl PciFunction for VirtioPci {
         self.config_changed.restore(s.config_changed);
         self.sync_vectors();
         self.msix.raise_pending(s.msix_pending);
-        if s.activated {
+        if s.activated && !keep_rings {
             let features = self.driver_features;
             let (active, device) = self.active_queues();
             device.resume(features, &active)?;

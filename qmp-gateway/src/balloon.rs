@@ -249,6 +249,7 @@ mod tests {
                     slot: 6,
                     function: 0
                 }),
+                bootindex: None,
             })
         );
         for (bad, error) in [

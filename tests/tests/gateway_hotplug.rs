@@ -421,7 +421,7 @@ fn added_devices_match_qemu() {
     let mut p = peers();
     for c in [&mut p.qemu, &mut p.ours] {
         let disk = json!({"driver": "virtio-blk-pci", "drive": "spare", "id": "hb",
-                          "serial": "s1"});
+                          "serial": "s1", "bootindex": 1});
         assert_eq!(c.ok("device_add", disk), json!({}));
         let nic = json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "hn"});
         assert_eq!(c.ok("device_add", nic), json!({}));
@@ -446,6 +446,11 @@ fn added_devices_match_qemu() {
             "device_del of an unknown id",
             "device_del",
             json!({"id": "hb3"}),
+        ),
+        (
+            "a hot-added disk's boot index",
+            "device_add",
+            json!({"driver": "virtio-net-pci", "id": "hn3", "bootindex": 1}),
         ),
     ] {
         let q = error(&p.qemu.execute(command, args.clone()));
@@ -1242,6 +1247,12 @@ fn bad_command_line_devices_are_refused_in_qemus_words() {
             &format!("{disk},id=a"),
             "-device",
             "virtio-blk-pci,drive=libvirt-1-storage,id=a",
+        ]),
+        node(&[
+            "-device",
+            &format!("{disk},id=a,bootindex=1"),
+            "-device",
+            "virtio-blk-pci,drive=libvirt-1-storage,bootindex=1",
         ]),
         vec!["-device".into(), "virtio-blk-pci".into()],
         vec!["-device".into(), "virtio-net-pci,netdev=nn,id=b".into()],

@@ -58,6 +58,8 @@ pub enum DeviceError {
     NoFreeSlot(&'static str),
     #[error("drive property not set")]
     DriveNotSet,
+    #[error("The bootindex {0} has already been used")]
+    BootIndexUsed(i32),
     #[error("num-queues property must be larger than 0")]
     NoQueues,
     /// A CPU's checks (devices/cpu.rs).

@@ -118,6 +118,9 @@ impl Gateway {
         plug: Plug,
     ) -> Result<Made, DeviceError> {
         let props = spec.properties()?;
+        if let Some(index) = props.bootindex() {
+            self.devices.lock().take_bootindex(ticket, index)?;
+        }
         let iothread = match &props {
             Props::Blk(b) => b.iothread.clone(),
             Props::Net(_) => None,

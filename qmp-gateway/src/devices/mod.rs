@@ -89,6 +89,8 @@ pub struct Device {
     /// The iothread object it was placed on (iothread=), held while it is here (the
     /// block layer knows its disk's place there: block/iothreads.rs).
     pub iothread: Option<String>,
+    /// bootindex=, taken while it is here.
+    bootindex: Option<i32>,
 }
 
 impl Device {
@@ -179,6 +181,7 @@ impl Devices {
             backend: None,
             requested_ms: 0,
             iothread: None,
+            bootindex: None,
         });
         Ok(Ticket { qom_path })
     }
@@ -246,6 +249,17 @@ impl Devices {
         }
     }
 
+    /// The reserved device takes boot index `index`, unless another device has it.
+    pub fn take_bootindex(&mut self, ticket: &Ticket, index: i32) -> Result<(), DeviceError> {
+        if self.devices.iter().any(|d| d.bootindex == Some(index)) {
+            return Err(DeviceError::BootIndexUsed(index));
+        }
+        if let Some(at) = self.position(ticket) {
+            self.devices[at].bootindex = Some(index);
+        }
+        Ok(())
+    }
+
     /// A device vmm-core keeps no backend of ours for (a CPU) is on the machine.
     pub fn added_without_backend(&mut self, ticket: &Ticket) {
         if let Some(at) = self.position(ticket) {
@@ -305,6 +319,19 @@ impl Devices {
             }
             _ => Err(not_found()),
         }
+    }
+
+    /// The devices in QOM container `container` (/machine/peripheral or -anon), as
+    /// (name in it, QEMU type), in the order they came.
+    pub fn children_of(&self, container: &str) -> Vec<(String, &'static str)> {
+        let prefix = format!("{container}/");
+        (self.devices.iter())
+            .filter(|d| d.phase != Phase::Adding)
+            .filter_map(|d| {
+                let name = d.qom_path.strip_prefix(&prefix)?;
+                Some((name.to_string(), d.model.typename()))
+            })
+            .collect()
     }
 
     /// The VM runs or stops (vmm-core's run state): the virtual clock with it.

@@ -90,6 +90,7 @@ pub struct BlkProps {
     pub addr: Option<Addr>,
     /// iothread=: the iothread object whose thread serves it ("" for none, as QEMU).
     pub iothread: Option<String>,
+    pub bootindex: Option<i32>,
 }
 
 /// A virtio-net-pci's properties.
@@ -98,6 +99,7 @@ pub struct NetProps {
     pub netdev: Option<String>,
     pub mac: Option<[u8; 6]>,
     pub addr: Option<Addr>,
+    pub bootindex: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,16 @@ impl Props {
             Props::Blk(b) => b.addr,
             Props::Net(n) => n.addr,
         }
+    }
+
+    /// bootindex=, which no two devices may share (QEMU's check_boot_index: a negative one
+    /// is none).
+    pub fn bootindex(&self) -> Option<i32> {
+        let index = match self {
+            Props::Blk(b) => b.bootindex,
+            Props::Net(n) => n.bootindex,
+        };
+        index.filter(|i| *i >= 0)
     }
 }
 
@@ -205,7 +217,7 @@ impl DeviceSpec {
                         "iothread" => p.iothread = Some(v.clone()).filter(|t| !t.is_empty()),
                         // The transport's MSI-X vectors: ours has its own count.
                         "vectors" => drop(uint(v, "vectors", u32::MAX.into())?),
-                        "bootindex" => boot_index(v)?,
+                        "bootindex" => p.bootindex = Some(boot_index(v)?),
                         _ => return Err(no_property(model, k)),
                     }
                 }
@@ -230,7 +242,7 @@ impl DeviceSpec {
                         // backends; the vectors are the transport's own.
                         "mq" => drop(on_off(v, "mq")?),
                         "vectors" => drop(uint(v, "vectors", u32::MAX.into())?),
-                        "bootindex" => boot_index(v)?,
+                        "bootindex" => p.bootindex = Some(boot_index(v)?),
                         _ => return Err(no_property(model, k)),
                     }
                 }
@@ -312,15 +324,15 @@ fn uint(v: &str, property: &'static str, max: u64) -> Result<u32, DeviceError> {
     Ok(n as u32)
 }
 
-/// bootindex= (libvirt sets it on its boot disk), checked as QEMU reads it and then
-/// dropped: the VM boots its kernel directly (--kernel), with no firmware to order.
-fn boot_index(v: &str) -> Result<(), DeviceError> {
+/// bootindex= (libvirt sets it on its boot disk), read as QEMU reads it. Only checked
+/// (a number, none twice): the VM boots its kernel directly (--kernel), with no firmware
+/// to order.
+fn boot_index(v: &str) -> Result<i32, DeviceError> {
     let n = crate::keyval::integer(v).ok_or(DeviceError::NotInteger("bootindex"))?;
     i32::try_from(n).map_err(|_| DeviceError::OutOfRange {
         property: "bootindex",
         ty: "int32_t",
-    })?;
-    Ok(())
+    })
 }
 
 /// A keyval boolean (qapi_bool_parse).
@@ -527,16 +539,20 @@ mod tests {
                     function: 0
                 }),
                 iothread: Some("io0".into()),
+                bootindex: None,
             }))
         );
-        // drive= "" is no drive, iothread= "" no iothread; a boot index is taken.
+        // drive= "" is no drive, iothread= "" no iothread; a negative boot index is none.
         assert_eq!(
-            props(
-                json!({"driver": "virtio-blk-pci", "drive": "", "iothread": "",
-                         "bootindex": 1})
-            ),
+            props(json!({"driver": "virtio-blk-pci", "drive": "", "iothread": ""})),
             Ok(Props::Blk(BlkProps::default()))
         );
+        let boot = |index: Value| {
+            props(json!({"driver": "virtio-net-pci", "bootindex": index})).map(|p| p.bootindex())
+        };
+        assert_eq!(boot(json!(1)), Ok(Some(1)));
+        assert_eq!(boot(json!("0x2")), Ok(Some(2)));
+        assert_eq!(boot(json!(-5)), Ok(None));
         for (args, err) in [
             (
                 json!({"driver": "virtio-blk-pci", "num_queues": 2}),
@@ -595,6 +611,7 @@ mod tests {
                 netdev: None,
                 mac: Some([0x52, 0x54, 0, 0, 0, 1]),
                 addr: None,
+                bootindex: None,
             }))
         );
     }

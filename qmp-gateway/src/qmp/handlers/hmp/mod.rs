@@ -5,6 +5,7 @@
 //! and `info` list the table. Unknown commands are answered as QEMU answers them: the
 //! text "unknown command: '...'".
 
+mod args;
 mod block;
 mod info;
 mod migrate;
@@ -17,7 +18,9 @@ use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
-use reply::{error, run_qmp, usage};
+use reply::{error, invalid_value, run_qmp, usage};
+
+use crate::migration::settings::Capability;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -132,12 +135,6 @@ pub const HMP: &[HmpCommand] = &[
         "[subcommand]",
         "show various information about the system state",
         |_, _, _| help("info"),
-    ),
-    line(
-        "device_del",
-        "device",
-        "remove device",
-        |c, a, _| with_word(c, a, "device_del", "device_del", "id"),
     ),
     qmp(
         "info balloon",
@@ -298,12 +295,6 @@ pub const HMP: &[HmpCommand] = &[
         "send mouse move events",
         super::input::hmp_mouse_move,
     ),
-    line(
-        "netdev_del",
-        "id",
-        "remove host network device",
-        |c, a, _| with_word(c, a, "netdev_del", "netdev_del", "id"),
-    ),
     action("nmi", "inject an NMI", "inject-nmi"),
     line(
         "pmemsave",
@@ -331,6 +322,98 @@ pub const HMP: &[HmpCommand] = &[
         "changes status of a specific trace event (vcpu: vCPU to set, default is all)",
         |c, a, _| super::trace::hmp_trace_event(c, a),
     ),
+    line(
+        "block_job_cancel",
+        "[-f] device",
+        "stop an active background block operation (use -f\n\t\t\t if you want to abort the operation immediately\n\t\t\t instead of keep running until data is in sync)",
+        |c, a, _| mapped(c, a, "block_job_cancel", "force:-f,device:B", "block-job-cancel"),
+    ),
+    line(
+        "block_job_complete",
+        "device",
+        "stop an active background block operation",
+        |c, a, _| mapped(c, a, "block_job_complete", "device:B", "block-job-complete"),
+    ),
+    line(
+        "block_job_pause",
+        "device",
+        "pause an active background block operation",
+        |c, a, _| mapped(c, a, "block_job_pause", "device:B", "block-job-pause"),
+    ),
+    line(
+        "block_job_resume",
+        "device",
+        "resume a paused background block operation",
+        |c, a, _| mapped(c, a, "block_job_resume", "device:B", "block-job-resume"),
+    ),
+    line(
+        "block_job_set_speed",
+        "device speed",
+        "set maximum speed for a background block operation",
+        |c, a, _| mapped(c, a, "block_job_set_speed", "device:B,speed:o", "block-job-set-speed"),
+    ),
+    line(
+        "block_resize",
+        "device size",
+        "resize a block image",
+        |c, a, _| mapped(c, a, "block_resize", "device:B,size:o", "block_resize"),
+    ),
+    line("chardev-remove", "id", "remove chardev", |c, a, _| {
+        mapped(c, a, "chardev-remove", "id:s", "chardev-remove")
+    }),
+    line(
+        "device_add",
+        "driver[,prop=value][,...]",
+        "add device, like -device on the command line",
+        |c, a, _| with_opts(c, a, "device_add", "driver"),
+    ),
+    line("device_del", "device", "remove device", |c, a, _| {
+        mapped(c, a, "device_del", "id:s", "device_del")
+    }),
+    line(
+        "eject",
+        "[-f] device",
+        "eject a removable medium (use -f to force it)",
+        |c, a, _| mapped(c, a, "eject", "force:-f,device:B", "eject"),
+    ),
+    line(
+        "migrate",
+        "[-d] [-b] [-i] [-r] uri",
+        "migrate to URI (using -d to not wait for completion)\n\t\t\t -b for migration without shared storage with full copy of disk\n\t\t\t -i for migration without shared storage with incremental copy of disk (base image shared between src and destination)\n\t\t\t -r to resume a paused migration",
+        migrate,
+    ),
+    action("migrate_cancel", "cancel the current VM migration", "migrate_cancel"),
+    line(
+        "migrate_set_capability",
+        "capability state",
+        "Enable/Disable the usage of a capability for migration",
+        migrate_set_capability,
+    ),
+    line(
+        "netdev_add",
+        "[user|tap|socket|stream|dgram|vde|bridge|hubport|netmap|vhost-user],id=str[,prop=value][,...]",
+        "add host network device",
+        |c, a, _| with_opts(c, a, "netdev_add", "type"),
+    ),
+    line("netdev_del", "id", "remove host network device", |c, a, _| {
+        mapped(c, a, "netdev_del", "id:s", "netdev_del")
+    }),
+    line("object_del", "id", "destroy QOM object", |c, a, _| {
+        mapped(c, a, "object_del", "id:s", "object-del")
+    }),
+    line(
+        "screendump",
+        "filename [-f format] [device [head]]",
+        "save screen from head 'head' of display device 'device'in specified format 'format' as image 'filename'.Currently only 'png' and 'ppm' formats are supported.",
+        screendump,
+    ),
+    line(
+        "set_link",
+        "name on|off",
+        "change the link status of a network adapter",
+        |c, a, _| mapped(c, a, "set_link", "name:s,up:b", "set_link"),
+    ),
+    action("system_wakeup", "wakeup guest from suspend", "system_wakeup"),
 ];
 
 pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
@@ -377,20 +460,86 @@ pub fn run_line(c: &mut Ctx, line: &str, cpu: &mut u32) -> String {
     text.replace('\n', "\r\n")
 }
 
-/// Runs the QMP command `qmp` with its one string member `member` from the HMP
-/// command `name`'s one word, as QEMU's monitor reads an 's' argument; nothing printed
-/// when it works.
-fn with_word(c: &mut Ctx, arguments: &str, name: &str, qmp: &str, member: &str) -> String {
-    let (word, rest) = split_word(arguments);
-    if word.is_empty() {
-        return usage(name, name, "string expected");
+/// Runs the QMP command `qmp` with the members HMP's `name` reads from `arguments` by
+/// `spec` (args.rs); nothing printed when it works.
+fn mapped(c: &mut Ctx, arguments: &str, name: &str, spec: &str, qmp: &str) -> String {
+    match args::read(name, spec, arguments) {
+        Ok(members) => match run_qmp(c, qmp, members) {
+            Ok(_) => String::new(),
+            Err(e) => error(&e),
+        },
+        Err(why) => format!("{why}Try \"help {name}\" for more information\n"),
     }
-    if !rest.trim_end().is_empty() {
-        return usage(name, name, "extraneous characters at the end of line");
+}
+
+/// HMP `migrate_set_capability NAME on|off`: QEMU checks the name first.
+fn migrate_set_capability(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    const NAME: &str = "migrate_set_capability";
+    let members = match args::read(NAME, "capability:s,state:b", arguments) {
+        Ok(m) => m,
+        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+    };
+    let capability = members["capability"].as_str().unwrap_or_default();
+    let known = Capability::ALL.iter().any(|c| c.name() == capability);
+    if !known {
+        return invalid_value(capability);
     }
     let mut arguments = Map::new();
-    arguments.insert(member.to_string(), json!(word));
-    match run_qmp(c, qmp, arguments) {
+    arguments.insert("capabilities".into(), json!([members]));
+    match run_qmp(c, "migrate-set-capabilities", arguments) {
+        Ok(_) => String::new(),
+        Err(e) => error(&e),
+    }
+}
+
+/// HMP `screendump filename [-f format] [device [head]]`: QEMU's monitor checks the
+/// format (ppm or png) itself; the QMP command, with no display here, refuses the rest.
+fn screendump(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    const NAME: &str = "screendump";
+    let spec = "filename:F,format:-fs,device:s?,head:i?";
+    let mut members = match args::read(NAME, spec, arguments) {
+        Ok(m) => m,
+        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+    };
+    if let Some(format) = members.remove("format") {
+        let format = format.as_str().unwrap_or_default();
+        if !["ppm", "png"].contains(&format) {
+            return invalid_value(format);
+        }
+    }
+    match run_qmp(c, NAME, members) {
+        Ok(_) => String::new(),
+        Err(e) => error(&e),
+    }
+}
+
+/// HMP `migrate [-d] [-b] [-i] [-r] uri`. Without -d QEMU's monitor would wait for the
+/// end, but a monitor that cannot be suspended (human-monitor-command's) goes on
+/// detached, as QEMU says.
+fn migrate(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    const NAME: &str = "migrate";
+    let spec = "detach:-d,blk:-b,inc:-i,resume:-r,uri:s";
+    let mut members = match args::read(NAME, spec, arguments) {
+        Ok(m) => m,
+        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+    };
+    let detach = members.remove("detach").is_some();
+    match run_qmp(c, "migrate", members) {
+        Err(e) => error(&e),
+        Ok(_) if detach => String::new(),
+        Ok(_) => "terminal does not allow synchronous migration, continuing detached\n".into(),
+    }
+}
+
+/// HMP's `device_add` and `netdev_add` (`qmp`): their text read as QEMU's -device and
+/// -netdev read theirs (QemuOpts: a first part without '=' is `implied`).
+fn with_opts(c: &mut Ctx, arguments: &str, qmp: &str, implied: &str) -> String {
+    let members = crate::keyval::qemu_opts(arguments.trim(), implied);
+    // -netdev's options need an id before anything else is looked at.
+    if qmp == "netdev_add" && !members.contains_key("id") {
+        return "Error: Parameter 'id' is missing\n".into();
+    }
+    match run_qmp(c, qmp, members) {
         Ok(_) => String::new(),
         Err(e) => error(&e),
     }

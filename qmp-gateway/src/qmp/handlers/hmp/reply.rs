@@ -27,3 +27,8 @@ pub fn usage(name: &str, typed: &str, why: &str) -> String {
 pub fn error(e: &QmpError) -> String {
     format!("Error: {}\n", e.desc)
 }
+
+/// QEMU's words when an HMP command finds a name that is none of an enum's values.
+pub fn invalid_value(value: &str) -> String {
+    format!("Error: invalid parameter value: {value}\n")
+}

@@ -1,0 +1,217 @@
+//! HMP's arguments as QEMU 7.2's monitor reads them from a command's args_type string
+//! ("force:-f,device:B"): each KEY:TYPE read in turn into a QMP member KEY, with the
+//! monitor's words for what it cannot read. Types: B (block device name), s (string),
+//! F (file name), o (a size, MiB when it has no suffix), b (on|off), -X (a flag),
+//! i (a 32-bit number), -X (a flag), -Xs (a flag that takes a string); a '?' after
+//! the type: may be left out.
+
+use serde_json::{json, Map, Value};
+
+/// Reads `text` by `spec` for the command `name`: the members, or what QEMU prints
+/// before its "Try help" line.
+pub fn read(name: &str, spec: &str, text: &str) -> Result<Map<String, Value>, String> {
+    let mut rest = text.trim_start();
+    let mut members = Map::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (key, ty) = part.split_once(':').unwrap_or((part, "s"));
+        rest = rest.trim_start();
+        if let Some(flag) = ty.strip_prefix('-') {
+            rest = read_flag(name, key, flag, spec, rest, &mut members)?;
+            continue;
+        }
+        let optional = ty.ends_with('?');
+        if optional && rest.is_empty() {
+            continue;
+        }
+        match ty.trim_end_matches('?') {
+            "o" => {
+                let (size, after) = size_mib(rest).ok_or("invalid size\n")?;
+                members.insert(key.into(), json!(size));
+                rest = after;
+            }
+            "b" => {
+                let (word, after) =
+                    rest.split_at(rest.find(char::is_whitespace).unwrap_or(rest.len()));
+                let value = match word {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err("Expected 'on' or 'off'\n".into()),
+                };
+                members.insert(key.into(), json!(value));
+                rest = after;
+            }
+            "i" => {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                let value = crate::qmp::monitor_number::monitor_number(name, &rest[..end])?;
+                if value >> 32 != 0 {
+                    return Err(format!(
+                        "'{name}' has failed: integer is for 32-bit values\n"
+                    ));
+                }
+                members.insert(key.into(), json!(value as u32 as i32));
+                rest = &rest[end..];
+            }
+            kind => {
+                let (word, after) = string(rest).ok_or_else(|| {
+                    let what = match kind {
+                        "B" => "block device name",
+                        "F" => "filename",
+                        _ => "string",
+                    };
+                    format!("{name}: {what} expected\n")
+                })?;
+                members.insert(key.into(), json!(word));
+                rest = after;
+            }
+        }
+    }
+    if !rest.trim().is_empty() {
+        return Err(format!(
+            "{name}: extraneous characters at the end of line\n"
+        ));
+    }
+    Ok(members)
+}
+
+/// A flag `-X` (`flag` "X", or "Xs" when it takes a string) in its place: present, or
+/// (QEMU's way) another of the spec's flags there is left for later.
+fn read_flag<'a>(
+    name: &str,
+    key: &str,
+    flag: &str,
+    spec: &str,
+    rest: &'a str,
+    members: &mut Map<String, Value>,
+) -> Result<&'a str, String> {
+    let letter = flag.chars().next().unwrap_or_default();
+    let Some(after) = rest.strip_prefix('-') else {
+        return Ok(rest);
+    };
+    let given = after.chars().next().unwrap_or_default();
+    if given != letter {
+        let later = spec.split(',').any(|p| {
+            p.split_once(':')
+                .is_some_and(|(_, t)| t.strip_prefix('-').is_some_and(|f| f.starts_with(given)))
+        });
+        if !later {
+            return Err(format!("{name}: unsupported option -{given}\n"));
+        }
+        return Ok(rest);
+    }
+    let after = &after[given.len_utf8()..];
+    if flag.ends_with('s') && flag.len() > 1 {
+        let (word, after) =
+            string(after.trim_start()).ok_or_else(|| format!("{name}: string expected\n"))?;
+        members.insert(key.into(), json!(word));
+        return Ok(after);
+    }
+    members.insert(key.into(), json!(true));
+    Ok(after)
+}
+
+/// A word, or a string in double quotes with \n, \r, \\, \' and \" escapes (QEMU's
+/// get_str); None when there is none.
+fn string(text: &str) -> Option<(String, &str)> {
+    let text = text.trim_start();
+    if text.is_empty() {
+        return None;
+    }
+    let Some(quoted) = text.strip_prefix('"') else {
+        let end = text.find(char::is_whitespace).unwrap_or(text.len());
+        return Some((text[..end].to_string(), &text[end..]));
+    };
+    let mut out = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &quoted[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                e @ ('\\' | '\'' | '"') => out.push(e),
+                _ => return None,
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// QEMU's qemu_strtosz_MiB: a number (decimal, with a fraction; or 0x hex), then an
+/// optional unit B, K, M, G, T, P or E (either case), MiB when none; None when it is no
+/// size or above int64.
+fn size_mib(text: &str) -> Option<(u64, &str)> {
+    let (value, after) = if let Some(hex) = text.strip_prefix("0x").or(text.strip_prefix("0X")) {
+        let end = hex
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(hex.len());
+        (
+            u64::from_str_radix(&hex[..end], 16).ok()? as f64,
+            &hex[end..],
+        )
+    } else {
+        let end = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        (text[..end].parse::<f64>().ok()?, &text[end..])
+    };
+    let mut chars = after.chars();
+    let (shift, after) = match chars.next().map(|c| c.to_ascii_uppercase()) {
+        Some('B') => (0, chars.as_str()),
+        Some('K') => (10, chars.as_str()),
+        Some('M') => (20, chars.as_str()),
+        Some('G') => (30, chars.as_str()),
+        Some('T') => (40, chars.as_str()),
+        Some('P') => (50, chars.as_str()),
+        Some('E') => (60, chars.as_str()),
+        _ => (20, after),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    // A size is whole bytes: a fraction must come to one.
+    if !(0.0..=i64::MAX as f64).contains(&bytes) || bytes.fract() != 0.0 {
+        return None;
+    }
+    Some((bytes as u64, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_read_as_qemus_monitor_reads_them() {
+        let m = read("block_job_cancel", "force:-f,device:B", "-f j0").unwrap();
+        assert_eq!(Value::Object(m), json!({"force": true, "device": "j0"}));
+        let m = read("block_resize", "device:B,size:o", "d0 1.5G").unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"device": "d0", "size": 1536u64 << 20})
+        );
+        let m = read("block_resize", "device:B,size:o", "d0 32").unwrap();
+        assert_eq!(m["size"], json!(32u64 << 20));
+        assert_eq!(
+            read("block_resize", "device:B,size:o", ""),
+            Err("block_resize: block device name expected\n".into())
+        );
+        assert_eq!(
+            read("block_resize", "device:B,size:o", "d0 x"),
+            Err("invalid size\n".into())
+        );
+        assert_eq!(
+            read("set_link", "name:s,up:b", "n0 maybe"),
+            Err("Expected 'on' or 'off'\n".into())
+        );
+        assert_eq!(
+            read("eject", "force:-f,device:B", "-x d0"),
+            Err("eject: unsupported option -x\n".into())
+        );
+        assert_eq!(
+            read("object_del", "id:s", "a b"),
+            Err("object_del: extraneous characters at the end of line\n".into())
+        );
+        let m = read("screendump", "filename:F,format:-fs,device:s?", "f -f png").unwrap();
+        assert_eq!(Value::Object(m), json!({"filename": "f", "format": "png"}));
+        let m = read("chardev-remove", "id:s", r#""a b\"c""#).unwrap();
+        assert_eq!(m["id"], "a b\"c");
+    }
+}

@@ -9,6 +9,7 @@ use ipc::{VmmReply, VmmRequest};
 use serde_json::{json, Value};
 
 use crate::children::link::LinkError;
+use crate::cpuid_features::GuestCpuid;
 use crate::devices::cpu::{CpuProps, CPU_TYPE};
 use crate::devices::spec::{DeviceSpec, Model};
 use crate::devices::DeviceError;
@@ -115,6 +116,30 @@ impl Gateway {
             props["node-id"] = json!(0);
         }
         props
+    }
+
+    /// The CPUID every vCPU gets (its APIC id aside), asked of vmm-core the first time.
+    pub fn guest_cpuid(&self) -> Result<GuestCpuid, LinkError> {
+        if let Some(cpuid) = self.cpuid.get() {
+            return Ok(cpuid.clone());
+        }
+        let leaves = match self.vmm.request(VmmRequest::QueryCpuid, &[])? {
+            VmmReply::Cpuid(leaves) => leaves,
+            other => {
+                return Err(LinkError::Remote(ipc::RemoteError::generic(format!(
+                    "vmm-core answered its CPUID with {other:?}"
+                ))))
+            }
+        };
+        Ok(self.cpuid.get_or_init(|| GuestCpuid(leaves)).clone())
+    }
+
+    /// Whether vCPU `index` is there, and whether it was added after the launch.
+    pub fn vcpu_added(&self, index: u32) -> Option<bool> {
+        let launched = (self.vmm_child.launch.lock().as_ref()).map_or(1, |vm| vm.config.cpus);
+        (self.vcpus().iter())
+            .any(|v| v.index == index)
+            .then_some(index >= launched)
     }
 
     /// query-hotpluggable-cpus as QEMU 7.2's pc machine answers it: every possible vCPU,

@@ -122,6 +122,9 @@ pub struct Gateway {
     pub dumps: crate::dump::DumpWaiter,
     exit: mpsc::Sender<ExitReason>,
     vmm_pid: AtomicU32,
+    /// The CPUID vmm-core's vCPUs get, asked once (cpus.rs): it does not change while
+    /// the VM lives, and vCPUs added later get the same.
+    pub(crate) cpuid: OnceLock<crate::cpuid_features::GuestCpuid>,
 }
 
 impl Gateway {
@@ -242,6 +245,7 @@ impl Gateway {
             dumps: Default::default(),
             exit,
             vmm_pid: AtomicU32::new(0),
+            cpuid: OnceLock::new(),
         })
     }
 

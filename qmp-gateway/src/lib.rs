@@ -22,6 +22,7 @@ pub mod block;
 pub mod chardev;
 pub mod children;
 pub mod cli_options;
+pub mod cpuid_features;
 pub mod cpus;
 pub mod devices;
 pub mod dump;

@@ -722,6 +722,7 @@ impl Runner<'_> {
                 dimms: self.vm.memory_slots_ost(),
                 cpus: self.vm.cpu_hotplug.lock().ospm_status(),
             }),
+            VmmRequest::QueryCpuid => Ok(VmmReply::Cpuid(self.vm.recipe.cpuid_leaves())),
             // Quit and Retire are answered by the event loop, which then ends.
             VmmRequest::Quit(_) | VmmRequest::Retire => Ok(VmmReply::Done),
             _ => Err(RemoteError::generic("a migration request out of place")),

@@ -71,6 +71,24 @@ impl VcpuRecipe {
         })
     }
 
+    /// The CPUID vCPU 0 gets: every vCPU's but for its APIC id in the topology leaves
+    /// (QMP's view of the CPU model, qom-get of its features).
+    pub fn cpuid_leaves(&self) -> Vec<ipc::CpuidLeaf> {
+        let cpuid = cpuid::for_vcpu(&self.supported_cpuid, 0, self.max);
+        cpuid
+            .as_slice()
+            .iter()
+            .map(|e| ipc::CpuidLeaf {
+                function: e.function,
+                index: e.index,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            })
+            .collect()
+    }
+
     /// vCPU `id`, in its power-on state.
     pub fn make(&self, vm: &VmFd, id: u32) -> Result<Vcpu, RecipeError> {
         let cpuid = cpuid::for_vcpu(&self.supported_cpuid, id, self.max);

@@ -356,6 +356,10 @@ pub enum VmmRequest {
     DumpGuestMemory(DumpRequest),
     /// query-dump: answered with `Dump`.
     QueryDump,
+    /// The CPUID vCPU 0 gets (KVM's supported CPUID with the topology leaves for vCPU 0):
+    /// every vCPU's but for its APIC id in the topology leaves, and the same for vCPUs
+    /// added later. Answered with `Cpuid`.
+    QueryCpuid,
 }
 
 impl Message for VmmRequest {
@@ -561,6 +565,19 @@ pub enum VmmReply {
     VcpuAdded(VcpuInfo),
     /// `QueryDump`: the last dump's progress (status none before any).
     Dump(DumpProgress),
+    /// `QueryCpuid`: every leaf and subleaf, as KVM_SET_CPUID2 got them.
+    Cpuid(Vec<CpuidLeaf>),
+}
+
+/// One CPUID leaf (`function`) and subleaf (`index`) and the four registers it returns.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidLeaf {
+    pub function: u32,
+    pub index: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
 }
 
 /// The VM's run states (QMP's RunState, the subset that applies).

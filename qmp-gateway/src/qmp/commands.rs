@@ -12,6 +12,7 @@ use super::handlers::command_line;
 use super::handlers::cpu_models;
 use super::handlers::machine_types;
 use super::handlers::qom;
+use super::handlers::qom_tree;
 use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::dump;
@@ -186,6 +187,19 @@ pub const COMMANDS: &[Command] = &[
         Ty::Array(&Ty::Named("ObjectPropertyInfo")),
         G,
     ),
+    cmd(
+        "query-cpu-model-expansion",
+        &Typed(cpu_models::query_cpu_model_expansion),
+        Ty::Named("CpuModelExpansionInfo"),
+        G,
+    ),
+    cmd(
+        "qom-list",
+        &Typed(qom_tree::qom_list),
+        Ty::Array(&Ty::Named("ObjectPropertyInfo")),
+        G,
+    ),
+    cmd("qom-get", &Typed(qom_tree::qom_get), Ty::Any, G),
     cmd(
         "query-cpus",
         &Typed(machine::query_cpus),

@@ -1,13 +1,18 @@
-//! The CPU models a management tool may choose from (query-cpu-definitions): only
-//! "host", what vmm-core's vCPUs are (KVM's supported CPUID, devices/cpu.rs); QEMU's
-//! named models and "max" are not taken by -cpu or device_add, so they are not listed.
+//! The CPU model a management tool may choose from and what it is made of: only "host",
+//! what vmm-core's vCPUs are (KVM's supported CPUID, devices/cpu.rs; QEMU's named models
+//! and "max" are not taken by -cpu or device_add, so they are not listed), its expansion
+//! (query-cpu-model-expansion) and a vCPU's QOM properties (`vcpu_properties`, for
+//! qom-list and qom-get), all read from the CPUID the vCPUs get (cpuid_features.rs).
 
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
+use crate::cpuid_features::{self, GuestCpuid, FEATURES};
 use crate::devices::cpu::CPU_TYPE;
-use crate::qmp::args::NoArgs;
+use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
-use crate::qmp::protocol::QmpResult;
+use crate::qmp::protocol::{QmpError, QmpResult};
+use crate::qmp::qapi::{req, Ty};
 
 /// The one model's name.
 pub const HOST_MODEL: &str = "host";
@@ -24,4 +29,151 @@ pub fn query_cpu_definitions(_: &mut Ctx, _: NoArgs) -> QmpResult {
         "migration-safe": false,
         "deprecated": false,
     }]))
+}
+
+/// One QOM property of a vCPU: its name, QEMU's type for it, its value.
+pub type Property = (&'static str, &'static str, Value);
+
+/// vCPU `apic_id`'s properties as QEMU 7.2's host-x86_64-cpu names and types them:
+/// the device's state, the CPU's identity, then every feature of the table under each
+/// of its spellings. `hotplugged`: added after the launch.
+pub fn vcpu_properties(cpuid: &GuestCpuid, apic_id: u32, hotplugged: bool) -> Vec<Property> {
+    let mut props: Vec<Property> = vec![
+        ("type", "string", json!(CPU_TYPE)),
+        ("realized", "bool", json!(true)),
+        ("hotplugged", "bool", json!(hotplugged)),
+        // As QEMU's pc: every CPU may be hot-plugged (none unplugged here: devices/).
+        ("hotpluggable", "bool", json!(true)),
+        ("start-powered-off", "bool", json!(false)),
+        ("apic-id", "uint32", json!(apic_id)),
+    ];
+    props.extend(identity(cpuid, "level", "xlevel"));
+    props.extend(features(cpuid, true));
+    props
+}
+
+/// family ... model-id, and the highest leaves under the names `level`, `xlevel`.
+fn identity(cpuid: &GuestCpuid, level: &'static str, xlevel: &'static str) -> Vec<Property> {
+    vec![
+        ("family", "int", json!(cpuid.family())),
+        ("model", "int", json!(cpuid.model())),
+        ("stepping", "int", json!(cpuid.stepping())),
+        ("vendor", "string", json!(cpuid.vendor())),
+        ("model-id", "string", json!(cpuid.model_id())),
+        (level, "uint32", json!(cpuid.level())),
+        (xlevel, "uint32", json!(cpuid.xlevel())),
+    ]
+}
+
+/// Each feature's value, under its name (and its other spellings with `aliases`).
+fn features(cpuid: &GuestCpuid, aliases: bool) -> Vec<Property> {
+    let mut out = Vec::new();
+    for f in FEATURES {
+        let has = json!(cpuid.has(f));
+        out.push((f.name, "bool", has.clone()));
+        if aliases {
+            out.extend(f.aliases.iter().map(|a| (*a, "bool", has.clone())));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub props: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CpuModelExpansion {
+    #[serde(rename = "type")]
+    pub expansion: Expansion,
+    pub model: ModelInfo,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expansion {
+    Static,
+    Full,
+}
+
+serde_arguments!(
+    CpuModelExpansion,
+    [
+        req("type", Ty::Named("CpuModelExpansionType")),
+        req("model", Ty::Named("CpuModelInfo")),
+    ]
+);
+
+/// Properties a client may set in the model that change nothing here: migratable (every
+/// feature the vCPUs have migrates with them) and hv-passthrough (vmm-core gives no
+/// Hyper-V enlightenments, so passing the host's through adds none). libvirt sends both.
+const NEUTRAL_PROPS: &[&str] = &["migratable", "hv-passthrough"];
+
+/// query-cpu-model-expansion of "host": static as QEMU's base model with every feature
+/// of the table by its name and the CPU's identity; full as "host" with every spelling
+/// and the CPU object's other values. A feature set false in the model's props is off
+/// in the answer; set true it stays what the vCPUs have (as QEMU's host model filters
+/// what KVM cannot give).
+pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult {
+    if a.model.name != HOST_MODEL {
+        return Err(QmpError::generic(format!(
+            "CPU model '{}' not found",
+            a.model.name
+        )));
+    }
+    let mut off = Vec::new();
+    // QEMU reads props only as a dict: anything else sets nothing.
+    if let Some(Value::Object(props)) = &a.model.props {
+        for (name, value) in props {
+            let is_feature = cpuid_features::find(name).is_some();
+            if !is_feature && !NEUTRAL_PROPS.contains(&name.as_str()) {
+                return Err(QmpError::generic(format!(
+                    "Property '{CPU_TYPE}.{name}' not found"
+                )));
+            }
+            match value {
+                Value::Bool(false) if is_feature => off.extend(cpuid_features::find(name)),
+                Value::Bool(_) => {}
+                _ => {
+                    return Err(QmpError::generic(format!(
+                        "Invalid parameter type for '{name}', expected: boolean"
+                    )))
+                }
+            }
+        }
+    }
+    let cpuid = c.gw.guest_cpuid()?;
+    let (name, mut props) = match a.expansion {
+        Expansion::Static => {
+            let mut p = features(&cpuid, false);
+            p.extend(identity(&cpuid, "min-level", "min-xlevel"));
+            ("base", p)
+        }
+        Expansion::Full => {
+            let mut p = features(&cpuid, true);
+            p.extend(identity(&cpuid, "level", "xlevel"));
+            p.extend(
+                identity(&cpuid, "min-level", "min-xlevel")
+                    .into_iter()
+                    .skip(5),
+            );
+            // A model is no vCPU: QEMU's expansion has no APIC id (unset) and is not
+            // realized.
+            p.push(("apic-id", "uint32", json!(u32::MAX)));
+            p.push(("realized", "bool", json!(false)));
+            p.push(("start-powered-off", "bool", json!(false)));
+            ("host", p)
+        }
+    };
+    for f in off {
+        for (n, _, v) in props.iter_mut() {
+            if *n == f.name || f.aliases.contains(n) {
+                *v = json!(false);
+            }
+        }
+    }
+    let props: Map<String, Value> = props.drain(..).map(|(n, _, v)| (n.into(), v)).collect();
+    Ok(json!({"model": {"name": name, "props": props}}))
 }

@@ -23,5 +23,6 @@ pub mod net;
 pub mod objects;
 pub mod pci;
 pub mod qom;
+pub mod qom_tree;
 pub mod snapshot;
 pub mod trace;

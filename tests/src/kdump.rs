@@ -210,13 +210,17 @@ impl KdumpCore {
             .collect()
     }
 
-    /// Page data as the descriptor says: decompressed, or as stored.
-    pub fn page_data(&self, (offset, size, flags): (u64, u32, u32)) -> Result<Vec<u8>, String> {
-        let stored = self
-            .image
+    /// A page's data as stored (compressed or not), by its descriptor.
+    pub fn stored(&self, (offset, size, _): (u64, u32, u32)) -> Result<&[u8], String> {
+        self.image
             .get(offset as usize..offset as usize + size as usize)
-            .ok_or("page data past the end")?;
-        let page = match flags {
+            .ok_or_else(|| "page data past the end".into())
+    }
+
+    /// Page data as the descriptor says: decompressed, or as stored.
+    pub fn page_data(&self, d: (u64, u32, u32)) -> Result<Vec<u8>, String> {
+        let stored = self.stored(d)?;
+        let page = match d.2 {
             0 => stored.to_vec(),
             ZLIB => {
                 let mut out = Vec::new();

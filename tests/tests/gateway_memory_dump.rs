@@ -614,6 +614,7 @@ fn kdump_formats(qmp: &mut QmpClient, dir: &Path, at: u64, whole: &Value) -> Vec
             "{format}: pages unlike pmemsave's: {differ:x?}"
         );
         assert!(compressed > 0, "{format}: no page compressed");
+        check_with_c_libraries(&core, format);
         cores.push(core);
     }
     // A stopped VM stays stopped after a dump (no RESUME), as QEMU's.
@@ -747,4 +748,63 @@ fn compare_with_qemu_kdump(qemu: &mut QmpClient, dir: &Path, at: u64, ours: &[Kd
     );
     let size = std::fs::metadata(&file).unwrap().len();
     eprintln!("QEMU's kdump-zlib: {size} bytes");
+}
+
+/// The pages `core` holds compressed with LZO or snappy, decompressed by those formats'
+/// own C libraries (liblzo2's lzo1x_decompress_safe, which crash and makedumpfile call,
+/// and libsnappy, through Debian's python3-lzo and python3-snappy): the same bytes as
+/// tests/src/kdump.rs reads. (zlib's reader is checked on QEMU's core.)
+fn check_with_c_libraries(core: &KdumpCore, format: &str) {
+    let module = match format {
+        "kdump-lzo" => "import lzo\ndef unpack(d): return lzo.decompress(d, False, 4096)",
+        "kdump-snappy" => "import snappy\ndef unpack(d): return snappy.uncompress(d)",
+        _ => return,
+    };
+    let script = format!(
+        "{module}\nimport sys\ndata = sys.stdin.buffer.read()\nat = 0\n\
+         while at < len(data):\n    n = int.from_bytes(data[at:at + 4], 'little')\n\
+         \x20   sys.stdout.buffer.write(unpack(data[at + 4:at + 4 + n]))\n    at += 4 + n\n"
+    );
+    let compressed: Vec<_> = core
+        .descriptors()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.2 == core.status())
+        .collect();
+    let mut input = Vec::new();
+    for d in &compressed {
+        let stored = core.stored(*d).unwrap();
+        input.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        input.extend_from_slice(stored);
+    }
+    let dir = TempDir::new("kdump-c");
+    let packed = dir.path().join("pages");
+    std::fs::write(&packed, &input).unwrap();
+    // Debian's own Python, where its python3-lzo and python3-snappy are.
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "missing /usr/bin/python3: install python3-lzo and python3-snappy"
+    );
+    let out = Command::new(python)
+        .args(["-c", &script])
+        .stdin(std::fs::File::open(&packed).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{format} by the C library: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Vec<u8> = compressed
+        .iter()
+        .flat_map(|d| core.page_data(*d).unwrap())
+        .collect();
+    assert!(
+        out.stdout == ours,
+        "{format}: the C library reads {} bytes otherwise ({} pages)",
+        out.stdout.len(),
+        compressed.len()
+    );
 }

@@ -97,6 +97,8 @@ const PCI_ADDR: Property = defaults(
     Default::Int(-1),
 );
 const VECTORS: Property = defaults(prop("vectors", "uint32"), Default::Uint(u32::MAX as u64));
+/// Checked (no two devices share one) and otherwise unused: the kernel boots directly.
+const BOOTINDEX: Property = prop("bootindex", "int32");
 
 /// virtio-blk-pci's, as devices/spec.rs reads them.
 const BLK: &[Property] = &[
@@ -109,6 +111,7 @@ const BLK: &[Property] = &[
     PCI_ADDR,
     prop("iothread", "link<iothread>"),
     VECTORS,
+    BOOTINDEX,
 ];
 
 /// virtio-net-pci's, as devices/spec.rs reads them.
@@ -124,6 +127,7 @@ const NET: &[Property] = &[
         Default::Bool(false),
     ),
     VECTORS,
+    BOOTINDEX,
 ];
 
 /// pc-dimm's, as devices/placement.rs reads them (size is read-only: the backend's).
@@ -201,7 +205,11 @@ pub const QOM_TYPES: &[QomType] = &[
         Properties::Object("memory-backend-file"),
     ),
     abstract_type("event-loop-base", "object"),
-    concrete("iothread", "event-loop-base", Properties::Object("iothread")),
+    concrete(
+        "iothread",
+        "event-loop-base",
+        Properties::Object("iothread"),
+    ),
     abstract_type("machine", "object"),
     // No property of the machine can be set (no -machine options).
     concrete(MACHINE_TYPE, "machine", NONE),

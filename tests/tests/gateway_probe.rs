@@ -154,8 +154,8 @@ fn qom_types_and_properties_are_qemus() {
     // (but virtio-blk's num-queues, whose QEMU default 65535 means "as many as vCPUs":
     // ours is one queue unless given).
     for (device, count) in [
-        ("virtio-blk-pci", 6),
-        ("virtio-net-pci", 5),
+        ("virtio-blk-pci", 7),
+        ("virtio-net-pci", 6),
         ("pc-dimm", 5),
         ("host-x86_64-cpu", 6),
         ("virtio-balloon-pci", 0),

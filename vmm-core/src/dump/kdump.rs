@@ -282,7 +282,7 @@ impl Kdump {
         let mut compressor = Compressor::new(self.compression);
         let mut packed = vec![0u8; Compressor::room(self.compression)];
         let mut chunk = vec![0u8; CHUNK as usize];
-        super::each_chunk(mem, &self.blocks, &mut chunk, |buf| {
+        super::chunks::each_chunk(mem, &self.blocks, &mut chunk, |buf| {
             for page in buf.chunks(PAGE as usize) {
                 if page == zero {
                     descriptors.add(&mut flat, &zero_descriptor)?;

@@ -7,6 +7,7 @@
 //! query-dump reads; the runner pauses the vCPUs for it and resumes them after, as QEMU
 //! does.
 
+mod chunks;
 pub mod elf;
 pub mod kdump;
 pub mod paging;
@@ -403,36 +404,12 @@ fn write(
     };
     out.write_all(header).map_err(failed)?;
     let mut buf = vec![0u8; DUMP_CHUNK as usize];
-    each_chunk(mem, ranges, &mut buf, |chunk| {
+    chunks::each_chunk(mem, ranges, &mut buf, |chunk| {
         out.write_all(chunk)?;
         progress.lock().completed += chunk.len() as u64;
         Ok(())
     })
     .map_err(failed)
-}
-
-/// Guest memory of the physical `ranges`, read into `buf` a chunk at a time and given
-/// to `each`.
-fn each_chunk(
-    mem: &GuestMemoryMmap,
-    ranges: &[(u64, u64)],
-    buf: &mut [u8],
-    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    for &(start, len) in ranges {
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(buf.len() as u64);
-            let chunk = &mut buf[..n as usize];
-            // Blocks are RAM; one the guest ejected meanwhile reads as zeroes.
-            if mem.read_slice(chunk, GuestAddress(start + at)).is_err() {
-                chunk.fill(0);
-            }
-            each(chunk)?;
-            at += n;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

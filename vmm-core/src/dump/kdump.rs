@@ -366,6 +366,72 @@ mod tests {
         assert!(plan(&[(0, 0x1800)], &cpus, Compression::Zlib).is_err());
     }
 
+    /// A core of two RAM blocks with a hole between (as with a DIMM): the records put
+    /// in place, the bitmap has exactly the blocks' pages, and each descriptor's data is
+    /// the page (the shared zero page for zero pages).
+    #[test]
+    fn blocks_with_a_hole_between_are_mapped_page_by_page() {
+        use std::io::Read;
+        use vm_memory::{Bytes, GuestAddress};
+        let blocks = [(0, 0x4000), (0x10_0000, 0x2000)];
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x4000),
+            (GuestAddress(0x10_0000), 0x2000),
+        ])
+        .unwrap();
+        let text: Vec<u8> = (0..PAGE).map(|i| (i % 7) as u8 + 1).collect();
+        mem.write_slice(&text, GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&text[..100], GuestAddress(0x10_1000))
+            .unwrap();
+        let core = plan(&blocks, &[CpuRegs::default()], Compression::Zlib).unwrap();
+        let mut flat = Vec::new();
+        let mut written = 0;
+        core.write(&mem, &mut flat, |n| written += n).unwrap();
+        assert_eq!(written, 0x6000);
+        // Put the records in place.
+        let mut image = vec![0u8; 0];
+        let mut at = FLAT_HEADER_SIZE;
+        loop {
+            let offset = i64::from_be_bytes(flat[at..at + 8].try_into().unwrap());
+            let size = i64::from_be_bytes(flat[at + 8..at + 16].try_into().unwrap());
+            at += 16;
+            if (offset, size) == (-1, -1) {
+                break;
+            }
+            let (offset, size) = (offset as usize, size as usize);
+            image.resize(image.len().max(offset + size), 0);
+            image[offset..offset + size].copy_from_slice(&flat[at..at + size]);
+            at += size;
+        }
+        assert_eq!(at, flat.len());
+        let bitmap = &image[core.bitmap_at as usize..][..PAGE as usize];
+        let set: Vec<u64> = (0..PAGE * 8)
+            .filter(|p| bitmap[(p / 8) as usize] & (1 << (p % 8)) != 0)
+            .collect();
+        assert_eq!(set, vec![0, 1, 2, 3, 0x100, 0x101]);
+        let mut expected = vec![vec![0u8; PAGE as usize]; 6];
+        expected[1] = text.clone();
+        expected[5][..100].copy_from_slice(&text[..100]);
+        for (i, page) in expected.iter().enumerate() {
+            let d = &image[core.pages_at as usize + i * 24..][..24];
+            let offset = u64::from_le_bytes(d[..8].try_into().unwrap()) as usize;
+            let size = u32::from_le_bytes(d[8..12].try_into().unwrap()) as usize;
+            let flags = u32::from_le_bytes(d[12..16].try_into().unwrap());
+            let stored = &image[offset..offset + size];
+            let data = match flags {
+                0 => stored.to_vec(),
+                _ => {
+                    let mut out = Vec::new();
+                    flate2::read::ZlibDecoder::new(stored)
+                        .read_to_end(&mut out)
+                        .unwrap();
+                    out
+                }
+            };
+            assert!(data == *page, "page {i}");
+        }
+    }
+
     #[test]
     fn each_compressor_keeps_only_what_is_smaller() {
         let text: Vec<u8> = (0..PAGE).map(|i| (i % 7) as u8 + 1).collect();

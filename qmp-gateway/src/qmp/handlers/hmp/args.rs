@@ -141,6 +141,11 @@ fn string(text: &str) -> Option<(String, &str)> {
 /// optional unit B, K, M, G, T, P or E (either case), MiB when none; None when it is no
 /// size or above int64.
 fn size_mib(text: &str) -> Option<(u64, &str)> {
+    size(text, 20)
+}
+
+/// QEMU's qemu_strtosz with a default unit of 1 << `default_shift` bytes.
+pub fn size(text: &str, default_shift: u32) -> Option<(u64, &str)> {
     let (value, after) = if let Some(hex) = text.strip_prefix("0x").or(text.strip_prefix("0X")) {
         let end = hex
             .find(|c: char| !c.is_ascii_hexdigit())
@@ -164,7 +169,7 @@ fn size_mib(text: &str) -> Option<(u64, &str)> {
         Some('T') => (40, chars.as_str()),
         Some('P') => (50, chars.as_str()),
         Some('E') => (60, chars.as_str()),
-        _ => (20, after),
+        _ => (default_shift, after),
     };
     let bytes = value * (1u64 << shift) as f64;
     // A size is whole bytes: a fraction must come to one.

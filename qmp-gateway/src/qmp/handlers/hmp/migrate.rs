@@ -1,8 +1,132 @@
-//! HMP `info migrate`: query-migrate's answer as QEMU 7.2 prints it, less QEMU's
-//! "globals:" block (the -global properties of QEMU's migration object, which this VMM
+//! HMP's migration settings and state: `migrate_set_parameter` read as QEMU 7.2 reads
+//! it, and `info migrate` (query-migrate's answer as QEMU 7.2 prints it, less QEMU's
+//! "globals:" block: the -global properties of QEMU's migration object, which this VMM
 //! does not have: docs/qmp-coverage.md).
 
-use serde_json::Value;
+use serde_json::{json, Map, Value};
+
+use super::args;
+use super::reply::{error, invalid_value, run_qmp};
+use crate::qmp::context::Ctx;
+
+/// How QEMU's monitor reads each parameter's value (its string input visitor's types).
+#[derive(Clone, Copy)]
+enum Kind {
+    Uint(&'static str, u64),
+    Bool,
+    Str,
+    /// Bytes by default.
+    Size,
+    /// MiB by default (max-bandwidth).
+    SizeMib,
+    Compression,
+    /// Only QMP can set it.
+    BitmapMapping,
+}
+
+const PARAMETERS: &[(&str, Kind)] = &[
+    ("announce-initial", Kind::Size),
+    ("announce-max", Kind::Size),
+    ("announce-rounds", Kind::Size),
+    ("announce-step", Kind::Size),
+    ("compress-level", Kind::Uint("uint8_t", 0xff)),
+    ("compress-threads", Kind::Uint("uint8_t", 0xff)),
+    ("compress-wait-thread", Kind::Bool),
+    ("decompress-threads", Kind::Uint("uint8_t", 0xff)),
+    ("throttle-trigger-threshold", Kind::Uint("uint8_t", 0xff)),
+    ("cpu-throttle-initial", Kind::Uint("uint8_t", 0xff)),
+    ("cpu-throttle-increment", Kind::Uint("uint8_t", 0xff)),
+    ("cpu-throttle-tailslow", Kind::Bool),
+    ("tls-creds", Kind::Str),
+    ("tls-hostname", Kind::Str),
+    ("tls-authz", Kind::Str),
+    ("max-bandwidth", Kind::SizeMib),
+    ("downtime-limit", Kind::Size),
+    ("x-checkpoint-delay", Kind::Uint("uint32_t", 0xffff_ffff)),
+    ("block-incremental", Kind::Bool),
+    ("multifd-channels", Kind::Uint("uint8_t", 0xff)),
+    ("multifd-compression", Kind::Compression),
+    ("multifd-zlib-level", Kind::Uint("uint8_t", 0xff)),
+    ("multifd-zstd-level", Kind::Uint("uint8_t", 0xff)),
+    ("xbzrle-cache-size", Kind::Size),
+    ("max-cpu-throttle", Kind::Uint("uint8_t", 0xff)),
+    ("max-postcopy-bandwidth", Kind::Size),
+    ("block-bitmap-mapping", Kind::BitmapMapping),
+];
+
+/// C's strtoull in base 0 over the whole text (a minus wraps, as it does).
+fn strtou64(text: &str) -> Option<u64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let value = if let Some(hex) = digits.strip_prefix("0x").or(digits.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()?
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        u64::from_str_radix(&digits[1..], 8).ok()?
+    } else {
+        digits.parse().ok()?
+    };
+    Some(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
+}
+
+/// HMP `migrate_set_parameter NAME VALUE`: the value read by the parameter's type, then
+/// migrate-set-parameters with it.
+pub fn migrate_set_parameter(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    const NAME: &str = "migrate_set_parameter";
+    let members = match args::read(NAME, "parameter:s,value:s", arguments) {
+        Ok(m) => m,
+        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+    };
+    let name = members["parameter"].as_str().unwrap_or_default();
+    let text = members["value"].as_str().unwrap_or_default();
+    let Some(&(name, kind)) = PARAMETERS.iter().find(|(n, _)| *n == name) else {
+        return invalid_value(name);
+    };
+    let expects = |what: &str| format!("Error: Parameter '{name}' expects {what}\n");
+    let value = match kind {
+        Kind::Uint(ty, max) => match strtou64(text) {
+            Some(v) if v <= max => json!(v),
+            Some(_) => return expects(ty),
+            None => return expects("uint64"),
+        },
+        Kind::Bool => match crate::keyval::boolean(text) {
+            Some(b) => json!(b),
+            None => return expects("'on' or 'off'"),
+        },
+        Kind::Str => json!(text),
+        Kind::Size => match args::size(text, 0) {
+            Some((v, "")) => json!(v),
+            _ => {
+                return expects(
+                    "a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E \
+                     means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+                )
+            }
+        },
+        Kind::SizeMib => match args::size(text, 20) {
+            Some((v, _)) => json!(v),
+            None => return format!("Error: Invalid size {text}\n"),
+        },
+        Kind::Compression => match text {
+            "none" | "zlib" | "zstd" => json!(text),
+            _ => return format!("Error: Parameter '{name}' does not accept value '{text}'\n"),
+        },
+        Kind::BitmapMapping => {
+            return "Error: The block-bitmap-mapping parameter can only be set through QMP\n".into()
+        }
+    };
+    let mut parameters = Map::new();
+    parameters.insert(name.into(), value);
+    match run_qmp(c, "migrate-set-parameters", parameters) {
+        Ok(_) => String::new(),
+        Err(e) => error(&e),
+    }
+}
 
 fn u(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_default()

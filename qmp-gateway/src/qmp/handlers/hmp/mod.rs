@@ -414,6 +414,12 @@ pub const HMP: &[HmpCommand] = &[
         |c, a, _| mapped(c, a, "set_link", "name:s,up:b", "set_link"),
     ),
     action("system_wakeup", "wakeup guest from suspend", "system_wakeup"),
+    line(
+        "migrate_set_parameter",
+        "parameter value",
+        "Set the parameter for migration",
+        migrate::migrate_set_parameter,
+    ),
 ];
 
 pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {

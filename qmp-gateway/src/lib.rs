@@ -14,7 +14,9 @@
 //! `balloon` is the balloon's command line and QEMU's rules for its target; `cpus` adds
 //! vCPUs (cpu-add, device_add of a CPU); `objects` holds object-add's iothreads and
 //! memory backends; `trace` is `--trace` and the trace event states' rules;
-//! `cli_options` is the table of the command line's keys (query-command-line-options). No file
+//! `cli_options` is the table of the command line's keys (query-command-line-options);
+//! `machine_none` is `--machine` and QEMU's none machine (no VM); `daemonize` and
+//! `pidfile` are QEMU's -daemonize and -pidfile. No file
 //! imports one that imports it back (scripts/check-imports).
 
 pub mod balloon;
@@ -24,6 +26,7 @@ pub mod children;
 pub mod cli_options;
 pub mod cpuid_features;
 pub mod cpus;
+pub mod daemonize;
 pub mod devices;
 pub mod dump;
 pub mod events;
@@ -32,10 +35,12 @@ pub mod gateway;
 pub mod ids;
 pub mod keyval;
 pub mod launch;
+pub mod machine_none;
 pub mod migration;
 pub mod monitor;
 pub mod net;
 pub mod objects;
+pub mod pidfile;
 pub mod qmp;
 pub mod qom_types;
 pub mod sockets;

@@ -26,6 +26,7 @@ use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
 use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::children::vmm::VmmChild;
+use qmp_gateway::daemonize::{daemonize, Ready};
 use qmp_gateway::devices::placement::DeviceMemory;
 use qmp_gateway::devices::spec::Model;
 use qmp_gateway::devices::Backend;
@@ -34,8 +35,10 @@ use qmp_gateway::fdstore::budget::process_fds;
 use qmp_gateway::fdstore::{FdBudget, FdLimits};
 use qmp_gateway::gateway::{Binaries, ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
+use qmp_gateway::machine_none::{self, MachineType};
 use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::objects::ObjectSpec;
+use qmp_gateway::pidfile::PidFile;
 use qmp_gateway::qmp::server::{Server, ServerOptions};
 use qmp_gateway::sockets::bind_private;
 use qmp_gateway::startup;
@@ -151,6 +154,19 @@ struct Args {
     /// as long as it lives. Without root they run as the gateway's own user.
     #[arg(long, default_value_t = ids::DEFAULT_RANGE, value_parser = |s: &str| s.parse::<IdRange>())]
     sandbox_ids: IdRange,
+    /// The machine: `pc` (a VM) or `none` (no VM, as QEMU's -machine none: QMP is served,
+    /// nothing runs; no vmm-core, no devices).
+    #[arg(long, default_value = "pc", value_parser = |s: &str| s.parse::<MachineType>())]
+    machine: MachineType,
+    /// Become a daemon, as QEMU's -daemonize: this process exits 0 once the QMP listeners
+    /// are bound and the VM is set up (non-zero, with the error, if that fails); the
+    /// daemon runs in a session of its own with /dev/null as stdin, stdout and stderr.
+    #[arg(long)]
+    daemonize: bool,
+    /// Write the gateway's pid to FILE and hold a lock on it while the gateway runs (a
+    /// second gateway given the same file is refused); removed at exit. As QEMU's -pidfile.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
     /// Trace events, as QEMU's -trace: `[enable=]PATTERN` (`*` and `?` wildcards; a
     /// leading `-` turns off), `events=FILE` (a pattern a line), `file=FILE` (where the
     /// lines of every process go; default stderr). May be given several times.
@@ -290,12 +306,111 @@ fn fd_budget(args: &Args) -> anyhow::Result<Arc<FdBudget>> {
     Ok(FdBudget::new(limits))
 }
 
-fn run(args: Args) -> anyhow::Result<ExitReason> {
+/// The options that describe a VM, which --machine none has none of.
+fn refuse_vm_options(args: &Args) -> anyhow::Result<()> {
+    let given = [
+        ("--kernel", args.vm.kernel.is_some()),
+        ("--initrd", args.vm.initrd.is_some()),
+        ("--drive", !args.drive.is_empty()),
+        ("--device", !args.device.is_empty()),
+        ("--netdev", !args.netdev.is_empty()),
+        ("--incoming", args.incoming.is_some()),
+    ];
+    match given.iter().find(|(_, given)| *given) {
+        Some((option, _)) => bail!("--machine none runs no VM: {option} is not taken"),
+        None => Ok(()),
+    }
+}
+
+/// Puts the VM together and has vmm-core launch it: the disks, NICs, balloon and DIMMs
+/// the command line gives, placed on bus 0 in launch order.
+#[allow(clippy::too_many_arguments)]
+fn launch_vm(
+    args: &Args,
+    gw: &Arc<Gateway>,
+    link: &Arc<VmmLink>,
+    vmm_child: &VmmChild,
+    mut vm: OpenedVm,
+    netdevs: Vec<qmp_gateway::net::netdev::Netdev>,
+    pci: &[balloon::PciDevice],
+    balloon: Option<balloon::BalloonSpec>,
+) -> anyhow::Result<()> {
+    // Bus 0's slots from 1, in launch order: the --drive disks, then the --device disks
+    // and NICs in their order (addr= keeps its slot).
+    for (i, spec) in args.drive.iter().enumerate() {
+        let (ticket, slot) = gw.devices.lock().launch(Model::Blk, None, spec.slot)?;
+        let placed = (slot, ticket.qom_path.clone());
+        let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets, placed)?;
+        gw.devices
+            .lock()
+            .added(&ticket, Backend::Disk(disk.clone()));
+        vm.add_disk(disk, stream);
+    }
+    for netdev in netdevs {
+        gw.net.add_netdev(netdev)?;
+    }
+    // vmm-core takes the disks' connections before the NICs'.
+    let mut nics = Vec::new();
+    for device in pci {
+        let text = &device.text;
+        let made = gw.launch_device(&device.spec, vm.config.cpus);
+        match made.with_context(|| format!("--device {text}"))? {
+            (Backend::Disk(disk), stream) => vm.add_disk(disk, stream),
+            (Backend::Nic(nic), stream) => nics.push((nic, stream)),
+            (other, _) => bail!("--device {text}: made {other:?}"),
+        }
+    }
+    for (nic, stream) in nics {
+        vm.add_nic(nic, stream);
+    }
+    // The balloon is vmm-core's own device, in the next slot.
+    if let Some(b) = balloon {
+        let (ticket, slot) = gw
+            .devices
+            .lock()
+            .launch(Model::Balloon, b.id.as_deref(), None)?;
+        let launch = ipc::BalloonLaunch {
+            slot: Some(slot),
+            qdev_id: b.id.unwrap_or_default(),
+        };
+        gw.devices
+            .lock()
+            .added(&ticket, Backend::Balloon(launch.clone()));
+        vm.config.balloon = Some(launch);
+    }
+    // The command line's DIMMs, placed as device_add places them (in the launch's
+    // device memory).
+    let memory = DeviceMemory::of(vm.config.memory_mib << 20, vm.config.memory_hotplug);
+    for dimm in balloon::dimms(&args.device) {
+        let (dimm, fd) = gw.launch_dimm(dimm, &memory).context("--device pc-dimm")?;
+        vm.add_dimm(&dimm, fd);
+    }
+    vm.config.incoming = args.incoming.is_some();
+    gw.migrator.set_shape(vm.shape());
+    if args.start_paused_incoming() {
+        gw.migrator.set_autostart(false);
+    }
+    let vcpus = vm.launch(link).context("vmm-core")?;
+    vm.drop_backend_connections();
+    *vmm_child.launch.lock() = Some(vm);
+    gw.set_vcpus(vcpus);
+    Ok(())
+}
+
+/// `ready`: the daemon's promise to its first process (--daemonize), kept once the QMP
+/// listeners serve.
+fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
     if let Some(u) = &args.uuid {
         if !valid_uuid(u) {
             bail!("--uuid {u}: not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
         }
     }
+    // Locked before anything is bound, as QEMU's: a second gateway given the same file
+    // is refused before it could take the first one's sockets. Removed last.
+    let _pidfile = (args.pidfile.as_deref())
+        .map(PidFile::create)
+        .transpose()
+        .context("cannot create PID file")?;
     let signals = block_terminating_signals()?;
     // Before any child starts: each gets the trace state page and log at its start.
     qmp_gateway::trace::start(&args.trace)?;
@@ -309,21 +424,31 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     let mut unix_listeners = Vec::new();
     for path in &args.qmp {
         unix_listeners.push(bind_private(path).context("--qmp")?);
-        cleanup.sockets.push(path.clone());
+        // Absolute: a daemon moves to / once it is ready.
+        cleanup.sockets.push(std::path::absolute(path)?);
     }
     let mut tcp_listeners = Vec::new();
     for spec in &args.qmp_tcp {
         let addr = tcp_addr(spec)?;
         tcp_listeners.push(TcpListener::bind(addr).with_context(|| format!("--qmp-tcp {spec}"))?);
     }
-    let mut vm = OpenedVm::open(&args.vm)?;
+    let mut vm = match args.machine {
+        MachineType::Pc => Some(OpenedVm::open(&args.vm)?),
+        MachineType::None => {
+            refuse_vm_options(&args)?;
+            None
+        }
+    };
     // The chardevs, and the UART on its own, before any process starts (the gateway
-    // takes them over once it is made).
+    // takes them over once it is made). The none machine has no UART.
     let chardevs = Chardevs::default();
-    if let Some(console) =
-        chardev::console::open_command_line(&chardevs, &args.chardev, &args.vm.serial)
-            .context("--chardev/--serial")?
-    {
+    let serial = match vm {
+        Some(_) => &args.vm.serial,
+        None => &ipc::host::SerialConfig::None,
+    };
+    let console = chardev::console::open_command_line(&chardevs, &args.chardev, serial)
+        .context("--chardev/--serial")?;
+    if let (Some(vm), Some(console)) = (vm.as_mut(), console) {
         vm.set_console(console);
     }
     // Each monitor's chardev is its own from now on.
@@ -337,13 +462,21 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
     if args.sandbox != Mode::Off {
         ids::configure(args.sandbox_ids)?;
     }
-    let binary = sibling(&args.vmm_core, "vmm-core")?;
-    let (child, conn) = spawn_child(&binary, &[], args.sandbox)
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let vmm_child = Arc::new(VmmChild::new(binary));
-    *vmm_child.process.lock() = Some(child);
-    cleanup.vmm = Some(vmm_child.clone());
-    let link = VmmLink::new("vmm-core", conn);
+    let (link, vmm_child) = match vm {
+        Some(_) => {
+            let binary = sibling(&args.vmm_core, "vmm-core")?;
+            let (child, conn) = spawn_child(&binary, &[], args.sandbox)
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let vmm_child = Arc::new(VmmChild::new(binary));
+            *vmm_child.process.lock() = Some(child);
+            cleanup.vmm = Some(vmm_child.clone());
+            (VmmLink::new("vmm-core", conn), vmm_child)
+        }
+        None => {
+            let link = machine_none::start(args.vm.start_paused).context("machine none")?;
+            (link, Arc::new(VmmChild::new(PathBuf::new())))
+        }
+    };
     let (exit_tx, exit_rx) = mpsc::channel();
     let events = Arc::new(EventBus::default());
     let gw = Arc::new(
@@ -400,66 +533,10 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
             .blockdev_add(opts, &gw.fdsets, &mut graph::uncharged)
             .with_context(|| format!("--blockdev {text}"))?;
     }
-    // Bus 0's slots from 1, in launch order: the --drive disks, then the --device disks
-    // and NICs in their order (addr= keeps its slot).
-    for (i, spec) in args.drive.iter().enumerate() {
-        let (ticket, slot) = gw.devices.lock().launch(Model::Blk, None, spec.slot)?;
-        let placed = (slot, ticket.qom_path.clone());
-        let (disk, stream) = gw.block.add_drive(i, spec, &gw.fdsets, placed)?;
-        gw.devices
-            .lock()
-            .added(&ticket, Backend::Disk(disk.clone()));
-        vm.add_disk(disk, stream);
+    if let Some(vm) = vm {
+        launch_vm(&args, &gw, &link, &vmm_child, vm, netdevs, &pci, balloon)?;
+        cleanup.launched = true;
     }
-    for netdev in netdevs {
-        gw.net.add_netdev(netdev)?;
-    }
-    // vmm-core takes the disks' connections before the NICs'.
-    let mut nics = Vec::new();
-    for device in &pci {
-        let text = &device.text;
-        let made = gw.launch_device(&device.spec, vm.config.cpus);
-        match made.with_context(|| format!("--device {text}"))? {
-            (Backend::Disk(disk), stream) => vm.add_disk(disk, stream),
-            (Backend::Nic(nic), stream) => nics.push((nic, stream)),
-            (other, _) => bail!("--device {text}: made {other:?}"),
-        }
-    }
-    for (nic, stream) in nics {
-        vm.add_nic(nic, stream);
-    }
-    // The balloon is vmm-core's own device, in the next slot.
-    if let Some(b) = balloon {
-        let (ticket, slot) = gw
-            .devices
-            .lock()
-            .launch(Model::Balloon, b.id.as_deref(), None)?;
-        let launch = ipc::BalloonLaunch {
-            slot: Some(slot),
-            qdev_id: b.id.unwrap_or_default(),
-        };
-        gw.devices
-            .lock()
-            .added(&ticket, Backend::Balloon(launch.clone()));
-        vm.config.balloon = Some(launch);
-    }
-    // The command line's DIMMs, placed as device_add places them (in the launch's
-    // device memory).
-    let memory = DeviceMemory::of(vm.config.memory_mib << 20, vm.config.memory_hotplug);
-    for dimm in balloon::dimms(&args.device) {
-        let (dimm, fd) = gw.launch_dimm(dimm, &memory).context("--device pc-dimm")?;
-        vm.add_dimm(&dimm, fd);
-    }
-    vm.config.incoming = args.incoming.is_some();
-    gw.migrator.set_shape(vm.shape());
-    if args.start_paused_incoming() {
-        gw.migrator.set_autostart(false);
-    }
-    let vcpus = vm.launch(&link).context("vmm-core")?;
-    cleanup.launched = true;
-    vm.drop_backend_connections();
-    *vmm_child.launch.lock() = Some(vm);
-    gw.set_vcpus(vcpus);
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;
     gw.block.start_job_watcher()?;
@@ -514,6 +591,9 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
         server.serve_tcp(l, chardev)?;
     }
     qmp_gateway::monitor::start(&server, &args.mon).context("--mon")?;
+    if let Some(ready) = ready {
+        ready.done().context("daemonize")?;
+    }
 
     let reason = exit_rx
         .recv()
@@ -567,7 +647,19 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
 
 fn main() -> ExitCode {
     init_logging();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    // Before anything starts a thread or a child: a fork keeps only the calling thread.
+    let ready = match args.daemonize {
+        true => match daemonize() {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                eprintln!("qmp-gateway: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        false => None,
+    };
+    match run(args, ready) {
         Ok(ExitReason::VmmExited(why)) => {
             eprintln!("qmp-gateway: error: vmm-core exited unexpectedly: {why}");
             ExitCode::FAILURE

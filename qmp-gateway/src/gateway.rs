@@ -312,6 +312,13 @@ impl Gateway {
                     .activate()
                     .map_err(|e| LinkError::Remote(ipc::RemoteError::generic(e.to_string())))?;
             }
+            // Images xen-save-devices-state let go of (`live`): taken back, as QEMU's
+            // cont does (bdrv_activate_all).
+            _ if self.block.inactive() => {
+                self.block
+                    .activate()
+                    .map_err(|e| LinkError::Remote(ipc::RemoteError::generic(e.to_string())))?;
+            }
             _ => {}
         }
         self.vmm.request(VmmRequest::Cont, &[])?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_tests::blk::{empty_image, first_mismatch, pattern_image, pattern_sector};
 use flotilla_tests::qmp::{Gateway, QmpClient};
-use flotilla_tests::{bin, run_to_end, test_guest, TempDir};
+use flotilla_tests::{bin, require_tool, run_to_end, test_guest, TempDir};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -207,6 +207,22 @@ fn bandwidth_limit_holds() {
     assert!(free > 2.0 * limit as f64, "unthrottled only {free:.0} B/s");
 }
 
+/// Whether qemu-io, opening `image` to write (it only reads), is refused its write lock.
+fn writer_refused(image: &Path) -> bool {
+    let out = std::process::Command::new(require_tool("qemu-io", "qemu-utils"))
+        .args(["-f", "raw", "-c", "read 0 512"])
+        .arg(image)
+        .output()
+        .expect("running qemu-io");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    match text.contains("Failed to get \"write\" lock") {
+        true => true,
+        false if out.status.success() && text.contains("read 512/512") => false,
+        false => panic!("qemu-io on {}: {text}", image.display()),
+    }
+}
+
 #[test]
 fn stop_returns_with_the_guests_requests_done_whatever_the_limits() {
     let dir = TempDir::new("gw-blk-stop-drain");
@@ -231,14 +247,23 @@ fn stop_returns_with_the_guests_requests_done_whatever_the_limits() {
 
     // The device state saved and loaded back into the stopped VM (xen-save-devices-
     // state, xen-load-devices-state): the disk, whose rings run as the state lays them
-    // out, keeps them, and the guest's rounds go on.
+    // out, keeps them, and the guest's rounds go on. `live` (the default) lets a
+    // stopped VM's image go, as QEMU 7.2's does; cont takes it back.
     throttle(&mut c, json!({}));
     c.ok("stop", json!({}));
+    let image = dir.path().join("d0.img");
     let state = dir.path().join("devices.state").display().to_string();
+    c.ok(
+        "xen-save-devices-state",
+        json!({"filename": state, "live": false}),
+    );
+    assert!(writer_refused(&image));
     c.ok("xen-save-devices-state", json!({"filename": state}));
+    assert!(!writer_refused(&image));
     c.ok("xen-load-devices-state", json!({"filename": state}));
     let rounds = gw.vm.transcript().matches("GUEST BLK ROUND").count();
     c.ok("cont", json!({}));
+    assert!(writer_refused(&image));
     // The round after the one the load interrupted is the guest's work since.
     let round = gw
         .vm

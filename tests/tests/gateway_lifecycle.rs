@@ -1,6 +1,7 @@
 //! The VM's life through the gateway: events around stop/cont/system_reset/
 //! system_powerdown, -S, HMP, and every way of ending (quit, SIGTERM, guest power-off,
-//! a vmm-core crash), after which no process or socket remains.
+//! a vmm-core crash), after which no process or socket remains; the device state saved
+//! to a file and loaded back (xen-save-devices-state, xen-load-devices-state).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::procs::{descendants, ProcId};
+use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{wait_for_socket, Gateway, QmpClient};
 use flotilla_tests::{bin, run_to_end, test_guest, TempDir, Vm};
 use nix::sys::signal::{kill, Signal};
@@ -686,4 +688,162 @@ fn a_stopped_vm_leaves_the_host_cpus_alone() {
     let used = ticks() - before;
     // A busy thread accounts 100 ticks a second; parked ones none.
     assert!(used < 10, "the stopped vCPUs used {used} ticks in a second");
+}
+
+/// xen-save-devices-state and xen-load-devices-state: QEMU 7.2's answers to bad
+/// arguments, to a load while the VM runs and to files that cannot be opened (compared
+/// with a live QEMU); files that are not a device state of this VM's shape refused; and
+/// round trips: the state saved at prelaunch, loaded into the booted VM, takes its vCPUs
+/// back to where the loader put them, the state saved when it was idle brings them back,
+/// and the guest runs on from there (its power button still works).
+#[test]
+fn device_state_save_and_load() {
+    let mut gw = Gateway::start(&["-S"]);
+    let mut c = gw.client();
+    let dir = TempDir::new("device-state");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    c.ok(
+        "xen-save-devices-state",
+        json!({"filename": path("prelaunch")}),
+    );
+    assert_eq!(status(&mut c), "prelaunch");
+    c.ok("cont", json!({}));
+    c.event("RESUME");
+    gw.vm.expect_prefix("GUEST IDLE", BOOT);
+
+    let qemu = Qemu::try_start(&[]).expect("QEMU starts");
+    let mut q = qemu.client();
+    // QEMU's own file (a QEMU_VM_FILE_MAGIC stream), for the refusals below.
+    q.ok("xen-save-devices-state", json!({"filename": path("qemu")}));
+    q.ok("cont", json!({}));
+    let missing = path("missing/state");
+    let bad = [
+        ("xen-save-devices-state", json!({})),
+        ("xen-save-devices-state", json!({"filename": 1})),
+        (
+            "xen-save-devices-state",
+            json!({"filename": path("s"), "live": "yes"}),
+        ),
+        (
+            "xen-save-devices-state",
+            json!({"filename": path("s"), "extra": 1}),
+        ),
+        ("xen-save-devices-state", json!({"filename": missing})),
+        ("xen-save-devices-state", json!({"filename": path("")})),
+        ("xen-save-devices-state", json!({"filename": ""})),
+        ("xen-load-devices-state", json!({})),
+        ("xen-load-devices-state", json!({"filename": 1})),
+        (
+            "xen-load-devices-state",
+            json!({"filename": path("prelaunch"), "live": true}),
+        ),
+        // Both run: refused before anything is opened.
+        ("xen-load-devices-state", json!({"filename": missing})),
+        (
+            "xen-load-devices-state",
+            json!({"filename": path("prelaunch")}),
+        ),
+    ];
+    for (command, args) in &bad {
+        let want = q.err(command, args.clone());
+        assert_eq!(c.err(command, args.clone()), want, "{command} {args}");
+    }
+    q.ok("stop", json!({}));
+    c.ok("stop", json!({}));
+    c.event("STOP");
+    let args = json!({"filename": missing});
+    let want = q.err("xen-load-devices-state", args.clone());
+    assert_eq!(c.err("xen-load-devices-state", args), want);
+    drop(q);
+    drop(qemu);
+
+    // Files that are not a device state, or one of a VM of another shape: refused, and
+    // the VM is left as it was (the round trips below).
+    std::fs::write(path("garbage"), [0x51u8; 100]).unwrap();
+    std::fs::write(path("empty"), []).unwrap();
+    for name in ["garbage", "empty", "qemu"] {
+        let file = path(name);
+        assert_eq!(
+            c.err("xen-load-devices-state", json!({"filename": file})),
+            (
+                "GenericError".to_string(),
+                format!(
+                    "Cannot load the device state from {file}: it is not a Flotilla device \
+                     state (one written by xen-save-devices-state)"
+                )
+            )
+        );
+    }
+    let other = Gateway::start(&["-S", "--memory", "64"]);
+    other
+        .client()
+        .ok("xen-save-devices-state", json!({"filename": path("other")}));
+    drop(other);
+    // The same memory and vCPUs, another PCI device: refused once the vCPUs went in.
+    let other = Gateway::start(&["-S", "--device", "virtio-balloon-pci,id=b"]);
+    other.client().ok(
+        "xen-save-devices-state",
+        json!({"filename": path("balloon")}),
+    );
+    drop(other);
+    let (_, desc) = c.err("xen-load-devices-state", json!({"filename": path("other")}));
+    assert_eq!(
+        desc,
+        format!(
+            "Cannot load the device state from {}: the source VM differs from this one: \
+             64 MiB of memory there, 128 MiB here",
+            path("other")
+        )
+    );
+
+    // A running VM stops for the save and runs on, as QEMU's.
+    c.ok("cont", json!({}));
+    c.event("RESUME");
+    c.ok(
+        "xen-save-devices-state",
+        json!({"filename": path("running")}),
+    );
+    c.event("STOP");
+    c.event("RESUME");
+    assert_eq!(status(&mut c), "running");
+    assert!(std::fs::metadata(path("running")).unwrap().len() > 0);
+
+    c.ok("stop", json!({}));
+    c.event("STOP");
+    let idle = cpu_pcs(&mut c);
+    c.ok("xen-save-devices-state", json!({"filename": path("idle")}));
+    let (_, desc) = c.err(
+        "xen-load-devices-state",
+        json!({"filename": path("balloon")}),
+    );
+    assert!(
+        desc.contains("devices: device at 0xcf8: the PCI devices differ"),
+        "{desc}"
+    );
+    // All or nothing: the vCPUs are as they were.
+    assert_eq!(cpu_pcs(&mut c), idle);
+    c.ok(
+        "xen-load-devices-state",
+        json!({"filename": path("prelaunch")}),
+    );
+    assert_eq!(
+        cpu_pcs(&mut c),
+        [elf_entry(&test_guest()), RESET_VECTOR_IP],
+        "the prelaunch state's vCPUs"
+    );
+    assert_eq!(status(&mut c), "paused");
+    c.ok("xen-load-devices-state", json!({"filename": path("idle")}));
+    assert_eq!(cpu_pcs(&mut c), idle);
+    c.ok("cont", json!({}));
+    c.event("RESUME");
+    let vmm = gw.vmm_pid();
+    c.ok("system_powerdown", json!({}));
+    let e = c.event("SHUTDOWN");
+    assert_eq!(
+        e["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    gw.vm.expect_prefix("GUEST POWER BUTTON", BOOT);
+    assert_eq!(gw.vm.transcript().matches("GUEST READY").count(), 1);
+    gw.expect_clean_exit(vmm, true);
 }

@@ -64,6 +64,11 @@ pub(super) fn disk_locks(state: &State, disk: &super::disk::Disk) -> Vec<ImageLo
 }
 
 impl BlockLayer {
+    /// Whether the images are let go of (`inactivate`) until `activate`.
+    pub fn inactive(&self) -> bool {
+        self.state.lock().graph.inactive()
+    }
+
     /// Destination: images opened from now on take no locks (the source holds them).
     pub fn open_inactive(&self) {
         self.state.lock().graph.set_inactive(true);

@@ -147,10 +147,10 @@ fn unable_to_open(path: &str, e: &std::io::Error) -> QmpError {
 /// xen-save-devices-state: what a migration carries for the devices (vmm-core's state,
 /// the NICs' host sides), without guest RAM or disks, into a file the gateway makes
 /// (0660, as QEMU's). A running VM is stopped for it and runs again, as in QEMU (STOP
-/// and RESUME). QEMU's `live` hands a stopped VM's images to another host (libxl's
-/// migration); here they stay this VM's, with their locks, whatever `live` says.
+/// and RESUME). With `live` (the default, QEMU's), a VM that was not running lets go of
+/// its images, locks and all, for another host to take (libxl's migration), as QEMU 7.2
+/// does; `cont` takes them back.
 pub fn xen_save_devices_state(c: &mut Ctx, a: XenSaveDevicesState) -> QmpResult {
-    let _ = a.live;
     match c.gw.run_state() {
         RunState::InMigrate => {
             return Err(QmpError::generic(
@@ -194,6 +194,13 @@ pub fn xen_save_devices_state(c: &mut Ctx, a: XenSaveDevicesState) -> QmpResult 
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())
         .map_err(|_| QmpError::generic("An IO error has occurred"))?;
+    if a.live.unwrap_or(true) && !running {
+        c.gw.block.inactivate().map_err(|e| {
+            QmpError::generic(format!(
+                "qmp_xen_save_devices_state: bdrv_inactivate_all() failed ({e})"
+            ))
+        })?;
+    }
     Ok(json!({}))
 }
 

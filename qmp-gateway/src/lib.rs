@@ -16,7 +16,8 @@
 //! memory backends; `trace` is `--trace` and the trace event states' rules;
 //! `cli_options` is the table of the command line's keys (query-command-line-options);
 //! `machine_none` is `--machine` and QEMU's none machine (no VM); `daemonize` and
-//! `pidfile` are QEMU's -daemonize and -pidfile. No file
+//! `pidfile` are QEMU's -daemonize and -pidfile; `qemu_cli` reads QEMU's whole command
+//! line as these options (the flotilla-qemu binary). No file
 //! imports one that imports it back (scripts/check-imports).
 
 pub mod balloon;
@@ -41,6 +42,7 @@ pub mod monitor;
 pub mod net;
 pub mod objects;
 pub mod pidfile;
+pub mod qemu_cli;
 pub mod qmp;
 pub mod qom_types;
 pub mod sockets;

@@ -1,0 +1,252 @@
+//! The machine's options: -machine, -accel, -cpu, -m with the machine's RAM backend,
+//! and -smp. Flotilla's machine is one KVM PC ("pc", see qmp/handlers/machine_types.rs)
+//! or `none` (libvirt's capability probe: QMP and no guest); its vCPUs are the host's
+//! (KVM's supported CPUID), one package of N cores with one thread each.
+
+use serde_json::{Map, Value};
+
+use super::error::CliError;
+use crate::keyval;
+use crate::machine_none::MachineType;
+
+/// The machine's options gathered from the command line.
+#[derive(Debug, Default)]
+pub struct Machine {
+    pub kind: MachineType,
+    /// -machine memory-backend=: the id of the object that is the guest's RAM.
+    pub memory_backend: Option<String>,
+}
+
+/// QEMU's "on"/"off" check for a flag-like property.
+fn on_off(key: &str, value: &str) -> Result<bool, CliError> {
+    keyval::boolean(value)
+        .ok_or_else(|| CliError::plain(format!("Parameter '{key}' expects 'on' or 'off'")))
+}
+
+/// An accelerator list (`kvm`, `kvm:tcg`): KVM is Flotilla's only one. As in QEMU, the
+/// first in the list that works is used; a list with none fails with QEMU's words for
+/// an accelerator this binary does not have.
+fn accel_list(list: &str) -> Result<(), CliError> {
+    if list.split(':').any(|a| a == "kvm") {
+        return Ok(());
+    }
+    let first = list.split(':').next().unwrap_or_default();
+    Err(CliError::plain(format!("invalid accelerator {first}")))
+}
+
+pub fn machine(arg: &str, m: &mut Machine) -> Result<(), CliError> {
+    let opts = keyval::qemu_opts(arg, "type");
+    let kind = match opts.get("type").and_then(Value::as_str) {
+        None => MachineType::Pc,
+        Some(name) => name
+            .parse::<MachineType>()
+            .map_err(|e| CliError::plain(e.to_string()))?,
+    };
+    m.kind = kind;
+    let class = match kind {
+        MachineType::Pc => "pc-machine",
+        MachineType::None => "none-machine",
+    };
+    for (key, value) in &opts {
+        let value = value.as_str().unwrap_or_default();
+        match key.as_str() {
+            "type" => {}
+            "accel" => accel_list(value)?,
+            // No USB controller: usb=off is what there is.
+            "usb" if !on_off(&format!("{class}.usb"), value)? => {}
+            "usb" => {
+                return Err(refuse(
+                    "machine",
+                    arg,
+                    "Flotilla's PC has no USB controller",
+                ))
+            }
+            // Guest RAM is a memfd mapped into vmm-core, whose core dumps are off (its
+            // sandbox sets it undumpable); a dump of guest memory is dump-guest-memory.
+            "dump-guest-core" => {
+                on_off(&format!("{class}.dump-guest-core"), value)?;
+            }
+            "memory-backend" => m.memory_backend = Some(value.to_string()),
+            _ => {
+                return Err(CliError::plain(format!(
+                    "Property '{class}.{key}' not found"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A refusal of Flotilla's own, for what QEMU would take.
+fn refuse(option: &str, arg: &str, why: &str) -> CliError {
+    CliError::at(option, Some(arg), why)
+}
+
+/// -accel kvm (and -enable-kvm): nothing else, and no accelerator properties.
+pub fn accel(arg: &str) -> Result<(), CliError> {
+    let opts = keyval::qemu_opts(arg, "accel");
+    let name = opts
+        .get("accel")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if name != "kvm" {
+        return Err(refuse("accel", arg, &format!("invalid accelerator {name}")));
+    }
+    if let Some(key) = opts.keys().find(|k| *k != "accel") {
+        return Err(refuse(
+            "accel",
+            arg,
+            &format!("Flotilla's KVM accelerator takes no properties ('{key}')"),
+        ));
+    }
+    Ok(())
+}
+
+/// -cpu host[,migratable=on|off]: the host's CPU (KVM's supported CPUID) is the only
+/// model; feature flags are not turned on or off.
+pub fn cpu(arg: &str) -> Result<(), CliError> {
+    let opts = keyval::qemu_opts(arg, "model");
+    let model = opts
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if model != "host" {
+        // QEMU's words, no option named.
+        return Err(CliError::plain(format!(
+            "unable to find CPU model '{model}'"
+        )));
+    }
+    for (key, value) in &opts {
+        let value = value.as_str().unwrap_or_default();
+        match key.as_str() {
+            "model" => {}
+            // Flotilla's vCPUs never have features a migration could not carry.
+            "migratable" => {
+                on_off(&format!("host-x86_64-cpu.{key}"), value)?;
+            }
+            _ => {
+                return Err(refuse(
+                    "cpu",
+                    arg,
+                    &format!(
+                        "Flotilla's vCPUs have the host's CPUID as KVM supports it: CPU \
+                         property '{key}' cannot be set (use -cpu host)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// -smp: the vCPU count and the most vCPUs (`--cpus`, `--max-cpus`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Smp {
+    pub cpus: u64,
+    pub max_cpus: Option<u64>,
+}
+
+pub fn smp(arg: &str) -> Result<Smp, CliError> {
+    let opts = keyval::qemu_opts(arg, "cpus");
+    let get = |key: &str| -> Result<Option<u64>, CliError> {
+        match opts.get(key).and_then(Value::as_str) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| CliError::plain(format!("Parameter 'smp.{key}' expects an integer"))),
+        }
+    };
+    let (cpus, sockets, dies, cores, threads, maxcpus) = (
+        get("cpus")?,
+        get("sockets")?,
+        get("dies")?,
+        get("cores")?,
+        get("threads")?,
+        get("maxcpus")?,
+    );
+    if let Some(key) = opts
+        .keys()
+        .find(|k| !["cpus", "sockets", "dies", "cores", "threads", "maxcpus"].contains(&k.as_str()))
+    {
+        return Err(CliError::plain(format!(
+            "Parameter 'smp.{key}' is unexpected"
+        )));
+    }
+    let cpus = match (cpus, maxcpus, sockets, cores, threads) {
+        (Some(n), ..) => n,
+        (None, Some(m), ..) => m,
+        (None, None, s, c, t) => {
+            s.unwrap_or(1) * c.unwrap_or(1) * t.unwrap_or(1) * dies.unwrap_or(1)
+        }
+    };
+    if cpus == 0 {
+        return Err(refuse("smp", arg, "Flotilla needs at least one vCPU"));
+    }
+    // One package of cores with one thread each is the topology vmm-core's CPUID gives.
+    let max = maxcpus.unwrap_or(cpus);
+    let one = |v: Option<u64>| v.is_none_or(|n| n == 1);
+    let cores_ok = cores.is_none_or(|c| c == max);
+    if !one(sockets) || !one(dies) || !one(threads) || !cores_ok {
+        return Err(refuse(
+            "smp",
+            arg,
+            "Flotilla's vCPUs are one socket of cores with one thread each: give \
+             sockets=1,cores=MAXCPUS,threads=1 or leave the topology out",
+        ));
+    }
+    Ok(Smp {
+        cpus,
+        max_cpus: maxcpus.filter(|&m| m != cpus),
+    })
+}
+
+/// The machine's RAM: -m, or a memory-backend= object's size. Flotilla's guest RAM is
+/// always its own memfd (shared with the daemons and the migration agent), so a backend
+/// named as the RAM may only say its size (memory-backend-ram or -memfd); its size must
+/// be -m's, as QEMU checks. Returns --memory's text.
+pub fn ram(
+    m: Option<&str>,
+    backend: Option<(&str, &Map<String, Value>)>,
+) -> Result<Option<String>, CliError> {
+    let Some((id, props)) = backend else {
+        return Ok(m.map(str::to_string));
+    };
+    let kind = props
+        .get("qom-type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind != "memory-backend-ram" && kind != "memory-backend-memfd" {
+        return Err(CliError::plain(format!(
+            "Flotilla's guest RAM is a memfd of its own: its backend '{id}' can be \
+             memory-backend-ram or memory-backend-memfd, not {kind}"
+        )));
+    }
+    if let Some(key) = props
+        .keys()
+        .find(|k| !["qom-type", "id", "size"].contains(&k.as_str()))
+    {
+        return Err(CliError::plain(format!(
+            "Flotilla's guest RAM is a memfd of its own: its backend '{id}' takes only a \
+             size, not '{key}'"
+        )));
+    }
+    let size = match props.get("size") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => ipc::host::parse_size(s, 1).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| CliError::plain(format!("memory backend '{id}': no size")))?;
+    if let Some(text) = m {
+        let asked: ipc::host::MemoryConfig = text
+            .parse()
+            .map_err(|e: String| CliError::at("m", Some(text), e))?;
+        if asked.mib << 20 != size {
+            return Err(CliError::plain(
+                "Machine memory size does not match the size of the memory backend",
+            ));
+        }
+        return Ok(Some(text.to_string()));
+    }
+    Ok(Some(format!("{size}B")))
+}

@@ -112,7 +112,7 @@ pub struct Gateway {
     pub migration: Arc<Mutex<MigrationSettings>>,
     /// Migrations out of and into this VM.
     pub migrator: Arc<Migrator>,
-    pub fdsets: FdSets,
+    pub fdsets: Arc<FdSets>,
     /// The character devices (chardev-add, --chardev) and the frontends they serve.
     pub chardevs: Chardevs,
     /// What object-add created.
@@ -128,7 +128,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `block_daemon`, `net_daemon`: the binaries disks and NICs are served by.
+    /// `block_daemon`, `net_daemon`: the binaries disks and NICs are served by;
+    /// `fdsets`: the add-fd sets (the command line's --add-fd in them already).
     pub fn new(
         identity: VmIdentity,
         vmm: Arc<VmmLink>,
@@ -137,6 +138,7 @@ impl Gateway {
         binaries: Binaries,
         events: Arc<EventBus>,
         sandbox: Mode,
+        fdsets: Arc<FdSets>,
     ) -> std::io::Result<Gateway> {
         let Binaries {
             block_daemon,
@@ -226,6 +228,8 @@ impl Gateway {
         }
         // An iothread's thread is a block daemon's.
         let objects = Objects::new(block.clone());
+        let chardevs = Chardevs::default();
+        chardevs.use_fdsets(fdsets.clone());
         Ok(Gateway {
             identity,
             status,
@@ -238,8 +242,8 @@ impl Gateway {
             sandbox,
             migration,
             migrator,
-            fdsets: FdSets::default(),
-            chardevs: Chardevs::default(),
+            fdsets,
+            chardevs,
             objects,
             events,
             dumps: Default::default(),

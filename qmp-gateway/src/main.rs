@@ -32,7 +32,8 @@ use qmp_gateway::devices::spec::Model;
 use qmp_gateway::devices::Backend;
 use qmp_gateway::events::{Event, EventBus};
 use qmp_gateway::fdstore::budget::process_fds;
-use qmp_gateway::fdstore::{FdBudget, FdLimits};
+use qmp_gateway::fdstore::command_line::AddFd;
+use qmp_gateway::fdstore::{FdBudget, FdLimits, FdSets};
 use qmp_gateway::gateway::{Binaries, ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
 use qmp_gateway::machine_none::{self, MachineType};
@@ -126,6 +127,11 @@ struct Args {
     /// object-add takes). May be given several times.
     #[arg(long, value_parser = |s: &str| qmp_gateway::qmp::object_add::from_cli(s))]
     object: Vec<ObjectSpec>,
+    /// An fd this process was started with, put in fd set N as add-fd puts a client's
+    /// (QEMU's -add-fd): `set=N,fd=M[,opaque=TEXT]`; a /dev/fdset/N path (a --chardev
+    /// file's) opens it. May be given several times.
+    #[arg(long, value_parser = |s: &str| s.parse::<AddFd>())]
+    add_fd: Vec<AddFd>,
     /// The vmm-core binary (default: next to this one).
     #[arg(long)]
     vmm_core: Option<PathBuf>,
@@ -442,6 +448,11 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
     // The chardevs, and the UART on its own, before any process starts (the gateway
     // takes them over once it is made). The none machine has no UART.
     let chardevs = Chardevs::default();
+    // The inherited fds of --add-fd, before the chardevs open /dev/fdset/N paths.
+    let fdsets = Arc::new(FdSets::default());
+    qmp_gateway::fdstore::command_line::take(&fdsets, &args.add_fd)
+        .map_err(|(at, e)| anyhow::anyhow!("--add-fd {at}: {e}"))?;
+    chardevs.use_fdsets(fdsets.clone());
     let serial = match vm {
         Some(_) => &args.vm.serial,
         None => &ipc::host::SerialConfig::None,
@@ -498,6 +509,7 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
             },
             events.clone(),
             args.sandbox,
+            fdsets,
         )
         .context("runtime directory")?,
     );

@@ -70,6 +70,9 @@ pub struct Chardevs {
     map: Mutex<BTreeMap<String, Chardev>>,
     /// The QMP listeners (compat_monitorN), apart: they have no backend of their own.
     listeners: Mutex<Vec<Arc<QmpListener>>>,
+    /// The fd sets a file backend's /dev/fdset/N path is opened from, as QEMU's
+    /// qemu_open (the gateway's add-fd sets, with the command line's --add-fd).
+    fdsets: std::sync::OnceLock<Arc<crate::fdstore::FdSets>>,
 }
 
 /// How a monitor reads its chardev.
@@ -81,6 +84,11 @@ pub enum MonitorLink {
 }
 
 impl Chardevs {
+    /// The fd sets /dev/fdset/N paths are opened from (set once).
+    pub fn use_fdsets(&self, sets: Arc<crate::fdstore::FdSets>) {
+        let _ = self.fdsets.set(sets);
+    }
+
     /// Opens `backend` as chardev `id`. `waits`: a socket server waits for its first
     /// client (the command line's wait=on; chardev-add never waits, as in QEMU).
     pub fn add(&self, id: &str, backend: Backend, waits: bool) -> Result<Added, ChardevError> {
@@ -107,7 +115,8 @@ impl Chardevs {
             }
         }
         let failed = |why: String| ChardevError::Open { id: id.into(), why };
-        let made = open::open(&backend, waits).map_err(failed)?;
+        let fdsets = self.fdsets.get().map(|s| &**s);
+        let made = open::open(&backend, waits, fdsets).map_err(failed)?;
         let socket_path = made.socket_path;
         let worker =
             io::start(id, made.opened, made.filename).map_err(|e| failed(e.to_string()))?;

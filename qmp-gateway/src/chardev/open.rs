@@ -17,6 +17,11 @@ use super::ringbuf::Ring;
 use super::spec::{Address, Backend};
 use crate::sockets::bind_private;
 
+/// N of a /dev/fdset/N path (QEMU's qemu_open reads such paths from an fd set).
+fn fdset_of(path: &Path) -> Option<i64> {
+    path.to_str()?.strip_prefix("/dev/fdset/")?.parse().ok()
+}
+
 fn could_not_open(path: &Path, e: std::io::Error) -> String {
     format!("Could not open '{}': {}", path.display(), errno_text(&e))
 }
@@ -138,7 +143,11 @@ pub(super) struct Made {
 }
 
 /// Opens `backend`; `waits` lets a server wait for its first client (the command line).
-pub(super) fn open(backend: &Backend, waits: bool) -> Result<Made, String> {
+pub(super) fn open(
+    backend: &Backend,
+    waits: bool,
+    fdsets: Option<&crate::fdstore::FdSets>,
+) -> Result<Made, String> {
     let made = |opened, filename: &str| Made {
         opened,
         filename: filename.into(),
@@ -150,13 +159,20 @@ pub(super) fn open(backend: &Backend, waits: bool) -> Result<Made, String> {
         Backend::Null => made(Opened::Null, "null"),
         Backend::Stdio => made(Opened::Stdio, "stdio"),
         Backend::File { out, input, append } => {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .append(*append)
-                .truncate(!*append)
-                .open(out)
-                .map_err(|e| could_not_open(out, e))?;
+            let f = match fdset_of(out).zip(fdsets) {
+                // QEMU's qemu_open: a duplicate of the set's O_WRONLY fd (a file chardev's mode).
+                Some((n, sets)) => File::from(
+                    sets.dup_with_access(n, libc::O_WRONLY)
+                        .map_err(|e| could_not_open(out, e))?,
+                ),
+                None => OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .append(*append)
+                    .truncate(!*append)
+                    .open(out)
+                    .map_err(|e| could_not_open(out, e))?,
+            };
             let input = match input {
                 Some(p) => Some(File::open(p).map_err(|e| could_not_open(p, e))?),
                 None => None,

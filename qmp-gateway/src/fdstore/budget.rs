@@ -177,7 +177,7 @@ impl Account {
     pub fn hold(&self, fd: OwnedFd) -> Result<HeldFd, FdError> {
         Ok(HeldFd {
             fd,
-            _charge: self.charge(1)?,
+            _charge: Some(self.charge(1)?),
         })
     }
 
@@ -247,7 +247,7 @@ impl Reservation {
             match self.charge.split_one() {
                 Some(charge) => held.push(HeldFd {
                     fd,
-                    _charge: charge,
+                    _charge: Some(charge),
                 }),
                 // One more than an odd room (the control buffer's padding has space for
                 // it): closed at once, not held; the uncharged room covers the moment.
@@ -289,10 +289,16 @@ impl Drop for Charge {
 #[derive(Debug)]
 pub struct HeldFd {
     fd: OwnedFd,
-    _charge: Charge,
+    /// None for the VM's own (the command line's --add-fd): charged to no client.
+    _charge: Option<Charge>,
 }
 
 impl HeldFd {
+    /// The VM's own fd (the command line's), charged to no client.
+    pub fn uncharged(fd: OwnedFd) -> HeldFd {
+        HeldFd { fd, _charge: None }
+    }
+
     /// The fd itself, its charge given back (it becomes something bounded otherwise:
     /// a QMP client's connection).
     pub fn into_fd(self) -> OwnedFd {

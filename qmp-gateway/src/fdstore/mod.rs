@@ -1,4 +1,5 @@
-//! File descriptors clients hand the gateway, and how many it holds for them: named ones
+//! File descriptors clients hand the gateway (and the command line's --add-fd, `command_line.rs`),
+//! and how many it holds for them: named ones
 //! (getfd, per client, closed when the client goes: `named.rs`), fd sets (add-fd, shared
 //! by all clients, referenced as /dev/fdset/N by the commands that open files, closed as
 //! QEMU closes them: `sets.rs`), and the budget every such fd is charged to while the
@@ -7,6 +8,7 @@
 //! sends duplicates over ipc to the process that uses them.
 
 pub mod budget;
+pub mod command_line;
 pub mod error;
 pub mod named;
 pub mod sets;

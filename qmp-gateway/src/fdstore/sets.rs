@@ -119,6 +119,12 @@ impl FdSets {
     /// EACCES when no fd has that mode.
     pub fn dup_for_open(&self, id: i64, write: bool) -> std::io::Result<OwnedFd> {
         let want = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        self.dup_with_access(id, want)
+    }
+
+    /// As dup_for_open, for an open with access mode `want` (O_RDONLY, O_WRONLY or
+    /// O_RDWR: a file chardev opens O_WRONLY, as QEMU's).
+    pub fn dup_with_access(&self, id: i64, want: i32) -> std::io::Result<OwnedFd> {
         let mut sets = self.0.lock();
         let set = sets
             .get_mut(&id)

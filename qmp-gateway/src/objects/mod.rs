@@ -1,6 +1,6 @@
 //! Objects clients create with object-add (QEMU's user-creatable QOM objects, the
-//! `/objects` container): memory backends, which memory hotplug maps into the guest, and
-//! iothreads, which devices are placed on. The gateway holds them (a memory backend's
+//! `/objects` container): memory backends, which memory hotplug maps into the guest,
+//! iothreads, which devices are placed on, and secrets (held: nothing takes one yet). The gateway holds them (a memory backend's
 //! memory is an fd the gateway opened); what uses one takes a reference, and object-del
 //! refuses while any is held, as QEMU's "in use". An iothread has a host thread behind
 //! it, started with it and stopped with it by its `IoThreadHost` (the block layer's
@@ -8,6 +8,7 @@
 
 pub mod iothread;
 pub mod memory_backend;
+pub mod secret;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use parking_lot::Mutex;
 
 use iothread::IoThread;
 use memory_backend::{MemoryBackend, MemoryBackendSpec};
+use secret::Secret;
 
 /// An object to create (object-add's arguments, read by qmp/object_add.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectSpec {
     IoThread(IoThread),
     MemoryBackend(MemoryBackendSpec),
+    /// Loaded already (its file read).
+    Secret(Secret),
 }
 
 impl ObjectSpec {
@@ -29,6 +33,7 @@ impl ObjectSpec {
         match self {
             ObjectSpec::IoThread(t) => &t.id,
             ObjectSpec::MemoryBackend(m) => &m.id,
+            ObjectSpec::Secret(s) => &s.id,
         }
     }
 }
@@ -106,6 +111,7 @@ pub enum ObjectError {
 pub enum Object {
     IoThread(IoThread),
     MemoryBackend(MemoryBackend),
+    Secret(Secret),
 }
 
 struct Entry {
@@ -167,6 +173,7 @@ impl Objects {
             ObjectSpec::MemoryBackend(m) => {
                 Object::MemoryBackend(MemoryBackend::create(m).map_err(ObjectError::Refused)?)
             }
+            ObjectSpec::Secret(s) => Object::Secret(s),
         };
         let serial = r.next_serial;
         r.next_serial += 1;

@@ -1262,6 +1262,7 @@ pub const TYPES: Types = Types(&[
                 ("memory-backend-file", "MemoryBackendFileProperties"),
                 ("memory-backend-memfd", "MemoryBackendMemfdProperties"),
                 ("memory-backend-ram", "MemoryBackendProperties"),
+                ("secret", "SecretProperties"),
             ],
         }),
     },
@@ -1291,6 +1292,21 @@ pub const TYPES: Types = Types(&[
             opt("hugetlbsize", Ty::Uint),
             opt("seal", Ty::Bool),
         )),
+    },
+    TypeDef {
+        name: "SecretProperties",
+        kind: TypeKind::Object(&[
+            opt("loaded", Ty::Bool),
+            opt("format", Ty::Named("QCryptoSecretFormat")),
+            opt("keyid", Ty::Str),
+            opt("iv", Ty::Str),
+            opt("data", Ty::Str),
+            opt("file", Ty::Str),
+        ]),
+    },
+    TypeDef {
+        name: "QCryptoSecretFormat",
+        kind: TypeKind::Enum(&["raw", "base64"]),
     },
     TypeDef {
         name: "MemoryBackendFileProperties",

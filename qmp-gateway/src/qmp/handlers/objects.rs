@@ -46,7 +46,7 @@ pub fn object_del(c: &mut Ctx, a: ObjectDel) -> QmpResult {
 pub fn query_iothreads(c: &mut Ctx, _: NoArgs) -> QmpResult {
     let threads = c.gw.objects.each(|_, o| match o {
         Object::IoThread(t) => Some(t.clone()),
-        Object::MemoryBackend(_) => None,
+        Object::MemoryBackend(_) | Object::Secret(_) => None,
     });
     let mut list = Vec::new();
     for t in threads {
@@ -78,7 +78,7 @@ pub fn query_memdev(c: &mut Ctx, _: NoArgs) -> QmpResult {
             "host-nodes": [],
             "policy": "default",
         })),
-        Object::IoThread(_) => None,
+        Object::IoThread(_) | Object::Secret(_) => None,
     });
     let ram =
         c.gw.vmm_child

@@ -203,8 +203,9 @@ fn qom_types_and_properties_are_qemus() {
 ///   CPUID, which is what vmm-core gives;
 /// - arch-capabilities: the test's QEMU has -cpu host,-arch-capabilities (kvm-pvm);
 /// - kvmclock-stable-bit: QEMU sets it itself;
-/// - cmp-legacy: vmm-core sets it by the vCPU count (cpuid.rs: one vCPU, none), QEMU's
-///   machine none keeps KVM's;
+/// - cmp-legacy, ht: vmm-core's topology is one package of --max-cpus cores
+///   (cpuid.rs: set with more than one), QEMU's -smp 1,maxcpus=2 is two one-core
+///   sockets (ht off) and its machine none keeps KVM's cmp-legacy;
 /// - invtsc: QEMU's host model drops it as unmigratable (migratable=on); our vCPUs have
 ///   it (KVM gives it);
 /// - topoext: QEMU 7.2 drops it for host; KVM gives it and so do we;
@@ -216,6 +217,7 @@ const MAY_DIFFER: &[&str] = &[
     "kvmclock-stable-bit",
     "cmp-legacy",
     "cmp_legacy",
+    "ht",
     "invtsc",
     "topoext",
     "model-id",
@@ -263,16 +265,18 @@ fn cpu_model_expansion_is_qemus() {
         "props": {"migratable": false, "hv-passthrough": true}}});
     let g = p.ours.ok("query-cpu-model-expansion", libvirts);
     assert_eq!(g, p.ours.ok("query-cpu-model-expansion", plain));
-    // A feature turned off is off in the answer, under each spelling.
-    let args = json!({"type": "full", "model": {"name": "host", "props": {"sse4_2": false}}});
+    // A feature the vCPUs have (lahf-lm: every x86-64 CPU KVM runs on) turned off is
+    // off in the answer, under each spelling.
+    let spellings = |g: &Value| {
+        [
+            g["model"]["props"]["lahf-lm"].clone(),
+            g["model"]["props"]["lahf_lm"].clone(),
+        ]
+    };
+    assert_eq!(spellings(&g), [json!(true), json!(true)]);
+    let args = json!({"type": "full", "model": {"name": "host", "props": {"lahf_lm": false}}});
     let g = p.ours.ok("query-cpu-model-expansion", args);
-    assert_eq!(
-        (
-            g["model"]["props"]["sse4.2"].clone(),
-            g["model"]["props"]["sse4-2"].clone()
-        ),
-        (json!(false), json!(false))
-    );
+    assert_eq!(spellings(&g), [json!(false), json!(false)]);
 
     // QEMU's refusals, in its words.
     let model = |props: Value| json!({"type": "static", "model": {"name": "host", "props": props}});
@@ -287,4 +291,83 @@ fn cpu_model_expansion_is_qemus() {
     ] {
         p.same_error("query-cpu-model-expansion", args);
     }
+}
+
+/// `list` (qom-list's answer) as a name -> type map.
+fn property_types(list: &Value) -> Map<String, Value> {
+    by_name(list)
+        .into_iter()
+        .map(|(name, p)| (name, p["type"].clone()))
+        .collect()
+}
+
+/// What libvirt reads at a domain's start (/work/notes/libvirt/domain.log): qom-list of
+/// the vCPU, qom-get of its properties, qom-list of /machine/peripheral; here on QEMU
+/// 7.2 -M pc (KVM, -cpu host,-arch-capabilities) and the gateway with the same vCPUs
+/// and devices: one vCPU at launch, one added with device_add (id cpu1), a balloon with
+/// an id. Ours lists fewer properties than QEMU's (cpu_models.rs says which); each one
+/// has QEMU's type and value, but MAY_DIFFER's and level/xlevel (QEMU raises them for
+/// leaves it adds itself).
+#[test]
+fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
+    let balloon = "virtio-balloon-pci,id=balloon0";
+    let qemu = Qemu::pc_guest("", &["-smp", "1,maxcpus=2", "-device", balloon]);
+    let gateway = Gateway::start_with(1, "", &["-S", "--max-cpus", "2", "--device", balloon]);
+    let mut p = Peers {
+        qemu: qemu.client(),
+        ours: gateway.client(),
+        _qemu: qemu,
+        _gateway: gateway,
+    };
+    let cpu1 = json!({"driver": "host-x86_64-cpu", "id": "cpu1",
+        "socket-id": 0, "core-id": 1, "thread-id": 0});
+    p.both("device_add", cpu1);
+
+    for path in ["/machine/peripheral", "/machine/peripheral-anon"] {
+        let (q, g) = p.both("qom-list", json!({"path": path}));
+        assert_eq!(property_types(&g), property_types(&q), "{path}");
+        let (q, g) = p.both("qom-get", json!({"path": path, "property": "type"}));
+        assert_eq!(g, q);
+    }
+    let (q, _) = p.both("qom-list", json!({"path": "/machine/peripheral"}));
+    assert_eq!(property_types(&q).len(), 3, "type, balloon0, cpu1: {q}");
+
+    for (path, hotplugged) in [
+        ("/machine/unattached/device[0]", false),
+        ("/machine/peripheral/cpu1", true),
+    ] {
+        let (q, g) = p.both("qom-list", json!({"path": path}));
+        let theirs = property_types(&q);
+        let ours = property_types(&g);
+        for (name, ty) in &ours {
+            assert_eq!(Some(ty), theirs.get(name), "{path}: {name}'s type");
+        }
+        assert!(ours.len() > 200, "{path}: {} properties", ours.len());
+        let mut ours_values = Map::new();
+        let mut their_values = Map::new();
+        for name in ours.keys() {
+            let args = json!({"path": path, "property": name});
+            let (q, g) = p.both("qom-get", args);
+            ours_values.insert(name.clone(), g);
+            their_values.insert(name.clone(), q);
+        }
+        assert_eq!(ours_values["hotplugged"], hotplugged, "{path}");
+        assert_eq!(ours_values["apic-id"], u32::from(hotplugged), "{path}");
+        for leaves in ["level", "xlevel"] {
+            ours_values.remove(leaves);
+        }
+        same_features(&ours_values, &their_values, path);
+    }
+
+    // QEMU's refusals: unknown paths and properties, on a vCPU, a container, a device.
+    let cpu0 = "/machine/unattached/device[0]";
+    for path in ["/no/such", "no-such", "", "/machine/peripheral/no-such"] {
+        p.same_error("qom-list", json!({"path": path}));
+        p.same_error("qom-get", json!({"path": path, "property": "type"}));
+    }
+    for path in [cpu0, "/machine/peripheral", "/machine/peripheral/balloon0"] {
+        p.same_error("qom-get", json!({"path": path, "property": "no-such"}));
+    }
+    p.same_error("qom-get", json!({"path": cpu0}));
+    p.same_error("qom-list", json!({"path": cpu0, "extra": 1}));
 }

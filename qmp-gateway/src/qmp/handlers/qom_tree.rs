@@ -122,6 +122,13 @@ pub fn qom_list(c: &mut Ctx, a: QomList) -> QmpResult {
 }
 
 pub fn qom_get(c: &mut Ctx, a: QomGet) -> QmpResult {
+    // QEMU's qom-get finds no object at "" where its qom-list finds it ambiguous.
+    if a.path.is_empty() {
+        return Err(QmpError {
+            class: ErrorClass::DeviceNotFound,
+            desc: "Device '' not found".into(),
+        });
+    }
     let object = resolve(c, &a.path)?;
     let typename = object.typename;
     (object.properties.into_iter())

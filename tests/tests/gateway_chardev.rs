@@ -347,7 +347,11 @@ fn the_uart_on_a_socket_chardev_and_every_backend_over_qmp() {
         c.ok("chardev-remove", json!({"id": id}));
     }
     c.ok("chardev-remove", json!({"id": "t0"}));
-    assert_eq!(chardevs(&mut c).keys().collect::<Vec<_>>(), ["con"]);
+    // Left: the UART's, and the --qmp socket's (QEMU's -qmp label).
+    assert_eq!(
+        chardevs(&mut c).keys().collect::<Vec<_>>(),
+        ["compat_monitor0", "con"]
+    );
     assert!(
         !dir.path().join("s0.sock").exists(),
         "s0's socket removed with it"
@@ -548,6 +552,11 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
                 format!("socket,id=plain,path={}", sock("plain.sock")),
             ),
             ("chardev", "null,id=nul".into()),
+            // Monitors on chardevs that are no sockets: their output in a ring.
+            ("chardev", "ringbuf,id=rq".into()),
+            ("mon", "chardev=rq,mode=control".into()),
+            ("chardev", "ringbuf,id=rh".into()),
+            ("mon", "chardev=rh".into()),
             // libvirt's monitor, on the listening socket it passes.
             (
                 "chardev",
@@ -601,6 +610,31 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
         assert_eq!(fix(ours, &gw_qmp), fix(theirs, &q_qmp));
     };
     listed(&mut vms);
+
+    // The monitors on ringbufs greeted once (QEMU offers no OOB on a ringbuf).
+    let version = |b: &str| b.replace("7.2.0", "7.2.x").replace("7.2.22", "7.2.x");
+    let ring = |v: &mut Monitors, id: &str| -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = v
+                .qmp
+                .ok("ringbuf-read", json!({"device": id, "size": 4096}));
+            let text = text.as_str().unwrap_or_default().to_string();
+            if !text.is_empty() || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for v in vms.iter_mut() {
+        let greeting = ring(v, "rq");
+        let greeting: Value = serde_json::from_str(greeting.trim_end()).unwrap();
+        assert_eq!(greeting["QMP"]["capabilities"], json!([]));
+        assert_eq!(
+            version(&ring(v, "rh")),
+            "QEMU 7.2.x monitor - type 'help' for more information\r\n(qemu) "
+        );
+    }
 
     // The QMP monitor: a greeting per client, negotiation, commands; busy while held.
     for _round in 0..2 {
@@ -669,7 +703,6 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
         .map(|v| UnixStream::connect(v.path("hm.sock")).unwrap())
         .collect();
     let banners: Vec<String> = hmps.iter_mut().map(hmp_until_prompt).collect();
-    let version = |b: &str| b.replace("7.2.0", "7.2.x").replace("7.2.22", "7.2.x");
     assert_eq!(version(&banners[0]), version(&banners[1]));
     assert_eq!(
         version(&banners[0]),

@@ -79,8 +79,9 @@ pub struct Chardevs {
 pub enum MonitorLink {
     /// A socket chardev: each connection goes to the handoff given.
     Connections,
-    /// Any other: its bytes, through this end of a socketpair.
-    Bytes(OwnedFd),
+    /// Any other: its bytes, through this end of a socketpair; and whether a QMP
+    /// monitor may offer OOB on it (QEMU does on all but a ringbuf).
+    Bytes(OwnedFd, bool),
 }
 
 impl Chardevs {
@@ -209,7 +210,7 @@ impl Chardevs {
     /// Connects the monitor that claimed chardev `id`: a socket chardev hands it each
     /// connection through `handoff`; any other gives it a byte stream.
     pub fn connect_monitor(&self, id: &str, handoff: Handoff) -> Result<MonitorLink, ChardevError> {
-        {
+        let oob = {
             let map = self.map.lock();
             let c = map
                 .get(id)
@@ -218,8 +219,9 @@ impl Chardevs {
                 c.worker.live.set_handoff(handoff);
                 return Ok(MonitorLink::Connections);
             }
-        }
-        self.connect_bytes(id).map(MonitorLink::Bytes)
+            !matches!(c.backend, Backend::Ringbuf { .. })
+        };
+        Ok(MonitorLink::Bytes(self.connect_bytes(id)?, oob))
     }
 
     /// add_client: `fd` becomes a connection of chardev `id`: one more client of a QMP

@@ -12,9 +12,9 @@ use ipc::errno_text;
 use parking_lot::Mutex;
 
 use super::io::{connect, Listener, Opened};
-use super::stream::{is_listening, is_stream_socket, Stream};
 use super::ringbuf::Ring;
 use super::spec::{Address, Backend};
+use super::stream::{is_listening, is_stream_socket, Stream};
 use crate::sockets::bind_private;
 
 /// N of a /dev/fdset/N path (QEMU's qemu_open reads such paths from an fd set).
@@ -162,7 +162,7 @@ pub(super) fn open(
             let f = match fdset_of(out).zip(fdsets) {
                 // QEMU's qemu_open: a duplicate of the set's O_WRONLY fd (a file chardev's mode).
                 Some((n, sets)) => File::from(
-                    sets.dup_with_access(n, libc::O_WRONLY)
+                    sets.dup_with_access(n, libc::O_RDWR)
                         .map_err(|e| could_not_open(out, e))?,
                 ),
                 None => OpenOptions::new()
@@ -279,13 +279,15 @@ pub(super) fn open(
             let (conn, retry) = match addr {
                 Address::Fd(n) => (Some(inherited(*n)?), None),
                 _ => match connect(addr, *nodelay) {
-                Ok(c) => (Some(c), None),
-                // With reconnect, a client whose server is not there yet tries again.
-                Err(_) if *reconnect > 0 => (
-                    None,
-                    Some(std::time::Instant::now() + std::time::Duration::from_secs(*reconnect)),
-                ),
-                Err(e) => return Err(e),
+                    Ok(c) => (Some(c), None),
+                    // With reconnect, a client whose server is not there yet tries again.
+                    Err(_) if *reconnect > 0 => (
+                        None,
+                        Some(
+                            std::time::Instant::now() + std::time::Duration::from_secs(*reconnect),
+                        ),
+                    ),
+                    Err(e) => return Err(e),
                 },
             };
             made(

@@ -17,7 +17,10 @@ use crate::keyval;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     Unix(PathBuf),
-    Inet { host: String, port: String },
+    Inet {
+        host: String,
+        port: String,
+    },
     /// A socket the gateway inherited as this fd number (the command line's fd=N, as
     /// libvirt passes its monitor's listening socket): the chardev owns it from then on.
     Fd(i32),

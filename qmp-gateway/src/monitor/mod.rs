@@ -70,10 +70,10 @@ pub fn start(server: &Server, specs: &[MonSpec]) -> Result<(), MonitorError> {
         };
         match chardevs.connect_monitor(&spec.chardev, handoff)? {
             MonitorLink::Connections => {}
-            MonitorLink::Bytes(fd) => {
+            MonitorLink::Bytes(fd, oob) => {
                 let conn = Conn::Unix(fd.into());
                 match spec.mode {
-                    Mode::Control => server.serve_byte_monitor(conn, spec.pretty),
+                    Mode::Control => server.serve_byte_monitor(conn, spec.pretty, oob),
                     Mode::Readline => hmp_session::start(server, conn),
                 }
             }

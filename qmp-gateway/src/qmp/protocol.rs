@@ -180,7 +180,14 @@ pub fn version() -> Value {
 }
 
 pub fn greeting() -> Vec<u8> {
-    line(json!({"QMP": {"version": version(), "capabilities": ["oob"]}}))
+    greeting_offering(true)
+}
+
+/// The greeting, offering OOB or not (QEMU offers it only on chardevs that can run in
+/// its monitor I/O thread: not on a ringbuf).
+pub fn greeting_offering(oob: bool) -> Vec<u8> {
+    let capabilities: &[&str] = if oob { &["oob"] } else { &[] };
+    line(json!({"QMP": {"version": version(), "capabilities": capabilities}}))
 }
 
 #[cfg(test)]

@@ -19,13 +19,13 @@ use ipc::RunState;
 use parking_lot::Mutex;
 
 use super::conn::Conn;
-use crate::chardev::{Handoff, Presence, QmpListener, Stream};
 use super::context::ReceivedFd;
 use super::json_stream::JsonStream;
 use super::outbox::Outbox;
 use super::protocol::{self, QmpError};
 use super::session::Session;
 use super::slots::{Admission, Slots, Ticket};
+use crate::chardev::{Handoff, Presence, QmpListener, Stream};
 use crate::fdstore::FdBudget;
 use crate::gateway::Gateway;
 
@@ -55,6 +55,15 @@ pub struct Server {
     spare: Arc<Mutex<Option<File>>>,
     /// When a listener last said it was out of fds (said at most once a second).
     out_of_fds: Arc<Mutex<Option<Instant>>>,
+}
+
+/// How a client's session is held: its handshake time (None: for ever), whether its
+/// messages go out pretty, whether its greeting offers OOB.
+#[derive(Clone, Copy)]
+struct Form {
+    handshake: Option<Duration>,
+    pretty: bool,
+    oob: bool,
 }
 
 /// How a connection is accepted, for either kind of listener.
@@ -170,26 +179,32 @@ impl Server {
 
     /// The same, its messages in the pretty form if `pretty` (a monitor's pretty=on).
     pub fn accept_pretty(&self, conn: Conn, presence: Option<Presence>, pretty: bool) {
-        self.start_client(conn, presence, &self.slots, (self.handshake, pretty));
+        let form = Form {
+            handshake: self.handshake,
+            pretty,
+            oob: true,
+        };
+        self.start_client(conn, presence, &self.slots, form);
     }
 
     /// Serves a QMP monitor on a chardev that is no socket (a pty, stdio...): one
     /// session for as long as the chardev lives, its own slot, no handshake time (QEMU's
     /// greeting goes out once, when the monitor starts).
-    pub fn serve_byte_monitor(&self, conn: Conn, pretty: bool) {
+    /// `oob`: whether OOB is offered (QEMU offers it on chardevs its monitor I/O thread
+    /// can serve: not on a ringbuf).
+    pub fn serve_byte_monitor(&self, conn: Conn, pretty: bool, oob: bool) {
         let slots = self.byte_monitors.clone();
-        self.start_client(conn, None, &slots, (None, pretty));
+        let form = Form {
+            handshake: None,
+            pretty,
+            oob,
+        };
+        self.start_client(conn, None, &slots, form);
     }
 
-    fn start_client(
-        &self,
-        conn: Conn,
-        presence: Option<Presence>,
-        slots: &Arc<Slots>,
-        (handshake, pretty): (Option<Duration>, bool),
-    ) {
+    fn start_client(&self, conn: Conn, presence: Option<Presence>, slots: &Arc<Slots>, form: Form) {
         let outbox = match conn.try_clone() {
-            Ok(c) => Arc::new(Outbox::with_form(c, pretty)),
+            Ok(c) => Arc::new(Outbox::with_form(c, form.pretty)),
             Err(e) => {
                 log::warn!("QMP client: {e}");
                 conn.shutdown();
@@ -211,7 +226,7 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("qmp-client".into())
             .spawn(move || {
-                server.client(conn, outbox, &ticket, handshake);
+                server.client(conn, outbox, &ticket, form);
                 drop(ticket);
                 drop(presence);
                 server.left();
@@ -233,13 +248,7 @@ impl Server {
         }
     }
 
-    fn client(
-        &self,
-        conn: Conn,
-        outbox: Arc<Outbox>,
-        ticket: &Ticket,
-        handshake: Option<Duration>,
-    ) {
+    fn client(&self, conn: Conn, outbox: Arc<Outbox>, ticket: &Ticket, form: Form) {
         let writer = outbox.clone();
         if std::thread::Builder::new()
             .name("qmp-writer".into())
@@ -248,7 +257,9 @@ impl Server {
         {
             return;
         }
-        outbox.push(protocol::greeting());
+        outbox.push(protocol::greeting_offering(form.oob));
+        // (A greeting without OOB is a ringbuf's, which takes no input: no client can
+        // ask for it there.)
         let mut session = Session::new(
             self.gw.clone(),
             outbox.clone(),
@@ -258,7 +269,7 @@ impl Server {
         let mut stream = JsonStream::default();
         let mut pending: Vec<ReceivedFd> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let deadline = handshake.map(|h| Instant::now() + h);
+        let deadline = form.handshake.map(|h| Instant::now() + h);
         // Said once per client: a client that floods fds does not flood the log.
         let mut warned = false;
         loop {

@@ -30,6 +30,7 @@ pub mod machine;
 pub mod messages;
 pub mod page_log;
 pub mod process;
+pub mod registers;
 pub mod shm;
 pub mod trace;
 pub mod userfault;

@@ -695,6 +695,7 @@ impl Runner<'_> {
                 self.dump_start(&request, fds).map(|()| VmmReply::Done)
             }
             VmmRequest::QueryDump => Ok(VmmReply::Dump(*self.dump.progress.lock())),
+            VmmRequest::QueryRegisters { index } => self.query_registers(index),
             VmmRequest::LoadState(state) => self.load_state(&state).map(|()| VmmReply::Done),
             VmmRequest::Input(steps) => {
                 let dropped = self.vm.input.push(steps);
@@ -817,21 +818,37 @@ impl Runner<'_> {
     /// The registers of the vCPUs named (all: None), read with their threads parked (a
     /// running VM is paused for the moment it takes).
     fn read_cpus(&self, only: Option<u32>) -> Result<Vec<dump::elf::CpuRegs>, RemoteError> {
+        self.parked(|| {
+            self.vm
+                .vcpus
+                .iter()
+                .filter(|(index, _)| only.is_none_or(|o| o == **index))
+                .map(|(_, vcpu)| dump::read_cpu(&vcpu.lock()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(remote)
+        })
+    }
+
+    /// `read` with the vCPU threads parked (a running VM is paused for the moment).
+    fn parked<T>(&self, read: impl FnOnce() -> T) -> T {
         let running = self.state == RunState::Running;
         if running {
             self.pause_vcpus();
         }
-        let read = self
-            .vm
-            .vcpus
-            .iter()
-            .filter(|(index, _)| only.is_none_or(|o| o == **index))
-            .map(|(_, vcpu)| dump::read_cpu(&vcpu.lock()))
-            .collect::<Result<Vec<_>, _>>();
+        let out = read();
         if running {
             self.vcpus.request(Request::Run);
         }
-        read.map_err(remote)
+        out
+    }
+
+    /// HMP info registers: one vCPU's registers.
+    fn query_registers(&self, index: u32) -> Result<VmmReply, RemoteError> {
+        let vcpu = (self.vm.vcpus.get(&index))
+            .ok_or_else(|| RemoteError::generic(format!("CPU#{index} not available")))?;
+        self.parked(|| dump::registers::read(&vcpu.lock()))
+            .map(|r| VmmReply::Registers(Box::new(r)))
+            .map_err(remote)
     }
 
     /// memsave (`vcpu` given) or pmemsave, into the file in `fds`.

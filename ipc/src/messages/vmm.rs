@@ -360,6 +360,11 @@ pub enum VmmRequest {
     /// every vCPU's but for its APIC id in the topology leaves, and the same for vCPUs
     /// added later. Answered with `Cpuid`.
     QueryCpuid,
+    /// HMP `info registers`: vCPU `index`'s registers, read with its thread parked (a
+    /// running VM is paused for that moment). Answered with `Registers`.
+    QueryRegisters {
+        index: u32,
+    },
 }
 
 impl Message for VmmRequest {
@@ -567,6 +572,7 @@ pub enum VmmReply {
     Dump(DumpProgress),
     /// `QueryCpuid`: every leaf and subleaf, as KVM_SET_CPUID2 got them.
     Cpuid(Vec<CpuidLeaf>),
+    Registers(Box<crate::registers::CpuRegisters>),
 }
 
 /// One CPUID leaf (`function`) and subleaf (`index`) and the four registers it returns.

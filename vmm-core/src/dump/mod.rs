@@ -11,6 +11,7 @@ mod chunks;
 pub mod elf;
 pub mod kdump;
 pub mod paging;
+pub mod registers;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

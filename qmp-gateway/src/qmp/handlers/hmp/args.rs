@@ -42,7 +42,8 @@ pub fn read(name: &str, spec: &str, text: &str) -> Result<Map<String, Value>, St
             }
             "i" => {
                 let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                let value = crate::qmp::monitor_number::monitor_number(name, &rest[..end])?;
+                let value = crate::qmp::monitor_number::monitor_number(name, &rest[..end])
+                    .map_err(|why| why + "\n")?;
                 if value >> 32 != 0 {
                     return Err(format!(
                         "'{name}' has failed: integer is for 32-bit values\n"

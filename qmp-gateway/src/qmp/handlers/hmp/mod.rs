@@ -9,6 +9,7 @@ mod args;
 mod block;
 mod info;
 mod migrate;
+mod registers;
 mod reply;
 
 use serde::Deserialize;
@@ -250,6 +251,12 @@ pub const HMP: &[HmpCommand] = &[
     qmp("info pci", "", "show PCI info", "query-pci", |buses, _| {
         super::pci::info_pci(buses)
     }),
+    line(
+        "info registers",
+        "[-a|vcpu]",
+        "show the cpu registers (-a: show register info for all cpus; vcpu: specific vCPU to query; show the current CPU's registers if no argument is specified)",
+        registers::info_registers,
+    ),
     qmp(
         "info status",
         "",

@@ -771,6 +771,11 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
         let (_a, b) = pair();
         v.add_client("vnc", b.as_fd())
     });
+    // The gateway closes it, so its peer is not left waiting.
+    let (mut a, b) = pair();
+    assert_eq!(vms[0].add_client("vnc", b.as_fd()), json!({"return": {}}));
+    drop(b);
+    assert!(closed(&mut a), "a vnc client's fd is left open");
 
     // add_client's connections: a new QMP session on the monitor's chardev, an HMP
     // session, a plain socket chardev's client.

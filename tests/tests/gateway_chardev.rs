@@ -472,6 +472,20 @@ fn inheritable_listener(path: &std::path::Path) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
+/// `text` with every loopback port written PORT.
+fn loopback_ports(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("127.0.0.1:") {
+        let (head, tail) = rest.split_at(i + "127.0.0.1:".len());
+        out += head;
+        let digits = tail.chars().take_while(char::is_ascii_digit).count();
+        out += "PORT";
+        rest = &tail[digits..];
+    }
+    out + rest
+}
+
 /// One VM's monitors (the gateway's or QEMU's), given the same chardevs and -mon/--mon.
 struct Monitors {
     dir: std::path::PathBuf,
@@ -570,7 +584,9 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
     };
     let gw_fd = inheritable_listener(&gw_dir.path().join("libvirt.sock"));
     let gw_args = args(gw_dir.path(), gw_fd.as_raw_fd(), "--");
-    let gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
+    let mut gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
+    // A TCP listener too: compat_monitor1 (QEMU's second -qmp).
+    gw_args.extend(["--qmp-tcp", "127.0.0.1:0"]);
     let gw = Gateway::start_with(1, "", &gw_args);
     drop(gw_fd);
     let q_fd = inheritable_listener(&q_dir.path().join("libvirt.sock"));
@@ -578,6 +594,7 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
     let mut q_args: Vec<&str> = q_args.iter().map(String::as_str).collect();
     // The gateway's UART is on its stdout by default: QEMU's serial0 too.
     q_args.extend(["-serial", "stdio"]);
+    q_args.extend(["-qmp", "tcp:127.0.0.1:0,server=on,wait=off"]);
     let qemu = Qemu::try_start(&q_args).unwrap_or_else(|e| panic!("QEMU refused: {e}"));
     drop(q_fd);
     let mut vms = [
@@ -604,12 +621,33 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
         let theirs = vms[1].chardevs();
         let fix = |rows: Vec<(String, String, bool)>, qmp: &str| -> Vec<_> {
             rows.into_iter()
-                .map(|(l, f, o)| (l, f.replace(qmp, "QMP"), o))
+                .map(|(l, f, o)| (l, loopback_ports(&f.replace(qmp, "QMP")), o))
                 .collect()
         };
         assert_eq!(fix(ours, &gw_qmp), fix(theirs, &q_qmp));
     };
     listed(&mut vms);
+    // A client of each TCP listener: connected, as QEMU shows it.
+    let tcp: Vec<std::net::TcpStream> = vms
+        .iter_mut()
+        .map(|v| {
+            let rows = v.chardevs();
+            let row = rows.iter().find(|r| r.0 == "compat_monitor1").unwrap();
+            let port = row
+                .1
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches(",server=on");
+            let mut t = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+            t.set_read_timeout(Some(WAIT)).unwrap();
+            let mut b = [0u8; 1];
+            t.read_exact(&mut b).unwrap();
+            t
+        })
+        .collect();
+    listed(&mut vms);
+    drop(tcp);
 
     // The monitors on ringbufs greeted once (QEMU offers no OOB on a ringbuf).
     let version = |b: &str| b.replace("7.2.0", "7.2.x").replace("7.2.22", "7.2.x");

@@ -105,6 +105,7 @@ mod tests {
                 initrd_path: initrd.then(|| "/i".into()),
                 serial: SerialSink::None,
                 start_paused: true,
+                no_shutdown: false,
                 disks: vec![],
                 nics: vec![],
                 incoming: false,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, OnceLock, Weak};
 
 use ipc::{RunState, ShutdownCause, VcpuInfo, VmmEvent, VmmRequest};
@@ -121,6 +121,9 @@ pub struct Gateway {
     /// Non-detached dump-guest-memory calls wait here for their dump's end.
     pub dumps: crate::dump::DumpWaiter,
     exit: mpsc::Sender<ExitReason>,
+    /// --no-shutdown: a guest power-off leaves the VM stopped (vmm-core's "shutdown")
+    /// instead of ending the gateway.
+    no_shutdown: AtomicBool,
     vmm_pid: AtomicU32,
     /// The CPUID vmm-core's vCPUs get, asked once (cpus.rs): it does not change while
     /// the VM lives, and vCPUs added later get the same.
@@ -248,6 +251,7 @@ impl Gateway {
             events,
             dumps: Default::default(),
             exit,
+            no_shutdown: AtomicBool::new(false),
             vmm_pid: AtomicU32::new(0),
             cpuid: OnceLock::new(),
         })
@@ -378,6 +382,11 @@ impl Gateway {
         }
     }
 
+    /// QEMU's -no-shutdown: the gateway outlives the guest's power-off.
+    pub fn set_no_shutdown(&self, on: bool) {
+        self.no_shutdown.store(on, Ordering::Relaxed);
+    }
+
     pub fn request_exit(&self, reason: ExitReason) {
         let _ = self.exit.send(reason);
     }
@@ -404,7 +413,7 @@ impl Gateway {
             VmmEvent::Reset(c) => self.events.emit(Event::Reset(c.into())),
             VmmEvent::Shutdown(c) => {
                 self.events.emit(Event::Shutdown(c.into()));
-                if c == ShutdownCause::GuestShutdown {
+                if c == ShutdownCause::GuestShutdown && !self.no_shutdown.load(Ordering::Relaxed) {
                     self.request_exit(ExitReason::GuestPoweroff);
                 }
             }

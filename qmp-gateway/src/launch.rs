@@ -99,6 +99,8 @@ impl OpenedVm {
                 // Until set_console connects the UART to its chardev.
                 serial: SerialSink::None,
                 start_paused: o.start_paused,
+                // The gateway's --no-shutdown (not a VmArgs option: vmm-core alone exits).
+                no_shutdown: false,
                 disks: Vec::new(),
                 nics: Vec::new(),
                 incoming: false,

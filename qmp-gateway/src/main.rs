@@ -160,6 +160,11 @@ struct Args {
     /// as long as it lives. Without root they run as the gateway's own user.
     #[arg(long, default_value_t = ids::DEFAULT_RANGE, value_parser = |s: &str| s.parse::<IdRange>())]
     sandbox_ids: IdRange,
+    /// When the guest powers off, the VM stops (run state "shutdown") and the gateway
+    /// stays, as QEMU's -no-shutdown: system_reset and cont run the guest again; quit or
+    /// a signal ends it.
+    #[arg(long)]
+    no_shutdown: bool,
     /// The machine: `pc` (a VM) or `none` (no VM, as QEMU's -machine none: QMP is served,
     /// nothing runs; no vmm-core, no devices).
     #[arg(long, default_value = "pc", value_parser = |s: &str| s.parse::<MachineType>())]
@@ -392,6 +397,8 @@ fn launch_vm(
         vm.add_dimm(&dimm, fd);
     }
     vm.config.incoming = args.incoming.is_some();
+    vm.config.no_shutdown = args.no_shutdown;
+    gw.set_no_shutdown(args.no_shutdown);
     gw.migrator.set_shape(vm.shape());
     if args.start_paused_incoming() {
         gw.migrator.set_autostart(false);

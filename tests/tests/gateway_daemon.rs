@@ -2,14 +2,15 @@
 //! only) beside live QEMU 7.2 `-machine none`, and `--daemonize` with `--pidfile` beside
 //! QEMU's -daemonize and -pidfile: the first process returns once QMP answers, the pid
 //! file holds the daemon's pid and is locked against a second instance, a failing set-up
-//! fails the first process with the error, and quit leaves no process and no file.
+//! fails the first process with the error, and quit leaves no process and no file; and
+//! `--no-shutdown` beside QEMU's -no-shutdown.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::qemu::Qemu;
-use flotilla_tests::qmp::QmpClient;
+use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{bin, require_tool, run_to_end, test_guest, TempDir};
 use serde_json::{json, Value};
 
@@ -355,4 +356,77 @@ fn a_daemonized_vm_keeps_and_ends_its_children() {
     daemon.wait_gone();
     vmm.wait_gone();
     assert!(!pidfile.exists() && !qmp.exists(), "files left behind");
+}
+
+/// The events a client has seen so far, by name and data, less a firmware's own resets
+/// (SeaBIOS resets the machine once when it starts after a reset; our direct kernel boot
+/// has no firmware).
+fn events_without_firmware(c: &mut QmpClient) -> Vec<Value> {
+    events_of(c)
+        .into_iter()
+        .filter(|e| e[0] != "RESET" || e[1]["guest"] != true)
+        .collect()
+}
+
+/// One step on both: the same answer, the same events, the same run state after.
+fn same_step(g: &mut QmpClient, q: &mut QmpClient, command: &str) {
+    let (gr, qr) = (g.execute(command, json!({})), q.execute(command, json!({})));
+    assert_eq!(gr, qr, "{command}: ours, then QEMU's");
+    assert_eq!(
+        events_without_firmware(g),
+        events_without_firmware(q),
+        "events of {command}"
+    );
+    assert_eq!(
+        g.ok("query-status", json!({})),
+        q.ok("query-status", json!({})),
+        "after {command}"
+    );
+}
+
+/// --no-shutdown beside QEMU 7.2's -no-shutdown, the same test guest on each (QEMU's pc
+/// with SeaBIOS): the power button powers the guest off, the VM stops in "shutdown"
+/// with its processes there, cont is refused until system_reset, then the guest boots
+/// again; quit ends it all.
+#[test]
+fn no_shutdown_stops_the_vm_as_qemus() {
+    let mut qemu = Qemu::pc_guest("", &["-no-shutdown"]);
+    let mut gateway = Gateway::start_with(1, "", &["-S", "--no-shutdown"]);
+    let (mut q, mut g) = (qemu.client(), gateway.client());
+    let vmm = gateway.vmm_pid();
+    same_step(&mut g, &mut q, "cont");
+    let boot = Duration::from_secs(60);
+    for vm in [&mut gateway.vm, &mut qemu.vm] {
+        vm.expect_prefix("GUEST IDLE", boot);
+    }
+    g.ok("system_powerdown", json!({}));
+    q.ok("system_powerdown", json!({}));
+    for vm in [&mut gateway.vm, &mut qemu.vm] {
+        vm.expect_prefix("GUEST POWEROFF", boot);
+    }
+    g.event("STOP");
+    q.event("STOP");
+    assert_eq!(
+        events_without_firmware(&mut g),
+        events_without_firmware(&mut q),
+        "events of the power-off"
+    );
+    assert_eq!(
+        g.ok("query-status", json!({})),
+        q.ok("query-status", json!({}))
+    );
+    assert_eq!(g.ok("query-status", json!({}))["status"], "shutdown");
+    assert!(!gateway.vm.exited(), "the gateway ended at the power-off");
+    assert!(
+        Path::new(&format!("/proc/{vmm}")).exists(),
+        "vmm-core ended at the power-off"
+    );
+    for command in ["cont", "system_reset", "cont"] {
+        same_step(&mut g, &mut q, command);
+    }
+    for vm in [&mut gateway.vm, &mut qemu.vm] {
+        vm.expect_prefix("GUEST READY", boot);
+    }
+    assert_eq!(g.ok("quit", json!({})), json!({}));
+    gateway.expect_clean_exit(vmm, true);
 }

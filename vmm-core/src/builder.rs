@@ -141,6 +141,7 @@ pub fn build_vm(
         console: Some((console, platform.serial)),
         pci,
         start_paused: config.start_paused,
+        no_shutdown: false,
         incoming,
         disks,
         nics,

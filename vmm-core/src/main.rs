@@ -262,6 +262,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         .map(|d| Ok((d, next(&format!("memory slot {}'s DIMM", d.slot))?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut vm = build_vm(kvm, &vm_config, boot, console, disks, nics)?;
+    vm.no_shutdown = config.no_shutdown;
     if let Some(balloon) = &config.balloon {
         vmm_core::builder::attach_balloon(&mut vm, balloon)?;
     }

@@ -740,6 +740,13 @@ impl Runner<'_> {
             match event {
                 VmEvent::PowerOff => {
                     self.notify(VmmEvent::Shutdown(ShutdownCause::GuestShutdown));
+                    // -no-shutdown: the VM stops (after the SHUTDOWN event, as QEMU's
+                    // STOP follows it) until the gateway resets or quits it.
+                    if self.vm.no_shutdown && self.control.is_some() {
+                        self.pause_vcpus();
+                        self.set_state(RunState::Shutdown);
+                        continue;
+                    }
                     return Ok(VmExit::PowerOff);
                 }
                 VmEvent::Signal(sig) => {

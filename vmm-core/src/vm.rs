@@ -134,6 +134,9 @@ pub struct Vm {
     /// PCI bus 0 (what query-pci describes).
     pub(crate) pci: Arc<Mutex<PciRoot>>,
     pub(crate) start_paused: bool,
+    /// A guest power-off stops the VM (run state "shutdown") rather than ending it, when
+    /// a gateway is there to reset or quit it: QEMU's -no-shutdown.
+    pub no_shutdown: bool,
     /// Memory and state come by migration: nothing was loaded (run state "inmigrate").
     pub(crate) incoming: bool,
     /// The disks by index (the gateway's number for each, which requests name; a

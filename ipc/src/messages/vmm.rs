@@ -39,6 +39,10 @@ pub struct LaunchConfig {
     pub serial: SerialSink,
     /// Leave the vCPUs stopped until `Cont` (QMP's -S, run state "prelaunch").
     pub start_paused: bool,
+    /// When the guest powers off, stop the vCPUs (run state "shutdown", after the
+    /// SHUTDOWN event) instead of exiting: QEMU's -no-shutdown. A reset makes the VM
+    /// ready to run again.
+    pub no_shutdown: bool,
     /// virtio-blk disks, each with a connected socket to its vhost-user backend.
     pub disks: Vec<DiskLaunch>,
     /// virtio-net NICs, each with a connected socket to its vhost-user backend (after
@@ -754,6 +758,7 @@ mod tests {
             initrd_path: None,
             serial: SerialSink::Stdout,
             start_paused: false,
+            no_shutdown: false,
             disks: vec![],
             nics: vec![],
             incoming: false,

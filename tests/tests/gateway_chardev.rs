@@ -648,6 +648,15 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
         .collect();
     listed(&mut vms);
     drop(tcp);
+    // A listener's chardev is busy, and its label taken.
+    both(&mut vms, &|v| {
+        v.qmp
+            .execute("chardev-remove", json!({"id": "compat_monitor0"}))
+    });
+    both(&mut vms, &|v| {
+        let null = json!({"id": "compat_monitor1", "backend": {"type": "null", "data": {}}});
+        v.qmp.execute("chardev-add", null)
+    });
 
     // The monitors on ringbufs greeted once (QEMU offers no OOB on a ringbuf).
     let version = |b: &str| b.replace("7.2.0", "7.2.x").replace("7.2.22", "7.2.x");

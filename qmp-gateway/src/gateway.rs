@@ -133,6 +133,7 @@ pub struct Gateway {
 impl Gateway {
     /// `block_daemon`, `net_daemon`: the binaries disks and NICs are served by;
     /// `fdsets`: the add-fd sets (the command line's --add-fd in them already).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: VmIdentity,
         vmm: Arc<VmmLink>,

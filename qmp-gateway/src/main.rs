@@ -208,14 +208,6 @@ fn sibling(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn valid_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups
-            .iter()
-            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 fn tcp_addr(spec: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(port) = spec.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
@@ -414,7 +406,7 @@ fn launch_vm(
 /// listeners serve.
 fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
     if let Some(u) = &args.uuid {
-        if !valid_uuid(u) {
+        if !qmp_gateway::ids::valid_uuid(u) {
             bail!("--uuid {u}: not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
         }
     }

@@ -78,7 +78,7 @@ impl Translation {
                 self.pass("--name", &guest);
             }
             "uuid" => {
-                if !valid_uuid(arg) {
+                if !crate::ids::valid_uuid(arg) {
                     return Err(CliError::at(
                         name,
                         Some(arg),
@@ -213,15 +213,6 @@ impl Translation {
         self.out.extend(tail);
         Ok(self.out)
     }
-}
-
-/// QEMU's qemu_uuid_parse: 8-4-4-4-12 hex digits.
-fn valid_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups
-            .iter()
-            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

@@ -50,6 +50,12 @@ impl Arguments for ObjectAdd {
         opt("mem-path", Ty::Any),
         opt("pmem", Ty::Any),
         opt("readonly", Ty::Any),
+        opt("loaded", Ty::Any),
+        opt("format", Ty::Any),
+        opt("keyid", Ty::Any),
+        opt("iv", Ty::Any),
+        opt("data", Ty::Any),
+        opt("file", Ty::Any),
     ];
 
     fn decode(args: Map<String, Value>) -> Result<Self, QmpError> {

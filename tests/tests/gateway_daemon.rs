@@ -430,3 +430,34 @@ fn no_shutdown_stops_the_vm_as_qemus() {
     assert_eq!(g.ok("quit", json!({})), json!({}));
     gateway.expect_clean_exit(vmm, true);
 }
+
+/// An unknown machine type is refused in QEMU's words, and the none machine takes no
+/// option that describes a VM.
+#[test]
+fn bad_machine_options_are_refused() {
+    let dir = TempDir::new("bad-machine");
+    let qmp = dir.path().join("qmp.sock");
+    let gateway = |args: &[&str]| {
+        let mut cmd = Command::new(bin("qmp-gateway"));
+        cmd.arg("--qmp").arg(&qmp).args(args);
+        let (status, _, err) = run_to_end(cmd, TIMEOUT);
+        assert!(!status.success(), "{args:?} taken");
+        assert!(!qmp.exists(), "{args:?}: the socket was left");
+        err
+    };
+    let mut qemu = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
+    qemu.args(["-machine", "foo", "-nodefaults", "-display", "none"]);
+    let (_, _, qemu_err) = run_to_end(qemu, TIMEOUT);
+    let qemu_words = words(&qemu_err, "qemu-system-x86_64: ");
+    let ours = gateway(&["--machine", "foo"]);
+    assert!(ours.contains(&qemu_words), "{ours}\nQEMU: {qemu_words}");
+    for option in [
+        &["--kernel", "/dev/null"][..],
+        &["--drive", "file=/dev/null,format=raw"],
+        &["--incoming", "defer"],
+    ] {
+        let err = gateway(&[&["--machine", "none"][..], option].concat());
+        let want = format!("--machine none runs no VM: {} is not taken", option[0]);
+        assert!(err.contains(&want), "{option:?}: {err}");
+    }
+}

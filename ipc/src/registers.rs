@@ -59,3 +59,24 @@ pub struct DescriptorTable {
     pub base: u64,
     pub limit: u16,
 }
+
+/// A vCPU's page tables as HMP's `info mem` and `info tlb` read them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PageTables {
+    /// CR0.PG is clear.
+    Off,
+    /// Long mode with `levels` (4 or 5) levels: every present leaf, in table order.
+    Long { levels: u32, leaves: Vec<PageLeaf> },
+    /// 32-bit or PAE paging, which vmm-core does not list.
+    Legacy,
+}
+
+/// One present leaf: `size` bytes at canonical `va`, mapped by `entry` (as the tables
+/// hold it); `prot` is its user/writable/present bits ANDed with the levels' above.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLeaf {
+    pub va: u64,
+    pub entry: u64,
+    pub size: u64,
+    pub prot: u64,
+}

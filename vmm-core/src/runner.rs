@@ -696,6 +696,7 @@ impl Runner<'_> {
             }
             VmmRequest::QueryDump => Ok(VmmReply::Dump(*self.dump.progress.lock())),
             VmmRequest::QueryRegisters { index } => self.query_registers(index),
+            VmmRequest::QueryPageTables { index } => self.query_page_tables(index),
             VmmRequest::LoadState(state) => self.load_state(&state).map(|()| VmmReply::Done),
             VmmRequest::Input(steps) => {
                 let dropped = self.vm.input.push(steps);
@@ -847,6 +848,16 @@ impl Runner<'_> {
             self.vcpus.request(Request::Run);
         }
         out
+    }
+
+    /// HMP info mem / info tlb: one vCPU's page-table leaves.
+    fn query_page_tables(&self, index: u32) -> Result<VmmReply, RemoteError> {
+        let cpus = self.read_cpus(Some(index))?;
+        let cpu = (cpus.first())
+            .ok_or_else(|| RemoteError::generic(format!("CPU#{index} not available")))?;
+        dump::page_tables(self.vm.ram.memory(), cpu)
+            .map(VmmReply::PageTables)
+            .map_err(remote)
     }
 
     /// HMP info registers: one vCPU's registers.

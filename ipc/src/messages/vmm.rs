@@ -369,6 +369,11 @@ pub enum VmmRequest {
     QueryRegisters {
         index: u32,
     },
+    /// HMP `info mem` / `info tlb`: vCPU `index`'s page-table leaves. Answered with
+    /// `PageTables`.
+    QueryPageTables {
+        index: u32,
+    },
 }
 
 impl Message for VmmRequest {
@@ -577,6 +582,7 @@ pub enum VmmReply {
     /// `QueryCpuid`: every leaf and subleaf, as KVM_SET_CPUID2 got them.
     Cpuid(Vec<CpuidLeaf>),
     Registers(Box<crate::registers::CpuRegisters>),
+    PageTables(crate::registers::PageTables),
 }
 
 /// One CPUID leaf (`function`) and subleaf (`index`) and the four registers it returns.

@@ -86,6 +86,37 @@ pub fn read_cpu(vcpu: &Vcpu) -> Result<CpuRegs, VcpuError> {
     })
 }
 
+/// The most page-table leaves `page_tables` lists (its answer stays within an ipc frame).
+const MAX_LEAVES: usize = 16384;
+
+/// A vCPU's page-table leaves for HMP info mem / info tlb.
+pub fn page_tables(
+    mem: &GuestMemoryMmap,
+    cpu: &CpuRegs,
+) -> Result<ipc::registers::PageTables, paging::TooManyRanges> {
+    use ipc::registers::{PageLeaf, PageTables};
+    let regs = paging_regs(cpu);
+    match regs.mode() {
+        paging::Mode::Off => Ok(PageTables::Off),
+        paging::Mode::Long { levels } => {
+            let leaves = paging::long_mode_leaves(&Phys(mem), &regs, MAX_LEAVES)
+                .unwrap_or(Ok(Vec::new()))?;
+            Ok(PageTables::Long {
+                levels,
+                leaves: (leaves.iter())
+                    .map(|l| PageLeaf {
+                        va: l.va,
+                        entry: l.entry,
+                        size: l.size,
+                        prot: l.prot,
+                    })
+                    .collect(),
+            })
+        }
+        _ => Ok(PageTables::Legacy),
+    }
+}
+
 pub fn paging_regs(c: &CpuRegs) -> PagingRegs {
     PagingRegs {
         cr0: c.sregs.cr0,

@@ -134,6 +134,80 @@ struct Collector<'a> {
     is_ram: &'a dyn Fn(u64) -> bool,
 }
 
+/// What a walk of 64-bit-entry tables does with each leaf: `va` (canonical) maps
+/// `size` bytes by the raw `entry`; `prot` is its U/W/P bits ANDed with those of the
+/// levels above.
+trait Visit {
+    fn visit(&mut self, va: u64, entry: u64, size: u64, prot: u64) -> Result<(), TooManyRanges>;
+}
+
+impl Visit for Collector<'_> {
+    fn visit(&mut self, va: u64, entry: u64, size: u64, _: u64) -> Result<(), TooManyRanges> {
+        self.leaf(va, entry & ADDR_MASK & !(size - 1), size)
+    }
+}
+
+/// One leaf of a vCPU's page tables, as HMP's info tlb and info mem show them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Canonical virtual address.
+    pub va: u64,
+    /// The entry as the tables hold it.
+    pub entry: u64,
+    pub size: u64,
+    /// Its user, writable and present bits ANDed with the levels' above.
+    pub prot: u64,
+}
+
+struct Leaves {
+    out: Vec<Leaf>,
+    limit: usize,
+}
+
+impl Visit for Leaves {
+    fn visit(&mut self, va: u64, entry: u64, size: u64, prot: u64) -> Result<(), TooManyRanges> {
+        if self.out.len() >= self.limit {
+            return Err(TooManyRanges(self.limit));
+        }
+        self.out.push(Leaf {
+            va,
+            entry,
+            size,
+            prot,
+        });
+        Ok(())
+    }
+}
+
+/// Every present leaf of a long-mode vCPU's tables (4 or 5 levels), in table order, at
+/// most `limit`; None for other modes.
+pub fn long_mode_leaves(
+    mem: &dyn PhysRead,
+    regs: &PagingRegs,
+    limit: usize,
+) -> Option<Result<Vec<Leaf>, TooManyRanges>> {
+    let Mode::Long { levels } = regs.mode() else {
+        return None;
+    };
+    let mut v = Leaves {
+        out: Vec::new(),
+        limit,
+    };
+    let walked = walk(
+        mem,
+        &mut v,
+        regs.cr3 & ADDR_MASK,
+        0,
+        levels,
+        12 + 9 * levels,
+        PROT,
+    );
+    Some(walked.map(|()| v.out))
+}
+
+/// The bits info mem shows: user, writable, present.
+const PROT: u64 = 0b111;
+
 impl Collector<'_> {
     fn leaf(&mut self, va: u64, pa: u64, len: u64) -> Result<(), TooManyRanges> {
         // As QEMU's walk: pages that are not RAM (device registers) are left out.
@@ -200,7 +274,7 @@ pub fn mappings(
                     continue;
                 };
                 if pdpte & PRESENT != 0 {
-                    walk(mem, &mut c, pdpte & ADDR_MASK, i << 30, 2, 32)?;
+                    walk(mem, &mut c, pdpte & ADDR_MASK, i << 30, 2, 32, PROT)?;
                 }
             }
         }
@@ -212,6 +286,7 @@ pub fn mappings(
                 0,
                 levels,
                 12 + 9 * levels,
+                PROT,
             )?;
         }
     }
@@ -222,11 +297,12 @@ pub fn mappings(
 /// virtual address width (canonical addresses are sign-extended from it).
 fn walk(
     mem: &dyn PhysRead,
-    c: &mut Collector,
+    c: &mut dyn Visit,
     table: u64,
     base: u64,
     level: u32,
     bits: u32,
+    prot: u64,
 ) -> Result<(), TooManyRanges> {
     let shift = 12 + 9 * (level - 1);
     for i in 0..512u64 {
@@ -237,11 +313,11 @@ fn walk(
             continue;
         }
         let va = canonical(base | (i << shift), bits);
+        let prot = prot & entry;
         if level == 1 || (level <= 3 && entry & LARGE != 0) {
-            let size = 1u64 << shift;
-            c.leaf(va, entry & ADDR_MASK & !(size - 1), size)?;
+            c.visit(va, entry, 1u64 << shift, prot)?;
         } else {
-            walk(mem, c, entry & ADDR_MASK, va, level - 1, bits)?;
+            walk(mem, c, entry & ADDR_MASK, va, level - 1, bits, prot)?;
         }
     }
     Ok(())

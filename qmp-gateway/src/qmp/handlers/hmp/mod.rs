@@ -9,6 +9,7 @@ mod args;
 mod block;
 mod info;
 mod migrate;
+mod page_tables;
 mod registers;
 mod reply;
 
@@ -252,10 +253,22 @@ pub const HMP: &[HmpCommand] = &[
         super::pci::info_pci(buses)
     }),
     line(
+        "info mem",
+        "",
+        "show the active virtual memory mappings",
+        page_tables::info_mem,
+    ),
+    line(
         "info registers",
         "[-a|vcpu]",
         "show the cpu registers (-a: show register info for all cpus; vcpu: specific vCPU to query; show the current CPU's registers if no argument is specified)",
         registers::info_registers,
+    ),
+    line(
+        "info tlb",
+        "",
+        "show virtual to physical memory mappings",
+        page_tables::info_tlb,
     ),
     qmp(
         "info status",

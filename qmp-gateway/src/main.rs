@@ -402,6 +402,23 @@ fn launch_vm(
     Ok(())
 }
 
+/// A daemon has no terminal: QEMU refuses stdio with -daemonize, and so do we (the
+/// default --serial stdout included: vmm-core would keep writing to the caller's stdout).
+fn refuse_stdio_when_daemonized(args: &Args) -> anyhow::Result<()> {
+    if !args.daemonize {
+        return Ok(());
+    }
+    if args.machine == MachineType::Pc && args.vm.serial == ipc::host::SerialConfig::Stdout {
+        bail!("--serial stdout: cannot use stdio with --daemonize");
+    }
+    let stdio =
+        (args.chardev.iter()).find(|(_, b)| *b == qmp_gateway::chardev::spec::Backend::Stdio);
+    if let Some((id, _)) = stdio {
+        bail!("--chardev stdio,id={id}: cannot use stdio with --daemonize");
+    }
+    Ok(())
+}
+
 /// `ready`: the daemon's promise to its first process (--daemonize), kept once the QMP
 /// listeners serve.
 fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
@@ -410,6 +427,7 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
             bail!("--uuid {u}: not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
         }
     }
+    refuse_stdio_when_daemonized(&args)?;
     // Locked before anything is bound, as QEMU's: a second gateway given the same file
     // is refused before it could take the first one's sockets. Removed last.
     let _pidfile = (args.pidfile.as_deref())

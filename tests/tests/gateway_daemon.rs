@@ -431,8 +431,8 @@ fn no_shutdown_stops_the_vm_as_qemus() {
     gateway.expect_clean_exit(vmm, true);
 }
 
-/// An unknown machine type is refused in QEMU's words, and the none machine takes no
-/// option that describes a VM.
+/// An unknown machine type is refused in QEMU's words, the none machine takes no option
+/// that describes a VM, and a daemon no stdio.
 #[test]
 fn bad_machine_options_are_refused() {
     let dir = TempDir::new("bad-machine");
@@ -459,5 +459,28 @@ fn bad_machine_options_are_refused() {
         let err = gateway(&[&["--machine", "none"][..], option].concat());
         let want = format!("--machine none runs no VM: {} is not taken", option[0]);
         assert!(err.contains(&want), "{option:?}: {err}");
+    }
+    // A daemon has no terminal (QEMU: "-serial stdio: cannot use stdio with -daemonize",
+    // the same for -chardev stdio); the first process fails with the daemon's words.
+    let kernel = test_guest();
+    let kernel = kernel.to_str().expect("path");
+    for (args, want) in [
+        (
+            &["--kernel", kernel, "--daemonize"][..],
+            "--serial stdout: cannot use stdio with --daemonize",
+        ),
+        (
+            &[
+                "--machine",
+                "none",
+                "--chardev",
+                "stdio,id=s",
+                "--daemonize",
+            ],
+            "--chardev stdio,id=s: cannot use stdio with --daemonize",
+        ),
+    ] {
+        let err = gateway(args);
+        assert!(err.contains(want), "{args:?}: {err}");
     }
 }

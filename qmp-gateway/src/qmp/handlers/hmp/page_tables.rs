@@ -73,39 +73,6 @@ fn canonical(addr: u64, levels: u32) -> u64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn leaf(va: u64, prot: u64) -> PageLeaf {
-        PageLeaf {
-            va,
-            entry: 0x87 | va,
-            size: 0x20_0000,
-            prot,
-        }
-    }
-
-    /// As QEMU's mem_info_la48: runs end where the rights change or nothing is mapped,
-    /// the upper half's addresses are canonical, the last run ends at 1 << 48.
-    #[test]
-    fn mem_runs_are_qemus() {
-        let top = 0xffff_ffff_ffe0_0000;
-        let leaves = [
-            leaf(0, 7),
-            leaf(0x20_0000, 7),
-            leaf(0x40_0000, 3),
-            leaf(top, 7),
-        ];
-        assert_eq!(
-            mem_text(4, &leaves),
-            "0000000000000000-0000000000400000 0000000000400000 urw\n\
-             0000000000400000-0000000000600000 0000000000200000 -rw\n\
-             ffffffffffe00000-0001000000000000 0000000000200000 urw\n"
-        );
-    }
-}
-
 /// tlb_info_la48/la57's print_pte for each leaf.
 pub fn tlb_text(_levels: u32, leaves: &[PageLeaf]) -> String {
     let mut o = String::new();
@@ -184,5 +151,38 @@ impl Run {
         }
         self.start = (prot != 0).then_some(end);
         self.last = prot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(va: u64, prot: u64) -> PageLeaf {
+        PageLeaf {
+            va,
+            entry: 0x87 | va,
+            size: 0x20_0000,
+            prot,
+        }
+    }
+
+    /// As QEMU's mem_info_la48: runs end where the rights change or nothing is mapped,
+    /// the upper half's addresses are canonical, the last run ends at 1 << 48.
+    #[test]
+    fn mem_runs_are_qemus() {
+        let top = 0xffff_ffff_ffe0_0000;
+        let leaves = [
+            leaf(0, 7),
+            leaf(0x20_0000, 7),
+            leaf(0x40_0000, 3),
+            leaf(top, 7),
+        ];
+        assert_eq!(
+            mem_text(4, &leaves),
+            "0000000000000000-0000000000400000 0000000000400000 urw\n\
+             0000000000400000-0000000000600000 0000000000200000 -rw\n\
+             ffffffffffe00000-0001000000000000 0000000000200000 urw\n"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! flotilla-qemu, the QEMU-shaped entry point libvirt starts (issue 18): libvirt 9.0's
 //! argv for a domain (captured against QEMU 7.2) with fds and files of the test's own
 //! boots the test guest: QMP on the monitor socket libvirt passes as fd=N, the serial
-//! log through -add-fd, libvirt's masterKey0 secret read from its file; quit ends it.
+//! log through -add-fd, libvirt's masterKey0 secret read from its file; with
+//! -no-shutdown the guest's power-off leaves it stopped; quit ends it.
 //! And each refusal QEMU 7.2 makes too is made in QEMU's words (QEMU run on the same
 //! words).
 
@@ -26,16 +27,16 @@ fn inheritable(fd: &impl AsRawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(n) }
 }
 
-/// libvirt 9.0's domain argv (tests/… issue 18's capture), less the disk and NIC
-/// (gateway_hotplug runs libvirt's -blockdev/-device JSON; the unit tests their
-/// translation) and -no-shutdown (not a gateway option yet), with `pc` as the machine
-/// (what Flotilla's query-machines offers libvirt).
+/// libvirt 9.0's domain argv (issue 18's capture), less the disk and NIC
+/// (gateway_hotplug runs libvirt's -blockdev/-device JSON; qemu_cli's unit tests their
+/// translation), with `pc` as the machine (what Flotilla's query-machines offers
+/// libvirt).
 fn libvirt_domain(monitor_fd: i32, serial_fd: i32, key: &Path) -> Vec<String> {
     let key = key.display();
     let guest = test_guest();
     let guest = guest.display();
     format!(
-        r#"-name guest=flot1,debug-threads=on -S -object {{"qom-type":"secret","id":"masterKey0","format":"raw","file":"{key}"}} -machine pc,usb=off,dump-guest-core=off,memory-backend=pc.ram -accel kvm -cpu host,migratable=on -m 128 -object {{"qom-type":"memory-backend-ram","id":"pc.ram","size":134217728}} -overcommit mem-lock=off -smp 1,sockets=1,cores=1,threads=1 -uuid afffbc2f-7592-4c2d-9207-cf3c91d6eabd -display none -no-user-config -nodefaults -chardev socket,id=charmonitor,fd={monitor_fd},server=on,wait=off -mon chardev=charmonitor,id=monitor,mode=control -rtc base=utc -boot strict=on -kernel {guest} -add-fd set=0,fd={serial_fd},opaque=serial0-source -chardev file,id=charserial0,path=/dev/fdset/0,append=on -device {{"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0}} -audiodev {{"id":"audio1","driver":"none"}} -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -msg timestamp=on"#
+        r#"-name guest=flot1,debug-threads=on -S -object {{"qom-type":"secret","id":"masterKey0","format":"raw","file":"{key}"}} -machine pc,usb=off,dump-guest-core=off,memory-backend=pc.ram -accel kvm -cpu host,migratable=on -m 128 -object {{"qom-type":"memory-backend-ram","id":"pc.ram","size":134217728}} -overcommit mem-lock=off -smp 1,sockets=1,cores=1,threads=1 -uuid afffbc2f-7592-4c2d-9207-cf3c91d6eabd -display none -no-user-config -nodefaults -chardev socket,id=charmonitor,fd={monitor_fd},server=on,wait=off -mon chardev=charmonitor,id=monitor,mode=control -rtc base=utc -no-shutdown -boot strict=on -kernel {guest} -add-fd set=0,fd={serial_fd},opaque=serial0-source -chardev file,id=charserial0,path=/dev/fdset/0,append=on -device {{"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0}} -audiodev {{"id":"audio1","driver":"none"}} -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -msg timestamp=on"#
     )
     .split(' ')
     .map(str::to_string)
@@ -113,6 +114,18 @@ fn libvirts_domain_argv_boots_the_guest() {
     assert!(log.starts_with("libvirt's own line\n"), "{log}");
     assert!(log.contains("GUEST READY cpus=1 mem_mib=128"), "{log}");
 
+    // -no-shutdown: the guest powers off on the button and the process stays.
+    qmp.ok("system_powerdown", json!({}));
+    // As QEMU's: SHUTDOWN, then the VM stops (STOP) in run state shutdown.
+    qmp.event("SHUTDOWN");
+    qmp.event("STOP");
+    assert_eq!(
+        qmp.ok("query-status", json!({}))["status"],
+        "shutdown",
+        "{}",
+        vm.transcript()
+    );
+    assert!(!vm.exited(), "{}", vm.transcript());
     qmp.ok("quit", json!({}));
     let status = vm.wait(TIMEOUT);
     assert!(status.success(), "{status:?}\n{}", vm.transcript());

@@ -150,6 +150,7 @@ fn machine_commands(dir: &Path) -> Vec<(&'static str, Value)> {
         ("query-status", json!({})),
         ("query-cpus-fast", json!({})),
         ("query-block", json!({})),
+        ("query-pci", json!({})),
         ("query-blockstats", json!({})),
         ("query-named-block-nodes", json!({"flat": true})),
         ("query-memory-devices", json!({})),

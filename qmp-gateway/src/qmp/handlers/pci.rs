@@ -20,10 +20,10 @@ pub fn query_pci(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(pci_info(&functions))
 }
 
-/// One PciInfo per bus, in bus order. Bus 0, the root bus, is there even if empty, as
-/// QEMU lists each host bridge's root bus.
+/// One PciInfo per bus, in bus order: a VM's bus 0 always holds its host bridge, and the
+/// none machine, which has no PCI bus, lists none (as QEMU's).
 pub fn pci_info(functions: &[PciFunctionInfo]) -> Value {
-    let mut buses: BTreeMap<u8, Vec<Value>> = BTreeMap::from([(0, Vec::new())]);
+    let mut buses: BTreeMap<u8, Vec<Value>> = BTreeMap::new();
     for f in functions {
         buses.entry(f.bus).or_default().push(device_info(f));
     }
@@ -280,7 +280,7 @@ mod tests {
         );
         assert_eq!(d["class_info"], json!({"class": 0xff00}));
         assert_eq!(d["id"], json!({"device": 0x1042, "vendor": 0x1af4}));
-        assert_eq!(pci_info(&[]), json!([{"bus": 0, "devices": []}]));
+        assert_eq!(pci_info(&[]), json!([]));
     }
 
     #[test]

@@ -70,6 +70,18 @@ impl Translation {
         self.out.push(value.to_string());
     }
 
+    /// The one UART (COM1) is not given to a chardev yet.
+    fn uart_free(&self, name: &str, arg: &str) -> Result<(), CliError> {
+        match self.uart.is_some() || self.serial.is_some() {
+            true => Err(CliError::at(
+                name,
+                Some(arg),
+                "Flotilla's PC has one UART, COM1, and it is taken",
+            )),
+            false => Ok(()),
+        }
+    }
+
     fn option(&mut self, name: &str, arg: &str) -> Result<(), CliError> {
         match name {
             "S" => self.out.push("-S".into()),
@@ -107,13 +119,7 @@ impl Translation {
             "device" => match devices::device(arg)? {
                 DeviceUse::Gateway(text) => self.pass("--device", &text),
                 DeviceUse::Uart(chardev) => {
-                    if self.uart.is_some() || self.serial.is_some() {
-                        return Err(CliError::at(
-                            name,
-                            Some(arg),
-                            "Flotilla's PC has one UART, COM1, and it is taken",
-                        ));
-                    }
+                    self.uart_free(name, arg)?;
                     self.uart = Some(chardev);
                 }
             },
@@ -128,13 +134,7 @@ impl Translation {
                         "Flotilla's -serial is none, stdio, chardev:ID or file:PATH",
                     ));
                 }
-                if self.uart.is_some() || self.serial.is_some() {
-                    return Err(CliError::at(
-                        name,
-                        Some(arg),
-                        "Flotilla's PC has one UART, COM1, and it is taken",
-                    ));
-                }
+                self.uart_free(name, arg)?;
                 self.serial = Some(arg.to_string());
             }
             "netdev" => {

@@ -162,7 +162,7 @@ pub(super) fn open(
             let f = match fdset_of(out).zip(fdsets) {
                 // QEMU's qemu_open: a duplicate of the set's O_WRONLY fd (a file chardev's mode).
                 Some((n, sets)) => File::from(
-                    sets.dup_with_access(n, libc::O_RDWR)
+                    sets.dup_with_access(n, libc::O_WRONLY)
                         .map_err(|e| could_not_open(out, e))?,
                 ),
                 None => OpenOptions::new()

@@ -10,14 +10,14 @@ use super::handlers::balloon;
 use super::handlers::chardev;
 use super::handlers::command_line;
 use super::handlers::cpu_models;
-use super::handlers::machine_types;
-use super::handlers::qom;
-use super::handlers::qom_tree;
 use super::handlers::cpus;
 use super::handlers::devices;
 use super::handlers::dump;
 use super::handlers::input;
+use super::handlers::machine_types;
 use super::handlers::memory;
+use super::handlers::qom;
+use super::handlers::qom_tree;
 use super::handlers::{
     absent, bitmaps, block, fds, hmp, jobs, machine, migrate, migration, net, objects, pci,
     snapshot, trace,

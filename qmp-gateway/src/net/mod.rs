@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod hotplug;
+mod info;
 pub mod netdev;
 pub mod nic;
 
@@ -216,7 +217,8 @@ impl NetLayer {
             id: id.clone(),
             qom_path,
             netdev: Some(netdev.id.clone()),
-            describe: netdev.describe.clone(),
+            backend: netdev.client.clone(),
+            made: netdev::next_made(),
             mac,
             queue_pairs: netdev.fds.len() as u32,
             kind: netdev.kind,
@@ -251,7 +253,11 @@ impl NetLayer {
                 });
             }
         };
-        log::info!("NIC {id}: {}, net daemon pid {pid}", nic.describe);
+        log::info!(
+            "NIC {id}: {} {}, net daemon pid {pid}",
+            nic.backend.driver,
+            nic.backend.text
+        );
         let launch = NicLaunch {
             index,
             slot: Some(slot),
@@ -367,7 +373,12 @@ impl NetLayer {
         }
         let mut netdev = spec.open(Some(named))?;
         netdev.charge = Some(charge);
-        log::info!("netdev {}: {}", netdev.id, netdev.describe);
+        log::info!(
+            "netdev {}: {} {}",
+            netdev.id,
+            netdev.client.driver,
+            netdev.client.text
+        );
         state.spare.push(netdev);
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! datagram, so a Flotilla VM and a QEMU VM can be joined too). The gateway opens them;
 //! the daemon gets the fds.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::net::ToSocketAddrs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipc::NetBackendKind;
 use serde_json::{Map, Value};
@@ -32,7 +34,38 @@ pub enum BackendSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetdevSpec {
     pub id: String,
+    /// Its type as given (tap, socket, dgram): QEMU's net client driver.
+    pub driver: &'static str,
     pub backend: BackendSpec,
+}
+
+/// A net client as QEMU's `info network` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Its name: the netdev's id (kept by a NIC after netdev_del, as QEMU keeps the
+    /// net client of a NIC's deleted netdev until the NIC goes).
+    pub name: String,
+    /// QEMU's NetClientDriver name (tap, socket, dgram).
+    pub driver: &'static str,
+    /// QEMU's info_str for the backend.
+    pub text: String,
+    /// Its place in the order of making: QEMU lists its net clients in that order.
+    pub made: u64,
+}
+
+/// The next net client's `made`.
+pub fn next_made() -> u64 {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    MADE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `HOST:PORT` with the host's first IPv4 address, as QEMU prints a UDP peer
+/// (inet_ntoa); as given if it does not resolve so.
+fn numeric(addr: &str) -> String {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(|a| a.is_ipv4()))
+        .map_or_else(|| addr.to_string(), |a| a.to_string())
 }
 
 /// A backend, opened.
@@ -42,7 +75,7 @@ pub struct Netdev {
     /// One per queue pair (a tap), or the one socket.
     pub fds: Vec<OwnedFd>,
     /// For logs and `info network`.
-    pub describe: String,
+    pub client: ClientInfo,
     /// Opened by netdev_add: its fds are charged to the fd budget while it exists.
     pub charge: Option<Charge>,
 }
@@ -153,10 +186,10 @@ impl NetdevSpec {
         if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
             return Err(NetError::NotAnIdentifier("id"));
         }
-        let keys: &[&str] = match kind {
-            "tap" => TAP_KEYS,
-            "socket" => SOCKET_KEYS,
-            "dgram" => DGRAM_KEYS,
+        let (driver, keys): (&'static str, &[&str]) = match kind {
+            "tap" => ("tap", TAP_KEYS),
+            "socket" => ("socket", SOCKET_KEYS),
+            "dgram" => ("dgram", DGRAM_KEYS),
             t if OTHER_TYPES.contains(&t) => {
                 return Err(NetError::BackendNotAvailable(t.to_string()))
             }
@@ -237,7 +270,11 @@ impl NetdevSpec {
                 }
             }
         };
-        Ok(NetdevSpec { id, backend })
+        Ok(NetdevSpec {
+            id,
+            driver,
+            backend,
+        })
     }
 
     /// From the command line's `TYPE,id=ID,key=value,...` (dgram's addresses as
@@ -280,7 +317,7 @@ impl NetdevSpec {
     /// Opens the backend. `named`: a QMP client's getfd names (None on the command
     /// line, where `fd=` is an inherited descriptor number).
     pub fn open(&self, named: Option<&NamedFds>) -> Result<Netdev, NetError> {
-        let (kind, fds, describe) = match &self.backend {
+        let (kind, fds, text) = match &self.backend {
             BackendSpec::Tap {
                 source: TapSource::Ifname(name),
                 queues,
@@ -290,7 +327,9 @@ impl NetdevSpec {
                         name: name.clone(),
                         error,
                     })?;
-                (NetBackendKind::Tap, fds, format!("tap,ifname={name}"))
+                // No script runs: QEMU's text for script=no.
+                let text = format!("ifname={name},script=no,downscript=no");
+                (NetBackendKind::Tap, fds, text)
             }
             BackendSpec::Tap {
                 source: TapSource::Fd(fd),
@@ -302,7 +341,9 @@ impl NetdevSpec {
                         .map_err(|_| NetError::NamedFdNotFound(fd.clone()))?,
                     None => inherited_fd(fd)?,
                 };
-                (NetBackendKind::Tap, vec![owned], format!("tap,fd={fd}"))
+                // QEMU prints the number the fd has in its process: ours here.
+                let text = format!("fd={}", owned.as_raw_fd());
+                (NetBackendKind::Tap, vec![owned], text)
             }
             BackendSpec::Udp { local, remote } => {
                 let fd = ipc::host::open_datagram(local, remote).map_err(|error| {
@@ -312,18 +353,23 @@ impl NetdevSpec {
                         error,
                     }
                 })?;
-                (
-                    NetBackendKind::Datagram,
-                    vec![fd],
-                    format!("udp={local}/{remote}"),
-                )
+                let text = match self.driver {
+                    "socket" => format!("socket: udp={}", numeric(remote)),
+                    _ => format!("udp={}/{}", numeric(local), numeric(remote)),
+                };
+                (NetBackendKind::Datagram, vec![fd], text)
             }
         };
         Ok(Netdev {
             id: self.id.clone(),
             kind,
             fds,
-            describe,
+            client: ClientInfo {
+                name: self.id.clone(),
+                driver: self.driver,
+                text,
+                made: next_made(),
+            },
             charge: None,
         })
     }
@@ -361,6 +407,7 @@ mod tests {
                 .unwrap(),
             NetdevSpec {
                 id: "n0".into(),
+                driver: "tap",
                 backend: BackendSpec::Tap {
                     source: TapSource::Ifname("flt0".into()),
                     queues: 2

@@ -15,7 +15,7 @@ use ipc::{NetBackendKind, NetEvent, NetOpen, NetReply, NetRequest, RxFilterState
 use parking_lot::Mutex;
 
 use super::error::NetError;
-use super::netdev::Netdev;
+use super::netdev::{ClientInfo, Netdev};
 use crate::children::daemon::{connect, stop_slot, Daemon, DaemonKind};
 use crate::children::link::Protocol;
 use crate::children::sandbox::Policy;
@@ -65,7 +65,10 @@ pub struct Nic {
     pub qom_path: String,
     /// The netdev behind it; None once netdev_del removed it.
     pub netdev: Option<String>,
-    pub describe: String,
+    /// The netdev's net client, as `info network` shows it.
+    pub backend: ClientInfo,
+    /// Its place in the order of making (`info network` lists in that order).
+    pub made: u64,
     pub mac: [u8; 6],
     pub queue_pairs: u32,
     pub kind: NetBackendKind,
@@ -115,7 +118,7 @@ impl Nic {
             id: self.netdev.unwrap_or_default(),
             kind: self.kind,
             fds: self.backend_fds,
-            describe: self.describe,
+            client: self.backend,
             charge: self.charge,
         }
     }

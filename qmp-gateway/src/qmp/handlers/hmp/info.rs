@@ -1,9 +1,12 @@
 //! The texts of HMP's `info` commands that print a QMP answer of the gateway's own
 //! (vCPUs, KVM, migration settings, name, UUID, version, run state, chardevs,
-//! iothreads, memory backends, hotpluggable CPUs), as QEMU 7.2's.
+//! iothreads, memory backends, hotpluggable CPUs) and `info network`, as QEMU 7.2's.
 
 use ipc::RunState;
 use serde_json::Value;
+
+use super::reply::usage;
+use crate::qmp::context::Ctx;
 
 pub fn info_cpus(cpus: &Value, current: u32) -> String {
     let field = |cpu: &Value, key: &str| cpu[key].as_i64().unwrap_or_default();
@@ -257,6 +260,18 @@ pub fn info_hotpluggable_cpus(cpus: &Value, _: u32) -> String {
         }
     }
     text
+}
+
+/// HMP `info network`: the NICs and netdevs as QEMU lists its net clients.
+pub fn info_network(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    if !arguments.trim_end().is_empty() {
+        return usage(
+            "network",
+            "info network",
+            "extraneous characters at the end of line",
+        );
+    }
+    c.gw.net.info_network()
 }
 
 #[cfg(test)]

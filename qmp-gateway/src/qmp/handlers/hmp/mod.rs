@@ -12,10 +12,12 @@ mod migrate;
 mod page_tables;
 mod registers;
 mod reply;
+mod ringbuf;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::fdstore::NamedFds;
 use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -242,6 +244,12 @@ pub const HMP: &[HmpCommand] = &[
         "query-migrate-parameters",
         info::info_migrate_parameters,
     ),
+    line(
+        "info network",
+        "",
+        "show the network state",
+        info::info_network,
+    ),
     qmp(
         "info name",
         "",
@@ -391,6 +399,30 @@ pub const HMP: &[HmpCommand] = &[
         mapped(c, a, "device_del", "id:s", "device_del")
     }),
     line(
+        "closefd",
+        "closefd name",
+        "close a file descriptor previously passed via SCM rights",
+        |c, a, _| mapped(c, a, "closefd", "fdname:s", "closefd"),
+    ),
+    line(
+        "getfd",
+        "getfd name",
+        "receive a file descriptor via SCM rights and assign it a name",
+        |c, a, _| mapped(c, a, "getfd", "fdname:s", "getfd"),
+    ),
+    line(
+        "ringbuf_read",
+        "device size",
+        "Read from a ring buffer character device",
+        ringbuf::ringbuf_read,
+    ),
+    line(
+        "ringbuf_write",
+        "device data",
+        "Write to a ring buffer character device",
+        |c, a, _| mapped(c, a, "ringbuf_write", "device:s,data:s", "ringbuf-write"),
+    ),
+    line(
         "eject",
         "[-f] device",
         "eject a removable medium (use -f to force it)",
@@ -460,8 +492,22 @@ pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
             ))
         }
     };
-    // human-monitor-command's monitor is a new one each time: a `cpu N` does not last.
-    Ok(json!(run_line(c, &a.command_line, &mut current)))
+    // human-monitor-command's monitor is a new one each time: a `cpu N` does not last,
+    // and its named fds (getfd, closefd) are its own, none at first. It has no
+    // connection of its own either: fds sent with the message are not its (QEMU 7.2's
+    // getfd here answers that none was supplied), and are closed.
+    let named = NamedFds::default();
+    let mut monitor = Ctx {
+        gw: c.gw,
+        named_fds: &named,
+        fd_account: c.fd_account,
+        fds: Vec::new(),
+        exit_after_reply: None,
+        commands: c.commands,
+    };
+    let text = run_line(&mut monitor, &a.command_line, &mut current);
+    c.exit_after_reply = monitor.exit_after_reply.take();
+    Ok(json!(text))
 }
 
 /// Runs one HMP command line as QEMU's monitor does and returns what it prints, lines

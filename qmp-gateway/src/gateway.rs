@@ -124,6 +124,8 @@ pub struct Gateway {
     /// --no-shutdown: a guest power-off leaves the VM stopped (vmm-core's "shutdown")
     /// instead of ending the gateway.
     no_shutdown: AtomicBool,
+    /// --accel: KVM for a VM; TCG only with the none machine (query-kvm says which).
+    accel: OnceLock<crate::machine_none::Accel>,
     vmm_pid: AtomicU32,
     /// The CPUID vmm-core's vCPUs get, asked once (cpus.rs): it does not change while
     /// the VM lives, and vCPUs added later get the same.
@@ -253,6 +255,7 @@ impl Gateway {
             dumps: Default::default(),
             exit,
             no_shutdown: AtomicBool::new(false),
+            accel: OnceLock::new(),
             vmm_pid: AtomicU32::new(0),
             cpuid: OnceLock::new(),
         })
@@ -386,6 +389,15 @@ impl Gateway {
     /// QEMU's -no-shutdown: the gateway outlives the guest's power-off.
     pub fn set_no_shutdown(&self, on: bool) {
         self.no_shutdown.store(on, Ordering::Relaxed);
+    }
+
+    /// The accelerator the command line chose (set once, at start).
+    pub fn set_accel(&self, accel: crate::machine_none::Accel) {
+        let _ = self.accel.set(accel);
+    }
+
+    pub fn accel(&self) -> crate::machine_none::Accel {
+        self.accel.get().copied().unwrap_or_default()
     }
 
     pub fn request_exit(&self, reason: ExitReason) {

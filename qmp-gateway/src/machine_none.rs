@@ -42,6 +42,46 @@ impl FromStr for MachineType {
     }
 }
 
+/// `--accel`: how guest code runs. A VM runs on KVM only; TCG is taken with the none
+/// machine, where no guest code runs (libvirt probes an emulator once with
+/// `accel=kvm:tcg` and once with `accel=tcg`, and fails the whole probe if either fails).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accel {
+    #[default]
+    Kvm,
+    Tcg,
+}
+
+/// An accelerator QEMU does not have (QEMU 7.2's words).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid accelerator {0}")]
+pub struct InvalidAccel(pub String);
+
+impl FromStr for Accel {
+    type Err = InvalidAccel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(InvalidAccel(s.to_string())),
+        }
+    }
+}
+
+impl Accel {
+    /// The first of QEMU's accelerator list (`kvm:tcg`) that is one: QEMU uses the first
+    /// that works, and both work here (TCG only without a guest: checked with the machine).
+    pub fn first_of(list: &str) -> Result<Accel, InvalidAccel> {
+        let mut names = list.split(':');
+        let first = names.next().unwrap_or_default();
+        std::iter::once(first)
+            .chain(names)
+            .find_map(|a| a.parse().ok())
+            .ok_or_else(|| InvalidAccel(first.to_string()))
+    }
+}
+
 /// The none machine's answer to each of vmm-core's requests, and the events it raises.
 struct NoneMachine {
     state: RunState,

@@ -36,7 +36,7 @@ use qmp_gateway::fdstore::command_line::AddFd;
 use qmp_gateway::fdstore::{FdBudget, FdLimits, FdSets};
 use qmp_gateway::gateway::{Binaries, ExitReason, Gateway, VmIdentity};
 use qmp_gateway::launch::OpenedVm;
-use qmp_gateway::machine_none::{self, MachineType};
+use qmp_gateway::machine_none::{self, Accel, MachineType};
 use qmp_gateway::net::netdev::NetdevSpec;
 use qmp_gateway::objects::ObjectSpec;
 use qmp_gateway::pidfile::PidFile;
@@ -169,6 +169,11 @@ struct Args {
     /// nothing runs; no vmm-core, no devices).
     #[arg(long, default_value = "pc", value_parser = |s: &str| s.parse::<MachineType>())]
     machine: MachineType,
+    /// The accelerator: `kvm` (the default, and the only one a VM runs on) or `tcg`,
+    /// taken with `--machine none` only (no guest code runs; libvirt probes an emulator
+    /// once with each), as QEMU's -accel.
+    #[arg(long, default_value = "kvm", value_parser = |s: &str| s.parse::<Accel>())]
+    accel: Accel,
     /// Become a daemon, as QEMU's -daemonize: this process exits 0 once the QMP listeners
     /// are bound and the VM is set up (non-zero, with the error, if that fails); the
     /// daemon runs in a session of its own with /dev/null as stdin, stdout and stderr.
@@ -456,6 +461,10 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
         tcp_listeners.push(TcpListener::bind(addr).with_context(|| format!("--qmp-tcp {spec}"))?);
     }
     let mut vm = match args.machine {
+        MachineType::Pc if args.accel == Accel::Tcg => bail!(
+            "--accel tcg: Flotilla runs guests on KVM only; tcg is taken with --machine none \
+             (no guest code runs)"
+        ),
         MachineType::Pc => Some(OpenedVm::open(&args.vm)?),
         MachineType::None => {
             refuse_vm_options(&args)?;
@@ -533,6 +542,7 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
     cleanup.gateway = Some(gw.clone());
     gw.chardevs.adopt(chardevs);
     gw.set_self(&gw);
+    gw.set_accel(args.accel);
     if let Some(pid) = vmm_child.pid() {
         gw.set_vmm_pid(pid);
     }

@@ -81,9 +81,16 @@ fn gateway_none(qmp: &Path, pidfile: &Path) -> Command {
 
 /// QEMU 7.2 as libvirt's probe starts it (-daemonize, -pidfile).
 fn qemu_none(qmp: &Path, pidfile: &Path) -> Command {
+    qemu_none_on(qmp, pidfile, "kvm:tcg")
+}
+
+/// The same with an accelerator list of its own (libvirt's second probe: tcg).
+fn qemu_none_on(qmp: &Path, pidfile: &Path, accel: &str) -> Command {
     let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
     cmd.args(["-S", "-no-user-config", "-nodefaults", "-nographic"])
-        .args(["-machine", "none,accel=kvm:tcg", "-qmp"])
+        .arg("-machine")
+        .arg(format!("none,accel={accel}"))
+        .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .arg("-pidfile")
         .arg(pidfile)
@@ -235,6 +242,33 @@ fn machine_none_answers_as_qemus_none_machine() {
             "after {command}"
         );
     }
+}
+
+/// libvirt probes an emulator a second time with `-machine none,accel=tcg`, and fails
+/// the whole probe if that run fails: the none machine takes TCG (no guest code runs),
+/// and query-kvm says so as QEMU's does.
+#[test]
+fn machine_none_takes_tcg_as_libvirts_second_probe_needs() {
+    let dir = TempDir::new("machine-none-tcg");
+    let (qmp, pidfile) = (dir.path().join("qmp.sock"), dir.path().join("pid"));
+    let mut cmd = gateway_none(&qmp, &pidfile);
+    cmd.args(["--accel", "tcg"]);
+    let (status, _, err) = run_to_end(cmd, TIMEOUT);
+    assert!(status.success(), "{err}");
+    let daemon = Daemon::of(&pidfile);
+    let (qqmp, qpid) = (dir.path().join("qemu.sock"), dir.path().join("qemu.pid"));
+    let (status, _, qerr) = run_to_end(qemu_none_on(&qqmp, &qpid, "tcg"), TIMEOUT);
+    assert!(status.success(), "{qerr}");
+    let qemu = Daemon::of(&qpid);
+    let (mut g, mut q) = (QmpClient::negotiated(&qmp), QmpClient::negotiated(&qqmp));
+    let kvm = q.ok("query-kvm", json!({}));
+    assert_eq!(kvm, json!({"enabled": false, "present": true}));
+    assert_eq!(g.ok("query-kvm", json!({})), kvm, "ours, then QEMU's");
+    for c in [&mut g, &mut q] {
+        c.ok("quit", json!({}));
+    }
+    daemon.wait_gone();
+    qemu.wait_gone();
 }
 
 #[test]
@@ -452,6 +486,12 @@ fn bad_machine_options_are_refused() {
     let qemu_words = words(&qemu_err, "qemu-system-x86_64: ");
     let ours = gateway(&["--machine", "foo"]);
     assert!(ours.contains(&qemu_words), "{ours}\nQEMU: {qemu_words}");
+    // TCG runs no guest here: a VM is KVM's.
+    let ours = gateway(&["--accel", "tcg"]);
+    assert!(
+        ours.contains("--accel tcg: Flotilla runs guests on KVM only"),
+        "{ours}"
+    );
     for option in [
         &["--kernel", "/dev/null"][..],
         &["--drive", "file=/dev/null,format=raw"],

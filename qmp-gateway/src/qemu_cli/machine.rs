@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::error::CliError;
 use crate::keyval;
-use crate::machine_none::MachineType;
+use crate::machine_none::{Accel, MachineType};
 
 /// The machine's options gathered from the command line.
 #[derive(Debug, Default)]
@@ -15,6 +15,9 @@ pub struct Machine {
     pub kind: MachineType,
     /// -machine memory-backend=: the id of the object that is the guest's RAM.
     pub memory_backend: Option<String>,
+    /// -accel or -machine accel=: KVM, or TCG with the none machine (checked at the end,
+    /// as the two options come in either order).
+    pub accel: Accel,
 }
 
 /// QEMU's "on"/"off" check for a flag-like property.
@@ -23,15 +26,23 @@ fn on_off(key: &str, value: &str) -> Result<bool, CliError> {
         .ok_or_else(|| CliError::plain(format!("Parameter '{key}' expects 'on' or 'off'")))
 }
 
-/// An accelerator list (`kvm`, `kvm:tcg`): KVM is Flotilla's only one. As in QEMU, the
-/// first in the list that works is used; a list with none fails with QEMU's words for
-/// an accelerator this binary does not have.
-fn accel_list(list: &str) -> Result<(), CliError> {
-    if list.split(':').any(|a| a == "kvm") {
-        return Ok(());
+/// An accelerator list (`kvm`, `kvm:tcg`): as in QEMU, the first in the list that works
+/// is used; a list with none fails with QEMU's words for an accelerator this binary does
+/// not have.
+fn accel_list(list: &str) -> Result<Accel, CliError> {
+    Accel::first_of(list).map_err(|e| CliError::plain(e.to_string()))
+}
+
+/// TCG runs no guest of Flotilla's: it is taken with the none machine only.
+pub fn check_accel(m: &Machine) -> Result<(), CliError> {
+    if m.accel == Accel::Tcg && m.kind != MachineType::None {
+        return Err(CliError::plain(
+            "Flotilla runs guests on KVM only: the tcg accelerator is taken with -machine none \
+             (no guest code runs)"
+                .to_string(),
+        ));
     }
-    let first = list.split(':').next().unwrap_or_default();
-    Err(CliError::plain(format!("invalid accelerator {first}")))
+    Ok(())
 }
 
 pub fn machine(arg: &str, m: &mut Machine) -> Result<(), CliError> {
@@ -51,7 +62,7 @@ pub fn machine(arg: &str, m: &mut Machine) -> Result<(), CliError> {
         let value = value.as_str().unwrap_or_default();
         match key.as_str() {
             "type" => {}
-            "accel" => accel_list(value)?,
+            "accel" => m.accel = accel_list(value)?,
             // No USB controller: usb=off is what there is.
             "usb" if !on_off(&format!("{class}.usb"), value)? => {}
             "usb" => {
@@ -82,21 +93,22 @@ fn refuse(option: &str, arg: &str, why: &str) -> CliError {
     CliError::at(option, Some(arg), why)
 }
 
-/// -accel kvm (and -enable-kvm): nothing else, and no accelerator properties.
-pub fn accel(arg: &str) -> Result<(), CliError> {
+/// -accel kvm (and -enable-kvm), or -accel tcg with the none machine; no accelerator
+/// properties.
+pub fn accel(arg: &str, m: &mut Machine) -> Result<(), CliError> {
     let opts = keyval::qemu_opts(arg, "accel");
     let name = opts
         .get("accel")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if name != "kvm" {
-        return Err(refuse("accel", arg, &format!("invalid accelerator {name}")));
-    }
+    m.accel = name
+        .parse()
+        .map_err(|e: crate::machine_none::InvalidAccel| refuse("accel", arg, &e.to_string()))?;
     if let Some(key) = opts.keys().find(|k| *k != "accel") {
         return Err(refuse(
             "accel",
             arg,
-            &format!("Flotilla's KVM accelerator takes no properties ('{key}')"),
+            &format!("Flotilla's accelerators take no properties ('{key}')"),
         ));
     }
     Ok(())

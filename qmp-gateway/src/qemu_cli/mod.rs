@@ -18,7 +18,7 @@ pub mod version;
 
 use serde_json::{Map, Value};
 
-use crate::machine_none::MachineType;
+use crate::machine_none::{Accel, MachineType};
 use devices::DeviceUse;
 pub use error::CliError;
 use machine::Machine;
@@ -100,8 +100,8 @@ impl Translation {
                 self.pass("--uuid", arg);
             }
             "machine" => machine::machine(arg, &mut self.machine)?,
-            "accel" => machine::accel(arg)?,
-            "enable-kvm" => {}
+            "accel" => machine::accel(arg, &mut self.machine)?,
+            "enable-kvm" => self.machine.accel = Accel::Kvm,
             "cpu" => machine::cpu(arg)?,
             "m" => self.memory = Some(arg.to_string()),
             "smp" => {
@@ -170,8 +170,12 @@ impl Translation {
     }
 
     fn finish(mut self) -> Result<Vec<String>, CliError> {
+        machine::check_accel(&self.machine)?;
         if self.machine.kind == MachineType::None {
             self.pass("--machine", "none");
+        }
+        if self.machine.accel == Accel::Tcg {
+            self.pass("--accel", "tcg");
         }
         // The RAM's backend: folded into --memory, not made as an object.
         let ram_id = self.machine.memory_backend.clone();

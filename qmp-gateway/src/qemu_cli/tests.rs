@@ -63,6 +63,28 @@ fn libvirts_domain_line_becomes_the_gateways() {
 }
 
 #[test]
+fn libvirts_second_probe_line_takes_tcg_with_the_none_machine() {
+    let tail = ["--machine", "none", "--accel", "tcg"];
+    for line in [
+        "-machine none,accel=tcg",
+        "-accel tcg -machine none",
+        "-machine none,accel=tcg:kvm",
+    ] {
+        assert_eq!(run(line).unwrap(), tail, "{line}");
+    }
+    // kvm first: KVM, the default, so no --accel.
+    assert_eq!(
+        run("-machine none,accel=kvm:tcg").unwrap(),
+        ["--machine", "none"]
+    );
+    assert_eq!(
+        run("-machine none,accel=foo:tcg").unwrap(),
+        tail,
+        "QEMU skips the ones it lacks"
+    );
+}
+
+#[test]
 fn libvirts_probe_line_becomes_the_gateways() {
     let got = run("-S -no-user-config -nodefaults -nographic -machine none,accel=kvm:tcg -qmp unix:/lv/qmp.monitor,server=on,wait=off -pidfile /lv/qmp.pid -daemonize").unwrap();
     let want = [
@@ -206,8 +228,8 @@ fn refusals_use_qemus_words() {
 #[test]
 fn what_flotilla_cannot_honour_is_refused_saying_why() {
     for (line, want) in [
-        ("-accel tcg", "-accel tcg: invalid accelerator tcg"),
-        ("-machine none,accel=tcg", "invalid accelerator tcg"),
+        ("-accel tcg", "Flotilla runs guests on KVM only: the tcg accelerator is taken with -machine none (no guest code runs)"),
+        ("-machine pc,accel=tcg:kvm", "Flotilla runs guests on KVM only: the tcg accelerator is taken with -machine none (no guest code runs)"),
         ("-machine pc-i440fx-7.2", "unsupported machine type\nUse -machine help to list supported machines"),
         ("-machine pc,usb=on", "-machine pc,usb=on: Flotilla's PC has no USB controller"),
         ("-cpu host,arch-capabilities=off", "-cpu host,arch-capabilities=off: Flotilla's vCPUs have the host's CPUID as KVM supports it: CPU property 'arch-capabilities' cannot be set (use -cpu host)"),

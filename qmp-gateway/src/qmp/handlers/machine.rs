@@ -116,8 +116,11 @@ pub fn quit(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(json!({}))
 }
 
-pub fn query_kvm(_: &mut Ctx, _: NoArgs) -> QmpResult {
-    Ok(json!({"enabled": true, "present": true}))
+/// `present`: this binary has KVM support (QEMU's accel_find("kvm")); `enabled`: it is
+/// the accelerator in use (TCG only with the none machine).
+pub fn query_kvm(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    let enabled = c.gw.accel() == crate::machine_none::Accel::Kvm;
+    Ok(json!({"enabled": enabled, "present": true}))
 }
 
 pub fn query_cpus(c: &mut Ctx, _: NoArgs) -> QmpResult {

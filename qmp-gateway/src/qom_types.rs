@@ -213,6 +213,9 @@ pub const QOM_TYPES: &[QomType] = &[
     abstract_type("machine", "object"),
     // No property of the machine can be set (no -machine options).
     concrete(MACHINE_TYPE, "machine", NONE),
+    // --machine none (QMP only): libvirt's probe asks for its properties whatever the
+    // machines are, and libvirt 9.0 crashes if the class is not found.
+    concrete("none-machine", "machine", NONE),
 ];
 
 /// The machine type's QOM name (QEMU names a machine NAME's type NAME-machine).

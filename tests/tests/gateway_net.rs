@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::net::Tap;
+use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::Gateway;
 use flotilla_tests::{bin, require_tool, run_to_end, test_guest};
 use serde_json::json;
@@ -267,6 +268,22 @@ fn two_queue_pairs_over_a_multiqueue_tap_carry_frames_both_ways() {
     gw.vm.expect_line("the guest's NIC", TIMEOUT, |l| {
         l.starts_with("GUEST NET ECHO READY ip=10.77.52.2/24") && l.ends_with("queue_pairs=2")
     });
+    // HMP `info network` for the NIC (a line per queue pair, the model and MAC on the
+    // first) and a netdev added after it that no NIC takes (its queues all index=0):
+    // read before the traffic, n1 deleted again so that its queues on the tap take
+    // none of it (the gateway ends with the guest), compared with QEMU's at the end.
+    let n1 = json!({"type": "tap", "id": "n1", "ifname": tap.name(), "queues": 2,
+                    "script": "no", "downscript": "no"});
+    let info = |c: &mut flotilla_tests::qmp::QmpClient| {
+        c.ok("netdev_add", n1.clone());
+        c.ok(
+            "human-monitor-command",
+            json!({"command-line": "info network"}),
+        )
+    };
+    let mut c = gw.client();
+    let ours = info(&mut c);
+    c.ok("netdev_del", json!({"id": "n1"}));
     // Every datagram arrives (in any order: the queues are independent), intact.
     let mut seen = vec![false; 400];
     let mut buf = [0u8; 2048];
@@ -300,6 +317,23 @@ fn two_queue_pairs_over_a_multiqueue_tap_carry_frames_both_ways() {
             .unwrap_or_else(|| panic!("no tx= in {line}"));
         assert!(tx > 0, "queue pair {pair} sent nothing: {line}");
     }
+    // QEMU 7.2 with the same NIC over the same tap: the traffic is over.
+    let qemu = Qemu::try_start(&[
+        "-netdev",
+        &format!(
+            "tap,id=n0,ifname={},queues=2,script=no,downscript=no",
+            tap.name()
+        ),
+        "-device",
+        "virtio-net-pci,netdev=n0,id=nic0",
+    ])
+    .unwrap_or_else(|e| panic!("QEMU refused the tap: {e}"));
+    assert_eq!(ours, info(&mut qemu.client()), "ours, then QEMU's");
+    assert!(
+        ours.as_str()
+            .is_some_and(|t| t.contains("\r\nnic0: index=1,type=nic,\r\n \\ n0: index=1,")),
+        "{ours}"
+    );
     drop(tap);
 }
 

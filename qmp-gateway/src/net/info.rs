@@ -1,5 +1,6 @@
 //! HMP `info network`: the NICs and netdevs as QEMU 7.2's hmp_info_network lists its
-//! net clients, in the order they were made, a NIC's netdev under it.
+//! net clients, in the order they were made, a NIC's netdev under it. A tap given by
+//! fd= reads fd=N with the gateway's number for it, as QEMU's reads its own.
 
 use super::netdev::ClientInfo;
 use super::NetLayer;
@@ -44,7 +45,10 @@ impl NetLayer {
         for netdev in &state.spare {
             let c = &netdev.client;
             let text = (0..netdev.fds.len().max(1) as u32)
-                .map(|queue| client_line(&netdev.id, queue, c.driver, &c.text))
+                .map(|queue| {
+                    let index = if c.numbered { queue } else { 0 };
+                    client_line(&netdev.id, index, c.driver, &c.text)
+                })
                 .collect();
             clients.push((c.made, text));
         }

@@ -29,7 +29,7 @@ use crate::events::{DaemonExited, DaemonRestarted, Event, EventBus};
 use crate::fdstore::{Charge, NamedFds};
 use crate::sockets::{bind_private, RuntimeDir};
 pub use error::NetError;
-use netdev::{Netdev, NetdevSpec};
+use netdev::{ClientInfo, Netdev, NetdevSpec};
 use nic::{Hooks, NetProtocol, Nic};
 
 /// How a command names a NIC: by its netdev (QMP's "device", the host side's name), or by
@@ -217,7 +217,10 @@ impl NetLayer {
             id: id.clone(),
             qom_path,
             netdev: Some(netdev.id.clone()),
-            backend: netdev.client.clone(),
+            backend: ClientInfo {
+                numbered: true,
+                ..netdev.client.clone()
+            },
             made: netdev::next_made(),
             mac,
             queue_pairs: netdev.fds.len() as u32,

@@ -51,6 +51,9 @@ pub struct ClientInfo {
     pub text: String,
     /// Its place in the order of making: QEMU lists its net clients in that order.
     pub made: u64,
+    /// Whether a NIC has taken it: QEMU numbers a netdev's queues (index=) only then,
+    /// and they keep their numbers when the NIC goes.
+    pub numbered: bool,
 }
 
 /// The next net client's `made`.
@@ -369,6 +372,7 @@ impl NetdevSpec {
                 driver: self.driver,
                 text,
                 made: next_made(),
+                numbered: false,
             },
             charge: None,
         })

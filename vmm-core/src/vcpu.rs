@@ -149,7 +149,8 @@ impl Vcpu {
         })
     }
 
-    fn err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    /// Names a failed ioctl of this vCPU.
+    pub(crate) fn err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
         let vcpu = self.id;
         move |error| VcpuError { vcpu, what, error }
     }

@@ -55,17 +55,11 @@ fn blocks(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 
 /// A vCPU's registers; only while its thread is parked.
 pub fn read_cpu(vcpu: &Vcpu) -> Result<CpuRegs, VcpuError> {
-    let err = |what| {
-        let id = vcpu.id;
-        move |error| VcpuError {
-            vcpu: id,
-            what,
-            error,
-        }
-    };
     let fd = vcpu.fd();
-    let regs = fd.get_regs().map_err(err("reading registers"))?;
-    let sregs = fd.get_sregs().map_err(err("reading segment registers"))?;
+    let regs = fd.get_regs().map_err(vcpu.err("reading registers"))?;
+    let sregs = fd
+        .get_sregs()
+        .map_err(vcpu.err("reading segment registers"))?;
     let entry = kvm_msr_entry {
         index: MSR_KERNEL_GS_BASE,
         ..Default::default()

@@ -25,21 +25,17 @@ const XMM: usize = 160;
 
 /// The registers of a vCPU whose thread is parked.
 pub fn read(vcpu: &Vcpu) -> Result<CpuRegisters, VcpuError> {
-    let err = |what| {
-        let id = vcpu.id;
-        move |error| VcpuError {
-            vcpu: id,
-            what,
-            error,
-        }
-    };
     let cpu = read_cpu(vcpu)?;
     let fd = vcpu.fd();
     let debug = fd
         .get_debug_regs()
-        .map_err(err("reading debug registers"))?;
-    let events = fd.get_vcpu_events().map_err(err("reading vCPU events"))?;
-    let mp = fd.get_mp_state().map_err(err("reading the MP state"))?;
+        .map_err(vcpu.err("reading debug registers"))?;
+    let events = fd
+        .get_vcpu_events()
+        .map_err(vcpu.err("reading vCPU events"))?;
+    let mp = fd
+        .get_mp_state()
+        .map_err(vcpu.err("reading the MP state"))?;
     // Without KVM_CAP_XCRS XCR0 is x87|SSE only, as QEMU assumes.
     let xcr0 = fd
         .get_xcrs()
@@ -60,7 +56,7 @@ pub fn read(vcpu: &Vcpu) -> Result<CpuRegisters, VcpuError> {
         .map(|area| area.region.iter().flat_map(|w| w.to_le_bytes()).collect());
     let legacy = match &xsave {
         Some(bytes) => bytes[..FXSAVE_SIZE].to_vec(),
-        None => fxsave_layout(&fd.get_fpu().map_err(err("reading the FPU state"))?),
+        None => fxsave_layout(&fd.get_fpu().map_err(vcpu.err("reading the FPU state"))?),
     };
     let mut vectors = vec![[0u64; 8]; 32];
     for (i, v) in vectors.iter_mut().enumerate().take(16) {

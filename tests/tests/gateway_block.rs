@@ -297,10 +297,9 @@ fn iops_limit_with_a_burst() {
     assert_eq!(inserted["iops"], 100);
     assert_eq!(inserted["iops_max"], 400);
     assert_eq!(inserted["iops_max_length"], 2);
-    assert_eq!(
-        inserted["group"],
-        "/machine/peripheral-anon/device[0]/virtio-backend"
-    );
+    // No group given: the group is named after the device as given (QEMU 7.2 names it
+    // "d0" for the same call, checked live).
+    assert_eq!(inserted["group"], "d0");
 }
 
 #[test]

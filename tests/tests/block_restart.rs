@@ -480,8 +480,10 @@ fn a_binary_that_fails_pauses_io_until_a_good_one() {
             );
         }
     }
+    // The guest times its stall with its TSC calibrated against the PIT, which can run a
+    // fraction of a percent fast (CI saw 997 ms of host idle for the guest's 1000 ms).
     assert!(
-        counter(&later, "idle_time_ns") >= STALL_MS * 1_000_000,
+        counter(&later, "idle_time_ns") >= STALL_MS * 1_000_000 * 9 / 10,
         "idle for less than the guest's stall: {later}"
     );
     let rounds_so_far = rounds_done(&gw);

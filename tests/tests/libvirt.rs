@@ -41,10 +41,27 @@ fn processes_naming(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Ends (SIGKILL, by pid) what a probe under the directory left running when the test
+/// fails: a libvirt that crashed mid-probe does not end its emulator.
+struct ProbeLeftovers(String);
+
+impl Drop for ProbeLeftovers {
+    fn drop(&mut self) {
+        for pid in processes_naming(&self.0) {
+            // Our own probe's emulator (its command line names our temporary directory).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 #[test]
 fn virsh_domcapabilities_describes_flotilla() {
     let virsh = require_tool("virsh", "libvirt-clients (with libvirt-daemon-driver-qemu)");
     let dir = TempDir::new("libvirt-caps");
+    let _leftovers = ProbeLeftovers(dir.path().display().to_string());
     let uri = embed_root(dir.path());
     let emulator = bin("flotilla-qemu");
     let mut cmd = Command::new(virsh);

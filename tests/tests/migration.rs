@@ -665,7 +665,10 @@ fn dimm_moves(postcopy: bool) {
     // vmm-core and the disk's daemon map the DIMM's memory here.
     assert_eq!(mapping(dst.vm.pid(), "m1"), ["block-daemon", "vmm-core"]);
 
-    // A new vmm-core takes the VM over with the DIMM's memory and slot.
+    // A new vmm-core takes the VM over with the DIMM's memory and slot, once the
+    // destination's side of the migration has ended too (in postcopy it runs the guest
+    // while the last pages still arrive, and an upgrade waits for no migration).
+    wait_migration(&mut d, &["completed"]);
     let before = dst.vmm_pid();
     d.ok("__io.flotilla_vmm-upgrade", json!({}));
     assert_ne!(dst.vmm_pid(), before);

@@ -617,14 +617,22 @@ fn monitors_on_chardevs_and_add_client_as_qemu() {
         ours
     };
     let listed = |vms: &mut [Monitors; 2]| {
-        let ours = vms[0].chardevs();
-        let theirs = vms[1].chardevs();
         let fix = |rows: Vec<(String, String, bool)>, qmp: &str| -> Vec<_> {
             rows.into_iter()
                 .map(|(l, f, o)| (l, loopback_ports(&f.replace(qmp, "QMP")), o))
                 .collect()
         };
-        assert_eq!(fix(ours, &gw_qmp), fix(theirs, &q_qmp));
+        // Either side may notice a client's hang-up a moment later than the other.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let ours = fix(vms[0].chardevs(), &gw_qmp);
+            let theirs = fix(vms[1].chardevs(), &q_qmp);
+            if ours == theirs || std::time::Instant::now() > deadline {
+                assert_eq!(ours, theirs);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
     listed(&mut vms);
     // A client of each TCP listener: connected, as QEMU shows it.

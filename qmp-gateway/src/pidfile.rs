@@ -8,24 +8,17 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use ipc::errno_text;
+
 /// Why the pid file could not be had (QEMU's words, after its "cannot create PID file: ").
 #[derive(Debug, thiserror::Error)]
 pub enum PidFileError {
-    #[error("Could not create '{}': {}", .0.display(), os_words(.1))]
+    #[error("Could not create '{}': {}", .0.display(), errno_text(.1))]
     Create(PathBuf, std::io::Error),
-    #[error("Cannot lock pid file: {}", os_words(.0))]
+    #[error("Cannot lock pid file: {}", errno_text(.0))]
     Lock(std::io::Error),
-    #[error("Failed to write pid file: {}", os_words(.0))]
+    #[error("Failed to write pid file: {}", errno_text(.0))]
     Write(std::io::Error),
-}
-
-/// An OS error as QEMU prints one (strerror, without Rust's "(os error N)").
-pub(crate) fn os_words(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error ") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    }
 }
 
 /// The locked pid file; removed (while still locked) when dropped.

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use super::listeners::Handoff;
 use super::ringbuf::Ring;
 use super::spec::Address;
-use super::stream::{inet, Stream};
+use super::stream::Stream;
 
 /// Bytes read at a time from either side.
 const CHUNK: usize = 4096;
@@ -185,17 +185,11 @@ fn socket_filename(opened: &Opened) -> Option<String> {
             }
         },
         Opened::Client { addr, conn, .. } => match (addr, conn) {
-            // A client's own address has no path: QEMU shows "unix:".
-            (Address::Unix(_), Some(_)) => "unix:".into(),
+            // The connection's own addresses (a client's Unix socket has no path: QEMU
+            // shows "unix:").
+            (_, Some(c)) => c.filename(false, None)?,
             (Address::Unix(p), None) => format!("disconnected:unix:{}", p.display()),
             (Address::Inet { host, port }, None) => format!("disconnected:tcp:{host}:{port}"),
-            (Address::Inet { .. }, Some(Stream::Tcp(s))) => format!(
-                "tcp:{} <-> {}",
-                inet(s.local_addr().ok()?),
-                inet(s.peer_addr().ok()?)
-            ),
-            (Address::Inet { .. }, Some(Stream::Unix(_))) => return None,
-            (Address::Fd(_), Some(c)) => c.filename(false, None)?,
             (Address::Fd(n), None) => format!("disconnected:fd:{n}"),
         },
         _ => return None,

@@ -77,7 +77,7 @@ impl Stream {
     }
 }
 
-pub(super) fn inet(a: std::net::SocketAddr) -> String {
+fn inet(a: std::net::SocketAddr) -> String {
     match a {
         std::net::SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
         std::net::SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),

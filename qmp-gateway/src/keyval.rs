@@ -65,6 +65,16 @@ pub fn parse(s: &str, implied: Option<&str>) -> Result<Map<String, Value>, Keyva
     Ok(root)
 }
 
+/// An option as QEMU 7.2 takes -device, -object and -netdev: JSON when it starts with '{'
+/// (libvirt's form), else QemuOpts' key=value (`qemu_opts`, `implied` the key of a first
+/// part without '=').
+pub fn json_or_qemu_opts(s: &str, implied: &str) -> Result<Map<String, Value>, serde_json::Error> {
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str(s);
+    }
+    Ok(qemu_opts(s, implied))
+}
+
 /// Parses `s` as QEMU's QemuOpts do (-device, -drive): flat keys, every value a string,
 /// a later value for a key winning; a first part without '=' is the value of `implied`,
 /// and any other part without '=' is a flag: `KEY` is KEY=on.

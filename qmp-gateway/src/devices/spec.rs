@@ -261,10 +261,7 @@ impl DeviceSpec {
 /// QEMU's -device option as a map of options: JSON (`{"driver": ...}`, as QEMU 7.2 takes
 /// it) or QemuOpts' key=value form with the driver first.
 pub fn cli_options(s: &str) -> Result<Map<String, Value>, String> {
-    if s.trim_start().starts_with('{') {
-        return serde_json::from_str(s).map_err(|e| format!("JSON parse error, {e}"));
-    }
-    Ok(crate::keyval::qemu_opts(s, "driver"))
+    crate::keyval::json_or_qemu_opts(s, "driver").map_err(|e| format!("JSON parse error, {e}"))
 }
 
 impl DeviceSpec {

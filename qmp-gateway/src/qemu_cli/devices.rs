@@ -20,15 +20,7 @@ const GATEWAY_DEVICES: &[&str] = &[
 /// An option's properties: JSON (libvirt's form) or QemuOpts key=value with `implied`
 /// as the first word's key.
 pub fn properties(arg: &str, implied: &str) -> Result<Map<String, Value>, String> {
-    if arg.trim_start().starts_with('{') {
-        match serde_json::from_str::<Value>(arg) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err("JSON object expected".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    } else {
-        Ok(keyval::qemu_opts(arg, implied))
-    }
+    keyval::json_or_qemu_opts(arg, implied).map_err(|e| e.to_string())
 }
 
 /// A flat JSON object as QemuOpts text (`,` doubled inside values), `first` first and

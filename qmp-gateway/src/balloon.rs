@@ -40,22 +40,6 @@ impl BalloonSpec {
     }
 }
 
-impl FromStr for BalloonSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<BalloonSpec, String> {
-        let opts = spec::cli_options(s)?;
-        let model = opts
-            .get("driver")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !is_balloon(model) {
-            return Err(format!("'{model}' is not virtio-balloon-pci"));
-        }
-        BalloonSpec::from_options(&opts)
-    }
-}
-
 fn is_balloon(model: &str) -> bool {
     matches!(model, "virtio-balloon-pci" | "virtio-balloon")
 }

@@ -73,12 +73,9 @@ impl Accel {
     /// The first of QEMU's accelerator list (`kvm:tcg`) that is one: QEMU uses the first
     /// that works, and both work here (TCG only without a guest: checked with the machine).
     pub fn first_of(list: &str) -> Result<Accel, InvalidAccel> {
-        let mut names = list.split(':');
-        let first = names.next().unwrap_or_default();
-        std::iter::once(first)
-            .chain(names)
+        list.split(':')
             .find_map(|a| a.parse().ok())
-            .ok_or_else(|| InvalidAccel(first.to_string()))
+            .ok_or_else(|| InvalidAccel(list.split(':').next().unwrap_or_default().to_string()))
     }
 }
 

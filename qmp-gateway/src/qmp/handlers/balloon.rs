@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::balloon::{target_pages, NOT_ACTIVE};
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::context::Ctx;
+use crate::qmp::handlers::hmp::reply::{quiet, try_help};
 use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{req, Ty};
@@ -67,7 +68,7 @@ pub fn info_balloon(info: &Value, _: u32) -> String {
 /// expression; integers are taken here (decimal, 0x hex, 0 octal), and its messages for
 /// what does not read as one.
 pub fn hmp_balloon(c: &mut Ctx, arguments: &str) -> String {
-    let fail = |why: &str| format!("{why}\nTry \"help balloon\" for more information\n");
+    let fail = |why: &str| try_help(why, "balloon");
     let arg = arguments.trim_start();
     let (number, rest) = match arg.find(char::is_whitespace) {
         Some(end) => arg.split_at(end),
@@ -85,10 +86,7 @@ pub fn hmp_balloon(c: &mut Ctx, arguments: &str) -> String {
         return fail("enter a positive value");
     }
     // QEMU multiplies in int64 and lets it wrap: too many MiB end up refused as 0 or less.
-    match set_target(c, value.wrapping_mul(1 << 20)) {
-        Ok(_) => String::new(),
-        Err(e) => format!("Error: {}\n", e.desc),
-    }
+    quiet(set_target(c, value.wrapping_mul(1 << 20)))
 }
 
 #[cfg(test)]

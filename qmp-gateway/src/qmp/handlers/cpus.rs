@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::cpus::CpuAddError;
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::context::Ctx;
+use crate::qmp::handlers::hmp::reply::try_help;
 use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{req, Ty};
@@ -50,7 +51,7 @@ pub fn query_hotpluggable_cpus(c: &mut Ctx, _: NoArgs) -> QmpResult {
 /// QEMU 7.2's words for the rest. N is read as a number (QEMU's monitor takes
 /// expressions too).
 pub fn hmp_cpu(c: &mut Ctx, arguments: &str, current: &mut u32) -> String {
-    let fail = |why: &str| format!("{why}\nTry \"help cpu\" for more information\n");
+    let fail = |why: &str| try_help(why, "cpu");
     let arg = arguments.trim_start();
     let (number, rest) = match arg.find(char::is_whitespace) {
         Some(end) => arg.split_at(end),

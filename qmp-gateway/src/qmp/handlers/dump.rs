@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::dump::query_result;
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::context::Ctx;
+use crate::qmp::handlers::hmp::reply::{quiet, try_help};
 use crate::qmp::handlers::migrate::take_named;
 use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -218,19 +219,6 @@ pub fn pmemsave(c: &mut Ctx, a: Pmemsave) -> QmpResult {
     save(c, a.val, size, &a.filename, None)
 }
 
-/// HMP's words for a command line it cannot read.
-fn hmp_usage(command: &str, why: &str) -> String {
-    format!("{why}\nTry \"help {command}\" for more information\n")
-}
-
-/// What HMP prints for a QMP answer: nothing, or the error.
-fn hmp_answer(result: QmpResult) -> String {
-    match result {
-        Ok(_) => String::new(),
-        Err(e) => format!("Error: {}\n", e.desc),
-    }
-}
-
 /// HMP's `dump-guest-memory [-p] [-d] [-z|-l|-s|-w] filename [begin length]`, as QEMU
 /// 7.2's monitor reads it (its numbers: monitor_number.rs).
 pub fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
@@ -247,7 +235,7 @@ pub fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
             .filter(|f| f.len() == 1)
             .and_then(|f| ORDER[next..].find(f).map(|at| (f, next + at)));
         let Some((letter, at)) = found else {
-            return hmp_usage(NAME, &format!("{NAME}: unsupported option {flag}"));
+            return try_help(&format!("{NAME}: unsupported option {flag}"), NAME);
         };
         next = at + 1;
         match letter {
@@ -260,7 +248,7 @@ pub fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
         }
     }
     let Some(file) = words.next() else {
-        return hmp_usage(NAME, &format!("{NAME}: filename expected"));
+        return try_help(&format!("{NAME}: filename expected"), NAME);
     };
     let mut number = || {
         words
@@ -270,12 +258,12 @@ pub fn hmp_dump(c: &mut Ctx, arguments: &str) -> String {
     };
     let (begin, length) = match (number(), number()) {
         (Ok(b), Ok(l)) => (b, l),
-        (Err(e), _) | (_, Err(e)) => return hmp_usage(NAME, &e),
+        (Err(e), _) | (_, Err(e)) => return try_help(&e, NAME),
     };
     if formats.len() > 1 {
         return "Error: only one of '-z|-l|-s|-w' can be set\n".to_string();
     }
-    hmp_answer(dump_guest_memory(
+    quiet(dump_guest_memory(
         c,
         DumpGuestMemory {
             paging,
@@ -311,18 +299,18 @@ pub fn hmp_save(c: &mut Ctx, command: &str, arguments: &str, cpu: u32) -> String
     };
     let (val, size) = match (number(0), number(1)) {
         (Ok(v), Ok(s)) => (v, s),
-        (Err(e), _) | (_, Err(e)) => return hmp_usage(command, &e),
+        (Err(e), _) | (_, Err(e)) => return try_help(&e, command),
     };
     let Some(filename) = words.get(2).map(|f| f.to_string()) else {
-        return hmp_usage(command, &format!("{command}: string expected"));
+        return try_help(&format!("{command}: string expected"), command);
     };
     if words.len() > 3 {
-        return hmp_usage(
-            command,
+        return try_help(
             &format!("{command}: extraneous characters at the end of line"),
+            command,
         );
     }
-    hmp_answer(match command {
+    quiet(match command {
         "memsave" => memsave(
             c,
             Memsave {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
+use crate::qmp::handlers::hmp::reply::{error, try_help};
 use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
@@ -194,16 +195,11 @@ pub fn info_mice(mice: &Value, _: u32) -> String {
         .collect()
 }
 
-/// HMP's usage error for `command`, as QEMU follows it.
-fn usage(command: &str, what: &str) -> String {
-    format!("{what}\nTry \"help {command}\" for more information\n")
-}
-
 /// An HMP integer argument (its expression parser's words for what is not one).
 fn hmp_int(command: &str, text: &str) -> Result<i64, String> {
     monitor_number(command, text)
         .map(|n| n as i64)
-        .map_err(|e| usage(command, &e))
+        .map_err(|e| try_help(&e, command))
 }
 
 /// Runs an HMP input command on `arguments`: its text, or the error it prints.
@@ -234,7 +230,7 @@ pub fn hmp_mouse_button(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
 
 fn sendkey_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     let Some(spec) = args.first() else {
-        return Err(usage("sendkey", "sendkey: string expected"));
+        return Err(try_help("sendkey: string expected", "sendkey"));
     };
     let hold = match args.get(1) {
         Some(text) => Some(hmp_int("sendkey", text)?),
@@ -255,7 +251,7 @@ fn sendkey_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
         }
     }
     // QEMU's HMP hands the hold time to send-key as given (a negative one included).
-    play(c, key_steps(&keys, hold_ms(hold))).map_err(|e| format!("Error: {}\n", e.desc))?;
+    play(c, key_steps(&keys, hold_ms(hold))).map_err(|e| error(&e))?;
     Ok(String::new())
 }
 
@@ -283,7 +279,7 @@ fn strtol(text: &str) -> i64 {
 /// HMP `mouse_move dx dy [dz]`: a relative move, and a wheel notch up (dz > 0) or down.
 fn mouse_move_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     if args.len() < 2 {
-        return Err(usage("mouse_move", "mouse_move: string expected"));
+        return Err(try_help("mouse_move: string expected", "mouse_move"));
     }
     let moved = |axis, text| {
         InputStep::Event(InputEvent::Move {
@@ -303,7 +299,7 @@ fn mouse_move_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
         steps.extend([notch(true), InputStep::Sync, notch(false)]);
     }
     steps.push(InputStep::Sync);
-    play(c, steps).map_err(|e| format!("Error: {}\n", e.desc))?;
+    play(c, steps).map_err(|e| error(&e))?;
     Ok(String::new())
 }
 
@@ -315,7 +311,7 @@ static HMP_BUTTONS: AtomicI64 = AtomicI64::new(0);
 /// HMP `mouse_button state`: the buttons held, as bits (1 left, 2 right, 4 middle).
 fn mouse_button_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
     let Some(text) = args.first() else {
-        return Err(usage("mouse_button", "mouse_button: integer expected"));
+        return Err(try_help("mouse_button: integer expected", "mouse_button"));
     };
     let state = hmp_int("mouse_button", text)?;
     let before = HMP_BUTTONS.swap(state, Ordering::SeqCst);
@@ -334,7 +330,7 @@ fn mouse_button_words(c: &mut Ctx, args: &[&str]) -> Result<String, String> {
         })
         .collect();
     steps.push(InputStep::Sync);
-    play(c, steps).map_err(|e| format!("Error: {}\n", e.desc))?;
+    play(c, steps).map_err(|e| error(&e))?;
     Ok(String::new())
 }
 

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
+use crate::qmp::handlers::hmp::reply::try_help;
 use crate::qmp::monitor_number::monitor_number;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
@@ -85,7 +86,7 @@ struct HmpArgs<'a> {
 
 impl HmpArgs<'_> {
     fn fail(&self, why: &str) -> String {
-        format!("{why}\nTry \"help {}\" for more information\n", self.help)
+        try_help(why, self.help)
     }
 
     /// The optional 32-bit integer at the end, then nothing more.

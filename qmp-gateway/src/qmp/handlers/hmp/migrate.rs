@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use super::args;
-use super::reply::{error, invalid_value, run_qmp};
+use super::reply::{invalid_value, quiet, read_args, run_qmp};
 use crate::qmp::context::Ctx;
 
 /// How QEMU's monitor reads each parameter's value (its string input visitor's types).
@@ -78,9 +78,9 @@ fn strtou64(text: &str) -> Option<u64> {
 /// migrate-set-parameters with it.
 pub fn migrate_set_parameter(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
     const NAME: &str = "migrate_set_parameter";
-    let members = match args::read(NAME, "parameter:s,value:s", arguments) {
+    let members = match read_args(NAME, "parameter:s,value:s", arguments) {
         Ok(m) => m,
-        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+        Err(usage) => return usage,
     };
     let name = members["parameter"].as_str().unwrap_or_default();
     let text = members["value"].as_str().unwrap_or_default();
@@ -122,10 +122,7 @@ pub fn migrate_set_parameter(c: &mut Ctx, arguments: &str, _: &mut u32) -> Strin
     };
     let mut parameters = Map::new();
     parameters.insert(name.into(), value);
-    match run_qmp(c, "migrate-set-parameters", parameters) {
-        Ok(_) => String::new(),
-        Err(e) => error(&e),
-    }
+    quiet(run_qmp(c, "migrate-set-parameters", parameters))
 }
 
 fn u(v: &Value, key: &str) -> u64 {

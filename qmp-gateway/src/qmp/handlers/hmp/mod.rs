@@ -11,7 +11,7 @@ mod info;
 mod migrate;
 mod page_tables;
 mod registers;
-mod reply;
+pub mod reply;
 mod ringbuf;
 
 use serde::Deserialize;
@@ -22,7 +22,7 @@ use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
-use reply::{error, invalid_value, run_qmp, usage};
+use reply::{error, invalid_value, quiet, read_args, run_qmp, usage};
 
 use crate::migration::settings::Capability;
 
@@ -541,21 +541,18 @@ pub fn run_line(c: &mut Ctx, line: &str, cpu: &mut u32) -> String {
 /// Runs the QMP command `qmp` with the members HMP's `name` reads from `arguments` by
 /// `spec` (args.rs); nothing printed when it works.
 fn mapped(c: &mut Ctx, arguments: &str, name: &str, spec: &str, qmp: &str) -> String {
-    match args::read(name, spec, arguments) {
-        Ok(members) => match run_qmp(c, qmp, members) {
-            Ok(_) => String::new(),
-            Err(e) => error(&e),
-        },
-        Err(why) => format!("{why}Try \"help {name}\" for more information\n"),
+    match read_args(name, spec, arguments) {
+        Ok(members) => quiet(run_qmp(c, qmp, members)),
+        Err(usage) => usage,
     }
 }
 
 /// HMP `migrate_set_capability NAME on|off`: QEMU checks the name first.
 fn migrate_set_capability(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
     const NAME: &str = "migrate_set_capability";
-    let members = match args::read(NAME, "capability:s,state:b", arguments) {
+    let members = match read_args(NAME, "capability:s,state:b", arguments) {
         Ok(m) => m,
-        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+        Err(usage) => return usage,
     };
     let capability = members["capability"].as_str().unwrap_or_default();
     let known = Capability::ALL.iter().any(|c| c.name() == capability);
@@ -564,10 +561,7 @@ fn migrate_set_capability(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
     }
     let mut arguments = Map::new();
     arguments.insert("capabilities".into(), json!([members]));
-    match run_qmp(c, "migrate-set-capabilities", arguments) {
-        Ok(_) => String::new(),
-        Err(e) => error(&e),
-    }
+    quiet(run_qmp(c, "migrate-set-capabilities", arguments))
 }
 
 /// HMP `object_add TYPE,id=ID,...`: read as --object reads QEMU's -object (object_add.rs;
@@ -580,10 +574,7 @@ fn object_add(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
         Ok(spec) => spec,
         Err(why) => return format!("Error: {why}\n"),
     };
-    match c.gw.objects.add(spec) {
-        Ok(_) => String::new(),
-        Err(e) => error(&QmpError::from(e)),
-    }
+    quiet(c.gw.objects.add(spec).map_err(QmpError::from))
 }
 
 /// HMP `screendump filename [-f format] [device [head]]`: QEMU's monitor checks the
@@ -591,9 +582,9 @@ fn object_add(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
 fn screendump(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
     const NAME: &str = "screendump";
     let spec = "filename:F,format:-fs,device:s?,head:i?";
-    let mut members = match args::read(NAME, spec, arguments) {
+    let mut members = match read_args(NAME, spec, arguments) {
         Ok(m) => m,
-        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+        Err(usage) => return usage,
     };
     if let Some(format) = members.remove("format") {
         let format = format.as_str().unwrap_or_default();
@@ -601,10 +592,7 @@ fn screendump(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
             return invalid_value(format);
         }
     }
-    match run_qmp(c, NAME, members) {
-        Ok(_) => String::new(),
-        Err(e) => error(&e),
-    }
+    quiet(run_qmp(c, NAME, members))
 }
 
 /// HMP `migrate [-d] [-b] [-i] [-r] uri`. Without -d QEMU's monitor would wait for the
@@ -613,9 +601,9 @@ fn screendump(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
 fn migrate(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
     const NAME: &str = "migrate";
     let spec = "detach:-d,blk:-b,inc:-i,resume:-r,uri:s";
-    let mut members = match args::read(NAME, spec, arguments) {
+    let mut members = match read_args(NAME, spec, arguments) {
         Ok(m) => m,
-        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+        Err(usage) => return usage,
     };
     let detach = members.remove("detach").is_some();
     match run_qmp(c, "migrate", members) {
@@ -633,10 +621,7 @@ fn with_opts(c: &mut Ctx, arguments: &str, qmp: &str, implied: &str) -> String {
     if qmp == "netdev_add" && !members.contains_key("id") {
         return "Error: Parameter 'id' is missing\n".into();
     }
-    match run_qmp(c, qmp, members) {
-        Ok(_) => String::new(),
-        Err(e) => error(&e),
-    }
+    quiet(run_qmp(c, qmp, members))
 }
 
 /// The first word of `line` and the text after it (its leading blanks removed).

@@ -8,6 +8,7 @@ use ipc::registers::{PageLeaf, PageTables};
 use ipc::{VmmReply, VmmRequest};
 
 use super::args;
+use super::reply::try_help;
 use crate::qmp::context::Ctx;
 
 const USER: u64 = 1 << 2;
@@ -32,7 +33,7 @@ fn with_tables(
     text: fn(u32, &[PageLeaf]) -> String,
 ) -> String {
     if let Err(why) = args::read(name, "", arguments) {
-        return format!("{why}Try \"help info {name}\" for more information\n");
+        return try_help(&why, &format!("info {name}"));
     }
     let mut present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
     present.sort_unstable();

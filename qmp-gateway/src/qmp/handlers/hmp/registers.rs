@@ -7,6 +7,7 @@ use ipc::registers::{CpuRegisters, Segment};
 use ipc::{VmmReply, VmmRequest};
 
 use super::args;
+use super::reply::try_help;
 use crate::qmp::context::Ctx;
 
 const CR0_PE: u64 = 1;
@@ -19,9 +20,7 @@ const SEGMENT_NAMES: [&str; 8] = ["ES", "CS", "SS", "DS", "FS", "GS", "LDT", "TR
 pub fn info_registers(c: &mut Ctx, arguments: &str, cpu: &mut u32) -> String {
     let members = match args::read("registers", "cpustate_all:-a,vcpu:i?", arguments) {
         Ok(m) => m,
-        Err(why) => {
-            return format!("{why}Try \"help info registers\" for more information\n");
-        }
+        Err(why) => return try_help(&why, "info registers"),
     };
     let mut present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
     present.sort_unstable();

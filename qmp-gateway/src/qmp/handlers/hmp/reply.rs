@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::args;
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 
@@ -20,12 +21,33 @@ pub fn run_qmp(c: &mut Ctx, name: &str, arguments: Map<String, Value>) -> QmpRes
 /// for info status) could not read its arguments (`why`); `typed`, what was typed of its
 /// name, is the help to try.
 pub fn usage(name: &str, typed: &str, why: &str) -> String {
-    format!("{name}: {why}\nTry \"help {typed}\" for more information\n")
+    try_help(&format!("{name}: {why}"), typed)
+}
+
+/// What QEMU's monitor prints when a command cannot use its line: `message` (one line,
+/// with or without its end), then where to look (`topic`: "help TOPIC").
+pub fn try_help(message: &str, topic: &str) -> String {
+    let message = message.strip_suffix('\n').unwrap_or(message);
+    format!("{message}\nTry \"help {topic}\" for more information\n")
+}
+
+/// `name`'s arguments read from `text` by `spec` (args.rs), or what QEMU prints when
+/// they cannot be.
+pub fn read_args(name: &str, spec: &str, text: &str) -> Result<Map<String, Value>, String> {
+    args::read(name, spec, text).map_err(|why| try_help(&why, name))
 }
 
 /// How HMP prints a QMP command's error.
 pub fn error(e: &QmpError) -> String {
     format!("Error: {}\n", e.desc)
+}
+
+/// What HMP prints for a command that prints nothing when it works: nothing, or the error.
+pub fn quiet<T>(result: Result<T, QmpError>) -> String {
+    match result {
+        Ok(_) => String::new(),
+        Err(e) => error(&e),
+    }
 }
 
 /// QEMU's words when an HMP command finds a name that is none of an enum's values.

@@ -3,16 +3,15 @@
 
 use serde_json::Value;
 
-use super::args;
-use super::reply::{error, run_qmp};
+use super::reply::{error, read_args, run_qmp};
 use crate::qmp::context::Ctx;
 
 /// HMP `ringbuf_read device size`.
 pub fn ringbuf_read(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
     const NAME: &str = "ringbuf_read";
-    let members = match args::read(NAME, "device:s,size:i", arguments) {
+    let members = match read_args(NAME, "device:s,size:i", arguments) {
         Ok(m) => m,
-        Err(why) => return format!("{why}Try \"help {NAME}\" for more information\n"),
+        Err(usage) => return usage,
     };
     match run_qmp(c, "ringbuf-read", members) {
         Ok(Value::String(data)) => printed(&data),

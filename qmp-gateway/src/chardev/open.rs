@@ -89,27 +89,15 @@ fn open_pty() -> std::io::Result<(File, String)> {
     Ok((master, path))
 }
 
-/// The inherited fds chardevs took (each may be taken once: the chardev owns it).
-static INHERITED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-/// Takes inherited socket fd `n` (QEMU's fd=N): it must be an open socket no chardev
-/// took yet; it is closed on exec from then on (no child inherits it).
+/// Takes inherited socket fd `n` (QEMU's fd=N): it must be an open socket that no
+/// option took yet (fdstore/inherited.rs: spec.rs checked it when the command line was
+/// read, before the gateway opened any file of its own).
 fn inherited(n: i32) -> Result<Stream, String> {
     let not_socket = || format!("File descriptor '{n}' is not a socket");
-    let mut taken = INHERITED.lock();
-    if taken.contains(&n) {
-        return Err(not_socket());
-    }
     if !is_stream_socket(n) {
         return Err(not_socket());
     }
-    // SAFETY: n is an open socket that nothing else in the gateway owns: it was open
-    // when the command line was read (spec.rs checks), before the gateway opened any
-    // file of its own, and each inherited one is taken once, above.
-    let fd = unsafe { OwnedFd::from_raw_fd(n) };
-    // SAFETY: fcntl on an fd we own, no pointers.
-    unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) };
-    taken.push(n);
+    let fd = crate::fdstore::inherited::take(n).map_err(|_| not_socket())?;
     Stream::from_fd(fd).map_err(|_| not_socket())
 }
 

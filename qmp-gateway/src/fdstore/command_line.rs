@@ -2,10 +2,10 @@
 //! gateway's parent left open (libvirt's serial log, for one) put in fd set N, as add-fd
 //! puts a client's, so /dev/fdset/N paths open it. The VM's own: charged to no client.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::str::FromStr;
 
 use super::budget::HeldFd;
+use super::inherited;
 use super::sets::FdSets;
 use crate::keyval;
 
@@ -68,20 +68,10 @@ impl FromStr for AddFd {
 /// Takes each inherited fd into its set, close-on-exec from now on (no child inherits
 /// it; the process that uses it gets a duplicate). An fd is taken once.
 pub fn take(sets: &FdSets, add: &[AddFd]) -> Result<(), (String, AddFdError)> {
-    let mut taken = Vec::new();
     for a in add {
         let at = |e| (format!("set={},fd={}", a.set, a.fd), e);
-        // SAFETY: F_GETFD/F_SETFD on a number: fails harmlessly when it is not open.
-        let open = unsafe { libc::fcntl(a.fd, libc::F_GETFD) } >= 0;
-        if !open || taken.contains(&a.fd) {
-            return Err(at(AddFdError::NotOpen));
-        }
-        // SAFETY: as above.
-        unsafe { libc::fcntl(a.fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        taken.push(a.fd);
-        // SAFETY: an fd the parent left open for us, which nothing else in this process
-        // owns (taken once; read before the gateway opens anything of its own there).
-        let fd = unsafe { OwnedFd::from_raw_fd(a.fd) };
+        // QEMU's words cover both: not open, or taken already.
+        let fd = inherited::take(a.fd).map_err(|_| at(AddFdError::NotOpen))?;
         sets.add(Some(a.set), HeldFd::uncharged(fd), a.opaque.clone())
             .map_err(|e| at(AddFdError::Set(e.to_string())))?;
     }

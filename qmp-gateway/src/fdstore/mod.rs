@@ -1,4 +1,5 @@
-//! File descriptors clients hand the gateway (and the command line's --add-fd, `command_line.rs`),
+//! File descriptors clients hand the gateway (and the command line's --add-fd, `command_line.rs`,
+//! and the numbered fds every fd= option takes, `inherited.rs`),
 //! and how many it holds for them: named ones
 //! (getfd, per client, closed when the client goes: `named.rs`), fd sets (add-fd, shared
 //! by all clients, referenced as /dev/fdset/N by the commands that open files, closed as
@@ -10,6 +11,7 @@
 pub mod budget;
 pub mod command_line;
 pub mod error;
+pub mod inherited;
 pub mod named;
 pub mod sets;
 

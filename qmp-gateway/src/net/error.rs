@@ -103,6 +103,8 @@ pub enum NetError {
     BadInheritedFd(String),
     #[error("fd={0}: not an open file descriptor")]
     InheritedFdClosed(i32),
+    #[error("fd={0}: already taken by another option")]
+    InheritedFdTaken(i32),
 
     /// A NIC's daemon.
     #[error(transparent)]

@@ -5,13 +5,14 @@
 //! the daemon gets the fds.
 
 use std::net::ToSocketAddrs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipc::NetBackendKind;
 use serde_json::{Map, Value};
 
 use super::error::NetError;
+use crate::fdstore::inherited::{self, InheritedError};
 use crate::fdstore::{Charge, NamedFds};
 
 /// More queue pairs than any guest needs; a bound on fds opened for one request.
@@ -386,13 +387,10 @@ fn inherited_fd(text: &str) -> Result<OwnedFd, NetError> {
         .ok()
         .filter(|fd| *fd > 2)
         .ok_or_else(|| NetError::BadInheritedFd(text.to_string()))?;
-    // SAFETY: F_GETFD only queries the number.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(NetError::InheritedFdClosed(fd));
-    }
-    // SAFETY: the descriptor is open (checked above) and, given to us on the command
-    // line, ours to own; nothing else in the gateway uses it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    inherited::take(fd).map_err(|e| match e {
+        InheritedError::NotOpen(n) => NetError::InheritedFdClosed(n),
+        InheritedError::Taken(n) => NetError::InheritedFdTaken(n),
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::qmp::args::{serde_arguments, Int};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
-use reply::{error, invalid_value, quiet, read_args, run_qmp, usage};
+use reply::{error, invalid_value, present_vcpus, quiet, read_args, run_qmp, usage};
 
 use crate::migration::settings::Capability;
 
@@ -481,7 +481,7 @@ pub const HMP: &[HmpCommand] = &[
 ];
 
 pub fn human_monitor_command(c: &mut Ctx, a: HumanMonitorCommand) -> QmpResult {
-    let present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
+    let present = present_vcpus(c);
     // An index beyond int64 counts as none given; an added vCPU may leave a gap.
     let mut current = match a.cpu_index.and_then(Int::as_i64) {
         None => 0,

@@ -8,7 +8,7 @@ use ipc::registers::{PageLeaf, PageTables};
 use ipc::{VmmReply, VmmRequest};
 
 use super::args;
-use super::reply::try_help;
+use super::reply::{current_cpu, present_vcpus, try_help};
 use crate::qmp::context::Ctx;
 
 const USER: u64 = 1 << 2;
@@ -35,20 +35,10 @@ fn with_tables(
     if let Err(why) = args::read(name, "", arguments) {
         return try_help(&why, &format!("info {name}"));
     }
-    let mut present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
-    present.sort_unstable();
-    // As QEMU's mon_get_cpu: a monitor whose CPU went away takes the first.
-    if !present.contains(cpu) {
-        match present.first() {
-            Some(&first) => *cpu = first,
-            None => return "No CPU available\n".into(),
-        }
-    }
-    match c
-        .gw
-        .vmm
-        .request(VmmRequest::QueryPageTables { index: *cpu }, &[])
-    {
+    let Some(index) = current_cpu(&present_vcpus(c), cpu) else {
+        return "No CPU available\n".into();
+    };
+    match c.gw.vmm.request(VmmRequest::QueryPageTables { index }, &[]) {
         Ok(VmmReply::PageTables(PageTables::Off)) => "PG disabled\n".into(),
         Ok(VmmReply::PageTables(PageTables::Long { levels, leaves })) => text(levels, &leaves),
         Ok(VmmReply::PageTables(PageTables::Legacy)) => {

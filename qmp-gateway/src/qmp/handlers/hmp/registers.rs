@@ -7,7 +7,7 @@ use ipc::registers::{CpuRegisters, Segment};
 use ipc::{VmmReply, VmmRequest};
 
 use super::args;
-use super::reply::try_help;
+use super::reply::{current_cpu, present_vcpus, try_help};
 use crate::qmp::context::Ctx;
 
 const CR0_PE: u64 = 1;
@@ -22,8 +22,7 @@ pub fn info_registers(c: &mut Ctx, arguments: &str, cpu: &mut u32) -> String {
         Ok(m) => m,
         Err(why) => return try_help(&why, "info registers"),
     };
-    let mut present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
-    present.sort_unstable();
+    let present = present_vcpus(c);
     let wanted = if members.contains_key("cpustate_all") {
         present
     } else {
@@ -33,15 +32,9 @@ pub fn info_registers(c: &mut Ctx, arguments: &str, cpu: &mut u32) -> String {
                 true => vec![vcpu as u32],
                 false => return format!("CPU#{vcpu} not available\n"),
             }
-        } else if present.contains(cpu) {
-            vec![*cpu]
         } else {
-            // As QEMU's mon_get_cpu: a monitor whose CPU went away takes the first.
-            match present.first() {
-                Some(&first) => {
-                    *cpu = first;
-                    vec![first]
-                }
+            match current_cpu(&present, cpu) {
+                Some(index) => vec![index],
                 None => return "No CPU available\n".into(),
             }
         }

@@ -37,6 +37,22 @@ pub fn read_args(name: &str, spec: &str, text: &str) -> Result<Map<String, Value
     args::read(name, spec, text).map_err(|why| try_help(&why, name))
 }
 
+/// The vCPUs there, by index, lowest first.
+pub fn present_vcpus(c: &Ctx) -> Vec<u32> {
+    let mut present: Vec<u32> = c.gw.vcpus().iter().map(|v| v.index).collect();
+    present.sort_unstable();
+    present
+}
+
+/// The monitor's CPU as QEMU's mon_get_cpu finds it: `cpu` if it is there, else the
+/// first of `present` (a monitor whose CPU went away takes it); None without vCPUs.
+pub fn current_cpu(present: &[u32], cpu: &mut u32) -> Option<u32> {
+    if !present.contains(cpu) {
+        *cpu = *present.first()?;
+    }
+    Some(*cpu)
+}
+
 /// How HMP prints a QMP command's error.
 pub fn error(e: &QmpError) -> String {
     format!("Error: {}\n", e.desc)

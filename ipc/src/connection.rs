@@ -113,6 +113,7 @@ mod tests {
                 balloon: None,
                 memory_hotplug: None,
                 dimms: vec![],
+                cpu: Default::default(),
             }),
         }
     }

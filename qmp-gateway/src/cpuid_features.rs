@@ -6,16 +6,10 @@
 //! controls, IA32_ARCH_CAPABILITIES' bits) or that need a leaf we do not give (SGX's,
 //! Intel PT's) are not here: a client asking for one is told the property is not found.
 
-use ipc::CpuidLeaf;
+use ipc::{CpuidBits, CpuidLeaf};
 
 /// The register of a CPUID leaf a feature bit is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reg {
-    Eax,
-    Ebx,
-    Ecx,
-    Edx,
-}
+pub use ipc::CpuidReg as Reg;
 
 /// A feature: QEMU's name, its other spellings, and where it is (leaf, subleaf,
 /// register, mask: all of the mask's bits set means present, as QEMU reads a property
@@ -307,6 +301,40 @@ pub const FEATURES: &[Feature] = &[
     f("arat", 6, 0, Eax, 2),
 ];
 
+impl Feature {
+    /// Where its bits are, for vmm-core (ipc::CpuModel).
+    pub fn bits(&self) -> CpuidBits {
+        CpuidBits {
+            leaf: self.leaf,
+            subleaf: self.subleaf,
+            reg: self.reg,
+            mask: self.mask,
+        }
+    }
+
+    /// Each of its bits as QEMU's warnings name it: `CPUID.07H:EDX.arch-capabilities
+    /// [bit 29]` (the leaf in hex, two digits at least; no subleaf).
+    pub fn described(&self) -> Vec<String> {
+        let reg = match self.reg {
+            Reg::Eax => "EAX",
+            Reg::Ebx => "EBX",
+            Reg::Ecx => "ECX",
+            Reg::Edx => "EDX",
+        };
+        (self.bit_masks())
+            .map(|m| m.trailing_zeros())
+            .map(|bit| format!("CPUID.{:02X}H:{reg}.{} [bit {bit}]", self.leaf, self.name))
+            .collect()
+    }
+
+    /// Each of its bits on its own, lowest first.
+    pub fn bit_masks(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..32)
+            .map(|bit| 1u32 << bit)
+            .filter(|m| self.mask & m != 0)
+    }
+}
+
 /// The feature named `name` (any of its spellings).
 pub fn find(name: &str) -> Option<&'static Feature> {
     FEATURES
@@ -341,7 +369,12 @@ impl GuestCpuid {
 
     /// Whether the vCPUs have feature `f`.
     pub fn has(&self, f: &Feature) -> bool {
-        self.reg(f.leaf, f.subleaf, f.reg) & f.mask == f.mask
+        self.has_bits(f, f.mask)
+    }
+
+    /// Whether the vCPUs have the bits `mask` of feature `f`'s register.
+    pub fn has_bits(&self, f: &Feature, mask: u32) -> bool {
+        self.reg(f.leaf, f.subleaf, f.reg) & mask == mask
     }
 
     /// Leaf 0's vendor string (EBX, EDX, ECX).

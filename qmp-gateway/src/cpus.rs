@@ -118,6 +118,12 @@ impl Gateway {
         props
     }
 
+    /// The CPUID a vCPU would get where there is no VM to ask (--machine none: a
+    /// vmm-core started for it alone, children/cpuid_probe.rs).
+    pub fn set_guest_cpuid(&self, cpuid: GuestCpuid) {
+        let _ = self.cpuid.set(cpuid);
+    }
+
     /// The CPUID every vCPU gets (its APIC id aside), asked of vmm-core the first time.
     pub fn guest_cpuid(&self) -> Result<GuestCpuid, LinkError> {
         if let Some(cpuid) = self.cpuid.get() {

@@ -108,6 +108,8 @@ impl OpenedVm {
                 balloon: None,
                 memory_hotplug: o.memory.hotplug(),
                 dimms: Vec::new(),
+                // The gateway's --cpu (not a VmArgs option either): set before the launch.
+                cpu: Default::default(),
             },
             fds,
             dimm_fds: Vec::new(),

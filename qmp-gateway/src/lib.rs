@@ -25,6 +25,7 @@ pub mod block;
 pub mod chardev;
 pub mod children;
 pub mod cli_options;
+pub mod cpu_model;
 pub mod cpuid_features;
 pub mod cpus;
 pub mod daemonize;

@@ -26,6 +26,7 @@ use qmp_gateway::children::sandbox::{Mode, Policy};
 use qmp_gateway::children::spawn::{spawn_child, Process};
 use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::children::vmm::VmmChild;
+use qmp_gateway::cpu_model::CpuSpec;
 use qmp_gateway::daemonize::{daemonize, Ready};
 use qmp_gateway::devices::placement::DeviceMemory;
 use qmp_gateway::devices::spec::Model;
@@ -174,6 +175,12 @@ struct Args {
     /// once with each), as QEMU's -accel.
     #[arg(long, default_value = "kvm", value_parser = |s: &str| s.parse::<Accel>())]
     accel: Accel,
+    /// The vCPUs' CPU model, as QEMU's -cpu: `host` (the host's CPU as KVM supports it)
+    /// with `,FEATURE=on|off`, `,+FEATURE`, `,-FEATURE` (QEMU's feature names) and
+    /// `,migratable=on|off`. A feature turned off is not in the vCPUs' CPUID; one
+    /// turned on that the host lacks stays off (with QEMU's warning).
+    #[arg(long, default_value = "host", value_parser = |s: &str| s.parse::<CpuSpec>())]
+    cpu: CpuSpec,
     /// Become a daemon, as QEMU's -daemonize: this process exits 0 once the QMP listeners
     /// are bound and the VM is set up (non-zero, with the error, if that fails); the
     /// daemon runs in a session of its own with /dev/null as stdin, stdout and stderr.
@@ -395,6 +402,7 @@ fn launch_vm(
     }
     vm.config.incoming = args.incoming.is_some();
     vm.config.no_shutdown = args.no_shutdown;
+    vm.config.cpu = args.cpu.model();
     gw.set_no_shutdown(args.no_shutdown);
     gw.migrator.set_shape(vm.shape());
     if args.start_paused_incoming() {
@@ -404,6 +412,31 @@ fn launch_vm(
     vm.drop_backend_connections();
     *vmm_child.launch.lock() = Some(vm);
     gw.set_vcpus(vcpus);
+    let cpuid = gw.guest_cpuid().context("vmm-core's CPUID")?;
+    warn_unsupported_features(&args.cpu, &cpuid);
+    Ok(())
+}
+
+/// QEMU's warnings for the features `--cpu` turned on that the vCPUs cannot have.
+fn warn_unsupported_features(cpu: &CpuSpec, cpuid: &qmp_gateway::cpuid_features::GuestCpuid) {
+    for w in cpu.unsupported(cpuid) {
+        eprintln!("qmp-gateway: warning: {w}");
+    }
+}
+
+/// The none machine's CPUID (query-cpu-model-expansion of the host model): under KVM,
+/// a vmm-core started for it alone says what a VM's vCPU would get; under TCG there is
+/// no host model (cpu_models.rs refuses it in QEMU's words for making such a vCPU).
+fn probe_cpuid(args: &Args, gw: &Gateway) -> anyhow::Result<()> {
+    if args.accel != Accel::Kvm {
+        return Ok(());
+    }
+    let binary = sibling(&args.vmm_core, "vmm-core")?;
+    let leaves =
+        qmp_gateway::children::cpuid_probe::probe_cpuid(&binary, args.sandbox, args.cpu.model())?;
+    let cpuid = qmp_gateway::cpuid_features::GuestCpuid(leaves);
+    warn_unsupported_features(&args.cpu, &cpuid);
+    gw.set_guest_cpuid(cpuid);
     Ok(())
 }
 
@@ -427,6 +460,9 @@ fn refuse_stdio_when_daemonized(args: &Args) -> anyhow::Result<()> {
 /// `ready`: the daemon's promise to its first process (--daemonize), kept once the QMP
 /// listeners serve.
 fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
+    for w in &args.cpu.warnings {
+        eprintln!("qmp-gateway: warning: {w}");
+    }
     if let Some(u) = &args.uuid {
         if !qmp_gateway::ids::valid_uuid(u) {
             bail!("--uuid {u}: not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
@@ -572,9 +608,12 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
             .blockdev_add(opts, &gw.fdsets, &mut graph::uncharged)
             .with_context(|| format!("--blockdev {text}"))?;
     }
-    if let Some(vm) = vm {
-        launch_vm(&args, &gw, &link, &vmm_child, vm, netdevs, &pci, balloon)?;
-        cleanup.launched = true;
+    match vm {
+        Some(vm) => {
+            launch_vm(&args, &gw, &link, &vmm_child, vm, netdevs, &pci, balloon)?;
+            cleanup.launched = true;
+        }
+        None => probe_cpuid(&args, &gw).context("--machine none")?,
     }
     // From now on a block daemon that dies is restarted (vmm-core is there to reconnect).
     gw.block.start_supervisor()?;

@@ -40,6 +40,7 @@ fn power_button_powers_off_the_idle_guest() {
         incoming: false,
         ram: None,
         memory_hotplug: None,
+        cpu: Default::default(),
     };
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
     let vm = build_vm(kvm, &config, boot, output, Vec::new(), Vec::new()).expect("VM");

@@ -60,6 +60,8 @@ pub struct VmConfig {
     pub ram: Option<std::fs::File>,
     /// ACPI memory hotplug's slots and maximum (None: no DIMM can be added).
     pub memory_hotplug: Option<ipc::MemoryHotplug>,
+    /// The vCPUs' CPU model.
+    pub cpu: ipc::CpuModel,
 }
 
 /// Builds the VM around an opened /dev/kvm, an already read boot image, an opened
@@ -102,15 +104,12 @@ pub fn build_vm(
         within: FIRST_CONNECTION,
     };
     let (disks, nics) = attach_devices(&transports, disks, nics)?;
-    let recipe = VcpuRecipe::new(&kvm, cpus.max()).map_err(recipe_error)?;
+    let recipe = VcpuRecipe::new(&kvm, cpus.max(), &config.cpu).map_err(recipe_error)?;
     let vcpus = create_vcpus(&recipe, &vm, &cpus)?;
-    let msr_list = kvm
-        .get_msr_index_list()
-        .map_err(kvm_err("reading the MSR index list"))?;
     let readable_msrs = match vcpus.values().next() {
         Some(v) => {
             let v = v.lock();
-            crate::cpu::state::readable_msrs(v.fd(), v.id as u32, msr_list.as_slice())
+            crate::cpu::state::readable_msrs(v.fd(), v.id as u32, recipe.msr_list())
                 .map_err(|e| VmError::Msrs(e.to_string()))?
         }
         None => Vec::new(),

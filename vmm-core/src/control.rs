@@ -43,6 +43,26 @@ impl Control {
         Ok(Launch { id, config, fds })
     }
 
+    /// Waits for the CPUID probe (`--cpuid-only`): its id, the model, /dev/kvm.
+    pub fn receive_cpuid_probe(
+        &self,
+    ) -> Result<(u64, ipc::CpuModel, std::os::fd::OwnedFd), ChildError> {
+        let (id, model, fds) = self.link.recv_first(
+            "a CPUID probe",
+            "probing the CPUID",
+            |request| match request {
+                VmmRequest::ProbeCpuid(model) => Some(model),
+                _ => None,
+            },
+        )?;
+        // ipc checked the frame's fds against the request's count: one.
+        let kvm = (fds.into_iter().next()).ok_or(ipc::IpcError::FdMismatch {
+            got: 0,
+            expected: 1,
+        })?;
+        Ok((id, model, kvm))
+    }
+
     pub fn reply(&self, id: u64, result: Result<VmmReply, RemoteError>) {
         self.link.reply(id, result);
     }

@@ -86,6 +86,7 @@ mod tests {
             incoming: true,
             ram: None,
             memory_hotplug: None,
+            cpu: Default::default(),
         };
         // SAFETY: memfd_create with a valid name; the descriptor is ours.
         let fd = unsafe { libc::memfd_create(c"kernel".as_ptr(), libc::MFD_CLOEXEC) };

@@ -44,6 +44,10 @@ struct Args {
     /// configuration arrives on it (the VM options are then not allowed).
     #[arg(long, conflicts_with = "kernel")]
     control_fd: Option<RawFd>,
+    /// Under the gateway, with no VM: answer one `ProbeCpuid` request (the CPUID a vCPU
+    /// would get) and exit. Its sandbox allows only the two KVM ioctls that takes.
+    #[arg(long, requires = "control_fd")]
+    cpuid_only: bool,
     /// Under the gateway: sandbox this process (`enforce`, `log`; see the sandbox crate).
     #[arg(long, requires = "control_fd", value_parser = |s: &str| s.parse::<sandbox::Mode>())]
     sandbox: Option<sandbox::Mode>,
@@ -147,6 +151,7 @@ fn run_standalone(
         incoming: false,
         ram: None,
         memory_hotplug: args.memory.hotplug(),
+        cpu: Default::default(),
     };
     // Standalone, a device's index is its place among its kind on the command line.
     let disks = (0..)
@@ -224,6 +229,7 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
         incoming: config.incoming,
         ram,
         memory_hotplug: config.memory_hotplug,
+        cpu: config.cpu.clone(),
     };
     // Before anything is built: a VM that would run out of descriptors half-way says so.
     let queues: Vec<usize> = (config.disks.iter().map(|d| d.max_queues as usize))
@@ -275,6 +281,24 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
     Ok(vm)
 }
 
+/// `--cpuid-only`: the CPUID vCPU 0 of a one-vCPU VM of the asked model gets, as a VM's
+/// vCPUs are made (`VcpuRecipe`), on the /dev/kvm the request carries; no VM is created.
+fn answer_cpuid_probe(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {
+    if let Some(mode) = mode {
+        vmm_core::seccomp::enter_cpuid_only(mode).context("sandbox")?;
+    }
+    let stream = UnixStream::from(take_inherited_fd("--control-fd", fd)?);
+    let control = Control::new(stream);
+    let (id, model, kvm) = control.receive_cpuid_probe()?;
+    // SAFETY: the gateway opened /dev/kvm for us; the descriptor is ours alone.
+    let kvm = unsafe { kvm_ioctls::Kvm::from_raw_fd(kvm.into_raw_fd()) };
+    let answer = vmm_core::vcpu::VcpuRecipe::new(&kvm, 1, &model)
+        .map(|recipe| ipc::VmmReply::Cpuid(recipe.cpuid_leaves()))
+        .map_err(|e| RemoteError::generic(e.to_string()));
+    control.reply(id, answer);
+    Ok(VmExit::Quit)
+}
+
 fn run_controlled(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {
     if let Some(mode) = mode {
         vmm_core::seccomp::enter(mode).context("sandbox")?;
@@ -305,6 +329,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match args.control_fd {
+        Some(fd) if args.cpuid_only => answer_cpuid_probe(fd, args.sandbox),
         Some(fd) => run_controlled(fd, args.sandbox),
         None => run_standalone(args.vm, args.vhost_user_blk, args.vhost_user_net),
     };

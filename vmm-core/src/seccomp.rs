@@ -67,6 +67,27 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// The CPUID probe (`--cpuid-only`) reads KVM's supported CPUID and MSR list on the
+/// /dev/kvm it is given, and nothing else: no VM, no memory, no file of its own.
+const CPUID_ONLY: &[Allow] = &[
+    // KVM_GET_SUPPORTED_CPUID, KVM_GET_MSR_INDEX_LIST; the logger's terminal check.
+    Ioctls(&[0xc008_ae05, 0xc004_ae02, TCGETS]),
+];
+
+pub fn enter_cpuid_only(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
+    sandbox::enter(
+        mode,
+        "vmm-core",
+        Limits {
+            open_files: 64,
+            // stdio, the control channel, the violation pipe, the trace fds, /dev/kvm.
+            open_files_needed: 8,
+            processes: 16,
+        },
+        &[CPUID_ONLY],
+    )
+}
+
 pub fn enter(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
     sandbox::enter(
         mode,

@@ -16,8 +16,8 @@ use crate::cpu::state::{StateError, VcpuCaps, VcpuState};
 use crate::vm::Vm;
 
 /// Bumped whenever what is saved changes shape; a vmm-core takes only its own version.
-/// (2: the most vCPUs, and each vCPU by its index: CPU hotplug.)
-pub const STATE_VERSION: u32 = 3;
+/// (2: the most vCPUs, and each vCPU by its index: CPU hotplug. 4: the vCPUs' CPUID.)
+pub const STATE_VERSION: u32 = 4;
 const KVM_CAP_DEBUGREGS: libc::c_ulong = 50;
 /// KVM_CLOCK_TSC_STABLE: a flag KVM_GET_CLOCK reports and KVM_SET_CLOCK refuses.
 const CLOCK_FLAGS_SETTABLE: u32 = 0;
@@ -28,6 +28,10 @@ struct VmState {
     memory: u64,
     /// The most vCPUs the VM may have.
     max_vcpus: u32,
+    /// The CPUID vCPU 0 has (every vCPU's but for its APIC id): a destination whose
+    /// vCPUs would get another one (another host's KVM, or another --cpu) refuses the
+    /// state, as the running guest would see its CPU change under it.
+    cpuid: Vec<ipc::CpuidLeaf>,
     /// The vCPUs there are, by ascending index (`VcpuState::id`).
     vcpus: Vec<VcpuState>,
     irqchips: Vec<kvm_irqchip>,
@@ -75,6 +79,31 @@ const CHIPS: [u32; 3] = [
     KVM_IRQCHIP_IOAPIC,
 ];
 
+/// The first leaf whose registers differ between `there` and `here`, in words.
+fn cpuid_difference(there: &[ipc::CpuidLeaf], here: &[ipc::CpuidLeaf]) -> Option<String> {
+    let key = |l: &ipc::CpuidLeaf| (l.function, l.index);
+    let regs = |l: Option<&ipc::CpuidLeaf>| match l {
+        Some(l) => format!("{:#x} {:#x} {:#x} {:#x}", l.eax, l.ebx, l.ecx, l.edx),
+        None => "absent".into(),
+    };
+    let mut leaves: Vec<(u32, u32)> = there.iter().chain(here).map(key).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    leaves.into_iter().find_map(|k| {
+        let a = there.iter().find(|l| key(l) == k);
+        let b = here.iter().find(|l| key(l) == k);
+        (a != b).then(|| {
+            format!(
+                "leaf {:#x}.{} is {} there, {} here",
+                k.0,
+                k.1,
+                regs(a),
+                regs(b)
+            )
+        })
+    })
+}
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
@@ -107,6 +136,7 @@ impl Vm {
             version: STATE_VERSION,
             memory: self.ram.size(),
             max_vcpus: self.max_cpus,
+            cpuid: self.recipe.cpuid_leaves(),
             vcpus,
             irqchips,
             pit: self.vm.get_pit2().map_err(kvm("reading the PIT"))?,
@@ -182,6 +212,11 @@ impl Vm {
                 "vCPUs {there} there, {here} here"
             )));
         }
+        if let Some(why) = cpuid_difference(&state.cpuid, &self.recipe.cpuid_leaves()) {
+            return Err(SnapshotError::Shape(format!(
+                "the vCPUs' CPUID differs: {why}"
+            )));
+        }
         let caps = vcpu_caps(&self.vm);
         let mut clock = state.clock;
         clock.flags &= CLOCK_FLAGS_SETTABLE;
@@ -211,5 +246,33 @@ impl Vm {
             .release()
             .map_err(|e| SnapshotError::Device(format!("MSI routes: {e}")));
         devices.and(routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, edx: u32) -> ipc::CpuidLeaf {
+        ipc::CpuidLeaf {
+            function,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cpuid_difference_is_named() {
+        let here = [leaf(0, 0), leaf(7, 1 << 29)];
+        assert_eq!(cpuid_difference(&here, &here), None);
+        let there = [leaf(0, 0), leaf(7, 0)];
+        assert_eq!(
+            cpuid_difference(&there, &here).as_deref(),
+            Some("leaf 0x7.0 is 0x0 0x0 0x0 0x0 there, 0x0 0x0 0x0 0x20000000 here")
+        );
+        assert_eq!(
+            cpuid_difference(&here[..1], &here).as_deref(),
+            Some("leaf 0x7.0 is absent there, 0x0 0x0 0x0 0x20000000 here")
+        );
     }
 }

@@ -18,7 +18,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use parking_lot::{Condvar, Mutex};
 
 use crate::boot::BootEntry;
-use crate::cpu::{boot_regs, cpuid, msrs};
+use crate::cpu::{boot_regs, cpuid, model, msrs};
 use crate::devices::bus::Bus;
 use crate::events::{EventSender, VmEvent};
 
@@ -30,12 +30,14 @@ pub struct VcpuError {
     pub error: kvm_ioctls::Error,
 }
 
-/// What every vCPU of a VM is made from: KVM's supported CPUID (each vCPU's topology
-/// leaves are rewritten for its index among `max` possible ones) and the MSRs KVM lists
-/// (the boot MSRs are those of them it has). Kept, so that a vCPU added later is made as
-/// the first ones were, without /dev/kvm.
+/// What every vCPU of a VM is made from: KVM's supported CPUID as the CPU model has it
+/// (each vCPU's topology leaves are rewritten for its index among `max` possible ones)
+/// and the MSRs KVM lists that the model has (the boot MSRs are those of them it has;
+/// the vCPUs' state is read and written with them). Kept, so that a vCPU added later is
+/// made as the first ones were, without /dev/kvm.
 pub struct VcpuRecipe {
     supported_cpuid: CpuId,
+    model: ipc::CpuModel,
     msr_list: Vec<u32>,
     max: u32,
 }
@@ -55,8 +57,8 @@ pub enum RecipeError {
 }
 
 impl VcpuRecipe {
-    /// For a VM of at most `max` vCPUs on `kvm`.
-    pub fn new(kvm: &Kvm, max: u32) -> Result<VcpuRecipe, RecipeError> {
+    /// For a VM of at most `max` vCPUs of `cpu` on `kvm`.
+    pub fn new(kvm: &Kvm, max: u32, cpu: &ipc::CpuModel) -> Result<VcpuRecipe, RecipeError> {
         let kvm_err = |what| move |error| RecipeError::Kvm { what, error };
         let supported_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -66,15 +68,30 @@ impl VcpuRecipe {
             .map_err(kvm_err("reading the MSR index list"))?;
         Ok(VcpuRecipe {
             supported_cpuid,
-            msr_list: msr_list.as_slice().to_vec(),
+            model: cpu.clone(),
+            msr_list: model::msrs(msr_list.as_slice(), cpu),
             max,
         })
+    }
+
+    /// The MSRs of KVM's list the vCPUs have.
+    pub fn msr_list(&self) -> &[u32] {
+        &self.msr_list
+    }
+
+    /// vCPU `id`'s CPUID: its topology, then the model's features turned off (after, so
+    /// that what the topology sets, such as hypervisor and ht, can be turned off too).
+    fn cpuid(&self, id: u32) -> CpuId {
+        model::cpuid(
+            &cpuid::for_vcpu(&self.supported_cpuid, id, self.max),
+            &self.model,
+        )
     }
 
     /// The CPUID vCPU 0 gets: every vCPU's but for its APIC id in the topology leaves
     /// (QMP's view of the CPU model, qom-get of its features).
     pub fn cpuid_leaves(&self) -> Vec<ipc::CpuidLeaf> {
-        let cpuid = cpuid::for_vcpu(&self.supported_cpuid, 0, self.max);
+        let cpuid = self.cpuid(0);
         cpuid
             .as_slice()
             .iter()
@@ -91,7 +108,7 @@ impl VcpuRecipe {
 
     /// vCPU `id`, in its power-on state.
     pub fn make(&self, vm: &VmFd, id: u32) -> Result<Vcpu, RecipeError> {
-        let cpuid = cpuid::for_vcpu(&self.supported_cpuid, id, self.max);
+        let cpuid = self.cpuid(id);
         let boot_msrs =
             msrs::boot_msrs(&self.msr_list).map_err(|e| RecipeError::Msrs(e.to_string()))?;
         Ok(Vcpu::new(vm, id as usize, &cpuid, boot_msrs)?)

@@ -67,6 +67,8 @@ pub struct LaunchConfig {
     /// event), which a migration's destination and a live upgrade's vmm-core have too;
     /// each one's memory backend fd in the frame, after the NICs', in this order.
     pub dimms: Vec<DimmLaunch>,
+    /// The vCPUs' model (-cpu host with features turned off).
+    pub cpu: CpuModel,
 }
 
 /// The shape of ACPI memory hotplug: `slots` DIMM slots (1 to 256), and at most
@@ -364,6 +366,11 @@ pub enum VmmRequest {
     /// every vCPU's but for its APIC id in the topology leaves, and the same for vCPUs
     /// added later. Answered with `Cpuid`.
     QueryCpuid,
+    /// The first and only request of a vmm-core started for the CPUID alone (no VM: QEMU's
+    /// none machine, which libvirt probes): the CPUID vCPU 0 of a VM of one vCPU with this
+    /// model would get, from the /dev/kvm the frame carries. Answered with `Cpuid`; then
+    /// vmm-core exits.
+    ProbeCpuid(CpuModel),
     /// HMP `info registers`: vCPU `index`'s registers, read with its thread parked (a
     /// running VM is paused for that moment). Answered with `Registers`.
     QueryRegisters {
@@ -384,6 +391,7 @@ impl Message for VmmRequest {
             VmmRequest::DiskAttach(_) | VmmRequest::NicAttach(_) => 1,
             VmmRequest::MemoryAttach(_) => 1,
             VmmRequest::PostcopyListen => 1,
+            VmmRequest::ProbeCpuid(_) => 1,
             VmmRequest::MemorySave { .. } | VmmRequest::DumpGuestMemory(_) => 1,
             _ => 0,
         }
@@ -596,6 +604,32 @@ pub struct CpuidLeaf {
     pub edx: u32,
 }
 
+/// A CPUID register.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuidReg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// Bits (`mask`) of one register of a CPUID leaf and subleaf.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuidBits {
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub reg: CpuidReg,
+    pub mask: u32,
+}
+
+/// The vCPUs' CPU model: the host's (KVM's supported CPUID, QEMU's -cpu host) with the
+/// features of `off` turned off (-cpu host,FEATURE=off): cleared in every vCPU's CPUID,
+/// and an MSR that belongs to such a feature is not the vCPUs' either.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuModel {
+    pub off: Vec<CpuidBits>,
+}
+
 /// The VM's run states (QMP's RunState, the subset that applies).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -775,6 +809,7 @@ mod tests {
             }),
             memory_hotplug: None,
             dimms: vec![],
+            cpu: Default::default(),
         };
         // The balloon is vmm-core's own: no fd.
         assert_eq!(c.fd_count(), 2);

@@ -1,11 +1,13 @@
 //! The machine's options: -machine, -accel, -cpu, -m with the machine's RAM backend,
 //! and -smp. Flotilla's machine is one KVM PC ("pc", see qmp/handlers/machine_types.rs)
 //! or `none` (libvirt's capability probe: QMP and no guest); its vCPUs are the host's
-//! (KVM's supported CPUID), one package of N cores with one thread each.
+//! (KVM's supported CPUID, features turned off as -cpu says), one package of N cores
+//! with one thread each.
 
 use serde_json::{Map, Value};
 
 use super::error::CliError;
+use crate::cpu_model::CpuSpec;
 use crate::keyval;
 use crate::machine_none::{Accel, MachineType};
 
@@ -114,41 +116,14 @@ pub fn accel(arg: &str, m: &mut Machine) -> Result<(), CliError> {
     Ok(())
 }
 
-/// -cpu host[,migratable=on|off]: the host's CPU (KVM's supported CPUID) is the only
-/// model; feature flags are not turned on or off.
+/// -cpu host[,FEATURE=on|off][,+FEATURE][,-FEATURE][,migratable=on|off]: the host's
+/// CPU (KVM's supported CPUID) is the only model, its features turned on or off as QEMU
+/// reads them (cpu_model.rs); checked here, passed on as the gateway's --cpu.
 pub fn cpu(arg: &str) -> Result<(), CliError> {
-    let opts = keyval::qemu_opts(arg, "model");
-    let model = opts
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if model != "host" {
-        // QEMU's words, no option named.
-        return Err(CliError::plain(format!(
-            "unable to find CPU model '{model}'"
-        )));
-    }
-    for (key, value) in &opts {
-        let value = value.as_str().unwrap_or_default();
-        match key.as_str() {
-            "model" => {}
-            // Flotilla's vCPUs never have features a migration could not carry.
-            "migratable" => {
-                on_off(&format!("host-x86_64-cpu.{key}"), value)?;
-            }
-            _ => {
-                return Err(refuse(
-                    "cpu",
-                    arg,
-                    &format!(
-                        "Flotilla's vCPUs have the host's CPUID as KVM supports it: CPU \
-                         property '{key}' cannot be set (use -cpu host)"
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(())
+    // QEMU's words, no option named.
+    arg.parse::<CpuSpec>()
+        .map(drop)
+        .map_err(|e| CliError::plain(e.to_string()))
 }
 
 /// -smp: the vCPU count and the most vCPUs (`--cpus`, `--max-cpus`).

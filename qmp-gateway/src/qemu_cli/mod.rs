@@ -102,7 +102,10 @@ impl Translation {
             "machine" => machine::machine(arg, &mut self.machine)?,
             "accel" => machine::accel(arg, &mut self.machine)?,
             "enable-kvm" => self.machine.accel = Accel::Kvm,
-            "cpu" => machine::cpu(arg)?,
+            "cpu" => {
+                machine::cpu(arg)?;
+                self.pass("--cpu", arg);
+            }
             "m" => self.memory = Some(arg.to_string()),
             "smp" => {
                 let smp = machine::smp(arg)?;

@@ -17,8 +17,8 @@ fn run(line: &str) -> Result<Vec<String>, String> {
 
 /// libvirt 9.0's argv for a small KVM domain, as it wrote it for QEMU 7.2 (issue 18's
 /// capture), with the machine Flotilla's query-machines offers (`pc`: libvirt writes the
-/// name it was given) and without the CPU feature the capture's domain turned off.
-const LIBVIRT_DOMAIN: &str = r#"-name guest=flot1,debug-threads=on -S -object {"qom-type":"secret","id":"masterKey0","format":"raw","file":"/run/lv/master-key.aes"} -machine pc,usb=off,dump-guest-core=off,memory-backend=pc.ram -accel kvm -cpu host,migratable=on -m 128 -object {"qom-type":"memory-backend-ram","id":"pc.ram","size":134217728} -overcommit mem-lock=off -smp 1,sockets=1,cores=1,threads=1 -uuid afffbc2f-7592-4c2d-9207-cf3c91d6eabd -display none -no-user-config -nodefaults -chardev socket,id=charmonitor,fd=7,server=on,wait=off -mon chardev=charmonitor,id=monitor,mode=control -rtc base=utc -no-shutdown -boot strict=on -kernel /g/guest -blockdev {"driver":"file","filename":"/lv/disk.qcow2","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"} -blockdev {"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":null} -device {"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3","drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1} -netdev {"type":"tap","fd":"11","id":"hostnet0"} -device {"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:cc:d4:2c","bus":"pci.0","addr":"0x2"} -add-fd set=0,fd=6,opaque=serial0-source -chardev file,id=charserial0,path=/dev/fdset/0,append=on -device {"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0} -audiodev {"id":"audio1","driver":"none"} -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -msg timestamp=on"#;
+/// name it was given); its CPU feature turned off as QEMU on kvm-pvm needs it.
+const LIBVIRT_DOMAIN: &str = r#"-name guest=flot1,debug-threads=on -S -object {"qom-type":"secret","id":"masterKey0","format":"raw","file":"/run/lv/master-key.aes"} -machine pc,usb=off,dump-guest-core=off,memory-backend=pc.ram -accel kvm -cpu host,migratable=on,arch-capabilities=off -m 128 -object {"qom-type":"memory-backend-ram","id":"pc.ram","size":134217728} -overcommit mem-lock=off -smp 1,sockets=1,cores=1,threads=1 -uuid afffbc2f-7592-4c2d-9207-cf3c91d6eabd -display none -no-user-config -nodefaults -chardev socket,id=charmonitor,fd=7,server=on,wait=off -mon chardev=charmonitor,id=monitor,mode=control -rtc base=utc -no-shutdown -boot strict=on -kernel /g/guest -blockdev {"driver":"file","filename":"/lv/disk.qcow2","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"} -blockdev {"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":null} -device {"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3","drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1} -netdev {"type":"tap","fd":"11","id":"hostnet0"} -device {"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:cc:d4:2c","bus":"pci.0","addr":"0x2"} -add-fd set=0,fd=6,opaque=serial0-source -chardev file,id=charserial0,path=/dev/fdset/0,append=on -device {"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0} -audiodev {"id":"audio1","driver":"none"} -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -msg timestamp=on"#;
 
 #[test]
 fn libvirts_domain_line_becomes_the_gateways() {
@@ -27,6 +27,8 @@ fn libvirts_domain_line_becomes_the_gateways() {
         "--name",
         "flot1",
         "-S",
+        "--cpu",
+        "host,migratable=on,arch-capabilities=off",
         "--cpus",
         "1",
         "--uuid",
@@ -172,6 +174,16 @@ pub const REFUSED_AS_QEMU: &[(&str, &str)] = &[
     ("-machine none,accel=foo", "invalid accelerator foo"),
     ("-cpu foo", "unable to find CPU model 'foo'"),
     (
+        "-cpu host,foo=off",
+        "can't apply global host-x86_64-cpu.foo=off: Property 'host-x86_64-cpu.foo' not found",
+    ),
+    ("-cpu host,+foo", "Property 'host-x86_64-cpu.foo' not found"),
+    (
+        "-cpu host,arch-capabilities=bogus",
+        "can't apply global host-x86_64-cpu.arch-capabilities=bogus: Parameter \
+         'arch-capabilities' expects 'on' or 'off'",
+    ),
+    (
         "-device foo",
         "-device foo: 'foo' is not a valid device model name",
     ),
@@ -232,7 +244,7 @@ fn what_flotilla_cannot_honour_is_refused_saying_why() {
         ("-machine pc,accel=tcg:kvm", "Flotilla runs guests on KVM only: the tcg accelerator is taken with -machine none (no guest code runs)"),
         ("-machine pc-i440fx-7.2", "unsupported machine type\nUse -machine help to list supported machines"),
         ("-machine pc,usb=on", "-machine pc,usb=on: Flotilla's PC has no USB controller"),
-        ("-cpu host,arch-capabilities=off", "-cpu host,arch-capabilities=off: Flotilla's vCPUs have the host's CPUID as KVM supports it: CPU property 'arch-capabilities' cannot be set (use -cpu host)"),
+        ("-cpu host,level=22", "can't apply global host-x86_64-cpu.level=22: Property 'host-x86_64-cpu.level' not found"),
         ("-smp 4,sockets=2,cores=2", "-smp 4,sockets=2,cores=2: Flotilla's vCPUs are one socket of cores with one thread each: give sockets=1,cores=MAXCPUS,threads=1 or leave the topology out"),
         ("-machine pc,memory-backend=r", "Memory backend 'r' not found"),
         ("-machine pc,memory-backend=r -object memory-backend-file,id=r,size=1G,mem-path=/x", "Flotilla's guest RAM is a memfd of its own: its backend 'r' can be memory-backend-ram or memory-backend-memfd, not memory-backend-file"),

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cpuid_features::{self, GuestCpuid, FEATURES};
 use crate::devices::cpu::CPU_TYPE;
+use crate::machine_none::Accel;
 use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -17,12 +18,17 @@ use crate::qmp::qapi::{req, Ty};
 /// The one model's name.
 pub const HOST_MODEL: &str = "host";
 
-pub fn query_cpu_definitions(_: &mut Ctx, _: NoArgs) -> QmpResult {
+pub fn query_cpu_definitions(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    // Every feature of the model is the host's: none can be missing. Under TCG (the none
+    // machine only) the model needs what is not there, KVM: QEMU's name for that.
+    let unavailable = match c.gw.accel() {
+        Accel::Kvm => json!([]),
+        Accel::Tcg => json!(["kvm"]),
+    };
     Ok(json!([{
         "name": HOST_MODEL,
         "typename": CPU_TYPE,
-        // Every feature of the model is the host's: none can be missing.
-        "unavailable-features": [],
+        "unavailable-features": unavailable,
         // Its features depend on the host (as QEMU's host model): neither static nor
         // safe to migrate to another host.
         "static": false,
@@ -143,6 +149,13 @@ pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult
                 }
             }
         }
+    }
+    // QEMU 7.2 expands "host" under TCG to its emulated CPU (max's features); Flotilla
+    // has no emulated CPU, so it says what QEMU says when such a vCPU is made.
+    if c.gw.accel() == Accel::Tcg {
+        return Err(QmpError::generic(format!(
+            "CPU model '{HOST_MODEL}' requires KVM or HVF"
+        )));
     }
     let cpuid = c.gw.guest_cpuid()?;
     let (name, mut props) = match a.expansion {

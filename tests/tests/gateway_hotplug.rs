@@ -374,6 +374,229 @@ fn refusals_match_qemu() {
         block[0]["qdev"],
         "/machine/peripheral-anon/device[0]/virtio-backend"
     );
+    drives_match_qemu(&mut p);
+}
+
+/// `text` with the peer's image directory's names made ours (`q` prefix to `g`) and
+/// QEMU's automatic node names ("#block" and digits) without their digits.
+fn in_our_names(text: &str, dir: &Path) -> String {
+    let mut out = text.replace(
+        &format!("{}/q", dir.display()),
+        &format!("{}/g", dir.display()),
+    );
+    while let Some(at) = out.find("#block") {
+        let digits = out[at + 6..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .count();
+        out.replace_range(at..at + 6 + digits, "#BLOCK");
+    }
+    out
+}
+
+/// HMP drive_add and drive_del on both peers (with refusals_match_qemu's d0, disk0 and
+/// spare), every answer compared with QEMU's: drives with and without an image and an
+/// id (QEMU's noneN), every refusal (a duplicate id, a name a node has, a node name a
+/// drive has, an interface other than none, a bad interface, an option the format does
+/// not take, an image of another format, a format without a file, node options without
+/// a file, a bad id, -n's node that does not exist and its missing node-name, missing
+/// arguments, an unknown drive), query-block and info block listing the drives as QEMU
+/// does, device_add over a drive and over a drive's node (an empty drive refused, one in
+/// use refused, its node in use by it), drive_del of a drive (one whose node a device
+/// uses: the node stays), of a node and of an attached drive's node; then, on ours,
+/// the bound on drives.
+fn drives_match_qemu(p: &mut Peers) {
+    let dir = p._dir.path().to_path_buf();
+    for peer in ["q", "g"] {
+        for name in ["a", "c"] {
+            empty_image(&dir.join(format!("{peer}{name}.raw")), 1 << 20);
+        }
+        let qcow2 = dir.join(format!("{peer}b.qcow2"));
+        flotilla_tests::blk::qemu_img_ok(&["create", "-q", "-f", "qcow2", path_arg(&qcow2), "1M"]);
+    }
+    let hmp = |c: &mut QmpClient, line: &str| -> String {
+        let reply = c.ok("human-monitor-command", json!({"command-line": line}));
+        reply.as_str().unwrap_or_default().to_string()
+    };
+    // QEMU's d0 is an if=none drive (unit 0 among them), ours a --drive, QEMU's
+    // if=virtio: QEMU's unnamed drives are one unit higher. `noneA` and `noneB` are the
+    // first two unnamed drives on each.
+    let unnamed = |text: String, ours: bool| match ours {
+        true => text.replace("none1", "noneA").replace("none0", "noneB"),
+        false => text.replace("none2", "noneA").replace("none1", "noneB"),
+    };
+    let named = |line: &str, ours: bool| match ours {
+        true => line.replace("noneA", "none1").replace("noneB", "none0"),
+        false => line.replace("noneA", "none2").replace("noneB", "none1"),
+    };
+    let both = |p: &mut Peers, line: &str| -> (String, String) {
+        let q = hmp(
+            &mut p.qemu,
+            &named(line, false).replace("IMG/", &format!("{}/q", dir.display())),
+        );
+        let g = hmp(
+            &mut p.ours,
+            &named(line, true).replace("IMG/", &format!("{}/g", dir.display())),
+        );
+        let (q, g) = (unnamed(q, false), unnamed(g, true));
+        (in_our_names(&q, &dir), in_our_names(&g, &dir))
+    };
+    let lines = [
+        (
+            "drive_add 0 if=none,file=IMG/a.raw,format=raw,id=x1",
+            "OK\r\n",
+        ),
+        (
+            "drive_add 0 if=none,file=IMG/a.raw,format=raw,id=x1",
+            "Duplicate ID 'x1' for drive\r\n",
+        ),
+        ("drive_add 0 if=none", "OK\r\n"),
+        (
+            "drive_add 0 if=none,file=IMG/b.qcow2,format=qcow2,id=x2,node-name=q2",
+            "OK\r\n",
+        ),
+        (
+            "drive_add 0 if=none,file=IMG/c.raw,format=raw,id=x3,node-name=n3,readonly=on",
+            "OK\r\n",
+        ),
+        (
+            "drive_add 0 if=none,id=d0",
+            "Duplicate ID 'd0' for drive\r\n",
+        ),
+        (
+            "drive_add 0 if=none,id=disk0",
+            "Device name 'disk0' conflicts with an existing node name\r\n",
+        ),
+        (
+            "drive_add 0 if=none,file=IMG/a.raw,format=raw,id=x9,node-name=spare",
+            "",
+        ),
+        (
+            "drive_add 0 if=none,file=IMG/a.raw,format=raw,id=x9,node-name=x1",
+            "",
+        ),
+        (
+            "drive_add 0 file=IMG/c.raw,format=raw,id=x4",
+            "Can't hot-add drive to type 1\r\n",
+        ),
+        (
+            "drive_add 0 if=virtio,file=IMG/c.raw,format=raw,id=x4",
+            "Can't hot-add drive to type 7\r\n",
+        ),
+        ("drive_add 0 if=bogus", "unsupported bus type 'bogus'\r\n"),
+        (
+            "drive_add 0 if=none,file=IMG/c.raw,format=raw,id=x5,bogus=1",
+            "Block format 'raw' does not support the option 'bogus'\r\n",
+        ),
+        (
+            "drive_add 0 if=none,file=IMG/c.raw,format=qcow2,id=x6",
+            "Image is not in qcow2 format\r\n",
+        ),
+        (
+            "drive_add 0 if=none,format=raw,id=x7",
+            "A block device must be specified for \"file\"\r\n",
+        ),
+        (
+            "drive_add 0 if=none,id=x8,node-name=n8",
+            "Must specify either driver or file\r\n",
+        ),
+        ("drive_add 0 if=none,id=9x", ""),
+        (
+            "drive_add -n 0 file=nosuch,node-name=n1",
+            "Cannot find device='nosuch' nor node-name='nosuch'\r\n",
+        ),
+        (
+            "drive_add -n 0 file=spare",
+            "'node-name' needs to be specified\r\n",
+        ),
+        (
+            "drive_add",
+            "drive_add: string expected\r\nTry \"help drive_add\" for more information\r\n",
+        ),
+        (
+            "drive_add 0",
+            "drive_add: string expected\r\nTry \"help drive_add\" for more information\r\n",
+        ),
+        ("drive_del nope", "Device 'nope' not found\r\n"),
+        ("drive_del", ""),
+        ("drive_add -n 0 node-name=n1,driver=raw,file=spare", ""),
+        ("drive_del n1", ""),
+        ("info block", ""),
+    ];
+    for (line, expected) in lines {
+        let (q, g) = both(p, line);
+        assert_eq!(g, q, "{line}");
+        if !expected.is_empty() {
+            assert_eq!(g, expected, "{line}");
+        }
+    }
+    // query-block: the launch disk, then x1 (its image), noneA (none), x2 (qcow2), x3
+    // (read-only, its node named).
+    let blocks = |c: &mut QmpClient, ours: bool| {
+        let b = c.ok("query-block", json!({}));
+        unnamed(in_our_names(&b.to_string(), &dir), ours)
+    };
+    let (q, g) = (blocks(&mut p.qemu, false), blocks(&mut p.ours, true));
+    assert_eq!(g, q);
+    let listed: Value = serde_json::from_str(&g).unwrap();
+    let devices: Vec<&str> = (listed.as_array().unwrap().iter())
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["d0", "x1", "noneA", "x2", "x3"]);
+    // device_add over drives: one, and a drive's node; an empty drive, one in use, its
+    // node in use by it refused.
+    let blk = |drive: &str, id: &str| json!({"driver": "virtio-blk-pci", "drive": drive, "id": id});
+    for c in [&mut p.qemu, &mut p.ours] {
+        assert_eq!(c.ok("device_add", blk("x2", "v1")), json!({}));
+        // A drive's node by its name: the drive takes no permission there.
+        assert_eq!(c.ok("device_add", blk("n3", "v3")), json!({}));
+    }
+    for (label, drive) in [
+        ("an empty drive", "noneA"),
+        ("a drive in use", "x2"),
+        ("a drive's node in use by its device", "q2"),
+    ] {
+        let args = blk(&named(drive, true), "v2");
+        let q = error(
+            &p.qemu
+                .execute("device_add", blk(&named(drive, false), "v2")),
+        );
+        let g = error(&p.ours.execute("device_add", args.clone()));
+        let (q, g) = ((q.0, unnamed(q.1, false)), (g.0, unnamed(g.1, true)));
+        assert_eq!(g, q, "{label}: {args}");
+    }
+    let (q, g) = (blocks(&mut p.qemu, false), blocks(&mut p.ours, true));
+    assert_eq!(g, q, "with x2 attached");
+    for line in [
+        "drive_del q2",
+        "drive_del x3",
+        "drive_del n3",
+        "info block",
+        "drive_del x1",
+        "drive_del noneA",
+        "drive_del x1",
+        "drive_del x3",
+        "info block",
+        "drive_add 0 if=none",
+        "info block noneB",
+    ] {
+        let (q, g) = both(p, line);
+        assert_eq!(g, q, "{line}");
+    }
+    // Ours only: no more than MAX_DRIVES drives at once (x2 and none0 are two), also
+    // without images.
+    for i in 2..64 {
+        assert_eq!(
+            hmp(&mut p.ours, &format!("drive_add 0 if=none,id=m{i}")),
+            "OK\r\n"
+        );
+    }
+    assert_eq!(
+        hmp(&mut p.ours, "drive_add 0 if=none,id=m64"),
+        "Too many drives: at most 64 made by drive_add may exist\r\n"
+    );
+    assert_eq!(hmp(&mut p.ours, "drive_del m2"), "");
+    assert_eq!(hmp(&mut p.ours, "drive_add 0 if=none,id=m64"), "OK\r\n");
 }
 
 /// A device_add whose daemon cannot start is undone: the node is free again (its image

@@ -133,6 +133,9 @@ pub struct Disk {
     pub block_migrated: bool,
     /// The iothread object its device is placed on (iothreads.rs).
     pub iothread: Option<String>,
+    /// When its BlockBackend was made, among all (`State::born`): query-block lists
+    /// them in that order, as QEMU does.
+    pub born: u64,
 }
 
 /// What starting a daemon for a disk needs, taken from the disk so that the start (which

@@ -98,10 +98,26 @@ fn on_off(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
-impl FromStr for DriveSpec {
-    type Err = String;
+/// QEMU's -drive text read once, by the one reader of its options: the drive, and what
+/// each user then requires of it (--drive: a virtio disk with an image and a format, by
+/// `DriveSpec`'s FromStr; HMP drive_add: an if=none drive, with or without a medium).
+pub struct DriveText {
+    /// The drive; `file` is empty without file=, `format` is raw without format=.
+    pub spec: DriveSpec,
+    /// format= as given.
+    pub format: Option<Driver>,
+    /// if= as given.
+    pub interface: Option<String>,
+    /// Keys no option takes, in order.
+    pub unknown: Vec<String>,
+    /// Options given beyond those QEMU keeps for a drive without a medium (its id,
+    /// interface, read-only, cache, discard, error actions, serial): a node's.
+    pub node_options: bool,
+}
 
-    fn from_str(s: &str) -> Result<DriveSpec, String> {
+impl DriveText {
+    /// Reads `s`; the checks that need the format are made when it is given.
+    pub fn read(s: &str) -> Result<DriveText, String> {
         let mut d = DriveSpec {
             file: String::new(),
             format: Driver::Raw,
@@ -123,6 +139,9 @@ impl FromStr for DriveSpec {
             slot: None,
         };
         let mut format = None;
+        let mut interface = None;
+        let mut unknown = Vec::new();
+        let mut node_options = false;
         let mut backing_ref = None;
         let mut backing_keys = Vec::new();
         for part in s.split(',') {
@@ -131,8 +150,27 @@ impl FromStr for DriveSpec {
                 .ok_or_else(|| format!("'{part}': expected key=value"))?;
             if let Some(rest) = key.strip_prefix("backing.") {
                 backing_keys.push((rest, value));
+                node_options = true;
                 continue;
             }
+            node_options |= !matches!(
+                key,
+                "file"
+                    | "format"
+                    | "id"
+                    | "if"
+                    | "addr"
+                    | "readonly"
+                    | "read-only"
+                    | "cache"
+                    | "cache.direct"
+                    | "cache.no-flush"
+                    | "discard"
+                    | "detect-zeroes"
+                    | "serial"
+                    | "werror"
+                    | "rerror"
+            );
             match key {
                 "backing" => backing_ref = Some(value),
                 "file" => d.file = value.to_string(),
@@ -140,8 +178,7 @@ impl FromStr for DriveSpec {
                 "id" => d.id = Some(value.to_string()),
                 "addr" => d.slot = Some(launch_slot(value)?),
                 "node-name" => d.node_name = Some(value.to_string()),
-                "if" if value == "virtio" => {}
-                "if" => return Err(format!("if={value}: only virtio disks exist here")),
+                "if" => interface = Some(value.to_string()),
                 "readonly" | "read-only" => d.read_only = on_off(key, value)?,
                 "cache" => {
                     (d.direct, d.no_flush) = match value {
@@ -209,24 +246,64 @@ impl FromStr for DriveSpec {
                         .filter(|n| *n > 0)
                         .ok_or_else(|| format!("{key}={value}: a number of seconds"))?,
                 ),
-                _ => return Err(format!("unknown drive option '{key}'")),
+                _ => unknown.push(key.to_string()),
             }
         }
-        if d.file.is_empty() {
+        let format = match format.as_deref() {
+            Some("raw") => Some(Driver::Raw),
+            Some("qcow2") => Some(Driver::Qcow2),
+            Some(f) => return Err(format!("format={f}: raw and qcow2 images are served")),
+            None => None,
+        };
+        d.format = format.unwrap_or(Driver::Raw);
+        d.backing = backing_child(backing_ref, &backing_keys)?;
+        if format.is_some() {
+            d.check_format_options()?;
+        }
+        if d.detect_zeroes == DetectZeroes::Unmap && !d.discard_unmap {
+            return Err(
+                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
+                    .into(),
+            );
+        }
+        Ok(DriveText {
+            spec: d,
+            format,
+            interface,
+            unknown,
+            node_options,
+        })
+    }
+}
+
+impl FromStr for DriveSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DriveSpec, String> {
+        let text = DriveText::read(s)?;
+        if let Some(key) = text.unknown.first() {
+            return Err(format!("unknown drive option '{key}'"));
+        }
+        if let Some(i) = text.interface.filter(|i| i != "virtio") {
+            return Err(format!("if={i}: only virtio disks exist here"));
+        }
+        if text.spec.file.is_empty() {
             return Err("file=PATH is required".into());
         }
-        d.format = match format.as_deref() {
-            Some("raw") => Driver::Raw,
-            Some("qcow2") => Driver::Qcow2,
-            Some(f) => return Err(format!("format={f}: raw and qcow2 images are served")),
-            None => {
-                return Err(
-                    "format=raw or format=qcow2 is required (image formats are never guessed)"
-                        .into(),
-                )
-            }
-        };
-        d.backing = backing_child(backing_ref, &backing_keys)?;
+        if text.format.is_none() {
+            return Err(
+                "format=raw or format=qcow2 is required (image formats are never guessed)".into(),
+            );
+        }
+        Ok(text.spec)
+    }
+}
+
+impl DriveSpec {
+    /// What the drive's format must agree with: a raw drive has no backing file and no
+    /// qcow2 options.
+    fn check_format_options(&self) -> Result<(), String> {
+        let d = self;
         if d.format == Driver::Raw && !matches!(d.backing, Backing::FromImage | Backing::None) {
             return Err("Driver doesn't support backing files".into());
         }
@@ -237,13 +314,26 @@ impl FromStr for DriveSpec {
                     .into(),
             );
         }
-        if d.detect_zeroes == DetectZeroes::Unmap && !d.discard_unmap {
-            return Err(
-                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
-                    .into(),
-            );
+        Ok(())
+    }
+
+    /// The node tree the drive's image is opened as: its format node over a file node.
+    pub fn node_options(&self) -> NodeOptions {
+        let file = NodeOptions {
+            locking: Some(self.locking),
+            ..NodeOptions::file(self.file.clone())
+        };
+        NodeOptions {
+            node_name: self.node_name.clone(),
+            read_only: Some(self.read_only),
+            direct: Some(self.direct),
+            no_flush: Some(self.no_flush),
+            discard_unmap: Some(self.discard_unmap),
+            detect_zeroes: Some(self.detect_zeroes),
+            qcow2: self.qcow2,
+            backing: self.backing.clone(),
+            ..NodeOptions::over(self.format, file)
         }
-        Ok(d)
     }
 }
 

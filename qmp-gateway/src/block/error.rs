@@ -31,6 +31,8 @@ pub enum BlockError {
     DriveNotFound(String),
     #[error("Drive '{0}' is already in use by another device")]
     DriveInUse(String),
+    #[error("Device needs media, but drive is empty")]
+    DriveEmpty,
     /// Two writers of one node (QEMU's permission check, for 'write').
     #[error(
         "Permission conflict on node '{node}': permissions 'write' are both required by \
@@ -190,6 +192,31 @@ pub enum BlockError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Socket(#[from] SocketError),
+
+    /// HMP drive_add and drive_del (drives.rs), in QEMU's words where it has them.
+    #[error("Duplicate ID '{0}' for drive")]
+    DuplicateDriveId(String),
+    #[error(
+        "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', \
+         '.', '_', starting with a letter."
+    )]
+    DriveIdMalformed,
+    #[error("Device with id '{0}' already exists")]
+    BackendExists(String),
+    #[error("Device name '{0}' conflicts with an existing node name")]
+    DriveNameIsNode(String),
+    #[error("A block device must be specified for \"file\"")]
+    NoFileForFormat,
+    #[error("Must specify either driver or file")]
+    NoDriverNorFile,
+    #[error("format=raw or format=qcow2 is required (image formats are never guessed)")]
+    FormatNotGiven,
+    #[error("Block format '{format}' does not support the option '{key}'")]
+    UnsupportedOption { format: &'static str, key: String },
+    #[error("Too many drives: at most {0} made by drive_add may exist")]
+    TooManyDrives(usize),
+    #[error("Drive '{0}' is used by a device: device_del the device first")]
+    DriveAttached(String),
 
     /// `--drive` errors, for the command line.
     #[error("drive id {0} is used twice")]

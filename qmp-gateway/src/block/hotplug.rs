@@ -41,14 +41,27 @@ impl State {
     /// path): a drive's name (every drive here has its device), a node that is not
     /// there, or a node tree that shares a node with a disk's (QEMU's 'write'
     /// permission conflict, named as QEMU names it).
-    fn check_drive(&self, drive: &str, new_backend: &str) -> Result<(), BlockError> {
+    /// Returns the root node the disk is to be over.
+    fn check_drive(&self, drive: &str, new_backend: &str) -> Result<String, BlockError> {
         if self.disk_by_id(drive).is_some() {
             return Err(BlockError::DriveInUse(drive.to_string()));
         }
-        if self.graph.node(drive).is_none() {
-            return Err(BlockError::DriveNotFound(drive.to_string()));
-        }
-        let new_device = format!("block device '{new_backend}'");
+        let root = match self.named_drive(drive) {
+            Some(d) if d.attached => return Err(BlockError::DriveInUse(drive.to_string())),
+            Some(d) => d.root.clone().ok_or(BlockError::DriveEmpty)?,
+            None if self.graph.node(drive).is_none() => {
+                return Err(BlockError::DriveNotFound(drive.to_string()))
+            }
+            None => drive.to_string(),
+        };
+        let named = drive;
+        let drive = root.as_str();
+        // A drive's BlockBackend is named as the drive is; an unattached one takes no
+        // permission on its node (QEMU lets a device use the node beside it).
+        let new_device = match self.named_drive(named) {
+            Some(_) => format!("block device '{named}'"),
+            None => format!("block device '{new_backend}'"),
+        };
         let new_tree = self.graph.tree(drive);
         let parent = |node: &str| {
             self.graph
@@ -56,16 +69,16 @@ impl State {
                 .map(|p| format!("node '{}'", p.name))
                 .unwrap_or_default()
         };
+        let conflict = |node: &str, required: String, required_role, unshared: String| {
+            BlockError::PermissionConflict {
+                node: node.to_string(),
+                required,
+                required_role,
+                unshared,
+                unshared_role: "root",
+            }
+        };
         for disk in &self.disks {
-            let conflict = |node: &str, required: String, required_role, unshared: String| {
-                BlockError::PermissionConflict {
-                    node: node.to_string(),
-                    required,
-                    required_role,
-                    unshared,
-                    unshared_role: "root",
-                }
-            };
             if disk.root == drive {
                 return Err(conflict(drive, user(disk), "root", new_device));
             }
@@ -78,7 +91,7 @@ impl State {
                 return Err(conflict(&disk.root, parent(&disk.root), "file", user(disk)));
             }
         }
-        Ok(())
+        Ok(root)
     }
 
     /// Drops the locks a disk took on its top image beyond what its node holds alone
@@ -104,7 +117,7 @@ impl State {
 impl BlockLayer {
     /// device_add's drive= checked as QEMU checks it, before the device takes a slot.
     pub fn check_drive(&self, drive: &str, new_backend: &str) -> Result<(), BlockError> {
-        self.state.lock().check_drive(drive, new_backend)
+        self.state.lock().check_drive(drive, new_backend).map(drop)
     }
 
     /// device_add's disk: a disk over the node `d.drive` names, its daemon started;
@@ -136,38 +149,55 @@ impl BlockLayer {
     fn add_node_disk(&self, d: DeviceDisk, slot: u8) -> Result<(DiskLaunch, OwnedFd), BlockError> {
         let _changes = self.changes.lock();
         let mut state = self.state.lock();
-        state.check_drive(&d.drive, &format!("{}/virtio-backend", d.qom_path))?;
+        let root = state.check_drive(&d.drive, &format!("{}/virtio-backend", d.qom_path))?;
         let qdev_id = d.qdev_id.unwrap_or_default();
-        let new = NewDisk {
-            // Its BlockBackend is anonymous: the layer knows it by its device's path.
-            id: d.qom_path.clone(),
-            drive: false,
-            qdev_id: qdev_id.clone(),
-            root: d.drive.clone(),
-            queues: d.queues,
-            // QEMU's virtio-blk has no serial unless given one.
-            serial: d.serial.unwrap_or_default(),
-            stats_intervals: Vec::new(),
-            qom_path: d.qom_path.clone(),
-            // QEMU's defaults for the device's rerror= and werror=.
-            on_read_error: OnError::Report,
-            on_write_error: OnError::Enospc,
-            iothread: d.iothread.clone(),
+        // A drive_add drive: the disk bears its name, serial and error actions.
+        let (drive, born) = match state.named_drive(&d.drive) {
+            Some(n) => (Some(n.spec.clone()), Some(n.born)),
+            None => (None, None),
         };
+        let new = NewDisk {
+            // Its BlockBackend is the drive's, or anonymous: then the layer knows it by
+            // its device's path.
+            id: drive
+                .as_ref()
+                .map_or(d.qom_path.clone(), |_| d.drive.clone()),
+            drive: drive.is_some(),
+            qdev_id: qdev_id.clone(),
+            root: root.clone(),
+            queues: d.queues,
+            // QEMU's virtio-blk has no serial unless given one (or its drive has one).
+            serial: (d.serial.or_else(|| drive.as_ref()?.serial.clone())).unwrap_or_default(),
+            stats_intervals: drive
+                .as_ref()
+                .map_or(Vec::new(), |s| s.stats_intervals.clone()),
+            qom_path: d.qom_path.clone(),
+            // The drive's rerror= and werror=, else QEMU's defaults for the device's.
+            on_read_error: drive.as_ref().map_or(OnError::Report, |s| s.on_read_error),
+            on_write_error: drive.as_ref().map_or(OnError::Enospc, |s| s.on_write_error),
+            iothread: d.iothread.clone(),
+            born,
+        };
+        let id = new.id.clone();
         match self.attach(&mut state, new) {
-            Ok((index, stream)) => Ok((
-                DiskLaunch {
-                    index,
-                    slot: Some(slot),
-                    id: d.qom_path,
-                    qdev_id,
-                    max_queues: d.queues,
-                },
-                stream,
-            )),
+            Ok((index, stream)) => {
+                if let Some(n) = state.drives.iter_mut().find(|n| n.id == d.drive) {
+                    n.attached = true;
+                }
+                Ok((
+                    DiskLaunch {
+                        index,
+                        slot: Some(slot),
+                        id,
+                        qdev_id,
+                        max_queues: d.queues,
+                    },
+                    stream,
+                ))
+            }
             Err(e) => {
-                let read_only = state.graph.node(&d.drive).is_some_and(|n| n.read_only);
-                state.release_top(&d.drive, read_only);
+                let read_only = state.graph.node(&root).is_some_and(|n| n.read_only);
+                state.release_top(&root, read_only);
                 drop(state);
                 // The iothread's daemon may have gone with the start that failed.
                 if let Some(t) = &d.iothread {
@@ -204,6 +234,8 @@ impl BlockLayer {
                 state.groups.remove(group);
             }
         }
+        // A drive_add drive goes with its device (QEMU's auto-del).
+        state.drives.retain(|n| n.id != disk.id);
         if disk.drive {
             let mut thresholds = self.thresholds.lock();
             for n in &disk.nodes {
@@ -213,6 +245,16 @@ impl BlockLayer {
             state.graph.remove_tree(&disk.root);
         } else {
             state.release_top(&disk.root, disk.config.read_only);
+            // A node only a device held goes with it (one a drive_del'ed drive left).
+            let orphan = state
+                .graph
+                .node(&disk.root)
+                .is_some_and(|n| !n.monitor_owned)
+                && !state.drive_roots().any(|r| r == disk.root)
+                && !state.disks.iter().any(|d| d.root == disk.root);
+            if orphan {
+                state.graph.remove_tree(&disk.root);
+            }
         }
         let _ = std::fs::remove_file(&disk.socket);
         drop(state);

@@ -18,6 +18,7 @@ mod daemon_stats;
 pub mod dirty_bitmap;
 pub mod disk;
 pub mod drive;
+pub mod drives;
 pub mod error;
 pub mod graph;
 pub mod health;
@@ -92,11 +93,21 @@ struct State {
     groups: BTreeMap<String, Group>,
     /// The block jobs that run.
     jobs: Vec<job::BlockJob>,
+    /// The drives drive_add made (drives.rs).
+    drives: Vec<drives::NamedDrive>,
+    /// The next BlockBackend's place in the order they were made (`Disk::born`).
+    next_born: u64,
     /// The next disk's index (in vmm-core's requests): never reused while the VM lives.
     next_index: u32,
 }
 
 impl State {
+    /// A new BlockBackend's place among them.
+    fn born(&mut self) -> u64 {
+        self.next_born += 1;
+        self.next_born
+    }
+
     /// Opens a node the gateway makes for a job's target or a snapshot's overlay (no
     /// client's: its fds are not charged), the disks' ids taken as names.
     pub(super) fn open_internal_node(&mut self, opts: &NodeOptions) -> Result<String, BlockError> {
@@ -175,6 +186,8 @@ struct NewDisk {
     on_write_error: OnError,
     /// The iothread object its device is placed on.
     iothread: Option<String>,
+    /// Its BlockBackend's place among them: its drive's, or a new one.
+    born: Option<u64>,
 }
 
 pub struct BlockLayer {
@@ -265,21 +278,7 @@ impl BlockLayer {
         (slot, qom_path): (u8, String),
     ) -> Result<(DiskLaunch, OwnedFd), BlockError> {
         let id = spec.id.clone().unwrap_or_else(|| format!("virtio{index}"));
-        let file = NodeOptions {
-            locking: Some(spec.locking),
-            ..NodeOptions::file(spec.file.clone())
-        };
-        let opts = NodeOptions {
-            node_name: spec.node_name.clone(),
-            read_only: Some(spec.read_only),
-            direct: Some(spec.direct),
-            no_flush: Some(spec.no_flush),
-            discard_unmap: Some(spec.discard_unmap),
-            detect_zeroes: Some(spec.detect_zeroes),
-            qcow2: spec.qcow2,
-            backing: spec.backing.clone(),
-            ..NodeOptions::over(spec.format, file)
-        };
+        let opts = spec.node_options();
         let failed = |error| BlockError::Drive {
             id: id.clone(),
             error: Box::new(error),
@@ -310,6 +309,7 @@ impl BlockLayer {
             on_read_error: spec.on_read_error,
             on_write_error: spec.on_write_error,
             iothread: None,
+            born: None,
         };
         match self.attach(&mut state, disk) {
             Ok((disk_index, stream)) => Ok((
@@ -347,6 +347,7 @@ impl BlockLayer {
             on_read_error,
             on_write_error,
             iothread,
+            born,
         } = new;
         let node = state
             .graph
@@ -462,6 +463,7 @@ impl BlockLayer {
             stored_loaded: None,
             block_migrated: false,
             iothread,
+            born: born.unwrap_or_else(|| state.born()),
         };
         // The first disk on an iothread is served by the daemon the iothread started.
         let process = (disk.iothread.as_deref()).and_then(|t| self.take_iothread_daemon(t));

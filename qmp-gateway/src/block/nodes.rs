@@ -67,7 +67,9 @@ impl BlockLayer {
         charge: &mut ChargeImage,
     ) -> Result<(), BlockError> {
         let mut state = self.state.lock();
-        let ids: Vec<String> = state.disks.iter().map(|d| d.id.clone()).collect();
+        let ids: Vec<String> = (state.disks.iter().map(|d| d.id.clone()))
+            .chain(state.drives.iter().map(|d| d.id.clone()))
+            .collect();
         state.graph.add(
             opts,
             true,
@@ -82,7 +84,9 @@ impl BlockLayer {
     pub fn blockdev_del(&self, name: &str) -> Result<(), BlockError> {
         let mut state = self.state.lock();
         state.job_target_in_use(name)?;
-        let roots: Vec<String> = state.disks.iter().map(|d| d.root.clone()).collect();
+        let roots: Vec<String> = (state.disks.iter().map(|d| d.root.clone()))
+            .chain(state.drive_roots().map(str::to_string))
+            .collect();
         state
             .graph
             .remove(name, &|n| roots.iter().any(|r| r == n))?;

@@ -25,14 +25,15 @@ fn with_bitmaps(info: &mut Value, bitmaps: Vec<Value>) {
 
 impl BlockLayer {
     /// The write threshold set on `node` (0: none).
-    fn threshold(&self, node: &str) -> u64 {
+    pub(super) fn threshold(&self, node: &str) -> u64 {
         self.thresholds.lock().get(node).copied().unwrap_or(0)
     }
 
-    /// query-block: one BlockInfo per disk.
+    /// query-block: one BlockInfo per disk and per drive no device uses, in the order
+    /// their BlockBackends were made.
     pub fn query_block(&self) -> Value {
         let state = self.state.lock();
-        let out: Vec<Value> = state
+        let mut out: Vec<(u64, Value)> = state
             .disks
             .iter()
             .filter_map(|d| {
@@ -52,10 +53,12 @@ impl BlockLayer {
                 if let Some(status) = d.health.io_status() {
                     info["io-status"] = json!(status);
                 }
-                Some(info)
+                Some((d.born, info))
             })
+            .chain(self.unattached_drives(&state))
             .collect();
-        Value::Array(out)
+        out.sort_by_key(|(born, _)| *born);
+        out.into_iter().map(|(_, info)| info).collect()
     }
 
     /// query-named-block-nodes: every node, newest first (as QEMU lists them); `flat`:

@@ -50,11 +50,12 @@ pub fn info_block(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
             Ok(d) => d,
             Err(e) => return error(&e),
         };
-        for disk in list(&disks) {
+        for (i, disk) in list(&disks).iter().enumerate() {
             if device.is_some_and(|d| disk["device"] != d) {
                 continue;
             }
-            if printed {
+            // As for nodes below: by the place in the whole list.
+            if i > 0 {
                 text.push('\n');
             }
             text += &block_info(Some(disk), disk.get("inserted"), verbose);

@@ -7,6 +7,7 @@
 
 mod args;
 mod block;
+mod drive;
 mod info;
 mod migrate;
 mod page_tables;
@@ -398,6 +399,18 @@ pub const HMP: &[HmpCommand] = &[
     line("device_del", "device", "remove device", |c, a, _| {
         mapped(c, a, "device_del", "id:s", "device_del")
     }),
+    line(
+        "drive_add",
+        "[-n] [[<domain>:]<bus>:]<slot>\n[file=file][,if=type][,bus=n]\n[,unit=m][,media=d][,index=i]\n[,snapshot=on|off][,cache=on|off]\n[,readonly=on|off][,copy-on-read=on|off]",
+        "add drive to PCI storage controller",
+        drive::drive_add,
+    ),
+    line(
+        "drive_del",
+        "device",
+        "remove host block device",
+        drive::drive_del,
+    ),
     line(
         "closefd",
         "closefd name",

@@ -87,6 +87,11 @@ impl Qemu {
     /// QEMU as libvirt probes it: `-machine none` (no guest, no devices), KVM, a QMP
     /// socket; what it answers is what a management tool learns of the emulator.
     pub fn machine_none() -> Qemu {
+        Qemu::machine_none_on("kvm")
+    }
+
+    /// `machine_none` on accelerator `accel` (libvirt probes again with tcg).
+    pub fn machine_none_on(accel: &str) -> Qemu {
         let dir = TempDir::new("qemu-none");
         let qmp = dir.path().join("qmp.sock");
         let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
@@ -94,7 +99,7 @@ impl Qemu {
             "-machine",
             "none",
             "-accel",
-            "kvm",
+            accel,
             "-nodefaults",
             "-no-user-config",
         ])

@@ -6,8 +6,11 @@
 //! properties), and where it differs from QEMU's the test says how. Errors are
 //! compared exactly (class and words).
 
+use std::process::Command;
+
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{shape, Gateway, QmpClient};
+use flotilla_tests::{bin, require_tool, run_to_end, TempDir};
 use serde_json::{json, Map, Value};
 
 /// The element of `list` whose `key` is `value`.
@@ -217,7 +220,6 @@ fn qom_types_and_properties_are_qemus() {
 /// this kvm-pvm host; the rest must be equal):
 /// - tsc-deadline: QEMU adds it from KVM_CAP_TSC_DEADLINE_TIMER, outside KVM's supported
 ///   CPUID, which is what vmm-core gives;
-/// - arch-capabilities: the test's QEMU has -cpu host,-arch-capabilities (kvm-pvm);
 /// - kvmclock-stable-bit: QEMU sets it itself;
 /// - cmp-legacy, ht: vmm-core's topology is one package of --max-cpus cores
 ///   (cpuid.rs: set with more than one), QEMU's -smp 1,maxcpus=2 is two one-core
@@ -229,7 +231,6 @@ fn qom_types_and_properties_are_qemus() {
 ///   leaves 0x8000_0002-4 of KVM's supported CPUID (empty under kvm-pvm).
 const MAY_DIFFER: &[&str] = &[
     "tsc-deadline",
-    "arch-capabilities",
     "kvmclock-stable-bit",
     "cmp-legacy",
     "cmp_legacy",
@@ -319,16 +320,25 @@ fn property_types(list: &Value) -> Map<String, Value> {
 
 /// What libvirt reads at a domain's start (/work/notes/libvirt/domain.log): qom-list of
 /// the vCPU, qom-get of its properties, qom-list of /machine/peripheral; here on QEMU
-/// 7.2 -M pc (KVM, -cpu host,-arch-capabilities) and the gateway with the same vCPUs
-/// and devices: one vCPU at launch, one added with device_add (id cpu1), a balloon with
-/// an id. Ours lists fewer properties than QEMU's (cpu_models.rs says which); each one
+/// 7.2 -M pc (KVM, -cpu host,migratable=on,arch-capabilities=off, libvirt's line for
+/// host-passthrough with the feature disabled, which QEMU on kvm-pvm needs) and the
+/// gateway with the same vCPUs, CPU model and devices: one vCPU at launch, one added
+/// with device_add (id cpu1), a balloon with an id. Ours lists fewer properties than QEMU's (cpu_models.rs says which); each one
 /// has QEMU's type and value, but MAY_DIFFER's and level/xlevel (QEMU raises them for
 /// leaves it adds itself).
 #[test]
 fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
     let balloon = "virtio-balloon-pci,id=balloon0";
-    let qemu = Qemu::pc_guest("", &["-smp", "1,maxcpus=2", "-device", balloon]);
-    let gateway = Gateway::start_with(1, "", &["-S", "--max-cpus", "2", "--device", balloon]);
+    let cpu = "host,migratable=on,arch-capabilities=off";
+    let qemu = Qemu::pc_guest(
+        "",
+        &["-smp", "1,maxcpus=2", "-device", balloon, "-cpu", cpu],
+    );
+    let gateway = Gateway::start_with(
+        1,
+        "",
+        &["-S", "--max-cpus", "2", "--device", balloon, "--cpu", cpu],
+    );
     let mut p = Peers {
         qemu: qemu.client(),
         ours: gateway.client(),
@@ -368,6 +378,8 @@ fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
             their_values.insert(name.clone(), q);
         }
         assert_eq!(ours_values["hotplugged"], hotplugged, "{path}");
+        // Turned off, on the vCPUs there at launch and added later (KVM gives it here).
+        assert_eq!(ours_values["arch-capabilities"], false, "{path}");
         assert_eq!(ours_values["apic-id"], u32::from(hotplugged), "{path}");
         for leaves in ["level", "xlevel"] {
             ours_values.remove(leaves);
@@ -386,4 +398,95 @@ fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
     }
     p.same_error("qom-get", json!({"path": cpu0}));
     p.same_error("qom-list", json!({"path": cpu0, "extra": 1}));
+}
+
+/// The gateway's `--machine none` (no VM, as libvirt probes an emulator), with `extra`.
+fn gateway_none(extra: &[&str]) -> Gateway {
+    let dir = TempDir::new("gateway-none");
+    let qmp = dir.path().join("qmp.sock");
+    let mut cmd = Command::new(bin("qmp-gateway"));
+    cmd.args(["--machine", "none", "-S", "--qmp"])
+        .arg(&qmp)
+        .args(extra);
+    Gateway::spawn(cmd, dir, qmp)
+}
+
+fn expansion(kind: &str) -> Value {
+    json!({"type": kind, "model": {"name": "host"}})
+}
+
+/// libvirt's probe (`-machine none`) asks the host model's expansions to learn what a
+/// VM's vCPUs will be: the none machine answers exactly what a VM's vCPU gets (both
+/// expansions equal to a VM's, with the default CPU model and with a feature turned
+/// off), in QEMU -machine none's names and shapes with its features but for MAY_DIFFER.
+#[test]
+fn machine_none_expands_what_a_vms_vcpu_gets() {
+    let mut p = Peers::start();
+    let none_gateway = gateway_none(&[]);
+    let mut none = none_gateway.client();
+    for (kind, name) in [("static", "base"), ("full", "host")] {
+        let (q, vm) = p.both("query-cpu-model-expansion", expansion(kind));
+        let g = none.ok("query-cpu-model-expansion", expansion(kind));
+        assert_eq!(g, vm, "{kind}: the none machine's, then a VM's");
+        assert_eq!(
+            (&g["model"]["name"], &q["model"]["name"]),
+            (&json!(name), &json!(name))
+        );
+        let theirs = without(&q["model"]["props"], &["min-level", "min-xlevel", "level"]);
+        let ours = without(&g["model"]["props"], &["min-level", "min-xlevel", "level"]);
+        same_features(ours.as_object().unwrap(), theirs.as_object().unwrap(), kind);
+    }
+
+    // A feature the host has, turned off: off for the none machine as for a VM.
+    let cpu = ["--cpu", "host,arch-capabilities=off"];
+    let vm_gateway = Gateway::start_with(1, "", &[&["-S"][..], &cpu].concat());
+    let none_gateway = gateway_none(&cpu);
+    let (mut vm, mut none) = (vm_gateway.client(), none_gateway.client());
+    for kind in ["static", "full"] {
+        let g = none.ok("query-cpu-model-expansion", expansion(kind));
+        assert_eq!(g["model"]["props"]["arch-capabilities"], false, "{kind}");
+        assert_eq!(
+            g,
+            vm.ok("query-cpu-model-expansion", expansion(kind)),
+            "{kind}"
+        );
+    }
+}
+
+/// libvirt's second probe, `-machine none,accel=tcg`: QEMU 7.2 lists the host model as
+/// needing KVM; it expands it to its emulated CPU, which Flotilla has not, so ours is
+/// refused in QEMU's words for a host vCPU under TCG.
+#[test]
+fn machine_none_under_tcg_has_no_host_model() {
+    let qemu = Qemu::machine_none_on("tcg");
+    let gateway = gateway_none(&["--accel", "tcg"]);
+    let (mut q, mut g) = (qemu.client(), gateway.client());
+    let ours = g.ok("query-cpu-definitions", json!({}));
+    assert_eq!(ours.as_array().map(Vec::len), Some(1), "{ours}");
+    let theirs = q.ok("query-cpu-definitions", json!({}));
+    assert_eq!(ours[0], *named(&theirs, "name", "host"));
+    assert_eq!(ours[0]["unavailable-features"], json!(["kvm"]));
+    // QEMU's words when a host vCPU is made under TCG.
+    let mut cmd = Command::new(require_tool("qemu-system-x86_64", "qemu-system-x86"));
+    cmd.args([
+        "-machine",
+        "pc,accel=tcg",
+        "-cpu",
+        "host",
+        "-S",
+        "-nodefaults",
+    ])
+    .args(["-display", "none"]);
+    let (_, _, err) = run_to_end(cmd, std::time::Duration::from_secs(30));
+    let words = err
+        .trim()
+        .trim_start_matches("qemu-system-x86_64: ")
+        .to_string();
+    assert_eq!(words, "CPU model 'host' requires KVM or HVF");
+    for kind in ["static", "full"] {
+        assert_eq!(
+            g.err("query-cpu-model-expansion", expansion(kind)),
+            ("GenericError".into(), words.clone())
+        );
+    }
 }

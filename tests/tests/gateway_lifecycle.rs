@@ -779,6 +779,20 @@ fn device_state_save_and_load() {
         .client()
         .ok("xen-save-devices-state", json!({"filename": path("other")}));
     drop(other);
+    // The same shape, vCPUs with a feature off (--cpu): their CPUID would change under
+    // the guest, so the state is refused (as a migration's destination refuses it).
+    let other = Gateway::start(&["-S", "--cpu", "host,arch-capabilities=off"]);
+    other
+        .client()
+        .ok("xen-save-devices-state", json!({"filename": path("cpu")}));
+    drop(other);
+    let (_, desc) = c.err("xen-load-devices-state", json!({"filename": path("cpu")}));
+    let want = format!(
+        "Cannot load the device state from {}: the source VM differs from this one: the \
+         vCPUs' CPUID differs: leaf 0x7.0 is ",
+        path("cpu")
+    );
+    assert!(desc.starts_with(&want), "{desc}");
     // The same memory and vCPUs, another PCI device: refused once the vCPUs went in.
     let other = Gateway::start(&["-S", "--device", "virtio-balloon-pci,id=b"]);
     other.client().ok(

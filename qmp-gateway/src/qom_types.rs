@@ -149,6 +149,15 @@ const CPU: &[Property] = &[
     defaults(prop("apic-id", "uint32"), Default::Uint(u32::MAX as u64)),
 ];
 
+/// What -device isa-serial takes (qemu_cli/devices.rs): the one UART is index 0.
+const ISA_SERIAL: &[Property] = &[
+    defaults(prop("index", "uint32"), Default::Uint(u32::MAX as u64)),
+    described(
+        prop("chardev", "str"),
+        "ID of a chardev to use as a backend",
+    ),
+];
+
 /// Every type, parents before children.
 pub const QOM_TYPES: &[QomType] = &[
     QomType {
@@ -176,6 +185,9 @@ pub const QOM_TYPES: &[QomType] = &[
     // From the command line only, which takes no property but its id.
     concrete("virtio-balloon-pci", "virtio-balloon-pci-base", NONE),
     concrete("pc-dimm", "device", Properties::Listed(DIMM)),
+    abstract_type("isa-device", "device"),
+    // COM1 on a chardev, from the command line only (flotilla-qemu's -device isa-serial).
+    concrete("isa-serial", "isa-device", Properties::Listed(ISA_SERIAL)),
     abstract_type("cpu", "device"),
     abstract_type("x86_64-cpu", "cpu"),
     // QEMU's parent is max-x86_64-cpu, a model we do not have.

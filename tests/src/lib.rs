@@ -11,6 +11,7 @@ pub mod cpu_hotplug;
 pub mod frame_reflector;
 pub mod input;
 pub mod kdump;
+pub mod libvirt;
 pub mod linux;
 pub mod mem_hotplug;
 pub mod migration;

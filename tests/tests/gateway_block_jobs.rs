@@ -145,6 +145,13 @@ fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
         "{job}"
     );
     assert!(job["offset"].as_u64().unwrap() >= SECTORS * 512, "{job}");
+    // The generic job layer's view (libvirt reads it when it reconnects to a VM).
+    let generic = c.ok("query-jobs", json!({}));
+    assert_eq!(
+        generic,
+        json!([{"id": "d0", "type": "mirror", "status": "ready",
+                "current-progress": job["offset"], "total-progress": job["len"]}]),
+    );
     // The mirror follows the guest's writes while it runs.
     two_rounds(&mut gw);
     // Then it is held back (1 byte/s): what the guest writes now is copied when the

@@ -1,67 +1,26 @@
 //! libvirt 9.0 (Debian 12's) driving flotilla-qemu through its embedded QEMU driver
 //! (`virsh -c 'qemu:///embed?root=DIR'`: no libvirtd, no systemd), as issue 18 asks:
 //! `virsh domcapabilities` probes the binary (twice: `-machine none,accel=kvm:tcg`, then
-//! `accel=tcg`, each daemonized with a pid file) and describes what Flotilla has.
+//! `accel=tcg`, each daemonized with a pid file) and describes what Flotilla has; a domain
+//! (direct kernel boot of the test guest, a qcow2 disk, a tap NIC, the serial console in a
+//! file) goes through the lifecycle libvirt drives, on flotilla-qemu and on QEMU 7.2 with
+//! the same XML and the same virsh commands, and what virsh shows of each is compared.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use flotilla_tests::{bin, require_tool, run_to_end, TempDir};
+use flotilla_tests::blk::qemu_img_ok;
+use flotilla_tests::libvirt::{embed_root, processes_naming, wait_for_line, Leftovers, Virsh};
+use flotilla_tests::{bin, path_arg, require_tool, run_to_end, test_guest, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The embedded driver's root: the qemu.conf ../shared/HOST.md gives (root runs the
-/// emulator, no cgroups, namespaces or security driver, logs to files).
-fn embed_root(dir: &Path) -> String {
-    let etc = dir.join("etc");
-    std::fs::create_dir_all(&etc).expect("etc");
-    std::fs::write(
-        etc.join("qemu.conf"),
-        "user = \"root\"\ngroup = \"root\"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n\
-         security_driver = \"none\"\nremember_owner = 0\nstdio_handler = \"file\"\n",
-    )
-    .expect("qemu.conf");
-    format!("qemu:///embed?root={}", dir.display())
-}
-
-/// The processes whose command line names `needle` (what a probe under `dir` started).
-fn processes_naming(needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Ends (SIGKILL, by pid) what a probe under the directory left running when the test
-/// fails: a libvirt that crashed mid-probe does not end its emulator.
-struct ProbeLeftovers(String);
-
-impl Drop for ProbeLeftovers {
-    fn drop(&mut self) {
-        for pid in processes_naming(&self.0) {
-            // Our own probe's emulator (its command line names our temporary directory).
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
 
 #[test]
 fn virsh_domcapabilities_describes_flotilla() {
     let virsh = require_tool("virsh", "libvirt-clients (with libvirt-daemon-driver-qemu)");
     let dir = TempDir::new("libvirt-caps");
-    let _leftovers = ProbeLeftovers(dir.path().display().to_string());
+    let _leftovers = Leftovers(dir.path().display().to_string());
     let uri = embed_root(dir.path());
     let emulator = bin("flotilla-qemu");
     let mut cmd = Command::new(virsh);
@@ -94,4 +53,217 @@ fn virsh_domcapabilities_describes_flotilla() {
     // libvirt ends its probe's emulator (by the pid file's pid): nothing is left of it.
     let left = processes_naming(&dir.path().display().to_string());
     assert!(left.is_empty(), "probe processes left: {left:?}");
+}
+
+/// How long one virsh command or one step of the guest may take.
+const STEP: Duration = Duration::from_secs(30);
+/// How long the guest may take to boot: QEMU 7.2 takes 10 s and more on a loaded host
+/// (its firmware boots the guest's ELF).
+const BOOT: Duration = Duration::from_secs(90);
+
+/// The domain: the test guest's pci-hotplug scenario (every virtio disk checked with I/O,
+/// hot-added ones too, and powers off on the ACPI power button), booted directly; a qcow2
+/// disk, a tap libvirt makes, the console in a file. The vCPU is the host's, less
+/// arch-capabilities, which QEMU 7.2 cannot set on this host's KVM.
+fn domain_xml(name: &str, emulator: &Path, dir: &Path, tap: &str) -> String {
+    format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{guest}</kernel>
+    <cmdline>scenario=pci-hotplug boot-blk=1 pci_assign=0xc0000000,0x10000000</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='host-passthrough'><feature policy='disable' name='arch-capabilities'/></cpu>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{dir}/disk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <interface type='ethernet'><mac address='52:54:00:12:34:56'/>
+      <target dev='{tap}' managed='yes'/><model type='virtio'/></interface>
+    <serial type='file'><source path='{dir}/serial.log'/></serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        guest = test_guest().display(),
+        emulator = emulator.display(),
+        dir = dir.display(),
+    )
+}
+
+/// The link named `name`, if there is one.
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes a tap libvirt made when a test stops half-way.
+struct TapLeftover(String);
+
+impl Drop for TapLeftover {
+    fn drop(&mut self) {
+        if link_exists(&self.0) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+}
+
+/// Polls `virsh list --all --name` until domain `name` is gone.
+fn until_gone(virsh: &mut Virsh, name: &str) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let listed = virsh.ok("list --all --name", STEP);
+        if !listed.iter().any(|l| l == name) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} still listed: {listed:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `domblkinfo`'s capacity in bytes.
+fn capacity(virsh: &mut Virsh, name: &str, disk: &str) -> u64 {
+    let out = virsh.ok(&format!("domblkinfo {name} {disk}"), STEP);
+    let line = out.iter().find_map(|l| l.strip_prefix("Capacity:"));
+    line.and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no capacity in {out:?}"))
+}
+
+/// Drives one domain on `emulator` through the lifecycle, checking each step; what virsh
+/// showed, with the run's own paths and names taken out, for the comparison of the two
+/// emulators.
+fn lifecycle(emulator: &Path, tag: &str) -> Vec<String> {
+    let dir = TempDir::new(&format!("libvirt-{tag}"));
+    let _leftovers = Leftovers(dir.path().display().to_string());
+    let root = dir.path();
+    let name = format!("dom-{tag}");
+    let tap = format!("lvt{}{tag}", std::process::id() % 100_000);
+    let _tap = TapLeftover(tap.clone());
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path_arg(&root.join("disk.qcow2")),
+        "64M",
+    ]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path_arg(&root.join("disk2.qcow2")),
+        "32M",
+    ]);
+    let xml = root.join("dom.xml");
+    std::fs::write(&xml, domain_xml(&name, emulator, root, &tap)).expect("dom.xml");
+    let serial = root.join("serial.log");
+    let mut seen = Vec::new();
+    let mut note = |what: &str, out: Vec<String>| {
+        let text = out.join("\n").replace(&root.display().to_string(), "DIR");
+        seen.push(format!(
+            "{what}: {}",
+            text.replace(&name, "NAME").replace(&tap, "TAP")
+        ));
+    };
+    let mut virsh = Virsh::start(root);
+    virsh.ok(&format!("create {}", xml.display()), STEP);
+    let (_, mut at) = wait_for_line(&serial, 0, "GUEST HOTPLUG READY", BOOT);
+    note(
+        "state",
+        virsh.ok(&format!("domstate {name} --reason"), STEP),
+    );
+
+    // Paused and running again.
+    virsh.ok(&format!("suspend {name}"), STEP);
+    note(
+        "suspended",
+        virsh.ok(&format!("domstate {name} --reason"), STEP),
+    );
+    virsh.ok(&format!("resume {name}"), STEP);
+    note(
+        "resumed",
+        virsh.ok(&format!("domstate {name} --reason"), STEP),
+    );
+
+    // The guest's I/O at boot (it wrote, read back and flushed its disk) is counted.
+    let stats = virsh.ok(&format!("domblkstat {name} vda"), STEP);
+    for counter in ["rd_req", "wr_req", "flush_operations"] {
+        let n: u64 = (stats.iter())
+            .find_map(|l| l.strip_prefix(&format!("vda {counter} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {counter} in {stats:?}"));
+        assert!(n > 0, "{counter} is 0 after the guest's I/O: {stats:?}");
+    }
+    note("disks", virsh.ok(&format!("domblklist {name}"), STEP));
+    note("nics", virsh.ok(&format!("domiflist {name}"), STEP));
+    assert!(link_exists(&tap), "libvirt's tap {tap} is not there");
+
+    // A second disk: hot-added, used by the guest, grown, removed.
+    let disk2 = root.join("disk2.qcow2");
+    virsh.ok(
+        &format!(
+            "attach-disk {name} {} vdb --driver qemu --subdriver qcow2 --targetbus virtio",
+            disk2.display()
+        ),
+        STEP,
+    );
+    let (line, next) = wait_for_line(&serial, at, "GUEST HOTPLUG BLK OK slot=", STEP);
+    at = next;
+    assert!(line.contains(" capacity=65536 "), "{line}");
+    note("attached", virsh.ok(&format!("domblklist {name}"), STEP));
+    assert_eq!(capacity(&mut virsh, &name, "vdb"), 32 << 20);
+    virsh.ok(&format!("blockresize {name} vdb 48M"), STEP);
+    assert_eq!(capacity(&mut virsh, &name, "vdb"), 48 << 20);
+    virsh.ok(&format!("detach-disk {name} vdb"), STEP);
+    let (_, next) = wait_for_line(&serial, at, "GUEST HOTPLUG REMOVED slot=", STEP);
+    at = next;
+    note("detached", virsh.ok(&format!("domblklist {name}"), STEP));
+
+    // The monitor, through libvirt.
+    let answer = virsh.ok(
+        &format!("qemu-monitor-command {name} '{{\"execute\":\"query-status\"}}'"),
+        STEP,
+    );
+    let answer: serde_json::Value =
+        serde_json::from_str(&answer.join("")).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+    note("query-status", vec![answer["return"].to_string()]);
+
+    // ACPI shutdown: the guest powers off, libvirt ends the domain (on_poweroff destroy).
+    virsh.ok(&format!("shutdown {name} --mode acpi"), STEP);
+    let (_, next) = wait_for_line(&serial, at, "GUEST POWEROFF", STEP);
+    at = next;
+    until_gone(&mut virsh, &name);
+
+    // Again, then destroyed.
+    virsh.ok(&format!("create {}", xml.display()), STEP);
+    wait_for_line(&serial, at, "GUEST HOTPLUG READY", BOOT);
+    virsh.ok(&format!("destroy {name}"), STEP);
+    until_gone(&mut virsh, &name);
+    drop(virsh);
+
+    // Nothing left: no process of the domain, no tap.
+    let deadline = Instant::now() + STEP;
+    while !processes_naming(&root.display().to_string()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_naming(&root.display().to_string());
+    assert!(left.is_empty(), "processes left after destroy: {left:?}");
+    assert!(!link_exists(&tap), "the tap {tap} outlived its domain");
+    seen
+}
+
+#[test]
+fn a_domain_runs_its_lifecycle_as_on_qemu() {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let on_qemu = lifecycle(&qemu, "q");
+    let on_flotilla = lifecycle(&bin("flotilla-qemu"), "f");
+    assert_eq!(
+        on_flotilla, on_qemu,
+        "virsh shows Flotilla's domain otherwise"
+    );
 }

@@ -610,6 +610,17 @@ impl BlockLayer {
 
     /// query-block-jobs: each job's progress, from its daemon (or as last reported).
     pub fn query_block_jobs(&self) -> Value {
+        self.jobs_now(BlockJob::info)
+    }
+
+    /// query-jobs: the same jobs in the generic job layer's words.
+    pub fn query_jobs(&self) -> Value {
+        self.jobs_now(BlockJob::job_info)
+    }
+
+    /// Each job as `show` describes it, with its progress from its daemon (or as last
+    /// reported).
+    fn jobs_now(&self, show: fn(&BlockJob, Option<&ipc::JobStatus>) -> Value) -> Value {
         let asks: Vec<(
             String,
             Option<Arc<crate::children::link::Link<super::disk::BlockProtocol>>>,
@@ -642,7 +653,7 @@ impl BlockLayer {
                 if let Some(s) = &status {
                     job.last = s.clone();
                 }
-                out.push(job.info(status.as_ref()));
+                out.push(show(job, status.as_ref()));
             }
         }
         Value::Array(out)

@@ -427,6 +427,12 @@ pub const COMMANDS: &[Command] = &[
         Ty::Array(&Ty::Named("BlockJobInfo")),
         B,
     ),
+    cmd(
+        "query-jobs",
+        &Typed(jobs::query_jobs),
+        Ty::Array(&Ty::Named("JobInfo")),
+        B,
+    ),
     cmd("block-job-pause", &Typed(jobs::block_job_pause), EMPTY, B),
     cmd("block-job-resume", &Typed(jobs::block_job_resume), EMPTY, B),
     cmd("block-job-cancel", &Typed(jobs::block_job_cancel), EMPTY, B),

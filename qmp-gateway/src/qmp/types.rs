@@ -927,6 +927,17 @@ pub const TYPES: Types = Types(&[
         ]),
     },
     TypeDef {
+        name: "JobInfo",
+        kind: TypeKind::Object(&[
+            req("id", Ty::Str),
+            req("type", Ty::Named("JobType")),
+            req("status", Ty::Named("JobStatus")),
+            req("current-progress", Ty::Int),
+            req("total-progress", Ty::Int),
+            opt("error", Ty::Str),
+        ]),
+    },
+    TypeDef {
         name: "JobStatus",
         kind: TypeKind::Enum(&[
             "undefined",

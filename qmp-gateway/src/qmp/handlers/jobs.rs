@@ -286,6 +286,12 @@ pub fn query_block_jobs(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(c.gw.block.query_block_jobs())
 }
 
+/// query-jobs (not in our spec, QEMU's since 3.0): libvirt asks it when it reconnects
+/// to a running VM and ends the VM if it fails.
+pub fn query_jobs(c: &mut Ctx, _: NoArgs) -> QmpResult {
+    Ok(c.gw.block.query_jobs())
+}
+
 /// block-job-pause, -resume, -complete: the job's id as "device".
 #[derive(Debug, Deserialize)]
 pub struct JobDevice {

@@ -315,15 +315,12 @@ impl Feature {
     /// Each of its bits as QEMU's warnings name it: `CPUID.07H:EDX.arch-capabilities
     /// [bit 29]` (the leaf in hex, two digits at least; no subleaf).
     pub fn described(&self) -> Vec<String> {
-        let reg = match self.reg {
-            Reg::Eax => "EAX",
-            Reg::Ebx => "EBX",
-            Reg::Ecx => "ECX",
-            Reg::Edx => "EDX",
-        };
         (self.bit_masks())
             .map(|m| m.trailing_zeros())
-            .map(|bit| format!("CPUID.{:02X}H:{reg}.{} [bit {bit}]", self.leaf, self.name))
+            .map(|bit| {
+                let (leaf, reg, name) = (self.leaf, self.reg, self.name);
+                format!("CPUID.{leaf:02X}H:{reg}.{name} [bit {bit}]")
+            })
             .collect()
     }
 

@@ -9,8 +9,8 @@
 use std::process::Command;
 
 use flotilla_tests::qemu::Qemu;
-use flotilla_tests::qmp::{shape, Gateway, QmpClient};
-use flotilla_tests::{bin, require_tool, run_to_end, TempDir};
+use flotilla_tests::qmp::{shape, Gateway, QmpClient, TIMEOUT};
+use flotilla_tests::{bin, kvm_is_pvm, require_tool, run_to_end, test_guest, TempDir};
 use serde_json::{json, Map, Value};
 
 /// The element of `list` whose `key` is `value`.
@@ -321,23 +321,59 @@ fn property_types(list: &Value) -> Map<String, Value> {
 /// What libvirt reads at a domain's start (/work/notes/libvirt/domain.log): qom-list of
 /// the vCPU, qom-get of its properties, qom-list of /machine/peripheral; here on QEMU
 /// 7.2 -M pc (KVM, -cpu host,migratable=on,arch-capabilities=off, libvirt's line for
-/// host-passthrough with the feature disabled, which QEMU on kvm-pvm needs) and the
-/// gateway with the same vCPUs, CPU model and devices: one vCPU at launch, one added
-/// with device_add (id cpu1), a balloon with an id. Ours lists fewer properties than QEMU's (cpu_models.rs says which); each one
-/// has QEMU's type and value, but MAY_DIFFER's and level/xlevel (QEMU raises them for
-/// leaves it adds itself).
+/// host-passthrough with the feature disabled, which QEMU on kvm-pvm needs, and
+/// kvm-steal-time off too) and the gateway with the same vCPUs, CPU model and devices:
+/// one vCPU at launch, one added with device_add (id cpu1), a balloon with an id. Then
+/// both guests run and say what their CPU has (scenario cpuid). Ours lists fewer
+/// properties than QEMU's (cpu_models.rs says which); each one has QEMU's type and
+/// value, but MAY_DIFFER's and level/xlevel (QEMU raises them for leaves it adds
+/// itself).
+///
+/// On kvm-pvm (this project's test hosts) KVM keeps the host's arch-capabilities bit
+/// whatever the VMM sets: QEMU's guest has the feature and its MSR although QEMU's
+/// qom-get says false; ours refuses the line, naming the bits, and runs here with
+/// arch-capabilities left on (qom-get true, the guest's line then equal to QEMU's). On
+/// VMX/SVM both run the same line and neither guest has the feature (rdmsr 0x10a: #GP).
 #[test]
 fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
+    let pvm = kvm_is_pvm();
     let balloon = "virtio-balloon-pci,id=balloon0";
-    let cpu = "host,migratable=on,arch-capabilities=off";
+    let cpu = "host,migratable=on,arch-capabilities=off,kvm-steal-time=off";
+    let guest = "scenario=cpuid";
     let qemu = Qemu::pc_guest(
-        "",
+        guest,
         &["-smp", "1,maxcpus=2", "-device", balloon, "-cpu", cpu],
     );
+    let ours_cpu = if pvm {
+        let dir = TempDir::new("gateway");
+        let mut cmd = Command::new(bin("qmp-gateway"));
+        cmd.arg("--kernel").arg(test_guest());
+        cmd.args([
+            "--memory", "128", "--cpus", "1", "-S", "--cpu", cpu, "--qmp",
+        ])
+        .arg(dir.path().join("qmp.sock"));
+        let (status, _, err) = run_to_end(cmd, TIMEOUT);
+        assert!(!status.success(), "{err}");
+        let refusal = "vCPU 0: --cpu turned off CPUID.07H:EDX bits 0x20000000, but this \
+                       host's KVM keeps them set (the guest would have the feature): leave it \
+                       on here";
+        assert!(err.contains(refusal), "{err}");
+        "host,migratable=on,kvm-steal-time=off"
+    } else {
+        cpu
+    };
     let gateway = Gateway::start_with(
         1,
-        "",
-        &["-S", "--max-cpus", "2", "--device", balloon, "--cpu", cpu],
+        guest,
+        &[
+            "-S",
+            "--max-cpus",
+            "2",
+            "--device",
+            balloon,
+            "--cpu",
+            ours_cpu,
+        ],
     );
     let mut p = Peers {
         qemu: qemu.client(),
@@ -378,8 +414,12 @@ fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
             their_values.insert(name.clone(), q);
         }
         assert_eq!(ours_values["hotplugged"], hotplugged, "{path}");
-        // Turned off, on the vCPUs there at launch and added later (KVM gives it here).
-        assert_eq!(ours_values["arch-capabilities"], false, "{path}");
+        // Turned off, on the vCPUs there at launch and added later (KVM gives it here);
+        // on kvm-pvm left on in ours (QEMU says false, its guest has it).
+        assert_eq!(ours_values["arch-capabilities"], pvm, "{path}");
+        if pvm {
+            ours_values.remove("arch-capabilities");
+        }
         assert_eq!(ours_values["apic-id"], u32::from(hotplugged), "{path}");
         for leaves in ["level", "xlevel"] {
             ours_values.remove(leaves);
@@ -398,6 +438,24 @@ fn qom_tree_of_vcpus_and_peripherals_is_qemus() {
     }
     p.same_error("qom-get", json!({"path": cpu0}));
     p.same_error("qom-list", json!({"path": cpu0, "extra": 1}));
+
+    // The guests' own view: the features turned off are not in their CPUID, the MSR of
+    // arch-capabilities faults (#GP), a feature left alone is there; as in QEMU's guest.
+    // On kvm-pvm QEMU's guest has arch-capabilities and its MSR despite its line, and
+    // ours (left on) too.
+    p.both("cont", json!({}));
+    let boot = std::time::Duration::from_secs(60);
+    let ours = p._gateway.vm.expect_prefix("GUEST CPUID", boot);
+    let theirs = p._qemu.vm.expect_prefix("GUEST CPUID", boot);
+    assert_eq!(ours, theirs, "ours, then QEMU's");
+    let arch_capabilities = match pvm {
+        true => "arch-capabilities=1 msr-0x10a=read",
+        false => "arch-capabilities=0 msr-0x10a=gp",
+    };
+    assert_eq!(
+        ours,
+        format!("GUEST CPUID {arch_capabilities} kvm-steal-time=0 lahf-lm=1")
+    );
 }
 
 /// The gateway's `--machine none` (no VM, as libvirt probes an emulator), with `extra`.
@@ -437,14 +495,15 @@ fn machine_none_expands_what_a_vms_vcpu_gets() {
         same_features(ours.as_object().unwrap(), theirs.as_object().unwrap(), kind);
     }
 
-    // A feature the host has, turned off: off for the none machine as for a VM.
-    let cpu = ["--cpu", "host,arch-capabilities=off"];
+    // A feature the host has, turned off: off for the none machine as for a VM (one
+    // KVM lets the VMM clear on VMX/SVM and kvm-pvm alike).
+    let cpu = ["--cpu", "host,lahf-lm=off"];
     let vm_gateway = Gateway::start_with(1, "", &[&["-S"][..], &cpu].concat());
     let none_gateway = gateway_none(&cpu);
     let (mut vm, mut none) = (vm_gateway.client(), none_gateway.client());
     for kind in ["static", "full"] {
         let g = none.ok("query-cpu-model-expansion", expansion(kind));
-        assert_eq!(g["model"]["props"]["arch-capabilities"], false, "{kind}");
+        assert_eq!(g["model"]["props"]["lahf-lm"], false, "{kind}");
         assert_eq!(
             g,
             vm.ok("query-cpu-model-expansion", expansion(kind)),

@@ -267,6 +267,10 @@ fn recipe_error(e: RecipeError) -> VmError {
         RecipeError::Vcpu(e) => VmError::Vcpu(e),
         RecipeError::Msrs(e) => VmError::Msrs(e),
         RecipeError::Kvm { what, error } => VmError::Kvm(crate::error::KvmError { what, error }),
+        e @ RecipeError::FeatureKept { vcpu, .. } => VmError::VcpuFailed {
+            vcpu: vcpu as usize,
+            reason: e.to_string(),
+        },
     }
 }
 

@@ -54,6 +54,18 @@ pub enum RecipeError {
         what: &'static str,
         error: kvm_ioctls::Error,
     },
+    /// KVM gave the vCPU a feature the CPU model turned off (kvm-pvm rewrites the
+    /// instruction-set leaves from the host's CPU whatever the VMM sets).
+    #[error(
+        "--cpu turned off CPUID.{leaf:02X}H:{reg} bits {bits:#x}, but this host's KVM keeps \
+         them set (the guest would have the feature): leave it on here"
+    )]
+    FeatureKept {
+        vcpu: u32,
+        leaf: u32,
+        reg: ipc::CpuidReg,
+        bits: u32,
+    },
 }
 
 impl VcpuRecipe {
@@ -106,12 +118,29 @@ impl VcpuRecipe {
             .collect()
     }
 
-    /// vCPU `id`, in its power-on state.
+    /// vCPU `id`, in its power-on state; refused if KVM kept a feature the model turned
+    /// off (what the vCPU reads back is what the guest sees).
     pub fn make(&self, vm: &VmFd, id: u32) -> Result<Vcpu, RecipeError> {
         let cpuid = self.cpuid(id);
         let boot_msrs =
             msrs::boot_msrs(&self.msr_list).map_err(|e| RecipeError::Msrs(e.to_string()))?;
-        Ok(Vcpu::new(vm, id as usize, &cpuid, boot_msrs)?)
+        let vcpu = Vcpu::new(vm, id as usize, &cpuid, boot_msrs)?;
+        let held = (vcpu.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)).map_err(|error| {
+            VcpuError {
+                vcpu: id as usize,
+                what: "reading CPUID back",
+                error,
+            }
+        })?;
+        match model::kept(&held, &self.model) {
+            Some(b) => Err(RecipeError::FeatureKept {
+                vcpu: id,
+                leaf: b.leaf,
+                reg: b.reg,
+                bits: b.mask,
+            }),
+            None => Ok(vcpu),
+        }
     }
 }
 
@@ -603,4 +632,62 @@ fn internal_error(run: &mut kvm_bindings::kvm_run) -> String {
         internal.suberror,
         data.join(" ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc::{CpuModel, CpuidBits, CpuidReg};
+
+    /// Feature bits of leaves 1, 7 and 0x80000001 turned off one at a time: either the
+    /// vCPU is made and KVM holds its CPUID without the bit, or it is refused: never a
+    /// vCPU with a feature it was told not to have. Which is host-dependent: KVM on
+    /// VMX/SVM takes the VMM's CPUID as set (none of these bits is one KVM updates at
+    /// run time), so every vCPU is made; kvm-pvm sets the host's instruction-set bits
+    /// again (leaves 1.ECX, 7, 0xD; measured here: fpu, avx2, arch-capabilities kept;
+    /// hypervisor and lahf-lm cleared), so those are refused.
+    #[test]
+    fn a_vcpu_never_has_a_feature_turned_off() {
+        let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+        let kvm = Kvm::new().unwrap_or_else(|e| panic!("this test needs /dev/kvm: {e}"));
+        let vm = crate::test_kvm::vm();
+        // (leaf, register, bit, whether kvm-pvm keeps it)
+        for (id, (leaf, reg, bit, pvm_keeps)) in (0..).zip([
+            (1, CpuidReg::Ecx, 31, false),
+            (1, CpuidReg::Edx, 0, true),
+            (7, CpuidReg::Edx, 29, true),
+            (7, CpuidReg::Ebx, 5, true),
+            (0x8000_0001, CpuidReg::Ecx, 0, false),
+        ]) {
+            let b = CpuidBits {
+                leaf,
+                subleaf: 0,
+                reg,
+                mask: 1 << bit,
+            };
+            let model = CpuModel { off: vec![b] };
+            let recipe = VcpuRecipe::new(&kvm, 8, &model).unwrap();
+            let made = recipe.make(&vm, id);
+            assert_eq!(made.is_err(), pvm && pvm_keeps, "{b:?}");
+            match made {
+                Ok(vcpu) => {
+                    let held = vcpu
+                        .fd
+                        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                        .unwrap();
+                    assert_eq!(model::kept(&held, &model), None, "{b:?}");
+                }
+                Err(e @ RecipeError::FeatureKept { .. }) => {
+                    let (leaf, reg, bits) = (b.leaf, b.reg, b.mask);
+                    let want = format!(
+                        "--cpu turned off CPUID.{leaf:02X}H:{reg} bits {bits:#x}, but this \
+                         host's KVM keeps them set (the guest would have the feature): leave \
+                         it on here"
+                    );
+                    assert_eq!(e.to_string(), want);
+                }
+                Err(e) => panic!("{b:?}: {e}"),
+            }
+        }
+    }
 }

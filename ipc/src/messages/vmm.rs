@@ -613,6 +613,18 @@ pub enum CpuidReg {
     Edx,
 }
 
+impl std::fmt::Display for CpuidReg {
+    /// As Intel's SDM and QEMU's messages name it: `EAX`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CpuidReg::Eax => "EAX",
+            CpuidReg::Ebx => "EBX",
+            CpuidReg::Ecx => "ECX",
+            CpuidReg::Edx => "EDX",
+        })
+    }
+}
+
 /// Bits (`mask`) of one register of a CPUID leaf and subleaf.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuidBits {

@@ -59,6 +59,17 @@ pub fn cpuid(supported: &CpuId, model: &CpuModel) -> CpuId {
     cpuid
 }
 
+/// The first of `model`'s features turned off that `held` (a vCPU's CPUID as KVM holds
+/// it, KVM_GET_CPUID2) still has, with the bits still set.
+pub fn kept(held: &CpuId, model: &CpuModel) -> Option<CpuidBits> {
+    model.off.iter().find_map(|b| {
+        let set = (held.as_slice().iter())
+            .filter(|e| holds(e, b))
+            .fold(0, |acc, e| acc | (*reg(&mut e.clone(), b.reg) & b.mask));
+        (set != 0).then_some(CpuidBits { mask: set, ..*b })
+    })
+}
+
 /// `list` (KVM_GET_MSR_INDEX_LIST) without the MSRs of `model`'s features turned off.
 pub fn msrs(list: &[u32], model: &CpuModel) -> Vec<u32> {
     let gone: Vec<u32> = (FEATURE_MSRS.iter())
@@ -104,6 +115,18 @@ mod tests {
         let edx: Vec<u32> = c.as_slice().iter().map(|e| e.edx).collect();
         assert_eq!(edx, vec![!(1 << 29), u32::MAX, !(1 << 25)]);
         assert_eq!(cpuid(&supported, &CpuModel::default()), supported);
+    }
+
+    #[test]
+    fn a_feature_kvm_kept_is_found() {
+        let held =
+            CpuId::from_entries(&[entry(7, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0x10)]).unwrap();
+        let off = |bit| CpuModel {
+            off: vec![bits(7, 0, CpuidReg::Edx, bit)],
+        };
+        assert_eq!(kept(&held, &off(29)), None);
+        assert_eq!(kept(&held, &off(4)), Some(bits(7, 0, CpuidReg::Edx, 4)));
+        assert_eq!(kept(&held, &CpuModel::default()), None);
     }
 
     #[test]

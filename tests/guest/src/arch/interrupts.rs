@@ -1,5 +1,6 @@
 //! The IDT, one entry stub per vector, and the common dispatcher: CPU exceptions (ring 0 ->
-//! `GUEST PANIC` and halt; ring 3 -> handed to user.rs), the ACPI SCI, the local APIC timer
+//! `GUEST PANIC` and halt, but for the #GP of an rdmsr [`rdmsr_checked`] asked for; ring 3
+//! -> handed to user.rs), the ACPI SCI, the local APIC timer
 //! (a wake-up source for timed halts), the wake-up IPI (ap_work.rs), the counted vectors
 //! handed out by [`alloc_vector`] (MSI-X), the APIC's spurious vector, and anything
 //! unexpected (error line, EOI, carry on).
@@ -13,7 +14,43 @@ use crate::arch::{apic, cpu, user};
 use crate::console;
 use crate::sync::Global;
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+const GENERAL_PROTECTION: u64 = 13;
+/// The rdmsr instruction's bytes.
+const RDMSR: [u8; 2] = [0x0f, 0x32];
+/// Set by [`rdmsr_checked`] around its rdmsr: a #GP on an rdmsr is then that one's.
+static RDMSR_ARMED: AtomicBool = AtomicBool::new(false);
+/// Set by the #GP handler when it skipped the armed rdmsr.
+static RDMSR_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// MSR `msr`, or None when the CPU refuses to read it (#GP: an MSR the vCPU lacks). On the
+/// BSP only, with nothing else reading MSRs meanwhile.
+pub fn rdmsr_checked(msr: u32) -> Option<u64> {
+    RDMSR_REFUSED.store(false, Ordering::SeqCst);
+    RDMSR_ARMED.store(true, Ordering::SeqCst);
+    // SAFETY: a #GP from this rdmsr is caught (dispatch skips the instruction); rdmsr
+    // writes only EAX and EDX.
+    let value = unsafe { cpu::rdmsr(msr) };
+    RDMSR_ARMED.store(false, Ordering::SeqCst);
+    (!RDMSR_REFUSED.load(Ordering::SeqCst)).then_some(value)
+}
+
+/// Whether `frame` is the #GP of the rdmsr [`rdmsr_checked`] armed; if so, execution goes
+/// on after it.
+fn skip_armed_rdmsr(frame: &mut Frame) -> bool {
+    if frame.vector != GENERAL_PROTECTION || !RDMSR_ARMED.load(Ordering::SeqCst) {
+        return false;
+    }
+    // SAFETY: rip is the faulting ring-0 instruction, in the identity-mapped kernel image.
+    let bytes = unsafe { core::ptr::read_volatile(frame.rip as *const [u8; 2]) };
+    if bytes != RDMSR {
+        return false;
+    }
+    frame.rip += RDMSR.len() as u64;
+    RDMSR_REFUSED.store(true, Ordering::SeqCst);
+    true
+}
 
 /// Vectors [`alloc_vector`] hands out (gates filled on allocation); each interrupt on one is
 /// counted and acknowledged.
@@ -184,6 +221,9 @@ extern "C" fn dispatch(frame: &mut Frame) {
     match frame.vector {
         0..=31 => {
             if frame.in_user_mode() && user::handle_exception(frame) {
+                return;
+            }
+            if !frame.in_user_mode() && skip_armed_rdmsr(frame) {
                 return;
             }
             exception_panic(frame);

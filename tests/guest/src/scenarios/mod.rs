@@ -13,6 +13,7 @@
 //!   the DIMMs added checked (and used for disk I/O) and the ones asked for ejected;
 //! - the `blk-*` scenarios (virtio-blk) in blk/, the `net-*` scenarios (virtio-net) in net/,
 //!   `balloon` (virtio-balloon) in balloon.rs;
+//! - `cpuid` (cpuid.rs): the CPU features a -cpu line turns off as the vCPU sees them;
 //! - `input` (input.rs): an i8042 driver, the keyboard's and mouse's bytes printed;
 //! - `serial-echo` (serial_echo.rs): the console's input, echoed a line at a time;
 //! - `migrate-dirty` (migrate/), for live-migration tests and benchmarks: it keeps rewriting a
@@ -23,6 +24,7 @@
 mod balloon;
 mod blk;
 mod cpu_hotplug;
+mod cpuid;
 mod failures;
 mod hotplug;
 mod idle;
@@ -50,6 +52,7 @@ pub fn run(name: Option<&[u8]>, acpi: &Acpi, cmdline: &[u8]) -> ! {
         Some(b"balloon") => balloon::run(acpi, cmdline),
         Some(b"serial-echo") => serial_echo::run(acpi, cmdline),
         Some(b"input") => input::run(acpi, cmdline),
+        Some(b"cpuid") => cpuid::run(acpi),
         Some(b"migrate-dirty") => migrate::run(acpi, cmdline),
         None | Some(b"idle") => idle::run(acpi),
         Some(b"poweroff") => power::poweroff(acpi),

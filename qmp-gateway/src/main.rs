@@ -737,6 +737,8 @@ fn main() -> ExitCode {
         },
         false => None,
     };
+    // A start refused below is told to the monitor's client (chardev/linger.rs).
+    let listeners = chardev::linger::inherited_listeners(args.chardev.iter().map(|(_, b)| b));
     match run(args, ready) {
         Ok(ExitReason::VmmExited(why)) => {
             eprintln!("qmp-gateway: error: vmm-core exited unexpectedly: {why}");
@@ -746,6 +748,7 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qmp-gateway: error: {e:#}");
+            chardev::linger::until_client_pending(&listeners, chardev::linger::LINGER);
             ExitCode::FAILURE
         }
     }

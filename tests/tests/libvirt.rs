@@ -275,3 +275,151 @@ fn a_domain_runs_its_lifecycle_as_on_qemu() {
         "virsh shows Flotilla's domain otherwise"
     );
 }
+
+/// A small domain for a refusal: the test guest idling, `disk` as its one disk element.
+/// Its vCPU is as a_domain_runs_its_lifecycle_as_on_qemu gives it on each emulator.
+fn refused_domain_xml(name: &str, emulator: &Path, features: &str, disk: &str) -> String {
+    let cpu = match emulator.ends_with("flotilla-qemu") && kvm_is_pvm() {
+        true => "<cpu mode='host-passthrough'/>",
+        false => {
+            "<cpu mode='host-passthrough'>\
+                  <feature policy='disable' name='arch-capabilities'/></cpu>"
+        }
+    };
+    format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{guest}</kernel></os>
+  {features}
+  {cpu}
+  <devices>
+    <emulator>{emulator}</emulator>
+    {disk}
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        guest = test_guest().display(),
+        emulator = emulator.display(),
+    )
+}
+
+/// The words libvirt 9.0 puts before the emulator's last log line when the emulator ended
+/// during the start: which one depends on whether the process was already reaped when
+/// libvirt looked (QEMU's refusals show either, by the same race).
+const ENDED: [&str; 2] = [
+    "error: internal error: qemu unexpectedly closed the monitor: ",
+    "error: internal error: process exited while connecting to monitor: ",
+];
+
+/// What the emulator said when `virsh create` of a domain on it was refused, as virsh
+/// showed it: libvirt's words around it are checked, the domain is checked gone with
+/// nothing of it left, and the driver answering on.
+fn refused(
+    virsh: &mut Virsh,
+    root: &Path,
+    name: &str,
+    emulator: &Path,
+    (features, disk): (&str, &str),
+) -> String {
+    let xml = root.join(format!("{name}.xml"));
+    let text = refused_domain_xml(name, emulator, features, disk);
+    std::fs::write(&xml, text).expect("domain xml");
+    let out = virsh.run(&format!("create {}", xml.display()), STEP);
+    let [first, second] = &out[..] else {
+        panic!("{name}: not two error lines: {out:?}");
+    };
+    assert_eq!(
+        first,
+        &format!("error: Failed to create domain from {}", xml.display())
+    );
+    let said = (ENDED.iter())
+        .find_map(|prefix| second.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("{name}: libvirt did not show the emulator's words: {out:?}"));
+    // The driver is alive and has no such domain; the emulator is gone.
+    let listed = virsh.ok("list --all --name", STEP);
+    assert!(
+        !listed.iter().any(|l| l == name),
+        "{name} listed: {listed:?}"
+    );
+    let deadline = Instant::now() + STEP;
+    while !processes_naming(&xml.display().to_string()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    said.to_string()
+}
+
+/// What flotilla-qemu refuses reaches virsh in its own words, as libvirt shows QEMU's: the
+/// emulator's last log line after "qemu unexpectedly closed the monitor" or "process
+/// exited while connecting to monitor" (libvirt reads the log when the monitor connection
+/// it made ends). Flotilla refuses within milliseconds,
+/// before libvirt connects: a refused start keeps the monitor's listening socket until
+/// libvirt's connection is pending (chardev/linger.rs); without it virsh only said "failed
+/// to connect to monitor socket: Connection refused". Refused by the command line's
+/// translation (an IDE disk: no such device; a domain without ACPI) and by the gateway at its start (a qcow2
+/// disk whose image is not qcow2, which QEMU 7.2 refuses too, in the same words).
+#[test]
+fn refusals_reach_virsh_readably() {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = TempDir::new("libvirt-refused");
+    let _leftovers = Leftovers(dir.path().display().to_string());
+    let root = dir.path();
+    let flotilla = bin("flotilla-qemu");
+    std::fs::write(root.join("raw.img"), vec![0u8; 1 << 20]).expect("raw.img");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path_arg(&root.join("disk.qcow2")),
+        "64M",
+    ]);
+    let disk = |file: &str, bus: &str, dev: &str| {
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{}/{file}'/><target dev='{dev}' bus='{bus}'/></disk>",
+            root.display()
+        )
+    };
+    let mut virsh = Virsh::start(root);
+
+    let acpi = "<features><acpi/></features>";
+    let ide = disk("disk.qcow2", "ide", "hda");
+    let ide = refused(&mut virsh, root, "ide", &flotilla, (acpi, &ide));
+    assert_eq!(
+        ide,
+        "flotilla-qemu: -device ide-hd,bus=ide.0,unit=0,drive=libvirt-1-format,id=ide0-0-0,\
+         bootindex=1: 'ide-hd' is not a valid device model name"
+    );
+
+    // libvirt writes -no-acpi for a domain without <acpi/>, which QEMU takes.
+    let vda = disk("disk.qcow2", "virtio", "vda");
+    let no_acpi = refused(&mut virsh, root, "noacpi", &flotilla, ("", &vda));
+    assert_eq!(
+        no_acpi,
+        "flotilla-qemu: -no-acpi: Flotilla's PC always has ACPI (its power button, PCI and \
+         vCPU hotplug): add <acpi/> to the domain's <features>"
+    );
+
+    // Refused at the gateway's start, as QEMU refuses it.
+    let bad = disk("raw.img", "virtio", "vda");
+    let ours = refused(&mut virsh, root, "notqcow2", &flotilla, (acpi, &bad));
+    let theirs = refused(&mut virsh, root, "notqcow2", &qemu, (acpi, &bad));
+    let node = r#"{"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":null}"#;
+    assert_eq!(
+        ours,
+        format!("qmp-gateway: error: --blockdev {node}: Image is not in qcow2 format")
+    );
+    assert!(
+        theirs.ends_with(&format!(
+            "qemu-system-x86_64: -blockdev {node}: Image is not in qcow2 format"
+        )),
+        "{theirs}"
+    );
+    drop(virsh);
+    let left = processes_naming(&root.display().to_string());
+    assert!(left.is_empty(), "processes left: {left:?}");
+}

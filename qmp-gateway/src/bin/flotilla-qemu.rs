@@ -7,6 +7,8 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
+use qmp_gateway::chardev::linger;
+use qmp_gateway::chardev::spec::Backend;
 use qmp_gateway::qemu_cli::{translate, Outcome};
 
 fn main() -> ExitCode {
@@ -35,6 +37,12 @@ fn main() -> ExitCode {
         Ok(Outcome::Run(a)) => a,
         Err(e) => {
             eprintln!("{program}: {e}");
+            // libvirt reads why once it connected to the monitor it passed (linger.rs).
+            let chardevs = (words.windows(2))
+                .filter(|w| w[0] == "-chardev")
+                .filter_map(|w| Backend::from_cli(&w[1]).ok());
+            let listeners: Vec<_> = chardevs.map(|(_, b)| b).collect();
+            linger::until_client_pending(&linger::inherited_listeners(&listeners), linger::LINGER);
             return ExitCode::FAILURE;
         }
     };

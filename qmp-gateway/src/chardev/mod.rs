@@ -11,6 +11,7 @@
 pub mod console;
 mod error;
 mod io;
+pub mod linger;
 pub mod listeners;
 mod open;
 pub mod ringbuf;

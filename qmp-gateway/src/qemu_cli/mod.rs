@@ -162,6 +162,15 @@ impl Translation {
             "pidfile" => self.pass("--pidfile", arg),
             "daemonize" => self.out.push("--daemonize".into()),
             "no-shutdown" => self.out.push("--no-shutdown".into()),
+            // libvirt writes it for a domain without <features><acpi/>.
+            "no-acpi" => {
+                return Err(CliError::at(
+                    name,
+                    None,
+                    "Flotilla's PC always has ACPI (its power button, PCI and vCPU \
+                     hotplug): add <acpi/> to the domain's <features>",
+                ))
+            }
             // No configuration files are read and there are no default devices.
             "no-user-config" => {}
             "nodefaults" => self.nodefaults = true,

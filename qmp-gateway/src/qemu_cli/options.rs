@@ -31,6 +31,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("msg", true),
     ("name", true),
     ("netdev", true),
+    ("no-acpi", false),
     ("no-shutdown", false),
     ("no-user-config", false),
     ("nodefaults", false),

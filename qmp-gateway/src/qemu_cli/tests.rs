@@ -259,6 +259,7 @@ fn what_flotilla_cannot_honour_is_refused_saying_why() {
         ("-device isa-serial,chardev=a -device isa-serial,chardev=b", "-device isa-serial,chardev=b: Flotilla's PC has one UART, COM1, and it is taken"),
         ("-device isa-serial,chardev=a,index=1", "-device isa-serial,chardev=a,index=1: Flotilla's PC has one UART, COM1: isa-serial index=0 only"),
         ("-device isa-serial", "-device isa-serial: Flotilla's isa-serial needs chardev= (a UART without a backend)"),
+        ("-no-acpi", "-no-acpi: Flotilla's PC always has ACPI (its power button, PCI and vCPU hotplug): add <acpi/> to the domain's <features>"),
         ("-serial vc", "-serial vc: Flotilla's -serial is none, stdio, chardev:ID or file:PATH"),
         ("disk.img", "disk.img: Flotilla takes disks as -blockdev with -device only, not as a disk image argument"),
         (r#"-object {"qom-type":"iothread"}"#, r#"-object {"qom-type":"iothread"}: Parameter 'id' is missing"#),

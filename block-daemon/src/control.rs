@@ -19,7 +19,7 @@ use ipc::child::{ChildError, ChildLink};
 use ipc::dirty_bitmap::{bytes_for, MAX_BITMAPS_PER_DISK, MAX_BITMAP_MEMORY};
 use ipc::{
     errno_text, BlockCounters, BlockEvent, BlockOpen, BlockReply, BlockRequest, DirtyBitmapSpec,
-    RemoteError, SharedBitmap, StoredBitmaps,
+    ImageLayer, RemoteError, SharedBitmap, StoredBitmaps,
 };
 use vhost_backend::UserfaultDevice;
 
@@ -28,6 +28,7 @@ use crate::dirty::Bitmap;
 use crate::disk::{CacheMode, Disk, Served};
 use crate::engine::{self, EngineKind};
 use crate::formats::chain::{self, ChainOptions};
+use crate::formats::no_medium::NoMedium;
 use crate::formats::qcow2::Qcow2;
 use crate::formats::{Format, FormatError};
 use crate::jobs::{Events, Jobs};
@@ -143,7 +144,7 @@ impl NodeFiles {
         let mut fds = fds;
         let images: Vec<File> = fds
             .by_ref()
-            .take(open.layers.len())
+            .take(ImageLayer::images(&open.layers))
             .map(File::from)
             .collect();
         let bitmaps = map_bitmaps(
@@ -356,6 +357,30 @@ fn close(device: &BlkDevice) -> Result<(), FormatError> {
     device.disk().close()
 }
 
+/// The disk's drive was deleted (BlockRequest::RemoveMedium): its images are left clean
+/// (persistent bitmaps stored, as at a close) and closed, and it serves no medium of the
+/// same size from then on; a chain a snapshot kept below is dropped with them.
+fn remove_medium(device: &BlkDevice, snapshots: &Snapshots) -> Result<(), String> {
+    let disk = device.disk();
+    let size = disk.size();
+    let _quiesced = device.quiesce(QUIESCE_TIMEOUT).map_err(|e| e.to_string())?;
+    let inactive = disk.inactive();
+    if !inactive {
+        (device.dirty_bitmaps().store_in(disk, &*disk.format())).map_err(|e| e.to_string())?;
+    }
+    let gone = disk.replace_served(Served {
+        format: Arc::new(NoMedium::new(size)),
+        flush_fd: None,
+    });
+    // Nothing of the old images is written after this, not even bitmaps at the last close.
+    disk.stop_keeping_bitmaps();
+    snapshots.forget_below();
+    if !inactive {
+        gone.format.close().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Answers one management call.
 // Each argument is one of the node's parts that `run` owns.
 #[allow(clippy::too_many_arguments)]
@@ -497,6 +522,9 @@ fn handle(
                 .map(|()| BlockReply::Done)
                 .map_err(|e| RemoteError::generic(e.to_string()))
         }
+        BlockRequest::RemoveMedium => remove_medium(device, snapshots)
+            .map(|()| BlockReply::Done)
+            .map_err(RemoteError::generic),
         BlockRequest::Quit => match close(device) {
             Ok(()) => Ok(BlockReply::Done),
             Err(e) => Err(RemoteError::generic(e.to_string())),

@@ -861,7 +861,12 @@ impl BlkDevice {
             Op::Read => (IoOperation::Read, policy.on_read_error),
             _ => (IoOperation::Write, policy.on_write_error),
         };
-        let action = on_error.action(errno);
+        // No medium (its drive was deleted): reported, whatever the actions (QEMU's
+        // drive_del sets them so that further I/O does not pause the guest).
+        let action = match errno {
+            libc::ENOMEDIUM => ErrorAction::Report,
+            _ => on_error.action(errno),
+        };
         let Some(events) = &policy.events else {
             return match action {
                 ErrorAction::Stop => ErrorAction::Report,
@@ -1669,6 +1674,33 @@ mod tests {
             );
             std::fs::remove_file(path).unwrap();
         }
+    }
+
+    #[test]
+    fn no_medium_is_reported_whatever_the_policy() {
+        let mem = memory();
+        write_request(&mem);
+        let rings = Rings::live_for_testing(&[RING], QSIZE, false).unwrap();
+        let (dev, events, path) = device("no-medium", OnError::Stop);
+        let size = dev.disk().size();
+        dev.disk().replace_served(crate::disk::Served {
+            format: Arc::new(crate::formats::no_medium::NoMedium::new(size)),
+            flush_fd: None,
+        });
+        kick(&dev, &rings, &mem);
+        // Not held under werror=stop: failed at once, reported.
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(status(&mem), blk::S_IOERR);
+        assert_eq!(dev.failed_requests(), 0);
+        assert_eq!(
+            *events.lock(),
+            [BlockEvent::IoError {
+                operation: IoOperation::Write,
+                action: ErrorAction::Report,
+                errno: libc::ENOMEDIUM
+            }]
+        );
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

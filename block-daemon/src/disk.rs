@@ -152,6 +152,11 @@ impl Disk {
         self
     }
 
+    /// Its images went (no medium): nothing is stored in them any more.
+    pub fn stop_keeping_bitmaps(&self) {
+        self.keeps_bitmaps.store(false, Ordering::Release);
+    }
+
     pub fn keeps_bitmaps(&self) -> bool {
         self.keeps_bitmaps.load(Ordering::Acquire)
     }

@@ -157,6 +157,12 @@ impl Snapshots {
         Ok(())
     }
 
+    /// The disk's images went (no medium): a chain kept below is dropped (closed), never
+    /// served again.
+    pub fn forget_below(&self) {
+        self.below.lock().clear();
+    }
+
     /// Takes the last new top off: the chain under it is served again (its top
     /// writable again). The taken-off image is closed clean.
     pub fn pop_top(&self, device: &BlkDevice) -> Result<(), SnapshotError> {

@@ -403,8 +403,8 @@ fn in_our_names(text: &str, dir: &Path) -> String {
 /// arguments, an unknown drive), query-block and info block listing the drives as QEMU
 /// does, device_add over a drive and over a drive's node (an empty drive refused, one in
 /// use refused, its node in use by it), drive_del of a drive (one whose node a device
-/// uses: the node stays), of a node and of an attached drive's node; then, on ours,
-/// the bound on drives.
+/// uses: the node stays), of a node, of an attached drive's node, and of an attached
+/// drive (its device stays without a medium); then, on ours, the bound on drives.
 fn drives_match_qemu(p: &mut Peers) {
     let dir = p._dir.path().to_path_buf();
     for peer in ["q", "g"] {
@@ -543,6 +543,11 @@ fn drives_match_qemu(p: &mut Peers) {
         .map(|d| d["device"].as_str().unwrap())
         .collect();
     assert_eq!(devices, ["d0", "x1", "noneA", "x2", "x3"]);
+    // A drive's name is no node's.
+    let node = raw_node("x1", &dir.join("gc.raw"));
+    let q = error(&p.qemu.execute("blockdev-add", node.clone()));
+    let g = error(&p.ours.execute("blockdev-add", node));
+    assert_eq!(g, q, "blockdev-add named as a drive");
     // device_add over drives: one, and a drive's node; an empty drive, one in use, its
     // node in use by it refused.
     let blk = |drive: &str, id: &str| json!({"driver": "virtio-blk-pci", "drive": drive, "id": id});
@@ -583,9 +588,89 @@ fn drives_match_qemu(p: &mut Peers) {
         let (q, g) = both(p, line);
         assert_eq!(g, q, "{line}");
     }
-    // Ours only: no more than MAX_DRIVES drives at once (x2 and none0 are two), also
-    // without images.
-    for i in 2..64 {
+    // A disk's drive in use by a block job (a mirror, kept slow) is not deleted.
+    for (c, peer) in [(&mut p.qemu, "q"), (&mut p.ours, "g")] {
+        let target = dir.join(format!("{peer}m.raw"));
+        empty_image(&target, 1 << 20);
+        c.ok("blockdev-add", raw_node("mt", &target));
+        c.ok(
+            "blockdev-mirror",
+            json!({"job-id": "j2", "device": "x2", "target": "mt", "sync": "full", "speed": 1}),
+        );
+    }
+    let (q, g) = both(p, "drive_del x2");
+    assert_eq!(g, q, "drive_del x2 under a job");
+    assert_eq!(
+        g,
+        "Node 'x2' is busy: block device is in use by block job: mirror\r\n"
+    );
+    for c in [&mut p.qemu, &mut p.ours] {
+        c.ok("block-job-cancel", json!({"device": "j2", "force": true}));
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            c.ok("query-block-jobs", json!({})) == json!([])
+        });
+        assert!(gone, "the mirror j2 did not end");
+        c.ok("blockdev-del", json!({"node-name": "mt"}));
+    }
+    // The drive of a disk deleted: the device stays without a medium, anonymous, its
+    // drive's id taken until it goes; the drive's nodes are gone.
+    for line in [
+        "drive_del x2",
+        "info block",
+        "drive_add 0 if=none,id=x2",
+        "drive_del x2",
+        "drive_del q2",
+    ] {
+        let (q, g) = both(p, line);
+        assert_eq!(g, q, "{line}");
+    }
+    assert!(both(p, "info block").1.contains(
+        "/machine/peripheral/v1/virtio-backend: [not inserted]\r\n    \
+         Attached to:      /machine/peripheral/v1/virtio-backend\r\n"
+    ));
+    let (q, g) = (blocks(&mut p.qemu, false), blocks(&mut p.ours, true));
+    assert_eq!(g, q, "x2 deleted");
+    let q = error(&p.qemu.execute("device_add", blk("x2", "v2")));
+    let g = error(&p.ours.execute("device_add", blk("x2", "v2")));
+    assert_eq!(g, q, "device_add over a deleted drive");
+    // Its counters stay, under no node: query-blockstats' entry for it as QEMU's.
+    let stats_of = |c: &mut QmpClient, qdev: &str| {
+        let all = c.ok("query-blockstats", json!({}));
+        (all.as_array().unwrap().iter())
+            .find(|s| s["qdev"] == qdev)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {qdev} in {all}"))
+    };
+    let v1 = "/machine/peripheral/v1/virtio-backend";
+    let (q, g) = (stats_of(&mut p.qemu, v1), stats_of(&mut p.ours, v1));
+    assert_eq!(g, q, "query-blockstats of v1");
+    assert_eq!(g.get("node-name"), None);
+    // A --drive disk's drive (QEMU's: -drive if=none with -device) deleted the same way.
+    for line in [
+        "drive_del d0",
+        "info block",
+        "info blockstats",
+        "drive_add 0 if=none,id=d0",
+    ] {
+        let (q, g) = both(p, line);
+        assert_eq!(g, q, "{line}");
+    }
+    let (q, g) = (blocks(&mut p.qemu, false), blocks(&mut p.ours, true));
+    assert_eq!(g, q, "d0 deleted");
+    let d0 = "/machine/peripheral-anon/device[0]/virtio-backend";
+    let (q, g) = (stats_of(&mut p.qemu, d0), stats_of(&mut p.ours, d0));
+    assert_eq!(g, q, "query-blockstats of d0");
+    // All of them, the drive no device uses (noneB) among them.
+    let all_stats = |c: &mut QmpClient, ours: bool| {
+        let b = c.ok("query-blockstats", json!({}));
+        unnamed(in_our_names(&b.to_string(), &dir), ours)
+    };
+    let (q, g) = (all_stats(&mut p.qemu, false), all_stats(&mut p.ours, true));
+    assert_eq!(g, q, "query-blockstats");
+    // Ours only: no more than MAX_DRIVES drives at once (none0 is one), also without
+    // images.
+    for i in 1..64 {
         assert_eq!(
             hmp(&mut p.ours, &format!("drive_add 0 if=none,id=m{i}")),
             "OK\r\n"
@@ -595,7 +680,7 @@ fn drives_match_qemu(p: &mut Peers) {
         hmp(&mut p.ours, "drive_add 0 if=none,id=m64"),
         "Too many drives: at most 64 made by drive_add may exist\r\n"
     );
-    assert_eq!(hmp(&mut p.ours, "drive_del m2"), "");
+    assert_eq!(hmp(&mut p.ours, "drive_del m1"), "");
     assert_eq!(hmp(&mut p.ours, "drive_add 0 if=none,id=m64"), "OK\r\n");
 }
 
@@ -832,7 +917,8 @@ fn a_disk_is_added_used_removed_and_added_again() {
     let launch = dir.path().join("launch.img");
     empty_image(&launch, DISK_BYTES);
     let drive = format!("file={},format=raw,id=d0", launch.display());
-    let (mut gw, mut c) = hotplug_guest("", &["--drive", &drive]);
+    // --no-shutdown: the disks stay after the guest powers off (drive_add_then_drive_del).
+    let (mut gw, mut c) = hotplug_guest("", &["--drive", &drive, "--no-shutdown"]);
     let image = hot_disk(&mut c, dir.path());
     let device =
         json!({"driver": "virtio-blk-pci", "drive": "hp0", "id": "disk1", "serial": "hot1"});
@@ -866,6 +952,108 @@ fn a_disk_is_added_used_removed_and_added_again() {
     assert_eq!(c.ok("query-block", json!({})), json!([]));
     assert_eq!(c.ok("query-named-block-nodes", json!({})), json!([]));
     assert!(!gw.vm.transcript().contains("GUEST ERROR"));
+    drive_add_then_drive_del(&mut gw, &mut c, dir.path());
+}
+
+/// A drive HMP drive_add made, attached by device_add: the guest's I/O on it; then its
+/// drive deleted (drive_del): the device stays without a medium (query-block as QEMU's),
+/// the id taken and no drive by it any more, the image closed (another writer may take
+/// it), and the guest's next requests (the power button checks the disk again) fail with
+/// an I/O error, reported whatever its rerror= (BLOCK_IO_ERROR as QEMU 7.2's for no
+/// medium; the VM runs on), from a daemon started again on request and then after a
+/// SIGKILL, which is still there afterwards. Another such disk's device_del frees its
+/// drive's id.
+fn drive_add_then_drive_del(gw: &mut Gateway, c: &mut QmpClient, dir: &Path) {
+    let image = dir.join("drive.img");
+    empty_image(&image, 1 << 20);
+    let hmp = |c: &mut QmpClient, line: &str| {
+        let said = c.ok("human-monitor-command", json!({"command-line": line}));
+        said.as_str().unwrap_or_default().to_string()
+    };
+    let add_line = format!(
+        "drive_add 0 if=none,file={},format=raw,id=hd1,rerror=stop",
+        path_arg(&image)
+    );
+    assert_eq!(hmp(c, &add_line), "OK\r\n");
+    let device = json!({"driver": "virtio-blk-pci", "drive": "hd1", "id": "disk2"});
+    let slot = add(gw, c, device, "0x1042");
+    let ok = expect_slot(gw, "GUEST HOTPLUG BLK OK", &slot);
+    let seed = u64::from_str_radix(field(&ok, "seed").trim_start_matches("0x"), 16).unwrap();
+    assert!(holds_pattern(&image, seed), "no P({seed:#x}) in the image");
+    let qdev = "/machine/peripheral/disk2/virtio-backend";
+    let block = c.ok("query-block", json!({}));
+    assert_eq!(
+        (&block[0]["device"], &block[0]["qdev"]),
+        (&json!("hd1"), &json!(qdev))
+    );
+    // A second one, its drive deleted, then its device: the device goes (DEVICE_DELETED)
+    // and takes the drive's id with it (QEMU's auto-del of the drive's options).
+    let image3 = dir.join("drive3.img");
+    empty_image(&image3, 1 << 20);
+    let add3 = format!(
+        "drive_add 0 if=none,file={},format=raw,id=hd3",
+        path_arg(&image3)
+    );
+    assert_eq!(hmp(c, &add3), "OK\r\n");
+    let device3 = json!({"driver": "virtio-blk-pci", "drive": "hd3", "id": "disk3"});
+    let slot3 = add(gw, c, device3, "0x1042");
+    expect_slot(gw, "GUEST HOTPLUG BLK OK", &slot3);
+    assert_eq!(hmp(c, "drive_del hd3"), "");
+    assert_eq!(
+        hmp(c, "drive_add 0 if=none,id=hd3"),
+        "Duplicate ID 'hd3' for drive\r\n"
+    );
+    remove(gw, c, "disk3", "/machine/peripheral/disk3", &slot3);
+    assert_eq!(hmp(c, "drive_add 0 if=none,id=hd3"), "OK\r\n");
+    assert_eq!(hmp(c, "drive_del hd3"), "");
+    assert_eq!(hmp(c, "drive_del hd1"), "");
+    assert_eq!(
+        c.ok("query-block", json!({})),
+        json!([{"device": "", "qdev": qdev, "type": "unknown", "removable": false,
+                "locked": false}])
+    );
+    assert_eq!(hmp(c, "drive_del hd1"), "Device 'hd1' not found\r\n");
+    let out = Command::new(require_tool("qemu-io", "qemu-utils"))
+        .args(["-f", "raw", "-c", "write 0 512"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !said.contains("lock"), "{said}");
+    // A daemon started again for the disk serves no medium either: one asked for
+    // (__io.flotilla_block-daemon-restart), then one after a SIGKILL.
+    let asked = c.ok("__io.flotilla_block-daemon-restart", json!({"id": "disk2"}));
+    let asked = asked["pid"].as_i64().expect("pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(asked),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    // The restart asked for says so too: the SIGKILLed one's successor is the next.
+    let restarted = (0..3)
+        .filter_map(|_| c.event_within("__io.flotilla_BLOCK_DAEMON_RESTARTED", STEP))
+        .find(|e| e["data"]["pid"] != json!(asked))
+        .expect("no restart after the SIGKILL");
+    assert_eq!(restarted["data"]["device"], "hd1");
+    let daemon = ProcId::of(restarted["data"]["pid"].as_i64().expect("pid") as i32);
+    c.ok("system_powerdown", json!({}));
+    let failed = gw
+        .vm
+        .expect_prefix(&format!("GUEST ERROR hotplug blk slot={slot} "), STEP);
+    // VIRTIO_BLK_S_IOERR.
+    assert!(failed.ends_with(" status=1"), "{failed}");
+    let event = c
+        .event_within("BLOCK_IO_ERROR", STEP)
+        .expect("no BLOCK_IO_ERROR");
+    assert_eq!(
+        event["data"],
+        json!({"device": "", "operation": "read", "action": "report",
+               "reason": "No medium found"})
+    );
+    gw.vm.expect_prefix("GUEST POWER BUTTON", STEP);
+    c.event_within("SHUTDOWN", STEP).expect("no SHUTDOWN");
+    // The errors did not end it.
+    assert!(daemon.exists(), "the disk's daemon {daemon} ended");
 }
 
 #[test]

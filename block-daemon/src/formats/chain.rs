@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ipc::{BlockCounters, ImageFormat, ImageLayer};
 
 use super::direct::set_direct;
+use super::no_medium::NoMedium;
 use super::qcow2::Qcow2;
 use super::raw::Raw;
 use super::{Format, FormatError};
@@ -19,6 +20,8 @@ use super::{Format, FormatError};
 pub enum ChainError {
     #[error("the node has no image")]
     Empty,
+    #[error("a node without a medium has no other images")]
+    NoMediumInChain,
     #[error("the chain names {layers} image(s) but {fds} image fd(s) came with it")]
     Mismatch { layers: usize, fds: usize },
     #[error("'{filename}' is open read-only but the node is writable")]
@@ -86,6 +89,15 @@ pub fn open(
 ) -> Result<Chain, ChainError> {
     if layers.is_empty() {
         return Err(ChainError::Empty);
+    }
+    if let ([only], []) = (layers, files.as_slice()) {
+        if let ImageFormat::NoMedium { size } = only.format {
+            let top: Arc<dyn Format> = Arc::new(NoMedium::new(size));
+            return Ok(Chain {
+                top,
+                flush_fd: None,
+            });
+        }
     }
     if layers.len() != files.len() {
         return Err(ChainError::Mismatch {
@@ -167,6 +179,8 @@ fn open_layer(
                 _ => Arc::new(raw),
             })
         }
+        // Only a chain of its own (`open`).
+        ImageFormat::NoMedium { .. } => Err(ChainError::NoMediumInChain),
         ImageFormat::Qcow2(opts) => {
             let qcow2 = if top && options.keep_bitmaps {
                 Qcow2::open_keeping_bitmaps(file, backing, opts, writable)
@@ -240,6 +254,27 @@ mod tests {
         // Raw has no backing file.
         let e = error(open(&[raw(), raw()], vec![file(), file()], &options(false)));
         assert_eq!(e.to_string(), "'top.img': a raw image has no backing file");
+    }
+
+    #[test]
+    fn no_medium_is_a_chain_of_its_own_without_fds() {
+        let s = Scratch::new("chain-no-medium", 1 << 16);
+        let none = || layer("gone", ImageFormat::NoMedium { size: 1 << 20 });
+        let chain = match open(&[none()], vec![], &options(true)) {
+            Ok(chain) => chain,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(chain.top.virtual_size(), 1 << 20);
+        assert!(chain.flush_fd.is_none());
+        let e = chain.top.read(0, &mut [0; 512]).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOMEDIUM);
+        // With an image fd, or under an image, it is refused.
+        let file = || File::open(&s.path).unwrap();
+        let e = error(open(&[none()], vec![file()], &options(false)));
+        assert!(matches!(e, ChainError::NoMediumInChain), "{e}");
+        let raw = layer("top", ImageFormat::Raw);
+        let e = error(open(&[raw, none()], vec![file(), file()], &options(false)));
+        assert!(matches!(e, ChainError::NoMediumInChain), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod chain;
 pub mod direct;
 pub mod host_file;
+pub mod no_medium;
 pub mod probe;
 pub mod qcow2;
 pub mod raw;

@@ -188,6 +188,11 @@ pub enum BlockRequest {
     /// POSTCOPY_ADVISE (the sandbox lets it make none otherwise). Kept until
     /// POSTCOPY_END.
     Userfault,
+    /// The disk's drive was deleted (HMP drive_del) while its device stays: its images
+    /// are left clean (bitmaps stored) and closed, and from then on it has no medium
+    /// (`ImageFormat::NoMedium` of its size): every request fails, reported to the guest
+    /// whatever the error actions (QEMU: further I/O must not pause the guest).
+    RemoveMedium,
     /// Stop serving and exit.
     Quit,
 }
@@ -214,12 +219,12 @@ impl Message for BlockRequest {
     fn fd_count(&self) -> usize {
         match self {
             BlockRequest::Open(open) => {
-                2 + open.layers.len()
+                2 + ImageLayer::images(&open.layers)
                     + open.dirty_bitmaps.len()
                     + open.job.as_ref().map_or(0, JobSpec::fd_count)
             }
             BlockRequest::Activate(open) => {
-                open.layers.len()
+                ImageLayer::images(&open.layers)
                     + open.dirty_bitmaps.len()
                     + open.job.as_ref().map_or(0, JobSpec::fd_count)
             }

@@ -127,6 +127,12 @@ pub enum ImageFormat {
     /// Guest byte N is byte N of the file.
     Raw,
     Qcow2(Qcow2Options),
+    /// No image (its drive was deleted, HMP drive_del, while its device stayed): every
+    /// request fails, as QEMU's fail with no medium; the guest still sees `size` bytes.
+    /// A chain's only layer, with no fd.
+    NoMedium {
+        size: u64,
+    },
 }
 
 /// qcow2's run-time options (QEMU's names in the comments); `None`: the default.
@@ -152,9 +158,36 @@ pub struct ImageLayer {
     pub filename: String,
 }
 
+impl ImageLayer {
+    /// How many of `layers` come with an image fd (all but a missing medium).
+    pub fn images(layers: &[ImageLayer]) -> usize {
+        (layers.iter())
+            .filter(|l| !matches!(l.format, ImageFormat::NoMedium { .. }))
+            .count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_medium_comes_with_no_fd() {
+        let layer = |format| ImageLayer {
+            node_name: "n".into(),
+            format,
+            filename: String::new(),
+        };
+        assert_eq!(ImageLayer::images(&[]), 0);
+        assert_eq!(
+            ImageLayer::images(&[layer(ImageFormat::Raw), layer(ImageFormat::Raw)]),
+            2
+        );
+        assert_eq!(
+            ImageLayer::images(&[layer(ImageFormat::NoMedium { size: 512 })]),
+            0
+        );
+    }
 
     #[test]
     fn os_errors_read_as_strerror() {

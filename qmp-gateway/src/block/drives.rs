@@ -2,36 +2,21 @@
 //! device, over a node tree opened as a --drive's (its medium) or over none. device_add's
 //! drive= attaches one to a new virtio-blk disk, which then bears the drive's name and
 //! takes the drive with it when its device goes (QEMU's auto-del); drive_del removes an
-//! unattached one, nodes and all. This module owns their records, QEMU's unit numbers
-//! (an unnamed drive is noneN, N the lowest unit no if=none drive has), the name rules
-//! they share with --drive names and node names, and their bound.
+//! unattached one, nodes and all, and leaves a disk whose drive it deletes (drive_add's or
+//! --drive's) without a medium. This module holds what is done with their records
+//! (drive_record.rs), QEMU's unit numbers (an unnamed drive is noneN, N the lowest unit no
+//! if=none drive has), the name rules they share with --drive names and node names, and
+//! their bound.
 
+use ipc::{BlockRequest, ImageFormat, ImageLayer, OnError, StoredBitmaps};
 use serde_json::{json, Value};
 
-use super::drive::{DriveSpec, DriveText};
-use super::error::BlockError;
-use super::graph::ChargeImage;
+use super::drive::DriveText;
+use super::drive_record::{NamedDrive, MAX_DRIVES};
+use super::error::{BlockError, JobError};
+use super::graph::{ChargeImage, Graph};
 use super::{info, BlockLayer, State};
 use crate::fdstore::FdSets;
-
-/// The most drive_add drives there may be at once (attached ones included): each holds
-/// its images' fds (also charged to the client's fd budget) and a record.
-pub const MAX_DRIVES: usize = 64;
-
-/// One drive_add drive.
-pub struct NamedDrive {
-    pub id: String,
-    /// Its unit among the if=none drives (QEMU's DriveInfo unit).
-    pub unit: u32,
-    /// The root of its node tree; None: no medium.
-    pub root: Option<String>,
-    /// What was given (serial, error actions: the disk it is attached to takes them).
-    pub spec: DriveSpec,
-    /// A disk (the layer knows it by the drive's id) uses it.
-    pub attached: bool,
-    /// Its BlockBackend's place among them (`Disk::born`).
-    pub born: u64,
-}
 
 impl State {
     /// The drive_add drive `id`.
@@ -39,9 +24,10 @@ impl State {
         self.drives.iter().find(|d| d.id == id)
     }
 
-    /// Whether `name` is a BlockBackend's name: a drive_add drive's, or a named disk's.
+    /// Whether `name` is a BlockBackend's name: a drive_add drive's, or a disk's (one
+    /// whose drive was deleted keeps it while its device is there).
     pub(super) fn backend_named(&self, name: &str) -> bool {
-        self.named_drive(name).is_some() || self.disk_by_id(name).is_some()
+        self.named_drive(name).is_some() || self.disk_by_layer_id(name).is_some()
     }
 
     /// The roots of the node trees unattached drives hold (in use, as a disk's root).
@@ -132,21 +118,20 @@ impl BlockLayer {
     }
 
     /// HMP drive_del `id`: a node's name deletes the node (blockdev-del, QEMU 7.2's
-    /// first try); an unattached drive goes with its nodes, unless a device uses them.
+    /// first try); an unattached drive goes with its nodes, unless a device uses them;
+    /// the drive of a disk (drive_add's or --drive's) leaves the disk without a medium.
     pub fn drive_del(&self, id: &str) -> Result<(), BlockError> {
         if self.node_exists(id) {
             return self.blockdev_del(id);
         }
         let mut state = self.state.lock();
+        if state.disk_by_id(id).is_some() {
+            drop(state);
+            return self.remove_medium(id);
+        }
         let Some(at) = state.drives.iter().position(|d| d.id == id) else {
-            if state.disk_by_id(id).is_some() {
-                return Err(BlockError::DriveAttached(id.to_string()));
-            }
             return Err(BlockError::DeviceNotFound(id.to_string()));
         };
-        if state.drives[at].attached {
-            return Err(BlockError::DriveAttached(id.to_string()));
-        }
         let drive = state.drives.remove(at);
         // A device over its node (by the node's name) keeps the node until it goes.
         let root = drive
@@ -161,6 +146,68 @@ impl BlockLayer {
             drop(thresholds);
             state.graph.remove_tree(root);
         }
+        Ok(())
+    }
+
+    /// drive_del of disk `id`'s drive: its daemon closes the images and serves no medium
+    /// from then on (`BlockRequest::RemoveMedium`); the disk's BlockBackend is anonymous
+    /// (its id stays taken while its device is there, as QEMU's drive options), its nodes
+    /// go, and a daemon started later for it serves no medium either. Its I/O errors are
+    /// reported from then on (QEMU's drive_del: further I/O must not pause the guest).
+    fn remove_medium(&self, id: &str) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        let link = {
+            let state = self.state.lock();
+            let disk =
+                (state.disk_by_id(id)).ok_or_else(|| BlockError::DeviceNotFound(id.into()))?;
+            if let Some(job) = state.job_of_disk(&disk.id) {
+                // QEMU names the node at the top by its BlockBackend's name.
+                return Err(JobError::Busy {
+                    node: id.to_string(),
+                    kind: job.kind,
+                }
+                .into());
+            }
+            disk.daemon.as_ref().map(|d| d.link.clone())
+        };
+        // A disk whose daemon is down gets no medium from the next one.
+        if let Some(link) = link {
+            link.request(BlockRequest::RemoveMedium, &[])?;
+        }
+        let mut state = self.state.lock();
+        let size = {
+            let disk =
+                (state.disk_by_id(id)).ok_or_else(|| BlockError::DeviceNotFound(id.into()))?;
+            medium_size(&state.graph, &disk.root)
+        };
+        let Some(disk) = state.disks.iter_mut().find(|d| d.drive && d.id == id) else {
+            return Err(BlockError::DeviceNotFound(id.into()));
+        };
+        let (root, nodes) = (
+            std::mem::take(&mut disk.root),
+            std::mem::take(&mut disk.nodes),
+        );
+        disk.drive = false;
+        disk.images.clear();
+        disk.bitmaps.clear();
+        disk.stored_loaded = None;
+        disk.config.layers = vec![ImageLayer {
+            node_name: disk.config.node_name.clone(),
+            format: ImageFormat::NoMedium { size },
+            filename: String::new(),
+        }];
+        disk.config.on_read_error = OnError::Report;
+        disk.config.on_write_error = OnError::Report;
+        disk.config.stored_bitmaps = StoredBitmaps::NotKept;
+        disk.health.medium_removed();
+        state.drives.retain(|d| d.id != id);
+        let mut thresholds = self.thresholds.lock();
+        for n in &nodes {
+            thresholds.remove(n);
+        }
+        drop(thresholds);
+        state.graph.remove_tree(&root);
+        log::info!("disk {id}: its drive deleted, no medium");
         Ok(())
     }
 
@@ -184,4 +231,13 @@ impl BlockLayer {
             })
             .collect()
     }
+}
+
+/// The size the guest sees of the medium under `root`.
+fn medium_size(graph: &Graph, root: &str) -> u64 {
+    if let Some(q) = graph.image_node(root).and_then(|n| n.qcow2.as_ref()) {
+        return q.virtual_size;
+    }
+    (graph.protocol_of(root).and_then(|p| p.image.as_deref()))
+        .map_or(0, |fd| info::image_sizes(fd).0)
 }

@@ -215,8 +215,6 @@ pub enum BlockError {
     UnsupportedOption { format: &'static str, key: String },
     #[error("Too many drives: at most {0} made by drive_add may exist")]
     TooManyDrives(usize),
-    #[error("Drive '{0}' is used by a device: device_del the device first")]
-    DriveAttached(String),
 
     /// `--drive` errors, for the command line.
     #[error("drive id {0} is used twice")]

@@ -9,6 +9,7 @@
 //! The daemons' event readers call in here: nothing here waits for a daemon or takes
 //! the block layer's lock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -52,6 +53,9 @@ pub struct Health {
     device: String,
     on_read_error: OnError,
     on_write_error: OnError,
+    /// Its drive was deleted (HMP drive_del): an anonymous BlockBackend with no node,
+    /// whose errors are reported (QEMU sets both actions to report).
+    no_medium: AtomicBool,
     state: Mutex<State>,
     events: Arc<EventBus>,
     /// Where a request to stop the VM goes (the gateway's run-state keeper).
@@ -71,6 +75,7 @@ impl Health {
             device: device.to_string(),
             on_read_error,
             on_write_error,
+            no_medium: AtomicBool::new(false),
             state: Mutex::new(State {
                 io_status: IoStatus::Ok,
                 daemon_lost: false,
@@ -85,7 +90,14 @@ impl Health {
     /// Whether the disk keeps an I/O status (QEMU's blk_iostatus_is_enabled: an error
     /// may stop the VM).
     fn tracks_status(&self) -> bool {
-        self.on_write_error.may_stop() || self.on_read_error == OnError::Stop
+        !self.no_medium.load(Ordering::Relaxed)
+            && (self.on_write_error.may_stop() || self.on_read_error == OnError::Stop)
+    }
+
+    /// The disk's drive was deleted: it has no name, no node and no I/O status.
+    pub fn medium_removed(&self) {
+        self.no_medium.store(true, Ordering::Relaxed);
+        self.state.lock().io_status = IoStatus::Ok;
     }
 
     /// query-block's io-status, if the disk shows one: as QEMU does, or "failed" while
@@ -133,9 +145,10 @@ impl Health {
 
     fn emit(&self, operation: IoOperation, action: ErrorAction, nospace: bool, reason: String) {
         let node = self.state.lock().node.clone();
+        let no_medium = self.no_medium.load(Ordering::Relaxed);
         self.events.emit(Event::BlockIoError(BlockIoError {
-            device: self.device.clone(),
-            node_name: Some(node),
+            device: if no_medium { "" } else { &self.device }.to_string(),
+            node_name: (!no_medium).then_some(node),
             operation: operation.qmp_name(),
             action: action.qmp_name(),
             nospace: self.tracks_status().then_some(nospace),
@@ -208,6 +221,14 @@ mod tests {
         h.io_error(IoOperation::Write, ErrorAction::Report, libc::EIO);
         assert_eq!(h.io_status(), Some("ok"));
         assert_eq!(stops.try_iter().count(), 0);
+    }
+
+    #[test]
+    fn a_disk_without_medium_has_no_status() {
+        let (h, _stops) = health(OnError::Stop);
+        assert_eq!(h.io_status(), Some("ok"));
+        h.medium_removed();
+        assert_eq!(h.io_status(), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod daemon_stats;
 pub mod dirty_bitmap;
 pub mod disk;
 pub mod drive;
+mod drive_record;
 pub mod drives;
 pub mod error;
 pub mod graph;
@@ -94,7 +95,7 @@ struct State {
     /// The block jobs that run.
     jobs: Vec<job::BlockJob>,
     /// The drives drive_add made (drives.rs).
-    drives: Vec<drives::NamedDrive>,
+    drives: Vec<drive_record::NamedDrive>,
     /// The next BlockBackend's place in the order they were made (`Disk::born`).
     next_born: u64,
     /// The next disk's index (in vmm-core's requests): never reused while the VM lives.

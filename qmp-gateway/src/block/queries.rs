@@ -36,24 +36,26 @@ impl BlockLayer {
         let mut out: Vec<(u64, Value)> = state
             .disks
             .iter()
-            .filter_map(|d| {
-                let node = state.graph.node(&d.root)?;
-                let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
-                let mut inserted =
-                    info::node_info(&state.graph, node, throttle, self.threshold(&d.root));
-                with_bitmaps(&mut inserted, state.bitmap_infos(&d.root));
+            .map(|d| {
                 let mut info = json!({
                     "device": d.device_name(),
                     "qdev": d.qdev,
                     "type": "unknown",
                     "removable": false,
                     "locked": false,
-                    "inserted": inserted,
                 });
+                // Not there: its drive was deleted (no medium).
+                if let Some(node) = state.graph.node(&d.root) {
+                    let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
+                    let mut inserted =
+                        info::node_info(&state.graph, node, throttle, self.threshold(&d.root));
+                    with_bitmaps(&mut inserted, state.bitmap_infos(&d.root));
+                    info["inserted"] = inserted;
+                }
                 if let Some(status) = d.health.io_status() {
                     info["io-status"] = json!(status);
                 }
-                Some((d.born, info))
+                (d.born, info)
             })
             .chain(self.unattached_drives(&state))
             .collect();
@@ -185,17 +187,31 @@ impl BlockLayer {
                 })
                 .collect()
         } else {
-            state
-                .disks
-                .iter()
-                .map(|d| {
-                    let s = stats_of.get(&d.id).cloned().unwrap_or_default();
-                    let mut v = with_backing(&d.root, node_entry(&d.root, info::device_stats(&s)));
-                    v["device"] = json!(d.device_name());
-                    v["qdev"] = json!(d.qdev);
-                    v
-                })
-                .collect()
+            // A BlockBackend's entry: its counters, its medium's nodes if it has one.
+            let backend = |root: Option<&str>, s: &BlockStats| match root {
+                Some(r) if state.graph.node(r).is_some() => {
+                    with_backing(r, node_entry(r, info::device_stats(s)))
+                }
+                _ => json!({"stats": info::device_stats(s)}),
+            };
+            let disks = state.disks.iter().map(|d| {
+                let s = stats_of.get(&d.id).cloned().unwrap_or_default();
+                // No node once its drive was deleted.
+                let mut v = backend(Some(&d.root), &s);
+                v["device"] = json!(d.device_name());
+                v["qdev"] = json!(d.qdev);
+                (d.born, v)
+            });
+            // The drives no device uses (no counters: nothing reads them), as QEMU
+            // lists every named BlockBackend.
+            let drives = (state.drives.iter().filter(|d| !d.attached)).map(|d| {
+                let mut v = backend(d.root.as_deref(), &BlockStats::default());
+                v["device"] = json!(d.id);
+                (d.born, v)
+            });
+            let mut all: Vec<(u64, Value)> = disks.chain(drives).collect();
+            all.sort_by_key(|(born, _)| *born);
+            all.into_iter().map(|(_, v)| v).collect()
         };
         Ok(Value::Array(out))
     }

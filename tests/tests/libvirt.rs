@@ -47,6 +47,8 @@ fn virsh_domcapabilities_describes_flotilla() {
         "<sev supported='no'/>".into(),
         "<sgx supported='no'/>".into(),
         "<tpm supported='no'/>".into(),
+        // No display: no graphics type (no query-vnc).
+        "<graphics supported='yes'><enum name='type'/></graphics>".into(),
     ] {
         assert!(caps.contains(&want), "no {want} in:\n{out}");
     }
@@ -402,6 +404,21 @@ fn refusals_reach_virsh_readably() {
         no_acpi,
         "flotilla-qemu: -no-acpi: Flotilla's PC always has ACPI (its power button, PCI and \
          vCPU hotplug): add <acpi/> to the domain's <features>"
+    );
+
+    // VNC: refused by libvirt itself, before any emulator runs (flotilla-qemu has no
+    // query-vnc, as a QEMU built without VNC: docs/qmp-coverage.md "not built").
+    let xml = root.join("vnc.xml");
+    let vnc = format!("{vda}<graphics type='vnc'/><video><model type='none'/></video>");
+    std::fs::write(&xml, refused_domain_xml("vnc", &flotilla, acpi, &vnc)).expect("vnc.xml");
+    let out = virsh.run(&format!("create {}", xml.display()), STEP);
+    assert_eq!(
+        out,
+        [
+            format!("error: Failed to create domain from {}", xml.display()),
+            "error: unsupported configuration: vnc graphics are not supported with this QEMU"
+                .to_string(),
+        ]
     );
 
     // Refused at the gateway's start, as QEMU refuses it.

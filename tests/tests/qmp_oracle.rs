@@ -1276,7 +1276,6 @@ fn written_out(spare: &str) -> Vec<Exchange> {
         );
     }
     // Absent devices.
-    add("query-vnc", json!({}), Same, false);
     add("query-spice", json!({}), Same, false);
     add(
         "screendump",

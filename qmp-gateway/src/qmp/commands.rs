@@ -270,7 +270,6 @@ pub const COMMANDS: &[Command] = &[
     cmd("memsave", &Typed(dump::memsave), EMPTY, V),
     cmd("pmemsave", &Typed(dump::pmemsave), EMPTY, V),
     absent("screendump", &Typed(absent::screendump), EMPTY),
-    absent("query-vnc", &Typed(absent::query_vnc), Ty::Named("VncInfo")),
     absent(
         "query-spice",
         &Typed(absent::query_spice),

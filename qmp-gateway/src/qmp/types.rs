@@ -552,10 +552,6 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Enum(&["vnc", "spice"]),
     },
     TypeDef {
-        name: "VncInfo",
-        kind: TypeKind::Object(&[req("enabled", Ty::Bool)]),
-    },
-    TypeDef {
         name: "SpiceInfo",
         kind: TypeKind::Object(&[
             req("enabled", Ty::Bool),

@@ -158,10 +158,6 @@ pub fn screendump(_: &mut Ctx, _: Screendump) -> QmpResult {
     ))
 }
 
-pub fn query_vnc(_: &mut Ctx, _: NoArgs) -> QmpResult {
-    Ok(json!({"enabled": false}))
-}
-
 pub fn query_spice(_: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(json!({"enabled": false, "migrated": false, "mouse-mode": "client"}))
 }

@@ -724,6 +724,8 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
 }
 
 fn main() -> ExitCode {
+    // Before anything is opened: the descriptors a migration's fd:N may name.
+    qmp_gateway::fdstore::inherited::record_left_open();
     init_logging();
     let args = Args::parse();
     // Before anything starts a thread or a child: a fork keeps only the calling thread.

@@ -75,12 +75,17 @@ pub struct Virsh {
 
 impl Virsh {
     pub fn start(dir: &Path) -> Virsh {
-        let virsh = require_tool("virsh", "libvirt-clients (with libvirt-daemon-driver-qemu)");
         let uri = embed_root(dir);
-        let log = dir.join("virsh.log");
+        Virsh::connect(&uri, &dir.join("virsh.log"))
+    }
+
+    /// One virsh process on connection `uri` (a libvirtd's, say), its log in `log`.
+    pub fn connect(uri: &str, log: &Path) -> Virsh {
+        let virsh = require_tool("virsh", "libvirt-clients (with libvirt-daemon-driver-qemu)");
+        let log = log.to_path_buf();
         let (reader, writer) = std::io::pipe().expect("pipe");
         let mut child = Command::new(virsh)
-            .args(["-q", "-c", &uri])
+            .args(["-q", "-c", uri])
             .env("LIBVIRT_LOG_OUTPUTS", format!("1:file:{}", log.display()))
             .env("LIBVIRT_LOG_FILTERS", "1:qemu.qemu_monitor 3:*")
             .stdin(Stdio::piped())
@@ -152,6 +157,106 @@ impl Drop for Virsh {
     fn drop(&mut self) {
         let _ = writeln!(self.stdin, "quit");
         let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second libvirt on this machine, for a migration's destination: libvirt 9.0's
+/// libvirtd (Debian 12 has no virtqemud) run by hand, without systemd. A privileged
+/// libvirtd keeps its state in fixed places (/etc/libvirt for qemu.conf, /run/libvirt,
+/// /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt): it runs in a mount namespace
+/// of its own (`unshare -m`) where those are `dir`'s or empty tmpfs, so it shares
+/// nothing with the host's or another test's; the network namespace is the host's (the
+/// migration goes over loopback tcp). Its socket is `dir/sock/libvirt-sock`, its host
+/// UUID its own (libvirt refuses a migration to the host it comes from), its qemu.conf the
+/// embedded roots'. Ended (SIGTERM, by pid) when dropped: the namespace and its tmpfs go
+/// with it; the emulators it started outlive it (as libvirtd's do), so end them first.
+pub struct Libvirtd {
+    child: Child,
+    pub uri: String,
+    pub log: PathBuf,
+}
+
+impl Libvirtd {
+    pub fn start(dir: &Path) -> Libvirtd {
+        let libvirtd = require_tool("libvirtd", "libvirt-daemon");
+        let unshare = require_tool("unshare", "util-linux");
+        let etc = dir.join("etc");
+        let run = dir.join("run");
+        let sock = dir.join("sock");
+        for d in [&etc, &run, &sock] {
+            std::fs::create_dir_all(d).expect("libvirtd's dirs");
+        }
+        // The qemu.conf of the embedded roots (embed_root writes it in DIR/etc).
+        embed_root(dir);
+        let log = dir.join("libvirtd.log");
+        std::fs::write(
+            etc.join("libvirtd.conf"),
+            format!(
+                "unix_sock_dir = \"{sock}\"\nunix_sock_rw_perms = \"0700\"\n\
+                 auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n\
+                 host_uuid = \"6b0c1e6a-2f4e-4f7b-9a33-0f1e2d3c4b5a\"\n\
+                 log_outputs = \"1:file:{log}\"\n\
+                 log_filters = \"1:qemu.qemu_monitor 1:qemu.qemu_migration 3:*\"\n",
+                sock = sock.display(),
+                log = log.display(),
+            ),
+        )
+        .expect("libvirtd.conf");
+        let script = format!(
+            "mount --bind {etc} /etc/libvirt && mount --bind {run} /run/libvirt && \
+             mount -t tmpfs tmpfs /var/lib && mount -t tmpfs tmpfs /var/cache && \
+             mount -t tmpfs tmpfs /var/log && exec {libvirtd} -f {etc}/libvirtd.conf -p {dir}/libvirtd.pid",
+            etc = etc.display(),
+            run = run.display(),
+            dir = dir.display(),
+            libvirtd = libvirtd.display(),
+        );
+        // unshare and sh exec: the child's pid is libvirtd's.
+        let child = Command::new(unshare)
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("libvirtd.err")).expect("libvirtd.err"))
+            .spawn()
+            .expect("starting libvirtd");
+        let socket = sock.join("libvirt-sock");
+        let mut daemon = Libvirtd {
+            child,
+            uri: format!("qemu+unix:///system?socket={}", socket.display()),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                let err = std::fs::read_to_string(dir.join("libvirtd.err")).unwrap_or_default();
+                panic!("libvirtd ended at its start ({status}): {err}");
+            }
+            assert!(Instant::now() < deadline, "libvirtd made no socket in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Libvirtd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::blk::qemu_img_ok;
-use flotilla_tests::libvirt::{embed_root, processes_naming, wait_for_line, Leftovers, Virsh};
+use flotilla_tests::libvirt::{
+    embed_root, processes_naming, wait_for_line, Leftovers, Libvirtd, Virsh,
+};
 use flotilla_tests::{bin, kvm_is_pvm, path_arg, require_tool, run_to_end, test_guest, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -439,4 +441,243 @@ fn refusals_reach_virsh_readably() {
     drop(virsh);
     let left = processes_naming(&root.display().to_string());
     assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+/// The domain of save/restore and migration: the lifecycle's guest (pci-hotplug: its
+/// disk checked with I/O at boot, a hot-added one too, the ACPI power button) on its
+/// qcow2 disk, the console in a file, no NIC (a tap of the same name cannot be on both
+/// sides of a migration on one host).
+fn moving_domain_xml(name: &str, emulator: &Path, dir: &Path, cpu: &str) -> String {
+    format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{guest}</kernel>
+    <cmdline>scenario=pci-hotplug boot-blk=1 pci_assign=0xc0000000,0x10000000</cmdline>
+  </os>
+  <features><acpi/></features>
+  {cpu}
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{dir}/disk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <serial type='file'><source path='{dir}/serial.log'/></serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        guest = test_guest().display(),
+        emulator = emulator.display(),
+        dir = dir.display(),
+    )
+}
+
+/// The vCPU each emulator's domain gets here (as a_domain_runs_its_lifecycle_as_on_qemu).
+fn cpu_for(emulator: &Path) -> &'static str {
+    match emulator.ends_with("flotilla-qemu") && kvm_is_pvm() {
+        true => "<cpu mode='host-passthrough'/>",
+        false => {
+            "<cpu mode='host-passthrough'>\
+             <feature policy='disable' name='arch-capabilities'/></cpu>"
+        }
+    }
+}
+
+/// The guest goes on: a disk attached through `virsh` (on the domain's libvirt now) is
+/// found and used by it (a line after byte `at` of its console), then detached.
+fn guest_alive(virsh: &mut Virsh, name: &str, root: &Path, serial: &Path, at: usize) -> usize {
+    let disk2 = root.join("disk2.qcow2");
+    virsh.ok(
+        &format!(
+            "attach-disk {name} {} vdb --driver qemu --subdriver qcow2 --targetbus virtio",
+            disk2.display()
+        ),
+        STEP,
+    );
+    let (line, at) = wait_for_line(serial, at, "GUEST HOTPLUG BLK OK slot=", STEP);
+    assert!(line.contains(" capacity=65536 "), "{line}");
+    virsh.ok(&format!("detach-disk {name} vdb"), STEP);
+    let (_, at) = wait_for_line(serial, at, "GUEST HOTPLUG REMOVED slot=", STEP);
+    at
+}
+
+/// A root for a domain that moves: its disks, its domain XML; the domain's name.
+fn moving_root(root: &Path, emulator: &Path, tag: &str) -> String {
+    for (image, size) in [("disk.qcow2", "64M"), ("disk2.qcow2", "32M")] {
+        qemu_img_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            path_arg(&root.join(image)),
+            size,
+        ]);
+    }
+    let name = format!("mv-{tag}");
+    let xml = moving_domain_xml(&name, emulator, root, cpu_for(emulator));
+    std::fs::write(root.join("dom.xml"), xml).expect("dom.xml");
+    name
+}
+
+/// Waits until no process names `needle` and no socket is left under `dir`.
+fn nothing_left(needle: &str, dir: &Path) {
+    let deadline = Instant::now() + STEP;
+    while !processes_naming(needle).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_naming(needle);
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-type", "s"])
+        .output()
+        .expect("find");
+    let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(sockets.trim().is_empty(), "sockets left: {sockets}");
+}
+
+/// `virsh save` and `virsh restore` of a running domain on `emulator`: the saved domain
+/// is gone, the restored one runs and its guest goes on (a disk attached and used).
+/// libvirt saves with `migrate fd:migrate` (a getfd of the file) and restores by starting
+/// the emulator with `-incoming defer` and the file as an inherited fd, then
+/// `migrate-incoming fd:N` (a number: QEMU's monitor_fd_param takes it as a descriptor).
+/// What virsh showed, for the comparison.
+fn save_restore(emulator: &Path, tag: &str) -> Vec<String> {
+    let dir = TempDir::new(&format!("libvirt-save-{tag}"));
+    let _leftovers = Leftovers(dir.path().display().to_string());
+    let root = dir.path();
+    let name = moving_root(root, emulator, tag);
+    let (xml, serial, saved) = (
+        root.join("dom.xml"),
+        root.join("serial.log"),
+        root.join("saved.img"),
+    );
+    let mut seen = Vec::new();
+    let mut note = |what: &str, out: Vec<String>| {
+        let text = out.join("\n").replace(&root.display().to_string(), "DIR");
+        seen.push(format!("{what}: {}", text.replace(&name, "NAME")));
+    };
+    let mut virsh = Virsh::start(root);
+    virsh.ok(&format!("create {}", xml.display()), STEP);
+    let (_, at) = wait_for_line(&serial, 0, "GUEST HOTPLUG READY", BOOT);
+    note(
+        "save",
+        virsh.ok(&format!("save {name} {}", saved.display()), STEP),
+    );
+    note("saved", virsh.ok("list --all --name", STEP));
+    note(
+        "restore",
+        virsh.ok(&format!("restore {}", saved.display()), STEP),
+    );
+    let state = virsh.ok(&format!("domstate {name} --reason"), STEP);
+    assert_eq!(state, ["running (restored)"]);
+    note("restored", state);
+    guest_alive(&mut virsh, &name, root, &serial, at);
+    note(
+        "after",
+        virsh.ok(&format!("domstate {name} --reason"), STEP),
+    );
+    virsh.ok(&format!("destroy {name}"), STEP);
+    until_gone(&mut virsh, &name);
+    drop(virsh);
+    nothing_left(&root.display().to_string(), root);
+    seen
+}
+
+#[test]
+fn save_and_restore_as_on_qemu() {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let on_qemu = save_restore(&qemu, "q");
+    let on_flotilla = save_restore(&bin("flotilla-qemu"), "f");
+    assert_eq!(
+        on_flotilla, on_qemu,
+        "virsh shows Flotilla's save/restore otherwise"
+    );
+}
+
+/// `virsh migrate --live` of a running domain on `emulator` from the embedded driver
+/// (source) to a libvirtd run by hand in a mount namespace of its own (destination,
+/// `Libvirtd`), over tcp on loopback (`--migrateuri tcp://127.0.0.1`: libvirt would use
+/// the host's name otherwise; `--unsafe`: the disk is on both sides' local file system,
+/// the same file). libvirt turns on return-path and pause-before-switchover on the
+/// source (migrate-continue after pre-switchover), return-path and late-block-activate on
+/// the destination (started with -S and `-incoming defer`, then `migrate-incoming
+/// tcp:[::]:PORT`, `cont` once the source completed). The guest goes on at the
+/// destination (a disk attached there and used). What virsh showed, for the comparison.
+fn live_migration(emulator: &Path, tag: &str, p2p: bool) -> Vec<String> {
+    let dir = TempDir::new(&format!("libvirt-mig-{tag}"));
+    let root = dir.path().join("src");
+    let dest = dir.path().join("dst");
+    std::fs::create_dir_all(&root).expect("src");
+    std::fs::create_dir_all(&dest).expect("dst");
+    let root = root.as_path();
+    // Both sides' emulators name the source root (the disk, the console): ended by pid
+    // should the test stop half-way. Dropped last: after the libvirtd.
+    let _leftovers = Leftovers(dir.path().display().to_string());
+    let name = moving_root(root, emulator, tag);
+    let (xml, serial) = (root.join("dom.xml"), root.join("serial.log"));
+    let mut seen = Vec::new();
+    let mut note = |what: &str, out: Vec<String>| {
+        let text = out
+            .join("\n")
+            .replace(&dir.path().display().to_string(), "DIR");
+        seen.push(format!("{what}: {}", text.replace(&name, "NAME")));
+    };
+    let libvirtd = Libvirtd::start(&dest);
+    let mut source = Virsh::start(root);
+    source.ok(&format!("create {}", xml.display()), STEP);
+    let (_, at) = wait_for_line(&serial, 0, "GUEST HOTPLUG READY", BOOT);
+    let p2p = if p2p { " --p2p" } else { "" };
+    note(
+        "migrate",
+        source.ok(
+            &format!(
+                "migrate --live --unsafe{p2p} {name} {} --migrateuri tcp://127.0.0.1",
+                libvirtd.uri
+            ),
+            STEP,
+        ),
+    );
+    let left = source.ok("list --all --name", STEP);
+    assert!(left.is_empty(), "still on the source: {left:?}");
+    note("source", left);
+    let mut destination = Virsh::connect(&libvirtd.uri, &dest.join("virsh.log"));
+    let state = destination.ok(&format!("domstate {name} --reason"), STEP);
+    assert_eq!(state, ["running (migrated)"]);
+    note("destination", state);
+    guest_alive(&mut destination, &name, root, &serial, at);
+    note(
+        "after",
+        destination.ok(&format!("domstate {name} --reason"), STEP),
+    );
+    destination.ok(&format!("destroy {name}"), STEP);
+    until_gone(&mut destination, &name);
+    drop(destination);
+    drop(source);
+    let pid = libvirtd.pid();
+    drop(libvirtd);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "libvirtd {pid} did not end"
+    );
+    nothing_left(&dir.path().display().to_string(), dir.path());
+    seen
+}
+
+#[test]
+fn live_migration_between_two_libvirts_as_on_qemu() {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
+    for p2p in [false, true] {
+        let tag = if p2p { "p" } else { "d" };
+        let on_qemu = live_migration(&qemu, &format!("q{tag}"), p2p);
+        let on_flotilla = live_migration(&bin("flotilla-qemu"), &format!("f{tag}"), p2p);
+        assert_eq!(
+            on_flotilla, on_qemu,
+            "virsh shows Flotilla's migration otherwise (p2p: {p2p})"
+        );
+    }
 }

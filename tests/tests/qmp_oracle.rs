@@ -363,7 +363,8 @@ const DIFFERENCES: &[Difference] = &[
     Difference {
         labels: &["migration: capability refused: *"],
         what: "turning on a migration capability our migration does not honour (all but \
-               xbzrle, auto-converge, zero-blocks, compress, events and block): QEMU 7.2 \
+               xbzrle, auto-converge, zero-blocks, compress, events, postcopy-ram, block, \
+               return-path, pause-before-switchover and late-block-activate): QEMU 7.2 \
                takes it \
                (zero-copy-send and postcopy-preempt it refuses for reasons of its own); we \
                refuse it, \"Migration capability '...' is not supported\"",

@@ -220,10 +220,17 @@ fn finish(
         Ok(s) => s,
         Err(e) => return refuse(e.to_string()),
     };
+    // Read once: whether the VM runs here decides when the disks are taken.
+    let run = running && m.autostart.load(Ordering::SeqCst);
     // The disks' images are ours now (the source let go of them before it sent the
-    // state): their locks, and daemons that serve them for real.
-    if let Err(e) = m.h.block.activate() {
-        return refuse(e.to_string());
+    // state): their locks, and daemons that serve them for real. With
+    // late-block-activate a VM that does not run yet takes them at `cont` (QEMU 7.2's
+    // process_incoming_migration_bh): the source may still take them back meanwhile.
+    let late = m.settings.lock().capability(Capability::LateBlockActivate) && !run;
+    if !late {
+        if let Err(e) = m.h.block.activate() {
+            return refuse(e.to_string());
+        }
     }
     // The NICs filter as the guest had them filter (before vmm-core replays the
     // driver's features to them as it restores the devices), their links as they were.
@@ -245,8 +252,10 @@ fn finish(
             }
         }
         // The source takes its disks back: let go of them first.
-        if let Err(e) = m.h.block.inactivate() {
-            log::error!("migration: handing the disks back: {e}");
+        if !late {
+            if let Err(e) = m.h.block.inactivate() {
+                log::error!("migration: handing the disks back: {e}");
+            }
         }
         return refuse(why);
     }
@@ -258,7 +267,6 @@ fn finish(
         // QEMU's order: the status, then the VM running.
         m.set_status(Status::PostcopyActive);
     }
-    let run = running && m.autostart.load(Ordering::SeqCst);
     m.h.vmm
         .request(VmmRequest::IncomingCompleted { run }, &[])
         .map_err(|e| e.to_string())?;

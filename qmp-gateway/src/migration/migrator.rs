@@ -88,6 +88,8 @@ pub struct Migrator {
     pub(super) cancel: AtomicBool,
     /// The device state is on its way to the destination: too late to cancel.
     pub(super) committed: AtomicBool,
+    /// migrate-continue came for the pre-switchover pause (pause-before-switchover).
+    pub(super) switchover: AtomicBool,
     /// The outgoing migration's connection, for a cancel to shut down (what the agent
     /// waits on then ends, before the agent itself is known).
     pub(super) connection: Mutex<Option<OwnedFd>>,
@@ -113,6 +115,7 @@ impl Migrator {
             transitions: Mutex::new(()),
             cancel: AtomicBool::new(false),
             committed: AtomicBool::new(false),
+            switchover: AtomicBool::new(false),
             connection: Mutex::new(None),
             agent: Mutex::new(None),
             shape: Mutex::new(MachineShape {
@@ -217,8 +220,12 @@ impl Migrator {
             if self.committed.load(Ordering::SeqCst) {
                 return;
             }
-            let under_way =
-                |s: Status| matches!(s, Status::Setup | Status::Active | Status::Device);
+            let under_way = |s: Status| {
+                matches!(
+                    s,
+                    Status::Setup | Status::Active | Status::PreSwitchover | Status::Device
+                )
+            };
             if !self.change_status(Status::Cancelling, under_way) {
                 return;
             }
@@ -235,6 +242,24 @@ impl Migrator {
         if let Some(agent) = self.agent.lock().clone() {
             agent.kill();
         }
+    }
+
+    /// migrate-continue: the migration paused in `state` goes on. QEMU 7.2's check and
+    /// words: the status must be the one named (only pre-switchover pauses; naming the
+    /// status a migration is in otherwise changes nothing).
+    pub fn continue_from(&self, state: &str) -> Result<(), String> {
+        let _order = self.transitions.lock();
+        let status = self.progress.lock().status;
+        if status.qmp_name() != state {
+            return Err(format!(
+                "Migration not in expected state: {}",
+                status.qmp_name()
+            ));
+        }
+        if status == Status::PreSwitchover {
+            self.switchover.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     pub(super) fn cancelled(&self) -> bool {

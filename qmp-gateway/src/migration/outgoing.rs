@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc::{
-    AgentReply, AgentRequest, CompressParams, MigratedState, OutgoingStart, PassReport, RunState,
-    VmmReply, VmmRequest,
+    AgentReply, AgentRequest, Channel, CompressParams, MigratedState, OutgoingStart, PassReport,
+    RunState, VmmReply, VmmRequest,
 };
 
 use crate::block::BlockError;
@@ -146,6 +146,32 @@ pub fn run(m: &Arc<Migrator>, uri: &MigrationUri, named_fd: Option<OwnedFd>, cop
     }
 }
 
+/// pause-before-switchover: the VM stopped, the source waits in status pre-switchover
+/// for migrate-continue (or a cancel) before the device state goes, as QEMU 7.2's
+/// migration_maybe_pause.
+fn pause_before_switchover(m: &Migrator) -> Result<(), Stop> {
+    if !m
+        .settings
+        .lock()
+        .capability(Capability::PauseBeforeSwitchover)
+    {
+        return Ok(());
+    }
+    {
+        let _order = m.transitions.lock();
+        // A migrate-continue before the pause does not count (QEMU drains its semaphore).
+        m.switchover.store(false, Ordering::SeqCst);
+        if !m.change_status(Status::PreSwitchover, |s| s != Status::Cancelling) {
+            return Err(Stop::Cancelled);
+        }
+    }
+    while !m.switchover.load(Ordering::SeqCst) {
+        check_cancel(m)?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    check_cancel(m)
+}
+
 fn check_cancel(m: &Migrator) -> Result<(), Stop> {
     match m.cancelled() {
         true => Err(Stop::Cancelled),
@@ -225,6 +251,11 @@ fn migrate(
             .ok_or_else(|| "the named fd was already taken".to_string())
     })
     .map_err(Stop::Failed)?;
+    if opened.channel == Channel::OneWay && m.settings.lock().capability(Capability::ReturnPath) {
+        return Err(Stop::Failed(
+            "return-path is on, but a file or a pipe cannot carry the destination's answer".into(),
+        ));
+    }
     *m.connection.lock() = opened.fd.try_clone().ok();
     check_cancel(m)?;
     let (reply, fds) = m.h.vmm.request_with_fds(VmmRequest::MigrationStart, &[])?;
@@ -330,6 +361,7 @@ fn stop_and_take_state(
     undo.stopped = Some(running_before);
     m.h.block.drain_unflushed();
     check_cancel(m)?;
+    pause_before_switchover(m)?;
     if last_pages {
         m.set_status(Status::Device);
     }
@@ -679,6 +711,7 @@ impl Migrator {
             }
             self.cancel.store(false, Ordering::SeqCst);
             self.committed.store(false, Ordering::SeqCst);
+            self.switchover.store(false, Ordering::SeqCst);
             self.start_postcopy.store(false, Ordering::SeqCst);
             *self.progress.lock() = Progress {
                 started: Some(std::time::Instant::now()),
@@ -694,11 +727,12 @@ impl Migrator {
             e
         };
         let uri = MigrationUri::parse(uri).map_err(|e| refused(e.into()))?;
-        // An fd: URI takes the named fd now, as QEMU does (the name is gone after).
+        // An fd: URI takes the named (or numbered) fd now, as QEMU does (the name is
+        // gone after).
         let named_fd = match &uri {
-            MigrationUri::Fd(name) => {
-                Some(named(name).map_err(|e| refused(MigrateError::Channel(e)))?)
-            }
+            MigrationUri::Fd(name) => Some(
+                super::uri::fd_param(name, named).map_err(|e| refused(MigrateError::Channel(e)))?,
+            ),
             _ => None,
         };
         if flags {

@@ -16,6 +16,8 @@ pub enum Status {
     Cancelled,
     Active,
     Device,
+    /// The source stopped the VM and waits for migrate-continue (pause-before-switchover).
+    PreSwitchover,
     /// The VM runs at the destination; the pages it lacks follow.
     PostcopyActive,
     Completed,
@@ -31,18 +33,21 @@ impl Status {
             Status::Cancelled => "cancelled",
             Status::Active => "active",
             Status::Device => "device",
+            Status::PreSwitchover => "pre-switchover",
             Status::PostcopyActive => "postcopy-active",
             Status::Completed => "completed",
             Status::Failed => "failed",
         }
     }
 
-    /// Setup, active, device, postcopy-active or cancelling: a migration is under way.
+    /// Setup, active, pre-switchover, device, postcopy-active or cancelling: a migration
+    /// is under way.
     pub fn in_progress(self) -> bool {
         matches!(
             self,
             Status::Setup
                 | Status::Active
+                | Status::PreSwitchover
                 | Status::Device
                 | Status::PostcopyActive
                 | Status::Cancelling
@@ -235,6 +240,7 @@ impl Progress {
         let shows_stats = matches!(
             self.status,
             Status::Active
+                | Status::PreSwitchover
                 | Status::Device
                 | Status::PostcopyActive
                 | Status::Completed

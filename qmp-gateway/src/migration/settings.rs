@@ -69,7 +69,14 @@ capabilities! {
 /// instead of their bytes; `compress`: pages deflated by compress-threads workers;
 /// `block`: every migrate copies the disks, as its `blk` flag, incremental with the
 /// block-incremental parameter, as `inc`; `postcopy-ram`: migrate-start-postcopy
-/// switches a migration under way to postcopy, both sides having it on).
+/// switches a migration under way to postcopy, both sides having it on; `return-path`:
+/// the destination answers on the connection (its verdict on the state), which Flotilla's
+/// destination always does on a two-way channel (a one-way one, a file or a pipe, is
+/// refused with it on); `pause-before-switchover`: the source stops the VM, then waits
+/// in status pre-switchover for migrate-continue before the device state goes;
+/// `late-block-activate`: a destination that does not run the VM once it arrived takes
+/// its disks at `cont`, not at the switch-over. libvirt turns the last three on for
+/// every migration QEMU lists them for).
 pub const SUPPORTED_CAPABILITIES: &[Capability] = &[
     Capability::Xbzrle,
     Capability::AutoConverge,
@@ -78,6 +85,9 @@ pub const SUPPORTED_CAPABILITIES: &[Capability] = &[
     Capability::Events,
     Capability::PostcopyRam,
     Capability::Block,
+    Capability::ReturnPath,
+    Capability::PauseBeforeSwitchover,
+    Capability::LateBlockActivate,
 ];
 
 /// A capability and whether it is on (QEMU's MigrationCapabilityStatus).
@@ -758,7 +768,10 @@ mod tests {
                 "compress",
                 "events",
                 "postcopy-ram",
-                "block"
+                "block",
+                "return-path",
+                "pause-before-switchover",
+                "late-block-activate"
             ]
         );
     }

@@ -1,5 +1,6 @@
 //! Where a migration goes or comes from, as QMP's `uri` names it: `tcp:HOST:PORT`,
-//! `unix:PATH`, `fd:NAME` (a descriptor a client passed with getfd) and `exec:COMMAND`
+//! `unix:PATH`, `fd:NAME` (a descriptor a client passed with getfd; `fd:N`, a number: a
+//! descriptor the gateway inherited, as libvirt's restore passes its file) and `exec:COMMAND`
 //! (a shell command whose stdin, or stdout on the destination, carries the stream). The
 //! gateway makes the connection or the listener, in its own network namespace and with
 //! its right to open paths; the agent gets the descriptor and does every byte.
@@ -165,6 +166,23 @@ fn exec(cmd: &str, outgoing: bool) -> Result<Opened, String> {
     })
 }
 
+/// The descriptor an fd: URI names, as QEMU 7.2's monitor_fd_param reads it: a name that
+/// does not start with a digit is a client's getfd name (`named`), anything else a
+/// descriptor number (qemu_parse_fd), here one the process inherited open and no option
+/// took (fdstore/inherited.rs).
+pub fn fd_param(
+    text: &str,
+    named: impl FnOnce(&str) -> Result<OwnedFd, String>,
+) -> Result<OwnedFd, String> {
+    if !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return named(text);
+    }
+    let n: i32 = (text.parse().ok())
+        .filter(|&n: &i32| n >= 0)
+        .ok_or_else(|| format!("Invalid file descriptor number '{text}'"))?;
+    crate::fdstore::inherited::take_left_open(n).map_err(|e| format!("fd:{text}: {e}"))
+}
+
 /// The source's connection to the destination. `named` gives the fd a client passed
 /// under a name (fd:).
 pub fn connect(
@@ -197,6 +215,7 @@ pub fn connect(
             stream.into()
         }
         MigrationUri::Unix(p) => UnixStream::connect(p).map_err(failed)?.into(),
+        // The source's migrate resolved it already (fd_param), as it took it.
         MigrationUri::Fd(name) => named(name)?,
         MigrationUri::Exec(cmd) => return exec(cmd, true),
     };
@@ -257,7 +276,7 @@ pub fn listen(
             (listener.into(), Some(p.clone()))
         }
         MigrationUri::Fd(name) => {
-            let fd = named(name)?;
+            let fd = fd_param(name, named)?;
             return Ok(Opened {
                 channel: channel_of(&fd),
                 fd,
@@ -325,6 +344,21 @@ mod tests {
             MigrationUri::parse("tcp:h:99999"),
             Err(UriError::Address(_))
         ));
+    }
+
+    #[test]
+    fn an_fd_uri_names_a_getfd_name_or_a_number() {
+        let named = |name: &str| Err(format!("named {name}"));
+        assert_eq!(fd_param("mig", named).err().unwrap(), "named mig");
+        assert_eq!(
+            fd_param("6x", named).err().unwrap(),
+            "Invalid file descriptor number '6x'"
+        );
+        // A number is never a getfd name; one the process did not start with is refused.
+        assert_eq!(
+            fd_param("987", named).err().unwrap(),
+            "fd:987: fd 987 is not open"
+        );
     }
 
     #[test]

@@ -626,6 +626,13 @@ pub const COMMANDS: &[Command] = &[
         G,
     ),
     cmd("migrate_cancel", &Typed(migrate::migrate_cancel), EMPTY, G),
+    // Not in the spec's list: QEMU's, for pause-before-switchover (libvirt's migrations).
+    cmd(
+        "migrate-continue",
+        &Typed(migrate::migrate_continue),
+        EMPTY,
+        G,
+    ),
     cmd(
         "__io.flotilla_vmm-upgrade",
         &Typed(migrate::vmm_upgrade),

@@ -86,6 +86,25 @@ pub fn migrate_incoming(c: &mut Ctx, a: MigrateIncoming) -> QmpResult {
     Ok(json!({}))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct MigrateContinue {
+    pub state: String,
+}
+
+serde_arguments!(
+    MigrateContinue,
+    [req("state", Ty::Named("MigrationStatus"))]
+);
+
+/// migrate-continue: a migration paused before its switch-over (pause-before-switchover,
+/// status pre-switchover) goes on.
+pub fn migrate_continue(c: &mut Ctx, a: MigrateContinue) -> QmpResult {
+    (c.gw.migrator)
+        .continue_from(&a.state)
+        .map_err(QmpError::generic)?;
+    Ok(json!({}))
+}
+
 pub fn migrate_cancel(c: &mut Ctx, _: NoArgs) -> QmpResult {
     c.gw.migrator.cancel();
     Ok(json!({}))

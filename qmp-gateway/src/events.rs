@@ -111,6 +111,10 @@ const BLOCK_JOB_COMPLETED_ARG: TypeDef = data(
 const BLOCK_JOB_CANCELLED_ARG: TypeDef =
     data("q_obj_BLOCK_JOB_CANCELLED-arg", BLOCK_JOB_ENDED_MEMBERS);
 const BLOCK_JOB_READY_ARG: TypeDef = data("q_obj_BLOCK_JOB_READY-arg", BLOCK_JOB_ENDED_MEMBERS);
+const BLOCK_JOB_PENDING_ARG: TypeDef = data(
+    "q_obj_BLOCK_JOB_PENDING-arg",
+    &[req("type", Ty::Named("JobType")), req("id", Ty::Str)],
+);
 const BLOCK_JOB_ERROR_ARG: TypeDef = data(
     "q_obj_BLOCK_JOB_ERROR-arg",
     &[
@@ -174,6 +178,7 @@ const BLOCK_JOB_COMPLETED: EventDef = def("BLOCK_JOB_COMPLETED", Some(&BLOCK_JOB
 const BLOCK_JOB_CANCELLED: EventDef = def("BLOCK_JOB_CANCELLED", Some(&BLOCK_JOB_CANCELLED_ARG));
 const BLOCK_JOB_READY: EventDef = def("BLOCK_JOB_READY", Some(&BLOCK_JOB_READY_ARG));
 const BLOCK_JOB_ERROR: EventDef = def("BLOCK_JOB_ERROR", Some(&BLOCK_JOB_ERROR_ARG));
+const BLOCK_JOB_PENDING: EventDef = def("BLOCK_JOB_PENDING", Some(&BLOCK_JOB_PENDING_ARG));
 const NIC_RX_FILTER_CHANGED: EventDef =
     def("NIC_RX_FILTER_CHANGED", Some(&NIC_RX_FILTER_CHANGED_ARG));
 const NET_DAEMON_EXITED: EventDef = def(
@@ -223,6 +228,7 @@ pub const EVENTS: &[EventDef] = &[
     BLOCK_JOB_CANCELLED,
     BLOCK_JOB_READY,
     BLOCK_JOB_ERROR,
+    BLOCK_JOB_PENDING,
     NIC_RX_FILTER_CHANGED,
     NET_DAEMON_EXITED,
     NET_DAEMON_RESTARTED,
@@ -329,6 +335,14 @@ impl JobStatusChange {
     }
 }
 
+/// A block job waits for job-finalize (BLOCK_JOB_PENDING).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPending {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+}
+
 /// A block job ended (BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED) or caught up
 /// (BLOCK_JOB_READY, never with an error).
 #[derive(Debug, Clone, Serialize)]
@@ -420,6 +434,8 @@ pub enum Event {
     BlockJobCancelled(BlockJobData),
     BlockJobReady(BlockJobData),
     BlockJobError(JobError),
+    /// A job waits for job-finalize (auto-finalize false).
+    BlockJobPending(JobPending),
     NicRxFilterChanged(NicRxFilterChanged),
     NetDaemonExited(DaemonExited),
     NetDaemonRestarted(DaemonRestarted),
@@ -457,6 +473,7 @@ impl Event {
             Event::BlockJobCancelled(_) => &BLOCK_JOB_CANCELLED,
             Event::BlockJobReady(_) => &BLOCK_JOB_READY,
             Event::BlockJobError(_) => &BLOCK_JOB_ERROR,
+            Event::BlockJobPending(_) => &BLOCK_JOB_PENDING,
             Event::NicRxFilterChanged(_) => &NIC_RX_FILTER_CHANGED,
             Event::NetDaemonExited(_) => &NET_DAEMON_EXITED,
             Event::NetDaemonRestarted(_) => &NET_DAEMON_RESTARTED,
@@ -489,6 +506,7 @@ impl Event {
             }
             Event::BlockJobReady(d) => serde_json::to_value(d).ok(),
             Event::BlockJobError(d) => serde_json::to_value(d).ok(),
+            Event::BlockJobPending(d) => serde_json::to_value(d).ok(),
             Event::NicRxFilterChanged(d) => serde_json::to_value(d).ok(),
             Event::SandboxViolation(d) => serde_json::to_value(d).ok(),
             Event::Migration(d) => serde_json::to_value(d).ok(),
@@ -712,6 +730,10 @@ mod tests {
                 device: "j".into(),
                 operation: "read",
                 action: "stop",
+            }),
+            Event::BlockJobPending(JobPending {
+                kind: "stream",
+                id: "j".into(),
             }),
             Event::NicRxFilterChanged(NicRxFilterChanged {
                 name: "nic0".into(),

@@ -443,6 +443,165 @@ fn refusals_reach_virsh_readably() {
     assert!(left.is_empty(), "processes left: {left:?}");
 }
 
+/// The domain of the block jobs' test: the test guest's migrate-dirty scenario with block
+/// I/O (`mig-blk=1`: it writes, reads back and checks 1 MiB of its disk over and over,
+/// each pass checking what the last one wrote), booted directly from a qcow2 disk.
+fn block_jobs_xml(name: &str, emulator: &Path, dir: &Path, cpu: &str) -> String {
+    format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{guest}</kernel>
+    <cmdline>scenario=migrate-dirty dirty-mib=4 mig-blk=1 mig-report-ms=3600000</cmdline>
+  </os>
+  <features><acpi/></features>
+  {cpu}
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{dir}/disk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <serial type='file'><source path='{dir}/serial.log'/></serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        guest = test_guest().display(),
+        emulator = emulator.display(),
+        dir = dir.display(),
+    )
+}
+
+/// Waits for the guest's next `GUEST MIG blk N ok` line after byte `at` whose N is above
+/// `verified` (its disk I/O goes on, every chunk read back intact); fails on a `GUEST
+/// ERROR` line. Returns (N, where to look next).
+fn guest_io_goes_on(serial: &Path, at: usize, verified: u64) -> (u64, usize) {
+    let deadline = Instant::now() + STEP;
+    let mut at = at;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (line, next) = wait_for_line(serial, at, "GUEST ", left);
+        at = next;
+        assert!(!line.starts_with("GUEST ERROR"), "the guest: {line}");
+        let n = (line.strip_prefix("GUEST MIG blk "))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n.filter(|&n| n > verified) {
+            return (n, at);
+        }
+    }
+}
+
+/// Drives one domain on `emulator` through libvirt's block operations while its guest
+/// does disk I/O: two external disk-only snapshots, a pull of the middle image into the
+/// top, an active commit pivoted to the base, a copy pivoted to; `domblklist` after each.
+/// What virsh showed (paths as DIR), for the comparison of the two emulators.
+fn block_jobs(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
+    let dir = TempDir::new(&format!("libvirt-jobs-{tag}"));
+    let _leftovers = Leftovers(dir.path().display().to_string());
+    let root = dir.path();
+    let name = format!("jobs-{tag}");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path_arg(&root.join("disk.qcow2")),
+        "64M",
+    ]);
+    let xml = root.join("dom.xml");
+    std::fs::write(&xml, block_jobs_xml(&name, emulator, root, cpu)).expect("dom.xml");
+    let serial = root.join("serial.log");
+    let mut seen = Vec::new();
+    let mut virsh = Virsh::start(root);
+    let mut step = |virsh: &mut Virsh, what: &str, command: &str| {
+        let out = virsh.ok(&command.replace("NAME", &name), STEP);
+        let list = virsh.ok(&format!("domblklist {name}"), STEP);
+        let text = [out, list].concat().join("\n");
+        seen.push(format!(
+            "{what}: {}",
+            text.replace(&root.display().to_string(), "DIR")
+                .replace(&name, "NAME")
+        ));
+    };
+    virsh.ok(&format!("create {}", xml.display()), STEP);
+    let (_, at) = wait_for_line(&serial, 0, "GUEST MIG ready", BOOT);
+    let (mut verified, mut at) = guest_io_goes_on(&serial, at, 0);
+    let dir_arg = root.display().to_string();
+    for (what, command) in [
+        (
+            "snapshot s1",
+            format!(
+                "snapshot-create-as NAME s1 --disk-only --atomic --no-metadata \
+                 --diskspec vda,file={dir_arg}/s1.qcow2"
+            ),
+        ),
+        (
+            "snapshot s2",
+            format!(
+                "snapshot-create-as NAME s2 --disk-only --atomic --no-metadata \
+                 --diskspec vda,file={dir_arg}/s2.qcow2"
+            ),
+        ),
+        (
+            "blockpull",
+            format!("blockpull NAME vda --base {dir_arg}/disk.qcow2 --wait"),
+        ),
+        (
+            "blockcommit",
+            "blockcommit NAME vda --active --pivot --wait".to_string(),
+        ),
+        (
+            "blockcopy",
+            format!("blockcopy NAME vda {dir_arg}/copy.qcow2 --wait --pivot --transient-job"),
+        ),
+    ] {
+        step(&mut virsh, what, &command);
+        // The guest's I/O goes on, on the chain the step left, and reads back what it
+        // wrote before.
+        (verified, at) = guest_io_goes_on(&serial, at, verified);
+    }
+    virsh.ok(&format!("destroy {name}"), STEP);
+    until_gone(&mut virsh, &name);
+    drop(virsh);
+    // The copy is whole: no backing file, clean.
+    let copy = root.join("copy.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", path_arg(&copy)])
+        .output()
+        .expect("qemu-img info");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("qemu-img info");
+    assert_eq!(info["backing-filename"], serde_json::Value::Null, "{info}");
+    qemu_img_ok(&["check", "-q", path_arg(&copy)]);
+    let left = processes_naming(&root.display().to_string());
+    assert!(left.is_empty(), "processes left after destroy: {left:?}");
+    seen
+}
+
+/// libvirt's block operations (issue 18): `snapshot-create-as --disk-only` (libvirt
+/// creates the overlay through blockdev-create's jobs, then a transaction of
+/// blockdev-snapshot), `blockpull` (block-stream), `blockcommit --active --pivot`
+/// (block-commit, job-complete) and `blockcopy --pivot` (blockdev-create, blockdev-mirror,
+/// job-complete), each job driven by JOB_STATUS_CHANGE events and ended by job-dismiss,
+/// run on flotilla-qemu as on QEMU 7.2 while the guest's disk I/O goes on and checks
+/// itself; virsh shows the same of both.
+#[test]
+fn block_jobs_run_as_on_qemu() {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let passthrough = "<cpu mode='host-passthrough'/>";
+    let disabled = "<cpu mode='host-passthrough'>\
+                    <feature policy='disable' name='arch-capabilities'/></cpu>";
+    let on_qemu = block_jobs(&qemu, "q", disabled);
+    let ours = if kvm_is_pvm() { passthrough } else { disabled };
+    let on_flotilla = block_jobs(&bin("flotilla-qemu"), "f", ours);
+    assert_eq!(
+        on_flotilla, on_qemu,
+        "virsh shows Flotilla's block jobs otherwise"
+    );
+}
+
 /// The domain of save/restore and migration: the lifecycle's guest (pci-hotplug: its
 /// disk checked with I/O at boot, a hot-added one too, the ACPI power button) on its
 /// qcow2 disk, the console in a file, no NIC (a tap of the same name cannot be on both

@@ -324,6 +324,11 @@ impl BlockLayer {
     /// block-dirty-bitmap-remove.
     pub fn dirty_bitmap_remove(&self, node: &str, name: &str) -> Result<(), BlockError> {
         let _changes = self.changes.lock();
+        self.dirty_bitmap_remove_unlocked(node, name)
+    }
+
+    /// The same, the caller holding `changes` (a transaction's commit).
+    fn dirty_bitmap_remove_unlocked(&self, node: &str, name: &str) -> Result<(), BlockError> {
         let (index, _) = {
             let state = self.state.lock();
             let (index, found) = state.find_bitmap(node, name)?;
@@ -548,4 +553,37 @@ impl Action for ClearBitmapAction {
             layer.merge_back(&self.node, &self.name, &old);
         }
     }
+}
+
+/// The transaction action block-dirty-bitmap-remove (libvirt's after a pivot): checked
+/// at prepare, removed at commit (so an abort has nothing to give back).
+pub struct RemoveBitmapAction {
+    node: String,
+    name: String,
+}
+
+impl RemoveBitmapAction {
+    pub fn new(node: String, name: String) -> RemoveBitmapAction {
+        RemoveBitmapAction { node, name }
+    }
+}
+
+impl Action for RemoveBitmapAction {
+    fn kind(&self) -> &'static str {
+        "block-dirty-bitmap-remove"
+    }
+
+    fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
+        let state = layer.state.lock();
+        let (index, found) = state.find_bitmap(&self.node, &self.name)?;
+        state.bitmap_free(index, &found, &self.name)
+    }
+
+    fn commit(&mut self, layer: &BlockLayer) {
+        if let Err(e) = layer.dirty_bitmap_remove_unlocked(&self.node, &self.name) {
+            log::warn!("dirty bitmap {}: removing it: {e}", self.name);
+        }
+    }
+
+    fn abort(&mut self, _layer: &BlockLayer) {}
 }

@@ -34,6 +34,7 @@ pub struct StreamRequest {
     pub backing_file: Option<String>,
     pub speed: i64,
     pub on_error: OnError,
+    pub finish: super::job::JobFinish,
 }
 
 /// block-commit's arguments.
@@ -47,6 +48,7 @@ pub struct CommitRequest {
     pub top_node: Option<String>,
     pub backing_file: Option<String>,
     pub speed: i64,
+    pub finish: super::job::JobFinish,
 }
 
 /// A commit's base: its node, the read-write fd, the locks that fd took.
@@ -157,6 +159,7 @@ impl BlockLayer {
     pub fn stream(&self, r: &StreamRequest) -> Result<(), BlockError> {
         let _changes = self.changes.lock();
         let id = self.prepare_stream(&mut self.state.lock(), r)?;
+        self.set_finish(&id, r.finish);
         self.start_job(&id)
     }
 
@@ -166,6 +169,7 @@ impl BlockLayer {
         let id = self.prepare_commit(&mut self.state.lock(), r)?;
         if let Some(job) = self.state.lock().jobs.iter_mut().find(|j| j.id == id) {
             job.charge = charge;
+            job.finish = r.finish;
         }
         self.start_job(&id)
     }
@@ -195,8 +199,14 @@ impl BlockLayer {
         if base_depth.is_none() && r.backing_file.is_some() {
             return Err(JobError::BackingFileWholeChain.into());
         }
-        let (disk_index, root, id) =
-            Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
+        let (disk_index, root, id) = Self::check_new_job(
+            state,
+            &self.job_records,
+            &r.device,
+            r.job_id.as_deref(),
+            r.speed,
+            false,
+        )?;
         // A read-only disk's top is opened read-write for the job (QEMU reopens it so for
         // a drive opened read-only): the daemon writes the stream, the guest cannot.
         let writable_top = match (state.disks[disk_index].config.read_only, chain.first()) {
@@ -300,8 +310,14 @@ impl BlockLayer {
         if top_depth == 0 && r.backing_file.is_some() {
             return Err(JobError::BackingFileActive.into());
         }
-        let (disk_index, root, id) =
-            Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
+        let (disk_index, root, id) = Self::check_new_job(
+            state,
+            &self.job_records,
+            &r.device,
+            r.job_id.as_deref(),
+            r.speed,
+            false,
+        )?;
         let base = &chain[base_depth];
         let rw = graph::open_path(&base.filename, Driver::File, true)?;
         let locked = lock_base(base, &rw)?;

@@ -276,6 +276,9 @@ pub enum JobError {
     Busy { node: String, kind: &'static str },
     #[error("Block job '{0}' not found")]
     NotFound(String),
+    /// The job-* commands' (QEMU's generic job layer) for any job.
+    #[error("Job not found")]
+    JobNotFound,
     #[error("Job '{id}' in state '{state}' cannot accept command verb '{verb}'")]
     Verb {
         id: String,

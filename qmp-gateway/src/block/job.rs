@@ -20,6 +20,8 @@ pub enum JobState {
     /// Ready, then paused.
     Standby,
     Aborting,
+    /// Done, its changes made; waiting for job-finalize (auto-finalize false).
+    Pending,
     Concluded,
 }
 
@@ -31,6 +33,7 @@ impl JobState {
             JobState::Ready => "ready",
             JobState::Standby => "standby",
             JobState::Aborting => "aborting",
+            JobState::Pending => "pending",
             JobState::Concluded => "concluded",
         }
     }
@@ -61,6 +64,34 @@ pub struct BlockJob {
     pub completing: bool,
     /// The fds it holds, charged to the client that started it.
     pub charge: Option<Charge>,
+    /// auto-finalize and auto-dismiss, as the command gave them.
+    pub finish: JobFinish,
+}
+
+/// A job's auto-finalize and auto-dismiss (QEMU's defaults: both true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobFinish {
+    pub auto_finalize: bool,
+    pub auto_dismiss: bool,
+}
+
+impl Default for JobFinish {
+    fn default() -> JobFinish {
+        JobFinish {
+            auto_finalize: true,
+            auto_dismiss: true,
+        }
+    }
+}
+
+impl JobFinish {
+    /// From a command's optional arguments.
+    pub fn new(auto_finalize: Option<bool>, auto_dismiss: Option<bool>) -> JobFinish {
+        JobFinish {
+            auto_finalize: auto_finalize.unwrap_or(true),
+            auto_dismiss: auto_dismiss.unwrap_or(true),
+        }
+    }
 }
 
 impl BlockJob {
@@ -90,6 +121,7 @@ impl BlockJob {
             state: JobState::Running,
             completing: false,
             charge: None,
+            finish: JobFinish::default(),
         }
     }
 
@@ -123,8 +155,8 @@ impl BlockJob {
         matches!(&self.spec.kind, JobKind::Backup(b) if b.bitmap.as_deref() == Some(name))
     }
 
-    /// JobInfo (query-jobs), as QEMU 7.2 shows a block job there. Jobs dismiss
-    /// themselves, so none is listed concluded with an error.
+    /// JobInfo (query-jobs), as QEMU 7.2 shows a block job there (one that ended is
+    /// job_layer.rs' `EndedJob`).
     pub fn job_info(&self, now: Option<&JobStatus>) -> Value {
         let s = now.unwrap_or(&self.last);
         json!({
@@ -154,8 +186,8 @@ impl BlockJob {
             },
             "ready": s.ready,
             "status": self.state.qmp_name(),
-            "auto-finalize": true,
-            "auto-dismiss": true,
+            "auto-finalize": self.finish.auto_finalize,
+            "auto-dismiss": self.finish.auto_dismiss,
         })
     }
 }

@@ -60,6 +60,7 @@ pub struct MirrorRequest {
     pub on_source_error: OnError,
     pub on_target_error: OnError,
     pub unmap: bool,
+    pub finish: super::job::JobFinish,
 }
 
 /// drive-backup's and blockdev-backup's arguments.
@@ -74,6 +75,7 @@ pub struct BackupRequest {
     pub compress: bool,
     pub on_source_error: OnError,
     pub on_target_error: OnError,
+    pub finish: super::job::JobFinish,
 }
 
 /// A backup's sync (MirrorSyncMode as backups take it).
@@ -170,7 +172,15 @@ impl BlockLayer {
     pub fn mirror(&self, r: &MirrorRequest, charge: Option<Charge>) -> Result<(), BlockError> {
         let _changes = self.changes.lock();
         let id = self.prepare_mirror(&mut self.state.lock(), r, charge)?;
+        self.set_finish(&id, r.finish);
         self.start_job(&id)
+    }
+
+    /// Job `id` (recorded, not started) ends as `finish` says.
+    pub(super) fn set_finish(&self, id: &str, finish: super::job::JobFinish) {
+        if let Some(job) = self.state.lock().job_mut(id) {
+            job.finish = finish;
+        }
     }
 
     /// Gives job `id` (prepared) to its disk's daemon, which starts it; forgets it if
@@ -184,7 +194,7 @@ impl BlockLayer {
                     .ok_or_else(|| JobError::NotFound(id.to_string()))?;
                 let (spec, fds) = job.launch(false)?;
                 let disk = state
-                    .disk_by_id(&job.disk)
+                    .disk_by_layer_id(&job.disk)
                     .ok_or_else(|| BlockError::DeviceNotFound(job.disk.clone()))?;
                 (disk.daemon()?.link.clone(), spec, fds)
             };
@@ -212,6 +222,7 @@ impl BlockLayer {
     /// running there, the speed. Returns (disk index, root node, job id).
     pub(super) fn check_new_job(
         state: &State,
+        records: &super::job_layer::JobRecords,
         device: &str,
         job_id: Option<&str>,
         speed: i64,
@@ -228,6 +239,15 @@ impl BlockLayer {
             // QEMU's mirror sees the job's filter node over the disk first.
             return Err(JobError::NotRoot.into());
         }
+        if let Some(kind) = State::job_pending_on(records, &state.disks[disk_index].id) {
+            // A job waiting for job-finalize holds the disk's nodes (QEMU checks them
+            // before the new job's id).
+            return Err(JobError::Busy {
+                node: device.to_string(),
+                kind,
+            }
+            .into());
+        }
         // QEMU's default id: the disk's drive id, whatever names it here.
         let id = job_id
             .unwrap_or(state.disks[disk_index].device_name())
@@ -235,7 +255,7 @@ impl BlockLayer {
         if !well_formed(&id) {
             return Err(JobError::BadId(id).into());
         }
-        if state.job(&id).is_some() {
+        if state.job_id_taken(records, &id) {
             return Err(JobError::IdInUse(id).into());
         }
         if let Some(job) = running {
@@ -424,8 +444,14 @@ impl BlockLayer {
             }
             None => default_granularity(&state.graph, &root),
         };
-        let (disk_index, root, id) =
-            Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, false)?;
+        let (disk_index, root, id) = Self::check_new_job(
+            state,
+            &self.job_records,
+            &r.device,
+            r.job_id.as_deref(),
+            r.speed,
+            false,
+        )?;
         let sync = effective_sync(
             state,
             &root,
@@ -486,8 +512,14 @@ impl BlockLayer {
         r: &MirrorRequest,
         charge: Option<Charge>,
     ) -> Result<String, BlockError> {
-        let (disk_index, root, id) =
-            Self::check_new_job(state, &r.device, r.job_id.as_deref(), r.speed, true)?;
+        let (disk_index, root, id) = Self::check_new_job(
+            state,
+            &self.job_records,
+            &r.device,
+            r.job_id.as_deref(),
+            r.speed,
+            true,
+        )?;
         if let (
             Some(_),
             MirrorTarget::Drive {
@@ -610,12 +642,22 @@ impl BlockLayer {
 
     /// query-block-jobs: each job's progress, from its daemon (or as last reported).
     pub fn query_block_jobs(&self) -> Value {
-        self.jobs_now(BlockJob::info)
+        self.with_records(self.jobs_now(BlockJob::info), true)
     }
 
-    /// query-jobs: the same jobs in the generic job layer's words.
+    /// query-jobs: the same jobs in the generic job layer's words, and blockdev-create's.
     pub fn query_jobs(&self) -> Value {
-        self.jobs_now(BlockJob::job_info)
+        self.with_records(self.jobs_now(BlockJob::job_info), false)
+    }
+
+    /// `running` (the jobs daemons run), then the records, newest first.
+    fn with_records(&self, running: Value, block_only: bool) -> Value {
+        let mut all = match running {
+            Value::Array(running) => running,
+            _ => Vec::new(),
+        };
+        all.extend(self.records_shown(block_only).into_iter().rev());
+        Value::Array(all)
     }
 
     /// Each job as `show` describes it, with its progress from its daemon (or as last
@@ -631,7 +673,7 @@ impl BlockLayer {
                 .iter()
                 .map(|j| {
                     let link = state
-                        .disk_by_id(&j.disk)
+                        .disk_by_layer_id(&j.disk)
                         .and_then(|d| d.daemon.as_ref())
                         .map(|d| d.link.clone());
                     (j.id.clone(), link)
@@ -661,10 +703,10 @@ impl BlockLayer {
 
     /// That job `id` exists (checked before a command's own arguments, as QEMU does).
     pub fn check_job(&self, id: &str) -> Result<(), BlockError> {
-        match self.state.lock().job(id) {
-            Some(_) => Ok(()),
-            None => Err(JobError::NotFound(id.to_string()).into()),
+        if self.state.lock().job(id).is_some() || self.job_record(id).is_some_and(|r| r.block) {
+            return Ok(());
         }
+        Err(JobError::NotFound(id.to_string()).into())
     }
 
     /// block-job-pause, -resume, -cancel, -complete, -set-speed on job `id`.
@@ -672,6 +714,21 @@ impl BlockLayer {
         let _changes = self.changes.lock();
         let (link, new_state) = {
             let mut state = self.state.lock();
+            if state.job(id).is_none() {
+                let verb = match control {
+                    JobControl::Pause => "pause",
+                    JobControl::Resume => "resume",
+                    JobControl::Cancel { .. } => "cancel",
+                    JobControl::Complete => "complete",
+                    JobControl::SetSpeed(_) => "set-speed",
+                };
+                drop(state);
+                return Err(match self.job_record(id).filter(|r| r.block) {
+                    Some(_) => self.record_refuses(id, verb),
+                    None => None,
+                }
+                .unwrap_or_else(|| JobError::NotFound(id.to_string()).into()));
+            }
             let job = state
                 .job_mut(id)
                 .ok_or_else(|| JobError::NotFound(id.to_string()))?;
@@ -717,7 +774,7 @@ impl BlockLayer {
             let disk = job.disk.clone();
             let progress = (job.last.offset, job.last.len);
             let link = state
-                .disk_by_id(&disk)
+                .disk_by_layer_id(&disk)
                 .and_then(|d| d.daemon.as_ref())
                 .map(|d| d.link.clone());
             if let (None, JobControl::Cancel { .. }) = (&link, control) {
@@ -880,30 +937,21 @@ impl BlockLayer {
             // Nothing writes the target now.
             lock::unlock(target.as_fd(), take, share);
         }
-        // QEMU's order: the job's way to its end, its event, then concluded and null.
-        let events = &self.hooks.events;
-        let status = |s| Event::JobStatusChange(JobStatusChange::new(id, s));
-        if cancelled || error.is_some() {
-            events.emit(status("aborting"));
-        } else {
-            events.emit(status("waiting"));
-            events.emit(status("pending"));
-        }
-        let ended = BlockJobData {
+        // QEMU's order: the job's way to its end, its event, then concluded and null
+        // (job_layer.rs: a job may wait for job-finalize or job-dismiss on the way).
+        self.block_job_ended(super::job_layer::JobRecord {
+            id: id.to_string(),
             kind: job.kind,
-            device: id.to_string(),
-            len,
+            block: true,
+            disk: disk.to_string(),
+            state: JobState::Concluded,
             offset,
+            len,
             speed: job.last.speed,
             error,
-        };
-        events.emit(if cancelled {
-            Event::BlockJobCancelled(ended)
-        } else {
-            Event::BlockJobCompleted(ended)
+            cancelled,
+            finish: job.finish,
         });
-        events.emit(status("concluded"));
-        events.emit(status("null"));
     }
 
     /// A completed mirror: the disk's root is the target's node from now on (its daemon
@@ -1086,6 +1134,7 @@ impl Action for BackupAction {
     fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
         let id =
             layer.prepare_backup(&mut layer.state.lock(), &self.request, self.charge.take())?;
+        layer.set_finish(&id, self.request.finish);
         self.prepared = Some(id);
         Ok(())
     }

@@ -29,6 +29,7 @@ pub mod info;
 mod iothread_host;
 pub mod iothreads;
 pub mod job;
+pub mod job_layer;
 pub mod jobs;
 mod limits;
 pub mod lock;
@@ -207,6 +208,9 @@ pub struct BlockLayer {
     runtime: RuntimeDir,
     /// The iothread objects' daemons (iothreads.rs).
     iothreads: Mutex<IoThreads>,
+    /// The jobs that ended and wait for job-finalize or job-dismiss, and blockdev-create's
+    /// (job_layer.rs).
+    job_records: job_layer::JobRecords,
 }
 
 impl BlockLayer {
@@ -239,6 +243,7 @@ impl BlockLayer {
             daemon_binary,
             runtime: RuntimeDir::create()?,
             iothreads: Mutex::default(),
+            job_records: job_layer::JobRecords::default(),
         })
     }
 

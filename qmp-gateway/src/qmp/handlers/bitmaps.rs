@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::block::bitmaps::{AddBitmapAction, ClearBitmapAction, NewBitmap};
+use crate::block::bitmaps::{AddBitmapAction, ClearBitmapAction, NewBitmap, RemoveBitmapAction};
 use crate::block::transaction::Action;
 use crate::qmp::args::{shared_members, Int};
 use crate::qmp::context::Ctx;
@@ -52,6 +52,11 @@ pub fn add_action(c: &Ctx, a: BlockDirtyBitmapAdd) -> Result<Box<dyn Action>, Qm
 /// The transaction action block-dirty-bitmap-clear.
 pub fn clear_action(a: BlockDirtyBitmap) -> Box<dyn Action> {
     Box::new(ClearBitmapAction::new(a.node, a.name))
+}
+
+/// The transaction action block-dirty-bitmap-remove.
+pub fn remove_action(a: BlockDirtyBitmap) -> Box<dyn Action> {
+    Box::new(RemoveBitmapAction::new(a.node, a.name))
 }
 
 pub fn block_dirty_bitmap_add(c: &mut Ctx, a: BlockDirtyBitmapAdd) -> QmpResult {

@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::block::chain_jobs::{CommitRequest, StreamRequest};
+use crate::block::job::JobFinish;
+use crate::block::job_layer::{compat, CreateRequest, Verb};
 use crate::block::jobs::{BackupAction, BackupRequest, BackupSync, MirrorRequest, MirrorTarget};
 use crate::block::snapshot::NewImageMode;
 use crate::block::transaction::Action;
@@ -13,6 +15,7 @@ use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
 use crate::qmp::qapi::{opt, req, Ty};
 use crate::qmp::types::{BLOCKDEV_BACKUP_MEMBERS, DRIVE_BACKUP_MEMBERS};
+use block_daemon::formats::qcow2::create::CreateOptions;
 
 /// MirrorSyncMode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -92,6 +95,8 @@ pub struct DriveMirror {
     pub on_source_error: Option<OnErrorArg>,
     pub on_target_error: Option<OnErrorArg>,
     pub unmap: Option<bool>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
 }
 
 serde_arguments!(
@@ -111,6 +116,8 @@ serde_arguments!(
         opt("on-source-error", Ty::Named("BlockdevOnError")),
         opt("on-target-error", Ty::Named("BlockdevOnError")),
         opt("unmap", Ty::Bool),
+        opt("auto-finalize", Ty::Bool),
+        opt("auto-dismiss", Ty::Bool),
     ]
 );
 
@@ -127,6 +134,8 @@ pub struct BlockdevMirror {
     pub buf_size: Option<Int>,
     pub on_source_error: Option<OnErrorArg>,
     pub on_target_error: Option<OnErrorArg>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
 }
 
 serde_arguments!(
@@ -142,6 +151,8 @@ serde_arguments!(
         opt("buf-size", Ty::Int),
         opt("on-source-error", Ty::Named("BlockdevOnError")),
         opt("on-target-error", Ty::Named("BlockdevOnError")),
+        opt("auto-finalize", Ty::Bool),
+        opt("auto-dismiss", Ty::Bool),
     ]
 );
 
@@ -169,6 +180,7 @@ pub fn drive_mirror(c: &mut Ctx, a: DriveMirror) -> QmpResult {
             on_source_error: policy(a.on_source_error),
             on_target_error: policy(a.on_target_error),
             unmap: a.unmap.unwrap_or(true),
+            finish: JobFinish::new(a.auto_finalize, a.auto_dismiss),
         },
         Some(charge),
     )?;
@@ -190,6 +202,7 @@ pub fn blockdev_mirror(c: &mut Ctx, a: BlockdevMirror) -> QmpResult {
             on_source_error: policy(a.on_source_error),
             on_target_error: policy(a.on_target_error),
             unmap: true,
+            finish: JobFinish::new(a.auto_finalize, a.auto_dismiss),
         },
         Some(charge),
     )?;
@@ -206,6 +219,8 @@ pub struct BlockStream {
     pub backing_file: Option<String>,
     pub speed: Option<Int>,
     pub on_error: Option<OnErrorArg>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
 }
 
 // base-node (QEMU 2.8) as well as the spec's base: libvirt names nodes.
@@ -219,6 +234,8 @@ serde_arguments!(
         opt("backing-file", Ty::Str),
         opt("speed", Ty::Int),
         opt("on-error", Ty::Named("BlockdevOnError")),
+        opt("auto-finalize", Ty::Bool),
+        opt("auto-dismiss", Ty::Bool),
     ]
 );
 
@@ -231,6 +248,7 @@ pub fn block_stream(c: &mut Ctx, a: BlockStream) -> QmpResult {
         backing_file: a.backing_file,
         speed: saturating(a.speed).unwrap_or(0),
         on_error: policy(a.on_error),
+        finish: JobFinish::new(a.auto_finalize, a.auto_dismiss),
     })?;
     Ok(json!({}))
 }
@@ -246,6 +264,8 @@ pub struct BlockCommit {
     pub top_node: Option<String>,
     pub backing_file: Option<String>,
     pub speed: Option<Int>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
 }
 
 // base-node and top-node (QEMU 3.1) as well as the spec's base and top.
@@ -260,6 +280,8 @@ serde_arguments!(
         opt("top-node", Ty::Str),
         opt("backing-file", Ty::Str),
         opt("speed", Ty::Int),
+        opt("auto-finalize", Ty::Bool),
+        opt("auto-dismiss", Ty::Bool),
     ]
 );
 
@@ -276,6 +298,7 @@ pub fn block_commit(c: &mut Ctx, a: BlockCommit) -> QmpResult {
             top_node: a.top_node,
             backing_file: a.backing_file,
             speed: saturating(a.speed).unwrap_or(0),
+            finish: JobFinish::new(a.auto_finalize, a.auto_dismiss),
         },
         Some(charge),
     )?;
@@ -361,6 +384,8 @@ pub struct DriveBackup {
     pub compress: Option<bool>,
     pub on_source_error: Option<OnErrorArg>,
     pub on_target_error: Option<OnErrorArg>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
 }
 
 shared_members!(DriveBackup, DRIVE_BACKUP_MEMBERS);
@@ -377,6 +402,8 @@ pub struct BlockdevBackup {
     pub compress: Option<bool>,
     pub on_source_error: Option<OnErrorArg>,
     pub on_target_error: Option<OnErrorArg>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
 }
 
 shared_members!(BlockdevBackup, BLOCKDEV_BACKUP_MEMBERS);
@@ -398,6 +425,7 @@ impl DriveBackup {
             compress: self.compress.unwrap_or(false),
             on_source_error: policy(self.on_source_error),
             on_target_error: policy(self.on_target_error),
+            finish: JobFinish::new(self.auto_finalize, self.auto_dismiss),
         })
     }
 }
@@ -414,6 +442,7 @@ impl BlockdevBackup {
             compress: self.compress.unwrap_or(false),
             on_source_error: policy(self.on_source_error),
             on_target_error: policy(self.on_target_error),
+            finish: JobFinish::new(self.auto_finalize, self.auto_dismiss),
         })
     }
 }
@@ -439,5 +468,128 @@ pub fn drive_backup(c: &mut Ctx, a: DriveBackup) -> QmpResult {
 pub fn blockdev_backup(c: &mut Ctx, a: BlockdevBackup) -> QmpResult {
     let charge = c.charge_fds(2)?;
     c.gw.block.backup(a.request()?, Some(charge))?;
+    Ok(json!({}))
+}
+
+/// job-cancel, job-pause, job-resume, job-complete, job-finalize, job-dismiss: QEMU's
+/// generic job layer, over every job by its id.
+#[derive(Debug, Deserialize)]
+pub struct JobId {
+    pub id: String,
+}
+
+serde_arguments!(JobId, [req("id", Ty::Str)]);
+
+fn verb(c: &Ctx, id: &str, verb: Verb) -> QmpResult {
+    c.gw.block.job_verb(id, verb)?;
+    Ok(json!({}))
+}
+
+pub fn job_cancel(c: &mut Ctx, a: JobId) -> QmpResult {
+    verb(c, &a.id, Verb::Cancel)
+}
+
+pub fn job_pause(c: &mut Ctx, a: JobId) -> QmpResult {
+    verb(c, &a.id, Verb::Pause)
+}
+
+pub fn job_resume(c: &mut Ctx, a: JobId) -> QmpResult {
+    verb(c, &a.id, Verb::Resume)
+}
+
+pub fn job_complete(c: &mut Ctx, a: JobId) -> QmpResult {
+    verb(c, &a.id, Verb::Complete)
+}
+
+pub fn job_finalize(c: &mut Ctx, a: JobId) -> QmpResult {
+    verb(c, &a.id, Verb::Finalize)
+}
+
+pub fn job_dismiss(c: &mut Ctx, a: JobId) -> QmpResult {
+    verb(c, &a.id, Verb::Dismiss)
+}
+
+/// blockdev-create: `options` checked against BlockdevCreateOptions (the file and qcow2
+/// branches) before the handler sees them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevCreate {
+    pub job_id: String,
+    pub options: Value,
+}
+
+serde_arguments!(
+    BlockdevCreate,
+    [
+        req("job-id", Ty::Str),
+        req("options", Ty::Named("BlockdevCreateOptions")),
+    ]
+);
+
+/// What Flotilla does not create, in a sentence of its own (QEMU would).
+fn not_created(what: &str) -> QmpError {
+    QmpError::generic(format!("blockdev-create: Flotilla does not create {what}"))
+}
+
+pub fn blockdev_create(c: &mut Ctx, a: BlockdevCreate) -> QmpResult {
+    let o = a.options.as_object().cloned().unwrap_or_default();
+    let text = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    let number = |k: &str| o.get(k).and_then(Value::as_u64);
+    let flag = |k: &str| o.get(k).and_then(Value::as_bool);
+    let size = number("size").unwrap_or(0);
+    if text("preallocation").is_some_and(|p| p != "off") {
+        return Err(not_created("preallocated images (preallocation off only)"));
+    }
+    let request = match text("driver").as_deref() {
+        Some("file") => CreateRequest::File {
+            filename: text("filename").unwrap_or_default(),
+            size,
+        },
+        Some("qcow2") => {
+            let Some(file) = o.get("file").and_then(Value::as_str) else {
+                return Err(not_created(
+                    "qcow2 images in an inline file definition: blockdev-add the file node \
+                     and name it",
+                ));
+            };
+            if o.contains_key("data-file") || o.contains_key("data-file-raw") {
+                return Err(not_created("qcow2 images with an external data file"));
+            }
+            if o.contains_key("encrypt") {
+                return Err(not_created("encrypted qcow2 images"));
+            }
+            if flag("extended-l2") == Some(true) {
+                return Err(not_created("qcow2 images with extended L2 entries"));
+            }
+            if text("compression-type").is_some_and(|t| t != "zlib") {
+                return Err(not_created("qcow2 images compressed with zstd"));
+            }
+            let defaults = CreateOptions::default();
+            CreateRequest::Qcow2 {
+                file: file.to_string(),
+                options: CreateOptions {
+                    size,
+                    cluster_size: number("cluster-size").unwrap_or(defaults.cluster_size),
+                    backing_file: text("backing-file"),
+                    backing_format: text("backing-fmt"),
+                    compat: compat(text("version").as_deref()),
+                    refcount_bits: o
+                        .get("refcount-bits")
+                        .and_then(Value::as_u64)
+                        .map_or(defaults.refcount_bits, |b| {
+                            b.min(u64::from(u32::MAX)) as u32
+                        }),
+                    lazy_refcounts: flag("lazy-refcounts").unwrap_or(false),
+                },
+            }
+        }
+        Some(driver) => {
+            return Err(not_created(&format!(
+                "'{driver}' images (file and qcow2 only)"
+            )))
+        }
+        None => return Err(QmpError::generic("Parameter 'options.driver' is missing")),
+    };
+    c.gw.block.create_image(&a.job_id, request)?;
     Ok(json!({}))
 }

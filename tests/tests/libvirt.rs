@@ -6,6 +6,7 @@
 //! file) goes through the lifecycle libvirt drives, on flotilla-qemu and on QEMU 7.2 with
 //! the same XML and the same virsh commands, and what virsh shows of each is compared.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -147,6 +148,8 @@ fn lifecycle(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     let name = format!("dom-{tag}");
     let tap = format!("lvt{}{tag}", std::process::id() % 100_000);
     let _tap = TapLeftover(tap.clone());
+    let tap2 = format!("{tap}n");
+    let _tap2 = TapLeftover(tap2.clone());
     qemu_img_ok(&[
         "create",
         "-q",
@@ -171,7 +174,7 @@ fn lifecycle(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
         let text = out.join("\n").replace(&root.display().to_string(), "DIR");
         seen.push(format!(
             "{what}: {}",
-            text.replace(&name, "NAME").replace(&tap, "TAP")
+            (text.replace(&name, "NAME").replace(&tap2, "TAP2")).replace(&tap, "TAP")
         ));
     };
     let mut virsh = Virsh::start(root);
@@ -228,6 +231,27 @@ fn lifecycle(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     at = next;
     note("detached", virsh.ok(&format!("domblklist {name}"), STEP));
 
+    // A second NIC: hot-added (libvirt makes its tap), seen by the guest, removed.
+    let nic = root.join("nic.xml");
+    std::fs::write(
+        &nic,
+        format!(
+            "<interface type='ethernet'><mac address='52:54:00:12:34:58'/>\
+             <target dev='{tap2}' managed='yes'/><model type='virtio'/></interface>"
+        ),
+    )
+    .expect("nic.xml");
+    virsh.ok(&format!("attach-device {name} {}", nic.display()), STEP);
+    let (line, next) = wait_for_line(&serial, at, "GUEST HOTPLUG NET OK slot=", STEP);
+    at = next;
+    assert!(line.ends_with(" mac=52:54:00:12:34:58"), "{line}");
+    assert!(link_exists(&tap2), "libvirt's tap {tap2} is not there");
+    note("nic attached", virsh.ok(&format!("domiflist {name}"), STEP));
+    virsh.ok(&format!("detach-device {name} {}", nic.display()), STEP);
+    let (_, next) = wait_for_line(&serial, at, "GUEST HOTPLUG REMOVED slot=", STEP);
+    at = next;
+    note("nic detached", virsh.ok(&format!("domiflist {name}"), STEP));
+
     // The monitor, through libvirt.
     let answer = virsh.ok(
         &format!("qemu-monitor-command {name} '{{\"execute\":\"query-status\"}}'"),
@@ -258,6 +282,7 @@ fn lifecycle(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     let left = processes_naming(&root.display().to_string());
     assert!(left.is_empty(), "processes left after destroy: {left:?}");
     assert!(!link_exists(&tap), "the tap {tap} outlived its domain");
+    assert!(!link_exists(&tap2), "the tap {tap2} outlived its NIC");
     seen
 }
 
@@ -600,6 +625,134 @@ fn block_jobs_run_as_on_qemu() {
         on_flotilla, on_qemu,
         "virsh shows Flotilla's block jobs otherwise"
     );
+}
+
+/// Reads the console `pty` (the terminal's other end) until `text` came, for `timeout`;
+/// what was read, `text` included.
+fn read_console_until(pty: &mut std::fs::File, text: &str, timeout: Duration) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(text) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no {text:?} on the console within {timeout:?}; read:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        let mut poll = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(pty),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        if nix::poll::poll(&mut poll, ms).expect("poll") == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        let n = pty.read(&mut buf).expect("reading the console");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// The console on a pty (libvirt's default `<serial type='pty'/>`, `virsh ttyconsole`) and
+/// `virsh reboot` on one emulator: the guest's lines read from the terminal, through a
+/// reboot (libvirt presses the ACPI power button, the guest powers off, libvirt resets the
+/// VM and lets it run again: QEMU's -no-shutdown and system_reset); what virsh showed.
+fn console_and_reboot(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
+    let dir = TempDir::new(&format!("libvirt-console-{tag}"));
+    let _leftovers = Leftovers(dir.path().display().to_string());
+    let root = dir.path();
+    let name = format!("con-{tag}");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path_arg(&root.join("disk.qcow2")),
+        "64M",
+    ]);
+    let xml = root.join("dom.xml");
+    let domain = format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{guest}</kernel>
+    <cmdline>scenario=pci-hotplug boot-blk=1 pci_assign=0xc0000000,0x10000000</cmdline></os>
+  <features><acpi/></features>
+  {cpu}
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{root}/disk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <serial type='pty'/>
+    <console type='pty'/>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        guest = test_guest().display(),
+        emulator = emulator.display(),
+        root = root.display(),
+    );
+    std::fs::write(&xml, domain).expect("dom.xml");
+    let mut seen = Vec::new();
+    let mut virsh = Virsh::start(root);
+    virsh.ok(&format!("create {}", xml.display()), STEP);
+    let tty = virsh.ok(&format!("ttyconsole {name}"), STEP);
+    let [path] = &tty[..] else {
+        panic!("ttyconsole: {tty:?}")
+    };
+    assert!(path.starts_with("/dev/pts/"), "{path}");
+    seen.push("ttyconsole: a /dev/pts/ path".to_string());
+    let mut pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening the console {path}: {e}"));
+    // Raw: no echo of the guest's output back into its UART, no line editing.
+    let mut mode = nix::sys::termios::tcgetattr(&pty).expect("tcgetattr");
+    nix::sys::termios::cfmakeraw(&mut mode);
+    nix::sys::termios::tcsetattr(&pty, nix::sys::termios::SetArg::TCSANOW, &mode)
+        .expect("tcsetattr");
+    read_console_until(&mut pty, "GUEST HOTPLUG READY", BOOT);
+    virsh.ok(&format!("reboot {name}"), STEP);
+    let after = read_console_until(&mut pty, "GUEST POWEROFF", STEP);
+    assert!(!after.contains("GUEST HOTPLUG READY"), "{after}");
+    // The guest's first line after the reset, then its whole boot.
+    read_console_until(&mut pty, "GUEST HOTPLUG READY", BOOT);
+    seen.push(format!(
+        "after reboot: {}",
+        virsh
+            .ok(&format!("domstate {name} --reason"), STEP)
+            .join(" ")
+    ));
+    virsh.ok(&format!("destroy {name}"), STEP);
+    until_gone(&mut virsh, &name);
+    drop(virsh);
+    let deadline = Instant::now() + STEP;
+    while !processes_naming(&root.display().to_string()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_naming(&root.display().to_string());
+    assert!(left.is_empty(), "processes left after destroy: {left:?}");
+    seen
+}
+
+#[test]
+fn console_and_reboot_as_on_qemu() {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
+    // As in a_domain_runs_its_lifecycle_as_on_qemu.
+    let passthrough = "<cpu mode='host-passthrough'/>";
+    let disabled = "<cpu mode='host-passthrough'>\
+                    <feature policy='disable' name='arch-capabilities'/></cpu>";
+    let on_qemu = console_and_reboot(&qemu, "q", disabled);
+    let ours = if kvm_is_pvm() { passthrough } else { disabled };
+    let on_flotilla = console_and_reboot(&bin("flotilla-qemu"), "f", ours);
+    assert_eq!(on_flotilla, on_qemu, "ours, then QEMU's");
 }
 
 /// The domain of save/restore and migration: the lifecycle's guest (pci-hotplug: its

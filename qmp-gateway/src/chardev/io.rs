@@ -85,6 +85,11 @@ struct Orders {
     frontend: Option<Option<OwnedFd>>,
     /// A monitor to hand connections to.
     handoff: Option<Handoff>,
+    /// A monitor claimed the chardev and will serve it: no connection is accepted until
+    /// its handoff comes (as QEMU's monitor accepts only once its main loop runs; a start
+    /// that fails meanwhile leaves a client's connection pending, never closed before
+    /// the failure was written to the log libvirt then reads).
+    for_monitor: bool,
     /// A connection to take if there is none (add_client), and where to say whether it
     /// was taken.
     client: Option<(Stream, SyncSender<bool>)>,
@@ -102,6 +107,11 @@ impl Live {
 
     pub fn set_frontend(&self, fd: Option<OwnedFd>) {
         self.order(|o| o.frontend = Some(fd));
+    }
+
+    /// A monitor will serve the chardev (`for_monitor`).
+    pub fn reserve_for_monitor(&self) {
+        self.order(|o| o.for_monitor = true);
     }
 
     pub fn set_handoff(&self, handoff: Handoff) {
@@ -359,6 +369,8 @@ struct Pump {
     frontend: Option<OwnedFd>,
     /// A monitor that takes the connections (instead of a byte frontend).
     handoff: Option<Handoff>,
+    /// A monitor claimed the chardev (Orders::for_monitor).
+    for_monitor: bool,
     /// The frontend's output not yet taken by the backend.
     to_backend: Vec<u8>,
     /// The backend's input not yet taken by the frontend.
@@ -385,6 +397,7 @@ impl Pump {
             woken,
             frontend: None,
             handoff: None,
+            for_monitor: false,
             to_backend: Vec::new(),
             to_frontend: Vec::new(),
         }
@@ -414,6 +427,7 @@ impl Pump {
                 }
                 let handoff = orders.handoff.take();
                 let client = orders.client.take();
+                self.for_monitor |= orders.for_monitor;
                 drop(orders);
                 if let Some(h) = handoff {
                     self.handoff = Some(h);
@@ -458,17 +472,21 @@ impl Pump {
                     None => self.to_backend.clear(),
                 }
             }
+            let monitor_pending = self.for_monitor && self.handoff.is_none();
             if let Opened::Server {
                 listener,
                 conn: None,
                 ..
             } = &self.opened
             {
-                let fd = match listener {
-                    Listener::Unix(l, _) => l.as_raw_fd(),
-                    Listener::Tcp(l) => l.as_raw_fd(),
-                };
-                add(fd, libc::POLLIN, Slot::Accept);
+                // Not while a monitor is to come: see Orders::for_monitor.
+                if !monitor_pending {
+                    let fd = match listener {
+                        Listener::Unix(l, _) => l.as_raw_fd(),
+                        Listener::Tcp(l) => l.as_raw_fd(),
+                    };
+                    add(fd, libc::POLLIN, Slot::Accept);
+                }
             }
             let timeout = match &self.opened {
                 Opened::Client {

@@ -195,8 +195,20 @@ impl Chardevs {
     }
 
     /// Reserves chardev `id` for monitor `frontend` (QEMU's -mon: before anything else
-    /// takes it); `connect_monitor` connects it once the monitor can serve.
+    /// takes it); `connect_monitor` connects it once the monitor can serve. A socket
+    /// chardev accepts no connection until then.
     pub fn claim(&self, id: &str, frontend: &str) -> Result<(), ChardevError> {
+        self.reserve(id, frontend)?;
+        if let Some(c) = self.map.lock().get(id) {
+            if matches!(c.backend, Backend::Socket { .. }) {
+                c.worker.live.reserve_for_monitor();
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks chardev `id` as `frontend`'s; Busy if it has a frontend.
+    fn reserve(&self, id: &str, frontend: &str) -> Result<(), ChardevError> {
         let mut map = self.map.lock();
         let c = map
             .get_mut(id)
@@ -250,7 +262,7 @@ impl Chardevs {
     /// Connects `frontend` (e.g. "serial0") to chardev `id`: the frontend's end of a new
     /// socketpair, which the chardev's other end serves.
     pub fn attach(&self, id: &str, frontend: &str) -> Result<OwnedFd, ChardevError> {
-        self.claim(id, frontend)?;
+        self.reserve(id, frontend)?;
         self.connect_bytes(id).inspect_err(|_| {
             if let Some(c) = self.map.lock().get_mut(id) {
                 c.frontend = None;
@@ -325,6 +337,52 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A monitor's socket chardev leaves a client pending until the monitor serves (as
+    /// QEMU's, whose monitor accepts once its main loop runs): a start that fails meanwhile
+    /// never closes that client's connection before its error is written.
+    #[test]
+    fn a_monitors_socket_accepts_only_once_the_monitor_serves() {
+        let c = Chardevs::default();
+        let dir = scratch("mon");
+        let path = dir.join("m");
+        let server = Backend::Socket {
+            addr: spec::Address::Unix(path.clone()),
+            server: true,
+            wait: false,
+            reconnect: 0,
+            nodelay: false,
+        };
+        c.add("m", server, false).unwrap();
+        c.claim("m", "monitor0").unwrap();
+        let _client = UnixStream::connect(&path).unwrap();
+        let filename = || {
+            c.query()
+                .iter()
+                .find(|i| i.label == "m")
+                .unwrap()
+                .filename
+                .clone()
+        };
+        // Given time, the chardev's thread would have taken it: it must not.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            filename(),
+            format!("disconnected:unix:{},server=on", path.display())
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let handoff: Handoff = Arc::new(move |_stream, _| {
+            let _ = tx.lock().send(());
+        });
+        assert!(matches!(
+            c.connect_monitor("m", handoff).unwrap(),
+            MonitorLink::Connections
+        ));
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the pending client handed to the monitor");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

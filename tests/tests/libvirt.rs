@@ -275,12 +275,7 @@ fn lifecycle(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     drop(virsh);
 
     // Nothing left: no process of the domain, no tap.
-    let deadline = Instant::now() + STEP;
-    while !processes_naming(&root.display().to_string()).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left = processes_naming(&root.display().to_string());
-    assert!(left.is_empty(), "processes left after destroy: {left:?}");
+    no_process_left(&root.display().to_string());
     assert!(!link_exists(&tap), "the tap {tap} outlived its domain");
     assert!(!link_exists(&tap2), "the tap {tap2} outlived its NIC");
     seen
@@ -289,16 +284,9 @@ fn lifecycle(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
 #[test]
 fn a_domain_runs_its_lifecycle_as_on_qemu() {
     let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
-    // QEMU 7.2 cannot set arch-capabilities' MSR on kvm-pvm: its domains disable the
-    // feature. That KVM keeps the feature whatever the VMM sets, and Flotilla refuses a
-    // feature off that the guest would still have (gateway_probe's qom test): there,
-    // its domain leaves it on. On VMX/SVM both run the same domain.
-    let passthrough = "<cpu mode='host-passthrough'/>";
-    let disabled = "<cpu mode='host-passthrough'>\
-                    <feature policy='disable' name='arch-capabilities'/></cpu>";
-    let on_qemu = lifecycle(&qemu, "q", disabled);
-    let ours = if kvm_is_pvm() { passthrough } else { disabled };
-    let on_flotilla = lifecycle(&bin("flotilla-qemu"), "f", ours);
+    let on_qemu = lifecycle(&qemu, "q", cpu_for(&qemu));
+    let flotilla = bin("flotilla-qemu");
+    let on_flotilla = lifecycle(&flotilla, "f", cpu_for(&flotilla));
     assert_eq!(
         on_flotilla, on_qemu,
         "virsh shows Flotilla's domain otherwise"
@@ -306,15 +294,8 @@ fn a_domain_runs_its_lifecycle_as_on_qemu() {
 }
 
 /// A small domain for a refusal: the test guest idling, `disk` as its one disk element.
-/// Its vCPU is as a_domain_runs_its_lifecycle_as_on_qemu gives it on each emulator.
 fn refused_domain_xml(name: &str, emulator: &Path, features: &str, disk: &str) -> String {
-    let cpu = match emulator.ends_with("flotilla-qemu") && kvm_is_pvm() {
-        true => "<cpu mode='host-passthrough'/>",
-        false => {
-            "<cpu mode='host-passthrough'>\
-                  <feature policy='disable' name='arch-capabilities'/></cpu>"
-        }
-    };
+    let cpu = cpu_for(emulator);
     format!(
         "<domain type='kvm'>
   <name>{name}</name>
@@ -374,10 +355,7 @@ fn refused(
         !listed.iter().any(|l| l == name),
         "{name} listed: {listed:?}"
     );
-    let deadline = Instant::now() + STEP;
-    while !processes_naming(&xml.display().to_string()).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    no_process_left(&xml.display().to_string());
     said.to_string()
 }
 
@@ -464,8 +442,7 @@ fn refusals_reach_virsh_readably() {
         "{theirs}"
     );
     drop(virsh);
-    let left = processes_naming(&root.display().to_string());
-    assert!(left.is_empty(), "processes left: {left:?}");
+    no_process_left(&root.display().to_string());
 }
 
 /// The domain of the block jobs' test: the test guest's migrate-dirty scenario with block
@@ -600,8 +577,7 @@ fn block_jobs(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("qemu-img info");
     assert_eq!(info["backing-filename"], serde_json::Value::Null, "{info}");
     qemu_img_ok(&["check", "-q", path_arg(&copy)]);
-    let left = processes_naming(&root.display().to_string());
-    assert!(left.is_empty(), "processes left after destroy: {left:?}");
+    no_process_left(&root.display().to_string());
     seen
 }
 
@@ -615,12 +591,9 @@ fn block_jobs(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
 #[test]
 fn block_jobs_run_as_on_qemu() {
     let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
-    let passthrough = "<cpu mode='host-passthrough'/>";
-    let disabled = "<cpu mode='host-passthrough'>\
-                    <feature policy='disable' name='arch-capabilities'/></cpu>";
-    let on_qemu = block_jobs(&qemu, "q", disabled);
-    let ours = if kvm_is_pvm() { passthrough } else { disabled };
-    let on_flotilla = block_jobs(&bin("flotilla-qemu"), "f", ours);
+    let on_qemu = block_jobs(&qemu, "q", cpu_for(&qemu));
+    let flotilla = bin("flotilla-qemu");
+    let on_flotilla = block_jobs(&flotilla, "f", cpu_for(&flotilla));
     assert_eq!(
         on_flotilla, on_qemu,
         "virsh shows Flotilla's block jobs otherwise"
@@ -733,25 +706,16 @@ fn console_and_reboot(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     virsh.ok(&format!("destroy {name}"), STEP);
     until_gone(&mut virsh, &name);
     drop(virsh);
-    let deadline = Instant::now() + STEP;
-    while !processes_naming(&root.display().to_string()).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left = processes_naming(&root.display().to_string());
-    assert!(left.is_empty(), "processes left after destroy: {left:?}");
+    no_process_left(&root.display().to_string());
     seen
 }
 
 #[test]
 fn console_and_reboot_as_on_qemu() {
     let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86");
-    // As in a_domain_runs_its_lifecycle_as_on_qemu.
-    let passthrough = "<cpu mode='host-passthrough'/>";
-    let disabled = "<cpu mode='host-passthrough'>\
-                    <feature policy='disable' name='arch-capabilities'/></cpu>";
-    let on_qemu = console_and_reboot(&qemu, "q", disabled);
-    let ours = if kvm_is_pvm() { passthrough } else { disabled };
-    let on_flotilla = console_and_reboot(&bin("flotilla-qemu"), "f", ours);
+    let on_qemu = console_and_reboot(&qemu, "q", cpu_for(&qemu));
+    let flotilla = bin("flotilla-qemu");
+    let on_flotilla = console_and_reboot(&flotilla, "f", cpu_for(&flotilla));
     assert_eq!(on_flotilla, on_qemu, "ours, then QEMU's");
 }
 
@@ -788,7 +752,11 @@ fn moving_domain_xml(name: &str, emulator: &Path, dir: &Path, cpu: &str) -> Stri
     )
 }
 
-/// The vCPU each emulator's domain gets here (as a_domain_runs_its_lifecycle_as_on_qemu).
+/// The vCPU each emulator's domain gets here. QEMU 7.2 cannot set arch-capabilities' MSR
+/// on kvm-pvm: its domains disable the feature. That KVM keeps the feature whatever the
+/// VMM sets, and Flotilla refuses a feature off that the guest would still have
+/// (gateway_probe's qom test): there, its domain leaves it on. On VMX/SVM both run the
+/// same domain.
 fn cpu_for(emulator: &Path) -> &'static str {
     match emulator.ends_with("flotilla-qemu") && kvm_is_pvm() {
         true => "<cpu mode='host-passthrough'/>",
@@ -835,14 +803,19 @@ fn moving_root(root: &Path, emulator: &Path, tag: &str) -> String {
     name
 }
 
-/// Waits until no process names `needle` and no socket is left under `dir`.
-fn nothing_left(needle: &str, dir: &Path) {
+/// Waits (a step at most) until no process names `needle`.
+fn no_process_left(needle: &str) {
     let deadline = Instant::now() + STEP;
     while !processes_naming(needle).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let left = processes_naming(needle);
     assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+/// Waits until no process names `needle` and no socket is left under `dir`.
+fn nothing_left(needle: &str, dir: &Path) {
+    no_process_left(needle);
     let out = Command::new("find")
         .arg(dir)
         .args(["-type", "s"])

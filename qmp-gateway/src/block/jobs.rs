@@ -222,7 +222,7 @@ impl BlockLayer {
     /// running there, the speed. Returns (disk index, root node, job id).
     pub(super) fn check_new_job(
         state: &State,
-        records: &super::job_layer::JobRecords,
+        records: &super::job_record::JobRecords,
         device: &str,
         job_id: Option<&str>,
         speed: i64,
@@ -939,7 +939,7 @@ impl BlockLayer {
         }
         // QEMU's order: the job's way to its end, its event, then concluded and null
         // (job_layer.rs: a job may wait for job-finalize or job-dismiss on the way).
-        self.block_job_ended(super::job_layer::JobRecord {
+        self.block_job_ended(super::job_record::JobRecord {
             id: id.to_string(),
             kind: job.kind,
             block: true,

@@ -30,6 +30,7 @@ mod iothread_host;
 pub mod iothreads;
 pub mod job;
 pub mod job_layer;
+pub mod job_record;
 pub mod jobs;
 mod limits;
 pub mod lock;
@@ -210,7 +211,7 @@ pub struct BlockLayer {
     iothreads: Mutex<IoThreads>,
     /// The jobs that ended and wait for job-finalize or job-dismiss, and blockdev-create's
     /// (job_layer.rs).
-    job_records: job_layer::JobRecords,
+    job_records: job_record::JobRecords,
 }
 
 impl BlockLayer {
@@ -243,7 +244,7 @@ impl BlockLayer {
             daemon_binary,
             runtime: RuntimeDir::create()?,
             iothreads: Mutex::default(),
-            job_records: job_layer::JobRecords::default(),
+            job_records: job_record::JobRecords::default(),
         })
     }
 

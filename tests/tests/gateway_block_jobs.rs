@@ -5,7 +5,8 @@
 //! ready mirror cancelled (a consistent copy, BLOCK_JOB_COMPLETED) and one cancelled
 //! before it was ready (BLOCK_JOB_CANCELLED, the disk untouched); a mirror whose block
 //! daemon is SIGKILLed while it copies, which the new daemon carries on; pause, resume,
-//! set-speed, and the errors of a second job, an unknown one, a complete too early.
+//! set-speed, and the errors of a second job, an unknown one, a complete too early; a
+//! bitmap on a mirror's target node, marked by the disk's daemon from the pivot on.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -189,6 +190,56 @@ fn a_mirror_follows_the_guest_and_completes_onto_its_target() {
         md5_of(&target),
         source_then,
         "the guest's writes did not reach the target"
+    );
+    no_guest_errors(&gw);
+}
+
+/// The bitmap of one name on the disk's node in query-block.
+fn bitmap_count(c: &mut QmpClient, name: &str) -> Option<u64> {
+    let blocks = c.ok("query-block", json!({}));
+    let bitmaps = blocks[0]["inserted"]["dirty-bitmaps"].as_array()?.clone();
+    (bitmaps.iter())
+        .find(|b| b["name"] == name)
+        .and_then(|b| b["count"].as_u64())
+}
+
+/// libvirt's temporary bitmap on a copy's target, a node no disk uses until the pivot:
+/// kept by the gateway, marked by nobody while the job runs, then the disk's and marked
+/// by its daemon (the guest writes the whole disk each round).
+#[test]
+fn a_bitmap_on_a_mirrors_target_is_marked_from_the_pivot() {
+    let dir = TempDir::new("jobs-target-bitmap");
+    let (mut gw, _) = verifying(dir.path());
+    let mut c = gw.client();
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    let target = dir.path().join("target.raw");
+    pattern_image(&target, 0, SECTORS);
+    c.ok(
+        "blockdev-add",
+        json!({"driver": "raw", "node-name": "copy",
+               "file": {"driver": "file", "filename": p(&target)}}),
+    );
+    c.ok(
+        "blockdev-mirror",
+        json!({"job-id": "m", "device": "d0", "target": "copy", "sync": "full"}),
+    );
+    c.job_statuses_until("m", "ready");
+    stop_settled(&mut c);
+    c.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "copy", "name": "libvirt-tmp-activewrite"}),
+    );
+    c.ok("block-job-complete", json!({"device": "m"}));
+    c.job_statuses_until("m", "null");
+    assert_eq!(bitmap_count(&mut c, "libvirt-tmp-activewrite"), Some(0));
+    c.ok("cont", json!({}));
+    two_rounds(&mut gw);
+    stop_settled(&mut c);
+    assert_eq!(
+        bitmap_count(&mut c, "libvirt-tmp-activewrite"),
+        Some(SECTORS * 512),
+        "the guest's writes after the pivot were not marked"
     );
     no_guest_errors(&gw);
 }

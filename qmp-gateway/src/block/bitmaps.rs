@@ -1,8 +1,12 @@
 //! Dirty bitmaps (block-dirty-bitmap-add, -remove, -clear, and the transaction actions
-//! add and clear). A bitmap belongs to an image node of a disk's chain, as in QEMU; its
-//! memory is a memfd the gateway creates and keeps (`ipc::SharedBitmap`), and the disk's
-//! daemon marks the guest's writes into it while the node is the disk's top and the
-//! bitmap records. query-block counts it here, without asking the daemon.
+//! add and clear). A bitmap belongs to a node, as in QEMU; its memory is a memfd the
+//! gateway creates and keeps (`ipc::SharedBitmap`). On an image node of a disk's chain
+//! it is the disk's, and the disk's daemon marks the guest's writes into it while the
+//! node is the disk's top and the bitmap records; on a node no disk uses (blockdev-add
+//! made it, or it left a chain: a mirror's source after the pivot) it is loose, kept by
+//! the gateway, marked by nobody, and the disk's again once the node is in its chain (a
+//! mirror's target after the pivot, a device_add over the node). query-block counts it
+//! here, without asking the daemon.
 //!
 //! A daemon is always sent the whole set it marks into (`BlockRequest::SetDirtyBitmaps`,
 //! swapped in with its device quiesced), and a new daemon gets it at its open, so no
@@ -60,10 +64,19 @@ impl Disk {
     }
 
     fn bitmap_mut(&mut self, node: &str, name: &str) -> Option<&mut DirtyBitmap> {
-        self.bitmaps
-            .iter_mut()
-            .find(|b| b.node == node && b.name == name)
+        bitmap_in(&mut self.bitmaps, node, name)
     }
+}
+
+/// Bitmap `name` on node `node` among `bitmaps`.
+fn bitmap_in<'a>(
+    bitmaps: &'a mut [DirtyBitmap],
+    node: &str,
+    name: &str,
+) -> Option<&'a mut DirtyBitmap> {
+    bitmaps
+        .iter_mut()
+        .find(|b| b.node == node && b.name == name)
 }
 
 /// The disk bytes node `name` holds (its guest-visible size).
@@ -99,43 +112,101 @@ pub struct NewBitmap {
 }
 
 impl State {
-    /// The disk whose chain has image node `node`.
-    fn disk_with_image_node(&self, node: &str) -> Option<usize> {
-        self.disks.iter().position(|d| {
-            self.graph.chain(&d.root).iter().any(|n| {
-                n.name == node
-                    || self
-                        .graph
-                        .image_node(&n.name)
-                        .is_some_and(|i| i.name == node)
-            })
+    /// Whether disk `index`'s chain has image node `node`.
+    fn chain_has_image_node(&self, index: usize, node: &str) -> bool {
+        self.graph.chain(&self.disks[index].root).iter().any(|n| {
+            n.name == node
+                || self
+                    .graph
+                    .image_node(&n.name)
+                    .is_some_and(|i| i.name == node)
         })
     }
 
-    /// QEMU's block_dirty_bitmap_lookup: (disk index, node) of bitmap `name` on the
-    /// node or device `node`.
-    fn find_bitmap(&self, node: &str, name: &str) -> Result<(usize, String), BlockError> {
+    /// The disk whose chain has image node `node`.
+    fn disk_with_image_node(&self, node: &str) -> Option<usize> {
+        (0..self.disks.len()).find(|&i| self.chain_has_image_node(i, node))
+    }
+
+    /// Whether a disk uses node `node` in any way (its chain's nodes and their files).
+    fn disk_uses_node(&self, node: &str) -> bool {
+        self.disks.iter().any(|d| {
+            self.graph
+                .chain(&d.root)
+                .iter()
+                .any(|n| self.graph.tree(&n.name).iter().any(|t| t == node))
+        })
+    }
+
+    /// The bitmaps of disk `index`, or the loose ones (None).
+    fn bitmaps_of(&self, index: Option<usize>) -> &Vec<DirtyBitmap> {
+        match index {
+            Some(i) => &self.disks[i].bitmaps,
+            None => &self.loose_bitmaps,
+        }
+    }
+
+    fn bitmaps_of_mut(&mut self, index: Option<usize>) -> &mut Vec<DirtyBitmap> {
+        match index {
+            Some(i) => &mut self.disks[i].bitmaps,
+            None => &mut self.loose_bitmaps,
+        }
+    }
+
+    /// After a change to the graph or to the disks' chains: each bitmap goes where its
+    /// node is now (a disk's chain, or loose: QEMU keeps a bitmap on its node), and
+    /// those whose node is gone go. The caller tells the daemons whose set changed.
+    pub(super) fn settle_bitmaps(&mut self) {
+        let mut moving = std::mem::take(&mut self.loose_bitmaps);
+        for i in 0..self.disks.len() {
+            let had = std::mem::take(&mut self.disks[i].bitmaps);
+            for b in had {
+                if self.chain_has_image_node(i, &b.node) {
+                    self.disks[i].bitmaps.push(b);
+                } else {
+                    moving.push(b);
+                }
+            }
+        }
+        for b in moving {
+            if self.graph.node(&b.node).is_none() {
+                continue;
+            }
+            match self.disk_with_image_node(&b.node) {
+                Some(i) => self.disks[i].bitmaps.push(b),
+                None => self.loose_bitmaps.push(b),
+            }
+        }
+    }
+
+    /// QEMU's block_dirty_bitmap_lookup: (disk index, None: loose; node) of bitmap
+    /// `name` on the node or device `node`.
+    fn find_bitmap(&self, node: &str, name: &str) -> Result<(Option<usize>, String), BlockError> {
         let node = self
             .lookup_node(Some(node), Some(node))
             .map_err(|_| BitmapError::NodeNotFound(node.to_string()))?;
-        self.disk_with_image_node(&node)
-            .filter(|&i| {
-                self.disks[i]
-                    .bitmaps
-                    .iter()
-                    .any(|b| b.node == node && b.name == name)
-            })
-            .map(|i| (i, node))
-            .ok_or_else(|| BitmapError::NotFound(name.to_string()).into())
+        let index = self.disk_with_image_node(&node);
+        let found = self
+            .bitmaps_of(index)
+            .iter()
+            .any(|b| b.node == node && b.name == name);
+        if !found {
+            return Err(BitmapError::NotFound(name.to_string()).into());
+        }
+        Ok((index, node))
     }
 
     /// The BlockDirtyInfo of node `node`'s bitmaps, newest first (QEMU's order).
     pub fn bitmap_infos(&self, node: &str) -> Vec<Value> {
-        self.disks
+        let of_disks = self
+            .disks
             .iter()
-            .flat_map(|d| d.bitmaps.iter().rev().map(move |b| (d, b)))
+            .flat_map(|d| d.bitmaps.iter().rev().map(move |b| (Some(d), b)));
+        let loose = self.loose_bitmaps.iter().rev().map(|b| (None, b));
+        of_disks
+            .chain(loose)
             .filter(|(_, b)| b.node == node)
-            .map(|(d, b)| b.info(self.bitmap_busy(d, b)))
+            .map(|(d, b)| b.info(d.is_some_and(|d| self.bitmap_busy(d, b))))
             .collect()
     }
 
@@ -147,8 +218,11 @@ impl State {
                 .is_some_and(|j| j.uses_bitmap(&b.name))
     }
 
-    /// Bitmap `name` of disk `index` may be changed (no job uses it).
-    fn bitmap_free(&self, index: usize, node: &str, name: &str) -> Result<(), BlockError> {
+    /// Bitmap `name` of disk `index` may be changed (no job uses it; a loose one: yes).
+    fn bitmap_free(&self, index: Option<usize>, node: &str, name: &str) -> Result<(), BlockError> {
+        let Some(index) = index else {
+            return Ok(());
+        };
         let disk = &self.disks[index];
         match disk
             .bitmaps
@@ -164,14 +238,19 @@ impl State {
         self.disks
             .iter()
             .flat_map(|d| &d.bitmaps)
+            .chain(&self.loose_bitmaps)
             .map(|b| bytes_for(b.memory.size(), b.memory.granularity()).unwrap_or(0))
             .sum()
     }
 }
 
 impl BlockLayer {
-    /// Sends disk `index`'s daemon (if one runs) the set of bitmaps it marks into.
-    fn send_bitmaps(&self, index: usize) -> Result<(), BlockError> {
+    /// Sends disk `index`'s daemon (if one runs) the set of bitmaps it marks into (None:
+    /// loose bitmaps, which nobody marks).
+    fn send_bitmaps(&self, index: Option<usize>) -> Result<(), BlockError> {
+        let Some(index) = index else {
+            return Ok(());
+        };
         let (link, specs, fds) = {
             let state = self.state.lock();
             let Some(disk) = state.disks.get(index) else {
@@ -192,7 +271,7 @@ impl BlockLayer {
     /// The same, by disk id (after a change to the disk's chain).
     pub(super) fn send_bitmaps_of(&self, id: &str) -> Result<(), BlockError> {
         let index = self.state.lock().disks.iter().position(|d| d.id == id);
-        index.map_or(Ok(()), |i| self.send_bitmaps(i))
+        index.map_or(Ok(()), |i| self.send_bitmaps(Some(i)))
     }
 
     /// block-dirty-bitmap-add; `charge`: the memfd's charge to the calling client.
@@ -252,32 +331,52 @@ impl BlockLayer {
                     .into());
                 }
             }
-            let exists = index.is_some_and(|i| {
-                state.disks[i]
-                    .bitmaps
-                    .iter()
-                    .any(|b| b.node == node && b.name == new.name)
-            });
+            let exists = state
+                .bitmaps_of(index)
+                .iter()
+                .any(|b| b.node == node && b.name == new.name);
             if exists {
                 return Err(BitmapError::Exists(new.name.clone()).into());
             }
             if new.name.len() > MAX_NAME {
                 return Err(BitmapError::NameTooLong(new.name.clone()).into());
             }
-            let Some(index) = index else {
-                return Err(BitmapError::Unserved(node).into());
-            };
-            let disk = &state.disks[index];
-            if new.persistent && (disk.root != node || disk.config.read_only) {
-                // Stored by the daemon that writes the image: the disk's top.
-                return Err(BitmapError::PersistentNotTop(node).into());
-            }
-            if disk.bitmaps.len() >= MAX_BITMAPS_PER_DISK {
-                return Err(BitmapError::TooMany {
-                    disk: disk.id.clone(),
-                    max: MAX_BITMAPS_PER_DISK,
+            match index {
+                Some(index) => {
+                    let disk = &state.disks[index];
+                    if new.persistent && (disk.root != node || disk.config.read_only) {
+                        // Stored by the daemon that writes the image: the disk's top.
+                        return Err(BitmapError::PersistentNotTop(node).into());
+                    }
+                    if disk.bitmaps.len() >= MAX_BITMAPS_PER_DISK {
+                        return Err(BitmapError::TooMany {
+                            disk: disk.id.clone(),
+                            max: MAX_BITMAPS_PER_DISK,
+                        }
+                        .into());
+                    }
                 }
-                .into());
+                // A disk uses the node, but not as an image of its chain (a file node
+                // under one).
+                None if state.disk_uses_node(&node) => {
+                    return Err(BitmapError::Unserved(node).into());
+                }
+                // A node no disk uses: loose (no daemon stores a persistent one).
+                None if new.persistent => {
+                    return Err(BitmapError::PersistentNotTop(node).into());
+                }
+                None => {
+                    let on_node = (state.loose_bitmaps.iter())
+                        .filter(|b| b.node == node)
+                        .count();
+                    if on_node >= MAX_BITMAPS_PER_DISK {
+                        return Err(BitmapError::TooMany {
+                            disk: node.clone(),
+                            max: MAX_BITMAPS_PER_DISK,
+                        }
+                        .into());
+                    }
+                }
             }
             let size = node_size(&state.graph, &node);
             let need =
@@ -290,7 +389,7 @@ impl BlockLayer {
                 .into());
             }
             let memory = SharedBitmap::create(size, granularity).map_err(BitmapError::from)?;
-            state.disks[index].bitmaps.push(DirtyBitmap {
+            state.bitmaps_of_mut(index).push(DirtyBitmap {
                 node,
                 name: new.name.clone(),
                 memory,
@@ -309,16 +408,18 @@ impl BlockLayer {
         Ok(())
     }
 
-    /// Takes bitmap `name` off node or device `node` of disk `index`.
-    fn take_bitmap(&self, index: usize, node: &str, name: &str) -> Option<DirtyBitmap> {
+    /// Takes bitmap `name` off node or device `node` of disk `index` (None: loose).
+    fn take_bitmap(&self, index: Option<usize>, node: &str, name: &str) -> Option<DirtyBitmap> {
         let mut state = self.state.lock();
         let node = state.lookup_node(Some(node), Some(node)).ok()?;
-        let disk = state.disks.get_mut(index)?;
-        let at = disk
-            .bitmaps
+        if index.is_some_and(|i| i >= state.disks.len()) {
+            return None;
+        }
+        let bitmaps = state.bitmaps_of_mut(index);
+        let at = bitmaps
             .iter()
             .position(|b| b.node == node && b.name == name)?;
-        Some(disk.bitmaps.remove(at))
+        Some(bitmaps.remove(at))
     }
 
     /// block-dirty-bitmap-remove.
@@ -353,18 +454,16 @@ impl BlockLayer {
     /// Gives bitmap `name` new, clean memory; returns the old memory (what a failed
     /// transaction merges back).
     fn clear_bitmap(&self, node: &str, name: &str) -> Result<SharedBitmap, BlockError> {
-        let swap = |state: &mut State, index: usize, node: &str, memory: SharedBitmap| {
-            state.disks[index]
-                .bitmap_mut(node, name)
+        let swap = |state: &mut State, index: Option<usize>, node: &str, memory: SharedBitmap| {
+            bitmap_in(state.bitmaps_of_mut(index), node, name)
                 .map(|b| std::mem::replace(&mut b.memory, memory))
         };
         let (index, node, old) = {
             let mut state = self.state.lock();
             let (index, node) = state.find_bitmap(node, name)?;
             state.bitmap_free(index, &node, name)?;
-            let disk = &mut state.disks[index];
-            let root = disk.root.clone();
-            let Some(b) = disk.bitmap_mut(&node, name) else {
+            let root = index.map(|i| state.disks[i].root.clone());
+            let Some(b) = bitmap_in(state.bitmaps_of_mut(index), &node, name) else {
                 return Err(BitmapError::NotFound(name.to_string()).into());
             };
             if b.inconsistent {
@@ -372,7 +471,7 @@ impl BlockLayer {
             }
             let clean = SharedBitmap::create(b.memory.size(), b.memory.granularity())
                 .map_err(BitmapError::from)?;
-            let marked = b.recording && b.node == root;
+            let marked = b.recording && root.as_deref() == Some(b.node.as_str());
             let old = std::mem::replace(&mut b.memory, clean);
             if !marked {
                 return Ok(old);
@@ -409,7 +508,7 @@ impl BlockLayer {
         let Ok((index, node)) = state.find_bitmap(node, name) else {
             return;
         };
-        if let Some(b) = state.disks[index].bitmap_mut(&node, name) {
+        if let Some(b) = bitmap_in(state.bitmaps_of_mut(index), &node, name) {
             if let Err(e) = b.memory.merge_from(old) {
                 log::error!("dirty bitmap {name}: giving back its marks: {e}");
             }
@@ -452,7 +551,7 @@ impl BlockLayer {
         if old.is_empty() {
             return Ok(());
         }
-        let sent = self.send_bitmaps(index);
+        let sent = self.send_bitmaps(Some(index));
         // What the daemon marked into the old memory since the copy.
         let mut state = self.state.lock();
         let disk = &mut state.disks[index];
@@ -478,7 +577,8 @@ impl BlockLayer {
 pub struct AddBitmapAction {
     new: NewBitmap,
     charge: Option<Charge>,
-    added: Option<usize>,
+    /// Where it was added (its disk's index, None: loose).
+    added: Option<Option<usize>>,
 }
 
 impl AddBitmapAction {

@@ -469,7 +469,6 @@ impl BlockLayer {
             }
             let nodes = state.graph.tree(&base);
             state.disks[index].nodes = nodes;
-            state.disks[index].bitmaps.retain(|b| b.node == image);
         } else {
             let overlay = chain[above].image.clone();
             // A stream's daemon names base in the top (a read-only disk's top was opened
@@ -503,13 +502,6 @@ impl BlockLayer {
             disk.images.drain(from..to);
             state.refresh_image(&overlay);
             state.graph.set_backing(&overlay, base.as_deref());
-            let kept: Vec<String> = links(&state, &root)
-                .iter()
-                .map(|l| l.image.clone())
-                .collect();
-            state.disks[index]
-                .bitmaps
-                .retain(|b| kept.contains(&b.node));
         }
         for name in gone {
             let owned = state.graph.node(&name).is_some_and(|n| n.monitor_owned);
@@ -517,6 +509,9 @@ impl BlockLayer {
                 state.graph.remove_image(&name);
             }
         }
+        // The bitmaps of the images that left the chain: loose on a node that stays,
+        // gone with one that went.
+        state.settle_bitmaps();
         log::info!("disk {}: chain shortened by job {}", job.disk, job.id);
     }
 }

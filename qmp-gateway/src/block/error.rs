@@ -243,7 +243,7 @@ pub enum BitmapError {
     #[error("Bitmap '{0}' is currently in use by another operation and cannot be used")]
     Busy(String),
     // Ours: where we do not (yet) do what QEMU does.
-    #[error("dirty bitmaps are kept on the image nodes of a disk's chain only: '{0}' is not one")]
+    #[error("a disk uses node '{0}' beside its chain's images: dirty bitmaps are kept on a disk's image nodes or on nodes no disk uses")]
     Unserved(String),
     #[error("persistent dirty bitmaps are stored in the writable top image of a disk only ('{0}' is not one)")]
     PersistentNotTop(String),

@@ -97,7 +97,7 @@ impl State {
     /// Drops the locks a disk took on its top image beyond what its node holds alone
     /// (a raw node holds none; a qcow2 node holds the same as its disk): the node may
     /// go to another device, or be deleted.
-    fn release_top(&self, root: &str, read_only: bool) {
+    pub(super) fn release_top(&self, root: &str, read_only: bool) {
         let Some(image) = self.graph.image_node(root) else {
             return;
         };
@@ -245,6 +245,8 @@ impl BlockLayer {
             state.graph.remove_tree(&disk.root);
         } else {
             state.release_top(&disk.root, disk.config.read_only);
+            // Its bitmaps stay on the node, loose (settled below).
+            state.loose_bitmaps.append(&mut disk.bitmaps);
             // A node only a device held goes with it (one a drive_del'ed drive left).
             let orphan = state
                 .graph
@@ -255,6 +257,7 @@ impl BlockLayer {
             if orphan {
                 state.graph.remove_tree(&disk.root);
             }
+            state.settle_bitmaps();
         }
         let _ = std::fs::remove_file(&disk.socket);
         drop(state);

@@ -919,6 +919,12 @@ impl BlockLayer {
             // A stream or commit completed cut the chain (an active commit: with a pivot).
             let cut = !cancelled && error.is_none() && (!job.spec.kind.has_ready() || pivot);
             self.chain_job_ended(&job, cut, pivot);
+            if pivot {
+                // The daemon marks into base's bitmaps now (the top's went loose).
+                if let Err(e) = self.send_bitmaps_of(disk) {
+                    log::warn!("disk {disk}: the bitmaps after job {id}: {e}");
+                }
+            }
         }
         if let JobKind::Backup(BackupSpec {
             bitmap: Some(name), ..
@@ -995,12 +1001,6 @@ impl BlockLayer {
             .protocol_of(&old_root)
             .is_some_and(|p| p.locking);
         let nodes = state.graph.tree(&node);
-        let new_chain: Vec<String> = state
-            .graph
-            .chain(&node)
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
         let disk = &mut state.disks[index];
         if kept == 0 && old_top_locking {
             // The source is a backing file now: its top's locks drop to a backing's.
@@ -1025,12 +1025,28 @@ impl BlockLayer {
         disk.config.layers = std::iter::once(layer).chain(below_layers).collect();
         disk.images = std::iter::once(fd).chain(below_images).collect();
         disk.nodes = nodes;
-        disk.bitmaps.retain(|b| new_chain.contains(&b.node));
-        // The source's nodes the target does not go over, unless another disk or node
-        // uses them.
-        for name in chain.iter().take(kept.min(chain.len())).rev() {
-            state.graph.remove_tree(name);
+        let read_only = disk.config.read_only;
+        // The source's nodes the target does not go over go, unless another disk or
+        // node uses them, or blockdev-add made them: those stay, no disk's, until
+        // blockdev-del (QEMU's monitor holds them), with their backing chain.
+        let mut old_top_stays = false;
+        for name in chain.iter().take(kept.min(chain.len())) {
+            match state.graph.node(name) {
+                None => continue,
+                Some(n) if n.monitor_owned => {
+                    old_top_stays |= *name == old_root;
+                    break;
+                }
+                Some(_) => state.graph.remove_tree(name),
+            }
         }
+        if old_top_stays && kept > 0 {
+            // No disk writes it now: it keeps what its node takes of the image alone.
+            state.release_top(&old_root, read_only);
+        }
+        // Bitmaps stay on their nodes: the source's go loose, the target's are the
+        // disk's now (its daemon is sent them after this).
+        state.settle_bitmaps();
         log::info!("disk {disk_id}: serves node {node} now (job {id} completed)");
     }
 }

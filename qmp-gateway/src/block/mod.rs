@@ -98,6 +98,8 @@ struct State {
     jobs: Vec<job::BlockJob>,
     /// The drives drive_add made (drives.rs).
     drives: Vec<drive_record::NamedDrive>,
+    /// Dirty bitmaps on nodes no disk uses (bitmaps.rs: marked by nobody).
+    loose_bitmaps: Vec<dirty_bitmap::DirtyBitmap>,
     /// The next BlockBackend's place in the order they were made (`Disk::born`).
     next_born: u64,
     /// The next disk's index (in vmm-core's requests): never reused while the VM lives.
@@ -472,10 +474,35 @@ impl BlockLayer {
             iothread,
             born: born.unwrap_or_else(|| state.born()),
         };
+        // The bitmaps on its chain's nodes (loose while no disk used them) are its own:
+        // its daemon gets them at its start.
+        let chain: Vec<String> = (state.graph.chain(&disk.root).iter())
+            .flat_map(|n| {
+                [
+                    Some(n.name.clone()),
+                    state.graph.image_node(&n.name).map(|i| i.name.clone()),
+                ]
+            })
+            .flatten()
+            .collect();
+        let (own, loose) = std::mem::take(&mut state.loose_bitmaps)
+            .into_iter()
+            .partition(|b| chain.contains(&b.node));
+        state.loose_bitmaps = loose;
+        disk.bitmaps = own;
         // The first disk on an iothread is served by the daemon the iothread started.
         let process = (disk.iothread.as_deref()).and_then(|t| self.take_iothread_daemon(t));
-        let pid = disk.start(&state.groups, &self.hooks, process)?;
-        let stream = disk.connect()?;
+        let started = disk
+            .start(&state.groups, &self.hooks, process)
+            .and_then(|pid| disk.connect().map(|stream| (pid, stream)));
+        let (pid, stream) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // Loose again, as before.
+                state.loose_bitmaps.append(&mut disk.bitmaps);
+                return Err(e);
+            }
+        };
         log::info!(
             "disk {}: node {}, block daemon pid {pid}",
             disk.id,

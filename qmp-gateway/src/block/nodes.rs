@@ -90,6 +90,8 @@ impl BlockLayer {
         state
             .graph
             .remove(name, &|n| roots.iter().any(|r| r == n))?;
+        // The bitmaps of the nodes deleted go with them (nobody marked into them).
+        state.settle_bitmaps();
         self.thresholds.lock().remove(name);
         Ok(())
     }

@@ -72,6 +72,11 @@ where
         }))
     }
 
+    /// Closes the channel both ways: the parent's reader sees it end.
+    pub fn hang_up(&self) {
+        self.conn.shutdown();
+    }
+
     /// The first call, which must be the one `take` accepts (the open or the launch,
     /// named `expected` in errors; `before` says what a hang-up came before).
     pub fn recv_first<C>(

@@ -236,8 +236,13 @@ struct Cleanup {
     /// Whether vmm-core was handed the VM: before that it holds nothing and is killed
     /// at once (our child, by pid) instead of waited for.
     launched: bool,
-    /// Its block and net daemons stop after vmm-core, their frontend.
+    /// Its block and net daemons stop after vmm-core, their frontend, has stopped its
+    /// vCPUs for good: once it ended, or once it hung up (`released`).
     gateway: Option<Arc<Gateway>>,
+    /// vmm-core hung up after its vCPUs stopped and its devices let go of their backends
+    /// (its runner.rs), and only its own end is left (KVM's destruction of the VM, 10-20
+    /// ms on some hosts): the daemons stop while it ends.
+    released: bool,
 }
 
 impl Cleanup {
@@ -255,24 +260,18 @@ impl Cleanup {
             let _ = child.wait();
             return;
         }
-        let deadline = Instant::now() + grace;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        log::warn!("vmm-core exited with {status}");
-                    }
-                    break;
+        // Woken by its end (a pidfd), not by a timer: each millisecond here is one the
+        // emulator's end takes longer (libvirt's destroy waits for the whole of it).
+        match child.wait_until(Instant::now() + grace) {
+            Ok(Some(status)) => {
+                if !status.success() {
+                    log::warn!("vmm-core exited with {status}");
                 }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    log::warn!("vmm-core did not exit; killing it");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
+            }
+            _ => {
+                log::warn!("vmm-core did not exit; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }
@@ -280,11 +279,26 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        self.reap(Duration::from_secs(5));
-        if let Some(gw) = self.gateway.take() {
-            gw.block.shutdown();
-            gw.net.shutdown();
-            gw.chardevs.shutdown();
+        let gateway = self.gateway.take();
+        // The block daemons (which leave their images clean) and the net daemons stop at
+        // the same time, not one after the other.
+        let stop_daemons = || {
+            if let Some(gw) = &gateway {
+                std::thread::scope(|scope| {
+                    scope.spawn(|| gw.net.shutdown());
+                    gw.block.shutdown();
+                });
+                gw.chardevs.shutdown();
+            }
+        };
+        if self.released {
+            std::thread::scope(|scope| {
+                scope.spawn(stop_daemons);
+                self.reap(Duration::from_secs(5));
+            });
+        } else {
+            self.reap(Duration::from_secs(5));
+            stop_daemons();
         }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
@@ -484,6 +498,7 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
         vmm: None,
         launched: false,
         gateway: None,
+        released: false,
     };
     let mut unix_listeners = Vec::new();
     for path in &args.qmp {
@@ -709,15 +724,20 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
                 .emit(Event::Shutdown(ShutdownCause::HostError.into()));
         }
     }
-    cleanup.reap(Duration::from_secs(5));
-    // vmm-core's last events (SHUTDOWN) reach the clients before they are closed.
-    link.wait_closed(Duration::from_secs(1));
+    // vmm-core's last events (SHUTDOWN) reach the clients before they are closed. It
+    // hangs up once its vCPUs have stopped for good and its devices let go of their
+    // backends, before it ends: one that does not within the grace is killed.
+    cleanup.released = cleanup.launched && link.wait_closed(Duration::from_secs(5));
+    if !cleanup.released {
+        cleanup.reap(Duration::ZERO);
+        link.wait_closed(Duration::from_secs(1));
+    }
     link.shutdown();
     // Give every client's writer a moment to deliver the last replies and events.
     let outboxes = gw.events.close_all();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while outboxes.iter().any(|o| !o.is_finished()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    for outbox in &outboxes {
+        outbox.wait_finished(deadline);
     }
     drop(cleanup);
     Ok(reason)

@@ -242,6 +242,72 @@ fn sigterm_shuts_down_in_order() {
     assert!(gw.vm.transcript().contains("terminating on signal 15"));
 }
 
+/// The header's incompatible features of qcow2 `image` (bit 0: dirty, refcounts not
+/// written back).
+fn qcow2_incompatible_features(image: &Path) -> u64 {
+    let header = std::fs::read(image).expect("the image");
+    u64::from_be_bytes(header[72..80].try_into().expect("a qcow2 header"))
+}
+
+/// SIGTERM while the guest writes its disk (a qcow2 image with lazy refcounts, so the
+/// dirty bit is set while it is served, and a persistent bitmap, in use meanwhile): the
+/// gateway ends every process, and the block daemon has left the image clean before it
+/// went, as QEMU leaves it (refcounts written, dirty bit clear, the bitmap stored).
+#[test]
+fn sigterm_while_the_guest_writes_leaves_its_qcow2_clean() {
+    let dir = TempDir::new("gw-sigterm-qcow2");
+    let image = dir.path().join("d0.qcow2");
+    let path = image.display().to_string();
+    flotilla_tests::blk::qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        &path,
+        "16M",
+    ]);
+    let mut gw = flotilla_tests::blk::verifying_gateway(
+        0x0c1e_5e77,
+        &format!("file={path},format=qcow2,id=d0"),
+    );
+    let vmm = gw.vmm_pid();
+    let mut c = gw.client();
+    c.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "b0", "persistent": true}),
+    );
+    c.ok("cont", json!({}));
+    // The first round allocated the image's clusters; the next one writes them again.
+    gw.vm.expect_prefix("GUEST BLK ROUND 1 OK", BOOT);
+    assert_eq!(
+        qcow2_incompatible_features(&image) & 1,
+        1,
+        "dirty while served"
+    );
+    gw.vm.signal(Signal::SIGTERM);
+    gw.expect_clean_exit(vmm, true);
+    assert_eq!(
+        qcow2_incompatible_features(&image),
+        0,
+        "the dirty bit is left"
+    );
+    let check = flotilla_tests::blk::qemu_img_ok(&["check", &path]);
+    assert!(check.contains("No errors were found"), "{check}");
+    let info: serde_json::Value = serde_json::from_str(&flotilla_tests::blk::qemu_img_ok(&[
+        "info",
+        "--output=json",
+        &path,
+    ]))
+    .expect("qemu-img's JSON");
+    assert_eq!(
+        info["format-specific"]["data"]["bitmaps"],
+        json!([{"name": "b0", "granularity": 65536, "flags": ["auto"]}]),
+        "{info:#}"
+    );
+}
+
 #[test]
 fn sigint_too() {
     let mut gw = Gateway::start(&[]);

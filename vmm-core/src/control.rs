@@ -81,6 +81,12 @@ impl Control {
         self.link.event(event);
     }
 
+    /// Tells the gateway that the VM has let go of its devices (the channel closes):
+    /// nothing more comes from this side.
+    pub fn hang_up(&self) {
+        self.link.hang_up();
+    }
+
     /// Feeds the gateway's requests into the VM's control loop until it hangs up.
     pub fn start_reader(&self, events: EventSender) -> std::io::Result<()> {
         let link = self.link.clone();

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -90,6 +91,18 @@ impl Outbox {
         self.state.lock().finished
     }
 
+    /// Waits until the writer has ended or `deadline` passed; whether it ended. Woken by
+    /// the writer's end, not by a timer.
+    pub fn wait_finished(&self, deadline: Instant) -> bool {
+        let mut st = self.state.lock();
+        while !st.finished {
+            if self.cv.wait_until(&mut st, deadline).timed_out() {
+                return st.finished;
+            }
+        }
+        true
+    }
+
     /// The writer thread's loop; returns when closed and drained, or on a write error.
     pub fn run_writer(&self) {
         let mut writer = self.conn.clone_for_writing();
@@ -122,5 +135,39 @@ impl Outbox {
         }
         self.conn.shutdown();
         self.state.lock().finished = true;
+        self.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The wait at the gateway's end is woken by the writer's end (what it queued
+    /// delivered), not by a timer; a writer that cannot end is given up at the deadline.
+    #[test]
+    fn wait_finished_wakes_when_the_writer_ends() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let outbox = Arc::new(Outbox::new(Conn::Unix(ours)));
+        let writer = outbox.clone();
+        std::thread::spawn(move || writer.run_writer());
+        assert!(outbox.push(b"{\"event\": \"SHUTDOWN\"}\r\n".to_vec()));
+        assert!(!outbox.wait_finished(Instant::now() + Duration::from_millis(50)));
+        outbox.close();
+        let start = Instant::now();
+        assert!(outbox.wait_finished(start + Duration::from_secs(10)));
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        let mut got = String::new();
+        theirs.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "{\"event\": \"SHUTDOWN\"}\r\n");
     }
 }

@@ -568,6 +568,8 @@ fn block_jobs(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     virsh.ok(&format!("destroy {name}"), STEP);
     until_gone(&mut virsh, &name);
     drop(virsh);
+    // Nothing holds the images any more.
+    no_process_left(&root.display().to_string());
     // The copy is whole: no backing file, clean.
     let copy = root.join("copy.qcow2");
     let info = Command::new("qemu-img")
@@ -577,7 +579,6 @@ fn block_jobs(emulator: &Path, tag: &str, cpu: &str) -> Vec<String> {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("qemu-img info");
     assert_eq!(info["backing-filename"], serde_json::Value::Null, "{info}");
     qemu_img_ok(&["check", "-q", path_arg(&copy)]);
-    no_process_left(&root.display().to_string());
     seen
 }
 

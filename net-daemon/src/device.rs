@@ -146,6 +146,13 @@ impl NetDevice {
         self.inner.filter.lock().state()
     }
 
+    /// Forgets the frames each pair held for want of a receive buffer.
+    fn drop_pending(&self) {
+        for s in &self.inner.state {
+            s.lock().pending = None;
+        }
+    }
+
     pub fn stats(&self) -> NetStats {
         let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -470,18 +477,25 @@ impl Device for NetDevice {
         // A driver negotiating features starts from the device's reset state; a
         // frontend that only turns dirty logging on or off (F_LOG_ALL) is not one.
         let old = self.inner.acked.swap(features, Ordering::SeqCst);
-        if old ^ features != VhostUserVirtioFeatures::LOG_ALL.bits() {
-            self.reset();
-            if let Some(f) = self.inner.restore.lock().take() {
-                *self.inner.filter.lock() = f;
+        let renegotiated = old ^ features != VhostUserVirtioFeatures::LOG_ALL.bits();
+        {
+            // One lock for the reset, the restored filter and the VLAN bit: a
+            // query-rx-filter in between would report the reset filter, not the guest's.
+            let mut filter = self.inner.filter.lock();
+            if renegotiated {
+                let restored = self.inner.restore.lock().take();
+                *filter = restored.unwrap_or_else(|| RxFilter::new(self.inner.mac));
             }
+            filter.vlan_filtering = features & net::F_CTRL_VLAN != 0;
+        }
+        if renegotiated {
+            self.drop_pending();
         }
         for port in &self.inner.ports {
             if let Err(e) = port.set_offloads(features) {
                 log::warn!("setting the tap's offloads: {e}");
             }
         }
-        self.inner.filter.lock().vlan_filtering = features & net::F_CTRL_VLAN != 0;
     }
 
     /// Queues 2p and 2p+1 are pair p's receive and transmit queues; the control queue
@@ -526,9 +540,7 @@ impl Device for NetDevice {
 
     fn reset(&self) {
         *self.inner.filter.lock() = RxFilter::new(self.inner.mac);
-        for s in &self.inner.state {
-            s.lock().pending = None;
-        }
+        self.drop_pending();
     }
 }
 
@@ -663,5 +675,51 @@ mod tests {
             stats.malformed > 0,
             "random chains were never found malformed: {stats:?}"
         );
+    }
+
+    /// A restarted daemon is handed the guest's filter; the frontend's SET_FEATURES
+    /// then resets the device. A query at any moment of that sees the guest's filter,
+    /// never the reset one (a query-rx-filter right after a restart once did).
+    #[test]
+    fn a_restored_filter_is_never_seen_reset_while_features_are_acked() {
+        let (ours, _host) = UnixDatagram::pair().unwrap();
+        let port = Port::new(OwnedFd::from(ours), ipc::NetBackendKind::Datagram).unwrap();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let guests = RxFilterState {
+            promiscuous: false,
+            all_multi: true,
+            main_mac: mac,
+            unicast: vec![[2, 0, 0, 0, 0, 1]],
+            vlan_filtering: true,
+            vlans: vec![5, 100],
+            ..RxFilterState::default()
+        };
+        let dev = NetDevice::new(vec![port], mac, true, None, None);
+        let features = features::VERSION_1 | net::F_CTRL_VQ | net::F_CTRL_RX | net::F_CTRL_VLAN;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let seen = dev.rx_filter();
+                    if seen != guests {
+                        return Err(format!("after {reads} reads: {seen:?}"));
+                    }
+                    reads += 1;
+                }
+                Ok(reads)
+            });
+            dev.restore_rx_filter(&guests);
+            for round in 0..20_000u64 {
+                // Each round a frontend that connects anew: features from 0, the filter
+                // handed over again.
+                dev.inner.acked.store(0, Ordering::SeqCst);
+                dev.restore_rx_filter(&guests);
+                dev.features_acked(features | ((round % 2) * features::EVENT_IDX));
+            }
+            stop.store(true, Ordering::SeqCst);
+            let reads = reader.join().unwrap().unwrap();
+            assert!(reads > 0, "the reader never ran");
+        });
     }
 }

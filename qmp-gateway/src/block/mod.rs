@@ -694,9 +694,13 @@ impl BlockLayer {
         // gateway exits.
         let _changes = self.changes.lock();
         let mut disks = std::mem::take(&mut self.state.lock().disks);
-        for d in &mut disks {
-            d.stop();
-        }
+        // Each daemon stores its bitmaps and closes its images on its own: they stop
+        // side by side, so the VM's end waits for the slowest disk, not for their sum.
+        std::thread::scope(|scope| {
+            for d in &mut disks {
+                scope.spawn(move || d.stop());
+            }
+        });
         self.runtime.remove();
     }
 }

@@ -554,9 +554,12 @@ impl NetLayer {
     pub fn shutdown(&self) {
         self.supervision.stop();
         let mut state = self.state.lock();
-        for nic in &mut state.nics {
-            nic.stop();
-        }
+        // Side by side, as the block daemons stop.
+        std::thread::scope(|scope| {
+            for nic in &mut state.nics {
+                scope.spawn(move || nic.stop());
+            }
+        });
         self.runtime.remove();
     }
 }

@@ -339,6 +339,17 @@ mod tests {
         d
     }
 
+    /// A unix socket server at `path` that does not wait for its first client.
+    fn unix_server(path: &std::path::Path) -> Backend {
+        Backend::Socket {
+            addr: spec::Address::Unix(path.to_path_buf()),
+            server: true,
+            wait: false,
+            reconnect: 0,
+            nodelay: false,
+        }
+    }
+
     /// A monitor's socket chardev leaves a client pending until the monitor serves (as
     /// QEMU's, whose monitor accepts once its main loop runs): a start that fails meanwhile
     /// never closes that client's connection before its error is written.
@@ -347,13 +358,7 @@ mod tests {
         let c = Chardevs::default();
         let dir = scratch("mon");
         let path = dir.join("m");
-        let server = Backend::Socket {
-            addr: spec::Address::Unix(path.clone()),
-            server: true,
-            wait: false,
-            reconnect: 0,
-            nodelay: false,
-        };
+        let server = unix_server(&path);
         c.add("m", server, false).unwrap();
         c.claim("m", "monitor0").unwrap();
         let _client = UnixStream::connect(&path).unwrap();
@@ -624,13 +629,7 @@ mod tests {
 
         let dir = scratch("sock");
         let path = dir.join("s");
-        let server = Backend::Socket {
-            addr: spec::Address::Unix(path.clone()),
-            server: true,
-            wait: false,
-            reconnect: 0,
-            nodelay: false,
-        };
+        let server = unix_server(&path);
         c.add("s", server, false).unwrap();
         assert_eq!(
             c.query().iter().find(|i| i.label == "s").unwrap().filename,

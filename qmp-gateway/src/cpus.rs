@@ -8,8 +8,9 @@
 use ipc::{VmmReply, VmmRequest};
 use serde_json::{json, Value};
 
+use crate::children::cpuid_probe::ProbeError;
 use crate::children::link::LinkError;
-use crate::cpuid_features::GuestCpuid;
+use crate::cpuid_features::{Feature, GuestCpuid};
 use crate::devices::cpu::{CpuProps, CPU_TYPE};
 use crate::devices::spec::{DeviceSpec, Model};
 use crate::devices::DeviceError;
@@ -122,6 +123,15 @@ impl Gateway {
     /// vmm-core started for it alone, children/cpuid_probe.rs).
     pub fn set_guest_cpuid(&self, cpuid: GuestCpuid) {
         let _ = self.cpuid.set(cpuid);
+    }
+
+    /// The CPUID of the VM's CPU model (--cpu) with the features `off` turned off too,
+    /// as KVM holds it for such a vCPU (cpuid_probes.rs).
+    pub fn cpuid_without(&self, off: &[&'static Feature]) -> Result<GuestCpuid, ProbeError> {
+        let mut model = self.cpu_model().clone();
+        model.off.extend(off.iter().map(|f| f.bits()));
+        let binary = self.vmm_child.binary.lock().clone();
+        (self.cpuid_probes).cpuid(&binary, self.sandbox_mode(), model)
     }
 
     /// The CPUID every vCPU gets (its APIC id aside), asked of vmm-core the first time.

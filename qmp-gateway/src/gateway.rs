@@ -130,6 +130,10 @@ pub struct Gateway {
     /// The CPUID vmm-core's vCPUs get, asked once (cpus.rs): it does not change while
     /// the VM lives, and vCPUs added later get the same.
     pub(crate) cpuid: OnceLock<crate::cpuid_features::GuestCpuid>,
+    /// --cpu: the CPU model of the vCPUs (of the none machine's, which has none).
+    cpu_model: OnceLock<ipc::CpuModel>,
+    /// Other models' CPUID, probed for query-cpu-model-expansion (cpuid_probes.rs).
+    pub(crate) cpuid_probes: crate::cpuid_probes::CpuidProbes,
 }
 
 impl Gateway {
@@ -258,7 +262,20 @@ impl Gateway {
             accel: OnceLock::new(),
             vmm_pid: AtomicU32::new(0),
             cpuid: OnceLock::new(),
+            cpu_model: OnceLock::new(),
+            cpuid_probes: Default::default(),
         })
+    }
+
+    /// Records --cpu's model (once, at the start).
+    pub fn set_cpu_model(&self, model: ipc::CpuModel) {
+        let _ = self.cpu_model.set(model);
+    }
+
+    /// --cpu's model (the host's, all features, if never set).
+    pub fn cpu_model(&self) -> &ipc::CpuModel {
+        static HOST: ipc::CpuModel = ipc::CpuModel { off: Vec::new() };
+        self.cpu_model.get().unwrap_or(&HOST)
     }
 
     /// Records the Arc the gateway lives in (once, right after it is made).

@@ -27,6 +27,7 @@ pub mod children;
 pub mod cli_options;
 pub mod cpu_model;
 pub mod cpuid_features;
+pub mod cpuid_probes;
 pub mod cpus;
 pub mod daemonize;
 pub mod devices;

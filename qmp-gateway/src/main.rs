@@ -562,7 +562,9 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
         }
         None => {
             let link = machine_none::start(args.vm.start_paused).context("machine none")?;
-            (link, Arc::new(VmmChild::new(PathBuf::new())))
+            // No VM: the binary is started only for the CPUID (cpuid_probes.rs).
+            let binary = sibling(&args.vmm_core, "vmm-core")?;
+            (link, Arc::new(VmmChild::new(binary)))
         }
     };
     let (exit_tx, exit_rx) = mpsc::channel();
@@ -594,6 +596,7 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
     gw.chardevs.adopt(chardevs);
     gw.set_self(&gw);
     gw.set_accel(args.accel);
+    gw.set_cpu_model(args.cpu.model());
     if let Some(pid) = vmm_child.pid() {
         gw.set_vmm_pid(pid);
     }

@@ -282,7 +282,8 @@ fn launch(launch: Launch) -> anyhow::Result<Vm> {
 }
 
 /// `--cpuid-only`: the CPUID vCPU 0 of a one-vCPU VM of the asked model gets, as a VM's
-/// vCPUs are made (`VcpuRecipe`), on the /dev/kvm the request carries; no VM is created.
+/// vCPUs are made (`VcpuRecipe::probe`), on the /dev/kvm the request carries: a VM with
+/// one vCPU is made for it and never runs.
 fn answer_cpuid_probe(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<VmExit> {
     if let Some(mode) = mode {
         vmm_core::seccomp::enter_cpuid_only(mode).context("sandbox")?;
@@ -292,8 +293,8 @@ fn answer_cpuid_probe(fd: RawFd, mode: Option<sandbox::Mode>) -> anyhow::Result<
     let (id, model, kvm) = control.receive_cpuid_probe()?;
     // SAFETY: the gateway opened /dev/kvm for us; the descriptor is ours alone.
     let kvm = unsafe { kvm_ioctls::Kvm::from_raw_fd(kvm.into_raw_fd()) };
-    let answer = vmm_core::vcpu::VcpuRecipe::new(&kvm, 1, &model)
-        .map(|recipe| ipc::VmmReply::Cpuid(recipe.cpuid_leaves()))
+    let answer = vmm_core::vcpu::VcpuRecipe::probe(&kvm, &model)
+        .map(ipc::VmmReply::Cpuid)
         .map_err(|e| RemoteError::generic(e.to_string()));
     control.reply(id, answer);
     Ok(VmExit::Quit)

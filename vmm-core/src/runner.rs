@@ -733,7 +733,9 @@ impl Runner<'_> {
                 dimms: self.vm.memory_slots_ost(),
                 cpus: self.vm.cpu_hotplug.lock().ospm_status(),
             }),
-            VmmRequest::QueryCpuid => Ok(VmmReply::Cpuid(self.vm.recipe.cpuid_leaves())),
+            VmmRequest::QueryCpuid => (self.vm.recipe.cpuid_leaves())
+                .map(VmmReply::Cpuid)
+                .ok_or_else(|| RemoteError::generic("vCPU 0 was never made")),
             // Quit and Retire are answered by the event loop, which then ends.
             VmmRequest::Quit(_) | VmmRequest::Retire => Ok(VmmReply::Done),
             _ => Err(RemoteError::generic("a migration request out of place")),

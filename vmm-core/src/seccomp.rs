@@ -68,11 +68,22 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The CPUID probe (`--cpuid-only`) reads KVM's supported CPUID and MSR list on the
-/// /dev/kvm it is given, and nothing else: no VM, no memory, no file of its own.
-const CPUID_ONLY: &[Allow] = &[
-    // KVM_GET_SUPPORTED_CPUID, KVM_GET_MSR_INDEX_LIST; the logger's terminal check.
-    Ioctls(&[0xc008_ae05, 0xc004_ae02, TCGETS]),
-];
+/// /dev/kvm it is given, makes a VM with the irqchip and one vCPU that never runs, and
+/// reads back the CPUID KVM holds for it: no memory, no file of its own.
+const CPUID_ONLY: &[Allow] = &[Ioctls(&[
+    0xc008_ae05, // KVM_GET_SUPPORTED_CPUID
+    0xc004_ae02, // KVM_GET_MSR_INDEX_LIST
+    0xae01,      // KVM_CREATE_VM
+    0xae04,      // KVM_GET_VCPU_MMAP_SIZE
+    0xae60,      // KVM_CREATE_IRQCHIP
+    0xae41,      // KVM_CREATE_VCPU
+    0x4008_ae90, // KVM_SET_CPUID2
+    0xc008_ae91, // KVM_GET_CPUID2
+    0x8090_ae81, // KVM_GET_REGS
+    0x8138_ae83, // KVM_GET_SREGS
+    0x8400_ae8e, // KVM_GET_LAPIC
+    TCGETS,      // the logger's terminal check
+])];
 
 pub fn enter_cpuid_only(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError> {
     sandbox::enter(
@@ -80,8 +91,9 @@ pub fn enter_cpuid_only(mode: sandbox::Mode) -> Result<(), sandbox::SandboxError
         "vmm-core",
         Limits {
             open_files: 64,
-            // stdio, the control channel, the violation pipe, the trace fds, /dev/kvm.
-            open_files_needed: 8,
+            // stdio, the control channel, the violation pipe, the trace fds, /dev/kvm,
+            // the VM and its vCPU.
+            open_files_needed: 10,
             processes: 16,
         },
         &[CPUID_ONLY],

@@ -16,8 +16,9 @@ use crate::cpu::state::{StateError, VcpuCaps, VcpuState};
 use crate::vm::Vm;
 
 /// Bumped whenever what is saved changes shape; a vmm-core takes only its own version.
-/// (2: the most vCPUs, and each vCPU by its index: CPU hotplug. 4: the vCPUs' CPUID.)
-pub const STATE_VERSION: u32 = 4;
+/// (2: the most vCPUs, and each vCPU by its index: CPU hotplug. 4: the vCPUs' CPUID.
+/// 5: that CPUID as KVM holds it, no longer as it was set.)
+pub const STATE_VERSION: u32 = 5;
 const KVM_CAP_DEBUGREGS: libc::c_ulong = 50;
 /// KVM_CLOCK_TSC_STABLE: a flag KVM_GET_CLOCK reports and KVM_SET_CLOCK refuses.
 const CLOCK_FLAGS_SETTABLE: u32 = 0;
@@ -109,6 +110,12 @@ fn config() -> impl bincode::config::Config {
 }
 
 impl Vm {
+    /// vCPU 0's CPUID as KVM holds it, which the guest reads; the two ends must agree.
+    fn vcpu0_cpuid(&self) -> Result<Vec<ipc::CpuidLeaf>, SnapshotError> {
+        (self.recipe.cpuid_leaves())
+            .ok_or_else(|| SnapshotError::Device("vCPU 0 was never made".into()))
+    }
+
     /// The state of the VM, whose vCPUs must be parked.
     pub fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
         let caps = vcpu_caps(&self.vm);
@@ -136,7 +143,7 @@ impl Vm {
             version: STATE_VERSION,
             memory: self.ram.size(),
             max_vcpus: self.max_cpus,
-            cpuid: self.recipe.cpuid_leaves(),
+            cpuid: self.vcpu0_cpuid()?,
             vcpus,
             irqchips,
             pit: self.vm.get_pit2().map_err(kvm("reading the PIT"))?,
@@ -212,7 +219,7 @@ impl Vm {
                 "vCPUs {there} there, {here} here"
             )));
         }
-        if let Some(why) = cpuid_difference(&state.cpuid, &self.recipe.cpuid_leaves()) {
+        if let Some(why) = cpuid_difference(&state.cpuid, &self.vcpu0_cpuid()?) {
             return Err(SnapshotError::Shape(format!(
                 "the vCPUs' CPUID differs: {why}"
             )));

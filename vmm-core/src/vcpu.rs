@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -40,6 +40,8 @@ pub struct VcpuRecipe {
     model: ipc::CpuModel,
     msr_list: Vec<u32>,
     max: u32,
+    /// The CPUID KVM holds for vCPU 0 once made, before it ever ran (`cpuid_leaves`).
+    held: OnceLock<Vec<ipc::CpuidLeaf>>,
 }
 
 /// Why a vCPU could not be made.
@@ -83,7 +85,22 @@ impl VcpuRecipe {
             model: cpu.clone(),
             msr_list: model::msrs(msr_list.as_slice(), cpu),
             max,
+            held: OnceLock::new(),
         })
+    }
+
+    /// The CPUID vCPU 0 of a one-vCPU VM of `cpu` gets on `kvm`, made as a VM's vCPU 0
+    /// is (in a VM with the in-kernel irqchip, without memory: neither changes CPUID),
+    /// as KVM holds it: for the none machine, which has no VM. A feature the model turns
+    /// off that KVM kept is in the answer, not refused: the caller says what it means.
+    pub fn probe(kvm: &Kvm, cpu: &ipc::CpuModel) -> Result<Vec<ipc::CpuidLeaf>, RecipeError> {
+        let kvm_err = |what| move |error| RecipeError::Kvm { what, error };
+        let recipe = VcpuRecipe::new(kvm, 1, cpu)?;
+        let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("creating the in-kernel irqchip"))?;
+        let (_, held) = recipe.made(&vm, 0)?;
+        Ok(leaves(&held))
     }
 
     /// The MSRs of KVM's list the vCPUs have.
@@ -100,27 +117,37 @@ impl VcpuRecipe {
         )
     }
 
-    /// The CPUID vCPU 0 gets: every vCPU's but for its APIC id in the topology leaves
-    /// (QMP's view of the CPU model, qom-get of its features).
-    pub fn cpuid_leaves(&self) -> Vec<ipc::CpuidLeaf> {
-        let cpuid = self.cpuid(0);
-        cpuid
-            .as_slice()
-            .iter()
-            .map(|e| ipc::CpuidLeaf {
-                function: e.function,
-                index: e.index,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
-            .collect()
+    /// The CPUID vCPU 0 got, as KVM holds it (every vCPU's but for its APIC id in the
+    /// topology leaves): QMP's view of the CPU model, qom-get of its features, and what
+    /// a migration's two ends compare. What KVM holds, not what was set: kvm-pvm puts
+    /// the host's instruction-set bits back (SSE3, AVX2...), which the guest then has.
+    /// Read when vCPU 0 was made, before it ran (the bits a guest changes by running,
+    /// such as OSXSAVE, are at their power-on values). None before vCPU 0 is made.
+    pub fn cpuid_leaves(&self) -> Option<Vec<ipc::CpuidLeaf>> {
+        self.held.get().cloned()
     }
 
     /// vCPU `id`, in its power-on state; refused if KVM kept a feature the model turned
     /// off (what the vCPU reads back is what the guest sees).
     pub fn make(&self, vm: &VmFd, id: u32) -> Result<Vcpu, RecipeError> {
+        let (vcpu, held) = self.made(vm, id)?;
+        if let Some(b) = model::kept(&held, &self.model) {
+            return Err(RecipeError::FeatureKept {
+                vcpu: id,
+                leaf: b.leaf,
+                reg: b.reg,
+                bits: b.mask,
+            });
+        }
+        if id == 0 {
+            // vCPU 0 is made once, at the VM's build.
+            let _ = self.held.set(leaves(&held));
+        }
+        Ok(vcpu)
+    }
+
+    /// vCPU `id` with its CPUID set, and the CPUID KVM then holds for it.
+    fn made(&self, vm: &VmFd, id: u32) -> Result<(Vcpu, CpuId), RecipeError> {
         let cpuid = self.cpuid(id);
         let boot_msrs =
             msrs::boot_msrs(&self.msr_list).map_err(|e| RecipeError::Msrs(e.to_string()))?;
@@ -132,16 +159,23 @@ impl VcpuRecipe {
                 error,
             }
         })?;
-        match model::kept(&held, &self.model) {
-            Some(b) => Err(RecipeError::FeatureKept {
-                vcpu: id,
-                leaf: b.leaf,
-                reg: b.reg,
-                bits: b.mask,
-            }),
-            None => Ok(vcpu),
-        }
+        Ok((vcpu, held))
     }
+}
+
+fn leaves(cpuid: &CpuId) -> Vec<ipc::CpuidLeaf> {
+    cpuid
+        .as_slice()
+        .iter()
+        .map(|e| ipc::CpuidLeaf {
+            function: e.function,
+            index: e.index,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+        .collect()
 }
 
 /// State captured right after creation, restored on every reset.
@@ -646,6 +680,24 @@ mod tests {
     /// run time), so every vCPU is made; kvm-pvm sets the host's instruction-set bits
     /// again (leaves 1.ECX, 7, 0xD; measured here: fpu, avx2, arch-capabilities kept;
     /// hypervisor and lahf-lm cleared), so those are refused.
+    /// The none machine's probe answers what a VM's vCPU 0 holds, and that is KVM's
+    /// read-back, not what was set (they differ on kvm-pvm).
+    #[test]
+    fn the_probe_answers_what_a_vms_vcpu_0_holds() {
+        let kvm = Kvm::new().unwrap_or_else(|e| panic!("this test needs /dev/kvm: {e}"));
+        let model = CpuModel::default();
+        let probed = VcpuRecipe::probe(&kvm, &model).unwrap();
+        let recipe = VcpuRecipe::new(&kvm, 1, &model).unwrap();
+        assert_eq!(recipe.cpuid_leaves(), None, "before vCPU 0 is made");
+        let vcpu = recipe.make(&crate::test_kvm::vm(), 0).unwrap();
+        let held = vcpu
+            .fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        assert_eq!(recipe.cpuid_leaves(), Some(leaves(&held)));
+        assert_eq!(Some(probed), recipe.cpuid_leaves());
+    }
+
     #[test]
     fn a_vcpu_never_has_a_feature_turned_off() {
         let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();

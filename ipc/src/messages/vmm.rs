@@ -362,9 +362,9 @@ pub enum VmmRequest {
     DumpGuestMemory(DumpRequest),
     /// query-dump: answered with `Dump`.
     QueryDump,
-    /// The CPUID vCPU 0 gets (KVM's supported CPUID with the topology leaves for vCPU 0):
-    /// every vCPU's but for its APIC id in the topology leaves, and the same for vCPUs
-    /// added later. Answered with `Cpuid`.
+    /// The CPUID vCPU 0 got, as KVM holds it (read back when it was made: what the guest
+    /// reads, kvm-pvm's kept host bits included): every vCPU's but for its APIC id in the
+    /// topology leaves, and the same for vCPUs added later. Answered with `Cpuid`.
     QueryCpuid,
     /// The first and only request of a vmm-core started for the CPUID alone (no VM: QEMU's
     /// none machine, which libvirt probes): the CPUID vCPU 0 of a VM of one vCPU with this
@@ -587,7 +587,7 @@ pub enum VmmReply {
     VcpuAdded(VcpuInfo),
     /// `QueryDump`: the last dump's progress (status none before any).
     Dump(DumpProgress),
-    /// `QueryCpuid`: every leaf and subleaf, as KVM_SET_CPUID2 got them.
+    /// `QueryCpuid`, `ProbeCpuid`: every leaf and subleaf, as KVM_GET_CPUID2 reads them.
     Cpuid(Vec<CpuidLeaf>),
     Registers(Box<crate::registers::CpuRegisters>),
     PageTables(crate::registers::PageTables),

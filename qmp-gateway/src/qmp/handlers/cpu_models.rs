@@ -1,5 +1,5 @@
 //! The CPU model a management tool may choose from and what it is made of: only "host",
-//! what vmm-core's vCPUs are (KVM's supported CPUID, devices/cpu.rs; QEMU's named models
+//! what vmm-core's vCPUs are (the CPUID KVM holds for them, devices/cpu.rs; QEMU's named models
 //! and "max" are not taken by -cpu or device_add, so they are not listed), its expansion
 //! (query-cpu-model-expansion) and a vCPU's QOM properties (`vcpu_properties`, for
 //! qom-list and qom-get), all read from the CPUID the vCPUs get (cpuid_features.rs).
@@ -119,9 +119,11 @@ const NEUTRAL_PROPS: &[&str] = &["migratable", "hv-passthrough"];
 
 /// query-cpu-model-expansion of "host": static as QEMU's base model with every feature
 /// of the table by its name and the CPU's identity; full as "host" with every spelling
-/// and the CPU object's other values. A feature set false in the model's props is off
-/// in the answer; set true it stays what the vCPUs have (as QEMU's host model filters
-/// what KVM cannot give).
+/// and the CPU object's other values, as KVM holds the vCPUs' CPUID (with kvm-pvm, the
+/// host's instruction-set bits too, which QEMU's answer leaves out although its guest
+/// has them). A feature set false in the model's props is off in the answer, asked of
+/// KVM (cpuid_probes.rs), and refused if KVM keeps it; set true it stays what the vCPUs
+/// have (as QEMU's host model filters what KVM cannot give).
 pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult {
     if a.model.name != HOST_MODEL {
         return Err(QmpError::generic(format!(
@@ -157,8 +159,19 @@ pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult
             "CPU model '{HOST_MODEL}' requires KVM or HVF"
         )));
     }
-    let cpuid = c.gw.guest_cpuid()?;
-    let (name, mut props) = match a.expansion {
+    // Features turned off: a vCPU without them is asked of KVM, which may keep some.
+    let cpuid = match off.is_empty() {
+        true => c.gw.guest_cpuid()?,
+        false => (c.gw.cpuid_without(&off)).map_err(|e| QmpError::generic(e.to_string()))?,
+    };
+    if let Some(f) = off.iter().find(|f| cpuid.has(f)) {
+        return Err(QmpError::generic(format!(
+            "Property '{CPU_TYPE}.{}' cannot be turned off on this host: its KVM keeps \
+             the feature (the guest would have it)",
+            f.name
+        )));
+    }
+    let (name, props) = match a.expansion {
         Expansion::Static => {
             let mut p = features(&cpuid, false);
             p.extend(identity(&cpuid, "min-level", "min-xlevel"));
@@ -180,13 +193,6 @@ pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult
             ("host", p)
         }
     };
-    for f in off {
-        for (n, _, v) in props.iter_mut() {
-            if *n == f.name || f.aliases.contains(n) {
-                *v = json!(false);
-            }
-        }
-    }
-    let props: Map<String, Value> = props.drain(..).map(|(n, _, v)| (n.into(), v)).collect();
+    let props: Map<String, Value> = props.into_iter().map(|(n, _, v)| (n.into(), v)).collect();
     Ok(json!({"model": {"name": name, "props": props}}))
 }

@@ -394,6 +394,24 @@ fn in_our_names(text: &str, dir: &Path) -> String {
     out
 }
 
+/// `text` with the unnamed drives' names the same on both peers. QEMU's d0 is an if=none
+/// drive (unit 0 among them), ours a --drive, QEMU's if=virtio: QEMU's unnamed drives are
+/// one unit higher. `noneA` and `noneB` are the first two unnamed drives on each.
+fn unnamed(text: String, ours: bool) -> String {
+    match ours {
+        true => text.replace("none1", "noneA").replace("none0", "noneB"),
+        false => text.replace("none2", "noneA").replace("none1", "noneB"),
+    }
+}
+
+/// `line` with `noneA` and `noneB` as the peer (`ours` or QEMU) names them.
+fn named(line: &str, ours: bool) -> String {
+    match ours {
+        true => line.replace("noneA", "none1").replace("noneB", "none0"),
+        false => line.replace("noneA", "none2").replace("noneB", "none1"),
+    }
+}
+
 /// HMP drive_add and drive_del on both peers (with refusals_match_qemu's d0, disk0 and
 /// spare), every answer compared with QEMU's: drives with and without an image and an
 /// id (QEMU's noneN), every refusal (a duplicate id, a name a node has, a node name a
@@ -404,7 +422,8 @@ fn in_our_names(text: &str, dir: &Path) -> String {
 /// does, device_add over a drive and over a drive's node (an empty drive refused, one in
 /// use refused, its node in use by it), drive_del of a drive (one whose node a device
 /// uses: the node stays), of a node, of an attached drive's node, and of an attached
-/// drive (its device stays without a medium); then, on ours, the bound on drives.
+/// drive (its device stays without a medium), then the commands that need a medium on
+/// what has none (no_medium_matches_qemu); then, on ours, the bound on drives.
 fn drives_match_qemu(p: &mut Peers) {
     let dir = p._dir.path().to_path_buf();
     for peer in ["q", "g"] {
@@ -417,17 +436,6 @@ fn drives_match_qemu(p: &mut Peers) {
     let hmp = |c: &mut QmpClient, line: &str| -> String {
         let reply = c.ok("human-monitor-command", json!({"command-line": line}));
         reply.as_str().unwrap_or_default().to_string()
-    };
-    // QEMU's d0 is an if=none drive (unit 0 among them), ours a --drive, QEMU's
-    // if=virtio: QEMU's unnamed drives are one unit higher. `noneA` and `noneB` are the
-    // first two unnamed drives on each.
-    let unnamed = |text: String, ours: bool| match ours {
-        true => text.replace("none1", "noneA").replace("none0", "noneB"),
-        false => text.replace("none2", "noneA").replace("none1", "noneB"),
-    };
-    let named = |line: &str, ours: bool| match ours {
-        true => line.replace("noneA", "none1").replace("noneB", "none0"),
-        false => line.replace("noneA", "none2").replace("noneB", "none1"),
     };
     let both = |p: &mut Peers, line: &str| -> (String, String) {
         let q = hmp(
@@ -668,6 +676,16 @@ fn drives_match_qemu(p: &mut Peers) {
     };
     let (q, g) = (all_stats(&mut p.qemu, false), all_stats(&mut p.ours, true));
     assert_eq!(g, q, "query-blockstats");
+    no_medium_matches_qemu(p, &dir);
+    for line in [
+        "block_resize noneB 1M",
+        "drive_add -n 0 file=noneB,node-name=r3",
+        "drive_add -n 0 file=noneB,node-name=r3,driver=raw",
+    ] {
+        let (q, g) = both(p, line);
+        assert_eq!(g, q, "{line}");
+        assert!(q.contains("has no medium"), "QEMU's answer to {line}: {q}");
+    }
     // Ours only: no more than MAX_DRIVES drives at once (none0 is one), also without
     // images.
     for i in 1..64 {
@@ -682,6 +700,179 @@ fn drives_match_qemu(p: &mut Peers) {
     );
     assert_eq!(hmp(&mut p.ours, "drive_del m1"), "");
     assert_eq!(hmp(&mut p.ours, "drive_add 0 if=none,id=m64"), "OK\r\n");
+}
+
+/// After drives_match_qemu's drive_del of v1's drive (x2) and of d0: the commands that need
+/// a medium, each answer compared whole with QEMU's. By "id" on the devices left without
+/// one (their BlockBackends are anonymous: their devices' QOM paths name them) and by name
+/// on noneB (a drive made without one), each must be QEMU's refusal for the medium
+/// (QEMU 7.2's block_set_io_throttle names nothing, its lookup of a node by a
+/// BlockBackend's name does: bdrv_lookup_bs); the tray commands there, block-commit on
+/// noneB and the deleted drives' names (which name nothing now) are compared too.
+fn no_medium_matches_qemu(p: &mut Peers, dir: &Path) {
+    let limits = |disk: Value, bps: i64| {
+        let mut args = json!({"bps": bps, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0,
+                              "iops_wr": 0});
+        let more = disk.as_object().unwrap().clone();
+        args.as_object_mut().unwrap().extend(more);
+        args
+    };
+    // (QEMU refuses it for the medium, command, arguments).
+    let mut cases: Vec<(bool, &str, Value)> = Vec::new();
+    for id in [
+        "/machine/peripheral/v1/virtio-backend",
+        "/machine/peripheral-anon/device[0]/virtio-backend",
+    ] {
+        for bps in [1 << 20, 0, -1] {
+            cases.push((
+                true,
+                "block_set_io_throttle",
+                limits(json!({"id": id}), bps),
+            ));
+        }
+        let grouped = limits(json!({"id": id, "group": "g1"}), 1 << 20);
+        cases.push((true, "block_set_io_throttle", grouped));
+        for command in [
+            "eject",
+            "blockdev-open-tray",
+            "blockdev-close-tray",
+            "blockdev-remove-medium",
+        ] {
+            cases.push((false, command, json!({"id": id})));
+        }
+    }
+    let n = "noneB";
+    let never = "IMG/never.raw";
+    let snapshot = json!({"device": n, "snapshot-file": "IMG/never.qcow2", "format": "qcow2"});
+    let backup = json!({"device": n, "target": never, "sync": "full", "format": "raw"});
+    // n3 (v3's node) has no BlockBackend name to make a job's id of.
+    let into_it = json!({"job-id": "j3", "device": "n3", "target": n, "sync": "full"});
+    let bitmap = json!({"node": n, "name": "b"});
+    let actions = |kind: &str, data: &Value| json!({"actions": [{"type": kind, "data": data}]});
+    cases.extend([
+        (
+            true,
+            "block_set_io_throttle",
+            limits(json!({"device": n}), 1 << 20),
+        ),
+        (
+            true,
+            "block_set_io_throttle",
+            limits(json!({"device": n}), -1),
+        ),
+        (true, "block_resize", json!({"device": n, "size": 1 << 20})),
+        (
+            true,
+            "block_resize",
+            json!({"device": n, "node-name": "spare", "size": 1 << 20}),
+        ),
+        (true, "block-dirty-bitmap-add", bitmap.clone()),
+        (true, "blockdev-snapshot-sync", snapshot.clone()),
+        (
+            true,
+            "blockdev-snapshot-internal-sync",
+            json!({"device": n, "name": "s"}),
+        ),
+        (
+            true,
+            "blockdev-snapshot-delete-internal-sync",
+            json!({"device": n, "name": "s"}),
+        ),
+        (
+            true,
+            "blockdev-snapshot",
+            json!({"node": n, "overlay": "spare"}),
+        ),
+        (
+            true,
+            "blockdev-snapshot",
+            json!({"node": "n3", "overlay": n}),
+        ),
+        (true, "drive-backup", backup.clone()),
+        (true, "drive-mirror", backup.clone()),
+        (
+            true,
+            "blockdev-mirror",
+            json!({"device": n, "target": "spare", "sync": "full"}),
+        ),
+        (
+            true,
+            "blockdev-backup",
+            json!({"device": n, "target": "spare", "sync": "full"}),
+        ),
+        (true, "blockdev-mirror", into_it.clone()),
+        (true, "blockdev-backup", into_it.clone()),
+        (true, "block-stream", json!({"device": n})),
+        (false, "block-commit", json!({"device": n})),
+        (
+            true,
+            "change-backing-file",
+            json!({"device": n, "image-node-name": "n3", "backing-file": "x"}),
+        ),
+        (
+            true,
+            "x-blockdev-change",
+            json!({"parent": n, "node": "spare"}),
+        ),
+        (
+            true,
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r1", "file": n}),
+        ),
+        (
+            true,
+            "transaction",
+            actions("blockdev-snapshot-sync", &snapshot),
+        ),
+        (
+            true,
+            "transaction",
+            actions("block-dirty-bitmap-add", &bitmap),
+        ),
+        (true, "transaction", actions("drive-backup", &backup)),
+        (true, "transaction", actions("blockdev-backup", &into_it)),
+    ]);
+    for deleted in ["x2", "d0"] {
+        cases.extend([
+            (
+                false,
+                "block_set_io_throttle",
+                limits(json!({"device": deleted}), 1 << 20),
+            ),
+            (
+                false,
+                "block_resize",
+                json!({"device": deleted, "size": 1 << 20}),
+            ),
+            (
+                false,
+                "block-dirty-bitmap-add",
+                json!({"node": deleted, "name": "b"}),
+            ),
+            (
+                false,
+                "drive-mirror",
+                json!({"device": deleted, "target": never, "sync": "full", "format": "raw"}),
+            ),
+        ]);
+    }
+    for (no_medium, command, args) in cases {
+        let answer = |c: &mut QmpClient, ours: bool| {
+            let peer = if ours { "g" } else { "q" };
+            let text = named(&args.to_string(), ours)
+                .replace("IMG/", &format!("{}/{peer}", dir.display()));
+            let reply = c.execute(command, serde_json::from_str(&text).unwrap());
+            unnamed(in_our_names(&reply.to_string(), dir), ours)
+        };
+        let (q, g) = (answer(&mut p.qemu, false), answer(&mut p.ours, true));
+        assert_eq!(g, q, "{command} {args}");
+        assert!(q.contains("\"error\""), "QEMU took {command} {args}: {q}");
+        assert_eq!(
+            q.contains("has no medium"),
+            no_medium,
+            "QEMU's answer to {command} {args}: {q}"
+        );
+    }
 }
 
 /// A device_add whose daemon cannot start is undone: the node is free again (its image

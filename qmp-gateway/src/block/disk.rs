@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ipc::{
-    BlockEvent, BlockOpen, BlockReply, BlockRequest, JobEvent, SharedBitmap, StoredBitmaps,
-    ThrottleLimits,
+    BlockEvent, BlockOpen, BlockReply, BlockRequest, ImageFormat, JobEvent, SharedBitmap,
+    StoredBitmaps, ThrottleLimits,
 };
 use parking_lot::Mutex;
 
@@ -172,6 +172,13 @@ impl Disk {
     /// Whether `name` is its BlockBackend's name (an anonymous one has none).
     pub fn named(&self, name: &str) -> bool {
         self.drive && self.id == name
+    }
+
+    /// Whether it has a medium: a disk whose drive HMP drive_del deleted has none (no
+    /// node; its daemons serve `ImageFormat::NoMedium`).
+    pub fn has_medium(&self) -> bool {
+        let top = self.config.layers.first().map(|l| &l.format);
+        !matches!(top, Some(ImageFormat::NoMedium { .. }))
     }
 
     pub fn daemon(&self) -> Result<&BlockDaemon, BlockError> {

@@ -18,6 +18,14 @@ pub enum BlockError {
     DeviceNotFound(String),
     #[error("Cannot find device='{device}' nor node-name='{node}'")]
     NoDeviceNorNode { device: String, node: String },
+    /// A BlockBackend without a medium, named where a node is looked up (QEMU's
+    /// bdrv_lookup_bs).
+    #[error("Device '{0}' has no medium")]
+    NoMedium(String),
+    /// block_set_io_throttle's words for a BlockBackend without a medium (QEMU 7.2 names
+    /// none).
+    #[error("Device has no medium")]
+    NoMediumToThrottle,
     /// block-set-write-threshold's word for a node it does not know.
     #[error("Device '{0}' not found")]
     NoThresholdNode(String),

@@ -285,10 +285,7 @@ impl BlockLayer {
         match target {
             MirrorTarget::Node(name) => {
                 if state.graph.node(name).is_none() {
-                    return Err(BlockError::NoDeviceNorNode {
-                        device: name.clone(),
-                        node: name.clone(),
-                    });
+                    return Err(state.no_node(name));
                 }
                 if *name == root || state.graph.tree(root).contains(name) {
                     return Err(JobError::IntoItself.into());
@@ -338,10 +335,7 @@ impl BlockLayer {
     ) -> Result<Driver, BlockError> {
         let of_node = |name: &str| state.graph.image_node(name).map(|n| n.driver);
         match target {
-            MirrorTarget::Node(name) => of_node(name).ok_or_else(|| BlockError::NoDeviceNorNode {
-                device: name.clone(),
-                node: name.clone(),
-            }),
+            MirrorTarget::Node(name) => of_node(name).ok_or_else(|| state.no_node(name)),
             MirrorTarget::Drive {
                 format: Some(f), ..
             } => Driver::format(f).ok_or_else(|| JobError::UnknownFormat(f.clone()).into()),

@@ -10,7 +10,7 @@ use ipc::BlockRequest;
 use super::disk::{BlockProtocol, Group};
 use super::error::BlockError;
 use super::throttle::{self, ThrottleRequest};
-use super::{BlockLayer, DiskRef, State};
+use super::{Backend, BlockLayer, DiskRef, State};
 
 /// A call to make to a disk's daemon once the layer's lock is let go.
 type DaemonCall = (
@@ -45,8 +45,7 @@ impl BlockLayer {
         group: Option<&str>,
     ) -> Result<(), BlockError> {
         let _changes = self.changes.lock();
-        let limits = throttle::limits(request)?;
-        let calls = self.apply_throttle(disk, limits, group)?;
+        let calls = self.apply_throttle(disk, request, group)?;
         for (link, request, state) in calls {
             let fds: Vec<_> = state.iter().map(|s| s.as_fd()).collect();
             link.request(request, &fds)?;
@@ -55,24 +54,21 @@ impl BlockLayer {
     }
 
     /// Changes the layer's state for block_set_io_throttle; returns the calls to make
-    /// to the daemons concerned (with the group's state page, for limits).
+    /// to the daemons concerned (with the group's state page, for limits). As QEMU, the
+    /// disk and its medium are checked before the limits.
     fn apply_throttle(
         &self,
         disk: DiskRef,
-        limits: ipc::ThrottleLimits,
+        request: &ThrottleRequest,
         group: Option<&str>,
     ) -> Result<Vec<DaemonCall>, BlockError> {
         let mut state = self.state.lock();
-        let index = state
-            .disks
-            .iter()
-            .position(|d| match disk {
-                DiskRef::Qdev(name) => {
-                    d.qdev == name || d.qom_path == name || (!name.is_empty() && d.qdev_id == name)
-                }
-                DiskRef::Device(name) => d.named(name),
-            })
-            .ok_or_else(|| BlockError::DeviceNotFound(disk.name().to_string()))?;
+        let index = match state.backend(disk) {
+            Some(Backend::Disk(index)) => index,
+            Some(Backend::NoMedium) => return Err(BlockError::NoMediumToThrottle),
+            None => return Err(BlockError::DeviceNotFound(disk.name().to_string())),
+        };
+        let limits = throttle::limits(request)?;
         let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());
         if !limits.enabled() {
             let calls = state.disks[index]

@@ -89,6 +89,17 @@ impl<'a> DiskRef<'a> {
     }
 }
 
+/// What a command's name for a BlockBackend leads to (QEMU's qmp_get_blk, then blk_bs):
+/// `State::backend` alone decides whether it has a medium.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A disk (its index in `State::disks`), over its medium.
+    Disk(usize),
+    /// A BlockBackend without a medium: a drive_add drive made without one, or a disk
+    /// whose drive HMP drive_del deleted (anonymous: only its device names it).
+    NoMedium,
+}
+
 #[derive(Default)]
 struct State {
     graph: Graph,
@@ -154,18 +165,54 @@ impl State {
         }
     }
 
-    /// QEMU's bdrv_lookup_bs: the root node of disk `device`, else node `node`.
+    /// The BlockBackend `r` names: by "device" its name, by "id" its device's id or QOM
+    /// path (or its virtio backend's). A drive no device uses that has a medium is not
+    /// one commands reach: None, as for a name nothing has.
+    fn backend(&self, r: DiskRef) -> Option<Backend> {
+        let at = self.disks.iter().position(|d| match r {
+            DiskRef::Device(name) => d.named(name),
+            DiskRef::Qdev(name) => {
+                d.qdev == name || d.qom_path == name || (!name.is_empty() && d.qdev_id == name)
+            }
+        });
+        match (at, r) {
+            (Some(i), _) if self.disks[i].has_medium() => Some(Backend::Disk(i)),
+            (Some(_), _) => Some(Backend::NoMedium),
+            (None, DiskRef::Device(name)) => (self.named_drive(name))
+                .filter(|d| !d.attached && d.root.is_none())
+                .map(|_| Backend::NoMedium),
+            (None, DiskRef::Qdev(_)) => None,
+        }
+    }
+
+    /// QEMU's bdrv_lookup_bs: the root node of the BlockBackend `device` names (refused
+    /// without a medium, whatever `node` says), else node `node`.
     fn lookup_node(&self, device: Option<&str>, node: Option<&str>) -> Result<String, BlockError> {
-        device
-            .and_then(|d| self.disk_by_id(d).map(|d| d.root.clone()))
-            .or_else(|| {
-                node.filter(|n| self.graph.node(n).is_some())
-                    .map(str::to_string)
-            })
+        if let Some(name) = device {
+            match self.backend(DiskRef::Device(name)) {
+                Some(Backend::Disk(i)) => return Ok(self.disks[i].root.clone()),
+                Some(Backend::NoMedium) => return Err(BlockError::NoMedium(name.to_string())),
+                None => {}
+            }
+        }
+        node.filter(|n| self.graph.node(n).is_some())
+            .map(str::to_string)
             .ok_or_else(|| BlockError::NoDeviceNorNode {
                 device: device.unwrap_or_default().to_string(),
                 node: node.unwrap_or_default().to_string(),
             })
+    }
+
+    /// What QEMU's bdrv_lookup_bs(name, name) answers where `name`, taken as a node's
+    /// name only (a job's target), names no node.
+    fn no_node(&self, name: &str) -> BlockError {
+        if self.backend(DiskRef::Device(name)) == Some(Backend::NoMedium) {
+            return BlockError::NoMedium(name.to_string());
+        }
+        BlockError::NoDeviceNorNode {
+            device: name.to_string(),
+            node: name.to_string(),
+        }
     }
 
     /// The disk whose tree holds `node`.

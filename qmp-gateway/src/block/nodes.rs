@@ -70,14 +70,20 @@ impl BlockLayer {
         let ids: Vec<String> = (state.disks.iter().map(|d| d.id.clone()))
             .chain(state.drives.iter().map(|d| d.id.clone()))
             .collect();
-        state.graph.add(
+        let added = state.graph.add(
             opts,
             true,
             &|n| ids.iter().any(|i| i == n),
             &mut Self::opener(fdsets),
             charge,
-        )?;
-        Ok(())
+        );
+        match added {
+            // A child named by reference: QEMU looks the name up as a BlockBackend's too.
+            Err(BlockError::NoDeviceNorNode { device, node }) if device == node => {
+                Err(state.no_node(&device))
+            }
+            added => added.map(|_| ()),
+        }
     }
 
     /// blockdev-del: a node blockdev-add made, unless something uses it.
@@ -235,6 +241,23 @@ impl BlockLayer {
             return BlockError::DeviceNotFound(device.to_string());
         }
         BlockError::NotRemovable(device.to_string())
+    }
+
+    /// QEMU's bdrv_lookup_bs(name, name): the node a BlockBackend's name (its root) or a
+    /// node's name gives.
+    pub fn lookup(&self, name: &str) -> Result<String, BlockError> {
+        self.state.lock().lookup_node(Some(name), Some(name))
+    }
+
+    /// What QEMU answers where `name`, taken as a node's name (a reference to a child),
+    /// names no node; None where it does.
+    pub fn missing_node(&self, name: &str) -> Option<BlockError> {
+        let state = self.state.lock();
+        state
+            .graph
+            .node(name)
+            .is_none()
+            .then(|| state.no_node(name))
     }
 
     pub fn node_exists(&self, name: &str) -> bool {

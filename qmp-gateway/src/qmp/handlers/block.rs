@@ -426,11 +426,7 @@ pub fn change(c: &mut Ctx, a: Change) -> QmpResult {
 /// are raw and file nodes (QEMU's answer for those).
 pub fn x_blockdev_change(c: &mut Ctx, a: XBlockdevChange) -> QmpResult {
     let parent = &a.parent;
-    if !c.gw.block.node_exists(parent) {
-        return Err(QmpError::generic(format!(
-            "Cannot find device='{parent}' nor node-name='{parent}'"
-        )));
-    }
+    c.gw.block.lookup(parent)?;
     match (&a.child, &a.node) {
         (Some(_), Some(_)) => Err(QmpError::generic(
             "The parameters child and node are in conflict",

@@ -72,12 +72,13 @@ fn node_add(c: &mut Ctx, options: &str) -> String {
     if value("driver").is_none() {
         return match value("file") {
             None => "Must specify either driver or file\n".into(),
-            Some(file) if !c.gw.block.node_exists(file) => {
-                format!("Cannot find device='{file}' nor node-name='{file}'\n")
-            }
-            Some(_) => {
-                "driver=raw or driver=qcow2 is required (image formats are never guessed)\n".into()
-            }
+            Some(file) => match c.gw.block.missing_node(file) {
+                Some(e) => format!("{e}\n"),
+                None => {
+                    "driver=raw or driver=qcow2 is required (image formats are never guessed)\n"
+                        .into()
+                }
+            },
         };
     }
     let opts = match crate::qmp::blockdev::parse_cli(options) {

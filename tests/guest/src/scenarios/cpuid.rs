@@ -68,7 +68,12 @@ pub fn run(acpi: &Acpi) -> ! {
     let mut line = console::line("GUEST CPUID LEAVES");
     for &(leaf, subleaf) in FEATURE_LEAVES.iter().filter(|(l, _)| within(*l)) {
         let r = __cpuid_count(leaf, subleaf);
-        line = line.s(" ").hex(leaf.into()).s(".").dec(subleaf.into()).s("=");
+        line = line
+            .s(" ")
+            .hex(leaf.into())
+            .s(".")
+            .dec(subleaf.into())
+            .s("=");
         for (i, reg) in [r.eax, r.ebx, r.ecx, r.edx].into_iter().enumerate() {
             line = if i == 0 { line } else { line.s(":") };
             line = line.hex(reg.into());

@@ -772,8 +772,10 @@ fn moving_root(root: &Path, emulator: &Path, tag: &str) -> String {
     }
     let name = format!("mv-{tag}");
     // The lifecycle's guest (pci-hotplug: its disk checked with I/O at boot, a hot-added
-    // one too, the ACPI power button) on its qcow2 disk, the console in a file, no NIC (a
-    // tap of the same name cannot be on both sides of a migration on one host).
+    // one too, the ACPI power button) on its qcow2 disk, a NIC on a tap libvirt makes,
+    // the console in a file. The tap is named by libvirt (vnetN), which leaves the name
+    // out of what it sends the destination: a tap of one name cannot be on both sides
+    // of a migration on one host.
     let domain = DomainXml {
         name: &name,
         emulator,
@@ -781,11 +783,54 @@ fn moving_root(root: &Path, emulator: &Path, tag: &str) -> String {
         acpi: true,
         devices: vec![
             qcow2_disk(&root.join("disk.qcow2"), "virtio", "vda"),
+            "<interface type='ethernet'><mac address='52:54:00:12:34:57'/>\
+             <model type='virtio'/></interface>"
+                .to_string(),
             serial_file(root),
         ],
     };
     std::fs::write(root.join("dom.xml"), domain.render()).expect("dom.xml");
     name
+}
+
+/// The tap of the domain's one NIC (`domiflist`), deleted should the test stop half-way.
+fn the_tap(virsh: &mut Virsh, name: &str) -> TapLeftover {
+    let out = virsh.ok(&format!("domiflist {name}"), STEP);
+    // Lines of `TAP ethernet - virtio MAC` (virsh's header is not among them).
+    let taps: Vec<&str> = (out.iter())
+        .filter(|l| l.split_whitespace().nth(1) == Some("ethernet"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let [tap] = taps[..] else {
+        panic!("not one interface: {out:?}");
+    };
+    assert!(link_exists(tap), "{tap} is not there: {out:?}");
+    TapLeftover(tap.to_string())
+}
+
+/// The frames the VM sent out of its tap (domifstat counts as the domain sees it: its
+/// tx is the tap's rx; the host's own frames to the VM, IPv6's as the tap comes up, are
+/// its rx).
+fn frames_out(virsh: &mut Virsh, name: &str, tap: &str) -> u64 {
+    let out = virsh.ok(&format!("domifstat {name} {tap}"), STEP);
+    (out.iter())
+        .find_map(|l| l.strip_prefix(&format!("{tap} tx_packets ")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tx_packets in {out:?}"))
+}
+
+/// After a migration or a restore the NIC announces the VM from its new tap (RARP
+/// frames, QEMU's self-announce, which the destination sends once the VM runs): the
+/// backend there carries frames. Waits for the first (a step at most).
+fn announced(virsh: &mut Virsh, name: &str, tap: &str) {
+    let deadline = Instant::now() + STEP;
+    while frames_out(virsh, name, tap) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: nothing came out of {tap}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits (a step at most) until no process names `needle`.
@@ -834,6 +879,7 @@ fn save_restore(emulator: &Path, tag: &str) -> Vec<String> {
     let mut virsh = Virsh::start(root);
     virsh.ok(&format!("create {}", xml.display()), STEP);
     let (_, at) = wait_for_line(&serial, 0, "GUEST HOTPLUG READY", BOOT);
+    let before = the_tap(&mut virsh, &name);
     note(
         "save",
         virsh.ok(&format!("save {name} {}", saved.display()), STEP),
@@ -846,6 +892,8 @@ fn save_restore(emulator: &Path, tag: &str) -> Vec<String> {
     let state = virsh.ok(&format!("domstate {name} --reason"), STEP);
     assert_eq!(state, ["running (restored)"]);
     note("restored", state);
+    let after = the_tap(&mut virsh, &name);
+    announced(&mut virsh, &name, &after.0);
     guest_alive(&mut virsh, &name, root, &serial, at);
     note(
         "after",
@@ -855,6 +903,9 @@ fn save_restore(emulator: &Path, tag: &str) -> Vec<String> {
     until_gone(&mut virsh, &name);
     drop(virsh);
     nothing_left(&root.display().to_string(), root);
+    for tap in [before, after] {
+        assert!(!link_exists(&tap.0), "{} left", tap.0);
+    }
     seen
 }
 
@@ -901,6 +952,7 @@ fn live_migration(emulator: &Path, tag: &str, p2p: bool) -> Vec<String> {
     let mut source = Virsh::start(root);
     source.ok(&format!("create {}", xml.display()), STEP);
     let (_, at) = wait_for_line(&serial, 0, "GUEST HOTPLUG READY", BOOT);
+    let there = the_tap(&mut source, &name);
     let p2p = if p2p { " --p2p" } else { "" };
     note(
         "migrate",
@@ -919,6 +971,10 @@ fn live_migration(emulator: &Path, tag: &str, p2p: bool) -> Vec<String> {
     let state = destination.ok(&format!("domstate {name} --reason"), STEP);
     assert_eq!(state, ["running (migrated)"]);
     note("destination", state);
+    // The source's tap is gone with the source's VM; the destination's carries frames.
+    assert!(!link_exists(&there.0), "{} left at the source", there.0);
+    let here = the_tap(&mut destination, &name);
+    announced(&mut destination, &name, &here.0);
     guest_alive(&mut destination, &name, root, &serial, at);
     note(
         "after",
@@ -935,6 +991,7 @@ fn live_migration(emulator: &Path, tag: &str, p2p: bool) -> Vec<String> {
         "libvirtd {pid} did not end"
     );
     nothing_left(&dir.path().display().to_string(), dir.path());
+    assert!(!link_exists(&here.0), "{} left", here.0);
     seen
 }
 

@@ -293,7 +293,11 @@ pub fn scenario(vm: &mut Vm, qmp: &mut QmpClient) {
     r.send_key(&[key("c")], 1);
     r.expect("c after the bad input", "kbd 2e kbd ae");
 
-    // Paused: input-send-event is refused, and send-key's keys are dropped.
+    // Paused: input-send-event is refused, and send-key's keys are dropped. QEMU's
+    // send-key ends with a wait of hold-time in its input queue, timed on the guest's
+    // clock: a key sent while that wait is still queued (the VM stopped within it) is
+    // queued behind it and reaches the guest at cont; so the VM stops once it is over.
+    std::thread::sleep(Duration::from_millis(100));
     r.ok("stop", json!({}));
     r.error("input-send-event", ev(rel("x", 1)), g, "VM not running");
     r.send_key(&[key("d")], 1);

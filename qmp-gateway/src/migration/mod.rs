@@ -3,12 +3,13 @@
 //! checks), and the migrations themselves (`migrator`): out of this VM (`outgoing`) or
 //! into it (`incoming`), each carried by a migration agent (`agent`) on a connection
 //! made from the URI (`uri`), with the progress query-migrate reports (`progress`) and
-//! the disks a block migration copies (`block`); and xen-save-devices-state's file of
-//! the device state alone (`device_file`).
+//! the disks a block migration copies (`block`); the device state both carry
+//! (`device_state`) and xen-save-devices-state's file of it alone (`device_file`).
 
 pub mod agent;
 pub mod block;
 pub mod device_file;
+pub mod device_state;
 pub mod incoming;
 pub mod migrator;
 pub mod outgoing;

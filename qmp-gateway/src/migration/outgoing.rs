@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc::{
-    AgentReply, AgentRequest, Channel, CompressParams, MigratedState, OutgoingStart, PassReport,
-    RunState, VmmReply, VmmRequest,
+    AgentReply, AgentRequest, Channel, CompressParams, OutgoingStart, PassReport, RunState,
+    VmmReply, VmmRequest,
 };
 
 use crate::block::BlockError;
@@ -209,12 +209,8 @@ fn last_pages_and_state(m: &Migrator, agent: &Agent, last_pages: bool) -> Result
     if last_pages {
         send_pass(m, agent, false, FINAL_BUDGET_MS, true)?;
     }
-    let vmm = match m.h.vmm.request(VmmRequest::SaveState, &[])? {
-        VmmReply::State(s) => s,
-        other => return Err(Stop::Failed(format!("vmm-core answered {other:?}"))),
-    };
-    let nics = (m.h.nics)();
-    Ok(MigratedState { vmm, nics }.encode()?)
+    let state = super::device_state::take(&m.h.vmm, (m.h.nics)())?;
+    Ok(state.encode()?)
 }
 
 /// A failed call to the agent is a cancellation when migrate_cancel killed it.

@@ -8,12 +8,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
-use ipc::{MigratedState, RunState, VmmReply, VmmRequest};
+use ipc::{RunState, VmmRequest};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::fdstore::error::FdError;
-use crate::migration::device_file;
+use crate::migration::{device_file, device_state};
 use crate::qmp::args::{serde_arguments, NoArgs};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -194,21 +194,11 @@ pub fn xen_save_devices_state(c: &mut Ctx, a: XenSaveDevicesState) -> QmpResult 
     if running {
         c.gw.stop()?;
     }
-    let saved = c.gw.vmm.request(VmmRequest::SaveState, &[]);
-    let nics = c.gw.net.migrated_nics();
+    let saved = device_state::take(&c.gw.vmm, c.gw.net.migrated_nics());
     if running {
         c.gw.cont()?;
     }
-    let vmm = match saved? {
-        VmmReply::State(s) => s,
-        other => {
-            return Err(QmpError::generic(format!(
-                "vmm-core answered the state's request with {other:?}"
-            )))
-        }
-    };
-    let bytes = device_file::encode(&MigratedState { vmm, nics })
-        .map_err(|e| QmpError::generic(e.to_string()))?;
+    let bytes = device_file::encode(&saved?).map_err(|e| QmpError::generic(e.to_string()))?;
     // QEMU's QERR_IO_ERROR for a write that fails (a full disk).
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())

@@ -793,6 +793,11 @@ fn moving_root(root: &Path, emulator: &Path, tag: &str) -> String {
     name
 }
 
+/// Held by a test whose domain has a tap libvirt names (vnetN) while it runs: two
+/// libvirts naming at once could pick one name, and a test would then take (or delete)
+/// the other's tap.
+static AUTO_NAMED_TAPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The tap of the domain's one NIC (`domiflist`), deleted should the test stop half-way.
 fn the_tap(virsh: &mut Virsh, name: &str) -> TapLeftover {
     let out = virsh.ok(&format!("domiflist {name}"), STEP);
@@ -862,6 +867,8 @@ fn nothing_left(needle: &str, dir: &Path) {
 /// `migrate-incoming fd:N` (a number: QEMU's monitor_fd_param takes it as a descriptor).
 /// What virsh showed, for the comparison.
 fn save_restore(emulator: &Path, tag: &str) -> Vec<String> {
+    // Dropped last: after the taps are gone.
+    let _taps = AUTO_NAMED_TAPS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new(&format!("libvirt-save-{tag}"));
     let _leftovers = Leftovers(dir.path().display().to_string());
     let root = dir.path();
@@ -930,6 +937,8 @@ fn save_and_restore_as_on_qemu() {
 /// tcp:[::]:PORT`, `cont` once the source completed). The guest goes on at the
 /// destination (a disk attached there and used). What virsh showed, for the comparison.
 fn live_migration(emulator: &Path, tag: &str, p2p: bool) -> Vec<String> {
+    // Dropped last: after the taps are gone.
+    let _taps = AUTO_NAMED_TAPS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new(&format!("libvirt-mig-{tag}"));
     let root = dir.path().join("src");
     let dest = dir.path().join("dst");

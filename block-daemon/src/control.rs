@@ -201,6 +201,11 @@ fn carry_on(
     let mut bitmaps = bitmaps;
     let mut handed = Vec::new();
     for (spec, memory) in loaded {
+        // The gateway's own copy of a bitmap the image stores too is the newer one (a
+        // node's bitmaps stored at a pivot away from it, then kept by the gateway).
+        if bitmaps.iter().any(|(s, _)| s.name == spec.name) {
+            continue;
+        }
         let fd = memory
             .fd()
             .ok_or("a loaded bitmap has no memfd")?

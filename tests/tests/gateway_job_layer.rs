@@ -518,3 +518,203 @@ fn a_copys_pivot_keeps_nodes_and_bitmaps_as_qemu() {
         theirs.join("\n")
     );
 }
+
+/// The images of `persistent_steps`: libvirt's disk and copy target, a qcow2 image for a
+/// node deleted with persistent bitmaps on it, one opened read-only, a qcow2 v2 image
+/// and a raw file.
+fn persistent_images(dir: &Path) {
+    copy_images(dir);
+    for name in ["keep.qcow2", "ro.qcow2", "late.qcow2"] {
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", &p(&dir.join(name)), "16M"]);
+    }
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        &p(&dir.join("v2.qcow2")),
+        "16M",
+    ]);
+}
+
+/// Persistent bitmaps on nodes no disk uses, as libvirt 9.0's blockcopy --pivot of a
+/// disk with a checkpoint adds them on the copy's target: refused where QEMU refuses
+/// (qcow2 v2, raw, a name too long), taken on a read-only node (QEMU loses them at the
+/// close), stored in the image of a node blockdev-del deletes, and the target's persistent
+/// in the disk once the pivot made it its top (stored at the VM's end).
+fn persistent_steps(dir: &Path) -> Vec<(&'static str, Value)> {
+    let [storage2, format2] = libvirt_pair(dir, 2, "copy.qcow2");
+    let qcow2 = |node: &str, file: &str, read_only: bool| {
+        json!({"driver": "qcow2", "node-name": node, "read-only": read_only,
+               "file": {"driver": "file", "filename": p(&dir.join(file)),
+                        "read-only": read_only}})
+    };
+    let add = |node: &str, name: &str, extra: Value| {
+        let mut a = json!({"node": node, "name": name, "persistent": true});
+        for (k, v) in extra.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        ("block-dirty-bitmap-add", a)
+    };
+    let nodes = || ("query-named-block-nodes", json!({"flat": true}));
+    let del = |node: &str| ("blockdev-del", json!({"node-name": node}));
+    let long = "x".repeat(1024);
+    let merge = |node: &str, target: &str, bitmaps: Value| {
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": node, "target": target, "bitmaps": bitmaps}),
+        )
+    };
+    vec![
+        ("blockdev-add", qcow2("v2", "v2.qcow2", false)),
+        add("v2", "p", json!({})),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "loose",
+                   "file": {"driver": "file", "filename": p(&dir.join("loose.raw"))}}),
+        ),
+        add("loose", "p", json!({})),
+        add("loose", "r1", json!({"persistent": false})),
+        ("blockdev-add", qcow2("ro", "ro.qcow2", true)),
+        add("ro", "p", json!({})),
+        ("blockdev-add", qcow2("keep", "keep.qcow2", false)),
+        add("keep", &long, json!({})),
+        add("keep", "k1", json!({})),
+        add("keep", "k1", json!({})),
+        add(
+            "keep",
+            "k2",
+            json!({"granularity": 131072, "disabled": true}),
+        ),
+        add("keep", "k3", json!({"persistent": false})),
+        // block-dirty-bitmap-merge, as libvirt merges a checkpoint's bitmaps.
+        merge("keep", "k1", json!(["k3", {"node": "keep", "name": "k2"}])),
+        merge("keep", "k1", json!([{"node": "loose", "name": "r1"}])),
+        merge("keep", "k1", json!(["k3", "nope"])),
+        merge("keep", "nope", json!(["k3"])),
+        merge("keep", "k1", json!([{"node": "nowhere", "name": "k3"}])),
+        nodes(),
+        // Stored in keep.qcow2 as it closes.
+        del("keep"),
+        // libvirt's checkpoint on the disk, then its copy with the checkpoint's bitmap
+        // on the target (by transaction, as libvirt adds it before job-complete).
+        add("libvirt-1-format", "cp1", json!({})),
+        ("blockdev-add", storage2),
+        ("blockdev-add", format2),
+        (
+            "blockdev-mirror",
+            json!({"job-id": "copy-vda-libvirt-1-format", "device": "libvirt-1-format",
+                   "target": "libvirt-2-format", "sync": "full",
+                   "auto-finalize": true, "auto-dismiss": false}),
+        ),
+        ("wait", json!({"event": "BLOCK_JOB_READY"})),
+        (
+            "transaction",
+            json!({"actions": [
+                {"type": "block-dirty-bitmap-add",
+                 "data": {"node": "libvirt-2-format", "name": "cp1", "persistent": true,
+                          "disabled": false, "granularity": 65536}},
+                {"type": "block-dirty-bitmap-merge",
+                 "data": {"node": "libvirt-2-format", "target": "cp1",
+                          "bitmaps": [{"node": "libvirt-1-format", "name": "cp1"}]}},
+                {"type": "block-dirty-bitmap-add",
+                 "data": {"node": "libvirt-2-format", "name": "cp0", "persistent": true,
+                          "disabled": true, "granularity": 131072}},
+                {"type": "block-dirty-bitmap-add",
+                 "data": {"node": "libvirt-2-format", "name": "libvirt-tmp-activewrite",
+                          "persistent": false, "disabled": false}}]}),
+        ),
+        ("job-complete", json!({"id": "copy-vda-libvirt-1-format"})),
+        ("query-block", json!({})),
+        ("job-dismiss", json!({"id": "copy-vda-libvirt-1-format"})),
+        (
+            "transaction",
+            json!({"actions": [{"type": "block-dirty-bitmap-remove",
+                                "data": {"node": "libvirt-2-format",
+                                         "name": "libvirt-tmp-activewrite"}}]}),
+        ),
+        ("query-block", json!({})),
+        nodes(),
+        // The source, with the checkpoint's bitmap, deleted: stored in disk.qcow2.
+        del("libvirt-1-format"),
+        del("libvirt-1-storage"),
+        nodes(),
+        // Loose at the VM's end: stored as it ends.
+        ("blockdev-add", qcow2("late", "late.qcow2", false)),
+        add("late", "l1", json!({"granularity": 4096})),
+    ]
+}
+
+/// The persistent bitmaps each image of `dir` stores, as qemu-img info shows them (by
+/// name: QEMU stores a node's newest first, our daemons in the order they were added).
+fn stored_bitmaps(dir: &Path) -> Vec<String> {
+    ["disk", "copy", "keep", "ro", "v2", "late"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("{name}.qcow2"));
+            let out = std::process::Command::new("qemu-img")
+                .args(["info", "--output=json", "-U", &p(&path)])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let mut bitmaps = (info["format-specific"]["data"].get("bitmaps"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            bitmaps.sort_by_key(|b| b["name"].as_str().unwrap_or_default().to_string());
+            format!("{name}: {}", Value::Array(bitmaps))
+        })
+        .collect()
+}
+
+#[test]
+fn persistent_bitmaps_on_a_copys_target_follow_it_as_qemu() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let qdir = TempDir::new("persistent-qemu");
+    persistent_images(qdir.path());
+    let line = copy_command_line(qdir.path(), "-");
+    let qemu = Qemu::try_start(&line.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap_or_else(|e| panic!("QEMU did not start: {e}"));
+    let mut q = qemu.client();
+    let theirs = copy_transcript(&mut q, qdir.path(), &persistent_steps(qdir.path()));
+    drop(q);
+    // Its end stores the disk's bitmaps.
+    drop(qemu);
+    let their_images = stored_bitmaps(qdir.path());
+
+    let dir = TempDir::new("persistent-ours");
+    persistent_images(dir.path());
+    let mut args = vec!["-S".to_string()];
+    args.extend(copy_command_line(dir.path(), "--"));
+    let gw = Gateway::start_with(
+        1,
+        "scenario=idle",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut c = gw.client();
+    let ours = copy_transcript(&mut c, dir.path(), &persistent_steps(dir.path()));
+    drop(c);
+    drop(gw);
+    let our_images = stored_bitmaps(dir.path());
+    assert_eq!(
+        ours,
+        theirs,
+        "\nours:\n{}\nQEMU's:\n{}",
+        ours.join("\n"),
+        theirs.join("\n")
+    );
+    assert_eq!(
+        our_images,
+        their_images,
+        "\nours:\n{}\nQEMU's:\n{}",
+        our_images.join("\n"),
+        their_images.join("\n")
+    );
+    // Something was stored at all: the test sees the stores it compares.
+    assert!(their_images[2].contains("k2"), "{their_images:?}");
+    assert!(their_images[1].contains("cp1"), "{their_images:?}");
+    assert!(their_images[5].contains("l1"), "{their_images:?}");
+}

@@ -27,8 +27,9 @@ use super::error::BlockError;
 use super::graph::Graph;
 use super::info::image_sizes;
 use super::transaction::Action;
-use super::{BlockLayer, State};
+use super::{BlockLayer, NewDisk, State};
 use crate::fdstore::Charge;
+use ipc::OnError;
 
 /// The longest name QEMU takes (BDRV_BITMAP_MAX_NAME_SIZE).
 const MAX_NAME: usize = 1023;
@@ -361,10 +362,10 @@ impl BlockLayer {
                 None if state.disk_uses_node(&node) => {
                     return Err(BitmapError::Unserved(node).into());
                 }
-                // A node no disk uses: loose (no daemon stores a persistent one).
-                None if new.persistent => {
-                    return Err(BitmapError::PersistentNotTop(node).into());
-                }
+                // A node no disk uses: loose. A persistent one is stored in the image
+                // when the node closes (`open_to_store`), or by the daemon of the disk
+                // whose top the node becomes (QEMU takes it on a read-only node too, and
+                // loses it at the close).
                 None => {
                     let on_node = (state.loose_bitmaps.iter())
                         .filter(|b| b.node == node)
@@ -406,6 +407,98 @@ impl BlockLayer {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Opens loose node `node` in a block daemon of its own if persistent bitmaps are
+    /// on it, so that they reach its image as QEMU stores a node's persistent bitmaps
+    /// when it closes the node (blockdev-del, quit): the daemon loads the image's own
+    /// bitmaps, is sent the node's, and stores them all at its clean close. The caller
+    /// stops it with `stored`, outside the state lock. A read-only node's are lost, as
+    /// in QEMU.
+    pub(super) fn open_to_store(&self, state: &mut State, node: &str) -> Option<Disk> {
+        let persistent = (state.loose_bitmaps.iter()).any(|b| b.node == node && b.persistent);
+        if !persistent {
+            return None;
+        }
+        let writable = state.graph.node(node).is_some_and(|n| !n.read_only)
+            && state.graph.protocol_of(node).is_some_and(|p| !p.read_only);
+        if !writable {
+            log::warn!(
+                "Lost persistent bitmaps during inactivation of node '{node}': No write access"
+            );
+            return None;
+        }
+        let new = NewDisk {
+            id: format!("#bitmaps-{node}"),
+            drive: false,
+            qdev_id: String::new(),
+            root: node.to_string(),
+            queues: 1,
+            serial: String::new(),
+            stats_intervals: Vec::new(),
+            qom_path: String::new(),
+            on_read_error: OnError::Report,
+            on_write_error: OnError::Report,
+            iothread: None,
+            born: None,
+        };
+        let before = state.disks.len();
+        match self.attach(state, new) {
+            Ok(_) if state.disks.len() == before + 1 => state.disks.pop(),
+            Ok(_) => None,
+            Err(e) => {
+                log::error!("Failed to store persistent bitmaps of node '{node}': {e}");
+                None
+            }
+        }
+    }
+
+    /// Stops the daemon `open_to_store` started (it stores the bitmaps and leaves the
+    /// image clean); the node's bitmaps are loose again (not those it loaded from the
+    /// image: nobody listed them).
+    pub(super) fn stored(&self, mut disk: Disk, loose: &[(String, String)]) {
+        match disk.stop() {
+            Some(how) => log::info!("node {}: bitmaps stored ({how})", disk.root),
+            None => log::info!("node {}: bitmaps stored", disk.root),
+        }
+        let _ = std::fs::remove_file(&disk.socket);
+        let mut state = self.state.lock();
+        state.release_top(&disk.root, false);
+        let known = |b: &DirtyBitmap| loose.iter().any(|(n, m)| *n == b.node && *m == b.name);
+        let mut back: Vec<_> = std::mem::take(&mut disk.bitmaps)
+            .into_iter()
+            .filter(known)
+            .collect();
+        state.loose_bitmaps.append(&mut back);
+        state.settle_bitmaps();
+    }
+
+    /// Stores the persistent bitmaps of loose node `node` in its image (`open_to_store`),
+    /// the state lock released meanwhile.
+    pub(super) fn store_loose(&self, node: &str) {
+        let (disk, loose) = {
+            let mut state = self.state.lock();
+            let loose: Vec<_> = (state.loose_bitmaps.iter())
+                .map(|b| (b.node.clone(), b.name.clone()))
+                .collect();
+            (self.open_to_store(&mut state, node), loose)
+        };
+        if let Some(disk) = disk {
+            self.stored(disk, &loose);
+        }
+    }
+
+    /// Stores the persistent bitmaps of every loose node (the gateway exits).
+    pub(super) fn store_all_loose(&self) {
+        let mut nodes: Vec<String> = (self.state.lock().loose_bitmaps.iter())
+            .filter(|b| b.persistent)
+            .map(|b| b.node.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        for n in nodes {
+            self.store_loose(&n);
+        }
     }
 
     /// Takes bitmap `name` off node or device `node` of disk `index` (None: loose).
@@ -570,6 +663,191 @@ impl BlockLayer {
             }
         }
         sent
+    }
+}
+
+/// A source of block-dirty-bitmap-merge: a bitmap of the target's node, or of any node.
+#[derive(Debug, Clone)]
+pub enum MergeSource {
+    Local(String),
+    External { node: String, name: String },
+}
+
+impl State {
+    /// Bitmap `name` on `node` (found as `find_bitmap` finds it): (disk index, node).
+    fn merge_source(
+        &self,
+        index: Option<usize>,
+        node: &str,
+        source: &MergeSource,
+    ) -> Result<(Option<usize>, String, String), BlockError> {
+        match source {
+            MergeSource::Local(name) => {
+                let found =
+                    (self.bitmaps_of(index).iter()).any(|b| b.node == node && b.name == *name);
+                if !found {
+                    return Err(BitmapError::NotFound(name.clone()).into());
+                }
+                Ok((index, node.to_string(), name.clone()))
+            }
+            MergeSource::External { node, name } => {
+                let (index, node) = self.find_bitmap(node, name)?;
+                Ok((index, node, name.clone()))
+            }
+        }
+    }
+}
+
+impl BlockLayer {
+    /// block-dirty-bitmap-merge: marks in bitmap `target` of `node` what each source
+    /// has, as QEMU's: the target is checked (busy, inconsistent), then each source in
+    /// order (found, consistent, of the target's size), and
+    /// the target changes only once all are. The marks are or'ed into the target's
+    /// memory in place, where its daemon goes on marking. Returns a copy of the
+    /// target's memory from before (`backup`: a transaction's abort puts it back).
+    fn merge_bitmaps(
+        &self,
+        node: &str,
+        target: &str,
+        sources: &[MergeSource],
+        backup: bool,
+    ) -> Result<Option<SharedBitmap>, BlockError> {
+        let mut state = self.state.lock();
+        let (index, node) = state.find_bitmap(node, target)?;
+        state.bitmap_free(index, &node, target)?;
+        let (size, granularity) = {
+            let Some(b) =
+                (state.bitmaps_of(index).iter()).find(|b| b.node == node && b.name == target)
+            else {
+                return Err(BitmapError::NotFound(target.to_string()).into());
+            };
+            if b.inconsistent {
+                return Err(BitmapError::Inconsistent(target.to_string()).into());
+            }
+            (b.memory.size(), b.memory.granularity())
+        };
+        let mut found = Vec::new();
+        for s in sources {
+            let (i, n, name) = state.merge_source(index, &node, s)?;
+            let Some(b) = (state.bitmaps_of(i).iter()).find(|b| b.node == n && b.name == name)
+            else {
+                return Err(BitmapError::NotFound(name).into());
+            };
+            if b.inconsistent {
+                return Err(BitmapError::Inconsistent(name).into());
+            }
+            if b.memory.size() != size {
+                return Err(BitmapError::DifferentSizes {
+                    dest: size,
+                    src: b.memory.size(),
+                }
+                .into());
+            }
+            found.push((i, n, name));
+        }
+        let old = if backup {
+            let need =
+                state.bitmap_memory() + bytes_for(size, granularity).map_err(BitmapError::from)?;
+            if need > MAX_BITMAP_MEMORY {
+                return Err(BitmapError::OutOfMemory {
+                    need,
+                    max: MAX_BITMAP_MEMORY,
+                }
+                .into());
+            }
+            let copy = SharedBitmap::create(size, granularity).map_err(BitmapError::from)?;
+            if let Some(b) =
+                (state.bitmaps_of(index).iter()).find(|b| b.node == node && b.name == target)
+            {
+                copy.merge_from(&b.memory).map_err(BitmapError::from)?;
+            }
+            Some(copy)
+        } else {
+            None
+        };
+        // Each source's marks, then or'ed into the target (a source may be the target).
+        let marks = SharedBitmap::create(size, granularity).map_err(BitmapError::from)?;
+        for (i, n, name) in &found {
+            if let Some(b) = (state.bitmaps_of(*i).iter()).find(|b| b.node == *n && b.name == *name)
+            {
+                marks.merge_from(&b.memory).map_err(BitmapError::from)?;
+            }
+        }
+        if let Some(b) = bitmap_in(state.bitmaps_of_mut(index), &node, target) {
+            b.memory.merge_from(&marks).map_err(BitmapError::from)?;
+        }
+        Ok(old)
+    }
+
+    /// block-dirty-bitmap-merge.
+    pub fn dirty_bitmap_merge(
+        &self,
+        node: &str,
+        target: &str,
+        sources: &[MergeSource],
+    ) -> Result<(), BlockError> {
+        let _changes = self.changes.lock();
+        self.merge_bitmaps(node, target, sources, false).map(drop)
+    }
+
+    /// Puts `old` back as bitmap `name`'s memory (a merge undone).
+    fn unmerge(&self, node: &str, name: &str, old: SharedBitmap) {
+        let index = {
+            let mut state = self.state.lock();
+            let Ok((index, node)) = state.find_bitmap(node, name) else {
+                return;
+            };
+            let root = index.map(|i| state.disks[i].root.clone());
+            let Some(b) = bitmap_in(state.bitmaps_of_mut(index), &node, name) else {
+                return;
+            };
+            let marked = b.recording && root.as_deref() == Some(b.node.as_str());
+            b.memory = old;
+            if !marked {
+                return;
+            }
+            index
+        };
+        if let Err(e) = self.send_bitmaps(index) {
+            log::warn!("dirty bitmap {name}: its merge undone; its daemon was not told: {e}");
+        }
+    }
+}
+
+/// The transaction action block-dirty-bitmap-merge: the target's marks from before
+/// come back on abort.
+pub struct MergeBitmapAction {
+    node: String,
+    target: String,
+    sources: Vec<MergeSource>,
+    old: Option<SharedBitmap>,
+}
+
+impl MergeBitmapAction {
+    pub fn new(node: String, target: String, sources: Vec<MergeSource>) -> MergeBitmapAction {
+        MergeBitmapAction {
+            node,
+            target,
+            sources,
+            old: None,
+        }
+    }
+}
+
+impl Action for MergeBitmapAction {
+    fn kind(&self) -> &'static str {
+        "block-dirty-bitmap-merge"
+    }
+
+    fn prepare(&mut self, layer: &BlockLayer) -> Result<(), BlockError> {
+        self.old = layer.merge_bitmaps(&self.node, &self.target, &self.sources, true)?;
+        Ok(())
+    }
+
+    fn abort(&mut self, layer: &BlockLayer) {
+        if let Some(old) = self.old.take() {
+            layer.unmerge(&self.node, &self.target, old);
+        }
     }
 }
 

@@ -261,6 +261,8 @@ pub enum BitmapError {
         node: String,
         why: &'static str,
     },
+    #[error("Bitmaps are of different sizes (destination size is {dest}, source size is {src}) and can't be merged")]
+    DifferentSizes { dest: u64, src: u64 },
     #[error("Bitmap '{0}' is inconsistent and cannot be used")]
     Inconsistent(String),
     #[error("disk {disk} has {max} dirty bitmaps, as many as a disk may have")]

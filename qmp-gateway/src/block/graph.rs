@@ -609,6 +609,17 @@ impl Graph {
     /// blockdev-del: removes a node blockdev-add created, with the children created with
     /// it. `in_use`: nodes a disk is attached to.
     pub fn remove(&mut self, name: &str, in_use: &dyn Fn(&str) -> bool) -> Result<(), BlockError> {
+        self.check_remove(name, in_use)?;
+        self.remove_with_children(name);
+        Ok(())
+    }
+
+    /// Whether `remove` would remove `name` (or its refusal).
+    pub fn check_remove(
+        &self,
+        name: &str,
+        in_use: &dyn Fn(&str) -> bool,
+    ) -> Result<(), BlockError> {
         let node = self
             .node(name)
             .ok_or_else(|| BlockError::NoNodeToDelete(name.to_string()))?;
@@ -629,7 +640,6 @@ impl Graph {
         if self.parent_of(name).is_some() {
             return Err(BlockError::InUse(name.to_string()));
         }
-        self.remove_with_children(name);
         Ok(())
     }
 

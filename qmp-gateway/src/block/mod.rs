@@ -748,6 +748,8 @@ impl BlockLayer {
                 scope.spawn(move || d.stop());
             }
         });
+        // The persistent bitmaps of nodes no disk used, as QEMU stores them at its exit.
+        self.store_all_loose();
         self.runtime.remove();
     }
 }

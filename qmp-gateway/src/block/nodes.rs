@@ -15,7 +15,7 @@ use super::error::BlockError;
 use super::graph::ChargeImage;
 use super::lock::{self, Perms};
 use super::options::{Driver, NodeOptions};
-use super::{info, BlockLayer, DiskRef};
+use super::{info, BlockLayer, DiskRef, State};
 use crate::children::link::Link;
 use crate::fdstore::FdSets;
 
@@ -88,11 +88,21 @@ impl BlockLayer {
 
     /// blockdev-del: a node blockdev-add made, unless something uses it.
     pub fn blockdev_del(&self, name: &str) -> Result<(), BlockError> {
+        let check = |state: &State| -> Result<Vec<String>, BlockError> {
+            state.job_target_in_use(name)?;
+            let roots: Vec<String> = (state.disks.iter().map(|d| d.root.clone()))
+                .chain(state.drive_roots().map(str::to_string))
+                .collect();
+            state
+                .graph
+                .check_remove(name, &|n| roots.iter().any(|r| r == n))?;
+            Ok(roots)
+        };
+        check(&self.state.lock())?;
+        // QEMU stores the node's persistent bitmaps in its image as it closes it.
+        self.store_loose(name);
         let mut state = self.state.lock();
-        state.job_target_in_use(name)?;
-        let roots: Vec<String> = (state.disks.iter().map(|d| d.root.clone()))
-            .chain(state.drive_roots().map(str::to_string))
-            .collect();
+        let roots = check(&state)?;
         state
             .graph
             .remove(name, &|n| roots.iter().any(|r| r == n))?;

@@ -473,6 +473,12 @@ pub const COMMANDS: &[Command] = &[
         B,
     ),
     cmd(
+        "block-dirty-bitmap-merge",
+        &Typed(bitmaps::block_dirty_bitmap_merge),
+        EMPTY,
+        B,
+    ),
+    cmd(
         "change-backing-file",
         &Typed(snapshot::change_backing_file),
         EMPTY,

@@ -1203,6 +1203,18 @@ pub const TYPES: Types = Types(&[
         kind: TypeKind::Object(&[req("data", Ty::Named("BlockDirtyBitmap"))]),
     },
     TypeDef {
+        name: "BlockDirtyBitmapOrStr",
+        kind: TypeKind::Alternate(&[Ty::Str, Ty::Named("BlockDirtyBitmap")]),
+    },
+    TypeDef {
+        name: "BlockDirtyBitmapMerge",
+        kind: TypeKind::Object(BITMAP_MERGE_MEMBERS),
+    },
+    TypeDef {
+        name: "BlockDirtyBitmapMergeWrapper",
+        kind: TypeKind::Object(&[req("data", Ty::Named("BlockDirtyBitmapMerge"))]),
+    },
+    TypeDef {
         name: "DriveBackup",
         kind: TypeKind::Object(DRIVE_BACKUP_MEMBERS),
     },
@@ -1225,6 +1237,7 @@ pub const TYPES: Types = Types(&[
             "block-dirty-bitmap-add",
             "block-dirty-bitmap-clear",
             "block-dirty-bitmap-remove",
+            "block-dirty-bitmap-merge",
             "blockdev-backup",
             "blockdev-snapshot",
             "blockdev-snapshot-sync",
@@ -1242,6 +1255,7 @@ pub const TYPES: Types = Types(&[
                 ("block-dirty-bitmap-add", "BlockDirtyBitmapAddWrapper"),
                 ("block-dirty-bitmap-clear", "BlockDirtyBitmapWrapper"),
                 ("block-dirty-bitmap-remove", "BlockDirtyBitmapWrapper"),
+                ("block-dirty-bitmap-merge", "BlockDirtyBitmapMergeWrapper"),
                 ("blockdev-backup", "BlockdevBackupWrapper"),
                 ("drive-backup", "DriveBackupWrapper"),
                 ("blockdev-snapshot", "BlockdevSnapshotWrapper"),
@@ -1638,6 +1652,13 @@ pub const BITMAP_ADD_MEMBERS: &[Member] = &[
 
 /// block-dirty-bitmap-remove's and -clear's arguments, also a transaction action's data.
 pub const BITMAP_MEMBERS: &[Member] = &[req("node", Ty::Str), req("name", Ty::Str)];
+
+/// block-dirty-bitmap-merge's arguments, also a transaction action's data.
+pub const BITMAP_MERGE_MEMBERS: &[Member] = &[
+    req("node", Ty::Str),
+    req("target", Ty::Str),
+    req("bitmaps", Ty::Array(&Ty::Named("BlockDirtyBitmapOrStr"))),
+];
 
 /// drive-backup's arguments, also a transaction action's data.
 pub const DRIVE_BACKUP_MEMBERS: &[Member] = &[

@@ -4,12 +4,15 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::block::bitmaps::{AddBitmapAction, ClearBitmapAction, NewBitmap, RemoveBitmapAction};
+use crate::block::bitmaps::{
+    AddBitmapAction, ClearBitmapAction, MergeBitmapAction, MergeSource, NewBitmap,
+    RemoveBitmapAction,
+};
 use crate::block::transaction::Action;
 use crate::qmp::args::{shared_members, Int};
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
-use crate::qmp::types::{BITMAP_ADD_MEMBERS, BITMAP_MEMBERS};
+use crate::qmp::types::{BITMAP_ADD_MEMBERS, BITMAP_MEMBERS, BITMAP_MERGE_MEMBERS};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BlockDirtyBitmapAdd {
@@ -42,6 +45,49 @@ pub struct BlockDirtyBitmap {
 }
 
 shared_members!(BlockDirtyBitmap, BITMAP_MEMBERS);
+
+/// BlockDirtyBitmapOrStr: a bitmap of the target's node by its name, or of any node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BitmapOrStr {
+    Local(String),
+    External(BlockDirtyBitmap),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlockDirtyBitmapMerge {
+    pub node: String,
+    pub target: String,
+    pub bitmaps: Vec<BitmapOrStr>,
+}
+
+shared_members!(BlockDirtyBitmapMerge, BITMAP_MERGE_MEMBERS);
+
+impl BlockDirtyBitmapMerge {
+    fn sources(&self) -> Vec<MergeSource> {
+        (self.bitmaps.iter())
+            .map(|b| match b {
+                BitmapOrStr::Local(name) => MergeSource::Local(name.clone()),
+                BitmapOrStr::External(b) => MergeSource::External {
+                    node: b.node.clone(),
+                    name: b.name.clone(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// The transaction action block-dirty-bitmap-merge.
+pub fn merge_action(a: BlockDirtyBitmapMerge) -> Box<dyn Action> {
+    let sources = a.sources();
+    Box::new(MergeBitmapAction::new(a.node, a.target, sources))
+}
+
+pub fn block_dirty_bitmap_merge(c: &mut Ctx, a: BlockDirtyBitmapMerge) -> QmpResult {
+    c.gw.block
+        .dirty_bitmap_merge(&a.node, &a.target, &a.sources())?;
+    Ok(json!({}))
+}
 
 /// The transaction action block-dirty-bitmap-add; its memfd is charged to the client.
 pub fn add_action(c: &Ctx, a: BlockDirtyBitmapAdd) -> Result<Box<dyn Action>, QmpError> {

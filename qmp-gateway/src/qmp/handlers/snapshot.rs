@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::bitmaps::{self, BlockDirtyBitmap, BlockDirtyBitmapAdd};
+use super::bitmaps::{self, BlockDirtyBitmap, BlockDirtyBitmapAdd, BlockDirtyBitmapMerge};
 use super::jobs::{self, BlockdevBackup, DriveBackup};
 use crate::block::snapshot::{
     ExternalRequest, ExternalSnapshot, InternalSnapshot, NewImageMode, Overlay,
@@ -75,6 +75,7 @@ pub enum TransactionAction {
     BlockDirtyBitmapAdd(BlockDirtyBitmapAdd),
     BlockDirtyBitmapClear(BlockDirtyBitmap),
     BlockDirtyBitmapRemove(BlockDirtyBitmap),
+    BlockDirtyBitmapMerge(BlockDirtyBitmapMerge),
     BlockdevBackup(BlockdevBackup),
     DriveBackup(DriveBackup),
     BlockdevSnapshot(BlockdevSnapshot),
@@ -134,6 +135,7 @@ fn action(c: &Ctx, a: TransactionAction) -> Result<Box<dyn Action>, QmpError> {
         TransactionAction::BlockDirtyBitmapAdd(b) => bitmaps::add_action(c, b)?,
         TransactionAction::BlockDirtyBitmapClear(b) => bitmaps::clear_action(b),
         TransactionAction::BlockDirtyBitmapRemove(b) => bitmaps::remove_action(b),
+        TransactionAction::BlockDirtyBitmapMerge(b) => bitmaps::merge_action(b),
         TransactionAction::BlockdevBackup(b) => jobs::blockdev_backup_action(c, b)?,
         TransactionAction::DriveBackup(b) => jobs::drive_backup_action(c, b)?,
         TransactionAction::BlockdevSnapshot(s) => Box::new(existing(s)),

@@ -431,3 +431,65 @@ fn a_mirrors_source_keeps_its_bitmaps_and_the_target_gets_none() {
     let check = qemu_img_ok(&["check", &p(&target)]);
     assert!(check.contains("No errors were found"), "{check}");
 }
+
+/// The persistent bitmaps qcow2 image `image` stores (qemu-img info, read while others
+/// hold it): name, flags, granularity.
+fn stored_in(image: &Path) -> String {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U", &p(image)])
+        .output()
+        .expect("qemu-img info");
+    assert!(out.status.success(), "{out:?}");
+    let info: Value = serde_json::from_slice(&out.stdout).expect("qemu-img info");
+    info["format-specific"]["data"]
+        .get("bitmaps")
+        .cloned()
+        .unwrap_or(Value::Null)
+        .to_string()
+}
+
+/// A persistent bitmap on a node no disk uses (blockdev-add's) is stored in its image at
+/// a migration's switch-over, as QEMU 7.2's inactivation stores every node's, and the
+/// source writes the image no more after it (its blockdev-del there leaves the image as
+/// it was): the same on QEMU and Flotilla.
+#[test]
+fn a_loose_nodes_persistent_bitmap_is_stored_at_the_switch_over_as_on_qemu() {
+    use flotilla_tests::migration::{free_port, wait_migration, Vmm};
+    let mut seen = Vec::new();
+    for vmm in [Vmm::Qemu, Vmm::Flotilla] {
+        let dir = TempDir::new("loose-switch-over");
+        let image = dir.path().join("loose.qcow2");
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", &p(&image), "16M"]);
+        let source = vmm.start("");
+        let mut s = source.client();
+        s.ok(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "loose",
+                   "file": {"driver": "file", "filename": p(&image)}}),
+        );
+        s.ok(
+            "block-dirty-bitmap-add",
+            json!({"node": "loose", "name": "m1", "persistent": true,
+                   "granularity": 131072}),
+        );
+        let before = stored_in(&image);
+        let uri = format!("tcp:127.0.0.1:{}", free_port());
+        let destination = vmm.destination("", &uri);
+        // Listening once its monitor answers.
+        let d = destination.client();
+        s.ok("migrate", json!({"uri": uri}));
+        let info = wait_migration(&mut s, &["completed", "failed"]);
+        assert_eq!(info["status"], "completed", "{vmm:?}: {info}");
+        let switched = stored_in(&image);
+        s.ok("blockdev-del", json!({"node-name": "loose"}));
+        let deleted = stored_in(&image);
+        seen.push(format!(
+            "before {before}, after the switch-over {switched}, after blockdev-del {deleted}"
+        ));
+        drop((s, d));
+        drop(destination);
+        drop(source);
+    }
+    assert!(seen[0].contains("\"m1\""), "{seen:?}");
+    assert_eq!(seen[1], seen[0], "Flotilla, then QEMU");
+}

@@ -95,6 +95,9 @@ impl BlockLayer {
     /// stored) and writes it no more; then the images' locks go. A disk whose content
     /// a block migration copied keeps both: its images are not the destination's.
     pub fn inactivate(&self) -> Result<(), BlockError> {
+        // The persistent bitmaps of nodes no disk uses too, as QEMU's inactivation stores
+        // every node's.
+        self.store_all_loose();
         let daemons: Vec<(String, Arc<crate::children::link::Link<BlockProtocol>>)> = {
             let mut state = self.state.lock();
             state.graph.set_inactive(true);

@@ -420,6 +420,11 @@ impl BlockLayer {
         if !persistent {
             return None;
         }
+        if state.graph.inactive() {
+            // The images are the other side's (a migration's source after the switch-over,
+            // whose `inactivate` stored them; a destination not yet active).
+            return None;
+        }
         let writable = state.graph.node(node).is_some_and(|n| !n.read_only)
             && state.graph.protocol_of(node).is_some_and(|p| !p.read_only);
         if !writable {

@@ -795,7 +795,11 @@ impl BlockLayer {
         self.merge_bitmaps(node, target, sources, false).map(drop)
     }
 
-    /// Puts `old` back as bitmap `name`'s memory (a merge undone).
+    /// Puts `old` back as bitmap `name`'s memory (a merge undone), unless a daemon marks
+    /// it: the writes it marked since the merge are in the memory only, and QEMU's
+    /// transaction, which drains all I/O while it runs, has none. Such a bitmap keeps the
+    /// merged marks: more than QEMU's, never fewer (an incremental backup from it copies
+    /// more, never misses a write).
     fn unmerge(&self, node: &str, name: &str, old: SharedBitmap) {
         let index = {
             let mut state = self.state.lock();
@@ -806,12 +810,17 @@ impl BlockLayer {
             let Some(b) = bitmap_in(state.bitmaps_of_mut(index), &node, name) else {
                 return;
             };
-            let marked = b.recording && root.as_deref() == Some(b.node.as_str());
-            b.memory = old;
-            if !marked {
+            if b.recording && root.as_deref() == Some(b.node.as_str()) {
+                log::info!("dirty bitmap {name}: its merge's abort keeps the merged marks");
                 return;
             }
-            index
+            b.memory = old;
+            // A disk's daemon may hold it (a persistent one, to store): given the memory
+            // put back.
+            match index {
+                Some(index) => Some(index),
+                None => return,
+            }
         };
         if let Err(e) = self.send_bitmaps(index) {
             log::warn!("dirty bitmap {name}: its merge undone; its daemon was not told: {e}");

@@ -200,10 +200,10 @@ fn run<D: Device>(device: &D, shared: &Shared, epoll: &Epoll, watch: &HostWatch,
             if data == stop {
                 return;
             }
-            let mem = shared.memory();
             let q = data as usize;
             if q >= queues {
                 let source = q - queues;
+                let mem = shared.memory();
                 if let Err(e) = device.host_ready(source, &shared.rings, mem.as_ref(), watch) {
                     note_failure(&mut failures, format_args!("host source {source}"), &e);
                 }
@@ -214,7 +214,11 @@ fn run<D: Device>(device: &D, shared: &Shared, epoll: &Epoll, watch: &HostWatch,
             };
             ring.drain_kick();
             ipc::tracepoint!(VirtqueueKick, "queue={q}");
-            let Some(mem) = mem else {
+            // The memory as it is once the kicks are taken, not as it was at the wake-up:
+            // a frontend that changed the memory table (a DIMM added) before it kicked
+            // has its change seen with the kick. Read before the drain, a table older than
+            // the buffers the kick is for would fail them.
+            let Some(mem) = shared.memory() else {
                 continue;
             };
             if !ring.live() {

@@ -170,6 +170,15 @@ pub fn qemu_img_ok(args: &[&str]) -> String {
     out
 }
 
+/// The persistent bitmaps the image at `image` stores, as `qemu-img info` lists them
+/// (its `format-specific.data.bitmaps`; null when it lists none). `-U`: a VM may hold it.
+pub fn image_bitmaps(image: &Path) -> serde_json::Value {
+    let path = image.to_str().expect("a UTF-8 path");
+    let out = qemu_img_ok(&["info", "-U", "--output=json", path]);
+    let info: serde_json::Value = serde_json::from_str(&out).expect("qemu-img info's JSON");
+    info["format-specific"]["data"]["bitmaps"].clone()
+}
+
 /// A new qcow2 image at `image` over the qcow2 image `backing` (named as given: a
 /// relative name is relative to `image`'s directory), of its size.
 pub fn qcow2_over(image: &Path, backing: &str) {

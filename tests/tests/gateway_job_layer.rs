@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_tests::blk::qemu_img_ok;
+use flotilla_tests::blk::{image_bitmaps, qemu_img_ok};
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{require_tool, TempDir};
@@ -486,21 +486,27 @@ fn copy_steps(dir: &Path) -> Vec<(&'static str, Value)> {
     ]
 }
 
-#[test]
-fn a_copys_pivot_keeps_nodes_and_bitmaps_as_qemu() {
+/// `steps` on libvirt's disk (copy_command_line) in a directory of `images`, on QEMU 7.2
+/// and on the gateway, each ended before the next starts: (QEMU's transcript, its
+/// directory), then ours.
+fn on_both(
+    tag: &str,
+    images: fn(&Path),
+    steps: fn(&Path) -> Vec<(&'static str, Value)>,
+) -> ((Vec<String>, TempDir), (Vec<String>, TempDir)) {
     require_tool("qemu-system-x86_64", "qemu-system-x86");
-    let qdir = TempDir::new("pivot-qemu");
-    copy_images(qdir.path());
+    let qdir = TempDir::new(&format!("{tag}-qemu"));
+    images(qdir.path());
     let line = copy_command_line(qdir.path(), "-");
     let qemu = Qemu::try_start(&line.iter().map(String::as_str).collect::<Vec<_>>())
         .unwrap_or_else(|e| panic!("QEMU did not start: {e}"));
     let mut q = qemu.client();
-    let theirs = copy_transcript(&mut q, qdir.path(), &copy_steps(qdir.path()));
+    let theirs = copy_transcript(&mut q, qdir.path(), &steps(qdir.path()));
     drop(q);
     drop(qemu);
 
-    let dir = TempDir::new("pivot-ours");
-    copy_images(dir.path());
+    let dir = TempDir::new(&format!("{tag}-ours"));
+    images(dir.path());
     let mut args = vec!["-S".to_string()];
     args.extend(copy_command_line(dir.path(), "--"));
     let gw = Gateway::start_with(
@@ -509,7 +515,15 @@ fn a_copys_pivot_keeps_nodes_and_bitmaps_as_qemu() {
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let mut c = gw.client();
-    let ours = copy_transcript(&mut c, dir.path(), &copy_steps(dir.path()));
+    let ours = copy_transcript(&mut c, dir.path(), &steps(dir.path()));
+    drop(c);
+    drop(gw);
+    ((theirs, qdir), (ours, dir))
+}
+
+#[test]
+fn a_copys_pivot_keeps_nodes_and_bitmaps_as_qemu() {
+    let ((theirs, _qdir), (ours, _dir)) = on_both("pivot", copy_images, copy_steps);
     assert_eq!(
         ours,
         theirs,
@@ -654,14 +668,7 @@ fn stored_bitmaps(dir: &Path) -> Vec<String> {
         .iter()
         .map(|name| {
             let path = dir.join(format!("{name}.qcow2"));
-            let out = std::process::Command::new("qemu-img")
-                .args(["info", "--output=json", "-U", &p(&path)])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            let info: Value = serde_json::from_slice(&out.stdout).unwrap();
-            let mut bitmaps = (info["format-specific"]["data"].get("bitmaps"))
-                .and_then(Value::as_array)
+            let mut bitmaps = (image_bitmaps(&path).as_array())
                 .cloned()
                 .unwrap_or_default();
             bitmaps.sort_by_key(|b| b["name"].as_str().unwrap_or_default().to_string());
@@ -672,32 +679,9 @@ fn stored_bitmaps(dir: &Path) -> Vec<String> {
 
 #[test]
 fn persistent_bitmaps_on_a_copys_target_follow_it_as_qemu() {
-    require_tool("qemu-system-x86_64", "qemu-system-x86");
-    let qdir = TempDir::new("persistent-qemu");
-    persistent_images(qdir.path());
-    let line = copy_command_line(qdir.path(), "-");
-    let qemu = Qemu::try_start(&line.iter().map(String::as_str).collect::<Vec<_>>())
-        .unwrap_or_else(|e| panic!("QEMU did not start: {e}"));
-    let mut q = qemu.client();
-    let theirs = copy_transcript(&mut q, qdir.path(), &persistent_steps(qdir.path()));
-    drop(q);
-    // Its end stores the disk's bitmaps.
-    drop(qemu);
+    // Each emulator's end stores the disk's bitmaps before its images are read.
+    let ((theirs, qdir), (ours, dir)) = on_both("persistent", persistent_images, persistent_steps);
     let their_images = stored_bitmaps(qdir.path());
-
-    let dir = TempDir::new("persistent-ours");
-    persistent_images(dir.path());
-    let mut args = vec!["-S".to_string()];
-    args.extend(copy_command_line(dir.path(), "--"));
-    let gw = Gateway::start_with(
-        1,
-        "scenario=idle",
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let mut c = gw.client();
-    let ours = copy_transcript(&mut c, dir.path(), &persistent_steps(dir.path()));
-    drop(c);
-    drop(gw);
     let our_images = stored_bitmaps(dir.path());
     assert_eq!(
         ours,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_tests::blk::{
-    pattern_image, qcow2_from_raw, qemu_img_ok, two_more_rounds, verifying_gateway,
+    image_bitmaps, pattern_image, qcow2_from_raw, qemu_img_ok, two_more_rounds, verifying_gateway,
 };
 use flotilla_tests::qemu::Qemu;
 use flotilla_tests::qmp::{Gateway, QmpClient};
@@ -80,9 +80,7 @@ fn qemu_view(image: &Path) -> (Qemu, Vec<Value>) {
 
 /// (name, flags) of the bitmaps qemu-img info lists.
 fn stored(image: &Path) -> Vec<(String, Vec<String>)> {
-    let info: Value =
-        serde_json::from_str(&qemu_img_ok(&["info", "-U", "--output=json", &p(image)])).unwrap();
-    let mut v: Vec<(String, Vec<String>)> = info["format-specific"]["data"]["bitmaps"]
+    let mut v: Vec<(String, Vec<String>)> = image_bitmaps(image)
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -435,17 +433,7 @@ fn a_mirrors_source_keeps_its_bitmaps_and_the_target_gets_none() {
 /// The persistent bitmaps qcow2 image `image` stores (qemu-img info, read while others
 /// hold it): name, flags, granularity.
 fn stored_in(image: &Path) -> String {
-    let out = std::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-U", &p(image)])
-        .output()
-        .expect("qemu-img info");
-    assert!(out.status.success(), "{out:?}");
-    let info: Value = serde_json::from_slice(&out.stdout).expect("qemu-img info");
-    info["format-specific"]["data"]
-        .get("bitmaps")
-        .cloned()
-        .unwrap_or(Value::Null)
-        .to_string()
+    image_bitmaps(image).to_string()
 }
 
 /// A persistent bitmap on a node no disk uses (blockdev-add's) is stored in its image at

@@ -31,6 +31,10 @@ use super::stream::Stream;
 /// Bytes read at a time from either side.
 const CHUNK: usize = 4096;
 
+/// How long a stopping chardev spends sending what its frontend wrote last (a guest's
+/// last console lines before it powered off); a backend that takes none is left.
+const LAST_OUTPUT: Duration = Duration::from_secs(1);
+
 pub(super) enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
@@ -164,6 +168,29 @@ fn fd_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// Waits until `fd` takes output or `deadline` passed; whether it does.
+fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one live pollfd; poll only writes its revents.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            n if n > 0 => return p.revents & libc::POLLOUT != 0,
+            0 => {}
+            _ if io::Error::last_os_error().kind() == ErrorKind::Interrupted => {}
+            _ => return false,
+        }
     }
 }
 
@@ -414,7 +441,8 @@ impl Pump {
             {
                 let mut orders = self.live.orders.lock();
                 if orders.stop {
-                    return;
+                    drop(orders);
+                    return self.send_last_output();
                 }
                 if let Some(fe) = orders.frontend.take() {
                     if let Some(fd) = &fe {
@@ -520,7 +548,9 @@ impl Pump {
                         let mut b = [0u8; 64];
                         while matches!((&self.woken).read(&mut b), Ok(n) if n > 0) {}
                     }
-                    Slot::FrontIn => self.read_frontend(),
+                    Slot::FrontIn => {
+                        self.read_frontend();
+                    }
                     Slot::FrontOut => self.flush_frontend(),
                     Slot::BackIn => self.read_backend(),
                     Slot::BackOut => self.flush_backend(),
@@ -645,24 +675,56 @@ impl Pump {
         }
     }
 
-    fn read_frontend(&mut self) {
-        let Some(fe) = &self.frontend else { return };
+    /// At the stop: what the frontend wrote and nobody read yet goes to the backend,
+    /// within [`LAST_OUTPUT`] (the frontend's process may be gone, its bytes still in
+    /// the socket).
+    fn send_last_output(&mut self) {
+        let deadline = Instant::now() + LAST_OUTPUT;
+        loop {
+            self.flush_backend();
+            if !self.to_backend.is_empty() {
+                let Some(fd) = self.opened.output_fd() else {
+                    return;
+                };
+                if !wait_writable(fd, deadline) {
+                    return;
+                }
+            } else if self.read_frontend() == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Reads one chunk of the frontend's output and sends it on; how many bytes came.
+    fn read_frontend(&mut self) -> usize {
+        let Some(fe) = &self.frontend else { return 0 };
         let mut buf = [0u8; CHUNK];
         match fd_read(fe.as_raw_fd(), &mut buf) {
             Ok(0) => {
                 // The frontend's process is gone; a new one comes with set_frontend.
                 self.frontend = None;
+                0
             }
-            Ok(n) => match &self.opened {
-                Opened::Ring(r) => r.lock().write(&buf[..n]),
-                _ if self.opened.output_fd().is_none() => {}
-                _ => {
-                    self.to_backend.extend_from_slice(&buf[..n]);
-                    self.flush_backend();
-                }
-            },
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => self.frontend = None,
+            Ok(n) => {
+                self.send_frontend_output(&buf[..n]);
+                n
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => 0,
+            Err(_) => {
+                self.frontend = None;
+                0
+            }
+        }
+    }
+
+    fn send_frontend_output(&mut self, bytes: &[u8]) {
+        match &self.opened {
+            Opened::Ring(r) => r.lock().write(bytes),
+            _ if self.opened.output_fd().is_none() => {}
+            _ => {
+                self.to_backend.extend_from_slice(bytes);
+                self.flush_backend();
+            }
         }
     }
 

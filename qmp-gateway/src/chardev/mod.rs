@@ -672,4 +672,38 @@ mod tests {
         assert!(!path.exists(), "the socket is removed with its chardev");
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// What a frontend wrote just before it went (a guest's last console line before it
+    /// powered off) still reaches the backend when the chardevs stop at the gateway's
+    /// end, even if the backend was not taking output right then.
+    #[test]
+    fn the_last_output_goes_out_at_the_stop() {
+        use std::os::fd::AsRawFd;
+        let dir = scratch("last-output");
+        for end in ["p.in", "p.out"] {
+            let path = std::ffi::CString::new(dir.join(end).to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        }
+        let c = Chardevs::default();
+        c.add("p", Backend::Pipe(dir.join("p")), false).unwrap();
+        let mut fe = frontend(&c, "p");
+        let mut pout = std::fs::File::open(dir.join("p.out")).unwrap();
+        // A pipe that holds one page: the rest waits in the chardev and its frontend's
+        // socket until the reader below reads.
+        // SAFETY: fcntl on an open fd.
+        let size = unsafe { libc::fcntl(pout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+        assert_eq!(size, 4096);
+        let sent: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        fe.write_all(&sent).unwrap();
+        drop(fe);
+        let mut got = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(|| c.shutdown());
+            pout.read_to_end(&mut got).unwrap();
+        });
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

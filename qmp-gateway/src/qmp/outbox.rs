@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::conn::Conn;
 use super::pretty::pretty_line;
@@ -23,6 +23,49 @@ struct State {
     overflowed: bool,
     /// The writer has sent everything it will send and ended.
     finished: bool,
+    /// Commands running whose reply is still to come: a close (the gateway ending)
+    /// lets the writer wait for those replies, which the client is owed.
+    owed: usize,
+}
+
+impl State {
+    /// Whether the writer has nothing more to send once its queue is empty.
+    fn done(&self) -> bool {
+        self.closed && (self.owed == 0 || self.overflowed)
+    }
+}
+
+/// A command's reply, owed to the client from the command's start: it is sent even if
+/// the outbox is closed while the command runs.
+pub struct OwedReply<'a> {
+    outbox: &'a Outbox,
+    sent: bool,
+}
+
+impl OwedReply<'_> {
+    /// Queues the reply; false if the client is gone.
+    pub fn send(mut self, msg: Vec<u8>) -> bool {
+        self.sent = true;
+        let mut st = self.outbox.state.lock();
+        // Queued under the same lock: the writer never sees nothing owed and nothing
+        // queued in between.
+        st.owed -= 1;
+        if st.overflowed || st.finished {
+            drop(st);
+            self.outbox.cv.notify_all();
+            return false;
+        }
+        self.outbox.enqueue(st, msg)
+    }
+}
+
+impl Drop for OwedReply<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.outbox.state.lock().owed -= 1;
+            self.outbox.cv.notify_all();
+        }
+    }
 }
 
 pub struct Outbox {
@@ -51,10 +94,14 @@ impl Outbox {
     /// Queues one message; false if the client is gone (or has just been dropped for
     /// not reading).
     pub fn push(&self, msg: Vec<u8>) -> bool {
-        let mut st = self.state.lock();
+        let st = self.state.lock();
         if st.closed {
             return false;
         }
+        self.enqueue(st, msg)
+    }
+
+    fn enqueue(&self, mut st: MutexGuard<'_, State>, msg: Vec<u8>) -> bool {
         if st.bytes + msg.len() > MAX_QUEUED_BYTES {
             log::warn!("QMP client is not reading its replies and events; disconnecting it");
             st.closed = true;
@@ -72,7 +119,22 @@ impl Outbox {
         true
     }
 
-    /// No more messages: the writer sends what is queued, then ends.
+    /// A command starts: its reply is owed (sent with [`OwedReply::send`]). None if the
+    /// outbox is closed already: the command is not run.
+    pub fn owe_reply(&self) -> Option<OwedReply<'_>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        st.owed += 1;
+        Some(OwedReply {
+            outbox: self,
+            sent: false,
+        })
+    }
+
+    /// No more messages: the writer sends what is queued and the replies of the
+    /// commands running, then ends.
     pub fn close(&self) {
         self.state.lock().closed = true;
         self.cv.notify_all();
@@ -114,7 +176,7 @@ impl Outbox {
                         st.bytes -= m.len();
                         break Some(m);
                     }
-                    if st.closed {
+                    if st.done() {
                         break None;
                     }
                     self.cv.wait(&mut st);
@@ -148,14 +210,20 @@ mod tests {
 
     use super::*;
 
+    /// An outbox with its writer thread, and the client's end.
+    fn outbox_with_writer() -> (Arc<Outbox>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let outbox = Arc::new(Outbox::new(Conn::Unix(ours)));
+        let writer = outbox.clone();
+        std::thread::spawn(move || writer.run_writer());
+        (outbox, theirs)
+    }
+
     /// The wait at the gateway's end is woken by the writer's end (what it queued
     /// delivered), not by a timer; a writer that cannot end is given up at the deadline.
     #[test]
     fn wait_finished_wakes_when_the_writer_ends() {
-        let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let outbox = Arc::new(Outbox::new(Conn::Unix(ours)));
-        let writer = outbox.clone();
-        std::thread::spawn(move || writer.run_writer());
+        let (outbox, mut theirs) = outbox_with_writer();
         assert!(outbox.push(b"{\"event\": \"SHUTDOWN\"}\r\n".to_vec()));
         assert!(!outbox.wait_finished(Instant::now() + Duration::from_millis(50)));
         outbox.close();
@@ -169,5 +237,34 @@ mod tests {
         let mut got = String::new();
         theirs.read_to_string(&mut got).unwrap();
         assert_eq!(got, "{\"event\": \"SHUTDOWN\"}\r\n");
+    }
+
+    /// A command that runs when the gateway ends (closes every outbox) still gets its
+    /// reply out; one that comes after the close is not run.
+    #[test]
+    fn a_reply_owed_before_the_close_is_sent() {
+        let (outbox, mut theirs) = outbox_with_writer();
+        let reply = outbox.owe_reply().expect("open outbox");
+        outbox.close();
+        assert!(outbox.owe_reply().is_none());
+        assert!(!outbox.push(b"{\"event\": \"SHUTDOWN\"}\r\n".to_vec()));
+        assert!(!outbox.wait_finished(Instant::now() + Duration::from_millis(50)));
+        assert!(reply.send(b"{\"return\": {}}\r\n".to_vec()));
+        assert!(outbox.wait_finished(Instant::now() + Duration::from_secs(10)));
+        let mut got = String::new();
+        theirs.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "{\"return\": {}}\r\n");
+    }
+
+    /// A command that ends without a reply (its owner dropped it) does not hold the
+    /// writer open.
+    #[test]
+    fn a_dropped_owed_reply_lets_the_writer_end() {
+        let (outbox, _theirs) = outbox_with_writer();
+        let reply = outbox.owe_reply().expect("open outbox");
+        outbox.close();
+        assert!(!outbox.wait_finished(Instant::now() + Duration::from_millis(50)));
+        drop(reply);
+        assert!(outbox.wait_finished(Instant::now() + Duration::from_secs(10)));
     }
 }

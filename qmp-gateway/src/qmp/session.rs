@@ -194,6 +194,10 @@ fn execute(
     request: Request,
     fds: Vec<ReceivedFd>,
 ) {
+    // Owed from here: a gateway that ends while the command runs still sends the reply.
+    let Some(reply) = outbox.owe_reply() else {
+        return;
+    };
     let started = Instant::now();
     ipc::tracepoint!(
         QmpCommandEnter,
@@ -216,7 +220,7 @@ fn execute(
         },
         started.elapsed().as_micros()
     );
-    outbox.push(protocol::response(result, id));
+    reply.send(protocol::response(result, id));
     if let Some(reason) = exit_after {
         gw.request_exit(reason);
     }

@@ -15,9 +15,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_tests::blk::{
-    expect_verify_done, first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok,
-};
+use flotilla_tests::blk::{first_mismatch, pattern_image, pattern_sector, qemu_img, qemu_img_ok};
 use flotilla_tests::qmp::{Gateway, QmpClient};
 use flotilla_tests::{bin, TempDir, Vm};
 use serde_json::{json, Value};
@@ -182,8 +180,10 @@ fn round_of(line: &str) -> u32 {
 }
 
 /// The guest finished every round without an error, and the disk holds its last pattern.
+/// Waited for round by round (expect_guest_done): the hundreds of rounds left after the
+/// kills took over a minute on a loaded 2-core machine (173 of 900 at 60 s in one CI run).
 fn expect_clean_finish(gw: &mut Gateway, image: &Path, rounds: u32) {
-    expect_verify_done(&mut gw.vm, image, SEED, SECTORS, rounds);
+    expect_verify_done_but(gw, image, rounds, &[]);
 }
 
 /// As expect_clean_finish, where the only error lines the guest may have printed are

@@ -11,7 +11,7 @@
 //! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
 //! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
 //! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
-//! `balloon` is the balloon's command line and QEMU's rules for its target; `cpus` adds
+//! `balloon` is the balloon's options and QEMU's rules for its target; `cpus` adds
 //! vCPUs (cpu-add, device_add of a CPU); `objects` holds object-add's iothreads and
 //! memory backends; `trace` is `--trace` and the trace event states' rules;
 //! `cli_options` is the table of the command line's keys (query-command-line-options);

@@ -15,7 +15,7 @@ use clap::Parser;
 use ipc::host::VmArgs;
 use ipc::process::{block_terminating_signals, init_logging};
 use ipc::{ShutdownCause, VmmRequest};
-use qmp_gateway::balloon::{self, DeviceSpec};
+use qmp_gateway::balloon::BalloonSpec;
 use qmp_gateway::block::drive::DriveSpec;
 use qmp_gateway::block::graph;
 use qmp_gateway::block::options::NodeOptions;
@@ -28,6 +28,7 @@ use qmp_gateway::children::supervise::Supervised;
 use qmp_gateway::children::vmm::VmmChild;
 use qmp_gateway::cpu_model::CpuSpec;
 use qmp_gateway::daemonize::{daemonize, Ready};
+use qmp_gateway::devices::command_line::{CommandLineDevice, CommandLinePci};
 use qmp_gateway::devices::placement::DeviceMemory;
 use qmp_gateway::devices::spec::Model;
 use qmp_gateway::devices::Backend;
@@ -102,8 +103,8 @@ struct Args {
     /// `pc-dimm,memdev=OBJECT[,id=NAME][,slot=N][,addr=GPA]`. Disks and NICs take addr='s
     /// slot, or the lowest free one after the --drive disks, in command-line order. May be
     /// given several times.
-    #[arg(long, value_parser = |s: &str| s.parse::<DeviceSpec>())]
-    device: Vec<DeviceSpec>,
+    #[arg(long, value_parser = |s: &str| s.parse::<CommandLineDevice>())]
+    device: Vec<CommandLineDevice>,
     /// A block node, as QEMU's -blockdev (JSON, as libvirt writes it, or key=value):
     /// drivers file, host_device, raw and qcow2, with blockdev-add's options; a --device
     /// virtio-blk-pci's drive= names its node. May be given several times.
@@ -361,8 +362,8 @@ fn launch_vm(
     vmm_child: &VmmChild,
     mut vm: OpenedVm,
     netdevs: Vec<qmp_gateway::net::netdev::Netdev>,
-    pci: &[balloon::PciDevice],
-    balloon: Option<balloon::BalloonSpec>,
+    pci: &[CommandLinePci],
+    balloon: Option<BalloonSpec>,
 ) -> anyhow::Result<()> {
     // Bus 0's slots from 1, in launch order: the --drive disks, then the --device disks
     // and NICs in their order (addr= keeps its slot).
@@ -410,7 +411,7 @@ fn launch_vm(
     // The command line's DIMMs, placed as device_add places them (in the launch's
     // device memory).
     let memory = DeviceMemory::of(vm.config.memory_mib << 20, vm.config.memory_hotplug);
-    for dimm in balloon::dimms(&args.device) {
+    for dimm in qmp_gateway::devices::command_line::dimms(&args.device) {
         let (dimm, fd) = gw.launch_dimm(dimm, &memory).context("--device pc-dimm")?;
         vm.add_dimm(&dimm, fd);
     }
@@ -542,8 +543,8 @@ fn run(args: Args, ready: Option<Ready>) -> anyhow::Result<ExitReason> {
     // Each monitor's chardev is its own from now on.
     qmp_gateway::monitor::claim(&chardevs, &args.mon).context("--mon")?;
     // Every device is checked before any process starts (the netdevs are opened).
-    let (pci, balloon) =
-        balloon::split(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let (pci, balloon) = qmp_gateway::devices::command_line::split(&args.device)
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let specs: Vec<_> = pci.iter().map(|d| d.spec.clone()).collect();
     let netdevs = startup::check(&args.drive, &args.netdev, &specs)?;
 

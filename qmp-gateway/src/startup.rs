@@ -30,8 +30,8 @@ pub enum StartupError {
 }
 
 /// Checks the drives, opens the netdevs, checks the --device disks' and NICs' NICs (their
-/// ids were checked as the command line was read: balloon::split); returns the netdevs,
-/// opened.
+/// ids were checked as the command line was read: devices::command_line::split); returns
+/// the netdevs, opened.
 pub fn check(
     drives: &[DriveSpec],
     netdevs: &[NetdevSpec],

@@ -8,8 +8,10 @@
 //! up here by id or QOM path, as QEMU's find_device_state does. hotplug.rs runs
 //! device_add and device_del with the layers and vmm-core. DIMMs (pc-dimm) share the ids
 //! and paths but sit on no bus: each holds a memory slot (dimm.rs); ospm.rs names the
-//! device of each ACPI hotplug slot the guest reports on (_OST).
+//! device of each ACPI hotplug slot the guest reports on (_OST). command_line.rs reads the
+//! command line's `--device` (disks, NICs, the balloon, DIMMs) for the launch.
 
+pub mod command_line;
 pub mod cpu;
 pub mod dimm;
 pub mod error;

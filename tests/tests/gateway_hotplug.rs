@@ -875,6 +875,255 @@ fn no_medium_matches_qemu(p: &mut Peers, dir: &Path) {
     }
 }
 
+/// The BlockBackends block commands find, every answer compared whole with a live
+/// QEMU 7.2's (its qmp_get_blk and bdrv_lookup_bs). With drives h1 (1 MiB, node nh1) and
+/// k1 (node nk1) under devices hb and kb, and drives x1 and x2 (1 MiB, read-only) that
+/// no device uses, each with its medium:
+/// - "id" names a device's virtio backend by a QOM path (relative to
+///   /machine/peripheral unless absolute, empty parts skipped); a device itself (a
+///   disk's "hb", a NIC, a path to one) has no block device backend, a container is not
+///   a device, a drive's name is no device: block_set_io_throttle, eject, the tray
+///   commands and blockdev-insert-medium (whose "not removable" names no device);
+///   a group once set stays when a later call names none;
+/// - HMP block_set_io_throttle: its arguments read as QEMU's monitor reads them, a
+///   BlockBackend's name or else a device's id;
+/// - a drive no device uses is found by its name: its limits (listed by query-block and
+///   info block, then the device_add'ed disk's), block_resize, a dirty bitmap, a
+///   mirror's or backup's target (QEMU's permission conflict, sizes);
+/// - a disk's name as a job's target is its root node: into itself, QEMU's permission
+///   conflicts with the disk, a backup's sizes.
+#[test]
+fn block_backends_match_qemu() {
+    let mut p = peers();
+    let dir = p._dir.path().to_path_buf();
+    for peer in ["q", "g"] {
+        for (name, bytes) in [
+            ("h", 1 << 20),
+            ("k", DISK_BYTES),
+            ("x", DISK_BYTES),
+            ("y", 1 << 20),
+        ] {
+            empty_image(&dir.join(format!("{peer}{name}.raw")), bytes);
+        }
+    }
+    let answer = |c: &mut QmpClient, ours: bool, command: &str, args: &Value| {
+        let peer = if ours { "g" } else { "q" };
+        let text = (args.to_string()).replace("IMG/", &format!("{}/{peer}", dir.display()));
+        let reply = c.execute(command, serde_json::from_str(&text).unwrap());
+        in_our_names(&reply.to_string(), &dir)
+    };
+    let both = |p: &mut Peers, command: &str, args: Value| {
+        let q = answer(&mut p.qemu, false, command, &args);
+        let g = answer(&mut p.ours, true, command, &args);
+        assert_eq!(g, q, "{command} {args}");
+        q
+    };
+    let hmp =
+        |p: &mut Peers, line: &str| both(p, "human-monitor-command", json!({"command-line": line}));
+    for line in [
+        "drive_add 0 if=none,file=IMG/h.raw,format=raw,id=h1,node-name=nh1",
+        "drive_add 0 if=none,file=IMG/k.raw,format=raw,id=k1,node-name=nk1",
+        "drive_add 0 if=none,file=IMG/x.raw,format=raw,id=x1,node-name=nx1",
+        "drive_add 0 if=none,file=IMG/y.raw,format=raw,id=x2,node-name=nx2,readonly=on",
+    ] {
+        assert_eq!(hmp(&mut p, line), r#"{"return":"OK\r\n"}"#, "{line}");
+    }
+    for (drive, id) in [("h1", "hb"), ("k1", "kb")] {
+        let disk = json!({"driver": "virtio-blk-pci", "drive": drive, "id": id});
+        both(&mut p, "device_add", disk);
+    }
+    let limits = |name: (&str, &str), bps: i64| {
+        json!({name.0: name.1, "bps": bps, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0,
+               "iops_wr": 0})
+    };
+    // "id": (id, what QEMU says of it, or "" where it takes it).
+    let no_backend = "Device does not have a block device backend";
+    for (id, said) in [
+        ("hb", no_backend),
+        ("/machine/peripheral/hb", no_backend),
+        ("hb/", no_backend),
+        ("nic0", no_backend),
+        ("nic0/virtio-backend", no_backend),
+        ("/machine/peripheral-anon/device[0]", no_backend),
+        ("hb/virtio-backend", ""),
+        ("/machine/peripheral/hb/virtio-backend", ""),
+        ("//machine//peripheral/kb/virtio-backend/", ""),
+        ("/machine/peripheral-anon/device[0]/virtio-backend", ""),
+        (
+            "hb/virtio-backend/x",
+            "Device 'hb/virtio-backend/x' not found",
+        ),
+        ("virtio-backend", "Device 'virtio-backend' not found"),
+        ("d0", "Device 'd0' not found"),
+        ("x1", "Device 'x1' not found"),
+        ("nosuch", "Device 'nosuch' not found"),
+        ("", " is not a hotpluggable device"),
+        ("/machine", "/machine is not a hotpluggable device"),
+        (
+            "/machine/peripheral/",
+            "/machine/peripheral/ is not a hotpluggable device",
+        ),
+        (
+            "/machine/unattached",
+            "/machine/unattached is not a hotpluggable device",
+        ),
+    ] {
+        let q = both(&mut p, "block_set_io_throttle", limits(("id", id), 1 << 20));
+        match said {
+            "" => assert_eq!(q, r#"{"return":{}}"#, "{id}"),
+            said => assert!(
+                q.contains(said),
+                "QEMU's block_set_io_throttle of {id}: {q}"
+            ),
+        }
+        for command in [
+            "eject",
+            "blockdev-open-tray",
+            "blockdev-close-tray",
+            "blockdev-remove-medium",
+        ] {
+            let q = both(&mut p, command, json!({"id": id}));
+            match said {
+                "" => assert!(q.contains("is not removable"), "{command} {id}: {q}"),
+                said => assert!(q.contains(said), "QEMU's {command} of {id}: {q}"),
+            }
+        }
+        let q = both(
+            &mut p,
+            "blockdev-insert-medium",
+            json!({"id": id, "node-name": "spare"}),
+        );
+        match said {
+            "" => assert!(
+                q.contains(r#""desc":"Device is not removable""#),
+                "{id}: {q}"
+            ),
+            said => assert!(
+                q.contains(said),
+                "QEMU's blockdev-insert-medium of {id}: {q}"
+            ),
+        }
+    }
+    both(
+        &mut p,
+        "blockdev-insert-medium",
+        json!({"id": "hb/virtio-backend", "node-name": "nosuch"}),
+    );
+    // A group stays when none is named; a new one is taken.
+    let grouped = |id: &str, group: Option<&str>| {
+        let mut args = limits(("id", id), 2 << 20);
+        if let Some(g) = group {
+            args["group"] = json!(g);
+        }
+        args
+    };
+    both(
+        &mut p,
+        "block_set_io_throttle",
+        grouped("/machine/peripheral/kb/virtio-backend", None),
+    );
+    both(
+        &mut p,
+        "block_set_io_throttle",
+        grouped("kb/virtio-backend", Some("g1")),
+    );
+    both(
+        &mut p,
+        "block_set_io_throttle",
+        grouped("/machine/peripheral/kb/virtio-backend", None),
+    );
+    both(&mut p, "query-block", json!({}));
+    // HMP's block_set_io_throttle.
+    for line in [
+        "block_set_io_throttle",
+        "block_set_io_throttle h1",
+        "block_set_io_throttle h1 1 0 0 0 0",
+        "block_set_io_throttle h1 1 0 0 0 0 0 0",
+        "block_set_io_throttle h1 -1 0 0 0 0 0",
+        "block_set_io_throttle h1 1k 0 0 0 0 0",
+        "block_set_io_throttle h1 1 0 0 0 0 x",
+        "block_set_io_throttle h1 99999999999999999999999 0 0 0 0 0",
+        "block_set_io_throttle h1 1 2 0 0 0 0",
+        "block_set_io_throttle nope 1 0 0 0 0 0",
+        "block_set_io_throttle hb 1 0 0 0 0 0",
+        "block_set_io_throttle h1 0x10 0 0 0 0 010",
+        "block_set_io_throttle kb/virtio-backend 4096 0 0 0 0 0",
+        "block_set_io_throttle \"x2\" 0 8192 0 0 0 0",
+        "help block_set_io_throttle",
+        "info block",
+    ] {
+        let q = hmp(&mut p, line);
+        assert!(!q.contains("unknown command"), "{line}: {q}");
+    }
+    // The drives no device uses, by their names.
+    for (command, args) in [
+        ("block_set_io_throttle", limits(("device", "x1"), 1 << 20)),
+        ("block_set_io_throttle", {
+            let mut args = limits(("device", "x2"), 1 << 20);
+            args["group"] = json!("g1");
+            args
+        }),
+        ("block_resize", json!({"device": "x1", "size": DISK_BYTES})),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "x1", "name": "b1"}),
+        ),
+        (
+            "block-dirty-bitmap-remove",
+            json!({"node": "x1", "name": "b1"}),
+        ),
+    ] {
+        assert_eq!(
+            both(&mut p, command, args.clone()),
+            r#"{"return":{}}"#,
+            "{command} {args}"
+        );
+    }
+    both(&mut p, "query-block", json!({}));
+    hmp(&mut p, "info block");
+    // A job's target named by a disk's or a drive's name, or by its node's: all refused
+    // (but a backup into x1, of d0's and k1's size, which QEMU runs as we do).
+    let sources = ["d0", "k1", "h1"];
+    let targets = [
+        "nh1", "h1", "nk1", "k1", "disk0", "d0", "x1", "nx1", "x2", "nx2",
+    ];
+    for (source, target) in sources
+        .iter()
+        .flat_map(|s| targets.iter().map(move |t| (s, t)))
+    {
+        let job = json!({"job-id": "j1", "device": source, "target": target, "sync": "full"});
+        let actions = json!({"actions": [{"type": "blockdev-backup", "data": job}]});
+        let commands = match target.ends_with("x1") {
+            true => 1,
+            false => 3,
+        };
+        for (command, args) in [
+            ("blockdev-mirror", &job),
+            ("blockdev-backup", &job),
+            ("transaction", &actions),
+        ]
+        .into_iter()
+        .take(commands)
+        {
+            let q = both(&mut p, command, args.clone());
+            assert!(q.contains("\"error\""), "QEMU took {command} {args}: {q}");
+        }
+    }
+    assert_eq!(
+        both(&mut p, "query-block-jobs", json!({})),
+        r#"{"return":[]}"#
+    );
+    // A device over x1 takes its limits.
+    both(
+        &mut p,
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "x1", "id": "xb"}),
+    );
+    let q = both(&mut p, "query-block", json!({}));
+    assert!(q.contains(r#""group":"x1""#), "{q}");
+    hmp(&mut p, "info block");
+}
+
 /// A device_add whose daemon cannot start is undone: the node is free again (its image
 /// unlocked, and deleted by blockdev-del, which refuses a node in use), its id and slot
 /// free, no disk listed.

@@ -1,6 +1,8 @@
 //! A drive HMP drive_add made (QEMU's DriveInfo of an if=none drive): what the block
 //! layer keeps of it (drives.rs holds what is done with it), and how many there may be.
 
+use ipc::ThrottleLimits;
+
 use super::drive::DriveSpec;
 
 /// The most drive_add drives there may be at once (attached ones included): each holds
@@ -20,4 +22,7 @@ pub struct NamedDrive {
     pub attached: bool,
     /// Its BlockBackend's place among them (`Disk::born`).
     pub born: u64,
+    /// Its I/O limits and throttle group (block_set_io_throttle): a device that comes
+    /// applies them, as QEMU's BlockBackend keeps them (unattached drives only).
+    pub throttle: Option<(ThrottleLimits, String)>,
 }

@@ -113,6 +113,7 @@ impl BlockLayer {
             root,
             spec: spec.clone(),
             attached: false,
+            throttle: None,
         });
         Ok(id)
     }
@@ -133,6 +134,9 @@ impl BlockLayer {
             return Err(BlockError::DeviceNotFound(id.to_string()));
         };
         let drive = state.drives.remove(at);
+        if let Some((_, group)) = &drive.throttle {
+            state.drop_group_if_unused(group);
+        }
         // A device over its node (by the node's name) keeps the node until it goes.
         let root = drive
             .root
@@ -225,7 +229,8 @@ impl BlockLayer {
                 let node = d.root.as_deref().and_then(|r| state.graph.node(r));
                 if let Some(node) = node {
                     let threshold = self.threshold(&node.name);
-                    info["inserted"] = info::node_info(&state.graph, node, None, threshold);
+                    let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
+                    info["inserted"] = info::node_info(&state.graph, node, throttle, threshold);
                 }
                 (d.born, info)
             })

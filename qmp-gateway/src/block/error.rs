@@ -26,6 +26,9 @@ pub enum BlockError {
     /// none).
     #[error("Device has no medium")]
     NoMediumToThrottle,
+    /// An "id" naming a device that has no BlockBackend (QEMU's blk_by_qdev_id).
+    #[error("Device does not have a block device backend")]
+    NoBlockBackend,
     /// block-set-write-threshold's word for a node it does not know.
     #[error("Device '{0}' not found")]
     NoThresholdNode(String),
@@ -189,6 +192,9 @@ pub enum BlockError {
 
     #[error("Device '{0}' is not removable")]
     NotRemovable(String),
+    /// blockdev-insert-medium's words for it (QEMU 7.2 names no device there).
+    #[error("Device is not removable")]
+    NotRemovableToInsert,
     #[error("Device '{0}' is not encrypted")]
     NotEncrypted(String),
 
@@ -324,6 +330,37 @@ pub enum JobError {
     SyncUnsupported(&'static str),
     #[error("Can't mirror node into itself")]
     IntoItself,
+    #[error("Source and target cannot be the same")]
+    BackupIntoItself,
+    #[error("Source and target image have different sizes")]
+    BackupSizes,
+    /// A backup into a read-only node: QEMU's copy-before-write filter cannot write it.
+    #[error("Could not create node: Block node is read-only")]
+    BackupTargetReadOnly,
+    /// A mirror's target a disk uses: QEMU's permission check names the disk
+    /// (`user`) and the mirror's own BlockBackend on the target.
+    #[error(
+        "Permission conflict on node '{node}': permissions '{perms}' are both required by \
+         {user} (uses node '{node}' as 'root' child) and unshared by an unnamed block device \
+         (uses node '{node}' as 'root' child)."
+    )]
+    MirrorTargetInUse {
+        node: String,
+        perms: &'static str,
+        user: String,
+    },
+    /// A backup's target a disk uses: QEMU's copy-before-write filter (`filter`, a node
+    /// of an automatic name) cannot take it.
+    #[error(
+        "Could not create node: Permission conflict on node '{node}': permissions 'write' \
+         are both required by node '{filter}' (uses node '{node}' as 'target' child) and \
+         unshared by {user} (uses node '{node}' as 'root' child)."
+    )]
+    BackupTargetInUse {
+        node: String,
+        filter: String,
+        user: String,
+    },
     #[error("Could not create '{path}': {why}")]
     Create { path: String, why: String },
     #[error("a node-name must be provided when replacing a named node of the graph")]

@@ -219,7 +219,7 @@ impl Graph {
     }
 
     /// QEMU's automatic names: "#block", a counter, two more digits.
-    fn auto_name(&mut self) -> String {
+    pub(super) fn auto_name(&mut self) -> String {
         let n = self.next_auto;
         self.next_auto += 1;
         let salt = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 100;

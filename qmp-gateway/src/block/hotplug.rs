@@ -183,6 +183,8 @@ impl BlockLayer {
             Ok((index, stream)) => {
                 if let Some(n) = state.drives.iter_mut().find(|n| n.id == d.drive) {
                     n.attached = true;
+                    // Its limits are the disk's now.
+                    n.throttle = None;
                 }
                 Ok((
                     DiskLaunch {
@@ -230,9 +232,7 @@ impl BlockLayer {
             state.jobs.retain(|j| j.disk != disk.id);
         }
         if let Some((_, group)) = &disk.throttle {
-            if state.group_members(group).is_empty() {
-                state.groups.remove(group);
-            }
+            state.drop_group_if_unused(group);
         }
         // A drive_add drive goes with its device (QEMU's auto-del).
         state.drives.retain(|n| n.id != disk.id);

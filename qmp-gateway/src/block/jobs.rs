@@ -280,20 +280,61 @@ impl BlockLayer {
         root: &str,
         target: &MirrorTarget,
         size: u64,
-        sync: SyncMode,
+        (sync, backup): (SyncMode, bool),
     ) -> Result<(String, bool, bool), BlockError> {
         match target {
             MirrorTarget::Node(name) => {
-                if state.graph.node(name).is_none() {
-                    return Err(state.no_node(name));
+                // QEMU's bdrv_lookup_bs(target, target): a disk's name is its root's.
+                let name = state.lookup_node(Some(name), Some(name))?;
+                if name == root && backup {
+                    return Err(JobError::BackupIntoItself.into());
                 }
-                if *name == root || state.graph.tree(root).contains(name) {
+                if name == root || state.graph.tree(root).contains(&name) {
                     return Err(JobError::IntoItself.into());
                 }
-                if state.disks.iter().any(|d| d.root == *name) {
-                    return Err(BlockError::InUse(name.clone()));
+                // A backup's target is of the source's size (a mirror's fails at its start).
+                if backup && super::bitmaps::node_size(&state.graph, &name) != size {
+                    return Err(JobError::BackupSizes.into());
                 }
-                Ok((name.clone(), false, false))
+                if let Some(disk) = state.disks.iter().find(|d| d.root == name) {
+                    // QEMU's block device names it by its name, else its device's path.
+                    let user = format!("block device '{}'", disk.id);
+                    let read_only = state.graph.node(&name).is_some_and(|n| n.read_only);
+                    if !backup {
+                        let perms = match read_only {
+                            true => "consistent read",
+                            false => "consistent read, write",
+                        };
+                        return Err(JobError::MirrorTargetInUse {
+                            node: name,
+                            perms,
+                            user,
+                        }
+                        .into());
+                    }
+                    return Err(JobError::BackupTargetInUse {
+                        node: name,
+                        filter: state.graph.auto_name(),
+                        user,
+                    }
+                    .into());
+                }
+                // A drive no device uses reads its node consistently (a mirror's target
+                // may not be read so), sharing writes (a backup's target may be written).
+                let drive = (state.drives.iter())
+                    .find(|d| !d.attached && d.root.as_deref() == Some(name.as_str()));
+                if let (Some(drive), false) = (drive, backup) {
+                    return Err(JobError::MirrorTargetInUse {
+                        node: name,
+                        perms: "consistent read",
+                        user: format!("block device '{}'", drive.id),
+                    }
+                    .into());
+                }
+                if backup && state.graph.node(&name).is_some_and(|n| n.read_only) {
+                    return Err(JobError::BackupTargetReadOnly.into());
+                }
+                Ok((name, false, false))
             }
             MirrorTarget::Drive {
                 path,
@@ -335,7 +376,10 @@ impl BlockLayer {
     ) -> Result<Driver, BlockError> {
         let of_node = |name: &str| state.graph.image_node(name).map(|n| n.driver);
         match target {
-            MirrorTarget::Node(name) => of_node(name).ok_or_else(|| state.no_node(name)),
+            MirrorTarget::Node(name) => {
+                let node = state.lookup_node(Some(name), Some(name))?;
+                of_node(&node).ok_or_else(|| state.no_node(name))
+            }
             MirrorTarget::Drive {
                 format: Some(f), ..
             } => Driver::format(f).ok_or_else(|| JobError::UnknownFormat(f.clone()).into()),
@@ -459,7 +503,7 @@ impl BlockLayer {
             return Err(JobError::NoCompression.into());
         }
         let size = super::bitmaps::node_size(&state.graph, &root);
-        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, sync)?;
+        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, (sync, true))?;
         // A target over a backing file is written in whole clusters (QEMU's backup
         // copies so): the daemon does not read its backing file for a copy on write.
         // Compressed data goes in whole clusters too.
@@ -553,7 +597,7 @@ impl BlockLayer {
         }
         let sync = effective_sync(state, &root, r.sync);
         let size = super::bitmaps::node_size(&state.graph, &root);
-        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, sync)?;
+        let (node, made, fresh) = Self::job_target(state, &root, &r.target, size, (sync, false))?;
         self.record_job(
             state,
             disk_index,

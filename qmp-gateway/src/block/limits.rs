@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use ipc::BlockRequest;
+use ipc::{BlockRequest, ThrottleLimits};
 
 use super::disk::{BlockProtocol, Group};
 use super::error::BlockError;
@@ -19,7 +19,33 @@ type DaemonCall = (
     Option<OwnedFd>,
 );
 
+/// What block_set_io_throttle sets limits on: a disk, or a drive no device uses.
+#[derive(Clone, Copy)]
+enum Member {
+    Disk(usize),
+    Drive(usize),
+}
+
 impl State {
+    /// The limits and group of `m`.
+    fn throttle_of(&mut self, m: Member) -> &mut Option<(ThrottleLimits, String)> {
+        match m {
+            Member::Disk(i) => &mut self.disks[i].throttle,
+            Member::Drive(i) => &mut self.drives[i].throttle,
+        }
+    }
+
+    /// Forgets throttle group `group` once no disk and no drive is in it.
+    pub(super) fn drop_group_if_unused(&mut self, group: &str) {
+        let in_group =
+            |t: &Option<(ThrottleLimits, String)>| t.as_ref().is_some_and(|(_, g)| g == group);
+        let used = self.disks.iter().any(|d| in_group(&d.throttle))
+            || (self.drives.iter()).any(|d| !d.attached && in_group(&d.throttle));
+        if !used {
+            self.groups.remove(group);
+        }
+    }
+
     /// The disks in throttle group `group`.
     pub(super) fn group_members(&self, group: &str) -> Vec<usize> {
         (0..self.disks.len())
@@ -63,30 +89,36 @@ impl BlockLayer {
         group: Option<&str>,
     ) -> Result<Vec<DaemonCall>, BlockError> {
         let mut state = self.state.lock();
-        let index = match state.backend(disk) {
-            Some(Backend::Disk(index)) => index,
+        let member = match state.backend(disk) {
+            Some(Backend::Disk(index)) => Member::Disk(index),
+            // QEMU's BlockBackend keeps them until a device comes.
+            Some(Backend::Drive(index)) => Member::Drive(index),
             Some(Backend::NoMedium) => return Err(BlockError::NoMediumToThrottle),
             None => return Err(BlockError::DeviceNotFound(disk.name().to_string())),
         };
         let limits = throttle::limits(request)?;
-        let old_group = state.disks[index].throttle.as_ref().map(|(_, g)| g.clone());
+        let old_group = state.throttle_of(member).as_ref().map(|(_, g)| g.clone());
         if !limits.enabled() {
-            let calls = state.disks[index]
-                .daemon
-                .as_ref()
-                .map(|d| (d.link.clone(), BlockRequest::SetThrottle(None), None))
-                .into_iter()
-                .collect();
-            state.disks[index].throttle = None;
+            let calls = match member {
+                Member::Disk(index) => (state.disks[index].daemon.as_ref())
+                    .map(|d| (d.link.clone(), BlockRequest::SetThrottle(None), None))
+                    .into_iter()
+                    .collect(),
+                Member::Drive(_) => Vec::new(),
+            };
+            *state.throttle_of(member) = None;
             if let Some(g) = old_group {
-                if state.group_members(&g).is_empty() {
-                    state.groups.remove(&g);
-                }
+                state.drop_group_if_unused(&g);
             }
             return Ok(calls);
         }
-        // No group: QEMU names it by the disk as the command named it.
-        let group = group.unwrap_or(disk.name()).to_string();
+        // No group: a throttled disk keeps its group; one that was not gets a group QEMU
+        // names by the disk as the command named it.
+        let group = match (group, &old_group) {
+            (Some(g), _) => g.to_string(),
+            (None, Some(old)) => old.clone(),
+            (None, None) => disk.name().to_string(),
+        };
         if !state.groups.contains_key(&group) {
             let page = ipc::new_throttle_state().map_err(BlockError::ThrottleGroup)?;
             state.groups.insert(
@@ -98,9 +130,14 @@ impl BlockLayer {
             );
         }
         // The new limits are the group's: every member applies them.
-        state.disks[index].throttle = Some((limits, group.clone()));
+        *state.throttle_of(member) = Some((limits, group.clone()));
         if let Some(g) = state.groups.get_mut(&group) {
             g.limits = limits;
+        }
+        for d in state.drives.iter_mut().filter(|d| !d.attached) {
+            if let Some((l, _)) = d.throttle.as_mut().filter(|(_, g)| *g == group) {
+                *l = limits;
+            }
         }
         let members = state.group_members(&group);
         let mut calls = Vec::new();
@@ -119,9 +156,7 @@ impl BlockLayer {
             ));
         }
         if let Some(old) = old_group.filter(|g| *g != group) {
-            if state.group_members(&old).is_empty() {
-                state.groups.remove(&old);
-            }
+            state.drop_group_if_unused(&old);
         }
         Ok(calls)
     }

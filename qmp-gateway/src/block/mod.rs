@@ -95,6 +95,8 @@ impl<'a> DiskRef<'a> {
 enum Backend {
     /// A disk (its index in `State::disks`), over its medium.
     Disk(usize),
+    /// A drive_add drive no device uses, over its medium (its index in `State::drives`).
+    Drive(usize),
     /// A BlockBackend without a medium: a drive_add drive made without one, or a disk
     /// whose drive HMP drive_del deleted (anonymous: only its device names it).
     NoMedium,
@@ -165,22 +167,25 @@ impl State {
         }
     }
 
-    /// The BlockBackend `r` names: by "device" its name, by "id" its device's id or QOM
-    /// path (or its virtio backend's). A drive no device uses that has a medium is not
-    /// one commands reach: None, as for a name nothing has.
+    /// The BlockBackend `r` names, as QEMU 7.2's qmp_get_blk finds it: by "device" its
+    /// name, by "id" the virtio backend of its device, a QOM path (relative to
+    /// /machine/peripheral unless it starts with '/': "hb/virtio-backend"); the device
+    /// itself ("hb") has none (qmp/handlers/block.rs tells that apart from no device).
     fn backend(&self, r: DiskRef) -> Option<Backend> {
         let at = self.disks.iter().position(|d| match r {
             DiskRef::Device(name) => d.named(name),
-            DiskRef::Qdev(name) => {
-                d.qdev == name || d.qom_path == name || (!name.is_empty() && d.qdev_id == name)
-            }
+            DiskRef::Qdev(name) => d.qdev == backend_path(name),
         });
         match (at, r) {
             (Some(i), _) if self.disks[i].has_medium() => Some(Backend::Disk(i)),
             (Some(_), _) => Some(Backend::NoMedium),
-            (None, DiskRef::Device(name)) => (self.named_drive(name))
-                .filter(|d| !d.attached && d.root.is_none())
-                .map(|_| Backend::NoMedium),
+            (None, DiskRef::Device(name)) => {
+                let at = (self.drives.iter()).position(|d| d.id == name && !d.attached)?;
+                match self.drives[at].root {
+                    Some(_) => Some(Backend::Drive(at)),
+                    None => Some(Backend::NoMedium),
+                }
+            }
             (None, DiskRef::Qdev(_)) => None,
         }
     }
@@ -191,6 +196,11 @@ impl State {
         if let Some(name) = device {
             match self.backend(DiskRef::Device(name)) {
                 Some(Backend::Disk(i)) => return Ok(self.disks[i].root.clone()),
+                Some(Backend::Drive(i)) => {
+                    if let Some(root) = &self.drives[i].root {
+                        return Ok(root.clone());
+                    }
+                }
                 Some(Backend::NoMedium) => return Err(BlockError::NoMedium(name.to_string())),
                 None => {}
             }
@@ -221,6 +231,17 @@ impl State {
             .iter()
             .find(|d| self.graph.tree(&d.root).iter().any(|n| n == node))
     }
+}
+
+/// The QOM path "id" `id` names for QEMU's find_device_state: relative to
+/// /machine/peripheral unless absolute, empty parts left out.
+fn backend_path(id: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    if !id.starts_with('/') {
+        parts.extend(["machine", "peripheral"]);
+    }
+    parts.extend(id.split('/').filter(|p| !p.is_empty()));
+    format!("/{}", parts.join("/"))
 }
 
 /// A disk about to be attached to a node tree.
@@ -493,6 +514,10 @@ impl BlockLayer {
         state.next_index += 1;
         let socket = self.runtime.path().join(format!("disk{index}.sock"));
         let listener = bind_private(&socket)?;
+        // A drive_add drive's limits (set while no device used it) are the disk's.
+        let throttle = (state.drives.iter())
+            .find(|n| drive && n.id == id && !n.attached)
+            .and_then(|n| n.throttle.clone());
         let mut disk = Disk {
             index,
             id,
@@ -502,7 +527,7 @@ impl BlockLayer {
             qom_path,
             nodes: state.graph.tree(&root),
             root,
-            throttle: None,
+            throttle,
             config,
             images,
             listener,

@@ -211,23 +211,28 @@ impl BlockLayer {
     }
 
     /// What the removable-medium commands get: the disk `disk` names (QEMU's lookup and
-    /// errors), which is never removable here.
+    /// errors, with or without a medium), which is never removable here.
     pub fn not_removable(&self, disk: DiskRef) -> BlockError {
-        if self.state.lock().disk(disk).is_none() {
+        let state = self.state.lock();
+        let found = match disk {
+            DiskRef::Device(name) => state.disk_by_id(name).is_some(),
+            DiskRef::Qdev(_) => state.backend(disk).is_some(),
+        };
+        if !found {
             return BlockError::DeviceNotFound(disk.name().to_string());
         }
         BlockError::NotRemovable(disk.name().to_string())
     }
 
     /// What blockdev-insert-medium gets: the node must exist, then the disk named by
-    /// exactly one of `device` and `id` is not removable.
-    pub fn insert_medium(&self, node: &str, device: Option<&str>, id: Option<&str>) -> BlockError {
+    /// exactly one of `device` and `id` is not removable (QEMU's words name none).
+    pub fn insert_medium(&self, node: &str, disk: DiskRef) -> BlockError {
         if !self.node_exists(node) {
             return BlockError::NodeNotFound(node.to_string());
         }
-        match DiskRef::exactly_one(device, id) {
-            Ok(disk) => self.not_removable(disk),
-            Err(e) => e,
+        match self.not_removable(disk) {
+            BlockError::NotRemovable(_) => BlockError::NotRemovableToInsert,
+            e => e,
         }
     }
 
@@ -251,6 +256,11 @@ impl BlockLayer {
             return BlockError::DeviceNotFound(device.to_string());
         }
         BlockError::NotRemovable(device.to_string())
+    }
+
+    /// Whether a BlockBackend is named `name` (QEMU's blk_by_name finds one).
+    pub fn backend_named(&self, name: &str) -> bool {
+        self.state.lock().backend_named(name)
     }
 
     /// QEMU's bdrv_lookup_bs(name, name): the node a BlockBackend's name (its root) or a

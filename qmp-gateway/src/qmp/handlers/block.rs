@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::block::throttle::{BucketRequest, ThrottleRequest};
 use crate::block::{BlockError, DiskRef};
+use crate::devices::DeviceError;
 use crate::qmp::args::{serde_arguments, Int, NoArgs};
 use crate::qmp::blockdev::BlockdevAdd;
 use crate::qmp::context::Ctx;
@@ -319,6 +320,19 @@ fn disk(a: &impl NamesDisk) -> Result<DiskRef<'_>, QmpError> {
     Ok(DiskRef::exactly_one(a.device(), a.id())?)
 }
 
+/// The block layer's `e` for `disk`, where an "id" that names no disk's backend is told
+/// apart as QEMU 7.2's blk_by_qdev_id does: a device there (a disk's own, a NIC, a
+/// virtio backend) has no block device backend; a container is not a device.
+fn by_qdev(c: &Ctx, disk: DiskRef, e: BlockError) -> QmpError {
+    match (disk, e) {
+        (DiskRef::Qdev(id), BlockError::DeviceNotFound(_)) => match c.gw.devices.lock().find(id) {
+            Ok(_) | Err(DeviceError::BusNoHotplug(_)) => BlockError::NoBlockBackend.into(),
+            Err(e) => e.into(),
+        },
+        (_, e) => e.into(),
+    }
+}
+
 pub fn query_block(c: &mut Ctx, _: NoArgs) -> QmpResult {
     Ok(c.gw.block.query_block())
 }
@@ -366,7 +380,8 @@ pub fn block_resize(c: &mut Ctx, a: BlockResize) -> QmpResult {
 pub fn block_set_io_throttle(c: &mut Ctx, a: BlockIoThrottle) -> QmpResult {
     let disk = disk(&a)?;
     c.gw.block
-        .set_io_throttle(disk, &a.request(), a.group.as_deref())?;
+        .set_io_throttle(disk, &a.request(), a.group.as_deref())
+        .map_err(|e| by_qdev(c, disk, e))?;
     Ok(json!({}))
 }
 
@@ -385,15 +400,21 @@ pub fn block_set_write_threshold(c: &mut Ctx, a: WriteThreshold) -> QmpResult {
 /// eject, the tray commands, blockdev-change-medium, blockdev-remove-medium: every disk
 /// here is a fixed virtio-blk disk.
 pub fn not_removable<A: NamesDisk>(c: &mut Ctx, a: A) -> QmpResult {
-    Err(c.gw.block.not_removable(disk(&a)?).into())
+    let disk = disk(&a)?;
+    Err(by_qdev(c, disk, c.gw.block.not_removable(disk)))
 }
 
 pub fn insert_medium(c: &mut Ctx, a: InsertMedium) -> QmpResult {
-    Err(c
-        .gw
-        .block
-        .insert_medium(&a.node_name, a.device.as_deref(), a.id.as_deref())
-        .into())
+    // The node is looked for first.
+    if !c.gw.block.node_exists(&a.node_name) {
+        return Err(BlockError::NodeNotFound(a.node_name).into());
+    }
+    let disk = DiskRef::exactly_one(a.device.as_deref(), a.id.as_deref())?;
+    Err(by_qdev(
+        c,
+        disk,
+        c.gw.block.insert_medium(&a.node_name, disk),
+    ))
 }
 
 pub fn block_passwd(c: &mut Ctx, a: BlockPasswd) -> QmpResult {

@@ -2,7 +2,8 @@
 //! ("force:-f,device:B"): each KEY:TYPE read in turn into a QMP member KEY, with the
 //! monitor's words for what it cannot read. Types: B (block device name), s (string),
 //! F (file name), o (a size, MiB when it has no suffix), b (on|off), -X (a flag),
-//! i (a 32-bit number), -X (a flag), -Xs (a flag that takes a string); a '?' after
+//! i (a 32-bit number), l (a 64-bit number), -X (a flag), -Xs (a flag that takes a
+//! string); a '?' after
 //! the type: may be left out.
 
 use serde_json::{json, Map, Value};
@@ -27,6 +28,11 @@ pub fn read(name: &str, spec: &str, text: &str) -> Result<Map<String, Value>, St
             "o" => {
                 let (size, after) = size_mib(rest).ok_or("invalid size\n")?;
                 members.insert(key.into(), json!(size));
+                rest = after;
+            }
+            "l" => {
+                let (value, after) = number(rest)?;
+                members.insert(key.into(), json!(value as i64));
                 rest = after;
             }
             "b" => {
@@ -108,6 +114,40 @@ fn read_flag<'a>(
     }
     members.insert(key.into(), json!(true));
     Ok(after)
+}
+
+/// A 64-bit number as QEMU's monitor's get_expr reads one standing alone: an optional
+/// '-' (the 64 bits it wraps to), then strtoull in base 0 (0x hex, 0 octal). What follows
+/// it, spaces skipped, is left to the next argument (QEMU's words for it come from there:
+/// "1k 0" fails at 'k'). Not read: QEMU's operators, parentheses and registers.
+fn number(text: &str) -> Result<(u64, &str), String> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, text),
+    };
+    let first = text
+        .chars()
+        .next()
+        .ok_or("unexpected end of expression\n")?;
+    let (radix, body) = match text.strip_prefix("0x").or(text.strip_prefix("0X")) {
+        Some(hex) if hex.starts_with(|c: char| c.is_ascii_hexdigit()) => (16, hex),
+        _ if first == '0' => (8, text),
+        _ => (10, text),
+    };
+    let end = body
+        .find(|c: char| !c.is_digit(radix))
+        .unwrap_or(body.len());
+    if end == 0 {
+        return Err(format!("invalid char '{first}' in expression\n"));
+    }
+    let value =
+        u64::from_str_radix(&body[..end], radix).map_err(|_| "number too large\n".to_string())?;
+    let value = if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    };
+    Ok((value, body[end..].trim_start()))
 }
 
 /// A word, or a string in double quotes with \n, \r, \\, \' and \" escapes (QEMU's
@@ -203,6 +243,23 @@ mod tests {
             read("block_resize", "device:B,size:o", "d0 x"),
             Err("invalid size\n".into())
         );
+        let spec = "device:B,bps:l,iops:l";
+        let m = read("t", spec, "d0 0x10 -1").unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"device": "d0", "bps": 16, "iops": -1})
+        );
+        assert_eq!(read("t", spec, "d0 010 0").unwrap()["bps"], json!(8));
+        assert_eq!(read("t", spec, "d0 0 0").unwrap()["bps"], json!(0));
+        for (text, why) in [
+            ("d0 1", "unexpected end of expression\n"),
+            ("d0 1k 0", "invalid char 'k' in expression\n"),
+            ("d0 x 0", "invalid char 'x' in expression\n"),
+            ("d0 1 2k", "t: extraneous characters at the end of line\n"),
+            ("d0 99999999999999999999 0", "number too large\n"),
+        ] {
+            assert_eq!(read("t", spec, text), Err(why.into()), "{text}");
+        }
         assert_eq!(
             read("set_link", "name:s,up:b", "n0 maybe"),
             Err("Expected 'on' or 'off'\n".into())

@@ -1,9 +1,10 @@
 //! The texts of HMP's block commands, from query-block, query-named-block-nodes,
-//! query-blockstats and query-block-jobs, as QEMU 7.2 prints them.
+//! query-blockstats and query-block-jobs, as QEMU 7.2 prints them; block_set_io_throttle,
+//! which names a BlockBackend or a device as QEMU's does.
 
 use serde_json::{Map, Value};
 
-use super::reply::{error, run_qmp, usage};
+use super::reply::{error, quiet, read_args, run_qmp, usage};
 use crate::qmp::context::Ctx;
 
 /// HMP `info block [-n] [-v] [device]`: every disk (or the one named `device`), or with
@@ -327,6 +328,26 @@ pub fn info_block_jobs(jobs: &Value, _: u32) -> String {
             )
         })
         .collect()
+}
+
+/// HMP `block_set_io_throttle device bps bps_rd bps_wr iops iops_rd iops_wr`, as QEMU 7.2's:
+/// `device` is a BlockBackend's name if one has it, else a device's id or QOM path.
+pub fn block_set_io_throttle(c: &mut Ctx, arguments: &str, _: &mut u32) -> String {
+    const NAME: &str = "block_set_io_throttle";
+    const SPEC: &str = "device:B,bps:l,bps_rd:l,bps_wr:l,iops:l,iops_rd:l,iops_wr:l";
+    let mut members = match read_args(NAME, SPEC, arguments) {
+        Ok(m) => m,
+        Err(usage) => return usage,
+    };
+    let device = members.remove("device").unwrap_or_default();
+    let name = device.as_str().unwrap_or_default();
+    let key = if c.gw.block.backend_named(name) {
+        "device"
+    } else {
+        "id"
+    };
+    members.insert(key.into(), device);
+    quiet(run_qmp(c, "block_set_io_throttle", members))
 }
 
 #[cfg(test)]

@@ -387,6 +387,12 @@ pub const HMP: &[HmpCommand] = &[
         "resize a block image",
         |c, a, _| mapped(c, a, "block_resize", "device:B,size:o", "block_resize"),
     ),
+    line(
+        "block_set_io_throttle",
+        "device bps bps_rd bps_wr iops iops_rd iops_wr",
+        "change I/O throttle limits for a block drive",
+        block::block_set_io_throttle,
+    ),
     line("chardev-remove", "id", "remove chardev", |c, a, _| {
         mapped(c, a, "chardev-remove", "id:s", "chardev-remove")
     }),

@@ -438,21 +438,32 @@ fn ascii(regs: &[u32]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// A CPUID for tests: "AuthenticAMD", family 0x19 (0xf + 0xa), model 0x11, stepping 1,
+/// brand "AMD EPC", highest basic leaf 0x10; sse, sse4.2, avx2, avx-vnni and kvmclock's
+/// first bit.
+#[cfg(test)]
+pub(crate) fn test_cpuid() -> GuestCpuid {
+    let leaf = |function, index, [eax, ebx, ecx, edx]: [u32; 4]| CpuidLeaf {
+        function,
+        index,
+        eax,
+        ebx,
+        ecx,
+        edx,
+    };
+    GuestCpuid(vec![
+        leaf(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+        leaf(1, 0, [0x00a1_0f11, 0, 1 << 20, 1 << 25]),
+        leaf(7, 0, [0, 1 << 5, 0, 0]),
+        leaf(7, 1, [1 << 4, 0, 0, 0]),
+        leaf(0x4000_0001, 0, [1, 0, 0, 0]),
+        leaf(0x8000_0002, 0, [0x2044_4d41, 0x0043_5045, 0, 0]),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn leaf(function: u32, index: u32, regs: [u32; 4]) -> CpuidLeaf {
-        let [eax, ebx, ecx, edx] = regs;
-        CpuidLeaf {
-            function,
-            index,
-            eax,
-            ebx,
-            ecx,
-            edx,
-        }
-    }
 
     #[test]
     fn names_are_unique() {
@@ -468,15 +479,7 @@ mod tests {
 
     #[test]
     fn reads_bits_identity_and_subleaves() {
-        // "AuthenticAMD", family 0x19 (0xf + 0xa), model 0x11, stepping 1.
-        let cpuid = GuestCpuid(vec![
-            leaf(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
-            leaf(1, 0, [0x00a1_0f11, 0, 1 << 20, 1 << 25]),
-            leaf(7, 0, [0, 1 << 5, 0, 0]),
-            leaf(7, 1, [1 << 4, 0, 0, 0]),
-            leaf(0x4000_0001, 0, [1, 0, 0, 0]),
-            leaf(0x8000_0002, 0, [0x2044_4d41, 0x0043_5045, 0, 0]),
-        ]);
+        let cpuid = test_cpuid();
         assert_eq!(cpuid.vendor(), "AuthenticAMD");
         assert_eq!(
             (cpuid.family(), cpuid.model(), cpuid.stepping()),

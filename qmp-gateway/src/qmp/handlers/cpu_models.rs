@@ -1,8 +1,9 @@
 //! The CPU model a management tool may choose from and what it is made of: only "host",
 //! what vmm-core's vCPUs are (the CPUID KVM holds for them, devices/cpu.rs; QEMU's named models
 //! and "max" are not taken by -cpu or device_add, so they are not listed), its expansion
-//! (query-cpu-model-expansion) and a vCPU's QOM properties (`vcpu_properties`, for
-//! qom-list and qom-get), all read from the CPUID the vCPUs get (cpuid_features.rs).
+//! (query-cpu-model-expansion) and a vCPU's QOM properties (`Vcpu`, for qom-list and
+//! qom-get: each value read alone), all read from the CPUID the vCPUs get
+//! (cpuid_features.rs).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -37,38 +38,90 @@ pub fn query_cpu_definitions(c: &mut Ctx, _: NoArgs) -> QmpResult {
     }]))
 }
 
-/// One QOM property of a vCPU: its name, QEMU's type for it, its value.
+/// One QOM property: its name, QEMU's type for it, its value.
 pub type Property = (&'static str, &'static str, Value);
 
-/// vCPU `apic_id`'s properties as QEMU 7.2's host-x86_64-cpu names and types them:
-/// the device's state, the CPU's identity, then every feature of the table under each
-/// of its spellings. `hotplugged`: added after the launch.
-pub fn vcpu_properties(cpuid: &GuestCpuid, apic_id: u32, hotplugged: bool) -> Vec<Property> {
-    let mut props: Vec<Property> = vec![
-        ("type", "string", json!(CPU_TYPE)),
-        ("realized", "bool", json!(true)),
-        ("hotplugged", "bool", json!(hotplugged)),
-        // As QEMU's pc: every CPU may be hot-plugged (none unplugged here: devices/).
-        ("hotpluggable", "bool", json!(true)),
-        ("start-powered-off", "bool", json!(false)),
-        ("apic-id", "uint32", json!(apic_id)),
-    ];
-    props.extend(identity(cpuid, "level", "xlevel"));
-    props.extend(features(cpuid, true));
-    props
+/// A vCPU as its QOM properties read it: the CPUID it gets, its APIC id, and whether it
+/// was added after the launch.
+pub struct Vcpu {
+    pub cpuid: GuestCpuid,
+    pub apic_id: u32,
+    pub hotplugged: bool,
 }
 
-/// family ... model-id, and the highest leaves under the names `level`, `xlevel`.
-fn identity(cpuid: &GuestCpuid, level: &'static str, xlevel: &'static str) -> Vec<Property> {
-    vec![
-        ("family", "int", json!(cpuid.family())),
-        ("model", "int", json!(cpuid.model())),
-        ("stepping", "int", json!(cpuid.stepping())),
-        ("vendor", "string", json!(cpuid.vendor())),
-        ("model-id", "string", json!(cpuid.model_id())),
-        (level, "uint32", json!(cpuid.level())),
-        (xlevel, "uint32", json!(cpuid.xlevel())),
-    ]
+/// A property as a row of a table: its name, QEMU's type for it, and how its value is
+/// read from a `T`.
+type Row<T> = (&'static str, &'static str, fn(&T) -> Value);
+
+/// A vCPU's properties as a device, with QEMU 7.2's names and types.
+const DEVICE: [Row<Vcpu>; 6] = [
+    ("type", "string", |_| json!(CPU_TYPE)),
+    ("realized", "bool", |_| json!(true)),
+    ("hotplugged", "bool", |v| json!(v.hotplugged)),
+    // As QEMU's pc: every CPU may be hot-plugged (none unplugged here: devices/).
+    ("hotpluggable", "bool", |_| json!(true)),
+    ("start-powered-off", "bool", |_| json!(false)),
+    ("apic-id", "uint32", |v| json!(v.apic_id)),
+];
+
+/// A CPU's identity read from its CPUID: family ... model-id.
+const IDENTITY: [Row<GuestCpuid>; 5] = [
+    ("family", "int", |c| json!(c.family())),
+    ("model", "int", |c| json!(c.model())),
+    ("stepping", "int", |c| json!(c.stepping())),
+    ("vendor", "string", |c| json!(c.vendor())),
+    ("model-id", "string", |c| json!(c.model_id())),
+];
+
+/// The highest basic and extended leaves, as a vCPU names them (an expansion has them
+/// as `min-level` and `min-xlevel` too).
+const LEVELS: [Row<GuestCpuid>; 2] = [
+    ("level", "uint32", |c| json!(c.level())),
+    ("xlevel", "uint32", |c| json!(c.xlevel())),
+];
+const MIN_LEVELS: [&str; 2] = ["min-level", "min-xlevel"];
+
+impl Vcpu {
+    /// Its properties' names and types as QEMU 7.2's host-x86_64-cpu has them, in its
+    /// order (qom-list): the device's state, the CPU's identity, then every feature of
+    /// the table under each of its spellings.
+    pub fn properties() -> impl Iterator<Item = (&'static str, &'static str)> {
+        let device = DEVICE.iter().map(|&(name, ty, _)| (name, ty));
+        let cpu = (IDENTITY.iter().chain(&LEVELS)).map(|&(name, ty, _)| (name, ty));
+        let features = FEATURES
+            .iter()
+            .flat_map(|f| std::iter::once(&f.name).chain(f.aliases))
+            .map(|&name| (name, "bool"));
+        device.chain(cpu).chain(features)
+    }
+
+    /// Property `name`'s value (qom-get), read alone: a vCPU has some 250, and libvirt
+    /// reads them one qom-get at a time. None: no such property.
+    pub fn property(&self, name: &str) -> Option<Value> {
+        if let Some((_, _, read)) = DEVICE.iter().find(|row| row.0 == name) {
+            return Some(read(self));
+        }
+        if let Some((_, _, read)) = IDENTITY.iter().chain(&LEVELS).find(|row| row.0 == name) {
+            return Some(read(&self.cpuid));
+        }
+        cpuid_features::find(name).map(|f| json!(self.cpuid.has(f)))
+    }
+}
+
+/// family ... model-id, and the highest leaves under the names `levels`.
+fn identity(cpuid: &GuestCpuid, levels: [&'static str; 2]) -> Vec<Property> {
+    let mut p: Vec<Property> = (IDENTITY.iter())
+        .map(|&(name, ty, read)| (name, ty, read(cpuid)))
+        .collect();
+    p.extend(highest_leaves(cpuid, levels));
+    p
+}
+
+/// The highest basic and extended leaves, under the names `levels`.
+fn highest_leaves(cpuid: &GuestCpuid, levels: [&'static str; 2]) -> Vec<Property> {
+    (LEVELS.iter().zip(levels))
+        .map(|(&(_, ty, read), name)| (name, ty, read(cpuid)))
+        .collect()
 }
 
 /// Each feature's value, under its name (and its other spellings with `aliases`).
@@ -174,17 +227,13 @@ pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult
     let (name, props) = match a.expansion {
         Expansion::Static => {
             let mut p = features(&cpuid, false);
-            p.extend(identity(&cpuid, "min-level", "min-xlevel"));
+            p.extend(identity(&cpuid, MIN_LEVELS));
             ("base", p)
         }
         Expansion::Full => {
             let mut p = features(&cpuid, true);
-            p.extend(identity(&cpuid, "level", "xlevel"));
-            p.extend(
-                identity(&cpuid, "min-level", "min-xlevel")
-                    .into_iter()
-                    .skip(5),
-            );
+            p.extend(identity(&cpuid, LEVELS.map(|(name, _, _)| name)));
+            p.extend(highest_leaves(&cpuid, MIN_LEVELS));
             // A model is no vCPU: QEMU's expansion has no APIC id (unset) and is not
             // realized.
             p.push(("apic-id", "uint32", json!(u32::MAX)));
@@ -195,4 +244,70 @@ pub fn query_cpu_model_expansion(c: &mut Ctx, a: CpuModelExpansion) -> QmpResult
     };
     let props: Map<String, Value> = props.into_iter().map(|(n, _, v)| (n.into(), v)).collect();
     Ok(json!({"model": {"name": name, "props": props}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpus_properties_read_alone_are_the_listed_ones() {
+        let cpuid = crate::cpuid_features::test_cpuid();
+        let vcpu = Vcpu {
+            cpuid: cpuid.clone(),
+            apic_id: 3,
+            hotplugged: true,
+        };
+        // What qom-list of a vCPU listed and qom-get read when every value was computed
+        // for each command.
+        let mut expected: Vec<Property> = vec![
+            ("type", "string", json!("host-x86_64-cpu")),
+            ("realized", "bool", json!(true)),
+            ("hotplugged", "bool", json!(true)),
+            ("hotpluggable", "bool", json!(true)),
+            ("start-powered-off", "bool", json!(false)),
+            ("apic-id", "uint32", json!(3)),
+            ("family", "int", json!(25)),
+            ("model", "int", json!(17)),
+            ("stepping", "int", json!(1)),
+            ("vendor", "string", json!("AuthenticAMD")),
+            ("model-id", "string", json!("AMD EPC")),
+            ("level", "uint32", json!(0x10)),
+            ("xlevel", "uint32", json!(0)),
+        ];
+        for f in FEATURES {
+            let names = std::iter::once(&f.name).chain(f.aliases);
+            expected.extend(names.map(|name| (*name, "bool", json!(cpuid.has(f)))));
+        }
+        let listed: Vec<(&str, &str)> = Vcpu::properties().collect();
+        let read: Vec<Property> = (listed.iter())
+            .map(|&(name, ty)| (name, ty, vcpu.property(name).expect(name)))
+            .collect();
+        assert_eq!(read, expected);
+        // One name, one property: a read finds the one listed.
+        let mut names: Vec<&str> = listed.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), listed.len());
+        let on: Vec<&str> = (read.iter())
+            .filter(|(_, ty, value)| *ty == "bool" && *value == json!(true))
+            .map(|(name, _, _)| *name)
+            .filter(|name| !DEVICE.iter().any(|row| row.0 == *name))
+            .collect();
+        assert_eq!(
+            on,
+            ["sse", "sse4.2", "sse4-2", "sse4_2", "avx2", "avx-vnni"]
+        );
+        // No property: an expansion's names, another case, names of nothing here.
+        for name in [
+            "min-level",
+            "min-xlevel",
+            "Level",
+            "",
+            "no-such",
+            "migratable",
+        ] {
+            assert_eq!(vcpu.property(name), None, "{name}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! domain's start: a vCPU's properties, /machine/peripheral's children): the vCPUs
 //! (/machine/unattached/device[N] for the launch's and cpu-add's, device_add's path for
 //! the others) with QEMU 7.2's x86 CPU properties read from the CPUID they get
-//! (cpu_models.rs), the containers /machine/peripheral and /machine/peripheral-anon
+//! (cpu_models.rs; a qom-get reads only the property asked for), the containers /machine/peripheral and /machine/peripheral-anon
 //! with a `child<TYPE>` per device, and each device's type, realized and hotpluggable.
 //! Other paths are not modelled: QEMU's "Device '...' not found". Paths are absolute
 //! (QEMU's partial paths are not resolved).
@@ -11,7 +11,8 @@ use ipc::ErrorClass;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::cpu_models::{vcpu_properties, Property};
+use super::cpu_models::{Property, Vcpu};
+use crate::devices::cpu::CPU_TYPE;
 use crate::qmp::args::serde_arguments;
 use crate::qmp::context::Ctx;
 use crate::qmp::protocol::{QmpError, QmpResult};
@@ -34,20 +35,53 @@ pub struct QomGet {
 
 serde_arguments!(QomGet, [req("path", Ty::Str), req("property", Ty::Str)]);
 
-/// An object of the tree: its QEMU type and properties (name, type, value).
-struct Object {
-    typename: &'static str,
-    properties: Vec<(String, String, Value)>,
+/// An object of the tree.
+enum Object {
+    /// A container or a device: its QEMU type and properties (name, type, value).
+    Listed {
+        typename: &'static str,
+        properties: Vec<(String, String, Value)>,
+    },
+    /// A vCPU: its properties are many, each read when asked for.
+    Vcpu(Vcpu),
 }
 
 impl Object {
-    fn new(typename: &'static str, properties: Vec<Property>) -> Object {
+    fn listed(typename: &'static str, properties: Vec<Property>) -> Object {
         let properties = (properties.into_iter())
             .map(|(n, t, v)| (n.to_string(), t.to_string(), v))
             .collect();
-        Object {
+        Object::Listed {
             typename,
             properties,
+        }
+    }
+
+    fn typename(&self) -> &'static str {
+        match self {
+            Object::Listed { typename, .. } => typename,
+            Object::Vcpu(_) => CPU_TYPE,
+        }
+    }
+
+    /// qom-list's answer: each property's name and type.
+    fn list(&self) -> Value {
+        let entry = |(name, ty): (&str, &str)| json!({"name": name, "type": ty});
+        match self {
+            Object::Listed { properties, .. } => (properties.iter())
+                .map(|(name, ty, _)| entry((name, ty)))
+                .collect(),
+            Object::Vcpu(_) => Vcpu::properties().map(entry).collect(),
+        }
+    }
+
+    /// Property `name`'s value, if the object has it.
+    fn get(self, name: &str) -> Option<Value> {
+        match self {
+            Object::Listed { properties, .. } => (properties.into_iter())
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, _, value)| value),
+            Object::Vcpu(vcpu) => vcpu.property(name),
         }
     }
 }
@@ -68,23 +102,26 @@ fn resolve(c: &mut Ctx, path: &str) -> Result<Object, QmpError> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let canonical = format!("/{}", parts.join("/"));
     if let Some(container) = CONTAINERS.iter().find(|c| **c == canonical) {
-        let mut object = Object::new("container", vec![("type", "string", json!("container"))]);
+        let mut properties = vec![("type".into(), "string".into(), json!("container"))];
         let children = c.gw.devices.lock().children_of(container);
         // A child<> property reads as the child's path.
-        object
-            .properties
-            .extend(children.into_iter().map(|(name, ty)| {
-                let path = json!(format!("{container}/{name}"));
-                (name, format!("child<{ty}>"), path)
-            }));
-        return Ok(object);
+        properties.extend(children.into_iter().map(|(name, ty)| {
+            let path = json!(format!("{container}/{name}"));
+            (name, format!("child<{ty}>"), path)
+        }));
+        return Ok(Object::Listed {
+            typename: "container",
+            properties,
+        });
     }
     for vcpu in c.gw.vcpus() {
         if c.gw.vcpu_qom_path(vcpu.index) == canonical {
             let hotplugged = c.gw.vcpu_added(vcpu.index).unwrap_or(false);
-            let cpuid = c.gw.guest_cpuid()?;
-            let properties = vcpu_properties(&cpuid, vcpu.index, hotplugged);
-            return Ok(Object::new(crate::devices::cpu::CPU_TYPE, properties));
+            return Ok(Object::Vcpu(Vcpu {
+                cpuid: c.gw.guest_cpuid()?,
+                apic_id: vcpu.index,
+                hotplugged,
+            }));
         }
     }
     // A device straight in a container (not its virtio backend, which find also takes).
@@ -97,7 +134,7 @@ fn resolve(c: &mut Ctx, path: &str) -> Result<Object, QmpError> {
     match devices.find(&canonical) {
         Ok(device) if in_container => {
             let typename = device.model.typename();
-            Ok(Object::new(
+            Ok(Object::listed(
                 typename,
                 vec![
                     ("type", "string", json!(typename)),
@@ -113,12 +150,7 @@ fn resolve(c: &mut Ctx, path: &str) -> Result<Object, QmpError> {
 }
 
 pub fn qom_list(c: &mut Ctx, a: QomList) -> QmpResult {
-    let object = resolve(c, &a.path)?;
-    Ok(object
-        .properties
-        .into_iter()
-        .map(|(name, ty, _)| json!({"name": name, "type": ty}))
-        .collect())
+    Ok(resolve(c, &a.path)?.list())
 }
 
 pub fn qom_get(c: &mut Ctx, a: QomGet) -> QmpResult {
@@ -130,9 +162,7 @@ pub fn qom_get(c: &mut Ctx, a: QomGet) -> QmpResult {
         });
     }
     let object = resolve(c, &a.path)?;
-    let typename = object.typename;
-    (object.properties.into_iter())
-        .find(|(name, _, _)| *name == a.property)
-        .map(|(_, _, value)| value)
+    let typename = object.typename();
+    (object.get(&a.property))
         .ok_or_else(|| QmpError::generic(format!("Property '{typename}.{}' not found", a.property)))
 }

@@ -891,7 +891,10 @@ fn no_medium_matches_qemu(p: &mut Peers, dir: &Path) {
 ///   info block, then the device_add'ed disk's), block_resize, a dirty bitmap, a
 ///   mirror's or backup's target (QEMU's permission conflict, sizes);
 /// - a disk's name as a job's target is its root node: into itself, QEMU's permission
-///   conflicts with the disk, a backup's sizes.
+///   conflicts with the disk, a backup's sizes;
+/// - a drive no device uses has no tray: blockdev-open-tray and -close-tray do nothing,
+///   eject takes its medium out (its nodes and bitmaps go, its limits stay but no
+///   medium has them; refused, as drive_del, while a backup writes into it).
 #[test]
 fn block_backends_match_qemu() {
     let mut p = peers();
@@ -902,6 +905,7 @@ fn block_backends_match_qemu() {
             ("k", DISK_BYTES),
             ("x", DISK_BYTES),
             ("y", 1 << 20),
+            ("z", DISK_BYTES),
         ] {
             empty_image(&dir.join(format!("{peer}{name}.raw")), bytes);
         }
@@ -1113,6 +1117,56 @@ fn block_backends_match_qemu() {
         both(&mut p, "query-block-jobs", json!({})),
         r#"{"return":[]}"#
     );
+    // A drive no device uses has no tray: opening or closing it does nothing, an eject
+    // takes its medium out (not while a backup writes into it: x3, of d0's size).
+    let ok = r#"{"return":{}}"#;
+    let hmp_ok = r#"{"return":""}"#;
+    let busy = "is busy: block device is in use by block job: backup";
+    hmp(
+        &mut p,
+        "drive_add 0 if=none,file=IMG/z.raw,format=raw,id=x3",
+    );
+    let job = json!({"job-id": "j3", "device": "d0", "target": "x3", "sync": "full", "speed": 1});
+    assert_eq!(both(&mut p, "blockdev-backup", job), ok);
+    assert!(both(&mut p, "eject", json!({"device": "x3"})).contains(busy));
+    assert!(hmp(&mut p, "drive_del x3").contains(busy));
+    for c in [&mut p.qemu, &mut p.ours] {
+        c.ok("block-job-cancel", json!({"device": "j3", "force": true}));
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            c.ok("query-block-jobs", json!({})) == json!([])
+        });
+        assert!(gone, "the backup j3 did not end");
+    }
+    assert_eq!(hmp(&mut p, "drive_del x3"), hmp_ok);
+    hmp(&mut p, "drive_add 0 if=none,id=e1");
+    let bitmap = json!({"node": "x2", "name": "b2"});
+    assert_eq!(both(&mut p, "block-dirty-bitmap-add", bitmap), ok);
+    for (command, drive) in [
+        ("blockdev-open-tray", "x2"),
+        ("blockdev-close-tray", "x2"),
+        ("blockdev-open-tray", "e1"),
+        ("blockdev-close-tray", "e1"),
+        ("eject", "e1"),
+    ] {
+        assert_eq!(both(&mut p, command, json!({"device": drive})), ok);
+    }
+    both(&mut p, "query-block", json!({}));
+    assert_eq!(hmp(&mut p, "eject x2"), hmp_ok);
+    both(&mut p, "query-block", json!({}));
+    hmp(&mut p, "info block");
+    assert_eq!(
+        both(&mut p, "eject", json!({"device": "x2", "force": true})),
+        ok
+    );
+    both(
+        &mut p,
+        "block_set_io_throttle",
+        limits(("device", "x2"), 1 << 20),
+    );
+    let disk = json!({"driver": "virtio-blk-pci", "drive": "x2", "id": "xc"});
+    both(&mut p, "device_add", disk);
+    assert_eq!(hmp(&mut p, "drive_del x2"), hmp_ok);
     // A device over x1 takes its limits.
     both(
         &mut p,

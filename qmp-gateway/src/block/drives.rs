@@ -3,7 +3,8 @@
 //! drive= attaches one to a new virtio-blk disk, which then bears the drive's name and
 //! takes the drive with it when its device goes (QEMU's auto-del); drive_del removes an
 //! unattached one, nodes and all, and leaves a disk whose drive it deletes (drive_add's or
-//! --drive's) without a medium. This module holds what is done with their records
+//! --drive's) without a medium; an unattached one has no tray, and eject takes its medium
+//! out. This module holds what is done with their records
 //! (drive_record.rs), QEMU's unit numbers (an unnamed drive is noneN, N the lowest unit no
 //! if=none drive has), the name rules they share with --drive names and node names, and
 //! their bound.
@@ -15,8 +16,18 @@ use super::drive::DriveText;
 use super::drive_record::{NamedDrive, MAX_DRIVES};
 use super::error::{BlockError, JobError};
 use super::graph::{ChargeImage, Graph};
-use super::{info, BlockLayer, State};
+use super::queries::with_bitmaps;
+use super::{info, BlockLayer, DiskRef, State};
 use crate::fdstore::FdSets;
+
+/// A tray command (`BlockLayer::tray`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrayAction {
+    Open,
+    Close,
+    /// eject, blockdev-remove-medium: the medium out.
+    Eject,
+}
 
 impl State {
     /// The drive_add drive `id`.
@@ -133,22 +144,76 @@ impl BlockLayer {
         let Some(at) = state.drives.iter().position(|d| d.id == id) else {
             return Err(BlockError::DeviceNotFound(id.to_string()));
         };
+        if let Some(root) = &state.drives[at].root {
+            state.drive_busy(id, root)?;
+        }
         let drive = state.drives.remove(at);
         if let Some((_, group)) = &drive.throttle {
             state.drop_group_if_unused(group);
         }
-        // A device over its node (by the node's name) keeps the node until it goes.
-        let root = drive
-            .root
-            .filter(|r| !state.disks.iter().any(|d| d.nodes.contains(r)));
-        if let Some(root) = &root {
-            let nodes = state.graph.tree(root);
-            let mut thresholds = self.thresholds.lock();
-            for n in &nodes {
-                thresholds.remove(n);
+        drop(state);
+        if let Some(root) = &drive.root {
+            self.close_drive_medium(root);
+        }
+        Ok(())
+    }
+
+    /// The nodes of an unattached drive's medium (`root` down) go, their persistent
+    /// bitmaps stored first (QEMU stores them as it closes the images), unless a device
+    /// uses them by a node's name: then they stay until it goes.
+    fn close_drive_medium(&self, root: &str) {
+        let used = |state: &State| {
+            state
+                .disks
+                .iter()
+                .any(|d| d.nodes.iter().any(|n| n == root))
+        };
+        if used(&self.state.lock()) {
+            return;
+        }
+        self.store_loose(root);
+        let mut state = self.state.lock();
+        if used(&state) {
+            return;
+        }
+        let nodes = state.graph.tree(root);
+        let mut thresholds = self.thresholds.lock();
+        for n in &nodes {
+            thresholds.remove(n);
+        }
+        drop(thresholds);
+        state.graph.remove_tree(root);
+        // Their bitmaps go with them.
+        state.settle_bitmaps();
+    }
+
+    /// eject, blockdev-open-tray, -close-tray and -remove-medium of `disk`: a drive no
+    /// device uses has no tray (QEMU: no device, no tray), so opening or closing it does
+    /// nothing, and an eject or a removal takes its medium out (its nodes go, as
+    /// drive_del's; its limits stay); every disk here is fixed (`not_removable`).
+    pub fn tray(&self, disk: DiskRef, action: TrayAction) -> Result<(), BlockError> {
+        let root = {
+            let mut state = self.state.lock();
+            let drive = match disk {
+                DiskRef::Device(name) => {
+                    (state.drives.iter()).position(|d| d.id == name && !d.attached)
+                }
+                DiskRef::Qdev(_) => None,
+            };
+            let Some(at) = drive else {
+                drop(state);
+                return Err(self.not_removable(disk));
+            };
+            if action != TrayAction::Eject {
+                return Ok(());
             }
-            drop(thresholds);
-            state.graph.remove_tree(root);
+            if let Some(root) = &state.drives[at].root {
+                state.drive_busy(disk.name(), root)?;
+            }
+            state.drives[at].root.take()
+        };
+        if let Some(root) = &root {
+            self.close_drive_medium(root);
         }
         Ok(())
     }
@@ -230,7 +295,9 @@ impl BlockLayer {
                 if let Some(node) = node {
                     let threshold = self.threshold(&node.name);
                     let throttle = d.throttle.as_ref().map(|(l, g)| (l, g.as_str()));
-                    info["inserted"] = info::node_info(&state.graph, node, throttle, threshold);
+                    let mut inserted = info::node_info(&state.graph, node, throttle, threshold);
+                    with_bitmaps(&mut inserted, state.bitmap_infos(&node.name));
+                    info["inserted"] = inserted;
                 }
                 (d.born, info)
             })

@@ -116,6 +116,19 @@ impl State {
         self.job_writing_into(node)
     }
 
+    /// A drive no device uses (`id`) whose medium (`root`) a job writes into is held
+    /// (QEMU's op blocker on the node, named by the drive): drive_del and eject refused.
+    pub(super) fn drive_busy(&self, id: &str, root: &str) -> Result<(), BlockError> {
+        match self.job_writing_into(root) {
+            Some(job) => Err(JobError::Busy {
+                node: id.to_string(),
+                kind: job.kind,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
     /// The mirror or backup whose target tree has node `node`.
     fn job_writing_into(&self, node: &str) -> Option<&BlockJob> {
         self.jobs.iter().find(|j| {

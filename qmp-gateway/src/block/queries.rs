@@ -17,7 +17,7 @@ use super::{graph, info};
 const STATS_WAIT: Duration = Duration::from_millis(500);
 
 /// BlockDeviceInfo's "dirty-bitmaps": there only when the node has some (QEMU 7.2).
-fn with_bitmaps(info: &mut Value, bitmaps: Vec<Value>) {
+pub(super) fn with_bitmaps(info: &mut Value, bitmaps: Vec<Value>) {
     if !bitmaps.is_empty() {
         info["dirty-bitmaps"] = Value::Array(bitmaps);
     }

@@ -497,12 +497,7 @@ pub const COMMANDS: &[Command] = &[
         B,
     ),
     cmd("block_passwd", &Typed(block::block_passwd), EMPTY, G),
-    cmd(
-        "eject",
-        &Typed(block::not_removable::<block::Tray>),
-        EMPTY,
-        G,
-    ),
+    cmd("eject", &Typed(block::eject), EMPTY, G),
     cmd("change", &Typed(block::change), EMPTY, G),
     cmd(
         "blockdev-change-medium",
@@ -510,18 +505,8 @@ pub const COMMANDS: &[Command] = &[
         EMPTY,
         G,
     ),
-    cmd(
-        "blockdev-open-tray",
-        &Typed(block::not_removable::<block::Tray>),
-        EMPTY,
-        G,
-    ),
-    cmd(
-        "blockdev-close-tray",
-        &Typed(block::not_removable::<block::DeviceOrId>),
-        EMPTY,
-        G,
-    ),
+    cmd("blockdev-open-tray", &Typed(block::open_tray), EMPTY, G),
+    cmd("blockdev-close-tray", &Typed(block::close_tray), EMPTY, G),
     partly("object-add", &Typed(objects::object_add), EMPTY, G),
     cmd("object-del", &Typed(objects::object_del), EMPTY, G),
     cmd(
@@ -541,13 +526,13 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd(
         "blockdev-remove-medium",
-        &Typed(block::not_removable::<block::DeviceOrId>),
+        &Typed(block::remove_medium),
         EMPTY,
         G,
     ),
     cmd(
         "x-blockdev-remove-medium",
-        &Typed(block::not_removable::<block::DeviceOrId>),
+        &Typed(block::remove_medium),
         EMPTY,
         G,
     ),

@@ -7,6 +7,7 @@ use ipc::{VmmRequest, BPS_READ, BPS_TOTAL, BPS_WRITE, OPS_READ, OPS_TOTAL, OPS_W
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::block::drives::TrayAction;
 use crate::block::throttle::{BucketRequest, ThrottleRequest};
 use crate::block::{BlockError, DiskRef};
 use crate::devices::DeviceError;
@@ -397,8 +398,34 @@ pub fn block_set_write_threshold(c: &mut Ctx, a: WriteThreshold) -> QmpResult {
     Ok(json!({}))
 }
 
-/// eject, the tray commands, blockdev-change-medium, blockdev-remove-medium: every disk
-/// here is a fixed virtio-blk disk.
+/// eject, blockdev-open-tray.
+pub fn eject(c: &mut Ctx, a: Tray) -> QmpResult {
+    tray(c, &a, TrayAction::Eject)
+}
+
+pub fn open_tray(c: &mut Ctx, a: Tray) -> QmpResult {
+    tray(c, &a, TrayAction::Open)
+}
+
+pub fn close_tray(c: &mut Ctx, a: DeviceOrId) -> QmpResult {
+    tray(c, &a, TrayAction::Close)
+}
+
+pub fn remove_medium(c: &mut Ctx, a: DeviceOrId) -> QmpResult {
+    tray(c, &a, TrayAction::Eject)
+}
+
+/// A tray command: a drive no device uses has no tray; every disk here is a fixed
+/// virtio-blk disk.
+fn tray(c: &mut Ctx, a: &impl NamesDisk, action: TrayAction) -> QmpResult {
+    let disk = disk(a)?;
+    c.gw.block
+        .tray(disk, action)
+        .map_err(|e| by_qdev(c, disk, e))?;
+    Ok(json!({}))
+}
+
+/// blockdev-change-medium: every disk here is a fixed virtio-blk disk.
 pub fn not_removable<A: NamesDisk>(c: &mut Ctx, a: A) -> QmpResult {
     let disk = disk(&a)?;
     Err(by_qdev(c, disk, c.gw.block.not_removable(disk)))

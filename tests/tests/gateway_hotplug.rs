@@ -906,6 +906,7 @@ fn block_backends_match_qemu() {
             ("x", DISK_BYTES),
             ("y", 1 << 20),
             ("z", DISK_BYTES),
+            ("f", 1 << 20),
         ] {
             empty_image(&dir.join(format!("{peer}{name}.raw")), bytes);
         }
@@ -932,7 +933,14 @@ fn block_backends_match_qemu() {
     ] {
         assert_eq!(hmp(&mut p, line), r#"{"return":"OK\r\n"}"#, "{line}");
     }
-    for (drive, id) in [("h1", "hb"), ("k1", "kb")] {
+    // sb: an anonymous BlockBackend (over a node); a node nobody uses.
+    for (c, peer) in [(&mut p.qemu, "q"), (&mut p.ours, "g")] {
+        c.ok(
+            "blockdev-add",
+            raw_node("free", &dir.join(format!("{peer}f.raw"))),
+        );
+    }
+    for (drive, id) in [("h1", "hb"), ("k1", "kb"), ("spare", "sb")] {
         let disk = json!({"driver": "virtio-blk-pci", "drive": drive, "id": id});
         both(&mut p, "device_add", disk);
     }
@@ -995,7 +1003,7 @@ fn block_backends_match_qemu() {
         let q = both(
             &mut p,
             "blockdev-insert-medium",
-            json!({"id": id, "node-name": "spare"}),
+            json!({"id": id, "node-name": "free"}),
         );
         match said {
             "" => assert!(
@@ -1008,11 +1016,10 @@ fn block_backends_match_qemu() {
             ),
         }
     }
-    both(
-        &mut p,
-        "blockdev-insert-medium",
-        json!({"id": "hb/virtio-backend", "node-name": "nosuch"}),
-    );
+    for node in ["nosuch", "spare", "nh1", "nx1"] {
+        let args = json!({"id": "hb/virtio-backend", "node-name": node});
+        both(&mut p, "blockdev-insert-medium", args);
+    }
     // A group stays when none is named; a new one is taken.
     let grouped = |id: &str, group: Option<&str>| {
         let mut args = limits(("id", id), 2 << 20);
@@ -1052,6 +1059,9 @@ fn block_backends_match_qemu() {
         "block_set_io_throttle hb 1 0 0 0 0 0",
         "block_set_io_throttle h1 0x10 0 0 0 0 010",
         "block_set_io_throttle kb/virtio-backend 4096 0 0 0 0 0",
+        "block_set_io_throttle /machine/peripheral/sb 1 0 0 0 0 0",
+        "block_set_io_throttle sb/virtio-backend 1 0 0 0 0 0",
+        "block_set_io_throttle spare 1 0 0 0 0 0",
         "block_set_io_throttle \"x2\" 0 8192 0 0 0 0",
         "help block_set_io_throttle",
         "info block",

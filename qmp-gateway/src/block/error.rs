@@ -34,6 +34,9 @@ pub enum BlockError {
     NoThresholdNode(String),
     #[error("Node '{0}' not found")]
     NodeNotFound(String),
+    /// blockdev-insert-medium of a node a BlockBackend has (QEMU's bdrv_has_blk).
+    #[error("Node '{0}' is already in use")]
+    NodeHasBackend(String),
     #[error("Failed to find node with node-name='{0}'")]
     NoNodeToDelete(String),
 

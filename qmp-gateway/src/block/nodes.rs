@@ -224,11 +224,20 @@ impl BlockLayer {
         BlockError::NotRemovable(disk.name().to_string())
     }
 
-    /// What blockdev-insert-medium gets: the node must exist, then the disk named by
-    /// exactly one of `device` and `id` is not removable (QEMU's words name none).
+    /// What blockdev-insert-medium gets: the node must exist and no BlockBackend use it
+    /// (a disk's or a drive's root), then the disk `disk` names is not removable (QEMU's
+    /// words name none).
     pub fn insert_medium(&self, node: &str, disk: DiskRef) -> BlockError {
-        if !self.node_exists(node) {
-            return BlockError::NodeNotFound(node.to_string());
+        {
+            let state = self.state.lock();
+            if state.graph.node(node).is_none() {
+                return BlockError::NodeNotFound(node.to_string());
+            }
+            let mut roots =
+                (state.disks.iter().map(|d| d.root.as_str())).chain(state.drive_roots());
+            if roots.any(|r| r == node) {
+                return BlockError::NodeHasBackend(node.to_string());
+            }
         }
         match self.not_removable(disk) {
             BlockError::NotRemovable(_) => BlockError::NotRemovableToInsert,
@@ -258,9 +267,10 @@ impl BlockLayer {
         BlockError::NotRemovable(device.to_string())
     }
 
-    /// Whether a BlockBackend is named `name` (QEMU's blk_by_name finds one).
-    pub fn backend_named(&self, name: &str) -> bool {
-        self.state.lock().backend_named(name)
+    /// Whether QEMU's blk_by_name finds a BlockBackend named `name`: a disk's drive or a
+    /// drive no device uses (not an anonymous disk, whatever the layer calls it).
+    pub fn has_backend_named(&self, name: &str) -> bool {
+        (self.state.lock().backend(DiskRef::Device(name))).is_some()
     }
 
     /// QEMU's bdrv_lookup_bs(name, name): the node a BlockBackend's name (its root) or a

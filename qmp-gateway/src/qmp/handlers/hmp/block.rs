@@ -341,7 +341,7 @@ pub fn block_set_io_throttle(c: &mut Ctx, arguments: &str, _: &mut u32) -> Strin
     };
     let device = members.remove("device").unwrap_or_default();
     let name = device.as_str().unwrap_or_default();
-    let key = if c.gw.block.backend_named(name) {
+    let key = if c.gw.block.has_backend_named(name) {
         "device"
     } else {
         "id"

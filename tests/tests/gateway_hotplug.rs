@@ -894,7 +894,9 @@ fn no_medium_matches_qemu(p: &mut Peers, dir: &Path) {
 ///   conflicts with the disk, a backup's sizes;
 /// - a drive no device uses has no tray: blockdev-open-tray and -close-tray do nothing,
 ///   eject takes its medium out (its nodes and bitmaps go, its limits stay but no
-///   medium has them; refused, as drive_del, while a backup writes into it).
+///   medium has them; refused, as drive_del, while a backup writes into it);
+/// - a child blockdev-add or drive_add -n names by a drive's name is its medium's root,
+///   kept by its new parent past the drive's drive_del or eject.
 #[test]
 fn block_backends_match_qemu() {
     let mut p = peers();
@@ -907,6 +909,8 @@ fn block_backends_match_qemu() {
             ("y", 1 << 20),
             ("z", DISK_BYTES),
             ("f", 1 << 20),
+            ("r", 1 << 20),
+            ("s", 1 << 20),
         ] {
             empty_image(&dir.join(format!("{peer}{name}.raw")), bytes);
         }
@@ -1186,6 +1190,48 @@ fn block_backends_match_qemu() {
     let q = both(&mut p, "query-block", json!({}));
     assert!(q.contains(r#""group":"x1""#), "{q}");
     hmp(&mut p, "info block");
+    // A child named by a drive's name is its medium's root, which then outlives the
+    // drive's drive_del or eject until its new parent goes.
+    for line in [
+        "drive_add 0 if=none,file=IMG/r.raw,format=raw,id=y1,node-name=ny1",
+        "drive_add 0 if=none,file=IMG/s.raw,format=raw,id=y2,node-name=ny2",
+        "drive_add -n 0 node-name=s2,driver=raw,file=y2",
+    ] {
+        hmp(&mut p, line);
+    }
+    for (command, args) in [
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r1", "file": "y1"}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r2", "file": "e1"}),
+        ),
+        (
+            "human-monitor-command",
+            json!({"command-line": "drive_del y1"}),
+        ),
+        ("eject", json!({"device": "y2"})),
+        ("blockdev-del", json!({"node-name": "ny1"})),
+        ("blockdev-del", json!({"node-name": "ny2"})),
+        ("blockdev-del", json!({"node-name": "r1"})),
+        ("blockdev-del", json!({"node-name": "s2"})),
+        ("blockdev-del", json!({"node-name": "ny1"})),
+    ] {
+        both(&mut p, command, args);
+    }
+    let named_nodes = |c: &mut QmpClient| {
+        let nodes = c.ok("query-named-block-nodes", json!({}));
+        let mut names: Vec<String> = (nodes.as_array().unwrap().iter())
+            .filter_map(|n| n["node-name"].as_str())
+            .filter(|n| !n.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(named_nodes(&mut p.ours), named_nodes(&mut p.qemu));
 }
 
 /// A device_add whose daemon cannot start is undone: the node is free again (its image

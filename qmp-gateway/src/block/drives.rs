@@ -160,13 +160,15 @@ impl BlockLayer {
 
     /// The nodes of an unattached drive's medium (`root` down) go, their persistent
     /// bitmaps stored first (QEMU stores them as it closes the images), unless a device
-    /// uses them by a node's name: then they stay until it goes.
+    /// uses them by a node's name or another node has the root as a child: then they
+    /// stay until that goes.
     fn close_drive_medium(&self, root: &str) {
         let used = |state: &State| {
             state
                 .disks
                 .iter()
                 .any(|d| d.nodes.iter().any(|n| n == root))
+                || state.graph.has_parent(root)
         };
         if used(&self.state.lock()) {
             return;

@@ -210,6 +210,11 @@ impl Graph {
         self.nodes.iter().find(|n| n.child.as_deref() == Some(name))
     }
 
+    /// Whether another node has `name` as its file or backing child.
+    pub fn has_parent(&self, name: &str) -> bool {
+        self.parent_of(name).is_some() || self.backing_parent_of(name).is_some()
+    }
+
     /// The newest node that has `name` as its backing node.
     fn backing_parent_of(&self, name: &str) -> Option<&Node> {
         self.nodes

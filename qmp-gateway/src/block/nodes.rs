@@ -14,7 +14,7 @@ use super::disk::BlockProtocol;
 use super::error::BlockError;
 use super::graph::ChargeImage;
 use super::lock::{self, Perms};
-use super::options::{Driver, NodeOptions};
+use super::options::{Backing, ChildRef, Driver, NodeOptions, Source};
 use super::{info, BlockLayer, DiskRef, State};
 use crate::children::link::Link;
 use crate::fdstore::FdSets;
@@ -57,6 +57,32 @@ impl<'a> DiskRef<'a> {
     }
 }
 
+impl State {
+    /// `opts` with each child it names by reference that is no node's name but a
+    /// BlockBackend's with a medium (a disk's, a drive's) named by that root node.
+    fn resolve_references(&self, opts: &mut NodeOptions) {
+        let child = match &mut opts.source {
+            Source::Child(c) => Some(c),
+            Source::Path(_) => None,
+        };
+        let backing = match &mut opts.backing {
+            Backing::Node(c) => Some(c),
+            Backing::FromImage | Backing::None => None,
+        };
+        for c in child.into_iter().chain(backing) {
+            match c {
+                ChildRef::Node(name) if self.graph.node(name).is_none() => {
+                    if let Ok(root) = self.lookup_node(Some(name), None) {
+                        *name = root;
+                    }
+                }
+                ChildRef::Node(_) => {}
+                ChildRef::Inline(inline) => self.resolve_references(inline),
+            }
+        }
+    }
+}
+
 impl BlockLayer {
     /// blockdev-add: the nodes `opts` describes (images opened from paths or fd sets),
     /// each image's fd charged with `charge` (the client's fd budget) while its node lives.
@@ -70,8 +96,12 @@ impl BlockLayer {
         let ids: Vec<String> = (state.disks.iter().map(|d| d.id.clone()))
             .chain(state.drives.iter().map(|d| d.id.clone()))
             .collect();
+        // A child named by reference: QEMU's bdrv_lookup_bs takes a BlockBackend's name
+        // for its root node.
+        let mut opts = opts.clone();
+        state.resolve_references(&mut opts);
         let added = state.graph.add(
-            opts,
+            &opts,
             true,
             &|n| ids.iter().any(|i| i == n),
             &mut Self::opener(fdsets),

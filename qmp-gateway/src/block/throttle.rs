@@ -56,10 +56,12 @@ pub struct ThrottleRequest {
     pub iops_size: Option<i128>,
 }
 
-/// A non-negative value (absent: `default`); negative values are out of range.
+/// A value (absent: `default`). A negative one is the uint64 of its bits, as QEMU's
+/// LeakyBucket holds it: out of range for `check`, after its other checks.
 fn value(v: Option<i128>, default: u64) -> Result<u64, ThrottleError> {
     v.map_or(Ok(default), |v| {
-        u64::try_from(v).map_err(|_| ThrottleError::OutOfRange)
+        (u64::try_from(v).or_else(|_| i64::try_from(v).map(|v| v as u64)))
+            .map_err(|_| ThrottleError::OutOfRange)
     })
 }
 
@@ -186,6 +188,12 @@ mod tests {
         assert_eq!(
             err(json!({"iops": -1})),
             "bps/iops/max values must be within [0, 1000000000000000]"
+        );
+        // A negative value is a huge one, out of range after the other checks (QEMU's
+        // uint64 buckets).
+        assert_eq!(
+            err(json!({"bps": 1, "bps_rd": -1})),
+            "bps/iops/max total values and read/write values cannot be used at the same time"
         );
         assert_eq!(
             err(json!({"bps": 1000000000000001u64})),

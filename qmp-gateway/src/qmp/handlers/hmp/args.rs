@@ -116,38 +116,138 @@ fn read_flag<'a>(
     Ok(after)
 }
 
-/// A 64-bit number as QEMU's monitor's get_expr reads one standing alone: an optional
-/// '-' (the 64 bits it wraps to), then strtoull in base 0 (0x hex, 0 octal). What follows
-/// it, spaces skipped, is left to the next argument (QEMU's words for it come from there:
-/// "1k 0" fails at 'k'). Not read: QEMU's operators, parentheses and registers.
+/// A 64-bit value as QEMU's monitor's get_expr reads one: sums (+ -) of bitwise terms
+/// (& | ^) of products (* / %), unary + - ~, parentheses, 'c' characters and numbers
+/// (strtoull in base 0: 0x hex, 0 octal), spaces between them skipped, in 64 bits that
+/// wrap. It ends where no operator follows (QEMU's quirk: "1 -1" is 0); the rest is left
+/// to the next argument, whose words come from there ("1k 0" fails at 'k'). Not read:
+/// QEMU's $registers.
 fn number(text: &str) -> Result<(u64, &str), String> {
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest.trim_start()),
-        None => (false, text),
-    };
-    let first = text
-        .chars()
-        .next()
-        .ok_or("unexpected end of expression\n")?;
-    let (radix, body) = match text.strip_prefix("0x").or(text.strip_prefix("0X")) {
-        Some(hex) if hex.starts_with(|c: char| c.is_ascii_hexdigit()) => (16, hex),
-        _ if first == '0' => (8, text),
-        _ => (10, text),
-    };
-    let end = body
-        .find(|c: char| !c.is_digit(radix))
-        .unwrap_or(body.len());
-    if end == 0 {
-        return Err(format!("invalid char '{first}' in expression\n"));
+    let mut e = Expr { text, at: 0 };
+    let value = e.sum().map_err(|why| why + "\n")?;
+    Ok((value as u64, &text[e.at..]))
+}
+
+/// QEMU's monitor expression reader (monitor/hmp.c expr_sum and below) over `text`.
+struct Expr<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl Expr<'_> {
+    fn peek(&self) -> Option<char> {
+        self.text[self.at..].chars().next()
     }
-    let value =
-        u64::from_str_radix(&body[..end], radix).map_err(|_| "number too large\n".to_string())?;
-    let value = if negative {
-        value.wrapping_neg()
-    } else {
-        value
-    };
-    Ok((value, body[end..].trim_start()))
+
+    /// Past the character here, then past spaces (QEMU's next()).
+    fn next(&mut self) {
+        if let Some(c) = self.peek() {
+            self.at += c.len_utf8();
+        }
+        self.skip_spaces();
+    }
+
+    fn skip_spaces(&mut self) {
+        let rest = &self.text[self.at..];
+        self.at += rest.len() - rest.trim_start().len();
+    }
+
+    fn sum(&mut self) -> Result<i64, String> {
+        let mut value = self.logic()?;
+        while let Some(op @ ('+' | '-')) = self.peek() {
+            self.next();
+            let rhs = self.logic()?;
+            value = match op {
+                '+' => value.wrapping_add(rhs),
+                _ => value.wrapping_sub(rhs),
+            };
+        }
+        Ok(value)
+    }
+
+    fn product(&mut self) -> Result<i64, String> {
+        let mut value = self.unary()?;
+        while let Some(op @ ('*' | '/' | '%')) = self.peek() {
+            self.next();
+            let rhs = self.unary()?;
+            value = match op {
+                '*' => value.wrapping_mul(rhs),
+                _ if rhs == 0 => return Err("division by zero".into()),
+                '/' => value.wrapping_div(rhs),
+                _ => value.wrapping_rem(rhs),
+            };
+        }
+        Ok(value)
+    }
+
+    fn logic(&mut self) -> Result<i64, String> {
+        let mut value = self.product()?;
+        while let Some(op @ ('&' | '|' | '^')) = self.peek() {
+            self.next();
+            let rhs = self.product()?;
+            value = match op {
+                '&' => value & rhs,
+                '|' => value | rhs,
+                _ => value ^ rhs,
+            };
+        }
+        Ok(value)
+    }
+
+    fn unary(&mut self) -> Result<i64, String> {
+        match self.peek() {
+            None => Err("unexpected end of expression".into()),
+            Some('+') => {
+                self.next();
+                self.unary()
+            }
+            Some('-') => {
+                self.next();
+                Ok(self.unary()?.wrapping_neg())
+            }
+            Some('~') => {
+                self.next();
+                Ok(!self.unary()?)
+            }
+            Some('(') => {
+                self.next();
+                let value = self.sum()?;
+                if self.peek() != Some(')') {
+                    return Err("')' expected".into());
+                }
+                self.next();
+                Ok(value)
+            }
+            Some('\'') => {
+                self.at += 1;
+                let c = self.peek().ok_or("character constant expected")?;
+                self.at += c.len_utf8();
+                if self.peek() != Some('\'') {
+                    return Err("missing terminating \' character".into());
+                }
+                self.next();
+                Ok(i64::from(u32::from(c)))
+            }
+            Some(first) => {
+                let rest = &self.text[self.at..];
+                let (radix, skip) = match rest.strip_prefix("0x").or(rest.strip_prefix("0X")) {
+                    Some(hex) if hex.starts_with(|c: char| c.is_ascii_hexdigit()) => (16, 2),
+                    _ if first == '0' => (8, 0),
+                    _ => (10, 0),
+                };
+                let body = &rest[skip..];
+                let end = (body.find(|c: char| !c.is_digit(radix))).unwrap_or(body.len());
+                if end == 0 {
+                    return Err(format!("invalid char '{first}' in expression"));
+                }
+                let value = u64::from_str_radix(&body[..end], radix)
+                    .map_err(|_| "number too large".to_string())?;
+                self.at += skip + end;
+                self.skip_spaces();
+                Ok(value as i64)
+            }
+        }
+    }
 }
 
 /// A word, or a string in double quotes with \n, \r, \\, \' and \" escapes (QEMU's
@@ -244,7 +344,24 @@ mod tests {
             Err("invalid size\n".into())
         );
         let spec = "device:B,bps:l,iops:l";
-        let m = read("t", spec, "d0 0x10 -1").unwrap();
+        assert_eq!(
+            read("t", spec, "d0 (1+2)*4 -1 5").unwrap()["bps"],
+            json!(11)
+        );
+        assert_eq!(read("t", spec, "d0 1 -1 2").unwrap()["iops"], json!(2));
+        assert_eq!(read("t", spec, "d0 6/4 ~0").unwrap()["iops"], json!(-1));
+        assert_eq!(
+            read("t", spec, "d0 'a' 7%4|8^1").unwrap()["iops"],
+            json!(10)
+        );
+        for (text, why) in [
+            ("d0 1/0 0", "division by zero\n"),
+            ("d0 (1 0", "')' expected\n"),
+            ("d0 'ab' 0", "missing terminating ' character\n"),
+        ] {
+            assert_eq!(read("t", spec, text), Err(why.into()), "{text}");
+        }
+        let m = read("t", spec, "d0 0x10 (-1)").unwrap();
         assert_eq!(
             Value::Object(m),
             json!({"device": "d0", "bps": 16, "iops": -1})

@@ -895,6 +895,8 @@ fn no_medium_matches_qemu(p: &mut Peers, dir: &Path) {
 /// - a drive no device uses has no tray: blockdev-open-tray and -close-tray do nothing,
 ///   eject takes its medium out (its nodes and bitmaps go, its limits stay but no
 ///   medium has them; refused, as drive_del, while a backup writes into it);
+/// - blockdev-change-medium gives a drive no device uses a new medium (a fixed disk
+///   refuses after the file is opened);
 /// - a child blockdev-add or drive_add -n names by a drive's name is its medium's root,
 ///   kept by its new parent past the drive's drive_del or eject.
 #[test]
@@ -911,6 +913,8 @@ fn block_backends_match_qemu() {
             ("f", 1 << 20),
             ("r", 1 << 20),
             ("s", 1 << 20),
+            ("t", 1 << 20),
+            ("u", 1 << 20),
         ] {
             empty_image(&dir.join(format!("{peer}{name}.raw")), bytes);
         }
@@ -1191,6 +1195,39 @@ fn block_backends_match_qemu() {
     let disk = json!({"driver": "virtio-blk-pci", "drive": "x2", "id": "xc"});
     both(&mut p, "device_add", disk);
     assert_eq!(hmp(&mut p, "drive_del x2"), hmp_ok);
+    // blockdev-change-medium: a new medium for e1, under an automatic node name, its
+    // read-only mode kept or changed; a fixed disk's refusal after the file's.
+    let change = |device: &str, file: &str, more: Value| {
+        let mut args = json!({"device": device, "filename": format!("IMG/{file}"),
+                              "format": "raw"});
+        args.as_object_mut()
+            .unwrap()
+            .extend(more.as_object().unwrap().clone());
+        args
+    };
+    let changes = [
+        (change("e1", "t.raw", json!({})), true),
+        (
+            change("e1", "t.raw", json!({"read-only-mode": "read-only"})),
+            true,
+        ),
+        (change("e1", "t.raw", json!({"force": true})), true),
+        (change("e1", "nosuch.raw", json!({})), false),
+        (change("e1", "t.raw", json!({"format": "vmdkx"})), false),
+        (change("e1", "t.raw", json!({"format": "qcow2"})), false),
+        (change("d0", "nosuch.raw", json!({})), false),
+        (change("d0", "u.raw", json!({})), false),
+        (change("nope", "u.raw", json!({})), false),
+    ];
+    for (args, taken) in changes {
+        let q = both(&mut p, "blockdev-change-medium", args.clone());
+        assert_eq!(q == ok, taken, "{args}: {q}");
+        both(&mut p, "query-block", json!({}));
+    }
+    let by_id = json!({"id": "hb/virtio-backend", "filename": "IMG/u.raw", "format": "raw"});
+    both(&mut p, "blockdev-change-medium", by_id);
+    hmp(&mut p, "info block e1");
+    assert_eq!(both(&mut p, "eject", json!({"device": "e1"})), ok);
     // A device over x1 takes its limits.
     both(
         &mut p,

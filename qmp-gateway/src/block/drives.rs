@@ -16,6 +16,7 @@ use super::drive::DriveText;
 use super::drive_record::{NamedDrive, MAX_DRIVES};
 use super::error::{BlockError, JobError};
 use super::graph::{ChargeImage, Graph};
+use super::options::{Driver, NodeOptions};
 use super::queries::with_bitmaps;
 use super::{info, BlockLayer, DiskRef, State};
 use crate::fdstore::FdSets;
@@ -187,6 +188,93 @@ impl BlockLayer {
         state.graph.remove_tree(root);
         // Their bitmaps go with them.
         state.settle_bitmaps();
+    }
+
+    /// blockdev-change-medium of `disk`: a drive no device uses (it has no tray) takes a
+    /// new medium, `filename` opened (`format` given: formats are never guessed) with the
+    /// drive's options as QEMU's root state keeps them (cache, discard, detect-zeroes,
+    /// locking; read-only as `read_only` says, else as its medium is, or was), under an
+    /// automatic node name; its old medium goes out first (as eject's). Every disk here
+    /// is fixed (`not_removable`), which QEMU finds out after it opened the new medium: a
+    /// file it cannot open is that error first (without a format, which QEMU would
+    /// guess, the disk's refusal).
+    pub fn change_medium(
+        &self,
+        disk: DiskRef,
+        (filename, format, read_only): (&str, Option<&str>, Option<bool>),
+        fdsets: &FdSets,
+        charge: &mut ChargeImage,
+    ) -> Result<(), BlockError> {
+        let bare = |state: &State| match disk {
+            DiskRef::Device(name) => {
+                (state.drives.iter()).position(|d| d.id == name && !d.attached)
+            }
+            DiskRef::Qdev(_) => None,
+        };
+        // (The lock let go before not_removable takes it.)
+        let is_bare = bare(&self.state.lock()).is_some();
+        let fixed = match is_bare {
+            true => None,
+            false => match self.not_removable(disk) {
+                e @ BlockError::DeviceNotFound(_) => return Err(e),
+                e => Some(e),
+            },
+        };
+        let format = match (format, &fixed) {
+            (Some(f), _) => f,
+            (None, Some(_)) => return Err(fixed.unwrap_or(BlockError::FormatNotGiven)),
+            (None, None) => return Err(BlockError::FormatNotGiven),
+        };
+        let driver =
+            Driver::format(format).ok_or_else(|| BlockError::UnknownDriver(format.into()))?;
+        let mut state = self.state.lock();
+        let (Some(at), None) = (bare(&state), &fixed) else {
+            // A fixed disk: the medium is opened as a drive's would be, then refused.
+            let opts = NodeOptions::over(driver, NodeOptions::file(filename.to_string()));
+            let new =
+                (state.graph).add(&opts, false, &|_| false, &mut Self::opener(fdsets), charge)?;
+            state.graph.remove_tree(&new);
+            return Err(fixed.unwrap_or_else(|| BlockError::DeviceNotFound(disk.name().into())));
+        };
+        let spec = &state.drives[at].spec;
+        // Retained: the medium's, else the drive's as its last medium left it.
+        let current = (state.drives[at].root.as_deref()).and_then(|r| state.graph.node(r));
+        let read_only = read_only.unwrap_or(current.map_or(spec.read_only, |n| n.read_only));
+        let file = NodeOptions {
+            locking: Some(spec.locking),
+            ..NodeOptions::file(filename.to_string())
+        };
+        let opts = NodeOptions {
+            read_only: Some(read_only),
+            direct: Some(spec.direct),
+            no_flush: Some(spec.no_flush),
+            discard_unmap: Some(spec.discard_unmap),
+            detect_zeroes: Some(spec.detect_zeroes),
+            ..NodeOptions::over(driver, file)
+        };
+        let names: Vec<String> = (state.disks.iter().map(|d| d.id.clone()))
+            .chain(state.drives.iter().map(|d| d.id.clone()))
+            .collect();
+        let new = state.graph.add(
+            &opts,
+            false,
+            &|n| names.iter().any(|i| i == n),
+            &mut Self::opener(fdsets),
+            charge,
+        )?;
+        if let Some(root) = &state.drives[at].root {
+            if let Err(e) = state.drive_busy(disk.name(), root) {
+                state.graph.remove_tree(&new);
+                return Err(e);
+            }
+        }
+        let old = state.drives[at].root.replace(new);
+        state.drives[at].spec.read_only = read_only;
+        drop(state);
+        if let Some(old) = &old {
+            self.close_drive_medium(old);
+        }
+        Ok(())
     }
 
     /// eject, blockdev-open-tray, -close-tray and -remove-medium of `disk`: a drive no

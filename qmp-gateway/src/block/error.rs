@@ -228,6 +228,9 @@ pub enum BlockError {
     NoDriverNorFile,
     #[error("format=raw or format=qcow2 is required (image formats are never guessed)")]
     FormatNotGiven,
+    /// blockdev-change-medium's format, which QEMU opens as a driver.
+    #[error("Unknown driver '{0}'")]
+    UnknownDriver(String),
     #[error("Block format '{format}' does not support the option '{key}'")]
     UnsupportedOption { format: &'static str, key: String },
     #[error("Too many drives: at most {0} made by drive_add may exist")]

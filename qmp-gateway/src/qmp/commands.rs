@@ -501,7 +501,7 @@ pub const COMMANDS: &[Command] = &[
     cmd("change", &Typed(block::change), EMPTY, G),
     cmd(
         "blockdev-change-medium",
-        &Typed(block::not_removable::<block::ChangeMedium>),
+        &Typed(block::change_medium),
         EMPTY,
         G,
     ),

@@ -425,10 +425,23 @@ fn tray(c: &mut Ctx, a: &impl NamesDisk, action: TrayAction) -> QmpResult {
     Ok(json!({}))
 }
 
-/// blockdev-change-medium: every disk here is a fixed virtio-blk disk.
-pub fn not_removable<A: NamesDisk>(c: &mut Ctx, a: A) -> QmpResult {
+/// blockdev-change-medium: a new medium for a drive no device uses (charged to the
+/// client's fd budget while it is there); every disk here is a fixed virtio-blk disk.
+pub fn change_medium(c: &mut Ctx, a: ChangeMedium) -> QmpResult {
     let disk = disk(&a)?;
-    Err(by_qdev(c, disk, c.gw.block.not_removable(disk)))
+    let read_only = match a.read_only_mode {
+        None | Some(ReadOnlyMode::Retain) => None,
+        Some(ReadOnlyMode::ReadOnly) => Some(true),
+        Some(ReadOnlyMode::ReadWrite) => Some(false),
+    };
+    let account = c.fd_account;
+    let medium = (a.filename.as_str(), a.format.as_deref(), read_only);
+    c.gw.block
+        .change_medium(disk, medium, &c.gw.fdsets, &mut || {
+            Ok(Some(account.charge(1)?))
+        })
+        .map_err(|e| by_qdev(c, disk, e))?;
+    Ok(json!({}))
 }
 
 pub fn insert_medium(c: &mut Ctx, a: InsertMedium) -> QmpResult {

@@ -357,7 +357,11 @@ fn blockdev_snapshot_over_an_added_overlay() {
         );
     };
     let ov = overlay_for(&image, "ov.qcow2");
-    let mut gw = verifying(&image, 3);
+    // Rounds enough that the last one comes after the snapshot: with 3, a loaded machine
+    // (two busy loops beside it) saw the guest finish before blockdev-add and the snapshot
+    // were through (1 run in 12), and the last round then reached the base image.
+    let rounds = 6;
+    let mut gw = verifying(&image, rounds);
     let vmm = gw.vmm_pid();
     let mut c = gw.client();
     round_ok(&mut gw, 1);
@@ -365,8 +369,10 @@ fn blockdev_snapshot_over_an_added_overlay() {
     c.ok("blockdev-snapshot", json!({"node": "d0", "overlay": "ov"}));
     let ours = chain_facts(&inserted(&mut c, "d0"));
     drop(c);
-    gw.vm
-        .expect_prefix("GUEST BLK VERIFY DONE rounds=3 errors=0", TIMEOUT);
+    gw.vm.expect_prefix(
+        &format!("GUEST BLK VERIFY DONE rounds={rounds} errors=0"),
+        TIMEOUT,
+    );
     gw.expect_clean_exit(vmm, true);
 
     let ov_copy = overlay_for(&copy, "ov-copy.qcow2");
@@ -385,7 +391,7 @@ fn blockdev_snapshot_over_an_added_overlay() {
     assert_eq!(serde_json::to_string(&ours).unwrap(), renamed);
     check_clean(&image);
     check_clean(&ov);
-    last_round_in_the_overlays(dir.path(), &ov, &image, 3);
+    last_round_in_the_overlays(dir.path(), &ov, &image, rounds.into());
 }
 
 /// Internal snapshots taken while the guest writes each hold, sector by sector, one of

@@ -63,11 +63,17 @@ impl Registers {
     }
 
     /// The selected slot's flags (one read of the status byte each, as the AML reads them).
+    /// The events first, then MES, as the AML's MSCN reads MINS before _STA reads MES: a
+    /// DIMM plugged between two reads (device_add while a scan for another slot's event
+    /// walks this one) then shows its event with MES set, which the VMM sets with or
+    /// before the event. MES first saw it clear and the event set, on QEMU 7.2 once.
     pub fn status(&self) -> Status {
+        let insert = self.insert.read() != 0;
+        let remove = self.remove.read() != 0;
         Status {
             enabled: self.enabled.read() != 0,
-            insert: self.insert.read() != 0,
-            remove: self.remove.read() != 0,
+            insert,
+            remove,
         }
     }
 

@@ -9,8 +9,9 @@
 //! settings; `children` starts, links to and supervises the child processes; `events`
 //! is the one event table and its fan-out; `gateway` the shared state; `launch` opens
 //! the VM's files; `fdstore` keeps the fds clients pass in; `sockets` binds the private
-//! sockets; `ids` is QEMU's rule for the names clients give; `upgrade` replaces vmm-core
-//! under a running VM; `devices` places the guest's PCI devices (device_add, device_del);
+//! sockets; `poll_fd` waits on one descriptor; `ids` is QEMU's rule for the names
+//! clients give; `upgrade` replaces vmm-core under a running VM; `devices` places the
+//! guest's PCI devices (device_add, device_del);
 //! `balloon` is the balloon's options and QEMU's rules for its target; `cpus` adds
 //! vCPUs (cpu-add, device_add of a CPU); `objects` holds object-add's iothreads and
 //! memory backends; `trace` is `--trace` and the trace event states' rules;
@@ -44,6 +45,7 @@ pub mod monitor;
 pub mod net;
 pub mod objects;
 pub mod pidfile;
+pub mod poll_fd;
 pub mod qemu_cli;
 pub mod qmp;
 pub mod qom_types;

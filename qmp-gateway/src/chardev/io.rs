@@ -27,6 +27,7 @@ use super::listeners::Handoff;
 use super::ringbuf::Ring;
 use super::spec::Address;
 use super::stream::Stream;
+use crate::poll_fd;
 
 /// Bytes read at a time from either side.
 const CHUNK: usize = 4096;
@@ -168,29 +169,6 @@ fn fd_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
-    }
-}
-
-/// Waits until `fd` takes output or `deadline` passed; whether it does.
-fn wait_writable(fd: RawFd, deadline: Instant) -> bool {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        // SAFETY: one live pollfd; poll only writes its revents.
-        match unsafe { libc::poll(&mut p, 1, ms) } {
-            n if n > 0 => return p.revents & libc::POLLOUT != 0,
-            0 => {}
-            _ if io::Error::last_os_error().kind() == ErrorKind::Interrupted => {}
-            _ => return false,
-        }
     }
 }
 
@@ -686,7 +664,9 @@ impl Pump {
                 let Some(fd) = self.opened.output_fd() else {
                     return;
                 };
-                if !wait_writable(fd, deadline) {
+                let writable = Instant::now() < deadline
+                    && matches!(poll_fd::wait(fd, libc::POLLOUT, Some(deadline)), Ok(true));
+                if !writable {
                     return;
                 }
             } else if self.read_frontend() == 0 {

@@ -93,35 +93,7 @@ impl Conn {
             Conn::Unix(s) => s.as_raw_fd(),
             Conn::Tcp(s) => s.as_raw_fd(),
         };
-        let deadline = limit.map(|l| Instant::now() + l);
-        loop {
-            let timeout = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
-                }
-            };
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one pollfd that lives across the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
-            if n > 0 {
-                return Ok(true);
-            }
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
-            }
-        }
+        crate::poll_fd::wait(fd, libc::POLLIN, limit.map(|l| Instant::now() + l))
     }
 
     /// Sends `line` (giving up after a moment on a client that does not read) and hangs
